@@ -1,0 +1,114 @@
+"""Test harness: the schema is built by running the migrations (SQLite file by default, a fresh
+PostgreSQL database when TRIAL_TEST_DATABASE_URL is set); each test runs inside a transaction
+that is rolled back at the end (sessions join it through savepoints)."""
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+_tmp = tempfile.mkdtemp(prefix="trial-tests-")
+os.environ["TRIAL_INSTANCE_PATH"] = _tmp
+os.environ.setdefault("TRIAL_SEAL_KEY", Fernet.generate_key().decode())
+os.environ.pop("TRIAL_DATABASE_URL", None)
+os.environ["TRIAL_ENV"] = "development"
+
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.orm import sessionmaker  # noqa: E402
+
+from trial.db import make_engine  # noqa: E402
+from trial.migrate import upgrade  # noqa: E402
+
+PG_URL = os.environ.get("TRIAL_TEST_DATABASE_URL")
+
+
+def is_pg() -> bool:
+    return bool(PG_URL)
+
+
+class FreshDatabase:
+    """A new, migrated database: a PostgreSQL database created for the run or an SQLite file."""
+
+    def __init__(self, label: str = "main"):
+        self.name = f"trial_test_{label}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        if PG_URL:
+            base = PG_URL.rsplit("/", 1)[0]
+            self.admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+            with self.admin.connect() as c:
+                c.execute(text(f'CREATE DATABASE "{self.name}"'))
+            self.url = f"{base}/{self.name}"
+        else:
+            self.admin = None
+            self.url = f"sqlite:///{Path(_tmp) / (self.name + '.db')}"
+        self.engine = make_engine(self.url)
+        upgrade(self.engine)
+
+    def drop(self) -> None:
+        self.engine.dispose()
+        if self.admin is not None:
+            with self.admin.connect() as c:
+                c.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+            self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database():
+    db = FreshDatabase()
+    yield db
+    db.drop()
+
+
+@pytest.fixture(scope="session")
+def engine(database):
+    return database.engine
+
+
+@pytest.fixture()
+def connection(engine):
+    conn = engine.connect()
+    trans = conn.begin()
+    yield conn
+    trans.rollback()
+    conn.close()
+
+
+@pytest.fixture()
+def session_factory(connection):
+    return sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+
+@pytest.fixture()
+def db(session_factory):
+    s = session_factory()
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def app(engine, session_factory):
+    from trial import create_app
+    app = create_app({"ENGINE": engine, "SESSION_FACTORY": session_factory, "TESTING": True,
+                      "WTF_CSRF_ENABLED": False, "SECRET_KEY": "test-secret"})
+    return app
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+# --- data helpers ----------------------------------------------------------------------------
+
+from tests.helpers import World  # noqa: E402
+
+
+@pytest.fixture()
+def world(db, app):
+    """Protocol, two sites (AT01, NO01) and a user of every role; see tests/helpers.py."""
+    w = World(db, app)
+    w.setup()
+    return w

@@ -1,0 +1,97 @@
+"""A small trial world for tests: protocol, sites, users of each role, API tokens, and helpers
+to screen, enroll, assess and randomize."""
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+from trial.auth import service as users
+from trial.auth.scope import CliActor
+from trial.enrollment import service as enrollment
+from trial.outcomes import service as outcomes
+from trial.protocol.service import current, ensure_default
+from trial.randomize import service as randomization
+from trial.sites import service as sites
+
+PASSWORD = "correct-horse-battery"
+CLI = CliActor(email="cli:test")
+ROLES = {
+    "coordinator": [("coordinator", "AT01")],
+    "coordinator_no": [("coordinator", "NO01")],
+    "therapist": [("therapist", "AT01")],
+    "assessor": [("assessor", "AT01")],
+    "statistician": [("statistician", None)],
+    "manager": [("manager", None)],
+    "admin": [("admin", None)],
+}
+
+
+class World:
+    def __init__(self, db, app):
+        self.db, self.app = db, app
+        self.users, self.tokens = {}, {}
+        self._n = itertools.count(1)
+
+    def setup(self):
+        ensure_default(self.db, CLI)
+        for code, name in (("AT01", "Vienna"), ("NO01", "Bergen")):
+            sites.create_site(self.db, CLI, {"code": code, "name": name, "country": code[:2], "target": 40})
+        for key, roles in ROLES.items():
+            u = users.create_user(self.db, CLI, f"{key}@example.org", key.title(), PASSWORD, roles)
+            self.users[key] = u
+            self.tokens[key] = users.issue_token(self.db, CLI, u)
+        self.db.commit()
+        return self
+
+    def headers(self, who: str, **extra) -> dict:
+        return {"Authorization": f"Bearer {self.tokens[who]}", **extra}
+
+    def api(self, method: str, path: str, who: str | None, json=None, headers=None):
+        h = dict(self.headers(who) if who else {})
+        h.update(headers or {})
+        client = self.app.test_client()
+        return client.open("/api/v1" + path, method=method, json=json, headers=h)
+
+    # clinical helpers (through the services, as the CLI would)
+    def answers(self, **overrides):
+        ans = {c["key"]: c["qualifying_answer"] for c in current(self.db).content["criteria"]}
+        ans.update(overrides)
+        return ans
+
+    def screen(self, site="AT01", **kw):
+        data = {"site": site, "screened_on": (dt.date.today() - dt.timedelta(days=30)).isoformat(),
+                "answers": self.answers()}
+        data.update(kw)
+        sc = enrollment.record_screening(self.db, CLI, data)
+        self.db.commit()
+        return sc
+
+    def enroll(self, site="AT01", **kw):
+        sc = self.screen(site)
+        data = {"screening_id": sc.id, "consent_date": (dt.date.today() - dt.timedelta(days=25)).isoformat(),
+                "date_of_birth": (dt.date.today() - dt.timedelta(days=5 * 365)).isoformat(), "sex": "female"}
+        data.update(kw)
+        p = enrollment.enroll(self.db, CLI, data)
+        self.db.commit()
+        return p
+
+    def baseline(self, p, social_affect=12):
+        outcomes.record_assessment(self.db, CLI, p.study_id, {
+            "visit": "baseline", "instrument": "ados2", "performed_on": (dt.date.today() - dt.timedelta(days=20)).isoformat(),
+            "values": {"social_affect": social_affect, "rrb": 4, "css": 6}})
+        self.db.commit()
+
+    def ready(self, site="AT01"):
+        p = self.enroll(site)
+        self.baseline(p)
+        return p
+
+    def open(self, seed: bytes | None = None):
+        row = randomization.open_randomization(self.db, CLI, seed=seed)
+        self.db.commit()
+        return row
+
+    def randomize(self, p, key=None):
+        res = randomization.randomize(self.db, CLI, p.study_id, key)
+        self.db.commit()
+        return res

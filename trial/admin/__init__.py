@@ -1,0 +1,1 @@
+"""Admin pages: users, roles and sites (no clinical data)."""

@@ -1,0 +1,112 @@
+"""Admin pages. Thin: forms in, services do the work (and the audit)."""
+from __future__ import annotations
+
+from flask import Blueprint, flash, redirect, render_template, url_for
+
+from trial.admin.forms import SiteForm, UserEditForm, UserForm
+from trial.auth import service as users
+from trial.errors import DomainError
+from trial.sites import service as sites
+from trial.web import actor, db
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def parse_roles(text: str) -> list[tuple[str, str | None]]:
+    out = []
+    for part in (text or "").replace(";", ",").split(","):
+        part = part.strip()
+        if part:
+            role, _, site = part.partition("@")
+            out.append((role.strip().lower(), site.strip().upper() or None))
+    return out
+
+
+def _form_error(form, e: DomainError) -> None:
+    db().rollback()
+    for name, why in e.fields.items():
+        field = getattr(form, name, None)
+        if field is not None:
+            field.errors = list(field.errors) + [why]
+    flash(e.message, "error")
+
+
+@bp.route("/users", endpoint="users")
+def users_page():
+    s = db()
+    rows = [(u, users.current_roles_text(u, s)) for u in users.list_users(s, actor())]
+    return render_template("admin/users.html", rows=rows)
+
+
+@bp.route("/users/new", methods=["GET", "POST"])
+def user_new():
+    form = UserForm()
+    if form.validate_on_submit():
+        try:
+            u = users.create_user(db(), actor(), form.email.data, form.name.data, form.password.data,
+                                  parse_roles(form.roles.data), must_change_password=True)
+            db().commit()
+            flash(f"User {u.email} created; they must change the password at first login.")
+            return redirect(url_for("admin.users"))
+        except DomainError as e:
+            _form_error(form, e)
+    return render_template("admin/user_form.html", form=form, title="New user"), 400 if form.errors else 200
+
+
+@bp.route("/users/<int:user_id>", methods=["GET", "POST"])
+def user_edit(user_id: int):
+    s = db()
+    user = users.get_user(s, actor(), user_id)
+    form = UserEditForm(obj=user)
+    if not form.is_submitted():
+        form.roles.data = users.current_roles_text(user, s)
+    if form.validate_on_submit():
+        try:
+            users.update_user(s, actor(), user, name=form.name.data, active=form.active.data, reason=form.reason.data)
+            users.set_roles(s, actor(), user, parse_roles(form.roles.data), reason=form.reason.data)
+            if form.new_password.data:
+                users.reset_password(s, actor(), user, form.new_password.data)
+            s.commit()
+            flash(f"User {user.email} saved.")
+            return redirect(url_for("admin.users"))
+        except DomainError as e:
+            _form_error(form, e)
+    return render_template("admin/user_form.html", form=form, title=f"Edit {user.email}", user=user), 400 if form.errors else 200
+
+
+@bp.route("/sites", endpoint="sites")
+def sites_page():
+    return render_template("admin/sites.html", sites=sites.list_sites(db()))
+
+
+@bp.route("/sites/new", methods=["GET", "POST"])
+def site_new():
+    form = SiteForm()
+    if form.validate_on_submit():
+        try:
+            site = sites.create_site(db(), actor(), form.data)
+            db().commit()
+            flash(f"Site {site.code} created.")
+            return redirect(url_for("admin.sites"))
+        except DomainError as e:
+            _form_error(form, e)
+    return render_template("admin/site_form.html", form=form, title="New site"), 400 if form.errors else 200
+
+
+@bp.route("/sites/<code>", methods=["GET", "POST"])
+def site_edit(code: str):
+    s = db()
+    site = sites.get_by_code(s, code)
+    form = SiteForm(obj=site)
+    form.code.data = site.code
+    if form.validate_on_submit():
+        try:
+            data = {k: form.data[k] for k in ("name", "country", "timezone", "target", "is_open")}
+            sites.update_site(s, actor(), site.code, data, reason=form.reason.data)
+            s.commit()
+            flash(f"Site {site.code} saved.")
+            return redirect(url_for("admin.sites"))
+        except DomainError as e:
+            _form_error(form, e)
+    return render_template("admin/site_form.html", form=form, title=f"Edit site {site.code}", site=site), 400 if form.errors else 200
+

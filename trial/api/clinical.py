@@ -1,0 +1,102 @@
+"""Screening, enrollment, assessments and randomization over the API."""
+from __future__ import annotations
+
+from flask import jsonify, request
+from sqlalchemy.exc import IntegrityError
+
+from trial.api import body, route
+from trial.enrollment import service as enrollment
+from trial.outcomes import service as outcomes
+from trial.randomize import service as randomization
+from trial.web import actor, db
+
+S, I, B, D = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}, {"type": "string", "format": "date"}
+ERR = {"$ref": "#/components/schemas/Error"}
+PARTICIPANT = {"type": "object", "properties": {
+    "study_id": S, "site": S, "status": S, "consent_date": D, "date_of_birth": D, "sex": S,
+    "strata": {"type": "object"}, "randomized_on": D, "baseline_primary_recorded": B,
+    "arm": {"type": "string", "description": "only for unblinded roles"}, "arm_label": S}}
+
+
+def _err(desc):
+    return {"description": desc, "schema": ERR}
+
+
+@route("/screenings", "POST", "Record a screening; the outcome is computed from the protocol's criteria", "coordinator of the site",
+       request_schema={"type": "object", "required": ["site", "screened_on", "answers"], "properties": {
+           "site": S, "screened_on": D, "answers": {"type": "object", "additionalProperties": B},
+           "declined": B, "other_reason": S}},
+       responses={201: {"description": "recorded", "schema": {"type": "object", "properties": {"id": I, "outcome": S}}},
+                  400: _err("bad input"), 404: _err("unknown site")})
+def create_screening():
+    s = db()
+    sc = enrollment.record_screening(s, actor(), body())
+    s.commit()
+    return jsonify({"id": sc.id, "outcome": sc.outcome, "failed_criteria": sc.failed_criteria}), 201
+
+
+@route("/participants", "POST", "Enroll a participant from an eligible screening", "coordinator of the site",
+       request_schema={"type": "object", "required": ["screening_id", "consent_date", "date_of_birth", "sex"], "properties": {
+           "screening_id": I, "consent_date": D, "date_of_birth": D, "sex": {"type": "string", "enum": list(enrollment.SEXES)},
+           "strata": {"type": "object", "additionalProperties": S}}},
+       responses={201: {"description": "enrolled", "schema": {"type": "object", "properties": {"study_id": S, "site": S, "status": S}}},
+                  400: _err("bad input"), 404: _err("unknown screening"), 409: _err("screening not eligible or already enrolled")})
+def create_participant():
+    s = db()
+    p = enrollment.enroll(s, actor(), body())
+    s.commit()
+    site = p.site.code
+    return jsonify({"study_id": p.study_id, "site": site, "status": "enrolled"}), 201
+
+
+@route("/participants", "GET", "Participants as the caller's role may see them", "by role and site",
+       params=[{"name": "site", "in": "query", "required": False, "schema": S}],
+       responses={200: {"description": "participants", "schema": {"type": "array", "items": PARTICIPANT}}})
+def list_participants():
+    s = db()
+    rows = enrollment.list_participants(s, actor(), request.args.get("site"))
+    return jsonify(enrollment.participant_views(s, actor(), rows))
+
+
+@route("/participants/<study_id>", "GET", "One participant as the caller's role may see it", "by role and site",
+       responses={200: {"description": "participant", "schema": PARTICIPANT}, 404: _err("unknown")})
+def get_participant(study_id):
+    s = db()
+    p = enrollment.get_participant(s, actor(), study_id)
+    return jsonify(enrollment.participant_views(s, actor(), [p])[0])
+
+
+@route("/participants/<study_id>/assessments", "POST", "Record an assessment of a protocol instrument",
+       "assessor of the site (blinded instruments) or coordinator of the site (others)",
+       request_schema={"type": "object", "required": ["visit", "instrument", "performed_on", "values"], "properties": {
+           "visit": S, "instrument": S, "performed_on": D, "values": {"type": "object"},
+           "allocation_guess": {"type": "string", "enum": ["music_therapy", "usual_care", "unsure"]},
+           "guess_confidence": {"type": "integer", "minimum": 1, "maximum": 5}}},
+       responses={201: {"description": "recorded", "schema": {"type": "object", "properties": {"id": I, "out_of_window": B}}},
+                  400: _err("bad input, naming the field"), 404: _err("unknown participant"), 409: _err("already recorded or not allowed now")})
+def create_assessment(study_id):
+    s = db()
+    a = outcomes.record_assessment(s, actor(), study_id, body())
+    s.commit()
+    return jsonify({"id": a.id, "out_of_window": a.out_of_window}), 201
+
+
+@route("/participants/<study_id>/randomize", "POST", "Randomize a ready participant (concealed, irrevocable)", "coordinator of the site",
+       params=[{"name": "Idempotency-Key", "in": "header", "required": False, "schema": S,
+                "description": "a retried request with the same key returns the same allocation (200)"}],
+       responses={201: {"description": "allocated", "schema": {"type": "object", "properties": {
+           "study_id": S, "arm": S, "arm_label": S, "randomized_at": {"type": "string", "format": "date-time"}}}},
+           200: "the same Idempotency-Key again: the same allocation", 404: _err("unknown participant"),
+           409: _err("not ready, or already randomized")})
+def randomize(study_id):
+    key = request.headers.get("Idempotency-Key")
+    for attempt in range(3):
+        s = db()
+        try:
+            res = randomization.randomize(s, actor(), study_id, key)
+            body_ = res.body()
+            s.commit()
+            return jsonify(body_), 201 if res.created else 200
+        except IntegrityError:  # a backstop constraint fired: re-read and answer from the committed state
+            s.rollback()
+    raise RuntimeError("randomization kept conflicting")

@@ -1,0 +1,132 @@
+"""Audit trail: every service write calls :func:`record` inside its own transaction."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trial.audit.models import AuditHead, AuditRecord
+from trial.db import lock_for_update, utcnow
+
+GENESIS = "0" * 64
+SYSTEM = "system"
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def compute_hash(rec: AuditRecord) -> str:
+    payload = [
+        rec.seq, rec.at.strftime("%Y-%m-%dT%H:%M:%S.%f"), rec.actor_id, rec.actor, rec.action,
+        rec.entity, rec.entity_id, rec.field, rec.old, rec.new, rec.reason,
+        bool(rec.reveals_allocation), rec.prev_hash,
+    ]
+    blob = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _actor(actor) -> tuple[int | None, str]:
+    if actor is None:
+        return None, SYSTEM
+    if isinstance(actor, str):
+        return None, actor
+    return actor.id, actor.email
+
+
+def _head(db: Session) -> AuditHead:
+    head = db.execute(lock_for_update(select(AuditHead).where(AuditHead.id == 1), db.get_bind())).scalar_one_or_none()
+    if head is None:
+        head = AuditHead(id=1, seq=0, hash=GENESIS)
+        db.add(head)
+        db.flush()
+    return head
+
+
+def record(db: Session, actor, action: str, entity: str, entity_id: Any,
+           changes: dict[str, tuple[Any, Any]] | None = None, reason: str | None = None,
+           reveals_allocation: bool = False) -> list[AuditRecord]:
+    """Append audit records: one per changed field (``changes`` maps field -> (old, new)), or a
+    single event record when there are no field changes. Same transaction as the change."""
+    actor_id, actor_name = _actor(actor)
+    head = _head(db)
+    at = utcnow()
+    items: Iterable[tuple[str | None, Any, Any]]
+    items = [(f, o, n) for f, (o, n) in (changes or {}).items() if _text(o) != _text(n)] or [(None, None, None)]
+    out = []
+    for field, old, new in items:
+        rec = AuditRecord(seq=head.seq + 1, at=at, actor_id=actor_id, actor=actor_name, action=action,
+                          entity=entity, entity_id=str(entity_id), field=field, old=_text(old),
+                          new=_text(new), reason=reason, reveals_allocation=reveals_allocation,
+                          prev_hash=head.hash)
+        rec.hash = compute_hash(rec)
+        head.seq, head.hash = rec.seq, rec.hash
+        db.add(rec)
+        out.append(rec)
+    db.flush()
+    return out
+
+
+def created(db, actor, entity: str, entity_id, values: dict[str, Any], **kw) -> list[AuditRecord]:
+    return record(db, actor, "create", entity, entity_id, {k: (None, v) for k, v in values.items()}, **kw)
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    checked: int
+    broken_seq: int | None = None
+    problem: str | None = None
+
+
+def verify(db: Session, batch: int = 5000) -> VerifyResult:
+    """Walk the chain in order; report the first record whose link or hash does not match."""
+    prev = GENESIS
+    expected_seq = 1
+    checked = 0
+    while True:
+        rows = db.execute(select(AuditRecord).where(AuditRecord.seq >= expected_seq)
+                          .order_by(AuditRecord.seq).limit(batch)).scalars().all()
+        if not rows:
+            break
+        for rec in rows:
+            if rec.seq != expected_seq:
+                return VerifyResult(False, checked, expected_seq, f"record {expected_seq} is missing")
+            if rec.prev_hash != prev:
+                return VerifyResult(False, checked, rec.seq, f"record {rec.seq} does not link to record {rec.seq - 1}")
+            if compute_hash(rec) != rec.hash:
+                return VerifyResult(False, checked, rec.seq, f"record {rec.seq} (id {rec.id}) was altered: its hash does not match its content")
+            prev = rec.hash
+            expected_seq += 1
+            checked += 1
+        db.expunge_all()
+    head = db.get(AuditHead, 1)
+    if head is not None and (head.seq != checked or head.hash != prev):
+        return VerifyResult(False, checked, checked + 1 if head.seq > checked else checked,
+                            f"chain head says {head.seq} records but {checked} chain correctly (records after {checked} missing or altered)")
+    return VerifyResult(True, checked)
+
+
+def visible_records(db: Session, user, entity: str | None = None, limit: int = 200, offset: int = 0):
+    """Audit records the user may read. Only unblinded roles read the trail, and records that
+    reveal an allocation are withheld from anyone the trial still blinds."""
+    from trial.auth.scope import is_blinded
+    q = select(AuditRecord).order_by(AuditRecord.seq.desc())
+    if entity:
+        q = q.where(AuditRecord.entity == entity)
+    if is_blinded(db, user):
+        q = q.where(AuditRecord.reveals_allocation.is_(False))
+    return db.execute(q.limit(limit).offset(offset)).scalars().all()

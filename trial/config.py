@@ -1,0 +1,70 @@
+"""Settings from the environment (see README "Configuration")."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from trial.db import PROJECT_ROOT, default_url
+
+
+class ConfigError(RuntimeError):
+    pass
+
+
+def instance_path() -> Path:
+    p = Path(os.environ.get("TRIAL_INSTANCE_PATH", PROJECT_ROOT / "instance"))
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _persisted_secret(name: str) -> str:
+    """Development only: a random secret kept in the instance folder, so restarts keep sessions."""
+    f = instance_path() / name
+    if not f.exists():
+        f.write_text(secrets.token_hex(32))
+        f.chmod(0o600)
+    return f.read_text().strip()
+
+
+def from_env(overrides: dict | None = None) -> dict:
+    env = os.environ.get("TRIAL_ENV", "development")
+    cfg = {
+        "ENV_NAME": env,
+        "DATABASE_URL": os.environ.get("TRIAL_DATABASE_URL") or default_url(),
+        "SECRET_KEY": os.environ.get("TRIAL_SECRET_KEY"),
+        "SEAL_KEY": os.environ.get("TRIAL_SEAL_KEY"),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": env == "production",
+        "SESSION_COOKIE_NAME": "trial_session",
+        "REMEMBER_COOKIE_DURATION": 0,
+        "PERMANENT_SESSION_LIFETIME": 8 * 3600,
+        "WTF_CSRF_TIME_LIMIT": 8 * 3600,
+        "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
+        "JSON_SORT_KEYS": False,
+    }
+    cfg.update(overrides or {})
+    if not cfg["SECRET_KEY"]:
+        if cfg["ENV_NAME"] == "production":
+            raise ConfigError("TRIAL_SECRET_KEY must be set in production (TRIAL_ENV=production); refusing to start.")
+        cfg["SECRET_KEY"] = _persisted_secret("secret_key")
+    if not cfg["SEAL_KEY"]:
+        cfg["SEAL_KEY"] = seal_key(cfg["ENV_NAME"])
+    return cfg
+
+
+def seal_key(env: str | None = None) -> str:
+    """The key that seals the randomization seed (Fernet). ``TRIAL_SEAL_KEY`` in production;
+    in development a key kept in the instance folder. Every app server and the CLI must share it."""
+    from cryptography.fernet import Fernet
+    key = os.environ.get("TRIAL_SEAL_KEY")
+    if key:
+        return key
+    if (env or os.environ.get("TRIAL_ENV", "development")) == "production":
+        raise ConfigError("TRIAL_SEAL_KEY must be set in production (it seals the randomization seed).")
+    f = instance_path() / "seal_key"
+    if not f.exists():
+        f.write_text(Fernet.generate_key().decode())
+        f.chmod(0o600)
+    return f.read_text().strip()

@@ -1,0 +1,1 @@
+"""Screening log and enrollment."""

@@ -1,0 +1,143 @@
+"""Participants, screening and randomization pages (thin over the services)."""
+from __future__ import annotations
+
+import secrets
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+
+from trial.auth.scope import can_see_arm
+from trial.enrollment import forms, service
+from trial.errors import DomainError
+from trial.outcomes import service as outcomes
+from trial.protocol.service import current as current_protocol
+from trial.randomize import service as randomization
+from trial.sites.service import list_sites
+from trial.web import actor, db
+
+bp = Blueprint("enrollment", __name__)
+
+
+def _flash_error(form, e: DomainError) -> None:
+    db().rollback()
+    for name, why in e.fields.items():
+        key = name.split(".")[-1]
+        field = getattr(form, key, None) or getattr(form, f"c_{key}", None) or getattr(form, f"v_{key}", None)
+        if field is not None:
+            field.errors = list(field.errors) + [why]
+    flash(e.message, "error")
+
+
+@bp.route("/participants")
+def participants():
+    s = db()
+    rows = service.list_participants(s, actor(), request.args.get("site") or None)
+    return render_template("enrollment/participants.html", rows=service.participant_views(s, actor(), rows))
+
+
+@bp.route("/participants/<study_id>")
+def participant(study_id: str):
+    s = db()
+    p = service.get_participant(s, actor(), study_id)
+    view = service.participant_views(s, actor(), [p])[0]
+    reasons = randomization.not_ready_reasons(s, p) if not view["randomized_on"] else []
+    can_randomize = actor().has_role("coordinator") and p.site_id in actor().site_ids("coordinator")
+    form = forms.RandomizeForm(idempotency_key=secrets.token_hex(16))
+    return render_template("enrollment/participant.html", p=view, reasons=reasons,
+                           can_randomize=can_randomize and not view["randomized_on"], form=form,
+                           show_arm=can_see_arm(s, actor(), p.site_id))
+
+
+@bp.route("/participants/<study_id>/randomize", methods=["POST"])
+def randomize(study_id: str):
+    form = forms.RandomizeForm()
+    if not form.validate_on_submit():
+        flash("Tick the confirmation box to randomize.", "error")
+        return redirect(url_for("enrollment.participant", study_id=study_id))
+    s = db()
+    try:
+        randomization.randomize(s, actor(), study_id, form.idempotency_key.data or None)
+        s.commit()
+        flash(f"{study_id} is randomized.")
+    except DomainError as e:
+        s.rollback()
+        if e.status in (403, 404):
+            raise
+        flash(e.message, "error")
+    return redirect(url_for("enrollment.participant", study_id=study_id))
+
+
+@bp.route("/screenings")
+def screenings():
+    return render_template("enrollment/screenings.html", rows=service.list_screenings(db(), actor()))
+
+
+@bp.route("/screenings/new", methods=["GET", "POST"])
+def screen():
+    s = db()
+    mine = actor().site_ids("coordinator")
+    criteria = current_protocol(s).content["criteria"]
+    form = forms.screening_form(criteria, [(x.code, f"{x.code} {x.name}") for x in list_sites(s) if x.id in mine])
+    if form.validate_on_submit():
+        data = {"site": form.site.data, "screened_on": form.screened_on.data, "declined": form.declined.data,
+                "other_reason": form.other_reason.data,
+                "answers": {c["key"]: getattr(form, f"c_{c['key']}").data == "yes" for c in criteria}}
+        try:
+            sc = service.record_screening(s, actor(), data)
+            s.commit()
+            flash(f"Screening {sc.id} recorded: {sc.outcome.replace('_', ' ')}.")
+            return redirect(url_for("enrollment.enroll", screening_id=sc.id) if sc.outcome == "eligible"
+                            else url_for("enrollment.screenings"))
+        except DomainError as e:
+            _flash_error(form, e)
+    return render_template("enrollment/form.html", form=form, title="Screen a child"), 400 if form.errors else 200
+
+
+@bp.route("/screenings/<int:screening_id>/enroll", methods=["GET", "POST"])
+def enroll(screening_id: int):
+    s = db()
+    factors = current_protocol(s).content["randomization"]["factors"]
+    form = forms.enroll_form(factors)
+    if form.validate_on_submit():
+        data = {"screening_id": screening_id, "consent_date": form.consent_date.data,
+                "date_of_birth": form.date_of_birth.data, "sex": form.sex.data,
+                "strata": {f["key"]: getattr(form, f"s_{f['key']}").data for f in factors if f["key"] != "site"}}
+        try:
+            p = service.enroll(s, actor(), data)
+            s.commit()
+            flash(f"Enrolled as {p.study_id}. Record the baseline assessments before randomization.")
+            return redirect(url_for("enrollment.participant", study_id=p.study_id))
+        except DomainError as e:
+            if e.status in (403, 404):
+                raise
+            _flash_error(form, e)
+    return render_template("enrollment/form.html", form=form, title=f"Enrol from screening {screening_id}"), 400 if form.errors else 200
+
+
+@bp.route("/participants/<study_id>/assess/<instrument>", methods=["GET", "POST"])
+def assess(study_id: str, instrument: str):
+    s = db()
+    p = service.get_participant(s, actor(), study_id)
+    content = current_protocol(s).content
+    ins = next((i for i in content["instruments"] if i["key"] == instrument), None)
+    if ins is None:
+        flash(f"Unknown instrument {instrument}.", "error")
+        return redirect(url_for("enrollment.participant", study_id=p.study_id))
+    visits = [(v["key"], v["label"]) for v in content["visits"] if v["key"] in ins["visits"]]
+    form = forms.assessment_form(ins, visits, with_guess=ins["blinded"])
+    if form.validate_on_submit():
+        data = {"visit": form.visit.data, "instrument": ins["key"], "performed_on": form.performed_on.data,
+                "values": {f["key"]: getattr(form, f"v_{f['key']}").data for f in ins["fields"]}}
+        if ins["blinded"] and form.allocation_guess.data:
+            data["allocation_guess"] = form.allocation_guess.data
+            data["guess_confidence"] = int(form.guess_confidence.data) if form.guess_confidence.data else None
+        try:
+            outcomes.record_assessment(s, actor(), p.study_id, data)
+            s.commit()
+            flash(f"{ins['label']} saved for {p.study_id}.")
+            return redirect(url_for("enrollment.participant", study_id=p.study_id))
+        except DomainError as e:
+            if e.status in (403, 404):
+                raise
+            _flash_error(form, e)
+    return render_template("enrollment/form.html", form=form, title=f"{ins['label']} for {p.study_id}"), 400 if form.errors else 200
+

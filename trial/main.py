@@ -1,0 +1,14 @@
+"""The home page: what the logged-in user can do next."""
+from __future__ import annotations
+
+from flask import Blueprint, render_template
+
+from trial.web import actor, db
+
+bp = Blueprint("main", __name__)
+
+
+@bp.route("/")
+def home():
+    from trial.enrollment.service import home_summary
+    return render_template("main/home.html", summary=home_summary(db(), actor()))

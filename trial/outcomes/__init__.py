@@ -1,0 +1,1 @@
+"""Outcome assessments entered from the protocol's instruments."""

@@ -1,0 +1,1 @@
+"""The protocol is data: a TOML file, validated, versioned in the database."""

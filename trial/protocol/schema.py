@@ -1,0 +1,235 @@
+"""Validation of a protocol file. Every problem names the key (a dotted path) and what is wrong."""
+from __future__ import annotations
+
+import re
+import tomllib
+from typing import Any
+
+KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+FIELD_TYPES = ("integer", "number", "text", "boolean", "choice")
+METHODS = ("permuted_blocks", "minimization")
+
+
+class ProtocolError(ValueError):
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+def _need(d: dict, key: str, path: str, typ, default=...):
+    if key not in d:
+        if default is not ...:
+            return default
+        raise ProtocolError(f"{path}.{key}".lstrip("."), "is missing")
+    v = d[key]
+    types = typ if isinstance(typ, tuple) else (typ,)
+    if bool in types and isinstance(v, bool):
+        return v
+    if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+        names = " or ".join(t.__name__.replace("str", "string").replace("int", "integer") for t in types)
+        raise ProtocolError(f"{path}.{key}".lstrip("."), f"must be a {names}, not {type(v).__name__} {v!r}")
+    return v
+
+
+def _key(d: dict, path: str) -> str:
+    k = _need(d, "key", path, str)
+    if not KEY_RE.match(k):
+        raise ProtocolError(f"{path}.key", f"{k!r} is not a valid key (lower-case letters, digits, _; starts with a letter)")
+    return k
+
+
+def _unique(items: list[dict], path: str) -> None:
+    seen = set()
+    for i, it in enumerate(items):
+        if it["key"] in seen:
+            raise ProtocolError(f"{path}[{i}].key", f"duplicate key {it['key']!r}")
+        seen.add(it["key"])
+
+
+def _list(d: dict, key: str, path: str) -> list[dict]:
+    items = _need(d, key, path, list)
+    if not items:
+        raise ProtocolError(f"{path}.{key}".lstrip("."), "must not be empty")
+    for i, it in enumerate(items):
+        if not isinstance(it, dict):
+            raise ProtocolError(f"{path}.{key}[{i}]".lstrip("."), "must be a table")
+    return items
+
+
+def validate(raw: dict[str, Any]) -> dict[str, Any]:
+    """Return the normalized protocol or raise :class:`ProtocolError`."""
+    if not isinstance(raw, dict):
+        raise ProtocolError("(file)", "must be a TOML document")
+    trial = _need(raw, "trial", "", dict)
+    tkey = _need(trial, "key", "trial", str)
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", tkey):
+        raise ProtocolError("trial.key", f"{tkey!r} is not a valid trial key (lower-case letters, digits, - and _)")
+    out: dict[str, Any] = {"trial": {"key": tkey, "name": _need(trial, "name", "trial", str),
+                                     "amendment": str(_need(trial, "amendment", "trial", (str, int, float), "1"))}}
+
+    arms = []
+    for i, a in enumerate(_list(raw, "arms", "")):
+        p = f"arms[{i}]"
+        arm = {"key": _key(a, p), "label": _need(a, "label", p, str),
+               "sessions_per_week": _need(a, "sessions_per_week", p, int),
+               "weight": _need(a, "weight", p, int)}
+        if arm["weight"] < 1:
+            raise ProtocolError(f"{p}.weight", "must be 1 or more")
+        if not 0 <= arm["sessions_per_week"] <= 14:
+            raise ProtocolError(f"{p}.sessions_per_week", "must be between 0 and 14")
+        arms.append(arm)
+    if len(arms) < 2:
+        raise ProtocolError("arms", "a randomized trial needs at least two arms")
+    _unique(arms, "arms")
+    out["arms"] = arms
+    ratio_sum = sum(a["weight"] for a in arms)
+
+    r = _need(raw, "randomization", "", dict)
+    method = _need(r, "method", "randomization", str)
+    if method not in METHODS:
+        raise ProtocolError("randomization.method", f"must be one of {', '.join(METHODS)}, not {method!r}")
+    sizes = _need(r, "block_sizes", "randomization", list)
+    if not sizes:
+        raise ProtocolError("randomization.block_sizes", "must not be empty")
+    for j, s in enumerate(sizes):
+        if isinstance(s, bool) or not isinstance(s, int) or s <= 0 or s % ratio_sum:
+            raise ProtocolError(f"randomization.block_sizes[{j}]", f"{s!r} is not a positive multiple of the ratio sum {ratio_sum}")
+    factors = []
+    for i, f in enumerate(_need(r, "factors", "randomization", list, [{"key": "site"}])):
+        p = f"randomization.factors[{i}]"
+        if not isinstance(f, dict):
+            raise ProtocolError(p, "must be a table")
+        k = _key(f, p)
+        if k == "site":
+            factors.append({"key": "site", "levels": None})
+            continue
+        levels = _need(f, "levels", p, list)
+        if len(levels) < 2 or not all(isinstance(x, str) and KEY_RE.match(x) for x in levels):
+            raise ProtocolError(f"{p}.levels", "must list at least two level keys")
+        factors.append({"key": k, "levels": levels, "label": f.get("label", k)})
+    _unique(factors, "randomization.factors")
+    if not any(f["key"] == "site" for f in factors):
+        raise ProtocolError("randomization.factors", "site must be one of the factors")
+    mini = _need(r, "minimization", "randomization", dict, {})
+    prob = _need(mini, "probability", "randomization.minimization", (float, int), 0.8)
+    if not 0.5 <= float(prob) <= 1.0:
+        raise ProtocolError("randomization.minimization.probability", "must be between 0.5 and 1")
+    imb = _need(mini, "imbalance", "randomization.minimization", str, "range")
+    if imb not in ("range", "variance"):
+        raise ProtocolError("randomization.minimization.imbalance", "must be 'range' or 'variance'")
+    for k in ("initial_blocks", "extension_blocks"):
+        v = _need(r, k, "randomization", int, 10)
+        if not 1 <= v <= 10000:
+            raise ProtocolError(f"randomization.{k}", "must be between 1 and 10000")
+    out["randomization"] = {"method": method, "block_sizes": sorted(sizes), "factors": factors,
+                            "minimization": {"probability": float(prob), "imbalance": imb},
+                            "initial_blocks": _need(r, "initial_blocks", "randomization", int, 10),
+                            "extension_blocks": _need(r, "extension_blocks", "randomization", int, 10)}
+
+    el = _need(raw, "eligibility", "", dict, {})
+    lo = _need(el, "min_age_months", "eligibility", int, 0)
+    hi = _need(el, "max_age_months", "eligibility", int, 1200)
+    if lo > hi:
+        raise ProtocolError("eligibility.max_age_months", "must not be below min_age_months")
+    out["eligibility"] = {"min_age_months": lo, "max_age_months": hi}
+    criteria = []
+    for i, c in enumerate(_list(raw, "criteria", "")):
+        p = f"criteria[{i}]"
+        criteria.append({"key": _key(c, p), "question": _need(c, "question", p, str),
+                         "qualifying_answer": _need(c, "qualifying_answer", p, bool)})
+    _unique(criteria, "criteria")
+    out["criteria"] = criteria
+
+    c = _need(raw, "course", "", dict)
+    course = {"months": _need(c, "months", "course", int), "session_minutes": _need(c, "session_minutes", "course", int, 30),
+              "min_attended_sessions": _need(c, "min_attended_sessions", "course", int, 1),
+              "parent_counselling_sessions": _need(c, "parent_counselling_sessions", "course", int, 0),
+              "techniques": _need(c, "techniques", "course", list, [])}
+    if not 1 <= course["months"] <= 60:
+        raise ProtocolError("course.months", "must be between 1 and 60")
+    for j, t in enumerate(course["techniques"]):
+        if not isinstance(t, str) or not KEY_RE.match(t):
+            raise ProtocolError(f"course.techniques[{j}]", f"{t!r} is not a valid key")
+    out["course"] = course
+
+    visits = []
+    for i, v in enumerate(_list(raw, "visits", "")):
+        p = f"visits[{i}]"
+        visit = {"key": _key(v, p), "label": _need(v, "label", p, str, v.get("key")),
+                 "day": _need(v, "day", p, int), "window_before": _need(v, "window_before", p, int),
+                 "window_after": _need(v, "window_after", p, int), "primary": _need(v, "primary", p, bool, False)}
+        for k in ("window_before", "window_after"):
+            if visit[k] < 0:
+                raise ProtocolError(f"{p}.{k}", "must be 0 or more")
+        visits.append(visit)
+    _unique(visits, "visits")
+    if [v["day"] for v in visits] != sorted(v["day"] for v in visits):
+        raise ProtocolError("visits", "must be listed in order of their day")
+    if sum(v["primary"] for v in visits) != 1:
+        raise ProtocolError("visits", "exactly one visit must be marked primary = true")
+    if not any(v["key"] == "baseline" and v["day"] == 0 for v in visits):
+        raise ProtocolError("visits", "a 'baseline' visit on day 0 is required (randomization needs the baseline outcome)")
+    out["visits"] = visits
+    visit_keys = {v["key"] for v in visits}
+
+    instruments = []
+    for i, ins in enumerate(_list(raw, "instruments", "")):
+        p = f"instruments[{i}]"
+        item = {"key": _key(ins, p), "label": _need(ins, "label", p, str), "blinded": _need(ins, "blinded", p, bool),
+                "visits": _need(ins, "visits", p, list), "fields": []}
+        for j, vk in enumerate(item["visits"]):
+            if vk not in visit_keys:
+                raise ProtocolError(f"{p}.visits[{j}]", f"unknown visit {vk!r}")
+        for j, f in enumerate(_list(ins, "fields", p)):
+            fp = f"{p}.fields[{j}]"
+            fld = {"key": _key(f, fp), "label": _need(f, "label", fp, str, f.get("key")),
+                   "type": _need(f, "type", fp, str), "required": _need(f, "required", fp, bool, True),
+                   "min": None, "max": None, "units": _need(f, "units", fp, str, None), "choices": None}
+            if fld["type"] not in FIELD_TYPES:
+                raise ProtocolError(f"{fp}.type", f"must be one of {', '.join(FIELD_TYPES)}, not {fld['type']!r}")
+            if fld["type"] in ("integer", "number"):
+                num = int if fld["type"] == "integer" else (int, float)
+                fld["min"] = _need(f, "min", fp, num, None)
+                fld["max"] = _need(f, "max", fp, num, None)
+                if fld["min"] is not None and fld["max"] is not None and fld["min"] > fld["max"]:
+                    raise ProtocolError(f"{fp}.max", "must not be below min")
+            if fld["type"] == "choice":
+                fld["choices"] = _need(f, "choices", fp, list)
+                if not fld["choices"]:
+                    raise ProtocolError(f"{fp}.choices", "must not be empty")
+            item["fields"].append(fld)
+        _unique(item["fields"], f"{p}.fields")
+        instruments.append(item)
+    _unique(instruments, "instruments")
+    out["instruments"] = instruments
+
+    po = _need(raw, "primary_outcome", "", dict)
+    prim = {"instrument": _need(po, "instrument", "primary_outcome", str),
+            "field": _need(po, "field", "primary_outcome", str), "visit": _need(po, "visit", "primary_outcome", str)}
+    ins = next((x for x in instruments if x["key"] == prim["instrument"]), None)
+    if ins is None:
+        raise ProtocolError("primary_outcome.instrument", f"unknown instrument {prim['instrument']!r}")
+    if not any(f["key"] == prim["field"] for f in ins["fields"]):
+        raise ProtocolError("primary_outcome.field", f"instrument {ins['key']!r} has no field {prim['field']!r}")
+    if prim["visit"] not in visit_keys:
+        raise ProtocolError("primary_outcome.visit", f"unknown visit {prim['visit']!r}")
+    if not next(v for v in visits if v["key"] == prim["visit"])["primary"]:
+        raise ProtocolError("primary_outcome.visit", f"visit {prim['visit']!r} is not the visit marked primary")
+    for vk in (prim["visit"], "baseline"):
+        if vk not in ins["visits"]:
+            raise ProtocolError(f"instruments[{instruments.index(ins)}].visits",
+                                f"the primary instrument must be collected at {vk!r}")
+    out["primary_outcome"] = prim
+    unknown = set(raw) - {"trial", "arms", "randomization", "eligibility", "criteria", "course", "visits",
+                          "instruments", "primary_outcome"}
+    if unknown:
+        raise ProtocolError(sorted(unknown)[0], "is not a known protocol section")
+    return out
+
+
+def parse(text: str) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ProtocolError("(file)", f"is not valid TOML: {e}") from e
+    return validate(raw)

@@ -1,0 +1,1 @@
+"""Concealed randomization: permuted blocks per stratum or minimization, from a sealed seed."""

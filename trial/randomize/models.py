@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from trial.db import Base, utcnow
+
+
+class RandomizationDesign(Base):
+    """Created once, when the trial opens. The seed is sealed (encrypted with the seal key) in
+    :class:`SealedSeed`; ``revealed_seed`` is filled only at unblinding."""
+
+    __tablename__ = "randomization_design"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    method: Mapped[str] = mapped_column(String(20))
+    protocol_version: Mapped[int] = mapped_column(Integer)
+    design: Mapped[dict] = mapped_column(JSON)
+    commitment: Mapped[str] = mapped_column(String(64))
+    opened_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    opened_by: Mapped[str] = mapped_column(String(200))
+    unblinded_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    revealed_seed: Mapped[str | None] = mapped_column(String(64))
+
+
+class SealedSeed(Base):
+    __tablename__ = "sealed_seed"
+
+    design_id: Mapped[int] = mapped_column(ForeignKey("randomization_design.id"), primary_key=True)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Stratum(Base):
+    """One allocation sequence: a site (and other factor levels) for permuted blocks, or the
+    single sequence of a minimization trial. Its row is the lock every allocation takes."""
+
+    __tablename__ = "stratum"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("site.id"))
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    blocks: Mapped[int] = mapped_column(Integer, default=0)
+    length: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Allocation(Base):
+    __tablename__ = "allocation"
+    __table_args__ = (UniqueConstraint("stratum_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), unique=True)
+    stratum_id: Mapped[int] = mapped_column(ForeignKey("stratum.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    arm: Mapped[str] = mapped_column(String(32))
+    details: Mapped[dict | None] = mapped_column(JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    randomized_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    randomized_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))

@@ -1,0 +1,324 @@
+"""Opening the trial's randomization, allocating, and verifying allocations after unblinding.
+
+Allocation takes the stratum's next slot in order inside one transaction that locks the
+participant's row and then the stratum's row (``FOR UPDATE`` on PostgreSQL; SQLite's
+``BEGIN IMMEDIATE`` already serializes writers), writes the allocation and its audit record.
+Unique (stratum, seq) and unique participant are the backstops.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass, field
+
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trial.audit import service as audit
+from trial.auth.scope import is_cli, require_role, require_site_role
+from trial.config import seal_key
+from trial.db import lock_for_update, utcnow
+from trial.enrollment.models import Participant, Screening
+from trial.enrollment.service import _insert_ignore, get_participant
+from trial.errors import Conflict, NotFound, ValidationError
+from trial.outcomes.service import baseline_done
+from trial.protocol.service import current as current_protocol
+from trial.randomize import lists, minimization
+from trial.randomize.models import Allocation, RandomizationDesign, SealedSeed, Stratum
+from trial.sites.models import Site
+
+MINIMIZATION_STRATUM = "minimization"
+
+
+# --- seed sealing ----------------------------------------------------------------------------
+
+def _fernet(key: str | None = None) -> Fernet:
+    return Fernet((key or seal_key()).encode())
+
+
+def seal(seed: bytes, key: str | None = None) -> bytes:
+    return _fernet(key).encrypt(seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _unseal_cached(ciphertext: bytes, key: str) -> bytes:
+    try:
+        return _fernet(key).decrypt(ciphertext)
+    except InvalidToken as e:
+        raise Conflict("The randomization seed cannot be unsealed with this seal key (TRIAL_SEAL_KEY differs "
+                       "from the one used when randomization was opened).") from e
+
+
+def master_seed(db: Session, design: RandomizationDesign) -> bytes:
+    """The sealed seed, for allocation inside this process only. Never returned to a user."""
+    row = db.get(SealedSeed, design.id)
+    return _unseal_cached(bytes(row.ciphertext), seal_key())
+
+
+# --- design ----------------------------------------------------------------------------------
+
+def get_design(db: Session) -> RandomizationDesign | None:
+    return db.execute(select(RandomizationDesign).limit(1)).scalar_one_or_none()
+
+
+def _arms(design: dict) -> tuple[tuple[str, int], ...]:
+    return tuple((a["key"], a["weight"]) for a in design["arms"])
+
+
+def stratum_key(design: dict, site_code: str, strata: dict) -> str:
+    if design["method"] == "minimization":
+        return MINIMIZATION_STRATUM
+    parts = [f"site={site_code}"] + [f"{f['key']}={strata[f['key']]}" for f in design["factors"] if f["key"] != "site"]
+    return "|".join(parts)
+
+
+def _stratum_keys_for_sites(design: dict, site_codes: list[str]) -> list[str]:
+    if design["method"] == "minimization":
+        return [MINIMIZATION_STRATUM]
+    others = [f for f in design["factors"] if f["key"] != "site"]
+    combos = list(itertools.product(*[[(f["key"], lv) for lv in f["levels"]] for f in others])) or [()]
+    return [stratum_key(design, code, dict(c)) for code in site_codes for c in combos]
+
+
+def stratum_list(design: dict, master: bytes, key: str) -> lists.StratumList:
+    return lists.stratum_list(master, key, _arms(design), tuple(design["block_sizes"]))
+
+
+def open_randomization(db: Session, actor, seed: bytes | None = None) -> RandomizationDesign:
+    """Generate the lists from a fresh CSPRNG seed, record the commitment, seal the seed."""
+    require_role(db, actor, "admin", "manager")
+    if get_design(db) is not None:
+        raise Conflict("Randomization is already open; lists are generated once per trial.")
+    pv = current_protocol(db)
+    c = pv.content
+    master = seed or lists.new_master_seed()
+    design = {"trial": c["trial"]["key"], "protocol_version": pv.version, "method": c["randomization"]["method"],
+              "arms": [{"key": a["key"], "weight": a["weight"]} for a in c["arms"]],
+              "block_sizes": c["randomization"]["block_sizes"], "factors": c["randomization"]["factors"],
+              "minimization": c["randomization"]["minimization"],
+              "initial_blocks": c["randomization"]["initial_blocks"],
+              "extension_blocks": c["randomization"]["extension_blocks"],
+              "stratum_derivation": "HMAC-SHA256(seed, 'stratum:' + key); block i from HMAC-DRBG label 'block:i'"}
+    sites = [s.code for s in db.execute(select(Site).order_by(Site.code)).scalars()]
+    strata = {}
+    if design["method"] == "permuted_blocks":
+        for key in _stratum_keys_for_sites(design, sites):
+            sl = stratum_list(design, master, key)
+            strata[key] = lists.list_digest([a for b in sl.blocks(design["initial_blocks"]) for a in b])
+    design["initial_strata"] = strata
+    commit = lists.commitment(design, master)
+    row = RandomizationDesign(method=design["method"], protocol_version=pv.version, design=design, commitment=commit,
+                              opened_by=getattr(actor, "email", str(actor)))
+    db.add(row)
+    db.flush()
+    db.add(SealedSeed(design_id=row.id, ciphertext=seal(master)))
+    for key in _stratum_keys_for_sites(design, sites):
+        _new_stratum(db, design, master, key, _site_id_of(db, key))
+    db.flush()
+    audit.created(db, actor, "randomization", row.id, {"method": row.method, "protocol_version": pv.version,
+                                                       "commitment": commit, "strata": len(strata) or 1})
+    return row
+
+
+def _site_id_of(db: Session, key: str) -> int | None:
+    if key == MINIMIZATION_STRATUM:
+        return None
+    code = key.split("|")[0].split("=", 1)[1]
+    return db.execute(select(Site.id).where(Site.code == code)).scalar_one()
+
+
+def _new_stratum(db: Session, design: dict, master: bytes, key: str, site_id: int | None) -> None:
+    blocks = design["initial_blocks"] if design["method"] == "permuted_blocks" else 0
+    length = stratum_list(design, master, key).length_of_blocks(blocks) if blocks else 0
+    _insert_ignore(db, Stratum.__table__, {"key": key, "site_id": site_id, "last_seq": 0, "blocks": blocks,
+                                          "length": length, "created_at": utcnow()})
+
+
+# --- allocation ------------------------------------------------------------------------------
+
+def allocation_of(db: Session, participant_id: int) -> Allocation | None:
+    return db.execute(select(Allocation).where(Allocation.participant_id == participant_id)).scalar_one_or_none()
+
+
+def allocations_for(db: Session, participant_ids: list[int]) -> dict[int, Allocation]:
+    if not participant_ids:
+        return {}
+    out = {}
+    for chunk in range(0, len(participant_ids), 900):
+        ids = participant_ids[chunk:chunk + 900]
+        out.update({a.participant_id: a for a in db.execute(select(Allocation).where(Allocation.participant_id.in_(ids))).scalars()})
+    return out
+
+
+@dataclass
+class Result:
+    allocation: Allocation
+    participant: Participant
+    created: bool
+    arm_label: str = ""
+    extras: dict = field(default_factory=dict)
+
+    def body(self) -> dict:
+        return {"study_id": self.participant.study_id, "arm": self.allocation.arm, "arm_label": self.arm_label,
+                "randomized_at": self.allocation.randomized_at.isoformat(timespec="seconds") + "Z"}
+
+
+def not_ready_reasons(db: Session, p: Participant) -> list[str]:
+    """Why this participant cannot be randomized yet (empty = ready)."""
+    reasons = []
+    sc = db.get(Screening, p.screening_id)
+    if sc is None or sc.outcome != "eligible":
+        reasons.append("the screening is not eligible")
+    if p.consent_date is None:
+        reasons.append("consent is not recorded")
+    if p.id not in baseline_done(db, [p.id]):
+        prim = current_protocol(db).content["primary_outcome"]
+        reasons.append(f"the baseline {prim['instrument']} {prim['field']} is not recorded")
+    site = db.get(Site, p.site_id)
+    if not site.is_open:
+        reasons.append(f"site {site.code} is closed")
+    return reasons
+
+
+def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = None) -> Result:
+    p = get_participant(db, actor, study_id)
+    require_site_role(db, actor, p.site_id, "coordinator")
+    if idempotency_key is not None and (not idempotency_key.strip() or len(idempotency_key) > 200):
+        raise ValidationError("Idempotency-Key must be 1 to 200 characters.", {"Idempotency-Key": "1 to 200 characters"})
+    bind = db.get_bind()
+    # 1. lock the participant: concurrent requests for one child queue here
+    db.execute(lock_for_update(select(Participant.id).where(Participant.id == p.id), bind))
+    arms = {a["key"]: a["label"] for a in current_protocol(db).content["arms"]}
+    existing = allocation_of(db, p.id)
+    if existing is not None:
+        if idempotency_key and existing.idempotency_key == idempotency_key:
+            return Result(existing, p, False, arms.get(existing.arm, existing.arm))
+        raise Conflict(f"{p.study_id} is already randomized; a child is never re-randomized.")
+    design_row = get_design(db)
+    if design_row is None:
+        raise Conflict("Randomization is not open yet (run `trial randomization open`).")
+    reasons = not_ready_reasons(db, p)
+    if reasons:
+        raise Conflict(f"{p.study_id} cannot be randomized: " + "; ".join(reasons) + ".")
+    design = design_row.design
+    master = master_seed(db, design_row)
+    site_code = db.get(Site, p.site_id).code
+    key = stratum_key(design, site_code, p.strata or {})
+    # 2. lock the stratum: its next slot is taken in order
+    stratum = db.execute(lock_for_update(select(Stratum).where(Stratum.key == key), bind)).scalar_one_or_none()
+    if stratum is None:  # a site added after opening: its list comes from the same seed
+        _new_stratum(db, design, master, key, p.site_id)
+        stratum = db.execute(lock_for_update(select(Stratum).where(Stratum.key == key), bind)).scalar_one()
+        audit.record(db, actor, "create", "stratum", key, {"blocks": (None, stratum.blocks), "length": (None, stratum.length)},
+                     reason="first participant of a stratum added after randomization opened")
+    seq = stratum.last_seq + 1
+    details = None
+    if design["method"] == "permuted_blocks":
+        sl = stratum_list(design, master, key)
+        if seq > stratum.length:
+            old = (stratum.blocks, stratum.length)
+            stratum.blocks += design["extension_blocks"]
+            stratum.length = sl.length_of_blocks(stratum.blocks)
+            audit.record(db, actor, "extend", "stratum", key, {"blocks": (old[0], stratum.blocks), "length": (old[1], stratum.length)},
+                         reason="list exhausted: extended with new blocks from the seed")
+        arm = sl.arm_at(seq)
+    else:
+        arm, details = _minimize(db, design, master, seq, p)
+    stratum.last_seq = seq
+    alloc = Allocation(participant_id=p.id, stratum_id=stratum.id, seq=seq, arm=arm, details=details,
+                       idempotency_key=idempotency_key, randomized_by_id=getattr(actor, "id", None))
+    db.add(alloc)
+    db.flush()
+    audit.record(db, actor, "randomize", "allocation", p.study_id,
+                 {"arm": (None, arm), "stratum": (None, key), "seq": (None, seq)}, reveals_allocation=True)
+    return Result(alloc, p, True, arms.get(arm, arm))
+
+
+def _minimize(db: Session, design: dict, master: bytes, seq: int, p: Participant) -> tuple[str, dict]:
+    factors = [f["key"] for f in design["factors"]]
+    site_codes = dict(db.execute(select(Site.id, Site.code)).all())
+    prior = [(a.arm, _levels(factors, site_codes[pp.site_id], pp.strata)) for a, pp in db.execute(
+        select(Allocation, Participant).join(Participant, Participant.id == Allocation.participant_id)
+        .order_by(Allocation.seq)).all()]
+    u_pick, u_tie = minimization.draws(master, seq)
+    m = design["minimization"]
+    arm, details = minimization.choose(list(_arms(design)), factors, _levels(factors, site_codes[p.site_id], p.strata),
+                                       prior, m["probability"], m["imbalance"], u_pick, u_tie)
+    return arm, details
+
+
+def _levels(factors: list[str], site_code: str, strata: dict) -> dict[str, str]:
+    return {f: (site_code if f == "site" else (strata or {}).get(f, "")) for f in factors}
+
+
+# --- verification ----------------------------------------------------------------------------
+
+@dataclass
+class Verification:
+    ok: bool
+    checked: int
+    problems: list[str]
+
+
+def verify(db: Session, actor, seed: bytes | None = None) -> Verification:
+    """Regenerate every list from the revealed seed (or ``seed``), check the commitment and that
+    each allocation took the right slot in order."""
+    require_role(db, actor, "manager", "statistician")
+    row = get_design(db)
+    if row is None:
+        raise NotFound("Randomization was never opened.")
+    if seed is None:
+        if not row.revealed_seed:
+            raise Conflict("The trial is not unblinded: the seed is still sealed, so the lists cannot be verified yet.")
+        seed = bytes.fromhex(row.revealed_seed)
+    design = row.design
+    problems = []
+    if lists.commitment(design, seed) != row.commitment:
+        problems.append("the seed and the design do not match the commitment recorded when randomization opened")
+    for key, digest in design.get("initial_strata", {}).items():
+        sl = stratum_list(design, seed, key)
+        if lists.list_digest([a for b in sl.blocks(design["initial_blocks"]) for a in b]) != digest:
+            problems.append(f"stratum {key}: regenerated list differs from the committed list")
+    strata = {s.id: s for s in db.execute(select(Stratum)).scalars()}
+    site_codes = dict(db.execute(select(Site.id, Site.code)).all())
+    rows = db.execute(select(Allocation, Participant).join(Participant, Participant.id == Allocation.participant_id)
+                      .order_by(Allocation.stratum_id, Allocation.seq)).all()
+    checked = 0
+    prior: list = []
+    factors = [f["key"] for f in design["factors"]]
+    for sid, group in itertools.groupby(rows, key=lambda r: r[0].stratum_id):
+        st = strata[sid]
+        expected = 1
+        for alloc, p in group:
+            checked += 1
+            if alloc.seq != expected:
+                problems.append(f"stratum {st.key}: {p.study_id} took slot {alloc.seq} but slot {expected} was next")
+                expected = alloc.seq
+            want_key = stratum_key(design, site_codes[p.site_id], p.strata or {})
+            if want_key != st.key:
+                problems.append(f"{p.study_id} is in stratum {st.key} but belongs to {want_key}")
+            if design["method"] == "permuted_blocks":
+                want = stratum_list(design, seed, st.key).arm_at(alloc.seq)
+            else:
+                u_pick, u_tie = minimization.draws(seed, alloc.seq)
+                m = design["minimization"]
+                want, _ = minimization.choose(list(_arms(design)), factors, _levels(factors, site_codes[p.site_id], p.strata),
+                                              prior, m["probability"], m["imbalance"], u_pick, u_tie)
+                prior.append((alloc.arm, _levels(factors, site_codes[p.site_id], p.strata)))
+            if alloc.arm != want:
+                problems.append(f"{p.study_id} (stratum {st.key}, slot {alloc.seq}) has arm {alloc.arm} but the list says {want}")
+            expected += 1
+        if st.last_seq != expected - 1:
+            problems.append(f"stratum {st.key}: {expected - 1} allocations but the stratum records {st.last_seq} slots used")
+    return Verification(not problems, checked, problems)
+
+
+def unseal_for_verification(db: Session, actor) -> bytes:
+    """The sealed seed, for the unblinding step and tests that verify with the seed in hand."""
+    if not is_cli(actor):
+        require_role(db, actor, "manager")
+    row = get_design(db)
+    if row is None:
+        raise NotFound("Randomization was never opened.")
+    return master_seed(db, row)

@@ -1,0 +1,94 @@
+"""Sites: created and edited by admins, every change audited."""
+from __future__ import annotations
+
+import re
+import zoneinfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trial.audit import service as audit
+from trial.auth.scope import require_role
+from trial.errors import Conflict, NotFound, ValidationError
+from trial.sites.models import Site
+
+CODE_RE = re.compile(r"^[A-Z]{2}[0-9]{2}$")
+FIELDS = ("name", "country", "timezone", "target", "is_open")
+
+
+def _clean(data: dict, creating: bool) -> dict:
+    errors: dict[str, str] = {}
+    out: dict = {}
+    if creating:
+        code = str(data.get("code") or "").strip().upper()
+        if not CODE_RE.match(code):
+            errors["code"] = "must be two letters and two digits, e.g. AT01"
+        out["code"] = code
+    if "name" in data or creating:
+        name = str(data.get("name") or "").strip()
+        if not name:
+            errors["name"] = "is required"
+        elif len(name) > 200:
+            errors["name"] = "must be at most 200 characters"
+        out["name"] = name
+    if data.get("country") not in (None, ""):
+        cc = str(data["country"]).strip().upper()
+        if not re.fullmatch(r"[A-Z]{2}", cc):
+            errors["country"] = "must be a two-letter ISO 3166 country code"
+        out["country"] = cc
+    if data.get("timezone") not in (None, ""):
+        tz = str(data["timezone"]).strip()
+        try:
+            zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            errors["timezone"] = f"unknown time zone {tz!r}"
+        out["timezone"] = tz
+    if data.get("target") not in (None, ""):
+        try:
+            target = int(data["target"])
+            if target < 0:
+                raise ValueError
+            out["target"] = target
+        except (TypeError, ValueError):
+            errors["target"] = "must be a whole number, 0 or more"
+    if "is_open" in data:
+        out["is_open"] = bool(data["is_open"])
+    if errors:
+        raise ValidationError("The site was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+    return out
+
+
+def list_sites(db: Session) -> list[Site]:
+    return list(db.execute(select(Site).order_by(Site.code)).scalars())
+
+
+def get_by_code(db: Session, code: str) -> Site:
+    site = db.execute(select(Site).where(Site.code == (code or "").upper())).scalar_one_or_none()
+    if site is None:
+        raise NotFound(f"No site with code {code!r}.")
+    return site
+
+
+def create_site(db: Session, actor, data: dict) -> Site:
+    require_role(db, actor, "admin")
+    values = _clean(data, creating=True)
+    if db.execute(select(Site.id).where(Site.code == values["code"])).first():
+        raise Conflict(f"A site with code {values['code']} already exists.", {"code": "already exists"})
+    site = Site(code=values["code"], name=values["name"], country=values.get("country"),
+                timezone=values.get("timezone", "UTC"), target=values.get("target", 0), is_open=True)
+    db.add(site)
+    db.flush()
+    audit.created(db, actor, "site", site.code, {k: getattr(site, k) for k in ("code",) + FIELDS})
+    return site
+
+
+def update_site(db: Session, actor, code: str, data: dict, reason: str | None = None) -> Site:
+    require_role(db, actor, "admin")
+    site = get_by_code(db, code)
+    values = _clean(data, creating=False)
+    changes = {k: (getattr(site, k), v) for k, v in values.items() if getattr(site, k) != v}
+    for k, (_, v) in changes.items():
+        setattr(site, k, v)
+    if changes:
+        audit.record(db, actor, "update", "site", site.code, changes, reason=reason)
+    return site
