@@ -50,7 +50,7 @@ def user_new():
             return redirect(url_for("admin.users"))
         except DomainError as e:
             _form_error(form, e)
-    return render_template("admin/user_form.html", form=form, title="New user"), 400 if form.errors else 200
+    return render_template("admin/user_form.html", form=form, title="New user"), 400 if form.is_submitted() else 200
 
 
 @bp.route("/users/<int:user_id>", methods=["GET", "POST"])
@@ -71,7 +71,7 @@ def user_edit(user_id: int):
             return redirect(url_for("admin.users"))
         except DomainError as e:
             _form_error(form, e)
-    return render_template("admin/user_form.html", form=form, title=f"Edit {user.email}", user=user), 400 if form.errors else 200
+    return render_template("admin/user_form.html", form=form, title=f"Edit {user.email}", user=user), 400 if form.is_submitted() else 200
 
 
 @bp.route("/sites", endpoint="sites")
@@ -90,7 +90,7 @@ def site_new():
             return redirect(url_for("admin.sites"))
         except DomainError as e:
             _form_error(form, e)
-    return render_template("admin/site_form.html", form=form, title="New site"), 400 if form.errors else 200
+    return render_template("admin/site_form.html", form=form, title="New site"), 400 if form.is_submitted() else 200
 
 
 @bp.route("/sites/<code>", methods=["GET", "POST"])
@@ -108,5 +108,5 @@ def site_edit(code: str):
             return redirect(url_for("admin.sites"))
         except DomainError as e:
             _form_error(form, e)
-    return render_template("admin/site_form.html", form=form, title=f"Edit site {site.code}", site=site), 400 if form.errors else 200
+    return render_template("admin/site_form.html", form=form, title=f"Edit site {site.code}", site=site), 400 if form.is_submitted() else 200
 

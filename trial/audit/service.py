@@ -29,7 +29,8 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def compute_hash(rec: AuditRecord) -> str:
+def compute_hash(rec) -> str:
+    """SHA-256 over the record's content and its predecessor's hash (an ORM object or a row)."""
     payload = [
         rec.seq, rec.at.strftime("%Y-%m-%dT%H:%M:%S.%f"), rec.actor_id, rec.actor, rec.action,
         rec.entity, rec.entity_id, rec.field, rec.old, rec.new, rec.reason,
@@ -98,8 +99,8 @@ def verify(db: Session, batch: int = 5000) -> VerifyResult:
     expected_seq = 1
     checked = 0
     while True:
-        rows = db.execute(select(AuditRecord).where(AuditRecord.seq >= expected_seq)
-                          .order_by(AuditRecord.seq).limit(batch)).scalars().all()
+        t = AuditRecord.__table__
+        rows = db.execute(select(t).where(t.c.seq >= expected_seq).order_by(t.c.seq).limit(batch)).all()
         if not rows:
             break
         for rec in rows:
@@ -112,7 +113,6 @@ def verify(db: Session, batch: int = 5000) -> VerifyResult:
             prev = rec.hash
             expected_seq += 1
             checked += 1
-        db.expunge_all()
     head = db.get(AuditHead, 1)
     if head is not None and (head.seq != checked or head.hash != prev):
         return VerifyResult(False, checked, checked + 1 if head.seq > checked else checked,

@@ -89,7 +89,7 @@ def screen():
                             else url_for("enrollment.screenings"))
         except DomainError as e:
             _flash_error(form, e)
-    return render_template("enrollment/form.html", form=form, title="Screen a child"), 400 if form.errors else 200
+    return render_template("enrollment/form.html", form=form, title="Screen a child"), 400 if form.is_submitted() else 200
 
 
 @bp.route("/screenings/<int:screening_id>/enroll", methods=["GET", "POST"])
@@ -110,7 +110,7 @@ def enroll(screening_id: int):
             if e.status in (403, 404):
                 raise
             _flash_error(form, e)
-    return render_template("enrollment/form.html", form=form, title=f"Enrol from screening {screening_id}"), 400 if form.errors else 200
+    return render_template("enrollment/form.html", form=form, title=f"Enrol from screening {screening_id}"), 400 if form.is_submitted() else 200
 
 
 @bp.route("/participants/<study_id>/assess/<instrument>", methods=["GET", "POST"])
@@ -139,5 +139,5 @@ def assess(study_id: str, instrument: str):
             if e.status in (403, 404):
                 raise
             _flash_error(form, e)
-    return render_template("enrollment/form.html", form=form, title=f"{ins['label']} for {p.study_id}"), 400 if form.errors else 200
+    return render_template("enrollment/form.html", form=form, title=f"{ins['label']} for {p.study_id}"), 400 if form.is_submitted() else 200
 

@@ -1,0 +1,131 @@
+"""The role x route matrix, built from the app's URL map: every route has a declared policy, and
+every role outside a route's policy gets 403 and sees nothing."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.helpers import PASSWORD
+from trial.policy import ANY, POLICY, PUBLIC
+
+ROLE_USERS = ["coordinator", "therapist", "assessor", "statistician", "manager", "admin"]
+
+
+def _routes(app):
+    for rule in app.url_map.iter_rules():
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            yield rule, method
+
+
+def test_every_route_has_a_policy(app):
+    endpoints = {r.endpoint for r in app.url_map.iter_rules()}
+    missing = sorted(endpoints - set(POLICY))
+    assert not missing, f"routes without an access policy in trial/policy.py: {missing}"
+    stale = sorted(set(POLICY) - endpoints)
+    assert not stale, f"policies for routes that do not exist: {stale}"
+
+
+def test_route_without_policy_is_refused(app, world):
+    app.add_url_rule("/sneaky", "sneaky", lambda: "secret")
+    c = app.test_client()
+    c.post("/login", data={"email": "manager@example.org", "password": PASSWORD})
+    r = c.get("/sneaky")
+    assert r.status_code == 403 and b"secret" not in r.data
+
+
+def _fill(rule, ctx, who: str = "assessor") -> str:
+    # each role is sent to the instrument it enters (the blinded ADOS for assessors)
+    values = {"study_id": ctx["study_id"], "user_id": ctx["user_id"], "code": "AT01",
+              "instrument": "srs2" if who == "coordinator" else "ados2",
+              "screening_id": ctx["screening_id"], "filename": "style.css", "id": 1}
+    return rule.build({a: values[a] for a in rule.arguments}, append_unknown=False)[1]
+
+
+@pytest.fixture()
+def matrix_ctx(world):
+    world.open()
+    p = world.ready()
+    world.randomize(p, "k1")
+    sc = world.screen()
+    return {"study_id": p.study_id, "user_id": world.users["assessor"].id, "screening_id": sc.id}
+
+
+def _web_client(app, who):
+    c = app.test_client()
+    r = c.post("/login", data={"email": f"{who}@example.org", "password": PASSWORD})
+    assert r.status_code == 302, f"login of {who} failed"
+    return c
+
+
+def test_role_route_matrix(app, world, matrix_ctx):
+    clients = {who: _web_client(app, who) for who in ROLE_USERS}
+    checked = 0
+    for rule, method in _routes(app):
+        if rule.endpoint in ("auth.logout", "auth.password"):
+            continue  # ANY; exercised in test_auth (they end the session)
+        policy = POLICY[rule.endpoint]
+        for who in ROLE_USERS:
+            url = _fill(rule, matrix_ctx, who)
+            api = url.startswith("/api/")
+            if api:
+                r = world.api(method, url[len("/api/v1"):], who, json={})
+            else:
+                r = clients[who].open(url, method=method, data={})
+            allowed = policy in (PUBLIC, ANY) or who in policy
+            if allowed:
+                assert r.status_code != 403, f"{who} refused on {method} {url} ({rule.endpoint})"
+            else:
+                assert r.status_code == 403, f"{who} got {r.status_code} on {method} {url}, expected 403"
+                body = r.get_data(as_text=True)
+                assert matrix_ctx["study_id"] not in body and '"arm"' not in body
+            checked += 1
+        # anonymous
+        r = app.test_client().open(url, method=method)
+        if policy == PUBLIC:
+            assert r.status_code not in (401, 403)
+        elif api:
+            assert r.status_code == 401 and r.get_json()["error"]["code"] == "unauthorized"
+        else:
+            assert r.status_code == 302 and "/login" in r.headers["Location"]
+    assert checked > 100
+
+
+def test_forbidden_api_error_has_contract_shape(world):
+    r = world.api("POST", "/participants/AT01-0001/randomize", "assessor")
+    assert r.status_code == 403
+    err = r.get_json()["error"]
+    assert err["code"] == "forbidden" and err["message"]
+
+
+def test_unknown_api_route_is_json_404(world):
+    r = world.api("GET", "/nothing-here", "manager")
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "not_found"
+
+
+def test_csrf_refused_on_every_state_changing_form(engine, session_factory, world):
+    from trial import create_app
+    app = create_app({"ENGINE": engine, "SESSION_FACTORY": session_factory, "TESTING": True, "SECRET_KEY": "t"})
+    from sqlalchemy import func, select
+
+    from trial.audit.models import AuditRecord
+    posts = [(rule, m) for rule, m in _routes(app) if m in ("POST", "PUT", "PATCH", "DELETE")
+             and not rule.rule.startswith("/api/")]
+    assert posts, "no state-changing forms found"
+    c = app.test_client()
+    page = c.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    # the login form itself refuses a post without the token
+    r = c.post("/login", data={"email": "admin@example.org", "password": PASSWORD})
+    assert r.status_code == 400
+    r = c.post("/login", data={"email": "admin@example.org", "password": PASSWORD, "csrf_token": token})
+    assert r.status_code == 302
+    s = session_factory()
+    before = s.execute(select(func.count()).select_from(AuditRecord)).scalar()
+    ctx = {"study_id": "AT01-0001", "user_id": world.users["coordinator"].id, "screening_id": 1}
+    for rule, method in posts:
+        url = _fill(rule, ctx)
+        r = c.open(url, method=method, data={"name": "x", "reason": "y", "confirm": "y"})
+        assert r.status_code == 400, f"{method} {url} accepted a form without a CSRF token ({r.status_code})"
+    assert s.execute(select(func.count()).select_from(AuditRecord)).scalar() == before
+    s.close()
