@@ -11,6 +11,7 @@ from tests.conftest import is_pg
 from tests.helpers import CLI, PASSWORD
 from trial.audit import service as audit
 from trial.audit.models import AuditRecord
+from trial.randomize.models import Allocation
 from trial.auth import service as users
 from trial.enrollment import service as enrollment
 from trial.outcomes import service as outcomes
@@ -65,7 +66,8 @@ def test_randomization_is_audited_and_marked_as_revealing(world, db):
     before = count(db)
     world.randomize(p)
     recs = db.execute(select(AuditRecord).where(AuditRecord.seq > before)).scalars().all()
-    assert {r.field for r in recs} == {"arm", "stratum", "seq"}
+    assert len(recs) == 1 and recs[0].field == "allocation"
+    assert recs[0].new == '{"arm":"%s","seq":1,"stratum":"site=AT01"}' % world.db.get(Allocation, 1).arm
     assert all(r.reveals_allocation and r.entity == "allocation" and r.entity_id == p.study_id for r in recs)
 
 

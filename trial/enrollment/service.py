@@ -170,6 +170,10 @@ def enroll(db: Session, actor, data: dict) -> Participant:
         raise NotFound(f"No screening with id {sid}.")
     require_site_role(db, actor, sc.site_id, "coordinator")
     site = db.get(Site, sc.site_id)
+    if sc.outcome != "eligible":
+        raise Conflict(f"Screening {sc.id} is {sc.outcome.replace('_', ' ')}: only an eligible screening can be enrolled.")
+    if db.execute(select(Participant.id).where(Participant.screening_id == sc.id)).first():
+        raise Conflict(f"Screening {sc.id} has already been enrolled.")
     pv = current_protocol(db)
     consent = parse_date(data.get("consent_date"), "consent_date", errors)
     born = parse_date(data.get("date_of_birth"), "date_of_birth", errors)
@@ -189,10 +193,6 @@ def enroll(db: Session, actor, data: dict) -> Participant:
             errors["date_of_birth"] = (f"gives an age of {max(months, 0)} months at consent; the protocol requires "
                                        f"{el['min_age_months']} to {el['max_age_months']} months")
     _fail("The participant was not enrolled", errors)
-    if sc.outcome != "eligible":
-        raise Conflict(f"Screening {sc.id} is {sc.outcome.replace('_', ' ')}: only an eligible screening can be enrolled.")
-    if db.execute(select(Participant.id).where(Participant.screening_id == sc.id)).first():
-        raise Conflict(f"Screening {sc.id} has already been enrolled.")
     study_id = _next_study_id(db, site)
     p = Participant(study_id=study_id, site_id=site.id, screening_id=sc.id, consent_date=consent,
                     date_of_birth=born, sex=sex, strata=strata, created_by_id=getattr(actor, "id", None))

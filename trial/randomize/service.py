@@ -231,7 +231,7 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     db.add(alloc)
     db.flush()
     audit.record(db, actor, "randomize", "allocation", p.study_id,
-                 {"arm": (None, arm), "stratum": (None, key), "seq": (None, seq)}, reveals_allocation=True)
+                 {"allocation": (None, {"arm": arm, "stratum": key, "seq": seq})}, reveals_allocation=True)
     return Result(alloc, p, True, arms.get(arm, arm))
 
 
