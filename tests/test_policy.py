@@ -38,17 +38,26 @@ def _fill(rule, ctx, who: str = "assessor") -> str:
     # each role is sent to the instrument it enters (the blinded ADOS for assessors)
     values = {"study_id": ctx["study_id"], "user_id": ctx["user_id"], "code": "AT01",
               "instrument": "srs2" if who == "coordinator" else "ados2",
-              "screening_id": ctx["screening_id"], "filename": "style.css", "id": 1}
+              "screening_id": ctx["screening_id"], "filename": "style.css", "id": 1,
+              "assessment_id": ctx["assessments"]["srs2" if who == "coordinator" else "ados2"], "lock_id": 1}
     return rule.build({a: values[a] for a in rule.arguments}, append_unknown=False)[1]
 
 
 @pytest.fixture()
 def matrix_ctx(world):
+    import datetime as dt
+
+    from trial.outcomes.models import Assessment
+    from trial.outcomes.service import record_assessment
+    from tests.helpers import CLI
     world.open()
     p = world.ready()
+    record_assessment(world.db, CLI, p.study_id, {"visit": "baseline", "instrument": "srs2", "values": {"total_t": 60},
+                                                  "performed_on": (dt.date.today() - dt.timedelta(days=20)).isoformat()})
     world.randomize(p, "k1")
     sc = world.screen()
-    return {"study_id": p.study_id, "user_id": world.users["assessor"].id, "screening_id": sc.id}
+    ids = {a.instrument: a.id for a in world.db.query(Assessment).filter_by(participant_id=p.id)}
+    return {"study_id": p.study_id, "user_id": world.users["assessor"].id, "screening_id": sc.id, "assessments": ids}
 
 
 def _web_client(app, who):
@@ -122,7 +131,8 @@ def test_csrf_refused_on_every_state_changing_form(engine, session_factory, worl
     assert r.status_code == 302
     s = session_factory()
     before = s.execute(select(func.count()).select_from(AuditRecord)).scalar()
-    ctx = {"study_id": "AT01-0001", "user_id": world.users["coordinator"].id, "screening_id": 1}
+    ctx = {"study_id": "AT01-0001", "user_id": world.users["coordinator"].id, "screening_id": 1,
+           "assessments": {"srs2": 1, "ados2": 1}}
     for rule, method in posts:
         url = _fill(rule, ctx)
         r = c.open(url, method=method, data={"name": "x", "reason": "y", "confirm": "y"})

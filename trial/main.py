@@ -11,4 +11,6 @@ bp = Blueprint("main", __name__)
 @bp.route("/")
 def home():
     from trial.enrollment.service import home_summary
-    return render_template("main/home.html", summary=home_summary(db(), actor()))
+    from trial.outcomes.service import notifications_for
+    return render_template("main/home.html", summary=home_summary(db(), actor()),
+                           notifications=notifications_for(db(), actor()))

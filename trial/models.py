@@ -2,7 +2,9 @@
 from trial.audit.models import AuditHead, AuditRecord  # noqa: F401
 from trial.auth.models import ApiToken, LoginAttempt, RoleAssignment, User  # noqa: F401
 from trial.enrollment.models import Participant, Screening, SiteSequence  # noqa: F401
-from trial.outcomes.models import Assessment  # noqa: F401
+from trial.outcomes.models import Assessment, BlindingBreak, Notification  # noqa: F401
+from trial.course.models import CounsellingSession, TherapySession  # noqa: F401
+from trial.status.models import Deviation, StatusEvent  # noqa: F401
 from trial.protocol.models import ProtocolVersion  # noqa: F401
 from trial.randomize.models import Allocation, RandomizationDesign, SealedSeed, Stratum  # noqa: F401
 from trial.sites.models import Site  # noqa: F401

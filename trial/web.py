@@ -49,6 +49,21 @@ def api_error(status: int, code: str, message: str, fields: dict | None = None):
     return jsonify(body), status
 
 
+def form_errors(form, e: DomainError) -> None:
+    """Show a service's refusal on the form: the message, and each named field's reason. A 403 or
+    404 is not a form problem and propagates."""
+    from flask import flash
+    if e.status in (401, 403, 404):
+        raise e
+    db().rollback()
+    for name, why in e.fields.items():
+        key = name.split(".")[-1]
+        field = getattr(form, key, None) or getattr(form, f"c_{key}", None) or getattr(form, f"v_{key}", None)
+        if field is not None and hasattr(field, "errors"):
+            field.errors = list(field.errors) + [why]
+    flash(e.message, "error")
+
+
 def _enforce_policy():
     endpoint = request.endpoint
     if endpoint is None:
@@ -143,7 +158,11 @@ def init_app(app: Flask) -> None:
     from trial.enrollment.views import bp as enrollment_bp
     from trial.main import bp as main_bp
 
-    for bp in (auth_bp, main_bp, admin_bp, audit_bp, enrollment_bp):
+    from trial.course.views import bp as course_bp
+    from trial.dashboard.views import bp as dashboard_bp
+    from trial.outcomes.views import bp as outcomes_bp
+    from trial.status.views import bp as status_bp
+    for bp in (auth_bp, main_bp, admin_bp, audit_bp, enrollment_bp, course_bp, status_bp, outcomes_bp, dashboard_bp):
         app.register_blueprint(bp)
     csrf.exempt(api_bp)
     app.register_blueprint(api_bp)

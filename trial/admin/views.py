@@ -7,7 +7,7 @@ from trial.admin.forms import SiteForm, UserEditForm, UserForm
 from trial.auth import service as users
 from trial.errors import DomainError
 from trial.sites import service as sites
-from trial.web import actor, db
+from trial.web import actor, db, form_errors
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -20,15 +20,6 @@ def parse_roles(text: str) -> list[tuple[str, str | None]]:
             role, _, site = part.partition("@")
             out.append((role.strip().lower(), site.strip().upper() or None))
     return out
-
-
-def _form_error(form, e: DomainError) -> None:
-    db().rollback()
-    for name, why in e.fields.items():
-        field = getattr(form, name, None)
-        if field is not None:
-            field.errors = list(field.errors) + [why]
-    flash(e.message, "error")
 
 
 @bp.route("/users", endpoint="users")
@@ -49,7 +40,7 @@ def user_new():
             flash(f"User {u.email} created; they must change the password at first login.")
             return redirect(url_for("admin.users"))
         except DomainError as e:
-            _form_error(form, e)
+            form_errors(form, e)
     return render_template("admin/user_form.html", form=form, title="New user"), 400 if form.is_submitted() else 200
 
 
@@ -70,7 +61,7 @@ def user_edit(user_id: int):
             flash(f"User {user.email} saved.")
             return redirect(url_for("admin.users"))
         except DomainError as e:
-            _form_error(form, e)
+            form_errors(form, e)
     return render_template("admin/user_form.html", form=form, title=f"Edit {user.email}", user=user), 400 if form.is_submitted() else 200
 
 
@@ -89,7 +80,7 @@ def site_new():
             flash(f"Site {site.code} created.")
             return redirect(url_for("admin.sites"))
         except DomainError as e:
-            _form_error(form, e)
+            form_errors(form, e)
     return render_template("admin/site_form.html", form=form, title="New site"), 400 if form.is_submitted() else 200
 
 
@@ -107,6 +98,6 @@ def site_edit(code: str):
             flash(f"Site {site.code} saved.")
             return redirect(url_for("admin.sites"))
         except DomainError as e:
-            _form_error(form, e)
+            form_errors(form, e)
     return render_template("admin/site_form.html", form=form, title=f"Edit site {site.code}", site=site), 400 if form.is_submitted() else 200
 

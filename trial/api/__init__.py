@@ -2,6 +2,7 @@
 which also records it in the OpenAPI document."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, request
@@ -18,14 +19,14 @@ def route(path: str, method: str, summary: str, roles: str, request_schema: dict
     """Register an API route and describe it for OpenAPI. ``path`` uses Flask syntax."""
     def deco(fn):
         bp.add_url_rule(path, fn.__name__, fn, methods=[method])
-        oa_path = path.replace("<", "{").replace(">", "}").replace("{path:", "{")
+        oa_path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", path)
         op: dict[str, Any] = {"operationId": fn.__name__, "summary": summary,
                               "description": f"Allowed roles: {roles}.", "responses": {}}
         if params:
             op["parameters"] = params
-        for name in _path_params(path):
+        for conv, name in re.findall(r"<(?:([^:>]+):)?([^>]+)>", path):
             op.setdefault("parameters", []).append({"name": name, "in": "path", "required": True,
-                                                    "schema": {"type": "string"}})
+                                                    "schema": {"type": "integer" if conv == "int" else "string"}})
         if request_schema:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": request_schema}}}
         for status, desc in (responses or {200: "OK"}).items():
@@ -43,11 +44,6 @@ def route(path: str, method: str, summary: str, roles: str, request_schema: dict
     return deco
 
 
-def _path_params(path: str) -> list[str]:
-    import re
-    return [m.split(":")[-1] for m in re.findall(r"<([^>]+)>", path)]
-
-
 def body() -> dict:
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
@@ -55,4 +51,4 @@ def body() -> dict:
     return data
 
 
-from trial.api import platform, clinical  # noqa: E402,F401  (register routes)
+from trial.api import clinical, course, platform  # noqa: E402,F401  (register routes)

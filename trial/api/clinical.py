@@ -78,7 +78,11 @@ def create_assessment(study_id):
     s = db()
     a = outcomes.record_assessment(s, actor(), study_id, body())
     s.commit()
-    return jsonify({"id": a.id, "out_of_window": a.out_of_window}), 201
+    out = {"id": a.id, "out_of_window": a.out_of_window}
+    warn = outcomes.blinding_warning(s, actor(), a.participant_id)
+    if warn:
+        out["warning"] = warn
+    return jsonify(out), 201
 
 
 @route("/participants/<study_id>/randomize", "POST", "Randomize a ready participant (concealed, irrevocable)", "coordinator of the site",

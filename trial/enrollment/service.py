@@ -17,6 +17,7 @@ from trial.sites.models import Site
 from trial.sites.service import get_by_code
 
 SEXES = ("female", "male")
+ARM_REVEALING_EVENTS = ("not_received", "discontinued_intervention")
 
 
 def parse_date(value: Any, field: str, errors: dict[str, str], required: bool = True) -> dt.date | None:
@@ -259,16 +260,22 @@ def participant_views(db: Session, actor, rows: list[Participant]) -> list[dict]
     allocs = allocations_for(db, [p.id for p in rows])
     codes = dict(db.execute(select(Site.id, Site.code)).all())
     arms = {a["key"]: a["label"] for a in current_protocol(db).content["arms"]}
+    from trial.status.service import events_of, status_label
     baseline = baseline_done(db, [p.id for p in rows])
+    events = events_of(db, [p.id for p in rows])
     out = []
     for p in rows:
         a = allocs.get(p.id)
-        d = {"study_id": p.study_id, "site": codes[p.site_id], "status": "randomized" if a else "enrolled",
+        unblinded = a is not None and can_see_arm(db, actor, p.site_id)
+        # events about the intervention would tell a blinded reader the child had one to receive
+        evs = [e for e in events.get(p.id, []) if unblinded or e.type not in ARM_REVEALING_EVENTS]
+        d = {"study_id": p.study_id, "site": codes[p.site_id], "status": status_label(a is not None, evs),
              "consent_date": p.consent_date.isoformat(), "date_of_birth": p.date_of_birth.isoformat(),
              "sex": p.sex, "strata": p.strata, "enrolled_at": p.enrolled_at.isoformat() + "Z",
              "baseline_primary_recorded": p.id in baseline,
              "randomized_on": a.randomized_at.date().isoformat() if a else None}
-        if a and can_see_arm(db, actor, p.site_id):
+        d["events"] = [{"type": e.type, "on": e.on.isoformat()} for e in evs]
+        if unblinded:
             d["arm"] = a.arm
             d["arm_label"] = arms.get(a.arm, a.arm)
         out.append(d)

@@ -9,22 +9,13 @@ from trial.auth.scope import can_see_arm
 from trial.enrollment import forms, service
 from trial.errors import DomainError
 from trial.outcomes import service as outcomes
+from trial.status import service as status_service
 from trial.protocol.service import current as current_protocol
 from trial.randomize import service as randomization
 from trial.sites.service import list_sites
-from trial.web import actor, db
+from trial.web import actor, db, form_errors
 
 bp = Blueprint("enrollment", __name__)
-
-
-def _flash_error(form, e: DomainError) -> None:
-    db().rollback()
-    for name, why in e.fields.items():
-        key = name.split(".")[-1]
-        field = getattr(form, key, None) or getattr(form, f"c_{key}", None) or getattr(form, f"v_{key}", None)
-        if field is not None:
-            field.errors = list(field.errors) + [why]
-    flash(e.message, "error")
 
 
 @bp.route("/participants")
@@ -42,9 +33,18 @@ def participant(study_id: str):
     reasons = randomization.not_ready_reasons(s, p) if not view["randomized_on"] else []
     can_randomize = actor().has_role("coordinator") and p.site_id in actor().site_ids("coordinator")
     form = forms.RandomizeForm(idempotency_key=secrets.token_hex(16))
+    show_arm = can_see_arm(s, actor(), p.site_id)
+    course = None
+    if show_arm and view["randomized_on"]:
+        from trial.course.service import participant_course
+        course = participant_course(s, actor(), p.study_id)
+    here = {r.role for r in actor().roles if r.site_id in (None, p.site_id)}
     return render_template("enrollment/participant.html", p=view, reasons=reasons,
-                           can_randomize=can_randomize and not view["randomized_on"], form=form,
-                           show_arm=can_see_arm(s, actor(), p.site_id))
+                           can_randomize=can_randomize and not view["randomized_on"], form=form, show_arm=show_arm,
+                           visits=outcomes.schedule(s, actor(), [p])[p.id] if here & {"coordinator", "assessor", "manager"} else [],
+                           assessments=outcomes.assessments_of(s, actor(), p), course=course, roles_here=here,
+                           warning=outcomes.blinding_warning(s, actor(), p.id),
+                           deviations=status_service.deviations_of(s, actor(), p) if show_arm else [])
 
 
 @bp.route("/participants/<study_id>/randomize", methods=["POST"])
@@ -88,7 +88,7 @@ def screen():
             return redirect(url_for("enrollment.enroll", screening_id=sc.id) if sc.outcome == "eligible"
                             else url_for("enrollment.screenings"))
         except DomainError as e:
-            _flash_error(form, e)
+            form_errors(form, e)
     return render_template("enrollment/form.html", form=form, title="Screen a child"), 400 if form.is_submitted() else 200
 
 
@@ -107,9 +107,7 @@ def enroll(screening_id: int):
             flash(f"Enrolled as {p.study_id}. Record the baseline assessments before randomization.")
             return redirect(url_for("enrollment.participant", study_id=p.study_id))
         except DomainError as e:
-            if e.status in (403, 404):
-                raise
-            _flash_error(form, e)
+            form_errors(form, e)
     return render_template("enrollment/form.html", form=form, title=f"Enrol from screening {screening_id}"), 400 if form.is_submitted() else 200
 
 
@@ -136,8 +134,6 @@ def assess(study_id: str, instrument: str):
             flash(f"{ins['label']} saved for {p.study_id}.")
             return redirect(url_for("enrollment.participant", study_id=p.study_id))
         except DomainError as e:
-            if e.status in (403, 404):
-                raise
-            _flash_error(form, e)
+            form_errors(form, e)
     return render_template("enrollment/form.html", form=form, title=f"{ins['label']} for {p.study_id}"), 400 if form.is_submitted() else 200
 

@@ -10,9 +10,11 @@ from sqlalchemy.orm import Session
 from trial.audit import service as audit
 from trial.auth.scope import require_site_role
 from trial.enrollment.service import get_participant, parse_date, today
-from trial.errors import Conflict, ValidationError
-from trial.outcomes.models import GUESSES, Assessment
+from trial.errors import Conflict, Forbidden, NotFound, ValidationError
+from trial.outcomes.models import GUESSES, Assessment, BlindingBreak, Notification
 from trial.protocol.service import current as current_protocol
+from trial.status.service import ensure_accepts_data
+from trial.timeline import visit_window
 
 
 def validate_values(instrument: dict, values: Any) -> dict[str, Any]:
@@ -63,11 +65,6 @@ def validate_values(instrument: dict, values: Any) -> dict[str, Any]:
     return out
 
 
-def visit_window(visit: dict, start: dt.date) -> tuple[dt.date, dt.date, dt.date]:
-    target = start + dt.timedelta(days=visit["day"])
-    return target - dt.timedelta(days=visit["window_before"]), target, target + dt.timedelta(days=visit["window_after"])
-
-
 def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessment:
     from trial.randomize.service import allocation_of
     p = get_participant(db, actor, study_id)
@@ -106,6 +103,7 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
             errors["guess_confidence"] = "must be a whole number from 1 (pure guess) to 5 (certain)"
     if errors:
         raise ValidationError("The assessment was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+    ensure_accepts_data(db, p, "assessment", performed)
     out_of_window = False
     if visit["key"] == "baseline":
         if alloc is not None:
@@ -116,7 +114,8 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
     else:
         if alloc is None:
             raise Conflict(f"Visit {visit['key']} follows randomization; {p.study_id} is not randomized yet.")
-        lo, _, hi = visit_window(visit, alloc.randomized_at.date())
+        from trial.course.service import randomization_day
+        lo, _, hi = visit_window(visit, randomization_day(db, p, alloc))
         out_of_window = not lo <= performed <= hi
     if db.execute(select(Assessment.id).where(Assessment.participant_id == p.id, Assessment.visit == visit["key"],
                                               Assessment.instrument == ins["key"])).first():
@@ -142,3 +141,176 @@ def baseline_done(db: Session, participant_ids: list[int]) -> set[int]:
         Assessment.participant_id.in_(participant_ids), Assessment.visit == "baseline",
         Assessment.instrument == prim["instrument"])).all()
     return {pid for pid, values in rows if values.get(prim["field"]) is not None}
+
+
+def correct_assessment(db: Session, actor, assessment_id: int, data: dict) -> Assessment:
+    """Change recorded values; the old values stay in the audit trail with the required reason."""
+    a = db.get(Assessment, assessment_id)
+    if a is None:
+        raise NotFound(f"No assessment {assessment_id}.")
+    from trial.enrollment.models import Participant
+    p = db.get(Participant, a.participant_id)
+    p = get_participant(db, actor, p.study_id)
+    ins = next(i for i in current_protocol(db).content["instruments"] if i["key"] == a.instrument)
+    require_site_role(db, actor, p.site_id, "assessor" if ins["blinded"] else "coordinator")
+    reason = data.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValidationError("The correction was not saved: reason is required", {"reason": "is required for a correction"})
+    merged = dict(a.values)
+    if not isinstance(data.get("values"), dict):
+        raise ValidationError("The correction was not saved: values must be an object", {"values": "must be an object"})
+    merged.update(data["values"])
+    values = validate_values(ins, merged)
+    ensure_accepts_data(db, p, "assessment")
+    changes = {f"values.{k}": (a.values.get(k), v) for k, v in values.items() if a.values.get(k) != v}
+    if not changes:
+        raise ValidationError("The correction changes nothing.", {"values": "same as recorded"})
+    a.values = values
+    audit.record(db, actor, "correct", "assessment", a.id, changes, reason=reason.strip())
+    return a
+
+
+def report_blinding_break(db: Session, actor, study_id: str, data: dict) -> BlindingBreak:
+    """An assessor reports that they learned (or may have learned) the allocation."""
+    from trial.auth.models import RoleAssignment
+    p = get_participant(db, actor, study_id)
+    require_site_role(db, actor, p.site_id, "assessor")
+    errors: dict[str, str] = {}
+    on = parse_date(data.get("reported_on") or today().isoformat(), "reported_on", errors)
+    desc = data.get("description")
+    if not isinstance(desc, str) or not desc.strip():
+        errors["description"] = "is required: how was the blinding broken?"
+    elif len(desc) > 1000:
+        errors["description"] = "must be at most 1000 characters"
+    if errors:
+        raise ValidationError("The report was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+    b = BlindingBreak(participant_id=p.id, assessor_id=actor.id, reported_on=on, description=desc.strip())
+    db.add(b)
+    db.flush()
+    audit.created(db, actor, "blinding_break", b.id, {"participant": p.study_id, "assessor": actor.email,
+                                                      "reported_on": on, "description": b.description})
+    coordinators = db.execute(select(RoleAssignment.user_id).where(RoleAssignment.role == "coordinator",
+                                                                   RoleAssignment.site_id == p.site_id)).scalars().all()
+    for uid in sorted(set(coordinators)):
+        db.add(Notification(user_id=uid, message=f"Blinding broken: assessor {actor.name} reported on {on.isoformat()} "
+                                                 f"that the allocation of {p.study_id} may be known to them. Assign "
+                                                 f"another assessor for this child's next visits."))
+    return b
+
+
+def blinding_warning(db: Session, actor, participant_id: int) -> str | None:
+    """A warning for an assessor who reported a broken blinding for this child before."""
+    if actor is None or getattr(actor, "id", None) is None:
+        return None
+    b = db.execute(select(BlindingBreak).where(BlindingBreak.participant_id == participant_id,
+                                               BlindingBreak.assessor_id == actor.id)
+                   .order_by(BlindingBreak.reported_on).limit(1)).scalar_one_or_none()
+    if b is None:
+        return None
+    return (f"You reported on {b.reported_on.isoformat()} that your blinding for this child was broken; "
+            "another assessor should assess this child.")
+
+
+def notifications_for(db: Session, actor, unread_only: bool = True) -> list[Notification]:
+    q = select(Notification).where(Notification.user_id == actor.id).order_by(Notification.created_at.desc())
+    if unread_only:
+        q = q.where(Notification.read_at.is_(None))
+    return list(db.execute(q.limit(50)).scalars())
+
+
+# --- visit schedule (arm-independent) ---------------------------------------------------------
+
+def _role_instruments(content: dict, actor, site_id: int) -> list[dict]:
+    """Instruments the actor's role at this site enters: blinded ones for assessors, others for
+    coordinators; managers see all."""
+    from trial.auth.scope import is_cli
+    if is_cli(actor) or actor.has_role("manager"):
+        return content["instruments"]
+    roles = {r.role for r in actor.roles if r.site_id in (None, site_id)}
+    return [i for i in content["instruments"] if (i["blinded"] and "assessor" in roles)
+            or (not i["blinded"] and "coordinator" in roles)]
+
+
+def schedule(db: Session, actor, participants: list, on: dt.date | None = None) -> dict[int, list[dict]]:
+    """For each randomized participant: every post-randomization visit with its window and a
+    status (done, done_out_of_window, due, overdue, upcoming, not_expected), computed only from the
+    randomization day, the visit timeline and the assessments: identical for every arm."""
+    from trial.course.service import randomization_day
+    from trial.randomize.service import allocations_for
+    from trial.status.service import events_of
+    on = on or today()
+    content = current_protocol(db).content
+    ids = [p.id for p in participants]
+    allocs = allocations_for(db, ids)
+    done: dict[tuple[int, str], list[Assessment]] = {}
+    if ids:
+        for a in db.execute(select(Assessment).where(Assessment.participant_id.in_(ids))).scalars():
+            done.setdefault((a.participant_id, a.visit), []).append(a)
+    events = events_of(db, ids)
+    out: dict[int, list[dict]] = {}
+    for p in participants:
+        alloc = allocs.get(p.id)
+        rows = []
+        start = randomization_day(db, p, alloc) if alloc else None
+        final = next((e for e in events.get(p.id, []) if e.type in ("withdrawn", "died")), None)
+        wanted = [i["key"] for i in _role_instruments(content, actor, p.site_id)]
+        for v in content["visits"]:
+            entry = {"visit": v["key"], "label": v["label"], "primary": v["primary"]}
+            instruments = [k for k in wanted if any(i["key"] == k and v["key"] in i["visits"] for i in content["instruments"])]
+            recorded = [a for a in done.get((p.id, v["key"]), []) if a.instrument in instruments]
+            entry["instruments_done"] = sorted(a.instrument for a in recorded)
+            entry["instruments_expected"] = instruments
+            if v["key"] == "baseline":
+                entry["status"] = "done" if recorded and len(recorded) == len(instruments) else ("missing" if alloc else "due")
+                rows.append(entry)
+                continue
+            if start is None:
+                entry["status"] = "not_yet_randomized"
+                rows.append(entry)
+                continue
+            lo, target, hi = visit_window(v, start)
+            entry.update(window_start=lo.isoformat(), target=target.isoformat(), window_end=hi.isoformat())
+            complete = instruments and len({a.instrument for a in recorded}) == len(instruments)
+            if complete:
+                entry["status"] = "done_out_of_window" if any(a.out_of_window for a in recorded) else "done"
+            elif final is not None and final.on <= hi:
+                entry["status"] = "not_expected"
+            elif on > hi:
+                entry["status"] = "overdue"
+            elif on >= lo:
+                entry["status"] = "due"
+            else:
+                entry["status"] = "upcoming"
+            rows.append(entry)
+        out[p.id] = rows
+    return out
+
+
+def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt.date | None = None) -> list[dict]:
+    """Due, overdue or out-of-window visits of the participants the actor may see."""
+    from trial.enrollment.service import list_participants
+    if kind not in ("due", "overdue", "out_of_window"):
+        raise ValidationError("kind must be due, overdue or out_of_window", {"kind": "due, overdue or out_of_window"})
+    if not actor.has_role("coordinator", "assessor", "manager"):
+        raise Forbidden("Visit lists are for coordinators, assessors and managers.")
+    people = list_participants(db, actor, site_code)
+    sched = schedule(db, actor, people, on)
+    want = {"due": ("due",), "overdue": ("overdue",), "out_of_window": ("done_out_of_window",)}[kind]
+    out = []
+    for p in people:
+        for v in sched[p.id]:
+            if v["status"] in want:
+                item = {"study_id": p.study_id, **v}
+                warn = blinding_warning(db, actor, p.id)
+                if warn:
+                    item["warning"] = warn
+                out.append(item)
+    return sorted(out, key=lambda x: (x.get("target") or "", x["study_id"]))
+
+
+def assessments_of(db: Session, actor, p) -> list[Assessment]:
+    """Recorded assessments of a participant the actor may see (site scoping is the caller's
+    get_participant). Assessments carry no allocation; the allocation guess is shown only to
+    assessors and managers."""
+    return list(db.execute(select(Assessment).where(Assessment.participant_id == p.id)
+                           .order_by(Assessment.performed_on, Assessment.instrument)).scalars())

@@ -1,0 +1,1 @@
+"""The five-month course: music-therapy sessions and parent counselling."""

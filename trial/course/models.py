@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import JSON, Boolean, Date, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from trial.db import Base, utcnow
+
+ATTENDANCE = ("attended", "cancelled", "no_show")
+
+
+class TherapySession(Base):
+    """A music-therapy session. Reveals the allocation (the arms differ in frequency): never shown
+    to blinded users."""
+
+    __tablename__ = "therapy_session"
+    __table_args__ = (UniqueConstraint("participant_id", "held_on"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), index=True)
+    held_on: Mapped[dt.date] = mapped_column(Date)
+    attendance: Mapped[str] = mapped_column(String(12))
+    minutes: Mapped[int | None] = mapped_column(Integer)
+    techniques: Mapped[list] = mapped_column(JSON, default=list)
+    engagement: Mapped[int | None] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(Text)
+    outside_course: Mapped[bool] = mapped_column(Boolean, default=False)
+    logged_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    logged_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class CounsellingSession(Base):
+    """Parent counselling, given to the families of every arm (arm-independent)."""
+
+    __tablename__ = "counselling_session"
+    __table_args__ = (UniqueConstraint("participant_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    held_on: Mapped[dt.date] = mapped_column(Date)
+    attended: Mapped[bool] = mapped_column(Boolean, default=True)
+    note: Mapped[str | None] = mapped_column(Text)
+    logged_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    logged_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,0 +1,1 @@
+"""Record status grid and recruitment chart (arm-independent)."""

@@ -1,0 +1,57 @@
+"""The record status grid (participants x visits) and the recruitment chart. Both are built
+only from arm-independent data: enrollment, randomization dates, visits and assessments."""
+from __future__ import annotations
+
+from html import escape
+
+from sqlalchemy.orm import Session
+
+from trial.enrollment.service import home_summary, list_participants, participant_views
+from trial.outcomes.service import schedule
+from trial.protocol.service import current as current_protocol
+
+STATUS_COLOURS = {"done": "#2e7d32", "done_out_of_window": "#9ccc65", "due": "#f9a825", "overdue": "#c62828",
+                  "upcoming": "#cfd8dc", "missing": "#c62828", "not_expected": "#eeeeee",
+                  "not_yet_randomized": "#ffffff"}
+
+
+def status_grid(db: Session, actor, site_code: str | None = None) -> dict:
+    people = list_participants(db, actor, site_code)
+    views = {v["study_id"]: v for v in participant_views(db, actor, people)}
+    sched = schedule(db, actor, people)
+    visits = [{"key": v["key"], "label": v["label"]} for v in current_protocol(db).content["visits"]]
+    rows = []
+    for p in people:
+        cells = {c["visit"]: c for c in sched[p.id]}
+        rows.append({"study_id": p.study_id, "site": views[p.study_id]["site"], "status": views[p.study_id]["status"],
+                     "cells": [cells[v["key"]] for v in visits]})
+    return {"visits": visits, "rows": rows, "colours": STATUS_COLOURS}
+
+
+def recruitment_svg(db: Session, actor) -> str:
+    """Horizontal bars per site: target (outline), enrolled and randomized (filled)."""
+    sites = home_summary(db, actor).get("sites", [])
+    bar_h, gap, left, width = 18, 10, 70, 460
+    top = 30
+    scale = max([s["target"] for s in sites] + [s["enrolled"] for s in sites] + [1])
+    height = top + len(sites) * (bar_h + gap) + 40
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 80}" height="{height}" '
+           f'viewBox="0 0 {left + width + 80} {height}" role="img" aria-label="Recruitment against target by site" '
+           'font-family="sans-serif" font-size="12">',
+           '<text x="0" y="16" font-weight="bold">Recruitment against target</text>']
+    for i, s in enumerate(sites):
+        y = top + i * (bar_h + gap)
+        w_t = width * s["target"] / scale
+        w_e = width * s["enrolled"] / scale
+        w_r = width * s["randomized"] / scale
+        out += [f'<text x="0" y="{y + 13}">{escape(s["code"])}</text>',
+                f'<rect x="{left}" y="{y}" width="{w_t:.1f}" height="{bar_h}" fill="none" stroke="#5e6b78"/>',
+                f'<rect x="{left}" y="{y + 3}" width="{w_e:.1f}" height="{bar_h - 6}" fill="#90caf9"/>',
+                f'<rect x="{left}" y="{y + 3}" width="{w_r:.1f}" height="{bar_h - 6}" fill="#1f5f8b"/>',
+                f'<text x="{left + max(w_t, w_e) + 6:.1f}" y="{y + 13}">{s["randomized"]} / {s["target"]}</text>']
+    y = top + len(sites) * (bar_h + gap) + 10
+    out += [f'<rect x="{left}" y="{y}" width="12" height="10" fill="#1f5f8b"/><text x="{left + 16}" y="{y + 9}">randomized</text>',
+            f'<rect x="{left + 100}" y="{y}" width="12" height="10" fill="#90caf9"/><text x="{left + 116}" y="{y + 9}">enrolled</text>',
+            f'<rect x="{left + 190}" y="{y}" width="12" height="10" fill="none" stroke="#5e6b78"/><text x="{left + 206}" y="{y + 9}">target</text>',
+            "</svg>"]
+    return "\n".join(out)

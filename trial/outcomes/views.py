@@ -1,0 +1,56 @@
+"""Visit worklists, corrections and blinding reports."""
+from __future__ import annotations
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+
+from trial.errors import DomainError, NotFound
+from trial.outcomes import forms, service
+from trial.outcomes.models import Assessment
+from trial.protocol.service import current as current_protocol
+from trial.web import actor, db, form_errors
+
+bp = Blueprint("outcomes", __name__)
+
+
+@bp.route("/visits")
+def visits():
+    kind = request.args.get("kind", "due")
+    return render_template("outcomes/visits.html", kind=kind, rows=service.worklist(db(), actor(), kind))
+
+
+@bp.route("/assessments/<int:assessment_id>/correct", methods=["GET", "POST"])
+def correct(assessment_id: int):
+    s = db()
+    a = s.get(Assessment, assessment_id)
+    if a is None:
+        raise NotFound("No such assessment.")
+    from trial.enrollment.models import Participant
+    from trial.enrollment.service import get_participant
+    p = get_participant(s, actor(), s.get(Participant, a.participant_id).study_id)
+    ins = next(i for i in current_protocol(s).content["instruments"] if i["key"] == a.instrument)
+    form = forms.correction_form(ins, a.values)
+    if form.validate_on_submit():
+        try:
+            service.correct_assessment(s, actor(), a.id, {"reason": form.reason.data,
+                                                          "values": {f["key"]: getattr(form, f"v_{f['key']}").data for f in ins["fields"]}})
+            s.commit()
+            flash("Correction saved; the previous values stay in the audit trail.")
+            return redirect(url_for("enrollment.participant", study_id=p.study_id))
+        except DomainError as e:
+            form_errors(form, e)
+    return render_template("enrollment/form.html", form=form, title=f"Correct {ins['label']} at {a.visit} for {p.study_id}"), 400 if form.is_submitted() else 200
+
+
+@bp.route("/participants/<study_id>/blinding-break", methods=["GET", "POST"])
+def blinding_break(study_id: str):
+    form = forms.BlindingBreakForm()
+    if form.validate_on_submit():
+        try:
+            service.report_blinding_break(db(), actor(), study_id, {"reported_on": form.reported_on.data,
+                                                                    "description": form.description.data})
+            db().commit()
+            flash("Reported. The site's coordinator is told; another assessor should see this child.")
+            return redirect(url_for("enrollment.participant", study_id=study_id))
+        except DomainError as e:
+            form_errors(form, e)
+    return render_template("enrollment/form.html", form=form, title=f"Report broken blinding for {study_id}"), 400 if form.is_submitted() else 200

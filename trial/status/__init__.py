@@ -1,0 +1,1 @@
+"""Status events (withdrawal, loss to follow-up, ...) and protocol deviations."""

@@ -1,0 +1,112 @@
+"""Status events and protocol deviations, recorded by the site's coordinator."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trial.audit import service as audit
+from trial.auth.scope import require_site_role
+from trial.enrollment.models import Participant
+from trial.enrollment.service import get_participant, parse_date, today
+from trial.errors import Conflict, ValidationError
+from trial.status.models import EVENT_TYPES, FINAL_EVENTS, Deviation, StatusEvent
+
+DEVIATION_CATEGORIES = ("eligibility", "consent", "visit_out_of_window", "intervention", "assessment", "blinding", "other")
+
+
+def events_of(db: Session, participant_ids: list[int]) -> dict[int, list[StatusEvent]]:
+    out: dict[int, list[StatusEvent]] = {}
+    if participant_ids:
+        for e in db.execute(select(StatusEvent).where(StatusEvent.participant_id.in_(participant_ids))
+                            .order_by(StatusEvent.on, StatusEvent.id)).scalars():
+            out.setdefault(e.participant_id, []).append(e)
+    return out
+
+
+def status_label(randomized: bool, events: list[StatusEvent]) -> str:
+    """One status word: the weightiest event, else randomized/enrolled."""
+    types = {e.type for e in events}
+    for t in ("died", "withdrawn", "lost_to_follow_up", "discontinued_intervention", "not_received"):
+        if t in types:
+            return t
+    return "randomized" if randomized else "enrolled"
+
+
+def ensure_accepts_data(db: Session, p: Participant, what: str, on: dt.date | None = None) -> None:
+    """Refuse new data for a withdrawn (or deceased) participant; refuse sessions after the
+    intervention was discontinued or not received."""
+    for e in events_of(db, [p.id]).get(p.id, []):
+        if e.type in FINAL_EVENTS:
+            raise Conflict(f"{p.study_id} is {e.type.replace('_', ' ')} since {e.on.isoformat()}: no further data is accepted.")
+        if what == "session" and e.type in ("discontinued_intervention", "not_received") and (on is None or on >= e.on):
+            raise Conflict(f"{p.study_id}: the intervention was {e.type.replace('_', ' ')} on {e.on.isoformat()}; "
+                           "no sessions after that date (the child is still followed up).")
+
+
+def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
+    p = get_participant(db, actor, study_id)
+    require_site_role(db, actor, p.site_id, "coordinator")
+    errors: dict[str, str] = {}
+    kind = data.get("type")
+    if kind not in EVENT_TYPES:
+        errors["type"] = f"must be one of {', '.join(EVENT_TYPES)}"
+    on = parse_date(data.get("on"), "on", errors)
+    if on and on > today():
+        errors["on"] = "is in the future"
+    elif on and on < p.consent_date:
+        errors["on"] = f"is before consent ({p.consent_date.isoformat()})"
+    reason = data.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        errors["reason"] = "is required"
+    elif len(reason) > 500:
+        errors["reason"] = "must be at most 500 characters"
+    if errors:
+        raise ValidationError("The event was not recorded: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+    existing = events_of(db, [p.id]).get(p.id, [])
+    for e in existing:
+        if e.type in FINAL_EVENTS:
+            raise Conflict(f"{p.study_id} is {e.type.replace('_', ' ')} since {e.on.isoformat()}: no further data is accepted.")
+        if e.type == kind:
+            raise Conflict(f"{p.study_id} already has a {kind.replace('_', ' ')} event ({e.on.isoformat()}).")
+    ev = StatusEvent(participant_id=p.id, type=kind, on=on, reason=reason.strip(), recorded_by_id=getattr(actor, "id", None))
+    db.add(ev)
+    db.flush()
+    # not_received / discontinued_intervention imply the arm had an intervention to receive;
+    # they are shown only to unblinded readers of the audit trail.
+    audit.created(db, actor, "status_event", ev.id, {"participant": p.study_id, "type": kind, "on": on, "reason": ev.reason},
+                  reveals_allocation=kind in ("not_received", "discontinued_intervention"))
+    return ev
+
+
+def record_deviation(db: Session, actor, study_id: str, data: dict) -> Deviation:
+    p = get_participant(db, actor, study_id)
+    require_site_role(db, actor, p.site_id, "coordinator")
+    errors: dict[str, str] = {}
+    on = parse_date(data.get("on"), "on", errors)
+    if on and on > today():
+        errors["on"] = "is in the future"
+    cat = data.get("category")
+    if cat not in DEVIATION_CATEGORIES:
+        errors["category"] = f"must be one of {', '.join(DEVIATION_CATEGORIES)}"
+    desc = data.get("description")
+    if not isinstance(desc, str) or not desc.strip():
+        errors["description"] = "is required"
+    if errors:
+        raise ValidationError("The deviation was not recorded: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+    d = Deviation(participant_id=p.id, on=on, category=cat, description=desc.strip(), recorded_by_id=getattr(actor, "id", None))
+    db.add(d)
+    db.flush()
+    audit.created(db, actor, "deviation", d.id, {"participant": p.study_id, "on": on, "category": cat,
+                                                 "description": d.description}, reveals_allocation=cat == "intervention")
+    return d
+
+
+def deviations_of(db: Session, actor, p: Participant) -> list[Deviation]:
+    """Deviations of one participant, for unblinded readers (an intervention deviation implies an
+    intervention)."""
+    from trial.auth.scope import can_see_arm
+    if not can_see_arm(db, actor, p.site_id):
+        return []
+    return list(db.execute(select(Deviation).where(Deviation.participant_id == p.id).order_by(Deviation.on)).scalars())

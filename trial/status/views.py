@@ -1,0 +1,33 @@
+"""Status events and deviations (coordinators)."""
+from __future__ import annotations
+
+from flask import Blueprint, flash, redirect, render_template, url_for
+
+from trial.errors import DomainError
+from trial.status import forms, service
+from trial.web import actor, db, form_errors
+
+bp = Blueprint("status", __name__)
+
+
+def _handle(form, fn, study_id: str, title: str, done: str):
+    if form.validate_on_submit():
+        try:
+            fn(db(), actor(), study_id, {k: v for k, v in form.data.items() if k not in ("csrf_token", "submit")})
+            db().commit()
+            flash(done)
+            return redirect(url_for("enrollment.participant", study_id=study_id))
+        except DomainError as e:
+            form_errors(form, e)
+    return render_template("enrollment/form.html", form=form, title=title), 400 if form.is_submitted() else 200
+
+
+@bp.route("/participants/<study_id>/events/new", methods=["GET", "POST"])
+def event(study_id: str):
+    return _handle(forms.EventForm(), service.record_event, study_id, f"Status event for {study_id}", "Event recorded.")
+
+
+@bp.route("/participants/<study_id>/deviations/new", methods=["GET", "POST"])
+def deviation(study_id: str):
+    return _handle(forms.DeviationForm(), service.record_deviation, study_id, f"Protocol deviation for {study_id}",
+                   "Deviation recorded.")
