@@ -1,0 +1,203 @@
+"""Blinding, proved: an assessor visits every route the role may reach (web and API) and nothing
+reveals an allocation; for two children in different arms every per-child page and response is
+identical once IDs are normalized. A route reachable by assessors that this test does not cover
+fails the suite."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+from sqlalchemy import text
+
+from tests.helpers import CLI, PASSWORD
+from trial.course.service import log_counselling, log_session
+from trial.outcomes.service import record_assessment
+from trial.policy import ANY, POLICY, PUBLIC
+from trial.status.service import record_event
+
+SEED = bytes(range(32))
+TODAY = dt.date.today()
+R = TODAY - dt.timedelta(days=200)          # both children randomized on this day
+SESSION_DAYS = [R + dt.timedelta(days=d) for d in (2, 9, 16, 23, 30)]
+
+# Every route an assessor may reach, and how to build its URL for one child ("{id}" = study ID,
+# "{aid}" = an assessment of that child). General routes take no child.
+PER_CHILD_WEB = {
+    "enrollment.participant": "/participants/{id}",
+    "enrollment.assess": "/participants/{id}/assess/ados2",
+    "outcomes.correct": "/assessments/{aid}/correct",
+    "outcomes.blinding_break": "/participants/{id}/blinding-break",
+}
+PER_CHILD_API = {
+    "api.get_participant": "/participants/{id}",
+    "api.participant_visits": "/participants/{id}/visits",
+}
+GENERAL_WEB = {
+    "main.home": "/", "enrollment.participants": "/participants", "outcomes.visits": "/visits?kind={kind}",
+    "dashboard.grid": "/dashboard/", "dashboard.recruitment_svg": "/dashboard/recruitment.svg",
+    "auth.password": "/password", "auth.login": "/login", "auth.logout": None, "static": None,
+}
+GENERAL_API = {
+    "api.me": "/me", "api.sites": "/sites", "api.protocol": "/protocol", "api.openapi": "/openapi.json",
+    "api.list_participants": "/participants", "api.visits": "/visits?kind={kind}", "api.notifications": "/notifications",
+}
+WRITE_ONLY = {"api.create_assessment", "api.report_blinding_break", "api.correct_assessment"}
+PROTOCOL_ROUTES = {"api.protocol", "api.openapi"}  # the protocol itself names the arms; it says nothing of a child
+
+
+def assessor_routes(app):
+    out = {}
+    for rule in app.url_map.iter_rules():
+        pol = POLICY[rule.endpoint]
+        if pol in (PUBLIC, ANY) or "assessor" in pol:
+            out[rule.endpoint] = rule
+    return out
+
+
+def test_every_assessor_route_is_covered(app):
+    covered = set(PER_CHILD_WEB) | set(PER_CHILD_API) | set(GENERAL_WEB) | set(GENERAL_API) | WRITE_ONLY
+    missing = sorted(set(assessor_routes(app)) - covered)
+    assert not missing, f"routes an assessor can reach but the blinding test does not cover: {missing}"
+
+
+@pytest.fixture()
+def trial(world, db):
+    world.open(SEED)
+    children = {}
+    while len({"usual", "music"} & set(children)) < 2:
+        sc = world.screen(screened_on=(R - dt.timedelta(days=30)).isoformat())
+        from trial.enrollment.service import enroll
+        p = enroll(db, CLI, {"screening_id": sc.id, "consent_date": (R - dt.timedelta(days=25)).isoformat(),
+                             "date_of_birth": (R - dt.timedelta(days=5 * 365)).isoformat(), "sex": "female"})
+        for ins, values in (("ados2", {"social_affect": 12, "rrb": 4, "css": 6}), ("srs2", {"total_t": 70})):
+            record_assessment(db, CLI, p.study_id, {"visit": "baseline", "instrument": ins, "values": values,
+                                                    "performed_on": (R - dt.timedelta(days=5)).isoformat()})
+        db.commit()
+        arm = world.randomize(p, p.study_id).allocation.arm
+        children.setdefault("usual" if arm == "usual" else "music", p)
+    db.execute(text("UPDATE allocation SET randomized_at = :t"), {"t": dt.datetime.combine(R, dt.time(10, 0))})
+    db.commit()
+    music, usual = children["music"], children["usual"]
+    for day in SESSION_DAYS:
+        log_session(db, CLI, music.study_id, {"held_on": day.isoformat(), "attendance": "attended", "minutes": 30,
+                                              "techniques": ["songs"], "engagement": 4, "note": "played drums together"})
+    for p in (music, usual):
+        log_counselling(db, CLI, p.study_id, {"held_on": (R + dt.timedelta(days=20)).isoformat()})
+        for visit, day in (("month2", 61), ("month5", 152)):
+            record_assessment(db, CLI, p.study_id, {"visit": visit, "instrument": "ados2",
+                                                    "performed_on": (R + dt.timedelta(days=day)).isoformat(),
+                                                    "values": {"social_affect": 10, "rrb": 3, "css": 5},
+                                                    "allocation_guess": "unsure", "guess_confidence": 2})
+    record_event(db, CLI, music.study_id, {"type": "discontinued_intervention", "on": (R + dt.timedelta(days=40)).isoformat(),
+                                           "reason": "family moved"})
+    db.commit()
+    return {"music": music, "usual": usual, "world": world}
+
+
+def normalize(body: str, p) -> str:
+    body = body.replace(p.study_id, "<ID>")
+    body = re.sub(r"/assessments/\d+/", "/assessments/<n>/", body)
+    body = re.sub(r'"id":\s*\d+', '"id": <n>', body)
+    body = re.sub(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z?", "<ts>", body)
+    return body
+
+
+FORBIDDEN_WORDS = ["Music therapy, 1 session per week", "Music therapy, 3 sessions per week", "Enhanced usual care",
+                   '"arm"', "arm_label", "arm code",
+                   "sessions_per_week", "attended", "no_show", "played drums", "discontinued", "not received",
+                   "not_received", "dose", "<h2>Course", "<dt>Allocation", "Parent counselling", "outside course"]
+
+
+def assert_no_leak(body: str, where: str):
+    for word in FORBIDDEN_WORDS:
+        assert word not in body, f"{where} shows {word!r}"
+    for day in SESSION_DAYS:
+        assert day.isoformat() not in body, f"{where} shows a session date {day}"
+    assert not re.search(r'"(low|high|usual)"', body), f"{where} names an arm key"
+
+
+def assessor_client(app):
+    c = app.test_client()
+    assert c.post("/login", data={"email": "assessor@example.org", "password": PASSWORD}).status_code == 302
+    return c
+
+
+def aid(db, p):
+    return db.execute(text("SELECT id FROM assessment WHERE participant_id = :p AND visit = 'month2'"), {"p": p.id}).scalar()
+
+
+def test_assessor_pages_reveal_nothing_and_are_identical_across_arms(app, db, trial):
+    c = assessor_client(app)
+    pages = {}
+    for arm in ("music", "usual"):
+        p = trial[arm]
+        for endpoint, tmpl in PER_CHILD_WEB.items():
+            r = c.get(tmpl.format(id=p.study_id, aid=aid(db, p)))
+            assert r.status_code == 200, f"{endpoint}: {r.status_code}"
+            body = r.get_data(as_text=True)
+            assert_no_leak(body, f"{endpoint} for the {arm} child")
+            pages.setdefault(endpoint, []).append(normalize(body, p))
+        for endpoint, tmpl in PER_CHILD_API.items():
+            r = trial["world"].api("GET", tmpl.format(id=p.study_id), "assessor")
+            assert r.status_code == 200, endpoint
+            body = r.get_data(as_text=True)
+            assert_no_leak(body, f"{endpoint} for the {arm} child")
+            pages.setdefault(endpoint, []).append(normalize(body, p))
+    for endpoint, (a, b) in pages.items():
+        assert a == b, f"{endpoint} differs between a music-therapy child and a usual-care child"
+
+
+def test_assessor_general_pages_reveal_nothing(app, db, trial):
+    c = assessor_client(app)
+    for endpoint, tmpl in GENERAL_WEB.items():
+        if tmpl is None:
+            continue
+        for kind in ("due", "overdue", "out_of_window"):
+            r = c.get(tmpl.format(kind=kind))
+            assert r.status_code == 200, f"{endpoint}: {r.status_code}"
+            assert_no_leak(r.get_data(as_text=True), endpoint)
+    for endpoint, tmpl in GENERAL_API.items():
+        for kind in ("due", "overdue", "out_of_window"):
+            r = trial["world"].api("GET", tmpl.format(kind=kind), "assessor")
+            assert r.status_code == 200, endpoint
+            if endpoint not in PROTOCOL_ROUTES:
+                assert_no_leak(r.get_data(as_text=True), endpoint)
+
+
+def test_assessor_is_refused_everything_that_shows_sessions_or_arms(app, trial):
+    c = assessor_client(app)
+    p = trial["music"]
+    for url in (f"/participants/{p.study_id}/sessions/new", "/adherence", "/audit/", "/screenings",
+                f"/participants/{p.study_id}/events/new"):
+        r = c.get(url)
+        assert r.status_code == 403, url
+        assert_no_leak(r.get_data(as_text=True), url)
+    for path in (f"/participants/{p.study_id}/course", "/adherence"):
+        r = trial["world"].api("GET", path, "assessor")
+        assert r.status_code == 403
+        assert_no_leak(r.get_data(as_text=True), path)
+
+
+def test_assessment_responses_are_identical_across_arms(trial, db):
+    w = trial["world"]
+    bodies = []
+    for arm in ("music", "usual"):
+        p = trial[arm]
+        db.execute(text("DELETE FROM assessment WHERE participant_id = :p AND visit = 'month5'"), {"p": p.id})
+        db.commit()
+        r = w.api("POST", f"/participants/{p.study_id}/assessments", "assessor",
+                  json={"visit": "month5", "instrument": "ados2", "performed_on": (R + dt.timedelta(days=150)).isoformat(),
+                        "values": {"social_affect": 9, "rrb": 2, "css": 4}, "allocation_guess": "music_therapy"})
+        assert r.status_code == 201
+        bodies.append(normalize(r.get_data(as_text=True), p))
+    assert bodies[0] == bodies[1]
+
+
+def test_statistician_and_admin_see_no_arm(trial):
+    w = trial["world"]
+    for p in (trial["music"], trial["usual"]):
+        r = w.api("GET", f"/participants/{p.study_id}", "statistician")
+        assert r.status_code == 200 and "arm" not in r.get_json()
+        assert r.get_json()["status"] == "randomized"  # the intervention event is withheld
+        assert w.api("GET", f"/participants/{p.study_id}", "admin").status_code == 403
