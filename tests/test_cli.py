@@ -479,8 +479,6 @@ def test_help_for_every_command_group(cli, group, commands):
         ok(cli.run(*group, c, "--help"))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: click usage errors (missing/invalid option, unknown command) print "
-                   "a multi-line 'Usage: ... Error: ...' block instead of one 'error:' line (API.md: one-line error)")
 @pytest.mark.parametrize("args", [
     ["site", "create", "--code", "XX01"],
     ["site", "create", "--code", "XX01", "--name", "X", "--target", "many"],

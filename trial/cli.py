@@ -39,6 +39,10 @@ class Group(click.Group):
         from sqlalchemy.exc import OperationalError, ProgrammingError
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `trial db` alone shows its help
+        except click.ClickException as e:
+            fail(e.format_message(), getattr(e, "exit_code", 1) or 1)
         except DomainError as e:
             fail(e.message)
         except ConfigError as e:

@@ -16,6 +16,29 @@ class ProtocolError(ValueError):
         self.key, self.problem = key, problem
 
 
+ALLOWED = {
+    "trial": {"key", "name", "amendment"},
+    "arms": {"key", "label", "sessions_per_week", "weight"},
+    "randomization": {"method", "block_sizes", "factors", "minimization", "initial_blocks", "extension_blocks"},
+    "factors": {"key", "levels", "label"},
+    "minimization": {"probability", "imbalance"},
+    "eligibility": {"min_age_months", "max_age_months"},
+    "criteria": {"key", "question", "qualifying_answer"},
+    "course": {"months", "session_minutes", "min_attended_sessions", "parent_counselling_sessions", "techniques"},
+    "visits": {"key", "label", "day", "window_before", "window_after", "primary"},
+    "instruments": {"key", "label", "blinded", "visits", "fields"},
+    "fields": {"key", "label", "type", "min", "max", "required", "units", "choices"},
+    "primary_outcome": {"instrument", "field", "visit"},
+}
+
+
+def _known(d: dict, kind: str, path: str) -> None:
+    """Refuse misspelled keys: `mni = 0` must not silently drop a minimum."""
+    for k in d:
+        if k not in ALLOWED[kind]:
+            raise ProtocolError(f"{path}.{k}".lstrip("."), f"is not a known key here (expected one of {', '.join(sorted(ALLOWED[kind]))})")
+
+
 def _need(d: dict, key: str, path: str, typ, default=...):
     if key not in d:
         if default is not ...:
@@ -61,6 +84,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ProtocolError("(file)", "must be a TOML document")
     trial = _need(raw, "trial", "", dict)
+    _known(trial, "trial", "trial")
     tkey = _need(trial, "key", "trial", str)
     if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", tkey):
         raise ProtocolError("trial.key", f"{tkey!r} is not a valid trial key (lower-case letters, digits, - and _)")
@@ -70,6 +94,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     arms = []
     for i, a in enumerate(_list(raw, "arms", "")):
         p = f"arms[{i}]"
+        _known(a, "arms", p)
         arm = {"key": _key(a, p), "label": _need(a, "label", p, str),
                "sessions_per_week": _need(a, "sessions_per_week", p, int),
                "weight": _need(a, "weight", p, int)}
@@ -85,6 +110,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     ratio_sum = sum(a["weight"] for a in arms)
 
     r = _need(raw, "randomization", "", dict)
+    _known(r, "randomization", "randomization")
     method = _need(r, "method", "randomization", str)
     if method not in METHODS:
         raise ProtocolError("randomization.method", f"must be one of {', '.join(METHODS)}, not {method!r}")
@@ -99,6 +125,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         p = f"randomization.factors[{i}]"
         if not isinstance(f, dict):
             raise ProtocolError(p, "must be a table")
+        _known(f, "factors", p)
         k = _key(f, p)
         if k == "site":
             factors.append({"key": "site", "levels": None})
@@ -111,6 +138,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     if not any(f["key"] == "site" for f in factors):
         raise ProtocolError("randomization.factors", "site must be one of the factors")
     mini = _need(r, "minimization", "randomization", dict, {})
+    _known(mini, "minimization", "randomization.minimization")
     prob = _need(mini, "probability", "randomization.minimization", (float, int), 0.8)
     if not 0.5 <= float(prob) <= 1.0:
         raise ProtocolError("randomization.minimization.probability", "must be between 0.5 and 1")
@@ -127,6 +155,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
                             "extension_blocks": _need(r, "extension_blocks", "randomization", int, 10)}
 
     el = _need(raw, "eligibility", "", dict, {})
+    _known(el, "eligibility", "eligibility")
     lo = _need(el, "min_age_months", "eligibility", int, 0)
     hi = _need(el, "max_age_months", "eligibility", int, 1200)
     if lo > hi:
@@ -135,12 +164,14 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     criteria = []
     for i, c in enumerate(_list(raw, "criteria", "")):
         p = f"criteria[{i}]"
+        _known(c, "criteria", p)
         criteria.append({"key": _key(c, p), "question": _need(c, "question", p, str),
                          "qualifying_answer": _need(c, "qualifying_answer", p, bool)})
     _unique(criteria, "criteria")
     out["criteria"] = criteria
 
     c = _need(raw, "course", "", dict)
+    _known(c, "course", "course")
     course = {"months": _need(c, "months", "course", int), "session_minutes": _need(c, "session_minutes", "course", int, 30),
               "min_attended_sessions": _need(c, "min_attended_sessions", "course", int, 1),
               "parent_counselling_sessions": _need(c, "parent_counselling_sessions", "course", int, 0),
@@ -155,6 +186,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     visits = []
     for i, v in enumerate(_list(raw, "visits", "")):
         p = f"visits[{i}]"
+        _known(v, "visits", p)
         visit = {"key": _key(v, p), "label": _need(v, "label", p, str, v.get("key")),
                  "day": _need(v, "day", p, int), "window_before": _need(v, "window_before", p, int),
                  "window_after": _need(v, "window_after", p, int), "primary": _need(v, "primary", p, bool, False)}
@@ -175,13 +207,15 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     instruments = []
     for i, ins in enumerate(_list(raw, "instruments", "")):
         p = f"instruments[{i}]"
+        _known(ins, "instruments", p)
         item = {"key": _key(ins, p), "label": _need(ins, "label", p, str), "blinded": _need(ins, "blinded", p, bool),
                 "visits": _need(ins, "visits", p, list), "fields": []}
         for j, vk in enumerate(item["visits"]):
-            if vk not in visit_keys:
+            if not isinstance(vk, str) or vk not in visit_keys:
                 raise ProtocolError(f"{p}.visits[{j}]", f"unknown visit {vk!r}")
         for j, f in enumerate(_list(ins, "fields", p)):
             fp = f"{p}.fields[{j}]"
+            _known(f, "fields", fp)
             fld = {"key": _key(f, fp), "label": _need(f, "label", fp, str, f.get("key")),
                    "type": _need(f, "type", fp, str), "required": _need(f, "required", fp, bool, True),
                    "min": None, "max": None, "units": _need(f, "units", fp, str, None), "choices": None}
@@ -204,6 +238,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     out["instruments"] = instruments
 
     po = _need(raw, "primary_outcome", "", dict)
+    _known(po, "primary_outcome", "primary_outcome")
     prim = {"instrument": _need(po, "instrument", "primary_outcome", str),
             "field": _need(po, "field", "primary_outcome", str), "visit": _need(po, "visit", "primary_outcome", str)}
     ins = next((x for x in instruments if x["key"] == prim["instrument"]), None)

@@ -40,7 +40,7 @@ def _clean(data: dict, creating: bool) -> dict:
         tz = str(data["timezone"]).strip()
         try:
             zoneinfo.ZoneInfo(tz)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
             errors["timezone"] = f"unknown time zone {tz!r}"
         out["timezone"] = tz
     if data.get("target") not in (None, ""):
