@@ -15,6 +15,7 @@ from trial.course.models import ATTENDANCE, CounsellingSession, TherapySession
 from trial.enrollment.models import Participant
 from trial.enrollment.service import get_participant, parse_date, today
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
+from trial.lock.service import ensure_writable
 from trial.protocol.service import current as current_protocol
 from trial.randomize.models import Allocation
 from trial.sites.models import Site
@@ -38,6 +39,7 @@ def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession
     from trial.randomize.service import allocation_of
     p = get_participant(db, actor, study_id)
     require_site_role(db, actor, p.site_id, "therapist")
+    ensure_writable(db)
     content = current_protocol(db).content
     alloc = allocation_of(db, p.id)
     if alloc is None:
@@ -46,7 +48,7 @@ def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession
         raise Conflict(f"{p.study_id} is not in a music-therapy arm: no sessions are logged for this child.")
     errors: dict[str, str] = {}
     held = parse_date(data.get("held_on"), "held_on", errors)
-    if held and held > today():
+    if held and held > today(p.site.timezone):
         errors["held_on"] = "is in the future"
     attendance = data.get("attendance")
     if attendance not in ATTENDANCE:
@@ -92,9 +94,10 @@ def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession
 def log_counselling(db: Session, actor, study_id: str, data: dict) -> CounsellingSession:
     p = get_participant(db, actor, study_id)
     require_site_role(db, actor, p.site_id, "coordinator")
+    ensure_writable(db)
     errors: dict[str, str] = {}
     held = parse_date(data.get("held_on"), "held_on", errors)
-    if held and held > today():
+    if held and held > today(p.site.timezone):
         errors["held_on"] = "is in the future"
     attended = data.get("attended", True)
     if not isinstance(attended, bool):

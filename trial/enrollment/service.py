@@ -12,6 +12,7 @@ from trial.auth.scope import can_see_arm, is_cli, require_site_role, visible_sit
 from trial.db import lock_for_update, utcnow
 from trial.enrollment.models import Participant, Screening, SiteSequence
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
+from trial.lock.service import ensure_writable
 from trial.protocol.service import current as current_protocol
 from trial.sites.models import Site
 from trial.sites.service import get_by_code
@@ -34,8 +35,11 @@ def parse_date(value: Any, field: str, errors: dict[str, str], required: bool = 
         return None
 
 
-def today() -> dt.date:
-    return utcnow().date()
+def today(tz: str | None = None) -> dt.date:
+    """Today's date in a site's time zone (UTC when none is given): a date entered at a site is
+    never "in the future" just because the site is east of UTC."""
+    from trial.timeline import local_date
+    return local_date(utcnow(), tz) if tz else utcnow().date()
 
 
 def _fail(message: str, errors: dict[str, str]) -> None:
@@ -63,10 +67,11 @@ def record_screening(db: Session, actor, data: dict) -> Screening:
         raise ValidationError("The screening was not saved: site is required", {"site": "is required"})
     site = get_by_code(db, str(site_code))
     require_site_role(db, actor, site.id, "coordinator")
+    ensure_writable(db)
     pv = current_protocol(db)
     criteria = pv.content["criteria"]
     screened_on = parse_date(data.get("screened_on"), "screened_on", errors)
-    if screened_on and screened_on > today():
+    if screened_on and screened_on > today(site.timezone):
         errors["screened_on"] = "is in the future"
     answers_in = data.get("answers")
     answers: dict[str, bool] = {}
@@ -170,6 +175,7 @@ def enroll(db: Session, actor, data: dict) -> Participant:
     if sc is None:
         raise NotFound(f"No screening with id {sid}.")
     require_site_role(db, actor, sc.site_id, "coordinator")
+    ensure_writable(db)
     site = db.get(Site, sc.site_id)
     if sc.outcome != "eligible":
         raise Conflict(f"Screening {sc.id} is {sc.outcome.replace('_', ' ')}: only an eligible screening can be enrolled.")
@@ -183,7 +189,7 @@ def enroll(db: Session, actor, data: dict) -> Participant:
         errors["sex"] = f"must be one of {', '.join(SEXES)}"
     strata = _strata(pv.content, data.get("strata"), errors)
     if consent:
-        if consent > today():
+        if consent > today(site.timezone):
             errors["consent_date"] = "is in the future"
         elif consent < sc.screened_on:
             errors["consent_date"] = f"is before the screening date {sc.screened_on.isoformat()}"
@@ -258,7 +264,9 @@ def participant_views(db: Session, actor, rows: list[Participant]) -> list[dict]
     if not rows:
         return []
     allocs = allocations_for(db, [p.id for p in rows])
+    from trial.timeline import local_date
     codes = dict(db.execute(select(Site.id, Site.code)).all())
+    tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
     arms = {a["key"]: a["label"] for a in current_protocol(db).content["arms"]}
     from trial.status.service import events_of, status_label
     baseline = baseline_done(db, [p.id for p in rows])
@@ -273,7 +281,7 @@ def participant_views(db: Session, actor, rows: list[Participant]) -> list[dict]
              "consent_date": p.consent_date.isoformat(), "date_of_birth": p.date_of_birth.isoformat(),
              "sex": p.sex, "strata": p.strata, "enrolled_at": p.enrolled_at.isoformat() + "Z",
              "baseline_primary_recorded": p.id in baseline,
-             "randomized_on": a.randomized_at.date().isoformat() if a else None}
+             "randomized_on": local_date(a.randomized_at, tzs[p.site_id]).isoformat() if a else None}
         d["events"] = [{"type": e.type, "on": e.on.isoformat()} for e in evs]
         if unblinded:
             d["arm"] = a.arm

@@ -11,8 +11,10 @@ from trial.audit import service as audit
 from trial.auth.scope import require_site_role
 from trial.enrollment.service import get_participant, parse_date, today
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
+from trial.lock.service import ensure_writable
 from trial.outcomes.models import GUESSES, Assessment, BlindingBreak, Notification
 from trial.protocol.service import current as current_protocol
+from trial.sites.models import Site
 from trial.status.service import ensure_accepts_data
 from trial.timeline import visit_window
 
@@ -82,12 +84,13 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
     elif ins is not None and visit["key"] not in ins["visits"]:
         errors["visit"] = f"{ins['key']} is not collected at {visit['key']}"
     performed = parse_date(data.get("performed_on"), "performed_on", errors)
-    if performed and performed > today():
+    if performed and performed > today(p.site.timezone):
         errors["performed_on"] = "is in the future"
     if errors:
         raise ValidationError("The assessment was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
     # who enters what: blinded instruments only by the site's assessors, others by its coordinators
     require_site_role(db, actor, p.site_id, "assessor" if ins["blinded"] else "coordinator")
+    ensure_writable(db)
     values = validate_values(ins, data.get("values"))
     guess = data.get("allocation_guess")
     confidence = data.get("guess_confidence")
@@ -99,7 +102,10 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
             errors["allocation_guess"] = f"must be one of {', '.join(GUESSES)}"
         elif visit["key"] == "baseline":
             errors["allocation_guess"] = "there is no allocation to guess at baseline"
-        if confidence is not None and (isinstance(confidence, bool) or not isinstance(confidence, int) or not 1 <= confidence <= 5):
+    if confidence is not None:
+        if guess is None:
+            errors["guess_confidence"] = "is recorded only with an allocation_guess"
+        elif isinstance(confidence, bool) or not isinstance(confidence, int) or not 1 <= confidence <= 5:
             errors["guess_confidence"] = "must be a whole number from 1 (pure guess) to 5 (certain)"
     if errors:
         raise ValidationError("The assessment was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
@@ -153,6 +159,7 @@ def correct_assessment(db: Session, actor, assessment_id: int, data: dict) -> As
     p = get_participant(db, actor, p.study_id)
     ins = next(i for i in current_protocol(db).content["instruments"] if i["key"] == a.instrument)
     require_site_role(db, actor, p.site_id, "assessor" if ins["blinded"] else "coordinator")
+    ensure_writable(db)
     reason = data.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         raise ValidationError("The correction was not saved: reason is required", {"reason": "is required for a correction"})
@@ -161,7 +168,6 @@ def correct_assessment(db: Session, actor, assessment_id: int, data: dict) -> As
         raise ValidationError("The correction was not saved: values must be an object", {"values": "must be an object"})
     merged.update(data["values"])
     values = validate_values(ins, merged)
-    ensure_accepts_data(db, p, "assessment")
     changes = {f"values.{k}": (a.values.get(k), v) for k, v in values.items() if a.values.get(k) != v}
     if not changes:
         raise ValidationError("The correction changes nothing.", {"values": "same as recorded"})
@@ -175,8 +181,13 @@ def report_blinding_break(db: Session, actor, study_id: str, data: dict) -> Blin
     from trial.auth.models import RoleAssignment
     p = get_participant(db, actor, study_id)
     require_site_role(db, actor, p.site_id, "assessor")
+    ensure_writable(db)
     errors: dict[str, str] = {}
-    on = parse_date(data.get("reported_on") or today().isoformat(), "reported_on", errors)
+    on = parse_date(data.get("reported_on") or today(p.site.timezone).isoformat(), "reported_on", errors)
+    if on and on > today(p.site.timezone):
+        errors["reported_on"] = "is in the future"
+    elif on and on < p.consent_date:
+        errors["reported_on"] = f"is before consent ({p.consent_date.isoformat()})"
     desc = data.get("description")
     if not isinstance(desc, str) or not desc.strip():
         errors["description"] = "is required: how was the blinding broken?"
@@ -238,7 +249,6 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
     from trial.course.service import randomization_day
     from trial.randomize.service import allocations_for
     from trial.status.service import events_of
-    on = on or today()
     content = current_protocol(db).content
     ids = [p.id for p in participants]
     allocs = allocations_for(db, ids)
@@ -248,7 +258,9 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
             done.setdefault((a.participant_id, a.visit), []).append(a)
     events = events_of(db, ids)
     out: dict[int, list[dict]] = {}
+    tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
     for p in participants:
+        day = on or today(tzs[p.site_id])
         alloc = allocs.get(p.id)
         rows = []
         start = randomization_day(db, p, alloc) if alloc else None
@@ -275,9 +287,9 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
                 entry["status"] = "done_out_of_window" if any(a.out_of_window for a in recorded) else "done"
             elif final is not None and final.on <= hi:
                 entry["status"] = "not_expected"
-            elif on > hi:
+            elif day > hi:
                 entry["status"] = "overdue"
-            elif on >= lo:
+            elif day >= lo:
                 entry["status"] = "due"
             else:
                 entry["status"] = "upcoming"

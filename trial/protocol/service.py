@@ -28,6 +28,8 @@ def current(db: Session) -> ProtocolVersion:
 def load_text(db: Session, actor, text: str, source_name: str = "protocol") -> ProtocolVersion:
     """Validate and store a protocol as the new current version (no-op if identical)."""
     require_role(db, actor, "admin")
+    from trial.lock.service import ensure_writable
+    ensure_writable(db)
     try:
         content = parse(text)
     except ProtocolError as e:

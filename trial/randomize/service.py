@@ -22,6 +22,7 @@ from trial.db import lock_for_update, utcnow
 from trial.enrollment.models import Participant, Screening
 from trial.enrollment.service import _insert_ignore, get_participant
 from trial.errors import Conflict, NotFound, ValidationError
+from trial.lock.service import ensure_writable
 from trial.outcomes.service import baseline_done
 from trial.protocol.service import current as current_protocol
 from trial.randomize import lists, minimization
@@ -88,6 +89,7 @@ def stratum_list(design: dict, master: bytes, key: str) -> lists.StratumList:
 def open_randomization(db: Session, actor, seed: bytes | None = None) -> RandomizationDesign:
     """Generate the lists from a fresh CSPRNG seed, record the commitment, seal the seed."""
     require_role(db, actor, "admin", "manager")
+    ensure_writable(db)
     if get_design(db) is not None:
         raise Conflict("Randomization is already open; lists are generated once per trial.")
     pv = current_protocol(db)
@@ -116,6 +118,8 @@ def open_randomization(db: Session, actor, seed: bytes | None = None) -> Randomi
     for key in _stratum_keys_for_sites(design, sites):
         _new_stratum(db, design, master, key, _site_id_of(db, key))
     db.flush()
+    from trial.exports.dataset import arm_codes
+    arm_codes(db)  # the fixed arm -> code mapping of blinded datasets, made once
     audit.created(db, actor, "randomization", row.id, {"method": row.method, "protocol_version": pv.version,
                                                        "commitment": commit, "strata": len(strata) or 1})
     return row
@@ -184,6 +188,7 @@ def not_ready_reasons(db: Session, p: Participant) -> list[str]:
 def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = None) -> Result:
     p = get_participant(db, actor, study_id)
     require_site_role(db, actor, p.site_id, "coordinator")
+    ensure_writable(db)
     if idempotency_key is not None and (not idempotency_key.strip() or len(idempotency_key) > 200):
         raise ValidationError("Idempotency-Key must be 1 to 200 characters.", {"Idempotency-Key": "1 to 200 characters"})
     bind = db.get_bind()

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from trial.audit import service as audit
 from trial.auth.scope import require_role
 from trial.errors import Conflict, NotFound, ValidationError
+from trial.lock.service import ensure_writable
 from trial.sites.models import Site
 
 CODE_RE = re.compile(r"^[A-Z]{2}[0-9]{2}$")
@@ -71,6 +72,7 @@ def get_by_code(db: Session, code: str) -> Site:
 
 def create_site(db: Session, actor, data: dict) -> Site:
     require_role(db, actor, "admin")
+    ensure_writable(db)
     values = _clean(data, creating=True)
     if db.execute(select(Site.id).where(Site.code == values["code"])).first():
         raise Conflict(f"A site with code {values['code']} already exists.", {"code": "already exists"})
@@ -84,6 +86,7 @@ def create_site(db: Session, actor, data: dict) -> Site:
 
 def update_site(db: Session, actor, code: str, data: dict, reason: str | None = None) -> Site:
     require_role(db, actor, "admin")
+    ensure_writable(db)
     site = get_by_code(db, code)
     values = _clean(data, creating=False)
     changes = {k: (getattr(site, k), v) for k, v in values.items() if getattr(site, k) != v}

@@ -11,8 +11,10 @@ from trial.auth.scope import require_site_role
 from trial.enrollment.models import Participant
 from trial.enrollment.service import get_participant, parse_date, today
 from trial.errors import Conflict, ValidationError
+from trial.lock.service import ensure_writable
 from trial.status.models import EVENT_TYPES, FINAL_EVENTS, Deviation, StatusEvent
 
+FINAL_WORDS = {"withdrawn": "withdrawn", "died": "died"}
 DEVIATION_CATEGORIES = ("eligibility", "consent", "visit_out_of_window", "intervention", "assessment", "blinding", "other")
 
 
@@ -39,7 +41,7 @@ def ensure_accepts_data(db: Session, p: Participant, what: str, on: dt.date | No
     intervention was discontinued or not received."""
     for e in events_of(db, [p.id]).get(p.id, []):
         if e.type in FINAL_EVENTS:
-            raise Conflict(f"{p.study_id} is {e.type.replace('_', ' ')} since {e.on.isoformat()}: no further data is accepted.")
+            raise Conflict(f"{p.study_id}: {FINAL_WORDS[e.type]} on {e.on.isoformat()}; no further data is accepted.")
         if what == "session" and e.type in ("discontinued_intervention", "not_received") and (on is None or on >= e.on):
             raise Conflict(f"{p.study_id}: the intervention was {e.type.replace('_', ' ')} on {e.on.isoformat()}; "
                            "no sessions after that date (the child is still followed up).")
@@ -48,12 +50,13 @@ def ensure_accepts_data(db: Session, p: Participant, what: str, on: dt.date | No
 def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
     p = get_participant(db, actor, study_id)
     require_site_role(db, actor, p.site_id, "coordinator")
+    ensure_writable(db)
     errors: dict[str, str] = {}
     kind = data.get("type")
     if kind not in EVENT_TYPES:
         errors["type"] = f"must be one of {', '.join(EVENT_TYPES)}"
     on = parse_date(data.get("on"), "on", errors)
-    if on and on > today():
+    if on and on > today(p.site.timezone):
         errors["on"] = "is in the future"
     elif on and on < p.consent_date:
         errors["on"] = f"is before consent ({p.consent_date.isoformat()})"
@@ -67,7 +70,7 @@ def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
     existing = events_of(db, [p.id]).get(p.id, [])
     for e in existing:
         if e.type in FINAL_EVENTS:
-            raise Conflict(f"{p.study_id} is {e.type.replace('_', ' ')} since {e.on.isoformat()}: no further data is accepted.")
+            raise Conflict(f"{p.study_id}: {FINAL_WORDS[e.type]} on {e.on.isoformat()}; no further data is accepted.")
         if e.type == kind:
             raise Conflict(f"{p.study_id} already has a {kind.replace('_', ' ')} event ({e.on.isoformat()}).")
     ev = StatusEvent(participant_id=p.id, type=kind, on=on, reason=reason.strip(), recorded_by_id=getattr(actor, "id", None))
@@ -83,9 +86,10 @@ def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
 def record_deviation(db: Session, actor, study_id: str, data: dict) -> Deviation:
     p = get_participant(db, actor, study_id)
     require_site_role(db, actor, p.site_id, "coordinator")
+    ensure_writable(db)
     errors: dict[str, str] = {}
     on = parse_date(data.get("on"), "on", errors)
-    if on and on > today():
+    if on and on > today(p.site.timezone):
         errors["on"] = "is in the future"
     cat = data.get("category")
     if cat not in DEVIATION_CATEGORIES:

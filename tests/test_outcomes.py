@@ -1,0 +1,699 @@
+"""Blinded outcome assessment: validation and who enters what, visit windows and the
+out-of-window flag, allocation guesses, audited corrections, blinding-break reports with the
+coordinator's notification and the warnings, visit schedules and worklists, the date arithmetic of
+trial/timeline.py, the record status grid and the recruitment chart."""
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+import xml.etree.ElementTree as ET
+
+import pytest
+from sqlalchemy import func, select, text
+
+from tests.helpers import CLI, PASSWORD
+from trial.audit import service as audit
+from trial.audit.models import AuditRecord
+from trial.auth.service import create_user, issue_token
+from trial.enrollment.service import today
+from trial.outcomes.models import Assessment, BlindingBreak, Notification
+from trial.protocol.service import DEFAULT_PROTOCOL
+from trial.timeline import add_months, course_window, local_date, planned_sessions, visit_window
+
+SEED = bytes(range(32))
+ADOS = {"social_affect": 10, "rrb": 3, "css": 5}
+VISITS = {v["key"]: v for v in tomllib.loads(DEFAULT_PROTOCOL.read_text())["visits"]}
+D = dt.date
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def rand(world, p, who="coordinator"):
+    r = world.api("POST", f"/participants/{p.study_id}/randomize", who, headers={"Idempotency-Key": p.study_id})
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()["arm"]
+
+
+def backdate(world, p, days: int | None = None, at: dt.datetime | None = None) -> dt.date:
+    at = at or dt.datetime.combine(today() - dt.timedelta(days=days), dt.time(12, 0))
+    world.db.execute(text("UPDATE allocation SET randomized_at = :t WHERE participant_id = :p"), {"t": at, "p": p.id})
+    world.db.commit()
+    world.db.expire_all()
+    return at.date()
+
+
+def state(db) -> dict:
+    db.expire_all()
+    return {m.__name__: db.execute(select(func.count()).select_from(m)).scalar()
+            for m in (Assessment, BlindingBreak, Notification, AuditRecord)}
+
+
+def add_user(world, key, roles):
+    u = create_user(world.db, CLI, f"{key}@example.org", key.title(), PASSWORD, roles)
+    world.users[key] = u
+    world.tokens[key] = issue_token(world.db, CLI, u)
+    world.db.commit()
+    return u
+
+
+def d(days_ago: int) -> dt.date:
+    return today() - dt.timedelta(days=days_ago)
+
+
+def err(r):
+    return r.get_json()["error"]
+
+
+def assess(world, p, visit="month2", instrument="ados2", performed_on=None, values=None, who=None, **extra):
+    who = who or ("assessor" if instrument == "ados2" else "coordinator")
+    body = {"visit": visit, "instrument": instrument,
+            "performed_on": (performed_on or today()).isoformat() if not isinstance(performed_on, str) else performed_on,
+            "values": dict(ADOS if instrument == "ados2" else {"total_t": 65}) if values is None else values, **extra}
+    return world.api("POST", f"/participants/{p.study_id}/assessments", who, json=body)
+
+
+@pytest.fixture()
+def opened(world):
+    world.open(SEED)
+    return world
+
+
+def randomized(world, days_ago: int | None = None, site="AT01"):
+    p = world.ready(site)
+    rand(world, p, "coordinator" if site == "AT01" else "coordinator_no")
+    if days_ago is not None:
+        backdate(world, p, days_ago)
+    return p
+
+
+def visits_of(world, p, who="assessor"):
+    r = world.api("GET", f"/participants/{p.study_id}/visits", who)
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+# --- timeline arithmetic ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("start,months,expected", [
+    (D(2024, 1, 31), 1, D(2024, 2, 29)),    # leap year: clamped to 29 February
+    (D(2023, 1, 31), 1, D(2023, 2, 28)),    # common year: clamped to 28 February
+    (D(2024, 2, 29), 12, D(2025, 2, 28)),
+    (D(2024, 2, 29), 48, D(2028, 2, 29)),
+    (D(2023, 10, 31), 4, D(2024, 2, 29)),   # across the year end into a leap February
+    (D(2023, 11, 30), 3, D(2024, 2, 29)),
+    (D(2023, 8, 31), 1, D(2023, 9, 30)),    # 31st into a 30-day month
+    (D(2023, 3, 31), 3, D(2023, 6, 30)),
+    (D(2023, 12, 15), 1, D(2024, 1, 15)),   # December + 1 is January of the next year
+    (D(2023, 8, 15), 5, D(2024, 1, 15)),
+    (D(2023, 7, 31), 5, D(2023, 12, 31)),
+    (D(2024, 3, 31), -1, D(2024, 2, 29)),
+    (D(2024, 1, 15), -13, D(2022, 12, 15)),
+    (D(2024, 5, 31), 0, D(2024, 5, 31)),
+])
+def test_add_months_clamps_at_month_ends_and_knows_leap_years(start, months, expected):
+    assert add_months(start, months) == expected
+
+
+@pytest.mark.parametrize("start,end,days", [
+    (D(2023, 10, 1), D(2024, 2, 29), 152),   # the course takes in 29 February
+    (D(2022, 10, 1), D(2023, 2, 28), 151),
+    (D(2024, 1, 1), D(2024, 5, 31), 152),
+    (D(2023, 1, 1), D(2023, 5, 31), 151),
+    (D(2023, 12, 15), D(2024, 5, 14), 152),
+    (D(2024, 8, 31), D(2025, 1, 30), 153),
+])
+def test_five_month_course_window(start, end, days):
+    assert course_window(start, 5) == (start, end)
+    assert (end - start).days + 1 == days
+
+
+@pytest.mark.parametrize("spw,start,end,planned", [
+    (1, D(2023, 10, 1), D(2024, 2, 29), 22),   # 152 days = 21.7 weeks
+    (3, D(2023, 10, 1), D(2024, 2, 29), 65),   # 65.1
+    (0, D(2023, 10, 1), D(2024, 2, 29), 0),
+    (1, D(2022, 10, 1), D(2023, 2, 28), 22),   # 151 days = 21.6 weeks
+    (3, D(2022, 10, 1), D(2023, 2, 28), 65),   # 64.7
+    (1, D(2024, 1, 1), D(2024, 1, 7), 1),
+    (3, D(2024, 2, 23), D(2024, 3, 7), 6),     # two weeks across 29 February
+    (3, D(2024, 1, 1), D(2024, 1, 1), 0),
+])
+def test_planned_sessions_from_the_arms_frequency(spw, start, end, planned):
+    assert planned_sessions(spw, start, end) == planned
+
+
+@pytest.mark.parametrize("visit,start,lo,target,hi", [
+    ("month2", D(2023, 12, 31), D(2024, 2, 16), D(2024, 3, 1), D(2024, 3, 15)),   # 61 days across 29 Feb
+    ("month2", D(2022, 12, 31), D(2023, 2, 16), D(2023, 3, 2), D(2023, 3, 16)),
+    ("month2", D(2024, 1, 31), D(2024, 3, 18), D(2024, 4, 1), D(2024, 4, 15)),
+    ("month2", D(2024, 2, 29), D(2024, 4, 16), D(2024, 4, 30), D(2024, 5, 14)),
+    ("month5", D(2023, 10, 1), D(2024, 2, 9), D(2024, 3, 1), D(2024, 3, 22)),
+    ("month5", D(2022, 10, 1), D(2023, 2, 9), D(2023, 3, 2), D(2023, 3, 23)),
+    ("month5", D(2023, 12, 31), D(2024, 5, 10), D(2024, 5, 31), D(2024, 6, 21)),
+    ("month12", D(2023, 3, 1), D(2024, 1, 30), D(2024, 2, 29), D(2024, 3, 30)),
+    ("month12", D(2024, 3, 1), D(2025, 1, 30), D(2025, 3, 1), D(2025, 3, 31)),
+    ("month12", D(2023, 2, 28), D(2024, 1, 29), D(2024, 2, 28), D(2024, 3, 29)),
+    ("baseline", D(2024, 3, 1), D(2024, 1, 1), D(2024, 3, 1), D(2024, 3, 1)),
+])
+def test_visit_window_arithmetic_across_month_ends_and_leap_years(visit, start, lo, target, hi):
+    assert visit_window(VISITS[visit], start) == (lo, target, hi)
+
+
+@pytest.mark.parametrize("utc,tz,expected", [
+    (dt.datetime(2024, 2, 28, 23, 30), "Pacific/Auckland", D(2024, 2, 29)),
+    (dt.datetime(2024, 2, 28, 10, 59), "Pacific/Auckland", D(2024, 2, 28)),   # 23:59 NZDT
+    (dt.datetime(2024, 2, 28, 11, 0), "Pacific/Auckland", D(2024, 2, 29)),    # 00:00 NZDT
+    (dt.datetime(2024, 3, 1, 3, 0), "America/New_York", D(2024, 2, 29)),
+    (dt.datetime(2023, 12, 31, 23, 0), "Europe/Vienna", D(2024, 1, 1)),
+    (dt.datetime(2024, 3, 30, 23, 30), "Europe/Vienna", D(2024, 3, 31)),       # CET, +1
+    (dt.datetime(2024, 3, 31, 21, 59), "Europe/Vienna", D(2024, 3, 31)),       # CEST, +2
+    (dt.datetime(2024, 3, 31, 22, 0), "Europe/Vienna", D(2024, 4, 1)),
+    (dt.datetime(2024, 10, 26, 22, 30), "Europe/Oslo", D(2024, 10, 27)),
+    (dt.datetime(2024, 2, 29, 23, 59), "UTC", D(2024, 2, 29)),
+    (dt.datetime(2024, 2, 29, 23, 59), "", D(2024, 2, 29)),
+    (dt.datetime(2024, 2, 29, 23, 59), None, D(2024, 2, 29)),
+])
+def test_local_date_in_the_sites_time_zone(utc, tz, expected):
+    assert local_date(utc, tz) == expected
+
+
+# --- visit schedule and worklists ------------------------------------------------------------
+
+def test_visit_schedule_runs_from_the_randomization_date(opened):
+    p = randomized(opened)
+    backdate(opened, p, at=dt.datetime(2023, 12, 31, 12, 0))
+    v = visits_of(opened, p)
+    assert v["study_id"] == p.study_id and "warning" not in v
+    rows = {r["visit"]: r for r in v["visits"]}
+    assert [r["visit"] for r in v["visits"]] == ["baseline", "month2", "month5", "month12"]
+    assert rows["baseline"]["status"] == "done" and rows["baseline"]["instruments_done"] == ["ados2"]
+    assert {k: (rows[k]["window_start"], rows[k]["target"], rows[k]["window_end"]) for k in ("month2", "month5", "month12")} == {
+        "month2": ("2024-02-16", "2024-03-01", "2024-03-15"),
+        "month5": ("2024-05-10", "2024-05-31", "2024-06-21"),
+        "month12": ("2024-11-30", "2024-12-30", "2025-01-29")}
+    assert rows["month5"]["primary"] is True and rows["month2"]["primary"] is False
+    assert all(rows[k]["status"] == "overdue" and rows[k]["instruments_expected"] == ["ados2"]
+               for k in ("month2", "month5", "month12"))
+    # the coordinator's schedule is about the instruments the coordinator enters
+    coord = {r["visit"]: r for r in visits_of(opened, p, "coordinator")["visits"]}
+    assert coord["month2"]["instruments_expected"] == ["srs2"] and coord["baseline"]["status"] == "missing"
+    not_yet = {r["visit"]: r["status"] for r in visits_of(opened, opened.ready())["visits"]}
+    assert not_yet == {"baseline": "done", "month2": "not_yet_randomized", "month5": "not_yet_randomized",
+                       "month12": "not_yet_randomized"}
+
+
+def test_visit_schedule_uses_the_site_time_zone(opened, db):
+    from trial.sites.service import update_site
+    update_site(db, CLI, "AT01", {"timezone": "Pacific/Auckland"}, reason="test")
+    update_site(db, CLI, "NO01", {"timezone": "America/Los_Angeles"}, reason="test")
+    db.commit()
+    at = opened.ready()
+    while rand(opened, at) == "usual":   # a music-therapy child, so that the course has a dose
+        at = opened.ready()
+    no = randomized(opened, site="NO01")
+    backdate(opened, at, at=dt.datetime(2024, 2, 28, 20, 0))   # 29 Feb 09:00 in Auckland
+    backdate(opened, no, at=dt.datetime(2024, 3, 1, 5, 0))     # 29 Feb 21:00 in Los Angeles
+    m2 = {r["visit"]: r for r in visits_of(opened, at, "coordinator")["visits"]}
+    assert m2["month2"]["target"] == "2024-04-30" and m2["month12"]["target"] == "2025-02-28"
+    m2 = {r["visit"]: r for r in visits_of(opened, no, "coordinator_no")["visits"]}
+    assert m2["month2"]["target"] == "2024-04-30"
+    c = opened.api("GET", f"/participants/{at.study_id}/course", "coordinator").get_json()
+    assert (c["dose"]["course_start"], c["dose"]["course_end"]) == ("2024-02-29", "2024-07-28")
+
+
+def test_randomized_on_is_the_randomization_day_of_the_site(opened, db):
+    from trial.sites.service import update_site
+    update_site(db, CLI, "AT01", {"timezone": "Pacific/Auckland"}, reason="test")
+    db.commit()
+    p = randomized(opened)
+    backdate(opened, p, at=dt.datetime(2024, 2, 28, 20, 0))
+    seen = opened.api("GET", f"/participants/{p.study_id}", "coordinator").get_json()
+    assert seen["randomized_on"] == "2024-02-29"
+
+
+def test_schedule_is_identical_for_children_of_every_arm(opened):
+    by_arm = {}
+    while len(by_arm) < 3:
+        p = opened.ready()
+        by_arm.setdefault(rand(opened, p), p)
+    for p in by_arm.values():
+        backdate(opened, p, 70)
+    views = [visits_of(opened, p)["visits"] for p in by_arm.values()]
+    assert views[0] == views[1] == views[2]
+    text_ = str(views)
+    assert not any(w in text_ for w in ("low", "high", "usual", "Music", "session"))
+
+
+def test_due_overdue_and_out_of_window_worklists(opened, db):
+    a, b, c, e = (randomized(opened, n) for n in (61, 100, 61, 100))
+    assert assess(opened, c).get_json()["out_of_window"] is False
+    r = assess(opened, e)
+    assert r.status_code == 201 and r.get_json()["out_of_window"] is True
+
+    def lst(kind, who="assessor", site=None):
+        q = f"/visits?kind={kind}" + (f"&site={site}" if site else "")
+        r = opened.api("GET", q, who)
+        assert r.status_code == 200, r.get_json()
+        return {(i["study_id"], i["visit"]) for i in r.get_json()}
+
+    assert lst("due") == {(a.study_id, "month2")}
+    assert lst("overdue") == {(b.study_id, "month2")}
+    assert lst("out_of_window") == {(e.study_id, "month2")}
+    # the coordinator's lists follow the parent-reported instrument, still outstanding for all four
+    assert lst("due", "coordinator") == {(a.study_id, "month2"), (c.study_id, "month2")}
+    assert lst("overdue", "coordinator") == {(b.study_id, "month2"), (e.study_id, "month2")}
+    assert lst("out_of_window", "coordinator") == set()
+    assert lst("due", "coordinator", "AT01") == lst("due", "coordinator")
+    assert lst("due", "manager") == {(a.study_id, "month2"), (c.study_id, "month2")}
+    assert lst("due", "coordinator_no") == set() and lst("overdue", "coordinator_no") == set()
+    item = next(i for i in opened.api("GET", "/visits?kind=due", "assessor").get_json())
+    start = d(61)
+    assert (item["window_start"], item["target"], item["window_end"]) == (
+        (start + dt.timedelta(days=47)).isoformat(), today().isoformat(), (start + dt.timedelta(days=75)).isoformat())
+    assert item["status"] == "due" and item["instruments_expected"] == ["ados2"]
+    # default kind is due
+    assert {(i["study_id"], i["visit"]) for i in opened.api("GET", "/visits", "assessor").get_json()} == lst("due")
+    # a withdrawn child's visits are no longer expected
+    assert opened.api("POST", f"/participants/{a.study_id}/events", "coordinator",
+                      json={"type": "withdrawn", "on": d(1).isoformat(), "reason": "Family decision"}).status_code == 201
+    assert lst("due") == set()
+    rows = {r["visit"]: r["status"] for r in visits_of(opened, a)["visits"]}
+    assert rows["month2"] == rows["month5"] == rows["month12"] == "not_expected"
+
+
+@pytest.mark.parametrize("who,query,status,why", [
+    ("assessor", "?kind=late", 400, "kind"),
+    ("coordinator_no", "?kind=due&site=AT01", 403, "do not work at that site"),
+    ("coordinator", "?kind=due&site=XX99", 404, "XX99"),
+    ("therapist", "?kind=due", 403, None),
+    ("statistician", "?kind=due", 403, None),
+    ("admin", "?kind=due", 403, None),
+    (None, "?kind=due", 401, None),
+])
+def test_worklist_refusals(opened, who, query, status, why):
+    randomized(opened, 61)
+    r = opened.api("GET", "/visits" + query, who)
+    assert r.status_code == status
+    if status == 400:
+        assert "kind" in err(r)["fields"] and "due, overdue or out_of_window" in err(r)["message"]
+    elif why:
+        assert why in err(r)["message"]
+
+
+@pytest.mark.parametrize("who,status", [("coordinator_no", 403), ("therapist", 403), ("statistician", 403),
+                                        ("admin", 403), (None, 401)])
+def test_visit_schedule_refusals(opened, who, status):
+    p = randomized(opened, 61)
+    assert opened.api("GET", f"/participants/{p.study_id}/visits", who).status_code == status
+
+
+# --- outcome entry: validation ---------------------------------------------------------------
+
+BAD_ASSESSMENTS = [
+    # (instrument, change, field, why)
+    ("ados2", {"values": {**ADOS, "social_affect": 21}}, "values.social_affect", "21 is out of range 0–20"),
+    ("ados2", {"values": {**ADOS, "social_affect": -1}}, "values.social_affect", "out of range 0–20"),
+    ("ados2", {"values": {**ADOS, "css": 0}}, "values.css", "out of range 1–10"),
+    ("ados2", {"values": {**ADOS, "rrb": 9}}, "values.rrb", "out of range 0–8"),
+    ("ados2", {"values": {**ADOS, "rrb": None}}, "values.rrb", "is required"),
+    ("ados2", {"values": {"social_affect": 10, "css": 5}}, "values.rrb", "is required"),
+    ("ados2", {"values": {**ADOS, "css": ""}}, "values.css", "is required"),
+    ("ados2", {"values": {**ADOS, "css": "high"}}, "values.css", "must be a whole number"),
+    ("ados2", {"values": {**ADOS, "social_affect": 12.5}}, "values.social_affect", "must be a whole number"),
+    ("ados2", {"values": {**ADOS, "social_affect": True}}, "values.social_affect", "must be a whole number"),
+    ("ados2", {"values": {**ADOS, "mood": 3}}, "values.mood", "is not a field of ados2"),
+    ("ados2", {"values": [10, 3, 5]}, "values", "must be an object"),
+    ("ados2", {"values": None}, "values", "must be an object"),
+    ("ados2", {"visit": "month3"}, "visit", "must be one of baseline, month2, month5, month12"),
+    ("ados2", {"visit": None}, "visit", "must be one of"),
+    ("ados2", {"instrument": "cars2"}, "instrument", "must be one of ados2, srs2"),
+    ("ados2", {"performed_on": ""}, "performed_on", "is required"),
+    ("ados2", {"performed_on": "31.12.2024"}, "performed_on", "is not a date"),
+    ("ados2", {"performed_on": "FUTURE"}, "performed_on", "is in the future"),
+    ("ados2", {"allocation_guess": "low"}, "allocation_guess", "must be one of music_therapy, usual_care, unsure"),
+    ("ados2", {"allocation_guess": "unsure", "guess_confidence": 0}, "guess_confidence", "from 1 (pure guess) to 5"),
+    ("ados2", {"allocation_guess": "unsure", "guess_confidence": 6}, "guess_confidence", "from 1 (pure guess) to 5"),
+    ("ados2", {"allocation_guess": "unsure", "guess_confidence": "sure"}, "guess_confidence", "from 1"),
+    ("srs2", {"values": {"total_t": 29}}, "values.total_t", "29 is out of range 30–90"),
+    ("srs2", {"values": {"total_t": 91}}, "values.total_t", "out of range 30–90"),
+    ("srs2", {"values": {}}, "values.total_t", "is required"),
+    ("srs2", {"allocation_guess": "usual_care"}, "allocation_guess", "only with a blinded assessment"),
+]
+
+
+@pytest.mark.parametrize("instrument,change,field,why", BAD_ASSESSMENTS,
+                         ids=[f"{i}-{f}-{n}" for n, (i, _, f, _) in enumerate(BAD_ASSESSMENTS)])
+def test_bad_outcome_is_400_naming_the_field_and_saves_nothing(opened, db, instrument, change, field, why):
+    p = randomized(opened, 61)
+    body = {"visit": "month2", "instrument": instrument, "performed_on": today().isoformat(),
+            "values": dict(ADOS) if instrument == "ados2" else {"total_t": 65}}
+    body.update({k: (today() + dt.timedelta(days=1)).isoformat() if v == "FUTURE" else v for k, v in change.items()})
+    before = state(db)
+    r = opened.api("POST", f"/participants/{p.study_id}/assessments",
+                   "assessor" if instrument == "ados2" else "coordinator", json=body)
+    assert r.status_code == 400, r.get_json()
+    e = err(r)
+    assert e["code"] == "invalid" and field in e["fields"] and why in e["fields"][field]
+    assert field in e["message"]
+    assert state(db) == before
+
+
+def test_every_bad_field_is_named_at_once(opened, db):
+    p = randomized(opened, 61)
+    before = state(db)
+    r = assess(opened, p, values={"social_affect": 30, "css": 11, "extra": 1})
+    assert r.status_code == 400
+    assert set(err(r)["fields"]) == {"values.social_affect", "values.rrb", "values.css", "values.extra"}
+    assert state(db) == before
+
+
+def test_a_valid_assessment_is_saved_and_audited(opened, db):
+    p = randomized(opened, 61)
+    before = state(db)
+    r = assess(opened, p, values={"social_affect": 11.0, "rrb": 2, "css": 4})
+    assert r.status_code == 201 and r.get_json()["out_of_window"] is False and "warning" not in r.get_json()
+    a = db.get(Assessment, r.get_json()["id"])
+    assert (a.visit, a.instrument, a.performed_on, a.values) == ("month2", "ados2", today(),
+                                                                 {"social_affect": 11, "rrb": 2, "css": 4})
+    assert a.entered_by_id == opened.users["assessor"].id and a.allocation_guess is None
+    after = state(db)
+    assert after["Assessment"] == before["Assessment"] + 1 and after["AuditRecord"] > before["AuditRecord"]
+    recs = db.execute(select(AuditRecord).where(AuditRecord.entity == "assessment",
+                                                AuditRecord.entity_id == str(a.id))).scalars().all()
+    assert {rec.field for rec in recs} >= {"values", "visit", "instrument", "performed_on"}
+    assert all(rec.actor == "assessor@example.org" and not rec.reveals_allocation for rec in recs)
+
+
+# --- who enters what -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("who,instrument,status,why", [
+    ("coordinator", "ados2", 403, "not allow this at that site"),      # blinded instruments: assessors only
+    ("assessor", "srs2", 403, "not allow this at that site"),          # others: coordinators only
+    ("coordinator_no", "srs2", 403, "site you do not work at"),
+    ("assessor_no", "ados2", 403, "site you do not work at"),
+    ("therapist", "ados2", 403, None),
+    ("therapist", "srs2", 403, None),
+    ("manager", "ados2", 403, None),
+    ("statistician", "ados2", 403, None),
+    ("admin", "srs2", 403, None),
+    (None, "ados2", 401, None),
+])
+def test_outcome_entry_by_role(opened, db, who, instrument, status, why):
+    p = randomized(opened, 61)
+    add_user(opened, "assessor_no", [("assessor", "NO01")])
+    before = state(db)
+    if who:
+        r = assess(opened, p, instrument=instrument, who=who)
+    else:
+        r = opened.api("POST", f"/participants/{p.study_id}/assessments", None,
+                       json={"visit": "month2", "instrument": instrument, "performed_on": today().isoformat(), "values": ADOS})
+    assert r.status_code == status
+    if why:
+        assert why in err(r)["message"]
+    body = r.get_data(as_text=True)
+    assert not any(w in body for w in ('"low"', '"high"', '"usual"', "Music therapy"))
+    assert state(db) == before
+
+
+def test_duplicate_and_out_of_sequence_assessments_are_409(opened, db):
+    p = randomized(opened, 61)
+    assert assess(opened, p).status_code == 201
+    q = opened.enroll()
+    before = state(db)
+    r = assess(opened, p, values={"social_affect": 5, "rrb": 1, "css": 2})
+    assert r.status_code == 409 and f"ados2 at month2 is already recorded for {p.study_id}" in err(r)["message"]
+    r = assess(opened, p, visit="baseline", performed_on=d(30))
+    assert r.status_code == 409 and "already randomized" in err(r)["message"]
+    r = assess(opened, q)
+    assert r.status_code == 409 and "is not randomized yet" in err(r)["message"]
+    r = assess(opened, q, visit="baseline", performed_on=q.consent_date - dt.timedelta(days=1))
+    assert r.status_code == 400 and "is before consent" in err(r)["fields"]["performed_on"]
+    assert state(db) == before
+
+
+# --- windows ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("visit,days_after,flagged", [
+    ("month2", 46, True), ("month2", 47, False), ("month2", 61, False), ("month2", 75, False), ("month2", 76, True),
+    ("month5", 130, True), ("month5", 131, False), ("month5", 173, False), ("month5", 174, True),
+])
+def test_assessment_outside_its_window_is_accepted_with_a_flag(opened, db, visit, days_after, flagged):
+    p = randomized(opened)
+    start = backdate(opened, p, 200)
+    r = assess(opened, p, visit=visit, performed_on=start + dt.timedelta(days=days_after))
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["out_of_window"] is flagged
+    db.expire_all()
+    assert db.get(Assessment, r.get_json()["id"]).out_of_window is flagged
+    row = next(v for v in visits_of(opened, p)["visits"] if v["visit"] == visit)
+    assert row["status"] == ("done_out_of_window" if flagged else "done")
+    listed = {(i["study_id"], i["visit"]) for i in opened.api("GET", "/visits?kind=out_of_window", "assessor").get_json()}
+    assert ((p.study_id, visit) in listed) is flagged
+
+
+# --- allocation guesses ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("guess,confidence", [("music_therapy", 5), ("usual_care", 1), ("unsure", 3), ("unsure", None)])
+def test_assessor_records_a_guess_and_confidence_after_a_blinded_assessment(opened, db, guess, confidence):
+    p = randomized(opened, 61)
+    extra = {"allocation_guess": guess} | ({"guess_confidence": confidence} if confidence else {})
+    r = assess(opened, p, **extra)
+    assert r.status_code == 201, r.get_json()
+    a = db.get(Assessment, r.get_json()["id"])
+    assert (a.allocation_guess, a.guess_confidence) == (guess, confidence)
+    recs = {rec.field: rec.new for rec in db.execute(select(AuditRecord).where(
+        AuditRecord.entity == "assessment", AuditRecord.entity_id == str(a.id))).scalars()}
+    assert recs["allocation_guess"] == guess
+
+
+def test_no_guess_at_baseline(opened, db):
+    p = opened.enroll()
+    before = state(db)
+    r = assess(opened, p, visit="baseline", performed_on=d(10), allocation_guess="unsure", guess_confidence=2)
+    assert r.status_code == 400 and "no allocation to guess at baseline" in err(r)["fields"]["allocation_guess"]
+    assert state(db) == before
+
+
+def test_confidence_without_a_guess_is_refused(opened, db):
+    p = randomized(opened, 61)
+    before = state(db)
+    r = assess(opened, p, guess_confidence=9)
+    assert r.status_code == 400 and "guess_confidence" in err(r)["fields"]
+    assert state(db) == before
+
+
+# --- corrections -----------------------------------------------------------------------------
+
+def test_correction_keeps_the_old_value_in_the_audit_trail_with_the_reason(opened, db):
+    p = randomized(opened, 61)
+    aid = assess(opened, p).get_json()["id"]
+    created = db.execute(select(AuditRecord).where(AuditRecord.entity == "assessment", AuditRecord.entity_id == str(aid),
+                                                   AuditRecord.field == "values")).scalar_one()
+    r = opened.api("POST", f"/assessments/{aid}/corrections", "assessor",
+                   json={"values": {"social_affect": 14}, "reason": "  Transcription error from the paper form  "})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json() == {"id": aid, "values": {**ADOS, "social_affect": 14}}
+    db.expire_all()
+    assert db.get(Assessment, aid).values == {**ADOS, "social_affect": 14}
+    recs = db.execute(select(AuditRecord).where(AuditRecord.action == "correct")).scalars().all()
+    assert [(x.entity, x.entity_id, x.field, x.old, x.new, x.reason, x.actor) for x in recs] == [
+        ("assessment", str(aid), "values.social_affect", "10", "14", "Transcription error from the paper form",
+         "assessor@example.org")]
+    assert '"social_affect":10' in created.new   # the original record is untouched
+    assert audit.verify(db).ok
+    # parent-reported outcomes are corrected by the coordinator
+    sid = assess(opened, p, instrument="srs2").get_json()["id"]
+    r = opened.api("POST", f"/assessments/{sid}/corrections", "coordinator",
+                   json={"values": {"total_t": 70}, "reason": "Parent re-scored item 12"})
+    assert r.status_code == 200 and r.get_json()["values"] == {"total_t": 70}
+    rec = db.execute(select(AuditRecord).where(AuditRecord.action == "correct", AuditRecord.entity_id == str(sid))).scalar_one()
+    assert (rec.old, rec.new, rec.reason) == ("65", "70", "Parent re-scored item 12")
+
+
+@pytest.mark.parametrize("who,body,status,field,why", [
+    ("assessor", {"values": {"social_affect": 14}}, 400, "reason", "is required"),
+    ("assessor", {"values": {"social_affect": 14}, "reason": "   "}, 400, "reason", "is required"),
+    ("assessor", {"values": {"social_affect": 14}, "reason": None}, 400, "reason", "is required"),
+    ("assessor", {"values": {"social_affect": 25}, "reason": "typo"}, 400, "values.social_affect", "out of range 0–20"),
+    ("assessor", {"values": {"social_affect": None}, "reason": "typo"}, 400, "values.social_affect", "is required"),
+    ("assessor", {"values": {"mood": 2}, "reason": "typo"}, 400, "values.mood", "is not a field"),
+    ("assessor", {"values": 14, "reason": "typo"}, 400, "values", "must be an object"),
+    ("assessor", {"values": {"social_affect": 10}, "reason": "typo"}, 400, "values", "same as recorded"),
+    ("coordinator", {"values": {"social_affect": 14}, "reason": "typo"}, 403, None, "not allow this at that site"),
+    ("coordinator_no", {"values": {"social_affect": 14}, "reason": "typo"}, 403, None, "site you do not work at"),
+    ("therapist", {"values": {"social_affect": 14}, "reason": "typo"}, 403, None, None),
+    ("manager", {"values": {"social_affect": 14}, "reason": "typo"}, 403, None, None),
+    (None, {"values": {"social_affect": 14}, "reason": "typo"}, 401, None, None),
+])
+def test_correction_failures_change_nothing(opened, db, who, body, status, field, why):
+    p = randomized(opened, 61)
+    aid = assess(opened, p).get_json()["id"]
+    before = state(db)
+    r = opened.api("POST", f"/assessments/{aid}/corrections", who, json=body)
+    assert r.status_code == status
+    if field:
+        assert why in err(r)["fields"][field]
+        assert field in err(r)["message"] or err(r)["message"] == "The correction changes nothing."
+    elif why:
+        assert why in err(r)["message"]
+    db.expire_all()
+    assert db.get(Assessment, aid).values == ADOS
+    assert state(db) == before
+
+
+def test_correcting_an_unknown_assessment_is_404(opened, db):
+    before = state(db)
+    r = opened.api("POST", "/assessments/999999/corrections", "assessor",
+                   json={"values": {"social_affect": 1}, "reason": "typo"})
+    assert r.status_code == 404 and "999999" in err(r)["message"]
+    assert state(db) == before
+
+
+# --- blinding breaks -------------------------------------------------------------------------
+
+def test_blinding_break_is_recorded_the_coordinator_told_and_the_assessor_warned(opened, db):
+    p, other = randomized(opened, 61), randomized(opened, 61)
+    add_user(opened, "assessor2", [("assessor", "AT01")])
+    before = state(db)
+    r = opened.api("POST", f"/participants/{p.study_id}/blinding-breaks", "assessor",
+                   json={"description": "  The mother mentioned the music sessions.  "})
+    assert r.status_code == 201, r.get_json()
+    b = db.get(BlindingBreak, r.get_json()["id"])
+    assert (b.participant_id, b.assessor_id, b.reported_on, b.description) == (
+        p.id, opened.users["assessor"].id, today(), "The mother mentioned the music sessions.")
+    after = state(db)
+    assert after["BlindingBreak"] == before["BlindingBreak"] + 1 and after["Notification"] == before["Notification"] + 1
+    assert db.execute(select(AuditRecord).where(AuditRecord.entity == "blinding_break")).scalars().first() is not None
+    # the site's coordinator is told, nobody else
+    notes = opened.api("GET", "/notifications", "coordinator").get_json()
+    assert len(notes) == 1
+    msg = notes[0]["message"]
+    assert "Blinding broken" in msg and p.study_id in msg and "Assessor" in msg and today().isoformat() in msg
+    assert notes[0]["created_at"].endswith("Z")
+    assert not any(w in msg for w in ("low", "high", "usual", "Music therapy"))
+    for who in ("coordinator_no", "assessor", "assessor2", "manager", "therapist"):
+        assert opened.api("GET", "/notifications", who).get_json() == []
+    # the assessor is warned whenever scheduled for this child again; other assessors and children are not
+    warn = f"You reported on {today().isoformat()} that your blinding for this child was broken"
+    assert warn in visits_of(opened, p)["warning"]
+    assert "warning" not in visits_of(opened, p, "assessor2") and "warning" not in visits_of(opened, other)
+    due = opened.api("GET", "/visits?kind=due", "assessor").get_json()
+    assert {i["study_id"]: i.get("warning") for i in due} == {p.study_id: visits_of(opened, p)["warning"], other.study_id: None}
+    assert all("warning" not in i for i in opened.api("GET", "/visits?kind=due", "assessor2").get_json())
+    r = assess(opened, p)
+    assert r.status_code == 201 and warn in r.get_json()["warning"]
+    r = assess(opened, other)
+    assert r.status_code == 201 and "warning" not in r.get_json()
+
+
+def test_a_dated_report_keeps_its_date(opened, db):
+    p = randomized(opened, 61)
+    r = opened.api("POST", f"/participants/{p.study_id}/blinding-breaks", "assessor",
+                   json={"reported_on": d(3).isoformat(), "description": "Saw a session schedule on the desk"})
+    assert r.status_code == 201
+    assert f"You reported on {d(3).isoformat()}" in visits_of(opened, p)["warning"]
+    assert d(3).isoformat() in opened.api("GET", "/notifications", "coordinator").get_json()[0]["message"]
+
+
+@pytest.mark.parametrize("who,body,status,field,why", [
+    ("assessor", {}, 400, "description", "is required"),
+    ("assessor", {"description": "   "}, 400, "description", "is required"),
+    ("assessor", {"description": 42}, 400, "description", "is required"),
+    ("assessor", {"description": "x" * 1001}, 400, "description", "at most 1000"),
+    ("assessor", {"description": "told", "reported_on": "last week"}, 400, "reported_on", "is not a date"),
+    ("assessor_no", {"description": "told"}, 403, None, "site you do not work at"),
+    ("coordinator", {"description": "told"}, 403, None, None),
+    ("therapist", {"description": "told"}, 403, None, None),
+    ("manager", {"description": "told"}, 403, None, None),
+    (None, {"description": "told"}, 401, None, None),
+])
+def test_blinding_break_failures_change_nothing(opened, db, who, body, status, field, why):
+    p = randomized(opened, 61)
+    add_user(opened, "assessor_no", [("assessor", "NO01")])
+    before = state(db)
+    r = opened.api("POST", f"/participants/{p.study_id}/blinding-breaks", who, json=body)
+    assert r.status_code == status
+    if field:
+        assert why in err(r)["fields"][field] and field in err(r)["message"]
+    elif why:
+        assert why in err(r)["message"]
+    assert state(db) == before
+    assert opened.api("GET", "/notifications", "coordinator").get_json() == []
+
+
+def test_blinding_break_in_the_future_is_refused(opened, db):
+    p = randomized(opened, 61)
+    before = state(db)
+    r = opened.api("POST", f"/participants/{p.study_id}/blinding-breaks", "assessor",
+                   json={"description": "told", "reported_on": (today() + dt.timedelta(days=30)).isoformat()})
+    assert r.status_code == 400 and "reported_on" in err(r)["fields"]
+    assert state(db) == before
+
+
+# --- dashboards ------------------------------------------------------------------------------
+
+def login(app, who):
+    c = app.test_client()
+    r = c.post("/login", data={"email": f"{who}@example.org", "password": PASSWORD})
+    assert r.status_code == 302
+    return c
+
+
+def test_record_status_grid_per_site(opened, app, db):
+    from trial.dashboard.service import status_grid
+    late = randomized(opened, 100)
+    done = randomized(opened, 61)
+    assert assess(opened, done).status_code == 201
+    gone = randomized(opened, 61)
+    assert opened.api("POST", f"/participants/{gone.study_id}/events", "coordinator",
+                      json={"type": "withdrawn", "on": d(1).isoformat(), "reason": "Family decision"}).status_code == 201
+    waiting = opened.enroll()
+    norway = randomized(opened, 10, site="NO01")
+    grid = status_grid(db, opened.users["assessor"], "AT01")
+    assert [v["key"] for v in grid["visits"]] == ["baseline", "month2", "month5", "month12"]
+    cells = {r["study_id"]: [c["status"] for c in r["cells"]] for r in grid["rows"]}
+    status = {r["study_id"]: r["status"] for r in grid["rows"]}
+    assert cells[late.study_id] == ["done", "overdue", "upcoming", "upcoming"]
+    assert cells[done.study_id] == ["done", "done", "upcoming", "upcoming"]
+    assert cells[gone.study_id] == ["done", "not_expected", "not_expected", "not_expected"]
+    assert cells[waiting.study_id] == ["due", "not_yet_randomized", "not_yet_randomized", "not_yet_randomized"]
+    assert status[gone.study_id] == "withdrawn" and status[late.study_id] == "randomized"
+    assert norway.study_id not in cells and {r["site"] for r in grid["rows"]} == {"AT01"}
+    assert set(grid["colours"]) >= {"done", "done_out_of_window", "due", "overdue", "upcoming", "not_expected"}
+    assert {r["study_id"] for r in status_grid(db, opened.users["manager"], "NO01")["rows"]} == {norway.study_id}
+    assert {r["site"] for r in status_grid(db, opened.users["manager"])["rows"]} == {"AT01", "NO01"}
+
+    page = login(app, "coordinator").get("/dashboard/?site=AT01")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert late.study_id in html and gone.study_id in html and norway.study_id not in html
+    assert "status-overdue" in html and "not expected" in html
+    page = login(app, "manager").get("/dashboard/?site=NO01").get_data(as_text=True)
+    assert norway.study_id in page and late.study_id not in page
+    assert login(app, "coordinator").get("/dashboard/?site=NO01").status_code == 403
+    for who in ("therapist", "statistician", "admin"):
+        assert login(app, who).get("/dashboard/").status_code == 403
+
+
+def test_recruitment_svg_parses_and_shows_each_site_against_its_target(opened, app):
+    for _ in range(3):
+        randomized(opened)
+    opened.enroll()
+    randomized(opened, site="NO01")
+    r = login(app, "manager").get("/dashboard/recruitment.svg")
+    assert r.status_code == 200 and r.mimetype == "image/svg+xml"
+    root = ET.fromstring(r.get_data())
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.tag == f"{ns}svg" and root.get("viewBox")
+    texts = [t.text for t in root.iter(f"{ns}text")]
+    assert "AT01" in texts and "NO01" in texts
+    assert "3 / 40" in texts and "1 / 40" in texts
+    rects = [rc for rc in root.iter(f"{ns}rect")]
+    assert len(rects) == 2 * 3 + 3
+    # the coordinator's chart shows only the coordinator's site
+    own = ET.fromstring(login(app, "coordinator").get("/dashboard/recruitment.svg").get_data())
+    own_texts = [t.text for t in own.iter(f"{ns}text")]
+    assert "AT01" in own_texts and "NO01" not in own_texts and "3 / 40" in own_texts
+    # no per-arm figure anywhere
+    body = r.get_data(as_text=True)
+    assert not any(w in body for w in ("low", "high", "usual", "Music"))
+    assert login(app, "admin").get("/dashboard/recruitment.svg").status_code == 403

@@ -1,0 +1,1 @@
+"""Locked dataset bundles (CSV, ODM, XPT, DTA), CONSORT counts, drawings and reports."""

@@ -1,0 +1,183 @@
+"""CONSORT counts from one per-participant disposition table: every box is a count over it, so the
+boxes add up by construction; :func:`reconcile` checks that they do and that every screening lands
+in exactly one path, and fails loudly otherwise."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from trial.auth.scope import is_blinded
+from trial.course.models import TherapySession
+from trial.enrollment.models import Participant, Screening
+from trial.outcomes.models import Assessment
+from trial.protocol.service import current as current_protocol
+from trial.randomize.models import Allocation
+from trial.sites.models import Site
+from trial.status.models import StatusEvent
+
+
+class ConsortError(RuntimeError):
+    """The flow diagram does not add up: the data are inconsistent."""
+
+
+@dataclass
+class Row:
+    screening_id: int
+    site: str
+    outcome: str
+    study_id: str | None = None
+    arm: str | None = None
+    received: bool | None = None
+    not_received_reason: str | None = None
+    lost: str | None = None                  # reason, if lost to follow-up
+    discontinued: str | None = None          # reason, if discontinued / withdrawn
+    analysed: bool = False
+    excluded_reason: str | None = None
+    path: list[str] = field(default_factory=list)
+
+
+def disposition(db: Session, site_code: str | None = None) -> list[Row]:
+    content = current_protocol(db).content
+    arms = {a["key"]: a for a in content["arms"]}
+    minimum = content["course"]["min_attended_sessions"]
+    prim = content["primary_outcome"]
+    codes = dict(db.execute(select(Site.id, Site.code)).all())
+    q = select(Screening.id, Screening.site_id, Screening.outcome).order_by(Screening.id)
+    if site_code:
+        q = q.join(Site, Site.id == Screening.site_id).where(Site.code == site_code.upper())
+    screenings = db.execute(q).all()
+    parts = {p.screening_id: p for p in db.execute(select(Participant.id, Participant.study_id, Participant.screening_id)).all()}
+    allocs: dict[int, list] = {}
+    for a in db.execute(select(Allocation.participant_id, Allocation.arm)).all():
+        allocs.setdefault(a.participant_id, []).append(a.arm)
+    attended = dict(db.execute(select(TherapySession.participant_id, func.count()).where(
+        TherapySession.attendance == "attended", TherapySession.outside_course.is_(False))
+        .group_by(TherapySession.participant_id)).all())
+    events: dict[int, list] = {}
+    for e in db.execute(select(StatusEvent.participant_id, StatusEvent.type, StatusEvent.reason).order_by(StatusEvent.id)).all():
+        events.setdefault(e.participant_id, []).append(e)
+    primary = {pid for pid, values in db.execute(select(Assessment.participant_id, Assessment.values).where(
+        Assessment.visit == prim["visit"], Assessment.instrument == prim["instrument"])).all()
+        if values.get(prim["field"]) is not None}
+    rows = []
+    for s in screenings:
+        row = Row(s.id, codes[s.site_id], s.outcome)
+        p = parts.get(s.id)
+        if p is not None:
+            row.study_id = p.study_id
+            arms_of = allocs.get(p.id, [])
+            if len(arms_of) > 1:
+                raise ConsortError(f"{p.study_id} has {len(arms_of)} allocations")
+            if arms_of:
+                row.arm = arms_of[0]
+                evs = events.get(p.id, [])
+                not_rec = next((e for e in evs if e.type == "not_received"), None)
+                if arms[row.arm]["sessions_per_week"] > 0:
+                    row.received = attended.get(p.id, 0) >= minimum
+                    if not row.received:
+                        row.not_received_reason = not_rec.reason if not_rec else "no session attended"
+                else:
+                    row.received = not_rec is None
+                    if not_rec:
+                        row.not_received_reason = not_rec.reason
+                lost = next((e for e in evs if e.type == "lost_to_follow_up"), None)
+                row.lost = lost.reason if lost else None
+                disc = next((e for e in evs if e.type in ("discontinued_intervention", "withdrawn")), None)
+                row.discontinued = disc.reason if disc else None
+                row.analysed = p.id in primary
+                if not row.analysed:
+                    died = next((e for e in evs if e.type == "died"), None)
+                    withdrawn = next((e for e in evs if e.type == "withdrawn"), None)
+                    row.excluded_reason = ("died" if died else "withdrawn" if withdrawn else
+                                           "lost to follow-up" if lost else "no primary outcome")
+        # the paths this screening takes through the diagram (exactly one is allowed)
+        if row.arm is not None:
+            row.path.append("randomized")
+        if s.outcome == "not_eligible":
+            row.path.append("not_meeting_inclusion_criteria")
+        elif s.outcome == "declined":
+            row.path.append("declined_to_participate")
+        elif row.arm is None:
+            row.path.append("other_reasons")
+        rows.append(row)
+    return rows
+
+
+def counts(rows: list[Row], arms: list[dict], arm_names: dict[str, str]) -> dict:
+    assessed = len(rows)
+    randomized = [r for r in rows if r.arm is not None]
+    excluded = Counter(r.path[0] for r in rows if r.arm is None and r.path)
+    out = {"assessed_for_eligibility": assessed,
+           "excluded": {"total": assessed - len(randomized),
+                        "not_meeting_inclusion_criteria": excluded["not_meeting_inclusion_criteria"],
+                        "declined_to_participate": excluded["declined_to_participate"],
+                        "other_reasons": excluded["other_reasons"]},
+           "randomized": len(randomized), "arms": {}}
+    for arm in arms:
+        members = [r for r in randomized if r.arm == arm["key"]]
+        not_rec = [r for r in members if not r.received]
+        lost = [r for r in members if r.lost]
+        disc = [r for r in members if r.discontinued]
+        excl = [r for r in members if not r.analysed]
+        out["arms"][arm_names[arm["key"]]] = {
+            "label": arm["label"] if arm_names[arm["key"]] == arm["key"] else f"Arm {arm_names[arm['key']]}",
+            "allocated": len(members),
+            "received_allocated_intervention": len(members) - len(not_rec),
+            "did_not_receive_allocated_intervention": {"total": len(not_rec), "reasons": dict(sorted(Counter(r.not_received_reason for r in not_rec).items()))},
+            "lost_to_follow_up": {"total": len(lost), "reasons": dict(sorted(Counter(r.lost for r in lost).items()))},
+            "discontinued_intervention": {"total": len(disc), "reasons": dict(sorted(Counter(r.discontinued for r in disc).items()))},
+            "analysed": len(members) - len(excl),
+            "excluded_from_analysis": {"total": len(excl), "reasons": dict(sorted(Counter(r.excluded_reason for r in excl).items()))},
+        }
+    out["arms"] = dict(sorted(out["arms"].items()))
+    return out
+
+
+def reconcile(rows: list[Row], c: dict) -> list[str]:
+    """Every check the diagram must pass; an empty list means it adds up."""
+    problems = []
+    for r in rows:
+        if len(r.path) != 1:
+            problems.append(f"screening {r.screening_id} ({r.study_id or 'not enrolled'}) lands in {len(r.path)} paths: "
+                            f"{', '.join(r.path) or 'none'}")
+    ex = c["excluded"]
+    if ex["total"] != ex["not_meeting_inclusion_criteria"] + ex["declined_to_participate"] + ex["other_reasons"]:
+        problems.append(f"excluded total {ex['total']} is not the sum of its reasons")
+    if c["assessed_for_eligibility"] != ex["total"] + c["randomized"]:
+        problems.append(f"assessed {c['assessed_for_eligibility']} != excluded {ex['total']} + randomized {c['randomized']}")
+    if c["randomized"] != sum(a["allocated"] for a in c["arms"].values()):
+        problems.append("randomized is not the sum of the arms' allocations")
+    for key, a in c["arms"].items():
+        d = a["did_not_receive_allocated_intervention"]
+        if a["allocated"] != a["received_allocated_intervention"] + d["total"]:
+            problems.append(f"arm {key}: allocated != received + did not receive")
+        if a["analysed"] + a["excluded_from_analysis"]["total"] != a["allocated"]:
+            problems.append(f"arm {key}: analysed + excluded from analysis != allocated")
+        for box in ("did_not_receive_allocated_intervention", "lost_to_follow_up", "discontinued_intervention",
+                    "excluded_from_analysis"):
+            if sum(a[box]["reasons"].values()) != a[box]["total"]:
+                problems.append(f"arm {key}: the reasons of {box} do not add up to its total")
+    return problems
+
+
+def consort(db: Session, actor, site_code: str | None = None, blinded: bool | None = None) -> dict:
+    """The CONSORT counts of API.md, overall or for one site; raises ConsortError if they do not
+    reconcile. Arm keys for unblinded readers, arm codes for blinded ones."""
+    from trial.auth.scope import require_role
+    from trial.exports.dataset import arm_codes
+    require_role(db, actor, "manager", "statistician")
+    if site_code:
+        from trial.sites.service import get_by_code
+        get_by_code(db, site_code)
+    blinded = is_blinded(db, actor) if blinded is None else blinded
+    arms = current_protocol(db).content["arms"]
+    names = arm_codes(db) if blinded else {a["key"]: a["key"] for a in arms}
+    rows = disposition(db, site_code)
+    c = counts(rows, arms, names)
+    problems = reconcile(rows, c)
+    if problems:
+        raise ConsortError("CONSORT does not reconcile: " + "; ".join(problems))
+    return c

@@ -1,0 +1,259 @@
+"""The tables of a locked dataset, with their data dictionary.
+
+Variable names are at most 8 characters and labels at most 40 (the limits of SAS transport v5;
+Stata allows 32 and 80), checked when a table is defined. A blinded dataset carries arm codes
+(A, B, ...) instead of arms and leaves out everything that reveals an allocation: sessions,
+intervention events and deviations, adherence.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trial.course.models import CounsellingSession, TherapySession
+from trial.enrollment.models import Participant, Screening
+from trial.lock.models import ArmCode
+from trial.outcomes.models import Assessment
+from trial.protocol.service import current as current_protocol
+from trial.randomize.models import Allocation, Stratum
+from trial.sites.models import Site
+from trial.status.models import Deviation, StatusEvent
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,7}$")
+MAX_LABEL = 40
+ARM_REVEALING_EVENTS = ("not_received", "discontinued_intervention")
+
+
+@dataclass
+class Var:
+    name: str
+    label: str
+    type: str            # "str", "int", "float", "date", "datetime"
+    units: str = ""
+    allowed: str = ""
+    source: str = ""
+
+    def __post_init__(self):
+        if not NAME_RE.match(self.name):
+            raise ValueError(f"variable name {self.name!r} is not a valid name of at most 8 characters")
+        if len(self.label) > MAX_LABEL:
+            raise ValueError(f"label of {self.name} is longer than {MAX_LABEL} characters: {self.label!r}")
+
+
+@dataclass
+class Table:
+    name: str
+    label: str
+    vars: list[Var]
+    rows: list[tuple] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not NAME_RE.match(self.name):
+            raise ValueError(f"table name {self.name!r} is not a valid name of at most 8 characters")
+        if len(self.label) > MAX_LABEL:
+            raise ValueError(f"table label of {self.name} is too long")
+        names = [v.name for v in self.vars]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate variable names in {self.name}")
+
+
+def arm_codes(db: Session) -> dict[str, str]:
+    """The trial's fixed random mapping arm -> code, created once."""
+    rows = dict(db.execute(select(ArmCode.arm, ArmCode.code)).all())
+    arms = [a["key"] for a in current_protocol(db).content["arms"]]
+    if rows and set(rows) >= set(arms):
+        return rows
+    letters = [chr(ord("A") + i) for i in range(len(arms))]
+    order = list(arms)
+    for i in range(len(order) - 1, 0, -1):  # Fisher-Yates with a CSPRNG
+        j = secrets.randbelow(i + 1)
+        order[i], order[j] = order[j], order[i]
+    for arm, code in zip(order, letters):
+        if arm not in rows:
+            db.add(ArmCode(arm=arm, code=code))
+    db.flush()
+    return dict(db.execute(select(ArmCode.arm, ArmCode.code)).all())
+
+
+def short_names(instruments: list[dict]) -> dict[tuple[str, str], str]:
+    """Variable names for instrument fields in the wide table: instrument[:4] + '_' + field[:3],
+    made unique with a digit when two would clash."""
+    out, used = {}, set()
+    for ins in instruments:
+        for f in ins["fields"]:
+            base = f"{ins['key'][:4]}_{f['key'][:3]}".lower()
+            name, n = base, 1
+            while name in used:
+                name = f"{base[:7]}{n}"
+                n += 1
+            used.add(name)
+            out[(ins["key"], f["key"])] = name
+    return out
+
+
+def _d(v):
+    return v.isoformat() if v is not None else None
+
+
+def _dt(v):
+    return v.strftime("%Y-%m-%dT%H:%M:%S") if v is not None else None
+
+
+def build_tables(db: Session, blinded: bool) -> list[Table]:
+    content = current_protocol(db).content
+    codes = arm_codes(db)
+    labels = {a["key"]: a["label"] for a in content["arms"]}
+    site = dict(db.execute(select(Site.id, Site.code)).all())
+    pid = {}
+    participants = db.execute(select(Participant.id, Participant.study_id, Participant.site_id, Participant.sex,
+                                     Participant.date_of_birth, Participant.consent_date, Participant.enrolled_at,
+                                     Participant.screening_id, Participant.strata).order_by(Participant.study_id)).all()
+    for p in participants:
+        pid[p.id] = p.study_id
+    alloc = {a.participant_id: a for a in db.execute(select(Allocation.participant_id, Allocation.arm, Allocation.seq,
+                                                                Allocation.randomized_at, Allocation.stratum_id)).all()}
+    strata = dict(db.execute(select(Stratum.id, Stratum.key)).all())
+    events: dict[int, list] = {}
+    for e in db.execute(select(StatusEvent.participant_id, StatusEvent.type, StatusEvent.on, StatusEvent.reason)
+                        .order_by(StatusEvent.participant_id, StatusEvent.on, StatusEvent.id)).all():
+        if blinded and e.type in ARM_REVEALING_EVENTS:
+            continue
+        events.setdefault(e.participant_id, []).append(e)
+    arm_var = (Var("armcd", "Arm code (blinded)", "str", allowed=", ".join(sorted(codes.values())), source="randomization")
+               if blinded else Var("arm", "Arm", "str", allowed=", ".join(labels), source="randomization"))
+
+    def arm_of(p_id):
+        a = alloc.get(p_id)
+        return None if a is None else (codes[a.arm] if blinded else a.arm)
+
+    factor_vars = [f["key"] for f in content["randomization"]["factors"] if f["key"] != "site"]
+    tables = []
+    pvars = [Var("studyid", "Study ID", "str"), Var("site", "Site code", "str"),
+             Var("sex", "Sex", "str", allowed="female, male"), Var("brthdt", "Date of birth", "date"),
+             Var("consdt", "Date of consent", "date"), Var("enroldt", "Date of enrolment (UTC)", "date"),
+             Var("randdt", "Date of randomization (UTC)", "date"), arm_var]
+    if not blinded:
+        pvars.append(Var("armlbl", "Arm label", "str", source="protocol"))
+    pvars.append(Var("status", "Final status", "str",
+                     allowed="enrolled, randomized, withdrawn, lost_to_follow_up, died" +
+                     ("" if blinded else ", discontinued_intervention, not_received")))
+    pvars += [Var(f"s_{k[:6]}", f"Stratum: {k}"[:MAX_LABEL], "str", source="enrolment") for k in factor_vars]
+    from trial.status.service import status_label
+    rows = []
+    for p in participants:
+        a = alloc.get(p.id)
+        row = [p.study_id, site[p.site_id], p.sex, _d(p.date_of_birth), _d(p.consent_date), _d(p.enrolled_at.date()),
+               _d(a.randomized_at.date()) if a else None, arm_of(p.id)]
+        if not blinded:
+            row.append(labels[a.arm] if a else None)
+        row.append(status_label(a is not None, events.get(p.id, [])))
+        row += [(p.strata or {}).get(k) for k in factor_vars]
+        rows.append(tuple(row))
+    tables.append(Table("particip", "Participants", pvars, rows))
+
+    criteria = content["criteria"]
+    svars = [Var("scrid", "Screening number", "int"), Var("site", "Site code", "str"), Var("scrdt", "Date of screening", "date"),
+             Var("outcome", "Screening outcome", "str", allowed="eligible, not_eligible, declined, other"),
+             Var("failcrit", "Criteria not met", "str"), Var("declined", "Family declined (1 = yes)", "int", allowed="0, 1"),
+             Var("othrsn", "Other reason not enrolled", "str"), Var("studyid", "Study ID if enrolled", "str")]
+    svars += [Var(f"crit{i + 1}", c["question"][:MAX_LABEL], "int", allowed="0, 1",
+                  source=f"criterion {c['key']}: {c['question']}") for i, c in enumerate(criteria)]
+    enrolled = {p.screening_id: p.study_id for p in participants}
+    rows = []
+    for s in db.execute(select(Screening).order_by(Screening.id)).scalars():
+        rows.append((s.id, site[s.site_id], _d(s.screened_on), s.outcome, ";".join(s.failed_criteria or []) or None,
+                     int(s.declined), s.other_reason, enrolled.get(s.id))
+                    + tuple(int(s.answers.get(c["key"])) if c["key"] in s.answers else None for c in criteria))
+    tables.append(Table("screen", "Screening log", svars, rows))
+
+    avars = [Var("studyid", "Study ID", "str"), Var("site", "Site code", "str"), Var("stratum", "Stratum", "str"),
+             Var("slot", "Slot in the stratum's list", "int"), Var("randdtm", "Randomized at (UTC)", "datetime"), arm_var]
+    p_site = {p.id: site[p.site_id] for p in participants}
+    rows = [(pid[p_id], p_site[p_id], strata[a.stratum_id], a.seq, _dt(a.randomized_at), arm_of(p_id))
+            for p_id, a in sorted(alloc.items(), key=lambda kv: pid[kv[0]])]
+    tables.append(Table("alloc", "Allocation", avars, rows))
+
+    if not blinded:
+        techniques = ", ".join(content["course"]["techniques"])
+        svars = [Var("studyid", "Study ID", "str"), Var("sessdt", "Session date", "date"),
+                 Var("attend", "Attendance", "str", allowed="attended, cancelled, no_show"),
+                 Var("minutes", "Duration", "int", units="minutes"), Var("techniq", "Techniques used", "str", allowed=techniques),
+                 Var("engage", "Child engagement (1-5)", "int", allowed="1-5"),
+                 Var("outcours", "Outside the course window (1 = yes)", "int", allowed="0, 1"),
+                 Var("note", "Therapist's note", "str")]
+        rows = [(pid[s.participant_id], _d(s.held_on), s.attendance, s.minutes, ";".join(s.techniques or []) or None,
+                 s.engagement, int(s.outside_course), s.note)
+                for s in db.execute(select(TherapySession.participant_id, TherapySession.held_on, TherapySession.attendance,
+                                           TherapySession.minutes, TherapySession.techniques, TherapySession.engagement,
+                                           TherapySession.outside_course, TherapySession.note)
+                                    .order_by(TherapySession.participant_id, TherapySession.held_on)).all()]
+        rows.sort(key=lambda r: (r[0], r[1]))
+        tables.append(Table("sessions", "Music-therapy sessions", svars, rows))
+
+    cvars = [Var("studyid", "Study ID", "str"), Var("number", "Counselling session number", "int"),
+             Var("counsdt", "Counselling date", "date"), Var("attended", "Parents attended (1 = yes)", "int", allowed="0, 1")]
+    rows = sorted((pid[c.participant_id], c.number, _d(c.held_on), int(c.attended)) for c in db.execute(
+        select(CounsellingSession.participant_id, CounsellingSession.number, CounsellingSession.held_on,
+               CounsellingSession.attended)).all())
+    tables.append(Table("counsel", "Parent counselling sessions", cvars, rows))
+
+    names = short_names(content["instruments"])
+    fields = {(i["key"], f["key"]): (i, f) for i in content["instruments"] for f in i["fields"]}
+    assessments = sorted(db.execute(select(Assessment.participant_id, Assessment.visit, Assessment.instrument,
+                                           Assessment.performed_on, Assessment.values, Assessment.out_of_window,
+                                           Assessment.allocation_guess, Assessment.guess_confidence)).all(),
+                         key=lambda a: (pid[a.participant_id], a.visit, a.instrument))
+    lvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", allowed=", ".join(v["key"] for v in content["visits"])),
+             Var("instr", "Instrument", "str", allowed=", ".join(i["key"] for i in content["instruments"])),
+             Var("item", "Item", "str"), Var("value", "Value", "float"), Var("perfdt", "Date performed", "date"),
+             Var("outwin", "Outside the visit window (1 = yes)", "int", allowed="0, 1")]
+    rows = []
+    for a in assessments:
+        for (ik, fk), (ins, f) in fields.items():
+            if ik == a.instrument and a.values.get(fk) is not None:
+                rows.append((pid[a.participant_id], a.visit, a.instrument, fk, float(a.values[fk]), _d(a.performed_on),
+                             int(a.out_of_window)))
+    tables.append(Table("assessl", "Assessments, long (one row per item)", lvars, rows))
+
+    wvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str")]
+    for (ik, fk), name in names.items():
+        ins, f = fields[(ik, fk)]
+        rng = f"{f['min']}-{f['max']}" if f.get("min") is not None else ""
+        wvars.append(Var(name, f"{ins['key']} {f['label']}"[:MAX_LABEL], "float", units=f.get("units") or "",
+                         allowed=rng, source=f"{ins['label']}: {f['key']}"))
+    wide: dict[tuple[str, str], dict] = {}
+    for a in assessments:
+        row = wide.setdefault((pid[a.participant_id], a.visit), {})
+        for fk, v in a.values.items():
+            if (a.instrument, fk) in names and v is not None:
+                row[names[(a.instrument, fk)]] = float(v)
+    visit_order = {v["key"]: i for i, v in enumerate(content["visits"])}
+    rows = [(s, v) + tuple(vals.get(n) for n in names.values())
+            for (s, v), vals in sorted(wide.items(), key=lambda kv: (kv[0][0], visit_order.get(kv[0][1], 99)))]
+    tables.append(Table("assessw", "Assessments, wide (one row per visit)", wvars, rows))
+
+    gvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str"), Var("perfdt", "Date of the assessment", "date"),
+             Var("guess", "Assessor's guess of the allocation", "str", allowed="music_therapy, usual_care, unsure"),
+             Var("confid", "Confidence of the guess (1-5)", "int", allowed="1-5"), arm_var]
+    rows = [(pid[a.participant_id], a.visit, _d(a.performed_on), a.allocation_guess, a.guess_confidence, arm_of(a.participant_id))
+            for a in assessments if a.allocation_guess]
+    tables.append(Table("guesses", "Blinding: assessors' guesses", gvars, rows))
+
+    evars = [Var("studyid", "Study ID", "str"), Var("evtype", "Event", "str",
+                                                     allowed="withdrawn, lost_to_follow_up, died" + ("" if blinded else ", discontinued_intervention, not_received")),
+             Var("evdt", "Date of the event", "date"), Var("reason", "Reason", "str")]
+    rows = sorted((pid[p_id], e.type, _d(e.on), e.reason) for p_id, evs in events.items() for e in evs)
+    tables.append(Table("events", "Status events", evars, rows))
+
+    dvars = [Var("studyid", "Study ID", "str"), Var("devdt", "Date of the deviation", "date"),
+             Var("category", "Category", "str"), Var("descr", "Description", "str")]
+    q = select(Deviation.participant_id, Deviation.on, Deviation.category, Deviation.description)
+    if blinded:
+        q = q.where(Deviation.category != "intervention")
+    rows = sorted((pid[d.participant_id], _d(d.on), d.category, d.description) for d in db.execute(q).all())
+    tables.append(Table("deviatn", "Protocol deviations", dvars, rows))
+    return tables

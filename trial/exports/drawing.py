@@ -1,0 +1,187 @@
+"""The CONSORT flow diagram in the standard layout (enrolment, allocation, follow-up, analysis;
+the arms side by side; reasons in the boxes), laid out once and drawn as SVG or as a ReportLab
+PDF."""
+from __future__ import annotations
+
+import io
+import textwrap
+from dataclasses import dataclass
+from html import escape
+
+W = 960
+LINE = 13
+PAD = 6
+CHARS_PER_PX = 1 / 5.6  # about 5.6 px per character at 9.5 pt
+
+
+@dataclass
+class Box:
+    x: float
+    y: float
+    w: float
+    lines: list[str]
+
+    @property
+    def h(self) -> float:
+        return len(self.lines) * LINE + 2 * PAD
+
+
+def _wrap(items: list[str], w: float) -> list[str]:
+    out = []
+    for item in items:
+        indent = "   " if item.startswith("• ") else ""
+        out += textwrap.wrap(item, int(w * CHARS_PER_PX), subsequent_indent=indent) or [""]
+    return out
+
+
+def _reasons(box: dict) -> list[str]:
+    return [f"• {reason} (n={n})" for reason, n in box["reasons"].items()]
+
+
+def layout(c: dict, title: str) -> tuple[list[Box], list[tuple], list[tuple[str, float]], float]:
+    boxes, arrows, phases = [], [], []
+    left = 110
+    y = 40
+    enrol = Box(left + 200, y, 280, _wrap([f"Assessed for eligibility (n={c['assessed_for_eligibility']})"], 280))
+    boxes.append(enrol)
+    ex = c["excluded"]
+    excl = Box(left + 560, y + enrol.h + 10, 280, _wrap([
+        f"Excluded (n={ex['total']})",
+        f"• Not meeting inclusion criteria (n={ex['not_meeting_inclusion_criteria']})",
+        f"• Declined to participate (n={ex['declined_to_participate']})",
+        f"• Other reasons (n={ex['other_reasons']})"], 280))
+    boxes.append(excl)
+    phases.append(("Enrolment", y))
+    mid_x = enrol.x + enrol.w / 2
+    rand = Box(left + 200, excl.y + excl.h + 20, 280, [f"Randomized (n={c['randomized']})"])
+    boxes.append(rand)
+    arrows.append((mid_x, enrol.y + enrol.h, mid_x, rand.y, True))
+    arrows.append((mid_x, excl.y + excl.h / 2, excl.x, excl.y + excl.h / 2, True))
+    arms = list(c["arms"].items())
+    n = max(len(arms), 1)
+    col_w = (W - left - 20 - (n - 1) * 16) / n
+    rows = {"alloc": [], "follow": [], "analysis": []}
+    for i, (key, a) in enumerate(arms):
+        x = left + i * (col_w + 16)
+        d = a["did_not_receive_allocated_intervention"]
+        rows["alloc"].append(Box(x, 0, col_w, _wrap([
+            f"Allocated to {a['label']} (n={a['allocated']})",
+            f"• Received allocated intervention (n={a['received_allocated_intervention']})",
+            f"• Did not receive allocated intervention (n={d['total']})"] + ["  " + r for r in _reasons(d)], col_w)))
+        lost, disc = a["lost_to_follow_up"], a["discontinued_intervention"]
+        rows["follow"].append(Box(x, 0, col_w, _wrap(
+            [f"Lost to follow-up (n={lost['total']})"] + _reasons(lost) +
+            [f"Discontinued intervention (n={disc['total']})"] + _reasons(disc), col_w)))
+        exa = a["excluded_from_analysis"]
+        rows["analysis"].append(Box(x, 0, col_w, _wrap(
+            [f"Analysed (n={a['analysed']})", f"• Excluded from analysis (n={exa['total']})"] + ["  " + r for r in _reasons(exa)], col_w)))
+    y = rand.y + rand.h + 40
+    bar_y = rand.y + rand.h + 20
+    if arms:
+        xs = [b.x + b.w / 2 for b in rows["alloc"]]
+        arrows.append((mid_x, rand.y + rand.h, mid_x, bar_y, False))
+        arrows.append((min(xs), bar_y, max(xs), bar_y, False))
+    for phase, label in (("alloc", "Allocation"), ("follow", "Follow-up"), ("analysis", "Analysis")):
+        phases.append((label, y))
+        h = max((b.h for b in rows[phase]), default=0)
+        for b in rows[phase]:
+            b.y = y
+            boxes.append(b)
+        if phase == "alloc":
+            for b in rows[phase]:
+                arrows.append((b.x + b.w / 2, bar_y, b.x + b.w / 2, b.y, True))
+        else:
+            prev = rows[{"follow": "alloc", "analysis": "follow"}[phase]]
+            for p, b in zip(prev, rows[phase]):
+                arrows.append((b.x + b.w / 2, p.y + p.h, b.x + b.w / 2, b.y, True))
+        y += h + 30
+    return boxes, arrows, phases, y + 10
+
+
+def svg(c: dict, title: str) -> str:
+    boxes, arrows, phases, height = layout(c, title)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height:.0f}" viewBox="0 0 {W} {height:.0f}" '
+           f'font-family="Helvetica, Arial, sans-serif" font-size="9.5" role="img" aria-label="{escape(title)}">',
+           '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
+           '<path d="M0,0 L8,4 L0,8 z" fill="#333"/></marker></defs>',
+           f'<rect width="{W}" height="{height:.0f}" fill="#fff"/>',
+           f'<text x="10" y="20" font-size="13" font-weight="bold">{escape(title)}</text>']
+    for label, y in phases:
+        out.append(f'<rect x="10" y="{y:.1f}" width="84" height="22" rx="4" fill="#cfe3f3"/>'
+                   f'<text x="52" y="{y + 15:.1f}" text-anchor="middle" font-weight="bold">{escape(label)}</text>')
+    for x1, y1, x2, y2, head in arrows:
+        marker = ' marker-end="url(#arrow)"' if head else ""
+        out.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="#333"{marker}/>')
+    for b in boxes:
+        out.append(f'<rect x="{b.x:.1f}" y="{b.y:.1f}" width="{b.w:.1f}" height="{b.h:.1f}" fill="#fff" stroke="#333"/>')
+        for i, line in enumerate(b.lines):
+            weight = ' font-weight="bold"' if i == 0 else ""
+            out.append(f'<text x="{b.x + PAD:.1f}" y="{b.y + PAD + (i + 1) * LINE - 3:.1f}"{weight} xml:space="preserve">{escape(line)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def pdf(c: dict, title: str, extra_tables: list[tuple[str, dict]] | None = None) -> bytes:
+    """The diagram on an A4 landscape page (scaled to fit), then any tables (e.g. Table 1)."""
+    from reportlab.lib.pagesizes import A4, landscape
+    from reportlab.pdfgen import canvas
+
+    boxes, arrows, phases, height = layout(c, title)
+    buf = io.BytesIO()
+    page_w, page_h = landscape(A4)
+    cv = canvas.Canvas(buf, pagesize=(page_w, page_h), invariant=1, pageCompression=1)
+    cv.setTitle(title)
+    cv.setAuthor("TIME-A trial system")
+    scale = min((page_w - 40) / W, (page_h - 40) / height)
+    cv.translate(20, page_h - 20)
+    cv.scale(scale, -scale)
+
+    def text(x, y, s, bold=False, size=9.5):
+        cv.saveState()
+        cv.translate(x, y)
+        cv.scale(1, -1)
+        cv.setFont("Helvetica-Bold" if bold else "Helvetica", size)
+        cv.drawString(0, 0, s)
+        cv.restoreState()
+
+    text(10, 20, title, bold=True, size=13)
+    for label, y in phases:
+        cv.setFillColorRGB(0.81, 0.89, 0.95)
+        cv.roundRect(10, y, 84, 22, 4, stroke=0, fill=1)
+        cv.setFillColorRGB(0, 0, 0)
+        text(18, y + 15, label, bold=True)
+    cv.setLineWidth(0.8)
+    for x1, y1, x2, y2, head in arrows:
+        cv.line(x1, y1, x2, y2)
+        if head:
+            d = 1 if (y2 > y1 or x2 > x1) else -1
+            if x1 == x2:
+                cv.line(x2, y2, x2 - 3, y2 - 6 * d)
+                cv.line(x2, y2, x2 + 3, y2 - 6 * d)
+            else:
+                cv.line(x2, y2, x2 - 6 * d, y2 - 3)
+                cv.line(x2, y2, x2 - 6 * d, y2 + 3)
+    for b in boxes:
+        cv.rect(b.x, b.y, b.w, b.h, stroke=1, fill=0)
+        for i, line in enumerate(b.lines):
+            text(b.x + PAD, b.y + PAD + (i + 1) * LINE - 3, line, bold=i == 0)
+    cv.showPage()
+    for heading, table in extra_tables or []:
+        _table_page(cv, heading, table, page_w, page_h)
+    cv.save()
+    return buf.getvalue()
+
+
+def _table_page(cv, heading: str, table: dict, page_w: float, page_h: float) -> None:
+    from reportlab.lib import colors
+    from reportlab.platypus import Table, TableStyle
+    cv.setFont("Helvetica-Bold", 13)
+    cv.drawString(30, page_h - 40, heading)
+    data = [table["columns"]] + table["rows"]
+    t = Table(data, repeatRows=1)
+    t.setStyle(TableStyle([("FONT", (0, 0), (-1, -1), "Helvetica", 8.5), ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 8.5),
+                           ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black), ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
+                           ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.Color(0.95, 0.96, 0.97)])]))
+    w, h = t.wrapOn(cv, page_w - 60, page_h - 80)
+    t.drawOn(cv, 30, page_h - 60 - h)
+    cv.showPage()

@@ -1,0 +1,91 @@
+"""Writers for one table: CSV, SAS transport (v5) and Stata (.dta) through pyreadstat, and the
+data dictionary. Every writer is deterministic for a given lock: the timestamps pyreadstat puts
+in file headers are replaced by the lock's time."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import tempfile
+import datetime as dt
+
+from trial.exports.dataset import Table
+
+XPT_MAX_TEXT = 200  # SAS transport v5 character variables hold at most 200 bytes
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() else repr(v)
+    return str(v)
+
+
+def to_csv(table: Table) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([v.name for v in table.vars])
+    for row in table.rows:
+        w.writerow([_cell(v) for v in row])
+    return buf.getvalue().encode("utf-8")
+
+
+def dictionary_csv(tables: list[Table]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["table", "table_label", "name", "label", "type", "units", "allowed_values", "source"])
+    for t in tables:
+        for v in t.vars:
+            w.writerow([t.name, t.label, v.name, v.label, v.type, v.units, v.allowed, v.source])
+    return buf.getvalue().encode("utf-8")
+
+
+def _frame(table: Table, max_text: int | None = None):
+    import pandas as pd
+    cols = {}
+    truncated = {}
+    for i, v in enumerate(table.vars):
+        values = [r[i] for r in table.rows]
+        if v.type in ("int", "float"):
+            cols[v.name] = pd.Series([float(x) if x is not None else float("nan") for x in values], dtype="float64")
+        else:
+            text = ["" if x is None else str(x) for x in values]
+            if max_text:
+                n = sum(1 for x in text if len(x.encode("utf-8")) > max_text)
+                if n:
+                    truncated[v.name] = n
+                    text = [x.encode("utf-8")[:max_text].decode("utf-8", "ignore") for x in text]
+            cols[v.name] = pd.Series(text, dtype="object")
+    return pd.DataFrame(cols), truncated
+
+
+def _via_file(suffix: str, write) -> bytes:
+    fd, path = tempfile.mkstemp(suffix=suffix)
+    os.close(fd)
+    try:
+        write(path)
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(path)
+
+
+def to_xpt(table: Table, when: dt.datetime) -> tuple[bytes, dict[str, int]]:
+    import pyreadstat
+    df, truncated = _frame(table, XPT_MAX_TEXT)
+    data = _via_file(".xpt", lambda p: pyreadstat.write_xport(df, p, file_format_version=5, table_name=table.name.upper(),
+                                                              file_label=table.label,
+                                                              column_labels=[v.label for v in table.vars]))
+    stamp = when.strftime("%d%b%y:%H:%M:%S").upper().encode()
+    return re.sub(rb"\d\d[A-Z]{3}\d\d:\d\d:\d\d:\d\d", stamp, data), truncated
+
+
+def to_dta(table: Table, when: dt.datetime) -> bytes:
+    import pyreadstat
+    df, _ = _frame(table)
+    data = _via_file(".dta", lambda p: pyreadstat.write_dta(df, p, file_label=table.label,
+                                                            column_labels=[v.label for v in table.vars]))
+    stamp = b"\x11" + when.strftime("%d %b %Y %H:%M").encode()
+    return re.sub(rb"<timestamp>.[^<]*</timestamp>", b"<timestamp>" + stamp + b"</timestamp>", data, count=1, flags=re.S)

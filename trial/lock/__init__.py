@@ -1,0 +1,1 @@
+"""Soft and hard database locks, electronic signatures and unblinding."""

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from trial.db import Base, utcnow
+
+
+class Signature(Base):
+    """An electronic signature (21 CFR 11.50): printed name, UTC time and meaning, given with the
+    signer's password at the moment of signing."""
+
+    __tablename__ = "signature"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    printed_name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(254))
+    meaning: Mapped[str] = mapped_column(String(500))
+    purpose: Mapped[str] = mapped_column(String(40))
+    signed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class DataLock(Base):
+    __tablename__ = "data_lock"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    version: Mapped[int | None] = mapped_column(Integer)  # hard locks: 1, 2, ...
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    signature_id: Mapped[int] = mapped_column(ForeignKey("signature.id"))
+    protocol_version: Mapped[int] = mapped_column(Integer)
+    lifted_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    lift_reason: Mapped[str | None] = mapped_column(Text)
+    lift_signature_id: Mapped[int | None] = mapped_column(ForeignKey("signature.id"))
+
+
+class TrialState(Base):
+    """A single row: the lock in force. Writers hold it FOR SHARE, lock changes FOR UPDATE, so a
+    lock never lands in the middle of a write."""
+
+    __tablename__ = "trial_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    active_lock_id: Mapped[int | None] = mapped_column(ForeignKey("data_lock.id"))
+
+
+class LockBundle(Base):
+    """The locked dataset bundle of a hard lock, built once and never changed: ``blinded`` (arm
+    codes, no session data) and ``unblinded``."""
+
+    __tablename__ = "lock_bundle"
+    __table_args__ = (UniqueConstraint("lock_id", "variant"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lock_id: Mapped[int] = mapped_column(ForeignKey("data_lock.id"), index=True)
+    variant: Mapped[str] = mapped_column(String(10))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ArmCode(Base):
+    """One fixed random mapping of arms to codes (A, B, C) per trial, for blinded datasets."""
+
+    __tablename__ = "arm_code"
+
+    arm: Mapped[str] = mapped_column(String(32), primary_key=True)
+    code: Mapped[str] = mapped_column(String(4), unique=True)

@@ -1,0 +1,164 @@
+"""Locks, electronic signatures and unblinding.
+
+A soft lock freezes data entry; a hard lock also builds the locked dataset bundles. While a lock
+is in force every clinical write refuses with 423 (:func:`ensure_writable`, called by every
+write service). Unblinding is a signed event after a hard lock: it reveals the seed.
+"""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from trial.audit import service as audit
+from trial.auth.scope import is_blinded, is_cli, require_role
+from trial.auth.service import check_password
+from trial.db import is_sqlite, utcnow
+from trial.errors import Conflict, Forbidden, Locked, NotFound, ValidationError
+from trial.lock.models import DataLock, LockBundle, Signature, TrialState
+
+KINDS = ("soft", "hard")
+
+
+def _state(db: Session, update: bool = False) -> TrialState:
+    q = select(TrialState).where(TrialState.id == 1)
+    if not is_sqlite(db.get_bind()):
+        q = q.with_for_update(read=not update)
+    return db.execute(q).scalar_one()
+
+
+def active_lock(db: Session) -> DataLock | None:
+    state = db.execute(select(TrialState).where(TrialState.id == 1)).scalar_one()
+    return db.get(DataLock, state.active_lock_id) if state.active_lock_id else None
+
+
+def ensure_writable(db: Session) -> None:
+    """Refuse a clinical write while a lock is in force (423). Holds the trial state FOR SHARE
+    so a lock cannot be signed in the middle of this transaction."""
+    state = _state(db)
+    if state.active_lock_id is None:
+        return
+    lock = db.get(DataLock, state.active_lock_id)
+    sig = db.get(Signature, lock.signature_id)
+    raise Locked(f"The database is {lock.kind}-locked (lock {lock.id}, signed by {sig.printed_name} on "
+                 f"{lock.created_at:%Y-%m-%d %H:%M} UTC): no data can be entered or changed.")
+
+
+def sign(db: Session, actor, password: str, meaning: str, purpose: str) -> Signature:
+    """Both credentials at signing: the logged-in identity and the password again."""
+    if is_cli(actor) or getattr(actor, "id", None) is None:
+        raise Forbidden("An electronic signature needs a user; the command line cannot sign.")
+    errors = {}
+    if not isinstance(meaning, str) or not meaning.strip():
+        errors["meaning"] = "is required: what does this signature mean?"
+    elif len(meaning) > 500:
+        errors["meaning"] = "must be at most 500 characters"
+    if not isinstance(password, str) or not password:
+        errors["password"] = "is required to sign"
+    if errors:
+        raise ValidationError("Not signed: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+    if actor.must_change_password:
+        raise Forbidden("Your password was reset by an administrator: change it before you sign.")
+    if not check_password(actor, password):
+        raise ValidationError("Not signed: the password is wrong.", {"password": "is wrong"})
+    sig = Signature(user_id=actor.id, printed_name=actor.name, email=actor.email, meaning=meaning.strip(),
+                    purpose=purpose, signed_at=utcnow())
+    db.add(sig)
+    db.flush()
+    audit.created(db, actor, "signature", sig.id, {"printed_name": sig.printed_name, "meaning": sig.meaning,
+                                                   "purpose": purpose, "signed_at": sig.signed_at})
+    return sig
+
+
+def create_lock(db: Session, actor, kind: str, meaning: str, password: str) -> DataLock:
+    require_role(db, actor, "manager")
+    if kind not in KINDS:
+        raise ValidationError("kind must be soft or hard", {"kind": "must be soft or hard"})
+    state = _state(db, update=True)
+    current = db.get(DataLock, state.active_lock_id) if state.active_lock_id else None
+    if current is not None and (current.kind == "hard" or kind == "soft"):
+        raise Conflict(f"A {current.kind} lock (lock {current.id}) is already in force.")
+    sig = sign(db, actor, password, meaning, f"{kind}_lock")
+    from trial.protocol.service import current as current_protocol
+    version = None
+    if kind == "hard":
+        version = (db.execute(select(func.count()).select_from(DataLock).where(DataLock.kind == "hard")).scalar() or 0) + 1
+    lock = DataLock(kind=kind, version=version, signature_id=sig.id, protocol_version=current_protocol(db).version,
+                    created_at=sig.signed_at)
+    db.add(lock)
+    db.flush()
+    if current is not None:  # a soft lock is superseded by the hard lock
+        current.lifted_at, current.lift_reason, current.lift_signature_id = sig.signed_at, f"superseded by hard lock {lock.id}", sig.id
+        audit.record(db, actor, "lift", "data_lock", current.id, {"lifted_at": (None, current.lifted_at)},
+                     reason=current.lift_reason)
+    state.active_lock_id = lock.id
+    audit.created(db, actor, "data_lock", lock.id, {"kind": kind, "version": version, "signature": sig.id})
+    if kind == "hard":
+        from trial.exports.bundle import build_bundles
+        for variant, (content, sha, manifest_sha) in build_bundles(db, lock, sig).items():
+            db.add(LockBundle(lock_id=lock.id, variant=variant, content=content, sha256=sha, manifest_sha256=manifest_sha))
+            audit.created(db, actor, "lock_bundle", f"{lock.id}/{variant}", {"sha256": sha, "manifest_sha256": manifest_sha})
+        db.flush()
+    return lock
+
+
+def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str) -> DataLock:
+    require_role(db, actor, "manager")
+    state = _state(db, update=True)
+    lock = db.get(DataLock, lock_id)
+    if lock is None:
+        raise NotFound(f"No lock {lock_id}.")
+    if state.active_lock_id != lock.id:
+        raise Conflict(f"Lock {lock_id} is not in force.")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValidationError("The lock was not lifted: reason is required", {"reason": "is required"})
+    sig = sign(db, actor, password, f"Lift {lock.kind} lock {lock.id}: {reason.strip()}", f"lift_{lock.kind}_lock")
+    lock.lifted_at, lock.lift_reason, lock.lift_signature_id = sig.signed_at, reason.strip(), sig.id
+    state.active_lock_id = None
+    audit.record(db, actor, "lift", "data_lock", lock.id, {"lifted_at": (None, lock.lifted_at)}, reason=lock.lift_reason)
+    return lock
+
+
+def unblind(db: Session, actor, meaning: str, password: str):
+    from trial.randomize.service import get_design, master_seed
+    require_role(db, actor, "manager")
+    state = _state(db, update=True)
+    lock = db.get(DataLock, state.active_lock_id) if state.active_lock_id else None
+    if lock is None or lock.kind != "hard":
+        raise Conflict("Unblinding needs a hard lock in force: lock the database first.")
+    design = get_design(db)
+    if design is None:
+        raise Conflict("Randomization was never opened: there is nothing to unblind.")
+    if design.unblinded_at is not None:
+        raise Conflict(f"The trial was unblinded on {design.unblinded_at:%Y-%m-%d %H:%M} UTC.")
+    sig = sign(db, actor, password, meaning, "unblinding")
+    design.revealed_seed = master_seed(db, design).hex()
+    design.unblinded_at = sig.signed_at
+    audit.record(db, actor, "unblind", "randomization", design.id, {"unblinded_at": (None, design.unblinded_at),
+                                                                   "revealed_seed": (None, design.revealed_seed)},
+                 reason=f"signed: {sig.meaning} (hard lock {lock.id})")
+    return design
+
+
+def list_locks(db: Session, actor) -> list[dict]:
+    require_role(db, actor, "manager", "statistician")
+    variant = "blinded" if is_blinded(db, actor) else "unblinded"
+    bundles = {b.lock_id: b.manifest_sha256 for b in db.execute(
+        select(LockBundle).where(LockBundle.variant == variant)).scalars()}
+    out = []
+    for lock, sig in db.execute(select(DataLock, Signature).join(Signature, Signature.id == DataLock.signature_id)
+                                .order_by(DataLock.id)).all():
+        out.append({"id": lock.id, "kind": lock.kind, "version": lock.version,
+                    "created_at": lock.created_at.isoformat(timespec="seconds") + "Z",
+                    "signed_by": sig.printed_name, "meaning": sig.meaning,
+                    "lifted_at": lock.lifted_at.isoformat(timespec="seconds") + "Z" if lock.lifted_at else None,
+                    "lift_reason": lock.lift_reason, "manifest_sha256": bundles.get(lock.id)})
+    return out
+
+
+def get_bundle(db: Session, actor, lock_id: int) -> LockBundle:
+    require_role(db, actor, "manager", "statistician")
+    lock = db.get(DataLock, lock_id)
+    if lock is None or lock.kind != "hard":
+        raise NotFound(f"No hard lock {lock_id}: bundles exist for hard locks only.")
+    variant = "blinded" if is_blinded(db, actor) else "unblinded"
+    return db.execute(select(LockBundle).where(LockBundle.lock_id == lock_id, LockBundle.variant == variant)).scalar_one()
