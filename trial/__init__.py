@@ -18,5 +18,6 @@ def create_app(config: dict | None = None):
     engine = cfg.get("ENGINE") or make_engine(cfg["DATABASE_URL"])
     app.extensions["trial.engine"] = engine
     app.extensions["trial.sessions"] = cfg.get("SESSION_FACTORY") or make_session_factory(engine)
+    app.json.sort_keys = False  # keep the contract's field order
     web.init_app(app)
     return app

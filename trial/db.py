@@ -56,7 +56,7 @@ def make_engine(url: str | None = None, **kw) -> Engine:
     else:
         kw.setdefault("pool_size", 10)
         kw.setdefault("max_overflow", 20)
-        kw.setdefault("pool_pre_ping", True)
+        kw.setdefault("pool_recycle", 1800)
         engine = create_engine(url, **kw)
     return engine
 
@@ -78,6 +78,13 @@ def _sqlite_hooks(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_rollback")
+def _forget_transaction_caches(session: Session, *args) -> None:
+    """Per-transaction caches (the current protocol) end with the transaction."""
+    session.info.pop("protocol", None)
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
@@ -85,4 +92,5 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 def lock_for_update(stmt, bind):
     """``SELECT ... FOR UPDATE`` (waiting, never SKIP LOCKED). On SQLite the whole transaction
     already holds the write lock (BEGIN IMMEDIATE), so the clause is not needed."""
+    stmt = stmt.execution_options(populate_existing=True)  # never reuse a stale row from the identity map
     return stmt if is_sqlite(bind) else stmt.with_for_update()

@@ -160,9 +160,10 @@ def init_app(app: Flask) -> None:
 
     from trial.course.views import bp as course_bp
     from trial.dashboard.views import bp as dashboard_bp
+    from trial.lock.views import bp as lock_bp
     from trial.outcomes.views import bp as outcomes_bp
     from trial.status.views import bp as status_bp
-    for bp in (auth_bp, main_bp, admin_bp, audit_bp, enrollment_bp, course_bp, status_bp, outcomes_bp, dashboard_bp):
+    for bp in (auth_bp, main_bp, admin_bp, audit_bp, enrollment_bp, course_bp, status_bp, outcomes_bp, dashboard_bp, lock_bp):
         app.register_blueprint(bp)
     csrf.exempt(api_bp)
     app.register_blueprint(api_bp)

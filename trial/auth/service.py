@@ -9,7 +9,7 @@ import secrets
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from trial.audit import service as audit
 from trial.auth.models import GLOBAL_ROLES, ROLES, SITE_ROLES, ApiToken, LoginAttempt, RoleAssignment, User
@@ -240,12 +240,10 @@ def issue_token(db: Session, actor, user: User) -> str:
 def user_for_token(db: Session, token: str) -> User | None:
     if not token:
         return None
-    row = db.execute(select(ApiToken).where(ApiToken.token_hash == _token_hash(token),
-                                            ApiToken.revoked_at.is_(None))).scalar_one_or_none()
-    if row is None:
-        return None
-    user = db.get(User, row.user_id)
-    return user if user and user.active else None
+    user = db.execute(select(User).join(ApiToken, ApiToken.user_id == User.id)
+                      .where(ApiToken.token_hash == _token_hash(token), ApiToken.revoked_at.is_(None), User.active.is_(True))
+                      .options(joinedload(User.roles))).unique().scalar_one_or_none()
+    return user
 
 
 def list_users(db: Session, actor) -> list[User]:

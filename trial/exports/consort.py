@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trial.auth.scope import is_blinded
+from trial.errors import DomainError
 from trial.course.models import TherapySession
 from trial.enrollment.models import Participant, Screening
 from trial.outcomes.models import Assessment
@@ -19,8 +20,9 @@ from trial.sites.models import Site
 from trial.status.models import StatusEvent
 
 
-class ConsortError(RuntimeError):
-    """The flow diagram does not add up: the data are inconsistent."""
+class ConsortError(DomainError):
+    """The flow diagram does not add up: the data are inconsistent. Fails loudly (500)."""
+    status, code = 500, "consort_inconsistent"
 
 
 @dataclass
@@ -70,7 +72,7 @@ def disposition(db: Session, site_code: str | None = None) -> list[Row]:
             row.study_id = p.study_id
             arms_of = allocs.get(p.id, [])
             if len(arms_of) > 1:
-                raise ConsortError(f"{p.study_id} has {len(arms_of)} allocations")
+                raise ConsortError(f"CONSORT does not reconcile: {p.study_id} has {len(arms_of)} allocations")
             if arms_of:
                 row.arm = arms_of[0]
                 evs = events.get(p.id, [])

@@ -20,7 +20,7 @@ KINDS = ("soft", "hard")
 
 
 def _state(db: Session, update: bool = False) -> TrialState:
-    q = select(TrialState).where(TrialState.id == 1)
+    q = select(TrialState).where(TrialState.id == 1).execution_options(populate_existing=True)
     if not is_sqlite(db.get_bind()):
         q = q.with_for_update(read=not update)
     return db.execute(q).scalar_one()

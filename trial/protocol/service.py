@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from trial.audit import service as audit
 from trial.auth.scope import require_role
@@ -19,7 +19,13 @@ DEFAULT_PROTOCOL = PROJECT_ROOT / "config" / "protocols" / "time-a.toml"
 
 
 def current(db: Session) -> ProtocolVersion:
-    pv = db.execute(select(ProtocolVersion).order_by(ProtocolVersion.version.desc()).limit(1)).scalar_one_or_none()
+    """The current protocol version, read once per transaction (versions are immutable rows)."""
+    cached = db.info.get("protocol")
+    if cached is not None and cached in db:
+        return cached
+    pv = db.execute(select(ProtocolVersion).order_by(ProtocolVersion.version.desc()).limit(1)
+                    .options(defer(ProtocolVersion.source))).scalar_one_or_none()
+    db.info["protocol"] = pv
     if pv is None:
         raise NotFound("No protocol is loaded; run `trial db upgrade` or `trial protocol load PATH`.")
     return pv
@@ -45,6 +51,7 @@ def load_text(db: Session, actor, text: str, source_name: str = "protocol") -> P
                          content=content, loaded_by=getattr(actor, "email", str(actor)))
     db.add(pv)
     db.flush()
+    db.info["protocol"] = pv
     audit.created(db, actor, "protocol_version", version, {"trial_key": pv.trial_key, "sha256": sha,
                                                            "amendment": content["trial"]["amendment"],
                                                            "source_name": source_name})

@@ -1,0 +1,89 @@
+"""Locks, bundles, unblinding and CONSORT pages."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+
+from trial.auth.scope import is_blinded
+from trial.errors import DomainError
+from trial.exports import service as exports
+from trial.lock import forms, service
+from trial.randomize.service import get_design
+from trial.sites.service import list_sites
+from trial.web import actor, db
+
+bp = Blueprint("lock", __name__)
+
+
+@bp.route("/locks", endpoint="locks")
+def locks_page():
+    s = db()
+    return render_template("lock/locks.html", locks=service.list_locks(s, actor()), active=service.active_lock(s),
+                           design=get_design(s), lock_form=forms.LockForm(), lift_form=forms.LiftForm(),
+                           unblind_form=forms.UnblindForm(), blinded=is_blinded(s, actor()))
+
+
+def _signed(form, action, done: str):
+    if form.validate_on_submit():
+        try:
+            action(form)
+            db().commit()
+            flash(done)
+        except DomainError as e:
+            db().rollback()
+            if e.status in (403, 404):
+                raise
+            flash(e.message, "error")
+    else:
+        flash("Fill in every field of the signature.", "error")
+    return redirect(url_for("lock.locks"))
+
+
+@bp.route("/locks/new", methods=["POST"], endpoint="create")
+def create():
+    return _signed(forms.LockForm(), lambda f: service.create_lock(db(), actor(), f.kind.data, f.meaning.data, f.password.data),
+                   "Signed and locked.")
+
+
+@bp.route("/locks/<int:lock_id>/lift", methods=["POST"], endpoint="lift")
+def lift(lock_id: int):
+    return _signed(forms.LiftForm(), lambda f: service.lift_lock(db(), actor(), lock_id, f.reason.data, f.password.data),
+                   "Lock lifted.")
+
+
+@bp.route("/unblinding", methods=["POST"], endpoint="unblind")
+def unblind():
+    return _signed(forms.UnblindForm(), lambda f: service.unblind(db(), actor(), f.meaning.data, f.password.data),
+                   "The trial is unblinded.")
+
+
+@bp.route("/locks/<int:lock_id>/bundle.zip", endpoint="bundle")
+def bundle(lock_id: int):
+    b = service.get_bundle(db(), actor(), lock_id)
+    return Response(b.content, mimetype="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="lock-{lock_id}-{b.variant}.zip"'})
+
+
+@bp.route("/consort", endpoint="consort")
+def consort():
+    s = db()
+    site = request.args.get("site") or None
+    counts = exports.consort_counts(s, actor(), site)
+    s.commit()
+    return render_template("lock/consort.html", counts=counts, site=site, sites=list_sites(s),
+                           summary=exports.summary(s, actor()))
+
+
+@bp.route("/consort.svg", endpoint="consort_svg")
+def consort_svg():
+    return Response(exports.consort_svg(db(), actor(), request.args.get("site") or None), mimetype="image/svg+xml")
+
+
+@bp.route("/consort.pdf", endpoint="consort_pdf")
+def consort_pdf():
+    return Response(exports.consort_pdf(db(), actor(), request.args.get("site") or None), mimetype="application/pdf")
+
+
+@bp.route("/reports/baseline.csv", endpoint="baseline_csv")
+def baseline_csv():
+    return Response(exports.baseline_csv(db(), actor()), mimetype="text/csv",
+                    headers={"Content-Disposition": 'attachment; filename="baseline_table.csv"'})
