@@ -5,9 +5,9 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from trial.audit.models import AuditHead, AuditRecord
@@ -48,40 +48,40 @@ def _actor(actor) -> tuple[int | None, str]:
     return actor.id, actor.email
 
 
-def _head(db: Session) -> AuditHead:
-    head = db.execute(lock_for_update(select(AuditHead).where(AuditHead.id == 1), db.get_bind())).scalar_one_or_none()
-    if head is None:
-        head = AuditHead(id=1, seq=0, hash=GENESIS)
-        db.add(head)
-        db.flush()
-    return head
-
-
 def record(db: Session, actor, action: str, entity: str, entity_id: Any,
            changes: dict[str, tuple[Any, Any]] | None = None, reason: str | None = None,
-           reveals_allocation: bool = False) -> list[AuditRecord]:
+           reveals_allocation: bool = False) -> list[dict]:
     """Append audit records: one per changed field (``changes`` maps field -> (old, new)), or a
-    single event record when there are no field changes. Same transaction as the change."""
+    single event record when there are no field changes. Same transaction as the change; the
+    chain head is locked (FOR UPDATE) until commit, so appends are serialized."""
     actor_id, actor_name = _actor(actor)
-    head = _head(db)
+    head_t, rec_t = AuditHead.__table__, AuditRecord.__table__
+    db.flush()  # pending ORM changes first, so the audit follows them in the transaction
+    head = db.execute(lock_for_update(select(head_t.c.seq, head_t.c.hash).where(head_t.c.id == 1), db.get_bind())).one()
+    seq, prev = head.seq, head.hash
     at = utcnow()
-    items: Iterable[tuple[str | None, Any, Any]]
     items = [(f, o, n) for f, (o, n) in (changes or {}).items() if _text(o) != _text(n)] or [(None, None, None)]
-    out = []
+    rows = []
     for field, old, new in items:
-        rec = AuditRecord(seq=head.seq + 1, at=at, actor_id=actor_id, actor=actor_name, action=action,
-                          entity=entity, entity_id=str(entity_id), field=field, old=_text(old),
-                          new=_text(new), reason=reason, reveals_allocation=reveals_allocation,
-                          prev_hash=head.hash)
-        rec.hash = compute_hash(rec)
-        head.seq, head.hash = rec.seq, rec.hash
-        db.add(rec)
-        out.append(rec)
-    db.flush()
-    return out
+        seq += 1
+        rec = {"seq": seq, "at": at, "actor_id": actor_id, "actor": actor_name, "action": action, "entity": entity,
+               "entity_id": str(entity_id), "field": field, "old": _text(old), "new": _text(new), "reason": reason,
+               "reveals_allocation": reveals_allocation, "prev_hash": prev}
+        rec["hash"] = prev = compute_hash(_Row(rec))
+        rows.append(rec)
+    db.execute(insert(rec_t), rows)
+    db.execute(update(head_t).where(head_t.c.id == 1).values(seq=seq, hash=prev))
+    return rows
 
 
-def created(db, actor, entity: str, entity_id, values: dict[str, Any], **kw) -> list[AuditRecord]:
+class _Row:
+    """Attribute access over a dict, for compute_hash."""
+
+    def __init__(self, d: dict):
+        self.__dict__.update(d)
+
+
+def created(db, actor, entity: str, entity_id, values: dict[str, Any], **kw) -> list[dict]:
     return record(db, actor, "create", entity, entity_id, {k: (None, v) for k, v in values.items()}, **kw)
 
 
@@ -113,7 +113,7 @@ def verify(db: Session, batch: int = 5000) -> VerifyResult:
             prev = rec.hash
             expected_seq += 1
             checked += 1
-    head = db.get(AuditHead, 1)
+    head = db.execute(select(AuditHead.__table__.c.seq, AuditHead.__table__.c.hash)).first()
     if head is not None and (head.seq != checked or head.hash != prev):
         return VerifyResult(False, checked, checked + 1 if head.seq > checked else checked,
                             f"chain head says {head.seq} records but {checked} chain correctly (records after {checked} missing or altered)")

@@ -217,8 +217,11 @@ def _music_arms(db: Session) -> set[str]:
     return {a["key"] for a in current_protocol(db).content["arms"] if a["sessions_per_week"] > 0}
 
 
-def get_participant(db: Session, actor, study_id: str) -> Participant:
-    p = db.execute(select(Participant).where(Participant.study_id == (study_id or "").upper())).scalar_one_or_none()
+def get_participant(db: Session, actor, study_id: str, for_update: bool = False) -> Participant:
+    """The participant if ``actor`` may see it (403 for another site's staff). ``for_update``
+    locks its row until the transaction ends."""
+    q = select(Participant).where(Participant.study_id == (study_id or "").upper())
+    p = db.execute(lock_for_update(q, db.get_bind()) if for_update else q).scalar_one_or_none()
     if p is None:
         raise NotFound(f"No participant {study_id}.")
     sites = visible_site_ids(db, actor)

@@ -51,10 +51,16 @@ def _unseal_cached(ciphertext: bytes, key: str) -> bytes:
                        "from the one used when randomization was opened).") from e
 
 
+_SEALED: dict[tuple[int, str], bytes] = {}
+
+
 def master_seed(db: Session, design: RandomizationDesign) -> bytes:
-    """The sealed seed, for allocation inside this process only. Never returned to a user."""
-    row = db.get(SealedSeed, design.id)
-    return _unseal_cached(bytes(row.ciphertext), seal_key())
+    """The sealed seed, for allocation inside this process only. Never returned to a user. The
+    sealed row never changes once written, so its ciphertext is kept per (design, commitment)."""
+    key = (design.id, design.commitment)
+    if key not in _SEALED:
+        _SEALED[key] = bytes(db.get(SealedSeed, design.id).ciphertext)
+    return _unseal_cached(_SEALED[key], seal_key())
 
 
 # --- design ----------------------------------------------------------------------------------
@@ -168,32 +174,31 @@ class Result:
                 "randomized_at": self.allocation.randomized_at.isoformat(timespec="seconds") + "Z"}
 
 
-def not_ready_reasons(db: Session, p: Participant) -> list[str]:
+def not_ready_reasons(db: Session, p: Participant, site: Site | None = None) -> list[str]:
     """Why this participant cannot be randomized yet (empty = ready)."""
     reasons = []
-    sc = db.get(Screening, p.screening_id)
-    if sc is None or sc.outcome != "eligible":
+    outcome = db.execute(select(Screening.outcome).where(Screening.id == p.screening_id)).scalar()
+    if outcome != "eligible":
         reasons.append("the screening is not eligible")
     if p.consent_date is None:
         reasons.append("consent is not recorded")
     if p.id not in baseline_done(db, [p.id]):
         prim = current_protocol(db).content["primary_outcome"]
         reasons.append(f"the baseline {prim['instrument']} {prim['field']} is not recorded")
-    site = db.get(Site, p.site_id)
+    site = site or db.get(Site, p.site_id)
     if not site.is_open:
         reasons.append(f"site {site.code} is closed")
     return reasons
 
 
 def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = None) -> Result:
-    p = get_participant(db, actor, study_id)
-    require_site_role(db, actor, p.site_id, "coordinator")
-    ensure_writable(db)
     if idempotency_key is not None and (not idempotency_key.strip() or len(idempotency_key) > 200):
         raise ValidationError("Idempotency-Key must be 1 to 200 characters.", {"Idempotency-Key": "1 to 200 characters"})
-    bind = db.get_bind()
     # 1. lock the participant: concurrent requests for one child queue here
-    db.execute(lock_for_update(select(Participant.id).where(Participant.id == p.id), bind))
+    p = get_participant(db, actor, study_id, for_update=True)
+    require_site_role(db, actor, p.site_id, "coordinator")
+    ensure_writable(db)
+    bind = db.get_bind()
     arms = {a["key"]: a["label"] for a in current_protocol(db).content["arms"]}
     existing = allocation_of(db, p.id)
     if existing is not None:
@@ -203,12 +208,13 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     design_row = get_design(db)
     if design_row is None:
         raise Conflict("Randomization is not open yet (run `trial randomization open`).")
-    reasons = not_ready_reasons(db, p)
+    site = db.get(Site, p.site_id)
+    reasons = not_ready_reasons(db, p, site)
     if reasons:
         raise Conflict(f"{p.study_id} cannot be randomized: " + "; ".join(reasons) + ".")
     design = design_row.design
     master = master_seed(db, design_row)
-    site_code = db.get(Site, p.site_id).code
+    site_code = site.code
     key = stratum_key(design, site_code, p.strata or {})
     # 2. lock the stratum: its next slot is taken in order
     stratum = db.execute(lock_for_update(select(Stratum).where(Stratum.key == key), bind)).scalar_one_or_none()
