@@ -134,7 +134,8 @@ def counts(rows: list[Row], arms: list[dict], arm_names: dict[str, str]) -> dict
             "analysed": len(members) - len(excl),
             "excluded_from_analysis": {"total": len(excl), "reasons": dict(sorted(Counter(r.excluded_reason for r in excl).items()))},
         }
-    out["arms"] = dict(sorted(out["arms"].items()))
+    if any(k != v for k, v in arm_names.items()):  # blinded: codes in letter order, not protocol order
+        out["arms"] = dict(sorted(out["arms"].items()))
     return out
 
 

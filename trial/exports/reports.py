@@ -33,13 +33,22 @@ def bang_index(db: Session, arm_names: dict[str, str]) -> list[dict]:
                          .join(Assessment, Assessment.participant_id == Allocation.participant_id)
                          .where(Assessment.allocation_guess.is_not(None))).all()
     out = []
-    for a in sorted(arms, key=lambda a: arm_names[a["key"]]):
+    order = arm_order(current_protocol(db).content, arm_names)
+    for a in sorted(arms, key=lambda a: order.index(a["key"])):
         g = Counter(guess for arm, guess in guesses if arm == a["key"])
         right, wrong = (MUSIC, USUAL) if a["key"] in music else (USUAL, MUSIC)
         n = sum(g.values())
         out.append({"arm": arm_names[a["key"]], "n": n, "correct": g[right], "incorrect": g[wrong], "unsure": g["unsure"],
                     "bang_index": round((g[right] - g[wrong]) / n, 3) if n else None})
     return out
+
+
+def arm_order(content: dict, arm_names: dict[str, str]) -> list[str]:
+    """Protocol order for unblinded readers; code order (A, B, ...) for blinded ones, so the order
+    reveals nothing."""
+    keys = [a["key"] for a in content["arms"]]
+    blinded = any(k != v for k, v in arm_names.items())
+    return sorted(keys, key=lambda k: arm_names[k]) if blinded else keys
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -56,7 +65,7 @@ def _pct(k: int, n: int) -> str:
 def baseline_table(db: Session, arm_names: dict[str, str]) -> dict:
     """Table 1: baseline characteristics by arm, n, mean (SD) and n (%)."""
     content = current_protocol(db).content
-    arm_keys = sorted((a["key"] for a in content["arms"]), key=lambda k: arm_names[k])
+    arm_keys = arm_order(content, arm_names)
     rows = db.execute(select(Participant.id, Participant.date_of_birth, Participant.consent_date, Participant.sex,
                              Site.code, Allocation.arm).join(Allocation, Allocation.participant_id == Participant.id)
                       .join(Site, Site.id == Participant.site_id)).all()
