@@ -51,6 +51,10 @@ def is_sqlite(bind) -> bool:
 def make_engine(url: str | None = None, **kw) -> Engine:
     url = url or default_url()
     if url.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+        path = make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kw)
         _sqlite_hooks(engine)
     else:
