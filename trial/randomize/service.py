@@ -191,7 +191,9 @@ def not_ready_reasons(db: Session, p: Participant, site: Site | None = None) -> 
     return reasons
 
 
-def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = None) -> Result:
+def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = None, at=None) -> Result:
+    """Allocate the next slot. ``at`` (a UTC datetime) is honoured only for the command-line
+    operator loading synthetic or migrated data (the demo); users always randomize now."""
     if idempotency_key is not None and (not idempotency_key.strip() or len(idempotency_key) > 200):
         raise ValidationError("Idempotency-Key must be 1 to 200 characters.", {"Idempotency-Key": "1 to 200 characters"})
     # 1. lock the participant: concurrent requests for one child queue here
@@ -238,7 +240,8 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
         arm, details = _minimize(db, design, master, seq, p)
     stratum.last_seq = seq
     alloc = Allocation(participant_id=p.id, stratum_id=stratum.id, seq=seq, arm=arm, details=details,
-                       idempotency_key=idempotency_key, randomized_by_id=getattr(actor, "id", None))
+                       idempotency_key=idempotency_key, randomized_by_id=getattr(actor, "id", None),
+                       randomized_at=at if (at is not None and is_cli(actor)) else utcnow())
     db.add(alloc)
     db.flush()
     audit.record(db, actor, "randomize", "allocation", p.study_id,
