@@ -23,7 +23,6 @@ from trial.enrollment.models import Participant, Screening
 from trial.enrollment.service import _insert_ignore, get_participant
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.lock.service import ensure_writable
-from trial.outcomes.service import baseline_done
 from trial.protocol.service import current as current_protocol
 from trial.randomize import lists, minimization
 from trial.randomize.models import Allocation, RandomizationDesign, SealedSeed, Stratum
@@ -174,21 +173,32 @@ class Result:
                 "randomized_at": self.allocation.randomized_at.isoformat(timespec="seconds") + "Z"}
 
 
-def not_ready_reasons(db: Session, p: Participant, site: Site | None = None) -> list[str]:
+def not_ready_reasons(db: Session, p: Participant) -> list[str]:
     """Why this participant cannot be randomized yet (empty = ready)."""
+    return _readiness(db, p)[1]
+
+
+def _readiness(db: Session, p: Participant) -> tuple[str, list[str]]:
+    """The site code and the reasons the participant is not ready, in one query."""
+    from trial.outcomes.models import Assessment
+    prim = current_protocol(db).content["primary_outcome"]
+    row = db.execute(select(
+        Site.code, Site.is_open,
+        select(Screening.outcome).where(Screening.id == p.screening_id).scalar_subquery(),
+        select(Assessment.values).where(Assessment.participant_id == p.id, Assessment.visit == "baseline",
+                                        Assessment.instrument == prim["instrument"]).scalar_subquery(),
+    ).where(Site.id == p.site_id)).one()
+    code, is_open, outcome, baseline = row
     reasons = []
-    outcome = db.execute(select(Screening.outcome).where(Screening.id == p.screening_id)).scalar()
     if outcome != "eligible":
         reasons.append("the screening is not eligible")
     if p.consent_date is None:
         reasons.append("consent is not recorded")
-    if p.id not in baseline_done(db, [p.id]):
-        prim = current_protocol(db).content["primary_outcome"]
+    if not baseline or baseline.get(prim["field"]) is None:
         reasons.append(f"the baseline {prim['instrument']} {prim['field']} is not recorded")
-    site = site or db.get(Site, p.site_id)
-    if not site.is_open:
-        reasons.append(f"site {site.code} is closed")
-    return reasons
+    if not is_open:
+        reasons.append(f"site {code} is closed")
+    return code, reasons
 
 
 def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = None, at=None) -> Result:
@@ -210,13 +220,11 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     design_row = get_design(db)
     if design_row is None:
         raise Conflict("Randomization is not open yet (run `trial randomization open`).")
-    site = db.get(Site, p.site_id)
-    reasons = not_ready_reasons(db, p, site)
+    site_code, reasons = _readiness(db, p)
     if reasons:
         raise Conflict(f"{p.study_id} cannot be randomized: " + "; ".join(reasons) + ".")
     design = design_row.design
     master = master_seed(db, design_row)
-    site_code = site.code
     key = stratum_key(design, site_code, p.strata or {})
     # 2. lock the stratum: its next slot is taken in order
     stratum = db.execute(lock_for_update(select(Stratum).where(Stratum.key == key), bind)).scalar_one_or_none()
