@@ -21,6 +21,7 @@ POLICY: dict[str, object] = {
     "admin.user_new": ("admin",),
     "admin.user_edit": ("admin",),
     "admin.sites": ("admin",),
+    "admin.protocol": ("admin",),
     "admin.site_new": ("admin",),
     "admin.site_edit": ("admin",),
     "audit.trail": ("manager",),

@@ -65,6 +65,12 @@ def user_edit(user_id: int):
     return render_template("admin/user_form.html", form=form, title=f"Edit {user.email}", user=user), 400 if form.is_submitted() else 200
 
 
+@bp.route("/protocol", endpoint="protocol")
+def protocol_page():
+    from trial.protocol.service import versions
+    return render_template("admin/protocol.html", versions=versions(db(), actor()))
+
+
 @bp.route("/sites", endpoint="sites")
 def sites_page():
     return render_template("admin/sites.html", sites=sites.list_sites(db()))

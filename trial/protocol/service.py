@@ -31,6 +31,12 @@ def current(db: Session) -> ProtocolVersion:
     return pv
 
 
+def versions(db: Session, actor) -> list[ProtocolVersion]:
+    """Every protocol version, newest first (admins; amendments are loaded with `trial protocol load`)."""
+    require_role(db, actor, "admin")
+    return list(db.execute(select(ProtocolVersion).order_by(ProtocolVersion.version.desc())).scalars())
+
+
 def load_text(db: Session, actor, text: str, source_name: str = "protocol") -> ProtocolVersion:
     """Validate and store a protocol as the new current version (no-op if identical)."""
     require_role(db, actor, "admin")
