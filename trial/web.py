@@ -53,7 +53,7 @@ def form_errors(form, e: DomainError) -> None:
     """Show a service's refusal on the form: the message, and each named field's reason. A 403 or
     404 is not a form problem and propagates."""
     from flask import flash
-    if e.status in (401, 403, 404):
+    if e.status in (401, 403, 404, 423):
         raise e
     db().rollback()
     for name, why in e.fields.items():

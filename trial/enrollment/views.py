@@ -60,7 +60,7 @@ def randomize(study_id: str):
         flash(f"{study_id} is randomized.")
     except DomainError as e:
         s.rollback()
-        if e.status in (403, 404):
+        if e.status in (403, 404, 423):
             raise
         flash(e.message, "error")
     return redirect(url_for("enrollment.participant", study_id=study_id))

@@ -141,7 +141,7 @@ def build_tables(db: Session, blinded: bool) -> list[Table]:
     pvars.append(Var("status", "Final status", "str",
                      allowed="enrolled, randomized, withdrawn, lost_to_follow_up, died" +
                      ("" if blinded else ", discontinued_intervention, not_received")))
-    pvars += [Var(f"s_{k[:6]}", f"Stratum: {k}"[:MAX_LABEL], "str", source="enrolment") for k in factor_vars]
+    pvars += [Var(f"s_{k[:6]}", f"Stratum: {k}"[:MAX_LABEL].rstrip(), "str", source="enrolment") for k in factor_vars]
     from trial.status.service import status_label
     rows = []
     for p in participants:
@@ -160,7 +160,7 @@ def build_tables(db: Session, blinded: bool) -> list[Table]:
              Var("outcome", "Screening outcome", "str", allowed="eligible, not_eligible, declined, other"),
              Var("failcrit", "Criteria not met", "str"), Var("declined", "Family declined (1 = yes)", "int", allowed="0, 1"),
              Var("othrsn", "Other reason not enrolled", "str"), Var("studyid", "Study ID if enrolled", "str")]
-    svars += [Var(f"crit{i + 1}", c["question"][:MAX_LABEL], "int", allowed="0, 1",
+    svars += [Var(f"crit{i + 1}", c["question"][:MAX_LABEL].rstrip(), "int", allowed="0, 1",
                   source=f"criterion {c['key']}: {c['question']}") for i, c in enumerate(criteria)]
     enrolled = {p.screening_id: p.study_id for p in participants}
     rows = []
@@ -223,7 +223,7 @@ def build_tables(db: Session, blinded: bool) -> list[Table]:
     for (ik, fk), name in names.items():
         ins, f = fields[(ik, fk)]
         rng = f"{f['min']}-{f['max']}" if f.get("min") is not None else ""
-        wvars.append(Var(name, f"{ins['key']} {f['label']}"[:MAX_LABEL], "float", units=f.get("units") or "",
+        wvars.append(Var(name, f"{ins['key']} {f['label']}"[:MAX_LABEL].rstrip(), "float", units=f.get("units") or "",
                          allowed=rng, source=f"{ins['label']}: {f['key']}"))
     wide: dict[tuple[str, str], dict] = {}
     for a in assessments:
@@ -246,7 +246,8 @@ def build_tables(db: Session, blinded: bool) -> list[Table]:
     evars = [Var("studyid", "Study ID", "str"), Var("evtype", "Event", "str",
                                                      allowed="withdrawn, lost_to_follow_up, died" + ("" if blinded else ", discontinued_intervention, not_received")),
              Var("evdt", "Date of the event", "date"), Var("reason", "Reason", "str")]
-    rows = sorted((pid[p_id], e.type, _d(e.on), e.reason) for p_id, evs in events.items() for e in evs)
+    rows = sorted(((pid[p_id], e.type, _d(e.on), e.reason) for p_id, evs in events.items() for e in evs),
+                  key=lambda r: (r[0], r[2], r[1]))
     tables.append(Table("events", "Status events", evars, rows))
 
     dvars = [Var("studyid", "Study ID", "str"), Var("devdt", "Date of the deviation", "date"),

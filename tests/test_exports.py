@@ -1,0 +1,887 @@
+"""Exports: the locked dataset bundle (tables as CSV, SAS transport and Stata, the data dictionary,
+the ODM 1.3.2 snapshot, reports, README and SHA-256 manifest), its determinism and its blinded
+variant; the CONSORT counts of every box on a constructed trial, tallied independently here; the
+reconciliation check on inconsistent data; Bang's blinding index and the baseline table on a
+hand-computed example; the diagram as SVG and PDF."""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import math
+import re
+import time
+import zipfile
+import zlib
+from collections import Counter
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+from sqlalchemy import select, text
+
+from tests.helpers import CLI, PASSWORD
+from trial.course.service import log_session
+from trial.enrollment import service as enrollment
+from trial.enrollment.service import today
+from trial.lock.models import DataLock, LockBundle, Signature
+from trial.outcomes import service as outcomes
+from trial.status.service import record_event
+from trial.timeline import add_months
+
+SEED = bytes(range(32))
+R = today() - dt.timedelta(days=220)      # every child is randomized on this day (backdated)
+ODM_XSD = Path(__file__).parent / "data" / "odm-1.3.2" / "ODM1-3-2.xsd"
+LABELS = {"low": "Music therapy, 1 session per week", "high": "Music therapy, 3 sessions per week",
+          "usual": "Enhanced usual care"}
+ARMS = ("high", "low", "usual")
+MEANING = "I approve locking the trial database; the data are complete and final."
+
+
+def iso(d: dt.date) -> str:
+    return d.isoformat()
+
+
+def day(n: int) -> str:
+    return iso(R + dt.timedelta(days=n))
+
+
+# --- the constructed trial ---------------------------------------------------------------------
+#
+# Each randomized child follows a plan: what is recorded after randomization, and -- written by hand,
+# not derived by any code of the application -- where the child lands in the CONSORT diagram.
+# Keys of `expect`: received, not_received (reason), lost (reason), discontinued (reason),
+# analysed, excluded (reason).
+
+def plan(name, sessions=(), events=(), visits=(), **expect):
+    return {"name": name, "sessions": list(sessions), "events": list(events), "visits": list(visits), "expect": expect}
+
+
+MUSIC_PLANS = [
+    plan("full course", sessions=[(5, "attended"), (12, "attended")], visits=["month2", "month5"],
+         received=True, analysed=True),
+    plan("never came", sessions=[(5, "no_show"), (12, "cancelled")], visits=["month5"],
+         received=False, not_received="no session attended", analysed=True),
+    plan("declined sessions, then lost", events=[("not_received", 20, "family declined the sessions"),
+                                                 ("lost_to_follow_up", 100, "moved abroad")],
+         received=False, not_received="family declined the sessions", lost="moved abroad", analysed=False,
+         excluded="lost to follow-up"),
+    plan("discontinued", sessions=[(5, "attended")], events=[("discontinued_intervention", 40, "child distressed by sessions")],
+         visits=["month5"], received=True, discontinued="child distressed by sessions", analysed=True),
+    plan("discontinued, then withdrew", sessions=[(5, "attended"), (8, "attended")],
+         events=[("discontinued_intervention", 40, "family moved"), ("withdrawn", 90, "consent withdrawn")],
+         received=True, discontinued="family moved", analysed=False, excluded="withdrawn"),
+    plan("only a session after the course", sessions=[(170, "attended")],
+         received=False, not_received="no session attended", analysed=False, excluded="no primary outcome"),
+    plan("died", sessions=[(5, "attended")], visits=["month2"], events=[("died", 100, "accident")],
+         received=True, analysed=False, excluded="died"),
+]
+USUAL_PLANS = [
+    plan("followed up", visits=["month2", "month5"], received=True, analysed=True),
+    plan("took other therapy", events=[("not_received", 10, "family chose private therapy")], visits=["month5"],
+         received=False, not_received="family chose private therapy", analysed=True),
+    plan("lost", events=[("lost_to_follow_up", 120, "no contact")], visits=["month2"],
+         received=True, lost="no contact", analysed=False, excluded="lost to follow-up"),
+    plan("lost after the primary visit", visits=["month5"], events=[("lost_to_follow_up", 190, "Familie zog nach Tromsø")],
+         received=True, lost="Familie zog nach Tromsø", analysed=True),
+    plan("withdrew", events=[("withdrawn", 60, 'parents said "no more", twice')], received=True,
+         discontinued='parents said "no more", twice',
+         analysed=False, excluded="withdrawn"),
+    plan("no follow-up", received=True, analysed=False, excluded="no primary outcome"),
+    plan("died", events=[("died", 90, "illness")], received=True, analysed=False, excluded="died"),
+]
+
+# screenings that never lead to a randomization: (site, kind)
+NOT_RANDOMIZED = [("AT01", "not_eligible"), ("AT01", "not_eligible_age"), ("AT01", "declined"), ("AT01", "other"),
+                  ("AT01", "eligible_only"), ("AT01", "enrolled_only"),
+                  ("NO01", "not_eligible"), ("NO01", "declined"), ("NO01", "other"), ("NO01", "eligible_only")]
+EXCLUSION_BOX = {"not_eligible": "not_meeting_inclusion_criteria", "not_eligible_age": "not_meeting_inclusion_criteria",
+                 "declined": "declined_to_participate", "other": "other_reasons", "eligible_only": "other_reasons",
+                 "enrolled_only": "other_reasons"}
+RANDOMIZED_PER_SITE = {"AT01": 12, "NO01": 6}
+
+
+def enrol(world, site, social_affect=12, sex="female", age_months=60):
+    """Screened, consented and baseline-assessed before R; not yet randomized."""
+    db = world.db
+    consent = R - dt.timedelta(days=25)
+    sc = world.screen(site, screened_on=iso(R - dt.timedelta(days=30)))
+    p = enrollment.enroll(db, CLI, {"screening_id": sc.id, "consent_date": iso(consent),
+                                    "date_of_birth": iso(add_months(consent, -age_months)), "sex": sex})
+    outcomes.record_assessment(db, CLI, p.study_id, {"visit": "baseline", "instrument": "ados2",
+                                                     "performed_on": iso(R - dt.timedelta(days=5)),
+                                                     "values": {"social_affect": social_affect, "rrb": 4, "css": 6}})
+    outcomes.record_assessment(db, CLI, p.study_id, {"visit": "baseline", "instrument": "srs2",
+                                                     "performed_on": iso(R - dt.timedelta(days=5)), "values": {"total_t": 70}})
+    db.commit()
+    return p
+
+
+def backdate_all(db):
+    db.execute(text("UPDATE allocation SET randomized_at = :t"), {"t": dt.datetime.combine(R, dt.time(10, 0))})
+    db.commit()
+    db.expire_all()
+
+
+def follow(db, p, pl):
+    for d, attendance in pl["sessions"]:
+        body = {"held_on": day(d), "attendance": attendance}
+        if attendance == "attended":
+            body.update(minutes=30, techniques=["songs", "free_improvisation"], engagement=3, note="Trommeln & Lieder — <sehr> gut, \"laut\"")
+        log_session(db, CLI, p.study_id, body)
+    for visit in pl["visits"]:
+        outcomes.record_assessment(db, CLI, p.study_id, {"visit": visit, "instrument": "ados2",
+                                                         "performed_on": day({"month2": 61, "month5": 152}[visit]),
+                                                         "values": {"social_affect": 9, "rrb": 3, "css": 5}})
+    for kind, d, reason in pl["events"]:
+        record_event(db, CLI, p.study_id, {"type": kind, "on": day(d), "reason": reason})
+    db.commit()
+
+
+@pytest.fixture()
+def constructed(world, db):
+    """18 randomized children (AT01 12, NO01 6), each following a plan, and 10 screenings that
+    never lead to a randomization."""
+    world.open(SEED)
+    kids = []
+    for site, n in RANDOMIZED_PER_SITE.items():
+        for _ in range(n):
+            p = enrol(world, site)
+            arm = world.randomize(p, f"x-{p.study_id}").allocation.arm
+            kids.append({"p": p, "site": site, "arm": arm})
+    backdate_all(db)
+    music = usual = 0
+    for k in kids:
+        if k["arm"] == "usual":
+            k["plan"] = USUAL_PLANS[usual % len(USUAL_PLANS)]
+            usual += 1
+        else:
+            k["plan"] = MUSIC_PLANS[music % len(MUSIC_PLANS)]
+            music += 1
+        follow(db, k["p"], k["plan"])
+    # every plan is used at least once, so every box and every reason is exercised
+    assert {k["plan"]["name"] for k in kids if k["arm"] != "usual"} == {p["name"] for p in MUSIC_PLANS}
+    assert {k["plan"]["name"] for k in kids if k["arm"] == "usual"} == {p["name"] for p in USUAL_PLANS}
+    assert {k["arm"] for k in kids} == set(ARMS)
+    screenings = []
+    for site, kind in NOT_RANDOMIZED:
+        on = iso(R - dt.timedelta(days=40))
+        if kind == "not_eligible":
+            world.screen(site, screened_on=on, answers=world.answers(asd_diagnosis=False))
+        elif kind == "not_eligible_age":
+            world.screen(site, screened_on=on, answers=world.answers(age_in_range=False, recent_music_therapy=True))
+        elif kind == "declined":
+            world.screen(site, screened_on=on, declined=True)
+        elif kind == "other":
+            world.screen(site, screened_on=on, other_reason="family moved away before consent")
+        elif kind == "eligible_only":
+            world.screen(site, screened_on=on)
+        elif kind == "enrolled_only":
+            enrol(world, site)
+        screenings.append((site, kind))
+    return {"kids": kids, "screenings": screenings, "world": world}
+
+
+def expected_consort(trial, site=None) -> dict:
+    """The CONSORT counts of API.md, tallied from the plans (not from the application)."""
+    kids = [k for k in trial["kids"] if site is None or k["site"] == site]
+    others = [kind for s, kind in trial["screenings"] if site is None or s == site]
+    box = Counter(EXCLUSION_BOX[kind] for kind in others)
+    out = {"assessed_for_eligibility": len(kids) + len(others),
+           "excluded": {"total": len(others), "not_meeting_inclusion_criteria": box["not_meeting_inclusion_criteria"],
+                        "declined_to_participate": box["declined_to_participate"], "other_reasons": box["other_reasons"]},
+           "randomized": len(kids), "arms": {}}
+    for arm in ARMS:
+        members = [k["plan"]["expect"] for k in kids if k["arm"] == arm]
+        not_rec = [e for e in members if not e["received"]]
+        lost = [e for e in members if e.get("lost")]
+        disc = [e for e in members if e.get("discontinued")]
+        excl = [e for e in members if not e["analysed"]]
+        out["arms"][arm] = {
+            "label": LABELS[arm], "allocated": len(members),
+            "received_allocated_intervention": len(members) - len(not_rec),
+            "did_not_receive_allocated_intervention": {"total": len(not_rec), "reasons": dict(Counter(e["not_received"] for e in not_rec))},
+            "lost_to_follow_up": {"total": len(lost), "reasons": dict(Counter(e["lost"] for e in lost))},
+            "discontinued_intervention": {"total": len(disc), "reasons": dict(Counter(e["discontinued"] for e in disc))},
+            "analysed": len(members) - len(excl),
+            "excluded_from_analysis": {"total": len(excl), "reasons": dict(Counter(e["excluded"] for e in excl))},
+        }
+    return out
+
+
+def codes(db) -> dict[str, str]:
+    return dict(db.execute(text("SELECT arm, code FROM arm_code")).all())
+
+
+def blind(expected: dict, mapping: dict[str, str]) -> dict:
+    out = json.loads(json.dumps(expected))
+    out["arms"] = {mapping[a]: {**v, "label": None} for a, v in expected["arms"].items()}
+    return out
+
+
+def without_labels(c: dict) -> dict:
+    out = json.loads(json.dumps(c))
+    for v in out["arms"].values():
+        v["label"] = None
+    return out
+
+
+def ok(r, status=200):
+    assert r.status_code == status, (r.status_code, r.get_data(as_text=True)[:3000])
+    return r
+
+
+def hard_lock(world) -> int:
+    r = ok(world.api("POST", "/locks", "manager", json={"kind": "hard", "meaning": MEANING, "password": PASSWORD}), 201)
+    return r.get_json()["id"]
+
+
+# --- CONSORT: every box on the constructed trial ---------------------------------------------------
+
+def test_every_consort_box_matches_the_independent_tally(constructed, db):
+    w = constructed["world"]
+    c = ok(w.api("GET", "/consort", "manager")).get_json()
+    exp = expected_consort(constructed)
+    # the hand-made trial is what we think it is
+    assert exp["assessed_for_eligibility"] == 28 and exp["randomized"] == 18
+    assert exp["excluded"] == {"total": 10, "not_meeting_inclusion_criteria": 3, "declined_to_participate": 2, "other_reasons": 5}
+    assert c == exp
+    # the field order of the contract
+    assert list(c) == ["assessed_for_eligibility", "excluded", "randomized", "arms"]
+    assert list(c["arms"]["usual"]) == ["label", "allocated", "received_allocated_intervention",
+                                        "did_not_receive_allocated_intervention", "lost_to_follow_up",
+                                        "discontinued_intervention", "analysed", "excluded_from_analysis"]
+    # and the boxes add up
+    assert c["assessed_for_eligibility"] == c["excluded"]["total"] + c["randomized"]
+    assert c["randomized"] == sum(a["allocated"] for a in c["arms"].values())
+    for a in c["arms"].values():
+        assert a["allocated"] == a["received_allocated_intervention"] + a["did_not_receive_allocated_intervention"]["total"]
+        assert a["allocated"] == a["analysed"] + a["excluded_from_analysis"]["total"]
+
+
+def test_a_participant_is_counted_once_per_box(constructed, db):
+    """A child who discontinued and then withdrew is one in 'discontinued' (the first event's reason)."""
+    c = ok(constructed["world"].api("GET", "/consort", "manager")).get_json()
+    kid = next(k for k in constructed["kids"] if k["plan"]["name"] == "discontinued, then withdrew")
+    disc = c["arms"][kid["arm"]]["discontinued_intervention"]
+    assert kid["arm"] != "usual" and disc["reasons"].get("family moved", 0) >= 1
+    assert "consent withdrawn" not in disc["reasons"], "the withdrawal after discontinuing counted the child twice"
+    assert c["arms"][kid["arm"]]["excluded_from_analysis"]["reasons"].get("withdrawn", 0) >= 1
+    assert sum(disc["reasons"].values()) == disc["total"]
+
+
+@pytest.mark.parametrize("site", ["AT01", "NO01"])
+def test_consort_per_site(constructed, site):
+    w = constructed["world"]
+    c = ok(w.api("GET", f"/consort?site={site}", "manager")).get_json()
+    assert c == expected_consort(constructed, site)
+    assert c["randomized"] == RANDOMIZED_PER_SITE[site]
+    lower = ok(w.api("GET", f"/consort?site={site.lower()}", "statistician")).get_json()
+    assert without_labels(lower) == blind(expected_consort(constructed, site), codes(w.db))
+
+
+def test_consort_per_site_adds_up_to_the_whole(constructed):
+    w = constructed["world"]
+    whole = ok(w.api("GET", "/consort", "manager")).get_json()
+    parts = [ok(w.api("GET", f"/consort?site={s}", "manager")).get_json() for s in ("AT01", "NO01")]
+    assert whole["assessed_for_eligibility"] == sum(p["assessed_for_eligibility"] for p in parts)
+    assert whole["randomized"] == sum(p["randomized"] for p in parts)
+    for arm in ARMS:
+        for box in ("allocated", "received_allocated_intervention", "analysed"):
+            assert whole["arms"][arm][box] == sum(p["arms"][arm][box] for p in parts)
+    assert w.api("GET", "/consort?site=XX99", "manager").status_code == 404
+
+
+def test_blinded_consort_uses_arm_codes(constructed, db):
+    w = constructed["world"]
+    r = ok(w.api("GET", "/consort", "statistician"))
+    c = r.get_json()
+    mapping = codes(db)
+    assert sorted(mapping) == sorted(ARMS) and sorted(mapping.values()) == ["A", "B", "C"]
+    assert list(c["arms"]) == ["A", "B", "C"], "code order: protocol order would give the mapping away"
+    assert without_labels(c) == blind(expected_consort(constructed), mapping)
+    for code, a in c["arms"].items():
+        assert code in a["label"] and a["label"] not in LABELS.values()
+    body = r.get_data(as_text=True)
+    for label in LABELS.values():
+        assert label not in body
+    assert not re.search(r'"(low|high|usual)"', body)
+    # the same mapping every time
+    assert ok(w.api("GET", "/consort", "statistician")).get_json() == c and codes(db) == mapping
+
+
+def test_consort_roles(constructed):
+    w = constructed["world"]
+    for who in ("coordinator", "coordinator_no", "therapist", "assessor", "admin"):
+        for path in ("/consort", "/consort.svg", "/consort.pdf", "/consort?site=AT01"):
+            assert w.api("GET", path, who).status_code == 403, (who, path)
+
+
+# --- reconciliation --------------------------------------------------------------------------------
+
+def test_inconsistent_data_fail_reconciliation_loudly(constructed, db):
+    from trial.exports.consort import counts, disposition, reconcile
+    from trial.protocol.service import current
+    w = constructed["world"]
+    kid = constructed["kids"][0]
+    db.execute(text("UPDATE screening SET outcome = 'not_eligible' WHERE id = :s"), {"s": kid["p"].screening_id})
+    db.commit()
+    db.expire_all()
+    r = w.api("GET", "/consort", "manager")
+    assert r.status_code == 500, r.get_data(as_text=True)
+    e = r.get_json()["error"]
+    assert e["code"] == "consort_inconsistent"
+    assert kid["p"].study_id in e["message"] and f"screening {kid['p'].screening_id}" in e["message"]
+    for who in ("manager", "statistician"):
+        assert w.api("GET", "/consort", who).status_code == 500
+        assert w.api("GET", f"/consort?site={kid['site']}", who).status_code == 500
+        assert w.api("GET", "/consort.svg", who).status_code == 500
+        assert w.api("GET", "/consort.pdf", who).status_code == 500
+    rows = disposition(db)
+    arms = current(db).content["arms"]
+    problems = reconcile(rows, counts(rows, arms, {a["key"]: a["key"] for a in arms}))
+    assert problems, "reconcile accepted a randomized child whose screening says not eligible"
+    assert any(kid["p"].study_id in p and "2 paths" in p and "randomized" in p and "not_meeting_inclusion_criteria" in p
+               for p in problems), problems
+    # a hard lock on inconsistent data builds no bundle and changes nothing
+    n = db.execute(text("SELECT count(*) FROM data_lock")).scalar()
+    r = w.api("POST", "/locks", "manager", json={"kind": "hard", "meaning": MEANING, "password": PASSWORD})
+    assert r.status_code == 500 and r.get_json()["error"]["code"] == "consort_inconsistent"
+    db.expire_all()
+    assert db.execute(text("SELECT count(*) FROM data_lock")).scalar() == n
+    assert db.execute(text("SELECT active_lock_id FROM trial_state")).scalar() is None
+
+
+def test_reconcile_names_every_box_that_does_not_add_up(constructed, db):
+    from trial.exports.consort import counts, disposition, reconcile
+    from trial.protocol.service import current
+    arms = current(db).content["arms"]
+    rows = disposition(db)
+    good = counts(rows, arms, {a["key"]: a["key"] for a in arms})
+    assert reconcile(rows, good) == []
+
+    def broken(change):
+        c = json.loads(json.dumps(good))
+        change(c)
+        return reconcile(rows, c)
+
+    assert any("excluded total" in p for p in broken(lambda c: c["excluded"].update(declined_to_participate=99)))
+    assert any("assessed" in p for p in broken(lambda c: c.update(assessed_for_eligibility=1)))
+    assert any("randomized is not the sum" in p for p in broken(lambda c: c["arms"]["low"].update(allocated=0)))
+    assert any("arm high" in p and "analysed" in p for p in broken(lambda c: c["arms"]["high"].update(analysed=-3)))
+    assert any("arm usual" in p and "received" in p
+               for p in broken(lambda c: c["arms"]["usual"].update(received_allocated_intervention=0)))
+    assert any("arm low" in p and "lost_to_follow_up" in p
+               for p in broken(lambda c: c["arms"]["low"]["lost_to_follow_up"].update(total=40)))
+    # a screening that lands in no path at all
+    rows[0].path = []
+    assert any(f"screening {rows[0].screening_id}" in p and "0 paths" in p for p in reconcile(rows, good))
+
+
+# --- the diagram --------------------------------------------------------------------------------------
+
+def _svg_text(svg: str) -> str:
+    root = ET.fromstring(svg)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    texts = [t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    return re.sub(r"\s+", " ", " ".join(texts))
+
+
+def _box_lines(c: dict, names: dict[str, str]) -> list[str]:
+    ex = c["excluded"]
+    out = [f"Assessed for eligibility (n={c['assessed_for_eligibility']})", f"Excluded (n={ex['total']})",
+           f"Not meeting inclusion criteria (n={ex['not_meeting_inclusion_criteria']})",
+           f"Declined to participate (n={ex['declined_to_participate']})", f"Other reasons (n={ex['other_reasons']})",
+           f"Randomized (n={c['randomized']})"]
+    for key, a in c["arms"].items():
+        out += [f"Allocated to {names[key]} (n={a['allocated']})",
+                f"Received allocated intervention (n={a['received_allocated_intervention']})",
+                f"Did not receive allocated intervention (n={a['did_not_receive_allocated_intervention']['total']})",
+                f"Lost to follow-up (n={a['lost_to_follow_up']['total']})",
+                f"Discontinued intervention (n={a['discontinued_intervention']['total']})",
+                f"Analysed (n={a['analysed']})", f"Excluded from analysis (n={a['excluded_from_analysis']['total']})"]
+        for box in ("did_not_receive_allocated_intervention", "lost_to_follow_up", "discontinued_intervention",
+                    "excluded_from_analysis"):
+            out += [f"{reason} (n={n})" for reason, n in a[box]["reasons"].items()]
+    return out
+
+
+def test_svg_parses_and_shows_every_box_number(constructed):
+    w = constructed["world"]
+    r = ok(w.api("GET", "/consort.svg", "manager"))
+    assert r.mimetype == "image/svg+xml"
+    shown = _svg_text(r.get_data(as_text=True))
+    exp = expected_consort(constructed)
+    for line in _box_lines(exp, LABELS):
+        assert line in shown, line
+    for phase in ("Enrolment", "Allocation", "Follow-up", "Analysis"):
+        assert phase in shown
+    # per site, and the web route draws the same
+    site = _svg_text(ok(w.api("GET", "/consort.svg?site=NO01", "manager")).get_data(as_text=True))
+    for line in _box_lines(expected_consort(constructed, "NO01"), LABELS):
+        assert line in site, line
+    assert "NO01" in site
+
+
+def test_blinded_svg_shows_codes_and_no_arm_label(constructed, db):
+    w = constructed["world"]
+    svg = ok(w.api("GET", "/consort.svg", "statistician")).get_data(as_text=True)
+    shown = _svg_text(svg)
+    mapping = codes(db)
+    exp = blind(expected_consort(constructed), mapping)
+    shown_labels = {code: a["label"] for code, a in ok(w.api("GET", "/consort", "statistician")).get_json()["arms"].items()}
+    for line in _box_lines(exp, shown_labels):
+        assert line in shown, line
+    # left to right in code order
+    positions = [shown.index(f"Allocated to {shown_labels[code]} ") for code in ("A", "B", "C")]
+    assert positions == sorted(positions)
+    for label in LABELS.values():
+        assert label not in svg
+
+
+def _pdf_string(b: bytes) -> str:
+    """A PDF literal string (escapes and octal codes) in WinAnsi encoding."""
+    simple = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
+    out = re.sub(rb"\\([0-7]{1,3}|.)", lambda m: bytes([int(m.group(1), 8)]) if m.group(1)[:1].isdigit()
+                 else simple.get(m.group(1), m.group(1)), b, flags=re.S)
+    return out.decode("cp1252", errors="replace")
+
+
+def _pdf_text(pdf: bytes) -> str:
+    """The text drawn on the pages: decode every content stream (ASCII85 and/or Flate, as its
+    /Filter says) and collect the string operands."""
+    import base64
+    chunks = []
+    for m in re.finditer(rb"<<(.*?)>>\s*stream\r?\n(.*?)\r?\n?endstream", pdf, re.S):
+        params, raw = m.group(1), m.group(2)
+        filters = re.findall(rb"/(ASCII85Decode|FlateDecode)", params)
+        for f in filters:
+            raw = base64.a85decode(raw.strip(), adobe=True) if f == b"ASCII85Decode" else zlib.decompress(raw)
+        for s in re.findall(rb"\((?:\\.|[^\\)])*\)", raw):
+            chunks.append(_pdf_string(s[1:-1]))
+    return re.sub(r"\s+", " ", " ".join(chunks))
+
+
+def test_pdf_is_a_pdf_with_every_box_number_and_table_1(constructed):
+    w = constructed["world"]
+    r = ok(w.api("GET", "/consort.pdf", "manager"))
+    pdf = r.data
+    assert r.mimetype == "application/pdf"
+    assert pdf.startswith(b"%PDF-1.") and pdf.rstrip().endswith(b"%%EOF")
+    assert b"startxref" in pdf[-200:] and b"trailer" in pdf
+    assert len(pdf) > 2000
+    pages = re.findall(rb"/Type\s*/Page[^s]", pdf)
+    assert len(pages) == 2, "the diagram and Table 1"
+    # the xref offset points at the xref table
+    offset = int(re.findall(rb"startxref\s+(\d+)", pdf)[-1])
+    assert pdf[offset:offset + 4] == b"xref"
+    shown = _pdf_text(pdf)
+    for line in _box_lines(expected_consort(constructed), LABELS):
+        assert line in shown, line
+    assert "Baseline characteristics by arm (Table 1)" in shown
+    # deterministic
+    assert ok(w.api("GET", "/consort.pdf", "manager")).data == pdf
+    blinded = ok(w.api("GET", "/consort.pdf", "statistician")).data
+    assert blinded.startswith(b"%PDF") and not any(label in _pdf_text(blinded) for label in LABELS.values())
+
+
+def test_web_consort_pages(constructed, app):
+    c = app.test_client()
+    assert c.post("/login", data={"email": "manager@example.org", "password": PASSWORD}).status_code == 302
+    page = ok(c.get("/consort?site=AT01")).get_data(as_text=True)
+    assert "CONSORT" in page
+    assert ok(c.get("/consort.svg")).get_data(as_text=True) == \
+        ok(constructed["world"].api("GET", "/consort.svg", "manager")).get_data(as_text=True)
+    assert ok(c.get("/consort.pdf")).data.startswith(b"%PDF")
+
+
+# --- Bang's blinding index and the baseline table: a hand-computed example ------------------------------------
+
+# AT01 slots 1-5 of the fixed seed: usual, high, high, low, usual.
+SMALL = [  # arm, baseline social affect, sex, age in months, guesses at month2 and month5
+    ("usual", 11, "female", 60, ("usual_care", "music_therapy")),
+    ("high", 10, "male", 50, ("music_therapy", "music_therapy")),
+    ("high", 14, "female", 70, ("usual_care", "unsure")),
+    ("low", 9, "male", 64, ("usual_care", "usual_care")),
+    ("usual", 15, "female", 66, ("usual_care", None)),
+]
+
+
+@pytest.fixture()
+def small(world, db):
+    world.open(SEED)
+    kids = []
+    for arm, sa, sex, age, guesses in SMALL:
+        p = enrol(world, "AT01", social_affect=sa, sex=sex, age_months=age)
+        assert world.randomize(p, f"s-{p.study_id}").allocation.arm == arm
+        kids.append(p)
+    backdate_all(db)
+    for p, (arm, sa, sex, age, guesses) in zip(kids, SMALL):
+        for visit, offset, guess in (("month2", 61, guesses[0]), ("month5", 152, guesses[1])):
+            body = {"visit": visit, "instrument": "ados2", "performed_on": day(offset),
+                    "values": {"social_affect": 8, "rrb": 3, "css": 5}}
+            if guess:
+                body.update(allocation_guess=guess, guess_confidence=3)
+            ok(world.api("POST", f"/participants/{p.study_id}/assessments", "assessor", json=body), 201)
+    return kids
+
+
+BANG = {  # by hand: BI = (correct - incorrect) / guesses
+    "high": {"arm": "high", "n": 4, "correct": 2, "incorrect": 1, "unsure": 1, "bang_index": 0.25},
+    "low": {"arm": "low", "n": 2, "correct": 0, "incorrect": 2, "unsure": 0, "bang_index": -1.0},
+    "usual": {"arm": "usual", "n": 3, "correct": 2, "incorrect": 1, "unsure": 0, "bang_index": 0.333},
+}
+
+
+def test_bang_index_per_arm_on_a_hand_computed_example(world, small, db):
+    s = ok(world.api("GET", "/reports/summary", "manager")).get_json()
+    assert s["blinded"] is False
+    assert {r["arm"]: r for r in s["blinding_index"]} == BANG
+    assert len(s["blinding_index"]) == 3
+    blinded = ok(world.api("GET", "/reports/summary", "statistician")).get_json()
+    mapping = codes(db)
+    assert blinded["blinded"] is True and "sessions_delivered" not in blinded
+    assert {r["arm"]: r for r in blinded["blinding_index"]} == {mapping[a]: {**BANG[a], "arm": mapping[a]} for a in ARMS}
+    assert [r["arm"] for r in blinded["blinding_index"]] == ["A", "B", "C"], "blinded rows in code order"
+    assert s["primary_outcome_data_by_visit"]["month5"] == {"high": 2, "low": 1, "usual": 2}
+    assert s["primary_outcome_data_by_visit"]["baseline"] == {"high": 2, "low": 1, "usual": 2}
+    assert s["recruitment"]["first_randomization"] == s["recruitment"]["last_randomization"] == iso(R)
+    # the bundle carries the same index
+    lock_id = hard_lock(world)
+    files = bundle_files(ok(world.api("GET", f"/locks/{lock_id}/bundle.zip", "manager")).data)
+    rows = list(csv.DictReader(io.StringIO(files["reports/blinding_index.csv"].decode())))
+    assert sorted((r["arm"], r["n"], r["correct"], r["incorrect"], r["unsure"], r["bang_index"]) for r in rows) == [
+        ("high", "4", "2", "1", "1", "0.25"), ("low", "2", "0", "2", "0", "-1.0"), ("usual", "3", "2", "1", "0", "0.333")]
+    bfiles = bundle_files(ok(world.api("GET", f"/locks/{lock_id}/bundle.zip", "statistician")).data)
+    rows = list(csv.DictReader(io.StringIO(bfiles["reports/blinding_index.csv"].decode())))
+    assert {r["arm"]: r["bang_index"] for r in rows} == {mapping["high"]: "0.25", mapping["low"]: "-1.0", mapping["usual"]: "0.333"}
+
+
+def test_baseline_table_by_arm_on_a_hand_computed_example(world, small, db):
+    r = ok(world.api("GET", "/reports/baseline.csv", "manager"))
+    rows = list(csv.reader(io.StringIO(r.get_data(as_text=True))))
+    assert rows[0][0] == "Characteristic" and sorted(rows[0][1:-1]) == list(ARMS) and rows[0][-1] == "Total"
+    col = {name: i for i, name in enumerate(rows[0])}
+    table = {row[0]: {name: row[i] for name, i in col.items() if i} for row in rows[1:]}
+
+    def by_arm(high, low, usual, total):
+        return {"high": high, "low": low, "usual": usual, "Total": total}
+
+    assert table["Participants, n"] == by_arm("2", "1", "2", "5")
+    # ages 50, 70 | 64 | 60, 66 | all: mean 62.0, SD sqrt(232/4) = 7.6
+    assert table["Age, months, mean (SD)"] == by_arm("60.0 (14.1)", "64.0 (0.0)", "63.0 (4.2)", "62.0 (7.6)")
+    assert table["Sex female, n (%)"] == by_arm("1 (50%)", "0 (0%)", "2 (100%)", "3 (60%)")
+    assert table["Sex male, n (%)"] == by_arm("1 (50%)", "1 (100%)", "0 (0%)", "2 (40%)")
+    assert table["Site AT01, n (%)"] == by_arm("2 (100%)", "1 (100%)", "2 (100%)", "5 (100%)")
+    # social affect 10, 14 | 9 | 11, 15 | all: mean 11.8, SD sqrt(26.8/4) = 2.6
+    assert table["ados2 Social affect score, mean (SD)"] == by_arm("12.0 (2.8)", "9.0 (0.0)", "13.0 (2.8)", "11.8 (2.6)")
+    assert table["srs2 SRS-2 total T-score, mean (SD)"] == by_arm(*["70.0 (0.0)"] * 4)
+    blinded = list(csv.reader(io.StringIO(ok(world.api("GET", "/reports/baseline.csv", "statistician")).get_data(as_text=True))))
+    mapping = codes(db)
+    assert blinded[0] == ["Characteristic", "A", "B", "C", "Total"]
+    inverse = {v: k for k, v in mapping.items()}
+    btable = {row[0]: row[1:] for row in blinded[1:]}
+    assert btable["ados2 Social affect score, mean (SD)"] == [table["ados2 Social affect score, mean (SD)"][inverse[c]]
+                                                               for c in "ABC"] + ["11.8 (2.6)"]
+    assert set(btable) == set(table)
+    assert not any(label in "".join(map(str, blinded)) for label in LABELS.values())
+    for who in ("coordinator", "assessor", "admin", "therapist"):
+        assert world.api("GET", "/reports/baseline.csv", who).status_code == 403
+
+
+# --- the locked dataset bundle ----------------------------------------------------------------------------
+
+TABLES = ["particip", "screen", "alloc", "sessions", "counsel", "assessl", "assessw", "guesses", "events", "deviatn"]
+
+
+def bundle_files(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        names = z.namelist()
+        prefix = names[0].split("/")[0] + "/"
+        assert all(n.startswith(prefix) for n in names)
+        return {n[len(prefix):]: z.read(n) for n in names}
+
+
+def read_csv(b: bytes) -> tuple[list[str], list[list[str]]]:
+    rows = list(csv.reader(io.StringIO(b.decode("utf-8"))))
+    return rows[0], rows[1:]
+
+
+@pytest.fixture()
+def locked(constructed, db):
+    w = constructed["world"]
+    lock_id = hard_lock(w)
+    manager = ok(w.api("GET", f"/locks/{lock_id}/bundle.zip", "manager"))
+    stat = ok(w.api("GET", f"/locks/{lock_id}/bundle.zip", "statistician"))
+    return {**constructed, "lock_id": lock_id, "unblinded": manager, "blinded": stat}
+
+
+def test_bundle_holds_every_table_in_every_format(locked):
+    for variant, tables in (("unblinded", TABLES), ("blinded", [t for t in TABLES if t != "sessions"])):
+        files = bundle_files(locked[variant].data)
+        expected = {f"{fmt}/{t}.{fmt}" for t in tables for fmt in ("csv", "xpt", "dta")}
+        expected |= {"dictionary.csv", "odm/snapshot.xml", "reports/consort.json", "reports/blinding_index.csv",
+                     "reports/baseline_table.csv", "reports/trial_facts.json", "README.txt", "manifest.sha256"}
+        assert set(files) == expected, (variant, set(files) ^ expected)
+        assert locked[variant].mimetype == "application/zip"
+        assert f"lock-{locked['lock_id']}-{variant}.zip" in locked[variant].headers["Content-Disposition"]
+
+
+def test_bundle_tables_hold_the_trial(locked, db):
+    files = bundle_files(locked["unblinded"].data)
+    kids = locked["kids"]
+    head, rows = read_csv(files["csv/particip.csv"])
+    assert head[:10] == ["studyid", "site", "sex", "brthdt", "consdt", "enroldt", "randdt", "arm", "armlbl", "status"]
+    by_id = {r[0]: dict(zip(head, r)) for r in rows}
+    assert len(rows) == 18 + 1  # the randomized and the one enrolled but never randomized
+    for k in kids:
+        r = by_id[k["p"].study_id]
+        assert (r["site"], r["arm"], r["armlbl"], r["randdt"]) == (k["site"], k["arm"], LABELS[k["arm"]], iso(R))
+    head, rows = read_csv(files["csv/screen.csv"])
+    assert len(rows) == 28
+    outcomes_ = Counter(dict(zip(head, r))["outcome"] for r in rows)
+    assert outcomes_ == {"eligible": 18 + 1 + 2, "not_eligible": 3, "declined": 2, "other": 2}
+    head, rows = read_csv(files["csv/alloc.csv"])
+    assert sorted((r[0], r[-1]) for r in rows) == sorted((k["p"].study_id, k["arm"]) for k in kids)
+    head, rows = read_csv(files["csv/sessions.csv"])
+    planned = sorted((k["p"].study_id, day(d), att) for k in kids for d, att in k["plan"]["sessions"])
+    assert sorted((r[0], r[1], r[2]) for r in rows) == planned
+    head, rows = read_csv(files["csv/events.csv"])
+    planned = sorted((k["p"].study_id, kind, day(d), reason) for k in kids for kind, d, reason in k["plan"]["events"])
+    assert sorted(tuple(r) for r in rows) == planned
+    head, rows = read_csv(files["csv/assessw.csv"])
+    assert len(rows) == (18 + 1) + sum(len(k["plan"]["visits"]) for k in kids)  # baselines + follow-up visits
+    consort = json.loads(files["reports/consort.json"])
+    assert consort == expected_consort(locked)
+
+
+def test_bundle_is_byte_identical_on_every_download_and_rebuild(locked, db, app):
+    from trial.exports.bundle import build_bundle
+    w = locked["world"]
+    lid = locked["lock_id"]
+    for who, variant in (("manager", "unblinded"), ("statistician", "blinded")):
+        again = ok(w.api("GET", f"/locks/{lid}/bundle.zip", who))
+        assert again.data == locked[variant].data
+        assert again.headers["X-Content-SHA256"] == hashlib.sha256(again.data).hexdigest()
+    c = app.test_client()
+    assert c.post("/login", data={"email": "manager@example.org", "password": PASSWORD}).status_code == 302
+    assert ok(c.get(f"/locks/{lid}/bundle.zip")).data == locked["unblinded"].data
+    time.sleep(1.1)  # any clock in the files would now differ
+    lock = db.get(DataLock, lid)
+    sig = db.get(Signature, lock.signature_id)
+    for variant in ("unblinded", "blinded"):
+        data, sha, manifest_sha = build_bundle(db, lock, sig, blinded=(variant == "blinded"))
+        assert data == locked[variant].data, variant
+        assert sha == hashlib.sha256(data).hexdigest()
+        stored = db.execute(select(LockBundle).where(LockBundle.lock_id == lid, LockBundle.variant == variant)).scalar_one()
+        assert (stored.sha256, stored.manifest_sha256) == (sha, manifest_sha)
+    # the zip entries carry the lock's time, not the time of the build
+    with zipfile.ZipFile(io.BytesIO(locked["unblinded"].data)) as z:
+        stamps = {i.date_time for i in z.infolist()}
+    t = lock.created_at.timetuple()[:6]
+    assert stamps == {t[:5] + (t[5] // 2 * 2,)}  # ZIP (DOS) time has a two-second resolution
+
+
+def test_manifest_lists_every_file_with_its_sha256(locked, db):
+    w = locked["world"]
+    listed = {who: {x["id"]: x for x in ok(w.api("GET", "/locks", who)).get_json()} for who in ("manager", "statistician")}
+    for variant, who in (("unblinded", "manager"), ("blinded", "statistician")):
+        files = bundle_files(locked[variant].data)
+        manifest = files["manifest.sha256"].decode()
+        entries = [line.split("  ", 1) for line in manifest.splitlines()]
+        assert manifest.endswith("\n") and all(len(e) == 2 and re.fullmatch(r"[0-9a-f]{64}", e[0]) for e in entries)
+        names = [n for _, n in entries]
+        assert names == sorted(names) and len(set(names)) == len(names)
+        assert set(names) == set(files) - {"manifest.sha256"}
+        for digest, name in entries:
+            assert hashlib.sha256(files[name]).hexdigest() == digest, name
+        assert listed[who][locked["lock_id"]]["manifest_sha256"] == hashlib.sha256(files["manifest.sha256"]).hexdigest()
+    assert listed["manager"][locked["lock_id"]]["manifest_sha256"] != listed["statistician"][locked["lock_id"]]["manifest_sha256"]
+
+
+def test_odm_snapshot_validates_against_the_odm_1_3_2_schema(locked):
+    from lxml import etree
+    schema = etree.XMLSchema(etree.parse(str(ODM_XSD)))
+    ns = {"odm": "http://www.cdisc.org/ns/odm/v1.3"}
+    for variant in ("unblinded", "blinded"):
+        xml = bundle_files(locked[variant].data)["odm/snapshot.xml"]
+        doc = etree.fromstring(xml)
+        assert schema.validate(doc), (variant, [str(e) for e in schema.error_log][:10])
+        assert doc.get("FileType") == "Snapshot" and doc.get("ODMVersion") == "1.3.2"
+        subjects = doc.findall(".//odm:ClinicalData/odm:SubjectData", ns)
+        assert len(subjects) == 19
+        item = "IT.RANDOMIZATION.ARMCD" if variant == "blinded" else "IT.RANDOMIZATION.ARM"
+        arms = Counter(i.get("Value") for i in doc.iterfind(f".//odm:ItemData[@ItemOID='{item}']", ns))
+        truth = Counter(k["arm"] for k in locked["kids"])
+        if variant == "unblinded":
+            assert arms == truth
+        else:
+            assert sorted(arms.values()) == sorted(truth.values()) and set(arms) == {"A", "B", "C"}
+        sa = [i.get("Value") for i in doc.iterfind(".//odm:StudyEventData[@StudyEventOID='SE.MONTH5']//"
+                                                   "odm:ItemData[@ItemOID='IT.ADOS2.SOCIAL_AFFECT']", ns)]
+        assert len(sa) == sum("month5" in k["plan"]["visits"] for k in locked["kids"])
+    # an invalid document is refused by the same schema (the check has teeth)
+    bad = etree.fromstring(bundle_files(locked["unblinded"].data)["odm/snapshot.xml"].replace(b'FileType="Snapshot"', b'FileType="Nope"'))
+    assert not schema.validate(bad)
+
+
+def _num(cell: str) -> float:
+    return float("nan") if cell == "" else float(cell)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    return a == b
+
+
+def test_xpt_and_dta_read_back_equal_to_the_csv(locked, tmp_path):
+    import pyreadstat
+    for variant in ("unblinded", "blinded"):
+        files = bundle_files(locked[variant].data)
+        types = {(r["table"], r["name"]): r["type"] for r in csv.DictReader(io.StringIO(files["dictionary.csv"].decode()))}
+        labels = {(r["table"], r["name"]): r["label"] for r in csv.DictReader(io.StringIO(files["dictionary.csv"].decode()))}
+        tables = sorted(n[4:-4] for n in files if n.startswith("csv/"))
+        assert len(tables) == (10 if variant == "unblinded" else 9)
+        for t in tables:
+            head, rows = read_csv(files[f"csv/{t}.csv"])
+            expected = [[(_num(c) if types[(t, name)] in ("int", "float") else c) for name, c in zip(head, r)] for r in rows]
+            for fmt, reader in (("xpt", pyreadstat.read_xport), ("dta", pyreadstat.read_dta)):
+                path = tmp_path / f"{variant}-{t}.{fmt}"
+                path.write_bytes(files[f"{fmt}/{t}.{fmt}"])
+                df, meta = reader(str(path))
+                assert [c.lower() for c in df.columns] == head, (variant, t, fmt)
+                assert len(df) == len(rows), (variant, t, fmt)
+                got = [[(float(v) if types[(t, name)] in ("int", "float") else ("" if v is None else str(v)))
+                        for name, v in zip(head, rec)] for rec in df.itertuples(index=False)]
+                for i, (g, e) in enumerate(zip(got, expected)):
+                    assert all(_same(x, y) for x, y in zip(g, e)), (variant, t, fmt, i, g, e)
+                # (SAS transport pads labels with blanks, so trailing blanks do not survive the round trip)
+                assert [meta.column_names_to_labels[c].rstrip() for c in df.columns] == \
+                    [labels[(t, n)].rstrip() for n in head], (t, fmt)
+
+
+def test_data_dictionary_covers_every_variable_with_short_names_and_labels(locked):
+    for variant in ("unblinded", "blinded"):
+        files = bundle_files(locked[variant].data)
+        entries = list(csv.DictReader(io.StringIO(files["dictionary.csv"].decode())))
+        assert list(entries[0]) == ["table", "table_label", "name", "label", "type", "units", "allowed_values", "source"]
+        keys = [(e["table"], e["name"]) for e in entries]
+        assert len(keys) == len(set(keys))
+        in_files = {(n[4:-4], col) for n in files if n.startswith("csv/") for col in read_csv(files[n])[0]}
+        assert set(keys) == in_files
+        for e in entries:
+            assert re.fullmatch(r"[a-z][a-z0-9_]{0,7}", e["name"]), e
+            assert re.fullmatch(r"[a-z][a-z0-9_]{0,7}", e["table"]), e
+            assert 0 < len(e["label"]) <= 40 and 0 < len(e["table_label"]) <= 40, e
+            assert e["type"] in ("str", "int", "float", "date", "datetime"), e
+        for (t, _), e in zip(keys, entries):
+            if e["type"] == "date":
+                col = read_csv(files[f"csv/{t}.csv"])[0].index(e["name"])
+                assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", r[col]) or r[col] == ""
+                           for r in read_csv(files[f"csv/{t}.csv"])[1])
+
+
+def test_readme_names_the_lock_signature_and_protocol(locked, db):
+    lock = db.get(DataLock, locked["lock_id"])
+    for variant in ("unblinded", "blinded"):
+        readme = bundle_files(locked[variant].data)["README.txt"].decode()
+        assert f"Lock: {lock.id} (hard lock version 1)" in readme
+        assert "Signed by: Manager <manager@example.org>" in readme and MEANING in readme
+        assert ("Variant: BLINDED" in readme) == (variant == "blinded")
+        assert ("Variant: UNBLINDED" in readme) == (variant == "unblinded")
+
+
+# --- the blinded bundle ---------------------------------------------------------------------------------------
+
+def test_statistician_gets_the_blinded_bundle_with_no_arm_anywhere(locked, db):
+    files = bundle_files(locked["blinded"].data)
+    mapping = codes(db)
+    assert not any("sessions" in n for n in files), "session data before unblinding"
+    head, rows = read_csv(files["csv/particip.csv"])
+    assert "armcd" in head and "arm" not in head and "armlbl" not in head
+    arm_by_id = {k["p"].study_id: k["arm"] for k in locked["kids"]}
+    for r in rows:
+        rec = dict(zip(head, r))
+        if rec["studyid"] in arm_by_id:
+            assert rec["armcd"] == mapping[arm_by_id[rec["studyid"]]]
+        assert rec["status"] not in ("discontinued_intervention", "not_received")
+    for t in ("alloc", "guesses"):
+        head, _ = read_csv(files[f"csv/{t}.csv"])
+        assert "armcd" in head and "arm" not in head
+    head, rows = read_csv(files["csv/events.csv"])
+    types = {r[head.index("evtype")] for r in rows}
+    assert types == {"withdrawn", "lost_to_follow_up", "died"}, "no intervention events in a blinded bundle"
+    dictionary = list(csv.DictReader(io.StringIO(files["dictionary.csv"].decode())))
+    assert not any(e["table"] == "sessions" for e in dictionary)
+    assert "sessions_delivered" not in json.loads(files["reports/trial_facts.json"])
+    for name, content in files.items():
+        for label in LABELS.values():
+            assert label.encode() not in content, f"{name} names the arm {label!r}"
+            assert label.encode("utf-16-le") not in content
+        if name.endswith(".csv"):
+            for row in csv.reader(io.StringIO(content.decode())):
+                assert not set(row) & set(LABELS), f"{name} has an arm key as a value: {row}"
+        if name.endswith(".json"):
+            blob = content.decode()
+            assert not re.search(r'"(low|high|usual)"', blob), name
+        if name.endswith(".xml"):
+            assert not re.search(rb'Value="(low|high|usual)"', content), name
+            assert b"IT.RANDOMIZATION.ARM\"" not in content
+        if name.endswith((".xpt", ".dta")):
+            assert not re.search(rb"\x00(low|high|usual)\x00", content) and b"Music therapy" not in content, name
+    consort = json.loads(files["reports/consort.json"])
+    assert list(consort["arms"]) == ["A", "B", "C"]
+    assert without_labels(consort) == blind(expected_consort(locked), mapping)
+
+
+def test_manager_gets_the_unblinded_bundle(locked, db):
+    files = bundle_files(locked["unblinded"].data)
+    head, rows = read_csv(files["csv/particip.csv"])
+    assert "arm" in head and "armlbl" in head and "armcd" not in head
+    assert {dict(zip(head, r))["armlbl"] for r in rows} == set(LABELS.values()) | {""}
+    head, rows = read_csv(files["csv/events.csv"])
+    assert {"discontinued_intervention", "not_received"} <= {r[head.index("evtype")] for r in rows}
+    facts = json.loads(files["reports/trial_facts.json"])
+    attended = Counter()
+    for k in locked["kids"]:
+        attended[k["arm"]] += sum(1 for _, att in k["plan"]["sessions"] if att == "attended")
+    assert {a: v["attended_sessions"] for a, v in facts["sessions_delivered"].items()} == {a: attended[a] for a in ARMS}
+
+
+def test_after_unblinding_the_statistician_gets_the_unblinded_bundle(locked):
+    w = locked["world"]
+    r = w.api("POST", "/unblinding", "manager", json={"meaning": "Unblind after the final lock.", "password": PASSWORD})
+    assert r.status_code == 201, r.get_json()
+    after = ok(w.api("GET", f"/locks/{locked['lock_id']}/bundle.zip", "statistician"))
+    assert after.data == locked["unblinded"].data
+    c = ok(w.api("GET", "/consort", "statistician")).get_json()
+    assert c == expected_consort(locked)
+
+
+def test_bundle_access_by_role(locked):
+    w = locked["world"]
+    for who in ("coordinator", "coordinator_no", "therapist", "assessor", "admin"):
+        r = w.api("GET", f"/locks/{locked['lock_id']}/bundle.zip", who)
+        assert r.status_code == 403 and r.mimetype == "application/json", who
+        assert w.api("GET", "/locks", who).status_code == 403
+
+
+def test_a_hard_lock_of_an_empty_trial_builds_a_valid_bundle(world, db):
+    """Nothing screened, randomization never opened: the bundle still has every table (header only),
+    a valid ODM snapshot and a CONSORT of zeros; unblinding has nothing to reveal."""
+    from lxml import etree
+    lock_id = hard_lock(world)
+    for who, n_tables in (("manager", 10), ("statistician", 9)):
+        files = bundle_files(ok(world.api("GET", f"/locks/{lock_id}/bundle.zip", who)).data)
+        assert sum(n.startswith("csv/") for n in files) == n_tables
+        assert all(len(read_csv(files[n])[1]) == 0 for n in files if n.startswith("csv/"))
+        schema = etree.XMLSchema(etree.parse(str(ODM_XSD)))
+        assert schema.validate(etree.fromstring(files["odm/snapshot.xml"])), [str(e) for e in schema.error_log][:5]
+        c = json.loads(files["reports/consort.json"])
+        assert c["assessed_for_eligibility"] == c["randomized"] == 0
+        assert all(a["allocated"] == 0 for a in c["arms"].values())
+    r = world.api("POST", "/unblinding", "manager", json={"meaning": "unblind", "password": PASSWORD})
+    assert r.status_code == 409, r.get_json()

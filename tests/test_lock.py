@@ -1,0 +1,738 @@
+"""Locks, electronic signatures, 423 on every write route, unblinding and `randomization verify`.
+
+A soft lock freezes data entry and is lifted with a reason and a signature; a hard lock is signed
+(password again, meaning, printed name, UTC time), builds the locked bundles and refuses every
+write with 423; lifting it keeps its bundle; the next hard lock is version 2. Unblinding is a
+signed event after a hard lock, by a manager only; afterwards the seed is revealed and the lists
+can be verified (service and command line), and verification fails once an allocation is altered.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from tests.conftest import FreshDatabase
+from tests.helpers import CLI, PASSWORD, World
+from trial.audit import service as audit
+from trial.audit.models import AuditRecord
+from trial.auth import service as users
+from trial.auth.models import User
+from trial.auth.scope import CliActor
+from trial.course.models import CounsellingSession, TherapySession
+from trial.db import utcnow
+from trial.enrollment import service as enrollment
+from trial.enrollment.models import Participant, Screening
+from trial.enrollment.service import today
+from trial.lock.models import DataLock, LockBundle, Signature, TrialState
+from trial.outcomes import service as outcomes
+from trial.outcomes.models import Assessment, BlindingBreak
+from trial.randomize import service as randomization
+from trial.randomize.models import Allocation, RandomizationDesign
+from trial.sites.models import Site
+from trial.status.models import Deviation, StatusEvent
+
+SEED = bytes(range(32))
+R = today() - dt.timedelta(days=200)      # every child is randomized on this day (backdated)
+ROLES = ("coordinator", "coordinator_no", "therapist", "assessor", "statistician", "manager", "admin")
+MEANING = "I approve locking the trial database; the data are complete and final."
+ARM_LABELS = ("Music therapy, 1 session per week", "Music therapy, 3 sessions per week", "Enhanced usual care")
+
+
+# --- building a small trial --------------------------------------------------------------------
+
+def iso(d: dt.date) -> str:
+    return d.isoformat()
+
+
+def child(world, site="AT01", social_affect=12, sex="female"):
+    """Screened, consented and baseline-assessed (dates before R); not yet randomized."""
+    db = world.db
+    sc = world.screen(site, screened_on=iso(R - dt.timedelta(days=30)))
+    p = enrollment.enroll(db, CLI, {"screening_id": sc.id, "consent_date": iso(R - dt.timedelta(days=25)),
+                                    "date_of_birth": iso(R - dt.timedelta(days=5 * 365)), "sex": sex})
+    outcomes.record_assessment(db, CLI, p.study_id, {"visit": "baseline", "instrument": "ados2",
+                                                     "performed_on": iso(R - dt.timedelta(days=5)),
+                                                     "values": {"social_affect": social_affect, "rrb": 4, "css": 6}})
+    db.commit()
+    return p
+
+
+def backdate_all(db):
+    db.execute(text("UPDATE allocation SET randomized_at = :t"), {"t": dt.datetime.combine(R, dt.time(10, 0))})
+    db.commit()
+    db.expire_all()
+
+
+@pytest.fixture()
+def kids(world, db):
+    """AT01 slots 1-4 with the fixed seed: usual, high, high, low (asserted). Plus a child that is
+    ready but not randomized, an eligible screening nobody enrolled, sessions, an event and
+    follow-up assessments."""
+    world.open(SEED)
+    out = {}
+    for name in ("usual", "high", "high2", "low"):
+        p = child(world)
+        arm = world.randomize(p, f"k-{p.study_id}").allocation.arm
+        assert arm == name.rstrip("2"), "the AT01 list of the fixed seed starts usual, high, high, low"
+        out[name] = p
+    backdate_all(db)
+    from trial.course.service import log_session
+    from trial.status.service import record_event
+    for day in (3, 10, 17):
+        log_session(db, CLI, out["high"].study_id, {"held_on": iso(R + dt.timedelta(days=day)), "attendance": "attended",
+                                                    "minutes": 30, "techniques": ["songs"]})
+    for p in (out["usual"], out["high"], out["low"]):
+        outcomes.record_assessment(db, CLI, p.study_id, {"visit": "month5", "instrument": "ados2",
+                                                         "performed_on": iso(R + dt.timedelta(days=152)),
+                                                         "values": {"social_affect": 9, "rrb": 3, "css": 5},
+                                                         "allocation_guess": "unsure"})
+    record_event(db, CLI, out["high2"].study_id, {"type": "discontinued_intervention", "on": iso(R + dt.timedelta(days=30)),
+                                                  "reason": "family moved"})
+    db.commit()
+    out["ready"] = child(world)
+    out["screening"] = world.screen("AT01", screened_on=iso(R))
+    out["aid"] = db.execute(select(Assessment.id).where(Assessment.participant_id == out["usual"].id,
+                                                        Assessment.visit == "baseline")).scalar_one()
+    db.commit()  # hold no open (savepoint) transaction across the API calls of the tests
+    return out
+
+
+def lock(world, kind="hard", who="manager", password=PASSWORD, meaning=MEANING):
+    return world.api("POST", "/locks", who, json={"kind": kind, "meaning": meaning, "password": password})
+
+
+def lift(world, lock_id, reason="Queries found after the lock; data must be corrected.", who="manager", password=PASSWORD):
+    return world.api("DELETE", f"/locks/{lock_id}", who, json={"reason": reason, "password": password})
+
+
+def unblind(world, who="manager", password=PASSWORD, meaning="I authorise unblinding after the final lock."):
+    return world.api("POST", "/unblinding", who, json={"meaning": meaning, "password": password})
+
+
+def ok(r, status=201):
+    assert r.status_code == status, (r.status_code, r.get_data(as_text=True))
+    return r.get_json()
+
+
+def err(r, status, code=None):
+    assert r.status_code == status, (r.status_code, r.get_data(as_text=True))
+    body = r.get_json()["error"]
+    if code:
+        assert body["code"] == code, body
+    return body
+
+
+MODELS = (Screening, Participant, Allocation, Assessment, TherapySession, CounsellingSession, StatusEvent, Deviation,
+          BlindingBreak, Site, Signature, DataLock, LockBundle, AuditRecord)
+
+
+def fingerprint(db) -> dict:
+    """Everything a refused request might have changed: row counts, the audit chain head, the lock
+    in force, a correctable value and the sites' settings."""
+    db.expire_all()
+    out = {m.__name__: db.execute(select(func.count()).select_from(m)).scalar() for m in MODELS}
+    out["audit_max_seq"] = db.execute(select(func.max(AuditRecord.seq))).scalar()
+    out["active_lock"] = db.execute(select(TrialState.active_lock_id)).scalar()
+    out["assessments"] = sorted((a.id, sorted(a.values.items())) for a in db.execute(select(Assessment)).scalars())
+    out["sites"] = sorted((s.code, s.name, s.target, s.is_open) for s in db.execute(select(Site)).scalars())
+    out["design"] = db.execute(select(RandomizationDesign.unblinded_at, RandomizationDesign.revealed_seed)).all()
+    out["users"] = sorted((u.email, u.must_change_password, u.password_hash)
+                          for u in db.execute(select(User)).scalars())
+    return out
+
+
+def active_lock_id(db):
+    db.expire_all()
+    return db.execute(select(TrialState.active_lock_id)).scalar()
+
+
+# --- signatures --------------------------------------------------------------------------------
+
+def test_hard_lock_is_signed_with_printed_name_meaning_and_utc_time(world, kids, db):
+    before = utcnow()
+    body = ok(lock(world, "hard"))
+    after = utcnow()
+    assert set(body) >= {"id", "kind", "created_at"} and body["kind"] == "hard"
+    assert body["created_at"].endswith("Z")
+    lk = db.get(DataLock, body["id"])
+    assert lk.version == 1 and active_lock_id(db) == lk.id
+    sig = db.get(Signature, lk.signature_id)
+    assert sig.user_id == world.users["manager"].id
+    assert sig.printed_name == world.users["manager"].name == "Manager"
+    assert sig.email == "manager@example.org"
+    assert sig.meaning == MEANING
+    assert before - dt.timedelta(seconds=1) <= sig.signed_at <= after + dt.timedelta(seconds=1)  # naive UTC
+    created = dt.datetime.fromisoformat(body["created_at"].rstrip("Z"))
+    assert abs((created - sig.signed_at).total_seconds()) < 1
+    recs = db.execute(select(AuditRecord).where(AuditRecord.entity == "signature", AuditRecord.entity_id == str(sig.id))).scalars().all()
+    assert {r.field: r.new for r in recs}.get("printed_name") == "Manager"
+    assert {r.field: r.new for r in recs}.get("meaning") == MEANING
+    assert db.execute(select(func.count()).select_from(LockBundle).where(LockBundle.lock_id == lk.id)).scalar() == 2
+    assert audit.verify(db).ok
+    listed = ok(world.api("GET", "/locks", "manager"), 200)
+    assert [(x["id"], x["kind"], x["signed_by"]) for x in listed] == [(lk.id, "hard", "Manager")]
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_wrong_password_is_refused_and_changes_nothing(world, kids, db, kind):
+    before = fingerprint(db)
+    e = err(lock(world, kind, password="not-the-password"), 400)
+    assert "password" in e.get("fields", {})
+    assert fingerprint(db) == before
+    for body in ({"kind": kind, "meaning": MEANING}, {"kind": kind, "password": PASSWORD},
+                 {"kind": kind, "meaning": "   ", "password": PASSWORD}, {"kind": "frozen", "meaning": MEANING, "password": PASSWORD}):
+        err(world.api("POST", "/locks", "manager", json=body), 400)
+        assert fingerprint(db) == before
+    # writes still go through
+    ok(world.api("POST", "/screenings", "coordinator", json={"site": "AT01", "screened_on": iso(today()), "answers": world.answers()}))
+
+
+def test_password_reset_by_an_admin_cannot_sign_until_changed(world, kids, db):
+    manager = world.users["manager"]
+    users.reset_password(db, world.users["admin"], manager, "temporary-pass-42")
+    db.commit()
+    before = fingerprint(db)
+    for password in ("temporary-pass-42", PASSWORD):
+        e = err(lock(world, "hard", password=password), 403)
+        assert "reset" in e["message"].lower() or "change" in e["message"].lower()
+        assert fingerprint(db) == before
+    assert active_lock_id(db) is None
+    # once the manager has chosen a new password, the signature works with it
+    users.change_password(db, manager, "temporary-pass-42", "my-own-new-password")
+    db.commit()
+    err(lock(world, "hard", password="temporary-pass-42"), 400)
+    ok(lock(world, "hard", password="my-own-new-password"))
+
+
+def test_only_a_manager_locks_lifts_and_unblinds(world, kids, db):
+    before = fingerprint(db)
+    for who in ROLES:
+        if who == "manager":
+            continue
+        err(lock(world, "soft", who=who), 403)
+        err(lock(world, "hard", who=who), 403)
+        err(unblind(world, who=who), 403)
+        assert fingerprint(db) == before, who
+    lk = ok(lock(world, "hard"))
+    before = fingerprint(db)
+    for who in ROLES:
+        if who != "manager":
+            err(lift(world, lk["id"], who=who), 403)
+            err(unblind(world, who=who), 403)
+    assert fingerprint(db) == before
+    assert world.api("POST", "/locks", None, json={"kind": "hard", "meaning": MEANING, "password": PASSWORD}).status_code == 401
+
+
+def test_only_statistician_and_manager_list_locks_and_download(world, kids, db):
+    lk = ok(lock(world, "hard"))
+    for who in ROLES:
+        allowed = who in ("statistician", "manager")
+        for path in ("/locks", f"/locks/{lk['id']}/bundle.zip", "/consort", "/consort.svg", "/consort.pdf"):
+            r = world.api("GET", path, who)
+            assert r.status_code == (200 if allowed else 403), (who, path, r.status_code)
+            if not allowed:
+                body = r.get_data(as_text=True)
+                assert not any(label in body for label in ARM_LABELS)
+    assert world.api("GET", f"/locks/{lk['id']}/bundle.zip", None).status_code == 401
+
+
+# --- soft lock ---------------------------------------------------------------------------------
+
+def test_soft_lock_freezes_entry_and_lifting_needs_a_reason_and_a_signature(world, kids, db):
+    lk = ok(lock(world, "soft"))
+    assert lk["kind"] == "soft" and db.get(DataLock, lk["id"]).version is None
+    listed = ok(world.api("GET", "/locks", "manager"), 200)
+    assert listed[0]["manifest_sha256"] is None  # a soft lock builds no bundle
+    err(world.api("GET", f"/locks/{lk['id']}/bundle.zip", "manager"), 404)
+    before = fingerprint(db)
+    e = err(world.api("POST", "/screenings", "coordinator", json={"site": "AT01", "screened_on": iso(today()),
+                                                                   "answers": world.answers()}), 423, "locked")
+    assert "lock" in e["message"].lower()
+    assert fingerprint(db) == before
+    # a second soft lock over it is a conflict
+    err(lock(world, "soft"), 409)
+    # lifting: reason required, signature required, wrong password refused, other roles refused
+    for body in ({"password": PASSWORD}, {"reason": "  ", "password": PASSWORD}, {"reason": "queries"},
+                 {"reason": "queries", "password": "wrong-password-1"}):
+        err(world.api("DELETE", f"/locks/{lk['id']}", "manager", json=body), 400)
+        assert fingerprint(db) == before
+    err(lift(world, 9999), 404)
+    r = ok(lift(world, lk["id"], reason="Site AT01 sent late queries."), 200)
+    assert r["lifted_at"].endswith("Z")
+    db.expire_all()
+    row = db.get(DataLock, lk["id"])
+    assert row.lift_reason == "Site AT01 sent late queries." and row.lifted_at is not None
+    sig = db.get(Signature, row.lift_signature_id)
+    assert sig.printed_name == "Manager" and "Site AT01 sent late queries." in sig.meaning
+    assert active_lock_id(db) is None
+    ok(world.api("POST", "/screenings", "coordinator", json={"site": "AT01", "screened_on": iso(today()),
+                                                              "answers": world.answers()}))
+    err(lift(world, lk["id"]), 409)  # no longer in force
+    assert audit.verify(db).ok
+
+
+def test_hard_lock_supersedes_a_soft_lock(world, kids, db):
+    soft = ok(lock(world, "soft"))
+    hard = ok(lock(world, "hard"))
+    db.expire_all()
+    assert active_lock_id(db) == hard["id"]
+    assert db.get(DataLock, soft["id"]).lifted_at is not None
+    err(lock(world, "soft"), 409)
+    err(lock(world, "hard"), 409)
+
+
+# --- 423 on every write route --------------------------------------------------------------------
+
+EXCLUDED_PREFIXES = ("lock.", "auth.")
+EXCLUDED = {"api.create_lock", "api.lift_lock", "api.unblinding", "admin.user_new", "admin.user_edit"}
+STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def write_routes(app) -> dict[str, tuple[str, str]]:
+    """Every state-changing (endpoint -> (method, rule)) of the app, except lock, unblinding,
+    login/password and user administration."""
+    out = {}
+    for rule in app.url_map.iter_rules():
+        methods = (rule.methods or set()) & STATE_CHANGING
+        if not methods or rule.endpoint in EXCLUDED or rule.endpoint.startswith(EXCLUDED_PREFIXES):
+            continue
+        for m in methods:
+            out[rule.endpoint] = (m, rule.rule)
+    return out
+
+
+def api_cases(world, k) -> dict:
+    """A valid request for every API write (accepted while unlocked; see the control test)."""
+    u, hi, ready = k["usual"].study_id, k["high"].study_id, k["ready"].study_id
+    return {
+        "api.create_screening": ("POST", "/screenings", "coordinator",
+                                 {"site": "AT01", "screened_on": iso(today()), "answers": world.answers()}, None),
+        "api.create_participant": ("POST", "/participants", "coordinator",
+                                   {"screening_id": k["screening"].id, "consent_date": iso(today()),
+                                    "date_of_birth": iso(today() - dt.timedelta(days=5 * 365)), "sex": "male"}, None),
+        "api.create_assessment": ("POST", f"/participants/{u}/assessments", "assessor",
+                                  {"visit": "month2", "instrument": "ados2", "performed_on": iso(R + dt.timedelta(days=61)),
+                                   "values": {"social_affect": 10, "rrb": 3, "css": 5}, "allocation_guess": "unsure"}, None),
+        "api.randomize": ("POST", f"/participants/{ready}/randomize", "coordinator", None, {"Idempotency-Key": "lock-test"}),
+        "api.log_session": ("POST", f"/participants/{hi}/sessions", "therapist",
+                            {"held_on": iso(R + dt.timedelta(days=24)), "attendance": "attended", "minutes": 30}, None),
+        "api.log_counselling": ("POST", f"/participants/{u}/counselling", "coordinator",
+                                {"held_on": iso(R + dt.timedelta(days=20))}, None),
+        "api.create_event": ("POST", f"/participants/{u}/events", "coordinator",
+                             {"type": "lost_to_follow_up", "on": iso(R + dt.timedelta(days=180)), "reason": "moved abroad"}, None),
+        "api.create_deviation": ("POST", f"/participants/{u}/deviations", "coordinator",
+                                 {"on": iso(R + dt.timedelta(days=5)), "category": "other", "description": "late visit"}, None),
+        "api.report_blinding_break": ("POST", f"/participants/{u}/blinding-breaks", "assessor",
+                                      {"description": "the parent mentioned the drums"}, None),
+        "api.correct_assessment": ("POST", f"/assessments/{k['aid']}/corrections", "assessor",
+                                   {"values": {"social_affect": 13}, "reason": "transcription error"}, None),
+    }
+
+
+def web_cases(world, k) -> dict:
+    """A valid form post for every web write (accepted while unlocked; see the control test)."""
+    u, hi, ready = k["usual"].study_id, k["high"].study_id, k["ready"].study_id
+    answers = {f"c_{key}": "yes" if v else "no" for key, v in world.answers().items()}
+    site_form = {"name": "Vienna General", "country": "AT", "timezone": "UTC", "target": "41", "is_open": "y",
+                 "reason": "new target"}
+    return {
+        "enrollment.screen": ("/screenings/new", "coordinator", {"site": "AT01", "screened_on": iso(today()), **answers}),
+        "enrollment.enroll": (f"/screenings/{k['screening'].id}/enroll", "coordinator",
+                              {"consent_date": iso(today()), "date_of_birth": iso(today() - dt.timedelta(days=5 * 365)),
+                               "sex": "male"}),
+        "enrollment.randomize": (f"/participants/{ready}/randomize", "coordinator", {"confirm": "y", "idempotency_key": "web-lock"}),
+        "enrollment.assess": (f"/participants/{u}/assess/ados2", "assessor",
+                              {"visit": "month2", "performed_on": iso(R + dt.timedelta(days=61)), "v_social_affect": "10",
+                               "v_rrb": "3", "v_css": "5", "allocation_guess": "unsure", "guess_confidence": "2"}),
+        "course.log_session": (f"/participants/{hi}/sessions/new", "therapist",
+                               {"held_on": iso(R + dt.timedelta(days=24)), "attendance": "attended", "minutes": "30",
+                                "techniques": "songs", "engagement": "4", "note": ""}),
+        "course.log_counselling": (f"/participants/{u}/counselling/new", "coordinator",
+                                   {"held_on": iso(R + dt.timedelta(days=20)), "attended": "y"}),
+        "status.event": (f"/participants/{u}/events/new", "coordinator",
+                         {"type": "lost_to_follow_up", "on": iso(R + dt.timedelta(days=180)), "reason": "moved abroad"}),
+        "status.deviation": (f"/participants/{u}/deviations/new", "coordinator",
+                             {"category": "other", "on": iso(R + dt.timedelta(days=5)), "description": "late visit"}),
+        "outcomes.correct": (f"/assessments/{k['aid']}/correct", "assessor",
+                             {"v_social_affect": "13", "v_rrb": "4", "v_css": "6", "reason": "transcription error"}),
+        "outcomes.blinding_break": (f"/participants/{u}/blinding-break", "assessor",
+                                    {"reported_on": iso(today()), "description": "the parent mentioned the drums"}),
+        "admin.site_new": ("/admin/sites/new", "admin", {"code": "SE01", **site_form, "name": "Stockholm", "country": "SE"}),
+        "admin.site_edit": ("/admin/sites/AT01", "admin", {"code": "AT01", **site_form}),
+    }
+
+
+def test_every_write_route_has_a_locked_case(app, world, kids):
+    routes = write_routes(app)
+    cases = set(api_cases(world, kids)) | set(web_cases(world, kids))
+    assert set(routes) - cases == set(), f"write routes the 423 test does not cover: {sorted(set(routes) - cases)}"
+    assert cases - set(routes) == set(), f"cases for routes that no longer exist: {sorted(cases - set(routes))}"
+    # the exclusions are exactly the lock, unblinding, login/password and user-administration routes
+    excluded = {r.endpoint for r in app.url_map.iter_rules() if (r.methods or set()) & STATE_CHANGING} - set(routes)
+    assert excluded == {"api.create_lock", "api.lift_lock", "api.unblinding", "lock.create", "lock.lift", "lock.unblind",
+                        "auth.login", "auth.logout", "auth.password", "admin.user_new", "admin.user_edit"}
+
+
+def _api_call(world, case):
+    method, path, who, body, headers = case
+    return world.api(method, path, who, json=body, headers=headers)
+
+
+def test_control_every_api_write_is_accepted_while_unlocked(app, world, kids, db):
+    """The requests of the 423 test are valid: without a lock each one succeeds and is audited."""
+    for endpoint, (method, rule) in sorted(write_routes(app).items()):
+        if not endpoint.startswith("api."):
+            continue
+        case = api_cases(world, kids)[endpoint]
+        assert case[0] == method
+        n = fingerprint(db)["AuditRecord"]
+        r = _api_call(world, case)
+        assert r.status_code in (200, 201), (endpoint, r.status_code, r.get_data(as_text=True))
+        assert fingerprint(db)["AuditRecord"] > n, endpoint
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+def test_every_api_write_answers_423_and_changes_nothing_while_locked(app, world, kids, db, kind):
+    ok(lock(world, kind))
+    before = fingerprint(db)
+    routes = write_routes(app)
+    checked = []
+    for endpoint, (method, rule) in sorted(routes.items()):
+        if not endpoint.startswith("api."):
+            continue
+        case = api_cases(world, kids)[endpoint]
+        assert case[0] == method, endpoint
+        r = _api_call(world, case)
+        assert r.status_code == 423, (endpoint, r.status_code, r.get_data(as_text=True))
+        e = r.get_json()["error"]
+        assert e["code"] == "locked" and f"{kind}-locked" in e["message"], (endpoint, e)
+        assert fingerprint(db) == before, endpoint
+        checked.append(endpoint)
+    assert len(checked) == 10
+
+
+def web_client(app, who):
+    c = app.test_client()
+    r = c.post("/login", data={"email": f"{who}@example.org", "password": PASSWORD})
+    assert r.status_code == 302, who
+    return c
+
+
+def test_control_every_web_write_is_accepted_while_unlocked(app, world, kids, db):
+    clients = {}
+    for endpoint, (method, rule) in sorted(write_routes(app).items()):
+        if endpoint.startswith("api."):
+            continue
+        path, who, form = web_cases(world, kids)[endpoint]
+        c = clients.setdefault(who, web_client(app, who))
+        n = fingerprint(db)["AuditRecord"]
+        r = c.post(path, data=form)
+        assert r.status_code == 302, (endpoint, r.status_code, r.get_data(as_text=True)[:2000])
+        assert fingerprint(db)["AuditRecord"] > n, (endpoint, "nothing was written")
+
+
+def test_every_web_write_answers_423_and_changes_nothing_while_locked(app, world, kids, db):
+    clients = {who: web_client(app, who) for who in ("coordinator", "therapist", "assessor", "admin")}
+    ok(lock(world, "hard"))
+    before = fingerprint(db)
+    wrong = {}
+    for endpoint, (method, rule) in sorted(write_routes(app).items()):
+        if endpoint.startswith("api."):
+            continue
+        path, who, form = web_cases(world, kids)[endpoint]
+        r = clients[who].post(path, data=form)
+        assert fingerprint(db) == before, endpoint  # nothing changes, whatever the status
+        if r.status_code != 423 or "locked" not in r.get_data(as_text=True):
+            wrong[endpoint] = r.status_code
+    assert not wrong, f"web writes that do not answer 423 under a hard lock: {wrong}"
+
+
+def test_web_writes_change_nothing_while_locked(app, world, kids, db):
+    """Whatever the status code, a web write under a hard lock changes nothing and says why."""
+    clients = {who: web_client(app, who) for who in ("coordinator", "therapist", "assessor", "admin")}
+    ok(lock(world, "hard"))
+    before = fingerprint(db)
+    for endpoint, (method, rule) in sorted(write_routes(app).items()):
+        if endpoint.startswith("api."):
+            continue
+        path, who, form = web_cases(world, kids)[endpoint]
+        r = clients[who].post(path, data=form, follow_redirects=True)
+        assert "hard-locked" in r.get_data(as_text=True), endpoint
+        assert fingerprint(db) == before, endpoint
+
+
+def test_the_command_line_and_service_faces_refuse_while_locked(world, kids, db):
+    """Writes that have no route (protocol load, randomization open, site admin by CLI) refuse too."""
+    from trial.errors import Locked
+    from trial.protocol.service import DEFAULT_PROTOCOL, load_text
+    from trial.sites import service as sites
+    ok(lock(world, "hard"))
+    before = fingerprint(db)
+    db.commit()
+    writes = [
+        lambda: load_text(db, CLI, DEFAULT_PROTOCOL.read_text().replace('amendment = "1.0"', 'amendment = "1.1"')),
+        lambda: randomization.open_randomization(db, CLI, seed=SEED),
+        lambda: sites.create_site(db, CLI, {"code": "DK01", "name": "Aarhus"}),
+        lambda: sites.update_site(db, CLI, "AT01", {"target": 3}, reason="late change"),
+        lambda: enrollment.record_screening(db, CLI, {"site": "AT01", "screened_on": iso(today()), "answers": world.answers()}),
+        lambda: randomization.randomize(db, CLI, kids["ready"].study_id, "cli-locked"),
+    ]
+    for write in writes:
+        with pytest.raises(Locked, match="hard-locked"):
+            write()
+        db.rollback()
+    assert fingerprint(db) == before
+
+
+def _flashes(client) -> str:
+    return client.get("/locks").get_data(as_text=True)
+
+
+def test_web_lock_forms_sign_refuse_and_respect_roles(app, world, kids, db):
+    stat = web_client(app, "statistician")
+    assert stat.get("/locks").status_code == 200
+    for path, form in (("/locks/new", {"kind": "hard", "meaning": MEANING, "password": PASSWORD}),
+                       ("/unblinding", {"meaning": "unblind", "password": PASSWORD}),
+                       ("/locks/1/lift", {"reason": "x", "password": PASSWORD})):
+        assert stat.post(path, data=form).status_code == 403, path
+    for who in ("coordinator", "assessor", "therapist", "admin"):
+        assert web_client(app, who).get("/locks").status_code == 403, who
+    mgr = web_client(app, "manager")
+    before = fingerprint(db)
+    r = mgr.post("/locks/new", data={"kind": "hard", "meaning": MEANING, "password": "wrong-password-9"})
+    assert r.status_code == 302
+    assert "password is wrong" in _flashes(mgr)
+    assert fingerprint(db) == before
+    r = mgr.post("/locks/new", data={"kind": "hard", "meaning": MEANING, "password": PASSWORD})
+    assert r.status_code == 302
+    lk = active_lock_id(db)
+    assert lk is not None and db.get(DataLock, lk).kind == "hard"
+    assert db.get(Signature, db.get(DataLock, lk).signature_id).printed_name == "Manager"
+    page = mgr.get("/locks").get_data(as_text=True)
+    assert "Download bundle" in page and f"/locks/{lk}/bundle.zip" in page
+    assert mgr.get(f"/locks/{lk}/bundle.zip").data == world.api("GET", f"/locks/{lk}/bundle.zip", "manager").data
+    before = fingerprint(db)
+    mgr.post(f"/locks/{lk}/lift", data={"reason": "", "password": PASSWORD})
+    mgr.post(f"/locks/{lk}/lift", data={"reason": "late data", "password": "wrong-password-9"})
+    assert fingerprint(db) == before
+    mgr.post("/unblinding", data={"meaning": "Unblind after the final lock.", "password": PASSWORD})
+    db.expire_all()
+    assert db.execute(select(RandomizationDesign.unblinded_at)).scalar() is not None
+
+
+# --- lifting a hard lock, version 2 -----------------------------------------------------------------
+
+def test_lifting_a_hard_lock_keeps_its_bundle_and_the_next_is_version_2(world, kids, db):
+    first = ok(lock(world, "hard"))
+    z1 = world.api("GET", f"/locks/{first['id']}/bundle.zip", "manager")
+    b1 = world.api("GET", f"/locks/{first['id']}/bundle.zip", "statistician")
+    assert z1.status_code == b1.status_code == 200 and z1.data != b1.data
+    before = fingerprint(db)
+    for body in ({"password": PASSWORD}, {"reason": "", "password": PASSWORD}, {"reason": "re-open"},
+                 {"reason": "re-open", "password": "wrong-password-2"}):
+        err(world.api("DELETE", f"/locks/{first['id']}", "manager", json=body), 400)
+    assert fingerprint(db) == before
+    ok(lift(world, first["id"], reason="A site reported unentered month-5 data."), 200)
+    db.expire_all()
+    row = db.get(DataLock, first["id"])
+    assert row.lift_reason == "A site reported unentered month-5 data." and row.lift_signature_id is not None
+    assert active_lock_id(db) is None
+    # entry is open again
+    ok(world.api("POST", "/screenings", "coordinator", json={"site": "AT01", "screened_on": iso(today()), "answers": world.answers()}))
+    # the first bundle is unchanged and still downloadable
+    assert world.api("GET", f"/locks/{first['id']}/bundle.zip", "manager").data == z1.data
+    assert world.api("GET", f"/locks/{first['id']}/bundle.zip", "statistician").data == b1.data
+    second = ok(lock(world, "hard"))
+    assert second["id"] != first["id"] and db.get(DataLock, second["id"]).version == 2
+    assert second.get("version") == 2
+    z2 = world.api("GET", f"/locks/{second['id']}/bundle.zip", "manager")
+    assert z2.status_code == 200 and z2.data != z1.data
+    assert world.api("GET", f"/locks/{first['id']}/bundle.zip", "manager").data == z1.data
+    listed = {x["id"]: x for x in ok(world.api("GET", "/locks", "manager"), 200)}
+    assert listed[first["id"]]["lifted_at"] and listed[second["id"]]["lifted_at"] is None
+    for lid, data in ((first["id"], z1.data), (second["id"], z2.data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            manifest = z.read(f"lock-{lid}/manifest.sha256")
+        assert listed[lid]["manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
+    with zipfile.ZipFile(io.BytesIO(z2.data)) as z:
+        readme = z.read(f"lock-{second['id']}/README.txt").decode()
+    assert "hard lock version 2" in readme
+    assert audit.verify(db).ok
+
+
+def test_a_lock_that_is_not_hard_or_unknown_has_no_bundle(world, kids):
+    soft = ok(lock(world, "soft"))
+    err(world.api("GET", f"/locks/{soft['id']}/bundle.zip", "manager"), 404)
+    err(world.api("GET", "/locks/4242/bundle.zip", "statistician"), 404)
+
+
+# --- unblinding -------------------------------------------------------------------------------
+
+def test_unblinding_needs_a_hard_lock(world, kids, db):
+    before = fingerprint(db)
+    e = err(unblind(world), 409, "conflict")
+    assert "hard lock" in e["message"]
+    assert fingerprint(db) == before
+    soft = ok(lock(world, "soft"))
+    before = fingerprint(db)
+    err(unblind(world), 409)
+    assert fingerprint(db) == before
+    ok(lift(world, soft["id"]), 200)
+    hard = ok(lock(world, "hard"))
+    ok(lift(world, hard["id"]), 200)
+    before = fingerprint(db)
+    err(unblind(world), 409)  # a lifted hard lock is not in force
+    assert fingerprint(db) == before
+
+
+def test_unblinding_is_signed_and_refuses_a_wrong_password(world, kids, db):
+    ok(lock(world, "hard"))
+    before = fingerprint(db)
+    err(unblind(world, password="wrong-password-3"), 400)
+    err(world.api("POST", "/unblinding", "manager", json={"password": PASSWORD}), 400)
+    assert fingerprint(db) == before
+    body = ok(unblind(world))
+    design = db.execute(select(RandomizationDesign)).scalar_one()
+    db.refresh(design)
+    assert design.unblinded_at is not None and design.revealed_seed == SEED.hex()
+    assert body["commitment"] == design.commitment
+    sig = db.execute(select(Signature).where(Signature.purpose == "unblinding")).scalar_one()
+    assert sig.printed_name == "Manager" and sig.meaning == "I authorise unblinding after the final lock."
+    assert abs((sig.signed_at - design.unblinded_at).total_seconds()) < 1
+    err(unblind(world), 409)  # only once
+
+
+def test_reset_password_cannot_unblind(world, kids, db):
+    ok(lock(world, "hard"))
+    users.reset_password(db, world.users["admin"], world.users["manager"], "temporary-pass-43")
+    db.commit()
+    before = fingerprint(db)
+    err(unblind(world, password="temporary-pass-43"), 403)
+    assert fingerprint(db) == before
+
+
+def _zip_names(data: bytes) -> list[str]:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        return z.namelist()
+
+
+def test_after_unblinding_the_statistician_gets_arm_keys_and_verify_passes(world, kids, db):
+    hard = ok(lock(world, "hard"))
+    blinded = world.api("GET", f"/locks/{hard['id']}/bundle.zip", "statistician").data
+    unblinded = world.api("GET", f"/locks/{hard['id']}/bundle.zip", "manager").data
+    c = ok(world.api("GET", "/consort", "statistician"), 200)
+    assert set(c["arms"]) <= {"A", "B", "C"}
+    assert not any(n.endswith("sessions.csv") for n in _zip_names(blinded))
+    with pytest.raises(Exception):
+        randomization.verify(db, CliActor())  # still sealed
+    ok(unblind(world))
+    after = world.api("GET", f"/locks/{hard['id']}/bundle.zip", "statistician")
+    assert after.status_code == 200 and after.data == unblinded
+    assert any(n.endswith("csv/sessions.csv") for n in _zip_names(after.data))
+    c = ok(world.api("GET", "/consort", "statistician"), 200)
+    assert set(c["arms"]) == {"low", "high", "usual"}
+    assert c["arms"]["usual"]["label"] == "Enhanced usual care"
+    svg = world.api("GET", "/consort.svg", "statistician").get_data(as_text=True)
+    assert "Enhanced usual care" in svg
+    listed = ok(world.api("GET", "/locks", "statistician"), 200)
+    with zipfile.ZipFile(io.BytesIO(unblinded)) as z:
+        manifest = z.read(f"lock-{hard['id']}/manifest.sha256")
+    assert listed[0]["manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
+    res = randomization.verify(db, CliActor())
+    assert res.ok and res.checked == 4 and res.problems == []
+    assert randomization.verify(db, world.users["statistician"]).ok
+
+
+def test_verify_fails_when_an_allocation_is_altered(world, kids, db):
+    ok(lock(world, "hard"))
+    ok(unblind(world))
+    assert randomization.verify(db, CliActor()).ok
+    low = kids["low"]
+    db.execute(text("UPDATE allocation SET arm = 'usual' WHERE participant_id = :p"), {"p": low.id})
+    db.commit()
+    db.expire_all()
+    res = randomization.verify(db, CliActor())
+    assert not res.ok
+    assert any(low.study_id in p and "usual" in p and "low" in p for p in res.problems), res.problems
+
+
+def test_verify_fails_when_an_allocation_takes_another_slot(world, kids, db):
+    ok(lock(world, "hard"))
+    ok(unblind(world))
+    high2 = kids["high2"]
+    db.execute(text("UPDATE allocation SET seq = 7 WHERE participant_id = :p"), {"p": high2.id})
+    db.commit()
+    db.expire_all()
+    res = randomization.verify(db, CliActor())
+    assert not res.ok and any(high2.study_id in p for p in res.problems), res.problems
+
+
+# --- the command line against a committed database ---------------------------------------------------
+
+_script = Path(sys.executable).parent / "trial"
+TRIAL = [str(_script)] if _script.exists() else [sys.executable, "-m", "trial.cli"]
+
+
+def run_cli(url: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TRIAL_DATABASE_URL=url)
+    return subprocess.run(TRIAL + list(args), env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def live():
+    """A committed database with its own app: the CLI runs against it in a subprocess."""
+    from trial import create_app
+    fresh = FreshDatabase("lock")
+    app = create_app({"DATABASE_URL": fresh.url, "ENGINE": fresh.engine, "TESTING": True, "SECRET_KEY": "t"})
+    session = app.extensions["trial.sessions"]()
+    world = World(session, app).setup()
+    try:
+        yield fresh, world
+    finally:
+        session.close()
+        fresh.drop()
+
+
+def test_cli_randomization_verify_passes_after_unblinding_and_fails_after_tampering(live):
+    fresh, world = live
+    db = world.db
+    world.open(SEED)
+    people = []
+    for site in ("AT01", "AT01", "AT01", "NO01", "NO01"):
+        p = child(world, site)
+        world.randomize(p, f"cli-{p.study_id}")
+        people.append(p)
+    db.commit()
+    db.close()  # hold no transaction while the app and the CLI use the database
+    r = run_cli(fresh.url, "randomization", "verify")
+    assert r.returncode != 0 and "not unblinded" in r.stderr, (r.returncode, r.stdout, r.stderr)
+    ok(lock(world, "hard"))
+    ok(unblind(world))
+    r = run_cli(fresh.url, "randomization", "verify")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "all 5 allocations" in r.stdout
+    victim = people[3]
+    with fresh.engine.begin() as c:
+        arm = c.execute(text("SELECT arm FROM allocation WHERE participant_id = :p"), {"p": victim.id}).scalar()
+        other = "usual" if arm != "usual" else "high"
+        c.execute(text("UPDATE allocation SET arm = :a WHERE participant_id = :p"), {"a": other, "p": victim.id})
+    r = run_cli(fresh.url, "randomization", "verify")
+    assert r.returncode != 0, r.stdout
+    assert victim.study_id in r.stderr and "MISMATCH" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: verification failed")
+    # the service says the same
+    s = world.app.extensions["trial.sessions"]()
+    try:
+        res = randomization.verify(s, CliActor())
+        assert not res.ok and any(victim.study_id in p for p in res.problems)
+    finally:
+        s.close()
