@@ -593,7 +593,8 @@ def test_baseline_table_by_arm_on_a_hand_computed_example(world, small, db):
 
 # --- the locked dataset bundle ----------------------------------------------------------------------------
 
-TABLES = ["particip", "screen", "alloc", "sessions", "counsel", "assessl", "assessw", "guesses", "events", "deviatn"]
+TABLES = ["particip", "screen", "alloc", "sessions", "sessnote", "counsel", "assessl", "assessw", "guesses", "events", "deviatn"]
+SESSION_TABLES = ("sessions", "sessnote")
 
 
 def bundle_files(data: bytes) -> dict[str, bytes]:
@@ -619,7 +620,7 @@ def locked(constructed, db):
 
 
 def test_bundle_holds_every_table_in_every_format(locked):
-    for variant, tables in (("unblinded", TABLES), ("blinded", [t for t in TABLES if t != "sessions"])):
+    for variant, tables in (("unblinded", TABLES), ("blinded", [t for t in TABLES if t not in SESSION_TABLES])):
         files = bundle_files(locked[variant].data)
         expected = {f"{fmt}/{t}.{fmt}" for t in tables for fmt in ("csv", "xpt", "dta")}
         expected |= {"dictionary.csv", "odm/snapshot.xml", "reports/consort.json", "reports/blinding_index.csv",
@@ -744,7 +745,7 @@ def test_xpt_and_dta_read_back_equal_to_the_csv(locked, tmp_path):
         types = {(r["table"], r["name"]): r["type"] for r in csv.DictReader(io.StringIO(files["dictionary.csv"].decode()))}
         labels = {(r["table"], r["name"]): r["label"] for r in csv.DictReader(io.StringIO(files["dictionary.csv"].decode()))}
         tables = sorted(n[4:-4] for n in files if n.startswith("csv/"))
-        assert len(tables) == (10 if variant == "unblinded" else 9)
+        assert len(tables) == (11 if variant == "unblinded" else 9)
         for t in tables:
             head, rows = read_csv(files[f"csv/{t}.csv"])
             expected = [[(_num(c) if types[(t, name)] in ("int", "float") else c) for name, c in zip(head, r)] for r in rows]
@@ -799,7 +800,7 @@ def test_readme_names_the_lock_signature_and_protocol(locked, db):
 def test_statistician_gets_the_blinded_bundle_with_no_arm_anywhere(locked, db):
     files = bundle_files(locked["blinded"].data)
     mapping = codes(db)
-    assert not any("sessions" in n for n in files), "session data before unblinding"
+    assert not any("sessions" in n or "sessnote" in n for n in files), "session data before unblinding"
     head, rows = read_csv(files["csv/particip.csv"])
     assert "armcd" in head and "arm" not in head and "armlbl" not in head
     arm_by_id = {k["p"].study_id: k["arm"] for k in locked["kids"]}
@@ -815,7 +816,7 @@ def test_statistician_gets_the_blinded_bundle_with_no_arm_anywhere(locked, db):
     types = {r[head.index("evtype")] for r in rows}
     assert types == {"withdrawn", "lost_to_follow_up", "died"}, "no intervention events in a blinded bundle"
     dictionary = list(csv.DictReader(io.StringIO(files["dictionary.csv"].decode())))
-    assert not any(e["table"] == "sessions" for e in dictionary)
+    assert not any(e["table"] in SESSION_TABLES for e in dictionary)
     assert "sessions_delivered" not in json.loads(files["reports/trial_facts.json"])
     for name, content in files.items():
         for label in LABELS.values():
@@ -874,7 +875,7 @@ def test_a_hard_lock_of_an_empty_trial_builds_a_valid_bundle(world, db):
     a valid ODM snapshot and a CONSORT of zeros; unblinding has nothing to reveal."""
     from lxml import etree
     lock_id = hard_lock(world)
-    for who, n_tables in (("manager", 10), ("statistician", 9)):
+    for who, n_tables in (("manager", 11), ("statistician", 9)):
         files = bundle_files(ok(world.api("GET", f"/locks/{lock_id}/bundle.zip", who)).data)
         assert sum(n.startswith("csv/") for n in files) == n_tables
         assert all(len(read_csv(files[n])[1]) == 0 for n in files if n.startswith("csv/"))
@@ -885,3 +886,24 @@ def test_a_hard_lock_of_an_empty_trial_builds_a_valid_bundle(world, db):
         assert all(a["allocated"] == 0 for a in c["arms"].values())
     r = world.api("POST", "/unblinding", "manager", json={"meaning": "unblind", "password": PASSWORD})
     assert r.status_code == 409, r.get_json()
+
+
+def test_xpt_timestamp_fix_up_leaves_data_values_alone(tmp_path):
+    """Only the header's creation stamps are set to the lock time; a value that looks like a SAS
+    datetime stays as it was."""
+    import datetime as dt_
+
+    import pyreadstat
+
+    from trial.exports.dataset import Table, Var
+    from trial.exports.formats import to_dta, to_xpt
+    t = Table("notes", "Notes", [Var("studyid", "Study ID", "str"), Var("note", "Note", "str")],
+              [("AT01-0001", "moved from 12MAR24:10:00:00 to the afternoon")])
+    when = dt_.datetime(2026, 1, 2, 3, 4, 5)
+    data, _ = to_xpt(t, when)
+    assert b"02JAN26:03:04:05" in data[:data.find(b"HEADER RECORD*******OBS")]
+    path = tmp_path / "n.xpt"
+    path.write_bytes(data)
+    df, _ = pyreadstat.read_xport(str(path))
+    assert df["note"][0] == "moved from 12MAR24:10:00:00 to the afternoon"
+    assert to_xpt(t, when)[0] == data and to_dta(t, when) == to_dta(t, when)

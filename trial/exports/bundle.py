@@ -3,6 +3,7 @@ ODM 1.3.2 snapshot, CONSORT and blinding reports, a README and a SHA-256 manifes
 fixed timestamps so that the same lock always gives the same bytes."""
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
@@ -23,50 +24,73 @@ def _sha(b: bytes) -> str:
 
 
 def build_bundles(db: Session, lock, sig) -> dict[str, tuple[bytes, str, str]]:
-    return {v: build_bundle(db, lock, sig, blinded=(v == "blinded")) for v in VARIANTS}
+    """Both variants, from one read of the database. The garbage collector is paused: the build
+    makes millions of short-lived tuples and no cycles."""
+    cache: dict = {}
+    gc.disable()
+    try:
+        return {v: build_bundle(db, lock, sig, blinded=(v == "blinded"), cache=cache) for v in VARIANTS}
+    finally:
+        gc.enable()
 
 
-def build_bundle(db: Session, lock, sig, blinded: bool) -> tuple[bytes, str, str]:
+class _Zip:
+    """Files go into the zip as they are made (fixed timestamps, read-only), hashed on the way, so
+    no more than one table's files is held in memory."""
+
+    def __init__(self, lock):
+        self.buf = io.BytesIO()
+        self.z = zipfile.ZipFile(self.buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
+        self.prefix = f"lock-{lock.id}/"
+        self.stamp = max(lock.created_at.timetuple()[:6], (1980, 1, 1, 0, 0, 0))
+        self.sums: dict[str, str] = {}
+
+    def add(self, name: str, data: bytes) -> None:
+        info = zipfile.ZipInfo(self.prefix + name, date_time=self.stamp)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o444 << 16
+        self.z.writestr(info, data)
+        self.sums[name] = _sha(data)
+
+    def close(self) -> tuple[bytes, str]:
+        manifest = "".join(f"{self.sums[n]}  {n}\n" for n in sorted(self.sums)).encode()
+        self.add("manifest.sha256", manifest)
+        self.z.close()
+        return self.buf.getvalue(), _sha(manifest)
+
+
+def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = None) -> tuple[bytes, str, str]:
     """Return (zip bytes, sha256 of the zip, sha256 of the manifest)."""
+    from trial.auth.scope import CliActor
     from trial.exports.consort import consort
     from trial.exports.reports import bang_index, baseline_table, table_csv, trial_facts
-    from trial.auth.scope import CliActor
     when = lock.created_at
     pv = db.query(ProtocolVersion).filter_by(version=lock.protocol_version).one()
     content = pv.content
-    tables = build_tables(db, blinded)
-    files: dict[str, bytes] = {}
+    tables = build_tables(db, blinded, cache)
+    out = _Zip(lock)
     truncated: dict[str, dict[str, int]] = {}
     for t in tables:
-        files[f"csv/{t.name}.csv"] = formats.to_csv(t)
-        files[f"xpt/{t.name}.xpt"], cut = formats.to_xpt(t, when)
+        out.add(f"csv/{t.name}.csv", formats.to_csv(t))
+        df, xdf, cut = formats.frames(t)
+        out.add(f"dta/{t.name}.dta", formats.to_dta(t, when, df))
+        out.add(f"xpt/{t.name}.xpt", formats.to_xpt(t, when, xdf)[0])
         if cut:
             truncated[t.name] = cut
-        files[f"dta/{t.name}.dta"] = formats.to_dta(t, when)
-    files["dictionary.csv"] = formats.dictionary_csv(tables)
-    files["odm/snapshot.xml"] = odm.snapshot(content, {t.name: t for t in tables}, lock.id, when, pv.version, blinded)
+        del df, xdf
+    out.add("dictionary.csv", formats.dictionary_csv(tables))
+    out.add("odm/snapshot.xml", odm.snapshot(content, {t.name: t for t in tables}, lock.id, when, pv.version, blinded))
     names = arm_codes(db) if blinded else {a["key"]: a["key"] for a in content["arms"]}
     c = consort(db, CliActor(), blinded=blinded)
-    files["reports/consort.json"] = json.dumps(c, indent=2, sort_keys=False).encode()
-    bi = bang_index(db, names)
-    files["reports/blinding_index.csv"] = table_csv({"columns": ["arm", "n", "correct", "incorrect", "unsure", "bang_index"],
-                                                     "rows": [[r[k] if r[k] is not None else "" for k in
-                                                               ("arm", "n", "correct", "incorrect", "unsure", "bang_index")] for r in bi]})
-    files["reports/baseline_table.csv"] = table_csv(baseline_table(db, names))
-    files["reports/trial_facts.json"] = json.dumps(trial_facts(db, names, blinded), indent=2).encode()
-    files["README.txt"] = _readme(lock, sig, pv, blinded, tables, truncated).encode()
-    manifest = "".join(f"{_sha(files[n])}  {n}\n" for n in sorted(files)).encode()
-    files["manifest.sha256"] = manifest
-    buf = io.BytesIO()
-    stamp = when.timetuple()[:6]
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-        for name in sorted(files):
-            info = zipfile.ZipInfo(f"lock-{lock.id}/{name}", date_time=max(stamp, (1980, 1, 1, 0, 0, 0)))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o444 << 16
-            z.writestr(info, files[name])
-    data = buf.getvalue()
-    return data, _sha(data), _sha(manifest)
+    out.add("reports/consort.json", json.dumps(c, indent=2, sort_keys=False).encode())
+    cols = ("arm", "n", "correct", "incorrect", "unsure", "bang_index")
+    out.add("reports/blinding_index.csv", table_csv({"columns": list(cols), "rows": [
+        [r[k] if r[k] is not None else "" for k in cols] for r in bang_index(db, names)]}))
+    out.add("reports/baseline_table.csv", table_csv(baseline_table(db, names)))
+    out.add("reports/trial_facts.json", json.dumps(trial_facts(db, names, blinded), indent=2).encode())
+    out.add("README.txt", _readme(lock, sig, pv, blinded, tables, truncated).encode())
+    data, manifest_sha = out.close()
+    return data, _sha(data), manifest_sha
 
 
 def _readme(lock, sig, pv, blinded: bool, tables, truncated) -> str:

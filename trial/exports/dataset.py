@@ -7,11 +7,12 @@ intervention events and deviations, adherence.
 """
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
 from trial.course.models import CounsellingSession, TherapySession
@@ -103,23 +104,32 @@ def _dt(v):
     return v.strftime("%Y-%m-%dT%H:%M:%S") if v is not None else None
 
 
-def build_tables(db: Session, blinded: bool) -> list[Table]:
+def build_tables(db: Session, blinded: bool, cache: dict | None = None) -> list[Table]:
+    """The tables of one variant. Pass the same ``cache`` to build both variants from one read of
+    the database."""
+    cache = {} if cache is None else cache
+
+    def fetch(key: str, stmt):
+        if key not in cache:
+            cache[key] = db.execute(stmt).all()
+        return cache[key]
+
     content = current_protocol(db).content
     codes = arm_codes(db)
     labels = {a["key"]: a["label"] for a in content["arms"]}
     site = dict(db.execute(select(Site.id, Site.code)).all())
     pid = {}
-    participants = db.execute(select(Participant.id, Participant.study_id, Participant.site_id, Participant.sex,
+    participants = fetch("participants", select(Participant.id, Participant.study_id, Participant.site_id, Participant.sex,
                                      Participant.date_of_birth, Participant.consent_date, Participant.enrolled_at,
-                                     Participant.screening_id, Participant.strata).order_by(Participant.study_id)).all()
+                                     Participant.screening_id, Participant.strata).order_by(Participant.study_id))
     for p in participants:
         pid[p.id] = p.study_id
-    alloc = {a.participant_id: a for a in db.execute(select(Allocation.participant_id, Allocation.arm, Allocation.seq,
-                                                                Allocation.randomized_at, Allocation.stratum_id)).all()}
+    alloc = {a.participant_id: a for a in fetch("alloc", select(Allocation.participant_id, Allocation.arm, Allocation.seq,
+                                                               Allocation.randomized_at, Allocation.stratum_id))}
     strata = dict(db.execute(select(Stratum.id, Stratum.key)).all())
     events: dict[int, list] = {}
-    for e in db.execute(select(StatusEvent.participant_id, StatusEvent.type, StatusEvent.on, StatusEvent.reason)
-                        .order_by(StatusEvent.participant_id, StatusEvent.on, StatusEvent.id)).all():
+    for e in fetch("events", select(StatusEvent.participant_id, StatusEvent.type, StatusEvent.on, StatusEvent.reason)
+                   .order_by(StatusEvent.participant_id, StatusEvent.on, StatusEvent.id)):
         if blinded and e.type in ARM_REVEALING_EVENTS:
             continue
         events.setdefault(e.participant_id, []).append(e)
@@ -164,7 +174,9 @@ def build_tables(db: Session, blinded: bool) -> list[Table]:
                   source=f"criterion {c['key']}: {c['question']}") for i, c in enumerate(criteria)]
     enrolled = {p.screening_id: p.study_id for p in participants}
     rows = []
-    for s in db.execute(select(Screening).order_by(Screening.id)).scalars():
+    for s in fetch("screenings", select(Screening.id, Screening.site_id, Screening.screened_on, Screening.outcome,
+                                        Screening.failed_criteria, Screening.declined, Screening.other_reason,
+                                        Screening.answers).order_by(Screening.id)):
         rows.append((s.id, site[s.site_id], _d(s.screened_on), s.outcome, ";".join(s.failed_criteria or []) or None,
                      int(s.declined), s.other_reason, enrolled.get(s.id))
                     + tuple(int(s.answers.get(c["key"])) if c["key"] in s.answers else None for c in criteria))
@@ -183,30 +195,42 @@ def build_tables(db: Session, blinded: bool) -> list[Table]:
                  Var("attend", "Attendance", "str", allowed="attended, cancelled, no_show"),
                  Var("minutes", "Duration", "int", units="minutes"), Var("techniq", "Techniques used", "str", allowed=techniques),
                  Var("engage", "Child engagement (1-5)", "int", allowed="1-5"),
-                 Var("outcours", "Outside the course window (1 = yes)", "int", allowed="0, 1"),
-                 Var("note", "Therapist's note", "str")]
-        rows = [(pid[s.participant_id], _d(s.held_on), s.attendance, s.minutes, ";".join(s.techniques or []) or None,
-                 s.engagement, int(s.outside_course), s.note)
-                for s in db.execute(select(TherapySession.participant_id, TherapySession.held_on, TherapySession.attendance,
-                                           TherapySession.minutes, TherapySession.techniques, TherapySession.engagement,
-                                           TherapySession.outside_course, TherapySession.note)
-                                    .order_by(TherapySession.participant_id, TherapySession.held_on)).all()]
-        rows.sort(key=lambda r: (r[0], r[1]))
+                 Var("outcours", "Outside the course window (1 = yes)", "int", allowed="0, 1")]
+        decoded: dict[str | None, str | None] = {}
+
+        def techniques_of(raw):  # at most a few dozen distinct lists: decode each once
+            if raw not in decoded:
+                decoded[raw] = ";".join(json.loads(raw)) or None if raw else None
+            return decoded[raw]
+        rows, notes = [], []
+        for s in db.execute(select(Participant.study_id, TherapySession.held_on, TherapySession.attendance,
+                                   TherapySession.minutes, cast(TherapySession.techniques, Text), TherapySession.engagement,
+                                   TherapySession.outside_course, TherapySession.note)
+                            .join(Participant, Participant.id == TherapySession.participant_id)
+                            .order_by(Participant.study_id, TherapySession.held_on)):
+            day = _d(s[1])
+            rows.append((s[0], day, s[2], s[3], techniques_of(s[4]), s[5], int(s[6])))
+            if s[7]:
+                notes.append((s[0], day, s[7]))
         tables.append(Table("sessions", "Music-therapy sessions", svars, rows))
+        tables.append(Table("sessnote", "Therapists' notes on sessions", [
+            Var("studyid", "Study ID", "str"), Var("sessdt", "Session date", "date"), Var("note", "Therapist's note", "str")], notes))
 
     cvars = [Var("studyid", "Study ID", "str"), Var("number", "Counselling session number", "int"),
              Var("counsdt", "Counselling date", "date"), Var("attended", "Parents attended (1 = yes)", "int", allowed="0, 1")]
-    rows = sorted((pid[c.participant_id], c.number, _d(c.held_on), int(c.attended)) for c in db.execute(
+    rows = sorted((pid[c.participant_id], c.number, _d(c.held_on), int(c.attended)) for c in fetch("counselling",
         select(CounsellingSession.participant_id, CounsellingSession.number, CounsellingSession.held_on,
-               CounsellingSession.attended)).all())
+               CounsellingSession.attended)))
     tables.append(Table("counsel", "Parent counselling sessions", cvars, rows))
 
     names = short_names(content["instruments"])
     fields = {(i["key"], f["key"]): (i, f) for i in content["instruments"] for f in i["fields"]}
-    assessments = sorted(db.execute(select(Assessment.participant_id, Assessment.visit, Assessment.instrument,
-                                           Assessment.performed_on, Assessment.values, Assessment.out_of_window,
-                                           Assessment.allocation_guess, Assessment.guess_confidence)).all(),
-                         key=lambda a: (pid[a.participant_id], a.visit, a.instrument))
+    if "assessments" not in cache:
+        cache["assessments"] = sorted(db.execute(select(
+            Assessment.participant_id, Assessment.visit, Assessment.instrument, Assessment.performed_on, Assessment.values,
+            Assessment.out_of_window, Assessment.allocation_guess, Assessment.guess_confidence)).all(),
+            key=lambda a: (pid[a.participant_id], a.visit, a.instrument))
+    assessments = cache["assessments"]
     lvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", allowed=", ".join(v["key"] for v in content["visits"])),
              Var("instr", "Instrument", "str", allowed=", ".join(i["key"] for i in content["instruments"])),
              Var("item", "Item", "str"), Var("value", "Value", "float"), Var("perfdt", "Date performed", "date"),
@@ -252,9 +276,9 @@ def build_tables(db: Session, blinded: bool) -> list[Table]:
 
     dvars = [Var("studyid", "Study ID", "str"), Var("devdt", "Date of the deviation", "date"),
              Var("category", "Category", "str"), Var("descr", "Description", "str")]
-    q = select(Deviation.participant_id, Deviation.on, Deviation.category, Deviation.description)
-    if blinded:
-        q = q.where(Deviation.category != "intervention")
-    rows = sorted((pid[d.participant_id], _d(d.on), d.category, d.description) for d in db.execute(q).all())
+    rows = sorted((pid[d.participant_id], _d(d.on), d.category, d.description)
+                  for d in fetch("deviations", select(Deviation.participant_id, Deviation.on, Deviation.category,
+                                                      Deviation.description))
+                  if not (blinded and d.category == "intervention"))
     tables.append(Table("deviatn", "Protocol deviations", dvars, rows))
     return tables

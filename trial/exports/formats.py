@@ -27,8 +27,11 @@ def to_csv(table: Table) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow([v.name for v in table.vars])
-    for row in table.rows:
-        w.writerow([_cell(v) for v in row])
+    floats = [i for i, v in enumerate(table.vars) if v.type == "float"]
+    if floats:  # only floats need formatting (12.0 is written 12); None is written empty by csv
+        w.writerows([[_cell(v) for v in row] for row in table.rows])
+    else:
+        w.writerows(table.rows)
     return buf.getvalue().encode("utf-8")
 
 
@@ -72,20 +75,44 @@ def _via_file(suffix: str, write) -> bytes:
         os.unlink(path)
 
 
-def to_xpt(table: Table, when: dt.datetime) -> tuple[bytes, dict[str, int]]:
+def frames(table: Table):
+    """The pandas frames for Stata and for SAS transport (text cut to 200 bytes), built once."""
+    df, _ = _frame(table)
+    xdf, truncated = df, {}
+    for v in table.vars:
+        if v.type not in ("int", "float"):
+            long = df[v.name].map(lambda x: len(x.encode("utf-8")) > XPT_MAX_TEXT)
+            n = int(long.sum())
+            if n:
+                if xdf is df:
+                    xdf = df.copy()
+                truncated[v.name] = n
+                xdf[v.name] = df[v.name].map(lambda x: x.encode("utf-8")[:XPT_MAX_TEXT].decode("utf-8", "ignore"))
+    return df, xdf, truncated
+
+
+def to_xpt(table: Table, when: dt.datetime, df=None) -> tuple[bytes, dict[str, int]]:
     import pyreadstat
-    df, truncated = _frame(table, XPT_MAX_TEXT)
+    truncated = {}
+    if df is None:
+        df, truncated = _frame(table, XPT_MAX_TEXT)
     data = _via_file(".xpt", lambda p: pyreadstat.write_xport(df, p, file_format_version=5, table_name=table.name.upper(),
                                                               file_label=table.label,
                                                               column_labels=[v.label for v in table.vars]))
+    # the creation/modification stamps live in the header records, before the observations
+    end = data.find(b"HEADER RECORD*******OBS")
+    end = len(data) if end < 0 else end
     stamp = when.strftime("%d%b%y:%H:%M:%S").upper().encode()
-    return re.sub(rb"\d\d[A-Z]{3}\d\d:\d\d:\d\d:\d\d", stamp, data), truncated
+    return re.sub(rb"\d\d[A-Z]{3}\d\d:\d\d:\d\d:\d\d", stamp, data[:end]) + data[end:], truncated
 
 
-def to_dta(table: Table, when: dt.datetime) -> bytes:
+def to_dta(table: Table, when: dt.datetime, df=None) -> bytes:
     import pyreadstat
-    df, _ = _frame(table)
+    if df is None:
+        df, _ = _frame(table)
     data = _via_file(".dta", lambda p: pyreadstat.write_dta(df, p, file_label=table.label,
                                                             column_labels=[v.label for v in table.vars]))
     stamp = b"\x11" + when.strftime("%d %b %Y %H:%M").encode()
-    return re.sub(rb"<timestamp>.[^<]*</timestamp>", b"<timestamp>" + stamp + b"</timestamp>", data, count=1, flags=re.S)
+    head = data[:512]  # the header holds the one timestamp
+    return re.sub(rb"<timestamp>.[^<]*</timestamp>", b"<timestamp>" + stamp + b"</timestamp>", head, count=1,
+                  flags=re.S) + data[512:]
