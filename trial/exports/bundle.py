@@ -17,6 +17,7 @@ from trial.exports.dataset import arm_codes, build_tables
 from trial.protocol.models import ProtocolVersion
 
 VARIANTS = ("unblinded", "blinded")
+ODM_TABLES = ("particip", "assessl")  # the ODM snapshot is written from these, after the others
 
 
 def _sha(b: bytes) -> str:
@@ -70,6 +71,7 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
     tables = build_tables(db, blinded, cache)
     out = _Zip(lock)
     truncated: dict[str, dict[str, int]] = {}
+    counts = {t.name: len(t.rows) for t in tables}
     for t in tables:
         out.add(f"csv/{t.name}.csv", formats.to_csv(t))
         df, xdf, cut = formats.frames(t)
@@ -78,6 +80,8 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
         if cut:
             truncated[t.name] = cut
         del df, xdf
+        if t.name not in ODM_TABLES:
+            t.rows = []  # written: let the memory go (the sessions table is most of it)
     out.add("dictionary.csv", formats.dictionary_csv(tables))
     out.add("odm/snapshot.xml", odm.snapshot(content, {t.name: t for t in tables}, lock.id, when, pv.version, blinded))
     names = arm_codes(db) if blinded else {a["key"]: a["key"] for a in content["arms"]}
@@ -88,12 +92,12 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
         [r[k] if r[k] is not None else "" for k in cols] for r in bang_index(db, names)]}))
     out.add("reports/baseline_table.csv", table_csv(baseline_table(db, names)))
     out.add("reports/trial_facts.json", json.dumps(trial_facts(db, names, blinded), indent=2).encode())
-    out.add("README.txt", _readme(lock, sig, pv, blinded, tables, truncated).encode())
+    out.add("README.txt", _readme(lock, sig, pv, blinded, tables, truncated, counts).encode())
     data, manifest_sha = out.close()
     return data, _sha(data), manifest_sha
 
 
-def _readme(lock, sig, pv, blinded: bool, tables, truncated) -> str:
+def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts) -> str:
     lines = [
         "Locked dataset bundle",
         "=====================",
@@ -118,7 +122,7 @@ def _readme(lock, sig, pv, blinded: bool, tables, truncated) -> str:
         "Tables",
         "------",
     ]
-    lines += [f"{t.name:<9} {t.label} ({len(t.rows)} rows)" for t in tables]
+    lines += [f"{t.name:<9} {t.label} ({counts[t.name]} rows)" for t in tables]
     if truncated:
         lines += ["", "SAS transport v5 holds at most 200 bytes per text value; truncated in xpt/ only (full text in csv/ and dta/):"]
         lines += [f"  {t}.{v}: {n} values" for t, cols in sorted(truncated.items()) for v, n in sorted(cols.items())]

@@ -207,7 +207,8 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None) -> list[
                                    TherapySession.minutes, cast(TherapySession.techniques, Text), TherapySession.engagement,
                                    TherapySession.outside_course, TherapySession.note)
                             .join(Participant, Participant.id == TherapySession.participant_id)
-                            .order_by(Participant.study_id, TherapySession.held_on)):
+                            .order_by(Participant.study_id, TherapySession.held_on)
+                            .execution_options(yield_per=10000)):  # streamed: the largest table
             day = _d(s[1])
             rows.append((s[0], day, s[2], s[3], techniques_of(s[4]), s[5], int(s[6])))
             if s[7]:

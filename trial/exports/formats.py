@@ -64,15 +64,24 @@ def _frame(table: Table, max_text: int | None = None):
     return pd.DataFrame(cols), truncated
 
 
-def _via_file(suffix: str, write) -> bytes:
+def _via_file(suffix: str, write) -> bytearray:
     fd, path = tempfile.mkstemp(suffix=suffix)
     os.close(fd)
     try:
         write(path)
+        buf = bytearray(os.path.getsize(path))
         with open(path, "rb") as f:
-            return f.read()
+            f.readinto(buf)
+        return buf
     finally:
         os.unlink(path)
+
+
+def _stamp(buf: bytearray, pattern: bytes, stamp: bytes, end: int) -> bytearray:
+    """Overwrite header time stamps in place (same length), within buf[:end] only."""
+    for m in re.finditer(pattern, bytes(buf[:end])):
+        buf[m.start():m.end()] = stamp
+    return buf
 
 
 def frames(table: Table):
@@ -103,7 +112,7 @@ def to_xpt(table: Table, when: dt.datetime, df=None) -> tuple[bytes, dict[str, i
     end = data.find(b"HEADER RECORD*******OBS")
     end = len(data) if end < 0 else end
     stamp = when.strftime("%d%b%y:%H:%M:%S").upper().encode()
-    return re.sub(rb"\d\d[A-Z]{3}\d\d:\d\d:\d\d:\d\d", stamp, data[:end]) + data[end:], truncated
+    return _stamp(data, rb"\d\d[A-Z]{3}\d\d:\d\d:\d\d:\d\d", stamp, end), truncated
 
 
 def to_dta(table: Table, when: dt.datetime, df=None) -> bytes:
@@ -112,7 +121,5 @@ def to_dta(table: Table, when: dt.datetime, df=None) -> bytes:
         df, _ = _frame(table)
     data = _via_file(".dta", lambda p: pyreadstat.write_dta(df, p, file_label=table.label,
                                                             column_labels=[v.label for v in table.vars]))
-    stamp = b"\x11" + when.strftime("%d %b %Y %H:%M").encode()
-    head = data[:512]  # the header holds the one timestamp
-    return re.sub(rb"<timestamp>.[^<]*</timestamp>", b"<timestamp>" + stamp + b"</timestamp>", head, count=1,
-                  flags=re.S) + data[512:]
+    stamp = b"<timestamp>\x11" + when.strftime("%d %b %Y %H:%M").encode() + b"</timestamp>"
+    return _stamp(data, rb"<timestamp>\x11[^<]{17}</timestamp>", stamp, 512)  # the header holds the one stamp
