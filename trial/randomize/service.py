@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
@@ -246,12 +246,16 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
         arm = sl.arm_at(seq)
     else:
         arm, details = _minimize(db, design, master, seq, p)
-    stratum.last_seq = seq
-    alloc = Allocation(participant_id=p.id, stratum_id=stratum.id, seq=seq, arm=arm, details=details,
-                       idempotency_key=idempotency_key, randomized_by_id=getattr(actor, "id", None),
-                       randomized_at=at if (at is not None and is_cli(actor)) else utcnow())
-    db.add(alloc)
-    db.flush()
+    # the hot path writes through Core: one INSERT and one UPDATE, no unit-of-work flush
+    values = dict(participant_id=p.id, stratum_id=stratum.id, seq=seq, arm=arm, details=details,
+                  idempotency_key=idempotency_key, randomized_by_id=getattr(actor, "id", None),
+                  randomized_at=at if (at is not None and is_cli(actor)) else utcnow())
+    db.flush()  # a stratum just extended or created goes first
+    alloc_t, stratum_t = Allocation.__table__, Stratum.__table__
+    new_id = db.execute(insert(alloc_t).values(**values).returning(alloc_t.c.id)).scalar_one()
+    db.execute(update(stratum_t).where(stratum_t.c.id == stratum.id).values(last_seq=seq))
+    db.expire(stratum, ["last_seq"])
+    alloc = Allocation(id=new_id, **values)  # transient: the row is written; this carries the answer
     audit.record(db, actor, "randomize", "allocation", p.study_id,
                  {"allocation": (None, {"arm": arm, "stratum": key, "seq": seq})}, reveals_allocation=True)
     return Result(alloc, p, True, arms.get(arm, arm))
