@@ -179,3 +179,9 @@ def test_admin_pages_create_and_edit_users(world, app, db):
     recs = db.execute(select(AuditRecord).where(AuditRecord.entity == "user", AuditRecord.entity_id == "new@example.org",
                                                 AuditRecord.field == "roles", AuditRecord.action == "update")).scalars().all()
     assert [(r.old, r.new, r.reason) for r in recs] == [("assessor@NO01", "assessor@AT01", "moved site")]
+
+
+def test_an_admin_cannot_change_their_own_roles(world, db):
+    admin = world.users["admin"]
+    with pytest.raises(Forbidden, match="Another administrator"):
+        users.set_roles(db, admin, admin, [("admin", None), ("manager", None)], reason="self-promotion")

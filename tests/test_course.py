@@ -590,3 +590,12 @@ def test_session_held_today_in_the_sites_time_zone_is_accepted(world, kids, db, 
     r = session(world, low, dt.date(2024, 2, 29))
     assert r.status_code == 201, r.get_json()
     assert state(db)["TherapySession"] == before["TherapySession"] + 1
+
+
+def test_intervention_events_need_a_randomized_child(world):
+    import datetime as _dt
+    p = world.enroll()
+    for kind in ("not_received", "discontinued_intervention", "lost_to_follow_up"):
+        r = world.api("POST", f"/participants/{p.study_id}/events", "coordinator",
+                      json={"type": kind, "on": _dt.date.today().isoformat(), "reason": "x"})
+        assert r.status_code == 409 and "not randomized" in r.get_json()["error"]["message"]

@@ -216,8 +216,15 @@ def codes(db) -> dict[str, str]:
 
 
 def blind(expected: dict, mapping: dict[str, str]) -> dict:
+    """A blinded reader's counts: arm codes, and the boxes about receiving or stopping the
+    intervention withheld (only arms with sessions could miss one)."""
     out = json.loads(json.dumps(expected))
-    out["arms"] = {mapping[a]: {**v, "label": None} for a, v in expected["arms"].items()}
+    out["arms"] = {mapping[a]: {**v, "label": None, "received_allocated_intervention": None,
+                                "did_not_receive_allocated_intervention": {"total": None, "reasons": {}},
+                                "discontinued_intervention": {"total": None, "reasons": {}}}
+                   for a, v in expected["arms"].items()}
+    out["withheld_while_blinded"] = ["received_allocated_intervention", "did_not_receive_allocated_intervention",
+                                     "discontinued_intervention"]
     return out
 
 
@@ -395,12 +402,14 @@ def _box_lines(c: dict, names: dict[str, str]) -> list[str]:
            f"Not meeting inclusion criteria (n={ex['not_meeting_inclusion_criteria']})",
            f"Declined to participate (n={ex['declined_to_participate']})", f"Other reasons (n={ex['other_reasons']})",
            f"Randomized (n={c['randomized']})"]
+    def n(v):
+        return "withheld while blinded" if v is None else f"n={v}"
     for key, a in c["arms"].items():
         out += [f"Allocated to {names[key]} (n={a['allocated']})",
-                f"Received allocated intervention (n={a['received_allocated_intervention']})",
-                f"Did not receive allocated intervention (n={a['did_not_receive_allocated_intervention']['total']})",
+                f"Received allocated intervention ({n(a['received_allocated_intervention'])})",
+                f"Did not receive allocated intervention ({n(a['did_not_receive_allocated_intervention']['total'])})",
                 f"Lost to follow-up (n={a['lost_to_follow_up']['total']})",
-                f"Discontinued intervention (n={a['discontinued_intervention']['total']})",
+                f"Discontinued intervention ({n(a['discontinued_intervention']['total'])})",
                 f"Analysed (n={a['analysed']})", f"Excluded from analysis (n={a['excluded_from_analysis']['total']})"]
         for box in ("did_not_receive_allocated_intervention", "lost_to_follow_up", "discontinued_intervention",
                     "excluded_from_analysis"):
@@ -543,7 +552,12 @@ def test_bang_index_per_arm_on_a_hand_computed_example(world, small, db):
     blinded = ok(world.api("GET", "/reports/summary", "statistician")).get_json()
     mapping = codes(db)
     assert blinded["blinded"] is True and "sessions_delivered" not in blinded
-    assert {r["arm"]: r for r in blinded["blinding_index"]} == {mapping[a]: {**BANG[a], "arm": mapping[a]} for a in ARMS}
+    # blinded: which guess is correct would tell which code is music therapy, so only the
+    # distribution of the guesses is shown, and no index
+    guessed = {"high": (2, 1), "low": (0, 2), "usual": (1, 2)}  # (music_therapy, usual_care) guesses by hand
+    assert {r["arm"]: r for r in blinded["blinding_index"]} == {
+        mapping[a]: {"arm": mapping[a], "n": BANG[a]["n"], "guessed_music_therapy": guessed[a][0],
+                     "guessed_usual_care": guessed[a][1], "unsure": BANG[a]["unsure"], "bang_index": None} for a in ARMS}
     assert [r["arm"] for r in blinded["blinding_index"]] == ["A", "B", "C"], "blinded rows in code order"
     assert s["primary_outcome_data_by_visit"]["month5"] == {"high": 2, "low": 1, "usual": 2}
     assert s["primary_outcome_data_by_visit"]["baseline"] == {"high": 2, "low": 1, "usual": 2}
@@ -556,7 +570,8 @@ def test_bang_index_per_arm_on_a_hand_computed_example(world, small, db):
         ("high", "4", "2", "1", "1", "0.25"), ("low", "2", "0", "2", "0", "-1.0"), ("usual", "3", "2", "1", "0", "0.333")]
     bfiles = bundle_files(ok(world.api("GET", f"/locks/{lock_id}/bundle.zip", "statistician")).data)
     rows = list(csv.DictReader(io.StringIO(bfiles["reports/blinding_index.csv"].decode())))
-    assert {r["arm"]: r["bang_index"] for r in rows} == {mapping["high"]: "0.25", mapping["low"]: "-1.0", mapping["usual"]: "0.333"}
+    assert {r["arm"]: r["bang_index"] for r in rows} == {mapping[a]: "" for a in ARMS}
+    assert all("correct" not in r for r in rows)
 
 
 def test_baseline_table_by_arm_on_a_hand_computed_example(world, small, db):

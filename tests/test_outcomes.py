@@ -697,3 +697,11 @@ def test_recruitment_svg_parses_and_shows_each_site_against_its_target(opened, a
     body = r.get_data(as_text=True)
     assert not any(w in body for w in ("low", "high", "usual", "Music"))
     assert login(app, "admin").get("/dashboard/recruitment.svg").status_code == 403
+
+
+def test_non_text_instrument_or_visit_is_400_not_500(world):
+    p = world.enroll()
+    for body in ({"instrument": ["ados2"], "visit": "baseline"}, {"instrument": "ados2", "visit": {"k": 1}}):
+        r = world.api("POST", f"/participants/{p.study_id}/assessments", "assessor",
+                      json={**body, "performed_on": "2026-01-01", "values": {}})
+        assert r.status_code == 400 and set(r.get_json()["error"]["fields"]) & {"instrument", "visit"}

@@ -274,3 +274,30 @@ def test_web_randomize_needs_confirmation(opened, app, db):
     a.post("/login", data={"email": "assessor@example.org", "password": PASSWORD})
     page = a.get(f"/participants/{p.study_id}").get_data(as_text=True)
     assert "Allocation" not in page and "Music therapy" not in page and "usual care" not in page.lower()
+
+
+def test_withdrawn_child_cannot_be_randomized(opened, db):
+    import datetime as dt
+    from trial.status.service import record_event
+    p = opened.ready()
+    record_event(db, CLI, p.study_id, {"type": "withdrawn", "on": dt.date.today().isoformat(), "reason": "family moved"})
+    db.commit()
+    before = state(db)
+    r = rand(opened, p, key="k")
+    assert r.status_code == 409 and "withdrawn on" in r.get_json()["error"]["message"]
+    assert state(db) == before
+
+
+def test_retry_with_the_same_key_is_answered_even_under_a_lock(opened, db):
+    from tests.helpers import PASSWORD
+    p, other = opened.ready(), opened.ready()
+    first = rand(opened, p, key="k1")
+    assert opened.api("POST", "/locks", "manager", json={"kind": "soft", "meaning": "m", "password": PASSWORD}).status_code == 201
+    again = rand(opened, p, key="k1")
+    assert again.status_code == 200 and again.get_json() == first.get_json()
+    assert rand(opened, other, key="k2").status_code == 423
+
+
+def test_block_sizes_are_not_published(world):
+    body = world.api("GET", "/protocol", "coordinator").get_json()
+    assert "block_sizes" not in body["randomization"]

@@ -121,6 +121,8 @@ def create_user(db: Session, actor, email: str, name: str, password: str,
 
 def set_roles(db: Session, actor, user: User, roles: list[tuple[str, str | None]], reason: str | None = None) -> User:
     require_role(db, actor, "admin")
+    if getattr(actor, "id", None) == user.id:
+        raise Forbidden("Another administrator must change your roles (an admin stays blinded).")
     resolved = _resolve_roles(db, roles)
     old = current_roles_text(user, db)
     user.roles = [RoleAssignment(role=r, site_id=s) for r, s, _ in resolved]

@@ -37,7 +37,7 @@ def _arm(content: dict, key: str) -> dict:
 
 def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession:
     from trial.randomize.service import allocation_of
-    p = get_participant(db, actor, study_id)
+    p = get_participant(db, actor, study_id, for_update=True)  # concurrent duplicates queue here
     require_site_role(db, actor, p.site_id, "therapist")
     ensure_writable(db)
     content = current_protocol(db).content
@@ -92,7 +92,7 @@ def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession
 
 
 def log_counselling(db: Session, actor, study_id: str, data: dict) -> CounsellingSession:
-    p = get_participant(db, actor, study_id)
+    p = get_participant(db, actor, study_id, for_update=True)
     require_site_role(db, actor, p.site_id, "coordinator")
     ensure_writable(db)
     errors: dict[str, str] = {}

@@ -236,8 +236,12 @@ def get_participant(db: Session, actor, study_id: str, for_update: bool = False)
 
 
 def _therapist_only(actor, site_id: int) -> bool:
-    roles_here = {r.role for r in actor.roles if r.site_id in (None, site_id)}
-    return roles_here == {"therapist"}
+    """A therapist at this site who is not also its coordinator (nor a manager) sees only
+    children in music-therapy arms; trial-wide roles such as admin add nothing here."""
+    if actor.has_role("manager"):
+        return False
+    here = {r.role for r in actor.roles if r.site_id == site_id}
+    return "therapist" in here and "coordinator" not in here
 
 
 def list_participants(db: Session, actor, site_code: str | None = None) -> list[Participant]:

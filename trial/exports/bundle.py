@@ -87,9 +87,10 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
     names = arm_codes(db) if blinded else {a["key"]: a["key"] for a in content["arms"]}
     c = consort(db, CliActor(), blinded=blinded)
     out.add("reports/consort.json", json.dumps(c, indent=2, sort_keys=False).encode())
-    cols = ("arm", "n", "correct", "incorrect", "unsure", "bang_index")
-    out.add("reports/blinding_index.csv", table_csv({"columns": list(cols), "rows": [
-        [r[k] if r[k] is not None else "" for k in cols] for r in bang_index(db, names)]}))
+    bi = bang_index(db, names)
+    cols = list(bi[0]) if bi else ["arm", "n", "unsure", "bang_index"]
+    out.add("reports/blinding_index.csv", table_csv({"columns": cols, "rows": [
+        [r[k] if r[k] is not None else "" for k in cols] for r in bi]}))
     out.add("reports/baseline_table.csv", table_csv(baseline_table(db, names)))
     out.add("reports/trial_facts.json", json.dumps(trial_facts(db, names, blinded), indent=2).encode())
     out.add("README.txt", _readme(lock, sig, pv, blinded, tables, truncated, counts).encode())

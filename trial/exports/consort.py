@@ -134,8 +134,6 @@ def counts(rows: list[Row], arms: list[dict], arm_names: dict[str, str]) -> dict
             "analysed": len(members) - len(excl),
             "excluded_from_analysis": {"total": len(excl), "reasons": dict(sorted(Counter(r.excluded_reason for r in excl).items()))},
         }
-    if any(k != v for k, v in arm_names.items()):  # blinded: codes in letter order, not protocol order
-        out["arms"] = dict(sorted(out["arms"].items()))
     return out
 
 
@@ -179,8 +177,28 @@ def consort(db: Session, actor, site_code: str | None = None, blinded: bool | No
     arms = current_protocol(db).content["arms"]
     names = arm_codes(db) if blinded else {a["key"]: a["key"] for a in arms}
     rows = disposition(db, site_code)
-    c = counts(rows, arms, names)
+    c = counts(rows, arms, {a["key"]: a["key"] for a in arms})
     problems = reconcile(rows, c)
     if problems:
         raise ConsortError("CONSORT does not reconcile: " + "; ".join(problems))
-    return c
+    return blind(c, arms, names) if blinded else c
+
+
+WITHHELD = ("received_allocated_intervention", "did_not_receive_allocated_intervention", "discontinued_intervention")
+
+
+def blind(c: dict, arms: list[dict], codes: dict[str, str]) -> dict:
+    """The counts for a blinded reader: arms re-keyed to their codes (in code order), and the
+    boxes about receiving or stopping the intervention withheld (null), since only arms with
+    sessions can miss one: they would tell which code is music therapy."""
+    out = dict(c)
+    out["arms"] = {}
+    for a in sorted(arms, key=lambda a: codes[a["key"]]):
+        box = dict(c["arms"][a["key"]])
+        box["label"] = f"Arm {codes[a['key']]}"
+        box["received_allocated_intervention"] = None
+        box["did_not_receive_allocated_intervention"] = {"total": None, "reasons": {}}
+        box["discontinued_intervention"] = {"total": None, "reasons": {}}
+        out["arms"][codes[a["key"]]] = box
+    out["withheld_while_blinded"] = list(WITHHELD)
+    return out

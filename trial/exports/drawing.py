@@ -38,6 +38,10 @@ def _reasons(box: dict) -> list[str]:
     return [f"• {reason} (n={n})" for reason, n in box["reasons"].items()]
 
 
+def _n(v) -> str:
+    return "withheld while blinded" if v is None else f"n={v}"
+
+
 def layout(c: dict, title: str) -> tuple[list[Box], list[tuple], list[tuple[str, float]], float]:
     boxes, arrows, phases = [], [], []
     left = 110
@@ -66,12 +70,12 @@ def layout(c: dict, title: str) -> tuple[list[Box], list[tuple], list[tuple[str,
         d = a["did_not_receive_allocated_intervention"]
         rows["alloc"].append(Box(x, 0, col_w, _wrap([
             f"Allocated to {a['label']} (n={a['allocated']})",
-            f"• Received allocated intervention (n={a['received_allocated_intervention']})",
-            f"• Did not receive allocated intervention (n={d['total']})"] + ["  " + r for r in _reasons(d)], col_w)))
+            f"• Received allocated intervention ({_n(a['received_allocated_intervention'])})",
+            f"• Did not receive allocated intervention ({_n(d['total'])})"] + ["  " + r for r in _reasons(d)], col_w)))
         lost, disc = a["lost_to_follow_up"], a["discontinued_intervention"]
         rows["follow"].append(Box(x, 0, col_w, _wrap(
             [f"Lost to follow-up (n={lost['total']})"] + _reasons(lost) +
-            [f"Discontinued intervention (n={disc['total']})"] + _reasons(disc), col_w)))
+            [f"Discontinued intervention ({_n(disc['total'])})"] + _reasons(disc), col_w)))
         exa = a["excluded_from_analysis"]
         rows["analysis"].append(Box(x, 0, col_w, _wrap(
             [f"Analysed (n={a['analysed']})", f"• Excluded from analysis (n={exa['total']})"] + ["  " + r for r in _reasons(exa)], col_w)))

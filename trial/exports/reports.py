@@ -34,12 +34,17 @@ def bang_index(db: Session, arm_names: dict[str, str]) -> list[dict]:
                          .where(Assessment.allocation_guess.is_not(None))).all()
     out = []
     order = arm_order(current_protocol(db).content, arm_names)
+    blinded = any(k != v for k, v in arm_names.items())
     for a in sorted(arms, key=lambda a: order.index(a["key"])):
         g = Counter(guess for arm, guess in guesses if arm == a["key"])
         right, wrong = (MUSIC, USUAL) if a["key"] in music else (USUAL, MUSIC)
         n = sum(g.values())
-        out.append({"arm": arm_names[a["key"]], "n": n, "correct": g[right], "incorrect": g[wrong], "unsure": g["unsure"],
-                    "bang_index": round((g[right] - g[wrong]) / n, 3) if n else None})
+        if blinded:  # which guess is correct would tell which code is music therapy
+            out.append({"arm": arm_names[a["key"]], "n": n, "guessed_music_therapy": g[MUSIC],
+                        "guessed_usual_care": g[USUAL], "unsure": g["unsure"], "bang_index": None})
+        else:
+            out.append({"arm": arm_names[a["key"]], "n": n, "correct": g[right], "incorrect": g[wrong],
+                        "unsure": g["unsure"], "bang_index": round((g[right] - g[wrong]) / n, 3) if n else None})
     return out
 
 

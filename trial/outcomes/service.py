@@ -69,16 +69,16 @@ def validate_values(instrument: dict, values: Any) -> dict[str, Any]:
 
 def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessment:
     from trial.randomize.service import allocation_of
-    p = get_participant(db, actor, study_id)
+    p = get_participant(db, actor, study_id, for_update=True)  # concurrent duplicates queue here
     content = current_protocol(db).content
     pv_version = current_protocol(db).version
     instruments = {i["key"]: i for i in content["instruments"]}
     visits = {v["key"]: v for v in content["visits"]}
     errors: dict[str, str] = {}
-    ins = instruments.get(data.get("instrument"))
+    ins = instruments.get(data.get("instrument")) if isinstance(data.get("instrument"), str) else None
     if ins is None:
         errors["instrument"] = f"must be one of {', '.join(instruments)}"
-    visit = visits.get(data.get("visit"))
+    visit = visits.get(data.get("visit")) if isinstance(data.get("visit"), str) else None
     if visit is None:
         errors["visit"] = f"must be one of {', '.join(visits)}"
     elif ins is not None and visit["key"] not in ins["visits"]:

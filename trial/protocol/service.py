@@ -101,8 +101,8 @@ def public_view(db: Session, pv: ProtocolVersion) -> dict[str, Any]:
         "version": pv.version,
         "trial": c["trial"],
         "arms": [{k: a[k] for k in ("key", "label", "weight", "sessions_per_week")} for a in c["arms"]],
+        # block sizes are left out: with the ratio they would help predict the end of a block
         "randomization": {"method": c["randomization"]["method"],
-                          "block_sizes": c["randomization"]["block_sizes"],
                           "factors": [{"key": f["key"], "levels": site_levels if f["key"] == "site" else f["levels"]}
                                       for f in c["randomization"]["factors"]]},
         "criteria": c["criteria"],

@@ -198,6 +198,15 @@ def _readiness(db: Session, p: Participant) -> tuple[str, list[str]]:
         reasons.append(f"the baseline {prim['instrument']} {prim['field']} is not recorded")
     if not is_open:
         reasons.append(f"site {code} is closed")
+    from trial.status.models import FINAL_EVENTS, StatusEvent
+    for kind, on in db.execute(select(StatusEvent.type, StatusEvent.on).where(
+            StatusEvent.participant_id == p.id, StatusEvent.type.in_(FINAL_EVENTS))).all():
+        reasons.append(f"{kind} on {on.isoformat()}")
+    design = get_design(db)
+    if design is not None:
+        missing = [f["key"] for f in design.design["factors"] if f["key"] != "site" and f["key"] not in (p.strata or {})]
+        if missing:
+            reasons.append(f"stratification factor {', '.join(missing)} is not recorded")
     return code, reasons
 
 
@@ -209,14 +218,14 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     # 1. lock the participant: concurrent requests for one child queue here
     p = get_participant(db, actor, study_id, for_update=True)
     require_site_role(db, actor, p.site_id, "coordinator")
-    ensure_writable(db)
     bind = db.get_bind()
     arms = {a["key"]: a["label"] for a in current_protocol(db).content["arms"]}
     existing = allocation_of(db, p.id)
-    if existing is not None:
+    if existing is not None:  # a retry gets its answer even if a lock has come since
         if idempotency_key and existing.idempotency_key == idempotency_key:
             return Result(existing, p, False, arms.get(existing.arm, existing.arm))
         raise Conflict(f"{p.study_id} is already randomized; a child is never re-randomized.")
+    ensure_writable(db)
     design_row = get_design(db)
     if design_row is None:
         raise Conflict("Randomization is not open yet (run `trial randomization open`).")

@@ -48,7 +48,7 @@ def ensure_accepts_data(db: Session, p: Participant, what: str, on: dt.date | No
 
 
 def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
-    p = get_participant(db, actor, study_id)
+    p = get_participant(db, actor, study_id, for_update=True)
     require_site_role(db, actor, p.site_id, "coordinator")
     ensure_writable(db)
     errors: dict[str, str] = {}
@@ -67,6 +67,9 @@ def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
         errors["reason"] = "must be at most 500 characters"
     if errors:
         raise ValidationError("The event was not recorded: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+    from trial.randomize.service import allocation_of
+    if kind in ("not_received", "discontinued_intervention", "lost_to_follow_up") and allocation_of(db, p.id) is None:
+        raise Conflict(f"{p.study_id} is not randomized: a {kind.replace('_', ' ')} event follows randomization.")
     existing = events_of(db, [p.id]).get(p.id, [])
     for e in existing:
         if e.type in FINAL_EVENTS:
