@@ -87,6 +87,7 @@ def _sqlite_hooks(engine: Engine) -> None:
 def _forget_transaction_caches(session: Session, *args) -> None:
     """Per-transaction caches (the current protocol) end with the transaction."""
     session.info.pop("protocol", None)
+    session.info.pop("unblinded", None)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -66,9 +66,14 @@ def visible_site_ids(db: Session, actor, *roles: str) -> set[int] | None:
 
 
 def trial_unblinded(db: Session) -> bool:
-    from trial.randomize.models import RandomizationDesign
-    from sqlalchemy import select
-    return db.execute(select(RandomizationDesign.id).where(RandomizationDesign.unblinded_at.is_not(None))).first() is not None
+    """Read once per transaction (lists ask it for every row)."""
+    if "unblinded" not in db.info:
+        from sqlalchemy import select
+
+        from trial.randomize.models import RandomizationDesign
+        db.info["unblinded"] = db.execute(select(RandomizationDesign.id).where(
+            RandomizationDesign.unblinded_at.is_not(None))).first() is not None
+    return db.info["unblinded"]
 
 
 def can_see_arm(db: Session, actor, site_id: int | None) -> bool:

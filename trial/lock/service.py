@@ -133,6 +133,7 @@ def unblind(db: Session, actor, meaning: str, password: str):
     sig = sign(db, actor, password, meaning, "unblinding")
     design.revealed_seed = master_seed(db, design).hex()
     design.unblinded_at = sig.signed_at
+    db.info.pop("unblinded", None)
     audit.record(db, actor, "unblind", "randomization", design.id, {"unblinded_at": (None, design.unblinded_at),
                                                                    "revealed_seed": (None, design.revealed_seed)},
                  reason=f"signed: {sig.meaning} (hard lock {lock.id})")

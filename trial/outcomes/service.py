@@ -308,14 +308,15 @@ def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt
     people = list_participants(db, actor, site_code)
     sched = schedule(db, actor, people, on)
     want = {"due": ("due",), "overdue": ("overdue",), "out_of_window": ("done_out_of_window",)}[kind]
+    broken = set(db.execute(select(BlindingBreak.participant_id).where(
+        BlindingBreak.assessor_id == getattr(actor, "id", None))).scalars())
     out = []
     for p in people:
         for v in sched[p.id]:
             if v["status"] in want:
                 item = {"study_id": p.study_id, **v}
-                warn = blinding_warning(db, actor, p.id)
-                if warn:
-                    item["warning"] = warn
+                if p.id in broken:
+                    item["warning"] = blinding_warning(db, actor, p.id)
                 out.append(item)
     return sorted(out, key=lambda x: (x.get("target") or "", x["study_id"]))
 
