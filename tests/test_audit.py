@@ -14,7 +14,6 @@ from trial.audit.models import AuditRecord
 from trial.randomize.models import Allocation
 from trial.auth import service as users
 from trial.enrollment import service as enrollment
-from trial.outcomes import service as outcomes
 from trial.protocol.service import DEFAULT_PROTOCOL, load_text
 from trial.randomize import service as randomization
 from trial.sites import service as sites

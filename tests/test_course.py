@@ -271,7 +271,7 @@ def test_blinded_roles_get_no_session_data_or_adherence(world, kids, who):
 # --- dose and adherence ----------------------------------------------------------------------
 
 def test_dose_received_per_child_is_attended_over_planned(world, kids, db):
-    low, high, usual = kids["low"], kids["high"], kids["usual"]
+    low, high = kids["low"], kids["high"]
     start = backdate(world, low, 30)
     backdate(world, high, 30)
     _, end = course_window(start, 5)
@@ -300,7 +300,7 @@ def test_sessions_outside_the_course_do_not_count_towards_the_dose(world, kids):
 
 
 def test_adherence_by_arm_for_unblinded_roles(world, kids, db):
-    low, high, usual = kids["low"], kids["high"], kids["usual"]
+    low, high = kids["low"], kids["high"]
     for p in list(kids.values()):
         backdate(world, p, 30)
     others = [p for p in world.api("GET", "/participants", "coordinator").get_json()

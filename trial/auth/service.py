@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
 from trial.audit import service as audit
-from trial.auth.models import GLOBAL_ROLES, ROLES, SITE_ROLES, ApiToken, LoginAttempt, RoleAssignment, User
+from trial.auth.models import ROLES, SITE_ROLES, ApiToken, LoginAttempt, RoleAssignment, User
 from trial.auth.scope import require_role
 from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
@@ -260,5 +260,3 @@ def get_user(db: Session, actor, user_id: int) -> User:
         raise NotFound("No such user.")
     return user
 
-
-__all__ = ["Forbidden"]

@@ -34,8 +34,8 @@ def snapshot(content: dict, tables: dict[str, Table], lock_id: int, when: dt.dat
         out.append(f'<StudyEventRef StudyEventOID="{_oid("SE", key)}" OrderNumber="{i}" Mandatory="No"/>')
     out.append("</Protocol>")
     forms_at = {v["key"]: [i for i in content["instruments"] if v["key"] in i["visits"]] for v in content["visits"]}
-    out.append(f'<StudyEventDef OID="SE.RANDOMIZATION" Name="Randomization" Repeating="No" Type="Scheduled">'
-               f'<FormRef FormOID="F.RANDOMIZATION" Mandatory="Yes"/></StudyEventDef>')
+    out.append('<StudyEventDef OID="SE.RANDOMIZATION" Name="Randomization" Repeating="No" Type="Scheduled">'
+               '<FormRef FormOID="F.RANDOMIZATION" Mandatory="Yes"/></StudyEventDef>')
     for v in content["visits"]:
         out.append(f'<StudyEventDef OID="{_oid("SE", v["key"])}" Name={quoteattr(v["label"])} Repeating="No" Type="Scheduled">')
         out += [f'<FormRef FormOID="{_oid("F", i["key"])}" Mandatory="No"/>' for i in forms_at[v["key"]]]

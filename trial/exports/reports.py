@@ -95,7 +95,7 @@ def baseline_table(db: Session, arm_names: dict[str, str]) -> dict:
                     _mean_sd([base[r.id][ins["key"]][f["key"]] for r in cols[k]
                               if ins["key"] in base.get(r.id, {}) and base[r.id][ins["key"]].get(f["key"]) is not None])
                     for k in order])
-                table.append([f"  with data, n"] + [str(sum(1 for r in cols[k] if base.get(r.id, {}).get(ins["key"], {}).get(f["key"]) is not None)) for k in order])
+                table.append(["  with data, n"] + [str(sum(1 for r in cols[k] if base.get(r.id, {}).get(ins["key"], {}).get(f["key"]) is not None)) for k in order])
     return {"columns": table[0], "rows": table[1:]}
 
 
