@@ -271,7 +271,7 @@ def test_blinded_roles_get_no_session_data_or_adherence(world, kids, who):
 # --- dose and adherence ----------------------------------------------------------------------
 
 def test_dose_received_per_child_is_attended_over_planned(world, kids, db):
-    low, high = kids["low"], kids["high"]
+    low, high, usual = kids["low"], kids["high"], kids["usual"]
     start = backdate(world, low, 30)
     backdate(world, high, 30)
     _, end = course_window(start, 5)
