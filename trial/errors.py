@@ -18,10 +18,6 @@ class ValidationError(DomainError):
     status, code = 400, "invalid"
 
 
-class Unauthorized(DomainError):
-    status, code = 401, "unauthorized"
-
-
 class Forbidden(DomainError):
     status, code = 403, "forbidden"
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 PUBLIC = "public"          # no login needed
 ANY = "any"                # any logged-in user
-ALL_ROLES = ("coordinator", "therapist", "assessor", "statistician", "manager", "admin")
-CLINICAL = ("coordinator", "therapist", "assessor", "statistician", "manager")
 
 POLICY: dict[str, object] = {
     "static": PUBLIC,

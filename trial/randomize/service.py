@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import insert, select, update
@@ -166,7 +166,6 @@ class Result:
     participant: Participant
     created: bool
     arm_label: str = ""
-    extras: dict = field(default_factory=dict)
 
     def body(self) -> dict:
         return {"study_id": self.participant.study_id, "arm": self.allocation.arm, "arm_label": self.arm_label,
@@ -175,20 +174,25 @@ class Result:
 
 def not_ready_reasons(db: Session, p: Participant) -> list[str]:
     """Why this participant cannot be randomized yet (empty = ready)."""
-    return _readiness(db, p)[1]
+    return _readiness(db, p, get_design(db))[1]
 
 
-def _readiness(db: Session, p: Participant) -> tuple[str, list[str]]:
+def _readiness(db: Session, p: Participant, design: RandomizationDesign | None) -> tuple[str, list[str]]:
     """The site code and the reasons the participant is not ready, in one query."""
     from trial.outcomes.models import Assessment
+    from trial.status.models import FINAL_EVENTS, StatusEvent
     prim = current_protocol(db).content["primary_outcome"]
+    final = (select(StatusEvent).where(StatusEvent.participant_id == p.id, StatusEvent.type.in_(FINAL_EVENTS))
+             .order_by(StatusEvent.on).limit(1))
     row = db.execute(select(
         Site.code, Site.is_open,
         select(Screening.outcome).where(Screening.id == p.screening_id).scalar_subquery(),
         select(Assessment.values).where(Assessment.participant_id == p.id, Assessment.visit == "baseline",
                                         Assessment.instrument == prim["instrument"]).scalar_subquery(),
+        final.with_only_columns(StatusEvent.type).scalar_subquery(),
+        final.with_only_columns(StatusEvent.on).scalar_subquery(),
     ).where(Site.id == p.site_id)).one()
-    code, is_open, outcome, baseline = row
+    code, is_open, outcome, baseline, final_type, final_on = row
     reasons = []
     if outcome != "eligible":
         reasons.append("the screening is not eligible")
@@ -198,11 +202,8 @@ def _readiness(db: Session, p: Participant) -> tuple[str, list[str]]:
         reasons.append(f"the baseline {prim['instrument']} {prim['field']} is not recorded")
     if not is_open:
         reasons.append(f"site {code} is closed")
-    from trial.status.models import FINAL_EVENTS, StatusEvent
-    for kind, on in db.execute(select(StatusEvent.type, StatusEvent.on).where(
-            StatusEvent.participant_id == p.id, StatusEvent.type.in_(FINAL_EVENTS))).all():
-        reasons.append(f"{kind} on {on.isoformat()}")
-    design = get_design(db)
+    if final_type:
+        reasons.append(f"{final_type} on {final_on.isoformat() if hasattr(final_on, 'isoformat') else final_on}")
     if design is not None:
         missing = [f["key"] for f in design.design["factors"] if f["key"] != "site" and f["key"] not in (p.strata or {})]
         if missing:
@@ -229,7 +230,7 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     design_row = get_design(db)
     if design_row is None:
         raise Conflict("Randomization is not open yet (run `trial randomization open`).")
-    site_code, reasons = _readiness(db, p)
+    site_code, reasons = _readiness(db, p, design_row)
     if reasons:
         raise Conflict(f"{p.study_id} cannot be randomized: " + "; ".join(reasons) + ".")
     design = design_row.design
