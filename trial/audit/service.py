@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from trial.audit.models import AuditHead, AuditRecord
-from trial.db import lock_for_update, utcnow
+from trial.db import is_sqlite, prebuilt, utcnow
 
 GENESIS = "0" * 64
 SYSTEM = "system"
@@ -52,15 +53,18 @@ def record(db: Session, actor, action: str, entity: str, entity_id: Any,
            changes: dict[str, tuple[Any, Any]] | None = None, reason: str | None = None,
            reveals_allocation: bool = False) -> list[dict]:
     """Append audit records: one per changed field (``changes`` maps field -> (old, new)), or a
-    single event record when there are no field changes. Same transaction as the change; the
-    chain head is locked (FOR UPDATE) until commit, so appends are serialized."""
+    single event record when there are no field changes. Same transaction as the change.
+
+    The chain head is advanced by an ``UPDATE ... RETURNING`` that locks its row until commit, so
+    appends are serialized; it returns the new head number and (not yet changed) the previous
+    hash. On PostgreSQL the records and the head's new hash are then written in one statement
+    (a data-modifying CTE), on SQLite in two."""
     actor_id, actor_name = _actor(actor)
-    head_t, rec_t = AuditHead.__table__, AuditRecord.__table__
-    db.flush()  # pending ORM changes first, so the audit follows them in the transaction
-    head = db.execute(lock_for_update(select(head_t.c.seq, head_t.c.hash).where(head_t.c.id == 1), db.get_bind())).one()
-    seq, prev = head.seq, head.hash
-    at = utcnow()
     items = [(f, o, n) for f, (o, n) in (changes or {}).items() if _text(o) != _text(n)] or [(None, None, None)]
+    db.flush()  # pending ORM changes first, so the audit follows them in the transaction
+    head = db.execute(_advance_head_stmt(db), {"n": len(items)}).one()
+    seq, prev = head.seq - len(items), head.hash
+    at = utcnow()
     rows = []
     for field, old, new in items:
         seq += 1
@@ -69,9 +73,40 @@ def record(db: Session, actor, action: str, entity: str, entity_id: Any,
                "reveals_allocation": reveals_allocation, "prev_hash": prev}
         rec["hash"] = prev = compute_hash(_Row(rec))
         rows.append(rec)
-    db.execute(insert(rec_t), rows)
-    db.execute(update(head_t).where(head_t.c.id == 1).values(seq=seq, hash=prev))
+    if is_sqlite(db.get_bind()):
+        db.execute(insert(AuditRecord.__table__), rows)
+        db.execute(_set_head_hash(), {"head_hash": prev})
+    else:
+        params = {f"{k}_{i}": v for i, r in enumerate(rows) for k, v in r.items()}
+        params["head_hash"] = prev
+        db.execute(_append_stmt(len(rows)), params)
     return rows
+
+
+_COLUMNS = ("seq", "at", "actor_id", "actor", "action", "entity", "entity_id", "field", "old", "new", "reason",
+            "reveals_allocation", "prev_hash", "hash")
+
+
+@prebuilt
+def _advance_head_stmt(dialect: str):
+    """Take ``n`` numbers from the chain head; the row stays locked until commit."""
+    t = AuditHead.__table__
+    return update(t).where(t.c.id == 1).values(seq=t.c.seq + bindparam("n")).returning(t.c.seq, t.c.hash)
+
+
+@functools.cache
+def _set_head_hash():
+    t = AuditHead.__table__
+    return update(t).where(t.c.id == 1).values(hash=bindparam("head_hash"))
+
+
+@functools.lru_cache(maxsize=64)
+def _append_stmt(n: int):
+    """PostgreSQL: ``n`` records inserted and the head's new hash set, in one statement."""
+    t = AuditRecord.__table__
+    rows = [{c: bindparam(f"{c}_{i}", type_=t.c[c].type) for c in _COLUMNS} for i in range(n)]
+    # a single row as a dict: SQLAlchemy caches the compiled form of that, not of a multi-row VALUES
+    return _set_head_hash().add_cte(insert(t).values(rows[0] if n == 1 else rows).cte("appended"))
 
 
 class _Row:

@@ -8,13 +8,13 @@ import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, joinedload
 
 from trial.audit import service as audit
 from trial.auth.models import ROLES, SITE_ROLES, ApiToken, LoginAttempt, RoleAssignment, User
 from trial.auth.scope import require_role
-from trial.db import utcnow
+from trial.db import prebuilt, utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.sites.models import Site
 
@@ -242,10 +242,15 @@ def issue_token(db: Session, actor, user: User) -> str:
 def user_for_token(db: Session, token: str) -> User | None:
     if not token:
         return None
-    user = db.execute(select(User).join(ApiToken, ApiToken.user_id == User.id)
-                      .where(ApiToken.token_hash == _token_hash(token), ApiToken.revoked_at.is_(None), User.active.is_(True))
-                      .options(joinedload(User.roles))).unique().scalar_one_or_none()
-    return user
+    return db.execute(_user_for_token_stmt(db), {"token_hash": _token_hash(token)}).unique().scalar_one_or_none()
+
+
+@prebuilt
+def _user_for_token_stmt(dialect: str):
+    """Every API request runs this: built once, with the user's roles loaded in the same query."""
+    return (select(User).join(ApiToken, ApiToken.user_id == User.id)
+            .where(ApiToken.token_hash == bindparam("token_hash"), ApiToken.revoked_at.is_(None), User.active.is_(True))
+            .options(joinedload(User.roles)))
 
 
 def list_users(db: Session, actor) -> list[User]:

@@ -224,6 +224,12 @@ def get_participant(db: Session, actor, study_id: str, for_update: bool = False)
     p = db.execute(lock_for_update(q, db.get_bind()) if for_update else q).scalar_one_or_none()
     if p is None:
         raise NotFound(f"No participant {study_id}.")
+    check_visible(db, actor, p)
+    return p
+
+
+def check_visible(db: Session, actor, p: Participant) -> None:
+    """403 for another site's staff; 404 for a therapist when the child is not in a music arm."""
     sites = visible_site_ids(db, actor)
     if sites is not None and p.site_id not in sites:
         raise Forbidden("This participant belongs to a site you do not work at.")
@@ -232,7 +238,6 @@ def get_participant(db: Session, actor, study_id: str, for_update: bool = False)
         alloc = allocation_of(db, p.id)
         if alloc is None or alloc.arm not in _music_arms(db):
             raise NotFound(f"Participant {p.study_id} is not in a music-therapy arm.")
-    return p
 
 
 def _therapist_only(actor, site_id: int) -> bool:

@@ -35,9 +35,29 @@ def ensure_writable(db: Session) -> None:
     """Refuse a clinical write while a lock is in force (423). Holds the trial state FOR SHARE
     so a lock cannot be signed in the middle of this transaction."""
     state = _state(db)
-    if state.active_lock_id is None:
-        return
-    lock = db.get(DataLock, state.active_lock_id)
+    if state.active_lock_id is not None:
+        _refuse(db, state.active_lock_id)
+
+
+def writable_query(dialect: str, *columns):
+    """The statement for :func:`check_writable`: the active lock and ``columns`` (scalar
+    subqueries read in the same round trip), with the trial state FOR SHARE on PostgreSQL."""
+    t = TrialState.__table__
+    q = select(t.c.active_lock_id, *columns).where(t.c.id == 1)
+    return q if dialect == "sqlite" else q.with_for_update(read=True, of=t)
+
+
+def check_writable(db: Session, stmt):
+    """:func:`ensure_writable` for a hot path, with a statement from :func:`writable_query`.
+    Returns the values of its extra columns."""
+    row = db.execute(stmt).one()
+    if row[0] is not None:
+        _refuse(db, row[0])
+    return row[1:]
+
+
+def _refuse(db: Session, lock_id: int):
+    lock = db.get(DataLock, lock_id)
     sig = db.get(Signature, lock.signature_id)
     raise Locked(f"The database is {lock.kind}-locked (lock {lock.id}, signed by {sig.printed_name} on "
                  f"{lock.created_at:%Y-%m-%d %H:%M} UTC): no data can be entered or changed.")

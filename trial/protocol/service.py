@@ -31,6 +31,31 @@ def current(db: Session) -> ProtocolVersion:
     return pv
 
 
+_CONTENT_BY_SHA: dict[str, dict[str, Any]] = {}
+
+
+def latest_sha_column():
+    """The current version's SHA-256, as a scalar subquery to read along with something else."""
+    return (select(ProtocolVersion.sha256).order_by(ProtocolVersion.version.desc()).limit(1)
+            .scalar_subquery().label("protocol_sha256"))
+
+
+def content_by_sha(db: Session, sha: str | None) -> dict[str, Any]:
+    """The parsed content of the protocol text with this SHA-256, read once per process (the
+    content is a pure function of the text). For hot paths that read the SHA with
+    :func:`latest_sha_column`; treat the result as read-only."""
+    if sha is None:
+        raise NotFound("No protocol is loaded; run `trial db upgrade` or `trial protocol load PATH`.")
+    content = _CONTENT_BY_SHA.get(sha)
+    if content is None:
+        content = db.execute(select(ProtocolVersion.content).where(ProtocolVersion.sha256 == sha)
+                             .order_by(ProtocolVersion.version.desc()).limit(1)).scalar_one()
+        if len(_CONTENT_BY_SHA) > 64:
+            _CONTENT_BY_SHA.clear()
+        _CONTENT_BY_SHA[sha] = content
+    return content
+
+
 def versions(db: Session, actor) -> list[ProtocolVersion]:
     """Every protocol version, newest first (admins; amendments are loaded with `trial protocol load`)."""
     require_role(db, actor, "admin")

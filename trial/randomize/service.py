@@ -12,17 +12,18 @@ import itertools
 from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.auth.scope import is_cli, require_role, require_site_role
 from trial.config import seal_key
-from trial.db import lock_for_update, utcnow
+from trial.db import prebuilt, utcnow
 from trial.enrollment.models import Participant, Screening
-from trial.enrollment.service import _insert_ignore, get_participant
+from trial.enrollment.service import _insert_ignore, check_visible
 from trial.errors import Conflict, NotFound, ValidationError
-from trial.lock.service import ensure_writable
+from trial.lock.service import check_writable, ensure_writable, writable_query
+from trial.protocol.service import content_by_sha, latest_sha_column
 from trial.protocol.service import current as current_protocol
 from trial.randomize import lists, minimization
 from trial.randomize.models import Allocation, RandomizationDesign, SealedSeed, Stratum
@@ -53,7 +54,7 @@ def _unseal_cached(ciphertext: bytes, key: str) -> bytes:
 _SEALED: dict[tuple[int, str], bytes] = {}
 
 
-def master_seed(db: Session, design: RandomizationDesign) -> bytes:
+def master_seed(db: Session, design: RandomizationDesign | DesignView) -> bytes:
     """The sealed seed, for allocation inside this process only. Never returned to a user. The
     sealed row never changes once written, so its ciphertext is kept per (design, commitment)."""
     key = (design.id, design.commitment)
@@ -66,6 +67,36 @@ def master_seed(db: Session, design: RandomizationDesign) -> bytes:
 
 def get_design(db: Session) -> RandomizationDesign | None:
     return db.execute(select(RandomizationDesign).limit(1)).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class DesignView:
+    """What allocation needs of the design row: the parts that never change once it is opened."""
+    id: int
+    method: str
+    design: dict
+    commitment: str
+
+
+_DESIGNS: dict[str, DesignView] = {}
+
+
+def _commitment_column():
+    return select(RandomizationDesign.commitment).limit(1).scalar_subquery().label("design_commitment")
+
+
+def _design_view(db: Session, commitment: str) -> DesignView:
+    """The design with this commitment, read once per process (the commitment is a hash over the
+    design and the seed, so it names one design; the design is never changed once opened)."""
+    view = _DESIGNS.get(commitment)
+    if view is None:
+        row = db.execute(select(RandomizationDesign.id, RandomizationDesign.method, RandomizationDesign.design)
+                         .where(RandomizationDesign.commitment == commitment)).one()
+        view = DesignView(row.id, row.method, row.design, commitment)
+        if len(_DESIGNS) > 64:
+            _DESIGNS.clear()
+        _DESIGNS[commitment] = view
+    return view
 
 
 def _arms(design: dict) -> tuple[tuple[str, int], ...]:
@@ -174,24 +205,31 @@ class Result:
 
 def not_ready_reasons(db: Session, p: Participant) -> list[str]:
     """Why this participant cannot be randomized yet (empty = ready)."""
-    return _readiness(db, p, get_design(db))[1]
+    return _readiness(db, p, get_design(db), current_protocol(db).content)[1]
 
 
-def _readiness(db: Session, p: Participant, design: RandomizationDesign | None) -> tuple[str, list[str]]:
-    """The site code and the reasons the participant is not ready, in one query."""
+@prebuilt
+def _readiness_stmt(dialect: str):
     from trial.outcomes.models import Assessment
     from trial.status.models import FINAL_EVENTS, StatusEvent
-    prim = current_protocol(db).content["primary_outcome"]
-    final = (select(StatusEvent).where(StatusEvent.participant_id == p.id, StatusEvent.type.in_(FINAL_EVENTS))
+    final = (select(StatusEvent).where(StatusEvent.participant_id == bindparam("pid"), StatusEvent.type.in_(FINAL_EVENTS))
              .order_by(StatusEvent.on).limit(1))
-    row = db.execute(select(
+    return select(
         Site.code, Site.is_open,
-        select(Screening.outcome).where(Screening.id == p.screening_id).scalar_subquery(),
-        select(Assessment.values).where(Assessment.participant_id == p.id, Assessment.visit == "baseline",
-                                        Assessment.instrument == prim["instrument"]).scalar_subquery(),
+        select(Screening.outcome).where(Screening.id == bindparam("screening_id")).scalar_subquery(),
+        select(Assessment.values).where(Assessment.participant_id == bindparam("pid"), Assessment.visit == "baseline",
+                                        Assessment.instrument == bindparam("instrument")).scalar_subquery(),
         final.with_only_columns(StatusEvent.type).scalar_subquery(),
         final.with_only_columns(StatusEvent.on).scalar_subquery(),
-    ).where(Site.id == p.site_id)).one()
+    ).where(Site.id == bindparam("site_id"))
+
+
+def _readiness(db: Session, p: Participant, design: RandomizationDesign | DesignView | None,
+               protocol: dict) -> tuple[str, list[str]]:
+    """The site code and the reasons the participant is not ready, in one query."""
+    prim = protocol["primary_outcome"]
+    row = db.execute(_readiness_stmt(db), {"pid": p.id, "screening_id": p.screening_id, "site_id": p.site_id,
+                                           "instrument": prim["instrument"]}).one()
     code, is_open, outcome, baseline, final_type, final_on = row
     reasons = []
     if outcome != "eligible":
@@ -213,62 +251,104 @@ def _readiness(db: Session, p: Participant, design: RandomizationDesign | None) 
 
 def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = None, at=None) -> Result:
     """Allocate the next slot. ``at`` (a UTC datetime) is honoured only for the command-line
-    operator loading synthetic or migrated data (the demo); users always randomize now."""
+    operator loading synthetic or migrated data (the demo); users always randomize now.
+
+    The hot path is eight statements: the participant locked with its existing allocation (if
+    any); the trial state held FOR SHARE with the current protocol and design read alongside; the
+    readiness facts; the stratum's slot taken by one ``UPDATE ... RETURNING`` (which locks it);
+    the allocation inserted; and the audit record (two statements, see :func:`audit.record`)."""
     if idempotency_key is not None and (not idempotency_key.strip() or len(idempotency_key) > 200):
         raise ValidationError("Idempotency-Key must be 1 to 200 characters.", {"Idempotency-Key": "1 to 200 characters"})
     # 1. lock the participant: concurrent requests for one child queue here
-    p = get_participant(db, actor, study_id, for_update=True)
+    p, existing_id = _lock_participant(db, actor, study_id)
     require_site_role(db, actor, p.site_id, "coordinator")
-    bind = db.get_bind()
-    arms = {a["key"]: a["label"] for a in current_protocol(db).content["arms"]}
-    existing = allocation_of(db, p.id)
-    if existing is not None:  # a retry gets its answer even if a lock has come since
+    if existing_id is not None:  # a retry gets its answer even if a lock has come since
+        existing = db.get(Allocation, existing_id)
         if idempotency_key and existing.idempotency_key == idempotency_key:
+            arms = {a["key"]: a["label"] for a in current_protocol(db).content["arms"]}
             return Result(existing, p, False, arms.get(existing.arm, existing.arm))
         raise Conflict(f"{p.study_id} is already randomized; a child is never re-randomized.")
-    ensure_writable(db)
-    design_row = get_design(db)
-    if design_row is None:
+    sha, commitment = check_writable(db, _state_stmt(db))
+    if commitment is None:
         raise Conflict("Randomization is not open yet (run `trial randomization open`).")
-    site_code, reasons = _readiness(db, p, design_row)
+    protocol, design_row = content_by_sha(db, sha), _design_view(db, commitment)
+    site_code, reasons = _readiness(db, p, design_row, protocol)
     if reasons:
         raise Conflict(f"{p.study_id} cannot be randomized: " + "; ".join(reasons) + ".")
     design = design_row.design
     master = master_seed(db, design_row)
     key = stratum_key(design, site_code, p.strata or {})
-    # 2. lock the stratum: its next slot is taken in order
-    stratum = db.execute(lock_for_update(select(Stratum).where(Stratum.key == key), bind)).scalar_one_or_none()
-    if stratum is None:  # a site added after opening: its list comes from the same seed
+    # 2. take the stratum's next slot: the UPDATE locks its row until commit, so slots go in order
+    stratum_t = Stratum.__table__
+    slot = db.execute(_take_slot_stmt(db), {"stratum_key": key}).one_or_none()
+    if slot is None:  # a site added after opening: its list comes from the same seed
         _new_stratum(db, design, master, key, p.site_id)
-        stratum = db.execute(lock_for_update(select(Stratum).where(Stratum.key == key), bind)).scalar_one()
-        audit.record(db, actor, "create", "stratum", key, {"blocks": (None, stratum.blocks), "length": (None, stratum.length)},
+        slot = db.execute(_take_slot_stmt(db), {"stratum_key": key}).one()
+        audit.record(db, actor, "create", "stratum", key, {"blocks": (None, slot.blocks), "length": (None, slot.length)},
                      reason="first participant of a stratum added after randomization opened")
-    seq = stratum.last_seq + 1
+    stratum_id, seq = slot.id, slot.last_seq
     details = None
     if design["method"] == "permuted_blocks":
         sl = stratum_list(design, master, key)
-        if seq > stratum.length:
-            old = (stratum.blocks, stratum.length)
-            stratum.blocks += design["extension_blocks"]
-            stratum.length = sl.length_of_blocks(stratum.blocks)
-            audit.record(db, actor, "extend", "stratum", key, {"blocks": (old[0], stratum.blocks), "length": (old[1], stratum.length)},
+        if seq > slot.length:
+            blocks = slot.blocks + design["extension_blocks"]
+            length = sl.length_of_blocks(blocks)
+            db.execute(update(stratum_t).where(stratum_t.c.id == stratum_id).values(blocks=blocks, length=length))
+            audit.record(db, actor, "extend", "stratum", key, {"blocks": (slot.blocks, blocks), "length": (slot.length, length)},
                          reason="list exhausted: extended with new blocks from the seed")
         arm = sl.arm_at(seq)
     else:
         arm, details = _minimize(db, design, master, seq, p)
-    # the hot path writes through Core: one INSERT and one UPDATE, no unit-of-work flush
-    values = dict(participant_id=p.id, stratum_id=stratum.id, seq=seq, arm=arm, details=details,
+    stratum = db.identity_map.get(db.identity_key(Stratum, stratum_id))
+    if stratum is not None:  # a Stratum loaded earlier in this session must not keep stale values
+        db.expire(stratum)
+    # the allocation is written through Core: one INSERT, no unit-of-work flush
+    values = dict(participant_id=p.id, stratum_id=stratum_id, seq=seq, arm=arm, details=details,
                   idempotency_key=idempotency_key, randomized_by_id=getattr(actor, "id", None),
                   randomized_at=at if (at is not None and is_cli(actor)) else utcnow())
-    db.flush()  # a stratum just extended or created goes first
-    alloc_t, stratum_t = Allocation.__table__, Stratum.__table__
-    new_id = db.execute(insert(alloc_t).values(**values).returning(alloc_t.c.id)).scalar_one()
-    db.execute(update(stratum_t).where(stratum_t.c.id == stratum.id).values(last_seq=seq))
-    db.expire(stratum, ["last_seq"])
+    new_id = db.execute(_insert_allocation_stmt(db), values).scalar_one()
     alloc = Allocation(id=new_id, **values)  # transient: the row is written; this carries the answer
     audit.record(db, actor, "randomize", "allocation", p.study_id,
                  {"allocation": (None, {"arm": arm, "stratum": key, "seq": seq})}, reveals_allocation=True)
-    return Result(alloc, p, True, arms.get(arm, arm))
+    labels = {a["key"]: a["label"] for a in protocol["arms"]}
+    return Result(alloc, p, True, labels.get(arm, arm))
+
+
+@prebuilt
+def _participant_stmt(dialect: str):
+    existing = (select(Allocation.id).where(Allocation.participant_id == Participant.id)
+                .scalar_subquery().label("allocation_id"))
+    q = (select(Participant, existing).where(Participant.study_id == bindparam("study_id"))
+         .execution_options(populate_existing=True))
+    return q if dialect == "sqlite" else q.with_for_update(of=Participant.__table__)
+
+
+@prebuilt
+def _state_stmt(dialect: str):
+    return writable_query(dialect, latest_sha_column(), _commitment_column())
+
+
+@prebuilt
+def _take_slot_stmt(dialect: str):
+    t = Stratum.__table__
+    return (update(t).where(t.c.key == bindparam("stratum_key")).values(last_seq=t.c.last_seq + 1)
+            .returning(t.c.id, t.c.last_seq, t.c.blocks, t.c.length))
+
+
+@prebuilt
+def _insert_allocation_stmt(dialect: str):
+    t = Allocation.__table__
+    return insert(t).returning(t.c.id)
+
+
+def _lock_participant(db: Session, actor, study_id: str) -> tuple[Participant, int | None]:
+    """The participant, locked (FOR UPDATE on PostgreSQL), with the id of its allocation if it
+    has one, in one statement; the same visibility checks as ``get_participant``."""
+    row = db.execute(_participant_stmt(db), {"study_id": (study_id or "").upper()}).one_or_none()
+    if row is None:
+        raise NotFound(f"No participant {study_id}.")
+    check_visible(db, actor, row[0])
+    return row[0], row[1]
 
 
 def _minimize(db: Session, design: dict, master: bytes, seq: int, p: Participant) -> tuple[str, dict]:
