@@ -2,10 +2,13 @@
 """Load benchmark: concurrent randomizations through the JSON API (gunicorn, PostgreSQL), against
 a floor that runs the same locking transaction straight through psycopg, then integrity checks.
 
-    .venv/bin/python bench/randomize_load.py [--participants N] [--clients C] [--workers W] [--threads T]
+    .venv/bin/python bench/randomize_load.py [--participants N] [--clients C] [--rounds R] [--workers W]
 
-A fresh database bench_randomize_<pid> is created (and dropped unless --keep). N ready participants
-are prepared through the services for the app run, N more by plain SQL for the floor. The floor
+gunicorn runs with config/gunicorn.conf.py (sync workers, 3 per core) unless told otherwise. A
+fresh database bench_randomize_<pid> is created (and dropped unless --keep). R x N ready
+participants are prepared through the services for the app runs, R x N more by plain SQL for the
+floor runs; R rounds of N randomizations each, app first, then floor, and the targets are judged
+on the median round (one round on a shared machine can be off by a third). The floor
 writes a placeholder arm (see ``floor_one``), so the arms are checked against the committed lists
 after the app run, before the floor runs. CPU per randomization is split between this process (the
 clients), the gunicorn workers, PostgreSQL and the rest of the machine ("other": anything else
@@ -22,6 +25,7 @@ import random
 import secrets
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,8 +53,11 @@ def parse_args():
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--participants", type=int, default=2000, help="randomizations per run (app and floor)")
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients (HTTP and floor)")
-    ap.add_argument("--workers", type=int, default=4, help="gunicorn workers")
-    ap.add_argument("--threads", type=int, default=4, help="gthread threads per worker")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs of N each, app then floor; the targets are judged on the median round")
+    ap.add_argument("--workers", type=int, help="gunicorn workers (default: config/gunicorn.conf.py, 3 per core)")
+    ap.add_argument("--worker-class", choices=["sync", "gthread"], help="gunicorn worker class (default: the config's, sync)")
+    ap.add_argument("--threads", type=int, help="threads per gthread worker")
     ap.add_argument("--port", type=int, default=0, help="gunicorn port (0: a free one)")
     ap.add_argument("--pg", default="127.0.0.1:5432", help="PostgreSQL host:port (trust auth)")
     ap.add_argument("--keep", action="store_true", help="keep the benchmark database")
@@ -164,8 +171,10 @@ def free_port() -> int:
 
 
 def start_gunicorn(args, port: int, env: dict, log: Path) -> subprocess.Popen:
-    cmd = [str(BIN / "gunicorn"), "-w", str(args.workers), "-k", "gthread", "--threads", str(args.threads),
-           "-b", f"127.0.0.1:{port}", "--log-level", "warning", "trial:create_app()"]
+    cmd = [str(BIN / "gunicorn"), "-c", str(ROOT / "config" / "gunicorn.conf.py"), "-b", f"127.0.0.1:{port}"]
+    for flag, value in (("-w", args.workers), ("-k", args.worker_class), ("--threads", args.threads)):
+        if value is not None:
+            cmd += [flag, str(value)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
@@ -182,6 +191,19 @@ def start_gunicorn(args, port: int, env: dict, log: Path) -> subprocess.Popen:
     except BaseException:
         stop(proc)
         raise
+
+
+def gunicorn_settings(proc: subprocess.Popen) -> str:
+    """The command as run, and how many workers it has (its child processes)."""
+    workers = sum(1 for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == proc.pid)
+    return f"gunicorn {' '.join(proc.args[1:])} ({workers} workers)"
+
+
+def _ppid(p: Path) -> int | None:
+    try:
+        return int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -274,12 +296,14 @@ class Client:
             self.conn = None
 
 
+def warm_up(args, port: int, token: str) -> None:
+    """Every worker opens its database connection and loads its caches before the timed runs."""
+    headers = {"Authorization": f"Bearer {token}"}
+    run_pool(args.clients, range(64), lambda: Client(port), lambda c, _: c.request("GET", "/api/v1/me", headers), dict)
+
+
 def http_run(args, port: int, token: str, people: list, snapshot) -> tuple[float, list, dict]:
     headers = {"Authorization": f"Bearer {token}"}
-
-    def warm(c, _):  # every worker thread opens its DB connection and loads its caches first
-        return c.request("GET", "/api/v1/me", headers)
-    run_pool(args.clients, range(4 * args.workers * args.threads), lambda: Client(port), warm, dict)
 
     def post(c, person):
         return c.request("POST", f"/api/v1/participants/{person[1]}/randomize",
@@ -329,7 +353,7 @@ def summarize(label: str, wall: float, results: list, cpu: dict) -> dict:
     pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
     s = {"rate": len(lat) / wall, "p50": pct(0.50), "p99": pct(0.99), "max": lat[-1]}
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(r[1] for r in results).items()))
-    print(f"{label:<6} {len(lat)} in {wall:.2f} s = {s['rate']:.0f} randomizations/s; latency ms p50 {s['p50']:.1f}"
+    print(f"{label:<8} {len(lat)} in {wall:.2f} s = {s['rate']:.0f} randomizations/s; latency ms p50 {s['p50']:.1f}"
           f"  p99 {s['p99']:.1f}  max {s['max']:.1f}; results {counts}")
     n, cores = len(lat), os.cpu_count()
     other = cpu["machine"] - cpu["clients"] - cpu["app"] - cpu["postgres"]
@@ -384,13 +408,14 @@ def main() -> int:
     dsn = f"postgresql://{user}@{args.pg}/{dbname}"
     proc, ok = None, True
     try:
+        n, rounds = args.participants, args.rounds
         t0 = time.perf_counter()
-        token, http_people = prepare(args.participants)
+        token, http_people = prepare(n * rounds)
         prep, t0 = time.perf_counter() - t0, time.perf_counter()
-        floor_people = prepare_floor(dsn, args.participants)
-        print(f"database {dbname}; {args.participants} ready participants at {len(SITES)} sites prepared through the "
-              f"services in {prep:.1f} s ({1000 * prep / args.participants:.1f} ms each: screening + enrollment + "
-              f"baseline); {args.participants} more for the floor by SQL in {time.perf_counter() - t0:.2f} s")
+        floor_people = prepare_floor(dsn, n * rounds)
+        print(f"database {dbname}; {n * rounds} ready participants at {len(SITES)} sites prepared through the "
+              f"services in {prep:.1f} s ({1000 * prep / (n * rounds):.1f} ms each: screening + enrollment + "
+              f"baseline); {n * rounds} more for the floor by SQL in {time.perf_counter() - t0:.2f} s")
         people = http_people + floor_people
         random.Random(1).shuffle(http_people)
         random.Random(2).shuffle(floor_people)
@@ -399,22 +424,29 @@ def main() -> int:
         log = ROOT / "bench" / "out" / f"gunicorn-{os.getpid()}.log"
         log.parent.mkdir(exist_ok=True)
         proc = start_gunicorn(args, port, env, log)
-        print(f"gunicorn -w {args.workers} -k gthread --threads {args.threads} on :{port}; {args.clients} clients\n")
-        app = summarize("app", *http_run(args, port, token, http_people,
-                                         lambda: cpu_snapshot(proc.pid, dbname)))
+        print(f"{gunicorn_settings(proc)}; {args.clients} clients; {rounds} rounds of {n}\n")
+        warm_up(args, port, token)
+        apps = [summarize(f"app {r + 1}", *http_run(args, port, token, http_people[r * n:(r + 1) * n],
+                                                    lambda: cpu_snapshot(proc.pid, dbname))) for r in range(rounds)]
         stop(proc)
         proc = None
-        print("integrity after the app run:")
+        print("integrity after the app runs:")
         ok &= integrity(dsn, [p[0] for p in http_people], env, lists=True)
 
         print()
-        floor = summarize("floor", *floor_run(args, dsn, floor_people, lambda: cpu_snapshot(None, dbname)))
-        print("integrity after the floor run:")
+        floors = [summarize(f"floor {r + 1}", *floor_run(args, dsn, floor_people[r * n:(r + 1) * n],
+                                                        lambda: cpu_snapshot(None, dbname))) for r in range(rounds)]
+        print("integrity after the floor runs:")
         ok &= integrity(dsn, [p[0] for p in people], env, lists=False)
 
+        med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
+        app = {k: med(apps, k) for k in ("rate", "p50", "p99")}
+        floor = {k: med(floors, k) for k in ("rate", "p50", "p99")}
         ratio = floor["rate"] / app["rate"]
-        print(f"\nfloor/app throughput {ratio:.2f}x; p50 app/floor {app['p50'] / floor['p50']:.1f}x")
-        print(f"targets ({args.clients} clients):")
+        print(f"\nmedian of {rounds} rounds: app {app['rate']:.0f}/s p50 {app['p50']:.1f} ms p99 {app['p99']:.1f} ms;"
+              f" floor {floor['rate']:.0f}/s p50 {floor['p50']:.1f} ms p99 {floor['p99']:.1f} ms")
+        print(f"floor/app throughput {ratio:.2f}x; p50 app/floor {app['p50'] / floor['p50']:.1f}x")
+        print(f"targets ({args.clients} clients, medians):")
         target(app["rate"] >= TARGET_RATE, f">= {TARGET_RATE:.0f} randomizations/s (app {app['rate']:.0f})")
         target(app["p99"] < TARGET_P99_MS, f"p99 < {TARGET_P99_MS:.0f} ms (app {app['p99']:.1f})")
         target(ratio <= TARGET_RATIO, f"app within {TARGET_RATIO:.0f}x of the floor ({ratio:.2f}x)")
