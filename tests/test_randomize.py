@@ -301,3 +301,21 @@ def test_retry_with_the_same_key_is_answered_even_under_a_lock(opened, db):
 def test_block_sizes_are_not_published(world):
     body = world.api("GET", "/protocol", "coordinator").get_json()
     assert "block_sizes" not in body["randomization"]
+
+
+def test_an_amendment_after_opening_applies_to_the_next_randomization(opened, db):
+    """The randomize path keeps protocol content per process, keyed by the text's SHA-256: an
+    amendment (a new text) must take effect on the very next request, in the same process."""
+    from trial.protocol.service import DEFAULT_PROTOCOL, load_text
+    first, second = opened.ready(), opened.ready()
+    assert rand(opened, first).status_code == 201  # warms the per-process caches
+    text = DEFAULT_PROTOCOL.read_text()
+    assert 'instrument = "ados2"\nfield = "social_affect"' in text
+    load_text(db, CLI, text.replace('instrument = "ados2"\nfield = "social_affect"',
+                                    'instrument = "srs2"\nfield = "total_t"', 1))
+    db.commit()
+    before = state(db)
+    r = rand(opened, second)
+    assert r.status_code == 409
+    assert "baseline srs2 total_t is not recorded" in r.get_json()["error"]["message"]
+    assert state(db) == before

@@ -78,24 +78,25 @@ class DesignView:
     commitment: str
 
 
-_DESIGNS: dict[str, DesignView] = {}
+_DESIGNS: dict[tuple[int, str], DesignView] = {}
 
 
-def _commitment_column():
-    return select(RandomizationDesign.commitment).limit(1).scalar_subquery().label("design_commitment")
+def _design_columns():
+    return (select(RandomizationDesign.id).limit(1).scalar_subquery().label("design_id"),
+            select(RandomizationDesign.commitment).limit(1).scalar_subquery().label("design_commitment"))
 
 
-def _design_view(db: Session, commitment: str) -> DesignView:
-    """The design with this commitment, read once per process (the commitment is a hash over the
-    design and the seed, so it names one design; the design is never changed once opened)."""
-    view = _DESIGNS.get(commitment)
+def _design_view(db: Session, design_id: int, commitment: str) -> DesignView:
+    """The design row, read once per process: it never changes once opened, and its commitment
+    (a hash over the design and the seed) with its id names it."""
+    view = _DESIGNS.get((design_id, commitment))
     if view is None:
-        row = db.execute(select(RandomizationDesign.id, RandomizationDesign.method, RandomizationDesign.design)
-                         .where(RandomizationDesign.commitment == commitment)).one()
-        view = DesignView(row.id, row.method, row.design, commitment)
+        row = db.execute(select(RandomizationDesign.method, RandomizationDesign.design)
+                         .where(RandomizationDesign.id == design_id, RandomizationDesign.commitment == commitment)).one()
+        view = DesignView(design_id, row.method, row.design, commitment)
         if len(_DESIGNS) > 64:
             _DESIGNS.clear()
-        _DESIGNS[commitment] = view
+        _DESIGNS[design_id, commitment] = view
     return view
 
 
@@ -268,10 +269,10 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
             arms = {a["key"]: a["label"] for a in current_protocol(db).content["arms"]}
             return Result(existing, p, False, arms.get(existing.arm, existing.arm))
         raise Conflict(f"{p.study_id} is already randomized; a child is never re-randomized.")
-    sha, commitment = check_writable(db, _state_stmt(db))
-    if commitment is None:
+    sha, design_id, commitment = check_writable(db, _state_stmt(db))
+    if design_id is None:
         raise Conflict("Randomization is not open yet (run `trial randomization open`).")
-    protocol, design_row = content_by_sha(db, sha), _design_view(db, commitment)
+    protocol, design_row = content_by_sha(db, sha), _design_view(db, design_id, commitment)
     site_code, reasons = _readiness(db, p, design_row, protocol)
     if reasons:
         raise Conflict(f"{p.study_id} cannot be randomized: " + "; ".join(reasons) + ".")
@@ -325,7 +326,7 @@ def _participant_stmt(dialect: str):
 
 @prebuilt
 def _state_stmt(dialect: str):
-    return writable_query(dialect, latest_sha_column(), _commitment_column())
+    return writable_query(dialect, latest_sha_column(), *_design_columns())
 
 
 @prebuilt
