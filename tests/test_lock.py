@@ -32,6 +32,7 @@ from trial.db import utcnow
 from trial.enrollment import service as enrollment
 from trial.enrollment.models import Participant, Screening
 from trial.enrollment.service import today
+from trial.errors import Conflict
 from trial.lock.models import DataLock, LockBundle, Signature, TrialState
 from trial.outcomes import service as outcomes
 from trial.outcomes.models import Assessment, BlindingBreak
@@ -632,8 +633,8 @@ def test_after_unblinding_the_statistician_gets_arm_keys_and_verify_passes(world
     c = ok(world.api("GET", "/consort", "statistician"), 200)
     assert set(c["arms"]) <= {"A", "B", "C"}
     assert not any(n.endswith("sessions.csv") for n in _zip_names(blinded))
-    with pytest.raises(Exception):
-        randomization.verify(db, CliActor())  # still sealed
+    with pytest.raises(Conflict, match="the seed is still sealed"):
+        randomization.verify(db, CliActor())
     ok(unblind(world))
     after = world.api("GET", f"/locks/{hard['id']}/bundle.zip", "statistician")
     assert after.status_code == 200 and after.data == unblinded

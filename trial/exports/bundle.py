@@ -53,6 +53,10 @@ class _Zip:
         self.z.writestr(info, data)
         self.sums[name] = _sha(data)
 
+    def discard(self) -> None:
+        self.z.close()
+        self.buf = io.BytesIO()
+
     def close(self) -> tuple[bytes, str]:
         manifest = "".join(f"{self.sums[n]}  {n}\n" for n in sorted(self.sums)).encode()
         self.add("manifest.sha256", manifest)
@@ -70,31 +74,35 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
     content = pv.content
     tables = build_tables(db, blinded, cache)
     out = _Zip(lock)
-    truncated: dict[str, dict[str, int]] = {}
-    counts = {t.name: len(t.rows) for t in tables}
-    for t in tables:
-        out.add(f"csv/{t.name}.csv", formats.to_csv(t))
-        df, xdf, cut = formats.frames(t)
-        out.add(f"dta/{t.name}.dta", formats.to_dta(t, when, df))
-        out.add(f"xpt/{t.name}.xpt", formats.to_xpt(t, when, xdf)[0])
-        if cut:
-            truncated[t.name] = cut
-        del df, xdf
-        if t.name not in ODM_TABLES:
-            t.rows = []  # written: let the memory go (the sessions table is most of it)
-    out.add("dictionary.csv", formats.dictionary_csv(tables))
-    out.add("odm/snapshot.xml", odm.snapshot(content, {t.name: t for t in tables}, lock.id, when, pv.version, blinded))
-    names = arm_codes(db) if blinded else {a["key"]: a["key"] for a in content["arms"]}
-    c = consort(db, CliActor(), blinded=blinded)
-    out.add("reports/consort.json", json.dumps(c, indent=2, sort_keys=False).encode())
-    bi = bang_index(db, names)
-    cols = list(bi[0]) if bi else ["arm", "n", "unsure", "bang_index"]
-    out.add("reports/blinding_index.csv", table_csv({"columns": cols, "rows": [
-        [r[k] if r[k] is not None else "" for k in cols] for r in bi]}))
-    out.add("reports/baseline_table.csv", table_csv(baseline_table(db, names)))
-    out.add("reports/trial_facts.json", json.dumps(trial_facts(db, names, blinded), indent=2).encode())
-    out.add("README.txt", _readme(lock, sig, pv, blinded, tables, truncated, counts).encode())
-    data, manifest_sha = out.close()
+    try:
+        truncated: dict[str, dict[str, int]] = {}
+        counts = {t.name: len(t.rows) for t in tables}
+        for t in tables:
+            out.add(f"csv/{t.name}.csv", formats.to_csv(t))
+            df, xdf, cut = formats.frames(t)
+            out.add(f"dta/{t.name}.dta", formats.to_dta(t, when, df))
+            out.add(f"xpt/{t.name}.xpt", formats.to_xpt(t, when, xdf)[0])
+            if cut:
+                truncated[t.name] = cut
+            del df, xdf
+            if t.name not in ODM_TABLES:
+                t.rows = []  # written: let the memory go (the sessions table is most of it)
+        out.add("dictionary.csv", formats.dictionary_csv(tables))
+        out.add("odm/snapshot.xml", odm.snapshot(content, {t.name: t for t in tables}, lock.id, when, pv.version, blinded))
+        names = arm_codes(db) if blinded else {a["key"]: a["key"] for a in content["arms"]}
+        c = consort(db, CliActor(), blinded=blinded)
+        out.add("reports/consort.json", json.dumps(c, indent=2, sort_keys=False).encode())
+        bi = bang_index(db, names)
+        cols = list(bi[0]) if bi else ["arm", "n", "unsure", "bang_index"]
+        out.add("reports/blinding_index.csv", table_csv({"columns": cols, "rows": [
+            [r[k] if r[k] is not None else "" for k in cols] for r in bi]}))
+        out.add("reports/baseline_table.csv", table_csv(baseline_table(db, names)))
+        out.add("reports/trial_facts.json", json.dumps(trial_facts(db, names, blinded), indent=2).encode())
+        out.add("README.txt", _readme(lock, sig, pv, blinded, tables, truncated, counts).encode())
+        data, manifest_sha = out.close()
+    except BaseException:
+        out.discard()  # a refused build (e.g. CONSORT does not reconcile) leaves no half-open zip behind
+        raise
     return data, _sha(data), manifest_sha
 
 
