@@ -266,8 +266,7 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     if existing_id is not None:  # a retry gets its answer even if a lock has come since
         existing = db.get(Allocation, existing_id)
         if idempotency_key and existing.idempotency_key == idempotency_key:
-            arms = {a["key"]: a["label"] for a in current_protocol(db).content["arms"]}
-            return Result(existing, p, False, arms.get(existing.arm, existing.arm))
+            return Result(existing, p, False, _arm_label(current_protocol(db).content, existing.arm))
         raise Conflict(f"{p.study_id} is already randomized; a child is never re-randomized.")
     sha, design_id, commitment = check_writable(db, _state_stmt(db))
     if design_id is None:
@@ -311,8 +310,11 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     alloc = Allocation(id=new_id, **values)  # transient: the row is written; this carries the answer
     audit.record(db, actor, "randomize", "allocation", p.study_id,
                  {"allocation": (None, {"arm": arm, "stratum": key, "seq": seq})}, reveals_allocation=True)
-    labels = {a["key"]: a["label"] for a in protocol["arms"]}
-    return Result(alloc, p, True, labels.get(arm, arm))
+    return Result(alloc, p, True, _arm_label(protocol, arm))
+
+
+def _arm_label(protocol: dict, arm: str) -> str:
+    return next((a["label"] for a in protocol["arms"] if a["key"] == arm), arm)
 
 
 @prebuilt
