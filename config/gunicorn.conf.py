@@ -21,3 +21,14 @@ graceful_timeout = 30
 wsgi_app = "trial:create_app()"
 accesslog = "-"
 loglevel = "info"
+# The app is imported once by the master and forked: a worker that dies (or is killed) is back in
+# milliseconds instead of re-importing everything. No database connection is opened before the
+# fork; post_fork drops any pooled connection a worker would otherwise share with its siblings.
+preload_app = True
+
+
+def post_fork(server, worker):
+    app = worker.app.wsgi()
+    engine = app.extensions.get("trial.engine")
+    if engine is not None:
+        engine.dispose(close=False)

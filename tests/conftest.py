@@ -20,7 +20,7 @@ os.environ["TRIAL_ENV"] = "development"
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
-from trial.db import make_engine  # noqa: E402
+from trial.db import TrialSession, make_engine  # noqa: E402
 from trial.migrate import upgrade  # noqa: E402
 
 PG_URL = os.environ.get("TRIAL_TEST_DATABASE_URL")
@@ -78,7 +78,8 @@ def connection(engine):
 
 @pytest.fixture()
 def session_factory(connection):
-    return sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    return sessionmaker(bind=connection, class_=TrialSession, join_transaction_mode="create_savepoint",
+                        expire_on_commit=False)
 
 
 @pytest.fixture()

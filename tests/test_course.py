@@ -585,7 +585,7 @@ def test_session_held_today_in_the_sites_time_zone_is_accepted(world, kids, db, 
     low = kids["low"]
     # randomized on 29 Feb 2024, 09:00 in Auckland (28 Feb 20:00 UTC); it is now 10:00 the same day there
     backdate(world, low, at=dt.datetime(2024, 2, 28, 20, 0))
-    monkeypatch.setattr("trial.enrollment.service.utcnow", lambda: dt.datetime(2024, 2, 28, 21, 0))
+    monkeypatch.setattr("trial.timeline.utc_now", lambda: dt.datetime(2024, 2, 28, 21, 0))
     before = state(db)
     r = session(world, low, dt.date(2024, 2, 29))
     assert r.status_code == 201, r.get_json()

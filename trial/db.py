@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import MetaData, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from trial.errors import OutcomeUnknown, Unavailable
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -67,9 +71,8 @@ def prebuilt(build):
 def make_engine(url: str | None = None, **kw) -> Engine:
     url = url or default_url()
     if url.startswith("sqlite"):
-        from sqlalchemy.engine import make_url
         path = make_url(url).database
-        if path and path != ":memory:":
+        if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kw)
         _sqlite_hooks(engine)
@@ -77,6 +80,9 @@ def make_engine(url: str | None = None, **kw) -> Engine:
         kw.setdefault("pool_size", 10)
         kw.setdefault("max_overflow", 20)
         kw.setdefault("pool_recycle", 1800)
+        # after a database restart every pooled connection is dead: test each before use, so
+        # the first request of every worker does not fail
+        kw.setdefault("pool_pre_ping", True)
         engine = create_engine(url, **kw)
     return engine
 
@@ -95,7 +101,19 @@ def _sqlite_hooks(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # pragma: no cover
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        dbapi = conn.connection.dbapi_connection
+        if getattr(dbapi, "trial_read_only", False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except sa_exc.OperationalError as e:
+            # read-only storage (or mode=ro): reads still work in a deferred transaction; any
+            # write then fails with "attempt to write a readonly database" (503 read-only)
+            if "readonly" not in str(e.orig).lower().replace("-", "").replace(" ", ""):
+                raise
+            dbapi.trial_read_only = True
+            conn.exec_driver_sql("BEGIN")
 
 
 @event.listens_for(Session, "after_commit")
@@ -106,8 +124,88 @@ def _forget_transaction_caches(session: Session, *args) -> None:
     session.info.pop("unblinded", None)
 
 
+class TrialSession(Session):
+    """A session whose commit tells the truth: errors while flushing mean nothing was written
+    (the transaction is rolled back); an error from the COMMIT itself (a lost connection, say)
+    leaves it unknown whether the change took effect, and raises :class:`OutcomeUnknown`."""
+
+    def commit(self) -> None:
+        self.flush()
+        try:
+            super().commit()
+            self.info["committed"] = True
+        except sa_exc.DBAPIError as e:
+            if _definitely_rolled_back(e):
+                raise
+            raise OutcomeUnknown(
+                "The database connection failed while the change was being committed: it is not known whether it "
+                "was saved. Check the record before entering it again; an API request can be retried with the "
+                "same Idempotency-Key.") from e
+
+
+def _definitely_rolled_back(e: sa_exc.DBAPIError) -> bool:
+    """The server answered the COMMIT with an error of its own (a constraint, a serialization
+    failure): the transaction was rolled back. A lost connection gives no answer."""
+    state = getattr(e.orig, "sqlstate", None)
+    return bool(state) and state[:2] in ("23", "40", "25")
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine, expire_on_commit=False)
+    return sessionmaker(bind=engine, class_=TrialSession, expire_on_commit=False)
+
+
+# --- database failures as the user should read them -------------------------------------------
+
+_PG_CLASSES = {
+    "53100": ("full", "The database server's disk is full"),
+    "53200": ("full", "The database server is out of memory"),
+    "53300": ("busy", "The database server has too many connections"),
+    "25006": ("read_only", "The database is read-only (maintenance or a replica)"),
+    "57P01": ("unreachable", "The database server is shutting down"),
+    "57P02": ("unreachable", "The database server restarted after a crash"),
+    "57P03": ("unreachable", "The database server is starting up"),
+    "40001": ("busy", "The database could not serialize this change with another one"),
+    "40P01": ("busy", "This change deadlocked with another one"),
+    "55P03": ("busy", "A record this change needs is locked by another user"),
+    "57014": ("busy", "The database took too long to answer"),
+}
+_SQLITE_MESSAGES = (
+    ("database or disk is full", "full", "The database file's disk is full"),
+    ("readonly database", "read_only", "The database file is on read-only storage"),
+    ("unable to open database", "unreachable", "The database file cannot be opened"),
+    ("disk i/o error", "unreachable", "The database file's storage reported an I/O error"),
+    ("database is locked", "busy", "The database is busy with another change"),
+    ("no such table", "not_migrated", "The database has no schema yet (run `trial db upgrade`)"),
+)
+_RETRY = {"busy": 5, "unreachable": 30, "full": 120, "read_only": 120, "not_migrated": 120}
+_AFTER = " Nothing was changed; try again later."
+
+
+def unavailable(e: BaseException) -> Unavailable | None:
+    """The :class:`Unavailable` error a database failure means for the user, or ``None`` if it is
+    not a failure of the database's availability (a programming error stays a 500)."""
+    if isinstance(e, sa_exc.TimeoutError):  # the connection pool is exhausted
+        return Unavailable("Every database connection of this server is busy." + _AFTER, 5, "busy")
+    if not isinstance(e, sa_exc.DBAPIError):
+        return None
+    orig = e.orig
+    state = getattr(orig, "sqlstate", None)
+    if state:
+        kind, text = _PG_CLASSES.get(state) or (("unreachable", "The connection to the database failed")
+                                                 if state.startswith("08") else (None, None))
+        if kind:
+            return Unavailable(f"{text}.{_AFTER}", _RETRY[kind], kind)
+        return None
+    if isinstance(orig, sqlite3.Error):
+        msg = str(orig).lower()
+        for needle, kind, text in _SQLITE_MESSAGES:
+            if needle in msg:
+                return Unavailable(f"{text}.{_AFTER}", _RETRY[kind], kind)
+        return None
+    if e.connection_invalidated or isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        # psycopg without an SQLSTATE: refused, reset or closed connections
+        return Unavailable(f"The database server cannot be reached.{_AFTER}", 30, "unreachable")
+    return None
 
 
 def lock_for_update(stmt, bind):

@@ -7,6 +7,10 @@ import datetime as dt
 import zoneinfo
 
 
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
 def add_months(d: dt.date, months: int) -> dt.date:
     """Calendar months, clamped to the month's last day (31 Jan + 1 month = 28/29 Feb)."""
     y, m = divmod(d.month - 1 + months, 12)
@@ -16,6 +20,12 @@ def add_months(d: dt.date, months: int) -> dt.date:
 
 def local_date(utc: dt.datetime, tz: str) -> dt.date:
     return utc.replace(tzinfo=dt.timezone.utc).astimezone(zoneinfo.ZoneInfo(tz or "UTC")).date()
+
+
+def today(tz: str | None = None) -> dt.date:
+    """Today's date in a site's time zone (UTC when none is given): a date entered at a site is
+    never "in the future" just because the site is east of UTC."""
+    return local_date(utc_now(), tz) if tz else utc_now().date()
 
 
 def course_window(start: dt.date, months: int) -> tuple[dt.date, dt.date]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from flask import Flask, abort, current_app, g, jsonify, redirect, render_template, request, url_for
 from flask_login import LoginManager, current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.exc import SQLAlchemyError
 
-from trial.errors import DomainError
+from trial.db import unavailable
+from trial.errors import DomainError, ValidationError
 from trial.policy import ANY, POLICY, PUBLIC
+from trial.validation import CONTROL_MESSAGE, MAX_ID, has_control
 
 csrf = CSRFProtect()
 login_manager = LoginManager()
@@ -42,11 +45,12 @@ def actor():
     return g.actor
 
 
-def api_error(status: int, code: str, message: str, fields: dict | None = None):
-    body = {"error": {"code": code, "message": message}}
-    if fields:
-        body["error"]["fields"] = fields
-    return jsonify(body), status
+def api_error(status: int, code: str, message: str, fields: dict | None = None, retry_after: int | None = None):
+    resp = jsonify({"error": {"code": code, "message": message, "fields": dict(fields or {})}})
+    resp.status_code = status
+    if retry_after:
+        resp.headers["Retry-After"] = str(retry_after)
+    return resp
 
 
 def form_errors(form, e: DomainError) -> None:
@@ -64,6 +68,37 @@ def form_errors(form, e: DomainError) -> None:
     flash(e.message, "error")
 
 
+def _check_request_values():
+    """Path and query values are checked before any view sees them: an id beyond the schema's
+    integers or a control character (a NUL the database would refuse or cut) is a 400 naming the
+    parameter, never a 500. Form fields are checked the same way."""
+    bad: dict[str, str] = {}
+    for name, value in (request.view_args or {}).items():
+        if isinstance(value, int) and not 1 <= value <= MAX_ID:
+            bad[name] = f"must be a whole number from 1 to {MAX_ID}"
+        elif isinstance(value, str) and has_control(value):
+            bad[name] = CONTROL_MESSAGE
+    for name, value in request.args.items(multi=True):
+        if has_control(name) or has_control(value):
+            bad[name if not has_control(name) else "query"] = CONTROL_MESSAGE
+    if request.method == "POST" and not is_api():
+        for name, value in request.form.items(multi=True):
+            if has_control(value) and name not in ("password", "current_password", "new_password"):
+                bad[name] = CONTROL_MESSAGE
+    if bad:
+        raise ValidationError("The request was not accepted: " + "; ".join(f"{k} {v}" for k, v in bad.items()), bad)
+
+
+def int_arg(name: str, default: int, lo: int = 1, hi: int = 1_000_000) -> int:
+    """A whole-number query parameter within [lo, hi]; anything else is a 400 naming it."""
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise ValidationError(f"{name} must be a whole number from {lo} to {hi}.", {name: f"a whole number from {lo} to {hi}"})
+    return int(raw)
+
+
 def _enforce_policy():
     endpoint = request.endpoint
     if endpoint is None:
@@ -72,6 +107,8 @@ def _enforce_policy():
     if policy is None:
         current_app.logger.error("route %s has no access policy; refused", endpoint)
         abort(403)
+    if endpoint != "static":
+        _check_request_values()
     if policy == PUBLIC:
         return None
     user = actor()
@@ -104,16 +141,48 @@ def _teardown(exc):
     if session is not None:
         try:
             session.rollback()
+        except SQLAlchemyError:  # the connection is gone: nothing to roll back
+            current_app.logger.warning("rollback at the end of a request failed", exc_info=True)
         finally:
             session.close()
 
 
-def _error(status: int, message: str):
+CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+         409: "conflict", 413: "too_large", 423: "locked", 500: "server_error", 503: "unavailable"}
+
+
+def _error(status: int, message: str, code: str | None = None, fields: dict | None = None, retry_after: int | None = None):
     if is_api():
-        codes = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 409: "conflict", 413: "too_large", 423: "locked", 500: "server_error"}
-        return api_error(status, codes.get(status, "error"), message)
-    return render_template("error.html", status=status, message=message), status
+        return api_error(status, code or CODES.get(status, "error"), message, fields, retry_after)
+    resp = current_app.make_response((render_template("error.html", status=status, message=message), status))
+    if retry_after:
+        resp.headers["Retry-After"] = str(retry_after)
+    return resp
+
+
+def _committed_in_this_request() -> bool:
+    s = g.get("db")
+    return bool(s is not None and s.info.get("committed"))
+
+
+def _internal_error(e):
+    """A 500 says that nothing was changed only when that is known: no commit in this request."""
+    if _committed_in_this_request():
+        message = "Internal error. Part of this request may have been saved: check before repeating it."
+    else:
+        message = "Internal error; nothing was changed."
+    return _error(500, message)
+
+
+def _database_error(e: SQLAlchemyError):
+    """The database is down, full, read-only or busy: 503 with Retry-After and what class of
+    problem it is. Anything else is a programming error (500)."""
+    err = unavailable(e)
+    if err is None:
+        current_app.logger.exception("database error")
+        return _internal_error(e)
+    current_app.logger.warning("database unavailable (%s): %s", err.kind, e)
+    return _error(503, err.message, err.code, {}, err.retry_after)
 
 
 def init_app(app: Flask) -> None:
@@ -132,19 +201,30 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(DomainError)
     def _domain(e: DomainError):
-        db().rollback()
-        if is_api():
-            return api_error(e.status, e.code, e.message, e.fields)
-        return render_template("error.html", status=e.status, message=e.message), e.status
+        try:
+            db().rollback()
+        except SQLAlchemyError:
+            pass
+        return _error(e.status, e.message, e.code, e.fields, e.retry_after)
 
     @app.errorhandler(CSRFError)
     def _csrf(e):
         return _error(400, "The form expired or was not sent from this site; reload the page and try again.")
 
+    app.register_error_handler(SQLAlchemyError, _database_error)
+    app.register_error_handler(500, _internal_error)
+
+    def _http(status: int, message: str):
+        def handler(e):
+            resp = _error(status, message)
+            if status == 405 and getattr(e, "valid_methods", None):
+                resp.headers["Allow"] = ", ".join(sorted(e.valid_methods))
+            return resp
+        return handler
+
     for status, message in ((400, "The request was not understood."), (403, "Your role does not allow this."),
-                            (404, "Not found."), (405, "Method not allowed."), (413, "The request is too large."),
-                            (500, "Internal error; nothing was changed.")):
-        app.register_error_handler(status, lambda e, s=status, m=message: _error(s, m))
+                            (404, "Not found."), (405, "Method not allowed."), (413, "The request is too large.")):
+        app.register_error_handler(status, _http(status, message))
 
     @app.context_processor
     def _ctx():

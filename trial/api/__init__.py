@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, request
 
 from trial.errors import ValidationError
+from trial.validation import check_tree, refuse
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -45,9 +46,12 @@ def route(path: str, method: str, summary: str, roles: str, request_schema: dict
 
 
 def body() -> dict:
+    """The request's JSON object, with every string, integer and number in it checked (control
+    characters, integers beyond 64 bits and non-finite numbers are a 400 naming the field)."""
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise ValidationError("The request body must be a JSON object.", {"body": "must be a JSON object"})
+    refuse("The request was not accepted", check_tree(data))
     return data
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, render_template, request
 
 from trial.audit.service import visible_records
-from trial.web import actor, db
+from trial.web import actor, db, int_arg
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
 
@@ -12,6 +12,6 @@ bp = Blueprint("audit", __name__, url_prefix="/audit")
 @bp.route("/", endpoint="trail")
 def trail():
     entity = request.args.get("entity") or None
-    page = max(1, request.args.get("page", 1, type=int))
+    page = int_arg("page", 1, 1, 1_000_000)
     rows = visible_records(db(), actor(), entity=entity, limit=100, offset=(page - 1) * 100)
     return render_template("audit/trail.html", rows=rows, entity=entity, page=page)

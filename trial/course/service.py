@@ -13,14 +13,15 @@ from trial.audit import service as audit
 from trial.auth.scope import can_see_arm, require_site_role
 from trial.course.models import ATTENDANCE, CounsellingSession, TherapySession
 from trial.enrollment.models import Participant
-from trial.enrollment.service import get_participant, parse_date, today
+from trial.enrollment.service import get_participant
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.lock.service import ensure_writable
 from trial.protocol.service import current as current_protocol
 from trial.randomize.models import Allocation
 from trial.sites.models import Site
 from trial.status.service import ensure_accepts_data
-from trial.timeline import course_window, local_date, planned_sessions
+from trial.timeline import course_window, local_date, planned_sessions, today
+from trial.validation import clinical_date, text
 
 
 def randomization_day(db: Session, p: Participant, alloc: Allocation | None = None) -> dt.date | None:
@@ -47,9 +48,7 @@ def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession
     if _arm(content, alloc.arm)["sessions_per_week"] == 0:
         raise Conflict(f"{p.study_id} is not in a music-therapy arm: no sessions are logged for this child.")
     errors: dict[str, str] = {}
-    held = parse_date(data.get("held_on"), "held_on", errors)
-    if held and held > today(p.site.timezone):
-        errors["held_on"] = "is in the future"
+    held = clinical_date(data.get("held_on"), "held_on", errors, today(p.site.timezone))
     attendance = data.get("attendance")
     if attendance not in ATTENDANCE:
         errors["attendance"] = f"must be one of {', '.join(ATTENDANCE)}"
@@ -65,9 +64,7 @@ def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession
     engagement = data.get("engagement")
     if engagement is not None and (isinstance(engagement, bool) or not isinstance(engagement, int) or not 1 <= engagement <= 5):
         errors["engagement"] = "must be a whole number from 1 (none) to 5 (fully engaged)"
-    note = data.get("note")
-    if note is not None and (not isinstance(note, str) or len(note) > 1000):
-        errors["note"] = "must be text of at most 1000 characters"
+    note = text(data.get("note"), "note", errors, 1000)
     if errors:
         raise ValidationError("The session was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
     ensure_accepts_data(db, p, "session", held)
@@ -80,7 +77,7 @@ def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession
         raise Conflict(f"A session on {held.isoformat()} is already logged for {p.study_id}.")
     _, end = course_window(start, content["course"]["months"])
     s = TherapySession(participant_id=p.id, held_on=held, attendance=attendance, minutes=minutes,
-                       techniques=sorted(set(techniques)), engagement=engagement, note=(note or None),
+                       techniques=sorted(set(techniques)), engagement=engagement, note=note,
                        outside_course=held > end, logged_by_id=getattr(actor, "id", None))
     db.add(s)
     db.flush()
@@ -96,15 +93,11 @@ def log_counselling(db: Session, actor, study_id: str, data: dict) -> Counsellin
     require_site_role(db, actor, p.site_id, "coordinator")
     ensure_writable(db)
     errors: dict[str, str] = {}
-    held = parse_date(data.get("held_on"), "held_on", errors)
-    if held and held > today(p.site.timezone):
-        errors["held_on"] = "is in the future"
+    held = clinical_date(data.get("held_on"), "held_on", errors, today(p.site.timezone))
     attended = data.get("attended", True)
     if not isinstance(attended, bool):
         errors["attended"] = "must be true or false"
-    note = data.get("note")
-    if note is not None and (not isinstance(note, str) or len(note) > 1000):
-        errors["note"] = "must be text of at most 1000 characters"
+    note = text(data.get("note"), "note", errors, 1000)
     if errors:
         raise ValidationError("The counselling session was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
     ensure_accepts_data(db, p, "counselling", held)
@@ -116,7 +109,7 @@ def log_counselling(db: Session, actor, study_id: str, data: dict) -> Counsellin
     if db.execute(select(CounsellingSession.id).where(CounsellingSession.participant_id == p.id,
                                                       CounsellingSession.held_on == held)).first():
         raise Conflict(f"A counselling session on {held.isoformat()} is already logged for {p.study_id}.")
-    c = CounsellingSession(participant_id=p.id, number=done + 1, held_on=held, attended=attended, note=note or None,
+    c = CounsellingSession(participant_id=p.id, number=done + 1, held_on=held, attended=attended, note=note,
                            logged_by_id=getattr(actor, "id", None))
     db.add(c)
     db.flush()

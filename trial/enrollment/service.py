@@ -9,42 +9,20 @@ from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.auth.scope import can_see_arm, is_cli, require_site_role, visible_site_ids
-from trial.db import lock_for_update, utcnow
+from trial.db import lock_for_update
 from trial.enrollment.models import Participant, Screening, SiteSequence
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.lock.service import ensure_writable
 from trial.protocol.service import current as current_protocol
 from trial.sites.models import Site
 from trial.sites.service import get_by_code
+from trial.timeline import today
+from trial.validation import clinical_date, ident, parse_date, refuse, text
 
 SEXES = ("female", "male")
 ARM_REVEALING_EVENTS = ("not_received", "discontinued_intervention")
 
 
-def parse_date(value: Any, field: str, errors: dict[str, str], required: bool = True) -> dt.date | None:
-    if value in (None, ""):
-        if required:
-            errors[field] = "is required (YYYY-MM-DD)"
-        return None
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        errors[field] = f"{value!r} is not a date (YYYY-MM-DD)"
-        return None
-
-
-def today(tz: str | None = None) -> dt.date:
-    """Today's date in a site's time zone (UTC when none is given): a date entered at a site is
-    never "in the future" just because the site is east of UTC."""
-    from trial.timeline import local_date
-    return local_date(utcnow(), tz) if tz else utcnow().date()
-
-
-def _fail(message: str, errors: dict[str, str]) -> None:
-    if errors:
-        raise ValidationError(message + ": " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
 
 
 # --- screening -------------------------------------------------------------------------------
@@ -70,9 +48,7 @@ def record_screening(db: Session, actor, data: dict) -> Screening:
     ensure_writable(db)
     pv = current_protocol(db)
     criteria = pv.content["criteria"]
-    screened_on = parse_date(data.get("screened_on"), "screened_on", errors)
-    if screened_on and screened_on > today(site.timezone):
-        errors["screened_on"] = "is in the future"
+    screened_on = clinical_date(data.get("screened_on"), "screened_on", errors, today(site.timezone))
     answers_in = data.get("answers")
     answers: dict[str, bool] = {}
     if not isinstance(answers_in, dict):
@@ -90,13 +66,8 @@ def record_screening(db: Session, actor, data: dict) -> Screening:
     declined = data.get("declined", False)
     if not isinstance(declined, bool):
         errors["declined"] = "must be true or false"
-    other = data.get("other_reason")
-    if other is not None and not isinstance(other, str):
-        errors["other_reason"] = "must be text"
-    other = (other or "").strip() or None
-    if other and len(other) > 500:
-        errors["other_reason"] = "must be at most 500 characters"
-    _fail("The screening was not saved", errors)
+    other = text(data.get("other_reason"), "other_reason", errors, 500)
+    refuse("The screening was not saved", errors)
     outcome, failed = screening_outcome(criteria, answers, declined, other)
     sc = Screening(site_id=site.id, screened_on=screened_on, answers=answers, declined=declined,
                    other_reason=other, outcome=outcome, failed_criteria=failed, protocol_version=pv.version,
@@ -167,10 +138,8 @@ def _insert_ignore(db: Session, table, values: dict) -> None:
 
 def enroll(db: Session, actor, data: dict) -> Participant:
     errors: dict[str, str] = {}
-    sid = data.get("screening_id")
-    if isinstance(sid, bool) or not isinstance(sid, int):
-        raise ValidationError("The participant was not enrolled: screening_id must be a screening's id",
-                              {"screening_id": "must be an integer"})
+    sid = ident(data.get("screening_id"), "screening_id", errors, "a screening's id")
+    refuse("The participant was not enrolled", errors)
     sc = db.get(Screening, sid)
     if sc is None:
         raise NotFound(f"No screening with id {sid}.")
@@ -182,24 +151,20 @@ def enroll(db: Session, actor, data: dict) -> Participant:
     if db.execute(select(Participant.id).where(Participant.screening_id == sc.id)).first():
         raise Conflict(f"Screening {sc.id} has already been enrolled.")
     pv = current_protocol(db)
-    consent = parse_date(data.get("consent_date"), "consent_date", errors)
+    consent = clinical_date(data.get("consent_date"), "consent_date", errors, today(site.timezone),
+                            not_before=(sc.screened_on, "the screening date"))
     born = parse_date(data.get("date_of_birth"), "date_of_birth", errors)
     sex = data.get("sex")
     if sex not in SEXES:
         errors["sex"] = f"must be one of {', '.join(SEXES)}"
     strata = _strata(pv.content, data.get("strata"), errors)
-    if consent:
-        if consent > today(site.timezone):
-            errors["consent_date"] = "is in the future"
-        elif consent < sc.screened_on:
-            errors["consent_date"] = f"is before the screening date {sc.screened_on.isoformat()}"
-    if born and consent and "consent_date" not in errors:
+    if born and consent:
         el = pv.content["eligibility"]
         months = age_in_months(born, consent)
         if born >= consent or not el["min_age_months"] <= months <= el["max_age_months"]:
             errors["date_of_birth"] = (f"gives an age of {max(months, 0)} months at consent; the protocol requires "
                                        f"{el['min_age_months']} to {el['max_age_months']} months")
-    _fail("The participant was not enrolled", errors)
+    refuse("The participant was not enrolled", errors)
     study_id = _next_study_id(db, site)
     p = Participant(study_id=study_id, site_id=site.id, screening_id=sc.id, consent_date=consent,
                     date_of_birth=born, sex=sex, strata=strata, created_by_id=getattr(actor, "id", None))

@@ -15,6 +15,7 @@ from trial.auth.service import check_password
 from trial.db import is_sqlite, utcnow
 from trial.errors import Conflict, Forbidden, Locked, NotFound, ValidationError
 from trial.lock.models import DataLock, LockBundle, Signature, TrialState
+from trial.validation import refuse, text
 
 KINDS = ("soft", "hard")
 
@@ -67,11 +68,10 @@ def sign(db: Session, actor, password: str, meaning: str, purpose: str) -> Signa
     """Both credentials at signing: the logged-in identity and the password again."""
     if is_cli(actor) or getattr(actor, "id", None) is None:
         raise Forbidden("An electronic signature needs a user; the command line cannot sign.")
-    errors = {}
-    if not isinstance(meaning, str) or not meaning.strip():
+    errors: dict[str, str] = {}
+    meaning = text(meaning, "meaning", errors, 500)
+    if meaning is None and "meaning" not in errors:
         errors["meaning"] = "is required: what does this signature mean?"
-    elif len(meaning) > 500:
-        errors["meaning"] = "must be at most 500 characters"
     if not isinstance(password, str) or not password:
         errors["password"] = "is required to sign"
     if errors:
@@ -80,7 +80,7 @@ def sign(db: Session, actor, password: str, meaning: str, purpose: str) -> Signa
         raise Forbidden("Your password was reset by an administrator: change it before you sign.")
     if not check_password(actor, password):
         raise ValidationError("Not signed: the password is wrong.", {"password": "is wrong"})
-    sig = Signature(user_id=actor.id, printed_name=actor.name, email=actor.email, meaning=meaning.strip(),
+    sig = Signature(user_id=actor.id, printed_name=actor.name, email=actor.email, meaning=meaning,
                     purpose=purpose, signed_at=utcnow())
     db.add(sig)
     db.flush()
@@ -129,10 +129,11 @@ def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str) -> D
         raise NotFound(f"No lock {lock_id}.")
     if state.active_lock_id != lock.id:
         raise Conflict(f"Lock {lock_id} is not in force.")
-    if not isinstance(reason, str) or not reason.strip():
-        raise ValidationError("The lock was not lifted: reason is required", {"reason": "is required"})
-    sig = sign(db, actor, password, f"Lift {lock.kind} lock {lock.id}: {reason.strip()}", f"lift_{lock.kind}_lock")
-    lock.lifted_at, lock.lift_reason, lock.lift_signature_id = sig.signed_at, reason.strip(), sig.id
+    errors: dict[str, str] = {}
+    reason = text(reason, "reason", errors, 500, required=True)
+    refuse("The lock was not lifted", errors)
+    sig = sign(db, actor, password, f"Lift {lock.kind} lock {lock.id}: {reason}", f"lift_{lock.kind}_lock")
+    lock.lifted_at, lock.lift_reason, lock.lift_signature_id = sig.signed_at, reason, sig.id
     state.active_lock_id = None
     audit.record(db, actor, "lift", "data_lock", lock.id, {"lifted_at": (None, lock.lifted_at)}, reason=lock.lift_reason)
     return lock

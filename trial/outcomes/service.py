@@ -9,14 +9,15 @@ from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.auth.scope import require_site_role
-from trial.enrollment.service import get_participant, parse_date, today
+from trial.enrollment.service import get_participant
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.lock.service import ensure_writable
 from trial.outcomes.models import GUESSES, Assessment, BlindingBreak, Notification
 from trial.protocol.service import current as current_protocol
 from trial.sites.models import Site
 from trial.status.service import ensure_accepts_data
-from trial.timeline import visit_window
+from trial.timeline import today, visit_window
+from trial.validation import CONTROL_MESSAGE, clinical_date, has_control, refuse, text
 
 
 def validate_values(instrument: dict, values: Any) -> dict[str, Any]:
@@ -50,8 +51,8 @@ def validate_values(instrument: dict, values: Any) -> dict[str, Any]:
         elif t == "boolean" and not isinstance(v, bool):
             errors[name] = "must be true or false"
             continue
-        elif t == "text" and not isinstance(v, str):
-            errors[name] = "must be text"
+        elif t == "text" and (not isinstance(v, str) or has_control(v)):
+            errors[name] = "must be text" if not isinstance(v, str) else CONTROL_MESSAGE
             continue
         elif t == "choice" and v not in f["choices"]:
             errors[name] = f"must be one of {', '.join(map(str, f['choices']))}"
@@ -83,9 +84,7 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
         errors["visit"] = f"must be one of {', '.join(visits)}"
     elif ins is not None and visit["key"] not in ins["visits"]:
         errors["visit"] = f"{ins['key']} is not collected at {visit['key']}"
-    performed = parse_date(data.get("performed_on"), "performed_on", errors)
-    if performed and performed > today(p.site.timezone):
-        errors["performed_on"] = "is in the future"
+    performed = clinical_date(data.get("performed_on"), "performed_on", errors, today(p.site.timezone))
     if errors:
         raise ValidationError("The assessment was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
     # who enters what: blinded instruments only by the site's assessors, others by its coordinators
@@ -160,9 +159,11 @@ def correct_assessment(db: Session, actor, assessment_id: int, data: dict) -> As
     ins = next(i for i in current_protocol(db).content["instruments"] if i["key"] == a.instrument)
     require_site_role(db, actor, p.site_id, "assessor" if ins["blinded"] else "coordinator")
     ensure_writable(db)
-    reason = data.get("reason")
-    if not isinstance(reason, str) or not reason.strip():
-        raise ValidationError("The correction was not saved: reason is required", {"reason": "is required for a correction"})
+    errors: dict[str, str] = {}
+    reason = text(data.get("reason"), "reason", errors, 500)
+    if reason is None and "reason" not in errors:
+        errors["reason"] = "is required for a correction"
+    refuse("The correction was not saved", errors)
     merged = dict(a.values)
     if not isinstance(data.get("values"), dict):
         raise ValidationError("The correction was not saved: values must be an object", {"values": "must be an object"})
@@ -172,7 +173,7 @@ def correct_assessment(db: Session, actor, assessment_id: int, data: dict) -> As
     if not changes:
         raise ValidationError("The correction changes nothing.", {"values": "same as recorded"})
     a.values = values
-    audit.record(db, actor, "correct", "assessment", a.id, changes, reason=reason.strip())
+    audit.record(db, actor, "correct", "assessment", a.id, changes, reason=reason)
     return a
 
 
@@ -183,19 +184,14 @@ def report_blinding_break(db: Session, actor, study_id: str, data: dict) -> Blin
     require_site_role(db, actor, p.site_id, "assessor")
     ensure_writable(db)
     errors: dict[str, str] = {}
-    on = parse_date(data.get("reported_on") or today(p.site.timezone).isoformat(), "reported_on", errors)
-    if on and on > today(p.site.timezone):
-        errors["reported_on"] = "is in the future"
-    elif on and on < p.consent_date:
-        errors["reported_on"] = f"is before consent ({p.consent_date.isoformat()})"
-    desc = data.get("description")
-    if not isinstance(desc, str) or not desc.strip():
+    on = clinical_date(data.get("reported_on") or today(p.site.timezone), "reported_on", errors, today(p.site.timezone),
+                       not_before=(p.consent_date, "consent"))
+    raw = data.get("description")
+    desc = text(raw if isinstance(raw, str) else None, "description", errors, 1000)
+    if desc is None and "description" not in errors:
         errors["description"] = "is required: how was the blinding broken?"
-    elif len(desc) > 1000:
-        errors["description"] = "must be at most 1000 characters"
-    if errors:
-        raise ValidationError("The report was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
-    b = BlindingBreak(participant_id=p.id, assessor_id=actor.id, reported_on=on, description=desc.strip())
+    refuse("The report was not saved", errors)
+    b = BlindingBreak(participant_id=p.id, assessor_id=actor.id, reported_on=on, description=desc)
     db.add(b)
     db.flush()
     audit.created(db, actor, "blinding_break", b.id, {"participant": p.study_id, "assessor": actor.email,

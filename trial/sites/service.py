@@ -12,6 +12,7 @@ from trial.auth.scope import require_role
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.lock.service import ensure_writable
 from trial.sites.models import Site
+from trial.validation import text
 
 CODE_RE = re.compile(r"^[A-Z]{2}[0-9]{2}$")
 FIELDS = ("name", "country", "timezone", "target", "is_open")
@@ -26,12 +27,7 @@ def _clean(data: dict, creating: bool) -> dict:
             errors["code"] = "must be two letters and two digits, e.g. AT01"
         out["code"] = code
     if "name" in data or creating:
-        name = str(data.get("name") or "").strip()
-        if not name:
-            errors["name"] = "is required"
-        elif len(name) > 200:
-            errors["name"] = "must be at most 200 characters"
-        out["name"] = name
+        out["name"] = text(data.get("name"), "name", errors, 200, required=True)
     if data.get("country") not in (None, ""):
         cc = str(data["country"]).strip().upper()
         if not re.fullmatch(r"[A-Z]{2}", cc):
@@ -47,11 +43,11 @@ def _clean(data: dict, creating: bool) -> dict:
     if data.get("target") not in (None, ""):
         try:
             target = int(data["target"])
-            if target < 0:
+            if not 0 <= target <= 100_000:
                 raise ValueError
             out["target"] = target
         except (TypeError, ValueError):
-            errors["target"] = "must be a whole number, 0 or more"
+            errors["target"] = "must be a whole number, 0 or more (at most 100000)"
     if "is_open" in data:
         out["is_open"] = bool(data["is_open"])
     if errors:

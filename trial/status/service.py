@@ -9,10 +9,12 @@ from sqlalchemy.orm import Session
 from trial.audit import service as audit
 from trial.auth.scope import require_site_role
 from trial.enrollment.models import Participant
-from trial.enrollment.service import get_participant, parse_date, today
-from trial.errors import Conflict, ValidationError
+from trial.enrollment.service import get_participant
+from trial.errors import Conflict
 from trial.lock.service import ensure_writable
 from trial.status.models import EVENT_TYPES, FINAL_EVENTS, Deviation, StatusEvent
+from trial.timeline import today
+from trial.validation import clinical_date, refuse, text
 
 FINAL_WORDS = {"withdrawn": "withdrawn", "died": "died"}
 DEVIATION_CATEGORIES = ("eligibility", "consent", "visit_out_of_window", "intervention", "assessment", "blinding", "other")
@@ -55,18 +57,9 @@ def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
     kind = data.get("type")
     if kind not in EVENT_TYPES:
         errors["type"] = f"must be one of {', '.join(EVENT_TYPES)}"
-    on = parse_date(data.get("on"), "on", errors)
-    if on and on > today(p.site.timezone):
-        errors["on"] = "is in the future"
-    elif on and on < p.consent_date:
-        errors["on"] = f"is before consent ({p.consent_date.isoformat()})"
-    reason = data.get("reason")
-    if not isinstance(reason, str) or not reason.strip():
-        errors["reason"] = "is required"
-    elif len(reason) > 500:
-        errors["reason"] = "must be at most 500 characters"
-    if errors:
-        raise ValidationError("The event was not recorded: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+    on = clinical_date(data.get("on"), "on", errors, today(p.site.timezone), not_before=(p.consent_date, "consent"))
+    reason = text(data.get("reason"), "reason", errors, 500, required=True)
+    refuse("The event was not recorded", errors)
     from trial.randomize.service import allocation_of
     if kind in ("not_received", "discontinued_intervention", "lost_to_follow_up") and allocation_of(db, p.id) is None:
         raise Conflict(f"{p.study_id} is not randomized: a {kind.replace('_', ' ')} event follows randomization.")
@@ -76,7 +69,7 @@ def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
             raise Conflict(f"{p.study_id}: {FINAL_WORDS[e.type]} on {e.on.isoformat()}; no further data is accepted.")
         if e.type == kind:
             raise Conflict(f"{p.study_id} already has a {kind.replace('_', ' ')} event ({e.on.isoformat()}).")
-    ev = StatusEvent(participant_id=p.id, type=kind, on=on, reason=reason.strip(), recorded_by_id=getattr(actor, "id", None))
+    ev = StatusEvent(participant_id=p.id, type=kind, on=on, reason=reason, recorded_by_id=getattr(actor, "id", None))
     db.add(ev)
     db.flush()
     # not_received / discontinued_intervention imply the arm had an intervention to receive;
@@ -91,18 +84,13 @@ def record_deviation(db: Session, actor, study_id: str, data: dict) -> Deviation
     require_site_role(db, actor, p.site_id, "coordinator")
     ensure_writable(db)
     errors: dict[str, str] = {}
-    on = parse_date(data.get("on"), "on", errors)
-    if on and on > today(p.site.timezone):
-        errors["on"] = "is in the future"
+    on = clinical_date(data.get("on"), "on", errors, today(p.site.timezone))
     cat = data.get("category")
     if cat not in DEVIATION_CATEGORIES:
         errors["category"] = f"must be one of {', '.join(DEVIATION_CATEGORIES)}"
-    desc = data.get("description")
-    if not isinstance(desc, str) or not desc.strip():
-        errors["description"] = "is required"
-    if errors:
-        raise ValidationError("The deviation was not recorded: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
-    d = Deviation(participant_id=p.id, on=on, category=cat, description=desc.strip(), recorded_by_id=getattr(actor, "id", None))
+    desc = text(data.get("description"), "description", errors, 2000, required=True)
+    refuse("The deviation was not recorded", errors)
+    d = Deviation(participant_id=p.id, on=on, category=cat, description=desc, recorded_by_id=getattr(actor, "id", None))
     db.add(d)
     db.flush()
     audit.created(db, actor, "deviation", d.id, {"participant": p.study_id, "on": on, "category": cat,
