@@ -620,7 +620,8 @@ def main() -> int:
         from trial.auth.models import User
         from trial.auth.scope import CliActor
         from trial.db import make_engine, make_session_factory
-        from trial.lock.models import LockBundle, Signature
+        from trial.esign.models import Signature
+        from trial.lock.models import LockBundle
         from trial.lock.service import create_lock
         from trial.randomize.service import verify
         engine = make_engine()

@@ -13,7 +13,7 @@ from trial.audit.models import AuditRecord
 from trial.auth.service import create_user, issue_token
 from trial.course import service as course
 from trial.course.models import CounsellingSession, TherapySession
-from trial.enrollment.service import today
+from trial.timeline import today
 from trial.errors import Conflict
 from trial.outcomes.models import Assessment
 from trial.status.models import Deviation, StatusEvent

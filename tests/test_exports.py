@@ -25,8 +25,9 @@ from sqlalchemy import select, text
 from tests.helpers import CLI, PASSWORD
 from trial.course.service import log_session
 from trial.enrollment import service as enrollment
-from trial.enrollment.service import today
-from trial.lock.models import DataLock, LockBundle, Signature
+from trial.timeline import today
+from trial.esign.models import Signature
+from trial.lock.models import DataLock, LockBundle
 from trial.outcomes import service as outcomes
 from trial.status.service import record_event
 from trial.timeline import add_months

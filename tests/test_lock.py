@@ -31,9 +31,10 @@ from trial.course.models import CounsellingSession, TherapySession
 from trial.db import utcnow
 from trial.enrollment import service as enrollment
 from trial.enrollment.models import Participant, Screening
-from trial.enrollment.service import today
+from trial.timeline import today
 from trial.errors import Conflict
-from trial.lock.models import DataLock, LockBundle, Signature, TrialState
+from trial.esign.models import Signature
+from trial.lock.models import DataLock, LockBundle, TrialState
 from trial.outcomes import service as outcomes
 from trial.outcomes.models import Assessment, BlindingBreak
 from trial.randomize import service as randomization
@@ -197,10 +198,28 @@ def test_wrong_password_is_refused_and_changes_nothing(world, kids, db, kind):
     ok(world.api("POST", "/screenings", "coordinator", json={"site": "AT01", "screened_on": iso(today()), "answers": world.answers()}))
 
 
+def _second_manager_countersigns(world, db, grantee):
+    """After an admin's reset the grantee's manager role waits for another manager."""
+    from trial.auth.models import RoleGrant
+    from trial.grants import service as grants
+    other = users.create_user(db, CLI, "manager2@example.org", "Second Manager", PASSWORD, [("manager", None)])
+    db.commit()
+    g = db.execute(select(RoleGrant).where(RoleGrant.user_id == grantee.id, RoleGrant.status == "pending")).scalar_one()
+    grants.approve(db, other, g.id, PASSWORD, "I countersign the manager role again after the reset.")
+    db.commit()
+    world.tokens["manager"] = users.issue_token(db, CLI, grantee)  # the reset revoked the old ones
+    db.commit()
+
+
 def test_password_reset_by_an_admin_cannot_sign_until_changed(world, kids, db):
     manager = world.users["manager"]
     users.reset_password(db, world.users["admin"], manager, "temporary-pass-42")
     db.commit()
+    err(lock(world, "hard"), 401)  # the reset revoked the manager's API tokens
+    world.tokens["manager"] = users.issue_token(db, CLI, manager)
+    db.commit()
+    err(lock(world, "hard"), 403)  # and the manager role waits for another manager's countersignature
+    _second_manager_countersigns(world, db, manager)
     before = fingerprint(db)
     for password in ("temporary-pass-42", PASSWORD):
         e = err(lock(world, "hard", password=password), 403)
@@ -209,6 +228,8 @@ def test_password_reset_by_an_admin_cannot_sign_until_changed(world, kids, db):
     assert active_lock_id(db) is None
     # once the manager has chosen a new password, the signature works with it
     users.change_password(db, manager, "temporary-pass-42", "my-own-new-password")
+    db.commit()
+    world.tokens["manager"] = users.issue_token(db, CLI, manager)  # a password change ends every token
     db.commit()
     err(lock(world, "hard", password="temporary-pass-42"), 400)
     ok(lock(world, "hard", password="my-own-new-password"))
@@ -294,7 +315,10 @@ def test_hard_lock_supersedes_a_soft_lock(world, kids, db):
 # --- 423 on every write route --------------------------------------------------------------------
 
 EXCLUDED_PREFIXES = ("lock.", "auth.")
-EXCLUDED = {"api.create_lock", "api.lift_lock", "api.unblinding", "admin.user_new", "admin.user_edit"}
+# account administration goes on under a lock (a compromised token must be revocable at any time)
+ACCOUNT_ROUTES = {"admin.user_new", "admin.user_edit", "admin.revoke_tokens", "grants.approve", "grants.reject",
+                  "api.approve_grant", "api.reject_grant"}
+EXCLUDED = {"api.create_lock", "api.lift_lock", "api.unblinding"} | ACCOUNT_ROUTES
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -380,7 +404,7 @@ def test_every_write_route_has_a_locked_case(app, world, kids):
     # the exclusions are exactly the lock, unblinding, login/password and user-administration routes
     excluded = {r.endpoint for r in app.url_map.iter_rules() if (r.methods or set()) & STATE_CHANGING} - set(routes)
     assert excluded == {"api.create_lock", "api.lift_lock", "api.unblinding", "lock.create", "lock.lift", "lock.unblind",
-                        "auth.login", "auth.logout", "auth.password", "admin.user_new", "admin.user_edit"}
+                        "auth.login", "auth.logout", "auth.password"} | ACCOUNT_ROUTES
 
 
 def _api_call(world, case):
@@ -616,6 +640,7 @@ def test_reset_password_cannot_unblind(world, kids, db):
     ok(lock(world, "hard"))
     users.reset_password(db, world.users["admin"], world.users["manager"], "temporary-pass-43")
     db.commit()
+    _second_manager_countersigns(world, db, world.users["manager"])
     before = fingerprint(db)
     err(unblind(world, password="temporary-pass-43"), 403)
     assert fingerprint(db) == before

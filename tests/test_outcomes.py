@@ -15,7 +15,7 @@ from tests.helpers import CLI, PASSWORD
 from trial.audit import service as audit
 from trial.audit.models import AuditRecord
 from trial.auth.service import create_user, issue_token
-from trial.enrollment.service import today
+from trial.timeline import today
 from trial.outcomes.models import Assessment, BlindingBreak, Notification
 from trial.protocol.service import DEFAULT_PROTOCOL
 from trial.timeline import add_months, course_window, local_date, planned_sessions, visit_window

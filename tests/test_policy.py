@@ -39,7 +39,8 @@ def _fill(rule, ctx, who: str = "assessor") -> str:
     values = {"study_id": ctx["study_id"], "user_id": ctx["user_id"], "code": "AT01",
               "instrument": "srs2" if who == "coordinator" else "ados2",
               "screening_id": ctx["screening_id"], "filename": "style.css", "id": 1,
-              "assessment_id": ctx["assessments"]["srs2" if who == "coordinator" else "ados2"], "lock_id": 1}
+              "assessment_id": ctx["assessments"]["srs2" if who == "coordinator" else "ados2"], "lock_id": 1,
+              "grant_id": 1}
     return rule.build({a: values[a] for a in rule.arguments}, append_unknown=False)[1]
 
 

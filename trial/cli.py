@@ -134,16 +134,32 @@ def user_create(email, name, roles, sites, password_stdin):
         click.echo(f"user {u.email} created")
 
 
-@user.command("token", help="Print a new API token for the user, alone on one line.")
+@user.command("token", help="Print a new API token for the user, alone on one line. It expires after "
+              "--days days (default 90) and ends with a password change or reset and with deactivation.")
 @click.option("--email", required=True)
-def user_token(email):
-    from trial.auth.service import get_user_by_email, issue_token
+@click.option("--days", type=click.IntRange(1, 366), default=90, show_default=True, help="days until the token expires")
+def user_token(email, days):
+    from trial.auth.service import issue_token
     with session() as s:
-        u = get_user_by_email(s, email)
-        if u is None:
-            raise DomainError(f"no user with e-mail {email}")
-        token = issue_token(s, CliActor(), u)
+        token = issue_token(s, CliActor(), _user(s, email), days=days)
     click.echo(token)
+
+
+@user.command("revoke-tokens", help="Revoke every API token of the user; print how many were revoked.")
+@click.option("--email", required=True)
+def user_revoke_tokens(email):
+    from trial.auth.service import revoke_tokens
+    with session() as s:
+        n = revoke_tokens(s, CliActor(), _user(s, email), "revoked at the command line")
+    click.echo(f"{n} token(s) revoked")
+
+
+def _user(s, email):
+    from trial.auth.service import get_user_by_email
+    u = get_user_by_email(s, email)
+    if u is None:
+        raise DomainError(f"no user with e-mail {email}")
+    return u
 
 
 @main.group(cls=Group, help="Randomization lists, verification and design simulation.")

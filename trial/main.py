@@ -11,6 +11,7 @@ bp = Blueprint("main", __name__)
 @bp.route("/")
 def home():
     from trial.enrollment.service import home_summary
+    from trial.grants.service import count_pending
     from trial.outcomes.service import notifications_for
     return render_template("main/home.html", summary=home_summary(db(), actor()),
-                           notifications=notifications_for(db(), actor()))
+                           notifications=notifications_for(db(), actor()), grants_waiting=count_pending(db(), actor()))

@@ -236,6 +236,7 @@ def init_app(app: Flask) -> None:
     from trial.audit.views import bp as audit_bp
     from trial.auth.views import bp as auth_bp
     from trial.enrollment.views import bp as enrollment_bp
+    from trial.grants.views import bp as grants_bp
     from trial.main import bp as main_bp
 
     from trial.course.views import bp as course_bp
@@ -243,7 +244,7 @@ def init_app(app: Flask) -> None:
     from trial.lock.views import bp as lock_bp
     from trial.outcomes.views import bp as outcomes_bp
     from trial.status.views import bp as status_bp
-    for bp in (auth_bp, main_bp, admin_bp, audit_bp, enrollment_bp, course_bp, status_bp, outcomes_bp, dashboard_bp, lock_bp):
+    for bp in (auth_bp, main_bp, admin_bp, grants_bp, audit_bp, enrollment_bp, course_bp, status_bp, outcomes_bp, dashboard_bp, lock_bp):
         app.register_blueprint(bp)
     csrf.exempt(api_bp)
     app.register_blueprint(api_bp)

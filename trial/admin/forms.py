@@ -1,5 +1,5 @@
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, EmailField, IntegerField, PasswordField, StringField, SubmitField
+from wtforms import BooleanField, EmailField, HiddenField, IntegerField, PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 
@@ -32,3 +32,10 @@ class SiteForm(FlaskForm):
     is_open = BooleanField("Open for randomization", default=True)
     reason = StringField("Reason for the change", validators=[Optional(), Length(max=500)])
     submit = SubmitField("Save")
+
+
+class RevokeForm(FlaskForm):
+    """Revoke one API token (its id), or every live token of the user (``all``)."""
+    token_id = IntegerField(validators=[Optional(), NumberRange(min=1, max=2**31 - 1)], widget=HiddenField.widget)
+    all = HiddenField()
+    submit = SubmitField("Revoke")

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, url_for
 
-from trial.admin.forms import SiteForm, UserEditForm, UserForm
+from trial.admin.forms import RevokeForm, SiteForm, UserEditForm, UserForm
 from trial.auth import service as users
+from trial.db import utcnow
 from trial.errors import DomainError
 from trial.sites import service as sites
 from trial.web import actor, db, form_errors
@@ -25,7 +26,7 @@ def parse_roles(text: str) -> list[tuple[str, str | None]]:
 @bp.route("/users", endpoint="users")
 def users_page():
     s = db()
-    rows = [(u, users.current_roles_text(u, s)) for u in users.list_users(s, actor())]
+    rows = [(u, users.current_roles_text(u, s), users.pending_grants_of(s, u)) for u in users.list_users(s, actor())]
     return render_template("admin/users.html", rows=rows)
 
 
@@ -37,7 +38,9 @@ def user_new():
             u = users.create_user(db(), actor(), form.email.data, form.name.data, form.password.data,
                                   parse_roles(form.roles.data), must_change_password=True)
             db().commit()
-            flash(f"User {u.email} created; they must change the password at first login.")
+            pending = users.pending_grants_of(db(), u)
+            flash(f"User {u.email} created; they must change the password at first login."
+                  + (f" {len(pending)} role grant(s) wait for a manager's countersignature." if pending else ""))
             return redirect(url_for("admin.users"))
         except DomainError as e:
             form_errors(form, e)
@@ -50,7 +53,7 @@ def user_edit(user_id: int):
     user = users.get_user(s, actor(), user_id)
     form = UserEditForm(obj=user)
     if not form.is_submitted():
-        form.roles.data = users.current_roles_text(user, s)
+        form.roles.data = users.current_roles_text(user, s, with_pending=True)
     if form.validate_on_submit():
         try:
             users.update_user(s, actor(), user, name=form.name.data, active=form.active.data, reason=form.reason.data)
@@ -58,11 +61,34 @@ def user_edit(user_id: int):
             if form.new_password.data:
                 users.reset_password(s, actor(), user, form.new_password.data)
             s.commit()
-            flash(f"User {user.email} saved.")
-            return redirect(url_for("admin.users"))
+            pending = users.pending_grants_of(s, user)
+            flash(f"User {user.email} saved." + (f" {len(pending)} role grant(s) wait for a manager's countersignature."
+                                                  if pending else ""))
+            return redirect(url_for("admin.user_edit", user_id=user.id))
         except DomainError as e:
             form_errors(form, e)
-    return render_template("admin/user_form.html", form=form, title=f"Edit {user.email}", user=user), 400 if form.is_submitted() else 200
+    return render_template("admin/user_form.html", form=form, title=f"Edit {user.email}", user=user,
+                           tokens=users.tokens_of(s, actor(), user), pending_roles=users.pending_roles_text(user, s),
+                           active_roles=users.current_roles_text(user, s), now=utcnow(),
+                           revoke_form=RevokeForm()), 400 if form.is_submitted() else 200
+
+
+@bp.route("/users/<int:user_id>/tokens/revoke", methods=["POST"], endpoint="revoke_tokens")
+def revoke_tokens(user_id: int):
+    s = db()
+    user = users.get_user(s, actor(), user_id)
+    form = RevokeForm()
+    if form.validate_on_submit() and (form.token_id.data or form.all.data == "yes"):
+        if form.token_id.data:
+            users.revoke_token(s, actor(), user, form.token_id.data, "revoked by an administrator on the user page")
+            n = 1
+        else:
+            n = users.revoke_tokens(s, actor(), user, "revoked by an administrator on the user page")
+        s.commit()
+        flash(f"{n} API token(s) of {user.email} revoked.")
+    else:
+        flash("Nothing was revoked: choose a token, or every token.", "error")
+    return redirect(url_for("admin.user_edit", user_id=user.id))
 
 
 @bp.route("/protocol", endpoint="protocol")

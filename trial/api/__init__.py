@@ -55,4 +55,4 @@ def body() -> dict:
     return data
 
 
-from trial.api import clinical, course, lock, platform  # noqa: E402,F401  (register routes)
+from trial.api import clinical, course, grants, lock, platform  # noqa: E402,F401  (register routes)

@@ -10,6 +10,10 @@ from trial.db import Base, utcnow
 ROLES = ("coordinator", "therapist", "assessor", "statistician", "manager", "admin")
 SITE_ROLES = ("coordinator", "therapist", "assessor")  # scoped to the sites they are given
 GLOBAL_ROLES = ("statistician", "manager", "admin")
+# Roles that see allocations (a statistician from the unblinding on): an admin's grant of one of
+# them takes effect only when a manager countersigns it.
+COUNTERSIGNED_ROLES = ("coordinator", "therapist", "manager", "statistician")
+GRANT_STATES = ("pending", "approved", "rejected", "withdrawn")
 
 
 class User(Base):
@@ -64,6 +68,9 @@ class RoleAssignment(Base):
 
 
 class ApiToken(Base):
+    """An API token; only its SHA-256 is stored. It stops working when it expires, when it is
+    revoked, and when its user's password changes or the account is deactivated."""
+
     __tablename__ = "api_token"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -71,12 +78,15 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(12))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    revoked_reason: Mapped[str | None] = mapped_column(String(200))
 
 
 class LoginAttempt(Base):
     """Failed and successful logins, kept in the database so several app servers share the
-    throttle."""
+    throttle. An attempt refused because the throttle was waiting is kept with ``counted`` false:
+    it does not extend the wait."""
 
     __tablename__ = "login_attempt"
 
@@ -84,4 +94,28 @@ class LoginAttempt(Base):
     email: Mapped[str] = mapped_column(String(254), index=True)
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     success: Mapped[bool] = mapped_column(Boolean)
-    remote_addr: Mapped[str | None] = mapped_column(String(64))
+    counted: Mapped[bool] = mapped_column(Boolean, default=True)
+    remote_addr: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class RoleGrant(Base):
+    """A role an admin granted that sees allocations: pending until a manager countersigns it
+    (neither the grantee nor the one who asked for it), then the role assignment is made."""
+
+    __tablename__ = "role_grant"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(20))
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("site.id"))
+    status: Mapped[str] = mapped_column(String(10), default="pending", index=True)
+    reason: Mapped[str | None] = mapped_column(String(500))
+    requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    requested_by: Mapped[str] = mapped_column(String(254))
+    requested_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    decision_note: Mapped[str | None] = mapped_column(String(500))
+    signature_id: Mapped[int | None] = mapped_column(ForeignKey("signature.id"))
+
+    user: Mapped[User] = relationship(foreign_keys=[user_id])

@@ -8,15 +8,16 @@ import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from trial.audit import service as audit
-from trial.auth.models import ROLES, SITE_ROLES, ApiToken, LoginAttempt, RoleAssignment, User
-from trial.auth.scope import require_role
+from trial.auth.models import COUNTERSIGNED_ROLES, ROLES, SITE_ROLES, ApiToken, LoginAttempt, RoleAssignment, RoleGrant, User
+from trial.auth.scope import is_cli, require_role
 from trial.db import prebuilt, utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.sites.models import Site
+from trial.validation import has_control, refuse, text
 
 # argon2id, 19 MiB, 2 iterations: the OWASP minimum.
 _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
@@ -24,10 +25,8 @@ _DUMMY_HASH = _hasher.hash("not a password of anyone")
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 10
-THROTTLE_FAILURES = 5
-THROTTLE_WINDOW = dt.timedelta(minutes=15)
 LOGIN_FAILED = "Unknown e-mail or wrong password."
-LOGIN_THROTTLED = "Too many failed logins for this account. Try again in 15 minutes."
+LOGIN_THROTTLED = "Too many failed logins for this account."
 
 
 def hash_password(password: str) -> str:
@@ -74,48 +73,138 @@ def _resolve_roles(db: Session, roles: list[tuple[str, str | None]]) -> list[tup
             out.append((role, None, None))
     if errors:
         raise ValidationError("Roles not valid: " + "; ".join(errors.values()), errors)
-    assessor_sites = {s for r, s, _ in out if r == "assessor"}
-    unblinded_sites = {s for r, s, _ in out if r in ("coordinator", "therapist")}
+    check_role_conflicts(out)
+    return sorted(set(out), key=lambda t: (t[0], t[2] or ""))
+
+
+def check_role_conflicts(pairs) -> None:
+    """An assessor is never also a coordinator or therapist at the same site, nor a manager."""
+    assessor_sites = {s for r, s, *_ in pairs if r == "assessor"}
+    unblinded_sites = {s for r, s, *_ in pairs if r in ("coordinator", "therapist")}
     if assessor_sites & unblinded_sites:
         raise ValidationError("A blinded assessor cannot also be a coordinator or therapist at the same site.",
                               {"role": "assessor combined with an unblinded role at the same site"})
-    if assessor_sites and any(r == "manager" for r, _, _ in out):
+    if assessor_sites and any(r == "manager" for r, *_ in pairs):
         raise ValidationError("A blinded assessor cannot also be a manager (managers see every allocation).",
                               {"role": "assessor combined with manager"})
-    return sorted(set(out), key=lambda t: (t[0], t[2] or ""))
 
 
 def _role_text(pairs) -> str:
     return ",".join(f"{r}@{c}" if c else r for r, _, c in pairs)
 
 
-def current_roles_text(user: User, db: Session) -> str:
-    codes = dict(db.execute(select(Site.id, Site.code)).all())
-    return _role_text(sorted(((r.role, r.site_id, codes.get(r.site_id)) for r in user.roles), key=lambda t: (t[0], t[2] or "")))
+def _codes(db: Session) -> dict[int, str]:
+    return dict(db.execute(select(Site.id, Site.code)).all())
+
+
+def _sorted(pairs):
+    return sorted(pairs, key=lambda t: (t[0], t[2] or ""))
+
+
+def current_roles_text(user: User, db: Session, with_pending: bool = False) -> str:
+    """The user's roles as ``role@SITE`` text; ``with_pending`` adds the grants waiting for a
+    countersignature (what the admin's form shows, so that saving it again changes nothing)."""
+    codes = _codes(db)
+    pairs = {(r.role, r.site_id, codes.get(r.site_id)) for r in user.roles}
+    if with_pending:
+        pairs |= {(g.role, g.site_id, codes.get(g.site_id)) for g in pending_grants_of(db, user)}
+    return _role_text(_sorted(pairs))
+
+
+def pending_roles_text(user: User, db: Session) -> str:
+    codes = _codes(db)
+    return _role_text(_sorted({(g.role, g.site_id, codes.get(g.site_id)) for g in pending_grants_of(db, user)}))
+
+
+def needs_countersign(actor, role: str) -> bool:
+    """An admin's grant of a role that sees allocations waits for a manager's countersignature.
+    The operator at the server's shell (the CLI) is trusted: the first manager comes from there."""
+    return role in COUNTERSIGNED_ROLES and not is_cli(actor)
+
+
+def pending_grants_of(db: Session, user: User) -> list[RoleGrant]:
+    if user.id is None:
+        return []
+    return list(db.execute(select(RoleGrant).where(RoleGrant.user_id == user.id, RoleGrant.status == "pending")
+                           .order_by(RoleGrant.id)).scalars())
+
+
+def _request_grant(db: Session, actor, user: User, role: str, site_id: int | None, code: str | None,
+                   reason: str | None) -> RoleGrant:
+    g = RoleGrant(user_id=user.id, role=role, site_id=site_id, status="pending", reason=reason,
+                  requested_by_id=getattr(actor, "id", None), requested_by=_actor_name(actor), requested_at=utcnow())
+    db.add(g)
+    db.flush()
+    audit.record(db, actor, "request_grant", "user", user.email, {"pending_grant": (None, _role_text([(role, site_id, code)]))},
+                 reason=reason)
+    return g
+
+
+def _actor_name(actor) -> str:
+    return getattr(actor, "email", None) or str(actor)
+
+
+def _apply_roles(db: Session, actor, user: User, wanted: list[tuple[str, int | None, str | None]],
+                 reason: str | None) -> list[RoleGrant]:
+    """Make ``wanted`` the user's roles: roles no longer wanted end at once; new roles that see
+    allocations become pending grants (unless the CLI grants them); the others start at once.
+    Returns the new pending grants."""
+    codes = _codes(db)
+    before = _role_text(_sorted({(r.role, r.site_id, codes.get(r.site_id)) for r in user.roles}))
+    want = {(r, s) for r, s, _ in wanted}
+    for ra in list(user.roles):
+        if (ra.role, ra.site_id) not in want:
+            user.roles.remove(ra)
+    pending = {(g.role, g.site_id): g for g in pending_grants_of(db, user)}
+    for key, g in pending.items():
+        if key not in want:
+            g.status, g.decided_at, g.decided_by_id = "withdrawn", utcnow(), getattr(actor, "id", None)
+            g.decision_note = "no longer in the user's roles"
+            audit.record(db, actor, "withdraw_grant", "user", user.email,
+                         {"pending_grant": (_role_text([(g.role, g.site_id, codes.get(g.site_id))]), None)}, reason=reason)
+    have = {(r.role, r.site_id) for r in user.roles}
+    new_grants = []
+    for role, site_id, code in wanted:
+        if (role, site_id) in have or (role, site_id) in pending:
+            continue
+        if needs_countersign(actor, role):
+            new_grants.append(_request_grant(db, actor, user, role, site_id, code, reason))
+        else:
+            user.roles.append(RoleAssignment(role=role, site_id=site_id))
+    db.flush()
+    after = _role_text(_sorted({(r.role, r.site_id, codes.get(r.site_id)) for r in user.roles}))
+    if before != after:
+        user.session_token = secrets.token_hex(16)  # new rights take effect at the next login
+        audit.record(db, actor, "update", "user", user.email, {"roles": (before or None, after or None)}, reason=reason)
+    return new_grants
 
 
 def create_user(db: Session, actor, email: str, name: str, password: str,
                 roles: list[tuple[str, str | None]], must_change_password: bool = False) -> User:
+    """A new account. Roles that see allocations wait for a manager's countersignature when an
+    admin grants them (the CLI's grants take effect at once)."""
     require_role(db, actor, "admin")
     email = (email or "").strip().lower()
-    errors = {}
-    if not EMAIL_RE.match(email):
+    errors: dict[str, str] = {}
+    if not EMAIL_RE.match(email) or has_control(email) or len(email) > 254:
         errors["email"] = "is not a valid e-mail address"
-    if not (name or "").strip():
-        errors["name"] = "is required"
-    if errors:
-        raise ValidationError("The user was not created: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+    name = text(name, "name", errors, 200, required=True)
+    refuse("The user was not created", errors)
     _check_new_password(password)
     resolved = _resolve_roles(db, roles)
     if get_user_by_email(db, email):
         raise Conflict(f"A user with e-mail {email} already exists.", {"email": "already exists"})
-    user = User(email=email, name=name.strip(), password_hash=hash_password(password), active=True,
+    user = User(email=email, name=name, password_hash=hash_password(password), active=True,
                 session_token=secrets.token_hex(16), must_change_password=must_change_password)
-    user.roles = [RoleAssignment(role=r, site_id=s) for r, s, _ in resolved]
+    immediate = [t for t in resolved if not needs_countersign(actor, t[0])]
+    user.roles = [RoleAssignment(role=r, site_id=s) for r, s, _ in immediate]
     db.add(user)
     db.flush()
-    audit.created(db, actor, "user", email, {"name": user.name, "active": True, "roles": _role_text(resolved),
+    audit.created(db, actor, "user", email, {"name": user.name, "active": True, "roles": _role_text(immediate) or None,
                                             "must_change_password": must_change_password})
+    for role, site_id, code in resolved:
+        if needs_countersign(actor, role):
+            _request_grant(db, actor, user, role, site_id, code, "new account")
     return user
 
 
@@ -123,14 +212,7 @@ def set_roles(db: Session, actor, user: User, roles: list[tuple[str, str | None]
     require_role(db, actor, "admin")
     if getattr(actor, "id", None) == user.id:
         raise Forbidden("Another administrator must change your roles (an admin stays blinded).")
-    resolved = _resolve_roles(db, roles)
-    old = current_roles_text(user, db)
-    user.roles = [RoleAssignment(role=r, site_id=s) for r, s, _ in resolved]
-    new = _role_text(resolved)
-    if old != new:
-        user.session_token = secrets.token_hex(16)  # new rights take effect at the next login
-        audit.record(db, actor, "update", "user", user.email, {"roles": (old, new)}, reason=reason)
-    db.flush()
+    _apply_roles(db, actor, user, _resolve_roles(db, roles), reason)
     return user
 
 
@@ -138,9 +220,12 @@ def update_user(db: Session, actor, user: User, name: str | None = None, active:
                 reason: str | None = None) -> User:
     require_role(db, actor, "admin")
     changes = {}
-    if name is not None and name.strip() and name.strip() != user.name:
-        changes["name"] = (user.name, name.strip())
-        user.name = name.strip()
+    errors: dict[str, str] = {}
+    name = text(name, "name", errors, 200)
+    refuse("The user was not saved", errors)
+    if name and name != user.name:
+        changes["name"] = (user.name, name)
+        user.name = name
     if active is not None and active != user.active:
         if not active and getattr(actor, "id", None) == user.id:
             raise Conflict("You cannot deactivate your own account.")
@@ -149,18 +234,35 @@ def update_user(db: Session, actor, user: User, name: str | None = None, active:
         user.session_token = secrets.token_hex(16)
     if changes:
         audit.record(db, actor, "update", "user", user.email, changes, reason=reason)
+    if active is False:
+        _revoke_all(db, actor, user, "account deactivated")
     return user
 
 
 def reset_password(db: Session, actor, user: User, new_password: str) -> None:
-    """Admin reset: the user must change it before signing anything."""
+    """Admin reset: the user must change it before signing anything, every session and API token
+    ends, and (when an admin, not the server's shell, resets it) the roles that see allocations
+    wait for a manager's countersignature again: whoever set the password could otherwise log in
+    as that user and read the arms."""
     require_role(db, actor, "admin")
+    if getattr(actor, "id", None) == user.id:
+        raise Forbidden("Change your own password on the password page.")
     _check_new_password(new_password)
     user.password_hash = hash_password(new_password)
     user.must_change_password = True
     user.session_token = secrets.token_hex(16)
     user.password_changed_at = utcnow()
     audit.record(db, actor, "reset_password", "user", user.email, {"must_change_password": (False, True)})
+    _revoke_all(db, actor, user, "password reset")
+    if not is_cli(actor):
+        codes = _codes(db)
+        suspended = [(r.role, r.site_id, codes.get(r.site_id)) for r in user.roles if needs_countersign(actor, r.role)]
+        if suspended:
+            keep = [(r.role, r.site_id, codes.get(r.site_id)) for r in user.roles if not needs_countersign(actor, r.role)]
+            _apply_roles(db, actor, user, keep, "password reset by an administrator: the roles that see allocations "
+                                                "wait for a manager's countersignature")
+            for role, site_id, code in suspended:
+                _request_grant(db, actor, user, role, site_id, code, "re-approval after a password reset by an administrator")
 
 
 def change_password(db: Session, user: User, current: str, new: str) -> None:
@@ -174,6 +276,7 @@ def change_password(db: Session, user: User, current: str, new: str) -> None:
     user.password_changed_at = utcnow()
     user.session_token = secrets.token_hex(16)  # ends every session of this user
     audit.record(db, user, "change_password", "user", user.email, {"password_changed_at": (None, user.password_changed_at)})
+    _revoke_all(db, user, user, "password changed")
 
 
 def end_sessions(db: Session, user: User) -> None:
@@ -182,26 +285,84 @@ def end_sessions(db: Session, user: User) -> None:
     audit.record(db, user, "logout", "user", user.email)
 
 
-def recent_failures(db: Session, email: str) -> int:
-    since = utcnow() - THROTTLE_WINDOW
+# --- login throttling --------------------------------------------------------------------------
+#
+# Per account: after ACCOUNT_FREE failures in a row the account waits, 1, 2, 4, 8 and at most 15
+# minutes after each further failure. Attempts during the wait are refused without checking the
+# password and are not counted, so they do not extend it. Failures from an address the owner
+# logged in from (in the last 90 days) count only against that address, so an attacker elsewhere
+# cannot lock the owner out of their usual machine. Per address: ADDRESS_LIMIT failures in 15
+# minutes, over every account, against password spraying. Both live in the database.
+
+ACCOUNT_FREE = 5
+ACCOUNT_BASE = dt.timedelta(minutes=1)
+ACCOUNT_MAX = dt.timedelta(minutes=15)
+ACCOUNT_MEMORY = dt.timedelta(hours=24)
+KNOWN_FOR = dt.timedelta(days=90)
+ADDRESS_LIMIT = 30
+ADDRESS_WINDOW = dt.timedelta(minutes=15)
+THROTTLE_FAILURES = ACCOUNT_FREE
+
+
+def _known_addresses(db: Session, email: str, now: dt.datetime) -> set[str]:
+    return set(db.execute(select(LoginAttempt.remote_addr).distinct().where(
+        LoginAttempt.email == email, LoginAttempt.success.is_(True), LoginAttempt.at > now - KNOWN_FOR,
+        LoginAttempt.remote_addr.is_not(None))).scalars())
+
+
+def account_wait(db: Session, email: str, addr: str | None, now: dt.datetime) -> dt.timedelta | None:
+    """How long this account must wait before a login from ``addr`` is checked again."""
     last_ok = db.execute(select(func.max(LoginAttempt.at)).where(LoginAttempt.email == email,
                                                                LoginAttempt.success.is_(True))).scalar()
-    if last_ok and last_ok > since:
-        since = last_ok
-    return db.execute(select(func.count()).select_from(LoginAttempt).where(
-        LoginAttempt.email == email, LoginAttempt.success.is_(False), LoginAttempt.at > since)).scalar_one()
+    since = max(last_ok or dt.datetime.min, now - ACCOUNT_MEMORY)
+    known = _known_addresses(db, email, now)
+    q = select(LoginAttempt.at).where(LoginAttempt.email == email, LoginAttempt.success.is_(False),
+                                      LoginAttempt.counted.is_(True), LoginAttempt.at > since)
+    if addr is not None and addr in known:
+        q = q.where(LoginAttempt.remote_addr == addr)
+    elif known:
+        q = q.where(or_(LoginAttempt.remote_addr.is_(None), LoginAttempt.remote_addr.not_in(sorted(known))))
+    times = db.execute(q.order_by(LoginAttempt.at.desc()).limit(ACCOUNT_FREE + 8)).scalars().all()
+    if len(times) < ACCOUNT_FREE:
+        return None
+    wait = min(ACCOUNT_BASE * 2 ** (len(times) - ACCOUNT_FREE), ACCOUNT_MAX)
+    left = times[0] + wait - now
+    return left if left > dt.timedelta(0) else None
+
+
+def address_wait(db: Session, addr: str | None, now: dt.datetime) -> dt.timedelta | None:
+    """How long this client address must wait: too many failures over all accounts."""
+    if not addr:
+        return None
+    times = db.execute(select(LoginAttempt.at).where(
+        LoginAttempt.remote_addr == addr, LoginAttempt.success.is_(False), LoginAttempt.counted.is_(True),
+        LoginAttempt.at > now - ADDRESS_WINDOW).order_by(LoginAttempt.at.desc()).limit(ADDRESS_LIMIT)).scalars().all()
+    if len(times) < ADDRESS_LIMIT:
+        return None
+    left = times[-1] + ADDRESS_WINDOW - now
+    return left if left > dt.timedelta(0) else None
+
+
+def _minutes(td: dt.timedelta) -> int:
+    return max(1, -(-int(td.total_seconds()) // 60))
 
 
 def authenticate(db: Session, email: str, password: str, remote_addr: str | None = None) -> User:
     """Return the user or raise Forbidden with a message that never tells an unknown user from a
-    wrong password. Failures are recorded (and committed by the caller) for throttling."""
+    wrong password. Attempts are recorded (and committed by the caller) for throttling."""
     email = (email or "").strip().lower()[:254]
-    if recent_failures(db, email) >= THROTTLE_FAILURES:
-        db.add(LoginAttempt(email=email, success=False, remote_addr=remote_addr))
-        raise Forbidden(LOGIN_THROTTLED)
+    remote_addr = (remote_addr or None) and remote_addr[:64]
+    now = utcnow()
+    wait = account_wait(db, email, remote_addr, now)
+    addr_wait = address_wait(db, remote_addr, now)
+    if wait or addr_wait:
+        db.add(LoginAttempt(email=email, success=False, counted=False, remote_addr=remote_addr, at=now))
+        if wait:
+            raise Forbidden(f"{LOGIN_THROTTLED} Try again in {_minutes(wait)} minute(s).")
+        raise Forbidden(f"Too many failed logins from this address. Try again in {_minutes(addr_wait)} minute(s).")
     user = get_user_by_email(db, email)
     ok = check_password(user, password) and user is not None and user.active
-    db.add(LoginAttempt(email=email, success=ok, remote_addr=remote_addr))
+    db.add(LoginAttempt(email=email, success=ok, counted=True, remote_addr=remote_addr, at=now))
     if not ok:
         raise Forbidden(LOGIN_FAILED)
     if _hasher.check_needs_rehash(user.password_hash):
@@ -226,30 +387,80 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_token(db: Session, actor, user: User) -> str:
-    """A new API token; only its SHA-256 is stored."""
-    require_role(db, actor, "admin")
+TOKEN_DAYS = 90
+TOKEN_MAX_DAYS = 366
+
+
+def issue_token(db: Session, actor, user: User, days: int = TOKEN_DAYS) -> str:
+    """A new API token that expires after ``days``; only its SHA-256 is stored. Issued at the
+    server's shell (the CLI) or by the user for themselves, never by an admin for someone else."""
+    if not is_cli(actor) and getattr(actor, "id", None) != user.id:
+        raise Forbidden("API tokens are issued at the server's command line or by the user themselves.")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= TOKEN_MAX_DAYS:
+        raise ValidationError(f"days must be a whole number from 1 to {TOKEN_MAX_DAYS}.",
+                              {"days": f"1 to {TOKEN_MAX_DAYS}"})
     if not user.active:
         raise Conflict("The user is deactivated.")
     token = "trl_" + secrets.token_urlsafe(32)
-    row = ApiToken(user_id=user.id, token_hash=_token_hash(token), prefix=token[:12])
+    now = utcnow()
+    row = ApiToken(user_id=user.id, token_hash=_token_hash(token), prefix=token[:12], created_at=now,
+                   expires_at=now + dt.timedelta(days=days))
     db.add(row)
     db.flush()
-    audit.record(db, actor, "issue_token", "user", user.email, {"token_prefix": (None, row.prefix)})
+    audit.record(db, actor, "issue_token", "user", user.email, {"token_prefix": (None, row.prefix),
+                                                               "token_expires_at": (None, row.expires_at)})
     return token
 
 
+def tokens_of(db: Session, actor, user: User) -> list[ApiToken]:
+    """A user's tokens (prefix and dates, never the secret), newest first: for the admin's page."""
+    require_role(db, actor, "admin")
+    return list(db.execute(select(ApiToken).where(ApiToken.user_id == user.id)
+                           .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())).scalars())
+
+
+def _revoke_all(db: Session, actor, user: User, reason: str) -> int:
+    now = utcnow()
+    rows = db.execute(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None),
+                                             ApiToken.expires_at > now)).scalars().all()
+    for t in rows:
+        t.revoked_at, t.revoked_reason = now, reason
+    if rows:
+        audit.record(db, actor, "revoke_tokens", "user", user.email,
+                     {"tokens_revoked": (None, ",".join(t.prefix for t in rows))}, reason=reason)
+    return len(rows)
+
+
+def revoke_tokens(db: Session, actor, user: User, reason: str = "revoked by an administrator") -> int:
+    """Revoke every live API token of ``user``; returns how many."""
+    require_role(db, actor, "admin")
+    return _revoke_all(db, actor, user, reason)
+
+
+def revoke_token(db: Session, actor, user: User, token_id: int, reason: str = "revoked by an administrator") -> ApiToken:
+    require_role(db, actor, "admin")
+    t = db.get(ApiToken, token_id)
+    if t is None or t.user_id != user.id:
+        raise NotFound("No such token of this user.")
+    if t.revoked_at is not None:
+        raise Conflict(f"Token {t.prefix}… was already revoked.")
+    t.revoked_at, t.revoked_reason = utcnow(), reason
+    audit.record(db, actor, "revoke_tokens", "user", user.email, {"tokens_revoked": (None, t.prefix)}, reason=reason)
+    return t
+
+
 def user_for_token(db: Session, token: str) -> User | None:
-    if not token:
+    if not token or len(token) > 200:
         return None
-    return db.execute(_user_for_token_stmt(db), {"token_hash": _token_hash(token)}).unique().scalar_one_or_none()
+    return db.execute(_user_for_token_stmt(db), {"token_hash": _token_hash(token), "now": utcnow()}).unique().scalar_one_or_none()
 
 
 @prebuilt
 def _user_for_token_stmt(dialect: str):
     """Every API request runs this: built once, with the user's roles loaded in the same query."""
     return (select(User).join(ApiToken, ApiToken.user_id == User.id)
-            .where(ApiToken.token_hash == bindparam("token_hash"), ApiToken.revoked_at.is_(None), User.active.is_(True))
+            .where(ApiToken.token_hash == bindparam("token_hash"), ApiToken.revoked_at.is_(None),
+                   ApiToken.expires_at > bindparam("now"), User.active.is_(True))
             .options(joinedload(User.roles)))
 
 

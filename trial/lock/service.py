@@ -11,10 +11,11 @@ from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.auth.scope import is_blinded, is_cli, require_role
-from trial.auth.service import check_password
 from trial.db import is_sqlite, utcnow
-from trial.errors import Conflict, Forbidden, Locked, NotFound, ValidationError
-from trial.lock.models import DataLock, LockBundle, Signature, TrialState
+from trial.errors import Conflict, Locked, NotFound, ValidationError
+from trial.esign.models import Signature
+from trial.esign.service import sign
+from trial.lock.models import DataLock, LockBundle, TrialState
 from trial.validation import refuse, text
 
 KINDS = ("soft", "hard")
@@ -62,31 +63,6 @@ def _refuse(db: Session, lock_id: int):
     sig = db.get(Signature, lock.signature_id)
     raise Locked(f"The database is {lock.kind}-locked (lock {lock.id}, signed by {sig.printed_name} on "
                  f"{lock.created_at:%Y-%m-%d %H:%M} UTC): no data can be entered or changed.")
-
-
-def sign(db: Session, actor, password: str, meaning: str, purpose: str) -> Signature:
-    """Both credentials at signing: the logged-in identity and the password again."""
-    if is_cli(actor) or getattr(actor, "id", None) is None:
-        raise Forbidden("An electronic signature needs a user; the command line cannot sign.")
-    errors: dict[str, str] = {}
-    meaning = text(meaning, "meaning", errors, 500)
-    if meaning is None and "meaning" not in errors:
-        errors["meaning"] = "is required: what does this signature mean?"
-    if not isinstance(password, str) or not password:
-        errors["password"] = "is required to sign"
-    if errors:
-        raise ValidationError("Not signed: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
-    if actor.must_change_password:
-        raise Forbidden("Your password was reset by an administrator: change it before you sign.")
-    if not check_password(actor, password):
-        raise ValidationError("Not signed: the password is wrong.", {"password": "is wrong"})
-    sig = Signature(user_id=actor.id, printed_name=actor.name, email=actor.email, meaning=meaning,
-                    purpose=purpose, signed_at=utcnow())
-    db.add(sig)
-    db.flush()
-    audit.created(db, actor, "signature", sig.id, {"printed_name": sig.printed_name, "meaning": sig.meaning,
-                                                   "purpose": purpose, "signed_at": sig.signed_at})
-    return sig
 
 
 def create_lock(db: Session, actor, kind: str, meaning: str, password: str) -> DataLock:
