@@ -14,6 +14,7 @@ from cryptography.fernet import Fernet
 _tmp = tempfile.mkdtemp(prefix="trial-tests-")
 os.environ["TRIAL_INSTANCE_PATH"] = _tmp
 os.environ.setdefault("TRIAL_SEAL_KEY", Fernet.generate_key().decode())
+os.environ.setdefault("TRIAL_AUDIT_KEY", "test-audit-key-" + os.urandom(16).hex())
 os.environ.pop("TRIAL_DATABASE_URL", None)
 os.environ["TRIAL_ENV"] = "development"
 
@@ -33,7 +34,7 @@ def is_pg() -> bool:
 class FreshDatabase:
     """A new, migrated database: a PostgreSQL database created for the run or an SQLite file."""
 
-    def __init__(self, label: str = "main"):
+    def __init__(self, label: str = "main", revision: str = "head"):
         self.name = f"trial_test_{label}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
         if PG_URL:
             base = PG_URL.rsplit("/", 1)[0]
@@ -45,7 +46,7 @@ class FreshDatabase:
             self.admin = None
             self.url = f"sqlite:///{Path(_tmp) / (self.name + '.db')}"
         self.engine = make_engine(self.url)
-        upgrade(self.engine)
+        upgrade(self.engine, revision)
 
     def drop(self) -> None:
         self.engine.dispose()

@@ -51,6 +51,7 @@ def from_env(overrides: dict | None = None) -> dict:
         cfg["SECRET_KEY"] = _persisted_secret("secret_key")
     if not cfg["SEAL_KEY"]:
         cfg["SEAL_KEY"] = seal_key(cfg["ENV_NAME"])
+    audit_key(cfg["ENV_NAME"])  # refuse to start in production without it
     return cfg
 
 
@@ -68,3 +69,21 @@ def seal_key(env: str | None = None) -> str:
         f.write_text(Fernet.generate_key().decode())
         f.chmod(0o600)
     return f.read_text().strip()
+
+
+MIN_AUDIT_KEY = 32
+
+
+def audit_key(env: str | None = None) -> bytes:
+    """The key of the audit chain's HMAC (``TRIAL_AUDIT_KEY``). It is never stored in the
+    database, so someone who can write the database but does not hold the key cannot rewrite the
+    trail and recompute the chain. In development a key kept in the instance folder. Every app
+    server and the CLI must share it."""
+    key = os.environ.get("TRIAL_AUDIT_KEY")
+    if key:
+        if len(key) < MIN_AUDIT_KEY:
+            raise ConfigError(f"TRIAL_AUDIT_KEY must be at least {MIN_AUDIT_KEY} characters (a random secret).")
+        return key.encode()
+    if (env or os.environ.get("TRIAL_ENV", "development")) == "production":
+        raise ConfigError("TRIAL_AUDIT_KEY must be set in production (it keys the audit trail's hash chain).")
+    return _persisted_secret("audit_key").encode()

@@ -34,10 +34,22 @@ class AuditRecord(Base):
 
 class AuditHead(Base):
     """The chain head: a single row locked by every append, so concurrent writers cannot fork
-    the chain."""
+    the chain. ``key_check`` is an HMAC of a fixed text under the audit key: an app server with a
+    different key refuses to append instead of writing records nobody can verify."""
 
     __tablename__ = "audit_head"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, default=0)
     hash: Mapped[str] = mapped_column(String(64))
+    key_check: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditAnchor(Base):
+    """Records written before the chain was keyed (plain SHA-256) each get an HMAC under the audit
+    key here, once, when the chain is re-anchored; the records themselves are never touched."""
+
+    __tablename__ = "audit_anchor"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    mac: Mapped[str] = mapped_column(String(64))

@@ -4,15 +4,19 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import hmac
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from trial.audit.models import AuditHead, AuditRecord
+from trial.audit.models import AuditAnchor, AuditHead, AuditRecord
+from trial.config import audit_key
 from trial.db import is_sqlite, prebuilt, utcnow
+from trial.errors import DomainError
 
 GENESIS = "0" * 64
 SYSTEM = "system"
@@ -30,15 +34,50 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def compute_hash(rec) -> str:
-    """SHA-256 over the record's content and its predecessor's hash (an ORM object or a row)."""
-    payload = [
+def _payload(rec) -> bytes:
+    return json.dumps([
         rec.seq, rec.at.strftime("%Y-%m-%dT%H:%M:%S.%f"), rec.actor_id, rec.actor, rec.action,
         rec.entity, rec.entity_id, rec.field, rec.old, rec.new, rec.reason,
         bool(rec.reveals_allocation), rec.prev_hash,
-    ]
-    blob = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-    return hashlib.sha256(blob).hexdigest()
+    ], separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def compute_hash(rec) -> str:
+    """HMAC-SHA256 under the audit key over the record's content and its predecessor's hash (an
+    ORM object or a row). Without the key nobody can make a record that verifies."""
+    return hmac.new(_key(), _payload(rec), hashlib.sha256).hexdigest()
+
+
+def legacy_hash(rec) -> str:
+    """The plain SHA-256 of records written before the chain was keyed (migration 0005)."""
+    return hashlib.sha256(_payload(rec)).hexdigest()
+
+
+def anchor_mac(rec) -> str:
+    """The HMAC that re-anchors a legacy record: over its content and its SHA-256."""
+    return hmac.new(_key(), b"anchor:" + _payload(rec) + rec.hash.encode(), hashlib.sha256).hexdigest()
+
+
+KEY_CHECK_TEXT = b"trial audit chain key check"
+
+
+def key_check(key: bytes | None = None) -> str:
+    return hmac.new(key or _key(), KEY_CHECK_TEXT, hashlib.sha256).hexdigest()
+
+
+def _key() -> bytes:
+    return _cached_key(os.environ.get("TRIAL_AUDIT_KEY"), os.environ.get("TRIAL_INSTANCE_PATH"))
+
+
+@functools.cache
+def _cached_key(_env_key: str | None, _instance: str | None) -> bytes:
+    """Read once per process and setting (the arguments name the setting)."""
+    return audit_key()
+
+
+class AuditKeyMismatch(DomainError):
+    """This process holds another audit key than the one the chain was written with."""
+    status, code = 500, "audit_key_mismatch"
 
 
 def _actor(actor) -> tuple[int | None, str]:
@@ -63,6 +102,9 @@ def record(db: Session, actor, action: str, entity: str, entity_id: Any,
     items = [(f, o, n) for f, (o, n) in (changes or {}).items() if _text(o) != _text(n)] or [(None, None, None)]
     db.flush()  # pending ORM changes first, so the audit follows them in the transaction
     head = db.execute(_advance_head_stmt(db), {"n": len(items)}).one()
+    if head.key_check != _own_check():
+        raise AuditKeyMismatch("TRIAL_AUDIT_KEY is not the key this audit chain was written with: nothing was "
+                               "written. Give every app server and the command line the same key.")
     seq, prev = head.seq - len(items), head.hash
     at = utcnow()
     rows = []
@@ -91,7 +133,16 @@ _COLUMNS = ("seq", "at", "actor_id", "actor", "action", "entity", "entity_id", "
 def _advance_head_stmt(dialect: str):
     """Take ``n`` numbers from the chain head; the row stays locked until commit."""
     t = AuditHead.__table__
-    return update(t).where(t.c.id == 1).values(seq=t.c.seq + bindparam("n")).returning(t.c.seq, t.c.hash)
+    return update(t).where(t.c.id == 1).values(seq=t.c.seq + bindparam("n")).returning(t.c.seq, t.c.hash, t.c.key_check)
+
+
+@functools.cache
+def _check_for(key: bytes) -> str:
+    return key_check(key)
+
+
+def _own_check() -> str:
+    return _check_for(_key())
 
 
 @functools.cache
@@ -129,12 +180,21 @@ class VerifyResult:
 
 
 def verify(db: Session, batch: int = 5000) -> VerifyResult:
-    """Walk the chain in order; report the first record whose link or hash does not match."""
+    """Walk the chain in order; report the first record whose link or HMAC does not match. A
+    record rewritten by someone without the audit key (and every later hash recomputed, with
+    SHA-256 or anything else) fails here: only the key makes a hash that verifies. Records from
+    before the chain was keyed verify by their SHA-256 and the HMAC that re-anchored them."""
+    head = db.execute(select(AuditHead.__table__.c.seq, AuditHead.__table__.c.hash,
+                             AuditHead.__table__.c.key_check)).first()
+    if head is not None and head.key_check is not None and head.key_check != _own_check():
+        return VerifyResult(False, 0, 1, "TRIAL_AUDIT_KEY is not the key this chain was written with; "
+                                         "verify with the deployment's key")
+    anchors = dict(db.execute(select(AuditAnchor.seq, AuditAnchor.mac)).all())
     prev = GENESIS
     expected_seq = 1
     checked = 0
+    t = AuditRecord.__table__
     while True:
-        t = AuditRecord.__table__
         rows = db.execute(select(t).where(t.c.seq >= expected_seq).order_by(t.c.seq).limit(batch)).all()
         if not rows:
             break
@@ -143,16 +203,43 @@ def verify(db: Session, batch: int = 5000) -> VerifyResult:
                 return VerifyResult(False, checked, expected_seq, f"record {expected_seq} is missing")
             if rec.prev_hash != prev:
                 return VerifyResult(False, checked, rec.seq, f"record {rec.seq} does not link to record {rec.seq - 1}")
-            if compute_hash(rec) != rec.hash:
-                return VerifyResult(False, checked, rec.seq, f"record {rec.seq} (id {rec.id}) was altered: its hash does not match its content")
+            if not hmac.compare_digest(compute_hash(rec), rec.hash):
+                legacy = anchors.get(rec.seq)
+                if legacy is None or legacy_hash(rec) != rec.hash or not hmac.compare_digest(anchor_mac(rec), legacy):
+                    return VerifyResult(False, checked, rec.seq,
+                                        f"record {rec.seq} (id {rec.id}) was altered or forged: its hash does not "
+                                        "match its content under the audit key")
             prev = rec.hash
             expected_seq += 1
             checked += 1
-    head = db.execute(select(AuditHead.__table__.c.seq, AuditHead.__table__.c.hash)).first()
     if head is not None and (head.seq != checked or head.hash != prev):
         return VerifyResult(False, checked, checked + 1 if head.seq > checked else checked,
                             f"chain head says {head.seq} records but {checked} chain correctly (records after {checked} missing or altered)")
     return VerifyResult(True, checked)
+
+
+def reanchor(db: Session, actor="migration 0005") -> int:
+    """Key a chain written with plain SHA-256: every existing record gets its anchor HMAC (the
+    records are not touched), the head gets the key check, and the re-anchoring is recorded as
+    the chain's next record, itself under the key. Returns how many records were anchored."""
+    t = AuditRecord.__table__
+    done = set(db.execute(select(AuditAnchor.seq)).scalars())
+    n = 0
+    last = 0
+    while True:
+        rows = db.execute(select(t).where(t.c.seq > last).order_by(t.c.seq).limit(5000)).all()
+        if not rows:
+            break
+        new = [{"seq": r.seq, "mac": anchor_mac(r)} for r in rows if r.seq not in done and legacy_hash(r) == r.hash]
+        if new:
+            db.execute(insert(AuditAnchor.__table__), new)
+            n += len(new)
+        last = rows[-1].seq
+    db.execute(update(AuditHead.__table__).where(AuditHead.__table__.c.id == 1).values(key_check=_own_check()))
+    if last:
+        record(db, actor, "reanchor", "audit_chain", "1", {"scheme": ("sha256", "hmac-sha256")},
+               reason=f"{n} records written with plain SHA-256 anchored under the audit key (TRIAL_AUDIT_KEY)")
+    return n
 
 
 def visible_records(db: Session, user, entity: str | None = None, limit: int = 200, offset: int = 0):

@@ -1,0 +1,170 @@
+"""The audit chain is keyed: HMAC-SHA256 under TRIAL_AUDIT_KEY, which is never in the database. The
+attack of issue 8 is reproduced as written: someone who can write the database changes an
+allocation's audit record and recomputes every later hash and the head; `trial audit verify` must
+name the forged record. Chains written before the key existed are re-anchored by migration 0005,
+which records the re-anchoring in the chain."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import types
+
+import pytest
+from sqlalchemy import select, text
+
+from tests.conftest import FreshDatabase, is_pg
+from tests.test_cli import Db, one_line_error, ok
+from trial.audit import service as audit
+from trial.audit.models import AuditAnchor, AuditHead, AuditRecord
+from trial.db import make_session_factory
+
+GENESIS = "0" * 64
+
+
+def _rows(conn):
+    return conn.execute(select(AuditRecord.__table__).order_by(AuditRecord.seq)).all()
+
+
+def _write(conn, sql, **params):
+    if is_pg():
+        conn.execute(text("ALTER TABLE audit_record DISABLE TRIGGER USER"))
+    conn.execute(text(sql), params)
+    if is_pg():
+        conn.execute(text("ALTER TABLE audit_record ENABLE TRIGGER USER"))
+
+
+def forge(conn, target_seq: int, field: str, value: str, rehash=audit.legacy_hash) -> None:
+    """The attacker: change one record, recompute every later hash with ``rehash`` (by default the
+    plain SHA-256 the chain used to have; the attacker has the code but not the key) and the head."""
+    rows = _rows(conn)
+    prev = GENESIS if target_seq == 1 else rows[target_seq - 2].hash
+    for r in rows[target_seq - 1:]:
+        d = dict(r._mapping)
+        if r.seq == target_seq:
+            d[field] = value
+        d["prev_hash"] = prev
+        d["hash"] = prev = rehash(types.SimpleNamespace(**d))
+        _write(conn, f"UPDATE audit_record SET {field} = :v, prev_hash = :p, hash = :h WHERE id = :id",
+               v=d[field], p=d["prev_hash"], h=d["hash"], id=r.id)
+    conn.execute(text("UPDATE audit_head SET hash = :h WHERE id = 1"), {"h": prev})
+
+
+@pytest.fixture()
+def randomized(world, db):
+    world.open()
+    for _ in range(4):
+        world.randomize(world.ready())
+    return world
+
+
+def _allocation_record(db):
+    return db.execute(select(AuditRecord).where(AuditRecord.entity == "allocation")
+                      .order_by(AuditRecord.seq).limit(1)).scalar_one()
+
+
+def test_the_chain_is_keyed_not_plain_sha256(randomized, db):
+    rec = _allocation_record(db)
+    assert rec.hash == audit.compute_hash(rec) != audit.legacy_hash(rec)
+    assert audit.verify(db).ok
+
+
+def test_rewriting_an_allocation_and_every_later_hash_is_detected(randomized, db):
+    rec = _allocation_record(db)
+    later = db.execute(select(AuditRecord.seq).where(AuditRecord.seq > rec.seq)).scalars().all()
+    assert len(later) > 10, "the forgery must recompute many later hashes"
+    arm = json.loads(rec.new)
+    arm["arm"] = "usual" if arm["arm"] != "usual" else "low"
+    forge(db.connection(), rec.seq, "new", json.dumps(arm, sort_keys=True, separators=(",", ":")))
+    db.expire_all()
+    res = audit.verify(db)
+    assert not res.ok and res.broken_seq == rec.seq and "forged" in res.problem, res
+
+
+def test_a_forgery_under_a_guessed_key_is_detected(randomized, db):
+    rec = _allocation_record(db)
+
+    def guessed(r):
+        blob = audit._payload(r)
+        import hmac
+        return hmac.new(b"a guessed key", blob, hashlib.sha256).hexdigest()
+    forge(db.connection(), rec.seq, "new", '{"arm":"usual"}', rehash=guessed)
+    db.expire_all()
+    res = audit.verify(db)
+    assert not res.ok and res.broken_seq == rec.seq
+
+
+def test_cli_verify_names_the_forged_record(tmp_path):
+    fresh = FreshDatabase("forged")
+    try:
+        d = Db(fresh, tmp_path)
+        ok(d.run("site", "create", "--code", "AT01", "--name", "Vienna"))
+        ok(d.run("site", "create", "--code", "NO01", "--name", "Bergen"))
+        assert "intact" in ok(d.run("audit", "verify")).stdout
+        with fresh.engine.begin() as conn:
+            target = conn.execute(text("SELECT seq FROM audit_record WHERE entity = 'site' AND entity_id = 'AT01' "
+                                       "ORDER BY seq LIMIT 1")).scalar()
+            forge(conn, target, "new", "Forged City")
+        line = one_line_error(d.run("audit", "verify"), f"record {target}", "forged")
+        assert "broken" in line
+    finally:
+        fresh.drop()
+
+
+def test_another_audit_key_refuses_to_append_and_to_vouch(randomized, db, monkeypatch):
+    monkeypatch.setenv("TRIAL_AUDIT_KEY", "another-key-of-at-least-32-characters!")
+    with pytest.raises(audit.AuditKeyMismatch):
+        audit.record(db, "test", "noop", "thing", 1)
+    db.rollback()
+    res = audit.verify(db)
+    assert not res.ok and "TRIAL_AUDIT_KEY" in res.problem
+
+
+# --- re-anchoring a chain written before the key ----------------------------------------------
+
+def _legacy_chain(conn, n: int) -> None:
+    """What a chain looked like before migration 0005: plain SHA-256 records and head."""
+    prev = GENESIS
+    at = dt.datetime(2026, 11, 20, 9, 0)
+    for seq in range(1, n + 1):
+        rec = {"seq": seq, "at": at + dt.timedelta(minutes=seq), "actor_id": None, "actor": "cli:old", "action": "create",
+               "entity": "site", "entity_id": f"S{seq:03d}", "field": "name", "old": None, "new": f"Site {seq}",
+               "reason": None, "reveals_allocation": False, "prev_hash": prev}
+        rec["hash"] = prev = audit.legacy_hash(types.SimpleNamespace(**rec))
+        conn.execute(AuditRecord.__table__.insert().values(**rec))
+    conn.execute(text("UPDATE audit_head SET seq = :n, hash = :h WHERE id = 1"), {"n": n, "h": prev})
+
+
+def test_migration_reanchors_an_existing_chain_and_records_it():
+    from trial.migrate import upgrade
+    fresh = FreshDatabase("reanchor", revision="0004")
+    try:
+        with fresh.engine.begin() as conn:
+            _legacy_chain(conn, 40)
+        upgrade(fresh.engine)
+        s = make_session_factory(fresh.engine)()
+        try:
+            res = audit.verify(s)
+            assert res.ok and res.checked == 41, res
+            assert s.execute(select(AuditAnchor.seq)).scalars().all() == list(range(1, 41))
+            last = s.execute(select(AuditRecord).where(AuditRecord.seq == 41)).scalar_one()
+            assert (last.action, last.entity, last.old, last.new) == ("reanchor", "audit_chain", "sha256", "hmac-sha256")
+            assert "40 records" in last.reason and last.prev_hash == s.execute(
+                select(AuditRecord.hash).where(AuditRecord.seq == 40)).scalar()
+            assert s.execute(select(AuditHead.key_check)).scalar() == audit.key_check()
+            audit.record(s, "test", "create", "thing", 1)  # the chain goes on, keyed
+            s.commit()
+            assert audit.verify(s).ok
+        finally:
+            s.close()
+        # the attack on a record from before the key: the SHA-256 is recomputable, its anchor is not
+        with fresh.engine.begin() as conn:
+            forge(conn, 7, "new", "Forged Site")
+        s = make_session_factory(fresh.engine)()
+        try:
+            res = audit.verify(s)
+            assert not res.ok and res.broken_seq == 7 and "forged" in res.problem, res
+        finally:
+            s.close()
+    finally:
+        fresh.drop()
