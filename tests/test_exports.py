@@ -212,28 +212,39 @@ def expected_consort(trial, site=None) -> dict:
     return out
 
 
-def codes(db) -> dict[str, str]:
-    return dict(db.execute(text("SELECT arm, code FROM arm_code")).all())
-
-
-def blind(expected: dict, mapping: dict[str, str]) -> dict:
-    """A blinded reader's counts: arm codes, and the boxes about receiving or stopping the
-    intervention withheld (only arms with sessions could miss one)."""
+def pooled(expected: dict) -> dict:
+    """A blinded reader's counts: one column "all", every box summed over the arms, and the boxes
+    about receiving or stopping the intervention withheld (a running pooled count of them would
+    still tell each new allocation: a new child has no session yet in a music arm)."""
     out = json.loads(json.dumps(expected))
-    out["arms"] = {mapping[a]: {**v, "label": None, "received_allocated_intervention": None,
-                                "did_not_receive_allocated_intervention": {"total": None, "reasons": {}},
-                                "discontinued_intervention": {"total": None, "reasons": {}}}
-                   for a, v in expected["arms"].items()}
+    arms = list(expected["arms"].values())
+
+    def merged(box):
+        reasons = Counter()
+        for a in arms:
+            reasons.update(a[box]["reasons"])
+        return {"total": sum(a[box]["total"] for a in arms), "reasons": dict(sorted(reasons.items()))}
+    out["arms"] = {"all": {"label": "All arms (blinded)", "allocated": sum(a["allocated"] for a in arms),
+                           "received_allocated_intervention": None,
+                           "did_not_receive_allocated_intervention": {"total": None, "reasons": {}},
+                           "lost_to_follow_up": merged("lost_to_follow_up"),
+                           "discontinued_intervention": {"total": None, "reasons": {}},
+                           "analysed": sum(a["analysed"] for a in arms),
+                           "excluded_from_analysis": merged("excluded_from_analysis")}}
     out["withheld_while_blinded"] = ["received_allocated_intervention", "did_not_receive_allocated_intervention",
                                      "discontinued_intervention"]
     return out
 
 
-def without_labels(c: dict) -> dict:
-    out = json.loads(json.dumps(c))
-    for v in out["arms"].values():
-        v["label"] = None
-    return out
+def dummy_of(files: dict[str, bytes]) -> dict[str, str]:
+    """The dummy allocation re-derived from the seed the blinded README gives."""
+    from trial.exports.dataset import dummy_allocation
+    from trial.protocol.service import DEFAULT_PROTOCOL
+    from trial.protocol.schema import parse
+    seed = re.search(r"Dummy allocation seed: ([0-9a-f]{64})", files["README.txt"].decode()).group(1)
+    head, rows = read_csv(files["csv/alloc.csv"])
+    ids = [r[head.index("studyid")] for r in rows]
+    return dummy_allocation(bytes.fromhex(seed), ids, parse(DEFAULT_PROTOCOL.read_text())["arms"])[0]
 
 
 def ok(r, status=200):
@@ -287,7 +298,7 @@ def test_consort_per_site(constructed, site):
     assert c == expected_consort(constructed, site)
     assert c["randomized"] == RANDOMIZED_PER_SITE[site]
     lower = ok(w.api("GET", f"/consort?site={site.lower()}", "statistician")).get_json()
-    assert without_labels(lower) == blind(expected_consort(constructed, site), codes(w.db))
+    assert lower == pooled(expected_consort(constructed, site))
 
 
 def test_consort_per_site_adds_up_to_the_whole(constructed):
@@ -302,29 +313,27 @@ def test_consort_per_site_adds_up_to_the_whole(constructed):
     assert w.api("GET", "/consort?site=XX99", "manager").status_code == 404
 
 
-def test_blinded_consort_uses_arm_codes(constructed, db):
+def test_blinded_consort_is_pooled_over_the_arms(constructed, db):
     w = constructed["world"]
     r = ok(w.api("GET", "/consort", "statistician"))
     c = r.get_json()
-    mapping = codes(db)
-    assert sorted(mapping) == sorted(ARMS) and sorted(mapping.values()) == ["A", "B", "C"]
-    assert list(c["arms"]) == ["A", "B", "C"], "code order: protocol order would give the mapping away"
-    assert without_labels(c) == blind(expected_consort(constructed), mapping)
-    for code, a in c["arms"].items():
-        assert code in a["label"] and a["label"] not in LABELS.values()
+    assert list(c["arms"]) == ["all"] and c["arms"]["all"]["label"] == "All arms (blinded)"
+    assert c == pooled(expected_consort(constructed))
+    assert c["arms"]["all"]["allocated"] == c["randomized"] == 18
     body = r.get_data(as_text=True)
     for label in LABELS.values():
         assert label not in body
-    assert not re.search(r'"(low|high|usual)"', body)
-    # the same mapping every time
-    assert ok(w.api("GET", "/consort", "statistician")).get_json() == c and codes(db) == mapping
-
-
-def test_consort_roles(constructed):
-    w = constructed["world"]
-    for who in ("coordinator", "coordinator_no", "therapist", "assessor", "admin"):
-        for path in ("/consort", "/consort.svg", "/consort.pdf", "/consort?site=AT01"):
-            assert w.api("GET", path, who).status_code == 403, (who, path)
+    assert not re.search(r'"(low|high|usual|A|B|C)"', body)
+    # a running count of a pooled box moves the same way whatever the new child's arm: randomize one
+    # more child, and only "allocated" (and "analysed"/"excluded" as for any child) change
+    before = c["arms"]["all"]
+    p = enrol(w, "AT01")
+    w.randomize(p, "one-more")
+    after = ok(w.api("GET", "/consort", "statistician")).get_json()["arms"]["all"]
+    assert after["allocated"] == before["allocated"] + 1
+    assert after["excluded_from_analysis"]["total"] == before["excluded_from_analysis"]["total"] + 1
+    for box in ("received_allocated_intervention", "did_not_receive_allocated_intervention", "discontinued_intervention"):
+        assert after[box] == before[box], box
 
 
 # --- reconciliation --------------------------------------------------------------------------------
@@ -349,7 +358,7 @@ def test_inconsistent_data_fail_reconciliation_loudly(constructed, db):
         assert w.api("GET", "/consort.pdf", who).status_code == 500
     rows = disposition(db)
     arms = current(db).content["arms"]
-    problems = reconcile(rows, counts(rows, arms, {a["key"]: a["key"] for a in arms}))
+    problems = reconcile(rows, counts(rows, arms))
     assert problems, "reconcile accepted a randomized child whose screening says not eligible"
     assert any(kid["p"].study_id in p and "2 paths" in p and "randomized" in p and "not_meeting_inclusion_criteria" in p
                for p in problems), problems
@@ -367,7 +376,7 @@ def test_reconcile_names_every_box_that_does_not_add_up(constructed, db):
     from trial.protocol.service import current
     arms = current(db).content["arms"]
     rows = disposition(db)
-    good = counts(rows, arms, {a["key"]: a["key"] for a in arms})
+    good = counts(rows, arms)
     assert reconcile(rows, good) == []
 
     def broken(change):
@@ -435,18 +444,14 @@ def test_svg_parses_and_shows_every_box_number(constructed):
     assert "NO01" in site
 
 
-def test_blinded_svg_shows_codes_and_no_arm_label(constructed, db):
+def test_blinded_svg_is_pooled_and_names_no_arm(constructed, db):
     w = constructed["world"]
     svg = ok(w.api("GET", "/consort.svg", "statistician")).get_data(as_text=True)
     shown = _svg_text(svg)
-    mapping = codes(db)
-    exp = blind(expected_consort(constructed), mapping)
-    shown_labels = {code: a["label"] for code, a in ok(w.api("GET", "/consort", "statistician")).get_json()["arms"].items()}
-    for line in _box_lines(exp, shown_labels):
+    exp = pooled(expected_consort(constructed))
+    for line in _box_lines(exp, {"all": "All arms (blinded)"}):
         assert line in shown, line
-    # left to right in code order
-    positions = [shown.index(f"Allocated to {shown_labels[code]} ") for code in ("A", "B", "C")]
-    assert positions == sorted(positions)
+    assert shown.count("Allocated to ") == 1
     for label in LABELS.values():
         assert label not in svg
 
@@ -551,15 +556,11 @@ def test_bang_index_per_arm_on_a_hand_computed_example(world, small, db):
     assert {r["arm"]: r for r in s["blinding_index"]} == BANG
     assert len(s["blinding_index"]) == 3
     blinded = ok(world.api("GET", "/reports/summary", "statistician")).get_json()
-    mapping = codes(db)
     assert blinded["blinded"] is True and "sessions_delivered" not in blinded
-    # blinded: which guess is correct would tell which code is music therapy, so only the
-    # distribution of the guesses is shown, and no index
-    guessed = {"high": (2, 1), "low": (0, 2), "usual": (1, 2)}  # (music_therapy, usual_care) guesses by hand
-    assert {r["arm"]: r for r in blinded["blinding_index"]} == {
-        mapping[a]: {"arm": mapping[a], "n": BANG[a]["n"], "guessed_music_therapy": guessed[a][0],
-                     "guessed_usual_care": guessed[a][1], "unsure": BANG[a]["unsure"], "bang_index": None} for a in ARMS}
-    assert [r["arm"] for r in blinded["blinding_index"]] == ["A", "B", "C"], "blinded rows in code order"
+    # blinded: one pooled row of the guesses and no index (which guess is correct depends on the arm)
+    assert blinded["blinding_index"] == [{"arm": "all", "n": 9, "guessed_music_therapy": 3, "guessed_usual_care": 5,
+                                          "unsure": 1, "bang_index": None}]
+    assert blinded["primary_outcome_data_by_visit"]["month5"] == {"all": 5}
     assert s["primary_outcome_data_by_visit"]["month5"] == {"high": 2, "low": 1, "usual": 2}
     assert s["primary_outcome_data_by_visit"]["baseline"] == {"high": 2, "low": 1, "usual": 2}
     assert s["recruitment"]["first_randomization"] == s["recruitment"]["last_randomization"] == iso(R)
@@ -571,8 +572,8 @@ def test_bang_index_per_arm_on_a_hand_computed_example(world, small, db):
         ("high", "4", "2", "1", "1", "0.25"), ("low", "2", "0", "2", "0", "-1.0"), ("usual", "3", "2", "1", "0", "0.333")]
     bfiles = bundle_files(ok(world.api("GET", f"/locks/{lock_id}/bundle.zip", "statistician")).data)
     rows = list(csv.DictReader(io.StringIO(bfiles["reports/blinding_index.csv"].decode())))
-    assert {r["arm"]: r["bang_index"] for r in rows} == {mapping[a]: "" for a in ARMS}
-    assert all("correct" not in r for r in rows)
+    assert rows == [{"arm": "all", "n": "9", "guessed_music_therapy": "3", "guessed_usual_care": "5", "unsure": "1",
+                     "bang_index": ""}]
 
 
 def test_baseline_table_by_arm_on_a_hand_computed_example(world, small, db):
@@ -595,13 +596,10 @@ def test_baseline_table_by_arm_on_a_hand_computed_example(world, small, db):
     assert table["ados2 Social affect score, mean (SD)"] == by_arm("12.0 (2.8)", "9.0 (0.0)", "13.0 (2.8)", "11.8 (2.6)")
     assert table["srs2 SRS-2 total T-score, mean (SD)"] == by_arm(*["70.0 (0.0)"] * 4)
     blinded = list(csv.reader(io.StringIO(ok(world.api("GET", "/reports/baseline.csv", "statistician")).get_data(as_text=True))))
-    mapping = codes(db)
-    assert blinded[0] == ["Characteristic", "A", "B", "C", "Total"]
-    inverse = {v: k for k, v in mapping.items()}
+    assert blinded[0] == ["Characteristic", "All arms (blinded)"]
     btable = {row[0]: row[1:] for row in blinded[1:]}
-    assert btable["ados2 Social affect score, mean (SD)"] == [table["ados2 Social affect score, mean (SD)"][inverse[c]]
-                                                               for c in "ABC"] + ["11.8 (2.6)"]
     assert set(btable) == set(table)
+    assert all(btable[k] == [table[k]["Total"]] for k in table)
     assert not any(label in "".join(map(str, blinded)) for label in LABELS.values())
     for who in ("coordinator", "assessor", "admin", "therapist"):
         assert world.api("GET", "/reports/baseline.csv", who).status_code == 403
@@ -735,7 +733,7 @@ def test_odm_snapshot_validates_against_the_odm_1_3_2_schema(locked):
         if variant == "unblinded":
             assert arms == truth
         else:
-            assert sorted(arms.values()) == sorted(truth.values()) and set(arms) == {"A", "B", "C"}
+            assert arms == Counter(dummy_of(bundle_files(locked[variant].data)).values())
         sa = [i.get("Value") for i in doc.iterfind(".//odm:StudyEventData[@StudyEventOID='SE.MONTH5']//"
                                                    "odm:ItemData[@ItemOID='IT.ADOS2.SOCIAL_AFFECT']", ns)]
         assert len(sa) == sum("month5" in k["plan"]["visits"] for k in locked["kids"])
@@ -815,16 +813,19 @@ def test_readme_names_the_lock_signature_and_protocol(locked, db):
 
 def test_statistician_gets_the_blinded_bundle_with_no_arm_anywhere(locked, db):
     files = bundle_files(locked["blinded"].data)
-    mapping = codes(db)
     assert not any("sessions" in n or "sessnote" in n for n in files), "session data before unblinding"
     head, rows = read_csv(files["csv/particip.csv"])
     assert "armcd" in head and "arm" not in head and "armlbl" not in head
-    arm_by_id = {k["p"].study_id: k["arm"] for k in locked["kids"]}
+    dummy = dummy_of(files)
+    assert len(dummy) == 18
     for r in rows:
         rec = dict(zip(head, r))
-        if rec["studyid"] in arm_by_id:
-            assert rec["armcd"] == mapping[arm_by_id[rec["studyid"]]]
+        assert rec["armcd"] == dummy.get(rec["studyid"], "")
         assert rec["status"] not in ("discontinued_intervention", "not_received")
+    # the dummy keeps the protocol's ratio (1:1:2 over 18: 4 or 5, 4 or 5, 9) ...
+    assert sorted(Counter(dummy.values()).values()) in ([4, 5, 9], [4, 4, 10])
+    readme = files["README.txt"].decode()
+    assert "THE ALLOCATION IN THIS BUNDLE IS A DUMMY" in readme and "independently of the real allocation" in readme
     for t in ("alloc", "guesses"):
         head, _ = read_csv(files[f"csv/{t}.csv"])
         assert "armcd" in head and "arm" not in head
@@ -850,8 +851,7 @@ def test_statistician_gets_the_blinded_bundle_with_no_arm_anywhere(locked, db):
         if name.endswith((".xpt", ".dta")):
             assert not re.search(rb"\x00(low|high|usual)\x00", content) and b"Music therapy" not in content, name
     consort = json.loads(files["reports/consort.json"])
-    assert list(consort["arms"]) == ["A", "B", "C"]
-    assert without_labels(consort) == blind(expected_consort(locked), mapping)
+    assert consort == pooled(expected_consort(locked))
 
 
 def test_manager_gets_the_unblinded_bundle(locked, db):

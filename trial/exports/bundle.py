@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from trial import __version__
 from trial.exports import formats, odm
-from trial.exports.dataset import arm_codes, build_tables
+from trial.exports.dataset import DUMMY_LABEL, build_tables
 from trial.protocol.models import ProtocolVersion
 
 VARIANTS = ("unblinded", "blinded")
@@ -72,7 +72,8 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
     when = lock.created_at
     pv = db.query(ProtocolVersion).filter_by(version=lock.protocol_version).one()
     content = pv.content
-    tables = build_tables(db, blinded, cache)
+    dummy_seed = bytes.fromhex(lock.dummy_seed) if blinded else None
+    tables = build_tables(db, blinded, cache, dummy_seed)
     out = _Zip(lock)
     try:
         truncated: dict[str, dict[str, int]] = {}
@@ -89,15 +90,14 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
                 t.rows = []  # written: let the memory go (the sessions table is most of it)
         out.add("dictionary.csv", formats.dictionary_csv(tables))
         out.add("odm/snapshot.xml", odm.snapshot(content, {t.name: t for t in tables}, lock.id, when, pv.version, blinded))
-        names = arm_codes(db) if blinded else {a["key"]: a["key"] for a in content["arms"]}
         c = consort(db, CliActor(), blinded=blinded)
         out.add("reports/consort.json", json.dumps(c, indent=2, sort_keys=False).encode())
-        bi = bang_index(db, names)
+        bi = bang_index(db, blinded)
         cols = list(bi[0]) if bi else ["arm", "n", "unsure", "bang_index"]
         out.add("reports/blinding_index.csv", table_csv({"columns": cols, "rows": [
             [r[k] if r[k] is not None else "" for k in cols] for r in bi]}))
-        out.add("reports/baseline_table.csv", table_csv(baseline_table(db, names)))
-        out.add("reports/trial_facts.json", json.dumps(trial_facts(db, names, blinded), indent=2).encode())
+        out.add("reports/baseline_table.csv", table_csv(baseline_table(db, blinded)))
+        out.add("reports/trial_facts.json", json.dumps(trial_facts(db, blinded), indent=2).encode())
         out.add("README.txt", _readme(lock, sig, pv, blinded, tables, truncated, counts).encode())
         data, manifest_sha = out.close()
     except BaseException:
@@ -116,15 +116,30 @@ def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts) -> str:
         f"Meaning of the signature: {sig.meaning}",
         f"Protocol version: {pv.version} (amendment {pv.content['trial']['amendment']}, sha256 {pv.sha256})",
         f"Software: trial {__version__}",
-        f"Variant: {'BLINDED: arms appear only as codes (armcd); session data and intervention events are left out' if blinded else 'UNBLINDED: arms by key and label, sessions included'}",
+        f"Variant: {'BLINDED: a DUMMY allocation (armcd), no session data, no intervention events' if blinded else 'UNBLINDED: the real allocation, arms by key and label, sessions included'}",
         "",
+    ]
+    if blinded:
+        lines += [
+            "THE ALLOCATION IN THIS BUNDLE IS A DUMMY",
+            "---------------------------------------",
+            "armcd (in particip, alloc and guesses) is not the trial's allocation. The codes were drawn",
+            "at random in the protocol's ratio, independently of the real allocation, so that the whole",
+            "analysis can be written and run on these data; its results say nothing about the arms.",
+            f"Dummy allocation seed: {lock.dummy_seed}",
+            f"Derivation: HMAC-SHA256 stream with label '{DUMMY_LABEL}' (trial.exports.dataset.dummy_allocation).",
+            "Reports (CONSORT, Table 1, blinding index, facts) are pooled over the arms. The real",
+            "allocation is in the unblinded bundle of this lock, released after the signed unblinding.",
+            "",
+        ]
+    lines += [
         "Contents",
         "--------",
         "csv/      one CSV per table (UTF-8, header row; dates ISO 8601; empty = missing)",
         "xpt/      SAS transport v5 (names <= 8 characters, labels <= 40; dates as ISO text)",
         "dta/      Stata 15 (.dta)",
         "odm/      CDISC ODM 1.3.2 Snapshot (snapshot.xml)",
-        "reports/  CONSORT counts, baseline table by arm, Bang blinding index, recruitment/follow-up facts",
+        f"reports/  CONSORT counts, baseline table, Bang blinding index, recruitment/follow-up facts ({'pooled over the arms' if blinded else 'by arm'})",
         "dictionary.csv   every variable: table, name, label, type, units, allowed values, source",
         "manifest.sha256  SHA-256 of every file (check with: sha256sum -c manifest.sha256)",
         "",

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from trial.auth.scope import is_blinded
+from trial.auth.scope import is_blinded, require_role
 from trial.errors import DomainError
 from trial.course.models import TherapySession
 from trial.enrollment.models import Participant, Screening
@@ -17,6 +17,7 @@ from trial.outcomes.models import Assessment
 from trial.protocol.service import current as current_protocol
 from trial.randomize.models import Allocation
 from trial.sites.models import Site
+from trial.sites.service import get_by_code
 from trial.status.models import StatusEvent
 
 
@@ -108,7 +109,7 @@ def disposition(db: Session, site_code: str | None = None) -> list[Row]:
     return rows
 
 
-def counts(rows: list[Row], arms: list[dict], arm_names: dict[str, str]) -> dict:
+def counts(rows: list[Row], arms: list[dict]) -> dict:
     assessed = len(rows)
     randomized = [r for r in rows if r.arm is not None]
     excluded = Counter(r.path[0] for r in rows if r.arm is None and r.path)
@@ -124,8 +125,8 @@ def counts(rows: list[Row], arms: list[dict], arm_names: dict[str, str]) -> dict
         lost = [r for r in members if r.lost]
         disc = [r for r in members if r.discontinued]
         excl = [r for r in members if not r.analysed]
-        out["arms"][arm_names[arm["key"]]] = {
-            "label": arm["label"] if arm_names[arm["key"]] == arm["key"] else f"Arm {arm_names[arm['key']]}",
+        out["arms"][arm["key"]] = {
+            "label": arm["label"],
             "allocated": len(members),
             "received_allocated_intervention": len(members) - len(not_rec),
             "did_not_receive_allocated_intervention": {"total": len(not_rec), "reasons": dict(sorted(Counter(r.not_received_reason for r in not_rec).items()))},
@@ -166,39 +167,49 @@ def reconcile(rows: list[Row], c: dict) -> list[str]:
 
 def consort(db: Session, actor, site_code: str | None = None, blinded: bool | None = None) -> dict:
     """The CONSORT counts of API.md, overall or for one site; raises ConsortError if they do not
-    reconcile. Arm keys for unblinded readers, arm codes for blinded ones."""
-    from trial.auth.scope import require_role
-    from trial.exports.dataset import arm_codes
+    reconcile. By arm for unblinded readers; pooled over the arms for blinded ones."""
     require_role(db, actor, "manager", "statistician")
     if site_code:
-        from trial.sites.service import get_by_code
         get_by_code(db, site_code)
     blinded = is_blinded(db, actor) if blinded is None else blinded
     arms = current_protocol(db).content["arms"]
-    names = arm_codes(db) if blinded else {a["key"]: a["key"] for a in arms}
     rows = disposition(db, site_code)
-    c = counts(rows, arms, {a["key"]: a["key"] for a in arms})
+    c = counts(rows, arms)
     problems = reconcile(rows, c)
     if problems:
         raise ConsortError("CONSORT does not reconcile: " + "; ".join(problems))
-    return blind(c, arms, names) if blinded else c
+    return pool(c) if blinded else c
 
 
+POOLED_KEY = "all"
+POOLED_LABEL = "All arms (blinded)"
+# Withheld even when pooled: a child randomized today counts as "did not receive" in a music arm
+# (no session yet) and as "received" in usual care, so a running pooled count of these boxes
+# gives each new allocation away; "discontinued intervention" exists only where there is one.
 WITHHELD = ("received_allocated_intervention", "did_not_receive_allocated_intervention", "discontinued_intervention")
 
 
-def blind(c: dict, arms: list[dict], codes: dict[str, str]) -> dict:
-    """The counts for a blinded reader: arms re-keyed to their codes (in code order), and the
-    boxes about receiving or stopping the intervention withheld (null), since only arms with
-    sessions can miss one: they would tell which code is music therapy."""
+def _merge(boxes: list[dict]) -> dict:
+    reasons: Counter = Counter()
+    for b in boxes:
+        reasons.update(b["reasons"])
+    return {"total": sum(b["total"] for b in boxes), "reasons": dict(sorted(reasons.items()))}
+
+
+def pool(c: dict) -> dict:
+    """The counts for a blinded reader: one column, ``all``, every box summed over the arms, and
+    the boxes about receiving or stopping the intervention withheld (null)."""
+    boxes = list(c["arms"].values())
     out = dict(c)
-    out["arms"] = {}
-    for a in sorted(arms, key=lambda a: codes[a["key"]]):
-        box = dict(c["arms"][a["key"]])
-        box["label"] = f"Arm {codes[a['key']]}"
-        box["received_allocated_intervention"] = None
-        box["did_not_receive_allocated_intervention"] = {"total": None, "reasons": {}}
-        box["discontinued_intervention"] = {"total": None, "reasons": {}}
-        out["arms"][codes[a["key"]]] = box
+    out["arms"] = {POOLED_KEY: {
+        "label": POOLED_LABEL,
+        "allocated": sum(b["allocated"] for b in boxes),
+        "received_allocated_intervention": None,
+        "did_not_receive_allocated_intervention": {"total": None, "reasons": {}},
+        "lost_to_follow_up": _merge([b["lost_to_follow_up"] for b in boxes]),
+        "discontinued_intervention": {"total": None, "reasons": {}},
+        "analysed": sum(b["analysed"] for b in boxes),
+        "excluded_from_analysis": _merge([b["excluded_from_analysis"] for b in boxes]),
+    }}
     out["withheld_while_blinded"] = list(WITHHELD)
     return out

@@ -1,15 +1,15 @@
 """The tables of a locked dataset, with their data dictionary.
 
 Variable names are at most 8 characters and labels at most 40 (the limits of SAS transport v5;
-Stata allows 32 and 80), checked when a table is defined. A blinded dataset carries arm codes
-(A, B, ...) instead of arms and leaves out everything that reveals an allocation: sessions,
+Stata allows 32 and 80), checked when a table is defined. A blinded dataset carries a dummy
+allocation (codes A, B, ... drawn at random in the protocol's ratio, independent of the real
+allocation) instead of arms, and leaves out everything that reveals an allocation: sessions,
 intervention events and deviations, adherence.
 """
 from __future__ import annotations
 
 import json
 import re
-import secrets
 from dataclasses import dataclass, field
 
 from sqlalchemy import Text, cast, select
@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 
 from trial.course.models import CounsellingSession, TherapySession
 from trial.enrollment.models import Participant, Screening
-from trial.lock.models import ArmCode
 from trial.outcomes.models import Assessment
 from trial.protocol.service import current as current_protocol
+from trial.randomize.lists import Stream
 from trial.randomize.models import Allocation, Stratum
 from trial.sites.models import Site
 from trial.status.models import Deviation, StatusEvent
@@ -62,22 +62,31 @@ class Table:
             raise ValueError(f"duplicate variable names in {self.name}")
 
 
-def arm_codes(db: Session) -> dict[str, str]:
-    """The trial's fixed random mapping arm -> code, created once."""
-    rows = dict(db.execute(select(ArmCode.arm, ArmCode.code)).all())
-    arms = [a["key"] for a in current_protocol(db).content["arms"]]
-    if rows and set(rows) >= set(arms):
-        return rows
-    letters = [chr(ord("A") + i) for i in range(len(arms))]
-    order = list(arms)
-    for i in range(len(order) - 1, 0, -1):  # Fisher-Yates with a CSPRNG
-        j = secrets.randbelow(i + 1)
-        order[i], order[j] = order[j], order[i]
-    for arm, code in zip(order, letters):
-        if arm not in rows:
-            db.add(ArmCode(arm=arm, code=code))
-    db.flush()
-    return dict(db.execute(select(ArmCode.arm, ArmCode.code)).all())
+DUMMY_LABEL = "dummy-allocation"
+
+
+def dummy_allocation(seed: bytes, study_ids: list[str], arms: list[dict]) -> tuple[dict[str, str], dict[str, int]]:
+    """A dummy allocation for a blinded bundle: codes A, B, C ... assigned to the randomized
+    participants at random in the protocol's ratio, from ``seed`` alone, so it is independent of
+    the real allocation. Returns (study id -> code, code -> weight).
+
+    Derivation (fixed, so anyone can re-derive it from the seed in the README): an HMAC-SHA256
+    stream (trial.randomize.lists.Stream) with label ``dummy-allocation``; first a Fisher-Yates
+    shuffle gives the arms' weights to the codes, then each code gets floor(N * w / W) places,
+    the remaining places go one each to codes in a shuffled order, and the list of N codes is
+    shuffled and given to the participants in study-id order."""
+    stream = Stream(seed, DUMMY_LABEL)
+    codes = [chr(ord("A") + i) for i in range(len(arms))]
+    weights = [a["weight"] for a in arms]
+    stream.shuffle(weights)
+    weight_of = dict(zip(codes, weights))
+    n, total = len(study_ids), sum(weights)
+    places = [c for c in codes for _ in range(n * weight_of[c] // total)]
+    extra = list(codes)
+    stream.shuffle(extra)
+    places += extra[:n - len(places)]
+    stream.shuffle(places)
+    return dict(zip(sorted(study_ids), places)), weight_of
 
 
 def short_names(instruments: list[dict]) -> dict[tuple[str, str], str]:
@@ -104,9 +113,9 @@ def _dt(v):
     return v.strftime("%Y-%m-%dT%H:%M:%S") if v is not None else None
 
 
-def build_tables(db: Session, blinded: bool, cache: dict | None = None) -> list[Table]:
+def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_seed: bytes | None = None) -> list[Table]:
     """The tables of one variant. Pass the same ``cache`` to build both variants from one read of
-    the database."""
+    the database. A blinded variant carries the dummy allocation drawn from ``dummy_seed``."""
     cache = {} if cache is None else cache
 
     def fetch(key: str, stmt):
@@ -115,7 +124,6 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None) -> list[
         return cache[key]
 
     content = current_protocol(db).content
-    codes = arm_codes(db)
     labels = {a["key"]: a["label"] for a in content["arms"]}
     site = dict(db.execute(select(Site.id, Site.code)).all())
     pid = {}
@@ -133,12 +141,20 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None) -> list[
         if blinded and e.type in ARM_REVEALING_EVENTS:
             continue
         events.setdefault(e.participant_id, []).append(e)
-    arm_var = (Var("armcd", "Arm code (blinded)", "str", allowed=", ".join(sorted(codes.values())), source="randomization")
-               if blinded else Var("arm", "Arm", "str", allowed=", ".join(labels), source="randomization"))
+    dummy: dict[str, str] = {}
+    if blinded:
+        if dummy_seed is None:
+            raise ValueError("a blinded dataset needs the lock's dummy-allocation seed")
+        dummy, weight_of = dummy_allocation(dummy_seed, [pid[p_id] for p_id in alloc], content["arms"])
+        ratio = ":".join(str(weight_of[c]) for c in sorted(weight_of))
+        arm_var = Var("armcd", "Arm code: DUMMY allocation (blinded)", "str", allowed=", ".join(sorted(weight_of)),
+                      source=f"dummy allocation in the ratio {ratio}, independent of the real one (README)")
+    else:
+        arm_var = Var("arm", "Arm", "str", allowed=", ".join(labels), source="randomization")
 
     def arm_of(p_id):
         a = alloc.get(p_id)
-        return None if a is None else (codes[a.arm] if blinded else a.arm)
+        return None if a is None else (dummy[pid[p_id]] if blinded else a.arm)
 
     factor_vars = [f["key"] for f in content["randomization"]["factors"] if f["key"] != "site"]
     tables = []

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from trial.course.models import TherapySession
 from trial.enrollment.models import Participant, Screening
 from trial.enrollment.service import age_in_months
+from trial.exports.consort import POOLED_KEY, POOLED_LABEL
 from trial.outcomes.models import Assessment
 from trial.protocol.service import current as current_protocol
 from trial.randomize.models import Allocation
@@ -22,38 +23,29 @@ from trial.sites.models import Site
 MUSIC, USUAL = "music_therapy", "usual_care"
 
 
-def bang_index(db: Session, arm_names: dict[str, str]) -> list[dict]:
+def bang_index(db: Session, blinded: bool) -> list[dict]:
     """Bang's blinding index per arm: BI = (correct - incorrect) / n over the assessors' guesses;
     1 = all guessed right (unblinded), 0 = random, -1 = all guessed the opposite. 'unsure' counts in
     n only. Music-therapy arms are correct with 'music_therapy', arms without sessions with
-    'usual_care'."""
+    'usual_care'. A blinded reader gets one pooled row of the guesses, without an index (which
+    guess is correct depends on the arm)."""
     arms = current_protocol(db).content["arms"]
     music = {a["key"] for a in arms if a["sessions_per_week"] > 0}
     guesses = db.execute(select(Allocation.arm, Assessment.allocation_guess)
                          .join(Assessment, Assessment.participant_id == Allocation.participant_id)
                          .where(Assessment.allocation_guess.is_not(None))).all()
+    if blinded:
+        g = Counter(guess for _, guess in guesses)
+        return [{"arm": POOLED_KEY, "n": sum(g.values()), "guessed_music_therapy": g[MUSIC],
+                 "guessed_usual_care": g[USUAL], "unsure": g["unsure"], "bang_index": None}]
     out = []
-    order = arm_order(current_protocol(db).content, arm_names)
-    blinded = any(k != v for k, v in arm_names.items())
-    for a in sorted(arms, key=lambda a: order.index(a["key"])):
+    for a in arms:
         g = Counter(guess for arm, guess in guesses if arm == a["key"])
         right, wrong = (MUSIC, USUAL) if a["key"] in music else (USUAL, MUSIC)
         n = sum(g.values())
-        if blinded:  # which guess is correct would tell which code is music therapy
-            out.append({"arm": arm_names[a["key"]], "n": n, "guessed_music_therapy": g[MUSIC],
-                        "guessed_usual_care": g[USUAL], "unsure": g["unsure"], "bang_index": None})
-        else:
-            out.append({"arm": arm_names[a["key"]], "n": n, "correct": g[right], "incorrect": g[wrong],
-                        "unsure": g["unsure"], "bang_index": round((g[right] - g[wrong]) / n, 3) if n else None})
+        out.append({"arm": a["key"], "n": n, "correct": g[right], "incorrect": g[wrong],
+                    "unsure": g["unsure"], "bang_index": round((g[right] - g[wrong]) / n, 3) if n else None})
     return out
-
-
-def arm_order(content: dict, arm_names: dict[str, str]) -> list[str]:
-    """Protocol order for unblinded readers; code order (A, B, ...) for blinded ones, so the order
-    reveals nothing."""
-    keys = [a["key"] for a in content["arms"]]
-    blinded = any(k != v for k, v in arm_names.items())
-    return sorted(keys, key=lambda k: arm_names[k]) if blinded else keys
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -67,10 +59,11 @@ def _pct(k: int, n: int) -> str:
     return f"{k} ({100 * k / n:.0f}%)" if n else "0"
 
 
-def baseline_table(db: Session, arm_names: dict[str, str]) -> dict:
-    """Table 1: baseline characteristics by arm, n, mean (SD) and n (%)."""
+def baseline_table(db: Session, blinded: bool) -> dict:
+    """Table 1: baseline characteristics by arm, n, mean (SD) and n (%); for a blinded reader one
+    pooled column."""
     content = current_protocol(db).content
-    arm_keys = arm_order(content, arm_names)
+    arm_keys = [] if blinded else [a["key"] for a in content["arms"]]
     rows = db.execute(select(Participant.id, Participant.date_of_birth, Participant.consent_date, Participant.sex,
                              Site.code, Allocation.arm).join(Allocation, Allocation.participant_id == Participant.id)
                       .join(Site, Site.id == Participant.site_id)).all()
@@ -81,7 +74,7 @@ def baseline_table(db: Session, arm_names: dict[str, str]) -> dict:
     cols = {k: [r for r in rows if r.arm == k] for k in arm_keys}
     cols["all"] = list(rows)
     order = arm_keys + ["all"]
-    table = [["Characteristic"] + [("Total" if k == "all" else arm_names[k]) for k in order],
+    table = [["Characteristic"] + [((POOLED_LABEL if blinded else "Total") if k == "all" else k) for k in order],
              ["Participants, n"] + [str(len(cols[k])) for k in order],
              ["Age, months, mean (SD)"] + [_mean_sd([age_in_months(r.date_of_birth, r.consent_date) for r in cols[k]]) for k in order]]
     for sex in ("female", "male"):
@@ -107,9 +100,9 @@ def table_csv(t: dict) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def trial_facts(db: Session, arm_names: dict[str, str], blinded: bool) -> dict:
+def trial_facts(db: Session, blinded: bool) -> dict:
     """Recruitment and follow-up dates, intervention as delivered (unblinded only), and numbers
-    with primary-outcome data at each visit."""
+    with primary-outcome data at each visit (by arm; pooled for a blinded reader)."""
     content = current_protocol(db).content
     prim = content["primary_outcome"]
     first_scr, last_scr = db.execute(select(func.min(Screening.screened_on), func.max(Screening.screened_on))).one()
@@ -118,9 +111,11 @@ def trial_facts(db: Session, arm_names: dict[str, str], blinded: bool) -> dict:
     per_visit = {}
     rows = db.execute(select(Allocation.arm, Assessment.visit, Assessment.values).join(
         Assessment, Assessment.participant_id == Allocation.participant_id).where(Assessment.instrument == prim["instrument"])).all()
+    columns = [POOLED_KEY] if blinded else [a["key"] for a in content["arms"]]
     for v in content["visits"]:
-        counts = Counter(arm_names[arm] for arm, visit, values in rows if visit == v["key"] and values.get(prim["field"]) is not None)
-        per_visit[v["key"]] = {k: counts.get(k, 0) for k in sorted(arm_names.values())}
+        counts = Counter(POOLED_KEY if blinded else arm for arm, visit, values in rows
+                         if visit == v["key"] and values.get(prim["field"]) is not None)
+        per_visit[v["key"]] = {k: counts.get(k, 0) for k in columns}
     facts = {"recruitment": {"first_screening": first_scr.isoformat() if first_scr else None,
                              "last_screening": last_scr.isoformat() if last_scr else None,
                              "first_randomization": first_rand.date().isoformat() if first_rand else None,

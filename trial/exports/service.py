@@ -1,4 +1,5 @@
-"""What the web and the API call for reports: one place decides blinded or not."""
+"""What the web and the API call for reports: one place decides blinded (pooled over the arms) or
+not (by arm)."""
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
@@ -6,12 +7,7 @@ from sqlalchemy.orm import Session
 from trial.auth.scope import is_blinded, require_role
 from trial.exports import drawing, reports
 from trial.exports.consort import consort
-from trial.exports.dataset import arm_codes
 from trial.protocol.service import current as current_protocol
-
-
-def _names(db: Session, blinded: bool) -> dict[str, str]:
-    return arm_codes(db) if blinded else {a["key"]: a["key"] for a in current_protocol(db).content["arms"]}
 
 
 def consort_counts(db: Session, actor, site: str | None = None) -> dict:
@@ -28,21 +24,19 @@ def consort_svg(db: Session, actor, site: str | None = None) -> str:
 
 def consort_pdf(db: Session, actor, site: str | None = None) -> bytes:
     c = consort(db, actor, site)
-    blinded = is_blinded(db, actor)
-    table = reports.baseline_table(db, _names(db, blinded))
+    table = reports.baseline_table(db, is_blinded(db, actor))
     return drawing.pdf(c, _title(db, site), [("Baseline characteristics by arm (Table 1)", table)])
 
 
 def baseline_csv(db: Session, actor) -> bytes:
     require_role(db, actor, "manager", "statistician")
-    return reports.table_csv(reports.baseline_table(db, _names(db, is_blinded(db, actor))))
+    return reports.table_csv(reports.baseline_table(db, is_blinded(db, actor)))
 
 
 def summary(db: Session, actor) -> dict:
     require_role(db, actor, "manager", "statistician")
     blinded = is_blinded(db, actor)
-    names = _names(db, blinded)
-    out = reports.trial_facts(db, names, blinded)
-    out["blinding_index"] = reports.bang_index(db, names)
+    out = reports.trial_facts(db, blinded)
+    out["blinding_index"] = reports.bang_index(db, blinded)
     out["blinded"] = blinded
     return out

@@ -20,6 +20,8 @@ class DataLock(Base):
     lifted_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     lift_reason: Mapped[str | None] = mapped_column(Text)
     lift_signature_id: Mapped[int | None] = mapped_column(ForeignKey("signature.id"))
+    # hard locks: the seed of the dummy allocation in the blinded bundle (32 random bytes, hex)
+    dummy_seed: Mapped[str | None] = mapped_column(String(64))
 
 
 class TrialState(Base):
@@ -46,12 +48,3 @@ class LockBundle(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-
-
-class ArmCode(Base):
-    """One fixed random mapping of arms to codes (A, B, C) per trial, for blinded datasets."""
-
-    __tablename__ = "arm_code"
-
-    arm: Mapped[str] = mapped_column(String(32), primary_key=True)
-    code: Mapped[str] = mapped_column(String(4), unique=True)

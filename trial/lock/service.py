@@ -6,6 +6,8 @@ write service). Unblinding is a signed event after a hard lock: it reveals the s
 """
 from __future__ import annotations
 
+import secrets
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -19,6 +21,11 @@ from trial.lock.models import DataLock, LockBundle, TrialState
 from trial.validation import refuse, text
 
 KINDS = ("soft", "hard")
+
+
+def new_dummy_seed() -> str:
+    """The seed of a hard lock's dummy allocation: 32 bytes from the operating system's CSPRNG."""
+    return secrets.token_hex(32)
 
 
 def _state(db: Session, update: bool = False) -> TrialState:
@@ -79,7 +86,7 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str) -> D
     if kind == "hard":
         version = (db.execute(select(func.count()).select_from(DataLock).where(DataLock.kind == "hard")).scalar() or 0) + 1
     lock = DataLock(kind=kind, version=version, signature_id=sig.id, protocol_version=current_protocol(db).version,
-                    created_at=sig.signed_at)
+                    created_at=sig.signed_at, dummy_seed=new_dummy_seed() if kind == "hard" else None)
     db.add(lock)
     db.flush()
     if current is not None:  # a soft lock is superseded by the hard lock

@@ -155,8 +155,6 @@ def open_randomization(db: Session, actor, seed: bytes | None = None) -> Randomi
     for key in _stratum_keys_for_sites(design, sites):
         _new_stratum(db, design, master, key, _site_id_of(db, key))
     db.flush()
-    from trial.exports.dataset import arm_codes
-    arm_codes(db)  # the fixed arm -> code mapping of blinded datasets, made once
     audit.created(db, actor, "randomization", row.id, {"method": row.method, "protocol_version": pv.version,
                                                        "commitment": commit, "strata": len(strata) or 1})
     return row
