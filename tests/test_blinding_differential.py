@@ -1,0 +1,260 @@
+"""The differential blinding test: two trials that differ only in the allocation (and in what the
+allocation causes: sessions for the children in a music-therapy arm, an intervention event and an
+intervention deviation) give every blinded role byte-identical answers, once ids, timestamps and
+form tokens are normalized, on every route that role can reach (found from the URL map, web and
+API, for each child and each query variant) and in every file of the blinded bundle.
+
+The blinded roles are the assessor (always), the statistician (until the signed unblinding) and
+the admin (always). A route a blinded role can reach that is not fetched here fails the test."""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+import zipfile
+
+import pytest
+from sqlalchemy import select, text
+
+from tests.conftest import FreshDatabase
+from tests.helpers import CLI, PASSWORD, World
+from trial.course.service import log_counselling, log_session
+from trial.db import make_session_factory
+from trial.enrollment import service as enrollment
+from trial.outcomes.models import Assessment
+from trial.outcomes.service import record_assessment
+from trial.policy import ANY, POLICY, PUBLIC
+from trial.randomize.models import Allocation
+from trial.status.service import record_deviation, record_event
+from trial.timeline import today
+
+BLINDED = ("assessor", "statistician", "admin")
+SEEDS = (bytes(range(32)), bytes(range(100, 132)))
+DUMMY_SEED = "5e" * 32
+LOCK_TIME = dt.datetime(2026, 11, 30, 12, 0, 0)
+R = today() - dt.timedelta(days=200)
+CHILDREN = 10
+QUERY_VARIANTS = {
+    "outcomes.visits": ["?kind=due", "?kind=overdue", "?kind=out_of_window"],
+    "api.visits": ["?kind=due", "?kind=overdue", "?kind=out_of_window"],
+    "enrollment.participants": ["", "?site=AT01"],
+    "api.list_participants": ["", "?site=AT01", "?site=NO01"],
+    "dashboard.grid": ["", "?site=AT01"],
+    "lock.consort": ["", "?site=AT01", "?site=NO01"],
+    "lock.consort_svg": ["", "?site=AT01"],
+    "lock.consort_pdf": ["", "?site=NO01"],
+    "api.consort": ["", "?site=AT01", "?site=NO01"],
+    "api.consort_svg": ["", "?site=NO01"],
+    "api.consort_pdf": ["", "?site=AT01"],
+    "api.list_grants": ["", "?status=all"],
+    "audit.trail": ["", "?entity=allocation"],
+}
+SKIP = {"static", "auth.logout", "auth.login"}  # no data; logging out would end the crawl
+
+
+def iso(d: dt.date) -> str:
+    return d.isoformat()
+
+
+def d(n: int) -> str:
+    return iso(R + dt.timedelta(days=n))
+
+
+def build(seed: bytes, monkeypatch):
+    """One trial on a database of its own. Everything but the randomization seed is the same."""
+    from trial import create_app
+    fresh = FreshDatabase("differential")
+    db = make_session_factory(fresh.engine)()
+    app = create_app({"ENGINE": fresh.engine, "SESSION_FACTORY": make_session_factory(fresh.engine), "TESTING": True,
+                      "WTF_CSRF_ENABLED": False, "SECRET_KEY": "test-secret"})
+    world = World(db, app).setup()
+    world.open(seed)
+    kids = []
+    for i in range(CHILDREN):
+        site = "AT01" if i < CHILDREN - 2 else "NO01"
+        sc = world.screen(site, screened_on=iso(R - dt.timedelta(days=30)))
+        p = enrollment.enroll(db, CLI, {"screening_id": sc.id, "consent_date": iso(R - dt.timedelta(days=25)),
+                                        "date_of_birth": iso(R - dt.timedelta(days=5 * 365 + 30 * i)),
+                                        "sex": "female" if i % 3 else "male"})
+        for ins, values in (("ados2", {"social_affect": 8 + i, "rrb": 4, "css": 6}), ("srs2", {"total_t": 60 + i})):
+            record_assessment(db, CLI, p.study_id, {"visit": "baseline", "instrument": ins, "values": values,
+                                                    "performed_on": iso(R - dt.timedelta(days=5))})
+        db.commit()
+        world.randomize(p, f"key-{p.study_id}")
+        kids.append(p)
+    world.ready()  # a child ready but not randomized
+    world.screen("AT01", screened_on=iso(R), answers=world.answers(asd_diagnosis=False))
+    db.execute(text("UPDATE allocation SET randomized_at = :t"), {"t": dt.datetime.combine(R, dt.time(10, 0))})
+    db.execute(text("UPDATE participant SET enrolled_at = :t"), {"t": dt.datetime.combine(R - dt.timedelta(days=25), dt.time(9))})
+    db.commit()
+    arms = dict(db.execute(select(Allocation.participant_id, Allocation.arm)).all())
+    music = [p for p in kids if arms[p.id] != "usual"]
+    # what the allocation causes
+    for p in music:
+        for n in (2, 9, 16, 23):
+            log_session(db, CLI, p.study_id, {"held_on": d(n), "attendance": "attended" if n != 16 else "no_show",
+                                              "minutes": 30 if n != 16 else None, "techniques": ["songs"], "engagement": 3,
+                                              "note": "played the drums together"})
+    if music:
+        record_event(db, CLI, music[0].study_id, {"type": "discontinued_intervention", "on": d(40), "reason": "distressed by sessions"})
+        record_deviation(db, CLI, music[-1].study_id, {"on": d(20), "category": "intervention", "description": "two sessions in one day"})
+    # the same for every child, whatever the arm
+    for i, p in enumerate(kids):
+        log_counselling(db, CLI, p.study_id, {"held_on": d(20)})
+        for visit, n in (("month2", 61), ("month5", 152)):
+            if i == 4 and visit == "month5":
+                continue
+            record_assessment(db, CLI, p.study_id, {"visit": visit, "instrument": "ados2", "performed_on": d(n + i % 3),
+                                                    "values": {"social_affect": 6 + i, "rrb": 3, "css": 5},
+                                                    "allocation_guess": ("music_therapy", "usual_care", "unsure")[i % 3],
+                                                    "guess_confidence": 1 + i % 5})
+            record_assessment(db, CLI, p.study_id, {"visit": visit, "instrument": "srs2", "performed_on": d(n + i % 3),
+                                                    "values": {"total_t": 55 + i}})
+    record_event(db, CLI, kids[4].study_id, {"type": "withdrawn", "on": d(100), "reason": "family withdrew consent"})
+    record_event(db, CLI, kids[5].study_id, {"type": "lost_to_follow_up", "on": d(170), "reason": "moved away"})
+    db.commit()
+    monkeypatch.setattr("trial.lock.service.new_dummy_seed", lambda: DUMMY_SEED)
+    monkeypatch.setattr("trial.esign.service.utcnow", lambda: LOCK_TIME)
+    r = world.api("POST", "/locks", "manager", json={"kind": "hard", "meaning": "Final lock.", "password": PASSWORD})
+    assert r.status_code == 201, r.get_json()
+    monkeypatch.undo()
+    return fresh, db, app, world, kids, arms
+
+
+def normalize(body: str) -> str:
+    body = re.sub(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?Z?", "<ts>", body)
+    body = re.sub(r'(name="csrf_token"[^>]*?value=")[^"]+', r"\1<csrf>", body)
+    body = re.sub(r"trl_[A-Za-z0-9_-]{8}", "<token>", body)  # API token prefixes (random)
+    return body
+
+
+def _ctx(db, world, p) -> dict:
+    aid = db.execute(select(Assessment.id).where(Assessment.participant_id == p.id, Assessment.visit == "month2",
+                                                 Assessment.instrument == "ados2")).scalar()
+    out = {"study_id": p.study_id, "assessment_id": aid, "user_id": world.users["coordinator"].id, "code": "AT01",
+           "instrument": "ados2", "screening_id": 1, "lock_id": 1, "grant_id": 1}
+    db.commit()  # hold no transaction (on SQLite: no write lock) while the app answers
+    return out
+
+
+def _urls(app, role: str, db, world, kids):
+    """(endpoint, label, url) for every GET route the role may call: per child where the route
+    takes a child, with each query variant."""
+    for rule in app.url_map.iter_rules():
+        if "GET" not in rule.methods or rule.endpoint in SKIP:
+            continue
+        pol = POLICY[rule.endpoint]
+        if not (pol in (PUBLIC, ANY) or role in pol):
+            continue
+        per_child = bool({"study_id", "assessment_id"} & set(rule.arguments))
+        for i, p in enumerate(kids if per_child else kids[:1]):
+            ctx = _ctx(db, world, p)
+            url = rule.build({a: ctx[a] for a in rule.arguments}, append_unknown=False)[1]
+            for q in QUERY_VARIANTS.get(rule.endpoint, [""]):
+                yield rule.endpoint, f"child {i}" if per_child else "", url + q
+
+
+def _zip_files(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        return {n: z.read(n) for n in z.namelist()}
+
+
+CONTROL = ("api.consort", "api.bundle", "api.get_participant")  # fetched as the manager too: they must differ
+
+
+def crawl(app, db, world, kids) -> dict:
+    out = {}
+    for endpoint, label, url in _urls(app, "manager", db, world, kids):
+        if endpoint in CONTROL:
+            r = world.api("GET", url[len("/api/v1"):], "manager")
+            out[("manager", endpoint, label, url)] = (r.status_code, _zip_files(r.data) if r.mimetype == "application/zip"
+                                                      else normalize(r.get_data(as_text=True)))
+    for role in BLINDED:
+        web = app.test_client()
+        assert web.post("/login", data={"email": f"{role}@example.org", "password": PASSWORD}).status_code == 302
+        for endpoint, label, url in _urls(app, role, db, world, kids):
+            if url.startswith("/api/"):
+                r = world.api("GET", url[len("/api/v1"):], role)
+            else:
+                r = web.get(url)
+            key = (role, endpoint, label, url)
+            if r.mimetype == "application/zip":
+                out[key] = (r.status_code, _zip_files(r.data))
+            elif r.mimetype == "application/pdf":
+                out[key] = (r.status_code, r.data)
+            else:
+                out[key] = (r.status_code, normalize(r.get_data(as_text=True)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_trials():
+    mp = pytest.MonkeyPatch()
+    results = []
+    try:
+        for seed in SEEDS:
+            fresh, db, app, world, kids, arms = build(seed, mp)
+            try:
+                results.append({"answers": crawl(app, db, world, kids), "arms": [arms[p.id] for p in kids]})
+            finally:
+                db.close()
+                fresh.drop()
+    finally:
+        mp.undo()
+    return results
+
+
+def test_the_two_trials_differ_in_the_allocation(two_trials):
+    a, b = (t["arms"] for t in two_trials)
+    assert a != b
+    assert sum(x != y for x, y in zip(a, b)) >= 3, (a, b)
+    # and in whether a child is in a music-therapy arm, which decides its sessions
+    assert [x == "usual" for x in a] != [x == "usual" for x in b]
+
+
+def test_every_blinded_route_gives_identical_answers(two_trials):
+    a, b = (t["answers"] for t in two_trials)
+    assert set(a) == set(b)
+    blinded = [k for k in sorted(a) if k[0] in BLINDED]
+    assert len(blinded) > 120, len(blinded)
+    differing = [k for k in blinded if a[k] != b[k]]
+    assert not differing, f"answers that depend on the allocation: {differing[:10]}"
+
+
+def test_control_an_unblinded_reader_sees_the_two_trials_differ(two_trials):
+    """The comparison has teeth: the manager's answers on the same routes tell the trials apart."""
+    a, b = (t["answers"] for t in two_trials)
+    control = [k for k in a if k[0] == "manager"]
+    assert {k[1] for k in control} == set(CONTROL)
+    assert sum(a[k] != b[k] for k in control) >= 3
+
+
+def test_the_crawl_covers_every_route_of_every_blinded_role(two_trials, app):
+    answers = two_trials[0]["answers"]
+    fetched = {(role, endpoint) for role, endpoint, _, _ in answers}
+    for role in BLINDED:
+        for rule in app.url_map.iter_rules():
+            if "GET" not in rule.methods or rule.endpoint in SKIP:
+                continue
+            pol = POLICY[rule.endpoint]
+            if pol in (PUBLIC, ANY) or role in pol:
+                assert (role, rule.endpoint) in fetched, (role, rule.endpoint)
+    # the crawl reads real pages, not a wall of refusals
+    ok = sum(1 for (status, _) in answers.values() if status == 200)
+    assert ok >= 0.8 * len(answers), f"only {ok} of {len(answers)} answers are 200"
+    for endpoint in ("api.consort", "api.bundle", "lock.bundle", "api.get_participant", "enrollment.participant",
+                     "api.summary", "lock.consort_pdf", "dashboard.grid", "outcomes.visits", "enrollment.assess"):
+        assert any(v[0] == 200 for key, v in answers.items() if key[1] == endpoint), endpoint
+
+
+def test_every_file_of_the_blinded_bundle_is_identical(two_trials):
+    a, b = (t["answers"] for t in two_trials)
+    bundles = [k for k in a if k[1] == "api.bundle" and k[0] == "statistician"]
+    assert bundles
+    for key in bundles:
+        fa, fb = a[key][1], b[key][1]
+        assert isinstance(fa, dict) and len(fa) > 30, "a whole bundle: every table in every format"
+        assert set(fa) == set(fb)
+        differing = sorted(n for n in fa if fa[n] != fb[n])
+        assert not differing, f"blinded bundle files that depend on the allocation: {differing}"
+        assert not any("sessions" in n for n in fa)
