@@ -114,3 +114,21 @@ def world(db, app):
     w = World(db, app)
     w.setup()
     return w
+
+
+def pytest_terminal_summary(terminalreporter):
+    """What schemathesis ran, when it ran: operations, generated cases, requests (one per role per
+    case) and the statuses seen."""
+    import sys
+    mod = sys.modules.get("tests.test_schemathesis")
+    stats = getattr(mod, "STATS", None)
+    if not stats:
+        return
+    statuses: dict = {}
+    for s in stats.values():
+        for k, v in s["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    terminalreporter.write_line(
+        f"schemathesis: {len(stats)} operations, {sum(s['cases'] for s in stats.values())} generated cases, "
+        f"{sum(s['requests'] for s in stats.values())} requests; statuses "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())))

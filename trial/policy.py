@@ -89,3 +89,8 @@ POLICY: dict[str, object] = {
     "lock.consort_pdf": ("manager", "statistician"),
     "lock.baseline_csv": ("manager", "statistician"),
 }
+
+
+# The query parameters each API operation declares (filled by trial.api.route): any other is
+# refused with 400, so a misspelt filter is never silently ignored.
+QUERY_PARAMS: dict[str, frozenset[str]] = {}

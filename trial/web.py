@@ -9,7 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from trial.db import unavailable
 from trial.errors import DomainError, ValidationError
-from trial.policy import ANY, POLICY, PUBLIC
+from trial.policy import ANY, POLICY, PUBLIC, QUERY_PARAMS
 from trial.validation import CONTROL_MESSAGE, MAX_ID, has_control
 
 csrf = CSRFProtect()
@@ -53,11 +53,17 @@ def api_error(status: int, code: str, message: str, fields: dict | None = None, 
     return resp
 
 
+def is_page_error(e: DomainError) -> bool:
+    """Not a problem with what was typed: no right to do it, nothing there, locked, or the database
+    failed. Shown as an error page with its status, never as a form message."""
+    return e.status in (401, 403, 404, 423) or e.status >= 500
+
+
 def form_errors(form, e: DomainError) -> None:
-    """Show a service's refusal on the form: the message, and each named field's reason. A 403 or
-    404 is not a form problem and propagates."""
+    """Show a service's refusal on the form: the message, and each named field's reason. An error
+    of the page (see :func:`is_page_error`) propagates."""
     from flask import flash
-    if e.status in (401, 403, 404, 423):
+    if is_page_error(e):
         raise e
     db().rollback()
     for name, why in e.fields.items():
@@ -89,6 +95,17 @@ def _check_request_values():
         raise ValidationError("The request was not accepted: " + "; ".join(f"{k} {v}" for k, v in bad.items()), bad)
 
 
+def check_query(endpoint: str) -> None:
+    """Refuse query parameters an API operation does not declare."""
+    allowed = QUERY_PARAMS.get(endpoint)
+    if allowed is None:
+        return
+    unknown = sorted(set(request.args) - allowed)
+    if unknown:
+        raise ValidationError("Unknown query parameter: " + ", ".join(unknown) + ".",
+                              {name: "is not a parameter of this operation" for name in unknown})
+
+
 def int_arg(name: str, default: int, lo: int = 1, hi: int = 1_000_000) -> int:
     """A whole-number query parameter within [lo, hi]; anything else is a 400 naming it."""
     raw = request.args.get(name)
@@ -109,6 +126,8 @@ def _enforce_policy():
         abort(403)
     if endpoint != "static":
         _check_request_values()
+        if is_api():
+            check_query(endpoint)
     if policy == PUBLIC:
         return None
     user = actor()

@@ -8,7 +8,10 @@ from typing import Any
 from flask import Blueprint, request
 
 from trial.errors import ValidationError
-from trial.validation import check_tree, refuse
+from trial.policy import QUERY_PARAMS
+from trial.validation import MAX_ID, check_tree, refuse
+
+PATH_EXAMPLES = {"study_id": "AT01-0001", "instrument": "ados2"}
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -25,21 +28,35 @@ def route(path: str, method: str, summary: str, roles: str, request_schema: dict
                               "description": f"Allowed roles: {roles}.", "responses": {}}
         if params:
             op["parameters"] = params
+        QUERY_PARAMS["api." + fn.__name__] = frozenset(p["name"] for p in params or [] if p["in"] == "query")
         for conv, name in re.findall(r"<(?:([^:>]+):)?([^>]+)>", path):
-            op.setdefault("parameters", []).append({"name": name, "in": "path", "required": True,
-                                                    "schema": {"type": "integer" if conv == "int" else "string"}})
+            schema = ({"type": "integer", "minimum": 1, "maximum": MAX_ID} if conv == "int" else {"type": "string"})
+            op.setdefault("parameters", []).append({"name": name, "in": "path", "required": True, "schema": schema,
+                                                    "example": PATH_EXAMPLES.get(name, 1 if conv == "int" else "x")})
         if request_schema:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": request_schema}}}
         for status, desc in (responses or {200: "OK"}).items():
             if isinstance(desc, dict):
-                op["responses"][str(status)] = {"description": desc.get("description", ""),
-                                                "content": {"application/json": {"schema": desc["schema"]}}}
+                entry = {"description": desc.get("description", ""),
+                         "content": {desc.get("content_type", "application/json"): {"schema": desc["schema"]}}}
+                if desc.get("headers"):
+                    entry["headers"] = desc["headers"]
+                op["responses"][str(status)] = entry
             else:
                 op["responses"][str(status)] = {"description": desc}
-        for status, desc in ((401, "No or bad token"), (403, "Role or site not allowed")):
-            if roles != "public":
-                op["responses"].setdefault(str(status), {"description": desc,
-                                                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+        # what any operation may answer: bad input (named in error.fields), unknown ids in the path,
+        # the database unavailable; and, when a token is needed, no token or a forbidden role
+        defaults = [(400, "Bad input: a parameter or field is refused (named in error.fields)"),
+                    (503, "The database is unavailable, or a commit's outcome is unknown (Retry-After)")]
+        if op.get("parameters"):
+            defaults.append((404, "Unknown id or site code in the path or the query"))
+        if method != "GET":
+            defaults.append((423, "The database is locked: no data can be entered or changed"))
+        if roles != "public":
+            defaults += [(401, "No or bad token"), (403, "Role or site not allowed")]
+        for status, desc in defaults:
+            op["responses"].setdefault(str(status), {"description": desc,
+                                                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
         SPEC_PATHS.setdefault("/api/v1" + oa_path, {})[method.lower()] = op
         return fn
     return deco

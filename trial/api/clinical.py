@@ -10,24 +10,18 @@ from trial.outcomes import service as outcomes
 from trial.randomize import service as randomization
 from trial.web import actor, db
 
-S, I, B, D = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}, {"type": "string", "format": "date"}
-ERR = {"$ref": "#/components/schemas/Error"}
-PARTICIPANT = {"type": "object", "properties": {
-    "study_id": S, "site": S, "status": S, "consent_date": D, "date_of_birth": D, "sex": S,
-    "strata": {"type": "object"}, "randomized_on": D, "baseline_primary_recorded": B,
-    "arm": {"type": "string", "description": "only for unblinded roles"}, "arm_label": S}}
+from trial.api.schemas import B, D, DT, ID, PARTICIPANT, S, SITE_QUERY, array, enum, err, obj, ok, text
 
-
-def _err(desc):
-    return {"description": desc, "schema": ERR}
+RANDOMIZED = obj(["study_id", "arm", "arm_label", "randomized_at"], study_id=S, arm=S, arm_label=S, randomized_at=DT)
 
 
 @route("/screenings", "POST", "Record a screening; the outcome is computed from the protocol's criteria", "coordinator of the site",
-       request_schema={"type": "object", "required": ["site", "screened_on", "answers"], "properties": {
-           "site": S, "screened_on": D, "answers": {"type": "object", "additionalProperties": B},
-           "declined": B, "other_reason": S}},
-       responses={201: {"description": "recorded", "schema": {"type": "object", "properties": {"id": I, "outcome": S}}},
-                  400: _err("bad input"), 404: _err("unknown site")})
+       request_schema=obj(["site", "screened_on", "answers"], site=S, screened_on=D,
+                          answers={"type": "object", "additionalProperties": B}, declined=B, other_reason=text(500, False)),
+       responses={201: ok("recorded", obj(["id", "outcome", "failed_criteria"], id=ID,
+                                          outcome=enum("eligible", "not_eligible", "declined", "other"),
+                                          failed_criteria=array(S))),
+                  400: err("bad input"), 404: err("unknown site")})
 def create_screening():
     s = db()
     sc = enrollment.record_screening(s, actor(), body())
@@ -36,11 +30,10 @@ def create_screening():
 
 
 @route("/participants", "POST", "Enroll a participant from an eligible screening", "coordinator of the site",
-       request_schema={"type": "object", "required": ["screening_id", "consent_date", "date_of_birth", "sex"], "properties": {
-           "screening_id": I, "consent_date": D, "date_of_birth": D, "sex": {"type": "string", "enum": list(enrollment.SEXES)},
-           "strata": {"type": "object", "additionalProperties": S}}},
-       responses={201: {"description": "enrolled", "schema": {"type": "object", "properties": {"study_id": S, "site": S, "status": S}}},
-                  400: _err("bad input"), 404: _err("unknown screening"), 409: _err("screening not eligible or already enrolled")})
+       request_schema=obj(["screening_id", "consent_date", "date_of_birth", "sex"], screening_id=ID, consent_date=D,
+                          date_of_birth=D, sex=enum(*enrollment.SEXES), strata={"type": "object", "additionalProperties": S}),
+       responses={201: ok("enrolled", obj(["study_id", "site", "status"], study_id=S, site=S, status=S)),
+                  400: err("bad input"), 404: err("unknown screening"), 409: err("screening not eligible or already enrolled")})
 def create_participant():
     s = db()
     p = enrollment.enroll(s, actor(), body())
@@ -50,8 +43,7 @@ def create_participant():
 
 
 @route("/participants", "GET", "Participants as the caller's role may see them", "by role and site",
-       params=[{"name": "site", "in": "query", "required": False, "schema": S}],
-       responses={200: {"description": "participants", "schema": {"type": "array", "items": PARTICIPANT}}})
+       params=SITE_QUERY, responses={200: ok("participants", array(PARTICIPANT)), 404: err("unknown site")})
 def list_participants():
     s = db()
     rows = enrollment.list_participants(s, actor(), request.args.get("site"))
@@ -59,7 +51,7 @@ def list_participants():
 
 
 @route("/participants/<study_id>", "GET", "One participant as the caller's role may see it", "by role and site",
-       responses={200: {"description": "participant", "schema": PARTICIPANT}, 404: _err("unknown")})
+       responses={200: ok("participant", PARTICIPANT), 404: err("unknown participant")})
 def get_participant(study_id):
     s = db()
     p = enrollment.get_participant(s, actor(), study_id)
@@ -68,12 +60,12 @@ def get_participant(study_id):
 
 @route("/participants/<study_id>/assessments", "POST", "Record an assessment of a protocol instrument",
        "assessor of the site (blinded instruments) or coordinator of the site (others)",
-       request_schema={"type": "object", "required": ["visit", "instrument", "performed_on", "values"], "properties": {
-           "visit": S, "instrument": S, "performed_on": D, "values": {"type": "object"},
-           "allocation_guess": {"type": "string", "enum": ["music_therapy", "usual_care", "unsure"]},
-           "guess_confidence": {"type": "integer", "minimum": 1, "maximum": 5}}},
-       responses={201: {"description": "recorded", "schema": {"type": "object", "properties": {"id": I, "out_of_window": B}}},
-                  400: _err("bad input, naming the field"), 404: _err("unknown participant"), 409: _err("already recorded or not allowed now")})
+       request_schema=obj(["visit", "instrument", "performed_on", "values"], visit=S, instrument=S, performed_on=D,
+                          values={"type": "object"}, allocation_guess=enum("music_therapy", "usual_care", "unsure"),
+                          guess_confidence={"type": "integer", "minimum": 1, "maximum": 5}),
+       responses={201: ok("recorded", obj(["id", "out_of_window"], id=ID, out_of_window=B, warning=S)),
+                  400: err("bad input, naming the field"), 404: err("unknown participant"),
+                  409: err("already recorded or not allowed now"), 423: err("the database is locked")})
 def create_assessment(study_id):
     s = db()
     a = outcomes.record_assessment(s, actor(), study_id, body())
@@ -86,12 +78,13 @@ def create_assessment(study_id):
 
 
 @route("/participants/<study_id>/randomize", "POST", "Randomize a ready participant (concealed, irrevocable)", "coordinator of the site",
-       params=[{"name": "Idempotency-Key", "in": "header", "required": False, "schema": S,
-                "description": "a retried request with the same key returns the same allocation (200)"}],
-       responses={201: {"description": "allocated", "schema": {"type": "object", "properties": {
-           "study_id": S, "arm": S, "arm_label": S, "randomized_at": {"type": "string", "format": "date-time"}}}},
-           200: "the same Idempotency-Key again: the same allocation", 404: _err("unknown participant"),
-           409: _err("not ready, or already randomized")})
+       params=[{"name": "Idempotency-Key", "in": "header", "required": False, "schema": text(200),
+                "description": "a retried request with the same key returns the same allocation (200); "
+                               "after a 503 outcome_unknown, retry with the same key"}],
+       responses={201: ok("allocated", RANDOMIZED), 200: ok("the same Idempotency-Key again: the same allocation", RANDOMIZED),
+                  400: err("an empty Idempotency-Key, or one longer than 200 characters"),
+                  404: err("unknown participant"), 409: err("not ready, or already randomized"),
+                  423: err("the database is locked")})
 def randomize(study_id):
     key = request.headers.get("Idempotency-Key")
     for attempt in range(3):

@@ -10,12 +10,25 @@ from trial.outcomes import service as outcomes
 from trial.status import service as status
 from trial.web import actor, db
 
-S, I, B, D = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}, {"type": "string", "format": "date"}
-ERR = {"$ref": "#/components/schemas/Error"}
-CREATED = {201: {"description": "recorded", "schema": {"type": "object", "properties": {"id": I}}},
-           400: {"description": "bad input, naming the field", "schema": ERR},
-           404: {"description": "unknown participant", "schema": ERR},
-           409: {"description": "not allowed in the participant's state", "schema": ERR}}
+from trial.api.schemas import (B, COUNT, D, DT, ID, ND, NI, NS, S, SITE_QUERY, VISIT, WORKLIST_ITEM, array, enum, err, obj,
+                               ok, text)
+
+
+def created(**extra) -> dict:
+    return {201: ok("recorded", obj(["id", *extra], id=ID, **extra)), 400: err("bad input, naming the field"),
+            404: err("unknown participant"), 409: err("not allowed in the participant's state")}
+
+
+SESSION = obj(["id", "held_on", "attendance", "minutes", "techniques", "engagement", "note", "outside_course"],
+              id=ID, held_on=D, attendance=enum("attended", "cancelled", "no_show"), minutes=NI, techniques=array(S),
+              engagement=NI, note=NS, outside_course=B)
+DOSE = obj(["planned", "attended", "logged", "dose", "course_start", "course_end"], planned=NI, attended=NI, logged=NI,
+           dose={"type": "number", "nullable": True}, course_start=D, course_end=D)
+ADHERENCE = obj(["arm", "label", "participants", "sessions_attended", "mean_dose", "received_minimum"], arm=S, label=S,
+                participants=COUNT, sessions_attended=COUNT, mean_dose={"type": "number", "nullable": True},
+                received_minimum=NI)
+COURSE = obj(["study_id", "arm", "sessions", "counselling"], study_id=S, arm=S, sessions=array(SESSION),
+             counselling=array(obj(["number", "held_on", "attended"], number=ID, held_on=D, attended=B)), dose=DOSE)
 
 
 def _created(obj, **extra):
@@ -24,58 +37,60 @@ def _created(obj, **extra):
 
 
 @route("/participants/<study_id>/sessions", "POST", "Log a music-therapy session", "therapist of the site",
-       request_schema={"type": "object", "required": ["held_on", "attendance"], "properties": {
-           "held_on": D, "attendance": {"type": "string", "enum": ["attended", "cancelled", "no_show"]},
-           "minutes": I, "techniques": {"type": "array", "items": S}, "engagement": I, "note": S}},
-       responses=CREATED)
+       request_schema=obj(["held_on", "attendance"], held_on=D, attendance=enum("attended", "cancelled", "no_show"),
+                          minutes={"type": "integer", "minimum": 0, "maximum": 240}, techniques=array(S),
+                          engagement={"type": "integer", "minimum": 1, "maximum": 5}, note=text(1000, False)),
+       responses=created(outside_course=B))
 def log_session(study_id):
     s = course.log_session(db(), actor(), study_id, body())
     return _created(s, outside_course=s.outside_course)
 
 
 @route("/participants/<study_id>/course", "GET", "Sessions, dose and counselling of one child (unblinded roles)",
-       "coordinator, therapist of the site; manager")
+       "coordinator, therapist of the site; manager",
+       responses={200: ok("the course", COURSE), 404: err("unknown or not randomized participant")})
 def participant_course(study_id):
     return jsonify(course.participant_course(db(), actor(), study_id))
 
 
 @route("/participants/<study_id>/counselling", "POST", "Log a parent-counselling session (every arm)", "coordinator of the site",
-       request_schema={"type": "object", "required": ["held_on"], "properties": {"held_on": D, "attended": B, "note": S}},
-       responses=CREATED)
+       request_schema=obj(["held_on"], held_on=D, attended=B, note=text(1000, False)),
+       responses=created(number=ID))
 def log_counselling(study_id):
     c = course.log_counselling(db(), actor(), study_id, body())
     return _created(c, number=c.number)
 
 
 @route("/participants/<study_id>/events", "POST", "Record a status event", "coordinator of the site",
-       request_schema={"type": "object", "required": ["type", "on", "reason"], "properties": {
-           "type": {"type": "string", "enum": ["withdrawn", "lost_to_follow_up", "discontinued_intervention",
-                                               "not_received", "died"]}, "on": D, "reason": S}},
-       responses=CREATED)
+       request_schema=obj(["type", "on", "reason"], type=enum("withdrawn", "lost_to_follow_up", "discontinued_intervention",
+                                                              "not_received", "died"), on=D, reason=text(500)),
+       responses=created())
 def create_event(study_id):
     return _created(status.record_event(db(), actor(), study_id, body()))
 
 
 @route("/participants/<study_id>/deviations", "POST", "Record a protocol deviation", "coordinator of the site",
-       request_schema={"type": "object", "required": ["on", "category", "description"], "properties": {
-           "on": D, "category": {"type": "string", "enum": list(status.DEVIATION_CATEGORIES)}, "description": S}},
-       responses=CREATED)
+       request_schema=obj(["on", "category", "description"], on=D, category=enum(*status.DEVIATION_CATEGORIES),
+                          description=text(2000)),
+       responses=created())
 def create_deviation(study_id):
     return _created(status.record_deviation(db(), actor(), study_id, body()))
 
 
 @route("/participants/<study_id>/blinding-breaks", "POST", "Report that the assessor's blinding was broken",
-       "assessor of the site", request_schema={"type": "object", "required": ["description"], "properties": {
-           "reported_on": D, "description": S}}, responses=CREATED)
+       "assessor of the site", request_schema=obj(["description"], reported_on={**ND, "description": "default: today at the site"},
+                                                  description=text(1000)),
+       responses=created())
 def report_blinding_break(study_id):
     return _created(outcomes.report_blinding_break(db(), actor(), study_id, body()))
 
 
 @route("/assessments/<int:assessment_id>/corrections", "POST", "Correct an assessment's values (reason required)",
        "assessor (blinded instruments) or coordinator (others) of the site",
-       request_schema={"type": "object", "required": ["values", "reason"], "properties": {
-           "values": {"type": "object"}, "reason": S}},
-       responses={200: "corrected", 400: {"description": "bad input", "schema": ERR}, 404: {"description": "unknown", "schema": ERR}})
+       request_schema=obj(["values", "reason"], values={"type": "object"}, reason=text(500)),
+       responses={200: ok("corrected", obj(["id", "values"], id=ID, values={"type": "object"})),
+                  400: err("bad input, naming the field"), 404: err("unknown assessment"),
+                  409: err("not allowed in the participant's state")})
 def correct_assessment(assessment_id):
     a = outcomes.correct_assessment(db(), actor(), assessment_id, body())
     db().commit()
@@ -83,7 +98,9 @@ def correct_assessment(assessment_id):
 
 
 @route("/participants/<study_id>/visits", "GET", "The visit schedule with windows and status (arm-independent)",
-       "coordinator, assessor of the site; manager")
+       "coordinator, assessor of the site; manager",
+       responses={200: ok("the schedule", obj(["study_id", "visits"], study_id=S, visits=array(VISIT), warning=S)),
+                  404: err("unknown participant")})
 def participant_visits(study_id):
     s = db()
     p = get_participant(s, actor(), study_id)
@@ -95,19 +112,21 @@ def participant_visits(study_id):
 
 
 @route("/visits", "GET", "Due, overdue or out-of-window visits", "coordinator, assessor (own sites); manager",
-       params=[{"name": "kind", "in": "query", "required": False, "schema": {"type": "string", "enum": ["due", "overdue", "out_of_window"]}},
-               {"name": "site", "in": "query", "required": False, "schema": S}])
+       params=[{"name": "kind", "in": "query", "required": False, "schema": enum("due", "overdue", "out_of_window")}] + SITE_QUERY,
+       responses={200: ok("visits", array(WORKLIST_ITEM)), 404: err("unknown site")})
 def visits():
     return jsonify(outcomes.worklist(db(), actor(), request.args.get("kind", "due"), request.args.get("site")))
 
 
 @route("/adherence", "GET", "Dose received by arm (unblinded roles)", "manager; coordinator, therapist (own sites)",
-       params=[{"name": "site", "in": "query", "required": False, "schema": S}])
+       params=SITE_QUERY,
+       responses={200: ok("dose by arm", array(ADHERENCE)), 404: err("unknown site")})
 def adherence():
     return jsonify(course.adherence_by_arm(db(), actor(), request.args.get("site")))
 
 
-@route("/notifications", "GET", "The caller's unread notifications", "anyone")
+@route("/notifications", "GET", "The caller's unread notifications", "anyone",
+       responses={200: ok("notifications", array(obj(["id", "message", "created_at"], id=ID, message=S, created_at=DT)))})
 def notifications():
     return jsonify([{"id": n.id, "message": n.message, "created_at": n.created_at.isoformat() + "Z"}
                     for n in outcomes.notifications_for(db(), actor())])

@@ -8,21 +8,20 @@ from trial.exports import service as exports
 from trial.lock import service as locks
 from trial.web import actor, db
 
-S, I = {"type": "string"}, {"type": "integer"}
-ERR = {"$ref": "#/components/schemas/Error"}
-SITE = [{"name": "site", "in": "query", "required": False, "schema": S}]
+from trial.api.schemas import CONSORT, DT, ID, NDT, NI, NS, OBJ, S, SITE_QUERY, array, enum, err, media, obj, ok, text
 
-
-def _err(d):
-    return {"description": d, "schema": ERR}
+SITE = SITE_QUERY
+LOCK = obj(["id", "kind", "version", "created_at", "signed_by", "meaning", "lifted_at", "lift_reason", "manifest_sha256"],
+           id=ID, kind=enum("soft", "hard"), version=NI, created_at=DT, signed_by=S, meaning=S, lifted_at=NDT,
+           lift_reason=NS, manifest_sha256=NS)
+PASSWORD = {"type": "string", "minLength": 1}
 
 
 @route("/locks", "POST", "Sign a soft or hard lock (a hard lock builds the locked dataset bundles)", "manager",
-       request_schema={"type": "object", "required": ["kind", "meaning", "password"], "properties": {
-           "kind": {"type": "string", "enum": ["soft", "hard"]}, "meaning": S, "password": S}},
-       responses={201: {"description": "locked", "schema": {"type": "object", "properties": {
-           "id": I, "kind": S, "created_at": {"type": "string", "format": "date-time"}}}},
-           400: _err("bad input or wrong password"), 409: _err("a lock is already in force")})
+       request_schema=obj(["kind", "meaning", "password"], kind=enum("soft", "hard"), meaning=text(500), password=PASSWORD),
+       responses={201: ok("locked", obj(["id", "kind", "version", "created_at"], id=ID, kind=enum("soft", "hard"), version=NI,
+                                        created_at=DT)),
+                  400: err("bad input or wrong password"), 409: err("a lock is already in force")})
 def create_lock():
     data = body()
     lock = locks.create_lock(db(), actor(), data.get("kind"), data.get("meaning"), data.get("password"))
@@ -32,8 +31,9 @@ def create_lock():
 
 
 @route("/locks/<int:lock_id>", "DELETE", "Lift a lock (reason and signature); a hard lock's snapshot stays", "manager",
-       request_schema={"type": "object", "required": ["reason", "password"], "properties": {"reason": S, "password": S}},
-       responses={200: "lifted", 400: _err("bad input or wrong password"), 404: _err("unknown lock"), 409: _err("not in force")})
+       request_schema=obj(["reason", "password"], reason=text(500), password=PASSWORD),
+       responses={200: ok("lifted", obj(["id", "kind", "lifted_at"], id=ID, kind=enum("soft", "hard"), lifted_at=DT)),
+                  400: err("bad input or wrong password"), 404: err("unknown lock"), 409: err("not in force")})
 def lift_lock(lock_id):
     data = body()
     lock = locks.lift_lock(db(), actor(), lock_id, data.get("reason"), data.get("password"))
@@ -42,14 +42,14 @@ def lift_lock(lock_id):
 
 
 @route("/locks", "GET", "Locks and the checksums of their bundles", "manager, statistician",
-       responses={200: {"description": "locks", "schema": {"type": "array", "items": {"type": "object", "properties": {
-           "id": I, "kind": S, "created_at": S, "signed_by": S, "manifest_sha256": S}}}}})
+       responses={200: ok("locks", array(LOCK))})
 def list_locks():
     return jsonify(locks.list_locks(db(), actor()))
 
 
 @route("/locks/<int:lock_id>/bundle.zip", "GET", "The locked dataset bundle (blinded until unblinding for statisticians)",
-       "manager, statistician", responses={200: "application/zip", 404: _err("no hard lock with that id")})
+       "manager, statistician", responses={200: {**media("the bundle", "application/zip"), "headers": {
+           "X-Content-SHA256": {"schema": S, "description": "SHA-256 of the zip"}}}, 404: err("no hard lock with that id")})
 def bundle(lock_id):
     b = locks.get_bundle(db(), actor(), lock_id)
     return Response(b.content, mimetype="application/zip", headers={
@@ -57,8 +57,9 @@ def bundle(lock_id):
 
 
 @route("/unblinding", "POST", "Unblind the trial (signed; only after a hard lock); reveals the seed", "manager",
-       request_schema={"type": "object", "required": ["meaning", "password"], "properties": {"meaning": S, "password": S}},
-       responses={201: "unblinded", 400: _err("bad input or wrong password"), 409: _err("no hard lock, or already unblinded")})
+       request_schema=obj(["meaning", "password"], meaning=text(500), password=PASSWORD),
+       responses={201: ok("unblinded", obj(["unblinded_at", "commitment"], unblinded_at=DT, commitment=S)),
+                  400: err("bad input or wrong password"), 409: err("no hard lock, or already unblinded")})
 def unblinding():
     data = body()
     design = locks.unblind(db(), actor(), data.get("meaning"), data.get("password"))
@@ -68,7 +69,8 @@ def unblinding():
 
 
 @route("/consort", "GET", "CONSORT counts (arm keys when unblinded, arm codes when blinded)", "manager, statistician",
-       params=SITE, responses={200: "the counts of API.md", 404: _err("unknown site"), 500: _err("the counts do not reconcile")})
+       params=SITE, responses={200: ok("the counts of API.md", CONSORT), 404: err("unknown site"),
+                               500: err("the counts do not reconcile (consort_inconsistent)")})
 def consort():
     out = exports.consort_counts(db(), actor(), request.args.get("site"))
     db().commit()
@@ -76,26 +78,30 @@ def consort():
 
 
 @route("/consort.svg", "GET", "The CONSORT flow diagram as SVG", "manager, statistician", params=SITE,
-       responses={200: "image/svg+xml"})
+       responses={200: media("the diagram", "image/svg+xml"), 404: err("unknown site")})
 def consort_svg():
     svg = exports.consort_svg(db(), actor(), request.args.get("site"))
     return Response(svg, mimetype="image/svg+xml")
 
 
 @route("/consort.pdf", "GET", "The CONSORT flow diagram and the baseline table as PDF", "manager, statistician", params=SITE,
-       responses={200: "application/pdf"})
+       responses={200: media("the diagram and Table 1", "application/pdf"), 404: err("unknown site")})
 def consort_pdf():
     return Response(exports.consort_pdf(db(), actor(), request.args.get("site")), mimetype="application/pdf",
                     headers={"Content-Disposition": 'inline; filename="consort.pdf"'})
 
 
 @route("/reports/baseline.csv", "GET", "Baseline characteristics by arm (Table 1) as CSV", "manager, statistician",
-       responses={200: "text/csv"})
+       responses={200: media("Table 1", "text/csv")})
 def baseline_csv():
     return Response(exports.baseline_csv(db(), actor()), mimetype="text/csv")
 
 
 @route("/reports/summary", "GET", "Recruitment and follow-up dates, primary-outcome data per visit, sessions delivered "
-       "per arm (unblinded), and the Bang blinding index per arm", "manager, statistician")
+       "per arm (unblinded), and the Bang blinding index per arm", "manager, statistician",
+       responses={200: ok("the summary", obj(["recruitment", "primary_outcome_data_by_visit", "blinding_index", "blinded"],
+                                             recruitment=OBJ, primary_outcome_data_by_visit=OBJ,
+                                             blinding_index=array(OBJ), blinded={"type": "boolean"},
+                                             sessions_delivered=OBJ))})
 def summary():
     return jsonify(exports.summary(db(), actor()))

@@ -9,33 +9,37 @@ from trial.protocol import service as protocol_service
 from trial.sites.service import list_sites
 from trial.web import actor, db
 
-S = {"type": "string"}
+from trial.api.schemas import B, COUNT, NS, OBJ, S, array, obj, ok
+from trial.sites.models import Site
+
+SITE = obj(["code", "name", "country", "target"], code=S, name=S, country=NS, target=COUNT, timezone=S, open=B)
 
 
-@route("/openapi.json", "GET", "This OpenAPI document", "public")
+@route("/openapi.json", "GET", "This OpenAPI document", "public", responses={200: ok("the document", OBJ)})
 def openapi():
     return jsonify(document(SPEC_PATHS))
 
 
-@route("/me", "GET", "The authenticated user", "anyone", responses={200: {"description": "user", "schema": {
-    "type": "object", "properties": {"email": S, "name": S, "roles": {"type": "array", "items": S},
-                                     "sites": {"type": "array", "items": S}}}}})
+@route("/me", "GET", "The authenticated user", "anyone", responses={200: ok("user", obj(
+    ["email", "name", "roles", "sites"], email=S, name=S, roles=array(S), sites=array(S),
+    role_sites=array(obj(["role", "site"], role=S, site=NS))))})
 def me():
     u = actor()
-    from trial.sites.models import Site
     codes = {s.id: s.code for s in db().query(Site).all()}
     return jsonify({"email": u.email, "name": u.name, "roles": sorted(u.role_names()),
                     "sites": sorted({codes[sid] for sid in u.site_ids()}),
                     "role_sites": [{"role": r.role, "site": codes.get(r.site_id)} for r in u.roles]})
 
 
-@route("/sites", "GET", "All sites", "anyone", responses={200: {"description": "sites", "schema": {
-    "type": "array", "items": {"type": "object", "properties": {"code": S, "name": S, "country": S, "target": {"type": "integer"}}}}}})
+@route("/sites", "GET", "All sites", "anyone", responses={200: ok("sites", array(SITE))})
 def sites():
     return jsonify([s.as_dict() for s in list_sites(db())])
 
 
-@route("/protocol", "GET", "The current protocol version", "anyone")
+@route("/protocol", "GET", "The current protocol version", "anyone", responses={200: ok("the protocol", obj(
+    ["version", "arms", "randomization", "criteria", "visits", "instruments", "primary_outcome"],
+    version=COUNT, arms=array(OBJ), randomization=OBJ, criteria=array(OBJ), visits=array(OBJ),
+    instruments=array(OBJ), primary_outcome=OBJ))})
 def protocol():
     s = db()
     return jsonify(protocol_service.public_view(s, protocol_service.current(s)))

@@ -13,7 +13,7 @@ from trial.status import service as status_service
 from trial.protocol.service import current as current_protocol
 from trial.randomize import service as randomization
 from trial.sites.service import list_sites
-from trial.web import actor, db, form_errors
+from trial.web import actor, db, form_errors, is_page_error
 
 bp = Blueprint("enrollment", __name__)
 
@@ -60,7 +60,7 @@ def randomize(study_id: str):
         flash(f"{study_id} is randomized.")
     except DomainError as e:
         s.rollback()
-        if e.status in (403, 404, 423):
+        if is_page_error(e):
             raise
         flash(e.message, "error")
     return redirect(url_for("enrollment.participant", study_id=study_id))

@@ -5,7 +5,7 @@ from flask import Blueprint, flash, redirect, render_template, url_for
 
 from trial.errors import DomainError
 from trial.grants import forms, service
-from trial.web import actor, db
+from trial.web import actor, db, is_page_error
 
 bp = Blueprint("grants", __name__)
 
@@ -26,7 +26,7 @@ def _decide(form, action, done: str):
             flash(done)
         except DomainError as e:
             db().rollback()
-            if e.status in (403, 404):
+            if is_page_error(e):
                 raise
             flash(e.message, "error")
     else:

@@ -9,7 +9,7 @@ from trial.exports import service as exports
 from trial.lock import forms, service
 from trial.randomize.service import get_design
 from trial.sites.service import list_sites
-from trial.web import actor, db
+from trial.web import actor, db, is_page_error
 
 bp = Blueprint("lock", __name__)
 
@@ -30,7 +30,7 @@ def _signed(form, action, done: str):
             flash(done)
         except DomainError as e:
             db().rollback()
-            if e.status in (403, 404):
+            if is_page_error(e):
                 raise
             flash(e.message, "error")
     else:

@@ -184,7 +184,8 @@ def report_blinding_break(db: Session, actor, study_id: str, data: dict) -> Blin
     require_site_role(db, actor, p.site_id, "assessor")
     ensure_writable(db)
     errors: dict[str, str] = {}
-    on = clinical_date(data.get("reported_on") or today(p.site.timezone), "reported_on", errors, today(p.site.timezone),
+    reported = data["reported_on"] if data.get("reported_on") is not None else today(p.site.timezone)
+    on = clinical_date(reported, "reported_on", errors, today(p.site.timezone),
                        not_before=(p.consent_date, "consent"))
     raw = data.get("description")
     desc = text(raw if isinstance(raw, str) else None, "description", errors, 1000)
