@@ -39,7 +39,7 @@ def list_grants(db: Session, actor, status: str | None = "pending") -> list[dict
     rows = db.execute(q.limit(500)).scalars().all()
     codes = dict(db.execute(select(Site.id, Site.code)).all())
     ids = {g.user_id for g in rows} | {g.decided_by_id for g in rows if g.decided_by_id}
-    emails = dict(db.execute(select(User.id, User.email).where(User.id.in_(ids)))) if ids else {}
+    emails = dict(db.execute(select(User.id, User.email).where(User.id.in_(ids))).all()) if ids else {}
     return [as_dict(g, codes, emails) for g in rows]
 
 
