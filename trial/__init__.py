@@ -19,5 +19,8 @@ def create_app(config: dict | None = None):
     app.extensions["trial.engine"] = engine
     app.extensions["trial.sessions"] = cfg.get("SESSION_FACTORY") or make_session_factory(engine)
     app.json.sort_keys = False  # keep the contract's field order
+    if cfg.get("PROXIES"):
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=cfg["PROXIES"], x_proto=cfg["PROXIES"])
     web.init_app(app)
     return app

@@ -43,6 +43,9 @@ def from_env(overrides: dict | None = None) -> dict:
         "WTF_CSRF_TIME_LIMIT": 8 * 3600,
         "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
         "JSON_SORT_KEYS": False,
+        # reverse proxies in front of the app whose X-Forwarded-For is trusted: login throttling
+        # counts per client address, which behind a proxy only this header knows
+        "PROXIES": int(os.environ.get("TRIAL_PROXIES", "0") or 0),
     }
     cfg.update(overrides or {})
     if not cfg["SECRET_KEY"]:
