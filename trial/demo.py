@@ -21,6 +21,7 @@ from trial.sites.models import Site
 from trial.sites.service import create_site
 from trial.status.service import record_event
 from trial.timeline import course_window
+from trial.timeline import today as local_today
 
 SITES = [
     ("AT01", "Vienna", "AT", "Europe/Vienna", 40), ("AU01", "Melbourne", "AU", "Australia/Melbourne", 40),
@@ -58,8 +59,8 @@ def load_demo(db: Session, participants_per_site: int = 10, seed: int = 2011) ->
     ok = {c["key"]: c["qualifying_answer"] for c in criteria}
     if get_design(db) is None:
         open_randomization(db, actor)
-    today = dt.date.today()
-    for code, *_ in SITES:
+    for code, _name, _cc, tz, _target in SITES:
+        today = local_today(tz)  # the site's date: east or west of UTC it may not be the server's
         for i in range(participants_per_site):
             screened = today - dt.timedelta(days=rng.randint(30, 400))
             answers = dict(ok)
