@@ -126,7 +126,7 @@ def reset_hwm() -> bool:
 
 def setup(codes: list[str], master: bytes) -> int:
     """Migrations, protocol, sites, the manager, open randomization (lists from ``master``)."""
-    from trial.auth.scope import CliActor
+    from trial.scope import CliActor
     from trial.auth.service import create_user
     from trial.db import make_engine, make_session_factory
     from trial.migrate import upgrade
@@ -618,7 +618,7 @@ def main() -> int:
 
         from sqlalchemy import func, select
         from trial.auth.models import User
-        from trial.auth.scope import CliActor
+        from trial.scope import CliActor
         from trial.db import make_engine, make_session_factory
         from trial.esign.models import Signature
         from trial.lock.models import LockBundle

@@ -91,7 +91,7 @@ def set_env(user: str, hostport: str, db: str) -> dict:
 def prepare(n_total: int) -> tuple[str, list[tuple[int, str, str]]]:
     """Sites, a coordinator with a token, open randomization and ``n_total`` ready participants.
     Returns the token and (participant id, study id, site code) for each participant."""
-    from trial.auth.scope import CliActor
+    from trial.scope import CliActor
     from trial.auth.service import create_user, issue_token
     from trial.db import make_engine, make_session_factory
     from trial.enrollment.service import enroll, record_screening
@@ -383,7 +383,7 @@ def integrity(dsn: str, ids: list[int], env: dict, lists: bool) -> bool:
     ok &= check(len(per) == len(ids) and set(per.values()) == {1}, f"each of the {len(ids)} participants allocated once"
                 f" ({len(per)} allocated, {sum(v > 1 for v in per.values())} more than once)")
     if lists:  # the app's arms against the lists, with the sealed seed in hand (as after unblinding)
-        from trial.auth.scope import CliActor
+        from trial.scope import CliActor
         from trial.db import make_engine, make_session_factory
         from trial.randomize.service import unseal_for_verification, verify
         engine = make_engine()

@@ -6,7 +6,7 @@ import datetime as dt
 import itertools
 
 from trial.auth import service as users
-from trial.auth.scope import CliActor
+from trial.scope import CliActor
 from trial.enrollment import service as enrollment
 from trial.outcomes import service as outcomes
 from trial.protocol.service import current, ensure_default

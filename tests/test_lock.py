@@ -26,7 +26,7 @@ from trial.audit import service as audit
 from trial.audit.models import AuditRecord
 from trial.auth import service as users
 from trial.auth.models import User
-from trial.auth.scope import CliActor
+from trial.scope import CliActor
 from trial.course.models import CounsellingSession, TherapySession
 from trial.db import utcnow
 from trial.enrollment import service as enrollment
@@ -34,7 +34,8 @@ from trial.enrollment.models import Participant, Screening
 from trial.timeline import today
 from trial.errors import Conflict
 from trial.esign.models import Signature
-from trial.lock.models import DataLock, LockBundle, TrialState
+from trial.lock.models import DataLock, LockBundle
+from trial.trialstate.models import TrialState
 from trial.outcomes import service as outcomes
 from trial.outcomes.models import Assessment, BlindingBreak
 from trial.randomize import service as randomization

@@ -1,7 +1,7 @@
 """TIME-A-style multi-site trial management and randomization system."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from trial.version import __version__  # noqa: F401
 
 
 def create_app(config: dict | None = None):

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import click
 
-from trial.auth.scope import CliActor
+from trial.scope import CliActor
 from trial.errors import DomainError
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -50,22 +52,6 @@ def default_url() -> str:
 
 def is_sqlite(bind) -> bool:
     return bind.dialect.name == "sqlite"
-
-
-def prebuilt(build):
-    """A statement built once per dialect and executed with bind parameters, for hot paths:
-    building a ``select()`` costs more Python than executing a cached one. ``build(dialect_name)``
-    returns the statement; the decorated function takes the session and returns it."""
-    built: dict[str, object] = {}
-
-    def get(db):
-        name = db.get_bind().dialect.name
-        stmt = built.get(name)
-        if stmt is None:
-            stmt = built[name] = build(name)
-        return stmt
-    get.__doc__ = build.__doc__
-    return get
 
 
 def make_engine(url: str | None = None, **kw) -> Engine:
@@ -206,6 +192,13 @@ def unavailable(e: BaseException) -> Unavailable | None:
         # psycopg without an SQLSTATE: refused, reset or closed connections
         return Unavailable(f"The database server cannot be reached.{_AFTER}", 30, "unreachable")
     return None
+
+
+def insert_ignore(db: Session, table, values: dict) -> None:
+    """INSERT that does nothing if the row already exists (two first-comers at once)."""
+    dialect = db.get_bind().dialect.name
+    ins = pg_insert if dialect == "postgresql" else sqlite_insert
+    db.execute(ins(table).values(**values).on_conflict_do_nothing())
 
 
 def lock_for_update(stmt, bind):

@@ -9,7 +9,7 @@ import random
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from trial.auth.scope import CliActor
+from trial.scope import CliActor
 from trial.auth.service import create_user
 from trial.course.service import log_counselling, log_session
 from trial.enrollment.service import enroll, record_screening

@@ -6,7 +6,8 @@ from trial.outcomes.models import Assessment, BlindingBreak, Notification  # noq
 from trial.course.models import CounsellingSession, TherapySession  # noqa: F401
 from trial.status.models import Deviation, StatusEvent  # noqa: F401
 from trial.esign.models import Signature  # noqa: F401
-from trial.lock.models import DataLock, LockBundle, TrialState  # noqa: F401
+from trial.lock.models import DataLock, LockBundle  # noqa: F401
+from trial.trialstate.models import TrialState  # noqa: F401
 from trial.protocol.models import ProtocolVersion  # noqa: F401
 from trial.randomize.models import Allocation, RandomizationDesign, SealedSeed, Stratum  # noqa: F401
 from trial.sites.models import Site  # noqa: F401

@@ -1,7 +1,7 @@
 """Who may call which route: every endpoint of the app is declared here. A route that is not
 declared is refused (and the test suite fails), so no route can be added without a policy.
 
-Roles decide *whether* a route may be called; site scoping and blinding (trial.auth.scope)
+Roles decide *whether* a route may be called; site scoping and blinding (trial.scope)
 decide *what* it shows.
 """
 from __future__ import annotations

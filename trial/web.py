@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from trial.db import unavailable
 from trial.errors import DomainError, ValidationError
 from trial.policy import ANY, POLICY, PUBLIC, QUERY_PARAMS
+from trial.version import __version__
 from trial.validation import CONTROL_MESSAGE, MAX_ID, has_control
 
 csrf = CSRFProtect()
@@ -247,7 +248,6 @@ def init_app(app: Flask) -> None:
 
     @app.context_processor
     def _ctx():
-        from trial import __version__
         return {"actor": actor() if request else None, "version": __version__}
 
     from trial.admin.views import bp as admin_bp

@@ -1,7 +1,7 @@
 """The OpenAPI 3 document, assembled from the routes' declarations."""
 from __future__ import annotations
 
-from trial import __version__
+from trial.version import __version__
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],

@@ -42,4 +42,28 @@ def sites():
     instruments=array(OBJ), primary_outcome=OBJ))})
 def protocol():
     s = db()
-    return jsonify(protocol_service.public_view(s, protocol_service.current(s)))
+    return jsonify(public_view(s, protocol_service.current(s)))
+
+
+def public_view(db, pv) -> dict:
+    """The protocol as API.md shows it."""
+    c = pv.content
+    site_levels = [s.code for s in list_sites(db)]
+    return {
+        "version": pv.version,
+        "trial": c["trial"],
+        "arms": [{k: a[k] for k in ("key", "label", "weight", "sessions_per_week")} for a in c["arms"]],
+        # block sizes are left out: with the ratio they would help predict the end of a block
+        "randomization": {"method": c["randomization"]["method"],
+                          "factors": [{"key": f["key"], "levels": site_levels if f["key"] == "site" else f["levels"]}
+                                      for f in c["randomization"]["factors"]]},
+        "criteria": c["criteria"],
+        "eligibility": c["eligibility"],
+        "course": c["course"],
+        "visits": [{k: v[k] for k in ("key", "label", "day", "window_before", "window_after", "primary")} for v in c["visits"]],
+        "instruments": [{"key": i["key"], "label": i["label"], "blinded": i["blinded"], "visits": i["visits"],
+                         "fields": [{k: f[k] for k in ("key", "label", "type", "min", "max", "required", "units", "choices")}
+                                    for f in i["fields"]]} for i in c["instruments"]],
+        "primary_outcome": c["primary_outcome"],
+    }
+

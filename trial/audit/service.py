@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from trial.audit.models import AuditAnchor, AuditHead, AuditRecord
 from trial.config import audit_key
-from trial.db import is_sqlite, prebuilt, utcnow
+from trial.cache import prebuilt
+from trial.db import is_sqlite, utcnow
 from trial.errors import DomainError
 
 GENESIS = "0" * 64
@@ -245,7 +246,7 @@ def reanchor(db: Session, actor="migration 0005") -> int:
 def visible_records(db: Session, user, entity: str | None = None, limit: int = 200, offset: int = 0):
     """Audit records the user may read. Only unblinded roles read the trail, and records that
     reveal an allocation are withheld from anyone the trial still blinds."""
-    from trial.auth.scope import is_blinded
+    from trial.scope import is_blinded
     q = select(AuditRecord).order_by(AuditRecord.seq.desc())
     if entity:
         q = q.where(AuditRecord.entity == entity)

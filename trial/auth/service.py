@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session, joinedload
 
 from trial.audit import service as audit
 from trial.auth.models import COUNTERSIGNED_ROLES, ROLES, SITE_ROLES, ApiToken, LoginAttempt, RoleAssignment, RoleGrant, User
-from trial.auth.scope import is_cli, require_role
-from trial.db import prebuilt, utcnow
+from trial.scope import is_cli, require_role
+from trial.cache import prebuilt
+from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.sites.models import Site
 from trial.validation import has_control, refuse, text

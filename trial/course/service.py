@@ -1,7 +1,7 @@
 """Sessions of the music-therapy arms, parent counselling for all, dose and adherence.
 
 Session data is allocation data (the arms differ in frequency): every reader here must be
-unblinded for the participant's site (trial.auth.scope.can_see_arm)."""
+unblinded for the participant's site (trial.scope.can_see_arm)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,12 +10,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.auth.scope import can_see_arm, require_site_role
+from trial.scope import can_see_arm, require_site_role
 from trial.course.models import ATTENDANCE, CounsellingSession, TherapySession
 from trial.enrollment.models import Participant
 from trial.enrollment.service import get_participant
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
-from trial.lock.service import ensure_writable
+from trial.trialstate.service import ensure_writable
 from trial.protocol.service import current as current_protocol
 from trial.randomize.models import Allocation
 from trial.sites.models import Site
@@ -140,7 +140,7 @@ def dose(db: Session, p: Participant, alloc: Allocation, content: dict, sessions
 
 def adherence_by_arm(db: Session, actor, site_code: str | None = None) -> list[dict]:
     """Dose received per arm (unblinded managers; coordinators and therapists for their sites)."""
-    from trial.auth.scope import visible_site_ids
+    from trial.scope import visible_site_ids
     sites = visible_site_ids(db, actor, "coordinator", "therapist", "manager")
     if not actor.has_role("manager", "coordinator", "therapist"):
         raise Forbidden("Adherence by arm reveals allocations; your role is blinded.")

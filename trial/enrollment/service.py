@@ -8,11 +8,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.auth.scope import can_see_arm, is_cli, require_site_role, visible_site_ids
+from trial.scope import can_see_arm, is_cli, require_site_role, visible_site_ids
 from trial.db import lock_for_update
 from trial.enrollment.models import Participant, Screening, SiteSequence
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
-from trial.lock.service import ensure_writable
+from trial.trialstate.service import ensure_writable
 from trial.protocol.service import current as current_protocol
 from trial.sites.models import Site
 from trial.sites.service import get_by_code

@@ -5,7 +5,7 @@ import secrets
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 
-from trial.auth.scope import can_see_arm
+from trial.scope import can_see_arm
 from trial.enrollment import forms, service
 from trial.errors import DomainError
 from trial.outcomes import service as outcomes

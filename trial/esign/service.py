@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.auth.scope import is_cli
+from trial.scope import is_cli
 from trial.auth.service import check_password
 from trial.db import utcnow
 from trial.errors import Forbidden, ValidationError

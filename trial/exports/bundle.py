@@ -11,7 +11,7 @@ import zipfile
 
 from sqlalchemy.orm import Session
 
-from trial import __version__
+from trial.version import __version__
 from trial.exports import formats, odm
 from trial.exports.dataset import DUMMY_LABEL, build_tables
 from trial.protocol.models import ProtocolVersion
@@ -66,7 +66,7 @@ class _Zip:
 
 def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = None) -> tuple[bytes, str, str]:
     """Return (zip bytes, sha256 of the zip, sha256 of the manifest)."""
-    from trial.auth.scope import CliActor
+    from trial.scope import CliActor
     from trial.exports.consort import consort
     from trial.exports.reports import bang_index, baseline_table, table_csv, trial_facts
     when = lock.created_at

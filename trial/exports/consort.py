@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from trial.auth.scope import is_blinded, require_role
+from trial.scope import is_blinded, require_role
 from trial.errors import DomainError
 from trial.course.models import TherapySession
 from trial.enrollment.models import Participant, Screening

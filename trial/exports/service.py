@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from trial.auth.scope import is_blinded, require_role
+from trial.scope import is_blinded, require_role
 from trial.exports import drawing, reports
 from trial.exports.consort import consort
 from trial.protocol.service import current as current_protocol

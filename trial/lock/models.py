@@ -24,16 +24,6 @@ class DataLock(Base):
     dummy_seed: Mapped[str | None] = mapped_column(String(64))
 
 
-class TrialState(Base):
-    """A single row: the lock in force. Writers hold it FOR SHARE, lock changes FOR UPDATE, so a
-    lock never lands in the middle of a write."""
-
-    __tablename__ = "trial_state"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    active_lock_id: Mapped[int | None] = mapped_column(ForeignKey("data_lock.id"))
-
-
 class LockBundle(Base):
     """The locked dataset bundle of a hard lock, built once and never changed: ``blinded`` (arm
     codes, no session data) and ``unblinded``."""

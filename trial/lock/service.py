@@ -1,8 +1,9 @@
 """Locks, electronic signatures and unblinding.
 
 A soft lock freezes data entry; a hard lock also builds the locked dataset bundles. While a lock
-is in force every clinical write refuses with 423 (:func:`ensure_writable`, called by every
-write service). Unblinding is a signed event after a hard lock: it reveals the seed.
+is in force every clinical write refuses with 423 (trial.trialstate.service.ensure_writable,
+called by every write service). Unblinding is a signed event after a hard lock: it reveals the
+seed.
 """
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.auth.scope import is_blinded, is_cli, require_role
-from trial.db import is_sqlite, utcnow
-from trial.errors import Conflict, Locked, NotFound, ValidationError
+from trial.scope import is_blinded, is_cli, require_role
+from trial.db import utcnow
+from trial.errors import Conflict, NotFound, ValidationError
 from trial.esign.models import Signature
 from trial.esign.service import sign
-from trial.lock.models import DataLock, LockBundle, TrialState
+from trial.lock.models import DataLock, LockBundle
+from trial.trialstate.service import active_lock_id
+from trial.trialstate.service import state as trial_state
 from trial.validation import refuse, text
 
 KINDS = ("soft", "hard")
@@ -28,55 +31,21 @@ def new_dummy_seed() -> str:
     return secrets.token_hex(32)
 
 
-def _state(db: Session, update: bool = False) -> TrialState:
-    q = select(TrialState).where(TrialState.id == 1).execution_options(populate_existing=True)
-    if not is_sqlite(db.get_bind()):
-        q = q.with_for_update(read=not update)
-    return db.execute(q).scalar_one()
-
-
 def active_lock(db: Session) -> DataLock | None:
-    state = db.execute(select(TrialState).where(TrialState.id == 1)).scalar_one()
-    return db.get(DataLock, state.active_lock_id) if state.active_lock_id else None
+    lock_id = active_lock_id(db)
+    return db.get(DataLock, lock_id) if lock_id else None
 
 
-def ensure_writable(db: Session) -> None:
-    """Refuse a clinical write while a lock is in force (423). Holds the trial state FOR SHARE
-    so a lock cannot be signed in the middle of this transaction."""
-    state = _state(db)
-    if state.active_lock_id is not None:
-        _refuse(db, state.active_lock_id)
-
-
-def writable_query(dialect: str, *columns):
-    """The statement for :func:`check_writable`: the active lock and ``columns`` (scalar
-    subqueries read in the same round trip), with the trial state FOR SHARE on PostgreSQL."""
-    t = TrialState.__table__
-    q = select(t.c.active_lock_id, *columns).where(t.c.id == 1)
-    return q if dialect == "sqlite" else q.with_for_update(read=True, of=t)
-
-
-def check_writable(db: Session, stmt):
-    """:func:`ensure_writable` for a hot path, with a statement from :func:`writable_query`.
-    Returns the values of its extra columns."""
-    row = db.execute(stmt).one()
-    if row[0] is not None:
-        _refuse(db, row[0])
-    return row[1:]
-
-
-def _refuse(db: Session, lock_id: int):
-    lock = db.get(DataLock, lock_id)
-    sig = db.get(Signature, lock.signature_id)
-    raise Locked(f"The database is {lock.kind}-locked (lock {lock.id}, signed by {sig.printed_name} on "
-                 f"{lock.created_at:%Y-%m-%d %H:%M} UTC): no data can be entered or changed.")
+def _notice(lock: DataLock, sig: Signature) -> str:
+    return (f"{lock.kind}-locked (lock {lock.id}, signed by {sig.printed_name} on "
+            f"{lock.created_at:%Y-%m-%d %H:%M} UTC)")
 
 
 def create_lock(db: Session, actor, kind: str, meaning: str, password: str) -> DataLock:
     require_role(db, actor, "manager")
     if kind not in KINDS:
         raise ValidationError("kind must be soft or hard", {"kind": "must be soft or hard"})
-    state = _state(db, update=True)
+    state = trial_state(db, update=True)
     current = db.get(DataLock, state.active_lock_id) if state.active_lock_id else None
     if current is not None and (current.kind == "hard" or kind == "soft"):
         raise Conflict(f"A {current.kind} lock (lock {current.id}) is already in force.")
@@ -93,7 +62,7 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str) -> D
         current.lifted_at, current.lift_reason, current.lift_signature_id = sig.signed_at, f"superseded by hard lock {lock.id}", sig.id
         audit.record(db, actor, "lift", "data_lock", current.id, {"lifted_at": (None, current.lifted_at)},
                      reason=current.lift_reason)
-    state.active_lock_id = lock.id
+    state.active_lock_id, state.lock_notice = lock.id, _notice(lock, sig)
     audit.created(db, actor, "data_lock", lock.id, {"kind": kind, "version": version, "signature": sig.id})
     if kind == "hard":
         from trial.exports.bundle import build_bundles
@@ -106,7 +75,7 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str) -> D
 
 def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str) -> DataLock:
     require_role(db, actor, "manager")
-    state = _state(db, update=True)
+    state = trial_state(db, update=True)
     lock = db.get(DataLock, lock_id)
     if lock is None:
         raise NotFound(f"No lock {lock_id}.")
@@ -117,7 +86,7 @@ def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str) -> D
     refuse("The lock was not lifted", errors)
     sig = sign(db, actor, password, f"Lift {lock.kind} lock {lock.id}: {reason}", f"lift_{lock.kind}_lock")
     lock.lifted_at, lock.lift_reason, lock.lift_signature_id = sig.signed_at, reason, sig.id
-    state.active_lock_id = None
+    state.active_lock_id, state.lock_notice = None, None
     audit.record(db, actor, "lift", "data_lock", lock.id, {"lifted_at": (None, lock.lifted_at)}, reason=lock.lift_reason)
     return lock
 
@@ -125,7 +94,7 @@ def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str) -> D
 def unblind(db: Session, actor, meaning: str, password: str):
     from trial.randomize.service import get_design, master_seed
     require_role(db, actor, "manager")
-    state = _state(db, update=True)
+    state = trial_state(db, update=True)
     lock = db.get(DataLock, state.active_lock_id) if state.active_lock_id else None
     if lock is None or lock.kind != "hard":
         raise Conflict("Unblinding needs a hard lock in force: lock the database first.")
@@ -136,7 +105,7 @@ def unblind(db: Session, actor, meaning: str, password: str):
         raise Conflict(f"The trial was unblinded on {design.unblinded_at:%Y-%m-%d %H:%M} UTC.")
     sig = sign(db, actor, password, meaning, "unblinding")
     design.revealed_seed = master_seed(db, design).hex()
-    design.unblinded_at = sig.signed_at
+    design.unblinded_at = state.unblinded_at = sig.signed_at
     db.info.pop("unblinded", None)
     audit.record(db, actor, "unblind", "randomization", design.id, {"unblinded_at": (None, design.unblinded_at),
                                                                    "revealed_seed": (None, design.revealed_seed)},

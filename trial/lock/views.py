@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 
-from trial.auth.scope import is_blinded
+from trial.scope import is_blinded
 from trial.errors import DomainError
 from trial.exports import service as exports
 from trial.lock import forms, service

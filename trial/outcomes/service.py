@@ -8,10 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.auth.scope import require_site_role
+from trial.scope import require_site_role
 from trial.enrollment.service import get_participant
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
-from trial.lock.service import ensure_writable
+from trial.trialstate.service import ensure_writable
 from trial.outcomes.models import GUESSES, Assessment, BlindingBreak, Notification
 from trial.protocol.service import current as current_protocol
 from trial.sites.models import Site
@@ -231,7 +231,7 @@ def notifications_for(db: Session, actor, unread_only: bool = True) -> list[Noti
 def _role_instruments(content: dict, actor, site_id: int) -> list[dict]:
     """Instruments the actor's role at this site enters: blinded ones for assessors, others for
     coordinators; managers see all."""
-    from trial.auth.scope import is_cli
+    from trial.scope import is_cli
     if is_cli(actor) or actor.has_role("manager"):
         return content["instruments"]
     roles = {r.role for r in actor.roles if r.site_id in (None, site_id)}

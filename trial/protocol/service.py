@@ -8,12 +8,14 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
+from trial import cache
 from trial.audit import service as audit
-from trial.auth.scope import require_role
+from trial.scope import require_role
 from trial.db import PROJECT_ROOT
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.protocol.models import ProtocolVersion
 from trial.protocol.schema import ProtocolError, parse
+from trial.trialstate.service import ensure_writable, randomization_opened
 
 DEFAULT_PROTOCOL = PROJECT_ROOT / "config" / "protocols" / "time-a.toml"
 
@@ -31,9 +33,6 @@ def current(db: Session) -> ProtocolVersion:
     return pv
 
 
-_CONTENT_BY_SHA: dict[str, dict[str, Any]] = {}
-
-
 def latest_sha_column():
     """The current version's SHA-256, as a scalar subquery to read along with something else."""
     return (select(ProtocolVersion.sha256).order_by(ProtocolVersion.version.desc()).limit(1)
@@ -42,18 +41,13 @@ def latest_sha_column():
 
 def content_by_sha(db: Session, sha: str | None) -> dict[str, Any]:
     """The parsed content of the protocol text with this SHA-256, read once per process (the
-    content is a pure function of the text). For hot paths that read the SHA with
+    content is a pure function of the text: trial.cache). For hot paths that read the SHA with
     :func:`latest_sha_column`; treat the result as read-only."""
     if sha is None:
         raise NotFound("No protocol is loaded; run `trial db upgrade` or `trial protocol load PATH`.")
-    content = _CONTENT_BY_SHA.get(sha)
-    if content is None:
-        content = db.execute(select(ProtocolVersion.content).where(ProtocolVersion.sha256 == sha)
-                             .order_by(ProtocolVersion.version.desc()).limit(1)).scalar_one()
-        if len(_CONTENT_BY_SHA) > 64:
-            _CONTENT_BY_SHA.clear()
-        _CONTENT_BY_SHA[sha] = content
-    return content
+    return cache.protocol_content.get(sha, lambda: db.execute(
+        select(ProtocolVersion.content).where(ProtocolVersion.sha256 == sha)
+        .order_by(ProtocolVersion.version.desc()).limit(1)).scalar_one())
 
 
 def versions(db: Session, actor) -> list[ProtocolVersion]:
@@ -65,7 +59,6 @@ def versions(db: Session, actor) -> list[ProtocolVersion]:
 def load_text(db: Session, actor, text: str, source_name: str = "protocol") -> ProtocolVersion:
     """Validate and store a protocol as the new current version (no-op if identical)."""
     require_role(db, actor, "admin")
-    from trial.lock.service import ensure_writable
     ensure_writable(db)
     try:
         content = parse(text)
@@ -91,9 +84,7 @@ def load_text(db: Session, actor, text: str, source_name: str = "protocol") -> P
 
 def _check_amendment(db: Session, old: dict, new: dict) -> None:
     """Once randomization is open the arms and the randomization design are fixed."""
-    from trial.randomize.models import RandomizationDesign
-    opened = db.execute(select(RandomizationDesign.id)).first() is not None
-    if not opened:
+    if randomization_opened(db) is None:
         return
     if old["trial"]["key"] != new["trial"]["key"]:
         raise Conflict("An amendment cannot change the trial key.")
@@ -115,27 +106,3 @@ def ensure_default(db: Session, actor) -> ProtocolVersion | None:
     if db.execute(select(ProtocolVersion.id)).first() is None:
         return load_file(db, actor, DEFAULT_PROTOCOL)
     return None
-
-
-def public_view(db: Session, pv: ProtocolVersion) -> dict[str, Any]:
-    """The protocol as API.md shows it."""
-    from trial.sites.service import list_sites
-    c = pv.content
-    site_levels = [s.code for s in list_sites(db)]
-    return {
-        "version": pv.version,
-        "trial": c["trial"],
-        "arms": [{k: a[k] for k in ("key", "label", "weight", "sessions_per_week")} for a in c["arms"]],
-        # block sizes are left out: with the ratio they would help predict the end of a block
-        "randomization": {"method": c["randomization"]["method"],
-                          "factors": [{"key": f["key"], "levels": site_levels if f["key"] == "site" else f["levels"]}
-                                      for f in c["randomization"]["factors"]]},
-        "criteria": c["criteria"],
-        "eligibility": c["eligibility"],
-        "course": c["course"],
-        "visits": [{k: v[k] for k in ("key", "label", "day", "window_before", "window_after", "primary")} for v in c["visits"]],
-        "instruments": [{"key": i["key"], "label": i["label"], "blinded": i["blinded"], "visits": i["visits"],
-                         "fields": [{k: f[k] for k in ("key", "label", "type", "min", "max", "required", "units", "choices")}
-                                    for f in i["fields"]]} for i in c["instruments"]],
-        "primary_outcome": c["primary_outcome"],
-    }

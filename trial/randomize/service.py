@@ -15,14 +15,17 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from trial import cache
 from trial.audit import service as audit
-from trial.auth.scope import is_cli, require_role, require_site_role
+from trial.scope import is_cli, require_role, require_site_role
 from trial.config import seal_key
-from trial.db import prebuilt, utcnow
+from trial.cache import prebuilt
+from trial.db import utcnow
 from trial.enrollment.models import Participant, Screening
 from trial.enrollment.service import _insert_ignore, check_visible
 from trial.errors import Conflict, NotFound, ValidationError
-from trial.lock.service import check_writable, ensure_writable, writable_query
+from trial.trialstate.service import check_writable, ensure_writable, writable_query
+from trial.trialstate.service import state as trial_state
 from trial.protocol.service import content_by_sha, latest_sha_column
 from trial.protocol.service import current as current_protocol
 from trial.randomize import lists, minimization
@@ -51,16 +54,12 @@ def _unseal_cached(ciphertext: bytes, key: str) -> bytes:
                        "from the one used when randomization was opened).") from e
 
 
-_SEALED: dict[tuple[int, str], bytes] = {}
-
-
 def master_seed(db: Session, design: RandomizationDesign | DesignView) -> bytes:
     """The sealed seed, for allocation inside this process only. Never returned to a user. The
     sealed row never changes once written, so its ciphertext is kept per (design, commitment)."""
-    key = (design.id, design.commitment)
-    if key not in _SEALED:
-        _SEALED[key] = bytes(db.get(SealedSeed, design.id).ciphertext)
-    return _unseal_cached(_SEALED[key], seal_key())
+    ciphertext = cache.sealed_seeds.get((design.id, design.commitment),
+                                        lambda: bytes(db.get(SealedSeed, design.id).ciphertext))
+    return _unseal_cached(ciphertext, seal_key())
 
 
 # --- design ----------------------------------------------------------------------------------
@@ -78,26 +77,19 @@ class DesignView:
     commitment: str
 
 
-_DESIGNS: dict[tuple[int, str], DesignView] = {}
-
-
 def _design_columns():
     return (select(RandomizationDesign.id).limit(1).scalar_subquery().label("design_id"),
             select(RandomizationDesign.commitment).limit(1).scalar_subquery().label("design_commitment"))
 
 
 def _design_view(db: Session, design_id: int, commitment: str) -> DesignView:
-    """The design row, read once per process: it never changes once opened, and its commitment
-    (a hash over the design and the seed) with its id names it."""
-    view = _DESIGNS.get((design_id, commitment))
-    if view is None:
+    """The design row, read once per process (trial.cache): it never changes once opened, and its
+    commitment (a hash over the design and the seed) with its id names it."""
+    def load():
         row = db.execute(select(RandomizationDesign.method, RandomizationDesign.design)
                          .where(RandomizationDesign.id == design_id, RandomizationDesign.commitment == commitment)).one()
-        view = DesignView(design_id, row.method, row.design, commitment)
-        if len(_DESIGNS) > 64:
-            _DESIGNS.clear()
-        _DESIGNS[design_id, commitment] = view
-    return view
+        return DesignView(design_id, row.method, row.design, commitment)
+    return cache.designs.get((design_id, commitment), load)
 
 
 def _arms(design: dict) -> tuple[tuple[str, int], ...]:
@@ -152,6 +144,7 @@ def open_randomization(db: Session, actor, seed: bytes | None = None) -> Randomi
     db.add(row)
     db.flush()
     db.add(SealedSeed(design_id=row.id, ciphertext=seal(master)))
+    trial_state(db, update=True).randomization_opened_at = row.opened_at or utcnow()
     for key in _stratum_keys_for_sites(design, sites):
         _new_stratum(db, design, master, key, _site_id_of(db, key))
     db.flush()

@@ -8,9 +8,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.auth.scope import require_role
+from trial.scope import require_role
 from trial.errors import Conflict, NotFound, ValidationError
-from trial.lock.service import ensure_writable
+from trial.trialstate.service import ensure_writable
 from trial.sites.models import Site
 from trial.validation import text
 

@@ -7,11 +7,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.auth.scope import require_site_role
+from trial.scope import require_site_role
 from trial.enrollment.models import Participant
 from trial.enrollment.service import get_participant
 from trial.errors import Conflict
-from trial.lock.service import ensure_writable
+from trial.trialstate.service import ensure_writable
 from trial.status.models import EVENT_TYPES, FINAL_EVENTS, Deviation, StatusEvent
 from trial.timeline import today
 from trial.validation import clinical_date, refuse, text
@@ -101,7 +101,7 @@ def record_deviation(db: Session, actor, study_id: str, data: dict) -> Deviation
 def deviations_of(db: Session, actor, p: Participant) -> list[Deviation]:
     """Deviations of one participant, for unblinded readers (an intervention deviation implies an
     intervention)."""
-    from trial.auth.scope import can_see_arm
+    from trial.scope import can_see_arm
     if not can_see_arm(db, actor, p.site_id):
         return []
     return list(db.execute(select(Deviation).where(Deviation.participant_id == p.id).order_by(Deviation.on)).scalars())

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from trial.errors import Forbidden
+from trial.trialstate.service import trial_unblinded
 
 UNBLINDED_SITE_ROLES = ("coordinator", "therapist")
 
@@ -63,17 +64,6 @@ def visible_site_ids(db: Session, actor, *roles: str) -> set[int] | None:
         return None
     wanted = tuple(r for r in (roles or ("coordinator", "therapist", "assessor")) if r in ("coordinator", "therapist", "assessor"))
     return actor.site_ids(*wanted)
-
-
-def trial_unblinded(db: Session) -> bool:
-    """Read once per transaction (lists ask it for every row)."""
-    if "unblinded" not in db.info:
-        from sqlalchemy import select
-
-        from trial.randomize.models import RandomizationDesign
-        db.info["unblinded"] = db.execute(select(RandomizationDesign.id).where(
-            RandomizationDesign.unblinded_at.is_not(None))).first() is not None
-    return db.info["unblinded"]
 
 
 def can_see_arm(db: Session, actor, site_id: int | None) -> bool:

@@ -1,0 +1,54 @@
+"""Per-process caches for hot paths, in one place.
+
+Every entry here is **immutable once written and keyed by what names it**: a protocol's content
+by the SHA-256 of its text, a randomization design and its sealed seed by (design id,
+commitment), a prebuilt SQL statement by dialect. Nothing cached can go stale: a new protocol
+version has a new SHA-256, and a design never changes once opened (its commitment, a hash over
+the design and the seed, would not match). So several app servers and worker processes may each
+keep their own copy, and randomization safety still comes from the database alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+
+class Immutable:
+    """A bounded dict of immutable values: when full it starts again (entries are cheap to reload)."""
+
+    def __init__(self, name: str, limit: int = 64):
+        self.name, self.limit = name, limit
+        self._data: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
+        value = self._data.get(key)
+        if value is None:
+            value = load()
+            if len(self._data) >= self.limit:
+                self._data.clear()
+            self._data[key] = value
+        return value
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+protocol_content = Immutable("protocol content by the SHA-256 of its text")
+designs = Immutable("randomization design by (id, commitment)")
+sealed_seeds = Immutable("sealed-seed ciphertext by (design id, commitment)")
+
+
+def prebuilt(build):
+    """A statement built once per dialect and executed with bind parameters, for hot paths:
+    building a ``select()`` costs more Python than executing a cached one. ``build(dialect_name)``
+    returns the statement; the decorated function takes the session and returns it."""
+    built: dict[str, object] = {}
+
+    def get(db):
+        name = db.get_bind().dialect.name
+        stmt = built.get(name)
+        if stmt is None:
+            stmt = built[name] = build(name)
+        return stmt
+    get.__doc__ = build.__doc__
+    return get
