@@ -32,9 +32,12 @@ demo: install
 	@echo "Serving on http://127.0.0.1:$(PORT) (Ctrl-C to stop)"
 	TRIAL_DATABASE_URL=sqlite:///$(CURDIR)/instance/demo.db $(BIN)/trial serve --port $(PORT)
 
-# Install the dev extras and run the whole suite (SQLite; set TRIAL_TEST_DATABASE_URL for PostgreSQL)
+# Install the dev extras, check the layers (import-linter) and run the whole suite on every core
+# (SQLite; set TRIAL_TEST_DATABASE_URL for PostgreSQL). PYTEST_ARGS adds options, e.g. -k lock.
+WORKERS ?= auto
 test: install-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -n $(WORKERS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache build *.egg-info

@@ -126,12 +126,12 @@ def reset_hwm() -> bool:
 
 def setup(codes: list[str], master: bytes) -> int:
     """Migrations, protocol, sites, the manager, open randomization (lists from ``master``)."""
-    from trial.scope import CliActor
     from trial.auth.service import create_user
     from trial.db import make_engine, make_session_factory
     from trial.migrate import upgrade
     from trial.protocol.service import ensure_default
     from trial.randomize.service import open_randomization
+    from trial.scope import CliActor
     from trial.sites.service import create_site
 
     cli = CliActor(email="cli:bench")
@@ -617,13 +617,14 @@ def main() -> int:
               f" arms {b['arms']}; {b['weeks']} weeks of sessions per music-therapy child")
 
         from sqlalchemy import func, select
+
         from trial.auth.models import User
-        from trial.scope import CliActor
         from trial.db import make_engine, make_session_factory
         from trial.esign.models import Signature
         from trial.lock.models import LockBundle
         from trial.lock.service import create_lock
         from trial.randomize.service import verify
+        from trial.scope import CliActor
         engine = make_engine()
         factory = make_session_factory(engine)
         with factory() as db:

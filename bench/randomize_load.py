@@ -91,7 +91,6 @@ def set_env(user: str, hostport: str, db: str) -> dict:
 def prepare(n_total: int) -> tuple[str, list[tuple[int, str, str]]]:
     """Sites, a coordinator with a token, open randomization and ``n_total`` ready participants.
     Returns the token and (participant id, study id, site code) for each participant."""
-    from trial.scope import CliActor
     from trial.auth.service import create_user, issue_token
     from trial.db import make_engine, make_session_factory
     from trial.enrollment.service import enroll, record_screening
@@ -99,6 +98,7 @@ def prepare(n_total: int) -> tuple[str, list[tuple[int, str, str]]]:
     from trial.outcomes.service import record_assessment
     from trial.protocol.service import current, ensure_default
     from trial.randomize.service import open_randomization
+    from trial.scope import CliActor
     from trial.sites.service import create_site
 
     cli = CliActor(email="cli:bench")
@@ -383,9 +383,9 @@ def integrity(dsn: str, ids: list[int], env: dict, lists: bool) -> bool:
     ok &= check(len(per) == len(ids) and set(per.values()) == {1}, f"each of the {len(ids)} participants allocated once"
                 f" ({len(per)} allocated, {sum(v > 1 for v in per.values())} more than once)")
     if lists:  # the app's arms against the lists, with the sealed seed in hand (as after unblinding)
-        from trial.scope import CliActor
         from trial.db import make_engine, make_session_factory
         from trial.randomize.service import unseal_for_verification, verify
+        from trial.scope import CliActor
         engine = make_engine()
         with make_session_factory(engine)() as db:
             v = verify(db, CliActor(), unseal_for_verification(db, CliActor()))

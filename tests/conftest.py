@@ -21,6 +21,7 @@ os.environ["TRIAL_ENV"] = "development"
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
+import trial.models  # noqa: E402,F401  every model registered, as the app and the CLI do
 from trial.db import TrialSession, make_engine  # noqa: E402
 from trial.migrate import upgrade  # noqa: E402
 
@@ -116,12 +117,28 @@ def world(db, app):
     return w
 
 
+def _schemathesis_stats() -> dict:
+    import sys
+    return getattr(sys.modules.get("tests.test_schemathesis"), "STATS", None) or {}
+
+
+_WORKER_STATS: dict = {}
+
+
+def pytest_sessionfinish(session):
+    """A pytest-xdist worker hands its schemathesis figures to the controller."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["schemathesis"] = _schemathesis_stats()
+
+
+def pytest_testnodedown(node, error):
+    _WORKER_STATS.update(getattr(node, "workeroutput", {}).get("schemathesis", {}))
+
+
 def pytest_terminal_summary(terminalreporter):
     """What schemathesis ran, when it ran: operations, generated cases, requests (one per role per
     case) and the statuses seen."""
-    import sys
-    mod = sys.modules.get("tests.test_schemathesis")
-    stats = getattr(mod, "STATS", None)
+    stats = _schemathesis_stats() or _WORKER_STATS
     if not stats:
         return
     statuses: dict = {}

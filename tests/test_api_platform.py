@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from trial.api import SPEC_PATHS
+from trial.api.routing import SPEC_PATHS
 
 
 def test_me(world):

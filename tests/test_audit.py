@@ -11,9 +11,9 @@ from tests.conftest import is_pg
 from tests.helpers import CLI, PASSWORD
 from trial.audit import service as audit
 from trial.audit.models import AuditRecord
-from trial.randomize.models import Allocation
 from trial.auth import service as users
 from trial.enrollment import service as enrollment
+from trial.participants.models import Allocation
 from trial.protocol.service import DEFAULT_PROTOCOL, load_text
 from trial.randomize import service as randomization
 from trial.sites import service as sites

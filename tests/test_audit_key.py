@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select, text
 
 from tests.conftest import FreshDatabase, is_pg
-from tests.test_cli import Db, one_line_error, ok
+from tests.test_cli import Db, ok, one_line_error
 from trial.audit import service as audit
 from trial.audit.models import AuditAnchor, AuditHead, AuditRecord
 from trial.db import make_session_factory

@@ -21,10 +21,9 @@ from tests.helpers import CLI, PASSWORD, World
 from trial.course.service import log_counselling, log_session
 from trial.db import make_session_factory
 from trial.enrollment import service as enrollment
-from trial.outcomes.models import Assessment
 from trial.outcomes.service import record_assessment
+from trial.participants.models import Allocation, Assessment
 from trial.policy import ANY, POLICY, PUBLIC
-from trial.randomize.models import Allocation
 from trial.status.service import record_deviation, record_event
 from trial.timeline import today
 

@@ -14,8 +14,9 @@ from tests.helpers import World
 from trial import create_app
 from trial.audit import service as audit
 from trial.audit.models import AuditRecord
+from trial.participants.models import Allocation
 from trial.randomize import lists
-from trial.randomize.models import Allocation, Stratum
+from trial.randomize.models import Stratum
 
 SEED = b"\x07" * 32
 
@@ -87,8 +88,8 @@ def test_twenty_requests_with_different_keys_one_wins_the_rest_409(live):
 
 
 def test_concurrent_audit_appends_never_fork_the_chain(live):
-    from trial.sites.service import update_site
     from tests.helpers import CLI
+    from trial.sites.service import update_site
 
     def edit(i):
         s = live.app.extensions["trial.sessions"]()

@@ -13,11 +13,10 @@ from trial.audit.models import AuditRecord
 from trial.auth.service import create_user, issue_token
 from trial.course import service as course
 from trial.course.models import CounsellingSession, TherapySession
-from trial.timeline import today
 from trial.errors import Conflict
-from trial.outcomes.models import Assessment
-from trial.status.models import Deviation, StatusEvent
-from trial.timeline import course_window, planned_sessions
+from trial.participants.models import Assessment, StatusEvent
+from trial.status.models import Deviation
+from trial.timeline import course_window, planned_sessions, today
 
 SEED = bytes(range(32))
 ADOS = {"social_affect": 10, "rrb": 3, "css": 5}

@@ -6,8 +6,8 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, select
 
-from trial.enrollment.models import Participant, Screening
-from trial.enrollment.service import age_in_months
+from trial.participants.models import Participant, Screening
+from trial.participants.service import age_in_months
 
 TODAY = dt.date.today()
 

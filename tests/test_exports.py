@@ -25,12 +25,11 @@ from sqlalchemy import select, text
 from tests.helpers import CLI, PASSWORD
 from trial.course.service import log_session
 from trial.enrollment import service as enrollment
-from trial.timeline import today
 from trial.esign.models import Signature
 from trial.lock.models import DataLock, LockBundle
 from trial.outcomes import service as outcomes
 from trial.status.service import record_event
-from trial.timeline import add_months
+from trial.timeline import add_months, today
 
 SEED = bytes(range(32))
 R = today() - dt.timedelta(days=220)      # every child is randomized on this day (backdated)
@@ -239,8 +238,8 @@ def pooled(expected: dict) -> dict:
 def dummy_of(files: dict[str, bytes]) -> dict[str, str]:
     """The dummy allocation re-derived from the seed the blinded README gives."""
     from trial.exports.dataset import dummy_allocation
-    from trial.protocol.service import DEFAULT_PROTOCOL
     from trial.protocol.schema import parse
+    from trial.protocol.service import DEFAULT_PROTOCOL
     seed = re.search(r"Dummy allocation seed: ([0-9a-f]{64})", files["README.txt"].decode()).group(1)
     head, rows = read_csv(files["csv/alloc.csv"])
     ids = [r[head.index("studyid")] for r in rows]

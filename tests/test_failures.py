@@ -14,8 +14,7 @@ from tests.faults import FaultProxy
 from tests.helpers import PASSWORD, World
 from trial import create_app
 from trial.db import make_engine, make_session_factory
-from trial.enrollment.models import Screening
-from trial.randomize.models import Allocation
+from trial.participants.models import Allocation, Screening
 
 pg_only = pytest.mark.skipif(not is_pg(), reason="network faults need the PostgreSQL server")
 
@@ -224,14 +223,14 @@ def test_sqlite_file_that_cannot_be_opened_is_503(tmp_path):
 # --- what a 500 says --------------------------------------------------------------------------------
 
 def test_a_500_says_nothing_was_changed_only_when_nothing_was_committed(app, world, db, monkeypatch):
-    from trial import policy, web
+    from trial import http, policy
     app.config["PROPAGATE_EXCEPTIONS"] = False
 
     def before_commit():
         raise RuntimeError("a bug before any commit")
 
     def after_commit():
-        s = web.db()
+        s = http.db()
         s.execute(text("SELECT count(*) FROM site"))
         s.commit()
         raise RuntimeError("a bug after a commit")

@@ -13,7 +13,7 @@ from tests.helpers import CLI, PASSWORD
 from trial.audit.models import AuditRecord
 from trial.auth import service as users
 from trial.auth.models import User
-from trial.enrollment.models import Participant, Screening
+from trial.participants.models import Participant, Screening
 from trial.timeline import today
 
 HUGE = 2**70

@@ -26,22 +26,22 @@ from trial.audit import service as audit
 from trial.audit.models import AuditRecord
 from trial.auth import service as users
 from trial.auth.models import User
-from trial.scope import CliActor
 from trial.course.models import CounsellingSession, TherapySession
 from trial.db import utcnow
 from trial.enrollment import service as enrollment
-from trial.enrollment.models import Participant, Screening
-from trial.timeline import today
 from trial.errors import Conflict
 from trial.esign.models import Signature
 from trial.lock.models import DataLock, LockBundle
-from trial.trialstate.models import TrialState
 from trial.outcomes import service as outcomes
-from trial.outcomes.models import Assessment, BlindingBreak
+from trial.outcomes.models import BlindingBreak
+from trial.participants.models import Allocation, Assessment, Participant, Screening, StatusEvent
 from trial.randomize import service as randomization
-from trial.randomize.models import Allocation, RandomizationDesign
+from trial.randomize.models import RandomizationDesign
+from trial.scope import CliActor
 from trial.sites.models import Site
-from trial.status.models import Deviation, StatusEvent
+from trial.status.models import Deviation
+from trial.timeline import today
+from trial.trialstate.models import TrialState
 
 SEED = bytes(range(32))
 R = today() - dt.timedelta(days=200)      # every child is randomized on this day (backdated)

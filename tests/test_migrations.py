@@ -29,6 +29,7 @@ def test_every_model_table_exists(engine):
 
 def test_downgrade_and_upgrade_round_trip():
     from alembic import command
+
     from tests.conftest import FreshDatabase
     fresh = FreshDatabase("roundtrip")
     try:

@@ -15,10 +15,10 @@ from tests.helpers import CLI, PASSWORD
 from trial.audit import service as audit
 from trial.audit.models import AuditRecord
 from trial.auth.service import create_user, issue_token
-from trial.timeline import today
-from trial.outcomes.models import Assessment, BlindingBreak, Notification
+from trial.outcomes.models import BlindingBreak, Notification
+from trial.participants.models import Assessment
 from trial.protocol.service import DEFAULT_PROTOCOL
-from trial.timeline import add_months, course_window, local_date, planned_sessions, visit_window
+from trial.timeline import add_months, course_window, local_date, planned_sessions, today, visit_window
 
 SEED = bytes(range(32))
 ADOS = {"social_affect": 10, "rrb": 3, "css": 5}

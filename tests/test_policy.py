@@ -48,9 +48,9 @@ def _fill(rule, ctx, who: str = "assessor") -> str:
 def matrix_ctx(world):
     import datetime as dt
 
-    from trial.outcomes.models import Assessment
-    from trial.outcomes.service import record_assessment
     from tests.helpers import CLI
+    from trial.outcomes.service import record_assessment
+    from trial.participants.models import Assessment
     world.open()
     p = world.ready()
     record_assessment(world.db, CLI, p.study_id, {"visit": "baseline", "instrument": "srs2", "values": {"total_t": 60},

@@ -10,9 +10,10 @@ from sqlalchemy import func, select, text
 from tests.helpers import CLI
 from trial.audit.models import AuditRecord
 from trial.errors import Conflict
+from trial.participants.models import Allocation
 from trial.randomize import lists
 from trial.randomize import service as randomization
-from trial.randomize.models import Allocation, Stratum
+from trial.randomize.models import Stratum
 
 SEED = bytes(range(32))
 
@@ -157,6 +158,7 @@ def test_therapist_sees_only_music_therapy_children(opened):
 
 def test_exhausted_list_is_extended_from_the_seed_and_audited(world, db):
     import tomllib
+
     from trial.protocol.service import DEFAULT_PROTOCOL, load_text
     src = DEFAULT_PROTOCOL.read_text().replace("initial_blocks = 25", "initial_blocks = 1").replace(
         "extension_blocks = 10", "extension_blocks = 1")
@@ -278,6 +280,7 @@ def test_web_randomize_needs_confirmation(opened, app, db):
 
 def test_withdrawn_child_cannot_be_randomized(opened, db):
     import datetime as dt
+
     from trial.status.service import record_event
     p = opened.ready()
     record_event(db, CLI, p.study_id, {"type": "withdrawn", "on": dt.date.today().isoformat(), "reason": "family moved"})

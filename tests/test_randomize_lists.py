@@ -13,8 +13,17 @@ from collections import Counter
 
 import pytest
 
-from trial.randomize.lists import (Stream, StratumList, block, canonical, commitment, list_digest,
-                                   new_master_seed, stratum_list, stratum_seed)
+from trial.randomize.lists import (
+    StratumList,
+    Stream,
+    block,
+    canonical,
+    commitment,
+    list_digest,
+    new_master_seed,
+    stratum_list,
+    stratum_seed,
+)
 from trial.randomize.minimization import choose, draws
 from trial.randomize.simulate import format_report, simulate
 

@@ -1,26 +1,40 @@
-"""TIME-A-style multi-site trial management and randomization system."""
+"""TIME-A-style multi-site trial management and randomization system.
+
+The house is built in layers that import one way only, from the top down (checked by
+import-linter, see ``[tool.importlinter]`` in pyproject.toml):
+
+    trial.cli, trial.models       the command line; every model, for Alembic
+    trial.app                     the application factory
+    trial.views | trial.api       the faces: web pages and the JSON API
+    trial.forms                   the web forms
+    trial.http | trial.demo       request plumbing; the demo loader
+    trial.lock | trial.dashboard  signed locks and unblinding; home page, grid, charts
+    trial.exports                 bundles, CONSORT, reports (no sessions for blinded readers)
+    trial.course | trial.outcomes | trial.status      what happens after randomization
+    trial.enrollment | trial.randomize                 screening and enrolment; allocation
+    trial.participants            the child's record: lookup, visibility, allocation, status
+    trial.grants                  countersigned role grants
+    trial.esign                   electronic signatures
+    trial.auth                    users, roles, passwords, tokens, throttling
+    trial.sites | trial.protocol  sites; the protocol as data
+    trial.audit                   the keyed, append-only audit trail
+    trial.scope                   who may see what: roles, sites, blinding
+    trial.trialstate              the trial as a whole: the lock in force, opened, unblinded
+    trial.migrate | trial.config  running the migrations; settings and keys
+    trial.db | trial.cache | trial.policy | trial.timeline | trial.validation | trial.version
+    trial.errors
+
+A lower layer never imports a higher one; what it needs of a higher one comes in as an argument
+(the lock is told the bundle builder by nothing: exports sits below lock). Siblings separated by
+``|`` do not import each other.
+"""
 from __future__ import annotations
 
 from trial.version import __version__  # noqa: F401
 
 
 def create_app(config: dict | None = None):
-    """Flask application factory. ``config`` overrides settings read from the environment."""
-    from flask import Flask
-
-    from trial import config as settings
-    from trial import web
-    from trial.db import make_engine, make_session_factory
-
-    cfg = settings.from_env(config)
-    app = Flask(__name__, instance_path=str(settings.instance_path()))
-    app.config.update(cfg)
-    engine = cfg.get("ENGINE") or make_engine(cfg["DATABASE_URL"])
-    app.extensions["trial.engine"] = engine
-    app.extensions["trial.sessions"] = cfg.get("SESSION_FACTORY") or make_session_factory(engine)
-    app.json.sort_keys = False  # keep the contract's field order
-    if cfg.get("PROXIES"):
-        from werkzeug.middleware.proxy_fix import ProxyFix
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=cfg["PROXIES"], x_proto=cfg["PROXIES"])
-    web.init_app(app)
-    return app
+    """The Flask application (trial.app.create_app). Imported when called, so that ``import
+    trial.randomize.lists`` (the CLI, the benchmarks) does not load Flask and every blueprint."""
+    from trial.app import create_app as factory  # deferred: the whole web stack, on a cold path
+    return factory(config)

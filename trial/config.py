@@ -5,6 +5,8 @@ import os
 import secrets
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 from trial.db import PROJECT_ROOT, default_url
 
 
@@ -61,7 +63,6 @@ def from_env(overrides: dict | None = None) -> dict:
 def seal_key(env: str | None = None) -> str:
     """The key that seals the randomization seed (Fernet). ``TRIAL_SEAL_KEY`` in production;
     in development a key kept in the instance folder. Every app server and the CLI must share it."""
-    from cryptography.fernet import Fernet
     key = os.environ.get("TRIAL_SEAL_KEY")
     if key:
         return key

@@ -9,7 +9,6 @@ import random
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from trial.scope import CliActor
 from trial.auth.service import create_user
 from trial.course.service import log_counselling, log_session
 from trial.enrollment.service import enroll, record_screening
@@ -17,6 +16,7 @@ from trial.errors import Conflict
 from trial.outcomes.service import record_assessment
 from trial.protocol.service import current, ensure_default
 from trial.randomize.service import get_design, open_randomization, randomize
+from trial.scope import CliActor
 from trial.sites.models import Site
 from trial.sites.service import create_site
 from trial.status.service import record_event

@@ -1,16 +1,15 @@
-"""Imports every domain's models so the metadata (and Alembic) sees the whole schema."""
-from trial.audit.models import AuditHead, AuditRecord  # noqa: F401
-from trial.auth.models import ApiToken, LoginAttempt, RoleAssignment, User  # noqa: F401
-from trial.enrollment.models import Participant, Screening, SiteSequence  # noqa: F401
-from trial.outcomes.models import Assessment, BlindingBreak, Notification  # noqa: F401
+"""Imports every package's models so the metadata (and Alembic) sees the whole schema."""
+from trial.audit.models import AuditAnchor, AuditHead, AuditRecord  # noqa: F401
+from trial.auth.models import ApiToken, LoginAttempt, RoleAssignment, RoleGrant, User  # noqa: F401
 from trial.course.models import CounsellingSession, TherapySession  # noqa: F401
-from trial.status.models import Deviation, StatusEvent  # noqa: F401
+from trial.db import Base
 from trial.esign.models import Signature  # noqa: F401
 from trial.lock.models import DataLock, LockBundle  # noqa: F401
-from trial.trialstate.models import TrialState  # noqa: F401
+from trial.outcomes.models import BlindingBreak, Notification  # noqa: F401
+from trial.participants.models import Allocation, Assessment, Participant, Screening, SiteSequence, StatusEvent  # noqa: F401
 from trial.protocol.models import ProtocolVersion  # noqa: F401
-from trial.randomize.models import Allocation, RandomizationDesign, SealedSeed, Stratum  # noqa: F401
+from trial.randomize.models import RandomizationDesign, SealedSeed, Stratum  # noqa: F401
 from trial.sites.models import Site  # noqa: F401
-from trial.db import Base
+from trial.trialstate.models import TrialState  # noqa: F401
 
 metadata = Base.metadata

@@ -4,13 +4,13 @@ from __future__ import annotations
 from flask import jsonify, request
 from sqlalchemy.exc import IntegrityError
 
-from trial.api import body, route
+from trial.api.routing import body, route
+from trial.api.schemas import DT, ID, PARTICIPANT, SITE_QUERY, B, D, S, array, enum, err, obj, ok, text
 from trial.enrollment import service as enrollment
+from trial.http import actor, db
 from trial.outcomes import service as outcomes
+from trial.participants import service as participants
 from trial.randomize import service as randomization
-from trial.web import actor, db
-
-from trial.api.schemas import B, D, DT, ID, PARTICIPANT, S, SITE_QUERY, array, enum, err, obj, ok, text
 
 RANDOMIZED = obj(["study_id", "arm", "arm_label", "randomized_at"], study_id=S, arm=S, arm_label=S, randomized_at=DT)
 
@@ -46,16 +46,16 @@ def create_participant():
        params=SITE_QUERY, responses={200: ok("participants", array(PARTICIPANT)), 404: err("unknown site")})
 def list_participants():
     s = db()
-    rows = enrollment.list_participants(s, actor(), request.args.get("site"))
-    return jsonify(enrollment.participant_views(s, actor(), rows))
+    rows = participants.visible_participants(s, actor(), request.args.get("site"))
+    return jsonify(participants.participant_views(s, actor(), rows))
 
 
 @route("/participants/<study_id>", "GET", "One participant as the caller's role may see it", "by role and site",
        responses={200: ok("participant", PARTICIPANT), 404: err("unknown participant")})
 def get_participant(study_id):
     s = db()
-    p = enrollment.get_participant(s, actor(), study_id)
-    return jsonify(enrollment.participant_views(s, actor(), [p])[0])
+    p = participants.get_participant(s, actor(), study_id)
+    return jsonify(participants.participant_views(s, actor(), [p])[0])
 
 
 @route("/participants/<study_id>/assessments", "POST", "Record an assessment of a protocol instrument",

@@ -3,15 +3,32 @@ from __future__ import annotations
 
 from flask import jsonify, request
 
-from trial.api import body, route
+from trial.api.routing import body, route
+from trial.api.schemas import (
+    COUNT,
+    DT,
+    ID,
+    ND,
+    NI,
+    NS,
+    SITE_QUERY,
+    VISIT,
+    WORKLIST_ITEM,
+    B,
+    D,
+    S,
+    array,
+    enum,
+    err,
+    obj,
+    ok,
+    text,
+)
 from trial.course import service as course
-from trial.enrollment.service import get_participant
+from trial.http import actor, db
 from trial.outcomes import service as outcomes
+from trial.participants.service import get_participant
 from trial.status import service as status
-from trial.web import actor, db
-
-from trial.api.schemas import (B, COUNT, D, DT, ID, ND, NI, NS, S, SITE_QUERY, VISIT, WORKLIST_ITEM, array, enum, err, obj,
-                               ok, text)
 
 
 def created(**extra) -> dict:

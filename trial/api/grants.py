@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from flask import jsonify, request
 
-from trial.api import body, route
-from trial.grants import service as grants
-from trial.web import actor, db
-
+from trial.api.routing import body, route
 from trial.api.schemas import DT, ID, NDT, NS, S, array, enum, err, obj, ok, text
+from trial.grants import service as grants
+from trial.http import actor, db
 
 STATES = ("pending", "approved", "rejected", "withdrawn")
 GRANT = obj(["id", "user", "role", "site", "status", "reason", "requested_by", "requested_at", "decided_by", "decided_at",

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from flask import Response, jsonify, request
 
-from trial.api import body, route
+from trial.api.routing import body, route
+from trial.api.schemas import CONSORT, DT, ID, NDT, NI, NS, OBJ, SITE_QUERY, S, array, enum, err, media, obj, ok, text
 from trial.exports import service as exports
+from trial.http import actor, db
 from trial.lock import service as locks
-from trial.web import actor, db
-
-from trial.api.schemas import CONSORT, DT, ID, NDT, NI, NS, OBJ, S, SITE_QUERY, array, enum, err, media, obj, ok, text
 
 SITE = SITE_QUERY
 LOCK = obj(["id", "kind", "version", "created_at", "signed_by", "meaning", "lifted_at", "lift_reason", "manifest_sha256"],

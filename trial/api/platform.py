@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from flask import jsonify
 
-from trial.api import SPEC_PATHS, route
 from trial.api.openapi import document
+from trial.api.routing import SPEC_PATHS, route
+from trial.api.schemas import COUNT, NS, OBJ, B, S, array, obj, ok
+from trial.http import actor, db
 from trial.protocol import service as protocol_service
-from trial.sites.service import list_sites
-from trial.web import actor, db
-
-from trial.api.schemas import B, COUNT, NS, OBJ, S, array, obj, ok
 from trial.sites.models import Site
+from trial.sites.service import list_sites
 
 SITE = obj(["code", "name", "country", "target"], code=S, name=S, country=NS, target=COUNT, timezone=S, open=B)
 

@@ -14,10 +14,11 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from trial.audit.models import AuditAnchor, AuditHead, AuditRecord
-from trial.config import audit_key
 from trial.cache import prebuilt
+from trial.config import audit_key
 from trial.db import is_sqlite, utcnow
 from trial.errors import DomainError
+from trial.scope import is_blinded
 
 GENESIS = "0" * 64
 SYSTEM = "system"
@@ -246,7 +247,6 @@ def reanchor(db: Session, actor="migration 0005") -> int:
 def visible_records(db: Session, user, entity: str | None = None, limit: int = 200, offset: int = 0):
     """Audit records the user may read. Only unblinded roles read the trail, and records that
     reveal an allocation are withheld from anyone the trial still blinds."""
-    from trial.scope import is_blinded
     q = select(AuditRecord).order_by(AuditRecord.seq.desc())
     if entity:
         q = q.where(AuditRecord.entity == entity)

@@ -12,11 +12,20 @@ from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from trial.audit import service as audit
-from trial.auth.models import COUNTERSIGNED_ROLES, ROLES, SITE_ROLES, ApiToken, LoginAttempt, RoleAssignment, RoleGrant, User
-from trial.scope import is_cli, require_role
+from trial.auth.models import (
+    COUNTERSIGNED_ROLES,
+    ROLES,
+    SITE_ROLES,
+    ApiToken,
+    LoginAttempt,
+    RoleAssignment,
+    RoleGrant,
+    User,
+)
 from trial.cache import prebuilt
 from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
+from trial.scope import is_cli, require_role
 from trial.sites.models import Site
 from trial.validation import has_control, refuse, text
 

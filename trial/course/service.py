@@ -4,32 +4,20 @@ Session data is allocation data (the arms differ in frequency): every reader her
 unblinded for the participant's site (trial.scope.can_see_arm)."""
 from __future__ import annotations
 
-import datetime as dt
-
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.scope import can_see_arm, require_site_role
 from trial.course.models import ATTENDANCE, CounsellingSession, TherapySession
-from trial.enrollment.models import Participant
-from trial.enrollment.service import get_participant
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
-from trial.trialstate.service import ensure_writable
+from trial.participants.models import Allocation, Participant
+from trial.participants.service import allocation_of, ensure_accepts_data, get_participant, randomization_day
 from trial.protocol.service import current as current_protocol
-from trial.randomize.models import Allocation
+from trial.scope import can_see_arm, require_site_role, visible_site_ids
 from trial.sites.models import Site
-from trial.status.service import ensure_accepts_data
-from trial.timeline import course_window, local_date, planned_sessions, today
+from trial.timeline import course_window, planned_sessions, today
+from trial.trialstate.service import ensure_writable
 from trial.validation import clinical_date, text
-
-
-def randomization_day(db: Session, p: Participant, alloc: Allocation | None = None) -> dt.date | None:
-    from trial.randomize.service import allocation_of
-    alloc = alloc or allocation_of(db, p.id)
-    if alloc is None:
-        return None
-    return local_date(alloc.randomized_at, db.get(Site, p.site_id).timezone)
 
 
 def _arm(content: dict, key: str) -> dict:
@@ -37,7 +25,6 @@ def _arm(content: dict, key: str) -> dict:
 
 
 def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession:
-    from trial.randomize.service import allocation_of
     p = get_participant(db, actor, study_id, for_update=True)  # concurrent duplicates queue here
     require_site_role(db, actor, p.site_id, "therapist")
     ensure_writable(db)
@@ -140,7 +127,6 @@ def dose(db: Session, p: Participant, alloc: Allocation, content: dict, sessions
 
 def adherence_by_arm(db: Session, actor, site_code: str | None = None) -> list[dict]:
     """Dose received per arm (unblinded managers; coordinators and therapists for their sites)."""
-    from trial.scope import visible_site_ids
     sites = visible_site_ids(db, actor, "coordinator", "therapist", "manager")
     if not actor.has_role("manager", "coordinator", "therapist"):
         raise Forbidden("Adherence by arm reveals allocations; your role is blinded.")
@@ -170,7 +156,6 @@ def adherence_by_arm(db: Session, actor, site_code: str | None = None) -> list[d
 
 def participant_course(db: Session, actor, study_id: str) -> dict:
     p, rows = sessions_of(db, actor, study_id)
-    from trial.randomize.service import allocation_of
     alloc = allocation_of(db, p.id)
     if alloc is None:
         raise NotFound(f"{p.study_id} is not randomized.")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from html import escape
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from trial.enrollment.service import home_summary, list_participants, participant_views
 from trial.outcomes.service import schedule
+from trial.participants.models import Allocation, Participant, Screening
+from trial.participants.service import participant_views, visible_participants
 from trial.protocol.service import current as current_protocol
+from trial.scope import visible_site_ids
+from trial.sites.models import Site
 
 STATUS_COLOURS = {"done": "#2e7d32", "done_out_of_window": "#9ccc65", "due": "#f9a825", "overdue": "#c62828",
                   "upcoming": "#cfd8dc", "missing": "#c62828", "not_expected": "#eeeeee",
@@ -16,7 +20,7 @@ STATUS_COLOURS = {"done": "#2e7d32", "done_out_of_window": "#9ccc65", "due": "#f
 
 
 def status_grid(db: Session, actor, site_code: str | None = None) -> dict:
-    people = list_participants(db, actor, site_code)
+    people = visible_participants(db, actor, site_code)
     views = {v["study_id"]: v for v in participant_views(db, actor, people)}
     sched = schedule(db, actor, people)
     visits = [{"key": v["key"], "label": v["label"]} for v in current_protocol(db).content["visits"]]
@@ -26,6 +30,25 @@ def status_grid(db: Session, actor, site_code: str | None = None) -> dict:
         rows.append({"study_id": p.study_id, "site": views[p.study_id]["site"], "status": views[p.study_id]["status"],
                      "cells": [cells[v["key"]] for v in visits]})
     return {"visits": visits, "rows": rows, "colours": STATUS_COLOURS}
+
+
+def home_summary(db: Session, actor) -> dict:
+    """Counts for the start page: screened / enrolled / randomized per visible site. No per-arm
+    figure, for anyone."""
+    if actor.has_role("admin") and not actor.has_role("coordinator", "therapist", "assessor", "manager", "statistician"):
+        return {"admin": True}
+    sites = visible_site_ids(db, actor)
+    site_rows = db.execute(select(Site).order_by(Site.code)).scalars().all()
+    site_rows = [s for s in site_rows if sites is None or s.id in sites]
+    ids = [s.id for s in site_rows]
+
+    def counts(q):
+        return dict(db.execute(q.where(q.selected_columns[0].in_(ids)).group_by(q.selected_columns[0])).all())
+    screened = counts(select(Screening.site_id, func.count()))
+    enrolled = counts(select(Participant.site_id, func.count()))
+    randomized = counts(select(Participant.site_id, func.count()).join(Allocation, Allocation.participant_id == Participant.id))
+    return {"sites": [{"code": s.code, "name": s.name, "target": s.target, "screened": screened.get(s.id, 0),
+                       "enrolled": enrolled.get(s.id, 0), "randomized": randomized.get(s.id, 0)} for s in site_rows]}
 
 
 def recruitment_svg(db: Session, actor) -> str:

@@ -1,29 +1,24 @@
-"""Screening log, enrollment and what each role may see of a participant."""
+"""The screening log and enrollment: screenings computed from the protocol's criteria, study IDs
+per site under a locked counter."""
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.scope import can_see_arm, is_cli, require_site_role, visible_site_ids
-from trial.db import lock_for_update
-from trial.enrollment.models import Participant, Screening, SiteSequence
-from trial.errors import Conflict, Forbidden, NotFound, ValidationError
-from trial.trialstate.service import ensure_writable
+from trial.db import insert_ignore, lock_for_update
+from trial.errors import Conflict, NotFound, ValidationError
+from trial.participants.models import SEXES, Participant, Screening, SiteSequence
+from trial.participants.service import age_in_months
 from trial.protocol.service import current as current_protocol
+from trial.scope import require_site_role, visible_site_ids
 from trial.sites.models import Site
 from trial.sites.service import get_by_code
 from trial.timeline import today
+from trial.trialstate.service import ensure_writable
 from trial.validation import clinical_date, ident, parse_date, refuse, text
-
-SEXES = ("female", "male")
-ARM_REVEALING_EVENTS = ("not_received", "discontinued_intervention")
-
-
-
 
 # --- screening -------------------------------------------------------------------------------
 
@@ -92,11 +87,6 @@ def list_screenings(db: Session, actor, site_code: str | None = None) -> list[tu
 
 # --- enrollment ------------------------------------------------------------------------------
 
-def age_in_months(born: dt.date, on: dt.date) -> int:
-    months = (on.year - born.year) * 12 + (on.month - born.month)
-    return months - (1 if on.day < born.day else 0)
-
-
 def _strata(pv_content: dict, given: Any, errors: dict[str, str]) -> dict[str, str]:
     out = {}
     given = given or {}
@@ -120,20 +110,10 @@ def _next_study_id(db: Session, site: Site) -> str:
     bind = db.get_bind()
     seq = db.execute(lock_for_update(select(SiteSequence).where(SiteSequence.site_id == site.id), bind)).scalar_one_or_none()
     if seq is None:
-        _insert_ignore(db, SiteSequence.__table__, {"site_id": site.id, "last_number": 0})
+        insert_ignore(db, SiteSequence.__table__, {"site_id": site.id, "last_number": 0})
         seq = db.execute(lock_for_update(select(SiteSequence).where(SiteSequence.site_id == site.id), bind)).scalar_one()
     seq.last_number += 1
     return f"{site.code}-{seq.last_number:04d}"
-
-
-def _insert_ignore(db: Session, table, values: dict) -> None:
-    """INSERT that does nothing if the row already exists (two first-comers at once)."""
-    dialect = db.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    db.execute(insert(table).values(**values).on_conflict_do_nothing())
 
 
 def enroll(db: Session, actor, data: dict) -> Participant:
@@ -176,112 +156,3 @@ def enroll(db: Session, actor, data: dict) -> Participant:
     return p
 
 
-# --- reading participants, by role, site and blinding ----------------------------------------
-
-def _music_arms(db: Session) -> set[str]:
-    return {a["key"] for a in current_protocol(db).content["arms"] if a["sessions_per_week"] > 0}
-
-
-def get_participant(db: Session, actor, study_id: str, for_update: bool = False) -> Participant:
-    """The participant if ``actor`` may see it (403 for another site's staff). ``for_update``
-    locks its row until the transaction ends."""
-    q = select(Participant).where(Participant.study_id == (study_id or "").upper())
-    p = db.execute(lock_for_update(q, db.get_bind()) if for_update else q).scalar_one_or_none()
-    if p is None:
-        raise NotFound(f"No participant {study_id}.")
-    check_visible(db, actor, p)
-    return p
-
-
-def check_visible(db: Session, actor, p: Participant) -> None:
-    """403 for another site's staff; 404 for a therapist when the child is not in a music arm."""
-    sites = visible_site_ids(db, actor)
-    if sites is not None and p.site_id not in sites:
-        raise Forbidden("This participant belongs to a site you do not work at.")
-    if not is_cli(actor) and _therapist_only(actor, p.site_id):
-        from trial.randomize.service import allocation_of
-        alloc = allocation_of(db, p.id)
-        if alloc is None or alloc.arm not in _music_arms(db):
-            raise NotFound(f"Participant {p.study_id} is not in a music-therapy arm.")
-
-
-def _therapist_only(actor, site_id: int) -> bool:
-    """A therapist at this site who is not also its coordinator (nor a manager) sees only
-    children in music-therapy arms; trial-wide roles such as admin add nothing here."""
-    if actor.has_role("manager"):
-        return False
-    here = {r.role for r in actor.roles if r.site_id == site_id}
-    return "therapist" in here and "coordinator" not in here
-
-
-def list_participants(db: Session, actor, site_code: str | None = None) -> list[Participant]:
-    sites = visible_site_ids(db, actor)
-    q = select(Participant).order_by(Participant.study_id)
-    if sites is not None:
-        q = q.where(Participant.site_id.in_(sites))
-    if site_code:
-        site = get_by_code(db, site_code)
-        if sites is not None and site.id not in sites:
-            raise Forbidden("You do not work at that site.")
-        q = q.where(Participant.site_id == site.id)
-    rows = list(db.execute(q).scalars())
-    if not is_cli(actor) and actor.has_role("therapist"):
-        from trial.randomize.service import allocations_for
-        allocs = allocations_for(db, [p.id for p in rows])
-        music = _music_arms(db)
-        rows = [p for p in rows if not _therapist_only(actor, p.site_id)
-                or (p.id in allocs and allocs[p.id].arm in music)]
-    return rows
-
-
-def participant_views(db: Session, actor, rows: list[Participant]) -> list[dict]:
-    """What ``actor`` may see of each participant: the arm only for unblinded roles."""
-    from trial.outcomes.service import baseline_done
-    from trial.randomize.service import allocations_for
-    if not rows:
-        return []
-    allocs = allocations_for(db, [p.id for p in rows])
-    from trial.timeline import local_date
-    codes = dict(db.execute(select(Site.id, Site.code)).all())
-    tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
-    arms = {a["key"]: a["label"] for a in current_protocol(db).content["arms"]}
-    from trial.status.service import events_of, status_label
-    baseline = baseline_done(db, [p.id for p in rows])
-    events = events_of(db, [p.id for p in rows])
-    out = []
-    for p in rows:
-        a = allocs.get(p.id)
-        unblinded = a is not None and can_see_arm(db, actor, p.site_id)
-        # events about the intervention would tell a blinded reader the child had one to receive
-        evs = [e for e in events.get(p.id, []) if unblinded or e.type not in ARM_REVEALING_EVENTS]
-        d = {"study_id": p.study_id, "site": codes[p.site_id], "status": status_label(a is not None, evs),
-             "consent_date": p.consent_date.isoformat(), "date_of_birth": p.date_of_birth.isoformat(),
-             "sex": p.sex, "strata": p.strata, "enrolled_at": p.enrolled_at.isoformat() + "Z",
-             "baseline_primary_recorded": p.id in baseline,
-             "randomized_on": local_date(a.randomized_at, tzs[p.site_id]).isoformat() if a else None}
-        d["events"] = [{"type": e.type, "on": e.on.isoformat()} for e in evs]
-        if unblinded:
-            d["arm"] = a.arm
-            d["arm_label"] = arms.get(a.arm, a.arm)
-        out.append(d)
-    return out
-
-
-def home_summary(db: Session, actor) -> dict:
-    """Counts for the start page: screened / enrolled / randomized per visible site. No per-arm
-    figure, for anyone."""
-    from trial.randomize.models import Allocation
-    if actor.has_role("admin") and not actor.has_role("coordinator", "therapist", "assessor", "manager", "statistician"):
-        return {"admin": True}
-    sites = visible_site_ids(db, actor)
-    site_rows = db.execute(select(Site).order_by(Site.code)).scalars().all()
-    site_rows = [s for s in site_rows if sites is None or s.id in sites]
-    ids = [s.id for s in site_rows]
-
-    def counts(q):
-        return dict(db.execute(q.where(q.selected_columns[0].in_(ids)).group_by(q.selected_columns[0])).all())
-    screened = counts(select(Screening.site_id, func.count()))
-    enrolled = counts(select(Participant.site_id, func.count()))
-    randomized = counts(select(Participant.site_id, func.count()).join(Allocation, Allocation.participant_id == Participant.id))
-    return {"sites": [{"code": s.code, "name": s.name, "target": s.target, "screened": screened.get(s.id, 0),
-                       "enrolled": enrolled.get(s.id, 0), "randomized": randomized.get(s.id, 0)} for s in site_rows]}

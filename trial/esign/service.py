@@ -5,11 +5,11 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.scope import is_cli
 from trial.auth.service import check_password
 from trial.db import utcnow
 from trial.errors import Forbidden, ValidationError
 from trial.esign.models import Signature
+from trial.scope import is_cli
 from trial.validation import refuse, text
 
 

@@ -11,10 +11,13 @@ import zipfile
 
 from sqlalchemy.orm import Session
 
-from trial.version import __version__
 from trial.exports import formats, odm
+from trial.exports.consort import consort
 from trial.exports.dataset import DUMMY_LABEL, build_tables
+from trial.exports.reports import bang_index, baseline_table, table_csv, trial_facts
 from trial.protocol.models import ProtocolVersion
+from trial.scope import CliActor
+from trial.version import __version__
 
 VARIANTS = ("unblinded", "blinded")
 ODM_TABLES = ("particip", "assessl")  # the ODM snapshot is written from these, after the others
@@ -66,9 +69,6 @@ class _Zip:
 
 def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = None) -> tuple[bytes, str, str]:
     """Return (zip bytes, sha256 of the zip, sha256 of the manifest)."""
-    from trial.scope import CliActor
-    from trial.exports.consort import consort
-    from trial.exports.reports import bang_index, baseline_table, table_csv, trial_facts
     when = lock.created_at
     pv = db.query(ProtocolVersion).filter_by(version=lock.protocol_version).one()
     content = pv.content

@@ -9,16 +9,13 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from trial.scope import is_blinded, require_role
-from trial.errors import DomainError
 from trial.course.models import TherapySession
-from trial.enrollment.models import Participant, Screening
-from trial.outcomes.models import Assessment
+from trial.errors import DomainError
+from trial.participants.models import Allocation, Assessment, Participant, Screening, StatusEvent
 from trial.protocol.service import current as current_protocol
-from trial.randomize.models import Allocation
+from trial.scope import is_blinded, require_role
 from trial.sites.models import Site
 from trial.sites.service import get_by_code
-from trial.status.models import StatusEvent
 
 
 class ConsortError(DomainError):

@@ -16,13 +16,13 @@ from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
 from trial.course.models import CounsellingSession, TherapySession
-from trial.enrollment.models import Participant, Screening
-from trial.outcomes.models import Assessment
+from trial.participants.models import Allocation, Assessment, Participant, Screening, StatusEvent
+from trial.participants.service import status_label
 from trial.protocol.service import current as current_protocol
 from trial.randomize.lists import Stream
-from trial.randomize.models import Allocation, Stratum
+from trial.randomize.models import Stratum
 from trial.sites.models import Site
-from trial.status.models import Deviation, StatusEvent
+from trial.status.models import Deviation
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,7}$")
 MAX_LABEL = 40
@@ -168,7 +168,6 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
                      allowed="enrolled, randomized, withdrawn, lost_to_follow_up, died" +
                      ("" if blinded else ", discontinued_intervention, not_received")))
     pvars += [Var(f"s_{k[:6]}", f"Stratum: {k}"[:MAX_LABEL].rstrip(), "str", source="enrolment") for k in factor_vars]
-    from trial.status.service import status_label
     rows = []
     for p in participants:
         a = alloc.get(p.id)

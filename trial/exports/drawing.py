@@ -127,6 +127,7 @@ def svg(c: dict, title: str) -> str:
 
 def pdf(c: dict, title: str, extra_tables: list[tuple[str, dict]] | None = None) -> bytes:
     """The diagram on an A4 landscape page (scaled to fit), then any tables (e.g. Table 1)."""
+    # deferred: ReportLab is loaded only when a PDF is drawn (a cold path)
     from reportlab.lib.pagesizes import A4, landscape
     from reportlab.pdfgen import canvas
 
@@ -177,6 +178,7 @@ def pdf(c: dict, title: str, extra_tables: list[tuple[str, dict]] | None = None)
 
 
 def _table_page(cv, heading: str, table: dict, page_w: float, page_h: float) -> None:
+    # deferred: ReportLab, as above
     from reportlab.lib import colors
     from reportlab.platypus import Table, TableStyle
     cv.setFont("Helvetica-Bold", 13)

@@ -4,11 +4,11 @@ in file headers are replaced by the lock's time."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import os
 import re
 import tempfile
-import datetime as dt
 
 from trial.exports.dataset import Table
 
@@ -46,7 +46,7 @@ def dictionary_csv(tables: list[Table]) -> bytes:
 
 
 def _frame(table: Table, max_text: int | None = None):
-    import pandas as pd
+    import pandas as pd  # deferred: pandas only for a hard lock's SAS and Stata files (a cold path)
     cols = {}
     truncated = {}
     for i, v in enumerate(table.vars):
@@ -101,7 +101,7 @@ def frames(table: Table):
 
 
 def to_xpt(table: Table, when: dt.datetime, df=None) -> tuple[bytes, dict[str, int]]:
-    import pyreadstat
+    import pyreadstat  # deferred: only when a bundle is built
     truncated = {}
     if df is None:
         df, truncated = _frame(table, XPT_MAX_TEXT)
@@ -116,7 +116,7 @@ def to_xpt(table: Table, when: dt.datetime, df=None) -> tuple[bytes, dict[str, i
 
 
 def to_dta(table: Table, when: dt.datetime, df=None) -> bytes:
-    import pyreadstat
+    import pyreadstat  # deferred: only when a bundle is built
     if df is None:
         df, _ = _frame(table)
     data = _via_file(".dta", lambda p: pyreadstat.write_dta(df, p, file_label=table.label,

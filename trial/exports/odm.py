@@ -3,7 +3,7 @@ ClinicalData/SubjectData/StudyEventData/FormData/ItemGroupData/ItemData from the
 from __future__ import annotations
 
 import datetime as dt
-from xml.sax.saxutils import quoteattr, escape
+from xml.sax.saxutils import escape, quoteattr
 
 from trial.exports.dataset import Table
 

@@ -12,12 +12,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trial.course.models import TherapySession
-from trial.enrollment.models import Participant, Screening
-from trial.enrollment.service import age_in_months
 from trial.exports.consort import POOLED_KEY, POOLED_LABEL
-from trial.outcomes.models import Assessment
+from trial.participants.models import Allocation, Assessment, Participant, Screening
+from trial.participants.service import age_in_months
 from trial.protocol.service import current as current_protocol
-from trial.randomize.models import Allocation
 from trial.sites.models import Site
 
 MUSIC, USUAL = "music_therapy", "usual_care"

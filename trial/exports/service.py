@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from trial.scope import is_blinded, require_role
 from trial.exports import drawing, reports
 from trial.exports.consort import consort
 from trial.protocol.service import current as current_protocol
+from trial.scope import is_blinded, require_role
 
 
 def consort_counts(db: Session, actor, site: str | None = None) -> dict:

@@ -10,11 +10,11 @@ from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.auth.models import GRANT_STATES, RoleAssignment, RoleGrant, User
-from trial.scope import require_role
 from trial.auth.service import check_role_conflicts
 from trial.db import lock_for_update, utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.esign.service import sign
+from trial.scope import require_role
 from trial.sites.models import Site
 from trial.validation import refuse, text
 

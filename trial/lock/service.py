@@ -13,12 +13,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.scope import is_blinded, is_cli, require_role
-from trial.db import utcnow
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.esign.models import Signature
 from trial.esign.service import sign
+from trial.exports.bundle import build_bundles
 from trial.lock.models import DataLock, LockBundle
+from trial.protocol.service import current as current_protocol
+from trial.randomize.service import get_design, master_seed
+from trial.scope import is_blinded, require_role
 from trial.trialstate.service import active_lock_id
 from trial.trialstate.service import state as trial_state
 from trial.validation import refuse, text
@@ -50,7 +52,6 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str) -> D
     if current is not None and (current.kind == "hard" or kind == "soft"):
         raise Conflict(f"A {current.kind} lock (lock {current.id}) is already in force.")
     sig = sign(db, actor, password, meaning, f"{kind}_lock")
-    from trial.protocol.service import current as current_protocol
     version = None
     if kind == "hard":
         version = (db.execute(select(func.count()).select_from(DataLock).where(DataLock.kind == "hard")).scalar() or 0) + 1
@@ -65,7 +66,6 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str) -> D
     state.active_lock_id, state.lock_notice = lock.id, _notice(lock, sig)
     audit.created(db, actor, "data_lock", lock.id, {"kind": kind, "version": version, "signature": sig.id})
     if kind == "hard":
-        from trial.exports.bundle import build_bundles
         for variant, (content, sha, manifest_sha) in build_bundles(db, lock, sig).items():
             db.add(LockBundle(lock_id=lock.id, variant=variant, content=content, sha256=sha, manifest_sha256=manifest_sha))
             audit.created(db, actor, "lock_bundle", f"{lock.id}/{variant}", {"sha256": sha, "manifest_sha256": manifest_sha})
@@ -92,7 +92,6 @@ def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str) -> D
 
 
 def unblind(db: Session, actor, meaning: str, password: str):
-    from trial.randomize.service import get_design, master_seed
     require_role(db, actor, "manager")
     state = trial_state(db, update=True)
     lock = db.get(DataLock, state.active_lock_id) if state.active_lock_id else None

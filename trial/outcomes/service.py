@@ -8,15 +8,24 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.scope import require_site_role
-from trial.enrollment.service import get_participant
+from trial.auth.models import RoleAssignment
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
-from trial.trialstate.service import ensure_writable
-from trial.outcomes.models import GUESSES, Assessment, BlindingBreak, Notification
+from trial.outcomes.models import BlindingBreak, Notification
+from trial.participants.models import GUESSES, Assessment, Participant
+from trial.participants.service import (
+    allocation_of,
+    allocations_for,
+    ensure_accepts_data,
+    events_of,
+    get_participant,
+    randomization_day,
+    visible_participants,
+)
 from trial.protocol.service import current as current_protocol
+from trial.scope import is_cli, require_site_role
 from trial.sites.models import Site
-from trial.status.service import ensure_accepts_data
 from trial.timeline import today, visit_window
+from trial.trialstate.service import ensure_writable
 from trial.validation import CONTROL_MESSAGE, clinical_date, has_control, refuse, text
 
 
@@ -69,7 +78,6 @@ def validate_values(instrument: dict, values: Any) -> dict[str, Any]:
 
 
 def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessment:
-    from trial.randomize.service import allocation_of
     p = get_participant(db, actor, study_id, for_update=True)  # concurrent duplicates queue here
     content = current_protocol(db).content
     pv_version = current_protocol(db).version
@@ -119,7 +127,6 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
     else:
         if alloc is None:
             raise Conflict(f"Visit {visit['key']} follows randomization; {p.study_id} is not randomized yet.")
-        from trial.course.service import randomization_day
         lo, _, hi = visit_window(visit, randomization_day(db, p, alloc))
         out_of_window = not lo <= performed <= hi
     if db.execute(select(Assessment.id).where(Assessment.participant_id == p.id, Assessment.visit == visit["key"],
@@ -137,23 +144,11 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
     return a
 
 
-def baseline_done(db: Session, participant_ids: list[int]) -> set[int]:
-    """Participants whose baseline primary outcome is recorded."""
-    prim = current_protocol(db).content["primary_outcome"]
-    if not participant_ids:
-        return set()
-    rows = db.execute(select(Assessment.participant_id, Assessment.values).where(
-        Assessment.participant_id.in_(participant_ids), Assessment.visit == "baseline",
-        Assessment.instrument == prim["instrument"])).all()
-    return {pid for pid, values in rows if values.get(prim["field"]) is not None}
-
-
 def correct_assessment(db: Session, actor, assessment_id: int, data: dict) -> Assessment:
     """Change recorded values; the old values stay in the audit trail with the required reason."""
     a = db.get(Assessment, assessment_id)
     if a is None:
         raise NotFound(f"No assessment {assessment_id}.")
-    from trial.enrollment.models import Participant
     p = db.get(Participant, a.participant_id)
     p = get_participant(db, actor, p.study_id)
     ins = next(i for i in current_protocol(db).content["instruments"] if i["key"] == a.instrument)
@@ -179,7 +174,6 @@ def correct_assessment(db: Session, actor, assessment_id: int, data: dict) -> As
 
 def report_blinding_break(db: Session, actor, study_id: str, data: dict) -> BlindingBreak:
     """An assessor reports that they learned (or may have learned) the allocation."""
-    from trial.auth.models import RoleAssignment
     p = get_participant(db, actor, study_id)
     require_site_role(db, actor, p.site_id, "assessor")
     ensure_writable(db)
@@ -231,7 +225,6 @@ def notifications_for(db: Session, actor, unread_only: bool = True) -> list[Noti
 def _role_instruments(content: dict, actor, site_id: int) -> list[dict]:
     """Instruments the actor's role at this site enters: blinded ones for assessors, others for
     coordinators; managers see all."""
-    from trial.scope import is_cli
     if is_cli(actor) or actor.has_role("manager"):
         return content["instruments"]
     roles = {r.role for r in actor.roles if r.site_id in (None, site_id)}
@@ -243,9 +236,6 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
     """For each randomized participant: every post-randomization visit with its window and a
     status (done, done_out_of_window, due, overdue, upcoming, not_expected), computed only from the
     randomization day, the visit timeline and the assessments: identical for every arm."""
-    from trial.course.service import randomization_day
-    from trial.randomize.service import allocations_for
-    from trial.status.service import events_of
     content = current_protocol(db).content
     ids = [p.id for p in participants]
     allocs = allocations_for(db, ids)
@@ -297,12 +287,11 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
 
 def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt.date | None = None) -> list[dict]:
     """Due, overdue or out-of-window visits of the participants the actor may see."""
-    from trial.enrollment.service import list_participants
     if kind not in ("due", "overdue", "out_of_window"):
         raise ValidationError("kind must be due, overdue or out_of_window", {"kind": "due, overdue or out_of_window"})
     if not actor.has_role("coordinator", "assessor", "manager"):
         raise Forbidden("Visit lists are for coordinators, assessors and managers.")
-    people = list_participants(db, actor, site_code)
+    people = visible_participants(db, actor, site_code)
     sched = schedule(db, actor, people, on)
     want = {"due": ("due",), "overdue": ("overdue",), "out_of_window": ("done_out_of_window",)}[kind]
     broken = set(db.execute(select(BlindingBreak.participant_id).where(

@@ -10,11 +10,11 @@ from sqlalchemy.orm import Session, defer
 
 from trial import cache
 from trial.audit import service as audit
-from trial.scope import require_role
 from trial.db import PROJECT_ROOT
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.protocol.models import ProtocolVersion
 from trial.protocol.schema import ProtocolError, parse
+from trial.scope import require_role
 from trial.trialstate.service import ensure_writable, randomization_opened
 
 DEFAULT_PROTOCOL = PROJECT_ROOT / "config" / "protocols" / "time-a.toml"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from trial.db import Base, utcnow
@@ -45,18 +45,3 @@ class Stratum(Base):
     blocks: Mapped[int] = mapped_column(Integer, default=0)
     length: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-
-
-class Allocation(Base):
-    __tablename__ = "allocation"
-    __table_args__ = (UniqueConstraint("stratum_id", "seq"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), unique=True)
-    stratum_id: Mapped[int] = mapped_column(ForeignKey("stratum.id"))
-    seq: Mapped[int] = mapped_column(Integer)
-    arm: Mapped[str] = mapped_column(String(32))
-    details: Mapped[dict | None] = mapped_column(JSON)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200))
-    randomized_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    randomized_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))

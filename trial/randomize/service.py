@@ -17,20 +17,20 @@ from sqlalchemy.orm import Session
 
 from trial import cache
 from trial.audit import service as audit
-from trial.scope import is_cli, require_role, require_site_role
-from trial.config import seal_key
 from trial.cache import prebuilt
-from trial.db import utcnow
-from trial.enrollment.models import Participant, Screening
-from trial.enrollment.service import _insert_ignore, check_visible
+from trial.config import seal_key
+from trial.db import insert_ignore, utcnow
 from trial.errors import Conflict, NotFound, ValidationError
-from trial.trialstate.service import check_writable, ensure_writable, writable_query
-from trial.trialstate.service import state as trial_state
+from trial.participants.models import FINAL_EVENTS, Allocation, Assessment, Participant, Screening, StatusEvent
+from trial.participants.service import check_visible
 from trial.protocol.service import content_by_sha, latest_sha_column
 from trial.protocol.service import current as current_protocol
 from trial.randomize import lists, minimization
-from trial.randomize.models import Allocation, RandomizationDesign, SealedSeed, Stratum
+from trial.randomize.models import RandomizationDesign, SealedSeed, Stratum
+from trial.scope import is_cli, require_role, require_site_role
 from trial.sites.models import Site
+from trial.trialstate.service import check_writable, ensure_writable, writable_query
+from trial.trialstate.service import state as trial_state
 
 MINIMIZATION_STRATUM = "minimization"
 
@@ -163,25 +163,11 @@ def _site_id_of(db: Session, key: str) -> int | None:
 def _new_stratum(db: Session, design: dict, master: bytes, key: str, site_id: int | None) -> None:
     blocks = design["initial_blocks"] if design["method"] == "permuted_blocks" else 0
     length = stratum_list(design, master, key).length_of_blocks(blocks) if blocks else 0
-    _insert_ignore(db, Stratum.__table__, {"key": key, "site_id": site_id, "last_seq": 0, "blocks": blocks,
+    insert_ignore(db, Stratum.__table__, {"key": key, "site_id": site_id, "last_seq": 0, "blocks": blocks,
                                           "length": length, "created_at": utcnow()})
 
 
 # --- allocation ------------------------------------------------------------------------------
-
-def allocation_of(db: Session, participant_id: int) -> Allocation | None:
-    return db.execute(select(Allocation).where(Allocation.participant_id == participant_id)).scalar_one_or_none()
-
-
-def allocations_for(db: Session, participant_ids: list[int]) -> dict[int, Allocation]:
-    if not participant_ids:
-        return {}
-    out = {}
-    for chunk in range(0, len(participant_ids), 900):
-        ids = participant_ids[chunk:chunk + 900]
-        out.update({a.participant_id: a for a in db.execute(select(Allocation).where(Allocation.participant_id.in_(ids))).scalars()})
-    return out
-
 
 @dataclass
 class Result:
@@ -202,8 +188,6 @@ def not_ready_reasons(db: Session, p: Participant) -> list[str]:
 
 @prebuilt
 def _readiness_stmt(dialect: str):
-    from trial.outcomes.models import Assessment
-    from trial.status.models import FINAL_EVENTS, StatusEvent
     final = (select(StatusEvent).where(StatusEvent.participant_id == bindparam("pid"), StatusEvent.type.in_(FINAL_EVENTS))
              .order_by(StatusEvent.on).limit(1))
     return select(

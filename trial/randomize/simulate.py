@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from trial.randomize.lists import Stream, StratumList, new_master_seed
+from trial.randomize.lists import StratumList, Stream, new_master_seed
 from trial.randomize.minimization import choose_from_counts, draws
 
 METHODS = ("permuted_blocks", "minimization")

@@ -8,10 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.scope import require_role
 from trial.errors import Conflict, NotFound, ValidationError
-from trial.trialstate.service import ensure_writable
+from trial.scope import require_role
 from trial.sites.models import Site
+from trial.trialstate.service import ensure_writable
 from trial.validation import text
 
 CODE_RE = re.compile(r"^[A-Z]{2}[0-9]{2}$")

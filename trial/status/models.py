@@ -7,22 +7,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from trial.db import Base, utcnow
 
-EVENT_TYPES = ("withdrawn", "lost_to_follow_up", "discontinued_intervention", "not_received", "died")
-# after these no further data is accepted
-FINAL_EVENTS = ("withdrawn", "died")
-
-
-class StatusEvent(Base):
-    __tablename__ = "status_event"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), index=True)
-    type: Mapped[str] = mapped_column(String(32))
-    on: Mapped[dt.date] = mapped_column(Date)
-    reason: Mapped[str] = mapped_column(Text)
-    recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
-    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-
 
 class Deviation(Base):
     __tablename__ = "deviation"

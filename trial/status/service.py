@@ -1,52 +1,20 @@
 """Status events and protocol deviations, recorded by the site's coordinator."""
 from __future__ import annotations
 
-import datetime as dt
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.scope import require_site_role
-from trial.enrollment.models import Participant
-from trial.enrollment.service import get_participant
 from trial.errors import Conflict
-from trial.trialstate.service import ensure_writable
-from trial.status.models import EVENT_TYPES, FINAL_EVENTS, Deviation, StatusEvent
+from trial.participants.models import EVENT_TYPES, FINAL_EVENTS, Participant, StatusEvent
+from trial.participants.service import FINAL_WORDS, allocation_of, events_of, get_participant
+from trial.scope import can_see_arm, require_site_role
+from trial.status.models import Deviation
 from trial.timeline import today
+from trial.trialstate.service import ensure_writable
 from trial.validation import clinical_date, refuse, text
 
-FINAL_WORDS = {"withdrawn": "withdrawn", "died": "died"}
 DEVIATION_CATEGORIES = ("eligibility", "consent", "visit_out_of_window", "intervention", "assessment", "blinding", "other")
-
-
-def events_of(db: Session, participant_ids: list[int]) -> dict[int, list[StatusEvent]]:
-    out: dict[int, list[StatusEvent]] = {}
-    if participant_ids:
-        for e in db.execute(select(StatusEvent).where(StatusEvent.participant_id.in_(participant_ids))
-                            .order_by(StatusEvent.on, StatusEvent.id)).scalars():
-            out.setdefault(e.participant_id, []).append(e)
-    return out
-
-
-def status_label(randomized: bool, events: list[StatusEvent]) -> str:
-    """One status word: the weightiest event, else randomized/enrolled."""
-    types = {e.type for e in events}
-    for t in ("died", "withdrawn", "lost_to_follow_up", "discontinued_intervention", "not_received"):
-        if t in types:
-            return t
-    return "randomized" if randomized else "enrolled"
-
-
-def ensure_accepts_data(db: Session, p: Participant, what: str, on: dt.date | None = None) -> None:
-    """Refuse new data for a withdrawn (or deceased) participant; refuse sessions after the
-    intervention was discontinued or not received."""
-    for e in events_of(db, [p.id]).get(p.id, []):
-        if e.type in FINAL_EVENTS:
-            raise Conflict(f"{p.study_id}: {FINAL_WORDS[e.type]} on {e.on.isoformat()}; no further data is accepted.")
-        if what == "session" and e.type in ("discontinued_intervention", "not_received") and (on is None or on >= e.on):
-            raise Conflict(f"{p.study_id}: the intervention was {e.type.replace('_', ' ')} on {e.on.isoformat()}; "
-                           "no sessions after that date (the child is still followed up).")
 
 
 def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
@@ -60,7 +28,6 @@ def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
     on = clinical_date(data.get("on"), "on", errors, today(p.site.timezone), not_before=(p.consent_date, "consent"))
     reason = text(data.get("reason"), "reason", errors, 500, required=True)
     refuse("The event was not recorded", errors)
-    from trial.randomize.service import allocation_of
     if kind in ("not_received", "discontinued_intervention", "lost_to_follow_up") and allocation_of(db, p.id) is None:
         raise Conflict(f"{p.study_id} is not randomized: a {kind.replace('_', ' ')} event follows randomization.")
     existing = events_of(db, [p.id]).get(p.id, [])
@@ -101,7 +68,6 @@ def record_deviation(db: Session, actor, study_id: str, data: dict) -> Deviation
 def deviations_of(db: Session, actor, p: Participant) -> list[Deviation]:
     """Deviations of one participant, for unblinded readers (an intervention deviation implies an
     intervention)."""
-    from trial.scope import can_see_arm
     if not can_see_arm(db, actor, p.site_id):
         return []
     return list(db.execute(select(Deviation).where(Deviation.participant_id == p.id).order_by(Deviation.on)).scalars())

@@ -4,10 +4,12 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from trial.errors import DomainError, NotFound
-from trial.outcomes import forms, service
-from trial.outcomes.models import Assessment
+from trial.forms import outcomes as forms
+from trial.http import actor, db, form_errors
+from trial.outcomes import service
+from trial.participants.models import Assessment, Participant
+from trial.participants.service import get_participant
 from trial.protocol.service import current as current_protocol
-from trial.web import actor, db, form_errors
 
 bp = Blueprint("outcomes", __name__)
 
@@ -24,8 +26,6 @@ def correct(assessment_id: int):
     a = s.get(Assessment, assessment_id)
     if a is None:
         raise NotFound("No such assessment.")
-    from trial.enrollment.models import Participant
-    from trial.enrollment.service import get_participant
     p = get_participant(s, actor(), s.get(Participant, a.participant_id).study_id)
     ins = next(i for i in current_protocol(s).content["instruments"] if i["key"] == a.instrument)
     form = forms.correction_form(ins, a.values)

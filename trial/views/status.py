@@ -4,8 +4,9 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, url_for
 
 from trial.errors import DomainError
-from trial.status import forms, service
-from trial.web import actor, db, form_errors
+from trial.forms import status as forms
+from trial.http import actor, db, form_errors
+from trial.status import service
 
 bp = Blueprint("status", __name__)
 

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 
-from trial.scope import is_blinded
 from trial.errors import DomainError
 from trial.exports import service as exports
-from trial.lock import forms, service
+from trial.forms import lock as forms
+from trial.http import actor, db, is_page_error
+from trial.lock import service
 from trial.randomize.service import get_design
+from trial.scope import is_blinded
 from trial.sites.service import list_sites
-from trial.web import actor, db, is_page_error
 
 bp = Blueprint("lock", __name__)
 

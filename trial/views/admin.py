@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, url_for
 
-from trial.admin.forms import RevokeForm, SiteForm, UserEditForm, UserForm
 from trial.auth import service as users
 from trial.db import utcnow
 from trial.errors import DomainError
+from trial.forms.admin import RevokeForm, SiteForm, UserEditForm, UserForm
+from trial.http import actor, db, form_errors
+from trial.protocol.service import versions
 from trial.sites import service as sites
-from trial.web import actor, db, form_errors
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -93,7 +94,6 @@ def revoke_tokens(user_id: int):
 
 @bp.route("/protocol", endpoint="protocol")
 def protocol_page():
-    from trial.protocol.service import versions
     return render_template("admin/protocol.html", versions=versions(db(), actor()))
 
 

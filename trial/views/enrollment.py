@@ -5,15 +5,18 @@ import secrets
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 
-from trial.scope import can_see_arm
-from trial.enrollment import forms, service
+from trial.course.service import participant_course
+from trial.enrollment import service
 from trial.errors import DomainError
+from trial.forms import enrollment as forms
+from trial.http import actor, db, form_errors, is_page_error
 from trial.outcomes import service as outcomes
-from trial.status import service as status_service
+from trial.participants import service as records
 from trial.protocol.service import current as current_protocol
 from trial.randomize import service as randomization
+from trial.scope import can_see_arm
 from trial.sites.service import list_sites
-from trial.web import actor, db, form_errors, is_page_error
+from trial.status import service as status_service
 
 bp = Blueprint("enrollment", __name__)
 
@@ -21,22 +24,21 @@ bp = Blueprint("enrollment", __name__)
 @bp.route("/participants")
 def participants():
     s = db()
-    rows = service.list_participants(s, actor(), request.args.get("site") or None)
-    return render_template("enrollment/participants.html", rows=service.participant_views(s, actor(), rows))
+    rows = records.visible_participants(s, actor(), request.args.get("site") or None)
+    return render_template("enrollment/participants.html", rows=records.participant_views(s, actor(), rows))
 
 
 @bp.route("/participants/<study_id>")
 def participant(study_id: str):
     s = db()
-    p = service.get_participant(s, actor(), study_id)
-    view = service.participant_views(s, actor(), [p])[0]
+    p = records.get_participant(s, actor(), study_id)
+    view = records.participant_views(s, actor(), [p])[0]
     reasons = randomization.not_ready_reasons(s, p) if not view["randomized_on"] else []
     can_randomize = actor().has_role("coordinator") and p.site_id in actor().site_ids("coordinator")
     form = forms.RandomizeForm(idempotency_key=secrets.token_hex(16))
     show_arm = can_see_arm(s, actor(), p.site_id)
     course = None
     if show_arm and view["randomized_on"]:
-        from trial.course.service import participant_course
         course = participant_course(s, actor(), p.study_id)
     here = {r.role for r in actor().roles if r.site_id in (None, p.site_id)}
     return render_template("enrollment/participant.html", p=view, reasons=reasons,
@@ -114,7 +116,7 @@ def enroll(screening_id: int):
 @bp.route("/participants/<study_id>/assess/<instrument>", methods=["GET", "POST"])
 def assess(study_id: str, instrument: str):
     s = db()
-    p = service.get_participant(s, actor(), study_id)
+    p = records.get_participant(s, actor(), study_id)
     content = current_protocol(s).content
     ins = next((i for i in content["instruments"] if i["key"] == instrument), None)
     if ins is None:

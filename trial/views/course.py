@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, url_for
 
-from trial.course import forms, service
+from trial.course import service
 from trial.errors import DomainError
+from trial.forms import course as forms
+from trial.http import actor, db, form_errors
 from trial.protocol.service import current as current_protocol
-from trial.web import actor, db, form_errors
 
 bp = Blueprint("course", __name__)
 

@@ -1,17 +1,19 @@
-"""Request plumbing shared by every blueprint: the database session, the acting user, the access
-policy, error pages and security headers."""
+"""Request plumbing shared by the web pages and the API: the request's database session, the
+acting user (session cookie or bearer token), the access policy, the checks of raw request
+values, error answers (pages and JSON) and security headers."""
 from __future__ import annotations
 
-from flask import Flask, abort, current_app, g, jsonify, redirect, render_template, request, url_for
+from flask import Flask, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from flask_login import LoginManager, current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.exc import SQLAlchemyError
 
+from trial.auth.service import load_session_user, user_for_token
 from trial.db import unavailable
 from trial.errors import DomainError, ValidationError
 from trial.policy import ANY, POLICY, PUBLIC, QUERY_PARAMS
-from trial.version import __version__
 from trial.validation import CONTROL_MESSAGE, MAX_ID, has_control
+from trial.version import __version__
 
 csrf = CSRFProtect()
 login_manager = LoginManager()
@@ -37,7 +39,6 @@ def actor():
     """The authenticated user of this request (bearer token for the API, session for the web)."""
     if "actor" not in g:
         if is_api():
-            from trial.auth.service import user_for_token
             header = request.headers.get("Authorization", "")
             token = header[7:].strip() if header.lower().startswith("bearer ") else ""
             g.actor = user_for_token(db(), token)
@@ -63,7 +64,6 @@ def is_page_error(e: DomainError) -> bool:
 def form_errors(form, e: DomainError) -> None:
     """Show a service's refusal on the form: the message, and each named field's reason. An error
     of the page (see :func:`is_page_error`) propagates."""
-    from flask import flash
     if is_page_error(e):
         raise e
     db().rollback()
@@ -206,8 +206,8 @@ def _database_error(e: SQLAlchemyError):
 
 
 def init_app(app: Flask) -> None:
-    from trial.auth.service import load_session_user
-
+    """The request plumbing on an app: CSRF, logins, the access policy, error answers, headers.
+    The blueprints are registered by the app factory (trial.app)."""
     csrf.init_app(app)
     login_manager.init_app(app)
 
@@ -249,21 +249,3 @@ def init_app(app: Flask) -> None:
     @app.context_processor
     def _ctx():
         return {"actor": actor() if request else None, "version": __version__}
-
-    from trial.admin.views import bp as admin_bp
-    from trial.api import bp as api_bp
-    from trial.audit.views import bp as audit_bp
-    from trial.auth.views import bp as auth_bp
-    from trial.enrollment.views import bp as enrollment_bp
-    from trial.grants.views import bp as grants_bp
-    from trial.main import bp as main_bp
-
-    from trial.course.views import bp as course_bp
-    from trial.dashboard.views import bp as dashboard_bp
-    from trial.lock.views import bp as lock_bp
-    from trial.outcomes.views import bp as outcomes_bp
-    from trial.status.views import bp as status_bp
-    for bp in (auth_bp, main_bp, admin_bp, grants_bp, audit_bp, enrollment_bp, course_bp, status_bp, outcomes_bp, dashboard_bp, lock_bp):
-        app.register_blueprint(bp)
-    csrf.exempt(api_bp)
-    app.register_blueprint(api_bp)

@@ -2,7 +2,7 @@ from flask_wtf import FlaskForm
 from wtforms import DateField, SelectField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length
 
-from trial.status.models import EVENT_TYPES
+from trial.participants.models import EVENT_TYPES
 from trial.status.service import DEVIATION_CATEGORIES
 
 

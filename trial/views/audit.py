@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, render_template, request
 
 from trial.audit.service import visible_records
-from trial.web import actor, db, int_arg
+from trial.http import actor, db, int_arg
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
 

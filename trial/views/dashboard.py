@@ -3,7 +3,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, render_template, request
 
 from trial.dashboard import service
-from trial.web import actor, db
+from trial.http import actor, db
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 

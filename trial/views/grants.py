@@ -4,8 +4,9 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, url_for
 
 from trial.errors import DomainError
-from trial.grants import forms, service
-from trial.web import actor, db, is_page_error
+from trial.forms import grants as forms
+from trial.grants import service
+from trial.http import actor, db, is_page_error
 
 bp = Blueprint("grants", __name__)
 

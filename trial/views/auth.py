@@ -5,9 +5,9 @@ from flask import Blueprint, flash, redirect, render_template, request, session,
 from flask_login import login_user, logout_user
 
 from trial.auth import service
-from trial.auth.forms import LoginForm, LogoutForm, PasswordForm
 from trial.errors import DomainError
-from trial.web import actor, db
+from trial.forms.auth import LoginForm, LogoutForm, PasswordForm
+from trial.http import actor, db
 
 bp = Blueprint("auth", __name__)
 

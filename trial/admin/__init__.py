@@ -1,1 +1,0 @@
-"""Admin pages: users, roles and sites (no clinical data)."""

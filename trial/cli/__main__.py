@@ -1,0 +1,4 @@
+"""`python -m trial.cli`."""
+from trial.cli import main
+
+main()

@@ -1,0 +1,21 @@
+"""`trial protocol`: protocol versions."""
+from __future__ import annotations
+
+import click
+
+from trial.cli.common import Group, session
+from trial.protocol.service import load_file
+from trial.scope import CliActor
+
+
+@click.group(cls=Group, help="Protocol versions.")
+def protocol():
+    pass
+
+
+@protocol.command("load", help="Validate a protocol file and make it the current protocol version.")
+@click.argument("path", type=click.Path(dir_okay=False))
+def protocol_load(path):
+    with session() as s:
+        pv = load_file(s, CliActor(), path)
+        click.echo(f"protocol version {pv.version} ({pv.trial_key}, sha256 {pv.sha256[:12]}) is current")

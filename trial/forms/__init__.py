@@ -1,0 +1,1 @@
+"""WTForms forms of the web pages, one module per area."""

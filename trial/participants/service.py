@@ -1,0 +1,177 @@
+"""Who a participant is, as every domain above needs it: lookup with visibility (site scoping and,
+for therapists, the music-therapy arms), the allocation, the status from the events, whether the
+record still accepts data, the randomization day, and the view of a participant each role may
+see (the arm only for unblinded readers)."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trial.db import lock_for_update
+from trial.errors import Conflict, Forbidden, NotFound
+from trial.participants.models import (
+    ARM_REVEALING_EVENTS,
+    FINAL_EVENTS,
+    Allocation,
+    Assessment,
+    Participant,
+    StatusEvent,
+)
+from trial.protocol.service import current as current_protocol
+from trial.scope import can_see_arm, is_cli, visible_site_ids
+from trial.sites.models import Site
+from trial.sites.service import get_by_code
+from trial.timeline import local_date
+
+FINAL_WORDS = {"withdrawn": "withdrawn", "died": "died"}
+
+
+def age_in_months(born: dt.date, on: dt.date) -> int:
+    months = (on.year - born.year) * 12 + (on.month - born.month)
+    return months - (1 if on.day < born.day else 0)
+
+
+def _music_arms(db: Session) -> set[str]:
+    return {a["key"] for a in current_protocol(db).content["arms"] if a["sessions_per_week"] > 0}
+
+
+def get_participant(db: Session, actor, study_id: str, for_update: bool = False) -> Participant:
+    """The participant if ``actor`` may see it (403 for another site's staff). ``for_update``
+    locks its row until the transaction ends."""
+    q = select(Participant).where(Participant.study_id == (study_id or "").upper())
+    p = db.execute(lock_for_update(q, db.get_bind()) if for_update else q).scalar_one_or_none()
+    if p is None:
+        raise NotFound(f"No participant {study_id}.")
+    check_visible(db, actor, p)
+    return p
+
+
+def check_visible(db: Session, actor, p: Participant) -> None:
+    """403 for another site's staff; 404 for a therapist when the child is not in a music arm."""
+    sites = visible_site_ids(db, actor)
+    if sites is not None and p.site_id not in sites:
+        raise Forbidden("This participant belongs to a site you do not work at.")
+    if not is_cli(actor) and _therapist_only(actor, p.site_id):
+        alloc = allocation_of(db, p.id)
+        if alloc is None or alloc.arm not in _music_arms(db):
+            raise NotFound(f"Participant {p.study_id} is not in a music-therapy arm.")
+
+
+def _therapist_only(actor, site_id: int) -> bool:
+    """A therapist at this site who is not also its coordinator (nor a manager) sees only
+    children in music-therapy arms; trial-wide roles such as admin add nothing here."""
+    if actor.has_role("manager"):
+        return False
+    here = {r.role for r in actor.roles if r.site_id == site_id}
+    return "therapist" in here and "coordinator" not in here
+
+
+def visible_participants(db: Session, actor, site_code: str | None = None) -> list[Participant]:
+    sites = visible_site_ids(db, actor)
+    q = select(Participant).order_by(Participant.study_id)
+    if sites is not None:
+        q = q.where(Participant.site_id.in_(sites))
+    if site_code:
+        site = get_by_code(db, site_code)
+        if sites is not None and site.id not in sites:
+            raise Forbidden("You do not work at that site.")
+        q = q.where(Participant.site_id == site.id)
+    rows = list(db.execute(q).scalars())
+    if not is_cli(actor) and actor.has_role("therapist"):
+        allocs = allocations_for(db, [p.id for p in rows])
+        music = _music_arms(db)
+        rows = [p for p in rows if not _therapist_only(actor, p.site_id)
+                or (p.id in allocs and allocs[p.id].arm in music)]
+    return rows
+
+
+def participant_views(db: Session, actor, rows: list[Participant]) -> list[dict]:
+    """What ``actor`` may see of each participant: the arm only for unblinded roles."""
+    if not rows:
+        return []
+    allocs = allocations_for(db, [p.id for p in rows])
+    codes = dict(db.execute(select(Site.id, Site.code)).all())
+    tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
+    arms = {a["key"]: a["label"] for a in current_protocol(db).content["arms"]}
+    baseline = baseline_done(db, [p.id for p in rows])
+    events = events_of(db, [p.id for p in rows])
+    out = []
+    for p in rows:
+        a = allocs.get(p.id)
+        unblinded = a is not None and can_see_arm(db, actor, p.site_id)
+        # events about the intervention would tell a blinded reader the child had one to receive
+        evs = [e for e in events.get(p.id, []) if unblinded or e.type not in ARM_REVEALING_EVENTS]
+        d = {"study_id": p.study_id, "site": codes[p.site_id], "status": status_label(a is not None, evs),
+             "consent_date": p.consent_date.isoformat(), "date_of_birth": p.date_of_birth.isoformat(),
+             "sex": p.sex, "strata": p.strata, "enrolled_at": p.enrolled_at.isoformat() + "Z",
+             "baseline_primary_recorded": p.id in baseline,
+             "randomized_on": local_date(a.randomized_at, tzs[p.site_id]).isoformat() if a else None}
+        d["events"] = [{"type": e.type, "on": e.on.isoformat()} for e in evs]
+        if unblinded:
+            d["arm"] = a.arm
+            d["arm_label"] = arms.get(a.arm, a.arm)
+        out.append(d)
+    return out
+
+
+def allocation_of(db: Session, participant_id: int) -> Allocation | None:
+    return db.execute(select(Allocation).where(Allocation.participant_id == participant_id)).scalar_one_or_none()
+
+
+def allocations_for(db: Session, participant_ids: list[int]) -> dict[int, Allocation]:
+    if not participant_ids:
+        return {}
+    out = {}
+    for chunk in range(0, len(participant_ids), 900):
+        ids = participant_ids[chunk:chunk + 900]
+        out.update({a.participant_id: a for a in db.execute(select(Allocation).where(Allocation.participant_id.in_(ids))).scalars()})
+    return out
+
+
+def events_of(db: Session, participant_ids: list[int]) -> dict[int, list[StatusEvent]]:
+    out: dict[int, list[StatusEvent]] = {}
+    if participant_ids:
+        for e in db.execute(select(StatusEvent).where(StatusEvent.participant_id.in_(participant_ids))
+                            .order_by(StatusEvent.on, StatusEvent.id)).scalars():
+            out.setdefault(e.participant_id, []).append(e)
+    return out
+
+
+def status_label(randomized: bool, events: list[StatusEvent]) -> str:
+    """One status word: the weightiest event, else randomized/enrolled."""
+    types = {e.type for e in events}
+    for t in ("died", "withdrawn", "lost_to_follow_up", "discontinued_intervention", "not_received"):
+        if t in types:
+            return t
+    return "randomized" if randomized else "enrolled"
+
+
+def ensure_accepts_data(db: Session, p: Participant, what: str, on: dt.date | None = None) -> None:
+    """Refuse new data for a withdrawn (or deceased) participant; refuse sessions after the
+    intervention was discontinued or not received."""
+    for e in events_of(db, [p.id]).get(p.id, []):
+        if e.type in FINAL_EVENTS:
+            raise Conflict(f"{p.study_id}: {FINAL_WORDS[e.type]} on {e.on.isoformat()}; no further data is accepted.")
+        if what == "session" and e.type in ("discontinued_intervention", "not_received") and (on is None or on >= e.on):
+            raise Conflict(f"{p.study_id}: the intervention was {e.type.replace('_', ' ')} on {e.on.isoformat()}; "
+                           "no sessions after that date (the child is still followed up).")
+
+
+def randomization_day(db: Session, p: Participant, alloc: Allocation | None = None) -> dt.date | None:
+    alloc = alloc or allocation_of(db, p.id)
+    if alloc is None:
+        return None
+    return local_date(alloc.randomized_at, db.get(Site, p.site_id).timezone)
+
+
+def baseline_done(db: Session, participant_ids: list[int]) -> set[int]:
+    """Participants whose baseline primary outcome is recorded."""
+    prim = current_protocol(db).content["primary_outcome"]
+    if not participant_ids:
+        return set()
+    rows = db.execute(select(Assessment.participant_id, Assessment.values).where(
+        Assessment.participant_id.in_(participant_ids), Assessment.visit == "baseline",
+        Assessment.instrument == prim["instrument"])).all()
+    return {pid for pid, values in rows if values.get(prim["field"]) is not None}
