@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
 
-.PHONY: demo test install install-dev db serve clean
+.PHONY: demo serve test install install-dev db clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,13 +24,23 @@ install-dev: $(VENV)/.installed-dev
 db: install
 	$(BIN)/trial db upgrade
 
-# Create the venv, migrate a fresh SQLite database, load the demo, serve on http://127.0.0.1:5000
+DEMO_DB := sqlite:///$(CURDIR)/instance/demo.db
+
+# Create the venv, RESET instance/demo.db (a fresh SQLite database), load the demo, serve on
+# http://127.0.0.1:$(PORT) (make demo PORT=5001 for another port)
 demo: install
+	@echo "Resetting the demo database instance/demo.db (make serve keeps it)"
 	rm -f instance/demo.db instance/demo.db-wal instance/demo.db-shm
-	TRIAL_DATABASE_URL=sqlite:///$(CURDIR)/instance/demo.db $(BIN)/trial db upgrade
-	TRIAL_DATABASE_URL=sqlite:///$(CURDIR)/instance/demo.db $(BIN)/trial demo
+	TRIAL_DATABASE_URL=$(DEMO_DB) $(BIN)/trial db upgrade
+	TRIAL_DATABASE_URL=$(DEMO_DB) $(BIN)/trial demo
 	@echo "Serving on http://127.0.0.1:$(PORT) (Ctrl-C to stop)"
-	TRIAL_DATABASE_URL=sqlite:///$(CURDIR)/instance/demo.db $(BIN)/trial serve --port $(PORT)
+	TRIAL_DATABASE_URL=$(DEMO_DB) $(BIN)/trial serve --port $(PORT)
+
+# Serve the existing demo database as it is (migrated to the newest schema first, never reset)
+serve: install
+	TRIAL_DATABASE_URL=$(DEMO_DB) $(BIN)/trial db upgrade
+	@echo "Serving instance/demo.db on http://127.0.0.1:$(PORT) (Ctrl-C to stop)"
+	TRIAL_DATABASE_URL=$(DEMO_DB) $(BIN)/trial serve --port $(PORT)
 
 # Install the dev extras, check the layers (import-linter) and run the whole suite on every core
 # (SQLite; set TRIAL_TEST_DATABASE_URL for PostgreSQL). PYTEST_ARGS adds options, e.g. -k lock.

@@ -41,6 +41,8 @@ import psycopg
 import requests
 from cryptography.fernet import Fernet
 
+import trial.models  # noqa: F401  every model registered before the first session
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SITES = ["AT01", "AU01", "BR01", "IL01", "IT01", "KR01", "NO01", "NO02", "UK01", "US01"]
@@ -82,6 +84,7 @@ def set_env(user: str, hostport: str, db: str) -> dict:
         "TRIAL_SEAL_KEY": Fernet.generate_key().decode(),
         "TRIAL_SECRET_KEY": secrets.token_hex(32),
         "TRIAL_INSTANCE_PATH": tempfile.mkdtemp(prefix="bench-trial-"),
+        "TRIAL_AUDIT_KEY": secrets.token_hex(32),
     })
     return dict(os.environ)
 

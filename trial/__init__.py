@@ -3,11 +3,11 @@
 The house is built in layers that import one way only, from the top down (checked by
 import-linter, see ``[tool.importlinter]`` in pyproject.toml):
 
-    trial.cli, trial.models       the command line; every model, for Alembic
+    trial.cli                     the command line
     trial.app                     the application factory
     trial.views | trial.api       the faces: web pages and the JSON API
     trial.forms                   the web forms
-    trial.http | trial.demo       request plumbing; the demo loader
+    trial.http | trial.demo | trial.models   request plumbing; the demo loader; every model
     trial.lock | trial.dashboard  signed locks and unblinding; home page, grid, charts
     trial.exports                 bundles, CONSORT, reports (no sessions for blinded readers)
     trial.course | trial.outcomes | trial.status      what happens after randomization
@@ -24,9 +24,9 @@ import-linter, see ``[tool.importlinter]`` in pyproject.toml):
     trial.db | trial.cache | trial.policy | trial.timeline | trial.validation | trial.version
     trial.errors
 
-A lower layer never imports a higher one; what it needs of a higher one comes in as an argument
-(the lock is told the bundle builder by nothing: exports sits below lock). Siblings separated by
-``|`` do not import each other.
+A lower layer never imports a higher one: what every layer needs of the trial as a whole lives
+low, in trial.trialstate, and what every clinical domain needs of a child in trial.participants.
+Siblings separated by ``|`` do not import each other.
 """
 from __future__ import annotations
 

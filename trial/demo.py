@@ -73,8 +73,10 @@ def load_demo(db: Session, participants_per_site: int = 10, seed: int = 2011) ->
             if sc.outcome != "eligible":
                 continue
             born = screened - dt.timedelta(days=rng.randint(4 * 366, 6 * 365 + 300))
-            p = enroll(db, actor, {"screening_id": sc.id, "consent_date": (screened + dt.timedelta(days=3)).isoformat(),
-                                   "date_of_birth": born.isoformat(), "sex": rng.choice(["female", "male", "male", "male"])})
+            consent = screened + dt.timedelta(days=3)
+            p = enroll(db, actor, {"screening_id": sc.id, "consent_date": consent.isoformat(),
+                                   "date_of_birth": born.isoformat(), "sex": rng.choice(["female", "male", "male", "male"])},
+                       at=dt.datetime.combine(consent, dt.time(9, 0)))  # enrolled on the day of consent
             if kind == 7:
                 continue  # enrolled, waiting for the baseline assessment
             base_on = screened + dt.timedelta(days=5)

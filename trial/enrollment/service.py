@@ -2,18 +2,19 @@
 per site under a locked counter."""
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.db import insert_ignore, lock_for_update
+from trial.db import insert_ignore, lock_for_update, utcnow
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.participants.models import SEXES, Participant, Screening, SiteSequence
 from trial.participants.service import age_in_months
 from trial.protocol.service import current as current_protocol
-from trial.scope import require_site_role, visible_site_ids
+from trial.scope import is_cli, require_site_role, visible_site_ids
 from trial.sites.models import Site
 from trial.sites.service import get_by_code
 from trial.timeline import today
@@ -116,7 +117,9 @@ def _next_study_id(db: Session, site: Site) -> str:
     return f"{site.code}-{seq.last_number:04d}"
 
 
-def enroll(db: Session, actor, data: dict) -> Participant:
+def enroll(db: Session, actor, data: dict, at: dt.datetime | None = None) -> Participant:
+    """Enrol from an eligible screening. ``at`` (a UTC datetime) is honoured only for the
+    command-line operator loading synthetic or migrated data (the demo); users enrol now."""
     errors: dict[str, str] = {}
     sid = ident(data.get("screening_id"), "screening_id", errors, "a screening's id")
     refuse("The participant was not enrolled", errors)
@@ -147,7 +150,8 @@ def enroll(db: Session, actor, data: dict) -> Participant:
     refuse("The participant was not enrolled", errors)
     study_id = _next_study_id(db, site)
     p = Participant(study_id=study_id, site_id=site.id, screening_id=sc.id, consent_date=consent,
-                    date_of_birth=born, sex=sex, strata=strata, created_by_id=getattr(actor, "id", None))
+                    date_of_birth=born, sex=sex, strata=strata, created_by_id=getattr(actor, "id", None),
+                    enrolled_at=at if (at is not None and is_cli(actor)) else utcnow())
     db.add(p)
     db.flush()
     audit.created(db, actor, "participant", study_id, {"site": site.code, "screening_id": sc.id,
