@@ -107,6 +107,24 @@ def check_query(endpoint: str) -> None:
                               {name: "is not a parameter of this operation" for name in unknown})
 
 
+def post_and_return(form, action, done: str, back: str, incomplete: str = "Fill in every field."):
+    """A form posted from a list page (locks, grants): run ``action(form)`` and commit, flash the
+    outcome, go back to ``back``. A refusal of the form is flashed; a page error propagates."""
+    if form.validate_on_submit():
+        try:
+            action(form)
+            db().commit()
+            flash(done)
+        except DomainError as e:
+            db().rollback()
+            if is_page_error(e):
+                raise
+            flash(e.message, "error")
+    else:
+        flash(incomplete, "error")
+    return redirect(back)
+
+
 def int_arg(name: str, default: int, lo: int = 1, hi: int = 1_000_000) -> int:
     """A whole-number query parameter within [lo, hi]; anything else is a 400 naming it."""
     raw = request.args.get(name)

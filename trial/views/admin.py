@@ -24,6 +24,11 @@ def parse_roles(text: str) -> list[tuple[str, str | None]]:
     return out
 
 
+def _pending_note(user) -> str:
+    n = len(users.pending_grants_of(db(), user))
+    return f" {n} role grant(s) wait for a manager's countersignature." if n else ""
+
+
 @bp.route("/users", endpoint="users")
 def users_page():
     s = db()
@@ -39,9 +44,7 @@ def user_new():
             u = users.create_user(db(), actor(), form.email.data, form.name.data, form.password.data,
                                   parse_roles(form.roles.data), must_change_password=True)
             db().commit()
-            pending = users.pending_grants_of(db(), u)
-            flash(f"User {u.email} created; they must change the password at first login."
-                  + (f" {len(pending)} role grant(s) wait for a manager's countersignature." if pending else ""))
+            flash(f"User {u.email} created; they must change the password at first login." + _pending_note(u))
             return redirect(url_for("admin.users"))
         except DomainError as e:
             form_errors(form, e)
@@ -62,9 +65,7 @@ def user_edit(user_id: int):
             if form.new_password.data:
                 users.reset_password(s, actor(), user, form.new_password.data)
             s.commit()
-            pending = users.pending_grants_of(s, user)
-            flash(f"User {user.email} saved." + (f" {len(pending)} role grant(s) wait for a manager's countersignature."
-                                                  if pending else ""))
+            flash(f"User {user.email} saved." + _pending_note(user))
             return redirect(url_for("admin.user_edit", user_id=user.id))
         except DomainError as e:
             form_errors(form, e)

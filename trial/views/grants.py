@@ -1,12 +1,11 @@
 """Pending role grants: managers countersign or reject them; admins see what they asked for."""
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, url_for
+from flask import Blueprint, render_template, url_for
 
-from trial.errors import DomainError
 from trial.forms import grants as forms
 from trial.grants import service
-from trial.http import actor, db, is_page_error
+from trial.http import actor, db, post_and_return
 
 bp = Blueprint("grants", __name__)
 
@@ -20,19 +19,7 @@ def grants_page():
 
 
 def _decide(form, action, done: str):
-    if form.validate_on_submit():
-        try:
-            action(form)
-            db().commit()
-            flash(done)
-        except DomainError as e:
-            db().rollback()
-            if is_page_error(e):
-                raise
-            flash(e.message, "error")
-    else:
-        flash("Fill in every field.", "error")
-    return redirect(url_for("grants.list"))
+    return post_and_return(form, action, done, url_for("grants.list"))
 
 
 @bp.route("/grants/<int:grant_id>/approve", methods=["POST"], endpoint="approve")

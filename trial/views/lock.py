@@ -1,12 +1,11 @@
 """Locks, bundles, unblinding and CONSORT pages."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, render_template, request, url_for
 
-from trial.errors import DomainError
 from trial.exports import service as exports
 from trial.forms import lock as forms
-from trial.http import actor, db, is_page_error
+from trial.http import actor, db, post_and_return
 from trial.lock import service
 from trial.randomize.service import get_design
 from trial.scope import is_blinded
@@ -24,19 +23,7 @@ def locks_page():
 
 
 def _signed(form, action, done: str):
-    if form.validate_on_submit():
-        try:
-            action(form)
-            db().commit()
-            flash(done)
-        except DomainError as e:
-            db().rollback()
-            if is_page_error(e):
-                raise
-            flash(e.message, "error")
-    else:
-        flash("Fill in every field of the signature.", "error")
-    return redirect(url_for("lock.locks"))
+    return post_and_return(form, action, done, url_for("lock.locks"), "Fill in every field of the signature.")
 
 
 @bp.route("/locks/new", methods=["POST"], endpoint="create")
