@@ -24,6 +24,7 @@ ROLES = {
     "statistician": [("statistician", None)],
     "manager": [("manager", None)],
     "admin": [("admin", None)],
+    "monitor": [("monitor", "AT01")],
 }
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from tests.helpers import CLI, PASSWORD
 from trial.audit.models import AuditRecord
 from trial.auth import service as users
-from trial.auth.models import ApiToken, LoginAttempt, RoleGrant, User
+from trial.auth.models import ApiToken, LoginAttempt, RoleAssignment, RoleGrant, User
 from trial.errors import Forbidden, ValidationError
 from trial.esign.models import Signature
 from trial.grants import service as grants
@@ -97,8 +97,13 @@ def test_a_manager_countersigns_and_the_role_takes_effect(world, app, db, random
 
 
 def test_nobody_countersigns_a_grant_they_asked_for(world, db):
-    boss = users.create_user(db, CLI, "boss@example.org", "Admin And Manager", PASSWORD, [("admin", None), ("manager", None)])
+    """An admin may not also be a manager any more; an account from before that rule (its manager
+    role written straight into the database) still cannot countersign the grants it asked for."""
+    boss = users.create_user(db, CLI, "boss@example.org", "Admin And Manager", PASSWORD, [("admin", None)])
+    db.add(RoleAssignment(user_id=boss.id, role="manager", site_id=None))
     db.commit()
+    db.expire_all()
+    boss = users.get_user_by_email(db, "boss@example.org")
     users.create_user(db, boss, "t2@example.org", "Therapist Two", PASSWORD, [("therapist", "NO01")])
     db.commit()
     g = db.execute(select(RoleGrant).where(RoleGrant.status == "pending")).scalar_one()
@@ -109,6 +114,46 @@ def test_nobody_countersigns_a_grant_they_asked_for(world, db):
     grants.approve(db, world.users["manager"], g.id, PASSWORD, "ok")
     db.commit()
     assert users.get_user_by_email(db, "t2@example.org").role_names() == {"therapist"}
+
+
+@pytest.mark.parametrize("role", ["coordinator@AT01", "therapist@AT01", "monitor@AT01", "manager", "statistician"])
+def test_an_admin_never_also_holds_a_role_that_sees_allocations(world, db, role):
+    name, _, site = role.partition("@")
+    before = db.execute(select(func.count()).select_from(RoleAssignment)).scalar()
+    for who in (CLI, world.users["admin"]):
+        with pytest.raises(ValidationError, match="stays blinded"):
+            users.create_user(db, who, f"both{len(name)}@example.org", "Both", PASSWORD, [("admin", None), (name, site or None)])
+        db.rollback()
+    with pytest.raises(ValidationError, match="stays blinded"):  # nor can the admin be given one later
+        users.set_roles(db, CLI, world.users["admin"], [("admin", None), (name, site or None)], reason="more")
+    db.rollback()
+    assert db.execute(select(func.count()).select_from(RoleAssignment)).scalar() == before
+    assert db.execute(select(func.count()).select_from(RoleGrant)).scalar() == 0
+
+
+def test_an_admin_cannot_make_a_puppet_admin_to_change_its_own_roles(world, app, db, randomized):
+    """The review's escalation: the admin creates a second admin, logs in as it and gives itself a
+    coordinator role. The new admin role waits for a countersignature, and an admin may never
+    hold a coordinator role anyway."""
+    admin = world.users["admin"]
+    puppet = users.create_user(db, admin, "puppet@example.org", "Puppet", PASSWORD, [("admin", None)])
+    db.commit()
+    assert puppet.role_names() == set()
+    g = db.execute(select(RoleGrant).where(RoleGrant.user_id == puppet.id)).scalar_one()
+    assert g.role == "admin" and g.status == "pending"
+    c, _ = login(app, "puppet@example.org")
+    assert c.get(f"/admin/users/{admin.id}").status_code == 403
+    # a manager countersigns the admin (as it may, knowingly: the grants page says what it holds) ...
+    listed = world.api("GET", "/grants", "manager").get_json()
+    assert [(x["user"], x["role"], x["holds"]) for x in listed] == [("puppet@example.org", "admin", "")]
+    grants.approve(db, world.users["manager"], g.id, PASSWORD, "second administrator")
+    db.commit()
+    # ... and the puppet still cannot give the first admin a role that sees allocations
+    with pytest.raises(ValidationError, match="stays blinded"):
+        users.set_roles(db, users.get_user_by_email(db, "puppet@example.org"), admin,
+                        [("admin", None), ("coordinator", "AT01")], reason="helping out")
+    db.rollback()
+    assert world.api("GET", f"/participants/{randomized.study_id}", "admin").status_code == 403
 
 
 def test_a_manager_rejects_with_a_reason(world, db):

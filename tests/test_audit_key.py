@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select, text
 
 from tests.conftest import FreshDatabase, is_pg
+from tests.helpers import PASSWORD
 from tests.test_cli import Db, ok, one_line_error
 from trial.audit import service as audit
 from trial.audit.models import AuditAnchor, AuditHead, AuditRecord
@@ -168,3 +169,63 @@ def test_migration_reanchors_an_existing_chain_and_records_it():
             s.close()
     finally:
         fresh.drop()
+
+
+# --- the end of the chain: the head is sealed, hard locks seal it again --------------------------
+
+def _cut_back_to(conn, seq: int) -> None:
+    """The attacker without the key: delete every record after ``seq`` and point the head at the
+    new last record (plain SQL, as anyone who can write the database could)."""
+    last = conn.execute(select(AuditRecord.hash).where(AuditRecord.seq == seq)).scalar() if seq else GENESIS
+    _write(conn, "DELETE FROM audit_record WHERE seq > :n", n=seq)
+    conn.execute(text("UPDATE audit_head SET seq = :n, hash = :h WHERE id = 1"), {"n": seq, "h": last})
+
+
+def test_cutting_the_allocations_off_the_end_is_detected(randomized, db):
+    first = _allocation_record(db).seq
+    assert audit.verify(db).ok
+    _cut_back_to(db.connection(), first - 1)
+    db.expire_all()
+    res = audit.verify(db)
+    assert not res.ok and "chain head" in res.problem and "cut off" in res.problem, res
+
+
+def test_wiping_the_whole_chain_is_detected(randomized, db):
+    _cut_back_to(db.connection(), 0)
+    db.expire_all()
+    res = audit.verify(db)
+    assert not res.ok and res.checked == 0, res
+
+
+def test_a_replayed_old_head_is_caught_by_the_seal_of_a_hard_lock(randomized, db):
+    """The attacker kept the head row (seq, hash, mac) from before the hard lock, cuts the chain back
+    to it and restores that head: the head's seal is genuine, but the lock's seal names a record
+    that is gone."""
+    w = randomized
+    old = db.execute(select(AuditHead.seq, AuditHead.hash, AuditHead.mac)).one()
+    r = w.api("POST", "/locks", "manager", json={"kind": "hard", "meaning": "Final lock.", "password": PASSWORD})
+    assert r.status_code == 201, r.get_data(as_text=True)
+    db.expire_all()
+    assert audit.verify(db).ok
+    conn = db.connection()
+    _write(conn, "DELETE FROM audit_record WHERE seq > :n", n=old.seq)
+    conn.execute(text("UPDATE audit_head SET seq = :n, hash = :h, mac = :m WHERE id = 1"),
+                 {"n": old.seq, "h": old.hash, "m": old.mac})
+    db.expire_all()
+    res = audit.verify(db)
+    assert not res.ok and "sealed at hard lock" in res.problem, res
+
+
+def test_the_unblinded_bundle_names_the_sealed_head_the_blinded_does_not(randomized, db):
+    import io
+    import zipfile
+    w = randomized
+    lock_id = w.api("POST", "/locks", "manager", json={"kind": "hard", "meaning": "Final lock.",
+                                                         "password": PASSWORD}).get_json()["id"]
+    seal = db.execute(select(audit.AuditSeal)).scalar_one()
+    readme = {}
+    for who in ("manager", "statistician"):
+        z = zipfile.ZipFile(io.BytesIO(w.api("GET", f"/locks/{lock_id}/bundle.zip", who).data))
+        readme[who] = next(z.read(n).decode() for n in z.namelist() if n.endswith("README.txt"))
+    assert f"record {seal.seq}, hash {seal.hash}" in readme["manager"]
+    assert seal.hash not in readme["statistician"] and "Audit chain" not in readme["statistician"]

@@ -14,6 +14,8 @@ from tests.helpers import CLI, PASSWORD
 from trial.course.service import log_counselling, log_session
 from trial.outcomes.service import record_assessment
 from trial.policy import ANY, POLICY, PUBLIC
+from trial.queries import service as queries
+from trial.safety import service as safety
 from trial.status.service import record_event
 
 SEED = bytes(range(32))
@@ -33,16 +35,20 @@ PER_CHILD_API = {
     "api.get_participant": "/participants/{id}",
     "api.participant_visits": "/participants/{id}/visits",
 }
+PER_QUERY = {"dm.query": "/queries/{qid}", "api.get_query": "/queries/{qid}"}
 GENERAL_WEB = {
     "main.home": "/", "enrollment.participants": "/participants", "outcomes.visits": "/visits?kind={kind}",
+    "dm.queries": "/queries?status={status}",
     "dashboard.grid": "/dashboard/", "dashboard.recruitment_svg": "/dashboard/recruitment.svg",
     "auth.password": "/password", "auth.login": "/login", "auth.logout": None, "static": None,
 }
 GENERAL_API = {
     "api.me": "/me", "api.sites": "/sites", "api.protocol": "/protocol", "api.openapi": "/openapi.json",
     "api.list_participants": "/participants", "api.visits": "/visits?kind={kind}", "api.notifications": "/notifications",
+    "api.list_queries": "/queries?status={status}",
 }
-WRITE_ONLY = {"api.create_assessment", "api.report_blinding_break", "api.correct_assessment"}
+WRITE_ONLY = {"api.create_assessment", "api.report_blinding_break", "api.correct_assessment", "api.respond_query",
+              "dm.respond", "api.dismiss_notification", "dm.dismiss"}
 PROTOCOL_ROUTES = {"api.protocol", "api.openapi"}  # the protocol itself names the arms; it says nothing of a child
 
 
@@ -56,7 +62,7 @@ def assessor_routes(app):
 
 
 def test_every_assessor_route_is_covered(app):
-    covered = set(PER_CHILD_WEB) | set(PER_CHILD_API) | set(GENERAL_WEB) | set(GENERAL_API) | WRITE_ONLY
+    covered = set(PER_CHILD_WEB) | set(PER_CHILD_API) | set(GENERAL_WEB) | set(GENERAL_API) | WRITE_ONLY | set(PER_QUERY)
     missing = sorted(set(assessor_routes(app)) - covered)
     assert not missing, f"routes an assessor can reach but the blinding test does not cover: {missing}"
 
@@ -89,15 +95,35 @@ def trial(world, db):
                                                     "performed_on": (R + dt.timedelta(days=day)).isoformat(),
                                                     "values": {"social_affect": 10, "rrb": 3, "css": 5},
                                                     "allocation_guess": "unsure", "guess_confidence": 2})
-    record_event(db, CLI, music.study_id, {"type": "discontinued_intervention", "on": (R + dt.timedelta(days=40)).isoformat(),
-                                           "reason": "family moved"})
+    ev = record_event(db, CLI, music.study_id, {"type": "discontinued_intervention", "on": (R + dt.timedelta(days=40)).isoformat(),
+                                                "reason": "family moved"})
+    # queries: one on each child's ADOS-2 (assessors answer those), and on the music child's
+    # session, intervention event and adverse event (an assessor must not learn they exist)
+    manager = world.users["manager"]
+    visible = {}
+    for name, p in (("music", music), ("usual", usual)):
+        a = db.execute(text("SELECT id FROM assessment WHERE participant_id = :p AND visit = 'month2' AND instrument = 'ados2'"),
+                       {"p": p.id}).scalar()
+        visible[name] = queries.raise_query(db, manager, {"study_id": p.study_id, "on": {"kind": "assessment", "id": a, "field": "rrb"},
+                                                          "text": "Please check RRB against the worksheet."}).id
+    sess = db.execute(text("SELECT id FROM therapy_session WHERE participant_id = :p ORDER BY id"), {"p": music.id}).scalar()
+    ae = safety.record(db, world.users["coordinator"], music.study_id, {
+        "term": "bruised hand from a drum during a session", "onset": (R + dt.timedelta(days=9)).isoformat(),
+        "severity": "mild", "serious": True, "seriousness": ["other_important"], "relatedness": "possible", "outcome": "recovering"})
+    hidden = [queries.raise_query(db, manager, {"study_id": music.study_id, "on": on, "text": f"hidden query {i}: drums?"}).id
+              for i, on in enumerate(({"kind": "session", "id": sess}, {"kind": "event", "id": ev.id},
+                                      {"kind": "adverse_event", "id": ae.id}))]
     db.commit()
-    return {"music": music, "usual": usual, "world": world}
+    return {"music": music, "usual": usual, "world": world, "visible": visible, "hidden": hidden}
 
 
 def normalize(body: str, p) -> str:
     body = body.replace(p.study_id, "<ID>")
     body = re.sub(r"/assessments/\d+/", "/assessments/<n>/", body)
+    body = re.sub(r"/queries/\d+", "/queries/<n>", body)
+    body = re.sub(r'(/queries/<n>">)\d+', r"\1<n>", body)
+    body = re.sub(r"Query \d+", "Query <n>", body)
+    body = re.sub(r'(name="target_id" value=")\d+', r"\1<n>", body)
     body = re.sub(r'"id":\s*\d+', '"id": <n>', body)
     body = re.sub(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z?", "<ts>", body)
     body = re.sub(r'(name="csrf_token"[^>]*?value=")[^"]+', r"\1<csrf>", body)  # time-signed per render
@@ -107,7 +133,8 @@ def normalize(body: str, p) -> str:
 FORBIDDEN_WORDS = ["Music therapy, 1 session per week", "Music therapy, 3 sessions per week", "Enhanced usual care",
                    '"arm"', "arm_label", "arm code",
                    "sessions_per_week", "attended", "no_show", "played drums", "discontinued", "not received",
-                   "not_received", "dose", "<h2>Course", "<dt>Allocation", "Parent counselling", "outside course"]
+                   "not_received", "dose", "<h2>Course", "<dt>Allocation", "Parent counselling", "outside course",
+                   "hidden query", "drum", "adverse event", "Adverse event", "the session of", "Sessions"]
 
 
 def assert_no_leak(body: str, where: str):
@@ -154,13 +181,13 @@ def test_assessor_general_pages_reveal_nothing(app, db, trial):
     for endpoint, tmpl in GENERAL_WEB.items():
         if tmpl is None:
             continue
-        for kind in ("due", "overdue", "out_of_window"):
-            r = c.get(tmpl.format(kind=kind))
+        for kind, status in (("due", "open"), ("overdue", "answered"), ("out_of_window", "closed"), ("due", "all")):
+            r = c.get(tmpl.format(kind=kind, status=status))
             assert r.status_code == 200, f"{endpoint}: {r.status_code}"
             assert_no_leak(r.get_data(as_text=True), endpoint)
     for endpoint, tmpl in GENERAL_API.items():
-        for kind in ("due", "overdue", "out_of_window"):
-            r = trial["world"].api("GET", tmpl.format(kind=kind), "assessor")
+        for kind, status in (("due", "open"), ("overdue", "answered"), ("out_of_window", "closed")):
+            r = trial["world"].api("GET", tmpl.format(kind=kind, status=status), "assessor")
             assert r.status_code == 200, endpoint
             if endpoint not in PROTOCOL_ROUTES:
                 assert_no_leak(r.get_data(as_text=True), endpoint)
@@ -202,3 +229,48 @@ def test_statistician_and_admin_see_no_arm(trial):
         assert r.status_code == 200 and "arm" not in r.get_json()
         assert r.get_json()["status"] == "randomized"  # the intervention event is withheld
         assert w.api("GET", f"/participants/{p.study_id}", "admin").status_code == 403
+
+
+def test_an_assessor_sees_the_queries_on_assessments_and_nothing_of_the_others(app, db, trial):
+    """The assessor reads the ADOS-2 queries of both children, identical but for the IDs; the queries
+    on the music child's session, intervention event and adverse event answer 404 like a query that
+    does not exist, and appear in no list, count or badge."""
+    c, w = assessor_client(app), trial["world"]
+    bodies = {}
+    for name in ("music", "usual"):
+        qid, p = trial["visible"][name], trial[name]
+        for endpoint, tmpl in PER_QUERY.items():
+            r = c.get(tmpl.format(qid=qid)) if endpoint.startswith("dm.") else w.api("GET", tmpl.format(qid=qid), "assessor")
+            assert r.status_code == 200, endpoint
+            body = r.get_data(as_text=True)
+            assert_no_leak(body, f"{endpoint} for the {name} child")
+            bodies.setdefault(endpoint, []).append(normalize(body, p))
+    for endpoint, (a, b) in bodies.items():
+        assert a == b, f"{endpoint} differs between a music-therapy child and a usual-care child"
+    missing = max(trial["hidden"]) + 100
+    for qid in trial["hidden"] + [missing]:
+        r = c.get(f"/queries/{qid}")
+        assert r.status_code == 404 and "drum" not in r.get_data(as_text=True)
+        api = w.api("GET", f"/queries/{qid}", "assessor")
+        assert api.status_code == 404
+        assert api.get_json()["error"]["message"] == f"No query {qid}."
+    listed = w.api("GET", "/queries?status=open", "assessor").get_json()
+    assert sorted(q["id"] for q in listed) == sorted(trial["visible"].values())
+    assert w.api("GET", f"/queries?study_id={trial['music'].study_id}", "assessor").get_json()[0]["id"] == trial["visible"]["music"]
+    home = c.get("/").get_data(as_text=True)
+    assert "2\n  queries wait for your answer" in home or "2 queries wait" in " ".join(home.split())
+    # the manager sees every one of them (the control)
+    assert len(w.api("GET", "/queries", "manager").get_json()) == 5
+
+
+def test_the_assessor_is_refused_every_safety_route(app, db, trial):
+    c, w = assessor_client(app), trial["world"]
+    ae = db.execute(text("SELECT id FROM adverse_event")).scalar()
+    p = trial["music"]
+    for url in ("/adverse-events", f"/adverse-events/{ae}", f"/participants/{p.study_id}/adverse-events/new"):
+        r = c.get(url)
+        assert r.status_code == 403 and "drum" not in r.get_data(as_text=True), url
+    for method, path in (("GET", "/adverse-events"), ("GET", f"/adverse-events/{ae}"), ("POST", f"/participants/{p.study_id}/adverse-events"),
+                         ("POST", f"/adverse-events/{ae}/follow-ups"), ("POST", f"/adverse-events/{ae}/acknowledge")):
+        r = w.api(method, path, "assessor", json={})
+        assert r.status_code == 403 and "drum" not in r.get_data(as_text=True), path

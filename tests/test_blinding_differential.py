@@ -18,12 +18,16 @@ from sqlalchemy import select, text
 
 from tests.conftest import FreshDatabase
 from tests.helpers import CLI, PASSWORD, World
+from trial.course.models import TherapySession
 from trial.course.service import log_counselling, log_session
 from trial.db import make_session_factory
 from trial.enrollment import service as enrollment
-from trial.outcomes.service import record_assessment
-from trial.participants.models import Allocation, Assessment
+from trial.monitoring import service as monitoring
+from trial.outcomes.service import check_missing_forms, record_assessment
+from trial.participants.models import Allocation, Assessment, StatusEvent
 from trial.policy import ANY, POLICY, PUBLIC
+from trial.queries import service as queries
+from trial.safety import service as safety
 from trial.status.service import record_deviation, record_event
 from trial.timeline import today
 
@@ -31,6 +35,7 @@ BLINDED = ("assessor", "statistician", "admin")
 SEEDS = (bytes(range(32)), bytes(range(100, 132)))
 DUMMY_SEED = "5e" * 32
 LOCK_TIME = dt.datetime(2026, 11, 30, 12, 0, 0)
+DM_TIME = dt.datetime(2026, 11, 29, 9, 30, 0)
 R = today() - dt.timedelta(days=200)
 CHILDREN = 10
 QUERY_VARIANTS = {
@@ -47,6 +52,10 @@ QUERY_VARIANTS = {
     "api.consort_pdf": ["", "?site=AT01"],
     "api.list_grants": ["", "?status=all"],
     "audit.trail": ["", "?entity=allocation"],
+    "dm.queries": ["", "?status=all", "?status=answered", "?status=closed", "?site=AT01"],
+    "api.list_queries": ["", "?status=open", "?status=answered", "?status=closed", "?site=AT01", "?study_id=AT01-0001"],
+    "dm.adverse_events": ["", "?serious=yes"],
+    "api.list_adverse_events": ["", "?serious=true"],
 }
 SKIP = {"static", "auth.logout", "auth.login"}  # no data; logging out would end the crawl
 
@@ -111,10 +120,44 @@ def build(seed: bytes, monkeypatch):
                                                     "values": {"total_t": 55 + i}})
     record_event(db, CLI, kids[4].study_id, {"type": "withdrawn", "on": d(100), "reason": "family withdrew consent"})
     record_event(db, CLI, kids[5].study_id, {"type": "lost_to_follow_up", "on": d(170), "reason": "moved away"})
+    # data management the same for every child: the missing-form checks, queries on assessments
+    # (one answered with a correction and closed) and on a participant, verification marks
+    check_missing_forms(db, kids)
+    for mod in ("queries", "monitoring", "safety", "dataquality"):  # the two trials' clocks agree
+        monkeypatch.setattr(f"trial.{mod}.service.utcnow", lambda: DM_TIME)
+    manager, monitor, assessor = world.users["manager"], world.users["monitor"], world.users["assessor"]
+    for i, p in enumerate(kids[:3]):
+        a = db.execute(select(Assessment.id).where(Assessment.participant_id == p.id, Assessment.visit == "month2",
+                                                   Assessment.instrument == "ados2")).scalar()
+        q = queries.raise_query(db, monitor, {"study_id": p.study_id, "on": {"kind": "assessment", "id": a, "field": "rrb"},
+                                              "text": "The worksheet gives RRB 4."})
+        if i == 0:
+            queries.respond(db, assessor, q.id, {"text": "Corrected.", "correction": {"values": {"social_affect": 6, "rrb": 4, "css": 5}}})
+            queries.close(db, monitor, q.id, {"text": "Matches now."})
+        monitoring.verify(db, monitor, p.study_id, {"on": {"kind": "assessment", "id": a}})
+    queries.raise_query(db, manager, {"study_id": kids[1].study_id, "on": {"kind": "participant"}, "text": "Consent scan missing."})
+    monitoring.verify(db, monitor, kids[2].study_id, {"on": {"kind": "participant"}})
+    # and what the allocation causes: queries on a session, an intervention event and an adverse
+    # event during a session, a verified session, a serious AE (after the rest: ids are global)
+    if music:
+        m = music[0]
+        sess = db.execute(select(TherapySession.id).where(TherapySession.participant_id == m.id).order_by(TherapySession.id)).scalar()
+        ae = safety.record(db, world.users["coordinator"], m.study_id, {
+            "term": "hand bruised by a drum in a session", "onset": d(9), "severity": "moderate", "serious": True,
+            "seriousness": ["other_important"], "relatedness": "probable", "outcome": "recovering"})
+        safety.follow_up(db, world.users["coordinator"], ae.id, {"on": d(12), "outcome": "recovered", "resolved_on": d(12),
+                                                                   "text": "healed"})
+        queries.raise_query(db, monitor, {"study_id": m.study_id, "on": {"kind": "session", "id": sess}, "text": "45 minutes?"})
+        queries.raise_query(db, manager, {"study_id": m.study_id, "on": {"kind": "adverse_event", "id": ae.id}, "text": "Related?"})
+        monitoring.verify(db, monitor, m.study_id, {"on": {"kind": "session", "id": sess}})
+        ev = db.execute(select(StatusEvent.id).where(StatusEvent.participant_id == music[0].id,
+                                                     StatusEvent.type == "discontinued_intervention")).scalar()
+        queries.raise_query(db, monitor, {"study_id": m.study_id, "on": {"kind": "event", "id": ev}, "text": "Date?"})
     db.commit()
     monkeypatch.setattr("trial.lock.service.new_dummy_seed", lambda: DUMMY_SEED)
     monkeypatch.setattr("trial.esign.service.utcnow", lambda: LOCK_TIME)
-    r = world.api("POST", "/locks", "manager", json={"kind": "hard", "meaning": "Final lock.", "password": PASSWORD})
+    r = world.api("POST", "/locks", "manager", json={"kind": "hard", "meaning": "Final lock.", "password": PASSWORD,
+                                                     "accept_open_queries": True})
     assert r.status_code == 201, r.get_json()
     monkeypatch.undo()
     return fresh, db, app, world, kids, arms
@@ -148,9 +191,20 @@ def _urls(app, role: str, db, world, kids):
         per_child = bool({"study_id", "assessment_id"} & set(rule.arguments))
         for i, p in enumerate(kids if per_child else kids[:1]):
             ctx = _ctx(db, world, p)
-            url = rule.build({a: ctx[a] for a in rule.arguments}, append_unknown=False)[1]
-            for q in QUERY_VARIANTS.get(rule.endpoint, [""]):
-                yield rule.endpoint, f"child {i}" if per_child else "", url + q
+            for key, n in _per_record(db, rule):  # every query, every adverse event: seen or not
+                ctx[key] = n
+                url = rule.build({a: ctx[a] for a in rule.arguments}, append_unknown=False)[1]
+                for q in QUERY_VARIANTS.get(rule.endpoint, [""]):
+                    yield rule.endpoint, f"child {i}" if per_child else f"{key} {n}" if key else "", url + q
+
+
+def _per_record(db, rule):
+    for key, table in (("query_id", "data_query"), ("ae_id", "adverse_event")):
+        if key in rule.arguments:
+            n = db.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+            db.commit()
+            return [(key, i) for i in range(1, n + 2)]  # and one that does not exist
+    return [(None, None)]
 
 
 def _zip_files(data: bytes) -> dict[str, bytes]:

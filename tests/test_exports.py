@@ -226,12 +226,12 @@ def pooled(expected: dict) -> dict:
     out["arms"] = {"all": {"label": "All arms (blinded)", "allocated": sum(a["allocated"] for a in arms),
                            "received_allocated_intervention": None,
                            "did_not_receive_allocated_intervention": {"total": None, "reasons": {}},
-                           "lost_to_follow_up": merged("lost_to_follow_up"),
+                           "lost_to_follow_up": {"total": merged("lost_to_follow_up")["total"], "reasons": {}},
                            "discontinued_intervention": {"total": None, "reasons": {}},
                            "analysed": sum(a["analysed"] for a in arms),
                            "excluded_from_analysis": merged("excluded_from_analysis")}}
     out["withheld_while_blinded"] = ["received_allocated_intervention", "did_not_receive_allocated_intervention",
-                                     "discontinued_intervention"]
+                                     "discontinued_intervention", "lost_to_follow_up.reasons"]
     return out
 
 
@@ -606,8 +606,10 @@ def test_baseline_table_by_arm_on_a_hand_computed_example(world, small, db):
 
 # --- the locked dataset bundle ----------------------------------------------------------------------------
 
-TABLES = ["particip", "screen", "alloc", "sessions", "sessnote", "counsel", "assessl", "assessw", "guesses", "events", "deviatn"]
+TABLES = ["particip", "screen", "alloc", "sessions", "sessnote", "counsel", "assessl", "assessw", "guesses", "events", "deviatn",
+          "ae", "aefu", "queries", "querymsg", "verif"]
 SESSION_TABLES = ("sessions", "sessnote")
+UNBLINDED_ONLY = SESSION_TABLES + ("ae", "aefu")  # sessions and adverse events can tell the arm
 
 
 def bundle_files(data: bytes) -> dict[str, bytes]:
@@ -633,11 +635,13 @@ def locked(constructed, db):
 
 
 def test_bundle_holds_every_table_in_every_format(locked):
-    for variant, tables in (("unblinded", TABLES), ("blinded", [t for t in TABLES if t not in SESSION_TABLES])):
+    for variant, tables in (("unblinded", TABLES), ("blinded", [t for t in TABLES if t not in UNBLINDED_ONLY])):
         files = bundle_files(locked[variant].data)
         expected = {f"{fmt}/{t}.{fmt}" for t in tables for fmt in ("csv", "xpt", "dta")}
         expected |= {"dictionary.csv", "odm/snapshot.xml", "reports/consort.json", "reports/blinding_index.csv",
                      "reports/baseline_table.csv", "reports/trial_facts.json", "README.txt", "manifest.sha256"}
+        if variant == "unblinded":
+            expected.add("reports/ae_summary.csv")
         assert set(files) == expected, (variant, set(files) ^ expected)
         assert locked[variant].mimetype == "application/zip"
         assert f"lock-{locked['lock_id']}-{variant}.zip" in locked[variant].headers["Content-Disposition"]
@@ -758,7 +762,7 @@ def test_xpt_and_dta_read_back_equal_to_the_csv(locked, tmp_path):
         types = {(r["table"], r["name"]): r["type"] for r in csv.DictReader(io.StringIO(files["dictionary.csv"].decode()))}
         labels = {(r["table"], r["name"]): r["label"] for r in csv.DictReader(io.StringIO(files["dictionary.csv"].decode()))}
         tables = sorted(n[4:-4] for n in files if n.startswith("csv/"))
-        assert len(tables) == (11 if variant == "unblinded" else 9)
+        assert len(tables) == (16 if variant == "unblinded" else 12)
         for t in tables:
             head, rows = read_csv(files[f"csv/{t}.csv"])
             expected = [[(_num(c) if types[(t, name)] in ("int", "float") else c) for name, c in zip(head, r)] for r in rows]
@@ -890,7 +894,7 @@ def test_a_hard_lock_of_an_empty_trial_builds_a_valid_bundle(world, db):
     a valid ODM snapshot and a CONSORT of zeros; unblinding has nothing to reveal."""
     from lxml import etree
     lock_id = hard_lock(world)
-    for who, n_tables in (("manager", 11), ("statistician", 9)):
+    for who, n_tables in (("manager", 16), ("statistician", 12)):
         files = bundle_files(ok(world.api("GET", f"/locks/{lock_id}/bundle.zip", who)).data)
         assert sum(n.startswith("csv/") for n in files) == n_tables
         assert all(len(read_csv(files[n])[1]) == 0 for n in files if n.startswith("csv/"))

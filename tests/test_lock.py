@@ -27,6 +27,7 @@ from trial.audit.models import AuditRecord
 from trial.auth import service as users
 from trial.auth.models import User
 from trial.course.models import CounsellingSession, TherapySession
+from trial.dataquality.models import DataQuery, QueryMessage, Verification
 from trial.db import utcnow
 from trial.enrollment import service as enrollment
 from trial.errors import Conflict
@@ -35,8 +36,11 @@ from trial.lock.models import DataLock, LockBundle
 from trial.outcomes import service as outcomes
 from trial.outcomes.models import BlindingBreak
 from trial.participants.models import Allocation, Assessment, Participant, Screening, StatusEvent
+from trial.queries import service as queries
 from trial.randomize import service as randomization
 from trial.randomize.models import RandomizationDesign
+from trial.safety import service as safety
+from trial.safety.models import AdverseEvent, AdverseEventFollowUp
 from trial.scope import CliActor
 from trial.sites.models import Site
 from trial.status.models import Deviation
@@ -135,7 +139,8 @@ def err(r, status, code=None):
 
 
 MODELS = (Screening, Participant, Allocation, Assessment, TherapySession, CounsellingSession, StatusEvent, Deviation,
-          BlindingBreak, Site, Signature, DataLock, LockBundle, AuditRecord)
+          BlindingBreak, Site, Signature, DataLock, LockBundle, AuditRecord, DataQuery, QueryMessage, Verification,
+          AdverseEvent, AdverseEventFollowUp)
 
 
 def fingerprint(db) -> dict:
@@ -150,6 +155,8 @@ def fingerprint(db) -> dict:
     out["design"] = db.execute(select(RandomizationDesign.unblinded_at, RandomizationDesign.revealed_seed)).all()
     out["users"] = sorted((u.email, u.must_change_password, u.password_hash)
                           for u in db.execute(select(User)).scalars())
+    out["queries"] = sorted((q.id, q.status) for q in db.execute(select(DataQuery)).scalars())
+    out["aes"] = sorted((a.id, a.outcome, a.acknowledged_at) for a in db.execute(select(AdverseEvent)).scalars())
     return out
 
 
@@ -319,7 +326,9 @@ EXCLUDED_PREFIXES = ("lock.", "auth.")
 # account administration goes on under a lock (a compromised token must be revocable at any time)
 ACCOUNT_ROUTES = {"admin.user_new", "admin.user_edit", "admin.revoke_tokens", "grants.approve", "grants.reject",
                   "api.approve_grant", "api.reject_grant"}
-EXCLUDED = {"api.create_lock", "api.lift_lock", "api.unblinding"} | ACCOUNT_ROUTES
+# dismissing one's own in-app notification is the user's screen, not trial data
+USER_STATE_ROUTES = {"api.dismiss_notification", "dm.dismiss"}
+EXCLUDED = {"api.create_lock", "api.lift_lock", "api.unblinding"} | ACCOUNT_ROUTES | USER_STATE_ROUTES
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -334,6 +343,34 @@ def write_routes(app) -> dict[str, tuple[str, str]]:
         for m in methods:
             out[rule.endpoint] = (m, rule.rule)
     return out
+
+
+@pytest.fixture()
+def dm(world, kids, db):
+    """The kids, and what the data-management writes act on: a query to answer, one to close, a
+    closed one to reopen, and a serious adverse event to follow up and acknowledge."""
+    u = kids["usual"].study_id
+    made = {}
+    for name in ("respond", "close", "reopen"):
+        made[name] = queries.raise_query(db, world.users["manager"], {"study_id": u, "on": {"kind": "participant"},
+                                                                      "text": f"Please confirm the consent date ({name})."}).id
+    queries.close(db, world.users["manager"], made["reopen"], {})
+    made["ae"] = safety.record(db, world.users["coordinator"], u, {
+        "term": "Febrile seizure", "onset": iso(R + dt.timedelta(days=40)), "severity": "severe", "serious": True,
+        "seriousness": ["hospitalisation"], "relatedness": "not_related", "outcome": "recovering"}).id
+    db.commit()
+    kids["dm"] = made
+    return kids
+
+
+def hard_or_soft(world, kind):
+    """The lock of the 423 tests, signed over the open queries of the dm fixture."""
+    return world.api("POST", "/locks", "manager", json={"kind": kind, "meaning": MEANING, "password": PASSWORD,
+                                                        "accept_open_queries": True})
+
+
+AE_BODY = {"term": "Otitis media", "onset": iso(R + dt.timedelta(days=50)), "severity": "mild", "serious": False,
+           "relatedness": "not_related", "outcome": "recovering"}
 
 
 def api_cases(world, k) -> dict:
@@ -361,6 +398,18 @@ def api_cases(world, k) -> dict:
                                       {"description": "the parent mentioned the drums"}, None),
         "api.correct_assessment": ("POST", f"/assessments/{k['aid']}/corrections", "assessor",
                                    {"values": {"social_affect": 13}, "reason": "transcription error"}, None),
+        "api.raise_query": ("POST", "/queries", "monitor", {"study_id": u, "on": {"kind": "screening"},
+                                                            "text": "Is the screening date right?"}, None),
+        "api.respond_query": ("POST", f"/queries/{k['dm']['respond']}/responses", "coordinator",
+                              {"text": "Confirmed from the signed form."}, None),
+        "api.close_query": ("POST", f"/queries/{k['dm']['close']}/close", "manager", {"text": "fine"}, None),
+        "api.reopen_query": ("POST", f"/queries/{k['dm']['reopen']}/reopen", "manager", {"text": "one more thing"}, None),
+        "api.create_adverse_event": ("POST", f"/participants/{u}/adverse-events", "coordinator", AE_BODY, None),
+        "api.follow_up_adverse_event": ("POST", f"/adverse-events/{k['dm']['ae']}/follow-ups", "coordinator",
+                                        {"on": iso(R + dt.timedelta(days=42)), "outcome": "recovering",
+                                         "text": "Discharged home."}, None),
+        "api.acknowledge_adverse_event": ("POST", f"/adverse-events/{k['dm']['ae']}/acknowledge", "manager", None, None),
+        "api.verify_record": ("POST", f"/participants/{u}/verifications", "monitor", {"on": {"kind": "participant"}}, None),
     }
 
 
@@ -394,18 +443,30 @@ def web_cases(world, k) -> dict:
                                     {"reported_on": iso(today()), "description": "the parent mentioned the drums"}),
         "admin.site_new": ("/admin/sites/new", "admin", {"code": "SE01", **site_form, "name": "Stockholm", "country": "SE"}),
         "admin.site_edit": ("/admin/sites/AT01", "admin", {"code": "AT01", **site_form}),
+        "dm.raise_query": (f"/participants/{u}/queries/new?kind=screening", "monitor",
+                           {"kind": "screening", "text": "Is the screening date right?"}),
+        "dm.respond": (f"/queries/{k['dm']['respond']}/respond", "coordinator", {"text": "Confirmed from the signed form."}),
+        "dm.close": (f"/queries/{k['dm']['close']}/close", "manager", {"text": "fine"}),
+        "dm.reopen": (f"/queries/{k['dm']['reopen']}/reopen", "manager", {"text": "one more thing"}),
+        "dm.new_adverse_event": (f"/participants/{u}/adverse-events/new", "coordinator",
+                                 {"term": "Otitis media", "onset": iso(R + dt.timedelta(days=50)), "severity": "mild",
+                                  "relatedness": "not_related", "expectedness": "", "outcome": "recovering"}),
+        "dm.follow_up": (f"/adverse-events/{k['dm']['ae']}/follow-up", "coordinator",
+                         {"on": iso(R + dt.timedelta(days=42)), "outcome": "recovering", "text": "Discharged home."}),
+        "dm.acknowledge": (f"/adverse-events/{k['dm']['ae']}/acknowledge", "manager", {}),
+        "dm.verify": (f"/participants/{u}/verify", "monitor", {"kind": "participant"}),
     }
 
 
-def test_every_write_route_has_a_locked_case(app, world, kids):
+def test_every_write_route_has_a_locked_case(app, world, dm):
     routes = write_routes(app)
-    cases = set(api_cases(world, kids)) | set(web_cases(world, kids))
+    cases = set(api_cases(world, dm)) | set(web_cases(world, dm))
     assert set(routes) - cases == set(), f"write routes the 423 test does not cover: {sorted(set(routes) - cases)}"
     assert cases - set(routes) == set(), f"cases for routes that no longer exist: {sorted(cases - set(routes))}"
     # the exclusions are exactly the lock, unblinding, login/password and user-administration routes
     excluded = {r.endpoint for r in app.url_map.iter_rules() if (r.methods or set()) & STATE_CHANGING} - set(routes)
     assert excluded == {"api.create_lock", "api.lift_lock", "api.unblinding", "lock.create", "lock.lift", "lock.unblind",
-                        "auth.login", "auth.logout", "auth.password"} | ACCOUNT_ROUTES
+                        "auth.login", "auth.logout", "auth.password"} | ACCOUNT_ROUTES | USER_STATE_ROUTES
 
 
 def _api_call(world, case):
@@ -413,12 +474,12 @@ def _api_call(world, case):
     return world.api(method, path, who, json=body, headers=headers)
 
 
-def test_control_every_api_write_is_accepted_while_unlocked(app, world, kids, db):
+def test_control_every_api_write_is_accepted_while_unlocked(app, world, dm, db):
     """The requests of the 423 test are valid: without a lock each one succeeds and is audited."""
     for endpoint, (method, rule) in sorted(write_routes(app).items()):
         if not endpoint.startswith("api."):
             continue
-        case = api_cases(world, kids)[endpoint]
+        case = api_cases(world, dm)[endpoint]
         assert case[0] == method
         n = fingerprint(db)["AuditRecord"]
         r = _api_call(world, case)
@@ -427,15 +488,15 @@ def test_control_every_api_write_is_accepted_while_unlocked(app, world, kids, db
 
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])
-def test_every_api_write_answers_423_and_changes_nothing_while_locked(app, world, kids, db, kind):
-    ok(lock(world, kind))
+def test_every_api_write_answers_423_and_changes_nothing_while_locked(app, world, dm, db, kind):
+    ok(hard_or_soft(world, kind))
     before = fingerprint(db)
     routes = write_routes(app)
     checked = []
     for endpoint, (method, rule) in sorted(routes.items()):
         if not endpoint.startswith("api."):
             continue
-        case = api_cases(world, kids)[endpoint]
+        case = api_cases(world, dm)[endpoint]
         assert case[0] == method, endpoint
         r = _api_call(world, case)
         assert r.status_code == 423, (endpoint, r.status_code, r.get_data(as_text=True))
@@ -443,7 +504,7 @@ def test_every_api_write_answers_423_and_changes_nothing_while_locked(app, world
         assert e["code"] == "locked" and f"{kind}-locked" in e["message"], (endpoint, e)
         assert fingerprint(db) == before, endpoint
         checked.append(endpoint)
-    assert len(checked) == 10
+    assert len(checked) == 18
 
 
 def web_client(app, who):
@@ -453,12 +514,12 @@ def web_client(app, who):
     return c
 
 
-def test_control_every_web_write_is_accepted_while_unlocked(app, world, kids, db):
+def test_control_every_web_write_is_accepted_while_unlocked(app, world, dm, db):
     clients = {}
     for endpoint, (method, rule) in sorted(write_routes(app).items()):
         if endpoint.startswith("api."):
             continue
-        path, who, form = web_cases(world, kids)[endpoint]
+        path, who, form = web_cases(world, dm)[endpoint]
         c = clients.setdefault(who, web_client(app, who))
         n = fingerprint(db)["AuditRecord"]
         r = c.post(path, data=form)
@@ -466,15 +527,15 @@ def test_control_every_web_write_is_accepted_while_unlocked(app, world, kids, db
         assert fingerprint(db)["AuditRecord"] > n, (endpoint, "nothing was written")
 
 
-def test_every_web_write_answers_423_and_changes_nothing_while_locked(app, world, kids, db):
-    clients = {who: web_client(app, who) for who in ("coordinator", "therapist", "assessor", "admin")}
-    ok(lock(world, "hard"))
+def test_every_web_write_answers_423_and_changes_nothing_while_locked(app, world, dm, db):
+    clients = {who: web_client(app, who) for who in ("coordinator", "therapist", "assessor", "admin", "manager", "monitor")}
+    ok(hard_or_soft(world, "hard"))
     before = fingerprint(db)
     wrong = {}
     for endpoint, (method, rule) in sorted(write_routes(app).items()):
         if endpoint.startswith("api."):
             continue
-        path, who, form = web_cases(world, kids)[endpoint]
+        path, who, form = web_cases(world, dm)[endpoint]
         r = clients[who].post(path, data=form)
         assert fingerprint(db) == before, endpoint  # nothing changes, whatever the status
         if r.status_code != 423 or "locked" not in r.get_data(as_text=True):
@@ -482,15 +543,15 @@ def test_every_web_write_answers_423_and_changes_nothing_while_locked(app, world
     assert not wrong, f"web writes that do not answer 423 under a hard lock: {wrong}"
 
 
-def test_web_writes_change_nothing_while_locked(app, world, kids, db):
+def test_web_writes_change_nothing_while_locked(app, world, dm, db):
     """Whatever the status code, a web write under a hard lock changes nothing and says why."""
-    clients = {who: web_client(app, who) for who in ("coordinator", "therapist", "assessor", "admin")}
-    ok(lock(world, "hard"))
+    clients = {who: web_client(app, who) for who in ("coordinator", "therapist", "assessor", "admin", "manager", "monitor")}
+    ok(hard_or_soft(world, "hard"))
     before = fingerprint(db)
     for endpoint, (method, rule) in sorted(write_routes(app).items()):
         if endpoint.startswith("api."):
             continue
-        path, who, form = web_cases(world, kids)[endpoint]
+        path, who, form = web_cases(world, dm)[endpoint]
         r = clients[who].post(path, data=form, follow_redirects=True)
         assert "hard-locked" in r.get_data(as_text=True), endpoint
         assert fingerprint(db) == before, endpoint

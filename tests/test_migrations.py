@@ -41,3 +41,13 @@ def test_downgrade_and_upgrade_round_trip():
         assert set(metadata.tables) <= set(inspect(fresh.engine).get_table_names())
     finally:
         fresh.drop()
+
+
+def test_trial_models_alone_registers_every_table(engine):
+    """The app and the CLI register the schema by importing trial.models: every table the
+    migrations create must be there, or a command in a fresh process misses a foreign key."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import trial.models as m; print(' '.join(sorted(m.metadata.tables)))"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert set(inspect(engine).get_table_names()) - {"alembic_version"} == set(out)

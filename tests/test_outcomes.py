@@ -15,7 +15,8 @@ from tests.helpers import CLI, PASSWORD
 from trial.audit import service as audit
 from trial.audit.models import AuditRecord
 from trial.auth.service import create_user, issue_token
-from trial.outcomes.models import BlindingBreak, Notification
+from trial.notify.models import Notification
+from trial.outcomes.models import BlindingBreak
 from trial.participants.models import Assessment
 from trial.protocol.service import DEFAULT_PROTOCOL
 from trial.timeline import add_months, course_window, local_date, planned_sessions, today, visit_window

@@ -10,10 +10,14 @@ import-linter, see ``[tool.importlinter]`` in pyproject.toml):
     trial.http | trial.demo | trial.models   request plumbing; the demo loader; every model
     trial.lock | trial.dashboard  signed locks and unblinding; home page, grid, charts
     trial.exports                 bundles, CONSORT, reports (no sessions for blinded readers)
+    trial.monitoring              source verification marks
+    trial.queries                 the query workflow: raise, answer, close, reopen; who sees which
+    trial.safety                  adverse events, follow-ups, the 24-hour SAE clock
     trial.course | trial.outcomes | trial.status      what happens after randomization
     trial.enrollment | trial.randomize                 screening and enrolment; allocation
+    trial.dataquality             automatic queries and verification marks, kept by the writers
     trial.participants            the child's record: lookup, visibility, allocation, status
-    trial.grants                  countersigned role grants
+    trial.grants | trial.notify   countersigned role grants; in-app and e-mail notifications
     trial.esign                   electronic signatures
     trial.auth                    users, roles, passwords, tokens, throttling
     trial.sites | trial.protocol  sites; the protocol as data

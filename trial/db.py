@@ -110,6 +110,11 @@ def _forget_transaction_caches(session: Session, *args) -> None:
     session.info.pop("unblinded", None)
 
 
+# Called with the session after each successful commit (filled at import by the packages that
+# need it: trial.notify sends the e-mails a transaction queued).
+after_commit_hooks: list = []
+
+
 class TrialSession(Session):
     """A session whose commit tells the truth: errors while flushing mean nothing was written
     (the transaction is rolled back); an error from the COMMIT itself (a lost connection, say)
@@ -127,6 +132,8 @@ class TrialSession(Session):
                 "The database connection failed while the change was being committed: it is not known whether it "
                 "was saved. Check the record before entering it again; an API request can be retried with the "
                 "same Idempotency-Key.") from e
+        for hook in after_commit_hooks:
+            hook(self)
 
 
 def _definitely_rolled_back(e: sa_exc.DBAPIError) -> bool:

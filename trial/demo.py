@@ -1,6 +1,7 @@
 """Demo data: TIME-A's countries as ten sites, a user of each role, and synthetic participants at
 every stage: screened out, enrolled, randomized months ago with sessions, counselling, follow-up
-visits, blinded guesses, and a few withdrawals and losses to follow-up."""
+visits, blinded guesses, a few withdrawals and losses to follow-up; queries, adverse events and
+source verification at the sites of the demo staff."""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,12 +11,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.auth.service import create_user
+from trial.course.models import TherapySession
 from trial.course.service import log_counselling, log_session
 from trial.enrollment.service import enroll, record_screening
 from trial.errors import Conflict
-from trial.outcomes.service import record_assessment
+from trial.monitoring import service as monitoring
+from trial.outcomes.service import check_missing_forms, record_assessment
+from trial.participants.models import Allocation, Assessment, Participant
+from trial.participants.service import allocation_of, events_of, randomization_day
 from trial.protocol.service import current, ensure_default
+from trial.queries import service as queries
 from trial.randomize.service import get_design, open_randomization, randomize
+from trial.safety import service as safety
 from trial.scope import CliActor
 from trial.sites.models import Site
 from trial.sites.service import create_site
@@ -37,6 +44,7 @@ USERS = [
     ("coordinator", "coordinator@demo.trial", "Cora Coordinator", [("coordinator", "AT01"), ("coordinator", "NO01")]),
     ("therapist", "therapist@demo.trial", "Theo Therapist", [("therapist", "AT01"), ("therapist", "NO01")]),
     ("assessor", "assessor@demo.trial", "Asa Assessor", [("assessor", "AT01"), ("assessor", "NO01")]),
+    ("monitor", "monitor@demo.trial", "Moe Monitor", [("monitor", "AT01"), ("monitor", "NO01")]),
 ]
 TECHNIQUES = ["free_improvisation", "structured_improvisation", "songs", "musical_games", "receptive_listening"]
 
@@ -49,9 +57,10 @@ def load_demo(db: Session, participants_per_site: int = 10, seed: int = 2011) ->
     for code, name, cc, tz, target in SITES:
         create_site(db, actor, {"code": code, "name": f"TIME-A {name}", "country": cc, "timezone": tz, "target": target})
     logins = []
+    staff = {}
     for role, email, name, roles in USERS:
         password = f"{role}-demo-2026"
-        create_user(db, actor, email, name, password, roles)
+        staff[role] = create_user(db, actor, email, name, password, roles)
         logins.append((role, email, password))
     rng = random.Random(seed)
     content = current(db).content
@@ -89,6 +98,7 @@ def load_demo(db: Session, participants_per_site: int = 10, seed: int = 2011) ->
             arm = randomize(db, actor, p.study_id, f"demo-{p.study_id}",
                             at=dt.datetime.combine(rand_day, dt.time(10, 0))).allocation.arm
             _follow(db, actor, rng, content, p.study_id, arm, rand_day, today, kind)
+    _data_management(db, staff, rng)
     return logins
 
 
@@ -141,3 +151,69 @@ def _follow(db, actor, rng, content, study_id, arm, start, today, kind):
     if kind == 3 and start + dt.timedelta(days=180) <= today:
         record_event(db, actor, study_id, {"type": "lost_to_follow_up", "on": (start + dt.timedelta(days=180)).isoformat(),
                                            "reason": "family moved away, no contact"})
+
+
+def _data_management(db: Session, staff: dict, rng: random.Random) -> None:
+    """The day-to-day loop at the demo staff's sites (AT01, NO01): the automatic checks, a few
+    queries (answered, closed, open), adverse events with one serious event waiting for the
+    manager's acknowledgement, and records a monitor has verified."""
+    people = list(db.execute(select(Participant).join(Allocation, Allocation.participant_id == Participant.id)
+                             .order_by(Participant.id)).scalars())
+    check_missing_forms(db, people)
+    exits = events_of(db, [p.id for p in people])
+    here = [p for p in people if p.site.code in ("AT01", "NO01") and not exits.get(p.id)]  # still in the trial
+    arms = {p.id: allocation_of(db, p.id).arm for p in here}
+    music = [p for p in here if arms[p.id] != "usual" and db.execute(
+        select(TherapySession.id).where(TherapySession.participant_id == p.id)).first()]
+    monitor, manager = staff["monitor"], staff["manager"]
+
+    def ados(p, visit):
+        return db.execute(select(Assessment).where(Assessment.participant_id == p.id, Assessment.visit == visit,
+                                                   Assessment.instrument == "ados2")).scalar()
+
+    # a value queried by the monitor and answered by the assessor with a correction
+    a = ados(here[0], "baseline")
+    q = queries.raise_query(db, monitor, {"study_id": here[0].study_id, "on": {"kind": "assessment", "id": a.id, "field": "rrb"},
+                                          "text": "The source worksheet gives RRB 2 points higher than entered. Please check."})
+    fixed = dict(a.values, rrb=min(a.values["rrb"] + 2, 8))
+    queries.respond(db, staff["assessor"], q.id, {"text": "Transcription error; corrected from the worksheet.",
+                                                  "correction": {"values": fixed}})
+    queries.close(db, monitor, q.id, {"text": "Matches the source now."})
+    # a session queried, answered by the therapist, still to be closed
+    if music:
+        sess = db.execute(select(TherapySession).where(TherapySession.participant_id == music[0].id).order_by(TherapySession.held_on)).scalars().first()
+        q = queries.raise_query(db, monitor, {"study_id": music[0].study_id, "on": {"kind": "session", "id": sess.id},
+                                              "text": "The session log on paper says 45 minutes; 30 were entered."})
+        queries.respond(db, staff["therapist"], q.id, {"text": "The paper log is right: the session ran over. Please advise."})
+    # open ones: the consent date, and an SRS-2 for the coordinator
+    queries.raise_query(db, manager, {"study_id": here[1].study_id, "on": {"kind": "participant"},
+                                      "text": "The consent form scan is missing from the eTMF. Please upload it and confirm the date."})
+    if len(here) > 2:
+        srs = db.execute(select(Assessment).where(Assessment.participant_id == here[2].id,
+                                                  Assessment.instrument == "srs2")).scalars().first()
+        if srs is not None:
+            queries.raise_query(db, monitor, {"study_id": here[2].study_id, "on": {"kind": "assessment", "id": srs.id, "field": "total_t"},
+                                              "text": "Was the parent form complete? Two items look blank on the scan."})
+    # adverse events: a mild one resolved, and a serious one the manager has not acknowledged yet
+    coordinator = staff["coordinator"]
+    for p, serious in ((here[3 % len(here)], False), (music[-1] if music else here[-1], True)):
+        start = randomization_day(db, p, allocation_of(db, p.id))
+        onset = min(start + dt.timedelta(days=rng.randint(20, 60)), local_today(p.site.timezone))
+        if serious:
+            ae = safety.record(db, coordinator, p.study_id, {
+                "term": "Febrile seizure", "onset": onset.isoformat(), "severity": "severe", "serious": True,
+                "seriousness": ["hospitalisation"], "relatedness": "not_related", "expectedness": "unexpected",
+                "outcome": "recovering", "description": "Admitted overnight for observation; discharged the next day."})
+            safety.follow_up(db, coordinator, ae.id, {"on": (onset + dt.timedelta(days=1)).isoformat(), "outcome": "recovering",
+                                                      "text": "Discharged home; follow-up with the paediatrician next week."})
+        else:
+            safety.record(db, coordinator, p.study_id, {
+                "term": "Upper respiratory tract infection", "onset": onset.isoformat(), "severity": "mild", "serious": False,
+                "relatedness": "not_related", "outcome": "recovered",
+                "resolved_on": min(onset + dt.timedelta(days=6), local_today(p.site.timezone)).isoformat()})
+    # the monitor's source verification of the first children's records
+    for p in here[:3]:
+        monitoring.verify(db, monitor, p.study_id, {"on": {"kind": "participant"}})
+        monitoring.verify(db, monitor, p.study_id, {"on": {"kind": "screening"}})
+        for a in db.execute(select(Assessment).where(Assessment.participant_id == p.id, Assessment.visit == "baseline")).scalars():
+            monitoring.verify(db, monitor, p.study_id, {"on": {"kind": "assessment", "id": a.id}})

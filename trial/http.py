@@ -107,20 +107,29 @@ def check_query(endpoint: str) -> None:
                               {name: "is not a parameter of this operation" for name in unknown})
 
 
-def post_and_return(form, action, done: str, back: str, incomplete: str = "Fill in every field."):
-    """A form posted from a list page (locks, grants): run ``action(form)`` and commit, flash the
-    outcome, go back to ``back``. A refusal of the form is flashed; a page error propagates."""
+def commit_or_flash(action, done: str) -> bool:
+    """Run ``action()`` and commit, flashing ``done``; a refusal rolls back and is flashed (a page
+    error, 403 or 404, propagates). True when it was saved."""
+    try:
+        action()
+        db().commit()
+        flash(done)
+        return True
+    except DomainError as e:
+        db().rollback()
+        if is_page_error(e):
+            raise
+        flash(e.message, "error")
+        return False
+
+
+def post_and_return(form, action, done: str, back: str, incomplete: str | None = "Fill in every field."):
+    """A form posted from a list or record page (locks, grants, queries, adverse events): run
+    ``action(form)`` and commit, flash the outcome, go back to ``back``. A refusal of the form is
+    flashed (``incomplete``, unless None); a page error propagates."""
     if form.validate_on_submit():
-        try:
-            action(form)
-            db().commit()
-            flash(done)
-        except DomainError as e:
-            db().rollback()
-            if is_page_error(e):
-                raise
-            flash(e.message, "error")
-    else:
+        commit_or_flash(lambda: action(form), done)
+    elif incomplete:
         flash(incomplete, "error")
     return redirect(back)
 

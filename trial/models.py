@@ -1,15 +1,19 @@
 """Imports every package's models so the metadata (and Alembic) sees the whole schema."""
-from trial.audit.models import AuditAnchor, AuditHead, AuditRecord  # noqa: F401
+from trial.audit.models import AuditAnchor, AuditHead, AuditRecord, AuditSeal  # noqa: F401
 from trial.auth.models import ApiToken, LoginAttempt, RoleAssignment, RoleGrant, User  # noqa: F401
 from trial.course.models import CounsellingSession, TherapySession  # noqa: F401
+from trial.dataquality.models import DataQuery, QueryMessage, Verification  # noqa: F401
 from trial.db import Base
 from trial.esign.models import Signature  # noqa: F401
 from trial.lock.models import DataLock, LockBundle  # noqa: F401
-from trial.outcomes.models import BlindingBreak, Notification  # noqa: F401
+from trial.notify.models import MailMessage, Notification  # noqa: F401
+from trial.outcomes.models import BlindingBreak  # noqa: F401
 from trial.participants.models import Allocation, Assessment, Participant, Screening, SiteSequence, StatusEvent  # noqa: F401
 from trial.protocol.models import ProtocolVersion  # noqa: F401
 from trial.randomize.models import RandomizationDesign, SealedSeed, Stratum  # noqa: F401
+from trial.safety.models import AdverseEvent, AdverseEventFollowUp  # noqa: F401
 from trial.sites.models import Site  # noqa: F401
+from trial.status.models import Deviation  # noqa: F401
 from trial.trialstate.models import TrialState  # noqa: F401
 
 metadata = Base.metadata

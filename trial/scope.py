@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from trial.errors import Forbidden
 from trial.trialstate.service import trial_unblinded
 
-UNBLINDED_SITE_ROLES = ("coordinator", "therapist")
+UNBLINDED_SITE_ROLES = ("coordinator", "therapist", "monitor")
+SITE_ROLES = ("coordinator", "therapist", "assessor", "monitor")
 
 
 @dataclass
@@ -62,7 +63,7 @@ def visible_site_ids(db: Session, actor, *roles: str) -> set[int] | None:
         return None
     if actor.has_role("manager", "statistician") and (not roles or set(roles) & {"manager", "statistician"}):
         return None
-    wanted = tuple(r for r in (roles or ("coordinator", "therapist", "assessor")) if r in ("coordinator", "therapist", "assessor"))
+    wanted = tuple(r for r in (roles or SITE_ROLES) if r in SITE_ROLES)
     return actor.site_ids(*wanted)
 
 
@@ -70,7 +71,7 @@ def can_see_arm(db: Session, actor, site_id: int | None) -> bool:
     """May this actor learn the allocation of a participant at ``site_id``?"""
     if is_cli(actor):
         return True
-    if actor is None or actor.has_role("admin") and not actor.has_role("manager", "coordinator", "therapist"):
+    if actor is None or actor.has_role("admin"):  # an admin stays blinded, whatever else it holds
         return False
     if site_id is not None and site_id in actor.site_ids("assessor"):
         return False
@@ -88,7 +89,7 @@ def is_blinded(db: Session, actor) -> bool:
     and anyone who assesses anywhere."""
     if is_cli(actor):
         return False
-    if actor is None or actor.has_role("assessor"):
+    if actor is None or actor.has_role("assessor", "admin"):
         return True
     if actor.has_role("manager"):
         return False

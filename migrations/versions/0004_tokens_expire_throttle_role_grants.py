@@ -9,7 +9,6 @@ import datetime as dt
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '0004'
 down_revision = '0003'
 branch_labels = None

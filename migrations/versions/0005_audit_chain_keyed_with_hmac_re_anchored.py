@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from trial.audit.service import reanchor
 
-
 revision = '0005'
 down_revision = '0004'
 branch_labels = None
@@ -40,7 +39,7 @@ CREATE TRIGGER audit_anchor_no_truncate BEFORE TRUNCATE ON audit_anchor
     FOR EACH STATEMENT EXECUTE FUNCTION audit_record_refuse_change();
 """)
     with Session(bind=op.get_bind()) as s:
-        reanchor(s)
+        reanchor(s, seal_head=False)  # the head's seal column comes with 0009
         s.flush()
 
 

@@ -13,7 +13,6 @@ import datetime as dt
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '0007'
 down_revision = '0006'
 branch_labels = None

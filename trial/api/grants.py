@@ -10,8 +10,8 @@ from trial.http import actor, db
 
 STATES = ("pending", "approved", "rejected", "withdrawn")
 GRANT = obj(["id", "user", "role", "site", "status", "reason", "requested_by", "requested_at", "decided_by", "decided_at",
-             "decision_note"], id=ID, user=S, role=S, site=NS, status=enum(*STATES), reason=NS, requested_by=S,
-            requested_at=DT, decided_by=NS, decided_at=NDT, decision_note=NS)
+             "decision_note", "holds"], id=ID, user=S, role=S, site=NS, status=enum(*STATES), reason=NS, requested_by=S,
+            requested_at=DT, decided_by=NS, decided_at=NDT, decision_note=NS, holds=S)
 DECIDED = obj(["id", "status"], id=ID, status=enum(*STATES))
 
 

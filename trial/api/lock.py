@@ -10,20 +10,25 @@ from trial.http import actor, db
 from trial.lock import service as locks
 
 SITE = SITE_QUERY
-LOCK = obj(["id", "kind", "version", "created_at", "signed_by", "meaning", "lifted_at", "lift_reason", "manifest_sha256"],
+LOCK = obj(["id", "kind", "version", "created_at", "signed_by", "meaning", "lifted_at", "lift_reason", "manifest_sha256",
+            "accepted_open_queries"],
            id=ID, kind=enum("soft", "hard"), version=NI, created_at=DT, signed_by=S, meaning=S, lifted_at=NDT,
-           lift_reason=NS, manifest_sha256=NS)
+           lift_reason=NS, manifest_sha256=NS, accepted_open_queries=array(ID))
 PASSWORD = {"type": "string", "minLength": 1}
 
 
 @route("/locks", "POST", "Sign a soft or hard lock (a hard lock builds the locked dataset bundles)", "manager",
-       request_schema=obj(["kind", "meaning", "password"], kind=enum("soft", "hard"), meaning=text(500), password=PASSWORD),
+       request_schema=obj(["kind", "meaning", "password"], kind=enum("soft", "hard"), meaning=text(500), password=PASSWORD,
+                          accept_open_queries={"type": "boolean", "description": "sign a hard lock although queries are "
+                                                                                 "open (recorded with the signature)"}),
        responses={201: ok("locked", obj(["id", "kind", "version", "created_at"], id=ID, kind=enum("soft", "hard"), version=NI,
                                         created_at=DT)),
-                  400: err("bad input or wrong password"), 409: err("a lock is already in force")})
+                  400: err("bad input or wrong password"),
+                  409: err("a lock is already in force, or queries are open (open_queries: their ids in fields)")})
 def create_lock():
     data = body()
-    lock = locks.create_lock(db(), actor(), data.get("kind"), data.get("meaning"), data.get("password"))
+    lock = locks.create_lock(db(), actor(), data.get("kind"), data.get("meaning"), data.get("password"),
+                             data.get("accept_open_queries", False))
     db().commit()
     return jsonify({"id": lock.id, "kind": lock.kind, "version": lock.version,
                     "created_at": lock.created_at.isoformat(timespec="seconds") + "Z"}), 201

@@ -61,7 +61,8 @@ def public_view(db, pv) -> dict:
         "course": c["course"],
         "visits": [{k: v[k] for k in ("key", "label", "day", "window_before", "window_after", "primary")} for v in c["visits"]],
         "instruments": [{"key": i["key"], "label": i["label"], "blinded": i["blinded"], "visits": i["visits"],
-                         "fields": [{k: f[k] for k in ("key", "label", "type", "min", "max", "required", "units", "choices")}
+                         "fields": [{k: f.get(k) for k in ("key", "label", "type", "min", "max", "soft_min", "soft_max",
+                                                          "required", "units", "choices")}
                                     for f in i["fields"]]} for i in c["instruments"]],
         "primary_outcome": c["primary_outcome"],
     }

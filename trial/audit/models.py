@@ -43,6 +43,9 @@ class AuditHead(Base):
     seq: Mapped[int] = mapped_column(Integer, default=0)
     hash: Mapped[str] = mapped_column(String(64))
     key_check: Mapped[str | None] = mapped_column(String(64))
+    # HMAC of (seq, hash) under the audit key: cutting records off the end of the chain and
+    # pointing the head at the new last one fails verification without the key.
+    mac: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditAnchor(Base):
@@ -52,4 +55,19 @@ class AuditAnchor(Base):
     __tablename__ = "audit_anchor"
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    mac: Mapped[str] = mapped_column(String(64))
+
+
+class AuditSeal(Base):
+    """The chain head as it stood at a moment that matters (a hard lock signed), with an HMAC under
+    the audit key. Verification checks that each sealed record is still there with the same hash:
+    a chain cut back below a seal (and its head re-keyed with a stolen old head) is detected."""
+
+    __tablename__ = "audit_seal"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    what: Mapped[str] = mapped_column(String(200))
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     mac: Mapped[str] = mapped_column(String(64))

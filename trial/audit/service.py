@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from trial.audit.models import AuditAnchor, AuditHead, AuditRecord
+from trial.audit.models import AuditAnchor, AuditHead, AuditRecord, AuditSeal
 from trial.cache import prebuilt
 from trial.config import audit_key
 from trial.db import is_sqlite, utcnow
@@ -60,6 +60,15 @@ def anchor_mac(rec) -> str:
     return hmac.new(_key(), b"anchor:" + _payload(rec) + rec.hash.encode(), hashlib.sha256).hexdigest()
 
 
+def head_mac(seq: int, hash_: str) -> str:
+    """The HMAC that seals the chain head (its number and last hash) under the audit key."""
+    return hmac.new(_key(), f"head:{seq}:{hash_}".encode(), hashlib.sha256).hexdigest()
+
+
+def seal_mac(seq: int, hash_: str, what: str) -> str:
+    return hmac.new(_key(), json.dumps(["seal", seq, hash_, what], ensure_ascii=False).encode(), hashlib.sha256).hexdigest()
+
+
 KEY_CHECK_TEXT = b"trial audit chain key check"
 
 
@@ -92,7 +101,7 @@ def _actor(actor) -> tuple[int | None, str]:
 
 def record(db: Session, actor, action: str, entity: str, entity_id: Any,
            changes: dict[str, tuple[Any, Any]] | None = None, reason: str | None = None,
-           reveals_allocation: bool = False) -> list[dict]:
+           reveals_allocation: bool = False, *, _seal_head: bool = True) -> list[dict]:
     """Append audit records: one per changed field (``changes`` maps field -> (old, new)), or a
     single event record when there are no field changes. Same transaction as the change.
 
@@ -117,13 +126,16 @@ def record(db: Session, actor, action: str, entity: str, entity_id: Any,
                "reveals_allocation": reveals_allocation, "prev_hash": prev}
         rec["hash"] = prev = compute_hash(_Row(rec))
         rows.append(rec)
+    head_params = {"head_hash": prev}
+    if _seal_head:  # (only migration 0005 writes before the head has its seal column)
+        head_params["head_mac"] = head_mac(seq, prev)
     if is_sqlite(db.get_bind()):
         db.execute(insert(AuditRecord.__table__), rows)
-        db.execute(_set_head_hash(), {"head_hash": prev})
+        db.execute(_set_head_hash(_seal_head), head_params)
     else:
         params = {f"{k}_{i}": v for i, r in enumerate(rows) for k, v in r.items()}
-        params["head_hash"] = prev
-        db.execute(_append_stmt(len(rows)), params)
+        params.update(head_params)
+        db.execute(_append_stmt(len(rows), _seal_head), params)
     return rows
 
 
@@ -148,18 +160,36 @@ def _own_check() -> str:
 
 
 @functools.cache
-def _set_head_hash():
+def _set_head_hash(sealed: bool = True):
     t = AuditHead.__table__
-    return update(t).where(t.c.id == 1).values(hash=bindparam("head_hash"))
+    values = {"hash": bindparam("head_hash")}
+    if sealed:
+        values["mac"] = bindparam("head_mac")
+    return update(t).where(t.c.id == 1).values(**values)
 
 
 @functools.lru_cache(maxsize=64)
-def _append_stmt(n: int):
-    """PostgreSQL: ``n`` records inserted and the head's new hash set, in one statement."""
+def _append_stmt(n: int, sealed: bool = True):
+    """PostgreSQL: ``n`` records inserted and the head's new hash (and seal) set, in one statement."""
     t = AuditRecord.__table__
     rows = [{c: bindparam(f"{c}_{i}", type_=t.c[c].type) for c in _COLUMNS} for i in range(n)]
     # a single row as a dict: SQLAlchemy caches the compiled form of that, not of a multi-row VALUES
-    return _set_head_hash().add_cte(insert(t).values(rows[0] if n == 1 else rows).cte("appended"))
+    return _set_head_hash(sealed).add_cte(insert(t).values(rows[0] if n == 1 else rows).cte("appended"))
+
+
+def seal_of(db: Session, what: str) -> AuditSeal | None:
+    return db.execute(select(AuditSeal).where(AuditSeal.what == what).order_by(AuditSeal.id)).scalars().first()
+
+
+def seal(db: Session, what: str) -> tuple[int, str]:
+    """Seal the chain head as it stands now in this transaction (after the caller's own audit
+    records): its number and hash, kept with an HMAC. Returns (seq, hash)."""
+    db.flush()
+    t = AuditHead.__table__
+    head = db.execute(select(t.c.seq, t.c.hash).where(t.c.id == 1)).one()
+    db.add(AuditSeal(seq=head.seq, hash=head.hash, what=what[:200], at=utcnow(), mac=seal_mac(head.seq, head.hash, what[:200])))
+    db.flush()
+    return head.seq, head.hash
 
 
 class _Row:
@@ -186,11 +216,15 @@ def verify(db: Session, batch: int = 5000) -> VerifyResult:
     record rewritten by someone without the audit key (and every later hash recomputed, with
     SHA-256 or anything else) fails here: only the key makes a hash that verifies. Records from
     before the chain was keyed verify by their SHA-256 and the HMAC that re-anchored them."""
-    head = db.execute(select(AuditHead.__table__.c.seq, AuditHead.__table__.c.hash,
-                             AuditHead.__table__.c.key_check)).first()
+    h = AuditHead.__table__
+    head = db.execute(select(h.c.seq, h.c.hash, h.c.key_check, h.c.mac)).first()
     if head is not None and head.key_check is not None and head.key_check != _own_check():
         return VerifyResult(False, 0, 1, "TRIAL_AUDIT_KEY is not the key this chain was written with; "
                                          "verify with the deployment's key")
+    seals = db.execute(select(AuditSeal).order_by(AuditSeal.seq)).scalars().all()
+    for sl in seals:
+        if not hmac.compare_digest(sl.mac, seal_mac(sl.seq, sl.hash, sl.what)):
+            return VerifyResult(False, 0, sl.seq, f"the seal of record {sl.seq} ({sl.what}) was altered or forged")
     anchors = dict(db.execute(select(AuditAnchor.seq, AuditAnchor.mac)).all())
     prev = GENESIS
     expected_seq = 1
@@ -214,13 +248,22 @@ def verify(db: Session, batch: int = 5000) -> VerifyResult:
             prev = rec.hash
             expected_seq += 1
             checked += 1
+    if head is not None and head.key_check is not None and (
+            head.mac is None or not hmac.compare_digest(head.mac, head_mac(head.seq, head.hash))):
+        return VerifyResult(False, checked, head.seq, f"the chain head (record {head.seq}) was set by someone without "
+                                                      "the audit key: records were cut off the end or the head moved")
     if head is not None and (head.seq != checked or head.hash != prev):
         return VerifyResult(False, checked, checked + 1 if head.seq > checked else checked,
                             f"chain head says {head.seq} records but {checked} chain correctly (records after {checked} missing or altered)")
+    for sl in seals:
+        got = db.execute(select(t.c.hash).where(t.c.seq == sl.seq)).scalar()
+        if got != sl.hash:
+            return VerifyResult(False, checked, sl.seq, f"record {sl.seq}, sealed at {sl.what}, is gone or changed: "
+                                                        "the chain was cut back or rewritten after it")
     return VerifyResult(True, checked)
 
 
-def reanchor(db: Session, actor="migration 0005") -> int:
+def reanchor(db: Session, actor="migration 0005", seal_head: bool = True) -> int:
     """Key a chain written with plain SHA-256: every existing record gets its anchor HMAC (the
     records are not touched), the head gets the key check, and the re-anchoring is recorded as
     the chain's next record, itself under the key. Returns how many records were anchored."""
@@ -240,8 +283,19 @@ def reanchor(db: Session, actor="migration 0005") -> int:
     db.execute(update(AuditHead.__table__).where(AuditHead.__table__.c.id == 1).values(key_check=_own_check()))
     if last:
         record(db, actor, "reanchor", "audit_chain", "1", {"scheme": ("sha256", "hmac-sha256")},
-               reason=f"{n} records written with plain SHA-256 anchored under the audit key (TRIAL_AUDIT_KEY)")
+               reason=f"{n} records written with plain SHA-256 anchored under the audit key (TRIAL_AUDIT_KEY)",
+               _seal_head=seal_head)
+    elif seal_head:
+        reseal_head(db)
     return n
+
+
+def reseal_head(db: Session) -> None:
+    """Seal the head as it stands (migration 0009, and a chain re-anchored with no records)."""
+    t = AuditHead.__table__
+    head = db.execute(select(t.c.seq, t.c.hash).where(t.c.id == 1)).first()
+    if head is not None:
+        db.execute(update(t).where(t.c.id == 1).values(mac=head_mac(head.seq, head.hash)))
 
 
 def visible_records(db: Session, user, entity: str | None = None, limit: int = 200, offset: int = 0):

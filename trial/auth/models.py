@@ -7,12 +7,12 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from trial.db import Base, utcnow
 
-ROLES = ("coordinator", "therapist", "assessor", "statistician", "manager", "admin")
-SITE_ROLES = ("coordinator", "therapist", "assessor")  # scoped to the sites they are given
+ROLES = ("coordinator", "therapist", "assessor", "monitor", "statistician", "manager", "admin")
+SITE_ROLES = ("coordinator", "therapist", "assessor", "monitor")  # scoped to the sites they are given
 GLOBAL_ROLES = ("statistician", "manager", "admin")
 # Roles that see allocations (a statistician from the unblinding on): an admin's grant of one of
 # them takes effect only when a manager countersigns it.
-COUNTERSIGNED_ROLES = ("coordinator", "therapist", "manager", "statistician")
+COUNTERSIGNED_ROLES = ("coordinator", "therapist", "monitor", "manager", "statistician")
 GRANT_STATES = ("pending", "approved", "rejected", "withdrawn")
 
 

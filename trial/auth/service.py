@@ -87,16 +87,24 @@ def _resolve_roles(db: Session, roles: list[tuple[str, str | None]]) -> list[tup
     return sorted(set(out), key=lambda t: (t[0], t[2] or ""))
 
 
+ADMIN_EXCLUDES = COUNTERSIGNED_ROLES  # every role that sees allocations, now or after unblinding
+
+
 def check_role_conflicts(pairs) -> None:
-    """An assessor is never also a coordinator or therapist at the same site, nor a manager."""
+    """An assessor is never also a coordinator, therapist or monitor at the same site, nor a manager;
+    an admin never holds a role that sees allocations (or will, once the trial is unblinded)."""
     assessor_sites = {s for r, s, *_ in pairs if r == "assessor"}
-    unblinded_sites = {s for r, s, *_ in pairs if r in ("coordinator", "therapist")}
+    unblinded_sites = {s for r, s, *_ in pairs if r in ("coordinator", "therapist", "monitor")}
     if assessor_sites & unblinded_sites:
-        raise ValidationError("A blinded assessor cannot also be a coordinator or therapist at the same site.",
+        raise ValidationError("A blinded assessor cannot also be a coordinator, therapist or monitor at the same site.",
                               {"role": "assessor combined with an unblinded role at the same site"})
     if assessor_sites and any(r == "manager" for r, *_ in pairs):
         raise ValidationError("A blinded assessor cannot also be a manager (managers see every allocation).",
                               {"role": "assessor combined with manager"})
+    if any(r == "admin" for r, *_ in pairs) and any(r in ADMIN_EXCLUDES for r, *_ in pairs):
+        raise ValidationError("An administrator sees no clinical data and stays blinded: give the roles that see "
+                              "allocations (coordinator, therapist, monitor, manager, statistician) to another account.",
+                              {"role": "admin combined with a role that sees allocations"})
 
 
 def _role_text(pairs) -> str:
@@ -127,9 +135,11 @@ def pending_roles_text(user: User, db: Session) -> str:
 
 
 def needs_countersign(actor, role: str) -> bool:
-    """An admin's grant of a role that sees allocations waits for a manager's countersignature.
-    The operator at the server's shell (the CLI) is trusted: the first manager comes from there."""
-    return role in COUNTERSIGNED_ROLES and not is_cli(actor)
+    """An admin's grant of a role that sees allocations waits for a manager's countersignature, and
+    so does a grant of ``admin`` itself (an admin who made a second admin at will could have it
+    change their own roles). The operator at the server's shell (the CLI) is trusted: the first
+    manager comes from there."""
+    return (role in COUNTERSIGNED_ROLES or role == "admin") and not is_cli(actor)
 
 
 def pending_grants_of(db: Session, user: User) -> list[RoleGrant]:

@@ -127,8 +127,8 @@ def dose(db: Session, p: Participant, alloc: Allocation, content: dict, sessions
 
 def adherence_by_arm(db: Session, actor, site_code: str | None = None) -> list[dict]:
     """Dose received per arm (unblinded managers; coordinators and therapists for their sites)."""
-    sites = visible_site_ids(db, actor, "coordinator", "therapist", "manager")
-    if not actor.has_role("manager", "coordinator", "therapist"):
+    sites = visible_site_ids(db, actor, "coordinator", "therapist", "monitor", "manager")
+    if not actor.has_role("manager", "coordinator", "therapist", "monitor"):
         raise Forbidden("Adherence by arm reveals allocations; your role is blinded.")
     content = current_protocol(db).content
     q = select(Participant, Allocation).join(Allocation, Allocation.participant_id == Participant.id)

@@ -7,10 +7,12 @@ from html import escape
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from trial.monitoring.service import marks, may_read_marks
 from trial.outcomes.service import schedule
-from trial.participants.models import Allocation, Participant, Screening
+from trial.participants.models import Allocation, Assessment, Participant, Screening
 from trial.participants.service import participant_views, visible_participants
 from trial.protocol.service import current as current_protocol
+from trial.queries.service import badges as query_badges
 from trial.scope import visible_site_ids
 from trial.sites.models import Site
 
@@ -24,18 +26,40 @@ def status_grid(db: Session, actor, site_code: str | None = None) -> dict:
     views = {v["study_id"]: v for v in participant_views(db, actor, people)}
     sched = schedule(db, actor, people)
     visits = [{"key": v["key"], "label": v["label"]} for v in current_protocol(db).content["visits"]]
+    ids = [p.id for p in people]
+    badges = query_badges(db, actor, ids)  # as this user may see the queries: an assessor only its own kind
+    forms = _forms(db, ids) if may_read_marks(actor) else None
+    standing = marks(db, ids) if forms is not None else {}
+    labels = {i["key"]: i["label"].split(" (")[0] for i in current_protocol(db).content["instruments"]}  # "ADOS-2"
     rows = []
     for p in people:
         cells = {c["visit"]: c for c in sched[p.id]}
+        row_cells = []
+        for v in visits:
+            cell = dict(cells[v["key"]])
+            if forms is not None:  # verified / not verified per form, for monitors and managers
+                cell["forms"] = [{"label": labels.get(ins, ins), "verified": (p.id, "assessment", aid) in standing}
+                                 for aid, ins in forms.get((p.id, v["key"]), [])]
+            row_cells.append(cell)
         rows.append({"study_id": p.study_id, "site": views[p.study_id]["site"], "status": views[p.study_id]["status"],
-                     "cells": [cells[v["key"]] for v in visits]})
-    return {"visits": visits, "rows": rows, "colours": STATUS_COLOURS}
+                     "queries": badges.get(p.id, 0), "cells": row_cells})
+    return {"visits": visits, "rows": rows, "colours": STATUS_COLOURS, "marks": forms is not None}
+
+
+def _forms(db: Session, participant_ids: list[int]) -> dict[tuple[int, str], list[tuple[int, str]]]:
+    out: dict[tuple[int, str], list[tuple[int, str]]] = {}
+    if participant_ids:
+        for aid, pid, visit, ins in db.execute(select(Assessment.id, Assessment.participant_id, Assessment.visit,
+                                                      Assessment.instrument).where(Assessment.participant_id.in_(participant_ids))
+                                               .order_by(Assessment.instrument)):
+            out.setdefault((pid, visit), []).append((aid, ins))
+    return out
 
 
 def home_summary(db: Session, actor) -> dict:
     """Counts for the start page: screened / enrolled / randomized per visible site. No per-arm
     figure, for anyone."""
-    if actor.has_role("admin") and not actor.has_role("coordinator", "therapist", "assessor", "manager", "statistician"):
+    if actor.has_role("admin") and not actor.has_role("coordinator", "therapist", "assessor", "monitor", "manager", "statistician"):
         return {"admin": True}
     sites = visible_site_ids(db, actor)
     site_rows = db.execute(select(Site).order_by(Site.code)).scalars().all()

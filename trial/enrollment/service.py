@@ -76,7 +76,7 @@ def record_screening(db: Session, actor, data: dict) -> Screening:
 
 
 def list_screenings(db: Session, actor, site_code: str | None = None) -> list[tuple[Screening, str, str | None]]:
-    sites = visible_site_ids(db, actor, "coordinator", "manager")
+    sites = visible_site_ids(db, actor, "coordinator", "monitor", "manager")
     q = (select(Screening, Site.code, Participant.study_id).join(Site, Site.id == Screening.site_id)
          .outerjoin(Participant, Participant.screening_id == Screening.id).order_by(Screening.id.desc()))
     if sites is not None:

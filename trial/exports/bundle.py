@@ -11,16 +11,19 @@ import zipfile
 
 from sqlalchemy.orm import Session
 
+from trial.audit.service import seal_of
+from trial.dataquality.service import shown_queries
 from trial.exports import formats, odm
 from trial.exports.consort import consort
-from trial.exports.dataset import DUMMY_LABEL, build_tables
+from trial.exports.dataset import DM_TABLES, DUMMY_LABEL, FREE_TEXT_WITHHELD, build_tables
 from trial.exports.reports import bang_index, baseline_table, table_csv, trial_facts
 from trial.protocol.models import ProtocolVersion
+from trial.safety.service import summary_by_arm
 from trial.scope import CliActor
 from trial.version import __version__
 
 VARIANTS = ("unblinded", "blinded")
-ODM_TABLES = ("particip", "assessl")  # the ODM snapshot is written from these, after the others
+ODM_TABLES = ("particip", "assessl") + DM_TABLES  # the ODM snapshot is written from these, after the others
 
 
 def _sha(b: bytes) -> str:
@@ -98,7 +101,13 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
             [r[k] if r[k] is not None else "" for k in cols] for r in bi]}))
         out.add("reports/baseline_table.csv", table_csv(baseline_table(db, blinded)))
         out.add("reports/trial_facts.json", json.dumps(trial_facts(db, blinded), indent=2).encode())
-        out.add("README.txt", _readme(lock, sig, pv, blinded, tables, truncated, counts).encode())
+        if not blinded:  # adverse events by arm: for unblinded readers only
+            summary = summary_by_arm(db)
+            cols = list(summary[0]) if summary else ["arm"]
+            out.add("reports/ae_summary.csv", table_csv({"columns": cols, "rows": [[r[k] for k in cols] for r in summary]}))
+        accepted = shown_queries(db, lock.accepted_open_queries, blinded)
+        out.add("README.txt", _readme(lock, sig, pv, blinded, tables, truncated, counts, accepted,
+                                        seal_of(db, seal_name(lock))).encode())
         data, manifest_sha = out.close()
     except BaseException:
         out.discard()  # a refused build (e.g. CONSORT does not reconcile) leaves no half-open zip behind
@@ -106,7 +115,20 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
     return data, _sha(data), manifest_sha
 
 
-def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts) -> str:
+def seal_name(lock) -> str:
+    """What the audit seal taken at a hard lock is called (and how its bundle finds it)."""
+    return f"hard lock {lock.id} (version {lock.version})"
+
+
+def _accepted_text(accepted: list[int], blinded: bool) -> str:
+    if blinded:
+        return ("Signed with queries not closed, accepted by the signer. Of those, the ones in this dataset: "
+                + (", ".join(map(str, accepted)) if accepted else "none") + " (see queries.csv).")
+    return (f"Signed with {len(accepted)} queries not closed, accepted by the signer: "
+            f"{', '.join(map(str, accepted))} (see queries.csv).")
+
+
+def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts, accepted: list[int], seal=None) -> str:
     lines = [
         "Locked dataset bundle",
         "=====================",
@@ -114,6 +136,7 @@ def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts) -> str:
         f"Lock: {lock.id} (hard lock version {lock.version})",
         f"Signed by: {sig.printed_name} <{sig.email}> at {sig.signed_at:%Y-%m-%d %H:%M:%S} UTC",
         f"Meaning of the signature: {sig.meaning}",
+        _accepted_text(accepted, blinded) if lock.accepted_open_queries else "Every query was closed when the lock was signed.",
         f"Protocol version: {pv.version} (amendment {pv.content['trial']['amendment']}, sha256 {pv.sha256})",
         f"Software: trial {__version__}",
         f"Variant: {'BLINDED: a DUMMY allocation (armcd), no session data, no intervention events' if blinded else 'UNBLINDED: the real allocation, arms by key and label, sessions included'}",
@@ -130,8 +153,11 @@ def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts) -> str:
             f"Derivation: HMAC-SHA256 stream with label '{DUMMY_LABEL}' (trial.exports.dataset.dummy_allocation).",
             "Reports (CONSORT, Table 1, blinding index, facts) are pooled over the arms. The real",
             "allocation is in the unblinded bundle of this lock, released after the signed unblinding.",
+            f"Free text written by unblinded staff (reasons of status events, descriptions of deviations) reads {FREE_TEXT_WITHHELD!r}.",
             "",
         ]
+    elif seal is not None:  # the chain's size follows the sessions logged: unblinded readers only
+        lines += [f"Audit chain sealed at signing: record {seal.seq}, hash {seal.hash}", ""]
     lines += [
         "Contents",
         "--------",

@@ -203,10 +203,11 @@ def pool(c: dict) -> dict:
         "allocated": sum(b["allocated"] for b in boxes),
         "received_allocated_intervention": None,
         "did_not_receive_allocated_intervention": {"total": None, "reasons": {}},
-        "lost_to_follow_up": _merge([b["lost_to_follow_up"] for b in boxes]),
+        # the reasons are free text written by unblinded staff, which can name the intervention
+        "lost_to_follow_up": {"total": sum(b["lost_to_follow_up"]["total"] for b in boxes), "reasons": {}},
         "discontinued_intervention": {"total": None, "reasons": {}},
         "analysed": sum(b["analysed"] for b in boxes),
         "excluded_from_analysis": _merge([b["excluded_from_analysis"] for b in boxes]),
     }}
-    out["withheld_while_blinded"] = list(WITHHELD)
+    out["withheld_while_blinded"] = list(WITHHELD) + ["lost_to_follow_up.reasons"]
     return out

@@ -16,11 +16,14 @@ from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
 from trial.course.models import CounsellingSession, TherapySession
+from trial.dataquality.models import QUERY_KINDS, QUERY_STATES, VERIFIABLE, DataQuery, Verification
 from trial.participants.models import Allocation, Assessment, Participant, Screening, StatusEvent
 from trial.participants.service import status_label
 from trial.protocol.service import current as current_protocol
 from trial.randomize.lists import Stream
 from trial.randomize.models import Stratum
+from trial.safety.models import EXPECTEDNESS, RELATEDNESS, SERIOUSNESS, SEVERITIES, AdverseEvent
+from trial.safety.models import OUTCOMES as AE_OUTCOMES
 from trial.sites.models import Site
 from trial.status.models import Deviation
 
@@ -286,15 +289,82 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
     evars = [Var("studyid", "Study ID", "str"), Var("evtype", "Event", "str",
                                                      allowed="withdrawn, lost_to_follow_up, died" + ("" if blinded else ", discontinued_intervention, not_received")),
              Var("evdt", "Date of the event", "date"), Var("reason", "Reason", "str")]
-    rows = sorted(((pid[p_id], e.type, _d(e.on), e.reason) for p_id, evs in events.items() for e in evs),
+    # free text written by unblinded staff can name the intervention: withheld from blinded readers
+    rows = sorted(((pid[p_id], e.type, _d(e.on), FREE_TEXT_WITHHELD if blinded else e.reason)
+                   for p_id, evs in events.items() for e in evs),
                   key=lambda r: (r[0], r[2], r[1]))
     tables.append(Table("events", "Status events", evars, rows))
 
     dvars = [Var("studyid", "Study ID", "str"), Var("devdt", "Date of the deviation", "date"),
              Var("category", "Category", "str"), Var("descr", "Description", "str")]
-    rows = sorted((pid[d.participant_id], _d(d.on), d.category, d.description)
+    rows = sorted((pid[d.participant_id], _d(d.on), d.category, FREE_TEXT_WITHHELD if blinded else d.description)
                   for d in fetch("deviations", select(Deviation.participant_id, Deviation.on, Deviation.category,
                                                       Deviation.description))
                   if not (blinded and d.category == "intervention"))
     tables.append(Table("deviatn", "Protocol deviations", dvars, rows))
+    tables += data_management_tables(db, blinded, pid)
     return tables
+
+
+DM_TABLES = ("ae", "aefu", "queries", "querymsg", "verif")
+FREE_TEXT_WITHHELD = "(withheld while blinded)"
+
+
+def data_management_tables(db: Session, blinded: bool, pid: dict[int, str]) -> list[Table]:
+    """Adverse events with their follow-ups (unblinded bundle only: an AE can tell the arm), the
+    queries with their threads (a blinded bundle holds only those a blinded assessor may read)
+    and the source-verification marks (in a blinded bundle, none on sessions, events or AEs)."""
+    out = []
+    if not blinded:
+        aevars = [Var("studyid", "Study ID", "str"), Var("aeid", "Adverse event number", "int"),
+                  Var("term", "Adverse event term", "str"), Var("onset", "Date of onset", "date"),
+                  Var("severity", "Severity", "str", allowed=", ".join(SEVERITIES)),
+                  Var("serious", "Serious (1 = yes)", "int", allowed="0, 1"),
+                  Var("seriousn", "Seriousness criteria", "str", allowed=", ".join(SERIOUSNESS)),
+                  Var("related", "Relatedness to the intervention", "str", allowed=", ".join(RELATEDNESS)),
+                  Var("expected", "Expectedness", "str", allowed=", ".join(EXPECTEDNESS)),
+                  Var("outcome", "Outcome", "str", allowed=", ".join(AE_OUTCOMES)),
+                  Var("resoldt", "Date resolved (or of death)", "date"), Var("descr", "Description", "str"),
+                  Var("reptdtm", "Reported at (UTC)", "datetime"), Var("ackdtm", "SAE acknowledged at (UTC)", "datetime")]
+        aes = db.execute(select(AdverseEvent).order_by(AdverseEvent.id)).scalars().all()
+        out.append(Table("ae", "Adverse events", aevars, [
+            (pid[a.participant_id], a.id, a.term, _d(a.onset), a.severity, int(a.serious), ";".join(a.seriousness) or None,
+             a.relatedness, a.expectedness, a.outcome, _d(a.resolved_on), a.description, _dt(a.reported_at),
+             _dt(a.acknowledged_at)) for a in aes]))
+        fuvars = [Var("studyid", "Study ID", "str"), Var("aeid", "Adverse event number", "int"),
+                  Var("fudt", "Date of the follow-up", "date"), Var("outcome", "Outcome", "str", allowed=", ".join(AE_OUTCOMES)),
+                  Var("resoldt", "Date resolved (or of death)", "date"), Var("text", "Follow-up note", "str")]
+        out.append(Table("aefu", "Adverse event follow-ups", fuvars, [
+            (pid[a.participant_id], a.id, _d(f.on), f.outcome, _d(f.resolved_on), f.text) for a in aes for f in a.follow_ups]))
+    q = select(DataQuery).order_by(DataQuery.id)
+    if blinded:
+        q = q.where(DataQuery.assessor_visible.is_(True))
+    queries = db.execute(q).scalars().all()
+    qvars = [Var("qid", "Query number", "int"), Var("studyid", "Study ID", "str"),
+             Var("kind", "Record the query is about", "str", allowed=", ".join(QUERY_KINDS)),
+             Var("targetid", "Number of that record", "int"), Var("field", "Field queried", "str"),
+             Var("visit", "Visit", "str"), Var("instr", "Instrument", "str"),
+             Var("origin", "Raised by a person or a check", "str", allowed="manual, check"),
+             Var("status", "Status at the lock", "str", allowed=", ".join(QUERY_STATES)),
+             Var("raisedby", "Raised by", "str"), Var("raisdtm", "Raised at (UTC)", "datetime"), Var("text", "Query", "str")]
+    out.append(Table("queries", "Data queries", qvars, [
+        (x.id, pid[x.participant_id], x.kind, x.target_id, x.field, x.visit, x.instrument, x.origin, x.status, x.raised_by,
+         _dt(x.raised_at), x.text) for x in queries]))
+    mvars = [Var("qid", "Query number", "int"), Var("msgno", "Step in the thread", "int"),
+             Var("action", "Step", "str", allowed="raise, response, close, reopen"), Var("by", "By", "str"),
+             Var("atdtm", "At (UTC)", "datetime"), Var("text", "Text", "str"),
+             Var("correctn", "Correction made with the answer (JSON)", "str")]
+    out.append(Table("querymsg", "Data query threads", mvars, [
+        (x.id, n, m.action, m.by, _dt(m.at), m.text, json.dumps(m.correction, sort_keys=True) if m.correction else None)
+        for x in queries for n, m in enumerate(x.messages, 1)]))
+    v = select(Verification).order_by(Verification.id)
+    if blinded:
+        v = v.where(Verification.kind.in_(("participant", "screening", "assessment")))
+    vvars = [Var("studyid", "Study ID", "str"), Var("kind", "Record verified", "str", allowed=", ".join(VERIFIABLE)),
+             Var("targetid", "Number of that record", "int"), Var("verifby", "Verified by", "str"),
+             Var("verifdtm", "Verified at (UTC)", "datetime"), Var("cleardtm", "Mark cleared at (UTC)", "datetime"),
+             Var("clearrsn", "Why the mark was cleared", "str")]
+    out.append(Table("verif", "Source-data verification marks", vvars, [
+        (pid[m.participant_id], m.kind, m.target_id, m.verified_by, _dt(m.verified_at), _dt(m.cleared_at), m.cleared_reason)
+        for m in db.execute(v).scalars()]))
+    return out

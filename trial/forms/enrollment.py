@@ -46,6 +46,8 @@ def assessment_form(instrument: dict, visits: list[tuple[str, str]], with_guess:
                                                       choices=[("", "—"), ("music_therapy", "Music therapy"),
                                                                ("usual_care", "Usual care"), ("unsure", "Unsure")])
         AssessmentForm.guess_confidence = SelectField("Confidence", choices=[("", "—")] + [(str(i), str(i)) for i in range(1, 6)])
+    AssessmentForm.confirm_window = BooleanField("The date is outside the visit's window: save it anyway "
+                                                 "(it is recorded as a deviation and a query asks the site to confirm it)")
     AssessmentForm.submit = SubmitField("Save assessment")
     return AssessmentForm()
 

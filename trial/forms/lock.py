@@ -1,5 +1,5 @@
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, SelectField, StringField, SubmitField
+from wtforms import BooleanField, PasswordField, SelectField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length
 
 
@@ -8,6 +8,8 @@ class LockForm(FlaskForm):
     meaning = StringField("Meaning of your signature", validators=[DataRequired(), Length(max=500)],
                           default="I approve locking the trial database; the data are complete and final.")
     password = PasswordField("Your password (electronic signature)", validators=[DataRequired()])
+    accept_open_queries = BooleanField("Sign the hard lock although queries are not closed (they are listed with "
+                                       "the signature and in the bundle)")
     submit = SubmitField("Sign and lock")
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.auth.models import GRANT_STATES, RoleAssignment, RoleGrant, User
-from trial.auth.service import check_role_conflicts
+from trial.auth.service import check_role_conflicts, current_roles_text
 from trial.db import lock_for_update, utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.esign.service import sign
@@ -40,7 +40,14 @@ def list_grants(db: Session, actor, status: str | None = "pending") -> list[dict
     codes = dict(db.execute(select(Site.id, Site.code)).all())
     ids = {g.user_id for g in rows} | {g.decided_by_id for g in rows if g.decided_by_id}
     emails = dict(db.execute(select(User.id, User.email).where(User.id.in_(ids))).all()) if ids else {}
-    return [as_dict(g, codes, emails) for g in rows]
+    holders = {u.id: u for u in db.execute(select(User).where(User.id.in_({g.user_id for g in rows}))).scalars()} if rows else {}
+    out = []
+    for g in rows:
+        d = as_dict(g, codes, emails)
+        # what the account holds already, so the countersigner sees e.g. an admin asking for more
+        d["holds"] = current_roles_text(holders[g.user_id], db) if g.user_id in holders else ""
+        out.append(d)
+    return out
 
 
 def count_pending(db: Session, actor) -> int:

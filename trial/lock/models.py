@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from trial.db import Base, utcnow
@@ -22,6 +22,8 @@ class DataLock(Base):
     lift_signature_id: Mapped[int | None] = mapped_column(ForeignKey("signature.id"))
     # hard locks: the seed of the dummy allocation in the blinded bundle (32 random bytes, hex)
     dummy_seed: Mapped[str | None] = mapped_column(String(64))
+    # hard locks signed while queries were open, with their acceptance: the ids of those queries
+    accepted_open_queries: Mapped[list | None] = mapped_column(JSON)
 
 
 class LockBundle(Base):

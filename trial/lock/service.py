@@ -13,10 +13,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
+from trial.dataquality.models import DataQuery
+from trial.dataquality.service import shown_queries
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.esign.models import Signature
 from trial.esign.service import sign
-from trial.exports.bundle import build_bundles
+from trial.exports.bundle import build_bundles, seal_name
 from trial.lock.models import DataLock, LockBundle
 from trial.protocol.service import current as current_protocol
 from trial.randomize.service import get_design, master_seed
@@ -43,20 +45,39 @@ def _notice(lock: DataLock, sig: Signature) -> str:
             f"{lock.created_at:%Y-%m-%d %H:%M} UTC)")
 
 
-def create_lock(db: Session, actor, kind: str, meaning: str, password: str) -> DataLock:
+class OpenQueries(Conflict):
+    code = "open_queries"
+
+
+def create_lock(db: Session, actor, kind: str, meaning: str, password: str, accept_open_queries: bool = False) -> DataLock:
+    """Sign a lock. A hard lock while queries are not closed is refused (409 open_queries, their
+    ids in the fields) unless the signer accepts them, which is recorded with the signature."""
     require_role(db, actor, "manager")
     if kind not in KINDS:
         raise ValidationError("kind must be soft or hard", {"kind": "must be soft or hard"})
+    if not isinstance(accept_open_queries, bool):
+        raise ValidationError("accept_open_queries must be true or false", {"accept_open_queries": "must be true or false"})
     state = trial_state(db, update=True)
     current = db.get(DataLock, state.active_lock_id) if state.active_lock_id else None
     if current is not None and (current.kind == "hard" or kind == "soft"):
         raise Conflict(f"A {current.kind} lock (lock {current.id}) is already in force.")
+    open_queries = []
+    if kind == "hard":
+        open_queries = db.execute(select(DataQuery.id, DataQuery.status).where(DataQuery.status != "closed")
+                                  .order_by(DataQuery.id)).all()
+        if open_queries and not accept_open_queries:
+            raise OpenQueries(f"{len(open_queries)} queries are not closed. Close them first, or sign the hard lock "
+                              "accepting them (accept_open_queries), which is recorded with the signature.",
+                              {str(q.id): q.status for q in open_queries})
+        if open_queries:  # no count, no ids: blinded readers see the signature (the ids are with the lock)
+            meaning = f"{(meaning or '').strip()[:440]} [accepting the queries not closed, listed with the lock]"
     sig = sign(db, actor, password, meaning, f"{kind}_lock")
     version = None
     if kind == "hard":
         version = (db.execute(select(func.count()).select_from(DataLock).where(DataLock.kind == "hard")).scalar() or 0) + 1
     lock = DataLock(kind=kind, version=version, signature_id=sig.id, protocol_version=current_protocol(db).version,
-                    created_at=sig.signed_at, dummy_seed=new_dummy_seed() if kind == "hard" else None)
+                    created_at=sig.signed_at, dummy_seed=new_dummy_seed() if kind == "hard" else None,
+                    accepted_open_queries=[q.id for q in open_queries] or None)
     db.add(lock)
     db.flush()
     if current is not None:  # a soft lock is superseded by the hard lock
@@ -65,7 +86,11 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str) -> D
                      reason=current.lift_reason)
     state.active_lock_id, state.lock_notice = lock.id, _notice(lock, sig)
     audit.created(db, actor, "data_lock", lock.id, {"kind": kind, "version": version, "signature": sig.id})
-    if kind == "hard":
+    if lock.accepted_open_queries:  # which queries were open can tell of sessions and AEs: unblinded readers only
+        audit.record(db, actor, "accept_open_queries", "data_lock", lock.id,
+                     {"accepted_open_queries": (None, lock.accepted_open_queries)}, reveals_allocation=True)
+    if kind == "hard":  # the chain as it stands at signing, sealed: cutting it back below here is detected
+        audit.seal(db, seal_name(lock))
         for variant, (content, sha, manifest_sha) in build_bundles(db, lock, sig).items():
             db.add(LockBundle(lock_id=lock.id, variant=variant, content=content, sha256=sha, manifest_sha256=manifest_sha))
             audit.created(db, actor, "lock_bundle", f"{lock.id}/{variant}", {"sha256": sha, "manifest_sha256": manifest_sha})
@@ -124,7 +149,8 @@ def list_locks(db: Session, actor) -> list[dict]:
                     "created_at": lock.created_at.isoformat(timespec="seconds") + "Z",
                     "signed_by": sig.printed_name, "meaning": sig.meaning,
                     "lifted_at": lock.lifted_at.isoformat(timespec="seconds") + "Z" if lock.lifted_at else None,
-                    "lift_reason": lock.lift_reason, "manifest_sha256": bundles.get(lock.id)})
+                    "lift_reason": lock.lift_reason, "manifest_sha256": bundles.get(lock.id),
+                    "accepted_open_queries": shown_queries(db, lock.accepted_open_queries, variant == "blinded")})
     return out
 
 

@@ -19,16 +19,3 @@ class BlindingBreak(Base):
     reported_on: Mapped[dt.date] = mapped_column(Date)
     description: Mapped[str] = mapped_column(String(1000))
     recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-
-
-class Notification(Base):
-    """An in-app message to one user (no e-mail: nothing about an allocation ever leaves the
-    system)."""
-
-    __tablename__ = "notification"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
-    message: Mapped[str] = mapped_column(String(1000))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    read_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

@@ -8,9 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.auth.models import RoleAssignment
+from trial.dataquality.service import clear_verification, raise_check, resolve_check
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
-from trial.outcomes.models import BlindingBreak, Notification
+from trial.notify.service import notify, users_with_role
+from trial.outcomes.models import BlindingBreak
 from trial.participants.models import GUESSES, Assessment, Participant
 from trial.participants.service import (
     allocation_of,
@@ -25,7 +26,7 @@ from trial.protocol.service import current as current_protocol
 from trial.scope import is_cli, require_site_role
 from trial.sites.models import Site
 from trial.timeline import today, visit_window
-from trial.trialstate.service import ensure_writable
+from trial.trialstate.service import active_lock_id, ensure_writable
 from trial.validation import CONTROL_MESSAGE, clinical_date, has_control, refuse, text
 
 
@@ -141,7 +142,53 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
                                                   "performed_on": performed, "values": values,
                                                   "out_of_window": out_of_window, "allocation_guess": guess,
                                                   "guess_confidence": confidence})
+    # the checks, in the same transaction as the data
+    resolve_check(db, missing_key(p.id, a.visit, a.instrument), "the form was entered")
+    if out_of_window:
+        lo, _, hi = visit_window(visit, randomization_day(db, p, alloc))
+        raise_check(db, p, "assessment", a.id, f"window:assessment:{a.id}",
+                    f"{ins['label']} at {visit['label']} was performed on {performed.isoformat()}, outside the visit "
+                    f"window {lo.isoformat()} to {hi.isoformat()}. Confirm the date, or correct it.",
+                    _enterer(ins), assessor_visible=ins["blinded"], visit=a.visit, instrument=a.instrument)
+    _soft_range_checks(db, p, a, ins)
     return a
+
+
+def window_of(db: Session, p, visit_key: str) -> tuple[dt.date, dt.date] | None:
+    """The window of a post-randomization visit of ``p``, or None (baseline, not randomized)."""
+    visit = next((v for v in current_protocol(db).content["visits"] if v["key"] == visit_key), None)
+    alloc = allocation_of(db, p.id)
+    if visit is None or visit_key == "baseline" or alloc is None:
+        return None
+    lo, _, hi = visit_window(visit, randomization_day(db, p, alloc))
+    return lo, hi
+
+
+def _enterer(ins: dict) -> str:
+    return "assessor" if ins["blinded"] else "coordinator"
+
+
+def missing_key(participant_id: int, visit: str, instrument: str) -> str:
+    return f"missing:{participant_id}:{visit}:{instrument}"
+
+
+def _soft_range_checks(db: Session, p, a: Assessment, ins: dict) -> None:
+    """A query for each value outside its field's soft range; a query whose value came back
+    inside closes."""
+    for f in ins["fields"]:
+        key = f"soft:assessment:{a.id}:{f['key']}"
+        v = a.values.get(f["key"])
+        lo, hi = f.get("soft_min"), f.get("soft_max")
+        outside = v is not None and ((lo is not None and v < lo) or (hi is not None and v > hi))
+        if outside:
+            bounds = (f"{lo} to {hi}" if lo is not None and hi is not None else
+                      f"at least {lo}" if lo is not None else f"at most {hi}")
+            raise_check(db, p, "assessment", a.id, key,
+                        f"{f['label']} is {v}: the protocol expects {bounds}. Confirm the value, or correct it.",
+                        _enterer(ins), assessor_visible=ins["blinded"], field=f["key"], visit=a.visit,
+                        instrument=a.instrument)
+        else:
+            resolve_check(db, key, f"{f['label']} is now {v}, within the expected range")
 
 
 def correct_assessment(db: Session, actor, assessment_id: int, data: dict) -> Assessment:
@@ -169,6 +216,8 @@ def correct_assessment(db: Session, actor, assessment_id: int, data: dict) -> As
         raise ValidationError("The correction changes nothing.", {"values": "same as recorded"})
     a.values = values
     audit.record(db, actor, "correct", "assessment", a.id, changes, reason=reason)
+    clear_verification(db, actor, "assessment", a.id, p, f"corrected: {reason}")
+    _soft_range_checks(db, p, a, ins)
     return a
 
 
@@ -191,12 +240,10 @@ def report_blinding_break(db: Session, actor, study_id: str, data: dict) -> Blin
     db.flush()
     audit.created(db, actor, "blinding_break", b.id, {"participant": p.study_id, "assessor": actor.email,
                                                       "reported_on": on, "description": b.description})
-    coordinators = db.execute(select(RoleAssignment.user_id).where(RoleAssignment.role == "coordinator",
-                                                                   RoleAssignment.site_id == p.site_id)).scalars().all()
-    for uid in sorted(set(coordinators)):
-        db.add(Notification(user_id=uid, message=f"Blinding broken: assessor {actor.name} reported on {on.isoformat()} "
-                                                 f"that the allocation of {p.study_id} may be known to them. Assign "
-                                                 f"another assessor for this child's next visits."))
+    notify(db, users_with_role(db, "coordinator", p.site_id),
+           f"Blinding broken: assessor {actor.name} reported on {on.isoformat()} that the allocation of {p.study_id} "
+           f"may be known to them. Assign another assessor for this child's next visits.",
+           subject=f"Blinding broken for {p.study_id}", link=f"/participants/{p.study_id}")
     return b
 
 
@@ -213,19 +260,14 @@ def blinding_warning(db: Session, actor, participant_id: int) -> str | None:
             "another assessor should assess this child.")
 
 
-def notifications_for(db: Session, actor, unread_only: bool = True) -> list[Notification]:
-    q = select(Notification).where(Notification.user_id == actor.id).order_by(Notification.created_at.desc())
-    if unread_only:
-        q = q.where(Notification.read_at.is_(None))
-    return list(db.execute(q.limit(50)).scalars())
-
-
 # --- visit schedule (arm-independent) ---------------------------------------------------------
 
 def _role_instruments(content: dict, actor, site_id: int) -> list[dict]:
     """Instruments the actor's role at this site enters: blinded ones for assessors, others for
     coordinators; managers see all."""
     if is_cli(actor) or actor.has_role("manager"):
+        return content["instruments"]
+    if actor.site_ids("monitor") and site_id in actor.site_ids("monitor"):
         return content["instruments"]
     roles = {r.role for r in actor.roles if r.site_id in (None, site_id)}
     return [i for i in content["instruments"] if (i["blinded"] and "assessor" in roles)
@@ -285,13 +327,52 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
     return out
 
 
+def check_missing_forms(db: Session, participants: list, on: dt.date | None = None) -> int:
+    """An automatic query for each form still missing once its visit window has closed (not for a
+    child withdrawn or deceased by then); idempotent: at most one open query per missing form.
+    Returns how many were raised."""
+    content = current_protocol(db).content
+    ids = [p.id for p in participants]
+    if not ids:
+        return 0
+    allocs = allocations_for(db, ids)
+    done = set(db.execute(select(Assessment.participant_id, Assessment.visit, Assessment.instrument)
+                          .where(Assessment.participant_id.in_(ids))).all())
+    events = events_of(db, ids)
+    tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
+    raised = 0
+    for p in participants:
+        alloc = allocs.get(p.id)
+        if alloc is None:
+            continue
+        start = randomization_day(db, p, alloc)
+        day = on or today(tzs[p.site_id])
+        final = next((e for e in events.get(p.id, []) if e.type in ("withdrawn", "died")), None)
+        for v in content["visits"]:
+            if v["key"] == "baseline":
+                continue
+            _, _, hi = visit_window(v, start)
+            if day <= hi or (final is not None and final.on <= hi):
+                continue
+            for ins in content["instruments"]:
+                if v["key"] in ins["visits"] and (p.id, v["key"], ins["key"]) not in done:
+                    q = raise_check(db, p, "assessment", None, missing_key(p.id, v["key"], ins["key"]),
+                                    f"{ins['label']} at {v['label']} is missing: its window closed on {hi.isoformat()}. "
+                                    "Enter it, or answer why it cannot be.",
+                                    _enterer(ins), assessor_visible=ins["blinded"], visit=v["key"], instrument=ins["key"])
+                    raised += q is not None
+    return raised
+
+
 def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt.date | None = None) -> list[dict]:
     """Due, overdue or out-of-window visits of the participants the actor may see."""
     if kind not in ("due", "overdue", "out_of_window"):
         raise ValidationError("kind must be due, overdue or out_of_window", {"kind": "due, overdue or out_of_window"})
-    if not actor.has_role("coordinator", "assessor", "manager"):
+    if not actor.has_role("coordinator", "assessor", "monitor", "manager"):
         raise Forbidden("Visit lists are for coordinators, assessors and managers.")
     people = visible_participants(db, actor, site_code)
+    if active_lock_id(db) is None:  # the checks write; under a lock the worklist only reads
+        check_missing_forms(db, people, on)
     sched = schedule(db, actor, people, on)
     want = {"due": ("due",), "overdue": ("overdue",), "out_of_window": ("done_out_of_window",)}[kind]
     broken = set(db.execute(select(BlindingBreak.participant_id).where(

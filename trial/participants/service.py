@@ -65,7 +65,7 @@ def _therapist_only(actor, site_id: int) -> bool:
     if actor.has_role("manager"):
         return False
     here = {r.role for r in actor.roles if r.site_id == site_id}
-    return "therapist" in here and "coordinator" not in here
+    return "therapist" in here and not here & {"coordinator", "monitor"}
 
 
 def visible_participants(db: Session, actor, site_code: str | None = None) -> list[Participant]:

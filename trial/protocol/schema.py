@@ -27,7 +27,7 @@ ALLOWED = {
     "course": {"months", "session_minutes", "min_attended_sessions", "parent_counselling_sessions", "techniques"},
     "visits": {"key", "label", "day", "window_before", "window_after", "primary"},
     "instruments": {"key", "label", "blinded", "visits", "fields"},
-    "fields": {"key", "label", "type", "min", "max", "required", "units", "choices"},
+    "fields": {"key", "label", "type", "min", "max", "soft_min", "soft_max", "required", "units", "choices"},
     "primary_outcome": {"instrument", "field", "visit"},
 }
 
@@ -218,7 +218,8 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
             _known(f, "fields", fp)
             fld = {"key": _key(f, fp), "label": _need(f, "label", fp, str, f.get("key")),
                    "type": _need(f, "type", fp, str), "required": _need(f, "required", fp, bool, True),
-                   "min": None, "max": None, "units": _need(f, "units", fp, str, None), "choices": None}
+                   "min": None, "max": None, "soft_min": None, "soft_max": None,
+                   "units": _need(f, "units", fp, str, None), "choices": None}
             if fld["type"] not in FIELD_TYPES:
                 raise ProtocolError(f"{fp}.type", f"must be one of {', '.join(FIELD_TYPES)}, not {fld['type']!r}")
             if fld["type"] in ("integer", "number"):
@@ -227,6 +228,19 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
                 fld["max"] = _need(f, "max", fp, num, None)
                 if fld["min"] is not None and fld["max"] is not None and fld["min"] > fld["max"]:
                     raise ProtocolError(f"{fp}.max", "must not be below min")
+                # soft limits: a value outside them is saved but queried (checked by a person)
+                fld["soft_min"] = _need(f, "soft_min", fp, num, None)
+                fld["soft_max"] = _need(f, "soft_max", fp, num, None)
+                for k, cmp in (("soft_min", "min"), ("soft_max", "max")):
+                    v = fld[k]
+                    if v is None:
+                        continue
+                    if fld["min"] is not None and v < fld["min"] or fld["max"] is not None and v > fld["max"]:
+                        raise ProtocolError(f"{fp}.{k}", f"{v} is outside the hard range {fld['min']}-{fld['max']}")
+                if fld["soft_min"] is not None and fld["soft_max"] is not None and fld["soft_min"] > fld["soft_max"]:
+                    raise ProtocolError(f"{fp}.soft_max", "must not be below soft_min")
+            elif "soft_min" in f or "soft_max" in f:
+                raise ProtocolError(f"{fp}.soft_min", "soft limits are for integer and number fields")
             if fld["type"] == "choice":
                 fld["choices"] = _need(f, "choices", fp, list)
                 if not fld["choices"]:

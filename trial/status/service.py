@@ -65,6 +65,14 @@ def record_deviation(db: Session, actor, study_id: str, data: dict) -> Deviation
     return d
 
 
+def events_for_reader(db: Session, actor, p: Participant) -> list[StatusEvent]:
+    """The participant's status events with their ids, for unblinded readers (the intervention
+    events imply an intervention)."""
+    if not can_see_arm(db, actor, p.site_id):
+        return []
+    return events_of(db, [p.id]).get(p.id, [])
+
+
 def deviations_of(db: Session, actor, p: Participant) -> list[Deviation]:
     """Deviations of one participant, for unblinded readers (an intervention deviation implies an
     intervention)."""

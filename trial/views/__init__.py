@@ -1,5 +1,18 @@
 """The web pages: one blueprint per area, thin over the services (forms in trial.forms)."""
-from trial.views import admin, audit, auth, course, dashboard, enrollment, grants, lock, main, outcomes, status
+from trial.views import (
+                         admin,
+                         audit,
+                         auth,
+                         course,
+                         dashboard,
+                         datamanagement,
+                         enrollment,
+                         grants,
+                         lock,
+                         main,
+                         outcomes,
+                         status,
+)
 
 BLUEPRINTS = (auth.bp, main.bp, admin.bp, grants.bp, audit.bp, enrollment.bp, course.bp, status.bp, outcomes.bp,
-              dashboard.bp, lock.bp)
+              dashboard.bp, lock.bp, datamanagement.bp)

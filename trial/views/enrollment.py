@@ -10,10 +10,13 @@ from trial.enrollment import service
 from trial.errors import DomainError
 from trial.forms import enrollment as forms
 from trial.http import actor, db, form_errors, is_page_error
+from trial.monitoring import service as monitoring
 from trial.outcomes import service as outcomes
 from trial.participants import service as records
 from trial.protocol.service import current as current_protocol
+from trial.queries import service as queries
 from trial.randomize import service as randomization
+from trial.safety import service as safety
 from trial.scope import can_see_arm
 from trial.sites.service import list_sites
 from trial.status import service as status_service
@@ -41,12 +44,20 @@ def participant(study_id: str):
     if show_arm and view["randomized_on"]:
         course = participant_course(s, actor(), p.study_id)
     here = {r.role for r in actor().roles if r.site_id in (None, p.site_id)}
+    reads_safety = bool(here & {"coordinator", "monitor", "manager"})
     return render_template("enrollment/participant.html", p=view, reasons=reasons,
                            can_randomize=can_randomize and not view["randomized_on"], form=form, show_arm=show_arm,
-                           visits=outcomes.schedule(s, actor(), [p])[p.id] if here & {"coordinator", "assessor", "manager"} else [],
+                           visits=outcomes.schedule(s, actor(), [p])[p.id] if here & {"coordinator", "assessor", "monitor", "manager"} else [],
                            assessments=outcomes.assessments_of(s, actor(), p), course=course, roles_here=here,
                            warning=outcomes.blinding_warning(s, actor(), p.id),
-                           deviations=status_service.deviations_of(s, actor(), p) if show_arm else [])
+                           deviations=status_service.deviations_of(s, actor(), p) if show_arm else [],
+                           queries=queries.views(s, queries.listing(s, actor(), study_id=p.study_id)),
+                           adverse_events=safety.views(s, safety.listing_of(s, actor(), p)) if reads_safety else [],
+                           events=status_service.events_for_reader(s, actor(), p) if show_arm else [],
+                           marks=monitoring.marks(s, [p.id]) if monitoring.may_read_marks(actor()) else {},
+                           can_raise=bool(here & {"manager", "monitor"}), can_verify="monitor" in here,
+                           reads_safety=reads_safety, pid=p.id, screening_id=p.screening_id,
+                           shows_marks=monitoring.may_read_marks(actor()))
 
 
 @bp.route("/participants/<study_id>/randomize", methods=["POST"])
@@ -124,7 +135,15 @@ def assess(study_id: str, instrument: str):
         return redirect(url_for("enrollment.participant", study_id=p.study_id))
     visits = [(v["key"], v["label"]) for v in content["visits"] if v["key"] in ins["visits"]]
     form = forms.assessment_form(ins, visits, with_guess=ins["blinded"])
-    if form.validate_on_submit():
+    warning = None
+    if form.validate_on_submit() and not form.confirm_window.data:
+        window = outcomes.window_of(s, p, form.visit.data)
+        if window and not window[0] <= form.performed_on.data <= window[1]:
+            # warn before saving: the user confirms, or corrects the date
+            warning = (f"{form.performed_on.data.isoformat()} is outside the window of this visit "
+                       f"({window[0].isoformat()} to {window[1].isoformat()}). Correct the date, or tick the box "
+                       "below to save it as it is.")
+    if warning is None and form.validate_on_submit():
         data = {"visit": form.visit.data, "instrument": ins["key"], "performed_on": form.performed_on.data,
                 "values": {f["key"]: getattr(form, f"v_{f['key']}").data for f in ins["fields"]}}
         if ins["blinded"] and form.allocation_guess.data:
@@ -137,5 +156,8 @@ def assess(study_id: str, instrument: str):
             return redirect(url_for("enrollment.participant", study_id=p.study_id))
         except DomainError as e:
             form_errors(form, e)
-    return render_template("enrollment/form.html", form=form, title=f"{ins['label']} for {p.study_id}"), 400 if form.is_submitted() else 200
+    if warning is None:
+        del form.confirm_window  # asked only once the date is known to be outside the window
+    return render_template("enrollment/form.html", form=form, title=f"{ins['label']} for {p.study_id}", warning=warning), \
+        400 if form.is_submitted() else 200
 

@@ -28,7 +28,8 @@ def _signed(form, action, done: str):
 
 @bp.route("/locks/new", methods=["POST"], endpoint="create")
 def create():
-    return _signed(forms.LockForm(), lambda f: service.create_lock(db(), actor(), f.kind.data, f.meaning.data, f.password.data),
+    return _signed(forms.LockForm(), lambda f: service.create_lock(db(), actor(), f.kind.data, f.meaning.data, f.password.data,
+                                                                      f.accept_open_queries.data),
                    "Signed and locked.")
 
 

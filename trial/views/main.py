@@ -6,12 +6,17 @@ from flask import Blueprint, render_template
 from trial.dashboard.service import home_summary
 from trial.grants.service import count_pending
 from trial.http import actor, db
-from trial.outcomes.service import notifications_for
+from trial.notify.service import notifications_for
+from trial.queries.service import waiting_counts
+from trial.safety import service as safety
 
 bp = Blueprint("main", __name__)
 
 
 @bp.route("/")
 def home():
-    return render_template("main/home.html", summary=home_summary(db(), actor()),
-                           notifications=notifications_for(db(), actor()), grants_waiting=count_pending(db(), actor()))
+    s = db()
+    return render_template("main/home.html", summary=home_summary(s, actor()),
+                           notifications=notifications_for(s, actor()), grants_waiting=count_pending(s, actor()),
+                           queries=waiting_counts(s, actor()),
+                           saes=safety.views(s, safety.waiting_for_acknowledgement(s, actor())))

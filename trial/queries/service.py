@@ -1,0 +1,263 @@
+"""The query workflow: raise, answer (with a correction, linked), close, reopen; lists and counts
+as each role may see them. Every step audited; the site's answering role is notified of a new
+query (in-app, and by e-mail when a relay is configured)."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from trial.audit import service as audit
+from trial.dataquality.models import QUERY_STATES, DataQuery, QueryMessage
+from trial.dataquality.service import target_text
+from trial.db import lock_for_update, utcnow
+from trial.errors import Conflict, Forbidden, NotFound, ValidationError
+from trial.notify.service import notify, users_with_role
+from trial.outcomes.service import correct_assessment
+from trial.participants.models import Assessment, Participant
+from trial.participants.service import get_participant
+from trial.protocol.service import current as current_protocol
+from trial.queries import targets
+from trial.scope import is_cli, require_site_role, visible_site_ids
+from trial.sites.models import Site
+from trial.trialstate.service import ensure_writable
+from trial.validation import refuse, text
+
+RAISERS = ("manager", "monitor")
+ASSESSOR_WARNING = ("Assessors read the queries on the assessments they enter: write nothing about sessions, "
+                    "the arm or the intervention in a query on an assessment.")
+
+
+def _who(actor) -> str:
+    return getattr(actor, "email", None) or str(actor)
+
+
+def raise_query(db: Session, actor, data: dict) -> DataQuery:
+    errors: dict[str, str] = {}
+    study_id = data.get("study_id")
+    if not isinstance(study_id, str) or not study_id.strip():
+        raise ValidationError("The query was not raised: study_id is required", {"study_id": "is required"})
+    p = get_participant(db, actor, study_id)
+    require_site_role(db, actor, p.site_id, *RAISERS)
+    ensure_writable(db)
+    target = targets.resolve(db, actor, p, data.get("on"))
+    body = text(data.get("text"), "text", errors, 2000, required=True)
+    refuse("The query was not raised", errors)
+    now = utcnow()
+    q = DataQuery(participant_id=p.id, site_id=p.site_id, kind=target.kind, target_id=target.id, field=target.field,
+                  visit=target.visit, instrument=target.instrument, text=body, status="open", origin="manual",
+                  answer_role=target.answer_role, assessor_visible=target.assessor_visible,
+                  raised_by_id=getattr(actor, "id", None), raised_by=_who(actor), raised_at=now, updated_at=now)
+    db.add(q)
+    db.flush()
+    db.add(QueryMessage(query_id=q.id, action="raise", text=body, by_id=getattr(actor, "id", None), by=_who(actor), at=now))
+    audit.created(db, actor, "query", q.id, {"participant": p.study_id, "on": target_text(q.kind, q.target_id, q.field),
+                                            "origin": "manual", "text": body}, reveals_allocation=not q.assessor_visible)
+    notify(db, users_with_role(db, q.answer_role, p.site_id),
+           f"Query {q.id} on {p.study_id} ({target.label}) waits for your answer: {body}",
+           subject=f"Query {q.id} on {p.study_id}", link=f"/queries/{q.id}")
+    return q
+
+
+def _load(db: Session, actor, query_id: int, for_update: bool = False) -> tuple[DataQuery, Participant]:
+    stmt = select(DataQuery).where(DataQuery.id == query_id)
+    q = db.execute(lock_for_update(stmt, db.get_bind()) if for_update else stmt).scalar_one_or_none()
+    if q is None or not may_see(db, actor, q):
+        raise NotFound(f"No query {query_id}.")
+    return q, db.get(Participant, q.participant_id)
+
+
+def respond(db: Session, actor, query_id: int, data: dict) -> QueryMessage:
+    """The answering role's reply; with ``correction: {values}`` (assessment queries) the values
+    are corrected in the same transaction, the correction's audit carrying the query as reason."""
+    q, p = _load(db, actor, query_id, for_update=True)
+    require_site_role(db, actor, p.site_id, q.answer_role)
+    ensure_writable(db)
+    if q.status == "closed":
+        raise Conflict(f"Query {q.id} is closed; the raiser's role may reopen it.")
+    errors: dict[str, str] = {}
+    body = text(data.get("text"), "text", errors, 2000, required=True)
+    correction = data.get("correction")
+    if correction is not None and not isinstance(correction, dict):
+        errors["correction"] = "must be an object {values: {field: value}}"
+    elif correction is not None and (q.kind != "assessment" or q.target_id is None):
+        errors["correction"] = "only a query on an entered assessment can carry a correction"
+    refuse("The answer was not saved", errors)
+    changes = None
+    if correction is not None:
+        before = dict(_assessment_values(db, q.target_id))
+        a = correct_assessment(db, actor, q.target_id, {"values": correction.get("values"),
+                                                        "reason": f"answer to query {q.id}: {body}"[:500]})
+        changes = {k: [before.get(k), v] for k, v in a.values.items() if before.get(k) != v}
+    now = utcnow()
+    msg = QueryMessage(query_id=q.id, action="response", text=body, correction=changes,
+                       by_id=getattr(actor, "id", None), by=_who(actor), at=now)
+    db.add(msg)
+    old = q.status
+    q.status, q.updated_at = "answered", now
+    db.flush()
+    audit.record(db, actor, "respond", "query", q.id, {"status": (old, "answered"), "response": (None, body)},
+                 reveals_allocation=not q.assessor_visible)
+    return msg
+
+
+def _assessment_values(db: Session, assessment_id: int) -> dict:
+    return db.execute(select(Assessment.values).where(Assessment.id == assessment_id)).scalar() or {}
+
+
+def close(db: Session, actor, query_id: int, data: dict | None = None) -> DataQuery:
+    return _set_state(db, actor, query_id, "closed", data or {})
+
+
+def reopen(db: Session, actor, query_id: int, data: dict | None = None) -> DataQuery:
+    return _set_state(db, actor, query_id, "open", data or {})
+
+
+def _set_state(db: Session, actor, query_id: int, state: str, data: dict) -> DataQuery:
+    q, p = _load(db, actor, query_id, for_update=True)
+    require_site_role(db, actor, p.site_id, *RAISERS)
+    ensure_writable(db)
+    errors: dict[str, str] = {}
+    note = text(data.get("text"), "text", errors, 2000)
+    refuse("Not saved", errors)
+    if state == "closed" and q.status == "closed":
+        raise Conflict(f"Query {q.id} is already closed.")
+    if state == "open" and q.status != "closed":
+        raise Conflict(f"Query {q.id} is {q.status}, not closed: there is nothing to reopen.")
+    now = utcnow()
+    old = q.status
+    q.status, q.updated_at = state, now
+    if state == "closed":
+        q.open_key = None
+    elif q.check_key and not db.execute(select(DataQuery.id).where(DataQuery.open_key == q.check_key)).first():
+        q.open_key = q.check_key
+    db.add(QueryMessage(query_id=q.id, action="close" if state == "closed" else "reopen", text=note,
+                        by_id=getattr(actor, "id", None), by=_who(actor), at=now))
+    db.flush()
+    audit.record(db, actor, "close" if state == "closed" else "reopen", "query", q.id, {"status": (old, state)},
+                 reason=note, reveals_allocation=not q.assessor_visible)
+    if state == "open":
+        notify(db, users_with_role(db, q.answer_role, p.site_id),
+               f"Query {q.id} on {p.study_id} was reopened" + (f": {note}" if note else "."),
+               subject=f"Query {q.id} on {p.study_id} reopened", link=f"/queries/{q.id}")
+    return q
+
+
+# --- who sees which queries ----------------------------------------------------------------------
+
+def _visibility(db: Session, actor, stmt):
+    """Restrict a select of DataQuery to what ``actor`` may see: managers every query, monitors
+    and coordinators their sites', therapists the session queries of their sites, assessors only
+    queries on what assessors enter (never on sessions, events or adverse events)."""
+    if is_cli(actor) or actor.has_role("manager"):
+        return stmt
+    conditions = []
+    for role, extra in (("coordinator", None), ("monitor", None), ("therapist", DataQuery.kind == "session"),
+                        ("assessor", DataQuery.assessor_visible.is_(True))):
+        sites = actor.site_ids(role)
+        if sites:
+            cond = DataQuery.site_id.in_(sorted(sites))
+            conditions.append(cond if extra is None else cond & extra)
+    if not conditions:
+        return stmt.where(DataQuery.id.is_(None))
+    return stmt.where(or_(*conditions))
+
+
+def may_see(db: Session, actor, q: DataQuery) -> bool:
+    return db.execute(_visibility(db, actor, select(DataQuery.id).where(DataQuery.id == q.id))).first() is not None
+
+
+def listing(db: Session, actor, site_code: str | None = None, status: str | None = None, study_id: str | None = None,
+            limit: int = 500) -> list[DataQuery]:
+    q = _visibility(db, actor, select(DataQuery))
+    if status is not None:
+        if status not in QUERY_STATES:
+            raise ValidationError(f"status must be one of {', '.join(QUERY_STATES)}", {"status": "unknown status"})
+        q = q.where(DataQuery.status == status)
+    if site_code:
+        q = q.join(Site, Site.id == DataQuery.site_id).where(Site.code == site_code.upper())
+    if study_id:
+        q = q.join(Participant, Participant.id == DataQuery.participant_id).where(Participant.study_id == study_id.upper())
+    return list(db.execute(q.order_by(DataQuery.raised_at.desc(), DataQuery.id.desc()).limit(limit)).scalars())
+
+
+def get(db: Session, actor, query_id: int) -> DataQuery:
+    return _load(db, actor, query_id)[0]
+
+
+def as_dict(q: DataQuery, study_id: str, site: str) -> dict:
+    return {"id": q.id, "study_id": study_id, "site": site,
+            "on": {"kind": q.kind, "id": q.target_id, "field": q.field, "visit": q.visit, "instrument": q.instrument},
+            "text": q.text, "status": q.status, "origin": q.origin, "answer_role": q.answer_role,
+            "raised_by": q.raised_by, "raised_at": q.raised_at.isoformat(timespec="seconds") + "Z",
+            "updated_at": q.updated_at.isoformat(timespec="seconds") + "Z",
+            "thread": [{"action": m.action, "by": m.by, "at": m.at.isoformat(timespec="seconds") + "Z", "text": m.text,
+                        **({"correction": m.correction} if m.correction else {})} for m in q.messages]}
+
+
+KIND_LABELS = {"participant": "Participant", "screening": "Screening", "assessment": "Assessment",
+               "session": "Session", "event": "Status event", "adverse_event": "Adverse event"}
+
+
+def about(protocol: dict, q: DataQuery) -> str:
+    """What a query is about, in the protocol's words: "ADOS-2 (blinded assessor) at 5 months
+    (primary endpoint), Calibrated severity score" rather than its keys."""
+    if q.kind != "assessment" or not q.instrument:
+        return KIND_LABELS[q.kind] + (f" {q.target_id}" if q.target_id and q.kind != "participant" else "")
+    ins = next((i for i in protocol["instruments"] if i["key"] == q.instrument), {"label": q.instrument, "fields": []})
+    visit = next((v["label"] for v in protocol["visits"] if v["key"] == q.visit), q.visit)
+    field = next((f["label"] for f in ins["fields"] if f["key"] == q.field), q.field)
+    return f"{ins['label']} at {visit}" + (f", {field}" if field else "")
+
+
+def views(db: Session, rows: list[DataQuery]) -> list[dict]:
+    codes = dict(db.execute(select(Site.id, Site.code)).all())
+    ids = {q.participant_id for q in rows}
+    sids = dict(db.execute(select(Participant.id, Participant.study_id).where(Participant.id.in_(ids))).all()) if ids else {}
+    protocol = current_protocol(db).content
+    return [as_dict(q, sids[q.participant_id], codes[q.site_id]) | {"about": about(protocol, q)} for q in rows]
+
+
+def age_days(q: DataQuery, now: dt.datetime | None = None) -> int:
+    return ((now or utcnow()) - q.raised_at).days
+
+
+def waiting_counts(db: Session, actor) -> dict:
+    """For the home page: queries that wait for this user's answer, and (raisers) the open and
+    answered ones at their sites."""
+    if actor is None or is_cli(actor):
+        return {}
+    out = {}
+    mine = []
+    for role in ("coordinator", "therapist", "assessor"):
+        sites = actor.site_ids(role)
+        if sites:
+            mine.append((role, sites))
+    if mine:
+        cond = or_(*[(DataQuery.answer_role == role) & DataQuery.site_id.in_(sorted(sites)) for role, sites in mine])
+        out["to_answer"] = db.execute(_visibility(db, actor, select(func.count()).select_from(DataQuery))
+                                      .where(DataQuery.status == "open", cond)).scalar()
+    if actor.has_role(*RAISERS):
+        sites = visible_site_ids(db, actor, *RAISERS)
+        base = select(DataQuery.status, func.count()).group_by(DataQuery.status)
+        if sites is not None:
+            base = base.where(DataQuery.site_id.in_(sorted(sites)))
+        counts = dict(db.execute(base).all())
+        out["open"], out["answered"] = counts.get("open", 0), counts.get("answered", 0)
+    return out
+
+
+def badges(db: Session, actor, participant_ids: list[int]) -> dict[int, int]:
+    """Queries not yet closed per participant, as this user may see them."""
+    if not participant_ids:
+        return {}
+    stmt = _visibility(db, actor, select(DataQuery.participant_id, func.count()).select_from(DataQuery))
+    stmt = stmt.where(DataQuery.participant_id.in_(participant_ids), DataQuery.status != "closed").group_by(
+        DataQuery.participant_id)
+    return dict(db.execute(stmt).all())
+
+
+def require_reader(db: Session, actor) -> None:
+    if actor is None or not actor.has_role("coordinator", "therapist", "assessor", "monitor", "manager"):
+        raise Forbidden("Queries are for the sites' staff, monitors and managers.")

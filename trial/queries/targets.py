@@ -1,0 +1,70 @@
+"""What a query or a verification mark can be about: a participant's own record, its screening,
+one of its assessments (optionally one field), sessions, status events and adverse events."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from trial.course.models import TherapySession
+from trial.dataquality.models import ANSWERED_BY, QUERY_KINDS
+from trial.dataquality.service import ARM_REVEALING_KINDS  # what a blinded assessor must never learn exists
+from trial.errors import NotFound, ValidationError
+from trial.participants.models import Assessment, Participant, Screening, StatusEvent
+from trial.protocol.service import current as current_protocol
+from trial.safety.models import AdverseEvent
+from trial.scope import can_see_arm
+
+MODELS = {"screening": Screening, "assessment": Assessment, "session": TherapySession, "event": StatusEvent,
+          "adverse_event": AdverseEvent}
+
+
+@dataclass
+class Target:
+    kind: str
+    id: int | None
+    field: str | None
+    answer_role: str
+    assessor_visible: bool
+    label: str
+    visit: str | None = None
+    instrument: str | None = None
+
+
+def resolve(db: Session, actor, p: Participant, on, allow_field: bool = True) -> Target:
+    """Check ``on`` = {kind, id?, field?} against the participant's records; 400 naming the part
+    at fault, 404 for a record that is not the participant's."""
+    if not isinstance(on, dict):
+        raise ValidationError("on must be an object {kind, id?, field?}", {"on": "must be an object"})
+    kind = on.get("kind")
+    if kind not in QUERY_KINDS:
+        raise ValidationError(f"on.kind must be one of {', '.join(QUERY_KINDS)}", {"on.kind": "unknown kind"})
+    target_id = on.get("id")
+    field = on.get("field") if allow_field else None
+    errors = {}
+    if kind == "participant":
+        target_id = None
+    elif kind == "screening":
+        target_id = p.screening_id if target_id is None else target_id
+    elif isinstance(target_id, bool) or not isinstance(target_id, int) or target_id < 1:
+        errors["on.id"] = f"is required: the id of the {kind.replace('_', ' ')}"
+    if field is not None and (not isinstance(field, str) or not field.strip() or len(field) > 64):
+        errors["on.field"] = "must be a field name"
+    if errors:
+        raise ValidationError("The query's record is not valid: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+    if kind in ARM_REVEALING_KINDS and not can_see_arm(db, actor, p.site_id):
+        raise NotFound(f"No such {kind.replace('_', ' ')} of {p.study_id}.")
+    row = db.get(MODELS[kind], target_id) if kind != "participant" else p
+    owner = row.id if kind == "screening" and row is not None else None
+    if row is None or (kind == "screening" and owner != p.screening_id) or (
+            kind not in ("participant", "screening") and row.participant_id != p.id):
+        raise NotFound(f"No {kind.replace('_', ' ')} {target_id} of {p.study_id}.")
+    if kind == "assessment":
+        ins = next(i for i in current_protocol(db).content["instruments"] if i["key"] == row.instrument)
+        if field is not None and field not in {f["key"] for f in ins["fields"]} | {"performed_on"}:
+            raise ValidationError(f"{ins['label']} has no field {field!r}.", {"on.field": f"is not a field of {ins['key']}"})
+        return Target(kind, row.id, field, "assessor" if ins["blinded"] else "coordinator", bool(ins["blinded"]),
+                      f"{ins['label']} at {row.visit}" + (f", {field}" if field else ""), row.visit, row.instrument)
+    labels = {"participant": "the participant's record", "screening": "the screening", "session": f"the session of {getattr(row, 'held_on', '')}",
+              "event": f"the {getattr(row, 'type', '').replace('_', ' ')} event", "adverse_event": f"adverse event {target_id}"}
+    return Target(kind, target_id, field, ANSWERED_BY[kind], False, labels[kind] + (f", {field}" if field else ""))

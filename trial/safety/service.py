@@ -1,0 +1,280 @@
+"""Adverse events, recorded by the site's coordinator; every step audited (as revealing: an AE can
+tell the arm). A serious event notifies every manager at once and runs a 24-hour clock until one
+acknowledges it; a fatal one records the child's death in the same transaction."""
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trial.audit import service as audit
+from trial.dataquality.service import clear_verification
+from trial.db import utcnow
+from trial.errors import Conflict, Forbidden, NotFound
+from trial.notify.service import notify, users_with_role
+from trial.participants.models import FINAL_EVENTS, Participant
+from trial.participants.service import allocations_for, events_of, get_participant
+from trial.protocol.service import current as current_protocol
+from trial.safety.models import (
+    EXPECTEDNESS,
+    OUTCOMES,
+    RELATED,
+    RELATEDNESS,
+    REPORT_HOURS,
+    RESOLVED,
+    SERIOUSNESS,
+    SEVERITIES,
+    AdverseEvent,
+    AdverseEventFollowUp,
+)
+from trial.scope import require_role, require_site_role, visible_site_ids
+from trial.sites.models import Site
+from trial.status.service import record_event
+from trial.timeline import today
+from trial.trialstate.service import ensure_writable
+from trial.validation import clinical_date, refuse, text
+
+READERS = ("coordinator", "monitor", "manager")
+
+
+def _choice(data: dict, key: str, allowed: tuple, errors: dict, required: bool = True):
+    v = data.get(key)
+    if v is None and not required:
+        return None
+    if v not in allowed:
+        errors[key] = f"must be one of {', '.join(allowed)}"
+        return None
+    return v
+
+
+def _resolution(outcome: str | None, resolved_on, onset, day, errors: dict) -> dt.date | None:
+    resolved = clinical_date(resolved_on, "resolved_on", errors, day, required=False,
+                             not_before=(onset, "the onset") if onset else None)
+    if outcome in RESOLVED and resolved is None and "resolved_on" not in errors:
+        errors["resolved_on"] = ("is required: the date of death" if outcome == "fatal"
+                                 else f"is required when the outcome is {outcome.replace('_', ' ')}")
+    if outcome in ("recovering", "not_recovered") and resolved is not None:
+        errors["resolved_on"] = f"is for a resolved event, not one that is {outcome.replace('_', ' ')}"
+    return resolved
+
+
+def record(db: Session, actor, study_id: str, data: dict) -> AdverseEvent:
+    p = get_participant(db, actor, study_id, for_update=True)
+    require_site_role(db, actor, p.site_id, "coordinator")
+    ensure_writable(db)
+    day = today(p.site.timezone)
+    errors: dict[str, str] = {}
+    term = text(data.get("term"), "term", errors, 200, required=True)
+    onset = clinical_date(data.get("onset"), "onset", errors, day, not_before=(p.consent_date, "consent"))
+    severity = _choice(data, "severity", SEVERITIES, errors)
+    serious = data.get("serious")
+    if not isinstance(serious, bool):
+        errors["serious"] = "must be true or false"
+    seriousness = data.get("seriousness") or []
+    if not isinstance(seriousness, list) or any(s not in SERIOUSNESS for s in seriousness):
+        errors["seriousness"] = f"must be a list drawn from {', '.join(SERIOUSNESS)}"
+    elif serious is True and not seriousness:
+        errors["seriousness"] = "is required for a serious event: which criteria make it serious?"
+    elif serious is False and seriousness:
+        errors["seriousness"] = "is only for a serious event"
+    relatedness = _choice(data, "relatedness", RELATEDNESS, errors)
+    expectedness = _choice(data, "expectedness", EXPECTEDNESS, errors, required=False)
+    outcome = _choice(data, "outcome", OUTCOMES, errors)
+    resolved = _resolution(outcome, data.get("resolved_on"), onset, day, errors)
+    description = text(data.get("description"), "description", errors, 4000)
+    if outcome == "fatal" and serious is False:
+        errors["serious"] = "a fatal event is serious (criterion: death)"
+    if outcome == "fatal" and serious and "death" not in seriousness and "seriousness" not in errors:
+        errors["seriousness"] = "a fatal event has the criterion death"
+    refuse("The adverse event was not recorded", errors)
+    died = _death_event(db, p)
+    final = next((e for e in events_of(db, [p.id]).get(p.id, []) if e.type in FINAL_EVENTS), None)
+    if outcome == "fatal" and died is not None and died.on != resolved:
+        raise Conflict(f"{p.study_id}'s death is recorded on {died.on.isoformat()}; this event gives {resolved.isoformat()}. "
+                       "Correct one of the two dates first.", {"resolved_on": f"differs from the recorded death ({died.on})"})
+    if final is not None and not (outcome == "fatal" and died is not None):
+        if final.type == "withdrawn" or onset > final.on:
+            raise Conflict(f"{p.study_id}: {final.type} on {final.on.isoformat()}; no further data is accepted.")
+    now = utcnow()
+    ae = AdverseEvent(participant_id=p.id, site_id=p.site_id, term=term, onset=onset, severity=severity, serious=serious,
+                      seriousness=sorted(set(seriousness)), relatedness=relatedness, expectedness=expectedness,
+                      outcome=outcome, resolved_on=resolved, description=description,
+                      reported_by_id=getattr(actor, "id", None), reported_at=now,
+                      report_due=now + dt.timedelta(hours=REPORT_HOURS) if serious else None)
+    db.add(ae)
+    db.flush()
+    audit.created(db, actor, "adverse_event", ae.id, {
+        "participant": p.study_id, "term": term, "onset": onset, "severity": severity, "serious": serious,
+        "seriousness": ae.seriousness, "relatedness": relatedness, "expectedness": expectedness, "outcome": outcome,
+        "resolved_on": resolved, "description": description}, reveals_allocation=True)
+    if outcome == "fatal" and died is None:
+        _record_death(db, actor, p, ae)
+    if serious:
+        site = db.get(Site, p.site_id)
+        notify(db, users_with_role(db, "manager"),
+               f"Serious adverse event at {site.code}: {p.study_id}, {term} (onset {onset.isoformat()}, "
+               f"{', '.join(ae.seriousness).replace('_', ' ')}). To be reported by "
+               f"{ae.report_due:%Y-%m-%d %H:%M} UTC; acknowledge it on its page.",
+               subject=f"SAE at {site.code}: {p.study_id}", link=f"/adverse-events/{ae.id}")
+    return ae
+
+
+def _death_event(db: Session, p: Participant):
+    return next((e for e in events_of(db, [p.id]).get(p.id, []) if e.type == "died"), None)
+
+
+def _record_death(db: Session, actor, p: Participant, ae: AdverseEvent) -> None:
+    record_event(db, actor, p.study_id, {"type": "died", "on": ae.resolved_on,
+                                         "reason": f"fatal serious adverse event (AE {ae.id})"})
+
+
+def _get(db: Session, actor, ae_id: int) -> tuple[AdverseEvent, Participant]:
+    ae = db.get(AdverseEvent, ae_id)
+    if ae is None:
+        raise NotFound(f"No adverse event {ae_id}.")
+    p = db.get(Participant, ae.participant_id)
+    get_participant(db, actor, p.study_id)  # site scoping
+    return ae, p
+
+
+def follow_up(db: Session, actor, ae_id: int, data: dict) -> AdverseEventFollowUp:
+    ae, p = _get(db, actor, ae_id)
+    require_site_role(db, actor, p.site_id, "coordinator")
+    ensure_writable(db)
+    if ae.outcome in RESOLVED:
+        raise Conflict(f"Adverse event {ae.id} is resolved ({ae.outcome.replace('_', ' ')} on {ae.resolved_on}).")
+    day = today(p.site.timezone)
+    errors: dict[str, str] = {}
+    on = clinical_date(data.get("on"), "on", errors, day, not_before=(ae.onset, "the onset"))
+    outcome = _choice(data, "outcome", OUTCOMES, errors)
+    resolved = _resolution(outcome, data.get("resolved_on"), ae.onset, day, errors)
+    note = text(data.get("text"), "text", errors, 4000, required=True)
+    if outcome == "fatal" and not ae.serious:
+        errors["outcome"] = "a fatal outcome makes the event serious: record it as a new serious event"
+    refuse("The follow-up was not recorded", errors)
+    died = _death_event(db, p)
+    if outcome == "fatal" and died is not None and died.on != resolved:
+        raise Conflict(f"{p.study_id}'s death is recorded on {died.on.isoformat()}; this follow-up gives "
+                       f"{resolved.isoformat()}.", {"resolved_on": f"differs from the recorded death ({died.on})"})
+    fu = AdverseEventFollowUp(adverse_event_id=ae.id, on=on, outcome=outcome, resolved_on=resolved, text=note,
+                              recorded_by_id=getattr(actor, "id", None))
+    db.add(fu)
+    changes = {k: (getattr(ae, k), v) for k, v in (("outcome", outcome), ("resolved_on", resolved)) if getattr(ae, k) != v}
+    ae.outcome, ae.resolved_on = outcome, resolved
+    db.flush()
+    audit.record(db, actor, "follow_up", "adverse_event", ae.id, changes or {"follow_up": (None, fu.id)},
+                 reason=note, reveals_allocation=True)
+    if changes:
+        clear_verification(db, actor, "adverse_event", ae.id, p, f"follow-up {fu.id}: {note}")
+    if outcome == "fatal" and died is None:
+        if "death" not in ae.seriousness:
+            ae.seriousness = sorted(set(ae.seriousness) | {"death"})
+        _record_death(db, actor, p, ae)
+    return fu
+
+
+def acknowledge(db: Session, actor, ae_id: int) -> AdverseEvent:
+    require_role(db, actor, "manager")
+    ae, _ = _get(db, actor, ae_id)
+    ensure_writable(db)
+    if not ae.serious:
+        raise Conflict(f"Adverse event {ae.id} is not serious: there is no report clock to stop.")
+    if ae.acknowledged_at is not None:
+        raise Conflict(f"Adverse event {ae.id} was acknowledged on {ae.acknowledged_at:%Y-%m-%d %H:%M} UTC.")
+    ae.acknowledged_at, ae.acknowledged_by_id = utcnow(), actor.id
+    audit.record(db, actor, "acknowledge", "adverse_event", ae.id, {"acknowledged_at": (None, ae.acknowledged_at)},
+                 reveals_allocation=True)
+    return ae
+
+
+def _require_reader(db: Session, actor) -> None:
+    if actor is None or not actor.has_role(*READERS):
+        raise Forbidden("Adverse events are for coordinators, monitors and managers.")
+
+
+def listing(db: Session, actor, site_code: str | None = None, serious: bool | None = None) -> list[AdverseEvent]:
+    _require_reader(db, actor)
+    sites = visible_site_ids(db, actor, *READERS)
+    q = select(AdverseEvent).order_by(AdverseEvent.reported_at.desc(), AdverseEvent.id.desc())
+    if sites is not None:
+        q = q.where(AdverseEvent.site_id.in_(sites))
+    if site_code:
+        q = q.join(Site, Site.id == AdverseEvent.site_id).where(Site.code == site_code.upper())
+    if serious is not None:
+        q = q.where(AdverseEvent.serious.is_(serious))
+    return list(db.execute(q.limit(2000)).scalars())
+
+
+def listing_of(db: Session, actor, p: Participant) -> list[AdverseEvent]:
+    _require_reader(db, actor)
+    return list(db.execute(select(AdverseEvent).where(AdverseEvent.participant_id == p.id)
+                           .order_by(AdverseEvent.onset, AdverseEvent.id)).scalars())
+
+
+def get(db: Session, actor, ae_id: int) -> AdverseEvent:
+    _require_reader(db, actor)
+    return _get(db, actor, ae_id)[0]
+
+
+def clock(ae: AdverseEvent, now: dt.datetime | None = None) -> str | None:
+    """The 24-hour reporting clock of a serious event, until a manager acknowledges it."""
+    if not ae.serious or ae.acknowledged_at is not None or ae.report_due is None:
+        return None
+    left = ae.report_due - (now or utcnow())
+    if left.total_seconds() <= 0:
+        return f"report overdue by {_hours(-left)}"
+    return f"report due in {_hours(left)}"
+
+
+def _hours(td: dt.timedelta) -> str:
+    h = int(td.total_seconds() // 3600)
+    m = int(td.total_seconds() % 3600 // 60)
+    return f"{h} h {m:02d} min"
+
+
+def as_dict(db: Session, ae: AdverseEvent, codes: dict[int, str], study_ids: dict[int, str]) -> dict:
+    return {"id": ae.id, "study_id": study_ids[ae.participant_id], "site": codes[ae.site_id], "term": ae.term,
+            "onset": ae.onset.isoformat(), "severity": ae.severity, "serious": ae.serious,
+            "seriousness": ae.seriousness, "relatedness": ae.relatedness, "expectedness": ae.expectedness,
+            "outcome": ae.outcome, "resolved_on": ae.resolved_on.isoformat() if ae.resolved_on else None,
+            "description": ae.description, "reported_at": ae.reported_at.isoformat(timespec="seconds") + "Z",
+            "report_due": ae.report_due.isoformat(timespec="seconds") + "Z" if ae.report_due else None,
+            "acknowledged_at": ae.acknowledged_at.isoformat(timespec="seconds") + "Z" if ae.acknowledged_at else None,
+            "clock": clock(ae),
+            "follow_ups": [{"id": f.id, "on": f.on.isoformat(), "outcome": f.outcome,
+                            "resolved_on": f.resolved_on.isoformat() if f.resolved_on else None, "text": f.text}
+                           for f in ae.follow_ups]}
+
+
+def views(db: Session, rows: list[AdverseEvent]) -> list[dict]:
+    codes = dict(db.execute(select(Site.id, Site.code)).all())
+    ids = {ae.participant_id for ae in rows}
+    study_ids = dict(db.execute(select(Participant.id, Participant.study_id).where(Participant.id.in_(ids))).all()) if ids else {}
+    return [as_dict(db, ae, codes, study_ids) for ae in rows]
+
+
+def waiting_for_acknowledgement(db: Session, actor) -> list[AdverseEvent]:
+    if actor is None or not actor.has_role("manager"):
+        return []
+    return list(db.execute(select(AdverseEvent).where(AdverseEvent.serious.is_(True), AdverseEvent.acknowledged_at.is_(None))
+                           .order_by(AdverseEvent.report_due)).scalars())
+
+
+def summary_by_arm(db: Session) -> list[dict]:
+    """Per arm (for unblinded readers, in the unblinded bundle): participants with an event,
+    events, serious ones, by severity, and the related ones (possibly, probably or definitely)."""
+    arms = current_protocol(db).content["arms"]
+    rows = db.execute(select(AdverseEvent)).scalars().all()
+    allocs = allocations_for(db, sorted({ae.participant_id for ae in rows}))
+    out = []
+    for a in arms:
+        mine = [ae for ae in rows if ae.participant_id in allocs and allocs[ae.participant_id].arm == a["key"]]
+        sev = Counter(ae.severity for ae in mine)
+        out.append({"arm": a["key"], "participants_with_event": len({ae.participant_id for ae in mine}),
+                    "events": len(mine), "serious": sum(ae.serious for ae in mine),
+                    "fatal": sum(ae.outcome == "fatal" for ae in mine),
+                    "mild": sev["mild"], "moderate": sev["moderate"], "severe": sev["severe"],
+                    "related": sum(ae.relatedness in RELATED for ae in mine)})
+    return out

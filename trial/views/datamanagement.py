@@ -1,0 +1,191 @@
+"""Queries, adverse events and source verification pages (thin over the services)."""
+from __future__ import annotations
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+
+from trial.errors import DomainError, NotFound
+from trial.forms import datamanagement as forms
+from trial.http import actor, db, form_errors, is_page_error, post_and_return
+from trial.monitoring import service as monitoring
+from trial.notify.service import dismiss
+from trial.participants.models import Assessment
+from trial.participants.service import get_participant
+from trial.protocol.service import current as current_protocol
+from trial.queries import service as queries
+from trial.queries import targets
+from trial.safety import service as safety
+from trial.sites.service import list_sites
+
+bp = Blueprint("dm", __name__)
+
+
+def _on_page(status: str | None):
+    return None if status in (None, "", "all") else status
+
+
+@bp.route("/queries", endpoint="queries")
+def queries_page():
+    s = db()
+    queries.require_reader(s, actor())
+    site, status = request.args.get("site") or None, _on_page(request.args.get("status", "open"))
+    rows = queries.listing(s, actor(), site, status)
+    return render_template("queries/list.html", rows=queries.views(s, rows), ages={q.id: queries.age_days(q) for q in rows},
+                           site=site, status=status or "all", sites=list_sites(s))
+
+
+def _numeric_fields(s, q) -> tuple[list[dict], dict | None]:
+    """The numeric fields of the assessment a query is about (those a correction may change) and
+    their values; none for a query on anything else."""
+    if q.kind != "assessment" or not q.target_id:
+        return [], None
+    a = s.get(Assessment, q.target_id)
+    ins = next(i for i in current_protocol(s).content["instruments"] if i["key"] == a.instrument)
+    return [f for f in ins["fields"] if f["type"] in ("integer", "number")], a.values
+
+
+@bp.route("/queries/<int:query_id>", endpoint="query")
+def query_page(query_id: int):
+    s = db()
+    q = queries.get(s, actor(), query_id)
+    view = queries.views(s, [q])[0]
+    fields, values = _numeric_fields(s, q)
+    p = get_participant(s, actor(), view["study_id"])
+    answers = any(r.role == q.answer_role and r.site_id == p.site_id for r in actor().roles)
+    raises = actor().has_role("manager") or any(r.role == "monitor" and r.site_id == p.site_id for r in actor().roles)
+    return render_template("queries/detail.html", q=view, answers=answers, raises=raises,
+                           respond_form=forms.respond_form(fields or None, values), fields=fields,
+                           state_form=forms.QueryStateForm())
+
+
+@bp.route("/queries/<int:query_id>/respond", methods=["POST"], endpoint="respond")
+def respond(query_id: int):
+    s = db()
+    q = queries.get(s, actor(), query_id)
+    fields, _ = _numeric_fields(s, q)
+    form = forms.respond_form(fields)
+
+    def answer(form):
+        data = {"text": form.text.data}
+        if form.correct.data:
+            data["correction"] = {"values": {f["key"]: getattr(form, f"v_{f['key']}").data for f in fields
+                                             if getattr(form, f"v_{f['key']}").data is not None}}
+        queries.respond(s, actor(), query_id, data)
+    done = "Answered." + (" The correction is saved; the old values stay in the audit trail." if form.correct.data else "")
+    return post_and_return(form, answer, done, url_for("dm.query", query_id=query_id), "Write the answer.")
+
+
+def _state(query_id: int, fn, done: str):
+    return post_and_return(forms.QueryStateForm(), lambda f: fn(db(), actor(), query_id, {"text": f.text.data or None}),
+                           done, url_for("dm.query", query_id=query_id), None)
+
+
+@bp.route("/queries/<int:query_id>/close", methods=["POST"], endpoint="close")
+def close(query_id: int):
+    return _state(query_id, queries.close, "Query closed.")
+
+
+@bp.route("/queries/<int:query_id>/reopen", methods=["POST"], endpoint="reopen")
+def reopen(query_id: int):
+    return _state(query_id, queries.reopen, "Query reopened; the site is told.")
+
+
+@bp.route("/participants/<study_id>/queries/new", methods=["GET", "POST"], endpoint="raise_query")
+def raise_query(study_id: str):
+    s = db()
+    p = get_participant(s, actor(), study_id)
+    form = forms.RaiseQueryForm(kind=request.args.get("kind", "participant"), target_id=request.args.get("id", ""),
+                                field=request.args.get("field") or None)
+    kind = form.kind.data or "participant"
+    target_id = int(form.target_id.data) if (form.target_id.data or "").isdigit() else None
+    try:
+        target = targets.resolve(s, actor(), p, {"kind": kind, "id": target_id}, allow_field=False)
+    except DomainError as e:
+        if is_page_error(e):
+            raise
+        raise NotFound("No such record to query.") from e
+    if form.validate_on_submit():
+        try:
+            q = queries.raise_query(s, actor(), {"study_id": p.study_id, "text": form.text.data,
+                                                 "on": {"kind": kind, "id": target_id, "field": form.field.data or None}})
+            s.commit()
+            flash(f"Query {q.id} raised; the site is told.")
+            return redirect(url_for("enrollment.participant", study_id=p.study_id))
+        except DomainError as e:
+            form_errors(form, e)
+    return render_template("queries/new.html", form=form, p=p, target=target, warning=queries.ASSESSOR_WARNING
+                           if kind == "assessment" else None), 400 if form.is_submitted() else 200
+
+
+@bp.route("/adverse-events", endpoint="adverse_events")
+def adverse_events():
+    s = db()
+    site = request.args.get("site") or None
+    serious = {"yes": True, "no": False}.get(request.args.get("serious", ""))
+    rows = safety.listing(s, actor(), site, serious)
+    return render_template("safety/list.html", rows=safety.views(s, rows), site=site, sites=list_sites(s),
+                           serious=request.args.get("serious", ""))
+
+
+@bp.route("/participants/<study_id>/adverse-events/new", methods=["GET", "POST"], endpoint="new_adverse_event")
+def new_adverse_event(study_id: str):
+    s = db()
+    p = get_participant(s, actor(), study_id)
+    form = forms.AdverseEventForm()
+    if form.validate_on_submit():
+        data = {"term": form.term.data, "onset": form.onset.data, "severity": form.severity.data,
+                "serious": form.serious.data, "seriousness": form.seriousness.data, "relatedness": form.relatedness.data,
+                "expectedness": form.expectedness.data or None, "outcome": form.outcome.data,
+                "resolved_on": form.resolved_on.data, "description": form.description.data or None}
+        try:
+            ae = safety.record(s, actor(), p.study_id, data)
+            s.commit()
+            flash(f"Adverse event {ae.id} recorded." + (" Every manager is told at once; it is to be reported within "
+                                                        "24 hours." if ae.serious else ""))
+            return redirect(url_for("dm.adverse_event", ae_id=ae.id))
+        except DomainError as e:
+            form_errors(form, e)
+    return render_template("enrollment/form.html", form=form, title=f"Adverse event of {p.study_id}"), \
+        400 if form.is_submitted() else 200
+
+
+@bp.route("/adverse-events/<int:ae_id>", endpoint="adverse_event")
+def adverse_event(ae_id: int):
+    s = db()
+    ae = safety.get(s, actor(), ae_id)
+    view = safety.views(s, [ae])[0]
+    p = get_participant(s, actor(), view["study_id"])
+    coordinator = any(r.role == "coordinator" and r.site_id == p.site_id for r in actor().roles)
+    return render_template("safety/detail.html", ae=view, coordinator=coordinator, follow_up_form=forms.FollowUpForm(),
+                           acknowledge_form=forms.AcknowledgeForm())
+
+
+@bp.route("/adverse-events/<int:ae_id>/follow-up", methods=["POST"], endpoint="follow_up")
+def follow_up(ae_id: int):
+    return post_and_return(
+        forms.FollowUpForm(),
+        lambda f: safety.follow_up(db(), actor(), ae_id, {"on": f.on.data, "outcome": f.outcome.data,
+                                                          "resolved_on": f.resolved_on.data, "text": f.text.data}),
+        "Follow-up recorded.", url_for("dm.adverse_event", ae_id=ae_id), "Fill in the date, the outcome and the follow-up.")
+
+
+@bp.route("/adverse-events/<int:ae_id>/acknowledge", methods=["POST"], endpoint="acknowledge")
+def acknowledge(ae_id: int):
+    return post_and_return(forms.AcknowledgeForm(), lambda f: safety.acknowledge(db(), actor(), ae_id),
+                           "Acknowledged: the 24-hour clock is stopped.", url_for("dm.adverse_event", ae_id=ae_id), None)
+
+
+@bp.route("/participants/<study_id>/verify", methods=["POST"], endpoint="verify")
+def verify(study_id: str):
+    def mark(form):
+        target_id = int(form.target_id.data) if (form.target_id.data or "").isdigit() else None
+        monitoring.verify(db(), actor(), study_id, {"on": {"kind": form.kind.data, "id": target_id}})
+    return post_and_return(forms.VerifyForm(), mark, "Marked source-verified.",
+                           url_for("enrollment.participant", study_id=study_id), None)
+
+
+@bp.route("/notifications/<int:notification_id>/dismiss", methods=["POST"], endpoint="dismiss")
+def dismiss_notification(notification_id: int):
+    if forms.DismissForm().validate_on_submit():
+        dismiss(db(), actor(), notification_id)
+        db().commit()
+    return redirect(url_for("main.home"))
