@@ -120,6 +120,7 @@ def trial(world, db):
 def normalize(body: str, p) -> str:
     body = body.replace(p.study_id, "<ID>")
     body = re.sub(r"/assessments/\d+/", "/assessments/<n>/", body)
+    body = re.sub(r"assessment-\d+", "assessment-<n>", body)  # the anchor of an assessment's row
     body = re.sub(r"/queries/\d+", "/queries/<n>", body)
     body = re.sub(r'(/queries/<n>">)\d+', r"\1<n>", body)
     body = re.sub(r"Query \d+", "Query <n>", body)
@@ -205,6 +206,16 @@ def test_assessor_is_refused_everything_that_shows_sessions_or_arms(app, trial):
         r = trial["world"].api("GET", path, "assessor")
         assert r.status_code == 403
         assert_no_leak(r.get_data(as_text=True), path)
+    # correcting a session: the same refusal for a session of the music child and for none at all
+    sid = trial["world"].db.execute(text("SELECT min(id) FROM therapy_session")).scalar()
+    trial["world"].db.commit()
+    pages = [c.get(f"/sessions/{n}/correct") for n in (sid, sid + 1000)]
+    apis = [trial["world"].api("POST", f"/sessions/{n}/corrections", "assessor", json={"minutes": 45, "reason": "typo"})
+            for n in (sid, sid + 1000)]
+    for r in pages + apis:
+        assert r.status_code == 403
+        assert_no_leak(r.get_data(as_text=True), "session correction")
+    assert pages[0].get_data() == pages[1].get_data() and apis[0].get_data() == apis[1].get_data()
 
 
 def test_assessment_responses_are_identical_across_arms(trial, db):
@@ -216,7 +227,8 @@ def test_assessment_responses_are_identical_across_arms(trial, db):
         db.commit()
         r = w.api("POST", f"/participants/{p.study_id}/assessments", "assessor",
                   json={"visit": "month5", "instrument": "ados2", "performed_on": (R + dt.timedelta(days=150)).isoformat(),
-                        "values": {"social_affect": 9, "rrb": 2, "css": 4}, "allocation_guess": "music_therapy"})
+                        "values": {"social_affect": 9, "rrb": 2, "css": 4}, "allocation_guess": "music_therapy",
+                        "guess_confidence": 3})
         assert r.status_code == 201
         bodies.append(normalize(r.get_data(as_text=True), p))
     assert bodies[0] == bodies[1]

@@ -190,6 +190,11 @@ BAD_SESSIONS = [
     ("minutes", {"minutes": 30.5}, "whole number"),
     ("minutes", {"minutes": True}, "whole number"),
     ("minutes", {"minutes": 0}, "more than 0 minutes"),
+    ("minutes", {"minutes": None}, "is required for an attended session"),
+    ("minutes", {"minutes": "ABSENT"}, "is required for an attended session"),
+    ("minutes", {"attendance": "cancelled", "minutes": 30}, "must be empty (or 0) when Attendance is Cancelled"),
+    ("minutes", {"attendance": "no_show", "minutes": 1}, "must be empty (or 0) when Attendance is No show"),
+    ("techniques", {"techniques": None}, "must be a list drawn from"),
     ("techniques", {"techniques": ["dance"]}, "must be a list drawn from"),
     ("techniques", {"techniques": "songs"}, "must be a list drawn from"),
     ("engagement", {"engagement": 0}, "from 1 (none) to 5"),
@@ -205,13 +210,348 @@ def test_bad_session_input_is_400_naming_the_field_and_saves_nothing(world, kids
     backdate(world, low, 30)
     change = {k: (today() + dt.timedelta(days=1)).isoformat() if v == "FUTURE" else v for k, v in change.items()}
     body = {"held_on": d(3).isoformat(), "attendance": "attended", "minutes": 30, "techniques": ["songs"], **change}
+    body = {k: v for k, v in body.items() if v != "ABSENT"}
     before = state(db)
     r = world.api("POST", f"/participants/{low.study_id}/sessions", "therapist", json=body)
     assert r.status_code == 400
     e = err(r)
     assert e["code"] == "invalid" and why in e["fields"][field]
-    assert field in e["message"] and e["message"].startswith("The session was not saved")
+    # the message names the field by the label the form shows, never by its key
+    assert e["message"] == f"The session was not saved: {course.LABELS[field]} {e['fields'][field]}"
     assert state(db) == before
+
+
+def test_a_cancelled_or_missed_session_may_say_0_minutes(world, kids, db):
+    low = kids["low"]
+    backdate(world, low, 30)
+    for i, att in enumerate(("cancelled", "no_show")):
+        r = session(world, low, d(10 + i), attendance=att, minutes=0, techniques=[])
+        assert r.status_code == 201, r.get_json()
+    assert sorted(db.execute(select(TherapySession.minutes)).scalars()) == [0, 0]
+
+
+# --- the web form: an attended session needs its minutes --------------------------------------
+
+def web(app, who="therapist"):
+    c = app.test_client()
+    assert c.post("/login", data={"email": f"{who}@example.org", "password": PASSWORD}).status_code == 302
+    return c
+
+
+@pytest.mark.parametrize("form,message", [
+    ({"attendance": "attended", "minutes": ""}, "Minutes is required for an attended session"),
+    ({"attendance": "attended", "minutes": "0"}, "Minutes is required for an attended session (more than 0 minutes"),
+    ({"attendance": "cancelled", "minutes": "30"}, "Minutes must be empty (or 0) when Attendance is Cancelled"),
+])
+def test_the_session_form_refuses_minutes_that_do_not_fit_the_attendance(world, kids, app, db, form, message):
+    low = kids["low"]
+    backdate(world, low, 30)
+    c = web(app)
+    before = state(db)  # (after the login, which is audited)
+    r = c.post(f"/participants/{low.study_id}/sessions/new",
+               data={"held_on": d(3).isoformat(), "techniques": "songs", "engagement": "", "note": "", **form})
+    page = r.get_data(as_text=True)
+    assert r.status_code == 400 and message in page and "The session was not saved" in page
+    assert "minutes " not in page.split("The session was not saved")[1].split("<")[0]  # named by its label only
+    assert state(db) == before
+
+
+def test_the_session_form_saves_an_attended_session_with_minutes(world, kids, app, db):
+    low = kids["low"]
+    backdate(world, low, 30)
+    r = web(app).post(f"/participants/{low.study_id}/sessions/new",
+                      data={"held_on": d(3).isoformat(), "attendance": "attended", "minutes": "40", "techniques": "songs",
+                            "engagement": "3", "note": ""})
+    assert r.status_code == 302
+    s = db.execute(select(TherapySession)).scalar_one()
+    assert (s.held_on, s.attendance, s.minutes, s.techniques, s.engagement) == (d(3), "attended", 40, ["songs"], 3)
+
+
+# --- corrections ------------------------------------------------------------------------------
+
+def logged(world, p, days_ago: int, **kw) -> int:
+    r = session(world, p, d(days_ago), **kw)
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()["id"]
+
+
+def row(db, sid) -> tuple:
+    db.expire_all()
+    s = db.get(TherapySession, sid)
+    return (s.held_on, s.attendance, s.minutes, s.techniques, s.engagement, s.note, s.outside_course)
+
+
+def correct(world, sid, who="therapist", **body):
+    return world.api("POST", f"/sessions/{sid}/corrections", who, json=body)
+
+
+def corrections(db, sid) -> list[tuple]:
+    db.expire_all()
+    return [(x.field, x.old, x.new, x.reason, x.actor, x.reveals_allocation) for x in db.execute(
+        select(AuditRecord).where(AuditRecord.action == "correct", AuditRecord.entity == "therapy_session",
+                                  AuditRecord.entity_id == str(sid)).order_by(AuditRecord.seq)).scalars()]
+
+
+def test_a_session_correction_is_saved_and_audited_field_by_field_with_the_reason(world, kids, db):
+    from trial.audit import service as audit
+    low = kids["low"]
+    backdate(world, low, 30)
+    sid = logged(world, low, 7, minutes=30, techniques=["songs"], engagement=2, note="Joined in.")
+    created = {x.field: x.new for x in db.execute(select(AuditRecord).where(
+        AuditRecord.entity == "therapy_session", AuditRecord.action == "create")).scalars()}
+    r = correct(world, sid, minutes=45, techniques=["songs", "free_improvisation"], note=None,
+                reason="  The paper log says 45 minutes  ")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json() == {"id": sid, "held_on": d(7).isoformat(), "attendance": "attended", "minutes": 45,
+                            "techniques": ["free_improvisation", "songs"], "engagement": 2, "note": None,
+                            "outside_course": False}
+    assert row(db, sid) == (d(7), "attended", 45, ["free_improvisation", "songs"], 2, None, False)
+    reason = "The paper log says 45 minutes"
+    assert corrections(db, sid) == [
+        ("minutes", "30", "45", reason, "therapist@example.org", True),
+        ("techniques", '["songs"]', '["free_improvisation","songs"]', reason, "therapist@example.org", True),
+        ("note", "Joined in.", None, reason, "therapist@example.org", True)]
+    assert created["minutes"] == "30" and created["note"] == "Joined in."  # the original records are untouched
+    assert audit.verify(db).ok
+    # the course shows the corrected session
+    c = world.api("GET", f"/participants/{low.study_id}/course", "therapist").get_json()
+    assert c["sessions"] == [r.get_json()]
+
+
+def test_a_session_moved_to_another_day_is_checked_and_outside_course_follows(world, kids, db):
+    low = kids["low"]
+    start = backdate(world, low, 200)
+    _, end = course_window(start, 5)
+    sid = logged(world, low, 190)
+    other = logged(world, low, 180)
+    before = state(db)
+    refusals = [
+        ({"held_on": d(180).isoformat()}, 409, f"A session on {d(180).isoformat()} is already logged for {low.study_id}."),
+        ({"held_on": (start - dt.timedelta(days=1)).isoformat()}, 400,
+         f"The correction was not saved: Date is before randomization ({start.isoformat()})"),
+        ({"held_on": (today() + dt.timedelta(days=1)).isoformat()}, 400, "The correction was not saved: Date "),
+        ({"held_on": "2024-02-30"}, 400, "The correction was not saved: Date 2024-02-30 is not a date of the calendar"),
+    ]
+    for change, status, message in refusals:
+        r = correct(world, sid, reason="wrong day", **change)
+        assert r.status_code == status and err(r)["message"].startswith(message), (change, r.get_json())
+        assert "held_on" in err(r)["fields"]
+    assert state(db) == before and row(db, sid)[0] == d(190) and row(db, other)[0] == d(180)
+    # moved past the end of the course: flagged, and the flag's change is audited with the date's
+    r = correct(world, sid, held_on=(end + dt.timedelta(days=1)).isoformat(), reason="typed the wrong month")
+    assert r.status_code == 200 and r.get_json()["outside_course"] is True
+    assert [(f, o, n) for f, o, n, *_ in corrections(db, sid)] == [
+        ("held_on", d(190).isoformat(), (end + dt.timedelta(days=1)).isoformat()), ("outside_course", "false", "true")]
+    dose = world.api("GET", f"/participants/{low.study_id}/course", "therapist").get_json()["dose"]
+    assert dose["attended"] == 1 and dose["logged"] == 2
+
+
+def test_a_session_cannot_be_moved_past_the_end_of_the_intervention_but_can_be_corrected(world, kids, db):
+    low = kids["low"]
+    backdate(world, low, 60)
+    sid = logged(world, low, 40)
+    assert world.api("POST", f"/participants/{low.study_id}/events", "coordinator",
+                     json={"type": "discontinued_intervention", "on": d(20).isoformat(),
+                           "reason": "Child distressed"}).status_code == 201
+    before = state(db)
+    r = correct(world, sid, held_on=d(10).isoformat(), reason="wrong day")
+    assert r.status_code == 409 and "discontinued intervention on " + d(20).isoformat() in err(r)["message"]
+    assert state(db) == before and row(db, sid)[0] == d(40)
+    # the session as it was held can still be corrected
+    assert correct(world, sid, engagement=5, reason="rated on paper").status_code == 200
+    assert row(db, sid)[4] == 5
+
+
+def test_an_attended_session_corrected_needs_its_minutes(world, kids, db):
+    """A session logged before minutes were required (attended, no minutes) must get its minutes
+    with any correction; a session that did not take place loses them."""
+    low = kids["low"]
+    backdate(world, low, 30)
+    sid = logged(world, low, 7)
+    db.execute(text("UPDATE therapy_session SET minutes = NULL WHERE id = :i"), {"i": sid})
+    db.commit()
+    before = state(db)
+    r = correct(world, sid, note="Drums", reason="note added")
+    assert r.status_code == 400 and err(r)["fields"] == {"minutes": err(r)["fields"]["minutes"]}
+    assert err(r)["message"] == ("The correction was not saved: Minutes is required for an attended session "
+                                 "(more than 0 minutes, at most 240)")
+    assert state(db) == before
+    assert correct(world, sid, note="Drums", minutes=30, reason="note and minutes from the paper log").status_code == 200
+    # now cancelled: the minutes must go
+    r = correct(world, sid, attendance="cancelled", reason="the family cancelled")
+    assert r.status_code == 400 and "Minutes must be empty (or 0) when Attendance is Cancelled" in err(r)["message"]
+    r = correct(world, sid, attendance="cancelled", minutes=None, reason="the family cancelled")
+    assert r.status_code == 200 and (r.get_json()["attendance"], r.get_json()["minutes"]) == ("cancelled", None)
+    dose = world.api("GET", f"/participants/{low.study_id}/course", "therapist").get_json()["dose"]
+    assert dose["attended"] == 0
+
+
+BAD_CORRECTIONS = [
+    # (body, field, exact message)
+    ({"minutes": 45}, "reason", "The correction was not saved: Reason for the correction is required for a correction"),
+    ({"minutes": 45, "reason": "   "}, "reason", "The correction was not saved: Reason for the correction is required for a correction"),
+    ({"minutes": 45, "reason": None}, "reason", "The correction was not saved: Reason for the correction is required for a correction"),
+    ({"minutes": 45, "reason": "x" * 501}, "reason",
+     "The correction was not saved: Reason for the correction must be at most 500 characters"),
+    ({"minutes": 45, "reason": 7}, "reason", "The correction was not saved: Reason for the correction must be text"),
+    ({"minutes": None, "reason": "typo"}, "minutes",
+     "The correction was not saved: Minutes is required for an attended session (more than 0 minutes, at most 240)"),
+    ({"minutes": 0, "reason": "typo"}, "minutes",
+     "The correction was not saved: Minutes is required for an attended session (more than 0 minutes, at most 240)"),
+    ({"minutes": 241, "reason": "typo"}, "minutes",
+     "The correction was not saved: Minutes must be a whole number of minutes from 0 to 240"),
+    ({"minutes": "45", "reason": "typo"}, "minutes",
+     "The correction was not saved: Minutes must be a whole number of minutes from 0 to 240"),
+    ({"attendance": "no_show", "reason": "typo"}, "minutes",
+     "The correction was not saved: Minutes must be empty (or 0) when Attendance is No show: the session did not take place"),
+    ({"attendance": "late", "reason": "typo"}, "attendance",
+     "The correction was not saved: Attendance must be one of attended, cancelled, no_show"),
+    ({"techniques": ["dance"], "reason": "typo"}, "techniques", "The correction was not saved: Techniques must be a list drawn"),
+    ({"techniques": None, "reason": "typo"}, "techniques", "The correction was not saved: Techniques must be a list drawn"),
+    ({"engagement": 6, "reason": "typo"}, "engagement",
+     "The correction was not saved: Child engagement must be a whole number from 1 (none) to 5 (fully engaged)"),
+    ({"note": "x" * 1001, "reason": "typo"}, "note", "The correction was not saved: Short note must be at most 1000 characters"),
+    ({"held_on": None, "reason": "typo"}, "held_on", "The correction was not saved: Date is required (YYYY-MM-DD)"),
+    ({"outside_course": False, "reason": "typo"}, "outside_course",
+     "The correction was not saved: outside_course is not a field of a session that can be corrected"),
+    ({"minutes": 30, "reason": "typo"}, None, "The correction changes nothing: every field is as recorded."),
+    ({"reason": "typo"}, None, "The correction changes nothing: every field is as recorded."),
+]
+
+
+@pytest.mark.parametrize("body,field,message", BAD_CORRECTIONS, ids=[f"{f}-{i}" for i, (_, f, _) in enumerate(BAD_CORRECTIONS)])
+def test_bad_session_corrections_are_400_naming_the_field_and_change_nothing(world, kids, db, body, field, message):
+    low = kids["low"]
+    backdate(world, low, 30)
+    sid = logged(world, low, 7)
+    recorded, before = row(db, sid), state(db)
+    r = correct(world, sid, **body)
+    assert r.status_code == 400, r.get_json()
+    e = err(r)
+    assert e["code"] == "invalid" and e["message"].startswith(message), e
+    assert list(e["fields"]) == ([field] if field else [])
+    assert row(db, sid) == recorded and state(db) == before
+
+
+def test_every_bad_field_of_a_correction_is_named_at_once(world, kids, db):
+    low = kids["low"]
+    backdate(world, low, 30)
+    sid = logged(world, low, 7)
+    before = state(db)
+    r = correct(world, sid, minutes=None, engagement=0, techniques=["dance"])
+    assert r.status_code == 400
+    assert set(err(r)["fields"]) == {"reason", "minutes", "engagement", "techniques"}
+    for label in ("Reason for the correction", "Minutes", "Child engagement", "Techniques"):
+        assert label in err(r)["message"]
+    assert state(db) == before
+
+
+@pytest.mark.parametrize("who,status", [("coordinator", 403), ("coordinator_no", 403), ("assessor", 403), ("monitor", 403),
+                                        ("statistician", 403), ("manager", 403), ("admin", 403), (None, 401)])
+def test_only_the_therapist_corrects_a_session_and_nobody_else_learns_of_it(world, kids, db, who, status):
+    low = kids["low"]
+    backdate(world, low, 30)
+    sid = logged(world, low, 7, note="played drums")
+    recorded, before = row(db, sid), state(db)
+    answers = []
+    for target in (sid, sid + 1000):  # the session, and one that does not exist: the same answer
+        r = correct(world, target, who=who, minutes=45, reason="typo")
+        assert r.status_code == status
+        body = r.get_data(as_text=True)
+        assert "drums" not in body and low.study_id not in body and "Music therapy" not in body
+        answers.append(body)
+    assert answers[0] == answers[1]
+    assert row(db, sid) == recorded and state(db) == before
+
+
+def test_a_therapist_of_another_site_gets_404_like_a_session_that_does_not_exist(world, kids, db):
+    low = kids["low"]
+    backdate(world, low, 30)
+    sid = logged(world, low, 7)
+    add_user(world, "therapist_no", [("therapist", "NO01")])
+    recorded, before = row(db, sid), state(db)
+    seen = correct(world, sid, who="therapist_no", minutes=45, reason="typo")
+    missing = correct(world, 999999, who="therapist_no", minutes=45, reason="typo")
+    assert seen.status_code == missing.status_code == 404
+    assert err(seen)["message"] == f"No session {sid}." and err(missing)["message"] == "No session 999999."
+    assert row(db, sid) == recorded and state(db) == before
+
+
+def test_a_session_correction_clears_its_verification_mark(world, kids, db, app):
+    from trial.dataquality.models import Verification
+    low = kids["low"]
+    backdate(world, low, 30)
+    sid = logged(world, low, 7)
+    other = logged(world, low, 6)
+    for target in (sid, other):
+        assert world.api("POST", f"/participants/{low.study_id}/verifications", "monitor",
+                         json={"on": {"kind": "session", "id": target}}).status_code == 201
+    assert correct(world, sid, minutes=50, reason="paper log says 50").status_code == 200
+    db.expire_all()
+    marks = {v.target_id: v for v in db.execute(select(Verification)).scalars()}
+    assert marks[sid].current_key is None and "paper log says 50" in marks[sid].cleared_reason
+    assert marks[other].current_key is not None and marks[other].cleared_at is None  # only the corrected one
+    rec = db.execute(select(AuditRecord).where(AuditRecord.action == "clear_verification")).scalar_one()
+    assert rec.reveals_allocation and "paper log says 50" in rec.reason
+    page = web(app, "monitor").get(f"/participants/{low.study_id}").get_data(as_text=True)
+    assert page.count("✓ verified") == 1
+    # a refused correction clears nothing
+    assert correct(world, other, minutes=0, reason="typo").status_code == 400
+    db.expire_all()
+    assert db.get(Verification, marks[other].id).current_key is not None
+
+
+def test_the_session_correction_form(world, kids, db, app):
+    low = kids["low"]
+    backdate(world, low, 30)
+    sid = logged(world, low, 7, minutes=30, techniques=["songs"], engagement=4, note="Joined in.")
+    c = web(app)
+    # the participant's course links each session to its correction, for the site's therapist only
+    assert f'href="/sessions/{sid}/correct"' in c.get(f"/participants/{low.study_id}").get_data(as_text=True)
+    for who in ("coordinator", "monitor", "manager"):
+        seen = web(app, who).get(f"/participants/{low.study_id}").get_data(as_text=True)
+        assert f"session-{sid}" in seen and f"/sessions/{sid}/correct" not in seen, who
+    page = c.get(f"/sessions/{sid}/correct")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "Reason for the correction" in html and "Save correction" in html
+    assert f'value="{d(7).isoformat()}"' in html and 'value="30"' in html and "Joined in." in html
+    form = {"held_on": d(7).isoformat(), "attendance": "attended", "techniques": "songs", "engagement": "4",
+            "note": "Joined in."}
+    recorded, before = row(db, sid), state(db)
+    # no reason: refused next to the field; an attended session without minutes: refused naming Minutes
+    r = c.post(f"/sessions/{sid}/correct", data={**form, "minutes": "45", "reason": ""})
+    assert r.status_code == 400 and "This field is required." in r.get_data(as_text=True)
+    r = c.post(f"/sessions/{sid}/correct", data={**form, "minutes": "", "reason": "typo"})
+    html = r.get_data(as_text=True)
+    assert r.status_code == 400 and "The correction was not saved: Minutes is required for an attended session" in html
+    r = c.post(f"/sessions/{sid}/correct", data={**form, "minutes": "30", "reason": "typo"})
+    assert r.status_code == 400 and "The correction changes nothing" in r.get_data(as_text=True)
+    assert row(db, sid) == recorded and state(db) == before
+    r = c.post(f"/sessions/{sid}/correct", data={**form, "minutes": "45", "reason": "paper log says 45"})
+    assert r.status_code == 302 and r.headers["Location"].endswith(f"/participants/{low.study_id}#session-{sid}")
+    assert row(db, sid)[2] == 45
+    assert corrections(db, sid) == [("minutes", "30", "45", "paper log says 45", "therapist@example.org", True)]
+    assert "Correction saved" in c.get(f"/participants/{low.study_id}").get_data(as_text=True)
+
+
+def test_the_session_correction_page_is_refused_to_everyone_else(world, kids, db, app):
+    low = kids["low"]
+    backdate(world, low, 30)
+    sid = logged(world, low, 7, note="played drums")
+    add_user(world, "therapist_no", [("therapist", "NO01")])
+    for who, status in (("coordinator", 403), ("assessor", 403), ("statistician", 403), ("admin", 403),
+                        ("manager", 403), ("monitor", 403), ("therapist_no", 404)):
+        c = web(app, who)
+        pages = [c.get(f"/sessions/{target}/correct") for target in (sid, 999999)]
+        assert [p.status_code for p in pages] == [status, status], who
+        for p in pages:
+            assert "drums" not in p.get_data(as_text=True) and low.study_id not in p.get_data(as_text=True)
+        if status == 403:  # the same page for a session and for none
+            assert pages[0].get_data() == pages[1].get_data(), who
+        r = c.post(f"/sessions/{sid}/correct", data={"held_on": d(7).isoformat(), "attendance": "attended",
+                                                     "minutes": "45", "reason": "typo"})
+        assert r.status_code in (400, 403, 404)  # the CSRF token is missing, or refused outright
+    assert row(db, sid)[2] == 30
 
 
 # --- therapist scoping and blinding ----------------------------------------------------------

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 
 from tests.conftest import FreshDatabase
 from tests.helpers import CLI, PASSWORD, World
@@ -101,7 +103,7 @@ def kids(world, db):
         outcomes.record_assessment(db, CLI, p.study_id, {"visit": "month5", "instrument": "ados2",
                                                          "performed_on": iso(R + dt.timedelta(days=152)),
                                                          "values": {"social_affect": 9, "rrb": 3, "css": 5},
-                                                         "allocation_guess": "unsure"})
+                                                         "allocation_guess": "unsure", "guess_confidence": 1})
     record_event(db, CLI, out["high2"].study_id, {"type": "discontinued_intervention", "on": iso(R + dt.timedelta(days=30)),
                                                   "reason": "family moved"})
     db.commit()
@@ -373,6 +375,14 @@ AE_BODY = {"term": "Otitis media", "onset": iso(R + dt.timedelta(days=50)), "sev
            "relatedness": "not_related", "outcome": "recovering"}
 
 
+def first_session(world, k) -> int:
+    """The high child's first session (3 days after randomization)."""
+    sid = world.db.execute(select(TherapySession.id).where(TherapySession.participant_id == k["high"].id)
+                           .order_by(TherapySession.held_on)).scalars().first()
+    world.db.commit()  # hold no transaction while the app answers
+    return sid
+
+
 def api_cases(world, k) -> dict:
     """A valid request for every API write (accepted while unlocked; see the control test)."""
     u, hi, ready = k["usual"].study_id, k["high"].study_id, k["ready"].study_id
@@ -384,7 +394,8 @@ def api_cases(world, k) -> dict:
                                     "date_of_birth": iso(today() - dt.timedelta(days=5 * 365)), "sex": "male"}, None),
         "api.create_assessment": ("POST", f"/participants/{u}/assessments", "assessor",
                                   {"visit": "month2", "instrument": "ados2", "performed_on": iso(R + dt.timedelta(days=61)),
-                                   "values": {"social_affect": 10, "rrb": 3, "css": 5}, "allocation_guess": "unsure"}, None),
+                                   "values": {"social_affect": 10, "rrb": 3, "css": 5}, "allocation_guess": "unsure",
+                                   "guess_confidence": 2}, None),
         "api.randomize": ("POST", f"/participants/{ready}/randomize", "coordinator", None, {"Idempotency-Key": "lock-test"}),
         "api.log_session": ("POST", f"/participants/{hi}/sessions", "therapist",
                             {"held_on": iso(R + dt.timedelta(days=24)), "attendance": "attended", "minutes": 30}, None),
@@ -398,6 +409,8 @@ def api_cases(world, k) -> dict:
                                       {"description": "the parent mentioned the drums"}, None),
         "api.correct_assessment": ("POST", f"/assessments/{k['aid']}/corrections", "assessor",
                                    {"values": {"social_affect": 13}, "reason": "transcription error"}, None),
+        "api.correct_session": ("POST", f"/sessions/{first_session(world, k)}/corrections", "therapist",
+                                {"minutes": 45, "reason": "the paper log says 45"}, None),
         "api.raise_query": ("POST", "/queries", "monitor", {"study_id": u, "on": {"kind": "screening"},
                                                             "text": "Is the screening date right?"}, None),
         "api.respond_query": ("POST", f"/queries/{k['dm']['respond']}/responses", "coordinator",
@@ -437,6 +450,9 @@ def web_cases(world, k) -> dict:
                          {"type": "lost_to_follow_up", "on": iso(R + dt.timedelta(days=180)), "reason": "moved abroad"}),
         "status.deviation": (f"/participants/{u}/deviations/new", "coordinator",
                              {"category": "other", "on": iso(R + dt.timedelta(days=5)), "description": "late visit"}),
+        "course.correct_session": (f"/sessions/{first_session(world, k)}/correct", "therapist",
+                                   {"held_on": iso(R + dt.timedelta(days=3)), "attendance": "attended", "minutes": "45",
+                                    "techniques": "songs", "engagement": "", "note": "", "reason": "the paper log says 45"}),
         "outcomes.correct": (f"/assessments/{k['aid']}/correct", "assessor",
                              {"v_social_affect": "13", "v_rrb": "4", "v_css": "6", "reason": "transcription error"}),
         "outcomes.blinding_break": (f"/participants/{u}/blinding-break", "assessor",
@@ -504,7 +520,7 @@ def test_every_api_write_answers_423_and_changes_nothing_while_locked(app, world
         assert e["code"] == "locked" and f"{kind}-locked" in e["message"], (endpoint, e)
         assert fingerprint(db) == before, endpoint
         checked.append(endpoint)
-    assert len(checked) == 18
+    assert len(checked) == 19
 
 
 def web_client(app, who):
@@ -553,7 +569,8 @@ def test_web_writes_change_nothing_while_locked(app, world, dm, db):
             continue
         path, who, form = web_cases(world, dm)[endpoint]
         r = clients[who].post(path, data=form, follow_redirects=True)
-        assert "hard-locked" in r.get_data(as_text=True), endpoint
+        main = r.get_data(as_text=True).split("<main", 1)[1]  # the answer itself, not the banner every page has
+        assert "hard-locked" in main, endpoint
         assert fingerprint(db) == before, endpoint
 
 
@@ -824,3 +841,80 @@ def test_cli_randomization_verify_passes_after_unblinding_and_fails_after_tamper
         assert not res.ok and any(victim.study_id in p for p in res.problems)
     finally:
         s.close()
+
+
+# --- the lock on every page ----------------------------------------------------------------------
+
+# the links and forms that enter or change data: gone from every page while a lock holds
+ENTRY = re.compile(r'href="[^"]*(?:/screenings/new|/enroll|/assess/|/sessions/new|/counselling/new|/events/new|/deviations/new'
+                   r'|/adverse-events/new|/queries/new|/blinding-break|/correct|/admin/sites/)[^"]*"'
+                   r'|action="[^"]*(?:/randomize|/respond|/close|/reopen|/follow-up|/acknowledge|/verify|/correct)"')
+BANNER = "Data entry is closed."
+
+
+def test_a_lock_puts_a_banner_on_every_page_and_hides_data_entry_until_it_is_lifted(app, world, dm, db):
+    """While a soft lock holds, every page of every role says so (which lock, who signed it) and
+    shows no link or button that enters data; lifting it brings both back. The control: before the
+    lock each page offers data entry and has no banner."""
+    u, hi = dm["usual"].study_id, dm["high"].study_id
+    pages = {
+        "coordinator": ["/", "/screenings", f"/participants/{u}", f"/queries/{dm['dm']['respond']}",
+                        f"/adverse-events/{dm['dm']['ae']}"],
+        "assessor": [f"/participants/{u}", "/dashboard/"],
+        "therapist": [f"/participants/{hi}"],
+        "monitor": [f"/participants/{u}"],
+        "manager": [f"/participants/{u}", f"/queries/{dm['dm']['close']}", f"/queries/{dm['dm']['reopen']}",
+                    f"/adverse-events/{dm['dm']['ae']}"],
+        "admin": ["/admin/sites"],
+    }
+    quiet = {"manager": ["/", "/locks", "/audit/"], "statistician": ["/", "/locks", "/consort"], "admin": ["/"]}
+    clients = {who: web_client(app, who) for who in set(pages) | set(quiet)}
+
+    def read(who, path):
+        r = clients[who].get(path)
+        assert r.status_code == 200, (who, path, r.status_code)
+        return r.get_data(as_text=True)
+
+    def entries(who, path):
+        return ENTRY.findall(read(who, path))
+
+    for who, paths in pages.items():
+        for path in paths:
+            assert entries(who, path), f"control: {who} enters data from {path} while the database is open"
+    for who, paths in (pages | quiet).items():
+        for path in paths:
+            assert BANNER not in read(who, path), (who, path)
+
+    lk = ok(lock(world, "soft"))["id"]
+    for who, paths in pages.items():
+        for path in paths:
+            page = read(who, path)
+            assert BANNER in page and f"soft-locked (lock {lk}, signed by Manager" in page, (who, path)
+            assert not ENTRY.findall(page), (who, path, ENTRY.findall(page))
+    for who, paths in quiet.items():
+        for path in paths:
+            assert BANNER in read(who, path), (who, path)
+    lock_page = read("manager", "/locks")
+    assert f"/locks/{lk}/lift" in lock_page, "the lock page keeps the form that lifts the lock"
+
+    ok(lift(world, lk), 200)
+    for who, paths in pages.items():
+        for path in paths:
+            assert BANNER not in read(who, path), (who, path)
+            assert entries(who, path), f"{who} enters data from {path} again once the lock is lifted"
+
+
+def test_the_banner_is_for_logged_in_users_and_a_failed_read_of_the_lock_does_not_break_the_page(app, world, kids, db,
+                                                                                                 monkeypatch):
+    ok(lock(world, "soft"))
+    anonymous = app.test_client().get("/login").get_data(as_text=True)
+    assert BANNER not in anonymous and "soft-locked" not in anonymous
+    coordinator = web_client(app, "coordinator")
+    page = coordinator.get("/no-such-page")
+    assert page.status_code == 404 and BANNER in page.get_data(as_text=True)
+
+    def unreadable(_db):
+        raise OperationalError("SELECT trial_state", {}, Exception("disk I/O error"))
+    monkeypatch.setattr("trial.http.lock_in_force", unreadable)
+    page = coordinator.get("/")
+    assert page.status_code == 200 and BANNER not in page.get_data(as_text=True)

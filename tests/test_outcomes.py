@@ -17,6 +17,7 @@ from trial.audit.models import AuditRecord
 from trial.auth.service import create_user, issue_token
 from trial.notify.models import Notification
 from trial.outcomes.models import BlindingBreak
+from trial.outcomes.service import GUESS_LABELS
 from trial.participants.models import Assessment
 from trial.protocol.service import DEFAULT_PROTOCOL
 from trial.timeline import add_months, course_window, local_date, planned_sessions, today, visit_window
@@ -334,6 +335,9 @@ BAD_ASSESSMENTS = [
     ("ados2", {"allocation_guess": "unsure", "guess_confidence": 0}, "guess_confidence", "from 1 (pure guess) to 5"),
     ("ados2", {"allocation_guess": "unsure", "guess_confidence": 6}, "guess_confidence", "from 1 (pure guess) to 5"),
     ("ados2", {"allocation_guess": "unsure", "guess_confidence": "sure"}, "guess_confidence", "from 1"),
+    ("ados2", {"allocation_guess": "unsure"}, "guess_confidence", "is required with a guess: from 1 (pure guess) to 5"),
+    ("ados2", {"allocation_guess": "usual_care", "guess_confidence": None}, "guess_confidence", "is required with a guess"),
+    ("ados2", {"guess_confidence": 3}, "guess_confidence", "is recorded only with an allocation guess"),
     ("srs2", {"values": {"total_t": 29}}, "values.total_t", "29 is out of range 30–90"),
     ("srs2", {"values": {"total_t": 91}}, "values.total_t", "out of range 30–90"),
     ("srs2", {"values": {}}, "values.total_t", "is required"),
@@ -354,7 +358,10 @@ def test_bad_outcome_is_400_naming_the_field_and_saves_nothing(opened, db, instr
     assert r.status_code == 400, r.get_json()
     e = err(r)
     assert e["code"] == "invalid" and field in e["fields"] and why in e["fields"][field]
-    assert field in e["message"]
+    if field in GUESS_LABELS:  # named by the entry form's label, never by its key
+        assert e["message"] == f"The assessment was not saved: {GUESS_LABELS[field]} {e['fields'][field]}"
+    else:
+        assert field in e["message"]
     assert state(db) == before
 
 
@@ -453,11 +460,10 @@ def test_assessment_outside_its_window_is_accepted_with_a_flag(opened, db, visit
 
 # --- allocation guesses ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("guess,confidence", [("music_therapy", 5), ("usual_care", 1), ("unsure", 3), ("unsure", None)])
+@pytest.mark.parametrize("guess,confidence", [("music_therapy", 5), ("usual_care", 1), ("unsure", 3)])
 def test_assessor_records_a_guess_and_confidence_after_a_blinded_assessment(opened, db, guess, confidence):
     p = randomized(opened, 61)
-    extra = {"allocation_guess": guess} | ({"guess_confidence": confidence} if confidence else {})
-    r = assess(opened, p, **extra)
+    r = assess(opened, p, allocation_guess=guess, guess_confidence=confidence)
     assert r.status_code == 201, r.get_json()
     a = db.get(Assessment, r.get_json()["id"])
     assert (a.allocation_guess, a.guess_confidence) == (guess, confidence)
@@ -470,7 +476,9 @@ def test_no_guess_at_baseline(opened, db):
     p = opened.enroll()
     before = state(db)
     r = assess(opened, p, visit="baseline", performed_on=d(10), allocation_guess="unsure", guess_confidence=2)
-    assert r.status_code == 400 and "no allocation to guess at baseline" in err(r)["fields"]["allocation_guess"]
+    assert r.status_code == 400 and err(r)["fields"] == {
+        "allocation_guess": "is not taken at baseline: there is no allocation to guess before randomization"}
+    assert err(r)["message"].startswith("The assessment was not saved: Allocation guess is not taken at baseline")
     assert state(db) == before
 
 
@@ -480,6 +488,145 @@ def test_confidence_without_a_guess_is_refused(opened, db):
     r = assess(opened, p, guess_confidence=9)
     assert r.status_code == 400 and "guess_confidence" in err(r)["fields"]
     assert state(db) == before
+
+
+def test_the_protocol_says_where_the_guess_is_taken(opened):
+    from trial.protocol.schema import ProtocolError, parse
+    text_ = DEFAULT_PROTOCOL.read_text()
+    assert [(v["key"], v["allocation_guess"]) for v in parse(text_)["visits"]] == [
+        ("baseline", False), ("month2", True), ("month5", True), ("month12", True)]
+    # without the key: at every follow-up visit with a blinded instrument, never at baseline
+    bare = text_.replace("allocation_guess = true ", "# ").replace("allocation_guess = false ", "# ")
+    assert "allocation_guess =" not in bare
+    assert [v["allocation_guess"] for v in parse(bare)["visits"]] == [False, True, True, True]
+    ados_twice = bare.replace('visits = ["baseline", "month2", "month5", "month12"]', 'visits = ["baseline", "month5"]', 1)
+    assert [v["allocation_guess"] for v in parse(ados_twice)["visits"]] == [False, False, True, False]
+    bad = [
+        (text_.replace("allocation_guess = false", "allocation_guess = true", 1), "visits[0].allocation_guess",
+         "there is no allocation to guess at baseline"),
+        (text_.replace("allocation_guess = true", 'allocation_guess = "yes"', 1), "visits[1].allocation_guess", "must be a"),
+        (ados_twice.replace("window_after = 14\nprimary = false\n", "window_after = 14\nprimary = false\nallocation_guess = true\n"),
+         "visits[1].allocation_guess", "no blinded instrument is collected at this visit"),
+        (text_.replace("allocation_guess = true", "alocation_guess = true", 1), "visits[1].alocation_guess", "not a known key"),
+    ]
+    for t, key, problem in bad:
+        with pytest.raises(ProtocolError) as exc:
+            parse(t)
+        assert exc.value.key == key and problem in exc.value.problem, str(exc.value)
+    # a protocol stored before the key: the guess at every follow-up visit, never at baseline
+    from trial.outcomes.service import takes_guess
+    content = parse(text_)
+    for v in content["visits"]:
+        del v["allocation_guess"]
+    ados, srs = content["instruments"]
+    assert [takes_guess(content, ados, v["key"]) for v in content["visits"]] == [False, True, True, True]
+    assert not any(takes_guess(content, srs, v["key"]) for v in content["visits"])
+
+
+def _no_guess_at_month2(db):
+    from trial.protocol.service import load_text
+    text_ = DEFAULT_PROTOCOL.read_text()
+    amended = text_.replace("allocation_guess = true", "allocation_guess = false", 1).replace(
+        'amendment = "1.0"', 'amendment = "1.1"')
+    assert amended.count("allocation_guess = true") == 2
+    load_text(db, CLI, amended, source_name="no-guess-at-month2.toml")
+    db.commit()
+
+
+def test_a_guess_is_refused_at_a_visit_where_the_protocol_takes_none(opened, db):
+    _no_guess_at_month2(db)
+    p = randomized(opened, 61)
+    before = state(db)
+    r = assess(opened, p, visit="month2", allocation_guess="unsure", guess_confidence=2)
+    assert r.status_code == 400 and err(r)["fields"] == {
+        "allocation_guess": "is not taken at 2 months; the protocol takes it at 5 months (primary endpoint), 12 months"}
+    assert err(r)["message"].startswith("The assessment was not saved: Allocation guess is not taken at 2 months")
+    assert state(db) == before
+    assert assess(opened, p, visit="month2").status_code == 201
+    q = randomized(opened, 152)
+    assert assess(opened, q, visit="month5", allocation_guess="unsure", guess_confidence=2).status_code == 201
+
+
+def _fields(html: str) -> set[str]:
+    import re
+    return set(re.findall(r'name="([a-z_]+)"', html))
+
+
+def test_the_entry_form_asks_for_the_guess_only_where_it_is_taken(opened, app, db):
+    waiting = opened.enroll()
+    p = randomized(opened, 61)
+    c = login(app, "assessor")
+    # baseline (before randomization): no guess fields, and only the baseline to choose
+    html = c.get(f"/participants/{waiting.study_id}/assess/ados2").get_data(as_text=True)
+    assert "allocation_guess" not in _fields(html) and "guess_confidence" not in _fields(html)
+    assert 'value="baseline"' in html and 'value="month2"' not in html
+    # after randomization: the follow-up visits, each of which takes the guess, with its confidence
+    html = c.get(f"/participants/{p.study_id}/assess/ados2").get_data(as_text=True)
+    assert {"allocation_guess", "guess_confidence"} <= _fields(html)
+    assert "Allocation guess" in html and "Confidence in the guess" in html and "5 (certain)" in html
+    assert 'value="baseline"' not in html and 'value="month2"' in html
+    # the parent-reported instrument never asks for a guess
+    coord = login(app, "coordinator").get(f"/participants/{p.study_id}/assess/srs2").get_data(as_text=True)
+    assert "allocation_guess" not in _fields(coord)
+    # ?visit= preselects the visit (the worklists link to it)
+    html = c.get(f"/participants/{p.study_id}/assess/ados2?visit=month5").get_data(as_text=True)
+    assert 'value="month5" selected' in html or 'selected value="month5"' in html
+
+
+def test_the_entry_form_asks_which_visit_when_only_some_take_the_guess(opened, app, db):
+    _no_guess_at_month2(db)
+    p = randomized(opened, 61)
+    c = login(app, "assessor")
+    r = c.get(f"/participants/{p.study_id}/assess/ados2")
+    html = r.get_data(as_text=True)
+    assert r.status_code == 200 and "Which visit are you entering?" in html and "allocation_guess" not in html
+    for visit in ("month2", "month5", "month12"):
+        assert f"/participants/{p.study_id}/assess/ados2?visit={visit}" in html
+    month2 = c.get(f"/participants/{p.study_id}/assess/ados2?visit=month2").get_data(as_text=True)
+    assert "allocation_guess" not in _fields(month2) and 'value="month5"' not in month2
+    month5 = c.get(f"/participants/{p.study_id}/assess/ados2?visit=month5").get_data(as_text=True)
+    assert {"allocation_guess", "guess_confidence"} <= _fields(month5) and 'value="month2"' not in month5
+    # a post of month2 (no guess fields) saves the assessment without a guess
+    r = c.post(f"/participants/{p.study_id}/assess/ados2?visit=month2",
+               data={"visit": "month2", "performed_on": today().isoformat(), "v_social_affect": "9", "v_rrb": "3",
+                     "v_css": "5"})
+    assert r.status_code == 302
+    a = db.execute(select(Assessment).where(Assessment.participant_id == p.id, Assessment.visit == "month2")).scalar_one()
+    assert a.allocation_guess is None
+
+
+def test_the_entry_form_refuses_a_guess_without_its_confidence(opened, app, db):
+    p = randomized(opened, 61)
+    c = login(app, "assessor")
+    form = {"visit": "month2", "performed_on": today().isoformat(), "v_social_affect": "9", "v_rrb": "3", "v_css": "5",
+            "allocation_guess": "music_therapy", "guess_confidence": ""}
+    before = state(db)
+    for performed in (today(), d(30)):  # in and out of the visit's window: the guess is refused first
+        r = c.post(f"/participants/{p.study_id}/assess/ados2", data={**form, "performed_on": performed.isoformat()})
+        html = r.get_data(as_text=True)
+        assert r.status_code == 400
+        assert "The assessment was not saved: Confidence in the guess is required with a guess" in html
+        assert "guess_confidence is" not in html and 'name="confirm_window"' not in html
+    # a confidence without a guess is refused too
+    r = c.post(f"/participants/{p.study_id}/assess/ados2", data={**form, "allocation_guess": "", "guess_confidence": "3"})
+    assert r.status_code == 400 and "Confidence in the guess is recorded only with an allocation guess" in r.get_data(as_text=True)
+    assert state(db) == before
+    r = c.post(f"/participants/{p.study_id}/assess/ados2", data={**form, "guess_confidence": "4"})
+    assert r.status_code == 302
+    a = db.execute(select(Assessment).where(Assessment.participant_id == p.id, Assessment.visit == "month2")).scalar_one()
+    assert (a.allocation_guess, a.guess_confidence) == ("music_therapy", 4)
+
+
+def test_a_baseline_entry_form_post_with_a_guess_saves_no_guess(opened, app, db):
+    """The baseline form has no guess fields: a guess posted anyway (not from the form) is not read."""
+    p = opened.enroll()
+    c = login(app, "assessor")
+    r = c.post(f"/participants/{p.study_id}/assess/ados2",
+               data={"visit": "baseline", "performed_on": d(1).isoformat(), "v_social_affect": "9", "v_rrb": "3",
+                     "v_css": "5", "allocation_guess": "usual_care", "guess_confidence": "3"})
+    assert r.status_code == 302, r.get_data(as_text=True)
+    a = db.execute(select(Assessment).where(Assessment.participant_id == p.id, Assessment.instrument == "ados2")).scalar_one()
+    assert (a.visit, a.allocation_guess, a.guess_confidence) == ("baseline", None, None)
 
 
 # --- corrections -----------------------------------------------------------------------------
@@ -641,6 +788,7 @@ def login(app, who):
 
 def test_record_status_grid_per_site(opened, app, db):
     from trial.dashboard.service import status_grid
+    from trial.paging import PageRequest
     late = randomized(opened, 100)
     done = randomized(opened, 61)
     assert assess(opened, done).status_code == 201
@@ -649,27 +797,49 @@ def test_record_status_grid_per_site(opened, app, db):
                       json={"type": "withdrawn", "on": d(1).isoformat(), "reason": "Family decision"}).status_code == 201
     waiting = opened.enroll()
     norway = randomized(opened, 10, site="NO01")
-    grid = status_grid(db, opened.users["assessor"], "AT01")
-    assert [v["key"] for v in grid["visits"]] == ["baseline", "month2", "month5", "month12"]
-    cells = {r["study_id"]: [c["status"] for c in r["cells"]] for r in grid["rows"]}
-    status = {r["study_id"]: r["status"] for r in grid["rows"]}
-    assert cells[late.study_id] == ["done", "overdue", "upcoming", "upcoming"]
-    assert cells[done.study_id] == ["done", "done", "upcoming", "upcoming"]
-    assert cells[gone.study_id] == ["done", "not_expected", "not_expected", "not_expected"]
+    grid = status_grid(db, opened.users["assessor"], PageRequest(), "AT01")
+    # the assessor's columns: the blinded instrument at each visit where it is taken
+    assert [(c["visit"], c["instrument"]) for c in grid["columns"]] == [
+        ("baseline", "ados2"), ("month2", "ados2"), ("month5", "ados2"), ("month12", "ados2")]
+    assert [(v["label"], v["span"]) for v in grid["visits"]][0] == ("Baseline", 1)
+    rows = grid["page"].items
+    cells = {r["study_id"]: [c["state"] for c in r["cells"]] for r in rows}
+    status = {r["study_id"]: r["status"] for r in rows}
+    assert cells[late.study_id] == ["entered", "missing", "upcoming", "upcoming"]
+    assert cells[done.study_id] == ["entered", "entered", "upcoming", "upcoming"]
+    assert cells[gone.study_id] == ["entered", "not_expected", "not_expected", "not_expected"]
     assert cells[waiting.study_id] == ["due", "not_yet_randomized", "not_yet_randomized", "not_yet_randomized"]
     assert status[gone.study_id] == "withdrawn" and status[late.study_id] == "randomized"
-    assert norway.study_id not in cells and {r["site"] for r in grid["rows"]} == {"AT01"}
-    assert set(grid["colours"]) >= {"done", "done_out_of_window", "due", "overdue", "upcoming", "not_expected"}
-    assert {r["study_id"] for r in status_grid(db, opened.users["manager"], "NO01")["rows"]} == {norway.study_id}
-    assert {r["site"] for r in status_grid(db, opened.users["manager"])["rows"]} == {"AT01", "NO01"}
+    assert norway.study_id not in cells and {r["site"] for r in rows} == {"AT01"}
+    assert grid["page"].total == 4
+    manager = status_grid(db, opened.users["manager"], PageRequest(), "NO01")
+    assert {r["study_id"] for r in manager["page"].items} == {norway.study_id}
+    assert {c["instrument"] for c in manager["columns"]} == {"ados2", "srs2"}  # a manager reads every form
+    assert {r["site"] for r in status_grid(db, opened.users["manager"], PageRequest())["page"].items} == {"AT01", "NO01"}
+    # a page of two, sorted by status descending: the withdrawn child first
+    two = status_grid(db, opened.users["manager"], PageRequest(1, 2, "-status"), "AT01")
+    assert two["page"].total == 4 and len(two["page"].items) == 2 and two["page"].pages == 2
+    assert two["page"].items[0]["study_id"] == gone.study_id
+    assert status_grid(db, opened.users["manager"], PageRequest(), search=norway.study_id[-4:],
+                       site_code="NO01")["page"].total == 1
 
     page = login(app, "coordinator").get("/dashboard/?site=AT01")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert late.study_id in html and gone.study_id in html and norway.study_id not in html
-    assert "status-overdue" in html and "not expected" in html
+    assert "cell-missing" in html and "Not expected" in html and "not_expected" not in html.replace("cell-not_expected", "")
+    # a due baseline form links to its entry form, for the role that enters it
+    assert f'/participants/{waiting.study_id}/assess/srs2?visit=baseline' in html
+    assessor = login(app, "assessor").get("/dashboard/?site=AT01").get_data(as_text=True)
+    assert f'/participants/{late.study_id}/assess/ados2?visit=month2' in assessor and "SRS-2" not in assessor
+    monitor = login(app, "monitor").get("/dashboard/?site=AT01").get_data(as_text=True)
+    assert "/assess/" not in monitor and "not verified" in monitor  # a monitor enters nothing
     page = login(app, "manager").get("/dashboard/?site=NO01").get_data(as_text=True)
     assert norway.study_id in page and late.study_id not in page
+    paged = login(app, "manager").get("/dashboard/?site=AT01&per_page=2&sort=-status").get_data(as_text=True)
+    assert "1–2 of 4 participants" in paged and "page=2" in paged and "sort=-status" in paged
+    assert login(app, "manager").get("/dashboard/?sort=arm").status_code == 400  # the grid never sorts by arm
+    assert login(app, "manager").get("/dashboard/?per_page=201").status_code == 400
     assert login(app, "coordinator").get("/dashboard/?site=NO01").status_code == 403
     for who in ("therapist", "statistician", "admin"):
         assert login(app, who).get("/dashboard/").status_code == 403

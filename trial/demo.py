@@ -204,7 +204,8 @@ def _data_management(db: Session, staff: dict, rng: random.Random) -> None:
                 "term": "Febrile seizure", "onset": onset.isoformat(), "severity": "severe", "serious": True,
                 "seriousness": ["hospitalisation"], "relatedness": "not_related", "expectedness": "unexpected",
                 "outcome": "recovering", "description": "Admitted overnight for observation; discharged the next day."})
-            safety.follow_up(db, coordinator, ae.id, {"on": (onset + dt.timedelta(days=1)).isoformat(), "outcome": "recovering",
+            next_day = min(onset + dt.timedelta(days=1), local_today(p.site.timezone))  # never in the site's future
+            safety.follow_up(db, coordinator, ae.id, {"on": next_day.isoformat(), "outcome": "recovering",
                                                       "text": "Discharged home; follow-up with the paediatrician next week."})
         else:
             safety.record(db, coordinator, p.study_id, {

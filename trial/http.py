@@ -9,9 +9,14 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.exc import SQLAlchemyError
 
 from trial.auth.service import load_session_user, user_for_token
+from trial.catalogue import label
 from trial.db import unavailable
 from trial.errors import DomainError, ValidationError
+from trial.paging import DEFAULT_PER_PAGE, MAX_PER_PAGE, PageRequest
 from trial.policy import ANY, POLICY, PUBLIC, QUERY_PARAMS
+from trial.protocol.service import current as current_protocol
+from trial.protocol.service import labels as protocol_labels
+from trial.trialstate.service import lock_in_force
 from trial.validation import CONTROL_MESSAGE, MAX_ID, has_control
 from trial.version import __version__
 
@@ -134,6 +139,25 @@ def post_and_return(form, action, done: str, back: str, incomplete: str | None =
     return redirect(back)
 
 
+def page_request() -> PageRequest:
+    """``page``, ``per_page`` (at most 200) and ``sort`` of a list request; bad values are a 400
+    naming the parameter."""
+    return PageRequest(int_arg("page", 1), int_arg("per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE),
+                       request.args.get("sort") or None)
+
+
+def page_url(_external: bool = False, **changes) -> str:
+    """This page's address with some query parameters changed (None removes one); a page link
+    or a sort link keeps the reader's filters."""
+    args = request.args.to_dict()
+    for k, v in changes.items():
+        if v is None or v == "":
+            args.pop(k, None)
+        else:
+            args[k] = str(v)
+    return url_for(request.endpoint, _external=_external, **(request.view_args or {}), **args)
+
+
 def int_arg(name: str, default: int, lo: int = 1, hi: int = 1_000_000) -> int:
     """A whole-number query parameter within [lo, hi]; anything else is a 400 naming it."""
     raw = request.args.get(name)
@@ -170,6 +194,28 @@ def _enforce_policy():
     return None
 
 
+def lock_notice() -> str | None:
+    """The message of the lock in force for the banner on every page of a logged-in user (None
+    while the database is open), read once per request. A page about a database failure does not
+    ask the database again."""
+    if "lock_notice" not in g:
+        g.lock_notice = None
+        if actor() is not None:
+            try:
+                g.lock_notice = lock_in_force(db())
+            except SQLAlchemyError:
+                current_app.logger.warning("the lock in force could not be read for the banner", exc_info=True)
+    return g.lock_notice
+
+
+def _page_context() -> dict:
+    """What every page's layout needs: the lock banner and ``writable`` (false while a lock holds:
+    the data-entry links and buttons are not shown; the write routes answer 423 anyway), and the
+    page's language and writing direction (English, left to right, until translations come)."""
+    notice = lock_notice() if request and not is_api() else None
+    return {"lock_notice": notice, "writable": notice is None, "html_lang": "en", "html_dir": "ltr"}
+
+
 def _security_headers(resp):
     resp.headers.setdefault("Content-Security-Policy", CSP)
     resp.headers["X-Content-Type-Options"] = "nosniff"
@@ -201,6 +247,8 @@ CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_fo
 def _error(status: int, message: str, code: str | None = None, fields: dict | None = None, retry_after: int | None = None):
     if is_api():
         return api_error(status, code or CODES.get(status, "error"), message, fields, retry_after)
+    if status >= 500:
+        g.lock_notice = None  # the database may be what failed: the error page does not ask it again
     resp = current_app.make_response((render_template("error.html", status=status, message=message), status))
     if retry_after:
         resp.headers["Retry-After"] = str(retry_after)
@@ -273,6 +321,18 @@ def init_app(app: Flask) -> None:
                             (404, "Not found."), (405, "Method not allowed."), (413, "The request is too large.")):
         app.register_error_handler(status, _http(status, message))
 
+    def plabel(kind: str, key: str | None) -> str:
+        """The protocol's word for one of its keys (arm, visit, instrument, "instrument.field",
+        criterion, technique), from the version in force, read once per request."""
+        if key is None:
+            return ""
+        if "protocol_labels" not in g:
+            g.protocol_labels = protocol_labels(current_protocol(db()).content)
+        return g.protocol_labels.get(kind, {}).get(key, key)
+
+    app.context_processor(_page_context)
+
     @app.context_processor
     def _ctx():
-        return {"actor": actor() if request else None, "version": __version__}
+        return {"actor": actor() if request else None, "version": __version__, "page_url": page_url,
+                "label": label, "plabel": plabel}

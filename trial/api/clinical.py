@@ -7,9 +7,11 @@ from sqlalchemy.exc import IntegrityError
 from trial.api.routing import body, route
 from trial.api.schemas import DT, ID, PARTICIPANT, SITE_QUERY, B, D, S, array, enum, err, obj, ok, text
 from trial.enrollment import service as enrollment
-from trial.http import actor, db
+from trial.http import actor, db, page_request, page_url
 from trial.outcomes import service as outcomes
+from trial.paging import ordered, sort_key
 from trial.participants import service as participants
+from trial.participants.models import Participant
 from trial.randomize import service as randomization
 
 RANDOMIZED = obj(["study_id", "arm", "arm_label", "randomized_at"], study_id=S, arm=S, arm_label=S, randomized_at=DT)
@@ -42,12 +44,45 @@ def create_participant():
     return jsonify({"study_id": p.study_id, "site": site, "status": "enrolled"}), 201
 
 
+PAGE_QUERY = [
+    {"name": "page", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+     "description": "a page of the list (with X-Total-Count and Link headers); without it, the whole list"},
+    {"name": "per_page", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+     "description": "participants per page (default 50, at most 200)"},
+    {"name": "q", "in": "query", "required": False, "schema": S, "description": "part of a study id"},
+    {"name": "status", "in": "query", "required": False, "schema": enum(*participants.STATUSES)},
+    {"name": "arm", "in": "query", "required": False, "schema": S,
+     "description": "an arm key; only for roles that may see the allocation"},
+    {"name": "sort", "in": "query", "required": False, "schema": S,
+     "description": "study_id, site, status, consent_date, sex, randomized_on (arm for unblinded roles); - in front reverses"},
+]
+
+
 @route("/participants", "GET", "Participants as the caller's role may see them", "by role and site",
-       params=SITE_QUERY, responses={200: ok("participants", array(PARTICIPANT)), 404: err("unknown site")})
+       params=SITE_QUERY + PAGE_QUERY,
+       responses={200: ok("participants", array(PARTICIPANT)), 400: err("bad page, filter or sort"),
+                  403: err("a site you do not work at"), 404: err("unknown site")})
 def list_participants():
     s = db()
-    rows = participants.visible_participants(s, actor(), request.args.get("site"))
-    return jsonify(participants.participant_views(s, actor(), rows))
+    filters = {"site_code": request.args.get("site") or None, "search": request.args.get("q") or None,
+               "status": request.args.get("status") or None, "arm": request.args.get("arm") or None}
+    if "page" not in request.args:
+        req = page_request()
+        allowed = participants.participant_sorts(s, actor())
+        sort = sort_key(req.sort, allowed, "study_id")
+        stmt = ordered(participants.participant_query(s, actor(), **filters), sort, allowed, Participant.id)
+        return jsonify(participants.participant_views(s, actor(), list(s.execute(stmt).scalars())))
+    page = participants.page_participants(s, actor(), page_request(), **filters)
+    resp = jsonify(participants.participant_views(s, actor(), page.items))
+    resp.headers["X-Total-Count"] = str(page.total)
+    links = []
+    if page.has_next:
+        links.append(f'<{page_url(_external=True, page=page.page + 1)}>; rel="next"')
+    if page.has_prev:
+        links.append(f'<{page_url(_external=True, page=page.page - 1)}>; rel="prev"')
+    links += [f'<{page_url(_external=True, page=1)}>; rel="first"', f'<{page_url(_external=True, page=page.pages)}>; rel="last"']
+    resp.headers["Link"] = ", ".join(links)
+    return resp
 
 
 @route("/participants/<study_id>", "GET", "One participant as the caller's role may see it", "by role and site",

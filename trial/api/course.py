@@ -25,6 +25,7 @@ from trial.api.schemas import (
     text,
 )
 from trial.course import service as course
+from trial.course.models import ATTENDANCE
 from trial.http import actor, db
 from trial.notify.service import notifications_for
 from trial.outcomes import service as outcomes
@@ -49,19 +50,45 @@ COURSE = obj(["study_id", "arm", "sessions", "counselling"], study_id=S, arm=S, 
              counselling=array(obj(["number", "held_on", "attended"], number=ID, held_on=D, attended=B)), dose=DOSE)
 
 
+MINUTES = {"type": "integer", "minimum": 0, "maximum": 240}
+ENGAGEMENT = {"type": "integer", "minimum": 1, "maximum": 5}
+
+
 def _created(obj, **extra):
     db().commit()
     return jsonify({"id": obj.id, **extra}), 201
 
 
-@route("/participants/<study_id>/sessions", "POST", "Log a music-therapy session", "therapist of the site",
-       request_schema=obj(["held_on", "attendance"], held_on=D, attendance=enum("attended", "cancelled", "no_show"),
-                          minutes={"type": "integer", "minimum": 0, "maximum": 240}, techniques=array(S),
-                          engagement={"type": "integer", "minimum": 1, "maximum": 5}, note=text(1000, False)),
+@route("/participants/<study_id>/sessions", "POST", "Log a music-therapy session (an attended one with its minutes)",
+       "therapist of the site",
+       request_schema=obj(["held_on", "attendance"], held_on=D, attendance=enum(*ATTENDANCE), minutes=MINUTES,
+                          techniques=array(S), engagement=ENGAGEMENT, note=text(1000, False)),
        responses=created(outside_course=B))
 def log_session(study_id):
     s = course.log_session(db(), actor(), study_id, body())
     return _created(s, outside_course=s.outside_course)
+
+
+SESSION_CORRECTION = {**obj(["reason"], held_on=D, attendance=enum(*ATTENDANCE), minutes={**MINUTES, "nullable": True},
+                            techniques=array(S), engagement={**ENGAGEMENT, "nullable": True},
+                            note={**text(1000, False), "nullable": True}, reason=text(500)),
+                      "additionalProperties": False,
+                      "description": "the fields to change (the others stay as recorded; null empties minutes, "
+                                     "engagement or note) and the reason. The session as corrected must be valid: "
+                                     "an attended session has minutes, one that did not take place has none."}
+
+
+@route("/sessions/<int:session_id>/corrections", "POST", "Correct a logged music-therapy session (reason required)",
+       "therapist of the site",
+       request_schema=SESSION_CORRECTION,
+       responses={200: ok("corrected: the session as it now stands", SESSION),
+                  400: err("bad input or no change, naming the field"),
+                  404: err("unknown session, or one the caller may not know of"),
+                  409: err("another session on that day, or a day on or after the child stopped the intervention")})
+def correct_session(session_id):
+    s = course.correct_session(db(), actor(), session_id, body())
+    db().commit()
+    return jsonify(course.session_view(s))
 
 
 @route("/participants/<study_id>/course", "GET", "Sessions, dose and counselling of one child (unblinded roles)",

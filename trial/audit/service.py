@@ -18,6 +18,7 @@ from trial.cache import prebuilt
 from trial.config import audit_key
 from trial.db import is_sqlite, utcnow
 from trial.errors import DomainError
+from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.scope import is_blinded
 
 GENESIS = "0" * 64
@@ -298,12 +299,34 @@ def reseal_head(db: Session) -> None:
         db.execute(update(t).where(t.c.id == 1).values(mac=head_mac(head.seq, head.hash)))
 
 
+def _visible(db: Session, user, entity: str | None = None, actor_name: str | None = None, action: str | None = None):
+    q = select(AuditRecord)
+    if entity:
+        q = q.where(AuditRecord.entity == entity)
+    if actor_name:
+        q = q.where(AuditRecord.actor.contains(actor_name.strip(), autoescape=True))
+    if action:
+        q = q.where(AuditRecord.action == action)
+    if is_blinded(db, user):
+        q = q.where(AuditRecord.reveals_allocation.is_(False))
+    return q
+
+
 def visible_records(db: Session, user, entity: str | None = None, limit: int = 200, offset: int = 0):
     """Audit records the user may read. Only unblinded roles read the trail, and records that
     reveal an allocation are withheld from anyone the trial still blinds."""
-    q = select(AuditRecord).order_by(AuditRecord.seq.desc())
-    if entity:
-        q = q.where(AuditRecord.entity == entity)
-    if is_blinded(db, user):
-        q = q.where(AuditRecord.reveals_allocation.is_(False))
+    q = _visible(db, user, entity).order_by(AuditRecord.seq.desc())
     return db.execute(q.limit(limit).offset(offset)).scalars().all()
+
+
+AUDIT_SORTS = {"seq": AuditRecord.seq, "actor": AuditRecord.actor, "entity": AuditRecord.entity,
+               "action": AuditRecord.action}
+
+
+def page_records(db: Session, user, req: PageRequest, entity: str | None = None, actor_name: str | None = None,
+                 action: str | None = None) -> Page:
+    """A page of the trail the user may read (newest first unless sorted otherwise), filtered by
+    entity, actor and action, counted in the database."""
+    sort = sort_key(req.sort, AUDIT_SORTS, "-seq")
+    return paginate(db, ordered(_visible(db, user, entity, actor_name, action), sort, AUDIT_SORTS, AuditRecord.seq),
+                    req, sort=sort)

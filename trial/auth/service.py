@@ -25,6 +25,7 @@ from trial.auth.models import (
 from trial.cache import prebuilt
 from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
+from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.scope import is_cli, require_role
 from trial.sites.models import Site
 from trial.validation import has_control, refuse, text
@@ -487,6 +488,24 @@ def _user_for_token_stmt(dialect: str):
 def list_users(db: Session, actor) -> list[User]:
     require_role(db, actor, "admin")
     return list(db.execute(select(User).order_by(User.email)).scalars())
+
+
+USER_SORTS = {"email": User.email, "name": User.name, "active": User.active}
+
+
+def page_users(db: Session, actor, req: PageRequest, search: str | None = None, role: str | None = None) -> Page:
+    """A page of the user accounts (for admins), searched by e-mail or name, filtered by role."""
+    require_role(db, actor, "admin")
+    q = select(User)
+    if search:
+        term = search.strip()
+        q = q.where(or_(User.email.contains(term, autoescape=True), User.name.contains(term, autoescape=True)))
+    if role:
+        if role not in ROLES:
+            raise ValidationError("role must be one of: " + ", ".join(ROLES) + ".", {"role": "an unknown role"})
+        q = q.where(User.id.in_(select(RoleAssignment.user_id).where(RoleAssignment.role == role)))
+    sort = sort_key(req.sort, USER_SORTS, "email")
+    return paginate(db, ordered(q, sort, USER_SORTS, User.id), req, sort=sort)
 
 
 def get_user(db: Session, actor, user_id: int) -> User:

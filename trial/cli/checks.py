@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import click
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from trial.cli.common import Group, session
 from trial.notify.service import send_pending
-from trial.outcomes.service import check_missing_forms
+from trial.outcomes.service import check_missing_forms, missing_form_candidates
 from trial.participants.models import Allocation, Participant
 from trial.trialstate.service import active_lock_id
 
@@ -27,10 +27,9 @@ def checks_run(on):
         if active_lock_id(s) is not None:
             click.echo("a lock is in force: no checks run (the data are frozen)")
             return
-        people = list(s.execute(select(Participant).join(Allocation, Allocation.participant_id == Participant.id)
-                                .order_by(Participant.id)).scalars())
-        raised = check_missing_forms(s, people, day)
+        people = s.execute(select(func.count()).select_from(Allocation)).scalar_one()
+        raised = check_missing_forms(s, missing_form_candidates(s, select(Participant), day), day)
         s.commit()
         sent, failed = send_pending(s)
-    click.echo(f"{len(people)} randomized participants checked; {raised} new queries for missing forms"
+    click.echo(f"{people} randomized participants checked; {raised} new queries for missing forms"
                + (f"; {sent} e-mails sent" if sent else "") + (f"; {failed} e-mails could not be sent" if failed else ""))

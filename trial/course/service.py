@@ -4,24 +4,85 @@ Session data is allocation data (the arms differ in frequency): every reader her
 unblinded for the participant's site (trial.scope.can_see_arm)."""
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.course.models import ATTENDANCE, CounsellingSession, TherapySession
+from trial.dataquality.service import clear_verification
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
+from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.participants.models import Allocation, Participant
-from trial.participants.service import allocation_of, ensure_accepts_data, get_participant, randomization_day
+from trial.participants.service import allocation_of, ensure_accepts_data, events_of, get_participant, randomization_day
 from trial.protocol.service import current as current_protocol
 from trial.scope import can_see_arm, require_site_role, visible_site_ids
 from trial.sites.models import Site
-from trial.timeline import course_window, planned_sessions, today
+from trial.timeline import course_window, local_date, planned_sessions, today
 from trial.trialstate.service import ensure_writable
 from trial.validation import clinical_date, text
 
 
 def _arm(content: dict, key: str) -> dict:
     return next(a for a in content["arms"] if a["key"] == key)
+
+
+# the session's fields as the web form names them: every message names a field by its label
+LABELS = {"held_on": "Date", "attendance": "Attendance", "minutes": "Minutes", "techniques": "Techniques",
+          "engagement": "Child engagement", "note": "Short note", "reason": "Reason for the correction"}
+ATTENDANCE_LABELS = {"attended": "Attended", "cancelled": "Cancelled", "no_show": "No show"}
+SESSION_FIELDS = ("held_on", "attendance", "minutes", "techniques", "engagement", "note")
+MAX_MINUTES = 240
+
+
+def _refuse(what: str, errors: dict[str, str]) -> None:
+    """One 400 naming every bad field by its label (``errors`` keep the field names, for forms)."""
+    if errors:
+        raise ValidationError(f"{what}: " + "; ".join(f"{LABELS.get(k, k)} {v}" for k, v in errors.items()), errors)
+
+
+def _checked(data: dict, content: dict, site_today, errors: dict[str, str]) -> dict:
+    """A session's fields checked as a whole (new, or as a correction leaves it): the problems go
+    to ``errors``. An attended session lasts more than 0 minutes; a cancelled session, or one the
+    child did not come to, lasted none."""
+    held = clinical_date(data.get("held_on"), "held_on", errors, site_today)
+    attendance = data.get("attendance")
+    if attendance not in ATTENDANCE:
+        errors["attendance"] = f"must be one of {', '.join(ATTENDANCE)}"
+    minutes = data.get("minutes")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int) or not 0 <= minutes <= MAX_MINUTES):
+        errors["minutes"] = f"must be a whole number of minutes from 0 to {MAX_MINUTES}"
+    elif attendance == "attended" and not minutes:
+        errors["minutes"] = f"is required for an attended session (more than 0 minutes, at most {MAX_MINUTES})"
+    elif attendance in ATTENDANCE and attendance != "attended" and minutes:
+        errors["minutes"] = (f"must be empty (or 0) when Attendance is {ATTENDANCE_LABELS[attendance]}: "
+                             "the session did not take place")
+    techniques = data.get("techniques")
+    allowed = content["course"]["techniques"]
+    if not isinstance(techniques, list) or any(t not in allowed for t in techniques):
+        errors["techniques"] = f"must be a list drawn from {', '.join(allowed)}"
+        techniques = []
+    engagement = data.get("engagement")
+    if engagement is not None and (isinstance(engagement, bool) or not isinstance(engagement, int) or not 1 <= engagement <= 5):
+        errors["engagement"] = "must be a whole number from 1 (none) to 5 (fully engaged)"
+    note = text(data.get("note"), "note", errors, 1000)
+    return {"held_on": held, "attendance": attendance, "minutes": minutes, "techniques": sorted(set(techniques)),
+            "engagement": engagement, "note": note}
+
+
+def _after_randomization(what: str, held, start) -> None:
+    if held < start:
+        raise ValidationError(f"{what}: Date is before randomization ({start.isoformat()})",
+                              {"held_on": f"is before randomization ({start.isoformat()})"})
+
+
+def _no_other_session_on(db: Session, p: Participant, held, except_id: int | None = None) -> None:
+    q = select(TherapySession.id).where(TherapySession.participant_id == p.id, TherapySession.held_on == held)
+    if except_id is not None:
+        q = q.where(TherapySession.id != except_id)
+    if db.execute(q).first():
+        raise Conflict(f"A session on {held.isoformat()} is already logged for {p.study_id}.", {"held_on": "another session on this day"})
 
 
 def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession:
@@ -35,44 +96,91 @@ def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession
     if _arm(content, alloc.arm)["sessions_per_week"] == 0:
         raise Conflict(f"{p.study_id} is not in a music-therapy arm: no sessions are logged for this child.")
     errors: dict[str, str] = {}
-    held = clinical_date(data.get("held_on"), "held_on", errors, today(p.site.timezone))
-    attendance = data.get("attendance")
-    if attendance not in ATTENDANCE:
-        errors["attendance"] = f"must be one of {', '.join(ATTENDANCE)}"
-    minutes = data.get("minutes")
-    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int) or not 0 <= minutes <= 240):
-        errors["minutes"] = "must be a whole number of minutes from 0 to 240"
-    if attendance == "attended" and not minutes and minutes is not None:
-        errors["minutes"] = "an attended session lasts more than 0 minutes"
-    techniques = data.get("techniques") or []
-    allowed = content["course"]["techniques"]
-    if not isinstance(techniques, list) or any(t not in allowed for t in techniques):
-        errors["techniques"] = f"must be a list drawn from {', '.join(allowed)}"
-    engagement = data.get("engagement")
-    if engagement is not None and (isinstance(engagement, bool) or not isinstance(engagement, int) or not 1 <= engagement <= 5):
-        errors["engagement"] = "must be a whole number from 1 (none) to 5 (fully engaged)"
-    note = text(data.get("note"), "note", errors, 1000)
-    if errors:
-        raise ValidationError("The session was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+    v = _checked({**data, "techniques": data.get("techniques", [])}, content, today(p.site.timezone), errors)
+    _refuse("The session was not saved", errors)
+    held = v["held_on"]
     ensure_accepts_data(db, p, "session", held)
     start = randomization_day(db, p, alloc)
-    if held < start:
-        raise ValidationError("The session was not saved: held_on is before randomization",
-                              {"held_on": f"is before randomization ({start.isoformat()})"})
-    if db.execute(select(TherapySession.id).where(TherapySession.participant_id == p.id,
-                                                  TherapySession.held_on == held)).first():
-        raise Conflict(f"A session on {held.isoformat()} is already logged for {p.study_id}.")
+    _after_randomization("The session was not saved", held, start)
+    _no_other_session_on(db, p, held)
     _, end = course_window(start, content["course"]["months"])
-    s = TherapySession(participant_id=p.id, held_on=held, attendance=attendance, minutes=minutes,
-                       techniques=sorted(set(techniques)), engagement=engagement, note=note,
-                       outside_course=held > end, logged_by_id=getattr(actor, "id", None))
+    s = TherapySession(participant_id=p.id, outside_course=held > end, logged_by_id=getattr(actor, "id", None), **v)
     db.add(s)
     db.flush()
-    audit.created(db, actor, "therapy_session", s.id, {"participant": p.study_id, "held_on": held, "attendance": attendance,
-                                                       "minutes": minutes, "techniques": s.techniques,
-                                                       "engagement": engagement, "note": s.note,
-                                                       "outside_course": s.outside_course}, reveals_allocation=True)
+    audit.created(db, actor, "therapy_session", s.id, {"participant": p.study_id, "held_on": held,
+                                                       "attendance": s.attendance, "minutes": s.minutes,
+                                                       "techniques": s.techniques, "engagement": s.engagement,
+                                                       "note": s.note, "outside_course": s.outside_course},
+                  reveals_allocation=True)
     return s
+
+
+def session_for_correction(db: Session, actor, session_id: int, for_update: bool = False) -> tuple[TherapySession, Participant]:
+    """The session and its child, for the therapist of the site who corrects it. A session the
+    actor may not know of (another site, a blinded role) answers 404 like one that does not exist:
+    that a session exists tells of the allocation."""
+    s = db.get(TherapySession, session_id)
+    if s is None or not can_see_arm(db, actor, db.get(Participant, s.participant_id).site_id):
+        raise NotFound(f"No session {session_id}.")
+    p = get_participant(db, actor, db.get(Participant, s.participant_id).study_id, for_update=for_update)
+    require_site_role(db, actor, p.site_id, "therapist")
+    if for_update:
+        db.refresh(s)  # what another correction committed while this one waited for the row
+    return s, p
+
+
+def session_values(s: TherapySession) -> dict:
+    return {"held_on": s.held_on, "attendance": s.attendance, "minutes": s.minutes, "techniques": list(s.techniques or []),
+            "engagement": s.engagement, "note": s.note}
+
+
+def session_view(s: TherapySession) -> dict:
+    return {"id": s.id, "held_on": s.held_on.isoformat(), "attendance": s.attendance, "minutes": s.minutes,
+            "techniques": s.techniques, "engagement": s.engagement, "note": s.note, "outside_course": s.outside_course}
+
+
+def correct_session(db: Session, actor, session_id: int, data: dict) -> TherapySession:
+    """Change a logged session (the fields given; the others stay as recorded) with a required
+    reason. The whole session must still be valid; the old values stay in the audit trail, one
+    record per changed field with the reason, and a source-verification mark is cleared."""
+    s, p = session_for_correction(db, actor, session_id, for_update=True)
+    ensure_writable(db)
+    content = current_protocol(db).content
+    errors: dict[str, str] = {}
+    reason = text(data.get("reason"), "reason", errors, 500)
+    if reason is None and "reason" not in errors:
+        errors["reason"] = "is required for a correction"
+    for k in sorted(set(data) - set(SESSION_FIELDS) - {"reason"}):
+        errors[k] = "is not a field of a session that can be corrected"
+    old = session_values(s)
+    v = _checked({**old, **{k: data[k] for k in SESSION_FIELDS if k in data}}, content, today(p.site.timezone), errors)
+    _refuse("The correction was not saved", errors)
+    changes = {k: (old[k], v[k]) for k in SESSION_FIELDS if old[k] != v[k]}
+    if not changes:
+        raise ValidationError("The correction changes nothing: every field is as recorded.", {})
+    if "held_on" in changes:
+        alloc = allocation_of(db, p.id)
+        start = randomization_day(db, p, alloc)
+        _after_randomization("The correction was not saved", v["held_on"], start)
+        _no_other_session_on(db, p, v["held_on"], except_id=s.id)
+        _session_date_allowed(db, p, v["held_on"])
+        _, end = course_window(start, content["course"]["months"])
+        if s.outside_course != (v["held_on"] > end):
+            changes["outside_course"] = (s.outside_course, v["held_on"] > end)
+    for k, (_, new) in changes.items():
+        setattr(s, k, new)
+    audit.record(db, actor, "correct", "therapy_session", s.id, changes, reason=reason, reveals_allocation=True)
+    clear_verification(db, actor, "session", s.id, p, f"corrected: {reason}")
+    return s
+
+
+def _session_date_allowed(db: Session, p: Participant, held) -> None:
+    """A session moved to another day must not fall on or after the day the child withdrew, died
+    or stopped the intervention (a correction of a session as it was held is always possible)."""
+    for e in events_of(db, [p.id]).get(p.id, []):
+        if e.type in ("withdrawn", "died", "discontinued_intervention", "not_received") and held >= e.on:
+            raise Conflict(f"{p.study_id}: {e.type.replace('_', ' ')} on {e.on.isoformat()}; a session cannot be "
+                           f"moved to {held.isoformat()}, on or after that day.", {"held_on": f"is on or after {e.on.isoformat()}"})
 
 
 def log_counselling(db: Session, actor, study_id: str, data: dict) -> CounsellingSession:
@@ -114,9 +222,12 @@ def sessions_of(db: Session, actor, study_id: str) -> tuple[Participant, list[Th
     return p, list(rows)
 
 
-def dose(db: Session, p: Participant, alloc: Allocation, content: dict, sessions: list[TherapySession]) -> dict:
+def dose(db: Session, p: Participant, alloc: Allocation, content: dict, sessions: list[TherapySession],
+         start: dt.date | None = None) -> dict:
+    """Sessions planned, logged and attended in the course, and the dose (attended / planned);
+    ``start``, the randomization day, when the caller knows it already."""
     arm = _arm(content, alloc.arm)
-    start = randomization_day(db, p, alloc)
+    start = start or randomization_day(db, p, alloc)
     _, end = course_window(start, content["course"]["months"])
     planned = planned_sessions(arm["sessions_per_week"], start, end)
     attended = sum(1 for s in sessions if s.attendance == "attended" and not s.outside_course)
@@ -125,33 +236,94 @@ def dose(db: Session, p: Participant, alloc: Allocation, content: dict, sessions
             "course_start": start.isoformat(), "course_end": end.isoformat()}
 
 
-def adherence_by_arm(db: Session, actor, site_code: str | None = None) -> list[dict]:
-    """Dose received per arm (unblinded managers; coordinators and therapists for their sites)."""
-    sites = visible_site_ids(db, actor, "coordinator", "therapist", "monitor", "manager")
+def _adherence_scope(db: Session, actor, site_code: str | None):
+    """A select of (participant, allocation) the actor may read the arm of, and the attended
+    in-course sessions of each, as a correlated count."""
     if not actor.has_role("manager", "coordinator", "therapist", "monitor"):
         raise Forbidden("Adherence by arm reveals allocations; your role is blinded.")
-    content = current_protocol(db).content
-    q = select(Participant, Allocation).join(Allocation, Allocation.participant_id == Participant.id)
-    if sites is not None:
-        q = q.where(Participant.site_id.in_(sites))
+    sites = visible_site_ids(db, actor, "coordinator", "therapist", "monitor", "manager")
+    arm_sites = sorted(sid for sid in db.execute(select(Site.id)).scalars()
+                       if (sites is None or sid in sites) and can_see_arm(db, actor, sid))
+    q = (select(Participant, Allocation).join(Allocation, Allocation.participant_id == Participant.id)
+         .where(Participant.site_id.in_(arm_sites)))
     if site_code:
         q = q.join(Site, Site.id == Participant.site_id).where(Site.code == site_code.upper())
-    rows = [(p, a) for p, a in db.execute(q).all() if can_see_arm(db, actor, p.site_id)]
-    sessions: dict[int, list[TherapySession]] = {}
-    if rows:
-        for s in db.execute(select(TherapySession).where(TherapySession.participant_id.in_([p.id for p, _ in rows]))).scalars():
-            sessions.setdefault(s.participant_id, []).append(s)
+    return q
+
+
+def _attended():
+    return (select(func.count()).select_from(TherapySession)
+            .where(TherapySession.participant_id == Participant.id, TherapySession.attendance == "attended",
+                   TherapySession.outside_course.is_(False)).scalar_subquery())
+
+
+def adherence_by_arm(db: Session, actor, site_code: str | None = None) -> list[dict]:
+    """Dose received per arm (unblinded managers; coordinators, therapists and monitors for their
+    sites). The attended sessions are counted in the database; the planned number depends only on
+    the arm and the randomization day, so it is worked out once per distinct day."""
+    content = current_protocol(db).content
+    scope = _adherence_scope(db, actor, site_code).subquery()
+    attended = (select(func.count()).select_from(TherapySession)
+                .where(TherapySession.participant_id == scope.c.id, TherapySession.attendance == "attended",
+                       TherapySession.outside_course.is_(False)).scalar_subquery())
+    rows = db.execute(select(scope.c.arm, scope.c.site_id, scope.c.randomized_at, attended)).all()
+    tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
+    arms = {a["key"]: a for a in content["arms"]}
+    minimum = content["course"]["min_attended_sessions"]
+    planned_cache: dict[tuple[str, dt.date], int] = {}
+    agg = {k: {"participants": 0, "attended": 0, "doses": [], "minimum": 0} for k in arms}
+    for arm, site_id, at, n in rows:
+        a = agg.setdefault(arm, {"participants": 0, "attended": 0, "doses": [], "minimum": 0})
+        a["participants"] += 1
+        if not arms.get(arm, {}).get("sessions_per_week"):
+            continue
+        start = local_date(at, tzs[site_id])
+        if (arm, start) not in planned_cache:
+            planned_cache[(arm, start)] = planned_sessions(arms[arm]["sessions_per_week"], *course_window(start, content["course"]["months"]))
+        planned = planned_cache[(arm, start)]
+        a["attended"] += n
+        a["minimum"] += n >= minimum
+        if planned:
+            a["doses"].append(n / planned)
     out = []
     for arm in content["arms"]:
-        members = [(p, a) for p, a in rows if a.arm == arm["key"]]
-        doses = [dose(db, p, a, content, sessions.get(p.id, [])) for p, a in members] if arm["sessions_per_week"] else []
-        vals = [d["dose"] for d in doses if d["dose"] is not None]
-        minimum = content["course"]["min_attended_sessions"]
-        out.append({"arm": arm["key"], "label": arm["label"], "participants": len(members),
-                    "sessions_attended": sum(d["attended"] for d in doses),
-                    "mean_dose": round(sum(vals) / len(vals), 3) if vals else None,
-                    "received_minimum": sum(1 for d in doses if d["attended"] >= minimum) if arm["sessions_per_week"] else None})
+        a, music = agg[arm["key"]], bool(arm["sessions_per_week"])
+        out.append({"arm": arm["key"], "label": arm["label"], "participants": a["participants"],
+                    "sessions_attended": a["attended"],
+                    "mean_dose": round(sum(a["doses"]) / len(a["doses"]), 3) if a["doses"] else None,
+                    "received_minimum": a["minimum"] if music else None})
     return out
+
+
+ADHERENCE_SORTS = {"study_id": Participant.study_id, "arm": Allocation.arm, "attended": _attended(),
+                   "randomized_at": Allocation.randomized_at}
+
+
+def adherence_page(db: Session, actor, req: PageRequest, site_code: str | None = None, arm: str | None = None,
+                   search: str | None = None) -> Page:
+    """A page of the music-therapy participants' dose (study id, arm, sessions attended and
+    planned, dose), filtered, sorted and counted in the database."""
+    content = current_protocol(db).content
+    music = [a["key"] for a in content["arms"] if a["sessions_per_week"]]
+    q = _adherence_scope(db, actor, site_code).where(Allocation.arm.in_(music))
+    if arm:
+        if arm not in music:
+            raise ValidationError("arm must be a music-therapy arm.", {"arm": "not a music-therapy arm"})
+        q = q.where(Allocation.arm == arm)
+    if search:
+        q = q.where(Participant.study_id.contains(search.strip().upper(), autoescape=True))
+    sort = sort_key(req.sort, ADHERENCE_SORTS, "study_id")
+    page = paginate(db, ordered(q, sort, ADHERENCE_SORTS, Participant.id), req, scalars=False, sort=sort)
+    ids = [p.id for p, _ in page.items]
+    sessions: dict[int, list[TherapySession]] = {}
+    if ids:
+        for x in db.execute(select(TherapySession).where(TherapySession.participant_id.in_(ids))).scalars():
+            sessions.setdefault(x.participant_id, []).append(x)
+    labels = {a["key"]: a["label"] for a in content["arms"]}
+    tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
+    return page.map(lambda rows: [{"study_id": p.study_id, "arm": a.arm, "arm_label": labels.get(a.arm, a.arm),
+                                   **dose(db, p, a, content, sessions.get(p.id, []), local_date(a.randomized_at, tzs[p.site_id]))}
+                                  for p, a in rows])
 
 
 def participant_course(db: Session, actor, study_id: str) -> dict:
@@ -161,9 +333,7 @@ def participant_course(db: Session, actor, study_id: str) -> dict:
         raise NotFound(f"{p.study_id} is not randomized.")
     content = current_protocol(db).content
     out = {"study_id": p.study_id, "arm": alloc.arm,
-           "sessions": [{"id": s.id, "held_on": s.held_on.isoformat(), "attendance": s.attendance, "minutes": s.minutes,
-                         "techniques": s.techniques, "engagement": s.engagement, "note": s.note,
-                         "outside_course": s.outside_course} for s in rows],
+           "sessions": [session_view(s) for s in rows],
            "counselling": counselling_of(db, p)}
     if _arm(content, alloc.arm)["sessions_per_week"]:
         out["dose"] = dose(db, p, alloc, content, rows)

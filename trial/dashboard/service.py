@@ -1,4 +1,4 @@
-"""The record status grid (participants x visits) and the recruitment chart. Both are built
+"""The record status grid (participants x forms at each visit) and the recruitment chart. Both are built
 only from arm-independent data: enrollment, randomization dates, visits and assessments."""
 from __future__ import annotations
 
@@ -9,50 +9,98 @@ from sqlalchemy.orm import Session
 
 from trial.monitoring.service import marks, may_read_marks
 from trial.outcomes.service import schedule
+from trial.paging import PageRequest, ordered, paginate, sort_key
 from trial.participants.models import Allocation, Assessment, Participant, Screening
-from trial.participants.service import participant_views, visible_participants
+from trial.participants.service import participant_query, participant_sorts, participant_views, status_expression
 from trial.protocol.service import current as current_protocol
 from trial.queries.service import badges as query_badges
+from trial.queries.service import form_badges
 from trial.scope import visible_site_ids
 from trial.sites.models import Site
 
-STATUS_COLOURS = {"done": "#2e7d32", "done_out_of_window": "#9ccc65", "due": "#f9a825", "overdue": "#c62828",
-                  "upcoming": "#cfd8dc", "missing": "#c62828", "not_expected": "#eeeeee",
-                  "not_yet_randomized": "#ffffff"}
+# the state of one form in the grid (with whether it is queried or verified shown beside it)
+CELL_STATES = ("entered", "entered_out_of_window", "due", "missing", "upcoming", "not_expected", "not_yet_randomized")
+FROM_VISIT = {"due": "due", "overdue": "missing", "missing": "missing", "upcoming": "upcoming",
+              "not_expected": "not_expected", "not_yet_randomized": "not_yet_randomized", "done": "missing",
+              "done_out_of_window": "missing"}
 
 
-def status_grid(db: Session, actor, site_code: str | None = None) -> dict:
-    people = visible_participants(db, actor, site_code)
+def grid_columns(db: Session, actor) -> list[dict]:
+    """The grid's columns: each instrument at each visit where it is taken, in the protocol's
+    order, limited to the instruments this reader's roles enter or read."""
+    content = current_protocol(db).content
+    if actor.has_role("manager", "monitor", "statistician", "admin"):
+        readable = {i["key"] for i in content["instruments"]}
+    else:
+        roles = {r.role for r in actor.roles}
+        readable = {i["key"] for i in content["instruments"] if (i["blinded"] and "assessor" in roles)
+                    or (not i["blinded"] and "coordinator" in roles)}
+    return [{"visit": v["key"], "visit_label": v["label"], "instrument": i["key"],
+             "label": i["label"].split(" (")[0], "blinded": i["blinded"]}  # "ADOS-2"
+            for v in content["visits"] for i in content["instruments"] if v["key"] in i["visits"] and i["key"] in readable]
+
+
+def status_grid(db: Session, actor, req: PageRequest, site_code: str | None = None, search: str | None = None,
+                status: str | None = None) -> dict:
+    """A page of the record status grid: one row per participant, one cell per instrument per
+    visit with the form's state (entered, entered out of window, due, missing, upcoming, not
+    expected), its open queries and, for monitors and managers, whether it is source-verified.
+    Built from arm-independent data only; the page's participants are chosen, sorted and counted
+    in the database, and each page costs a fixed number of queries."""
+    allowed = {"study_id": Participant.study_id, "site": participant_sorts(db, actor)["site"],
+               "status": status_expression(db, actor)}
+    sort = sort_key(req.sort, allowed, "study_id")
+    page = paginate(db, ordered(participant_query(db, actor, site_code, search, status), sort, allowed, Participant.id),
+                    req, sort=sort)
+    people = page.items
     views = {v["study_id"]: v for v in participant_views(db, actor, people)}
     sched = schedule(db, actor, people)
-    visits = [{"key": v["key"], "label": v["label"]} for v in current_protocol(db).content["visits"]]
+    columns = grid_columns(db, actor)
     ids = [p.id for p in people]
+    entered: dict[tuple[int, str, str], Assessment] = {}
+    if ids:
+        for a in db.execute(select(Assessment).where(Assessment.participant_id.in_(ids))
+                            .order_by(Assessment.performed_on, Assessment.id)).scalars():
+            entered[(a.participant_id, a.visit, a.instrument)] = a
+    shows_marks = may_read_marks(actor)
+    standing = marks(db, ids) if shows_marks else {}
+    queried = form_badges(db, actor, ids)
     badges = query_badges(db, actor, ids)  # as this user may see the queries: an assessor only its own kind
-    forms = _forms(db, ids) if may_read_marks(actor) else None
-    standing = marks(db, ids) if forms is not None else {}
-    labels = {i["key"]: i["label"].split(" (")[0] for i in current_protocol(db).content["instruments"]}  # "ADOS-2"
+    # who may open the entry form: assessors enter blinded instruments, coordinators the others
+    enterers = {(r.site_id, blinded): {c["instrument"] for c in columns if c["blinded"] == blinded}
+                for r in actor.roles for blinded in (True, False)
+                if (r.role == "assessor" and blinded) or (r.role == "coordinator" and not blinded)}
     rows = []
     for p in people:
-        cells = {c["visit"]: c for c in sched[p.id]}
-        row_cells = []
-        for v in visits:
-            cell = dict(cells[v["key"]])
-            if forms is not None:  # verified / not verified per form, for monitors and managers
-                cell["forms"] = [{"label": labels.get(ins, ins), "verified": (p.id, "assessment", aid) in standing}
-                                 for aid, ins in forms.get((p.id, v["key"]), [])]
-            row_cells.append(cell)
+        visit_state = {c["visit"]: c for c in sched[p.id]}
+        cells = []
+        for col in columns:
+            v = visit_state[col["visit"]]
+            a = entered.get((p.id, col["visit"], col["instrument"]))
+            if a is not None:
+                cell = {"state": "entered_out_of_window" if a.out_of_window else "entered", "assessment_id": a.id,
+                        "on": a.performed_on.isoformat(), "queries": queried.get((p.id, "assessment", a.id), 0),
+                        "verified": (p.id, "assessment", a.id) in standing if shows_marks else None}
+            else:
+                cell = {"state": FROM_VISIT.get(v["status"], "upcoming"), "assessment_id": None,
+                        "queries": queried.get((p.id, col["visit"], col["instrument"]), 0), "verified": None}
+            cell["window"] = (v.get("window_start"), v.get("window_end"))
+            cell["enters"] = col["instrument"] in enterers.get((p.site_id, col["blinded"]), ())
+            cells.append(cell)
         rows.append({"study_id": p.study_id, "site": views[p.study_id]["site"], "status": views[p.study_id]["status"],
-                     "queries": badges.get(p.id, 0), "cells": row_cells})
-    return {"visits": visits, "rows": rows, "colours": STATUS_COLOURS, "marks": forms is not None}
+                     "queries": badges.get(p.id, 0), "cells": cells})
+    return {"columns": columns, "visits": _spans(columns), "page": page.map(lambda _: rows), "marks": shows_marks,
+            "states": CELL_STATES}
 
 
-def _forms(db: Session, participant_ids: list[int]) -> dict[tuple[int, str], list[tuple[int, str]]]:
-    out: dict[tuple[int, str], list[tuple[int, str]]] = {}
-    if participant_ids:
-        for aid, pid, visit, ins in db.execute(select(Assessment.id, Assessment.participant_id, Assessment.visit,
-                                                      Assessment.instrument).where(Assessment.participant_id.in_(participant_ids))
-                                               .order_by(Assessment.instrument)):
-            out.setdefault((pid, visit), []).append((aid, ins))
+def _spans(columns: list[dict]) -> list[dict]:
+    """The visits over the grid's columns, each with how many columns it spans."""
+    out: list[dict] = []
+    for c in columns:
+        if out and out[-1]["visit"] == c["visit"]:
+            out[-1]["span"] += 1
+        else:
+            out.append({"visit": c["visit"], "label": c["visit_label"], "span": 1})
     return out
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from trial.audit import service as audit
 from trial.db import insert_ignore, lock_for_update, utcnow
 from trial.errors import Conflict, NotFound, ValidationError
+from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.participants.models import SEXES, Participant, Screening, SiteSequence
 from trial.participants.service import age_in_months
 from trial.protocol.service import current as current_protocol
@@ -75,15 +76,34 @@ def record_screening(db: Session, actor, data: dict) -> Screening:
     return sc
 
 
-def list_screenings(db: Session, actor, site_code: str | None = None) -> list[tuple[Screening, str, str | None]]:
+SCREENING_OUTCOMES = ("eligible", "not_eligible", "declined", "other")
+SCREENING_SORTS = {"id": Screening.id, "site": Site.code, "screened_on": Screening.screened_on,
+                   "outcome": Screening.outcome, "study_id": Participant.study_id}
+
+
+def page_screenings(db: Session, actor, req: PageRequest, site_code: str | None = None, search: str | None = None,
+                    outcome: str | None = None) -> Page:
+    """A page of the screening log (newest first unless sorted otherwise): rows of (screening,
+    site code, study id or None), filtered by site, outcome and a study-id fragment, counted in
+    the database."""
     sites = visible_site_ids(db, actor, "coordinator", "monitor", "manager")
     q = (select(Screening, Site.code, Participant.study_id).join(Site, Site.id == Screening.site_id)
-         .outerjoin(Participant, Participant.screening_id == Screening.id).order_by(Screening.id.desc()))
+         .outerjoin(Participant, Participant.screening_id == Screening.id))
     if sites is not None:
-        q = q.where(Screening.site_id.in_(sites))
+        q = q.where(Screening.site_id.in_(sorted(sites)))
     if site_code:
         q = q.where(Site.code == site_code.upper())
-    return list(db.execute(q.limit(500)).all())
+    if outcome:
+        if outcome not in SCREENING_OUTCOMES:
+            raise ValidationError("outcome must be one of: " + ", ".join(SCREENING_OUTCOMES) + ".",
+                                  {"outcome": "an unknown screening outcome"})
+        q = q.where(Screening.outcome == outcome)
+    if search:
+        term = search.strip()
+        q = q.where(Screening.id == int(term) if term.isdigit() and len(term) < 10
+                    else Participant.study_id.contains(term.upper(), autoescape=True))
+    sort = sort_key(req.sort, SCREENING_SORTS, "-id")
+    return paginate(db, ordered(q, sort, SCREENING_SORTS, Screening.id), req, scalars=False, sort=sort)
 
 
 # --- enrollment ------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, DateField, IntegerField, RadioField, SelectField, StringField, SubmitField
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
+from trial.outcomes.service import CONFIDENCE_CHOICES, GUESS_CHOICES, GUESS_LABELS
+
 
 def screening_form(criteria: list[dict], sites: list[tuple[str, str]]):
     class ScreeningForm(FlaskForm):
@@ -41,11 +43,13 @@ def assessment_form(instrument: dict, visits: list[tuple[str, str]], with_guess:
         if f.get("min") is not None:
             v.append(NumberRange(min=f["min"], max=f["max"]))
         setattr(AssessmentForm, f"v_{f['key']}", IntegerField(label, validators=v))
-    if with_guess:
-        AssessmentForm.allocation_guess = SelectField("Your guess of the allocation (after follow-up visits)",
-                                                      choices=[("", "—"), ("music_therapy", "Music therapy"),
-                                                               ("usual_care", "Usual care"), ("unsure", "Unsure")])
-        AssessmentForm.guess_confidence = SelectField("Confidence", choices=[("", "—")] + [(str(i), str(i)) for i in range(1, 6)])
+    if with_guess:  # only at the visits where the protocol takes the assessor's guess
+        AssessmentForm.allocation_guess = SelectField(GUESS_LABELS["allocation_guess"],
+                                                      choices=[("", "—")] + list(GUESS_CHOICES.items()),
+                                                      description="Which arm do you think the child is in?")
+        AssessmentForm.guess_confidence = SelectField(GUESS_LABELS["guess_confidence"],
+                                                      choices=[("", "—")] + [(str(k), v) for k, v in CONFIDENCE_CHOICES.items()],
+                                                      description="Required with a guess.")
     AssessmentForm.confirm_window = BooleanField("The date is outside the visit's window: save it anyway "
                                                  "(it is recorded as a deviation and a query asks the site to confirm it)")
     AssessmentForm.submit = SubmitField("Save assessment")

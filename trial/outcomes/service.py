@@ -4,23 +4,24 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
+from trial.dataquality.models import DataQuery
 from trial.dataquality.service import clear_verification, raise_check, resolve_check
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.notify.service import notify, users_with_role
 from trial.outcomes.models import BlindingBreak
-from trial.participants.models import GUESSES, Assessment, Participant
+from trial.participants.models import GUESSES, Allocation, Assessment, Participant
 from trial.participants.service import (
     allocation_of,
     allocations_for,
     ensure_accepts_data,
     events_of,
     get_participant,
+    participant_query,
     randomization_day,
-    visible_participants,
 )
 from trial.protocol.service import current as current_protocol
 from trial.scope import is_cli, require_site_role
@@ -78,6 +79,51 @@ def validate_values(instrument: dict, values: Any) -> dict[str, Any]:
     return out
 
 
+# the allocation guess, named as the entry form names it
+GUESS_LABELS = {"allocation_guess": "Allocation guess", "guess_confidence": "Confidence in the guess"}
+GUESS_CHOICES = {"music_therapy": "Music therapy", "usual_care": "Usual care", "unsure": "Unsure"}
+CONFIDENCE_CHOICES = {1: "1 (pure guess)", 2: "2", 3: "3", 4: "4", 5: "5 (certain)"}
+
+
+def takes_guess(content: dict, instrument: dict, visit_key: str) -> bool:
+    """Does the assessor record a guess of the allocation with this instrument at this visit? Only
+    with a blinded instrument, at the visits the protocol marks ``allocation_guess`` (a protocol
+    stored before that key: every visit after baseline). Never at baseline."""
+    if not instrument["blinded"] or visit_key == "baseline":
+        return False
+    visit = next((v for v in content["visits"] if v["key"] == visit_key), None)
+    return visit is not None and bool(visit.get("allocation_guess", True))
+
+
+def guess_visits(content: dict) -> list[str]:
+    return [v["key"] for v in content["visits"] if v["key"] != "baseline" and v.get("allocation_guess", True)]
+
+
+def guess_errors(content: dict, instrument: dict, visit: dict, guess: Any, confidence: Any) -> dict[str, str]:
+    """What is wrong with an allocation guess and its confidence (``{}`` when nothing): a guess
+    only where the protocol takes one, always with its confidence, a confidence only with a guess."""
+    errors: dict[str, str] = {}
+    if guess is not None:
+        if not instrument["blinded"]:
+            errors["allocation_guess"] = "is recorded only with a blinded assessment"
+        elif guess not in GUESSES:
+            errors["allocation_guess"] = f"must be one of {', '.join(GUESSES)}"
+        elif visit["key"] == "baseline":
+            errors["allocation_guess"] = "is not taken at baseline: there is no allocation to guess before randomization"
+        elif not takes_guess(content, instrument, visit["key"]):
+            labels = [v["label"] for v in content["visits"] if v["key"] in guess_visits(content)]
+            errors["allocation_guess"] = (f"is not taken at {visit['label']}; the protocol takes it at "
+                                          f"{', '.join(labels) if labels else 'no visit'}")
+    if confidence is None:
+        if guess is not None and "allocation_guess" not in errors:
+            errors["guess_confidence"] = "is required with a guess: from 1 (pure guess) to 5 (certain)"
+    elif guess is None:
+        errors["guess_confidence"] = "is recorded only with an allocation guess"
+    elif isinstance(confidence, bool) or not isinstance(confidence, int) or not 1 <= confidence <= 5:
+        errors["guess_confidence"] = "must be a whole number from 1 (pure guess) to 5 (certain)"
+    return errors
+
+
 def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessment:
     p = get_participant(db, actor, study_id, for_update=True)  # concurrent duplicates queue here
     content = current_protocol(db).content
@@ -103,20 +149,10 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
     guess = data.get("allocation_guess")
     confidence = data.get("guess_confidence")
     alloc = allocation_of(db, p.id)
-    if guess is not None:
-        if not ins["blinded"]:
-            errors["allocation_guess"] = "is recorded only with a blinded assessment"
-        elif guess not in GUESSES:
-            errors["allocation_guess"] = f"must be one of {', '.join(GUESSES)}"
-        elif visit["key"] == "baseline":
-            errors["allocation_guess"] = "there is no allocation to guess at baseline"
-    if confidence is not None:
-        if guess is None:
-            errors["guess_confidence"] = "is recorded only with an allocation_guess"
-        elif isinstance(confidence, bool) or not isinstance(confidence, int) or not 1 <= confidence <= 5:
-            errors["guess_confidence"] = "must be a whole number from 1 (pure guess) to 5 (certain)"
+    errors.update(guess_errors(content, ins, visit, guess, confidence))
     if errors:
-        raise ValidationError("The assessment was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+        raise ValidationError("The assessment was not saved: " + "; ".join(f"{GUESS_LABELS.get(k, k)} {v}" for k, v in errors.items()),
+                              errors)
     ensure_accepts_data(db, p, "assessment", performed)
     out_of_window = False
     if visit["key"] == "baseline":
@@ -327,6 +363,82 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
     return out
 
 
+def _today_span(db: Session, on: dt.date | None) -> tuple[dt.date, dt.date]:
+    """The earliest and the latest "today" over the sites' time zones (or ``on``)."""
+    if on is not None:
+        return on, on
+    days = {today(tz) for tz in db.execute(select(Site.timezone)).scalars()} or {dt.date.today()}
+    return min(days), max(days)
+
+
+def _utc(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.min)
+
+
+def _lacks(visit: str, instruments: list[str]):
+    """SQL: the participant lacks at least one of these forms at this visit."""
+    return or_(*[~exists().where(Assessment.participant_id == Participant.id, Assessment.visit == visit,
+                                 Assessment.instrument == k) for k in instruments])
+
+
+def _window_candidates(db: Session, stmt, kind: str, on: dt.date | None):
+    """Narrow a select of participants, in the database, to those who may have a visit of this
+    kind: a form lacking at a visit whose window is open (due) or closed (overdue, missing form),
+    or an assessment done outside its window. The randomization day is the site's local date of a
+    UTC time, so the bounds keep a day's margin either side; the exact status is then computed
+    for these few only, and the cost follows the length of the worklist, not the size of the trial."""
+    content = current_protocol(db).content
+    first, last = _today_span(db, on)
+    margin = dt.timedelta(days=1)
+    if kind == "out_of_window":
+        return stmt.where(exists().where(Assessment.participant_id == Participant.id, Assessment.out_of_window.is_(True)))
+    allocated = exists().where(Allocation.participant_id == Participant.id)
+    randomized_at = select(Allocation.randomized_at).where(Allocation.participant_id == Participant.id).scalar_subquery()
+    conds = []
+    for v in content["visits"]:
+        forms = [i["key"] for i in content["instruments"] if v["key"] in i["visits"]]
+        if not forms:
+            continue
+        if v["key"] == "baseline":
+            if kind == "due":
+                conds.append(and_(~allocated, _lacks(v["key"], forms)))
+            continue
+        closed_before = _utc(last - dt.timedelta(days=v["day"] + v["window_after"]) + margin)
+        if kind == "overdue":
+            conds.append(and_(randomized_at < closed_before, _lacks(v["key"], forms)))
+        else:  # due: lo <= today <= hi
+            opens_from = _utc(first - dt.timedelta(days=v["day"] + v["window_after"]) - margin)
+            opens_to = _utc(last + dt.timedelta(days=v["window_before"] - v["day"]) + 2 * margin)
+            conds.append(and_(randomized_at >= opens_from, randomized_at < opens_to, _lacks(v["key"], forms)))
+    return stmt.where(or_(*conds)) if conds else stmt.where(Participant.id.is_(None))
+
+
+def missing_form_candidates(db: Session, stmt, on: dt.date | None = None) -> list[Participant]:
+    """Of a select of participants, those with a form missing at a visit whose window has closed
+    and no automatic query raised for it yet, found in the database."""
+    content = current_protocol(db).content
+    _, last = _today_span(db, on)
+    conds = []
+    randomized_at = select(Allocation.randomized_at).where(Allocation.participant_id == Participant.id).scalar_subquery()
+    for v in content["visits"]:
+        if v["key"] == "baseline":
+            continue
+        closed_before = _utc(last - dt.timedelta(days=v["day"] + v["window_after"]) + dt.timedelta(days=1))
+        for ins in content["instruments"]:
+            if v["key"] not in ins["visits"]:
+                continue
+            conds.append(and_(
+                randomized_at < closed_before,
+                ~exists().where(Assessment.participant_id == Participant.id, Assessment.visit == v["key"],
+                                Assessment.instrument == ins["key"]),
+                ~exists().where(DataQuery.participant_id == Participant.id, DataQuery.origin == "check",
+                                DataQuery.kind == "assessment", DataQuery.target_id.is_(None),
+                                DataQuery.visit == v["key"], DataQuery.instrument == ins["key"])))
+    if not conds:
+        return []
+    return list(db.execute(stmt.where(or_(*conds)).order_by(Participant.id)).scalars())
+
+
 def check_missing_forms(db: Session, participants: list, on: dt.date | None = None) -> int:
     """An automatic query for each form still missing once its visit window has closed (not for a
     child withdrawn or deceased by then); idempotent: at most one open query per missing form.
@@ -340,6 +452,9 @@ def check_missing_forms(db: Session, participants: list, on: dt.date | None = No
                           .where(Assessment.participant_id.in_(ids))).all())
     events = events_of(db, ids)
     tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
+    asked = set(db.execute(select(DataQuery.participant_id, DataQuery.visit, DataQuery.instrument).where(
+        DataQuery.participant_id.in_(ids), DataQuery.origin == "check", DataQuery.kind == "assessment",
+        DataQuery.target_id.is_(None))).all())  # a missing form is queried once; a closed query is not raised again
     raised = 0
     for p in participants:
         alloc = allocs.get(p.id)
@@ -355,7 +470,7 @@ def check_missing_forms(db: Session, participants: list, on: dt.date | None = No
             if day <= hi or (final is not None and final.on <= hi):
                 continue
             for ins in content["instruments"]:
-                if v["key"] in ins["visits"] and (p.id, v["key"], ins["key"]) not in done:
+                if v["key"] in ins["visits"] and (p.id, v["key"], ins["key"]) not in done | asked:
                     q = raise_check(db, p, "assessment", None, missing_key(p.id, v["key"], ins["key"]),
                                     f"{ins['label']} at {v['label']} is missing: its window closed on {hi.isoformat()}. "
                                     "Enter it, or answer why it cannot be.",
@@ -364,15 +479,24 @@ def check_missing_forms(db: Session, participants: list, on: dt.date | None = No
     return raised
 
 
-def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt.date | None = None) -> list[dict]:
-    """Due, overdue or out-of-window visits of the participants the actor may see."""
-    if kind not in ("due", "overdue", "out_of_window"):
+WORKLISTS = ("due", "overdue", "out_of_window")
+
+
+def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt.date | None = None,
+             search: str | None = None, visit: str | None = None) -> list[dict]:
+    """Due, overdue or out-of-window visits of the participants the actor may see, found in the
+    database (see _window_candidates), soonest target first."""
+    if kind not in WORKLISTS:
         raise ValidationError("kind must be due, overdue or out_of_window", {"kind": "due, overdue or out_of_window"})
     if not actor.has_role("coordinator", "assessor", "monitor", "manager"):
         raise Forbidden("Visit lists are for coordinators, assessors and managers.")
-    people = visible_participants(db, actor, site_code)
+    visits = {v["key"] for v in current_protocol(db).content["visits"]}
+    if visit is not None and visit not in visits:
+        raise ValidationError("visit is not a visit of the protocol.", {"visit": "not a visit of the protocol"})
+    base = participant_query(db, actor, site_code, search)
     if active_lock_id(db) is None:  # the checks write; under a lock the worklist only reads
-        check_missing_forms(db, people, on)
+        check_missing_forms(db, missing_form_candidates(db, base, on), on)
+    people = list(db.execute(_window_candidates(db, base, kind, on).order_by(Participant.study_id)).scalars())
     sched = schedule(db, actor, people, on)
     want = {"due": ("due",), "overdue": ("overdue",), "out_of_window": ("done_out_of_window",)}[kind]
     broken = set(db.execute(select(BlindingBreak.participant_id).where(
@@ -380,7 +504,7 @@ def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt
     out = []
     for p in people:
         for v in sched[p.id]:
-            if v["status"] in want:
+            if v["status"] in want and (visit is None or v["visit"] == visit):
                 item = {"study_id": p.study_id, **v}
                 if p.id in broken:
                     item["warning"] = blinding_warning(db, actor, p.id)

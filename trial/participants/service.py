@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select
+from sqlalchemy import and_, case, exists, or_, select
 from sqlalchemy.orm import Session
 
 from trial.db import lock_for_update
-from trial.errors import Conflict, Forbidden, NotFound
+from trial.errors import Conflict, Forbidden, NotFound, ValidationError
+from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.participants.models import (
     ARM_REVEALING_EVENTS,
     FINAL_EVENTS,
@@ -69,22 +70,98 @@ def _therapist_only(actor, site_id: int) -> bool:
 
 
 def visible_participants(db: Session, actor, site_code: str | None = None) -> list[Participant]:
+    """Every participant ``actor`` may see (for the whole-trial readers: checks, exports)."""
+    return list(db.execute(participant_query(db, actor, site_code).order_by(Participant.study_id)).scalars())
+
+
+STATUSES = ("enrolled", "randomized", "not_received", "discontinued_intervention", "lost_to_follow_up",
+            "withdrawn", "died")
+
+
+def statuses_for(db: Session, actor) -> tuple[str, ...]:
+    """The statuses a reader may filter by: a reader who sees no arm never meets the statuses
+    that only an intervention can give (nor is offered them)."""
+    if arm_site_ids(db, actor):
+        return STATUSES
+    return tuple(s for s in STATUSES if s not in ARM_REVEALING_EVENTS)
+
+
+def arm_site_ids(db: Session, actor) -> set[int]:
+    """The sites at which ``actor`` may learn the allocation."""
+    return {sid for sid in db.execute(select(Site.id)).scalars() if can_see_arm(db, actor, sid)}
+
+
+def status_expression(db: Session, actor):
+    """The participant's status word as SQL, as ``status_label`` computes it from the events this
+    reader may see: events about the intervention count only at sites where the reader sees arms
+    (for anyone else the child stays "randomized")."""
+    arm_sites = sorted(arm_site_ids(db, actor))
+
+    def has(t: str):
+        cond = exists().where(StatusEvent.participant_id == Participant.id, StatusEvent.type == t)
+        return and_(cond, Participant.site_id.in_(arm_sites)) if t in ARM_REVEALING_EVENTS else cond
+    allocated = exists().where(Allocation.participant_id == Participant.id)
+    return case(*[(has(t), t) for t in ("died", "withdrawn", "lost_to_follow_up", "discontinued_intervention",
+                                         "not_received")], (allocated, "randomized"), else_="enrolled")
+
+
+def participant_query(db: Session, actor, site_code: str | None = None, search: str | None = None,
+                      status: str | None = None, arm: str | None = None):
+    """A select of the participants ``actor`` may see, filtered in the database: by site, by a
+    study-id fragment, by status and (for readers who see arms, at the sites where they do) by
+    arm. Therapists who are not also coordinators or monitors of a site see only its children in
+    a music-therapy arm."""
     sites = visible_site_ids(db, actor)
-    q = select(Participant).order_by(Participant.study_id)
+    q = select(Participant)
     if sites is not None:
-        q = q.where(Participant.site_id.in_(sites))
+        q = q.where(Participant.site_id.in_(sorted(sites)))
     if site_code:
         site = get_by_code(db, site_code)
         if sites is not None and site.id not in sites:
             raise Forbidden("You do not work at that site.")
         q = q.where(Participant.site_id == site.id)
-    rows = list(db.execute(q).scalars())
     if not is_cli(actor) and actor.has_role("therapist"):
-        allocs = allocations_for(db, [p.id for p in rows])
-        music = _music_arms(db)
-        rows = [p for p in rows if not _therapist_only(actor, p.site_id)
-                or (p.id in allocs and allocs[p.id].arm in music)]
-    return rows
+        therapist_only = sorted(sid for sid in actor.site_ids("therapist") if _therapist_only(actor, sid))
+        if therapist_only:
+            music = select(Allocation.participant_id).where(Allocation.arm.in_(sorted(_music_arms(db))))
+            q = q.where(or_(Participant.site_id.not_in(therapist_only), Participant.id.in_(music)))
+    if search:
+        q = q.where(Participant.study_id.contains(search.strip().upper(), autoescape=True))
+    if status:
+        if status not in STATUSES:
+            raise ValidationError("status must be one of: " + ", ".join(STATUSES) + ".", {"status": "an unknown status"})
+        q = q.where(status_expression(db, actor) == status)
+    if arm:
+        arms = {a["key"] for a in current_protocol(db).content["arms"]}
+        arm_sites = sorted(arm_site_ids(db, actor))
+        if arm not in arms or not arm_sites:
+            raise ValidationError("arm is not an arm you may filter by.", {"arm": "not an arm you may filter by"})
+        q = q.where(Participant.site_id.in_(arm_sites),
+                    Participant.id.in_(select(Allocation.participant_id).where(Allocation.arm == arm)))
+    return q
+
+
+def participant_sorts(db: Session, actor) -> dict:
+    """The columns of the participants list a reader may sort by (the arm only for readers who
+    see arms; a blinded reader's sort by arm would group the children by allocation)."""
+    randomized_at = select(Allocation.randomized_at).where(Allocation.participant_id == Participant.id).scalar_subquery()
+    site_code = select(Site.code).where(Site.id == Participant.site_id).scalar_subquery()
+    sorts = {"study_id": Participant.study_id, "site": site_code, "consent_date": Participant.consent_date,
+             "sex": Participant.sex, "status": status_expression(db, actor), "randomized_on": randomized_at}
+    arm_sites = sorted(arm_site_ids(db, actor))
+    if arm_sites:
+        sorts["arm"] = (select(Allocation.arm).where(Allocation.participant_id == Participant.id,
+                                                      Participant.site_id.in_(arm_sites)).scalar_subquery())
+    return sorts
+
+
+def page_participants(db: Session, actor, req: PageRequest, site_code: str | None = None, search: str | None = None,
+                      status: str | None = None, arm: str | None = None) -> Page:
+    """One page of the participants ``actor`` may see, filtered, sorted and counted in the database."""
+    allowed = participant_sorts(db, actor)
+    sort = sort_key(req.sort, allowed, "study_id")
+    stmt = ordered(participant_query(db, actor, site_code, search, status, arm), sort, allowed, Participant.id)
+    return paginate(db, stmt, req, sort=sort)
 
 
 def participant_views(db: Session, actor, rows: list[Participant]) -> list[dict]:

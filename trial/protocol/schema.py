@@ -25,7 +25,7 @@ ALLOWED = {
     "eligibility": {"min_age_months", "max_age_months"},
     "criteria": {"key", "question", "qualifying_answer"},
     "course": {"months", "session_minutes", "min_attended_sessions", "parent_counselling_sessions", "techniques"},
-    "visits": {"key", "label", "day", "window_before", "window_after", "primary"},
+    "visits": {"key", "label", "day", "window_before", "window_after", "primary", "allocation_guess"},
     "instruments": {"key", "label", "blinded", "visits", "fields"},
     "fields": {"key", "label", "type", "min", "max", "soft_min", "soft_max", "required", "units", "choices"},
     "primary_outcome": {"instrument", "field", "visit"},
@@ -193,6 +193,13 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         for k in ("window_before", "window_after"):
             if visit[k] < 0:
                 raise ProtocolError(f"{p}.{k}", "must be 0 or more")
+        # does the blinded assessor guess the allocation at this visit? (decided below, once the
+        # instruments are known: by default at every visit after baseline with a blinded instrument)
+        guess = _need(v, "allocation_guess", p, bool, None)
+        if guess and visit["key"] == "baseline":
+            raise ProtocolError(f"{p}.allocation_guess", "there is no allocation to guess at baseline "
+                                                         "(it comes before randomization)")
+        visit["allocation_guess"] = guess
         visits.append(visit)
     _unique(visits, "visits")
     if [v["day"] for v in visits] != sorted(v["day"] for v in visits):
@@ -250,6 +257,13 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         instruments.append(item)
     _unique(instruments, "instruments")
     out["instruments"] = instruments
+    for i, visit in enumerate(visits):
+        blinded_here = any(ins["blinded"] and visit["key"] in ins["visits"] for ins in instruments)
+        if visit["allocation_guess"] and not blinded_here:
+            raise ProtocolError(f"visits[{i}].allocation_guess", "the guess is recorded with a blinded assessment, "
+                                                                 "and no blinded instrument is collected at this visit")
+        if visit["allocation_guess"] is None:
+            visit["allocation_guess"] = visit["key"] != "baseline" and blinded_here
 
     po = _need(raw, "primary_outcome", "", dict)
     _known(po, "primary_outcome", "primary_outcome")

@@ -106,3 +106,18 @@ def ensure_default(db: Session, actor) -> ProtocolVersion | None:
     if db.execute(select(ProtocolVersion.id)).first() is None:
         return load_file(db, actor, DEFAULT_PROTOCOL)
     return None
+
+
+def labels(content: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The protocol's words for its own keys: arms, visits, instruments, fields (keyed
+    "instrument.field"), criteria (their questions), stratification levels and techniques."""
+    out: dict[str, dict[str, str]] = {
+        "arm": {a["key"]: a["label"] for a in content["arms"]},
+        "visit": {v["key"]: v["label"] for v in content["visits"]},
+        "instrument": {i["key"]: i["label"] for i in content["instruments"]},
+        "field": {f"{i['key']}.{f['key']}": f["label"] for i in content["instruments"] for f in i["fields"]},
+        "criterion": {c["key"]: c.get("label") or c["question"] for c in content.get("criteria", [])},
+    }
+    out["technique"] = {t: t.replace("_", " ").capitalize() for t in content.get("course", {}).get("techniques", [])}
+    out["technique"].update(content.get("course", {}).get("technique_labels", {}))
+    return out

@@ -15,6 +15,7 @@ from trial.db import lock_for_update, utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.notify.service import notify, users_with_role
 from trial.outcomes.service import correct_assessment
+from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.participants.models import Assessment, Participant
 from trial.participants.service import get_participant
 from trial.protocol.service import current as current_protocol
@@ -168,9 +169,11 @@ def may_see(db: Session, actor, q: DataQuery) -> bool:
     return db.execute(_visibility(db, actor, select(DataQuery.id).where(DataQuery.id == q.id))).first() is not None
 
 
-def listing(db: Session, actor, site_code: str | None = None, status: str | None = None, study_id: str | None = None,
-            limit: int = 500) -> list[DataQuery]:
-    q = _visibility(db, actor, select(DataQuery))
+def listing_query(db: Session, actor, site_code: str | None = None, status: str | None = None,
+                  study_id: str | None = None, search: str | None = None):
+    """A select of the queries ``actor`` may see, filtered by site, status, a participant and a
+    study-id fragment."""
+    q = _visibility(db, actor, select(DataQuery)).join(Participant, Participant.id == DataQuery.participant_id)
     if status is not None:
         if status not in QUERY_STATES:
             raise ValidationError(f"status must be one of {', '.join(QUERY_STATES)}", {"status": "unknown status"})
@@ -178,8 +181,28 @@ def listing(db: Session, actor, site_code: str | None = None, status: str | None
     if site_code:
         q = q.join(Site, Site.id == DataQuery.site_id).where(Site.code == site_code.upper())
     if study_id:
-        q = q.join(Participant, Participant.id == DataQuery.participant_id).where(Participant.study_id == study_id.upper())
+        q = q.where(Participant.study_id == study_id.upper())
+    if search:
+        q = q.where(Participant.study_id.contains(search.strip().upper(), autoescape=True))
+    return q
+
+
+def listing(db: Session, actor, site_code: str | None = None, status: str | None = None, study_id: str | None = None,
+            limit: int = 500) -> list[DataQuery]:
+    q = listing_query(db, actor, site_code, status, study_id)
     return list(db.execute(q.order_by(DataQuery.raised_at.desc(), DataQuery.id.desc()).limit(limit)).scalars())
+
+
+QUERY_SORTS = {"id": DataQuery.id, "raised_at": DataQuery.raised_at, "status": DataQuery.status,
+               "site": DataQuery.site_id, "study_id": Participant.study_id, "kind": DataQuery.kind}
+
+
+def page(db: Session, actor, req: PageRequest, site_code: str | None = None, status: str | None = None,
+         search: str | None = None) -> Page:
+    """A page of the queries ``actor`` may see (newest first unless sorted otherwise)."""
+    sort = sort_key(req.sort, QUERY_SORTS, "-raised_at")
+    return paginate(db, ordered(listing_query(db, actor, site_code, status, search=search), sort, QUERY_SORTS, DataQuery.id),
+                    req, sort=sort)
 
 
 def get(db: Session, actor, query_id: int) -> DataQuery:
@@ -245,6 +268,24 @@ def waiting_counts(db: Session, actor) -> dict:
             base = base.where(DataQuery.site_id.in_(sorted(sites)))
         counts = dict(db.execute(base).all())
         out["open"], out["answered"] = counts.get("open", 0), counts.get("answered", 0)
+    return out
+
+
+def form_badges(db: Session, actor, participant_ids: list[int]) -> dict[tuple, int]:
+    """Queries not yet closed on each form, as this user may see them: keyed by (participant id,
+    "assessment", assessment id) for a query on an entered form and by (participant id, visit,
+    instrument) for a missing form's query."""
+    if not participant_ids:
+        return {}
+    stmt = _visibility(db, actor, select(DataQuery.participant_id, DataQuery.target_id, DataQuery.visit,
+                                         DataQuery.instrument, func.count()).select_from(DataQuery))
+    stmt = stmt.where(DataQuery.participant_id.in_(participant_ids), DataQuery.kind == "assessment",
+                      DataQuery.status != "closed").group_by(DataQuery.participant_id, DataQuery.target_id,
+                                                            DataQuery.visit, DataQuery.instrument)
+    out: dict[tuple, int] = {}
+    for pid, target, visit, ins, n in db.execute(stmt):
+        key = (pid, "assessment", target) if target is not None else (pid, visit, ins)
+        out[key] = out.get(key, 0) + n
     return out
 
 

@@ -14,6 +14,7 @@ from trial.dataquality.service import clear_verification
 from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound
 from trial.notify.service import notify, users_with_role
+from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.participants.models import FINAL_EVENTS, Participant
 from trial.participants.service import allocations_for, events_of, get_participant
 from trial.protocol.service import current as current_protocol
@@ -194,17 +195,38 @@ def _require_reader(db: Session, actor) -> None:
         raise Forbidden("Adverse events are for coordinators, monitors and managers.")
 
 
-def listing(db: Session, actor, site_code: str | None = None, serious: bool | None = None) -> list[AdverseEvent]:
+def listing_query(db: Session, actor, site_code: str | None = None, serious: bool | None = None,
+                  search: str | None = None):
     _require_reader(db, actor)
     sites = visible_site_ids(db, actor, *READERS)
-    q = select(AdverseEvent).order_by(AdverseEvent.reported_at.desc(), AdverseEvent.id.desc())
+    q = select(AdverseEvent).join(Participant, Participant.id == AdverseEvent.participant_id)
     if sites is not None:
-        q = q.where(AdverseEvent.site_id.in_(sites))
+        q = q.where(AdverseEvent.site_id.in_(sorted(sites)))
     if site_code:
         q = q.join(Site, Site.id == AdverseEvent.site_id).where(Site.code == site_code.upper())
     if serious is not None:
         q = q.where(AdverseEvent.serious.is_(serious))
+    if search:
+        q = q.where(Participant.study_id.contains(search.strip().upper(), autoescape=True))
+    return q
+
+
+def listing(db: Session, actor, site_code: str | None = None, serious: bool | None = None) -> list[AdverseEvent]:
+    q = listing_query(db, actor, site_code, serious).order_by(AdverseEvent.reported_at.desc(), AdverseEvent.id.desc())
     return list(db.execute(q.limit(2000)).scalars())
+
+
+AE_SORTS = {"id": AdverseEvent.id, "onset": AdverseEvent.onset, "severity": AdverseEvent.severity,
+            "serious": AdverseEvent.serious, "study_id": Participant.study_id, "reported_at": AdverseEvent.reported_at,
+            "outcome": AdverseEvent.outcome}
+
+
+def page(db: Session, actor, req: PageRequest, site_code: str | None = None, serious: bool | None = None,
+         search: str | None = None) -> Page:
+    """A page of the adverse events ``actor`` may read (newest report first unless sorted otherwise)."""
+    q = listing_query(db, actor, site_code, serious, search)
+    sort = sort_key(req.sort, AE_SORTS, "-reported_at")
+    return paginate(db, ordered(q, sort, AE_SORTS, AdverseEvent.id), req, sort=sort)
 
 
 def listing_of(db: Session, actor, p: Participant) -> list[AdverseEvent]:

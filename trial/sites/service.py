@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.errors import Conflict, NotFound, ValidationError
-from trial.scope import require_role
+from trial.scope import require_role, visible_site_ids
 from trial.sites.models import Site
 from trial.trialstate.service import ensure_writable
 from trial.validation import text
@@ -57,6 +57,12 @@ def _clean(data: dict, creating: bool) -> dict:
 
 def list_sites(db: Session) -> list[Site]:
     return list(db.execute(select(Site).order_by(Site.code)).scalars())
+
+
+def visible_sites(db: Session, actor) -> list[Site]:
+    """The sites whose data ``actor`` may read, for a site filter."""
+    ids = visible_site_ids(db, actor)
+    return [s for s in list_sites(db) if ids is None or s.id in ids]
 
 
 def get_by_code(db: Session, code: str) -> Site:

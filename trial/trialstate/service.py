@@ -46,8 +46,20 @@ def check_writable(db: Session, stmt):
     return row[2:]
 
 
+def lock_message(notice: str | None) -> str:
+    """What a reader is told while a lock is in force: the 423 answer and the banner on every page."""
+    return f"The database is {notice or 'locked'}: no data can be entered or changed."
+
+
+def lock_in_force(db: Session) -> str | None:
+    """:func:`lock_message` of the lock in force, or None while the database is open for data
+    entry. A plain read (no FOR SHARE): it only decides what a page shows."""
+    row = db.execute(select(TrialState.active_lock_id, TrialState.lock_notice).where(TrialState.id == 1)).first()
+    return lock_message(row[1]) if row is not None and row[0] is not None else None
+
+
 def _locked(notice: str | None) -> Locked:
-    return Locked(f"The database is {notice or 'locked'}: no data can be entered or changed.")
+    return Locked(lock_message(notice))
 
 
 def active_lock_id(db: Session) -> int | None:

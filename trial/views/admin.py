@@ -1,13 +1,14 @@
 """Admin pages. Thin: forms in, services do the work (and the audit)."""
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from trial.auth import service as users
+from trial.auth.models import ROLES
 from trial.db import utcnow
 from trial.errors import DomainError
 from trial.forms.admin import RevokeForm, SiteForm, UserEditForm, UserForm
-from trial.http import actor, db, form_errors
+from trial.http import actor, db, form_errors, page_request
 from trial.protocol.service import versions
 from trial.sites import service as sites
 
@@ -32,8 +33,10 @@ def _pending_note(user) -> str:
 @bp.route("/users", endpoint="users")
 def users_page():
     s = db()
-    rows = [(u, users.current_roles_text(u, s), users.pending_grants_of(s, u)) for u in users.list_users(s, actor())]
-    return render_template("admin/users.html", rows=rows)
+    search, role = request.args.get("q") or None, request.args.get("role") or None
+    page = users.page_users(s, actor(), page_request(), search, role)
+    page = page.map(lambda rows: [(u, users.current_roles_text(u, s), users.pending_grants_of(s, u)) for u in rows])
+    return render_template("admin/users.html", page=page, search=search, role=role, roles=ROLES)
 
 
 @bp.route("/users/new", methods=["GET", "POST"])

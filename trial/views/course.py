@@ -1,13 +1,14 @@
 """Session logging, counselling and adherence pages (unblinded roles only)."""
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from trial.course import service
 from trial.errors import DomainError
 from trial.forms import course as forms
-from trial.http import actor, db, form_errors
+from trial.http import actor, db, form_errors, page_request
 from trial.protocol.service import current as current_protocol
+from trial.sites.service import visible_sites
 
 bp = Blueprint("course", __name__)
 
@@ -17,11 +18,8 @@ def log_session(study_id: str):
     s = db()
     form = forms.session_form(current_protocol(s).content["course"]["techniques"])
     if form.validate_on_submit():
-        data = {"held_on": form.held_on.data, "attendance": form.attendance.data, "minutes": form.minutes.data,
-                "techniques": form.techniques.data, "note": form.note.data or None,
-                "engagement": int(form.engagement.data) if form.engagement.data else None}
         try:
-            service.log_session(s, actor(), study_id, data)
+            service.log_session(s, actor(), study_id, forms.session_data(form))
             s.commit()
             flash("Session logged.")
             return redirect(url_for("enrollment.participant", study_id=study_id))
@@ -30,6 +28,27 @@ def log_session(study_id: str):
     else:
         service.sessions_of(s, actor(), study_id)  # 403/404 before showing the form
     return render_template("enrollment/form.html", form=form, title=f"Log a session for {study_id}"), 400 if form.is_submitted() else 200
+
+
+@bp.route("/sessions/<int:session_id>/correct", methods=["GET", "POST"])
+def correct_session(session_id: int):
+    """The site's therapist corrects a logged session, with a reason; the old values stay in the
+    audit trail. Anyone else gets 403 or, for a session they may not know of, 404."""
+    s = db()
+    sess, p = service.session_for_correction(s, actor(), session_id)
+    form = forms.session_form(current_protocol(s).content["course"]["techniques"], correction=True,
+                              data=service.session_values(sess))
+    if form.validate_on_submit():
+        try:
+            service.correct_session(s, actor(), sess.id, {**forms.session_data(form), "reason": form.reason.data})
+            s.commit()
+            flash("Correction saved; the previous values stay in the audit trail.")
+            return redirect(url_for("enrollment.participant", study_id=p.study_id) + f"#session-{session_id}")
+        except DomainError as e:
+            form_errors(form, e)
+    return render_template("enrollment/form.html", form=form,
+                           title=f"Correct the session of {sess.held_on.isoformat()} for {p.study_id}"), \
+        400 if form.is_submitted() else 200
 
 
 @bp.route("/participants/<study_id>/counselling/new", methods=["GET", "POST"])
@@ -50,4 +69,10 @@ def log_counselling(study_id: str):
 
 @bp.route("/adherence")
 def adherence():
-    return render_template("course/adherence.html", rows=service.adherence_by_arm(db(), actor()))
+    s = db()
+    filters = {"site_code": request.args.get("site") or None, "arm": request.args.get("arm") or None,
+               "search": request.args.get("q") or None}
+    content = current_protocol(s).content
+    return render_template("course/adherence.html", rows=service.adherence_by_arm(s, actor(), filters["site_code"]),
+                           page=service.adherence_page(s, actor(), page_request(), **filters), filters=filters,
+                           sites=visible_sites(s, actor()), arms=[a for a in content["arms"] if a["sessions_per_week"]])

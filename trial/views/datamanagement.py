@@ -5,7 +5,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from trial.errors import DomainError, NotFound
 from trial.forms import datamanagement as forms
-from trial.http import actor, db, form_errors, is_page_error, post_and_return
+from trial.http import actor, db, form_errors, is_page_error, page_request, post_and_return
 from trial.monitoring import service as monitoring
 from trial.notify.service import dismiss
 from trial.participants.models import Assessment
@@ -14,7 +14,7 @@ from trial.protocol.service import current as current_protocol
 from trial.queries import service as queries
 from trial.queries import targets
 from trial.safety import service as safety
-from trial.sites.service import list_sites
+from trial.sites.service import visible_sites
 
 bp = Blueprint("dm", __name__)
 
@@ -28,9 +28,11 @@ def queries_page():
     s = db()
     queries.require_reader(s, actor())
     site, status = request.args.get("site") or None, _on_page(request.args.get("status", "open"))
-    rows = queries.listing(s, actor(), site, status)
-    return render_template("queries/list.html", rows=queries.views(s, rows), ages={q.id: queries.age_days(q) for q in rows},
-                           site=site, status=status or "all", sites=list_sites(s))
+    search = request.args.get("q") or None
+    page = queries.page(s, actor(), page_request(), site, status, search)
+    ages = {q.id: queries.age_days(q) for q in page.items}
+    return render_template("queries/list.html", page=page.map(lambda rows: queries.views(s, rows)), ages=ages,
+                           site=site, status=status or "all", search=search, sites=visible_sites(s, actor()))
 
 
 def _numeric_fields(s, q) -> tuple[list[dict], dict | None]:
@@ -119,11 +121,11 @@ def raise_query(study_id: str):
 @bp.route("/adverse-events", endpoint="adverse_events")
 def adverse_events():
     s = db()
-    site = request.args.get("site") or None
+    site, search = request.args.get("site") or None, request.args.get("q") or None
     serious = {"yes": True, "no": False}.get(request.args.get("serious", ""))
-    rows = safety.listing(s, actor(), site, serious)
-    return render_template("safety/list.html", rows=safety.views(s, rows), site=site, sites=list_sites(s),
-                           serious=request.args.get("serious", ""))
+    page = safety.page(s, actor(), page_request(), site, serious, search)
+    return render_template("safety/list.html", page=page.map(lambda rows: safety.views(s, rows)), site=site, search=search,
+                           sites=visible_sites(s, actor()), serious=request.args.get("serious", ""))
 
 
 @bp.route("/participants/<study_id>/adverse-events/new", methods=["GET", "POST"], endpoint="new_adverse_event")

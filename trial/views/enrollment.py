@@ -7,9 +7,9 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from trial.course.service import participant_course
 from trial.enrollment import service
-from trial.errors import DomainError
+from trial.errors import DomainError, ValidationError
 from trial.forms import enrollment as forms
-from trial.http import actor, db, form_errors, is_page_error
+from trial.http import actor, db, form_errors, is_page_error, page_request
 from trial.monitoring import service as monitoring
 from trial.outcomes import service as outcomes
 from trial.participants import service as records
@@ -18,7 +18,7 @@ from trial.queries import service as queries
 from trial.randomize import service as randomization
 from trial.safety import service as safety
 from trial.scope import can_see_arm
-from trial.sites.service import list_sites
+from trial.sites.service import list_sites, visible_sites
 from trial.status import service as status_service
 
 bp = Blueprint("enrollment", __name__)
@@ -27,8 +27,12 @@ bp = Blueprint("enrollment", __name__)
 @bp.route("/participants")
 def participants():
     s = db()
-    rows = records.visible_participants(s, actor(), request.args.get("site") or None)
-    return render_template("enrollment/participants.html", rows=records.participant_views(s, actor(), rows))
+    filters = {"site_code": request.args.get("site") or None, "search": request.args.get("q") or None,
+               "status": request.args.get("status") or None, "arm": request.args.get("arm") or None}
+    page = records.page_participants(s, actor(), page_request(), **filters)
+    arms = current_protocol(s).content["arms"] if records.arm_site_ids(s, actor()) else []
+    return render_template("enrollment/participants.html", page=page.map(lambda rows: records.participant_views(s, actor(), rows)),
+                           filters=filters, sites=visible_sites(s, actor()), statuses=records.statuses_for(s, actor()), arms=arms)
 
 
 @bp.route("/participants/<study_id>")
@@ -36,6 +40,7 @@ def participant(study_id: str):
     s = db()
     p = records.get_participant(s, actor(), study_id)
     view = records.participant_views(s, actor(), [p])[0]
+    content = current_protocol(s).content
     reasons = randomization.not_ready_reasons(s, p) if not view["randomized_on"] else []
     can_randomize = actor().has_role("coordinator") and p.site_id in actor().site_ids("coordinator")
     form = forms.RandomizeForm(idempotency_key=secrets.token_hex(16))
@@ -57,7 +62,8 @@ def participant(study_id: str):
                            marks=monitoring.marks(s, [p.id]) if monitoring.may_read_marks(actor()) else {},
                            can_raise=bool(here & {"manager", "monitor"}), can_verify="monitor" in here,
                            reads_safety=reads_safety, pid=p.id, screening_id=p.screening_id,
-                           shows_marks=monitoring.may_read_marks(actor()))
+                           shows_marks=monitoring.may_read_marks(actor()), instruments=content["instruments"],
+                           blinded_instruments={i["key"]: i["blinded"] for i in content["instruments"]})
 
 
 @bp.route("/participants/<study_id>/randomize", methods=["POST"])
@@ -81,7 +87,12 @@ def randomize(study_id: str):
 
 @bp.route("/screenings")
 def screenings():
-    return render_template("enrollment/screenings.html", rows=service.list_screenings(db(), actor()))
+    s = db()
+    filters = {"site_code": request.args.get("site") or None, "search": request.args.get("q") or None,
+               "outcome": request.args.get("outcome") or None}
+    return render_template("enrollment/screenings.html", page=service.page_screenings(s, actor(), page_request(), **filters),
+                           filters=filters, sites=visible_sites(s, actor()), outcomes=service.SCREENING_OUTCOMES,
+                           criteria={c["key"]: c["question"] for c in current_protocol(s).content["criteria"]})
 
 
 @bp.route("/screenings/new", methods=["GET", "POST"])
@@ -133,22 +144,39 @@ def assess(study_id: str, instrument: str):
     if ins is None:
         flash(f"Unknown instrument {instrument}.", "error")
         return redirect(url_for("enrollment.participant", study_id=p.study_id))
-    visits = [(v["key"], v["label"]) for v in content["visits"] if v["key"] in ins["visits"]]
-    form = forms.assessment_form(ins, visits, with_guess=ins["blinded"])
+    visits, with_guess = _entry_visits(s, content, ins, p)
+    if not visits:
+        flash(f"No visit of {ins['label']} can be entered for {p.study_id} now.", "error")
+        return redirect(url_for("enrollment.participant", study_id=p.study_id))
+    if with_guess is None:  # some of these visits take the allocation guess and some do not: which one?
+        return render_template("outcomes/choose_visit.html", p=p, ins=ins, visits=visits)
+    form = forms.assessment_form(ins, visits, with_guess=with_guess)
+    if not form.is_submitted() and request.args.get("visit") in dict(visits):
+        form.visit.data = request.args["visit"]
     warning = None
-    if form.validate_on_submit() and not form.confirm_window.data:
-        window = outcomes.window_of(s, p, form.visit.data)
-        if window and not window[0] <= form.performed_on.data <= window[1]:
-            # warn before saving: the user confirms, or corrects the date
-            warning = (f"{form.performed_on.data.isoformat()} is outside the window of this visit "
-                       f"({window[0].isoformat()} to {window[1].isoformat()}). Correct the date, or tick the box "
-                       "below to save it as it is.")
-    if warning is None and form.validate_on_submit():
+    ready = form.validate_on_submit()
+    if ready:
+        guess, confidence = _guess(form)
+        visit = next(v for v in content["visits"] if v["key"] == form.visit.data)
+        errors = outcomes.guess_errors(content, ins, visit, guess, confidence) if with_guess else {}
+        if errors:  # refused before the window question, so that a confirmed date is not asked for twice
+            ready = False
+            form_errors(form, ValidationError("The assessment was not saved: " + "; ".join(
+                f"{outcomes.GUESS_LABELS.get(k, k)} {v}" for k, v in errors.items()), errors))
+        elif not form.confirm_window.data:
+            window = outcomes.window_of(s, p, form.visit.data)
+            if window and not window[0] <= form.performed_on.data <= window[1]:
+                # warn before saving: the user confirms, or corrects the date
+                warning = (f"{form.performed_on.data.isoformat()} is outside the window of this visit "
+                           f"({window[0].isoformat()} to {window[1].isoformat()}). Correct the date, or tick the box "
+                           "below to save it as it is.")
+    if ready and warning is None:
         data = {"visit": form.visit.data, "instrument": ins["key"], "performed_on": form.performed_on.data,
                 "values": {f["key"]: getattr(form, f"v_{f['key']}").data for f in ins["fields"]}}
-        if ins["blinded"] and form.allocation_guess.data:
-            data["allocation_guess"] = form.allocation_guess.data
-            data["guess_confidence"] = int(form.guess_confidence.data) if form.guess_confidence.data else None
+        if guess is not None:
+            data["allocation_guess"] = guess
+        if confidence is not None:
+            data["guess_confidence"] = confidence
         try:
             outcomes.record_assessment(s, actor(), p.study_id, data)
             s.commit()
@@ -161,3 +189,27 @@ def assess(study_id: str, instrument: str):
     return render_template("enrollment/form.html", form=form, title=f"{ins['label']} for {p.study_id}", warning=warning), \
         400 if form.is_submitted() else 200
 
+
+def _entry_visits(s, content: dict, ins: dict, p) -> tuple[list[tuple[str, str]], bool | None]:
+    """The visits of ``ins`` that can be entered for ``p`` now (the baseline before randomization,
+    the follow-up visits after it) and whether the form asks for the allocation guess: only where
+    the protocol takes one, so that the form never shows a field that would be refused. None when
+    the chosen visits differ in that and no visit is chosen yet (``?visit=`` or the posted one)."""
+    randomized = records.allocation_of(s, p.id) is not None
+    visits = [(v["key"], v["label"]) for v in content["visits"]
+              if v["key"] in ins["visits"] and (v["key"] != "baseline") == randomized]
+    takes = {k: outcomes.takes_guess(content, ins, k) for k, _ in visits}
+    if len(set(takes.values())) <= 1:
+        return visits, bool(takes) and next(iter(takes.values()))
+    chosen = request.form.get("visit") if request.method == "POST" else request.args.get("visit")
+    if chosen not in takes:
+        return visits, None
+    return [(k, label) for k, label in visits if takes[k] == takes[chosen]], takes[chosen]
+
+
+def _guess(form) -> tuple[str | None, int | None]:
+    """The allocation guess and its confidence as typed (None, None on a form without them)."""
+    guess = getattr(form, "allocation_guess", None)
+    confidence = getattr(form, "guess_confidence", None)
+    return ((guess.data or None) if guess is not None else None,
+            int(confidence.data) if confidence is not None and confidence.data else None)

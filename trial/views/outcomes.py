@@ -5,21 +5,36 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from trial.errors import DomainError, NotFound
 from trial.forms import outcomes as forms
-from trial.http import actor, db, form_errors
+from trial.http import actor, db, form_errors, page_request
 from trial.outcomes import service
+from trial.paging import Page, sort_key
 from trial.participants.models import Assessment, Participant
 from trial.participants.service import get_participant
 from trial.protocol.service import current as current_protocol
+from trial.sites.service import visible_sites
 
 bp = Blueprint("outcomes", __name__)
 
 
 @bp.route("/visits")
 def visits():
+    s = db()
     kind = request.args.get("kind", "due")
-    rows = service.worklist(db(), actor(), kind)
-    db().commit()  # the missing-form checks the worklist ran
-    return render_template("outcomes/visits.html", kind=kind, rows=rows)
+    filters = {"site_code": request.args.get("site") or None, "search": request.args.get("q") or None,
+               "visit": request.args.get("visit") or None}
+    req = page_request()
+    rows = service.worklist(s, actor(), kind, **filters)
+    s.commit()  # the missing-form checks the worklist ran
+    sorts = {"target": lambda r: (r.get("target") or "", r["study_id"]), "study_id": lambda r: (r["study_id"], r["visit"]),
+             "visit": lambda r: (r["visit_index"], r["study_id"]), "window_end": lambda r: (r.get("window_end") or "", r["study_id"])}
+    sort = sort_key(req.sort, sorts, "target")
+    order = [v["key"] for v in current_protocol(s).content["visits"]]
+    for r in rows:
+        r["visit_index"] = order.index(r["visit"])
+    rows.sort(key=sorts[sort.lstrip("-")], reverse=sort.startswith("-"))
+    page = Page(rows[req.offset:req.offset + req.per_page], len(rows), req, sort)
+    return render_template("outcomes/visits.html", kind=kind, page=page, filters=filters,
+                           sites=visible_sites(s, actor()), visits=current_protocol(s).content["visits"])
 
 
 @bp.route("/assessments/<int:assessment_id>/correct", methods=["GET", "POST"])

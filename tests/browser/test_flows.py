@@ -1,0 +1,196 @@
+"""Each role's main task, end to end through the pages in Chromium, as a person does it: the
+coordinator screens, enrols and randomizes a child (the assessor enters the baseline ADOS-2 in
+between); the therapist logs a session; the assessor enters a 2-month assessment with a guess of
+the allocation; the coordinator answers a query; the manager signs a soft lock (a banner on every
+page, the data-entry links gone for everyone) and lifts it again."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from sqlalchemy import select
+
+from tests.browser.conftest import PHONE
+from trial.auth.models import User
+from trial.lock.service import lift_lock
+from trial.protocol.service import current
+from trial.timeline import today
+from trial.trialstate.service import active_lock_id
+
+PASSWORD = {"manager": "manager-demo-2026"}
+
+
+def _iso(d: dt.date) -> str:
+    return d.isoformat()
+
+
+def _flash(page) -> str:
+    return " ".join(page.locator(".flash").all_inner_texts())
+
+
+def _choose_visit(page, label: str) -> None:
+    """The assessment form, at the visit ``label``: through the page that asks which visit when
+    there is one, else by the form's visit list."""
+    chooser = page.get_by_role("link", name=label, exact=True)
+    if chooser.count():
+        chooser.click()
+    visit = page.get_by_label("Visit", exact=True)
+    if visit.count() and visit.evaluate("e => e.tagName") == "SELECT":
+        visit.select_option(label=label)
+
+
+def test_coordinator_screens_enrols_and_randomizes_a_child(open_as, live):
+    with live.sessions() as db:
+        content = current(db).content
+    day = today("Europe/Vienna")
+    coord = open_as("coordinator", PHONE)
+    coord.goto(live.url + "/")
+    coord.get_by_role("link", name="Screen a child").click()
+    coord.get_by_label("Site").select_option("AT01")
+    coord.get_by_label("Screened on").fill(_iso(day - dt.timedelta(days=2)))
+    for c in content["criteria"]:
+        group = coord.get_by_role("group", name=c["question"])
+        group.get_by_label("Yes" if c["qualifying_answer"] else "No", exact=True).check()
+    coord.get_by_role("button", name="Record screening").click()
+    coord.wait_for_url("**/enroll")
+    assert "eligible" in _flash(coord)
+
+    coord.get_by_label("Consent date").fill(_iso(day - dt.timedelta(days=1)))
+    coord.get_by_label("Date of birth").fill(_iso(day - dt.timedelta(days=5 * 365)))
+    coord.get_by_label("Sex").select_option(index=1)
+    coord.get_by_role("button", name="Enrol").click()
+    assert "Enrolled as" in _flash(coord)
+    study_id = re.search(r"Participant (\S+)", coord.locator("h1").inner_text()).group(1)
+    assert study_id.startswith("AT01-")
+
+    # the parent-reported baseline, by the coordinator
+    coord.get_by_role("link", name="Enter SRS-2").click()
+    _choose_visit(coord, "Baseline")
+    coord.get_by_label("Performed on").fill(_iso(day))
+    coord.get_by_label(re.compile("SRS-2 total T-score")).fill("70")
+    coord.get_by_role("button", name="Save assessment").click()
+    assert "saved" in _flash(coord)
+    assert "Not ready" in coord.locator("main").inner_text()  # the primary outcome's baseline is the assessor's
+
+    # the blinded baseline (the primary outcome), by the assessor
+    assessor = open_as("assessor", PHONE)
+    assessor.goto(f"{live.url}/participants/{study_id}")
+    assessor.get_by_role("link", name="Enter ADOS-2").click()
+    _choose_visit(assessor, "Baseline")
+    assessor.get_by_label("Performed on").fill(_iso(day))
+    assessor.get_by_label(re.compile("^Social affect score")).fill("12")
+    assessor.get_by_label(re.compile("^Restricted and repetitive behaviour score")).fill("4")
+    assessor.get_by_label(re.compile("^Calibrated severity score")).fill("6")
+    assessor.get_by_role("button", name="Save assessment").click()
+    assert "saved" in _flash(assessor)
+
+    coord.reload()
+    coord.get_by_label(re.compile("I confirm the child is eligible")).check()
+    coord.get_by_role("button", name="Randomize").click()
+    assert f"{study_id} is randomized" in _flash(coord)
+    facts = coord.locator("dl.facts").inner_text()
+    assert "Allocation" in facts and "not randomized" not in facts
+
+
+def test_therapist_logs_a_session(open_as, live):
+    study_id, held = live.ids["in_course"], live.ids["session_day"]
+    page = open_as("therapist", PHONE)
+    page.goto(live.url + "/participants")
+    page.get_by_role("link", name=study_id).click()
+    page.get_by_role("link", name="Log a session").click()
+    page.get_by_label("Date").fill(_iso(held))
+    page.get_by_label("Attendance").select_option("attended")
+    page.get_by_label("Minutes").fill("35")
+    techniques = page.get_by_role("group", name="Techniques")
+    techniques.get_by_label("songs").check()
+    techniques.get_by_label("free improvisation").check()
+    page.get_by_label("Child engagement").select_option("4")
+    page.get_by_role("button", name="Log session").click()
+    assert "Session logged" in _flash(page)
+    row = page.locator("tr", has_text=_iso(held))
+    assert row.count() == 1 and "songs" in row.inner_text() and "35" in row.inner_text()
+
+
+def test_assessor_enters_a_two_month_assessment_with_a_guess(open_as, live):
+    study_id = live.ids["due_month2"]
+    page = open_as("assessor", PHONE)
+    page.goto(live.url + "/visits")
+    page.get_by_role("link", name=study_id).first.click()
+    page.get_by_role("link", name="Enter ADOS-2").click()
+    _choose_visit(page, "2 months")
+    page.get_by_label("Performed on").fill(_iso(today("Europe/Vienna")))
+    page.get_by_label(re.compile("^Social affect score")).fill("10")
+    page.get_by_label(re.compile("^Restricted and repetitive behaviour score")).fill("3")
+    page.get_by_label(re.compile("^Calibrated severity score")).fill("5")
+    page.locator("select[name=allocation_guess]").select_option("music_therapy")
+    page.locator("select[name=guess_confidence]").select_option("2")
+    page.get_by_role("button", name="Save assessment").click()
+    assert "saved" in _flash(page), page.locator("main").inner_text()[:2000]
+    row = page.get_by_role("region", name="Assessments").locator("tr", has_text="2 months").filter(has_text="ADOS-2")
+    assert row.count() == 1 and "10" in row.inner_text() and "outside window" not in row.inner_text()
+
+
+def test_coordinator_answers_a_query(open_as, live):
+    qid = live.ids["query"]
+    page = open_as("coordinator", PHONE)
+    page.goto(live.url + "/queries")
+    page.get_by_role("link", name=str(qid), exact=True).click()
+    page.get_by_label("Answer", exact=True).fill("Checked against the signed consent form: the date is right.")
+    page.get_by_role("button", name="Answer").click()
+    assert "Answered" in _flash(page)
+    assert "Checked against the signed consent form" in page.locator("main table").first.inner_text()
+
+
+ENTRY_LINKS = ("Screen a child", "Enter SRS-2", "Record an adverse event", "Status event", "Deviation")
+
+
+def test_manager_signs_a_soft_lock_every_page_says_so_and_lifting_it_reopens_entry(open_as, live):
+    manager = open_as("manager", PHONE)
+    coord = open_as("coordinator", PHONE)
+    child = f"{live.url}/participants/{live.ids['due_month2']}"
+    coord.goto(child)
+    for name in ENTRY_LINKS[1:]:
+        assert coord.get_by_role("link", name=name, exact=True).count() == 1, name
+    try:
+        manager.goto(live.url + "/locks")
+        manager.get_by_label("Lock", exact=True).select_option("soft")
+        manager.get_by_label("Your password (electronic signature)").fill(PASSWORD["manager"])
+        manager.get_by_role("button", name="Sign and lock").click()
+        assert "Signed and locked" in _flash(manager)
+        banner = manager.get_by_role("region", name="Database lock")
+        assert "soft-locked" in banner.inner_text() and "Mona Manager" in banner.inner_text()
+
+        for path in ("/", "/participants", child.removeprefix(live.url), "/screenings", "/queries"):
+            coord.goto(live.url + path)
+            text = coord.get_by_role("region", name="Database lock").inner_text()
+            assert "Data entry is closed" in text and "soft-locked" in text, path
+            for name in ENTRY_LINKS:
+                assert coord.get_by_role("link", name=name, exact=True).count() == 0, (path, name)
+        coord.goto(f"{live.url}/queries/{live.ids['query']}")
+        assert coord.get_by_role("button", name="Answer").count() == 0
+
+        manager.goto(live.url + "/locks")
+        manager.get_by_label("Reason for lifting the lock").fill("Data entry continues: the lock was a rehearsal.")
+        manager.locator("#lift-password").fill(PASSWORD["manager"])
+        manager.get_by_role("button", name="Sign and lift").click()
+        assert "Lock lifted" in _flash(manager)
+        assert manager.get_by_role("region", name="Database lock").count() == 0
+    finally:
+        _lift_if_locked(live)
+
+    coord.goto(child)
+    assert coord.get_by_role("region", name="Database lock").count() == 0
+    for name in ENTRY_LINKS[1:]:
+        assert coord.get_by_role("link", name=name, exact=True).count() == 1, name
+    coord.goto(live.url + "/")
+    assert coord.get_by_role("link", name="Screen a child").count() == 1
+
+
+def _lift_if_locked(live) -> None:
+    """A failed lock test leaves the other tests of this server an open database."""
+    with live.sessions() as db:
+        lock_id = active_lock_id(db)
+        if lock_id is not None:
+            manager = db.execute(select(User).where(User.email == "manager@demo.trial")).scalar_one()
+            lift_lock(db, manager, lock_id, "Cleaning up after a failed browser test.", PASSWORD["manager"])
+            db.commit()

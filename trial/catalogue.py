@@ -1,0 +1,77 @@
+"""The words a user reads for the system's own keys (statuses, event types, roles, adverse-event
+codes, query states, visit states). What the protocol defines (arms, visits, instruments, fields,
+criteria) takes its labels from the protocol; everything else comes from here, so that no page
+shows an internal key. ``N_`` marks a string for the translation catalogue without translating
+it here (this module has no request and no locale); pages translate the label when they show it."""
+from __future__ import annotations
+
+
+def N_(text: str) -> str:
+    """Mark ``text`` for extraction into the translation catalogue; translated where it is shown."""
+    return text
+
+
+LABELS: dict[str, dict[str, str]] = {
+    "status": {
+        "enrolled": N_("Enrolled"), "randomized": N_("Randomized"), "not_received": N_("Did not receive the intervention"),
+        "discontinued_intervention": N_("Discontinued the intervention"), "lost_to_follow_up": N_("Lost to follow-up"),
+        "withdrawn": N_("Withdrawn"), "died": N_("Died"),
+    },
+    "event": {
+        "withdrawn": N_("Withdrawn"), "lost_to_follow_up": N_("Lost to follow-up"),
+        "discontinued_intervention": N_("Discontinued the intervention"),
+        "not_received": N_("Did not receive the intervention"), "died": N_("Died"),
+    },
+    "deviation": {
+        "eligibility": N_("Eligibility"), "consent": N_("Consent"), "visit_out_of_window": N_("Visit out of window"),
+        "intervention": N_("Intervention"), "assessment": N_("Assessment"), "blinding": N_("Blinding"), "other": N_("Other"),
+    },
+    "role": {
+        "coordinator": N_("Site coordinator"), "therapist": N_("Music therapist"), "assessor": N_("Blinded assessor"),
+        "monitor": N_("Monitor"), "statistician": N_("Statistician"), "manager": N_("Trial manager"),
+        "admin": N_("Administrator"),
+    },
+    "visit_status": {
+        "done": N_("Entered"), "done_out_of_window": N_("Entered out of window"), "due": N_("Due"),
+        "overdue": N_("Overdue"), "upcoming": N_("Upcoming"), "missing": N_("Missing"),
+        "not_expected": N_("Not expected"), "not_yet_randomized": N_("Not yet randomized"),
+    },
+    "query_status": {"open": N_("Open"), "answered": N_("Answered"), "closed": N_("Closed")},
+    "query_kind": {
+        "participant": N_("Participant"), "screening": N_("Screening"), "assessment": N_("Assessment"),
+        "session": N_("Session"), "event": N_("Status event"), "adverse_event": N_("Adverse event"),
+    },
+    "severity": {"mild": N_("Mild"), "moderate": N_("Moderate"), "severe": N_("Severe")},
+    "seriousness": {
+        "death": N_("Results in death"), "life_threatening": N_("Life-threatening"),
+        "hospitalisation": N_("Hospitalisation or its prolongation"), "disability": N_("Persistent disability"),
+        "congenital_anomaly": N_("Congenital anomaly"), "other_important": N_("Other important medical event"),
+    },
+    "relatedness": {
+        "not_related": N_("Not related"), "unlikely": N_("Unlikely related"), "possible": N_("Possibly related"),
+        "probable": N_("Probably related"), "definite": N_("Definitely related"),
+    },
+    "expectedness": {"expected": N_("Expected"), "unexpected": N_("Unexpected")},
+    "ae_outcome": {
+        "recovering": N_("Recovering"), "recovered": N_("Recovered"), "recovered_with_sequelae": N_("Recovered with sequelae"),
+        "not_recovered": N_("Not recovered"), "fatal": N_("Fatal"), "unknown": N_("Unknown"),
+    },
+    "screening_outcome": {
+        "eligible": N_("Eligible"), "not_eligible": N_("Not eligible"), "declined": N_("Declined"), "other": N_("Other"),
+    },
+    "sex": {"female": N_("Female"), "male": N_("Male")},
+    "lock_kind": {"soft": N_("Soft lock"), "hard": N_("Hard lock")},
+}
+
+
+def label(kind: str, key: str | None) -> str:
+    """The word for ``key`` of ``kind`` (untranslated); an unknown key is shown as it is, which a
+    test of every kind's keys keeps from happening."""
+    if key is None:
+        return ""
+    return LABELS.get(kind, {}).get(key, key)
+
+
+def choices(kind: str, keys) -> list[tuple[str, str]]:
+    """(key, label) pairs for a select or radio field."""
+    return [(k, label(kind, k)) for k in keys]
