@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
 
-.PHONY: demo serve test install install-dev db clean
+.PHONY: demo serve test install install-dev db clean translations compile-translations
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,8 +22,28 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 
-install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev node_modules/.package-lock.json
+# The web pages' languages: catalogues in trial/translations/<lang>/LC_MESSAGES/messages.po (kept
+# in git); the compiled .mo files are built from them here, at install time (not kept in git).
+LANGS := de it nb pt_BR ko he
+PO := $(foreach l,$(LANGS),trial/translations/$(l)/LC_MESSAGES/messages.po)
+MO := $(PO:.po=.mo)
+
+trial/translations/%/LC_MESSAGES/messages.mo: trial/translations/%/LC_MESSAGES/messages.po | $(VENV)/.installed
+	$(BIN)/pybabel compile --statistics -l $* -i $< -o $@
+
+compile-translations: $(MO)
+
+# After changing a marked string: extract every message (templates, forms, views, trial/catalogue.py's
+# N_), merge them into each catalogue, translate the new ones (no msgstr may stay empty or fuzzy:
+# tests/test_i18n.py checks), then compile
+translations: $(VENV)/.installed
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext --no-location --sort-output \
+	  -o trial/translations/messages.pot .
+	$(BIN)/pybabel update -i trial/translations/messages.pot -d trial/translations --no-fuzzy-matching --ignore-obsolete
+	$(MAKE) compile-translations
+
+install: $(VENV)/.installed $(MO)
+install-dev: $(VENV)/.installed-dev node_modules/.package-lock.json $(MO)
 
 db: install
 	$(BIN)/trial db upgrade

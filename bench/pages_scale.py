@@ -9,7 +9,8 @@ For each size a fresh database bench_pages_<size>_<pid> is built with export_sca
 allocations, sessions, counselling, assessments, events and deviations by COPY), then a user of
 each role is created (coordinator, therapist, assessor and monitor of every site, manager,
 statistician, admin), gunicorn is started with the deployment settings (config/gunicorn.conf.py),
-each role logs in, and every list page it may open is fetched, first page and the middle page
+the daily missing-form check runs (as `trial checks run` would have, day by day), each role logs
+in, and every list page it may open is fetched, first page and the middle page
 (default 50 rows a page), once to warm up and then --repeats times, one request at a time.
 Prints per page and role the p50 and p95 at each size, the ratio of the p95s, and whether the
 targets hold: p95 < 150 ms at 10,000 participants and no page over 1.5x its time at 500. Exits 1
@@ -89,6 +90,22 @@ def users(codes: list[str]) -> None:
     engine.dispose()
 
 
+def daily_checks() -> int:
+    """What the daily `trial checks run` does: a query for every form missing after its window."""
+    from sqlalchemy import select
+
+    from trial.db import make_engine, make_session_factory
+    from trial.outcomes.service import check_missing_forms, missing_form_candidates
+    from trial.participants.models import Participant
+
+    engine = make_engine()
+    with make_session_factory(engine)() as db:
+        raised = check_missing_forms(db, missing_form_candidates(db, select(Participant)))
+        db.commit()
+    engine.dispose()
+    return raised
+
+
 def login(base: str, role: str) -> requests.Session:
     s = requests.Session()
     email = export_scale.EMAIL if role == "manager" else f"bench-{role}@bench.trial"
@@ -145,6 +162,9 @@ def run_size(n: int, args, admin, user) -> tuple[dict, bool]:
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             b = pool.submit(export_scale.build, dsn, master.hex(), manager_id, loader_args(n)).result()
         users(codes)
+        t1 = time.perf_counter()
+        raised = daily_checks()
+        print(f"  the daily missing-form check (as `trial checks run`): {raised} queries in {time.perf_counter() - t1:.1f} s")
         print(f"{n} participants: built in {time.perf_counter() - t0:.1f} s ("
               + ", ".join(f"{t} {c}" for t, c in b["counts"].items()) + ")")
         port = randomize_load.free_port()

@@ -26,6 +26,28 @@ from trial.db import TrialSession, make_engine  # noqa: E402
 from trial.migrate import upgrade  # noqa: E402
 
 PG_URL = os.environ.get("TRIAL_TEST_DATABASE_URL")
+TRANSLATIONS = Path(__file__).resolve().parents[1] / "trial" / "translations"
+
+
+def _compile_catalogues() -> None:
+    """The pages' compiled catalogues (.mo), which `make install` builds from the .po files (they are
+    not kept in git), built here too when missing or older, so that a plain pytest run of a fresh
+    clone sees every language. Written to a temporary file and renamed: test workers may race."""
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+    for po in TRANSLATIONS.glob("*/LC_MESSAGES/messages.po"):
+        mo = po.with_suffix(".mo")
+        if mo.exists() and mo.stat().st_mtime >= po.stat().st_mtime:
+            continue
+        with po.open("rb") as f:
+            catalog = read_po(f, locale=po.parent.parent.name)
+        tmp = mo.with_name(f"messages.mo.{os.getpid()}.{uuid.uuid4().hex[:6]}")
+        with tmp.open("wb") as f:
+            write_mo(f, catalog)
+        os.replace(tmp, mo)
+
+
+_compile_catalogues()
 
 
 def is_pg() -> bool:

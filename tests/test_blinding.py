@@ -8,6 +8,7 @@ import datetime as dt
 import re
 
 import pytest
+from babel.dates import format_date
 from sqlalchemy import text
 
 from tests.helpers import CLI, PASSWORD
@@ -40,7 +41,7 @@ GENERAL_WEB = {
     "main.home": "/", "enrollment.participants": "/participants", "outcomes.visits": "/visits?kind={kind}",
     "dm.queries": "/queries?status={status}",
     "dashboard.grid": "/dashboard/", "dashboard.recruitment_svg": "/dashboard/recruitment.svg",
-    "auth.password": "/password", "auth.login": "/login", "auth.logout": None, "static": None,
+    "auth.password": "/password", "auth.language": "/language", "auth.login": "/login", "auth.logout": None, "static": None,
 }
 GENERAL_API = {
     "api.me": "/me", "api.sites": "/sites", "api.protocol": "/protocol", "api.openapi": "/openapi.json",
@@ -143,6 +144,8 @@ def assert_no_leak(body: str, where: str):
         assert word not in body, f"{where} shows {word!r}"
     for day in SESSION_DAYS:
         assert day.isoformat() not in body, f"{where} shows a session date {day}"
+        # the pages show days by Babel's locale data (English without Accept-Language)
+        assert format_date(day, "medium", locale="en") not in body, f"{where} shows a session date {day}"
     assert not re.search(r'"(low|high|usual)"', body), f"{where} names an arm key"
 
 

@@ -363,7 +363,7 @@ def test_the_web_adverse_event_form_names_what_is_wrong(kids, app, db):
                      "seriousness": "hospitalisation", "relatedness": "not_related", "expectedness": "", "outcome": "recovering"})
     assert r.status_code == 302
     page = c.get(r.headers["Location"]).get_data(as_text=True)
-    assert "Fall" in page and "hospitalisation" in page
+    assert "Fall" in page and "Hospitalisation" in page  # the seriousness criterion by its label
 
 
 class Inbox:

@@ -328,8 +328,9 @@ EXCLUDED_PREFIXES = ("lock.", "auth.")
 # account administration goes on under a lock (a compromised token must be revocable at any time)
 ACCOUNT_ROUTES = {"admin.user_new", "admin.user_edit", "admin.revoke_tokens", "grants.approve", "grants.reject",
                   "api.approve_grant", "api.reject_grant"}
-# dismissing one's own in-app notification is the user's screen, not trial data
-USER_STATE_ROUTES = {"api.dismiss_notification", "dm.dismiss"}
+# dismissing one's own in-app notification, or choosing the language of one's pages, is the user's
+# screen, not trial data
+USER_STATE_ROUTES = {"api.dismiss_notification", "dm.dismiss", "auth.language"}
 EXCLUDED = {"api.create_lock", "api.lift_lock", "api.unblinding"} | ACCOUNT_ROUTES | USER_STATE_ROUTES
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 

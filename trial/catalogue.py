@@ -5,6 +5,14 @@ shows an internal key. ``N_`` marks a string for the translation catalogue witho
 it here (this module has no request and no locale); pages translate the label when they show it."""
 from __future__ import annotations
 
+# The languages of the web UI (gettext locale names; pt_BR is served as pt-BR), each named in its
+# own language for the language choice. English is the source language and the fallback.
+LANGUAGES: dict[str, str] = {
+    "en": "English", "de": "Deutsch", "it": "Italiano", "nb": "Norsk bokmål", "pt_BR": "Português (Brasil)",
+    "ko": "한국어", "he": "עברית",
+}
+RTL_LANGUAGES = frozenset({"he"})
+
 
 def N_(text: str) -> str:
     """Mark ``text`` for extraction into the translation catalogue; translated where it is shown."""
@@ -37,6 +45,7 @@ LABELS: dict[str, dict[str, str]] = {
         "not_expected": N_("Not expected"), "not_yet_randomized": N_("Not yet randomized"),
     },
     "query_status": {"open": N_("Open"), "answered": N_("Answered"), "closed": N_("Closed")},
+    "query_step": {"raise": N_("Raised"), "response": N_("Answered"), "close": N_("Closed"), "reopen": N_("Reopened")},
     "query_kind": {
         "participant": N_("Participant"), "screening": N_("Screening"), "assessment": N_("Assessment"),
         "session": N_("Session"), "event": N_("Status event"), "adverse_event": N_("Adverse event"),
@@ -61,6 +70,9 @@ LABELS: dict[str, dict[str, str]] = {
     },
     "sex": {"female": N_("Female"), "male": N_("Male")},
     "lock_kind": {"soft": N_("Soft lock"), "hard": N_("Hard lock")},
+    "attendance": {"attended": N_("Attended"), "cancelled": N_("Cancelled"), "no_show": N_("No show")},
+    "grant_status": {"pending": N_("Pending"), "approved": N_("Approved"), "rejected": N_("Rejected"),
+                     "withdrawn": N_("Request withdrawn")},
 }
 
 

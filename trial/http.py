@@ -1,29 +1,40 @@
 """Request plumbing shared by the web pages and the API: the request's database session, the
 acting user (session cookie or bearer token), the access policy, the checks of raw request
-values, error answers (pages and JSON) and security headers."""
+values, error answers (pages and JSON), security headers, and the language of the pages (the
+user's setting, else the browser's ``Accept-Language``, else English; the API speaks English)."""
 from __future__ import annotations
 
+import datetime as dt
+
 from flask import Flask, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
+from flask_babel import Babel, format_date, format_decimal, format_percent, get_locale, gettext
 from flask_login import LoginManager, current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from jinja2 import Undefined
 from sqlalchemy.exc import SQLAlchemyError
 
 from trial.auth.service import load_session_user, user_for_token
-from trial.catalogue import label
-from trial.db import unavailable
+from trial.catalogue import LANGUAGES, N_, RTL_LANGUAGES, label
+from trial.db import unavailable, utcnow
 from trial.errors import DomainError, ValidationError
 from trial.paging import DEFAULT_PER_PAGE, MAX_PER_PAGE, PageRequest
 from trial.policy import ANY, POLICY, PUBLIC, QUERY_PARAMS
 from trial.protocol.service import current as current_protocol
 from trial.protocol.service import labels as protocol_labels
+from trial.protocol.service import localized
 from trial.trialstate.service import lock_in_force
 from trial.validation import CONTROL_MESSAGE, MAX_ID, has_control
 from trial.version import __version__
 
 csrf = CSRFProtect()
+babel = Babel()
 login_manager = LoginManager()
 login_manager.login_view = "auth.login"
 login_manager.session_protection = "strong"
+login_manager.login_message = N_("Please log in to access this page.")
+login_manager.localize_callback = gettext
+# the other names browsers give the UI's languages (Norwegian, old Hebrew, Portuguese without a country)
+LANGUAGE_ALIASES = {"no": "nb", "nn": "nb", "iw": "he", "pt": "pt_BR"}
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -66,6 +77,12 @@ def is_page_error(e: DomainError) -> bool:
     return e.status in (401, 403, 404, 423) or e.status >= 500
 
 
+def say(message: str | None) -> str | None:
+    """A message in the page's language when the catalogue has it (the system's own fixed
+    messages); a service's message composed with values stays as it is (English)."""
+    return gettext(message) if message else message
+
+
 def form_errors(form, e: DomainError) -> None:
     """Show a service's refusal on the form: the message, and each named field's reason. An error
     of the page (see :func:`is_page_error`) propagates."""
@@ -76,8 +93,8 @@ def form_errors(form, e: DomainError) -> None:
         key = name.split(".")[-1]
         field = getattr(form, key, None) or getattr(form, f"c_{key}", None) or getattr(form, f"v_{key}", None)
         if field is not None and hasattr(field, "errors"):
-            field.errors = list(field.errors) + [why]
-    flash(e.message, "error")
+            field.errors = list(field.errors) + [say(why)]
+    flash(say(e.message), "error")
 
 
 def _check_request_values():
@@ -124,18 +141,18 @@ def commit_or_flash(action, done: str) -> bool:
         db().rollback()
         if is_page_error(e):
             raise
-        flash(e.message, "error")
+        flash(say(e.message), "error")
         return False
 
 
-def post_and_return(form, action, done: str, back: str, incomplete: str | None = "Fill in every field."):
+def post_and_return(form, action, done: str, back: str, incomplete: str | None = N_("Fill in every field.")):
     """A form posted from a list or record page (locks, grants, queries, adverse events): run
     ``action(form)`` and commit, flash the outcome, go back to ``back``. A refusal of the form is
     flashed (``incomplete``, unless None); a page error propagates."""
     if form.validate_on_submit():
         commit_or_flash(lambda: action(form), done)
     elif incomplete:
-        flash(incomplete, "error")
+        flash(say(incomplete), "error")
     return redirect(back)
 
 
@@ -187,7 +204,7 @@ def _enforce_policy():
         if is_api():
             return api_error(401, "unauthorized", "A valid bearer token is required.")
         return login_manager.unauthorized()
-    if not is_api() and user.must_change_password and endpoint not in ("auth.password", "auth.logout"):
+    if not is_api() and user.must_change_password and endpoint not in ("auth.password", "auth.logout", "auth.language"):
         return redirect(url_for("auth.password"))
     if policy != ANY and not user.has_role(*policy):
         abort(403)
@@ -208,12 +225,119 @@ def lock_notice() -> str | None:
     return g.lock_notice
 
 
+def select_locale() -> str:
+    """The language of this request's pages: the user's own setting, else the best match of the
+    browser's ``Accept-Language``, else English. The API always speaks English (its messages are
+    part of its contract)."""
+    if not request or is_api():
+        return "en"
+    chosen = None
+    try:
+        chosen = getattr(actor(), "language", None)
+    except SQLAlchemyError:  # the database is down: the error page is still in the browser's language
+        pass
+    if chosen in LANGUAGES:
+        return chosen
+    best = request.accept_languages.best_match(list(LANGUAGES) + list(LANGUAGE_ALIASES))
+    return LANGUAGE_ALIASES.get(best, best) if best else "en"
+
+
+def locale_code() -> str:
+    """The catalogue's name of the page's language (``pt_BR``)."""
+    locale = get_locale() if request else None
+    return str(locale) if locale else "en"
+
+
+def html_lang() -> str:
+    """The page's language as a BCP 47 tag (``pt-BR``)."""
+    return locale_code().replace("_", "-")
+
+
+def html_dir() -> str:
+    """``rtl`` for a language written right to left (Hebrew), else ``ltr``."""
+    locale = get_locale() if request else None
+    rtl = locale is not None and (locale.language in RTL_LANGUAGES or locale.character_order == "right-to-left")
+    return "rtl" if rtl else "ltr"
+
+
 def _page_context() -> dict:
     """What every page's layout needs: the lock banner and ``writable`` (false while a lock holds:
     the data-entry links and buttons are not shown; the write routes answer 423 anyway), and the
-    page's language and writing direction (English, left to right, until translations come)."""
+    page's language and writing direction."""
     notice = lock_notice() if request and not is_api() else None
-    return {"lock_notice": notice, "writable": notice is None, "html_lang": "en", "html_dir": "ltr"}
+    return {"lock_notice": notice, "writable": notice is None, "html_lang": html_lang(), "html_dir": html_dir()}
+
+
+def tlabel(kind: str, key: str | None) -> str:
+    """The system's word for one of its keys (trial.catalogue) in the page's language."""
+    text = label(kind, key)
+    return gettext(text) if text else ""
+
+
+def protocol_labels_here() -> dict[str, dict[str, str]]:
+    """The protocol's words for its keys in the page's language (English where it gives none), from
+    the version in force, read once per request."""
+    code = locale_code()
+    cached = g.get("protocol_labels")
+    if cached is None or cached[0] != code:
+        cached = g.protocol_labels = (code, protocol_labels(current_protocol(db()).content, code))
+    return cached[1]
+
+
+def plabel(kind: str, key: str | None) -> str:
+    """The protocol's word for one of its keys (arm, visit, instrument, "instrument.field",
+    criterion, factor, technique) in the page's language, English the fallback."""
+    if key is None:
+        return ""
+    return protocol_labels_here().get(kind, {}).get(key, key)
+
+
+def protocol_content() -> dict:
+    """The protocol in force with its labels in the page's language, for showing (a copy: the
+    rules are read from ``current_protocol(db()).content``)."""
+    code = locale_code()
+    cached = g.get("protocol_localized")
+    if cached is None or cached[0] != code:
+        cached = g.protocol_localized = (code, localized(current_protocol(db()).content, code))
+    return cached[1]
+
+
+def day(value) -> str:
+    """A calendar day (a date, or its ISO text) in the page's language, by Babel's locale data. A
+    site-local day stays that day: dates are never moved to another time zone."""
+    if not value:  # None, "", or a value the page does not have (Undefined)
+        return ""
+    if isinstance(value, str):
+        try:
+            value = dt.date.fromisoformat(value[:10])
+        except ValueError:
+            return value
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    return format_date(value, format="medium", rebase=False)
+
+
+def sae_clock(ae: dict) -> str:
+    """The 24-hour reporting clock of a serious adverse event (its view), in the page's language;
+    empty once acknowledged or for an event that is not serious."""
+    if not ae.get("clock") or not ae.get("report_due"):
+        return ""
+    left = dt.datetime.fromisoformat(ae["report_due"].rstrip("Z")) - utcnow()
+    hours, minutes = divmod(int(abs(left.total_seconds())) // 60, 60)
+    mm = str(minutes).zfill(2)
+    if left.total_seconds() <= 0:
+        return gettext("report overdue by %(hours)s h %(minutes)s min", hours=hours, minutes=mm)
+    return gettext("report due in %(hours)s h %(minutes)s min", hours=hours, minutes=mm)
+
+
+def number(value) -> str:
+    """A number in the page's language (digit grouping, decimal sign)."""
+    return "" if value is None or isinstance(value, Undefined) else format_decimal(value)
+
+
+def percent(value) -> str:
+    """A share (0.5) as a percentage in the page's language; a dash when there is none."""
+    return "—" if value is None or isinstance(value, Undefined) else format_percent(value)
 
 
 def _security_headers(resp):
@@ -226,6 +350,9 @@ def _security_headers(resp):
         resp.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
     if request.endpoint != "static":
         resp.headers.setdefault("Cache-Control", "no-store")
+        if not is_api() and resp.mimetype == "text/html":
+            resp.headers["Content-Language"] = html_lang()
+            resp.vary.add("Accept-Language")
     return resp
 
 
@@ -249,7 +376,7 @@ def _error(status: int, message: str, code: str | None = None, fields: dict | No
         return api_error(status, code or CODES.get(status, "error"), message, fields, retry_after)
     if status >= 500:
         g.lock_notice = None  # the database may be what failed: the error page does not ask it again
-    resp = current_app.make_response((render_template("error.html", status=status, message=message), status))
+    resp = current_app.make_response((render_template("error.html", status=status, message=say(message)), status))
     if retry_after:
         resp.headers["Retry-After"] = str(retry_after)
     return resp
@@ -263,9 +390,9 @@ def _committed_in_this_request() -> bool:
 def _internal_error(e):
     """A 500 says that nothing was changed only when that is known: no commit in this request."""
     if _committed_in_this_request():
-        message = "Internal error. Part of this request may have been saved: check before repeating it."
+        message = N_("Internal error. Part of this request may have been saved: check before repeating it.")
     else:
-        message = "Internal error; nothing was changed."
+        message = N_("Internal error; nothing was changed.")
     return _error(500, message)
 
 
@@ -285,6 +412,8 @@ def init_app(app: Flask) -> None:
     The blueprints are registered by the app factory (trial.app)."""
     csrf.init_app(app)
     login_manager.init_app(app)
+    babel.init_app(app, locale_selector=select_locale)
+    app.jinja_env.filters.update(day=day, number=number, percent=percent, say=say)
 
     @login_manager.user_loader
     def _load(user_id: str):
@@ -304,7 +433,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def _csrf(e):
-        return _error(400, "The form expired or was not sent from this site; reload the page and try again.")
+        return _error(400, N_("The form expired or was not sent from this site; reload the page and try again."))
 
     app.register_error_handler(SQLAlchemyError, _database_error)
     app.register_error_handler(500, _internal_error)
@@ -317,22 +446,15 @@ def init_app(app: Flask) -> None:
             return resp
         return handler
 
-    for status, message in ((400, "The request was not understood."), (403, "Your role does not allow this."),
-                            (404, "Not found."), (405, "Method not allowed."), (413, "The request is too large.")):
+    for status, message in ((400, N_("The request was not understood.")), (403, N_("Your role does not allow this.")),
+                            (404, N_("Not found.")), (405, N_("Method not allowed.")),
+                            (413, N_("The request is too large."))):
         app.register_error_handler(status, _http(status, message))
-
-    def plabel(kind: str, key: str | None) -> str:
-        """The protocol's word for one of its keys (arm, visit, instrument, "instrument.field",
-        criterion, technique), from the version in force, read once per request."""
-        if key is None:
-            return ""
-        if "protocol_labels" not in g:
-            g.protocol_labels = protocol_labels(current_protocol(db()).content)
-        return g.protocol_labels.get(kind, {}).get(key, key)
 
     app.context_processor(_page_context)
 
     @app.context_processor
     def _ctx():
         return {"actor": actor() if request else None, "version": __version__, "page_url": page_url,
-                "label": label, "plabel": plabel}
+                "label": tlabel, "plabel": plabel, "sae_clock": sae_clock,
+                "protocol_here": lambda content: localized(content, locale_code())}

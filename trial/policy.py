@@ -14,6 +14,7 @@ POLICY: dict[str, object] = {
     "auth.login": PUBLIC,
     "auth.logout": ANY,
     "auth.password": ANY,
+    "auth.language": ANY,
     "main.home": ANY,
     "admin.users": ("admin",),
     "admin.user_new": ("admin",),

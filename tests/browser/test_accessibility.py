@@ -127,4 +127,4 @@ def test_a_coordinator_records_a_screening_with_the_keyboard_only(open_as, live)
     else:
         pytest.fail("the submit button was never reached with the Tab key")
     page.wait_for_url("**/enroll")
-    assert "eligible" in page.locator(".flash").first.inner_text()
+    assert "Eligible" in page.locator(".flash").first.inner_text()

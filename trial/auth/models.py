@@ -29,8 +29,11 @@ class User(Base):
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     password_changed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # the language of the web pages the user chose (a key of trial.catalogue.LANGUAGES); None: the
+    # browser's (Accept-Language), else English
+    language: Mapped[str | None] = mapped_column(String(8))
 
-    roles: Mapped[list["RoleAssignment"]] = relationship(back_populates="user", cascade="all, delete-orphan",
+    roles: Mapped[list[RoleAssignment]] = relationship(back_populates="user", cascade="all, delete-orphan",
                                                          lazy="selectin")
 
     # Flask-Login protocol -------------------------------------------------------------

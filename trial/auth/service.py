@@ -23,6 +23,7 @@ from trial.auth.models import (
     User,
 )
 from trial.cache import prebuilt
+from trial.catalogue import LANGUAGES, N_
 from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
@@ -36,7 +37,7 @@ _DUMMY_HASH = _hasher.hash("not a password of anyone")
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 10
-LOGIN_FAILED = "Unknown e-mail or wrong password."
+LOGIN_FAILED = N_("Unknown e-mail or wrong password.")
 LOGIN_THROTTLED = "Too many failed logins for this account."
 
 
@@ -298,6 +299,19 @@ def change_password(db: Session, user: User, current: str, new: str) -> None:
     user.session_token = secrets.token_hex(16)  # ends every session of this user
     audit.record(db, user, "change_password", "user", user.email, {"password_changed_at": (None, user.password_changed_at)})
     _revoke_all(db, user, user, "password changed")
+
+
+def set_language(db: Session, user: User, language: str | None) -> None:
+    """The user's own choice of the language of the web pages (None: the browser's), audited like
+    every change of an account. Only the user sets it."""
+    language = language or None
+    if language is not None and language not in LANGUAGES:
+        raise ValidationError(f"Unknown language {language!r}; one of {', '.join(LANGUAGES)}.",
+                              {"language": "is not a language of the web pages"})
+    if language == user.language:
+        return
+    audit.record(db, user, "update", "user", user.email, {"language": (user.language, language)})
+    user.language = language
 
 
 def end_sessions(db: Session, user: User) -> None:

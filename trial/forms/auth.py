@@ -1,19 +1,32 @@
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField, SubmitField
+from wtforms import EmailField, HiddenField, PasswordField, SelectField, SubmitField
 from wtforms.validators import DataRequired, Length
+
+from trial.catalogue import LANGUAGES
 
 
 class LoginForm(FlaskForm):
-    email = EmailField("E-mail", validators=[DataRequired(), Length(max=254)])
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=1000)])
-    submit = SubmitField("Log in")
+    email = EmailField(_l("E-mail"), validators=[DataRequired(), Length(max=254)])
+    password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=1000)])
+    submit = SubmitField(_l("Log in"))
 
 
 class PasswordForm(FlaskForm):
-    current_password = PasswordField("Current password", validators=[DataRequired()])
-    new_password = PasswordField("New password", validators=[DataRequired(), Length(min=10, max=1000)])
-    submit = SubmitField("Change password")
+    current_password = PasswordField(_l("Current password"), validators=[DataRequired()])
+    new_password = PasswordField(_l("New password"), validators=[DataRequired(), Length(min=10, max=1000)])
+    submit = SubmitField(_l("Change password"))
+
+
+class LanguageForm(FlaskForm):
+    """The user's language of the web pages; each language is named in its own words."""
+    language = SelectField(_l("Language of the pages"),
+                           choices=[("", _l("The browser's language"))] + list(LANGUAGES.items()),
+                           description=_l("Without a choice here, the pages follow the language your browser asks for, "
+                                          "else English."))
+    next = HiddenField()
+    submit = SubmitField(_l("Save the language"))
 
 
 class LogoutForm(FlaskForm):
-    submit = SubmitField("Log out")
+    submit = SubmitField(_l("Log out"))

@@ -1,3 +1,4 @@
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField,
@@ -11,25 +12,29 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
+from trial.catalogue import label
+from trial.http import plabel
+
 
 def session_form(techniques: list[str], correction: bool = False, data: dict | None = None):
     """A session: logged, or (``correction``) corrected with a required reason, prefilled with
     ``data`` (the session as recorded)."""
-    technique_choices = [(t, t.replace("_", " ")) for t in techniques]
+    technique_choices = [(t, plabel("technique", t)) for t in techniques]
 
     class SessionForm(FlaskForm):
-        held_on = DateField("Date", validators=[DataRequired()])
-        attendance = SelectField("Attendance", choices=[("attended", "Attended"), ("cancelled", "Cancelled"), ("no_show", "No show")])
-        minutes = IntegerField("Minutes", validators=[Optional(), NumberRange(min=0, max=240)],
-                               description="Required for an attended session; empty when it did not take place.")
-        techniques = SelectMultipleField("Techniques", choices=technique_choices)
-        engagement = SelectField("Child engagement", choices=[("", "—")] + [(str(i), str(i)) for i in range(1, 6)])
-        note = TextAreaField("Short note", validators=[Optional(), Length(max=1000)])
+        held_on = DateField(_l("Date"), validators=[DataRequired()])
+        attendance = SelectField(_l("Attendance"), choices=[(k, _l(label("attendance", k)))
+                                                            for k in ("attended", "cancelled", "no_show")])
+        minutes = IntegerField(_l("Minutes"), validators=[Optional(), NumberRange(min=0, max=240)],
+                               description=_l("Required for an attended session; empty when it did not take place."))
+        techniques = SelectMultipleField(_l("Techniques"), choices=technique_choices)
+        engagement = SelectField(_l("Child engagement"), choices=[("", "—")] + [(str(i), str(i)) for i in range(1, 6)])
+        note = TextAreaField(_l("Short note"), validators=[Optional(), Length(max=1000)])
     if correction:
-        SessionForm.reason = StringField("Reason for the correction", validators=[DataRequired(), Length(max=500)])
-        SessionForm.submit = SubmitField("Save correction")
+        SessionForm.reason = StringField(_l("Reason for the correction"), validators=[DataRequired(), Length(max=500)])
+        SessionForm.submit = SubmitField(_l("Save correction"))
     else:
-        SessionForm.submit = SubmitField("Log session")
+        SessionForm.submit = SubmitField(_l("Log session"))
     if data is not None:
         data = {**data, "engagement": str(data["engagement"]) if data.get("engagement") is not None else ""}
     return SessionForm(data=data)
@@ -43,7 +48,7 @@ def session_data(form) -> dict:
 
 
 class CounsellingForm(FlaskForm):
-    held_on = DateField("Date", validators=[DataRequired()])
-    attended = BooleanField("Parents attended", default=True)
-    note = StringField("Note", validators=[Optional(), Length(max=1000)])
-    submit = SubmitField("Log counselling session")
+    held_on = DateField(_l("Date"), validators=[DataRequired()])
+    attended = BooleanField(_l("Parents attended"), default=True)
+    note = StringField(_l("Note"), validators=[Optional(), Length(max=1000)])
+    submit = SubmitField(_l("Log counselling session"))

@@ -1,3 +1,4 @@
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField,
@@ -13,70 +14,75 @@ from wtforms import (
 from wtforms.validators import DataRequired, Length, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
 
+from trial.catalogue import label
 from trial.safety.models import EXPECTEDNESS, OUTCOMES, RELATEDNESS, SERIOUSNESS, SEVERITIES
 
 
-def _choices(values):
-    return [(v, v.replace("_", " ")) for v in values]
+def _choices(kind: str, values):
+    """(key, word) pairs, the words from trial.catalogue in the page's language."""
+    return [(v, _l(label(kind, v))) for v in values]
 
 
 class RaiseQueryForm(FlaskForm):
     kind = HiddenField()
     target_id = HiddenField()
-    field = StringField("Field (optional)", validators=[Optional(), Length(max=64)])
-    text = TextAreaField("Query", validators=[DataRequired(), Length(max=2000)])
-    submit = SubmitField("Raise the query")
+    field = StringField(_l("Field (optional)"), validators=[Optional(), Length(max=64)])
+    text = TextAreaField(_l("Query"), validators=[DataRequired(), Length(max=2000)])
+    submit = SubmitField(_l("Raise the query"))
 
 
 def respond_form(fields: list[dict] | None = None, values: dict | None = None):
-    """An answer; for a query on an entered assessment, the values may be corrected with it."""
+    """An answer; for a query on an entered assessment, the values may be corrected with it
+    (``fields`` with their labels in the page's language)."""
     class RespondForm(FlaskForm):
-        text = TextAreaField("Answer", validators=[DataRequired(), Length(max=2000)])
+        text = TextAreaField(_l("Answer"), validators=[DataRequired(), Length(max=2000)])
     for f in fields or []:
-        setattr(RespondForm, f"v_{f['key']}", IntegerField(f"{f['label']} (corrected value, optional)",
+        setattr(RespondForm, f"v_{f['key']}", IntegerField(_l("%(field)s (corrected value, optional)", field=f["label"]),
                                                            default=(values or {}).get(f["key"]), validators=[Optional()]))
-    RespondForm.correct = BooleanField("Correct the values above with this answer")
-    RespondForm.submit = SubmitField("Answer")
+    RespondForm.correct = BooleanField(_l("Correct the values above with this answer"))
+    RespondForm.submit = SubmitField(_l("Answer"))
     return RespondForm()
 
 
 class QueryStateForm(FlaskForm):
-    text = StringField("Note (optional)", validators=[Optional(), Length(max=2000)])
-    submit = SubmitField("Save")
+    text = StringField(_l("Note (optional)"), validators=[Optional(), Length(max=2000)])
+    submit = SubmitField(_l("Save"))
 
 
 class AdverseEventForm(FlaskForm):
-    term = StringField("Adverse event (term)", validators=[DataRequired(), Length(max=200)])
-    onset = DateField("Onset", validators=[DataRequired()])
-    severity = SelectField("Severity", choices=_choices(SEVERITIES))
-    serious = BooleanField("Serious")
-    seriousness = SelectMultipleField("Seriousness criteria (for a serious event)", choices=_choices(SERIOUSNESS),
+    term = StringField(_l("Adverse event (term)"), validators=[DataRequired(), Length(max=200)])
+    onset = DateField(_l("Onset"), validators=[DataRequired()])
+    severity = SelectField(_l("Severity"), choices=_choices("severity", SEVERITIES))
+    serious = BooleanField(_l("Serious"))
+    seriousness = SelectMultipleField(_l("Seriousness criteria (for a serious event)"),
+                                      choices=_choices("seriousness", SERIOUSNESS),
                                       option_widget=CheckboxInput(), widget=ListWidget(prefix_label=False))
-    relatedness = SelectField("Relatedness to the intervention", choices=_choices(RELATEDNESS))
-    expectedness = SelectField("Expectedness", choices=[("", "not assessed")] + _choices(EXPECTEDNESS))
-    outcome = SelectField("Outcome", choices=_choices(OUTCOMES))
-    resolved_on = DateField("Resolved on (the date of death for a fatal outcome)", validators=[Optional()])
-    description = TextAreaField("Description", validators=[Optional(), Length(max=4000)])
-    submit = SubmitField("Record the adverse event")
+    relatedness = SelectField(_l("Relatedness to the intervention"), choices=_choices("relatedness", RELATEDNESS))
+    expectedness = SelectField(_l("Expectedness"),
+                               choices=[("", _l("Not assessed"))] + _choices("expectedness", EXPECTEDNESS))
+    outcome = SelectField(_l("Outcome"), choices=_choices("ae_outcome", OUTCOMES))
+    resolved_on = DateField(_l("Resolved on (the date of death for a fatal outcome)"), validators=[Optional()])
+    description = TextAreaField(_l("Description"), validators=[Optional(), Length(max=4000)])
+    submit = SubmitField(_l("Record the adverse event"))
 
 
 class FollowUpForm(FlaskForm):
-    on = DateField("Date", validators=[DataRequired()])
-    outcome = SelectField("Outcome", choices=_choices(OUTCOMES))
-    resolved_on = DateField("Resolved on (the date of death for a fatal outcome)", validators=[Optional()])
-    text = TextAreaField("Follow-up", validators=[DataRequired(), Length(max=4000)])
-    submit = SubmitField("Record the follow-up")
+    on = DateField(_l("Date"), validators=[DataRequired()])
+    outcome = SelectField(_l("Outcome"), choices=_choices("ae_outcome", OUTCOMES))
+    resolved_on = DateField(_l("Resolved on (the date of death for a fatal outcome)"), validators=[Optional()])
+    text = TextAreaField(_l("Follow-up"), validators=[DataRequired(), Length(max=4000)])
+    submit = SubmitField(_l("Record the follow-up"))
 
 
 class AcknowledgeForm(FlaskForm):
-    submit = SubmitField("Acknowledge: the event is reported")
+    submit = SubmitField(_l("Acknowledge: the event is reported"))
 
 
 class VerifyForm(FlaskForm):
     kind = HiddenField(validators=[DataRequired()])
     target_id = HiddenField()
-    submit = SubmitField("Mark verified")
+    submit = SubmitField(_l("Mark verified"))
 
 
 class DismissForm(FlaskForm):
-    submit = SubmitField("Dismiss")
+    submit = SubmitField(_l("Dismiss"))

@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.dataquality.models import DataQuery
 from trial.dataquality.service import clear_verification, raise_check, resolve_check
+from trial.db import date_plus_days
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.notify.service import notify, users_with_role
 from trial.outcomes.models import BlindingBreak
-from trial.participants.models import GUESSES, Allocation, Assessment, Participant
+from trial.paging import Page, ordered, paginate, sort_key
+from trial.participants.models import FINAL_EVENTS, GUESSES, Allocation, Assessment, Participant, StatusEvent
 from trial.participants.service import (
     allocation_of,
     allocations_for,
@@ -381,41 +384,14 @@ def _lacks(visit: str, instruments: list[str]):
                                  Assessment.instrument == k) for k in instruments])
 
 
-def _window_candidates(db: Session, stmt, kind: str, on: dt.date | None):
-    """Narrow a select of participants, in the database, to those who may have a visit of this
-    kind: a form lacking at a visit whose window is open (due) or closed (overdue, missing form),
-    or an assessment done outside its window. The randomization day is the site's local date of a
-    UTC time, so the bounds keep a day's margin either side; the exact status is then computed
-    for these few only, and the cost follows the length of the worklist, not the size of the trial."""
-    content = current_protocol(db).content
-    first, last = _today_span(db, on)
-    margin = dt.timedelta(days=1)
-    if kind == "out_of_window":
-        return stmt.where(exists().where(Assessment.participant_id == Participant.id, Assessment.out_of_window.is_(True)))
-    allocated = exists().where(Allocation.participant_id == Participant.id)
-    randomized_at = select(Allocation.randomized_at).where(Allocation.participant_id == Participant.id).scalar_subquery()
-    conds = []
-    for v in content["visits"]:
-        forms = [i["key"] for i in content["instruments"] if v["key"] in i["visits"]]
-        if not forms:
-            continue
-        if v["key"] == "baseline":
-            if kind == "due":
-                conds.append(and_(~allocated, _lacks(v["key"], forms)))
-            continue
-        closed_before = _utc(last - dt.timedelta(days=v["day"] + v["window_after"]) + margin)
-        if kind == "overdue":
-            conds.append(and_(randomized_at < closed_before, _lacks(v["key"], forms)))
-        else:  # due: lo <= today <= hi
-            opens_from = _utc(first - dt.timedelta(days=v["day"] + v["window_after"]) - margin)
-            opens_to = _utc(last + dt.timedelta(days=v["window_before"] - v["day"]) + 2 * margin)
-            conds.append(and_(randomized_at >= opens_from, randomized_at < opens_to, _lacks(v["key"], forms)))
-    return stmt.where(or_(*conds)) if conds else stmt.where(Participant.id.is_(None))
+READ_CHECK_LIMIT = 50  # participants whose new missing-form queries one worklist read raises
 
 
-def missing_form_candidates(db: Session, stmt, on: dt.date | None = None) -> list[Participant]:
+def missing_form_candidates(db: Session, stmt, on: dt.date | None = None, limit: int | None = None) -> list[Participant]:
     """Of a select of participants, those with a form missing at a visit whose window has closed
-    and no automatic query raised for it yet, found in the database."""
+    and no automatic query raised for it yet, found in the database; at most ``limit`` of them
+    (a worklist read raises a bounded number, so that a read never turns into a long write: the
+    daily `trial checks run` raises the rest)."""
     content = current_protocol(db).content
     _, last = _today_span(db, on)
     conds = []
@@ -436,7 +412,8 @@ def missing_form_candidates(db: Session, stmt, on: dt.date | None = None) -> lis
                                 DataQuery.visit == v["key"], DataQuery.instrument == ins["key"])))
     if not conds:
         return []
-    return list(db.execute(stmt.where(or_(*conds)).order_by(Participant.id)).scalars())
+    q = stmt.where(or_(*conds)).order_by(Participant.id)
+    return list(db.execute(q if limit is None else q.limit(limit)).scalars())
 
 
 def check_missing_forms(db: Session, participants: list, on: dt.date | None = None) -> int:
@@ -455,6 +432,7 @@ def check_missing_forms(db: Session, participants: list, on: dt.date | None = No
     asked = set(db.execute(select(DataQuery.participant_id, DataQuery.visit, DataQuery.instrument).where(
         DataQuery.participant_id.in_(ids), DataQuery.origin == "check", DataQuery.kind == "assessment",
         DataQuery.target_id.is_(None))).all())  # a missing form is queried once; a closed query is not raised again
+    known = done | asked
     raised = 0
     for p in participants:
         alloc = allocs.get(p.id)
@@ -470,7 +448,7 @@ def check_missing_forms(db: Session, participants: list, on: dt.date | None = No
             if day <= hi or (final is not None and final.on <= hi):
                 continue
             for ins in content["instruments"]:
-                if v["key"] in ins["visits"] and (p.id, v["key"], ins["key"]) not in done | asked:
+                if v["key"] in ins["visits"] and (p.id, v["key"], ins["key"]) not in known:
                     q = raise_check(db, p, "assessment", None, missing_key(p.id, v["key"], ins["key"]),
                                     f"{ins['label']} at {v['label']} is missing: its window closed on {hi.isoformat()}. "
                                     "Enter it, or answer why it cannot be.",
@@ -480,36 +458,126 @@ def check_missing_forms(db: Session, participants: list, on: dt.date | None = No
 
 
 WORKLISTS = ("due", "overdue", "out_of_window")
+WORKLIST_SORTS = ("visit", "study_id", "randomized")
 
 
-def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt.date | None = None,
-             search: str | None = None, visit: str | None = None) -> list[dict]:
-    """Due, overdue or out-of-window visits of the participants the actor may see, found in the
-    database (see _window_candidates), soonest target first."""
+def _utc_start(day: dt.date, tz: str) -> dt.datetime:
+    """The UTC time (naive, as stored) at which ``day`` begins in the time zone ``tz``."""
+    local = dt.datetime.combine(day, dt.time.min, tzinfo=zoneinfo.ZoneInfo(tz or "UTC"))
+    return local.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def worklist_query(db: Session, actor, kind: str, site_code: str | None = None, search: str | None = None,
+                   visit: str | None = None, on: dt.date | None = None):
+    """The worklist as one SQL statement: a row (participant id, study id, visit, visit's place,
+    randomization time) for each visit of the kind, built per site and per visit from the
+    protocol's windows. A site's randomization day is the local date of a UTC time, so each
+    bound is the UTC instant that local day begins (DST included); the forms a visit needs are
+    the reader's own at that site; a visit after which the child withdrew or died is left out.
+    Nothing of the whole trial is loaded: the list is filtered, counted and paged in the database."""
     if kind not in WORKLISTS:
         raise ValidationError("kind must be due, overdue or out_of_window", {"kind": "due, overdue or out_of_window"})
     if not actor.has_role("coordinator", "assessor", "monitor", "manager"):
         raise Forbidden("Visit lists are for coordinators, assessors and managers.")
-    visits = {v["key"] for v in current_protocol(db).content["visits"]}
-    if visit is not None and visit not in visits:
+    content = current_protocol(db).content
+    if visit is not None and visit not in {v["key"] for v in content["visits"]}:
         raise ValidationError("visit is not a visit of the protocol.", {"visit": "not a visit of the protocol"})
     base = participant_query(db, actor, site_code, search)
-    if active_lock_id(db) is None:  # the checks write; under a lock the worklist only reads
-        check_missing_forms(db, missing_form_candidates(db, base, on), on)
-    people = list(db.execute(_window_candidates(db, base, kind, on).order_by(Participant.study_id)).scalars())
-    sched = schedule(db, actor, people, on)
+    sites = db.execute(select(Site.id, Site.timezone)).all()
+    not_allocated = Allocation.id.is_(None)  # each branch outer-joins the allocation
+    branches = []
+    for idx, v in enumerate(content["visits"]):
+        if visit is not None and v["key"] != visit:
+            continue
+        per_site = []
+        for site_id, tz in sites:
+            forms = [i["key"] for i in _role_instruments(content, actor, site_id) if v["key"] in i["visits"]]
+            if not forms:
+                continue
+            day = on or today(tz)
+            here = Participant.site_id == site_id
+            if v["key"] == "baseline":
+                if kind == "due":
+                    per_site.append(and_(here, not_allocated, _lacks(v["key"], forms)))
+                continue
+            if kind == "out_of_window":
+                per_site.append(and_(here, ~_lacks(v["key"], forms), exists().where(
+                    Assessment.participant_id == Participant.id, Assessment.visit == v["key"],
+                    Assessment.instrument.in_(forms), Assessment.out_of_window.is_(True))))
+                continue
+            closes = day - dt.timedelta(days=v["day"] + v["window_after"])  # randomized before: window closed
+            if kind == "overdue":
+                window = Allocation.randomized_at < _utc_start(closes, tz)
+            else:  # due: lo <= today <= hi
+                opens = day + dt.timedelta(days=v["window_before"] - v["day"])
+                window = and_(Allocation.randomized_at >= _utc_start(closes, tz),
+                              Allocation.randomized_at < _utc_start(opens + dt.timedelta(days=1), tz))
+            gone = exists().where(StatusEvent.participant_id == Participant.id, StatusEvent.type.in_(FINAL_EVENTS),
+                                  StatusEvent.on <= date_plus_days(Allocation.randomized_at, v["day"] + v["window_after"]))
+            per_site.append(and_(here, window, _lacks(v["key"], forms), ~gone))
+        # one branch per site and visit, each a plain conjunction, so that the database turns every
+        # NOT EXISTS into an anti-join (under an OR it would probe each row)
+        for cond in per_site:
+            branch = base.with_only_columns(Participant.id.label("pid"), Participant.study_id.label("study_id"),
+                                            literal(v["key"]).label("visit"), literal(idx).label("visit_idx"),
+                                            Allocation.randomized_at.label("randomized_at"))
+            branches.append(branch.outerjoin(Allocation, Allocation.participant_id == Participant.id).where(cond))
+    if not branches:
+        return None
+    return union_all(*branches).subquery("worklist")
+
+
+def _worklist_items(db: Session, actor, rows, on: dt.date | None, kind: str) -> list[dict]:
+    """The visits of these (participant, visit) rows with their windows and forms, computed
+    exactly for these rows only."""
     want = {"due": ("due",), "overdue": ("overdue",), "out_of_window": ("done_out_of_window",)}[kind]
+    people = {p.id: p for p in db.execute(select(Participant).where(Participant.id.in_({r.pid for r in rows}))).scalars()} if rows else {}
+    sched = schedule(db, actor, list(people.values()), on)
     broken = set(db.execute(select(BlindingBreak.participant_id).where(
         BlindingBreak.assessor_id == getattr(actor, "id", None))).scalars())
     out = []
-    for p in people:
-        for v in sched[p.id]:
-            if v["status"] in want and (visit is None or v["visit"] == visit):
-                item = {"study_id": p.study_id, **v}
-                if p.id in broken:
-                    item["warning"] = blinding_warning(db, actor, p.id)
-                out.append(item)
-    return sorted(out, key=lambda x: (x.get("target") or "", x["study_id"]))
+    for r in rows:
+        v = next(x for x in sched[r.pid] if x["visit"] == r.visit)
+        if v["status"] not in want:  # the SQL's day of a withdrawal is the UTC day: a rare edge the exact check drops
+            continue
+        item = {"study_id": r.study_id, **v}
+        if r.pid in broken:
+            item["warning"] = blinding_warning(db, actor, r.pid)
+        out.append(item)
+    return out
+
+
+def _run_checks(db: Session, actor, site_code, search, on) -> None:
+    if active_lock_id(db) is None:  # the checks write; under a lock the worklist only reads
+        check_missing_forms(db, missing_form_candidates(db, participant_query(db, actor, site_code, search), on,
+                                                        READ_CHECK_LIMIT), on)
+
+
+def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt.date | None = None,
+             search: str | None = None, visit: str | None = None) -> list[dict]:
+    """Due, overdue or out-of-window visits of the participants the actor may see, soonest
+    target first (the whole list: the API's answer)."""
+    wl = worklist_query(db, actor, kind, site_code, search, visit, on)
+    _run_checks(db, actor, site_code, search, on)
+    if wl is None:
+        return []
+    rows = db.execute(select(wl).order_by(wl.c.study_id, wl.c.visit_idx)).all()
+    return sorted(_worklist_items(db, actor, rows, on, kind), key=lambda x: (x.get("target") or "", x["study_id"]))
+
+
+def worklist_page(db: Session, actor, kind: str, req, site_code: str | None = None, search: str | None = None,
+                  visit: str | None = None, on: dt.date | None = None) -> Page:
+    """A page of a worklist, counted and paged in the database (default: by visit, then the
+    earliest randomized, that is the earliest target, first)."""
+    wl = worklist_query(db, actor, kind, site_code, search, visit, on)
+    _run_checks(db, actor, site_code, search, on)
+    allowed = {} if wl is None else {"visit": (wl.c.visit_idx, wl.c.randomized_at), "study_id": wl.c.study_id,
+                                     "randomized": wl.c.randomized_at}
+    sort = sort_key(req.sort, dict.fromkeys(WORKLIST_SORTS), "visit")
+    if wl is None:
+        return Page([], 0, req, sort)
+    page = paginate(db, ordered(select(wl), sort, allowed, wl.c.pid), req, scalars=False, sort=sort)
+    return page.map(lambda rows: _worklist_items(db, actor, rows, on, kind))
 
 
 def assessments_of(db: Session, actor, p) -> list[Assessment]:

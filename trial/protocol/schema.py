@@ -5,6 +5,8 @@ import re
 import tomllib
 from typing import Any
 
+from trial.catalogue import LANGUAGES
+
 KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 FIELD_TYPES = ("integer", "number", "text", "boolean", "choice")
 METHODS = ("permuted_blocks", "minimization")
@@ -18,16 +20,17 @@ class ProtocolError(ValueError):
 
 ALLOWED = {
     "trial": {"key", "name", "amendment"},
-    "arms": {"key", "label", "sessions_per_week", "weight"},
+    "arms": {"key", "label", "labels", "sessions_per_week", "weight"},
     "randomization": {"method", "block_sizes", "factors", "minimization", "initial_blocks", "extension_blocks"},
-    "factors": {"key", "levels", "label"},
+    "factors": {"key", "levels", "label", "labels"},
     "minimization": {"probability", "imbalance"},
     "eligibility": {"min_age_months", "max_age_months"},
-    "criteria": {"key", "question", "qualifying_answer"},
-    "course": {"months", "session_minutes", "min_attended_sessions", "parent_counselling_sessions", "techniques"},
-    "visits": {"key", "label", "day", "window_before", "window_after", "primary", "allocation_guess"},
-    "instruments": {"key", "label", "blinded", "visits", "fields"},
-    "fields": {"key", "label", "type", "min", "max", "soft_min", "soft_max", "required", "units", "choices"},
+    "criteria": {"key", "question", "questions", "qualifying_answer"},
+    "course": {"months", "session_minutes", "min_attended_sessions", "parent_counselling_sessions", "techniques",
+               "technique_labels"},
+    "visits": {"key", "label", "labels", "day", "window_before", "window_after", "primary", "allocation_guess"},
+    "instruments": {"key", "label", "labels", "blinded", "visits", "fields"},
+    "fields": {"key", "label", "labels", "type", "min", "max", "soft_min", "soft_max", "required", "units", "choices"},
     "primary_outcome": {"instrument", "field", "visit"},
 }
 
@@ -52,6 +55,37 @@ def _need(d: dict, key: str, path: str, typ, default=...):
         names = " or ".join(t.__name__.replace("str", "string").replace("int", "integer") for t in types)
         raise ProtocolError(f"{path}.{key}".lstrip("."), f"must be a {names}, not {type(v).__name__} {v!r}")
     return v
+
+
+def _translations(d: dict, key: str, path: str, english: str | None = "label") -> dict[str, str] | None:
+    """A table of the words in other languages of the web UI, by language (``de``, ``pt_BR`` or
+    ``pt-BR``, ...): ``labels`` beside ``label``, ``questions`` beside a criterion's ``question``.
+    English is the plain ``label`` (or ``question``) and the fallback of every language left out;
+    ``english`` None: English may be given in the table too (technique labels)."""
+    table = _need(d, key, path, dict, None)
+    if table is None:
+        return None
+    out: dict[str, str] = {}
+    for lang, words in table.items():
+        where = f"{path}.{key}.{lang}".lstrip(".")
+        code = lang.replace("-", "_")
+        if code == "en" and english:
+            raise ProtocolError(where, f"English is the {english} itself, not a translation")
+        if code not in LANGUAGES:
+            raise ProtocolError(where, f"is not a language of the web UI (one of {', '.join(LANGUAGES)})")
+        if not isinstance(words, str) or not words.strip():
+            raise ProtocolError(where, "must be a non-empty string")
+        out[code] = words
+    return out or None
+
+
+def _with_translations(item: dict, source: dict, key: str, path: str, english: str = "label") -> dict:
+    """``item`` with its translations table (``key``) when the file gives one: a protocol without
+    translations keeps the content it always had."""
+    t = _translations(source, key, path, english)
+    if t:
+        item[key] = t
+    return item
 
 
 def _key(d: dict, path: str) -> str:
@@ -95,9 +129,9 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     for i, a in enumerate(_list(raw, "arms", "")):
         p = f"arms[{i}]"
         _known(a, "arms", p)
-        arm = {"key": _key(a, p), "label": _need(a, "label", p, str),
-               "sessions_per_week": _need(a, "sessions_per_week", p, int),
-               "weight": _need(a, "weight", p, int)}
+        arm = _with_translations({"key": _key(a, p), "label": _need(a, "label", p, str),
+                                  "sessions_per_week": _need(a, "sessions_per_week", p, int),
+                                  "weight": _need(a, "weight", p, int)}, a, "labels", p)
         if arm["weight"] < 1:
             raise ProtocolError(f"{p}.weight", "must be 1 or more")
         if not 0 <= arm["sessions_per_week"] <= 14:
@@ -133,7 +167,8 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         levels = _need(f, "levels", p, list)
         if len(levels) < 2 or not all(isinstance(x, str) and KEY_RE.match(x) for x in levels):
             raise ProtocolError(f"{p}.levels", "must list at least two level keys")
-        factors.append({"key": k, "levels": levels, "label": f.get("label", k)})
+        factors.append(_with_translations({"key": k, "levels": levels, "label": _need(f, "label", p, str, k)},
+                                          f, "labels", p))
     _unique(factors, "randomization.factors")
     if not any(f["key"] == "site" for f in factors):
         raise ProtocolError("randomization.factors", "site must be one of the factors")
@@ -165,8 +200,9 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     for i, c in enumerate(_list(raw, "criteria", "")):
         p = f"criteria[{i}]"
         _known(c, "criteria", p)
-        criteria.append({"key": _key(c, p), "question": _need(c, "question", p, str),
-                         "qualifying_answer": _need(c, "qualifying_answer", p, bool)})
+        criteria.append(_with_translations({"key": _key(c, p), "question": _need(c, "question", p, str),
+                                            "qualifying_answer": _need(c, "qualifying_answer", p, bool)},
+                                           c, "questions", p, english="question"))
     _unique(criteria, "criteria")
     out["criteria"] = criteria
 
@@ -181,6 +217,16 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     for j, t in enumerate(course["techniques"]):
         if not isinstance(t, str) or not KEY_RE.match(t):
             raise ProtocolError(f"course.techniques[{j}]", f"{t!r} is not a valid key")
+    # the words for each technique, by language (English too; without it the key, capitalized)
+    words = _need(c, "technique_labels", "course", dict, None)
+    if words is not None:
+        course["technique_labels"] = {}
+        for t in words:
+            if t not in course["techniques"]:
+                raise ProtocolError(f"course.technique_labels.{t}", "is not one of course.techniques")
+            tr = _translations(words, t, "course.technique_labels", english=None)
+            if tr:
+                course["technique_labels"][t] = tr
     out["course"] = course
 
     visits = []
@@ -190,6 +236,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         visit = {"key": _key(v, p), "label": _need(v, "label", p, str, v.get("key")),
                  "day": _need(v, "day", p, int), "window_before": _need(v, "window_before", p, int),
                  "window_after": _need(v, "window_after", p, int), "primary": _need(v, "primary", p, bool, False)}
+        _with_translations(visit, v, "labels", p)
         for k in ("window_before", "window_after"):
             if visit[k] < 0:
                 raise ProtocolError(f"{p}.{k}", "must be 0 or more")
@@ -217,6 +264,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         _known(ins, "instruments", p)
         item = {"key": _key(ins, p), "label": _need(ins, "label", p, str), "blinded": _need(ins, "blinded", p, bool),
                 "visits": _need(ins, "visits", p, list), "fields": []}
+        _with_translations(item, ins, "labels", p)
         for j, vk in enumerate(item["visits"]):
             if not isinstance(vk, str) or vk not in visit_keys:
                 raise ProtocolError(f"{p}.visits[{j}]", f"unknown visit {vk!r}")
@@ -227,6 +275,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
                    "type": _need(f, "type", fp, str), "required": _need(f, "required", fp, bool, True),
                    "min": None, "max": None, "soft_min": None, "soft_max": None,
                    "units": _need(f, "units", fp, str, None), "choices": None}
+            _with_translations(fld, f, "labels", fp)
             if fld["type"] not in FIELD_TYPES:
                 raise ProtocolError(f"{fp}.type", f"must be one of {', '.join(FIELD_TYPES)}, not {fld['type']!r}")
             if fld["type"] in ("integer", "number"):

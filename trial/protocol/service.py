@@ -1,6 +1,7 @@
 """Loading, versioning and reading the protocol."""
 from __future__ import annotations
 
+import copy
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -83,13 +84,14 @@ def load_text(db: Session, actor, text: str, source_name: str = "protocol") -> P
 
 
 def _check_amendment(db: Session, old: dict, new: dict) -> None:
-    """Once randomization is open the arms and the randomization design are fixed."""
+    """Once randomization is open the arms and the randomization design are fixed (their
+    translations into the languages of the web UI are not part of the design)."""
     if randomization_opened(db) is None:
         return
     if old["trial"]["key"] != new["trial"]["key"]:
         raise Conflict("An amendment cannot change the trial key.")
     for part in ("arms", "randomization"):
-        if old[part] != new[part]:
+        if without_translations(old[part]) != without_translations(new[part]):
             raise Conflict(f"Randomization is open: an amendment cannot change '{part}'.", {part: "fixed once randomization is open"})
 
 
@@ -108,16 +110,62 @@ def ensure_default(db: Session, actor) -> ProtocolVersion | None:
     return None
 
 
-def labels(content: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """The protocol's words for its own keys: arms, visits, instruments, fields (keyed
-    "instrument.field"), criteria (their questions), stratification levels and techniques."""
+def _words(item: dict, locale: str | None, text: str = "label", table: str = "labels") -> str:
+    """``item``'s ``text`` in ``locale`` (``pt_BR``; else its language, ``pt``), else in English."""
+    translations = item.get(table) or {}
+    if locale:
+        for code in (locale, locale.split("_")[0]):
+            if translations.get(code):
+                return translations[code]
+    return item.get(text) or item["key"]
+
+
+def _technique(content: dict[str, Any], key: str, locale: str | None) -> str:
+    words = content.get("course", {}).get("technique_labels", {}).get(key) or {}
+    return _words({"key": key, "label": words.get("en") or key.replace("_", " ").capitalize(), "labels": words}, locale)
+
+
+def labels(content: dict[str, Any], locale: str | None = None) -> dict[str, dict[str, str]]:
+    """The protocol's words for its own keys, in ``locale`` where the protocol gives them (English
+    otherwise): arms, visits, instruments, fields (keyed "instrument.field"), criteria (their
+    questions), stratification factors and techniques."""
     out: dict[str, dict[str, str]] = {
-        "arm": {a["key"]: a["label"] for a in content["arms"]},
-        "visit": {v["key"]: v["label"] for v in content["visits"]},
-        "instrument": {i["key"]: i["label"] for i in content["instruments"]},
-        "field": {f"{i['key']}.{f['key']}": f["label"] for i in content["instruments"] for f in i["fields"]},
-        "criterion": {c["key"]: c.get("label") or c["question"] for c in content.get("criteria", [])},
+        "arm": {a["key"]: _words(a, locale) for a in content["arms"]},
+        "visit": {v["key"]: _words(v, locale) for v in content["visits"]},
+        "instrument": {i["key"]: _words(i, locale) for i in content["instruments"]},
+        "field": {f"{i['key']}.{f['key']}": _words(f, locale) for i in content["instruments"] for f in i["fields"]},
+        "criterion": {c["key"]: _words(c, locale, "question", "questions") for c in content.get("criteria", [])},
+        "factor": {f["key"]: _words(f, locale) for f in content.get("randomization", {}).get("factors", [])},
     }
-    out["technique"] = {t: t.replace("_", " ").capitalize() for t in content.get("course", {}).get("techniques", [])}
-    out["technique"].update(content.get("course", {}).get("technique_labels", {}))
+    out["technique"] = {t: _technique(content, t, locale) for t in content.get("course", {}).get("techniques", [])}
     return out
+
+
+def localized(content: dict[str, Any], locale: str | None) -> dict[str, Any]:
+    """A copy of the protocol's content whose labels (and criteria's questions) are in ``locale``,
+    for showing it; the keys, days and rules are the same. English content is returned as it is."""
+    if not locale or locale == "en":
+        return content
+    out = copy.deepcopy(content)
+    for part in ("arms", "visits", "instruments"):
+        for item in out[part]:
+            item["label"] = _words(item, locale)
+    for ins in out["instruments"]:
+        for f in ins["fields"]:
+            f["label"] = _words(f, locale)
+    for f in out.get("randomization", {}).get("factors", []):
+        if f.get("label"):
+            f["label"] = _words(f, locale)
+    for c in out.get("criteria", []):
+        c["question"] = _words(c, locale, "question", "questions")
+    return out
+
+
+def without_translations(part: Any) -> Any:
+    """``part`` of a protocol's content without its translations (``labels``, ``questions``): an
+    amendment that only translates changes nothing of the design."""
+    if isinstance(part, dict):
+        return {k: without_translations(v) for k, v in part.items() if k not in ("labels", "questions")}
+    if isinstance(part, list):
+        return [without_translations(v) for v in part]
+    return part

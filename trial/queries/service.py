@@ -9,6 +9,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
+from trial.catalogue import N_
 from trial.dataquality.models import QUERY_STATES, DataQuery, QueryMessage
 from trial.dataquality.service import target_text
 from trial.db import lock_for_update, utcnow
@@ -26,8 +27,8 @@ from trial.trialstate.service import ensure_writable
 from trial.validation import refuse, text
 
 RAISERS = ("manager", "monitor")
-ASSESSOR_WARNING = ("Assessors read the queries on the assessments they enter: write nothing about sessions, "
-                    "the arm or the intervention in a query on an assessment.")
+ASSESSOR_WARNING = N_("Assessors read the queries on the assessments they enter: write nothing about sessions, "
+                      "the arm or the intervention in a query on an assessment.")
 
 
 def _who(actor) -> str:

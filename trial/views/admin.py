@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import ngettext
 
 from trial.auth import service as users
 from trial.auth.models import ROLES
@@ -20,14 +22,15 @@ def parse_roles(text: str) -> list[tuple[str, str | None]]:
     for part in (text or "").replace(";", ",").split(","):
         part = part.strip()
         if part:
-            role, _, site = part.partition("@")
+            role, _at, site = part.partition("@")
             out.append((role.strip().lower(), site.strip().upper() or None))
     return out
 
 
 def _pending_note(user) -> str:
     n = len(users.pending_grants_of(db(), user))
-    return f" {n} role grant(s) wait for a manager's countersignature." if n else ""
+    return " " + ngettext("%(num)d role grant waits for a manager's countersignature.",
+                          "%(num)d role grants wait for a manager's countersignature.", n) if n else ""
 
 
 @bp.route("/users", endpoint="users")
@@ -47,11 +50,12 @@ def user_new():
             u = users.create_user(db(), actor(), form.email.data, form.name.data, form.password.data,
                                   parse_roles(form.roles.data), must_change_password=True)
             db().commit()
-            flash(f"User {u.email} created; they must change the password at first login." + _pending_note(u))
+            flash(_("User %(email)s created; they must change the password at first login.", email=u.email)
+                  + _pending_note(u))
             return redirect(url_for("admin.users"))
         except DomainError as e:
             form_errors(form, e)
-    return render_template("admin/user_form.html", form=form, title="New user"), 400 if form.is_submitted() else 200
+    return render_template("admin/user_form.html", form=form, title=_("New user")), 400 if form.is_submitted() else 200
 
 
 @bp.route("/users/<int:user_id>", methods=["GET", "POST"])
@@ -68,11 +72,11 @@ def user_edit(user_id: int):
             if form.new_password.data:
                 users.reset_password(s, actor(), user, form.new_password.data)
             s.commit()
-            flash(f"User {user.email} saved." + _pending_note(user))
+            flash(_("User %(email)s saved.", email=user.email) + _pending_note(user))
             return redirect(url_for("admin.user_edit", user_id=user.id))
         except DomainError as e:
             form_errors(form, e)
-    return render_template("admin/user_form.html", form=form, title=f"Edit {user.email}", user=user,
+    return render_template("admin/user_form.html", form=form, title=_("Edit %(email)s", email=user.email), user=user,
                            tokens=users.tokens_of(s, actor(), user), pending_roles=users.pending_roles_text(user, s),
                            active_roles=users.current_roles_text(user, s), now=utcnow(),
                            revoke_form=RevokeForm()), 400 if form.is_submitted() else 200
@@ -90,9 +94,10 @@ def revoke_tokens(user_id: int):
         else:
             n = users.revoke_tokens(s, actor(), user, "revoked by an administrator on the user page")
         s.commit()
-        flash(f"{n} API token(s) of {user.email} revoked.")
+        flash(ngettext("%(num)d API token of %(email)s revoked.", "%(num)d API tokens of %(email)s revoked.", n,
+                       email=user.email))
     else:
-        flash("Nothing was revoked: choose a token, or every token.", "error")
+        flash(_("Nothing was revoked: choose a token, or every token."), "error")
     return redirect(url_for("admin.user_edit", user_id=user.id))
 
 
@@ -113,11 +118,11 @@ def site_new():
         try:
             site = sites.create_site(db(), actor(), form.data)
             db().commit()
-            flash(f"Site {site.code} created.")
+            flash(_("Site %(code)s created.", code=site.code))
             return redirect(url_for("admin.sites"))
         except DomainError as e:
             form_errors(form, e)
-    return render_template("admin/site_form.html", form=form, title="New site"), 400 if form.is_submitted() else 200
+    return render_template("admin/site_form.html", form=form, title=_("New site")), 400 if form.is_submitted() else 200
 
 
 @bp.route("/sites/<code>", methods=["GET", "POST"])
@@ -131,9 +136,9 @@ def site_edit(code: str):
             data = {k: form.data[k] for k in ("name", "country", "timezone", "target", "is_open")}
             sites.update_site(s, actor(), site.code, data, reason=form.reason.data)
             s.commit()
-            flash(f"Site {site.code} saved.")
+            flash(_("Site %(code)s saved.", code=site.code))
             return redirect(url_for("admin.sites"))
         except DomainError as e:
             form_errors(form, e)
-    return render_template("admin/site_form.html", form=form, title=f"Edit site {site.code}", site=site), 400 if form.is_submitted() else 200
+    return render_template("admin/site_form.html", form=form, title=_("Edit site %(code)s", code=site.code), site=site), 400 if form.is_submitted() else 200
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+from flask_babel import refresh
 from flask_login import login_user, logout_user
 
 from trial.auth import service
+from trial.catalogue import LANGUAGES
 from trial.errors import DomainError
-from trial.forms.auth import LoginForm, LogoutForm, PasswordForm
-from trial.http import actor, db
+from trial.forms.auth import LanguageForm, LoginForm, LogoutForm, PasswordForm
+from trial.http import actor, db, say
 
 bp = Blueprint("auth", __name__)
 
@@ -22,7 +25,7 @@ def login():
             user = service.authenticate(s, form.email.data, form.password.data, request.remote_addr)
         except DomainError as e:
             s.commit()  # keep the failed attempt: the throttle counts it
-            error = e.message
+            error = say(e.message)
         else:
             s.commit()
             session.clear()
@@ -40,7 +43,7 @@ def logout():
         s.commit()
         logout_user()
         session.clear()
-        flash("You are logged out. Every session of your account has ended.")
+        flash(_("You are logged out. Every session of your account has ended."))
         return redirect(url_for("auth.login"))
     return redirect(url_for("main.home"))
 
@@ -55,6 +58,33 @@ def password():
         s.commit()
         logout_user()
         session.clear()
-        flash("Password changed. Every session has ended; log in with the new password.")
+        flash(_("Password changed. Every session has ended; log in with the new password."))
         return redirect(url_for("auth.login"))
-    return render_template("auth/password.html", form=form)
+    return render_template("auth/password.html", form=form, language_form=_language_form(url_for("auth.password")))
+
+
+def _language_form(back: str) -> LanguageForm:
+    """The language choice, filled with the user's setting; after saving it the user comes back to ``back``."""
+    form = LanguageForm(formdata=None)
+    form.language.data = actor().language or ""
+    form.next.data = back
+    return form
+
+
+@bp.route("/language", methods=["GET", "POST"])
+def language():
+    """The user's language of the pages (also on the password page); audited."""
+    form = LanguageForm()
+    if form.validate_on_submit():
+        s = db()
+        user = s.merge(actor())
+        service.set_language(s, user, form.language.data or None)
+        s.commit()
+        refresh()  # the message below already in the new language
+        flash(_("The pages are now shown in %(language)s.",
+                language=LANGUAGES.get(user.language or "") or _("the browser's language")))
+        back = form.next.data or ""
+        return redirect(back if back.startswith("/") and not back.startswith("//") else url_for("auth.language"))
+    if form.is_submitted():
+        return render_template("auth/language.html", form=form), 400
+    return render_template("auth/language.html", form=_language_form(url_for("auth.language")))

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 
 from trial.course import service
 from trial.errors import DomainError
 from trial.forms import course as forms
-from trial.http import actor, db, form_errors, page_request
+from trial.http import actor, day, db, form_errors, page_request, protocol_content
 from trial.protocol.service import current as current_protocol
 from trial.sites.service import visible_sites
 
@@ -21,13 +22,13 @@ def log_session(study_id: str):
         try:
             service.log_session(s, actor(), study_id, forms.session_data(form))
             s.commit()
-            flash("Session logged.")
+            flash(_("Session logged."))
             return redirect(url_for("enrollment.participant", study_id=study_id))
         except DomainError as e:
             form_errors(form, e)
     else:
         service.sessions_of(s, actor(), study_id)  # 403/404 before showing the form
-    return render_template("enrollment/form.html", form=form, title=f"Log a session for {study_id}"), 400 if form.is_submitted() else 200
+    return render_template("enrollment/form.html", form=form, title=_("Log a session for %(study_id)s", study_id=study_id)), 400 if form.is_submitted() else 200
 
 
 @bp.route("/sessions/<int:session_id>/correct", methods=["GET", "POST"])
@@ -42,12 +43,13 @@ def correct_session(session_id: int):
         try:
             service.correct_session(s, actor(), sess.id, {**forms.session_data(form), "reason": form.reason.data})
             s.commit()
-            flash("Correction saved; the previous values stay in the audit trail.")
+            flash(_("Correction saved; the previous values stay in the audit trail."))
             return redirect(url_for("enrollment.participant", study_id=p.study_id) + f"#session-{session_id}")
         except DomainError as e:
             form_errors(form, e)
     return render_template("enrollment/form.html", form=form,
-                           title=f"Correct the session of {sess.held_on.isoformat()} for {p.study_id}"), \
+                           title=_("Correct the session of %(day)s for %(study_id)s", day=day(sess.held_on),
+                                   study_id=p.study_id)), \
         400 if form.is_submitted() else 200
 
 
@@ -60,11 +62,11 @@ def log_counselling(study_id: str):
             service.log_counselling(s, actor(), study_id, {"held_on": form.held_on.data, "attended": form.attended.data,
                                                           "note": form.note.data or None})
             s.commit()
-            flash("Counselling session logged.")
+            flash(_("Counselling session logged."))
             return redirect(url_for("enrollment.participant", study_id=study_id))
         except DomainError as e:
             form_errors(form, e)
-    return render_template("enrollment/form.html", form=form, title=f"Parent counselling for {study_id}"), 400 if form.is_submitted() else 200
+    return render_template("enrollment/form.html", form=form, title=_("Parent counselling for %(study_id)s", study_id=study_id)), 400 if form.is_submitted() else 200
 
 
 @bp.route("/adherence")
@@ -72,7 +74,7 @@ def adherence():
     s = db()
     filters = {"site_code": request.args.get("site") or None, "arm": request.args.get("arm") or None,
                "search": request.args.get("q") or None}
-    content = current_protocol(s).content
+    content = protocol_content()
     return render_template("course/adherence.html", rows=service.adherence_by_arm(s, actor(), filters["site_code"]),
                            page=service.adherence_page(s, actor(), page_request(), **filters), filters=filters,
                            sites=visible_sites(s, actor()), arms=[a for a in content["arms"] if a["sessions_per_week"]])

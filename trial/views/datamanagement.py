@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 
+from trial.catalogue import N_
 from trial.errors import DomainError, NotFound
 from trial.forms import datamanagement as forms
-from trial.http import actor, db, form_errors, is_page_error, page_request, post_and_return
+from trial.http import actor, db, form_errors, is_page_error, page_request, post_and_return, protocol_content, say
 from trial.monitoring import service as monitoring
 from trial.notify.service import dismiss
 from trial.participants.models import Assessment
 from trial.participants.service import get_participant
-from trial.protocol.service import current as current_protocol
 from trial.queries import service as queries
 from trial.queries import targets
 from trial.safety import service as safety
@@ -41,7 +42,7 @@ def _numeric_fields(s, q) -> tuple[list[dict], dict | None]:
     if q.kind != "assessment" or not q.target_id:
         return [], None
     a = s.get(Assessment, q.target_id)
-    ins = next(i for i in current_protocol(s).content["instruments"] if i["key"] == a.instrument)
+    ins = next(i for i in protocol_content()["instruments"] if i["key"] == a.instrument)
     return [f for f in ins["fields"] if f["type"] in ("integer", "number")], a.values
 
 
@@ -63,7 +64,7 @@ def query_page(query_id: int):
 def respond(query_id: int):
     s = db()
     q = queries.get(s, actor(), query_id)
-    fields, _ = _numeric_fields(s, q)
+    fields, _values = _numeric_fields(s, q)
     form = forms.respond_form(fields)
 
     def answer(form):
@@ -72,8 +73,9 @@ def respond(query_id: int):
             data["correction"] = {"values": {f["key"]: getattr(form, f"v_{f['key']}").data for f in fields
                                              if getattr(form, f"v_{f['key']}").data is not None}}
         queries.respond(s, actor(), query_id, data)
-    done = "Answered." + (" The correction is saved; the old values stay in the audit trail." if form.correct.data else "")
-    return post_and_return(form, answer, done, url_for("dm.query", query_id=query_id), "Write the answer.")
+    done = (_("Answered. The correction is saved; the old values stay in the audit trail.") if form.correct.data
+            else _("Answered."))
+    return post_and_return(form, answer, done, url_for("dm.query", query_id=query_id), _("Write the answer."))
 
 
 def _state(query_id: int, fn, done: str):
@@ -83,12 +85,12 @@ def _state(query_id: int, fn, done: str):
 
 @bp.route("/queries/<int:query_id>/close", methods=["POST"], endpoint="close")
 def close(query_id: int):
-    return _state(query_id, queries.close, "Query closed.")
+    return _state(query_id, queries.close, _("Query closed."))
 
 
 @bp.route("/queries/<int:query_id>/reopen", methods=["POST"], endpoint="reopen")
 def reopen(query_id: int):
-    return _state(query_id, queries.reopen, "Query reopened; the site is told.")
+    return _state(query_id, queries.reopen, _("Query reopened; the site is told."))
 
 
 @bp.route("/participants/<study_id>/queries/new", methods=["GET", "POST"], endpoint="raise_query")
@@ -104,17 +106,17 @@ def raise_query(study_id: str):
     except DomainError as e:
         if is_page_error(e):
             raise
-        raise NotFound("No such record to query.") from e
+        raise NotFound(N_("No such record to query.")) from e
     if form.validate_on_submit():
         try:
             q = queries.raise_query(s, actor(), {"study_id": p.study_id, "text": form.text.data,
                                                  "on": {"kind": kind, "id": target_id, "field": form.field.data or None}})
             s.commit()
-            flash(f"Query {q.id} raised; the site is told.")
+            flash(_("Query %(id)s raised; the site is told.", id=q.id))
             return redirect(url_for("enrollment.participant", study_id=p.study_id))
         except DomainError as e:
             form_errors(form, e)
-    return render_template("queries/new.html", form=form, p=p, target=target, warning=queries.ASSESSOR_WARNING
+    return render_template("queries/new.html", form=form, p=p, target=target, warning=say(queries.ASSESSOR_WARNING)
                            if kind == "assessment" else None), 400 if form.is_submitted() else 200
 
 
@@ -141,12 +143,12 @@ def new_adverse_event(study_id: str):
         try:
             ae = safety.record(s, actor(), p.study_id, data)
             s.commit()
-            flash(f"Adverse event {ae.id} recorded." + (" Every manager is told at once; it is to be reported within "
-                                                        "24 hours." if ae.serious else ""))
+            flash(_("Adverse event %(id)s recorded. Every manager is told at once; it is to be reported "
+                    "within 24 hours.", id=ae.id) if ae.serious else _("Adverse event %(id)s recorded.", id=ae.id))
             return redirect(url_for("dm.adverse_event", ae_id=ae.id))
         except DomainError as e:
             form_errors(form, e)
-    return render_template("enrollment/form.html", form=form, title=f"Adverse event of {p.study_id}"), \
+    return render_template("enrollment/form.html", form=form, title=_("Adverse event of %(study_id)s", study_id=p.study_id)), \
         400 if form.is_submitted() else 200
 
 
@@ -167,13 +169,14 @@ def follow_up(ae_id: int):
         forms.FollowUpForm(),
         lambda f: safety.follow_up(db(), actor(), ae_id, {"on": f.on.data, "outcome": f.outcome.data,
                                                           "resolved_on": f.resolved_on.data, "text": f.text.data}),
-        "Follow-up recorded.", url_for("dm.adverse_event", ae_id=ae_id), "Fill in the date, the outcome and the follow-up.")
+        _("Follow-up recorded."), url_for("dm.adverse_event", ae_id=ae_id),
+        _("Fill in the date, the outcome and the follow-up."))
 
 
 @bp.route("/adverse-events/<int:ae_id>/acknowledge", methods=["POST"], endpoint="acknowledge")
 def acknowledge(ae_id: int):
     return post_and_return(forms.AcknowledgeForm(), lambda f: safety.acknowledge(db(), actor(), ae_id),
-                           "Acknowledged: the 24-hour clock is stopped.", url_for("dm.adverse_event", ae_id=ae_id), None)
+                           _("Acknowledged: the 24-hour clock is stopped."), url_for("dm.adverse_event", ae_id=ae_id), None)
 
 
 @bp.route("/participants/<study_id>/verify", methods=["POST"], endpoint="verify")
@@ -181,7 +184,7 @@ def verify(study_id: str):
     def mark(form):
         target_id = int(form.target_id.data) if (form.target_id.data or "").isdigit() else None
         monitoring.verify(db(), actor(), study_id, {"on": {"kind": form.kind.data, "id": target_id}})
-    return post_and_return(forms.VerifyForm(), mark, "Marked source-verified.",
+    return post_and_return(forms.VerifyForm(), mark, _("Marked source-verified."),
                            url_for("enrollment.participant", study_id=study_id), None)
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 import secrets
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 
 from trial.course.service import participant_course
 from trial.enrollment import service
 from trial.errors import DomainError, ValidationError
 from trial.forms import enrollment as forms
-from trial.http import actor, db, form_errors, is_page_error, page_request
+from trial.http import actor, day, db, form_errors, is_page_error, page_request, plabel, protocol_content, say, tlabel
 from trial.monitoring import service as monitoring
 from trial.outcomes import service as outcomes
 from trial.participants import service as records
@@ -30,7 +31,7 @@ def participants():
     filters = {"site_code": request.args.get("site") or None, "search": request.args.get("q") or None,
                "status": request.args.get("status") or None, "arm": request.args.get("arm") or None}
     page = records.page_participants(s, actor(), page_request(), **filters)
-    arms = current_protocol(s).content["arms"] if records.arm_site_ids(s, actor()) else []
+    arms = protocol_content()["arms"] if records.arm_site_ids(s, actor()) else []
     return render_template("enrollment/participants.html", page=page.map(lambda rows: records.participant_views(s, actor(), rows)),
                            filters=filters, sites=visible_sites(s, actor()), statuses=records.statuses_for(s, actor()), arms=arms)
 
@@ -62,7 +63,7 @@ def participant(study_id: str):
                            marks=monitoring.marks(s, [p.id]) if monitoring.may_read_marks(actor()) else {},
                            can_raise=bool(here & {"manager", "monitor"}), can_verify="monitor" in here,
                            reads_safety=reads_safety, pid=p.id, screening_id=p.screening_id,
-                           shows_marks=monitoring.may_read_marks(actor()), instruments=content["instruments"],
+                           shows_marks=monitoring.may_read_marks(actor()), instruments=protocol_content()["instruments"],
                            blinded_instruments={i["key"]: i["blinded"] for i in content["instruments"]})
 
 
@@ -70,18 +71,18 @@ def participant(study_id: str):
 def randomize(study_id: str):
     form = forms.RandomizeForm()
     if not form.validate_on_submit():
-        flash("Tick the confirmation box to randomize.", "error")
+        flash(_("Tick the confirmation box to randomize."), "error")
         return redirect(url_for("enrollment.participant", study_id=study_id))
     s = db()
     try:
         randomization.randomize(s, actor(), study_id, form.idempotency_key.data or None)
         s.commit()
-        flash(f"{study_id} is randomized.")
+        flash(_("%(study_id)s is randomized.", study_id=study_id))
     except DomainError as e:
         s.rollback()
         if is_page_error(e):
             raise
-        flash(e.message, "error")
+        flash(say(e.message), "error")
     return redirect(url_for("enrollment.participant", study_id=study_id))
 
 
@@ -92,14 +93,14 @@ def screenings():
                "outcome": request.args.get("outcome") or None}
     return render_template("enrollment/screenings.html", page=service.page_screenings(s, actor(), page_request(), **filters),
                            filters=filters, sites=visible_sites(s, actor()), outcomes=service.SCREENING_OUTCOMES,
-                           criteria={c["key"]: c["question"] for c in current_protocol(s).content["criteria"]})
+                           criteria={c["key"]: c["question"] for c in protocol_content()["criteria"]})
 
 
 @bp.route("/screenings/new", methods=["GET", "POST"])
 def screen():
     s = db()
     mine = actor().site_ids("coordinator")
-    criteria = current_protocol(s).content["criteria"]
+    criteria = protocol_content()["criteria"]
     form = forms.screening_form(criteria, [(x.code, f"{x.code} {x.name}") for x in list_sites(s) if x.id in mine])
     if form.validate_on_submit():
         data = {"site": form.site.data, "screened_on": form.screened_on.data, "declined": form.declined.data,
@@ -108,18 +109,18 @@ def screen():
         try:
             sc = service.record_screening(s, actor(), data)
             s.commit()
-            flash(f"Screening {sc.id} recorded: {sc.outcome.replace('_', ' ')}.")
+            flash(_("Screening %(id)s recorded: %(outcome)s.", id=sc.id, outcome=tlabel("screening_outcome", sc.outcome)))
             return redirect(url_for("enrollment.enroll", screening_id=sc.id) if sc.outcome == "eligible"
                             else url_for("enrollment.screenings"))
         except DomainError as e:
             form_errors(form, e)
-    return render_template("enrollment/form.html", form=form, title="Screen a child"), 400 if form.is_submitted() else 200
+    return render_template("enrollment/form.html", form=form, title=_("Screen a child")), 400 if form.is_submitted() else 200
 
 
 @bp.route("/screenings/<int:screening_id>/enroll", methods=["GET", "POST"])
 def enroll(screening_id: int):
     s = db()
-    factors = current_protocol(s).content["randomization"]["factors"]
+    factors = protocol_content()["randomization"]["factors"]
     form = forms.enroll_form(factors)
     if form.validate_on_submit():
         data = {"screening_id": screening_id, "consent_date": form.consent_date.data,
@@ -128,11 +129,11 @@ def enroll(screening_id: int):
         try:
             p = service.enroll(s, actor(), data)
             s.commit()
-            flash(f"Enrolled as {p.study_id}. Record the baseline assessments before randomization.")
+            flash(_("Enrolled as %(study_id)s. Record the baseline assessments before randomization.", study_id=p.study_id))
             return redirect(url_for("enrollment.participant", study_id=p.study_id))
         except DomainError as e:
             form_errors(form, e)
-    return render_template("enrollment/form.html", form=form, title=f"Enrol from screening {screening_id}"), 400 if form.is_submitted() else 200
+    return render_template("enrollment/form.html", form=form, title=_("Enrol from screening %(id)s", id=screening_id)), 400 if form.is_submitted() else 200
 
 
 @bp.route("/participants/<study_id>/assess/<instrument>", methods=["GET", "POST"])
@@ -142,15 +143,17 @@ def assess(study_id: str, instrument: str):
     content = current_protocol(s).content
     ins = next((i for i in content["instruments"] if i["key"] == instrument), None)
     if ins is None:
-        flash(f"Unknown instrument {instrument}.", "error")
+        flash(_("Unknown instrument %(instrument)s.", instrument=instrument), "error")
         return redirect(url_for("enrollment.participant", study_id=p.study_id))
+    shown = next(i for i in protocol_content()["instruments"] if i["key"] == instrument)  # its words in the page's language
     visits, with_guess = _entry_visits(s, content, ins, p)
     if not visits:
-        flash(f"No visit of {ins['label']} can be entered for {p.study_id} now.", "error")
+        flash(_("No visit of %(instrument)s can be entered for %(study_id)s now.", instrument=shown["label"],
+                study_id=p.study_id), "error")
         return redirect(url_for("enrollment.participant", study_id=p.study_id))
     if with_guess is None:  # some of these visits take the allocation guess and some do not: which one?
-        return render_template("outcomes/choose_visit.html", p=p, ins=ins, visits=visits)
-    form = forms.assessment_form(ins, visits, with_guess=with_guess)
+        return render_template("outcomes/choose_visit.html", p=p, ins=shown, visits=visits)
+    form = forms.assessment_form(shown, visits, with_guess=with_guess)
     if not form.is_submitted() and request.args.get("visit") in dict(visits):
         form.visit.data = request.args["visit"]
     warning = None
@@ -167,9 +170,9 @@ def assess(study_id: str, instrument: str):
             window = outcomes.window_of(s, p, form.visit.data)
             if window and not window[0] <= form.performed_on.data <= window[1]:
                 # warn before saving: the user confirms, or corrects the date
-                warning = (f"{form.performed_on.data.isoformat()} is outside the window of this visit "
-                           f"({window[0].isoformat()} to {window[1].isoformat()}). Correct the date, or tick the box "
-                           "below to save it as it is.")
+                warning = _("%(day)s is outside the window of this visit (%(start)s to %(end)s). Correct the date, "
+                            "or tick the box below to save it as it is.", day=day(form.performed_on.data),
+                            start=day(window[0]), end=day(window[1]))
     if ready and warning is None:
         data = {"visit": form.visit.data, "instrument": ins["key"], "performed_on": form.performed_on.data,
                 "values": {f["key"]: getattr(form, f"v_{f['key']}").data for f in ins["fields"]}}
@@ -180,13 +183,14 @@ def assess(study_id: str, instrument: str):
         try:
             outcomes.record_assessment(s, actor(), p.study_id, data)
             s.commit()
-            flash(f"{ins['label']} saved for {p.study_id}.")
+            flash(_("%(instrument)s saved for %(study_id)s.", instrument=shown["label"], study_id=p.study_id))
             return redirect(url_for("enrollment.participant", study_id=p.study_id))
         except DomainError as e:
             form_errors(form, e)
     if warning is None:
         del form.confirm_window  # asked only once the date is known to be outside the window
-    return render_template("enrollment/form.html", form=form, title=f"{ins['label']} for {p.study_id}", warning=warning), \
+    return render_template("enrollment/form.html", form=form, title=_("%(instrument)s for %(study_id)s", instrument=shown["label"], study_id=p.study_id),
+                           warning=warning), \
         400 if form.is_submitted() else 200
 
 
@@ -196,9 +200,9 @@ def _entry_visits(s, content: dict, ins: dict, p) -> tuple[list[tuple[str, str]]
     the protocol takes one, so that the form never shows a field that would be refused. None when
     the chosen visits differ in that and no visit is chosen yet (``?visit=`` or the posted one)."""
     randomized = records.allocation_of(s, p.id) is not None
-    visits = [(v["key"], v["label"]) for v in content["visits"]
+    visits = [(v["key"], plabel("visit", v["key"])) for v in content["visits"]
               if v["key"] in ins["visits"] and (v["key"] != "baseline") == randomized]
-    takes = {k: outcomes.takes_guess(content, ins, k) for k, _ in visits}
+    takes = {k: outcomes.takes_guess(content, ins, k) for k, _label in visits}
     if len(set(takes.values())) <= 1:
         return visits, bool(takes) and next(iter(takes.values()))
     chosen = request.form.get("visit") if request.method == "POST" else request.args.get("visit")

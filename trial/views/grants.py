@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, render_template, url_for
+from flask_babel import gettext as _
 
 from trial.forms import grants as forms
 from trial.grants import service
@@ -26,10 +27,10 @@ def _decide(form, action, done: str):
 def approve(grant_id: int):
     return _decide(forms.CountersignForm(),
                    lambda f: service.approve(db(), actor(), grant_id, f.password.data, f.meaning.data),
-                   "Countersigned: the role takes effect at the user's next login.")
+                   _("Countersigned: the role takes effect at the user's next login."))
 
 
 @bp.route("/grants/<int:grant_id>/reject", methods=["POST"], endpoint="reject")
 def reject(grant_id: int):
     return _decide(forms.RejectForm(), lambda f: service.reject(db(), actor(), grant_id, f.reason.data),
-                   "Rejected.")
+                   _("Rejected."))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, render_template, request, url_for
+from flask_babel import gettext as _
 
 from trial.exports import service as exports
 from trial.forms import lock as forms
@@ -23,26 +24,26 @@ def locks_page():
 
 
 def _signed(form, action, done: str):
-    return post_and_return(form, action, done, url_for("lock.locks"), "Fill in every field of the signature.")
+    return post_and_return(form, action, done, url_for("lock.locks"), _("Fill in every field of the signature."))
 
 
 @bp.route("/locks/new", methods=["POST"], endpoint="create")
 def create():
     return _signed(forms.LockForm(), lambda f: service.create_lock(db(), actor(), f.kind.data, f.meaning.data, f.password.data,
                                                                       f.accept_open_queries.data),
-                   "Signed and locked.")
+                   _("Signed and locked."))
 
 
 @bp.route("/locks/<int:lock_id>/lift", methods=["POST"], endpoint="lift")
 def lift(lock_id: int):
     return _signed(forms.LiftForm(), lambda f: service.lift_lock(db(), actor(), lock_id, f.reason.data, f.password.data),
-                   "Lock lifted.")
+                   _("Lock lifted."))
 
 
 @bp.route("/unblinding", methods=["POST"], endpoint="unblind")
 def unblind():
     return _signed(forms.UnblindForm(), lambda f: service.unblind(db(), actor(), f.meaning.data, f.password.data),
-                   "The trial is unblinded.")
+                   _("The trial is unblinded."))
 
 
 @bp.route("/locks/<int:lock_id>/bundle.zip", endpoint="bundle")

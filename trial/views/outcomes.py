@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 
+from trial.catalogue import N_
 from trial.errors import DomainError, NotFound
 from trial.forms import outcomes as forms
-from trial.http import actor, db, form_errors, page_request
+from trial.http import actor, db, form_errors, page_request, plabel, protocol_content
 from trial.outcomes import service
-from trial.paging import Page, sort_key
 from trial.participants.models import Assessment, Participant
 from trial.participants.service import get_participant
 from trial.protocol.service import current as current_protocol
@@ -22,19 +23,10 @@ def visits():
     kind = request.args.get("kind", "due")
     filters = {"site_code": request.args.get("site") or None, "search": request.args.get("q") or None,
                "visit": request.args.get("visit") or None}
-    req = page_request()
-    rows = service.worklist(s, actor(), kind, **filters)
+    page = service.worklist_page(s, actor(), kind, page_request(), **filters)
     s.commit()  # the missing-form checks the worklist ran
-    sorts = {"target": lambda r: (r.get("target") or "", r["study_id"]), "study_id": lambda r: (r["study_id"], r["visit"]),
-             "visit": lambda r: (r["visit_index"], r["study_id"]), "window_end": lambda r: (r.get("window_end") or "", r["study_id"])}
-    sort = sort_key(req.sort, sorts, "target")
-    order = [v["key"] for v in current_protocol(s).content["visits"]]
-    for r in rows:
-        r["visit_index"] = order.index(r["visit"])
-    rows.sort(key=sorts[sort.lstrip("-")], reverse=sort.startswith("-"))
-    page = Page(rows[req.offset:req.offset + req.per_page], len(rows), req, sort)
     return render_template("outcomes/visits.html", kind=kind, page=page, filters=filters,
-                           sites=visible_sites(s, actor()), visits=current_protocol(s).content["visits"])
+                           sites=visible_sites(s, actor()), visits=protocol_content()["visits"])
 
 
 @bp.route("/assessments/<int:assessment_id>/correct", methods=["GET", "POST"])
@@ -42,20 +34,21 @@ def correct(assessment_id: int):
     s = db()
     a = s.get(Assessment, assessment_id)
     if a is None:
-        raise NotFound("No such assessment.")
+        raise NotFound(N_("No such assessment."))
     p = get_participant(s, actor(), s.get(Participant, a.participant_id).study_id)
     ins = next(i for i in current_protocol(s).content["instruments"] if i["key"] == a.instrument)
-    form = forms.correction_form(ins, a.values)
+    form = forms.correction_form(next(i for i in protocol_content()["instruments"] if i["key"] == a.instrument), a.values)
     if form.validate_on_submit():
         try:
             service.correct_assessment(s, actor(), a.id, {"reason": form.reason.data,
                                                           "values": {f["key"]: getattr(form, f"v_{f['key']}").data for f in ins["fields"]}})
             s.commit()
-            flash("Correction saved; the previous values stay in the audit trail.")
+            flash(_("Correction saved; the previous values stay in the audit trail."))
             return redirect(url_for("enrollment.participant", study_id=p.study_id))
         except DomainError as e:
             form_errors(form, e)
-    return render_template("enrollment/form.html", form=form, title=f"Correct {ins['label']} at {a.visit} for {p.study_id}"), 400 if form.is_submitted() else 200
+    return render_template("enrollment/form.html", form=form, title=_("Correct %(instrument)s at %(visit)s for %(study_id)s", instrument=plabel("instrument", ins["key"]),
+                                                visit=plabel("visit", a.visit), study_id=p.study_id)), 400 if form.is_submitted() else 200
 
 
 @bp.route("/participants/<study_id>/blinding-break", methods=["GET", "POST"])
@@ -66,8 +59,8 @@ def blinding_break(study_id: str):
             service.report_blinding_break(db(), actor(), study_id, {"reported_on": form.reported_on.data,
                                                                     "description": form.description.data})
             db().commit()
-            flash("Reported. The site's coordinator is told; another assessor should see this child.")
+            flash(_("Reported. The site's coordinator is told; another assessor should see this child."))
             return redirect(url_for("enrollment.participant", study_id=study_id))
         except DomainError as e:
             form_errors(form, e)
-    return render_template("enrollment/form.html", form=form, title=f"Report broken blinding for {study_id}"), 400 if form.is_submitted() else 200
+    return render_template("enrollment/form.html", form=form, title=_("Report broken blinding for %(study_id)s", study_id=study_id)), 400 if form.is_submitted() else 200

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, url_for
+from flask_babel import gettext as _
 
 from trial.errors import DomainError
 from trial.forms import status as forms
@@ -25,10 +26,11 @@ def _handle(form, fn, study_id: str, title: str, done: str):
 
 @bp.route("/participants/<study_id>/events/new", methods=["GET", "POST"])
 def event(study_id: str):
-    return _handle(forms.EventForm(), service.record_event, study_id, f"Status event for {study_id}", "Event recorded.")
+    return _handle(forms.EventForm(), service.record_event, study_id, _("Status event for %(study_id)s", study_id=study_id),
+                   _("Event recorded."))
 
 
 @bp.route("/participants/<study_id>/deviations/new", methods=["GET", "POST"])
 def deviation(study_id: str):
-    return _handle(forms.DeviationForm(), service.record_deviation, study_id, f"Protocol deviation for {study_id}",
-                   "Deviation recorded.")
+    return _handle(forms.DeviationForm(), service.record_deviation, study_id,
+                   _("Protocol deviation for %(study_id)s", study_id=study_id), _("Deviation recorded."))
