@@ -384,14 +384,10 @@ def _lacks(visit: str, instruments: list[str]):
                                  Assessment.instrument == k) for k in instruments])
 
 
-READ_CHECK_LIMIT = 50  # participants whose new missing-form queries one worklist read raises
-
-
 def missing_form_candidates(db: Session, stmt, on: dt.date | None = None, limit: int | None = None) -> list[Participant]:
     """Of a select of participants, those with a form missing at a visit whose window has closed
-    and no automatic query raised for it yet, found in the database; at most ``limit`` of them
-    (a worklist read raises a bounded number, so that a read never turns into a long write: the
-    daily `trial checks run` raises the rest)."""
+    and no automatic query raised for it yet, found in the database (at most ``limit``): what
+    the daily `trial checks run` raises."""
     content = current_protocol(db).content
     _, last = _today_span(db, on)
     conds = []
@@ -547,10 +543,13 @@ def _worklist_items(db: Session, actor, rows, on: dt.date | None, kind: str) -> 
     return out
 
 
-def _run_checks(db: Session, actor, site_code, search, on) -> None:
-    if active_lock_id(db) is None:  # the checks write; under a lock the worklist only reads
-        check_missing_forms(db, missing_form_candidates(db, participant_query(db, actor, site_code, search), on,
-                                                        READ_CHECK_LIMIT), on)
+def _run_checks(db: Session, participant_ids, on) -> None:
+    """The missing-form checks for the participants a worklist read shows (the daily `trial
+    checks run` covers everyone): idempotent, and bounded by the page, never a scan of the trial."""
+    if active_lock_id(db) is None and participant_ids:  # the checks write; under a lock the worklist only reads
+        people = list(db.execute(select(Participant).where(Participant.id.in_(sorted(set(participant_ids))))
+                                 .order_by(Participant.id)).scalars())
+        check_missing_forms(db, people, on)
 
 
 def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt.date | None = None,
@@ -558,10 +557,10 @@ def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt
     """Due, overdue or out-of-window visits of the participants the actor may see, soonest
     target first (the whole list: the API's answer)."""
     wl = worklist_query(db, actor, kind, site_code, search, visit, on)
-    _run_checks(db, actor, site_code, search, on)
     if wl is None:
         return []
     rows = db.execute(select(wl).order_by(wl.c.study_id, wl.c.visit_idx)).all()
+    _run_checks(db, [r.pid for r in rows], on)
     return sorted(_worklist_items(db, actor, rows, on, kind), key=lambda x: (x.get("target") or "", x["study_id"]))
 
 
@@ -570,13 +569,13 @@ def worklist_page(db: Session, actor, kind: str, req, site_code: str | None = No
     """A page of a worklist, counted and paged in the database (default: by visit, then the
     earliest randomized, that is the earliest target, first)."""
     wl = worklist_query(db, actor, kind, site_code, search, visit, on)
-    _run_checks(db, actor, site_code, search, on)
     allowed = {} if wl is None else {"visit": (wl.c.visit_idx, wl.c.randomized_at), "study_id": wl.c.study_id,
                                      "randomized": wl.c.randomized_at}
     sort = sort_key(req.sort, dict.fromkeys(WORKLIST_SORTS), "visit")
     if wl is None:
         return Page([], 0, req, sort)
     page = paginate(db, ordered(select(wl), sort, allowed, wl.c.pid), req, scalars=False, sort=sort)
+    _run_checks(db, [r.pid for r in page.items], on)
     return page.map(lambda rows: _worklist_items(db, actor, rows, on, kind))
 
 
