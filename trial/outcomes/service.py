@@ -29,7 +29,7 @@ from trial.participants.service import (
 from trial.protocol.service import current as current_protocol
 from trial.scope import is_cli, require_site_role
 from trial.sites.models import Site
-from trial.timeline import today, visit_window
+from trial.timeline import local_date, today, visit_window
 from trial.trialstate.service import active_lock_id, ensure_writable
 from trial.validation import CONTROL_MESSAGE, clinical_date, has_control, refuse, text
 
@@ -331,7 +331,7 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
         day = on or today(tzs[p.site_id])
         alloc = allocs.get(p.id)
         rows = []
-        start = randomization_day(db, p, alloc) if alloc else None
+        start = local_date(alloc.randomized_at, tzs[p.site_id]) if alloc else None  # randomization_day, without a query per child
         final = next((e for e in events.get(p.id, []) if e.type in ("withdrawn", "died")), None)
         wanted = [i["key"] for i in _role_instruments(content, actor, p.site_id)]
         for v in content["visits"]:
@@ -434,7 +434,7 @@ def check_missing_forms(db: Session, participants: list, on: dt.date | None = No
         alloc = allocs.get(p.id)
         if alloc is None:
             continue
-        start = randomization_day(db, p, alloc)
+        start = local_date(alloc.randomized_at, tzs[p.site_id])  # randomization_day, without a query per child
         day = on or today(tzs[p.site_id])
         final = next((e for e in events.get(p.id, []) if e.type in ("withdrawn", "died")), None)
         for v in content["visits"]:
