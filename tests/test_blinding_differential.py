@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select, text
 
 from tests.conftest import FreshDatabase
-from tests.helpers import CLI, PASSWORD, World
+from tests.helpers import CLI, PASSWORD, World, backdate_randomization
 from trial.course.models import TherapySession
 from trial.course.service import log_counselling, log_session
 from trial.db import make_session_factory
@@ -92,7 +92,7 @@ def build(seed: bytes, monkeypatch):
         kids.append(p)
     world.ready()  # a child ready but not randomized
     world.screen("AT01", screened_on=iso(R), answers=world.answers(asd_diagnosis=False))
-    db.execute(text("UPDATE allocation SET randomized_at = :t"), {"t": dt.datetime.combine(R, dt.time(10, 0))})
+    backdate_randomization(db, dt.datetime.combine(R, dt.time(10, 0)))
     db.execute(text("UPDATE participant SET enrolled_at = :t"), {"t": dt.datetime.combine(R - dt.timedelta(days=25), dt.time(9))})
     db.commit()
     arms = dict(db.execute(select(Allocation.participant_id, Allocation.arm)).all())

@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, select, text
 
-from tests.helpers import CLI, PASSWORD
+from tests.helpers import CLI, PASSWORD, backdate_randomization
 from trial.audit.models import AuditRecord
 from trial.auth.service import create_user, issue_token
 from trial.course import service as course
@@ -33,9 +33,7 @@ def rand(world, p, who="coordinator"):
 def backdate(world, p, days: int | None = None, at: dt.datetime | None = None) -> dt.date:
     """Move the child's randomization into the past; returns the randomization day (UTC site)."""
     at = at or dt.datetime.combine(today() - dt.timedelta(days=days), dt.time(12, 0))
-    world.db.execute(text("UPDATE allocation SET randomized_at = :t WHERE participant_id = :p"), {"t": at, "p": p.id})
-    world.db.commit()
-    world.db.expire_all()
+    backdate_randomization(world.db, at, p.id)
     return at.date()
 
 
@@ -239,9 +237,9 @@ def web(app, who="therapist"):
 
 
 @pytest.mark.parametrize("form,message", [
-    ({"attendance": "attended", "minutes": ""}, "Minutes is required for an attended session"),
-    ({"attendance": "attended", "minutes": "0"}, "Minutes is required for an attended session (more than 0 minutes"),
-    ({"attendance": "cancelled", "minutes": "30"}, "Minutes must be empty (or 0) when Attendance is Cancelled"),
+    ({"attendance": "attended", "minutes": ""}, "Minutes: is required for an attended session"),
+    ({"attendance": "attended", "minutes": "0"}, "Minutes: is required for an attended session (more than 0 minutes"),
+    ({"attendance": "cancelled", "minutes": "30"}, "Minutes: must be empty (or 0) when Attendance is Cancelled"),
 ])
 def test_the_session_form_refuses_minutes_that_do_not_fit_the_attendance(world, kids, app, db, form, message):
     low = kids["low"]
@@ -523,7 +521,8 @@ def test_the_session_correction_form(world, kids, db, app):
     assert r.status_code == 400 and "This field is required." in r.get_data(as_text=True)
     r = c.post(f"/sessions/{sid}/correct", data={**form, "minutes": "", "reason": "typo"})
     html = r.get_data(as_text=True)
-    assert r.status_code == 400 and "The correction was not saved: Minutes is required for an attended session" in html
+    assert r.status_code == 400 and "The correction was not saved" in html
+    assert "Minutes: is required for an attended session" in html  # in the summary above the form, linked to the field
     r = c.post(f"/sessions/{sid}/correct", data={**form, "minutes": "30", "reason": "typo"})
     assert r.status_code == 400 and "The correction changes nothing" in r.get_data(as_text=True)
     assert row(db, sid) == recorded and state(db) == before
@@ -938,3 +937,40 @@ def test_intervention_events_need_a_randomized_child(world):
         r = world.api("POST", f"/participants/{p.study_id}/events", "coordinator",
                       json={"type": kind, "on": _dt.date.today().isoformat(), "reason": "x"})
         assert r.status_code == 409 and "not randomized" in r.get_json()["error"]["message"]
+
+
+# --- the session tallies (adherence reads them) --------------------------------------------------
+
+def test_each_childs_session_tally_is_kept_by_the_writers(world, kids, db):
+    from trial.course.models import CourseTally
+    from trial.course.service import adherence_by_arm, recount_all, tally_stale
+    low, high = kids["low"], kids["high"]
+    backdate(world, low, 200)  # the five-month course has ended: a session now is outside it
+    backdate(world, high, 30)
+
+    def tally(p):
+        db.expire_all()
+        t = db.get(CourseTally, p.id)
+        return (t.attended, t.logged) if t else None
+    assert tally(low) is None  # no session yet: no tally, read as zero
+    logged(world, low, 190)
+    logged(world, low, 183, attendance="no_show", minutes=None)
+    late = logged(world, low, 2)  # after the course
+    assert tally(low) == (1, 3)
+    for days in (20, 13, 6):
+        logged(world, high, days)
+    assert tally(high) == (3, 3)
+    # a correction counts again: a session marked as not attended no longer counts
+    first = db.execute(select(TherapySession.id).where(TherapySession.participant_id == high.id)
+                       .order_by(TherapySession.held_on)).scalars().first()
+    assert correct(world, first, attendance="cancelled", minutes=None, reason="Entered the wrong way").status_code == 200
+    assert tally(high) == (2, 3)
+    assert correct(world, late, note="After the course.", reason="Note added").status_code == 200
+    assert tally(low) == (1, 3) and tally_stale(db) == []
+    by_arm = {r["arm"]: r for r in adherence_by_arm(db, world.users["manager"])}
+    assert by_arm["low"]["sessions_attended"] == 1 and by_arm["high"]["sessions_attended"] == 2
+    # a tally changed behind the writers is found, and counted again from the sessions
+    db.execute(text("UPDATE course_tally SET attended = 9 WHERE participant_id = :p"), {"p": low.id})
+    assert tally_stale(db) == [low.id]
+    recount_all(db)
+    assert tally(low) == (1, 3) and tally_stale(db) == []

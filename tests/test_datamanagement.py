@@ -4,6 +4,7 @@ and the died event, source verification cleared by a change, the lock over open 
 new tables in the bundle read back from CSV, XPT and DTA."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -15,7 +16,7 @@ import zipfile
 import pytest
 from sqlalchemy import func, select
 
-from tests.helpers import CLI, PASSWORD
+from tests.helpers import CLI, PASSWORD, backdate_randomization
 from tests.test_lock import SEED, R, backdate_all, child, iso
 from trial.audit import service as audit
 from trial.audit.models import AuditRecord
@@ -262,33 +263,55 @@ def test_a_missing_form_raises_one_query_per_form_on_each_read_and_entering_it_c
     assert status.pop((u.id, "month2", "srs2")) == "closed" and set(status.values()) == {"open"}
 
 
-def test_the_cli_runs_the_checks_once(tmp_path):
+@contextlib.contextmanager
+def cli_trial(tmp_path, name: str):
+    """A fresh database with the trial open and one randomized child, for the CLI to work on:
+    yields (the CLI runner, a session, the world, the child); dropped afterwards."""
     from tests.conftest import FreshDatabase
+    from tests.helpers import World
     from tests.test_cli import Db
-    from tests.test_cli import ok as cli_ok
+    from trial import create_app
     from trial.db import make_session_factory
-    fresh = FreshDatabase("checks")
+    fresh = FreshDatabase(name)
     try:
-        d = Db(fresh, tmp_path)
         s = make_session_factory(fresh.engine)()
-        from tests.helpers import World
-        from trial import create_app
         w = World(s, create_app({"ENGINE": fresh.engine, "SESSION_FACTORY": make_session_factory(fresh.engine),
                                  "TESTING": True, "SECRET_KEY": "t"})).setup()
         w.open(SEED)
         p = child(w)
         w.randomize(p)
-        from sqlalchemy import text
-        s.execute(text("UPDATE allocation SET randomized_at = :t"), {"t": dt.datetime.combine(R, dt.time(10))})
         s.commit()
+        yield Db(fresh, tmp_path), s, w, p
+        s.close()
+    finally:
+        fresh.drop()
+
+
+def test_the_cli_runs_the_checks_once(tmp_path):
+    from tests.test_cli import ok as cli_ok
+    with cli_trial(tmp_path, "checks") as (d, s, w, p):
+        backdate_randomization(s, dt.datetime.combine(R, dt.time(10)))
         s.close()
         out = cli_ok(d.run("checks", "run")).stdout
         assert "1 randomized participants checked; 4 new queries for missing forms" in out  # both forms, month 2 and 5
         assert "0 new queries" in cli_ok(d.run("checks", "run")).stdout
         assert d.count("data_query", "origin = 'check' AND status = 'open'") == 4
         assert "TRIAL_SMTP_URL is not set" in d.run("mail", "send").stderr
-    finally:
-        fresh.drop()
+
+
+def test_checks_run_repairs_a_visit_plan_changed_behind_the_services(tmp_path):
+    from sqlalchemy import text
+
+    from tests.test_cli import ok as cli_ok
+    with cli_trial(tmp_path, "replan") as (d, s, w, p):
+        # the first run records what the plan is derived under (protocol version, sites' time zones)
+        assert "visit plan re-derived for every randomized child" in cli_ok(d.run("checks", "run")).stdout
+        s.execute(text("UPDATE planned_visit SET other_entered = 1 WHERE participant_id = :p"), {"p": p.id})
+        s.commit()
+        out = cli_ok(d.run("checks", "run")).stdout
+        assert "visit plan: 3 rows of 1 participants re-derived" in out
+        assert d.count("planned_visit", "other_entered > 0") == 0
+        assert "visit plan" not in cli_ok(d.run("checks", "run")).stdout  # nothing to repair the second time
 
 
 def test_the_web_form_warns_before_saving_an_out_of_window_date(kids, app, db):

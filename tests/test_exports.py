@@ -22,7 +22,7 @@ from xml.etree import ElementTree as ET
 import pytest
 from sqlalchemy import select, text
 
-from tests.helpers import CLI, PASSWORD
+from tests.helpers import CLI, PASSWORD, backdate_randomization
 from trial.course.service import log_session
 from trial.enrollment import service as enrollment
 from trial.esign.models import Signature
@@ -120,9 +120,7 @@ def enrol(world, site, social_affect=12, sex="female", age_months=60):
 
 
 def backdate_all(db):
-    db.execute(text("UPDATE allocation SET randomized_at = :t"), {"t": dt.datetime.combine(R, dt.time(10, 0))})
-    db.commit()
-    db.expire_all()
+    backdate_randomization(db, dt.datetime.combine(R, dt.time(10, 0)))
 
 
 def follow(db, p, pl):

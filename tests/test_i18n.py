@@ -16,7 +16,7 @@ import pytest
 from babel.dates import format_date
 from babel.messages.pofile import read_po
 from jinja2 import nodes
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 
 from tests.helpers import CLI, PASSWORD
 from trial.audit.models import AuditRecord
@@ -151,9 +151,10 @@ def test_the_marking_test_finds_unmarked_strings(app):
 def extracted(tmp_path_factory) -> dict:
     """The messages as `make translations` extracts them (babel.cfg, the same keywords)."""
     pot = tmp_path_factory.mktemp("i18n") / "messages.pot"
-    subprocess.run([sys.executable, "-m", "babel.messages.frontend", "extract", "-F", "babel.cfg", "-k", "_l",
-                    "-k", "lazy_gettext", "--no-location", "-o", str(pot), "."], cwd=ROOT, check=True,
-                   capture_output=True)
+    keywords = re.search(r"^BABEL_KEYWORDS := (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    assert "Msg" in keywords and "refuse" in keywords
+    subprocess.run([sys.executable, "-m", "babel.messages.frontend", "extract", "-F", "babel.cfg", *keywords,
+                    "--no-location", "-o", str(pot), "."], cwd=ROOT, check=True, capture_output=True)
     with pot.open("rb") as f:
         return {(m.context, m.id): m for m in read_po(f) if m.id}
 
@@ -410,3 +411,66 @@ def test_a_sites_day_stays_that_day_and_numbers_follow_the_locale(app):
         assert day(None) == "" and day("") == ""
     with app.test_request_context("/"):
         assert day(dt.date(2026, 3, 5)) == "Mar 5, 2026" and number(12345) == "12,345" and percent(0.5) == "50%"
+
+
+# --- the messages the services compose --------------------------------------------------------
+
+def test_a_refused_form_names_each_field_by_its_label_in_the_readers_language(world, app, db):
+    from trial.participants.models import Screening
+    c = login(app, "coordinator", **{"Accept-Language": "de"})
+    future = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    form = {"site": "AT01", "screened_on": future, "other_reason": ""}
+    form.update({f"c_{c['key']}": "yes" if c["qualifying_answer"] else "no" for c in tomllib.loads(TOML)["criteria"]})
+    before = db.execute(select(func.count()).select_from(Screening)).scalar()
+    r = c.post("/screenings/new", data=form)
+    page = r.get_data(as_text=True)
+    assert r.status_code == 400
+    assert "Das Screening wurde nicht gespeichert" in page  # the service's lead, in German
+    summary = page[page.index('class="error-summary"'):page.index("</div>", page.index('class="error-summary"'))]
+    assert 'href="#screened_on"' in summary and "liegt in der Zukunft" in summary  # linked to its field
+    assert page.index('class="error-summary"') < page.index('name="screened_on"')
+    for english in ("is in the future", "screened_on is", "screened_on 20", "was not saved"):
+        assert english not in page, english
+    assert db.execute(select(func.count()).select_from(Screening)).scalar() == before
+
+
+def test_notifications_automatic_queries_and_the_lock_banner_follow_each_readers_language(world, app, db, monkeypatch):
+    from trial.notify.models import MailMessage, Notification
+    from trial.outcomes.service import check_missing_forms
+    from trial.participants.models import Participant
+    world.open(bytes(range(32)))
+    p = world.ready()
+    world.randomize(p)
+    db.execute(text("UPDATE allocation SET randomized_at = :t WHERE participant_id = :p"),
+               {"t": dt.datetime.combine(dt.date.today() - dt.timedelta(days=100), dt.time(12)), "p": p.id})
+    from trial.visitplan.service import replan
+    replan(db, [p.id])
+    db.commit()
+    # an automatic query: stored in English with its words; each page shows it in its reader's language
+    assert check_missing_forms(db, [db.get(Participant, p.id)]) == 2
+    db.commit()
+    he = login(app, "coordinator", **{"Accept-Language": "he"}).get("/queries?status=open").get_data(as_text=True)
+    assert "חסר: חלון הזמן נסגר" in he and "is missing" not in he
+    assert "is missing: its window closed on" in world.api("GET", "/queries", "coordinator").get_data(as_text=True)
+    # a notification and its e-mail in the recipient's own language (Korean), the audit trail in English
+    coordinator = world.users["coordinator"]
+    coordinator.language = "ko"
+    db.commit()
+    monkeypatch.setenv("TRIAL_SMTP_URL", "smtp://127.0.0.1:9")  # queued, not sent
+    r = world.api("POST", "/queries", "monitor", json={"study_id": p.study_id, "on": {"kind": "participant"},
+                                                       "text": "Please check the consent date."})
+    assert r.status_code == 201
+    n = db.execute(select(Notification).where(Notification.user_id == coordinator.id)).scalars().all()[-1]
+    assert n.message.startswith(f"Query {r.get_json()['id']} on {p.study_id}") and n.words
+    home = login(app, "coordinator").get("/").get_data(as_text=True)
+    assert "답변을 기다립니다" in home and "waits for your answer" not in home
+    mail = db.execute(select(MailMessage).where(MailMessage.recipient == coordinator.email)).scalars().all()[-1]
+    assert "답변을 기다립니다" in mail.body and "임상시험 시스템" in mail.body and "쿼리" in mail.subject
+    # the lock banner: Italian on the pages, English in the API's 423
+    assert world.api("POST", "/locks", "manager", json={"kind": "soft", "password": PASSWORD,
+                                                        "meaning": "Interim look"}).status_code == 201
+    it = login(app, "monitor", **{"Accept-Language": "it"}).get("/participants").get_data(as_text=True)
+    assert "Il database è bloccato provvisoriamente" in it and "no data can be entered" not in it
+    refused = world.api("POST", f"/participants/{p.study_id}/events", "coordinator",
+                        json={"type": "withdrawn", "on": dt.date.today().isoformat(), "reason": "x"})
+    assert refused.status_code == 423 and "The database is soft-locked" in refused.get_json()["error"]["message"]

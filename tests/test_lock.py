@@ -23,7 +23,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import FreshDatabase
-from tests.helpers import CLI, PASSWORD, World
+from tests.helpers import CLI, PASSWORD, World, backdate_randomization
 from trial.audit import service as audit
 from trial.audit.models import AuditRecord
 from trial.auth import service as users
@@ -76,9 +76,7 @@ def child(world, site="AT01", social_affect=12, sex="female"):
 
 
 def backdate_all(db):
-    db.execute(text("UPDATE allocation SET randomized_at = :t"), {"t": dt.datetime.combine(R, dt.time(10, 0))})
-    db.commit()
-    db.expire_all()
+    backdate_randomization(db, dt.datetime.combine(R, dt.time(10, 0)))
 
 
 @pytest.fixture()

@@ -9,9 +9,9 @@ import tomllib
 import xml.etree.ElementTree as ET
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
-from tests.helpers import CLI, PASSWORD
+from tests.helpers import CLI, PASSWORD, backdate_randomization
 from trial.audit import service as audit
 from trial.audit.models import AuditRecord
 from trial.auth.service import create_user, issue_token
@@ -38,9 +38,7 @@ def rand(world, p, who="coordinator"):
 
 def backdate(world, p, days: int | None = None, at: dt.datetime | None = None) -> dt.date:
     at = at or dt.datetime.combine(today() - dt.timedelta(days=days), dt.time(12, 0))
-    world.db.execute(text("UPDATE allocation SET randomized_at = :t WHERE participant_id = :p"), {"t": at, "p": p.id})
-    world.db.commit()
-    world.db.expire_all()
+    backdate_randomization(world.db, at, p.id)
     return at.date()
 
 
@@ -605,11 +603,12 @@ def test_the_entry_form_refuses_a_guess_without_its_confidence(opened, app, db):
         r = c.post(f"/participants/{p.study_id}/assess/ados2", data={**form, "performed_on": performed.isoformat()})
         html = r.get_data(as_text=True)
         assert r.status_code == 400
-        assert "The assessment was not saved: Confidence in the guess is required with a guess" in html
+        assert "The assessment was not saved" in html and "is required with a guess" in html
+        assert html.index('class="error-summary"') < html.index('name="guess_confidence"')  # summed up above the form
         assert "guess_confidence is" not in html and 'name="confirm_window"' not in html
     # a confidence without a guess is refused too
     r = c.post(f"/participants/{p.study_id}/assess/ados2", data={**form, "allocation_guess": "", "guess_confidence": "3"})
-    assert r.status_code == 400 and "Confidence in the guess is recorded only with an allocation guess" in r.get_data(as_text=True)
+    assert r.status_code == 400 and "is recorded only with an allocation guess" in r.get_data(as_text=True)
     assert state(db) == before
     r = c.post(f"/participants/{p.study_id}/assess/ados2", data={**form, "guess_confidence": "4"})
     assert r.status_code == 302
@@ -876,3 +875,113 @@ def test_non_text_instrument_or_visit_is_400_not_500(world):
         r = world.api("POST", f"/participants/{p.study_id}/assessments", "assessor",
                       json={**body, "performed_on": "2026-01-01", "values": {}})
         assert r.status_code == 400 and set(r.get_json()["error"]["fields"]) & {"instrument", "visit"}
+
+
+# --- the visit plan (the worklists' index) ----------------------------------------------------
+
+def plan_rows(db, p) -> dict:
+    from trial.visitplan.models import PlannedVisit
+    db.expire_all()
+    return {r.visit: r for r in db.execute(select(PlannedVisit).where(PlannedVisit.participant_id == p.id)).scalars()}
+
+
+def test_the_visit_plan_is_kept_by_the_writers(opened, db):
+    from trial.visitplan.service import stale
+    p = randomized(opened)
+    rows = plan_rows(db, p)
+    # every post-randomization visit, none at baseline, windows from the randomization day; the
+    # blinded ADOS-2 and the parent-reported SRS-2 at months 2, 5 and 12
+    assert set(rows) == {"month2", "month5", "month12"}
+    assert (rows["month2"].opens, rows["month2"].target, rows["month2"].closes) == visit_window(VISITS["month2"], today())
+    assert {(r.blinded_forms, r.other_forms, r.blinded_entered, r.other_entered, r.ended) for r in rows.values()} == {(1, 1, 0, 0, False)}
+    assert stale(db) == []
+    backdate(opened, p, 61)
+    assert assess(opened, p).status_code == 201
+    assert assess(opened, p, instrument="srs2", performed_on=d(80)).status_code == 201  # before its window opened
+    m2 = plan_rows(db, p)["month2"]
+    assert (m2.blinded_entered, m2.blinded_late, m2.other_entered, m2.other_late) == (1, False, 1, True)
+    assert opened.api("POST", f"/participants/{p.study_id}/events", "coordinator",
+                      json={"type": "withdrawn", "on": d(1).isoformat(), "reason": "Family decision"}).status_code == 201
+    assert all(r.ended for r in plan_rows(db, p).values())  # every window closes after the withdrawal
+    assert stale(db) == []
+
+
+def test_a_protocol_amendment_or_a_new_time_zone_replans_every_child(opened, db):
+    from trial.protocol.service import load_text
+    from trial.sites.service import update_site
+    from trial.visitplan.service import stale
+    p = randomized(opened, 61)
+    assert opened.api("GET", "/visits?kind=due", "assessor").get_json()[0]["window_end"] == (d(61) + dt.timedelta(days=75)).isoformat()
+    # an amendment widens the 2-month window: the next read of a worklist re-plans everyone
+    text_ = DEFAULT_PROTOCOL.read_text()
+    load_text(db, CLI, text_.replace('key = "month2"\nlabel = "2 months"\nday = 61\nwindow_before = 14\nwindow_after = 14',
+                                     'key = "month2"\nlabel = "2 months"\nday = 61\nwindow_before = 14\nwindow_after = 28'))
+    db.commit()
+    assert stale(db) != []  # the plan still holds the old window until it is re-derived
+    item = opened.api("GET", "/visits?kind=due", "assessor").get_json()[0]
+    assert item["window_end"] == (d(61) + dt.timedelta(days=89)).isoformat()
+    assert stale(db) == []
+    # a site moved to a zone far east: its children's local randomization day can change
+    backdate_randomization(db, dt.datetime.combine(d(61), dt.time(20, 0)), p.id)
+    update_site(db, CLI, "AT01", {"timezone": "Pacific/Kiritimati"}, reason="test")
+    db.commit()
+    opened.api("GET", "/visits?kind=due", "assessor")
+    assert plan_rows(db, p)["month2"].target == d(60) + dt.timedelta(days=61)
+    assert stale(db) == []
+
+
+
+def test_the_managers_overview_counts_per_site_and_links_each_number(opened, app, db):
+    late = randomized(opened, 100)            # month 2 window closed, nothing entered
+    done = randomized(opened, 100)
+    assert assess(opened, done, performed_on=d(40)).status_code == 201
+    assert assess(opened, done, instrument="srs2", performed_on=d(40)).status_code == 201
+    gone = randomized(opened, 100)
+    assert opened.api("POST", f"/participants/{gone.study_id}/events", "coordinator",
+                      json={"type": "withdrawn", "on": d(1).isoformat(), "reason": "Family decision"}).status_code == 201
+    randomized(opened, 10, site="NO01")         # nothing due yet
+    assert opened.api("POST", "/queries", "monitor", json={"study_id": late.study_id, "on": {"kind": "participant"},
+                                                           "text": "Please check the consent date."}).status_code == 201
+    assert opened.api("POST", f"/participants/{late.study_id}/adverse-events", "coordinator", json={
+        "term": "Febrile seizure", "onset": d(20).isoformat(), "severity": "severe", "serious": True,
+        "seriousness": ["hospitalisation"], "relatedness": "not_related", "expectedness": "unexpected",
+        "outcome": "recovering", "description": "Two nights in hospital."}).status_code == 201
+    from trial.dashboard.service import overview
+    o = overview(db, opened.users["manager"])
+    at = next(s for s in o["sites"] if s["code"] == "AT01")
+    no = next(s for s in o["sites"] if s["code"] == "NO01")
+    assert at["randomized"] == 3 and no["randomized"] == 1 and o["total"]["randomized"] == 4
+    month2 = next(r for r in at["retention"] if r["visit"] == "month2")
+    assert (month2["due"], month2["complete"]) == (3, 1)  # the child withdrawn since counts as not retained
+    assert next(r for r in no["retention"] if r["visit"] == "month2")["due"] == 0
+    # forms: two entered; the late and the withdrawn child's month-2 forms overdue (the window closed
+    # before the withdrawal); nothing after the withdrawal is expected
+    assert (at["forms_entered"], at["forms_expected"], at["overdue"]) == (2, 6, 4)
+    assert at["completeness"] == pytest.approx(1 / 3) and no["completeness"] is None
+    assert at["queries"] >= 1 and at["saes"] == 1 and at["saes_unresolved"] == 1 and no["saes"] == 0
+    # the page: each number a link to its filtered list, and what the link opens agrees
+    c = login(app, "manager")
+    page = c.get("/dashboard/overview")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    for href in ("/visits?kind=overdue&amp;site=AT01", "/visits?kind=overdue&amp;visit=month2&amp;site=AT01",
+                 "/queries?status=open&amp;site=AT01", "/adverse-events?serious=yes&amp;site=AT01",
+                 "/dashboard/?site=AT01", "/participants?site=AT01"):
+        assert f'href="{href}"' in html, href
+    overdue = c.get("/visits?kind=overdue&visit=month2&site=AT01").get_data(as_text=True)
+    assert late.study_id in overdue and gone.study_id in overdue and done.study_id not in overdue
+    assert not any(w in html for w in ("low", "high", "usual care", "Music"))  # pooled over the arms
+    svg = c.get("/dashboard/recruitment-over-time.svg")
+    assert svg.status_code == 200 and svg.mimetype == "image/svg+xml"
+    root = ET.fromstring(svg.get_data())
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = [t.text for t in root.iter(f"{ns}text")]
+    assert {"AT01", "NO01", "All sites"} <= set(texts) and "3 of 40" in texts and "4 of 80" in texts
+    assert len(list(root.iter(f"{ns}polyline"))) == len(o["sites"]) + 1
+    # in German the page and the chart speak German
+    c.post("/language", data={"language": "de"})
+    assert "Randomisiert nach Monat" in c.get("/dashboard/recruitment-over-time.svg").get_data(as_text=True)
+    for who in ("coordinator", "assessor", "monitor", "therapist", "statistician", "admin"):
+        cl = login(app, who)
+        assert cl.get("/dashboard/overview").status_code == 403, who
+        assert cl.get("/dashboard/recruitment-over-time.svg").status_code == 403, who

@@ -74,7 +74,7 @@ def test_not_ready_is_409_with_a_clear_message_and_changes_nothing(world, db, ca
     r = rand(world, p, key="k")
     assert r.status_code == 409
     msg = r.get_json()["error"]["message"]
-    assert {"no_baseline": "baseline ados2 social_affect is not recorded", "not_open": "not open",
+    assert {"no_baseline": "ADOS-2 (blinded assessor) at baseline: Social affect score is not recorded", "not_open": "not open",
             "site_closed": "site AT01 is closed"}[case] in msg
     assert state(db) == before
 
@@ -320,5 +320,5 @@ def test_an_amendment_after_opening_applies_to_the_next_randomization(opened, db
     before = state(db)
     r = rand(opened, second)
     assert r.status_code == 409
-    assert "baseline srs2 total_t is not recorded" in r.get_json()["error"]["message"]
+    assert "SRS-2 (parent-reported) at baseline: SRS-2 total T-score is not recorded" in r.get_json()["error"]["message"]
     assert state(db) == before

@@ -15,7 +15,8 @@ import-linter, see ``[tool.importlinter]`` in pyproject.toml):
     trial.safety                  adverse events, follow-ups, the 24-hour SAE clock
     trial.course | trial.outcomes | trial.status      what happens after randomization
     trial.enrollment | trial.randomize                 screening and enrolment; allocation
-    trial.dataquality             automatic queries and verification marks, kept by the writers
+    trial.dataquality | trial.visitplan   automatic queries and verification marks; each child's visit
+                                  windows and forms (the worklists' index), both kept by the writers
     trial.participants            the child's record: lookup, visibility, allocation, status
     trial.grants | trial.notify   countersigned role grants; in-app and e-mail notifications
     trial.esign                   electronic signatures
@@ -25,7 +26,8 @@ import-linter, see ``[tool.importlinter]`` in pyproject.toml):
     trial.scope                   who may see what: roles, sites, blinding
     trial.trialstate              the trial as a whole: the lock in force, opened, unblinded
     trial.migrate | trial.config  running the migrations; settings and keys
-    trial.db | trial.cache | trial.policy | trial.timeline | trial.validation | trial.version
+    trial.db | trial.cache | trial.paging | trial.policy | trial.timeline | trial.validation | trial.version
+    trial.catalogue               the words for the system's keys; composed messages (Msg); languages
     trial.errors
 
 A lower layer never imports a higher one: what every layer needs of the trial as a whole lives

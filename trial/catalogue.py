@@ -5,6 +5,12 @@ shows an internal key. ``N_`` marks a string for the translation catalogue witho
 it here (this module has no request and no locale); pages translate the label when they show it."""
 from __future__ import annotations
 
+import datetime as dt
+import functools
+from pathlib import Path
+
+from babel.support import NullTranslations, Translations
+
 # The languages of the web UI (gettext locale names; pt_BR is served as pt-BR), each named in its
 # own language for the language choice. English is the source language and the fallback.
 LANGUAGES: dict[str, str] = {
@@ -17,6 +23,110 @@ RTL_LANGUAGES = frozenset({"he"})
 def N_(text: str) -> str:
     """Mark ``text`` for extraction into the translation catalogue; translated where it is shown."""
     return text
+
+
+class Msg(str):
+    """A message composed from a catalogue text and values, for the services (which have no
+    request and no language): as a ``str`` it is the English text, which the API, the audit
+    trail, the logs and the tests read; a page shows it in the reader's language
+    (``trial.http.say``), an e-mail in the recipient's (:func:`translator`), each value that is
+    itself a Msg translated too, and each date in the reader's format. ``words()`` is what is
+    stored beside a stored text (a notification, an automatic query) so that it is shown in each
+    reader's language later. The text is marked for the catalogue where it is written:
+    ``Msg(N_("..."), ...)`` is extracted as ``Msg`` is a keyword of `make translations`."""
+    template: str
+    params: dict
+
+    def __new__(cls, template: str, **params):
+        obj = super().__new__(cls, template % {k: _english(v) for k, v in params.items()} if params else template)
+        obj.template, obj.params = template, params
+        return obj
+
+    def translated(self, gettext, day=None, plabel=None) -> str:
+        """The message in a language: ``gettext`` translates a catalogue text, ``day`` formats a
+        date, ``plabel(kind, key)`` gives the protocol's word for one of its keys (a Label)."""
+        text = gettext(self.template)
+        if not self.params:
+            return text
+        return text % {k: _in(v, gettext, day, plabel) for k, v in self.params.items()}
+
+    def words(self) -> dict:
+        """The template and values as JSON (dates as ISO text), to store beside the text."""
+        return {"template": self.template, "params": {k: _word(v) for k, v in self.params.items()}}
+
+    @classmethod
+    def from_words(cls, words: dict | None, text: str | None = None) -> "Msg | str | None":
+        """The message stored as :meth:`words`; the stored text itself when there are none."""
+        if not words or "template" not in words:
+            return text
+        return cls(words["template"], **{k: _unword(v) for k, v in (words.get("params") or {}).items()})
+
+
+class Label(str):
+    """The protocol's word for one of its keys (an instrument, a visit, a field) inside a Msg:
+    English as a ``str``; in a page's language where the protocol gives one."""
+    kind: str
+    key: str
+
+    def __new__(cls, kind: str, key: str, english: str):
+        obj = super().__new__(cls, english)
+        obj.kind, obj.key = kind, key
+        return obj
+
+
+def _english(v) -> str:
+    return v.isoformat() if isinstance(v, (dt.date, dt.datetime)) else str(v)
+
+
+def _in(v, gettext, day, plabel):
+    if isinstance(v, Msg):
+        return v.translated(gettext, day, plabel)
+    if isinstance(v, Label):
+        return (plabel(v.kind, v.key) if plabel else None) or str(v)
+    if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
+        return day(v) if day else v.isoformat()
+    return v
+
+
+def _word(v):
+    if isinstance(v, Msg):
+        return {"msg": v.words()}
+    if isinstance(v, Label):
+        return {"label": [v.kind, v.key, str(v)]}
+    if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
+        return {"date": v.isoformat()}
+    return v if isinstance(v, (int, float)) or v is None else str(v)
+
+
+def _unword(v):
+    if isinstance(v, dict) and "msg" in v:
+        return Msg.from_words(v["msg"])
+    if isinstance(v, dict) and "label" in v:
+        return Label(*v["label"])
+    if isinstance(v, dict) and "date" in v:
+        return dt.date.fromisoformat(v["date"])
+    return v
+
+
+TRANSLATIONS = Path(__file__).resolve().parent / "translations"
+
+
+@functools.lru_cache(maxsize=16)
+def translator(language: str | None):
+    """The catalogue's ``gettext`` for a language (English, the source, when there is none or
+    no such catalogue): for what is written outside a request, such as an e-mail in its
+    recipient's language."""
+    if not language or language == "en" or language not in LANGUAGES:
+        return NullTranslations().gettext
+    return Translations.load(str(TRANSLATIONS), [language]).gettext
+
+
+def in_language(message, language: str | None, day=None, plabel=None) -> str:
+    """``message`` (a Msg, or a fixed catalogue text) in ``language``."""
+    gettext = translator(language)
+    if isinstance(message, Msg):
+        return message.translated(gettext, day, plabel)
+    return gettext(message) if message else message
 
 
 LABELS: dict[str, dict[str, str]] = {

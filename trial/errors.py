@@ -10,10 +10,13 @@ class DomainError(Exception):
     code = "bad_request"
     retry_after: int | None = None
 
-    def __init__(self, message: str, fields: dict[str, str] | None = None):
+    def __init__(self, message: str, fields: dict[str, str] | None = None, lead: str | None = None):
         super().__init__(message)
         self.message = message
         self.fields = fields or {}
+        # the message without the fields' reasons ("The session was not saved"), for a form that
+        # shows each reason beside its field
+        self.lead = lead
 
 
 class ValidationError(DomainError):

@@ -15,5 +15,6 @@ from trial.safety.models import AdverseEvent, AdverseEventFollowUp  # noqa: F401
 from trial.sites.models import Site  # noqa: F401
 from trial.status.models import Deviation  # noqa: F401
 from trial.trialstate.models import TrialState  # noqa: F401
+from trial.visitplan.models import PlannedVisit, VisitPlanState  # noqa: F401
 
 metadata = Base.metadata

@@ -58,6 +58,8 @@ POLICY: dict[str, object] = {
     "outcomes.correct": ("coordinator", "assessor"),
     "outcomes.blinding_break": ("assessor",),
     "dashboard.grid": ("coordinator", "assessor", "monitor", "manager"),
+    "dashboard.overview": ("manager",),
+    "dashboard.recruitment_over_time_svg": ("manager",),
     "dashboard.recruitment_svg": ("coordinator", "therapist", "assessor", "statistician", "monitor", "manager"),
     # JSON API
     "api.openapi": PUBLIC,

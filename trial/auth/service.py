@@ -23,7 +23,7 @@ from trial.auth.models import (
     User,
 )
 from trial.cache import prebuilt
-from trial.catalogue import LANGUAGES, N_
+from trial.catalogue import LANGUAGES, N_, Msg
 from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
@@ -393,8 +393,9 @@ def authenticate(db: Session, email: str, password: str, remote_addr: str | None
     if wait or addr_wait:
         db.add(LoginAttempt(email=email, success=False, counted=False, remote_addr=remote_addr, at=now))
         if wait:
-            raise Forbidden(f"{LOGIN_THROTTLED} Try again in {_minutes(wait)} minute(s).")
-        raise Forbidden(f"Too many failed logins from this address. Try again in {_minutes(addr_wait)} minute(s).")
+            raise Forbidden(Msg(N_("Too many failed logins for this account. Try again in %(n)s minute(s)."),
+                                n=_minutes(wait)))
+        raise Forbidden(Msg(N_("Too many failed logins from this address. Try again in %(n)s minute(s)."), n=_minutes(addr_wait)))
     user = get_user_by_email(db, email)
     ok = check_password(user, password) and user is not None and user.active
     db.add(LoginAttempt(email=email, success=ok, counted=True, remote_addr=remote_addr, at=now))

@@ -5,10 +5,12 @@ import click
 from sqlalchemy import func, select
 
 from trial.cli.common import Group, session
+from trial.course.service import recount, tally_stale
 from trial.notify.service import send_pending
 from trial.outcomes.service import check_missing_forms, missing_form_candidates
 from trial.participants.models import Allocation, Participant
 from trial.trialstate.service import active_lock_id
+from trial.visitplan.service import ensure_current, replan, stale
 
 
 @click.group(cls=Group, help="Automatic data checks (also run on every read of the visit worklists).")
@@ -17,8 +19,10 @@ def checks():
 
 
 @checks.command("run", help="Raise a query for every form still missing once its visit window has closed "
-                "(at most one open query per form: running it again raises nothing new), then send the queued "
-                "e-mail. Meant for a daily timer. Does nothing while a lock is in force.")
+                "(at most one open query per form: running it again raises nothing new), check the visit plan "
+                "(the worklists' index) and the session tallies (adherence's) against the records and re-derive "
+                "any row that differs, then send the "
+                "queued e-mail. Meant for a daily timer. Does nothing while a lock is in force.")
 @click.option("--on", "on", default=None, type=click.DateTime(formats=["%Y-%m-%d"]),
               help="Check as of this date (YYYY-MM-DD; default: each site's today).")
 def checks_run(on):
@@ -28,8 +32,22 @@ def checks_run(on):
             click.echo("a lock is in force: no checks run (the data are frozen)")
             return
         people = s.execute(select(func.count()).select_from(Allocation)).scalar_one()
+        replanned = ensure_current(s)
+        wrong = stale(s)
+        if wrong:
+            replan(s, [pid for pid, _ in wrong])
+        miscounted = tally_stale(s)
+        recount(s, miscounted)
         raised = check_missing_forms(s, missing_form_candidates(s, select(Participant), day), day)
         s.commit()
         sent, failed = send_pending(s)
+    if replanned:
+        click.echo("visit plan re-derived for every randomized child (under the protocol version and site time zones "
+                   "in force)")
+    if miscounted:
+        click.echo(f"session tallies: {len(miscounted)} participants counted again (they differed from the sessions)")
+    if wrong:
+        click.echo(f"visit plan: {len(wrong)} rows of {len({pid for pid, _ in wrong})} participants re-derived "
+                   "(they differed from the records)")
     click.echo(f"{people} randomized participants checked; {raised} new queries for missing forms"
                + (f"; {sent} e-mails sent" if sent else "") + (f"; {failed} e-mails could not be sent" if failed else ""))

@@ -6,6 +6,7 @@ import click
 from trial.cli.common import Group, session
 from trial.protocol.service import load_file
 from trial.scope import CliActor
+from trial.visitplan.service import replan_all
 
 
 @click.group(cls=Group, help="Protocol versions.")
@@ -18,4 +19,5 @@ def protocol():
 def protocol_load(path):
     with session() as s:
         pv = load_file(s, CliActor(), path)
+        replan_all(s)  # the visit windows of every randomized child under the version now in force
         click.echo(f"protocol version {pv.version} ({pv.trial_key}, sha256 {pv.sha256[:12]}) is current")

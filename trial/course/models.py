@@ -44,3 +44,16 @@ class CounsellingSession(Base):
     note: Mapped[str | None] = mapped_column(Text)
     logged_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
     logged_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class CourseTally(Base):
+    """Each child's sessions counted: attended in the course, and logged in all. Kept by the
+    session writers in their own transaction (``trial.course.service.recount``), so that the
+    adherence summary and list read one row per child, not every session. Reveals the allocation
+    like the sessions it counts."""
+
+    __tablename__ = "course_tally"
+
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), primary_key=True)
+    attended: Mapped[int] = mapped_column(Integer, default=0)  # attended, within the course
+    logged: Mapped[int] = mapped_column(Integer, default=0)    # every session logged, in the course or after

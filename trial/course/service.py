@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.course.models import ATTENDANCE, CounsellingSession, TherapySession
+from trial.catalogue import N_, Msg
+from trial.course.models import ATTENDANCE, CounsellingSession, CourseTally, TherapySession
 from trial.dataquality.service import clear_verification
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
@@ -21,7 +22,7 @@ from trial.scope import can_see_arm, require_site_role, visible_site_ids
 from trial.sites.models import Site
 from trial.timeline import course_window, local_date, planned_sessions, today
 from trial.trialstate.service import ensure_writable
-from trial.validation import clinical_date, text
+from trial.validation import clinical_date, refusal, text
 
 
 def _arm(content: dict, key: str) -> dict:
@@ -31,7 +32,7 @@ def _arm(content: dict, key: str) -> dict:
 # the session's fields as the web form names them: every message names a field by its label
 LABELS = {"held_on": "Date", "attendance": "Attendance", "minutes": "Minutes", "techniques": "Techniques",
           "engagement": "Child engagement", "note": "Short note", "reason": "Reason for the correction"}
-ATTENDANCE_LABELS = {"attended": "Attended", "cancelled": "Cancelled", "no_show": "No show"}
+ATTENDANCE_LABELS = {"attended": N_("Attended"), "cancelled": N_("Cancelled"), "no_show": N_("No show")}
 SESSION_FIELDS = ("held_on", "attendance", "minutes", "techniques", "engagement", "note")
 MAX_MINUTES = 240
 
@@ -39,7 +40,7 @@ MAX_MINUTES = 240
 def _refuse(what: str, errors: dict[str, str]) -> None:
     """One 400 naming every bad field by its label (``errors`` keep the field names, for forms)."""
     if errors:
-        raise ValidationError(f"{what}: " + "; ".join(f"{LABELS.get(k, k)} {v}" for k, v in errors.items()), errors)
+        raise refusal(what, errors, LABELS)
 
 
 def _checked(data: dict, content: dict, site_today, errors: dict[str, str]) -> dict:
@@ -52,12 +53,13 @@ def _checked(data: dict, content: dict, site_today, errors: dict[str, str]) -> d
         errors["attendance"] = f"must be one of {', '.join(ATTENDANCE)}"
     minutes = data.get("minutes")
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int) or not 0 <= minutes <= MAX_MINUTES):
-        errors["minutes"] = f"must be a whole number of minutes from 0 to {MAX_MINUTES}"
+        errors["minutes"] = Msg(N_("must be a whole number of minutes from 0 to %(max)s"), max=MAX_MINUTES)
     elif attendance == "attended" and not minutes:
-        errors["minutes"] = f"is required for an attended session (more than 0 minutes, at most {MAX_MINUTES})"
+        errors["minutes"] = Msg(N_("is required for an attended session (more than 0 minutes, at most %(max)s)"),
+                                max=MAX_MINUTES)
     elif attendance in ATTENDANCE and attendance != "attended" and minutes:
-        errors["minutes"] = (f"must be empty (or 0) when Attendance is {ATTENDANCE_LABELS[attendance]}: "
-                             "the session did not take place")
+        errors["minutes"] = Msg(N_("must be empty (or 0) when Attendance is %(attendance)s: the session did not take "
+                                   "place"), attendance=Msg(ATTENDANCE_LABELS[attendance]))
     techniques = data.get("techniques")
     allowed = content["course"]["techniques"]
     if not isinstance(techniques, list) or any(t not in allowed for t in techniques):
@@ -65,7 +67,7 @@ def _checked(data: dict, content: dict, site_today, errors: dict[str, str]) -> d
         techniques = []
     engagement = data.get("engagement")
     if engagement is not None and (isinstance(engagement, bool) or not isinstance(engagement, int) or not 1 <= engagement <= 5):
-        errors["engagement"] = "must be a whole number from 1 (none) to 5 (fully engaged)"
+        errors["engagement"] = N_("must be a whole number from 1 (none) to 5 (fully engaged)")
     note = text(data.get("note"), "note", errors, 1000)
     return {"held_on": held, "attendance": attendance, "minutes": minutes, "techniques": sorted(set(techniques)),
             "engagement": engagement, "note": note}
@@ -112,7 +114,46 @@ def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession
                                                        "techniques": s.techniques, "engagement": s.engagement,
                                                        "note": s.note, "outside_course": s.outside_course},
                   reveals_allocation=True)
+    recount(db, [p.id])
     return s
+
+
+def _counts():
+    """SQL: (participant id, attended in the course, logged) per child, from the sessions."""
+    return (select(TherapySession.participant_id,
+                   func.sum(case((and_(TherapySession.attendance == "attended", TherapySession.outside_course.is_(False)), 1),
+                                 else_=0)),
+                   func.count())
+            .group_by(TherapySession.participant_id))
+
+
+def recount(db: Session, participant_ids: list[int]) -> None:
+    """Count these children's sessions again into their tallies (in the writer's transaction)."""
+    ids = sorted(set(participant_ids))
+    if not ids:
+        return
+    db.flush()
+    db.execute(delete(CourseTally).where(CourseTally.participant_id.in_(ids)))
+    rows = [{"participant_id": pid, "attended": int(a or 0), "logged": int(n)}
+            for pid, a, n in db.execute(_counts().where(TherapySession.participant_id.in_(ids)))]
+    if rows:
+        db.execute(insert(CourseTally), rows)
+
+
+def recount_all(db: Session) -> int:
+    """Every child's tally from the sessions (for sessions loaded in bulk). Returns the children counted."""
+    db.execute(delete(CourseTally))
+    rows = [{"participant_id": pid, "attended": int(a or 0), "logged": int(n)} for pid, a, n in db.execute(_counts())]
+    if rows:
+        db.execute(insert(CourseTally), rows)
+    return len(rows)
+
+
+def tally_stale(db: Session) -> list[int]:
+    """The children whose tally differs from their sessions (empty when every tally is right)."""
+    want = {pid: (int(a or 0), int(n)) for pid, a, n in db.execute(_counts())}
+    have = {t.participant_id: (t.attended, t.logged) for t in db.execute(select(CourseTally)).scalars()}
+    return sorted(pid for pid in set(want) | set(have) if want.get(pid) != have.get(pid))
 
 
 def session_for_correction(db: Session, actor, session_id: int, for_update: bool = False) -> tuple[TherapySession, Participant]:
@@ -171,6 +212,7 @@ def correct_session(db: Session, actor, session_id: int, data: dict) -> TherapyS
         setattr(s, k, new)
     audit.record(db, actor, "correct", "therapy_session", s.id, changes, reason=reason, reveals_allocation=True)
     clear_verification(db, actor, "session", s.id, p, f"corrected: {reason}")
+    recount(db, [p.id])
     return s
 
 
@@ -194,7 +236,7 @@ def log_counselling(db: Session, actor, study_id: str, data: dict) -> Counsellin
         errors["attended"] = "must be true or false"
     note = text(data.get("note"), "note", errors, 1000)
     if errors:
-        raise ValidationError("The counselling session was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+        raise refusal(N_("The counselling session was not saved"), errors)
     ensure_accepts_data(db, p, "counselling", held)
     planned = current_protocol(db).content["course"]["parent_counselling_sessions"]
     done = db.execute(select(func.count()).select_from(CounsellingSession).where(
@@ -252,21 +294,18 @@ def _adherence_scope(db: Session, actor, site_code: str | None):
 
 
 def _attended():
-    return (select(func.count()).select_from(TherapySession)
-            .where(TherapySession.participant_id == Participant.id, TherapySession.attendance == "attended",
-                   TherapySession.outside_course.is_(False)).scalar_subquery())
+    return func.coalesce(select(CourseTally.attended).where(CourseTally.participant_id == Participant.id).scalar_subquery(), 0)
 
 
 def adherence_by_arm(db: Session, actor, site_code: str | None = None) -> list[dict]:
     """Dose received per arm (unblinded managers; coordinators, therapists and monitors for their
-    sites). The attended sessions are counted in the database; the planned number depends only on
-    the arm and the randomization day, so it is worked out once per distinct day."""
+    sites). The attended sessions come from each child's tally (one row a child, kept by the
+    session writers); the planned number depends only on the arm and the randomization day, so
+    it is worked out once per distinct day."""
     content = current_protocol(db).content
     scope = _adherence_scope(db, actor, site_code).subquery()
-    attended = (select(func.count()).select_from(TherapySession)
-                .where(TherapySession.participant_id == scope.c.id, TherapySession.attendance == "attended",
-                       TherapySession.outside_course.is_(False)).scalar_subquery())
-    rows = db.execute(select(scope.c.arm, scope.c.site_id, scope.c.randomized_at, attended)).all()
+    rows = db.execute(select(scope.c.arm, scope.c.site_id, scope.c.randomized_at, func.coalesce(CourseTally.attended, 0))
+                      .outerjoin(CourseTally, CourseTally.participant_id == scope.c.id)).all()
     tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
     arms = {a["key"]: a for a in content["arms"]}
     minimum = content["course"]["min_attended_sessions"]
@@ -315,15 +354,22 @@ def adherence_page(db: Session, actor, req: PageRequest, site_code: str | None =
     sort = sort_key(req.sort, ADHERENCE_SORTS, "study_id")
     page = paginate(db, ordered(q, sort, ADHERENCE_SORTS, Participant.id), req, scalars=False, sort=sort)
     ids = [p.id for p, _ in page.items]
-    sessions: dict[int, list[TherapySession]] = {}
-    if ids:
-        for x in db.execute(select(TherapySession).where(TherapySession.participant_id.in_(ids))).scalars():
-            sessions.setdefault(x.participant_id, []).append(x)
+    tallies = {t.participant_id: t for t in db.execute(select(CourseTally).where(CourseTally.participant_id.in_(ids))).scalars()}
     labels = {a["key"]: a["label"] for a in content["arms"]}
     tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
     return page.map(lambda rows: [{"study_id": p.study_id, "arm": a.arm, "arm_label": labels.get(a.arm, a.arm),
-                                   **dose(db, p, a, content, sessions.get(p.id, []), local_date(a.randomized_at, tzs[p.site_id]))}
+                                   **planned_dose(content, a, local_date(a.randomized_at, tzs[p.site_id]), tallies.get(p.id))}
                                   for p, a in rows])
+
+
+def planned_dose(content: dict, alloc: Allocation, start: dt.date, tally: CourseTally | None) -> dict:
+    """As :func:`dose`, from the child's tally instead of its sessions."""
+    _, end = course_window(start, content["course"]["months"])
+    planned = planned_sessions(_arm(content, alloc.arm)["sessions_per_week"], start, end)
+    attended = tally.attended if tally else 0
+    return {"planned": planned, "attended": attended, "logged": tally.logged if tally else 0,
+            "dose": round(attended / planned, 3) if planned else None,
+            "course_start": start.isoformat(), "course_end": end.isoformat()}
 
 
 def participant_course(db: Session, actor, study_id: str) -> dict:

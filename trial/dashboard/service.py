@@ -2,11 +2,13 @@
 only from arm-independent data: enrollment, randomization dates, visits and assessments."""
 from __future__ import annotations
 
+import datetime as dt
 from html import escape
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
+from trial.dataquality.models import DataQuery
 from trial.monitoring.service import marks, may_read_marks
 from trial.outcomes.service import schedule
 from trial.paging import PageRequest, ordered, paginate, sort_key
@@ -15,8 +17,11 @@ from trial.participants.service import participant_query, participant_sorts, par
 from trial.protocol.service import current as current_protocol
 from trial.queries.service import badges as query_badges
 from trial.queries.service import form_badges
-from trial.scope import visible_site_ids
+from trial.safety.models import AdverseEvent
+from trial.scope import require_role, visible_site_ids
 from trial.sites.models import Site
+from trial.timeline import local_date, today
+from trial.visitplan.models import PlannedVisit
 
 # the state of one form in the grid (with whether it is queried or verified shown beside it)
 CELL_STATES = ("entered", "entered_out_of_window", "due", "missing", "upcoming", "not_expected", "not_yet_randomized")
@@ -149,4 +154,131 @@ def recruitment_svg(db: Session, actor) -> str:
             f'<rect x="{left + 100}" y="{y}" width="12" height="10" fill="#90caf9"/><text x="{left + 116}" y="{y + 9}">enrolled</text>',
             f'<rect x="{left + 190}" y="{y}" width="12" height="10" fill="none" stroke="#5e6b78"/><text x="{left + 206}" y="{y + 9}">target</text>',
             "</svg>"]
+    return "\n".join(out)
+
+
+# --- the manager's dashboard -----------------------------------------------------------------
+
+def overview(db: Session, actor, on: dt.date | None = None) -> dict:
+    """The trial at a glance for the trial manager, per site and in total: randomized against
+    target; retention at each post-randomization visit (children whose window has closed or who
+    have every form of it entered, and of them those with every form entered); data completeness (forms entered of the forms expected
+    so far); forms overdue; open queries; serious adverse events (and those not resolved).
+    Pooled over the arms. Read from the visit plan and a few grouped counts: the cost does not
+    grow with the pages of any list."""
+    require_role(db, actor, "manager")
+    content = current_protocol(db).content
+    sites = list(db.execute(select(Site).order_by(Site.code)).scalars())
+    days = {s.id: on or today(s.timezone) for s in sites}
+    pv = PlannedVisit
+    retention: dict[tuple[int, str], dict] = {}
+    forms: dict[int, dict] = {}
+    visits = [v for v in content["visits"] if v["key"] != "baseline"]
+    if sites:
+        closed = pv.closes < case(*[(pv.site_id == sid, day) for sid, day in days.items()], else_=None)
+        complete = and_(pv.blinded_entered == pv.blinded_forms, pv.other_entered == pv.other_forms)
+        entered = pv.blinded_entered + pv.other_entered
+        missing = pv.blinded_forms + pv.other_forms - entered
+        still = and_(pv.ended.is_(False), closed)
+        for site_id, visit, due, done, ent, overdue in db.execute(
+                select(pv.site_id, pv.visit, func.sum(case((or_(closed, complete), 1), else_=0)),
+                       func.sum(case((complete, 1), else_=0)), func.sum(entered),
+                       func.sum(case((still, missing), else_=0))).group_by(pv.site_id, pv.visit)):
+            retention[(site_id, visit)] = {"due": int(due or 0), "complete": int(done or 0)}
+            # expected so far: what is entered, and what is missing from a closed window of a child still in the trial
+            f = forms.setdefault(site_id, {"expected": 0, "entered": 0, "overdue": 0})
+            f["entered"] += int(ent or 0)
+            f["overdue"] += int(overdue or 0)
+            f["expected"] += int(ent or 0) + int(overdue or 0)
+    randomized = dict(db.execute(select(Participant.site_id, func.count()).join(
+        Allocation, Allocation.participant_id == Participant.id).group_by(Participant.site_id)).all())
+    queries = dict(db.execute(select(DataQuery.site_id, func.count()).where(DataQuery.status == "open")
+                              .group_by(DataQuery.site_id)).all())
+    saes = {sid: (n, unresolved) for sid, n, unresolved in db.execute(
+        select(AdverseEvent.site_id, func.count(), func.sum(case((AdverseEvent.resolved_on.is_(None), 1), else_=0)))
+        .where(AdverseEvent.serious.is_(True)).group_by(AdverseEvent.site_id))}
+
+    def row(code, name, target, ids):
+        f = {k: sum(forms.get(i, {}).get(k, 0) for i in ids) for k in ("expected", "entered", "overdue")}
+        ret = []
+        for v in visits:
+            due = sum(retention.get((i, v["key"]), {}).get("due", 0) for i in ids)
+            done = sum(retention.get((i, v["key"]), {}).get("complete", 0) for i in ids)
+            ret.append({"visit": v["key"], "due": due, "complete": done, "share": done / due if due else None})
+        n = sum(randomized.get(i, 0) for i in ids)
+        return {"code": code, "name": name, "target": target, "randomized": n,
+                "share_of_target": n / target if target else None, "retention": ret,
+                "forms_expected": f["expected"], "forms_entered": f["entered"],
+                "completeness": f["entered"] / f["expected"] if f["expected"] else None, "overdue": f["overdue"],
+                "queries": sum(queries.get(i, 0) for i in ids), "saes": sum(saes.get(i, (0, 0))[0] for i in ids),
+                "saes_unresolved": sum(int(saes.get(i, (0, 0))[1] or 0) for i in ids)}
+    return {"visits": [v["key"] for v in visits],
+            "sites": [row(s.code, s.name, s.target, [s.id]) for s in sites],
+            "total": row(None, None, sum(s.target for s in sites), [s.id for s in sites])}
+
+
+def recruitment_over_time_svg(db: Session, actor, words: dict[str, str], fmt_month=None) -> str:
+    """Cumulative randomizations by month at each site against its target, one small panel per
+    site (and the trial in total), as SVG drawn here (no script, no CDN). ``words`` gives the
+    chart's texts in the reader's language (title, randomized, target, of); ``fmt_month`` formats
+    a month's first day for the axis."""
+    require_role(db, actor, "manager")
+    sites = list(db.execute(select(Site).order_by(Site.code)).scalars())
+    tzs = {s.id: s.timezone for s in sites}
+    months: dict[int, dict[dt.date, int]] = {s.id: {} for s in sites}
+    for site_id, at in db.execute(select(Participant.site_id, Allocation.randomized_at)
+                                  .join(Allocation, Allocation.participant_id == Participant.id)):
+        d = local_date(at, tzs.get(site_id, "UTC")).replace(day=1)
+        months.setdefault(site_id, {})[d] = months.setdefault(site_id, {}).get(d, 0) + 1
+    all_months = sorted({m for per in months.values() for m in per})
+    if all_months:
+        first, last = all_months[0], max(all_months[-1], today().replace(day=1))
+    else:
+        first = last = today().replace(day=1)
+    span = (last.year - first.year) * 12 + last.month - first.month + 1
+    fmt = fmt_month or (lambda d: d.strftime("%Y-%m"))
+    panels = [(s.code, s.target, months.get(s.id, {})) for s in sites]
+    total: dict[dt.date, int] = {}
+    for _, _, per in panels:
+        for m, n in per.items():
+            total[m] = total.get(m, 0) + n
+    panels.append((words.get("total", "All sites"), sum(s.target for s in sites), total))
+    cols, pw, ph, pad = 3, 230, 130, 34
+    rows = (len(panels) + cols - 1) // cols
+    width, height = cols * (pw + 20) + 10, 40 + rows * (ph + 44)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'role="img" aria-label="{escape(words["title"])}" font-family="sans-serif" font-size="11">',
+           f'<title>{escape(words["title"])}</title>',
+           f'<text x="10" y="18" font-size="14" font-weight="bold">{escape(words["title"])}</text>',
+           f'<line x1="10" y1="30" x2="30" y2="30" stroke="#1f5f8b" stroke-width="2"/>'
+           f'<text x="34" y="34">{escape(words["randomized"])}</text>'
+           f'<line x1="160" y1="30" x2="180" y2="30" stroke="#a33" stroke-dasharray="4 3"/>'
+           f'<text x="184" y="34">{escape(words["target"])}</text>']
+    for k, (name, target, per) in enumerate(panels):
+        x0, y0 = 10 + (k % cols) * (pw + 20), 50 + (k // cols) * (ph + 44)
+        counts, run = [], 0
+        for i in range(span):
+            m = dt.date(first.year + (first.month - 1 + i) // 12, (first.month - 1 + i) % 12 + 1, 1)
+            run += per.get(m, 0)
+            counts.append(run)
+        top = max([target, run, 1])
+        inner_w, inner_h = pw - pad - 6, ph - 26
+        def px(i):
+            return x0 + pad + (inner_w * i / max(span - 1, 1))
+        def py(n):
+            return y0 + 14 + inner_h - inner_h * n / top
+        out.append(f'<g><text x="{x0}" y="{y0 + 8}" font-weight="bold">{escape(name)}</text>'
+                   f'<text x="{x0 + pw - 6}" y="{y0 + 8}" text-anchor="end">'
+                   f'{escape(words["of"].replace("%(n)s", str(run)).replace("%(target)s", str(target)))}</text>')
+        out.append(f'<rect x="{x0 + pad}" y="{y0 + 14}" width="{inner_w}" height="{inner_h}" fill="none" stroke="#c5ccd3"/>')
+        out.append(f'<text x="{x0 + pad - 4}" y="{y0 + 18}" text-anchor="end">{top}</text>'
+                   f'<text x="{x0 + pad - 4}" y="{y0 + 14 + inner_h}" text-anchor="end">0</text>')
+        if target:
+            out.append(f'<line x1="{x0 + pad}" y1="{py(target):.1f}" x2="{x0 + pad + inner_w}" y2="{py(target):.1f}" '
+                       'stroke="#a33" stroke-dasharray="4 3"/>')
+        pts = " ".join(f"{px(i):.1f},{py(n):.1f}" for i, n in enumerate(counts))
+        out.append(f'<polyline points="{pts}" fill="none" stroke="#1f5f8b" stroke-width="2"/>')
+        out.append(f'<text x="{x0 + pad}" y="{y0 + ph + 2}">{escape(fmt(first))}</text>'
+                   f'<text x="{x0 + pad + inner_w}" y="{y0 + ph + 2}" text-anchor="end">{escape(fmt(last))}</text></g>')
+    out.append("</svg>")
     return "\n".join(out)

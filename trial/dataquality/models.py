@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from trial.db import Base, utcnow
@@ -22,6 +22,7 @@ class DataQuery(Base):
     closed: an automatic check raises at most one open query per finding."""
 
     __tablename__ = "data_query"
+    __table_args__ = (Index("ix_data_query_raised", "raised_at", "id"),)  # the list, newest first
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), index=True)
@@ -32,6 +33,9 @@ class DataQuery(Base):
     visit: Mapped[str | None] = mapped_column(String(32))
     instrument: Mapped[str | None] = mapped_column(String(32))
     text: Mapped[str] = mapped_column(Text)
+    # a system check's text as a composed message (trial.catalogue.Msg.words): each reader's page
+    # shows it in the reader's language; ``text`` keeps the English
+    words: Mapped[dict | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(10), default="open", index=True)
     origin: Mapped[str] = mapped_column(String(10), default="manual")
     check_key: Mapped[str | None] = mapped_column(String(200))
@@ -58,6 +62,7 @@ class QueryMessage(Base):
     query_id: Mapped[int] = mapped_column(ForeignKey("data_query.id"), index=True)
     action: Mapped[str] = mapped_column(String(10))
     text: Mapped[str | None] = mapped_column(Text)
+    words: Mapped[dict | None] = mapped_column(JSON)  # as DataQuery.words, for the system's steps
     correction: Mapped[dict | None] = mapped_column(JSON)
     by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
     by: Mapped[str] = mapped_column(String(254))

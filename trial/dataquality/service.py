@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
+from trial.catalogue import Msg
 from trial.dataquality.models import DataQuery, QueryMessage, Verification
 from trial.db import utcnow
 from trial.participants.models import Participant
@@ -32,16 +33,18 @@ def raise_check(db: Session, p: Participant, kind: str, target_id: int | None, k
     now = utcnow()
     try:
         with db.begin_nested():  # two readers of a worklist at once: one query, and no error for the other
+            words = text.words() if isinstance(text, Msg) else None
             q = DataQuery(participant_id=p.id, site_id=p.site_id, kind=kind, target_id=target_id, field=field,
-                          visit=visit, instrument=instrument, text=text, status="open", origin="check", check_key=key,
+                          visit=visit, instrument=instrument, text=str(text), words=words, status="open", origin="check",
+                          check_key=key,
                           open_key=key, answer_role=answer_role, assessor_visible=assessor_visible, raised_by=SYSTEM,
                           raised_at=now, updated_at=now)
             db.add(q)
             db.flush()
-            db.add(QueryMessage(query_id=q.id, action="raise", text=text, by=SYSTEM, at=now))
+            db.add(QueryMessage(query_id=q.id, action="raise", text=str(text), words=words, by=SYSTEM, at=now))
             audit.created(db, SYSTEM, "query", q.id, {"participant": p.study_id,
                                                      "on": target_text(kind, target_id, field),
-                                                     "origin": "check", "check": key, "text": text},
+                                                     "origin": "check", "check": key, "text": str(text)},
                           reveals_allocation=not assessor_visible)
     except IntegrityError:
         return None
@@ -55,8 +58,9 @@ def resolve_check(db: Session, key: str, why: str) -> DataQuery | None:
         return None
     now = utcnow()
     q.status, q.open_key, q.updated_at = "closed", None, now
-    db.add(QueryMessage(query_id=q.id, action="close", text=why, by=SYSTEM, at=now))
-    audit.record(db, SYSTEM, "close", "query", q.id, {"status": ("open", "closed")}, reason=why)
+    db.add(QueryMessage(query_id=q.id, action="close", text=str(why), words=why.words() if isinstance(why, Msg) else None,
+                        by=SYSTEM, at=now))
+    audit.record(db, SYSTEM, "close", "query", q.id, {"status": ("open", "closed")}, reason=str(why))
     return q
 
 

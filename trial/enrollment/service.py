@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
+from trial.catalogue import N_
 from trial.db import insert_ignore, lock_for_update, utcnow
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
@@ -155,7 +156,7 @@ def enroll(db: Session, actor, data: dict, at: dt.datetime | None = None) -> Par
         raise Conflict(f"Screening {sc.id} has already been enrolled.")
     pv = current_protocol(db)
     consent = clinical_date(data.get("consent_date"), "consent_date", errors, today(site.timezone),
-                            not_before=(sc.screened_on, "the screening date"))
+                            not_before=(sc.screened_on, N_("the screening date")))
     born = parse_date(data.get("date_of_birth"), "date_of_birth", errors)
     sex = data.get("sex")
     if sex not in SEXES:

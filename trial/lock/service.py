@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
+from trial.catalogue import N_, Msg
 from trial.dataquality.models import DataQuery
 from trial.dataquality.service import shown_queries
 from trial.errors import Conflict, NotFound, ValidationError
@@ -23,7 +24,7 @@ from trial.lock.models import DataLock, LockBundle
 from trial.protocol.service import current as current_protocol
 from trial.randomize.service import get_design, master_seed
 from trial.scope import is_blinded, require_role
-from trial.trialstate.service import active_lock_id
+from trial.trialstate.service import active_lock_id, lock_message
 from trial.trialstate.service import state as trial_state
 from trial.validation import refuse, text
 
@@ -40,9 +41,19 @@ def active_lock(db: Session) -> DataLock | None:
     return db.get(DataLock, lock_id) if lock_id else None
 
 
-def _notice(lock: DataLock, sig: Signature) -> str:
-    return (f"{lock.kind}-locked (lock {lock.id}, signed by {sig.printed_name} on "
-            f"{lock.created_at:%Y-%m-%d %H:%M} UTC)")
+def _notice(lock: DataLock, sig: Signature) -> Msg:
+    return Msg(N_("%(state)s (lock %(id)s, signed by %(name)s on %(when)s UTC)"),
+               state=Msg(N_("soft-locked") if lock.kind == "soft" else N_("hard-locked")), id=lock.id,
+               name=sig.printed_name, when=f"{lock.created_at:%Y-%m-%d %H:%M}")
+
+
+def banner(db: Session) -> Msg | None:
+    """What every page says while a lock is in force, in words each reader's language can give
+    (the 423 answers keep the English text stored with the trial state); None while open."""
+    lock = active_lock(db)
+    if lock is None:
+        return None
+    return lock_message(_notice(lock, db.get(Signature, lock.signature_id)))
 
 
 class OpenQueries(Conflict):

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from trial import db as database
 from trial.auth.models import RoleAssignment, User
+from trial.catalogue import N_, Msg, in_language
 from trial.db import utcnow
 from trial.errors import NotFound
 from trial.notify.models import MailMessage, Notification
@@ -32,19 +33,25 @@ def smtp_url() -> str | None:
     return os.environ.get("TRIAL_SMTP_URL") or None
 
 
+FOOTER = N_("This message was sent by the trial system; log in to read and act on it.")
+
+
 def notify(db: Session, user_ids, message: str, subject: str | None = None, link: str | None = None) -> None:
-    """In-app to each user (active ones); by e-mail too when a relay is configured."""
+    """In-app to each user (active ones); by e-mail too when a relay is configured. A composed
+    message (trial.catalogue.Msg) is kept with its words, so that each user's page shows it in
+    that user's language, and each e-mail is written in its recipient's language."""
     ids = sorted(set(user_ids))
     if not ids:
         return
     users = db.execute(select(User).where(User.id.in_(ids), User.active.is_(True))).scalars().all()
+    words = message.words() if isinstance(message, Msg) else None
     for u in users:
-        db.add(Notification(user_id=u.id, message=message[:1000], link=link))
+        db.add(Notification(user_id=u.id, message=str(message)[:1000], words=words, link=link))
     if smtp_url():
         for u in users:
-            db.add(MailMessage(recipient=u.email, subject=(subject or message)[:300],
-                               body=message + (f"\n\n{_absolute(link)}" if link else "") +
-                               "\n\nThis message was sent by the trial system; log in to read and act on it."))
+            body = in_language(message, u.language)
+            db.add(MailMessage(recipient=u.email, subject=in_language(subject or message, u.language)[:300],
+                               body=body + (f"\n\n{_absolute(link)}" if link else "") + "\n\n" + in_language(FOOTER, u.language)))
         db.info[PENDING] = True
 
 

@@ -2,21 +2,20 @@
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
 from typing import Any
 
-from sqlalchemy import and_, exists, literal, or_, select, union_all
+from sqlalchemy import and_, case, exists, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
+from trial.catalogue import N_, Label, Msg
 from trial.dataquality.models import DataQuery
 from trial.dataquality.service import clear_verification, raise_check, resolve_check
-from trial.db import date_plus_days
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.notify.service import notify, users_with_role
 from trial.outcomes.models import BlindingBreak
 from trial.paging import Page, ordered, paginate, sort_key
-from trial.participants.models import FINAL_EVENTS, GUESSES, Allocation, Assessment, Participant, StatusEvent
+from trial.participants.models import GUESSES, Allocation, Assessment, Participant
 from trial.participants.service import (
     allocation_of,
     allocations_for,
@@ -27,11 +26,14 @@ from trial.participants.service import (
     randomization_day,
 )
 from trial.protocol.service import current as current_protocol
-from trial.scope import is_cli, require_site_role
+from trial.scope import is_cli, require_site_role, visible_site_ids
 from trial.sites.models import Site
+from trial.sites.service import get_by_code
 from trial.timeline import local_date, today, visit_window
 from trial.trialstate.service import active_lock_id, ensure_writable
-from trial.validation import CONTROL_MESSAGE, clinical_date, has_control, refuse, text
+from trial.validation import CONTROL_MESSAGE, clinical_date, has_control, refusal, refuse, text
+from trial.visitplan.models import PlannedVisit
+from trial.visitplan.service import ensure_current, replan
 
 
 def validate_values(instrument: dict, values: Any) -> dict[str, Any]:
@@ -78,7 +80,7 @@ def validate_values(instrument: dict, values: Any) -> dict[str, Any]:
                 continue
         out[key] = v
     if errors:
-        raise ValidationError("The assessment was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+        raise refusal(N_("The assessment was not saved"), errors)
     return out
 
 
@@ -144,7 +146,7 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
         errors["visit"] = f"{ins['key']} is not collected at {visit['key']}"
     performed = clinical_date(data.get("performed_on"), "performed_on", errors, today(p.site.timezone))
     if errors:
-        raise ValidationError("The assessment was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+        raise refusal(N_("The assessment was not saved"), errors)
     # who enters what: blinded instruments only by the site's assessors, others by its coordinators
     require_site_role(db, actor, p.site_id, "assessor" if ins["blinded"] else "coordinator")
     ensure_writable(db)
@@ -154,8 +156,7 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
     alloc = allocation_of(db, p.id)
     errors.update(guess_errors(content, ins, visit, guess, confidence))
     if errors:
-        raise ValidationError("The assessment was not saved: " + "; ".join(f"{GUESS_LABELS.get(k, k)} {v}" for k, v in errors.items()),
-                              errors)
+        raise refusal(N_("The assessment was not saved"), errors, GUESS_LABELS)
     ensure_accepts_data(db, p, "assessment", performed)
     out_of_window = False
     if visit["key"] == "baseline":
@@ -181,13 +182,16 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
                                                   "performed_on": performed, "values": values,
                                                   "out_of_window": out_of_window, "allocation_guess": guess,
                                                   "guess_confidence": confidence})
+    if a.visit != "baseline":
+        replan(db, [p.id])  # the visit plan knows the form is entered
     # the checks, in the same transaction as the data
-    resolve_check(db, missing_key(p.id, a.visit, a.instrument), "the form was entered")
+    resolve_check(db, missing_key(p.id, a.visit, a.instrument), Msg(N_("the form was entered")))
     if out_of_window:
         lo, _, hi = visit_window(visit, randomization_day(db, p, alloc))
         raise_check(db, p, "assessment", a.id, f"window:assessment:{a.id}",
-                    f"{ins['label']} at {visit['label']} was performed on {performed.isoformat()}, outside the visit "
-                    f"window {lo.isoformat()} to {hi.isoformat()}. Confirm the date, or correct it.",
+                    Msg(N_("%(form)s at %(visit)s was performed on %(day)s, outside the visit window %(start)s to "
+                           "%(end)s. Confirm the date, or correct it."), form=_form_label(ins), visit=_visit_label(visit),
+                        day=performed, start=lo, end=hi),
                     _enterer(ins), assessor_visible=ins["blinded"], visit=a.visit, instrument=a.instrument)
     _soft_range_checks(db, p, a, ins)
     return a
@@ -201,6 +205,18 @@ def window_of(db: Session, p, visit_key: str) -> tuple[dt.date, dt.date] | None:
         return None
     lo, _, hi = visit_window(visit, randomization_day(db, p, alloc))
     return lo, hi
+
+
+def _form_label(ins: dict) -> Label:
+    return Label("instrument", ins["key"], ins["label"])
+
+
+def _visit_label(visit: dict) -> Label:
+    return Label("visit", visit["key"], visit["label"])
+
+
+def _field_label(ins: dict, f: dict) -> Label:
+    return Label("field", f"{ins['key']}.{f['key']}", f["label"])
 
 
 def _enterer(ins: dict) -> str:
@@ -220,14 +236,16 @@ def _soft_range_checks(db: Session, p, a: Assessment, ins: dict) -> None:
         lo, hi = f.get("soft_min"), f.get("soft_max")
         outside = v is not None and ((lo is not None and v < lo) or (hi is not None and v > hi))
         if outside:
-            bounds = (f"{lo} to {hi}" if lo is not None and hi is not None else
-                      f"at least {lo}" if lo is not None else f"at most {hi}")
+            bounds = (Msg(N_("%(lo)s to %(hi)s"), lo=lo, hi=hi) if lo is not None and hi is not None else
+                      Msg(N_("at least %(lo)s"), lo=lo) if lo is not None else Msg(N_("at most %(hi)s"), hi=hi))
             raise_check(db, p, "assessment", a.id, key,
-                        f"{f['label']} is {v}: the protocol expects {bounds}. Confirm the value, or correct it.",
+                        Msg(N_("%(field)s is %(value)s: the protocol expects %(bounds)s. Confirm the value, or correct it."),
+                            field=_field_label(ins, f), value=v, bounds=bounds),
                         _enterer(ins), assessor_visible=ins["blinded"], field=f["key"], visit=a.visit,
                         instrument=a.instrument)
         else:
-            resolve_check(db, key, f"{f['label']} is now {v}, within the expected range")
+            resolve_check(db, key, Msg(N_("%(field)s is now %(value)s, within the expected range"),
+                                       field=_field_label(ins, f), value=v))
 
 
 def correct_assessment(db: Session, actor, assessment_id: int, data: dict) -> Assessment:
@@ -268,7 +286,7 @@ def report_blinding_break(db: Session, actor, study_id: str, data: dict) -> Blin
     errors: dict[str, str] = {}
     reported = data["reported_on"] if data.get("reported_on") is not None else today(p.site.timezone)
     on = clinical_date(reported, "reported_on", errors, today(p.site.timezone),
-                       not_before=(p.consent_date, "consent"))
+                       not_before=(p.consent_date, N_("consent")))
     raw = data.get("description")
     desc = text(raw if isinstance(raw, str) else None, "description", errors, 1000)
     if desc is None and "description" not in errors:
@@ -280,9 +298,10 @@ def report_blinding_break(db: Session, actor, study_id: str, data: dict) -> Blin
     audit.created(db, actor, "blinding_break", b.id, {"participant": p.study_id, "assessor": actor.email,
                                                       "reported_on": on, "description": b.description})
     notify(db, users_with_role(db, "coordinator", p.site_id),
-           f"Blinding broken: assessor {actor.name} reported on {on.isoformat()} that the allocation of {p.study_id} "
-           f"may be known to them. Assign another assessor for this child's next visits.",
-           subject=f"Blinding broken for {p.study_id}", link=f"/participants/{p.study_id}")
+           Msg(N_("Blinding broken: assessor %(name)s reported on %(day)s that the allocation of %(study_id)s may be "
+                  "known to them. Assign another assessor for this child's next visits."),
+               name=actor.name, day=on, study_id=p.study_id),
+           subject=Msg(N_("Blinding broken for %(study_id)s"), study_id=p.study_id), link=f"/participants/{p.study_id}")
     return b
 
 
@@ -295,8 +314,8 @@ def blinding_warning(db: Session, actor, participant_id: int) -> str | None:
                    .order_by(BlindingBreak.reported_on).limit(1)).scalar_one_or_none()
     if b is None:
         return None
-    return (f"You reported on {b.reported_on.isoformat()} that your blinding for this child was broken; "
-            "another assessor should assess this child.")
+    return Msg(N_("You reported on %(day)s that your blinding for this child was broken; another assessor "
+                  "should assess this child."), day=b.reported_on)
 
 
 # --- visit schedule (arm-independent) ---------------------------------------------------------
@@ -378,12 +397,6 @@ def _utc(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time.min)
 
 
-def _lacks(visit: str, instruments: list[str]):
-    """SQL: the participant lacks at least one of these forms at this visit."""
-    return or_(*[~exists().where(Assessment.participant_id == Participant.id, Assessment.visit == visit,
-                                 Assessment.instrument == k) for k in instruments])
-
-
 def missing_form_candidates(db: Session, stmt, on: dt.date | None = None, limit: int | None = None) -> list[Participant]:
     """Of a select of participants, those with a form missing at a visit whose window has closed
     and no automatic query raised for it yet, found in the database (at most ``limit``): what
@@ -446,8 +459,9 @@ def check_missing_forms(db: Session, participants: list, on: dt.date | None = No
             for ins in content["instruments"]:
                 if v["key"] in ins["visits"] and (p.id, v["key"], ins["key"]) not in known:
                     q = raise_check(db, p, "assessment", None, missing_key(p.id, v["key"], ins["key"]),
-                                    f"{ins['label']} at {v['label']} is missing: its window closed on {hi.isoformat()}. "
-                                    "Enter it, or answer why it cannot be.",
+                                    Msg(N_("%(form)s at %(visit)s is missing: its window closed on %(day)s. Enter it, "
+                                           "or answer why it cannot be."), form=_form_label(ins), visit=_visit_label(v),
+                                        day=hi),
                                     _enterer(ins), assessor_visible=ins["blinded"], visit=v["key"], instrument=ins["key"])
                     raised += q is not None
     return raised
@@ -457,20 +471,17 @@ WORKLISTS = ("due", "overdue", "out_of_window")
 WORKLIST_SORTS = ("visit", "study_id", "randomized")
 
 
-def _utc_start(day: dt.date, tz: str) -> dt.datetime:
-    """The UTC time (naive, as stored) at which ``day`` begins in the time zone ``tz``."""
-    local = dt.datetime.combine(day, dt.time.min, tzinfo=zoneinfo.ZoneInfo(tz or "UTC"))
-    return local.astimezone(dt.timezone.utc).replace(tzinfo=None)
-
-
 def worklist_query(db: Session, actor, kind: str, site_code: str | None = None, search: str | None = None,
                    visit: str | None = None, on: dt.date | None = None):
     """The worklist as one SQL statement: a row (participant id, study id, visit, visit's place,
-    randomization time) for each visit of the kind, built per site and per visit from the
-    protocol's windows. A site's randomization day is the local date of a UTC time, so each
-    bound is the UTC instant that local day begins (DST included); the forms a visit needs are
-    the reader's own at that site; a visit after which the child withdrew or died is left out.
-    Nothing of the whole trial is loaded: the list is filtered, counted and paged in the database."""
+    randomization time) for each visit of the kind, read from the visit plan (a row per
+    randomized child and visit, with its window in the site's calendar and the forms entered of
+    each kind, kept by the writers): a visit is due or overdue when a form of the kind the reader
+    enters at that site (blinded for assessors, the others for coordinators, both for monitors
+    and managers) is not entered and the child has not withdrawn or died before the window
+    closed; out of window when all of them are entered and one was entered outside the window.
+    The baseline (due before randomization) comes from the children not yet randomized. Nothing
+    of the whole trial is loaded: the list is filtered, counted and paged in the database."""
     if kind not in WORKLISTS:
         raise ValidationError("kind must be due, overdue or out_of_window", {"kind": "due, overdue or out_of_window"})
     if not actor.has_role("coordinator", "assessor", "monitor", "manager"):
@@ -478,49 +489,68 @@ def worklist_query(db: Session, actor, kind: str, site_code: str | None = None, 
     content = current_protocol(db).content
     if visit is not None and visit not in {v["key"] for v in content["visits"]}:
         raise ValidationError("visit is not a visit of the protocol.", {"visit": "not a visit of the protocol"})
-    base = participant_query(db, actor, site_code, search)
-    sites = db.execute(select(Site.id, Site.timezone)).all()
-    not_allocated = Allocation.id.is_(None)  # each branch outer-joins the allocation
+    ensure_current(db, writable=active_lock_id(db) is None)
+    base = participant_query(db, actor, site_code, search)  # (refuses a site the reader does not work at)
+    visible = visible_site_ids(db, actor)
+    only = get_by_code(db, site_code).id if site_code else None
+    sites = [(sid, tz) for sid, tz in db.execute(select(Site.id, Site.timezone).order_by(Site.id)).all()
+             if (visible is None or sid in visible) and only in (None, sid)]
+    wanted = [v for v in content["visits"] if visit is None or v["key"] == visit]
+    later = [v["key"] for v in wanted if v["key"] != "baseline"]
     branches = []
-    for idx, v in enumerate(content["visits"]):
-        if visit is not None and v["key"] != visit:
+    pv = PlannedVisit
+    kinds = {True: (pv.blinded_forms, pv.blinded_entered, pv.blinded_late),
+             False: (pv.other_forms, pv.other_entered, pv.other_late)}
+    per_site = []  # at each site: the condition on a visit row for this reader's forms there
+    for site_id, tz in sites:
+        mine = {i["blinded"] for i in _role_instruments(content, actor, site_id) if any(v in i["visits"] for v in later)}
+        if not mine:
             continue
-        per_site = []
-        for site_id, tz in sites:
-            forms = [i["key"] for i in _role_instruments(content, actor, site_id) if v["key"] in i["visits"]]
-            if not forms:
-                continue
-            day = on or today(tz)
-            here = Participant.site_id == site_id
-            if v["key"] == "baseline":
-                if kind == "due":
-                    per_site.append(and_(here, not_allocated, _lacks(v["key"], forms)))
-                continue
-            if kind == "out_of_window":
-                per_site.append(and_(here, ~_lacks(v["key"], forms), exists().where(
-                    Assessment.participant_id == Participant.id, Assessment.visit == v["key"],
-                    Assessment.instrument.in_(forms), Assessment.out_of_window.is_(True))))
-                continue
-            closes = day - dt.timedelta(days=v["day"] + v["window_after"])  # randomized before: window closed
-            if kind == "overdue":
-                window = Allocation.randomized_at < _utc_start(closes, tz)
-            else:  # due: lo <= today <= hi
-                opens = day + dt.timedelta(days=v["window_before"] - v["day"])
-                window = and_(Allocation.randomized_at >= _utc_start(closes, tz),
-                              Allocation.randomized_at < _utc_start(opens + dt.timedelta(days=1), tz))
-            gone = exists().where(StatusEvent.participant_id == Participant.id, StatusEvent.type.in_(FINAL_EVENTS),
-                                  StatusEvent.on <= date_plus_days(Allocation.randomized_at, v["day"] + v["window_after"]))
-            per_site.append(and_(here, window, _lacks(v["key"], forms), ~gone))
-        # one branch per site and visit, each a plain conjunction, so that the database turns every
-        # NOT EXISTS into an anti-join (under an OR it would probe each row)
-        for cond in per_site:
-            branch = base.with_only_columns(Participant.id.label("pid"), Participant.study_id.label("study_id"),
-                                            literal(v["key"]).label("visit"), literal(idx).label("visit_idx"),
-                                            Allocation.randomized_at.label("randomized_at"))
-            branches.append(branch.outerjoin(Allocation, Allocation.participant_id == Participant.id).where(cond))
+        day = on or today(tz)
+        missing = or_(*[kinds[b][1] < kinds[b][0] for b in mine])
+        if kind == "out_of_window":
+            cond = and_(*[kinds[b][1] == kinds[b][0] for b in mine], or_(*[kinds[b][0] > 0 for b in mine]),
+                        or_(*[kinds[b][2] for b in mine]))
+        elif kind == "overdue":
+            cond = and_(pv.ended.is_(False), pv.closes < day, missing)
+        else:
+            cond = and_(pv.ended.is_(False), pv.opens <= day, pv.closes >= day, missing)
+        per_site.append(and_(pv.site_id == site_id, cond))
+    if later and per_site:
+        # the plan alone (the reader's sites are in per_site): the participant table only for a search
+        q = (select(pv.participant_id.label("pid"), pv.visit.label("visit"), pv.visit_idx.label("visit_idx"),
+                    pv.randomized_at.label("randomized_at"))
+             .where(or_(*per_site)))
+        if len(later) < len([v for v in content["visits"] if v["key"] != "baseline"]):
+            q = q.where(pv.visit.in_(later))
+        if search:
+            q = q.where(pv.participant_id.in_(base.with_only_columns(Participant.id)))
+        branches.append(q)
+    baseline = next((v for v in wanted if v["key"] == "baseline"), None)
+    if kind == "due" and baseline is not None:
+        need = {}  # site -> the reader's baseline forms there
+        for site_id, _ in sites:
+            forms = [i["key"] for i in _role_instruments(content, actor, site_id) if "baseline" in i["visits"]]
+            if forms:
+                need[site_id] = forms
+        if need:
+            # the children not randomized yet (few) lacking one of the reader's baseline forms: one
+            # grouped join, never a NOT EXISTS per site under an OR (which scans the forms per site)
+            idx = content["visits"].index(baseline)
+            mine = or_(*[and_(Participant.site_id == sid, Assessment.instrument.in_(forms)) for sid, forms in need.items()])
+            have = func.sum(case((mine, 1), else_=0))
+            wants = case(*[(Participant.site_id == sid, len(forms)) for sid, forms in need.items()], else_=0)
+            branches.append(base.with_only_columns(
+                Participant.id.label("pid"), literal("baseline").label("visit"),
+                literal(idx).label("visit_idx"), func.min(Allocation.randomized_at).label("randomized_at"))
+                .outerjoin(Allocation, Allocation.participant_id == Participant.id)
+                .outerjoin(Assessment, and_(Assessment.participant_id == Participant.id, Assessment.visit == "baseline"))
+                .where(Allocation.id.is_(None), Participant.site_id.in_(list(need)))
+                .group_by(Participant.id, Participant.site_id)
+                .having(have < wants))
     if not branches:
         return None
-    return union_all(*branches).subquery("worklist")
+    return (branches[0] if len(branches) == 1 else union_all(*branches)).subquery("worklist")
 
 
 def _worklist_items(db: Session, actor, rows, on: dt.date | None, kind: str) -> list[dict]:
@@ -536,7 +566,7 @@ def _worklist_items(db: Session, actor, rows, on: dt.date | None, kind: str) -> 
         v = next(x for x in sched[r.pid] if x["visit"] == r.visit)
         if v["status"] not in want:  # the SQL's day of a withdrawal is the UTC day: a rare edge the exact check drops
             continue
-        item = {"study_id": r.study_id, **v}
+        item = {"study_id": people[r.pid].study_id, **v}
         if r.pid in broken:
             item["warning"] = blinding_warning(db, actor, r.pid)
         out.append(item)
@@ -559,7 +589,8 @@ def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt
     wl = worklist_query(db, actor, kind, site_code, search, visit, on)
     if wl is None:
         return []
-    rows = db.execute(select(wl).order_by(wl.c.study_id, wl.c.visit_idx)).all()
+    rows = db.execute(select(wl).join(Participant, Participant.id == wl.c.pid)
+                      .order_by(Participant.study_id, wl.c.visit_idx)).all()
     _run_checks(db, [r.pid for r in rows], on)
     return sorted(_worklist_items(db, actor, rows, on, kind), key=lambda x: (x.get("target") or "", x["study_id"]))
 
@@ -569,12 +600,15 @@ def worklist_page(db: Session, actor, kind: str, req, site_code: str | None = No
     """A page of a worklist, counted and paged in the database (default: by visit, then the
     earliest randomized, that is the earliest target, first)."""
     wl = worklist_query(db, actor, kind, site_code, search, visit, on)
-    allowed = {} if wl is None else {"visit": (wl.c.visit_idx, wl.c.randomized_at), "study_id": wl.c.study_id,
-                                     "randomized": wl.c.randomized_at}
     sort = sort_key(req.sort, dict.fromkeys(WORKLIST_SORTS), "visit")
     if wl is None:
         return Page([], 0, req, sort)
-    page = paginate(db, ordered(select(wl), sort, allowed, wl.c.pid), req, scalars=False, sort=sort)
+    if sort.lstrip("-") == "study_id":  # the participant table joined only to sort by it
+        stmt = select(wl).join(Participant, Participant.id == wl.c.pid)
+        allowed = {"study_id": Participant.study_id}
+    else:
+        stmt, allowed = select(wl), {"visit": (wl.c.visit_idx, wl.c.randomized_at), "randomized": wl.c.randomized_at}
+    page = paginate(db, ordered(stmt, sort, allowed, wl.c.pid), req, scalars=False, sort=sort)
     _run_checks(db, [r.pid for r in page.items], on)
     return page.map(lambda rows: _worklist_items(db, actor, rows, on, kind))
 

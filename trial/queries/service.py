@@ -9,7 +9,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.catalogue import N_
+from trial.catalogue import N_, Msg
 from trial.dataquality.models import QUERY_STATES, DataQuery, QueryMessage
 from trial.dataquality.service import target_text
 from trial.db import lock_for_update, utcnow
@@ -57,8 +57,9 @@ def raise_query(db: Session, actor, data: dict) -> DataQuery:
     audit.created(db, actor, "query", q.id, {"participant": p.study_id, "on": target_text(q.kind, q.target_id, q.field),
                                             "origin": "manual", "text": body}, reveals_allocation=not q.assessor_visible)
     notify(db, users_with_role(db, q.answer_role, p.site_id),
-           f"Query {q.id} on {p.study_id} ({target.label}) waits for your answer: {body}",
-           subject=f"Query {q.id} on {p.study_id}", link=f"/queries/{q.id}")
+           Msg(N_("Query %(id)s on %(study_id)s (%(record)s) waits for your answer: %(text)s"),
+               id=q.id, study_id=p.study_id, record=target.label, text=body),
+           subject=Msg(N_("Query %(id)s on %(study_id)s"), id=q.id, study_id=p.study_id), link=f"/queries/{q.id}")
     return q
 
 
@@ -141,8 +142,10 @@ def _set_state(db: Session, actor, query_id: int, state: str, data: dict) -> Dat
                  reason=note, reveals_allocation=not q.assessor_visible)
     if state == "open":
         notify(db, users_with_role(db, q.answer_role, p.site_id),
-               f"Query {q.id} on {p.study_id} was reopened" + (f": {note}" if note else "."),
-               subject=f"Query {q.id} on {p.study_id} reopened", link=f"/queries/{q.id}")
+               Msg(N_("Query %(id)s on %(study_id)s was reopened: %(text)s"), id=q.id, study_id=p.study_id, text=note)
+               if note else Msg(N_("Query %(id)s on %(study_id)s was reopened."), id=q.id, study_id=p.study_id),
+               subject=Msg(N_("Query %(id)s on %(study_id)s reopened"), id=q.id, study_id=p.study_id),
+               link=f"/queries/{q.id}")
     return q
 
 
@@ -174,7 +177,9 @@ def listing_query(db: Session, actor, site_code: str | None = None, status: str 
                   study_id: str | None = None, search: str | None = None):
     """A select of the queries ``actor`` may see, filtered by site, status, a participant and a
     study-id fragment."""
-    q = _visibility(db, actor, select(DataQuery)).join(Participant, Participant.id == DataQuery.participant_id)
+    q = _visibility(db, actor, select(DataQuery))
+    if study_id or search:  # the participant table only when the list is filtered by study id
+        q = q.join(Participant, Participant.id == DataQuery.participant_id)
     if status is not None:
         if status not in QUERY_STATES:
             raise ValidationError(f"status must be one of {', '.join(QUERY_STATES)}", {"status": "unknown status"})
@@ -202,8 +207,10 @@ def page(db: Session, actor, req: PageRequest, site_code: str | None = None, sta
          search: str | None = None) -> Page:
     """A page of the queries ``actor`` may see (newest first unless sorted otherwise)."""
     sort = sort_key(req.sort, QUERY_SORTS, "-raised_at")
-    return paginate(db, ordered(listing_query(db, actor, site_code, status, search=search), sort, QUERY_SORTS, DataQuery.id),
-                    req, sort=sort)
+    q = listing_query(db, actor, site_code, status, search=search)
+    if sort.lstrip("-") == "study_id" and not search:
+        q = q.join(Participant, Participant.id == DataQuery.participant_id)
+    return paginate(db, ordered(q, sort, QUERY_SORTS, DataQuery.id), req, sort=sort)
 
 
 def get(db: Session, actor, query_id: int) -> DataQuery:
@@ -240,7 +247,8 @@ def views(db: Session, rows: list[DataQuery]) -> list[dict]:
     ids = {q.participant_id for q in rows}
     sids = dict(db.execute(select(Participant.id, Participant.study_id).where(Participant.id.in_(ids))).all()) if ids else {}
     protocol = current_protocol(db).content
-    return [as_dict(q, sids[q.participant_id], codes[q.site_id]) | {"about": about(protocol, q)} for q in rows]
+    return [as_dict(q, sids[q.participant_id], codes[q.site_id])
+            | {"about": about(protocol, q), "words": q.words, "thread_words": [m.words for m in q.messages]} for q in rows]
 
 
 def age_days(q: DataQuery, now: dt.datetime | None = None) -> int:

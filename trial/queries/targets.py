@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from trial.catalogue import N_
 from trial.course.models import TherapySession
 from trial.dataquality.models import ANSWERED_BY, QUERY_KINDS
 from trial.dataquality.service import ARM_REVEALING_KINDS  # what a blinded assessor must never learn exists
@@ -14,6 +15,7 @@ from trial.participants.models import Assessment, Participant, Screening, Status
 from trial.protocol.service import current as current_protocol
 from trial.safety.models import AdverseEvent
 from trial.scope import can_see_arm
+from trial.validation import refusal
 
 MODELS = {"screening": Screening, "assessment": Assessment, "session": TherapySession, "event": StatusEvent,
           "adverse_event": AdverseEvent}
@@ -51,7 +53,7 @@ def resolve(db: Session, actor, p: Participant, on, allow_field: bool = True) ->
     if field is not None and (not isinstance(field, str) or not field.strip() or len(field) > 64):
         errors["on.field"] = "must be a field name"
     if errors:
-        raise ValidationError("The query's record is not valid: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+        raise refusal(N_("The query's record is not valid"), errors)
     if kind in ARM_REVEALING_KINDS and not can_see_arm(db, actor, p.site_id):
         raise NotFound(f"No such {kind.replace('_', ' ')} of {p.study_id}.")
     row = db.get(MODELS[kind], target_id) if kind != "participant" else p

@@ -7,6 +7,7 @@ Unique (stratum, seq) and unique participant are the backstops.
 """
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import itertools
 from dataclasses import dataclass
@@ -18,11 +19,13 @@ from sqlalchemy.orm import Session
 from trial import cache
 from trial.audit import service as audit
 from trial.cache import prebuilt
+from trial.catalogue import N_, Label, Msg
 from trial.config import seal_key
 from trial.db import insert_ignore, utcnow
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.participants.models import FINAL_EVENTS, Allocation, Assessment, Participant, Screening, StatusEvent
 from trial.participants.service import check_visible
+from trial.protocol.models import ProtocolVersion
 from trial.protocol.service import content_by_sha, latest_sha_column
 from trial.protocol.service import current as current_protocol
 from trial.randomize import lists, minimization
@@ -31,6 +34,7 @@ from trial.scope import is_cli, require_role, require_site_role
 from trial.sites.models import Site
 from trial.trialstate.service import check_writable, ensure_writable, writable_query
 from trial.trialstate.service import state as trial_state
+from trial.visitplan.service import plan_new
 
 MINIMIZATION_STRATUM = "minimization"
 
@@ -183,7 +187,8 @@ class Result:
 
 def not_ready_reasons(db: Session, p: Participant) -> list[str]:
     """Why this participant cannot be randomized yet (empty = ready)."""
-    return _readiness(db, p, get_design(db), current_protocol(db).content)[1]
+    pv = current_protocol(db)
+    return _readiness(db, p, get_design(db), pv.content, pv.sha256).reasons
 
 
 @prebuilt
@@ -191,7 +196,9 @@ def _readiness_stmt(dialect: str):
     final = (select(StatusEvent).where(StatusEvent.participant_id == bindparam("pid"), StatusEvent.type.in_(FINAL_EVENTS))
              .order_by(StatusEvent.on).limit(1))
     return select(
-        Site.code, Site.is_open,
+        Site.code, Site.is_open, Site.timezone,
+        select(ProtocolVersion.version).where(ProtocolVersion.sha256 == bindparam("sha"))
+        .order_by(ProtocolVersion.version.desc()).limit(1).scalar_subquery(),
         select(Screening.outcome).where(Screening.id == bindparam("screening_id")).scalar_subquery(),
         select(Assessment.values).where(Assessment.participant_id == bindparam("pid"), Assessment.visit == "baseline",
                                         Assessment.instrument == bindparam("instrument")).scalar_subquery(),
@@ -200,39 +207,56 @@ def _readiness_stmt(dialect: str):
     ).where(Site.id == bindparam("site_id"))
 
 
+@dataclass
+class Readiness:
+    site_code: str
+    site_timezone: str
+    protocol_version: int  # the version of the protocol whose SHA-256 was given
+    reasons: list[str]
+
+
 def _readiness(db: Session, p: Participant, design: RandomizationDesign | DesignView | None,
-               protocol: dict) -> tuple[str, list[str]]:
-    """The site code and the reasons the participant is not ready, in one query."""
+               protocol: dict, sha: str) -> Readiness:
+    """The site's code and time zone, the protocol's version number and the reasons the
+    participant is not ready, in one query."""
     prim = protocol["primary_outcome"]
     row = db.execute(_readiness_stmt(db), {"pid": p.id, "screening_id": p.screening_id, "site_id": p.site_id,
-                                           "instrument": prim["instrument"]}).one()
-    code, is_open, outcome, baseline, final_type, final_on = row
+                                           "instrument": prim["instrument"], "sha": sha}).one()
+    code, is_open, tz, version, outcome, baseline, final_type, final_on = row
     reasons = []
     if outcome != "eligible":
-        reasons.append("the screening is not eligible")
+        reasons.append(Msg(N_("the screening is not eligible")))
     if p.consent_date is None:
-        reasons.append("consent is not recorded")
+        reasons.append(Msg(N_("consent is not recorded")))
     if not baseline or baseline.get(prim["field"]) is None:
-        reasons.append(f"the baseline {prim['instrument']} {prim['field']} is not recorded")
+        ins = next((i for i in protocol["instruments"] if i["key"] == prim["instrument"]), {})
+        field = next((f for f in ins.get("fields", []) if f["key"] == prim["field"]), {})
+        reasons.append(Msg(N_("%(form)s at baseline: %(field)s is not recorded"),
+                           field=Label("field", f"{prim['instrument']}.{prim['field']}", field.get("label", prim["field"])),
+                           form=Label("instrument", prim["instrument"], ins.get("label", prim["instrument"]))))
     if not is_open:
-        reasons.append(f"site {code} is closed")
+        reasons.append(Msg(N_("site %(site)s is closed"), site=code))
     if final_type:
-        reasons.append(f"{final_type} on {final_on.isoformat() if hasattr(final_on, 'isoformat') else final_on}")
+        day = final_on if isinstance(final_on, dt.date) else dt.date.fromisoformat(str(final_on))
+        reasons.append(Msg(N_("withdrawn on %(day)s") if final_type == "withdrawn" else N_("died on %(day)s"), day=day))
     if design is not None:
-        missing = [f["key"] for f in design.design["factors"] if f["key"] != "site" and f["key"] not in (p.strata or {})]
+        missing = [f for f in design.design["factors"] if f["key"] != "site" and f["key"] not in (p.strata or {})]
         if missing:
-            reasons.append(f"stratification factor {', '.join(missing)} is not recorded")
-    return code, reasons
+            reasons.append(Msg(N_("the stratification factor %(factor)s is not recorded"),
+                               factor=", ".join(f.get("label", f["key"]) for f in missing)))
+    return Readiness(code, tz, version, reasons)
 
 
 def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = None, at=None) -> Result:
     """Allocate the next slot. ``at`` (a UTC datetime) is honoured only for the command-line
     operator loading synthetic or migrated data (the demo); users always randomize now.
 
-    The hot path is eight statements: the participant locked with its existing allocation (if
+    The hot path is nine statements: the participant locked with its existing allocation (if
     any); the trial state held FOR SHARE with the current protocol and design read alongside; the
-    readiness facts; the stratum's slot taken by one ``UPDATE ... RETURNING`` (which locks it);
-    the allocation inserted; and the audit record (two statements, see :func:`audit.record`)."""
+    readiness facts (with the site's time zone and the protocol's version number); the stratum's
+    slot taken by one ``UPDATE ... RETURNING`` (which locks it); the allocation inserted; the
+    child's visit plan inserted (one multi-row INSERT, trial.visitplan); and the audit record (two
+    statements, see :func:`audit.record`)."""
     if idempotency_key is not None and (not idempotency_key.strip() or len(idempotency_key) > 200):
         raise ValidationError("Idempotency-Key must be 1 to 200 characters.", {"Idempotency-Key": "1 to 200 characters"})
     # 1. lock the participant: concurrent requests for one child queue here
@@ -247,7 +271,8 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     if design_id is None:
         raise Conflict("Randomization is not open yet (run `trial randomization open`).")
     protocol, design_row = content_by_sha(db, sha), _design_view(db, design_id, commitment)
-    site_code, reasons = _readiness(db, p, design_row, protocol)
+    ready = _readiness(db, p, design_row, protocol, sha)
+    site_code, reasons = ready.site_code, ready.reasons
     if reasons:
         raise Conflict(f"{p.study_id} cannot be randomized: " + "; ".join(reasons) + ".")
     design = design_row.design
@@ -283,6 +308,7 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
                   randomized_at=at if (at is not None and is_cli(actor)) else utcnow())
     new_id = db.execute(_insert_allocation_stmt(db), values).scalar_one()
     alloc = Allocation(id=new_id, **values)  # transient: the row is written; this carries the answer
+    plan_new(db, p.id, p.site_id, values["randomized_at"], ready.site_timezone, protocol, ready.protocol_version)
     audit.record(db, actor, "randomize", "allocation", p.study_id,
                  {"allocation": (None, {"arm": arm, "stratum": key, "seq": seq})}, reveals_allocation=True)
     return Result(alloc, p, True, _arm_label(protocol, arm))

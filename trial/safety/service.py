@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
+from trial.catalogue import N_, Msg, label
 from trial.dataquality.service import clear_verification
 from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound
@@ -52,7 +53,7 @@ def _choice(data: dict, key: str, allowed: tuple, errors: dict, required: bool =
 
 def _resolution(outcome: str | None, resolved_on, onset, day, errors: dict) -> dt.date | None:
     resolved = clinical_date(resolved_on, "resolved_on", errors, day, required=False,
-                             not_before=(onset, "the onset") if onset else None)
+                             not_before=(onset, N_("the onset")) if onset else None)
     if outcome in RESOLVED and resolved is None and "resolved_on" not in errors:
         errors["resolved_on"] = ("is required: the date of death" if outcome == "fatal"
                                  else f"is required when the outcome is {outcome.replace('_', ' ')}")
@@ -68,7 +69,7 @@ def record(db: Session, actor, study_id: str, data: dict) -> AdverseEvent:
     day = today(p.site.timezone)
     errors: dict[str, str] = {}
     term = text(data.get("term"), "term", errors, 200, required=True)
-    onset = clinical_date(data.get("onset"), "onset", errors, day, not_before=(p.consent_date, "consent"))
+    onset = clinical_date(data.get("onset"), "onset", errors, day, not_before=(p.consent_date, N_("consent")))
     severity = _choice(data, "severity", SEVERITIES, errors)
     serious = data.get("serious")
     if not isinstance(serious, bool):
@@ -114,11 +115,15 @@ def record(db: Session, actor, study_id: str, data: dict) -> AdverseEvent:
         _record_death(db, actor, p, ae)
     if serious:
         site = db.get(Site, p.site_id)
+        criteria = ", ".join("%(c" + str(i) + ")s" for i in range(len(ae.seriousness)))  # each in the reader's words
         notify(db, users_with_role(db, "manager"),
-               f"Serious adverse event at {site.code}: {p.study_id}, {term} (onset {onset.isoformat()}, "
-               f"{', '.join(ae.seriousness).replace('_', ' ')}). To be reported by "
-               f"{ae.report_due:%Y-%m-%d %H:%M} UTC; acknowledge it on its page.",
-               subject=f"SAE at {site.code}: {p.study_id}", link=f"/adverse-events/{ae.id}")
+               Msg(N_("Serious adverse event at %(site)s: %(study_id)s, %(term)s (onset %(day)s, %(criteria)s). To be "
+                      "reported by %(due)s UTC; acknowledge it on its page."),
+                   site=site.code, study_id=p.study_id, term=term, day=onset,
+                   criteria=Msg(criteria, **{f"c{i}": Msg(label("seriousness", c)) for i, c in enumerate(ae.seriousness)}),
+                   due=f"{ae.report_due:%Y-%m-%d %H:%M}"),
+               subject=Msg(N_("SAE at %(site)s: %(study_id)s"), site=site.code, study_id=p.study_id),
+               link=f"/adverse-events/{ae.id}")
     return ae
 
 
@@ -148,7 +153,7 @@ def follow_up(db: Session, actor, ae_id: int, data: dict) -> AdverseEventFollowU
         raise Conflict(f"Adverse event {ae.id} is resolved ({ae.outcome.replace('_', ' ')} on {ae.resolved_on}).")
     day = today(p.site.timezone)
     errors: dict[str, str] = {}
-    on = clinical_date(data.get("on"), "on", errors, day, not_before=(ae.onset, "the onset"))
+    on = clinical_date(data.get("on"), "on", errors, day, not_before=(ae.onset, N_("the onset")))
     outcome = _choice(data, "outcome", OUTCOMES, errors)
     resolved = _resolution(outcome, data.get("resolved_on"), ae.onset, day, errors)
     note = text(data.get("text"), "text", errors, 4000, required=True)

@@ -8,11 +8,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.errors import Conflict, NotFound, ValidationError
+from trial.catalogue import N_
+from trial.errors import Conflict, NotFound
 from trial.scope import require_role, visible_site_ids
 from trial.sites.models import Site
 from trial.trialstate.service import ensure_writable
-from trial.validation import text
+from trial.validation import refusal, text
 
 CODE_RE = re.compile(r"^[A-Z]{2}[0-9]{2}$")
 FIELDS = ("name", "country", "timezone", "target", "is_open")
@@ -51,7 +52,7 @@ def _clean(data: dict, creating: bool) -> dict:
     if "is_open" in data:
         out["is_open"] = bool(data["is_open"])
     if errors:
-        raise ValidationError("The site was not saved: " + "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+        raise refusal(N_("The site was not saved"), errors)
     return out
 
 

@@ -5,6 +5,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
+from trial.catalogue import N_
 from trial.errors import Conflict
 from trial.participants.models import EVENT_TYPES, FINAL_EVENTS, Participant, StatusEvent
 from trial.participants.service import FINAL_WORDS, allocation_of, events_of, get_participant
@@ -13,6 +14,7 @@ from trial.status.models import Deviation
 from trial.timeline import today
 from trial.trialstate.service import ensure_writable
 from trial.validation import clinical_date, refuse, text
+from trial.visitplan.service import replan
 
 DEVIATION_CATEGORIES = ("eligibility", "consent", "visit_out_of_window", "intervention", "assessment", "blinding", "other")
 
@@ -25,7 +27,7 @@ def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
     kind = data.get("type")
     if kind not in EVENT_TYPES:
         errors["type"] = f"must be one of {', '.join(EVENT_TYPES)}"
-    on = clinical_date(data.get("on"), "on", errors, today(p.site.timezone), not_before=(p.consent_date, "consent"))
+    on = clinical_date(data.get("on"), "on", errors, today(p.site.timezone), not_before=(p.consent_date, N_("consent")))
     reason = text(data.get("reason"), "reason", errors, 500, required=True)
     refuse("The event was not recorded", errors)
     if kind in ("not_received", "discontinued_intervention", "lost_to_follow_up") and allocation_of(db, p.id) is None:
@@ -43,6 +45,8 @@ def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
     # they are shown only to unblinded readers of the audit trail.
     audit.created(db, actor, "status_event", ev.id, {"participant": p.study_id, "type": kind, "on": on, "reason": ev.reason},
                   reveals_allocation=kind in ("not_received", "discontinued_intervention"))
+    if kind in FINAL_EVENTS:
+        replan(db, [p.id])  # the visits after it are no longer expected
     return ev
 
 

@@ -7,6 +7,7 @@ import datetime as dt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from trial.catalogue import N_, Msg
 from trial.db import is_sqlite
 from trial.errors import Locked
 from trial.trialstate.models import TrialState
@@ -46,9 +47,9 @@ def check_writable(db: Session, stmt):
     return row[2:]
 
 
-def lock_message(notice: str | None) -> str:
+def lock_message(notice: str | None) -> Msg:
     """What a reader is told while a lock is in force: the 423 answer and the banner on every page."""
-    return f"The database is {notice or 'locked'}: no data can be entered or changed."
+    return Msg(N_("The database is %(state)s: no data can be entered or changed."), state=notice or Msg(N_("locked")))
 
 
 def lock_in_force(db: Session) -> str | None:

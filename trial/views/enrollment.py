@@ -6,9 +6,10 @@ import secrets
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
+from trial.catalogue import N_
 from trial.course.service import participant_course
 from trial.enrollment import service
-from trial.errors import DomainError, ValidationError
+from trial.errors import DomainError
 from trial.forms import enrollment as forms
 from trial.http import actor, day, db, form_errors, is_page_error, page_request, plabel, protocol_content, say, tlabel
 from trial.monitoring import service as monitoring
@@ -21,6 +22,7 @@ from trial.safety import service as safety
 from trial.scope import can_see_arm
 from trial.sites.service import list_sites, visible_sites
 from trial.status import service as status_service
+from trial.validation import refusal
 
 bp = Blueprint("enrollment", __name__)
 
@@ -164,8 +166,7 @@ def assess(study_id: str, instrument: str):
         errors = outcomes.guess_errors(content, ins, visit, guess, confidence) if with_guess else {}
         if errors:  # refused before the window question, so that a confirmed date is not asked for twice
             ready = False
-            form_errors(form, ValidationError("The assessment was not saved: " + "; ".join(
-                f"{outcomes.GUESS_LABELS.get(k, k)} {v}" for k, v in errors.items()), errors))
+            form_errors(form, refusal(N_("The assessment was not saved"), errors, outcomes.GUESS_LABELS))
         elif not form.confirm_window.data:
             window = outcomes.window_of(s, p, form.visit.data)
             if window and not window[0] <= form.performed_on.data <= window[1]:
