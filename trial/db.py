@@ -11,15 +11,12 @@ import os
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import Date, MetaData, create_engine, event
+from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.sql.expression import ColumnElement
-from sqlalchemy.sql.visitors import InternalTraversal
 
 from trial.errors import OutcomeUnknown, Unavailable
 
@@ -217,25 +214,3 @@ def lock_for_update(stmt, bind):
     stmt = stmt.execution_options(populate_existing=True)  # never reuse a stale row from the identity map
     return stmt if is_sqlite(bind) else stmt.with_for_update()
 
-
-class date_plus_days(ColumnElement):  # noqa: N801  an SQL expression, named like the functions it stands for
-    """SQL: the calendar date of a timestamp or date column plus ``days`` (negative: minus), as
-    each dialect writes it: ``CAST(x AS DATE) + n`` on PostgreSQL, ``date(x, '+n days')`` on
-    SQLite (whose dates are ISO text, so the results compare with date columns)."""
-    inherit_cache = True  # its cache key is the expression and the number of days (a worklist's
-    # statement of 30 branches is compiled once, not at every read)
-    _traverse_internals = [("expr", InternalTraversal.dp_clauseelement), ("days", InternalTraversal.dp_plain_obj)]
-    type = Date()
-
-    def __init__(self, expr, days: int):
-        self.expr, self.days = expr, int(days)
-
-
-@compiles(date_plus_days)
-def _date_plus_days_default(element, compiler, **kw):
-    return f"(CAST({compiler.process(element.expr, **kw)} AS DATE) + {element.days})"
-
-
-@compiles(date_plus_days, "sqlite")
-def _date_plus_days_sqlite(element, compiler, **kw):
-    return f"date({compiler.process(element.expr, **kw)}, '{element.days:+d} days')"
