@@ -13,7 +13,8 @@ from trial.trialstate.service import active_lock_id
 from trial.visitplan.service import ensure_current, replan, stale
 
 
-@click.group(cls=Group, help="Automatic data checks (also run on every read of the visit worklists).")
+@click.group(cls=Group, help="Automatic data checks (the missing-form check also runs on every read of the overdue "
+             "list, for the children it shows).")
 def checks():
     pass
 

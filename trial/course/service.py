@@ -5,6 +5,7 @@ unblinded for the participant's site (trial.scope.can_see_arm)."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 from sqlalchemy import and_, case, delete, func, insert, select
 from sqlalchemy.orm import Session
@@ -21,8 +22,10 @@ from trial.protocol.service import current as current_protocol
 from trial.scope import can_see_arm, require_site_role, visible_site_ids
 from trial.sites.models import Site
 from trial.timeline import course_window, local_date, planned_sessions, today
-from trial.trialstate.service import ensure_writable
+from trial.trialstate.service import active_lock_id, ensure_writable
 from trial.validation import clinical_date, refusal, text
+from trial.visitplan.models import PlannedVisit
+from trial.visitplan.service import ensure_current
 
 
 def _arm(content: dict, key: str) -> dict:
@@ -278,19 +281,26 @@ def dose(db: Session, p: Participant, alloc: Allocation, content: dict, sessions
             "course_start": start.isoformat(), "course_end": end.isoformat()}
 
 
-def _adherence_scope(db: Session, actor, site_code: str | None):
-    """A select of (participant, allocation) the actor may read the arm of, and the attended
-    in-course sessions of each, as a correlated count."""
+def _adherence_sites(db: Session, actor, site_code: str | None) -> list[int]:
+    """The sites whose children's arms the actor may read (and, given, only that site)."""
     if not actor.has_role("manager", "coordinator", "therapist", "monitor"):
         raise Forbidden("Adherence by arm reveals allocations; your role is blinded.")
     sites = visible_site_ids(db, actor, "coordinator", "therapist", "monitor", "manager")
-    arm_sites = sorted(sid for sid in db.execute(select(Site.id)).scalars()
-                       if (sites is None or sid in sites) and can_see_arm(db, actor, sid))
-    q = (select(Participant, Allocation).join(Allocation, Allocation.participant_id == Participant.id)
-         .where(Participant.site_id.in_(arm_sites)))
-    if site_code:
-        q = q.join(Site, Site.id == Participant.site_id).where(Site.code == site_code.upper())
-    return q
+    return sorted(sid for sid, code in db.execute(select(Site.id, Site.code)).all()
+                  if (sites is None or sid in sites) and can_see_arm(db, actor, sid)
+                  and (not site_code or code == site_code.upper()))
+
+
+def _adherence_scope(db: Session, actor, site_code: str | None):
+    """A select of (participant, allocation) of the children whose arm the actor may read."""
+    return (select(Participant, Allocation).join(Allocation, Allocation.participant_id == Participant.id)
+            .where(Participant.site_id.in_(_adherence_sites(db, actor, site_code))))
+
+
+@functools.lru_cache(maxsize=8192)
+def _planned(sessions_per_week: int, start: dt.date, months: int) -> int:
+    """The sessions a course starting on ``start`` plans (a pure function: kept per process)."""
+    return planned_sessions(sessions_per_week, *course_window(start, months))
 
 
 def _attended():
@@ -300,36 +310,44 @@ def _attended():
 def adherence_by_arm(db: Session, actor, site_code: str | None = None) -> list[dict]:
     """Dose received per arm (unblinded managers; coordinators, therapists and monitors for their
     sites). The attended sessions come from each child's tally (one row a child, kept by the
-    session writers); the planned number depends only on the arm and the randomization day, so
-    it is worked out once per distinct day."""
+    session writers). The planned number depends only on the arm and the course's first day (the
+    randomization day in the site's calendar, which the visit plan holds as the first visit's
+    target less its day), so the children are grouped by both in the database and the dose worked
+    out once per group: the mean of attended / planned over the children is the sum over the
+    groups of the group's attended / planned, over the number of children."""
     content = current_protocol(db).content
-    scope = _adherence_scope(db, actor, site_code).subquery()
-    rows = db.execute(select(scope.c.arm, scope.c.site_id, scope.c.randomized_at, func.coalesce(CourseTally.attended, 0))
-                      .outerjoin(CourseTally, CourseTally.participant_id == scope.c.id)).all()
-    tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
-    arms = {a["key"]: a for a in content["arms"]}
+    ensure_current(db, writable=active_lock_id(db) is None)
+    first = next(v for v in content["visits"] if v["key"] != "baseline")
     minimum = content["course"]["min_attended_sessions"]
-    planned_cache: dict[tuple[str, dt.date], int] = {}
-    agg = {k: {"participants": 0, "attended": 0, "doses": [], "minimum": 0} for k in arms}
-    for arm, site_id, at, n in rows:
-        a = agg.setdefault(arm, {"participants": 0, "attended": 0, "doses": [], "minimum": 0})
-        a["participants"] += 1
-        if not arms.get(arm, {}).get("sessions_per_week"):
+    sites = _adherence_sites(db, actor, site_code)
+    attended = func.coalesce(CourseTally.attended, 0)
+    rows = db.execute(  # the plan holds the site: neither the participants nor their allocation rows are read twice
+        select(Allocation.arm, PlannedVisit.target, func.count(), func.sum(attended),
+               func.sum(case((attended >= minimum, 1), else_=0)))
+        .join(PlannedVisit, and_(PlannedVisit.participant_id == Allocation.participant_id, PlannedVisit.visit == first["key"]))
+        .outerjoin(CourseTally, CourseTally.participant_id == Allocation.participant_id)
+        .where(PlannedVisit.site_id.in_(sites))
+        .group_by(Allocation.arm, PlannedVisit.target)).all()
+    arms = {a["key"]: a for a in content["arms"]}
+    agg = {k: {"participants": 0, "attended": 0, "dose_sum": 0.0, "dosed": 0, "minimum": 0} for k in arms}
+    for arm, target, n, total, reached in rows:
+        a = agg.setdefault(arm, {"participants": 0, "attended": 0, "dose_sum": 0.0, "dosed": 0, "minimum": 0})
+        a["participants"] += n
+        spw = arms.get(arm, {}).get("sessions_per_week")
+        if not spw:
             continue
-        start = local_date(at, tzs[site_id])
-        if (arm, start) not in planned_cache:
-            planned_cache[(arm, start)] = planned_sessions(arms[arm]["sessions_per_week"], *course_window(start, content["course"]["months"]))
-        planned = planned_cache[(arm, start)]
-        a["attended"] += n
-        a["minimum"] += n >= minimum
+        planned = _planned(spw, target - dt.timedelta(days=first["day"]), content["course"]["months"])
+        a["attended"] += int(total or 0)
+        a["minimum"] += int(reached or 0)
         if planned:
-            a["doses"].append(n / planned)
+            a["dose_sum"] += int(total or 0) / planned
+            a["dosed"] += n
     out = []
     for arm in content["arms"]:
         a, music = agg[arm["key"]], bool(arm["sessions_per_week"])
         out.append({"arm": arm["key"], "label": arm["label"], "participants": a["participants"],
                     "sessions_attended": a["attended"],
-                    "mean_dose": round(sum(a["doses"]) / len(a["doses"]), 3) if a["doses"] else None,
+                    "mean_dose": round(a["dose_sum"] / a["dosed"], 3) if a["dosed"] else None,
                     "received_minimum": a["minimum"] if music else None})
     return out
 

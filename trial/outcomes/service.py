@@ -573,10 +573,11 @@ def _worklist_items(db: Session, actor, rows, on: dt.date | None, kind: str) -> 
     return out
 
 
-def _run_checks(db: Session, participant_ids, on) -> None:
-    """The missing-form checks for the participants a worklist read shows (the daily `trial
-    checks run` covers everyone): idempotent, and bounded by the page, never a scan of the trial."""
-    if active_lock_id(db) is None and participant_ids:  # the checks write; under a lock the worklist only reads
+def _run_checks(db: Session, participant_ids, on, kind: str = "overdue") -> None:
+    """The missing-form checks for the participants an overdue list shows (each of its rows is a
+    form missing after its window; the daily `trial checks run` covers everyone): idempotent, and
+    bounded by the page, never a scan of the trial. A due or out-of-window list raises nothing."""
+    if kind == "overdue" and active_lock_id(db) is None and participant_ids:  # the checks write; under a lock the worklist only reads
         people = list(db.execute(select(Participant).where(Participant.id.in_(sorted(set(participant_ids))))
                                  .order_by(Participant.id)).scalars())
         check_missing_forms(db, people, on)
@@ -591,7 +592,7 @@ def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt
         return []
     rows = db.execute(select(wl).join(Participant, Participant.id == wl.c.pid)
                       .order_by(Participant.study_id, wl.c.visit_idx)).all()
-    _run_checks(db, [r.pid for r in rows], on)
+    _run_checks(db, [r.pid for r in rows], on, kind)
     return sorted(_worklist_items(db, actor, rows, on, kind), key=lambda x: (x.get("target") or "", x["study_id"]))
 
 
@@ -609,7 +610,7 @@ def worklist_page(db: Session, actor, kind: str, req, site_code: str | None = No
     else:
         stmt, allowed = select(wl), {"visit": (wl.c.visit_idx, wl.c.randomized_at), "randomized": wl.c.randomized_at}
     page = paginate(db, ordered(stmt, sort, allowed, wl.c.pid), req, scalars=False, sort=sort)
-    _run_checks(db, [r.pid for r in page.items], on)
+    _run_checks(db, [r.pid for r in page.items], on, kind)
     return page.map(lambda rows: _worklist_items(db, actor, rows, on, kind))
 
 
