@@ -474,3 +474,14 @@ def test_notifications_automatic_queries_and_the_lock_banner_follow_each_readers
     refused = world.api("POST", f"/participants/{p.study_id}/events", "coordinator",
                         json={"type": "withdrawn", "on": dt.date.today().isoformat(), "reason": "x"})
     assert refused.status_code == 423 and "The database is soft-locked" in refused.get_json()["error"]["message"]
+
+
+def test_the_consort_diagram_on_the_page_speaks_the_readers_language_and_the_pdf_stays_english(world, app):
+    world.open(bytes(range(32)))
+    world.randomize(world.ready())
+    de = login(app, "manager", **{"Accept-Language": "de"}).get("/consort.svg")
+    svg = de.get_data(as_text=True)
+    assert de.status_code == 200 and "Auf Eignung geprüft (n=" in svg and "CONSORT-Flussdiagramm" in svg
+    assert "Assessed for eligibility" not in svg
+    en = login(app, "manager").get("/consort.svg").get_data(as_text=True)
+    assert "Assessed for eligibility (n=" in en

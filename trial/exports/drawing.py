@@ -8,6 +8,8 @@ import textwrap
 from dataclasses import dataclass
 from html import escape
 
+from trial.catalogue import N_, Label, Msg
+
 W = 960
 LINE = 13
 PAD = 6
@@ -34,30 +36,35 @@ def _wrap(items: list[str], w: float) -> list[str]:
     return out
 
 
-def _reasons(box: dict) -> list[str]:
-    return [f"• {reason} (n={n})" for reason, n in box["reasons"].items()]
+def _reasons(box: dict, t) -> list[str]:
+    return [t(Msg(N_("• %(reason)s (n=%(n)s)"), reason=Msg(reason), n=n)) for reason, n in box["reasons"].items()]
 
 
-def _n(v) -> str:
-    return "withheld while blinded" if v is None else f"n={v}"
+def _n(v, t) -> str:
+    return t(Msg(N_("withheld while blinded"))) if v is None else f"n={v}"
 
 
-def layout(c: dict, title: str) -> tuple[list[Box], list[tuple], list[tuple[str, float]], float]:
+def layout(c: dict, title: str, say=None) -> tuple[list[Box], list[tuple], list[tuple[str, float]], float]:
+    """The boxes, arrows and phase labels. ``say`` puts a composed message (trial.catalogue.Msg)
+    into the reader's language (the web page's diagram); without it, English (the bundle's files,
+    the PDF)."""
+    t = say or str
     boxes, arrows, phases = [], [], []
     left = 110
     y = 40
-    enrol = Box(left + 200, y, 280, _wrap([f"Assessed for eligibility (n={c['assessed_for_eligibility']})"], 280))
+    enrol = Box(left + 200, y, 280, _wrap([t(Msg(N_("Assessed for eligibility (n=%(n)s)"), n=c["assessed_for_eligibility"]))],
+                                          280))
     boxes.append(enrol)
     ex = c["excluded"]
     excl = Box(left + 560, y + enrol.h + 10, 280, _wrap([
-        f"Excluded (n={ex['total']})",
-        f"• Not meeting inclusion criteria (n={ex['not_meeting_inclusion_criteria']})",
-        f"• Declined to participate (n={ex['declined_to_participate']})",
-        f"• Other reasons (n={ex['other_reasons']})"], 280))
+        t(Msg(N_("Excluded (n=%(n)s)"), n=ex["total"])),
+        t(Msg(N_("• Not meeting inclusion criteria (n=%(n)s)"), n=ex["not_meeting_inclusion_criteria"])),
+        t(Msg(N_("• Declined to participate (n=%(n)s)"), n=ex["declined_to_participate"])),
+        t(Msg(N_("• Other reasons (n=%(n)s)"), n=ex["other_reasons"]))], 280))
     boxes.append(excl)
-    phases.append(("Enrolment", y))
+    phases.append((t(Msg(N_("Enrolment"))), y))
     mid_x = enrol.x + enrol.w / 2
-    rand = Box(left + 200, excl.y + excl.h + 20, 280, [f"Randomized (n={c['randomized']})"])
+    rand = Box(left + 200, excl.y + excl.h + 20, 280, [t(Msg(N_("Randomized (n=%(n)s)"), n=c["randomized"]))])
     boxes.append(rand)
     arrows.append((mid_x, enrol.y + enrol.h, mid_x, rand.y, True))
     arrows.append((mid_x, excl.y + excl.h / 2, excl.x, excl.y + excl.h / 2, True))
@@ -69,24 +76,26 @@ def layout(c: dict, title: str) -> tuple[list[Box], list[tuple], list[tuple[str,
         x = left + i * (col_w + 16)
         d = a["did_not_receive_allocated_intervention"]
         rows["alloc"].append(Box(x, 0, col_w, _wrap([
-            f"Allocated to {a['label']} (n={a['allocated']})",
-            f"• Received allocated intervention ({_n(a['received_allocated_intervention'])})",
-            f"• Did not receive allocated intervention ({_n(d['total'])})"] + ["  " + r for r in _reasons(d)], col_w)))
+            t(Msg(N_("Allocated to %(arm)s (n=%(n)s)"), arm=Label("arm", key, a["label"]), n=a["allocated"])),
+            t(Msg(N_("• Received allocated intervention (%(n)s)"), n=_n(a["received_allocated_intervention"], t))),
+            t(Msg(N_("• Did not receive allocated intervention (%(n)s)"), n=_n(d["total"], t)))]
+            + ["  " + r for r in _reasons(d, t)], col_w)))
         lost, disc = a["lost_to_follow_up"], a["discontinued_intervention"]
         rows["follow"].append(Box(x, 0, col_w, _wrap(
-            [f"Lost to follow-up (n={lost['total']})"] + _reasons(lost) +
-            [f"Discontinued intervention ({_n(disc['total'])})"] + _reasons(disc), col_w)))
+            [t(Msg(N_("Lost to follow-up (n=%(n)s)"), n=lost["total"]))] + _reasons(lost, t) +
+            [t(Msg(N_("Discontinued intervention (%(n)s)"), n=_n(disc["total"], t)))] + _reasons(disc, t), col_w)))
         exa = a["excluded_from_analysis"]
         rows["analysis"].append(Box(x, 0, col_w, _wrap(
-            [f"Analysed (n={a['analysed']})", f"• Excluded from analysis (n={exa['total']})"] + ["  " + r for r in _reasons(exa)], col_w)))
+            [t(Msg(N_("Analysed (n=%(n)s)"), n=a["analysed"])), t(Msg(N_("• Excluded from analysis (n=%(n)s)"), n=exa["total"]))]
+            + ["  " + r for r in _reasons(exa, t)], col_w)))
     y = rand.y + rand.h + 40
     bar_y = rand.y + rand.h + 20
     if arms:
         xs = [b.x + b.w / 2 for b in rows["alloc"]]
         arrows.append((mid_x, rand.y + rand.h, mid_x, bar_y, False))
         arrows.append((min(xs), bar_y, max(xs), bar_y, False))
-    for phase, label in (("alloc", "Allocation"), ("follow", "Follow-up"), ("analysis", "Analysis")):
-        phases.append((label, y))
+    for phase, label in (("alloc", N_("Allocation")), ("follow", N_("Follow-up")), ("analysis", N_("Analysis"))):
+        phases.append((t(Msg(label)), y))
         h = max((b.h for b in rows[phase]), default=0)
         for b in rows[phase]:
             b.y = y
@@ -102,8 +111,8 @@ def layout(c: dict, title: str) -> tuple[list[Box], list[tuple], list[tuple[str,
     return boxes, arrows, phases, y + 10
 
 
-def svg(c: dict, title: str) -> str:
-    boxes, arrows, phases, height = layout(c, title)
+def svg(c: dict, title: str, say=None) -> str:
+    boxes, arrows, phases, height = layout(c, title, say)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height:.0f}" viewBox="0 0 {W} {height:.0f}" '
            f'font-family="Helvetica, Arial, sans-serif" font-size="9.5" role="img" aria-label="{escape(title)}">',
            '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from trial.catalogue import N_, Msg
 from trial.exports import drawing, reports
 from trial.exports.consort import consort
 from trial.protocol.service import current as current_protocol
@@ -14,12 +15,17 @@ def consort_counts(db: Session, actor, site: str | None = None) -> dict:
     return consort(db, actor, site)
 
 
-def _title(db: Session, site: str | None) -> str:
-    return f"CONSORT flow diagram: {current_protocol(db).content['trial']['key'].upper()}" + (f", site {site.upper()}" if site else "")
+def _title(db: Session, site: str | None) -> Msg:
+    key = current_protocol(db).content["trial"]["key"].upper()
+    if site:
+        return Msg(N_("CONSORT flow diagram: %(trial)s, site %(site)s"), trial=key, site=site.upper())
+    return Msg(N_("CONSORT flow diagram: %(trial)s"), trial=key)
 
 
-def consort_svg(db: Session, actor, site: str | None = None) -> str:
-    return drawing.svg(consort(db, actor, site), _title(db, site))
+def consort_svg(db: Session, actor, site: str | None = None, say=None) -> str:
+    """The diagram as SVG; ``say`` gives its words in the reader's language (a web page's)."""
+    title = _title(db, site)
+    return drawing.svg(consort(db, actor, site), (say or str)(title), say)
 
 
 def consort_pdf(db: Session, actor, site: str | None = None) -> bytes:

@@ -6,7 +6,7 @@ from flask_babel import gettext as _
 
 from trial.exports import service as exports
 from trial.forms import lock as forms
-from trial.http import actor, db, post_and_return
+from trial.http import actor, db, post_and_return, say
 from trial.lock import service
 from trial.randomize.service import get_design
 from trial.scope import is_blinded
@@ -65,7 +65,7 @@ def consort():
 
 @bp.route("/consort.svg", endpoint="consort_svg")
 def consort_svg():
-    return Response(exports.consort_svg(db(), actor(), request.args.get("site") or None), mimetype="image/svg+xml")
+    return Response(exports.consort_svg(db(), actor(), request.args.get("site") or None, say=say), mimetype="image/svg+xml")
 
 
 @bp.route("/consort.pdf", endpoint="consort_pdf")
