@@ -18,12 +18,12 @@ os.environ.setdefault("TRIAL_AUDIT_KEY", "test-audit-key-" + os.urandom(16).hex(
 os.environ.pop("TRIAL_DATABASE_URL", None)
 os.environ["TRIAL_ENV"] = "development"
 
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.orm import sessionmaker  # noqa: E402
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import sessionmaker
 
-import trial.models  # noqa: E402,F401  every model registered, as the app and the CLI do
-from trial.db import TrialSession, make_engine  # noqa: E402
-from trial.migrate import upgrade  # noqa: E402
+import trial.models  # noqa: F401  every model registered, as the app and the CLI do
+from trial.db import TrialSession, make_engine
+from trial.migrate import upgrade
 
 PG_URL = os.environ.get("TRIAL_TEST_DATABASE_URL")
 TRANSLATIONS = Path(__file__).resolve().parents[1] / "trial" / "translations"
@@ -93,6 +93,8 @@ def engine(database):
 
 @pytest.fixture()
 def connection(engine):
+    from trial import cache
+    cache.summaries.clear()  # each test's data is rolled back: its chain heads may come again
     conn = engine.connect()
     trans = conn.begin()
     yield conn
@@ -128,7 +130,7 @@ def client(app):
 
 # --- data helpers ----------------------------------------------------------------------------
 
-from tests.helpers import World  # noqa: E402
+from tests.helpers import World
 
 
 @pytest.fixture()

@@ -7,6 +7,7 @@ import datetime as dt
 import itertools
 
 from trial.auth import service as users
+from trial.credentials import service as credentials
 from trial.enrollment import service as enrollment
 from trial.outcomes import service as outcomes
 from trial.protocol.service import current, ensure_default
@@ -58,8 +59,16 @@ class World:
                 u = users.create_user(self.db, CLI, f"{key}@example.org", key.title(), PASSWORD, roles)
                 self.users[key] = u
                 self.tokens[key] = users.issue_token(self.db, CLI, u)
+        self.credential(self.users["therapist"])
         self.db.commit()
         return self
+
+    def credential(self, user, kind="MTG-AT", valid_from=None, valid_to=None):
+        """A therapist's credential, valid by default from ten years back to three years on."""
+        on = dt.date.today()
+        return credentials.record(self.db, CLI, user, {
+            "kind": kind, "number": f"{kind}-{user.id:05d}", "valid_from": (valid_from or on - dt.timedelta(days=3650)).isoformat(),
+            "valid_to": (valid_to or on + dt.timedelta(days=1095)).isoformat()})
 
     def headers(self, who: str, **extra) -> dict:
         return {"Authorization": f"Bearer {self.tokens[who]}", **extra}
@@ -132,3 +141,5 @@ def backdate_randomization(db, at, participant_id=None) -> None:
     replan(db, ids)
     db.commit()
     db.expire_all()
+    from trial import cache
+    cache.summaries.clear()  # the UPDATE above bypasses the audit chain the summaries are keyed by

@@ -12,7 +12,7 @@ from babel.dates import format_date
 from sqlalchemy import text
 
 from tests.helpers import CLI, PASSWORD, backdate_randomization
-from trial.course.service import log_counselling, log_session
+from trial.course.service import log_counselling, log_session, set_goals
 from trial.outcomes.service import record_assessment
 from trial.policy import ANY, POLICY, PUBLIC
 from trial.queries import service as queries
@@ -88,6 +88,7 @@ def trial(world, db):
     for day in SESSION_DAYS:
         log_session(db, CLI, music.study_id, {"held_on": day.isoformat(), "attendance": "attended", "minutes": 30,
                                               "techniques": ["songs"], "engagement": 4, "note": "played drums together"})
+    set_goals(db, CLI, music.study_id, {"goals": [{"goal": "eye_contact", "description": "looks up when the drum pauses"}]})
     for p in (music, usual):
         log_counselling(db, CLI, p.study_id, {"held_on": (R + dt.timedelta(days=20)).isoformat()})
         for visit, day in (("month2", 61), ("month5", 152)):
@@ -135,7 +136,8 @@ FORBIDDEN_WORDS = ["Music therapy, 1 session per week", "Music therapy, 3 sessio
                    '"arm"', "arm_label", "arm code",
                    "sessions_per_week", "attended", "no_show", "played drums", "discontinued", "not received",
                    "not_received", "dose", "<h2>Course", "<dt>Allocation", "Parent counselling", "outside course",
-                   "hidden query", "drum", "adverse event", "Adverse event", "the session of", "Sessions"]
+                   "hidden query", "drum", "adverse event", "Adverse event", "the session of", "Sessions",
+                   "Individual goals", "Eye contact", "eye_contact", "Fidelity", "fidelity"]
 
 
 def assert_no_leak(body: str, where: str):
@@ -218,6 +220,31 @@ def test_assessor_is_refused_everything_that_shows_sessions_or_arms(app, trial):
         assert r.status_code == 403
         assert_no_leak(r.get_data(as_text=True), "session correction")
     assert pages[0].get_data() == pages[1].get_data() and apis[0].get_data() == apis[1].get_data()
+
+
+def test_assessor_is_refused_every_page_and_route_of_the_intervention_as_delivered(app, trial):
+    """Goals, fidelity and the therapists: 403 for the assessor, the same for a goal that exists
+    and one that does not, and no word of either in the answer."""
+    c = assessor_client(app)
+    w, p = trial["world"], trial["music"]
+    gid = w.db.execute(text("SELECT min(id) FROM child_goal")).scalar()
+    sid = w.db.execute(text("SELECT min(id) FROM therapy_session")).scalar()
+    w.db.commit()
+    for url in ("/fidelity", "/therapists", f"/participants/{p.study_id}/goals/new", f"/sessions/{sid}/fidelity"):
+        r = c.get(url)
+        assert r.status_code == 403, url
+        assert_no_leak(r.get_data(as_text=True), url)
+    pages = [c.get(f"/goals/{n}/revise") for n in (gid, gid + 1000)]
+    apis = [w.api("POST", f"/goals/{n}/revisions", "assessor", json={"active": False, "reason": "x"}) for n in (gid, gid + 1000)]
+    for r in pages + apis:
+        assert r.status_code == 403
+        assert_no_leak(r.get_data(as_text=True), "goal revision")
+    assert pages[0].get_data() == pages[1].get_data() and apis[0].get_data() == apis[1].get_data()
+    for method, path in (("GET", "/fidelity"), ("GET", "/fidelity/due"), ("GET", "/fidelity/draws"), ("GET", "/therapists"),
+                         ("POST", f"/participants/{p.study_id}/goals"), ("POST", f"/sessions/{sid}/fidelity")):
+        r = w.api(method, path, "assessor", json={} if method == "POST" else None)
+        assert r.status_code == 403, path
+        assert_no_leak(r.get_data(as_text=True), path)
 
 
 def test_assessment_responses_are_identical_across_arms(trial, db):

@@ -313,6 +313,23 @@ def test_user_create_rejects_a_duplicate_email(cli, cli_site):
     assert cli.scalar("SELECT name FROM user_account WHERE email = :e", e=email) == "First"
 
 
+def test_user_credential_records_a_therapists_credential_from_the_protocol_list(cli, cli_site):
+    email = unique("mia") + "@example.org"
+    ok(cli.run("user", "create", "--email", email, "--name", "Mia Therapist", "--role", "therapist",
+               "--site", cli_site, "--password-stdin", stdin=PASSWORD + "\n"))
+    r = ok(cli.run("user", "credential", "--email", email, "--kind", "HCPC", "--number", "AS12345",
+                   "--valid-from", "2024-01-01", "--valid-to", "2029-12-31"))
+    assert r.stdout.strip() == f"credential HCPC AS12345 of {email} recorded, valid 2024-01-01 to 2029-12-31"
+    one_line_error(cli.run("user", "credential", "--email", email, "--kind", "NOPE", "--number", "1",
+                           "--valid-to", "2029-12-31"), "Credential must be one of the protocol's credentials")
+    one_line_error(cli.run("user", "credential", "--email", email, "--kind", "HCPC", "--number", "2",
+                           "--valid-to", "2029-02-30"), "Valid to", "not a date of the calendar")
+    with Session(create_engine(cli.url)) as s:
+        rows = s.execute(text("SELECT kind, number, issuer FROM credential c JOIN user_account u ON u.id = c.user_id "
+                              "WHERE u.email = :e"), {"e": email}).all()
+    assert [tuple(r) for r in rows] == [("HCPC", "AS12345", "Health and Care Professions Council")]
+
+
 def test_user_token_prints_one_working_bearer_token(cli, cli_site):
     from trial import create_app
 
@@ -364,9 +381,8 @@ def test_audit_verify_names_the_tampered_record(own_db):
     original = d.scalar("SELECT new FROM audit_record WHERE seq = :s", s=target)
 
     if is_pg():  # audit rows are append-only: the trigger refuses the update
-        with pytest.raises(DBAPIError, match="(?i)audit"):
-            with d.engine.begin() as c:
-                c.execute(text("UPDATE audit_record SET new = 'tampered' WHERE seq = :s"), {"s": target})
+        with pytest.raises(DBAPIError, match="(?i)audit"), d.engine.begin() as c:
+            c.execute(text("UPDATE audit_record SET new = 'tampered' WHERE seq = :s"), {"s": target})
     with d.engine.begin() as c:
         if is_pg():
             c.execute(text("ALTER TABLE audit_record DISABLE TRIGGER USER"))
@@ -442,7 +458,7 @@ def test_demo_loads_into_an_empty_database_once(own_db):
     assert d.count("site") == 0 and d.count("user_account") == 0
     r = ok(d.run("demo"))
     assert "Demo loaded" in r.stdout
-    logins = re.findall(r"^\s+(\w+)\s+(\S+@\S+)\s+(\S+)$", r.stdout, re.M)
+    logins = re.findall(r"^\s+(\w+)\s+(\S+@\S+)\s+(\S+)$", r.stdout, re.MULTILINE)
     assert {role for role, _, _ in logins} >= {"admin", "manager", "coordinator", "assessor"}
     assert d.count("site") >= 2 and d.count("participant") > 0 and d.count("protocol_version") == 1
     assert d.count("randomization_design") == 1 and d.count("allocation") > 0
@@ -475,7 +491,7 @@ def test_help_for_every_command_group(cli, group, commands):
     r = ok(cli.run(*group, "--help"))
     assert r.stdout.startswith("Usage: ")
     for c in commands:
-        assert re.search(rf"^\s+{c}\b", r.stdout, re.M), f"{c} missing from help of {group}:\n{r.stdout}"
+        assert re.search(rf"^\s+{c}\b", r.stdout, re.MULTILINE), f"{c} missing from help of {group}:\n{r.stdout}"
         ok(cli.run(*group, c, "--help"))
 
 

@@ -66,8 +66,7 @@ def d(days_ago: int) -> dt.date:
     return today() - dt.timedelta(days=days_ago)
 
 
-@pytest.fixture()
-def kids(world):
+def one_child_per_arm(world) -> dict:
     """One randomized child per arm at AT01 (fixed seed: the AT01 list starts usual, high, high, low)."""
     world.open(SEED)
     out = {}
@@ -75,6 +74,11 @@ def kids(world):
         p = world.ready()
         out.setdefault(rand(world, p), p)
     return out
+
+
+@pytest.fixture()
+def kids(world):
+    return one_child_per_arm(world)
 
 
 # --- sessions --------------------------------------------------------------------------------
@@ -99,7 +103,7 @@ def test_session_is_logged_with_every_field_and_audited_as_allocation_revealing(
     c = world.api("GET", f"/participants/{low.study_id}/course", "therapist").get_json()
     assert c["sessions"] == [{"id": s.id, "held_on": d(7).isoformat(), "attendance": "attended", "minutes": 35,
                               "techniques": ["free_improvisation", "songs"], "engagement": 4,
-                              "note": "Joined the drum game.", "outside_course": False}]
+                              "note": "Joined the drum game.", "outside_course": False, "present": None, "goals": []}]
 
 
 def test_cancelled_and_no_show_sessions_need_no_minutes(world, kids, db):
@@ -302,7 +306,7 @@ def test_a_session_correction_is_saved_and_audited_field_by_field_with_the_reaso
     assert r.status_code == 200, r.get_json()
     assert r.get_json() == {"id": sid, "held_on": d(7).isoformat(), "attendance": "attended", "minutes": 45,
                             "techniques": ["free_improvisation", "songs"], "engagement": 2, "note": None,
-                            "outside_course": False}
+                            "outside_course": False, "present": None, "goals": []}
     assert row(db, sid) == (d(7), "attended", 45, ["free_improvisation", "songs"], 2, None, False)
     reason = "The paper log says 45 minutes"
     assert corrections(db, sid) == [
@@ -668,6 +672,26 @@ def test_adherence_by_arm_for_unblinded_roles(world, kids, db):
         {a: r["participants"] for a, r in rows.items()}
     assert all(r["participants"] == 0 for r in world.api("GET", "/adherence?site=NO01", "manager").get_json())
     assert all(r["participants"] == 0 for r in world.api("GET", "/adherence", "coordinator_no").get_json())
+
+
+def test_adherence_follows_every_change_though_kept_per_process(world, kids, db):
+    """The summary is kept by the audit chain's head: the same numbers while nothing changes, new
+    ones after any change (a session logged, then corrected)."""
+    low = kids["low"]
+    backdate(world, low, 30)
+
+    def attended():
+        return {r["arm"]: r["sessions_attended"] for r in world.api("GET", "/adherence", "manager").get_json()}["low"]
+    assert attended() == attended() == 0
+    assert session(world, low, d(20)).status_code == 201
+    assert attended() == 1
+    assert session(world, low, d(19)).status_code == 201
+    assert attended() == 2
+    sid = world.api("GET", f"/participants/{low.study_id}/course", "coordinator").get_json()["sessions"][-1]["id"]
+    r = world.api("POST", f"/sessions/{sid}/corrections", "therapist",
+                  json={"attendance": "cancelled", "minutes": None, "reason": "logged in error"})
+    assert r.status_code == 200, r.get_json()
+    assert attended() == 1
 
 
 # --- parent counselling ----------------------------------------------------------------------

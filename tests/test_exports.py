@@ -604,10 +604,12 @@ def test_baseline_table_by_arm_on_a_hand_computed_example(world, small, db):
 
 # --- the locked dataset bundle ----------------------------------------------------------------------------
 
-TABLES = ["particip", "screen", "alloc", "sessions", "sessnote", "counsel", "assessl", "assessw", "guesses", "events", "deviatn",
-          "ae", "aefu", "queries", "querymsg", "verif"]
+TABLES = ["particip", "screen", "alloc", "sessions", "sessnote", "goals", "fiddraw", "fidrate", "counsel", "assessl",
+          "assessw", "guesses", "events", "deviatn", "ae", "aefu", "queries", "querymsg", "verif"]
 SESSION_TABLES = ("sessions", "sessnote")
-UNBLINDED_ONLY = SESSION_TABLES + ("ae", "aefu")  # sessions and adverse events can tell the arm
+INTERVENTION_TABLES = ("goals", "fiddraw", "fidrate")  # the intervention as delivered
+# sessions, the intervention as delivered and adverse events can tell the arm
+UNBLINDED_ONLY = SESSION_TABLES + INTERVENTION_TABLES + ("ae", "aefu")
 
 
 def bundle_files(data: bytes) -> dict[str, bytes]:
@@ -639,7 +641,7 @@ def test_bundle_holds_every_table_in_every_format(locked):
         expected |= {"dictionary.csv", "odm/snapshot.xml", "reports/consort.json", "reports/blinding_index.csv",
                      "reports/baseline_table.csv", "reports/trial_facts.json", "README.txt", "manifest.sha256"}
         if variant == "unblinded":
-            expected.add("reports/ae_summary.csv")
+            expected |= {"reports/ae_summary.csv", "reports/intervention_delivered.csv"}
         assert set(files) == expected, (variant, set(files) ^ expected)
         assert locked[variant].mimetype == "application/zip"
         assert f"lock-{locked['lock_id']}-{variant}.zip" in locked[variant].headers["Content-Disposition"]
@@ -760,7 +762,7 @@ def test_xpt_and_dta_read_back_equal_to_the_csv(locked, tmp_path):
         types = {(r["table"], r["name"]): r["type"] for r in csv.DictReader(io.StringIO(files["dictionary.csv"].decode()))}
         labels = {(r["table"], r["name"]): r["label"] for r in csv.DictReader(io.StringIO(files["dictionary.csv"].decode()))}
         tables = sorted(n[4:-4] for n in files if n.startswith("csv/"))
-        assert len(tables) == (16 if variant == "unblinded" else 12)
+        assert len(tables) == (19 if variant == "unblinded" else 12)
         for t in tables:
             head, rows = read_csv(files[f"csv/{t}.csv"])
             expected = [[(_num(c) if types[(t, name)] in ("int", "float") else c) for name, c in zip(head, r)] for r in rows]
@@ -892,7 +894,7 @@ def test_a_hard_lock_of_an_empty_trial_builds_a_valid_bundle(world, db):
     a valid ODM snapshot and a CONSORT of zeros; unblinding has nothing to reveal."""
     from lxml import etree
     lock_id = hard_lock(world)
-    for who, n_tables in (("manager", 16), ("statistician", 12)):
+    for who, n_tables in (("manager", 19), ("statistician", 12)):
         files = bundle_files(ok(world.api("GET", f"/locks/{lock_id}/bundle.zip", who)).data)
         assert sum(n.startswith("csv/") for n in files) == n_tables
         assert all(len(read_csv(files[n])[1]) == 0 for n in files if n.startswith("csv/"))

@@ -28,12 +28,13 @@ from trial.audit import service as audit
 from trial.audit.models import AuditRecord
 from trial.auth import service as users
 from trial.auth.models import User
-from trial.course.models import CounsellingSession, TherapySession
+from trial.course.models import ChildGoal, CounsellingSession, TherapySession
 from trial.dataquality.models import DataQuery, QueryMessage, Verification
 from trial.db import utcnow
 from trial.enrollment import service as enrollment
 from trial.errors import Conflict
 from trial.esign.models import Signature
+from trial.fidelity.models import FidelityDraw, FidelityRating, FidelitySample
 from trial.lock.models import DataLock, LockBundle
 from trial.outcomes import service as outcomes
 from trial.outcomes.models import BlindingBreak
@@ -140,7 +141,7 @@ def err(r, status, code=None):
 
 MODELS = (Screening, Participant, Allocation, Assessment, TherapySession, CounsellingSession, StatusEvent, Deviation,
           BlindingBreak, Site, Signature, DataLock, LockBundle, AuditRecord, DataQuery, QueryMessage, Verification,
-          AdverseEvent, AdverseEventFollowUp)
+          AdverseEvent, AdverseEventFollowUp, ChildGoal, FidelityDraw, FidelitySample, FidelityRating)
 
 
 def fingerprint(db) -> dict:
@@ -325,7 +326,9 @@ def test_hard_lock_supersedes_a_soft_lock(world, kids, db):
 EXCLUDED_PREFIXES = ("lock.", "auth.")
 # account administration goes on under a lock (a compromised token must be revocable at any time)
 ACCOUNT_ROUTES = {"admin.user_new", "admin.user_edit", "admin.revoke_tokens", "grants.approve", "grants.reject",
-                  "api.approve_grant", "api.reject_grant"}
+                  "api.approve_grant", "api.reject_grant",
+                  # a therapist's credential is staff administration, like a user's roles, not trial data
+                  "api.record_credential", "api.revoke_credential", "intervention.new_credential"}
 # dismissing one's own in-app notification, or choosing the language of one's pages, is the user's
 # screen, not trial data
 USER_STATE_ROUTES = {"api.dismiss_notification", "dm.dismiss", "auth.language"}
@@ -359,9 +362,29 @@ def dm(world, kids, db):
     made["ae"] = safety.record(db, world.users["coordinator"], u, {
         "term": "Febrile seizure", "onset": iso(R + dt.timedelta(days=40)), "severity": "severe", "serious": True,
         "seriousness": ["hospitalisation"], "relatedness": "not_related", "outcome": "recovering"}).id
+    # the intervention as delivered: sessions the world's therapist led (the fixture's are loaded
+    # by the command line), a goal to revise, a fidelity draw with a session to rate by a second
+    # credentialed therapist, and one session logged after the draw for the next one
+    hi = kids["high"].study_id
+    from trial.course import service as course
+    from trial.fidelity import service as fidelity
+    for day in (26, 27):
+        course.log_session(db, world.users["therapist"], hi, {"held_on": iso(R + dt.timedelta(days=day)),
+                                                              "attendance": "attended", "minutes": 30})
+    made["goal"] = course.set_goals(db, world.users["therapist"], hi, {"goals": [{"goal": "turn_taking"}]})[0].id
+    (draw,) = fidelity.draw(db, world.users["manager"])
+    made["rate"] = fidelity.derive(draw.seed, draw.population, draw.size)[0]
+    course.log_session(db, world.users["therapist"], hi, {"held_on": iso(R + dt.timedelta(days=28)),
+                                                          "attendance": "attended", "minutes": 30})
+    rater = users.create_user(db, CLI, "therapist2@example.org", "Tove", PASSWORD, [("therapist", "AT01")])
+    world.users["therapist2"], world.tokens["therapist2"] = rater, users.issue_token(db, CLI, rater)
+    world.credential(rater, kind="HCPC")
     db.commit()
     kids["dm"] = made
     return kids
+
+
+FIDELITY_SCORES = {"follows_lead": 4, "attunement": 4, "affect_sharing": 5, "joint_attention": 3, "reciprocity": 4}
 
 
 def hard_or_soft(world, kind):
@@ -422,6 +445,11 @@ def api_cases(world, k) -> dict:
                                          "text": "Discharged home."}, None),
         "api.acknowledge_adverse_event": ("POST", f"/adverse-events/{k['dm']['ae']}/acknowledge", "manager", None, None),
         "api.verify_record": ("POST", f"/participants/{u}/verifications", "monitor", {"on": {"kind": "participant"}}, None),
+        "api.set_goals": ("POST", f"/participants/{hi}/goals", "therapist", {"goals": [{"goal": "eye_contact"}]}, None),
+        "api.revise_goal": ("POST", f"/goals/{k['dm']['goal']}/revisions", "therapist",
+                            {"description": "waits for a turn on the drum", "reason": "made concrete"}, None),
+        "api.draw_fidelity": ("POST", "/fidelity/draws", "manager", {}, None),
+        "api.rate_fidelity": ("POST", f"/sessions/{k['dm']['rate']}/fidelity", "therapist2", {"scores": FIDELITY_SCORES}, None),
     }
 
 
@@ -470,6 +498,12 @@ def web_cases(world, k) -> dict:
                          {"on": iso(R + dt.timedelta(days=42)), "outcome": "recovering", "text": "Discharged home."}),
         "dm.acknowledge": (f"/adverse-events/{k['dm']['ae']}/acknowledge", "manager", {}),
         "dm.verify": (f"/participants/{u}/verify", "monitor", {"kind": "participant"}),
+        "course.set_goals": (f"/participants/{hi}/goals/new", "therapist", {"pick_eye_contact": "y", "describe_eye_contact": ""}),
+        "course.revise_goal": (f"/goals/{k['dm']['goal']}/revise", "therapist",
+                               {"description": "waits for a turn on the drum", "active": "y", "reason": "made concrete"}),
+        "intervention.draw": ("/fidelity/draw", "manager", {}),
+        "intervention.rate": (f"/sessions/{k['dm']['rate']}/fidelity", "therapist2",
+                              {f"item_{key}": str(v) for key, v in FIDELITY_SCORES.items()}),
     }
 
 
@@ -519,7 +553,7 @@ def test_every_api_write_answers_423_and_changes_nothing_while_locked(app, world
         assert e["code"] == "locked" and f"{kind}-locked" in e["message"], (endpoint, e)
         assert fingerprint(db) == before, endpoint
         checked.append(endpoint)
-    assert len(checked) == 19
+    assert len(checked) == 23
 
 
 def web_client(app, who):
@@ -543,7 +577,8 @@ def test_control_every_web_write_is_accepted_while_unlocked(app, world, dm, db):
 
 
 def test_every_web_write_answers_423_and_changes_nothing_while_locked(app, world, dm, db):
-    clients = {who: web_client(app, who) for who in ("coordinator", "therapist", "assessor", "admin", "manager", "monitor")}
+    clients = {who: web_client(app, who) for who in ("coordinator", "therapist", "therapist2", "assessor", "admin", "manager",
+                                                   "monitor")}
     ok(hard_or_soft(world, "hard"))
     before = fingerprint(db)
     wrong = {}
@@ -560,7 +595,8 @@ def test_every_web_write_answers_423_and_changes_nothing_while_locked(app, world
 
 def test_web_writes_change_nothing_while_locked(app, world, dm, db):
     """Whatever the status code, a web write under a hard lock changes nothing and says why."""
-    clients = {who: web_client(app, who) for who in ("coordinator", "therapist", "assessor", "admin", "manager", "monitor")}
+    clients = {who: web_client(app, who) for who in ("coordinator", "therapist", "therapist2", "assessor", "admin", "manager",
+                                                   "monitor")}
     ok(hard_or_soft(world, "hard"))
     before = fingerprint(db)
     for endpoint, (method, rule) in sorted(write_routes(app).items()):

@@ -9,6 +9,7 @@ keep their own copy, and randomization safety still comes from the database alon
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -52,3 +53,18 @@ def prebuilt(build):
         return stmt
     get.__doc__ = build.__doc__
     return get
+
+
+class AsOf(Immutable):
+    """Whole-trial summaries (the manager's overview, adherence by arm) keyed by the audit chain's
+    head: every change to clinical data appends to the chain in its own transaction, so a summary
+    worked out when the head stood at ``seq`` holds for every reader that sees the head at
+    ``seq``. The key also names the days it was worked out for (what is due depends on the date),
+    the protocol version and the reader's scope. Read the head *before* the data: a summary may
+    then be newer than its key, never older. Callers get a copy they may change."""
+
+    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
+        return copy.deepcopy(super().get(key, load))
+
+
+summaries = AsOf("whole-trial summaries by (audit head, days, protocol, scope)", limit=256)

@@ -12,9 +12,12 @@ from sqlalchemy.orm import Session
 
 from trial.auth.service import create_user
 from trial.course.models import TherapySession
-from trial.course.service import log_counselling, log_session
+from trial.course.service import log_counselling, log_session, set_goals
+from trial.credentials import service as credentials
 from trial.enrollment.service import enroll, record_screening
 from trial.errors import Conflict
+from trial.fidelity import service as fidelity
+from trial.fidelity.models import FidelitySample
 from trial.monitoring import service as monitoring
 from trial.outcomes.service import check_missing_forms, record_assessment
 from trial.participants.models import Allocation, Assessment, Participant
@@ -43,10 +46,18 @@ USERS = [
     ("statistician", "statistician@demo.trial", "Stan Statistician", [("statistician", None)]),
     ("coordinator", "coordinator@demo.trial", "Cora Coordinator", [("coordinator", "AT01"), ("coordinator", "NO01")]),
     ("therapist", "therapist@demo.trial", "Theo Therapist", [("therapist", "AT01"), ("therapist", "NO01")]),
+    ("therapist2", "therapist2@demo.trial", "Tove Therapist", [("therapist", "AT01"), ("therapist", "NO01")]),
     ("assessor", "assessor@demo.trial", "Asa Assessor", [("assessor", "AT01"), ("assessor", "NO01")]),
     ("monitor", "monitor@demo.trial", "Moe Monitor", [("monitor", "AT01"), ("monitor", "NO01")]),
 ]
 TECHNIQUES = ["free_improvisation", "structured_improvisation", "songs", "musical_games", "receptive_listening"]
+GOALS = ["eye_contact", "turn_taking", "emotional_expression", "vocalization", "social_tolerance", "joint_attention"]
+GOAL_NOTES = {"eye_contact": "Looks up to the therapist when the music pauses",
+              "turn_taking": "Waits for and takes a turn on the drum",
+              "emotional_expression": "Shows joy or frustration in the playing, not only by leaving",
+              "vocalization": "Sings or vocalizes with the guitar",
+              "social_tolerance": "Stays in the room when the parent joins the session",
+              "joint_attention": "Follows the therapist's gaze to the shared instrument"}
 
 
 def load_demo(db: Session, participants_per_site: int = 10, seed: int = 2011) -> list[tuple[str, str, str]]:
@@ -64,6 +75,16 @@ def load_demo(db: Session, participants_per_site: int = 10, seed: int = 2011) ->
         logins.append((role, email, password))
     rng = random.Random(seed)
     content = current(db).content
+    # Theo is registered in Austria for years; Tove's Norwegian registration runs out in 30 days
+    # (the therapists page warns). Theo leads the sessions at AT01, Tove those at NO01; each rates
+    # the other's sampled sessions. Elsewhere the data manager loads the sessions.
+    on = local_today("Europe/Vienna")
+    credentials.record(db, actor, staff["therapist"], {"kind": "MTG-AT", "number": "MT-AT 2014/0417",
+                                                       "valid_from": "2014-09-01", "valid_to": (on + dt.timedelta(days=1400)).isoformat()})
+    credentials.record(db, actor, staff["therapist2"], {"kind": "MT-NMF", "number": "NMF-3391",
+                                                        "valid_from": (on - dt.timedelta(days=900)).isoformat(),
+                                                        "valid_to": (on + dt.timedelta(days=30)).isoformat()})
+    leads = {"AT01": staff["therapist"], "NO01": staff["therapist2"]}
     criteria = content["criteria"]
     ok = {c["key"]: c["qualifying_answer"] for c in criteria}
     if get_design(db) is None:
@@ -97,8 +118,9 @@ def load_demo(db: Session, participants_per_site: int = 10, seed: int = 2011) ->
             rand_day = base_on + dt.timedelta(days=3)
             arm = randomize(db, actor, p.study_id, f"demo-{p.study_id}",
                             at=dt.datetime.combine(rand_day, dt.time(10, 0))).allocation.arm
-            _follow(db, actor, rng, content, p.study_id, arm, rand_day, today, kind)
+            _follow(db, actor, rng, content, p.study_id, arm, rand_day, today, kind, leads.get(code, actor))
     _data_management(db, staff, rng)
+    _fidelity(db, staff, rng, content)
     return logins
 
 
@@ -111,7 +133,7 @@ def _assess(db, actor, rng, study_id, visit, on, guess=False):
     record_assessment(db, actor, study_id, data)
 
 
-def _follow(db, actor, rng, content, study_id, arm, start, today, kind):
+def _follow(db, actor, rng, content, study_id, arm, start, today, kind, therapist):
     """Sessions, counselling, follow-up visits and the odd exit, up to today."""
     per_week = next(a["sessions_per_week"] for a in content["arms"] if a["key"] == arm)
     stop = None
@@ -120,6 +142,7 @@ def _follow(db, actor, rng, content, study_id, arm, start, today, kind):
     elif kind == 4 and per_week:
         stop = ("discontinued_intervention", start + dt.timedelta(days=rng.randint(30, 90)), "child distressed by sessions")
     _, course_end = course_window(start, content["course"]["months"])
+    goals: list[str] = []
     if per_week:
         day = start + dt.timedelta(days=1)
         while day <= min(course_end, today):
@@ -130,10 +153,16 @@ def _follow(db, actor, rng, content, study_id, arm, start, today, kind):
                 if held > today:
                     break
                 attendance = rng.choices(["attended", "cancelled", "no_show"], [0.85, 0.1, 0.05])[0]
-                log_session(db, actor, study_id, {"held_on": held.isoformat(), "attendance": attendance,
-                                                  "minutes": 30 if attendance == "attended" else None,
-                                                  "techniques": rng.sample(TECHNIQUES, 2) if attendance == "attended" else [],
-                                                  "engagement": rng.randint(2, 5) if attendance == "attended" else None})
+                went = attendance == "attended"
+                log_session(db, therapist, study_id, {"held_on": held.isoformat(), "attendance": attendance,
+                                                  "minutes": rng.choice([25, 30, 30, 30, 35, 40]) if went else None,
+                                                  "techniques": rng.sample(TECHNIQUES, 2) if went else [],
+                                                  "engagement": rng.randint(2, 5) if went else None,
+                                                  "present": rng.choice(["child", "child", "child_and_parent"]) if went else None,
+                                                  "goals": rng.sample(goals, min(len(goals), rng.randint(1, 2))) if went and goals else []})
+                if went and not goals:  # the first attended session is the assessment: the goals follow it
+                    goals = rng.sample(GOALS, 3)
+                    set_goals(db, therapist, study_id, {"goals": [{"goal": g, "description": GOAL_NOTES[g]} for g in goals]})
             day += dt.timedelta(days=7)
     for n in range(3):
         held = start + dt.timedelta(days=10 + 45 * n)
@@ -218,3 +247,18 @@ def _data_management(db: Session, staff: dict, rng: random.Random) -> None:
         monitoring.verify(db, monitor, p.study_id, {"on": {"kind": "screening"}})
         for a in db.execute(select(Assessment).where(Assessment.participant_id == p.id, Assessment.visit == "baseline")).scalars():
             monitoring.verify(db, monitor, p.study_id, {"on": {"kind": "assessment", "id": a.id}})
+
+
+def _fidelity(db: Session, staff: dict, rng: random.Random, content: dict) -> None:
+    """The fidelity draw over Theo's and Tove's sessions, and most of the sample rated by the other."""
+    fidelity.draw(db, staff["manager"])
+    items = [i["key"] for i in content["fidelity"]["items"]]
+    other = {staff["therapist"].id: staff["therapist2"], staff["therapist2"].id: staff["therapist"]}
+    sampled = db.execute(select(TherapySession).join(FidelitySample, FidelitySample.session_id == TherapySession.id)
+                         .order_by(TherapySession.id)).scalars().all()
+    for i, s in enumerate(sampled):
+        if i % 5 == 4:
+            continue  # still to rate
+        rater = other[s.logged_by_id]
+        base = rng.choice([3, 4, 4, 5])
+        fidelity.rate(db, rater, s.id, {"scores": {k: max(1, min(5, base + rng.choice([-1, 0, 0, 1]))) for k in items}})

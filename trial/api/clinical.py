@@ -7,6 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from trial.api.routing import body, route
 from trial.api.schemas import DT, ID, PARTICIPANT, SITE_QUERY, B, D, S, array, enum, err, obj, ok, text
 from trial.enrollment import service as enrollment
+from trial.errors import ValidationError
 from trial.http import actor, db, page_request, page_url
 from trial.outcomes import service as outcomes
 from trial.paging import ordered, sort_key
@@ -66,6 +67,10 @@ def list_participants():
     s = db()
     filters = {"site_code": request.args.get("site") or None, "search": request.args.get("q") or None,
                "status": request.args.get("status") or None, "arm": request.args.get("arm") or None}
+    for name in ("page", "per_page"):
+        if request.args.get(name, None) == "":  # the API takes a number or no parameter, never an empty one
+            raise ValidationError(f"{name} must be a whole number; leave it out for the whole list.",
+                                  {name: "a whole number"})
     if "page" not in request.args:
         req = page_request()
         allowed = participants.participant_sorts(s, actor())

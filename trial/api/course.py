@@ -25,7 +25,7 @@ from trial.api.schemas import (
     text,
 )
 from trial.course import service as course
-from trial.course.models import ATTENDANCE
+from trial.course.models import ATTENDANCE, PRESENT
 from trial.http import actor, db
 from trial.notify.service import notifications_for
 from trial.outcomes import service as outcomes
@@ -38,16 +38,21 @@ def created(**extra) -> dict:
             404: err("unknown participant"), 409: err("not allowed in the participant's state")}
 
 
-SESSION = obj(["id", "held_on", "attendance", "minutes", "techniques", "engagement", "note", "outside_course"],
+PRESENT_SCHEMA = {**enum(*PRESENT), "description": "who took part: the child alone, or with a parent"}
+SESSION = obj(["id", "held_on", "attendance", "minutes", "techniques", "engagement", "note", "outside_course",
+               "present", "goals"],
               id=ID, held_on=D, attendance=enum("attended", "cancelled", "no_show"), minutes=NI, techniques=array(S),
-              engagement=NI, note=NS, outside_course=B)
+              engagement=NI, note=NS, outside_course=B, present={**PRESENT_SCHEMA, "nullable": True}, goals=array(S))
+GOAL = obj(["id", "goal", "description", "active", "set_on", "sessions"], id=ID, goal=S, description=NS, active=B,
+           set_on=D, sessions=COUNT)
 DOSE = obj(["planned", "attended", "logged", "dose", "course_start", "course_end"], planned=NI, attended=NI, logged=NI,
            dose={"type": "number", "nullable": True}, course_start=D, course_end=D)
 ADHERENCE = obj(["arm", "label", "participants", "sessions_attended", "mean_dose", "received_minimum"], arm=S, label=S,
                 participants=COUNT, sessions_attended=COUNT, mean_dose={"type": "number", "nullable": True},
                 received_minimum=NI)
 COURSE = obj(["study_id", "arm", "sessions", "counselling"], study_id=S, arm=S, sessions=array(SESSION),
-             counselling=array(obj(["number", "held_on", "attended"], number=ID, held_on=D, attended=B)), dose=DOSE)
+             counselling=array(obj(["number", "held_on", "attended"], number=ID, held_on=D, attended=B)), dose=DOSE,
+             goals=array(GOAL))
 
 
 MINUTES = {"type": "integer", "minimum": 0, "maximum": 240}
@@ -62,8 +67,12 @@ def _created(obj, **extra):
 @route("/participants/<study_id>/sessions", "POST", "Log a music-therapy session (an attended one with its minutes)",
        "therapist of the site",
        request_schema=obj(["held_on", "attendance"], held_on=D, attendance=enum(*ATTENDANCE), minutes=MINUTES,
-                          techniques=array(S), engagement=ENGAGEMENT, note=text(1000, False)),
-       responses=created(outside_course=B))
+                          techniques={**array(S), "description": "keys of the protocol's techniques"},
+                          engagement=ENGAGEMENT, note=text(1000, False), present=PRESENT_SCHEMA,
+                          goals={**array(S), "description": "keys of the child's goals the session worked on"}),
+       responses={**created(outside_course=B),
+                  409: err("not allowed in the participant's state; code credential: the therapist holds no "
+                           "credential valid on held_on")})
 def log_session(study_id):
     s = course.log_session(db(), actor(), study_id, body())
     return _created(s, outside_course=s.outside_course)
@@ -71,7 +80,8 @@ def log_session(study_id):
 
 SESSION_CORRECTION = {**obj(["reason"], held_on=D, attendance=enum(*ATTENDANCE), minutes={**MINUTES, "nullable": True},
                             techniques=array(S), engagement={**ENGAGEMENT, "nullable": True},
-                            note={**text(1000, False), "nullable": True}, reason=text(500)),
+                            note={**text(1000, False), "nullable": True}, present={**PRESENT_SCHEMA, "nullable": True},
+                            goals=array(S), reason=text(500)),
                       "additionalProperties": False,
                       "description": "the fields to change (the others stay as recorded; null empties minutes, "
                                      "engagement or note) and the reason. The session as corrected must be valid: "

@@ -178,6 +178,16 @@ def _append_stmt(n: int, sealed: bool = True):
     return _set_head_hash(sealed).add_cte(insert(t).values(rows[0] if n == 1 else rows).cte("appended"))
 
 
+def head(db: Session) -> tuple[int, str]:
+    """The chain head as this transaction sees it (after flushing its own records): the number and
+    hash of the last record. A change to clinical data moves it; a rolled-back change that took
+    the same number leaves a different hash."""
+    db.flush()
+    t = AuditHead.__table__
+    row = db.execute(select(t.c.seq, t.c.hash).where(t.c.id == 1)).first()
+    return (row.seq, row.hash) if row else (0, "")
+
+
 def seal_of(db: Session, what: str) -> AuditSeal | None:
     return db.execute(select(AuditSeal).where(AuditSeal.what == what).order_by(AuditSeal.id)).scalars().first()
 

@@ -19,6 +19,7 @@ COMMANDS = {
     "randomization": ("trial.cli.randomization", "randomization", "Randomization lists, verification and design simulation."),
     "audit": ("trial.cli.audit", "audit", "The audit trail."),
     "checks": ("trial.cli.checks", "checks", "Automatic data checks (missing forms)."),
+    "fidelity": ("trial.cli.fidelity", "fidelity", "Treatment fidelity: draw the sessions to rate, verify the draws."),
     "mail": ("trial.cli.mail", "mail", "E-mail notifications (relay: TRIAL_SMTP_URL)."),
     "demo": ("trial.cli.demo", "demo_cmd", "Load demo sites, users and synthetic participants into an empty database; print the logins."),
     "serve": ("trial.cli.serve", "serve", "Serve the web application (development server)."),

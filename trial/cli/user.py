@@ -8,6 +8,7 @@ import click
 from trial.auth.models import SITE_ROLES
 from trial.auth.service import create_user, get_user_by_email, issue_token, revoke_tokens
 from trial.cli.common import Group, session
+from trial.credentials import service as credentials
 from trial.errors import DomainError
 from trial.scope import CliActor
 
@@ -60,3 +61,20 @@ def _user(s, email):
     if u is None:
         raise DomainError(f"no user with e-mail {email}")
     return u
+
+
+@user.command("credential", help="Record a therapist's credential: KIND from the protocol's credentials list (e.g. "
+              "MT-BC, HCPC), its number and the days it is valid (inclusive). A session is accepted only from a "
+              "therapist holding a credential valid on the session's day.")
+@click.option("--email", required=True, help="the therapist's e-mail")
+@click.option("--kind", required=True, help="a key of the protocol's credentials list, e.g. MT-BC")
+@click.option("--number", required=True, help="the registration or certificate number")
+@click.option("--valid-to", "valid_to", required=True, help="last day it is valid (YYYY-MM-DD)")
+@click.option("--valid-from", "valid_from", default=None, help="first day it is valid (YYYY-MM-DD; default today)")
+@click.option("--issuer", default=None, help="the issuing body (default: the protocol's for that kind)")
+def user_credential(email, kind, number, valid_to, valid_from, issuer):
+    with session() as s:
+        c = credentials.record(s, CliActor(), _user(s, email), {"kind": kind, "number": number, "valid_to": valid_to,
+                                                                "valid_from": valid_from, "issuer": issuer})
+        click.echo(f"credential {c.kind} {c.number} of {email} recorded, valid {c.valid_from.isoformat()} "
+                   f"to {c.valid_to.isoformat()}")

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from trial.db import Base, utcnow
 
 ATTENDANCE = ("attended", "cancelled", "no_show")
+PRESENT = ("child", "child_and_parent")  # who took part in a session with the therapist
 
 
 class TherapySession(Base):
@@ -26,6 +27,8 @@ class TherapySession(Base):
     engagement: Mapped[int | None] = mapped_column(Integer)
     note: Mapped[str | None] = mapped_column(Text)
     outside_course: Mapped[bool] = mapped_column(Boolean, default=False)
+    present: Mapped[str | None] = mapped_column(String(20))  # one of PRESENT
+    goals: Mapped[list] = mapped_column(JSON, default=list)   # the child's goals (keys) the session worked on
     logged_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
     logged_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
@@ -57,3 +60,22 @@ class CourseTally(Base):
     participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), primary_key=True)
     attended: Mapped[int] = mapped_column(Integer, default=0)  # attended, within the course
     logged: Mapped[int] = mapped_column(Integer, default=0)    # every session logged, in the course or after
+
+
+class ChildGoal(Base):
+    """One of a child's individual goals (a key of the protocol's ``goals``), set by the therapist
+    after the first (assessment) session, with a short description of what it means for this
+    child. Revised in place (description, or no longer pursued), each change audited with its
+    reason. Reveals the allocation: only children in a music-therapy arm have goals."""
+
+    __tablename__ = "child_goal"
+    __table_args__ = (UniqueConstraint("participant_id", "goal"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), index=True)
+    goal: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str | None] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    set_on: Mapped[dt.date] = mapped_column(Date)
+    set_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    changed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -10,10 +10,13 @@ import functools
 from sqlalchemy import and_, case, delete, func, insert, select
 from sqlalchemy.orm import Session
 
+from trial import cache
 from trial.audit import service as audit
 from trial.catalogue import N_, Msg
-from trial.course.models import ATTENDANCE, CounsellingSession, CourseTally, TherapySession
+from trial.course.models import ATTENDANCE, PRESENT, ChildGoal, CounsellingSession, CourseTally, TherapySession
+from trial.credentials import service as credentials
 from trial.dataquality.service import clear_verification
+from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.participants.models import Allocation, Participant
@@ -34,9 +37,11 @@ def _arm(content: dict, key: str) -> dict:
 
 # the session's fields as the web form names them: every message names a field by its label
 LABELS = {"held_on": "Date", "attendance": "Attendance", "minutes": "Minutes", "techniques": "Techniques",
-          "engagement": "Child engagement", "note": "Short note", "reason": "Reason for the correction"}
+          "engagement": "Child engagement", "note": "Short note", "reason": "Reason for the correction",
+          "present": "Present", "goals": "Goals worked on", "goal": "Goal", "description": "Description"}
 ATTENDANCE_LABELS = {"attended": N_("Attended"), "cancelled": N_("Cancelled"), "no_show": N_("No show")}
-SESSION_FIELDS = ("held_on", "attendance", "minutes", "techniques", "engagement", "note")
+PRESENT_LABELS = {"child": N_("The child alone"), "child_and_parent": N_("The child with a parent")}
+SESSION_FIELDS = ("held_on", "attendance", "minutes", "techniques", "engagement", "note", "present", "goals")
 MAX_MINUTES = 240
 
 
@@ -46,7 +51,7 @@ def _refuse(what: str, errors: dict[str, str]) -> None:
         raise refusal(what, errors, LABELS)
 
 
-def _checked(data: dict, content: dict, site_today, errors: dict[str, str]) -> dict:
+def _checked(data: dict, content: dict, site_today, errors: dict[str, str], child_goals: set[str] | None = None) -> dict:
     """A session's fields checked as a whole (new, or as a correction leaves it): the problems go
     to ``errors``. An attended session lasts more than 0 minutes; a cancelled session, or one the
     child did not come to, lasted none."""
@@ -65,15 +70,37 @@ def _checked(data: dict, content: dict, site_today, errors: dict[str, str]) -> d
                                    "place"), attendance=Msg(ATTENDANCE_LABELS[attendance]))
     techniques = data.get("techniques")
     allowed = content["course"]["techniques"]
-    if not isinstance(techniques, list) or any(t not in allowed for t in techniques):
-        errors["techniques"] = f"must be a list drawn from {', '.join(allowed)}"
+    if not isinstance(techniques, list) or any(not isinstance(t, str) or t not in allowed for t in techniques):
+        bad = [str(t) for t in techniques if t not in allowed] if isinstance(techniques, list) else []
+        errors["techniques"] = (Msg(N_("must be a list drawn from the protocol's techniques (%(allowed)s): %(bad)s "
+                                       "is not one of them"), allowed=", ".join(allowed), bad=", ".join(bad))
+                                if bad else Msg(N_("must be a list drawn from the protocol's techniques (%(allowed)s)"),
+                                                allowed=", ".join(allowed)))
         techniques = []
+    present = data.get("present")
+    if present is not None and present not in PRESENT:
+        errors["present"] = Msg(N_("must be one of %(allowed)s"), allowed=", ".join(PRESENT))
+    elif present is not None and attendance in ATTENDANCE and attendance != "attended":
+        errors["present"] = N_("must be empty when the session did not take place")
+    goals = data.get("goals") or []
+    if not isinstance(goals, list) or any(not isinstance(g, str) for g in goals):
+        errors["goals"] = N_("must be a list of the child's goals")
+        goals = []
+    elif child_goals is not None and any(g not in child_goals for g in goals):
+        bad = sorted(set(goals) - set(child_goals))
+        errors["goals"] = (Msg(N_("are not goals set for this child: %(bad)s (the child's goals: %(goals)s)"),
+                               bad=", ".join(bad), goals=", ".join(sorted(child_goals)))
+                           if child_goals else
+                           Msg(N_("cannot be given: no goals are set for this child yet (%(bad)s)"), bad=", ".join(bad)))
+        goals = []
+    elif goals and attendance in ATTENDANCE and attendance != "attended":
+        errors["goals"] = N_("must be empty when the session did not take place")
     engagement = data.get("engagement")
     if engagement is not None and (isinstance(engagement, bool) or not isinstance(engagement, int) or not 1 <= engagement <= 5):
         errors["engagement"] = N_("must be a whole number from 1 (none) to 5 (fully engaged)")
     note = text(data.get("note"), "note", errors, 1000)
     return {"held_on": held, "attendance": attendance, "minutes": minutes, "techniques": sorted(set(techniques)),
-            "engagement": engagement, "note": note}
+            "engagement": engagement, "note": note, "present": present, "goals": sorted(set(goals))}
 
 
 def _after_randomization(what: str, held, start) -> None:
@@ -101,9 +128,11 @@ def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession
     if _arm(content, alloc.arm)["sessions_per_week"] == 0:
         raise Conflict(f"{p.study_id} is not in a music-therapy arm: no sessions are logged for this child.")
     errors: dict[str, str] = {}
-    v = _checked({**data, "techniques": data.get("techniques", [])}, content, today(p.site.timezone), errors)
+    v = _checked({**data, "techniques": data.get("techniques", [])}, content, today(p.site.timezone), errors,
+                 child_goals=active_goals(db, p.id))
     _refuse("The session was not saved", errors)
     held = v["held_on"]
+    credentials.ensure_valid(db, actor, held)
     ensure_accepts_data(db, p, "session", held)
     start = randomization_day(db, p, alloc)
     _after_randomization("The session was not saved", held, start)
@@ -115,7 +144,8 @@ def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession
     audit.created(db, actor, "therapy_session", s.id, {"participant": p.study_id, "held_on": held,
                                                        "attendance": s.attendance, "minutes": s.minutes,
                                                        "techniques": s.techniques, "engagement": s.engagement,
-                                                       "note": s.note, "outside_course": s.outside_course},
+                                                       "note": s.note, "outside_course": s.outside_course,
+                                                       "present": s.present, "goals": s.goals},
                   reveals_allocation=True)
     recount(db, [p.id])
     return s
@@ -175,12 +205,13 @@ def session_for_correction(db: Session, actor, session_id: int, for_update: bool
 
 def session_values(s: TherapySession) -> dict:
     return {"held_on": s.held_on, "attendance": s.attendance, "minutes": s.minutes, "techniques": list(s.techniques or []),
-            "engagement": s.engagement, "note": s.note}
+            "engagement": s.engagement, "note": s.note, "present": s.present, "goals": list(s.goals or [])}
 
 
 def session_view(s: TherapySession) -> dict:
     return {"id": s.id, "held_on": s.held_on.isoformat(), "attendance": s.attendance, "minutes": s.minutes,
-            "techniques": s.techniques, "engagement": s.engagement, "note": s.note, "outside_course": s.outside_course}
+            "techniques": s.techniques, "engagement": s.engagement, "note": s.note, "outside_course": s.outside_course,
+            "present": s.present, "goals": list(s.goals or [])}
 
 
 def correct_session(db: Session, actor, session_id: int, data: dict) -> TherapySession:
@@ -197,7 +228,9 @@ def correct_session(db: Session, actor, session_id: int, data: dict) -> TherapyS
     for k in sorted(set(data) - set(SESSION_FIELDS) - {"reason"}):
         errors[k] = "is not a field of a session that can be corrected"
     old = session_values(s)
-    v = _checked({**old, **{k: data[k] for k in SESSION_FIELDS if k in data}}, content, today(p.site.timezone), errors)
+    goals = active_goals(db, p.id) | set(old["goals"])  # a goal no longer pursued stays on the sessions that had it
+    v = _checked({**old, **{k: data[k] for k in SESSION_FIELDS if k in data}}, content, today(p.site.timezone), errors,
+                 child_goals=goals)
     _refuse("The correction was not saved", errors)
     changes = {k: (old[k], v[k]) for k in SESSION_FIELDS if old[k] != v[k]}
     if not changes:
@@ -208,6 +241,11 @@ def correct_session(db: Session, actor, session_id: int, data: dict) -> TherapyS
         _after_randomization("The correction was not saved", v["held_on"], start)
         _no_other_session_on(db, p, v["held_on"], except_id=s.id)
         _session_date_allowed(db, p, v["held_on"])
+        if s.logged_by_id is not None and credentials.required(db) and credentials.valid_on(db, s.logged_by_id, v["held_on"]) is None:
+            raise credentials.NoCredential(
+                Msg(N_("The correction was not saved: the therapist who led the session held no credential valid on %(day)s."),
+                    day=v["held_on"]), {"held_on": Msg(N_("no credential of the session's therapist is valid on %(day)s"),
+                                                      day=v["held_on"])})
         _, end = course_window(start, content["course"]["months"])
         if s.outside_course != (v["held_on"] > end):
             changes["outside_course"] = (s.outside_course, v["held_on"] > end)
@@ -315,11 +353,17 @@ def adherence_by_arm(db: Session, actor, site_code: str | None = None) -> list[d
     target less its day), so the children are grouped by both in the database and the dose worked
     out once per group: the mean of attended / planned over the children is the sum over the
     groups of the group's attended / planned, over the number of children."""
-    content = current_protocol(db).content
+    protocol = current_protocol(db)
     ensure_current(db, writable=active_lock_id(db) is None)
+    head = audit.head(db)  # before the data: see trial.cache.AsOf
+    sites = _adherence_sites(db, actor, site_code)
+    return cache.summaries.get(("adherence", head, protocol.sha256, tuple(sites)),
+                               lambda: _adherence_by_arm(db, protocol.content, sites))
+
+
+def _adherence_by_arm(db: Session, content: dict, sites: list[int]) -> list[dict]:
     first = next(v for v in content["visits"] if v["key"] != "baseline")
     minimum = content["course"]["min_attended_sessions"]
-    sites = _adherence_sites(db, actor, site_code)
     attended = func.coalesce(CourseTally.attended, 0)
     rows = db.execute(  # the plan holds the site: neither the participants nor their allocation rows are read twice
         select(Allocation.arm, PlannedVisit.target, func.count(), func.sum(attended),
@@ -401,7 +445,132 @@ def participant_course(db: Session, actor, study_id: str) -> dict:
            "counselling": counselling_of(db, p)}
     if _arm(content, alloc.arm)["sessions_per_week"]:
         out["dose"] = dose(db, p, alloc, content, rows)
+        out["goals"] = goals_view(db, p, rows)
     return out
+
+
+# --- individual goals ------------------------------------------------------------------------
+
+GOAL_DESCRIPTION_MAX = 500
+
+
+def active_goals(db: Session, participant_id: int) -> set[str]:
+    return set(db.execute(select(ChildGoal.goal).where(ChildGoal.participant_id == participant_id,
+                                                       ChildGoal.active.is_(True))).scalars())
+
+
+def goals_view(db: Session, p: Participant, sessions: list[TherapySession]) -> list[dict]:
+    """The child's goals, each with how often an attended session worked on it."""
+    addressed: dict[str, int] = {}
+    for s in sessions:
+        if s.attendance == "attended":
+            for g in s.goals or []:
+                addressed[g] = addressed.get(g, 0) + 1
+    rows = db.execute(select(ChildGoal).where(ChildGoal.participant_id == p.id).order_by(ChildGoal.id)).scalars()
+    return [{"id": g.id, "goal": g.goal, "description": g.description, "active": g.active, "set_on": g.set_on.isoformat(),
+             "sessions": addressed.get(g.goal, 0)} for g in rows]
+
+
+def _music_child(db: Session, actor, study_id: str, role: str = "therapist") -> tuple[Participant, Allocation, dict]:
+    p = get_participant(db, actor, study_id, for_update=True)
+    if not can_see_arm(db, actor, p.site_id):
+        raise Forbidden("A child's goals reveal the allocation; your role is blinded.")
+    require_site_role(db, actor, p.site_id, role)
+    ensure_writable(db)
+    content = current_protocol(db).content
+    alloc = allocation_of(db, p.id)
+    if alloc is None or not _arm(content, alloc.arm)["sessions_per_week"]:
+        raise Conflict(f"{p.study_id} is not in a music-therapy arm: no goals are set for this child.")
+    return p, alloc, content
+
+
+def set_goals(db: Session, actor, study_id: str, data: dict) -> list[ChildGoal]:
+    """Record goals of a child (therapist of the site), after the first attended (assessment)
+    session: ``{goals: [{goal, description?}]}`` with keys from the protocol's list. A goal the
+    child has already is refused (revise it instead); one no longer pursued is taken up again."""
+    p, _, content = _music_child(db, actor, study_id)
+    allowed = [g["key"] for g in content.get("goals", [])]
+    errors: dict[str, str] = {}
+    items = data.get("goals")
+    if not allowed:
+        raise Conflict("The protocol lists no individual goals.")
+    if not isinstance(items, list) or not items:
+        errors["goals"] = N_("must list at least one goal")
+        items = []
+    picked: list[tuple[str, str | None]] = []
+    for i, it in enumerate(items):
+        if not isinstance(it, dict) or it.get("goal") not in allowed:
+            errors["goals"] = Msg(N_("item %(n)s: the goal must be one of the protocol's goals (%(allowed)s)"),
+                                  n=i + 1, allowed=", ".join(allowed))
+            continue
+        desc = text(it.get("description"), "description", errors, GOAL_DESCRIPTION_MAX)
+        if it["goal"] in [g for g, _ in picked]:
+            errors["goals"] = Msg(N_("%(goal)s is listed twice"), goal=it["goal"])
+        picked.append((it["goal"], desc))
+    _refuse("The goals were not saved", errors)
+    first = db.execute(select(func.min(TherapySession.held_on)).where(
+        TherapySession.participant_id == p.id, TherapySession.attendance == "attended")).scalar()
+    if first is None:
+        raise Conflict(f"{p.study_id}: goals are set after the first (assessment) session, and no attended session "
+                       "is logged yet.")
+    existing = {g.goal: g for g in db.execute(select(ChildGoal).where(ChildGoal.participant_id == p.id)).scalars()}
+    out = []
+    for key, desc in picked:
+        g = existing.get(key)
+        if g is not None and g.active:
+            raise Conflict(f"{p.study_id} already has the goal {key}: revise it instead.", {"goals": f"{key} is set already"})
+        if g is None:
+            g = ChildGoal(participant_id=p.id, goal=key, description=desc, active=True, set_on=today(p.site.timezone),
+                          set_by_id=getattr(actor, "id", None))
+            db.add(g)
+            db.flush()
+            audit.created(db, actor, "child_goal", g.id, {"participant": p.study_id, "goal": key, "description": desc},
+                          reveals_allocation=True)
+        else:
+            changes = {"active": (False, True), "description": (g.description, desc)}
+            g.active, g.description = True, desc
+            audit.record(db, actor, "revise", "child_goal", g.id, changes, reason="taken up again", reveals_allocation=True)
+        out.append(g)
+    return out
+
+
+def goal_for_revision(db: Session, actor, goal_id: int) -> tuple[ChildGoal, str]:
+    """The goal and its child's study id, for the site's therapist (404 for anyone who may not
+    read the child's allocation, as if there were no such goal)."""
+    g = db.get(ChildGoal, goal_id)
+    p = db.get(Participant, g.participant_id) if g else None
+    if g is None or not can_see_arm(db, actor, p.site_id):
+        raise NotFound(f"No goal {goal_id}.")
+    require_site_role(db, actor, p.site_id, "therapist")
+    return g, p.study_id
+
+
+def revise_goal(db: Session, actor, goal_id: int, data: dict) -> ChildGoal:
+    """Change a goal's description or stop pursuing it (``active: false``), with a reason."""
+    g, study_id = goal_for_revision(db, actor, goal_id)
+    _music_child(db, actor, study_id)
+    errors: dict[str, str] = {}
+    reason = text(data.get("reason"), "reason", errors, 500, required=True)
+    changes: dict[str, tuple] = {}
+    if "description" in data:
+        desc = text(data.get("description"), "description", errors, GOAL_DESCRIPTION_MAX)
+        if desc != g.description:
+            changes["description"] = (g.description, desc)
+    if "active" in data:
+        if not isinstance(data["active"], bool):
+            errors["active"] = N_("must be true or false")
+        elif data["active"] != g.active:
+            changes["active"] = (g.active, data["active"])
+    for k in sorted(set(data) - {"description", "active", "reason"}):
+        errors[k] = N_("is not a field of a goal that can be revised")
+    _refuse("The goal was not revised", errors)
+    if not changes:
+        raise ValidationError("The revision changes nothing: the goal is as recorded.", {})
+    for k, (_, new) in changes.items():
+        setattr(g, k, new)
+    g.changed_at = utcnow()
+    audit.record(db, actor, "revise", "child_goal", g.id, changes, reason=reason, reveals_allocation=True)
+    return g
 
 
 def counselling_of(db: Session, p: Participant) -> list[dict]:

@@ -8,6 +8,8 @@ from html import escape
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
+from trial import cache
+from trial.audit import service as audit
 from trial.dataquality.models import DataQuery
 from trial.monitoring.service import marks, may_read_marks
 from trial.outcomes.service import schedule
@@ -167,9 +169,15 @@ def overview(db: Session, actor, on: dt.date | None = None) -> dict:
     Pooled over the arms. Read from the visit plan and a few grouped counts: the cost does not
     grow with the pages of any list."""
     require_role(db, actor, "manager")
-    content = current_protocol(db).content
+    head = audit.head(db)  # before the data: see trial.cache.AsOf
+    protocol = current_protocol(db)
     sites = list(db.execute(select(Site).order_by(Site.code)).scalars())
     days = {s.id: on or today(s.timezone) for s in sites}
+    key = ("overview", head, protocol.sha256, tuple(sorted(days.items())))
+    return cache.summaries.get(key, lambda: _overview(db, protocol.content, sites, days))
+
+
+def _overview(db: Session, content: dict, sites: list[Site], days: dict[int, dt.date]) -> dict:
     pv = PlannedVisit
     retention: dict[tuple[int, str], dict] = {}
     forms: dict[int, dict] = {}

@@ -17,6 +17,7 @@ from trial.exports import formats, odm
 from trial.exports.consort import consort
 from trial.exports.dataset import DM_TABLES, DUMMY_LABEL, FREE_TEXT_WITHHELD, build_tables
 from trial.exports.reports import bang_index, baseline_table, table_csv, trial_facts
+from trial.fidelity.service import delivered_by_arm
 from trial.protocol.models import ProtocolVersion
 from trial.safety.service import summary_by_arm
 from trial.scope import CliActor
@@ -105,6 +106,7 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
             summary = summary_by_arm(db)
             cols = list(summary[0]) if summary else ["arm"]
             out.add("reports/ae_summary.csv", table_csv({"columns": cols, "rows": [[r[k] for k in cols] for r in summary]}))
+            out.add("reports/intervention_delivered.csv", table_csv(delivered_by_arm(db, CliActor())))
         accepted = shown_queries(db, lock.accepted_open_queries, blinded)
         out.add("README.txt", _readme(lock, sig, pv, blinded, tables, truncated, counts, accepted,
                                         seal_of(db, seal_name(lock))).encode())

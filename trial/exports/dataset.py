@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
-from trial.course.models import CounsellingSession, TherapySession
+from trial.course.models import PRESENT, ChildGoal, CounsellingSession, TherapySession
 from trial.dataquality.models import QUERY_KINDS, QUERY_STATES, VERIFIABLE, DataQuery, Verification
+from trial.fidelity.models import FidelityDraw, FidelityRating, FidelitySample
 from trial.participants.models import Allocation, Assessment, Participant, Screening, StatusEvent
 from trial.participants.service import status_label
 from trial.protocol.service import current as current_protocol
@@ -213,7 +214,10 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
                  Var("attend", "Attendance", "str", allowed="attended, cancelled, no_show"),
                  Var("minutes", "Duration", "int", units="minutes"), Var("techniq", "Techniques used", "str", allowed=techniques),
                  Var("engage", "Child engagement (1-5)", "int", allowed="1-5"),
-                 Var("outcours", "Outside the course window (1 = yes)", "int", allowed="0, 1")]
+                 Var("outcours", "Outside the course window (1 = yes)", "int", allowed="0, 1"),
+                 Var("present", "Who took part", "str", allowed=", ".join(PRESENT)),
+                 Var("goals", "Child's goals worked on", "str", allowed=", ".join(g["key"] for g in content.get("goals", []))),
+                 Var("therap", "Therapist who led it (code)", "str")]
         decoded: dict[str | None, str | None] = {}
 
         def techniques_of(raw):  # at most a few dozen distinct lists: decode each once
@@ -223,17 +227,20 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
         rows, notes = [], []
         for s in db.execute(select(Participant.study_id, TherapySession.held_on, TherapySession.attendance,
                                    TherapySession.minutes, cast(TherapySession.techniques, Text), TherapySession.engagement,
-                                   TherapySession.outside_course, TherapySession.note)
+                                   TherapySession.outside_course, TherapySession.note, TherapySession.present,
+                                   cast(TherapySession.goals, Text), TherapySession.logged_by_id)
                             .join(Participant, Participant.id == TherapySession.participant_id)
                             .order_by(Participant.study_id, TherapySession.held_on)
                             .execution_options(yield_per=10000)):  # streamed: the largest table
             day = _d(s[1])
-            rows.append((s[0], day, s[2], s[3], techniques_of(s[4]), s[5], int(s[6])))
+            rows.append((s[0], day, s[2], s[3], techniques_of(s[4]), s[5], int(s[6]), s[8], techniques_of(s[9]),
+                         therapist_code(s[10])))
             if s[7]:
                 notes.append((s[0], day, s[7]))
         tables.append(Table("sessions", "Music-therapy sessions", svars, rows))
         tables.append(Table("sessnote", "Therapists' notes on sessions", [
             Var("studyid", "Study ID", "str"), Var("sessdt", "Session date", "date"), Var("note", "Therapist's note", "str")], notes))
+        tables += intervention_tables(db, content, pid)
 
     cvars = [Var("studyid", "Study ID", "str"), Var("number", "Counselling session number", "int"),
              Var("counsdt", "Counselling date", "date"), Var("attended", "Parents attended (1 = yes)", "int", allowed="0, 1")]
@@ -306,7 +313,48 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
     return tables
 
 
-DM_TABLES = ("ae", "aefu", "queries", "querymsg", "verif")
+DM_TABLES = ("ae", "aefu", "queries", "querymsg", "verif", "goals", "fidrate")
+
+
+def therapist_code(user_id: int | None) -> str | None:
+    """A therapist in the bundle: a code, not a name (the site's staff list maps it)."""
+    return f"T{user_id:04d}" if user_id is not None else None
+
+
+def intervention_tables(db: Session, content: dict, pid: dict[int, str]) -> list[Table]:
+    """The intervention as delivered (unblinded bundle only): each child's goals, the fidelity
+    draws with their seeds, and the ratings of the sampled sessions."""
+    goals = ", ".join(g["key"] for g in content.get("goals", []))
+    gvars = [Var("studyid", "Study ID", "str"), Var("goal", "Individual goal", "str", allowed=goals),
+             Var("descr", "What the goal means for the child", "str"), Var("active", "Still pursued (1 = yes)", "int", allowed="0, 1"),
+             Var("setdt", "Date the goal was set", "date")]
+    grows = sorted((pid[g.participant_id], g.goal, g.description, int(g.active), _d(g.set_on))
+                   for g in db.execute(select(ChildGoal)).scalars() if g.participant_id in pid)
+    dvars = [Var("drawid", "Fidelity draw number", "int"), Var("therap", "Therapist whose sessions (code)", "str"),
+             Var("seed", "Seed of the draw (hex)", "str"), Var("share", "Share of sessions drawn", "float"),
+             Var("popn", "Sessions drawn from", "int"), Var("size", "Sessions drawn", "int"),
+             Var("popsha", "SHA-256 of the population", "str"), Var("drawdtm", "Drawn at (UTC)", "datetime")]
+    drows = [(d.id, therapist_code(d.therapist_id), d.seed, d.share, len(d.population), d.size, d.population_sha256,
+              _dt(d.drawn_at)) for d in db.execute(select(FidelityDraw).order_by(FidelityDraw.id)).scalars()]
+    fid = content.get("fidelity", {"items": [], "min": "", "max": "", "threshold": ""})
+    rng = f"{fid['min']}-{fid['max']}"
+    rvars = [Var("studyid", "Study ID", "str"), Var("sessdt", "Session date", "date"),
+             Var("drawid", "Fidelity draw number", "int"), Var("therap", "Therapist who led it (code)", "str"),
+             Var("rater", "Therapist who rated it (code)", "str"), Var("ratedt", "Date rated", "date")]
+    rvars += [Var(f"fid{i + 1}", item["label"][:40], "int", allowed=rng) for i, item in enumerate(fid["items"])]
+    rvars += [Var("fidmean", "Mean fidelity score", "float", allowed=rng),
+              Var("adherent", f"Mean at least {fid['threshold']} (1 = yes)", "int", allowed="0, 1")]
+    rrows = []
+    for r, sess, draw in db.execute(select(FidelityRating, TherapySession, FidelitySample.draw_id)
+                                    .join(FidelitySample, FidelitySample.session_id == FidelityRating.session_id)
+                                    .join(TherapySession, TherapySession.id == FidelityRating.session_id)):
+        if sess.participant_id in pid:
+            rrows.append((pid[sess.participant_id], _d(sess.held_on), draw, therapist_code(sess.logged_by_id),
+                          therapist_code(r.rater_id), _d(r.rated_on), *[r.scores.get(i["key"]) for i in fid["items"]],
+                          r.mean, int(r.adherent)))
+    rrows.sort(key=lambda x: (x[0], x[1]))
+    return [Table("goals", "Individual goals", gvars, grows), Table("fiddraw", "Fidelity draws", dvars, drows),
+            Table("fidrate", "Fidelity ratings of sampled sessions", rvars, rrows)]
 FREE_TEXT_WITHHELD = "(withheld while blinded)"
 
 

@@ -8,6 +8,8 @@ from typing import Any
 from trial.catalogue import LANGUAGES
 
 KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+CREDENTIAL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,31}$")  # kinds as the bodies spell them: MT-BC, HCPC
+TECHNIQUE_CATEGORIES = ("active", "receptive")
 FIELD_TYPES = ("integer", "number", "text", "boolean", "choice")
 METHODS = ("permuted_blocks", "minimization")
 
@@ -27,7 +29,11 @@ ALLOWED = {
     "eligibility": {"min_age_months", "max_age_months"},
     "criteria": {"key", "question", "questions", "qualifying_answer"},
     "course": {"months", "session_minutes", "min_attended_sessions", "parent_counselling_sessions", "techniques",
-               "technique_labels"},
+               "technique_labels", "technique_categories"},
+    "credentials": {"key", "label", "labels", "issuer"},
+    "goals": {"key", "label", "labels"},
+    "fidelity": {"share", "min", "max", "threshold", "items"},
+    "items": {"key", "label", "labels"},
     "visits": {"key", "label", "labels", "day", "window_before", "window_after", "primary", "allocation_guess"},
     "instruments": {"key", "label", "labels", "blinded", "visits", "fields"},
     "fields": {"key", "label", "labels", "type", "min", "max", "soft_min", "soft_max", "required", "units", "choices"},
@@ -111,6 +117,50 @@ def _list(d: dict, key: str, path: str) -> list[dict]:
         if not isinstance(it, dict):
             raise ProtocolError(f"{path}.{key}[{i}]".lstrip("."), "must be a table")
     return items
+
+
+def _intervention(raw: dict[str, Any], out: dict[str, Any]) -> None:
+    """The intervention as delivered, each part optional: the therapists' credentials the trial
+    accepts (with one, a session needs a therapist holding a valid one), the individual goals a
+    therapist may set, and the treatment-fidelity scale with the share of sessions to rate."""
+    if "credentials" in raw:
+        creds = []
+        for i, c in enumerate(_list(raw, "credentials", "")):
+            p = f"credentials[{i}]"
+            _known(c, "credentials", p)
+            k = _need(c, "key", p, str)
+            if not CREDENTIAL_RE.match(k):
+                raise ProtocolError(f"{p}.key", f"{k!r} is not a valid credential kind (letters, digits, . _ -)")
+            creds.append(_with_translations({"key": k, "label": _need(c, "label", p, str),
+                                             "issuer": _need(c, "issuer", p, str, None)}, c, "labels", p))
+        _unique(creds, "credentials")
+        out["credentials"] = creds
+    if "goals" in raw:
+        goals = []
+        for i, g in enumerate(_list(raw, "goals", "")):
+            p = f"goals[{i}]"
+            _known(g, "goals", p)
+            goals.append(_with_translations({"key": _key(g, p), "label": _need(g, "label", p, str)}, g, "labels", p))
+        _unique(goals, "goals")
+        out["goals"] = goals
+    if "fidelity" in raw:
+        f = _need(raw, "fidelity", "", dict)
+        _known(f, "fidelity", "fidelity")
+        fid = {"share": _need(f, "share", "fidelity", (int, float)), "min": _need(f, "min", "fidelity", int),
+               "max": _need(f, "max", "fidelity", int), "threshold": _need(f, "threshold", "fidelity", (int, float)),
+               "items": []}
+        if not 0 < fid["share"] <= 1:
+            raise ProtocolError("fidelity.share", "must be more than 0 and at most 1 (the share of sessions rated)")
+        if fid["min"] >= fid["max"]:
+            raise ProtocolError("fidelity.max", "must be above min")
+        if not fid["min"] <= fid["threshold"] <= fid["max"]:
+            raise ProtocolError("fidelity.threshold", f"must be within the scale ({fid['min']}-{fid['max']})")
+        for i, it in enumerate(_list(f, "items", "fidelity")):
+            p = f"fidelity.items[{i}]"
+            _known(it, "items", p)
+            fid["items"].append(_with_translations({"key": _key(it, p), "label": _need(it, "label", p, str)}, it, "labels", p))
+        _unique(fid["items"], "fidelity.items")
+        out["fidelity"] = fid
 
 
 def validate(raw: dict[str, Any]) -> dict[str, Any]:
@@ -227,7 +277,17 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
             tr = _translations(words, t, "course.technique_labels", english=None)
             if tr:
                 course["technique_labels"][t] = tr
+    # active (improvisation, songs, games) or receptive (listening); unnamed ones count as active
+    cats = _need(c, "technique_categories", "course", dict, {})
+    for t, cat in cats.items():
+        if t not in course["techniques"]:
+            raise ProtocolError(f"course.technique_categories.{t}", "is not one of course.techniques")
+        if cat not in TECHNIQUE_CATEGORIES:
+            raise ProtocolError(f"course.technique_categories.{t}", f"must be one of {', '.join(TECHNIQUE_CATEGORIES)}")
+    if cats:
+        course["technique_categories"] = {t: cats.get(t, "active") for t in course["techniques"]}
     out["course"] = course
+    _intervention(raw, out)
 
     visits = []
     for i, v in enumerate(_list(raw, "visits", "")):
@@ -333,7 +393,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
                                 f"the primary instrument must be collected at {vk!r}")
     out["primary_outcome"] = prim
     unknown = set(raw) - {"trial", "arms", "randomization", "eligibility", "criteria", "course", "visits",
-                          "instruments", "primary_outcome"}
+                          "instruments", "primary_outcome", "credentials", "goals", "fidelity"}
     if unknown:
         raise ProtocolError(sorted(unknown)[0], "is not a known protocol section")
     return out

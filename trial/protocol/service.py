@@ -138,6 +138,9 @@ def labels(content: dict[str, Any], locale: str | None = None) -> dict[str, dict
         "factor": {f["key"]: _words(f, locale) for f in content.get("randomization", {}).get("factors", [])},
     }
     out["technique"] = {t: _technique(content, t, locale) for t in content.get("course", {}).get("techniques", [])}
+    out["credential"] = {c["key"]: _words(c, locale) for c in content.get("credentials", [])}
+    out["goal"] = {g["key"]: _words(g, locale) for g in content.get("goals", [])}
+    out["fidelity_item"] = {i["key"]: _words(i, locale) for i in content.get("fidelity", {}).get("items", [])}
     return out
 
 
@@ -147,12 +150,14 @@ def localized(content: dict[str, Any], locale: str | None) -> dict[str, Any]:
     if not locale or locale == "en":
         return content
     out = copy.deepcopy(content)
-    for part in ("arms", "visits", "instruments"):
-        for item in out[part]:
+    for part in ("arms", "visits", "instruments", "credentials", "goals"):
+        for item in out.get(part, []):
             item["label"] = _words(item, locale)
     for ins in out["instruments"]:
         for f in ins["fields"]:
             f["label"] = _words(f, locale)
+    for item in out.get("fidelity", {}).get("items", []):
+        item["label"] = _words(item, locale)
     for f in out.get("randomization", {}).get("factors", []):
         if f.get("label"):
             f["label"] = _words(f, locale)

@@ -8,6 +8,7 @@ from trial.views import (
                          datamanagement,
                          enrollment,
                          grants,
+                         intervention,
                          lock,
                          main,
                          outcomes,
@@ -15,4 +16,4 @@ from trial.views import (
 )
 
 BLUEPRINTS = (auth.bp, main.bp, admin.bp, grants.bp, audit.bp, enrollment.bp, course.bp, status.bp, outcomes.bp,
-              dashboard.bp, lock.bp, datamanagement.bp)
+              dashboard.bp, lock.bp, datamanagement.bp, intervention.bp)

@@ -1,0 +1,1 @@
+"""Therapists' credentials: who may deliver the intervention, and on which days."""
