@@ -4,6 +4,7 @@ re-derivable sample rated by another credentialed therapist). Blinded roles see 
 from __future__ import annotations
 
 import datetime as dt
+import io
 
 import pytest
 from sqlalchemy import delete, func, select
@@ -271,3 +272,58 @@ def test_a_rater_without_a_valid_credential_is_refused(world, rated_world, db):
     r = world.api("POST", f"/sessions/{draw['sample'][0]}/fidelity", "therapist3", json={"scores": scores})
     assert r.status_code == 409 and err(r)["code"] == "credential"
     assert db.execute(select(func.count()).select_from(FidelityRating)).scalar() == 0
+
+
+# --- the bundle --------------------------------------------------------------------------------
+
+def test_the_intervention_as_delivered_reads_back_from_every_format_and_only_unblinded(world, rated_world, db, tmp_path):
+    import pandas as pd
+    import pyreadstat
+
+    from tests.test_exports import bundle_files, hard_lock, read_csv
+    low = rated_world["low"]
+    r = world.api("POST", f"/participants/{low.study_id}/goals", "therapist",
+                  json={"goals": [{"goal": "eye_contact", "description": "Looks up when the drum pauses"}]})
+    assert r.status_code == 201
+    assert session(world, low, d(2), goals=["eye_contact"], present="child_and_parent",
+                   techniques=["receptive_listening"]).status_code == 201
+    (draw,) = world.api("POST", "/fidelity/draws", "manager", json={}).get_json()
+    scores = {"follows_lead": 5, "attunement": 4, "affect_sharing": 4, "joint_attention": 3, "reciprocity": 4}
+    for sid in draw["sample"]:
+        assert world.api("POST", f"/sessions/{sid}/fidelity", "therapist2", json={"scores": scores}).status_code == 201
+    table = world.api("GET", "/intervention-delivered", "manager").get_json()
+    assert world.api("GET", "/intervention-delivered", "statistician").status_code == 403
+    lock_id = hard_lock(world)
+    un = bundle_files(world.api("GET", f"/locks/{lock_id}/bundle.zip", "manager").data)
+    bl = bundle_files(world.api("GET", f"/locks/{lock_id}/bundle.zip", "statistician").data)
+    # the blinded bundle holds nothing of it, in any file
+    assert not any(n.split("/")[-1].split(".")[0] in ("goals", "fiddraw", "fidrate", "intervention_delivered") for n in bl)
+    assert not any(b"eye_contact" in v or b"Looks up when the drum" in v or draw["seed"].encode() in v for v in bl.values())
+    # the unblinded one: each table the same in CSV, SAS transport and Stata
+    expected = {"goals": 1, "fiddraw": 1, "fidrate": len(draw["sample"])}
+    for t, n in expected.items():
+        head, rows = read_csv(un[f"csv/{t}.csv"])
+        assert len(rows) == n, t
+        for fmt, reader in (("xpt", pyreadstat.read_xport), ("dta", pyreadstat.read_dta)):
+            path = tmp_path / f"{t}.{fmt}"
+            path.write_bytes(un[f"{fmt}/{t}.{fmt}"])
+            df, _ = reader(str(path))
+            assert [c.lower() for c in df.columns] == head and len(df) == n, (t, fmt)
+            for got, want in zip(df.astype(str).values.tolist(), rows):
+                for g, w in zip(got, want):
+                    assert g == w or (w and float(g) == float(w)) or (not w and g in ("", "nan", "None")), (t, fmt, g, w)
+    g_head, g_rows = read_csv(un["csv/goals.csv"])
+    goals = dict(zip(g_head, g_rows[0]))
+    assert (goals["goal"], goals["descr"], goals["active"]) == ("eye_contact", "Looks up when the drum pauses", "1")
+    fd = dict(zip(read_csv(un["csv/fiddraw.csv"])[0], read_csv(un["csv/fiddraw.csv"])[1][0]))
+    assert fd["seed"] == draw["seed"] and int(fd["size"]) == len(draw["sample"])
+    fr_head, fr_rows = read_csv(un["csv/fidrate.csv"])
+    assert [float(dict(zip(fr_head, r))["fidmean"]) for r in fr_rows] == [4.0] * len(draw["sample"])
+    sess_head, sess_rows = read_csv(un["csv/sessions.csv"])
+    last = dict(zip(sess_head, [r for r in sess_rows if r[0] == low.study_id][-1]))
+    assert (last["present"], last["goals"], last["techniq"]) == ("child_and_parent", "eye_contact", "receptive_listening")
+    assert last["therap"] == f"T{world.users['therapist'].id:04d}"
+    # the CONSORT 2025 table in the bundle is the one the manager reads
+    delivered = pd.read_csv(io.BytesIO(un["reports/intervention_delivered.csv"]), dtype=str, keep_default_na=False)
+    assert list(delivered.columns) == table["columns"] and delivered.values.tolist() == table["rows"]
+    assert b"goals" in un["odm/snapshot.xml"] or b"IG.GOALS" in un["odm/snapshot.xml"]
