@@ -138,8 +138,11 @@ def test_goals_are_set_after_the_first_session_worked_on_counted_and_revised_wit
     assert world.api("POST", f"/participants/{low.study_id}/goals", "coordinator", json=body).status_code == 403
     # a usual-care child is not among the therapist's children at all
     assert world.api("POST", f"/participants/{kids['usual'].study_id}/goals", "therapist", json=body).status_code == 404
-    r = world.api("POST", f"/participants/{low.study_id}/goals", "therapist", json=body)
+    r = world.api("POST", f"/participants/{low.study_id}/goals", "therapist", json={**body, "set_on": d(41).isoformat()})
+    assert r.status_code == 400 and "before the first attended session" in err(r)["message"]
+    r = world.api("POST", f"/participants/{low.study_id}/goals", "therapist", json={**body, "set_on": d(40).isoformat()})
     assert r.status_code == 201, r.get_json()
+    assert {g["set_on"] for g in r.get_json()} == {d(40).isoformat()}
     goals = {g["goal"]: g for g in r.get_json()}
     assert goals["eye_contact"]["description"] == "Looks up when the drum pauses"
     assert world.api("POST", f"/participants/{low.study_id}/goals", "therapist", json=body).status_code == 409

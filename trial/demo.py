@@ -162,7 +162,8 @@ def _follow(db, actor, rng, content, study_id, arm, start, today, kind, therapis
                                                   "goals": rng.sample(goals, min(len(goals), rng.randint(1, 2))) if went and goals else []})
                 if went and not goals:  # the first attended session is the assessment: the goals follow it
                     goals = rng.sample(GOALS, 3)
-                    set_goals(db, therapist, study_id, {"goals": [{"goal": g, "description": GOAL_NOTES[g]} for g in goals]})
+                    set_goals(db, therapist, study_id, {"set_on": held.isoformat(),
+                                                        "goals": [{"goal": g, "description": GOAL_NOTES[g]} for g in goals]})
             day += dt.timedelta(days=7)
     for n in range(3):
         held = start + dt.timedelta(days=10 + 45 * n)

@@ -69,7 +69,9 @@ def revoke_credential(credential_id):
 
 @route("/participants/<study_id>/goals", "POST", "Set a child's individual goals after the first (assessment) session",
        "therapist of the site",
-       request_schema=obj(["goals"], goals=array(obj(["goal"], goal=S, description=text(500, False)))),
+       request_schema=obj(["goals"], goals=array(obj(["goal"], goal=S, description=text(500, False))),
+                          set_on={**D, "description": "the day the goals were set (default today); not before the "
+                                                      "first attended session"}),
        responses={201: ok("the goals set", array(GOAL)), 400: err("bad input, naming the field"),
                   403: err("a blinded role"), 404: err("unknown participant"),
                   409: err("not in a music-therapy arm, no attended session yet, or the goal is set already")})

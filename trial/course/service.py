@@ -38,7 +38,8 @@ def _arm(content: dict, key: str) -> dict:
 # the session's fields as the web form names them: every message names a field by its label
 LABELS = {"held_on": "Date", "attendance": "Attendance", "minutes": "Minutes", "techniques": "Techniques",
           "engagement": "Child engagement", "note": "Short note", "reason": "Reason for the correction",
-          "present": "Present", "goals": "Goals worked on", "goal": "Goal", "description": "Description"}
+          "present": "Present", "goals": "Goals worked on", "goal": "Goal", "description": "Description",
+          "set_on": "Set on"}
 ATTENDANCE_LABELS = {"attended": N_("Attended"), "cancelled": N_("Cancelled"), "no_show": N_("No show")}
 PRESENT_LABELS = {"child": N_("The child alone"), "child_and_parent": N_("The child with a parent")}
 SESSION_FIELDS = ("held_on", "attendance", "minutes", "techniques", "engagement", "note", "present", "goals")
@@ -507,12 +508,17 @@ def set_goals(db: Session, actor, study_id: str, data: dict) -> list[ChildGoal]:
         if it["goal"] in [g for g, _ in picked]:
             errors["goals"] = Msg(N_("%(goal)s is listed twice"), goal=it["goal"])
         picked.append((it["goal"], desc))
+    site_today = today(p.site.timezone)
+    set_on = clinical_date(data.get("set_on"), "set_on", errors, site_today, required=False) or site_today
     _refuse("The goals were not saved", errors)
     first = db.execute(select(func.min(TherapySession.held_on)).where(
         TherapySession.participant_id == p.id, TherapySession.attendance == "attended")).scalar()
     if first is None:
         raise Conflict(f"{p.study_id}: goals are set after the first (assessment) session, and no attended session "
                        "is logged yet.")
+    if set_on < first:
+        raise ValidationError(f"The goals were not saved: Set on is before the first attended session ({first.isoformat()})",
+                              {"set_on": f"is before the first attended session ({first.isoformat()})"})
     existing = {g.goal: g for g in db.execute(select(ChildGoal).where(ChildGoal.participant_id == p.id)).scalars()}
     out = []
     for key, desc in picked:
@@ -520,11 +526,12 @@ def set_goals(db: Session, actor, study_id: str, data: dict) -> list[ChildGoal]:
         if g is not None and g.active:
             raise Conflict(f"{p.study_id} already has the goal {key}: revise it instead.", {"goals": f"{key} is set already"})
         if g is None:
-            g = ChildGoal(participant_id=p.id, goal=key, description=desc, active=True, set_on=today(p.site.timezone),
+            g = ChildGoal(participant_id=p.id, goal=key, description=desc, active=True, set_on=set_on,
                           set_by_id=getattr(actor, "id", None))
             db.add(g)
             db.flush()
-            audit.created(db, actor, "child_goal", g.id, {"participant": p.study_id, "goal": key, "description": desc},
+            audit.created(db, actor, "child_goal", g.id, {"participant": p.study_id, "goal": key, "description": desc,
+                                                          "set_on": set_on},
                           reveals_allocation=True)
         else:
             changes = {"active": (False, True), "description": (g.description, desc)}
