@@ -17,6 +17,7 @@ class DomainError(Exception):
         # the message without the fields' reasons ("The session was not saved"), for a form that
         # shows each reason beside its field
         self.lead = lead
+        self.labels: dict[str, str] = {}  # the fields' labels, by field name
 
 
 class ValidationError(DomainError):

@@ -107,7 +107,7 @@ def form_errors(form, e: DomainError) -> None:
     if e.lead and not unplaced:  # every reason is beside its field (and in the form's summary)
         flash(say(e.lead), "error")
     elif e.lead:
-        flash(f"{say(e.lead)}: " + "; ".join(f"{k} {say(v)}" for k, v in unplaced.items()), "error")
+        flash(f"{say(e.lead)}: " + "; ".join(f"{say(e.labels.get(k, k))} {say(v)}" for k, v in unplaced.items()), "error")
     else:
         flash(say(e.message), "error")
 

@@ -60,8 +60,10 @@ def refusal(message: str, errors: dict[str, str], labels: dict[str, str] | None 
     """One ValidationError naming every bad field: ``message`` ("The session was not saved"),
     then each field (by its label in ``labels``, else its name) with its reason. ``message`` is
     the error's lead, which a web form shows above the reasons it puts beside its fields."""
-    return ValidationError(message + ": " + "; ".join(f"{(labels or {}).get(k, k)} {v}" for k, v in errors.items()),
-                           errors, lead=message)
+    e = ValidationError(message + ": " + "; ".join(f"{(labels or {}).get(k, k)} {v}" for k, v in errors.items()),
+                        errors, lead=message)
+    e.labels = dict(labels or {})  # a form that has no field for a reason names it by its label
+    return e
 
 
 def refuse(message: str, errors: dict[str, str], labels: dict[str, str] | None = None) -> None:

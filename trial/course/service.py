@@ -26,7 +26,7 @@ from trial.scope import can_see_arm, require_site_role, visible_site_ids
 from trial.sites.models import Site
 from trial.timeline import course_window, local_date, planned_sessions, today
 from trial.trialstate.service import active_lock_id, ensure_writable
-from trial.validation import clinical_date, refusal, text
+from trial.validation import clinical_date, refusal, refuse, text
 from trial.visitplan.models import PlannedVisit
 from trial.visitplan.service import ensure_current
 
@@ -510,7 +510,7 @@ def set_goals(db: Session, actor, study_id: str, data: dict) -> list[ChildGoal]:
         picked.append((it["goal"], desc))
     site_today = today(p.site.timezone)
     set_on = clinical_date(data.get("set_on"), "set_on", errors, site_today, required=False) or site_today
-    _refuse("The goals were not saved", errors)
+    refuse("The goals were not saved", errors, {"goals": N_("Goals"), "description": N_("Description"), "set_on": N_("Set on")})
     first = db.execute(select(func.min(TherapySession.held_on)).where(
         TherapySession.participant_id == p.id, TherapySession.attendance == "attended")).scalar()
     if first is None:

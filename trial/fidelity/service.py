@@ -29,7 +29,7 @@ from trial.errors import Conflict, Forbidden, NotFound
 from trial.fidelity.models import FidelityDraw, FidelityRating, FidelitySample
 from trial.participants.models import Allocation, Participant
 from trial.protocol.service import current as current_protocol
-from trial.scope import can_see_arm, require_role, visible_site_ids
+from trial.scope import can_see_arm, require_role, require_site_role, visible_site_ids
 from trial.sites.models import Site
 from trial.timeline import today
 from trial.trialstate.service import ensure_writable
@@ -154,6 +154,7 @@ def rate(db: Session, actor, session_id: int, data: dict) -> FidelityRating:
     if not actor.has_role("therapist"):
         raise Forbidden("Fidelity ratings are made by credentialed music therapists.")
     s, p = _sampled_session(db, actor, session_id)
+    require_site_role(db, actor, p.site_id, "therapist")  # a therapist of that site, not another role there
     ensure_writable(db)
     f = scale(db)
     if db.get(FidelitySample, s.id) is None:
