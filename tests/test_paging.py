@@ -169,3 +169,24 @@ def test_a_page_costs_the_same_statements_with_more_children(world, app, engine,
     add(10)
     large = _statements(engine, fetch)
     assert large == small, (url, small, large)
+
+
+def test_the_whole_audit_trail_pages_by_its_chain_without_a_count(trial, db):
+    """The unfiltered trail of an unblinded reader is paged from the chain's numbers (records
+    1..top without a gap): the same records and total as counting and skipping would give, in
+    both orders, and the filtered trail still counts."""
+    from sqlalchemy import func, select
+
+    from trial.audit.models import AuditRecord
+    from trial.audit.service import page_records
+    world = trial["world"]
+    manager = world.users["manager"]
+    seqs = list(db.execute(select(AuditRecord.seq).order_by(AuditRecord.seq)).scalars())
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 20
+    for sort, order in (("-seq", seqs[::-1]), ("seq", seqs)):
+        for page in (1, 2, 3, (len(seqs) + 6) // 7, (len(seqs) + 6) // 7 + 1):
+            got = page_records(db, manager, PageRequest(page=page, per_page=7, sort=sort))
+            assert got.total == len(seqs)
+            assert [r.seq for r in got.items] == order[(page - 1) * 7:page * 7], (sort, page)
+    filtered = page_records(db, manager, PageRequest(page=1, per_page=7), entity="allocation")
+    assert filtered.total == db.execute(select(func.count()).where(AuditRecord.entity == "allocation")).scalar() < len(seqs)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from trial.db import Base, utcnow
@@ -22,7 +22,10 @@ class DataQuery(Base):
     closed: an automatic check raises at most one open query per finding."""
 
     __tablename__ = "data_query"
-    __table_args__ = (Index("ix_data_query_raised", "raised_at", "id"),)  # the list, newest first
+    __table_args__ = (Index("ix_data_query_raised", "raised_at", "id"),  # the list, newest first
+                      # the assessors' list and its total: the queries on what assessors enter, per site
+                      Index("ix_data_query_assessor", "site_id", postgresql_where=text("assessor_visible"),
+                            sqlite_where=text("assessor_visible")))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), index=True)

@@ -159,7 +159,7 @@ def _visibility(db: Session, actor, stmt):
         return stmt
     conditions = []
     for role, extra in (("coordinator", None), ("monitor", None), ("therapist", DataQuery.kind == "session"),
-                        ("assessor", DataQuery.assessor_visible.is_(True))):
+                        ("assessor", DataQuery.assessor_visible)):  # (a plain test: the partial index's predicate)
         sites = actor.site_ids(role)
         if sites:
             cond = DataQuery.site_id.in_(sorted(sites))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, Date, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, Date, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from trial.db import Base
@@ -16,7 +16,10 @@ from trial.db import Base
 class PlannedVisit(Base):
     __tablename__ = "planned_visit"
     __table_args__ = (UniqueConstraint("participant_id", "visit"),
-                      Index("ix_planned_visit_worklist", "ended", "closes"))
+                      Index("ix_planned_visit_worklist", "ended", "closes"),
+                      # the out-of-window worklist: the few visits with a form entered outside the window
+                      Index("ix_planned_visit_late", "site_id", postgresql_where=text("blinded_late OR other_late"),
+                            sqlite_where=text("blinded_late OR other_late")))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), index=True)
