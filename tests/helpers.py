@@ -3,8 +3,11 @@ to screen, enroll, assess and randomize."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
+import io
 import itertools
+import math
 
 from trial.auth import service as users
 from trial.credentials import service as credentials
@@ -143,3 +146,38 @@ def backdate_randomization(db, at, participant_id=None) -> None:
     db.expire_all()
     from trial import cache
     cache.summaries.clear()  # the UPDATE above bypasses the audit chain the summaries are keyed by
+
+
+# --- reading a bundle's files back ---------------------------------------------------------------
+
+def dictionary_of(files) -> dict[tuple[str, str], dict]:
+    return {(r["table"], r["name"]): r for r in csv.DictReader(io.StringIO(files["dictionary.csv"].decode()))}
+
+
+def _key_of(entry: dict) -> dict:
+    """The dictionary's numbers of a coded variable: Stata/SAS number -> the CSV's key."""
+    pairs = [p.split(" = ", 1) for p in entry["codes_in_dta_xpt"].split("; ") if p]
+    return {int(n): k for n, k in pairs}
+
+
+def as_csv(value, entry: dict) -> str:
+    """A value read from a Stata or SAS file, written as the CSV writes it."""
+    import pandas as pd  # deferred: pandas only for the tests that read bundles
+    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, str):
+        return value
+    if entry["codes_in_dta_xpt"]:
+        return _key_of(entry)[int(value)]
+    if entry["type"] == "date":
+        return value.isoformat()[:10]
+    if entry["type"] == "datetime":
+        return value.strftime("%Y-%m-%dT%H:%M:%S")
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+def loc(table: str, fmt: str) -> str:
+    """Where a table's file is in a bundle (the analysis dataset under analysis/)."""
+    return f"analysis/{table}.{fmt}" if table == "adsl" else f"{fmt}/{table}.{fmt}"

@@ -16,7 +16,7 @@ import zipfile
 import pytest
 from sqlalchemy import func, select
 
-from tests.helpers import CLI, PASSWORD, backdate_randomization
+from tests.helpers import CLI, PASSWORD, as_csv, backdate_randomization, dictionary_of
 from tests.test_lock import SEED, R, backdate_all, child, iso
 from trial.audit import service as audit
 from trial.audit.models import AuditRecord
@@ -740,10 +740,8 @@ def test_the_bundle_holds_the_data_management_tables_in_every_format(kids, db, t
                 path.write_bytes(files[f"{fmt}/{t}.{fmt}"])
                 df, _ = reader(str(path))
                 assert len(df) == len(rows) and [c.lower() for c in df.columns] == list(rows[0]), (t, fmt)
+                entries = dictionary_of(files)
                 for rec, expect in zip(df.to_dict("records"), rows):
                     for k, v in rec.items():
                         e = expect[k.lower()]
-                        if isinstance(v, float):
-                            assert (v != v and e == "") or float(e) == v, (t, fmt, k, v, e)
-                        else:
-                            assert ("" if v is None else str(v)) == e, (t, fmt, k, v, e)
+                        assert as_csv(v, entries[(t, k.lower())]) == e, (t, fmt, k, v, e)

@@ -10,8 +10,10 @@ import datetime as dt
 import hashlib
 import io
 import json
-import math
 import re
+import shutil
+import subprocess
+import textwrap
 import time
 import zipfile
 import zlib
@@ -22,7 +24,7 @@ from xml.etree import ElementTree as ET
 import pytest
 from sqlalchemy import select, text
 
-from tests.helpers import CLI, PASSWORD, backdate_randomization
+from tests.helpers import CLI, PASSWORD, as_csv, backdate_randomization, dictionary_of
 from trial.course.service import log_session
 from trial.enrollment import service as enrollment
 from trial.esign.models import Signature
@@ -540,23 +542,35 @@ def small(world, db):
     return kids
 
 
-BANG = {  # by hand: BI = (correct - incorrect) / guesses
-    "high": {"arm": "high", "n": 4, "correct": 2, "incorrect": 1, "unsure": 1, "bang_index": 0.25},
-    "low": {"arm": "low", "n": 2, "correct": 0, "incorrect": 2, "unsure": 0, "bang_index": -1.0},
-    "usual": {"arm": "usual", "n": 3, "correct": 2, "incorrect": 1, "unsure": 0, "bang_index": 0.333},
-}
+def _bang(arm, visit, n, correct, incorrect, unsure, bi, lo, hi, w):
+    return {"arm": arm, "visit": visit, "n": n, "correct": correct, "incorrect": incorrect, "unsure": unsure,
+            "bang_index": bi, "ci_low": lo, "ci_high": hi, "weighted_index": w[0], "weighted_ci_low": w[1],
+            "weighted_ci_high": w[2]}
+
+
+# by hand, per visit: BI = (correct - incorrect) / n; CI = BI +- 1.96 sqrt(var / n), var the variance of the
+# scores +1 / -1 / 0 (Bang, Ni and Davis 2004), within -1 and 1
+BANG = [
+    # every guess has confidence 3, so weighs 3/5 in the weighted index (the last three numbers)
+    _bang("low", "month2", 1, 0, 1, 0, -1.0, -1.0, -1.0, (-0.6, -0.6, -0.6)),
+    _bang("low", "month5", 1, 0, 1, 0, -1.0, -1.0, -1.0, (-0.6, -0.6, -0.6)),
+    _bang("high", "month2", 2, 1, 1, 0, 0.0, -1.0, 1.0, (0.0, -0.832, 0.832)),   # scores 1, -1: SE 0.707, +-1.386, clipped
+    _bang("high", "month5", 2, 1, 0, 1, 0.5, -0.193, 1.0, (0.3, -0.116, 0.716)),  # scores 1, 0: SE 0.354, +-0.693
+    _bang("usual", "month2", 2, 2, 0, 0, 1.0, 1.0, 1.0, (0.6, 0.6, 0.6)),
+    _bang("usual", "month5", 1, 0, 1, 0, -1.0, -1.0, -1.0, (-0.6, -0.6, -0.6)),
+]
 
 
 def test_bang_index_per_arm_on_a_hand_computed_example(world, small, db):
     s = ok(world.api("GET", "/reports/summary", "manager")).get_json()
     assert s["blinded"] is False
-    assert {r["arm"]: r for r in s["blinding_index"]} == BANG
-    assert len(s["blinding_index"]) == 3
+    assert s["blinding_index"] == BANG
     blinded = ok(world.api("GET", "/reports/summary", "statistician")).get_json()
     assert blinded["blinded"] is True and "sessions_delivered" not in blinded
-    # blinded: one pooled row of the guesses and no index (which guess is correct depends on the arm)
-    assert blinded["blinding_index"] == [{"arm": "all", "n": 9, "guessed_music_therapy": 3, "guessed_usual_care": 5,
-                                          "unsure": 1, "bang_index": None}]
+    # blinded: the guesses pooled per visit and no index (which guess is correct depends on the arm)
+    assert blinded["blinding_index"] == [
+        {"arm": "all", "visit": "month2", "n": 5, "guessed_music_therapy": 1, "guessed_usual_care": 4, "unsure": 0, "bang_index": None},
+        {"arm": "all", "visit": "month5", "n": 4, "guessed_music_therapy": 2, "guessed_usual_care": 1, "unsure": 1, "bang_index": None}]
     assert blinded["primary_outcome_data_by_visit"]["month5"] == {"all": 5}
     assert s["primary_outcome_data_by_visit"]["month5"] == {"high": 2, "low": 1, "usual": 2}
     assert s["primary_outcome_data_by_visit"]["baseline"] == {"high": 2, "low": 1, "usual": 2}
@@ -565,41 +579,51 @@ def test_bang_index_per_arm_on_a_hand_computed_example(world, small, db):
     lock_id = hard_lock(world)
     files = bundle_files(ok(world.api("GET", f"/locks/{lock_id}/bundle.zip", "manager")).data)
     rows = list(csv.DictReader(io.StringIO(files["reports/blinding_index.csv"].decode())))
-    assert sorted((r["arm"], r["n"], r["correct"], r["incorrect"], r["unsure"], r["bang_index"]) for r in rows) == [
-        ("high", "4", "2", "1", "1", "0.25"), ("low", "2", "0", "2", "0", "-1.0"), ("usual", "3", "2", "1", "0", "0.333")]
+    assert [(r["arm"], r["visit"], r["n"], r["bang_index"], r["ci_low"], r["ci_high"]) for r in rows] == [
+        (b["arm"], b["visit"], str(b["n"]), str(b["bang_index"]), str(b["ci_low"]), str(b["ci_high"])) for b in BANG]
     bfiles = bundle_files(ok(world.api("GET", f"/locks/{lock_id}/bundle.zip", "statistician")).data)
     rows = list(csv.DictReader(io.StringIO(bfiles["reports/blinding_index.csv"].decode())))
-    assert rows == [{"arm": "all", "n": "9", "guessed_music_therapy": "3", "guessed_usual_care": "5", "unsure": "1",
-                     "bang_index": ""}]
+    assert [r["visit"] for r in rows] == ["month2", "month5"] and all(r["bang_index"] == "" for r in rows)
 
 
 def test_baseline_table_by_arm_on_a_hand_computed_example(world, small, db):
+    """Table 1 as a journal prints it: arm labels with N, variable labels, n (%) to one decimal,
+    mean (SD), a missing-data row under each score."""
     r = ok(world.api("GET", "/reports/baseline.csv", "manager"))
     rows = list(csv.reader(io.StringIO(r.get_data(as_text=True))))
-    assert rows[0][0] == "Characteristic" and sorted(rows[0][1:-1]) == list(ARMS) and rows[0][-1] == "Total"
-    col = {name: i for i, name in enumerate(rows[0])}
-    table = {row[0]: {name: row[i] for name, i in col.items() if i} for row in rows[1:]}
-
-    def by_arm(high, low, usual, total):
-        return {"high": high, "low": low, "usual": usual, "Total": total}
-
-    assert table["Participants, n"] == by_arm("2", "1", "2", "5")
-    # ages 50, 70 | 64 | 60, 66 | all: mean 62.0, SD sqrt(232/4) = 7.6
-    assert table["Age, months, mean (SD)"] == by_arm("60.0 (14.1)", "64.0 (0.0)", "63.0 (4.2)", "62.0 (7.6)")
-    assert table["Sex female, n (%)"] == by_arm("1 (50%)", "0 (0%)", "2 (100%)", "3 (60%)")
-    assert table["Sex male, n (%)"] == by_arm("1 (50%)", "1 (100%)", "0 (0%)", "2 (40%)")
-    assert table["Site AT01, n (%)"] == by_arm("2 (100%)", "1 (100%)", "2 (100%)", "5 (100%)")
-    # social affect 10, 14 | 9 | 11, 15 | all: mean 11.8, SD sqrt(26.8/4) = 2.6
-    assert table["ados2 Social affect score, mean (SD)"] == by_arm("12.0 (2.8)", "9.0 (0.0)", "13.0 (2.8)", "11.8 (2.6)")
-    assert table["srs2 SRS-2 total T-score, mean (SD)"] == by_arm(*["70.0 (0.0)"] * 4)
+    assert rows[0] == ["Characteristic", "Music therapy, 1 session per week (N = 1)", "Music therapy, 3 sessions per week (N = 2)",
+                       "Enhanced usual care (N = 1)".replace("1)", "2)"), "Total (N = 5)"]
+    labels = [row[0] for row in rows[1:]]
+    table = {row[0]: row[1:] for row in rows[1:] if labels.count(row[0]) == 1}
+    # ages 64 | 50, 70 | 60, 66 | all: mean 62.0, SD sqrt(232/4) = 7.6
+    assert table["Age at consent, months, mean (SD)"] == ["64.0 (0.0)", "60.0 (14.1)", "63.0 (4.2)", "62.0 (7.6)"]
+    assert table["Sex, n (%)"] == [""] * 4 and table["Site, n (%)"] == [""] * 4
+    assert table["  Female"] == ["0 (0.0%)", "1 (50.0%)", "2 (100.0%)", "3 (60.0%)"]
+    assert table["  Male"] == ["1 (100.0%)", "1 (50.0%)", "0 (0.0%)", "2 (40.0%)"]
+    assert table["  AT01"] == ["1 (100.0%)", "2 (100.0%)", "2 (100.0%)", "5 (100.0%)"]
+    # social affect 9 | 10, 14 | 11, 15 | all: mean 11.8, SD sqrt(26.8/4) = 2.6
+    sa = labels.index("ADOS-2 (blinded assessor): Social affect score, mean (SD)")
+    assert rows[1 + sa][1:] == ["9.0 (0.0)", "12.0 (2.8)", "13.0 (2.8)", "11.8 (2.6)"]
+    assert rows[2 + sa] == ["  Missing, n", "0", "0", "0", "0"]
+    srs = labels.index("SRS-2 (parent-reported): SRS-2 total T-score, T-score, mean (SD)")
+    assert rows[1 + srs][1:] == ["70.0 (0.0)"] * 4
+    assert labels.count("  Missing, n") == 4, "one under each of the four scores"
+    assert not any(k in "".join(labels) for k in ("ados2 ", "srs2 ", "social_affect")), "labels, not keys"
     blinded = list(csv.reader(io.StringIO(ok(world.api("GET", "/reports/baseline.csv", "statistician")).get_data(as_text=True))))
-    assert blinded[0] == ["Characteristic", "All arms (blinded)"]
-    btable = {row[0]: row[1:] for row in blinded[1:]}
-    assert set(btable) == set(table)
-    assert all(btable[k] == [table[k]["Total"]] for k in table)
+    assert blinded[0] == ["Characteristic", "All arms (blinded) (N = 5)"]
+    assert [row[0] for row in blinded[1:]] == labels
+    assert [row[1:] for row in blinded[1:]] == [[row[-1]] for row in rows[1:]]
     assert not any(label in "".join(map(str, blinded)) for label in LABELS.values())
     for who in ("coordinator", "assessor", "admin", "therapist"):
         assert world.api("GET", "/reports/baseline.csv", who).status_code == 403
+    # the bundle's PDF prints the same table
+    lock_id = hard_lock(world)
+    pdf = bundle_files(ok(world.api("GET", f"/locks/{lock_id}/bundle.zip", "manager")).data)["reports/baseline_table.pdf"]
+    assert pdf.startswith(b"%PDF") and b"(Table 1. Baseline characteristics by arm)" in pdf  # its title
+    if shutil.which("pdftotext"):
+        done = subprocess.run(["pdftotext", "-layout", "-", "-"], input=pdf, capture_output=True, timeout=60)
+        text_ = done.stdout.decode()
+        assert "Music therapy, 3 sessions per week (N = 2)" in text_ and "12.0 (2.8)" in text_ and "Missing, n" in text_
 
 
 # --- the locked dataset bundle ----------------------------------------------------------------------------
@@ -637,8 +661,12 @@ def locked(constructed, db):
 def test_bundle_holds_every_table_in_every_format(locked):
     for variant, tables in (("unblinded", TABLES), ("blinded", [t for t in TABLES if t not in UNBLINDED_ONLY])):
         files = bundle_files(locked[variant].data)
-        expected = {f"{fmt}/{t}.{fmt}" for t in tables for fmt in ("csv", "xpt", "dta")}
-        expected |= {"dictionary.csv", "odm/snapshot.xml", "reports/consort.json", "reports/blinding_index.csv",
+        rows = {t: len(read_csv(files[f"csv/{t}.csv"])[1]) for t in tables if f"csv/{t}.csv" in files}
+        expected = {f"{fmt}/{t}.{fmt}" for t in tables for fmt in ("csv", "xpt", "dta") if fmt != "xpt" or rows.get(t)}
+        expected |= {f"analysis/adsl.{fmt}" for fmt in ("csv", "xpt", "dta")}
+        expected |= {f"analysis/primary.{x}" for x in ("json", "txt", "py", "R")}
+        expected |= {f"syntax/load.{x}" for x in ("R", "do", "sas", "sps")}
+        expected |= {"dictionary.csv", "dictionary_visits.csv", "protocol.toml", "odm/snapshot.xml", "reports/baseline_table.pdf", "reports/consort.json", "reports/blinding_index.csv",
                      "reports/baseline_table.csv", "reports/trial_facts.json", "README.txt", "manifest.sha256"}
         if variant == "unblinded":
             expected |= {"reports/ae_summary.csv", "reports/intervention_delivered.csv"}
@@ -740,66 +768,199 @@ def test_odm_snapshot_validates_against_the_odm_1_3_2_schema(locked):
         sa = [i.get("Value") for i in doc.iterfind(".//odm:StudyEventData[@StudyEventOID='SE.MONTH5']//"
                                                    "odm:ItemData[@ItemOID='IT.ADOS2.SOCIAL_AFFECT']", ns)]
         assert len(sa) == sum("month5" in k["plan"]["visits"] for k in locked["kids"])
+        # every table of the bundle (but the derived ADSL) is in it, each row once, each value as in the CSV
+        files = bundle_files(locked[variant].data)
+        groups = {g.get("OID") for g in doc.iterfind(".//odm:ItemGroupDef", ns)}
+        for name in (n for n in files if n.startswith("csv/")):
+            t = name[4:-4]
+            head, rows = read_csv(files[name])
+            if t == "assessl":
+                continue  # the subjects' visits and their forms
+            assert f"IG.{t.upper()}" in groups, (variant, t)
+            data = doc.findall(f".//odm:ItemGroupData[@ItemGroupOID='IG.{t.upper()}']", ns)
+            assert len(data) == len(rows), (variant, t)
+            if rows and t in ("screen", "fiddraw"):
+                assert all(g.getparent().tag.endswith("ReferenceData") for g in data)
+            if rows:  # the first row's values
+                first = {i.get("ItemOID"): i.get("Value") for i in data[0]}
+                want = {f"IT.{t.upper()}.{n.upper()}": v for n, v in zip(head, rows[0])
+                        if v != "" and (n != "studyid" or t in ("screen", "fiddraw"))}
+                assert first == want, (variant, t)
+        assert ("IG.SESSIONS" in groups) == (variant == "unblinded")
+        # coded items carry their code list, units their measurement unit, every item its SAS name
+        codelists = {c.get("OID"): {i.get("CodedValue") for i in c.iterfind("odm:CodeListItem", ns)}
+                     for c in doc.iterfind(".//odm:CodeList", ns)}
+        assert codelists["CL.SEX"] == {"female", "male"} and codelists["CL.NOYES"] == {"0", "1"}
+        assert codelists["CL.VISIT"] == {"baseline", "month2", "month5", "month12"}
+        assert ("CL.ARM" in codelists) == (variant == "unblinded") and ("CL.DUMMYARM" in codelists) == (variant == "blinded")
+        defs = {d.get("OID"): d for d in doc.iterfind(".//odm:ItemDef", ns)}
+        assert all(d.get("SASFieldName") and len(d.get("SASFieldName")) <= 8 for d in defs.values())
+        assert defs["IT.SRS2.TOTAL_T"].find("odm:MeasurementUnitRef", ns).get("MeasurementUnitOID") == "MU.T_SCORE"
+        assert defs["IT.SRS2.TOTAL_T"].get("SASFieldName") == "SRS2_TOT"
+        assert defs["IT.EVENTS.EVTYPE"].find("odm:CodeListRef", ns).get("CodeListOID") == "CL.EVENT"
+        assert doc.find(".//odm:BasicDefinitions/odm:MeasurementUnit[@OID='MU.T_SCORE']", ns) is not None
+        for ref in doc.iterfind(".//odm:CodeListRef", ns):
+            assert ref.get("CodeListOID") in codelists
+        for d in defs.values():  # a coded value is one of its list's
+            ref = d.find("odm:CodeListRef", ns)
+            if ref is not None:
+                for i in doc.iterfind(f".//odm:ItemData[@ItemOID='{d.get('OID')}']", ns):
+                    assert i.get("Value") in codelists[ref.get("CodeListOID")], (d.get("OID"), i.get("Value"))
     # an invalid document is refused by the same schema (the check has teeth)
     bad = etree.fromstring(bundle_files(locked["unblinded"].data)["odm/snapshot.xml"].replace(b'FileType="Snapshot"', b'FileType="Nope"'))
     assert not schema.validate(bad)
 
 
-def _num(cell: str) -> float:
-    return float("nan") if cell == "" else float(cell)
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or a == b
-    return a == b
+def loc(table: str, fmt: str) -> str:
+    """Where a table's file is in a bundle (the analysis dataset under analysis/)."""
+    return f"analysis/{table}.{fmt}" if table == "adsl" else f"{fmt}/{table}.{fmt}"
 
 
 def test_xpt_and_dta_read_back_equal_to_the_csv(locked, tmp_path):
+    """Every value of every table reads back from the SAS and Stata files equal to the CSV once
+    decoded: codes through the dictionary's numbers, dates as dates, integers as integers."""
     import pyreadstat
     for variant in ("unblinded", "blinded"):
         files = bundle_files(locked[variant].data)
-        types = {(r["table"], r["name"]): r["type"] for r in csv.DictReader(io.StringIO(files["dictionary.csv"].decode()))}
-        labels = {(r["table"], r["name"]): r["label"] for r in csv.DictReader(io.StringIO(files["dictionary.csv"].decode()))}
+        entries = dictionary_of(files)
         tables = sorted(n[4:-4] for n in files if n.startswith("csv/"))
         assert len(tables) == (19 if variant == "unblinded" else 12)
-        for t in tables:
-            head, rows = read_csv(files[f"csv/{t}.csv"])
-            expected = [[(_num(c) if types[(t, name)] in ("int", "float") else c) for name, c in zip(head, r)] for r in rows]
+        for t in tables + ["adsl"]:
+            head, rows = read_csv(files[loc(t, "csv")])
             for fmt, reader in (("xpt", pyreadstat.read_xport), ("dta", pyreadstat.read_dta)):
+                if loc(t, fmt) not in files:
+                    assert fmt == "xpt" and not rows, (variant, t, "only an empty table has no transport file")
+                    continue
                 path = tmp_path / f"{variant}-{t}.{fmt}"
-                path.write_bytes(files[f"{fmt}/{t}.{fmt}"])
+                path.write_bytes(files[loc(t, fmt)])
                 df, meta = reader(str(path))
                 assert [c.lower() for c in df.columns] == head, (variant, t, fmt)
                 assert len(df) == len(rows), (variant, t, fmt)
-                got = [[(float(v) if types[(t, name)] in ("int", "float") else ("" if v is None else str(v)))
-                        for name, v in zip(head, rec)] for rec in df.itertuples(index=False)]
-                for i, (g, e) in enumerate(zip(got, expected)):
-                    assert all(_same(x, y) for x, y in zip(g, e)), (variant, t, fmt, i, g, e)
-                # (SAS transport pads labels with blanks, so trailing blanks do not survive the round trip)
+                for i, (rec, expected) in enumerate(zip(df.itertuples(index=False), rows)):
+                    got = [as_csv(v, entries[(t, n)]) for n, v in zip(head, rec)]
+                    assert got == expected, (variant, t, fmt, i)
+                cut = 40 if fmt == "xpt" else 80
                 assert [meta.column_names_to_labels[c].rstrip() for c in df.columns] == \
-                    [labels[(t, n)].rstrip() for n in head], (t, fmt)
+                    [entries[(t, n)]["label"][:cut].rstrip() for n in head], (t, fmt)
+                for n in head:  # dates carry a date format, coded variables their labels or format
+                    e, col = entries[(t, n)], df.columns[head.index(n)]
+                    fmt_of = meta.original_variable_types[col]
+                    if e["type"] == "date":
+                        assert fmt_of == ("%td" if fmt == "dta" else "YYMMDD10."), (t, n, fmt_of)
+                    if e["codes_in_dta_xpt"] or e["type"] == "integer (coded)":
+                        if fmt == "dta":
+                            labelled = meta.variable_value_labels[col]
+                            assert all(labelled[c] for c in labelled), (t, n)
+                        else:
+                            assert fmt_of.rstrip(".") == e["sas_format"].rstrip("."), (t, n, fmt_of)
+                    if e["type"] in ("integer", "integer (coded)", "text (coded)", "date") and fmt == "dta":
+                        assert meta.readstat_variable_types[col] in ("int8", "int16", "int32"), (t, n)
+
+
+def test_every_transport_file_reads_whole_in_pandas_with_types(locked, tmp_path):
+    """pandas.read_sas reads every row of every XPT file (it drops rows of files whose records are
+    at most 80 bytes and end in blanks), and read_stata gives dates as dates, integers as
+    integers, coded variables as their labels."""
+    import pandas as pd
+    for variant in ("unblinded", "blinded"):
+        files = bundle_files(locked[variant].data)
+        entries = dictionary_of(files)
+        for name in (n for n in files if n.startswith("xpt/")):
+            t = name[4:-4]
+            head, rows = read_csv(files[f"csv/{t}.csv"])
+            df = pd.read_sas(io.BytesIO(files[name]), format="xport", encoding="utf-8")
+            assert len(df) == len(rows), (variant, t)
+            assert [c.lower() for c in df.columns] == head
+        for name in (n for n in files if n.startswith("dta/")):
+            if not read_csv(files[f"csv/{name[4:-4]}.csv"])[1]:
+                continue
+            t = name[4:-4]
+            head, rows = read_csv(files[f"csv/{t}.csv"])
+            df = pd.read_stata(io.BytesIO(files[name]))
+            assert len(df) == len(rows) and list(df.columns) == head, (variant, t)
+            for n in head:
+                e = entries[(t, n)]
+                if e["type"] == "date":
+                    assert str(df[n].dtype).startswith("datetime64"), (t, n)
+                elif e["codes_in_dta_xpt"] and rows:
+                    assert isinstance(df[n].dtype, pd.CategoricalDtype), (t, n)
+                    meanings = dict(p.split(" = ", 1) for p in e["allowed_values"].split("; "))
+                    assert set(df[n].dropna()) <= set(meanings.values()), (t, n)
+                elif e["type"] == "integer" and rows and not df[n].isna().any():
+                    assert str(df[n].dtype).startswith("int"), (t, n, df[n].dtype)
+    head, rows = read_csv(bundle_files(locked["unblinded"].data)["csv/particip.csv"])
+    arm = head.index("arm")
+    assert any(r[arm] == "" for r in rows), "the world has a child not randomized"
+    df = pd.read_stata(io.BytesIO(bundle_files(locked["unblinded"].data)["dta/particip.dta"]))
+    assert df["arm"].isna().sum() == sum(1 for r in rows if r[arm] == ""), "not randomized is missing, not a level"
+
+
+def test_a_short_all_text_transport_file_reads_whole_in_pandas():
+    """The pandas bug itself: records of at most 80 bytes ending in blanks."""
+    import datetime as dt_
+
+    import pandas as pd
+
+    from trial.exports.dataset import Table, Var
+    from trial.exports.formats import to_xpt
+    t = Table("notes", "Notes", [Var("studyid", "Study ID", "str"), Var("note", "Note", "str")],
+              [("AT01-0001", "a longer note than the others"), ("AT01-0002", "short"), ("AT01-0003", "x")])
+    data, _ = to_xpt(t, dt_.datetime(2026, 1, 2))
+    df = pd.read_sas(io.BytesIO(data), format="xport", encoding="utf-8")
+    assert list(df["studyid"]) == ["AT01-0001", "AT01-0002", "AT01-0003"]
+    assert list(df["note"]) == ["a longer note than the others", "short", "x"]
+    assert data[:80].startswith(b"HEADER RECORD*******LIBRARY HEADER RECORD!!!!!!!")
 
 
 def test_data_dictionary_covers_every_variable_with_short_names_and_labels(locked):
     for variant in ("unblinded", "blinded"):
         files = bundle_files(locked[variant].data)
         entries = list(csv.DictReader(io.StringIO(files["dictionary.csv"].decode())))
-        assert list(entries[0]) == ["table", "table_label", "name", "label", "type", "units", "allowed_values", "source"]
+        assert list(entries[0]) == ["table", "table_label", "name", "label", "type", "units", "allowed_values",
+                                    "codes_in_dta_xpt", "sas_format", "instrument", "visit", "primary_outcome", "source"]
         keys = [(e["table"], e["name"]) for e in entries]
         assert len(keys) == len(set(keys))
         in_files = {(n[4:-4], col) for n in files if n.startswith("csv/") for col in read_csv(files[n])[0]}
+        in_files |= {("adsl", col) for col in read_csv(files["analysis/adsl.csv"])[0]}
         assert set(keys) == in_files
         for e in entries:
             assert re.fullmatch(r"[a-z][a-z0-9_]{0,7}", e["name"]), e
             assert re.fullmatch(r"[a-z][a-z0-9_]{0,7}", e["table"]), e
-            assert 0 < len(e["label"]) <= 40 and 0 < len(e["table_label"]) <= 40, e
-            assert e["type"] in ("str", "int", "float", "date", "datetime"), e
+            assert 0 < len(e["label"]) and 0 < len(e["table_label"]) <= 40, e
+            assert e["type"] in ("text", "integer", "number", "date", "datetime", "text (coded)", "integer (coded)"), e
+            if "coded" in e["type"]:  # every value with its meaning, and its SAS format
+                assert all(" = " in p for p in e["allowed_values"].split("; ")), e
+                assert re.fullmatch(r"[A-Z]{2,8}\.", e["sas_format"]), e
+                assert (e["codes_in_dta_xpt"] != "") == (e["type"] == "text (coded)"), e
+        by_key = {(e["table"], e["name"]): e for e in entries}
+        # whole labels: the criteria's questions are not cut at 40 characters
+        assert len(by_key[("screen", "crit1")]["label"]) > 40
+        assert by_key[("particip", "sex")]["allowed_values"] == "female = Female; male = Male"
+        assert by_key[("particip", "sex")]["codes_in_dta_xpt"] == "1 = female; 2 = male"
+        assert by_key[("assessw", "srs2_tot")]["units"] == "T-score"
+        assert by_key[("assessw", "ados_soc")]["type"] == "integer"
+        assert sorted(k for k, e in by_key.items() if e["primary_outcome"] == "1") == [("adsl", "asoc_m5"), ("assessw", "ados_soc")]
+        assert by_key[("assessw", "ados_soc")]["instrument"] == "ados2"
+        visits = list(csv.DictReader(io.StringIO(files["dictionary_visits.csv"].decode())))
+        assert [(v["visit"], v["target_day"], v["window_before_days"], v["window_after_days"], v["primary"])
+                for v in visits] == [("baseline", "0", "60", "0", "0"), ("month2", "61", "14", "14", "0"),
+                                     ("month5", "152", "21", "21", "1"), ("month12", "365", "30", "30", "0")]
         for (t, _), e in zip(keys, entries):
             if e["type"] == "date":
-                col = read_csv(files[f"csv/{t}.csv"])[0].index(e["name"])
-                assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", r[col]) or r[col] == ""
-                           for r in read_csv(files[f"csv/{t}.csv"])[1])
+                path = "analysis/adsl.csv" if t == "adsl" else f"csv/{t}.csv"
+                col = read_csv(files[path])[0].index(e["name"])
+                assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", r[col]) or r[col] == "" for r in read_csv(files[path])[1])
+
+
+def test_bundle_holds_the_protocol_in_force_byte_for_byte(locked, db):
+    from trial.protocol.models import ProtocolVersion
+    lock = db.get(DataLock, locked["lock_id"])
+    pv = db.query(ProtocolVersion).filter_by(version=lock.protocol_version).one()
+    for variant in ("unblinded", "blinded"):
+        files = bundle_files(locked[variant].data)
+        assert files["protocol.toml"] == pv.source.encode()
+        assert hashlib.sha256(files["protocol.toml"]).hexdigest() == pv.sha256
+        assert pv.sha256 in files["README.txt"].decode()
 
 
 def test_readme_names_the_lock_signature_and_protocol(locked, db):
@@ -839,6 +1000,8 @@ def test_statistician_gets_the_blinded_bundle_with_no_arm_anywhere(locked, db):
     assert not any(e["table"] in SESSION_TABLES for e in dictionary)
     assert "sessions_delivered" not in json.loads(files["reports/trial_facts.json"])
     for name, content in files.items():
+        if name in ("protocol.toml", "manifest.sha256"):
+            continue  # the protocol names its arms (and says nothing of who is in which)
         for label in LABELS.values():
             assert label.encode() not in content, f"{name} names the arm {label!r}"
             assert label.encode("utf-16-le") not in content
@@ -865,10 +1028,21 @@ def test_manager_gets_the_unblinded_bundle(locked, db):
     head, rows = read_csv(files["csv/events.csv"])
     assert {"discontinued_intervention", "not_received"} <= {r[head.index("evtype")] for r in rows}
     facts = json.loads(files["reports/trial_facts.json"])
-    attended = Counter()
+    attended, after = Counter(), Counter()  # in the course (~150 days) and after it, from the plans
     for k in locked["kids"]:
-        attended[k["arm"]] += sum(1 for _, att in k["plan"]["sessions"] if att == "attended")
-    assert {a: v["attended_sessions"] for a, v in facts["sessions_delivered"].items()} == {a: attended[a] for a in ARMS}
+        attended[k["arm"]] += sum(1 for d, att in k["plan"]["sessions"] if att == "attended" and d < 150)
+        after[k["arm"]] += sum(1 for d, att in k["plan"]["sessions"] if att == "attended" and d >= 150)
+    assert after["low"] + after["high"] == 1, "the plan 'only a session after the course' is used once"
+    sd = facts["sessions_delivered"]
+    assert {a: v["attended_sessions"] for a, v in sd.items()} == {a: attended[a] for a in ARMS}
+    assert {a: v["attended_after_course"] for a, v in sd.items()} == {a: after[a] for a in ARMS}
+    assert all("within the course" in v["definition"] for v in sd.values())
+    # one definition: the ADSL's sessions in the course add up to the facts' numbers
+    head, rows = read_csv(files["analysis/adsl.csv"])
+    per_arm = Counter()
+    for r in rows:
+        per_arm[r[head.index("arm")]] += int(r[head.index("sessatt")])
+    assert dict(per_arm) == {a: attended[a] for a in ARMS if attended[a]} | {a: 0 for a in ARMS if not attended[a]}
 
 
 def test_after_unblinding_the_statistician_gets_the_unblinded_bundle(locked):
@@ -926,3 +1100,179 @@ def test_xpt_timestamp_fix_up_leaves_data_values_alone(tmp_path):
     df, _ = pyreadstat.read_xport(str(path))
     assert df["note"][0] == "moved from 12MAR24:10:00:00 to the afternoon"
     assert to_xpt(t, when)[0] == data and to_dta(t, when) == to_dta(t, when)
+
+
+# --- the analysis dataset and the primary analysis ------------------------------------------------------
+
+def test_adsl_has_one_row_per_randomized_child_as_the_plans_say(locked):
+    """Tallied from the plans, not from the application: the arm, the exit, the primary outcome,
+    the sessions in and after the course and the population flags."""
+    head, rows = read_csv(bundle_files(locked["unblinded"].data)["analysis/adsl.csv"])
+    adsl = {r[0]: dict(zip(head, r)) for r in rows}
+    kids = {k["p"].study_id: k for k in locked["kids"]}
+    assert set(adsl) == set(kids), "randomized children only, each once"
+    exits = {"withdrawn", "lost_to_follow_up", "died"}
+    for sid, k in kids.items():
+        row, pl = adsl[sid], k["plan"]
+        assert row["arm"] == k["arm"] and row["armlbl"] == LABELS[k["arm"]] and row["site"] == k["site"]
+        assert row["randdt"] == iso(R) and row["agerand"] == "60" and row["sex"] == "female"
+        assert row["ittfl"] == "1"
+        assert row["primfl"] == ("1" if "month5" in pl["visits"] else "0"), (sid, pl["name"])
+        assert row["asoc_m5"] == ("9" if "month5" in pl["visits"] else "")
+        assert row["asoc_bl"] == "12" and row["aow_bl"] == "0" and row["adt_bl"] != ""
+        assert row["adt_m5"] == (day(152) if "month5" in pl["visits"] else "")
+        left = [(d, kind) for kind, d, _ in pl["events"] if kind in exits]
+        assert (row["exitdt"], row["exitrsn"]) == ((day(left[0][0]), left[0][1]) if left else ("", "")), sid
+        attended = [d for d, a in pl["sessions"] if a == "attended"]
+        assert int(row["sessatt"]) + int(row["sessout"]) == len(attended)
+        assert row["sessout"] == str(sum(1 for d in attended if d >= 150))
+        if k["arm"] == "usual":
+            assert row["sessplan"] == "0" and row["dose"] == "" and row["ppfl"] == row["primfl"]
+        else:
+            from trial.timeline import course_window, planned_sessions
+            assert int(row["sessplan"]) == planned_sessions({"low": 1, "high": 3}[k["arm"]], *course_window(R, 5))
+            assert float(row["dose"]) == round(int(row["sessatt"]) / int(row["sessplan"]), 3)
+            assert row["ppfl"] == "0", "two sessions are not half the course"
+    blinded = bundle_files(locked["blinded"].data)
+    bhead, brows = read_csv(blinded["analysis/adsl.csv"])
+    assert len(brows) == len(rows) and "armcd" in bhead
+    assert not set(bhead) & {"arm", "armlbl", "sessatt", "sessout", "sessplan", "dose", "ppfl"}, "nothing that tells the arm"
+    dummy = dummy_of(blinded)
+    assert {r[0]: r[bhead.index("armcd")] for r in brows} == dummy
+
+
+def _unzip(data: bytes, folder: Path) -> Path:
+    for n, b in bundle_files(data).items():
+        (folder / n).parent.mkdir(parents=True, exist_ok=True)
+        (folder / n).write_bytes(b)
+    return folder
+
+
+@pytest.mark.skipif(shutil.which("Rscript") is None, reason="R is not installed (.ci/run installs r-base-core)")
+def test_the_r_syntax_file_loads_every_table_with_labels_factors_and_dates(locked, tmp_path):
+    """syntax/load.R, run by R from the unzipped bundle, gives every table with its rows, dates
+    as Date, coded variables as factors with the protocol's words (usual care the reference
+    level), NA for missing and each variable's whole label."""
+    for variant in ("unblinded", "blinded"):
+        folder = _unzip(locked[variant].data, tmp_path / variant)
+        check = tmp_path / f"check-{variant}.R"
+        check.write_text(textwrap.dedent("""
+            source("syntax/load.R")
+            for (t in names(bundle)) cat("rows", t, nrow(bundle[[t]]), "\n")
+            p <- bundle$particip
+            cat("class brthdt", class(p$brthdt), "\n")
+            cat("class sex", class(p$sex), paste(levels(p$sex), collapse = "|"), "\n")
+            a <- if (is.null(p$arm)) p$armcd else p$arm
+            cat("levels arm", paste(levels(a), collapse = "|"), "\n")
+            cat("na arm", sum(is.na(a)), "\n")
+            cat("label crit1", attr(bundle$screen$crit1, "label"), "\n")
+            cat("class randdtm", class(bundle$alloc$randdtm)[1], "\n")
+            cat("class asoc_m5", class(bundle$adsl$asoc_m5), "\n")
+            cat("levels visit", paste(levels(bundle$assessl$visit), collapse = "|"), "\n")
+        """))
+        done = subprocess.run(["Rscript", str(check)], cwd=folder, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = done.stdout
+        files = bundle_files(locked[variant].data)
+        for name in [n for n in files if n.startswith("csv/")] + ["analysis/adsl.csv"]:
+            t = name.split("/")[1][:-4]
+            assert f"rows {t} {len(read_csv(files[name])[1])} " in out, (variant, t)
+        assert "class brthdt Date" in out and "class sex factor Female|Male" in out
+        assert "class randdtm POSIXct" in out and "class asoc_m5 integer" in out
+        assert "levels visit Baseline|2 months|5 months (primary endpoint)|12 months" in out
+        head, rows = read_csv(files["csv/particip.csv"])
+        if variant == "unblinded":
+            assert "levels arm Enhanced usual care|Music therapy, 1 session per week|Music therapy, 3 sessions per week" in out
+            assert f"na arm {sum(1 for r in rows if r[head.index('arm')] == '')} " in out
+        else:
+            assert "levels arm Dummy arm A|Dummy arm B|Dummy arm C" in out
+        assert "label crit1 Is the child" in out
+
+
+@pytest.mark.skipif(shutil.which("Rscript") is None, reason="R is not installed (.ci/run installs r-cran-haven, r-cran-foreign)")
+def test_haven_and_foreign_read_every_file_with_types_and_labels(locked, tmp_path):
+    """haven reads every Stata and SAS file whole, with dates as Date, coded Stata variables as
+    labelled numbers carrying the protocol's words, and the labels; foreign reads every SAS
+    transport file whole (its read.dta stops at Stata 12's format: the Stata 15 files are haven's)."""
+    for variant in ("unblinded", "blinded"):
+        folder = _unzip(locked[variant].data, tmp_path / variant)
+        check = tmp_path / f"read-{variant}.R"
+        check.write_text(textwrap.dedent("""
+            suppressPackageStartupMessages({library(haven); library(foreign)})
+            for (f in c(Sys.glob("dta/*.dta"), Sys.glob("analysis/*.dta"))) {
+              d <- read_dta(f)
+              cat("dta", f, nrow(d), "\n")
+              for (v in names(d)) cat("var", f, v, class(d[[v]])[1], "\n")
+            }
+            for (f in c(Sys.glob("xpt/*.xpt"), Sys.glob("analysis/*.xpt"))) {
+              d <- read_xpt(f)
+              cat("xpt", f, nrow(d), "\n")
+              for (v in names(d)) cat("var", f, v, class(d[[v]])[1], "\n")
+              cat("foreign", f, nrow(read.xport(f)), "\n")
+            }
+            p <- read_dta("dta/particip.dta")
+            cat("sexlabels", paste(names(attr(p$sex, "labels")), collapse = "|"), "\n")
+            cat("sexlabel", attr(p$sex, "label"), "\n")
+        """))
+        done = subprocess.run(["Rscript", str(check)], cwd=folder, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = done.stdout
+        files = bundle_files(locked[variant].data)
+        entries = dictionary_of(files)
+        for n in files:
+            if n.endswith((".dta", ".xpt")):
+                t = n.split("/")[1][:-4]
+                rows = len(read_csv(files[loc(t, "csv")])[1])
+                assert f"{n[-3:]} {n} {rows} " in out, (variant, n)
+                if n.endswith(".xpt"):
+                    assert f"foreign {n} {rows} " in out, (variant, n)
+                for (table, name), e in entries.items():
+                    if table != t or not rows:
+                        continue
+                    want = {"date": "Date", "datetime": "POSIXct", "integer": "numeric", "number": "numeric",
+                            "text": "character"}.get(e["type"])
+                    if "coded" in e["type"]:
+                        want = "haven_labelled" if n.endswith(".dta") else "numeric"
+                    assert f"var {n} {name} {want} " in out or f"var {n} {name.upper()} {want} " in out, (variant, n, name)
+        assert "sexlabels Female|Male" in out and "sexlabel Sex" in out
+
+
+def test_the_stata_sas_and_spss_syntax_files_name_every_file_and_format(locked):
+    """Stata, SAS and SPSS are not in CI: their syntax files are checked for what they read and
+    define. Every table is read from a file that exists (or, in SAS, made empty when it has no
+    transport file); every SAS format a variable uses is defined by PROC FORMAT."""
+    for variant in ("unblinded", "blinded"):
+        files = bundle_files(locked[variant].data)
+        do, sas, sps = (files[f"syntax/load.{x}"].decode() for x in ("do", "sas", "sps"))
+        dta = [n for n in files if n.endswith(".dta")]
+        for n in dta:
+            assert f"/{n}\", clear" in do, n
+            assert f"GET STATA FILE='{n}'." in sps, n
+        for n in (x for x in files if x.endswith(".xpt")):
+            assert f'"&root/{n}"' in sas, n
+        for n in dta:
+            t = n.split("/")[1][:-4]
+            assert f"data work.{t}(" in sas, t
+        defined = set(re.findall(r"^  value (\w+) ", sas, re.M))
+        used = {m.upper() for m in re.findall(r"format \w+ (\w+)\.;", sas)} - {"YYMMDD10", "E8601DT19"}
+        assert used and used <= defined, used - defined
+        if variant == "unblinded":
+            assert "fvset base 3 arm" in do  # usual care, the protocol's third arm, is the base level
+
+
+def test_the_primary_analysis_is_in_both_bundles(locked):
+    for variant in ("unblinded", "blinded"):
+        files = bundle_files(locked[variant].data)
+        result = json.loads(files["analysis/primary.json"])
+        assert set(result) >= {"outcome", "visit", "comparison", "model", "n", "estimate", "ci_low", "ci_high",
+                               "p_value", "software"}
+        assert result["outcome"] == "ados2.social_affect" and result["visit"] == "month5"
+        assert result["allocation"] == ("dummy" if variant == "blinded" else "real")
+        assert "statsmodels" in result["software"]
+        # every child scores the same in this trial: the model fits exactly and no inference is made up
+        assert result["se"] is None and result["p_value"] is None and "No inference" in result["note"]
+        assert "Primary analysis of" in files["analysis/primary.txt"].decode()
+        assert "def fit(" in files["analysis/primary.py"].decode()
+        assert "lmer(" in files["analysis/primary.R"].decode()
+    blinded = json.loads(bundle_files(locked["blinded"].data)["analysis/primary.json"])
+    assert "DUMMY" in blinded["note"] and "Dummy arm" in blinded["comparison"]

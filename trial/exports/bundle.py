@@ -11,11 +11,12 @@ import zipfile
 
 from sqlalchemy.orm import Session
 
+from trial.analysis.service import primary_analysis
 from trial.audit.service import seal_of
 from trial.dataquality.service import shown_queries
-from trial.exports import formats, odm
+from trial.exports import drawing, formats, odm, syntax
 from trial.exports.consort import consort
-from trial.exports.dataset import DM_TABLES, DUMMY_LABEL, FREE_TEXT_WITHHELD, build_tables
+from trial.exports.dataset import ANALYSIS_TABLES, DUMMY_LABEL, FREE_TEXT_WITHHELD, build_tables
 from trial.exports.reports import bang_index, baseline_table, table_csv, trial_facts
 from trial.fidelity.service import delivered_by_arm
 from trial.protocol.models import ProtocolVersion
@@ -24,7 +25,6 @@ from trial.scope import CliActor
 from trial.version import __version__
 
 VARIANTS = ("unblinded", "blinded")
-ODM_TABLES = ("particip", "assessl") + DM_TABLES  # the ODM snapshot is written from these, after the others
 
 
 def _sha(b: bytes) -> str:
@@ -60,6 +60,18 @@ class _Zip:
         self.z.writestr(info, data)
         self.sums[name] = _sha(data)
 
+    def add_stream(self, name: str, chunks) -> None:
+        """A large file (the ODM snapshot) written as it is made, hashed on the way."""
+        info = zipfile.ZipInfo(self.prefix + name, date_time=self.stamp)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o444 << 16
+        h = hashlib.sha256()
+        with self.z.open(info, "w", force_zip64=True) as f:
+            for chunk in chunks:
+                h.update(chunk)
+                f.write(chunk)
+        self.sums[name] = h.hexdigest()
+
     def discard(self) -> None:
         self.z.close()
         self.buf = io.BytesIO()
@@ -83,24 +95,38 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
         truncated: dict[str, dict[str, int]] = {}
         counts = {t.name: len(t.rows) for t in tables}
         for t in tables:
-            out.add(f"csv/{t.name}.csv", formats.to_csv(t))
+            where = ("analysis/{name}.{fmt}" if t.name in ANALYSIS_TABLES else "{fmt}/{name}.{fmt}").format
+            out.add(where(name=t.name, fmt="csv"), formats.to_csv(t))
             df, xdf, cut = formats.frames(t)
-            out.add(f"dta/{t.name}.dta", formats.to_dta(t, when, df))
-            out.add(f"xpt/{t.name}.xpt", formats.to_xpt(t, when, xdf)[0])
+            out.add(where(name=t.name, fmt="dta"), formats.to_dta(t, when, df))
+            if t.rows:  # a transport file of no observations is valid, but pandas.read_sas cannot read it
+                out.add(where(name=t.name, fmt="xpt"), formats.to_xpt(t, when, xdf)[0])
             if cut:
                 truncated[t.name] = cut
             del df, xdf
-            if t.name not in ODM_TABLES:
-                t.rows = []  # written: let the memory go (the sessions table is most of it)
+        if content.get("analysis"):
+            _analysis_files(out, content, next(t for t in tables if t.name == "adsl"), blinded)
+        reference = (content.get("analysis") or {}).get("reference_arm")
+        out.add("syntax/load.R", syntax.load_r(tables, reference).encode())
+        out.add("syntax/load.do", syntax.load_do(tables, reference).encode())
+        out.add("syntax/load.sas", syntax.load_sas(tables, counts).encode())
+        out.add("syntax/load.sps", syntax.load_sps(tables).encode())
         out.add("dictionary.csv", formats.dictionary_csv(tables))
-        out.add("odm/snapshot.xml", odm.snapshot(content, {t.name: t for t in tables}, lock.id, when, pv.version, blinded))
+        out.add("dictionary_visits.csv", formats.visits_csv(content))
+        out.add("protocol.toml", pv.source.encode("utf-8"))  # byte for byte the version in force (its sha256 is in the README)
+        out.add_stream("odm/snapshot.xml", odm.snapshot_chunks(content, {t.name: t for t in tables if t.name not in ANALYSIS_TABLES},
+                                                               lock.id, when, pv.version, blinded))
         c = consort(db, CliActor(), blinded=blinded)
         out.add("reports/consort.json", json.dumps(c, indent=2, sort_keys=False).encode())
         bi = bang_index(db, blinded)
         cols = list(bi[0]) if bi else ["arm", "n", "unsure", "bang_index"]
         out.add("reports/blinding_index.csv", table_csv({"columns": cols, "rows": [
             [r[k] if r[k] is not None else "" for k in cols] for r in bi]}))
-        out.add("reports/baseline_table.csv", table_csv(baseline_table(db, blinded)))
+        table1 = baseline_table(db, blinded)
+        out.add("reports/baseline_table.csv", table_csv(table1))
+        out.add("reports/baseline_table.pdf", drawing.table_pdf(
+            f"Table 1. Baseline characteristics{' (pooled over the arms: blinded)' if blinded else ' by arm'}", table1,
+            f"{pv.content['trial']['name']}; hard lock {lock.id}, {lock.created_at:%Y-%m-%d}."))
         out.add("reports/trial_facts.json", json.dumps(trial_facts(db, blinded), indent=2).encode())
         if not blinded:  # adverse events by arm: for unblinded readers only
             summary = summary_by_arm(db)
@@ -115,6 +141,15 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
         out.discard()  # a refused build (e.g. CONSORT does not reconcile) leaves no half-open zip behind
         raise
     return data, _sha(data), manifest_sha
+
+
+def _analysis_files(out: _Zip, content: dict, adsl, blinded: bool) -> None:
+    """The protocol's primary analysis on this lock's ADSL, with the scripts that reproduce it."""
+    result, summary, py, r = primary_analysis(content, adsl, blinded)
+    out.add("analysis/primary.json", json.dumps(result, indent=2).encode())
+    out.add("analysis/primary.txt", summary.encode())
+    out.add("analysis/primary.py", py.encode())
+    out.add("analysis/primary.R", r.encode())
 
 
 def seal_name(lock) -> str:

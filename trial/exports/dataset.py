@@ -12,14 +12,15 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from sqlalchemy import Text, cast, select
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
 
+from trial.catalogue import LABELS
 from trial.course.models import PRESENT, ChildGoal, CounsellingSession, TherapySession
 from trial.dataquality.models import QUERY_KINDS, QUERY_STATES, VERIFIABLE, DataQuery, Verification
 from trial.fidelity.models import FidelityDraw, FidelityRating, FidelitySample
 from trial.participants.models import Allocation, Assessment, Participant, Screening, StatusEvent
-from trial.participants.service import status_label
+from trial.participants.service import age_in_months, status_label
 from trial.protocol.service import current as current_protocol
 from trial.randomize.lists import Stream
 from trial.randomize.models import Stratum
@@ -27,10 +28,59 @@ from trial.safety.models import EXPECTEDNESS, RELATEDNESS, SERIOUSNESS, SEVERITI
 from trial.safety.models import OUTCOMES as AE_OUTCOMES
 from trial.sites.models import Site
 from trial.status.models import Deviation
+from trial.timeline import course_window, local_date, planned_sessions
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,7}$")
-MAX_LABEL = 40
+CODES_RE = re.compile(r"^[A-Z]{2,8}$")  # a SAS format name (v5: 8 characters, no digit at its end) and a Stata label
+MAX_LABEL = 40        # SAS transport v5: variable and table labels
+MAX_STATA_LABEL = 80  # Stata: variable labels
 ARM_REVEALING_EVENTS = ("not_received", "discontinued_intervention")
+
+
+@dataclass(frozen=True)
+class Codes:
+    """The values a coded variable takes and what each means. In the CSV files the value is the
+    key (``low``); in the Stata and SAS files it is a number with a value label (Stata) or a
+    format (SAS, defined by syntax/load.sas): keys are numbered 1, 2, ... in the order given,
+    numbers (0/1 flags, 1-5 scales) are kept as they are."""
+    name: str
+    items: tuple[tuple[int | str, str], ...]
+
+    def __post_init__(self):
+        if not CODES_RE.match(self.name):
+            raise ValueError(f"code list name {self.name!r} must be 2 to 8 capital letters")
+
+    @property
+    def numeric(self) -> bool:
+        return all(isinstance(k, int) for k, _ in self.items)
+
+    def code_of(self) -> dict:
+        return {k: k for k, _ in self.items} if self.numeric else {k: i + 1 for i, (k, _) in enumerate(self.items)}
+
+    def value_labels(self) -> dict[int, str]:
+        code = self.code_of()
+        return {code[k]: meaning for k, meaning in self.items}
+
+    def meanings(self) -> str:
+        """For the dictionary: 'low = Music therapy, 1 session per week; high = ...'."""
+        return "; ".join(f"{k} = {m}" for k, m in self.items)
+
+    def numbered(self) -> str:
+        """For the dictionary: the numbers the Stata and SAS files hold ('1 = low; 2 = high')."""
+        code = self.code_of()
+        return "" if self.numeric else "; ".join(f"{code[k]} = {k}" for k, _ in self.items)
+
+
+def codes(name: str, kind_or_items, keys=None) -> Codes:
+    """A code list from the catalogue's words for ``kind`` (``keys`` in that order), or from
+    (key, meaning) pairs."""
+    if isinstance(kind_or_items, str):
+        words = LABELS[kind_or_items]
+        return Codes(name, tuple((k, words[k]) for k in (keys if keys is not None else words)))
+    return Codes(name, tuple(kind_or_items))
+
+
+YESNO = Codes("NOYES", ((0, "No"), (1, "Yes")))
 
 
 @dataclass
@@ -39,14 +89,26 @@ class Var:
     label: str
     type: str            # "str", "int", "float", "date", "datetime"
     units: str = ""
-    allowed: str = ""
+    allowed: str = ""    # a range ("0-20") or what a text holds; coded variables give ``codes``
     source: str = ""
+    codes: Codes | None = None
+    instrument: str = ""  # the protocol's instrument, field and visit the value comes from, where it is one
+    visit: str = ""
+    field: str = ""
+    primary: bool = False  # the protocol's primary outcome
 
     def __post_init__(self):
         if not NAME_RE.match(self.name):
             raise ValueError(f"variable name {self.name!r} is not a valid name of at most 8 characters")
-        if len(self.label) > MAX_LABEL:
-            raise ValueError(f"label of {self.name} is longer than {MAX_LABEL} characters: {self.label!r}")
+        if self.codes is not None and self.codes.numeric and self.type != "int":
+            raise ValueError(f"{self.name}: numeric codes need an integer variable")
+
+    @property
+    def kind(self) -> str:
+        """The variable's type as the dictionary names it."""
+        if self.codes is not None:
+            return "integer (coded)" if self.codes.numeric else "text (coded)"
+        return {"str": "text", "int": "integer", "float": "number"}.get(self.type, self.type)
 
 
 @dataclass
@@ -55,6 +117,7 @@ class Table:
     label: str
     vars: list[Var]
     rows: list[tuple] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)  # what else a reader of the table needs (adsl: the dummy arms' weights)
 
     def __post_init__(self):
         if not NAME_RE.match(self.name):
@@ -109,6 +172,60 @@ def short_names(instruments: list[dict]) -> dict[tuple[str, str], str]:
     return out
 
 
+GUESS_CODES = Codes("GUESS", (("music_therapy", "Guessed: music therapy"), ("usual_care", "Guessed: usual care"),
+                                ("unsure", "Unsure")))
+PRESENT_WORDS = {"child": "The child alone", "child_and_parent": "The child with a parent"}
+
+
+def arm_codes(content: dict) -> Codes:
+    return Codes("ARM", tuple((a["key"], a["label"]) for a in content["arms"]))
+
+
+def visit_codes(content: dict) -> Codes:
+    return Codes("VISIT", tuple((v["key"], v["label"]) for v in content["visits"]))
+
+
+def instrument_codes(content: dict) -> Codes:
+    return Codes("INSTR", tuple((i["key"], i["label"]) for i in content["instruments"]))
+
+
+def item_codes(content: dict) -> Codes:
+    """The items of the long table: a field's key, meaning its instrument's and its own label."""
+    words: dict[str, list[str]] = {}
+    for ins in content["instruments"]:
+        for f in ins["fields"]:
+            words.setdefault(f["key"], []).append(f"{ins['label']}: {f['label']}")
+    return Codes("ITEM", tuple((k, " / ".join(w)) for k, w in words.items()))
+
+
+def technique_label(content: dict, key: str) -> str:
+    words = content["course"].get("technique_labels", {}).get(key, {})
+    return words.get("en") or key.replace("_", " ")
+
+
+def field_var(name: str, ins: dict, f: dict, visit: str = "", primary: bool = False) -> Var:
+    """A variable holding one of the protocol's instrument fields (at ``visit``, when given)."""
+    kind = {"integer": "int", "number": "float", "boolean": "int"}.get(f["type"], "str")
+    choice = YESNO if f["type"] == "boolean" else None
+    if f["type"] == "choice":
+        choice = Codes(re.sub(r"[^A-Z]", "", f"{ins['key']}{f['key']}".upper())[:8] or "CHOICE",
+                       tuple((c, c.replace("_", " ")) for c in f["choices"]))
+    rng = f"{f['min']}-{f['max']}" if f.get("min") is not None else ""
+    label = f"{ins['label']}: {f['label']}" + (f", {visit}" if visit else "")
+    return Var(name, label, kind, units=f.get("units") or "", allowed=rng, codes=choice,
+               source=f"protocol instrument {ins['key']}, field {f['key']}", instrument=ins["key"], visit=visit,
+               field=f["key"], primary=primary)
+
+
+def _num(v):
+    """A value of a numeric field: an int when it is one (integer scores are integers, not floats)."""
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
 def _d(v):
     return v.isoformat() if v is not None else None
 
@@ -151,10 +268,11 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
             raise ValueError("a blinded dataset needs the lock's dummy-allocation seed")
         dummy, weight_of = dummy_allocation(dummy_seed, [pid[p_id] for p_id in alloc], content["arms"])
         ratio = ":".join(str(weight_of[c]) for c in sorted(weight_of))
-        arm_var = Var("armcd", "Arm code: DUMMY allocation (blinded)", "str", allowed=", ".join(sorted(weight_of)),
+        arm_var = Var("armcd", "Arm code: DUMMY allocation (blinded)", "str",
+                      codes=Codes("DUMMYARM", tuple((c, f"Dummy arm {c}") for c in sorted(weight_of))),
                       source=f"dummy allocation in the ratio {ratio}, independent of the real one (README)")
     else:
-        arm_var = Var("arm", "Arm", "str", allowed=", ".join(labels), source="randomization")
+        arm_var = Var("arm", "Arm", "str", codes=arm_codes(content), source="randomization")
 
     def arm_of(p_id):
         a = alloc.get(p_id)
@@ -163,15 +281,15 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
     factor_vars = [f["key"] for f in content["randomization"]["factors"] if f["key"] != "site"]
     tables = []
     pvars = [Var("studyid", "Study ID", "str"), Var("site", "Site code", "str"),
-             Var("sex", "Sex", "str", allowed="female, male"), Var("brthdt", "Date of birth", "date"),
+             Var("sex", "Sex", "str", codes=codes("SEX", "sex")), Var("brthdt", "Date of birth", "date"),
              Var("consdt", "Date of consent", "date"), Var("enroldt", "Date of enrolment (UTC)", "date"),
              Var("randdt", "Date of randomization (UTC)", "date"), arm_var]
     if not blinded:
         pvars.append(Var("armlbl", "Arm label", "str", source="protocol"))
     pvars.append(Var("status", "Final status", "str",
-                     allowed="enrolled, randomized, withdrawn, lost_to_follow_up, died" +
-                     ("" if blinded else ", discontinued_intervention, not_received")))
-    pvars += [Var(f"s_{k[:6]}", f"Stratum: {k}"[:MAX_LABEL].rstrip(), "str", source="enrolment") for k in factor_vars]
+                     codes=codes("STATUS", "status", ["enrolled", "randomized", "withdrawn", "lost_to_follow_up", "died"]
+                                 + ([] if blinded else ["discontinued_intervention", "not_received"]))))
+    pvars += [Var(f"s_{k[:6]}", f"Stratum: {k}", "str", source="enrolment") for k in factor_vars]
     rows = []
     for p in participants:
         a = alloc.get(p.id)
@@ -186,10 +304,11 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
 
     criteria = content["criteria"]
     svars = [Var("scrid", "Screening number", "int"), Var("site", "Site code", "str"), Var("scrdt", "Date of screening", "date"),
-             Var("outcome", "Screening outcome", "str", allowed="eligible, not_eligible, declined, other"),
-             Var("failcrit", "Criteria not met", "str"), Var("declined", "Family declined (1 = yes)", "int", allowed="0, 1"),
+             Var("outcome", "Screening outcome", "str", codes=codes("SCREEN", "screening_outcome")),
+             Var("failcrit", "Criteria not met (keys, ';'-separated)", "str", allowed="; ".join(c["key"] for c in content["criteria"])),
+             Var("declined", "Family declined", "int", codes=YESNO),
              Var("othrsn", "Other reason not enrolled", "str"), Var("studyid", "Study ID if enrolled", "str")]
-    svars += [Var(f"crit{i + 1}", c["question"][:MAX_LABEL].rstrip(), "int", allowed="0, 1",
+    svars += [Var(f"crit{i + 1}", c["question"], "int", codes=YESNO,
                   source=f"criterion {c['key']}: {c['question']}") for i, c in enumerate(criteria)]
     enrolled = {p.screening_id: p.study_id for p in participants}
     rows = []
@@ -209,14 +328,16 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
     tables.append(Table("alloc", "Allocation", avars, rows))
 
     if not blinded:
-        techniques = ", ".join(content["course"]["techniques"])
+        techniques = "; ".join(f"{k} = {technique_label(content, k)}" for k in content["course"]["techniques"])
         svars = [Var("studyid", "Study ID", "str"), Var("sessdt", "Session date", "date"),
-                 Var("attend", "Attendance", "str", allowed="attended, cancelled, no_show"),
-                 Var("minutes", "Duration", "int", units="minutes"), Var("techniq", "Techniques used", "str", allowed=techniques),
+                 Var("attend", "Attendance", "str", codes=codes("ATTEND", "attendance")),
+                 Var("minutes", "Duration", "int", units="minutes"),
+                 Var("techniq", "Techniques used (';'-separated)", "str", allowed=techniques),
                  Var("engage", "Child engagement (1-5)", "int", allowed="1-5"),
-                 Var("outcours", "Outside the course window (1 = yes)", "int", allowed="0, 1"),
-                 Var("present", "Who took part", "str", allowed=", ".join(PRESENT)),
-                 Var("goals", "Child's goals worked on", "str", allowed=", ".join(g["key"] for g in content.get("goals", []))),
+                 Var("outcours", "Outside the course window", "int", codes=YESNO),
+                 Var("present", "Who took part", "str", codes=Codes("PRESENT", tuple((k, PRESENT_WORDS[k]) for k in PRESENT))),
+                 Var("goals", "Child's goals worked on (';'-separated)", "str",
+                     allowed="; ".join(f"{g['key']} = {g['label']}" for g in content.get("goals", []))),
                  Var("therap", "Therapist who led it (code)", "str")]
         decoded: dict[str | None, str | None] = {}
 
@@ -243,7 +364,7 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
         tables += intervention_tables(db, content, pid)
 
     cvars = [Var("studyid", "Study ID", "str"), Var("number", "Counselling session number", "int"),
-             Var("counsdt", "Counselling date", "date"), Var("attended", "Parents attended (1 = yes)", "int", allowed="0, 1")]
+             Var("counsdt", "Counselling date", "date"), Var("attended", "Parents attended", "int", codes=YESNO)]
     rows = sorted((pid[c.participant_id], c.number, _d(c.held_on), int(c.attended)) for c in fetch("counselling",
         select(CounsellingSession.participant_id, CounsellingSession.number, CounsellingSession.held_on,
                CounsellingSession.attended)))
@@ -257,44 +378,54 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
             Assessment.out_of_window, Assessment.allocation_guess, Assessment.guess_confidence)).all(),
             key=lambda a: (pid[a.participant_id], a.visit, a.instrument))
     assessments = cache["assessments"]
-    lvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", allowed=", ".join(v["key"] for v in content["visits"])),
-             Var("instr", "Instrument", "str", allowed=", ".join(i["key"] for i in content["instruments"])),
-             Var("item", "Item", "str"), Var("value", "Value", "float"), Var("perfdt", "Date performed", "date"),
-             Var("outwin", "Outside the visit window (1 = yes)", "int", allowed="0, 1")]
+    integer_items = all(f["type"] == "integer" for i in content["instruments"] for f in i["fields"]
+                        if f["type"] in ("integer", "number"))
+    lvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", codes=visit_codes(content)),
+             Var("instr", "Instrument", "str", codes=instrument_codes(content)),
+             Var("item", "Item", "str", codes=item_codes(content)),
+             Var("value", "Value", "int" if integer_items else "float"), Var("perfdt", "Date performed", "date"),
+             Var("outwin", "Outside the visit window", "int", codes=YESNO)]
     rows = []
     for a in assessments:
         for (ik, fk), (ins, f) in fields.items():
             if ik == a.instrument and a.values.get(fk) is not None:
-                rows.append((pid[a.participant_id], a.visit, a.instrument, fk, float(a.values[fk]), _d(a.performed_on),
+                rows.append((pid[a.participant_id], a.visit, a.instrument, fk, _num(a.values[fk]), _d(a.performed_on),
                              int(a.out_of_window)))
     tables.append(Table("assessl", "Assessments, long (one row per item)", lvars, rows))
 
-    wvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str")]
+    prim = content["primary_outcome"]
+    wvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", codes=visit_codes(content))]
     for (ik, fk), name in names.items():
-        ins, f = fields[(ik, fk)]
-        rng = f"{f['min']}-{f['max']}" if f.get("min") is not None else ""
-        wvars.append(Var(name, f"{ins['key']} {f['label']}"[:MAX_LABEL].rstrip(), "float", units=f.get("units") or "",
-                         allowed=rng, source=f"{ins['label']}: {f['key']}"))
+        wvars.append(field_var(name, *fields[(ik, fk)], primary=(ik, fk) == (prim["instrument"], prim["field"])))
+    perf = {ins["key"]: (f"{ins['key'][:4]}dt".lower(), f"{ins['key'][:4]}ow".lower()) for ins in content["instruments"]}
+    for ins in content["instruments"]:
+        d, w = perf[ins["key"]]
+        wvars += [Var(d, f"{ins['label']}: date performed", "date", instrument=ins["key"]),
+                  Var(w, f"{ins['label']}: outside the visit window", "int", codes=YESNO, instrument=ins["key"])]
     wide: dict[tuple[str, str], dict] = {}
     for a in assessments:
         row = wide.setdefault((pid[a.participant_id], a.visit), {})
         for fk, v in a.values.items():
             if (a.instrument, fk) in names and v is not None:
-                row[names[(a.instrument, fk)]] = float(v)
+                row[names[(a.instrument, fk)]] = _num(v)
+        if a.instrument in perf:
+            row[perf[a.instrument][0]] = _d(a.performed_on)
+            row[perf[a.instrument][1]] = int(a.out_of_window)
     visit_order = {v["key"]: i for i, v in enumerate(content["visits"])}
-    rows = [(s, v) + tuple(vals.get(n) for n in names.values())
+    rows = [(s, v) + tuple(vals.get(n) for n in [*names.values(), *(x for pair in perf.values() for x in pair)])
             for (s, v), vals in sorted(wide.items(), key=lambda kv: (kv[0][0], visit_order.get(kv[0][1], 99)))]
     tables.append(Table("assessw", "Assessments, wide (one row per visit)", wvars, rows))
 
-    gvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str"), Var("perfdt", "Date of the assessment", "date"),
-             Var("guess", "Assessor's guess of the allocation", "str", allowed="music_therapy, usual_care, unsure"),
+    gvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", codes=visit_codes(content)), Var("perfdt", "Date of the assessment", "date"),
+             Var("guess", "Assessor's guess of the allocation", "str", codes=GUESS_CODES),
              Var("confid", "Confidence of the guess (1-5)", "int", allowed="1-5"), arm_var]
     rows = [(pid[a.participant_id], a.visit, _d(a.performed_on), a.allocation_guess, a.guess_confidence, arm_of(a.participant_id))
             for a in assessments if a.allocation_guess]
     tables.append(Table("guesses", "Blinding: assessors' guesses", gvars, rows))
 
     evars = [Var("studyid", "Study ID", "str"), Var("evtype", "Event", "str",
-                                                     allowed="withdrawn, lost_to_follow_up, died" + ("" if blinded else ", discontinued_intervention, not_received")),
+                                                     codes=codes("EVENT", "event", ["withdrawn", "lost_to_follow_up", "died"]
+                                                                 + ([] if blinded else ["discontinued_intervention", "not_received"]))),
              Var("evdt", "Date of the event", "date"), Var("reason", "Reason", "str")]
     # free text written by unblinded staff can name the intervention: withheld from blinded readers
     rows = sorted(((pid[p_id], e.type, _d(e.on), FREE_TEXT_WITHHELD if blinded else e.reason)
@@ -303,14 +434,157 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
     tables.append(Table("events", "Status events", evars, rows))
 
     dvars = [Var("studyid", "Study ID", "str"), Var("devdt", "Date of the deviation", "date"),
-             Var("category", "Category", "str"), Var("descr", "Description", "str")]
+             Var("category", "Category", "str", codes=codes("DEVCAT", "deviation")), Var("descr", "Description", "str")]
     rows = sorted((pid[d.participant_id], _d(d.on), d.category, FREE_TEXT_WITHHELD if blinded else d.description)
                   for d in fetch("deviations", select(Deviation.participant_id, Deviation.on, Deviation.category,
                                                       Deviation.description))
                   if not (blinded and d.category == "intervention"))
     tables.append(Table("deviatn", "Protocol deviations", dvars, rows))
-    tables += data_management_tables(db, blinded, pid)
+    tables += data_management_tables(db, content, blinded, pid)
+    tables.append(adsl_table(db, content, blinded, participants, alloc, strata, events, assessments, arm_var, arm_of,
+                             weight_of if blinded else None))
     return tables
+
+
+EXIT_EVENTS = ("withdrawn", "lost_to_follow_up", "died")
+ANALYSIS_TABLES = ("adsl",)  # written under analysis/ in the bundle
+
+
+def visit_code(key: str, used: set[str]) -> str:
+    """A short code of a visit for variable names: bl, m2, m5, m12 (first letter and digits)."""
+    digits = "".join(ch for ch in key if ch.isdigit())
+    code = "bl" if key == "baseline" else (key[0] + digits if digits else key[:3]).lower()
+    base, n = code, 1
+    while code in used:
+        code, n = f"{base[:2]}{n}", n + 1
+    used.add(code)
+    return code
+
+
+def field_code(ins: dict, f: dict, used: set[str]) -> str:
+    """Four letters of an instrument's field for variable names: the instrument's first letter and
+    three of the field's (asoc, arrb, acss, stot)."""
+    letters = re.sub(r"[^a-z0-9]", "", f["key"].lower())
+    code = (ins["key"][0] + letters[:3]).lower()
+    base, n = code, 1
+    while code in used:
+        code, n = f"{base[:3]}{n}", n + 1
+    used.add(code)
+    return code
+
+
+def adsl_table(db: Session, content: dict, blinded: bool, participants, alloc, strata, events, assessments,
+               arm_var: Var, arm_of, dummy_weights: dict[str, int] | None = None) -> Table:
+    """The analysis dataset: one row per randomized child, with the strata, the arm (the dummy code
+    in a blinded bundle), age at randomization, the trial's dates, each instrument's numeric fields
+    at each visit with the date performed and the out-of-window flag, the sessions attended in the
+    course and the dose (unblinded only: they tell the arm), and the population flags."""
+    analysis = content.get("analysis") or {}
+    prim = content["primary_outcome"]
+    tz = dict(db.execute(select(Site.id, Site.timezone)).all())
+    site = dict(db.execute(select(Site.id, Site.code)).all())
+    arms = {a["key"]: a for a in content["arms"]}
+    months = content["course"]["months"]
+    factor_vars = [f["key"] for f in content["randomization"]["factors"] if f["key"] != "site"]
+    vused: set[str] = set()
+    vcode = {v["key"]: visit_code(v["key"], vused) for v in content["visits"]}
+    vlabel = {v["key"]: v["label"] for v in content["visits"]}
+    fused: set[str] = set()
+    iused: set[str] = set()
+    icode = {}
+    for ins in content["instruments"]:  # one letter an instrument (a digit added where two share one)
+        c, n = ins["key"][0].lower(), 1
+        while c in iused:
+            c, n = f"{ins['key'][0].lower()}{n}", n + 1
+        iused.add(c)
+        icode[ins["key"]] = c
+    ivars = []
+    for ins in content["instruments"]:
+        numeric = [f for f in ins["fields"] if f["type"] in ("integer", "number")]
+        codes_of = {f["key"]: field_code(ins, f, fused) for f in numeric}
+        for vk in (v["key"] for v in content["visits"] if v["key"] in ins["visits"]):
+            for f in numeric:
+                name = f"{codes_of[f['key']]}_{vcode[vk]}"
+                primary = (ins["key"], f["key"], vk) == (prim["instrument"], prim["field"], prim["visit"])
+                ivars.append(field_var(name, ins, f, vlabel[vk], primary))
+                ivars[-1].visit = vk
+            ivars += [Var(f"{icode[ins['key']]}dt_{vcode[vk]}", f"{ins['label']}: date performed, {vlabel[vk]}", "date",
+                          instrument=ins["key"], visit=vk),
+                      Var(f"{icode[ins['key']]}ow_{vcode[vk]}", f"{ins['label']}: outside the visit window, {vlabel[vk]}", "int",
+                          codes=YESNO, instrument=ins["key"], visit=vk)]
+    out_vars = [Var("studyid", "Study ID", "str"), Var("site", "Site code", "str"), Var("stratum", "Randomization stratum", "str")]
+    out_vars += [Var(f"s_{k[:6]}", f"Stratum: {k}", "str", source="enrolment") for k in factor_vars]
+    out_vars.append(Var(arm_var.name, arm_var.label, "str", codes=arm_var.codes, source=arm_var.source))
+    if not blinded:
+        out_vars.append(Var("armlbl", "Arm label", "str", source="protocol"))
+    out_vars += [Var("sex", "Sex", "str", codes=codes("SEX", "sex")),
+                 Var("agerand", "Age at randomization", "int", units="months"),
+                 Var("consdt", "Date of consent", "date"), Var("randdt", "Date of randomization (site's calendar)", "date"),
+                 Var("courend", "Last day of the course", "date", source=f"randomization day + {months} months - 1 day"),
+                 Var("exitdt", "Date the child left the trial", "date", source="first withdrawal, loss to follow-up or death"),
+                 Var("exitrsn", "Why the child left the trial", "str", codes=codes("EXIT", "event", EXIT_EVENTS))]
+    out_vars += ivars
+    if not blinded:
+        out_vars += [Var("sessatt", "Sessions attended in the course", "int", units="sessions",
+                         source="attended sessions within the course (those after it are not counted)"),
+                     Var("sessout", "Sessions attended after the course", "int", units="sessions"),
+                     Var("sessplan", "Sessions the course plans for the arm", "int", units="sessions"),
+                     Var("dose", "Dose: sessions attended / planned", "float", source="sessatt / sessplan (none for usual care)")]
+    min_dose = analysis.get("per_protocol_min_dose", 0.5)
+    out_vars += [Var("ittfl", "Intention-to-treat population", "int", codes=YESNO, source="every randomized child"),
+                 Var("primfl", "Has the primary outcome", "int", codes=YESNO,
+                     source=f"{prim['instrument']}.{prim['field']} at {prim['visit']} entered")]
+    if not blinded:
+        out_vars.append(Var("ppfl", "Per-protocol population", "int", codes=YESNO,
+                            source=f"has the primary outcome and, in a music-therapy arm, a dose of at least {min_dose:g}"))
+    attended: dict[int, tuple[int, int]] = {}
+    if not blinded:
+        for p_id, outside, n in db.execute(select(TherapySession.participant_id, TherapySession.outside_course, func.count())
+                                           .where(TherapySession.attendance == "attended")
+                                           .group_by(TherapySession.participant_id, TherapySession.outside_course)):
+            a, o = attended.get(p_id, (0, 0))
+            attended[p_id] = (a, o + n) if outside else (a + n, o)
+    by_child: dict[int, dict[tuple[str, str], object]] = {}
+    for a in assessments:
+        got = by_child.setdefault(a.participant_id, {})
+        for fk, v in a.values.items():
+            got[(a.instrument, fk, a.visit)] = _num(v) if v is not None else None
+        got[("date", a.instrument, a.visit)] = _d(a.performed_on)
+        got[("late", a.instrument, a.visit)] = int(a.out_of_window)
+    rows = []
+    for p in participants:
+        al = alloc.get(p.id)
+        if al is None:
+            continue
+        start = local_date(al.randomized_at, tz[p.site_id])
+        _, end = course_window(start, months)
+        exits = [e for e in events.get(p.id, []) if e.type in EXIT_EVENTS]
+        got = by_child.get(p.id, {})
+        row = [p.study_id, site[p.site_id], strata[al.stratum_id]] + [(p.strata or {}).get(k) for k in factor_vars]
+        row.append(arm_of(p.id))
+        if not blinded:
+            row.append(arms[al.arm]["label"])
+        row += [p.sex, age_in_months(p.date_of_birth, start), _d(p.consent_date), _d(start), _d(end),
+                _d(exits[0].on) if exits else None, exits[0].type if exits else None]
+        for ins in content["instruments"]:
+            for vk in (v["key"] for v in content["visits"] if v["key"] in ins["visits"]):
+                row += [got.get((ins["key"], f["key"], vk)) for f in ins["fields"] if f["type"] in ("integer", "number")]
+                row += [got.get(("date", ins["key"], vk)), got.get(("late", ins["key"], vk))]
+        has_primary = got.get((prim["instrument"], prim["field"], prim["visit"])) is not None
+        pp = None
+        if not blinded:
+            att, out = attended.get(p.id, (0, 0))
+            spw = arms[al.arm]["sessions_per_week"]
+            plan = planned_sessions(spw, start, end) if spw else 0
+            dose = round(att / plan, 3) if plan else None
+            row += [att, out, plan, dose]
+            pp = int(has_primary and (spw == 0 or (dose is not None and dose >= min_dose)))
+        row += [1, int(has_primary)]
+        if not blinded:
+            row.append(pp)
+        rows.append(tuple(row))
+    return Table("adsl", "Analysis dataset: one row per child", out_vars, rows,
+                 meta={"dummy_weights": dummy_weights} if blinded else {})
 
 
 DM_TABLES = ("ae", "aefu", "queries", "querymsg", "verif", "goals", "fidrate")
@@ -324,9 +598,9 @@ def therapist_code(user_id: int | None) -> str | None:
 def intervention_tables(db: Session, content: dict, pid: dict[int, str]) -> list[Table]:
     """The intervention as delivered (unblinded bundle only): each child's goals, the fidelity
     draws with their seeds, and the ratings of the sampled sessions."""
-    goals = ", ".join(g["key"] for g in content.get("goals", []))
-    gvars = [Var("studyid", "Study ID", "str"), Var("goal", "Individual goal", "str", allowed=goals),
-             Var("descr", "What the goal means for the child", "str"), Var("active", "Still pursued (1 = yes)", "int", allowed="0, 1"),
+    goals = Codes("GOAL", tuple((g["key"], g["label"]) for g in content.get("goals", []))) if content.get("goals") else None
+    gvars = [Var("studyid", "Study ID", "str"), Var("goal", "Individual goal", "str", codes=goals),
+             Var("descr", "What the goal means for the child", "str"), Var("active", "Still pursued", "int", codes=YESNO),
              Var("setdt", "Date the goal was set", "date")]
     grows = sorted((pid[g.participant_id], g.goal, g.description, int(g.active), _d(g.set_on))
                    for g in db.execute(select(ChildGoal)).scalars() if g.participant_id in pid)
@@ -341,9 +615,9 @@ def intervention_tables(db: Session, content: dict, pid: dict[int, str]) -> list
     rvars = [Var("studyid", "Study ID", "str"), Var("sessdt", "Session date", "date"),
              Var("drawid", "Fidelity draw number", "int"), Var("therap", "Therapist who led it (code)", "str"),
              Var("rater", "Therapist who rated it (code)", "str"), Var("ratedt", "Date rated", "date")]
-    rvars += [Var(f"fid{i + 1}", item["label"][:40], "int", allowed=rng) for i, item in enumerate(fid["items"])]
+    rvars += [Var(f"fid{i + 1}", item["label"], "int", allowed=rng) for i, item in enumerate(fid["items"])]
     rvars += [Var("fidmean", "Mean fidelity score", "float", allowed=rng),
-              Var("adherent", f"Mean at least {fid['threshold']} (1 = yes)", "int", allowed="0, 1")]
+              Var("adherent", f"Mean at least {fid['threshold']} (adherent)", "int", codes=YESNO)]
     rrows = []
     for r, sess, draw in db.execute(select(FidelityRating, TherapySession, FidelitySample.draw_id)
                                     .join(FidelitySample, FidelitySample.session_id == FidelityRating.session_id)
@@ -358,7 +632,7 @@ def intervention_tables(db: Session, content: dict, pid: dict[int, str]) -> list
 FREE_TEXT_WITHHELD = "(withheld while blinded)"
 
 
-def data_management_tables(db: Session, blinded: bool, pid: dict[int, str]) -> list[Table]:
+def data_management_tables(db: Session, content: dict, blinded: bool, pid: dict[int, str]) -> list[Table]:
     """Adverse events with their follow-ups (unblinded bundle only: an AE can tell the arm), the
     queries with their threads (a blinded bundle holds only those a blinded assessor may read)
     and the source-verification marks (in a blinded bundle, none on sessions, events or AEs)."""
@@ -366,12 +640,13 @@ def data_management_tables(db: Session, blinded: bool, pid: dict[int, str]) -> l
     if not blinded:
         aevars = [Var("studyid", "Study ID", "str"), Var("aeid", "Adverse event number", "int"),
                   Var("term", "Adverse event term", "str"), Var("onset", "Date of onset", "date"),
-                  Var("severity", "Severity", "str", allowed=", ".join(SEVERITIES)),
-                  Var("serious", "Serious (1 = yes)", "int", allowed="0, 1"),
-                  Var("seriousn", "Seriousness criteria", "str", allowed=", ".join(SERIOUSNESS)),
-                  Var("related", "Relatedness to the intervention", "str", allowed=", ".join(RELATEDNESS)),
-                  Var("expected", "Expectedness", "str", allowed=", ".join(EXPECTEDNESS)),
-                  Var("outcome", "Outcome", "str", allowed=", ".join(AE_OUTCOMES)),
+                  Var("severity", "Severity", "str", codes=codes("SEVERITY", "severity", SEVERITIES)),
+                  Var("serious", "Serious", "int", codes=YESNO),
+                  Var("seriousn", "Seriousness criteria (';'-separated)", "str",
+                      allowed="; ".join(f"{k} = {LABELS['seriousness'][k]}" for k in SERIOUSNESS)),
+                  Var("related", "Relatedness to the intervention", "str", codes=codes("RELATED", "relatedness", RELATEDNESS)),
+                  Var("expected", "Expectedness", "str", codes=codes("EXPECTED", "expectedness", EXPECTEDNESS)),
+                  Var("outcome", "Outcome", "str", codes=codes("AEOUT", "ae_outcome", AE_OUTCOMES)),
                   Var("resoldt", "Date resolved (or of death)", "date"), Var("descr", "Description", "str"),
                   Var("reptdtm", "Reported at (UTC)", "datetime"), Var("ackdtm", "SAE acknowledged at (UTC)", "datetime")]
         aes = db.execute(select(AdverseEvent).order_by(AdverseEvent.id)).scalars().all()
@@ -380,7 +655,7 @@ def data_management_tables(db: Session, blinded: bool, pid: dict[int, str]) -> l
              a.relatedness, a.expectedness, a.outcome, _d(a.resolved_on), a.description, _dt(a.reported_at),
              _dt(a.acknowledged_at)) for a in aes]))
         fuvars = [Var("studyid", "Study ID", "str"), Var("aeid", "Adverse event number", "int"),
-                  Var("fudt", "Date of the follow-up", "date"), Var("outcome", "Outcome", "str", allowed=", ".join(AE_OUTCOMES)),
+                  Var("fudt", "Date of the follow-up", "date"), Var("outcome", "Outcome", "str", codes=codes("AEOUT", "ae_outcome", AE_OUTCOMES)),
                   Var("resoldt", "Date resolved (or of death)", "date"), Var("text", "Follow-up note", "str")]
         out.append(Table("aefu", "Adverse event follow-ups", fuvars, [
             (pid[a.participant_id], a.id, _d(f.on), f.outcome, _d(f.resolved_on), f.text) for a in aes for f in a.follow_ups]))
@@ -389,17 +664,19 @@ def data_management_tables(db: Session, blinded: bool, pid: dict[int, str]) -> l
         q = q.where(DataQuery.assessor_visible.is_(True))
     queries = db.execute(q).scalars().all()
     qvars = [Var("qid", "Query number", "int"), Var("studyid", "Study ID", "str"),
-             Var("kind", "Record the query is about", "str", allowed=", ".join(QUERY_KINDS)),
+             Var("kind", "Record the query is about", "str", codes=codes("QKIND", "query_kind", QUERY_KINDS)),
              Var("targetid", "Number of that record", "int"), Var("field", "Field queried", "str"),
-             Var("visit", "Visit", "str"), Var("instr", "Instrument", "str"),
-             Var("origin", "Raised by a person or a check", "str", allowed="manual, check"),
-             Var("status", "Status at the lock", "str", allowed=", ".join(QUERY_STATES)),
+             Var("visit", "Visit", "str", codes=visit_codes(content)), Var("instr", "Instrument", "str", codes=instrument_codes(content)),
+             Var("origin", "Raised by a person or a check", "str",
+                 codes=Codes("QORIGIN", (("manual", "Raised by a person"), ("check", "Raised by an automatic check")))),
+             Var("status", "Status at the lock", "str", codes=codes("QSTATUS", "query_status", QUERY_STATES)),
              Var("raisedby", "Raised by", "str"), Var("raisdtm", "Raised at (UTC)", "datetime"), Var("text", "Query", "str")]
     out.append(Table("queries", "Data queries", qvars, [
         (x.id, pid[x.participant_id], x.kind, x.target_id, x.field, x.visit, x.instrument, x.origin, x.status, x.raised_by,
          _dt(x.raised_at), x.text) for x in queries]))
     mvars = [Var("qid", "Query number", "int"), Var("msgno", "Step in the thread", "int"),
-             Var("action", "Step", "str", allowed="raise, response, close, reopen"), Var("by", "By", "str"),
+             Var("action", "Step", "str", codes=codes("QSTEP", "query_step", ["raise", "response", "close", "reopen"])),
+             Var("by", "By", "str"),
              Var("atdtm", "At (UTC)", "datetime"), Var("text", "Text", "str"),
              Var("correctn", "Correction made with the answer (JSON)", "str")]
     out.append(Table("querymsg", "Data query threads", mvars, [
@@ -408,7 +685,7 @@ def data_management_tables(db: Session, blinded: bool, pid: dict[int, str]) -> l
     v = select(Verification).order_by(Verification.id)
     if blinded:
         v = v.where(Verification.kind.in_(("participant", "screening", "assessment")))
-    vvars = [Var("studyid", "Study ID", "str"), Var("kind", "Record verified", "str", allowed=", ".join(VERIFIABLE)),
+    vvars = [Var("studyid", "Study ID", "str"), Var("kind", "Record verified", "str", codes=codes("VKIND", "query_kind", VERIFIABLE)),
              Var("targetid", "Number of that record", "int"), Var("verifby", "Verified by", "str"),
              Var("verifdtm", "Verified at (UTC)", "datetime"), Var("cleardtm", "Mark cleared at (UTC)", "datetime"),
              Var("clearrsn", "Why the mark was cleared", "str")]

@@ -200,3 +200,44 @@ def _table_page(cv, heading: str, table: dict, page_w: float, page_h: float) -> 
     w, h = t.wrapOn(cv, page_w - 60, page_h - 80)
     t.drawOn(cv, 30, page_h - 60 - h)
     cv.showPage()
+
+
+def table_pdf(title: str, table: dict, caption: str = "") -> bytes:
+    """A table as a journal prints it (Table 1): A4 portrait, a rule above and below the header
+    and at the end, no shading, sub-rows indented, numbers right-aligned; pages split as needed
+    and the header repeated. Deterministic bytes (ReportLab's invariant mode)."""
+    # deferred: ReportLab is loaded only when a PDF is drawn (a cold path)
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import ParagraphStyle  # deferred, as above
+    from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle  # deferred, as above
+
+    buf = io.BytesIO()
+    doc = SimpleDocTemplate(buf, pagesize=A4, invariant=1, leftMargin=40, rightMargin=40, topMargin=50, bottomMargin=50,
+                            title=title, author="TIME-A trial system")
+    head = ParagraphStyle("head", fontName="Helvetica-Bold", fontSize=8.5, leading=10)
+    cell = ParagraphStyle("cell", fontName="Helvetica", fontSize=8.5, leading=10)
+    sub = ParagraphStyle("sub", parent=cell, leftIndent=10)
+    note = ParagraphStyle("note", fontName="Helvetica", fontSize=7.5, leading=9)
+
+    def esc(s: str) -> str:
+        return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    data = [[Paragraph(esc(c), head) for c in table["columns"]]]
+    for r in table["rows"]:
+        first = r[0]
+        data.append([Paragraph(esc(first.strip()), sub if first.startswith("  ") else cell)] + list(r[1:]))
+    n = len(table["columns"])
+    first_w = 190
+    widths = [first_w] + [(A4[0] - 80 - first_w) / max(1, n - 1)] * (n - 1)
+    t = Table(data, colWidths=widths, repeatRows=1)
+    t.setStyle(TableStyle([("FONT", (1, 1), (-1, -1), "Helvetica", 8.5), ("ALIGN", (1, 1), (-1, -1), "RIGHT"),
+                           ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                           ("LINEABOVE", (0, 0), (-1, 0), 0.9, colors.black),
+                           ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black),
+                           ("LINEBELOW", (0, -1), (-1, -1), 0.9, colors.black),
+                           ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]))
+    story = [Paragraph(esc(title), ParagraphStyle("title", fontName="Helvetica-Bold", fontSize=12, leading=15)),
+             Spacer(1, 8), t, Spacer(1, 6)]
+    story += [Paragraph(esc(x), note) for x in ([caption] if caption else []) + table.get("notes", [])]
+    doc.build(story)
+    return buf.getvalue()

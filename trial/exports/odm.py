@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from xml.sax.saxutils import escape, quoteattr
 
-from trial.exports.dataset import DM_TABLES, Table
+from trial.exports.dataset import Table, field_var, short_names
 
 DATATYPES = {"integer": "integer", "number": "float", "text": "text", "boolean": "boolean", "choice": "text"}
 VAR_TYPES = {"str": "text", "int": "integer", "float": "float", "date": "date", "datetime": "datetime"}
@@ -15,11 +15,64 @@ def _oid(*parts: str) -> str:
     return ".".join(p.upper() for p in parts)
 
 
+SUBJECT_TABLES = ("assessl",)  # written as the subject's visits and their forms
+REFERENCE_TABLES = ("screen", "fiddraw")    # not one child's: the screening log (most never enrolled), the draws
+
+
+def _item_def(oid: str, name: str, sas: str, datatype: str, label: str, units: str | None, codes=None,
+              rng: tuple | None = None) -> str:
+    out = [f'<ItemDef OID={quoteattr(oid)} Name={quoteattr(name)} DataType="{datatype}" SASFieldName={quoteattr(sas[:8].upper())}>',
+           f'<Question><TranslatedText xml:lang="en">{escape(label)}</TranslatedText></Question>']
+    if units:
+        out.append(f'<MeasurementUnitRef MeasurementUnitOID={quoteattr(_unit_oid(units))}/>')
+    if rng:
+        lo, hi = rng
+        if lo is not None:
+            out.append(f'<RangeCheck Comparator="GE" SoftHard="Hard"><CheckValue>{lo}</CheckValue></RangeCheck>')
+        if hi is not None:
+            out.append(f'<RangeCheck Comparator="LE" SoftHard="Hard"><CheckValue>{hi}</CheckValue></RangeCheck>')
+    if codes is not None:
+        out.append(f'<CodeListRef CodeListOID="CL.{codes.name}"/>')
+    out.append("</ItemDef>")
+    return "".join(out)
+
+
+def _unit_oid(units: str) -> str:
+    return "MU." + "".join(ch if ch.isalnum() else "_" for ch in units.upper())
+
+
 def snapshot(content: dict, tables: dict[str, Table], lock_id: int, when: dt.datetime, protocol_version: int,
              blinded: bool) -> bytes:
+    return b"".join(snapshot_chunks(content, tables, lock_id, when, protocol_version, blinded))
+
+
+def snapshot_chunks(content: dict, tables: dict[str, Table], lock_id: int, when: dt.datetime, protocol_version: int,
+                    blinded: bool):
+    """The snapshot as UTF-8 chunks (a subject at a time), so that a large trial's is streamed into
+    the bundle: the protocol's instruments as forms at their visits, the randomization, and every
+    other table of the bundle as a repeating item group (under the event "Trial records" for a
+    child's records, in ReferenceData for the screening log and the fidelity draws), each item with
+    its SAS name, units and code list."""
     study = _oid("ST", content["trial"]["key"])
     mdv = f"MDV.{protocol_version}"
     ts = when.strftime("%Y-%m-%dT%H:%M:%S") + "+00:00"
+    records = [t for name, t in tables.items() if name not in SUBJECT_TABLES and name not in REFERENCE_TABLES]
+    reference = [tables[n] for n in REFERENCE_TABLES if n in tables]
+    generic = records + reference
+    codelists: dict[str, object] = {}
+    units: set[str] = set()
+    for t in generic:
+        for v in t.vars:
+            if v.codes is not None:
+                codelists.setdefault(v.codes.name, v.codes)
+            if v.units:
+                units.add(v.units)
+    for i in content["instruments"]:
+        for f in i["fields"]:
+            if f.get("units"):
+                units.add(f["units"])
+    arm_var = next(v for v in tables["particip"].vars if v.name in ("arm", "armcd"))
+    codelists.setdefault(arm_var.codes.name, arm_var.codes)
     out = ['<?xml version="1.0" encoding="UTF-8"?>',
            f'<ODM xmlns="http://www.cdisc.org/ns/odm/v1.3" FileType="Snapshot" Granularity="All" ODMVersion="1.3.2" '
            f'FileOID={quoteattr(f"{study}.LOCK.{lock_id}" + (".BLINDED" if blinded else ""))} CreationDateTime="{ts}" '
@@ -28,12 +81,16 @@ def snapshot(content: dict, tables: dict[str, Table], lock_id: int, when: dt.dat
            "<GlobalVariables>", f"<StudyName>{escape(content['trial']['key'])}</StudyName>",
            f"<StudyDescription>{escape(content['trial']['name'])}</StudyDescription>",
            f"<ProtocolName>{escape(content['trial']['name'])} (amendment {escape(content['trial']['amendment'])})</ProtocolName>",
-           "</GlobalVariables>",
-           f'<MetaDataVersion OID="{mdv}" Name="Protocol version {protocol_version}">', "<Protocol>"]
+           "</GlobalVariables>"]
+    if units:
+        out.append("<BasicDefinitions>")
+        out += [f'<MeasurementUnit OID={quoteattr(_unit_oid(u))} Name={quoteattr(u)}><Symbol>'
+                f'<TranslatedText xml:lang="en">{escape(u)}</TranslatedText></Symbol></MeasurementUnit>' for u in sorted(units)]
+        out.append("</BasicDefinitions>")
+    out += [f'<MetaDataVersion OID="{mdv}" Name="Protocol version {protocol_version}">', "<Protocol>"]
     events = [("RANDOMIZATION", "Randomization")] + [(v["key"], v["label"]) for v in content["visits"]]
-    dm = [tables[name] for name in DM_TABLES if name in tables]
-    if dm:
-        events.append(("DM", "Data management and safety"))
+    if records:
+        events.append(("DM", "Trial records: sessions, events, data management and safety"))
     for i, (key, _) in enumerate(events, 1):
         out.append(f'<StudyEventRef StudyEventOID="{_oid("SE", key)}" OrderNumber="{i}" Mandatory="No"/>')
     out.append("</Protocol>")
@@ -44,63 +101,77 @@ def snapshot(content: dict, tables: dict[str, Table], lock_id: int, when: dt.dat
         out.append(f'<StudyEventDef OID="{_oid("SE", v["key"])}" Name={quoteattr(v["label"])} Repeating="No" Type="Scheduled">')
         out += [f'<FormRef FormOID="{_oid("F", i["key"])}" Mandatory="No"/>' for i in forms_at[v["key"]]]
         out.append("</StudyEventDef>")
-    if dm:
-        out.append('<StudyEventDef OID="SE.DM" Name="Data management and safety" Repeating="No" Type="Unscheduled">')
-        out += [f'<FormRef FormOID="{_oid("F", t.name)}" Mandatory="No"/>' for t in dm]
+    if records:
+        out.append('<StudyEventDef OID="SE.DM" Name="Trial records: sessions, events, data management and safety" '
+                   'Repeating="No" Type="Unscheduled">')
+        out += [f'<FormRef FormOID="{_oid("F", t.name)}" Mandatory="No"/>' for t in records]
         out.append("</StudyEventDef>")
     out.append('<FormDef OID="F.RANDOMIZATION" Name="Randomization" Repeating="No">'
                '<ItemGroupRef ItemGroupOID="IG.RANDOMIZATION" Mandatory="Yes"/></FormDef>')
-    for t in dm:
-        out.append(f'<FormDef OID="{_oid("F", t.name)}" Name={quoteattr(t.label)} Repeating="No">'
-                   f'<ItemGroupRef ItemGroupOID="{_oid("IG", t.name)}" Mandatory="No"/></FormDef>')
     for i in content["instruments"]:
         out.append(f'<FormDef OID="{_oid("F", i["key"])}" Name={quoteattr(i["label"])} Repeating="No">'
                    f'<ItemGroupRef ItemGroupOID="{_oid("IG", i["key"])}" Mandatory="Yes"/></FormDef>')
+    for t in records:
+        out.append(f'<FormDef OID="{_oid("F", t.name)}" Name={quoteattr(t.label)} Repeating="No">'
+                   f'<ItemGroupRef ItemGroupOID="{_oid("IG", t.name)}" Mandatory="No"/></FormDef>')
     arm_item = "ARMCD" if blinded else "ARM"
-    out.append('<ItemGroupDef OID="IG.RANDOMIZATION" Name="Randomization" Repeating="No">'
+    out.append('<ItemGroupDef OID="IG.RANDOMIZATION" Name="Randomization" Repeating="No" SASDatasetName="RAND">'
                f'<ItemRef ItemOID="IT.RANDOMIZATION.RANDDT" Mandatory="Yes"/>'
                f'<ItemRef ItemOID="IT.RANDOMIZATION.{arm_item}" Mandatory="Yes"/></ItemGroupDef>')
     for i in content["instruments"]:
-        out.append(f'<ItemGroupDef OID="{_oid("IG", i["key"])}" Name={quoteattr(i["label"])} Repeating="No">')
+        out.append(f'<ItemGroupDef OID="{_oid("IG", i["key"])}" Name={quoteattr(i["label"])} Repeating="No" '
+                   f'SASDatasetName={quoteattr(i["key"][:8].upper())}>')
         out += [f'<ItemRef ItemOID="{_oid("IT", i["key"], f["key"])}" Mandatory="{"Yes" if f["required"] else "No"}"/>'
                 for f in i["fields"]]
         out.append("</ItemGroupDef>")
-    for t in dm:  # one repeating item group per table, its variables as items (the study id is the subject)
-        out.append(f'<ItemGroupDef OID="{_oid("IG", t.name)}" Name={quoteattr(t.label)} Repeating="Yes">')
-        out += [f'<ItemRef ItemOID="{_oid("IT", t.name, v.name)}" Mandatory="No"/>' for v in t.vars if v.name != "studyid"]
+    for t in generic:  # one repeating item group per table, its variables as items (the study id is the subject)
+        out.append(f'<ItemGroupDef OID="{_oid("IG", t.name)}" Name={quoteattr(t.label)} Repeating="Yes" '
+                   f'SASDatasetName={quoteattr(t.name.upper())}>')
+        out += [f'<ItemRef ItemOID="{_oid("IT", t.name, v.name)}" Mandatory="No"/>' for v in t.vars
+                if v.name != "studyid" or t.name in REFERENCE_TABLES]
         out.append("</ItemGroupDef>")
-    out.append('<ItemDef OID="IT.RANDOMIZATION.RANDDT" Name="RANDDT" DataType="date">'
-               '<Question><TranslatedText xml:lang="en">Date of randomization (UTC)</TranslatedText></Question></ItemDef>')
-    out.append(f'<ItemDef OID="IT.RANDOMIZATION.{arm_item}" Name="{arm_item}" DataType="text" Length="32">'
-               f'<Question><TranslatedText xml:lang="en">{"Arm code (blinded)" if blinded else "Arm"}</TranslatedText></Question></ItemDef>')
+    out.append(_item_def("IT.RANDOMIZATION.RANDDT", "RANDDT", "RANDDT", "date", "Date of randomization (UTC)", None))
+    out.append(_item_def(f"IT.RANDOMIZATION.{arm_item}", arm_item, arm_item, "text",
+                         "Arm code (blinded)" if blinded else "Arm", None, arm_var.codes))
+    short = short_names(content["instruments"])
     for i in content["instruments"]:
         for f in i["fields"]:
-            out.append(f'<ItemDef OID="{_oid("IT", i["key"], f["key"])}" Name={quoteattr(f["key"])} '
-                       f'DataType="{DATATYPES[f["type"]]}"><Question><TranslatedText xml:lang="en">{escape(f["label"])}'
-                       "</TranslatedText></Question>")
-            if f.get("min") is not None:
-                out.append(f'<RangeCheck Comparator="GE" SoftHard="Hard"><CheckValue>{f["min"]}</CheckValue></RangeCheck>')
-            if f.get("max") is not None:
-                out.append(f'<RangeCheck Comparator="LE" SoftHard="Hard"><CheckValue>{f["max"]}</CheckValue></RangeCheck>')
-            out.append("</ItemDef>")
-    for t in dm:
+            choice = field_var(short[(i["key"], f["key"])], i, f).codes
+            if choice is not None:
+                codelists.setdefault(choice.name, choice)
+            out.append(_item_def(_oid("IT", i["key"], f["key"]), f["key"], short[(i["key"], f["key"])],
+                                 DATATYPES[f["type"]], f["label"], f.get("units"), choice, (f.get("min"), f.get("max"))))
+    for t in generic:
         for v in t.vars:
-            if v.name != "studyid":
-                out.append(f'<ItemDef OID="{_oid("IT", t.name, v.name)}" Name={quoteattr(v.name.upper())} '
-                           f'DataType="{VAR_TYPES[v.type]}"><Question><TranslatedText xml:lang="en">{escape(v.label)}'
-                           "</TranslatedText></Question></ItemDef>")
-    out += ["</MetaDataVersion>", "</Study>", f'<ClinicalData StudyOID={quoteattr(study)} MetaDataVersionOID="{mdv}">']
+            if v.name != "studyid" or t.name in REFERENCE_TABLES:
+                dtype = ("integer" if v.codes.numeric else "text") if v.codes is not None else VAR_TYPES[v.type]
+                out.append(_item_def(_oid("IT", t.name, v.name), v.name.upper(), v.name, dtype, v.label, v.units, v.codes))
+    for name in sorted(codelists):
+        c = codelists[name]
+        out.append(f'<CodeList OID="CL.{name}" Name={quoteattr(name)} DataType="{"integer" if c.numeric else "text"}">')
+        out += [f'<CodeListItem CodedValue={quoteattr(str(k))}><Decode><TranslatedText xml:lang="en">{escape(m)}'
+                "</TranslatedText></Decode></CodeListItem>" for k, m in c.items]
+        out.append("</CodeList>")
+    out += ["</MetaDataVersion>", "</Study>"]
+    if reference:
+        out.append(f'<ReferenceData StudyOID={quoteattr(study)} MetaDataVersionOID="{mdv}">')
+        for t in reference:
+            for n, row in enumerate(t.rows, 1):
+                out.append(_group(t, row, n, keep_studyid=True))
+        out.append("</ReferenceData>")
+    out.append(f'<ClinicalData StudyOID={quoteattr(study)} MetaDataVersionOID="{mdv}">')
+    yield "\n".join(out).encode("utf-8")
     dm_rows: dict[str, dict[str, list]] = {}
     subject_of_query = {}
     if "queries" in tables:
         qv = [v.name for v in tables["queries"].vars]
         subject_of_query = {r[qv.index("qid")]: r[qv.index("studyid")] for r in tables["queries"].rows}
-    for t in dm:
+    for t in records:
         names = [v.name for v in t.vars]
         for r in t.rows:  # a thread's steps belong to the subject of their query
             sid = r[names.index("studyid")] if "studyid" in names else subject_of_query[r[names.index("qid")]]
             dm_rows.setdefault(sid, {}).setdefault(t.name, []).append(r)
-    dm_by_name = {t.name: t for t in dm}
+    by_name = {t.name: t for t in records}
     part = tables["particip"]
     col = {v.name: n for n, v in enumerate(part.vars)}
     arm_col = col["armcd" if blinded else "arm"]
@@ -113,8 +184,9 @@ def snapshot(content: dict, tables: dict[str, Table], lock_id: int, when: dt.dat
     visit_order = [v["key"] for v in content["visits"]]
     fields_order = {i["key"]: [f["key"] for f in i["fields"]] for i in content["instruments"]}
     for r in part.rows:
+        out = []
         sid = r[col["studyid"]]
-        out.append(f"<SubjectData SubjectKey={quoteattr(sid)}>")
+        out.append(f"\n<SubjectData SubjectKey={quoteattr(sid)}>")
         if r[col["randdt"]]:
             out.append('<StudyEventData StudyEventOID="SE.RANDOMIZATION"><FormData FormOID="F.RANDOMIZATION">'
                        '<ItemGroupData ItemGroupOID="IG.RANDOMIZATION">'
@@ -138,16 +210,23 @@ def snapshot(content: dict, tables: dict[str, Table], lock_id: int, when: dt.dat
             out.append("</StudyEventData>")
         if sid in dm_rows:
             out.append('<StudyEventData StudyEventOID="SE.DM">')
-            for name, rows in dm_rows[sid].items():
-                t = dm_by_name[name]
+            for name in (t.name for t in records if t.name in dm_rows[sid]):
                 out.append(f'<FormData FormOID="{_oid("F", name)}">')
-                for n, row in enumerate(rows, 1):
-                    out.append(f'<ItemGroupData ItemGroupOID="{_oid("IG", name)}" ItemGroupRepeatKey="{n}">')
-                    out += [f'<ItemData ItemOID="{_oid("IT", name, v.name)}" Value={quoteattr(str(x))}/>'
-                            for v, x in zip(t.vars, row) if v.name != "studyid" and x is not None]
-                    out.append("</ItemGroupData>")
+                out += [_group(by_name[name], row, n) for n, row in enumerate(dm_rows[sid][name], 1)]
                 out.append("</FormData>")
             out.append("</StudyEventData>")
         out.append("</SubjectData>")
-    out += ["</ClinicalData>", "</ODM>"]
-    return "\n".join(out).encode("utf-8")
+        yield "\n".join(out).encode("utf-8")
+    yield b"\n</ClinicalData>\n</ODM>"
+
+
+def _group(t: Table, row: tuple, n: int, keep_studyid: bool = False) -> str:
+    items = "".join(f'<ItemData ItemOID="{_oid("IT", t.name, v.name)}" Value={quoteattr(_value(x))}/>'
+                    for v, x in zip(t.vars, row) if x is not None and (keep_studyid or v.name != "studyid"))
+    return f'<ItemGroupData ItemGroupOID="{_oid("IG", t.name)}" ItemGroupRepeatKey="{n}">{items}</ItemGroupData>'
+
+
+def _value(x) -> str:
+    if isinstance(x, float):
+        return str(int(x)) if x.is_integer() else repr(x)
+    return str(x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from collections import Counter
 
@@ -21,28 +22,56 @@ from trial.sites.models import Site
 MUSIC, USUAL = "music_therapy", "usual_care"
 
 
+Z95 = 1.959963984540054
+
+
+def _index(scores: list[float]) -> tuple[float | None, float | None, float | None]:
+    """The mean of the guesses' scores with its Wald 95% interval (Bang, Ni and Davis 2004: the
+    variance of BI = p_c(1 - p_c) + p_i(1 - p_i) + 2 p_c p_i over n, which is the variance of the
+    scores +1 / -1 / 0 over n), kept within -1 and 1."""
+    n = len(scores)
+    if not n:
+        return None, None, None
+    mean = sum(scores) / n
+    var = sum((x - mean) ** 2 for x in scores) / n
+    half = Z95 * math.sqrt(var / n)
+    return round(mean, 3), round(max(-1.0, mean - half), 3), round(min(1.0, mean + half), 3)
+
+
 def bang_index(db: Session, blinded: bool) -> list[dict]:
-    """Bang's blinding index per arm: BI = (correct - incorrect) / n over the assessors' guesses;
-    1 = all guessed right (unblinded), 0 = random, -1 = all guessed the opposite. 'unsure' counts in
-    n only. Music-therapy arms are correct with 'music_therapy', arms without sessions with
-    'usual_care'. A blinded reader gets one pooled row of the guesses, without an index (which
-    guess is correct depends on the arm)."""
-    arms = current_protocol(db).content["arms"]
+    """Bang's blinding index per arm and per visit (a child is guessed at each follow-up visit:
+    the visits are not pooled): BI = (correct - incorrect) / n, 1 = every guess right
+    (unblinded), 0 = as by chance, -1 = every guess the opposite; 'unsure' counts in n only. With
+    its 95% confidence interval, and the variant weighted by the assessor's confidence (a guess
+    of confidence c on the 1-5 scale counts c / 5). Music-therapy arms are guessed right with
+    'music_therapy', arms without sessions with 'usual_care'. A blinded reader gets the guesses
+    pooled over the arms per visit, without an index (which guess is right depends on the arm)."""
+    content = current_protocol(db).content
+    arms = content["arms"]
     music = {a["key"] for a in arms if a["sessions_per_week"] > 0}
-    guesses = db.execute(select(Allocation.arm, Assessment.allocation_guess)
+    guesses = db.execute(select(Allocation.arm, Assessment.visit, Assessment.allocation_guess, Assessment.guess_confidence)
                          .join(Assessment, Assessment.participant_id == Allocation.participant_id)
                          .where(Assessment.allocation_guess.is_not(None))).all()
-    if blinded:
-        g = Counter(guess for _, guess in guesses)
-        return [{"arm": POOLED_KEY, "n": sum(g.values()), "guessed_music_therapy": g[MUSIC],
-                 "guessed_usual_care": g[USUAL], "unsure": g["unsure"], "bang_index": None}]
+    visits = [v["key"] for v in content["visits"] if any(g.visit == v["key"] for g in guesses)]
     out = []
+    if blinded:
+        for v in visits:
+            g = Counter(x.allocation_guess for x in guesses if x.visit == v)
+            out.append({"arm": POOLED_KEY, "visit": v, "n": sum(g.values()), "guessed_music_therapy": g[MUSIC],
+                        "guessed_usual_care": g[USUAL], "unsure": g["unsure"], "bang_index": None})
+        return out
     for a in arms:
-        g = Counter(guess for arm, guess in guesses if arm == a["key"])
         right, wrong = (MUSIC, USUAL) if a["key"] in music else (USUAL, MUSIC)
-        n = sum(g.values())
-        out.append({"arm": a["key"], "n": n, "correct": g[right], "incorrect": g[wrong],
-                    "unsure": g["unsure"], "bang_index": round((g[right] - g[wrong]) / n, 3) if n else None})
+        for v in visits:
+            mine = [x for x in guesses if x.arm == a["key"] and x.visit == v]
+            g = Counter(x.allocation_guess for x in mine)
+            score = [1.0 if x.allocation_guess == right else -1.0 if x.allocation_guess == wrong else 0.0 for x in mine]
+            weighted = [s * (x.guess_confidence or 0) / 5 for s, x in zip(score, mine)]
+            bi, lo, hi = _index(score)
+            wbi, wlo, whi = _index(weighted)
+            out.append({"arm": a["key"], "visit": v, "n": len(mine), "correct": g[right], "incorrect": g[wrong],
+                        "unsure": g["unsure"], "bang_index": bi, "ci_low": lo, "ci_high": hi,
+                        "weighted_index": wbi, "weighted_ci_low": wlo, "weighted_ci_high": whi})
     return out
 
 
@@ -54,14 +83,16 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def _pct(k: int, n: int) -> str:
-    return f"{k} ({100 * k / n:.0f}%)" if n else "0"
+    return f"{k} ({100 * k / n:.1f}%)" if n else "0"
 
 
 def baseline_table(db: Session, blinded: bool) -> dict:
-    """Table 1: baseline characteristics by arm, n, mean (SD) and n (%); for a blinded reader one
-    pooled column."""
+    """Table 1 as a journal prints it: a column per arm headed with its label and N, and the total
+    (one pooled column for a blinded reader); age and each baseline score as mean (SD) of those
+    with data and a row of the number missing; sex and site as n (%)."""
     content = current_protocol(db).content
     arm_keys = [] if blinded else [a["key"] for a in content["arms"]]
+    arm_label = {a["key"]: a["label"] for a in content["arms"]}
     rows = db.execute(select(Participant.id, Participant.date_of_birth, Participant.consent_date, Participant.sex,
                              Site.code, Allocation.arm).join(Allocation, Allocation.participant_id == Participant.id)
                       .join(Site, Site.id == Participant.site_id)).all()
@@ -72,25 +103,40 @@ def baseline_table(db: Session, blinded: bool) -> dict:
     cols = {k: [r for r in rows if r.arm == k] for k in arm_keys}
     cols["all"] = list(rows)
     order = arm_keys + ["all"]
-    table = [["Characteristic"] + [((POOLED_LABEL if blinded else "Total") if k == "all" else k) for k in order],
-             ["Participants, n"] + [str(len(cols[k])) for k in order],
-             ["Age, months, mean (SD)"] + [_mean_sd([age_in_months(r.date_of_birth, r.consent_date) for r in cols[k]]) for k in order]]
-    for sex in ("female", "male"):
-        table.append([f"Sex {sex}, n (%)"] + [_pct(sum(1 for r in cols[k] if r.sex == sex), len(cols[k])) for k in order])
+
+    def head(k):
+        name = (POOLED_LABEL if blinded else "Total") if k == "all" else arm_label[k]
+        return f"{name} (N = {len(cols[k])})"
+
+    table = [["Characteristic"] + [head(k) for k in order],
+             ["Age at consent, months, mean (SD)"] + [_mean_sd([age_in_months(r.date_of_birth, r.consent_date) for r in cols[k]])
+                                                      for k in order],
+             ["Sex, n (%)"] + [""] * len(order)]
+    for sex, word in (("female", "Female"), ("male", "Male")):
+        table.append([f"  {word}"] + [_pct(sum(1 for r in cols[k] if r.sex == sex), len(cols[k])) for k in order])
+    missing_sex = [sum(1 for r in cols[k] if r.sex not in ("female", "male")) for k in order]
+    if any(missing_sex):
+        table.append(["  Missing"] + [str(n) for n in missing_sex])
+    table.append(["Site, n (%)"] + [""] * len(order))
     for site in sorted({r.code for r in rows}):
-        table.append([f"Site {site}, n (%)"] + [_pct(sum(1 for r in cols[k] if r.code == site), len(cols[k])) for k in order])
+        table.append([f"  {site}"] + [_pct(sum(1 for r in cols[k] if r.code == site), len(cols[k])) for k in order])
     for ins in content["instruments"]:
         for f in ins["fields"]:
             if f["type"] in ("integer", "number"):
-                table.append([f"{ins['key']} {f['label']}, mean (SD)"] + [
-                    _mean_sd([base[r.id][ins["key"]][f["key"]] for r in cols[k]
-                              if ins["key"] in base.get(r.id, {}) and base[r.id][ins["key"]].get(f["key"]) is not None])
-                    for k in order])
-                table.append(["  with data, n"] + [str(sum(1 for r in cols[k] if base.get(r.id, {}).get(ins["key"], {}).get(f["key"]) is not None)) for k in order])
-    return {"columns": table[0], "rows": table[1:]}
+                units = f", {f['units']}" if f.get("units") else ""
+
+                def value(r):
+                    return base.get(r.id, {}).get(ins["key"], {}).get(f["key"])
+                table.append([f"{ins['label']}: {f['label']}{units}, mean (SD)"] + [
+                    _mean_sd([value(r) for r in cols[k] if value(r) is not None]) for k in order])
+                table.append(["  Missing, n"] + [str(sum(1 for r in cols[k] if value(r) is None)) for k in order])
+    return {"columns": table[0], "rows": table[1:],
+            "notes": ["Mean (SD) of the participants with data; n (%) of the participants in the column.",
+                      "Baseline: the assessment at the baseline visit (before randomization)."]}
 
 
 def table_csv(t: dict) -> bytes:
+    """A table as CSV: the header row and the rows (a table's notes are in its PDF)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(t["columns"])
@@ -121,13 +167,19 @@ def trial_facts(db: Session, blinded: bool) -> dict:
                              "last_follow_up_assessment": last_fu.isoformat() if last_fu else None},
              "primary_outcome_data_by_visit": per_visit}
     if not blinded:
-        delivered = dict(db.execute(select(Allocation.arm, func.count()).join(
-            TherapySession, TherapySession.participant_id == Allocation.participant_id).where(
-            TherapySession.attendance == "attended").group_by(Allocation.arm)).all())
+        # one definition of a session delivered, as CONSORT's "received", the ADSL's sessatt and the
+        # intervention-as-delivered table count it: attended within the five-month course
+        counts: dict[tuple[str, bool], int] = {(arm, bool(outside)): n for arm, outside, n in db.execute(
+            select(Allocation.arm, TherapySession.outside_course, func.count()).join(
+                TherapySession, TherapySession.participant_id == Allocation.participant_id).where(
+                TherapySession.attendance == "attended").group_by(Allocation.arm, TherapySession.outside_course)).all()}
         allocated = dict(db.execute(select(Allocation.arm, func.count()).group_by(Allocation.arm)).all())
-        facts["sessions_delivered"] = {a["key"]: {"attended_sessions": delivered.get(a["key"], 0),
-                                                  "participants": allocated.get(a["key"], 0),
-                                                  "per_participant": round(delivered.get(a["key"], 0) / allocated[a["key"]], 1)
-                                                  if allocated.get(a["key"]) else None}
-                                       for a in content["arms"]}
+        facts["sessions_delivered"] = {a["key"]: {
+            "definition": "attended sessions within the course (randomization day to the day before the same date "
+                          f"{content['course']['months']} months later)",
+            "attended_sessions": counts.get((a["key"], False), 0),
+            "attended_after_course": counts.get((a["key"], True), 0),
+            "participants": allocated.get(a["key"], 0),
+            "per_participant": round(counts.get((a["key"], False), 0) / allocated[a["key"]], 1)
+            if allocated.get(a["key"]) else None} for a in content["arms"]}
     return facts

@@ -38,7 +38,72 @@ ALLOWED = {
     "instruments": {"key", "label", "labels", "blinded", "visits", "fields"},
     "fields": {"key", "label", "labels", "type", "min", "max", "soft_min", "soft_max", "required", "units", "choices"},
     "primary_outcome": {"instrument", "field", "visit"},
+    "analysis": {"model", "visits", "reference_arm", "pooled_arms", "pooled_label", "adjust", "per_protocol_min_dose",
+                 "secondary_outcomes"},
+    "secondary_outcomes": {"instrument", "field"},
 }
+
+ANALYSIS_MODELS = ("mixed_model",)
+
+
+def _analysis(raw: dict[str, Any], out: dict[str, Any]) -> None:
+    """The primary analysis (optional): a linear mixed model of the primary outcome at the given
+    visits (baseline, then follow-ups up to the primary visit) with fixed effects for visit, group
+    x visit after baseline and the adjustment factors, and a random intercept per child; group is
+    the pooled arms against the reference arm. Each pooled arm against the reference is the
+    secondary analysis."""
+    if "analysis" not in raw:
+        return
+    a = _need(raw, "analysis", "", dict)
+    _known(a, "analysis", "analysis")
+    model = _need(a, "model", "analysis", str, "mixed_model")
+    if model not in ANALYSIS_MODELS:
+        raise ProtocolError("analysis.model", f"must be one of {', '.join(ANALYSIS_MODELS)}")
+    arm_keys = [x["key"] for x in out["arms"]]
+    visit_keys = [v["key"] for v in out["visits"]]
+    prim = out["primary_outcome"]
+    visits = _need(a, "visits", "analysis", list)
+    unknown = [v for v in visits if v not in visit_keys]
+    if unknown:
+        raise ProtocolError("analysis.visits", f"unknown visit {unknown[0]!r}")
+    if not visits or visits[0] != "baseline" or prim["visit"] not in visits or len(set(visits)) != len(visits):
+        raise ProtocolError("analysis.visits", "must start with 'baseline' and include the primary visit, each once")
+    if visits != sorted(visits, key=visit_keys.index):
+        raise ProtocolError("analysis.visits", "must be in the protocol's order of visits")
+    ins = next(i for i in out["instruments"] if i["key"] == prim["instrument"])
+    missing = [v for v in visits if v not in ins["visits"]]
+    if missing:
+        raise ProtocolError("analysis.visits", f"the primary instrument is not collected at {missing[0]!r}")
+    ref = _need(a, "reference_arm", "analysis", str)
+    if ref not in arm_keys:
+        raise ProtocolError("analysis.reference_arm", f"unknown arm {ref!r}")
+    pooled = _need(a, "pooled_arms", "analysis", list, [k for k in arm_keys if k != ref])
+    if not pooled or any(k not in arm_keys or k == ref for k in pooled) or len(set(pooled)) != len(pooled):
+        raise ProtocolError("analysis.pooled_arms", "must list arms other than the reference arm, each once")
+    adjust = _need(a, "adjust", "analysis", list, ["site"])
+    factors = [f["key"] for f in out["randomization"]["factors"]]
+    bad = [f for f in adjust if f not in factors]
+    if bad:
+        raise ProtocolError("analysis.adjust", f"{bad[0]!r} is not a randomization factor")
+    dose = _need(a, "per_protocol_min_dose", "analysis", (int, float), 0.5)
+    if not 0 <= dose <= 1:
+        raise ProtocolError("analysis.per_protocol_min_dose", "must be between 0 and 1")
+    secondary = []
+    for i, so in enumerate(_need(a, "secondary_outcomes", "analysis", list, [])):
+        sp = f"analysis.secondary_outcomes[{i}]"
+        if not isinstance(so, dict):
+            raise ProtocolError(sp, "must be a table with instrument and field")
+        _known(so, "secondary_outcomes", sp)
+        sins = next((x for x in out["instruments"] if x["key"] == _need(so, "instrument", sp, str)), None)
+        if sins is None:
+            raise ProtocolError(f"{sp}.instrument", f"unknown instrument {so['instrument']!r}")
+        fld = next((f for f in sins["fields"] if f["key"] == _need(so, "field", sp, str)), None)
+        if fld is None or fld["type"] not in ("integer", "number"):
+            raise ProtocolError(f"{sp}.field", f"instrument {sins['key']!r} has no numeric field {so['field']!r}")
+        secondary.append({"instrument": sins["key"], "field": fld["key"]})
+    out["analysis"] = {"model": model, "visits": visits, "reference_arm": ref, "pooled_arms": pooled,
+                       "pooled_label": _need(a, "pooled_label", "analysis", str, "Pooled arms"),
+                       "adjust": adjust, "per_protocol_min_dose": float(dose), "secondary_outcomes": secondary}
 
 
 def _known(d: dict, kind: str, path: str) -> None:
@@ -392,8 +457,9 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
             raise ProtocolError(f"instruments[{instruments.index(ins)}].visits",
                                 f"the primary instrument must be collected at {vk!r}")
     out["primary_outcome"] = prim
+    _analysis(raw, out)
     unknown = set(raw) - {"trial", "arms", "randomization", "eligibility", "criteria", "course", "visits",
-                          "instruments", "primary_outcome", "credentials", "goals", "fidelity"}
+                          "instruments", "primary_outcome", "credentials", "goals", "fidelity", "analysis"}
     if unknown:
         raise ProtocolError(sorted(unknown)[0], "is not a known protocol section")
     return out

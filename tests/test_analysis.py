@@ -1,0 +1,162 @@
+"""The protocol's primary analysis: a simulated trial with a known effect is recovered within its
+confidence interval, lme4 (R) agrees with statsmodels, the scripts written into the bundle
+reproduce its numbers, and the protocol's [analysis] is checked when it is loaded."""
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trial.analysis.service import primary_analysis
+from trial.exports.dataset import YESNO, Table, Var, arm_codes
+from trial.exports.formats import to_csv
+from trial.protocol.schema import ProtocolError, parse
+
+PROTOCOL = Path(__file__).resolve().parent.parent / "config" / "protocols" / "time-a.toml"
+CONTENT = parse(PROTOCOL.read_text())
+VISITS = ["baseline", "month2", "month5"]
+NAMES = {"baseline": "asoc_bl", "month2": "asoc_m2", "month5": "asoc_m5"}
+
+
+def simulated_adsl(effect: float, n: int = 240, seed: int = 7, low_extra: float = 0.0) -> Table:
+    """ADSL rows of a trial in which the music-therapy children's social affect falls by
+    ``effect`` more than usual care's from baseline to 5 months (half of it at 2 months); six
+    sites, a child's random intercept (SD 2), residual SD 1.5, about 10% of follow-ups missing."""
+    rng = random.Random(seed)
+    sites = {f"S{i}": rng.gauss(0, 1) for i in range(1, 7)}
+    arms = ["low", "high", "usual", "usual"]
+    rows = []
+    for i in range(n):
+        site = rng.choice(sorted(sites))
+        arm = arms[i % 4]
+        child = rng.gauss(0, 2)
+        music = arm != "usual"
+        extra = low_extra if arm == "low" else 0.0
+        y = {"baseline": 12 + sites[site] + child,
+             "month2": 11.5 + sites[site] + child + (effect / 2 if music else 0),
+             "month5": 11 + sites[site] + child + (effect + extra if music else 0)}
+        vals = []
+        for v in VISITS:
+            value = y[v] + rng.gauss(0, 1.5)
+            vals.append(None if v != "baseline" and rng.random() < 0.1 else round(value, 3))
+        rows.append((f"{site}-{i:04d}", site, arm, *vals, 1))
+    vars_ = [Var("studyid", "Study ID", "str"), Var("site", "Site code", "str"),
+             Var("arm", "Arm", "str", codes=arm_codes(CONTENT))]
+    vars_ += [Var(NAMES[v], f"Social affect, {v}", "float", instrument="ados2", field="social_affect", visit=v) for v in VISITS]
+    vars_.append(Var("ittfl", "ITT", "int", codes=YESNO))
+    return Table("adsl", "Analysis dataset", vars_, rows)
+
+
+def test_a_simulated_effect_is_recovered_within_its_confidence_interval():
+    for truth in (-2.0, 0.0):
+        result, text, _, _ = primary_analysis(CONTENT, simulated_adsl(truth), blinded=False)
+        assert result["converged"] is True
+        assert result["ci_low"] < truth < result["ci_high"], result
+        assert result["ci_high"] - result["ci_low"] < 1.6, "the interval is as narrow as 240 children make it"
+        assert result["n"] == 240 and 600 < result["n_observations"] < 720
+        assert result["visit"] == "month5" and result["outcome"] == "ados2.social_affect"
+        assert result["allocation"] == "real" and result["reference_arm"] == "usual"
+        assert "Enhanced usual care" in result["comparison"]
+        assert f"Effect (group x month5): {result['estimate']:.4f}" in text
+    big = primary_analysis(CONTENT, simulated_adsl(-2.0), blinded=False)[0]
+    assert big["p_value"] < 1e-6
+    # the secondary analysis: each arm against usual care (the low arm loses half its effect here)
+    sec = {s["arm"]: s for s in primary_analysis(CONTENT, simulated_adsl(-2.0, n=400, low_extra=1.0), blinded=False)[0]["secondary"]}
+    assert set(sec) == {"low", "high"}
+    assert sec["low"]["ci_low"] < -1.0 < sec["low"]["ci_high"]
+    assert sec["high"]["ci_low"] < -2.0 < sec["high"]["ci_high"]
+
+
+def test_too_few_data_give_no_inference_and_say_so():
+    t = simulated_adsl(-2.0, n=4)
+    t.rows = [r[:3] + (12.0, 9.0, 9.0, 1) for r in t.rows]  # every child the same: the model fits exactly
+    result, text, _, _ = primary_analysis(CONTENT, t, blinded=False)
+    assert result["se"] is None and result["p_value"] is None and result["ci_low"] is None
+    assert "No inference is possible" in result["note"] and result["note"] in text
+    t.rows = []
+    result, text, _, _ = primary_analysis(CONTENT, t, blinded=False)
+    assert result["estimate"] is None and "could not be fitted" in result["note"]
+
+
+def _run(cmd, cwd) -> str:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _estimates(out: str) -> dict[str, tuple[float, float]]:
+    return {m[1]: (float(m[2]), float(m[3])) for m in re.finditer(r"^(\w+): estimate (\S+)\s+SE (\S+)", out, re.M)}
+
+
+def _bundle_folder(tmp_path, table: Table, blinded=False):
+    result, _, py, r = primary_analysis(CONTENT, table, blinded=blinded)
+    folder = tmp_path / "analysis"
+    folder.mkdir()
+    (folder / "adsl.csv").write_bytes(to_csv(table))
+    (folder / "primary.py").write_text(py)
+    (folder / "primary.R").write_text(r)
+    return result, folder
+
+
+def test_the_bundles_python_script_reproduces_the_numbers(tmp_path):
+    result, folder = _bundle_folder(tmp_path, simulated_adsl(-1.5))
+    got = _estimates(_run([sys.executable, str(folder / "primary.py")], cwd=tmp_path.parent))
+    est, se = got["group_month5"]
+    assert abs(est - result["estimate"]) < 1e-6 and abs(se - result["se"]) < 1e-6
+    for s in result["secondary"]:
+        assert abs(got[f"arm_{s['arm']}_month5"][0] - s["estimate"]) < 1e-6
+
+
+@pytest.mark.skipif(shutil.which("Rscript") is None, reason="R is not installed (.ci/run installs r-base-core and r-cran-lme4)")
+def test_lme4_agrees_with_statsmodels(tmp_path):
+    """The bundle's R script, fitting the same model with lme4 from the same ADSL, agrees with
+    statsmodels to 1e-3 on the estimate and its standard error, primary and secondary."""
+    for effect, seed in ((-1.5, 7), (0.4, 11)):
+        case = tmp_path / f"case{seed}"
+        case.mkdir()
+        result, folder = _bundle_folder(case, simulated_adsl(effect, seed=seed))
+        got = _estimates(_run(["Rscript", str(folder / "primary.R")], cwd=tmp_path))
+        est, se = got["group_month5"]
+        assert abs(est - result["estimate"]) < 1e-3 and abs(se - result["se"]) < 1e-3, (got, result)
+        for s in result["secondary"]:
+            e2, s2 = got[f"arm_{s['arm']}_month5"]
+            assert abs(e2 - s["estimate"]) < 1e-3 and abs(s2 - s["se"]) < 1e-3
+
+
+def test_a_blinded_dataset_is_analysed_on_its_dummy_codes_and_says_so():
+    t = simulated_adsl(-2.0)
+    t.vars[2] = Var("armcd", "Arm code: DUMMY allocation (blinded)", "str")
+    code = {"low": "B", "high": "C", "usual": "A"}
+    t.rows = [r[:2] + (code[r[2]],) + r[3:] for r in t.rows]
+    t.meta = {"dummy_weights": {"A": 2, "B": 1, "C": 1}}
+    result, text, py, r = primary_analysis(CONTENT, t, blinded=True)
+    assert result["allocation"] == "dummy" and "DUMMY" in result["note"] and "DUMMY" in text
+    assert result["reference_arm"] == "A" and sorted(result["pooled_arms"]) == ["B", "C"]
+    assert "Dummy arm A" in result["comparison"] and "usual care" not in json.dumps(result)
+    assert '"armcd"' in py and "adsl$armcd" in r
+
+
+def test_the_protocols_analysis_is_checked_when_loaded():
+    text = PROTOCOL.read_text()
+    assert CONTENT["analysis"]["visits"] == VISITS and CONTENT["analysis"]["reference_arm"] == "usual"
+    for old, new, key in (('reference_arm = "usual"', 'reference_arm = "none"', "analysis.reference_arm"),
+                          ('visits = ["baseline", "month2", "month5"]', 'visits = ["month2", "month5"]', "analysis.visits"),
+                          ('visits = ["baseline", "month2", "month5"]', 'visits = ["baseline", "month2"]', "analysis.visits"),
+                          ('pooled_arms = ["low", "high"]', 'pooled_arms = ["low", "usual"]', "analysis.pooled_arms"),
+                          ('adjust = ["site"]', 'adjust = ["age"]', "analysis.adjust"),
+                          ('per_protocol_min_dose = 0.5', 'per_protocol_min_dose = 1.5', "analysis.per_protocol_min_dose"),
+                          ('{ instrument = "ados2", field = "rrb" }', '{ instrument = "ados2", field = "nope" }',
+                           "analysis.secondary_outcomes[0].field"),
+                          ('model = "mixed_model"', 'model = "anova"', "analysis.model")):
+        assert old in text
+        with pytest.raises(ProtocolError) as e:
+            parse(text.replace(old, new, 1))
+        assert e.value.key == key, (new, e.value)
+    without = re.sub(r"\n\[analysis\]\n.*?\n\]\n", "\n", text, flags=re.S)
+    assert "[analysis]" not in without and "analysis" not in parse(without)

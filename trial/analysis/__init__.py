@@ -1,0 +1,1 @@
+"""The protocol's statistical analysis of a locked dataset."""
