@@ -623,7 +623,7 @@ def test_baseline_table_by_arm_on_a_hand_computed_example(world, small, db):
     if shutil.which("pdftotext"):
         done = subprocess.run(["pdftotext", "-layout", "-", "-"], input=pdf, capture_output=True, timeout=60)
         text_ = done.stdout.decode()
-        assert "Music therapy, 3 sessions per week (N = 2)" in text_ and "12.0 (2.8)" in text_ and "Missing, n" in text_
+        assert "(N = 2)" in text_ and "Total (N = 5)" in text_ and "12.0 (2.8)" in text_ and "Missing, n" in text_
 
 
 # --- the locked dataset bundle ----------------------------------------------------------------------------

@@ -48,8 +48,16 @@ def from_env(overrides: dict | None = None) -> dict:
         # reverse proxies in front of the app whose X-Forwarded-For is trusted: login throttling
         # counts per client address, which behind a proxy only this header knows
         "PROXIES": int(os.environ.get("TRIAL_PROXIES", "0") or 0),
+        # who builds a hard lock's bundles once it commits: "worker" (the app starts `trial worker
+        # --until-idle`, a process of its own), "external" (a `trial worker` kept running, e.g. by
+        # systemd, picks them up) or "inline" (in the signing request: tests, a single process)
+        "LOCK_BUILDER": os.environ.get("TRIAL_LOCK_BUILDER", "worker"),
     }
     cfg.update(overrides or {})
+    if cfg.get("TESTING") and "LOCK_BUILDER" not in (overrides or {}):
+        cfg["LOCK_BUILDER"] = "inline"
+    if cfg["LOCK_BUILDER"] not in ("worker", "external", "inline"):
+        raise ConfigError("TRIAL_LOCK_BUILDER must be worker, external or inline.")
     if not cfg["SECRET_KEY"]:
         if cfg["ENV_NAME"] == "production":
             raise ConfigError("TRIAL_SECRET_KEY must be set in production (TRIAL_ENV=production); refusing to start.")

@@ -6,6 +6,8 @@ queue instead of failing with "database is locked". PostgreSQL is selected by th
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import datetime as dt
 import os
 import sqlite3
@@ -88,7 +90,7 @@ def _sqlite_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # pragma: no cover
         dbapi = conn.connection.dbapi_connection
-        if getattr(dbapi, "trial_read_only", False):
+        if getattr(dbapi, "trial_read_only", False) or conn.connection.info.get("trial_read_only"):
             conn.exec_driver_sql("BEGIN")
             return
         try:
@@ -100,6 +102,25 @@ def _sqlite_hooks(engine: Engine) -> None:
                 raise
             dbapi.trial_read_only = True
             conn.exec_driver_sql("BEGIN")
+
+
+@contextmanager
+def read_only_session(session_factory):
+    """A session for a long read (a lock's bundle): on SQLite its transaction is a deferred one,
+    which in WAL mode keeps a snapshot without taking the write lock (every other transaction
+    begins IMMEDIATE), so writers and other readers go on meanwhile; on PostgreSQL an ordinary
+    session. It must not write."""
+    bind = session_factory.kw["bind"]
+    conn = bind.connect()
+    info = conn.connection.info  # kept with the pooled connection: set for this session only
+    info["trial_read_only"] = is_sqlite(bind)
+    s = session_factory(bind=conn)
+    try:
+        yield s
+    finally:
+        s.close()
+        info.pop("trial_read_only", None)
+        conn.close()
 
 
 @event.listens_for(Session, "after_commit")

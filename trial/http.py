@@ -5,6 +5,9 @@ user's setting, else the browser's ``Accept-Language``, else English; the API sp
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 
 from flask import Flask, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from flask_babel import Babel, format_date, format_decimal, format_percent, get_locale, get_translations, gettext
@@ -18,7 +21,9 @@ from trial.auth.service import load_session_user, user_for_token
 from trial.catalogue import LANGUAGES, N_, RTL_LANGUAGES, Msg, label
 from trial.db import unavailable, utcnow
 from trial.errors import DomainError, ValidationError
+from trial.lock.models import DataLock
 from trial.lock.service import banner as lock_banner
+from trial.lock.service import build_now
 from trial.paging import DEFAULT_PER_PAGE, MAX_PER_PAGE, PageRequest
 from trial.policy import ANY, POLICY, PUBLIC, QUERY_PARAMS
 from trial.protocol.service import current as current_protocol
@@ -224,6 +229,25 @@ def _enforce_policy():
     if policy != ANY and not user.has_role(*policy):
         abort(403)
     return None
+
+
+def start_bundle_build(lock_id: int) -> None:
+    """After a hard lock commits, have its bundles built (config LOCK_BUILDER): ``worker`` starts
+    `trial worker --until-idle` as a process of its own (detached: it outlives the request and
+    builds both variants in parallel), ``inline`` builds them here and now, ``external`` leaves
+    them to a running `trial worker`. The state is in the database, so any app server reports it."""
+    mode = current_app.config.get("LOCK_BUILDER", "worker")
+    if mode == "inline":
+        build_now(db(), actor(), db().get(DataLock, lock_id))
+        db().commit()
+    elif mode == "worker":
+        url = current_app.extensions["trial.engine"].url.render_as_string(hide_password=False)
+        os.makedirs(current_app.instance_path, exist_ok=True)
+        log = open(os.path.join(current_app.instance_path, "worker.log"), "ab")  # noqa: SIM115 (the child owns it)
+        subprocess.Popen([sys.executable, "-m", "trial.cli", "worker", "--until-idle"],
+                         env={**os.environ, "TRIAL_DATABASE_URL": url}, stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        log.close()
 
 
 def lock_notice() -> str | None:

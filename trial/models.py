@@ -7,7 +7,7 @@ from trial.dataquality.models import DataQuery, QueryMessage, Verification  # no
 from trial.db import Base
 from trial.esign.models import Signature  # noqa: F401
 from trial.fidelity.models import FidelityDraw, FidelityRating, FidelitySample  # noqa: F401
-from trial.lock.models import DataLock, LockBundle  # noqa: F401
+from trial.lock.models import DataLock, LockBuild, LockBundle  # noqa: F401
 from trial.notify.models import MailMessage, Notification  # noqa: F401
 from trial.outcomes.models import BlindingBreak  # noqa: F401
 from trial.participants.models import Allocation, Assessment, Participant, Screening, SiteSequence, StatusEvent  # noqa: F401

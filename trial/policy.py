@@ -121,6 +121,7 @@ POLICY: dict[str, object] = {
     "api.create_lock": ("manager",),
     "api.lift_lock": ("manager",),
     "api.list_locks": ("manager", "statistician"),
+    "api.get_lock": ("manager", "statistician"),
     "api.bundle": ("manager", "statistician"),
     "api.unblinding": ("manager",),
     "api.consort": ("manager", "statistician"),

@@ -6,23 +6,26 @@ from flask import Response, jsonify, request
 from trial.api.routing import body, route
 from trial.api.schemas import CONSORT, DT, ID, NDT, NI, NS, OBJ, SITE_QUERY, S, array, enum, err, media, obj, ok, text
 from trial.exports import service as exports
-from trial.http import actor, db
+from trial.http import actor, db, start_bundle_build
 from trial.lock import service as locks
 
 SITE = SITE_QUERY
 LOCK = obj(["id", "kind", "version", "created_at", "signed_by", "meaning", "lifted_at", "lift_reason", "manifest_sha256",
-            "accepted_open_queries"],
+            "accepted_open_queries", "status", "progress"],
            id=ID, kind=enum("soft", "hard"), version=NI, created_at=DT, signed_by=S, meaning=S, lifted_at=NDT,
-           lift_reason=NS, manifest_sha256=NS, accepted_open_queries=array(ID))
+           lift_reason=NS, manifest_sha256=NS, accepted_open_queries=array(ID),
+           status={"type": "string", "enum": ["building", "ready", "failed"], "nullable": True,
+                   "description": "a hard lock's bundles (null for a soft lock)"},
+           progress={"type": "number", "minimum": 0, "maximum": 1, "nullable": True})
 PASSWORD = {"type": "string", "minLength": 1}
 
 
-@route("/locks", "POST", "Sign a soft or hard lock (a hard lock builds the locked dataset bundles)", "manager",
+@route("/locks", "POST", "Sign a soft or hard lock (a hard lock's bundles are then built in the background)", "manager",
        request_schema=obj(["kind", "meaning", "password"], kind=enum("soft", "hard"), meaning=text(500), password=PASSWORD,
                           accept_open_queries={"type": "boolean", "description": "sign a hard lock although queries are "
                                                                                  "open (recorded with the signature)"}),
-       responses={201: ok("locked", obj(["id", "kind", "version", "created_at"], id=ID, kind=enum("soft", "hard"), version=NI,
-                                        created_at=DT)),
+       responses={201: ok("locked", obj(["id", "kind", "version", "created_at", "status"], id=ID, kind=enum("soft", "hard"),
+                                        version=NI, created_at=DT, status=LOCK["properties"]["status"])),
                   400: err("bad input or wrong password"),
                   409: err("a lock is already in force, or queries are open (open_queries: their ids in fields)")})
 def create_lock():
@@ -30,8 +33,17 @@ def create_lock():
     lock = locks.create_lock(db(), actor(), data.get("kind"), data.get("meaning"), data.get("password"),
                              data.get("accept_open_queries", False))
     db().commit()
+    if lock.kind == "hard":
+        start_bundle_build(lock.id)
     return jsonify({"id": lock.id, "kind": lock.kind, "version": lock.version,
-                    "created_at": lock.created_at.isoformat(timespec="seconds") + "Z"}), 201
+                    "created_at": lock.created_at.isoformat(timespec="seconds") + "Z",
+                    "status": locks.build_status(db(), lock.id)["status"]}), 201
+
+
+@route("/locks/<int:lock_id>", "GET", "A lock, with its bundles' state while they are built (status, progress)",
+       "manager, statistician", responses={200: ok("the lock", LOCK), 404: err("unknown lock")})
+def get_lock(lock_id):
+    return jsonify(locks.lock_info(db(), actor(), lock_id))
 
 
 @route("/locks/<int:lock_id>", "DELETE", "Lift a lock (reason and signature); a hard lock's snapshot stays", "manager",
@@ -53,7 +65,8 @@ def list_locks():
 
 @route("/locks/<int:lock_id>/bundle.zip", "GET", "The locked dataset bundle (blinded until unblinding for statisticians)",
        "manager, statistician", responses={200: {**media("the bundle", "application/zip"), "headers": {
-           "X-Content-SHA256": {"schema": S, "description": "SHA-256 of the zip"}}}, 404: err("no hard lock with that id")})
+           "X-Content-SHA256": {"schema": S, "description": "SHA-256 of the zip"}}}, 404: err("no hard lock with that id"),
+           409: err("the bundle is still being built, or its build failed (bundle_not_ready)")})
 def bundle(lock_id):
     b = locks.get_bundle(db(), actor(), lock_id)
     return Response(b.content, mimetype="application/zip", headers={

@@ -21,6 +21,8 @@ COMMANDS = {
     "checks": ("trial.cli.checks", "checks", "Automatic data checks (missing forms)."),
     "fidelity": ("trial.cli.fidelity", "fidelity", "Treatment fidelity: draw the sessions to rate, verify the draws."),
     "mail": ("trial.cli.mail", "mail", "E-mail notifications (relay: TRIAL_SMTP_URL)."),
+    "lock": ("trial.cli.lock", "lock", "Hard locks' bundles: their state, and building them again."),
+    "worker": ("trial.cli.lock", "worker", "Build the bundles of hard locks in the background (started by the app, or kept running)."),
     "demo": ("trial.cli.demo", "demo_cmd", "Load demo sites, users and synthetic participants into an empty database; print the logins."),
     "serve": ("trial.cli.serve", "serve", "Serve the web application (development server)."),
 }

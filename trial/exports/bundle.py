@@ -83,18 +83,22 @@ class _Zip:
         return self.buf.getvalue(), _sha(manifest)
 
 
-def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = None) -> tuple[bytes, str, str]:
-    """Return (zip bytes, sha256 of the zip, sha256 of the manifest)."""
+def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = None, progress=None) -> tuple[bytes, str, str]:
+    """Return (zip bytes, sha256 of the zip, sha256 of the manifest). ``progress`` is called with
+    the share done (0..1) as the build goes (a worker reports it to the locks page)."""
+    say = progress or (lambda share: None)
     when = lock.created_at
     pv = db.query(ProtocolVersion).filter_by(version=lock.protocol_version).one()
     content = pv.content
     dummy_seed = bytes.fromhex(lock.dummy_seed) if blinded else None
     tables = build_tables(db, blinded, cache, dummy_seed)
+    steps = len(tables) + 4  # each table's files, the analysis, the syntax and dictionary, the ODM, the reports
+    say(1 / steps)
     out = _Zip(lock)
     try:
         truncated: dict[str, dict[str, int]] = {}
         counts = {t.name: len(t.rows) for t in tables}
-        for t in tables:
+        for i, t in enumerate(tables):
             where = ("analysis/{name}.{fmt}" if t.name in ANALYSIS_TABLES else "{fmt}/{name}.{fmt}").format
             out.add(where(name=t.name, fmt="csv"), formats.to_csv(t))
             df, xdf, cut = formats.frames(t)
@@ -104,8 +108,10 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
             if cut:
                 truncated[t.name] = cut
             del df, xdf
+            say((i + 2) / steps)
         if content.get("analysis"):
             _analysis_files(out, content, next(t for t in tables if t.name == "adsl"), blinded)
+        say((len(tables) + 1) / steps)
         reference = (content.get("analysis") or {}).get("reference_arm")
         out.add("syntax/load.R", syntax.load_r(tables, reference).encode())
         out.add("syntax/load.do", syntax.load_do(tables, reference).encode())
@@ -114,8 +120,10 @@ def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = Non
         out.add("dictionary.csv", formats.dictionary_csv(tables))
         out.add("dictionary_visits.csv", formats.visits_csv(content))
         out.add("protocol.toml", pv.source.encode("utf-8"))  # byte for byte the version in force (its sha256 is in the README)
+        say((len(tables) + 2) / steps)
         out.add_stream("odm/snapshot.xml", odm.snapshot_chunks(content, {t.name: t for t in tables if t.name not in ANALYSIS_TABLES},
                                                                lock.id, when, pv.version, blinded))
+        say((len(tables) + 3) / steps)
         c = consort(db, CliActor(), blinded=blinded)
         out.add("reports/consort.json", json.dumps(c, indent=2, sort_keys=False).encode())
         bi = bang_index(db, blinded)

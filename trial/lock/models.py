@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from trial.db import Base, utcnow
@@ -40,3 +40,24 @@ class LockBundle(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LockBuild(Base):
+    """The building of one variant of a hard lock's bundle, by a worker process after the lock
+    commits: its state (building, ready, failed), its progress, and who builds it with a heartbeat
+    (a worker that stops beating for long is taken for dead: its build is reported failed and may
+    be claimed again)."""
+
+    __tablename__ = "lock_build"
+    __table_args__ = (UniqueConstraint("lock_id", "variant"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lock_id: Mapped[int] = mapped_column(ForeignKey("data_lock.id"), index=True)
+    variant: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(10), default="building")  # building | ready | failed
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(100))
+    heartbeat: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

@@ -7,9 +7,10 @@ seed.
 """
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
@@ -19,11 +20,13 @@ from trial.dataquality.service import shown_queries
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.esign.models import Signature
 from trial.esign.service import sign
-from trial.exports.bundle import build_bundles, seal_name
-from trial.lock.models import DataLock, LockBundle
+from trial.db import read_only_session, utcnow
+from trial.exports.consort import consort
+from trial.exports.bundle import VARIANTS, build_bundle, build_bundles, seal_name
+from trial.lock.models import DataLock, LockBuild, LockBundle
 from trial.protocol.service import current as current_protocol
 from trial.randomize.service import get_design, master_seed
-from trial.scope import is_blinded, require_role
+from trial.scope import CliActor, is_blinded, require_role
 from trial.trialstate.service import active_lock_id, lock_message
 from trial.trialstate.service import state as trial_state
 from trial.validation import refuse, text
@@ -80,6 +83,8 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str, acce
             raise OpenQueries(f"{len(open_queries)} queries are not closed. Close them first, or sign the hard lock "
                               "accepting them (accept_open_queries), which is recorded with the signature.",
                               {str(q.id): q.status for q in open_queries})
+        # data whose CONSORT does not reconcile would give no bundle: refused before anything is signed
+        consort(db, CliActor())
         if open_queries:  # no count, no ids: blinded readers see the signature (the ids are with the lock)
             meaning = f"{(meaning or '').strip()[:440]} [accepting the queries not closed, listed with the lock]"
     sig = sign(db, actor, password, meaning, f"{kind}_lock")
@@ -102,11 +107,145 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str, acce
                      {"accepted_open_queries": (None, lock.accepted_open_queries)}, reveals_allocation=True)
     if kind == "hard":  # the chain as it stands at signing, sealed: cutting it back below here is detected
         audit.seal(db, seal_name(lock))
-        for variant, (content, sha, manifest_sha) in build_bundles(db, lock, sig).items():
-            db.add(LockBundle(lock_id=lock.id, variant=variant, content=content, sha256=sha, manifest_sha256=manifest_sha))
-            audit.created(db, actor, "lock_bundle", f"{lock.id}/{variant}", {"sha256": sha, "manifest_sha256": manifest_sha})
+        # the bundles are built after the commit, by a worker (build_pending), while the lock holds
+        db.add_all([LockBuild(lock_id=lock.id, variant=v, status="building", progress=0.0) for v in VARIANTS])
         db.flush()
     return lock
+
+
+# --- building the bundles ---------------------------------------------------------------------------
+
+STALE = dt.timedelta(seconds=120)  # a build whose worker has not reported for this long is taken for dead
+
+
+def _store(db: Session, actor, lock_id: int, variant: str, data: bytes, sha: str, manifest_sha: str) -> None:
+    db.add(LockBundle(lock_id=lock_id, variant=variant, content=data, sha256=sha, manifest_sha256=manifest_sha))
+    audit.created(db, actor, "lock_bundle", f"{lock_id}/{variant}", {"sha256": sha, "manifest_sha256": manifest_sha})
+
+
+def build_now(db: Session, actor, lock: DataLock) -> None:
+    """Build both bundles of a hard lock in this session, one after the other, from one read of
+    the database (the API's ``inline`` builder, used by the tests and by a single-process setup)."""
+    sig = db.get(Signature, lock.signature_id)
+    rows = {b.variant: b for b in db.execute(select(LockBuild).where(LockBuild.lock_id == lock.id)).scalars()}
+    for variant, (data, sha, manifest_sha) in build_bundles(db, lock, sig).items():
+        _store(db, actor, lock.id, variant, data, sha, manifest_sha)
+        b = rows[variant]
+        b.status, b.progress, b.finished_at = "ready", 1.0, utcnow()
+    db.flush()
+
+
+def claim_build(db: Session, worker: str, lock_id: int | None = None) -> int | None:
+    """Take one variant waiting to be built (or whose worker stopped reporting): an atomic
+    conditional update, so two workers never build the same one. Returns its LockBuild id."""
+    now = utcnow()
+    q = select(LockBuild.id, LockBuild.heartbeat, LockBuild.worker).where(LockBuild.status == "building").order_by(LockBuild.id)
+    if lock_id is not None:
+        q = q.where(LockBuild.lock_id == lock_id)
+    for build_id, beat, owner in db.execute(q).all():
+        if owner is not None and beat is not None and beat > now - STALE:
+            continue  # another worker is on it
+        taken = db.execute(update(LockBuild).where(LockBuild.id == build_id, LockBuild.status == "building",
+                                                   LockBuild.worker.is_(owner) if owner is None else LockBuild.worker == owner,
+                                                   LockBuild.heartbeat.is_(beat) if beat is None else LockBuild.heartbeat == beat)
+                           .values(worker=worker, heartbeat=now, started_at=now, progress=0.0)).rowcount
+        db.commit()
+        if taken == 1:
+            return build_id
+    return None
+
+
+def run_build(session_factory, build_id: int, worker: str) -> str:
+    """Build one claimed variant: the zip is made in a read-only session (on SQLite it does not
+    hold the write lock, so the other variant and the progress reports go on meanwhile) while
+    the progress is reported in short transactions of another; the bundle, its audit record and
+    the state "ready" then commit together. A build that raises is marked failed with its reason.
+    Returns the final state."""
+    with session_factory() as db:
+        b = db.get(LockBuild, build_id)
+        lock_id, variant = b.lock_id, b.variant
+        db.commit()
+
+    def report(share: float) -> None:
+        with session_factory() as p:
+            p.execute(update(LockBuild).where(LockBuild.id == build_id, LockBuild.worker == worker)
+                      .values(progress=round(min(share, 0.99), 3), heartbeat=utcnow()))
+            p.commit()
+    try:
+        with read_only_session(session_factory) as r:
+            lock = r.get(DataLock, lock_id)
+            data, sha, manifest_sha = build_bundle(r, lock, r.get(Signature, lock.signature_id),
+                                                   blinded=variant == "blinded", progress=report)
+        with session_factory() as db:
+            if db.execute(select(LockBundle.id).where(LockBundle.lock_id == lock_id, LockBundle.variant == variant)).first():
+                raise Conflict(f"The {variant} bundle of lock {lock_id} exists already.")
+            _store(db, CliActor(f"worker {worker}"), lock_id, variant, data, sha, manifest_sha)
+            db.execute(update(LockBuild).where(LockBuild.id == build_id)
+                       .values(status="ready", progress=1.0, finished_at=utcnow(), heartbeat=utcnow(), error=None))
+            db.commit()
+        return "ready"
+    except Exception as e:  # any failure of the build is recorded with the build, not lost
+        with session_factory() as db:
+            db.execute(update(LockBuild).where(LockBuild.id == build_id)
+                       .values(status="failed", error=f"{type(e).__name__}: {e}"[:2000], finished_at=utcnow()))
+            db.commit()
+        return "failed"
+
+
+def build_error(db: Session, build_id: int) -> str | None:
+    """Why a build failed (for the worker's log and the operator)."""
+    return db.execute(select(LockBuild.error).where(LockBuild.id == build_id)).scalar()
+
+
+def build_status(db: Session, lock_id: int) -> dict:
+    """A hard lock's bundles: building, ready or failed (a build whose worker has stopped
+    reporting is failed: run `trial lock rebuild`), with the share done."""
+    rows = list(db.execute(select(LockBuild).where(LockBuild.lock_id == lock_id).order_by(LockBuild.variant)).scalars())
+    if not rows:
+        return {"status": None, "progress": None, "error": None}
+    now = utcnow()
+    states = []
+    for b in rows:
+        dead = b.status == "building" and b.heartbeat is not None and b.heartbeat < now - STALE
+        states.append("failed" if dead else b.status)
+    status = "ready" if all(x == "ready" for x in states) else "failed" if "failed" in states else "building"
+    errors = [b.error or "the worker building it stopped reporting" for b, x in zip(rows, states) if x == "failed"]
+    return {"status": status, "progress": round(sum(b.progress for b in rows) / len(rows), 3),
+            "error": "; ".join(errors) or None}
+
+
+def rebuild(session_factory, actor, lock_id: int, worker: str) -> dict[str, str]:
+    """`trial lock rebuild ID`: build the bundles of a hard lock again, while it holds (so the data
+    are the ones it froze). A variant stored already is built and compared (it must give the
+    same bytes; nothing is replaced); a failed or abandoned one is built and stored. Returns
+    each variant's outcome."""
+    out = {}
+    with session_factory() as db:
+        require_role(db, actor, "manager")
+        lock = db.get(DataLock, lock_id)
+        if lock is None or lock.kind != "hard":
+            raise NotFound(f"No hard lock {lock_id}.")
+        if active_lock_id(db) != lock.id:
+            raise Conflict(f"Lock {lock_id} is not in force: its data may have changed since, so its bundles cannot "
+                           "be built again.")
+        builds = [(b.id, b.variant) for b in db.execute(select(LockBuild).where(LockBuild.lock_id == lock_id)
+                                                         .order_by(LockBuild.variant)).scalars()]
+        stored = dict(db.execute(select(LockBundle.variant, LockBundle.sha256).where(LockBundle.lock_id == lock_id)).all())
+        db.commit()
+    for build_id, variant in builds:
+        if variant in stored:
+            with read_only_session(session_factory) as r:
+                rl = r.get(DataLock, lock_id)
+                _, sha, _ = build_bundle(r, rl, r.get(Signature, rl.signature_id), blinded=variant == "blinded")
+            out[variant] = ("same bytes" if sha == stored[variant] else
+                            f"DIFFERENT bytes (stored {stored[variant]}, built {sha}): the stored bundle is kept")
+            continue
+        with session_factory() as db:
+            db.execute(update(LockBuild).where(LockBuild.id == build_id).values(status="building", worker=worker,
+                                                                                heartbeat=utcnow(), error=None))
+            db.commit()
+        out[variant] = run_build(session_factory, build_id, worker)
+    return out
 
 
 def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str) -> DataLock:
@@ -117,6 +256,9 @@ def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str) -> D
         raise NotFound(f"No lock {lock_id}.")
     if state.active_lock_id != lock.id:
         raise Conflict(f"Lock {lock_id} is not in force.")
+    if lock.kind == "hard" and build_status(db, lock.id)["status"] == "building":
+        raise Conflict(f"The bundles of lock {lock_id} are still being built: lift it when they are ready "
+                       "(the data must stay as the lock froze them until then).")
     errors: dict[str, str] = {}
     reason = text(reason, "reason", errors, 500, required=True)
     refuse("The lock was not lifted", errors)
@@ -161,6 +303,8 @@ def list_locks(db: Session, actor) -> list[dict]:
                     "signed_by": sig.printed_name, "meaning": sig.meaning,
                     "lifted_at": lock.lifted_at.isoformat(timespec="seconds") + "Z" if lock.lifted_at else None,
                     "lift_reason": lock.lift_reason, "manifest_sha256": bundles.get(lock.id),
+                    **({k: v for k, v in build_status(db, lock.id).items() if k != "error"} if lock.kind == "hard"
+                       else {"status": None, "progress": None}),
                     "accepted_open_queries": shown_queries(db, lock.accepted_open_queries, variant == "blinded")})
     return out
 
@@ -171,4 +315,25 @@ def get_bundle(db: Session, actor, lock_id: int) -> LockBundle:
     if lock is None or lock.kind != "hard":
         raise NotFound(f"No hard lock {lock_id}: bundles exist for hard locks only.")
     variant = "blinded" if is_blinded(db, actor) else "unblinded"
-    return db.execute(select(LockBundle).where(LockBundle.lock_id == lock_id, LockBundle.variant == variant)).scalar_one()
+    bundle = db.execute(select(LockBundle).where(LockBundle.lock_id == lock_id, LockBundle.variant == variant)).scalar()
+    if bundle is None:
+        st = build_status(db, lock_id)
+        if st["status"] == "failed":  # (the reason is with the build and in the worker's log, not for every reader)
+            raise BundleNotReady(f"The bundle of lock {lock_id} could not be built; `trial lock rebuild {lock_id}` "
+                                 "builds it again.")
+        raise BundleNotReady(f"The bundle of lock {lock_id} is being built ({100 * (st['progress'] or 0):.0f}% done): "
+                             "ask again in a moment.")
+    return bundle
+
+
+class BundleNotReady(Conflict):
+    code = "bundle_not_ready"
+
+
+def lock_info(db: Session, actor, lock_id: int) -> dict:
+    """One lock with its bundles' state (GET /locks/{id})."""
+    require_role(db, actor, "manager", "statistician")
+    for entry in list_locks(db, actor):
+        if entry["id"] == lock_id:
+            return entry
+    raise NotFound(f"No lock {lock_id}.")

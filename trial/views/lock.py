@@ -6,7 +6,7 @@ from flask_babel import gettext as _
 
 from trial.exports import service as exports
 from trial.forms import lock as forms
-from trial.http import actor, db, post_and_return, say
+from trial.http import actor, db, post_and_return, say, start_bundle_build
 from trial.lock import service
 from trial.randomize.service import get_design
 from trial.scope import is_blinded
@@ -29,9 +29,15 @@ def _signed(form, action, done: str):
 
 @bp.route("/locks/new", methods=["POST"], endpoint="create")
 def create():
-    return _signed(forms.LockForm(), lambda f: service.create_lock(db(), actor(), f.kind.data, f.meaning.data, f.password.data,
-                                                                      f.accept_open_queries.data),
-                   _("Signed and locked."))
+    made = []
+
+    def sign(f):
+        made.append(service.create_lock(db(), actor(), f.kind.data, f.meaning.data, f.password.data,
+                                        f.accept_open_queries.data))
+    out = _signed(forms.LockForm(), sign, _("Signed and locked."))
+    if made and made[0].kind == "hard" and service.build_status(db(), made[0].id)["status"] == "building":
+        start_bundle_build(made[0].id)  # committed: the bundles are built now, in the background
+    return out
 
 
 @bp.route("/locks/<int:lock_id>/lift", methods=["POST"], endpoint="lift")

@@ -1,0 +1,102 @@
+"""`trial worker` builds hard locks' bundles after they commit; `trial lock status|rebuild`."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import socket
+import time
+
+import click
+
+from trial.cli.common import Group, fail, session
+from trial.db import make_engine, make_session_factory
+from trial.lock import service as locks
+from trial.scope import CliActor
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"[:100]
+
+
+def _loop(until_idle: bool, poll: float, lock_id: int | None) -> int:
+    """Claim and build variants until none is waiting (or forever, polling). Returns how many."""
+    engine = make_engine()
+    factory = make_session_factory(engine)
+    me, done = _worker_name(), 0
+    try:
+        while True:
+            with factory() as db:
+                build_id = locks.claim_build(db, me, lock_id)
+            if build_id is None:
+                if until_idle:
+                    return done
+                time.sleep(poll)
+                continue
+            state = locks.run_build(factory, build_id, me)
+            why = ""
+            if state == "failed":
+                with factory() as db:
+                    why = f": {locks.build_error(db, build_id)}"
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+            click.echo(f"{me}: build {build_id} {state}{why} (peak RSS {peak:.0f} MB)")
+            done += 1
+    finally:
+        engine.dispose()
+
+
+def _child(until_idle: bool, poll: float, lock_id: int | None) -> None:
+    _loop(until_idle, poll, lock_id)
+
+
+@click.command(help="Build the bundles of hard locks that are waiting (each variant once, in parallel over "
+                    "--processes; a build whose worker stopped reporting for two minutes is taken over). "
+                    "The app starts one with --until-idle after a hard lock (TRIAL_LOCK_BUILDER=worker); "
+                    "with TRIAL_LOCK_BUILDER=external keep one running, e.g. under systemd.")
+@click.option("--until-idle", is_flag=True, help="Stop when nothing is waiting (else poll for ever).")
+@click.option("--processes", type=int, default=None, help="Processes building at once (default: the machine's cores, "
+                                                          "at most 2: a bundle has two variants).")
+@click.option("--poll", type=float, default=2.0, show_default=True, help="Seconds between looks when idle.")
+def worker(until_idle, processes, poll):
+    n = processes or min(2, os.cpu_count() or 1)
+    if n <= 1:
+        _loop(until_idle, poll, None)
+        return
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no engine or connection is shared
+    procs = [ctx.Process(target=_child, args=(until_idle, poll, None)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    if any(p.exitcode for p in procs):
+        fail("a build process ended with an error (see above)")
+
+
+@click.group(cls=Group, help="Hard locks' bundles.")
+def lock():
+    pass
+
+
+@lock.command("status", help="The state of a hard lock's bundles (building, ready, failed) and the share done.")
+@click.argument("lock_id", type=int)
+def status(lock_id):
+    with session() as s:
+        st = locks.build_status(s, lock_id)
+    if st["status"] is None:
+        fail(f"lock {lock_id} has no bundles (a soft lock, or no such lock)")
+    click.echo(f"lock {lock_id}: {st['status']}, {100 * st['progress']:.0f}% done" + (f" ({st['error']})" if st["error"] else ""))
+
+
+@lock.command("rebuild", help="Build a hard lock's bundles again while it holds: a failed or abandoned build is "
+                              "built and stored; a stored bundle is built and compared (the same bytes), never replaced.")
+@click.argument("lock_id", type=int)
+def rebuild(lock_id):
+    engine = make_engine()
+    try:
+        out = locks.rebuild(make_session_factory(engine), CliActor(), lock_id, _worker_name())
+    finally:
+        engine.dispose()
+    for variant, outcome in out.items():
+        click.echo(f"lock {lock_id} {variant}: {outcome}")
+    if any(o == "failed" or o.startswith("DIFFERENT") for o in out.values()):
+        fail("not every bundle was built as it should be")
