@@ -49,10 +49,43 @@ def fit(long, visits: list[str], terms: dict[str, list[str]], adjust: list[str])
         for level in levels[1:]:
             cols[f"{factor}_{level}"] = (long[factor] == level).astype(float).to_numpy()
     exog = pd.DataFrame(cols)
-    model = MixedLM(long["y"].astype(float).to_numpy(), exog, groups=long["studyid"].to_numpy())
+    y = long["y"].astype(float).to_numpy()
+    groups = long["studyid"].to_numpy()
+    result = None
     with warnings.catch_warnings():  # convergence is reported in the result (converged), not as a warning
         warnings.simplefilter("ignore")
-        result = model.fit(reml=True, method=["lbfgs", "bfgs", "powell"])
+        for method in ("lbfgs", "bfgs", "powell", "nm"):  # each on its own: one that fails does not end the search
+            try:
+                fitted = MixedLM(y, exog, groups=groups).fit(reml=True, method=method)
+            except (np.linalg.LinAlgError, ValueError):
+                continue
+            if fitted.converged and np.all(np.isfinite(np.asarray(fitted.fe_params))):
+                result = fitted
+                break
+    if result is None or float(result.cov_re.iloc[0, 0]) <= 0:
+        # the children's variance is estimated at zero (the boundary, lme4's "singular fit"): the REML
+        # fit is then least squares, whose estimates and standard errors are the model's
+        # deferred, as above: only for a boundary fit
+        from types import SimpleNamespace
+
+        from statsmodels.regression.linear_model import OLS  # deferred, as above
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ols = OLS(y, exog).fit()
+        result = SimpleNamespace(fe_params=ols.params, bse_fe=ols.bse, cond_bse=ols.bse, scale=ols.scale,
+                                 converged=True, boundary=True, summary=None)
+    else:
+        # the fixed effects' standard errors given the variance estimates, (X' V^-1 X)^-1, as lme4 and
+        # SAS PROC MIXED give them (statsmodels' bse_fe inverts the whole Hessian, variances included)
+        tau2, sigma2 = float(result.cov_re.iloc[0, 0]), float(result.scale)
+        x = exog.to_numpy()
+        codes, index = np.unique(groups, return_inverse=True)
+        sums = np.zeros((len(codes), x.shape[1]))
+        np.add.at(sums, index, x)
+        sizes = np.bincount(index)
+        c = tau2 / (sigma2 + sizes * tau2)
+        info = (x.T @ x - sums.T @ (sums * c[:, None])) / sigma2
+        result.cond_bse = pd.Series(np.sqrt(np.diag(np.linalg.inv(info))), index=exog.columns)
     return result, list(exog.columns), long
 
 
@@ -79,12 +112,29 @@ def _term(result, names: list[str], name: str, used) -> dict:
     """One coefficient with its Wald 95% CI and p. A degenerate fit (a standard error that is not
     finite, or no residual variation left, when the SEs are rounding noise) gives no inference."""
     i = names.index(name)
-    est, se = float(result.fe_params.iloc[i]), float(result.bse_fe.iloc[i])
+    est, se = float(result.fe_params.iloc[i]), float(result.cond_bse.iloc[i])
     exact = not float(result.scale) > 1e-10 * max(1.0, float(used["y"].var() or 0.0))
     if exact or not (math.isfinite(est) and math.isfinite(se) and se > 0):
         return {"estimate": est if math.isfinite(est) else None, "se": None, "ci_low": None, "ci_high": None, "p_value": None}
     p = math.erfc(abs(est / se) / math.sqrt(2))
     return {"estimate": est, "se": se, "ci_low": est - Z95 * se, "ci_high": est + Z95 * se, "p_value": p}
+
+
+def _summary(result, names: list[str]) -> str:
+    """The model's summary: statsmodels' for a mixed-model fit (it carries no date, so the bundle's
+    bytes stay the same), else a coefficient table of the least-squares fit at the boundary."""
+    if result.summary is not None:
+        return result.summary().as_text()
+    lines = [f"{'':<18}{'Coef.':>10}{'Std.Err.':>10}{'z':>8}{'P>|z|':>8}{'[0.025':>10}{'0.975]':>10}"]
+    for i, name in enumerate(names):
+        est, se = float(result.fe_params.iloc[i]), float(result.cond_bse.iloc[i])
+        if math.isfinite(se) and se > 0:
+            z = est / se
+            lines.append(f"{name:<18}{est:>10.3f}{se:>10.3f}{z:>8.3f}{math.erfc(abs(z) / math.sqrt(2)):>8.3f}"
+                         f"{est - Z95 * se:>10.3f}{est + Z95 * se:>10.3f}")
+        else:
+            lines.append(f"{name:<18}{est:>10.3f}{'—':>10}")
+    return "Least squares (the children's variance at zero), scale " + f"{float(result.scale):.4f}\n" + "\n".join(lines)
 
 
 def software() -> str:
@@ -153,7 +203,13 @@ def primary_analysis(content: dict, adsl, blinded: bool) -> tuple[dict, str, str
             r_script(spec, ref, pooled, others, arm_name)
     out.update(n=int(used["studyid"].nunique()), n_observations=int(len(used)), converged=bool(res.converged),
                **_term(res, cols, f"group_{pv}", used))
-    text += [res.summary().as_text(), ""]
+    if getattr(res, "boundary", False):
+        out["note"] = (out.get("note", "") + " The children's variance is estimated at zero (a boundary fit, lme4's "
+                       "'singular fit'): the REML fit is least squares, shown below.").strip()
+        text.append(out["note"])
+    text += [_summary(res, cols),
+             "(The table's standard errors invert statsmodels' whole Hessian, variances included; the effect's below, "
+             "like lme4's and SAS PROC MIXED's, are those of the fixed effects given the variance estimates.)", ""]
     if out["se"] is None:
         out["note"] = (out.get("note", "") + " No inference is possible from these data (the standard error is not "
                        "finite, or the model leaves no residual variation).").strip()
@@ -166,7 +222,7 @@ def primary_analysis(content: dict, adsl, blinded: bool) -> tuple[dict, str, str
         for k in others:
             out["secondary"].append({"comparison": f"{labels[k]} vs {labels[ref]}", "arm": k,
                                      **_term(res2, cols2, f"arm_{k}_{pv}", used)})
-        text += ["", "Secondary: each arm against the reference arm", res2.summary().as_text()]
+        text += ["", "Secondary: each arm against the reference arm", _summary(res2, cols2)]
     except Exception as e:
         text += ["", f"Secondary analysis could not be fitted: {type(e).__name__}: {e}"]
     return out, "\n".join(text) + "\n", python_script(spec, ref, pooled, others, arm_name), \
@@ -202,7 +258,7 @@ Z95 = {Z95!r}
 
 def report(result, cols, name):
     i = cols.index(name)
-    est, se = float(result.fe_params.iloc[i]), float(result.bse_fe.iloc[i])
+    est, se = float(result.fe_params.iloc[i]), float(result.cond_bse.iloc[i])
     p = math.erfc(abs(est / se) / math.sqrt(2))
     print(f"{name}: estimate {est:.6f}  SE {se:.6f}  95% CI {est - Z95 * se:.6f} to {est + Z95 * se:.6f}  p {p:.4g}")
 
@@ -215,7 +271,7 @@ if __name__ == "__main__":
                                     **{f: adsl[c] for f, c in ADJUST.items()}}) for v, c in zip(VISITS, OUTCOME_VARS)],
                      ignore_index=True)
     result, cols, used = fit(long, VISITS, {"group": POOLED}, list(ADJUST))
-    print(result.summary())
+    print(result.summary() if result.summary is not None else "least squares: the children's variance at zero")
     print(f"children {used['studyid'].nunique()}, observations {len(used)}")
     report(result, cols, f"group_{PRIMARY_VISIT}")
     result2, cols2, _ = fit(long, VISITS, {f"arm_{k}": [k] for k in OTHERS}, list(ADJUST))
