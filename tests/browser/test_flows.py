@@ -26,6 +26,9 @@ def _iso(d: dt.date) -> str:
 
 
 def _flash(page) -> str:
+    """The flashed messages of the page a form led to: waits for the next page's message (reading at
+    once can catch the page before the navigation, which has none)."""
+    page.locator(".flash").first.wait_for(timeout=15000)
     return " ".join(page.locator(".flash").all_inner_texts())
 
 
