@@ -587,9 +587,6 @@ def adsl_table(db: Session, content: dict, blinded: bool, participants, alloc, s
                  meta={"dummy_weights": dummy_weights} if blinded else {})
 
 
-DM_TABLES = ("ae", "aefu", "queries", "querymsg", "verif", "goals", "fidrate")
-
-
 def therapist_code(user_id: int | None) -> str | None:
     """A therapist in the bundle: a code, not a name (the site's staff list maps it)."""
     return f"T{user_id:04d}" if user_id is not None else None

@@ -41,11 +41,6 @@ def _unit_oid(units: str) -> str:
     return "MU." + "".join(ch if ch.isalnum() else "_" for ch in units.upper())
 
 
-def snapshot(content: dict, tables: dict[str, Table], lock_id: int, when: dt.datetime, protocol_version: int,
-             blinded: bool) -> bytes:
-    return b"".join(snapshot_chunks(content, tables, lock_id, when, protocol_version, blinded))
-
-
 def snapshot_chunks(content: dict, tables: dict[str, Table], lock_id: int, when: dt.datetime, protocol_version: int,
                     blinded: bool):
     """The snapshot as UTF-8 chunks (a subject at a time), so that a large trial's is streamed into

@@ -257,8 +257,8 @@ def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str) -> D
     if state.active_lock_id != lock.id:
         raise Conflict(f"Lock {lock_id} is not in force.")
     if lock.kind == "hard" and build_status(db, lock.id)["status"] == "building":
-        raise Conflict(f"The bundles of lock {lock_id} are still being built: lift it when they are ready "
-                       "(the data must stay as the lock froze them until then).")
+        raise Conflict(Msg(N_("The bundles of lock %(id)s are still being built: lift it when they are ready (the data "
+                              "must stay as the lock froze them until then)."), id=lock_id))
     errors: dict[str, str] = {}
     reason = text(reason, "reason", errors, 500, required=True)
     refuse("The lock was not lifted", errors)
@@ -319,10 +319,10 @@ def get_bundle(db: Session, actor, lock_id: int) -> LockBundle:
     if bundle is None:
         st = build_status(db, lock_id)
         if st["status"] == "failed":  # (the reason is with the build and in the worker's log, not for every reader)
-            raise BundleNotReady(f"The bundle of lock {lock_id} could not be built; `trial lock rebuild {lock_id}` "
-                                 "builds it again.")
-        raise BundleNotReady(f"The bundle of lock {lock_id} is being built ({100 * (st['progress'] or 0):.0f}% done): "
-                             "ask again in a moment.")
+            raise BundleNotReady(Msg(N_("The bundle of lock %(id)s could not be built; “trial lock rebuild %(id)s” "
+                                        "builds it again."), id=lock_id))
+        raise BundleNotReady(Msg(N_("The bundle of lock %(id)s is being built (%(done)s%% done): ask again in a moment."),
+                                 id=lock_id, done=f"{100 * (st['progress'] or 0):.0f}"))
     return bundle
 
 
