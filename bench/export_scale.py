@@ -479,8 +479,18 @@ class Phases:
     def _key(self, name: str) -> tuple[str, str]:
         return (self.variant, name)
 
-    def wrap(self, owner, attr: str, name: str, variant_arg: bool = False) -> None:
+    def wrap(self, owner, attr: str, name: str, variant_arg: bool = False, thread: bool = False) -> None:
+        """``thread``: a function the zip's own thread runs (timed apart: it runs beside the build)."""
         fn = getattr(owner, attr)
+
+        @functools.wraps(fn)
+        def in_thread(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.wall[(self.variant, name)] += time.perf_counter() - t0
+                self.calls[(self.variant, name)] += 1
 
         @functools.wraps(fn)
         def timed(*a, **kw):
@@ -497,7 +507,7 @@ class Phases:
                 self.calls[key] += 1
                 self.stack.pop()
                 self.variant = outer
-        setattr(owner, attr, timed)
+        setattr(owner, attr, in_thread if thread else timed)
         self.patched.append((owner, attr, fn))
 
     def reset(self) -> None:
@@ -511,30 +521,31 @@ class Phases:
 
 
 BUNDLE_PHASES = [("build_tables", "dataset.build_tables (queries + rows)"), ("to_csv", "formats.to_csv"),
-                 ("to_xpt", "formats.to_xpt (pandas + pyreadstat)"), ("to_dta", "formats.to_dta (pandas + pyreadstat)"),
-                 ("dictionary_csv", "formats.dictionary_csv"), ("odm", "odm snapshot (streamed into the zip)"),
-                 ("analysis", "ADSL primary analysis (statsmodels)"), ("table_pdf", "Table 1 PDF"), ("consort", "consort.consort"),
-                 ("bang_index", "reports.bang_index"), ("baseline_table", "reports.baseline_table"),
-                 ("trial_facts", "reports.trial_facts"), ("table_csv", "reports.table_csv")]
+                 ("columns", "formats.columns (typed columns)"), ("to_xpt", "formats.to_xpt (statfiles)"),
+                 ("to_dta", "formats.to_dta (statfiles)"), ("dictionary_csv", "formats.dictionary_csv"),
+                 ("analysis", "primary analysis (trial.analysis.lmm)"), ("reports", "reports (CONSORT, Table 1, ...)"),
+                 ("zip_wait", "waiting for the zip's thread at the end")]
+THREAD_PHASES = [("stream", "zip thread: streamed files (the ODM: made, compressed, hashed)")]
 
 
 def instrument(engine) -> Phases:
-    from trial.exports import bundle, consort, drawing, formats, reports, service
+    from trial.exports import bundle, drawing, formats, service
     from trial.lock import service as lock_service
     ph = Phases(engine)
     ph.wrap(bundle, "build_bundle", "bundle", variant_arg=True)
     ph.wrap(bundle, "build_tables", "build_tables")
-    for name in ("to_csv", "to_xpt", "to_dta", "dictionary_csv"):
+    for name in ("to_csv", "columns", "to_xpt", "to_dta", "dictionary_csv"):
         ph.wrap(formats, name, name)
-    ph.wrap(bundle._Zip, "add_stream", "odm")  # the ODM is the one file streamed
-    ph.wrap(bundle, "primary_analysis", "analysis")
-    ph.wrap(drawing, "table_pdf", "table_pdf")
-    ph.wrap(consort, "consort", "consort")   # bundle imports it at call time
+    ph.wrap(bundle, "_analysis_files", "analysis")
+    ph.wrap(bundle, "_report_files", "reports")
+    ph.wrap(bundle._Zip, "close", "zip_wait")
+    ph.wrap(bundle._Zip, "_stream", "stream", thread=True)
     ph.wrap(service, "consort", "consort")   # exports.service bound it at import
-    for name in ("bang_index", "baseline_table", "trial_facts", "table_csv"):
-        ph.wrap(reports, name, name)
     ph.wrap(drawing, "pdf", "drawing.pdf")
     ph.wrap(drawing, "svg", "drawing.svg")
+    for name in ("baseline_table",):
+        from trial.exports import reports
+        ph.wrap(reports, name, name)
     ph.wrap(lock_service, "sign", "sign")
     return ph
 
@@ -553,7 +564,9 @@ def print_breakdown(ph: Phases, lock_s: float, flush_commit: tuple[float, float]
             cells.append(f"{w:8.2f} ({s:5.2f} sql)" if (v, key) in ph.calls else f"{'-':>18}")
         print(f"  {label:<40} " + " ".join(cells))
     rest = [ph.wall[(v, "bundle")] - total_named[v] for v in variants]
-    print(f"  {'README, manifest, zip (the rest)':<40} " + " ".join(f"{r:8.2f}{'':10}" for r in rest))
+    print(f"  {'the rest (README, syntax, queueing)':<40} " + " ".join(f"{r:8.2f}{'':10}" for r in rest))
+    for key, label in THREAD_PHASES:
+        print(f"  {label:<40} " + " ".join(f"{ph.wall.get((v, key), 0.0):8.2f}{'':10}" for v in variants))
     print(f"  {'build_bundle total':<40} " + " ".join(f"{ph.wall[(v, 'bundle')]:8.2f} ({ph.sql[(v, 'bundle')] + sum(ph.sql.get((v, k), 0) for k, _ in BUNDLE_PHASES):5.2f} sql)" for v in variants))
     bundles = sum(ph.wall[(v, "bundle")] for v in variants)
     print(f"  sign (password hash check) {ph.wall[('', 'sign')]:.2f} s; other SQL in create_lock "
@@ -669,11 +682,13 @@ def main() -> int:
         print(f"both bundles built by the worker ({args.processes} processes): {bundles_s:.2f} s")
         print("".join(f"  {line}\n" for line in worker.stdout.splitlines()), end="")
         ok &= check(worker.returncode == 0, "the worker ended without an error" + (f": {worker.stderr[-800:]}" if worker.returncode else ""))
-        peaks = [float(m) for m in re.findall(r"peak RSS (\d+) MB", worker.stdout)]
+        peaks = [float(m) for m in re.findall(r"\(peak RSS (\d+) MB", worker.stdout)]
+        peaks += [float(m) for m in re.findall(r"helper peak RSS (\d+) MB", worker.stdout)]
         peak_mb = max(peaks) if peaks else float("nan")
         db.rollback()
         st = build_status(db, lock.id)
-        ok &= check(st["status"] == "ready", f"the lock's bundles are ready ({st})")
+        built = st["status"] == "ready"
+        ok &= check(built, f"the lock's bundles are ready ({st})")
         db.rollback()
 
         rows = db.execute(select(LockBundle.variant, func.octet_length(LockBundle.content), LockBundle.sha256,
@@ -760,11 +775,13 @@ def main() -> int:
         print(f"  CONSORT PDF {pdf_s:.2f} s, SVG {svg_s:.2f} s")
         print("targets:")
         target(lock_s < TARGET_LOCK_SECONDS, f"the lock answers in under {TARGET_LOCK_SECONDS:.0f} s ({lock_s:.2f} s)")
-        target(bundles_s < TARGET_SECONDS, f"both bundles ready in under {TARGET_SECONDS:.0f} s ({bundles_s:.1f} s)")
+        target(built and bundles_s < TARGET_SECONDS, f"both bundles ready in under {TARGET_SECONDS:.0f} s ({bundles_s:.1f} s"
+               + ("" if built else ", but the builds FAILED") + ")")
         target(peak_mb < TARGET_MB, f"peak memory per process under {TARGET_MB:.0f} MB ({peak_mb:.0f} MB RSS)")
     finally:
         if args.keep:
-            print(f"\nkept database {dbname}: TRIAL_DATABASE_URL={env['TRIAL_DATABASE_URL']} TRIAL_SEAL_KEY={env['TRIAL_SEAL_KEY']}")
+            print(f"\nkept database {dbname}: TRIAL_DATABASE_URL={env['TRIAL_DATABASE_URL']} TRIAL_SEAL_KEY={env['TRIAL_SEAL_KEY']} "
+                  f"TRIAL_AUDIT_KEY={env['TRIAL_AUDIT_KEY']}")
         else:
             admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         admin.close()

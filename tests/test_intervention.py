@@ -280,6 +280,54 @@ def test_a_rater_without_a_valid_credential_is_refused(world, rated_world, db):
 
 # --- the bundle --------------------------------------------------------------------------------
 
+def test_the_table_of_the_intervention_as_delivered_counts_every_session(world, rated_world, db):
+    """The CONSORT 2025 table, counted in the database, against the sessions counted one by one
+    here: attended in the course, minutes, active and receptive techniques, a parent present,
+    goals worked on; missed sessions count nowhere."""
+    from trial.course.models import TherapySession
+    from trial.participants.models import Allocation
+    low, high = rated_world["low"], rated_world["high"]
+    r = world.api("POST", f"/participants/{low.study_id}/goals", "therapist", json={"goals": [{"goal": "eye_contact"}]})
+    assert r.status_code == 201, r.get_json()
+    for p, days, kw in ((low, 20, {"minutes": 45, "techniques": ["receptive_listening"], "goals": ["eye_contact"]}),
+                        (low, 19, {"minutes": 50, "techniques": ["receptive_listening", "songs"],
+                                   "present": "child_and_parent"}),
+                        (low, 18, {"attendance": "no_show", "minutes": None, "techniques": []}),
+                        (high, 17, {"minutes": 40, "techniques": ["free_improvisation", "musical_games"],
+                                    "present": "child"}),
+                        (high, 16, {"attendance": "cancelled", "minutes": None, "techniques": []}),
+                        (high, 15, {"minutes": 55, "present": "child_and_parent"})):
+        assert session(world, p, d(days), **kw).status_code == 201, (days, kw)
+    table = fidelity.delivered_by_arm(db, world.users["manager"])
+    got = {row[0]: dict(zip(table["arms"], row[1:])) for row in table["rows"]}
+    cats = {"receptive_listening": "receptive"}
+    for arm in ("low", "high"):
+        rows = [s for s, a in db.execute(select(TherapySession, Allocation.arm).join(
+            Allocation, Allocation.participant_id == TherapySession.participant_id)).all()
+                if a == arm and s.attendance == "attended" and not s.outside_course]
+        n = len(rows)
+        minutes = [s.minutes for s in rows if s.minutes]
+        mean = sum(minutes) / len(minutes)
+        sd = (sum((m - mean) ** 2 for m in minutes) / (len(minutes) - 1)) ** 0.5
+        active = sum(any(cats.get(t, "active") == "active" for t in s.techniques) for s in rows)
+        receptive = sum(any(cats.get(t) == "receptive" for t in s.techniques) for s in rows)
+        parent = sum(s.present == "child_and_parent" for s in rows)
+        goals = sum(bool(s.goals) for s in rows)
+        assert got["Sessions attended in the course, total"][arm] == str(n)
+        assert got["Minutes per attended session, mean (SD)"][arm] == f"{mean:.1f} ({sd:.1f})"
+        assert got["Sessions with active techniques, n (%)"][arm] == f"{active} ({100 * active / n:.1f}%)"
+        assert got["Sessions with receptive techniques, n (%)"][arm] == f"{receptive} ({100 * receptive / n:.1f}%)"
+        assert got["Sessions with a parent present, n (%)"][arm] == f"{parent} ({100 * parent / n:.1f}%)"
+        assert got["Sessions that worked on a goal, n (%)"][arm] == f"{goals} ({100 * goals / n:.1f}%)"
+        allocated = db.execute(select(func.count()).select_from(Allocation).where(Allocation.arm == arm)).scalar()
+        children = len({s.participant_id for s in rows})
+        assert got["Received at least one session in the course, n (%)"][arm] == \
+            f"{children} ({100 * children / allocated:.1f}%)"
+    assert got["Sessions attended in the course, total"] == {"low": "8", "high": "8", "usual": "—"}
+    assert got["Sessions with receptive techniques, n (%)"]["low"] == "2 (25.0%)"
+    assert got["Sessions that worked on a goal, n (%)"] == {"low": "1 (12.5%)", "high": "0 (0.0%)", "usual": "—"}
+
+
 def test_the_intervention_as_delivered_reads_back_from_every_format_and_only_unblinded(world, rated_world, db, tmp_path):
     import pandas as pd
     import pyreadstat

@@ -9,10 +9,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import datetime as dt
+import json
 import os
 import sqlite3
 from pathlib import Path
 
+import orjson
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -56,8 +58,19 @@ def is_sqlite(bind) -> bool:
     return bind.dialect.name == "sqlite"
 
 
+def read_json(text: str | bytes):
+    """JSON columns as stored: parsed by orjson (several times faster than the standard library on
+    the hundreds of thousands of values a lock's bundle reads), which refuses what strict JSON
+    does not allow; the standard library, which reads NaN and Infinity, takes any such text."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def make_engine(url: str | None = None, **kw) -> Engine:
     url = url or default_url()
+    kw.setdefault("json_deserializer", read_json)
     if url.startswith("sqlite"):
         path = make_url(url).database
         if path and path != ":memory:" and not path.startswith("file:"):

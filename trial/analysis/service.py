@@ -8,99 +8,38 @@ by REML. Group is the pooled arms (music therapy, both frequencies) against the 
 groups in mean change from baseline to the primary visit, with its Wald 95% confidence interval
 and p value. The secondary analysis puts each arm against the reference arm in one model.
 
-The fitting function :func:`fit` uses pandas, NumPy and statsmodels only and is written into the
-bundle's ``analysis/primary.py`` as it stands here, so the bundle reproduces its own numbers; the
-bundle's ``analysis/primary.R`` fits the same model with lme4.
+The model is fitted by :mod:`trial.analysis.lmm` (REML profiled over the one variance ratio of a
+random intercept, vectorized over the children: statsmodels' MixedLM, which works child by child
+in Python, took half a minute a fit at 10,000 children). That module is written whole into the
+bundle's ``analysis/primary.py``, so the bundle reproduces its own numbers (and, with
+``--statsmodels``, MixedLM's); the bundle's ``analysis/primary.R`` fits the same model with lme4.
+The tests check the fit against both.
 """
 from __future__ import annotations
 
 import inspect
 import json
-import math
 import platform
-import textwrap
-import warnings
 
-Z95 = 1.959963984540054  # the normal distribution's 97.5% point
+from trial.analysis import lmm
+from trial.analysis.lmm import Z95, fit
 
-
-def fit(long, visits: list[str], terms: dict[str, list[str]], adjust: list[str]):
-    """Fit the model to ``long`` (one row per child and visit: columns studyid, visit, arm, y and
-    the adjustment factors). ``terms`` names each comparison's indicator and the arms it sets to 1
-    (the reference arm is 0 in every one); each indicator enters multiplied by each follow-up
-    visit (``<term>_<visit>``). Factors are coded against their first level in sorted order.
-    Returns the statsmodels result and the design's column names."""
-    # deferred: NumPy, pandas and statsmodels only when an analysis runs (a lock's bundle: a cold path)
-    import numpy as np
-    import pandas as pd
-    from statsmodels.regression.mixed_linear_model import MixedLM
-
-    long = long[long["y"].notna() & long["arm"].notna()].sort_values(["studyid", "visit"], kind="stable")
-    long = long.reset_index(drop=True)
-    cols = {"Intercept": np.ones(len(long))}
-    for v in visits[1:]:
-        cols[f"visit_{v}"] = (long["visit"] == v).astype(float).to_numpy()
-    for term, arms in terms.items():
-        member = long["arm"].isin(arms).astype(float).to_numpy()
-        for v in visits[1:]:
-            cols[f"{term}_{v}"] = member * (long["visit"] == v).astype(float).to_numpy()
-    for factor in adjust:
-        levels = sorted(long[factor].dropna().unique())
-        for level in levels[1:]:
-            cols[f"{factor}_{level}"] = (long[factor] == level).astype(float).to_numpy()
-    exog = pd.DataFrame(cols)
-    y = long["y"].astype(float).to_numpy()
-    groups = long["studyid"].to_numpy()
-    result = None
-    with warnings.catch_warnings():  # convergence is reported in the result (converged), not as a warning
-        warnings.simplefilter("ignore")
-        for method in ("lbfgs", "bfgs", "powell", "nm"):  # each on its own: one that fails does not end the search
-            try:
-                fitted = MixedLM(y, exog, groups=groups).fit(reml=True, method=method)
-            except (np.linalg.LinAlgError, ValueError):
-                continue
-            if fitted.converged and np.all(np.isfinite(np.asarray(fitted.fe_params))):
-                result = fitted
-                break
-    if result is None or float(result.cov_re.iloc[0, 0]) <= 0:
-        # the children's variance is estimated at zero (the boundary, lme4's "singular fit"): the REML
-        # fit is then least squares, whose estimates and standard errors are the model's
-        # deferred, as above: only for a boundary fit
-        from types import SimpleNamespace
-
-        from statsmodels.regression.linear_model import OLS  # deferred, as above
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ols = OLS(y, exog).fit()
-        result = SimpleNamespace(fe_params=ols.params, bse_fe=ols.bse, cond_bse=ols.bse, scale=ols.scale,
-                                 converged=True, boundary=True, summary=None)
-    else:
-        # the fixed effects' standard errors given the variance estimates, (X' V^-1 X)^-1, as lme4 and
-        # SAS PROC MIXED give them (statsmodels' bse_fe inverts the whole Hessian, variances included)
-        tau2, sigma2 = float(result.cov_re.iloc[0, 0]), float(result.scale)
-        x = exog.to_numpy()
-        codes, index = np.unique(groups, return_inverse=True)
-        sums = np.zeros((len(codes), x.shape[1]))
-        np.add.at(sums, index, x)
-        sizes = np.bincount(index)
-        c = tau2 / (sigma2 + sizes * tau2)
-        info = (x.T @ x - sums.T @ (sums * c[:, None])) / sigma2
-        result.cond_bse = pd.Series(np.sqrt(np.diag(np.linalg.inv(info))), index=exog.columns)
-    return result, list(exog.columns), long
+__all__ = ["Z95", "fit", "primary_analysis"]
 
 
 def long_form(adsl_names: list[str], rows: list[tuple], arm_name: str, outcome_vars: list[str], visits: list[str],
-              adjust: list[str]):
-    """The long data of the model from the ADSL rows: one row per child and analysis visit."""
-    import pandas as pd  # deferred: pandas only when an analysis runs (a cold path)
+              adjust: list[str]) -> dict[str, list]:
+    """The long data of the model from the ADSL rows, as columns: one row per child and analysis
+    visit (the children in ADSL order, each child's visits in the protocol's order)."""
     idx = {n: i for i, n in enumerate(adsl_names)}
-    out = []
-    for r in rows:
-        for v, name in zip(visits, outcome_vars):
-            rec = {"studyid": r[idx["studyid"]], "visit": v, "arm": r[idx[arm_name]], "y": r[idx[name]]}
-            rec.update({f: r[idx[adjust_column(f)]] for f in adjust})
-            out.append(rec)
-    return pd.DataFrame(out, columns=["studyid", "visit", "arm", "y", *adjust])
+    k = len(visits)
+    cols = {"studyid": [r[idx["studyid"]] for r in rows for _ in range(k)], "visit": visits * len(rows),
+            "arm": [r[idx[arm_name]] for r in rows for _ in range(k)],
+            "y": [r[idx[name]] for r in rows for name in outcome_vars]}
+    for f in adjust:
+        at = idx[adjust_column(f)]
+        cols[f] = [r[at] for r in rows for _ in range(k)]
+    return cols
 
 
 def adjust_column(factor: str) -> str:
@@ -108,39 +47,11 @@ def adjust_column(factor: str) -> str:
     return "site" if factor == "site" else f"s_{factor[:6]}"
 
 
-def _term(result, names: list[str], name: str, used) -> dict:
-    """One coefficient with its Wald 95% CI and p. A degenerate fit (a standard error that is not
-    finite, or no residual variation left, when the SEs are rounding noise) gives no inference."""
-    i = names.index(name)
-    est, se = float(result.fe_params.iloc[i]), float(result.cond_bse.iloc[i])
-    exact = not float(result.scale) > 1e-10 * max(1.0, float(used["y"].var() or 0.0))
-    if exact or not (math.isfinite(est) and math.isfinite(se) and se > 0):
-        return {"estimate": est if math.isfinite(est) else None, "se": None, "ci_low": None, "ci_high": None, "p_value": None}
-    p = math.erfc(abs(est / se) / math.sqrt(2))
-    return {"estimate": est, "se": se, "ci_low": est - Z95 * se, "ci_high": est + Z95 * se, "p_value": p}
-
-
-def _summary(result, names: list[str]) -> str:
-    """The model's summary: statsmodels' for a mixed-model fit (it carries no date, so the bundle's
-    bytes stay the same), else a coefficient table of the least-squares fit at the boundary."""
-    if result.summary is not None:
-        return result.summary().as_text()
-    lines = [f"{'':<18}{'Coef.':>10}{'Std.Err.':>10}{'z':>8}{'P>|z|':>8}{'[0.025':>10}{'0.975]':>10}"]
-    for i, name in enumerate(names):
-        est, se = float(result.fe_params.iloc[i]), float(result.cond_bse.iloc[i])
-        if math.isfinite(se) and se > 0:
-            z = est / se
-            lines.append(f"{name:<18}{est:>10.3f}{se:>10.3f}{z:>8.3f}{math.erfc(abs(z) / math.sqrt(2)):>8.3f}"
-                         f"{est - Z95 * se:>10.3f}{est + Z95 * se:>10.3f}")
-        else:
-            lines.append(f"{name:<18}{est:>10.3f}{'—':>10}")
-    return "Least squares (the children's variance at zero), scale " + f"{float(result.scale):.4f}\n" + "\n".join(lines)
-
-
 def software() -> str:
     import numpy  # deferred: the libraries are loaded only when an analysis runs (a cold path)
-    import statsmodels
-    return f"statsmodels {statsmodels.__version__} (MixedLM, REML), NumPy {numpy.__version__}, Python {platform.python_version()}"
+    import scipy
+    return (f"trial.analysis.lmm (REML profiled over the child variance ratio, as lme4), NumPy {numpy.__version__}, "
+            f"SciPy {scipy.__version__}, Python {platform.python_version()}")
 
 
 def analysis_spec(content: dict, adsl_vars) -> dict:
@@ -195,21 +106,19 @@ def primary_analysis(content: dict, adsl, blinded: bool) -> tuple[dict, str, str
                        "independently of the real allocation; this result says nothing about the arms.")
     text = [f"Primary analysis of {spec['outcome_label']} at {pv}", "=" * 60, f"Comparison: {comparison}",
             f"Model: {model_text}", f"Allocation: {'DUMMY (blinded bundle)' if blinded else 'real (unblinded bundle)'}", ""]
+    outcome = f"{spec['outcome']} ({spec['outcome_label']})"
     try:
-        res, cols, used = fit(long, visits, {"group": [*pooled]}, adjust)
+        res, _, _ = fit(long, visits, {"group": [*pooled]}, adjust, outcome)
     except Exception as e:  # too few data to fit (an early lock, a test trial): said, not hidden
         out["note"] = (out.get("note", "") + f" The model could not be fitted: {type(e).__name__}: {e}").strip()
         return out, "\n".join(text + [out["note"]]) + "\n", python_script(spec, ref, pooled, others, arm_name), \
             r_script(spec, ref, pooled, others, arm_name)
-    out.update(n=int(used["studyid"].nunique()), n_observations=int(len(used)), converged=bool(res.converged),
-               **_term(res, cols, f"group_{pv}", used))
-    if getattr(res, "boundary", False):
+    out.update(n=res.n_groups, n_observations=res.n_obs, converged=res.converged, **res.term(f"group_{pv}"))
+    if res.boundary:
         out["note"] = (out.get("note", "") + " The children's variance is estimated at zero (a boundary fit, lme4's "
-                       "'singular fit'): the REML fit is least squares, shown below.").strip()
+                       "'singular fit'): the REML fit is least squares.").strip()
         text.append(out["note"])
-    text += [_summary(res, cols),
-             "(The table's standard errors invert statsmodels' whole Hessian, variances included; the effect's below, "
-             "like lme4's and SAS PROC MIXED's, are those of the fixed effects given the variance estimates.)", ""]
+    text += [res.summary(), ""]
     if out["se"] is None:
         out["note"] = (out.get("note", "") + " No inference is possible from these data (the standard error is not "
                        "finite, or the model leaves no residual variation).").strip()
@@ -218,11 +127,10 @@ def primary_analysis(content: dict, adsl, blinded: bool) -> tuple[dict, str, str
         text.append(f"Effect (group x {pv}): {out['estimate']:.4f} (SE {out['se']:.4f}; 95% CI {out['ci_low']:.4f} to "
                     f"{out['ci_high']:.4f}; Wald p = {out['p_value']:.4g})")
     try:
-        res2, cols2, _ = fit(long, visits, {f"arm_{k}": [k] for k in others}, adjust)
+        res2, _, _ = fit(long, visits, {f"arm_{k}": [k] for k in others}, adjust, outcome)
         for k in others:
-            out["secondary"].append({"comparison": f"{labels[k]} vs {labels[ref]}", "arm": k,
-                                     **_term(res2, cols2, f"arm_{k}_{pv}", used)})
-        text += ["", "Secondary: each arm against the reference arm", _summary(res2, cols2)]
+            out["secondary"].append({"comparison": f"{labels[k]} vs {labels[ref]}", "arm": k, **res2.term(f"arm_{k}_{pv}")})
+        text += ["", "Secondary: each arm against the reference arm", res2.summary()]
     except Exception as e:
         text += ["", f"Secondary analysis could not be fitted: {type(e).__name__}: {e}"]
     return out, "\n".join(text) + "\n", python_script(spec, ref, pooled, others, arm_name), \
@@ -231,13 +139,17 @@ def primary_analysis(content: dict, adsl, blinded: bool) -> tuple[dict, str, str
 
 def python_script(spec: dict, ref: str, pooled: list[str], others: list[str], arm_name: str) -> str:
     """analysis/primary.py: reads analysis/adsl.csv beside it and fits the model with the very
-    function the lock used."""
+    code the lock used (trial.analysis.lmm, carried whole); with --statsmodels it also fits the
+    model with statsmodels' MixedLM, for a second opinion."""
     header = f'''"""Reproduces analysis/primary.json from analysis/adsl.csv (run from anywhere:
-python3 analysis/primary.py). Needs pandas, NumPy and statsmodels."""
+python3 analysis/primary.py). Needs pandas, NumPy and SciPy; with --statsmodels it also fits the
+same model with statsmodels' MixedLM (slower: it works child by child) and prints its numbers.
+The fitting code below is the trial system's, as the lock ran it."""
+from __future__ import annotations
+
 import json
-import math
 import pathlib
-import warnings
+import sys
 
 import pandas as pd
 
@@ -250,17 +162,36 @@ POOLED = {json.dumps(pooled)}
 OTHERS = {json.dumps(others)}
 ADJUST = {json.dumps({f: adjust_column(f) for f in spec['adjust']})}   # factor: its ADSL column
 PRIMARY_VISIT = {json.dumps(spec['primary_visit'])}
-Z95 = {Z95!r}
 
+# ---- trial.analysis.lmm, as the lock ran it ------------------------------------------------------
 '''
-    body = textwrap.dedent(inspect.getsource(fit))
+    body = inspect.getsource(lmm).replace("from __future__ import annotations\n", "")
     main = '''
 
-def report(result, cols, name):
-    i = cols.index(name)
-    est, se = float(result.fe_params.iloc[i]), float(result.cond_bse.iloc[i])
-    p = math.erfc(abs(est / se) / math.sqrt(2))
-    print(f"{name}: estimate {est:.6f}  SE {se:.6f}  95% CI {est - Z95 * se:.6f} to {est + Z95 * se:.6f}  p {p:.4g}")
+# ---- the protocol's analysis ---------------------------------------------------------------------
+def report(result, name):
+    t = result.term(name)
+    print(f"{name}: estimate {t['estimate']:.6f}  SE {t['se']:.6f}  95% CI {t['ci_low']:.6f} to {t['ci_high']:.6f}"
+          f"  p {t['p_value']:.4g}")
+
+
+def statsmodels_check(long, terms, name):
+    """The same model fitted by statsmodels' MixedLM (REML): its estimate, and the standard error
+    given its variance estimates (as lme4 gives it)."""
+    import numpy as np
+    from statsmodels.regression.mixed_linear_model import MixedLM
+    names, x, y, groups, _ = design(long, VISITS, terms, list(ADJUST))
+    sm = MixedLM(y, x, groups=groups).fit(reml=True, method=["bfgs", "lbfgs", "powell"])
+    again = reml_fit(x, y, groups, names)  # the covariance at statsmodels' variances, by the same algebra
+    tau2, sigma2 = float(np.asarray(sm.cov_re).ravel()[0]), float(sm.scale)
+    _, index = np.unique(groups, return_inverse=True)
+    sums = np.zeros((index.max() + 1, x.shape[1]))
+    np.add.at(sums, index, x)
+    c = tau2 / (sigma2 + np.bincount(index) * tau2)
+    se = np.sqrt(np.diag(np.linalg.inv((x.T @ x - sums.T @ (sums * c[:, None])) / sigma2)))
+    i = names.index(name)
+    print(f"statsmodels {name}: estimate {float(np.asarray(sm.fe_params)[i]):.6f}  SE {se[i]:.6f}"
+          f"  (this script: {again.params[i]:.6f}, SE {again.se[i]:.6f})")
 
 
 if __name__ == "__main__":
@@ -271,12 +202,17 @@ if __name__ == "__main__":
                                     **{f: adsl[c] for f, c in ADJUST.items()}}) for v, c in zip(VISITS, OUTCOME_VARS)],
                      ignore_index=True)
     result, cols, used = fit(long, VISITS, {"group": POOLED}, list(ADJUST))
-    print(result.summary() if result.summary is not None else "least squares: the children's variance at zero")
-    print(f"children {used['studyid'].nunique()}, observations {len(used)}")
-    report(result, cols, f"group_{PRIMARY_VISIT}")
-    result2, cols2, _ = fit(long, VISITS, {f"arm_{k}": [k] for k in OTHERS}, list(ADJUST))
+    print(result.summary())
+    print(f"children {result.n_groups}, observations {result.n_obs}")
+    report(result, f"group_{PRIMARY_VISIT}")
+    secondary = {f"arm_{k}": [k] for k in OTHERS}
+    result2, cols2, _ = fit(long, VISITS, secondary, list(ADJUST))
     for k in OTHERS:
-        report(result2, cols2, f"arm_{k}_{PRIMARY_VISIT}")
+        report(result2, f"arm_{k}_{PRIMARY_VISIT}")
+    if "--statsmodels" in sys.argv[1:]:
+        statsmodels_check(long, {"group": POOLED}, f"group_{PRIMARY_VISIT}")
+        for k in OTHERS:
+            statsmodels_check(long, secondary, f"arm_{k}_{PRIMARY_VISIT}")
 '''
     return header + body + main
 

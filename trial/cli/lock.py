@@ -11,6 +11,7 @@ import click
 
 from trial.cli.common import Group, fail, session
 from trial.db import make_engine, make_session_factory
+from trial.exports.bundle import can_fork, preload
 from trial.lock import service as locks
 from trial.scope import CliActor
 
@@ -38,8 +39,10 @@ def _loop(until_idle: bool, poll: float, lock_id: int | None) -> int:
             if state == "failed":
                 with factory() as db:
                     why = f": {locks.build_error(db, build_id)}"
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-            click.echo(f"{me}: build {build_id} {state}{why} (peak RSS {peak:.0f} MB)")
+            me_, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            click.echo(f"{me}: build {build_id} {state}{why} (peak RSS {me_.ru_maxrss / 1024:.0f} MB, CPU "
+                       f"{me_.ru_utime + me_.ru_stime:.1f} s; helper peak RSS {kids.ru_maxrss / 1024:.0f} MB, CPU "
+                       f"{kids.ru_utime + kids.ru_stime:.1f} s)")  # (Linux: ru_maxrss in KiB)
             done += 1
     finally:
         engine.dispose()
@@ -59,10 +62,13 @@ def _child(until_idle: bool, poll: float, lock_id: int | None) -> None:
 @click.option("--poll", type=float, default=2.0, show_default=True, help="Seconds between looks when idle.")
 def worker(until_idle, processes, poll):
     n = processes or min(2, os.cpu_count() or 1)
+    preload()  # the libraries a build needs, loaded once here and shared by the processes forked below
     if n <= 1:
         _loop(until_idle, poll, None)
         return
-    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no engine or connection is shared
+    # forked before any engine exists (each process makes its own): they share the loaded code
+    # instead of each loading it again; where the platform cannot fork, fresh interpreters
+    ctx = multiprocessing.get_context("fork" if can_fork() else "spawn")
     procs = [ctx.Process(target=_child, args=(until_idle, poll, None)) for _ in range(n)]
     for p in procs:
         p.start()

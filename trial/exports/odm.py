@@ -3,7 +3,7 @@ ClinicalData/SubjectData/StudyEventData/FormData/ItemGroupData/ItemData from the
 from __future__ import annotations
 
 import datetime as dt
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape, quoteattr  # the metadata's few values; the data's own writers below
 
 from trial.exports.dataset import Table, field_var, short_names
 
@@ -151,8 +151,7 @@ def snapshot_chunks(content: dict, tables: dict[str, Table], lock_id: int, when:
     if reference:
         out.append(f'<ReferenceData StudyOID={quoteattr(study)} MetaDataVersionOID="{mdv}">')
         for t in reference:
-            for n, row in enumerate(t.rows, 1):
-                out.append(_group(t, row, n, keep_studyid=True))
+            _Writer(t, keep_studyid=True).groups(t.rows, out)
         out.append("</ReferenceData>")
     out.append(f'<ClinicalData StudyOID={quoteattr(study)} MetaDataVersionOID="{mdv}">')
     yield "\n".join(out).encode("utf-8")
@@ -163,10 +162,15 @@ def snapshot_chunks(content: dict, tables: dict[str, Table], lock_id: int, when:
         subject_of_query = {r[qv.index("qid")]: r[qv.index("studyid")] for r in tables["queries"].rows}
     for t in records:
         names = [v.name for v in t.vars]
-        for r in t.rows:  # a thread's steps belong to the subject of their query
-            sid = r[names.index("studyid")] if "studyid" in names else subject_of_query[r[names.index("qid")]]
-            dm_rows.setdefault(sid, {}).setdefault(t.name, []).append(r)
-    by_name = {t.name: t for t in records}
+        if "studyid" in names:
+            at = names.index("studyid")
+            for r in t.rows:
+                dm_rows.setdefault(r[at], {}).setdefault(t.name, []).append(r)
+        else:  # a thread's steps belong to the subject of their query
+            at = names.index("qid")
+            for r in t.rows:
+                dm_rows.setdefault(subject_of_query[r[at]], {}).setdefault(t.name, []).append(r)
+    writers = {t.name: _Writer(t) for t in records}
     part = tables["particip"]
     col = {v.name: n for n, v in enumerate(part.vars)}
     arm_col = col["armcd" if blinded else "arm"]
@@ -207,7 +211,7 @@ def snapshot_chunks(content: dict, tables: dict[str, Table], lock_id: int, when:
             out.append('<StudyEventData StudyEventOID="SE.DM">')
             for name in (t.name for t in records if t.name in dm_rows[sid]):
                 out.append(f'<FormData FormOID="{_oid("F", name)}">')
-                out += [_group(by_name[name], row, n) for n, row in enumerate(dm_rows[sid][name], 1)]
+                writers[name].groups(dm_rows[sid][name], out)
                 out.append("</FormData>")
             out.append("</StudyEventData>")
         out.append("</SubjectData>")
@@ -215,13 +219,48 @@ def snapshot_chunks(content: dict, tables: dict[str, Table], lock_id: int, when:
     yield b"\n</ClinicalData>\n</ODM>"
 
 
-def _group(t: Table, row: tuple, n: int, keep_studyid: bool = False) -> str:
-    items = "".join(f'<ItemData ItemOID="{_oid("IT", t.name, v.name)}" Value={quoteattr(_value(x))}/>'
-                    for v, x in zip(t.vars, row) if x is not None and (keep_studyid or v.name != "studyid"))
-    return f'<ItemGroupData ItemGroupOID="{_oid("IG", t.name)}" ItemGroupRepeatKey="{n}">{items}</ItemGroupData>'
+_ESCAPE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\n": "&#10;", "\r": "&#13;",
+                         "\t": "&#9;"})
 
 
-def _value(x) -> str:
+def _text(x) -> str:
+    """A text value as an attribute value between double quotes."""
+    return str(x).translate(_ESCAPE)
+
+
+def _number(x) -> str:
     if isinstance(x, float):
         return str(int(x)) if x.is_integer() else repr(x)
     return str(x)
+
+
+def _plain(x) -> str:
+    return x  # an ISO date or date-time: nothing in it to escape
+
+
+class _Writer:
+    """The ItemGroupData of one table's rows: each item's text is worked out once per distinct
+    value of its variable (a child's id, a day, a code) and then reused, so that the millions of
+    items of an unblinded snapshot cost a look-up each."""
+
+    def __init__(self, t: Table, keep_studyid: bool = False):
+        self.open = f'<ItemGroupData ItemGroupOID="{_oid("IG", t.name)}" ItemGroupRepeatKey="'
+        self.items = [(i, {}, f'<ItemData ItemOID="{_oid("IT", t.name, v.name)}" Value="',
+                       _plain if v.type in ("date", "datetime") and v.codes is None else
+                       _number if v.type in ("int", "float") else _text)
+                      for i, v in enumerate(t.vars) if keep_studyid or v.name != "studyid"]
+
+    def groups(self, rows, out: list) -> None:
+        """Append each row's ItemGroupData (numbered from 1) to ``out``."""
+        items, open_ = self.items, self.open
+        for n, row in enumerate(rows, 1):
+            parts = [open_, str(n), '">']
+            for i, known, head, write in items:
+                x = row[i]
+                if x is not None:
+                    item = known.get(x)
+                    if item is None:
+                        item = known[x] = f'{head}{write(x)}"/>'
+                    parts.append(item)
+            parts.append("</ItemGroupData>")
+            out.append("".join(parts))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import statistics
 from collections import Counter
 
 from sqlalchemy import func, select
@@ -78,8 +77,9 @@ def bang_index(db: Session, blinded: bool) -> list[dict]:
 def _mean_sd(values: list[float]) -> str:
     if not values:
         return "—"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.1f} ({sd:.1f})"
+    mean = math.fsum(values) / len(values)
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return f"{mean:.1f} ({sd:.1f})"
 
 
 def _pct(k: int, n: int) -> str:
@@ -125,11 +125,10 @@ def baseline_table(db: Session, blinded: bool) -> dict:
             if f["type"] in ("integer", "number"):
                 units = f", {f['units']}" if f.get("units") else ""
 
-                def value(r):
-                    return base.get(r.id, {}).get(ins["key"], {}).get(f["key"])
+                value = {r.id: base.get(r.id, {}).get(ins["key"], {}).get(f["key"]) for r in rows}  # once a child
                 table.append([f"{ins['label']}: {f['label']}{units}, mean (SD)"] + [
-                    _mean_sd([value(r) for r in cols[k] if value(r) is not None]) for k in order])
-                table.append(["  Missing, n"] + [str(sum(1 for r in cols[k] if value(r) is None)) for k in order])
+                    _mean_sd([value[r.id] for r in cols[k] if value[r.id] is not None]) for k in order])
+                table.append(["  Missing, n"] + [str(sum(1 for r in cols[k] if value[r.id] is None)) for k in order])
     return {"columns": table[0], "rows": table[1:],
             "notes": ["Mean (SD) of the participants with data; n (%) of the participants in the column.",
                       "Baseline: the assessment at the baseline visit (before randomization)."]}
@@ -156,10 +155,10 @@ def trial_facts(db: Session, blinded: bool) -> dict:
     rows = db.execute(select(Allocation.arm, Assessment.visit, Assessment.values).join(
         Assessment, Assessment.participant_id == Allocation.participant_id).where(Assessment.instrument == prim["instrument"])).all()
     columns = [POOLED_KEY] if blinded else [a["key"] for a in content["arms"]]
+    counts = Counter((visit, POOLED_KEY if blinded else arm) for arm, visit, values in rows
+                     if values.get(prim["field"]) is not None)
     for v in content["visits"]:
-        counts = Counter(POOLED_KEY if blinded else arm for arm, visit, values in rows
-                         if visit == v["key"] and values.get(prim["field"]) is not None)
-        per_visit[v["key"]] = {k: counts.get(k, 0) for k in columns}
+        per_visit[v["key"]] = {k: counts.get((v["key"], k), 0) for k in columns}
     facts = {"recruitment": {"first_screening": first_scr.isoformat() if first_scr else None,
                              "last_screening": last_scr.isoformat() if last_scr else None,
                              "first_randomization": first_rand.date().isoformat() if first_rand else None,

@@ -16,7 +16,7 @@ import json
 import math
 import secrets
 
-from sqlalchemy import func, select
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
@@ -280,26 +280,32 @@ def delivered_by_arm(db: Session, actor) -> dict:
     for arm, n in db.execute(select(Allocation.arm, func.count()).group_by(Allocation.arm)):
         if arm in stats:
             stats[arm]["allocated"] = n
-    rows = db.execute(select(Allocation.arm, TherapySession.participant_id, TherapySession.outside_course,
-                             TherapySession.minutes, TherapySession.techniques, TherapySession.present, TherapySession.goals)
-                      .join(Allocation, Allocation.participant_id == TherapySession.participant_id)
-                      .where(TherapySession.attendance == "attended").execution_options(yield_per=10000))
-    for arm, pid, after, minutes, techniques, present, goals in rows:
-        s = stats.get(arm)
-        if s is None:
-            continue
-        if after:
-            s["after"] += 1
-            continue
-        s["attended"] += 1
-        s["children"].add(pid)
-        if minutes:
-            s["minutes"].append(minutes)
-        kinds = {cats.get(t, "active") for t in techniques or []}
-        s["active"] += "active" in kinds
-        s["receptive"] += "receptive" in kinds
-        s["parent"] += present == "child_and_parent"
-        s["with_goal"] += bool(goals)
+    # counted in the database, a few rows per arm (a trial logs hundreds of thousands of sessions)
+    attended = (select(Allocation.arm).join(TherapySession, TherapySession.participant_id == Allocation.participant_id)
+                .where(TherapySession.attendance == "attended"))
+    in_course = attended.where(TherapySession.outside_course.is_(False))
+    for arm, after, n in db.execute(attended.add_columns(TherapySession.outside_course, func.count())
+                                    .group_by(Allocation.arm, TherapySession.outside_course)):
+        if arm in stats:
+            stats[arm]["after" if after else "attended"] += n
+    for arm, minutes, n in db.execute(in_course.add_columns(TherapySession.minutes, func.count())
+                                      .where(TherapySession.minutes > 0).group_by(Allocation.arm, TherapySession.minutes)):
+        if arm in stats:
+            stats[arm]["minutes"].append((minutes, n))
+    for arm, techniques, n in db.execute(in_course.add_columns(cast(TherapySession.techniques, Text), func.count())
+                                         .group_by(Allocation.arm, cast(TherapySession.techniques, Text))):
+        kinds = {cats.get(t, "active") for t in json.loads(techniques or "null") or []}
+        if arm in stats:
+            stats[arm]["active"] += n * ("active" in kinds)
+            stats[arm]["receptive"] += n * ("receptive" in kinds)
+    for arm, present, n in db.execute(in_course.add_columns(TherapySession.present, func.count())
+                                      .group_by(Allocation.arm, TherapySession.present)):
+        if arm in stats and present == "child_and_parent":
+            stats[arm]["parent"] += n
+    for arm, goals, n in db.execute(in_course.add_columns(cast(TherapySession.goals, Text), func.count())
+                                    .group_by(Allocation.arm, cast(TherapySession.goals, Text))):
+        if arm in stats and json.loads(goals or "null"):
+            stats[arm]["with_goal"] += n
     for arm, n in db.execute(select(Allocation.arm, func.count()).join(
             ChildGoal, ChildGoal.participant_id == Allocation.participant_id).group_by(Allocation.arm)):
         if arm in stats:
@@ -316,11 +322,14 @@ def delivered_by_arm(db: Session, actor) -> dict:
             stats[arm]["adherent"] += int(bool(adherent))
             stats[arm]["scores"].append(mean)
 
-    def mean_sd(xs):
-        if not xs:
+    def mean_sd(xs, counted=False):
+        """Mean (SD) of values, or of (value, how many times) pairs."""
+        pairs = xs if counted else [(x, 1) for x in xs]
+        n = sum(c for _, c in pairs)
+        if not n:
             return ""
-        m = sum(xs) / len(xs)
-        sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+        m = sum(x * c for x, c in pairs) / n
+        sd = (sum(c * (x - m) ** 2 for x, c in pairs) / (n - 1)) ** 0.5 if n > 1 else 0.0
         return f"{m:.1f} ({sd:.1f})"
 
     def pct(k, n):
@@ -336,6 +345,7 @@ def delivered_by_arm(db: Session, actor) -> dict:
                                         TherapySession.outside_course.is_(False))
                                  .group_by(TherapySession.participant_id)):
             counts[pid] = n
+        s["children"] = set(counts)  # those who received at least one session in the course
         # every allocated child counts, with 0 sessions when none were attended
         per_child[a["key"]] = list(counts.values()) + [0] * max(0, s["allocated"] - len(counts))
     measures = [
@@ -344,7 +354,7 @@ def delivered_by_arm(db: Session, actor) -> dict:
         ("Sessions attended in the course, total", lambda a, s: str(s["attended"])),
         ("Sessions attended in the course per participant, mean (SD)", lambda a, s: mean_sd(per_child[a["key"]])),
         ("Sessions attended after the course (not counted above)", lambda a, s: str(s["after"])),
-        ("Minutes per attended session, mean (SD)", lambda a, s: mean_sd(s["minutes"])),
+        ("Minutes per attended session, mean (SD)", lambda a, s: mean_sd(s["minutes"], counted=True)),
         ("Sessions with active techniques, n (%)", lambda a, s: pct(s["active"], s["attended"])),
         ("Sessions with receptive techniques, n (%)", lambda a, s: pct(s["receptive"], s["attended"])),
         ("Sessions with a parent present, n (%)", lambda a, s: pct(s["parent"], s["attended"])),

@@ -175,7 +175,7 @@ def run_build(session_factory, build_id: int, worker: str) -> str:
         with read_only_session(session_factory) as r:
             lock = r.get(DataLock, lock_id)
             data, sha, manifest_sha = build_bundle(r, lock, r.get(Signature, lock.signature_id),
-                                                   blinded=variant == "blinded", progress=report)
+                                                   blinded=variant == "blinded", progress=report, parallel=True)
         with session_factory() as db:
             if db.execute(select(LockBundle.id).where(LockBundle.lock_id == lock_id, LockBundle.variant == variant)).first():
                 raise Conflict(f"The {variant} bundle of lock {lock_id} exists already.")
@@ -236,7 +236,8 @@ def rebuild(session_factory, actor, lock_id: int, worker: str) -> dict[str, str]
         if variant in stored:
             with read_only_session(session_factory) as r:
                 rl = r.get(DataLock, lock_id)
-                _, sha, _ = build_bundle(r, rl, r.get(Signature, rl.signature_id), blinded=variant == "blinded")
+                _, sha, _ = build_bundle(r, rl, r.get(Signature, rl.signature_id), blinded=variant == "blinded",
+                                         parallel=True)
             out[variant] = ("same bytes" if sha == stored[variant] else
                             f"DIFFERENT bytes (stored {stored[variant]}, built {sha}): the stored bundle is kept")
             continue
