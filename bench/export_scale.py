@@ -74,7 +74,6 @@ def parse_args():
     ap.add_argument("--pg", default="127.0.0.1:5432", help="PostgreSQL host:port (trust auth)")
     ap.add_argument("--profile", action="store_true",
                     help="also cProfile one more build of the unblinded bundle (top functions printed, stats in bench/out)")
-    ap.add_argument("--processes", type=int, default=2, help="processes of the worker that builds the bundles")
     ap.add_argument("--keep", action="store_true", help="keep the benchmark database")
     args = ap.parse_args()
     if args.participants < 1 or args.sites < 1 or args.sessions_per_child < 0 or args.assessments_per_child < 1:
@@ -525,14 +524,13 @@ BUNDLE_PHASES = [("build_tables", "dataset.build_tables (queries + rows)"), ("to
                  ("to_dta", "formats.to_dta (statfiles)"), ("dictionary_csv", "formats.dictionary_csv"),
                  ("analysis", "primary analysis (trial.analysis.lmm)"), ("reports", "reports (CONSORT, Table 1, ...)"),
                  ("zip_wait", "waiting for the zip's thread at the end")]
-THREAD_PHASES = [("stream", "zip thread: streamed files (the ODM: made, compressed, hashed)")]
+THREAD_PHASES = [("stream", "zip threads: the ODM snapshots (made, compressed, hashed)")]
 
 
 def instrument(engine) -> Phases:
     from trial.exports import bundle, drawing, formats, service
     from trial.lock import service as lock_service
     ph = Phases(engine)
-    ph.wrap(bundle, "build_bundle", "bundle", variant_arg=True)
     ph.wrap(bundle, "build_tables", "build_tables")
     for name in ("to_csv", "columns", "to_xpt", "to_dta", "dictionary_csv"):
         ph.wrap(formats, name, name)
@@ -550,28 +548,20 @@ def instrument(engine) -> Phases:
     return ph
 
 
-def print_breakdown(ph: Phases, lock_s: float, flush_commit: tuple[float, float]) -> None:
-    variants = ["unblinded", "blinded"]
-    print("\nper-phase breakdown of the lock (wall s; SQL = cursor execute, with psycopg that includes receiving the rows;"
-          "\n decoding JSON columns and building ORM rows count as Python time):")
-    print(f"  {'phase':<40} " + " ".join(f"{v:>18}" for v in variants))
-    total_named = {v: 0.0 for v in variants}  # the named phases do not nest inside one another
+def print_breakdown(ph: Phases, total_s: float) -> None:
+    """The serial build of both variants (one read of the database, the tables they share made
+    once), phase by phase: wall time in the build's own thread, and apart the zip threads' time."""
+    print("\nper-phase breakdown of the serial build of both variants (wall s in the build's thread; SQL = cursor "
+          "execute,\n with psycopg that includes receiving the rows; the zip threads run beside it):")
+    named = 0.0  # the named phases do not nest inside one another
     for key, label in BUNDLE_PHASES:
-        cells = []
-        for v in variants:
-            w, s = ph.wall.get((v, key), 0.0), ph.sql.get((v, key), 0.0)
-            total_named[v] += w
-            cells.append(f"{w:8.2f} ({s:5.2f} sql)" if (v, key) in ph.calls else f"{'-':>18}")
-        print(f"  {label:<40} " + " ".join(cells))
-    rest = [ph.wall[(v, "bundle")] - total_named[v] for v in variants]
-    print(f"  {'the rest (README, syntax, queueing)':<40} " + " ".join(f"{r:8.2f}{'':10}" for r in rest))
+        w, sql = ph.wall.get(("", key), 0.0), ph.sql.get(("", key), 0.0)
+        named += w
+        print(f"  {label:<48} {w:8.2f} ({sql:5.2f} sql)" if ("", key) in ph.calls else f"  {label:<48} {'-':>8}")
+    print(f"  {'the rest (README, syntax, queueing)':<48} {total_s - named:8.2f}")
     for key, label in THREAD_PHASES:
-        print(f"  {label:<40} " + " ".join(f"{ph.wall.get((v, key), 0.0):8.2f}{'':10}" for v in variants))
-    print(f"  {'build_bundle total':<40} " + " ".join(f"{ph.wall[(v, 'bundle')]:8.2f} ({ph.sql[(v, 'bundle')] + sum(ph.sql.get((v, k), 0) for k, _ in BUNDLE_PHASES):5.2f} sql)" for v in variants))
-    bundles = sum(ph.wall[(v, "bundle")] for v in variants)
-    print(f"  sign (password hash check) {ph.wall[('', 'sign')]:.2f} s; other SQL in create_lock "
-          f"{ph.sql.get(('', 'outside'), 0):.2f} s; flush of the bundle rows {flush_commit[0]:.2f} s; commit {flush_commit[1]:.2f} s")
-    print(f"  build_bundles {bundles:.2f} s of the {lock_s:.2f} s lock ({100 * bundles / lock_s:.0f}%)")
+        print(f"  {label:<48} {ph.wall.get(('', key), 0.0):8.2f}")
+    print(f"  {'total':<48} {total_s:8.2f}")
 
 
 # --- the floor ------------------------------------------------------------------------------------
@@ -643,7 +633,7 @@ def main() -> int:
         from trial.db import make_engine, make_session_factory
         from trial.esign.models import Signature
         from trial.lock.models import LockBundle
-        from trial.lock.service import build_status, create_lock
+        from trial.lock.service import build_status, create_lock, lift_lock
         from trial.randomize.service import verify
         from trial.scope import CliActor
         engine = make_engine()
@@ -658,38 +648,59 @@ def main() -> int:
         print(f"\nfloor: COPY (SELECT * FROM t) TO STDOUT WITH CSV HEADER of {len(TABLES)} tables: {floor_s:.2f} s, "
               f"{floor_bytes / MB:.1f} MB (" + ", ".join(f"{t} {n / MB:.1f}" for t, n in sizes.items()) + ")")
 
-        # the hard lock, timed: it answers once signed and committed; the bundles are built after it
+        # the hard lock, timed: it answers once signed and committed; the bundles are built after it by
+        # a worker. First a worker kept running (`trial worker`, the deployment's: woken by the lock's
+        # NOTIFY), then, after the lock is lifted, a second hard lock whose worker the app starts
+        # (`trial worker --until-idle`, TRIAL_LOCK_BUILDER=worker)
         t0 = time.perf_counter()
-        import pandas  # noqa: F401,E401  imports are not part of the lock
-
-        import trial.exports.bundle  # noqa: F401,E401
+        import trial.exports.bundle  # noqa: F401,E401  imports are not part of the lock
         print(f"\n(imports of the export stack before timing: {time.perf_counter() - t0:.1f} s)")
         db = factory()
         manager = db.execute(select(User).where(User.email == EMAIL)).scalar_one()
         _ = list(manager.roles)
-        ph = instrument(engine)
+        resident = subprocess.Popen([sys.executable, "-m", "trial.cli", "worker", "--poll", "60"], env=dict(os.environ),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        waiting = resident.stdout.readline()
+        ok &= check("waiting for hard locks" in waiting, f"a worker waits for hard locks ({waiting.strip()})")
         t0 = time.perf_counter()
         lock = create_lock(db, manager, "hard", "bench lock", PASSWORD)
         db.commit()
         lock_s = time.perf_counter() - t0
         print(f"hard lock (create_lock + commit: signature, CONSORT check, seal): {lock_s:.2f} s")
-
-        # the bundles, built by `trial worker --until-idle` (a process per variant), as the app starts it
+        out = [resident.stdout.readline() for _ in range(2)]
+        resident_s = time.perf_counter() - t0 - lock_s
+        resident.terminate()
+        resident.wait(30)
+        print(f"both bundles built by a waiting worker (`trial worker`, woken by the commit), from the commit: {resident_s:.2f} s")
+        print("".join(f"  {line}" for line in out), end="")
+        db.rollback()
+        st = build_status(db, lock.id)
+        ok &= check(st["status"] == "ready", f"the lock's bundles are ready ({st})")
+        first = lock
+        lift_lock(db, manager, first.id, "bench: the second lock", PASSWORD)
+        db.commit()
+        lock = create_lock(db, manager, "hard", "bench lock, again", PASSWORD)
+        db.commit()
         t0 = time.perf_counter()
-        worker = subprocess.run([sys.executable, "-m", "trial.cli", "worker", "--until-idle", "--processes",
-                                 str(args.processes)], env=dict(os.environ), capture_output=True, text=True)
+        worker = subprocess.run([sys.executable, "-m", "trial.cli", "worker", "--until-idle"], env=dict(os.environ),
+                                capture_output=True, text=True)
         bundles_s = time.perf_counter() - t0
-        print(f"both bundles built by the worker ({args.processes} processes): {bundles_s:.2f} s")
+        print(f"both bundles of a second hard lock built by `trial worker --until-idle`, started as the app starts it "
+              f"(its start included): {bundles_s:.2f} s")
         print("".join(f"  {line}\n" for line in worker.stdout.splitlines()), end="")
         ok &= check(worker.returncode == 0, "the worker ended without an error" + (f": {worker.stderr[-800:]}" if worker.returncode else ""))
-        peaks = [float(m) for m in re.findall(r"\(peak RSS (\d+) MB", worker.stdout)]
-        peaks += [float(m) for m in re.findall(r"helper peak RSS (\d+) MB", worker.stdout)]
+        lines = "".join(out) + worker.stdout
+        peaks = [float(m) for m in re.findall(r"\(peak RSS (\d+) MB", lines)]
+        peaks += [float(m) for m in re.findall(r"helper peak RSS (\d+) MB", lines)]
         peak_mb = max(peaks) if peaks else float("nan")
         db.rollback()
         st = build_status(db, lock.id)
         built = st["status"] == "ready"
-        ok &= check(built, f"the lock's bundles are ready ({st})")
+        ok &= check(built, f"the second lock's bundles are ready ({st})")
         db.rollback()
+        first_shas = dict(db.execute(select(LockBundle.variant, LockBundle.manifest_sha256).where(LockBundle.lock_id == first.id)).all())
+        ok &= check(set(first_shas) == {"unblinded", "blinded"}, "the first lock's bundles were stored by the waiting worker")
+        ph = instrument(engine)
 
         rows = db.execute(select(LockBundle.variant, func.octet_length(LockBundle.content), LockBundle.sha256,
                                  LockBundle.manifest_sha256).where(LockBundle.lock_id == lock.id).order_by(LockBundle.variant)).all()
@@ -721,7 +732,7 @@ def main() -> int:
             rdb.rollback()
         print(f"\nserial build of both bundles in one process (as before the worker): {serial_s:.2f} s, "
               f"peak RSS {serial_peak:.0f} MB (from {rss0 / MB:.0f} MB)")
-        print_breakdown(ph, serial_s, (0.0, 0.0))
+        print_breakdown(ph, serial_s)
         ok &= check(all(again[v][1] == stored[v] for v in stored), "the worker's bundles are the bytes of a serial build")
         del again
 
@@ -769,14 +780,17 @@ def main() -> int:
         ratio = bundles_s / floor_s
         print(f"\nsummary ({args.participants} participants, {len(codes)} sites, "
               f"{b['counts']['therapy_session']} sessions, {b['counts']['assessment']} assessments):")
-        print(f"  build {build_s:.1f} s; hard lock {lock_s:.2f} s; both bundles by the worker {bundles_s:.2f} s "
+        print(f"  build {build_s:.1f} s; hard lock {lock_s:.2f} s; both bundles by a waiting worker {resident_s:.2f} s, "
+              f"by the worker the app starts {bundles_s:.2f} s "
               f"(serial in one process {serial_s:.2f} s); floor {floor_s:.2f} s ({floor_bytes / MB:.1f} MB); ratio {ratio:.1f}x")
         print(f"  peak RSS of a worker process {peak_mb:.0f} MB ({', '.join(f'{x:.0f}' for x in peaks)} MB)")
         print(f"  CONSORT PDF {pdf_s:.2f} s, SVG {svg_s:.2f} s")
         print("targets:")
         target(lock_s < TARGET_LOCK_SECONDS, f"the lock answers in under {TARGET_LOCK_SECONDS:.0f} s ({lock_s:.2f} s)")
-        target(built and bundles_s < TARGET_SECONDS, f"both bundles ready in under {TARGET_SECONDS:.0f} s ({bundles_s:.1f} s"
-               + ("" if built else ", but the builds FAILED") + ")")
+        target(built and resident_s < TARGET_SECONDS, f"both bundles ready in under {TARGET_SECONDS:.0f} s by a waiting worker "
+               f"({resident_s:.1f} s from the commit)" + ("" if built else ", but the builds FAILED"))
+        target(built and bundles_s < TARGET_SECONDS, f"both bundles ready in under {TARGET_SECONDS:.0f} s by the worker the app "
+               f"starts ({bundles_s:.1f} s with its start)" + ("" if built else ", but the builds FAILED"))
         target(peak_mb < TARGET_MB, f"peak memory per process under {TARGET_MB:.0f} MB ({peak_mb:.0f} MB RSS)")
     finally:
         if args.keep:

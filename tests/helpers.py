@@ -8,6 +8,7 @@ import datetime as dt
 import io
 import itertools
 import math
+import re
 
 from trial.auth import service as users
 from trial.credentials import service as credentials
@@ -181,3 +182,9 @@ def as_csv(value, entry: dict) -> str:
 def loc(table: str, fmt: str) -> str:
     """Where a table's file is in a bundle (the analysis dataset under analysis/)."""
     return f"analysis/{table}.{fmt}" if table == "adsl" else f"{fmt}/{table}.{fmt}"
+
+
+def page_body(r) -> bytes:
+    """A page's bytes without its form tokens (CSRF tokens are signed with the second they are made:
+    two requests straddling a second give different ones)."""
+    return re.sub(rb'name="csrf_token" value="[^"]*"', b'name="csrf_token"', r.get_data())

@@ -1,25 +1,28 @@
 """A hard lock answers as soon as it is signed; its bundles are built afterwards by a worker, with
 their state in the database (building, ready, failed) and their progress. A worker process
-(`trial worker`) builds both variants in parallel and gives the same bytes as a serial build; a
-build abandoned by a dead worker is reported failed and taken over; `trial lock rebuild` makes
-the same bytes again."""
+(`trial worker`) builds both variants from one read, sharing the work with helper processes, and
+gives the same bytes as a serial build; a build abandoned by a dead worker is reported failed and
+taken over; a helper that dies fails the build, which `trial lock rebuild` makes again with the
+same bytes."""
 from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 from sqlalchemy import select, update
 
 from tests.helpers import CLI, PASSWORD
-from trial.db import make_engine, make_session_factory, utcnow
+from trial.db import make_session_factory, utcnow
 from trial.esign.models import Signature
 from trial.exports.bundle import build_bundle
 from trial.lock import service as locks
 from trial.lock.models import DataLock, LockBuild, LockBundle
-from trial.migrate import upgrade
 
 MEANING = "Final lock of the trial database."
 
@@ -69,25 +72,24 @@ def test_a_hard_lock_reports_its_bundles_state_and_progress(world, db, app):
     page = c.get("/locks").get_data(as_text=True)
     assert f"trial lock rebuild {lock_id}" in page
     # another worker takes it over
-    assert locks.claim_build(db, "w:2", lock_id) is not None
+    taken = locks.claim_lock(db, "w:2", lock_id)
+    assert len(taken) == 1, "the variant waiting (the unblinded one is built)"
     assert db.execute(select(LockBuild.worker).where(LockBuild.lock_id == lock_id, LockBuild.variant == "blinded")).scalar() == "w:2"
-    assert locks.claim_build(db, "w:3", lock_id) is None, "a build is claimed by one worker only"
+    assert locks.claim_lock(db, "w:3", lock_id) == [], "a build is claimed by one worker only"
 
 
 # --- a real worker process against a committed database ----------------------------------------------------
 
 @pytest.fixture()
-def committed(tmp_path, monkeypatch):
-    """A file database with a trial of four randomized children and a signed hard lock, all
-    committed (other processes see it), the bundles not built yet."""
+def trial_db(monkeypatch, tmp_path):
+    """A fresh database (PostgreSQL when the suite runs on it, else an SQLite file) with a trial of
+    four randomized children, all committed (other processes see it); no lock yet."""
+    from tests.conftest import FreshDatabase
     from tests.helpers import World
-    from trial.auth import service as users
     monkeypatch.setenv("TRIAL_AUDIT_KEY", "k" * 40)
     monkeypatch.setenv("TRIAL_INSTANCE_PATH", str(tmp_path / "instance"))
-    url = f"sqlite:///{tmp_path / 'trial.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    factory = make_session_factory(engine)
+    fresh = FreshDatabase("lockbuild")
+    factory = make_session_factory(fresh.engine)
     db = factory()
     world = World(db, None)
     world.setup()
@@ -97,13 +99,23 @@ def committed(tmp_path, monkeypatch):
         p = world.ready(site)
         world.randomize(p, p.study_id)
     db.commit()
-    manager = users.get_user_by_email(db, "manager@example.org")
-    lock = locks.create_lock(db, manager, "hard", MEANING, PASSWORD)
-    db.commit()
-    yield {"url": url, "engine": engine, "factory": factory, "db": db, "lock_id": lock.id,
-           "env": {**os.environ, "TRIAL_DATABASE_URL": url}}
+    yield {"url": fresh.url, "engine": fresh.engine, "factory": factory, "db": db,
+           "env": {**os.environ, "TRIAL_DATABASE_URL": fresh.url}}
     db.close()
-    engine.dispose()
+    fresh.drop()
+
+
+def sign_hard_lock(db) -> int:
+    from trial.auth import service as users
+    lock = locks.create_lock(db, users.get_user_by_email(db, "manager@example.org"), "hard", MEANING, PASSWORD)
+    db.commit()
+    return lock.id
+
+
+@pytest.fixture()
+def committed(trial_db):
+    """The trial with a signed hard lock, committed, its bundles not built yet."""
+    return {**trial_db, "lock_id": sign_hard_lock(trial_db["db"])}
 
 
 def trial_cli(env, *args, timeout=300):
@@ -127,7 +139,9 @@ def test_the_worker_builds_both_variants_in_parallel_with_the_bytes_of_a_serial_
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(" ready") == 2, done.stdout
     workers = {line.split(":")[1] for line in done.stdout.splitlines()}
-    assert len(workers) == 2, ("two processes, a variant each", done.stdout)
+    assert len(workers) == 1, ("one process builds both variants from one read", done.stdout)
+    helper_cpu = [float(x) for x in re.findall(r"helper peak RSS \d+ MB, CPU ([\d.]+) s", done.stdout)]
+    assert helper_cpu and helper_cpu[0] > 0, ("its helper processes did part of the work", done.stdout)
     db.expire_all()
     assert locks.build_status(db, lock_id) == {"status": "ready", "progress": 1.0, "error": None}
     stored = {b.variant: b.sha256 for b in db.execute(select(LockBundle).where(LockBundle.lock_id == lock_id)).scalars()}
@@ -168,3 +182,63 @@ def test_a_dead_workers_build_is_taken_over_and_rebuild_gives_the_same_bytes(com
     db.commit()
     r = trial_cli(committed["env"], "lock", "rebuild", str(lock_id))
     assert r.returncode == 1 and "not in force" in r.stderr
+
+
+def test_the_helpers_give_the_serial_bytes_and_a_helper_that_dies_or_fails_fails_the_build(committed, monkeypatch, tmp_path):
+    """The parallel build (helper processes, zip threads) gives the bytes of the serial one; a helper
+    that ends without its results, or whose job raises, fails the build with the reason, leaves no
+    temporary file and stores nothing."""
+    from trial.exports import bundle
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the helpers' temporary folders go here
+    db, lock_id = committed["db"], committed["lock_id"]
+    lock = db.get(DataLock, lock_id)
+    sig = db.get(Signature, lock.signature_id)
+    parallel = {v: built[1] for v, built in bundle.build_bundles(db, lock, sig, parallel=True).items()}
+    db.rollback()
+    assert parallel == serial_bytes(db, lock_id)
+    lock, sig = db.get(DataLock, lock_id), db.get(Signature, lock.signature_id)
+    data_job = bundle._data_job
+    monkeypatch.setattr(bundle, "_data_job", lambda send, plain, tables: os._exit(3))
+    with pytest.raises(RuntimeError, match=r"helper process ended \(exit code 3\)"):
+        bundle.build_bundles(db, lock, sig, parallel=True)
+    db.rollback()
+    monkeypatch.setattr(bundle, "_data_job", data_job)
+
+    def broken(send, plain, variants):
+        raise ValueError("no reports today")
+    monkeypatch.setattr(bundle, "_other_job", broken)
+    with pytest.raises(RuntimeError, match="failed: ValueError: no reports today"):
+        bundle.build_bundles(db, lock, sig, parallel=True)
+    db.rollback()
+    assert not list(tmp_path.glob("trial-bundle-*")), "no temporary file is left behind"
+    # through the worker's build: both variants failed with the reason, nothing stored
+    taken = locks.claim_lock(db, "w:t", lock_id)
+    assert len(taken) == 2
+    assert locks.run_build(committed["factory"], taken, "w:t") == {"unblinded": "failed", "blinded": "failed"}
+    db.expire_all()
+    assert "no reports today" in locks.build_error(db, taken[0])
+    assert locks.build_status(db, lock_id)["status"] == "failed"
+    assert db.execute(select(LockBundle.id).where(LockBundle.lock_id == lock_id)).first() is None
+
+
+def test_a_waiting_worker_is_woken_by_a_new_hard_lock(trial_db):
+    """`trial worker` kept running (TRIAL_LOCK_BUILDER=external): on PostgreSQL the lock's commit
+    wakes it at once (NOTIFY), far sooner than its next look; on SQLite it looks every --poll."""
+    from tests.conftest import is_pg
+    poll = "120" if is_pg() else "0.5"
+    worker = subprocess.Popen([sys.executable, "-m", "trial.cli", "worker", "--poll", poll], env=trial_db["env"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "waiting for hard locks" in worker.stdout.readline()
+        t0 = time.monotonic()
+        lock_id = sign_hard_lock(trial_db["db"])
+        lines = [worker.stdout.readline(), worker.stdout.readline()]
+        took = time.monotonic() - t0
+        assert sorted(line.split()[1:3] for line in lines) == [["blinded", "ready"], ["unblinded", "ready"]], lines
+        assert took < 60, f"woken at once, not at its next look ({took:.1f} s)"
+        db = trial_db["db"]
+        db.expire_all()
+        assert locks.build_status(db, lock_id)["status"] == "ready"
+    finally:
+        worker.terminate()
+        worker.wait(30)

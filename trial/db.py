@@ -12,10 +12,12 @@ import datetime as dt
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import orjson
-from sqlalchemy import MetaData, create_engine, event
+import psycopg
+from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -248,3 +250,33 @@ def lock_for_update(stmt, bind):
     stmt = stmt.execution_options(populate_existing=True)  # never reuse a stale row from the identity map
     return stmt if is_sqlite(bind) else stmt.with_for_update()
 
+
+
+def notify(db: Session, channel: str) -> None:
+    """Wake the processes waiting on ``channel`` (PostgreSQL's NOTIFY: sent when the transaction
+    commits, not before; nothing on SQLite, whose waiters poll)."""
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(text(f"NOTIFY {channel}"))
+
+
+class Listener:
+    """Waits for a NOTIFY on a channel (PostgreSQL, on a connection of its own), or for the
+    timeout to pass (SQLite, and whenever nothing is sent)."""
+
+    def __init__(self, engine: Engine, channel: str):
+        self.conn = None
+        if engine.dialect.name == "postgresql":
+            url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self.conn = psycopg.connect(url, autocommit=True)
+            self.conn.execute(f"LISTEN {channel}")
+
+    def wait(self, timeout: float) -> bool:
+        """True when woken by a notification, False when the timeout passed."""
+        if self.conn is None:
+            time.sleep(timeout)
+            return False
+        return any(True for _ in self.conn.notifies(timeout=timeout, stop_after=1))
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()

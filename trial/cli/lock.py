@@ -5,12 +5,12 @@ import multiprocessing
 import os
 import resource
 import socket
-import time
+import sys
 
 import click
 
 from trial.cli.common import Group, fail, session
-from trial.db import make_engine, make_session_factory
+from trial.db import Listener, make_engine, make_session_factory
 from trial.exports.bundle import can_fork, preload
 from trial.lock import service as locks
 from trial.scope import CliActor
@@ -21,30 +21,38 @@ def _worker_name() -> str:
 
 
 def _loop(until_idle: bool, poll: float, lock_id: int | None) -> int:
-    """Claim and build variants until none is waiting (or forever, polling). Returns how many."""
+    """Claim and build locks' bundles until none is waiting (or forever, polling). Returns how
+    many variants were built."""
     engine = make_engine()
     factory = make_session_factory(engine)
     me, done = _worker_name(), 0
+    listener = None if until_idle else Listener(engine, locks.BUILD_CHANNEL)  # listening before the first look
+    if listener is not None:
+        click.echo(f"{me}: waiting for hard locks", nl=True)
+        sys.stdout.flush()
     try:
         while True:
             with factory() as db:
-                build_id = locks.claim_build(db, me, lock_id)
-            if build_id is None:
+                build_ids = locks.claim_lock(db, me, lock_id)
+            if not build_ids:
                 if until_idle:
                     return done
-                time.sleep(poll)
+                listener.wait(poll)  # a new hard lock wakes it at once (PostgreSQL), else it looks again
                 continue
-            state = locks.run_build(factory, build_id, me)
+            states = locks.run_build(factory, build_ids, me)
             why = ""
-            if state == "failed":
+            if "failed" in states.values():
                 with factory() as db:
-                    why = f": {locks.build_error(db, build_id)}"
+                    why = f": {locks.build_error(db, build_ids[0])}"
             me_, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-            click.echo(f"{me}: build {build_id} {state}{why} (peak RSS {me_.ru_maxrss / 1024:.0f} MB, CPU "
-                       f"{me_.ru_utime + me_.ru_stime:.1f} s; helper peak RSS {kids.ru_maxrss / 1024:.0f} MB, CPU "
-                       f"{kids.ru_utime + kids.ru_stime:.1f} s)")  # (Linux: ru_maxrss in KiB)
-            done += 1
+            for variant, state in states.items():
+                click.echo(f"{me}: {variant} {state}{why if state == 'failed' else ''} (peak RSS {me_.ru_maxrss / 1024:.0f} "
+                           f"MB, CPU {me_.ru_utime + me_.ru_stime:.1f} s; helper peak RSS {kids.ru_maxrss / 1024:.0f} MB, "
+                           f"CPU {kids.ru_utime + kids.ru_stime:.1f} s)")  # (Linux: ru_maxrss in KiB)
+            done += len(states)
     finally:
+        if listener is not None:
+            listener.close()
         engine.dispose()
 
 
@@ -52,16 +60,19 @@ def _child(until_idle: bool, poll: float, lock_id: int | None) -> None:
     _loop(until_idle, poll, lock_id)
 
 
-@click.command(help="Build the bundles of hard locks that are waiting (each variant once, in parallel over "
-                    "--processes; a build whose worker stopped reporting for two minutes is taken over). "
+@click.command(help="Build the bundles of hard locks that are waiting (both variants of a lock from one read, "
+                    "with two helper processes; --processes locks at once; a build whose worker stopped reporting "
+                    "for two minutes is taken over). "
                     "The app starts one with --until-idle after a hard lock (TRIAL_LOCK_BUILDER=worker); "
                     "with TRIAL_LOCK_BUILDER=external keep one running, e.g. under systemd.")
-@click.option("--until-idle", is_flag=True, help="Stop when nothing is waiting (else poll for ever).")
-@click.option("--processes", type=int, default=None, help="Processes building at once (default: the machine's cores, "
-                                                          "at most 2: a bundle has two variants).")
-@click.option("--poll", type=float, default=2.0, show_default=True, help="Seconds between looks when idle.")
+@click.option("--until-idle", is_flag=True, help="Stop when nothing is waiting (else wait for ever: woken at once by a "
+                                                "new hard lock on PostgreSQL, looking every --poll seconds on SQLite).")
+@click.option("--processes", type=int, default=1, show_default=True,
+              help="Locks built at once (each build already shares its work with two helper processes).")
+@click.option("--poll", type=float, default=2.0, show_default=True,
+              help="Seconds between looks when idle (on PostgreSQL a new lock also wakes it at once).")
 def worker(until_idle, processes, poll):
-    n = processes or min(2, os.cpu_count() or 1)
+    n = max(1, processes)
     preload()  # the libraries a build needs, loaded once here and shared by the processes forked below
     if n <= 1:
         _loop(until_idle, poll, None)

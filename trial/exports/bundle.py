@@ -3,7 +3,10 @@ ODM 1.3.2 snapshot, CONSORT and blinding reports, a README and a SHA-256 manifes
 fixed timestamps so that the same lock always gives the same bytes."""
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
+import functools
 import gc
 import hashlib
 import importlib
@@ -16,7 +19,9 @@ import shutil
 import tempfile
 import threading
 import zipfile
+from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.analysis.service import primary_analysis
@@ -25,9 +30,11 @@ from trial.db import make_engine, make_session_factory, read_only_session
 from trial.dataquality.service import shown_queries
 from trial.exports import drawing, formats, odm, syntax
 from trial.exports.consort import consort
-from trial.exports.dataset import ANALYSIS_TABLES, DUMMY_LABEL, FREE_TEXT_WITHHELD, build_tables
+from trial.exports.dataset import (ANALYSIS_TABLES, DUMMY_LABEL, FREE_TEXT_WITHHELD, SESSION_TABLES, build_tables, rows_of,
+                                  session_rows, session_tables)
 from trial.exports.reports import bang_index, baseline_table, table_csv, trial_facts
 from trial.fidelity.service import delivered_by_arm
+from trial.participants.models import Participant
 from trial.protocol.models import ProtocolVersion
 from trial.safety.service import summary_by_arm
 from trial.scope import CliActor
@@ -38,12 +45,6 @@ VARIANTS = ("unblinded", "blinded")
 
 def _sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
-
-
-def build_bundles(db: Session, lock, sig) -> dict[str, tuple[bytes, str, str]]:
-    """Both variants, from one read of the database."""
-    cache: dict = {}
-    return {v: build_bundle(db, lock, sig, blinded=(v == "blinded"), cache=cache) for v in VARIANTS}
 
 
 @contextlib.contextmanager
@@ -61,16 +62,38 @@ def _collector_paused():
 
 ZIP_LEVEL = 1  # zlib's fastest level: the bundle's text compresses 8 to 10 times even so, in a third of level 6's time
 BLOCK = 1 << 20  # a streamed file goes into the zip in blocks of this size
-PENDING = 48 << 20  # bytes given to the zip's thread and not yet written, at most (memory), before the build waits
+PENDING = 64 << 20  # bytes given to a zip's thread and not yet written, at most (memory), before the build waits
 HELPER_WAIT = 900  # seconds a build waits for its helper's next result before it gives up
+
+
+@dataclass
+class Hashed:
+    """A file's content (bytes, or chunks) with its SHA-256, worked out by whoever wrote it."""
+    chunks: object
+    sha256: str
+
+
+def _blocks(chunks):
+    """Chunks joined into blocks of about BLOCK bytes (a compressor's and a hash's calls are then few)."""
+    block: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        block.append(chunk)
+        size += len(chunk)
+        if size >= BLOCK:
+            yield b"".join(block)
+            block, size = [], 0
+    if block or size == 0:
+        yield b"".join(block)
 
 
 class _Zip:
     """Files go into the zip in the order they are given (fixed timestamps, read-only), hashed on
-    the way. A thread of its own compresses and hashes them (zlib and hashlib let go of the
-    interpreter meanwhile), so the build goes on making the next file. A file is given as bytes,
-    as an iterable of byte chunks, or as a function returning either (called in that thread,
-    when the file's turn comes: it may wait for a helper process)."""
+    the way. A thread of its own compresses them and a second one hashes them at the same time
+    (zlib and hashlib let go of the interpreter meanwhile), so the build goes on making the next
+    file. A file is given as bytes, as an iterable of byte chunks, as a Hashed file (chunks whose
+    SHA-256 a helper worked out as it wrote them), or as a function returning one of these
+    (called in that thread, when the file's turn comes: it may wait for a helper process)."""
 
     def __init__(self, lock):
         self.buf = io.BytesIO()
@@ -82,6 +105,7 @@ class _Zip:
         self.pending = 0
         self.written = threading.Condition()
         self.failure: BaseException | None = None
+        self.hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bundle-hash")
         self.thread = threading.Thread(target=self._run, name="bundle-zip", daemon=True)
         self.thread.start()
 
@@ -111,9 +135,13 @@ class _Zip:
                 try:
                     if callable(data):
                         data = data()
-                    if isinstance(data, (bytes, bytearray)):
+                    if isinstance(data, Hashed) and isinstance(data.chunks, (bytes, bytearray)):
+                        self.z.writestr(self._info(name), data.chunks)
+                        self.sums[name] = data.sha256
+                    elif isinstance(data, (bytes, bytearray)):
+                        sha = self.hasher.submit(_sha, data)
                         self.z.writestr(self._info(name), data)
-                        self.sums[name] = _sha(data)
+                        self.sums[name] = sha.result()
                     else:
                         self._stream(name, data)
                 except BaseException as e:  # noqa: BLE001  handed to the build's thread by close()
@@ -124,26 +152,20 @@ class _Zip:
                 self.written.notify_all()
 
     def _stream(self, name: str, chunks) -> None:
+        known = chunks.sha256 if isinstance(chunks, Hashed) else None
         h = hashlib.sha256()
         with self.z.open(self._info(name), "w", force_zip64=True) as f:
-            block: list[bytes] = []
-            size = 0
-            for chunk in chunks:
-                block.append(chunk)
-                size += len(chunk)
-                if size >= BLOCK:
-                    data = b"".join(block)
-                    h.update(data)
-                    f.write(data)
-                    block, size = [], 0
-            data = b"".join(block)
-            h.update(data)
-            f.write(data)
-        self.sums[name] = h.hexdigest()
+            for data in _blocks(chunks.chunks if known else chunks):
+                hashed = None if known else self.hasher.submit(h.update, data)
+                f.write(data)
+                if hashed is not None:
+                    hashed.result()
+        self.sums[name] = known or h.hexdigest()
 
     def _finish(self) -> None:
         self.queue.put(None)
         self.thread.join()
+        self.hasher.shutdown()
 
     def discard(self) -> None:
         self._finish()
@@ -161,50 +183,100 @@ class _Zip:
 
 
 class _Helper:
-    """A forked process that makes, from the tables already read, the parts of a bundle that need
-    nothing else of the build: the primary analysis, the ODM snapshot (into a temporary file) and,
-    on a connection of its own, the reports. The two processes then share the work on two cores
-    without reading the database twice. It answers each part as it is done (or the error that
-    stopped it); it never touches its parent's connection, and ends without tidying up objects it
-    inherited (os._exit)."""
+    """A forked process that makes parts of the bundles meanwhile, on the machine's other core: it
+    runs ``job(send, plain, *args)``, which sends each part as ``(key, value)`` when it is done
+    (or ``("error", text)``). It never touches its parent's connection (a job that reads the
+    database opens its own) and ends without tidying up objects it inherited (os._exit). Its
+    answers are read by a thread started with ``listen`` once every process is forked (a process
+    forked while a thread runs could inherit a lock held by it)."""
 
-    def __init__(self, db: Session, lock, pv, tables, blinded: bool):
+    def __init__(self, job, db: Session, lock, pv, *args):
         ctx = multiprocessing.get_context("fork")
         self.folder = tempfile.mkdtemp(prefix="trial-bundle-")
         self.conn, send = ctx.Pipe(duplex=False)
         plain = {"id": lock.id, "created_at": lock.created_at, "version": pv.version, "content": pv.content,
-                 "url": _engine_of(db).url.render_as_string(hide_password=False)}
-        self.proc = ctx.Process(target=_helper_main, args=(send, plain, tables, blinded, self.folder),
-                                name=f"bundle helper {lock.id}", daemon=True)
+                 "url": _engine_of(db).url.render_as_string(hide_password=False), "folder": self.folder}
+        self.proc = ctx.Process(target=_helper_main, args=(job, send, plain, *args), name=f"bundle helper {lock.id}",
+                                daemon=True)
         self.proc.start()
         send.close()
         self.got: dict = {}
+        self.ended: str | None = None
+        self.cond = threading.Condition()
+        self.reader: threading.Thread | None = None
 
-    def result(self, kind: str):
-        while kind not in self.got:
+    def take(self, key):
+        """A part, read from the pipe by the build's own thread (before ``listen``)."""
+        while key not in self.got:
             if not self.conn.poll(HELPER_WAIT):
-                raise RuntimeError(f"the bundle's helper process gave no {kind} in {HELPER_WAIT} s")
+                raise RuntimeError(f"the bundles' helper process gave nothing for {HELPER_WAIT} s")
             try:
                 got, value = self.conn.recv()
-            except EOFError:
+            except (EOFError, OSError):
                 self.proc.join(5)
-                raise RuntimeError(f"the bundle's helper process ended before its {kind} "
-                                   f"(exit code {self.proc.exitcode})") from None
+                raise RuntimeError(f"the bundles' helper process ended (exit code {self.proc.exitcode}) "
+                                   f"before sending {key}") from None
             if got == "error":
-                raise RuntimeError(f"the bundle's helper process failed: {value}")
+                raise RuntimeError(f"the bundles' helper process failed: {value}")
             self.got[got] = value
-        return self.got[kind]
+        return self.got[key]
 
-    def file(self, kind: str):
-        """The chunks of a file the helper wrote (read when its turn in the zip comes)."""
-        with open(self.result(kind), "rb") as f:
-            while chunk := f.read(BLOCK):
-                yield chunk
+    def listen(self) -> None:
+        self.reader = threading.Thread(target=self._read, name="bundle-helper-reader", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        why = None
+        while why is None:
+            try:
+                if not self.conn.poll(HELPER_WAIT):
+                    why = f"gave nothing for {HELPER_WAIT} s"
+                    break
+                key, value = self.conn.recv()
+            except (EOFError, OSError):
+                self.proc.join(5)
+                why = f"ended (exit code {self.proc.exitcode})"
+                break
+            if key == "error":
+                why = f"failed: {value}"
+            with self.cond:
+                self.got[key] = value
+                self.cond.notify_all()
+        with self.cond:
+            self.ended = why
+            self.cond.notify_all()
+
+    def result(self, key):
+        """A part, when the helper has sent it (a zip's thread waits here for its turn)."""
+        with self.cond:
+            self.cond.wait_for(lambda: key in self.got or self.ended is not None)
+            if key in self.got:
+                return self.got[key]
+            raise RuntimeError(f"the bundles' helper process {self.ended} before sending {key}")
+
+    def whole(self, key) -> Hashed:
+        """A file the helper wrote, read whole, with its SHA-256 (it goes into the zip as the same
+        bytes made here would: whole, not streamed)."""
+        path, sha = self.result(key)
+        with open(path, "rb") as f:
+            return Hashed(f.read(), sha)
+
+    def file(self, key) -> Hashed:
+        """A file the helper wrote, with its SHA-256 (read when its turn in the zip comes)."""
+        path, sha = self.result(key)
+
+        def chunks():
+            with open(path, "rb") as f:
+                while chunk := f.read(BLOCK):
+                    yield chunk
+        return Hashed(chunks(), sha)
 
     def stop(self) -> None:
         if self.proc.is_alive():
             self.proc.terminate()
         self.proc.join()
+        if self.reader is not None:
+            self.reader.join()
 
     def close(self) -> None:
         self.conn.close()
@@ -216,26 +288,61 @@ def _engine_of(db: Session):
     return getattr(bind, "engine", bind)
 
 
-def _helper_main(send, plain: dict, tables, blinded: bool, folder: str) -> None:
+def _helper_main(job, send, plain: dict, *args) -> None:
     try:
-        content = plain["content"]
-        if content.get("analysis"):
-            send.send(("analysis", _analysis_files(content, next(t for t in tables if t.name == "adsl"), blinded)))
-        path = os.path.join(folder, "snapshot.xml")
-        with open(path, "wb") as f:
-            for chunk in _odm_chunks(content, tables, plain["id"], plain["created_at"], plain["version"], blinded):
-                f.write(chunk)
-        send.send(("odm", path))
-        engine = make_engine(plain["url"])  # a connection of its own: the parent's is never touched here
-        try:
-            with read_only_session(make_session_factory(engine)) as rdb:
-                send.send(("reports", _report_files(rdb, plain["id"], plain["created_at"], content, blinded)))
-        finally:
-            engine.dispose()
+        job(send, plain, *args)
     except BaseException as e:  # noqa: BLE001  reported to the build, which fails with it
         send.send(("error", f"{type(e).__name__}: {e}"))
     finally:
         send.close()
+
+
+def _other_job(send, plain: dict, variants: list[str]) -> None:
+    """On a connection of the helper's own, while the build reads the other tables: the sessions'
+    rows (the largest table: handed to the build, for the ODM snapshot), then their tables' files
+    (CSV, Stata, SAS transport: into files, for the build's zip), then each variant's reports
+    (they read the database, not the tables)."""
+    engine = make_engine(plain["url"])
+    try:
+        with read_only_session(make_session_factory(engine)) as rdb:
+            if "unblinded" in variants:
+                participants = rows_of(rdb, select(Participant.id, Participant.study_id).order_by(Participant.study_id))
+                rows, notes = session_rows(rdb, participants, {p.id: p.study_id for p in participants})
+                send.send(("session_rows", (rows, notes)))
+                for t in session_tables(plain["content"], rows, notes):
+                    cut: dict = {}
+                    for name, data in _table_files(t, plain["created_at"], cut):
+                        send.send((("file", name), _written(plain["folder"], name, data)))
+                        del data
+                    send.send((("cut", t.name), cut))
+                del rows, notes
+            memo: dict = {}
+            for v in variants:
+                send.send((("reports", v), _report_files(rdb, plain["id"], plain["created_at"], plain["content"],
+                                                          v == "blinded", memo)))
+    finally:
+        engine.dispose()
+
+
+def _written(folder: str, name: str, data) -> tuple[str, str]:
+    """A file written into a helper's folder: (its path, its SHA-256)."""
+    path = os.path.join(folder, name.replace("/", "-"))
+    with open(path, "wb") as f:
+        f.write(data)
+    return path, _sha(data)
+
+
+def _data_job(send, plain: dict, tables: dict) -> None:
+    """From the tables read: each variant's ODM snapshot (into a file)."""
+    content = plain["content"]
+    for v, ts in tables.items():
+        path = os.path.join(plain["folder"], f"snapshot-{v}.xml")
+        h = hashlib.sha256()
+        with open(path, "wb") as f:
+            for block in _blocks(_odm_chunks(content, ts, plain["id"], plain["created_at"], plain["version"], v == "blinded")):
+                h.update(block)
+                f.write(block)
+        send.send((("odm", v), (path, h.hexdigest())))
 
 
 def can_fork() -> bool:
@@ -243,86 +350,157 @@ def can_fork() -> bool:
 
 
 PRELOAD = ("numpy", "scipy.optimize", "reportlab.platypus", "reportlab.pdfgen.canvas")
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def preload() -> None:
-    """Load the libraries a build uses (NumPy, SciPy, ReportLab), which the modules load
-    only when they first need them: a worker loads them once before it forks its processes, and
-    each build's helper, which share them."""
+    """Load the libraries a build uses (NumPy, SciPy, ReportLab), which the modules load only when
+    they first need them: a worker loads them once before it forks its processes, which share
+    them (a worker kept running has them loaded when a lock comes). The analysis' matrices are
+    small: NumPy's BLAS runs in the calling thread, not in a pool of threads per process that
+    spin between calls and take the cores the build's processes need (set before NumPy loads,
+    unless the environment says otherwise)."""
+    for name in BLAS_THREADS:
+        os.environ.setdefault(name, "1")
     for name in PRELOAD:
         importlib.import_module(name)
 
 
-def build_bundle(db: Session, lock, sig, blinded: bool, cache: dict | None = None, progress=None,
-                 parallel: bool = False) -> tuple[bytes, str, str]:
-    """Return (zip bytes, sha256 of the zip, sha256 of the manifest). ``progress`` is called with
-    the share done (0..1) as the build goes (a worker reports it to the locks page). ``parallel``
-    (a worker's build, where the platform can fork) makes the analysis, the ODM snapshot and the
-    reports in a helper process meanwhile: the same bytes, in less time."""
+def build_bundles(db: Session, lock, sig, variants=VARIANTS, progress=None, parallel: bool = False) -> dict[str, tuple[bytes, str, str]]:
+    """The bundles of a hard lock (each variant asked for): each is (zip bytes, sha256 of the zip,
+    sha256 of the manifest). ``progress`` is called with the share done (0..1) as the build goes
+    (a worker reports it to the locks page). Serially, both variants come from one read of the
+    database (the tables they share are made once). ``parallel`` (a worker's build, where the
+    platform can fork) shares the work with two helper processes: one reads the sessions while
+    this process reads the other tables, then writes the sessions' files and makes the reports;
+    the other, forked once the tables are read, the ODM snapshots while this process writes the
+    other tables' files; each zip is compressed by a thread of its own, which also runs the
+    primary analysis when its turn comes. The same bytes either way."""
     with _collector_paused():
-        return _build(db, lock, sig, blinded, cache, progress, parallel and can_fork())
+        return _build(db, lock, sig, [v for v in VARIANTS if v in variants], progress or (lambda share: None),
+                      parallel and can_fork())
 
 
-def _build(db: Session, lock, sig, blinded: bool, cache: dict | None, progress, parallel: bool) -> tuple[bytes, str, str]:
-    say = progress or (lambda share: None)
+def build_bundle(db: Session, lock, sig, blinded: bool, progress=None, parallel: bool = False) -> tuple[bytes, str, str]:
+    """One variant's bundle (the same bytes as when built with the other)."""
+    variant = "blinded" if blinded else "unblinded"
+    return build_bundles(db, lock, sig, [variant], progress, parallel)[variant]
+
+
+def _build(db: Session, lock, sig, variants: list[str], say, parallel: bool) -> dict[str, tuple[bytes, str, str]]:
     when = lock.created_at
     pv = db.query(ProtocolVersion).filter_by(version=lock.protocol_version).one()
     content = pv.content
-    dummy_seed = bytes.fromhex(lock.dummy_seed) if blinded else None
-    tables = build_tables(db, blinded, cache, dummy_seed)
-    steps = len(tables) + 2  # each table's files, the rest, the zip's end
-    say(1 / steps)
-    helper = _Helper(db, lock, pv, tables, blinded) if parallel else None  # forked before the zip's thread starts
-    out = _Zip(lock)
+    # in parallel, a helper forked before anything is read reads the sessions meanwhile, then makes
+    # the reports; a second one, forked once the tables are read, the analyses and ODM snapshots
+    helpers = [_Helper(_other_job, db, lock, pv, variants)] if parallel else []
+    zips: dict[str, _Zip] = {}
     try:
-        truncated: dict[str, dict[str, int]] = {}
-        counts = {t.name: len(t.rows) for t in tables}
-        for i, t in enumerate(tables):
-            where = ("analysis/{name}.{fmt}" if t.name in ANALYSIS_TABLES else "{fmt}/{name}.{fmt}").format
-            out.add(where(name=t.name, fmt="csv"), formats.to_csv(t))
-            stata, sas, cut = formats.columns(t)
-            out.add(where(name=t.name, fmt="dta"), formats.to_dta(t, when, stata))
-            if t.rows:  # a transport file of no observations is valid, but pandas.read_sas cannot read it
-                out.add(where(name=t.name, fmt="xpt"), formats.to_xpt(t, when, sas)[0])
-            if cut:
-                truncated[t.name] = cut
-            del stata, sas
-            if helper is not None:  # the helper has the rows it needs (its own copy): here they are done with
-                t.rows = []
-            say((i + 2) / steps)
-        if content.get("analysis"):
-            files = (lambda: helper.result("analysis")) if helper else \
-                _analysis_files(content, next(t for t in tables if t.name == "adsl"), blinded)
-            for n, name in enumerate(ANALYSIS_FILES):
-                out.add(name, (lambda n=n: files()[n][1]) if helper else files[n][1])
-        reference = (content.get("analysis") or {}).get("reference_arm")
-        out.add("syntax/load.R", syntax.load_r(tables, reference).encode())
-        out.add("syntax/load.do", syntax.load_do(tables, reference).encode())
-        out.add("syntax/load.sas", syntax.load_sas(tables, counts).encode())
-        out.add("syntax/load.sps", syntax.load_sps(tables).encode())
-        out.add("dictionary.csv", formats.dictionary_csv(tables))
-        out.add("dictionary_visits.csv", formats.visits_csv(content))
-        out.add("protocol.toml", pv.source.encode("utf-8"))  # byte for byte the version in force (its sha256 is in the README)
-        out.add("odm/snapshot.xml", (lambda: helper.file("odm")) if helper else
-                _odm_chunks(content, tables, lock.id, when, pv.version, blinded))
-        reports = (lambda: helper.result("reports")) if helper else _report_files(db, lock.id, when, content, blinded)
-        for n, name in enumerate(report_names(blinded)):
-            out.add(name, (lambda n=n: reports()[n][1]) if helper else reports[n][1])
-        accepted = shown_queries(db, lock.accepted_open_queries, blinded)
-        out.add("README.txt", _readme(lock, sig, pv, blinded, tables, truncated, counts, accepted,
-                                        seal_of(db, seal_name(lock))).encode())
-        data, manifest_sha = out.close()
-        say((steps - 1) / steps)
+        cache: dict = {"session_rows": lambda: helpers[0].take("session_rows")} if parallel else {}
+        tables = {v: build_tables(db, v == "blinded", cache, bytes.fromhex(lock.dummy_seed) if v == "blinded" else None)
+                  for v in variants}
+        say(0.3)
+        if parallel:  # the analyses and the ODM snapshots, from the tables read, by a second helper
+            helpers.append(_Helper(_data_job, db, lock, pv, tables))
+            for h in helpers:  # every process forked: the threads start now
+                h.listen()
+        other, data = (helpers + [None, None])[:2]
+        zips = {v: _Zip(lock) for v in variants}
+        counts = {v: {t.name: len(t.rows) for t in ts} for v, ts in tables.items()}
+        report_memo: dict = {}  # what both variants' reports read (a serial build)
+        uses = collections.Counter(id(t) for ts in tables.values() for t in ts)  # 2: a table both variants hold
+        written: dict[int, tuple] = {}  # such a table's files: made once
+        steps = sum(len(ts) for ts in tables.values())
+        done = 0
+        for v in variants:
+            blinded = v == "blinded"
+            out, ts = zips[v], tables[v]
+            truncated: dict[str, dict[str, int]] = {}
+            from_helper: list[str] = []  # tables whose files the other helper wrote
+            for t in ts:
+                uses[id(t)] -= 1
+                if other is not None and t.name in SESSION_TABLES:
+                    from_helper.append(t.name)
+                    files, cut = [(_file_name(t, fmt), lambda n=_file_name(t, fmt): other.whole(("file", n)))
+                                  for fmt in ("csv", "dta", "xpt") if fmt != "xpt" or t.rows], {}
+                elif id(t) in written:
+                    files, cut = written.pop(id(t))
+                else:
+                    cut = {}
+                    files = _table_files(t, when, cut)
+                    if uses[id(t)]:
+                        files = list(files)
+                        written[id(t)] = (files, cut)
+                for name, body in files:
+                    out.add(name, body)
+                if parallel and not uses[id(t)] and t.name not in ANALYSIS_TABLES:
+                    t.rows = []  # the helper has its own copy of the rows: here they are done with (the analysis is to come)
+                if cut:
+                    truncated[t.name] = cut
+                done += 1
+                say(0.3 + 0.6 * done / steps)
+            if content.get("analysis"):  # run by the zip's thread when its turn comes (NumPy and SciPy, no database)
+                adsl = next(t for t in ts if t.name == "adsl")
+                analysis = functools.cache(lambda adsl=adsl, blinded=blinded: _analysis_files(content, adsl, blinded))
+                for n, name in enumerate(ANALYSIS_FILES):
+                    out.add(name, lambda n=n, a=analysis: a()[n][1])
+            reference = (content.get("analysis") or {}).get("reference_arm")
+            out.add("syntax/load.R", syntax.load_r(ts, reference).encode())
+            out.add("syntax/load.do", syntax.load_do(ts, reference).encode())
+            out.add("syntax/load.sas", syntax.load_sas(ts, counts[v]).encode())
+            out.add("syntax/load.sps", syntax.load_sps(ts).encode())
+            out.add("dictionary.csv", formats.dictionary_csv(ts))
+            out.add("dictionary_visits.csv", formats.visits_csv(content))
+            out.add("protocol.toml", pv.source.encode("utf-8"))  # byte for byte the version in force (its sha256 is in the README)
+            out.add("odm/snapshot.xml", (lambda v=v: data.file(("odm", v))) if data else
+                    _odm_chunks(content, ts, lock.id, when, pv.version, blinded))
+            made = (lambda v=v: other.result(("reports", v))) if other else \
+                _report_files(db, lock.id, when, content, blinded, report_memo)
+            for n, name in enumerate(report_names(blinded)):
+                out.add(name, (lambda n=n, m=made: m()[n][1]) if other else made[n][1])
+            accepted = shown_queries(db, lock.accepted_open_queries, blinded)
+            seal = seal_of(db, seal_name(lock))
+
+            def readme(blinded=blinded, ts=ts, truncated=truncated, counts=counts[v], accepted=accepted, seal=seal,
+                       from_helper=from_helper) -> bytes:
+                for name in from_helper:  # what the helper cut in the transport files it wrote
+                    if cut := other.result(("cut", name)):
+                        truncated[name] = cut
+                return _readme(lock, sig, pv, blinded, ts, truncated, counts, accepted, seal).encode()
+            out.add("README.txt", readme if from_helper else readme())
+        result = {}
+        for v in variants:
+            data_, manifest_sha = zips[v].close()
+            result[v] = (data_, _sha(data_), manifest_sha)
+        say(0.99)
+        return result
     except BaseException:
-        if helper is not None:
-            helper.stop()  # first: a file waiting for the helper then fails at once
-        out.discard()  # a refused build (e.g. CONSORT does not reconcile) leaves no half-open zip behind
+        for h in helpers:
+            h.stop()  # first: a file waiting for a helper then fails at once
+        for z in zips.values():
+            z.discard()  # a refused build (e.g. CONSORT does not reconcile) leaves no half-open zip behind
         raise
     finally:
-        if helper is not None:
-            helper.stop()
-            helper.close()
-    return data, _sha(data), manifest_sha
+        for h in helpers:
+            h.stop()
+            h.close()
+
+
+def _file_name(t, fmt: str) -> str:
+    return f"analysis/{t.name}.{fmt}" if t.name in ANALYSIS_TABLES else f"{fmt}/{t.name}.{fmt}"
+
+
+def _table_files(t, when, cut: dict):
+    """A table's CSV, Stata and (when it has rows) SAS transport files, one at a time (a large
+    table's files are not all held at once); the values the transport file cut at 200 bytes go
+    into ``cut``."""
+    yield _file_name(t, "csv"), formats.to_csv(t)
+    stata, sas, truncated = formats.columns(t)
+    cut.update(truncated)
+    yield _file_name(t, "dta"), formats.to_dta(t, when, stata)
+    del stata
+    if t.rows:  # a transport file of no observations is valid, but pandas.read_sas cannot read it
+        yield _file_name(t, "xpt"), formats.to_xpt(t, when, sas)[0]
 
 
 ANALYSIS_FILES = ("analysis/primary.json", "analysis/primary.txt", "analysis/primary.py", "analysis/primary.R")
@@ -345,20 +523,23 @@ def report_names(blinded: bool) -> list[str]:
     return names + ([] if blinded else ["reports/ae_summary.csv", "reports/intervention_delivered.csv"])
 
 
-def _report_files(db: Session, lock_id: int, created_at, content: dict, blinded: bool) -> list[tuple[str, bytes]]:
+def _report_files(db: Session, lock_id: int, created_at, content: dict, blinded: bool,
+                  memo: dict | None = None) -> list[tuple[str, bytes]]:
     """CONSORT, the blinding index, Table 1, the trial's facts and, unblinded, the adverse events
-    and the intervention as delivered by arm (in the order of report_names)."""
-    out = [("reports/consort.json", json.dumps(consort(db, CliActor(), blinded=blinded), indent=2, sort_keys=False).encode())]
-    bi = bang_index(db, blinded)
+    and the intervention as delivered by arm (in the order of report_names). ``memo`` keeps what
+    both variants' reports read, for the other's."""
+    out = [("reports/consort.json", json.dumps(consort(db, CliActor(), blinded=blinded, memo=memo), indent=2,
+                                               sort_keys=False).encode())]
+    bi = bang_index(db, blinded, memo)
     cols = list(bi[0]) if bi else ["arm", "n", "unsure", "bang_index"]
     out.append(("reports/blinding_index.csv", table_csv({"columns": cols, "rows": [
         [r[k] if r[k] is not None else "" for k in cols] for r in bi]})))
-    table1 = baseline_table(db, blinded)
+    table1 = baseline_table(db, blinded, memo)
     out.append(("reports/baseline_table.csv", table_csv(table1)))
     out.append(("reports/baseline_table.pdf", drawing.table_pdf(
         f"Table 1. Baseline characteristics{' (pooled over the arms: blinded)' if blinded else ' by arm'}", table1,
         f"{content['trial']['name']}; hard lock {lock_id}, {created_at:%Y-%m-%d}.")))
-    out.append(("reports/trial_facts.json", json.dumps(trial_facts(db, blinded), indent=2).encode()))
+    out.append(("reports/trial_facts.json", json.dumps(trial_facts(db, blinded, memo), indent=2).encode()))
     if not blinded:  # adverse events by arm: for unblinded readers only
         summary = summary_by_arm(db)
         cols = list(summary[0]) if summary else ["arm"]

@@ -162,7 +162,17 @@ def reconcile(rows: list[Row], c: dict) -> list[str]:
     return problems
 
 
-def consort(db: Session, actor, site_code: str | None = None, blinded: bool | None = None) -> dict:
+def remember(memo: dict | None, key: str, make):
+    """``make()``, kept in ``memo`` under ``key`` when one is given: a lock's bundles make the
+    reports of both variants from the same data, read once (``memo`` lives for that build only)."""
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
+def consort(db: Session, actor, site_code: str | None = None, blinded: bool | None = None, memo: dict | None = None) -> dict:
     """The CONSORT counts of API.md, overall or for one site; raises ConsortError if they do not
     reconcile. By arm for unblinded readers; pooled over the arms for blinded ones."""
     require_role(db, actor, "manager", "statistician")
@@ -170,7 +180,7 @@ def consort(db: Session, actor, site_code: str | None = None, blinded: bool | No
         get_by_code(db, site_code)
     blinded = is_blinded(db, actor) if blinded is None else blinded
     arms = current_protocol(db).content["arms"]
-    rows = disposition(db, site_code)
+    rows = remember(memo, f"disposition {site_code}", lambda: disposition(db, site_code))
     c = counts(rows, arms)
     problems = reconcile(rows, c)
     if problems:

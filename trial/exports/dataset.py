@@ -250,6 +250,13 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
             cache[key] = rows_of(db, stmt)
         return cache[key]
 
+    def shared(name: str, make) -> Table:
+        """A table that is the same in both variants: made once per cache, both hold the object
+        (the bundle then makes its files once)."""
+        if f"table:{name}" not in cache:
+            cache[f"table:{name}"] = make()
+        return cache[f"table:{name}"]
+
     content = current_protocol(db).content
     labels = {a["key"]: a["label"] for a in content["arms"]}
     site = dict(db.execute(select(Site.id, Site.code)).all())
@@ -308,23 +315,7 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
         rows.append(tuple(row))
     tables.append(Table("particip", "Participants", pvars, rows))
 
-    criteria = content["criteria"]
-    svars = [Var("scrid", "Screening number", "int"), Var("site", "Site code", "str"), Var("scrdt", "Date of screening", "date"),
-             Var("outcome", "Screening outcome", "str", codes=codes("SCREEN", "screening_outcome")),
-             Var("failcrit", "Criteria not met (keys, ';'-separated)", "str", allowed="; ".join(c["key"] for c in content["criteria"])),
-             Var("declined", "Family declined", "int", codes=YESNO),
-             Var("othrsn", "Other reason not enrolled", "str"), Var("studyid", "Study ID if enrolled", "str")]
-    svars += [Var(f"crit{i + 1}", c["question"], "int", codes=YESNO,
-                  source=f"criterion {c['key']}: {c['question']}") for i, c in enumerate(criteria)]
-    enrolled = {p.screening_id: p.study_id for p in participants}
-    rows = []
-    for s in fetch("screenings", select(Screening.id, Screening.site_id, Screening.screened_on, Screening.outcome,
-                                        Screening.failed_criteria, Screening.declined, Screening.other_reason,
-                                        Screening.answers).order_by(Screening.id)):
-        rows.append((s.id, site[s.site_id], _d(s.screened_on), s.outcome, ";".join(s.failed_criteria or []) or None,
-                     int(s.declined), s.other_reason, enrolled.get(s.id))
-                    + tuple(int(s.answers.get(c["key"])) if c["key"] in s.answers else None for c in criteria))
-    tables.append(Table("screen", "Screening log", svars, rows))
+    tables.append(shared("screen", lambda: screening_table(content, site, participants, fetch)))
 
     avars = [Var("studyid", "Study ID", "str"), Var("site", "Site code", "str"), Var("stratum", "Stratum", "str"),
              Var("slot", "Slot in the stratum's list", "int"), Var("randdtm", "Randomized at (UTC)", "datetime"), arm_var]
@@ -334,113 +325,21 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
     tables.append(Table("alloc", "Allocation", avars, rows))
 
     if not blinded:
-        techniques = "; ".join(f"{k} = {technique_label(content, k)}" for k in content["course"]["techniques"])
-        svars = [Var("studyid", "Study ID", "str"), Var("sessdt", "Session date", "date"),
-                 Var("attend", "Attendance", "str", codes=codes("ATTEND", "attendance")),
-                 Var("minutes", "Duration", "int", units="minutes"),
-                 Var("techniq", "Techniques used (';'-separated)", "str", allowed=techniques),
-                 Var("engage", "Child engagement (1-5)", "int", allowed="1-5"),
-                 Var("outcours", "Outside the course window", "int", codes=YESNO),
-                 Var("present", "Who took part", "str", codes=Codes("PRESENT", tuple((k, PRESENT_WORDS[k]) for k in PRESENT))),
-                 Var("goals", "Child's goals worked on (';'-separated)", "str",
-                     allowed="; ".join(f"{g['key']} = {g['label']}" for g in content.get("goals", []))),
-                 Var("therap", "Therapist who led it (code)", "str")]
-        decoded: dict[str | None, str | None] = {}
+        # (made last: a parallel build reads the sessions in a helper meanwhile, see trial.exports.bundle)
+        sessions_at = len(tables)
 
-        def techniques_of(raw):  # at most a few dozen distinct lists: decode each once
-            if raw not in decoded:
-                decoded[raw] = ";".join(json.loads(raw)) or None if raw else None
-            return decoded[raw]
-        rows, notes = [], []
-        # a third of a million rows: each repeated value (a child's id, a day, a word, a therapist's
-        # code) is one shared object, not one a row (memory), and is worked out once (time)
-        day_of: dict = {}
-        shared: dict = {}
-        code_of: dict = {}
-        for p_id, held, attendance, minutes, tech, engage, outside, note, present, goals, by in db.connection().execute(
-                select(TherapySession.participant_id, TherapySession.held_on, TherapySession.attendance,
-                       TherapySession.minutes, cast(TherapySession.techniques, Text), TherapySession.engagement,
-                       TherapySession.outside_course, TherapySession.note, TherapySession.present,
-                       cast(TherapySession.goals, Text), TherapySession.logged_by_id)
-                .join(Participant, Participant.id == TherapySession.participant_id)
-                .order_by(Participant.study_id, TherapySession.held_on)
-                .execution_options(yield_per=10000)):  # streamed: the largest table
-            day = day_of.get(held)
-            if day is None:
-                day = day_of[held] = held.isoformat()
-            code = code_of.get(by)
-            if code is None:
-                code = code_of[by] = therapist_code(by)
-            sid = pid[p_id]
-            rows.append((sid, day, shared.setdefault(attendance, attendance), minutes, techniques_of(tech), engage,
-                         1 if outside else 0, shared.setdefault(present, present), techniques_of(goals), code))
-            if note:
-                notes.append((sid, day, note))
-        tables.append(Table("sessions", "Music-therapy sessions", svars, rows))
-        tables.append(Table("sessnote", "Therapists' notes on sessions", [
-            Var("studyid", "Study ID", "str"), Var("sessdt", "Session date", "date"), Var("note", "Therapist's note", "str")], notes))
-        tables += intervention_tables(db, content, pid)
+    tables.append(shared("counsel", lambda: counselling_table(pid, fetch)))
 
-    cvars = [Var("studyid", "Study ID", "str"), Var("number", "Counselling session number", "int"),
-             Var("counsdt", "Counselling date", "date"), Var("attended", "Parents attended", "int", codes=YESNO)]
-    rows = sorted((pid[c.participant_id], c.number, _d(c.held_on), int(c.attended)) for c in fetch("counselling",
-        select(CounsellingSession.participant_id, CounsellingSession.number, CounsellingSession.held_on,
-               CounsellingSession.attended)))
-    tables.append(Table("counsel", "Parent counselling sessions", cvars, rows))
-
-    names = short_names(content["instruments"])
-    fields = {(i["key"], f["key"]): (i, f) for i in content["instruments"] for f in i["fields"]}
     if "assessments" not in cache:
         cache["assessments"] = sorted(rows_of(db, select(
             Assessment.participant_id, Assessment.visit, Assessment.instrument, Assessment.performed_on, Assessment.values,
             Assessment.out_of_window, Assessment.allocation_guess, Assessment.guess_confidence)),
             key=lambda a: (pid[a.participant_id], a.visit, a.instrument))
     assessments = cache["assessments"]
-    integer_items = all(f["type"] == "integer" for i in content["instruments"] for f in i["fields"]
-                        if f["type"] in ("integer", "number"))
-    lvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", codes=visit_codes(content)),
-             Var("instr", "Instrument", "str", codes=instrument_codes(content)),
-             Var("item", "Item", "str", codes=item_codes(content)),
-             Var("value", "Value", "int" if integer_items else "float"), Var("perfdt", "Date performed", "date"),
-             Var("outwin", "Outside the visit window", "int", codes=YESNO)]
-    rows = []
-    keys_of: dict[str, list[str]] = {}  # each instrument's fields, in the protocol's order
-    for ik, fk in fields:
-        keys_of.setdefault(ik, []).append(fk)
-    day_of: dict = {}
-    for a in assessments:
-        values = a.values
-        day = day_of.get(a.performed_on)
-        if day is None:
-            day = day_of[a.performed_on] = _d(a.performed_on)
-        sid, late = pid[a.participant_id], int(a.out_of_window)
-        for fk in keys_of.get(a.instrument, ()):
-            if (v := values.get(fk)) is not None:
-                rows.append((sid, a.visit, a.instrument, fk, _num(v), day, late))
-    tables.append(Table("assessl", "Assessments, long (one row per item)", lvars, rows))
-
-    prim = content["primary_outcome"]
-    wvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", codes=visit_codes(content))]
-    for (ik, fk), name in names.items():
-        wvars.append(field_var(name, *fields[(ik, fk)], primary=(ik, fk) == (prim["instrument"], prim["field"])))
-    perf = {ins["key"]: (f"{ins['key'][:4]}dt".lower(), f"{ins['key'][:4]}ow".lower()) for ins in content["instruments"]}
-    for ins in content["instruments"]:
-        d, w = perf[ins["key"]]
-        wvars += [Var(d, f"{ins['label']}: date performed", "date", instrument=ins["key"]),
-                  Var(w, f"{ins['label']}: outside the visit window", "int", codes=YESNO, instrument=ins["key"])]
-    wide: dict[tuple[str, str], dict] = {}
-    for a in assessments:
-        row = wide.setdefault((pid[a.participant_id], a.visit), {})
-        for fk, v in a.values.items():
-            if (a.instrument, fk) in names and v is not None:
-                row[names[(a.instrument, fk)]] = _num(v)
-        if a.instrument in perf:
-            row[perf[a.instrument][0]] = _d(a.performed_on)
-            row[perf[a.instrument][1]] = int(a.out_of_window)
-    visit_order = {v["key"]: i for i, v in enumerate(content["visits"])}
-    rows = [(s, v) + tuple(vals.get(n) for n in [*names.values(), *(x for pair in perf.values() for x in pair)])
-            for (s, v), vals in sorted(wide.items(), key=lambda kv: (kv[0][0], visit_order.get(kv[0][1], 99)))]
-    tables.append(Table("assessw", "Assessments, wide (one row per visit)", wvars, rows))
+    if "table:assessl" not in cache:  # both made at once, the same in both variants
+        made = assessment_tables(content, pid, assessments)
+        cache["table:assessl"], cache["table:assessw"] = made["assessl"], made["assessw"]
+    tables += [cache["table:assessl"], cache["table:assessw"]]
 
     gvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", codes=visit_codes(content)), Var("perfdt", "Date of the assessment", "date"),
              Var("guess", "Assessor's guess of the allocation", "str", codes=GUESS_CODES),
@@ -469,7 +368,160 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
     tables += data_management_tables(db, content, blinded, pid)
     tables.append(adsl_table(db, content, blinded, participants, alloc, strata, events, assessments, arm_var, arm_of,
                              weight_of if blinded else None))
+    if not blinded:
+        rows, notes = cache["session_rows"]() if "session_rows" in cache else session_rows(db, participants, pid)
+        tables[sessions_at:sessions_at] = [*session_tables(content, rows, notes), *intervention_tables(db, content, pid)]
     return tables
+
+
+SESSION_TABLES = ("sessions", "sessnote")
+
+
+def session_tables(content: dict, rows: list[tuple], notes: list[tuple]) -> list[Table]:
+    """The sessions (unblinded only) and the therapists' notes on them, from session_rows."""
+    techniques = "; ".join(f"{k} = {technique_label(content, k)}" for k in content["course"]["techniques"])
+    svars = [Var("studyid", "Study ID", "str"), Var("sessdt", "Session date", "date"),
+             Var("attend", "Attendance", "str", codes=codes("ATTEND", "attendance")),
+             Var("minutes", "Duration", "int", units="minutes"),
+             Var("techniq", "Techniques used (';'-separated)", "str", allowed=techniques),
+             Var("engage", "Child engagement (1-5)", "int", allowed="1-5"),
+             Var("outcours", "Outside the course window", "int", codes=YESNO),
+             Var("present", "Who took part", "str", codes=Codes("PRESENT", tuple((k, PRESENT_WORDS[k]) for k in PRESENT))),
+             Var("goals", "Child's goals worked on (';'-separated)", "str",
+                 allowed="; ".join(f"{g['key']} = {g['label']}" for g in content.get("goals", []))),
+             Var("therap", "Therapist who led it (code)", "str")]
+    return [Table("sessions", "Music-therapy sessions", svars, rows),
+            Table("sessnote", "Therapists' notes on sessions", [Var("studyid", "Study ID", "str"),
+                                                               Var("sessdt", "Session date", "date"),
+                                                               Var("note", "Therapist's note", "str")], notes)]
+
+
+def session_rows(db: Session, participants, pid: dict[int, str]) -> tuple[list[tuple], list[tuple]]:
+    """The sessions table's rows and the therapists' notes, in study-id order (``participants``
+    are in it): the largest table of a trial."""
+    decoded: dict[str | None, str | None] = {}
+
+    def techniques_of(raw):  # at most a few dozen distinct lists: decode each once
+        if raw not in decoded:
+            decoded[raw] = ";".join(json.loads(raw)) or None if raw else None
+        return decoded[raw]
+    # a third of a million rows: each repeated value (a child's id, a day, a word, a therapist's
+    # code) is one shared object, not one a row (memory), and is worked out once (time). They come
+    # in the order of the (child, day) index, with no sort in the database, and are put in
+    # study-id order a child at a time.
+    day_of: dict = {}
+    one_of: dict = {}
+    code_of: dict = {}
+    by_child: dict[int, list] = {}
+    notes_of: dict[int, list] = {}
+    for p_id, held, attendance, minutes, tech, engage, outside, note, present, goals, by in db.connection().execute(
+            select(TherapySession.participant_id, TherapySession.held_on, TherapySession.attendance,
+                   TherapySession.minutes, cast(TherapySession.techniques, Text), TherapySession.engagement,
+                   TherapySession.outside_course, TherapySession.note, TherapySession.present,
+                   cast(TherapySession.goals, Text), TherapySession.logged_by_id)
+            .order_by(TherapySession.participant_id, TherapySession.held_on)
+            .execution_options(yield_per=10000)):  # streamed: the largest table
+        day = day_of.get(held)
+        if day is None:
+            day = day_of[held] = held.isoformat()
+        code = code_of.get(by)
+        if code is None:
+            code = code_of[by] = therapist_code(by)
+        sid = pid[p_id]
+        mine = by_child.get(p_id)
+        if mine is None:
+            mine = by_child[p_id] = []
+        mine.append((sid, day, one_of.setdefault(attendance, attendance), minutes, techniques_of(tech), engage,
+                     1 if outside else 0, one_of.setdefault(present, present), techniques_of(goals), code))
+        if note:
+            notes_of.setdefault(p_id, []).append((sid, day, note))
+    rows, notes = [], []
+    for p in participants:  # in study-id order
+        rows += by_child.pop(p.id, ())
+        notes += notes_of.pop(p.id, ())
+    return rows, notes
+
+
+def screening_table(content: dict, site: dict, participants, fetch) -> Table:
+    """The screening log: every screening, its outcome and each criterion's answer."""
+    criteria = content["criteria"]
+    svars = [Var("scrid", "Screening number", "int"), Var("site", "Site code", "str"), Var("scrdt", "Date of screening", "date"),
+             Var("outcome", "Screening outcome", "str", codes=codes("SCREEN", "screening_outcome")),
+             Var("failcrit", "Criteria not met (keys, ';'-separated)", "str", allowed="; ".join(c["key"] for c in content["criteria"])),
+             Var("declined", "Family declined", "int", codes=YESNO),
+             Var("othrsn", "Other reason not enrolled", "str"), Var("studyid", "Study ID if enrolled", "str")]
+    svars += [Var(f"crit{i + 1}", c["question"], "int", codes=YESNO,
+                  source=f"criterion {c['key']}: {c['question']}") for i, c in enumerate(criteria)]
+    enrolled = {p.screening_id: p.study_id for p in participants}
+    rows = []
+    for s in fetch("screenings", select(Screening.id, Screening.site_id, Screening.screened_on, Screening.outcome,
+                                        Screening.failed_criteria, Screening.declined, Screening.other_reason,
+                                        Screening.answers).order_by(Screening.id)):
+        rows.append((s.id, site[s.site_id], _d(s.screened_on), s.outcome, ";".join(s.failed_criteria or []) or None,
+                     int(s.declined), s.other_reason, enrolled.get(s.id))
+                    + tuple(int(s.answers.get(c["key"])) if c["key"] in s.answers else None for c in criteria))
+    return Table("screen", "Screening log", svars, rows)
+
+
+def counselling_table(pid: dict, fetch) -> Table:
+    """The parents' counselling sessions."""
+    cvars = [Var("studyid", "Study ID", "str"), Var("number", "Counselling session number", "int"),
+             Var("counsdt", "Counselling date", "date"), Var("attended", "Parents attended", "int", codes=YESNO)]
+    rows = sorted((pid[c.participant_id], c.number, _d(c.held_on), int(c.attended)) for c in fetch("counselling",
+        select(CounsellingSession.participant_id, CounsellingSession.number, CounsellingSession.held_on,
+               CounsellingSession.attended)))
+    return Table("counsel", "Parent counselling sessions", cvars, rows)
+
+
+def assessment_tables(content: dict, pid: dict, assessments) -> dict[str, Table]:
+    """The assessments, long (one row per item) and wide (one row per child and visit)."""
+    names = short_names(content["instruments"])
+    fields = {(i["key"], f["key"]): (i, f) for i in content["instruments"] for f in i["fields"]}
+    integer_items = all(f["type"] == "integer" for i in content["instruments"] for f in i["fields"]
+                        if f["type"] in ("integer", "number"))
+    lvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", codes=visit_codes(content)),
+             Var("instr", "Instrument", "str", codes=instrument_codes(content)),
+             Var("item", "Item", "str", codes=item_codes(content)),
+             Var("value", "Value", "int" if integer_items else "float"), Var("perfdt", "Date performed", "date"),
+             Var("outwin", "Outside the visit window", "int", codes=YESNO)]
+    rows = []
+    keys_of: dict[str, list[str]] = {}  # each instrument's fields, in the protocol's order
+    for ik, fk in fields:
+        keys_of.setdefault(ik, []).append(fk)
+    day_of: dict = {}
+    for a in assessments:
+        values = a.values
+        day = day_of.get(a.performed_on)
+        if day is None:
+            day = day_of[a.performed_on] = _d(a.performed_on)
+        sid, late = pid[a.participant_id], int(a.out_of_window)
+        for fk in keys_of.get(a.instrument, ()):
+            if (v := values.get(fk)) is not None:
+                rows.append((sid, a.visit, a.instrument, fk, _num(v), day, late))
+    long = Table("assessl", "Assessments, long (one row per item)", lvars, rows)
+
+    prim = content["primary_outcome"]
+    wvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", codes=visit_codes(content))]
+    for (ik, fk), name in names.items():
+        wvars.append(field_var(name, *fields[(ik, fk)], primary=(ik, fk) == (prim["instrument"], prim["field"])))
+    perf = {ins["key"]: (f"{ins['key'][:4]}dt".lower(), f"{ins['key'][:4]}ow".lower()) for ins in content["instruments"]}
+    for ins in content["instruments"]:
+        d, w = perf[ins["key"]]
+        wvars += [Var(d, f"{ins['label']}: date performed", "date", instrument=ins["key"]),
+                  Var(w, f"{ins['label']}: outside the visit window", "int", codes=YESNO, instrument=ins["key"])]
+    wide: dict[tuple[str, str], dict] = {}
+    for a in assessments:
+        row = wide.setdefault((pid[a.participant_id], a.visit), {})
+        for fk, v in a.values.items():
+            if (a.instrument, fk) in names and v is not None:
+                row[names[(a.instrument, fk)]] = _num(v)
+        if a.instrument in perf:
+            row[perf[a.instrument][0]] = _d(a.performed_on)
+            row[perf[a.instrument][1]] = int(a.out_of_window)
+    visit_order = {v["key"]: i for i, v in enumerate(content["visits"])}
+    rows = [(s, v) + tuple(vals.get(n) for n in [*names.values(), *(x for pair in perf.values() for x in pair)])
+            for (s, v), vals in sorted(wide.items(), key=lambda kv: (kv[0][0], visit_order.get(kv[0][1], 99)))]
+    return {"assessl": long, "assessw": Table("assessw", "Assessments, wide (one row per visit)", wvars, rows)}
 
 
 EXIT_EVENTS = ("withdrawn", "lost_to_follow_up", "died")

@@ -23,7 +23,8 @@ def _cell(v) -> str:
 
 
 def to_csv(table: Table) -> bytes:
-    buf = io.StringIO()
+    raw = io.BytesIO()
+    buf = io.TextIOWrapper(raw, encoding="utf-8", newline="")  # encoded as it is written: the text is never held whole
     w = csv.writer(buf, lineterminator="\n")
     w.writerow([v.name for v in table.vars])
     floats = [i for i, v in enumerate(table.vars) if v.type == "float"]
@@ -38,7 +39,8 @@ def to_csv(table: Table) -> bytes:
         w.writerows(map(written, table.rows))
     else:
         w.writerows(table.rows)
-    return buf.getvalue().encode("utf-8")
+    buf.flush()
+    return raw.getvalue()
 
 
 DICTIONARY_COLUMNS = ["table", "table_label", "name", "label", "type", "units", "allowed_values", "codes_in_dta_xpt",
@@ -84,7 +86,7 @@ def sas_format(v: Var) -> str:
     return SAS_FORMATS.get(v.type, "")
 
 
-def _typed(table: Table, i: int, v: Var, values: tuple):
+def _typed(table: Table, i: int, v: Var, values: list):
     """One variable's values for the Stata and SAS files: (text as UTF-8 bytes, or numbers as
     float64 with NaN missing; whether Stata stores them as a long). Coded keys become their
     numbers, dates days since 1960, datetimes milliseconds (Stata) or seconds (SAS) since 1960;
@@ -106,16 +108,16 @@ def _typed(table: Table, i: int, v: Var, values: tuple):
         return None, count, v.type == "date"
     if v.type in ("int", "float"):
         return None, np.array(values, dtype=np.float64), v.type == "int"
-    return [b"" if x is None else str(x).encode("utf-8") for x in values], None, False
+    encoded: dict = {}  # a value met again (a child's id, a code) is encoded once and its bytes shared
+    return [encoded.get(x) or encoded.setdefault(x, b"" if x is None else str(x).encode("utf-8")) for x in values], None, False
 
 
 def columns(table: Table) -> tuple[list[Column], list[Column], dict[str, int]]:
     """The typed columns of one table for Stata and for SAS transport (text cut to 200 bytes, the
     v5 limit), with the number of values cut per variable."""
     stata, sas, truncated = [], [], {}
-    values = list(zip(*table.rows)) if table.rows else [()] * len(table.vars)
     for i, v in enumerate(table.vars):
-        text, number, integer = _typed(table, i, v, values[i])
+        text, number, integer = _typed(table, i, v, [r[i] for r in table.rows])  # a column at a time (memory)
         stata.append(Column(v.name, _cut(v.label, MAX_STATA_LABEL), text=text,
                             number=number * 1000 if v.type == "datetime" else number,  # %tc counts milliseconds
                             integer=integer, stata_format=STATA_FORMATS.get(v.type, "") if v.codes is None else "",

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trial.course.models import TherapySession
-from trial.exports.consort import POOLED_KEY, POOLED_LABEL
+from trial.exports.consort import POOLED_KEY, POOLED_LABEL, remember
 from trial.participants.models import Allocation, Assessment, Participant, Screening
 from trial.participants.service import age_in_months
 from trial.protocol.service import current as current_protocol
@@ -37,7 +37,7 @@ def _index(scores: list[float]) -> tuple[float | None, float | None, float | Non
     return round(mean, 3), round(max(-1.0, mean - half), 3), round(min(1.0, mean + half), 3)
 
 
-def bang_index(db: Session, blinded: bool) -> list[dict]:
+def bang_index(db: Session, blinded: bool, memo: dict | None = None) -> list[dict]:
     """Bang's blinding index per arm and per visit (a child is guessed at each follow-up visit:
     the visits are not pooled): BI = (correct - incorrect) / n, 1 = every guess right
     (unblinded), 0 = as by chance, -1 = every guess the opposite; 'unsure' counts in n only. With
@@ -48,9 +48,10 @@ def bang_index(db: Session, blinded: bool) -> list[dict]:
     content = current_protocol(db).content
     arms = content["arms"]
     music = {a["key"] for a in arms if a["sessions_per_week"] > 0}
-    guesses = db.execute(select(Allocation.arm, Assessment.visit, Assessment.allocation_guess, Assessment.guess_confidence)
-                         .join(Assessment, Assessment.participant_id == Allocation.participant_id)
-                         .where(Assessment.allocation_guess.is_not(None))).all()
+    guesses = remember(memo, "guesses", lambda: db.execute(
+        select(Allocation.arm, Assessment.visit, Assessment.allocation_guess, Assessment.guess_confidence)
+        .join(Assessment, Assessment.participant_id == Allocation.participant_id)
+        .where(Assessment.allocation_guess.is_not(None))).all())
     visits = [v["key"] for v in content["visits"] if any(g.visit == v["key"] for g in guesses)]
     out = []
     if blinded:
@@ -86,20 +87,24 @@ def _pct(k: int, n: int) -> str:
     return f"{k} ({100 * k / n:.1f}%)" if n else "0"
 
 
-def baseline_table(db: Session, blinded: bool) -> dict:
+def baseline_table(db: Session, blinded: bool, memo: dict | None = None) -> dict:
     """Table 1 as a journal prints it: a column per arm headed with its label and N, and the total
     (one pooled column for a blinded reader); age and each baseline score as mean (SD) of those
     with data and a row of the number missing; sex and site as n (%)."""
     content = current_protocol(db).content
     arm_keys = [] if blinded else [a["key"] for a in content["arms"]]
     arm_label = {a["key"]: a["label"] for a in content["arms"]}
-    rows = db.execute(select(Participant.id, Participant.date_of_birth, Participant.consent_date, Participant.sex,
-                             Site.code, Allocation.arm).join(Allocation, Allocation.participant_id == Participant.id)
-                      .join(Site, Site.id == Participant.site_id)).all()
-    base = {}
-    for pid, ins, values in db.execute(select(Assessment.participant_id, Assessment.instrument, Assessment.values)
-                                       .where(Assessment.visit == "baseline")).all():
-        base.setdefault(pid, {})[ins] = values
+    rows = remember(memo, "baseline participants", lambda: db.execute(
+        select(Participant.id, Participant.date_of_birth, Participant.consent_date, Participant.sex, Site.code, Allocation.arm)
+        .join(Allocation, Allocation.participant_id == Participant.id).join(Site, Site.id == Participant.site_id)).all())
+
+    def baseline_values():
+        base = {}
+        for pid, ins, values in db.execute(select(Assessment.participant_id, Assessment.instrument, Assessment.values)
+                                           .where(Assessment.visit == "baseline")).all():
+            base.setdefault(pid, {})[ins] = values
+        return base
+    base = remember(memo, "baseline values", baseline_values)
     cols = {k: [r for r in rows if r.arm == k] for k in arm_keys}
     cols["all"] = list(rows)
     order = arm_keys + ["all"]
@@ -143,7 +148,7 @@ def table_csv(t: dict) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def trial_facts(db: Session, blinded: bool) -> dict:
+def trial_facts(db: Session, blinded: bool, memo: dict | None = None) -> dict:
     """Recruitment and follow-up dates, intervention as delivered (unblinded only), and numbers
     with primary-outcome data at each visit (by arm; pooled for a blinded reader)."""
     content = current_protocol(db).content
@@ -152,8 +157,8 @@ def trial_facts(db: Session, blinded: bool) -> dict:
     first_rand, last_rand = db.execute(select(func.min(Allocation.randomized_at), func.max(Allocation.randomized_at))).one()
     last_fu = db.execute(select(func.max(Assessment.performed_on)).where(Assessment.visit != "baseline")).scalar()
     per_visit = {}
-    rows = db.execute(select(Allocation.arm, Assessment.visit, Assessment.values).join(
-        Assessment, Assessment.participant_id == Allocation.participant_id).where(Assessment.instrument == prim["instrument"])).all()
+    rows = remember(memo, "primary instrument", lambda: db.execute(select(Allocation.arm, Assessment.visit, Assessment.values).join(
+        Assessment, Assessment.participant_id == Allocation.participant_id).where(Assessment.instrument == prim["instrument"])).all())
     columns = [POOLED_KEY] if blinded else [a["key"] for a in content["arms"]]
     counts = Counter((visit, POOLED_KEY if blinded else arm) for arm, visit, values in rows
                      if values.get(prim["field"]) is not None)

@@ -49,13 +49,38 @@ class Column:
 
 
 def _fixed(values: list[bytes], width: int, pad: bytes):
-    """The values as one fixed-width NumPy bytes array (``pad``-filled)."""
+    """The values as one fixed-width NumPy bytes array, padded with NULs (Stata) or blanks (SAS)."""
     import numpy as np  # deferred: NumPy only when a bundle is built (a cold path)
-    out = np.array(values, dtype=f"S{max(width, 1)}")  # NUL-padded
-    if pad != b"\0" and len(values):
-        raw = out.view(np.uint8).reshape(len(values), max(width, 1))
-        lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
-        raw[np.arange(max(width, 1))[None, :] >= lengths[:, None]] = pad[0]
+    width = max(width, 1)
+    if pad != b"\0":
+        padded: dict[bytes, bytes] = {}  # a value met again (a child's id, a code) is padded once
+        values = [padded.get(v) or padded.setdefault(v, v.ljust(width, pad)) for v in values]
+    return np.array(values, dtype=f"S{width}")
+
+
+class _Records:
+    """A file's records, made straight in the file's buffer (a large table's are not held twice):
+    their NumPy dtype, how many, and the function that fills them."""
+
+    def __init__(self, dtype, count: int, fill):
+        self.dtype, self.count, self.fill = dtype, count, fill
+
+    def __len__(self) -> int:
+        return self.dtype.itemsize * self.count
+
+
+def _joined(parts) -> bytearray:
+    """The parts as one buffer, records filled in place."""
+    import numpy as np  # deferred, as above
+    out = bytearray(sum(len(p) for p in parts))
+    at = 0
+    for p in parts:
+        if isinstance(p, _Records):
+            if p.count:
+                p.fill(np.frombuffer(out, dtype=p.dtype, count=p.count, offset=at))
+        else:
+            out[at:at + len(p)] = p
+        at += len(p)
     return out
 
 
@@ -113,20 +138,6 @@ def to_dta(columns: list[Column], label: str, timestamp: str) -> bytes:
     put(b"<variable_labels>" + b"".join(_nul(c.label, 321) for c in columns) + b"</variable_labels>", "variable_labels")
     put(b"<characteristics></characteristics>", "characteristics")
 
-    record = np.zeros(n, dtype=[(f"f{i}", f"S{w}" if c.is_text and t != 32768 else "<i4" if t == 65528 else "<u8")
-                                for i, (c, (t, w)) in enumerate(zip(columns, types))])
-    for i, (c, (t, w)) in enumerate(zip(columns, types)):
-        f = f"f{i}"
-        if t == 32768:
-            continue  # below
-        if c.is_text:
-            record[f] = _fixed(c.text, w, b"\0")
-        elif t == 65528:
-            x = c.number
-            record[f] = np.where(np.isnan(x), STATA_MISSING_LONG, np.nan_to_num(x)).astype("<i4")
-        else:
-            x = c.number
-            record[f] = np.where(np.isnan(x), np.uint64(STATA_MISSING_DOUBLE), x.astype("<f8").view("<u8"))
     # strL values: each a (variable, observation) reference to a GSO blob, written row by row; a
     # value met before, in any strL variable, refers to the blob written for it then (as ReadStat)
     long_text = [i for i, (t, _) in enumerate(types) if t == 32768]
@@ -141,9 +152,25 @@ def to_dta(columns: list[Column], label: str, timestamp: str) -> bytes:
                 ref = seen[v] = (i + 1) | (o << 24)  # v in 3 bytes, o in 5 (release 119)
                 strls.append(b"GSO" + struct.pack("<IQBI", i + 1, o, 0x82, len(v) + 1) + v + b"\0")
             refs[i][o - 1] = ref
-    for i in long_text:
-        record[f"f{i}"] = refs[i]
-    put(b"<data>" + record.tobytes() + b"</data>", "data")
+
+    def fill(record) -> None:
+        for i, (c, (t, w)) in enumerate(zip(columns, types)):
+            f = f"f{i}"
+            if t == 32768:
+                record[f] = refs[i]
+            elif c.is_text:
+                record[f] = _fixed(c.text, w, b"\0")
+            elif t == 65528:
+                x = c.number
+                record[f] = np.where(np.isnan(x), STATA_MISSING_LONG, np.nan_to_num(x)).astype("<i4")
+            else:
+                x = c.number
+                record[f] = np.where(np.isnan(x), np.uint64(STATA_MISSING_DOUBLE), x.astype("<f8").view("<u8"))
+    dtype = np.dtype([(f"f{i}", f"S{w}" if c.is_text and t != 32768 else "<i4" if t == 65528 else "<u8")
+                      for i, (c, (t, w)) in enumerate(zip(columns, types))])
+    put(b"<data>", "data")
+    put(_Records(dtype, n, fill))
+    put(b"</data>")
     put(b"<strls>" + b"".join(strls) + b"</strls>", "strls")
     tables = []
     for c in columns:
@@ -162,7 +189,7 @@ def to_dta(columns: list[Column], label: str, timestamp: str) -> bytes:
     order = ["stata_data", "map", "variable_types", "varnames", "sortlist", "formats", "value_label_names",
              "variable_labels", "characteristics", "data", "strls", "value_labels", "stata_data_close"]
     parts[map_at] = b"<map>" + struct.pack("<14Q", *(offsets[t] for t in order), size) + b"</map>"
-    return b"".join(parts)
+    return _joined(parts)
 
 
 # --- SAS transport v5 ------------------------------------------------------------------------------
@@ -240,11 +267,11 @@ def to_xpt(columns: list[Column], table_name: str, label: str, stamp: str) -> by
         pos += w
     out.append(_pad(b"".join(names)))
     out.append(_header("OBS"))
-    record = np.zeros(n, dtype=[(f"f{i}", f"S{w}") for i, w in enumerate(widths)])
-    for i, (c, w) in enumerate(zip(columns, widths)):
-        if c.is_text:
-            record[f"f{i}"] = _fixed(c.text, w, b" ")
-        else:
-            record[f"f{i}"] = _ibm(c.number).view("S8")
-    out.append(_pad(record.tobytes()))
-    return b"".join(out)
+
+    def fill(record) -> None:
+        for i, (c, w) in enumerate(zip(columns, widths)):
+            record[f"f{i}"] = _fixed(c.text, w, b" ") if c.is_text else _ibm(c.number).view("S8")
+    dtype = np.dtype([(f"f{i}", f"S{w}") for i, w in enumerate(widths)])
+    out.append(_Records(dtype, n, fill))
+    out.append(b" " * (-(dtype.itemsize * n) % XPT_RECORD))  # the last record padded with blanks
+    return _joined(out)

@@ -280,32 +280,35 @@ def delivered_by_arm(db: Session, actor) -> dict:
     for arm, n in db.execute(select(Allocation.arm, func.count()).group_by(Allocation.arm)):
         if arm in stats:
             stats[arm]["allocated"] = n
-    # counted in the database, a few rows per arm (a trial logs hundreds of thousands of sessions)
-    attended = (select(Allocation.arm).join(TherapySession, TherapySession.participant_id == Allocation.participant_id)
-                .where(TherapySession.attendance == "attended"))
-    in_course = attended.where(TherapySession.outside_course.is_(False))
-    for arm, after, n in db.execute(attended.add_columns(TherapySession.outside_course, func.count())
-                                    .group_by(Allocation.arm, TherapySession.outside_course)):
-        if arm in stats:
-            stats[arm]["after" if after else "attended"] += n
-    for arm, minutes, n in db.execute(in_course.add_columns(TherapySession.minutes, func.count())
-                                      .where(TherapySession.minutes > 0).group_by(Allocation.arm, TherapySession.minutes)):
-        if arm in stats:
-            stats[arm]["minutes"].append((minutes, n))
-    for arm, techniques, n in db.execute(in_course.add_columns(cast(TherapySession.techniques, Text), func.count())
-                                         .group_by(Allocation.arm, cast(TherapySession.techniques, Text))):
-        kinds = {cats.get(t, "active") for t in json.loads(techniques or "null") or []}
-        if arm in stats:
-            stats[arm]["active"] += n * ("active" in kinds)
-            stats[arm]["receptive"] += n * ("receptive" in kinds)
-    for arm, present, n in db.execute(in_course.add_columns(TherapySession.present, func.count())
-                                      .group_by(Allocation.arm, TherapySession.present)):
-        if arm in stats and present == "child_and_parent":
-            stats[arm]["parent"] += n
-    for arm, goals, n in db.execute(in_course.add_columns(cast(TherapySession.goals, Text), func.count())
-                                    .group_by(Allocation.arm, cast(TherapySession.goals, Text))):
-        if arm in stats and json.loads(goals or "null"):
-            stats[arm]["with_goal"] += n
+    # counted in the database in one pass over the sessions (a trial logs hundreds of thousands): a
+    # row per arm and kind of session (in the course or after it, minutes, techniques, who was
+    # present, goals worked on or not), with how many
+    techniques_text, goals_text = cast(TherapySession.techniques, Text), cast(TherapySession.goals, Text)
+    decoded: dict[str | None, list] = {}
+    for arm, after, minutes, techniques, present, goals, n in db.execute(
+            select(Allocation.arm, TherapySession.outside_course, TherapySession.minutes, techniques_text,
+                   TherapySession.present, goals_text, func.count())
+            .join(TherapySession, TherapySession.participant_id == Allocation.participant_id)
+            .where(TherapySession.attendance == "attended")
+            .group_by(Allocation.arm, TherapySession.outside_course, TherapySession.minutes, techniques_text,
+                      TherapySession.present, goals_text)):
+        s = stats.get(arm)
+        if s is None:
+            continue
+        if after:
+            s["after"] += n
+            continue
+        s["attended"] += n
+        if minutes:
+            s["minutes"].append((minutes, n))
+        for text_ in (techniques, goals):
+            if text_ not in decoded:
+                decoded[text_] = json.loads(text_ or "null") or []
+        kinds = {cats.get(t, "active") for t in decoded[techniques]}
+        s["active"] += n * ("active" in kinds)
+        s["receptive"] += n * ("receptive" in kinds)
+        s["parent"] += n * (present == "child_and_parent")
+        s["with_goal"] += n * bool(decoded[goals])
     for arm, n in db.execute(select(Allocation.arm, func.count()).join(
             ChildGoal, ChildGoal.participant_id == Allocation.participant_id).group_by(Allocation.arm)):
         if arm in stats:
@@ -336,15 +339,16 @@ def delivered_by_arm(db: Session, actor) -> dict:
         return f"{k} ({100 * k / n:.1f}%)" if n else ""
 
     per_child = {}
+    in_course: dict[str, dict[int, int]] = {a["key"]: {} for a in arms}  # each child's sessions in the course, by arm
+    for arm, pid, n in db.execute(select(Allocation.arm, TherapySession.participant_id, func.count())
+                                  .join(Allocation, Allocation.participant_id == TherapySession.participant_id)
+                                  .where(TherapySession.attendance == "attended", TherapySession.outside_course.is_(False))
+                                  .group_by(Allocation.arm, TherapySession.participant_id)):
+        if arm in in_course:
+            in_course[arm][pid] = n
     for a in arms:
         s = stats[a["key"]]
-        counts: dict[int, int] = {}
-        for pid, n in db.execute(select(TherapySession.participant_id, func.count())
-                                 .join(Allocation, Allocation.participant_id == TherapySession.participant_id)
-                                 .where(Allocation.arm == a["key"], TherapySession.attendance == "attended",
-                                        TherapySession.outside_course.is_(False))
-                                 .group_by(TherapySession.participant_id)):
-            counts[pid] = n
+        counts = in_course[a["key"]]
         s["children"] = set(counts)  # those who received at least one session in the course
         # every allocated child counts, with 0 sessions when none were attended
         per_child[a["key"]] = list(counts.values()) + [0] * max(0, s["allocated"] - len(counts))

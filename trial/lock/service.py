@@ -20,9 +20,9 @@ from trial.dataquality.service import shown_queries
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.esign.models import Signature
 from trial.esign.service import sign
-from trial.db import read_only_session, utcnow
+from trial.db import notify, read_only_session, utcnow
 from trial.exports.consort import consort
-from trial.exports.bundle import VARIANTS, build_bundle, build_bundles, seal_name
+from trial.exports.bundle import VARIANTS, build_bundles, seal_name
 from trial.lock.models import DataLock, LockBuild, LockBundle
 from trial.protocol.service import current as current_protocol
 from trial.randomize.service import get_design, master_seed
@@ -32,6 +32,7 @@ from trial.trialstate.service import state as trial_state
 from trial.validation import refuse, text
 
 KINDS = ("soft", "hard")
+BUILD_CHANNEL = "trial_lock_build"  # the NOTIFY channel that wakes a waiting `trial worker`
 
 
 def new_dummy_seed() -> str:
@@ -107,9 +108,11 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str, acce
                      {"accepted_open_queries": (None, lock.accepted_open_queries)}, reveals_allocation=True)
     if kind == "hard":  # the chain as it stands at signing, sealed: cutting it back below here is detected
         audit.seal(db, seal_name(lock))
-        # the bundles are built after the commit, by a worker (build_pending), while the lock holds
+        # the bundles are built after the commit, by a worker, while the lock holds; a worker kept
+        # running is woken at the commit (PostgreSQL; on SQLite it looks every few seconds)
         db.add_all([LockBuild(lock_id=lock.id, variant=v, status="building", progress=0.0) for v in VARIANTS])
         db.flush()
+        notify(db, BUILD_CHANNEL)
     return lock
 
 
@@ -124,8 +127,8 @@ def _store(db: Session, actor, lock_id: int, variant: str, data: bytes, sha: str
 
 
 def build_now(db: Session, actor, lock: DataLock) -> None:
-    """Build both bundles of a hard lock in this session, one after the other, from one read of
-    the database (the API's ``inline`` builder, used by the tests and by a single-process setup)."""
+    """Build both bundles of a hard lock in this session, from one read of the database (the API's
+    ``inline`` builder, used by the tests and by a single-process setup)."""
     sig = db.get(Signature, lock.signature_id)
     rows = {b.variant: b for b in db.execute(select(LockBuild).where(LockBuild.lock_id == lock.id)).scalars()}
     for variant, (data, sha, manifest_sha) in build_bundles(db, lock, sig).items():
@@ -135,61 +138,84 @@ def build_now(db: Session, actor, lock: DataLock) -> None:
     db.flush()
 
 
-def claim_build(db: Session, worker: str, lock_id: int | None = None) -> int | None:
-    """Take one variant waiting to be built (or whose worker stopped reporting): an atomic
-    conditional update, so two workers never build the same one. Returns its LockBuild id."""
+def claim_lock(db: Session, worker: str, lock_id: int | None = None) -> list[int]:
+    """Take the variants of one hard lock waiting to be built (or whose worker stopped reporting),
+    to be built together from one read: one conditional update takes them all, so two workers
+    never build the same one, nor split a lock between them. Returns the LockBuild ids taken
+    (none when nothing waits)."""
     now = utcnow()
-    q = select(LockBuild.id, LockBuild.heartbeat, LockBuild.worker).where(LockBuild.status == "building").order_by(LockBuild.id)
+    claimable = (LockBuild.status == "building") & (LockBuild.worker.is_(None) | LockBuild.heartbeat.is_(None)
+                                                    | (LockBuild.heartbeat < now - STALE))
+    q = select(LockBuild.lock_id).where(claimable).order_by(LockBuild.lock_id).limit(1)
     if lock_id is not None:
         q = q.where(LockBuild.lock_id == lock_id)
-    for build_id, beat, owner in db.execute(q).all():
-        if owner is not None and beat is not None and beat > now - STALE:
-            continue  # another worker is on it
-        taken = db.execute(update(LockBuild).where(LockBuild.id == build_id, LockBuild.status == "building",
-                                                   LockBuild.worker.is_(owner) if owner is None else LockBuild.worker == owner,
-                                                   LockBuild.heartbeat.is_(beat) if beat is None else LockBuild.heartbeat == beat)
-                           .values(worker=worker, heartbeat=now, started_at=now, progress=0.0)).rowcount
+    target = db.execute(q).scalar()
+    if target is None:
         db.commit()
-        if taken == 1:
-            return build_id
-    return None
+        return []
+    db.execute(update(LockBuild).where(LockBuild.lock_id == target, claimable)
+               .values(worker=worker, heartbeat=now, started_at=now, progress=0.0))
+    taken = list(db.execute(select(LockBuild.id).where(LockBuild.lock_id == target, LockBuild.worker == worker,
+                                                       LockBuild.started_at == now, LockBuild.status == "building")
+                            .order_by(LockBuild.id)).scalars())
+    db.commit()
+    return taken
 
 
-def run_build(session_factory, build_id: int, worker: str) -> str:
-    """Build one claimed variant: the zip is made in a read-only session (on SQLite it does not
-    hold the write lock, so the other variant and the progress reports go on meanwhile) while
-    the progress is reported in short transactions of another; the bundle, its audit record and
-    the state "ready" then commit together. A build that raises is marked failed with its reason.
-    Returns the final state."""
+def run_build(session_factory, build_ids: list[int], worker: str) -> dict[str, str]:
+    """Build the claimed variants of one lock from one read and store them. Returns each variant's
+    final state ("ready" or "failed")."""
+    return _build_and_store(session_factory, build_ids, {}, worker)[0]
+
+
+def _build_and_store(session_factory, build_ids: list[int], compare: dict[str, str], worker: str,
+                     lock_id: int | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Build, from one read of the database, the variants of ``build_ids`` (claimed: stored when
+    made) and those of ``compare`` (variant: the stored bundle's sha256: built and compared,
+    never replaced). The zips are made in a read-only session (on SQLite it does not hold the
+    write lock, so the progress reports go on meanwhile) with helper processes
+    (trial.exports.bundle), while the progress is reported in short transactions of another; the
+    bundles, their audit records and the state "ready" then commit together. A build that raises
+    is marked failed with its reason. Returns (each stored variant's state, each compared
+    variant's outcome)."""
     with session_factory() as db:
-        b = db.get(LockBuild, build_id)
-        lock_id, variant = b.lock_id, b.variant
+        rows = db.execute(select(LockBuild.variant, LockBuild.lock_id).where(LockBuild.id.in_(build_ids))).all()
         db.commit()
+    store = [v for v, _ in rows]
+    lock_id = rows[0][1] if rows else lock_id
 
     def report(share: float) -> None:
         with session_factory() as p:
-            p.execute(update(LockBuild).where(LockBuild.id == build_id, LockBuild.worker == worker)
+            p.execute(update(LockBuild).where(LockBuild.id.in_(build_ids), LockBuild.worker == worker)
                       .values(progress=round(min(share, 0.99), 3), heartbeat=utcnow()))
             p.commit()
     try:
         with read_only_session(session_factory) as r:
             lock = r.get(DataLock, lock_id)
-            data, sha, manifest_sha = build_bundle(r, lock, r.get(Signature, lock.signature_id),
-                                                   blinded=variant == "blinded", progress=report, parallel=True)
+            built = build_bundles(r, lock, r.get(Signature, lock.signature_id), [*store, *compare], progress=report,
+                                  parallel=True)
         with session_factory() as db:
-            if db.execute(select(LockBundle.id).where(LockBundle.lock_id == lock_id, LockBundle.variant == variant)).first():
-                raise Conflict(f"The {variant} bundle of lock {lock_id} exists already.")
-            _store(db, CliActor(f"worker {worker}"), lock_id, variant, data, sha, manifest_sha)
-            db.execute(update(LockBuild).where(LockBuild.id == build_id)
-                       .values(status="ready", progress=1.0, finished_at=utcnow(), heartbeat=utcnow(), error=None))
+            for variant in store:
+                data, sha, manifest_sha = built[variant]
+                if db.execute(select(LockBundle.id).where(LockBundle.lock_id == lock_id, LockBundle.variant == variant)).first():
+                    raise Conflict(f"The {variant} bundle of lock {lock_id} exists already.")
+                _store(db, CliActor(f"worker {worker}"), lock_id, variant, data, sha, manifest_sha)
+            if build_ids:
+                db.execute(update(LockBuild).where(LockBuild.id.in_(build_ids))
+                           .values(status="ready", progress=1.0, finished_at=utcnow(), heartbeat=utcnow(), error=None))
             db.commit()
-        return "ready"
+        compared = {v: "same bytes" if built[v][1] == sha else
+                    f"DIFFERENT bytes (stored {sha}, built {built[v][1]}): the stored bundle is kept" for v, sha in compare.items()}
+        return {v: "ready" for v in store}, compared
     except Exception as e:  # any failure of the build is recorded with the build, not lost
-        with session_factory() as db:
-            db.execute(update(LockBuild).where(LockBuild.id == build_id)
-                       .values(status="failed", error=f"{type(e).__name__}: {e}"[:2000], finished_at=utcnow()))
-            db.commit()
-        return "failed"
+        if build_ids:
+            with session_factory() as db:
+                db.execute(update(LockBuild).where(LockBuild.id.in_(build_ids))
+                           .values(status="failed", error=f"{type(e).__name__}: {e}"[:2000], finished_at=utcnow()))
+                db.commit()
+        return {v: "failed" for v in store}, {v: f"failed: {type(e).__name__}: {e}" for v in compare}
+
+
 
 
 def build_error(db: Session, build_id: int) -> str | None:
@@ -216,10 +242,9 @@ def build_status(db: Session, lock_id: int) -> dict:
 
 def rebuild(session_factory, actor, lock_id: int, worker: str) -> dict[str, str]:
     """`trial lock rebuild ID`: build the bundles of a hard lock again, while it holds (so the data
-    are the ones it froze). A variant stored already is built and compared (it must give the
-    same bytes; nothing is replaced); a failed or abandoned one is built and stored. Returns
-    each variant's outcome."""
-    out = {}
+    are the ones it froze), from one read. A variant stored already is built and compared (it
+    must give the same bytes; nothing is replaced); a failed or abandoned one is built and
+    stored. Returns each variant's outcome."""
     with session_factory() as db:
         require_role(db, actor, "manager")
         lock = db.get(DataLock, lock_id)
@@ -228,25 +253,16 @@ def rebuild(session_factory, actor, lock_id: int, worker: str) -> dict[str, str]
         if active_lock_id(db) != lock.id:
             raise Conflict(f"Lock {lock_id} is not in force: its data may have changed since, so its bundles cannot "
                            "be built again.")
-        builds = [(b.id, b.variant) for b in db.execute(select(LockBuild).where(LockBuild.lock_id == lock_id)
-                                                         .order_by(LockBuild.variant)).scalars()]
+        builds = {b.variant: b.id for b in db.execute(select(LockBuild).where(LockBuild.lock_id == lock_id)).scalars()}
         stored = dict(db.execute(select(LockBundle.variant, LockBundle.sha256).where(LockBundle.lock_id == lock_id)).all())
+        missing = [b for v, b in builds.items() if v not in stored]
+        if missing:
+            db.execute(update(LockBuild).where(LockBuild.id.in_(missing))
+                       .values(status="building", worker=worker, heartbeat=utcnow(), error=None))
         db.commit()
-    for build_id, variant in builds:
-        if variant in stored:
-            with read_only_session(session_factory) as r:
-                rl = r.get(DataLock, lock_id)
-                _, sha, _ = build_bundle(r, rl, r.get(Signature, rl.signature_id), blinded=variant == "blinded",
-                                         parallel=True)
-            out[variant] = ("same bytes" if sha == stored[variant] else
-                            f"DIFFERENT bytes (stored {stored[variant]}, built {sha}): the stored bundle is kept")
-            continue
-        with session_factory() as db:
-            db.execute(update(LockBuild).where(LockBuild.id == build_id).values(status="building", worker=worker,
-                                                                                heartbeat=utcnow(), error=None))
-            db.commit()
-        out[variant] = run_build(session_factory, build_id, worker)
-    return out
+    made, compared = _build_and_store(session_factory, missing, {v: stored[v] for v in builds if v in stored}, worker,
+                                      lock_id)
+    return {v: made.get(v) or compared[v] for v in VARIANTS if v in builds}
 
 
 def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str) -> DataLock:
