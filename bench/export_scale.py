@@ -522,9 +522,10 @@ class Phases:
 BUNDLE_PHASES = [("build_tables", "dataset.build_tables (queries + rows)"), ("to_csv", "formats.to_csv"),
                  ("columns", "formats.columns (typed columns)"), ("to_xpt", "formats.to_xpt (statfiles)"),
                  ("to_dta", "formats.to_dta (statfiles)"), ("dictionary_csv", "formats.dictionary_csv"),
-                 ("analysis", "primary analysis (trial.analysis.lmm)"), ("reports", "reports (CONSORT, Table 1, ...)"),
+                 ("reports", "reports (CONSORT, Table 1, ...)"),
                  ("zip_wait", "waiting for the zip's thread at the end")]
-THREAD_PHASES = [("stream", "zip threads: the ODM snapshots (made, compressed, hashed)")]
+THREAD_PHASES = [("stream", "zip threads: the ODM snapshots (made, compressed, hashed)"),
+                 ("analysis", "zip threads: the primary analyses (trial.analysis.lmm)")]
 
 
 def instrument(engine) -> Phases:
@@ -534,7 +535,7 @@ def instrument(engine) -> Phases:
     ph.wrap(bundle, "build_tables", "build_tables")
     for name in ("to_csv", "columns", "to_xpt", "to_dta", "dictionary_csv"):
         ph.wrap(formats, name, name)
-    ph.wrap(bundle, "_analysis_files", "analysis")
+    ph.wrap(bundle, "_analysis_files", "analysis", thread=True)
     ph.wrap(bundle, "_report_files", "reports")
     ph.wrap(bundle._Zip, "close", "zip_wait")
     ph.wrap(bundle._Zip, "_stream", "stream", thread=True)

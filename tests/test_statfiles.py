@@ -165,3 +165,11 @@ def test_a_number_sas_transport_cannot_hold_is_refused_not_written_wrong():
         with pytest.raises(ValueError, match="SAS transport"):
             formats.to_xpt(t, WHEN)
         assert formats.to_dta(t, WHEN) == reference_dta(t), "Stata holds it"
+
+
+def test_an_integer_beyond_a_stata_long_is_refused_not_wrapped():
+    for n in (2147483621, -2147483648):
+        with pytest.raises(ValueError, match="Stata long"):
+            formats.to_dta(Table("big", "Big", [Var("n", "N", "int")], [(n,)]), WHEN)
+    edge = Table("ok", "OK", [Var("n", "N", "int")], [(2147483620,), (-2147483647,)])
+    assert formats.to_dta(edge, WHEN) == reference_dta(edge)

@@ -14,6 +14,7 @@ import io
 import json
 import multiprocessing
 import os
+import pickle
 import queue
 import shutil
 import tempfile
@@ -308,7 +309,10 @@ def _other_job(send, plain: dict, variants: list[str]) -> None:
             if "unblinded" in variants:
                 participants = rows_of(rdb, select(Participant.id, Participant.study_id).order_by(Participant.study_id))
                 rows, notes = session_rows(rdb, participants, {p.id: p.study_id for p in participants})
-                send.send(("session_rows", (rows, notes)))
+                path = os.path.join(plain["folder"], "session_rows.pickle")  # (a file: this process goes on at once)
+                with open(path, "wb") as f:
+                    pickle.dump((rows, notes), f, protocol=pickle.HIGHEST_PROTOCOL)
+                send.send(("session_rows", path))
                 for t in session_tables(plain["content"], rows, notes):
                     cut: dict = {}
                     for name, data in _table_files(t, plain["created_at"], cut):
@@ -322,6 +326,11 @@ def _other_job(send, plain: dict, variants: list[str]) -> None:
                                                           v == "blinded", memo)))
     finally:
         engine.dispose()
+
+
+def _unpickled(path: str):
+    with open(path, "rb") as f:
+        return pickle.load(f)  # (a file this build's own helper wrote)
 
 
 def _written(folder: str, name: str, data) -> tuple[str, str]:
@@ -396,7 +405,7 @@ def _build(db: Session, lock, sig, variants: list[str], say, parallel: bool) -> 
     helpers = [_Helper(_other_job, db, lock, pv, variants)] if parallel else []
     zips: dict[str, _Zip] = {}
     try:
-        cache: dict = {"session_rows": lambda: helpers[0].take("session_rows")} if parallel else {}
+        cache: dict = {"session_rows": lambda: _unpickled(helpers[0].take("session_rows"))} if parallel else {}
         tables = {v: build_tables(db, v == "blinded", cache, bytes.fromhex(lock.dummy_seed) if v == "blinded" else None)
                   for v in variants}
         say(0.3)

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # the module loads NumPy only when it writes
 
 STATA_MAX_STR = 2044          # wider text is a Stata strL (as ReadStat does it)
 STATA_MISSING_LONG = 2147483621
+STATA_MAX_LONG = 2147483620  # the largest long Stata holds (above it, its missing values)
+STATA_MIN_LONG = -2147483647
 STATA_MISSING_DOUBLE = 0x7FE0000000000000  # 2 ** 1023, Stata's "."
 XPT_RECORD = 80
 MAP_SIZE = len(b"<map>") + 14 * 8 + len(b"</map>")
@@ -152,6 +154,10 @@ def to_dta(columns: list[Column], label: str, timestamp: str) -> bytes:
                 ref = seen[v] = (i + 1) | (o << 24)  # v in 3 bytes, o in 5 (release 119)
                 strls.append(b"GSO" + struct.pack("<IQBI", i + 1, o, 0x82, len(v) + 1) + v + b"\0")
             refs[i][o - 1] = ref
+
+    for c, (t, _) in zip(columns, types):
+        if t == 65528 and np.any((np.nan_to_num(c.number) > STATA_MAX_LONG) | (np.nan_to_num(c.number) < STATA_MIN_LONG)):
+            raise ValueError(f"{c.name}: a number beyond what a Stata long holds ({STATA_MIN_LONG} to {STATA_MAX_LONG})")
 
     def fill(record) -> None:
         for i, (c, (t, w)) in enumerate(zip(columns, types)):
