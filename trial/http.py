@@ -380,7 +380,12 @@ def day(value) -> str:
             return value
     if isinstance(value, dt.datetime):
         value = value.date()
-    return format_date(value, format="medium", rebase=False)
+    seen = g.get("days_shown")  # a page shows the same days again and again (a grid: hundreds), in one language
+    if seen is None:
+        seen = g.days_shown = {}
+    if value not in seen:
+        seen[value] = format_date(value, format="medium", rebase=False)
+    return seen[value]
 
 
 def sae_clock(ae: dict) -> str:

@@ -100,9 +100,17 @@ def ordered(stmt: Select, sort: str, allowed: dict[str, Any], tiebreak: Any) -> 
     return stmt.order_by(*[c.desc() if desc else c.asc() for c in cols], tiebreak.desc() if desc else tiebreak.asc())
 
 
-def paginate(db: Session, stmt: Select, req: PageRequest, scalars: bool = True, sort: str = "") -> Page:
-    """One page of ``stmt`` (already filtered and ordered) with the total of the whole list."""
+def paginate(db: Session, stmt: Select, req: PageRequest, scalars: bool = True, sort: str = "", key: Any = None) -> Page:
+    """One page of ``stmt`` (already filtered and ordered) with the total of the whole list. With
+    ``key`` (a column unique in the list), a page past the first takes its keys first, from the
+    list's own filter and order with no other column, then its rows for those keys: the rows
+    skipped to reach the page are never built (the joins that fetch what a page shows run for
+    its rows only)."""
     total = db.execute(select(func.count()).select_from(stmt.order_by(None).subquery())).scalar_one()
-    result = db.execute(stmt.limit(req.per_page).offset(req.offset))
+    if key is not None and req.offset:
+        keys = stmt.with_only_columns(key).limit(req.per_page).offset(req.offset)
+        result = db.execute(stmt.where(key.in_(keys)))
+    else:
+        result = db.execute(stmt.limit(req.per_page).offset(req.offset))
     items = list(result.scalars() if scalars else result.all())
     return Page(items, total, req, sort)

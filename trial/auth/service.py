@@ -520,7 +520,7 @@ def page_users(db: Session, actor, req: PageRequest, search: str | None = None, 
             raise ValidationError("role must be one of: " + ", ".join(ROLES) + ".", {"role": "an unknown role"})
         q = q.where(User.id.in_(select(RoleAssignment.user_id).where(RoleAssignment.role == role)))
     sort = sort_key(req.sort, USER_SORTS, "email")
-    return paginate(db, ordered(q, sort, USER_SORTS, User.id), req, sort=sort)
+    return paginate(db, ordered(q, sort, USER_SORTS, User.id), req, sort=sort, key=User.id)
 
 
 def get_user(db: Session, actor, user_id: int) -> User:

@@ -415,7 +415,7 @@ def adherence_page(db: Session, actor, req: PageRequest, site_code: str | None =
     if search:
         q = q.where(Participant.study_id.contains(search.strip().upper(), autoescape=True))
     sort = sort_key(req.sort, ADHERENCE_SORTS, "study_id")
-    page = paginate(db, ordered(q, sort, ADHERENCE_SORTS, Participant.id), req, scalars=False, sort=sort)
+    page = paginate(db, ordered(q, sort, ADHERENCE_SORTS, Participant.id), req, scalars=False, sort=sort, key=Participant.id)
     ids = [p.id for p, _ in page.items]
     tallies = {t.participant_id: t for t in db.execute(select(CourseTally).where(CourseTally.participant_id.in_(ids))).scalars()}
     labels = {a["key"]: a["label"] for a in content["arms"]}

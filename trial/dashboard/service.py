@@ -58,7 +58,7 @@ def status_grid(db: Session, actor, req: PageRequest, site_code: str | None = No
                "status": status_expression(db, actor)}
     sort = sort_key(req.sort, allowed, "study_id")
     page = paginate(db, ordered(participant_query(db, actor, site_code, search, status), sort, allowed, Participant.id),
-                    req, sort=sort)
+                    req, sort=sort, key=Participant.id)
     people = page.items
     views = {v["study_id"]: v for v in participant_views(db, actor, people)}
     sched = schedule(db, actor, people)

@@ -104,7 +104,7 @@ def page_screenings(db: Session, actor, req: PageRequest, site_code: str | None 
         q = q.where(Screening.id == int(term) if term.isdigit() and len(term) < 10
                     else Participant.study_id.contains(term.upper(), autoescape=True))
     sort = sort_key(req.sort, SCREENING_SORTS, "-id")
-    return paginate(db, ordered(q, sort, SCREENING_SORTS, Screening.id), req, scalars=False, sort=sort)
+    return paginate(db, ordered(q, sort, SCREENING_SORTS, Screening.id), req, scalars=False, sort=sort, key=Screening.id)
 
 
 # --- enrollment ------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def page_participants(db: Session, actor, req: PageRequest, site_code: str | Non
     allowed = participant_sorts(db, actor)
     sort = sort_key(req.sort, allowed, "study_id")
     stmt = ordered(participant_query(db, actor, site_code, search, status, arm), sort, allowed, Participant.id)
-    return paginate(db, stmt, req, sort=sort)
+    return paginate(db, stmt, req, sort=sort, key=Participant.id)
 
 
 def participant_views(db: Session, actor, rows: list[Participant]) -> list[dict]:

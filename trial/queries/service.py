@@ -210,7 +210,7 @@ def page(db: Session, actor, req: PageRequest, site_code: str | None = None, sta
     q = listing_query(db, actor, site_code, status, search=search)
     if sort.lstrip("-") == "study_id" and not search:
         q = q.join(Participant, Participant.id == DataQuery.participant_id)
-    return paginate(db, ordered(q, sort, QUERY_SORTS, DataQuery.id), req, sort=sort)
+    return paginate(db, ordered(q, sort, QUERY_SORTS, DataQuery.id), req, sort=sort, key=DataQuery.id)
 
 
 def get(db: Session, actor, query_id: int) -> DataQuery:

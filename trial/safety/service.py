@@ -231,7 +231,7 @@ def page(db: Session, actor, req: PageRequest, site_code: str | None = None, ser
     """A page of the adverse events ``actor`` may read (newest report first unless sorted otherwise)."""
     q = listing_query(db, actor, site_code, serious, search)
     sort = sort_key(req.sort, AE_SORTS, "-reported_at")
-    return paginate(db, ordered(q, sort, AE_SORTS, AdverseEvent.id), req, sort=sort)
+    return paginate(db, ordered(q, sort, AE_SORTS, AdverseEvent.id), req, sort=sort, key=AdverseEvent.id)
 
 
 def listing_of(db: Session, actor, p: Participant) -> list[AdverseEvent]:

@@ -1,11 +1,12 @@
 """The record status grid and the recruitment chart."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, render_template, request
+from flask import Blueprint, Response, render_template, request, url_for
 from flask_babel import format_date, gettext
+from markupsafe import Markup, escape
 
 from trial.dashboard import service
-from trial.http import actor, db, page_request
+from trial.http import actor, day, db, lock_notice, number, page_request, plabel, tlabel
 from trial.participants.service import statuses_for
 from trial.sites.service import visible_sites
 
@@ -17,8 +18,51 @@ def grid():
     s = db()
     filters = {"site_code": request.args.get("site") or None, "search": request.args.get("q") or None,
                "status": request.args.get("status") or None}
-    return render_template("dashboard/grid.html", grid=service.status_grid(s, actor(), page_request(), **filters),
-                           filters=filters, sites=visible_sites(s, actor()), statuses=statuses_for(s, actor()))
+    made = service.status_grid(s, actor(), page_request(), **filters)
+    _cells_html(made, lock_notice() is None)
+    return render_template("dashboard/grid.html", grid=made, filters=filters, sites=visible_sites(s, actor()),
+                           statuses=statuses_for(s, actor()))
+
+
+DONE = {"entered": "done", "entered_out_of_window": "done_out_of_window"}  # the words a finished form's state shows
+
+
+def _cells_html(made: dict, writable: bool) -> None:
+    """Each cell of the grid as its HTML (``html`` of each row's cells), made here rather than in
+    the template: a page of 50 participants has over 500 cells, and Jinja's work on each was most
+    of the page's time. Every word comes from the catalogue or the protocol, worked out once a page."""
+    columns = made["columns"]
+    names = [(plabel("instrument", c["instrument"]).split(" (")[0], plabel("visit", c["visit"])) for c in columns]
+    words_of = {st: tlabel("visit_status", DONE.get(st, st)) for st in made["states"]}
+    entered = Markup(gettext("%(form)s, %(visit)s: %(state)s %(day)s"))
+    windowed = Markup(gettext("%(form)s, %(visit)s: %(state)s (window %(start)s to %(end)s)"))
+    plain = Markup(gettext("%(form)s, %(visit)s: %(state)s"))
+    queries = gettext("queries not closed")
+    verified, not_verified = gettext("✓ verified"), gettext("not verified")
+    for r in made["page"].items:
+        here = url_for("enrollment.participant", study_id=r["study_id"])
+        r["href"] = here
+        for i, c in enumerate(r["cells"]):
+            col, (form, visit_name) = columns[i], names[i]
+            words = words_of.get(c["state"]) or tlabel("visit_status", c["state"])
+            if c["assessment_id"]:
+                title = entered % {"form": form, "visit": visit_name, "state": words, "day": day(c["on"])}
+                inner = Markup('<a href="{}#assessment-{}" title="{}">{}</a>').format(here, c["assessment_id"], title, words)
+            elif c["enters"] and writable and c["state"] in ("due", "missing"):
+                start, end = c["window"]
+                title = (windowed % {"form": form, "visit": visit_name, "state": words, "start": day(start), "end": day(end)}
+                         if end else plain % {"form": form, "visit": visit_name, "state": words})
+                inner = Markup('<a href="{}" title="{}">{}</a>').format(
+                    url_for("enrollment.assess", study_id=r["study_id"], instrument=col["instrument"], visit=col["visit"]),
+                    title, words)
+            else:
+                inner = escape(words)
+            if c["queries"]:
+                inner += Markup(' <span class="badge" title="{}">{}</span>').format(queries, number(c["queries"]))
+            if c["verified"] is not None and c["assessment_id"]:
+                inner += Markup(' <span class="{}">{}</span>').format("verified" if c["verified"] else "muted",
+                                                                     verified if c["verified"] else not_verified)
+            c["html"] = Markup('<td class="cell cell-{}">{}</td>').format(c["state"], inner)
 
 
 @bp.route("/recruitment.svg")

@@ -13,13 +13,24 @@ from sqlalchemy.orm import Mapped, mapped_column
 from trial.db import Base
 
 
+OPEN_VISITS = {"ix_planned_visit_open_other": "ended IS false AND other_entered < other_forms",
+               "ix_planned_visit_open_blinded": "ended IS false AND blinded_entered < blinded_forms",
+               "ix_planned_visit_open": "ended IS false AND (other_entered < other_forms OR blinded_entered < blinded_forms)"}
+
+
 class PlannedVisit(Base):
     __tablename__ = "planned_visit"
     __table_args__ = (UniqueConstraint("participant_id", "visit"),
                       Index("ix_planned_visit_worklist", "ended", "closes"),
                       # the out-of-window worklist: the few visits with a form entered outside the window
                       Index("ix_planned_visit_late", "site_id", postgresql_where=text("blinded_late OR other_late"),
-                            sqlite_where=text("blinded_late OR other_late")))
+                            sqlite_where=text("blinded_late OR other_late")),
+                      # the due and overdue worklists: the visits still missing a form of the kind the reader
+                      # enters, in the lists' order, with what their filter reads (a page and its count from
+                      # the index, no sort of the plan; migration 0017)
+                      *(Index(name, "visit_idx", "randomized_at", "participant_id", postgresql_where=text(where),
+                              sqlite_where=text(where), postgresql_include=["site_id", "opens", "closes", "visit"])
+                        for name, where in OPEN_VISITS.items()))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), index=True)
