@@ -221,3 +221,19 @@ def test_the_protocols_analysis_is_checked_when_loaded():
         assert e.value.key == key, (new, e.value)
     without = re.sub(r"\n\[analysis\]\n.*?\n\]\n", "\n", text, flags=re.S)
     assert "[analysis]" not in without and "analysis" not in parse(without)
+
+
+def test_an_optimum_beyond_the_searched_range_is_not_called_converged():
+    """Children differing ten thousand times more than their visits do: the criterion still falls at
+    the grid's last point, so the fit says it did not converge."""
+    import numpy as np
+
+    from trial.analysis.lmm import reml_fit
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(40), 3)
+    x = np.column_stack([np.ones(120), np.tile([0.0, 1.0, 2.0], 40)])
+    y = rng.normal(0, 1e4, 40)[groups] + x[:, 1] + rng.normal(0, 1e-1, 120)
+    wide = reml_fit(x, y, groups, ["const", "t"])
+    assert wide.converged is False and "Converged: NO" in wide.summary()
+    y = rng.normal(0, 2, 40)[groups] + x[:, 1] + rng.normal(0, 1, 120)
+    assert reml_fit(x, y, groups, ["const", "t"]).converged is True

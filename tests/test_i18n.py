@@ -411,6 +411,10 @@ def test_a_sites_day_stays_that_day_and_numbers_follow_the_locale(app):
         assert day(None) == "" and day("") == ""
     with app.test_request_context("/"):
         assert day(dt.date(2026, 3, 5)) == "Mar 5, 2026" and number(12345) == "12,345" and percent(0.5) == "50%"
+        from flask_babel import force_locale
+        with force_locale("de"):  # (an e-mail to a reader of another language, made within a request)
+            assert day(dt.date(2026, 3, 5)) == "05.03.2026"
+        assert day(dt.date(2026, 3, 5)) == "Mar 5, 2026", "a page's days are remembered per language"
 
 
 # --- the messages the services compose --------------------------------------------------------

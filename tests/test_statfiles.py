@@ -173,3 +173,17 @@ def test_an_integer_beyond_a_stata_long_is_refused_not_wrapped():
             formats.to_dta(Table("big", "Big", [Var("n", "N", "int")], [(n,)]), WHEN)
     edge = Table("ok", "OK", [Var("n", "N", "int")], [(2147483620,), (-2147483647,)])
     assert formats.to_dta(edge, WHEN) == reference_dta(edge)
+
+
+def test_a_fraction_in_a_whole_number_variable_is_refused_not_cut():
+    with pytest.raises(ValueError, match="fraction"):
+        formats.to_dta(Table("frac", "Frac", [Var("n", "N", "int")], [(1,), (2.5,)]), WHEN)
+
+
+def test_a_double_stata_would_read_as_missing_is_refused():
+    """(2^1023 and above are Stata's missing codes: written as they are they would read as '.')"""
+    for x in (2.0 ** 1023, -2.0 ** 1023, float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match="Stata double"):
+            formats.to_dta(Table("big", "Big", [Var("x", "X", "float")], [(x,)]), WHEN)
+    edge = Table("ok", "OK", [Var("x", "X", "float")], [(8.98e307,), (-8.98e307,)])
+    assert formats.to_dta(edge, WHEN) == reference_dta(edge)

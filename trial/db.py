@@ -264,18 +264,31 @@ class Listener:
     timeout to pass (SQLite, and whenever nothing is sent)."""
 
     def __init__(self, engine: Engine, channel: str):
-        self.conn = None
+        self.channel, self.conn, self.url = channel, None, None
         if engine.dialect.name == "postgresql":
-            url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self.conn = psycopg.connect(url, autocommit=True)
-            self.conn.execute(f"LISTEN {channel}")
+            self.url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._connect()
+
+    def _connect(self) -> None:
+        try:
+            self.conn = psycopg.connect(self.url, autocommit=True)
+            self.conn.execute(f"LISTEN {self.channel}")
+        except psycopg.OperationalError:
+            self.conn = None  # the server is away: looked at again after the next wait
 
     def wait(self, timeout: float) -> bool:
-        """True when woken by a notification, False when the timeout passed."""
+        """True when woken by a notification, False when the timeout passed. A lost connection (a
+        server restart) is made again; meanwhile the timeout is waited out."""
+        if self.url is not None and (self.conn is None or self.conn.closed):
+            self._connect()
         if self.conn is None:
             time.sleep(timeout)
             return False
-        return any(True for _ in self.conn.notifies(timeout=timeout, stop_after=1))
+        try:
+            return any(True for _ in self.conn.notifies(timeout=timeout, stop_after=1))
+        except psycopg.OperationalError:
+            self.conn = None
+            return False
 
     def close(self) -> None:
         if self.conn is not None:

@@ -380,12 +380,13 @@ def day(value) -> str:
             return value
     if isinstance(value, dt.datetime):
         value = value.date()
-    seen = g.get("days_shown")  # a page shows the same days again and again (a grid: hundreds), in one language
+    seen = g.get("days_shown")  # a page shows the same days again and again (a grid: hundreds)
     if seen is None:
         seen = g.days_shown = {}
-    if value not in seen:
-        seen[value] = format_date(value, format="medium", rebase=False)
-    return seen[value]
+    key = (value, str(get_locale()))  # (an e-mail made within a request may be in its reader's language)
+    if key not in seen:
+        seen[key] = format_date(value, format="medium", rebase=False)
+    return seen[key]
 
 
 def sae_clock(ae: dict) -> str:

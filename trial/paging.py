@@ -105,7 +105,9 @@ def paginate(db: Session, stmt: Select, req: PageRequest, scalars: bool = True, 
     ``key`` (a column unique in the list), a page past the first takes its keys first, from the
     list's own filter and order with no other column, then its rows for those keys: the rows
     skipped to reach the page are never built (the joins that fetch what a page shows run for
-    its rows only)."""
+    its rows only). ``key`` must name each row of the list once (no join that repeats it), and a
+    list with ``key`` must not use DISTINCT or GROUP BY: its keys are taken with every other
+    column left out, which would change what those select."""
     total = db.execute(select(func.count()).select_from(stmt.order_by(None).subquery())).scalar_one()
     if key is not None and req.offset:
         keys = stmt.with_only_columns(key).limit(req.per_page).offset(req.offset)

@@ -190,7 +190,9 @@ def reml_fit(x: np.ndarray, y: np.ndarray, groups, names: list[str]) -> MixedFit
     if math.isfinite(best):
         lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
         found = minimize_scalar(criterion, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10, "maxiter": 500})
-        converged = bool(found.success)
+        # the best at the grid's upper end: the optimum may lie beyond the searched range (the
+        # children's spread a thousand times the visits' or more): reported as not converged
+        converged = bool(found.success) and k < len(grid) - 1
         if found.success and found.fun <= best:
             best_theta, best = float(found.x), float(found.fun)
     a, _, beta, rss = parts(best_theta)

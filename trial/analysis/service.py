@@ -118,6 +118,10 @@ def primary_analysis(content: dict, adsl, blinded: bool) -> tuple[dict, str, str
         out["note"] = (out.get("note", "") + " The children's variance is estimated at zero (a boundary fit, lme4's "
                        "'singular fit'): the REML fit is least squares.").strip()
         text.append(out["note"])
+    if not res.converged:
+        out["note"] = (out.get("note", "") + " The fit did NOT converge (the children's variance may be beyond the "
+                       "range searched): read the estimates with care and check them with the R or Python script.").strip()
+        text.append(out["note"])
     text += [res.summary(), ""]
     if out["se"] is None:
         out["note"] = (out.get("note", "") + " No inference is possible from these data (the standard error is not "

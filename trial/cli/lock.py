@@ -11,7 +11,7 @@ import click
 
 from trial.cli.common import Group, fail, session
 from trial.db import Listener, make_engine, make_session_factory
-from trial.exports.bundle import can_fork, preload
+from trial.exports.bundle import can_fork, preload, sweep_folders
 from trial.lock import service as locks
 from trial.scope import CliActor
 
@@ -73,6 +73,8 @@ def _child(until_idle: bool, poll: float, lock_id: int | None) -> None:
               help="Seconds between looks when idle (on PostgreSQL a new lock also wakes it at once).")
 def worker(until_idle, processes, poll):
     n = max(1, processes)
+    for folder in sweep_folders():  # a build killed before it could tidy up left unblinded data there
+        click.echo(f"removed the temporary folder of a build whose process is gone: {folder}")
     preload()  # the libraries a build needs, loaded once here and shared by the processes forked below
     if n <= 1:
         _loop(until_idle, poll, None)

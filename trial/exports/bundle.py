@@ -21,13 +21,14 @@ import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.analysis.service import primary_analysis
 from trial.audit.service import seal_of
-from trial.db import make_engine, make_session_factory, read_only_session
+from trial.db import is_sqlite, make_engine, make_session_factory, read_only_session
 from trial.dataquality.service import shown_queries
 from trial.exports import drawing, formats, odm, syntax
 from trial.exports.consort import consort
@@ -65,6 +66,8 @@ ZIP_LEVEL = 1  # zlib's fastest level: the bundle's text compresses 8 to 10 time
 BLOCK = 1 << 20  # a streamed file goes into the zip in blocks of this size
 PENDING = 64 << 20  # bytes given to a zip's thread and not yet written, at most (memory), before the build waits
 HELPER_WAIT = 900  # seconds a build waits for its helper's next result before it gives up
+BEAT = 10  # seconds between the heartbeats of a build that waits (a worker silent for two minutes is taken for dead)
+FOLDER_PREFIX = "trial-bundle-"  # the helpers' temporary folders: trial-bundle-<pid of the build>-...
 
 
 @dataclass
@@ -96,7 +99,8 @@ class _Zip:
     SHA-256 a helper worked out as it wrote them), or as a function returning one of these
     (called in that thread, when the file's turn comes: it may wait for a helper process)."""
 
-    def __init__(self, lock):
+    def __init__(self, lock, beat=None):
+        self.beat = beat or (lambda: None)  # called every BEAT seconds while this waits (the worker's heartbeat)
         self.buf = io.BytesIO()
         self.z = zipfile.ZipFile(self.buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=ZIP_LEVEL)
         self.prefix = f"lock-{lock.id}/"
@@ -124,7 +128,9 @@ class _Zip:
         more than PENDING bytes are queued and not yet written."""
         size = len(data) if isinstance(data, (bytes, bytearray)) else 0
         with self.written:
-            self.written.wait_for(lambda: self.pending + size <= PENDING or self.pending == 0 or self.failure is not None)
+            while not self.written.wait_for(lambda: self.pending + size <= PENDING or self.pending == 0
+                                            or self.failure is not None, timeout=BEAT):
+                self.beat()
             self.pending += size
         self.queue.put((name, data))
 
@@ -165,10 +171,14 @@ class _Zip:
 
     def _finish(self) -> None:
         self.queue.put(None)
-        self.thread.join()
+        while self.thread.is_alive():
+            self.thread.join(BEAT)
+            self.beat()
         self.hasher.shutdown()
 
     def discard(self) -> None:
+        if self.failure is None:
+            self.failure = RuntimeError("the build stopped")  # what is still queued is drained, not made
         self._finish()
         self.z.close()
         self.buf = io.BytesIO()
@@ -191,9 +201,10 @@ class _Helper:
     answers are read by a thread started with ``listen`` once every process is forked (a process
     forked while a thread runs could inherit a lock held by it)."""
 
-    def __init__(self, job, db: Session, lock, pv, *args):
+    def __init__(self, job, db: Session, lock, pv, *args, beat=None):
         ctx = multiprocessing.get_context("fork")
-        self.folder = tempfile.mkdtemp(prefix="trial-bundle-")
+        self.beat = beat or (lambda: None)
+        self.folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
         self.conn, send = ctx.Pipe(duplex=False)
         plain = {"id": lock.id, "created_at": lock.created_at, "version": pv.version, "content": pv.content,
                  "url": _engine_of(db).url.render_as_string(hide_password=False), "folder": self.folder}
@@ -209,7 +220,7 @@ class _Helper:
     def take(self, key):
         """A part, read from the pipe by the build's own thread (before ``listen``)."""
         while key not in self.got:
-            if not self.conn.poll(HELPER_WAIT):
+            if not self._poll():
                 raise RuntimeError(f"the bundles' helper process gave nothing for {HELPER_WAIT} s")
             try:
                 got, value = self.conn.recv()
@@ -226,31 +237,47 @@ class _Helper:
         self.reader = threading.Thread(target=self._read, name="bundle-helper-reader", daemon=True)
         self.reader.start()
 
+    def _poll(self) -> bool:
+        """Whether the helper has something to say (or has ended) within HELPER_WAIT seconds; the
+        worker's heartbeat goes on meanwhile."""
+        waited = 0.0
+        while waited < HELPER_WAIT:
+            if self.conn.poll(BEAT):
+                return True
+            waited += BEAT
+            self.beat()
+        return False
+
     def _read(self) -> None:
         why = None
-        while why is None:
-            try:
-                if not self.conn.poll(HELPER_WAIT):
-                    why = f"gave nothing for {HELPER_WAIT} s"
+        try:
+            while why is None:
+                try:
+                    if not self._poll():
+                        why = f"gave nothing for {HELPER_WAIT} s"
+                        break
+                    key, value = self.conn.recv()
+                except (EOFError, OSError):
+                    self.proc.join(5)
+                    why = f"ended (exit code {self.proc.exitcode})"
                     break
-                key, value = self.conn.recv()
-            except (EOFError, OSError):
-                self.proc.join(5)
-                why = f"ended (exit code {self.proc.exitcode})"
-                break
-            if key == "error":
-                why = f"failed: {value}"
+                if key == "error":
+                    why = f"failed: {value}"
+                with self.cond:
+                    self.got[key] = value
+                    self.cond.notify_all()
+        except BaseException as e:  # noqa: BLE001  whatever stops the reading, the waiting threads hear of it
+            why = f"could not be read ({type(e).__name__}: {e})"
+        finally:
             with self.cond:
-                self.got[key] = value
+                self.ended = why or "stopped"
                 self.cond.notify_all()
-        with self.cond:
-            self.ended = why
-            self.cond.notify_all()
 
     def result(self, key):
         """A part, when the helper has sent it (a zip's thread waits here for its turn)."""
         with self.cond:
-            self.cond.wait_for(lambda: key in self.got or self.ended is not None)
+            while not self.cond.wait_for(lambda: key in self.got or self.ended is not None, timeout=BEAT):
+                self.beat()
             if key in self.got:
                 return self.got[key]
             raise RuntimeError(f"the bundles' helper process {self.ended} before sending {key}")
@@ -354,6 +381,20 @@ def _data_job(send, plain: dict, tables: dict) -> None:
         send.send((("odm", v), (path, h.hexdigest())))
 
 
+def sweep_folders() -> list[str]:
+    """Remove the temporary folders of builds whose process is gone (killed before it could tidy
+    up: they hold unblinded data). Returns the folders removed."""
+    gone: list[str] = []
+    if not Path("/proc/self").exists():  # (whether a process lives is read from /proc: Linux)
+        return gone
+    for path in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+        pid = path.name[len(FOLDER_PREFIX):].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(str(path))
+    return gone
+
+
 def can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
@@ -387,7 +428,7 @@ def build_bundles(db: Session, lock, sig, variants=VARIANTS, progress=None, para
     primary analysis when its turn comes. The same bytes either way."""
     with _collector_paused():
         return _build(db, lock, sig, [v for v in VARIANTS if v in variants], progress or (lambda share: None),
-                      parallel and can_fork())
+                      parallel and can_fork() and not is_sqlite(_engine_of(db)))
 
 
 def build_bundle(db: Session, lock, sig, blinded: bool, progress=None, parallel: bool = False) -> tuple[bytes, str, str]:
@@ -402,19 +443,27 @@ def _build(db: Session, lock, sig, variants: list[str], say, parallel: bool) -> 
     content = pv.content
     # in parallel, a helper forked before anything is read reads the sessions meanwhile, then makes
     # the reports; a second one, forked once the tables are read, the analyses and ODM snapshots
-    helpers = [_Helper(_other_job, db, lock, pv, variants)] if parallel else []
+    done_share = [0.0]
+
+    def progress(share: float) -> None:
+        done_share[0] = share
+        say(share)
+
+    def beat() -> None:  # the same share again: the worker's heartbeat while the build waits
+        say(done_share[0])
+    helpers = [_Helper(_other_job, db, lock, pv, variants, beat=beat)] if parallel else []
     zips: dict[str, _Zip] = {}
     try:
         cache: dict = {"session_rows": lambda: _unpickled(helpers[0].take("session_rows"))} if parallel else {}
         tables = {v: build_tables(db, v == "blinded", cache, bytes.fromhex(lock.dummy_seed) if v == "blinded" else None)
                   for v in variants}
-        say(0.3)
+        progress(0.3)
         if parallel:  # the analyses and the ODM snapshots, from the tables read, by a second helper
-            helpers.append(_Helper(_data_job, db, lock, pv, tables))
+            helpers.append(_Helper(_data_job, db, lock, pv, tables, beat=beat))
             for h in helpers:  # every process forked: the threads start now
                 h.listen()
         other, data = (helpers + [None, None])[:2]
-        zips = {v: _Zip(lock) for v in variants}
+        zips = {v: _Zip(lock, beat) for v in variants}
         counts = {v: {t.name: len(t.rows) for t in ts} for v, ts in tables.items()}
         report_memo: dict = {}  # what both variants' reports read (a serial build)
         uses = collections.Counter(id(t) for ts in tables.values() for t in ts)  # 2: a table both variants hold
@@ -447,7 +496,7 @@ def _build(db: Session, lock, sig, variants: list[str], say, parallel: bool) -> 
                 if cut:
                     truncated[t.name] = cut
                 done += 1
-                say(0.3 + 0.6 * done / steps)
+                progress(0.3 + 0.6 * done / steps)
             if content.get("analysis"):  # run by the zip's thread when its turn comes (NumPy and SciPy, no database)
                 adsl = next(t for t in ts if t.name == "adsl")
                 analysis = functools.cache(lambda adsl=adsl, blinded=blinded: _analysis_files(content, adsl, blinded))
@@ -468,20 +517,20 @@ def _build(db: Session, lock, sig, variants: list[str], say, parallel: bool) -> 
             for n, name in enumerate(report_names(blinded)):
                 out.add(name, (lambda n=n, m=made: m()[n][1]) if other else made[n][1])
             accepted = shown_queries(db, lock.accepted_open_queries, blinded)
-            seal = seal_of(db, seal_name(lock))
+            text = _readme(lock, sig, pv, blinded, ts, {}, counts[v], accepted, seal_of(db, seal_name(lock)))
 
-            def readme(blinded=blinded, ts=ts, truncated=truncated, counts=counts[v], accepted=accepted, seal=seal,
-                       from_helper=from_helper) -> bytes:
+            def readme(text=text, truncated=truncated, from_helper=from_helper) -> bytes:
+                """(in the zip's thread: plain values only, no database object)"""
                 for name in from_helper:  # what the helper cut in the transport files it wrote
                     if cut := other.result(("cut", name)):
                         truncated[name] = cut
-                return _readme(lock, sig, pv, blinded, ts, truncated, counts, accepted, seal).encode()
+                return (text + _truncated_text(truncated)).encode()
             out.add("README.txt", readme if from_helper else readme())
         result = {}
         for v in variants:
             data_, manifest_sha = zips[v].close()
             result[v] = (data_, _sha(data_), manifest_sha)
-        say(0.99)
+        progress(0.99)
         return result
     except BaseException:
         for h in helpers:
@@ -617,7 +666,13 @@ def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts, accepted: l
         "------",
     ]
     lines += [f"{t.name:<9} {t.label} ({counts[t.name]} rows)" for t in tables]
-    if truncated:
-        lines += ["", "SAS transport v5 holds at most 200 bytes per text value; truncated in xpt/ only (full text in csv/ and dta/):"]
-        lines += [f"  {t}.{v}: {n} values" for t, cols in sorted(truncated.items()) for v, n in sorted(cols.items())]
+    return "\n".join(lines) + "\n" + _truncated_text(truncated)
+
+
+def _truncated_text(truncated: dict[str, dict[str, int]]) -> str:
+    """The README's last part: the text values the transport files cut, if any."""
+    if not truncated:
+        return ""
+    lines = ["", "SAS transport v5 holds at most 200 bytes per text value; truncated in xpt/ only (full text in csv/ and dta/):"]
+    lines += [f"  {t}.{v}: {n} values" for t, cols in sorted(truncated.items()) for v, n in sorted(cols.items())]
     return "\n".join(lines) + "\n"

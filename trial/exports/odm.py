@@ -231,6 +231,8 @@ def _text(x) -> str:
 def _number(x) -> str:
     if isinstance(x, float):
         return str(int(x)) if x.is_integer() else repr(x)
+    if isinstance(x, str):  # (a number column holding text: escaped as text, never written raw)
+        return _text(x)
     return str(x)
 
 

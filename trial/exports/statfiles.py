@@ -25,6 +25,7 @@ STATA_MISSING_LONG = 2147483621
 STATA_MAX_LONG = 2147483620  # the largest long Stata holds (above it, its missing values)
 STATA_MIN_LONG = -2147483647
 STATA_MISSING_DOUBLE = 0x7FE0000000000000  # 2 ** 1023, Stata's "."
+STATA_LIMIT_DOUBLE = 2.0 ** 1023  # Stata's doubles are smaller in magnitude (above: its missing codes)
 XPT_RECORD = 80
 MAP_SIZE = len(b"<map>") + 14 * 8 + len(b"</map>")
 
@@ -155,9 +156,17 @@ def to_dta(columns: list[Column], label: str, timestamp: str) -> bytes:
                 strls.append(b"GSO" + struct.pack("<IQBI", i + 1, o, 0x82, len(v) + 1) + v + b"\0")
             refs[i][o - 1] = ref
 
-    for c, (t, _) in zip(columns, types):
-        if t == 65528 and np.any((np.nan_to_num(c.number) > STATA_MAX_LONG) | (np.nan_to_num(c.number) < STATA_MIN_LONG)):
+    for c, (t, _) in zip(columns, types):  # what Stata cannot hold is refused, never wrapped or cut
+        if c.is_text:
+            continue
+        x = c.number[~np.isnan(c.number)]
+        if t == 65528 and np.any((x > STATA_MAX_LONG) | (x < STATA_MIN_LONG)):
             raise ValueError(f"{c.name}: a number beyond what a Stata long holds ({STATA_MIN_LONG} to {STATA_MAX_LONG})")
+        if t == 65528 and np.any(x != np.floor(x)):
+            raise ValueError(f"{c.name}: a number with a fraction in a whole-number (long) variable")
+        if t == 65526 and np.any(np.abs(x) >= STATA_LIMIT_DOUBLE):
+            raise ValueError(f"{c.name}: a number beyond what a Stata double holds (its magnitude below 2^1023, "
+                             "about 8.988e307: above are Stata's missing codes)")
 
     def fill(record) -> None:
         for i, (c, (t, w)) in enumerate(zip(columns, types)):

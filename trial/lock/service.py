@@ -195,22 +195,28 @@ def _build_and_store(session_factory, build_ids: list[int], compare: dict[str, s
             built = build_bundles(r, lock, r.get(Signature, lock.signature_id), [*store, *compare], progress=report,
                                   parallel=True)
         with session_factory() as db:
+            # still this worker's builds (one taken for dead and taken over is the other worker's now):
+            # the state first, so that the bundles are stored only by the worker that holds the builds
+            if build_ids and db.execute(update(LockBuild).where(LockBuild.id.in_(build_ids), LockBuild.worker == worker,
+                                                                LockBuild.status == "building")
+                                        .values(status="ready", progress=1.0, finished_at=utcnow(), heartbeat=utcnow(),
+                                                error=None)).rowcount != len(build_ids):
+                db.rollback()
+                return {v: "taken over by another worker" for v in store}, \
+                    {v: "not compared (taken over)" for v in compare}
             for variant in store:
                 data, sha, manifest_sha = built[variant]
                 if db.execute(select(LockBundle.id).where(LockBundle.lock_id == lock_id, LockBundle.variant == variant)).first():
                     raise Conflict(f"The {variant} bundle of lock {lock_id} exists already.")
                 _store(db, CliActor(f"worker {worker}"), lock_id, variant, data, sha, manifest_sha)
-            if build_ids:
-                db.execute(update(LockBuild).where(LockBuild.id.in_(build_ids))
-                           .values(status="ready", progress=1.0, finished_at=utcnow(), heartbeat=utcnow(), error=None))
             db.commit()
         compared = {v: "same bytes" if built[v][1] == sha else
                     f"DIFFERENT bytes (stored {sha}, built {built[v][1]}): the stored bundle is kept" for v, sha in compare.items()}
         return {v: "ready" for v in store}, compared
     except Exception as e:  # any failure of the build is recorded with the build, not lost
         if build_ids:
-            with session_factory() as db:
-                db.execute(update(LockBuild).where(LockBuild.id.in_(build_ids))
+            with session_factory() as db:  # (a build another worker took over is its to finish)
+                db.execute(update(LockBuild).where(LockBuild.id.in_(build_ids), LockBuild.worker == worker)
                            .values(status="failed", error=f"{type(e).__name__}: {e}"[:2000], finished_at=utcnow()))
                 db.commit()
         return {v: "failed" for v in store}, {v: f"failed: {type(e).__name__}: {e}" for v in compare}
