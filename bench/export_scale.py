@@ -322,9 +322,9 @@ def build(dsn: str, master_hex: str, manager_id: int, args: argparse.Namespace) 
     copy("participant", ["id", "study_id", "site_id", "screening_id", "consent_date", "date_of_birth", "sex", "strata",
                          "enrolled_at", "created_by_id"],
          ((c.pid, c.study_id, c.site_id, c.scr_id, c.consent, c.dob, c.sex, "{}", c.enrolled_at, manager_id) for c in by_pid))
-    copy("allocation", ["participant_id", "stratum_id", "seq", "arm", "details", "idempotency_key", "randomized_at",
-                        "randomized_by_id"],
-         ((c.pid, c.stratum_id, c.seq, c.arm, None, f"bench-{c.pid}", c.rand_at, manager_id)
+    copy("allocation", ["participant_id", "study_id", "site_id", "stratum_id", "seq", "arm", "details", "idempotency_key",
+                        "randomized_at", "randomized_by_id"],
+         ((c.pid, c.study_id, c.site_id, c.stratum_id, c.seq, c.arm, None, f"bench-{c.pid}", c.rand_at, manager_id)
           for c in sorted(children, key=lambda c: c.rand_at)))
 
     # therapy sessions: the music arms share the total in proportion to their sessions per week

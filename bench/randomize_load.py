@@ -329,9 +329,10 @@ def floor_one(conn: psycopg.Connection, person, user_id: int) -> str:
                                       (key,)).fetchone()
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         arm = ("low", "high", "usual", "usual")[seq % 4]
-        cur.execute("INSERT INTO allocation (participant_id, stratum_id, seq, arm, idempotency_key, randomized_at,"
-                    " randomized_by_id) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                    (pid, stratum_id, seq, arm, f"floor-{pid}", now, user_id))
+        cur.execute("INSERT INTO allocation (participant_id, study_id, site_id, stratum_id, seq, arm, idempotency_key,"
+                    " randomized_at, randomized_by_id) SELECT id, study_id, site_id, %s, %s, %s, %s, %s, %s"
+                    " FROM participant WHERE id = %s RETURNING id",
+                    (stratum_id, seq, arm, f"floor-{pid}", now, user_id, pid))
         head_seq, prev = cur.execute("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash").fetchone()
         rec = {"seq": head_seq, "at": now, "actor_id": user_id, "actor": EMAIL, "action": "randomize",
                "entity": "allocation", "entity_id": study_id, "field": "allocation", "old": None,

@@ -190,3 +190,49 @@ def test_the_whole_audit_trail_pages_by_its_chain_without_a_count(trial, db):
             assert [r.seq for r in got.items] == order[(page - 1) * 7:page * 7], (sort, page)
     filtered = page_records(db, manager, PageRequest(page=1, per_page=7), entity="allocation")
     assert filtered.total == db.execute(select(func.count()).where(AuditRecord.entity == "allocation")).scalar() < len(seqs)
+
+
+def test_the_allocation_carries_the_childs_study_id_and_site(trial, db):
+    """Copied when the child is randomized (the adherence lists read them from the allocation)."""
+    from sqlalchemy import select
+
+    from trial.participants.models import Allocation, Participant
+    rows = db.execute(select(Allocation, Participant).join(Participant, Participant.id == Allocation.participant_id)).all()
+    assert len(rows) == 10
+    assert all((a.study_id, a.site_id) == (p.study_id, p.site_id) for a, p in rows)
+
+
+def test_the_adherence_list_pages_sorts_and_filters_as_the_children_are(trial, db):
+    """Every page, in each order and with each filter, is the music-therapy children a reference
+    worked out from the participants and their allocations gives, and the total is their number."""
+    from sqlalchemy import select
+
+    from trial.course.service import adherence_page
+    from trial.participants.models import Allocation, Participant
+    manager = trial["world"].users["manager"]
+    kids = [(p.study_id, a.arm, a.randomized_at, p.site_id) for a, p in db.execute(
+        select(Allocation, Participant).join(Participant, Participant.id == Allocation.participant_id)).all()
+        if a.arm in ("low", "high")]
+    assert len(kids) >= 4
+
+    def listed(**kw):
+        sort, per_page = kw.pop("sort", "study_id"), 2
+        out, page, total = [], 1, None
+        while True:
+            got = adherence_page(db, manager, PageRequest(page=page, per_page=per_page, sort=sort), **kw)
+            total = got.total
+            out += [r["study_id"] for r in got.items]
+            if not got.has_next:
+                return out, total
+            page += 1
+
+    by_id = sorted(kids)
+    assert listed() == ([k[0] for k in by_id], len(kids))
+    assert listed(sort="-study_id")[0] == [k[0] for k in reversed(by_id)]
+    by_arm = listed(sort="arm")[0]
+    assert by_arm == [k[0] for k in sorted(kids, key=lambda k: (k[1], k[0]))]
+    high = sorted(k[0] for k in kids if k[1] == "high")
+    assert listed(arm="high") == (high, len(high))
+    assert listed(site_code="NO01")[0] == sorted(k[0] for k in kids if k[3] == trial["other"].site_id)
+    one = kids[0][0]
+    assert listed(search=one[-4:].lower())[0] == [k[0] for k in by_id if one[-4:] in k[0]]

@@ -330,12 +330,6 @@ def _adherence_sites(db: Session, actor, site_code: str | None) -> list[int]:
                   and (not site_code or code == site_code.upper()))
 
 
-def _adherence_scope(db: Session, actor, site_code: str | None):
-    """A select of (participant, allocation) of the children whose arm the actor may read."""
-    return (select(Participant, Allocation).join(Allocation, Allocation.participant_id == Participant.id)
-            .where(Participant.site_id.in_(_adherence_sites(db, actor, site_code))))
-
-
 @functools.lru_cache(maxsize=8192)
 def _planned(sessions_per_week: int, start: dt.date, months: int) -> int:
     """The sessions a course starting on ``start`` plans (a pure function: kept per process)."""
@@ -343,7 +337,8 @@ def _planned(sessions_per_week: int, start: dt.date, months: int) -> int:
 
 
 def _attended():
-    return func.coalesce(select(CourseTally.attended).where(CourseTally.participant_id == Participant.id).scalar_subquery(), 0)
+    return func.coalesce(select(CourseTally.attended).where(CourseTally.participant_id == Allocation.participant_id)
+                         .scalar_subquery(), 0)
 
 
 def adherence_by_arm(db: Session, actor, site_code: str | None = None) -> list[dict]:
@@ -397,7 +392,9 @@ def _adherence_by_arm(db: Session, content: dict, sites: list[int]) -> list[dict
     return out
 
 
-ADHERENCE_SORTS = {"study_id": Participant.study_id, "arm": Allocation.arm, "attended": _attended(),
+# the allocation carries the child's study id and site: the list reads that table alone, a page (and
+# its count) in study-id order from its index, however many children the trial has
+ADHERENCE_SORTS = {"study_id": Allocation.study_id, "arm": Allocation.arm, "attended": _attended(),
                    "randomized_at": Allocation.randomized_at}
 
 
@@ -407,22 +404,25 @@ def adherence_page(db: Session, actor, req: PageRequest, site_code: str | None =
     planned, dose), filtered, sorted and counted in the database."""
     content = current_protocol(db).content
     music = [a["key"] for a in content["arms"] if a["sessions_per_week"]]
-    q = _adherence_scope(db, actor, site_code).where(Allocation.arm.in_(music))
+    q = select(Allocation).where(Allocation.site_id.in_(_adherence_sites(db, actor, site_code)),
+                                 Allocation.arm.in_(music))
     if arm:
         if arm not in music:
             raise ValidationError("arm must be a music-therapy arm.", {"arm": "not a music-therapy arm"})
         q = q.where(Allocation.arm == arm)
     if search:
-        q = q.where(Participant.study_id.contains(search.strip().upper(), autoescape=True))
+        q = q.where(Allocation.study_id.contains(search.strip().upper(), autoescape=True))
     sort = sort_key(req.sort, ADHERENCE_SORTS, "study_id")
-    page = paginate(db, ordered(q, sort, ADHERENCE_SORTS, Participant.id), req, scalars=False, sort=sort, key=Participant.id)
-    ids = [p.id for p, _ in page.items]
+    page = paginate(db, ordered(q, sort, ADHERENCE_SORTS, Allocation.participant_id), req, sort=sort,
+                    key=Allocation.participant_id)
+    ids = [a.participant_id for a in page.items]
     tallies = {t.participant_id: t for t in db.execute(select(CourseTally).where(CourseTally.participant_id.in_(ids))).scalars()}
     labels = {a["key"]: a["label"] for a in content["arms"]}
     tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
-    return page.map(lambda rows: [{"study_id": p.study_id, "arm": a.arm, "arm_label": labels.get(a.arm, a.arm),
-                                   **planned_dose(content, a, local_date(a.randomized_at, tzs[p.site_id]), tallies.get(p.id))}
-                                  for p, a in rows])
+    return page.map(lambda rows: [{"study_id": a.study_id, "arm": a.arm, "arm_label": labels.get(a.arm, a.arm),
+                                   **planned_dose(content, a, local_date(a.randomized_at, tzs[a.site_id]),
+                                                  tallies.get(a.participant_id))}
+                                  for a in rows])
 
 
 def planned_dose(content: dict, alloc: Allocation, start: dt.date, tally: CourseTally | None) -> dict:

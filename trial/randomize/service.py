@@ -303,7 +303,8 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     if stratum is not None:  # a Stratum loaded earlier in this session must not keep stale values
         db.expire(stratum)
     # the allocation is written through Core: one INSERT, no unit-of-work flush
-    values = dict(participant_id=p.id, stratum_id=stratum_id, seq=seq, arm=arm, details=details,
+    values = dict(participant_id=p.id, study_id=p.study_id, site_id=p.site_id, stratum_id=stratum_id, seq=seq,
+                  arm=arm, details=details,
                   idempotency_key=idempotency_key, randomized_by_id=getattr(actor, "id", None),
                   randomized_at=at if (at is not None and is_cli(actor)) else utcnow())
     new_id = db.execute(_insert_allocation_stmt(db), values).scalar_one()
