@@ -236,3 +236,34 @@ def test_the_adherence_list_pages_sorts_and_filters_as_the_children_are(trial, d
     assert listed(site_code="NO01")[0] == sorted(k[0] for k in kids if k[3] == trial["other"].site_id)
     one = kids[0][0]
     assert listed(search=one[-4:].lower())[0] == [k[0] for k in by_id if one[-4:] in k[0]]
+
+
+def test_a_therapists_pages_keyed_from_the_allocations_are_the_music_therapy_children(trial):
+    """A therapist who sees only music-therapy children at every site of the list is paged from the
+    allocations: every page, in both orders, with a search and a site, is the reference's."""
+    w = trial["world"]
+    everyone = w.api("GET", "/participants", "manager").get_json()
+    music = sorted(p["study_id"] for p in everyone if p.get("arm") in ("low", "high") and p["site"] == "AT01")
+    assert len(music) >= 3
+
+    def pages(query, per_page=2):
+        out, page = [], 1
+        while True:
+            r = w.api("GET", f"/participants?page={page}&per_page={per_page}&{query}", "therapist")
+            assert r.status_code == 200 and r.headers["X-Total-Count"] == str(total(query)), query
+            rows = r.get_json()
+            if not rows:
+                return out
+            out += [p["study_id"] for p in rows]
+            page += 1
+
+    def total(query):
+        return len(expected[query])
+    fragment = music[1][-4:]
+    expected = {"sort=study_id": music, "sort=-study_id": music[::-1], "q=" + fragment: [s for s in music if fragment in s],
+                "site=AT01": music, "site=AT01&sort=-study_id": music[::-1]}
+    for query, want in expected.items():
+        assert pages(query) == want, query
+    # a filter the allocations do not hold goes the participants' way, with the same children
+    assert [p["study_id"] for p in w.api("GET", "/participants?page=1&per_page=200&status=randomized",
+                                         "therapist").get_json()] == music

@@ -100,14 +100,24 @@ def ordered(stmt: Select, sort: str, allowed: dict[str, Any], tiebreak: Any) -> 
     return stmt.order_by(*[c.desc() if desc else c.asc() for c in cols], tiebreak.desc() if desc else tiebreak.asc())
 
 
-def paginate(db: Session, stmt: Select, req: PageRequest, scalars: bool = True, sort: str = "", key: Any = None) -> Page:
+def paginate(db: Session, stmt: Select, req: PageRequest, scalars: bool = True, sort: str = "", key: Any = None,
+             keys: Select | None = None) -> Page:
     """One page of ``stmt`` (already filtered and ordered) with the total of the whole list. With
     ``key`` (a column unique in the list), a page past the first takes its keys first, from the
     list's own filter and order with no other column, then its rows for those keys: the rows
     skipped to reach the page are never built (the joins that fetch what a page shows run for
     its rows only). ``key`` must name each row of the list once (no join that repeats it), and a
     list with ``key`` must not use DISTINCT or GROUP BY: its keys are taken with every other
-    column left out, which would change what those select."""
+    column left out, which would change what those select.
+
+    ``keys``, given with ``key``: a select of the list's keys alone, in the list's order, from
+    another table that holds exactly the list's rows (an index there in that order makes a page
+    and the count cost the same however long the list). The total is its count and every page's
+    keys are its slice; ``stmt`` then only orders and shapes the rows of those keys."""
+    if keys is not None:
+        total = db.execute(select(func.count()).select_from(keys.order_by(None).subquery())).scalar_one()
+        result = db.execute(stmt.where(key.in_(keys.limit(req.per_page).offset(req.offset))))
+        return Page(list(result.scalars() if scalars else result.all()), total, req, sort)
     total = db.execute(select(func.count()).select_from(stmt.order_by(None).subquery())).scalar_one()
     if key is not None and req.offset:
         keys = stmt.with_only_columns(key).limit(req.per_page).offset(req.offset)

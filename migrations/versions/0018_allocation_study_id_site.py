@@ -29,6 +29,8 @@ def upgrade() -> None:
         batch_op.create_foreign_key(batch_op.f('fk_allocation_site_id_site'), 'site', ['site_id'], ['id'])
     op.create_index('ix_allocation_study_id', 'allocation', ['study_id', 'participant_id'], unique=False,
                     postgresql_include=['arm', 'site_id'])
+    if op.get_bind().dialect.name == "postgresql":  # the planner's estimates of the new columns, at once
+        op.execute("ANALYZE allocation")
 
 
 def downgrade() -> None:

@@ -155,13 +155,39 @@ def participant_sorts(db: Session, actor) -> dict:
     return sorts
 
 
+def _music_only_sites(db: Session, actor, site_code: str | None) -> list[int] | None:
+    """The sites a participants list covers when ``actor`` sees only the children in a music-therapy
+    arm at every one of them (a therapist who is not also a coordinator or monitor there), else
+    None."""
+    if is_cli(actor) or not actor.has_role("therapist"):
+        return None
+    sites = visible_site_ids(db, actor)
+    if sites is None:
+        return None
+    if site_code:
+        sites = sites & {get_by_code(db, site_code).id}
+    return sorted(sites) if sites and all(_therapist_only(actor, sid) for sid in sites) else None
+
+
 def page_participants(db: Session, actor, req: PageRequest, site_code: str | None = None, search: str | None = None,
                       status: str | None = None, arm: str | None = None) -> Page:
-    """One page of the participants ``actor`` may see, filtered, sorted and counted in the database."""
+    """One page of the participants ``actor`` may see, filtered, sorted and counted in the database.
+    A therapist who sees only music-therapy children at every site of the list gets them, in
+    study-id order, from the allocations' index (each allocation carries its child's study id and
+    site): the page and its count cost the same however many children the trial has."""
     allowed = participant_sorts(db, actor)
     sort = sort_key(req.sort, allowed, "study_id")
-    stmt = ordered(participant_query(db, actor, site_code, search, status, arm), sort, allowed, Participant.id)
-    return paginate(db, stmt, req, sort=sort, key=Participant.id)
+    query = participant_query(db, actor, site_code, search, status, arm)  # (refuses what the reader may not ask)
+    music_sites = None if status or arm or sort.lstrip("-") != "study_id" else _music_only_sites(db, actor, site_code)
+    if music_sites is None:
+        return paginate(db, ordered(query, sort, allowed, Participant.id), req, sort=sort, key=Participant.id)
+    keys = select(Allocation.participant_id).where(Allocation.site_id.in_(music_sites),
+                                                   Allocation.arm.in_(sorted(_music_arms(db))))
+    if search:
+        keys = keys.where(Allocation.study_id.contains(search.strip().upper(), autoescape=True))
+    keys = ordered(keys, sort, {"study_id": Allocation.study_id}, Allocation.participant_id)
+    return paginate(db, ordered(select(Participant), sort, allowed, Participant.id), req, sort=sort,
+                    key=Participant.id, keys=keys)
 
 
 def participant_views(db: Session, actor, rows: list[Participant]) -> list[dict]:
