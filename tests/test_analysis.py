@@ -237,3 +237,32 @@ def test_an_optimum_beyond_the_searched_range_is_not_called_converged():
     assert wide.converged is False and "Converged: NO" in wide.summary()
     y = rng.normal(0, 2, 40)[groups] + x[:, 1] + rng.normal(0, 1, 120)
     assert reml_fit(x, y, groups, ["const", "t"]).converged is True
+
+
+FIT_IN_A_PROCESS = """
+import hashlib, sys
+import numpy as np
+from trial.analysis.lmm import reml_fit
+rng = np.random.default_rng(5)
+n, k = 10000, 3
+groups = np.repeat(np.arange(n), k)
+x = np.column_stack([np.ones(n * k), rng.normal(size=(n * k, 14))])
+y = x @ rng.normal(size=15) + np.repeat(rng.normal(size=n), k) + rng.normal(size=n * k)
+r = reml_fit(x, y, groups, [f"b{i}" for i in range(15)])
+print(hashlib.sha256(np.concatenate([r.params, r.se, [r.theta, r.sigma2]]).tobytes()).hexdigest())
+"""
+
+
+def test_the_fit_has_the_same_digits_whatever_blas_threads_the_process_has():
+    """OpenBLAS with two threads splits the sums of 30,000 rows differently from one (the last
+    digits change); the fit runs BLAS in one thread, so a lock's analysis is the same bytes in a
+    worker (one thread), in `trial lock rebuild` or in a process that left BLAS its default."""
+    import os
+    root = Path(__file__).resolve().parents[1]
+    digests = set()
+    for threads in ("1", "2"):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "PYTHONPATH": str(root)}
+        out = subprocess.run([sys.executable, "-c", FIT_IN_A_PROCESS], env=env, capture_output=True, text=True,
+                             timeout=120, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1, digests

@@ -23,6 +23,7 @@ tests check it against statsmodels' MixedLM and against lme4.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -136,7 +137,20 @@ def design(long, visits: list[str], terms: dict[str, list[str]], adjust: list[st
 
 
 def reml_fit(x: np.ndarray, y: np.ndarray, groups, names: list[str]) -> MixedFit:
-    """Fit the random-intercept model by REML (see the module's text)."""
+    """Fit the random-intercept model by REML (see the module's text). BLAS and LAPACK run in one
+    thread here, whatever the process's setting: with more, OpenBLAS splits the sums differently
+    and the last digits of the estimates change, while a lock's bundle must be the same bytes
+    whichever process builds it (a worker, its helper, `trial lock rebuild`)."""
+    try:  # deferred, as NumPy is
+        from threadpoolctl import threadpool_limits
+        one_thread = threadpool_limits(limits=1, user_api="blas")
+    except ImportError:  # the bundle's primary.py run where it is not installed: the same to about 1e-12
+        one_thread = contextlib.nullcontext()
+    with one_thread:
+        return _reml_fit(x, y, groups, names)
+
+
+def _reml_fit(x: np.ndarray, y: np.ndarray, groups, names: list[str]) -> MixedFit:
     import numpy as np  # deferred, as above
     from scipy.optimize import minimize_scalar  # deferred, as above: SciPy's bounded Brent search
 

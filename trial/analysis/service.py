@@ -146,7 +146,8 @@ def python_script(spec: dict, ref: str, pooled: list[str], others: list[str], ar
     code the lock used (trial.analysis.lmm, carried whole); with --statsmodels it also fits the
     model with statsmodels' MixedLM, for a second opinion."""
     header = f'''"""Reproduces analysis/primary.json from analysis/adsl.csv (run from anywhere:
-python3 analysis/primary.py). Needs pandas, NumPy and SciPy; with --statsmodels it also fits the
+python3 analysis/primary.py). Needs pandas, NumPy and SciPy (and threadpoolctl, if installed, holds
+BLAS to one thread as the lock did: the same last digits); with --statsmodels it also fits the
 same model with statsmodels' MixedLM (slower: it works child by child) and prints its numbers.
 The fitting code below is the trial system's, as the lock ran it."""
 from __future__ import annotations
