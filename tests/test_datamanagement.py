@@ -745,3 +745,35 @@ def test_the_bundle_holds_the_data_management_tables_in_every_format(kids, db, t
                     for k, v in rec.items():
                         e = expect[k.lower()]
                         assert as_csv(v, entries[(t, k.lower())]) == e, (t, fmt, k, v, e)
+
+
+def test_what_a_query_is_about_is_named_in_the_protocols_words_in_the_readers_language(kids, app, db):
+    """The notification, the list and the query's page name the form, the visit and the field by
+    the protocol's labels (in German on a German page), never by their keys."""
+    import html
+
+    from trial.protocol.service import current, localized
+    w, u = kids["world"], kids["usual"]
+    qid = ok(w.api("POST", "/queries", "monitor", json={"study_id": u.study_id, "on": {
+        "kind": "assessment", "id": aid(db, u), "field": "rrb"}, "text": "The worksheet says RRB 5."}))["id"]
+    content = current(db).content
+    said = {}
+    for lang in ("en", "de"):
+        words = localized(content, lang)
+        ins = next(i for i in words["instruments"] if i["key"] == "ados2")
+        field = next(f for f in ins["fields"] if f["key"] == "rrb")["label"]
+        visit = next(v for v in words["visits"] if v["key"] == "month2")["label"]
+        assert field != "rrb" and visit != "month2"
+        said[lang] = f"{ins['label']} {'at' if lang == 'en' else 'bei'} {visit}, {field}"
+        c = app.test_client()
+        assert c.post("/login", data={"email": "assessor@example.org", "password": PASSWORD}).status_code == 302
+        for url in (f"/queries/{qid}", "/queries?status=all", "/"):  # the page, the list, the home page's notification
+            page = html.unescape(c.get(url, headers={"Accept-Language": lang}).get_data(as_text=True))
+            assert said[lang] in page, (lang, url)
+            assert ", rrb" not in page and " month2" not in page, (lang, url)
+    assert said["en"] != said["de"]
+    # as stored (English, for the API and the e-mail's fallback), with its words for each reader
+    assessor = w.users["assessor"]
+    note = db.execute(select(Notification).where(Notification.user_id == assessor.id)
+                      .order_by(Notification.id.desc())).scalars().first()
+    assert said["en"] in note.message and "rrb" not in note.message.replace("RRB", "")

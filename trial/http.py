@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+from babel import dates as babel_dates
 from flask import Flask, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
 from flask_babel import Babel, format_date, format_decimal, format_percent, get_locale, get_translations, gettext
 from flask_login import LoginManager, current_user
@@ -407,6 +408,25 @@ def number(value) -> str:
     return "" if value is None or isinstance(value, Undefined) else format_decimal(value)
 
 
+def stamp(value, utc: bool = True) -> str:
+    """A moment the system recorded (a UTC datetime, or its ISO text, "Z" or not) in the page's
+    language, by Babel's locale data, in UTC as it was stored, "UTC" after it unless the column
+    says so already (``utc=False``)."""
+    if not value or isinstance(value, Undefined):
+        return ""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.rstrip("Z"))
+        except ValueError:
+            return value
+    if not isinstance(value, dt.datetime):
+        return day(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    text = babel_dates.format_datetime(value, format="medium", tzinfo=dt.timezone.utc, locale=get_locale())
+    return f"{text} UTC" if utc else text
+
+
 def percent(value) -> str:
     """A share (0.5) as a percentage in the page's language; a dash when there is none."""
     return "—" if value is None or isinstance(value, Undefined) else format_percent(value)
@@ -485,7 +505,7 @@ def init_app(app: Flask) -> None:
     csrf.init_app(app)
     login_manager.init_app(app)
     babel.init_app(app, locale_selector=select_locale)
-    app.jinja_env.filters.update(day=day, number=number, percent=percent, say=say)
+    app.jinja_env.filters.update(day=day, stamp=stamp, number=number, percent=percent, say=say)
 
     @login_manager.user_loader
     def _load(user_id: str):

@@ -28,6 +28,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+try:  # (light: it loads no BLAS itself)
+    from threadpoolctl import threadpool_limits
+except ImportError:  # the bundle's primary.py run where it is not installed: the same numbers to about 1e-12
+    threadpool_limits = None
+
 if TYPE_CHECKING:  # the module loads NumPy only when it fits
     import numpy as np
 
@@ -141,11 +146,7 @@ def reml_fit(x: np.ndarray, y: np.ndarray, groups, names: list[str]) -> MixedFit
     thread here, whatever the process's setting: with more, OpenBLAS splits the sums differently
     and the last digits of the estimates change, while a lock's bundle must be the same bytes
     whichever process builds it (a worker, its helper, `trial lock rebuild`)."""
-    try:  # deferred, as NumPy is
-        from threadpoolctl import threadpool_limits
-        one_thread = threadpool_limits(limits=1, user_api="blas")
-    except ImportError:  # the bundle's primary.py run where it is not installed: the same to about 1e-12
-        one_thread = contextlib.nullcontext()
+    one_thread = threadpool_limits(limits=1, user_api="blas") if threadpool_limits else contextlib.nullcontext()
     with one_thread:
         return _reml_fit(x, y, groups, names)
 

@@ -227,19 +227,9 @@ def as_dict(q: DataQuery, study_id: str, site: str) -> dict:
                         **({"correction": m.correction} if m.correction else {})} for m in q.messages]}
 
 
-KIND_LABELS = {"participant": "Participant", "screening": "Screening", "assessment": "Assessment",
-               "session": "Session", "event": "Status event", "adverse_event": "Adverse event"}
-
-
-def about(protocol: dict, q: DataQuery) -> str:
-    """What a query is about, in the protocol's words: "ADOS-2 (blinded assessor) at 5 months
-    (primary endpoint), Calibrated severity score" rather than its keys."""
-    if q.kind != "assessment" or not q.instrument:
-        return KIND_LABELS[q.kind] + (f" {q.target_id}" if q.target_id and q.kind != "participant" else "")
-    ins = next((i for i in protocol["instruments"] if i["key"] == q.instrument), {"label": q.instrument, "fields": []})
-    visit = next((v["label"] for v in protocol["visits"] if v["key"] == q.visit), q.visit)
-    field = next((f["label"] for f in ins["fields"] if f["key"] == q.field), q.field)
-    return f"{ins['label']} at {visit}" + (f", {field}" if field else "")
+def about(protocol: dict, q: DataQuery) -> Msg:
+    """What a query is about, in the protocol's words (each reader's language on a page)."""
+    return targets.describe(protocol, q.kind, q.target_id, q.instrument, q.visit, q.field)
 
 
 def views(db: Session, rows: list[DataQuery]) -> list[dict]:

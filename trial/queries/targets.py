@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from trial.catalogue import N_
+from trial.catalogue import N_, Label, Msg
 from trial.course.models import TherapySession
 from trial.dataquality.models import ANSWERED_BY, QUERY_KINDS
 from trial.dataquality.service import ARM_REVEALING_KINDS  # what a blinded assessor must never learn exists
@@ -31,6 +31,31 @@ class Target:
     label: str
     visit: str | None = None
     instrument: str | None = None
+
+
+# what a record of each kind is called, with its number (the participant's record has none)
+KIND_WORDS = {"participant": N_("Participant"), "screening": N_("Screening %(id)s"), "assessment": N_("Assessment %(id)s"),
+              "session": N_("Session %(id)s"), "event": N_("Status event %(id)s"),
+              "adverse_event": N_("Adverse event %(id)s")}
+
+
+def describe(protocol: dict, kind: str, target_id: int | None, instrument: str | None = None, visit: str | None = None,
+             field: str | None = None) -> Msg:
+    """What a query or a verification mark is about, in the protocol's and the catalogue's words
+    (each reader's language on a page): "ADOS-2 (blinded assessor) at 5 months (primary
+    endpoint), Calibrated severity score", "Session 632" — never a key."""
+    if kind != "assessment" or not instrument:
+        return Msg(KIND_WORDS[kind], id=target_id) if kind != "participant" else Msg(KIND_WORDS[kind])
+    ins = next((i for i in protocol["instruments"] if i["key"] == instrument), {"key": instrument, "label": instrument,
+                                                                                "fields": []})
+    v = next((v for v in protocol["visits"] if v["key"] == visit), {"key": visit, "label": visit})
+    form, when = Label("instrument", ins["key"], ins["label"]), Label("visit", v["key"], v["label"])
+    if not field:
+        return Msg(N_("%(form)s at %(visit)s"), form=form, visit=when)
+    f = next((f for f in ins["fields"] if f["key"] == field), None)
+    words = (Label("field", f"{ins['key']}.{field}", f["label"]) if f is not None
+             else Msg(N_("the date performed")) if field == "performed_on" else field)
+    return Msg(N_("%(form)s at %(visit)s, %(field)s"), form=form, visit=when, field=words)
 
 
 def resolve(db: Session, actor, p: Participant, on, allow_field: bool = True) -> Target:
@@ -61,12 +86,14 @@ def resolve(db: Session, actor, p: Participant, on, allow_field: bool = True) ->
     if row is None or (kind == "screening" and owner != p.screening_id) or (
             kind not in ("participant", "screening") and row.participant_id != p.id):
         raise NotFound(f"No {kind.replace('_', ' ')} {target_id} of {p.study_id}.")
+    protocol = current_protocol(db).content
     if kind == "assessment":
-        ins = next(i for i in current_protocol(db).content["instruments"] if i["key"] == row.instrument)
+        ins = next(i for i in protocol["instruments"] if i["key"] == row.instrument)
         if field is not None and field not in {f["key"] for f in ins["fields"]} | {"performed_on"}:
             raise ValidationError(f"{ins['label']} has no field {field!r}.", {"on.field": f"is not a field of {ins['key']}"})
         return Target(kind, row.id, field, "assessor" if ins["blinded"] else "coordinator", bool(ins["blinded"]),
-                      f"{ins['label']} at {row.visit}" + (f", {field}" if field else ""), row.visit, row.instrument)
-    labels = {"participant": "the participant's record", "screening": "the screening", "session": f"the session of {getattr(row, 'held_on', '')}",
-              "event": f"the {getattr(row, 'type', '').replace('_', ' ')} event", "adverse_event": f"adverse event {target_id}"}
-    return Target(kind, target_id, field, ANSWERED_BY[kind], False, labels[kind] + (f", {field}" if field else ""))
+                      describe(protocol, kind, row.id, row.instrument, row.visit, field), row.visit, row.instrument)
+    label = describe(protocol, kind, target_id)
+    if field:  # a field of another kind of record: named as the client named it (no protocol word for it)
+        label = Msg(N_("%(record)s, %(field)s"), record=label, field=field)
+    return Target(kind, target_id, field, ANSWERED_BY[kind], False, label)
