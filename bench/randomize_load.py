@@ -318,9 +318,9 @@ def floor_one(conn: psycopg.Connection, person, user_id: int) -> str:
     """The app's locking transaction in its own statements, without the reads around them:
     participant lock, the stratum's slot taken by UPDATE ... RETURNING, the allocation, the audit
     head advanced by UPDATE ... RETURNING, and one chained audit record (field "allocation", as
-    the app writes it) inserted with the head's new hash in one statement. The arm is a
+    the app writes it) inserted with the head's new hash and seal in one statement. The arm is a
     placeholder: slot mod 4 over (low, high, usual, usual), not read from the list (no seed, no HMAC)."""
-    from trial.audit.service import compute_hash
+    from trial.audit.service import compute_hash, head_mac
     pid, study_id, code = person
     key = f"site={code}"
     with conn.transaction(), conn.cursor() as cur:
@@ -339,8 +339,10 @@ def floor_one(conn: psycopg.Connection, person, user_id: int) -> str:
                "new": json.dumps({"arm": arm, "seq": seq, "stratum": key}, sort_keys=True, separators=(",", ":")),
                "reason": None, "reveals_allocation": True, "prev_hash": prev}
         rec["hash"] = compute_hash(types.SimpleNamespace(**rec))
+        # the head sealed under the audit key with its new number and hash, as the app's append does
         cur.execute(f"WITH appended AS (INSERT INTO audit_record ({', '.join(rec)}) VALUES"
-                    f" ({', '.join(f'%({k})s' for k in rec)})) UPDATE audit_head SET hash = %(hash)s WHERE id = 1", rec)
+                    f" ({', '.join(f'%({k})s' for k in rec)})) UPDATE audit_head SET hash = %(hash)s, mac = %(mac)s"
+                    " WHERE id = 1", {**rec, "mac": head_mac(head_seq, rec["hash"])})
     return "ok"
 
 
