@@ -7,15 +7,17 @@ connections stay with the worker that accepted them, and an unlucky worker queue
 this project's randomization benchmark (2 cores, 16 clients) that gave a p99 of ~170 ms against
 ~110 ms here (bench/README.md). Put a buffering reverse proxy (nginx) in front, as gunicorn
 advises for sync workers. Every setting can be overridden on the command line or through
-GUNICORN_CMD_ARGS.
+GUNICORN_CMD_ARGS; the address and the number of workers also by TRIAL_BIND and TRIAL_WORKERS
+(declared with the other settings in trial/settings.py).
 """
 import gc
-import multiprocessing
-import os
 
-bind = os.environ.get("TRIAL_BIND", "127.0.0.1:8000")
+from trial.settings import current
+
+_settings = current()
+bind = _settings.bind
 worker_class = "sync"
-workers = int(os.environ.get("TRIAL_WORKERS", 3 * multiprocessing.cpu_count()))
+workers = _settings.workers
 # A hard lock builds the locked bundles inside its request (about 20 s for 10,000 participants).
 timeout = 180
 graceful_timeout = 30

@@ -1,21 +1,22 @@
-"""Settings from the environment (see README "Configuration")."""
+"""The app's configuration and keys, from the settings declared in trial.settings (README
+"Configuration"): what production requires, what development makes up and keeps in the instance
+folder."""
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-from trial.db import PROJECT_ROOT, default_url
+from trial import settings
+from trial.db import default_url
+from trial.settings import MIN_AUDIT_KEY, ConfigError, reveal
 
-
-class ConfigError(RuntimeError):
-    pass
+__all__ = ["MIN_AUDIT_KEY", "ConfigError", "audit_key", "from_env", "instance_path", "seal_key"]
 
 
 def instance_path() -> Path:
-    p = Path(os.environ.get("TRIAL_INSTANCE_PATH", PROJECT_ROOT / "instance"))
+    p = settings.current().instance_path
     p.mkdir(parents=True, exist_ok=True)
     return p
 
@@ -30,12 +31,13 @@ def _persisted_secret(name: str) -> str:
 
 
 def from_env(overrides: dict | None = None) -> dict:
-    env = os.environ.get("TRIAL_ENV", "development")
+    s = settings.current()
+    env = s.env
     cfg = {
         "ENV_NAME": env,
-        "DATABASE_URL": os.environ.get("TRIAL_DATABASE_URL") or default_url(),
-        "SECRET_KEY": os.environ.get("TRIAL_SECRET_KEY"),
-        "SEAL_KEY": os.environ.get("TRIAL_SEAL_KEY"),
+        "DATABASE_URL": default_url(),
+        "SECRET_KEY": reveal(s.secret_key),
+        "SEAL_KEY": reveal(s.seal_key),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": env == "production",
@@ -47,16 +49,16 @@ def from_env(overrides: dict | None = None) -> dict:
         "JSON_SORT_KEYS": False,
         # reverse proxies in front of the app whose X-Forwarded-For is trusted: login throttling
         # counts per client address, which behind a proxy only this header knows
-        "PROXIES": int(os.environ.get("TRIAL_PROXIES", "0") or 0),
+        "PROXIES": s.proxies,
         # who builds a hard lock's bundles once it commits: "worker" (the app starts `trial worker
         # --until-idle`, a process of its own), "external" (a `trial worker` kept running, e.g. by
         # systemd, picks them up) or "inline" (in the signing request: tests, a single process)
-        "LOCK_BUILDER": os.environ.get("TRIAL_LOCK_BUILDER", "worker"),
+        "LOCK_BUILDER": s.lock_builder,
     }
     cfg.update(overrides or {})
     if cfg.get("TESTING") and "LOCK_BUILDER" not in (overrides or {}):
         cfg["LOCK_BUILDER"] = "inline"
-    if cfg["LOCK_BUILDER"] not in ("worker", "external", "inline"):
+    if cfg["LOCK_BUILDER"] not in ("worker", "external", "inline"):  # an override (the environment's is checked)
         raise ConfigError("TRIAL_LOCK_BUILDER must be worker, external or inline.")
     if not cfg["SECRET_KEY"]:
         if cfg["ENV_NAME"] == "production":
@@ -71,10 +73,10 @@ def from_env(overrides: dict | None = None) -> dict:
 def seal_key(env: str | None = None) -> str:
     """The key that seals the randomization seed (Fernet). ``TRIAL_SEAL_KEY`` in production;
     in development a key kept in the instance folder. Every app server and the CLI must share it."""
-    key = os.environ.get("TRIAL_SEAL_KEY")
-    if key:
-        return key
-    if (env or os.environ.get("TRIAL_ENV", "development")) == "production":
+    s = settings.current()
+    if s.seal_key:
+        return s.seal_key.get_secret_value()
+    if (env or s.env) == "production":
         raise ConfigError("TRIAL_SEAL_KEY must be set in production (it seals the randomization seed).")
     f = instance_path() / "seal_key"
     if not f.exists():
@@ -83,19 +85,15 @@ def seal_key(env: str | None = None) -> str:
     return f.read_text().strip()
 
 
-MIN_AUDIT_KEY = 32
-
-
 def audit_key(env: str | None = None) -> bytes:
     """The key of the audit chain's HMAC (``TRIAL_AUDIT_KEY``). It is never stored in the
     database, so someone who can write the database but does not hold the key cannot rewrite the
     trail and recompute the chain. In development a key kept in the instance folder. Every app
-    server and the CLI must share it."""
-    key = os.environ.get("TRIAL_AUDIT_KEY")
-    if key:
-        if len(key) < MIN_AUDIT_KEY:
-            raise ConfigError(f"TRIAL_AUDIT_KEY must be at least {MIN_AUDIT_KEY} characters (a random secret).")
-        return key.encode()
-    if (env or os.environ.get("TRIAL_ENV", "development")) == "production":
+    server and the CLI must share it. Its length (at least MIN_AUDIT_KEY) is checked with the
+    other settings."""
+    s = settings.current()
+    if s.audit_key:
+        return s.audit_key.get_secret_value().encode()
+    if (env or s.env) == "production":
         raise ConfigError("TRIAL_AUDIT_KEY must be set in production (it keys the audit trail's hash chain).")
     return _persisted_secret("audit_key").encode()

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 
 import datetime as dt
 import json
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from trial import settings
 from trial.errors import OutcomeUnknown, Unavailable
 
 NAMING_CONVENTION = {
@@ -44,14 +44,15 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = settings.PROJECT_ROOT
 
 
 def default_url() -> str:
-    url = os.environ.get("TRIAL_DATABASE_URL")
-    if url:
-        return url
-    inst = Path(os.environ.get("TRIAL_INSTANCE_PATH", PROJECT_ROOT / "instance"))
+    """TRIAL_DATABASE_URL, or an SQLite file in the instance folder."""
+    s = settings.current()
+    if s.database_url:
+        return s.database_url
+    inst = s.instance_path
     inst.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{inst / 'trial.db'}"
 

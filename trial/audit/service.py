@@ -6,13 +6,13 @@ import functools
 import hashlib
 import hmac
 import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from trial import settings
 from trial.audit.models import AuditAnchor, AuditHead, AuditRecord, AuditSeal
 from trial.cache import prebuilt
 from trial.config import audit_key
@@ -78,12 +78,12 @@ def key_check(key: bytes | None = None) -> str:
 
 
 def _key() -> bytes:
-    return _cached_key(os.environ.get("TRIAL_AUDIT_KEY"), os.environ.get("TRIAL_INSTANCE_PATH"))
+    return _cached_key(settings.raw("audit_key", "instance_path", "env"))
 
 
 @functools.cache
-def _cached_key(_env_key: str | None, _instance: str | None) -> bytes:
-    """Read once per process and setting (the arguments name the setting)."""
+def _cached_key(_setting: tuple[str | None, ...]) -> bytes:
+    """Read once per process and setting (the argument: what the environment holds for it)."""
     return audit_key()
 
 
@@ -236,6 +236,15 @@ def verify(db: Session, batch: int = 5000) -> VerifyResult:
     for sl in seals:
         if not hmac.compare_digest(sl.mac, seal_mac(sl.seq, sl.hash, sl.what)):
             return VerifyResult(False, 0, sl.seq, f"the seal of record {sl.seq} ({sl.what}) was altered or forged")
+    checked, prev, broken = _walk_chain(db, batch)
+    if broken is not None:
+        return broken
+    return _end_problem(db, head, seals, checked, prev) or VerifyResult(True, checked)
+
+
+def _walk_chain(db: Session, batch: int) -> tuple[int, str, VerifyResult | None]:
+    """Walk the records in order from the genesis, ``batch`` at a time: how many chain correctly,
+    the last one's hash, and the first broken link (None when every record verifies)."""
     anchors = dict(db.execute(select(AuditAnchor.seq, AuditAnchor.mac)).all())
     prev = GENESIS
     expected_seq = 1
@@ -247,18 +256,27 @@ def verify(db: Session, batch: int = 5000) -> VerifyResult:
             break
         for rec in rows:
             if rec.seq != expected_seq:
-                return VerifyResult(False, checked, expected_seq, f"record {expected_seq} is missing")
+                return checked, prev, VerifyResult(False, checked, expected_seq, f"record {expected_seq} is missing")
             if rec.prev_hash != prev:
-                return VerifyResult(False, checked, rec.seq, f"record {rec.seq} does not link to record {rec.seq - 1}")
+                return checked, prev, VerifyResult(False, checked, rec.seq,
+                                                   f"record {rec.seq} does not link to record {rec.seq - 1}")
             if not hmac.compare_digest(compute_hash(rec), rec.hash):
                 legacy = anchors.get(rec.seq)
                 if legacy is None or legacy_hash(rec) != rec.hash or not hmac.compare_digest(anchor_mac(rec), legacy):
-                    return VerifyResult(False, checked, rec.seq,
-                                        f"record {rec.seq} (id {rec.id}) was altered or forged: its hash does not "
-                                        "match its content under the audit key")
+                    return checked, prev, VerifyResult(False, checked, rec.seq,
+                                                       f"record {rec.seq} (id {rec.id}) was altered or forged: its hash "
+                                                       "does not match its content under the audit key")
             prev = rec.hash
             expected_seq += 1
             checked += 1
+    return checked, prev, None
+
+
+def _end_problem(db: Session, head, seals: list[AuditSeal], checked: int, prev: str) -> VerifyResult | None:
+    """What is wrong at the chain's end (None when nothing): a head set without the audit key, a
+    head that does not match the records that chain, a sealed record gone or changed (the chain
+    cut back or rewritten after it)."""
+    t = AuditRecord.__table__
     if head is not None and head.key_check is not None and (
             head.mac is None or not hmac.compare_digest(head.mac, head_mac(head.seq, head.hash))):
         return VerifyResult(False, checked, head.seq, f"the chain head (record {head.seq}) was set by someone without "
@@ -271,7 +289,7 @@ def verify(db: Session, batch: int = 5000) -> VerifyResult:
         if got != sl.hash:
             return VerifyResult(False, checked, sl.seq, f"record {sl.seq}, sealed at {sl.what}, is gone or changed: "
                                                         "the chain was cut back or rewritten after it")
-    return VerifyResult(True, checked)
+    return None
 
 
 def reanchor(db: Session, actor="migration 0005", seal_head: bool = True) -> int:

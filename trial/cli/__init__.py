@@ -25,6 +25,7 @@ COMMANDS = {
     "worker": ("trial.cli.lock", "worker", "Build the bundles of hard locks in the background (started by the app, or kept running)."),
     "demo": ("trial.cli.demo", "demo_cmd", "Load demo sites, users and synthetic participants into an empty database; print the logins."),
     "serve": ("trial.cli.serve", "serve", "Serve the web application (development server)."),
+    "config": ("trial.cli.config", "config", "The settings (TRIAL_* environment variables): values, defaults, meanings."),
 }
 
 

@@ -7,7 +7,6 @@ rolls back."""
 from __future__ import annotations
 
 import logging
-import os
 import smtplib
 import ssl
 import time
@@ -18,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial import db as database
+from trial import settings
 from trial.auth.models import RoleAssignment, User
 from trial.catalogue import N_, Msg, in_language
 from trial.db import utcnow
@@ -30,7 +30,7 @@ SMTP_TIMEOUT = 5.0
 
 
 def smtp_url() -> str | None:
-    return os.environ.get("TRIAL_SMTP_URL") or None
+    return settings.current().smtp_url
 
 
 FOOTER = N_("This message was sent by the trial system; log in to read and act on it.")
@@ -57,7 +57,7 @@ def notify(db: Session, user_ids, message: str, subject: str | None = None, link
 
 def _absolute(link: str) -> str:
     """A link in an e-mail is absolute when TRIAL_BASE_URL says where the system is served."""
-    base = os.environ.get("TRIAL_BASE_URL", "").rstrip("/")
+    base = (settings.current().base_url or "").rstrip("/")
     return base + link if base and link.startswith("/") else link
 
 
@@ -106,7 +106,7 @@ def send_pending(db: Session, limit: int = 200) -> tuple[int, int]:
     if not rows:
         return 0, 0
     parts, port, starttls = _relay(url)
-    sender = os.environ.get("TRIAL_MAIL_FROM", "trial-system@localhost")
+    sender = settings.current().mail_from
     sent = failed = 0
     try:
         cls = smtplib.SMTP_SSL if parts.scheme == "smtps" else smtplib.SMTP
