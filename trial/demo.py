@@ -61,67 +61,88 @@ GOAL_NOTES = {"eye_contact": "Looks up to the therapist when the music pauses",
 
 
 def load_demo(db: Session, participants_per_site: int = 10, seed: int = 2011) -> list[tuple[str, str, str]]:
+    """Load the demo into an empty database: the protocol, the sites, the staff, randomization
+    opened, the participants at every stage, the data management and the fidelity ratings.
+    Returns the logins (role, e-mail, password)."""
     if db.execute(select(Site.id)).first():
         raise Conflict("The database already has sites; the demo loads into an empty database only.")
     actor = CliActor(email="demo-loader")
     ensure_default(db, actor)
     for code, name, cc, tz, target in SITES:
         create_site(db, actor, {"code": code, "name": f"TIME-A {name}", "country": cc, "timezone": tz, "target": target})
+    staff, logins = _staff(db, actor)
+    rng = random.Random(seed)
+    content = current(db).content
+    leads = _therapists(db, actor, staff)
+    if get_design(db) is None:
+        open_randomization(db, actor)
+    for code, _name, _cc, tz, _target in SITES:
+        today = local_today(tz)  # the site's date: east or west of UTC it may not be the server's
+        for i in range(participants_per_site):
+            _participant(db, actor, rng, content, code, today, i % 10, leads.get(code, actor))
+    _data_management(db, staff, rng)
+    _fidelity(db, staff, rng, content)
+    return logins
+
+
+def _staff(db: Session, actor) -> tuple[dict, list[tuple[str, str, str]]]:
+    """A user of each role (by role), and their logins."""
     logins = []
     staff = {}
     for role, email, name, roles in USERS:
         password = f"{role}-demo-2026"
         staff[role] = create_user(db, actor, email, name, password, roles)
         logins.append((role, email, password))
-    rng = random.Random(seed)
-    content = current(db).content
-    # Theo is registered in Austria for years; Tove's Norwegian registration runs out in 30 days
-    # (the therapists page warns). Theo leads the sessions at AT01, Tove those at NO01; each rates
-    # the other's sampled sessions. Elsewhere the data manager loads the sessions.
+    return staff, logins
+
+
+def _therapists(db: Session, actor, staff: dict) -> dict:
+    """The therapists' registrations, and who leads the sessions at which site. Theo is registered
+    in Austria for years; Tove's Norwegian registration runs out in 30 days (the therapists page
+    warns). Theo leads the sessions at AT01, Tove those at NO01; each rates the other's sampled
+    sessions. Elsewhere the data manager loads the sessions."""
     on = local_today("Europe/Vienna")
     credentials.record(db, actor, staff["therapist"], {"kind": "MTG-AT", "number": "MT-AT 2014/0417",
                                                        "valid_from": "2014-09-01", "valid_to": (on + dt.timedelta(days=1400)).isoformat()})
     credentials.record(db, actor, staff["therapist2"], {"kind": "MT-NMF", "number": "NMF-3391",
                                                         "valid_from": (on - dt.timedelta(days=900)).isoformat(),
                                                         "valid_to": (on + dt.timedelta(days=30)).isoformat()})
-    leads = {"AT01": staff["therapist"], "NO01": staff["therapist2"]}
+    return {"AT01": staff["therapist"], "NO01": staff["therapist2"]}
+
+
+def _participant(db: Session, actor, rng: random.Random, content: dict, code: str, today: dt.date, kind: int,
+                 therapist) -> None:
+    """One screened child at a site, taken as far as its ``kind`` goes: 8 fails a criterion and 9
+    declines; 7 is enrolled and waits for the baseline; 6 is ready, not yet randomized; the others
+    are randomized and followed up to today (see :func:`_follow`)."""
     criteria = content["criteria"]
     ok = {c["key"]: c["qualifying_answer"] for c in criteria}
-    if get_design(db) is None:
-        open_randomization(db, actor)
-    for code, _name, _cc, tz, _target in SITES:
-        today = local_today(tz)  # the site's date: east or west of UTC it may not be the server's
-        for i in range(participants_per_site):
-            screened = today - dt.timedelta(days=rng.randint(30, 400))
-            answers = dict(ok)
-            kind = i % 10
-            if kind == 8:
-                failing = criteria[rng.randrange(len(criteria))]["key"]
-                answers[failing] = not ok[failing]
-            sc = record_screening(db, actor, {"site": code, "screened_on": screened.isoformat(), "answers": answers,
-                                              "declined": kind == 9})
-            if sc.outcome != "eligible":
-                continue
-            born = screened - dt.timedelta(days=rng.randint(4 * 366, 6 * 365 + 300))
-            consent = screened + dt.timedelta(days=3)
-            p = enroll(db, actor, {"screening_id": sc.id, "consent_date": consent.isoformat(),
-                                   "date_of_birth": born.isoformat(), "sex": rng.choice(["female", "male", "male", "male"])},
-                       at=dt.datetime.combine(consent, dt.time(9, 0)))  # enrolled on the day of consent
-            if kind == 7:
-                continue  # enrolled, waiting for the baseline assessment
-            base_on = screened + dt.timedelta(days=5)
-            _assess(db, actor, rng, p.study_id, "baseline", base_on)
-            record_assessment(db, actor, p.study_id, {"visit": "baseline", "instrument": "srs2", "performed_on": base_on.isoformat(),
-                                                      "values": {"total_t": rng.randint(55, 90)}})
-            if kind == 6:
-                continue  # ready, not yet randomized
-            rand_day = base_on + dt.timedelta(days=3)
-            arm = randomize(db, actor, p.study_id, f"demo-{p.study_id}",
-                            at=dt.datetime.combine(rand_day, dt.time(10, 0))).allocation.arm
-            _follow(db, actor, rng, content, p.study_id, arm, rand_day, today, kind, leads.get(code, actor))
-    _data_management(db, staff, rng)
-    _fidelity(db, staff, rng, content)
-    return logins
+    screened = today - dt.timedelta(days=rng.randint(30, 400))
+    answers = dict(ok)
+    if kind == 8:
+        failing = criteria[rng.randrange(len(criteria))]["key"]
+        answers[failing] = not ok[failing]
+    sc = record_screening(db, actor, {"site": code, "screened_on": screened.isoformat(), "answers": answers,
+                                      "declined": kind == 9})
+    if sc.outcome != "eligible":
+        return
+    born = screened - dt.timedelta(days=rng.randint(4 * 366, 6 * 365 + 300))
+    consent = screened + dt.timedelta(days=3)
+    p = enroll(db, actor, {"screening_id": sc.id, "consent_date": consent.isoformat(),
+                           "date_of_birth": born.isoformat(), "sex": rng.choice(["female", "male", "male", "male"])},
+               at=dt.datetime.combine(consent, dt.time(9, 0)))  # enrolled on the day of consent
+    if kind == 7:
+        return  # enrolled, waiting for the baseline assessment
+    base_on = screened + dt.timedelta(days=5)
+    _assess(db, actor, rng, p.study_id, "baseline", base_on)
+    record_assessment(db, actor, p.study_id, {"visit": "baseline", "instrument": "srs2", "performed_on": base_on.isoformat(),
+                                              "values": {"total_t": rng.randint(55, 90)}})
+    if kind == 6:
+        return  # ready, not yet randomized
+    rand_day = base_on + dt.timedelta(days=3)
+    arm = randomize(db, actor, p.study_id, f"demo-{p.study_id}",
+                    at=dt.datetime.combine(rand_day, dt.time(10, 0))).allocation.arm
+    _follow(db, actor, rng, content, p.study_id, arm, rand_day, today, kind, therapist)
 
 
 def _assess(db, actor, rng, study_id, visit, on, guess=False):
@@ -141,30 +162,8 @@ def _follow(db, actor, rng, content, study_id, arm, start, today, kind, therapis
         stop = ("withdrawn", start + dt.timedelta(days=rng.randint(20, 60)), "family withdrew consent")
     elif kind == 4 and per_week:
         stop = ("discontinued_intervention", start + dt.timedelta(days=rng.randint(30, 90)), "child distressed by sessions")
-    _, course_end = course_window(start, content["course"]["months"])
-    goals: list[str] = []
     if per_week:
-        day = start + dt.timedelta(days=1)
-        while day <= min(course_end, today):
-            if stop and day >= stop[1]:
-                break
-            for k in range(per_week):
-                held = day + dt.timedelta(days=2 * k)
-                if held > today:
-                    break
-                attendance = rng.choices(["attended", "cancelled", "no_show"], [0.85, 0.1, 0.05])[0]
-                went = attendance == "attended"
-                log_session(db, therapist, study_id, {"held_on": held.isoformat(), "attendance": attendance,
-                                                  "minutes": rng.choice([25, 30, 30, 30, 35, 40]) if went else None,
-                                                  "techniques": rng.sample(TECHNIQUES, 2) if went else [],
-                                                  "engagement": rng.randint(2, 5) if went else None,
-                                                  "present": rng.choice(["child", "child", "child_and_parent"]) if went else None,
-                                                  "goals": rng.sample(goals, min(len(goals), rng.randint(1, 2))) if went and goals else []})
-                if went and not goals:  # the first attended session is the assessment: the goals follow it
-                    goals = rng.sample(GOALS, 3)
-                    set_goals(db, therapist, study_id, {"set_on": held.isoformat(),
-                                                        "goals": [{"goal": g, "description": GOAL_NOTES[g]} for g in goals]})
-            day += dt.timedelta(days=7)
+        _sessions(db, rng, content, study_id, per_week, start, today, stop, therapist)
     for n in range(3):
         held = start + dt.timedelta(days=10 + 45 * n)
         if held <= today and not (stop and stop[0] == "withdrawn" and held >= stop[1]):
@@ -183,6 +182,34 @@ def _follow(db, actor, rng, content, study_id, arm, start, today, kind, therapis
                                            "reason": "family moved away, no contact"})
 
 
+def _sessions(db, rng, content, study_id, per_week, start, today, stop, therapist):
+    """The weekly music-therapy sessions of the course up to today (or the child's exit), the
+    goals set after the first attended one and worked on in the sessions after it."""
+    _, course_end = course_window(start, content["course"]["months"])
+    goals: list[str] = []
+    day = start + dt.timedelta(days=1)
+    while day <= min(course_end, today):
+        if stop and day >= stop[1]:
+            break
+        for k in range(per_week):
+            held = day + dt.timedelta(days=2 * k)
+            if held > today:
+                break
+            attendance = rng.choices(["attended", "cancelled", "no_show"], [0.85, 0.1, 0.05])[0]
+            went = attendance == "attended"
+            log_session(db, therapist, study_id, {"held_on": held.isoformat(), "attendance": attendance,
+                                              "minutes": rng.choice([25, 30, 30, 30, 35, 40]) if went else None,
+                                              "techniques": rng.sample(TECHNIQUES, 2) if went else [],
+                                              "engagement": rng.randint(2, 5) if went else None,
+                                              "present": rng.choice(["child", "child", "child_and_parent"]) if went else None,
+                                              "goals": rng.sample(goals, min(len(goals), rng.randint(1, 2))) if went and goals else []})
+            if went and not goals:  # the first attended session is the assessment: the goals follow it
+                goals = rng.sample(GOALS, 3)
+                set_goals(db, therapist, study_id, {"set_on": held.isoformat(),
+                                                    "goals": [{"goal": g, "description": GOAL_NOTES[g]} for g in goals]})
+        day += dt.timedelta(days=7)
+
+
 def _data_management(db: Session, staff: dict, rng: random.Random) -> None:
     """The day-to-day loop at the demo staff's sites (AT01, NO01): the automatic checks, a few
     queries (answered, closed, open), adverse events with one serious event waiting for the
@@ -195,14 +222,23 @@ def _data_management(db: Session, staff: dict, rng: random.Random) -> None:
     arms = {p.id: allocation_of(db, p.id).arm for p in here}
     music = [p for p in here if arms[p.id] != "usual" and db.execute(
         select(TherapySession.id).where(TherapySession.participant_id == p.id)).first()]
+    _queries(db, staff, here, music)
+    _adverse_events(db, staff, rng, here, music)
+    # the monitor's source verification of the first children's records
+    for p in here[:3]:
+        monitoring.verify(db, staff["monitor"], p.study_id, {"on": {"kind": "participant"}})
+        monitoring.verify(db, staff["monitor"], p.study_id, {"on": {"kind": "screening"}})
+        for a in db.execute(select(Assessment).where(Assessment.participant_id == p.id, Assessment.visit == "baseline")).scalars():
+            monitoring.verify(db, staff["monitor"], p.study_id, {"on": {"kind": "assessment", "id": a.id}})
+
+
+def _queries(db: Session, staff: dict, here: list[Participant], music: list[Participant]) -> None:
+    """Queries in each state: answered with a correction and closed, answered and still to be
+    closed, and open ones."""
     monitor, manager = staff["monitor"], staff["manager"]
-
-    def ados(p, visit):
-        return db.execute(select(Assessment).where(Assessment.participant_id == p.id, Assessment.visit == visit,
-                                                   Assessment.instrument == "ados2")).scalar()
-
     # a value queried by the monitor and answered by the assessor with a correction
-    a = ados(here[0], "baseline")
+    a = db.execute(select(Assessment).where(Assessment.participant_id == here[0].id, Assessment.visit == "baseline",
+                                            Assessment.instrument == "ados2")).scalar()
     q = queries.raise_query(db, monitor, {"study_id": here[0].study_id, "on": {"kind": "assessment", "id": a.id, "field": "rrb"},
                                           "text": "The source worksheet gives RRB 2 points higher than entered. Please check."})
     fixed = dict(a.values, rrb=min(a.values["rrb"] + 2, 8))
@@ -224,7 +260,11 @@ def _data_management(db: Session, staff: dict, rng: random.Random) -> None:
         if srs is not None:
             queries.raise_query(db, monitor, {"study_id": here[2].study_id, "on": {"kind": "assessment", "id": srs.id, "field": "total_t"},
                                               "text": "Was the parent form complete? Two items look blank on the scan."})
-    # adverse events: a mild one resolved, and a serious one the manager has not acknowledged yet
+
+
+def _adverse_events(db: Session, staff: dict, rng: random.Random, here: list[Participant],
+                    music: list[Participant]) -> None:
+    """Adverse events: a mild one resolved, and a serious one the manager has not acknowledged yet."""
     coordinator = staff["coordinator"]
     for p, serious in ((here[3 % len(here)], False), (music[-1] if music else here[-1], True)):
         start = randomization_day(db, p, allocation_of(db, p.id))
@@ -242,12 +282,6 @@ def _data_management(db: Session, staff: dict, rng: random.Random) -> None:
                 "term": "Upper respiratory tract infection", "onset": onset.isoformat(), "severity": "mild", "serious": False,
                 "relatedness": "not_related", "outcome": "recovered",
                 "resolved_on": min(onset + dt.timedelta(days=6), local_today(p.site.timezone)).isoformat()})
-    # the monitor's source verification of the first children's records
-    for p in here[:3]:
-        monitoring.verify(db, monitor, p.study_id, {"on": {"kind": "participant"}})
-        monitoring.verify(db, monitor, p.study_id, {"on": {"kind": "screening"}})
-        for a in db.execute(select(Assessment).where(Assessment.participant_id == p.id, Assessment.visit == "baseline")).scalars():
-            monitoring.verify(db, monitor, p.study_id, {"on": {"kind": "assessment", "id": a.id}})
 
 
 def _fidelity(db: Session, staff: dict, rng: random.Random, content: dict) -> None:

@@ -514,7 +514,13 @@ def init_app(app: Flask) -> None:
     app.before_request(_enforce_policy)
     app.after_request(_security_headers)
     app.teardown_appcontext(_teardown)
+    _register_error_answers(app)
+    _register_page_context(app)
 
+
+def _register_error_answers(app: Flask) -> None:
+    """The error answers: a refusal of the services (its transaction rolled back first), an
+    expired form, a database error, an internal error, and the HTTP errors in the reader's words."""
     @app.errorhandler(DomainError)
     def _domain(e: DomainError):
         try:
@@ -529,20 +535,25 @@ def init_app(app: Flask) -> None:
 
     app.register_error_handler(SQLAlchemyError, _database_error)
     app.register_error_handler(500, _internal_error)
-
-    def _http(status: int, message: str):
-        def handler(e):
-            resp = _error(status, message)
-            if status == 405 and getattr(e, "valid_methods", None):
-                resp.headers["Allow"] = ", ".join(sorted(e.valid_methods))
-            return resp
-        return handler
-
     for status, message in ((400, N_("The request was not understood.")), (403, N_("Your role does not allow this.")),
                             (404, N_("Not found.")), (405, N_("Method not allowed.")),
                             (413, N_("The request is too large."))):
-        app.register_error_handler(status, _http(status, message))
+        app.register_error_handler(status, _http_error(status, message))
 
+
+def _http_error(status: int, message: str):
+    """The handler of an HTTP error: its answer with the message (a 405 says which methods are allowed)."""
+    def handler(e):
+        resp = _error(status, message)
+        if status == 405 and getattr(e, "valid_methods", None):
+            resp.headers["Allow"] = ", ".join(sorted(e.valid_methods))
+        return resp
+    return handler
+
+
+def _register_page_context(app: Flask) -> None:
+    """What every template sees: the page's context, the reader, the version, the labels and the
+    translations bound to this request's catalogue."""
     app.context_processor(_page_context)
 
     @app.context_processor

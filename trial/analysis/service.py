@@ -92,7 +92,29 @@ def primary_analysis(content: dict, adsl, blinded: bool) -> tuple[dict, str, str
     ref, pooled, others, labels = arms_for(content, blinded, adsl.meta.get("dummy_weights"))
     visits, adjust = spec["visits"], spec["adjust"]
     long = long_form(names, adsl.rows, arm_name, spec["outcome_vars"], visits, adjust)
-    pv = spec["primary_visit"]
+    out, text = _opening(spec, labels, ref, pooled, blinded)
+    outcome = f"{spec['outcome']} ({spec['outcome_label']})"
+    try:
+        res, _, _ = fit(long, visits, {"group": [*pooled]}, adjust, outcome)
+    except Exception as e:  # noqa: BLE001  too few data to fit (an early lock, a test trial): said, not hidden
+        text.append(_note(out, f" The model could not be fitted: {type(e).__name__}: {e}"))
+    else:
+        _primary(out, text, res, spec["primary_visit"])
+        _secondary(out, text, long, spec, outcome, (ref, others, labels))
+    return out, "\n".join(text) + "\n", python_script(spec, ref, pooled, others, arm_name), \
+        r_script(spec, ref, pooled, others, arm_name)
+
+
+def _note(out: dict, more: str) -> str:
+    """``more`` added to the result's note; returns the note."""
+    out["note"] = (out.get("note", "") + more).strip()
+    return out["note"]
+
+
+def _opening(spec: dict, labels: dict, ref: str, pooled: list[str], blinded: bool) -> tuple[dict, list[str]]:
+    """The result before the fit (what is compared, in which model, on which allocation) and the
+    summary's heading."""
+    pv, visits, adjust = spec["primary_visit"], spec["visits"], spec["adjust"]
     comparison = f"{' + '.join(labels[k] for k in pooled)} (pooled) vs {labels[ref]}"
     model_text = (f"linear mixed model (REML): {spec['outcome']} ~ visit + group x visit ({', '.join(visits[1:])}) + "
                   f"{' + '.join(adjust)} + (1 | child); visits {', '.join(visits)}")
@@ -106,46 +128,53 @@ def primary_analysis(content: dict, adsl, blinded: bool) -> tuple[dict, str, str
                        "independently of the real allocation; this result says nothing about the arms.")
     text = [f"Primary analysis of {spec['outcome_label']} at {pv}", "=" * 60, f"Comparison: {comparison}",
             f"Model: {model_text}", f"Allocation: {'DUMMY (blinded bundle)' if blinded else 'real (unblinded bundle)'}", ""]
-    outcome = f"{spec['outcome']} ({spec['outcome_label']})"
-    try:
-        res, _, _ = fit(long, visits, {"group": [*pooled]}, adjust, outcome)
-    except Exception as e:  # too few data to fit (an early lock, a test trial): said, not hidden
-        out["note"] = (out.get("note", "") + f" The model could not be fitted: {type(e).__name__}: {e}").strip()
-        return out, "\n".join(text + [out["note"]]) + "\n", python_script(spec, ref, pooled, others, arm_name), \
-            r_script(spec, ref, pooled, others, arm_name)
+    return out, text
+
+
+def _primary(out: dict, text: list[str], res, pv: str) -> None:
+    """The primary effect (group x primary visit) from the fit, with what a reader must know of
+    the fit (a boundary fit, no convergence, no inference possible)."""
     out.update(n=res.n_groups, n_observations=res.n_obs, converged=res.converged, **res.term(f"group_{pv}"))
     if res.boundary:
-        out["note"] = (out.get("note", "") + " The children's variance is estimated at zero (a boundary fit, lme4's "
-                       "'singular fit'): the REML fit is least squares.").strip()
-        text.append(out["note"])
+        text.append(_note(out, " The children's variance is estimated at zero (a boundary fit, lme4's "
+                               "'singular fit'): the REML fit is least squares."))
     if not res.converged:
-        out["note"] = (out.get("note", "") + " The fit did NOT converge (the children's variance may be beyond the "
-                       "range searched): read the estimates with care and check them with the R or Python script.").strip()
-        text.append(out["note"])
+        text.append(_note(out, " The fit did NOT converge (the children's variance may be beyond the range searched): "
+                               "read the estimates with care and check them with the R or Python script."))
     text += [res.summary(), ""]
     if out["se"] is None:
-        out["note"] = (out.get("note", "") + " No inference is possible from these data (the standard error is not "
-                       "finite, or the model leaves no residual variation).").strip()
-        text.append(out["note"])
+        text.append(_note(out, " No inference is possible from these data (the standard error is not finite, or the "
+                               "model leaves no residual variation)."))
     else:
         text.append(f"Effect (group x {pv}): {out['estimate']:.4f} (SE {out['se']:.4f}; 95% CI {out['ci_low']:.4f} to "
                     f"{out['ci_high']:.4f}; Wald p = {out['p_value']:.4g})")
+
+
+def _secondary(out: dict, text: list[str], long: dict, spec: dict, outcome: str, arms: tuple) -> None:
+    """The secondary analysis: each arm against the reference arm, in one model."""
+    ref, others, labels = arms
+    pv = spec["primary_visit"]
     try:
-        res2, _, _ = fit(long, visits, {f"arm_{k}": [k] for k in others}, adjust, outcome)
+        res2, _, _ = fit(long, spec["visits"], {f"arm_{k}": [k] for k in others}, spec["adjust"], outcome)
         for k in others:
             out["secondary"].append({"comparison": f"{labels[k]} vs {labels[ref]}", "arm": k, **res2.term(f"arm_{k}_{pv}")})
         text += ["", "Secondary: each arm against the reference arm", res2.summary()]
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (as the primary's: said, not hidden)
         text += ["", f"Secondary analysis could not be fitted: {type(e).__name__}: {e}"]
-    return out, "\n".join(text) + "\n", python_script(spec, ref, pooled, others, arm_name), \
-        r_script(spec, ref, pooled, others, arm_name)
 
 
 def python_script(spec: dict, ref: str, pooled: list[str], others: list[str], arm_name: str) -> str:
     """analysis/primary.py: reads analysis/adsl.csv beside it and fits the model with the very
     code the lock used (trial.analysis.lmm, carried whole); with --statsmodels it also fits the
-    model with statsmodels' MixedLM, for a second opinion."""
-    header = f'''"""Reproduces analysis/primary.json from analysis/adsl.csv (run from anywhere:
+    model with statsmodels' MixedLM, for a second opinion. Three parts: the settings of this
+    lock's analysis, lmm's source, and the analysis that runs it (PY_ANALYSIS)."""
+    body = inspect.getsource(lmm).replace("from __future__ import annotations\n", "")
+    return _py_settings(spec, ref, pooled, others, arm_name) + body + PY_ANALYSIS
+
+
+def _py_settings(spec: dict, ref: str, pooled: list[str], others: list[str], arm_name: str) -> str:
+    """primary.py's opening: what it does, its imports and the settings of this lock's analysis."""
+    return f'''"""Reproduces analysis/primary.json from analysis/adsl.csv (run from anywhere:
 python3 analysis/primary.py). Needs pandas, NumPy and SciPy (and threadpoolctl, if installed, holds
 BLAS to one thread as the lock did: the same last digits); with --statsmodels it also fits the
 same model with statsmodels' MixedLM (slower: it works child by child) and prints its numbers.
@@ -170,8 +199,11 @@ PRIMARY_VISIT = {json.dumps(spec['primary_visit'])}
 
 # ---- trial.analysis.lmm, as the lock ran it ------------------------------------------------------
 '''
-    body = inspect.getsource(lmm).replace("from __future__ import annotations\n", "")
-    main = '''
+
+
+# primary.py's last part: the protocol's analysis on the lock's ADSL, with lmm's fit (and, with
+# --statsmodels, MixedLM's)
+PY_ANALYSIS = '''
 
 # ---- the protocol's analysis ---------------------------------------------------------------------
 def report(result, name):
@@ -219,18 +251,21 @@ if __name__ == "__main__":
         for k in OTHERS:
             statsmodels_check(long, secondary, f"arm_{k}_{PRIMARY_VISIT}")
 '''
-    return header + body + main
 
 
 def r_script(spec: dict, ref: str, pooled: list[str], others: list[str], arm_name: str) -> str:
     """analysis/primary.R: the same model with lme4, from analysis/adsl.csv beside it
-    (Rscript analysis/primary.R)."""
-    def vec(xs):
-        return "c(" + ", ".join(json.dumps(x) for x in xs) + ")"
-    post = spec["visits"][1:]
-    terms = " + ".join(f"group_{v}" for v in post)
-    arm_terms = " + ".join(f"arm_{k}_{v}" for k in others for v in post)
-    adjust = "".join(f" + factor({f})" for f in spec["adjust"])
+    (Rscript analysis/primary.R). Two parts: the long data with the model's terms, then the fits."""
+    return _r_long_data(spec, ref, pooled, others, arm_name) + _r_fits(spec, others)
+
+
+def _r_vector(xs) -> str:
+    return "c(" + ", ".join(json.dumps(x) for x in xs) + ")"
+
+
+def _r_long_data(spec: dict, ref: str, pooled: list[str], others: list[str], arm_name: str) -> str:
+    """primary.R's first part: lme4, the ADSL read and made long (a row per child and visit), and
+    the group and arm indicators at each follow-up visit."""
     return f'''# Reproduces analysis/primary.json with lme4 from analysis/adsl.csv:
 #   Rscript analysis/primary.R        (needs the lme4 package)
 # {spec['outcome']} at {", ".join(spec['visits'])}; group = {" + ".join(pooled)} vs {ref}; REML.
@@ -240,18 +275,28 @@ script <- sub("^--file=", "", args[grepl("^--file=", args)])
 here <- if (length(script)) dirname(normalizePath(script)) else "analysis"
 adsl <- read.csv(file.path(here, "adsl.csv"), colClasses = c(studyid = "character", site = "character",
                  {arm_name} = "character"), na.strings = "", stringsAsFactors = FALSE)
-visits <- {vec(spec['visits'])}
-outcome <- {vec(spec['outcome_vars'])}
+visits <- {_r_vector(spec['visits'])}
+outcome <- {_r_vector(spec['outcome_vars'])}
 long <- do.call(rbind, lapply(seq_along(visits), function(i)
   data.frame(studyid = adsl$studyid, visit = visits[i], arm = adsl${arm_name}, y = adsl[[outcome[i]]],
              {", ".join(f"{f} = adsl${adjust_column(f)}" for f in spec["adjust"])})))
 long <- long[!is.na(long$y) & !is.na(long$arm), ]
 long$visit <- factor(long$visit, levels = visits)
 for (v in visits[-1]) {{
-  long[[paste0("group_", v)]] <- as.numeric(long$arm %in% {vec(pooled)}) * (long$visit == v)
-  for (k in {vec(others)}) long[[paste0("arm_", k, "_", v)]] <- as.numeric(long$arm == k) * (long$visit == v)
+  long[[paste0("group_", v)]] <- as.numeric(long$arm %in% {_r_vector(pooled)}) * (long$visit == v)
+  for (k in {_r_vector(others)}) long[[paste0("arm_", k, "_", v)]] <- as.numeric(long$arm == k) * (long$visit == v)
 }}
-show <- function(fit, term) {{
+'''
+
+
+def _r_fits(spec: dict, others: list[str]) -> str:
+    """primary.R's second part: the primary model (pooled group) and the secondary one (each arm),
+    fitted by REML, with each effect's estimate, SE, Wald 95% interval and p value."""
+    post = spec["visits"][1:]
+    terms = " + ".join(f"group_{v}" for v in post)
+    arm_terms = " + ".join(f"arm_{k}_{v}" for k in others for v in post)
+    adjust = "".join(f" + factor({f})" for f in spec["adjust"])
+    return f'''show <- function(fit, term) {{
   est <- fixef(fit)[[term]]; se <- sqrt(diag(as.matrix(vcov(fit))))[names(fixef(fit)) == term]
   p <- 2 * pnorm(-abs(est / se))
   cat(sprintf("%s: estimate %.6f  SE %.6f  95%% CI %.6f to %.6f  p %.4g\\n", term, est, se,
@@ -262,5 +307,5 @@ print(summary(fit))
 cat(sprintf("children %d, observations %d\\n", length(unique(long$studyid)), nrow(long)))
 show(fit, "group_{spec['primary_visit']}")
 fit2 <- lmer(y ~ visit + {arm_terms}{adjust} + (1 | studyid), data = long, REML = TRUE)
-for (k in {vec(others)}) show(fit2, paste0("arm_", k, "_{spec['primary_visit']}"))
+for (k in {_r_vector(others)}) show(fit2, paste0("arm_", k, "_{spec['primary_visit']}"))
 '''

@@ -61,6 +61,25 @@ def _checked(data: dict, content: dict, site_today, errors: dict[str, str], chil
     if attendance not in ATTENDANCE:
         errors["attendance"] = f"must be one of {', '.join(ATTENDANCE)}"
     minutes = data.get("minutes")
+    _check_minutes(attendance, minutes, errors)
+    techniques = _checked_techniques(data.get("techniques"), content["course"]["techniques"], errors)
+    present = data.get("present")
+    if present is not None and present not in PRESENT:
+        errors["present"] = Msg(N_("must be one of %(allowed)s"), allowed=", ".join(PRESENT))
+    elif present is not None and attendance in ATTENDANCE and attendance != "attended":
+        errors["present"] = N_("must be empty when the session did not take place")
+    goals = _checked_goals(data.get("goals") or [], attendance, child_goals, errors)
+    engagement = data.get("engagement")
+    if engagement is not None and (isinstance(engagement, bool) or not isinstance(engagement, int) or not 1 <= engagement <= 5):
+        errors["engagement"] = N_("must be a whole number from 1 (none) to 5 (fully engaged)")
+    note = text(data.get("note"), "note", errors, 1000)
+    return {"held_on": held, "attendance": attendance, "minutes": minutes, "techniques": sorted(set(techniques)),
+            "engagement": engagement, "note": note, "present": present, "goals": sorted(set(goals))}
+
+
+def _check_minutes(attendance, minutes, errors: dict[str, str]) -> None:
+    """A whole number of minutes up to MAX_MINUTES: more than 0 for an attended session, none for
+    a session that did not take place."""
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int) or not 0 <= minutes <= MAX_MINUTES):
         errors["minutes"] = Msg(N_("must be a whole number of minutes from 0 to %(max)s"), max=MAX_MINUTES)
     elif attendance == "attended" and not minutes:
@@ -69,39 +88,36 @@ def _checked(data: dict, content: dict, site_today, errors: dict[str, str], chil
     elif attendance in ATTENDANCE and attendance != "attended" and minutes:
         errors["minutes"] = Msg(N_("must be empty (or 0) when Attendance is %(attendance)s: the session did not take "
                                    "place"), attendance=Msg(ATTENDANCE_LABELS[attendance]))
-    techniques = data.get("techniques")
-    allowed = content["course"]["techniques"]
+
+
+def _checked_techniques(techniques, allowed: list[str], errors: dict[str, str]) -> list:
+    """The techniques used, a list drawn from the protocol's (none when the list is bad)."""
     if not isinstance(techniques, list) or any(not isinstance(t, str) or t not in allowed for t in techniques):
         bad = [str(t) for t in techniques if t not in allowed] if isinstance(techniques, list) else []
         errors["techniques"] = (Msg(N_("must be a list drawn from the protocol's techniques (%(allowed)s): %(bad)s "
                                        "is not one of them"), allowed=", ".join(allowed), bad=", ".join(bad))
                                 if bad else Msg(N_("must be a list drawn from the protocol's techniques (%(allowed)s)"),
                                                 allowed=", ".join(allowed)))
-        techniques = []
-    present = data.get("present")
-    if present is not None and present not in PRESENT:
-        errors["present"] = Msg(N_("must be one of %(allowed)s"), allowed=", ".join(PRESENT))
-    elif present is not None and attendance in ATTENDANCE and attendance != "attended":
-        errors["present"] = N_("must be empty when the session did not take place")
-    goals = data.get("goals") or []
+        return []
+    return techniques
+
+
+def _checked_goals(goals, attendance, child_goals: set[str] | None, errors: dict[str, str]) -> list:
+    """The goals worked on: goals set for this child (when ``child_goals`` is given), and none for
+    a session that did not take place (none either when the list is bad)."""
     if not isinstance(goals, list) or any(not isinstance(g, str) for g in goals):
         errors["goals"] = N_("must be a list of the child's goals")
-        goals = []
-    elif child_goals is not None and any(g not in child_goals for g in goals):
+        return []
+    if child_goals is not None and any(g not in child_goals for g in goals):
         bad = sorted(set(goals) - set(child_goals))
         errors["goals"] = (Msg(N_("are not goals set for this child: %(bad)s (the child's goals: %(goals)s)"),
                                bad=", ".join(bad), goals=", ".join(sorted(child_goals)))
                            if child_goals else
                            Msg(N_("cannot be given: no goals are set for this child yet (%(bad)s)"), bad=", ".join(bad)))
-        goals = []
-    elif goals and attendance in ATTENDANCE and attendance != "attended":
+        return []
+    if goals and attendance in ATTENDANCE and attendance != "attended":
         errors["goals"] = N_("must be empty when the session did not take place")
-    engagement = data.get("engagement")
-    if engagement is not None and (isinstance(engagement, bool) or not isinstance(engagement, int) or not 1 <= engagement <= 5):
-        errors["engagement"] = N_("must be a whole number from 1 (none) to 5 (fully engaged)")
-    note = text(data.get("note"), "note", errors, 1000)
-    return {"held_on": held, "attendance": attendance, "minutes": minutes, "techniques": sorted(set(techniques)),
-            "engagement": engagement, "note": note, "present": present, "goals": sorted(set(goals))}
+    return goals
 
 
 def _after_randomization(what: str, held, start) -> None:
@@ -237,25 +253,32 @@ def correct_session(db: Session, actor, session_id: int, data: dict) -> TherapyS
     if not changes:
         raise ValidationError("The correction changes nothing: every field is as recorded.", {})
     if "held_on" in changes:
-        alloc = allocation_of(db, p.id)
-        start = randomization_day(db, p, alloc)
-        _after_randomization("The correction was not saved", v["held_on"], start)
-        _no_other_session_on(db, p, v["held_on"], except_id=s.id)
-        _session_date_allowed(db, p, v["held_on"])
-        if s.logged_by_id is not None and credentials.required(db) and credentials.valid_on(db, s.logged_by_id, v["held_on"]) is None:
-            raise credentials.NoCredential(
-                Msg(N_("The correction was not saved: the therapist who led the session held no credential valid on %(day)s."),
-                    day=v["held_on"]), {"held_on": Msg(N_("no credential of the session's therapist is valid on %(day)s"),
-                                                      day=v["held_on"])})
-        _, end = course_window(start, content["course"]["months"])
-        if s.outside_course != (v["held_on"] > end):
-            changes["outside_course"] = (s.outside_course, v["held_on"] > end)
+        _check_move(db, p, s, v["held_on"], content, changes)
     for k, (_, new) in changes.items():
         setattr(s, k, new)
     audit.record(db, actor, "correct", "therapy_session", s.id, changes, reason=reason, reveals_allocation=True)
     clear_verification(db, actor, "session", s.id, p, f"corrected: {reason}")
     recount(db, [p.id])
     return s
+
+
+def _check_move(db: Session, p: Participant, s: TherapySession, held, content: dict, changes: dict) -> None:
+    """A session moved to the day ``held``: after randomization, on a day with no other session,
+    before the child's exit, with the session's therapist credentialed that day; whether it now
+    falls outside the course joins ``changes``."""
+    alloc = allocation_of(db, p.id)
+    start = randomization_day(db, p, alloc)
+    _after_randomization("The correction was not saved", held, start)
+    _no_other_session_on(db, p, held, except_id=s.id)
+    _session_date_allowed(db, p, held)
+    if s.logged_by_id is not None and credentials.required(db) and credentials.valid_on(db, s.logged_by_id, held) is None:
+        raise credentials.NoCredential(
+            Msg(N_("The correction was not saved: the therapist who led the session held no credential valid on %(day)s."),
+                day=held), {"held_on": Msg(N_("no credential of the session's therapist is valid on %(day)s"),
+                                           day=held)})
+    _, end = course_window(start, content["course"]["months"])
+    if s.outside_course != (held > end):
+        changes["outside_course"] = (s.outside_course, held > end)
 
 
 def _session_date_allowed(db: Session, p: Participant, held) -> None:
@@ -495,6 +518,18 @@ def set_goals(db: Session, actor, study_id: str, data: dict) -> list[ChildGoal]:
     items = data.get("goals")
     if not allowed:
         raise Conflict("The protocol lists no individual goals.")
+    picked = _picked_goals(items, allowed, errors)
+    site_today = today(p.site.timezone)
+    set_on = clinical_date(data.get("set_on"), "set_on", errors, site_today, required=False) or site_today
+    refuse("The goals were not saved", errors, {"goals": N_("Goals"), "description": N_("Description"), "set_on": N_("Set on")})
+    _check_after_first_session(db, p, set_on)
+    existing = {g.goal: g for g in db.execute(select(ChildGoal).where(ChildGoal.participant_id == p.id)).scalars()}
+    return [_set_goal(db, actor, p, existing.get(key), key, desc, set_on) for key, desc in picked]
+
+
+def _picked_goals(items, allowed: list[str], errors: dict[str, str]) -> list[tuple[str, str | None]]:
+    """The goals listed, each (key, description), checked: at least one, each one of the
+    protocol's and listed once."""
     if not isinstance(items, list) or not items:
         errors["goals"] = N_("must list at least one goal")
         items = []
@@ -508,9 +543,11 @@ def set_goals(db: Session, actor, study_id: str, data: dict) -> list[ChildGoal]:
         if it["goal"] in [g for g, _ in picked]:
             errors["goals"] = Msg(N_("%(goal)s is listed twice"), goal=it["goal"])
         picked.append((it["goal"], desc))
-    site_today = today(p.site.timezone)
-    set_on = clinical_date(data.get("set_on"), "set_on", errors, site_today, required=False) or site_today
-    refuse("The goals were not saved", errors, {"goals": N_("Goals"), "description": N_("Description"), "set_on": N_("Set on")})
+    return picked
+
+
+def _check_after_first_session(db: Session, p: Participant, set_on) -> None:
+    """Goals are set on or after the child's first attended (assessment) session."""
     first = db.execute(select(func.min(TherapySession.held_on)).where(
         TherapySession.participant_id == p.id, TherapySession.attendance == "attended")).scalar()
     if first is None:
@@ -519,26 +556,26 @@ def set_goals(db: Session, actor, study_id: str, data: dict) -> list[ChildGoal]:
     if set_on < first:
         raise ValidationError(f"The goals were not saved: Set on is before the first attended session ({first.isoformat()})",
                               {"set_on": f"is before the first attended session ({first.isoformat()})"})
-    existing = {g.goal: g for g in db.execute(select(ChildGoal).where(ChildGoal.participant_id == p.id)).scalars()}
-    out = []
-    for key, desc in picked:
-        g = existing.get(key)
-        if g is not None and g.active:
-            raise Conflict(f"{p.study_id} already has the goal {key}: revise it instead.", {"goals": f"{key} is set already"})
-        if g is None:
-            g = ChildGoal(participant_id=p.id, goal=key, description=desc, active=True, set_on=set_on,
-                          set_by_id=getattr(actor, "id", None))
-            db.add(g)
-            db.flush()
-            audit.created(db, actor, "child_goal", g.id, {"participant": p.study_id, "goal": key, "description": desc,
-                                                          "set_on": set_on},
-                          reveals_allocation=True)
-        else:
-            changes = {"active": (False, True), "description": (g.description, desc)}
-            g.active, g.description = True, desc
-            audit.record(db, actor, "revise", "child_goal", g.id, changes, reason="taken up again", reveals_allocation=True)
-        out.append(g)
-    return out
+
+
+def _set_goal(db: Session, actor, p: Participant, g: ChildGoal | None, key: str, desc: str | None, set_on) -> ChildGoal:
+    """Set one goal, audited: a new one, or one no longer pursued taken up again (``g``); one the
+    child has already is refused."""
+    if g is not None and g.active:
+        raise Conflict(f"{p.study_id} already has the goal {key}: revise it instead.", {"goals": f"{key} is set already"})
+    if g is None:
+        g = ChildGoal(participant_id=p.id, goal=key, description=desc, active=True, set_on=set_on,
+                      set_by_id=getattr(actor, "id", None))
+        db.add(g)
+        db.flush()
+        audit.created(db, actor, "child_goal", g.id, {"participant": p.study_id, "goal": key, "description": desc,
+                                                      "set_on": set_on},
+                      reveals_allocation=True)
+    else:
+        changes = {"active": (False, True), "description": (g.description, desc)}
+        g.active, g.description = True, desc
+        audit.record(db, actor, "revise", "child_goal", g.id, changes, reason="taken up again", reveals_allocation=True)
+    return g
 
 
 def goal_for_revision(db: Session, actor, goal_id: int) -> tuple[ChildGoal, str]:

@@ -64,40 +64,57 @@ def status_grid(db: Session, actor, req: PageRequest, site_code: str | None = No
     sched = schedule(db, actor, people)
     columns = grid_columns(db, actor)
     ids = [p.id for p in people]
+    entered = _entered_forms(db, ids)
+    shows_marks = may_read_marks(actor)
+    standing = marks(db, ids) if shows_marks else {}
+    queried = form_badges(db, actor, ids)
+    badges = query_badges(db, actor, ids)  # as this user may see the queries: an assessor only its own kind
+    enterers = _enterers(actor, columns)
+    rows = []
+    for p in people:
+        visit_state = {c["visit"]: c for c in sched[p.id]}
+        cells = [_grid_cell(p, col, visit_state[col["visit"]], entered.get((p.id, col["visit"], col["instrument"])),
+                            queried, standing if shows_marks else None, enterers) for col in columns]
+        rows.append({"study_id": p.study_id, "site": views[p.study_id]["site"], "status": views[p.study_id]["status"],
+                     "queries": badges.get(p.id, 0), "cells": cells})
+    return {"columns": columns, "visits": _spans(columns), "page": page.map(lambda _: rows), "marks": shows_marks,
+            "states": CELL_STATES}
+
+
+def _entered_forms(db: Session, ids: list[int]) -> dict[tuple[int, str, str], Assessment]:
+    """The forms entered for these participants by (participant, visit, instrument); of two, the
+    later performed."""
     entered: dict[tuple[int, str, str], Assessment] = {}
     if ids:
         for a in db.execute(select(Assessment).where(Assessment.participant_id.in_(ids))
                             .order_by(Assessment.performed_on, Assessment.id)).scalars():
             entered[(a.participant_id, a.visit, a.instrument)] = a
-    shows_marks = may_read_marks(actor)
-    standing = marks(db, ids) if shows_marks else {}
-    queried = form_badges(db, actor, ids)
-    badges = query_badges(db, actor, ids)  # as this user may see the queries: an assessor only its own kind
-    # who may open the entry form: assessors enter blinded instruments, coordinators the others
-    enterers = {(r.site_id, blinded): {c["instrument"] for c in columns if c["blinded"] == blinded}
-                for r in actor.roles for blinded in (True, False)
-                if (r.role == "assessor" and blinded) or (r.role == "coordinator" and not blinded)}
-    rows = []
-    for p in people:
-        visit_state = {c["visit"]: c for c in sched[p.id]}
-        cells = []
-        for col in columns:
-            v = visit_state[col["visit"]]
-            a = entered.get((p.id, col["visit"], col["instrument"]))
-            if a is not None:
-                cell = {"state": "entered_out_of_window" if a.out_of_window else "entered", "assessment_id": a.id,
-                        "on": a.performed_on.isoformat(), "queries": queried.get((p.id, "assessment", a.id), 0),
-                        "verified": (p.id, "assessment", a.id) in standing if shows_marks else None}
-            else:
-                cell = {"state": FROM_VISIT.get(v["status"], "upcoming"), "assessment_id": None,
-                        "queries": queried.get((p.id, col["visit"], col["instrument"]), 0), "verified": None}
-            cell["window"] = (v.get("window_start"), v.get("window_end"))
-            cell["enters"] = col["instrument"] in enterers.get((p.site_id, col["blinded"]), ())
-            cells.append(cell)
-        rows.append({"study_id": p.study_id, "site": views[p.study_id]["site"], "status": views[p.study_id]["status"],
-                     "queries": badges.get(p.id, 0), "cells": cells})
-    return {"columns": columns, "visits": _spans(columns), "page": page.map(lambda _: rows), "marks": shows_marks,
-            "states": CELL_STATES}
+    return entered
+
+
+def _enterers(actor, columns: list[dict]) -> dict[tuple[int, bool], set[str]]:
+    """Who may open the entry form, by (site, blinded): the instruments the reader enters there;
+    assessors enter blinded instruments, coordinators the others."""
+    return {(r.site_id, blinded): {c["instrument"] for c in columns if c["blinded"] == blinded}
+            for r in actor.roles for blinded in (True, False)
+            if (r.role == "assessor" and blinded) or (r.role == "coordinator" and not blinded)}
+
+
+def _grid_cell(p: Participant, col: dict, v: dict, a: Assessment | None, queried: dict, standing: dict | None,
+               enterers: dict) -> dict:
+    """One cell of the grid: the form ``a`` entered (or, when none is, the state its visit ``v``
+    gives), its open queries, whether it is verified (None when the reader sees no marks:
+    ``standing`` is None), its window and whether the reader may enter it."""
+    if a is not None:
+        cell = {"state": "entered_out_of_window" if a.out_of_window else "entered", "assessment_id": a.id,
+                "on": a.performed_on.isoformat(), "queries": queried.get((p.id, "assessment", a.id), 0),
+                "verified": (p.id, "assessment", a.id) in standing if standing is not None else None}
+    else:
+        cell = {"state": FROM_VISIT.get(v["status"], "upcoming"), "assessment_id": None,
+                "queries": queried.get((p.id, col["visit"], col["instrument"]), 0), "verified": None}
+    cell["window"] = (v.get("window_start"), v.get("window_end"))
+    cell["enters"] = col["instrument"] in enterers.get((p.site_id, col["blinded"]), ())
+    return cell
 
 
 def _spans(columns: list[dict]) -> list[dict]:
@@ -137,9 +154,9 @@ def recruitment_svg(db: Session, actor) -> str:
     top = 30
     scale = max([s["target"] for s in sites] + [s["enrolled"] for s in sites] + [1])
     height = top + len(sites) * (bar_h + gap) + 40
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 80}" height="{height}" '
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 80}" height="{height}" '
            f'viewBox="0 0 {left + width + 80} {height}" role="img" aria-label="Recruitment against target by site" '
-           'font-family="sans-serif" font-size="12">',
+           'font-family="sans-serif" font-size="12">'),
            '<text x="0" y="16" font-weight="bold">Recruitment against target</text>']
     for i, s in enumerate(sites):
         y = top + i * (bar_h + gap)
@@ -178,26 +195,9 @@ def overview(db: Session, actor, on: dt.date | None = None) -> dict:
 
 
 def _overview(db: Session, content: dict, sites: list[Site], days: dict[int, dt.date]) -> dict:
-    pv = PlannedVisit
-    retention: dict[tuple[int, str], dict] = {}
-    forms: dict[int, dict] = {}
+    """The overview's figures, per site and in total (see :func:`overview`)."""
     visits = [v for v in content["visits"] if v["key"] != "baseline"]
-    if sites:
-        closed = pv.closes < case(*[(pv.site_id == sid, day) for sid, day in days.items()], else_=None)
-        complete = and_(pv.blinded_entered == pv.blinded_forms, pv.other_entered == pv.other_forms)
-        entered = pv.blinded_entered + pv.other_entered
-        missing = pv.blinded_forms + pv.other_forms - entered
-        still = and_(pv.ended.is_(False), closed)
-        for site_id, visit, due, done, ent, overdue in db.execute(
-                select(pv.site_id, pv.visit, func.sum(case((or_(closed, complete), 1), else_=0)),
-                       func.sum(case((complete, 1), else_=0)), func.sum(entered),
-                       func.sum(case((still, missing), else_=0))).group_by(pv.site_id, pv.visit)):
-            retention[(site_id, visit)] = {"due": int(due or 0), "complete": int(done or 0)}
-            # expected so far: what is entered, and what is missing from a closed window of a child still in the trial
-            f = forms.setdefault(site_id, {"expected": 0, "entered": 0, "overdue": 0})
-            f["entered"] += int(ent or 0)
-            f["overdue"] += int(overdue or 0)
-            f["expected"] += int(ent or 0) + int(overdue or 0)
+    retention, forms = _plan_counts(db, sites, days)
     randomized = dict(db.execute(select(Participant.site_id, func.count()).join(
         Allocation, Allocation.participant_id == Participant.id).group_by(Participant.site_id)).all())
     queries = dict(db.execute(select(DataQuery.site_id, func.count()).where(DataQuery.status == "open")
@@ -225,6 +225,36 @@ def _overview(db: Session, content: dict, sites: list[Site], days: dict[int, dt.
             "total": row(None, None, sum(s.target for s in sites), [s.id for s in sites])}
 
 
+def _plan_counts(db: Session, sites: list[Site], days: dict[int, dt.date]) -> tuple[dict, dict]:
+    """From the visit plan in one grouped query: retention by (site, visit): children due (window
+    closed or every form entered) and complete; forms by site: expected so far, entered, overdue."""
+    pv = PlannedVisit
+    retention: dict[tuple[int, str], dict] = {}
+    forms: dict[int, dict] = {}
+    if not sites:
+        return retention, forms
+    closed = pv.closes < case(*[(pv.site_id == sid, day) for sid, day in days.items()], else_=None)
+    complete = and_(pv.blinded_entered == pv.blinded_forms, pv.other_entered == pv.other_forms)
+    entered = pv.blinded_entered + pv.other_entered
+    missing = pv.blinded_forms + pv.other_forms - entered
+    still = and_(pv.ended.is_(False), closed)
+    for site_id, visit, due, done, ent, overdue in db.execute(
+            select(pv.site_id, pv.visit, func.sum(case((or_(closed, complete), 1), else_=0)),
+                   func.sum(case((complete, 1), else_=0)), func.sum(entered),
+                   func.sum(case((still, missing), else_=0))).group_by(pv.site_id, pv.visit)):
+        retention[(site_id, visit)] = {"due": int(due or 0), "complete": int(done or 0)}
+        # expected so far: what is entered, and what is missing from a closed window of a child still in the trial
+        f = forms.setdefault(site_id, {"expected": 0, "entered": 0, "overdue": 0})
+        f["entered"] += int(ent or 0)
+        f["overdue"] += int(overdue or 0)
+        f["expected"] += int(ent or 0) + int(overdue or 0)
+    return retention, forms
+
+
+# the small panels of the recruitment-over-time chart: per row, width, height, left margin (the axis)
+PANEL_COLS, PANEL_W, PANEL_H, PANEL_PAD = 3, 230, 130, 34
+
+
 def recruitment_over_time_svg(db: Session, actor, words: dict[str, str], fmt_month=None) -> str:
     """Cumulative randomizations by month at each site against its target, one small panel per
     site (and the trial in total), as SVG drawn here (no script, no CDN). ``words`` gives the
@@ -232,18 +262,12 @@ def recruitment_over_time_svg(db: Session, actor, words: dict[str, str], fmt_mon
     a month's first day for the axis."""
     require_role(db, actor, "manager")
     sites = list(db.execute(select(Site).order_by(Site.code)).scalars())
-    tzs = {s.id: s.timezone for s in sites}
-    months: dict[int, dict[dt.date, int]] = {s.id: {} for s in sites}
-    for site_id, at in db.execute(select(Participant.site_id, Allocation.randomized_at)
-                                  .join(Allocation, Allocation.participant_id == Participant.id)):
-        d = local_date(at, tzs.get(site_id, "UTC")).replace(day=1)
-        months.setdefault(site_id, {})[d] = months.setdefault(site_id, {}).get(d, 0) + 1
+    months = _randomized_by_month(db, sites)
     all_months = sorted({m for per in months.values() for m in per})
     if all_months:
         first, last = all_months[0], max(all_months[-1], today().replace(day=1))
     else:
         first = last = today().replace(day=1)
-    span = (last.year - first.year) * 12 + last.month - first.month + 1
     fmt = fmt_month or (lambda d: d.strftime("%Y-%m"))
     panels = [(s.code, s.target, months.get(s.id, {})) for s in sites]
     total: dict[dt.date, int] = {}
@@ -251,42 +275,62 @@ def recruitment_over_time_svg(db: Session, actor, words: dict[str, str], fmt_mon
         for m, n in per.items():
             total[m] = total.get(m, 0) + n
     panels.append((words.get("total", "All sites"), sum(s.target for s in sites), total))
-    cols, pw, ph, pad = 3, 230, 130, 34
-    rows = (len(panels) + cols - 1) // cols
-    width, height = cols * (pw + 20) + 10, 40 + rows * (ph + 44)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-           f'role="img" aria-label="{escape(words["title"])}" font-family="sans-serif" font-size="11">',
+    rows = (len(panels) + PANEL_COLS - 1) // PANEL_COLS
+    width, height = PANEL_COLS * (PANEL_W + 20) + 10, 40 + rows * (PANEL_H + 44)
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'role="img" aria-label="{escape(words["title"])}" font-family="sans-serif" font-size="11">'),
            f'<title>{escape(words["title"])}</title>',
            f'<text x="10" y="18" font-size="14" font-weight="bold">{escape(words["title"])}</text>',
-           f'<line x1="10" y1="30" x2="30" y2="30" stroke="#1f5f8b" stroke-width="2"/>'
+           (f'<line x1="10" y1="30" x2="30" y2="30" stroke="#1f5f8b" stroke-width="2"/>'
            f'<text x="34" y="34">{escape(words["randomized"])}</text>'
            f'<line x1="160" y1="30" x2="180" y2="30" stroke="#a33" stroke-dasharray="4 3"/>'
-           f'<text x="184" y="34">{escape(words["target"])}</text>']
+           f'<text x="184" y="34">{escape(words["target"])}</text>')]
     for k, (name, target, per) in enumerate(panels):
-        x0, y0 = 10 + (k % cols) * (pw + 20), 50 + (k // cols) * (ph + 44)
-        counts, run = [], 0
-        for i in range(span):
-            m = dt.date(first.year + (first.month - 1 + i) // 12, (first.month - 1 + i) % 12 + 1, 1)
-            run += per.get(m, 0)
-            counts.append(run)
-        top = max([target, run, 1])
-        inner_w, inner_h = pw - pad - 6, ph - 26
-        def px(i):
-            return x0 + pad + (inner_w * i / max(span - 1, 1))
-        def py(n):
-            return y0 + 14 + inner_h - inner_h * n / top
-        out.append(f'<g><text x="{x0}" y="{y0 + 8}" font-weight="bold">{escape(name)}</text>'
-                   f'<text x="{x0 + pw - 6}" y="{y0 + 8}" text-anchor="end">'
-                   f'{escape(words["of"].replace("%(n)s", str(run)).replace("%(target)s", str(target)))}</text>')
-        out.append(f'<rect x="{x0 + pad}" y="{y0 + 14}" width="{inner_w}" height="{inner_h}" fill="none" stroke="#c5ccd3"/>')
-        out.append(f'<text x="{x0 + pad - 4}" y="{y0 + 18}" text-anchor="end">{top}</text>'
-                   f'<text x="{x0 + pad - 4}" y="{y0 + 14 + inner_h}" text-anchor="end">0</text>')
-        if target:
-            out.append(f'<line x1="{x0 + pad}" y1="{py(target):.1f}" x2="{x0 + pad + inner_w}" y2="{py(target):.1f}" '
-                       'stroke="#a33" stroke-dasharray="4 3"/>')
-        pts = " ".join(f"{px(i):.1f},{py(n):.1f}" for i, n in enumerate(counts))
-        out.append(f'<polyline points="{pts}" fill="none" stroke="#1f5f8b" stroke-width="2"/>')
-        out.append(f'<text x="{x0 + pad}" y="{y0 + ph + 2}">{escape(fmt(first))}</text>'
-                   f'<text x="{x0 + pad + inner_w}" y="{y0 + ph + 2}" text-anchor="end">{escape(fmt(last))}</text></g>')
+        x0, y0 = 10 + (k % PANEL_COLS) * (PANEL_W + 20), 50 + (k // PANEL_COLS) * (PANEL_H + 44)
+        out += _panel_svg(name, target, per, x0, y0, first, last, fmt, words)
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _randomized_by_month(db: Session, sites: list[Site]) -> dict[int, dict[dt.date, int]]:
+    """Randomizations by site and month (its first day, in the site's calendar)."""
+    tzs = {s.id: s.timezone for s in sites}
+    months: dict[int, dict[dt.date, int]] = {s.id: {} for s in sites}
+    for site_id, at in db.execute(select(Participant.site_id, Allocation.randomized_at)
+                                  .join(Allocation, Allocation.participant_id == Participant.id)):
+        d = local_date(at, tzs.get(site_id, "UTC")).replace(day=1)
+        months.setdefault(site_id, {})[d] = months.setdefault(site_id, {}).get(d, 0) + 1
+    return months
+
+
+def _panel_svg(name: str, target: int, per: dict[dt.date, int], x0: int, y0: int, first: dt.date, last: dt.date,
+               fmt, words: dict[str, str]) -> list[str]:
+    """One panel at (x0, y0): the cumulative randomizations by month from ``first`` to ``last``
+    against the target (a dashed line), with its name and "n of target"."""
+    span = (last.year - first.year) * 12 + last.month - first.month + 1
+    pad = PANEL_PAD
+    counts, run = [], 0
+    for i in range(span):
+        m = dt.date(first.year + (first.month - 1 + i) // 12, (first.month - 1 + i) % 12 + 1, 1)
+        run += per.get(m, 0)
+        counts.append(run)
+    top = max([target, run, 1])
+    inner_w, inner_h = PANEL_W - pad - 6, PANEL_H - 26
+    def px(i):
+        return x0 + pad + (inner_w * i / max(span - 1, 1))
+    def py(n):
+        return y0 + 14 + inner_h - inner_h * n / top
+    out = [(f'<g><text x="{x0}" y="{y0 + 8}" font-weight="bold">{escape(name)}</text>'
+           f'<text x="{x0 + PANEL_W - 6}" y="{y0 + 8}" text-anchor="end">'
+           f'{escape(words["of"].replace("%(n)s", str(run)).replace("%(target)s", str(target)))}</text>')]
+    out.append(f'<rect x="{x0 + pad}" y="{y0 + 14}" width="{inner_w}" height="{inner_h}" fill="none" stroke="#c5ccd3"/>')
+    out.append(f'<text x="{x0 + pad - 4}" y="{y0 + 18}" text-anchor="end">{top}</text>'
+               f'<text x="{x0 + pad - 4}" y="{y0 + 14 + inner_h}" text-anchor="end">0</text>')
+    if target:
+        out.append(f'<line x1="{x0 + pad}" y1="{py(target):.1f}" x2="{x0 + pad + inner_w}" y2="{py(target):.1f}" '
+                   'stroke="#a33" stroke-dasharray="4 3"/>')
+    pts = " ".join(f"{px(i):.1f},{py(n):.1f}" for i, n in enumerate(counts))
+    out.append(f'<polyline points="{pts}" fill="none" stroke="#1f5f8b" stroke-width="2"/>')
+    out.append(f'<text x="{x0 + pad}" y="{y0 + PANEL_H + 2}">{escape(fmt(first))}</text>'
+               f'<text x="{x0 + pad + inner_w}" y="{y0 + PANEL_H + 2}" text-anchor="end">{escape(fmt(last))}</text></g>')
+    return out

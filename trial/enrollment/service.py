@@ -138,6 +138,28 @@ def _next_study_id(db: Session, site: Site) -> str:
     return f"{site.code}-{seq.last_number:04d}"
 
 
+def _enrolment_values(content: dict, data: dict, sc: Screening, site: Site) -> tuple[dt.date, dt.date, str, dict]:
+    """The consent date (not before the screening nor after today at the site), the date of
+    birth (an age at consent the protocol allows), the sex and the strata, checked, or 400
+    naming each bad one."""
+    errors: dict[str, str] = {}
+    consent = clinical_date(data.get("consent_date"), "consent_date", errors, today(site.timezone),
+                            not_before=(sc.screened_on, N_("the screening date")))
+    born = parse_date(data.get("date_of_birth"), "date_of_birth", errors)
+    sex = data.get("sex")
+    if sex not in SEXES:
+        errors["sex"] = f"must be one of {', '.join(SEXES)}"
+    strata = _strata(content, data.get("strata"), errors)
+    if born and consent:
+        el = content["eligibility"]
+        months = age_in_months(born, consent)
+        if born >= consent or not el["min_age_months"] <= months <= el["max_age_months"]:
+            errors["date_of_birth"] = (f"gives an age of {max(months, 0)} months at consent; the protocol requires "
+                                       f"{el['min_age_months']} to {el['max_age_months']} months")
+    refuse("The participant was not enrolled", errors)
+    return consent, born, sex, strata
+
+
 def enroll(db: Session, actor, data: dict, at: dt.datetime | None = None) -> Participant:
     """Enrol from an eligible screening. ``at`` (a UTC datetime) is honoured only for the
     command-line operator loading synthetic or migrated data (the demo); users enrol now."""
@@ -155,20 +177,7 @@ def enroll(db: Session, actor, data: dict, at: dt.datetime | None = None) -> Par
     if db.execute(select(Participant.id).where(Participant.screening_id == sc.id)).first():
         raise Conflict(f"Screening {sc.id} has already been enrolled.")
     pv = current_protocol(db)
-    consent = clinical_date(data.get("consent_date"), "consent_date", errors, today(site.timezone),
-                            not_before=(sc.screened_on, N_("the screening date")))
-    born = parse_date(data.get("date_of_birth"), "date_of_birth", errors)
-    sex = data.get("sex")
-    if sex not in SEXES:
-        errors["sex"] = f"must be one of {', '.join(SEXES)}"
-    strata = _strata(pv.content, data.get("strata"), errors)
-    if born and consent:
-        el = pv.content["eligibility"]
-        months = age_in_months(born, consent)
-        if born >= consent or not el["min_age_months"] <= months <= el["max_age_months"]:
-            errors["date_of_birth"] = (f"gives an age of {max(months, 0)} months at consent; the protocol requires "
-                                       f"{el['min_age_months']} to {el['max_age_months']} months")
-    refuse("The participant was not enrolled", errors)
+    consent, born, sex, strata = _enrolment_values(pv.content, data, sc, site)
     study_id = _next_study_id(db, site)
     p = Participant(study_id=study_id, site_id=site.id, screening_id=sc.id, consent_date=consent,
                     date_of_birth=born, sex=sex, strata=strata, created_by_id=getattr(actor, "id", None),

@@ -28,12 +28,20 @@ from sqlalchemy.orm import Session
 
 from trial.analysis.service import primary_analysis
 from trial.audit.service import seal_of
-from trial.db import is_sqlite, make_engine, make_session_factory, read_only_session
 from trial.dataquality.service import shown_queries
+from trial.db import is_sqlite, make_engine, make_session_factory, read_only_session
 from trial.exports import drawing, formats, odm, syntax
 from trial.exports.consort import consort
-from trial.exports.dataset import (ANALYSIS_TABLES, DUMMY_LABEL, FREE_TEXT_WITHHELD, SESSION_TABLES, build_tables, rows_of,
-                                  session_rows, session_tables)
+from trial.exports.dataset import (
+    ANALYSIS_TABLES,
+    DUMMY_LABEL,
+    FREE_TEXT_WITHHELD,
+    SESSION_TABLES,
+    build_tables,
+    rows_of,
+    session_rows,
+    session_tables,
+)
 from trial.exports.reports import bang_index, baseline_table, table_csv, trial_facts
 from trial.fidelity.service import delivered_by_arm
 from trial.participants.models import Participant
@@ -427,8 +435,8 @@ def build_bundles(db: Session, lock, sig, variants=VARIANTS, progress=None, para
     other tables' files; each zip is compressed by a thread of its own, which also runs the
     primary analysis when its turn comes. The same bytes either way."""
     with _collector_paused():
-        return _build(db, lock, sig, [v for v in VARIANTS if v in variants], progress or (lambda share: None),
-                      parallel and can_fork() and not is_sqlite(_engine_of(db)))
+        return _Build(db, lock, sig, [v for v in VARIANTS if v in variants], progress or (lambda share: None),
+                      parallel and can_fork() and not is_sqlite(_engine_of(db))).run()
 
 
 def build_bundle(db: Session, lock, sig, blinded: bool, progress=None, parallel: bool = False) -> tuple[bytes, str, str]:
@@ -437,111 +445,181 @@ def build_bundle(db: Session, lock, sig, blinded: bool, progress=None, parallel:
     return build_bundles(db, lock, sig, [variant], progress, parallel)[variant]
 
 
-def _build(db: Session, lock, sig, variants: list[str], say, parallel: bool) -> dict[str, tuple[bytes, str, str]]:
-    when = lock.created_at
-    pv = db.query(ProtocolVersion).filter_by(version=lock.protocol_version).one()
-    content = pv.content
-    # in parallel, a helper forked before anything is read reads the sessions meanwhile, then makes
-    # the reports; a second one, forked once the tables are read, the analyses and ODM snapshots
-    done_share = [0.0]
+class _Build:
+    """One build of a lock's bundles (the variants asked for), from one read of the database: the
+    tables are read, then each variant's files go into its zip in a fixed order (the tables'
+    files, the primary analysis, the loading scripts and the dictionary, the protocol, the ODM
+    snapshot, the reports, the README). In parallel, a helper forked before anything is read
+    reads the sessions meanwhile, then makes the reports; a second one, forked once the tables
+    are read, the ODM snapshots."""
 
-    def progress(share: float) -> None:
-        done_share[0] = share
-        say(share)
+    def __init__(self, db: Session, lock, sig, variants: list[str], say, parallel: bool):
+        self.db, self.lock, self.sig, self.variants, self.say, self.parallel = db, lock, sig, variants, say, parallel
+        self.when = lock.created_at
+        self.pv = db.query(ProtocolVersion).filter_by(version=lock.protocol_version).one()
+        self.content = self.pv.content
+        self.share = 0.0
+        self.helpers: list[_Helper] = []
+        self.zips: dict[str, _Zip] = {}
+        self.report_memo: dict = {}  # what both variants' reports read (a serial build)
+        self.written: dict[int, tuple] = {}  # the files of a table both variants hold: made once
+        self.done = 0
+        self.tables: dict[str, list] = {}
+        self.other = self.data = None  # the helpers (in parallel)
+        self.counts: dict[str, dict[str, int]] = {}
+        self.uses: collections.Counter = collections.Counter()
+        self.steps = 0
 
-    def beat() -> None:  # the same share again: the worker's heartbeat while the build waits
-        say(done_share[0])
-    helpers = [_Helper(_other_job, db, lock, pv, variants, beat=beat)] if parallel else []
-    zips: dict[str, _Zip] = {}
-    try:
-        cache: dict = {"session_rows": lambda: _unpickled(helpers[0].take("session_rows"))} if parallel else {}
-        tables = {v: build_tables(db, v == "blinded", cache, bytes.fromhex(lock.dummy_seed) if v == "blinded" else None)
-                  for v in variants}
-        progress(0.3)
-        if parallel:  # the analyses and the ODM snapshots, from the tables read, by a second helper
-            helpers.append(_Helper(_data_job, db, lock, pv, tables, beat=beat))
-            for h in helpers:  # every process forked: the threads start now
+    def progress(self, share: float) -> None:
+        self.share = share
+        self.say(share)
+
+    def beat(self) -> None:  # the same share again: the worker's heartbeat while the build waits
+        self.say(self.share)
+
+    def run(self) -> dict[str, tuple[bytes, str, str]]:
+        if self.parallel:
+            self.helpers.append(_Helper(_other_job, self.db, self.lock, self.pv, self.variants, beat=self.beat))
+        try:
+            self.tables = self._read_tables()
+            self.other, self.data = (self.helpers + [None, None])[:2]
+            self.zips = {v: _Zip(self.lock, self.beat) for v in self.variants}
+            self.counts = {v: {t.name: len(t.rows) for t in ts} for v, ts in self.tables.items()}
+            self.uses = collections.Counter(id(t) for ts in self.tables.values() for t in ts)  # 2: a table both hold
+            self.steps = sum(len(ts) for ts in self.tables.values())
+            for v in self.variants:
+                self._add_variant(v)
+            return self._close()
+        except BaseException:
+            for h in self.helpers:
+                h.stop()  # first: a file waiting for a helper then fails at once
+            for z in self.zips.values():
+                z.discard()  # a refused build (e.g. CONSORT does not reconcile) leaves no half-open zip behind
+            raise
+        finally:
+            for h in self.helpers:
+                h.stop()
+                h.close()
+            # the zips and the helpers call this build's heartbeat (a bound method): let go of them
+            # now, so that their buffers are freed at once, not at the garbage collector's next pass
+            self.zips, self.helpers, self.other, self.data = {}, [], None, None
+
+    def _read_tables(self) -> dict[str, list]:
+        """Each variant's tables (both from one read); in parallel, the second helper is forked
+        once they are read, and the helpers' threads start (every process forked)."""
+        lock = self.lock
+        cache: dict = {"session_rows": lambda: _unpickled(self.helpers[0].take("session_rows"))} if self.parallel else {}
+        tables = {v: build_tables(self.db, v == "blinded", cache, bytes.fromhex(lock.dummy_seed) if v == "blinded" else None)
+                  for v in self.variants}
+        self.progress(0.3)
+        if self.parallel:  # the analyses and the ODM snapshots, from the tables read, by a second helper
+            self.helpers.append(_Helper(_data_job, self.db, lock, self.pv, tables, beat=self.beat))
+            for h in self.helpers:  # every process forked: the threads start now
                 h.listen()
-        other, data = (helpers + [None, None])[:2]
-        zips = {v: _Zip(lock, beat) for v in variants}
-        counts = {v: {t.name: len(t.rows) for t in ts} for v, ts in tables.items()}
-        report_memo: dict = {}  # what both variants' reports read (a serial build)
-        uses = collections.Counter(id(t) for ts in tables.values() for t in ts)  # 2: a table both variants hold
-        written: dict[int, tuple] = {}  # such a table's files: made once
-        steps = sum(len(ts) for ts in tables.values())
-        done = 0
-        for v in variants:
-            blinded = v == "blinded"
-            out, ts = zips[v], tables[v]
-            truncated: dict[str, dict[str, int]] = {}
-            from_helper: list[str] = []  # tables whose files the other helper wrote
-            for t in ts:
-                uses[id(t)] -= 1
-                if other is not None and t.name in SESSION_TABLES:
-                    from_helper.append(t.name)
-                    files, cut = [(_file_name(t, fmt), lambda n=_file_name(t, fmt): other.whole(("file", n)))
-                                  for fmt in ("csv", "dta", "xpt") if fmt != "xpt" or t.rows], {}
-                elif id(t) in written:
-                    files, cut = written.pop(id(t))
-                else:
-                    cut = {}
-                    files = _table_files(t, when, cut)
-                    if uses[id(t)]:
-                        files = list(files)
-                        written[id(t)] = (files, cut)
-                for name, body in files:
-                    out.add(name, body)
-                if parallel and not uses[id(t)] and t.name not in ANALYSIS_TABLES:
-                    t.rows = []  # the helper has its own copy of the rows: here they are done with (the analysis is to come)
-                if cut:
-                    truncated[t.name] = cut
-                done += 1
-                progress(0.3 + 0.6 * done / steps)
-            if content.get("analysis"):  # run by the zip's thread when its turn comes (NumPy and SciPy, no database)
-                adsl = next(t for t in ts if t.name == "adsl")
-                analysis = functools.cache(lambda adsl=adsl, blinded=blinded: _analysis_files(content, adsl, blinded))
-                for n, name in enumerate(ANALYSIS_FILES):
-                    out.add(name, lambda n=n, a=analysis: a()[n][1])
-            reference = (content.get("analysis") or {}).get("reference_arm")
-            out.add("syntax/load.R", syntax.load_r(ts, reference).encode())
-            out.add("syntax/load.do", syntax.load_do(ts, reference).encode())
-            out.add("syntax/load.sas", syntax.load_sas(ts, counts[v]).encode())
-            out.add("syntax/load.sps", syntax.load_sps(ts).encode())
-            out.add("dictionary.csv", formats.dictionary_csv(ts))
-            out.add("dictionary_visits.csv", formats.visits_csv(content))
-            out.add("protocol.toml", pv.source.encode("utf-8"))  # byte for byte the version in force (its sha256 is in the README)
-            out.add("odm/snapshot.xml", (lambda v=v: data.file(("odm", v))) if data else
-                    _odm_chunks(content, ts, lock.id, when, pv.version, blinded))
-            made = (lambda v=v: other.result(("reports", v))) if other else \
-                _report_files(db, lock.id, when, content, blinded, report_memo)
-            for n, name in enumerate(report_names(blinded)):
-                out.add(name, (lambda n=n, m=made: m()[n][1]) if other else made[n][1])
-            accepted = shown_queries(db, lock.accepted_open_queries, blinded)
-            text = _readme(lock, sig, pv, blinded, ts, {}, counts[v], accepted, seal_of(db, seal_name(lock)))
+        return tables
 
-            def readme(text=text, truncated=truncated, from_helper=from_helper) -> bytes:
-                """(in the zip's thread: plain values only, no database object)"""
-                for name in from_helper:  # what the helper cut in the transport files it wrote
-                    if cut := other.result(("cut", name)):
-                        truncated[name] = cut
-                return (text + _truncated_text(truncated)).encode()
-            out.add("README.txt", readme if from_helper else readme())
+    def _add_variant(self, v: str) -> None:
+        """A variant's files, into its zip in the bundle's order."""
+        blinded, out, ts = v == "blinded", self.zips[v], self.tables[v]
+        truncated, from_helper = self._add_tables(out, ts)
+        if self.content.get("analysis"):
+            self._add_analysis(out, ts, blinded)
+        self._add_loaders(out, v, ts)
+        out.add("odm/snapshot.xml", (lambda v=v, data=self.data: data.file(("odm", v))) if self.data else
+                _odm_chunks(self.content, ts, self.lock.id, self.when, self.pv.version, blinded))
+        self._add_reports(out, v, blinded)
+        self._add_readme(out, v, ts, truncated, from_helper)
+
+    def _add_tables(self, out: _Zip, ts) -> tuple[dict[str, dict[str, int]], list[str]]:
+        """Each table's files (CSV, Stata, SAS transport). Returns the values each transport file
+        cut, and the tables whose files the other helper wrote (it tells what it cut)."""
+        truncated: dict[str, dict[str, int]] = {}
+        from_helper: list[str] = []
+        for t in ts:
+            self.uses[id(t)] -= 1
+            if self.other is not None and t.name in SESSION_TABLES:
+                from_helper.append(t.name)
+                files, cut = self._helper_files(t), {}
+            else:
+                files, cut = self._files_of(t)
+            for name, body in files:
+                out.add(name, body)
+            if self.parallel and not self.uses[id(t)] and t.name not in ANALYSIS_TABLES:
+                t.rows = []  # the helper has its own copy of the rows: here they are done with (the analysis is to come)
+            if cut:
+                truncated[t.name] = cut
+            self.done += 1
+            self.progress(0.3 + 0.6 * self.done / self.steps)
+        return truncated, from_helper
+
+    def _files_of(self, t) -> tuple:
+        """A table's files made here (one at a time), with what its transport file cut (filled as
+        they are made); a table the other variant holds too keeps its files for it."""
+        if id(t) in self.written:
+            return self.written.pop(id(t))
+        cut: dict = {}
+        files = _table_files(t, self.when, cut)
+        if self.uses[id(t)]:
+            files = list(files)
+            self.written[id(t)] = (files, cut)
+        return files, cut
+
+    def _helper_files(self, t) -> list:
+        """A sessions' table's files, which the other helper writes (each read when its turn comes)."""
+        other = self.other
+        names = [_file_name(t, fmt) for fmt in ("csv", "dta", "xpt") if fmt != "xpt" or t.rows]
+        return [(n, lambda n=n: other.whole(("file", n))) for n in names]
+
+    def _add_analysis(self, out: _Zip, ts, blinded: bool) -> None:
+        """The primary analysis' files: run by the zip's thread when their turn comes (NumPy and
+        SciPy, no database)."""
+        content = self.content
+        adsl = next(t for t in ts if t.name == "adsl")
+        analysis = functools.cache(lambda adsl=adsl, blinded=blinded: _analysis_files(content, adsl, blinded))
+        for n, name in enumerate(ANALYSIS_FILES):
+            out.add(name, lambda n=n, a=analysis: a()[n][1])
+
+    def _add_loaders(self, out: _Zip, v: str, ts) -> None:
+        """The scripts that load the tables (R, Stata, SAS, SPSS), the data dictionary and the protocol."""
+        reference = (self.content.get("analysis") or {}).get("reference_arm")
+        out.add("syntax/load.R", syntax.load_r(ts, reference).encode())
+        out.add("syntax/load.do", syntax.load_do(ts, reference).encode())
+        out.add("syntax/load.sas", syntax.load_sas(ts, self.counts[v]).encode())
+        out.add("syntax/load.sps", syntax.load_sps(ts).encode())
+        out.add("dictionary.csv", formats.dictionary_csv(ts))
+        out.add("dictionary_visits.csv", formats.visits_csv(self.content))
+        out.add("protocol.toml", self.pv.source.encode("utf-8"))  # byte for byte the version in force (its sha256 is in the README)
+
+    def _add_reports(self, out: _Zip, v: str, blinded: bool) -> None:
+        """The reports: made here (serially), or by the other helper (each read when its turn comes)."""
+        other = self.other
+        made = (lambda v=v: other.result(("reports", v))) if other else \
+            _report_files(self.db, self.lock.id, self.when, self.content, blinded, self.report_memo)
+        for n, name in enumerate(report_names(blinded)):
+            out.add(name, (lambda n=n, m=made: m()[n][1]) if other else made[n][1])
+
+    def _add_readme(self, out: _Zip, v: str, ts, truncated: dict, from_helper: list[str]) -> None:
+        """The README, last: with what the transport files cut (those the helper wrote: when it has
+        told)."""
+        blinded, lock, other = v == "blinded", self.lock, self.other
+        accepted = shown_queries(self.db, lock.accepted_open_queries, blinded)
+        text = _readme(lock, self.sig, self.pv, blinded, ts, {}, self.counts[v], accepted, seal_of(self.db, seal_name(lock)))
+
+        def readme(text=text, truncated=truncated, from_helper=from_helper) -> bytes:
+            """(in the zip's thread: plain values only, no database object)"""
+            for name in from_helper:  # what the helper cut in the transport files it wrote
+                if cut := other.result(("cut", name)):
+                    truncated[name] = cut
+            return (text + _truncated_text(truncated)).encode()
+        out.add("README.txt", readme if from_helper else readme())
+
+    def _close(self) -> dict[str, tuple[bytes, str, str]]:
         result = {}
-        for v in variants:
-            data_, manifest_sha = zips[v].close()
+        for v in self.variants:
+            data_, manifest_sha = self.zips[v].close()
             result[v] = (data_, _sha(data_), manifest_sha)
-        progress(0.99)
+        self.progress(0.99)
         return result
-    except BaseException:
-        for h in helpers:
-            h.stop()  # first: a file waiting for a helper then fails at once
-        for z in zips.values():
-            z.discard()  # a refused build (e.g. CONSORT does not reconcile) leaves no half-open zip behind
-        raise
-    finally:
-        for h in helpers:
-            h.stop()
-            h.close()
 
 
 def _file_name(t, fmt: str) -> str:
@@ -622,7 +700,22 @@ def _accepted_text(accepted: list[int], blinded: bool) -> str:
 
 
 def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts, accepted: list[int], seal=None) -> str:
-    lines = [
+    lines = _readme_head(lock, sig, pv, blinded, accepted)
+    if blinded:
+        lines += _dummy_text(lock)
+    elif seal is not None:  # the chain's size follows the sessions logged: unblinded readers only
+        lines += [f"Audit chain sealed at signing: record {seal.seq}, hash {seal.hash}", ""]
+    lines += _contents_text(blinded)
+    lines += [f"{t.name:<9} {t.label} ({counts[t.name]} rows)" for t in tables]
+    return "\n".join(lines) + "\n" + _truncated_text(truncated)
+
+
+def _readme_head(lock, sig, pv, blinded: bool, accepted: list[int]) -> list[str]:
+    """The README's first part: the trial, the lock and its signature, the protocol, the software
+    and the variant."""
+    variant = ("BLINDED: a DUMMY allocation (armcd), no session data, no intervention events" if blinded else
+               "UNBLINDED: the real allocation, arms by key and label, sessions included")
+    return [
         "Locked dataset bundle",
         "=====================",
         f"Trial: {pv.content['trial']['name']}",
@@ -632,26 +725,31 @@ def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts, accepted: l
         _accepted_text(accepted, blinded) if lock.accepted_open_queries else "Every query was closed when the lock was signed.",
         f"Protocol version: {pv.version} (amendment {pv.content['trial']['amendment']}, sha256 {pv.sha256})",
         f"Software: trial {__version__}",
-        f"Variant: {'BLINDED: a DUMMY allocation (armcd), no session data, no intervention events' if blinded else 'UNBLINDED: the real allocation, arms by key and label, sessions included'}",
+        f"Variant: {variant}",
         "",
     ]
-    if blinded:
-        lines += [
-            "THE ALLOCATION IN THIS BUNDLE IS A DUMMY",
-            "---------------------------------------",
-            "armcd (in particip, alloc and guesses) is not the trial's allocation. The codes were drawn",
-            "at random in the protocol's ratio, independently of the real allocation, so that the whole",
-            "analysis can be written and run on these data; its results say nothing about the arms.",
-            f"Dummy allocation seed: {lock.dummy_seed}",
-            f"Derivation: HMAC-SHA256 stream with label '{DUMMY_LABEL}' (trial.exports.dataset.dummy_allocation).",
-            "Reports (CONSORT, Table 1, blinding index, facts) are pooled over the arms. The real",
-            "allocation is in the unblinded bundle of this lock, released after the signed unblinding.",
-            f"Free text written by unblinded staff (reasons of status events, descriptions of deviations) reads {FREE_TEXT_WITHHELD!r}.",
-            "",
-        ]
-    elif seal is not None:  # the chain's size follows the sessions logged: unblinded readers only
-        lines += [f"Audit chain sealed at signing: record {seal.seq}, hash {seal.hash}", ""]
-    lines += [
+
+
+def _dummy_text(lock) -> list[str]:
+    """A blinded README's warning that its allocation is a dummy, and how it was drawn."""
+    return [
+        "THE ALLOCATION IN THIS BUNDLE IS A DUMMY",
+        "---------------------------------------",
+        "armcd (in particip, alloc and guesses) is not the trial's allocation. The codes were drawn",
+        "at random in the protocol's ratio, independently of the real allocation, so that the whole",
+        "analysis can be written and run on these data; its results say nothing about the arms.",
+        f"Dummy allocation seed: {lock.dummy_seed}",
+        f"Derivation: HMAC-SHA256 stream with label '{DUMMY_LABEL}' (trial.exports.dataset.dummy_allocation).",
+        "Reports (CONSORT, Table 1, blinding index, facts) are pooled over the arms. The real",
+        "allocation is in the unblinded bundle of this lock, released after the signed unblinding.",
+        f"Free text written by unblinded staff (reasons of status events, descriptions of deviations) reads {FREE_TEXT_WITHHELD!r}.",
+        "",
+    ]
+
+
+def _contents_text(blinded: bool) -> list[str]:
+    """What the bundle's folders and files hold, and the heading of the list of tables."""
+    return [
         "Contents",
         "--------",
         "csv/      one CSV per table (UTF-8, header row; dates ISO 8601; empty = missing)",
@@ -665,8 +763,6 @@ def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts, accepted: l
         "Tables",
         "------",
     ]
-    lines += [f"{t.name:<9} {t.label} ({counts[t.name]} rows)" for t in tables]
-    return "\n".join(lines) + "\n" + _truncated_text(truncated)
 
 
 def _truncated_text(truncated: dict[str, dict[str, int]]) -> str:

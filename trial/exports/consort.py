@@ -40,70 +40,93 @@ class Row:
 
 
 def disposition(db: Session, site_code: str | None = None) -> list[Row]:
+    """One row per screening (at the site, when given), in screening order: its outcome and, for an
+    enrolled child, the allocation and what became of it; with the screening's path through the
+    diagram."""
     content = current_protocol(db).content
     arms = {a["key"]: a for a in content["arms"]}
     minimum = content["course"]["min_attended_sessions"]
-    prim = content["primary_outcome"]
-    codes = dict(db.execute(select(Site.id, Site.code)).all())
+    facts = _Facts(db, content["primary_outcome"])
     q = select(Screening.id, Screening.site_id, Screening.outcome).order_by(Screening.id)
     if site_code:
         q = q.join(Site, Site.id == Screening.site_id).where(Site.code == site_code.upper())
-    screenings = db.execute(q).all()
-    parts = {p.screening_id: p for p in db.execute(select(Participant.id, Participant.study_id, Participant.screening_id)).all()}
-    allocs: dict[int, list] = {}
-    for a in db.execute(select(Allocation.participant_id, Allocation.arm)).all():
-        allocs.setdefault(a.participant_id, []).append(a.arm)
-    attended = dict(db.execute(select(TherapySession.participant_id, func.count()).where(
-        TherapySession.attendance == "attended", TherapySession.outside_course.is_(False))
-        .group_by(TherapySession.participant_id)).all())
-    events: dict[int, list] = {}
-    for e in db.execute(select(StatusEvent.participant_id, StatusEvent.type, StatusEvent.reason).order_by(StatusEvent.id)).all():
-        events.setdefault(e.participant_id, []).append(e)
-    primary = {pid for pid, values in db.execute(select(Assessment.participant_id, Assessment.values).where(
-        Assessment.visit == prim["visit"], Assessment.instrument == prim["instrument"])).all()
-        if values.get(prim["field"]) is not None}
     rows = []
-    for s in screenings:
-        row = Row(s.id, codes[s.site_id], s.outcome)
-        p = parts.get(s.id)
+    for s in db.execute(q).all():
+        row = Row(s.id, facts.codes[s.site_id], s.outcome)
+        p = facts.parts.get(s.id)
         if p is not None:
             row.study_id = p.study_id
-            arms_of = allocs.get(p.id, [])
+            arms_of = facts.allocs.get(p.id, [])
             if len(arms_of) > 1:
                 raise ConsortError(f"CONSORT does not reconcile: {p.study_id} has {len(arms_of)} allocations")
             if arms_of:
                 row.arm = arms_of[0]
-                evs = events.get(p.id, [])
-                not_rec = next((e for e in evs if e.type == "not_received"), None)
-                if arms[row.arm]["sessions_per_week"] > 0:
-                    row.received = attended.get(p.id, 0) >= minimum
-                    if not row.received:
-                        row.not_received_reason = not_rec.reason if not_rec else "no session attended"
-                else:
-                    row.received = not_rec is None
-                    if not_rec:
-                        row.not_received_reason = not_rec.reason
-                lost = next((e for e in evs if e.type == "lost_to_follow_up"), None)
-                row.lost = lost.reason if lost else None
-                disc = next((e for e in evs if e.type in ("discontinued_intervention", "withdrawn")), None)
-                row.discontinued = disc.reason if disc else None
-                row.analysed = p.id in primary
-                if not row.analysed:
-                    died = next((e for e in evs if e.type == "died"), None)
-                    withdrawn = next((e for e in evs if e.type == "withdrawn"), None)
-                    row.excluded_reason = ("died" if died else "withdrawn" if withdrawn else
-                                           "lost to follow-up" if lost else "no primary outcome")
-        # the paths this screening takes through the diagram (exactly one is allowed)
-        if row.arm is not None:
-            row.path.append("randomized")
-        if s.outcome == "not_eligible":
-            row.path.append("not_meeting_inclusion_criteria")
-        elif s.outcome == "declined":
-            row.path.append("declined_to_participate")
-        elif row.arm is None:
-            row.path.append("other_reasons")
+                _follow(row, p.id, facts, arms[row.arm]["sessions_per_week"] > 0, minimum)
+        _add_path(row, s.outcome)
         rows.append(row)
     return rows
+
+
+class _Facts:
+    """What the disposition reads of every child: the site codes, the participants by screening,
+    their allocations, sessions attended in the course, status events, and who has the primary
+    outcome."""
+
+    def __init__(self, db: Session, prim: dict):
+        self.codes = dict(db.execute(select(Site.id, Site.code)).all())
+        self.parts = {p.screening_id: p for p in db.execute(select(Participant.id, Participant.study_id,
+                                                                   Participant.screening_id)).all()}
+        self.allocs: dict[int, list] = {}
+        for a in db.execute(select(Allocation.participant_id, Allocation.arm)).all():
+            self.allocs.setdefault(a.participant_id, []).append(a.arm)
+        self.attended = dict(db.execute(select(TherapySession.participant_id, func.count()).where(
+            TherapySession.attendance == "attended", TherapySession.outside_course.is_(False))
+            .group_by(TherapySession.participant_id)).all())
+        self.events: dict[int, list] = {}
+        for e in db.execute(select(StatusEvent.participant_id, StatusEvent.type, StatusEvent.reason)
+                            .order_by(StatusEvent.id)).all():
+            self.events.setdefault(e.participant_id, []).append(e)
+        self.primary = {pid for pid, values in db.execute(select(Assessment.participant_id, Assessment.values).where(
+            Assessment.visit == prim["visit"], Assessment.instrument == prim["instrument"])).all()
+            if values.get(prim["field"]) is not None}
+
+
+def _follow(row: Row, p_id: int, facts: _Facts, sessions: bool, minimum: int) -> None:
+    """A randomized child's course: whether the allocated intervention was received (in an arm
+    with sessions, at least ``minimum`` attended in the course), lost to follow-up, discontinued,
+    analysed or excluded from the analysis (and why)."""
+    evs = facts.events.get(p_id, [])
+    not_rec = next((e for e in evs if e.type == "not_received"), None)
+    if sessions:
+        row.received = facts.attended.get(p_id, 0) >= minimum
+        if not row.received:
+            row.not_received_reason = not_rec.reason if not_rec else "no session attended"
+    else:
+        row.received = not_rec is None
+        if not_rec:
+            row.not_received_reason = not_rec.reason
+    lost = next((e for e in evs if e.type == "lost_to_follow_up"), None)
+    row.lost = lost.reason if lost else None
+    disc = next((e for e in evs if e.type in ("discontinued_intervention", "withdrawn")), None)
+    row.discontinued = disc.reason if disc else None
+    row.analysed = p_id in facts.primary
+    if not row.analysed:
+        died = next((e for e in evs if e.type == "died"), None)
+        withdrawn = next((e for e in evs if e.type == "withdrawn"), None)
+        row.excluded_reason = ("died" if died else "withdrawn" if withdrawn else
+                               "lost to follow-up" if lost else "no primary outcome")
+
+
+def _add_path(row: Row, outcome: str) -> None:
+    """The paths the screening takes through the diagram (exactly one is allowed: reconcile checks)."""
+    if row.arm is not None:
+        row.path.append("randomized")
+    if outcome == "not_eligible":
+        row.path.append("not_meeting_inclusion_criteria")
+    elif outcome == "declined":
+        row.path.append("declined_to_participate")
+    elif row.arm is None:
+        row.path.append("other_reasons")
 
 
 def counts(rows: list[Row], arms: list[dict]) -> dict:

@@ -240,138 +240,196 @@ def rows_of(db: Session, stmt) -> list:
     return db.connection().execute(stmt).all()
 
 
+class _Reader:
+    """The database as a variant's tables read it, through ``cache``: what both variants read (rows,
+    and tables that are the same in both) is read or made once when they share it."""
+
+    def __init__(self, db: Session, cache: dict):
+        self.db, self.cache = db, cache
+
+    def once(self, key: str, make):
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
+
+    def fetch(self, key: str, stmt):
+        return self.once(key, lambda: rows_of(self.db, stmt))
+
+    def shared(self, name: str, make) -> Table:
+        """A table that is the same in both variants: made once per cache, both hold the object
+        (the bundle then makes its files once)."""
+        return self.once(f"table:{name}", make)
+
+
+@dataclass
+class _Variant:
+    """What a variant's tables are made from: the participants (in study-id order) and their
+    allocations, the strata, the status events the variant shows, and its arm variable (the real
+    arm, or the dummy code of a blinded variant)."""
+    content: dict
+    blinded: bool
+    site: dict[int, str]
+    participants: list
+    pid: dict[int, str]
+    alloc: dict
+    strata: dict[int, str]
+    events: dict[int, list]
+    arm_var: Var
+    dummy: dict[str, str]
+    weight_of: dict[str, int] | None  # the dummy codes' weights (blinded)
+
+    def arm_of(self, p_id):
+        a = self.alloc.get(p_id)
+        return None if a is None else (self.dummy[self.pid[p_id]] if self.blinded else a.arm)
+
+
 def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_seed: bytes | None = None) -> list[Table]:
     """The tables of one variant. Pass the same ``cache`` to build both variants from one read of
     the database. A blinded variant carries the dummy allocation drawn from ``dummy_seed``."""
     cache = {} if cache is None else cache
+    read = _Reader(db, cache)
+    v = _read_variant(db, read, blinded, dummy_seed)
+    content, pid = v.content, v.pid
+    tables = [participants_table(v),
+              read.shared("screen", lambda: screening_table(content, v.site, v.participants, read.fetch)),
+              allocation_table(v)]
+    # (the sessions go here, made last: a parallel build reads them in a helper meanwhile, see trial.exports.bundle)
+    sessions_at = len(tables)
+    tables.append(read.shared("counsel", lambda: counselling_table(pid, read.fetch)))
+    assessments = read.once("assessments", lambda: _read_assessments(db, pid))
+    made = read.once("tables:assessments", lambda: assessment_tables(content, pid, assessments))  # the same in both
+    tables += [made["assessl"], made["assessw"], guesses_table(v, assessments), events_table(v), deviations_table(v, read)]
+    tables += data_management_tables(db, content, blinded, pid)
+    tables.append(adsl_table(db, v, assessments))
+    if not blinded:
+        rows, notes = cache["session_rows"]() if "session_rows" in cache else session_rows(db, v.participants, pid)
+        tables[sessions_at:sessions_at] = [*session_tables(content, rows, notes), *intervention_tables(db, content, pid)]
+    return tables
 
-    def fetch(key: str, stmt):
-        if key not in cache:
-            cache[key] = rows_of(db, stmt)
-        return cache[key]
 
-    def shared(name: str, make) -> Table:
-        """A table that is the same in both variants: made once per cache, both hold the object
-        (the bundle then makes its files once)."""
-        if f"table:{name}" not in cache:
-            cache[f"table:{name}"] = make()
-        return cache[f"table:{name}"]
-
+def _read_variant(db: Session, read: _Reader, blinded: bool, dummy_seed: bytes | None) -> _Variant:
     content = current_protocol(db).content
-    labels = {a["key"]: a["label"] for a in content["arms"]}
     site = dict(db.execute(select(Site.id, Site.code)).all())
-    pid = {}
-    participants = fetch("participants", select(Participant.id, Participant.study_id, Participant.site_id, Participant.sex,
-                                     Participant.date_of_birth, Participant.consent_date, Participant.enrolled_at,
-                                     Participant.screening_id, Participant.strata).order_by(Participant.study_id))
-    for p in participants:
-        pid[p.id] = p.study_id
-    alloc = {a.participant_id: a for a in fetch("alloc", select(Allocation.participant_id, Allocation.arm, Allocation.seq,
-                                                               Allocation.randomized_at, Allocation.stratum_id))}
+    participants = read.fetch("participants", select(
+        Participant.id, Participant.study_id, Participant.site_id, Participant.sex, Participant.date_of_birth,
+        Participant.consent_date, Participant.enrolled_at, Participant.screening_id, Participant.strata)
+        .order_by(Participant.study_id))
+    pid = {p.id: p.study_id for p in participants}
+    alloc = {a.participant_id: a for a in read.fetch("alloc", select(
+        Allocation.participant_id, Allocation.arm, Allocation.seq, Allocation.randomized_at, Allocation.stratum_id))}
     strata = dict(db.execute(select(Stratum.id, Stratum.key)).all())
     events: dict[int, list] = {}
-    for e in fetch("events", select(StatusEvent.participant_id, StatusEvent.type, StatusEvent.on, StatusEvent.reason)
-                   .order_by(StatusEvent.participant_id, StatusEvent.on, StatusEvent.id)):
+    for e in read.fetch("events", select(StatusEvent.participant_id, StatusEvent.type, StatusEvent.on, StatusEvent.reason)
+                        .order_by(StatusEvent.participant_id, StatusEvent.on, StatusEvent.id)):
         if blinded and e.type in ARM_REVEALING_EVENTS:
             continue
         events.setdefault(e.participant_id, []).append(e)
-    dummy: dict[str, str] = {}
-    if blinded:
-        if dummy_seed is None:
-            raise ValueError("a blinded dataset needs the lock's dummy-allocation seed")
-        dummy, weight_of = dummy_allocation(dummy_seed, [pid[p_id] for p_id in alloc], content["arms"])
-        ratio = ":".join(str(weight_of[c]) for c in sorted(weight_of))
-        arm_var = Var("armcd", "Arm code: DUMMY allocation (blinded)", "str",
-                      codes=Codes("DUMMYARM", tuple((c, f"Dummy arm {c}") for c in sorted(weight_of))),
-                      source=f"dummy allocation in the ratio {ratio}, independent of the real one (README)")
-    else:
-        arm_var = Var("arm", "Arm", "str", codes=arm_codes(content), source="randomization")
+    arm_var, dummy, weight_of = _arm_var(content, blinded, dummy_seed, [pid[p_id] for p_id in alloc])
+    return _Variant(content, blinded, site, participants, pid, alloc, strata, events, arm_var, dummy, weight_of)
 
-    def arm_of(p_id):
-        a = alloc.get(p_id)
-        return None if a is None else (dummy[pid[p_id]] if blinded else a.arm)
 
-    factor_vars = [f["key"] for f in content["randomization"]["factors"] if f["key"] != "site"]
-    tables = []
+def _read_assessments(db: Session, pid: dict[int, str]) -> list:
+    """Every assessment, by child (in study-id order), visit and instrument."""
+    return sorted(rows_of(db, select(
+        Assessment.participant_id, Assessment.visit, Assessment.instrument, Assessment.performed_on, Assessment.values,
+        Assessment.out_of_window, Assessment.allocation_guess, Assessment.guess_confidence)),
+        key=lambda a: (pid[a.participant_id], a.visit, a.instrument))
+
+
+def _arm_var(content: dict, blinded: bool, dummy_seed: bytes | None,
+             study_ids: list[str]) -> tuple[Var, dict[str, str], dict[str, int] | None]:
+    """The arm variable, with the dummy allocation and its codes' weights in a blinded variant."""
+    if not blinded:
+        return Var("arm", "Arm", "str", codes=arm_codes(content), source="randomization"), {}, None
+    if dummy_seed is None:
+        raise ValueError("a blinded dataset needs the lock's dummy-allocation seed")
+    dummy, weight_of = dummy_allocation(dummy_seed, study_ids, content["arms"])
+    ratio = ":".join(str(weight_of[c]) for c in sorted(weight_of))
+    arm_var = Var("armcd", "Arm code: DUMMY allocation (blinded)", "str",
+                  codes=Codes("DUMMYARM", tuple((c, f"Dummy arm {c}") for c in sorted(weight_of))),
+                  source=f"dummy allocation in the ratio {ratio}, independent of the real one (README)")
+    return arm_var, dummy, weight_of
+
+
+def _factor_keys(content: dict) -> list[str]:
+    """The randomization's stratification factors other than the site (each a stratum variable)."""
+    return [f["key"] for f in content["randomization"]["factors"] if f["key"] != "site"]
+
+
+def participants_table(v: _Variant) -> Table:
+    """One row per enrolled child: the dates, the arm (its label unblinded), the final status and
+    the strata."""
+    labels = {a["key"]: a["label"] for a in v.content["arms"]}
+    factor_vars = _factor_keys(v.content)
     pvars = [Var("studyid", "Study ID", "str"), Var("site", "Site code", "str"),
              Var("sex", "Sex", "str", codes=codes("SEX", "sex")), Var("brthdt", "Date of birth", "date"),
              Var("consdt", "Date of consent", "date"), Var("enroldt", "Date of enrolment (UTC)", "date"),
-             Var("randdt", "Date of randomization (UTC)", "date"), arm_var]
-    if not blinded:
+             Var("randdt", "Date of randomization (UTC)", "date"), v.arm_var]
+    if not v.blinded:
         pvars.append(Var("armlbl", "Arm label", "str", source="protocol"))
     pvars.append(Var("status", "Final status", "str",
                      codes=codes("STATUS", "status", ["enrolled", "randomized", "withdrawn", "lost_to_follow_up", "died"]
-                                 + ([] if blinded else ["discontinued_intervention", "not_received"]))))
+                                 + ([] if v.blinded else ["discontinued_intervention", "not_received"]))))
     pvars += [Var(f"s_{k[:6]}", f"Stratum: {k}", "str", source="enrolment") for k in factor_vars]
     rows = []
-    for p in participants:
-        a = alloc.get(p.id)
-        row = [p.study_id, site[p.site_id], p.sex, _d(p.date_of_birth), _d(p.consent_date), _d(p.enrolled_at.date()),
-               _d(a.randomized_at.date()) if a else None, arm_of(p.id)]
-        if not blinded:
+    for p in v.participants:
+        a = v.alloc.get(p.id)
+        row = [p.study_id, v.site[p.site_id], p.sex, _d(p.date_of_birth), _d(p.consent_date), _d(p.enrolled_at.date()),
+               _d(a.randomized_at.date()) if a else None, v.arm_of(p.id)]
+        if not v.blinded:
             row.append(labels[a.arm] if a else None)
-        row.append(status_label(a is not None, events.get(p.id, [])))
+        row.append(status_label(a is not None, v.events.get(p.id, [])))
         row += [(p.strata or {}).get(k) for k in factor_vars]
         rows.append(tuple(row))
-    tables.append(Table("particip", "Participants", pvars, rows))
+    return Table("particip", "Participants", pvars, rows)
 
-    tables.append(shared("screen", lambda: screening_table(content, site, participants, fetch)))
 
+def allocation_table(v: _Variant) -> Table:
+    """Each randomized child's stratum, slot and arm."""
     avars = [Var("studyid", "Study ID", "str"), Var("site", "Site code", "str"), Var("stratum", "Stratum", "str"),
-             Var("slot", "Slot in the stratum's list", "int"), Var("randdtm", "Randomized at (UTC)", "datetime"), arm_var]
-    p_site = {p.id: site[p.site_id] for p in participants}
-    rows = [(pid[p_id], p_site[p_id], strata[a.stratum_id], a.seq, _dt(a.randomized_at), arm_of(p_id))
-            for p_id, a in sorted(alloc.items(), key=lambda kv: pid[kv[0]])]
-    tables.append(Table("alloc", "Allocation", avars, rows))
+             Var("slot", "Slot in the stratum's list", "int"), Var("randdtm", "Randomized at (UTC)", "datetime"), v.arm_var]
+    p_site = {p.id: v.site[p.site_id] for p in v.participants}
+    rows = [(v.pid[p_id], p_site[p_id], v.strata[a.stratum_id], a.seq, _dt(a.randomized_at), v.arm_of(p_id))
+            for p_id, a in sorted(v.alloc.items(), key=lambda kv: v.pid[kv[0]])]
+    return Table("alloc", "Allocation", avars, rows)
 
-    if not blinded:
-        # (made last: a parallel build reads the sessions in a helper meanwhile, see trial.exports.bundle)
-        sessions_at = len(tables)
 
-    tables.append(shared("counsel", lambda: counselling_table(pid, fetch)))
-
-    if "assessments" not in cache:
-        cache["assessments"] = sorted(rows_of(db, select(
-            Assessment.participant_id, Assessment.visit, Assessment.instrument, Assessment.performed_on, Assessment.values,
-            Assessment.out_of_window, Assessment.allocation_guess, Assessment.guess_confidence)),
-            key=lambda a: (pid[a.participant_id], a.visit, a.instrument))
-    assessments = cache["assessments"]
-    if "table:assessl" not in cache:  # both made at once, the same in both variants
-        made = assessment_tables(content, pid, assessments)
-        cache["table:assessl"], cache["table:assessw"] = made["assessl"], made["assessw"]
-    tables += [cache["table:assessl"], cache["table:assessw"]]
-
-    gvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", codes=visit_codes(content)), Var("perfdt", "Date of the assessment", "date"),
+def guesses_table(v: _Variant, assessments) -> Table:
+    """The assessors' guesses of the allocation, beside the arm (for the blinding index)."""
+    gvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", codes=visit_codes(v.content)),
+             Var("perfdt", "Date of the assessment", "date"),
              Var("guess", "Assessor's guess of the allocation", "str", codes=GUESS_CODES),
-             Var("confid", "Confidence of the guess (1-5)", "int", allowed="1-5"), arm_var]
-    rows = [(pid[a.participant_id], a.visit, _d(a.performed_on), a.allocation_guess, a.guess_confidence, arm_of(a.participant_id))
-            for a in assessments if a.allocation_guess]
-    tables.append(Table("guesses", "Blinding: assessors' guesses", gvars, rows))
+             Var("confid", "Confidence of the guess (1-5)", "int", allowed="1-5"), v.arm_var]
+    rows = [(v.pid[a.participant_id], a.visit, _d(a.performed_on), a.allocation_guess, a.guess_confidence,
+             v.arm_of(a.participant_id)) for a in assessments if a.allocation_guess]
+    return Table("guesses", "Blinding: assessors' guesses", gvars, rows)
 
-    evars = [Var("studyid", "Study ID", "str"), Var("evtype", "Event", "str",
-                                                     codes=codes("EVENT", "event", ["withdrawn", "lost_to_follow_up", "died"]
-                                                                 + ([] if blinded else ["discontinued_intervention", "not_received"]))),
+
+FREE_TEXT_WITHHELD = "(withheld while blinded)"
+
+
+def events_table(v: _Variant) -> Table:
+    """The status events the variant shows (a blinded one, none that tells the arm)."""
+    evars = [Var("studyid", "Study ID", "str"),
+             Var("evtype", "Event", "str", codes=codes("EVENT", "event", ["withdrawn", "lost_to_follow_up", "died"]
+                                                       + ([] if v.blinded else ["discontinued_intervention", "not_received"]))),
              Var("evdt", "Date of the event", "date"), Var("reason", "Reason", "str")]
     # free text written by unblinded staff can name the intervention: withheld from blinded readers
-    rows = sorted(((pid[p_id], e.type, _d(e.on), FREE_TEXT_WITHHELD if blinded else e.reason)
-                   for p_id, evs in events.items() for e in evs),
+    rows = sorted(((v.pid[p_id], e.type, _d(e.on), FREE_TEXT_WITHHELD if v.blinded else e.reason)
+                   for p_id, evs in v.events.items() for e in evs),
                   key=lambda r: (r[0], r[2], r[1]))
-    tables.append(Table("events", "Status events", evars, rows))
+    return Table("events", "Status events", evars, rows)
 
+
+def deviations_table(v: _Variant, read: _Reader) -> Table:
+    """The protocol deviations (a blinded variant: none about the intervention, no description)."""
     dvars = [Var("studyid", "Study ID", "str"), Var("devdt", "Date of the deviation", "date"),
              Var("category", "Category", "str", codes=codes("DEVCAT", "deviation")), Var("descr", "Description", "str")]
-    rows = sorted((pid[d.participant_id], _d(d.on), d.category, FREE_TEXT_WITHHELD if blinded else d.description)
-                  for d in fetch("deviations", select(Deviation.participant_id, Deviation.on, Deviation.category,
-                                                      Deviation.description))
-                  if not (blinded and d.category == "intervention"))
-    tables.append(Table("deviatn", "Protocol deviations", dvars, rows))
-    tables += data_management_tables(db, content, blinded, pid)
-    tables.append(adsl_table(db, content, blinded, participants, alloc, strata, events, assessments, arm_var, arm_of,
-                             weight_of if blinded else None))
-    if not blinded:
-        rows, notes = cache["session_rows"]() if "session_rows" in cache else session_rows(db, participants, pid)
-        tables[sessions_at:sessions_at] = [*session_tables(content, rows, notes), *intervention_tables(db, content, pid)]
-    return tables
+    rows = sorted((v.pid[d.participant_id], _d(d.on), d.category, FREE_TEXT_WITHHELD if v.blinded else d.description)
+                  for d in read.fetch("deviations", select(Deviation.participant_id, Deviation.on, Deviation.category,
+                                                           Deviation.description))
+                  if not (v.blinded and d.category == "intervention"))
+    return Table("deviatn", "Protocol deviations", dvars, rows)
 
 
 SESSION_TABLES = ("sessions", "sessnote")
@@ -399,16 +457,27 @@ def session_tables(content: dict, rows: list[tuple], notes: list[tuple]) -> list
 def session_rows(db: Session, participants, pid: dict[int, str]) -> tuple[list[tuple], list[tuple]]:
     """The sessions table's rows and the therapists' notes, in study-id order (``participants``
     are in it): the largest table of a trial."""
+    by_child, notes_of = _sessions_by_child(db, pid)
+    rows, notes = [], []
+    for p in participants:  # in study-id order
+        rows += by_child.pop(p.id, ())
+        notes += notes_of.pop(p.id, ())
+    return rows, notes
+
+
+def _sessions_by_child(db: Session, pid: dict[int, str]) -> tuple[dict[int, list], dict[int, list]]:
+    """The sessions' rows and the notes, by child (in date order).
+
+    A third of a million rows: each repeated value (a child's id, a day, a word, a therapist's
+    code) is one shared object, not one a row (memory), and is worked out once (time). They come
+    in the order of the (child, day) index, with no sort in the database (session_rows puts them
+    in study-id order a child at a time)."""
     decoded: dict[str | None, str | None] = {}
 
     def techniques_of(raw):  # at most a few dozen distinct lists: decode each once
         if raw not in decoded:
             decoded[raw] = ";".join(json.loads(raw)) or None if raw else None
         return decoded[raw]
-    # a third of a million rows: each repeated value (a child's id, a day, a word, a therapist's
-    # code) is one shared object, not one a row (memory), and is worked out once (time). They come
-    # in the order of the (child, day) index, with no sort in the database, and are put in
-    # study-id order a child at a time.
     day_of: dict = {}
     one_of: dict = {}
     code_of: dict = {}
@@ -435,11 +504,7 @@ def session_rows(db: Session, participants, pid: dict[int, str]) -> tuple[list[t
                      1 if outside else 0, one_of.setdefault(present, present), techniques_of(goals), code))
         if note:
             notes_of.setdefault(p_id, []).append((sid, day, note))
-    rows, notes = [], []
-    for p in participants:  # in study-id order
-        rows += by_child.pop(p.id, ())
-        notes += notes_of.pop(p.id, ())
-    return rows, notes
+    return by_child, notes_of
 
 
 def screening_table(content: dict, site: dict, participants, fetch) -> Table:
@@ -475,8 +540,17 @@ def counselling_table(pid: dict, fetch) -> Table:
 
 def assessment_tables(content: dict, pid: dict, assessments) -> dict[str, Table]:
     """The assessments, long (one row per item) and wide (one row per child and visit)."""
-    names = short_names(content["instruments"])
-    fields = {(i["key"], f["key"]): (i, f) for i in content["instruments"] for f in i["fields"]}
+    return {"assessl": _assessments_long(content, pid, assessments),
+            "assessw": _assessments_wide(content, pid, assessments)}
+
+
+def _instrument_fields(content: dict) -> dict[tuple[str, str], tuple[dict, dict]]:
+    """Every field of every instrument, by (instrument, field) key, in the protocol's order."""
+    return {(i["key"], f["key"]): (i, f) for i in content["instruments"] for f in i["fields"]}
+
+
+def _assessments_long(content: dict, pid: dict, assessments) -> Table:
+    """One row per item given: its child, visit, instrument, value, date and window flag."""
     integer_items = all(f["type"] == "integer" for i in content["instruments"] for f in i["fields"]
                         if f["type"] in ("integer", "number"))
     lvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", codes=visit_codes(content)),
@@ -486,7 +560,7 @@ def assessment_tables(content: dict, pid: dict, assessments) -> dict[str, Table]
              Var("outwin", "Outside the visit window", "int", codes=YESNO)]
     rows = []
     keys_of: dict[str, list[str]] = {}  # each instrument's fields, in the protocol's order
-    for ik, fk in fields:
+    for ik, fk in _instrument_fields(content):
         keys_of.setdefault(ik, []).append(fk)
     day_of: dict = {}
     for a in assessments:
@@ -498,8 +572,14 @@ def assessment_tables(content: dict, pid: dict, assessments) -> dict[str, Table]
         for fk in keys_of.get(a.instrument, ()):
             if (v := values.get(fk)) is not None:
                 rows.append((sid, a.visit, a.instrument, fk, _num(v), day, late))
-    long = Table("assessl", "Assessments, long (one row per item)", lvars, rows)
+    return Table("assessl", "Assessments, long (one row per item)", lvars, rows)
 
+
+def _assessments_wide(content: dict, pid: dict, assessments) -> Table:
+    """One row per child and visit: every field of every instrument, then each instrument's date
+    performed and window flag."""
+    names = short_names(content["instruments"])
+    fields = _instrument_fields(content)
     prim = content["primary_outcome"]
     wvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", codes=visit_codes(content))]
     for (ik, fk), name in names.items():
@@ -521,7 +601,7 @@ def assessment_tables(content: dict, pid: dict, assessments) -> dict[str, Table]
     visit_order = {v["key"]: i for i, v in enumerate(content["visits"])}
     rows = [(s, v) + tuple(vals.get(n) for n in [*names.values(), *(x for pair in perf.values() for x in pair)])
             for (s, v), vals in sorted(wide.items(), key=lambda kv: (kv[0][0], visit_order.get(kv[0][1], 99)))]
-    return {"assessl": long, "assessw": Table("assessw", "Assessments, wide (one row per visit)", wvars, rows)}
+    return Table("assessw", "Assessments, wide (one row per visit)", wvars, rows)
 
 
 EXIT_EVENTS = ("withdrawn", "lost_to_follow_up", "died")
@@ -551,31 +631,40 @@ def field_code(ins: dict, f: dict, used: set[str]) -> str:
     return code
 
 
-def adsl_table(db: Session, content: dict, blinded: bool, participants, alloc, strata, events, assessments,
-               arm_var: Var, arm_of, dummy_weights: dict[str, int] | None = None) -> Table:
+def adsl_table(db: Session, v: _Variant, assessments) -> Table:
     """The analysis dataset: one row per randomized child, with the strata, the arm (the dummy code
     in a blinded bundle), age at randomization, the trial's dates, each instrument's numeric fields
     at each visit with the date performed and the out-of-window flag, the sessions attended in the
     course and the dose (unblinded only: they tell the arm), and the population flags."""
-    analysis = content.get("analysis") or {}
-    prim = content["primary_outcome"]
-    tz = dict(db.execute(select(Site.id, Site.timezone)).all())
-    site = dict(db.execute(select(Site.id, Site.code)).all())
-    arms = {a["key"]: a for a in content["arms"]}
-    months = content["course"]["months"]
-    factor_vars = [f["key"] for f in content["randomization"]["factors"] if f["key"] != "site"]
-    vused: set[str] = set()
-    vcode = {v["key"]: visit_code(v["key"], vused) for v in content["visits"]}
-    vlabel = {v["key"]: v["label"] for v in content["visits"]}
-    fused: set[str] = set()
+    out_vars = _adsl_vars(v, _adsl_outcome_vars(v.content))
+    made = _AdslRows(db, v, assessments)
+    rows = [made.row(p) for p in v.participants if p.id in v.alloc]
+    return Table("adsl", "Analysis dataset: one row per child", out_vars, rows,
+                 meta={"dummy_weights": v.weight_of} if v.blinded else {})
+
+
+def _instrument_letters(content: dict) -> dict[str, str]:
+    """One letter an instrument (a digit added where two share one)."""
     iused: set[str] = set()
     icode = {}
-    for ins in content["instruments"]:  # one letter an instrument (a digit added where two share one)
+    for ins in content["instruments"]:
         c, n = ins["key"][0].lower(), 1
         while c in iused:
             c, n = f"{ins['key'][0].lower()}{n}", n + 1
         iused.add(c)
         icode[ins["key"]] = c
+    return icode
+
+
+def _adsl_outcome_vars(content: dict) -> list[Var]:
+    """Each instrument's numeric fields at each of its visits (asoc_m5), then the date it was
+    performed (adt_m5) and the out-of-window flag (aow_m5)."""
+    prim = content["primary_outcome"]
+    vused: set[str] = set()
+    vcode = {v["key"]: visit_code(v["key"], vused) for v in content["visits"]}
+    vlabel = {v["key"]: v["label"] for v in content["visits"]}
+    icode = _instrument_letters(content)
+    fused: set[str] = set()
     ivars = []
     for ins in content["instruments"]:
         numeric = [f for f in ins["fields"] if f["type"] in ("integer", "number")]
@@ -590,10 +679,17 @@ def adsl_table(db: Session, content: dict, blinded: bool, participants, alloc, s
                           instrument=ins["key"], visit=vk),
                       Var(f"{icode[ins['key']]}ow_{vcode[vk]}", f"{ins['label']}: outside the visit window, {vlabel[vk]}", "int",
                           codes=YESNO, instrument=ins["key"], visit=vk)]
+    return ivars
+
+
+def _adsl_vars(v: _Variant, ivars: list[Var]) -> list[Var]:
+    """The analysis dataset's variables: the child, the strata and the arm, the trial's dates, the
+    outcomes (``ivars``), the dose (unblinded) and the population flags."""
+    arm_var, months = v.arm_var, v.content["course"]["months"]
     out_vars = [Var("studyid", "Study ID", "str"), Var("site", "Site code", "str"), Var("stratum", "Randomization stratum", "str")]
-    out_vars += [Var(f"s_{k[:6]}", f"Stratum: {k}", "str", source="enrolment") for k in factor_vars]
+    out_vars += [Var(f"s_{k[:6]}", f"Stratum: {k}", "str", source="enrolment") for k in _factor_keys(v.content)]
     out_vars.append(Var(arm_var.name, arm_var.label, "str", codes=arm_var.codes, source=arm_var.source))
-    if not blinded:
+    if not v.blinded:
         out_vars.append(Var("armlbl", "Arm label", "str", source="protocol"))
     out_vars += [Var("sex", "Sex", "str", codes=codes("SEX", "sex")),
                  Var("agerand", "Age at randomization", "int", units="months"),
@@ -602,82 +698,107 @@ def adsl_table(db: Session, content: dict, blinded: bool, participants, alloc, s
                  Var("exitdt", "Date the child left the trial", "date", source="first withdrawal, loss to follow-up or death"),
                  Var("exitrsn", "Why the child left the trial", "str", codes=codes("EXIT", "event", EXIT_EVENTS))]
     out_vars += ivars
-    if not blinded:
+    if not v.blinded:
         out_vars += [Var("sessatt", "Sessions attended in the course", "int", units="sessions",
                          source="attended sessions within the course (those after it are not counted)"),
                      Var("sessout", "Sessions attended after the course", "int", units="sessions"),
                      Var("sessplan", "Sessions the course plans for the arm", "int", units="sessions"),
                      Var("dose", "Dose: sessions attended / planned", "float", source="sessatt / sessplan (none for usual care)")]
-    min_dose = analysis.get("per_protocol_min_dose", 0.5)
-    out_vars += [Var("ittfl", "Intention-to-treat population", "int", codes=YESNO, source="every randomized child"),
-                 Var("primfl", "Has the primary outcome", "int", codes=YESNO,
-                     source=f"{prim['instrument']}.{prim['field']} at {prim['visit']} entered")]
+    return out_vars + _population_vars(v.content, v.blinded)
+
+
+def _population_vars(content: dict, blinded: bool) -> list[Var]:
+    """The analysis populations' flags: intention to treat, the primary outcome given and,
+    unblinded, per protocol."""
+    prim = content["primary_outcome"]
+    min_dose = (content.get("analysis") or {}).get("per_protocol_min_dose", 0.5)
+    out_vars = [Var("ittfl", "Intention-to-treat population", "int", codes=YESNO, source="every randomized child"),
+                Var("primfl", "Has the primary outcome", "int", codes=YESNO,
+                    source=f"{prim['instrument']}.{prim['field']} at {prim['visit']} entered")]
     if not blinded:
         out_vars.append(Var("ppfl", "Per-protocol population", "int", codes=YESNO,
                             source=f"has the primary outcome and, in a music-therapy arm, a dose of at least {min_dose:g}"))
-    attended: dict[int, tuple[int, int]] = {}
-    if not blinded:
-        for p_id, outside, n in db.execute(select(TherapySession.participant_id, TherapySession.outside_course, func.count())
-                                           .where(TherapySession.attendance == "attended")
-                                           .group_by(TherapySession.participant_id, TherapySession.outside_course)):
-            a, o = attended.get(p_id, (0, 0))
-            attended[p_id] = (a, o + n) if outside else (a + n, o)
-    by_child: dict[int, dict[tuple[str, str], object]] = {}  # a child's assessment of each (instrument, visit)
-    for a in assessments:
-        by_child.setdefault(a.participant_id, {})[(a.instrument, a.visit)] = a
-    # each (instrument, visit) with the numeric fields it gives, in the order of the variables (ivars)
-    layout = [(ins["key"], vk, [f["key"] for f in ins["fields"] if f["type"] in ("integer", "number")])
-              for ins in content["instruments"] for vk in (v["key"] for v in content["visits"] if v["key"] in ins["visits"])]
-    day_of: dict = {}
+    return out_vars
 
-    def values_of(got: dict) -> list:
+
+def _sessions_attended(db: Session) -> dict[int, tuple[int, int]]:
+    """Each child's sessions attended within the course and after it."""
+    attended: dict[int, tuple[int, int]] = {}
+    for p_id, outside, n in db.execute(select(TherapySession.participant_id, TherapySession.outside_course, func.count())
+                                       .where(TherapySession.attendance == "attended")
+                                       .group_by(TherapySession.participant_id, TherapySession.outside_course)):
+        a, o = attended.get(p_id, (0, 0))
+        attended[p_id] = (a, o + n) if outside else (a + n, o)
+    return attended
+
+
+class _AdslRows:
+    """The analysis dataset's rows, a randomized child at a time (in the order of _adsl_vars)."""
+
+    def __init__(self, db: Session, v: _Variant, assessments):
+        content = v.content
+        self.v = v
+        self.prim = content["primary_outcome"]
+        self.tz = dict(db.execute(select(Site.id, Site.timezone)).all())
+        self.arms = {a["key"]: a for a in content["arms"]}
+        self.months = content["course"]["months"]
+        self.factor_vars = _factor_keys(content)
+        self.min_dose = (content.get("analysis") or {}).get("per_protocol_min_dose", 0.5)
+        self.attended = {} if v.blinded else _sessions_attended(db)
+        self.by_child: dict[int, dict[tuple[str, str], object]] = {}  # a child's assessment of each (instrument, visit)
+        for a in assessments:
+            self.by_child.setdefault(a.participant_id, {})[(a.instrument, a.visit)] = a
+        # each (instrument, visit) with the numeric fields it gives, in the order of the variables (ivars)
+        self.layout = [(ins["key"], vk, [f["key"] for f in ins["fields"] if f["type"] in ("integer", "number")])
+                       for ins in content["instruments"]
+                       for vk in (v["key"] for v in content["visits"] if v["key"] in ins["visits"])]
+        self.day_of: dict = {}
+
+    def row(self, p) -> tuple:
+        v, prim, al = self.v, self.prim, self.v.alloc[p.id]
+        start = local_date(al.randomized_at, self.tz[p.site_id])
+        _, end = course_window(start, self.months)
+        exits = [e for e in v.events.get(p.id, []) if e.type in EXIT_EVENTS]
+        got = self.by_child.get(p.id, {})
+        row = [p.study_id, v.site[p.site_id], v.strata[al.stratum_id]] + [(p.strata or {}).get(k) for k in self.factor_vars]
+        row.append(v.arm_of(p.id))
+        if not v.blinded:
+            row.append(self.arms[al.arm]["label"])
+        row += [p.sex, age_in_months(p.date_of_birth, start), _d(p.consent_date), _d(start), _d(end),
+                _d(exits[0].on) if exits else None, exits[0].type if exits else None]
+        row += self._outcomes(got)
+        primary = got.get((prim["instrument"], prim["visit"]))
+        has_primary = primary is not None and primary.values.get(prim["field"]) is not None
+        if v.blinded:
+            return tuple(row + [1, int(has_primary)])
+        dose, pp = self._dose(p.id, al.arm, start, end, has_primary)
+        return tuple(row + dose + [1, int(has_primary), pp])
+
+    def _outcomes(self, got: dict) -> list:
+        """A child's values of each (instrument, visit), with the date performed and the window flag."""
         out = []
-        for ins, vk, fields in layout:
+        for ins, vk, fields in self.layout:
             a = got.get((ins, vk))
             if a is None:
                 out += [None] * (len(fields) + 2)
                 continue
             values = a.values
             out += [_num(v) if (v := values.get(f)) is not None else None for f in fields]
-            day = day_of.get(a.performed_on)
+            day = self.day_of.get(a.performed_on)
             if day is None:
-                day = day_of[a.performed_on] = _d(a.performed_on)
+                day = self.day_of[a.performed_on] = _d(a.performed_on)
             out += [day, int(a.out_of_window)]
         return out
 
-    primary_key = (prim["instrument"], prim["visit"])
-    rows = []
-    for p in participants:
-        al = alloc.get(p.id)
-        if al is None:
-            continue
-        start = local_date(al.randomized_at, tz[p.site_id])
-        _, end = course_window(start, months)
-        exits = [e for e in events.get(p.id, []) if e.type in EXIT_EVENTS]
-        got = by_child.get(p.id, {})
-        row = [p.study_id, site[p.site_id], strata[al.stratum_id]] + [(p.strata or {}).get(k) for k in factor_vars]
-        row.append(arm_of(p.id))
-        if not blinded:
-            row.append(arms[al.arm]["label"])
-        row += [p.sex, age_in_months(p.date_of_birth, start), _d(p.consent_date), _d(start), _d(end),
-                _d(exits[0].on) if exits else None, exits[0].type if exits else None]
-        row += values_of(got)
-        primary = got.get(primary_key)
-        has_primary = primary is not None and primary.values.get(prim["field"]) is not None
-        pp = None
-        if not blinded:
-            att, out = attended.get(p.id, (0, 0))
-            spw = arms[al.arm]["sessions_per_week"]
-            plan = planned_sessions(spw, start, end) if spw else 0
-            dose = round(att / plan, 3) if plan else None
-            row += [att, out, plan, dose]
-            pp = int(has_primary and (spw == 0 or (dose is not None and dose >= min_dose)))
-        row += [1, int(has_primary)]
-        if not blinded:
-            row.append(pp)
-        rows.append(tuple(row))
-    return Table("adsl", "Analysis dataset: one row per child", out_vars, rows,
-                 meta={"dummy_weights": dummy_weights} if blinded else {})
+    def _dose(self, p_id: int, arm: str, start, end, has_primary: bool) -> tuple[list, int]:
+        """The sessions attended in the course and after it, those it plans and the dose; and
+        whether the child is in the per-protocol population."""
+        att, out = self.attended.get(p_id, (0, 0))
+        spw = self.arms[arm]["sessions_per_week"]
+        plan = planned_sessions(spw, start, end) if spw else 0
+        dose = round(att / plan, 3) if plan else None
+        pp = int(has_primary and (spw == 0 or (dose is not None and dose >= self.min_dose)))
+        return [att, out, plan, dose], pp
 
 
 def therapist_code(user_id: int | None) -> str | None:
@@ -719,36 +840,43 @@ def intervention_tables(db: Session, content: dict, pid: dict[int, str]) -> list
     rrows.sort(key=lambda x: (x[0], x[1]))
     return [Table("goals", "Individual goals", gvars, grows), Table("fiddraw", "Fidelity draws", dvars, drows),
             Table("fidrate", "Fidelity ratings of sampled sessions", rvars, rrows)]
-FREE_TEXT_WITHHELD = "(withheld while blinded)"
 
 
 def data_management_tables(db: Session, content: dict, blinded: bool, pid: dict[int, str]) -> list[Table]:
     """Adverse events with their follow-ups (unblinded bundle only: an AE can tell the arm), the
     queries with their threads (a blinded bundle holds only those a blinded assessor may read)
     and the source-verification marks (in a blinded bundle, none on sessions, events or AEs)."""
-    out = []
-    if not blinded:
-        aevars = [Var("studyid", "Study ID", "str"), Var("aeid", "Adverse event number", "int"),
-                  Var("term", "Adverse event term", "str"), Var("onset", "Date of onset", "date"),
-                  Var("severity", "Severity", "str", codes=codes("SEVERITY", "severity", SEVERITIES)),
-                  Var("serious", "Serious", "int", codes=YESNO),
-                  Var("seriousn", "Seriousness criteria (';'-separated)", "str",
-                      allowed="; ".join(f"{k} = {LABELS['seriousness'][k]}" for k in SERIOUSNESS)),
-                  Var("related", "Relatedness to the intervention", "str", codes=codes("RELATED", "relatedness", RELATEDNESS)),
-                  Var("expected", "Expectedness", "str", codes=codes("EXPECTED", "expectedness", EXPECTEDNESS)),
-                  Var("outcome", "Outcome", "str", codes=codes("AEOUT", "ae_outcome", AE_OUTCOMES)),
-                  Var("resoldt", "Date resolved (or of death)", "date"), Var("descr", "Description", "str"),
-                  Var("reptdtm", "Reported at (UTC)", "datetime"), Var("ackdtm", "SAE acknowledged at (UTC)", "datetime")]
-        aes = db.execute(select(AdverseEvent).order_by(AdverseEvent.id)).scalars().all()
-        out.append(Table("ae", "Adverse events", aevars, [
-            (pid[a.participant_id], a.id, a.term, _d(a.onset), a.severity, int(a.serious), ";".join(a.seriousness) or None,
-             a.relatedness, a.expectedness, a.outcome, _d(a.resolved_on), a.description, _dt(a.reported_at),
-             _dt(a.acknowledged_at)) for a in aes]))
-        fuvars = [Var("studyid", "Study ID", "str"), Var("aeid", "Adverse event number", "int"),
-                  Var("fudt", "Date of the follow-up", "date"), Var("outcome", "Outcome", "str", codes=codes("AEOUT", "ae_outcome", AE_OUTCOMES)),
-                  Var("resoldt", "Date resolved (or of death)", "date"), Var("text", "Follow-up note", "str")]
-        out.append(Table("aefu", "Adverse event follow-ups", fuvars, [
-            (pid[a.participant_id], a.id, _d(f.on), f.outcome, _d(f.resolved_on), f.text) for a in aes for f in a.follow_ups]))
+    out = [] if blinded else adverse_event_tables(db, pid)
+    return out + query_tables(db, content, blinded, pid) + [verification_table(db, blinded, pid)]
+
+
+def adverse_event_tables(db: Session, pid: dict[int, str]) -> list[Table]:
+    """The adverse events and their follow-ups."""
+    aevars = [Var("studyid", "Study ID", "str"), Var("aeid", "Adverse event number", "int"),
+              Var("term", "Adverse event term", "str"), Var("onset", "Date of onset", "date"),
+              Var("severity", "Severity", "str", codes=codes("SEVERITY", "severity", SEVERITIES)),
+              Var("serious", "Serious", "int", codes=YESNO),
+              Var("seriousn", "Seriousness criteria (';'-separated)", "str",
+                  allowed="; ".join(f"{k} = {LABELS['seriousness'][k]}" for k in SERIOUSNESS)),
+              Var("related", "Relatedness to the intervention", "str", codes=codes("RELATED", "relatedness", RELATEDNESS)),
+              Var("expected", "Expectedness", "str", codes=codes("EXPECTED", "expectedness", EXPECTEDNESS)),
+              Var("outcome", "Outcome", "str", codes=codes("AEOUT", "ae_outcome", AE_OUTCOMES)),
+              Var("resoldt", "Date resolved (or of death)", "date"), Var("descr", "Description", "str"),
+              Var("reptdtm", "Reported at (UTC)", "datetime"), Var("ackdtm", "SAE acknowledged at (UTC)", "datetime")]
+    aes = db.execute(select(AdverseEvent).order_by(AdverseEvent.id)).scalars().all()
+    ae = Table("ae", "Adverse events", aevars, [
+        (pid[a.participant_id], a.id, a.term, _d(a.onset), a.severity, int(a.serious), ";".join(a.seriousness) or None,
+         a.relatedness, a.expectedness, a.outcome, _d(a.resolved_on), a.description, _dt(a.reported_at),
+         _dt(a.acknowledged_at)) for a in aes])
+    fuvars = [Var("studyid", "Study ID", "str"), Var("aeid", "Adverse event number", "int"),
+              Var("fudt", "Date of the follow-up", "date"), Var("outcome", "Outcome", "str", codes=codes("AEOUT", "ae_outcome", AE_OUTCOMES)),
+              Var("resoldt", "Date resolved (or of death)", "date"), Var("text", "Follow-up note", "str")]
+    return [ae, Table("aefu", "Adverse event follow-ups", fuvars, [
+        (pid[a.participant_id], a.id, _d(f.on), f.outcome, _d(f.resolved_on), f.text) for a in aes for f in a.follow_ups])]
+
+
+def query_tables(db: Session, content: dict, blinded: bool, pid: dict[int, str]) -> list[Table]:
+    """The data queries and their threads, a step a row (blinded: those a blinded assessor may read)."""
     q = select(DataQuery).order_by(DataQuery.id)
     if blinded:
         q = q.where(DataQuery.assessor_visible.is_(True))
@@ -761,17 +889,21 @@ def data_management_tables(db: Session, content: dict, blinded: bool, pid: dict[
                  codes=Codes("QORIGIN", (("manual", "Raised by a person"), ("check", "Raised by an automatic check")))),
              Var("status", "Status at the lock", "str", codes=codes("QSTATUS", "query_status", QUERY_STATES)),
              Var("raisedby", "Raised by", "str"), Var("raisdtm", "Raised at (UTC)", "datetime"), Var("text", "Query", "str")]
-    out.append(Table("queries", "Data queries", qvars, [
-        (x.id, pid[x.participant_id], x.kind, x.target_id, x.field, x.visit, x.instrument, x.origin, x.status, x.raised_by,
-         _dt(x.raised_at), x.text) for x in queries]))
     mvars = [Var("qid", "Query number", "int"), Var("msgno", "Step in the thread", "int"),
              Var("action", "Step", "str", codes=codes("QSTEP", "query_step", ["raise", "response", "close", "reopen"])),
              Var("by", "By", "str"),
              Var("atdtm", "At (UTC)", "datetime"), Var("text", "Text", "str"),
              Var("correctn", "Correction made with the answer (JSON)", "str")]
-    out.append(Table("querymsg", "Data query threads", mvars, [
-        (x.id, n, m.action, m.by, _dt(m.at), m.text, json.dumps(m.correction, sort_keys=True) if m.correction else None)
-        for x in queries for n, m in enumerate(x.messages, 1)]))
+    return [Table("queries", "Data queries", qvars, [
+                (x.id, pid[x.participant_id], x.kind, x.target_id, x.field, x.visit, x.instrument, x.origin, x.status,
+                 x.raised_by, _dt(x.raised_at), x.text) for x in queries]),
+            Table("querymsg", "Data query threads", mvars, [
+                (x.id, n, m.action, m.by, _dt(m.at), m.text, json.dumps(m.correction, sort_keys=True) if m.correction else None)
+                for x in queries for n, m in enumerate(x.messages, 1)])]
+
+
+def verification_table(db: Session, blinded: bool, pid: dict[int, str]) -> Table:
+    """The source-data verification marks (blinded: none on sessions, events or AEs)."""
     v = select(Verification).order_by(Verification.id)
     if blinded:
         v = v.where(Verification.kind.in_(("participant", "screening", "assessment")))
@@ -779,7 +911,6 @@ def data_management_tables(db: Session, content: dict, blinded: bool, pid: dict[
              Var("targetid", "Number of that record", "int"), Var("verifby", "Verified by", "str"),
              Var("verifdtm", "Verified at (UTC)", "datetime"), Var("cleardtm", "Mark cleared at (UTC)", "datetime"),
              Var("clearrsn", "Why the mark was cleared", "str")]
-    out.append(Table("verif", "Source-data verification marks", vvars, [
+    return Table("verif", "Source-data verification marks", vvars, [
         (pid[m.participant_id], m.kind, m.target_id, m.verified_by, _dt(m.verified_at), _dt(m.cleared_at), m.cleared_reason)
-        for m in db.execute(v).scalars()]))
-    return out
+        for m in db.execute(v).scalars()])

@@ -51,43 +51,46 @@ def layout(c: dict, title: str, say=None) -> tuple[list[Box], list[tuple], list[
     t = say or str
     boxes, arrows, phases = [], [], []
     left = 110
+    rand = _enrolment(c, t, left, boxes, arrows, phases)
+    height = _arms(c, t, left, rand, boxes, arrows, phases)
+    return boxes, arrows, phases, height
+
+
+def _enrolment(c: dict, t, left: float, boxes: list[Box], arrows: list[tuple], phases: list[tuple[str, float]]) -> Box:
+    """The enrolment phase: assessed for eligibility, excluded (with the reasons) and randomized,
+    with their arrows. Returns the box of the randomized."""
     y = 40
     enrol = Box(left + 200, y, 280, _wrap([t(Msg(N_("Assessed for eligibility (n=%(n)s)"), n=c["assessed_for_eligibility"]))],
                                           280))
-    boxes.append(enrol)
     ex = c["excluded"]
     excl = Box(left + 560, y + enrol.h + 10, 280, _wrap([
         t(Msg(N_("Excluded (n=%(n)s)"), n=ex["total"])),
         t(Msg(N_("• Not meeting inclusion criteria (n=%(n)s)"), n=ex["not_meeting_inclusion_criteria"])),
         t(Msg(N_("• Declined to participate (n=%(n)s)"), n=ex["declined_to_participate"])),
         t(Msg(N_("• Other reasons (n=%(n)s)"), n=ex["other_reasons"]))], 280))
-    boxes.append(excl)
     phases.append((t(Msg(N_("Enrolment"))), y))
     mid_x = enrol.x + enrol.w / 2
     rand = Box(left + 200, excl.y + excl.h + 20, 280, [t(Msg(N_("Randomized (n=%(n)s)"), n=c["randomized"]))])
-    boxes.append(rand)
+    boxes += [enrol, excl, rand]
     arrows.append((mid_x, enrol.y + enrol.h, mid_x, rand.y, True))
     arrows.append((mid_x, excl.y + excl.h / 2, excl.x, excl.y + excl.h / 2, True))
+    return rand
+
+
+def _arms(c: dict, t, left: float, rand: Box, boxes: list[Box], arrows: list[tuple],
+          phases: list[tuple[str, float]]) -> float:
+    """The arms side by side below the randomized, through allocation, follow-up and analysis,
+    each phase's boxes as high as its highest, with their arrows. Returns the diagram's height."""
     arms = list(c["arms"].items())
     n = max(len(arms), 1)
     col_w = (W - left - 20 - (n - 1) * 16) / n
     rows = {"alloc": [], "follow": [], "analysis": []}
     for i, (key, a) in enumerate(arms):
         x = left + i * (col_w + 16)
-        d = a["did_not_receive_allocated_intervention"]
-        rows["alloc"].append(Box(x, 0, col_w, _wrap([
-            t(Msg(N_("Allocated to %(arm)s (n=%(n)s)"), arm=Label("arm", key, a["label"]), n=a["allocated"])),
-            t(Msg(N_("• Received allocated intervention (%(n)s)"), n=_n(a["received_allocated_intervention"], t))),
-            t(Msg(N_("• Did not receive allocated intervention (%(n)s)"), n=_n(d["total"], t)))]
-            + ["  " + r for r in _reasons(d, t)], col_w)))
-        lost, disc = a["lost_to_follow_up"], a["discontinued_intervention"]
-        rows["follow"].append(Box(x, 0, col_w, _wrap(
-            [t(Msg(N_("Lost to follow-up (n=%(n)s)"), n=lost["total"]))] + _reasons(lost, t) +
-            [t(Msg(N_("Discontinued intervention (%(n)s)"), n=_n(disc["total"], t)))] + _reasons(disc, t), col_w)))
-        exa = a["excluded_from_analysis"]
-        rows["analysis"].append(Box(x, 0, col_w, _wrap(
-            [t(Msg(N_("Analysed (n=%(n)s)"), n=a["analysed"])), t(Msg(N_("• Excluded from analysis (n=%(n)s)"), n=exa["total"]))]
-            + ["  " + r for r in _reasons(exa, t)], col_w)))
+        rows["alloc"].append(Box(x, 0, col_w, _wrap(_allocation_lines(key, a, t), col_w)))
+        rows["follow"].append(Box(x, 0, col_w, _wrap(_follow_up_lines(a, t), col_w)))
+        rows["analysis"].append(Box(x, 0, col_w, _wrap(_analysis_lines(a, t), col_w)))
+    mid_x = rand.x + rand.w / 2
     y = rand.y + rand.h + 40
     bar_y = rand.y + rand.h + 20
     if arms:
@@ -108,15 +111,35 @@ def layout(c: dict, title: str, say=None) -> tuple[list[Box], list[tuple], list[
             for p, b in zip(prev, rows[phase]):
                 arrows.append((b.x + b.w / 2, p.y + p.h, b.x + b.w / 2, b.y, True))
         y += h + 30
-    return boxes, arrows, phases, y + 10
+    return y + 10
+
+
+def _allocation_lines(key: str, a: dict, t) -> list[str]:
+    d = a["did_not_receive_allocated_intervention"]
+    return ([t(Msg(N_("Allocated to %(arm)s (n=%(n)s)"), arm=Label("arm", key, a["label"]), n=a["allocated"])),
+             t(Msg(N_("• Received allocated intervention (%(n)s)"), n=_n(a["received_allocated_intervention"], t))),
+             t(Msg(N_("• Did not receive allocated intervention (%(n)s)"), n=_n(d["total"], t)))]
+            + ["  " + r for r in _reasons(d, t)])
+
+
+def _follow_up_lines(a: dict, t) -> list[str]:
+    lost, disc = a["lost_to_follow_up"], a["discontinued_intervention"]
+    return ([t(Msg(N_("Lost to follow-up (n=%(n)s)"), n=lost["total"]))] + _reasons(lost, t) +
+            [t(Msg(N_("Discontinued intervention (%(n)s)"), n=_n(disc["total"], t)))] + _reasons(disc, t))
+
+
+def _analysis_lines(a: dict, t) -> list[str]:
+    exa = a["excluded_from_analysis"]
+    return ([t(Msg(N_("Analysed (n=%(n)s)"), n=a["analysed"])), t(Msg(N_("• Excluded from analysis (n=%(n)s)"), n=exa["total"]))]
+            + ["  " + r for r in _reasons(exa, t)])
 
 
 def svg(c: dict, title: str, say=None) -> str:
     boxes, arrows, phases, height = layout(c, title, say)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height:.0f}" viewBox="0 0 {W} {height:.0f}" '
-           f'font-family="Helvetica, Arial, sans-serif" font-size="9.5" role="img" aria-label="{escape(title)}">',
-           '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
-           '<path d="M0,0 L8,4 L0,8 z" fill="#333"/></marker></defs>',
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height:.0f}" viewBox="0 0 {W} {height:.0f}" '
+            f'font-family="Helvetica, Arial, sans-serif" font-size="9.5" role="img" aria-label="{escape(title)}">'),
+           ('<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
+            '<path d="M0,0 L8,4 L0,8 z" fill="#333"/></marker></defs>'),
            f'<rect width="{W}" height="{height:.0f}" fill="#fff"/>',
            f'<text x="10" y="20" font-size="13" font-weight="bold">{escape(title)}</text>']
     for label, y in phases:
@@ -149,21 +172,22 @@ def pdf(c: dict, title: str, extra_tables: list[tuple[str, dict]] | None = None)
     scale = min((page_w - 40) / W, (page_h - 40) / height)
     cv.translate(20, page_h - 20)
     cv.scale(scale, -scale)
+    _draw(cv, title, boxes, arrows, phases)
+    cv.showPage()
+    for heading, table in extra_tables or []:
+        _table_page(cv, heading, table, page_w, page_h)
+    cv.save()
+    return buf.getvalue()
 
-    def text(x, y, s, bold=False, size=9.5):
-        cv.saveState()
-        cv.translate(x, y)
-        cv.scale(1, -1)
-        cv.setFont("Helvetica-Bold" if bold else "Helvetica", size)
-        cv.drawString(0, 0, s)
-        cv.restoreState()
 
-    text(10, 20, title, bold=True, size=13)
+def _draw(cv, title: str, boxes: list[Box], arrows: list[tuple], phases: list[tuple[str, float]]) -> None:
+    """The diagram on a canvas whose y axis points down (as the layout's)."""
+    _text(cv, 10, 20, title, bold=True, size=13)
     for label, y in phases:
         cv.setFillColorRGB(0.81, 0.89, 0.95)
         cv.roundRect(10, y, 84, 22, 4, stroke=0, fill=1)
         cv.setFillColorRGB(0, 0, 0)
-        text(18, y + 15, label, bold=True)
+        _text(cv, 18, y + 15, label, bold=True)
     cv.setLineWidth(0.8)
     for x1, y1, x2, y2, head in arrows:
         cv.line(x1, y1, x2, y2)
@@ -178,12 +202,17 @@ def pdf(c: dict, title: str, extra_tables: list[tuple[str, dict]] | None = None)
     for b in boxes:
         cv.rect(b.x, b.y, b.w, b.h, stroke=1, fill=0)
         for i, line in enumerate(b.lines):
-            text(b.x + PAD, b.y + PAD + (i + 1) * LINE - 3, line, bold=i == 0)
-    cv.showPage()
-    for heading, table in extra_tables or []:
-        _table_page(cv, heading, table, page_w, page_h)
-    cv.save()
-    return buf.getvalue()
+            _text(cv, b.x + PAD, b.y + PAD + (i + 1) * LINE - 3, line, bold=i == 0)
+
+
+def _text(cv, x, y, s, bold=False, size=9.5) -> None:
+    """A line of text the right way up on the flipped canvas."""
+    cv.saveState()
+    cv.translate(x, y)
+    cv.scale(1, -1)
+    cv.setFont("Helvetica-Bold" if bold else "Helvetica", size)
+    cv.drawString(0, 0, s)
+    cv.restoreState()
 
 
 def _table_page(cv, heading: str, table: dict, page_w: float, page_h: float) -> None:
@@ -197,7 +226,7 @@ def _table_page(cv, heading: str, table: dict, page_w: float, page_h: float) -> 
     t.setStyle(TableStyle([("FONT", (0, 0), (-1, -1), "Helvetica", 8.5), ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 8.5),
                            ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black), ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
                            ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.Color(0.95, 0.96, 0.97)])]))
-    w, h = t.wrapOn(cv, page_w - 60, page_h - 80)
+    _, h = t.wrapOn(cv, page_w - 60, page_h - 80)
     t.drawOn(cv, 30, page_h - 60 - h)
     cv.showPage()
 

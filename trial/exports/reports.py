@@ -97,14 +97,7 @@ def baseline_table(db: Session, blinded: bool, memo: dict | None = None) -> dict
     rows = remember(memo, "baseline participants", lambda: db.execute(
         select(Participant.id, Participant.date_of_birth, Participant.consent_date, Participant.sex, Site.code, Allocation.arm)
         .join(Allocation, Allocation.participant_id == Participant.id).join(Site, Site.id == Participant.site_id)).all())
-
-    def baseline_values():
-        base = {}
-        for pid, ins, values in db.execute(select(Assessment.participant_id, Assessment.instrument, Assessment.values)
-                                           .where(Assessment.visit == "baseline")).all():
-            base.setdefault(pid, {})[ins] = values
-        return base
-    base = remember(memo, "baseline values", baseline_values)
+    base = remember(memo, "baseline values", lambda: _baseline_values(db))
     cols = {k: [r for r in rows if r.arm == k] for k in arm_keys}
     cols["all"] = list(rows)
     order = arm_keys + ["all"]
@@ -115,28 +108,54 @@ def baseline_table(db: Session, blinded: bool, memo: dict | None = None) -> dict
 
     table = [["Characteristic"] + [head(k) for k in order],
              ["Age at consent, months, mean (SD)"] + [_mean_sd([age_in_months(r.date_of_birth, r.consent_date) for r in cols[k]])
-                                                      for k in order],
-             ["Sex, n (%)"] + [""] * len(order)]
+                                                      for k in order]]
+    table += _sex_rows(cols, order) + _site_rows(rows, cols, order) + _score_rows(content, rows, base, cols, order)
+    return {"columns": table[0], "rows": table[1:],
+            "notes": ["Mean (SD) of the participants with data; n (%) of the participants in the column.",
+                      "Baseline: the assessment at the baseline visit (before randomization)."]}
+
+
+def _baseline_values(db: Session) -> dict[int, dict[str, dict]]:
+    """Each child's baseline assessments: the values by instrument."""
+    base: dict[int, dict[str, dict]] = {}
+    for pid, ins, values in db.execute(select(Assessment.participant_id, Assessment.instrument, Assessment.values)
+                                       .where(Assessment.visit == "baseline")).all():
+        base.setdefault(pid, {})[ins] = values
+    return base
+
+
+def _sex_rows(cols: dict[str, list], order: list[str]) -> list[list[str]]:
+    """Sex, n (%) in each column (a row of the missing only when some are)."""
+    table = [["Sex, n (%)"] + [""] * len(order)]
     for sex, word in (("female", "Female"), ("male", "Male")):
         table.append([f"  {word}"] + [_pct(sum(1 for r in cols[k] if r.sex == sex), len(cols[k])) for k in order])
     missing_sex = [sum(1 for r in cols[k] if r.sex not in ("female", "male")) for k in order]
     if any(missing_sex):
         table.append(["  Missing"] + [str(n) for n in missing_sex])
-    table.append(["Site, n (%)"] + [""] * len(order))
+    return table
+
+
+def _site_rows(rows: list, cols: dict[str, list], order: list[str]) -> list[list[str]]:
+    """Site, n (%) in each column, the sites in the order of their codes."""
+    table = [["Site, n (%)"] + [""] * len(order)]
     for site in sorted({r.code for r in rows}):
         table.append([f"  {site}"] + [_pct(sum(1 for r in cols[k] if r.code == site), len(cols[k])) for k in order])
+    return table
+
+
+def _score_rows(content: dict, rows: list, base: dict, cols: dict[str, list], order: list[str]) -> list[list[str]]:
+    """Each numeric field of each instrument at baseline: mean (SD) of those with data, and the
+    number missing."""
+    table = []
     for ins in content["instruments"]:
         for f in ins["fields"]:
             if f["type"] in ("integer", "number"):
                 units = f", {f['units']}" if f.get("units") else ""
-
                 value = {r.id: base.get(r.id, {}).get(ins["key"], {}).get(f["key"]) for r in rows}  # once a child
                 table.append([f"{ins['label']}: {f['label']}{units}, mean (SD)"] + [
                     _mean_sd([value[r.id] for r in cols[k] if value[r.id] is not None]) for k in order])
                 table.append(["  Missing, n"] + [str(sum(1 for r in cols[k] if value[r.id] is None)) for k in order])
-    return {"columns": table[0], "rows": table[1:],
-            "notes": ["Mean (SD) of the participants with data; n (%) of the participants in the column.",
-                      "Baseline: the assessment at the baseline visit (before randomization)."]}
+    return table
 
 
 def table_csv(t: dict) -> bytes:

@@ -51,9 +51,16 @@ class Column:
         return len(self.text) if self.text is not None else len(self.number)
 
 
+def _numpy():
+    """NumPy, loaded the first time a file is written (a bundle's build: a cold path)."""
+    import numpy  # deferred: NumPy only when a bundle is built
+
+    return numpy
+
+
 def _fixed(values: list[bytes], width: int, pad: bytes):
     """The values as one fixed-width NumPy bytes array, padded with NULs (Stata) or blanks (SAS)."""
-    import numpy as np  # deferred: NumPy only when a bundle is built (a cold path)
+    np = _numpy()
     width = max(width, 1)
     if pad != b"\0":
         padded: dict[bytes, bytes] = {}  # a value met again (a child's id, a code) is padded once
@@ -74,7 +81,7 @@ class _Records:
 
 def _joined(parts) -> bytearray:
     """The parts as one buffer, records filled in place."""
-    import numpy as np  # deferred, as above
+    np = _numpy()
     out = bytearray(sum(len(p) for p in parts))
     at = 0
     for p in parts:
@@ -102,47 +109,80 @@ def _nul(text: str, size: int) -> bytes:
     return raw + b"\0" * (size - len(raw))
 
 
+class _Parts:
+    """A file's parts in order, with the offset at which each tagged one begins (Stata's map)."""
+
+    def __init__(self):
+        self.parts: list = []
+        self.offsets: dict[str, int] = {}
+        self.size = 0
+
+    def put(self, data, tag: str | None = None) -> None:
+        if tag:
+            self.offsets[tag] = self.size
+        self.parts.append(data)
+        self.size += len(data)
+
+
+DTA_MAP_ORDER = ("stata_data", "map", "variable_types", "varnames", "sortlist", "formats", "value_label_names",
+                 "variable_labels", "characteristics", "data", "strls", "value_labels", "stata_data_close")
+
+
 def to_dta(columns: list[Column], label: str, timestamp: str) -> bytes:
     """A Stata 119 file (``timestamp`` as Stata writes it: '07 Dec 2026 00:20')."""
-    import numpy as np  # deferred, as above
     n = len(columns[0]) if columns else 0
     types = [_stata_type(c) for c in columns]
-    k = len(columns)
-    lab = label.encode("utf-8")
-    ts = timestamp.encode("ascii")
-    parts: list[bytes] = []
-    offsets: dict[str, int] = {}
-    size = 0
-
-    def put(data: bytes, tag: str | None = None) -> None:
-        nonlocal size
-        if tag:
-            offsets[tag] = size
-        parts.append(data)
-        size += len(data)
-
-    put(b"<stata_dta>", "stata_data")
-    put(b"<header><release>119</release><byteorder>LSF</byteorder><K>" + struct.pack("<I", k) + b"</K><N>"
-        + struct.pack("<Q", n) + b"</N><label>" + struct.pack("<H", len(lab)) + lab + b"</label><timestamp>"
-        + struct.pack("<B", len(ts)) + ts + b"</timestamp></header>")
-    map_at = len(parts)
-    put(b"\0" * MAP_SIZE, "map")  # filled in below, once every offset is known
-    put(b"<variable_types>" + b"".join(struct.pack("<H", t) for t, _ in types) + b"</variable_types>", "variable_types")
-    put(b"<varnames>" + b"".join(_nul(c.name, 129) for c in columns) + b"</varnames>", "varnames")
-    put(b"<sortlist>" + b"\0" * (4 * (k + 1)) + b"</sortlist>", "sortlist")
-    put(b"<formats>" + b"".join(_nul(c.stata_format or ("%-9s" if c.is_text else "%12.0g" if c.integer else "%10.0g"), 57)
-                                for c in columns) + b"</formats>", "formats")
-    labelled = {}
+    out = _Parts()
+    out.put(b"<stata_dta>", "stata_data")
+    out.put(_dta_header(len(columns), n, label, timestamp))
+    map_at = len(out.parts)
+    out.put(b"\0" * MAP_SIZE, "map")  # filled in below, once every offset is known
+    labelled = {}  # the variables with value labels: the name of each one's table
     for c in columns:
         if c.value_labels:
             labelled[c.name] = f"{c.name}{len(labelled)}"
-    put(b"<value_label_names>" + b"".join(_nul(labelled.get(c.name, ""), 129) for c in columns)
-        + b"</value_label_names>", "value_label_names")
-    put(b"<variable_labels>" + b"".join(_nul(c.label, 321) for c in columns) + b"</variable_labels>", "variable_labels")
-    put(b"<characteristics></characteristics>", "characteristics")
+    _dta_descriptors(out, columns, types, labelled)
+    refs, strls = _strls(columns, types, n)
+    _check_stata_numbers(columns, types)
+    out.put(b"<data>", "data")
+    out.put(_dta_records(columns, types, refs, n))
+    out.put(b"</data>")
+    out.put(b"<strls>" + b"".join(strls) + b"</strls>", "strls")
+    out.put(b"<value_labels>" + b"".join(_value_label_table(c, labelled[c.name]) for c in columns if c.name in labelled)
+            + b"</value_labels>", "value_labels")
+    out.put(b"</stata_dta>", "stata_data_close")
+    out.parts[map_at] = b"<map>" + struct.pack("<14Q", *(out.offsets[t] for t in DTA_MAP_ORDER), out.size) + b"</map>"
+    return _joined(out.parts)
 
-    # strL values: each a (variable, observation) reference to a GSO blob, written row by row; a
-    # value met before, in any strL variable, refers to the blob written for it then (as ReadStat)
+
+def _dta_header(k: int, n: int, label: str, timestamp: str) -> bytes:
+    lab = label.encode("utf-8")
+    ts = timestamp.encode("ascii")
+    return (b"<header><release>119</release><byteorder>LSF</byteorder><K>" + struct.pack("<I", k) + b"</K><N>"
+            + struct.pack("<Q", n) + b"</N><label>" + struct.pack("<H", len(lab)) + lab + b"</label><timestamp>"
+            + struct.pack("<B", len(ts)) + ts + b"</timestamp></header>")
+
+
+def _dta_descriptors(out: _Parts, columns: list[Column], types: list[tuple[int, int]], labelled: dict[str, str]) -> None:
+    """The variables' types, names, sort order, formats, value-label names and labels, and the
+    (empty) characteristics."""
+    k = len(columns)
+    out.put(b"<variable_types>" + b"".join(struct.pack("<H", t) for t, _ in types) + b"</variable_types>", "variable_types")
+    out.put(b"<varnames>" + b"".join(_nul(c.name, 129) for c in columns) + b"</varnames>", "varnames")
+    out.put(b"<sortlist>" + b"\0" * (4 * (k + 1)) + b"</sortlist>", "sortlist")
+    out.put(b"<formats>" + b"".join(_nul(c.stata_format or ("%-9s" if c.is_text else "%12.0g" if c.integer else "%10.0g"), 57)
+                                    for c in columns) + b"</formats>", "formats")
+    out.put(b"<value_label_names>" + b"".join(_nul(labelled.get(c.name, ""), 129) for c in columns)
+            + b"</value_label_names>", "value_label_names")
+    out.put(b"<variable_labels>" + b"".join(_nul(c.label, 321) for c in columns) + b"</variable_labels>", "variable_labels")
+    out.put(b"<characteristics></characteristics>", "characteristics")
+
+
+def _strls(columns: list[Column], types: list[tuple[int, int]], n: int) -> tuple[dict, list[bytes]]:
+    """strL values: each a (variable, observation) reference to a GSO blob, written row by row; a
+    value met before, in any strL variable, refers to the blob written for it then (as ReadStat).
+    Returns (each strL variable's references, the blobs)."""
+    np = _numpy()
     long_text = [i for i, (t, _) in enumerate(types) if t == 32768]
     refs = {i: np.empty(n, dtype="<u8") for i in long_text}
     seen: dict[bytes, int] = {}
@@ -155,8 +195,13 @@ def to_dta(columns: list[Column], label: str, timestamp: str) -> bytes:
                 ref = seen[v] = (i + 1) | (o << 24)  # v in 3 bytes, o in 5 (release 119)
                 strls.append(b"GSO" + struct.pack("<IQBI", i + 1, o, 0x82, len(v) + 1) + v + b"\0")
             refs[i][o - 1] = ref
+    return refs, strls
 
-    for c, (t, _) in zip(columns, types):  # what Stata cannot hold is refused, never wrapped or cut
+
+def _check_stata_numbers(columns: list[Column], types: list[tuple[int, int]]) -> None:
+    """What Stata cannot hold is refused, never wrapped or cut."""
+    np = _numpy()
+    for c, (t, _) in zip(columns, types):
         if c.is_text:
             continue
         x = c.number[~np.isnan(c.number)]
@@ -167,6 +212,12 @@ def to_dta(columns: list[Column], label: str, timestamp: str) -> bytes:
         if t == 65526 and np.any(np.abs(x) >= STATA_LIMIT_DOUBLE):
             raise ValueError(f"{c.name}: a number beyond what a Stata double holds (its magnitude below 2^1023, "
                              "about 8.988e307: above are Stata's missing codes)")
+
+
+def _dta_records(columns: list[Column], types: list[tuple[int, int]], refs: dict, n: int) -> _Records:
+    """The observations, a column at a time: text (fixed width, or a strL's reference), longs and
+    doubles with Stata's missing values."""
+    np = _numpy()
 
     def fill(record) -> None:
         for i, (c, (t, w)) in enumerate(zip(columns, types)):
@@ -183,28 +234,20 @@ def to_dta(columns: list[Column], label: str, timestamp: str) -> bytes:
                 record[f] = np.where(np.isnan(x), np.uint64(STATA_MISSING_DOUBLE), x.astype("<f8").view("<u8"))
     dtype = np.dtype([(f"f{i}", f"S{w}" if c.is_text and t != 32768 else "<i4" if t == 65528 else "<u8")
                       for i, (c, (t, w)) in enumerate(zip(columns, types))])
-    put(b"<data>", "data")
-    put(_Records(dtype, n, fill))
-    put(b"</data>")
-    put(b"<strls>" + b"".join(strls) + b"</strls>", "strls")
-    tables = []
-    for c in columns:
-        if c.name in labelled:
-            items = sorted(c.value_labels.items())
-            texts = [m.encode("utf-8") + b"\0" for _, m in items]
-            offs, at = [], 0
-            for t in texts:
-                offs.append(at)
-                at += len(t)
-            body = (struct.pack("<II", len(items), at) + struct.pack(f"<{len(items)}I", *offs)
-                    + struct.pack(f"<{len(items)}i", *(v for v, _ in items)) + b"".join(texts))
-            tables.append(b"<lbl>" + struct.pack("<I", len(body)) + _nul(labelled[c.name], 129) + b"\0\0\0" + body + b"</lbl>")
-    put(b"<value_labels>" + b"".join(tables) + b"</value_labels>", "value_labels")
-    put(b"</stata_dta>", "stata_data_close")
-    order = ["stata_data", "map", "variable_types", "varnames", "sortlist", "formats", "value_label_names",
-             "variable_labels", "characteristics", "data", "strls", "value_labels", "stata_data_close"]
-    parts[map_at] = b"<map>" + struct.pack("<14Q", *(offsets[t] for t in order), size) + b"</map>"
-    return _joined(parts)
+    return _Records(dtype, n, fill)
+
+
+def _value_label_table(c: Column, name: str) -> bytes:
+    """A variable's value labels as the table ``name``."""
+    items = sorted(c.value_labels.items())
+    texts = [m.encode("utf-8") + b"\0" for _, m in items]
+    offs, at = [], 0
+    for t in texts:
+        offs.append(at)
+        at += len(t)
+    body = (struct.pack("<II", len(items), at) + struct.pack(f"<{len(items)}I", *offs)
+            + struct.pack(f"<{len(items)}i", *(v for v, _ in items)) + b"".join(texts))
+    return b"<lbl>" + struct.pack("<I", len(body)) + _nul(name, 129) + b"\0\0\0" + body + b"</lbl>"
 
 
 # --- SAS transport v5 ------------------------------------------------------------------------------
@@ -212,7 +255,7 @@ def to_dta(columns: list[Column], label: str, timestamp: str) -> bytes:
 def _ibm(x):
     """IEEE doubles as 8-byte IBM hexadecimal floats (big-endian), exactly (53 bits fit in 56);
     missing (NaN) as SAS's ".", a 0x2E byte and seven zeros."""
-    import numpy as np  # deferred, as above
+    np = _numpy()
     x = np.asarray(x, dtype=np.float64)
     bits = x.view(np.uint64)
     missing = np.isnan(x)
@@ -250,7 +293,7 @@ def _sas_format(fmt: str) -> tuple[str, int, int]:
     """'YYMMDD10.' -> ('YYMMDD', 10, 0); 'ARM.' -> ('ARM', 0, 0); '$CHAR5.' -> ('$CHAR', 5, 0)."""
     if not fmt:
         return "", 0, 0
-    body = fmt[:-1] if fmt.endswith(".") else fmt
+    body = fmt.removesuffix(".")
     digits = len(body)
     while digits and (body[digits - 1].isdigit() or body[digits - 1] == "."):
         digits -= 1
@@ -261,7 +304,7 @@ def _sas_format(fmt: str) -> tuple[str, int, int]:
 
 def to_xpt(columns: list[Column], table_name: str, label: str, stamp: str) -> bytes:
     """A SAS transport v5 file of one data set (``stamp`` as SAS writes it: '07DEC26:00:20:23')."""
-    import numpy as np  # deferred, as above
+    np = _numpy()
     n = len(columns[0]) if columns else 0
     widths = [max(1, max((len(v) for v in c.text), default=0)) if c.is_text else 8 for c in columns]
     st = stamp.encode("ascii")

@@ -32,56 +32,59 @@ def _ordered(codes: Codes, reference: str | None) -> list[tuple]:
     return items
 
 
+R_HEAD = [  # load.R's opening: where the bundle is (sourced or run with Rscript), and the reader of a CSV
+    '# Loads this locked dataset bundle into R with its labels, factors and dates:',
+    '#   source("syntax/load.R")   (from the bundle\'s folder), or  Rscript syntax/load.R',
+    '# Every table becomes a data frame in the list `bundle` (bundle$particip, ...). Coded variables are',
+    '# factors labelled with the protocol\'s words (the reference arm first); dates are Date, datetimes',
+    '# POSIXct in UTC; an empty cell is NA; attr(x, "label") holds each variable\'s whole label.',
+    'local({',
+    '  args <- commandArgs(trailingOnly = FALSE)',
+    '  script <- character(0)',
+    '  for (i in rev(seq_len(sys.nframe()))) if (!is.null(sys.frame(i)$ofile)) {  # source()d',
+    '    script <- sys.frame(i)$ofile; break }',
+    '  if (!length(script)) script <- sub("^--file=", "", args[grepl("^--file=", args)])  # Rscript',
+    '  root <<- if (length(script)) dirname(dirname(normalizePath(script))) else getwd()',
+    '})',
+    'bundle <- list()',
+    '.read <- function(path, classes) {',
+    '  d <- read.csv(file.path(root, path), colClasses = classes, na.strings = "", encoding = "UTF-8",',
+    '                check.names = FALSE, stringsAsFactors = FALSE)',
+    '  d',
+    '}',
+    '',
+]
+R_CLASSES = {"int": "integer", "float": "numeric"}  # else "character" (dates and datetimes converted after)
+
+
 def load_r(tables: list[Table], reference_arm: str | None) -> str:
-    out = ['# Loads this locked dataset bundle into R with its labels, factors and dates:',
-           '#   source("syntax/load.R")   (from the bundle\'s folder), or  Rscript syntax/load.R',
-           '# Every table becomes a data frame in the list `bundle` (bundle$particip, ...). Coded variables are',
-           '# factors labelled with the protocol\'s words (the reference arm first); dates are Date, datetimes',
-           '# POSIXct in UTC; an empty cell is NA; attr(x, "label") holds each variable\'s whole label.',
-           'local({',
-           '  args <- commandArgs(trailingOnly = FALSE)',
-           '  script <- character(0)',
-           '  for (i in rev(seq_len(sys.nframe()))) if (!is.null(sys.frame(i)$ofile)) {  # source()d',
-           '    script <- sys.frame(i)$ofile; break }',
-           '  if (!length(script)) script <- sub("^--file=", "", args[grepl("^--file=", args)])  # Rscript',
-           '  root <<- if (length(script)) dirname(dirname(normalizePath(script))) else getwd()',
-           '})',
-           'bundle <- list()',
-           '.read <- function(path, classes) {',
-           '  d <- read.csv(file.path(root, path), colClasses = classes, na.strings = "", encoding = "UTF-8",',
-           '                check.names = FALSE, stringsAsFactors = FALSE)',
-           '  d',
-           '}',
-           '']
+    out = list(R_HEAD)
     for t in tables:
-        classes = []
-        for v in t.vars:
-            cls = "character"
-            if v.type == "int":
-                cls = "integer"
-            elif v.type == "float":
-                cls = "numeric"
-            classes.append(f"{v.name} = {_r(cls)}")
-        out.append(f"# {t.name}: {t.label}")
-        path = _r(f"{_folder(t, 'csv')}/{t.name}.csv")
-        out.append(f"d <- .read({path}, c({', '.join(classes)}))")
-        for v in t.vars:
-            if v.type == "date":
-                out.append(f"d${v.name} <- as.Date(d${v.name})")
-            elif v.type == "datetime":
-                out.append(f'd${v.name} <- as.POSIXct(d${v.name}, format = "%Y-%m-%dT%H:%M:%S", tz = "UTC")')
-            if v.codes is not None:
-                items = _ordered(v.codes, reference_arm if v.codes.name == "ARM" else None)
-                levels = ", ".join(str(k) if v.codes.numeric else _r(str(k)) for k, _ in items)
-                labels = ", ".join(_r(m) for _, m in items)
-                out.append(f"d${v.name} <- factor(d${v.name}, levels = c({levels}), labels = c({labels}))")
-            out.append(f'attr(d${v.name}, "label") <- {_r(v.label)}')
-        out.append(f'attr(d, "label") <- {_r(t.label)}')
-        out.append(f"bundle${t.name} <- d")
-        out.append("")
+        out += _r_table(t, reference_arm)
     out.append("rm(d, .read)")
     out.append('message("Loaded ", length(bundle), " tables into `bundle`: ", paste(names(bundle), collapse = ", "))')
     return "\n".join(out) + "\n"
+
+
+def _r_table(t: Table, reference_arm: str | None) -> list[str]:
+    """One table's lines of load.R: read with each column's class, dates and datetimes converted,
+    coded variables made factors, the labels set, and kept as ``bundle$<table>``."""
+    classes = [f"{v.name} = {_r(R_CLASSES.get(v.type, 'character'))}" for v in t.vars]
+    path = _r(f"{_folder(t, 'csv')}/{t.name}.csv")
+    out = [f"# {t.name}: {t.label}", f"d <- .read({path}, c({', '.join(classes)}))"]
+    for v in t.vars:
+        if v.type == "date":
+            out.append(f"d${v.name} <- as.Date(d${v.name})")
+        elif v.type == "datetime":
+            out.append(f'd${v.name} <- as.POSIXct(d${v.name}, format = "%Y-%m-%dT%H:%M:%S", tz = "UTC")')
+        if v.codes is not None:
+            items = _ordered(v.codes, reference_arm if v.codes.name == "ARM" else None)
+            levels = ", ".join(str(k) if v.codes.numeric else _r(str(k)) for k, _ in items)
+            labels = ", ".join(_r(m) for _, m in items)
+            out.append(f"d${v.name} <- factor(d${v.name}, levels = c({levels}), labels = c({labels}))")
+        out.append(f'attr(d${v.name}, "label") <- {_r(v.label)}')
+    out += [f'attr(d, "label") <- {_r(t.label)}', f"bundle${t.name} <- d", ""]
+    return out
 
 
 def load_do(tables: list[Table], reference_arm: str | None) -> str:

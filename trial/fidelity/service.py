@@ -151,6 +151,23 @@ def rate(db: Session, actor, session_id: int, data: dict) -> FidelityRating:
     """Rate a sampled session (a therapist who may read the site's allocations, holds a credential
     valid today and did not lead the session): every item of the protocol's scale, whole numbers
     in its range. Bad input names the item and changes nothing."""
+    s, p, f, on = _ratable(db, actor, session_id)
+    scores, note = _checked_scores(f, data)
+    items = [i["key"] for i in f["items"]]
+    mean = round(sum(scores[k] for k in items) / len(items), 3)
+    r = FidelityRating(session_id=s.id, rater_id=actor.id, rated_on=on, scores=scores,
+                       mean=mean, adherent=mean >= f["threshold"], note=note, rated_at=utcnow())
+    db.add(r)
+    db.flush()
+    audit.created(db, actor, "fidelity_rating", r.id, {"session": s.id, "participant": p.study_id, "scores": r.scores,
+                                                      "mean": mean, "adherent": r.adherent, "note": note},
+                  reveals_allocation=True)
+    return r
+
+
+def _ratable(db: Session, actor, session_id: int) -> tuple[TherapySession, Participant, dict, object]:
+    """Whether the actor may rate the session now (or why not): returns the session, its child,
+    the protocol's scale and the day of the rating (the site's)."""
     if not actor.has_role("therapist"):
         raise Forbidden("Fidelity ratings are made by credentialed music therapists.")
     s, p = _sampled_session(db, actor, session_id)
@@ -165,6 +182,12 @@ def rate(db: Session, actor, session_id: int, data: dict) -> FidelityRating:
     credentials.ensure_valid(db, actor, on, "The rating was not saved")
     if db.execute(select(FidelityRating.id).where(FidelityRating.session_id == s.id)).first():
         raise Conflict(Msg(N_("Session %(id)s is rated already."), id=s.id))
+    return s, p, f, on
+
+
+def _checked_scores(f: dict, data: dict) -> tuple[dict[str, int], str | None]:
+    """The scores (every item of the scale, in its order) and the note; refused, naming each item
+    that is wrong, unless they all are right."""
     errors: dict[str, str] = {}
     scores = data.get("scores")
     items = [i["key"] for i in f["items"]]
@@ -180,15 +203,7 @@ def rate(db: Session, actor, session_id: int, data: dict) -> FidelityRating:
         errors[k] = N_("is not an item of the protocol's fidelity scale")
     note = text(data.get("note"), "note", errors, 1000)
     refuse("The rating was not saved", errors, labels)
-    mean = round(sum(scores[k] for k in items) / len(items), 3)
-    r = FidelityRating(session_id=s.id, rater_id=actor.id, rated_on=on, scores={k: scores[k] for k in items},
-                       mean=mean, adherent=mean >= f["threshold"], note=note, rated_at=utcnow())
-    db.add(r)
-    db.flush()
-    audit.created(db, actor, "fidelity_rating", r.id, {"session": s.id, "participant": p.study_id, "scores": r.scores,
-                                                      "mean": mean, "adherent": r.adherent, "note": note},
-                  reveals_allocation=True)
-    return r
+    return {k: scores[k] for k in items}, note
 
 
 def due(db: Session, actor) -> list[dict]:
@@ -272,17 +287,30 @@ def delivered_by_arm(db: Session, actor) -> dict:
     ratings. Returns ``{"arms": [...], "columns": [...], "rows": [[measure, per arm...]]}``."""
     require_role(db, actor, "manager")
     content = current_protocol(db).content
-    cats = content["course"].get("technique_categories", {})
     arms = content["arms"]
     stats = {a["key"]: {"allocated": 0, "children": set(), "attended": 0, "after": 0, "minutes": [], "active": 0,
                         "receptive": 0, "parent": 0, "with_goal": 0, "goal_children": set(), "goals": 0,
-                        "rated": 0, "adherent": 0, "scores": []} for a in arms}
+                        "rated": 0, "adherent": 0, "scores": [], "per_child": []} for a in arms}
     for arm, n in db.execute(select(Allocation.arm, func.count()).group_by(Allocation.arm)):
         if arm in stats:
             stats[arm]["allocated"] = n
-    # counted in the database in one pass over the sessions (a trial logs hundreds of thousands): a
-    # row per arm and kind of session (in the course or after it, minutes, techniques, who was
-    # present, goals worked on or not), with how many
+    _count_sessions(db, stats, content["course"].get("technique_categories", {}))
+    _count_goals_and_ratings(db, stats)
+    _count_per_child(db, stats)
+    columns = ["Measure"] + [f'{a["label"]} (N = {stats[a["key"]]["allocated"]})' for a in arms]
+    out_rows = [[name] + [fn(stats[a["key"]]) if (a["sessions_per_week"] or i == 0) else "—"
+                          for a in arms] for i, (name, fn) in enumerate(DELIVERED_MEASURES)]
+    return {"arms": [a["key"] for a in arms], "columns": columns, "rows": out_rows,
+            "definition": "A session delivered is one attended within the five-month course (from randomization); "
+                          "sessions after the course are reported apart. Active techniques: improvisation, songs, "
+                          "musical games; receptive: listening. Adherent: the mean of the fidelity items reaches "
+                          f"the protocol's threshold ({content.get('fidelity', {}).get('threshold', '—')})."}
+
+
+def _count_sessions(db: Session, stats: dict[str, dict], cats: dict[str, str]) -> None:
+    """The attended sessions per arm, counted in the database in one pass over the sessions (a
+    trial logs hundreds of thousands): a row per arm and kind of session (in the course or after
+    it, minutes, techniques, who was present, goals worked on or not), with how many."""
     techniques_text, goals_text = cast(TherapySession.techniques, Text), cast(TherapySession.goals, Text)
     decoded: dict[str | None, list] = {}
     for arm, after, minutes, techniques, present, goals, n in db.execute(
@@ -309,6 +337,11 @@ def delivered_by_arm(db: Session, actor) -> dict:
         s["receptive"] += n * ("receptive" in kinds)
         s["parent"] += n * (present == "child_and_parent")
         s["with_goal"] += n * bool(decoded[goals])
+
+
+def _count_goals_and_ratings(db: Session, stats: dict[str, dict]) -> None:
+    """The individual goals per arm (how many, and the children who have one) and the fidelity
+    ratings (how many, how many adherent, their scores)."""
     for arm, n in db.execute(select(Allocation.arm, func.count()).join(
             ChildGoal, ChildGoal.participant_id == Allocation.participant_id).group_by(Allocation.arm)):
         if arm in stats:
@@ -325,55 +358,53 @@ def delivered_by_arm(db: Session, actor) -> dict:
             stats[arm]["adherent"] += int(bool(adherent))
             stats[arm]["scores"].append(mean)
 
-    def mean_sd(xs, counted=False):
-        """Mean (SD) of values, or of (value, how many times) pairs."""
-        pairs = xs if counted else [(x, 1) for x in xs]
-        n = sum(c for _, c in pairs)
-        if not n:
-            return ""
-        m = sum(x * c for x, c in pairs) / n
-        sd = (sum(c * (x - m) ** 2 for x, c in pairs) / (n - 1)) ** 0.5 if n > 1 else 0.0
-        return f"{m:.1f} ({sd:.1f})"
 
-    def pct(k, n):
-        return f"{k} ({100 * k / n:.1f}%)" if n else ""
-
-    per_child = {}
-    in_course: dict[str, dict[int, int]] = {a["key"]: {} for a in arms}  # each child's sessions in the course, by arm
+def _count_per_child(db: Session, stats: dict[str, dict]) -> None:
+    """Each child's sessions in the course, by arm: the children who received at least one, and
+    the count of every allocated child (0 when none were attended)."""
+    in_course: dict[str, dict[int, int]] = {arm: {} for arm in stats}
     for arm, pid, n in db.execute(select(Allocation.arm, TherapySession.participant_id, func.count())
                                   .join(Allocation, Allocation.participant_id == TherapySession.participant_id)
                                   .where(TherapySession.attendance == "attended", TherapySession.outside_course.is_(False))
                                   .group_by(Allocation.arm, TherapySession.participant_id)):
         if arm in in_course:
             in_course[arm][pid] = n
-    for a in arms:
-        s = stats[a["key"]]
-        counts = in_course[a["key"]]
+    for arm, s in stats.items():
+        counts = in_course[arm]
         s["children"] = set(counts)  # those who received at least one session in the course
         # every allocated child counts, with 0 sessions when none were attended
-        per_child[a["key"]] = list(counts.values()) + [0] * max(0, s["allocated"] - len(counts))
-    measures = [
-        ("Participants allocated", lambda a, s: str(s["allocated"])),
-        ("Received at least one session in the course, n (%)", lambda a, s: pct(len(s["children"]), s["allocated"])),
-        ("Sessions attended in the course, total", lambda a, s: str(s["attended"])),
-        ("Sessions attended in the course per participant, mean (SD)", lambda a, s: mean_sd(per_child[a["key"]])),
-        ("Sessions attended after the course (not counted above)", lambda a, s: str(s["after"])),
-        ("Minutes per attended session, mean (SD)", lambda a, s: mean_sd(s["minutes"], counted=True)),
-        ("Sessions with active techniques, n (%)", lambda a, s: pct(s["active"], s["attended"])),
-        ("Sessions with receptive techniques, n (%)", lambda a, s: pct(s["receptive"], s["attended"])),
-        ("Sessions with a parent present, n (%)", lambda a, s: pct(s["parent"], s["attended"])),
-        ("Participants with individual goals, n (%)", lambda a, s: pct(len(s["goal_children"]), s["allocated"])),
-        ("Individual goals set, total", lambda a, s: str(s["goals"])),
-        ("Sessions that worked on a goal, n (%)", lambda a, s: pct(s["with_goal"], s["attended"])),
-        ("Sessions rated for fidelity", lambda a, s: str(s["rated"])),
-        ("Rated sessions adherent to the principles, n (%)", lambda a, s: pct(s["adherent"], s["rated"])),
-        ("Fidelity score of rated sessions, mean (SD)", lambda a, s: mean_sd(s["scores"])),
-    ]
-    columns = ["Measure"] + [f'{a["label"]} (N = {stats[a["key"]]["allocated"]})' for a in arms]
-    out_rows = [[name] + [fn(a, stats[a["key"]]) if (a["sessions_per_week"] or i == 0) else "—"
-                          for a in arms] for i, (name, fn) in enumerate(measures)]
-    return {"arms": [a["key"] for a in arms], "columns": columns, "rows": out_rows,
-            "definition": "A session delivered is one attended within the five-month course (from randomization); "
-                          "sessions after the course are reported apart. Active techniques: improvisation, songs, "
-                          "musical games; receptive: listening. Adherent: the mean of the fidelity items reaches "
-                          f"the protocol's threshold ({content.get('fidelity', {}).get('threshold', '—')})."}
+        s["per_child"] = list(counts.values()) + [0] * max(0, s["allocated"] - len(counts))
+
+
+def _mean_sd(xs, counted=False) -> str:
+    """Mean (SD) of values, or of (value, how many times) pairs."""
+    pairs = xs if counted else [(x, 1) for x in xs]
+    n = sum(c for _, c in pairs)
+    if not n:
+        return ""
+    m = sum(x * c for x, c in pairs) / n
+    sd = (sum(c * (x - m) ** 2 for x, c in pairs) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return f"{m:.1f} ({sd:.1f})"
+
+
+def _pct(k, n) -> str:
+    return f"{k} ({100 * k / n:.1f}%)" if n else ""
+
+
+DELIVERED_MEASURES = (  # the rows of delivered_by_arm: each measure from an arm's counts
+    ("Participants allocated", lambda s: str(s["allocated"])),
+    ("Received at least one session in the course, n (%)", lambda s: _pct(len(s["children"]), s["allocated"])),
+    ("Sessions attended in the course, total", lambda s: str(s["attended"])),
+    ("Sessions attended in the course per participant, mean (SD)", lambda s: _mean_sd(s["per_child"])),
+    ("Sessions attended after the course (not counted above)", lambda s: str(s["after"])),
+    ("Minutes per attended session, mean (SD)", lambda s: _mean_sd(s["minutes"], counted=True)),
+    ("Sessions with active techniques, n (%)", lambda s: _pct(s["active"], s["attended"])),
+    ("Sessions with receptive techniques, n (%)", lambda s: _pct(s["receptive"], s["attended"])),
+    ("Sessions with a parent present, n (%)", lambda s: _pct(s["parent"], s["attended"])),
+    ("Participants with individual goals, n (%)", lambda s: _pct(len(s["goal_children"]), s["allocated"])),
+    ("Individual goals set, total", lambda s: str(s["goals"])),
+    ("Sessions that worked on a goal, n (%)", lambda s: _pct(s["with_goal"], s["attended"])),
+    ("Sessions rated for fidelity", lambda s: str(s["rated"])),
+    ("Rated sessions adherent to the principles, n (%)", lambda s: _pct(s["adherent"], s["rated"])),
+    ("Fidelity score of rated sessions, mean (SD)", lambda s: _mean_sd(s["scores"])),
+)

@@ -17,12 +17,12 @@ from trial.audit import service as audit
 from trial.catalogue import N_, Msg
 from trial.dataquality.models import DataQuery
 from trial.dataquality.service import shown_queries
+from trial.db import notify, read_only_session, utcnow
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.esign.models import Signature
 from trial.esign.service import sign
-from trial.db import notify, read_only_session, utcnow
-from trial.exports.consort import consort
 from trial.exports.bundle import VARIANTS, build_bundles, seal_name
+from trial.exports.consort import consort
 from trial.lock.models import DataLock, LockBuild, LockBundle
 from trial.protocol.service import current as current_protocol
 from trial.randomize.service import get_design, master_seed
@@ -78,16 +78,7 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str, acce
         raise Conflict(f"A {current.kind} lock (lock {current.id}) is already in force.")
     open_queries = []
     if kind == "hard":
-        open_queries = db.execute(select(DataQuery.id, DataQuery.status).where(DataQuery.status != "closed")
-                                  .order_by(DataQuery.id)).all()
-        if open_queries and not accept_open_queries:
-            raise OpenQueries(f"{len(open_queries)} queries are not closed. Close them first, or sign the hard lock "
-                              "accepting them (accept_open_queries), which is recorded with the signature.",
-                              {str(q.id): q.status for q in open_queries})
-        # data whose CONSORT does not reconcile would give no bundle: refused before anything is signed
-        consort(db, CliActor())
-        if open_queries:  # no count, no ids: blinded readers see the signature (the ids are with the lock)
-            meaning = f"{(meaning or '').strip()[:440]} [accepting the queries not closed, listed with the lock]"
+        open_queries, meaning = _hard_lock_checks(db, meaning, accept_open_queries)
     sig = sign(db, actor, password, meaning, f"{kind}_lock")
     version = None
     if kind == "hard":
@@ -106,14 +97,36 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str, acce
     if lock.accepted_open_queries:  # which queries were open can tell of sessions and AEs: unblinded readers only
         audit.record(db, actor, "accept_open_queries", "data_lock", lock.id,
                      {"accepted_open_queries": (None, lock.accepted_open_queries)}, reveals_allocation=True)
-    if kind == "hard":  # the chain as it stands at signing, sealed: cutting it back below here is detected
-        audit.seal(db, seal_name(lock))
-        # the bundles are built after the commit, by a worker, while the lock holds; a worker kept
-        # running is woken at the commit (PostgreSQL; on SQLite it looks every few seconds)
-        db.add_all([LockBuild(lock_id=lock.id, variant=v, status="building", progress=0.0) for v in VARIANTS])
-        db.flush()
-        notify(db, BUILD_CHANNEL)
+    if kind == "hard":
+        _seal_and_queue_builds(db, lock)
     return lock
+
+
+def _hard_lock_checks(db: Session, meaning: str, accept_open_queries: bool) -> tuple[list, str]:
+    """Before a hard lock is signed: the queries not closed (refused unless the signer accepts
+    them, which the signature's meaning then says) and a CONSORT that reconciles. Returns the
+    queries not closed and the meaning to sign."""
+    open_queries = db.execute(select(DataQuery.id, DataQuery.status).where(DataQuery.status != "closed")
+                              .order_by(DataQuery.id)).all()
+    if open_queries and not accept_open_queries:
+        raise OpenQueries(f"{len(open_queries)} queries are not closed. Close them first, or sign the hard lock "
+                          "accepting them (accept_open_queries), which is recorded with the signature.",
+                          {str(q.id): q.status for q in open_queries})
+    # data whose CONSORT does not reconcile would give no bundle: refused before anything is signed
+    consort(db, CliActor())
+    if open_queries:  # no count, no ids: blinded readers see the signature (the ids are with the lock)
+        meaning = f"{(meaning or '').strip()[:440]} [accepting the queries not closed, listed with the lock]"
+    return open_queries, meaning
+
+
+def _seal_and_queue_builds(db: Session, lock: DataLock) -> None:
+    """The chain as it stands at signing a hard lock, sealed: cutting it back below here is
+    detected. The bundles are built after the commit, by a worker, while the lock holds; a worker
+    kept running is woken at the commit (PostgreSQL; on SQLite it looks every few seconds)."""
+    audit.seal(db, seal_name(lock))
+    db.add_all([LockBuild(lock_id=lock.id, variant=v, status="building", progress=0.0) for v in VARIANTS])
+    db.flush()
+    notify(db, BUILD_CHANNEL)
 
 
 # --- building the bundles ---------------------------------------------------------------------------
@@ -183,37 +196,18 @@ def _build_and_store(session_factory, build_ids: list[int], compare: dict[str, s
         db.commit()
     store = [v for v, _ in rows]
     lock_id = rows[0][1] if rows else lock_id
-
-    def report(share: float) -> None:
-        with session_factory() as p:
-            p.execute(update(LockBuild).where(LockBuild.id.in_(build_ids), LockBuild.worker == worker)
-                      .values(progress=round(min(share, 0.99), 3), heartbeat=utcnow()))
-            p.commit()
     try:
         with read_only_session(session_factory) as r:
             lock = r.get(DataLock, lock_id)
-            built = build_bundles(r, lock, r.get(Signature, lock.signature_id), [*store, *compare], progress=report,
-                                  parallel=True)
-        with session_factory() as db:
-            # still this worker's builds (one taken for dead and taken over is the other worker's now):
-            # the state first, so that the bundles are stored only by the worker that holds the builds
-            if build_ids and db.execute(update(LockBuild).where(LockBuild.id.in_(build_ids), LockBuild.worker == worker,
-                                                                LockBuild.status == "building")
-                                        .values(status="ready", progress=1.0, finished_at=utcnow(), heartbeat=utcnow(),
-                                                error=None)).rowcount != len(build_ids):
-                db.rollback()
-                return {v: "taken over by another worker" for v in store}, \
-                    {v: "not compared (taken over)" for v in compare}
-            for variant in store:
-                data, sha, manifest_sha = built[variant]
-                if db.execute(select(LockBundle.id).where(LockBundle.lock_id == lock_id, LockBundle.variant == variant)).first():
-                    raise Conflict(f"The {variant} bundle of lock {lock_id} exists already.")
-                _store(db, CliActor(f"worker {worker}"), lock_id, variant, data, sha, manifest_sha)
-            db.commit()
+            built = build_bundles(r, lock, r.get(Signature, lock.signature_id), [*store, *compare],
+                                  progress=_progress_reporter(session_factory, build_ids, worker), parallel=True)
+        if not _store_built(session_factory, build_ids, worker, lock_id, store, built):
+            return {v: "taken over by another worker" for v in store}, \
+                {v: "not compared (taken over)" for v in compare}
         compared = {v: "same bytes" if built[v][1] == sha else
                     f"DIFFERENT bytes (stored {sha}, built {built[v][1]}): the stored bundle is kept" for v, sha in compare.items()}
         return {v: "ready" for v in store}, compared
-    except Exception as e:  # any failure of the build is recorded with the build, not lost
+    except Exception as e:  # noqa: BLE001  any failure of the build is recorded with the build, not lost
         if build_ids:
             with session_factory() as db:  # (a build another worker took over is its to finish)
                 db.execute(update(LockBuild).where(LockBuild.id.in_(build_ids), LockBuild.worker == worker)
@@ -222,6 +216,37 @@ def _build_and_store(session_factory, build_ids: list[int], compare: dict[str, s
         return {v: "failed" for v in store}, {v: f"failed: {type(e).__name__}: {e}" for v in compare}
 
 
+def _progress_reporter(session_factory, build_ids: list[int], worker: str):
+    """The build's progress callback: each share done reported (at most 0.99, with a heartbeat)
+    in a short transaction of its own, on the builds this worker still holds."""
+    def report(share: float) -> None:
+        with session_factory() as p:
+            p.execute(update(LockBuild).where(LockBuild.id.in_(build_ids), LockBuild.worker == worker)
+                      .values(progress=round(min(share, 0.99), 3), heartbeat=utcnow()))
+            p.commit()
+    return report
+
+
+def _store_built(session_factory, build_ids: list[int], worker: str, lock_id: int, store: list[str],
+                 built: dict) -> bool:
+    """Store the bundles built of ``store`` with their audit records and the builds' state "ready",
+    in one transaction; False (nothing stored) when another worker has taken the builds over."""
+    with session_factory() as db:
+        # still this worker's builds (one taken for dead and taken over is the other worker's now):
+        # the state first, so that the bundles are stored only by the worker that holds the builds
+        if build_ids and db.execute(update(LockBuild).where(LockBuild.id.in_(build_ids), LockBuild.worker == worker,
+                                                            LockBuild.status == "building")
+                                    .values(status="ready", progress=1.0, finished_at=utcnow(), heartbeat=utcnow(),
+                                            error=None)).rowcount != len(build_ids):
+            db.rollback()
+            return False
+        for variant in store:
+            data, sha, manifest_sha = built[variant]
+            if db.execute(select(LockBundle.id).where(LockBundle.lock_id == lock_id, LockBundle.variant == variant)).first():
+                raise Conflict(f"The {variant} bundle of lock {lock_id} exists already.")
+            _store(db, CliActor(f"worker {worker}"), lock_id, variant, data, sha, manifest_sha)
+        db.commit()
+    return True
 
 
 def build_error(db: Session, build_id: int) -> str | None:

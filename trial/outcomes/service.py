@@ -52,36 +52,46 @@ def validate_values(instrument: dict, values: Any) -> dict[str, Any]:
             if f["required"]:
                 errors[name] = "is required"
             continue
-        t = f["type"]
-        if t == "integer":
-            if isinstance(v, bool) or not isinstance(v, int):
-                if isinstance(v, float) and v.is_integer():
-                    v = int(v)
-                else:
-                    errors[name] = "must be a whole number"
-                    continue
-        elif t == "number":
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                errors[name] = "must be a number"
-                continue
-        elif t == "boolean" and not isinstance(v, bool):
-            errors[name] = "must be true or false"
+        v, error = _field_value(f, v)
+        if error is not None:
+            errors[name] = error
             continue
-        elif t == "text" and (not isinstance(v, str) or has_control(v)):
-            errors[name] = "must be text" if not isinstance(v, str) else CONTROL_MESSAGE
-            continue
-        elif t == "choice" and v not in f["choices"]:
-            errors[name] = f"must be one of {', '.join(map(str, f['choices']))}"
-            continue
-        if t in ("integer", "number"):
-            lo, hi = f.get("min"), f.get("max")
-            if (lo is not None and v < lo) or (hi is not None and v > hi):
-                errors[name] = f"{v} is out of range {lo}–{hi}"
-                continue
         out[key] = v
     if errors:
         raise refusal(N_("The assessment was not saved"), errors)
     return out
+
+
+def _field_value(f: dict, v: Any) -> tuple[Any, str | None]:
+    """A given (not empty) value of a field: the value as stored (a whole float of an integer
+    field as an int) and what is wrong with it, None when nothing: its type, then its range."""
+    v, error = _typed_value(f, v)
+    if error is None and f["type"] in ("integer", "number"):
+        lo, hi = f.get("min"), f.get("max")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            error = f"{v} is out of range {lo}–{hi}"
+    return v, error
+
+
+def _typed_value(f: dict, v: Any) -> tuple[Any, str | None]:
+    """The value checked against its field's type (a whole float of an integer field becomes an
+    int), with what is wrong with it, or None."""
+    t = f["type"]
+    if t == "integer":
+        if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, float) and v.is_integer():
+                return int(v), None
+            return v, "must be a whole number"
+    elif t == "number":
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return v, "must be a number"
+    elif t == "boolean" and not isinstance(v, bool):
+        return v, "must be true or false"
+    elif t == "text" and (not isinstance(v, str) or has_control(v)):
+        return v, "must be text" if not isinstance(v, str) else CONTROL_MESSAGE
+    elif t == "choice" and v not in f["choices"]:
+        return v, f"must be one of {', '.join(map(str, f['choices']))}"
+    return v, None
 
 
 # the allocation guess, named as the entry form names it
@@ -130,23 +140,13 @@ def guess_errors(content: dict, instrument: dict, visit: dict, guess: Any, confi
 
 
 def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessment:
+    """Record one form at one visit: check the form, the visit, the day, the values and the
+    allocation guess, place the day in its visit window, then write and audit the assessment
+    and keep its checks, all in one transaction."""
     p = get_participant(db, actor, study_id, for_update=True)  # concurrent duplicates queue here
     content = current_protocol(db).content
     pv_version = current_protocol(db).version
-    instruments = {i["key"]: i for i in content["instruments"]}
-    visits = {v["key"]: v for v in content["visits"]}
-    errors: dict[str, str] = {}
-    ins = instruments.get(data.get("instrument")) if isinstance(data.get("instrument"), str) else None
-    if ins is None:
-        errors["instrument"] = f"must be one of {', '.join(instruments)}"
-    visit = visits.get(data.get("visit")) if isinstance(data.get("visit"), str) else None
-    if visit is None:
-        errors["visit"] = f"must be one of {', '.join(visits)}"
-    elif ins is not None and visit["key"] not in ins["visits"]:
-        errors["visit"] = f"{ins['key']} is not collected at {visit['key']}"
-    performed = clinical_date(data.get("performed_on"), "performed_on", errors, today(p.site.timezone))
-    if errors:
-        raise refusal(N_("The assessment was not saved"), errors)
+    ins, visit, performed = _form_visit_day(content, p, data)
     # who enters what: blinded instruments only by the site's assessors, others by its coordinators
     require_site_role(db, actor, p.site_id, "assessor" if ins["blinded"] else "coordinator")
     ensure_writable(db)
@@ -154,22 +154,11 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
     guess = data.get("allocation_guess")
     confidence = data.get("guess_confidence")
     alloc = allocation_of(db, p.id)
-    errors.update(guess_errors(content, ins, visit, guess, confidence))
+    errors = guess_errors(content, ins, visit, guess, confidence)
     if errors:
         raise refusal(N_("The assessment was not saved"), errors, GUESS_LABELS)
     ensure_accepts_data(db, p, "assessment", performed)
-    out_of_window = False
-    if visit["key"] == "baseline":
-        if alloc is not None:
-            raise Conflict("The baseline is recorded before randomization; this participant is already randomized.")
-        if performed < p.consent_date:
-            raise ValidationError("The assessment was not saved: performed_on is before consent",
-                                  {"performed_on": f"is before consent ({p.consent_date.isoformat()})"})
-    else:
-        if alloc is None:
-            raise Conflict(f"Visit {visit['key']} follows randomization; {p.study_id} is not randomized yet.")
-        lo, _, hi = visit_window(visit, randomization_day(db, p, alloc))
-        out_of_window = not lo <= performed <= hi
+    out_of_window = _out_of_window(db, p, visit, performed, alloc)
     if db.execute(select(Assessment.id).where(Assessment.participant_id == p.id, Assessment.visit == visit["key"],
                                               Assessment.instrument == ins["key"])).first():
         raise Conflict(f"{ins['key']} at {visit['key']} is already recorded for {p.study_id}.")
@@ -184,17 +173,58 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
                                                   "guess_confidence": confidence})
     if a.visit != "baseline":
         replan(db, [p.id])  # the visit plan knows the form is entered
-    # the checks, in the same transaction as the data
+    _entry_checks(db, p, a, ins, visit, alloc, out_of_window)
+    return a
+
+
+def _form_visit_day(content: dict, p, data: dict) -> tuple[dict, dict, dt.date]:
+    """The instrument, the visit and the day an assessment names, or 400 naming each bad one (an
+    instrument not collected at the visit, a day in the future at the participant's site)."""
+    instruments = {i["key"]: i for i in content["instruments"]}
+    visits = {v["key"]: v for v in content["visits"]}
+    errors: dict[str, str] = {}
+    ins = instruments.get(data.get("instrument")) if isinstance(data.get("instrument"), str) else None
+    if ins is None:
+        errors["instrument"] = f"must be one of {', '.join(instruments)}"
+    visit = visits.get(data.get("visit")) if isinstance(data.get("visit"), str) else None
+    if visit is None:
+        errors["visit"] = f"must be one of {', '.join(visits)}"
+    elif ins is not None and visit["key"] not in ins["visits"]:
+        errors["visit"] = f"{ins['key']} is not collected at {visit['key']}"
+    performed = clinical_date(data.get("performed_on"), "performed_on", errors, today(p.site.timezone))
+    if errors:
+        raise refusal(N_("The assessment was not saved"), errors)
+    return ins, visit, performed
+
+
+def _out_of_window(db: Session, p, visit: dict, performed: dt.date, alloc) -> bool:
+    """Was the assessment performed outside its visit's window? Refuses a baseline of a child
+    already randomized or performed before consent, and a later visit of a child not randomized."""
+    if visit["key"] == "baseline":
+        if alloc is not None:
+            raise Conflict("The baseline is recorded before randomization; this participant is already randomized.")
+        if performed < p.consent_date:
+            raise ValidationError("The assessment was not saved: performed_on is before consent",
+                                  {"performed_on": f"is before consent ({p.consent_date.isoformat()})"})
+        return False
+    if alloc is None:
+        raise Conflict(f"Visit {visit['key']} follows randomization; {p.study_id} is not randomized yet.")
+    lo, _, hi = visit_window(visit, randomization_day(db, p, alloc))
+    return not lo <= performed <= hi
+
+
+def _entry_checks(db: Session, p, a: Assessment, ins: dict, visit: dict, alloc, out_of_window: bool) -> None:
+    """The checks of an entered form, in the same transaction as the data: its missing-form query
+    closes; a query when it was performed outside the window; the soft-range queries."""
     resolve_check(db, missing_key(p.id, a.visit, a.instrument), Msg(N_("the form was entered")))
     if out_of_window:
         lo, _, hi = visit_window(visit, randomization_day(db, p, alloc))
         raise_check(db, p, "assessment", a.id, f"window:assessment:{a.id}",
                     Msg(N_("%(form)s at %(visit)s was performed on %(day)s, outside the visit window %(start)s to "
                            "%(end)s. Confirm the date, or correct it."), form=_form_label(ins), visit=_visit_label(visit),
-                        day=performed, start=lo, end=hi),
+                        day=a.performed_on, start=lo, end=hi),
                     _enterer(ins), assessor_visible=ins["blinded"], visit=a.visit, instrument=a.instrument)
     _soft_range_checks(db, p, a, ins)
-    return a
 
 
 def window_of(db: Session, p, visit_key: str) -> tuple[dt.date, dt.date] | None:
@@ -349,40 +379,43 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
     for p in participants:
         day = on or today(tzs[p.site_id])
         alloc = allocs.get(p.id)
-        rows = []
         start = local_date(alloc.randomized_at, tzs[p.site_id]) if alloc else None  # randomization_day, without a query per child
         final = next((e for e in events.get(p.id, []) if e.type in ("withdrawn", "died")), None)
         wanted = [i["key"] for i in _role_instruments(content, actor, p.site_id)]
-        for v in content["visits"]:
-            entry = {"visit": v["key"], "label": v["label"], "primary": v["primary"]}
-            instruments = [k for k in wanted if any(i["key"] == k and v["key"] in i["visits"] for i in content["instruments"])]
-            recorded = [a for a in done.get((p.id, v["key"]), []) if a.instrument in instruments]
-            entry["instruments_done"] = sorted(a.instrument for a in recorded)
-            entry["instruments_expected"] = instruments
-            if v["key"] == "baseline":
-                entry["status"] = "done" if recorded and len(recorded) == len(instruments) else ("missing" if alloc else "due")
-                rows.append(entry)
-                continue
-            if start is None:
-                entry["status"] = "not_yet_randomized"
-                rows.append(entry)
-                continue
-            lo, target, hi = visit_window(v, start)
-            entry.update(window_start=lo.isoformat(), target=target.isoformat(), window_end=hi.isoformat())
-            complete = instruments and len({a.instrument for a in recorded}) == len(instruments)
-            if complete:
-                entry["status"] = "done_out_of_window" if any(a.out_of_window for a in recorded) else "done"
-            elif final is not None and final.on <= hi:
-                entry["status"] = "not_expected"
-            elif day > hi:
-                entry["status"] = "overdue"
-            elif day >= lo:
-                entry["status"] = "due"
-            else:
-                entry["status"] = "upcoming"
-            rows.append(entry)
-        out[p.id] = rows
+        out[p.id] = [_schedule_entry(content, v, wanted, done.get((p.id, v["key"]), []), alloc, start, final, day)
+                     for v in content["visits"]]
     return out
+
+
+def _schedule_entry(content: dict, v: dict, wanted: list[str], entered: list[Assessment], alloc,
+                    start: dt.date | None, final, day: dt.date) -> dict:
+    """One visit of a participant's schedule: the forms the reader enters there, those entered,
+    and (after randomization) the window and the visit's status on ``day``."""
+    entry = {"visit": v["key"], "label": v["label"], "primary": v["primary"]}
+    instruments = [k for k in wanted if any(i["key"] == k and v["key"] in i["visits"] for i in content["instruments"])]
+    recorded = [a for a in entered if a.instrument in instruments]
+    entry["instruments_done"] = sorted(a.instrument for a in recorded)
+    entry["instruments_expected"] = instruments
+    if v["key"] == "baseline":
+        entry["status"] = "done" if recorded and len(recorded) == len(instruments) else ("missing" if alloc else "due")
+        return entry
+    if start is None:
+        entry["status"] = "not_yet_randomized"
+        return entry
+    lo, target, hi = visit_window(v, start)
+    entry.update(window_start=lo.isoformat(), target=target.isoformat(), window_end=hi.isoformat())
+    complete = instruments and len({a.instrument for a in recorded}) == len(instruments)
+    if complete:
+        entry["status"] = "done_out_of_window" if any(a.out_of_window for a in recorded) else "done"
+    elif final is not None and final.on <= hi:
+        entry["status"] = "not_expected"
+    elif day > hi:
+        entry["status"] = "overdue"
+    elif day >= lo:
+        entry["status"] = "due"
+    else:
+        entry["status"] = "upcoming"
+    return entry
 
 
 def _today_span(db: Session, on: dt.date | None) -> tuple[dt.date, dt.date]:
@@ -482,13 +515,7 @@ def worklist_query(db: Session, actor, kind: str, site_code: str | None = None, 
     closed; out of window when all of them are entered and one was entered outside the window.
     The baseline (due before randomization) comes from the children not yet randomized. Nothing
     of the whole trial is loaded: the list is filtered, counted and paged in the database."""
-    if kind not in WORKLISTS:
-        raise ValidationError("kind must be due, overdue or out_of_window", {"kind": "due, overdue or out_of_window"})
-    if not actor.has_role("coordinator", "assessor", "monitor", "manager"):
-        raise Forbidden("Visit lists are for coordinators, assessors and managers.")
-    content = current_protocol(db).content
-    if visit is not None and visit not in {v["key"] for v in content["visits"]}:
-        raise ValidationError("visit is not a visit of the protocol.", {"visit": "not a visit of the protocol"})
+    content = _worklist_protocol(db, actor, kind, visit)
     ensure_current(db, writable=active_lock_id(db) is None)
     base = participant_query(db, actor, site_code, search)  # (refuses a site the reader does not work at)
     visible = visible_site_ids(db, actor)
@@ -496,61 +523,100 @@ def worklist_query(db: Session, actor, kind: str, site_code: str | None = None, 
     sites = [(sid, tz) for sid, tz in db.execute(select(Site.id, Site.timezone).order_by(Site.id)).all()
              if (visible is None or sid in visible) and only in (None, sid)]
     wanted = [v for v in content["visits"] if visit is None or v["key"] == visit]
-    later = [v["key"] for v in wanted if v["key"] != "baseline"]
     branches = []
+    later = _later_visits_branch(content, actor, kind, sites, wanted, base, search, on)
+    if later is not None:
+        branches.append(later)
+    baseline = next((v for v in wanted if v["key"] == "baseline"), None)
+    if kind == "due" and baseline is not None:
+        before = _baseline_branch(content, actor, sites, base, baseline)
+        if before is not None:
+            branches.append(before)
+    if not branches:
+        return None
+    return (branches[0] if len(branches) == 1 else union_all(*branches)).subquery("worklist")
+
+
+def _worklist_protocol(db: Session, actor, kind: str, visit: str | None) -> dict:
+    """The protocol's content, once the worklist asked for is one there is (a known kind, a visit
+    of the protocol) and the actor is one who works from visit lists."""
+    if kind not in WORKLISTS:
+        raise ValidationError("kind must be due, overdue or out_of_window", {"kind": "due, overdue or out_of_window"})
+    if not actor.has_role("coordinator", "assessor", "monitor", "manager"):
+        raise Forbidden("Visit lists are for coordinators, assessors and managers.")
+    content = current_protocol(db).content
+    if visit is not None and visit not in {v["key"] for v in content["visits"]}:
+        raise ValidationError("visit is not a visit of the protocol.", {"visit": "not a visit of the protocol"})
+    return content
+
+
+# a visit plan row's forms of each kind (blinded or not): expected, entered, one entered late
+_PLAN_FORMS = {True: (PlannedVisit.blinded_forms, PlannedVisit.blinded_entered, PlannedVisit.blinded_late),
+               False: (PlannedVisit.other_forms, PlannedVisit.other_entered, PlannedVisit.other_late)}
+
+
+def _later_visits_branch(content: dict, actor, kind: str, sites: list, wanted: list[dict], base, search: str | None,
+                         on: dt.date | None):
+    """The worklist's visits after randomization, from the visit plan alone (None when the reader
+    enters none of their forms at these sites)."""
     pv = PlannedVisit
-    kinds = {True: (pv.blinded_forms, pv.blinded_entered, pv.blinded_late),
-             False: (pv.other_forms, pv.other_entered, pv.other_late)}
+    later = [v["key"] for v in wanted if v["key"] != "baseline"]
     per_site = []  # at each site: the condition on a visit row for this reader's forms there
     for site_id, tz in sites:
         mine = {i["blinded"] for i in _role_instruments(content, actor, site_id) if any(v in i["visits"] for v in later)}
         if not mine:
             continue
-        day = on or today(tz)
-        missing = or_(*[kinds[b][1] < kinds[b][0] for b in mine])
-        if kind == "out_of_window":
-            cond = and_(*[kinds[b][1] == kinds[b][0] for b in mine], or_(*[kinds[b][0] > 0 for b in mine]),
-                        or_(*[kinds[b][2] for b in mine]))
-        elif kind == "overdue":
-            cond = and_(pv.ended.is_(False), pv.closes < day, missing)
-        else:
-            cond = and_(pv.ended.is_(False), pv.opens <= day, pv.closes >= day, missing)
-        per_site.append(and_(pv.site_id == site_id, cond))
-    if later and per_site:
-        # the plan alone (the reader's sites are in per_site): the participant table only for a search
-        q = (select(pv.participant_id.label("pid"), pv.visit.label("visit"), pv.visit_idx.label("visit_idx"),
-                    pv.randomized_at.label("randomized_at"))
-             .where(or_(*per_site)))
-        if len(later) < len([v for v in content["visits"] if v["key"] != "baseline"]):
-            q = q.where(pv.visit.in_(later))
-        if search:
-            q = q.where(pv.participant_id.in_(base.with_only_columns(Participant.id)))
-        branches.append(q)
-    baseline = next((v for v in wanted if v["key"] == "baseline"), None)
-    if kind == "due" and baseline is not None:
-        need = {}  # site -> the reader's baseline forms there
-        for site_id, _ in sites:
-            forms = [i["key"] for i in _role_instruments(content, actor, site_id) if "baseline" in i["visits"]]
-            if forms:
-                need[site_id] = forms
-        if need:
-            # the children not randomized yet (few) lacking one of the reader's baseline forms: one
-            # grouped join, never a NOT EXISTS per site under an OR (which scans the forms per site)
-            idx = content["visits"].index(baseline)
-            mine = or_(*[and_(Participant.site_id == sid, Assessment.instrument.in_(forms)) for sid, forms in need.items()])
-            have = func.sum(case((mine, 1), else_=0))
-            wants = case(*[(Participant.site_id == sid, len(forms)) for sid, forms in need.items()], else_=0)
-            branches.append(base.with_only_columns(
-                Participant.id.label("pid"), literal("baseline").label("visit"),
-                literal(idx).label("visit_idx"), func.min(Allocation.randomized_at).label("randomized_at"))
-                .outerjoin(Allocation, Allocation.participant_id == Participant.id)
-                .outerjoin(Assessment, and_(Assessment.participant_id == Participant.id, Assessment.visit == "baseline"))
-                .where(Allocation.id.is_(None), Participant.site_id.in_(list(need)))
-                .group_by(Participant.id, Participant.site_id)
-                .having(have < wants))
-    if not branches:
+        per_site.append(and_(pv.site_id == site_id, _plan_condition(kind, mine, on or today(tz))))
+    if not (later and per_site):
         return None
-    return (branches[0] if len(branches) == 1 else union_all(*branches)).subquery("worklist")
+    # the plan alone (the reader's sites are in per_site): the participant table only for a search
+    q = (select(pv.participant_id.label("pid"), pv.visit.label("visit"), pv.visit_idx.label("visit_idx"),
+                pv.randomized_at.label("randomized_at"))
+         .where(or_(*per_site)))
+    if len(later) < len([v for v in content["visits"] if v["key"] != "baseline"]):
+        q = q.where(pv.visit.in_(later))
+    if search:
+        q = q.where(pv.participant_id.in_(base.with_only_columns(Participant.id)))
+    return q
+
+
+def _plan_condition(kind: str, mine: set[bool], day: dt.date):
+    """The condition on a visit plan row for a worklist of the kind on ``day``, over the reader's
+    kinds of forms (``mine``: blinded, not blinded or both)."""
+    pv = PlannedVisit
+    missing = or_(*[_PLAN_FORMS[b][1] < _PLAN_FORMS[b][0] for b in mine])
+    if kind == "out_of_window":
+        return and_(*[_PLAN_FORMS[b][1] == _PLAN_FORMS[b][0] for b in mine], or_(*[_PLAN_FORMS[b][0] > 0 for b in mine]),
+                    or_(*[_PLAN_FORMS[b][2] for b in mine]))
+    if kind == "overdue":
+        return and_(pv.ended.is_(False), pv.closes < day, missing)
+    return and_(pv.ended.is_(False), pv.opens <= day, pv.closes >= day, missing)
+
+
+def _baseline_branch(content: dict, actor, sites: list, base, baseline: dict):
+    """The baselines due: the children not randomized yet lacking one of the reader's baseline
+    forms at their site (None when the reader enters no baseline form at these sites)."""
+    need = {}  # site -> the reader's baseline forms there
+    for site_id, _ in sites:
+        forms = [i["key"] for i in _role_instruments(content, actor, site_id) if "baseline" in i["visits"]]
+        if forms:
+            need[site_id] = forms
+    if not need:
+        return None
+    # the children not randomized yet (few) lacking one of the reader's baseline forms: one
+    # grouped join, never a NOT EXISTS per site under an OR (which scans the forms per site)
+    idx = content["visits"].index(baseline)
+    mine = or_(*[and_(Participant.site_id == sid, Assessment.instrument.in_(forms)) for sid, forms in need.items()])
+    have = func.sum(case((mine, 1), else_=0))
+    wants = case(*[(Participant.site_id == sid, len(forms)) for sid, forms in need.items()], else_=0)
+    return (base.with_only_columns(
+        Participant.id.label("pid"), literal("baseline").label("visit"),
+        literal(idx).label("visit_idx"), func.min(Allocation.randomized_at).label("randomized_at"))
+        .outerjoin(Allocation, Allocation.participant_id == Participant.id)
+        .outerjoin(Assessment, and_(Assessment.participant_id == Participant.id, Assessment.visit == "baseline"))
+        .where(Allocation.id.is_(None), Participant.site_id.in_(list(need)))
+        .group_by(Participant.id, Participant.site_id)
+        .having(have < wants))
 
 
 def _worklist_items(db: Session, actor, rows, on: dt.date | None, kind: str) -> list[dict]:

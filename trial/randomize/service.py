@@ -257,62 +257,98 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     slot taken by one ``UPDATE ... RETURNING`` (which locks it); the allocation inserted; the
     child's visit plan inserted (one multi-row INSERT, trial.visitplan); and the audit record (two
     statements, see :func:`audit.record`)."""
-    if idempotency_key is not None and (not idempotency_key.strip() or len(idempotency_key) > 200):
-        raise ValidationError("Idempotency-Key must be 1 to 200 characters.", {"Idempotency-Key": "1 to 200 characters"})
+    _check_idempotency_key(idempotency_key)
     # 1. lock the participant: concurrent requests for one child queue here
     p, existing_id = _lock_participant(db, actor, study_id)
     require_site_role(db, actor, p.site_id, "coordinator")
     if existing_id is not None:  # a retry gets its answer even if a lock has come since
-        existing = db.get(Allocation, existing_id)
-        if idempotency_key and existing.idempotency_key == idempotency_key:
-            return Result(existing, p, False, _arm_label(current_protocol(db).content, existing.arm))
-        raise Conflict(f"{p.study_id} is already randomized; a child is never re-randomized.")
+        return _retry_answer(db, p, existing_id, idempotency_key)
+    protocol, design_row, ready = _ready_to_allocate(db, p)
+    design = design_row.design
+    master = master_seed(db, design_row)
+    key = stratum_key(design, ready.site_code, p.strata or {})
+    # 2. take the stratum's next slot: the UPDATE locks its row until commit, so slots go in order
+    slot = _take_slot(db, actor, design, master, key, p.site_id)
+    arm, details = _arm_at_slot(db, actor, design, master, key, slot, p)
+    stratum = db.identity_map.get(db.identity_key(Stratum, slot.id))
+    if stratum is not None:  # a Stratum loaded earlier in this session must not keep stale values
+        db.expire(stratum)
+    # 3. write the allocation, the child's visit plan and the audit record, in this transaction
+    alloc = _insert_allocation(db, actor, p, slot, arm, details, idempotency_key, at)
+    plan_new(db, p.id, p.site_id, alloc.randomized_at, ready.site_timezone, protocol, ready.protocol_version)
+    audit.record(db, actor, "randomize", "allocation", p.study_id,
+                 {"allocation": (None, {"arm": arm, "stratum": key, "seq": slot.last_seq})}, reveals_allocation=True)
+    return Result(alloc, p, True, _arm_label(protocol, arm))
+
+
+def _check_idempotency_key(idempotency_key: str | None) -> None:
+    if idempotency_key is not None and (not idempotency_key.strip() or len(idempotency_key) > 200):
+        raise ValidationError("Idempotency-Key must be 1 to 200 characters.", {"Idempotency-Key": "1 to 200 characters"})
+
+
+def _retry_answer(db: Session, p: Participant, existing_id: int, idempotency_key: str | None) -> Result:
+    """The answer to a retry of the request that randomized ``p`` (the same Idempotency-Key); any
+    other request for a randomized child is refused: a child is never re-randomized."""
+    existing = db.get(Allocation, existing_id)
+    if idempotency_key and existing.idempotency_key == idempotency_key:
+        return Result(existing, p, False, _arm_label(current_protocol(db).content, existing.arm))
+    raise Conflict(f"{p.study_id} is already randomized; a child is never re-randomized.")
+
+
+def _ready_to_allocate(db: Session, p: Participant) -> tuple[dict, DesignView, Readiness]:
+    """The protocol and the design in force (the trial state held FOR SHARE: refuses a locked
+    trial) and the participant's readiness; refuses before randomization opens, and a child not
+    ready with every reason why."""
     sha, design_id, commitment = check_writable(db, _state_stmt(db))
     if design_id is None:
         raise Conflict("Randomization is not open yet (run `trial randomization open`).")
     protocol, design_row = content_by_sha(db, sha), _design_view(db, design_id, commitment)
     ready = _readiness(db, p, design_row, protocol, sha)
-    site_code, reasons = ready.site_code, ready.reasons
-    if reasons:
-        raise Conflict(f"{p.study_id} cannot be randomized: " + "; ".join(reasons) + ".")
-    design = design_row.design
-    master = master_seed(db, design_row)
-    key = stratum_key(design, site_code, p.strata or {})
-    # 2. take the stratum's next slot: the UPDATE locks its row until commit, so slots go in order
-    stratum_t = Stratum.__table__
+    if ready.reasons:
+        raise Conflict(f"{p.study_id} cannot be randomized: " + "; ".join(ready.reasons) + ".")
+    return protocol, design_row, ready
+
+
+def _take_slot(db: Session, actor, design: dict, master: bytes, key: str, site_id: int):
+    """The stratum's next slot (id, last_seq, blocks, length), taken by one UPDATE that locks its
+    row; a stratum first met here (a site added after opening) is created from the same seed,
+    audited."""
     slot = db.execute(_take_slot_stmt(db), {"stratum_key": key}).one_or_none()
     if slot is None:  # a site added after opening: its list comes from the same seed
-        _new_stratum(db, design, master, key, p.site_id)
+        _new_stratum(db, design, master, key, site_id)
         slot = db.execute(_take_slot_stmt(db), {"stratum_key": key}).one()
         audit.record(db, actor, "create", "stratum", key, {"blocks": (None, slot.blocks), "length": (None, slot.length)},
                      reason="first participant of a stratum added after randomization opened")
-    stratum_id, seq = slot.id, slot.last_seq
-    details = None
-    if design["method"] == "permuted_blocks":
-        sl = stratum_list(design, master, key)
-        if seq > slot.length:
-            blocks = slot.blocks + design["extension_blocks"]
-            length = sl.length_of_blocks(blocks)
-            db.execute(update(stratum_t).where(stratum_t.c.id == stratum_id).values(blocks=blocks, length=length))
-            audit.record(db, actor, "extend", "stratum", key, {"blocks": (slot.blocks, blocks), "length": (slot.length, length)},
-                         reason="list exhausted: extended with new blocks from the seed")
-        arm = sl.arm_at(seq)
-    else:
-        arm, details = _minimize(db, design, master, seq, p)
-    stratum = db.identity_map.get(db.identity_key(Stratum, stratum_id))
-    if stratum is not None:  # a Stratum loaded earlier in this session must not keep stale values
-        db.expire(stratum)
-    # the allocation is written through Core: one INSERT, no unit-of-work flush
-    values = dict(participant_id=p.id, study_id=p.study_id, site_id=p.site_id, stratum_id=stratum_id, seq=seq,
-                  arm=arm, details=details,
-                  idempotency_key=idempotency_key, randomized_by_id=getattr(actor, "id", None),
-                  randomized_at=at if (at is not None and is_cli(actor)) else utcnow())
+    return slot
+
+
+def _arm_at_slot(db: Session, actor, design: dict, master: bytes, key: str, slot, p: Participant) -> tuple[str, dict | None]:
+    """The arm of the slot taken and the minimization's details (None for permuted blocks): the
+    stratum's list, extended (audited) with new blocks from the seed when the slot is past its
+    end; or minimization over the allocations so far."""
+    if design["method"] != "permuted_blocks":
+        return _minimize(db, design, master, slot.last_seq, p)
+    sl = stratum_list(design, master, key)
+    if slot.last_seq > slot.length:
+        stratum_t = Stratum.__table__
+        blocks = slot.blocks + design["extension_blocks"]
+        length = sl.length_of_blocks(blocks)
+        db.execute(update(stratum_t).where(stratum_t.c.id == slot.id).values(blocks=blocks, length=length))
+        audit.record(db, actor, "extend", "stratum", key, {"blocks": (slot.blocks, blocks), "length": (slot.length, length)},
+                     reason="list exhausted: extended with new blocks from the seed")
+    return sl.arm_at(slot.last_seq), None
+
+
+def _insert_allocation(db: Session, actor, p: Participant, slot, arm: str, details: dict | None,
+                       idempotency_key: str | None, at) -> Allocation:
+    """Write the allocation through Core (one INSERT, no unit-of-work flush); the answer is a
+    transient Allocation carrying the row written."""
+    values = {"participant_id": p.id, "study_id": p.study_id, "site_id": p.site_id, "stratum_id": slot.id,
+              "seq": slot.last_seq, "arm": arm, "details": details, "idempotency_key": idempotency_key,
+              "randomized_by_id": getattr(actor, "id", None),
+              "randomized_at": at if (at is not None and is_cli(actor)) else utcnow()}
     new_id = db.execute(_insert_allocation_stmt(db), values).scalar_one()
-    alloc = Allocation(id=new_id, **values)  # transient: the row is written; this carries the answer
-    plan_new(db, p.id, p.site_id, values["randomized_at"], ready.site_timezone, protocol, ready.protocol_version)
-    audit.record(db, actor, "randomize", "allocation", p.study_id,
-                 {"allocation": (None, {"arm": arm, "stratum": key, "seq": seq})}, reveals_allocation=True)
-    return Result(alloc, p, True, _arm_label(protocol, arm))
+    return Allocation(id=new_id, **values)  # transient: the row is written; this carries the answer
 
 
 def _arm_label(protocol: dict, arm: str) -> str:
@@ -393,6 +429,14 @@ def verify(db: Session, actor, seed: bytes | None = None) -> Verification:
         if not row.revealed_seed:
             raise Conflict("The trial is not unblinded: the seed is still sealed, so the lists cannot be verified yet.")
         seed = bytes.fromhex(row.revealed_seed)
+    problems = _commitment_problems(row, seed)
+    checked = _check_allocations(db, row.design, seed, problems)
+    return Verification(not problems, checked, problems)
+
+
+def _commitment_problems(row: RandomizationDesign, seed: bytes) -> list[str]:
+    """Does the seed with the design give the commitment, and each initial stratum's list the
+    digest, recorded when randomization opened?"""
     design = row.design
     problems = []
     if lists.commitment(design, seed) != row.commitment:
@@ -401,13 +445,18 @@ def verify(db: Session, actor, seed: bytes | None = None) -> Verification:
         sl = stratum_list(design, seed, key)
         if lists.list_digest([a for b in sl.blocks(design["initial_blocks"]) for a in b]) != digest:
             problems.append(f"stratum {key}: regenerated list differs from the committed list")
+    return problems
+
+
+def _check_allocations(db: Session, design: dict, seed: bytes, problems: list[str]) -> int:
+    """Check every allocation, stratum by stratum in slot order, adding what is wrong to
+    ``problems``; returns how many allocations were checked."""
     strata = {s.id: s for s in db.execute(select(Stratum)).scalars()}
     site_codes = dict(db.execute(select(Site.id, Site.code)).all())
     rows = db.execute(select(Allocation, Participant).join(Participant, Participant.id == Allocation.participant_id)
                       .order_by(Allocation.stratum_id, Allocation.seq)).all()
     checked = 0
-    prior: list = []
-    factors = [f["key"] for f in design["factors"]]
+    prior: list = []  # (arm, levels) of the allocations checked so far, for minimization
     for sid, group in itertools.groupby(rows, key=lambda r: r[0].stratum_id):
         st = strata[sid]
         expected = 1
@@ -419,20 +468,28 @@ def verify(db: Session, actor, seed: bytes | None = None) -> Verification:
             want_key = stratum_key(design, site_codes[p.site_id], p.strata or {})
             if want_key != st.key:
                 problems.append(f"{p.study_id} is in stratum {st.key} but belongs to {want_key}")
-            if design["method"] == "permuted_blocks":
-                want = stratum_list(design, seed, st.key).arm_at(alloc.seq)
-            else:
-                u_pick, u_tie = minimization.draws(seed, alloc.seq)
-                m = design["minimization"]
-                want, _ = minimization.choose(list(_arms(design)), factors, _levels(factors, site_codes[p.site_id], p.strata),
-                                              prior, m["probability"], m["imbalance"], u_pick, u_tie)
-                prior.append((alloc.arm, _levels(factors, site_codes[p.site_id], p.strata)))
+            want = _listed_arm(design, seed, st.key, alloc, site_codes[p.site_id], p.strata, prior)
             if alloc.arm != want:
                 problems.append(f"{p.study_id} (stratum {st.key}, slot {alloc.seq}) has arm {alloc.arm} but the list says {want}")
             expected += 1
         if st.last_seq != expected - 1:
             problems.append(f"stratum {st.key}: {expected - 1} allocations but the stratum records {st.last_seq} slots used")
-    return Verification(not problems, checked, problems)
+    return checked
+
+
+def _listed_arm(design: dict, seed: bytes, key: str, alloc: Allocation, site_code: str, strata: dict,
+                prior: list) -> str:
+    """The arm the seed gives this allocation's slot: the stratum's list, or minimization over
+    the allocations before it (``prior``, which this allocation then joins)."""
+    if design["method"] == "permuted_blocks":
+        return stratum_list(design, seed, key).arm_at(alloc.seq)
+    factors = [f["key"] for f in design["factors"]]
+    u_pick, u_tie = minimization.draws(seed, alloc.seq)
+    m = design["minimization"]
+    want, _ = minimization.choose(list(_arms(design)), factors, _levels(factors, site_code, strata),
+                                  prior, m["probability"], m["imbalance"], u_pick, u_tie)
+    prior.append((alloc.arm, _levels(factors, site_code, strata)))
+    return want
 
 
 def unseal_for_verification(db: Session, actor) -> bytes:

@@ -63,13 +63,41 @@ def _resolution(outcome: str | None, resolved_on, onset, day, errors: dict) -> d
 
 
 def record(db: Session, actor, study_id: str, data: dict) -> AdverseEvent:
+    """Record an adverse event of a child at the coordinator's site: check the report, check it
+    fits the child's exit from the trial, then write and audit it (as revealing); a fatal event
+    records the death and a serious one notifies every manager, in the same transaction."""
     p = get_participant(db, actor, study_id, for_update=True)
     require_site_role(db, actor, p.site_id, "coordinator")
     ensure_writable(db)
-    day = today(p.site.timezone)
+    ev = _event_values(data, today(p.site.timezone), p.consent_date)
+    died = _check_exits(db, p, ev)
+    now = utcnow()
+    ae = AdverseEvent(participant_id=p.id, site_id=p.site_id, term=ev["term"], onset=ev["onset"],
+                      severity=ev["severity"], serious=ev["serious"], seriousness=sorted(set(ev["seriousness"])),
+                      relatedness=ev["relatedness"], expectedness=ev["expectedness"], outcome=ev["outcome"],
+                      resolved_on=ev["resolved_on"], description=ev["description"],
+                      reported_by_id=getattr(actor, "id", None), reported_at=now,
+                      report_due=now + dt.timedelta(hours=REPORT_HOURS) if ev["serious"] else None)
+    db.add(ae)
+    db.flush()
+    audit.created(db, actor, "adverse_event", ae.id, {
+        "participant": p.study_id, "term": ev["term"], "onset": ev["onset"], "severity": ev["severity"],
+        "serious": ev["serious"], "seriousness": ae.seriousness, "relatedness": ev["relatedness"],
+        "expectedness": ev["expectedness"], "outcome": ev["outcome"], "resolved_on": ev["resolved_on"],
+        "description": ev["description"]}, reveals_allocation=True)
+    if ev["outcome"] == "fatal" and died is None:
+        _record_death(db, actor, p, ae)
+    if ev["serious"]:
+        _notify_serious(db, p, ae)
+    return ae
+
+
+def _event_values(data: dict, day: dt.date, consent_date: dt.date) -> dict:
+    """The fields of an adverse event report, checked (``day`` is today at the site), or 400
+    naming each bad one."""
     errors: dict[str, str] = {}
     term = text(data.get("term"), "term", errors, 200, required=True)
-    onset = clinical_date(data.get("onset"), "onset", errors, day, not_before=(p.consent_date, N_("consent")))
+    onset = clinical_date(data.get("onset"), "onset", errors, day, not_before=(consent_date, N_("consent")))
     severity = _choice(data, "severity", SEVERITIES, errors)
     serious = data.get("serious")
     if not isinstance(serious, bool):
@@ -91,40 +119,38 @@ def record(db: Session, actor, study_id: str, data: dict) -> AdverseEvent:
     if outcome == "fatal" and serious and "death" not in seriousness and "seriousness" not in errors:
         errors["seriousness"] = "a fatal event has the criterion death"
     refuse("The adverse event was not recorded", errors)
+    return {"term": term, "onset": onset, "severity": severity, "serious": serious, "seriousness": seriousness,
+            "relatedness": relatedness, "expectedness": expectedness, "outcome": outcome, "resolved_on": resolved,
+            "description": description}
+
+
+def _check_exits(db: Session, p: Participant, ev: dict):
+    """The child's recorded death (or None), once the event fits the child's exit: a fatal event
+    gives the recorded day of death; after a withdrawal nothing is accepted, after another exit
+    no event that began later."""
     died = _death_event(db, p)
     final = next((e for e in events_of(db, [p.id]).get(p.id, []) if e.type in FINAL_EVENTS), None)
-    if outcome == "fatal" and died is not None and died.on != resolved:
+    fatal, resolved = ev["outcome"] == "fatal", ev["resolved_on"]
+    if fatal and died is not None and died.on != resolved:
         raise Conflict(f"{p.study_id}'s death is recorded on {died.on.isoformat()}; this event gives {resolved.isoformat()}. "
                        "Correct one of the two dates first.", {"resolved_on": f"differs from the recorded death ({died.on})"})
-    if final is not None and not (outcome == "fatal" and died is not None):
-        if final.type == "withdrawn" or onset > final.on:
-            raise Conflict(f"{p.study_id}: {final.type} on {final.on.isoformat()}; no further data is accepted.")
-    now = utcnow()
-    ae = AdverseEvent(participant_id=p.id, site_id=p.site_id, term=term, onset=onset, severity=severity, serious=serious,
-                      seriousness=sorted(set(seriousness)), relatedness=relatedness, expectedness=expectedness,
-                      outcome=outcome, resolved_on=resolved, description=description,
-                      reported_by_id=getattr(actor, "id", None), reported_at=now,
-                      report_due=now + dt.timedelta(hours=REPORT_HOURS) if serious else None)
-    db.add(ae)
-    db.flush()
-    audit.created(db, actor, "adverse_event", ae.id, {
-        "participant": p.study_id, "term": term, "onset": onset, "severity": severity, "serious": serious,
-        "seriousness": ae.seriousness, "relatedness": relatedness, "expectedness": expectedness, "outcome": outcome,
-        "resolved_on": resolved, "description": description}, reveals_allocation=True)
-    if outcome == "fatal" and died is None:
-        _record_death(db, actor, p, ae)
-    if serious:
-        site = db.get(Site, p.site_id)
-        criteria = ", ".join("%(c" + str(i) + ")s" for i in range(len(ae.seriousness)))  # each in the reader's words
-        notify(db, users_with_role(db, "manager"),
-               Msg(N_("Serious adverse event at %(site)s: %(study_id)s, %(term)s (onset %(day)s, %(criteria)s). To be "
-                      "reported by %(due)s UTC; acknowledge it on its page."),
-                   site=site.code, study_id=p.study_id, term=term, day=onset,
-                   criteria=Msg(criteria, **{f"c{i}": Msg(label("seriousness", c)) for i, c in enumerate(ae.seriousness)}),
-                   due=f"{ae.report_due:%Y-%m-%d %H:%M}"),
-               subject=Msg(N_("SAE at %(site)s: %(study_id)s"), site=site.code, study_id=p.study_id),
-               link=f"/adverse-events/{ae.id}")
-    return ae
+    if final is not None and not (fatal and died is not None) and (final.type == "withdrawn" or ev["onset"] > final.on):
+        raise Conflict(f"{p.study_id}: {final.type} on {final.on.isoformat()}; no further data is accepted.")
+    return died
+
+
+def _notify_serious(db: Session, p: Participant, ae: AdverseEvent) -> None:
+    """Every manager told of a serious event at once, with its reporting deadline."""
+    site = db.get(Site, p.site_id)
+    criteria = ", ".join("%(c" + str(i) + ")s" for i in range(len(ae.seriousness)))  # each in the reader's words
+    notify(db, users_with_role(db, "manager"),
+           Msg(N_("Serious adverse event at %(site)s: %(study_id)s, %(term)s (onset %(day)s, %(criteria)s). To be "
+                  "reported by %(due)s UTC; acknowledge it on its page."),
+               site=site.code, study_id=p.study_id, term=ae.term, day=ae.onset,
+               criteria=Msg(criteria, **{f"c{i}": Msg(label("seriousness", c)) for i, c in enumerate(ae.seriousness)}),
+               due=f"{ae.report_due:%Y-%m-%d %H:%M}"),
+           subject=Msg(N_("SAE at %(site)s: %(study_id)s"), site=site.code, study_id=p.study_id),
+           link=f"/adverse-events/{ae.id}")
 
 
 def _death_event(db: Session, p: Participant):

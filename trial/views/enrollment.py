@@ -140,6 +140,9 @@ def enroll(screening_id: int):
 
 @bp.route("/participants/<study_id>/assess/<instrument>", methods=["GET", "POST"])
 def assess(study_id: str, instrument: str):
+    """The entry form of one instrument for a participant: the visits that can be entered now,
+    the allocation guess where the protocol takes one, and a date outside the visit's window
+    saved only once the user confirms it."""
     s = db()
     p = records.get_participant(s, actor(), study_id)
     content = current_protocol(s).content
@@ -158,7 +161,23 @@ def assess(study_id: str, instrument: str):
     form = forms.assessment_form(shown, visits, with_guess=with_guess)
     if not form.is_submitted() and request.args.get("visit") in dict(visits):
         form.visit.data = request.args["visit"]
-    warning = None
+    ready, warning, guess, confidence = _check_entry(s, p, content, ins, form, with_guess)
+    if ready and warning is None:
+        saved = _save_assessment(s, p, ins, shown, form, guess, confidence)
+        if saved is not None:
+            return saved
+    if warning is None:
+        del form.confirm_window  # asked only once the date is known to be outside the window
+    return render_template("enrollment/form.html", form=form, title=_("%(instrument)s for %(study_id)s", instrument=shown["label"], study_id=p.study_id),
+                           warning=warning), \
+        400 if form.is_submitted() else 200
+
+
+def _check_entry(s, p, content: dict, ins: dict, form, with_guess: bool):
+    """The posted entry form checked: (ready to save, the warning to confirm first, the allocation
+    guess, its confidence). A guess the protocol refuses is refused before the window question, so
+    that a confirmed date is not asked for twice; a date outside the window warns until confirmed."""
+    warning = guess = confidence = None
     ready = form.validate_on_submit()
     if ready:
         guess, confidence = _guess(form)
@@ -174,25 +193,26 @@ def assess(study_id: str, instrument: str):
                 warning = _("%(day)s is outside the window of this visit (%(start)s to %(end)s). Correct the date, "
                             "or tick the box below to save it as it is.", day=day(form.performed_on.data),
                             start=day(window[0]), end=day(window[1]))
-    if ready and warning is None:
-        data = {"visit": form.visit.data, "instrument": ins["key"], "performed_on": form.performed_on.data,
-                "values": {f["key"]: getattr(form, f"v_{f['key']}").data for f in ins["fields"]}}
-        if guess is not None:
-            data["allocation_guess"] = guess
-        if confidence is not None:
-            data["guess_confidence"] = confidence
-        try:
-            outcomes.record_assessment(s, actor(), p.study_id, data)
-            s.commit()
-            flash(_("%(instrument)s saved for %(study_id)s.", instrument=shown["label"], study_id=p.study_id))
-            return redirect(url_for("enrollment.participant", study_id=p.study_id))
-        except DomainError as e:
-            form_errors(form, e)
-    if warning is None:
-        del form.confirm_window  # asked only once the date is known to be outside the window
-    return render_template("enrollment/form.html", form=form, title=_("%(instrument)s for %(study_id)s", instrument=shown["label"], study_id=p.study_id),
-                           warning=warning), \
-        400 if form.is_submitted() else 200
+    return ready, warning, guess, confidence
+
+
+def _save_assessment(s, p, ins: dict, shown: dict, form, guess, confidence):
+    """Save the checked form: the redirect to the participant's page, or None when the service
+    refused it (its errors are then on the form)."""
+    data = {"visit": form.visit.data, "instrument": ins["key"], "performed_on": form.performed_on.data,
+            "values": {f["key"]: getattr(form, f"v_{f['key']}").data for f in ins["fields"]}}
+    if guess is not None:
+        data["allocation_guess"] = guess
+    if confidence is not None:
+        data["guess_confidence"] = confidence
+    try:
+        outcomes.record_assessment(s, actor(), p.study_id, data)
+        s.commit()
+        flash(_("%(instrument)s saved for %(study_id)s.", instrument=shown["label"], study_id=p.study_id))
+        return redirect(url_for("enrollment.participant", study_id=p.study_id))
+    except DomainError as e:
+        form_errors(form, e)
+    return None
 
 
 def _entry_visits(s, content: dict, ins: dict, p) -> tuple[list[tuple[str, str]], bool | None]:
