@@ -2,8 +2,11 @@
 dotted key), versioning and amendments, and GET /api/v1/protocol."""
 from __future__ import annotations
 
+import json
 import re
+import tomllib
 
+import jsonschema
 import pytest
 from sqlalchemy import func, select
 
@@ -11,7 +14,7 @@ from tests.helpers import CLI, ROLES
 from trial.audit.models import AuditRecord
 from trial.errors import Conflict, Forbidden, ValidationError
 from trial.protocol.models import ProtocolVersion
-from trial.protocol.schema import ProtocolError, parse
+from trial.protocol.schema import ProtocolError, json_schema, parse
 from trial.protocol.service import DEFAULT_PROTOCOL, current, load_text
 
 TOML = DEFAULT_PROTOCOL.read_text()
@@ -122,8 +125,59 @@ def test_malformed_protocol_names_the_key(name):
     e = exc.value
     assert e.key == key
     assert problem in e.problem
-    assert str(e) == f"{key}: {e.problem}"
+    assert (e.key, e.problem) == e.errors[0]
+    assert str(e) == "; ".join(f"{k}: {p}" for k, p in e.errors)
     assert "\n" not in str(e) and len(str(e)) < 300
+
+
+def test_every_problem_of_a_file_is_named_at_once():
+    text = edit("weight = 1", "weight = 0")
+    text = edit("window_before = 14", "window_before = -1", text=text)
+    text = edit('type = "integer"', 'type = "float"', text=text)
+    text = edit("min = 0\n  max = 20", "mni = 0\n  max = 20", text=text)
+    with pytest.raises(ProtocolError) as exc:
+        parse(text)
+    found = dict(exc.value.errors)
+    assert found == {"arms[0].weight": "must be 1 or more",
+                     "visits[1].window_before": "must be 0 or more",
+                     "instruments[0].fields[0].type": "must be one of integer, number, text, boolean, choice, not 'float'",
+                     "instruments[0].fields[0].mni": found["instruments[0].fields[0].mni"]}, found
+    assert found["instruments[0].fields[0].mni"].startswith("is not a known key here (expected one of ")
+    # the rules between sections are checked once the sections are valid, every one of them
+    text = edit('field = "social_affect"', 'field = "social_skills"')
+    text = edit('reference_arm = "usual"', 'reference_arm = "none"', text=text)
+    text = edit('visits = ["baseline", "month2", "month5", "month12"]', 'visits = ["baseline", "month3", "month5"]', 2,
+                text=text)
+    with pytest.raises(ProtocolError) as exc:
+        parse(text)
+    assert [k for k, _ in exc.value.errors] == ["instruments[1].visits[1]", "primary_outcome.field"]
+
+
+# what a JSON Schema cannot say: relations between values (a multiple of the ratio sum, unique keys,
+# references to other sections, order, one bound against another); `trial protocol load` checks them
+SCHEMA_BLIND = {"block-size-6", "duplicate-arm-key", "primary-field-unknown", "primary-instrument-unknown",
+                "primary-visit-not-primary", "min-above-max", "unknown-visit-in-instrument", "visit-out-of-order",
+                "age-range-reversed", "invalid-toml"}
+
+
+def test_the_json_schema_accepts_the_default_and_refuses_the_broken_copies():
+    from click.testing import CliRunner
+
+    from trial.cli import main
+    out = CliRunner().invoke(main, ["protocol", "schema"])
+    assert out.exit_code == 0, out.output
+    schema = json.loads(out.output)
+    assert schema == json.loads(json.dumps(json_schema()))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    assert not list(validator.iter_errors(tomllib.loads(TOML)))
+    for name, (text, key, _) in BAD.items():
+        if name in SCHEMA_BLIND:
+            continue
+        errors = list(validator.iter_errors(tomllib.loads(text)))
+        assert errors, name
+        where = ".".join(str(p) for p in errors[0].absolute_path)
+        assert where.replace(".", "") in key.replace("[", "").replace("]", "").replace(".", ""), (name, where, key)
 
 
 def test_misspelled_key_inside_a_table_is_rejected():

@@ -1,468 +1,700 @@
-"""Validation of a protocol file. Every problem names the key (a dotted path) and what is wrong."""
+"""The protocol file, declared: one typed model per section (pydantic), with its types, ranges,
+defaults and the rules that tie fields together. :func:`parse` reads a TOML file and returns the
+normalised protocol (the models' dump) that the rest of the system reads; a file with problems
+raises :class:`ProtocolError` naming every problem at once, each by its path
+(``visits[2].window_before: must be 0 or more``). ``trial protocol schema`` prints the JSON Schema
+generated from the same models, so that an editor can check and complete a protocol file.
+
+Rules that need more than one section (a visit named by an instrument, the primary outcome, the
+analysis) are checked once the sections themselves are valid, by :class:`Protocol`'s validator;
+so a file is reported in two rounds at most: every problem within the sections, then every problem
+between them. The amendment rules live beside the versions, in ``trial.protocol.service``."""
 from __future__ import annotations
 
 import re
 import tomllib
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError,
+                      WithJsonSchema, model_serializer, model_validator)
+from pydantic_core import PydanticCustomError
 
 from trial.catalogue import LANGUAGES
 
 KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+TRIAL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 CREDENTIAL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,31}$")  # kinds as the bodies spell them: MT-BC, HCPC
 TECHNIQUE_CATEGORIES = ("active", "receptive")
 FIELD_TYPES = ("integer", "number", "text", "boolean", "choice")
 METHODS = ("permuted_blocks", "minimization")
-
-
-class ProtocolError(ValueError):
-    def __init__(self, key: str, problem: str):
-        super().__init__(f"{key}: {problem}")
-        self.key, self.problem = key, problem
-
-
-ALLOWED = {
-    "trial": {"key", "name", "amendment"},
-    "arms": {"key", "label", "labels", "sessions_per_week", "weight"},
-    "randomization": {"method", "block_sizes", "factors", "minimization", "initial_blocks", "extension_blocks"},
-    "factors": {"key", "levels", "label", "labels"},
-    "minimization": {"probability", "imbalance"},
-    "eligibility": {"min_age_months", "max_age_months"},
-    "criteria": {"key", "question", "questions", "qualifying_answer"},
-    "course": {"months", "session_minutes", "min_attended_sessions", "parent_counselling_sessions", "techniques",
-               "technique_labels", "technique_categories"},
-    "credentials": {"key", "label", "labels", "issuer"},
-    "goals": {"key", "label", "labels"},
-    "fidelity": {"share", "min", "max", "threshold", "items"},
-    "items": {"key", "label", "labels"},
-    "visits": {"key", "label", "labels", "day", "window_before", "window_after", "primary", "allocation_guess"},
-    "instruments": {"key", "label", "labels", "blinded", "visits", "fields"},
-    "fields": {"key", "label", "labels", "type", "min", "max", "soft_min", "soft_max", "required", "units", "choices"},
-    "primary_outcome": {"instrument", "field", "visit"},
-    "analysis": {"model", "visits", "reference_arm", "pooled_arms", "pooled_label", "adjust", "per_protocol_min_dose",
-                 "secondary_outcomes"},
-    "secondary_outcomes": {"instrument", "field"},
-}
-
+IMBALANCE = ("range", "variance")
 ANALYSIS_MODELS = ("mixed_model",)
 
 
-def _analysis(raw: dict[str, Any], out: dict[str, Any]) -> None:
+class ProtocolError(ValueError):
+    """A protocol file's problems, each a (path, problem) pair in the file's order; ``key`` and
+    ``problem`` are the first. ``str()`` names them all on one line."""
+
+    def __init__(self, key: str, problem: str, errors: list[tuple[str, str]] | None = None):
+        self.errors = errors or [(key, problem)]
+        self.key, self.problem = self.errors[0]
+        super().__init__("; ".join(f"{k}: {p}" for k, p in self.errors))
+
+
+# --- the building blocks: a problem at a path, and the checked types ------------------------------
+
+def problem(text: str, at: str = "") -> PydanticCustomError:
+    """A problem in the house's words; ``at`` continues the path below the value checked
+    (``.fr`` of a labels table, ``[1].key`` of a list)."""
+    return PydanticCustomError("protocol", "{problem}", {"problem": text, "at": at})
+
+
+def _type_name(v: Any) -> str:
+    return type(v).__name__
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> int | float:
+    if not _is_number(v):
+        raise problem(f"must be a number, not {_type_name(v)} {v!r}")
+    return v
+
+
+def _key_check(pattern: re.Pattern, what: str):
+    def check(v: str) -> str:
+        if not pattern.match(v):
+            raise problem(f"{v!r} is not a valid {what}")
+        return v
+    return check
+
+
+def one_of(*values: str):
+    """A string that must be one of ``values`` (named in the problem, listed in the JSON Schema)."""
+    def check(v: str) -> str:
+        if v not in values:
+            raise problem(f"must be one of {', '.join(values)}, not {v!r}")
+        return v
+    return Annotated[str, AfterValidator(check), WithJsonSchema({"type": "string", "enum": list(values)})]
+
+
+Number = Annotated[Any, PlainValidator(_number), WithJsonSchema({"type": "number"})]
+
+
+def fraction(lo: float, hi: float):
+    """A number from ``lo`` to ``hi``, read as a float."""
+    def check(v: Any) -> float:
+        v = _number(v)
+        if not lo <= v <= hi:
+            raise problem(f"must be between {lo:g} and {hi:g}")
+        return float(v)
+    return Annotated[Any, PlainValidator(check), WithJsonSchema({"type": "number", "minimum": lo, "maximum": hi})]
+Key = Annotated[str, AfterValidator(_key_check(KEY_RE, "key (lower-case letters, digits, _; starts with a letter)")),
+                WithJsonSchema({"type": "string", "pattern": KEY_RE.pattern})]
+CredentialKind = Annotated[str, AfterValidator(_key_check(CREDENTIAL_RE, "credential kind (letters, digits, . _ -)")),
+                           WithJsonSchema({"type": "string", "pattern": CREDENTIAL_RE.pattern})]
+TrialKey = Annotated[str, AfterValidator(_key_check(TRIAL_KEY_RE, "trial key (lower-case letters, digits, - and _)")),
+                     WithJsonSchema({"type": "string", "pattern": TRIAL_KEY_RE.pattern})]
+LANGUAGE_CODES = [c for c in LANGUAGES if c != "en"] + [c.replace("_", "-") for c in LANGUAGES if "_" in c]
+
+
+def translations(english: str | None):
+    """A table of the words in the other languages of the web UI, by language (``de``, ``pt_BR``
+    or ``pt-BR``, ...): ``labels`` beside ``label``, ``questions`` beside a criterion's
+    ``question``. English is the plain ``label`` (or ``question``) and the fallback of every
+    language left out; ``english`` None: English may be given in the table too (technique labels).
+    An empty table is no table."""
+    def check(table: Any) -> dict[str, str] | None:
+        if not isinstance(table, dict):
+            raise problem(f"must be a dict, not {_type_name(table)} {table!r}")
+        out: dict[str, str] = {}
+        for lang, words in table.items():
+            code = str(lang).replace("-", "_")
+            if code == "en" and english:
+                raise problem(f"English is the {english} itself, not a translation", f".{lang}")
+            if code not in LANGUAGES:
+                raise problem(f"is not a language of the web UI (one of {', '.join(LANGUAGES)})", f".{lang}")
+            if not isinstance(words, str) or not words.strip():
+                raise problem("must be a non-empty string", f".{lang}")
+            out[code] = words
+        return out or None
+    langs = LANGUAGE_CODES + (["en"] if english is None else [])
+    schema = {"type": "object", "propertyNames": {"enum": langs}, "additionalProperties": {"type": "string", "minLength": 1},
+              "description": "the words in other languages of the web UI, by language"}
+    return Annotated[dict[str, str] | None, PlainValidator(check), WithJsonSchema(schema)]
+
+
+Labels = translations("label")
+Questions = translations("question")
+AnyLabels = translations(None)
+
+
+def unique_keys(items: list) -> list:
+    """No two items of a list with the same key."""
+    seen: set[str] = set()
+    for i, it in enumerate(items):
+        if it.key in seen:
+            raise problem(f"duplicate key {it.key!r}", f"[{i}].key")
+        seen.add(it.key)
+    return items
+
+
+def not_empty(items: list) -> list:
+    if not items:
+        raise problem("must not be empty")
+    return items
+
+
+def NonEmpty(item):
+    return Annotated[list[item], AfterValidator(not_empty), Field(min_length=1)]
+
+
+def Keyed(item):
+    """A non-empty list of tables, each with a key no other has."""
+    return Annotated[list[item], AfterValidator(not_empty), AfterValidator(unique_keys), Field(min_length=1)]
+
+
+class Section(BaseModel):
+    """A table of the protocol file: misspelled keys are refused (``mni = 0`` must not silently
+    drop a minimum), types are strict (``weight = "one"`` is not a number). ``OMIT_NONE`` names the
+    keys left out of the normalised protocol when the file does not give them (a protocol without
+    translations keeps the content it always had)."""
+    model_config = ConfigDict(strict=True, extra="forbid", validate_default=False)
+    OMIT_NONE: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)
+        for k in self.OMIT_NONE:
+            if out.get(k) is None:
+                out.pop(k, None)
+        return out
+
+
+# --- the sections -------------------------------------------------------------------------------
+
+class TrialInfo(Section):
+    key: TrialKey
+    name: str
+    amendment: Annotated[Any, PlainValidator(lambda v: str(v) if isinstance(v, str) or _is_number(v) else _bad_amendment(v)),
+                         WithJsonSchema({"type": ["string", "number"]})] = Field("1", description="the amendment's number")
+
+
+def _bad_amendment(v: Any):
+    raise problem(f"must be a string or number, not {_type_name(v)} {v!r}")
+
+
+class Arm(Section):
+    OMIT_NONE = ("labels",)
+    key: Key
+    label: str
+    sessions_per_week: int = Field(ge=0, le=14)
+    weight: int = Field(ge=1, description="the allocation ratio's weight")
+    labels: Labels = None
+
+
+class Factor(Section):
+    """A stratification factor: site (its levels are the trial's sites) or one with its own levels."""
+    OMIT_NONE = ("labels",)
+    key: Key
+    levels: list[str] | None = None
+    label: str | None = None
+    labels: Labels = None
+
+    @model_validator(mode="after")
+    def _levels(self):
+        if self.key == "site":
+            self.levels, self.label, self.labels = None, None, None
+            return self
+        if self.levels is None:
+            raise problem("is missing", ".levels")
+        if len(self.levels) < 2 or not all(KEY_RE.match(x) for x in self.levels):
+            raise problem("must list at least two level keys", ".levels")
+        self.label = self.label or self.key
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        if self.key == "site":
+            return {"key": "site", "levels": None}
+        return Section._dump(self, handler)
+
+
+class Minimization(Section):
+    probability: fraction(0.5, 1) = 0.8
+    imbalance: one_of(*IMBALANCE) = "range"
+
+
+class Randomization(Section):
+    method: one_of(*METHODS)
+    block_sizes: NonEmpty(int)
+    factors: Annotated[list[Factor], AfterValidator(unique_keys)] = Field(default_factory=lambda: [Factor(key="site")])
+    minimization: Minimization = Field(default_factory=Minimization)
+    initial_blocks: int = Field(10, ge=1, le=10000, description="blocks generated per stratum when the trial opens")
+    extension_blocks: int = Field(10, ge=1, le=10000, description="blocks added when a stratum's list runs out")
+
+    @model_validator(mode="after")
+    def _site_and_order(self):
+        if not any(f.key == "site" for f in self.factors):
+            raise problem("site must be one of the factors", ".factors")
+        self.block_sizes = sorted(self.block_sizes)
+        return self
+
+
+class Eligibility(Section):
+    min_age_months: int = Field(0, ge=0)
+    max_age_months: int = Field(1200, ge=0)
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min_age_months > self.max_age_months:
+            raise problem("must not be below min_age_months", ".max_age_months")
+        return self
+
+
+class Criterion(Section):
+    OMIT_NONE = ("questions",)
+    key: Key
+    question: str
+    qualifying_answer: bool
+    questions: Questions = None
+
+
+class Course(Section):
+    OMIT_NONE = ("technique_labels", "technique_categories")
+    months: int = Field(ge=1, le=60)
+    session_minutes: int = 30
+    min_attended_sessions: int = Field(1, description='"received the allocated intervention"')
+    parent_counselling_sessions: int = 0
+    techniques: list[Key] = []
+    technique_labels: dict[str, AnyLabels] | None = Field(None, description="each technique's words, by language")
+    technique_categories: dict[str, one_of(*TECHNIQUE_CATEGORIES)] | None = Field(
+        None, description="active (improvisation, songs, games) or receptive (listening); unnamed ones count as active")
+
+    @model_validator(mode="after")
+    def _techniques(self):
+        for name in ("technique_labels", "technique_categories"):
+            for t in getattr(self, name) or {}:
+                if t not in self.techniques:
+                    raise problem("is not one of course.techniques", f".{name}.{t}")
+        if self.technique_labels is not None:
+            self.technique_labels = {t: w for t, w in self.technique_labels.items() if w}
+        cats = self.technique_categories
+        self.technique_categories = {t: cats.get(t, "active") for t in self.techniques} if cats else None
+        return self
+
+
+class Credential(Section):
+    OMIT_NONE = ("labels",)
+    key: CredentialKind
+    label: str
+    issuer: str | None = None
+    labels: Labels = None
+
+
+class Goal(Section):
+    OMIT_NONE = ("labels",)
+    key: Key
+    label: str
+    labels: Labels = None
+
+
+class FidelityItem(Goal):
+    pass
+
+
+class Fidelity(Section):
+    share: Number = Field(description="the share of sessions rated")
+    min: int
+    max: int
+    threshold: Number
+    items: Keyed(FidelityItem)
+
+    @model_validator(mode="after")
+    def _scale(self):
+        if not 0 < self.share <= 1:
+            raise problem("must be more than 0 and at most 1 (the share of sessions rated)", ".share")
+        if self.min >= self.max:
+            raise problem("must be above min", ".max")
+        if not self.min <= self.threshold <= self.max:
+            raise problem(f"must be within the scale ({self.min}-{self.max})", ".threshold")
+        return self
+
+
+class Visit(Section):
+    OMIT_NONE = ("labels",)
+    key: Key
+    label: str | None = None
+    day: int = Field(description="target day after randomization")
+    window_before: int = Field(ge=0)
+    window_after: int = Field(ge=0)
+    primary: bool = False
+    labels: Labels = None
+    allocation_guess: bool | None = Field(
+        None, description="does the blinded assessor guess the allocation here? By default at every visit after "
+                          "baseline with a blinded instrument")
+
+    @model_validator(mode="after")
+    def _guess(self):
+        self.label = self.label or self.key
+        if self.allocation_guess and self.key == "baseline":
+            raise problem("there is no allocation to guess at baseline (it comes before randomization)",
+                          ".allocation_guess")
+        return self
+
+
+class InstrumentField(Section):
+    OMIT_NONE = ("labels",)
+    key: Key
+    label: str | None = None
+    type: one_of(*FIELD_TYPES)
+    required: bool = True
+    min: Number | None = None
+    max: Number | None = None
+    soft_min: Number | None = Field(None, description="a value below it is saved but queried")
+    soft_max: Number | None = Field(None, description="a value above it is saved but queried")
+    units: str | None = None
+    choices: list[str] | None = None
+    labels: Labels = None
+
+    @model_validator(mode="after")
+    def _by_type(self):
+        self.label = self.label or self.key
+        if self.type in ("integer", "number"):
+            self._numeric()
+        elif self.soft_min is not None or self.soft_max is not None:
+            raise problem("soft limits are for integer and number fields", ".soft_min")
+        else:
+            self.min = self.max = None
+        if self.type == "choice":
+            if self.choices is None:
+                raise problem("is missing", ".choices")
+            if not self.choices:
+                raise problem("must not be empty", ".choices")
+        else:
+            self.choices = None
+        return self
+
+    def _numeric(self) -> None:
+        if self.type == "integer":
+            for k in ("min", "max", "soft_min", "soft_max"):
+                v = getattr(self, k)
+                if v is not None and not _is_int(v):
+                    raise problem(f"must be an integer, not {_type_name(v)} {v!r}", f".{k}")
+        lo, hi = self.min, self.max
+        if lo is not None and hi is not None and lo > hi:
+            raise problem("must not be below min", ".max")
+        for k in ("soft_min", "soft_max"):
+            v = getattr(self, k)
+            if v is not None and (lo is not None and v < lo or hi is not None and v > hi):
+                raise problem(f"{v} is outside the hard range {lo}-{hi}", f".{k}")
+        if self.soft_min is not None and self.soft_max is not None and self.soft_min > self.soft_max:
+            raise problem("must not be below soft_min", ".soft_max")
+
+
+class Instrument(Section):
+    OMIT_NONE = ("labels",)
+    key: Key
+    label: str
+    blinded: bool = Field(description="entered by the blinded assessor")
+    visits: list[str]
+    fields: Keyed(InstrumentField)
+    labels: Labels = None
+
+
+class PrimaryOutcome(Section):
+    instrument: str
+    field: str
+    visit: str
+
+
+class SecondaryOutcome(Section):
+    instrument: str
+    field: str
+
+
+class Analysis(Section):
     """The primary analysis (optional): a linear mixed model of the primary outcome at the given
     visits (baseline, then follow-ups up to the primary visit) with fixed effects for visit, group
     x visit after baseline and the adjustment factors, and a random intercept per child; group is
     the pooled arms against the reference arm. Each pooled arm against the reference is the
     secondary analysis."""
-    if "analysis" not in raw:
-        return
-    a = _need(raw, "analysis", "", dict)
-    _known(a, "analysis", "analysis")
-    model = _need(a, "model", "analysis", str, "mixed_model")
-    if model not in ANALYSIS_MODELS:
-        raise ProtocolError("analysis.model", f"must be one of {', '.join(ANALYSIS_MODELS)}")
-    arm_keys = [x["key"] for x in out["arms"]]
-    visit_keys = [v["key"] for v in out["visits"]]
-    prim = out["primary_outcome"]
-    visits = _need(a, "visits", "analysis", list)
-    unknown = [v for v in visits if v not in visit_keys]
-    if unknown:
-        raise ProtocolError("analysis.visits", f"unknown visit {unknown[0]!r}")
-    if not visits or visits[0] != "baseline" or prim["visit"] not in visits or len(set(visits)) != len(visits):
-        raise ProtocolError("analysis.visits", "must start with 'baseline' and include the primary visit, each once")
-    if visits != sorted(visits, key=visit_keys.index):
-        raise ProtocolError("analysis.visits", "must be in the protocol's order of visits")
-    ins = next(i for i in out["instruments"] if i["key"] == prim["instrument"])
-    missing = [v for v in visits if v not in ins["visits"]]
-    if missing:
-        raise ProtocolError("analysis.visits", f"the primary instrument is not collected at {missing[0]!r}")
-    ref = _need(a, "reference_arm", "analysis", str)
-    if ref not in arm_keys:
-        raise ProtocolError("analysis.reference_arm", f"unknown arm {ref!r}")
-    pooled = _need(a, "pooled_arms", "analysis", list, [k for k in arm_keys if k != ref])
-    if not pooled or any(k not in arm_keys or k == ref for k in pooled) or len(set(pooled)) != len(pooled):
-        raise ProtocolError("analysis.pooled_arms", "must list arms other than the reference arm, each once")
-    adjust = _need(a, "adjust", "analysis", list, ["site"])
-    factors = [f["key"] for f in out["randomization"]["factors"]]
-    bad = [f for f in adjust if f not in factors]
-    if bad:
-        raise ProtocolError("analysis.adjust", f"{bad[0]!r} is not a randomization factor")
-    dose = _need(a, "per_protocol_min_dose", "analysis", (int, float), 0.5)
-    if not 0 <= dose <= 1:
-        raise ProtocolError("analysis.per_protocol_min_dose", "must be between 0 and 1")
-    secondary = []
-    for i, so in enumerate(_need(a, "secondary_outcomes", "analysis", list, [])):
+    model: one_of(*ANALYSIS_MODELS) = "mixed_model"
+    visits: list[str]
+    reference_arm: str
+    pooled_arms: list[str] | None = Field(None, description="by default every arm but the reference")
+    pooled_label: str = "Pooled arms"
+    adjust: list[str] = Field(["site"], description="randomization factors adjusted for")
+    per_protocol_min_dose: fraction(0, 1) = 0.5
+    secondary_outcomes: list[SecondaryOutcome] = []
+
+
+# what the JSON Schema can say of the visits: one primary visit, and a baseline on day 0
+VISITS_SCHEMA = {"allOf": [
+    {"contains": {"required": ["primary"], "properties": {"primary": {"const": True}}}, "minContains": 1, "maxContains": 1},
+    {"contains": {"required": ["key", "day"], "properties": {"key": {"const": "baseline"}, "day": {"const": 0}}}}]}
+
+class Protocol(Section):
+    """A trial's protocol: arms, randomization, eligibility, course, visits, instruments, the
+    primary outcome and (optionally) the intervention's details and the primary analysis."""
+    model_config = ConfigDict(strict=True, extra="forbid", title="Trial protocol")
+    OMIT_NONE = ("credentials", "goals", "fidelity", "analysis")
+    trial: TrialInfo
+    arms: Keyed(Arm) = Field(json_schema_extra={"minItems": 2})
+    randomization: Randomization
+    eligibility: Eligibility = Field(default_factory=Eligibility)
+    criteria: Keyed(Criterion)
+    course: Course
+    credentials: Keyed(Credential) | None = Field(None, description="credentials a session's therapist must hold")
+    goals: Keyed(Goal) | None = Field(None, description="the individual goals a therapist may set")
+    fidelity: Fidelity | None = Field(None, description="the treatment-fidelity scale and the share of sessions rated")
+    visits: Keyed(Visit) = Field(json_schema_extra=VISITS_SCHEMA)
+    instruments: Keyed(Instrument)
+    primary_outcome: PrimaryOutcome
+    analysis: Analysis | None = None
+
+    @model_validator(mode="after")
+    def _between_sections(self):
+        found = _cross_problems(self)
+        if found:
+            raise _Problems(found)
+        return self
+
+
+class _Problems(Exception):
+    """The problems between sections, every one (not a ValueError: pydantic lets it through)."""
+
+    def __init__(self, found: list[tuple[str, str]]):
+        super().__init__(found)
+        self.found = found
+
+
+# --- the rules between sections, one function per section that refers to others ------------------
+
+def _cross_problems(p: Protocol) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for check in (_arms_and_blocks, _visits_order, _instrument_visits, _guesses, _primary_outcome):
+        found += check(p)
+    if not found and p.analysis is not None:
+        found += _analysis(p)
+    return found
+
+
+def _arms_and_blocks(p: Protocol) -> list[tuple[str, str]]:
+    if len(p.arms) < 2:
+        return [("arms", "a randomized trial needs at least two arms")]
+    ratio_sum = sum(a.weight for a in p.arms)
+    return [(f"randomization.block_sizes[{j}]", f"{s!r} is not a positive multiple of the ratio sum {ratio_sum}")
+            for j, s in enumerate(p.randomization.block_sizes) if s <= 0 or s % ratio_sum][:1]
+
+
+def _visits_order(p: Protocol) -> list[tuple[str, str]]:
+    days = [v.day for v in p.visits]
+    if days != sorted(days):
+        return [("visits", "must be listed in order of their day")]
+    if sum(v.primary for v in p.visits) != 1:
+        return [("visits", "exactly one visit must be marked primary = true")]
+    if not any(v.key == "baseline" and v.day == 0 for v in p.visits):
+        return [("visits", "a 'baseline' visit on day 0 is required (randomization needs the baseline outcome)")]
+    return []
+
+
+def _instrument_visits(p: Protocol) -> list[tuple[str, str]]:
+    keys = {v.key for v in p.visits}
+    return [(f"instruments[{i}].visits[{j}]", f"unknown visit {vk!r}")
+            for i, ins in enumerate(p.instruments) for j, vk in enumerate(ins.visits) if vk not in keys]
+
+
+def _guesses(p: Protocol) -> list[tuple[str, str]]:
+    """The guess is taken with a blinded assessment: by default at every visit after baseline
+    with a blinded instrument."""
+    found = []
+    for i, visit in enumerate(p.visits):
+        blinded_here = any(ins.blinded and visit.key in ins.visits for ins in p.instruments)
+        if visit.allocation_guess and not blinded_here:
+            found.append((f"visits[{i}].allocation_guess", ("the guess is recorded with a blinded assessment, "
+                                                            "and no blinded instrument is collected at this visit")))
+        if visit.allocation_guess is None:
+            visit.allocation_guess = visit.key != "baseline" and blinded_here
+    return found
+
+
+def _primary_outcome(p: Protocol) -> list[tuple[str, str]]:
+    prim = p.primary_outcome
+    ins = next((x for x in p.instruments if x.key == prim.instrument), None)
+    if ins is None:
+        return [("primary_outcome.instrument", f"unknown instrument {prim.instrument!r}")]
+    if not any(f.key == prim.field for f in ins.fields):
+        return [("primary_outcome.field", f"instrument {ins.key!r} has no field {prim.field!r}")]
+    visit = next((v for v in p.visits if v.key == prim.visit), None)
+    if visit is None:
+        return [("primary_outcome.visit", f"unknown visit {prim.visit!r}")]
+    if not visit.primary:
+        return [("primary_outcome.visit", f"visit {prim.visit!r} is not the visit marked primary")]
+    return [(f"instruments[{p.instruments.index(ins)}].visits", f"the primary instrument must be collected at {vk!r}")
+            for vk in (prim.visit, "baseline") if vk not in ins.visits][:1]
+
+
+def _analysis(p: Protocol) -> list[tuple[str, str]]:
+    a = p.analysis
+    found = _analysis_visits(p, a)
+    arm_keys = [x.key for x in p.arms]
+    if a.reference_arm not in arm_keys:
+        found.append(("analysis.reference_arm", f"unknown arm {a.reference_arm!r}"))
+    if a.pooled_arms is None:
+        a.pooled_arms = [k for k in arm_keys if k != a.reference_arm]
+    if not a.pooled_arms or any(k not in arm_keys or k == a.reference_arm for k in a.pooled_arms) \
+            or len(set(a.pooled_arms)) != len(a.pooled_arms):
+        found.append(("analysis.pooled_arms", "must list arms other than the reference arm, each once"))
+    factors = [f.key for f in p.randomization.factors]
+    found += [("analysis.adjust", f"{f!r} is not a randomization factor") for f in a.adjust if f not in factors][:1]
+    for i, so in enumerate(a.secondary_outcomes):
         sp = f"analysis.secondary_outcomes[{i}]"
-        if not isinstance(so, dict):
-            raise ProtocolError(sp, "must be a table with instrument and field")
-        _known(so, "secondary_outcomes", sp)
-        sins = next((x for x in out["instruments"] if x["key"] == _need(so, "instrument", sp, str)), None)
-        if sins is None:
-            raise ProtocolError(f"{sp}.instrument", f"unknown instrument {so['instrument']!r}")
-        fld = next((f for f in sins["fields"] if f["key"] == _need(so, "field", sp, str)), None)
-        if fld is None or fld["type"] not in ("integer", "number"):
-            raise ProtocolError(f"{sp}.field", f"instrument {sins['key']!r} has no numeric field {so['field']!r}")
-        secondary.append({"instrument": sins["key"], "field": fld["key"]})
-    out["analysis"] = {"model": model, "visits": visits, "reference_arm": ref, "pooled_arms": pooled,
-                       "pooled_label": _need(a, "pooled_label", "analysis", str, "Pooled arms"),
-                       "adjust": adjust, "per_protocol_min_dose": float(dose), "secondary_outcomes": secondary}
+        ins = next((x for x in p.instruments if x.key == so.instrument), None)
+        if ins is None:
+            found.append((f"{sp}.instrument", f"unknown instrument {so.instrument!r}"))
+        elif not any(f.key == so.field and f.type in ("integer", "number") for f in ins.fields):
+            found.append((f"{sp}.field", f"instrument {ins.key!r} has no numeric field {so.field!r}"))
+    return found
 
 
-def _known(d: dict, kind: str, path: str) -> None:
-    """Refuse misspelled keys: `mni = 0` must not silently drop a minimum."""
-    for k in d:
-        if k not in ALLOWED[kind]:
-            raise ProtocolError(f"{path}.{k}".lstrip("."), f"is not a known key here (expected one of {', '.join(sorted(ALLOWED[kind]))})")
+def _analysis_visits(p: Protocol, a: Analysis) -> list[tuple[str, str]]:
+    visit_keys = [v.key for v in p.visits]
+    unknown = [v for v in a.visits if v not in visit_keys]
+    if unknown:
+        return [("analysis.visits", f"unknown visit {unknown[0]!r}")]
+    if not a.visits or a.visits[0] != "baseline" or p.primary_outcome.visit not in a.visits \
+            or len(set(a.visits)) != len(a.visits):
+        return [("analysis.visits", "must start with 'baseline' and include the primary visit, each once")]
+    if a.visits != sorted(a.visits, key=visit_keys.index):
+        return [("analysis.visits", "must be in the protocol's order of visits")]
+    ins = next(i for i in p.instruments if i.key == p.primary_outcome.instrument)
+    missing = [v for v in a.visits if v not in ins.visits]
+    if missing:
+        return [("analysis.visits", f"the primary instrument is not collected at {missing[0]!r}")]
+    return []
 
 
-def _need(d: dict, key: str, path: str, typ, default=...):
-    if key not in d:
-        if default is not ...:
-            return default
-        raise ProtocolError(f"{path}.{key}".lstrip("."), "is missing")
-    v = d[key]
-    types = typ if isinstance(typ, tuple) else (typ,)
-    if bool in types and isinstance(v, bool):
-        return v
-    if isinstance(v, bool) and bool not in types or not isinstance(v, types):
-        names = " or ".join(t.__name__.replace("str", "string").replace("int", "integer") for t in types)
-        raise ProtocolError(f"{path}.{key}".lstrip("."), f"must be a {names}, not {type(v).__name__} {v!r}")
-    return v
+# --- the amendment rules: what a new version may change once randomization is open ---------------
+
+FIXED_ONCE_RANDOMIZING = ("arms", "randomization")
 
 
-def _translations(d: dict, key: str, path: str, english: str | None = "label") -> dict[str, str] | None:
-    """A table of the words in other languages of the web UI, by language (``de``, ``pt_BR`` or
-    ``pt-BR``, ...): ``labels`` beside ``label``, ``questions`` beside a criterion's ``question``.
-    English is the plain ``label`` (or ``question``) and the fallback of every language left out;
-    ``english`` None: English may be given in the table too (technique labels)."""
-    table = _need(d, key, path, dict, None)
-    if table is None:
-        return None
-    out: dict[str, str] = {}
-    for lang, words in table.items():
-        where = f"{path}.{key}.{lang}".lstrip(".")
-        code = lang.replace("-", "_")
-        if code == "en" and english:
-            raise ProtocolError(where, f"English is the {english} itself, not a translation")
-        if code not in LANGUAGES:
-            raise ProtocolError(where, f"is not a language of the web UI (one of {', '.join(LANGUAGES)})")
-        if not isinstance(words, str) or not words.strip():
-            raise ProtocolError(where, "must be a non-empty string")
-        out[code] = words
-    return out or None
+def without_translations(part: Any) -> Any:
+    """``part`` of a protocol's content without its translations (``labels``, ``questions``): an
+    amendment that only translates changes nothing of the design."""
+    if isinstance(part, dict):
+        return {k: without_translations(v) for k, v in part.items() if k not in ("labels", "questions")}
+    if isinstance(part, list):
+        return [without_translations(v) for v in part]
+    return part
 
 
-def _with_translations(item: dict, source: dict, key: str, path: str, english: str = "label") -> dict:
-    """``item`` with its translations table (``key``) when the file gives one: a protocol without
-    translations keeps the content it always had."""
-    t = _translations(source, key, path, english)
-    if t:
-        item[key] = t
-    return item
+def amendment_problems(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str]]:
+    """What an amendment may not change once randomization is open: the trial's key, the arms and
+    the randomization design (their translations into the languages of the web UI are not part of
+    the design). Each problem is (the section, why)."""
+    if old["trial"]["key"] != new["trial"]["key"]:
+        return [("trial.key", "An amendment cannot change the trial key.")]
+    return [(part, f"Randomization is open: an amendment cannot change '{part}'.") for part in FIXED_ONCE_RANDOMIZING
+            if without_translations(old[part]) != without_translations(new[part])]
 
 
-def _key(d: dict, path: str) -> str:
-    k = _need(d, "key", path, str)
-    if not KEY_RE.match(k):
-        raise ProtocolError(f"{path}.key", f"{k!r} is not a valid key (lower-case letters, digits, _; starts with a letter)")
-    return k
+# --- pydantic's findings in the house's words -----------------------------------------------------
+
+TYPE_WORDS = {"int_type": "an integer", "int_from_float": "an integer", "string_type": "a string", "bool_type": "a bool",
+              "float_type": "a number", "dict_type": "a dict", "list_type": "a list", "model_type": "a table",
+              "model_attributes_type": "a table"}
 
 
-def _unique(items: list[dict], path: str) -> None:
-    seen = set()
-    for i, it in enumerate(items):
-        if it["key"] in seen:
-            raise ProtocolError(f"{path}[{i}].key", f"duplicate key {it['key']!r}")
-        seen.add(it["key"])
+def path_of(loc: tuple) -> str:
+    """``('visits', 2, 'window_before')`` as ``visits[2].window_before``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out.lstrip(".")
 
 
-def _list(d: dict, key: str, path: str) -> list[dict]:
-    items = _need(d, key, path, list)
-    if not items:
-        raise ProtocolError(f"{path}.{key}".lstrip("."), "must not be empty")
-    for i, it in enumerate(items):
-        if not isinstance(it, dict):
-            raise ProtocolError(f"{path}.{key}[{i}]".lstrip("."), "must be a table")
-    return items
+def _allowed(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The keys a table at ``loc`` may hold (for a misspelled key's problem)."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+        if model is None:
+            return None
+    return list(model.model_fields)
 
 
-def _intervention(raw: dict[str, Any], out: dict[str, Any]) -> None:
-    """The intervention as delivered, each part optional: the therapists' credentials the trial
-    accepts (with one, a session needs a therapist holding a valid one), the individual goals a
-    therapist may set, and the treatment-fidelity scale with the share of sessions to rate."""
-    if "credentials" in raw:
-        creds = []
-        for i, c in enumerate(_list(raw, "credentials", "")):
-            p = f"credentials[{i}]"
-            _known(c, "credentials", p)
-            k = _need(c, "key", p, str)
-            if not CREDENTIAL_RE.match(k):
-                raise ProtocolError(f"{p}.key", f"{k!r} is not a valid credential kind (letters, digits, . _ -)")
-            creds.append(_with_translations({"key": k, "label": _need(c, "label", p, str),
-                                             "issuer": _need(c, "issuer", p, str, None)}, c, "labels", p))
-        _unique(creds, "credentials")
-        out["credentials"] = creds
-    if "goals" in raw:
-        goals = []
-        for i, g in enumerate(_list(raw, "goals", "")):
-            p = f"goals[{i}]"
-            _known(g, "goals", p)
-            goals.append(_with_translations({"key": _key(g, p), "label": _need(g, "label", p, str)}, g, "labels", p))
-        _unique(goals, "goals")
-        out["goals"] = goals
-    if "fidelity" in raw:
-        f = _need(raw, "fidelity", "", dict)
-        _known(f, "fidelity", "fidelity")
-        fid = {"share": _need(f, "share", "fidelity", (int, float)), "min": _need(f, "min", "fidelity", int),
-               "max": _need(f, "max", "fidelity", int), "threshold": _need(f, "threshold", "fidelity", (int, float)),
-               "items": []}
-        if not 0 < fid["share"] <= 1:
-            raise ProtocolError("fidelity.share", "must be more than 0 and at most 1 (the share of sessions rated)")
-        if fid["min"] >= fid["max"]:
-            raise ProtocolError("fidelity.max", "must be above min")
-        if not fid["min"] <= fid["threshold"] <= fid["max"]:
-            raise ProtocolError("fidelity.threshold", f"must be within the scale ({fid['min']}-{fid['max']})")
-        for i, it in enumerate(_list(f, "items", "fidelity")):
-            p = f"fidelity.items[{i}]"
-            _known(it, "items", p)
-            fid["items"].append(_with_translations({"key": _key(it, p), "label": _need(it, "label", p, str)}, it, "labels", p))
-        _unique(fid["items"], "fidelity.items")
-        out["fidelity"] = fid
+def _model_in(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
-def validate(raw: dict[str, Any]) -> dict[str, Any]:
-    """Return the normalized protocol or raise :class:`ProtocolError`."""
+def describe(error: dict, root: type[BaseModel] = Protocol) -> tuple[str, str]:
+    """One of pydantic's errors as (path, problem) in a trial manager's words."""
+    loc, typ, ctx, value = tuple(error["loc"]), error["type"], error.get("ctx") or {}, error.get("input")
+    path = path_of(loc)
+    if typ == "protocol":
+        return (path + ctx.get("at", "")).lstrip("."), ctx["problem"]
+    if typ == "missing":
+        return path, "is missing"
+    if typ == "extra_forbidden":
+        if len(loc) == 1 and root is Protocol:
+            return path, "is not a known protocol section"
+        allowed = _allowed(root, loc)
+        return path, "is not a known key here" + (f" (expected one of {', '.join(sorted(allowed))})" if allowed else "")
+    if typ in TYPE_WORDS:
+        return path, f"must be {TYPE_WORDS[typ]}, not {_type_name(value)} {value!r}"
+    if typ in ("greater_than_equal", "greater_than"):
+        return path, f"must be {ctx.get('ge', ctx.get('gt'))} or more"
+    if typ in ("less_than_equal", "less_than"):
+        return path, f"must be {ctx.get('le', ctx.get('lt'))} or less"
+    if typ == "too_short":
+        return path, "must not be empty"
+    return path, error["msg"]
+
+
+def _ordered(found: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each path once (a failed length check and a failed element check say one thing)."""
+    seen, out = set(), []
+    for key, text in found:
+        if key not in seen:
+            seen.add(key)
+            out.append((key, text))
+    return out
+
+
+def validate_model(raw: Any) -> Protocol:
+    """The protocol model of a parsed file, or :class:`ProtocolError` naming every problem."""
     if not isinstance(raw, dict):
         raise ProtocolError("(file)", "must be a TOML document")
-    trial = _need(raw, "trial", "", dict)
-    _known(trial, "trial", "trial")
-    tkey = _need(trial, "key", "trial", str)
-    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", tkey):
-        raise ProtocolError("trial.key", f"{tkey!r} is not a valid trial key (lower-case letters, digits, - and _)")
-    out: dict[str, Any] = {"trial": {"key": tkey, "name": _need(trial, "name", "trial", str),
-                                     "amendment": str(_need(trial, "amendment", "trial", (str, int, float), "1"))}}
+    try:
+        return Protocol.model_validate(raw)
+    except _Problems as e:
+        raise ProtocolError(*e.found[0], errors=e.found) from None
+    except ValidationError as e:
+        found = _ordered([describe(err) for err in e.errors(include_url=False)])
+        raise ProtocolError(*found[0], errors=found) from None
 
-    arms = []
-    for i, a in enumerate(_list(raw, "arms", "")):
-        p = f"arms[{i}]"
-        _known(a, "arms", p)
-        arm = _with_translations({"key": _key(a, p), "label": _need(a, "label", p, str),
-                                  "sessions_per_week": _need(a, "sessions_per_week", p, int),
-                                  "weight": _need(a, "weight", p, int)}, a, "labels", p)
-        if arm["weight"] < 1:
-            raise ProtocolError(f"{p}.weight", "must be 1 or more")
-        if not 0 <= arm["sessions_per_week"] <= 14:
-            raise ProtocolError(f"{p}.sessions_per_week", "must be between 0 and 14")
-        arms.append(arm)
-    if len(arms) < 2:
-        raise ProtocolError("arms", "a randomized trial needs at least two arms")
-    _unique(arms, "arms")
-    out["arms"] = arms
-    ratio_sum = sum(a["weight"] for a in arms)
 
-    r = _need(raw, "randomization", "", dict)
-    _known(r, "randomization", "randomization")
-    method = _need(r, "method", "randomization", str)
-    if method not in METHODS:
-        raise ProtocolError("randomization.method", f"must be one of {', '.join(METHODS)}, not {method!r}")
-    sizes = _need(r, "block_sizes", "randomization", list)
-    if not sizes:
-        raise ProtocolError("randomization.block_sizes", "must not be empty")
-    for j, s in enumerate(sizes):
-        if isinstance(s, bool) or not isinstance(s, int) or s <= 0 or s % ratio_sum:
-            raise ProtocolError(f"randomization.block_sizes[{j}]", f"{s!r} is not a positive multiple of the ratio sum {ratio_sum}")
-    factors = []
-    for i, f in enumerate(_need(r, "factors", "randomization", list, [{"key": "site"}])):
-        p = f"randomization.factors[{i}]"
-        if not isinstance(f, dict):
-            raise ProtocolError(p, "must be a table")
-        _known(f, "factors", p)
-        k = _key(f, p)
-        if k == "site":
-            factors.append({"key": "site", "levels": None})
-            continue
-        levels = _need(f, "levels", p, list)
-        if len(levels) < 2 or not all(isinstance(x, str) and KEY_RE.match(x) for x in levels):
-            raise ProtocolError(f"{p}.levels", "must list at least two level keys")
-        factors.append(_with_translations({"key": k, "levels": levels, "label": _need(f, "label", p, str, k)},
-                                          f, "labels", p))
-    _unique(factors, "randomization.factors")
-    if not any(f["key"] == "site" for f in factors):
-        raise ProtocolError("randomization.factors", "site must be one of the factors")
-    mini = _need(r, "minimization", "randomization", dict, {})
-    _known(mini, "minimization", "randomization.minimization")
-    prob = _need(mini, "probability", "randomization.minimization", (float, int), 0.8)
-    if not 0.5 <= float(prob) <= 1.0:
-        raise ProtocolError("randomization.minimization.probability", "must be between 0.5 and 1")
-    imb = _need(mini, "imbalance", "randomization.minimization", str, "range")
-    if imb not in ("range", "variance"):
-        raise ProtocolError("randomization.minimization.imbalance", "must be 'range' or 'variance'")
-    for k in ("initial_blocks", "extension_blocks"):
-        v = _need(r, k, "randomization", int, 10)
-        if not 1 <= v <= 10000:
-            raise ProtocolError(f"randomization.{k}", "must be between 1 and 10000")
-    out["randomization"] = {"method": method, "block_sizes": sorted(sizes), "factors": factors,
-                            "minimization": {"probability": float(prob), "imbalance": imb},
-                            "initial_blocks": _need(r, "initial_blocks", "randomization", int, 10),
-                            "extension_blocks": _need(r, "extension_blocks", "randomization", int, 10)}
-
-    el = _need(raw, "eligibility", "", dict, {})
-    _known(el, "eligibility", "eligibility")
-    lo = _need(el, "min_age_months", "eligibility", int, 0)
-    hi = _need(el, "max_age_months", "eligibility", int, 1200)
-    if lo > hi:
-        raise ProtocolError("eligibility.max_age_months", "must not be below min_age_months")
-    out["eligibility"] = {"min_age_months": lo, "max_age_months": hi}
-    criteria = []
-    for i, c in enumerate(_list(raw, "criteria", "")):
-        p = f"criteria[{i}]"
-        _known(c, "criteria", p)
-        criteria.append(_with_translations({"key": _key(c, p), "question": _need(c, "question", p, str),
-                                            "qualifying_answer": _need(c, "qualifying_answer", p, bool)},
-                                           c, "questions", p, english="question"))
-    _unique(criteria, "criteria")
-    out["criteria"] = criteria
-
-    c = _need(raw, "course", "", dict)
-    _known(c, "course", "course")
-    course = {"months": _need(c, "months", "course", int), "session_minutes": _need(c, "session_minutes", "course", int, 30),
-              "min_attended_sessions": _need(c, "min_attended_sessions", "course", int, 1),
-              "parent_counselling_sessions": _need(c, "parent_counselling_sessions", "course", int, 0),
-              "techniques": _need(c, "techniques", "course", list, [])}
-    if not 1 <= course["months"] <= 60:
-        raise ProtocolError("course.months", "must be between 1 and 60")
-    for j, t in enumerate(course["techniques"]):
-        if not isinstance(t, str) or not KEY_RE.match(t):
-            raise ProtocolError(f"course.techniques[{j}]", f"{t!r} is not a valid key")
-    # the words for each technique, by language (English too; without it the key, capitalized)
-    words = _need(c, "technique_labels", "course", dict, None)
-    if words is not None:
-        course["technique_labels"] = {}
-        for t in words:
-            if t not in course["techniques"]:
-                raise ProtocolError(f"course.technique_labels.{t}", "is not one of course.techniques")
-            tr = _translations(words, t, "course.technique_labels", english=None)
-            if tr:
-                course["technique_labels"][t] = tr
-    # active (improvisation, songs, games) or receptive (listening); unnamed ones count as active
-    cats = _need(c, "technique_categories", "course", dict, {})
-    for t, cat in cats.items():
-        if t not in course["techniques"]:
-            raise ProtocolError(f"course.technique_categories.{t}", "is not one of course.techniques")
-        if cat not in TECHNIQUE_CATEGORIES:
-            raise ProtocolError(f"course.technique_categories.{t}", f"must be one of {', '.join(TECHNIQUE_CATEGORIES)}")
-    if cats:
-        course["technique_categories"] = {t: cats.get(t, "active") for t in course["techniques"]}
-    out["course"] = course
-    _intervention(raw, out)
-
-    visits = []
-    for i, v in enumerate(_list(raw, "visits", "")):
-        p = f"visits[{i}]"
-        _known(v, "visits", p)
-        visit = {"key": _key(v, p), "label": _need(v, "label", p, str, v.get("key")),
-                 "day": _need(v, "day", p, int), "window_before": _need(v, "window_before", p, int),
-                 "window_after": _need(v, "window_after", p, int), "primary": _need(v, "primary", p, bool, False)}
-        _with_translations(visit, v, "labels", p)
-        for k in ("window_before", "window_after"):
-            if visit[k] < 0:
-                raise ProtocolError(f"{p}.{k}", "must be 0 or more")
-        # does the blinded assessor guess the allocation at this visit? (decided below, once the
-        # instruments are known: by default at every visit after baseline with a blinded instrument)
-        guess = _need(v, "allocation_guess", p, bool, None)
-        if guess and visit["key"] == "baseline":
-            raise ProtocolError(f"{p}.allocation_guess", "there is no allocation to guess at baseline "
-                                                         "(it comes before randomization)")
-        visit["allocation_guess"] = guess
-        visits.append(visit)
-    _unique(visits, "visits")
-    if [v["day"] for v in visits] != sorted(v["day"] for v in visits):
-        raise ProtocolError("visits", "must be listed in order of their day")
-    if sum(v["primary"] for v in visits) != 1:
-        raise ProtocolError("visits", "exactly one visit must be marked primary = true")
-    if not any(v["key"] == "baseline" and v["day"] == 0 for v in visits):
-        raise ProtocolError("visits", "a 'baseline' visit on day 0 is required (randomization needs the baseline outcome)")
-    out["visits"] = visits
-    visit_keys = {v["key"] for v in visits}
-
-    instruments = []
-    for i, ins in enumerate(_list(raw, "instruments", "")):
-        p = f"instruments[{i}]"
-        _known(ins, "instruments", p)
-        item = {"key": _key(ins, p), "label": _need(ins, "label", p, str), "blinded": _need(ins, "blinded", p, bool),
-                "visits": _need(ins, "visits", p, list), "fields": []}
-        _with_translations(item, ins, "labels", p)
-        for j, vk in enumerate(item["visits"]):
-            if not isinstance(vk, str) or vk not in visit_keys:
-                raise ProtocolError(f"{p}.visits[{j}]", f"unknown visit {vk!r}")
-        for j, f in enumerate(_list(ins, "fields", p)):
-            fp = f"{p}.fields[{j}]"
-            _known(f, "fields", fp)
-            fld = {"key": _key(f, fp), "label": _need(f, "label", fp, str, f.get("key")),
-                   "type": _need(f, "type", fp, str), "required": _need(f, "required", fp, bool, True),
-                   "min": None, "max": None, "soft_min": None, "soft_max": None,
-                   "units": _need(f, "units", fp, str, None), "choices": None}
-            _with_translations(fld, f, "labels", fp)
-            if fld["type"] not in FIELD_TYPES:
-                raise ProtocolError(f"{fp}.type", f"must be one of {', '.join(FIELD_TYPES)}, not {fld['type']!r}")
-            if fld["type"] in ("integer", "number"):
-                num = int if fld["type"] == "integer" else (int, float)
-                fld["min"] = _need(f, "min", fp, num, None)
-                fld["max"] = _need(f, "max", fp, num, None)
-                if fld["min"] is not None and fld["max"] is not None and fld["min"] > fld["max"]:
-                    raise ProtocolError(f"{fp}.max", "must not be below min")
-                # soft limits: a value outside them is saved but queried (checked by a person)
-                fld["soft_min"] = _need(f, "soft_min", fp, num, None)
-                fld["soft_max"] = _need(f, "soft_max", fp, num, None)
-                for k, cmp in (("soft_min", "min"), ("soft_max", "max")):
-                    v = fld[k]
-                    if v is None:
-                        continue
-                    if fld["min"] is not None and v < fld["min"] or fld["max"] is not None and v > fld["max"]:
-                        raise ProtocolError(f"{fp}.{k}", f"{v} is outside the hard range {fld['min']}-{fld['max']}")
-                if fld["soft_min"] is not None and fld["soft_max"] is not None and fld["soft_min"] > fld["soft_max"]:
-                    raise ProtocolError(f"{fp}.soft_max", "must not be below soft_min")
-            elif "soft_min" in f or "soft_max" in f:
-                raise ProtocolError(f"{fp}.soft_min", "soft limits are for integer and number fields")
-            if fld["type"] == "choice":
-                fld["choices"] = _need(f, "choices", fp, list)
-                if not fld["choices"]:
-                    raise ProtocolError(f"{fp}.choices", "must not be empty")
-            item["fields"].append(fld)
-        _unique(item["fields"], f"{p}.fields")
-        instruments.append(item)
-    _unique(instruments, "instruments")
-    out["instruments"] = instruments
-    for i, visit in enumerate(visits):
-        blinded_here = any(ins["blinded"] and visit["key"] in ins["visits"] for ins in instruments)
-        if visit["allocation_guess"] and not blinded_here:
-            raise ProtocolError(f"visits[{i}].allocation_guess", "the guess is recorded with a blinded assessment, "
-                                                                 "and no blinded instrument is collected at this visit")
-        if visit["allocation_guess"] is None:
-            visit["allocation_guess"] = visit["key"] != "baseline" and blinded_here
-
-    po = _need(raw, "primary_outcome", "", dict)
-    _known(po, "primary_outcome", "primary_outcome")
-    prim = {"instrument": _need(po, "instrument", "primary_outcome", str),
-            "field": _need(po, "field", "primary_outcome", str), "visit": _need(po, "visit", "primary_outcome", str)}
-    ins = next((x for x in instruments if x["key"] == prim["instrument"]), None)
-    if ins is None:
-        raise ProtocolError("primary_outcome.instrument", f"unknown instrument {prim['instrument']!r}")
-    if not any(f["key"] == prim["field"] for f in ins["fields"]):
-        raise ProtocolError("primary_outcome.field", f"instrument {ins['key']!r} has no field {prim['field']!r}")
-    if prim["visit"] not in visit_keys:
-        raise ProtocolError("primary_outcome.visit", f"unknown visit {prim['visit']!r}")
-    if not next(v for v in visits if v["key"] == prim["visit"])["primary"]:
-        raise ProtocolError("primary_outcome.visit", f"visit {prim['visit']!r} is not the visit marked primary")
-    for vk in (prim["visit"], "baseline"):
-        if vk not in ins["visits"]:
-            raise ProtocolError(f"instruments[{instruments.index(ins)}].visits",
-                                f"the primary instrument must be collected at {vk!r}")
-    out["primary_outcome"] = prim
-    _analysis(raw, out)
-    unknown = set(raw) - {"trial", "arms", "randomization", "eligibility", "criteria", "course", "visits",
-                          "instruments", "primary_outcome", "credentials", "goals", "fidelity", "analysis"}
-    if unknown:
-        raise ProtocolError(sorted(unknown)[0], "is not a known protocol section")
-    return out
+def validate(raw: Any) -> dict[str, Any]:
+    """The normalised protocol (the model's dump, as every version stores it), or :class:`ProtocolError`."""
+    return validate_model(raw).model_dump()
 
 
 def parse(text: str) -> dict[str, Any]:
@@ -471,3 +703,14 @@ def parse(text: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise ProtocolError("(file)", f"is not valid TOML: {e}") from e
     return validate(raw)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a protocol file (the checks within sections; the rules between sections
+    are checked when the file is loaded)."""
+    schema = Protocol.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["description"] = ("A trial protocol file (TOML) of the TIME-A trial system. References between sections "
+                             "(visits named by instruments, the primary outcome, the analysis) are checked by "
+                             "`trial protocol load`.")
+    return schema

@@ -14,7 +14,7 @@ from trial.audit import service as audit
 from trial.db import PROJECT_ROOT
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.protocol.models import ProtocolVersion
-from trial.protocol.schema import ProtocolError, parse
+from trial.protocol.schema import ProtocolError, amendment_problems, parse
 from trial.scope import require_role
 from trial.trialstate.service import ensure_writable, randomization_opened
 
@@ -64,7 +64,7 @@ def load_text(db: Session, actor, text: str, source_name: str = "protocol") -> P
     try:
         content = parse(text)
     except ProtocolError as e:
-        raise ValidationError(f"{source_name}: {e}", {e.key: e.problem}) from e
+        raise ValidationError(f"{source_name}: {e}", dict(e.errors)) from e
     sha = hashlib.sha256(text.encode()).hexdigest()
     latest = db.execute(select(ProtocolVersion).order_by(ProtocolVersion.version.desc()).limit(1)).scalar_one_or_none()
     if latest is not None:
@@ -84,15 +84,14 @@ def load_text(db: Session, actor, text: str, source_name: str = "protocol") -> P
 
 
 def _check_amendment(db: Session, old: dict, new: dict) -> None:
-    """Once randomization is open the arms and the randomization design are fixed (their
-    translations into the languages of the web UI are not part of the design)."""
+    """Once randomization is open the amendment rules apply (declared beside the models:
+    :func:`trial.protocol.schema.amendment_problems`)."""
     if randomization_opened(db) is None:
         return
-    if old["trial"]["key"] != new["trial"]["key"]:
-        raise Conflict("An amendment cannot change the trial key.")
-    for part in ("arms", "randomization"):
-        if without_translations(old[part]) != without_translations(new[part]):
-            raise Conflict(f"Randomization is open: an amendment cannot change '{part}'.", {part: "fixed once randomization is open"})
+    for part, why in amendment_problems(old, new):
+        if part == "trial.key":
+            raise Conflict(why)
+        raise Conflict(why, {part: "fixed once randomization is open"})
 
 
 def load_file(db: Session, actor, path: str | Path) -> ProtocolVersion:
@@ -164,13 +163,3 @@ def localized(content: dict[str, Any], locale: str | None) -> dict[str, Any]:
     for c in out.get("criteria", []):
         c["question"] = _words(c, locale, "question", "questions")
     return out
-
-
-def without_translations(part: Any) -> Any:
-    """``part`` of a protocol's content without its translations (``labels``, ``questions``): an
-    amendment that only translates changes nothing of the design."""
-    if isinstance(part, dict):
-        return {k: without_translations(v) for k, v in part.items() if k not in ("labels", "questions")}
-    if isinstance(part, list):
-        return [without_translations(v) for v in part]
-    return part
