@@ -198,7 +198,7 @@ BAD_SESSIONS = [
     ("minutes", {"attendance": "no_show", "minutes": 1}, "must be empty (or 0) when Attendance is No show"),
     ("techniques", {"techniques": None}, "must be a list drawn from"),
     ("techniques", {"techniques": ["dance"]}, "must be a list drawn from"),
-    ("techniques", {"techniques": "songs"}, "must be a list drawn from"),
+    ("techniques", {"techniques": "songs"}, "must be a list"),  # the declared body's words for a text
     ("engagement", {"engagement": 0}, "from 1 (none) to 5"),
     ("engagement", {"engagement": 6}, "from 1 (none) to 5"),
     ("note", {"note": "x" * 1001}, "at most 1000 characters"),
@@ -440,11 +440,17 @@ def test_every_bad_field_of_a_correction_is_named_at_once(world, kids, db):
     backdate(world, low, 30)
     sid = logged(world, low, 7)
     before = state(db)
-    r = correct(world, sid, minutes=None, engagement=0, techniques=["dance"])
+    # what the declared body refuses (a value of the wrong kind, a limit) is named at once, every field of it
+    r = correct(world, sid, minutes=-1, engagement=0, note=7)
     assert r.status_code == 400
-    assert set(err(r)["fields"]) == {"reason", "minutes", "engagement", "techniques"}
-    for label in ("Reason for the correction", "Minutes", "Child engagement", "Techniques"):
+    assert set(err(r)["fields"]) == {"reason", "minutes", "engagement", "note"}
+    for label in ("Reason for the correction", "Minutes", "Child engagement", "Short note"):
         assert label in err(r)["message"]
+    assert state(db) == before
+    # then what the service checks against the session and the protocol, every field of it
+    r = correct(world, sid, minutes=None, techniques=["dance"], reason="typo")
+    assert r.status_code == 400
+    assert set(err(r)["fields"]) == {"minutes", "techniques"}
     assert state(db) == before
 
 

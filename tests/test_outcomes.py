@@ -324,7 +324,7 @@ BAD_ASSESSMENTS = [
     ("ados2", {"values": [10, 3, 5]}, "values", "must be an object"),
     ("ados2", {"values": None}, "values", "must be an object"),
     ("ados2", {"visit": "month3"}, "visit", "must be one of baseline, month2, month5, month12"),
-    ("ados2", {"visit": None}, "visit", "must be one of"),
+    ("ados2", {"visit": None}, "visit", "is required"),  # the declared body: a visit's key, not null
     ("ados2", {"instrument": "cars2"}, "instrument", "must be one of ados2, srs2"),
     ("ados2", {"performed_on": ""}, "performed_on", "is required"),
     ("ados2", {"performed_on": "31.12.2024"}, "performed_on", "is not a date"),
@@ -745,7 +745,7 @@ def test_a_dated_report_keeps_its_date(opened, db):
 @pytest.mark.parametrize("who,body,status,field,why", [
     ("assessor", {}, 400, "description", "is required"),
     ("assessor", {"description": "   "}, 400, "description", "is required"),
-    ("assessor", {"description": 42}, 400, "description", "is required"),
+    ("assessor", {"description": 42}, 400, "description", "must be text"),
     ("assessor", {"description": "x" * 1001}, 400, "description", "at most 1000"),
     ("assessor", {"description": "told", "reported_on": "last week"}, 400, "reported_on", "is not a date"),
     ("assessor_no", {"description": "told"}, 403, None, "site you do not work at"),

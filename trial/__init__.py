@@ -25,10 +25,18 @@ import-linter, see ``[tool.importlinter]`` in pyproject.toml):
     trial.audit                   the keyed, append-only audit trail
     trial.scope                   who may see what: roles, sites, blinding
     trial.trialstate              the trial as a whole: the lock in force, opened, unblinded
-    trial.migrate | trial.config  running the migrations; settings and keys
+    trial.migrate | trial.config  running the migrations; the app's settings and keys
     trial.db | trial.cache | trial.paging | trial.policy | trial.timeline | trial.validation | trial.version
+                                  (trial.validation: the limits of raw input, as checks and as the
+                                  annotated types the API's declared bodies are made of)
     trial.catalogue               the words for the system's keys; composed messages (Msg); languages
     trial.errors
+    trial.settings                every TRIAL_* variable, declared once (pydantic-settings)
+
+The protocol file (trial.protocol.schema), the API's request bodies and answers
+(trial.api.bodies, trial.api.answers) and the settings (trial.settings) are declared once as typed
+models; the protocol's JSON Schema, the OpenAPI document and README's configuration table are
+generated from those declarations.
 
 A lower layer never imports a higher one: what every layer needs of the trial as a whole lives
 low, in trial.trialstate, and what every clinical domain needs of a child in trial.participants.

@@ -6,7 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import PlainValidator, WithJsonSchema
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticCustomError
 
 from trial.catalogue import N_, Msg
 from trial.errors import ValidationError
@@ -148,3 +152,209 @@ def clinical_date(value: Any, field: str, errors: dict[str, str], today: dt.date
         errors[field] = Msg(N_("is before %(what)s (%(day)s)"), what=Msg(not_before[1]), day=not_before[0])
         return None
     return d
+
+
+# --- the same limits as annotated types, for the API's declared bodies -----------------------------
+# Each type checks with the functions above (the same words as the services') and says in its JSON
+# Schema what it accepts, so that the OpenAPI document and the check are one declaration. A value the
+# schema calls valid passes the type; the services still check what depends on the trial's state
+# (a site's today, a record's dates, the protocol).
+
+_CONTROLS = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f"
+# what str.strip() takes away (the services strip text), spelled out: a pattern's \s differs
+_SPACES = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3000 + 1)) if c.isspace())
+NO_CONTROL = f"^[^{_CONTROLS}]*$"
+NOT_BLANK = f"^[^{_CONTROLS}]*[^{_CONTROLS}{_SPACES}][^{_CONTROLS}]*$"
+DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+
+
+def house_error(message: Any) -> PydanticCustomError:
+    """A refusal in the services' words (a catalogue message, translated when shown)."""
+    return PydanticCustomError("house", "{message}", {"message": message})
+
+
+def integral(value: Any) -> Any:
+    """A whole number written with a fraction of zero (``3.0``: JSON does not tell them apart) as
+    the integer it is; anything else as it is."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_JSON_INT:
+        return int(value)
+    return value
+
+
+def checked(check, *args, convert=None, **kwargs):
+    """A validator from a check that adds ``field -> why`` to an errors dict; ``convert`` makes
+    the value checked (and passed on) from the value sent."""
+    def validate(value: Any) -> Any:
+        if convert is not None:
+            value = convert(value)
+        errors: dict[str, Any] = {}
+        check(value, "value", errors, *args, **kwargs)
+        if errors:
+            raise house_error(errors["value"])
+        return value
+    return validate
+
+
+def Text(max_len: int, required: bool = True, description: str | None = None,  # noqa: N802 (a type)
+         missing: Any = None):
+    """Text of at most ``max_len`` characters without control characters; a required one is not
+    blank (an optional one may be null or empty: nothing); ``missing``: the refusal of a required
+    one left out or blank, in the service's words."""
+    schema: dict[str, Any] = {"type": "string", "maxLength": max_len, "pattern": NOT_BLANK if required else NO_CONTROL}
+    if required:
+        schema["minLength"] = 1
+    else:
+        schema = {"anyOf": [schema, {"type": "null"}]}
+    if description:
+        schema["description"] = description
+    def check(value: Any, field: str, errors: dict[str, str]) -> None:
+        text(value, field, errors, max_len, required)
+        if missing and errors.get(field) == N_("is required"):
+            errors[field] = missing
+    return Annotated[str | None if not required else str, PlainValidator(checked(check)), WithJsonSchema(schema)]
+
+
+def _id(value: Any, field: str, errors: dict[str, str]) -> None:
+    ident(value, field, errors)
+
+
+def _iso_date(value: Any, field: str, errors: dict[str, str]) -> None:
+    if isinstance(value, dt.date):  # only text comes in JSON
+        errors[field] = N_("is not a date (YYYY-MM-DD)")
+        return
+    parse_date(value, field, errors)
+
+
+def _date_or_null(value: Any, field: str, errors: dict[str, str]) -> None:
+    if value is not None:
+        _iso_date(value, field, errors)
+
+
+Id = Annotated[int, PlainValidator(checked(_id, convert=integral)),
+               WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_ID})]
+# what a schema says of a field whose rule depends on the trial, not on the body alone (a
+# valid-looking value may still be refused there, with a 400 naming the field)
+AGAINST = "x-checked-against"
+CALENDAR = ("the site's calendar and the record's dates: not in the future at the site, at most "
+            f"{PLAUSIBLE_YEARS} years back, not before the events it follows")
+IsoDate = Annotated[str, PlainValidator(checked(_iso_date)), WithJsonSchema(
+    {"type": "string", "format": "date", "description": "YYYY-MM-DD", AGAINST: CALENDAR})]
+OptionalDate = Annotated[str | None, PlainValidator(checked(_date_or_null)), WithJsonSchema(
+    {"anyOf": [{"type": "string", "format": "date"}, {"type": "null"}], "description": "YYYY-MM-DD, or null",
+     AGAINST: CALENDAR})]
+
+
+def _strict(kind: type, words: str):
+    def check(value: Any, field: str, errors: dict[str, str]) -> None:
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            errors[field] = words
+    return check
+
+
+def _or_null(check):
+    def maybe(value: Any, field: str, errors: dict[str, str]) -> None:
+        if value is not None:
+            check(value, field, errors)
+    return maybe
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    description = schema.pop("description", None)
+    out: dict[str, Any] = {"anyOf": [schema, {"type": "null"}]}
+    if description:
+        out["description"] = description
+    return out
+
+
+def declared(check, schema: dict[str, Any], kind: Any, nullable: bool = False, convert=None):
+    """An annotated type: ``check(value, field, errors)`` (the services' words) and its JSON
+    Schema; ``nullable``: null is accepted too (an optional field left empty)."""
+    if nullable:
+        return Annotated[kind | None, PlainValidator(checked(_or_null(check), convert=convert)),
+                         WithJsonSchema(_nullable(dict(schema)))]
+    return Annotated[kind, PlainValidator(checked(check, convert=convert)), WithJsonSchema(schema)]
+
+
+def flag(nullable: bool = False):
+    return declared(_strict(bool, N_("must be true or false")), {"type": "boolean"}, bool, nullable)
+
+
+def word(nullable: bool = False, description: str | None = None, words: Any = None):
+    """A short text: a key, a code; ``words``: the refusal in the service's own words."""
+    schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NOT_BLANK}
+    if description:
+        schema["description"] = description
+
+    def check(value: Any, field: str, errors: dict[str, str]) -> None:
+        text(value, field, errors, 200, required=True)
+        if field in errors and words:
+            errors[field] = words
+    return declared(check, schema, str, nullable)
+
+
+Flag = flag()
+Word = word()
+
+
+def whole(lo: int | None = None, hi: int | None = None, nullable: bool = False, description: str | None = None,
+          words: Any = None):
+    """A whole number (not a boolean) from ``lo`` to ``hi``; ``words``: the refusal in the
+    service's own words."""
+    def check(value: Any, field: str, errors: dict[str, str]) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors[field] = words or N_("must be a whole number")
+        elif lo is not None and value < lo or hi is not None and value > hi:
+            errors[field] = words or Msg(N_("must be from %(lo)s to %(hi)s"), lo=lo, hi=hi)
+    schema: dict[str, Any] = {"type": "integer"}
+    if lo is not None:
+        schema["minimum"] = lo
+    if hi is not None:
+        schema["maximum"] = hi
+    if description:
+        schema["description"] = description
+    return declared(check, schema, int, nullable, convert=integral)
+
+
+def choice(*values: str, description: str | None = None, nullable: bool = False, words: Any = None):
+    """One of ``values``."""
+    def check(value: Any, field: str, errors: dict[str, str]) -> None:
+        if not isinstance(value, str) or value not in values:
+            errors[field] = words or Msg(N_("must be one of %(values)s"), values=", ".join(values))
+    schema: dict[str, Any] = {"type": "string", "enum": list(values)}
+    if description:
+        schema["description"] = description
+    return declared(check, schema, str, nullable)
+
+
+def pydantic_fields(exc: PydanticValidationError, words: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A declared body's refusals as ``field -> why``, each field by its dotted path (``on.kind``,
+    ``values.total_t``), in the services' words; a bad item of a list is named by its list, as the
+    services name it (``techniques``, with the item in the words)."""
+    out: dict[str, Any] = {}
+    for err in exc.errors(include_url=False):
+        path = ""
+        for part in err["loc"]:
+            if isinstance(part, int):
+                break
+            path += f".{part}" if path else str(part)
+        path = path or "body"
+        if path in out:
+            continue
+        kind, ctx = err["type"], err.get("ctx") or {}
+        if kind == "house":
+            out[path] = ctx["message"]
+        elif f"{kind}:{path}" in (words or {}) or kind in (words or {}):
+            out[path] = words.get(f"{kind}:{path}") or words[kind]
+        elif kind == "missing":
+            out[path] = N_("is required")
+        elif kind == "extra_forbidden":
+            out[path] = N_("is not a field of this request")
+        elif kind in ("dict_type", "model_type", "model_attributes_type"):
+            out[path] = N_("must be an object")
+        elif kind == "list_type":
+            out[path] = N_("must be a list")
+        elif kind in ("string_type", "str_type"):
+            out[path] = N_("must be text")
+        else:
+            out[path] = err["msg"]
+    return out

@@ -4,8 +4,10 @@ from __future__ import annotations
 from flask import jsonify, request
 from sqlalchemy.exc import IntegrityError
 
-from trial.api.routing import body, route
-from trial.api.schemas import DT, ID, PARTICIPANT, SITE_QUERY, B, D, S, array, enum, err, obj, ok, text
+from trial.api import answers as a
+from trial.api import bodies as b
+from trial.api.params import SITE_QUERY, enum_param, text_param
+from trial.api.routing import body, err, ok, route
 from trial.enrollment import service as enrollment
 from trial.errors import ValidationError
 from trial.http import actor, db, page_request, page_url
@@ -15,16 +17,9 @@ from trial.participants import service as participants
 from trial.participants.models import Participant
 from trial.randomize import service as randomization
 
-RANDOMIZED = obj(["study_id", "arm", "arm_label", "randomized_at"], study_id=S, arm=S, arm_label=S, randomized_at=DT)
-
-
 @route("/screenings", "POST", "Record a screening; the outcome is computed from the protocol's criteria", "coordinator of the site",
-       request_schema=obj(["site", "screened_on", "answers"], site=S, screened_on=D,
-                          answers={"type": "object", "additionalProperties": B}, declined=B, other_reason=text(500, False)),
-       responses={201: ok("recorded", obj(["id", "outcome", "failed_criteria"], id=ID,
-                                          outcome=enum("eligible", "not_eligible", "declined", "other"),
-                                          failed_criteria=array(S))),
-                  400: err("bad input"), 404: err("unknown site")})
+       body=b.ScreeningBody,
+       responses={201: ok("recorded", a.ScreeningResult), 400: err("bad input"), 404: err("unknown site")})
 def create_screening():
     s = db()
     sc = enrollment.record_screening(s, actor(), body())
@@ -33,9 +28,8 @@ def create_screening():
 
 
 @route("/participants", "POST", "Enroll a participant from an eligible screening", "coordinator of the site",
-       request_schema=obj(["screening_id", "consent_date", "date_of_birth", "sex"], screening_id=ID, consent_date=D,
-                          date_of_birth=D, sex=enum(*enrollment.SEXES), strata={"type": "object", "additionalProperties": S}),
-       responses={201: ok("enrolled", obj(["study_id", "site", "status"], study_id=S, site=S, status=S)),
+       body=b.EnrollmentBody,
+       responses={201: ok("enrolled", a.Enrolled),
                   400: err("bad input"), 404: err("unknown screening"), 409: err("screening not eligible or already enrolled")})
 def create_participant():
     s = db()
@@ -50,18 +44,17 @@ PAGE_QUERY = [
      "description": "a page of the list (with X-Total-Count and Link headers); without it, the whole list"},
     {"name": "per_page", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 200},
      "description": "participants per page (default 50, at most 200)"},
-    {"name": "q", "in": "query", "required": False, "schema": S, "description": "part of a study id"},
-    {"name": "status", "in": "query", "required": False, "schema": enum(*participants.STATUSES)},
-    {"name": "arm", "in": "query", "required": False, "schema": S,
-     "description": "an arm key; only for roles that may see the allocation"},
-    {"name": "sort", "in": "query", "required": False, "schema": S,
-     "description": "study_id, site, status, consent_date, sex, randomized_on (arm for unblinded roles); - in front reverses"},
+    text_param("q", "part of a study id"),
+    enum_param("status", participants.STATUSES),
+    text_param("arm", "an arm key; only for roles that may see the allocation", against="the caller's role"),
+    text_param("sort", "study_id, site, status, consent_date, sex, randomized_on (arm for unblinded roles); - in front "
+               "reverses", against="the caller's role"),
 ]
 
 
 @route("/participants", "GET", "Participants as the caller's role may see them", "by role and site",
        params=SITE_QUERY + PAGE_QUERY,
-       responses={200: ok("participants", array(PARTICIPANT)), 400: err("bad page, filter or sort"),
+       responses={200: ok("participants", list[a.Participant]), 400: err("bad page, filter or sort"),
                   403: err("a site you do not work at"), 404: err("unknown site")})
 def list_participants():
     s = db()
@@ -91,7 +84,7 @@ def list_participants():
 
 
 @route("/participants/<study_id>", "GET", "One participant as the caller's role may see it", "by role and site",
-       responses={200: ok("participant", PARTICIPANT), 404: err("unknown participant")})
+       responses={200: ok("participant", a.Participant), 404: err("unknown participant")})
 def get_participant(study_id):
     s = db()
     p = participants.get_participant(s, actor(), study_id)
@@ -100,10 +93,8 @@ def get_participant(study_id):
 
 @route("/participants/<study_id>/assessments", "POST", "Record an assessment of a protocol instrument",
        "assessor of the site (blinded instruments) or coordinator of the site (others)",
-       request_schema=obj(["visit", "instrument", "performed_on", "values"], visit=S, instrument=S, performed_on=D,
-                          values={"type": "object"}, allocation_guess=enum("music_therapy", "usual_care", "unsure"),
-                          guess_confidence={"type": "integer", "minimum": 1, "maximum": 5}),
-       responses={201: ok("recorded", obj(["id", "out_of_window"], id=ID, out_of_window=B, warning=S)),
+       body=b.AssessmentBody,
+       responses={201: ok("recorded", a.AssessmentRecorded),
                   400: err("bad input, naming the field"), 404: err("unknown participant"),
                   409: err("already recorded or not allowed now"), 423: err("the database is locked")})
 def create_assessment(study_id):
@@ -118,10 +109,12 @@ def create_assessment(study_id):
 
 
 @route("/participants/<study_id>/randomize", "POST", "Randomize a ready participant (concealed, irrevocable)", "coordinator of the site",
-       params=[{"name": "Idempotency-Key", "in": "header", "required": False, "schema": text(200),
+       params=[{"name": "Idempotency-Key", "in": "header", "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                 "description": "a retried request with the same key returns the same allocation (200); "
                                "after a 503 outcome_unknown, retry with the same key"}],
-       responses={201: ok("allocated", RANDOMIZED), 200: ok("the same Idempotency-Key again: the same allocation", RANDOMIZED),
+       responses={201: ok("allocated", a.Randomized),
+                  200: ok("the same Idempotency-Key again: the same allocation", a.Randomized),
                   400: err("an empty Idempotency-Key, or one longer than 200 characters"),
                   404: err("unknown participant"), 409: err("not ready, or already randomized"),
                   423: err("the database is locked")})

@@ -3,38 +3,21 @@ from __future__ import annotations
 
 from flask import jsonify, request
 
-from trial.api.routing import body, route
-from trial.api.schemas import DT, ID, ND, NDT, NI, NS, OBJ, SITE_QUERY, B, D, S, array, enum, err, obj, ok, text
-from trial.dataquality.models import QUERY_KINDS, QUERY_STATES
+from trial.api import answers as a
+from trial.api import bodies as b
+from trial.api.params import SITE_QUERY, enum_param, text_param
+from trial.api.routing import body, err, ok, route
+from trial.dataquality.models import QUERY_STATES
 from trial.errors import ValidationError
 from trial.http import actor, db
 from trial.monitoring import service as monitoring
 from trial.notify.service import dismiss
 from trial.queries import service as queries
 from trial.safety import service as safety
-from trial.safety.models import EXPECTEDNESS, OUTCOMES, RELATEDNESS, SERIOUSNESS, SEVERITIES
-
-ON = obj(["kind"], kind=enum(*QUERY_KINDS), id=ID, field={"type": "string", "minLength": 1, "maxLength": 64})
-STEP = obj(["action", "by", "at", "text"], action=enum("raise", "response", "close", "reopen"), by=S, at=DT, text=NS,
-           correction=OBJ)
-QUERY = obj(["id", "study_id", "site", "on", "text", "status", "origin", "raised_by", "raised_at", "thread"],
-            id=ID, study_id=S, site=S, on=obj(["kind"], kind=enum(*QUERY_KINDS), id=NI, field=NS, visit=NS, instrument=NS),
-            text=S, status=enum(*QUERY_STATES), origin=enum("manual", "check"), answer_role=S, raised_by=S, raised_at=DT,
-            updated_at=DT, thread=array(STEP))
-STATE = obj(["id", "status"], id=ID, status=enum(*QUERY_STATES))
-FOLLOW_UP = obj(["id", "on", "outcome", "resolved_on", "text"], id=ID, on=D, outcome=enum(*OUTCOMES), resolved_on=ND, text=S)
-AE = obj(["id", "study_id", "site", "term", "onset", "severity", "serious", "seriousness", "relatedness", "outcome",
-          "resolved_on", "report_due", "acknowledged_at", "follow_ups"],
-         id=ID, study_id=S, site=S, term=S, onset=D, severity=enum(*SEVERITIES), serious=B,
-         seriousness=array(enum(*SERIOUSNESS)), relatedness=enum(*RELATEDNESS),
-         expectedness={"type": "string", "enum": list(EXPECTEDNESS), "nullable": True}, outcome=enum(*OUTCOMES),
-         resolved_on=ND, description=NS, reported_at=DT, report_due=NDT, acknowledged_at=NDT, clock=NS,
-         follow_ups=array(FOLLOW_UP))
-
 
 @route("/queries", "POST", "Raise a query on a record (or one field of it)", "manager; monitor of the site",
-       request_schema=obj(["study_id", "on", "text"], study_id={"type": "string", "minLength": 1}, on=ON, text=text(2000)),
-       responses={201: ok("raised", STATE), 400: err("bad input, naming the field"),
+       body=b.QueryBody,
+       responses={201: ok("raised", a.QueryState), 400: err("bad input, naming the field"),
                   404: err("unknown participant or record")})
 def raise_query():
     q = queries.raise_query(db(), actor(), body())
@@ -44,9 +27,9 @@ def raise_query():
 
 @route("/queries", "GET", "Queries as the caller may see them (an assessor: only on what assessors enter)",
        "by role and site",
-       params=SITE_QUERY + [{"name": "status", "in": "query", "required": False, "schema": enum(*QUERY_STATES)},
-                            {"name": "study_id", "in": "query", "required": False, "schema": S}],
-       responses={200: ok("queries", array(QUERY)), 404: err("unknown site")})
+       params=SITE_QUERY + [enum_param("status", QUERY_STATES),
+                            text_param("study_id", "a participant's study id", against="the trial's records")],
+       responses={200: ok("queries", list[a.Query]), 404: err("unknown site")})
 def list_queries():
     s = db()
     return jsonify(queries.views(s, queries.listing(s, actor(), request.args.get("site"), request.args.get("status"),
@@ -54,7 +37,7 @@ def list_queries():
 
 
 @route("/queries/<int:query_id>", "GET", "One query with its thread", "by role and site",
-       responses={200: ok("the query", QUERY), 404: err("unknown query")})
+       responses={200: ok("the query", a.Query), 404: err("unknown query")})
 def get_query(query_id):
     s = db()
     return jsonify(queries.views(s, [queries.get(s, actor(), query_id)])[0])
@@ -62,8 +45,8 @@ def get_query(query_id):
 
 @route("/queries/<int:query_id>/responses", "POST", "Answer a query (optionally correcting the assessment it is on)",
        "the site's role that enters that data",
-       request_schema=obj(["text"], text=text(2000), correction=obj(["values"], values=OBJ)),
-       responses={201: ok("answered", STATE), 400: err("bad input"), 404: err("unknown query"),
+       body=b.QueryResponseBody,
+       responses={201: ok("answered", a.QueryState), 400: err("bad input"), 404: err("unknown query"),
                   409: err("the query is closed")})
 def respond_query(query_id):
     msg = queries.respond(db(), actor(), query_id, body())
@@ -78,8 +61,8 @@ def _optional_body() -> dict:
 
 
 @route("/queries/<int:query_id>/close", "POST", "Close a query", "manager; monitor of the site",
-       request_schema=obj([], text=text(2000, False)),
-       responses={200: ok("closed", STATE), 404: err("unknown query"), 409: err("already closed")})
+       body=b.QueryNoteBody,
+       responses={200: ok("closed", a.QueryState), 404: err("unknown query"), 409: err("already closed")})
 def close_query(query_id):
     q = queries.close(db(), actor(), query_id, _optional_body())
     db().commit()
@@ -87,8 +70,8 @@ def close_query(query_id):
 
 
 @route("/queries/<int:query_id>/reopen", "POST", "Reopen a closed query", "manager; monitor of the site",
-       request_schema=obj([], text=text(2000, False)),
-       responses={200: ok("reopened", STATE), 404: err("unknown query"), 409: err("not closed")})
+       body=b.QueryNoteBody,
+       responses={200: ok("reopened", a.QueryState), 404: err("unknown query"), 409: err("not closed")})
 def reopen_query(query_id):
     q = queries.reopen(db(), actor(), query_id, _optional_body())
     db().commit()
@@ -96,11 +79,8 @@ def reopen_query(query_id):
 
 
 @route("/participants/<study_id>/adverse-events", "POST", "Record an adverse event", "coordinator of the site",
-       request_schema=obj(["term", "onset", "severity", "serious", "relatedness", "outcome"], term=text(200), onset=D,
-                          severity=enum(*SEVERITIES), serious=B, seriousness=array(enum(*SERIOUSNESS)),
-                          relatedness=enum(*RELATEDNESS), expectedness=enum(*EXPECTEDNESS), outcome=enum(*OUTCOMES),
-                          resolved_on=D, description=text(4000, False)),
-       responses={201: ok("recorded", obj(["id", "serious"], id=ID, serious=B, report_due=NDT)),
+       body=b.AdverseEventBody,
+       responses={201: ok("recorded", a.AdverseEventRecorded),
                   400: err("bad input, naming the field"), 404: err("unknown participant"),
                   409: err("not allowed in the participant's state (withdrawn, a death on another date)")})
 def create_adverse_event(study_id):
@@ -113,8 +93,8 @@ def create_adverse_event(study_id):
 
 
 @route("/adverse-events/<int:ae_id>/follow-ups", "POST", "Record a follow-up of an adverse event", "coordinator of the site",
-       request_schema=obj(["on", "outcome", "text"], on=D, outcome=enum(*OUTCOMES), resolved_on=D, text=text(4000)),
-       responses={201: ok("recorded", obj(["id"], id=ID)), 400: err("bad input, naming the field"),
+       body=b.FollowUpBody,
+       responses={201: ok("recorded", a.Recorded), 400: err("bad input, naming the field"),
                   404: err("unknown adverse event"), 409: err("already resolved, or a death on another date")})
 def follow_up_adverse_event(ae_id):
     fu = safety.follow_up(db(), actor(), ae_id, body())
@@ -123,7 +103,7 @@ def follow_up_adverse_event(ae_id):
 
 
 @route("/adverse-events/<int:ae_id>/acknowledge", "POST", "Acknowledge a serious adverse event (stops its 24-hour clock)",
-       "manager", responses={200: ok("acknowledged", obj(["id", "acknowledged_at"], id=ID, acknowledged_at=DT)),
+       "manager", responses={200: ok("acknowledged", a.Acknowledged),
                              404: err("unknown adverse event"), 409: err("not serious, or acknowledged already")})
 def acknowledge_adverse_event(ae_id):
     ae = safety.acknowledge(db(), actor(), ae_id)
@@ -141,23 +121,23 @@ def _serious_arg() -> bool | None:
 
 
 @route("/adverse-events", "GET", "Adverse events, by site and seriousness", "coordinator, monitor (own sites); manager",
-       params=SITE_QUERY + [{"name": "serious", "in": "query", "required": False, "schema": enum("true", "false")}],
-       responses={200: ok("adverse events", array(AE)), 404: err("unknown site")})
+       params=SITE_QUERY + [enum_param("serious", ("true", "false"))],
+       responses={200: ok("adverse events", list[a.AdverseEvent]), 404: err("unknown site")})
 def list_adverse_events():
     s = db()
     return jsonify(safety.views(s, safety.listing(s, actor(), request.args.get("site"), _serious_arg())))
 
 
 @route("/adverse-events/<int:ae_id>", "GET", "One adverse event with its follow-ups", "coordinator, monitor (own sites); manager",
-       responses={200: ok("the adverse event", AE), 404: err("unknown adverse event")})
+       responses={200: ok("the adverse event", a.AdverseEvent), 404: err("unknown adverse event")})
 def get_adverse_event(ae_id):
     s = db()
     return jsonify(safety.views(s, [safety.get(s, actor(), ae_id)])[0])
 
 
 @route("/participants/<study_id>/verifications", "POST", "Mark a record source-verified", "monitor of the site",
-       request_schema=obj(["on"], on=obj(["kind"], kind=enum(*QUERY_KINDS), id=ID)),
-       responses={201: ok("verified", obj(["id"], id=ID)), 400: err("bad input"), 404: err("unknown record"),
+       body=b.VerificationBody,
+       responses={201: ok("verified", a.Recorded), 400: err("bad input"), 404: err("unknown record"),
                   409: err("already verified")})
 def verify_record(study_id):
     v = monitoring.verify(db(), actor(), study_id, body())
@@ -166,7 +146,7 @@ def verify_record(study_id):
 
 
 @route("/notifications/<int:notification_id>/dismiss", "POST", "Dismiss one of your notifications", "anyone",
-       responses={200: ok("dismissed", obj(["id"], id=ID)), 404: err("not one of yours")})
+       responses={200: ok("dismissed", a.Recorded), 404: err("not one of yours")})
 def dismiss_notification(notification_id):
     n = dismiss(db(), actor(), notification_id)
     db().commit()

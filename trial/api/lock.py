@@ -3,29 +3,18 @@ from __future__ import annotations
 
 from flask import Response, jsonify, request
 
-from trial.api.routing import body, route
-from trial.api.schemas import CONSORT, DT, ID, NDT, NI, NS, OBJ, SITE_QUERY, S, array, enum, err, media, obj, ok, text
+from trial.api import answers as a
+from trial.api import bodies as b
+from trial.api.params import SITE_QUERY
+from trial.api.routing import body, err, media, ok, route
 from trial.exports import service as exports
 from trial.http import actor, db, start_bundle_build
 from trial.lock import service as locks
 
 SITE = SITE_QUERY
-LOCK = obj(["id", "kind", "version", "created_at", "signed_by", "meaning", "lifted_at", "lift_reason", "manifest_sha256",
-            "accepted_open_queries", "status", "progress"],
-           id=ID, kind=enum("soft", "hard"), version=NI, created_at=DT, signed_by=S, meaning=S, lifted_at=NDT,
-           lift_reason=NS, manifest_sha256=NS, accepted_open_queries=array(ID),
-           status={"type": "string", "enum": ["building", "ready", "failed"], "nullable": True,
-                   "description": "a hard lock's bundles (null for a soft lock)"},
-           progress={"type": "number", "minimum": 0, "maximum": 1, "nullable": True})
-PASSWORD = {"type": "string", "minLength": 1}
-
-
 @route("/locks", "POST", "Sign a soft or hard lock (a hard lock's bundles are then built in the background)", "manager",
-       request_schema=obj(["kind", "meaning", "password"], kind=enum("soft", "hard"), meaning=text(500), password=PASSWORD,
-                          accept_open_queries={"type": "boolean", "description": "sign a hard lock although queries are "
-                                                                                 "open (recorded with the signature)"}),
-       responses={201: ok("locked", obj(["id", "kind", "version", "created_at", "status"], id=ID, kind=enum("soft", "hard"),
-                                        version=NI, created_at=DT, status=LOCK["properties"]["status"])),
+       body=b.LockBody,
+       responses={201: ok("locked", a.Locked),
                   400: err("bad input or wrong password"),
                   409: err("a lock is already in force, or queries are open (open_queries: their ids in fields)")})
 def create_lock():
@@ -41,14 +30,14 @@ def create_lock():
 
 
 @route("/locks/<int:lock_id>", "GET", "A lock, with its bundles' state while they are built (status, progress)",
-       "manager, statistician", responses={200: ok("the lock", LOCK), 404: err("unknown lock")})
+       "manager, statistician", responses={200: ok("the lock", a.LockInfo), 404: err("unknown lock")})
 def get_lock(lock_id):
     return jsonify(locks.lock_info(db(), actor(), lock_id))
 
 
 @route("/locks/<int:lock_id>", "DELETE", "Lift a lock (reason and signature); a hard lock's snapshot stays", "manager",
-       request_schema=obj(["reason", "password"], reason=text(500), password=PASSWORD),
-       responses={200: ok("lifted", obj(["id", "kind", "lifted_at"], id=ID, kind=enum("soft", "hard"), lifted_at=DT)),
+       body=b.LockLiftBody,
+       responses={200: ok("lifted", a.Lifted),
                   400: err("bad input or wrong password"), 404: err("unknown lock"), 409: err("not in force")})
 def lift_lock(lock_id):
     data = body()
@@ -58,14 +47,14 @@ def lift_lock(lock_id):
 
 
 @route("/locks", "GET", "Locks and the checksums of their bundles", "manager, statistician",
-       responses={200: ok("locks", array(LOCK))})
+       responses={200: ok("locks", list[a.LockInfo])})
 def list_locks():
     return jsonify(locks.list_locks(db(), actor()))
 
 
 @route("/locks/<int:lock_id>/bundle.zip", "GET", "The locked dataset bundle (blinded until unblinding for statisticians)",
        "manager, statistician", responses={200: {**media("the bundle", "application/zip"), "headers": {
-           "X-Content-SHA256": {"schema": S, "description": "SHA-256 of the zip"}}}, 404: err("no hard lock with that id"),
+           "X-Content-SHA256": {"schema": {"type": "string"}, "description": "SHA-256 of the zip"}}}, 404: err("no hard lock with that id"),
            409: err("the bundle is still being built, or its build failed (bundle_not_ready)")})
 def bundle(lock_id):
     b = locks.get_bundle(db(), actor(), lock_id)
@@ -74,8 +63,8 @@ def bundle(lock_id):
 
 
 @route("/unblinding", "POST", "Unblind the trial (signed; only after a hard lock); reveals the seed", "manager",
-       request_schema=obj(["meaning", "password"], meaning=text(500), password=PASSWORD),
-       responses={201: ok("unblinded", obj(["unblinded_at", "commitment"], unblinded_at=DT, commitment=S)),
+       body=b.SignatureBody,
+       responses={201: ok("unblinded", a.Unblinded),
                   400: err("bad input or wrong password"), 409: err("no hard lock, or already unblinded")})
 def unblinding():
     data = body()
@@ -86,7 +75,7 @@ def unblinding():
 
 
 @route("/consort", "GET", "CONSORT counts (arm keys when unblinded, arm codes when blinded)", "manager, statistician",
-       params=SITE, responses={200: ok("the counts of API.md", CONSORT), 404: err("unknown site"),
+       params=SITE, responses={200: ok("the counts of API.md", a.Consort), 404: err("unknown site"),
                                500: err("the counts do not reconcile (consort_inconsistent)")})
 def consort():
     out = exports.consort_counts(db(), actor(), request.args.get("site"))
@@ -116,9 +105,6 @@ def baseline_csv():
 
 @route("/reports/summary", "GET", "Recruitment and follow-up dates, primary-outcome data per visit, sessions delivered "
        "per arm (unblinded), and the Bang blinding index per arm", "manager, statistician",
-       responses={200: ok("the summary", obj(["recruitment", "primary_outcome_data_by_visit", "blinding_index", "blinded"],
-                                             recruitment=OBJ, primary_outcome_data_by_visit=OBJ,
-                                             blinding_index=array(OBJ), blinded={"type": "boolean"},
-                                             sessions_delivered=OBJ))})
+       responses={200: ok("the summary", a.Summary)})
 def summary():
     return jsonify(exports.summary(db(), actor()))

@@ -3,25 +3,20 @@ from __future__ import annotations
 
 from flask import jsonify
 
+from trial.api import answers as a
 from trial.api.openapi import document
-from trial.api.routing import SPEC_PATHS, route
-from trial.api.schemas import COUNT, NS, OBJ, B, S, array, obj, ok
+from trial.api.routing import OPERATIONS, ok, route
 from trial.http import actor, db
 from trial.protocol import service as protocol_service
 from trial.sites.models import Site
 from trial.sites.service import list_sites
 
-SITE = obj(["code", "name", "country", "target"], code=S, name=S, country=NS, target=COUNT, timezone=S, open=B)
-
-
-@route("/openapi.json", "GET", "This OpenAPI document", "public", responses={200: ok("the document", OBJ)})
+@route("/openapi.json", "GET", "This OpenAPI document", "public", responses={200: ok("the document", a.Object)})
 def openapi():
-    return jsonify(document(SPEC_PATHS))
+    return jsonify(document(OPERATIONS))
 
 
-@route("/me", "GET", "The authenticated user", "anyone", responses={200: ok("user", obj(
-    ["email", "name", "roles", "sites"], email=S, name=S, roles=array(S), sites=array(S),
-    role_sites=array(obj(["role", "site"], role=S, site=NS))))})
+@route("/me", "GET", "The authenticated user", "anyone", responses={200: ok("user", a.Me)})
 def me():
     u = actor()
     codes = {s.id: s.code for s in db().query(Site).all()}
@@ -30,15 +25,12 @@ def me():
                     "role_sites": [{"role": r.role, "site": codes.get(r.site_id)} for r in u.roles]})
 
 
-@route("/sites", "GET", "All sites", "anyone", responses={200: ok("sites", array(SITE))})
+@route("/sites", "GET", "All sites", "anyone", responses={200: ok("sites", list[a.Site])})
 def sites():
     return jsonify([s.as_dict() for s in list_sites(db())])
 
 
-@route("/protocol", "GET", "The current protocol version", "anyone", responses={200: ok("the protocol", obj(
-    ["version", "arms", "randomization", "criteria", "visits", "instruments", "primary_outcome"],
-    version=COUNT, arms=array(OBJ), randomization=OBJ, criteria=array(OBJ), visits=array(OBJ),
-    instruments=array(OBJ), primary_outcome=OBJ))})
+@route("/protocol", "GET", "The current protocol version", "anyone", responses={200: ok("the protocol", a.Protocol)})
 def protocol():
     s = db()
     return jsonify(public_view(s, protocol_service.current(s)))

@@ -1,75 +1,138 @@
-"""The API's blueprint and how a route is declared: :func:`route` registers it and records it in
-the OpenAPI document; :func:`body` reads and checks a JSON body."""
+"""The API's blueprint and how a route is declared: :func:`route` registers it with its request
+body's model and its answers' models (``trial.api.bodies``, ``trial.api.answers``), from which
+the OpenAPI document is generated; :func:`body` reads the JSON body and validates it with the
+route's declared model, so that the document and the check are one declaration."""
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, request
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
 
+from trial.api.answers import Error
 from trial.errors import ValidationError
 from trial.policy import QUERY_PARAMS
-from trial.validation import MAX_ID, check_tree, refuse
+from trial.validation import MAX_ID, NO_CONTROL, check_tree, pydantic_fields, refuse
 
 PATH_EXAMPLES = {"study_id": "AT01-0001", "instrument": "ados2"}
+MAX_NESTING = 32  # a JSON body deeper than this is refused before it is decoded
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-SPEC_PATHS: dict[str, dict[str, Any]] = {}
+
+@dataclass
+class Operation:
+    """A route as the OpenAPI document describes it."""
+    path: str
+    method: str
+    name: str
+    summary: str
+    roles: str
+    body: type[BaseModel] | None
+    responses: dict[int, Any]
+    params: list[dict] = field(default_factory=list)
 
 
-def route(path: str, method: str, summary: str, roles: str, request_schema: dict | None = None,
-          responses: dict[int, str | dict] | None = None, params: list[dict] | None = None):
-    """Register an API route and describe it for OpenAPI. ``path`` uses Flask syntax."""
+OPERATIONS: list[Operation] = []
+BODIES: dict[str, type[BaseModel] | None] = {}  # endpoint -> its declared body (None: it takes none)
+
+
+def ok(description: str, model: Any) -> dict:
+    """A JSON answer: ``model`` is an answer model, or ``list[Model]``."""
+    return {"description": description, "model": model}
+
+
+def err(description: str) -> dict:
+    return {"description": description, "model": Error}
+
+
+def media(description: str, content_type: str) -> dict:
+    """An answer that is not JSON (a PDF, an SVG, a CSV, a zip)."""
+    return {"description": description, "content_type": content_type, "schema": {"type": "string", "format": "binary"}}
+
+
+def route(path: str, method: str, summary: str, roles: str, body: type[BaseModel] | None = None,
+          responses: dict[int, Any] | None = None, params: list[dict] | None = None):
+    """Register an API route with its body's model (None: it takes no body) and its answers.
+    ``path`` uses Flask syntax."""
     def deco(fn):
         bp.add_url_rule(path, fn.__name__, fn, methods=[method])
-        oa_path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", path)
-        op: dict[str, Any] = {"operationId": fn.__name__, "summary": summary,
-                              "description": f"Allowed roles: {roles}.", "responses": {}}
-        if roles == "public":
-            op["security"] = []  # no token needed
-        if params:
-            op["parameters"] = params
+        BODIES["api." + fn.__name__] = body
         QUERY_PARAMS["api." + fn.__name__] = frozenset(p["name"] for p in params or [] if p["in"] == "query")
-        for conv, name in re.findall(r"<(?:([^:>]+):)?([^>]+)>", path):
-            schema = ({"type": "integer", "minimum": 1, "maximum": MAX_ID} if conv == "int" else {"type": "string"})
-            op.setdefault("parameters", []).append({"name": name, "in": "path", "required": True, "schema": schema,
-                                                    "example": PATH_EXAMPLES.get(name, 1 if conv == "int" else "x")})
-        if request_schema:
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": request_schema}}}
-        for status, desc in (responses or {200: "OK"}).items():
-            if isinstance(desc, dict):
-                entry = {"description": desc.get("description", ""),
-                         "content": {desc.get("content_type", "application/json"): {"schema": desc["schema"]}}}
-                if desc.get("headers"):
-                    entry["headers"] = desc["headers"]
-                op["responses"][str(status)] = entry
-            else:
-                op["responses"][str(status)] = {"description": desc}
-        # what any operation may answer: bad input (named in error.fields), unknown ids in the path,
-        # the database unavailable; and, when a token is needed, no token or a forbidden role
-        defaults = [(400, "Bad input: a parameter or field is refused (named in error.fields)"),
-                    (503, "The database is unavailable, or a commit's outcome is unknown (Retry-After)")]
-        if op.get("parameters"):
-            defaults.append((404, "Unknown id or site code in the path or the query"))
-        if method != "GET":
-            defaults.append((423, "The database is locked: no data can be entered or changed"))
-        if roles != "public":
-            defaults += [(401, "No or bad token"), (403, "Role or site not allowed")]
-        for status, desc in defaults:
-            op["responses"].setdefault(str(status), {"description": desc,
-                                                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
-        SPEC_PATHS.setdefault("/api/v1" + oa_path, {})[method.lower()] = op
+        OPERATIONS.append(Operation(path, method, fn.__name__, summary, roles, body, dict(responses or {200: "OK"}),
+                                    list(params or [])))
         return fn
     return deco
 
 
+def _depth(raw: bytes) -> int:
+    """How deeply a JSON text nests its arrays and objects (strings skipped), without decoding it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in raw.decode("utf-8", "replace"):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _json() -> Any:
+    raw = request.get_data(cache=True)
+    if _depth(raw) > MAX_NESTING:
+        raise ValidationError(f"The request body nests deeper than {MAX_NESTING} levels.",
+                              {"body": f"nests deeper than {MAX_NESTING} levels"})
+    try:
+        return json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return None
+
+
 def body() -> dict:
-    """The request's JSON object, with every string, integer and number in it checked (control
-    characters, integers beyond 64 bits and non-finite numbers are a 400 naming the field)."""
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
+    """The request's JSON object, validated with the route's declared body model: every string,
+    integer and number of its declared fields checked (control characters, integers beyond 64 bits
+    and non-finite numbers are a 400 naming the field), then the model's fields (each bad one
+    named by its dotted path). Returns the declared fields as sent: the service reads them and
+    checks what depends on the trial's state and the protocol."""
+    model = BODIES.get(request.endpoint or "")
+    if model is None:
+        raise LookupError(f"{request.endpoint} declares no body model")
+    sent = _json() if request.is_json else None
+    if not isinstance(sent, dict):
         raise ValidationError("The request body must be a JSON object.", {"body": "must be a JSON object"})
-    refuse("The request was not accepted", check_tree(data))
+    # the declared fields only, as sent (a whole number written 3.0 as 3): what the model does not
+    # declare is ignored, whatever it holds (a model that forbids other fields refuses them)
+    try:
+        data, errors = model.model_validate(sent).model_dump(exclude_unset=True), {}
+    except PydanticValidationError as e:
+        forbid = model.model_config.get("extra") == "forbid"
+        data = sent if forbid else {k: v for k, v in sent.items() if k in model.model_fields}
+        errors = pydantic_fields(e, model.WORDS)
+    for name, why in check_tree(data).items():
+        errors.setdefault(name, why)
+    refuse(model.LEAD, errors, model.LABELS)
     return data
 
+
+def path_parameters(path: str) -> list[dict]:
+    out = []
+    for conv, name in re.findall(r"<(?:([^:>]+):)?([^>]+)>", path):
+        schema = ({"type": "integer", "minimum": 1, "maximum": MAX_ID} if conv == "int"
+                  else {"type": "string", "pattern": NO_CONTROL})
+        out.append({"name": name, "in": "path", "required": True, "schema": schema,
+                    "example": PATH_EXAMPLES.get(name, 1 if conv == "int" else "x")})
+    return out

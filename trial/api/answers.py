@@ -1,0 +1,508 @@
+"""The API's answers, declared once: each a model from which the OpenAPI document's response
+schema is generated (schemathesis checks every answer against it). A field that may be null says
+so (``X | None``); a field that some callers do not get is optional (``= ABSENT``)."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from trial.course.models import ATTENDANCE, PRESENT
+from trial.dataquality.models import QUERY_KINDS, QUERY_STATES
+from trial.participants.models import SEXES
+from trial.safety.models import EXPECTEDNESS, OUTCOMES, RELATEDNESS, SERIOUSNESS, SEVERITIES
+from trial.validation import MAX_ID
+
+Date = Annotated[str, WithJsonSchema({"type": "string", "format": "date"})]
+Moment = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Count = Annotated[int, Field(ge=0)]
+Object = dict[str, Any]
+ABSENT: Any = Field(None, json_schema_extra={"x-absent": True})  # left out of the answer, never null
+
+
+def one_of(*values: str) -> Any:
+    return Literal[values]  # type: ignore[valid-type]
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(Answer):
+    code: str
+    message: str
+    fields: dict[str, str] = Field(description="each bad field and why; {} when no single field is at fault")
+
+
+class Error(Answer):
+    """Every error: ``{error: {code, message, fields}}``."""
+    error: ErrorDetail
+
+
+# --- platform -----------------------------------------------------------------------------------
+
+class RoleSite(Answer):
+    role: str
+    site: str | None
+
+
+class Me(Answer):
+    email: str
+    name: str
+    roles: list[str]
+    sites: list[str]
+    role_sites: list[RoleSite] = ABSENT
+
+
+class Site(Answer):
+    code: str
+    name: str
+    country: str | None
+    target: Count
+    timezone: str = ABSENT
+    open: bool = ABSENT
+
+
+class Protocol(Answer):
+    version: Count
+    arms: list[Object]
+    randomization: Object
+    criteria: list[Object]
+    visits: list[Object]
+    instruments: list[Object]
+    primary_outcome: Object
+
+
+# --- participants -------------------------------------------------------------------------------
+
+class Event(Answer):
+    type: str
+    on: Date
+
+
+class Participant(Answer):
+    study_id: str
+    site: str
+    status: str
+    consent_date: Date
+    date_of_birth: Date
+    sex: one_of(*SEXES)
+    strata: dict[str, str]
+    enrolled_at: Moment
+    baseline_primary_recorded: bool
+    randomized_on: Date | None
+    events: list[Event]
+    arm: str = Field(None, description="only for roles that may see the allocation", json_schema_extra={"x-absent": True})
+    arm_label: str = Field(None, description="only for roles that may see the allocation",
+                           json_schema_extra={"x-absent": True})
+
+
+class ScreeningResult(Answer):
+    id: Id
+    outcome: one_of("eligible", "not_eligible", "declined", "other")
+    failed_criteria: list[str]
+
+
+class Enrolled(Answer):
+    study_id: str
+    site: str
+    status: str
+
+
+class AssessmentRecorded(Answer):
+    id: Id
+    out_of_window: bool
+    warning: str = ABSENT
+
+
+class Randomized(Answer):
+    study_id: str
+    arm: str
+    arm_label: str
+    randomized_at: Moment
+
+
+class Visit(Answer):
+    visit: str
+    label: str
+    primary: bool
+    instruments_done: list[str]
+    instruments_expected: list[str]
+    status: one_of("done", "done_out_of_window", "due", "overdue", "upcoming", "missing", "not_expected",
+                   "not_yet_randomized")
+    window_start: Date = ABSENT
+    target: Date = ABSENT
+    window_end: Date = ABSENT
+
+
+class WorklistItem(Visit):
+    study_id: str
+    warning: str = ABSENT
+
+
+class Schedule(Answer):
+    study_id: str
+    visits: list[Visit]
+    warning: str = ABSENT
+
+
+# --- the course ---------------------------------------------------------------------------------
+
+class Recorded(Answer):
+    id: Id
+
+
+class SessionRecorded(Recorded):
+    outside_course: bool
+
+
+class CounsellingRecorded(Recorded):
+    number: Id
+
+
+class Session(Answer):
+    id: Id
+    held_on: Date
+    attendance: one_of(*ATTENDANCE)
+    minutes: int | None
+    techniques: list[str]
+    engagement: int | None
+    note: str | None
+    outside_course: bool
+    present: one_of(*PRESENT) | None
+    goals: list[str]
+
+
+class CourseGoal(Answer):
+    id: Id
+    goal: str
+    description: str | None
+    active: bool
+    set_on: Date
+    sessions: Count
+
+
+class Dose(Answer):
+    planned: int | None
+    attended: int | None
+    logged: int | None
+    dose: float | None
+    course_start: Date
+    course_end: Date
+
+
+class CounsellingSession(Answer):
+    number: Id
+    held_on: Date
+    attended: bool
+
+
+class Course(Answer):
+    study_id: str
+    arm: str
+    sessions: list[Session]
+    counselling: list[CounsellingSession]
+    dose: Dose = ABSENT
+    goals: list[CourseGoal] = ABSENT
+
+
+class Adherence(Answer):
+    arm: str
+    label: str
+    participants: Count
+    sessions_attended: Count
+    mean_dose: float | None
+    received_minimum: int | None
+
+
+class AssessmentCorrected(Answer):
+    id: Id
+    values: Object
+
+
+class Notification(Answer):
+    id: Id
+    message: str
+    created_at: Moment
+
+
+# --- data management ----------------------------------------------------------------------------
+
+class QueryOn(Answer):
+    kind: one_of(*QUERY_KINDS)
+    id: int | None = ABSENT
+    field: str | None = ABSENT
+    visit: str | None = ABSENT
+    instrument: str | None = ABSENT
+
+
+class QueryStep(Answer):
+    action: one_of("raise", "response", "close", "reopen")
+    by: str
+    at: Moment
+    text: str | None
+    correction: Object = ABSENT
+
+
+class Query(Answer):
+    id: Id
+    study_id: str
+    site: str
+    on: QueryOn
+    text: str
+    status: one_of(*QUERY_STATES)
+    origin: one_of("manual", "check")
+    answer_role: str = ABSENT
+    raised_by: str
+    raised_at: Moment
+    updated_at: Moment = ABSENT
+    thread: list[QueryStep]
+
+
+class QueryState(Answer):
+    id: Id
+    status: one_of(*QUERY_STATES)
+
+
+class FollowUp(Answer):
+    id: Id
+    on: Date
+    outcome: one_of(*OUTCOMES)
+    resolved_on: Date | None
+    text: str
+
+
+class AdverseEvent(Answer):
+    id: Id
+    study_id: str
+    site: str
+    term: str
+    onset: Date
+    severity: one_of(*SEVERITIES)
+    serious: bool
+    seriousness: list[one_of(*SERIOUSNESS)]
+    relatedness: one_of(*RELATEDNESS)
+    expectedness: one_of(*EXPECTEDNESS) | None = ABSENT
+    outcome: one_of(*OUTCOMES)
+    resolved_on: Date | None
+    description: str | None = ABSENT
+    reported_at: Moment = ABSENT
+    report_due: Moment | None
+    acknowledged_at: Moment | None
+    clock: str | None = ABSENT
+    follow_ups: list[FollowUp]
+
+
+class AdverseEventRecorded(Answer):
+    id: Id
+    serious: bool
+    report_due: Moment | None = ABSENT
+
+
+class Acknowledged(Answer):
+    id: Id
+    acknowledged_at: Moment
+
+
+# --- the intervention as delivered -----------------------------------------------------------------
+
+class Credential(Answer):
+    id: Id
+    kind: str
+    number: str
+    issuer: str | None
+    valid_from: Date
+    valid_to: Date
+    state: one_of("valid", "expiring", "expired", "not_yet_valid", "revoked")
+    days_left: int
+
+
+class Therapist(Answer):
+    id: Id
+    email: str
+    name: str
+    sites: list[str]
+    credentials: list[Credential]
+    credentialed: bool
+    expires_on: Date | None
+    warning: bool
+
+
+class Goal(Answer):
+    id: Id
+    goal: str
+    description: str | None
+    active: bool
+    set_on: Date
+
+
+class Draw(Answer):
+    id: Id
+    therapist: str
+    seed: str
+    share: float
+    population: list[Id]
+    population_sha256: str
+    size: Count
+    sample: list[Id]
+    drawn_at: Moment
+
+
+class TherapistFidelity(Answer):
+    therapist: str
+    name: str = ABSENT
+    site: str
+    sampled: Count
+    rated: Count
+    adherent: Count
+    mean_score: float | None = ABSENT
+    share_adherent: float | None = ABSENT
+
+
+class MonthFidelity(Answer):
+    month: str
+    rated: Count
+    adherent: Count
+
+
+class Fidelity(Answer):
+    sampled: Count
+    rated: Count
+    adherent: Count = ABSENT
+    threshold: float = ABSENT
+    share: float = ABSENT
+    by_therapist: list[TherapistFidelity]
+    by_month: list[MonthFidelity] = ABSENT
+
+
+class FidelityDue(Answer):
+    session: Id
+    held_on: Date
+    minutes: int | None = ABSENT
+    study_id: str
+    site: str
+    therapist: str | None = ABSENT
+
+
+class Rated(Answer):
+    id: Id
+    mean: float
+    adherent: bool
+
+
+class DeliveredTable(Answer):
+    arms: list[str]
+    columns: list[str]
+    rows: list[list[str]]
+    definition: str
+
+
+# --- grants -------------------------------------------------------------------------------------
+
+GRANT_STATES = ("pending", "approved", "rejected", "withdrawn")
+
+
+class Grant(Answer):
+    id: Id
+    user: str
+    role: str
+    site: str | None
+    status: one_of(*GRANT_STATES)
+    reason: str | None
+    requested_by: str
+    requested_at: Moment
+    decided_by: str | None
+    decided_at: Moment | None
+    decision_note: str | None
+    holds: str
+
+
+class Decided(Answer):
+    id: Id
+    status: one_of(*GRANT_STATES)
+
+
+# --- locks, CONSORT and reports -----------------------------------------------------------------
+
+BuildStatus = Annotated[Literal["building", "ready", "failed"] | None,
+                        Field(description="a hard lock's bundles (null for a soft lock)")]
+
+
+class LockInfo(Answer):
+    id: Id
+    kind: one_of("soft", "hard")
+    version: int | None
+    created_at: Moment
+    signed_by: str
+    meaning: str
+    lifted_at: Moment | None
+    lift_reason: str | None
+    manifest_sha256: str | None
+    accepted_open_queries: list[Id]
+    status: BuildStatus
+    progress: Annotated[float, Field(ge=0, le=1)] | None
+
+
+class Locked(Answer):
+    id: Id
+    kind: one_of("soft", "hard")
+    version: int | None
+    created_at: Moment
+    status: BuildStatus
+
+
+class Lifted(Answer):
+    id: Id
+    kind: one_of("soft", "hard")
+    lifted_at: Moment
+
+
+class Unblinded(Answer):
+    unblinded_at: Moment
+    commitment: str
+
+
+class Box(Answer):
+    total: int
+    reasons: dict[str, int]
+
+
+class NullableBox(Answer):
+    total: int | None
+    reasons: dict[str, int]
+
+
+class ArmCounts(Answer):
+    label: str
+    allocated: int
+    received_allocated_intervention: int | None
+    did_not_receive_allocated_intervention: NullableBox
+    lost_to_follow_up: Box
+    discontinued_intervention: NullableBox
+    analysed: int
+    excluded_from_analysis: Box
+
+
+class Excluded(Answer):
+    total: int
+    not_meeting_inclusion_criteria: int
+    declined_to_participate: int
+    other_reasons: int
+
+
+class Consort(Answer):
+    assessed_for_eligibility: int
+    excluded: Excluded
+    randomized: int
+    arms: dict[str, ArmCounts] = Field(description="by arm key; for a blinded reader the one entry 'all', pooled over "
+                                                   "the arms")
+    withheld_while_blinded: list[str] = ABSENT
+
+
+class Summary(Answer):
+    recruitment: Object
+    primary_outcome_data_by_visit: Object
+    blinding_index: list[Object]
+    blinded: bool
+    sessions_delivered: Object = ABSENT
