@@ -75,7 +75,7 @@ serve: install
 WORKERS ?= auto
 test: install-dev
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n $(WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache build *.egg-info
