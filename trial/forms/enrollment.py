@@ -59,7 +59,7 @@ def assessment_form(instrument: dict, visits: list[tuple[str, str]], with_guess:
                                                       description=_l("Which arm do you think the child is in?"))
         AssessmentForm.guess_confidence = SelectField(_l(GUESS_LABELS["guess_confidence"]),
                                                       choices=[("", "—")] + [(str(k), _l(v)) for k, v in CONFIDENCE_CHOICES.items()],
-                                                      description=_l("Required with a guess."))
+                                                      description=_l("How sure are you of the guess? (optional)"))
     AssessmentForm.confirm_window = BooleanField(_l("The date is outside the visit's window: save it anyway "
                                                     "(it is recorded as a deviation and a query asks the site to confirm it)"))
     AssessmentForm.submit = SubmitField(_l("Save assessment"))

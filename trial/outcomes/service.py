@@ -116,7 +116,8 @@ def guess_visits(content: dict) -> list[str]:
 
 def guess_errors(content: dict, instrument: dict, visit: dict, guess: Any, confidence: Any) -> dict[str, str]:
     """What is wrong with an allocation guess and its confidence (``{}`` when nothing): a guess
-    only where the protocol takes one, always with its confidence, a confidence only with a guess."""
+    only where the protocol takes one; its confidence is optional (API.md makes the guess optional
+    and asks nothing of a confidence), recorded when given, and only with a guess."""
     errors: dict[str, str] = {}
     if guess is not None:
         if not instrument["blinded"]:
@@ -130,8 +131,7 @@ def guess_errors(content: dict, instrument: dict, visit: dict, guess: Any, confi
             errors["allocation_guess"] = (f"is not taken at {visit['label']}; the protocol takes it at "
                                           f"{', '.join(labels) if labels else 'no visit'}")
     if confidence is None:
-        if guess is not None and "allocation_guess" not in errors:
-            errors["guess_confidence"] = "is required with a guess: from 1 (pure guess) to 5 (certain)"
+        pass
     elif guess is None:
         errors["guess_confidence"] = "is recorded only with an allocation guess"
     elif isinstance(confidence, bool) or not isinstance(confidence, int) or not 1 <= confidence <= 5:
