@@ -317,7 +317,7 @@ def _edited(edit) -> dict:
 
 
 @pytest.mark.parametrize("edit, key, problem", [
-    (lambda r: r["visits"][1]["labels"].update(fr="2 mois"), "visits[1].labels.fr", "not a language of the web UI"),
+    (lambda r: r["visits"][1]["labels"].update(Deutsch="2 Monate"), "visits[1].labels.Deutsch", "not a language tag"),
     (lambda r: r["visits"][1]["labels"].update(en="2 months"), "visits[1].labels.en", "English is the label itself"),
     (lambda r: r["visits"][1]["labels"].update(de=2), "visits[1].labels.de", "non-empty string"),
     (lambda r: r["visits"][1]["labels"].update(de=" "), "visits[1].labels.de", "non-empty string"),
@@ -325,8 +325,8 @@ def _edited(edit) -> dict:
     (lambda r: r["criteria"][0].update(labels=r["criteria"][0].pop("questions")), "criteria[0].labels", "not a known key"),
     (lambda r: r["criteria"][0]["questions"].update(en="Is the child ...?"), "criteria[0].questions.en",
      "English is the question itself"),
-    (lambda r: r["instruments"][0]["fields"][0]["labels"].update(sv="Social affekt"),
-     "instruments[0].fields[0].labels.sv", "not a language of the web UI"),
+    (lambda r: r["instruments"][0]["fields"][0]["labels"].update(**{"swedish language": "Social affekt"}),
+     "instruments[0].fields[0].labels.swedish language", "not a language tag"),
     (lambda r: r["course"]["technique_labels"].update(drums={"de": "Trommeln"}), "course.technique_labels.drums",
      "not one of course.techniques"),
 ])

@@ -36,6 +36,7 @@ class Immutable:
 
 protocol_content = Immutable("protocol content by the SHA-256 of its text")
 designs = Immutable("randomization design by (id, commitment)")
+form_rules = Immutable("when each form of the protocol became due, by the current version's (number, SHA-256)")
 sealed_seeds = Immutable("sealed-seed ciphertext by (design id, commitment)")
 
 

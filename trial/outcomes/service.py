@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, literal, or_, select, union_all
+from sqlalchemy import and_, case, exists, func, literal, or_, select, true, union_all
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
@@ -25,6 +25,7 @@ from trial.participants.service import (
     participant_query,
     randomization_day,
 )
+from trial.protocol.service import ALWAYS, form_rules
 from trial.protocol.service import current as current_protocol
 from trial.scope import is_cli, require_site_role, visible_site_ids
 from trial.sites.models import Site
@@ -376,23 +377,32 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
     events = events_of(db, ids)
     out: dict[int, list[dict]] = {}
     tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
+    rules = form_rules(db)
     for p in participants:
         day = on or today(tzs[p.site_id])
         alloc = allocs.get(p.id)
         start = local_date(alloc.randomized_at, tzs[p.site_id]) if alloc else None  # randomization_day, without a query per child
         final = next((e for e in events.get(p.id, []) if e.type in ("withdrawn", "died")), None)
         wanted = [i["key"] for i in _role_instruments(content, actor, p.site_id)]
-        out[p.id] = [_schedule_entry(content, v, wanted, done.get((p.id, v["key"]), []), alloc, start, final, day)
-                     for v in content["visits"]]
+        out[p.id] = [_schedule_entry(content, v, wanted, done.get((p.id, v["key"]), []), alloc, start, final, day,
+                                     rules) for v in content["visits"]]
     return out
 
 
 def _schedule_entry(content: dict, v: dict, wanted: list[str], entered: list[Assessment], alloc,
-                    start: dt.date | None, final, day: dt.date) -> dict:
+                    start: dt.date | None, final, day: dt.date, rules: dict) -> dict:
     """One visit of a participant's schedule: the forms the reader enters there, those entered,
-    and (after randomization) the window and the visit's status on ``day``."""
+    and (after randomization) the window and the visit's status on ``day``. A form an amendment
+    added is expected only where it applies to the child (not_expected when none does)."""
     entry = {"visit": v["key"], "label": v["label"], "primary": v["primary"]}
     instruments = [k for k in wanted if any(i["key"] == k and v["key"] in i["visits"] for i in content["instruments"])]
+    if start is not None and v["key"] != "baseline":
+        closes = visit_window(v, start)[2]
+        applying = [k for k in instruments if rules.get((v["key"], k), ALWAYS).applies(start, closes)]
+        if instruments and not applying:
+            entry.update(instruments_done=[], instruments_expected=[], status="not_expected")
+            return entry
+        instruments = applying
     recorded = [a for a in entered if a.instrument in instruments]
     entry["instruments_done"] = sorted(a.instrument for a in recorded)
     entry["instruments_expected"] = instruments
@@ -438,6 +448,7 @@ def missing_form_candidates(db: Session, stmt, on: dt.date | None = None, limit:
     _, last = _today_span(db, on)
     conds = []
     randomized_at = select(Allocation.randomized_at).where(Allocation.participant_id == Participant.id).scalar_subquery()
+    rules = form_rules(db)
     for v in content["visits"]:
         if v["key"] == "baseline":
             continue
@@ -446,7 +457,7 @@ def missing_form_candidates(db: Session, stmt, on: dt.date | None = None, limit:
             if v["key"] not in ins["visits"]:
                 continue
             conds.append(and_(
-                randomized_at < closed_before,
+                randomized_at < closed_before, _applies_from(rules.get((v["key"], ins["key"]), ALWAYS), v, randomized_at),
                 ~exists().where(Assessment.participant_id == Participant.id, Assessment.visit == v["key"],
                                 Assessment.instrument == ins["key"]),
                 ~exists().where(DataQuery.participant_id == Participant.id, DataQuery.origin == "check",
@@ -456,6 +467,15 @@ def missing_form_candidates(db: Session, stmt, on: dt.date | None = None, limit:
         return []
     q = stmt.where(or_(*conds)).order_by(Participant.id)
     return list(db.execute(q if limit is None else q.limit(limit)).scalars())
+
+
+def _applies_from(rule, v: dict, randomized_at):
+    """A condition no weaker than the form's rule (a day's slack for the site's time zone): the
+    children it may apply to; :func:`check_missing_forms` checks each exactly."""
+    if rule.since is None:
+        return true()
+    back = v["day"] + v["window_after"] if rule.everyone else 0
+    return randomized_at >= _utc(rule.since - dt.timedelta(days=back + 1))
 
 
 def check_missing_forms(db: Session, participants: list, on: dt.date | None = None) -> int:
@@ -476,6 +496,7 @@ def check_missing_forms(db: Session, participants: list, on: dt.date | None = No
         DataQuery.target_id.is_(None))).all())  # a missing form is queried once; a closed query is not raised again
     known = done | asked
     raised = 0
+    rules = form_rules(db)
     for p in participants:
         alloc = allocs.get(p.id)
         if alloc is None:
@@ -490,7 +511,8 @@ def check_missing_forms(db: Session, participants: list, on: dt.date | None = No
             if day <= hi or (final is not None and final.on <= hi):
                 continue
             for ins in content["instruments"]:
-                if v["key"] in ins["visits"] and (p.id, v["key"], ins["key"]) not in known:
+                if v["key"] in ins["visits"] and (p.id, v["key"], ins["key"]) not in known \
+                        and rules.get((v["key"], ins["key"]), ALWAYS).applies(start, hi):
                     q = raise_check(db, p, "assessment", None, missing_key(p.id, v["key"], ins["key"]),
                                     Msg(N_("%(form)s at %(visit)s is missing: its window closed on %(day)s. Enter it, "
                                            "or answer why it cannot be."), form=_form_label(ins), visit=_visit_label(v),

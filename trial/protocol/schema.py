@@ -11,11 +11,12 @@ so a file is reported in two rounds at most: every problem within the sections, 
 between them. The amendment rules live beside the versions, in ``trial.protocol.service``."""
 from __future__ import annotations
 
+import datetime as dt
 import re
 import tomllib
 from typing import Annotated, Any, ClassVar
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError,
                       WithJsonSchema, model_serializer, model_validator)
 from pydantic_core import PydanticCustomError
 
@@ -101,15 +102,17 @@ CredentialKind = Annotated[str, AfterValidator(_key_check(CREDENTIAL_RE, "creden
                            WithJsonSchema({"type": "string", "pattern": CREDENTIAL_RE.pattern})]
 TrialKey = Annotated[str, AfterValidator(_key_check(TRIAL_KEY_RE, "trial key (lower-case letters, digits, - and _)")),
                      WithJsonSchema({"type": "string", "pattern": TRIAL_KEY_RE.pattern})]
-LANGUAGE_CODES = [c for c in LANGUAGES if c != "en"] + [c.replace("_", "-") for c in LANGUAGES if "_" in c]
+# a language tag (ISO 639 and an optional region or script): the web UI speaks LANGUAGES; words in
+# other languages (a site's own, e.g. sv) are kept and exported, and shown in English on the pages
+LANGUAGE_TAG = re.compile(r"^[a-z]{2,3}([_-]([A-Z]{2}|[A-Z][a-z]{3}|\d{3}))?$")
 
 
 def translations(english: str | None):
-    """A table of the words in the other languages of the web UI, by language (``de``, ``pt_BR``
-    or ``pt-BR``, ...): ``labels`` beside ``label``, ``questions`` beside a criterion's
-    ``question``. English is the plain ``label`` (or ``question``) and the fallback of every
-    language left out; ``english`` None: English may be given in the table too (technique labels).
-    An empty table is no table."""
+    """A table of the words in other languages, by language tag (``de``, ``pt_BR`` or ``pt-BR``,
+    ``sv``, ...): ``labels`` beside ``label``, ``questions`` beside a criterion's ``question``.
+    English is the plain ``label`` (or ``question``) and the fallback of every language left out;
+    ``english`` None: English may be given in the table too (technique labels). Languages the web
+    UI does not speak are kept (the bundle exports them). An empty table is no table."""
     def check(table: Any) -> dict[str, str] | None:
         if not isinstance(table, dict):
             raise problem(f"must be a dict, not {_type_name(table)} {table!r}")
@@ -118,15 +121,15 @@ def translations(english: str | None):
             code = str(lang).replace("-", "_")
             if code == "en" and english:
                 raise problem(f"English is the {english} itself, not a translation", f".{lang}")
-            if code not in LANGUAGES:
-                raise problem(f"is not a language of the web UI (one of {', '.join(LANGUAGES)})", f".{lang}")
+            if not LANGUAGE_TAG.match(str(lang)):
+                raise problem("is not a language tag (e.g. de, pt_BR, sv)", f".{lang}")
             if not isinstance(words, str) or not words.strip():
                 raise problem("must be a non-empty string", f".{lang}")
             out[code] = words
         return out or None
-    langs = LANGUAGE_CODES + (["en"] if english is None else [])
-    schema = {"type": "object", "propertyNames": {"enum": langs}, "additionalProperties": {"type": "string", "minLength": 1},
-              "description": "the words in other languages of the web UI, by language"}
+    names = {"pattern": LANGUAGE_TAG.pattern} if english is None else {"pattern": LANGUAGE_TAG.pattern, "not": {"const": "en"}}
+    schema = {"type": "object", "propertyNames": names, "additionalProperties": {"type": "string", "minLength": 1},
+              "description": f"the words in other languages, by language tag (the web UI speaks {', '.join(LANGUAGES)})"}
     return Annotated[dict[str, str] | None, PlainValidator(check), WithJsonSchema(schema)]
 
 
@@ -327,8 +330,13 @@ class Fidelity(Section):
         return self
 
 
+APPLIES_TO = ("new", "all")
+AppliesTo = Field(None, description="when an amendment adds it: 'new' (default) for children randomized on or after the "
+                                    "version's effective_from, 'all' for every child whose window has not closed by then")
+
+
 class Visit(Section):
-    OMIT_NONE = ("labels",)
+    OMIT_NONE = ("labels", "applies_to")
     key: Key
     label: str | None = None
     day: int = Field(description="target day after randomization")
@@ -339,6 +347,7 @@ class Visit(Section):
     allocation_guess: bool | None = Field(
         None, description="does the blinded assessor guess the allocation here? By default at every visit after "
                           "baseline with a blinded instrument")
+    applies_to: one_of(*APPLIES_TO) | None = AppliesTo
 
     @model_validator(mode="after")
     def _guess(self):
@@ -399,13 +408,14 @@ class InstrumentField(Section):
 
 
 class Instrument(Section):
-    OMIT_NONE = ("labels",)
+    OMIT_NONE = ("labels", "applies_to")
     key: Key
     label: str
     blinded: bool = Field(description="entered by the blinded assessor")
     visits: list[str]
     fields: Keyed(InstrumentField)
     labels: Labels = None
+    applies_to: one_of(*APPLIES_TO) | None = AppliesTo
 
 
 class PrimaryOutcome(Section):
@@ -444,8 +454,11 @@ class Protocol(Section):
     """A trial's protocol: arms, randomization, eligibility, course, visits, instruments, the
     primary outcome and (optionally) the intervention's details and the primary analysis."""
     model_config = ConfigDict(strict=True, extra="forbid", title="Trial protocol")
-    OMIT_NONE = ("credentials", "goals", "fidelity", "analysis")
+    OMIT_NONE = ("credentials", "goals", "fidelity", "analysis", "effective_from")
     trial: TrialInfo
+    effective_from: Annotated[dt.date, PlainSerializer(dt.date.isoformat)] | None = Field(
+        None, description="an amendment's date: a visit or instrument it adds is due for children randomized on or "
+                          "after it (default: the day the version is loaded)")
     arms: Keyed(Arm) = Field(json_schema_extra={"minItems": 2})
     randomization: Randomization
     eligibility: Eligibility = Field(default_factory=Eligibility)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,16 @@ def content_by_sha(db: Session, sha: str | None) -> dict[str, Any]:
         .order_by(ProtocolVersion.version.desc()).limit(1)).scalar_one())
 
 
+def version(db: Session, number: int | None = None) -> ProtocolVersion:
+    """Version ``number`` (the one in force when None)."""
+    if number is None:
+        return current(db)
+    pv = db.execute(select(ProtocolVersion).where(ProtocolVersion.version == number)).scalar_one_or_none()
+    if pv is None:
+        raise NotFound(f"There is no protocol version {number}.")
+    return pv
+
+
 def versions(db: Session, actor) -> list[ProtocolVersion]:
     """Every protocol version, newest first (admins; amendments are loaded with `trial protocol load`)."""
     require_role(db, actor, "admin")
@@ -81,6 +93,61 @@ def load_text(db: Session, actor, text: str, source_name: str = "protocol") -> P
                                                            "amendment": content["trial"]["amendment"],
                                                            "source_name": source_name})
     return pv
+
+
+@dataclass(frozen=True)
+class FormRule:
+    """When a form (an instrument at a visit) became part of the protocol: ``since`` None for a
+    form of the first version (every child); else the effective date of the amendment that added
+    it, and whether it applies to every child whose window had not closed by then (``applies_to =
+    "all"`` on the visit or the instrument) or only to children randomized on or after it."""
+    since: dt.date | None = None
+    everyone: bool = False
+
+    def applies(self, start: dt.date, closes: dt.date) -> bool:
+        """Is the form due for a child randomized on ``start`` whose window closes on ``closes``?
+        A window that closed before the amendment never becomes missing or overdue."""
+        return self.since is None or start >= self.since or (self.everyone and closes >= self.since)
+
+
+ALWAYS = FormRule()
+
+
+def forms_of(content: dict[str, Any]) -> set[tuple[str, str]]:
+    """Every (visit, instrument) form after baseline that the protocol collects."""
+    return {(v, ins["key"]) for ins in content["instruments"] for v in ins["visits"] if v != "baseline"}
+
+
+def effective_from(pv: ProtocolVersion) -> dt.date:
+    """The day a version's additions apply from: its ``effective_from``, else the day it was loaded (UTC)."""
+    given = pv.content.get("effective_from")
+    return dt.date.fromisoformat(given) if given else pv.loaded_at.date()
+
+
+def form_rules(db: Session, version: int | None = None, sha: str | None = None) -> dict[tuple[str, str], FormRule]:
+    """Each form of the version in force (or of ``version`` with text ``sha``, as a hot path read
+    them) that an amendment added, with its rule; forms not named here are in every child's plan.
+    Worked out from the versions once per process and version (versions never change)."""
+    if version is None or sha is None:
+        pv = current(db)
+        version, sha = pv.version, pv.sha256
+    return cache.form_rules.get((version, sha), lambda: _form_rules(db, version))
+
+
+def _form_rules(db: Session, upto: int) -> dict[tuple[str, str], FormRule]:
+    versions = list(db.execute(select(ProtocolVersion).where(ProtocolVersion.version <= upto)
+                               .order_by(ProtocolVersion.version)).scalars())
+    pv = versions[-1]
+    seen = forms_of(versions[0].content)
+    added: dict[tuple[str, str], dt.date] = {}
+    for v in versions[1:]:
+        for form in sorted(forms_of(v.content) - seen):
+            added.setdefault(form, effective_from(v))
+        seen |= forms_of(v.content)
+    everyone = {v["key"] for v in pv.content["visits"] if v.get("applies_to") == "all"} | \
+               {i["key"] for i in pv.content["instruments"] if i.get("applies_to") == "all"}
+    return {form: FormRule(since, form[0] in everyone or form[1] in everyone)
+            for form, since in added.items() if form in forms_of(pv.content)}
 
 
 def _check_amendment(db: Session, old: dict, new: dict) -> None:

@@ -213,6 +213,7 @@ class Readiness:
     site_timezone: str
     protocol_version: int  # the version of the protocol whose SHA-256 was given
     reasons: list[str]
+    protocol_sha: str = ""
 
 
 def _readiness(db: Session, p: Participant, design: RandomizationDesign | DesignView | None,
@@ -244,7 +245,7 @@ def _readiness(db: Session, p: Participant, design: RandomizationDesign | Design
         if missing:
             reasons.append(Msg(N_("the stratification factor %(factor)s is not recorded"),
                                factor=", ".join(f.get("label", f["key"]) for f in missing)))
-    return Readiness(code, tz, version, reasons)
+    return Readiness(code, tz, version, reasons, sha)
 
 
 def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = None, at=None) -> Result:
@@ -275,7 +276,8 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
         db.expire(stratum)
     # 3. write the allocation, the child's visit plan and the audit record, in this transaction
     alloc = _insert_allocation(db, actor, p, slot, arm, details, idempotency_key, at)
-    plan_new(db, p.id, p.site_id, alloc.randomized_at, ready.site_timezone, protocol, ready.protocol_version)
+    plan_new(db, p.id, p.site_id, alloc.randomized_at, ready.site_timezone, protocol, ready.protocol_version,
+             ready.protocol_sha)
     audit.record(db, actor, "randomize", "allocation", p.study_id,
                  {"allocation": (None, {"arm": arm, "stratum": key, "seq": slot.last_seq})}, reveals_allocation=True)
     return Result(alloc, p, True, _arm_label(protocol, arm))

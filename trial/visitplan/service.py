@@ -12,6 +12,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from trial.participants.models import FINAL_EVENTS, Allocation, Assessment, Participant, StatusEvent
+from trial.protocol.service import ALWAYS, form_rules
 from trial.protocol.service import current as current_protocol
 from trial.sites.models import Site
 from trial.timeline import local_date, visit_window
@@ -20,20 +21,26 @@ from trial.visitplan.models import PlannedVisit, VisitPlanState
 BATCH = 2000  # participants re-planned per round trip when re-planning many
 
 
-def _rows(pid: int, site_id: int, at, tz: str, content: dict, version: int, entered: dict, final_on) -> list[dict]:
+def _rows(pid: int, site_id: int, at, tz: str, content: dict, version: int, entered: dict, final_on,
+          rules: dict) -> list[dict]:
+    """The child's plan: a row per visit after baseline with the forms due there for this child (a
+    form an amendment added only if it applies to the child: :class:`trial.protocol.service.FormRule`;
+    a visit with none is not in the plan)."""
     start = local_date(at, tz)
     rows = []
     for idx, v in enumerate(content["visits"]):
         if v["key"] == "baseline":
             continue
         lo, target, hi = visit_window(v, start)
+        forms = [ins for ins in content["instruments"]
+                 if v["key"] in ins["visits"] and rules.get((v["key"], ins["key"]), ALWAYS).applies(start, hi)]
+        if not forms and any(v["key"] in ins["visits"] for ins in content["instruments"]):
+            continue
         row = {"participant_id": pid, "site_id": site_id, "visit": v["key"], "visit_idx": idx, "randomized_at": at,
                "opens": lo, "target": target, "closes": hi, "ended": final_on is not None and final_on <= hi,
                "blinded_forms": 0, "blinded_entered": 0, "blinded_late": False,
                "other_forms": 0, "other_entered": 0, "other_late": False, "protocol_version": version}
-        for ins in content["instruments"]:
-            if v["key"] not in ins["visits"]:
-                continue
+        for ins in forms:
             kind = "blinded" if ins["blinded"] else "other"
             row[f"{kind}_forms"] += 1
             late = entered.get((pid, v["key"], ins["key"]))
@@ -44,11 +51,14 @@ def _rows(pid: int, site_id: int, at, tz: str, content: dict, version: int, ente
     return rows
 
 
-def plan_new(db: Session, participant_id: int, site_id: int, randomized_at, tz: str, content: dict, version: int) -> None:
-    """The plan of a child randomized now (randomization's hot path: one INSERT). A child is
-    randomized with no form after the baseline and no final status event (randomization refuses
-    one who withdrew or died), so nothing is entered or ended yet."""
-    db.execute(insert(PlannedVisit), _rows(participant_id, site_id, randomized_at, tz, content, version, {}, None))
+def plan_new(db: Session, participant_id: int, site_id: int, randomized_at, tz: str, content: dict, version: int,
+             sha: str) -> None:
+    """The plan of a child randomized now (randomization's hot path: one INSERT; the amendments'
+    rules are read once per process and version). A child is randomized with no form after the
+    baseline and no final status event (randomization refuses one who withdrew or died), so
+    nothing is entered or ended yet."""
+    rules = form_rules(db, version, sha)
+    db.execute(insert(PlannedVisit), _rows(participant_id, site_id, randomized_at, tz, content, version, {}, None, rules))
 
 
 def derive(db: Session, participant_ids: list[int]) -> list[dict]:
@@ -72,8 +82,9 @@ def derive(db: Session, participant_ids: list[int]) -> list[dict]:
                               .where(StatusEvent.participant_id.in_(ids), StatusEvent.type.in_(FINAL_EVENTS))):
         final[pid] = min(on, final.get(pid, on))
     rows = []
+    rules = form_rules(db)
     for pid, at, site_id in allocs:
-        rows += _rows(pid, site_id, at, tzs[site_id], content, pv.version, entered, final.get(pid))
+        rows += _rows(pid, site_id, at, tzs[site_id], content, pv.version, entered, final.get(pid), rules)
     return rows
 
 
