@@ -100,9 +100,9 @@ def test_every_role_at_every_step_of_a_query(kids, db):
         qid = ok(w.api("POST", "/queries", "monitor", json={**target, "text": f"Please check the {kind}."}))["id"]
         ok(w.api("POST", "/queries", "manager", json={**target, "text": "And the manager's own."}))
 
-        def hidden(who):
-            return who in ("statistician", "admin") or who == "coordinator_no" or (who == "assessor" and kind != "assessment") \
-                or (who == "therapist" and kind != "session")
+        def hidden(who):  # a query reaches only the role that answers it (and the raisers)
+            return who in ("statistician", "admin") or who == "coordinator_no" or \
+                (who in ("coordinator", "therapist", "assessor") and who != answerer)
 
         def refused(method, path, who, body, allowed):
             for other in ROLES:
@@ -193,6 +193,38 @@ def test_lists_by_site_status_and_the_home_page_counts(kids, app, db):
     assert f'href="/participants/{u.study_id}#queries" title="queries not closed">3</a>' in grid
     listing = c.get("/queries?status=open").get_data(as_text=True)
     assert listing.count(f"/participants/{u.study_id}") >= 3
+
+
+def test_a_query_reaches_exactly_the_role_that_answers_it_and_every_count_is_its_list(kids, app, db):
+    w, u, hi = kids["world"], kids["usual"], kids["high"]
+    targets = {"coordinator": {"study_id": u.study_id, "on": {"kind": "participant"}},
+               "assessor": {"study_id": u.study_id, "on": {"kind": "assessment", "id": aid(db, u), "field": "rrb"}},
+               "therapist": {"study_id": hi.study_id, "on": {"kind": "session", "id": session_id(db, hi)}}}
+    ids = {role: ok(w.api("POST", "/queries", "monitor", json={**t, "text": "Please check."}))["id"]
+           for role, t in targets.items()}
+    # every query a role is shown is one it answers, or one it raised and closes
+    for who in ROLES:
+        listed = {q["id"]: q for q in ok(w.api("GET", "/queries", who), 200)} if who not in ("statistician", "admin") else {}
+        for q in listed.values():
+            assert who.split("_")[0] in (q["answer_role"], "monitor", "manager"), (who, q)
+        if who in targets:
+            assert set(listed) == {ids[who]}, (who, listed)
+    assert set(ids.values()) <= {q["id"] for q in ok(w.api("GET", "/queries", "manager"), 200)}
+    # the home page's count is the list it links to; its notice goes once the query is answered
+    c = app.test_client()
+    c.post("/login", data={"email": "coordinator@example.org", "password": PASSWORD})
+    home = " ".join(c.get("/").get_data(as_text=True).split())
+    assert "1 query waits for your answer." in home and f"/queries/{ids['coordinator']}" in home
+    link = re.search(r'href="(/queries\?[^"]*mine=1[^"]*)"', home).group(1).replace("&amp;", "&")
+    listing = c.get(link).get_data(as_text=True)
+    assert listing.count('href="/queries/') == 1 and f'href="/queries/{ids["coordinator"]}"' in listing
+    ok(w.api("POST", f"/queries/{ids['coordinator']}/responses", "coordinator", json={"text": "Checked."}))
+    home = " ".join(c.get("/").get_data(as_text=True).split())
+    assert "waits for your answer" not in home and f"/queries/{ids['coordinator']}" not in home
+    # closing settles the raisers' and answerers' notices too
+    ok(w.api("POST", f"/queries/{ids['therapist']}/close", "monitor", json={}), 200)
+    assert not db.execute(select(Notification).where(Notification.link == f"/queries/{ids['therapist']}",
+                                                     Notification.read_at.is_(None))).first()
 
 
 # --- automatic queries ---------------------------------------------------------------------------

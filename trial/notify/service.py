@@ -13,7 +13,7 @@ import time
 from email.message import EmailMessage
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from trial import db as database
@@ -74,6 +74,14 @@ def notifications_for(db: Session, actor, unread_only: bool = True) -> list[Noti
     if unread_only:
         q = q.where(Notification.read_at.is_(None))
     return list(db.execute(q.limit(50)).scalars())
+
+
+def settle(db: Session, link: str) -> int:
+    """Dismiss, for everyone, the unread notifications that point at ``link`` once what they
+    announced no longer waits (a query answered or closed): a notice must not say what is no
+    longer true. Returns how many."""
+    return db.execute(update(Notification).where(Notification.link == link, Notification.read_at.is_(None))
+                      .values(read_at=utcnow()).execution_options(synchronize_session=False)).rowcount or 0
 
 
 def dismiss(db: Session, actor, notification_id: int) -> Notification:

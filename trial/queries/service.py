@@ -14,7 +14,7 @@ from trial.dataquality.models import QUERY_STATES, DataQuery, QueryMessage
 from trial.dataquality.service import target_text
 from trial.db import lock_for_update, utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
-from trial.notify.service import notify, users_with_role
+from trial.notify.service import notify, settle, users_with_role
 from trial.outcomes.service import correct_assessment
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.participants.models import Assessment, Participant
@@ -102,6 +102,7 @@ def respond(db: Session, actor, query_id: int, data: dict) -> QueryMessage:
     db.flush()
     audit.record(db, actor, "respond", "query", q.id, {"status": (old, "answered"), "response": (None, body)},
                  reveals_allocation=not q.assessor_visible)
+    settle(db, f"/queries/{q.id}")  # the notices that it waits for an answer no longer hold
     return msg
 
 
@@ -140,6 +141,8 @@ def _set_state(db: Session, actor, query_id: int, state: str, data: dict) -> Dat
     db.flush()
     audit.record(db, actor, "close" if state == "closed" else "reopen", "query", q.id, {"status": (old, state)},
                  reason=note, reveals_allocation=not q.assessor_visible)
+    if state == "closed":
+        settle(db, f"/queries/{q.id}")
     if state == "open":
         notify(db, users_with_role(db, q.answer_role, p.site_id),
                Msg(N_("Query %(id)s on %(study_id)s was reopened: %(text)s"), id=q.id, study_id=p.study_id, text=note)
@@ -151,15 +154,22 @@ def _set_state(db: Session, actor, query_id: int, state: str, data: dict) -> Dat
 
 # --- who sees which queries ----------------------------------------------------------------------
 
+ANSWERERS = ("coordinator", "therapist", "assessor")
+
+
 def _visibility(db: Session, actor, stmt):
-    """Restrict a select of DataQuery to what ``actor`` may see: managers every query, monitors
-    and coordinators their sites', therapists the session queries of their sites, assessors only
-    queries on what assessors enter (never on sessions, events or adverse events)."""
+    """Restrict a select of DataQuery to what ``actor`` may see: a query reaches exactly the role
+    that can answer it at its site, and the roles that raise and close queries. Managers every
+    query, monitors their sites'; coordinators and therapists the queries they answer at their
+    sites; assessors only queries on what assessors enter (never on sessions, events or adverse
+    events)."""
     if is_cli(actor) or actor.has_role("manager"):
         return stmt
     conditions = []
-    for role, extra in (("coordinator", None), ("monitor", None), ("therapist", DataQuery.kind == "session"),
-                        ("assessor", DataQuery.assessor_visible)):  # (a plain test: the partial index's predicate)
+    for role, extra in (("coordinator", DataQuery.answer_role == "coordinator"), ("monitor", None),
+                        ("therapist", DataQuery.answer_role == "therapist"),
+                        # (assessor_visible: a plain test, the partial index's predicate)
+                        ("assessor", DataQuery.assessor_visible & (DataQuery.answer_role == "assessor"))):
         sites = actor.site_ids(role)
         if sites:
             cond = DataQuery.site_id.in_(sorted(sites))
@@ -173,11 +183,22 @@ def may_see(db: Session, actor, q: DataQuery) -> bool:
     return db.execute(_visibility(db, actor, select(DataQuery.id).where(DataQuery.id == q.id))).first() is not None
 
 
+def _mine(actor):
+    """The queries waiting for ``actor``'s answer: open, at a site where the user holds the role that answers them."""
+    mine = [(role, sorted(actor.site_ids(role))) for role in ANSWERERS if actor.site_ids(role)]
+    if not mine:
+        return DataQuery.id.is_(None)
+    return (DataQuery.status == "open") & or_(*[(DataQuery.answer_role == role) & DataQuery.site_id.in_(sites)
+                                                 for role, sites in mine])
+
+
 def listing_query(db: Session, actor, site_code: str | None = None, status: str | None = None,
-                  study_id: str | None = None, search: str | None = None):
+                  study_id: str | None = None, search: str | None = None, mine: bool = False):
     """A select of the queries ``actor`` may see, filtered by site, status, a participant and a
-    study-id fragment."""
+    study-id fragment; ``mine``: only those waiting for the user's own answer (the home page's count)."""
     q = _visibility(db, actor, select(DataQuery))
+    if mine and not is_cli(actor):
+        q = q.where(_mine(actor))
     if study_id or search:  # the participant table only when the list is filtered by study id
         q = q.join(Participant, Participant.id == DataQuery.participant_id)
     if status is not None:
@@ -204,10 +225,10 @@ QUERY_SORTS = {"id": DataQuery.id, "raised_at": DataQuery.raised_at, "status": D
 
 
 def page(db: Session, actor, req: PageRequest, site_code: str | None = None, status: str | None = None,
-         search: str | None = None) -> Page:
+         search: str | None = None, mine: bool = False) -> Page:
     """A page of the queries ``actor`` may see (newest first unless sorted otherwise)."""
     sort = sort_key(req.sort, QUERY_SORTS, "-raised_at")
-    q = listing_query(db, actor, site_code, status, search=search)
+    q = listing_query(db, actor, site_code, status, search=search, mine=mine)
     if sort.lstrip("-") == "study_id" and not search:
         q = q.join(Participant, Participant.id == DataQuery.participant_id)
     return paginate(db, ordered(q, sort, QUERY_SORTS, DataQuery.id), req, sort=sort, key=DataQuery.id)
@@ -251,15 +272,8 @@ def waiting_counts(db: Session, actor) -> dict:
     if actor is None or is_cli(actor):
         return {}
     out = {}
-    mine = []
-    for role in ("coordinator", "therapist", "assessor"):
-        sites = actor.site_ids(role)
-        if sites:
-            mine.append((role, sites))
-    if mine:
-        cond = or_(*[(DataQuery.answer_role == role) & DataQuery.site_id.in_(sorted(sites)) for role, sites in mine])
-        out["to_answer"] = db.execute(_visibility(db, actor, select(func.count()).select_from(DataQuery))
-                                      .where(DataQuery.status == "open", cond)).scalar()
+    if any(actor.site_ids(role) for role in ANSWERERS):  # the count of the list it links to (mine=1)
+        out["to_answer"] = db.execute(listing_query(db, actor, mine=True).with_only_columns(func.count())).scalar()
     if actor.has_role(*RAISERS):
         sites = visible_site_ids(db, actor, *RAISERS)
         base = select(DataQuery.status, func.count()).group_by(DataQuery.status)

@@ -30,10 +30,11 @@ def queries_page():
     queries.require_reader(s, actor())
     site, status = request.args.get("site") or None, _on_page(request.args.get("status", "open"))
     search = request.args.get("q") or None
-    page = queries.page(s, actor(), page_request(), site, status, search)
+    mine = request.args.get("mine") == "1"
+    page = queries.page(s, actor(), page_request(), site, status, search, mine=mine)
     ages = {q.id: queries.age_days(q) for q in page.items}
     return render_template("queries/list.html", page=page.map(lambda rows: queries.views(s, rows)), ages=ages,
-                           site=site, status=status or "all", search=search, sites=visible_sites(s, actor()))
+                           site=site, status=status or "all", search=search, sites=visible_sites(s, actor()), mine=mine)
 
 
 def _numeric_fields(s, q) -> tuple[list[dict], dict | None]:
