@@ -227,6 +227,25 @@ def test_a_query_reaches_exactly_the_role_that_answers_it_and_every_count_is_its
                                                      Notification.read_at.is_(None))).first()
 
 
+def test_a_monitor_picks_the_field_by_its_label(kids, app, db):
+    u = kids["usual"]
+    c = app.test_client()
+    c.post("/login", data={"email": "monitor@example.org", "password": PASSWORD})
+    url = f"/participants/{u.study_id}/queries/new?kind=assessment&id={aid(db, u)}"
+    page = c.get(url).get_data(as_text=True)
+    assert '<select' in page and '<option value="rrb">' in page and "Restricted and repetitive behaviour" in page
+    assert 'name="field" type="text"' not in page
+    before = state(db)
+    r = c.post(url, data={"kind": "assessment", "target_id": str(aid(db, u)), "field": "total_t",
+                          "text": "Please check."})
+    assert r.status_code == 400 and state(db) == before  # not a field of the ADOS-2: not offered, refused
+    r = c.post(url, data={"kind": "assessment", "target_id": str(aid(db, u)), "field": "rrb",
+                          "text": "Please check."})
+    assert r.status_code == 302
+    q = db.execute(select(DataQuery).order_by(DataQuery.id.desc())).scalars().first()
+    assert (q.kind, q.field) == ("assessment", "rrb")
+
+
 # --- automatic queries ---------------------------------------------------------------------------
 
 def checks(db, origin="check"):

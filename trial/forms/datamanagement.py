@@ -26,7 +26,9 @@ def _choices(kind: str, values):
 class RaiseQueryForm(FlaskForm):
     kind = HiddenField()
     target_id = HiddenField()
-    field = StringField(_l("Field (optional)"), validators=[Optional(), Length(max=64)])
+    # the form's fields by their labels (an assessment's: the instrument's, in the page's language);
+    # the choices are set by the view for the record queried
+    field = SelectField(_l("Field (optional)"), choices=[("", "—")], validate_choice=True)
     text = TextAreaField(_l("Query"), validators=[DataRequired(), Length(max=2000)])
     submit = SubmitField(_l("Raise the query"))
 

@@ -7,7 +7,7 @@ from flask_babel import gettext as _
 from trial.catalogue import N_
 from trial.errors import DomainError, NotFound
 from trial.forms import datamanagement as forms
-from trial.http import actor, db, form_errors, is_page_error, page_request, post_and_return, protocol_content, say
+from trial.http import actor, db, form_errors, is_page_error, page_request, plabel, post_and_return, protocol_content, say
 from trial.monitoring import service as monitoring
 from trial.notify.service import dismiss
 from trial.participants.models import Assessment
@@ -94,6 +94,17 @@ def reopen(query_id: int):
     return _state(query_id, queries.reopen, _("Query reopened; the site is told."))
 
 
+def _field_choices(s, target) -> list[tuple[str, str]]:
+    """The fields a query may name, by their labels in the page's language: an assessment's are
+    its instrument's and the date performed; a query on any other record is on the whole record."""
+    whole = [("", _("— the whole record"))]
+    if target.kind != "assessment" or not target.instrument:
+        return whole
+    ins = next(i for i in protocol_content()["instruments"] if i["key"] == target.instrument)
+    return whole + [(f["key"], plabel("field", f"{ins['key']}.{f['key']}")) for f in ins["fields"]] + \
+        [("performed_on", _("the date performed"))]
+
+
 @bp.route("/participants/<study_id>/queries/new", methods=["GET", "POST"], endpoint="raise_query")
 def raise_query(study_id: str):
     s = db()
@@ -108,6 +119,7 @@ def raise_query(study_id: str):
         if is_page_error(e):
             raise
         raise NotFound(N_("No such record to query.")) from e
+    form.field.choices = _field_choices(s, target)
     if form.validate_on_submit():
         try:
             q = queries.raise_query(s, actor(), {"study_id": p.study_id, "text": form.text.data,
