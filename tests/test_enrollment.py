@@ -166,3 +166,30 @@ def test_web_screen_and_enroll(world, app, db):
     assert r.status_code == 302 and r.headers["Location"].endswith("/participants/AT01-0001")
     page = c.get("/participants/AT01-0001").get_data(as_text=True)
     assert "Not ready" in page and "baseline" in page
+
+
+def test_consent_may_precede_the_screening_within_the_protocols_limit(world, db):
+    """Families often consent first: TIME-A allows a consent up to 30 days before the screening
+    (eligibility.consent_before_screening_days); earlier is refused naming the field."""
+    sc = world.screen("AT01")  # screened 30 days ago
+    before = db.execute(select(func.count()).select_from(Participant)).scalar()
+    r = world.api("POST", "/participants", "coordinator", json=enroll_body(sc.id, consent_date=(
+        TODAY - dt.timedelta(days=61)).isoformat()))
+    assert r.status_code == 400 and set(r.get_json()["error"]["fields"]) == {"consent_date"}
+    assert "before the screening" in r.get_json()["error"]["fields"]["consent_date"]
+    assert db.execute(select(func.count()).select_from(Participant)).scalar() == before
+    r = world.api("POST", "/participants", "coordinator", json=enroll_body(sc.id, consent_date=(
+        TODAY - dt.timedelta(days=50)).isoformat()))
+    assert r.status_code == 201, r.get_json()
+
+
+def test_the_enrolment_form_preselects_no_sex(world, app, db):
+    from tests.helpers import PASSWORD
+    sc = world.screen("AT01")
+    c = app.test_client()
+    c.post("/login", data={"email": "coordinator@example.org", "password": PASSWORD})
+    page = c.get(f"/screenings/{sc.id}/enroll").get_data(as_text=True)
+    assert '<option value="">—</option><option value="female">' in page and "selected" not in page.split('name="sex"')[1].split("</select>")[0]
+    r = c.post(f"/screenings/{sc.id}/enroll", data={"consent_date": TODAY.isoformat(),
+                                                    "date_of_birth": (TODAY - dt.timedelta(days=5 * 365)).isoformat()})
+    assert r.status_code == 400 and db.execute(select(func.count()).select_from(Participant)).scalar() == 0

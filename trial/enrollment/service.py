@@ -139,12 +139,15 @@ def _next_study_id(db: Session, site: Site) -> str:
 
 
 def _enrolment_values(content: dict, data: dict, sc: Screening, site: Site) -> tuple[dt.date, dt.date, str, dict]:
-    """The consent date (not before the screening nor after today at the site), the date of
-    birth (an age at consent the protocol allows), the sex and the strata, checked, or 400
-    naming each bad one."""
+    """The consent date (not after today at the site, nor before the screening by more than the
+    protocol's ``consent_before_screening_days``), the date of birth (an age at consent the
+    protocol allows), the sex and the strata, checked, or 400 naming each bad one."""
     errors: dict[str, str] = {}
+    early = content["eligibility"].get("consent_before_screening_days", 0)
     consent = clinical_date(data.get("consent_date"), "consent_date", errors, today(site.timezone),
-                            not_before=(sc.screened_on, N_("the screening date")))
+                            not_before=(sc.screened_on - dt.timedelta(days=early),
+                                        N_("the screening date") if not early
+                                        else N_("the earliest consent date the protocol allows before the screening")))
     born = parse_date(data.get("date_of_birth"), "date_of_birth", errors)
     sex = data.get("sex")
     if sex not in SEXES:

@@ -34,7 +34,9 @@ def enroll_form(factors: list[dict]):
     class EnrollForm(FlaskForm):
         consent_date = DateField(_l("Consent date"), validators=[DataRequired()])
         date_of_birth = DateField(_l("Date of birth"), validators=[DataRequired()])
-        sex = SelectField(_l("Sex"), choices=[(k, _l(label("sex", k))) for k in ("female", "male")])
+        # nothing preselected: a sex left as the first choice would be recorded without being asked
+        sex = SelectField(_l("Sex"), choices=[("", "—")] + [(k, _l(label("sex", k))) for k in ("female", "male")],
+                          validators=[InputRequired()])
     for f in factors:
         if f["key"] != "site":
             setattr(EnrollForm, f"s_{f['key']}", SelectField(f.get("label", f["key"]), choices=[(x, x) for x in f["levels"]]))

@@ -253,6 +253,9 @@ class Randomization(Section):
 class Eligibility(Section):
     min_age_months: int = Field(0, ge=0)
     max_age_months: int = Field(1200, ge=0)
+    consent_before_screening_days: int = Field(
+        0, ge=0, le=365, description="how many days before the screening a family's consent may be dated (families "
+                                     "often consent first); 0: not before the screening")
 
     @model_validator(mode="after")
     def _range(self):
