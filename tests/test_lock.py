@@ -660,12 +660,36 @@ def test_web_lock_forms_sign_refuse_and_respect_roles(app, world, kids, db):
     assert "Download bundle" in page and f"/locks/{lk}/bundle.zip" in page
     assert mgr.get(f"/locks/{lk}/bundle.zip").data == world.api("GET", f"/locks/{lk}/bundle.zip", "manager").data
     before = fingerprint(db)
-    mgr.post(f"/locks/{lk}/lift", data={"reason": "", "password": PASSWORD})
-    mgr.post(f"/locks/{lk}/lift", data={"reason": "late data", "password": "wrong-password-9"})
+    mgr.post(f"/locks/{lk}/lift", data={"reason": "", "password": PASSWORD, "confirm": "y"})
+    mgr.post(f"/locks/{lk}/lift", data={"reason": "late data", "password": "wrong-password-9", "confirm": "y"})
     assert fingerprint(db) == before
+    # lifting and unblinding each need their own confirmation ticked: without it, nothing changes
+    mgr.post(f"/locks/{lk}/lift", data={"reason": "late data", "password": PASSWORD})
+    assert "The lock was not lifted: tick the box" in _flashes(mgr)
     mgr.post("/unblinding", data={"meaning": "Unblind after the final lock.", "password": PASSWORD})
+    assert "The trial was not unblinded: tick the box" in _flashes(mgr)
+    db.expire_all()
+    assert fingerprint(db) == before and active_lock_id(db) == lk
+    assert db.execute(select(RandomizationDesign.unblinded_at)).scalar() is None
+    mgr.post("/unblinding", data={"meaning": "Unblind after the final lock.", "password": PASSWORD, "confirm": "y"})
     db.expire_all()
     assert db.execute(select(RandomizationDesign.unblinded_at)).scalar() is not None
+
+
+def test_web_lock_page_gives_lifting_and_unblinding_a_section_each(app, world, kids, db):
+    mgr = web_client(app, "manager")
+    page = mgr.get("/locks").get_data(as_text=True)
+    assert 'id="unblind-title"' in page and 'action="/unblinding"' not in page  # no hard lock: nothing to sign
+    ok(lock(world, "hard"))
+    page = mgr.get("/locks").get_data(as_text=True)
+    sections = re.findall(r'<section class="narrow action[^"]*" aria-labelledby="([a-z-]+)">(.*?)</section>', page, re.DOTALL)
+    by_title = {title: body for title, body in sections}
+    assert set(by_title) == {"lift-title", "unblind-title"}, list(by_title)
+    lift_, unblind_ = by_title["lift-title"], by_title["unblind-title"]
+    assert "/lift" in lift_ and "/unblinding" not in lift_ and 'id="lift-confirm"' in lift_ and "snapshot" in lift_
+    assert "/unblinding" in unblind_ and "/lift" not in unblind_ and 'id="unblind-confirm"' in unblind_
+    assert "cannot be taken back" in unblind_
+    assert re.search(r'<input[^>]*id="unblind-confirm"[^>]*required', unblind_)
 
 
 # --- lifting a hard lock, version 2 -----------------------------------------------------------------

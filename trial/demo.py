@@ -1,10 +1,17 @@
 """Demo data: TIME-A's countries as ten sites, a user of each role, and synthetic participants at
 every stage: screened out, enrolled, randomized months ago with sessions, counselling, follow-up
 visits, blinded guesses, a few withdrawals and losses to follow-up; queries, adverse events and
-source verification at the sites of the demo staff."""
+source verification at the sites of the demo staff.
+
+The demo is the same at every reset: every draw comes from ``seed`` (the same children, numbers
+and allocations, with dates relative to the sites' today). Each child draws from a stream of its
+own, so that a change to one child's story leaves the others as they were. The randomization
+and the fidelity draw are opened with seeds derived from ``seed`` too (sealed and audited as any;
+a real trial's come from the CSPRNG: ``trial randomization open`` never passes one)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import random
 
 from sqlalchemy import select
@@ -71,18 +78,29 @@ def load_demo(db: Session, participants_per_site: int = 10, seed: int = 2011) ->
     for code, name, cc, tz, target in SITES:
         create_site(db, actor, {"code": code, "name": f"TIME-A {name}", "country": cc, "timezone": tz, "target": target})
     staff, logins = _staff(db, actor)
-    rng = random.Random(seed)
     content = current(db).content
     leads = _therapists(db, actor, staff)
     if get_design(db) is None:
-        open_randomization(db, actor)
+        open_randomization(db, actor, seed=_derived(seed, "randomization"))
     for code, _name, _cc, tz, _target in SITES:
         today = local_today(tz)  # the site's date: east or west of UTC it may not be the server's
         for i in range(participants_per_site):
-            _participant(db, actor, rng, content, code, today, i % 10, leads.get(code, actor))
-    _data_management(db, staff, rng)
-    _fidelity(db, staff, rng, content)
+            _participant(db, actor, _stream(seed, f"child:{code}:{i}"), content, code, today, i % 10,
+                         leads.get(code, actor))
+    _data_management(db, staff, _stream(seed, "data-management"))
+    _fidelity(db, staff, _stream(seed, "fidelity"), content, seed)
     return logins
+
+
+def _derived(seed: int, purpose: str) -> bytes:
+    """A 32-byte secret of the demo's own, the same at every reset (never a real trial's)."""
+    return hashlib.sha256(f"TIME-A demo {seed} {purpose}".encode()).digest()
+
+
+def _stream(seed: int, name: str) -> random.Random:
+    """A random stream of its own for one part of the demo (str seeds hash with SHA-512: the same
+    in every process, whatever PYTHONHASHSEED)."""
+    return random.Random(f"{seed}:{name}")
 
 
 def _staff(db: Session, actor) -> tuple[dict, list[tuple[str, str, str]]]:
@@ -239,9 +257,11 @@ def _queries(db: Session, staff: dict, here: list[Participant], music: list[Part
     # a value queried by the monitor and answered by the assessor with a correction
     a = db.execute(select(Assessment).where(Assessment.participant_id == here[0].id, Assessment.visit == "baseline",
                                             Assessment.instrument == "ados2")).scalar()
+    up = a.values["rrb"] <= 6  # the worksheet's value is within the scale's 1-8 either way
     q = queries.raise_query(db, monitor, {"study_id": here[0].study_id, "on": {"kind": "assessment", "id": a.id, "field": "rrb"},
-                                          "text": "The source worksheet gives RRB 2 points higher than entered. Please check."})
-    fixed = dict(a.values, rrb=min(a.values["rrb"] + 2, 8))
+                                          "text": f"The source worksheet gives RRB 2 points {'higher' if up else 'lower'} "
+                                                  "than entered. Please check."})
+    fixed = dict(a.values, rrb=a.values["rrb"] + (2 if up else -2))
     queries.respond(db, staff["assessor"], q.id, {"text": "Transcription error; corrected from the worksheet.",
                                                   "correction": {"values": fixed}})
     queries.close(db, monitor, q.id, {"text": "Matches the source now."})
@@ -284,9 +304,10 @@ def _adverse_events(db: Session, staff: dict, rng: random.Random, here: list[Par
                 "resolved_on": min(onset + dt.timedelta(days=6), local_today(p.site.timezone)).isoformat()})
 
 
-def _fidelity(db: Session, staff: dict, rng: random.Random, content: dict) -> None:
+def _fidelity(db: Session, staff: dict, rng: random.Random, content: dict, seed: int) -> None:
     """The fidelity draw over Theo's and Tove's sessions, and most of the sample rated by the other."""
-    fidelity.draw(db, staff["manager"])
+    emails = {u.id: u.email for u in staff.values()}
+    fidelity.draw(db, staff["manager"], seed_for=lambda tid: _derived(seed, f"fidelity:{emails.get(tid, tid)}").hex())
     items = [i["key"] for i in content["fidelity"]["items"]]
     other = {staff["therapist"].id: staff["therapist2"], staff["therapist2"].id: staff["therapist"]}
     sampled = db.execute(select(TherapySession).join(FidelitySample, FidelitySample.session_id == TherapySession.id)

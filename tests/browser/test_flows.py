@@ -2,7 +2,9 @@
 coordinator screens, enrols and randomizes a child (the assessor enters the baseline ADOS-2 in
 between); the therapist logs a session; the assessor enters a 2-month assessment with a guess of
 the allocation; the coordinator answers a query; the manager signs a soft lock (a banner on every
-page, the data-entry links gone for everyone) and lifts it again."""
+page, the data-entry links gone for everyone) and lifts it again; under a hard lock, lifting and
+unblinding are two sections of the Locks page, and unblinding without its confirmation ticked
+changes nothing."""
 from __future__ import annotations
 
 import datetime as dt
@@ -13,8 +15,9 @@ from sqlalchemy import select
 
 from tests.browser.conftest import PHONE
 from trial.auth.models import User
-from trial.lock.service import lift_lock
+from trial.lock.service import build_now, create_lock, lift_lock
 from trial.protocol.service import current
+from trial.randomize.service import get_design
 from trial.timeline import today
 from trial.trialstate.service import active_lock_id
 
@@ -176,6 +179,7 @@ def test_manager_signs_a_soft_lock_every_page_says_so_and_lifting_it_reopens_ent
         manager.goto(live.url + "/locks")
         manager.get_by_label("Reason for lifting the lock").fill("Data entry continues: the lock was a rehearsal.")
         manager.locator("#lift-password").fill(PASSWORD["manager"])
+        manager.get_by_label("I understand that lifting the lock reopens data entry at every site.").check()
         manager.get_by_role("button", name="Sign and lift").click()
         assert "Lock lifted" in _flash(manager)
         assert manager.get_by_role("region", name="Database lock").count() == 0
@@ -198,3 +202,45 @@ def _lift_if_locked(live) -> None:
             manager = db.execute(select(User).where(User.email == "manager@demo.trial")).scalar_one()
             lift_lock(db, manager, lock_id, "Cleaning up after a failed browser test.", PASSWORD["manager"])
             db.commit()
+
+
+def test_lifting_and_unblinding_are_separate_and_unblinding_needs_its_confirmation(open_as, live):
+    with live.sessions() as db:  # a hard lock with its bundles built, as the worker leaves it
+        manager_user = db.execute(select(User).where(User.email == "manager@demo.trial")).scalar_one()
+        lk = create_lock(db, manager_user, "hard", "Rehearsal of the final lock.", PASSWORD["manager"], True)
+        build_now(db, manager_user, lk)
+        db.commit()
+        lock_id = lk.id
+    try:
+        manager = open_as("manager")
+        manager.goto(live.url + "/locks")
+        lift = manager.get_by_role("region", name=f"Lift lock {lock_id}")
+        unblind = manager.get_by_role("region", name="Unblind the trial")
+        assert lift.count() == 1 and unblind.count() == 1
+        # each section has its own explanation, signature, confirmation and button, and only its own
+        assert "reopens data entry" in lift.inner_text() and "snapshot" in lift.inner_text()
+        assert lift.get_by_role("button", name="Sign and lift").count() == 1
+        assert lift.get_by_role("button", name="Sign and unblind").count() == 0
+        assert "cannot be taken back" in unblind.inner_text()
+        assert unblind.get_by_role("button", name="Sign and unblind").count() == 1
+        assert unblind.get_by_role("button", name="Sign and lift").count() == 0
+        box = unblind.get_by_label("I understand that unblinding reveals every child's arm and cannot be taken back.")
+        assert box.count() == 1 and not box.is_checked()
+
+        # the box unticked: the browser does not send the form
+        unblind.get_by_label("Your password (electronic signature)").fill(PASSWORD["manager"])
+        unblind.get_by_role("button", name="Sign and unblind").click()
+        assert box.evaluate("e => !e.validity.valid")
+        refused = manager.locator(".flash.error", has_text="The trial was not unblinded: tick the box")
+        assert refused.count() == 0
+        with live.sessions() as db:
+            assert get_design(db).unblinded_at is None
+        # and sent anyway (the browser's check removed), the server refuses it and changes nothing
+        box.evaluate("e => e.removeAttribute('required')")
+        unblind.get_by_role("button", name="Sign and unblind").click()
+        refused.wait_for()  # the page the refusal led back to (the Locks page has a notice of its own)
+        with live.sessions() as db:
+            assert get_design(db).unblinded_at is None and active_lock_id(db) == lock_id
+        assert manager.get_by_role("region", name="Unblind the trial").count() == 1
+    finally:
+        _lift_if_locked(live)

@@ -15,6 +15,7 @@ import hmac
 import json
 import math
 import secrets
+from collections.abc import Callable
 
 from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
@@ -61,9 +62,12 @@ def size_for(share: float, n: int) -> int:
     return min(n, math.ceil(round(share * n, 9))) if n else 0
 
 
-def draw(db: Session, actor, therapist: User | None = None) -> list[FidelityDraw]:
+def draw(db: Session, actor, therapist: User | None = None,
+         seed_for: Callable[[int], str] | None = None) -> list[FidelityDraw]:
     """Draw the sessions to rate from every therapist's sessions not yet in a draw (or one
-    therapist's): one audited draw per therapist who has any."""
+    therapist's): one audited draw per therapist who has any. Each seed is fresh from the CSPRNG;
+    only a loader of synthetic data (the demo, for the same sample at every reset) passes
+    ``seed_for(therapist_id)`` returning a 64-hex-digit seed, recorded and audited the same way."""
     require_role(db, actor, "manager")
     ensure_writable(db)
     share = scale(db)["share"]
@@ -82,7 +86,7 @@ def draw(db: Session, actor, therapist: User | None = None) -> list[FidelityDraw
     emails = dict(db.execute(select(User.id, User.email).where(User.id.in_(list(pops) or [0]))).all())
     out = []
     for tid, population in sorted(pops.items()):
-        seed = secrets.token_hex(32)
+        seed = seed_for(tid) if seed_for is not None else secrets.token_hex(32)
         size = size_for(share, len(population))
         sample = derive(seed, population, size)
         d = FidelityDraw(therapist_id=tid, seed=seed, share=share, size=size, population=population,

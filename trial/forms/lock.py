@@ -18,6 +18,10 @@ class LockForm(FlaskForm):
 class LiftForm(FlaskForm):
     reason = StringField(_l("Reason for lifting the lock"), validators=[DataRequired(), Length(max=500)])
     password = PasswordField(_l("Your password (electronic signature)"), validators=[DataRequired()])
+    # required in the browser, and checked by the page (trial.views.lock) after the role check: a
+    # user who may not lift learns that, not that a box is missing
+    confirm = BooleanField(_l("I understand that lifting the lock reopens data entry at every site."),
+                           render_kw={"required": True})
     submit = SubmitField(_l("Sign and lift"))
 
 
@@ -25,4 +29,6 @@ class UnblindForm(FlaskForm):
     meaning = StringField(_l("Meaning of your signature"), validators=[DataRequired(), Length(max=500)],
                           default=_l("I authorise unblinding of the trial after the final database lock."))
     password = PasswordField(_l("Your password (electronic signature)"), validators=[DataRequired()])
+    confirm = BooleanField(_l("I understand that unblinding reveals every child's arm and cannot be taken back."),
+                           render_kw={"required": True})
     submit = SubmitField(_l("Sign and unblind"))

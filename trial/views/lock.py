@@ -4,12 +4,13 @@ from __future__ import annotations
 from flask import Blueprint, Response, render_template, request, url_for
 from flask_babel import gettext as _
 
+from trial.errors import ValidationError
 from trial.exports import service as exports
 from trial.forms import lock as forms
 from trial.http import actor, db, post_and_return, say, start_bundle_build
 from trial.lock import service
 from trial.randomize.service import get_design
-from trial.scope import is_blinded
+from trial.scope import is_blinded, require_role
 from trial.sites.service import list_sites
 
 bp = Blueprint("lock", __name__)
@@ -27,6 +28,14 @@ def _signed(form, action, done: str):
     return post_and_return(form, action, done, url_for("lock.locks"), _("Fill in every field of the signature."))
 
 
+def _confirmed(form, refusal: str) -> None:
+    """Lifting a lock and unblinding each need their box ticked, checked here as well as in the
+    browser: a post without it changes nothing and says why. Who may not act learns that first."""
+    require_role(db(), actor(), "manager")
+    if not form.confirm.data:
+        raise ValidationError(refusal, {"confirm": refusal})
+
+
 @bp.route("/locks/new", methods=["POST"], endpoint="create")
 def create():
     made = []
@@ -42,14 +51,18 @@ def create():
 
 @bp.route("/locks/<int:lock_id>/lift", methods=["POST"], endpoint="lift")
 def lift(lock_id: int):
-    return _signed(forms.LiftForm(), lambda f: service.lift_lock(db(), actor(), lock_id, f.reason.data, f.password.data),
-                   _("Lock lifted."))
+    def sign(f):
+        _confirmed(f, _("The lock was not lifted: tick the box to confirm that lifting it reopens data entry."))
+        service.lift_lock(db(), actor(), lock_id, f.reason.data, f.password.data)
+    return _signed(forms.LiftForm(), sign, _("Lock lifted."))
 
 
 @bp.route("/unblinding", methods=["POST"], endpoint="unblind")
 def unblind():
-    return _signed(forms.UnblindForm(), lambda f: service.unblind(db(), actor(), f.meaning.data, f.password.data),
-                   _("The trial is unblinded."))
+    def sign(f):
+        _confirmed(f, _("The trial was not unblinded: tick the box to confirm that unblinding cannot be taken back."))
+        service.unblind(db(), actor(), f.meaning.data, f.password.data)
+    return _signed(forms.UnblindForm(), sign, _("The trial is unblinded."))
 
 
 @bp.route("/locks/<int:lock_id>/bundle.zip", endpoint="bundle")
