@@ -37,6 +37,9 @@ PER_CHILD_API = {
     "api.participant_visits": "/participants/{id}/visits",
 }
 PER_QUERY = {"dm.query": "/queries/{qid}", "api.get_query": "/queries/{qid}"}
+# per-child routes an assessor may call that answer it, for every child, as for an unknown one (404)
+REFUSED_PER_CHILD = {"enrollment.randomization_pdf": "/participants/{id}/randomization.pdf",
+                     "api.randomization_pdf": "/api/v1/participants/{id}/randomization.pdf"}
 GENERAL_WEB = {
     "main.home": "/", "enrollment.participants": "/participants", "outcomes.visits": "/visits?kind={kind}",
     "dm.queries": "/queries?status={status}",
@@ -63,7 +66,8 @@ def assessor_routes(app):
 
 
 def test_every_assessor_route_is_covered(app):
-    covered = set(PER_CHILD_WEB) | set(PER_CHILD_API) | set(GENERAL_WEB) | set(GENERAL_API) | WRITE_ONLY | set(PER_QUERY)
+    covered = (set(PER_CHILD_WEB) | set(PER_CHILD_API) | set(GENERAL_WEB) | set(GENERAL_API) | WRITE_ONLY | set(PER_QUERY)
+               | set(REFUSED_PER_CHILD))
     missing = sorted(set(assessor_routes(app)) - covered)
     assert not missing, f"routes an assessor can reach but the blinding test does not cover: {missing}"
 
@@ -179,6 +183,20 @@ def test_assessor_pages_reveal_nothing_and_are_identical_across_arms(app, db, tr
             pages.setdefault(endpoint, []).append(normalize(body, p))
     for endpoint, (a, b) in pages.items():
         assert a == b, f"{endpoint} differs between a music-therapy child and a usual-care child"
+
+
+def test_assessor_is_refused_alike_for_every_child_and_an_unknown_one(app, db, trial):
+    c = assessor_client(app)
+    c.get("/")  # what the login flashed is shown there, not on the pages compared
+    for endpoint, tmpl in REFUSED_PER_CHILD.items():
+        answers = set()
+        for study_id in (trial["music"].study_id, trial["usual"].study_id, "AT01-9999"):
+            if tmpl.startswith("/api/"):
+                r = trial["world"].api("GET", tmpl[len("/api/v1"):].format(id=study_id), "assessor")
+            else:
+                r = c.get(tmpl.format(id=study_id))
+            answers.add((r.status_code, r.data))
+        assert len(answers) == 1 and next(iter(answers))[0] == 404, endpoint
 
 
 def test_assessor_general_pages_reveal_nothing(app, db, trial):

@@ -5,6 +5,7 @@ trial/timeline.py, the record status grid and the recruitment chart."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import tomllib
 import xml.etree.ElementTree as ET
 
@@ -985,3 +986,37 @@ def test_the_managers_overview_counts_per_site_and_links_each_number(opened, app
         cl = login(app, who)
         assert cl.get("/dashboard/overview").status_code == 403, who
         assert cl.get("/dashboard/recruitment-over-time.svg").status_code == 403, who
+
+
+def test_the_follow_up_form_opens_on_the_visit_due_now(opened, app, db):
+    c = login(app, "assessor")
+
+    def selected(p):
+        page = c.get(f"/participants/{p.study_id}/assess/ados2").get_data(as_text=True)
+        select_ = page.split('name="visit"')[1].split("</select>")[0]
+        return re.search(r'<option selected value="([a-z0-9_]+)"', select_).group(1)
+    at5 = randomized(opened, 152)                  # the 5-month window is open; the 2-month one closed
+    assert selected(at5) == "month5"
+    at2 = randomized(opened, 61)
+    assert selected(at2) == "month2"
+    assert assess(opened, at2).status_code == 201  # month 2 done: the next to come is month 5
+    assert selected(at2) == "month5"
+
+
+def test_the_entry_form_warns_before_saving_a_value_outside_its_usual_range(opened, app, db):
+    p = randomized(opened, 61)
+    c = login(app, "assessor")
+    form = {"visit": "month2", "performed_on": today().isoformat(), "v_social_affect": "9", "v_rrb": "3", "v_css": "2",
+            "allocation_guess": "", "guess_confidence": ""}
+    before = state(db)
+    r = c.post(f"/participants/{p.study_id}/assess/ados2", data=form)
+    html = " ".join(r.get_data(as_text=True).split())
+    assert r.status_code == 400 and "the protocol expects" in html and 'name="confirm_values"' in html
+    assert 'name="confirm_window"' not in html and state(db) == before
+    r = c.post(f"/participants/{p.study_id}/assess/ados2", data={**form, "confirm_values": "y"})
+    assert r.status_code == 302
+    a = db.execute(select(Assessment).where(Assessment.participant_id == p.id, Assessment.visit == "month2")).scalar_one()
+    assert a.values["css"] == 2
+    from trial.dataquality.models import DataQuery
+    assert db.execute(select(func.count()).select_from(DataQuery).where(DataQuery.target_id == a.id,
+                                                                          DataQuery.field == "css")).scalar() == 1

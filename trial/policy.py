@@ -12,6 +12,7 @@ ANY = "any"                # any logged-in user
 POLICY: dict[str, object] = {
     "static": PUBLIC,
     "auth.login": PUBLIC,
+    "auth.reset_password": PUBLIC,  # the one-time link of `trial user reset-password` is the credential
     "auth.logout": ANY,
     "auth.password": ANY,
     "auth.language": ANY,
@@ -47,6 +48,7 @@ POLICY: dict[str, object] = {
     "enrollment.screenings": ("coordinator", "monitor", "manager"),
     "enrollment.enroll": ("coordinator",),
     "enrollment.randomize": ("coordinator",),
+    "enrollment.randomization_pdf": ANY,  # as api.randomization_pdf
     "enrollment.assess": ("coordinator", "assessor"),
     "course.log_session": ("therapist",),
     "course.correct_session": ("therapist",),
@@ -79,6 +81,9 @@ POLICY: dict[str, object] = {
     "api.get_participant": ("coordinator", "therapist", "assessor", "statistician", "monitor", "manager"),
     "api.create_assessment": ("coordinator", "assessor"),
     "api.randomize": ("coordinator",),
+    # every role may ask: who may have it is decided by the allocation's visibility (trial.scope), and
+    # everyone else gets the 404 of an unknown study id (a 403 would say that the child exists)
+    "api.randomization_pdf": ANY,
     "api.log_session": ("therapist",),
     "api.correct_session": ("therapist",),
     "api.participant_course": ("coordinator", "therapist", "monitor", "manager"),

@@ -1,13 +1,14 @@
 """Screening, enrollment, assessments and randomization over the API."""
 from __future__ import annotations
 
-from flask import jsonify, request
+from flask import Response, jsonify, request
 from sqlalchemy.exc import IntegrityError
 
 from trial.api import answers as a
 from trial.api import bodies as b
 from trial.api.params import SITE_QUERY, enum_param, text_param
-from trial.api.routing import body, err, ok, route
+from trial.api.routing import body, err, media, ok, route
+from trial.catalogue import LANGUAGES
 from trial.enrollment import service as enrollment
 from trial.errors import ValidationError
 from trial.http import actor, db, page_request, page_url
@@ -15,7 +16,9 @@ from trial.outcomes import service as outcomes
 from trial.paging import ordered, sort_key
 from trial.participants import service as participants
 from trial.participants.models import Participant
+from trial.randomize import confirmation
 from trial.randomize import service as randomization
+
 
 @route("/screenings", "POST", "Record a screening; the outcome is computed from the protocol's criteria", "coordinator of the site",
        body=b.ScreeningBody,
@@ -130,3 +133,18 @@ def randomize(study_id):
         except IntegrityError:  # a backstop constraint fired: re-read and answer from the committed state
             s.rollback()
     raise RuntimeError("randomization kept conflicting")
+
+
+@route("/participants/<study_id>/randomization.pdf", "GET",
+       "The randomization confirmation for the child's file (study id, site, strata, date and time in the site's time "
+       "zone, arm, who randomized, the allocation's verification digest), in the caller's language",
+       "the roles that may see the allocation at the child's site",
+       responses={200: media("the confirmation", "application/pdf"),
+                  404: err("unknown participant, not randomized yet, or a reader who may not see its allocation "
+                           "(one answer for all)")})
+def randomization_pdf(study_id):
+    user = actor()
+    language = getattr(user, "language", None)
+    pdf = confirmation.confirmation_pdf(db(), user, study_id, language if language in LANGUAGES else "en")
+    return Response(pdf, mimetype="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="randomization-{study_id.upper()}.pdf"'})

@@ -28,7 +28,7 @@ class RaiseQueryForm(FlaskForm):
     target_id = HiddenField()
     # the form's fields by their labels (an assessment's: the instrument's, in the page's language);
     # the choices are set by the view for the record queried
-    field = SelectField(_l("Field (optional)"), choices=[("", "—")], validate_choice=True)
+    field = SelectField(_l("Field (optional)"), choices=[("", "—")], default="", validate_choice=True)
     text = TextAreaField(_l("Query"), validators=[DataRequired(), Length(max=2000)])
     submit = SubmitField(_l("Raise the query"))
 

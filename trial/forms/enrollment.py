@@ -62,6 +62,8 @@ def assessment_form(instrument: dict, visits: list[tuple[str, str]], with_guess:
         AssessmentForm.guess_confidence = SelectField(_l(GUESS_LABELS["guess_confidence"]),
                                                       choices=[("", "—")] + [(str(k), _l(v)) for k, v in CONFIDENCE_CHOICES.items()],
                                                       description=_l("How sure are you of the guess? (optional)"))
+    AssessmentForm.confirm_values = BooleanField(_l("A value is outside the range the protocol expects: save it "
+                                                    "anyway (a query asks the site to confirm it)"))
     AssessmentForm.confirm_window = BooleanField(_l("The date is outside the visit's window: save it anyway "
                                                     "(it is recorded as a deviation and a query asks the site to confirm it)"))
     AssessmentForm.submit = SubmitField(_l("Save assessment"))

@@ -258,20 +258,31 @@ def missing_key(participant_id: int, visit: str, instrument: str) -> str:
     return f"missing:{participant_id}:{visit}:{instrument}"
 
 
+def outside_soft_range(ins: dict, values: dict) -> dict[str, Msg]:
+    """Each value outside its field's soft range (saved, but queried: a person confirms it), by
+    field key, with the words the query and the entry form's warning say."""
+    out = {}
+    for f in ins["fields"]:
+        v = values.get(f["key"])
+        lo, hi = f.get("soft_min"), f.get("soft_max")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and ((lo is not None and v < lo) or
+                                                                          (hi is not None and v > hi)):
+            bounds = (Msg(N_("%(lo)s to %(hi)s"), lo=lo, hi=hi) if lo is not None and hi is not None else
+                      Msg(N_("at least %(lo)s"), lo=lo) if lo is not None else Msg(N_("at most %(hi)s"), hi=hi))
+            out[f["key"]] = Msg(N_("%(field)s is %(value)s: the protocol expects %(bounds)s. Confirm the value, or "
+                                   "correct it."), field=_field_label(ins, f), value=v, bounds=bounds)
+    return out
+
+
 def _soft_range_checks(db: Session, p, a: Assessment, ins: dict) -> None:
     """A query for each value outside its field's soft range; a query whose value came back
     inside closes."""
+    outside = outside_soft_range(ins, a.values)
     for f in ins["fields"]:
         key = f"soft:assessment:{a.id}:{f['key']}"
         v = a.values.get(f["key"])
-        lo, hi = f.get("soft_min"), f.get("soft_max")
-        outside = v is not None and ((lo is not None and v < lo) or (hi is not None and v > hi))
-        if outside:
-            bounds = (Msg(N_("%(lo)s to %(hi)s"), lo=lo, hi=hi) if lo is not None and hi is not None else
-                      Msg(N_("at least %(lo)s"), lo=lo) if lo is not None else Msg(N_("at most %(hi)s"), hi=hi))
-            raise_check(db, p, "assessment", a.id, key,
-                        Msg(N_("%(field)s is %(value)s: the protocol expects %(bounds)s. Confirm the value, or correct it."),
-                            field=_field_label(ins, f), value=v, bounds=bounds),
+        if f["key"] in outside:
+            raise_check(db, p, "assessment", a.id, key, outside[f["key"]],
                         _enterer(ins), assessor_visible=ins["blinded"], field=f["key"], visit=a.visit,
                         instrument=a.instrument)
         else:

@@ -110,7 +110,7 @@ def raise_query(study_id: str):
     s = db()
     p = get_participant(s, actor(), study_id)
     form = forms.RaiseQueryForm(kind=request.args.get("kind", "participant"), target_id=request.args.get("id", ""),
-                                field=request.args.get("field") or None)
+                                field=request.args.get("field") or "")
     kind = form.kind.data or "participant"
     target_id = int(form.target_id.data) if (form.target_id.data or "").isdigit() else None
     try:

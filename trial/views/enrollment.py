@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
 from trial.catalogue import N_
@@ -11,12 +11,25 @@ from trial.course.service import participant_course
 from trial.enrollment import service
 from trial.errors import DomainError
 from trial.forms import enrollment as forms
-from trial.http import actor, day, db, form_errors, is_page_error, page_request, plabel, protocol_content, say, tlabel
+from trial.http import (
+    actor,
+    day,
+    db,
+    form_errors,
+    is_page_error,
+    locale_code,
+    page_request,
+    plabel,
+    protocol_content,
+    say,
+    tlabel,
+)
 from trial.monitoring import service as monitoring
 from trial.outcomes import service as outcomes
 from trial.participants import service as records
 from trial.protocol.service import current as current_protocol
 from trial.queries import service as queries
+from trial.randomize import confirmation
 from trial.randomize import service as randomization
 from trial.safety import service as safety
 from trial.scope import can_see_arm
@@ -55,6 +68,8 @@ def participant(study_id: str):
     reads_safety = bool(here & {"coordinator", "monitor", "manager"})
     return render_template("enrollment/participant.html", p=view, reasons=reasons,
                            can_randomize=can_randomize and not view["randomized_on"], form=form, show_arm=show_arm,
+                           confirmation=confirmation.may_print(s, actor(), p.site_id, bool(view["randomized_on"])),
+                           just_randomized=request.args.get("randomized") == "1",
                            visits=outcomes.schedule(s, actor(), [p])[p.id] if here & {"coordinator", "assessor", "monitor", "manager"} else [],
                            assessments=outcomes.assessments_of(s, actor(), p), course=course, roles_here=here,
                            warning=outcomes.blinding_warning(s, actor(), p.id),
@@ -80,12 +95,23 @@ def randomize(study_id: str):
         randomization.randomize(s, actor(), study_id, form.idempotency_key.data or None)
         s.commit()
         flash(_("%(study_id)s is randomized.", study_id=study_id))
+        # the page then offers the confirmation for the child's file first
+        return redirect(url_for("enrollment.participant", study_id=study_id, randomized="1"))
     except DomainError as e:
         s.rollback()
         if is_page_error(e):
             raise
         flash(say(e.message), "error")
     return redirect(url_for("enrollment.participant", study_id=study_id))
+
+
+@bp.route("/participants/<study_id>/randomization.pdf")
+def randomization_pdf(study_id: str):
+    """The randomization confirmation in the page's language (the same PDF as the API's); the 404
+    of an unknown study id for anyone who may not have it."""
+    pdf = confirmation.confirmation_pdf(db(), actor(), study_id, locale_code())
+    return Response(pdf, mimetype="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="randomization-{study_id.upper()}.pdf"'})
 
 
 @bp.route("/screenings")
@@ -159,24 +185,29 @@ def assess(study_id: str, instrument: str):
     if with_guess is None:  # some of these visits take the allocation guess and some do not: which one?
         return render_template("outcomes/choose_visit.html", p=p, ins=shown, visits=visits)
     form = forms.assessment_form(shown, visits, with_guess=with_guess)
-    if not form.is_submitted() and request.args.get("visit") in dict(visits):
-        form.visit.data = request.args["visit"]
+    if not form.is_submitted():
+        chosen = request.args.get("visit")
+        form.visit.data = chosen if chosen in dict(visits) else _due_visit(s, p, ins, visits)
     ready, warning, guess, confidence = _check_entry(s, p, content, ins, form, with_guess)
     if ready and warning is None:
         saved = _save_assessment(s, p, ins, shown, form, guess, confidence)
         if saved is not None:
             return saved
-    if warning is None:
+    if not (warning and warning[0] == "window") and not form.confirm_window.data:
         del form.confirm_window  # asked only once the date is known to be outside the window
+    if not (warning and warning[0] == "values") and not form.confirm_values.data:
+        del form.confirm_values  # asked only once a value is known to be outside its usual range
+    warning = warning[1] if warning else None
     return render_template("enrollment/form.html", form=form, title=_("%(instrument)s for %(study_id)s", instrument=shown["label"], study_id=p.study_id),
                            warning=warning), \
         400 if form.is_submitted() else 200
 
 
 def _check_entry(s, p, content: dict, ins: dict, form, with_guess: bool):
-    """The posted entry form checked: (ready to save, the warning to confirm first, the allocation
-    guess, its confidence). A guess the protocol refuses is refused before the window question, so
-    that a confirmed date is not asked for twice; a date outside the window warns until confirmed."""
+    """The posted entry form checked: (ready to save, the warning to confirm first as (what, words),
+    the allocation guess, its confidence). A guess the protocol refuses is refused before the window
+    question, so that a confirmed date is not asked for twice; a date outside the window, then a
+    value outside its field's usual (soft) range, warns until confirmed."""
     warning = guess = confidence = None
     ready = form.validate_on_submit()
     if ready:
@@ -190,9 +221,14 @@ def _check_entry(s, p, content: dict, ins: dict, form, with_guess: bool):
             window = outcomes.window_of(s, p, form.visit.data)
             if window and not window[0] <= form.performed_on.data <= window[1]:
                 # warn before saving: the user confirms, or corrects the date
-                warning = _("%(day)s is outside the window of this visit (%(start)s to %(end)s). Correct the date, "
-                            "or tick the box below to save it as it is.", day=day(form.performed_on.data),
-                            start=day(window[0]), end=day(window[1]))
+                warning = ("window", _("%(day)s is outside the window of this visit (%(start)s to %(end)s). Correct "
+                                       "the date, or tick the box below to save it as it is.",
+                                       day=day(form.performed_on.data), start=day(window[0]), end=day(window[1])))
+        if warning is None and not errors and not form.confirm_values.data:
+            outside = outcomes.outside_soft_range(ins, {f["key"]: getattr(form, f"v_{f['key']}").data
+                                                        for f in ins["fields"]})
+            if outside:
+                warning = ("values", " ".join(say(m) for m in outside.values()))
     return ready, warning, guess, confidence
 
 
@@ -230,6 +266,20 @@ def _entry_visits(s, content: dict, ins: dict, p) -> tuple[list[tuple[str, str]]
     if chosen not in takes:
         return visits, None
     return [(k, label) for k, label in visits if takes[k] == takes[chosen]], takes[chosen]
+
+
+def _due_visit(s, p, ins: dict, visits: list[tuple[str, str]]) -> str:
+    """The visit the form opens on: the one of this instrument due now for the child (else the
+    overdue one, else the next to come), not the first of the protocol."""
+    offered = dict(visits)
+    entries = outcomes.schedule(s, actor(), [p]).get(p.id, [])
+    open_ = [e for e in entries if e["visit"] in offered and ins["key"] in e.get("instruments_expected", [])
+             and ins["key"] not in e.get("instruments_done", [])]
+    for status in ("due", "overdue", "upcoming"):
+        hit = next((e["visit"] for e in open_ if e["status"] == status), None)
+        if hit:
+            return hit
+    return visits[0][0]
 
 
 def _guess(form) -> tuple[str | None, int | None]:
