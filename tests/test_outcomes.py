@@ -1020,3 +1020,16 @@ def test_the_entry_form_warns_before_saving_a_value_outside_its_usual_range(open
     from trial.dataquality.models import DataQuery
     assert db.execute(select(func.count()).select_from(DataQuery).where(DataQuery.target_id == a.id,
                                                                           DataQuery.field == "css")).scalar() == 1
+
+
+def test_visits_due_this_week_on_the_home_page_and_in_their_list(opened, app, db):
+    now = randomized(opened, 61)       # month 2 due now
+    soon = randomized(opened, 44)      # its month-2 window opens in 3 days
+    randomized(opened, 20)             # nothing within the week
+    week = {(i["study_id"], i["visit"]) for i in opened.api("GET", "/visits?kind=week", "assessor").get_json()}
+    assert week == {(now.study_id, "month2"), (soon.study_id, "month2")}
+    c = login(app, "assessor")
+    home = " ".join(c.get("/").get_data(as_text=True).split())
+    assert "2 visits are due this week." in home
+    listing = c.get("/visits?kind=week").get_data(as_text=True)
+    assert now.study_id in listing and soon.study_id in listing

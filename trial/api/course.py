@@ -108,7 +108,8 @@ def participant_visits(study_id):
 
 
 @route("/visits", "GET", "Due, overdue or out-of-window visits", "coordinator, assessor (own sites); manager",
-       params=[enum_param("kind", ("due", "overdue", "out_of_window"))] + SITE_QUERY,
+       params=[enum_param("kind", ("due", "overdue", "out_of_window", "week"),
+                          "week: due now or opening within the next seven days")] + SITE_QUERY,
        responses={200: ok("visits", list[a.WorklistItem]), 404: err("unknown site")})
 def visits():
     rows = outcomes.worklist(db(), actor(), request.args.get("kind", "due"), request.args.get("site"))

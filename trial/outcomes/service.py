@@ -533,7 +533,8 @@ def check_missing_forms(db: Session, participants: list, on: dt.date | None = No
     return raised
 
 
-WORKLISTS = ("due", "overdue", "out_of_window")
+WORKLISTS = ("due", "overdue", "out_of_window", "week")
+WEEK = 7  # "due this week": windows open now or opening within the next seven days
 WORKLIST_SORTS = ("visit", "study_id", "randomized")
 
 
@@ -574,7 +575,8 @@ def _worklist_protocol(db: Session, actor, kind: str, visit: str | None) -> dict
     """The protocol's content, once the worklist asked for is one there is (a known kind, a visit
     of the protocol) and the actor is one who works from visit lists."""
     if kind not in WORKLISTS:
-        raise ValidationError("kind must be due, overdue or out_of_window", {"kind": "due, overdue or out_of_window"})
+        raise ValidationError("kind must be due, overdue, out_of_window or week",
+                              {"kind": "due, overdue, out_of_window or week"})
     if not actor.has_role("coordinator", "assessor", "monitor", "manager"):
         raise Forbidden("Visit lists are for coordinators, assessors and managers.")
     content = current_protocol(db).content
@@ -623,6 +625,8 @@ def _plan_condition(kind: str, mine: set[bool], day: dt.date):
                     or_(*[_PLAN_FORMS[b][2] for b in mine]))
     if kind == "overdue":
         return and_(pv.ended.is_(False), pv.closes < day, missing)
+    if kind == "week":
+        return and_(pv.ended.is_(False), pv.opens <= day + dt.timedelta(days=WEEK), pv.closes >= day, missing)
     return and_(pv.ended.is_(False), pv.opens <= day, pv.closes >= day, missing)
 
 
@@ -655,7 +659,8 @@ def _baseline_branch(content: dict, actor, sites: list, base, baseline: dict):
 def _worklist_items(db: Session, actor, rows, on: dt.date | None, kind: str) -> list[dict]:
     """The visits of these (participant, visit) rows with their windows and forms, computed
     exactly for these rows only."""
-    want = {"due": ("due",), "overdue": ("overdue",), "out_of_window": ("done_out_of_window",)}[kind]
+    want = {"due": ("due",), "overdue": ("overdue",), "out_of_window": ("done_out_of_window",),
+            "week": ("due", "upcoming")}[kind]
     people = {p.id: p for p in db.execute(select(Participant).where(Participant.id.in_({r.pid for r in rows}))).scalars()} if rows else {}
     sched = schedule(db, actor, list(people.values()), on)
     broken = set(db.execute(select(BlindingBreak.participant_id).where(
@@ -693,6 +698,15 @@ def worklist(db: Session, actor, kind: str, site_code: str | None = None, on: dt
                       .order_by(Participant.study_id, wl.c.visit_idx)).all()
     _run_checks(db, [r.pid for r in rows], on, kind)
     return sorted(_worklist_items(db, actor, rows, on, kind), key=lambda x: (x.get("target") or "", x["study_id"]))
+
+
+def due_this_week(db: Session, actor, on: dt.date | None = None) -> int:
+    """How many visits of the reader's forms are due now or open within the week, at the reader's
+    sites (the home page's reminder; visits only, nothing of the arms: the same for every arm)."""
+    if not actor.has_role("coordinator", "assessor"):
+        return 0
+    wl = worklist_query(db, actor, "week", on=on)
+    return 0 if wl is None else db.execute(select(func.count()).select_from(wl)).scalar()
 
 
 def worklist_page(db: Session, actor, kind: str, req, site_code: str | None = None, search: str | None = None,

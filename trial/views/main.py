@@ -7,6 +7,7 @@ from trial.dashboard.service import home_summary
 from trial.grants.service import count_pending
 from trial.http import actor, db
 from trial.notify.service import notifications_for
+from trial.outcomes.service import due_this_week
 from trial.queries.service import waiting_counts
 from trial.safety import service as safety
 
@@ -18,5 +19,5 @@ def home():
     s = db()
     return render_template("main/home.html", summary=home_summary(s, actor()),
                            notifications=notifications_for(s, actor()), grants_waiting=count_pending(s, actor()),
-                           queries=waiting_counts(s, actor()),
+                           queries=waiting_counts(s, actor()), due_this_week=due_this_week(s, actor()),
                            saes=safety.views(s, safety.waiting_for_acknowledgement(s, actor())))
