@@ -185,3 +185,116 @@ def test_an_admin_cannot_change_their_own_roles(world, db):
     admin = world.users["admin"]
     with pytest.raises(Forbidden, match="Another administrator"):
         users.set_roles(db, admin, admin, [("admin", None), ("manager", None)], reason="self-promotion")
+
+
+# --- deactivation, last login, one-time password links (issue 25) -------------------------------
+
+def test_deactivation_ends_web_sessions_refuses_login_and_tokens_and_is_audited(world, app, db):
+    from trial.audit.models import AuditRecord
+    u = world.users["monitor"]
+    c = app.test_client()
+    assert login(c, "monitor@example.org").status_code == 302
+    assert c.get("/").status_code == 200
+    assert world.api("GET", "/me", "monitor").status_code == 200
+    before = db.execute(select(func.count()).select_from(AuditRecord)).scalar()
+    assert users.deactivate(db, CLI, u, reason="left the trial") is True
+    db.commit()
+    assert users.deactivate(db, CLI, u) is False  # already: nothing changes, nothing audited
+    actions = db.execute(select(AuditRecord.action, AuditRecord.field).where(AuditRecord.seq > before)
+                         .order_by(AuditRecord.seq)).all()
+    assert ("update", "active") in actions and ("revoke_tokens", "tokens_revoked") in actions
+    r = c.get("/")  # the open web session has ended
+    assert r.status_code == 302 and "/login" in r.headers["Location"]
+    assert login(app.test_client(), "monitor@example.org").status_code == 401
+    assert world.api("GET", "/me", "monitor").status_code == 401  # the token it had
+    # reactivated: the user logs in again; the token revoked at deactivation stays revoked
+    assert users.reactivate(db, CLI, u, reason="back") is True
+    db.commit()
+    assert login(app.test_client(), "monitor@example.org").status_code == 302
+    assert world.api("GET", "/me", "monitor").status_code == 401
+
+
+def test_a_login_records_the_last_login(world, app, db):
+    u = world.users["coordinator"]
+    db.get(User, u.id).last_login_at = None  # (the test's world issued it a token: that counts as use)
+    db.commit()
+    assert login(app.test_client(), "coordinator@example.org").status_code == 302
+    db.expire_all()
+    seen = db.get(User, u.id).last_login_at
+    assert seen is not None and seen <= users.utcnow()
+    assert login(app.test_client(), "coordinator@example.org", "wrong-password-1").status_code == 401
+    db.expire_all()
+    assert db.get(User, u.id).last_login_at == seen  # a failed login is no login
+
+
+def test_password_reset_link_works_once(world, app, db):
+    from trial.audit.models import AuditRecord
+    from trial.auth.models import PasswordReset
+    u = world.users["therapist"]
+    token, row = users.issue_password_reset(db, CLI, u)
+    db.commit()
+    assert token not in {r.token_hash for r in db.execute(select(PasswordReset)).scalars()}  # stored hashed
+    assert row.expires_at - row.created_at == users.dt.timedelta(hours=24)
+    issued = db.execute(select(AuditRecord).where(AuditRecord.action == "issue_password_reset")).scalar_one()
+    assert issued.actor == CLI.email and issued.entity_id == "therapist@example.org"
+    link = users.reset_link(token)
+    assert link == f"/reset-password/{token}"
+    c = app.test_client()
+    assert login(c, "therapist@example.org").status_code == 302  # a session of the user, before the reset
+    page = app.test_client().get(link)
+    assert page.status_code == 200 and 'name="new_password"' in page.get_data(as_text=True)
+    # the password rules of a password change: too short is refused and the link stays usable
+    r = app.test_client().post(link, data={"new_password": "short"})
+    assert r.status_code == 400
+    r = app.test_client().post(link, data={"new_password": "set-by-the-user-1"})
+    assert r.status_code == 302 and r.headers["Location"].endswith("/login")
+    assert c.get("/").status_code == 302  # every session of the user has ended
+    assert login(app.test_client(), "therapist@example.org").status_code == 401
+    assert login(app.test_client(), "therapist@example.org", "set-by-the-user-1").status_code == 302
+    assert world.api("GET", "/me", "therapist").status_code == 401  # its tokens ended with the password
+    done = db.execute(select(AuditRecord).where(AuditRecord.action == "reset_password")).scalars().all()
+    assert [(a.actor, a.entity_id) for a in done] == [("therapist@example.org", "therapist@example.org")]
+    # a second use of the link is refused and changes nothing
+    again = app.test_client().post(link, data={"new_password": "someone-else-s-1"})
+    assert again.status_code == 410 and "not valid" in again.get_data(as_text=True)
+    assert app.test_client().get(link).status_code == 410
+    assert login(app.test_client(), "therapist@example.org", "set-by-the-user-1").status_code == 302
+    assert app.test_client().get("/reset-password/not-a-token-at-all").status_code == 404
+
+
+def test_password_reset_link_expires_after_24_hours(world, app, db, monkeypatch):
+    u = world.users["assessor"]
+    token, row = users.issue_password_reset(db, CLI, u)
+    db.commit()
+    link = users.reset_link(token)
+    monkeypatch.setattr("trial.auth.service.utcnow", lambda: row.created_at + users.dt.timedelta(hours=23, minutes=59))
+    assert app.test_client().get(link).status_code == 200
+    monkeypatch.setattr("trial.auth.service.utcnow", lambda: row.created_at + users.dt.timedelta(hours=24, seconds=1))
+    assert app.test_client().get(link).status_code == 410
+    assert app.test_client().post(link, data={"new_password": "too-late-for-this"}).status_code == 410
+    monkeypatch.undo()
+    assert login(app.test_client(), "assessor@example.org").status_code == 302  # the password is unchanged
+
+
+def test_a_newer_link_ends_the_older_and_only_the_command_line_issues_them(world, app, db):
+    u = world.users["coordinator"]
+    first, _ = users.issue_password_reset(db, CLI, u)
+    second, _ = users.issue_password_reset(db, CLI, u)
+    db.commit()
+    assert app.test_client().get(users.reset_link(first)).status_code == 410
+    assert app.test_client().get(users.reset_link(second)).status_code == 200
+    with pytest.raises(Forbidden):
+        users.issue_password_reset(db, world.users["admin"], u)
+    db.rollback()
+    users.deactivate(db, CLI, u)
+    db.commit()
+    assert app.test_client().get(users.reset_link(second)).status_code == 410  # a deactivated account
+    from trial.errors import Conflict
+    with pytest.raises(Conflict):
+        users.issue_password_reset(db, CLI, u)
+    db.rollback()
+
+
+def test_password_reset_link_is_absolute_with_the_base_url(monkeypatch):
+    monkeypatch.setenv("TRIAL_BASE_URL", "https://trial.example.org/")
+    assert users.reset_link("abc") == "https://trial.example.org/reset-password/abc"

@@ -196,6 +196,28 @@ def test_protocol_load_makes_a_new_version_once(cli, tmp_path):
     assert cli.snapshot() == before
 
 
+def test_protocol_load_dry_run_show_and_diff(cli, tmp_path):
+    versions = cli.count("protocol_version")
+    path = tmp_path / "amended.toml"
+    path.write_text(TOML.replace('label = "2 months"', 'label = "Two months"', 1).replace('amendment = "1.0"', 'amendment = "1.1"'))
+    before = cli.snapshot()
+    r = ok(cli.run("protocol", "load", str(path), "--dry-run"))
+    assert "amendment 1.0 -> 1.1" in r.stdout and "visit month2: label '2 months' -> 'Two months'" in r.stdout
+    assert f"would be version {versions + 1}; children re-planned: 0; forms newly due: 0; queries that would open: 0" \
+        in r.stdout and "dry run: nothing was changed" in r.stdout
+    assert cli.snapshot() == before
+    path.write_text(TOML.replace("window_before = 14", "window_before = -1", 1).replace("weight = 1", "weight = 0", 1))
+    r = cli.run("protocol", "load", str(path), "--dry-run")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "arms[0].weight: must be 1 or more" in r.stdout and "visits[1].window_before: must be 0 or more" in r.stdout
+    assert cli.snapshot() == before
+    assert ok(cli.run("protocol", "show")).stdout == cli.scalar(
+        "SELECT source FROM protocol_version WHERE version = :v", v=versions)
+    one_line_error(cli.run("protocol", "show", "--version", "99"), "no protocol version 99")
+    r = ok(cli.run("protocol", "diff", str(versions), str(versions)))
+    assert r.stdout.strip() == f"versions {versions} and {versions} are the same protocol"
+
+
 @pytest.mark.parametrize("mutate, key", [
     (lambda t: t.replace("weight = 1", "weight = 0", 1), "arms[0].weight"),
     (lambda t: t.replace("block_sizes = [4, 8]", "block_sizes = [4, 6]"), "randomization.block_sizes[1]"),
@@ -365,6 +387,177 @@ def test_user_token_for_an_unknown_email_fails(cli):
     assert cli.snapshot() == before
 
 
+# --- user list / deactivate / reactivate / reset-password (issue 25) -----------------------------
+
+def _web(url: str):
+    from trial import create_app
+    return create_app({"DATABASE_URL": url, "TESTING": True, "SECRET_KEY": "test", "WTF_CSRF_ENABLED": False})
+
+
+def _new_user(cli, site: str, prefix: str, role: str = "therapist") -> str:
+    email = unique(prefix) + "@example.org"
+    ok(cli.run("user", "create", "--email", email, "--name", f"{prefix.title()} Person", "--role", role,
+               "--site", site, "--password-stdin", stdin=PASSWORD + "\n"))
+    return email
+
+
+def _listed(cli, *args: str) -> dict[str, dict]:
+    import csv
+    r = ok(cli.run("user", "list", "--format", "csv", *args))
+    rows = list(csv.DictReader(r.stdout.splitlines()))
+    assert list(rows[0]) == ["email", "name", "roles", "active", "2fa", "last_login"] if rows else True
+    return {row["email"]: row for row in rows}
+
+
+def test_user_list_shows_every_account_and_filters_the_inactive(cli, cli_site):
+    never = _new_user(cli, cli_site, "never", "assessor")
+    recent = _new_user(cli, cli_site, "recent")
+    old = _new_user(cli, cli_site, "old")
+    app = _web(cli.url)
+    try:
+        assert app.test_client().post("/login", data={"email": recent, "password": PASSWORD}).status_code == 302
+    finally:
+        app.extensions["trial.engine"].dispose()
+    with cli.engine.begin() as c:
+        c.execute(text("UPDATE user_account SET last_login_at = '2020-03-04 05:06:07' WHERE email = :e"), {"e": old})
+    rows = _listed(cli)
+    assert {never, recent, old} <= set(rows)
+    assert rows[never] == {"email": never, "name": "Never Person", "roles": f"assessor@{cli_site}", "active": "yes",
+                           "2fa": "no", "last_login": "never"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", rows[recent]["last_login"])
+    assert rows[old]["last_login"] == "2020-03-04T05:06:07Z"
+    assert {r["2fa"] for r in rows.values()} == {"no"}  # no second factor yet: the column stays
+    inactive = _listed(cli, "--inactive-days", "30")
+    assert never in inactive and old in inactive and recent not in inactive
+    assert recent in _listed(cli, "--inactive-days", "0")
+    table = ok(cli.run("user", "list")).stdout.splitlines()
+    assert table[0].split() == ["email", "name", "roles", "active", "2fa", "last_login"]
+    assert any(line.startswith(never) and line.endswith("never") for line in table)
+    one_line_error(cli.run("user", "list", "--inactive-days", "-1"), "inactive-days")
+    one_line_error(cli.run("user", "list", "--format", "xml"), "format")
+
+
+def test_user_deactivate_refuses_login_and_tokens_and_reactivate_restores_login(cli, cli_site):
+    email = _new_user(cli, cli_site, "leaver")
+    token = ok(cli.run("user", "token", "--email", email)).stdout.strip()
+    app = _web(cli.url)
+    try:
+        web = app.test_client()
+        assert web.post("/login", data={"email": email, "password": PASSWORD}).status_code == 302
+        assert web.get("/").status_code == 200
+        audits = cli.count("audit_record")
+        assert ok(cli.run("user", "deactivate", "--email", email)).stdout.strip() == f"user {email} deactivated"
+        assert cli.count("audit_record", "entity_id = :e AND action = 'update' AND field = 'active' AND new = 'false'",
+                         e=email) == 1
+        assert cli.count("audit_record") > audits
+        assert _listed(cli)[email]["active"] == "no"
+        assert web.get("/").status_code == 302  # its web session has ended
+        assert app.test_client().post("/login", data={"email": email, "password": PASSWORD}).status_code == 401
+        assert app.test_client().get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+        # again: nothing changes
+        audits = cli.count("audit_record")
+        assert "already deactivated" in ok(cli.run("user", "deactivate", "--email", email)).stdout
+        assert cli.count("audit_record") == audits
+        assert ok(cli.run("user", "reactivate", "--email", email)).stdout.strip() == f"user {email} reactivated"
+        assert cli.count("audit_record", "entity_id = :e AND action = 'update' AND field = 'active' AND new = 'true'", e=email) == 1
+        assert app.test_client().post("/login", data={"email": email, "password": PASSWORD}).status_code == 302
+        assert app.test_client().get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    finally:
+        app.extensions["trial.engine"].dispose()
+    before = cli.snapshot()
+    one_line_error(cli.run("user", "deactivate", "--email", "nobody@example.org"), "nobody@example.org")
+    one_line_error(cli.run("user", "reactivate", "--email", "nobody@example.org"), "nobody@example.org")
+    assert cli.snapshot() == before
+
+
+def test_user_reset_password_prints_a_one_time_link(cli, cli_site, monkeypatch):
+    email = _new_user(cli, cli_site, "forgot")
+    monkeypatch.setenv("TRIAL_BASE_URL", "https://trial.example.org")
+    r = ok(cli.run("user", "reset-password", "--email", email))
+    link = r.stdout.strip()
+    assert re.fullmatch(r"https://trial\.example\.org/reset-password/[A-Za-z0-9_-]{40,}", link), r.stdout
+    token = link.rsplit("/", 1)[1]
+    assert cli.count("password_reset", "token_hash = :t", t=token) == 0  # only its hash is kept
+    assert cli.count("audit_record", "entity_id = :e AND action = 'issue_password_reset' AND actor LIKE 'cli:%'",
+                     e=email) == 1
+    path = "/reset-password/" + token
+    app = _web(cli.url)
+    try:
+        assert app.test_client().get(path).status_code == 200
+        assert app.test_client().post(path, data={"new_password": "the-user-s-own-1"}).status_code == 302
+        assert app.test_client().post(path, data={"new_password": "a-second-try-12"}).status_code == 410
+        assert app.test_client().post("/login", data={"email": email, "password": "the-user-s-own-1"}).status_code == 302
+    finally:
+        app.extensions["trial.engine"].dispose()
+    monkeypatch.delenv("TRIAL_BASE_URL")
+    r = ok(cli.run("user", "reset-password", "--email", email))
+    assert r.stdout.strip().startswith("/reset-password/") and "TRIAL_BASE_URL" in r.stderr
+    before = cli.snapshot()
+    one_line_error(cli.run("user", "reset-password", "--email", "nobody@example.org"), "nobody@example.org")
+    assert cli.snapshot() == before
+
+
+def test_user_create_help_lists_every_role(cli):
+    from click.testing import CliRunner
+
+    from trial.auth.models import ROLES, SITE_ROLES
+    from trial.cli import main
+    out = " ".join(CliRunner().invoke(main, ["user", "create", "--help"]).output.split())
+    for role in ROLES:
+        assert role in out, f"{role} missing from `trial user create --help`"
+    assert "(" + ", ".join(SITE_ROLES) + ") need --site" in out
+
+
+# --- site list / update (issue 25) --------------------------------------------------------------
+
+def test_site_list_and_update(cli):
+    ok(cli.run("site", "create", "--code", "SE01", "--name", "Stockholm", "--country", "SE", "--target", "20",
+               "--timezone", "Europe/Stockholm"))
+    lines = ok(cli.run("site", "list")).stdout.splitlines()
+    assert lines[0].split() == ["code", "name", "country", "target", "timezone", "open"]
+    assert ["SE01", "Stockholm", "SE", "20", "Europe/Stockholm", "yes"] in [line.split() for line in lines]
+    r = ok(cli.run("site", "update", "--code", "se01", "--name", "Stockholm South", "--target", "35",
+                   "--timezone", "Europe/Oslo"))
+    assert r.stdout.strip() == "site SE01 updated"
+    with cli.engine.connect() as c:
+        row = c.execute(text("SELECT name, target, timezone, country FROM site WHERE code = 'SE01'")).one()
+    assert tuple(row) == ("Stockholm South", 35, "Europe/Oslo", "SE")
+    with cli.engine.connect() as c:
+        changed = {f for (f,) in c.execute(text(
+            "SELECT field FROM audit_record WHERE entity = 'site' AND entity_id = 'SE01' AND action = 'update'"))}
+    assert changed == {"name", "target", "timezone"}
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--code", "SE02", "--name", "Nowhere"], "No site with code 'SE02'"),
+    (["--code", "SE01", "--timezone", "Mars/Olympus"], "unknown time zone"),
+    (["--code", "SE01", "--target", "-3"], "target"),
+    (["--code", "SE01", "--target", "many"], "many"),
+    (["--code", "SE01", "--name", " "], "name is required"),
+    (["--name", "No code"], "--code"),
+], ids=["unknown-code", "bad-timezone", "negative-target", "bad-int", "blank-name", "no-code"])
+def test_site_update_refusals_change_nothing(cli, args, fragment):
+    if not cli.count("site", "code = 'SE01'"):
+        ok(cli.run("site", "create", "--code", "SE01", "--name", "Stockholm", "--timezone", "Europe/Stockholm"))
+    before = cli.snapshot()
+    with cli.engine.connect() as c:
+        row = c.execute(text("SELECT name, target, timezone FROM site WHERE code = 'SE01'")).one()
+    one_line_error(cli.run("site", "update", *args), fragment)
+    assert cli.snapshot() == before
+    with cli.engine.connect() as c:
+        assert c.execute(text("SELECT name, target, timezone FROM site WHERE code = 'SE01'")).one() == row
+
+
+def test_trial_help_loads_no_model_and_no_database_library():
+    """`trial --help` answers at once: the command groups (and SQLAlchemy, the models, pandas …)
+    load only when one is run."""
+    code = ("import sys; sys.argv = ['trial', '--help']\nfrom trial.cli import main\ntry:\n    main()\n"
+            "except SystemExit:\n    pass\nprint(sorted(m for m in ('sqlalchemy', 'trial.models', 'pandas', 'flask', "
+            "'trial.settings') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr
+
+
 # --- audit verify -------------------------------------------------------------------------------
 
 def test_audit_verify_on_an_intact_chain(cli):
@@ -482,8 +675,8 @@ def test_demo_loads_into_an_empty_database_once(own_db):
     ([], ["db", "protocol", "site", "user", "randomization", "audit", "demo", "serve"]),
     (["db"], ["upgrade"]),
     (["protocol"], ["load"]),
-    (["site"], ["create"]),
-    (["user"], ["create", "token"]),
+    (["site"], ["create", "list", "update"]),
+    (["user"], ["create", "token", "list", "deactivate", "reactivate", "reset-password"]),
     (["randomization"], ["open", "verify", "simulate"]),
     (["audit"], ["verify"]),
 ], ids=["trial", "db", "protocol", "site", "user", "randomization", "audit"])

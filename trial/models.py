@@ -1,6 +1,6 @@
 """Imports every package's models so the metadata (and Alembic) sees the whole schema."""
 from trial.audit.models import AuditAnchor, AuditHead, AuditRecord, AuditSeal  # noqa: F401
-from trial.auth.models import ApiToken, LoginAttempt, RoleAssignment, RoleGrant, User  # noqa: F401
+from trial.auth.models import ApiToken, LoginAttempt, PasswordReset, RoleAssignment, RoleGrant, User  # noqa: F401
 from trial.course.models import ChildGoal, CounsellingSession, CourseTally, TherapySession  # noqa: F401
 from trial.credentials.models import Credential  # noqa: F401
 from trial.dataquality.models import DataQuery, QueryMessage, Verification  # noqa: F401

@@ -32,6 +32,8 @@ class User(Base):
     # the language of the web pages the user chose (a key of trial.catalogue.LANGUAGES); None: the
     # browser's (Accept-Language), else English
     language: Mapped[str | None] = mapped_column(String(8))
+    # the last successful web login (or API token issued to the user); None: never
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
     roles: Mapped[list[RoleAssignment]] = relationship(back_populates="user", cascade="all, delete-orphan",
                                                          lazy="selectin")
@@ -84,6 +86,23 @@ class ApiToken(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     revoked_reason: Mapped[str | None] = mapped_column(String(200))
+
+
+class PasswordReset(Base):
+    """A one-time link for the user to set a new password (issued at the command line): only the
+    SHA-256 of its token is stored, with its expiry. It ends when used, when it expires, and when a
+    newer link is issued for the same user."""
+
+    __tablename__ = "password_reset"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(254))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # replaced by a newer link
 
 
 class LoginAttempt(Base):

@@ -11,6 +11,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
+from trial import settings
 from trial.audit import service as audit
 from trial.auth.models import (
     COUNTERSIGNED_ROLES,
@@ -18,6 +19,7 @@ from trial.auth.models import (
     SITE_ROLES,
     ApiToken,
     LoginAttempt,
+    PasswordReset,
     RoleAssignment,
     RoleGrant,
     User,
@@ -403,6 +405,7 @@ def authenticate(db: Session, email: str, password: str, remote_addr: str | None
         raise Forbidden(LOGIN_FAILED)
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
+    user.last_login_at = now
     audit.record(db, user, "login", "user", user.email)
     return user
 
@@ -442,6 +445,7 @@ def issue_token(db: Session, actor, user: User, days: int = TOKEN_DAYS) -> str:
     row = ApiToken(user_id=user.id, token_hash=_token_hash(token), prefix=token[:12], created_at=now,
                    expires_at=now + dt.timedelta(days=days))
     db.add(row)
+    user.last_login_at = now  # the account is in use: not "inactive" for `trial user list --inactive-days`
     db.flush()
     audit.record(db, actor, "issue_token", "user", user.email, {"token_prefix": (None, row.prefix),
                                                                "token_expires_at": (None, row.expires_at)})
@@ -530,3 +534,112 @@ def get_user(db: Session, actor, user_id: int) -> User:
         raise NotFound("No such user.")
     return user
 
+
+# --- deactivation, the operator's list of accounts ----------------------------------------------
+
+def deactivate(db: Session, actor, user: User, reason: str | None = None) -> bool:
+    """The user can no longer log in, every web session ends (the session token is rotated) and
+    every API token is revoked; the history stays. False when the account was already deactivated."""
+    if not user.active:
+        return False
+    update_user(db, actor, user, active=False, reason=reason)
+    return True
+
+
+def reactivate(db: Session, actor, user: User, reason: str | None = None) -> bool:
+    """The user may log in again (tokens revoked at deactivation stay revoked: issue a new one).
+    False when the account was already active."""
+    if user.active:
+        return False
+    update_user(db, actor, user, active=True, reason=reason)
+    return True
+
+
+def accounts(db: Session, actor, inactive_days: int | None = None, now: dt.datetime | None = None) -> list[dict]:
+    """Every account for the operator, by e-mail: name, roles in force (``role@SITE``), active,
+    two-factor enrolment (none yet: always False) and the last login (None: never). With
+    ``inactive_days``, only the accounts not logged in for that many days (never counts)."""
+    require_role(db, actor, "admin")
+    if inactive_days is not None and (isinstance(inactive_days, bool) or not isinstance(inactive_days, int)
+                                      or inactive_days < 0):
+        raise ValidationError(Msg(N_("%(field)s must be a whole number, 0 or more."), field="inactive-days"),
+                              {"inactive_days": N_("must be a whole number, 0 or more")})
+    q = select(User).order_by(User.email)
+    if inactive_days is not None:
+        since = (now or utcnow()) - dt.timedelta(days=inactive_days)
+        q = q.where(or_(User.last_login_at.is_(None), User.last_login_at < since))
+    codes = _codes(db)
+    return [{"email": u.email, "name": u.name,
+             "roles": _role_text(_sorted({(r.role, r.site_id, codes.get(r.site_id)) for r in u.roles})),
+             "active": u.active, "mfa_enrolled": False, "last_login_at": u.last_login_at}
+            for u in db.execute(q).scalars()]
+
+
+# --- one-time links to set a new password --------------------------------------------------------
+#
+# The operator prints a link for the user and never sets or learns the password. The link's token
+# is random (256 bits); only its SHA-256 is stored, with its expiry. It works once, for RESET_HOURS,
+# and a newer link for the same user ends it.
+
+RESET_HOURS = 24
+RESET_PATH = "/reset-password/"
+RESET_INVALID = N_("This link to set a password is not valid: it was already used, it has expired or a newer "
+                   "link replaced it. Ask the trial's administrator for a new one.")
+
+
+def reset_link(token: str) -> str:
+    """The link of a reset token: absolute when TRIAL_BASE_URL says where the app is served."""
+    return (settings.current().base_url or "").rstrip("/") + RESET_PATH + token
+
+
+def issue_password_reset(db: Session, actor, user: User, hours: int = RESET_HOURS) -> tuple[str, PasswordReset]:
+    """A one-time link's token for ``user`` (returned once, stored hashed), valid ``hours``; earlier
+    open links of the user end. Only at the server's command line, which is trusted with every
+    account: an admin on the web could otherwise take over any account."""
+    if not is_cli(actor):
+        raise Forbidden(N_("Links to set a password are issued at the server's command line."))
+    if not user.active:
+        raise Conflict(Msg(N_("The account %(email)s is deactivated: reactivate it first."), email=user.email))
+    now = utcnow()
+    for old in db.execute(select(PasswordReset).where(PasswordReset.user_id == user.id, PasswordReset.used_at.is_(None),
+                                                      PasswordReset.ended_at.is_(None))).scalars():
+        old.ended_at = now
+    token = secrets.token_urlsafe(32)
+    row = PasswordReset(user_id=user.id, token_hash=_token_hash(token), created_at=now,
+                        created_by=_actor_name(actor), expires_at=now + dt.timedelta(hours=hours))
+    db.add(row)
+    db.flush()
+    audit.record(db, actor, "issue_password_reset", "user", user.email, {"password_reset_expires_at": (None, row.expires_at)})
+    return token, row
+
+
+def password_reset_for(db: Session, token: str, now: dt.datetime | None = None) -> PasswordReset:
+    """The open link of ``token``: NotFound for an unknown token, Conflict when it was used, has
+    expired, was replaced or its account is deactivated."""
+    row = None
+    if token and len(token) <= 200:
+        row = db.execute(select(PasswordReset).where(PasswordReset.token_hash == _token_hash(token))).scalar_one_or_none()
+    if row is None:
+        raise NotFound(RESET_INVALID)
+    user = db.get(User, row.user_id)
+    if row.used_at is not None or row.ended_at is not None or row.expires_at <= (now or utcnow()) or not user.active:
+        raise Conflict(RESET_INVALID)
+    return row
+
+
+def complete_password_reset(db: Session, token: str, new_password: str) -> User:
+    """The user sets a new password through the link: it is used up, every session and API token
+    of the user ends, and the change is audited as the user's."""
+    now = utcnow()
+    row = password_reset_for(db, token, now)
+    user = db.get(User, row.user_id)
+    _check_new_password(new_password)
+    row.used_at = now
+    user.password_hash = hash_password(new_password)
+    user.must_change_password = False
+    user.password_changed_at = now
+    user.session_token = secrets.token_hex(16)
+    audit.record(db, user, "reset_password", "user", user.email, {"password_changed_at": (None, now)},
+                 reason="one-time link")
+    _revoke_all(db, user, user, "password reset")
+    return user

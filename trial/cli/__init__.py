@@ -8,7 +8,7 @@ import importlib
 
 import click
 
-from trial.cli.common import Group
+from trial.cli.group import Group
 
 # name -> (module, attribute, short help): the help is here so that `trial --help` loads no group
 COMMANDS = {

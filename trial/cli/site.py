@@ -5,7 +5,7 @@ import click
 
 from trial.cli.common import Group, session
 from trial.scope import CliActor
-from trial.sites.service import create_site
+from trial.sites.service import create_site, list_sites, update_site
 
 
 @click.group(cls=Group, help="Trial sites.")
@@ -23,3 +23,29 @@ def site_create(code, name, country, target, timezone):
     with session() as s:
         st = create_site(s, CliActor(), {"code": code, "name": name, "country": country, "target": target, "timezone": timezone})
         click.echo(f"site {st.code} created")
+
+
+COLUMNS = ("code", "name", "country", "target", "timezone", "open")
+
+
+@site.command("list", help="Every site: code, name, country, target enrollment, time zone and whether it is open.")
+def site_list():
+    with session() as s:
+        rows = [(st.code, st.name, st.country or "-", str(st.target), st.timezone, "yes" if st.is_open else "no")
+                for st in list_sites(s)]
+    widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
+    for r in [COLUMNS, *rows]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+@site.command("update", help="Change a site's name, target enrollment or time zone (the visit windows follow a new "
+              "time zone). Audited.")
+@click.option("--code", required=True, help="the site's code, e.g. AT01")
+@click.option("--name", default=None)
+@click.option("--target", type=int, default=None, help="target enrollment")
+@click.option("--timezone", default=None, help="an IANA time zone, e.g. Europe/Vienna")
+def site_update(code, name, target, timezone):
+    data = {k: v for k, v in (("name", name), ("target", target), ("timezone", timezone)) if v is not None}
+    with session() as s:
+        st = update_site(s, CliActor(), code, data, reason="updated at the command line")
+        click.echo(f"site {st.code} updated" if data else f"site {st.code}: nothing to change")

@@ -1,12 +1,25 @@
 """`trial user`: users and API tokens."""
 from __future__ import annotations
 
+import csv
 import sys
 
 import click
 
-from trial.auth.models import SITE_ROLES
-from trial.auth.service import create_user, get_user_by_email, issue_token, revoke_tokens
+from trial import settings
+from trial.auth.models import ROLES, SITE_ROLES
+from trial.auth.service import (
+    RESET_HOURS,
+    accounts,
+    create_user,
+    deactivate,
+    get_user_by_email,
+    issue_password_reset,
+    issue_token,
+    reactivate,
+    reset_link,
+    revoke_tokens,
+)
 from trial.cli.common import Group, session
 from trial.credentials import service as credentials
 from trial.errors import DomainError
@@ -18,11 +31,15 @@ def user():
     pass
 
 
-@user.command("create", help="Add a user; the password is read from standard input. Site roles "
-              "(coordinator, therapist, assessor) need --site; each --site applies to each site role.")
+def _either(words) -> str:
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+@user.command("create", help=f"Add a user; the password is read from standard input. Site roles "
+              f"({', '.join(SITE_ROLES)}) need --site; each --site applies to each site role.")
 @click.option("--email", required=True)
 @click.option("--name", required=True, help="printed name (used in e-signatures)")
-@click.option("--role", "roles", required=True, multiple=True, help="coordinator, therapist, assessor, statistician, manager or admin")
+@click.option("--role", "roles", required=True, multiple=True, help=f"{_either(ROLES)} (repeatable)")
 @click.option("--site", "sites", multiple=True, help="site code, for site-scoped roles (repeatable)")
 @click.option("--password-stdin", is_flag=True, required=True, help="read the password from standard input")
 def user_create(email, name, roles, sites, password_stdin):
@@ -78,3 +95,62 @@ def user_credential(email, kind, number, valid_to, valid_from, issuer):
                                                                 "valid_from": valid_from, "issuer": issuer})
         click.echo(f"credential {c.kind} {c.number} of {email} recorded, valid {c.valid_from.isoformat()} "
                    f"to {c.valid_to.isoformat()}")
+
+
+# --- the operator's list of accounts; deactivation; password reset links ------------------------
+
+COLUMNS = ("email", "name", "roles", "active", "2fa", "last_login")
+
+
+def _row(a: dict) -> tuple[str, ...]:
+    last = a["last_login_at"]
+    return (a["email"], a["name"], a["roles"] or "-", "yes" if a["active"] else "no", "yes" if a["mfa_enrolled"] else "no",
+            last.strftime("%Y-%m-%dT%H:%M:%SZ") if last else "never")
+
+
+@user.command("list", help="Every account: e-mail, name, roles and sites (role@SITE), active, 2FA enrolled and the "
+              "last login (UTC, or never).")
+@click.option("--inactive-days", type=click.IntRange(0, 36500), default=None,
+              help="only the accounts not logged in for N days (never logged in counts)")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
+def user_list(inactive_days, fmt):
+    with session() as s:
+        rows = [_row(a) for a in accounts(s, CliActor(), inactive_days=inactive_days)]
+    if fmt == "csv":
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(COLUMNS)
+        w.writerows(rows)
+        return
+    widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
+    for r in [COLUMNS, *rows]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+@user.command("deactivate", help="The user can no longer log in: every web session ends and every API token is "
+              "revoked. The history stays. Audited.")
+@click.option("--email", required=True)
+def user_deactivate(email):
+    with session() as s:
+        done = deactivate(s, CliActor(), _user(s, email), reason="deactivated at the command line")
+    click.echo(f"user {email} deactivated" if done else f"user {email} was already deactivated")
+
+
+@user.command("reactivate", help="The user may log in again (API tokens revoked at deactivation stay revoked: issue "
+              "a new one). Audited.")
+@click.option("--email", required=True)
+def user_reactivate(email):
+    with session() as s:
+        done = reactivate(s, CliActor(), _user(s, email), reason="reactivated at the command line")
+    click.echo(f"user {email} reactivated" if done else f"user {email} was already active")
+
+
+@user.command("reset-password", help=f"Print a one-time link (valid {RESET_HOURS} h) for the user to set a new "
+              "password; an earlier link of the user stops working. The link is absolute when TRIAL_BASE_URL is set. "
+              "Audited.")
+@click.option("--email", required=True)
+def user_reset_password(email):
+    with session() as s:
+        token, _ = issue_password_reset(s, CliActor(), _user(s, email))
+    click.echo(reset_link(token))
+    if not settings.current().base_url:
+        click.echo("note: TRIAL_BASE_URL is not set: put the app's address before the link", err=True)

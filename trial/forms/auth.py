@@ -18,6 +18,12 @@ class PasswordForm(FlaskForm):
     submit = SubmitField(_l("Change password"))
 
 
+class ResetPasswordForm(FlaskForm):
+    """The new password set through a one-time link (the same rules as a password change)."""
+    new_password = PasswordField(_l("New password"), validators=[DataRequired(), Length(min=10, max=1000)])
+    submit = SubmitField(_l("Set the password"))
+
+
 class LanguageForm(FlaskForm):
     """The user's language of the web pages; each language is named in its own words."""
     language = SelectField(_l("Language of the pages"),

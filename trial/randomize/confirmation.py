@@ -147,9 +147,8 @@ def _find(candidates) -> tuple[str, str] | None:
 def fonts(language: str) -> tuple[str, str, str]:
     """(regular, bold, monospace) font names for a language, registered with ReportLab once."""
     # deferred: ReportLab is loaded only when a PDF is drawn (a cold path)
-    from reportlab.pdfbase import pdfmetrics
-    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
-    from reportlab.pdfbase.ttfonts import TTFont
+    from reportlab.pdfbase import cidfonts, pdfmetrics, ttfonts
+    UnicodeCIDFont, TTFont = cidfonts.UnicodeCIDFont, ttfonts.TTFont
 
     def register(prefix: str, found) -> tuple[str, str] | None:
         if not found:
@@ -251,9 +250,9 @@ def rows(c: Confirmation, protocol: dict, language: str) -> list[tuple[str, str]
 def render(c: Confirmation, protocol: dict, language: str) -> bytes:
     """The one A4 page."""
     # deferred: ReportLab is loaded only when a PDF is drawn (a cold path)
-    from reportlab.lib.pagesizes import A4
-    from reportlab.lib.utils import simpleSplit
+    from reportlab.lib import pagesizes, utils
     from reportlab.pdfgen import canvas
+    A4, simpleSplit = pagesizes.A4, utils.simpleSplit
 
     gettext = translator(language)
     regular, bold, mono = fonts(language)

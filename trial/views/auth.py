@@ -9,8 +9,8 @@ from flask_login import login_user, logout_user
 from trial.auth import service
 from trial.catalogue import LANGUAGES
 from trial.errors import DomainError
-from trial.forms.auth import LanguageForm, LoginForm, LogoutForm, PasswordForm
-from trial.http import actor, db, say
+from trial.forms.auth import LanguageForm, LoginForm, LogoutForm, PasswordForm, ResetPasswordForm
+from trial.http import actor, db, form_errors, say
 
 bp = Blueprint("auth", __name__)
 
@@ -61,6 +61,31 @@ def password():
         flash(_("Password changed. Every session has ended; log in with the new password."))
         return redirect(url_for("auth.login"))
     return render_template("auth/password.html", form=form, language_form=_language_form(url_for("auth.password")))
+
+
+@bp.route("/reset-password/<token>", methods=["GET", "POST"])
+def reset_password(token: str):
+    """A one-time link from `trial user reset-password`: the user sets a new password, no login
+    needed; a used, expired or replaced link is refused (410), an unknown one is 404."""
+    s = db()
+    try:
+        service.password_reset_for(s, token)
+    except DomainError as e:
+        s.rollback()
+        return render_template("auth/reset_password.html", form=None, error=say(e.message)), e.status if e.status == 404 else 410
+    form = ResetPasswordForm()
+    if form.validate_on_submit():
+        try:
+            service.complete_password_reset(s, token, form.new_password.data)
+        except DomainError as e:
+            form_errors(form, e)
+        else:
+            s.commit()
+            logout_user()
+            session.clear()
+            flash(_("Your password is set. Log in with it."))
+            return redirect(url_for("auth.login"))
+    return render_template("auth/reset_password.html", form=form, error=None), 400 if form.is_submitted() else 200
 
 
 def _language_form(back: str) -> LanguageForm:
