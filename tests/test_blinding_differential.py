@@ -176,7 +176,7 @@ def _ctx(db, world, p) -> dict:
     aid = db.execute(select(Assessment.id).where(Assessment.participant_id == p.id, Assessment.visit == "month2",
                                                  Assessment.instrument == "ados2")).scalar()
     out = {"study_id": p.study_id, "assessment_id": aid, "user_id": world.users["coordinator"].id, "code": "AT01",
-           "instrument": "ados2", "screening_id": 1, "lock_id": 1, "grant_id": 1}
+           "instrument": "ados2", "screening_id": 1, "lock_id": 1, "grant_id": 1, "token": "no-such-link"}
     db.commit()  # hold no transaction (on SQLite: no write lock) while the app answers
     return out
 

@@ -152,9 +152,10 @@ def test_a_date_of_birth_outside_the_protocols_ages_is_400(world, db):
 
 
 def test_a_consent_before_the_screening_is_400(world, db):
+    """Earlier than the protocol's consent_before_screening_days (TIME-A: 30) before the screening."""
     sc = world.screen()
     r = world.api("POST", "/participants", "coordinator", json={
-        "screening_id": sc.id, "consent_date": (sc.screened_on - dt.timedelta(days=1)).isoformat(),
+        "screening_id": sc.id, "consent_date": (sc.screened_on - dt.timedelta(days=31)).isoformat(),
         "date_of_birth": "2021-06-01", "sex": "male"})
     assert "before the screening" in bad(r, "consent_date")["fields"]["consent_date"]
 

@@ -295,7 +295,7 @@ def test_worklist_refusals(opened, who, query, status, why):
     r = opened.api("GET", "/visits" + query, who)
     assert r.status_code == status
     if status == 400:
-        assert "kind" in err(r)["fields"] and "due, overdue or out_of_window" in err(r)["message"]
+        assert "kind" in err(r)["fields"] and "due, overdue, out_of_window or week" in err(r)["message"]
     elif why:
         assert why in err(r)["message"]
 

@@ -247,89 +247,103 @@ def rows(c: Confirmation, protocol: dict, language: str) -> list[tuple[str, str]
     return out
 
 
+class _Page:
+    """An A4 page written top down, left to right or (Hebrew) right to left."""
+
+    def __init__(self, cv, language: str, width: float, height: float, split):
+        self.cv, self.split = cv, split
+        self.regular, self.bold, self.mono = fonts(language)
+        self.rtl = language in RTL_LANGUAGES
+        self.left, self.right = 56, width - 56
+        self.width = self.right - self.left
+        self.y = height - 64
+
+    def line(self, text: str, font: str, size: float, indent: float = 0, at: float | None = None, y=None) -> None:
+        self.cv.setFont(font, size)
+        y = self.y if y is None else y
+        if self.rtl:
+            self.cv.drawRightString((at if at is not None else self.right) - indent, y, visual(text))
+        else:
+            self.cv.drawString((at if at is not None else self.left) + indent, y, text)
+
+    def para(self, text: str, font: str, size: float, w: float | None = None, indent: float = 0,
+             lead: float | None = None, at: float | None = None, advance: bool = True) -> None:
+        """``text`` wrapped to ``w``; the page moves down past it unless ``advance`` is False."""
+        lead, y = lead or size * 1.35, self.y
+        for part in self.split(text, font, size, w or self.width) or [""]:
+            self.line(part, font, size, indent, at, y)
+            y -= lead
+        if advance:
+            self.y = y
+
+    def rule(self, before: float, after: float) -> None:
+        self.y -= before
+        self.cv.line(self.left, self.y, self.right, self.y)
+        self.y -= after
+
+    def code(self, text: str, size: float, lead: float) -> None:
+        """Monospace text (a digest), read left to right in every language."""
+        for part in self.split(text, self.mono, size, self.width):
+            self.cv.setFont(self.mono, size)
+            (self.cv.drawRightString(self.right, self.y, part) if self.rtl else
+             self.cv.drawString(self.left, self.y, part))
+            self.y -= lead
+
+
 def render(c: Confirmation, protocol: dict, language: str) -> bytes:
-    """The one A4 page."""
+    """The one A4 page: the title, the allocation's facts, the digest and how to check it."""
     # deferred: ReportLab is loaded only when a PDF is drawn (a cold path)
     from reportlab.lib import pagesizes, utils
     from reportlab.pdfgen import canvas
-    A4, simpleSplit = pagesizes.A4, utils.simpleSplit
-
     gettext = translator(language)
-    regular, bold, mono = fonts(language)
-    rtl = language in RTL_LANGUAGES
-    page_w, page_h = A4
-    left, right = 56, page_w - 56
-    width = right - left
     title = gettext(N_("Randomization confirmation"))
     buf = io.BytesIO()
-    cv = canvas.Canvas(buf, pagesize=A4, invariant=1, pageCompression=1, lang=language.replace("_", "-"))
+    cv = canvas.Canvas(buf, pagesize=pagesizes.A4, invariant=1, pageCompression=1, lang=language.replace("_", "-"))
     cv.setTitle(f"{title} {c.study_id}")
     cv.setAuthor("TIME-A trial system")
     cv.setSubject(protocol["trial"].get("name", ""))
-
-    def line(x_text: str, y: float, font: str, size: float, indent: float = 0, at: float | None = None) -> None:
-        cv.setFont(font, size)
-        if rtl:
-            cv.drawRightString((at if at is not None else right) - indent, y, visual(x_text))
-        else:
-            cv.drawString((at if at is not None else left) + indent, y, x_text)
-
-    def para(text: str, y: float, font: str, size: float, w: float, indent: float = 0, lead: float | None = None,
-             at: float | None = None) -> float:
-        lead = lead or size * 1.35
-        for part in simpleSplit(text, font, size, w) or [""]:
-            line(part, y, font, size, indent, at)
-            y -= lead
-        return y
-
-    y = page_h - 64
-    y = para(title, y, bold, 17, width, lead=22)
-    y = para(protocol["trial"].get("name", ""), y, regular, 9.5, width, lead=13)
-    y -= 6
     cv.setLineWidth(0.8)
-    cv.line(left, y, right, y)
-    y -= 22
+    page = _Page(cv, language, *pagesizes.A4, utils.simpleSplit)
+    page.para(title, page.bold, 17, lead=22)
+    page.para(protocol["trial"].get("name", ""), page.regular, 9.5, lead=13)
+    page.rule(6, 22)
+    _facts(page, rows(c, protocol, language))
+    page.rule(8, 22)
+    _verification(page, c, gettext)
+    cv.showPage()
+    cv.save()
+    return buf.getvalue()
+
+
+def _facts(page: _Page, facts) -> None:
+    """The allocation's facts: a label and its value on each row."""
     label_w = 150
-    for label, value in rows(c, protocol, language):
-        if rtl:
-            para(label, y, bold, 10.5, label_w, at=right)
-            y = para(value, y, regular, 10.5, width - label_w - 12, at=right - label_w - 12)
+    for label, value in facts:
+        if page.rtl:
+            page.para(label, page.bold, 10.5, label_w, at=page.right, advance=False)
+            page.para(value, page.regular, 10.5, page.width - label_w - 12, at=page.right - label_w - 12)
         else:
-            para(label, y, bold, 10.5, label_w)
-            y = para(value, y, regular, 10.5, width - label_w - 12, indent=label_w + 12)
-        y -= 6
-    y -= 8
-    cv.line(left, y, right, y)
-    y -= 22
-    y = para(gettext(N_("Verification")), y, bold, 12, width, lead=18)
-    y = para(gettext(N_("Allocation digest (SHA-256)")), y, bold, 10, width, lead=14)
-    cv.setFont(mono, 10)  # one line (64 characters fit), read left to right in every language
-    if rtl:
-        cv.drawRightString(right, y, c.digest)
-    else:
-        cv.drawString(left, y, c.digest)
-    y -= 14
-    y -= 6
-    y = para(gettext(N_("Hashed text")), y, bold, 10, width, lead=14)
-    for part in simpleSplit(c.hashed_text, mono, 7.5, width):
-        cv.setFont(mono, 7.5)
-        if rtl:
-            cv.drawRightString(right, y, part)
-        else:
-            cv.drawString(left, y, part)
-        y -= 10
-    y -= 8
+            page.para(label, page.bold, 10.5, label_w, advance=False)
+            page.para(value, page.regular, 10.5, page.width - label_w - 12, indent=label_w + 12)
+        page.y -= 6
+
+
+def _verification(page: _Page, c: Confirmation, gettext) -> None:
+    """The digest, the text it is the SHA-256 of, and how to check it after unblinding."""
+    page.para(gettext(N_("Verification")), page.bold, 12, lead=18)
+    page.para(gettext(N_("Allocation digest (SHA-256)")), page.bold, 10, lead=14)
+    page.code(c.digest, 10, 14)  # one line: 64 characters fit
+    page.y -= 6
+    page.para(gettext(N_("Hashed text")), page.bold, 10, lead=14)
+    page.code(c.hashed_text, 7.5, 10)
+    page.y -= 8
     explanation = gettext(N_(
         "The digest is SHA-256 of the hashed text above: the commitment recorded when randomization opened, the "
         "stratum, the slot this allocation took in it (%(stratum)s, slot %(slot)s), the arm's key in the protocol and "
         "the study ID (%(format)s). After unblinding, regenerate the stratum's list from the revealed seed "
         "(trial randomization verify), take the arm at this slot and compute the digest again: if it matches, this "
         "allocation followed the committed list.")) % {"stratum": c.stratum, "slot": c.slot, "format": DIGEST_FORMAT}
-    y = para(explanation, y, regular, 9, width, lead=12)
-    y -= 16
-    note = gettext(N_("This confirmation shows the allocation: keep it in the child's file, away from blinded "
-                      "assessors."))
-    para(note, y, bold, 9, width, lead=12)
-    cv.showPage()
-    cv.save()
-    return buf.getvalue()
+    page.para(explanation, page.regular, 9, lead=12)
+    page.y -= 16
+    page.para(gettext(N_("This confirmation shows the allocation: keep it in the child's file, away from blinded "
+                         "assessors.")), page.bold, 9, lead=12)
