@@ -54,7 +54,9 @@ def _check(page, role: str, path: str, problems: dict) -> None:
 def test_no_serious_accessibility_violation_on_any_page_a_role_reaches(open_as, live, role):
     page = open_as(role, PHONE, axe=True)
     problems: dict = {}
-    seen = reachable(page, live.url, visit=lambda path: _check(page, role, path, problems))
+    # one page of each kind: axe's findings belong to a page's template (the phone layout test,
+    # whose overflow depends on the data, reads two of each kind)
+    seen = reachable(page, live.url, visit=lambda path: _check(page, role, path, problems), per_kind=1)
     page.goto(live.url + "/no-such-page")
     _check(page, role, "/no-such-page", problems)
     assert len(seen) >= 3, seen
