@@ -193,3 +193,23 @@ def test_the_enrolment_form_preselects_no_sex(world, app, db):
     r = c.post(f"/screenings/{sc.id}/enroll", data={"consent_date": TODAY.isoformat(),
                                                     "date_of_birth": (TODAY - dt.timedelta(days=5 * 365)).isoformat()})
     assert r.status_code == 400 and db.execute(select(func.count()).select_from(Participant)).scalar() == 0
+
+
+def test_a_screening_carries_the_sites_own_log_number_once(world, db):
+    from trial.participants.models import Screening
+    r = world.api("POST", "/screenings", "coordinator", json={
+        "site": "AT01", "log_number": "SL-2026-041", "screened_on": TODAY.isoformat(), "answers": world.answers()})
+    assert r.status_code == 201, r.get_json()
+    assert db.get(Screening, r.get_json()["id"]).log_number == "SL-2026-041"
+    before = db.execute(select(func.count()).select_from(Screening)).scalar()
+    again = world.api("POST", "/screenings", "coordinator", json={
+        "site": "AT01", "log_number": "SL-2026-041", "screened_on": TODAY.isoformat(), "answers": world.answers()})
+    assert again.status_code == 400 and "already in this site's screening log" in again.get_json()["error"]["fields"]["log_number"]
+    assert db.execute(select(func.count()).select_from(Screening)).scalar() == before
+    # another site may use the same number; no number is fine at every site, any number of times
+    assert world.api("POST", "/screenings", "coordinator_no", json={
+        "site": "NO01", "log_number": "SL-2026-041", "screened_on": TODAY.isoformat(),
+        "answers": world.answers()}).status_code == 201
+    for _ in range(2):
+        assert world.api("POST", "/screenings", "coordinator", json={
+            "site": "AT01", "screened_on": TODAY.isoformat(), "answers": world.answers()}).status_code == 201

@@ -93,6 +93,8 @@ Keys = Annotated[list[Word] | None, Field(description="keys from the protocol")]
 class ScreeningBody(Body):
     LEAD = N_("The screening was not saved")
     site: word(description="a site code, e.g. AT01") = against("the trial's sites")
+    log_number: Text(40, required=False, description="the site's own screening-log number (optional)") = against(
+        "the site's screening log: each number once", None)
     screened_on: IsoDate
     answers: dict[str, Flag] = against(PROTOCOL, description="each of the protocol's criteria by key: the answer",
                                        json_schema_extra={"propertyNames": KEYS})

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.catalogue import N_
+from trial.catalogue import N_, Msg
 from trial.db import insert_ignore, lock_for_update, utcnow
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
@@ -65,16 +65,27 @@ def record_screening(db: Session, actor, data: dict) -> Screening:
     if not isinstance(declined, bool):
         errors["declined"] = "must be true or false"
     other = text(data.get("other_reason"), "other_reason", errors, 500)
+    log_number = _log_number(db, site, data.get("log_number"), errors)
     refuse("The screening was not saved", errors)
     outcome, failed = screening_outcome(criteria, answers, declined, other)
-    sc = Screening(site_id=site.id, screened_on=screened_on, answers=answers, declined=declined,
+    sc = Screening(site_id=site.id, log_number=log_number, screened_on=screened_on, answers=answers, declined=declined,
                    other_reason=other, outcome=outcome, failed_criteria=failed, protocol_version=pv.version,
                    created_by_id=getattr(actor, "id", None))
     db.add(sc)
     db.flush()
-    audit.created(db, actor, "screening", sc.id, {"site": site.code, "screened_on": screened_on, "answers": answers,
+    audit.created(db, actor, "screening", sc.id, {"site": site.code, "log_number": log_number,
+                                                  "screened_on": screened_on, "answers": answers,
                                                   "declined": declined, "other_reason": other, "outcome": outcome})
     return sc
+
+
+def _log_number(db: Session, site, value, errors: dict) -> str | None:
+    """The site's own screening-log number (optional; each used once at a site)."""
+    number = text(value, "log_number", errors, 40)
+    if number and db.execute(select(Screening.id).where(Screening.site_id == site.id,
+                                                        Screening.log_number == number)).first():
+        errors["log_number"] = Msg(N_("%(number)s is already in this site's screening log"), number=number)
+    return number
 
 
 SCREENING_OUTCOMES = ("eligible", "not_eligible", "declined", "other")

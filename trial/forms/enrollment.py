@@ -19,6 +19,8 @@ def screening_form(criteria: list[dict], sites: list[tuple[str, str]]):
     """``criteria`` as :func:`trial.http.protocol_content` gives them (questions in the page's language)."""
     class ScreeningForm(FlaskForm):
         site = SelectField(_l("Site"), choices=sites, validators=[DataRequired()])
+        log_number = StringField(_l("Screening-log number (optional)"), validators=[Optional(), Length(max=40)],
+                                 description=_l("The number in your site's own screening log, if it keeps one."))
         screened_on = DateField(_l("Screened on"), validators=[DataRequired()])
     for c in criteria:
         setattr(ScreeningForm, f"c_{c['key']}", RadioField(c["question"], choices=[("yes", _l("Yes")), ("no", _l("No"))],

@@ -24,9 +24,12 @@ ARM_REVEALING_EVENTS = ("not_received", "discontinued_intervention")
 
 class Screening(Base):
     __tablename__ = "screening"
+    # the site's own screening-log number: optional, each used once at a site
+    __table_args__ = (Index("uq_screening_site_log_number", "site_id", "log_number", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     site_id: Mapped[int] = mapped_column(ForeignKey("site.id"), index=True)
+    log_number: Mapped[str | None] = mapped_column(String(40))
     screened_on: Mapped[dt.date] = mapped_column(Date)
     answers: Mapped[dict] = mapped_column(JSON)
     declined: Mapped[bool] = mapped_column(Boolean, default=False)

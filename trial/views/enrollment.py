@@ -131,7 +131,8 @@ def screen():
     criteria = protocol_content()["criteria"]
     form = forms.screening_form(criteria, [(x.code, f"{x.code} {x.name}") for x in list_sites(s) if x.id in mine])
     if form.validate_on_submit():
-        data = {"site": form.site.data, "screened_on": form.screened_on.data, "declined": form.declined.data,
+        data = {"site": form.site.data, "log_number": form.log_number.data, "screened_on": form.screened_on.data,
+                "declined": form.declined.data,
                 "other_reason": form.other_reason.data,
                 "answers": {c["key"]: getattr(form, f"c_{c['key']}").data == "yes" for c in criteria}}
         try:
