@@ -213,3 +213,19 @@ def test_a_screening_carries_the_sites_own_log_number_once(world, db):
     for _ in range(2):
         assert world.api("POST", "/screenings", "coordinator", json={
             "site": "AT01", "screened_on": TODAY.isoformat(), "answers": world.answers()}).status_code == 201
+
+
+def test_the_log_numbers_index_refuses_what_the_check_did_not_see(world, db, monkeypatch):
+    """Two coordinators typing the same number at once both pass the service's check; the unique
+    index refuses the second, as the same 400 naming the field, and nothing is saved."""
+    from trial.enrollment import service as enrollment
+    from trial.participants.models import Screening
+    ok = world.api("POST", "/screenings", "coordinator", json={
+        "site": "AT01", "log_number": "SL-7", "screened_on": TODAY.isoformat(), "answers": world.answers()})
+    assert ok.status_code == 201
+    monkeypatch.setattr(enrollment, "_log_number", lambda db, site, value, errors: value)  # the check saw nothing
+    before = db.execute(select(func.count()).select_from(Screening)).scalar()
+    r = world.api("POST", "/screenings", "coordinator", json={
+        "site": "AT01", "log_number": "SL-7", "screened_on": TODAY.isoformat(), "answers": world.answers()})
+    assert r.status_code == 400 and set(r.get_json()["error"]["fields"]) == {"log_number"}
+    assert db.execute(select(func.count()).select_from(Screening)).scalar() == before

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
@@ -21,7 +22,7 @@ from trial.sites.models import Site
 from trial.sites.service import get_by_code
 from trial.timeline import today
 from trial.trialstate.service import ensure_writable
-from trial.validation import clinical_date, ident, parse_date, refuse, text
+from trial.validation import clinical_date, ident, parse_date, refusal, refuse, text
 
 # --- screening -------------------------------------------------------------------------------
 
@@ -71,8 +72,13 @@ def record_screening(db: Session, actor, data: dict) -> Screening:
     sc = Screening(site_id=site.id, log_number=log_number, screened_on=screened_on, answers=answers, declined=declined,
                    other_reason=other, outcome=outcome, failed_criteria=failed, protocol_version=pv.version,
                    created_by_id=getattr(actor, "id", None))
-    db.add(sc)
-    db.flush()
+    try:
+        with db.begin_nested():  # the unique index: the backstop of two coordinators typing one number at once
+            db.add(sc)
+            db.flush()
+    except IntegrityError as e:
+        raise refusal(N_("The screening was not saved"), {"log_number": Msg(
+            N_("%(number)s is already in this site's screening log"), number=log_number)}) from e
     audit.created(db, actor, "screening", sc.id, {"site": site.code, "log_number": log_number,
                                                   "screened_on": screened_on, "answers": answers,
                                                   "declined": declined, "other_reason": other, "outcome": outcome})
