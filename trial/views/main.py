@@ -17,7 +17,9 @@ bp = Blueprint("main", __name__)
 @bp.route("/")
 def home():
     s = db()
+    due = due_this_week(s, actor())
+    s.commit()  # a visit plan re-derived for a new protocol version or site zone is kept (as the worklists do)
     return render_template("main/home.html", summary=home_summary(s, actor()),
                            notifications=notifications_for(s, actor()), grants_waiting=count_pending(s, actor()),
-                           queries=waiting_counts(s, actor()), due_this_week=due_this_week(s, actor()),
+                           queries=waiting_counts(s, actor()), due_this_week=due,
                            saes=safety.views(s, safety.waiting_for_acknowledgement(s, actor())))
