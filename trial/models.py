@@ -13,7 +13,7 @@ from trial.outcomes.models import BlindingBreak  # noqa: F401
 from trial.participants.models import Allocation, Assessment, Participant, Screening, SiteSequence, StatusEvent  # noqa: F401
 from trial.protocol.models import ProtocolVersion  # noqa: F401
 from trial.randomize.models import RandomizationDesign, SealedSeed, Stratum  # noqa: F401
-from trial.safety.models import AdverseEvent, AdverseEventFollowUp  # noqa: F401
+from trial.safety.models import AdverseEvent, AdverseEventFollowUp, AdverseEventReport  # noqa: F401
 from trial.sites.models import Site  # noqa: F401
 from trial.status.models import Deviation  # noqa: F401
 from trial.trialstate.models import TrialState  # noqa: F401

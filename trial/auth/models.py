@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, Date, DateTime, ForeignKey, Integer, String, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from trial.db import Base, utcnow
@@ -34,6 +34,10 @@ class User(Base):
     language: Mapped[str | None] = mapped_column(String(8))
     # the last successful web login (or API token issued to the user); None: never
     last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # the weekly digest e-mail of visits coming due and queries waiting (the user may opt out), and
+    # the first day of the last week it was sent for (one digest a week, however often checks run)
+    weekly_digest: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    digest_week: Mapped[dt.date | None] = mapped_column(Date)
 
     roles: Mapped[list[RoleAssignment]] = relationship(back_populates="user", cascade="all, delete-orphan",
                                                          lazy="selectin")

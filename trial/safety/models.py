@@ -15,6 +15,8 @@ EXPECTEDNESS = ("expected", "unexpected")
 OUTCOMES = ("recovering", "recovered", "recovered_with_sequelae", "not_recovered", "fatal", "unknown")
 RESOLVED = ("recovered", "recovered_with_sequelae", "fatal")
 REPORT_HOURS = 24
+# to whom a serious adverse event is reported (a report to any of them stops the 24-hour clock)
+REPORTED_TO = ("ethics_committee", "authority", "sponsor")
 
 
 class AdverseEvent(Base):
@@ -41,6 +43,7 @@ class AdverseEvent(Base):
     acknowledged_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
     follow_ups: Mapped[list[AdverseEventFollowUp]] = relationship(order_by="AdverseEventFollowUp.id", lazy="selectin")
+    reports: Mapped[list[AdverseEventReport]] = relationship(order_by="AdverseEventReport.id", lazy="selectin")
 
 
 class AdverseEventFollowUp(Base):
@@ -52,5 +55,19 @@ class AdverseEventFollowUp(Base):
     outcome: Mapped[str] = mapped_column(String(25))
     resolved_on: Mapped[dt.date | None] = mapped_column(Date)
     text: Mapped[str] = mapped_column(Text)
+    recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AdverseEventReport(Base):
+    """A serious adverse event reported onwards: to whom, when (as the reporter says), and the
+    reference number the recipient gave; recorded by whom and when (UTC)."""
+    __tablename__ = "adverse_event_report"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adverse_event_id: Mapped[int] = mapped_column(ForeignKey("adverse_event.id"), index=True)
+    reported_to: Mapped[str] = mapped_column(String(20))
+    reported_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    reference: Mapped[str] = mapped_column(String(80))
     recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
     recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
