@@ -53,7 +53,7 @@ GENERAL_API = {
     "api.list_queries": "/queries?status={status}",
 }
 WRITE_ONLY = {"api.create_assessment", "api.report_blinding_break", "api.correct_assessment", "api.respond_query",
-              "dm.respond", "api.dismiss_notification", "dm.dismiss"}
+              "dm.respond", "api.dismiss_notification", "dm.dismiss", "auth.digest"}
 PROTOCOL_ROUTES = {"api.protocol", "api.openapi"}  # the protocol itself names the arms; it says nothing of a child
 
 
@@ -331,6 +331,7 @@ def test_the_assessor_is_refused_every_safety_route(app, db, trial):
         r = c.get(url)
         assert r.status_code == 403 and "drum" not in r.get_data(as_text=True), url
     for method, path in (("GET", "/adverse-events"), ("GET", f"/adverse-events/{ae}"), ("POST", f"/participants/{p.study_id}/adverse-events"),
-                         ("POST", f"/adverse-events/{ae}/follow-ups"), ("POST", f"/adverse-events/{ae}/acknowledge")):
+                         ("POST", f"/adverse-events/{ae}/follow-ups"), ("POST", f"/adverse-events/{ae}/acknowledge"),
+                         ("POST", f"/adverse-events/{ae}/reports")):
         r = w.api(method, path, "assessor", json={})
         assert r.status_code == 403 and "drum" not in r.get_data(as_text=True), path

@@ -3,6 +3,7 @@ PostgreSQL when TRIAL_TEST_DATABASE_URL is set, else a SQLite file. Requests go 
 Flask stack, each thread with its own client and database connection."""
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +15,9 @@ from tests.helpers import World
 from trial import create_app
 from trial.audit import service as audit
 from trial.audit.models import AuditRecord
-from trial.participants.models import Allocation
+from trial.dataquality.models import DataQuery
+from trial.outcomes.service import check_missing_forms
+from trial.participants.models import Allocation, Participant
 from trial.randomize import lists
 from trial.randomize.models import Stratum
 
@@ -104,3 +107,33 @@ def test_concurrent_audit_appends_never_fork_the_chain(live):
     assert audit.verify(db).ok
     seqs = db.execute(select(AuditRecord.seq).order_by(AuditRecord.seq)).scalars().all()
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_concurrent_missing_form_checks_raise_each_query_once(live):
+    """Four runs of the missing-form check at once, as of a day when every window has closed: the
+    first to take the chain head raises a query for each missing form in one batch, the others
+    then find them open and raise none; the chain verifies."""
+    on = dt.date.today() + dt.timedelta(days=800)
+    for i in range(3):
+        live.randomize(live.ready("AT01"), f"checks-{i}")
+    live.db.commit()  # (this session's reads hold SQLite's write lock until it ends)
+
+    def run(i):
+        s = live.app.extensions["trial.sessions"]()
+        try:
+            people = list(s.execute(select(Participant).join(Allocation, Allocation.participant_id == Participant.id)
+                                    .order_by(Participant.id)).scalars())
+            n = check_missing_forms(s, people, on)
+            s.commit()
+            return n
+        finally:
+            s.close()
+    raised = fire(4, run)
+    db = live.db
+    db.expire_all()
+    keys = db.execute(select(DataQuery.open_key).where(DataQuery.origin == "check")).scalars().all()
+    assert len(keys) > 3 and len(set(keys)) == len(keys)
+    assert sorted(raised) == [0, 0, 0, len(keys)]
+    assert len(db.execute(select(AuditRecord.id).where(AuditRecord.entity == "query")).all()) == 5 * len(keys)
+    assert audit.verify(db).ok
+    db.commit()

@@ -357,7 +357,7 @@ def test_a_session_cannot_be_moved_past_the_end_of_the_intervention_but_can_be_c
                            "reason": "Child distressed"}).status_code == 201
     before = state(db)
     r = correct(world, sid, held_on=d(10).isoformat(), reason="wrong day")
-    assert r.status_code == 409 and "discontinued intervention on " + d(20).isoformat() in err(r)["message"]
+    assert r.status_code == 409 and "the intervention was discontinued on " + d(20).isoformat() in err(r)["message"]
     assert state(db) == before and row(db, sid)[0] == d(40)
     # the session as it was held can still be corrected
     assert correct(world, sid, engagement=5, reason="rated on paper").status_code == 200
@@ -810,7 +810,7 @@ def test_the_same_event_twice_is_409(world, kids, db):
     assert world.api("POST", f"/participants/{p.study_id}/events", "coordinator", json=body).status_code == 201
     before = state(db)
     r = world.api("POST", f"/participants/{p.study_id}/events", "coordinator", json={**body, "on": d(1).isoformat()})
-    assert r.status_code == 409 and "already has a lost to follow up event" in err(r)["message"]
+    assert r.status_code == 409 and "already has the event “Lost to follow-up”" in err(r)["message"]
     assert state(db) == before
 
 
@@ -851,7 +851,7 @@ def test_discontinued_intervention_stops_sessions_but_the_child_is_still_followe
     for day in (d(10), d(3)):
         r = session(world, low, day)
         assert r.status_code == 409
-        assert f"the intervention was discontinued intervention on {d(10).isoformat()}" in err(r)["message"]
+        assert f"the intervention was discontinued on {d(10).isoformat()}" in err(r)["message"]
         assert "still followed up" in err(r)["message"]
     assert state(db) == before
     # a session held before the discontinuation can still be logged late

@@ -51,6 +51,13 @@ def kids(world, db):
     return {"usual": usual, "high": high, "world": world}
 
 
+def sae_report(**kw) -> dict:
+    """A serious adverse event's report onwards (the API's body): to the ethics committee a minute ago."""
+    at = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).replace(microsecond=0)
+    return {"reported_to": "ethics_committee", "reported_at": at.isoformat().replace("+00:00", "Z"),
+            "reference": "EC-2026-017", **kw}
+
+
 def ok(r, status=201):
     assert r.status_code == status, (r.status_code, r.get_data(as_text=True))
     return r.get_json()
@@ -508,11 +515,11 @@ def test_an_sae_tells_every_manager_in_app_and_by_e_mail_and_runs_a_24_hour_cloc
     assert "report due in 23 h" in home and "waits for your acknowledgement" in home
     for who in ROLES:
         if who != "manager":
-            r = w.api("POST", f"/adverse-events/{body['id']}/acknowledge", who)
+            r = w.api("POST", f"/adverse-events/{body['id']}/acknowledge", who, json=sae_report())
             assert r.status_code in (403, 404), who
-    acked = ok(w.api("POST", f"/adverse-events/{body['id']}/acknowledge", "manager"), 200)
+    acked = ok(w.api("POST", f"/adverse-events/{body['id']}/acknowledge", "manager", json=sae_report()), 200)
     assert acked["acknowledged_at"] and acked.get("clock") is None
-    assert w.api("POST", f"/adverse-events/{body['id']}/acknowledge", "manager").status_code == 409
+    assert w.api("POST", f"/adverse-events/{body['id']}/acknowledge", "manager", json=sae_report()).status_code == 409
     assert "waits for your acknowledgement" not in c.get("/").get_data(as_text=True)
     # a non-serious event e-mails nobody
     n = len(inbox.messages)
@@ -701,7 +708,7 @@ def test_a_hard_lock_with_open_queries_answers_409_unless_accepted(kids, db):
     r = w.api("POST", "/locks", "manager", json=lock)
     assert r.status_code == 409
     e = r.get_json()["error"]
-    assert e["code"] == "open_queries" and e["fields"] == {str(visible): "open", str(hidden): "open"}
+    assert e["code"] == "open_queries" and e["fields"] == {str(visible): "Open", str(hidden): "Open"}
     assert state(db) == before
     assert w.api("POST", "/locks", "manager", json={**lock, "accept_open_queries": "yes"}).status_code == 400
     assert ok(w.api("POST", "/locks", "manager", json={"kind": "soft", "meaning": "Soft.", "password": PASSWORD}))  # soft: no check

@@ -121,7 +121,7 @@ def test_bad_enrollment_input_names_the_field_and_enrolls_nobody(world, db, kw, 
 def test_only_an_eligible_unused_screening_can_be_enrolled(world, db):
     sc = world.screen(declined=True)
     r = world.api("POST", "/participants", "coordinator", json=enroll_body(sc.id))
-    assert r.status_code == 409 and "declined" in r.get_json()["error"]["message"]
+    assert r.status_code == 409 and "has the outcome Declined" in r.get_json()["error"]["message"]
     sc = world.screen()
     assert world.api("POST", "/participants", "coordinator", json=enroll_body(sc.id)).status_code == 201
     r = world.api("POST", "/participants", "coordinator", json=enroll_body(sc.id))
@@ -229,3 +229,17 @@ def test_the_log_numbers_index_refuses_what_the_check_did_not_see(world, db, mon
         "site": "AT01", "log_number": "SL-7", "screened_on": TODAY.isoformat(), "answers": world.answers()})
     assert r.status_code == 400 and set(r.get_json()["error"]["fields"]) == {"log_number"}
     assert db.execute(select(func.count()).select_from(Screening)).scalar() == before
+
+
+def test_the_bundles_screening_log_carries_the_sites_log_number(world, db):
+    from trial.exports.dataset import screening_table
+    from trial.protocol.service import current
+    from trial.sites.models import Site
+    world.api("POST", "/screenings", "coordinator", json={
+        "site": "AT01", "log_number": "SL-2026-077", "screened_on": TODAY.isoformat(), "answers": world.answers()})
+    world.api("POST", "/screenings", "coordinator", json={
+        "site": "AT01", "screened_on": TODAY.isoformat(), "answers": world.answers()})
+    sites = {s.id: s.code for s in db.execute(select(Site)).scalars()}
+    table = screening_table(current(db).content, sites, [], lambda _name, stmt: db.execute(stmt).all())
+    column = [v.name for v in table.vars].index("lognum")
+    assert sorted((r[column] or "") for r in table.rows) == ["", "SL-2026-077"]

@@ -151,7 +151,7 @@ def test_goals_are_set_after_the_first_session_worked_on_counted_and_revised_wit
     assert session(world, low, d(33), goals=["eye_contact", "turn_taking"], present="child").status_code == 201
     assert session(world, low, d(26), goals=["eye_contact"]).status_code == 201
     r = session(world, low, d(19), goals=["vocalization"])
-    assert r.status_code == 400 and "are not goals set for this child: vocalization" in err(r)["fields"]["goals"]
+    assert r.status_code == 400 and "are not goals set for this child: Vocalization" in err(r)["fields"]["goals"]
     c = world.api("GET", f"/participants/{low.study_id}/course", "coordinator").get_json()
     assert {g["goal"]: g["sessions"] for g in c["goals"]} == {"eye_contact": 2, "turn_taking": 1}
     assert c["sessions"][0]["present"] == "child_and_parent"

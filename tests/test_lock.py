@@ -43,7 +43,7 @@ from trial.queries import service as queries
 from trial.randomize import service as randomization
 from trial.randomize.models import RandomizationDesign
 from trial.safety import service as safety
-from trial.safety.models import AdverseEvent, AdverseEventFollowUp
+from trial.safety.models import AdverseEvent, AdverseEventFollowUp, AdverseEventReport
 from trial.scope import CliActor
 from trial.sites.models import Site
 from trial.status.models import Deviation
@@ -141,7 +141,7 @@ def err(r, status, code=None):
 
 MODELS = (Screening, Participant, Allocation, Assessment, TherapySession, CounsellingSession, StatusEvent, Deviation,
           BlindingBreak, Site, Signature, DataLock, LockBundle, AuditRecord, DataQuery, QueryMessage, Verification,
-          AdverseEvent, AdverseEventFollowUp, ChildGoal, FidelityDraw, FidelitySample, FidelityRating)
+          AdverseEvent, AdverseEventFollowUp, AdverseEventReport, ChildGoal, FidelityDraw, FidelitySample, FidelityRating)
 
 
 def fingerprint(db) -> dict:
@@ -329,9 +329,9 @@ ACCOUNT_ROUTES = {"admin.user_new", "admin.user_edit", "admin.revoke_tokens", "g
                   "api.approve_grant", "api.reject_grant",
                   # a therapist's credential is staff administration, like a user's roles, not trial data
                   "api.record_credential", "api.revoke_credential", "intervention.new_credential"}
-# dismissing one's own in-app notification, or choosing the language of one's pages, is the user's
-# screen, not trial data
-USER_STATE_ROUTES = {"api.dismiss_notification", "dm.dismiss", "auth.language"}
+# dismissing one's own in-app notification, choosing the language of one's pages or opting out of
+# the weekly digest e-mail, is the user's screen, not trial data
+USER_STATE_ROUTES = {"api.dismiss_notification", "dm.dismiss", "auth.language", "auth.digest"}
 EXCLUDED = {"api.create_lock", "api.lift_lock", "api.unblinding"} | ACCOUNT_ROUTES | USER_STATE_ROUTES
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -352,7 +352,8 @@ def write_routes(app) -> dict[str, tuple[str, str]]:
 @pytest.fixture()
 def dm(world, kids, db):
     """The kids, and what the data-management writes act on: a query to answer, one to close, a
-    closed one to reopen, and a serious adverse event to follow up and acknowledge."""
+    closed one to reopen, a serious adverse event to follow up and acknowledge, and another one
+    acknowledged already to report onwards."""
     u = kids["usual"].study_id
     made = {}
     for name in ("respond", "close", "reopen"):
@@ -362,6 +363,10 @@ def dm(world, kids, db):
     made["ae"] = safety.record(db, world.users["coordinator"], u, {
         "term": "Febrile seizure", "onset": iso(R + dt.timedelta(days=40)), "severity": "severe", "serious": True,
         "seriousness": ["hospitalisation"], "relatedness": "not_related", "outcome": "recovering"}).id
+    made["reported"] = safety.record(db, world.users["coordinator"], u, {
+        "term": "Pneumonia", "onset": iso(R + dt.timedelta(days=45)), "severity": "severe", "serious": True,
+        "seriousness": ["hospitalisation"], "relatedness": "not_related", "outcome": "recovering"}).id
+    safety.acknowledge(db, world.users["manager"], made["reported"], SAE_REPORT)
     # the intervention as delivered: sessions the world's therapist led (the fixture's are loaded
     # by the command line), a goal to revise, a fidelity draw with a session to rate by a second
     # credentialed therapist, and one session logged after the draw for the next one
@@ -383,6 +388,13 @@ def dm(world, kids, db):
     kids["dm"] = made
     return kids
 
+
+# a serious adverse event's report onwards: over the API (a moment with its offset from UTC) and by
+# the web form (the wall-clock time at the site)
+SAE_REPORT = {"reported_to": "ethics_committee", "reported_at": f"{iso(R + dt.timedelta(days=47))}T09:30:00Z",
+              "reference": "EC-2026-017"}
+SAE_REPORT_FORM = {"reported_to": "authority", "reported_at": f"{iso(R + dt.timedelta(days=48))}T11:15",
+                   "reference": "BASG-SAE-0042"}
 
 FIDELITY_SCORES = {"follows_lead": 4, "attunement": 4, "affect_sharing": 5, "joint_attention": 3, "reciprocity": 4}
 
@@ -443,7 +455,10 @@ def api_cases(world, k) -> dict:
         "api.follow_up_adverse_event": ("POST", f"/adverse-events/{k['dm']['ae']}/follow-ups", "coordinator",
                                         {"on": iso(R + dt.timedelta(days=42)), "outcome": "recovering",
                                          "text": "Discharged home."}, None),
-        "api.acknowledge_adverse_event": ("POST", f"/adverse-events/{k['dm']['ae']}/acknowledge", "manager", None, None),
+        "api.acknowledge_adverse_event": ("POST", f"/adverse-events/{k['dm']['ae']}/acknowledge", "manager", SAE_REPORT,
+                                          None),
+        "api.report_adverse_event": ("POST", f"/adverse-events/{k['dm']['reported']}/reports", "manager",
+                                     dict(SAE_REPORT, reported_to="authority", reference="BASG-SAE-0042"), None),
         "api.verify_record": ("POST", f"/participants/{u}/verifications", "monitor", {"on": {"kind": "participant"}}, None),
         "api.set_goals": ("POST", f"/participants/{hi}/goals", "therapist", {"goals": [{"goal": "eye_contact"}]}, None),
         "api.revise_goal": ("POST", f"/goals/{k['dm']['goal']}/revisions", "therapist",
@@ -496,7 +511,8 @@ def web_cases(world, k) -> dict:
                                   "relatedness": "not_related", "expectedness": "", "outcome": "recovering"}),
         "dm.follow_up": (f"/adverse-events/{k['dm']['ae']}/follow-up", "coordinator",
                          {"on": iso(R + dt.timedelta(days=42)), "outcome": "recovering", "text": "Discharged home."}),
-        "dm.acknowledge": (f"/adverse-events/{k['dm']['ae']}/acknowledge", "manager", {}),
+        "dm.acknowledge": (f"/adverse-events/{k['dm']['ae']}/acknowledge", "manager", SAE_REPORT_FORM),
+        "dm.sae_report": (f"/adverse-events/{k['dm']['reported']}/reports", "manager", SAE_REPORT_FORM),
         "dm.verify": (f"/participants/{u}/verify", "monitor", {"kind": "participant"}),
         "course.set_goals": (f"/participants/{hi}/goals/new", "therapist", {"pick_eye_contact": "y", "describe_eye_contact": ""}),
         "course.revise_goal": (f"/goals/{k['dm']['goal']}/revise", "therapist",
@@ -555,7 +571,7 @@ def test_every_api_write_answers_423_and_changes_nothing_while_locked(app, world
         assert e["code"] == "locked" and f"{kind}-locked" in e["message"], (endpoint, e)
         assert fingerprint(db) == before, endpoint
         checked.append(endpoint)
-    assert len(checked) == 23
+    assert len(checked) == 24
 
 
 def web_client(app, who):
@@ -909,7 +925,7 @@ def test_cli_randomization_verify_passes_after_unblinding_and_fails_after_tamper
 # the links and forms that enter or change data: gone from every page while a lock holds
 ENTRY = re.compile(r'href="[^"]*(?:/screenings/new|/enroll|/assess/|/sessions/new|/counselling/new|/events/new|/deviations/new'
                    r'|/adverse-events/new|/queries/new|/blinding-break|/correct|/admin/sites/)[^"]*"'
-                   r'|action="[^"]*(?:/randomize|/respond|/close|/reopen|/follow-up|/acknowledge|/verify|/correct)"')
+                   r'|action="[^"]*(?:/randomize|/respond|/close|/reopen|/follow-up|/acknowledge|/reports|/verify|/correct)"')
 BANNER = "Data entry is closed."
 
 
@@ -925,7 +941,7 @@ def test_a_lock_puts_a_banner_on_every_page_and_hides_data_entry_until_it_is_lif
         "therapist": [f"/participants/{hi}"],
         "monitor": [f"/participants/{u}"],
         "manager": [f"/participants/{u}", f"/queries/{dm['dm']['close']}", f"/queries/{dm['dm']['reopen']}",
-                    f"/adverse-events/{dm['dm']['ae']}"],
+                    f"/adverse-events/{dm['dm']['ae']}", f"/adverse-events/{dm['dm']['reported']}"],
         "admin": ["/admin/sites"],
     }
     quiet = {"manager": ["/", "/locks", "/audit/"], "statistician": ["/", "/locks", "/consort"], "admin": ["/"]}

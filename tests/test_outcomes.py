@@ -18,9 +18,9 @@ from trial.audit.models import AuditRecord
 from trial.auth.service import create_user, issue_token
 from trial.notify.models import Notification
 from trial.outcomes.models import BlindingBreak
-from trial.outcomes.service import GUESS_LABELS
+from trial.outcomes.service import FORM_LABELS, GUESS_LABELS
 from trial.participants.models import Assessment
-from trial.protocol.service import DEFAULT_PROTOCOL
+from trial.protocol.service import DEFAULT_PROTOCOL, current
 from trial.timeline import add_months, course_window, local_date, planned_sessions, today, visit_window
 
 SEED = bytes(range(32))
@@ -321,12 +321,12 @@ BAD_ASSESSMENTS = [
     ("ados2", {"values": {**ADOS, "css": "high"}}, "values.css", "must be a whole number"),
     ("ados2", {"values": {**ADOS, "social_affect": 12.5}}, "values.social_affect", "must be a whole number"),
     ("ados2", {"values": {**ADOS, "social_affect": True}}, "values.social_affect", "must be a whole number"),
-    ("ados2", {"values": {**ADOS, "mood": 3}}, "values.mood", "is not a field of ados2"),
+    ("ados2", {"values": {**ADOS, "mood": 3}}, "values.mood", "is not a field of ADOS-2"),
     ("ados2", {"values": [10, 3, 5]}, "values", "must be an object"),
     ("ados2", {"values": None}, "values", "must be an object"),
-    ("ados2", {"visit": "month3"}, "visit", "must be one of baseline, month2, month5, month12"),
+    ("ados2", {"visit": "month3"}, "visit", "must be one of: Baseline, 2 months, 5 months (primary endpoint), 12 months"),
     ("ados2", {"visit": None}, "visit", "is required"),  # the declared body: a visit's key, not null
-    ("ados2", {"instrument": "cars2"}, "instrument", "must be one of ados2, srs2"),
+    ("ados2", {"instrument": "cars2"}, "instrument", "must be one of: ADOS-2"),
     ("ados2", {"performed_on": ""}, "performed_on", "is required"),
     ("ados2", {"performed_on": "31.12.2024"}, "performed_on", "is not a date"),
     ("ados2", {"performed_on": "FUTURE"}, "performed_on", "is in the future"),
@@ -357,8 +357,12 @@ def test_bad_outcome_is_400_naming_the_field_and_saves_nothing(opened, db, instr
     assert e["code"] == "invalid" and field in e["fields"] and why in e["fields"][field]
     if field in GUESS_LABELS:  # named by the entry form's label, never by its key
         assert e["message"] == f"The assessment was not saved: {GUESS_LABELS[field]} {e['fields'][field]}"
-    else:
-        assert field in e["message"]
+    elif field.startswith("values.") and field != "values.mood":  # a field of the form: by its label
+        ins = next(i for i in current(db).content["instruments"] if i["key"] == instrument)
+        label = next(f["label"] for f in ins["fields"] if f"values.{f['key']}" == field)
+        assert f"{label} {e['fields'][field]}" in e["message"] and field not in e["message"]
+    else:  # the form's own fields by their labels (the body's declared checks by its names)
+        assert field in e["message"] or FORM_LABELS[field] in e["message"]
     assert state(db) == before
 
 
@@ -425,7 +429,7 @@ def test_duplicate_and_out_of_sequence_assessments_are_409(opened, db):
     q = opened.enroll()
     before = state(db)
     r = assess(opened, p, values={"social_affect": 5, "rrb": 1, "css": 2})
-    assert r.status_code == 409 and f"ados2 at month2 is already recorded for {p.study_id}" in err(r)["message"]
+    assert r.status_code == 409 and f"ADOS-2 (blinded assessor) at 2 months is already recorded for {p.study_id}" in err(r)["message"]
     r = assess(opened, p, visit="baseline", performed_on=d(30))
     assert r.status_code == 409 and "already randomized" in err(r)["message"]
     r = assess(opened, q)
@@ -680,7 +684,8 @@ def test_correction_failures_change_nothing(opened, db, who, body, status, field
     assert r.status_code == status
     if field:
         assert why in err(r)["fields"][field]
-        assert field in err(r)["message"] or err(r)["message"] == "The correction changes nothing."
+        named = {"values.social_affect": "Social affect score"}.get(field, field)  # a form's field: by its label
+        assert named in err(r)["message"] or err(r)["message"] == "The correction changes nothing."
     elif why:
         assert why in err(r)["message"]
     db.expire_all()

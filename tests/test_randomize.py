@@ -83,7 +83,7 @@ def test_not_eligible_and_no_consent_cannot_even_be_enrolled(opened, db):
     sc = opened.screen(answers=opened.answers(asd_diagnosis=False))
     r = opened.api("POST", "/participants", "coordinator", json={"screening_id": sc.id, "date_of_birth": "2021-01-01",
                                                                  "sex": "male", "consent_date": "2026-01-01"})
-    assert r.status_code == 409 and "not eligible" in r.get_json()["error"]["message"]
+    assert r.status_code == 409 and "has the outcome Not eligible" in r.get_json()["error"]["message"]
     sc = opened.screen()
     r = opened.api("POST", "/participants", "coordinator", json={"screening_id": sc.id, "date_of_birth": "2021-01-01", "sex": "male"})
     assert r.status_code == 400 and "consent_date" in r.get_json()["error"]["fields"]

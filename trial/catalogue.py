@@ -74,6 +74,31 @@ class Label(str):
         return obj
 
 
+class Joined(str):
+    """Several values in one message, joined (``"; "`` by default), each shown in the reader's
+    language as a value of a :class:`Msg` is: a refusal's reasons, a list of the protocol's
+    words. As a ``str`` it is the English."""
+    parts: tuple
+    sep: str
+
+    def __new__(cls, parts, sep: str = "; "):
+        parts = tuple(parts)
+        obj = super().__new__(cls, sep.join(_english(p) for p in parts))
+        obj.parts, obj.sep = parts, sep
+        return obj
+
+
+def term(kind: str, key: str | None) -> "Msg":
+    """The catalogue's word for one of the system's keys (a role, a status, a state) as a value of a
+    message: English as a ``str``, in the reader's language where it is shown."""
+    return Msg(label(kind, key))
+
+
+def terms(kind: str, keys) -> Joined:
+    """The catalogue's words for several keys, comma-separated, as a value of a message."""
+    return Joined((term(kind, k) for k in keys), ", ")
+
+
 def _english(v) -> str:
     return v.isoformat() if isinstance(v, (dt.date, dt.datetime)) else str(v)
 
@@ -81,6 +106,8 @@ def _english(v) -> str:
 def _in(v, gettext, day, plabel):
     if isinstance(v, Msg):
         return v.translated(gettext, day, plabel)
+    if isinstance(v, Joined):
+        return v.sep.join(str(_in(p, gettext, day, plabel)) for p in v.parts)
     if isinstance(v, Label):
         return (plabel(v.kind, v.key) if plabel else None) or str(v)
     if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
@@ -91,6 +118,8 @@ def _in(v, gettext, day, plabel):
 def _word(v):
     if isinstance(v, Msg):
         return {"msg": v.words()}
+    if isinstance(v, Joined):
+        return {"joined": [_word(p) for p in v.parts], "sep": v.sep}
     if isinstance(v, Label):
         return {"label": [v.kind, v.key, str(v)]}
     if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
@@ -101,6 +130,8 @@ def _word(v):
 def _unword(v):
     if isinstance(v, dict) and "msg" in v:
         return Msg.from_words(v["msg"])
+    if isinstance(v, dict) and "joined" in v:
+        return Joined((_unword(p) for p in v["joined"]), v.get("sep", "; "))
     if isinstance(v, dict) and "label" in v:
         return Label(*v["label"])
     if isinstance(v, dict) and "date" in v:
@@ -175,6 +206,9 @@ LABELS: dict[str, dict[str, str]] = {
         "recovering": N_("Recovering"), "recovered": N_("Recovered"), "recovered_with_sequelae": N_("Recovered with sequelae"),
         "not_recovered": N_("Not recovered"), "fatal": N_("Fatal"), "unknown": N_("Unknown"),
     },
+    "reported_to": {  # to whom a serious adverse event is reported (trial.safety.models.REPORTED_TO)
+        "ethics_committee": N_("Ethics committee"), "authority": N_("Competent authority"), "sponsor": N_("Sponsor"),
+    },
     "screening_outcome": {
         "eligible": N_("Eligible"), "not_eligible": N_("Not eligible"), "declined": N_("Declined"), "other": N_("Other"),
     },
@@ -183,6 +217,7 @@ LABELS: dict[str, dict[str, str]] = {
     "attendance": {"attended": N_("Attended"), "cancelled": N_("Cancelled"), "no_show": N_("No show")},
     "grant_status": {"pending": N_("Pending"), "approved": N_("Approved"), "rejected": N_("Rejected"),
                      "withdrawn": N_("Request withdrawn")},
+    "present": {"child": N_("The child alone"), "child_and_parent": N_("The child with a parent")},  # at a session
 }
 
 

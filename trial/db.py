@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from trial import settings
+from trial.catalogue import N_, Msg
 from trial.errors import OutcomeUnknown, Unavailable
 
 NAMING_CONVENTION = {
@@ -165,10 +166,10 @@ class TrialSession(Session):
         except sa_exc.DBAPIError as e:
             if _definitely_rolled_back(e):
                 raise
-            raise OutcomeUnknown(
+            raise OutcomeUnknown(N_(
                 "The database connection failed while the change was being committed: it is not known whether it "
                 "was saved. Check the record before entering it again; an API request can be retried with the "
-                "same Idempotency-Key.") from e
+                "same Idempotency-Key.")) from e
         for hook in after_commit_hooks:
             hook(self)
 
@@ -187,54 +188,58 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 # --- database failures as the user should read them -------------------------------------------
 
 _PG_CLASSES = {
-    "53100": ("full", "The database server's disk is full"),
-    "53200": ("full", "The database server is out of memory"),
-    "53300": ("busy", "The database server has too many connections"),
-    "25006": ("read_only", "The database is read-only (maintenance or a replica)"),
-    "57P01": ("unreachable", "The database server is shutting down"),
-    "57P02": ("unreachable", "The database server restarted after a crash"),
-    "57P03": ("unreachable", "The database server is starting up"),
-    "40001": ("busy", "The database could not serialize this change with another one"),
-    "40P01": ("busy", "This change deadlocked with another one"),
-    "55P03": ("busy", "A record this change needs is locked by another user"),
-    "57014": ("busy", "The database took too long to answer"),
+    "53100": ("full", N_("The database server's disk is full")),
+    "53200": ("full", N_("The database server is out of memory")),
+    "53300": ("busy", N_("The database server has too many connections")),
+    "25006": ("read_only", N_("The database is read-only (maintenance or a replica)")),
+    "57P01": ("unreachable", N_("The database server is shutting down")),
+    "57P02": ("unreachable", N_("The database server restarted after a crash")),
+    "57P03": ("unreachable", N_("The database server is starting up")),
+    "40001": ("busy", N_("The database could not serialize this change with another one")),
+    "40P01": ("busy", N_("This change deadlocked with another one")),
+    "55P03": ("busy", N_("A record this change needs is locked by another user")),
+    "57014": ("busy", N_("The database took too long to answer")),
 }
 _SQLITE_MESSAGES = (
-    ("database or disk is full", "full", "The database file's disk is full"),
-    ("readonly database", "read_only", "The database file is on read-only storage"),
-    ("unable to open database", "unreachable", "The database file cannot be opened"),
-    ("disk i/o error", "unreachable", "The database file's storage reported an I/O error"),
-    ("database is locked", "busy", "The database is busy with another change"),
-    ("no such table", "not_migrated", "The database has no schema yet (run `trial db upgrade`)"),
+    ("database or disk is full", "full", N_("The database file's disk is full")),
+    ("readonly database", "read_only", N_("The database file is on read-only storage")),
+    ("unable to open database", "unreachable", N_("The database file cannot be opened")),
+    ("disk i/o error", "unreachable", N_("The database file's storage reported an I/O error")),
+    ("database is locked", "busy", N_("The database is busy with another change")),
+    ("no such table", "not_migrated", N_("The database has no schema yet (run `trial db upgrade`)")),
 )
 _RETRY = {"busy": 5, "unreachable": 30, "full": 120, "read_only": 120, "not_migrated": 120}
-_AFTER = " Nothing was changed; try again later."
+
+
+def _after(what: str) -> Msg:
+    """What failed, then that nothing was changed: in the reader's language."""
+    return Msg(N_("%(what)s. Nothing was changed; try again later."), what=Msg(what))
 
 
 def unavailable(e: BaseException) -> Unavailable | None:
     """The :class:`Unavailable` error a database failure means for the user, or ``None`` if it is
     not a failure of the database's availability (a programming error stays a 500)."""
     if isinstance(e, sa_exc.TimeoutError):  # the connection pool is exhausted
-        return Unavailable("Every database connection of this server is busy." + _AFTER, 5, "busy")
+        return Unavailable(_after(N_("Every database connection of this server is busy")), 5, "busy")
     if not isinstance(e, sa_exc.DBAPIError):
         return None
     orig = e.orig
     state = getattr(orig, "sqlstate", None)
     if state:
-        kind, text = _PG_CLASSES.get(state) or (("unreachable", "The connection to the database failed")
+        kind, text = _PG_CLASSES.get(state) or (("unreachable", N_("The connection to the database failed"))
                                                  if state.startswith("08") else (None, None))
         if kind:
-            return Unavailable(f"{text}.{_AFTER}", _RETRY[kind], kind)
+            return Unavailable(_after(text), _RETRY[kind], kind)
         return None
     if isinstance(orig, sqlite3.Error):
         msg = str(orig).lower()
         for needle, kind, text in _SQLITE_MESSAGES:
             if needle in msg:
-                return Unavailable(f"{text}.{_AFTER}", _RETRY[kind], kind)
+                return Unavailable(_after(text), _RETRY[kind], kind)
         return None
     if e.connection_invalidated or isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError)):
         # psycopg without an SQLSTATE: refused, reset or closed connections
-        return Unavailable(f"The database server cannot be reached.{_AFTER}", 30, "unreachable")
+        return Unavailable(_after(N_("The database server cannot be reached")), 30, "unreachable")
     return None
 
 
@@ -243,6 +248,15 @@ def insert_ignore(db: Session, table, values: dict) -> None:
     dialect = db.get_bind().dialect.name
     ins = pg_insert if dialect == "postgresql" else sqlite_insert
     db.execute(ins(table).values(**values).on_conflict_do_nothing())
+
+
+def insert_new(db: Session, table, rows: list[dict], *returning) -> list:
+    """INSERT of many rows (executemany, in pages of multi-row VALUES) that skips a row whose
+    unique key is taken, by a concurrent transaction too (PostgreSQL waits for it to end); the
+    ``returning`` columns of the rows inserted."""
+    dialect = db.get_bind().dialect.name
+    ins = pg_insert if dialect == "postgresql" else sqlite_insert
+    return db.execute(ins(table).on_conflict_do_nothing().returning(*returning), rows).all()
 
 
 def lock_for_update(stmt, bind):

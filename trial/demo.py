@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.auth.service import create_user
+from trial.catalogue import N_
 from trial.course.models import TherapySession
 from trial.course.service import log_counselling, log_session, set_goals
 from trial.credentials import service as credentials
@@ -72,7 +73,7 @@ def load_demo(db: Session, participants_per_site: int = 10, seed: int = 2011) ->
     opened, the participants at every stage, the data management and the fidelity ratings.
     Returns the logins (role, e-mail, password)."""
     if db.execute(select(Site.id)).first():
-        raise Conflict("The database already has sites; the demo loads into an empty database only.")
+        raise Conflict(N_("The database already has sites; the demo loads into an empty database only."))
     actor = CliActor(email="demo-loader")
     ensure_default(db, actor)
     for code, name, cc, tz, target in SITES:

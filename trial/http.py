@@ -8,6 +8,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import zoneinfo
 
 from babel import dates as babel_dates
 from flask import Flask, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
@@ -19,7 +20,7 @@ from markupsafe import Markup
 from sqlalchemy.exc import SQLAlchemyError
 
 from trial.auth.service import load_session_user, user_for_token
-from trial.catalogue import LANGUAGES, N_, RTL_LANGUAGES, Msg, label
+from trial.catalogue import LANGUAGES, N_, RTL_LANGUAGES, Joined, Msg, label
 from trial.db import unavailable, utcnow
 from trial.errors import DomainError, ValidationError
 from trial.lock.models import DataLock
@@ -31,7 +32,7 @@ from trial.protocol.service import current as current_protocol
 from trial.protocol.service import labels as protocol_labels
 from trial.protocol.service import localized
 from trial.trialstate.service import lock_in_force
-from trial.validation import CONTROL_MESSAGE, MAX_ID, has_control
+from trial.validation import CONTROL_MESSAGE, MAX_ID, as_msg, has_control
 from trial.version import __version__
 
 csrf = CSRFProtect()
@@ -125,7 +126,7 @@ def _check_request_values():
     bad: dict[str, str] = {}
     for name, value in (request.view_args or {}).items():
         if isinstance(value, int) and not 1 <= value <= MAX_ID:
-            bad[name] = f"must be a whole number from 1 to {MAX_ID}"
+            bad[name] = Msg(N_("must be a whole number from %(lo)s to %(hi)s"), lo=1, hi=MAX_ID)
         elif isinstance(value, str) and has_control(value):
             bad[name] = CONTROL_MESSAGE
     for name, value in request.args.items(multi=True):
@@ -136,7 +137,8 @@ def _check_request_values():
             if has_control(value) and name not in ("password", "current_password", "new_password"):
                 bad[name] = CONTROL_MESSAGE
     if bad:
-        raise ValidationError("The request was not accepted: " + "; ".join(f"{k} {v}" for k, v in bad.items()), bad)
+        reasons = Joined(Msg(N_("%(field)s %(reason)s"), field=k, reason=as_msg(v)) for k, v in bad.items())
+        raise ValidationError(Msg(N_("The request was not accepted: %(reasons)s"), reasons=reasons), bad)
 
 
 def check_query(endpoint: str) -> None:
@@ -146,8 +148,8 @@ def check_query(endpoint: str) -> None:
         return
     unknown = sorted(set(request.args) - allowed)
     if unknown:
-        raise ValidationError("Unknown query parameter: " + ", ".join(unknown) + ".",
-                              {name: "is not a parameter of this operation" for name in unknown})
+        reasons = {name: N_("is not a parameter of this operation") for name in unknown}
+        raise ValidationError(Msg(N_("Unknown query parameter: %(names)s."), names=", ".join(unknown)), reasons)
 
 
 def commit_or_flash(action, done: str) -> bool:
@@ -202,7 +204,8 @@ def int_arg(name: str, default: int, lo: int = 1, hi: int = 1_000_000) -> int:
     if raw in (None, ""):
         return default
     if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise ValidationError(f"{name} must be a whole number from {lo} to {hi}.", {name: f"a whole number from {lo} to {hi}"})
+        raise ValidationError(Msg(N_("%(name)s must be a whole number from %(lo)s to %(hi)s."), name=name, lo=lo, hi=hi),
+                              {name: Msg(N_("a whole number from %(lo)s to %(hi)s"), lo=lo, hi=hi)})
     return int(raw)
 
 
@@ -427,6 +430,22 @@ def stamp(value, utc: bool = True) -> str:
     return f"{text} UTC" if utc else text
 
 
+def at_site(value, tz: str | None) -> str:
+    """A moment the system holds in UTC (a datetime, or its ISO text) as the wall-clock time at a
+    site, in the page's language, the zone named with its offset: a time typed at the site reads
+    back as it was typed."""
+    if not value or isinstance(value, Undefined):
+        return ""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value.rstrip("Z"))
+    zone = zoneinfo.ZoneInfo(tz or "UTC")
+    local = (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(zone)
+    minutes = int((local.utcoffset() or dt.timedelta(0)).total_seconds()) // 60
+    offset = f"UTC{'+' if minutes >= 0 else '-'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    text = babel_dates.format_datetime(local, format="medium", tzinfo=zone, locale=get_locale())
+    return gettext("%(moment)s (time zone %(zone)s, %(offset)s)", moment=text, zone=tz or "UTC", offset=offset)
+
+
 def percent(value) -> str:
     """A share (0.5) as a percentage in the page's language; a dash when there is none."""
     return "—" if value is None or isinstance(value, Undefined) else format_percent(value)
@@ -505,7 +524,7 @@ def init_app(app: Flask) -> None:
     csrf.init_app(app)
     login_manager.init_app(app)
     babel.init_app(app, locale_selector=select_locale)
-    app.jinja_env.filters.update(day=day, stamp=stamp, number=number, percent=percent, say=say)
+    app.jinja_env.filters.update(day=day, stamp=stamp, number=number, percent=percent, say=say, at_site=at_site)
 
     @login_manager.user_loader
     def _load(user_id: str):

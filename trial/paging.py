@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from trial.catalogue import N_, Msg
 from trial.errors import ValidationError
 
 DEFAULT_PER_PAGE = 50
@@ -86,8 +87,9 @@ def sort_key(sort: str | None, allowed: dict[str, Any], default: str) -> str:
     if not sort:
         return default
     if sort.lstrip("-") not in allowed:
-        raise ValidationError("sort must be one of: " + ", ".join(sorted(allowed)) + " (with - in front to reverse).",
-                              {"sort": "one of " + ", ".join(sorted(allowed))})
+        columns = ", ".join(sorted(allowed))  # the API's names of the columns, which a request gives as they are
+        raise ValidationError(Msg(N_("sort must be one of: %(columns)s (with - in front to reverse)."), columns=columns),
+                              {"sort": Msg(N_("one of %(columns)s"), columns=columns)})
     return sort
 
 

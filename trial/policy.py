@@ -16,6 +16,7 @@ POLICY: dict[str, object] = {
     "auth.logout": ANY,
     "auth.password": ANY,
     "auth.language": ANY,
+    "auth.digest": ANY,  # the user's own choice of the weekly digest e-mail
     "main.home": ANY,
     "admin.users": ("admin",),
     "admin.user_new": ("admin",),
@@ -33,6 +34,7 @@ POLICY: dict[str, object] = {
     "dm.adverse_event": ("coordinator", "monitor", "manager"),
     "dm.follow_up": ("coordinator",),
     "dm.acknowledge": ("manager",),
+    "dm.sae_report": ("manager",),
     "dm.verify": ("monitor",),
     "dm.dismiss": ANY,
     "grants.approve": ("manager",),
@@ -70,6 +72,7 @@ POLICY: dict[str, object] = {
     "dashboard.overview": ("manager",),
     "dashboard.recruitment_over_time_svg": ("manager",),
     "dashboard.recruitment_svg": ("coordinator", "therapist", "assessor", "statistician", "monitor", "manager"),
+    "dashboard.site": ("coordinator", "monitor", "manager"),  # a site's own coordinators and monitors (trial.dashboard)
     # JSON API
     "api.openapi": PUBLIC,
     "api.me": ANY,
@@ -119,6 +122,7 @@ POLICY: dict[str, object] = {
     "api.create_adverse_event": ("coordinator",),
     "api.follow_up_adverse_event": ("coordinator",),
     "api.acknowledge_adverse_event": ("manager",),
+    "api.report_adverse_event": ("manager",),
     "api.list_adverse_events": ("coordinator", "monitor", "manager"),
     "api.get_adverse_event": ("coordinator", "monitor", "manager"),
     "api.verify_record": ("monitor",),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
+from trial.catalogue import N_
 from trial.errors import Forbidden
 from trial.trialstate.service import trial_unblinded
 
@@ -41,7 +42,7 @@ def is_cli(actor) -> bool:
 
 def require_role(db: Session, actor, *roles: str) -> None:
     if actor is None or not actor.has_role(*roles):
-        raise Forbidden("Your role does not allow this.")
+        raise Forbidden(N_("Your role does not allow this."))
 
 
 def require_site_role(db: Session, actor, site_id: int, *roles: str) -> None:
@@ -49,11 +50,11 @@ def require_site_role(db: Session, actor, site_id: int, *roles: str) -> None:
     if is_cli(actor):
         return
     if actor is None:
-        raise Forbidden("Your role does not allow this.")
+        raise Forbidden(N_("Your role does not allow this."))
     for r in actor.roles:
         if r.role in roles and (r.site_id is None or r.site_id == site_id):
             return
-    raise Forbidden("Your role does not allow this at that site.")
+    raise Forbidden(N_("Your role does not allow this at that site."))
 
 
 def visible_site_ids(db: Session, actor, *roles: str) -> set[int] | None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import zoneinfo
 from typing import Annotated, Any
 
 from pydantic import PlainValidator, WithJsonSchema
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
-from trial.catalogue import N_, Msg
+from trial.catalogue import N_, Joined, Label, Msg
 from trial.errors import ValidationError
 
 # C0 controls except tab, line feed and carriage return; DEL; lone UTF-16 surrogates (which no
@@ -64,10 +65,16 @@ def refusal(message: str, errors: dict[str, str], labels: dict[str, str] | None 
     """One ValidationError naming every bad field: ``message`` ("The session was not saved"),
     then each field (by its label in ``labels``, else its name) with its reason. ``message`` is
     the error's lead, which a web form shows above the reasons it puts beside its fields."""
-    e = ValidationError(message + ": " + "; ".join(f"{(labels or {}).get(k, k)} {v}" for k, v in errors.items()),
-                        errors, lead=message)
+    reasons = Joined(Msg(N_("%(field)s %(reason)s"), field=as_msg((labels or {}).get(k, k)), reason=as_msg(v))
+                     for k, v in errors.items())
+    e = ValidationError(Msg(N_("%(lead)s: %(reasons)s"), lead=as_msg(message), reasons=reasons), errors, lead=message)
     e.labels = dict(labels or {})  # a form that has no field for a reason names it by its label
     return e
+
+
+def as_msg(text) -> Msg:
+    """A catalogue text (or a composed message) as a value of a message, shown in the reader's language."""
+    return text if isinstance(text, (Msg, Label, Joined)) else Msg(str(text))
 
 
 def refuse(message: str, errors: dict[str, str], labels: dict[str, str] | None = None) -> None:
@@ -125,6 +132,49 @@ def parse_date(value: Any, field: str, errors: dict[str, str], required: bool = 
     except ValueError:
         errors[field] = Msg(N_("%(value)s is not a date of the calendar"), value=value)
         return None
+
+
+# RFC 3339 (OpenAPI's date-time) with seconds and an offset: a time without its offset from UTC is
+# refused, as it could be any zone's (a report's time decides whether 24 hours were kept)
+MOMENT_PATTERN = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+                  r"(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
+_MOMENT_RE = re.compile(MOMENT_PATTERN)
+MOMENT_FORM = N_("is not a date and time with its offset from UTC (YYYY-MM-DDTHH:MM:SSZ, or +01:00 for the offset)")
+
+
+def parse_moment(value: Any, field: str, errors: dict[str, str], tz: str | None = None) -> dt.datetime | None:
+    """A moment as naive UTC (as the database keeps them): RFC 3339 text with its offset (``Z`` or
+    ``+01:00``; the API), an aware datetime, or a naive datetime read as the wall-clock time in the
+    time zone ``tz`` (a site's: the web form; a time the clocks skipped there is refused)."""
+    if value is None or value == "":
+        errors[field] = N_("is required")
+        return None
+    if isinstance(value, dt.datetime) and value.tzinfo is None and tz:
+        return _wall_clock(value, tz, field, errors)
+    try:
+        if isinstance(value, dt.datetime) and value.tzinfo is not None:
+            return value.astimezone(dt.UTC).replace(tzinfo=None)
+        if isinstance(value, str) and _MOMENT_RE.fullmatch(value):
+            return dt.datetime.fromisoformat(value).astimezone(dt.UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        errors[field] = Msg(N_("%(value)s is not a moment of the calendar"), value=value)
+        return None
+    errors[field] = MOMENT_FORM
+    return None
+
+
+def _wall_clock(local: dt.datetime, tz: str, field: str, errors: dict[str, str]) -> dt.datetime | None:
+    zone = zoneinfo.ZoneInfo(tz)
+    try:
+        utc = local.replace(tzinfo=zone).astimezone(dt.UTC)
+        exists = utc.astimezone(zone).replace(tzinfo=None) == local
+    except OverflowError:
+        exists = False
+    if not exists:
+        errors[field] = Msg(N_("%(moment)s does not exist in the time zone %(zone)s (the clocks skipped it)"),
+                            moment=f"{local:%Y-%m-%d %H:%M}", zone=tz)
+        return None
+    return utc.replace(tzinfo=None)
 
 
 def years_before(day: dt.date, years: int) -> dt.date:
@@ -244,6 +294,20 @@ OptionalDate = Annotated[str | None, PlainValidator(checked(_date_or_null)), Wit
      AGAINST: CALENDAR})]
 
 
+def _iso_moment(value: Any, field: str, errors: dict[str, str]) -> None:
+    if not isinstance(value, str):  # only text comes in JSON
+        errors[field] = MOMENT_FORM
+        return
+    parse_moment(value, field, errors)
+
+
+IsoMoment = Annotated[str, PlainValidator(checked(_iso_moment)), WithJsonSchema(
+    {"type": "string", "format": "date-time", "pattern": MOMENT_PATTERN,
+     "description": "a moment with its offset from UTC: YYYY-MM-DDTHH:MM:SS (fractions of a second allowed) then Z "
+                    "or ±HH:MM; kept in UTC", AGAINST: "the clock and the record's dates: not in the future, not before "
+                                                       "the events it follows"})]
+
+
 def _strict(kind: type, words: str):
     def check(value: Any, field: str, errors: dict[str, str]) -> None:
         if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
@@ -302,9 +366,9 @@ def whole(lo: int | None = None, hi: int | None = None, nullable: bool = False, 
     service's own words."""
     def check(value: Any, field: str, errors: dict[str, str]) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
-            errors[field] = words or N_("must be a whole number")
+            errors[field] = words if words else N_("must be a whole number")
         elif lo is not None and value < lo or hi is not None and value > hi:
-            errors[field] = words or Msg(N_("must be from %(lo)s to %(hi)s"), lo=lo, hi=hi)
+            errors[field] = words if words else Msg(N_("must be from %(lo)s to %(hi)s"), lo=lo, hi=hi)
     schema: dict[str, Any] = {"type": "integer"}
     if lo is not None:
         schema["minimum"] = lo
@@ -319,7 +383,7 @@ def choice(*values: str, description: str | None = None, nullable: bool = False,
     """One of ``values``."""
     def check(value: Any, field: str, errors: dict[str, str]) -> None:
         if not isinstance(value, str) or value not in values:
-            errors[field] = words or Msg(N_("must be one of %(values)s"), values=", ".join(values))
+            errors[field] = words if words else Msg(N_("must be one of %(values)s"), values=", ".join(values))
     schema: dict[str, Any] = {"type": "string", "enum": list(values)}
     if description:
         schema["description"] = description

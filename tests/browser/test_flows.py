@@ -148,6 +148,35 @@ def test_coordinator_answers_a_query(open_as, live):
     assert "Checked against the signed consent form" in page.locator("main table").first.inner_text()
 
 
+def test_the_follow_up_form_opens_on_the_visit_due_and_warns_of_an_unusual_value_before_saving(open_as, live):
+    """The coordinator opens the SRS-2 for the child whose 2-month visit is due: the form is at
+    "2 months" (not the protocol's first visit), and a T-score below the usual range is not saved
+    until the coordinator confirms it on the form."""
+    study_id = live.ids["due_month2"]
+    page = open_as("coordinator", PHONE)
+    page.goto(live.url + f"/participants/{study_id}")
+    page.get_by_role("link", name=re.compile("^Enter SRS-2")).first.click()
+    visit = page.get_by_label("Visit", exact=True)
+    assert visit.evaluate("e => e.options[e.selectedIndex].text") == "2 months"
+    page.get_by_label("Performed on").fill(_iso(today("Europe/Vienna")))
+    page.get_by_label(re.compile("^SRS-2 total T-score")).fill("40")
+    page.get_by_role("button", name=re.compile("^Save")).click()
+    confirm = page.get_by_label(re.compile("^A value is outside the range the protocol expects"))
+    confirm.wait_for(timeout=15000)
+    main = page.locator("main").inner_text()
+    assert "SRS-2 total T-score" in main and "40" in page.get_by_label(re.compile("^SRS-2 total T-score")).input_value()
+    other = page.context.new_page()  # the child's page beside the form: nothing saved yet
+    other.goto(live.url + f"/participants/{study_id}")
+    rows = other.get_by_role("region", name="Assessments").locator("tr", has_text="2 months").filter(has_text="SRS-2")
+    assert rows.count() == 0, "saved before the unusual value was confirmed"
+    other.close()
+    page.get_by_label(re.compile("^A value is outside the range the protocol expects")).check()
+    page.get_by_role("button", name=re.compile("^Save")).click()
+    assert "saved" in _flash(page), page.locator("main").inner_text()[:2000]
+    rows = page.get_by_role("region", name="Assessments").locator("tr", has_text="2 months").filter(has_text="SRS-2")
+    assert rows.count() == 1 and "40" in rows.inner_text()
+
+
 ENTRY_LINKS = ("Screen a child", "Enter SRS-2", "Record an adverse event", "Status event", "Deviation")
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from trial.course.models import ATTENDANCE, PRESENT
 from trial.dataquality.models import QUERY_KINDS, QUERY_STATES
 from trial.participants.models import SEXES
-from trial.safety.models import EXPECTEDNESS, OUTCOMES, RELATEDNESS, SERIOUSNESS, SEVERITIES
+from trial.safety.models import EXPECTEDNESS, OUTCOMES, RELATEDNESS, REPORTED_TO, SERIOUSNESS, SEVERITIES
 from trial.validation import MAX_ID
 
 Date = Annotated[str, WithJsonSchema({"type": "string", "format": "date"})]
@@ -273,6 +273,17 @@ class FollowUp(Answer):
     text: str
 
 
+class SaeReport(Answer):
+    """A serious adverse event reported onwards: to whom, when (UTC), the recipient's reference;
+    who recorded it (their e-mail; null for the command line) and when."""
+    id: Id
+    reported_to: one_of(*REPORTED_TO)
+    reported_at: Moment
+    reference: str
+    recorded_by: str | None
+    recorded_at: Moment
+
+
 class AdverseEvent(Answer):
     id: Id
     study_id: str
@@ -292,6 +303,7 @@ class AdverseEvent(Answer):
     acknowledged_at: Moment | None
     clock: str | None = ABSENT
     follow_ups: list[FollowUp]
+    reports: list[SaeReport] = Field(description="the reports onwards, the first one the acknowledgement's")
 
 
 class AdverseEventRecorded(Answer):
@@ -303,6 +315,7 @@ class AdverseEventRecorded(Answer):
 class Acknowledged(Answer):
     id: Id
     acknowledged_at: Moment
+    report: SaeReport
 
 
 # --- the intervention as delivered -----------------------------------------------------------------

@@ -16,7 +16,7 @@ from trial.credentials import service as credentials
 from trial.dataquality.models import QUERY_KINDS
 from trial.participants.models import EVENT_TYPES, SEXES
 from trial.outcomes import service as outcomes
-from trial.safety.models import EXPECTEDNESS, OUTCOMES, RELATEDNESS, SERIOUSNESS, SEVERITIES
+from trial.safety.models import EXPECTEDNESS, OUTCOMES, RELATEDNESS, REPORTED_TO, SERIOUSNESS, SEVERITIES
 from trial.status.service import DEVIATION_CATEGORIES
 from trial.validation import (
     AGAINST,
@@ -26,6 +26,7 @@ from trial.validation import (
     Flag,
     Id,
     IsoDate,
+    IsoMoment,
     OptionalDate,
     Text,
     Word,
@@ -243,6 +244,17 @@ class FollowUpBody(Body):
     outcome: choice(*OUTCOMES) = against("the adverse event as recorded")
     resolved_on: OptionalDate = None
     text: Text(4000)
+
+
+class SaeReportBody(Body):
+    """A serious adverse event reported onwards: the first one acknowledges the event (and stops its
+    24-hour clock), each further one adds to its reporting record."""
+    LEAD = N_("The report was not recorded")
+    reported_to: choice(*REPORTED_TO, description="to whom it was reported")
+    reported_at: IsoMoment = Field(description="when it was reported, with its offset from UTC (e.g. "
+                                               "2026-03-05T14:30:00+01:00, or Z for UTC); not in the future, not "
+                                               "before the onset")
+    reference: Text(80, description="the reference number the recipient gave")
 
 
 class RecordRefBody(Body):

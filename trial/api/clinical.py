@@ -8,7 +8,7 @@ from trial.api import answers as a
 from trial.api import bodies as b
 from trial.api.params import SITE_QUERY, enum_param, text_param
 from trial.api.routing import body, err, media, ok, route
-from trial.catalogue import LANGUAGES
+from trial.catalogue import LANGUAGES, N_, Msg
 from trial.enrollment import service as enrollment
 from trial.errors import ValidationError
 from trial.http import actor, db, page_request, page_url
@@ -65,8 +65,8 @@ def list_participants():
                "status": request.args.get("status") or None, "arm": request.args.get("arm") or None}
     for name in ("page", "per_page"):
         if request.args.get(name, None) == "":  # the API takes a number or no parameter, never an empty one
-            raise ValidationError(f"{name} must be a whole number; leave it out for the whole list.",
-                                  {name: "a whole number"})
+            raise ValidationError(Msg(N_("%(name)s must be a whole number; leave it out for the whole list."), name=name),
+                                  {name: N_("a whole number")})
     if "page" not in request.args:
         req = page_request()
         allowed = participants.participant_sorts(s, actor())

@@ -7,6 +7,7 @@ from trial.api import answers as a
 from trial.api import bodies as b
 from trial.api.params import SITE_QUERY, enum_param, text_param
 from trial.api.routing import body, err, ok, route
+from trial.catalogue import N_
 from trial.dataquality.models import QUERY_STATES
 from trial.errors import ValidationError
 from trial.http import actor, db
@@ -102,13 +103,28 @@ def follow_up_adverse_event(ae_id):
     return jsonify({"id": fu.id}), 201
 
 
-@route("/adverse-events/<int:ae_id>/acknowledge", "POST", "Acknowledge a serious adverse event (stops its 24-hour clock)",
-       "manager", responses={200: ok("acknowledged", a.Acknowledged),
-                             404: err("unknown adverse event"), 409: err("not serious, or acknowledged already")})
+@route("/adverse-events/<int:ae_id>/acknowledge", "POST", "Acknowledge a serious adverse event with its first report "
+       "(to whom, when, the reference): stops its 24-hour clock", "manager", body=b.SaeReportBody,
+       responses={200: ok("acknowledged", a.Acknowledged), 400: err("bad input, naming each field"),
+                  404: err("unknown adverse event"), 409: err("not serious, or acknowledged already")})
 def acknowledge_adverse_event(ae_id):
-    ae = safety.acknowledge(db(), actor(), ae_id)
-    db().commit()
-    return jsonify({"id": ae.id, "acknowledged_at": ae.acknowledged_at.isoformat(timespec="seconds") + "Z"})
+    s = db()
+    ae = safety.acknowledge(s, actor(), ae_id, body())
+    s.commit()
+    return jsonify({"id": ae.id, "acknowledged_at": ae.acknowledged_at.isoformat(timespec="seconds") + "Z",
+                    "report": safety.report_view(s, ae.reports[0])})
+
+
+@route("/adverse-events/<int:ae_id>/reports", "POST", "Record a further report of an acknowledged serious adverse event",
+       "manager", body=b.SaeReportBody,
+       responses={201: ok("recorded", a.SaeReport), 400: err("bad input, naming each field"),
+                  404: err("unknown adverse event"),
+                  409: err("not serious, not acknowledged yet, or this report is recorded already")})
+def report_adverse_event(ae_id):
+    s = db()
+    rep = safety.report(s, actor(), ae_id, body())
+    s.commit()
+    return jsonify(safety.report_view(s, rep)), 201
 
 
 def _serious_arg() -> bool | None:
@@ -116,7 +132,7 @@ def _serious_arg() -> bool | None:
     if raw is None:
         return None
     if raw not in ("true", "false"):
-        raise ValidationError("serious must be true or false.", {"serious": "true or false"})
+        raise ValidationError(N_("serious must be true or false."), {"serious": N_("true or false")})
     return raw == "true"
 
 

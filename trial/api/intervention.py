@@ -9,6 +9,7 @@ from trial.api import bodies as b
 from trial.api.params import SITE_QUERY
 from trial.api.routing import body, err, ok, route
 from trial.auth.models import User
+from trial.catalogue import N_, Msg
 from trial.course import service as course
 from trial.credentials import service as credentials
 from trial.errors import NotFound
@@ -32,7 +33,7 @@ def therapists():
 def record_credential(user_id):
     u = db().get(User, user_id)
     if u is None:
-        raise NotFound(f"No user {user_id}.")
+        raise NotFound(Msg(N_("No user %(id)s."), id=user_id))
     c = credentials.record(db(), actor(), u, body())
     db().commit()
     return jsonify(credentials.view(c, c.valid_from)), 201

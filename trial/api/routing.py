@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from trial.api.answers import Error
+from trial.catalogue import N_, Msg
 from trial.errors import ValidationError
 from trial.policy import QUERY_PARAMS
 from trial.validation import MAX_ID, NO_CONTROL, check_tree, pydantic_fields, refuse
@@ -94,8 +95,8 @@ def _depth(raw: bytes) -> int:
 def _json() -> Any:
     raw = request.get_data(cache=True)
     if _depth(raw) > MAX_NESTING:
-        raise ValidationError(f"The request body nests deeper than {MAX_NESTING} levels.",
-                              {"body": f"nests deeper than {MAX_NESTING} levels"})
+        raise ValidationError(Msg(N_("The request body nests deeper than %(n)s levels."), n=MAX_NESTING),
+                              {"body": Msg(N_("nests deeper than %(n)s levels"), n=MAX_NESTING)})
     try:
         return json.loads(raw) if raw else None
     except (ValueError, RecursionError):
@@ -113,7 +114,7 @@ def body() -> dict:
         raise LookupError(f"{request.endpoint} declares no body model")
     sent = _json() if request.is_json else None
     if not isinstance(sent, dict):
-        raise ValidationError("The request body must be a JSON object.", {"body": "must be a JSON object"})
+        raise ValidationError(N_("The request body must be a JSON object."), {"body": N_("must be a JSON object")})
     # the declared fields only, as sent (a whole number written 3.0 as 3): what the model does not
     # declare is ignored, whatever it holds (a model that forbids other fields refuses them)
     try:

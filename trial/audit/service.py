@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 from trial import settings
 from trial.audit.models import AuditAnchor, AuditHead, AuditRecord, AuditSeal
 from trial.cache import prebuilt
+from trial.catalogue import N_
 from trial.config import audit_key
-from trial.db import is_sqlite, utcnow
+from trial.db import is_sqlite, lock_for_update, utcnow
 from trial.errors import DomainError
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.scope import is_blinded
@@ -110,34 +111,59 @@ def record(db: Session, actor, action: str, entity: str, entity_id: Any,
     appends are serialized; it returns the new head number and (not yet changed) the previous
     hash. On PostgreSQL the records and the head's new hash are then written in one statement
     (a data-modifying CTE), on SQLite in two."""
+    return _append(db, actor, _items(action, entity, entity_id, changes, reason, reveals_allocation), _seal_head)
+
+
+def record_many(db: Session, actor, entries: list[dict]) -> list[dict]:
+    """Many :func:`record` calls of one actor in one append (a batch job's changes): each entry
+    holds record()'s arguments (``action``, ``entity``, ``entity_id``; ``changes``, ``reason``,
+    ``reveals_allocation`` optional). Every record is its own link of the chain with the content
+    record() gives it, in the entries' order; the head is advanced once and the records inserted
+    in pages, so the cost of a record does not grow with the batch (one row updated over and over
+    in one transaction is read through all its earlier versions)."""
+    items = [item for e in entries for item in _items(**e)]
+    return _append(db, actor, items) if items else []
+
+
+def _items(action: str, entity: str, entity_id: Any, changes: dict[str, tuple[Any, Any]] | None = None,
+           reason: str | None = None, reveals_allocation: bool = False) -> list[dict]:
+    """The records of one change, without their place in the chain: one per changed field, or
+    one event record."""
+    fields = [(f, o, n) for f, (o, n) in (changes or {}).items() if _text(o) != _text(n)] or [(None, None, None)]
+    return [{"action": action, "entity": entity, "entity_id": str(entity_id), "field": f, "old": _text(o),
+             "new": _text(n), "reason": reason, "reveals_allocation": reveals_allocation} for f, o, n in fields]
+
+
+def _append(db: Session, actor, items: list[dict], seal_head: bool = True) -> list[dict]:
+    """Chain ``items`` after the head (taken and locked for all of them at once) and write them."""
     actor_id, actor_name = _actor(actor)
-    items = [(f, o, n) for f, (o, n) in (changes or {}).items() if _text(o) != _text(n)] or [(None, None, None)]
     db.flush()  # pending ORM changes first, so the audit follows them in the transaction
     head = db.execute(_advance_head_stmt(db), {"n": len(items)}).one()
     if head.key_check != _own_check():
-        raise AuditKeyMismatch("TRIAL_AUDIT_KEY is not the key this audit chain was written with: nothing was "
-                               "written. Give every app server and the command line the same key.")
+        raise AuditKeyMismatch(N_("TRIAL_AUDIT_KEY is not the key this audit chain was written with: nothing was "
+                                  "written. Give every app server and the command line the same key."))
     seq, prev = head.seq - len(items), head.hash
     at = utcnow()
     rows = []
-    for field, old, new in items:
+    for item in items:
         seq += 1
-        rec = {"seq": seq, "at": at, "actor_id": actor_id, "actor": actor_name, "action": action, "entity": entity,
-               "entity_id": str(entity_id), "field": field, "old": _text(old), "new": _text(new), "reason": reason,
-               "reveals_allocation": reveals_allocation, "prev_hash": prev}
+        rec = {"seq": seq, "at": at, "actor_id": actor_id, "actor": actor_name, **item, "prev_hash": prev}
         rec["hash"] = prev = compute_hash(_Row(rec))
         rows.append(rec)
     head_params = {"head_hash": prev}
-    if _seal_head:  # (only migration 0005 writes before the head has its seal column)
+    if seal_head:  # (only migration 0005 writes before the head has its seal column)
         head_params["head_mac"] = head_mac(seq, prev)
-    if is_sqlite(db.get_bind()):
-        db.execute(insert(AuditRecord.__table__), rows)
-        db.execute(_set_head_hash(_seal_head), head_params)
+    if is_sqlite(db.get_bind()) or len(rows) > ONE_STATEMENT:
+        db.execute(insert(AuditRecord.__table__), rows)  # (many rows: executemany, in pages of multi-row VALUES)
+        db.execute(_set_head_hash(seal_head), head_params)
     else:
         params = {f"{k}_{i}": v for i, r in enumerate(rows) for k, v in r.items()}
         params.update(head_params)
-        db.execute(_append_stmt(len(rows), _seal_head), params)
+        db.execute(_append_stmt(len(rows), seal_head), params)
     return rows
+
+
+ONE_STATEMENT = 64  # PostgreSQL: up to this many records go in with the head's hash in one statement
 
 
 _COLUMNS = ("seq", "at", "actor_id", "actor", "action", "entity", "entity_id", "field", "old", "new", "reason",
@@ -176,6 +202,14 @@ def _append_stmt(n: int, sealed: bool = True):
     rows = [{c: bindparam(f"{c}_{i}", type_=t.c[c].type) for c in _COLUMNS} for i in range(n)]
     # a single row as a dict: SQLAlchemy caches the compiled form of that, not of a multi-row VALUES
     return _set_head_hash(sealed).add_cte(insert(t).values(rows[0] if n == 1 else rows).cte("appended"))
+
+
+def lock_head(db: Session) -> None:
+    """Take the chain head's lock now, before a batch job's writes rather than at its first
+    record (it is held until commit either way): two runs of one job then run one after the other,
+    the second seeing what the first wrote, and neither holds a row the other waits for."""
+    t = AuditHead.__table__
+    db.execute(lock_for_update(select(t.c.seq).where(t.c.id == 1), db.get_bind()))
 
 
 def head(db: Session) -> tuple[int, str]:

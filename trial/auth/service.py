@@ -25,13 +25,13 @@ from trial.auth.models import (
     User,
 )
 from trial.cache import prebuilt
-from trial.catalogue import LANGUAGES, N_, Msg
+from trial.catalogue import LANGUAGES, N_, Joined, Msg, term, terms
 from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.scope import is_cli, require_role
 from trial.sites.models import Site
-from trial.validation import has_control, refuse, text
+from trial.validation import as_msg, has_control, refuse, text
 
 # argon2id, 19 MiB, 2 iterations: the OWASP minimum.
 _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
@@ -56,8 +56,8 @@ def check_password(user: User | None, password: str) -> bool:
 
 def _check_new_password(password: str) -> None:
     if not isinstance(password, str) or len(password) < MIN_PASSWORD:
-        raise ValidationError(f"The password must be at least {MIN_PASSWORD} characters.",
-                              {"password": f"at least {MIN_PASSWORD} characters"})
+        raise ValidationError(Msg(N_("The password must be at least %(n)s characters."), n=MIN_PASSWORD),
+                              {"password": Msg(N_("at least %(n)s characters"), n=MIN_PASSWORD)})
 
 
 def get_user_by_email(db: Session, email: str) -> User | None:
@@ -69,24 +69,25 @@ def _resolve_roles(db: Session, roles: list[tuple[str, str | None]]) -> list[tup
     out = []
     errors = {}
     if not roles:
-        errors["role"] = "at least one role is required"
+        errors["role"] = N_("at least one role is required")
     for role, code in roles:
         if role not in ROLES:
-            errors["role"] = f"unknown role {role!r} (one of {', '.join(ROLES)})"
+            errors["role"] = Msg(N_("unknown role %(role)s (one of: %(roles)s)"), role=repr(role), roles=terms("role", ROLES))
             continue
         if role in SITE_ROLES:
             if not code:
-                errors["site"] = f"the {role} role needs a site"
+                errors["site"] = Msg(N_("the role %(role)s needs a site"), role=term("role", role))
                 continue
             site = db.execute(select(Site).where(Site.code == code.upper())).scalar_one_or_none()
             if site is None:
-                errors["site"] = f"unknown site {code!r}"
+                errors["site"] = Msg(N_("unknown site %(code)s"), code=repr(code))
                 continue
             out.append((role, site.id, site.code))
         else:
             out.append((role, None, None))
     if errors:
-        raise ValidationError("Roles not valid: " + "; ".join(errors.values()), errors)
+        raise ValidationError(Msg(N_("Roles not valid: %(reasons)s"), reasons=Joined(as_msg(v) for v in errors.values())),
+                              errors)
     check_role_conflicts(out)
     return sorted(set(out), key=lambda t: (t[0], t[2] or ""))
 
@@ -100,15 +101,15 @@ def check_role_conflicts(pairs) -> None:
     assessor_sites = {s for r, s, *_ in pairs if r == "assessor"}
     unblinded_sites = {s for r, s, *_ in pairs if r in ("coordinator", "therapist", "monitor")}
     if assessor_sites & unblinded_sites:
-        raise ValidationError("A blinded assessor cannot also be a coordinator, therapist or monitor at the same site.",
-                              {"role": "assessor combined with an unblinded role at the same site"})
+        raise ValidationError(N_("A blinded assessor cannot also be a coordinator, therapist or monitor at the same site."),
+                              {"role": N_("assessor combined with an unblinded role at the same site")})
     if assessor_sites and any(r == "manager" for r, *_ in pairs):
-        raise ValidationError("A blinded assessor cannot also be a manager (managers see every allocation).",
-                              {"role": "assessor combined with manager"})
+        raise ValidationError(N_("A blinded assessor cannot also be a manager (managers see every allocation)."),
+                              {"role": N_("assessor combined with manager")})
     if any(r == "admin" for r, *_ in pairs) and any(r in ADMIN_EXCLUDES for r, *_ in pairs):
-        raise ValidationError("An administrator sees no clinical data and stays blinded: give the roles that see "
-                              "allocations (coordinator, therapist, monitor, manager, statistician) to another account.",
-                              {"role": "admin combined with a role that sees allocations"})
+        raise ValidationError(N_("An administrator sees no clinical data and stays blinded: give the roles that see "
+                                 "allocations (coordinator, therapist, monitor, manager, statistician) to another account."),
+                              {"role": N_("admin combined with a role that sees allocations")})
 
 
 def _role_text(pairs) -> str:
@@ -211,13 +212,13 @@ def create_user(db: Session, actor, email: str, name: str, password: str,
     email = (email or "").strip().lower()
     errors: dict[str, str] = {}
     if not EMAIL_RE.match(email) or has_control(email) or len(email) > 254:
-        errors["email"] = "is not a valid e-mail address"
+        errors["email"] = N_("is not a valid e-mail address")
     name = text(name, "name", errors, 200, required=True)
-    refuse("The user was not created", errors)
+    refuse(N_("The user was not created"), errors)
     _check_new_password(password)
     resolved = _resolve_roles(db, roles)
     if get_user_by_email(db, email):
-        raise Conflict(f"A user with e-mail {email} already exists.", {"email": "already exists"})
+        raise Conflict(Msg(N_("A user with e-mail %(email)s already exists."), email=email), {"email": N_("already exists")})
     user = User(email=email, name=name, password_hash=hash_password(password), active=True,
                 session_token=secrets.token_hex(16), must_change_password=must_change_password)
     immediate = [t for t in resolved if not needs_countersign(actor, t[0])]
@@ -235,7 +236,7 @@ def create_user(db: Session, actor, email: str, name: str, password: str,
 def set_roles(db: Session, actor, user: User, roles: list[tuple[str, str | None]], reason: str | None = None) -> User:
     require_role(db, actor, "admin")
     if getattr(actor, "id", None) == user.id:
-        raise Forbidden("Another administrator must change your roles (an admin stays blinded).")
+        raise Forbidden(N_("Another administrator must change your roles (an admin stays blinded)."))
     _apply_roles(db, actor, user, _resolve_roles(db, roles), reason)
     return user
 
@@ -246,13 +247,13 @@ def update_user(db: Session, actor, user: User, name: str | None = None, active:
     changes = {}
     errors: dict[str, str] = {}
     name = text(name, "name", errors, 200)
-    refuse("The user was not saved", errors)
+    refuse(N_("The user was not saved"), errors)
     if name and name != user.name:
         changes["name"] = (user.name, name)
         user.name = name
     if active is not None and active != user.active:
         if not active and getattr(actor, "id", None) == user.id:
-            raise Conflict("You cannot deactivate your own account.")
+            raise Conflict(N_("You cannot deactivate your own account."))
         changes["active"] = (user.active, active)
         user.active = active
         user.session_token = secrets.token_hex(16)
@@ -270,7 +271,7 @@ def reset_password(db: Session, actor, user: User, new_password: str) -> None:
     as that user and read the arms."""
     require_role(db, actor, "admin")
     if getattr(actor, "id", None) == user.id:
-        raise Forbidden("Change your own password on the password page.")
+        raise Forbidden(N_("Change your own password on the password page."))
     _check_new_password(new_password)
     user.password_hash = hash_password(new_password)
     user.must_change_password = True
@@ -291,10 +292,11 @@ def reset_password(db: Session, actor, user: User, new_password: str) -> None:
 
 def change_password(db: Session, user: User, current: str, new: str) -> None:
     if not check_password(user, current):
-        raise ValidationError("The current password is wrong.", {"current_password": "is wrong"})
+        raise ValidationError(N_("The current password is wrong."), {"current_password": N_("is wrong")})
     _check_new_password(new)
     if current == new:
-        raise ValidationError("The new password must differ from the current one.", {"new_password": "same as current"})
+        raise ValidationError(N_("The new password must differ from the current one."),
+                              {"new_password": N_("same as current")})
     user.password_hash = hash_password(new)
     user.must_change_password = False
     user.password_changed_at = utcnow()
@@ -308,12 +310,24 @@ def set_language(db: Session, user: User, language: str | None) -> None:
     every change of an account. Only the user sets it."""
     language = language or None
     if language is not None and language not in LANGUAGES:
-        raise ValidationError(f"Unknown language {language!r}; one of {', '.join(LANGUAGES)}.",
-                              {"language": "is not a language of the web pages"})
+        raise ValidationError(Msg(N_("Unknown language %(language)s; one of %(languages)s."), language=repr(language),
+                                  languages=", ".join(LANGUAGES)),
+                              {"language": N_("is not a language of the web pages")})
     if language == user.language:
         return
     audit.record(db, user, "update", "user", user.email, {"language": (user.language, language)})
     user.language = language
+
+
+def set_weekly_digest(db: Session, user: User, wanted: bool) -> bool:
+    """The user's own choice to get the weekly digest e-mail (trial.digest) or not, audited like
+    every change of an account. Only the user sets it. True if it changed."""
+    wanted = bool(wanted)
+    if wanted == user.weekly_digest:
+        return False
+    audit.record(db, user, "update", "user", user.email, {"weekly_digest": (user.weekly_digest, wanted)})
+    user.weekly_digest = wanted
+    return True
 
 
 def end_sessions(db: Session, user: User) -> None:
@@ -434,12 +448,12 @@ def issue_token(db: Session, actor, user: User, days: int = TOKEN_DAYS) -> str:
     """A new API token that expires after ``days``; only its SHA-256 is stored. Issued at the
     server's shell (the CLI) or by the user for themselves, never by an admin for someone else."""
     if not is_cli(actor) and getattr(actor, "id", None) != user.id:
-        raise Forbidden("API tokens are issued at the server's command line or by the user themselves.")
+        raise Forbidden(N_("API tokens are issued at the server's command line or by the user themselves."))
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= TOKEN_MAX_DAYS:
-        raise ValidationError(f"days must be a whole number from 1 to {TOKEN_MAX_DAYS}.",
-                              {"days": f"1 to {TOKEN_MAX_DAYS}"})
+        raise ValidationError(Msg(N_("days must be a whole number from 1 to %(n)s."), n=TOKEN_MAX_DAYS),
+                              {"days": Msg(N_("1 to %(n)s"), n=TOKEN_MAX_DAYS)})
     if not user.active:
-        raise Conflict("The user is deactivated.")
+        raise Conflict(N_("The user is deactivated."))
     token = "trl_" + secrets.token_urlsafe(32)
     now = utcnow()
     row = ApiToken(user_id=user.id, token_hash=_token_hash(token), prefix=token[:12], created_at=now,
@@ -481,9 +495,9 @@ def revoke_token(db: Session, actor, user: User, token_id: int, reason: str = "r
     require_role(db, actor, "admin")
     t = db.get(ApiToken, token_id)
     if t is None or t.user_id != user.id:
-        raise NotFound("No such token of this user.")
+        raise NotFound(N_("No such token of this user."))
     if t.revoked_at is not None:
-        raise Conflict(f"Token {t.prefix}… was already revoked.")
+        raise Conflict(Msg(N_("Token %(prefix)s… was already revoked."), prefix=t.prefix))
     t.revoked_at, t.revoked_reason = utcnow(), reason
     audit.record(db, actor, "revoke_tokens", "user", user.email, {"tokens_revoked": (None, t.prefix)}, reason=reason)
     return t
@@ -521,7 +535,8 @@ def page_users(db: Session, actor, req: PageRequest, search: str | None = None, 
         q = q.where(or_(User.email.contains(term, autoescape=True), User.name.contains(term, autoescape=True)))
     if role:
         if role not in ROLES:
-            raise ValidationError("role must be one of: " + ", ".join(ROLES) + ".", {"role": "an unknown role"})
+            raise ValidationError(Msg(N_("role must be one of: %(roles)s."), roles=terms("role", ROLES)),
+                                  {"role": N_("an unknown role")})
         q = q.where(User.id.in_(select(RoleAssignment.user_id).where(RoleAssignment.role == role)))
     sort = sort_key(req.sort, USER_SORTS, "email")
     return paginate(db, ordered(q, sort, USER_SORTS, User.id), req, sort=sort, key=User.id)
@@ -531,7 +546,7 @@ def get_user(db: Session, actor, user_id: int) -> User:
     require_role(db, actor, "admin")
     user = db.get(User, user_id)
     if user is None:
-        raise NotFound("No such user.")
+        raise NotFound(N_("No such user."))
     return user
 
 

@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 
 from trial.cli.common import Group, session
 from trial.course.service import recount, tally_stale
+from trial.digest.service import queue_digests
 from trial.notify.service import send_pending
 from trial.outcomes.service import check_missing_forms, missing_form_candidates
 from trial.participants.models import Allocation, Participant
@@ -22,8 +23,11 @@ def checks():
 @checks.command("run", help="Raise a query for every form still missing once its visit window has closed "
                 "(at most one open query per form: running it again raises nothing new), check the visit plan "
                 "(the worklists' index) and the session tallies (adherence's) against the records and re-derive "
-                "any row that differs, then send the "
-                "queued e-mail. Meant for a daily timer. Does nothing while a lock is in force.")
+                "any row that differs, queue this week's digest e-mail for each coordinator and assessor who has none yet "
+                "(the visits coming due in the next seven days and the queries waiting for them, per site; never an "
+                "arm; one a week however often this runs, none when there is nothing to tell, none without "
+                "TRIAL_SMTP_URL, none for a user who opted out), then send the queued e-mail. Meant for a daily "
+                "timer. Does nothing while a lock is in force.")
 @click.option("--on", "on", default=None, type=click.DateTime(formats=["%Y-%m-%d"]),
               help="Check as of this date (YYYY-MM-DD; default: each site's today).")
 def checks_run(on):
@@ -40,6 +44,7 @@ def checks_run(on):
         miscounted = tally_stale(s)
         recount(s, miscounted)
         raised = check_missing_forms(s, missing_form_candidates(s, select(Participant), day), day)
+        digests = queue_digests(s, day)
         s.commit()
         sent, failed = send_pending(s)
     if replanned:
@@ -51,4 +56,5 @@ def checks_run(on):
         click.echo(f"visit plan: {len(wrong)} rows of {len({pid for pid, _ in wrong})} participants re-derived "
                    "(they differed from the records)")
     click.echo(f"{people} randomized participants checked; {raised} new queries for missing forms"
-               + (f"; {sent} e-mails sent" if sent else "") + (f"; {failed} e-mails could not be sent" if failed else ""))
+               + f"; {digests} weekly digests queued" + (f"; {sent} e-mails sent" if sent else "")
+               + (f"; {failed} e-mails could not be sent" if failed else ""))

@@ -20,6 +20,7 @@ from trial.auth.service import (
     reset_link,
     revoke_tokens,
 )
+from trial.catalogue import N_, Msg
 from trial.cli.common import Group, session
 from trial.credentials import service as credentials
 from trial.errors import DomainError
@@ -76,7 +77,7 @@ def user_revoke_tokens(email):
 def _user(s, email):
     u = get_user_by_email(s, email)
     if u is None:
-        raise DomainError(f"no user with e-mail {email}")
+        raise DomainError(Msg(N_("no user with e-mail %(email)s"), email=email))
     return u
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from trial import cache
 from trial.audit import service as audit
-from trial.catalogue import N_, Msg
+from trial.catalogue import N_, Joined, Label, Msg, term, terms
 from trial.course.models import ATTENDANCE, PRESENT, ChildGoal, CounsellingSession, CourseTally, TherapySession
 from trial.credentials import service as credentials
 from trial.dataquality.service import clear_verification
@@ -22,6 +22,7 @@ from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.participants.models import Allocation, Participant
 from trial.participants.service import allocation_of, ensure_accepts_data, events_of, get_participant, randomization_day
 from trial.protocol.service import current as current_protocol
+from trial.protocol.service import labels as protocol_labels
 from trial.scope import can_see_arm, require_site_role, visible_site_ids
 from trial.sites.models import Site
 from trial.timeline import course_window, local_date, planned_sessions, today
@@ -36,12 +37,10 @@ def _arm(content: dict, key: str) -> dict:
 
 
 # the session's fields as the web form names them: every message names a field by its label
-LABELS = {"held_on": "Date", "attendance": "Attendance", "minutes": "Minutes", "techniques": "Techniques",
-          "engagement": "Child engagement", "note": "Short note", "reason": "Reason for the correction",
-          "present": "Present", "goals": "Goals worked on", "goal": "Goal", "description": "Description",
-          "set_on": "Set on"}
-ATTENDANCE_LABELS = {"attended": N_("Attended"), "cancelled": N_("Cancelled"), "no_show": N_("No show")}
-PRESENT_LABELS = {"child": N_("The child alone"), "child_and_parent": N_("The child with a parent")}
+LABELS = {"held_on": N_("Date"), "attendance": N_("Attendance"), "minutes": N_("Minutes"), "techniques": N_("Techniques"),
+          "engagement": N_("Child engagement"), "note": N_("Short note"), "reason": N_("Reason for the correction"),
+          "present": N_("Present"), "goals": N_("Goals worked on"), "goal": N_("Goal"), "description": N_("Description"),
+          "set_on": N_("Set on")}
 SESSION_FIELDS = ("held_on", "attendance", "minutes", "techniques", "engagement", "note", "present", "goals")
 MAX_MINUTES = 240
 
@@ -59,16 +58,16 @@ def _checked(data: dict, content: dict, site_today, errors: dict[str, str], chil
     held = clinical_date(data.get("held_on"), "held_on", errors, site_today)
     attendance = data.get("attendance")
     if attendance not in ATTENDANCE:
-        errors["attendance"] = f"must be one of {', '.join(ATTENDANCE)}"
+        errors["attendance"] = Msg(N_("must be one of %(allowed)s"), allowed=terms("attendance", ATTENDANCE))
     minutes = data.get("minutes")
     _check_minutes(attendance, minutes, errors)
-    techniques = _checked_techniques(data.get("techniques"), content["course"]["techniques"], errors)
+    techniques = _checked_techniques(data.get("techniques"), content, errors)
     present = data.get("present")
     if present is not None and present not in PRESENT:
-        errors["present"] = Msg(N_("must be one of %(allowed)s"), allowed=", ".join(PRESENT))
+        errors["present"] = Msg(N_("must be one of %(allowed)s"), allowed=terms("present", PRESENT))
     elif present is not None and attendance in ATTENDANCE and attendance != "attended":
         errors["present"] = N_("must be empty when the session did not take place")
-    goals = _checked_goals(data.get("goals") or [], attendance, child_goals, errors)
+    goals = _checked_goals(data.get("goals") or [], attendance, child_goals, content, errors)
     engagement = data.get("engagement")
     if engagement is not None and (isinstance(engagement, bool) or not isinstance(engagement, int) or not 1 <= engagement <= 5):
         errors["engagement"] = N_("must be a whole number from 1 (none) to 5 (fully engaged)")
@@ -87,22 +86,31 @@ def _check_minutes(attendance, minutes, errors: dict[str, str]) -> None:
                                 max=MAX_MINUTES)
     elif attendance in ATTENDANCE and attendance != "attended" and minutes:
         errors["minutes"] = Msg(N_("must be empty (or 0) when Attendance is %(attendance)s: the session did not take "
-                                   "place"), attendance=Msg(ATTENDANCE_LABELS[attendance]))
+                                   "place"), attendance=term("attendance", attendance))
 
 
-def _checked_techniques(techniques, allowed: list[str], errors: dict[str, str]) -> list:
+def _words(content: dict, kind: str, keys) -> Joined:
+    """The protocol's words for its keys of ``kind`` (technique, goal), comma-separated, each in
+    the reader's language; a key the protocol does not have (a typing error) as it was given."""
+    words = protocol_labels(content)[kind]
+    return Joined([Label(kind, k, words[k]) if k in words else str(k) for k in keys], ", ")
+
+
+def _checked_techniques(techniques, content: dict, errors: dict[str, str]) -> list:
     """The techniques used, a list drawn from the protocol's (none when the list is bad)."""
+    allowed = content["course"]["techniques"]
     if not isinstance(techniques, list) or any(not isinstance(t, str) or t not in allowed for t in techniques):
         bad = [str(t) for t in techniques if t not in allowed] if isinstance(techniques, list) else []
         errors["techniques"] = (Msg(N_("must be a list drawn from the protocol's techniques (%(allowed)s): %(bad)s "
-                                       "is not one of them"), allowed=", ".join(allowed), bad=", ".join(bad))
+                                       "is not one of them"), allowed=_words(content, "technique", allowed),
+                                    bad=", ".join(bad))
                                 if bad else Msg(N_("must be a list drawn from the protocol's techniques (%(allowed)s)"),
-                                                allowed=", ".join(allowed)))
+                                                allowed=_words(content, "technique", allowed)))
         return []
     return techniques
 
 
-def _checked_goals(goals, attendance, child_goals: set[str] | None, errors: dict[str, str]) -> list:
+def _checked_goals(goals, attendance, child_goals: set[str] | None, content: dict, errors: dict[str, str]) -> list:
     """The goals worked on: goals set for this child (when ``child_goals`` is given), and none for
     a session that did not take place (none either when the list is bad)."""
     if not isinstance(goals, list) or any(not isinstance(g, str) for g in goals):
@@ -111,9 +119,10 @@ def _checked_goals(goals, attendance, child_goals: set[str] | None, errors: dict
     if child_goals is not None and any(g not in child_goals for g in goals):
         bad = sorted(set(goals) - set(child_goals))
         errors["goals"] = (Msg(N_("are not goals set for this child: %(bad)s (the child's goals: %(goals)s)"),
-                               bad=", ".join(bad), goals=", ".join(sorted(child_goals)))
+                               bad=_words(content, "goal", bad), goals=_words(content, "goal", sorted(child_goals)))
                            if child_goals else
-                           Msg(N_("cannot be given: no goals are set for this child yet (%(bad)s)"), bad=", ".join(bad)))
+                           Msg(N_("cannot be given: no goals are set for this child yet (%(bad)s)"),
+                               bad=_words(content, "goal", bad)))
         return []
     if goals and attendance in ATTENDANCE and attendance != "attended":
         errors["goals"] = N_("must be empty when the session did not take place")
@@ -121,9 +130,10 @@ def _checked_goals(goals, attendance, child_goals: set[str] | None, errors: dict
 
 
 def _after_randomization(what: str, held, start) -> None:
+    """``what``: the lead, a catalogue text ("The session was not saved")."""
     if held < start:
-        raise ValidationError(f"{what}: Date is before randomization ({start.isoformat()})",
-                              {"held_on": f"is before randomization ({start.isoformat()})"})
+        raise ValidationError(Msg(N_("%(what)s: Date is before randomization (%(day)s)"), what=Msg(what), day=start),
+                              {"held_on": Msg(N_("is before randomization (%(day)s)"), day=start)})
 
 
 def _no_other_session_on(db: Session, p: Participant, held, except_id: int | None = None) -> None:
@@ -131,7 +141,8 @@ def _no_other_session_on(db: Session, p: Participant, held, except_id: int | Non
     if except_id is not None:
         q = q.where(TherapySession.id != except_id)
     if db.execute(q).first():
-        raise Conflict(f"A session on {held.isoformat()} is already logged for {p.study_id}.", {"held_on": "another session on this day"})
+        raise Conflict(Msg(N_("A session on %(day)s is already logged for %(study_id)s."), day=held, study_id=p.study_id),
+                       {"held_on": N_("another session on this day")})
 
 
 def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession:
@@ -141,18 +152,19 @@ def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession
     content = current_protocol(db).content
     alloc = allocation_of(db, p.id)
     if alloc is None:
-        raise Conflict(f"{p.study_id} is not randomized; sessions start with the course.")
+        raise Conflict(Msg(N_("%(study_id)s is not randomized; sessions start with the course."), study_id=p.study_id))
     if _arm(content, alloc.arm)["sessions_per_week"] == 0:
-        raise Conflict(f"{p.study_id} is not in a music-therapy arm: no sessions are logged for this child.")
+        raise Conflict(Msg(N_("%(study_id)s is not in a music-therapy arm: no sessions are logged for this child."),
+                           study_id=p.study_id))
     errors: dict[str, str] = {}
     v = _checked({**data, "techniques": data.get("techniques", [])}, content, today(p.site.timezone), errors,
                  child_goals=active_goals(db, p.id))
-    _refuse("The session was not saved", errors)
+    _refuse(N_("The session was not saved"), errors)
     held = v["held_on"]
     credentials.ensure_valid(db, actor, held)
     ensure_accepts_data(db, p, "session", held)
     start = randomization_day(db, p, alloc)
-    _after_randomization("The session was not saved", held, start)
+    _after_randomization(N_("The session was not saved"), held, start)
     _no_other_session_on(db, p, held)
     _, end = course_window(start, content["course"]["months"])
     s = TherapySession(participant_id=p.id, outside_course=held > end, logged_by_id=getattr(actor, "id", None), **v)
@@ -212,7 +224,7 @@ def session_for_correction(db: Session, actor, session_id: int, for_update: bool
     that a session exists tells of the allocation."""
     s = db.get(TherapySession, session_id)
     if s is None or not can_see_arm(db, actor, db.get(Participant, s.participant_id).site_id):
-        raise NotFound(f"No session {session_id}.")
+        raise NotFound(Msg(N_("No session %(id)s."), id=session_id))
     p = get_participant(db, actor, db.get(Participant, s.participant_id).study_id, for_update=for_update)
     require_site_role(db, actor, p.site_id, "therapist")
     if for_update:
@@ -241,17 +253,17 @@ def correct_session(db: Session, actor, session_id: int, data: dict) -> TherapyS
     errors: dict[str, str] = {}
     reason = text(data.get("reason"), "reason", errors, 500)
     if reason is None and "reason" not in errors:
-        errors["reason"] = "is required for a correction"
+        errors["reason"] = N_("is required for a correction")
     for k in sorted(set(data) - set(SESSION_FIELDS) - {"reason"}):
-        errors[k] = "is not a field of a session that can be corrected"
+        errors[k] = N_("is not a field of a session that can be corrected")
     old = session_values(s)
     goals = active_goals(db, p.id) | set(old["goals"])  # a goal no longer pursued stays on the sessions that had it
     v = _checked({**old, **{k: data[k] for k in SESSION_FIELDS if k in data}}, content, today(p.site.timezone), errors,
                  child_goals=goals)
-    _refuse("The correction was not saved", errors)
+    _refuse(N_("The correction was not saved"), errors)
     changes = {k: (old[k], v[k]) for k in SESSION_FIELDS if old[k] != v[k]}
     if not changes:
-        raise ValidationError("The correction changes nothing: every field is as recorded.", {})
+        raise ValidationError(N_("The correction changes nothing: every field is as recorded."), {})
     if "held_on" in changes:
         _check_move(db, p, s, v["held_on"], content, changes)
     for k, (_, new) in changes.items():
@@ -268,7 +280,7 @@ def _check_move(db: Session, p: Participant, s: TherapySession, held, content: d
     falls outside the course joins ``changes``."""
     alloc = allocation_of(db, p.id)
     start = randomization_day(db, p, alloc)
-    _after_randomization("The correction was not saved", held, start)
+    _after_randomization(N_("The correction was not saved"), held, start)
     _no_other_session_on(db, p, held, except_id=s.id)
     _session_date_allowed(db, p, held)
     if s.logged_by_id is not None and credentials.required(db) and credentials.valid_on(db, s.logged_by_id, held) is None:
@@ -285,9 +297,20 @@ def _session_date_allowed(db: Session, p: Participant, held) -> None:
     """A session moved to another day must not fall on or after the day the child withdrew, died
     or stopped the intervention (a correction of a session as it was held is always possible)."""
     for e in events_of(db, [p.id]).get(p.id, []):
-        if e.type in ("withdrawn", "died", "discontinued_intervention", "not_received") and held >= e.on:
-            raise Conflict(f"{p.study_id}: {e.type.replace('_', ' ')} on {e.on.isoformat()}; a session cannot be "
-                           f"moved to {held.isoformat()}, on or after that day.", {"held_on": f"is on or after {e.on.isoformat()}"})
+        if e.type in _NO_MOVE and held >= e.on:
+            raise Conflict(Msg(_NO_MOVE[e.type], study_id=p.study_id, on=e.on, day=held),
+                           {"held_on": Msg(N_("is on or after %(day)s"), day=e.on)})
+
+
+# the events no session is moved past, each a whole sentence for the catalogue
+_NO_MOVE = {
+    "withdrawn": N_("%(study_id)s: withdrawn on %(on)s; a session cannot be moved to %(day)s, on or after that day."),
+    "died": N_("%(study_id)s: died on %(on)s; a session cannot be moved to %(day)s, on or after that day."),
+    "discontinued_intervention": N_("%(study_id)s: the intervention was discontinued on %(on)s; a session cannot be "
+                                    "moved to %(day)s, on or after that day."),
+    "not_received": N_("%(study_id)s: the intervention was not received (%(on)s); a session cannot be moved to "
+                       "%(day)s, on or after that day."),
+}
 
 
 def log_counselling(db: Session, actor, study_id: str, data: dict) -> CounsellingSession:
@@ -298,7 +321,7 @@ def log_counselling(db: Session, actor, study_id: str, data: dict) -> Counsellin
     held = clinical_date(data.get("held_on"), "held_on", errors, today(p.site.timezone))
     attended = data.get("attended", True)
     if not isinstance(attended, bool):
-        errors["attended"] = "must be true or false"
+        errors["attended"] = N_("must be true or false")
     note = text(data.get("note"), "note", errors, 1000)
     if errors:
         raise refusal(N_("The counselling session was not saved"), errors)
@@ -307,10 +330,12 @@ def log_counselling(db: Session, actor, study_id: str, data: dict) -> Counsellin
     done = db.execute(select(func.count()).select_from(CounsellingSession).where(
         CounsellingSession.participant_id == p.id)).scalar()
     if done >= planned:
-        raise Conflict(f"All {planned} parent-counselling sessions of the protocol are already logged for {p.study_id}.")
+        raise Conflict(Msg(N_("All %(n)s parent-counselling sessions of the protocol are already logged for "
+                              "%(study_id)s."), n=planned, study_id=p.study_id))
     if db.execute(select(CounsellingSession.id).where(CounsellingSession.participant_id == p.id,
                                                       CounsellingSession.held_on == held)).first():
-        raise Conflict(f"A counselling session on {held.isoformat()} is already logged for {p.study_id}.")
+        raise Conflict(Msg(N_("A counselling session on %(day)s is already logged for %(study_id)s."),
+                           day=held, study_id=p.study_id))
     c = CounsellingSession(participant_id=p.id, number=done + 1, held_on=held, attended=attended, note=note,
                            logged_by_id=getattr(actor, "id", None))
     db.add(c)
@@ -323,7 +348,7 @@ def log_counselling(db: Session, actor, study_id: str, data: dict) -> Counsellin
 def sessions_of(db: Session, actor, study_id: str) -> tuple[Participant, list[TherapySession]]:
     p = get_participant(db, actor, study_id)
     if not can_see_arm(db, actor, p.site_id):
-        raise Forbidden("Session logs reveal the allocation; your role is blinded.")
+        raise Forbidden(N_("Session logs reveal the allocation; your role is blinded."))
     rows = db.execute(select(TherapySession).where(TherapySession.participant_id == p.id)
                       .order_by(TherapySession.held_on)).scalars().all()
     return p, list(rows)
@@ -346,7 +371,7 @@ def dose(db: Session, p: Participant, alloc: Allocation, content: dict, sessions
 def _adherence_sites(db: Session, actor, site_code: str | None) -> list[int]:
     """The sites whose children's arms the actor may read (and, given, only that site)."""
     if not actor.has_role("manager", "coordinator", "therapist", "monitor"):
-        raise Forbidden("Adherence by arm reveals allocations; your role is blinded.")
+        raise Forbidden(N_("Adherence by arm reveals allocations; your role is blinded."))
     sites = visible_site_ids(db, actor, "coordinator", "therapist", "monitor", "manager")
     return sorted(sid for sid, code in db.execute(select(Site.id, Site.code)).all()
                   if (sites is None or sid in sites) and can_see_arm(db, actor, sid)
@@ -431,7 +456,7 @@ def adherence_page(db: Session, actor, req: PageRequest, site_code: str | None =
                                  Allocation.arm.in_(music))
     if arm:
         if arm not in music:
-            raise ValidationError("arm must be a music-therapy arm.", {"arm": "not a music-therapy arm"})
+            raise ValidationError(N_("arm must be a music-therapy arm."), {"arm": N_("not a music-therapy arm")})
         q = q.where(Allocation.arm == arm)
     if search:
         q = q.where(Allocation.study_id.contains(search.strip().upper(), autoescape=True))
@@ -462,7 +487,7 @@ def participant_course(db: Session, actor, study_id: str) -> dict:
     p, rows = sessions_of(db, actor, study_id)
     alloc = allocation_of(db, p.id)
     if alloc is None:
-        raise NotFound(f"{p.study_id} is not randomized.")
+        raise NotFound(Msg(N_("%(study_id)s is not randomized."), study_id=p.study_id))
     content = current_protocol(db).content
     out = {"study_id": p.study_id, "arm": alloc.arm,
            "sessions": [session_view(s) for s in rows],
@@ -498,13 +523,14 @@ def goals_view(db: Session, p: Participant, sessions: list[TherapySession]) -> l
 def _music_child(db: Session, actor, study_id: str, role: str = "therapist") -> tuple[Participant, Allocation, dict]:
     p = get_participant(db, actor, study_id, for_update=True)
     if not can_see_arm(db, actor, p.site_id):
-        raise Forbidden("A child's goals reveal the allocation; your role is blinded.")
+        raise Forbidden(N_("A child's goals reveal the allocation; your role is blinded."))
     require_site_role(db, actor, p.site_id, role)
     ensure_writable(db)
     content = current_protocol(db).content
     alloc = allocation_of(db, p.id)
     if alloc is None or not _arm(content, alloc.arm)["sessions_per_week"]:
-        raise Conflict(f"{p.study_id} is not in a music-therapy arm: no goals are set for this child.")
+        raise Conflict(Msg(N_("%(study_id)s is not in a music-therapy arm: no goals are set for this child."),
+                           study_id=p.study_id))
     return p, alloc, content
 
 
@@ -517,19 +543,21 @@ def set_goals(db: Session, actor, study_id: str, data: dict) -> list[ChildGoal]:
     errors: dict[str, str] = {}
     items = data.get("goals")
     if not allowed:
-        raise Conflict("The protocol lists no individual goals.")
-    picked = _picked_goals(items, allowed, errors)
+        raise Conflict(N_("The protocol lists no individual goals."))
+    picked = _picked_goals(items, content, errors)
     site_today = today(p.site.timezone)
     set_on = clinical_date(data.get("set_on"), "set_on", errors, site_today, required=False) or site_today
-    refuse("The goals were not saved", errors, {"goals": N_("Goals"), "description": N_("Description"), "set_on": N_("Set on")})
+    refuse(N_("The goals were not saved"), errors,
+           {"goals": N_("Goals"), "description": N_("Description"), "set_on": N_("Set on")})
     _check_after_first_session(db, p, set_on)
     existing = {g.goal: g for g in db.execute(select(ChildGoal).where(ChildGoal.participant_id == p.id)).scalars()}
-    return [_set_goal(db, actor, p, existing.get(key), key, desc, set_on) for key, desc in picked]
+    return [_set_goal(db, actor, p, existing.get(key), key, desc, set_on, content) for key, desc in picked]
 
 
-def _picked_goals(items, allowed: list[str], errors: dict[str, str]) -> list[tuple[str, str | None]]:
+def _picked_goals(items, content: dict, errors: dict[str, str]) -> list[tuple[str, str | None]]:
     """The goals listed, each (key, description), checked: at least one, each one of the
     protocol's and listed once."""
+    allowed = [g["key"] for g in content.get("goals", [])]
     if not isinstance(items, list) or not items:
         errors["goals"] = N_("must list at least one goal")
         items = []
@@ -537,11 +565,11 @@ def _picked_goals(items, allowed: list[str], errors: dict[str, str]) -> list[tup
     for i, it in enumerate(items):
         if not isinstance(it, dict) or it.get("goal") not in allowed:
             errors["goals"] = Msg(N_("item %(n)s: the goal must be one of the protocol's goals (%(allowed)s)"),
-                                  n=i + 1, allowed=", ".join(allowed))
+                                  n=i + 1, allowed=_words(content, "goal", allowed))
             continue
         desc = text(it.get("description"), "description", errors, GOAL_DESCRIPTION_MAX)
         if it["goal"] in [g for g, _ in picked]:
-            errors["goals"] = Msg(N_("%(goal)s is listed twice"), goal=it["goal"])
+            errors["goals"] = Msg(N_("%(goal)s is listed twice"), goal=_words(content, "goal", [it["goal"]]))
         picked.append((it["goal"], desc))
     return picked
 
@@ -551,18 +579,22 @@ def _check_after_first_session(db: Session, p: Participant, set_on) -> None:
     first = db.execute(select(func.min(TherapySession.held_on)).where(
         TherapySession.participant_id == p.id, TherapySession.attendance == "attended")).scalar()
     if first is None:
-        raise Conflict(f"{p.study_id}: goals are set after the first (assessment) session, and no attended session "
-                       "is logged yet.")
+        raise Conflict(Msg(N_("%(study_id)s: goals are set after the first (assessment) session, and no attended "
+                              "session is logged yet."), study_id=p.study_id))
     if set_on < first:
-        raise ValidationError(f"The goals were not saved: Set on is before the first attended session ({first.isoformat()})",
-                              {"set_on": f"is before the first attended session ({first.isoformat()})"})
+        raise ValidationError(Msg(N_("The goals were not saved: Set on is before the first attended session (%(day)s)"),
+                                  day=first),
+                              {"set_on": Msg(N_("is before the first attended session (%(day)s)"), day=first)})
 
 
-def _set_goal(db: Session, actor, p: Participant, g: ChildGoal | None, key: str, desc: str | None, set_on) -> ChildGoal:
+def _set_goal(db: Session, actor, p: Participant, g: ChildGoal | None, key: str, desc: str | None, set_on,
+              content: dict) -> ChildGoal:
     """Set one goal, audited: a new one, or one no longer pursued taken up again (``g``); one the
     child has already is refused."""
     if g is not None and g.active:
-        raise Conflict(f"{p.study_id} already has the goal {key}: revise it instead.", {"goals": f"{key} is set already"})
+        goal = _words(content, "goal", [key])
+        raise Conflict(Msg(N_("%(study_id)s already has the goal %(goal)s: revise it instead."), study_id=p.study_id,
+                           goal=goal), {"goals": Msg(N_("%(goal)s is set already"), goal=goal)})
     if g is None:
         g = ChildGoal(participant_id=p.id, goal=key, description=desc, active=True, set_on=set_on,
                       set_by_id=getattr(actor, "id", None))
@@ -584,7 +616,7 @@ def goal_for_revision(db: Session, actor, goal_id: int) -> tuple[ChildGoal, str]
     g = db.get(ChildGoal, goal_id)
     p = db.get(Participant, g.participant_id) if g else None
     if g is None or not can_see_arm(db, actor, p.site_id):
-        raise NotFound(f"No goal {goal_id}.")
+        raise NotFound(Msg(N_("No goal %(id)s."), id=goal_id))
     require_site_role(db, actor, p.site_id, "therapist")
     return g, p.study_id
 
@@ -607,9 +639,9 @@ def revise_goal(db: Session, actor, goal_id: int, data: dict) -> ChildGoal:
             changes["active"] = (g.active, data["active"])
     for k in sorted(set(data) - {"description", "active", "reason"}):
         errors[k] = N_("is not a field of a goal that can be revised")
-    _refuse("The goal was not revised", errors)
+    _refuse(N_("The goal was not revised"), errors)
     if not changes:
-        raise ValidationError("The revision changes nothing: the goal is as recorded.", {})
+        raise ValidationError(N_("The revision changes nothing: the goal is as recorded."), {})
     for k, (_, new) in changes.items():
         setattr(g, k, new)
     g.changed_at = utcnow()

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.auth.models import RoleAssignment, User
-from trial.catalogue import N_, Msg
+from trial.catalogue import N_, Joined, Label, Msg
 from trial.credentials.models import Credential
 from trial.db import utcnow
 from trial.errors import Conflict, NotFound
@@ -24,8 +24,8 @@ from trial.timeline import today
 from trial.validation import parse_date, refuse, text
 
 WARN_DAYS = 60  # the therapists page warns this many days before a credential expires
-LABELS = {"kind": "Credential", "number": "Number", "issuer": "Issuing body", "valid_from": "Valid from",
-          "valid_to": "Valid to", "email": "Therapist", "reason": "Reason"}
+LABELS = {"kind": N_("Credential"), "number": N_("Number"), "issuer": N_("Issuing body"), "valid_from": N_("Valid from"),
+          "valid_to": N_("Valid to"), "email": N_("Therapist"), "reason": N_("Reason")}
 
 
 class NoCredential(Conflict):
@@ -52,7 +52,8 @@ def record(db: Session, actor, user: User, data: dict) -> Credential:
     if not isinstance(kind, str):
         kind = None
     if allowed and kind not in allowed:
-        errors["kind"] = Msg(N_("must be one of the protocol's credentials: %(kinds)s"), kinds=", ".join(allowed))
+        errors["kind"] = Msg(N_("must be one of the protocol's credentials: %(kinds)s"),
+                             kinds=Joined([Label("credential", k, c.get("label") or k) for k, c in allowed.items()], ", "))
     number = text(data.get("number"), "number", errors, 64, required=True)
     issuer = text(data.get("issuer"), "issuer", errors, 200)
     valid_to = parse_date(data.get("valid_to"), "valid_to", errors)
@@ -61,7 +62,7 @@ def record(db: Session, actor, user: User, data: dict) -> Credential:
         errors["valid_to"] = Msg(N_("is before Valid from (%(day)s)"), day=valid_from)
     if not any(r.role == "therapist" for r in user.roles):
         errors["email"] = N_("is not a therapist: credentials are recorded for therapists")
-    refuse("The credential was not recorded", errors, LABELS)
+    refuse(N_("The credential was not recorded"), errors, LABELS)
     if issuer is None and kind in allowed:
         issuer = allowed[kind].get("issuer")
     c = Credential(user_id=user.id, kind=kind, number=number, issuer=issuer, valid_from=valid_from, valid_to=valid_to,
@@ -77,12 +78,12 @@ def revoke(db: Session, actor, credential_id: int, reason: str | None) -> Creden
     require_role(db, actor, "admin")
     c = db.get(Credential, credential_id)
     if c is None:
-        raise NotFound(f"No credential {credential_id}.")
+        raise NotFound(Msg(N_("No credential %(id)s."), id=credential_id))
     errors: dict[str, str] = {}
     why = text(reason, "reason", errors, 500, required=True)
-    refuse("The credential was not revoked", errors, LABELS)
+    refuse(N_("The credential was not revoked"), errors, LABELS)
     if c.revoked_at is not None:
-        raise Conflict("This credential is already revoked.")
+        raise Conflict(N_("This credential is already revoked."))
     c.revoked_at, c.revoked_reason = utcnow(), why
     audit.record(db, actor, "revoke", "credential", c.id, {"revoked_at": (None, c.revoked_at)}, reason=why)
     return c
@@ -98,7 +99,7 @@ def valid_on(db: Session, user_id: int | None, day: dt.date) -> Credential | Non
         Credential.valid_from <= day, Credential.valid_to >= day).order_by(Credential.valid_to.desc())).scalars().first()
 
 
-def ensure_valid(db: Session, actor, day: dt.date, what: str = "The session was not saved") -> None:
+def ensure_valid(db: Session, actor, day: dt.date, what: str = N_("The session was not saved")) -> None:
     """Refuse (409 ``credential``) unless the acting therapist holds a credential valid on ``day``.
     The command line (bulk loads by the data manager) is not a therapist and is not checked."""
     if not required(db) or getattr(actor, "id", None) is None:

@@ -1,16 +1,19 @@
-"""The record status grid (participants x forms at each visit) and the recruitment chart. Both are built
-only from arm-independent data: enrollment, randomization dates, visits and assessments."""
+"""The record status grid (participants x forms at each visit), the manager's overview, and
+recruitment and visit completeness (the trial's on the manager's home, a site's on its page) with
+their charts. All built only from arm-independent data: enrollment, randomization dates, visits
+and assessments."""
 from __future__ import annotations
 
 import datetime as dt
-from html import escape
 
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from trial import cache
 from trial.audit import service as audit
+from trial.dashboard import charts
 from trial.dataquality.models import DataQuery
+from trial.errors import Forbidden
 from trial.monitoring.service import marks, may_read_marks
 from trial.outcomes.service import schedule
 from trial.paging import PageRequest, ordered, paginate, sort_key
@@ -20,8 +23,9 @@ from trial.protocol.service import current as current_protocol
 from trial.queries.service import badges as query_badges
 from trial.queries.service import form_badges
 from trial.safety.models import AdverseEvent
-from trial.scope import require_role, visible_site_ids
+from trial.scope import require_role, require_site_role, visible_site_ids
 from trial.sites.models import Site
+from trial.sites.service import get_by_code
 from trial.timeline import local_date, today
 from trial.visitplan.models import PlannedVisit
 
@@ -144,36 +148,16 @@ def home_summary(db: Session, actor) -> dict:
     enrolled = counts(select(Participant.site_id, func.count()))
     randomized = counts(select(Participant.site_id, func.count()).join(Allocation, Allocation.participant_id == Participant.id))
     return {"sites": [{"code": s.code, "name": s.name, "target": s.target, "screened": screened.get(s.id, 0),
-                       "enrolled": enrolled.get(s.id, 0), "randomized": randomized.get(s.id, 0)} for s in site_rows]}
+                       "enrolled": enrolled.get(s.id, 0), "randomized": randomized.get(s.id, 0),
+                       "page": may_open_site(db, actor, s.id)} for s in site_rows]}
 
 
-def recruitment_svg(db: Session, actor) -> str:
-    """Horizontal bars per site: target (outline), enrolled and randomized (filled)."""
+def recruitment_svg(db: Session, actor, words: dict[str, str], fmt_number=None, rtl: bool = False) -> str:
+    """Horizontal bars per visible site: target (outline), enrolled and randomized (filled).
+    ``words`` gives the chart's texts in the reader's language (title, randomized, enrolled,
+    target); ``fmt_number`` writes a count; ``rtl`` for a language written right to left."""
     sites = home_summary(db, actor).get("sites", [])
-    bar_h, gap, left, width = 18, 10, 70, 460
-    top = 30
-    scale = max([s["target"] for s in sites] + [s["enrolled"] for s in sites] + [1])
-    height = top + len(sites) * (bar_h + gap) + 40
-    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 80}" height="{height}" '
-           f'viewBox="0 0 {left + width + 80} {height}" role="img" aria-label="Recruitment against target by site" '
-           'font-family="sans-serif" font-size="12">'),
-           '<text x="0" y="16" font-weight="bold">Recruitment against target</text>']
-    for i, s in enumerate(sites):
-        y = top + i * (bar_h + gap)
-        w_t = width * s["target"] / scale
-        w_e = width * s["enrolled"] / scale
-        w_r = width * s["randomized"] / scale
-        out += [f'<text x="0" y="{y + 13}">{escape(s["code"])}</text>',
-                f'<rect x="{left}" y="{y}" width="{w_t:.1f}" height="{bar_h}" fill="none" stroke="#5e6b78"/>',
-                f'<rect x="{left}" y="{y + 3}" width="{w_e:.1f}" height="{bar_h - 6}" fill="#90caf9"/>',
-                f'<rect x="{left}" y="{y + 3}" width="{w_r:.1f}" height="{bar_h - 6}" fill="#1f5f8b"/>',
-                f'<text x="{left + max(w_t, w_e) + 6:.1f}" y="{y + 13}">{s["randomized"]} / {s["target"]}</text>']
-    y = top + len(sites) * (bar_h + gap) + 10
-    out += [f'<rect x="{left}" y="{y}" width="12" height="10" fill="#1f5f8b"/><text x="{left + 16}" y="{y + 9}">randomized</text>',
-            f'<rect x="{left + 100}" y="{y}" width="12" height="10" fill="#90caf9"/><text x="{left + 116}" y="{y + 9}">enrolled</text>',
-            f'<rect x="{left + 190}" y="{y}" width="12" height="10" fill="none" stroke="#5e6b78"/><text x="{left + 206}" y="{y + 9}">target</text>',
-            "</svg>"]
-    return "\n".join(out)
+    return charts.bars_svg(sites, charts.Say(words, number=fmt_number or str, rtl=rtl))
 
 
 # --- the manager's dashboard -----------------------------------------------------------------
@@ -225,6 +209,18 @@ def _overview(db: Session, content: dict, sites: list[Site], days: dict[int, dt.
             "total": row(None, None, sum(s.target for s in sites), [s.id for s in sites])}
 
 
+def _site_today(days: dict[int, dt.date]):
+    """Each planned visit's site's today (from ``days``, by site id), as an SQL expression."""
+    pv = PlannedVisit
+    return case(*[(pv.site_id == sid, day) for sid, day in days.items()], else_=None)
+
+
+def _visit_complete():
+    """A planned visit with every form entered, as an SQL condition."""
+    pv = PlannedVisit
+    return and_(pv.blinded_entered == pv.blinded_forms, pv.other_entered == pv.other_forms)
+
+
 def _plan_counts(db: Session, sites: list[Site], days: dict[int, dt.date]) -> tuple[dict, dict]:
     """From the visit plan in one grouped query: retention by (site, visit): children due (window
     closed or every form entered) and complete; forms by site: expected so far, entered, overdue."""
@@ -233,8 +229,8 @@ def _plan_counts(db: Session, sites: list[Site], days: dict[int, dt.date]) -> tu
     forms: dict[int, dict] = {}
     if not sites:
         return retention, forms
-    closed = pv.closes < case(*[(pv.site_id == sid, day) for sid, day in days.items()], else_=None)
-    complete = and_(pv.blinded_entered == pv.blinded_forms, pv.other_entered == pv.other_forms)
+    closed = pv.closes < _site_today(days)
+    complete = _visit_complete()
     entered = pv.blinded_entered + pv.other_entered
     missing = pv.blinded_forms + pv.other_forms - entered
     still = and_(pv.ended.is_(False), closed)
@@ -251,86 +247,126 @@ def _plan_counts(db: Session, sites: list[Site], days: dict[int, dt.date]) -> tu
     return retention, forms
 
 
-# the small panels of the recruitment-over-time chart: per row, width, height, left margin (the axis)
-PANEL_COLS, PANEL_W, PANEL_H, PANEL_PAD = 3, 230, 130, 34
-
-
-def recruitment_over_time_svg(db: Session, actor, words: dict[str, str], fmt_month=None) -> str:
+def recruitment_over_time_svg(db: Session, actor, words: dict[str, str], fmt_month=None, fmt_number=None,
+                              rtl: bool = False) -> str:
     """Cumulative randomizations by month at each site against its target, one small panel per
     site (and the trial in total), as SVG drawn here (no script, no CDN). ``words`` gives the
-    chart's texts in the reader's language (title, randomized, target, of); ``fmt_month`` formats
-    a month's first day for the axis."""
+    chart's texts in the reader's language (title, randomized, target, total, of); ``fmt_month``
+    formats a month's first day for the axis, ``fmt_number`` a count; ``rtl`` for a language
+    written right to left."""
     require_role(db, actor, "manager")
     sites = list(db.execute(select(Site).order_by(Site.code)).scalars())
     months = _randomized_by_month(db, sites)
-    all_months = sorted({m for per in months.values() for m in per})
-    if all_months:
-        first, last = all_months[0], max(all_months[-1], today().replace(day=1))
-    else:
-        first = last = today().replace(day=1)
-    fmt = fmt_month or (lambda d: d.strftime("%Y-%m"))
+    all_months = sorted({m for per in months.values() for m in per} | {today().replace(day=1)})
     panels = [(s.code, s.target, months.get(s.id, {})) for s in sites]
+    panels.append((words["total"], sum(s.target for s in sites), _summed(months.values())))
+    say = charts.Say(words, fmt_month or charts.iso_month, fmt_number or str, rtl)
+    return charts.panels_svg(panels, all_months[0], all_months[-1], say)
+
+
+def _summed(pers) -> dict[dt.date, int]:
+    """Counts by month added up over several sites'."""
     total: dict[dt.date, int] = {}
-    for _, _, per in panels:
+    for per in pers:
         for m, n in per.items():
             total[m] = total.get(m, 0) + n
-    panels.append((words.get("total", "All sites"), sum(s.target for s in sites), total))
-    rows = (len(panels) + PANEL_COLS - 1) // PANEL_COLS
-    width, height = PANEL_COLS * (PANEL_W + 20) + 10, 40 + rows * (PANEL_H + 44)
-    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-           f'role="img" aria-label="{escape(words["title"])}" font-family="sans-serif" font-size="11">'),
-           f'<title>{escape(words["title"])}</title>',
-           f'<text x="10" y="18" font-size="14" font-weight="bold">{escape(words["title"])}</text>',
-           (f'<line x1="10" y1="30" x2="30" y2="30" stroke="#1f5f8b" stroke-width="2"/>'
-           f'<text x="34" y="34">{escape(words["randomized"])}</text>'
-           f'<line x1="160" y1="30" x2="180" y2="30" stroke="#a33" stroke-dasharray="4 3"/>'
-           f'<text x="184" y="34">{escape(words["target"])}</text>')]
-    for k, (name, target, per) in enumerate(panels):
-        x0, y0 = 10 + (k % PANEL_COLS) * (PANEL_W + 20), 50 + (k // PANEL_COLS) * (PANEL_H + 44)
-        out += _panel_svg(name, target, per, x0, y0, first, last, fmt, words)
-    out.append("</svg>")
-    return "\n".join(out)
+    return total
 
 
 def _randomized_by_month(db: Session, sites: list[Site]) -> dict[int, dict[dt.date, int]]:
-    """Randomizations by site and month (its first day, in the site's calendar)."""
+    """Randomizations by site and month (its first day, in the site's calendar), at these sites."""
     tzs = {s.id: s.timezone for s in sites}
     months: dict[int, dict[dt.date, int]] = {s.id: {} for s in sites}
     for site_id, at in db.execute(select(Participant.site_id, Allocation.randomized_at)
-                                  .join(Allocation, Allocation.participant_id == Participant.id)):
+                                  .join(Allocation, Allocation.participant_id == Participant.id)
+                                  .where(Participant.site_id.in_(list(tzs)))):
         d = local_date(at, tzs.get(site_id, "UTC")).replace(day=1)
         months.setdefault(site_id, {})[d] = months.setdefault(site_id, {}).get(d, 0) + 1
     return months
 
 
-def _panel_svg(name: str, target: int, per: dict[dt.date, int], x0: int, y0: int, first: dt.date, last: dt.date,
-               fmt, words: dict[str, str]) -> list[str]:
-    """One panel at (x0, y0): the cumulative randomizations by month from ``first`` to ``last``
-    against the target (a dashed line), with its name and "n of target"."""
-    span = (last.year - first.year) * 12 + last.month - first.month + 1
-    pad = PANEL_PAD
-    counts, run = [], 0
-    for i in range(span):
-        m = dt.date(first.year + (first.month - 1 + i) // 12, (first.month - 1 + i) % 12 + 1, 1)
-        run += per.get(m, 0)
-        counts.append(run)
-    top = max([target, run, 1])
-    inner_w, inner_h = PANEL_W - pad - 6, PANEL_H - 26
-    def px(i):
-        return x0 + pad + (inner_w * i / max(span - 1, 1))
-    def py(n):
-        return y0 + 14 + inner_h - inner_h * n / top
-    out = [(f'<g><text x="{x0}" y="{y0 + 8}" font-weight="bold">{escape(name)}</text>'
-           f'<text x="{x0 + PANEL_W - 6}" y="{y0 + 8}" text-anchor="end">'
-           f'{escape(words["of"].replace("%(n)s", str(run)).replace("%(target)s", str(target)))}</text>')]
-    out.append(f'<rect x="{x0 + pad}" y="{y0 + 14}" width="{inner_w}" height="{inner_h}" fill="none" stroke="#c5ccd3"/>')
-    out.append(f'<text x="{x0 + pad - 4}" y="{y0 + 18}" text-anchor="end">{top}</text>'
-               f'<text x="{x0 + pad - 4}" y="{y0 + 14 + inner_h}" text-anchor="end">0</text>')
-    if target:
-        out.append(f'<line x1="{x0 + pad}" y1="{py(target):.1f}" x2="{x0 + pad + inner_w}" y2="{py(target):.1f}" '
-                   'stroke="#a33" stroke-dasharray="4 3"/>')
-    pts = " ".join(f"{px(i):.1f},{py(n):.1f}" for i, n in enumerate(counts))
-    out.append(f'<polyline points="{pts}" fill="none" stroke="#1f5f8b" stroke-width="2"/>')
-    out.append(f'<text x="{x0 + pad}" y="{y0 + PANEL_H + 2}">{escape(fmt(first))}</text>'
-               f'<text x="{x0 + pad + inner_w}" y="{y0 + PANEL_H + 2}" text-anchor="end">{escape(fmt(last))}</text></g>')
+# --- one scope's recruitment and visit completeness: the trial (the manager's home) or a site (its page)
+
+SITE_PAGE_ROLES = ("coordinator", "monitor", "manager")  # a site's page: the managers, its coordinators and monitors
+
+
+def may_open_site(db: Session, actor, site_id: int) -> bool:
+    """May ``actor`` open the page of the site ``site_id``?"""
+    try:
+        require_site_role(db, actor, site_id, *SITE_PAGE_ROLES)
+    except Forbidden:
+        return False
+    return True
+
+
+def _scope(db: Session, actor, site_code: str | None) -> tuple[list[Site], Site | None]:
+    """The sites of a scope: every site for the trial (the managers only), or the one site of
+    ``site_code`` (for those who may open its page); a reader who may not is refused."""
+    if site_code is None:
+        require_role(db, actor, "manager")
+        return list(db.execute(select(Site).order_by(Site.code)).scalars()), None
+    site = get_by_code(db, site_code)
+    require_site_role(db, actor, site.id, *SITE_PAGE_ROLES)
+    return [site], site
+
+
+def site_summary(db: Session, actor, site_code: str) -> dict:
+    """The head of a site's page: its code, name, target, whether it is open, and how many children
+    were screened, enrolled and randomized there (for those who may open its page)."""
+    _, site = _scope(db, actor, site_code)
+    row = next(r for r in home_summary(db, actor)["sites"] if r["code"] == site.code)
+    return {**row, "open": site.is_open}
+
+
+def progress(db: Session, actor, site_code: str | None = None) -> dict:
+    """The trial's (or one site's) progress for the manager's home and a site's page, pooled over
+    the arms: ``recruitment`` (see :func:`_recruitment`) and ``visits`` (see :func:`_completeness`).
+    The trial in total is for the managers; a site for them and for its coordinators and monitors."""
+    sites, site = _scope(db, actor, site_code)
+    head = audit.head(db)  # before the data: see trial.cache.AsOf
+    protocol = current_protocol(db)
+    days = {s.id: today(s.timezone) for s in sites}
+    month = today(site.timezone if site else None).replace(day=1)
+    key = ("progress", head, protocol.sha256, site.id if site else None, month, tuple(sorted(days.items())))
+    return cache.summaries.get(key, lambda: {"recruitment": _recruitment(db, sites, month),
+                                             "visits": _completeness(db, protocol.content, days)})
+
+
+def _recruitment(db: Session, sites: list[Site], month: dt.date) -> dict:
+    """Randomizations by month at these sites, from the first month with one to ``month`` (the
+    current one), every month listed (a month without any too): randomized that month,
+    cumulative, and the cumulative share of the target (the sites' targets added up; None for a
+    target of 0). No rows when nobody was randomized. The target is flat: the protocol and the
+    sites give no recruitment period to draw a slope from."""
+    per = _summed(_randomized_by_month(db, sites).values())
+    months = charts.month_range(min(per), max(max(per), month)) if per else []
+    target = sum(s.target for s in sites)
+    rows = [{"month": m, "randomized": per.get(m, 0), "cumulative": n, "share": n / target if target else None}
+            for m, n in zip(months, charts.running(per, months))]
+    return {"target": target, "month": month, "rows": rows, "randomized": rows[-1]["cumulative"] if rows else 0,
+            "share": rows[-1]["share"] if rows else None}
+
+
+def _completeness(db: Session, content: dict, days: dict[int, dt.date]) -> list[dict]:
+    """Per visit after randomization, in the protocol's order, over the sites of ``days`` (each
+    site's today): visits due so far (every form entered, or the window open or closed for a
+    child still in the trial: a child who withdrew or died before the window closed is no longer
+    expected there), done (every form entered), open (in the window, not done), overdue (the
+    window closed, not done) and completeness (done of due; None when none is due). From the
+    visit plan in one grouped query; the same for every arm."""
+    pv = PlannedVisit
+    counts: dict[str, list[int]] = {}
+    if days:
+        on, complete, live = _site_today(days), _visit_complete(), pv.ended.is_(False)
+        for visit, due, done, overdue in db.execute(
+                select(pv.visit, func.sum(case((or_(complete, and_(live, pv.opens <= on)), 1), else_=0)),
+                       func.sum(case((complete, 1), else_=0)),
+                       func.sum(case((and_(live, pv.closes < on, ~complete), 1), else_=0)))
+                .where(pv.site_id.in_(list(days))).group_by(pv.visit)):
+            counts[visit] = [int(due or 0), int(done or 0), int(overdue or 0)]
+    out = []
+    for v in (v["key"] for v in content["visits"] if v["key"] != "baseline"):
+        due, done, overdue = counts.get(v, [0, 0, 0])
+        out.append({"visit": v, "due": due, "done": done, "open": due - done - overdue, "overdue": overdue,
+                    "share": done / due if due else None})
     return out

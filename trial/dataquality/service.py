@@ -3,14 +3,16 @@ open per finding), close it when the finding is gone, clear a verification mark 
 changes. Every step audited."""
 from __future__ import annotations
 
-from sqlalchemy import select
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.catalogue import Msg
 from trial.dataquality.models import DataQuery, QueryMessage, Verification
-from trial.db import utcnow
+from trial.db import insert_new, utcnow
 from trial.participants.models import Participant
 
 SYSTEM = "system (data check)"
@@ -30,25 +32,93 @@ def raise_check(db: Session, p: Participant, kind: str, target_id: int | None, k
     already for it."""
     if db.execute(select(DataQuery.id).where(DataQuery.open_key == key)).first():
         return None
+    c = Check(p, kind, target_id, key, text, answer_role, assessor_visible, field, visit, instrument)
     now = utcnow()
     try:
         with db.begin_nested():  # two readers of a worklist at once: one query, and no error for the other
-            words = text.words() if isinstance(text, Msg) else None
-            q = DataQuery(participant_id=p.id, site_id=p.site_id, kind=kind, target_id=target_id, field=field,
-                          visit=visit, instrument=instrument, text=str(text), words=words, status="open", origin="check",
-                          check_key=key,
-                          open_key=key, answer_role=answer_role, assessor_visible=assessor_visible, raised_by=SYSTEM,
-                          raised_at=now, updated_at=now)
+            q = DataQuery(**_query_row(c, now))
             db.add(q)
             db.flush()
-            db.add(QueryMessage(query_id=q.id, action="raise", text=str(text), words=words, by=SYSTEM, at=now))
-            audit.created(db, SYSTEM, "query", q.id, {"participant": p.study_id,
-                                                     "on": target_text(kind, target_id, field),
-                                                     "origin": "check", "check": key, "text": str(text)},
-                          reveals_allocation=not assessor_visible)
+            db.add(QueryMessage(**_message_row(c, q.id, now)))
+            audit.record(db, SYSTEM, **_audit_entry(c, q.id))
     except IntegrityError:
         return None
     return q
+
+
+@dataclass(frozen=True)
+class Check:
+    """A finding of an automatic check that wants a query: :func:`raise_check`'s arguments."""
+    participant: Participant
+    kind: str
+    target_id: int | None
+    key: str
+    text: Msg | str
+    answer_role: str
+    assessor_visible: bool
+    field: str | None = None
+    visit: str | None = None
+    instrument: str | None = None
+
+
+KEYS_AT_ONCE = 5000  # keys in one IN list (SQLite takes at most 32,766 parameters a statement)
+
+
+def raise_checks(db: Session, checks: list[Check]) -> list[int]:
+    """:func:`raise_check` for many findings at once (a periodic run): the queries, their first
+    messages and their audit records (each its own link of the chain, as raise_check writes them)
+    each inserted in one batch, so that a query costs the same however many the run raises.
+    Idempotent as raise_check: none for a key with an open query. The chain head is locked first,
+    so a concurrent run waits and then finds this one's queries; the unique open key stays the
+    backstop. Returns the new queries' ids."""
+    if not checks:
+        return []
+    audit.lock_head(db)
+    taken = _open_keys(db, [c.key for c in checks])
+    todo = list({c.key: c for c in checks if c.key not in taken}.values())
+    if not todo:
+        return []
+    now = utcnow()
+    ids = dict(insert_new(db, DataQuery.__table__, [_query_row(c, now) for c in todo],
+                          DataQuery.open_key, DataQuery.id))
+    raised = [c for c in todo if c.key in ids]
+    if raised:
+        db.execute(insert(QueryMessage.__table__), [_message_row(c, ids[c.key], now) for c in raised])
+        audit.record_many(db, SYSTEM, [_audit_entry(c, ids[c.key]) for c in raised])
+    return [ids[c.key] for c in raised]
+
+
+def _open_keys(db: Session, keys: list[str]) -> set[str]:
+    out: set[str] = set()
+    for i in range(0, len(keys), KEYS_AT_ONCE):
+        out.update(db.execute(select(DataQuery.open_key).where(DataQuery.open_key.in_(keys[i:i + KEYS_AT_ONCE]))).scalars())
+    return out
+
+
+def _query_row(c: Check, now) -> dict:
+    p = c.participant
+    return {"participant_id": p.id, "site_id": p.site_id, "kind": c.kind, "target_id": c.target_id, "field": c.field,
+            "visit": c.visit, "instrument": c.instrument, "text": str(c.text), "words": _words(c.text),
+            "status": "open", "origin": "check", "check_key": c.key, "open_key": c.key, "answer_role": c.answer_role,
+            "assessor_visible": c.assessor_visible, "raised_by_id": None, "raised_by": SYSTEM, "raised_at": now,
+            "updated_at": now}
+
+
+def _message_row(c: Check, query_id: int, now) -> dict:
+    return {"query_id": query_id, "action": "raise", "text": str(c.text), "words": _words(c.text), "by": SYSTEM,
+            "at": now}
+
+
+def _words(text) -> dict | None:
+    return text.words() if isinstance(text, Msg) else None
+
+
+def _audit_entry(c: Check, query_id: int) -> dict:
+    """The audit of a raised query: :func:`trial.audit.service.created`'s records."""
+    values = {"participant": c.participant.study_id, "on": target_text(c.kind, c.target_id, c.field),
+              "origin": "check", "check": c.key, "text": str(c.text)}
+    return {"action": "create", "entity": "query", "entity_id": query_id,
+            "changes": {k: (None, v) for k, v in values.items()}, "reveals_allocation": not c.assessor_visible}
 
 
 def resolve_check(db: Session, key: str, why: str) -> DataQuery | None:

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.catalogue import N_, Msg
+from trial.catalogue import N_, Label, Msg, term, terms
 from trial.db import insert_ignore, lock_for_update, utcnow
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
@@ -41,7 +41,7 @@ def record_screening(db: Session, actor, data: dict) -> Screening:
     errors: dict[str, str] = {}
     site_code = data.get("site")
     if not site_code:
-        raise ValidationError("The screening was not saved: site is required", {"site": "is required"})
+        raise ValidationError(N_("The screening was not saved: site is required"), {"site": N_("is required")})
     site = get_by_code(db, str(site_code))
     require_site_role(db, actor, site.id, "coordinator")
     ensure_writable(db)
@@ -51,23 +51,27 @@ def record_screening(db: Session, actor, data: dict) -> Screening:
     answers_in = data.get("answers")
     answers: dict[str, bool] = {}
     if not isinstance(answers_in, dict):
-        errors["answers"] = "must be an object of criterion: true/false"
+        errors["answers"] = N_("must be an object of criterion: true/false")
     else:
         keys = {c["key"] for c in criteria}
         for k in sorted(set(answers_in) - keys):
-            errors[f"answers.{k}"] = "is not a criterion of this protocol"
+            errors[f"answers.{k}"] = N_("is not a criterion of this protocol")
         for c in criteria:
             v = answers_in.get(c["key"])
             if not isinstance(v, bool):
-                errors[f"answers.{c['key']}"] = "is required (true or false)"
+                errors[f"answers.{c['key']}"] = N_("is required (true or false)")
             else:
                 answers[c["key"]] = v
     declined = data.get("declined", False)
     if not isinstance(declined, bool):
-        errors["declined"] = "must be true or false"
+        errors["declined"] = N_("must be true or false")
     other = text(data.get("other_reason"), "other_reason", errors, 500)
     log_number = _log_number(db, site, data.get("log_number"), errors)
-    refuse("The screening was not saved", errors)
+    # an answer is named by its criterion's question, in the reader's language
+    refuse(N_("The screening was not saved"), errors, {
+        f"answers.{c['key']}": Msg(N_("The answer to “%(question)s”"),
+                                   question=Label("criterion", c["key"], c.get("question") or c["key"]))
+        for c in criteria})
     outcome, failed = screening_outcome(criteria, answers, declined, other)
     sc = Screening(site_id=site.id, log_number=log_number, screened_on=screened_on, answers=answers, declined=declined,
                    other_reason=other, outcome=outcome, failed_criteria=failed, protocol_version=pv.version,
@@ -113,8 +117,9 @@ def page_screenings(db: Session, actor, req: PageRequest, site_code: str | None 
         q = q.where(Site.code == site_code.upper())
     if outcome:
         if outcome not in SCREENING_OUTCOMES:
-            raise ValidationError("outcome must be one of: " + ", ".join(SCREENING_OUTCOMES) + ".",
-                                  {"outcome": "an unknown screening outcome"})
+            raise ValidationError(Msg(N_("outcome must be one of: %(allowed)s."),
+                                      allowed=terms("screening_outcome", SCREENING_OUTCOMES)),
+                                  {"outcome": N_("an unknown screening outcome")})
         q = q.where(Screening.outcome == outcome)
     if search:
         term = search.strip()
@@ -130,16 +135,17 @@ def _strata(pv_content: dict, given: Any, errors: dict[str, str]) -> dict[str, s
     out = {}
     given = given or {}
     if not isinstance(given, dict):
-        errors["strata"] = "must be an object of factor: level"
+        errors["strata"] = N_("must be an object of factor: level")
         return out
     factors = [f for f in pv_content["randomization"]["factors"] if f["key"] != "site"]
     known = {f["key"] for f in factors}
     for k in sorted(set(given) - known - {"site"}):
-        errors[f"strata.{k}"] = "is not a stratification factor of this protocol"
+        errors[f"strata.{k}"] = N_("is not a stratification factor of this protocol")
     for f in factors:
         level = given.get(f["key"])
         if level not in f["levels"]:
-            errors[f"strata.{f['key']}"] = f"is required, one of {', '.join(f['levels'])}"
+            # the levels are the values to give (the protocol has no words for them)
+            errors[f"strata.{f['key']}"] = Msg(N_("is required, one of %(levels)s"), levels=", ".join(f["levels"]))
         else:
             out[f["key"]] = level
     return out
@@ -168,15 +174,19 @@ def _enrolment_values(content: dict, data: dict, sc: Screening, site: Site) -> t
     born = parse_date(data.get("date_of_birth"), "date_of_birth", errors)
     sex = data.get("sex")
     if sex not in SEXES:
-        errors["sex"] = f"must be one of {', '.join(SEXES)}"
+        errors["sex"] = Msg(N_("must be one of %(allowed)s"), allowed=terms("sex", SEXES))
     strata = _strata(content, data.get("strata"), errors)
     if born and consent:
         el = content["eligibility"]
         months = age_in_months(born, consent)
         if born >= consent or not el["min_age_months"] <= months <= el["max_age_months"]:
-            errors["date_of_birth"] = (f"gives an age of {max(months, 0)} months at consent; the protocol requires "
-                                       f"{el['min_age_months']} to {el['max_age_months']} months")
-    refuse("The participant was not enrolled", errors)
+            errors["date_of_birth"] = Msg(N_("gives an age of %(months)s months at consent; the protocol requires "
+                                             "%(min)s to %(max)s months"),
+                                          months=max(months, 0), min=el["min_age_months"], max=el["max_age_months"])
+    # a stratification factor is named by the protocol's word for it
+    refuse(N_("The participant was not enrolled"), errors, {
+        f"strata.{f['key']}": Label("factor", f["key"], f.get("label") or f["key"])
+        for f in content["randomization"]["factors"] if f["key"] != "site"})
     return consent, born, sex, strata
 
 
@@ -184,18 +194,19 @@ def enroll(db: Session, actor, data: dict, at: dt.datetime | None = None) -> Par
     """Enrol from an eligible screening. ``at`` (a UTC datetime) is honoured only for the
     command-line operator loading synthetic or migrated data (the demo); users enrol now."""
     errors: dict[str, str] = {}
-    sid = ident(data.get("screening_id"), "screening_id", errors, "a screening's id")
-    refuse("The participant was not enrolled", errors)
+    sid = ident(data.get("screening_id"), "screening_id", errors, Msg(N_("a screening's id")))
+    refuse(N_("The participant was not enrolled"), errors)
     sc = db.get(Screening, sid)
     if sc is None:
-        raise NotFound(f"No screening with id {sid}.")
+        raise NotFound(Msg(N_("No screening with id %(id)s."), id=sid))
     require_site_role(db, actor, sc.site_id, "coordinator")
     ensure_writable(db)
     site = db.get(Site, sc.site_id)
     if sc.outcome != "eligible":
-        raise Conflict(f"Screening {sc.id} is {sc.outcome.replace('_', ' ')}: only an eligible screening can be enrolled.")
+        raise Conflict(Msg(N_("Screening %(id)s has the outcome %(outcome)s: only an eligible screening can be enrolled."),
+                           id=sc.id, outcome=term("screening_outcome", sc.outcome)))
     if db.execute(select(Participant.id).where(Participant.screening_id == sc.id)).first():
-        raise Conflict(f"Screening {sc.id} has already been enrolled.")
+        raise Conflict(Msg(N_("Screening %(id)s has already been enrolled."), id=sc.id))
     pv = current_protocol(db)
     consent, born, sex, strata = _enrolment_values(pv.content, data, sc, site)
     study_id = _next_study_id(db, site)

@@ -6,6 +6,7 @@ from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.auth.service import check_password
+from trial.catalogue import N_
 from trial.db import utcnow
 from trial.errors import Forbidden, ValidationError
 from trial.esign.models import Signature
@@ -15,18 +16,18 @@ from trial.validation import refuse, text
 
 def sign(db: Session, actor, password: str, meaning: str, purpose: str) -> Signature:
     if is_cli(actor) or getattr(actor, "id", None) is None:
-        raise Forbidden("An electronic signature needs a user; the command line cannot sign.")
+        raise Forbidden(N_("An electronic signature needs a user; the command line cannot sign."))
     errors: dict[str, str] = {}
     meaning = text(meaning, "meaning", errors, 500)
     if meaning is None and "meaning" not in errors:
-        errors["meaning"] = "is required: what does this signature mean?"
+        errors["meaning"] = N_("is required: what does this signature mean?")
     if not isinstance(password, str) or not password:
-        errors["password"] = "is required to sign"
-    refuse("Not signed", errors)
+        errors["password"] = N_("is required to sign")
+    refuse(N_("Not signed"), errors)
     if actor.must_change_password:
-        raise Forbidden("Your password was reset by an administrator: change it before you sign.")
+        raise Forbidden(N_("Your password was reset by an administrator: change it before you sign."))
     if not check_password(actor, password):
-        raise ValidationError("Not signed: the password is wrong.", {"password": "is wrong"})
+        raise ValidationError(N_("Not signed: the password is wrong."), {"password": N_("is wrong")})
     sig = Signature(user_id=actor.id, printed_name=actor.name, email=actor.email, meaning=meaning,
                     purpose=purpose, signed_at=utcnow())
     db.add(sig)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from trial.catalogue import N_, Joined, Label, Msg
 from trial.course.models import TherapySession
 from trial.errors import DomainError
 from trial.participants.models import Allocation, Assessment, Participant, Screening, StatusEvent
@@ -58,7 +59,8 @@ def disposition(db: Session, site_code: str | None = None) -> list[Row]:
             row.study_id = p.study_id
             arms_of = facts.allocs.get(p.id, [])
             if len(arms_of) > 1:
-                raise ConsortError(f"CONSORT does not reconcile: {p.study_id} has {len(arms_of)} allocations")
+                raise ConsortError(Msg(N_("CONSORT does not reconcile: %(study_id)s has %(n)s allocations"),
+                                       study_id=p.study_id, n=len(arms_of)))
             if arms_of:
                 row.arm = arms_of[0]
                 _follow(row, p.id, facts, arms[row.arm]["sessions_per_week"] > 0, minimum)
@@ -163,25 +165,28 @@ def reconcile(rows: list[Row], c: dict) -> list[str]:
     problems = []
     for r in rows:
         if len(r.path) != 1:
-            problems.append(f"screening {r.screening_id} ({r.study_id or 'not enrolled'}) lands in {len(r.path)} paths: "
-                            f"{', '.join(r.path) or 'none'}")
+            problems.append(Msg(N_("screening %(id)s (%(study_id)s) lands in %(n)s paths: %(paths)s"), id=r.screening_id,
+                                study_id=r.study_id or Msg(N_("not enrolled")), n=len(r.path),
+                                paths=", ".join(r.path) or Msg(N_("none"))))
     ex = c["excluded"]
     if ex["total"] != ex["not_meeting_inclusion_criteria"] + ex["declined_to_participate"] + ex["other_reasons"]:
-        problems.append(f"excluded total {ex['total']} is not the sum of its reasons")
+        problems.append(Msg(N_("excluded total %(n)s is not the sum of its reasons"), n=ex["total"]))
     if c["assessed_for_eligibility"] != ex["total"] + c["randomized"]:
-        problems.append(f"assessed {c['assessed_for_eligibility']} != excluded {ex['total']} + randomized {c['randomized']}")
+        problems.append(Msg(N_("assessed %(assessed)s != excluded %(excluded)s + randomized %(randomized)s"),
+                            assessed=c["assessed_for_eligibility"], excluded=ex["total"], randomized=c["randomized"]))
     if c["randomized"] != sum(a["allocated"] for a in c["arms"].values()):
-        problems.append("randomized is not the sum of the arms' allocations")
+        problems.append(N_("randomized is not the sum of the arms' allocations"))
     for key, a in c["arms"].items():
+        arm = Label("arm", key, a.get("label") or key)
         d = a["did_not_receive_allocated_intervention"]
         if a["allocated"] != a["received_allocated_intervention"] + d["total"]:
-            problems.append(f"arm {key}: allocated != received + did not receive")
+            problems.append(Msg(N_("arm %(arm)s: allocated != received + did not receive"), arm=arm))
         if a["analysed"] + a["excluded_from_analysis"]["total"] != a["allocated"]:
-            problems.append(f"arm {key}: analysed + excluded from analysis != allocated")
+            problems.append(Msg(N_("arm %(arm)s: analysed + excluded from analysis != allocated"), arm=arm))
         for box in ("did_not_receive_allocated_intervention", "lost_to_follow_up", "discontinued_intervention",
                     "excluded_from_analysis"):
             if sum(a[box]["reasons"].values()) != a[box]["total"]:
-                problems.append(f"arm {key}: the reasons of {box} do not add up to its total")
+                problems.append(Msg(N_("arm %(arm)s: the reasons of %(box)s do not add up to its total"), arm=arm, box=box))
     return problems
 
 
@@ -207,7 +212,8 @@ def consort(db: Session, actor, site_code: str | None = None, blinded: bool | No
     c = counts(rows, arms)
     problems = reconcile(rows, c)
     if problems:
-        raise ConsortError("CONSORT does not reconcile: " + "; ".join(problems))
+        raise ConsortError(Msg(N_("CONSORT does not reconcile: %(problems)s"),
+                               problems=Joined(p if isinstance(p, Msg) else Msg(p) for p in problems)))
     return pool(c) if blinded else c
 
 

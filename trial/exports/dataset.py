@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
 
+from trial.auth.models import User
 from trial.catalogue import LABELS
 from trial.course.models import PRESENT, ChildGoal, CounsellingSession, TherapySession
 from trial.dataquality.models import QUERY_KINDS, QUERY_STATES, VERIFIABLE, DataQuery, Verification
@@ -24,7 +25,7 @@ from trial.participants.service import age_in_months, status_label
 from trial.protocol.service import current as current_protocol
 from trial.randomize.lists import Stream
 from trial.randomize.models import Stratum
-from trial.safety.models import EXPECTEDNESS, RELATEDNESS, SERIOUSNESS, SEVERITIES, AdverseEvent
+from trial.safety.models import EXPECTEDNESS, RELATEDNESS, REPORTED_TO, SERIOUSNESS, SEVERITIES, AdverseEvent
 from trial.safety.models import OUTCOMES as AE_OUTCOMES
 from trial.sites.models import Site
 from trial.status.models import Deviation
@@ -514,16 +515,17 @@ def screening_table(content: dict, site: dict, participants, fetch) -> Table:
              Var("outcome", "Screening outcome", "str", codes=codes("SCREEN", "screening_outcome")),
              Var("failcrit", "Criteria not met (keys, ';'-separated)", "str", allowed="; ".join(c["key"] for c in content["criteria"])),
              Var("declined", "Family declined", "int", codes=YESNO),
-             Var("othrsn", "Other reason not enrolled", "str"), Var("studyid", "Study ID if enrolled", "str")]
+             Var("othrsn", "Other reason not enrolled", "str"), Var("studyid", "Study ID if enrolled", "str"),
+             Var("lognum", "Site's screening-log number", "str")]
     svars += [Var(f"crit{i + 1}", c["question"], "int", codes=YESNO,
                   source=f"criterion {c['key']}: {c['question']}") for i, c in enumerate(criteria)]
     enrolled = {p.screening_id: p.study_id for p in participants}
     rows = []
     for s in fetch("screenings", select(Screening.id, Screening.site_id, Screening.screened_on, Screening.outcome,
                                         Screening.failed_criteria, Screening.declined, Screening.other_reason,
-                                        Screening.answers).order_by(Screening.id)):
+                                        Screening.answers, Screening.log_number).order_by(Screening.id)):
         rows.append((s.id, site[s.site_id], _d(s.screened_on), s.outcome, ";".join(s.failed_criteria or []) or None,
-                     int(s.declined), s.other_reason, enrolled.get(s.id))
+                     int(s.declined), s.other_reason, enrolled.get(s.id), s.log_number)
                     + tuple(int(s.answers.get(c["key"])) if c["key"] in s.answers else None for c in criteria))
     return Table("screen", "Screening log", svars, rows)
 
@@ -851,7 +853,7 @@ def data_management_tables(db: Session, content: dict, blinded: bool, pid: dict[
 
 
 def adverse_event_tables(db: Session, pid: dict[int, str]) -> list[Table]:
-    """The adverse events and their follow-ups."""
+    """The adverse events, their follow-ups and the serious ones' reports."""
     aevars = [Var("studyid", "Study ID", "str"), Var("aeid", "Adverse event number", "int"),
               Var("term", "Adverse event term", "str"), Var("onset", "Date of onset", "date"),
               Var("severity", "Severity", "str", codes=codes("SEVERITY", "severity", SEVERITIES)),
@@ -872,7 +874,22 @@ def adverse_event_tables(db: Session, pid: dict[int, str]) -> list[Table]:
               Var("fudt", "Date of the follow-up", "date"), Var("outcome", "Outcome", "str", codes=codes("AEOUT", "ae_outcome", AE_OUTCOMES)),
               Var("resoldt", "Date resolved (or of death)", "date"), Var("text", "Follow-up note", "str")]
     return [ae, Table("aefu", "Adverse event follow-ups", fuvars, [
-        (pid[a.participant_id], a.id, _d(f.on), f.outcome, _d(f.resolved_on), f.text) for a in aes for f in a.follow_ups])]
+        (pid[a.participant_id], a.id, _d(f.on), f.outcome, _d(f.resolved_on), f.text) for a in aes for f in a.follow_ups]),
+        sae_report_table(db, aes, pid)]
+
+
+def sae_report_table(db: Session, aes: list[AdverseEvent], pid: dict[int, str]) -> Table:
+    """The reports of the serious adverse events onwards, in the order recorded: the first of an
+    event is the one that acknowledged it and stopped its 24-hour clock."""
+    rvars = [Var("studyid", "Study ID", "str"), Var("aeid", "Adverse event number", "int"),
+             Var("repno", "Report number of the event (1: first)", "int"),
+             Var("repto", "Reported to", "str", codes=codes("REPTO", "reported_to", REPORTED_TO)),
+             Var("repdtm", "Reported at (UTC)", "datetime"), Var("repref", "Reference number of the recipient", "str"),
+             Var("recby", "Recorded by", "str"), Var("recdtm", "Recorded at (UTC)", "datetime")]
+    emails = dict(db.execute(select(User.id, User.email)).all())
+    return Table("aerep", "Serious adverse event reports", rvars, [
+        (pid[a.participant_id], a.id, n, r.reported_to, _dt(r.reported_at), r.reference, emails.get(r.recorded_by_id),
+         _dt(r.recorded_at)) for a in aes for n, r in enumerate(a.reports, 1)])
 
 
 def query_tables(db: Session, content: dict, blinded: bool, pid: dict[int, str]) -> list[Table]:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.auth.models import RoleAssignment, User
-from trial.catalogue import N_, Msg
+from trial.catalogue import N_, Joined, Label, Msg
 from trial.course.models import ChildGoal, TherapySession
 from trial.credentials import service as credentials
 from trial.db import utcnow
@@ -40,7 +40,7 @@ from trial.validation import refuse, text
 def scale(db: Session) -> dict:
     f = current_protocol(db).content.get("fidelity")
     if not f:
-        raise Conflict("The protocol defines no fidelity scale.")
+        raise Conflict(N_("The protocol defines no fidelity scale."))
     return f
 
 
@@ -140,14 +140,14 @@ def draws(db: Session, actor) -> list[dict]:
 
 # --- ratings ---------------------------------------------------------------------------------
 
-LABELS = {"scores": "Ratings", "note": "Note"}
+LABELS = {"scores": N_("Ratings"), "note": N_("Note")}
 
 
 def _sampled_session(db: Session, actor, session_id: int) -> tuple[TherapySession, Participant]:
     s = db.get(TherapySession, session_id)
     p = db.get(Participant, s.participant_id) if s else None
     if s is None or not can_see_arm(db, actor, p.site_id):
-        raise NotFound(f"No session {session_id}.")
+        raise NotFound(Msg(N_("No session %(id)s."), id=session_id))
     return s, p
 
 
@@ -173,7 +173,7 @@ def _ratable(db: Session, actor, session_id: int) -> tuple[TherapySession, Parti
     """Whether the actor may rate the session now (or why not): returns the session, its child,
     the protocol's scale and the day of the rating (the site's)."""
     if not actor.has_role("therapist"):
-        raise Forbidden("Fidelity ratings are made by credentialed music therapists.")
+        raise Forbidden(N_("Fidelity ratings are made by credentialed music therapists."))
     s, p = _sampled_session(db, actor, session_id)
     require_site_role(db, actor, p.site_id, "therapist")  # a therapist of that site, not another role there
     ensure_writable(db)
@@ -181,9 +181,9 @@ def _ratable(db: Session, actor, session_id: int) -> tuple[TherapySession, Parti
     if db.get(FidelitySample, s.id) is None:
         raise Conflict(Msg(N_("Session %(id)s was not drawn for a fidelity rating."), id=s.id))
     if s.logged_by_id == getattr(actor, "id", None):
-        raise Forbidden("You led this session: another therapist rates it.")
+        raise Forbidden(N_("You led this session: another therapist rates it."))
     on = today(db.get(Site, p.site_id).timezone)
-    credentials.ensure_valid(db, actor, on, "The rating was not saved")
+    credentials.ensure_valid(db, actor, on, N_("The rating was not saved"))
     if db.execute(select(FidelityRating.id).where(FidelityRating.session_id == s.id)).first():
         raise Conflict(Msg(N_("Session %(id)s is rated already."), id=s.id))
     return s, p, f, on
@@ -195,9 +195,10 @@ def _checked_scores(f: dict, data: dict) -> tuple[dict[str, int], str | None]:
     errors: dict[str, str] = {}
     scores = data.get("scores")
     items = [i["key"] for i in f["items"]]
-    labels = {**LABELS, **{i["key"]: i["label"] for i in f["items"]}}
+    words = {i["key"]: Label("fidelity_item", i["key"], i["label"]) for i in f["items"]}
+    labels = {**LABELS, **words}
     if not isinstance(scores, dict):
-        errors["scores"] = Msg(N_("must give a rating for each item: %(items)s"), items=", ".join(items))
+        errors["scores"] = Msg(N_("must give a rating for each item: %(items)s"), items=Joined(words.values(), ", "))
         scores = {}
     for k in items:
         v = scores.get(k)
@@ -206,7 +207,7 @@ def _checked_scores(f: dict, data: dict) -> tuple[dict[str, int], str | None]:
     for k in sorted(set(scores) - set(items)):
         errors[k] = N_("is not an item of the protocol's fidelity scale")
     note = text(data.get("note"), "note", errors, 1000)
-    refuse("The rating was not saved", errors, labels)
+    refuse(N_("The rating was not saved"), errors, labels)
     return {k: scores[k] for k in items}, note
 
 
@@ -214,7 +215,7 @@ def due(db: Session, actor) -> list[dict]:
     """The sampled sessions still to rate that this therapist may rate (not their own, sites whose
     allocations they may read), oldest first."""
     if not actor.has_role("therapist", "manager"):
-        raise Forbidden("Fidelity ratings reveal the allocation; your role is blinded.")
+        raise Forbidden(N_("Fidelity ratings reveal the allocation; your role is blinded."))
     sites = visible_site_ids(db, actor, "therapist", "manager")
     q = (select(TherapySession.id, TherapySession.held_on, TherapySession.minutes, Participant.study_id,
                 Participant.site_id, User.name)
@@ -277,7 +278,7 @@ def therapist_by_email(db: Session, email: str) -> User:
     u = db.execute(select(User).where(func.lower(User.email) == email.lower())).scalars().first()
     if u is None or not db.execute(select(RoleAssignment.id).where(RoleAssignment.user_id == u.id,
                                                                    RoleAssignment.role == "therapist")).first():
-        raise NotFound(f"No therapist {email}.")
+        raise NotFound(Msg(N_("No therapist %(email)s."), email=email))
     return u
 
 

@@ -1,6 +1,6 @@
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import EmailField, HiddenField, PasswordField, SelectField, SubmitField
+from wtforms import BooleanField, EmailField, HiddenField, PasswordField, SelectField, SubmitField
 from wtforms.validators import DataRequired, Length
 
 from trial.catalogue import LANGUAGES
@@ -32,6 +32,14 @@ class LanguageForm(FlaskForm):
                                           "else English."))
     next = HiddenField()
     submit = SubmitField(_l("Save the language"))
+
+
+class DigestForm(FlaskForm):
+    """The user's choice of the weekly digest e-mail (coordinators and assessors)."""
+    weekly_digest = BooleanField(_l("Send me the weekly digest"),
+                                 description=_l("Once a week, an e-mail of the visits coming due at your sites in the "
+                                                "next seven days and of the queries waiting for your answer."))
+    submit = SubmitField(_l("Save the digest choice"))
 
 
 class LogoutForm(FlaskForm):

@@ -3,6 +3,7 @@ from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField,
     DateField,
+    DateTimeLocalField,
     HiddenField,
     IntegerField,
     SelectField,
@@ -15,7 +16,7 @@ from wtforms.validators import DataRequired, Length, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
 
 from trial.catalogue import label
-from trial.safety.models import EXPECTEDNESS, OUTCOMES, RELATEDNESS, SERIOUSNESS, SEVERITIES
+from trial.safety.models import EXPECTEDNESS, OUTCOMES, RELATEDNESS, REPORTED_TO, SERIOUSNESS, SEVERITIES
 
 
 def _choices(kind: str, values):
@@ -76,7 +77,19 @@ class FollowUpForm(FlaskForm):
     submit = SubmitField(_l("Record the follow-up"))
 
 
-class AcknowledgeForm(FlaskForm):
+class SaeReportForm(FlaskForm):
+    """A serious adverse event reported onwards: to whom, when (the date and time at the site, in
+    its time zone: the view names it), the recipient's reference."""
+    reported_to = SelectField(_l("Reported to"), choices=[("", "—")] + _choices("reported_to", REPORTED_TO),
+                              validators=[DataRequired()])
+    reported_at = DateTimeLocalField(_l("Reported at"), format=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"],
+                                     validators=[DataRequired()])
+    reference = StringField(_l("Reference number"), validators=[DataRequired(), Length(max=80)])
+    submit = SubmitField(_l("Record the report"))
+
+
+class AcknowledgeForm(SaeReportForm):
+    """The first report, which acknowledges the event and stops its 24-hour clock."""
     submit = SubmitField(_l("Acknowledge: the event is reported"))
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from trial.audit import service as audit
 from trial.auth.models import GRANT_STATES, RoleAssignment, RoleGrant, User
 from trial.auth.service import check_role_conflicts, current_roles_text
+from trial.catalogue import N_, Msg, term, terms
 from trial.db import lock_for_update, utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.esign.service import sign
@@ -32,7 +33,8 @@ def list_grants(db: Session, actor, status: str | None = "pending") -> list[dict
     """Grants for managers (who countersign them) and admins (who request them)."""
     require_role(db, actor, "manager", "admin")
     if status is not None and status not in GRANT_STATES:
-        raise ValidationError(f"status must be one of {', '.join(GRANT_STATES)}.", {"status": "unknown status"})
+        raise ValidationError(Msg(N_("status must be one of: %(states)s."), states=terms("grant_status", GRANT_STATES)),
+                              {"status": N_("unknown status")})
     q = select(RoleGrant).order_by(RoleGrant.id.desc())
     if status:
         q = q.where(RoleGrant.status == status)
@@ -64,14 +66,15 @@ def _pending(db: Session, actor, grant_id: int) -> tuple[RoleGrant, User]:
     require_role(db, actor, "manager")
     g = db.execute(lock_for_update(select(RoleGrant).where(RoleGrant.id == grant_id), db.get_bind())).scalar_one_or_none()
     if g is None:
-        raise NotFound(f"No role grant {grant_id}.")
+        raise NotFound(Msg(N_("No role grant %(id)s."), id=grant_id))
     if g.status != "pending":
-        raise Conflict(f"Role grant {grant_id} is {g.status}, not pending.")
+        raise Conflict(Msg(N_("Role grant %(id)s is %(status)s, not pending."), id=grant_id,
+                           status=term("grant_status", g.status)))
     uid = getattr(actor, "id", None)
     if g.user_id == uid:
-        raise Forbidden("Nobody countersigns a grant of their own role: another manager must.")
+        raise Forbidden(N_("Nobody countersigns a grant of their own role: another manager must."))
     if g.requested_by_id is not None and g.requested_by_id == uid:
-        raise Forbidden("You asked for this grant: another manager must countersign it.")
+        raise Forbidden(N_("You asked for this grant: another manager must countersign it."))
     return g, db.get(User, g.user_id)
 
 
@@ -88,7 +91,8 @@ def approve(db: Session, actor, grant_id: int, password: str, meaning: str) -> R
     at the next login)."""
     g, user = _pending(db, actor, grant_id)
     if not user.active:
-        raise Conflict(f"{user.email} is deactivated: reactivate the account before granting it a role.")
+        raise Conflict(Msg(N_("%(email)s is deactivated: reactivate the account before granting it a role."),
+                           email=user.email))
     check_role_conflicts([(r.role, r.site_id) for r in user.roles] + [(g.role, g.site_id)])
     sig = sign(db, actor, password, meaning, "countersign_grant")
     before = _roles_text(db, user)
@@ -108,7 +112,7 @@ def reject(db: Session, actor, grant_id: int, reason: str) -> RoleGrant:
     g, user = _pending(db, actor, grant_id)
     errors: dict[str, str] = {}
     reason = text(reason, "reason", errors, 500, required=True)
-    refuse("The grant was not rejected", errors)
+    refuse(N_("The grant was not rejected"), errors)
     g.status, g.decided_by_id, g.decided_at, g.decision_note = "rejected", actor.id, utcnow(), reason
     audit.record(db, actor, "reject_grant", "user", user.email, {"pending_grant": (_label(db, g.role, g.site_id), None)}, reason=reason)
     return g

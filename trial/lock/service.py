@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.catalogue import N_, Msg
+from trial.catalogue import N_, Msg, term
 from trial.dataquality.models import DataQuery
 from trial.dataquality.service import shown_queries
 from trial.db import notify, read_only_session, utcnow
@@ -69,13 +69,15 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str, acce
     ids in the fields) unless the signer accepts them, which is recorded with the signature."""
     require_role(db, actor, "manager")
     if kind not in KINDS:
-        raise ValidationError("kind must be soft or hard", {"kind": "must be soft or hard"})
+        raise ValidationError(N_("kind must be soft or hard"), {"kind": N_("must be soft or hard")})
     if not isinstance(accept_open_queries, bool):
-        raise ValidationError("accept_open_queries must be true or false", {"accept_open_queries": "must be true or false"})
+        raise ValidationError(N_("accept_open_queries must be true or false"),
+                              {"accept_open_queries": N_("must be true or false")})
     state = trial_state(db, update=True)
     current = db.get(DataLock, state.active_lock_id) if state.active_lock_id else None
     if current is not None and (current.kind == "hard" or kind == "soft"):
-        raise Conflict(f"A {current.kind} lock (lock {current.id}) is already in force.")
+        raise Conflict(Msg(N_("A hard lock (lock %(id)s) is already in force.") if current.kind == "hard"
+                           else N_("A soft lock (lock %(id)s) is already in force."), id=current.id))
     open_queries = []
     if kind == "hard":
         open_queries, meaning = _hard_lock_checks(db, meaning, accept_open_queries)
@@ -109,9 +111,10 @@ def _hard_lock_checks(db: Session, meaning: str, accept_open_queries: bool) -> t
     open_queries = db.execute(select(DataQuery.id, DataQuery.status).where(DataQuery.status != "closed")
                               .order_by(DataQuery.id)).all()
     if open_queries and not accept_open_queries:
-        raise OpenQueries(f"{len(open_queries)} queries are not closed. Close them first, or sign the hard lock "
-                          "accepting them (accept_open_queries), which is recorded with the signature.",
-                          {str(q.id): q.status for q in open_queries})
+        states = {str(q.id): term("query_status", q.status) for q in open_queries}
+        raise OpenQueries(Msg(N_("%(n)s queries are not closed. Close them first, or sign the hard lock accepting them "
+                                 "(accept_open_queries), which is recorded with the signature."), n=len(open_queries)),
+                          states)
     # data whose CONSORT does not reconcile would give no bundle: refused before anything is signed
     consort(db, CliActor())
     if open_queries:  # no count, no ids: blinded readers see the signature (the ids are with the lock)
@@ -243,7 +246,8 @@ def _store_built(session_factory, build_ids: list[int], worker: str, lock_id: in
         for variant in store:
             data, sha, manifest_sha = built[variant]
             if db.execute(select(LockBundle.id).where(LockBundle.lock_id == lock_id, LockBundle.variant == variant)).first():
-                raise Conflict(f"The {variant} bundle of lock {lock_id} exists already.")
+                raise Conflict(Msg(N_("The blinded bundle of lock %(id)s exists already.") if variant == "blinded"
+                                   else N_("The unblinded bundle of lock %(id)s exists already."), id=lock_id))
             _store(db, CliActor(f"worker {worker}"), lock_id, variant, data, sha, manifest_sha)
         db.commit()
     return True
@@ -280,10 +284,10 @@ def rebuild(session_factory, actor, lock_id: int, worker: str) -> dict[str, str]
         require_role(db, actor, "manager")
         lock = db.get(DataLock, lock_id)
         if lock is None or lock.kind != "hard":
-            raise NotFound(f"No hard lock {lock_id}.")
+            raise NotFound(Msg(N_("No hard lock %(id)s."), id=lock_id))
         if active_lock_id(db) != lock.id:
-            raise Conflict(f"Lock {lock_id} is not in force: its data may have changed since, so its bundles cannot "
-                           "be built again.")
+            raise Conflict(Msg(N_("Lock %(id)s is not in force: its data may have changed since, so its bundles cannot "
+                                  "be built again."), id=lock_id))
         builds = {b.variant: b.id for b in db.execute(select(LockBuild).where(LockBuild.lock_id == lock_id)).scalars()}
         stored = dict(db.execute(select(LockBundle.variant, LockBundle.sha256).where(LockBundle.lock_id == lock_id)).all())
         missing = [b for v, b in builds.items() if v not in stored]
@@ -301,15 +305,15 @@ def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str) -> D
     state = trial_state(db, update=True)
     lock = db.get(DataLock, lock_id)
     if lock is None:
-        raise NotFound(f"No lock {lock_id}.")
+        raise NotFound(Msg(N_("No lock %(id)s."), id=lock_id))
     if state.active_lock_id != lock.id:
-        raise Conflict(f"Lock {lock_id} is not in force.")
+        raise Conflict(Msg(N_("Lock %(id)s is not in force."), id=lock_id))
     if lock.kind == "hard" and build_status(db, lock.id)["status"] == "building":
         raise Conflict(Msg(N_("The bundles of lock %(id)s are still being built: lift it when they are ready (the data "
                               "must stay as the lock froze them until then)."), id=lock_id))
     errors: dict[str, str] = {}
     reason = text(reason, "reason", errors, 500, required=True)
-    refuse("The lock was not lifted", errors)
+    refuse(N_("The lock was not lifted"), errors)
     sig = sign(db, actor, password, f"Lift {lock.kind} lock {lock.id}: {reason}", f"lift_{lock.kind}_lock")
     lock.lifted_at, lock.lift_reason, lock.lift_signature_id = sig.signed_at, reason, sig.id
     state.active_lock_id, state.lock_notice = None, None
@@ -322,12 +326,12 @@ def unblind(db: Session, actor, meaning: str, password: str):
     state = trial_state(db, update=True)
     lock = db.get(DataLock, state.active_lock_id) if state.active_lock_id else None
     if lock is None or lock.kind != "hard":
-        raise Conflict("Unblinding needs a hard lock in force: lock the database first.")
+        raise Conflict(N_("Unblinding needs a hard lock in force: lock the database first."))
     design = get_design(db)
     if design is None:
-        raise Conflict("Randomization was never opened: there is nothing to unblind.")
+        raise Conflict(N_("Randomization was never opened: there is nothing to unblind."))
     if design.unblinded_at is not None:
-        raise Conflict(f"The trial was unblinded on {design.unblinded_at:%Y-%m-%d %H:%M} UTC.")
+        raise Conflict(Msg(N_("The trial was unblinded on %(at)s UTC."), at=f"{design.unblinded_at:%Y-%m-%d %H:%M}"))
     sig = sign(db, actor, password, meaning, "unblinding")
     design.revealed_seed = master_seed(db, design).hex()
     design.unblinded_at = state.unblinded_at = sig.signed_at
@@ -361,7 +365,7 @@ def get_bundle(db: Session, actor, lock_id: int) -> LockBundle:
     require_role(db, actor, "manager", "statistician")
     lock = db.get(DataLock, lock_id)
     if lock is None or lock.kind != "hard":
-        raise NotFound(f"No hard lock {lock_id}: bundles exist for hard locks only.")
+        raise NotFound(Msg(N_("No hard lock %(id)s: bundles exist for hard locks only."), id=lock_id))
     variant = "blinded" if is_blinded(db, actor) else "unblinded"
     bundle = db.execute(select(LockBundle).where(LockBundle.lock_id == lock_id, LockBundle.variant == variant)).scalar()
     if bundle is None:
@@ -384,4 +388,4 @@ def lock_info(db: Session, actor, lock_id: int) -> dict:
     for entry in list_locks(db, actor):
         if entry["id"] == lock_id:
             return entry
-    raise NotFound(f"No lock {lock_id}.")
+    raise NotFound(Msg(N_("No lock %(id)s."), id=lock_id))

@@ -5,6 +5,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
+from trial.catalogue import N_, Msg
 from trial.dataquality.models import Verification
 from trial.dataquality.service import verification_key
 from trial.db import utcnow
@@ -22,7 +23,8 @@ def verify(db: Session, actor, study_id: str, data: dict) -> Verification:
     t = targets.resolve(db, actor, p, data.get("on"), allow_field=False)
     key = verification_key(t.kind, t.id, p.id)
     if db.execute(select(Verification.id).where(Verification.current_key == key)).first():
-        raise Conflict(f"{t.label} of {p.study_id} is already marked verified.")
+        raise Conflict(Msg(N_("%(record)s of %(study_id)s is already marked verified."), record=t.label,
+                           study_id=p.study_id))
     v = Verification(participant_id=p.id, kind=t.kind, target_id=t.id, current_key=key,
                      verified_by_id=getattr(actor, "id", None), verified_by=getattr(actor, "email", str(actor)),
                      verified_at=utcnow())

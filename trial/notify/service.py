@@ -51,11 +51,11 @@ def notify(db: Session, user_ids, message: str, subject: str | None = None, link
         for u in users:
             body = in_language(message, u.language)
             db.add(MailMessage(recipient=u.email, subject=in_language(subject or message, u.language)[:300],
-                               body=body + (f"\n\n{_absolute(link)}" if link else "") + "\n\n" + in_language(FOOTER, u.language)))
+                               body=body + (f"\n\n{absolute(link)}" if link else "") + "\n\n" + in_language(FOOTER, u.language)))
         db.info[PENDING] = True
 
 
-def _absolute(link: str) -> str:
+def absolute(link: str) -> str:
     """A link in an e-mail is absolute when TRIAL_BASE_URL says where the system is served."""
     base = (settings.current().base_url or "").rstrip("/")
     return base + link if base and link.startswith("/") else link
@@ -87,7 +87,7 @@ def settle(db: Session, link: str) -> int:
 def dismiss(db: Session, actor, notification_id: int) -> Notification:
     n = db.get(Notification, notification_id)
     if n is None or n.user_id != getattr(actor, "id", None):
-        raise NotFound("No such notification of yours.")
+        raise NotFound(N_("No such notification of yours."))
     if n.read_at is None:
         n.read_at = utcnow()
     return n

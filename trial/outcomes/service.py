@@ -4,13 +4,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, literal, or_, select, true, union_all
+from sqlalchemy import and_, case, func, literal, or_, select, true, union_all
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.catalogue import N_, Label, Msg
+from trial.catalogue import N_, Joined, Label, Msg
 from trial.dataquality.models import DataQuery
-from trial.dataquality.service import clear_verification, raise_check, resolve_check
+from trial.dataquality.service import Check, clear_verification, raise_check, raise_checks, resolve_check
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.notify.service import notify, users_with_role
 from trial.outcomes.models import BlindingBreak
@@ -41,17 +41,17 @@ def validate_values(instrument: dict, values: Any) -> dict[str, Any]:
     """Check every field against the protocol; raise 400 naming each bad field."""
     errors: dict[str, str] = {}
     if not isinstance(values, dict):
-        raise ValidationError("values must be an object of field: value", {"values": "must be an object"})
+        raise ValidationError(N_("values must be an object of field: value"), {"values": N_("must be an object")})
     fields = {f["key"]: f for f in instrument["fields"]}
     for k in sorted(set(values) - set(fields)):
-        errors[f"values.{k}"] = f"is not a field of {instrument['key']}"
+        errors[f"values.{k}"] = Msg(N_("is not a field of %(form)s"), form=_form_label(instrument))
     out: dict[str, Any] = {}
     for key, f in fields.items():
         v = values.get(key)
         name = f"values.{key}"
         if v is None or v == "":
             if f["required"]:
-                errors[name] = "is required"
+                errors[name] = N_("is required")
             continue
         v, error = _field_value(f, v)
         if error is not None:
@@ -59,7 +59,8 @@ def validate_values(instrument: dict, values: Any) -> dict[str, Any]:
             continue
         out[key] = v
     if errors:
-        raise refusal(N_("The assessment was not saved"), errors)
+        raise refusal(N_("The assessment was not saved"), errors,
+                      {f"values.{f['key']}": _field_label(instrument, f) for f in instrument["fields"]})
     return out
 
 
@@ -70,7 +71,7 @@ def _field_value(f: dict, v: Any) -> tuple[Any, str | None]:
     if error is None and f["type"] in ("integer", "number"):
         lo, hi = f.get("min"), f.get("max")
         if (lo is not None and v < lo) or (hi is not None and v > hi):
-            error = f"{v} is out of range {lo}–{hi}"
+            error = Msg(N_("%(value)s is out of range %(lo)s–%(hi)s"), value=v, lo=lo, hi=hi)
     return v, error
 
 
@@ -82,22 +83,25 @@ def _typed_value(f: dict, v: Any) -> tuple[Any, str | None]:
         if isinstance(v, bool) or not isinstance(v, int):
             if isinstance(v, float) and v.is_integer():
                 return int(v), None
-            return v, "must be a whole number"
+            return v, N_("must be a whole number")
     elif t == "number":
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return v, "must be a number"
+            return v, N_("must be a number")
     elif t == "boolean" and not isinstance(v, bool):
-        return v, "must be true or false"
+        return v, N_("must be true or false")
     elif t == "text" and (not isinstance(v, str) or has_control(v)):
-        return v, "must be text" if not isinstance(v, str) else CONTROL_MESSAGE
+        return v, N_("must be text") if not isinstance(v, str) else CONTROL_MESSAGE
     elif t == "choice" and v not in f["choices"]:
-        return v, f"must be one of {', '.join(map(str, f['choices']))}"
+        return v, Msg(N_("must be one of: %(allowed)s"), allowed=", ".join(map(str, f["choices"])))
     return v, None
 
 
+# the form's own fields, named as the entry form names them
+FORM_LABELS = {"instrument": N_("Instrument"), "visit": N_("Visit"), "performed_on": N_("Performed on")}
 # the allocation guess, named as the entry form names it
-GUESS_LABELS = {"allocation_guess": "Allocation guess", "guess_confidence": "Confidence in the guess"}
-GUESS_CHOICES = {"music_therapy": "Music therapy", "usual_care": "Usual care", "unsure": "Unsure"}
+GUESS_LABELS = {"allocation_guess": N_("Allocation guess"), "guess_confidence": N_("Confidence in the guess")}
+GUESS_CHOICES = {"music_therapy": N_("Music therapy"), "usual_care": N_("Usual care"), "unsure": N_("Unsure")}
+
 CONFIDENCE_CHOICES = {1: "1 (pure guess)", 2: "2", 3: "3", 4: "4", 5: "5 (certain)"}
 
 
@@ -122,21 +126,23 @@ def guess_errors(content: dict, instrument: dict, visit: dict, guess: Any, confi
     errors: dict[str, str] = {}
     if guess is not None:
         if not instrument["blinded"]:
-            errors["allocation_guess"] = "is recorded only with a blinded assessment"
+            errors["allocation_guess"] = N_("is recorded only with a blinded assessment")
         elif guess not in GUESSES:
-            errors["allocation_guess"] = f"must be one of {', '.join(GUESSES)}"
+            errors["allocation_guess"] = Msg(N_("must be one of %(allowed)s"), allowed=", ".join(GUESSES))  # API.md's words
         elif visit["key"] == "baseline":
-            errors["allocation_guess"] = "is not taken at baseline: there is no allocation to guess before randomization"
+            errors["allocation_guess"] = N_("is not taken at baseline: there is no allocation to guess before randomization")
         elif not takes_guess(content, instrument, visit["key"]):
-            labels = [v["label"] for v in content["visits"] if v["key"] in guess_visits(content)]
-            errors["allocation_guess"] = (f"is not taken at {visit['label']}; the protocol takes it at "
-                                          f"{', '.join(labels) if labels else 'no visit'}")
+            labels = [_visit_label(v) for v in content["visits"] if v["key"] in guess_visits(content)]
+            errors["allocation_guess"] = (Msg(N_("is not taken at %(visit)s; the protocol takes it at %(visits)s"),
+                                              visit=_visit_label(visit), visits=Joined(labels, ", ")) if labels else
+                                          Msg(N_("is not taken at %(visit)s; the protocol takes it at no visit"),
+                                              visit=_visit_label(visit)))
     if confidence is None:
         pass
     elif guess is None:
-        errors["guess_confidence"] = "is recorded only with an allocation guess"
+        errors["guess_confidence"] = N_("is recorded only with an allocation guess")
     elif isinstance(confidence, bool) or not isinstance(confidence, int) or not 1 <= confidence <= 5:
-        errors["guess_confidence"] = "must be a whole number from 1 (pure guess) to 5 (certain)"
+        errors["guess_confidence"] = N_("must be a whole number from 1 (pure guess) to 5 (certain)")
     return errors
 
 
@@ -162,7 +168,8 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
     out_of_window = _out_of_window(db, p, visit, performed, alloc)
     if db.execute(select(Assessment.id).where(Assessment.participant_id == p.id, Assessment.visit == visit["key"],
                                               Assessment.instrument == ins["key"])).first():
-        raise Conflict(f"{ins['key']} at {visit['key']} is already recorded for {p.study_id}.")
+        raise Conflict(Msg(N_("%(form)s at %(visit)s is already recorded for %(study_id)s."), form=_form_label(ins),
+                           visit=_visit_label(visit), study_id=p.study_id))
     a = Assessment(participant_id=p.id, visit=visit["key"], instrument=ins["key"], performed_on=performed,
                    values=values, out_of_window=out_of_window, allocation_guess=guess, guess_confidence=confidence,
                    protocol_version=pv_version, entered_by_id=getattr(actor, "id", None))
@@ -186,15 +193,15 @@ def _form_visit_day(content: dict, p, data: dict) -> tuple[dict, dict, dt.date]:
     errors: dict[str, str] = {}
     ins = instruments.get(data.get("instrument")) if isinstance(data.get("instrument"), str) else None
     if ins is None:
-        errors["instrument"] = f"must be one of {', '.join(instruments)}"
+        errors["instrument"] = Msg(N_("must be one of: %(allowed)s"), allowed=Joined(map(_form_label, instruments.values()), ", "))
     visit = visits.get(data.get("visit")) if isinstance(data.get("visit"), str) else None
     if visit is None:
-        errors["visit"] = f"must be one of {', '.join(visits)}"
+        errors["visit"] = Msg(N_("must be one of: %(allowed)s"), allowed=Joined(map(_visit_label, visits.values()), ", "))
     elif ins is not None and visit["key"] not in ins["visits"]:
-        errors["visit"] = f"{ins['key']} is not collected at {visit['key']}"
+        errors["visit"] = Msg(N_("%(form)s is not collected at %(visit)s"), form=_form_label(ins), visit=_visit_label(visit))
     performed = clinical_date(data.get("performed_on"), "performed_on", errors, today(p.site.timezone))
     if errors:
-        raise refusal(N_("The assessment was not saved"), errors)
+        raise refusal(N_("The assessment was not saved"), errors, FORM_LABELS)
     return ins, visit, performed
 
 
@@ -203,13 +210,14 @@ def _out_of_window(db: Session, p, visit: dict, performed: dt.date, alloc) -> bo
     already randomized or performed before consent, and a later visit of a child not randomized."""
     if visit["key"] == "baseline":
         if alloc is not None:
-            raise Conflict("The baseline is recorded before randomization; this participant is already randomized.")
+            raise Conflict(N_("The baseline is recorded before randomization; this participant is already randomized."))
         if performed < p.consent_date:
-            raise ValidationError("The assessment was not saved: performed_on is before consent",
-                                  {"performed_on": f"is before consent ({p.consent_date.isoformat()})"})
+            raise ValidationError(N_("The assessment was not saved: performed_on is before consent"),
+                                  {"performed_on": Msg(N_("is before consent (%(day)s)"), day=p.consent_date)})
         return False
     if alloc is None:
-        raise Conflict(f"Visit {visit['key']} follows randomization; {p.study_id} is not randomized yet.")
+        raise Conflict(Msg(N_("The visit %(visit)s follows randomization; %(study_id)s is not randomized yet."),
+                           visit=_visit_label(visit), study_id=p.study_id))
     lo, _, hi = visit_window(visit, randomization_day(db, p, alloc))
     return not lo <= performed <= hi
 
@@ -294,7 +302,7 @@ def correct_assessment(db: Session, actor, assessment_id: int, data: dict) -> As
     """Change recorded values; the old values stay in the audit trail with the required reason."""
     a = db.get(Assessment, assessment_id)
     if a is None:
-        raise NotFound(f"No assessment {assessment_id}.")
+        raise NotFound(Msg(N_("No assessment %(id)s."), id=assessment_id))
     p = db.get(Participant, a.participant_id)
     p = get_participant(db, actor, p.study_id)
     ins = next(i for i in current_protocol(db).content["instruments"] if i["key"] == a.instrument)
@@ -303,16 +311,17 @@ def correct_assessment(db: Session, actor, assessment_id: int, data: dict) -> As
     errors: dict[str, str] = {}
     reason = text(data.get("reason"), "reason", errors, 500)
     if reason is None and "reason" not in errors:
-        errors["reason"] = "is required for a correction"
-    refuse("The correction was not saved", errors)
+        errors["reason"] = N_("is required for a correction")
+    refuse(N_("The correction was not saved"), errors)
     merged = dict(a.values)
     if not isinstance(data.get("values"), dict):
-        raise ValidationError("The correction was not saved: values must be an object", {"values": "must be an object"})
+        raise ValidationError(N_("The correction was not saved: values must be an object"),
+                                  {"values": N_("must be an object")})
     merged.update(data["values"])
     values = validate_values(ins, merged)
     changes = {f"values.{k}": (a.values.get(k), v) for k, v in values.items() if a.values.get(k) != v}
     if not changes:
-        raise ValidationError("The correction changes nothing.", {"values": "same as recorded"})
+        raise ValidationError(N_("The correction changes nothing."), {"values": N_("same as recorded")})
     a.values = values
     audit.record(db, actor, "correct", "assessment", a.id, changes, reason=reason)
     clear_verification(db, actor, "assessment", a.id, p, f"corrected: {reason}")
@@ -332,8 +341,8 @@ def report_blinding_break(db: Session, actor, study_id: str, data: dict) -> Blin
     raw = data.get("description")
     desc = text(raw if isinstance(raw, str) else None, "description", errors, 1000)
     if desc is None and "description" not in errors:
-        errors["description"] = "is required: how was the blinding broken?"
-    refuse("The report was not saved", errors)
+        errors["description"] = N_("is required: how was the blinding broken?")
+    refuse(N_("The report was not saved"), errors)
     b = BlindingBreak(participant_id=p.id, assessor_id=actor.id, reported_on=on, description=desc)
     db.add(b)
     db.flush()
@@ -454,11 +463,14 @@ def _utc(day: dt.date) -> dt.datetime:
 def missing_form_candidates(db: Session, stmt, on: dt.date | None = None, limit: int | None = None) -> list[Participant]:
     """Of a select of participants, those with a form missing at a visit whose window has closed
     and no automatic query raised for it yet, found in the database (at most ``limit``): what
-    the daily `trial checks run` raises."""
+    the daily `trial checks run` raises. A union over the (visit, form) pairs, each hashing the
+    forms entered and the forms queried of its pair once (NOT IN of non-null ids: a hash however
+    stale the statistics, where NOT EXISTS became a loop over every query per child when the
+    table had grown since it was last analysed; under an OR, a plan whose estimate alone made
+    PostgreSQL spend a second compiling it)."""
     content = current_protocol(db).content
     _, last = _today_span(db, on)
-    conds = []
-    randomized_at = select(Allocation.randomized_at).where(Allocation.participant_id == Participant.id).scalar_subquery()
+    branches = []
     rules = form_rules(db)
     for v in content["visits"]:
         if v["key"] == "baseline":
@@ -467,16 +479,17 @@ def missing_form_candidates(db: Session, stmt, on: dt.date | None = None, limit:
         for ins in content["instruments"]:
             if v["key"] not in ins["visits"]:
                 continue
-            conds.append(and_(
-                randomized_at < closed_before, _applies_from(rules.get((v["key"], ins["key"]), ALWAYS), v, randomized_at),
-                ~exists().where(Assessment.participant_id == Participant.id, Assessment.visit == v["key"],
-                                Assessment.instrument == ins["key"]),
-                ~exists().where(DataQuery.participant_id == Participant.id, DataQuery.origin == "check",
-                                DataQuery.kind == "assessment", DataQuery.target_id.is_(None),
-                                DataQuery.visit == v["key"], DataQuery.instrument == ins["key"])))
-    if not conds:
+            branches.append(select(Allocation.participant_id).where(
+                Allocation.randomized_at < closed_before,
+                _applies_from(rules.get((v["key"], ins["key"]), ALWAYS), v, Allocation.randomized_at),
+                Allocation.participant_id.not_in(select(Assessment.participant_id).where(
+                    Assessment.visit == v["key"], Assessment.instrument == ins["key"])),
+                Allocation.participant_id.not_in(select(DataQuery.participant_id).where(
+                    DataQuery.origin == "check", DataQuery.kind == "assessment", DataQuery.target_id.is_(None),
+                    DataQuery.visit == v["key"], DataQuery.instrument == ins["key"]))))
+    if not branches:
         return []
-    q = stmt.where(or_(*conds)).order_by(Participant.id)
+    q = stmt.where(Participant.id.in_(union_all(*branches))).order_by(Participant.id)
     return list(db.execute(q if limit is None else q.limit(limit)).scalars())
 
 
@@ -492,11 +505,18 @@ def _applies_from(rule, v: dict, randomized_at):
 def check_missing_forms(db: Session, participants: list, on: dt.date | None = None) -> int:
     """An automatic query for each form still missing once its visit window has closed (not for a
     child withdrawn or deceased by then); idempotent: at most one open query per missing form.
-    Returns how many were raised."""
+    A run's queries are raised in one batch (their rows, first messages and audit records), so a
+    query costs the same however many the run raises. Returns how many were raised."""
+    return len(raise_checks(db, _missing_form_checks(db, participants, on)))
+
+
+def _missing_form_checks(db: Session, participants: list, on: dt.date | None) -> list[Check]:
+    """The forms of these children missing after their windows closed that have no automatic
+    query yet (open or closed: a missing form is queried once), found in a few set queries."""
     content = current_protocol(db).content
     ids = [p.id for p in participants]
     if not ids:
-        return 0
+        return []
     allocs = allocations_for(db, ids)
     done = set(db.execute(select(Assessment.participant_id, Assessment.visit, Assessment.instrument)
                           .where(Assessment.participant_id.in_(ids))).all())
@@ -505,32 +525,36 @@ def check_missing_forms(db: Session, participants: list, on: dt.date | None = No
     asked = set(db.execute(select(DataQuery.participant_id, DataQuery.visit, DataQuery.instrument).where(
         DataQuery.participant_id.in_(ids), DataQuery.origin == "check", DataQuery.kind == "assessment",
         DataQuery.target_id.is_(None))).all())  # a missing form is queried once; a closed query is not raised again
-    known = done | asked
-    raised = 0
-    rules = form_rules(db)
+    known, rules, out = done | asked, form_rules(db), []
     for p in participants:
         alloc = allocs.get(p.id)
         if alloc is None:
             continue
         start = local_date(alloc.randomized_at, tzs[p.site_id])  # randomization_day, without a query per child
-        day = on or today(tzs[p.site_id])
         final = next((e for e in events.get(p.id, []) if e.type in ("withdrawn", "died")), None)
-        for v in content["visits"]:
-            if v["key"] == "baseline":
-                continue
-            _, _, hi = visit_window(v, start)
-            if day <= hi or (final is not None and final.on <= hi):
-                continue
-            for ins in content["instruments"]:
-                if v["key"] in ins["visits"] and (p.id, v["key"], ins["key"]) not in known \
-                        and rules.get((v["key"], ins["key"]), ALWAYS).applies(start, hi):
-                    q = raise_check(db, p, "assessment", None, missing_key(p.id, v["key"], ins["key"]),
-                                    Msg(N_("%(form)s at %(visit)s is missing: its window closed on %(day)s. Enter it, "
-                                           "or answer why it cannot be."), form=_form_label(ins), visit=_visit_label(v),
-                                        day=hi),
-                                    _enterer(ins), assessor_visible=ins["blinded"], visit=v["key"], instrument=ins["key"])
-                    raised += q is not None
-    return raised
+        out += _missing_of(content, rules, known, p, start, on or today(tzs[p.site_id]), final)
+    return out
+
+
+def _missing_of(content: dict, rules: dict, known: set, p: Participant, start: dt.date, day: dt.date,
+                final) -> list[Check]:
+    """One child's forms missing on ``day`` after their windows closed, not yet known (entered or queried)."""
+    out = []
+    for v in content["visits"]:
+        if v["key"] == "baseline":
+            continue
+        _, _, hi = visit_window(v, start)
+        if day <= hi or (final is not None and final.on <= hi):
+            continue
+        for ins in content["instruments"]:
+            if v["key"] in ins["visits"] and (p.id, v["key"], ins["key"]) not in known \
+                    and rules.get((v["key"], ins["key"]), ALWAYS).applies(start, hi):
+                out.append(Check(p, "assessment", None, missing_key(p.id, v["key"], ins["key"]),
+                                 Msg(N_("%(form)s at %(visit)s is missing: its window closed on %(day)s. Enter it, "
+                                        "or answer why it cannot be."), form=_form_label(ins), visit=_visit_label(v),
+                                     day=hi),
+                                 _enterer(ins), ins["blinded"], visit=v["key"], instrument=ins["key"]))
+    return out
 
 
 WORKLISTS = ("due", "overdue", "out_of_window", "week")
@@ -575,13 +599,13 @@ def _worklist_protocol(db: Session, actor, kind: str, visit: str | None) -> dict
     """The protocol's content, once the worklist asked for is one there is (a known kind, a visit
     of the protocol) and the actor is one who works from visit lists."""
     if kind not in WORKLISTS:
-        raise ValidationError("kind must be due, overdue, out_of_window or week",
-                              {"kind": "due, overdue, out_of_window or week"})
+        raise ValidationError(N_("kind must be due, overdue, out_of_window or week"),
+                              {"kind": N_("due, overdue, out_of_window or week")})
     if not actor.has_role("coordinator", "assessor", "monitor", "manager"):
-        raise Forbidden("Visit lists are for coordinators, assessors and managers.")
+        raise Forbidden(N_("Visit lists are for coordinators, assessors and managers."))
     content = current_protocol(db).content
     if visit is not None and visit not in {v["key"] for v in content["visits"]}:
-        raise ValidationError("visit is not a visit of the protocol.", {"visit": "not a visit of the protocol"})
+        raise ValidationError(N_("visit is not a visit of the protocol."), {"visit": N_("not a visit of the protocol")})
     return content
 
 

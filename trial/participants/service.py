@@ -9,6 +9,7 @@ import datetime as dt
 from sqlalchemy import and_, case, exists, or_, select
 from sqlalchemy.orm import Session
 
+from trial.catalogue import N_, Msg, terms
 from trial.db import lock_for_update
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
@@ -26,7 +27,21 @@ from trial.sites.models import Site
 from trial.sites.service import get_by_code
 from trial.timeline import local_date
 
-FINAL_WORDS = {"withdrawn": "withdrawn", "died": "died"}
+# a final event's refusal of any further data, a whole sentence each for the catalogue
+FINAL_WORDS = {"withdrawn": N_("%(study_id)s: withdrawn on %(day)s; no further data is accepted."),
+               "died": N_("%(study_id)s: died on %(day)s; no further data is accepted.")}
+# the intervention's end, after which no session is accepted (the child is still followed up)
+STOPPED_WORDS = {
+    "discontinued_intervention": N_("%(study_id)s: the intervention was discontinued on %(day)s; no sessions after "
+                                    "that date (the child is still followed up)."),
+    "not_received": N_("%(study_id)s: the intervention was not received (%(day)s); no sessions after that date "
+                       "(the child is still followed up)."),
+}
+
+
+def final_refusal(p: Participant, e: StatusEvent) -> Conflict:
+    """The refusal of new data for a participant withdrawn or deceased (``e``, a final event)."""
+    return Conflict(Msg(FINAL_WORDS[e.type], study_id=p.study_id, day=e.on))
 
 
 def age_in_months(born: dt.date, on: dt.date) -> int:
@@ -44,7 +59,7 @@ def get_participant(db: Session, actor, study_id: str, for_update: bool = False)
     q = select(Participant).where(Participant.study_id == (study_id or "").upper())
     p = db.execute(lock_for_update(q, db.get_bind()) if for_update else q).scalar_one_or_none()
     if p is None:
-        raise NotFound(f"No participant {study_id}.")
+        raise NotFound(Msg(N_("No participant %(study_id)s."), study_id=study_id))
     check_visible(db, actor, p)
     return p
 
@@ -53,11 +68,11 @@ def check_visible(db: Session, actor, p: Participant) -> None:
     """403 for another site's staff; 404 for a therapist when the child is not in a music arm."""
     sites = visible_site_ids(db, actor)
     if sites is not None and p.site_id not in sites:
-        raise Forbidden("This participant belongs to a site you do not work at.")
+        raise Forbidden(N_("This participant belongs to a site you do not work at."))
     if not is_cli(actor) and _therapist_only(actor, p.site_id):
         alloc = allocation_of(db, p.id)
         if alloc is None or alloc.arm not in _music_arms(db):
-            raise NotFound(f"Participant {p.study_id} is not in a music-therapy arm.")
+            raise NotFound(Msg(N_("Participant %(study_id)s is not in a music-therapy arm."), study_id=p.study_id))
 
 
 def _therapist_only(actor, site_id: int) -> bool:
@@ -118,7 +133,7 @@ def participant_query(db: Session, actor, site_code: str | None = None, search: 
     if site_code:
         site = get_by_code(db, site_code)
         if sites is not None and site.id not in sites:
-            raise Forbidden("You do not work at that site.")
+            raise Forbidden(N_("You do not work at that site."))
         q = q.where(Participant.site_id == site.id)
     if not is_cli(actor) and actor.has_role("therapist"):
         therapist_only = sorted(sid for sid in actor.site_ids("therapist") if _therapist_only(actor, sid))
@@ -129,13 +144,14 @@ def participant_query(db: Session, actor, site_code: str | None = None, search: 
         q = q.where(Participant.study_id.contains(search.strip().upper(), autoescape=True))
     if status:
         if status not in STATUSES:
-            raise ValidationError("status must be one of: " + ", ".join(STATUSES) + ".", {"status": "an unknown status"})
+            raise ValidationError(Msg(N_("status must be one of: %(allowed)s."), allowed=terms("status", STATUSES)),
+                                  {"status": N_("an unknown status")})
         q = q.where(status_expression(db, actor) == status)
     if arm:
         arms = {a["key"] for a in current_protocol(db).content["arms"]}
         arm_sites = sorted(arm_site_ids(db, actor))
         if arm not in arms or not arm_sites:
-            raise ValidationError("arm is not an arm you may filter by.", {"arm": "not an arm you may filter by"})
+            raise ValidationError(N_("arm is not an arm you may filter by."), {"arm": N_("not an arm you may filter by")})
         q = q.where(Participant.site_id.in_(arm_sites),
                     Participant.id.in_(select(Allocation.participant_id).where(Allocation.arm == arm)))
     return q
@@ -256,10 +272,9 @@ def ensure_accepts_data(db: Session, p: Participant, what: str, on: dt.date | No
     intervention was discontinued or not received."""
     for e in events_of(db, [p.id]).get(p.id, []):
         if e.type in FINAL_EVENTS:
-            raise Conflict(f"{p.study_id}: {FINAL_WORDS[e.type]} on {e.on.isoformat()}; no further data is accepted.")
-        if what == "session" and e.type in ("discontinued_intervention", "not_received") and (on is None or on >= e.on):
-            raise Conflict(f"{p.study_id}: the intervention was {e.type.replace('_', ' ')} on {e.on.isoformat()}; "
-                           "no sessions after that date (the child is still followed up).")
+            raise final_refusal(p, e)
+        if what == "session" and e.type in STOPPED_WORDS and (on is None or on >= e.on):
+            raise Conflict(Msg(STOPPED_WORDS[e.type], study_id=p.study_id, day=e.on))
 
 
 def randomization_day(db: Session, p: Participant, alloc: Allocation | None = None) -> dt.date | None:

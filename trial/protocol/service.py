@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, defer
 
 from trial import cache
 from trial.audit import service as audit
+from trial.catalogue import N_, Msg
 from trial.db import PROJECT_ROOT
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.protocol.models import ProtocolVersion
@@ -21,6 +22,7 @@ from trial.scope import require_role
 from trial.trialstate.service import ensure_writable, randomization_opened
 
 DEFAULT_PROTOCOL = PROJECT_ROOT / "config" / "protocols" / "time-a.toml"
+NO_PROTOCOL = N_("No protocol is loaded; run `trial db upgrade` or `trial protocol load PATH`.")
 
 
 def current(db: Session) -> ProtocolVersion:
@@ -32,7 +34,7 @@ def current(db: Session) -> ProtocolVersion:
                     .options(defer(ProtocolVersion.source))).scalar_one_or_none()
     db.info["protocol"] = pv
     if pv is None:
-        raise NotFound("No protocol is loaded; run `trial db upgrade` or `trial protocol load PATH`.")
+        raise NotFound(NO_PROTOCOL)
     return pv
 
 
@@ -47,7 +49,7 @@ def content_by_sha(db: Session, sha: str | None) -> dict[str, Any]:
     content is a pure function of the text: trial.cache). For hot paths that read the SHA with
     :func:`latest_sha_column`; treat the result as read-only."""
     if sha is None:
-        raise NotFound("No protocol is loaded; run `trial db upgrade` or `trial protocol load PATH`.")
+        raise NotFound(NO_PROTOCOL)
     return cache.protocol_content.get(sha, lambda: db.execute(
         select(ProtocolVersion.content).where(ProtocolVersion.sha256 == sha)
         .order_by(ProtocolVersion.version.desc()).limit(1)).scalar_one())
@@ -59,7 +61,7 @@ def version(db: Session, number: int | None = None) -> ProtocolVersion:
         return current(db)
     pv = db.execute(select(ProtocolVersion).where(ProtocolVersion.version == number)).scalar_one_or_none()
     if pv is None:
-        raise NotFound(f"There is no protocol version {number}.")
+        raise NotFound(Msg(N_("There is no protocol version %(number)s."), number=number))
     return pv
 
 
@@ -76,7 +78,10 @@ def load_text(db: Session, actor, text: str, source_name: str = "protocol") -> P
     try:
         content = parse(text)
     except ProtocolError as e:
-        raise ValidationError(f"{source_name}: {e}", dict(e.errors)) from e
+        # the file's problems by their path in the file, in the schema's own (English) words: an
+        # administrator's, at the command line (trial.protocol.schema)
+        problems = dict(e.errors)
+        raise ValidationError(Msg(N_("%(source)s: %(problems)s"), source=source_name, problems=str(e)), problems) from e
     sha = hashlib.sha256(text.encode()).hexdigest()
     latest = db.execute(select(ProtocolVersion).order_by(ProtocolVersion.version.desc()).limit(1)).scalar_one_or_none()
     if latest is not None:
@@ -155,10 +160,11 @@ def _check_amendment(db: Session, old: dict, new: dict) -> None:
     :func:`trial.protocol.schema.amendment_problems`)."""
     if randomization_opened(db) is None:
         return
-    for part, why in amendment_problems(old, new):
+    for part, _why in amendment_problems(old, new):  # the schema's words, here as catalogue texts
         if part == "trial.key":
-            raise Conflict(why)
-        raise Conflict(why, {part: "fixed once randomization is open"})
+            raise Conflict(N_("An amendment cannot change the trial key."))
+        raise Conflict(Msg(N_("Randomization is open: an amendment cannot change '%(part)s'."), part=part),
+                       {part: N_("fixed once randomization is open")})
 
 
 def load_file(db: Session, actor, path: str | Path) -> ProtocolVersion:
@@ -166,7 +172,9 @@ def load_file(db: Session, actor, path: str | Path) -> ProtocolVersion:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
-        raise ValidationError(f"Cannot read protocol file {p}: {e.strerror}", {"path": e.strerror or "unreadable"}) from e
+        # the operating system's reason, as it gives it
+        raise ValidationError(Msg(N_("Cannot read protocol file %(path)s: %(reason)s"), path=str(p), reason=e.strerror),
+                              {"path": e.strerror if e.strerror else N_("unreadable")}) from e
     return load_text(db, actor, text, source_name=p.name)
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.catalogue import N_, Msg
+from trial.catalogue import N_, Msg, term
 from trial.dataquality.models import QUERY_STATES, DataQuery, QueryMessage
 from trial.dataquality.service import target_text
 from trial.db import lock_for_update, utcnow
@@ -39,13 +39,14 @@ def raise_query(db: Session, actor, data: dict) -> DataQuery:
     errors: dict[str, str] = {}
     study_id = data.get("study_id")
     if not isinstance(study_id, str) or not study_id.strip():
-        raise ValidationError("The query was not raised: study_id is required", {"study_id": "is required"})
+        raise ValidationError(Msg(N_("The query was not raised: %(field)s is required"), field="study_id"),
+                              {"study_id": N_("is required")})
     p = get_participant(db, actor, study_id)
     require_site_role(db, actor, p.site_id, *RAISERS)
     ensure_writable(db)
     target = targets.resolve(db, actor, p, data.get("on"))
     body = text(data.get("text"), "text", errors, 2000, required=True)
-    refuse("The query was not raised", errors)
+    refuse(N_("The query was not raised"), errors)
     now = utcnow()
     q = DataQuery(participant_id=p.id, site_id=p.site_id, kind=target.kind, target_id=target.id, field=target.field,
                   visit=target.visit, instrument=target.instrument, text=body, status="open", origin="manual",
@@ -67,7 +68,7 @@ def _load(db: Session, actor, query_id: int, for_update: bool = False) -> tuple[
     stmt = select(DataQuery).where(DataQuery.id == query_id)
     q = db.execute(lock_for_update(stmt, db.get_bind()) if for_update else stmt).scalar_one_or_none()
     if q is None or not may_see(db, actor, q):
-        raise NotFound(f"No query {query_id}.")
+        raise NotFound(Msg(N_("No query %(id)s."), id=query_id))
     return q, db.get(Participant, q.participant_id)
 
 
@@ -78,15 +79,15 @@ def respond(db: Session, actor, query_id: int, data: dict) -> QueryMessage:
     require_site_role(db, actor, p.site_id, q.answer_role)
     ensure_writable(db)
     if q.status == "closed":
-        raise Conflict(f"Query {q.id} is closed; the raiser's role may reopen it.")
+        raise Conflict(Msg(N_("Query %(id)s is closed; the raiser's role may reopen it."), id=q.id))
     errors: dict[str, str] = {}
     body = text(data.get("text"), "text", errors, 2000, required=True)
     correction = data.get("correction")
     if correction is not None and not isinstance(correction, dict):
-        errors["correction"] = "must be an object {values: {field: value}}"
+        errors["correction"] = N_("must be an object {values: {field: value}}")
     elif correction is not None and (q.kind != "assessment" or q.target_id is None):
-        errors["correction"] = "only a query on an entered assessment can carry a correction"
-    refuse("The answer was not saved", errors)
+        errors["correction"] = N_("only a query on an entered assessment can carry a correction")
+    refuse(N_("The answer was not saved"), errors)
     changes = None
     if correction is not None:
         before = dict(_assessment_values(db, q.target_id))
@@ -124,11 +125,12 @@ def _set_state(db: Session, actor, query_id: int, state: str, data: dict) -> Dat
     ensure_writable(db)
     errors: dict[str, str] = {}
     note = text(data.get("text"), "text", errors, 2000)
-    refuse("Not saved", errors)
+    refuse(N_("Not saved"), errors)
     if state == "closed" and q.status == "closed":
-        raise Conflict(f"Query {q.id} is already closed.")
+        raise Conflict(Msg(N_("Query %(id)s is already closed."), id=q.id))
     if state == "open" and q.status != "closed":
-        raise Conflict(f"Query {q.id} is {q.status}, not closed: there is nothing to reopen.")
+        raise Conflict(Msg(N_("Query %(id)s is %(status)s, not closed: there is nothing to reopen."), id=q.id,
+                           status=term("query_status", q.status)))
     now = utcnow()
     old = q.status
     q.status, q.updated_at = state, now
@@ -203,7 +205,8 @@ def listing_query(db: Session, actor, site_code: str | None = None, status: str 
         q = q.join(Participant, Participant.id == DataQuery.participant_id)
     if status is not None:
         if status not in QUERY_STATES:
-            raise ValidationError(f"status must be one of {', '.join(QUERY_STATES)}", {"status": "unknown status"})
+            raise ValidationError(Msg(N_("%(field)s must be one of: %(allowed)s."), field="status",
+                                      allowed=", ".join(QUERY_STATES)), {"status": N_("unknown status")})
         q = q.where(DataQuery.status == status)
     if site_code:
         q = q.join(Site, Site.id == DataQuery.site_id).where(Site.code == site_code.upper())
@@ -314,4 +317,4 @@ def badges(db: Session, actor, participant_ids: list[int]) -> dict[int, int]:
 
 def require_reader(db: Session, actor) -> None:
     if actor is None or not actor.has_role("coordinator", "therapist", "assessor", "monitor", "manager"):
-        raise Forbidden("Queries are for the sites' staff, monitors and managers.")
+        raise Forbidden(N_("Queries are for the sites' staff, monitors and managers."))

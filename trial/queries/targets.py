@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from trial.catalogue import N_, Label, Msg
+from trial.catalogue import N_, Label, Msg, term
 from trial.course.models import TherapySession
 from trial.dataquality.models import ANSWERED_BY, QUERY_KINDS
 from trial.dataquality.service import ARM_REVEALING_KINDS  # what a blinded assessor must never learn exists
@@ -62,10 +62,11 @@ def resolve(db: Session, actor, p: Participant, on, allow_field: bool = True) ->
     """Check ``on`` = {kind, id?, field?} against the participant's records; 400 naming the part
     at fault, 404 for a record that is not the participant's."""
     if not isinstance(on, dict):
-        raise ValidationError("on must be an object {kind, id?, field?}", {"on": "must be an object"})
+        raise ValidationError(N_("on must be an object {kind, id?, field?}"), {"on": N_("must be an object")})
     kind = on.get("kind")
     if kind not in QUERY_KINDS:
-        raise ValidationError(f"on.kind must be one of {', '.join(QUERY_KINDS)}", {"on.kind": "unknown kind"})
+        raise ValidationError(Msg(N_("%(field)s must be one of: %(allowed)s."), field="on.kind", allowed=", ".join(QUERY_KINDS)),
+                              {"on.kind": N_("unknown kind")})
     target_id = on.get("id")
     field = on.get("field") if allow_field else None
     errors = {}
@@ -74,23 +75,26 @@ def resolve(db: Session, actor, p: Participant, on, allow_field: bool = True) ->
     elif kind == "screening":
         target_id = p.screening_id if target_id is None else target_id
     elif isinstance(target_id, bool) or not isinstance(target_id, int) or target_id < 1:
-        errors["on.id"] = f"is required: the id of the {kind.replace('_', ' ')}"
+        errors["on.id"] = Msg(N_("is required: the id of the record (%(kind)s)"), kind=term("query_kind", kind))
     if field is not None and (not isinstance(field, str) or not field.strip() or len(field) > 64):
-        errors["on.field"] = "must be a field name"
+        errors["on.field"] = N_("must be a field name")
     if errors:
         raise refusal(N_("The query's record is not valid"), errors)
     if kind in ARM_REVEALING_KINDS and not can_see_arm(db, actor, p.site_id):
-        raise NotFound(f"No such {kind.replace('_', ' ')} of {p.study_id}.")
+        raise NotFound(Msg(N_("No such record (%(kind)s) of %(study_id)s."), kind=term("query_kind", kind), study_id=p.study_id))
     row = db.get(MODELS[kind], target_id) if kind != "participant" else p
     owner = row.id if kind == "screening" and row is not None else None
     if row is None or (kind == "screening" and owner != p.screening_id) or (
             kind not in ("participant", "screening") and row.participant_id != p.id):
-        raise NotFound(f"No {kind.replace('_', ' ')} {target_id} of {p.study_id}.")
+        raise NotFound(Msg(N_("No record %(id)s (%(kind)s) of %(study_id)s."), id=target_id, kind=term("query_kind", kind),
+                              study_id=p.study_id))
     protocol = current_protocol(db).content
     if kind == "assessment":
         ins = next(i for i in protocol["instruments"] if i["key"] == row.instrument)
         if field is not None and field not in {f["key"] for f in ins["fields"]} | {"performed_on"}:
-            raise ValidationError(f"{ins['label']} has no field {field!r}.", {"on.field": f"is not a field of {ins['key']}"})
+            form = Label("instrument", ins["key"], ins["label"])
+            raise ValidationError(Msg(N_("%(form)s has no field “%(field)s”."), form=form, field=field),
+                                  {"on.field": Msg(N_("is not a field of %(form)s"), form=form)})
         return Target(kind, row.id, field, "assessor" if ins["blinded"] else "coordinator", bool(ins["blinded"]),
                       describe(protocol, kind, row.id, row.instrument, row.visit, field), row.visit, row.instrument)
     label = describe(protocol, kind, target_id)

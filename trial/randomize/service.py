@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from trial import cache
 from trial.audit import service as audit
 from trial.cache import prebuilt
-from trial.catalogue import N_, Label, Msg
+from trial.catalogue import N_, Joined, Label, Msg
 from trial.config import seal_key
 from trial.db import insert_ignore, utcnow
 from trial.errors import Conflict, NotFound, ValidationError
@@ -54,8 +54,8 @@ def _unseal_cached(ciphertext: bytes, key: str) -> bytes:
     try:
         return _fernet(key).decrypt(ciphertext)
     except InvalidToken as e:
-        raise Conflict("The randomization seed cannot be unsealed with this seal key (TRIAL_SEAL_KEY differs "
-                       "from the one used when randomization was opened).") from e
+        raise Conflict(N_("The randomization seed cannot be unsealed with this seal key (TRIAL_SEAL_KEY differs "
+                          "from the one used when randomization was opened).")) from e
 
 
 def master_seed(db: Session, design: RandomizationDesign | DesignView) -> bytes:
@@ -124,7 +124,7 @@ def open_randomization(db: Session, actor, seed: bytes | None = None) -> Randomi
     require_role(db, actor, "admin", "manager")
     ensure_writable(db)
     if get_design(db) is not None:
-        raise Conflict("Randomization is already open; lists are generated once per trial.")
+        raise Conflict(N_("Randomization is already open; lists are generated once per trial."))
     pv = current_protocol(db)
     c = pv.content
     master = seed or lists.new_master_seed()
@@ -244,7 +244,8 @@ def _readiness(db: Session, p: Participant, design: RandomizationDesign | Design
         missing = [f for f in design.design["factors"] if f["key"] != "site" and f["key"] not in (p.strata or {})]
         if missing:
             reasons.append(Msg(N_("the stratification factor %(factor)s is not recorded"),
-                               factor=", ".join(f.get("label", f["key"]) for f in missing)))
+                               factor=Joined([Label("factor", f["key"], f.get("label") or f["key"]) for f in missing],
+                                             ", ")))
     return Readiness(code, tz, version, reasons, sha)
 
 
@@ -285,7 +286,8 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
 
 def _check_idempotency_key(idempotency_key: str | None) -> None:
     if idempotency_key is not None and (not idempotency_key.strip() or len(idempotency_key) > 200):
-        raise ValidationError("Idempotency-Key must be 1 to 200 characters.", {"Idempotency-Key": "1 to 200 characters"})
+        raise ValidationError(N_("Idempotency-Key must be 1 to 200 characters."),
+                              {"Idempotency-Key": N_("1 to 200 characters")})
 
 
 def _retry_answer(db: Session, p: Participant, existing_id: int, idempotency_key: str | None) -> Result:
@@ -294,7 +296,7 @@ def _retry_answer(db: Session, p: Participant, existing_id: int, idempotency_key
     existing = db.get(Allocation, existing_id)
     if idempotency_key and existing.idempotency_key == idempotency_key:
         return Result(existing, p, False, _arm_label(current_protocol(db).content, existing.arm))
-    raise Conflict(f"{p.study_id} is already randomized; a child is never re-randomized.")
+    raise Conflict(Msg(N_("%(study_id)s is already randomized; a child is never re-randomized."), study_id=p.study_id))
 
 
 def _ready_to_allocate(db: Session, p: Participant) -> tuple[dict, DesignView, Readiness]:
@@ -303,11 +305,12 @@ def _ready_to_allocate(db: Session, p: Participant) -> tuple[dict, DesignView, R
     ready with every reason why."""
     sha, design_id, commitment = check_writable(db, _state_stmt(db))
     if design_id is None:
-        raise Conflict("Randomization is not open yet (run `trial randomization open`).")
+        raise Conflict(N_("Randomization is not open yet (run `trial randomization open`)."))
     protocol, design_row = content_by_sha(db, sha), _design_view(db, design_id, commitment)
     ready = _readiness(db, p, design_row, protocol, sha)
     if ready.reasons:
-        raise Conflict(f"{p.study_id} cannot be randomized: " + "; ".join(ready.reasons) + ".")
+        raise Conflict(Msg(N_("%(study_id)s cannot be randomized: %(reasons)s."), study_id=p.study_id,
+                           reasons=Joined(ready.reasons)))
     return protocol, design_row, ready
 
 
@@ -389,7 +392,7 @@ def _lock_participant(db: Session, actor, study_id: str) -> tuple[Participant, i
     has one, in one statement; the same visibility checks as ``get_participant``."""
     row = db.execute(_participant_stmt(db), {"study_id": (study_id or "").upper()}).one_or_none()
     if row is None:
-        raise NotFound(f"No participant {study_id}.")
+        raise NotFound(Msg(N_("No participant %(study_id)s."), study_id=study_id))
     check_visible(db, actor, row[0])
     return row[0], row[1]
 
@@ -426,10 +429,10 @@ def verify(db: Session, actor, seed: bytes | None = None) -> Verification:
     require_role(db, actor, "manager", "statistician")
     row = get_design(db)
     if row is None:
-        raise NotFound("Randomization was never opened.")
+        raise NotFound(N_("Randomization was never opened."))
     if seed is None:
         if not row.revealed_seed:
-            raise Conflict("The trial is not unblinded: the seed is still sealed, so the lists cannot be verified yet.")
+            raise Conflict(N_("The trial is not unblinded: the seed is still sealed, so the lists cannot be verified yet."))
         seed = bytes.fromhex(row.revealed_seed)
     problems = _commitment_problems(row, seed)
     checked = _check_allocations(db, row.design, seed, problems)
@@ -500,5 +503,5 @@ def unseal_for_verification(db: Session, actor) -> bytes:
         require_role(db, actor, "manager")
     row = get_design(db)
     if row is None:
-        raise NotFound("Randomization was never opened.")
+        raise NotFound(N_("Randomization was never opened."))
     return master_seed(db, row)

@@ -1,16 +1,19 @@
 """Adverse events, recorded by the site's coordinator; every step audited (as revealing: an AE can
 tell the arm). A serious event notifies every manager at once and runs a 24-hour clock until one
-acknowledges it; a fatal one records the child's death in the same transaction."""
+acknowledges it by recording its report (to whom, when, the reference; further reports may follow);
+a fatal one records the child's death in the same transaction."""
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from collections import Counter
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.catalogue import N_, Msg, label
+from trial.auth.models import User
+from trial.catalogue import N_, Msg, label, term
 from trial.dataquality.service import clear_verification
 from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound
@@ -25,20 +28,23 @@ from trial.safety.models import (
     RELATED,
     RELATEDNESS,
     REPORT_HOURS,
+    REPORTED_TO,
     RESOLVED,
     SERIOUSNESS,
     SEVERITIES,
     AdverseEvent,
     AdverseEventFollowUp,
+    AdverseEventReport,
 )
 from trial.scope import require_role, require_site_role, visible_site_ids
 from trial.sites.models import Site
 from trial.status.service import record_event
-from trial.timeline import today
+from trial.timeline import local_date, today
 from trial.trialstate.service import ensure_writable
-from trial.validation import clinical_date, refuse, text
+from trial.validation import clinical_date, parse_moment, refuse, text
 
 READERS = ("coordinator", "monitor", "manager")
+REPORT_GRACE = dt.timedelta(minutes=5)  # a reporter's clock a little ahead of the server's is not "the future"
 
 
 def _choice(data: dict, key: str, allowed: tuple, errors: dict, required: bool = True):
@@ -46,7 +52,7 @@ def _choice(data: dict, key: str, allowed: tuple, errors: dict, required: bool =
     if v is None and not required:
         return None
     if v not in allowed:
-        errors[key] = f"must be one of {', '.join(allowed)}"
+        errors[key] = Msg(N_("must be one of %(allowed)s"), allowed=", ".join(allowed))  # API.md's words
         return None
     return v
 
@@ -55,10 +61,11 @@ def _resolution(outcome: str | None, resolved_on, onset, day, errors: dict) -> d
     resolved = clinical_date(resolved_on, "resolved_on", errors, day, required=False,
                              not_before=(onset, N_("the onset")) if onset else None)
     if outcome in RESOLVED and resolved is None and "resolved_on" not in errors:
-        errors["resolved_on"] = ("is required: the date of death" if outcome == "fatal"
-                                 else f"is required when the outcome is {outcome.replace('_', ' ')}")
+        errors["resolved_on"] = (N_("is required: the date of death") if outcome == "fatal"
+                                 else Msg(N_("is required when the outcome is %(outcome)s"), outcome=term("ae_outcome", outcome)))
     if outcome in ("recovering", "not_recovered") and resolved is not None:
-        errors["resolved_on"] = f"is for a resolved event, not one that is {outcome.replace('_', ' ')}"
+        errors["resolved_on"] = Msg(N_("is for a resolved event, not one that is %(outcome)s"),
+                                    outcome=term("ae_outcome", outcome))
     return resolved
 
 
@@ -101,24 +108,24 @@ def _event_values(data: dict, day: dt.date, consent_date: dt.date) -> dict:
     severity = _choice(data, "severity", SEVERITIES, errors)
     serious = data.get("serious")
     if not isinstance(serious, bool):
-        errors["serious"] = "must be true or false"
+        errors["serious"] = N_("must be true or false")
     seriousness = data.get("seriousness") or []
     if not isinstance(seriousness, list) or any(s not in SERIOUSNESS for s in seriousness):
-        errors["seriousness"] = f"must be a list drawn from {', '.join(SERIOUSNESS)}"
+        errors["seriousness"] = Msg(N_("must be a list drawn from %(allowed)s"), allowed=", ".join(SERIOUSNESS))
     elif serious is True and not seriousness:
-        errors["seriousness"] = "is required for a serious event: which criteria make it serious?"
+        errors["seriousness"] = N_("is required for a serious event: which criteria make it serious?")
     elif serious is False and seriousness:
-        errors["seriousness"] = "is only for a serious event"
+        errors["seriousness"] = N_("is only for a serious event")
     relatedness = _choice(data, "relatedness", RELATEDNESS, errors)
     expectedness = _choice(data, "expectedness", EXPECTEDNESS, errors, required=False)
     outcome = _choice(data, "outcome", OUTCOMES, errors)
     resolved = _resolution(outcome, data.get("resolved_on"), onset, day, errors)
     description = text(data.get("description"), "description", errors, 4000)
     if outcome == "fatal" and serious is False:
-        errors["serious"] = "a fatal event is serious (criterion: death)"
+        errors["serious"] = N_("a fatal event is serious (criterion: death)")
     if outcome == "fatal" and serious and "death" not in seriousness and "seriousness" not in errors:
-        errors["seriousness"] = "a fatal event has the criterion death"
-    refuse("The adverse event was not recorded", errors)
+        errors["seriousness"] = N_("a fatal event has the criterion death")
+    refuse(N_("The adverse event was not recorded"), errors)
     return {"term": term, "onset": onset, "severity": severity, "serious": serious, "seriousness": seriousness,
             "relatedness": relatedness, "expectedness": expectedness, "outcome": outcome, "resolved_on": resolved,
             "description": description}
@@ -132,10 +139,12 @@ def _check_exits(db: Session, p: Participant, ev: dict):
     final = next((e for e in events_of(db, [p.id]).get(p.id, []) if e.type in FINAL_EVENTS), None)
     fatal, resolved = ev["outcome"] == "fatal", ev["resolved_on"]
     if fatal and died is not None and died.on != resolved:
-        raise Conflict(f"{p.study_id}'s death is recorded on {died.on.isoformat()}; this event gives {resolved.isoformat()}. "
-                       "Correct one of the two dates first.", {"resolved_on": f"differs from the recorded death ({died.on})"})
+        raise Conflict(Msg(N_("%(study_id)s's death is recorded on %(died)s; this event gives %(resolved)s. Correct one "
+                              "of the two dates first."), study_id=p.study_id, died=died.on, resolved=resolved),
+                       {"resolved_on": Msg(N_("differs from the recorded death (%(died)s)"), died=died.on)})
     if final is not None and not (fatal and died is not None) and (final.type == "withdrawn" or ev["onset"] > final.on):
-        raise Conflict(f"{p.study_id}: {final.type} on {final.on.isoformat()}; no further data is accepted.")
+        raise Conflict(Msg(N_("%(study_id)s: %(event)s on %(day)s; no further data is accepted."), study_id=p.study_id,
+                           event=term("event", final.type), day=final.on))
     return died
 
 
@@ -165,7 +174,7 @@ def _record_death(db: Session, actor, p: Participant, ae: AdverseEvent) -> None:
 def _get(db: Session, actor, ae_id: int) -> tuple[AdverseEvent, Participant]:
     ae = db.get(AdverseEvent, ae_id)
     if ae is None:
-        raise NotFound(f"No adverse event {ae_id}.")
+        raise NotFound(Msg(N_("No adverse event %(id)s."), id=ae_id))
     p = db.get(Participant, ae.participant_id)
     get_participant(db, actor, p.study_id)  # site scoping
     return ae, p
@@ -176,7 +185,8 @@ def follow_up(db: Session, actor, ae_id: int, data: dict) -> AdverseEventFollowU
     require_site_role(db, actor, p.site_id, "coordinator")
     ensure_writable(db)
     if ae.outcome in RESOLVED:
-        raise Conflict(f"Adverse event {ae.id} is resolved ({ae.outcome.replace('_', ' ')} on {ae.resolved_on}).")
+        raise Conflict(Msg(N_("Adverse event %(id)s is resolved (%(outcome)s on %(day)s)."), id=ae.id,
+                           outcome=term("ae_outcome", ae.outcome), day=ae.resolved_on))
     day = today(p.site.timezone)
     errors: dict[str, str] = {}
     on = clinical_date(data.get("on"), "on", errors, day, not_before=(ae.onset, N_("the onset")))
@@ -184,12 +194,13 @@ def follow_up(db: Session, actor, ae_id: int, data: dict) -> AdverseEventFollowU
     resolved = _resolution(outcome, data.get("resolved_on"), ae.onset, day, errors)
     note = text(data.get("text"), "text", errors, 4000, required=True)
     if outcome == "fatal" and not ae.serious:
-        errors["outcome"] = "a fatal outcome makes the event serious: record it as a new serious event"
-    refuse("The follow-up was not recorded", errors)
+        errors["outcome"] = N_("a fatal outcome makes the event serious: record it as a new serious event")
+    refuse(N_("The follow-up was not recorded"), errors)
     died = _death_event(db, p)
     if outcome == "fatal" and died is not None and died.on != resolved:
-        raise Conflict(f"{p.study_id}'s death is recorded on {died.on.isoformat()}; this follow-up gives "
-                       f"{resolved.isoformat()}.", {"resolved_on": f"differs from the recorded death ({died.on})"})
+        raise Conflict(Msg(N_("%(study_id)s's death is recorded on %(died)s; this follow-up gives %(resolved)s."),
+                           study_id=p.study_id, died=died.on, resolved=resolved),
+                       {"resolved_on": Msg(N_("differs from the recorded death (%(died)s)"), died=died.on)})
     fu = AdverseEventFollowUp(adverse_event_id=ae.id, on=on, outcome=outcome, resolved_on=resolved, text=note,
                               recorded_by_id=getattr(actor, "id", None))
     db.add(fu)
@@ -207,23 +218,87 @@ def follow_up(db: Session, actor, ae_id: int, data: dict) -> AdverseEventFollowU
     return fu
 
 
-def acknowledge(db: Session, actor, ae_id: int) -> AdverseEvent:
+def acknowledge(db: Session, actor, ae_id: int, data: dict) -> AdverseEvent:
+    """A manager records that a serious event was reported (to whom, when, the recipient's
+    reference): the acknowledgement and the first report in one audit record. The 24-hour clock
+    stops only with a report; none is acknowledged without one."""
     require_role(db, actor, "manager")
-    ae, _ = _get(db, actor, ae_id)
+    ae, p = _get(db, actor, ae_id)
     ensure_writable(db)
     if not ae.serious:
-        raise Conflict(f"Adverse event {ae.id} is not serious: there is no report clock to stop.")
+        raise Conflict(Msg(N_("Adverse event %(id)s is not serious: there is no report clock to stop."), id=ae.id))
     if ae.acknowledged_at is not None:
-        raise Conflict(f"Adverse event {ae.id} was acknowledged on {ae.acknowledged_at:%Y-%m-%d %H:%M} UTC.")
-    ae.acknowledged_at, ae.acknowledged_by_id = utcnow(), actor.id
-    audit.record(db, actor, "acknowledge", "adverse_event", ae.id, {"acknowledged_at": (None, ae.acknowledged_at)},
-                 reveals_allocation=True)
+        raise Conflict(Msg(N_("Adverse event %(id)s was acknowledged on %(at)s UTC."), id=ae.id,
+                           at=f"{ae.acknowledged_at:%Y-%m-%d %H:%M}"))
+    values = _report_values(data, ae, p.site.timezone)
+    first = _add_report(db, actor, ae, values)
+    ae.acknowledged_at, ae.acknowledged_by_id = first.recorded_at, getattr(actor, "id", None)
+    audit.record(db, actor, "acknowledge", "adverse_event", ae.id,
+                 {"acknowledged_at": (None, ae.acknowledged_at), **_report_changes(first)}, reveals_allocation=True)
     return ae
+
+
+def report(db: Session, actor, ae_id: int, data: dict) -> AdverseEventReport:
+    """A further report of an acknowledged serious event (e.g. to the authority after the ethics
+    committee), audited."""
+    require_role(db, actor, "manager")
+    ae, p = _get(db, actor, ae_id)
+    ensure_writable(db)
+    if not ae.serious:
+        raise Conflict(Msg(N_("Adverse event %(id)s is not serious: it is not reported onwards."), id=ae.id))
+    if ae.acknowledged_at is None:
+        raise Conflict(Msg(N_("Adverse event %(id)s is not acknowledged yet: acknowledge it with its first report."),
+                           id=ae.id))
+    values = _report_values(data, ae, p.site.timezone)
+    if any((r.reported_to, r.reference) == (values["reported_to"], values["reference"]) for r in ae.reports):
+        raise Conflict(Msg(N_("The report to %(to)s with the reference %(reference)s is recorded already."),
+                           to=Msg(label("reported_to", values["reported_to"])), reference=values["reference"]))
+    rep = _add_report(db, actor, ae, values)
+    audit.record(db, actor, "report", "adverse_event", ae.id, _report_changes(rep), reveals_allocation=True)
+    return rep
+
+
+def _report_values(data: dict, ae: AdverseEvent, tz: str | None) -> dict:
+    """A report's fields, checked, or 400 naming each bad one: to whom (one of REPORTED_TO); when
+    (see ``trial.validation.parse_moment``: the web form's time is the site's wall clock), not in
+    the future and not before the onset (at the site); the recipient's reference (at most 80)."""
+    errors: dict[str, str] = {}
+    to = _choice(data, "reported_to", REPORTED_TO, errors)
+    at = parse_moment(data.get("reported_at"), "reported_at", errors, tz)
+    now = utcnow()
+    if at is not None and at > now + REPORT_GRACE:
+        errors["reported_at"] = Msg(N_("%(moment)s is in the future (it is %(now)s at the site)"),
+                                    moment=_at_site(at, tz), now=_at_site(now, tz))
+    elif at is not None and local_date(at, tz) < ae.onset:
+        errors["reported_at"] = Msg(N_("is before %(what)s (%(day)s)"), what=Msg(N_("the onset")), day=ae.onset)
+    reference = text(data.get("reference"), "reference", errors, 80, required=True)
+    refuse(N_("The report was not recorded"), errors)
+    return {"reported_to": to, "reported_at": at.replace(microsecond=0), "reference": reference}
+
+
+def _at_site(moment: dt.datetime, tz: str | None) -> str:
+    """A UTC moment as the wall-clock time at the site, the zone named."""
+    local = moment.replace(tzinfo=dt.UTC).astimezone(zoneinfo.ZoneInfo(tz or "UTC"))
+    return f"{local:%Y-%m-%d %H:%M} ({tz or 'UTC'})"
+
+
+def _add_report(db: Session, actor, ae: AdverseEvent, values: dict) -> AdverseEventReport:
+    rep = AdverseEventReport(adverse_event_id=ae.id, recorded_by_id=getattr(actor, "id", None), recorded_at=utcnow(),
+                             **values)
+    db.add(rep)
+    db.flush()
+    ae.reports.append(rep)
+    return rep
+
+
+def _report_changes(rep: AdverseEventReport) -> dict:
+    return {"report": (None, rep.id), "reported_to": (None, rep.reported_to),
+            "reported_at": (None, rep.reported_at), "reference": (None, rep.reference)}
 
 
 def _require_reader(db: Session, actor) -> None:
     if actor is None or not actor.has_role(*READERS):
-        raise Forbidden("Adverse events are for coordinators, monitors and managers.")
+        raise Forbidden(N_("Adverse events are for coordinators, monitors and managers."))
 
 
 def listing_query(db: Session, actor, site_code: str | None = None, serious: bool | None = None,
@@ -272,7 +347,8 @@ def get(db: Session, actor, ae_id: int) -> AdverseEvent:
 
 
 def clock(ae: AdverseEvent, now: dt.datetime | None = None) -> str | None:
-    """The 24-hour reporting clock of a serious event, until a manager acknowledges it."""
+    """The 24-hour reporting clock of a serious event, until a manager acknowledges it, which is
+    recording its first report (to whom, when, the reference): it stops only then."""
     if not ae.serious or ae.acknowledged_at is not None or ae.report_due is None:
         return None
     left = ae.report_due - (now or utcnow())
@@ -287,25 +363,48 @@ def _hours(td: dt.timedelta) -> str:
     return f"{h} h {m:02d} min"
 
 
-def as_dict(db: Session, ae: AdverseEvent, codes: dict[int, str], study_ids: dict[int, str]) -> dict:
+def as_dict(db: Session, ae: AdverseEvent, codes: dict[int, str], study_ids: dict[int, str],
+            people: dict[int, str] | None = None) -> dict:
+    """An adverse event as the API answers it (``people``: the recorders' e-mails by id)."""
     return {"id": ae.id, "study_id": study_ids[ae.participant_id], "site": codes[ae.site_id], "term": ae.term,
             "onset": ae.onset.isoformat(), "severity": ae.severity, "serious": ae.serious,
             "seriousness": ae.seriousness, "relatedness": ae.relatedness, "expectedness": ae.expectedness,
             "outcome": ae.outcome, "resolved_on": ae.resolved_on.isoformat() if ae.resolved_on else None,
-            "description": ae.description, "reported_at": ae.reported_at.isoformat(timespec="seconds") + "Z",
-            "report_due": ae.report_due.isoformat(timespec="seconds") + "Z" if ae.report_due else None,
-            "acknowledged_at": ae.acknowledged_at.isoformat(timespec="seconds") + "Z" if ae.acknowledged_at else None,
-            "clock": clock(ae),
+            "description": ae.description, "reported_at": _z(ae.reported_at), "report_due": _z(ae.report_due),
+            "acknowledged_at": _z(ae.acknowledged_at), "clock": clock(ae),
             "follow_ups": [{"id": f.id, "on": f.on.isoformat(), "outcome": f.outcome,
                             "resolved_on": f.resolved_on.isoformat() if f.resolved_on else None, "text": f.text}
-                           for f in ae.follow_ups]}
+                           for f in ae.follow_ups],
+            "reports": [report_dict(r, people or {}) for r in ae.reports]}
+
+
+def report_dict(r: AdverseEventReport, people: dict[int, str]) -> dict:
+    return {"id": r.id, "reported_to": r.reported_to, "reported_at": _z(r.reported_at), "reference": r.reference,
+            "recorded_by": people.get(r.recorded_by_id), "recorded_at": _z(r.recorded_at)}
+
+
+def report_view(db: Session, r: AdverseEventReport) -> dict:
+    """One report as the API answers it."""
+    who = db.get(User, r.recorded_by_id) if r.recorded_by_id else None
+    return report_dict(r, {who.id: who.email} if who else {})
+
+
+def _z(moment: dt.datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") + "Z" if moment else None
+
+
+def recorders(db: Session, rows: list[AdverseEvent]) -> dict[int, str]:
+    """The e-mails of those who recorded the events' reports, by id."""
+    ids = {r.recorded_by_id for ae in rows for r in ae.reports if r.recorded_by_id}
+    return dict(db.execute(select(User.id, User.email).where(User.id.in_(ids))).all()) if ids else {}
 
 
 def views(db: Session, rows: list[AdverseEvent]) -> list[dict]:
     codes = dict(db.execute(select(Site.id, Site.code)).all())
     ids = {ae.participant_id for ae in rows}
     study_ids = dict(db.execute(select(Participant.id, Participant.study_id).where(Participant.id.in_(ids))).all()) if ids else {}
-    return [as_dict(db, ae, codes, study_ids) for ae in rows]
+    people = recorders(db, rows)
+    return [as_dict(db, ae, codes, study_ids, people) for ae in rows]
 
 
 def waiting_for_acknowledgement(db: Session, actor) -> list[AdverseEvent]:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.catalogue import N_
+from trial.catalogue import N_, Msg
 from trial.errors import Conflict, NotFound
 from trial.scope import require_role, visible_site_ids
 from trial.sites.models import Site
@@ -25,21 +25,21 @@ def _clean(data: dict, creating: bool) -> dict:
     if creating:
         code = str(data.get("code") or "").strip().upper()
         if not CODE_RE.match(code):
-            errors["code"] = "must be two letters and two digits, e.g. AT01"
+            errors["code"] = N_("must be two letters and two digits, e.g. AT01")
         out["code"] = code
     if "name" in data or creating:
         out["name"] = text(data.get("name"), "name", errors, 200, required=True)
     if data.get("country") not in (None, ""):
         cc = str(data["country"]).strip().upper()
         if not re.fullmatch(r"[A-Z]{2}", cc):
-            errors["country"] = "must be a two-letter ISO 3166 country code"
+            errors["country"] = N_("must be a two-letter ISO 3166 country code")
         out["country"] = cc
     if data.get("timezone") not in (None, ""):
         tz = str(data["timezone"]).strip()
         try:
             zoneinfo.ZoneInfo(tz)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-            errors["timezone"] = f"unknown time zone {tz!r}"
+            errors["timezone"] = Msg(N_("unknown time zone %(tz)s"), tz=repr(tz))
         out["timezone"] = tz
     if data.get("target") not in (None, ""):
         try:
@@ -48,7 +48,7 @@ def _clean(data: dict, creating: bool) -> dict:
                 raise ValueError
             out["target"] = target
         except (TypeError, ValueError):
-            errors["target"] = "must be a whole number, 0 or more (at most 100000)"
+            errors["target"] = N_("must be a whole number, 0 or more (at most 100000)")
     if "is_open" in data:
         out["is_open"] = bool(data["is_open"])
     if errors:
@@ -69,7 +69,7 @@ def visible_sites(db: Session, actor) -> list[Site]:
 def get_by_code(db: Session, code: str) -> Site:
     site = db.execute(select(Site).where(Site.code == (code or "").upper())).scalar_one_or_none()
     if site is None:
-        raise NotFound(f"No site with code {code!r}.")
+        raise NotFound(Msg(N_("No site with code %(code)s."), code=repr(code)))
     return site
 
 
@@ -78,7 +78,8 @@ def create_site(db: Session, actor, data: dict) -> Site:
     ensure_writable(db)
     values = _clean(data, creating=True)
     if db.execute(select(Site.id).where(Site.code == values["code"])).first():
-        raise Conflict(f"A site with code {values['code']} already exists.", {"code": "already exists"})
+        raise Conflict(Msg(N_("A site with code %(code)s already exists."), code=values["code"]),
+                       {"code": N_("already exists")})
     site = Site(code=values["code"], name=values["name"], country=values.get("country"),
                 timezone=values.get("timezone", "UTC"), target=values.get("target", 0), is_open=True)
     db.add(site)

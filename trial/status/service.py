@@ -5,10 +5,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.catalogue import N_
+from trial.catalogue import N_, Msg, term, terms
 from trial.errors import Conflict
 from trial.participants.models import EVENT_TYPES, FINAL_EVENTS, Participant, StatusEvent
-from trial.participants.service import FINAL_WORDS, allocation_of, events_of, get_participant
+from trial.participants.service import allocation_of, events_of, final_refusal, get_participant
 from trial.scope import can_see_arm, require_site_role
 from trial.status.models import Deviation
 from trial.timeline import today
@@ -26,18 +26,20 @@ def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
     errors: dict[str, str] = {}
     kind = data.get("type")
     if kind not in EVENT_TYPES:
-        errors["type"] = f"must be one of {', '.join(EVENT_TYPES)}"
+        errors["type"] = Msg(N_("must be one of %(allowed)s"), allowed=terms("event", EVENT_TYPES))
     on = clinical_date(data.get("on"), "on", errors, today(p.site.timezone), not_before=(p.consent_date, N_("consent")))
     reason = text(data.get("reason"), "reason", errors, 500, required=True)
-    refuse("The event was not recorded", errors)
+    refuse(N_("The event was not recorded"), errors)
     if kind in ("not_received", "discontinued_intervention", "lost_to_follow_up") and allocation_of(db, p.id) is None:
-        raise Conflict(f"{p.study_id} is not randomized: a {kind.replace('_', ' ')} event follows randomization.")
+        raise Conflict(Msg(N_("%(study_id)s is not randomized: the event “%(event)s” follows randomization."),
+                           study_id=p.study_id, event=term("event", kind)))
     existing = events_of(db, [p.id]).get(p.id, [])
     for e in existing:
         if e.type in FINAL_EVENTS:
-            raise Conflict(f"{p.study_id}: {FINAL_WORDS[e.type]} on {e.on.isoformat()}; no further data is accepted.")
+            raise final_refusal(p, e)
         if e.type == kind:
-            raise Conflict(f"{p.study_id} already has a {kind.replace('_', ' ')} event ({e.on.isoformat()}).")
+            raise Conflict(Msg(N_("%(study_id)s already has the event “%(event)s” (%(day)s)."),
+                               study_id=p.study_id, event=term("event", kind), day=e.on))
     ev = StatusEvent(participant_id=p.id, type=kind, on=on, reason=reason, recorded_by_id=getattr(actor, "id", None))
     db.add(ev)
     db.flush()
@@ -58,9 +60,9 @@ def record_deviation(db: Session, actor, study_id: str, data: dict) -> Deviation
     on = clinical_date(data.get("on"), "on", errors, today(p.site.timezone))
     cat = data.get("category")
     if cat not in DEVIATION_CATEGORIES:
-        errors["category"] = f"must be one of {', '.join(DEVIATION_CATEGORIES)}"
+        errors["category"] = Msg(N_("must be one of %(allowed)s"), allowed=terms("deviation", DEVIATION_CATEGORIES))
     desc = text(data.get("description"), "description", errors, 2000, required=True)
-    refuse("The deviation was not recorded", errors)
+    refuse(N_("The deviation was not recorded"), errors)
     d = Deviation(participant_id=p.id, on=on, category=cat, description=desc, recorded_by_id=getattr(actor, "id", None))
     db.add(d)
     db.flush()

@@ -8,8 +8,9 @@ from flask_login import login_user, logout_user
 
 from trial.auth import service
 from trial.catalogue import LANGUAGES
+from trial.digest.service import DIGEST_ROLES
 from trial.errors import DomainError
-from trial.forms.auth import LanguageForm, LoginForm, LogoutForm, PasswordForm, ResetPasswordForm
+from trial.forms.auth import DigestForm, LanguageForm, LoginForm, LogoutForm, PasswordForm, ResetPasswordForm
 from trial.http import actor, db, form_errors, say
 
 bp = Blueprint("auth", __name__)
@@ -111,5 +112,29 @@ def language():
         back = form.next.data or ""
         return redirect(back if back.startswith("/") and not back.startswith("//") else url_for("auth.language"))
     if form.is_submitted():
-        return render_template("auth/language.html", form=form), 400
-    return render_template("auth/language.html", form=_language_form(url_for("auth.language")))
+        return render_template("auth/language.html", form=form, digest_form=_digest_form()), 400
+    return render_template("auth/language.html", form=_language_form(url_for("auth.language")),
+                           digest_form=_digest_form())
+
+
+def _digest_form() -> DigestForm | None:
+    """The weekly digest choice, filled with the user's setting: only for those it is sent to
+    (coordinators and assessors at a site)."""
+    if not actor().site_ids(*DIGEST_ROLES):
+        return None
+    form = DigestForm(formdata=None)
+    form.weekly_digest.data = actor().weekly_digest
+    return form
+
+
+@bp.route("/digest", methods=["POST"])
+def digest():
+    """The user's choice of the weekly digest e-mail (on the language page); audited."""
+    form = DigestForm()
+    if form.validate_on_submit():
+        s = db()
+        user = s.merge(actor())
+        service.set_weekly_digest(s, user, form.weekly_digest.data)
+        s.commit()
+        flash(_("You will get the weekly digest.") if user.weekly_digest else _("You will get no weekly digest."))
+    return redirect(url_for("auth.language"))

@@ -1,12 +1,13 @@
-"""The record status grid and the recruitment chart."""
+"""The record status grid, the manager's overview, a site's page and the recruitment charts."""
 from __future__ import annotations
 
+from babel.dates import format_skeleton
 from flask import Blueprint, Response, render_template, request, url_for
-from flask_babel import format_date, gettext
+from flask_babel import format_decimal, get_locale, gettext
 from markupsafe import Markup, escape
 
-from trial.dashboard import service
-from trial.http import actor, day, db, lock_notice, number, page_request, plabel, tlabel
+from trial.dashboard import charts, service
+from trial.http import actor, day, db, html_dir, lock_notice, number, page_request, plabel, tlabel
 from trial.participants.service import statuses_for
 from trial.sites.service import visible_sites
 
@@ -67,7 +68,10 @@ def _cells_html(made: dict, writable: bool) -> None:
 
 @bp.route("/recruitment.svg")
 def recruitment_svg():
-    return Response(service.recruitment_svg(db(), actor()), mimetype="image/svg+xml")
+    words = {"title": gettext("Recruitment against target by site"), "randomized": gettext("randomized"),
+             "enrolled": gettext("enrolled"), "target": gettext("target")}
+    svg = service.recruitment_svg(db(), actor(), words, format_decimal, html_dir() == "rtl")
+    return Response(svg, mimetype="image/svg+xml")
 
 
 @bp.route("/overview", endpoint="overview")
@@ -79,5 +83,31 @@ def overview():
 def recruitment_over_time_svg():
     words = {"title": gettext("Randomized by month against each site's target"), "randomized": gettext("randomized"),
              "target": gettext("target"), "total": gettext("All sites"), "of": gettext("%(n)s of %(target)s")}
-    svg = service.recruitment_over_time_svg(db(), actor(), words, lambda d: format_date(d, "MMM yyyy"))
+    svg = service.recruitment_over_time_svg(db(), actor(), words, month_short, format_decimal, html_dir() == "rtl")
     return Response(svg, mimetype="image/svg+xml")
+
+
+@bp.route("/sites/<code>", endpoint="site")
+def site(code):
+    made = progress(code)
+    return render_template("dashboard/site.html", site=service.site_summary(db(), actor(), code), progress=made)
+
+
+def month_short(d) -> str:
+    """A month (its first day) on a chart's axis, in the page's language ("Sept. 2024", "2024년 9월")."""
+    return format_skeleton("yMMM", d, locale=get_locale())
+
+
+def progress(site_code: str | None = None) -> dict:
+    """The trial's (or a site's) recruitment by month and visit completeness, with the chart drawn
+    in the page's language and direction and each month named for the table beside it."""
+    made = service.progress(db(), actor(), site_code)
+    words = {"title": gettext("Recruitment over time"), "randomized": gettext("randomized"), "target": gettext("target"),
+             "of": gettext("%(n)s of %(target)s"), "empty": gettext("No child has been randomized yet.")}
+    say = charts.Say(words, month_short, format_decimal, html_dir() == "rtl")
+    made["chart"] = Markup(charts.cumulative_svg(made["recruitment"], say))
+    made["title"] = (gettext("Randomized by month, cumulative, against the target: site %(site)s", site=site_code.upper())
+                     if site_code else gettext("Randomized by month, cumulative, against the target: all sites"))
+    for r in made["recruitment"]["rows"]:
+        r["label"] = format_skeleton("yMMMM", r["month"], locale=get_locale())
+    return made

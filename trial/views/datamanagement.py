@@ -167,13 +167,38 @@ def new_adverse_event(study_id: str):
 
 @bp.route("/adverse-events/<int:ae_id>", endpoint="adverse_event")
 def adverse_event(ae_id: int):
+    return _event_page(ae_id)
+
+
+def _event_page(ae_id: int, acknowledge_form=None, report_form=None):
+    """The adverse event's page; the reporting forms take the date and time at the site, in its time zone."""
     s = db()
     ae = safety.get(s, actor(), ae_id)
     view = safety.views(s, [ae])[0]
     p = get_participant(s, actor(), view["study_id"])
     coordinator = any(r.role == "coordinator" and r.site_id == p.site_id for r in actor().roles)
+    tz = p.site.timezone or "UTC"
+    forms_ = {"acknowledge_form": acknowledge_form or forms.AcknowledgeForm(formdata=None),
+              "report_form": report_form or forms.SaeReportForm(formdata=None)}
+    for form in forms_.values():
+        form.reported_at.description = _("The date and time at the site, in its time zone (%(zone)s).", zone=tz)
     return render_template("safety/detail.html", ae=view, coordinator=coordinator, follow_up_form=forms.FollowUpForm(),
-                           acknowledge_form=forms.AcknowledgeForm())
+                           site_tz=tz, **forms_)
+
+
+def _report_posted(ae_id: int, form, record, done: str, form_name: str):
+    """A report posted from the event's page: saved and back to the page, or the page again with
+    each refusal beside its field (400)."""
+    if form.validate_on_submit():
+        try:
+            record(db(), actor(), ae_id, {"reported_to": form.reported_to.data, "reported_at": form.reported_at.data,
+                                          "reference": form.reference.data})
+            db().commit()
+            flash(done)
+            return redirect(url_for("dm.adverse_event", ae_id=ae_id))
+        except DomainError as e:
+            form_errors(form, e)
+    return _event_page(ae_id, **{form_name: form}), 400
 
 
 @bp.route("/adverse-events/<int:ae_id>/follow-up", methods=["POST"], endpoint="follow_up")
@@ -188,8 +213,13 @@ def follow_up(ae_id: int):
 
 @bp.route("/adverse-events/<int:ae_id>/acknowledge", methods=["POST"], endpoint="acknowledge")
 def acknowledge(ae_id: int):
-    return post_and_return(forms.AcknowledgeForm(), lambda f: safety.acknowledge(db(), actor(), ae_id),
-                           _("Acknowledged: the 24-hour clock is stopped."), url_for("dm.adverse_event", ae_id=ae_id), None)
+    return _report_posted(ae_id, forms.AcknowledgeForm(), safety.acknowledge,
+                          _("Acknowledged with its report: the 24-hour clock is stopped."), "acknowledge_form")
+
+
+@bp.route("/adverse-events/<int:ae_id>/reports", methods=["POST"], endpoint="sae_report")
+def sae_report(ae_id: int):
+    return _report_posted(ae_id, forms.SaeReportForm(), safety.report, _("Report recorded."), "report_form")
 
 
 @bp.route("/participants/<study_id>/verify", methods=["POST"], endpoint="verify")

@@ -6,6 +6,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
 from trial.auth.models import User
+from trial.catalogue import N_, Msg
 from trial.credentials import service as credentials
 from trial.errors import DomainError, NotFound
 from trial.fidelity import service as fidelity
@@ -27,7 +28,7 @@ def new_credential(user_id: int):
     s = db()
     u = s.get(User, user_id)
     if u is None:
-        raise NotFound(f"No user {user_id}.")
+        raise NotFound(Msg(N_("No user %(id)s."), id=user_id))
     form = forms.CredentialForm()
     form.kind.choices = [(k["key"], f'{k["key"]} – {plabel("credential", k["key"])}') for k in credentials.kinds(s)]
     if form.validate_on_submit():
@@ -77,7 +78,7 @@ def rate(session_id: int):
     f = fidelity.scale(s)
     item = next((x for x in fidelity.due(s, actor()) if x["session"] == session_id), None)
     if item is None:
-        raise NotFound(f"No session {session_id} to rate.")
+        raise NotFound(Msg(N_("No session %(id)s to rate."), id=session_id))
     form = forms.rating_form([(i["key"], plabel("fidelity_item", i["key"])) for i in f["items"]], f["min"], f["max"])
     if form.validate_on_submit():
         try:

@@ -10,6 +10,7 @@ from trial.notify.service import notifications_for
 from trial.outcomes.service import due_this_week
 from trial.queries.service import waiting_counts
 from trial.safety import service as safety
+from trial.views.dashboard import progress
 
 bp = Blueprint("main", __name__)
 
@@ -22,4 +23,5 @@ def home():
     return render_template("main/home.html", summary=home_summary(s, actor()),
                            notifications=notifications_for(s, actor()), grants_waiting=count_pending(s, actor()),
                            queries=waiting_counts(s, actor()), due_this_week=due,
-                           saes=safety.views(s, safety.waiting_for_acknowledgement(s, actor())))
+                           saes=safety.views(s, safety.waiting_for_acknowledgement(s, actor())),
+                           progress=progress() if actor().has_role("manager") else None)
