@@ -267,3 +267,20 @@ def test_the_locked_bundle_holds_the_reports(sae, db):
     assert head[-2:] == ["reptdtm", "ackdtm"]  # the adverse events' columns as they were
     with zipfile.ZipFile(io.BytesIO(w.api("GET", f"/locks/{lock_id}/bundle.zip", "statistician").data)) as zf:
         assert not any("aerep" in n for n in zf.namelist())  # an AE can tell the arm
+
+
+@pytest.mark.parametrize("recorded_hours_ago,reported_hours_ago,says", [
+    (3, 1, "First reported 2 h 00 min after the event was recorded: within the 24 hours."),
+    (30, 1, "First reported 5 h 00 min after the 24-hour limit."),
+])
+def test_the_page_says_whether_the_first_report_kept_the_24_hours(sae, app, db, recorded_hours_ago, reported_hours_ago,
+                                                                   says):
+    w, ae = sae["world"], sae["ae"]
+    event = db.get(AdverseEvent, ae)
+    recorded = ago(hours=recorded_hours_ago).replace(microsecond=0, tzinfo=None)  # stored as naive UTC
+    event.reported_at, event.report_due = recorded, recorded + dt.timedelta(hours=24)
+    db.commit()
+    sent = ago(hours=reported_hours_ago).replace(microsecond=0)
+    ok(w.api("POST", f"/adverse-events/{ae}/acknowledge", "manager", json=report(reported_at=z(sent))), 200)
+    page = web(app, "manager").get(f"/adverse-events/{ae}").get_data(as_text=True)
+    assert says in page

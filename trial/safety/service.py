@@ -357,6 +357,18 @@ def clock(ae: AdverseEvent, now: dt.datetime | None = None) -> str | None:
     return f"report due in {_hours(left)}"
 
 
+def first_report(ae: AdverseEvent) -> dict | None:
+    """When a serious event was first reported against its 24-hour limit: ``in_time``, and the
+    hours and minutes from its recording to the first report (in time) or past the limit (late)."""
+    if not ae.serious or not ae.reports or ae.report_due is None:
+        return None
+    first = min(r.reported_at for r in ae.reports)
+    in_time = first <= ae.report_due
+    span = (first - ae.reported_at) if in_time else (first - ae.report_due)
+    minutes = max(int(span.total_seconds()) // 60, 0)
+    return {"in_time": in_time, "hours": minutes // 60, "minutes": str(minutes % 60).zfill(2)}
+
+
 def _hours(td: dt.timedelta) -> str:
     h = int(td.total_seconds() // 3600)
     m = int(td.total_seconds() % 3600 // 60)

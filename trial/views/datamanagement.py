@@ -175,6 +175,7 @@ def _event_page(ae_id: int, acknowledge_form=None, report_form=None):
     s = db()
     ae = safety.get(s, actor(), ae_id)
     view = safety.views(s, [ae])[0]
+    view["first_report"] = safety.first_report(ae)  # in time or late, against the 24-hour limit
     p = get_participant(s, actor(), view["study_id"])
     coordinator = any(r.role == "coordinator" and r.site_id == p.site_id for r in actor().roles)
     tz = p.site.timezone or "UTC"
