@@ -1,13 +1,22 @@
 """Imports every package's models so the metadata (and Alembic) sees the whole schema."""
-from trial.audit.models import AuditAnchor, AuditHead, AuditRecord, AuditSeal  # noqa: F401
-from trial.auth.models import ApiToken, LoginAttempt, PasswordReset, RoleAssignment, RoleGrant, User  # noqa: F401
+from trial.audit.models import AuditAnchor, AuditHead, AuditKeyEpoch, AuditRecord, AuditSeal  # noqa: F401
+from trial.auth.models import (  # noqa: F401
+    AccessReview,
+    ApiToken,
+    LoginAttempt,
+    MfaRecoveryCode,
+    PasswordReset,
+    RoleAssignment,
+    RoleGrant,
+    User,
+)
 from trial.course.models import ChildGoal, CounsellingSession, CourseTally, TherapySession  # noqa: F401
 from trial.credentials.models import Credential  # noqa: F401
 from trial.dataquality.models import DataQuery, QueryMessage, Verification  # noqa: F401
 from trial.db import Base
 from trial.esign.models import Signature  # noqa: F401
 from trial.fidelity.models import FidelityDraw, FidelityRating, FidelitySample  # noqa: F401
-from trial.lock.models import DataLock, LockBuild, LockBundle  # noqa: F401
+from trial.lock.models import DataLock, LockBuild, LockBundle, UnblindingRequest  # noqa: F401
 from trial.notify.models import MailMessage, Notification  # noqa: F401
 from trial.outcomes.models import BlindingBreak  # noqa: F401
 from trial.participants.models import Allocation, Assessment, Participant, Screening, SiteSequence, StatusEvent  # noqa: F401

@@ -71,3 +71,15 @@ class AuditSeal(Base):
     what: Mapped[str] = mapped_column(String(200))
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     mac: Mapped[str] = mapped_column(String(64))
+
+
+class AuditKeyEpoch(Base):
+    """The audit key in force from a record on: a rotation starts a new epoch at the next record
+    (``key_check``: an HMAC of a fixed text under that key, which tells a retired key by its
+    check); verification uses each epoch's key for its part of the chain."""
+    __tablename__ = "audit_key_epoch"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    from_seq: Mapped[int] = mapped_column(Integer, unique=True)
+    key_check: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, Date, DateTime, ForeignKey, Integer, String, UniqueConstraint, true
+from sqlalchemy import JSON, Boolean, Date, DateTime, ForeignKey, Integer, String, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from trial.db import Base, utcnow
@@ -38,6 +38,12 @@ class User(Base):
     # the first day of the last week it was sent for (one digest a week, however often checks run)
     weekly_digest: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     digest_week: Mapped[dt.date | None] = mapped_column(Date)
+    # two-factor sign-in (TOTP, RFC 6238): the shared secret, encrypted under the server's key (never
+    # stored in the clear), when the user enrolled, and the last time step a code was accepted for
+    # (a code is never accepted twice)
+    mfa_secret: Mapped[str | None] = mapped_column(String(255))
+    mfa_enrolled_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    mfa_last_step: Mapped[int | None] = mapped_column(Integer)
 
     roles: Mapped[list[RoleAssignment]] = relationship(back_populates="user", cascade="all, delete-orphan",
                                                          lazy="selectin")
@@ -145,3 +151,26 @@ class RoleGrant(Base):
     signature_id: Mapped[int | None] = mapped_column(ForeignKey("signature.id"))
 
     user: Mapped[User] = relationship(foreign_keys=[user_id])
+
+
+class MfaRecoveryCode(Base):
+    """One of a user's single-use recovery codes (only its hash), shown once at enrolment."""
+    __tablename__ = "mfa_recovery_code"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class AccessReview(Base):
+    """A manager's signed review of who has access to what: the accounts as reviewed (e-mail,
+    roles and sites, two-factor, last login, active) and the signature."""
+    __tablename__ = "access_review"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    signature_id: Mapped[int] = mapped_column(ForeignKey("signature.id"))
+    signed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    inactive_days: Mapped[int] = mapped_column(Integer, default=90)
+    accounts: Mapped[list] = mapped_column(JSON, default=list)

@@ -25,9 +25,12 @@ class DataQuery(Base):
     __table_args__ = (Index("ix_data_query_raised", "raised_at", "id"),  # the list, newest first
                       # the assessors' list and its total: the queries on what assessors enter, per site
                       Index("ix_data_query_assessor", "site_id", postgresql_where=text("assessor_visible"),
-                            sqlite_where=text("assessor_visible")))
+                            sqlite_where=text("assessor_visible")),
+                      # the number a user sees: per site (AT01-Q17), never the global sequence
+                      Index("uq_data_query_site_number", "site_id", "number", unique=True))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[int | None] = mapped_column(Integer)
     participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), index=True)
     site_id: Mapped[int] = mapped_column(ForeignKey("site.id"), index=True)
     kind: Mapped[str] = mapped_column(String(20))

@@ -24,6 +24,9 @@ class DataLock(Base):
     dummy_seed: Mapped[str | None] = mapped_column(String(64))
     # hard locks signed while queries were open, with their acceptance: the ids of those queries
     accepted_open_queries: Mapped[list | None] = mapped_column(JSON)
+    # an addendum lock (kind "addendum"): the id of the hard lock it corrects after unblinding (a
+    # plain column: SQLite adds no foreign key to a table other tables' rows refer to)
+    parent_lock_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class LockBundle(Base):
@@ -61,3 +64,21 @@ class LockBuild(Base):
     heartbeat: Mapped[dt.datetime | None] = mapped_column(DateTime)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class UnblindingRequest(Base):
+    """Unblinding takes two signatures: the manager's request (under a hard lock), then the
+    countersignature of a user of the protocol's countersigner role (never the same person); only
+    then is the trial unblinded. ``status``: awaiting_countersignature, countersigned, withdrawn."""
+    __tablename__ = "unblinding_request"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lock_id: Mapped[int] = mapped_column(ForeignKey("data_lock.id"))
+    status: Mapped[str] = mapped_column(String(30), default="awaiting_countersignature")
+    countersigner_role: Mapped[str] = mapped_column(String(20))
+    requested_by_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    requested_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    signature_id: Mapped[int] = mapped_column(ForeignKey("signature.id"))
+    countersigned_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    countersigned_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    countersignature_id: Mapped[int | None] = mapped_column(ForeignKey("signature.id"))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from trial.db import Base, utcnow
@@ -12,6 +12,7 @@ class Notification(Base):
     """An in-app message to one user; ``read_at`` is set when the user dismisses it."""
 
     __tablename__ = "notification"
+    __table_args__ = (Index("uq_notification_ref", "ref", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
@@ -21,6 +22,9 @@ class Notification(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     read_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     link: Mapped[str | None] = mapped_column(String(200))
+    # what a user sees of the notification's identity (in the dismiss link): random, never the
+    # global sequence, which would show how much happens elsewhere
+    ref: Mapped[str | None] = mapped_column(String(32))
 
 
 class MailMessage(Base):
