@@ -188,3 +188,19 @@ def page_body(r) -> bytes:
     """A page's bytes without its form tokens (CSRF tokens are signed with the second they are made:
     two requests straddling a second give different ones)."""
     return re.sub(rb'name="csrf_token" value="[^"]*"', b'name="csrf_token"', r.get_data())
+
+
+def randomized_before(world, db, randomized_on: dt.date, site: str = "AT01"):
+    """A child screened 30 days, consenting 25 days and assessed at baseline 5 days before
+    ``randomized_on``, then randomized (the time of randomization as the caller backdates it):
+    (participant, arm)."""
+    sc = world.screen(site, screened_on=(randomized_on - dt.timedelta(days=30)).isoformat())
+    p = enrollment.enroll(db, CLI, {"screening_id": sc.id,
+                                    "consent_date": (randomized_on - dt.timedelta(days=25)).isoformat(),
+                                    "date_of_birth": (randomized_on - dt.timedelta(days=5 * 365)).isoformat(),
+                                    "sex": "female"})
+    outcomes.record_assessment(db, CLI, p.study_id, {"visit": "baseline", "instrument": "ados2",
+                                                     "performed_on": (randomized_on - dt.timedelta(days=5)).isoformat(),
+                                                     "values": {"social_affect": 12, "rrb": 4, "css": 6}})
+    db.commit()
+    return p, world.randomize(p, f"x-{p.study_id}").allocation.arm

@@ -171,3 +171,17 @@ def test_labels_in_languages_the_ui_does_not_speak_are_kept(lang):
     from trial.protocol.schema import parse
     text = TOML.replace('[arms.labels]\n', f'[arms.labels]\n{lang} = "Musikterapi"\n', 1)
     assert parse(text)["arms"][0]["labels"][lang.replace("-", "_")] == "Musikterapi"
+
+
+def test_a_form_an_amendment_added_cannot_be_entered_for_a_child_it_does_not_apply_to(opened, db):
+    from tests.test_outcomes import ADOS, assess
+    earlier = randomized(opened, 33)     # its 1-month window is open, but it was randomized before the amendment
+    amend(opened, db, with_month1())
+    later = randomized(opened)
+    r = assess(opened, earlier, visit="month1", performed_on=today().isoformat(), values=dict(ADOS))
+    assert r.status_code == 409 and "is not in the plan of" in r.get_json()["error"]["message"]
+    assert "1 month" in r.get_json()["error"]["message"] and "month1" not in r.get_json()["error"]["message"]
+    assert db.execute(select(func.count()).select_from(DataQuery).where(DataQuery.visit == "month1")).scalar() == 0
+    r = assess(opened, later, visit="month1", performed_on=(today() + dt.timedelta(days=0)).isoformat(),
+               values=dict(ADOS))
+    assert r.status_code == 201, r.get_json()

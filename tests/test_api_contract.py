@@ -191,4 +191,12 @@ def test_locks_and_unblinding_bodies_as_the_contract_shows_them(contract, db):
                 fields={"id", "kind", "created_at"})
     listed = contract.api("GET", "/locks", "statistician").get_json()
     assert {"id", "kind", "created_at", "signed_by", "manifest_sha256"} <= set(next(x for x in listed if x["id"] == hard["id"]))
-    post(contract, "/unblinding", "manager", {"meaning": "Unblinding for the final analysis", "password": PASSWORD})
+    asked = post(contract, "/unblinding", "manager", {"meaning": "Unblinding for the final analysis", "password": PASSWORD},
+                 status=202, fields={"id", "status", "countersigner_role"})
+    assert asked["status"] == "awaiting_countersignature" and asked["countersigner_role"] == "statistician"
+    assert contract.api("GET", "/consort", "statistician").get_json()["arms"].keys() == {"all"}, "not unblinded yet"
+    post(contract, f"/unblinding/{asked['id']}/countersign", "statistician",
+         {"meaning": "Countersigned for the final analysis", "password": PASSWORD})
+    assert contract.api("GET", "/consort", "statistician").get_json()["arms"].keys() != {"all"}
+    r = contract.api("DELETE", f"/locks/{hard['id']}", "manager", json={"reason": "A late correction", "password": PASSWORD})
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "unblinded", r.get_json()

@@ -85,6 +85,44 @@ def test_a_deeply_nested_body_is_a_400_naming_body(world):
         assert set(r.get_json()["error"]["fields"]) == {"body"}
 
 
+DEEP_BODIES = ("[" * 100_000, "[" * 100_000 + "]" * 100_000, '{"a":' * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000,
+               '{"text": ' + "[" * 5000 + "]" * 5000 + "}", '{"text": "\\"' + "[" * 1000 + '"}')
+
+
+def test_a_deeply_nested_body_is_a_400_naming_body_on_every_api_operation_that_takes_one(world, db):
+    """Every API operation that writes (POST, PUT, PATCH, DELETE), called by a user its policy
+    admits, answers a body nested 100,000 deep with 400 naming ``body`` (never a 500 of Python's
+    recursion limit), whether it reads a body or not, and writes nothing; a body that only looks
+    deep (brackets inside a string) is not refused for its depth."""
+    from sqlalchemy import func, select
+
+    from tests.helpers import ROLES
+    from trial.audit.models import AuditRecord
+    from trial.policy import ANY, PUBLIC, POLICY
+
+    def admitted(endpoint: str) -> str:
+        policy = POLICY[endpoint]
+        return next(who for who, roles in ROLES.items() if policy in (ANY, PUBLIC) or {r for r, _ in roles} & set(policy))
+
+    before = db.execute(select(func.count()).select_from(AuditRecord)).scalar()
+    c = world.app.test_client()
+    ops = [op for op in OPERATIONS if op.method in ("POST", "PUT", "PATCH", "DELETE")]
+    assert len(ops) > 30
+    for op in ops:
+        path = "/api/v1" + re.sub(r"<(?:int:)?([^>]+)>", lambda m: "AT01-0001" if m[1] == "study_id" else "1", op.path)
+        for raw in DEEP_BODIES[:4]:
+            r = c.open(path, method=op.method, data=raw, headers=world.headers(admitted("api." + op.name),
+                                                                               **{"Content-Type": "application/json"}))
+            assert r.status_code == 400, (op.method, path, raw[:10], r.status_code, r.get_data(as_text=True)[:300])
+            assert set(r.get_json()["error"]["fields"]) == {"body"}, (op.method, path)
+    db.expire_all()
+    assert db.execute(select(func.count()).select_from(AuditRecord)).scalar() == before
+    for raw in DEEP_BODIES[4:]:  # deep enough to refuse (but not for Python), and brackets in a string
+        r = c.post("/api/v1/screenings", data=raw, headers=world.headers("coordinator", **{"Content-Type": "application/json"}))
+        fields = r.get_json()["error"]["fields"]
+        assert r.status_code == 400 and ("body" in fields) == (raw is DEEP_BODIES[4]), (raw[:20], fields)
+
+
 def test_bad_json_body_gets_400_in_contract_format(world):
     c = world.app.test_client()
     r = c.post("/api/v1/screenings", data="not json", headers=world.headers("coordinator", **{"Content-Type": "application/json"}))

@@ -2,23 +2,30 @@
 attack of issue 8 is reproduced as written: someone who can write the database changes an
 allocation's audit record and recomputes every later hash and the head; `trial audit verify` must
 name the forged record. Chains written before the key existed are re-anchored by migration 0005,
-which records the re-anchoring in the chain."""
+which records the re-anchoring in the chain. `trial audit rotate-key` continues the chain under a new
+key: the retired key (TRIAL_AUDIT_KEYS_RETIRED) verifies the older part, and without it that part is
+named unverified."""
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
+import os
+import subprocess
 import types
 
 import pytest
 from sqlalchemy import select, text
 
 from tests.conftest import FreshDatabase, is_pg
-from tests.helpers import PASSWORD
-from tests.test_cli import Db, ok, one_line_error
+from tests.helpers import CLI, PASSWORD
+from tests.test_cli import TRIAL, Db, Run, ok, one_line_error
+from trial.audit import rotation
 from trial.audit import service as audit
-from trial.audit.models import AuditAnchor, AuditHead, AuditRecord
+from trial.audit.models import AuditAnchor, AuditHead, AuditKeyEpoch, AuditRecord
 from trial.db import make_session_factory
+from trial.errors import Forbidden, ValidationError
 
 GENESIS = "0" * 64
 
@@ -87,7 +94,6 @@ def test_a_forgery_under_a_guessed_key_is_detected(randomized, db):
 
     def guessed(r):
         blob = audit._payload(r)
-        import hmac
         return hmac.new(b"a guessed key", blob, hashlib.sha256).hexdigest()
     forge(db.connection(), rec.seq, "new", '{"arm":"usual"}', rehash=guessed)
     db.expire_all()
@@ -229,3 +235,142 @@ def test_the_unblinded_bundle_names_the_sealed_head_the_blinded_does_not(randomi
         readme[who] = next(z.read(n).decode() for n in z.namelist() if n.endswith("README.txt"))
     assert f"record {seal.seq}, hash {seal.hash}" in readme["manager"]
     assert seal.hash not in readme["statistician"] and "Audit chain" not in readme["statistician"]
+
+
+# --- rotating the key: the chain goes on under a new one, the retired one verifies the older part ---
+
+NEW_KEY = "rotated-audit-key-" + "7" * 32
+NEWER_KEY = "rotated-again-audit-key-" + "8" * 32
+
+
+def _chain_state(db) -> tuple:
+    return (db.execute(select(AuditHead.seq, AuditHead.hash, AuditHead.key_check, AuditHead.mac)).one(),
+            db.execute(select(AuditKeyEpoch.from_seq)).scalars().all())
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("", "empty"), ("short-key", "at least 32 characters"), ("with,a,comma-" + "x" * 32, "comma"),
+    (" " + "x" * 40, "space"), (None, "the key in force"), ("retired", "retired before")])
+def test_a_bad_new_audit_key_is_refused_and_nothing_changes(randomized, db, monkeypatch, bad, why):
+    old = os.environ["TRIAL_AUDIT_KEY"]
+    if bad == "retired":
+        monkeypatch.setenv("TRIAL_AUDIT_KEYS_RETIRED", NEWER_KEY)
+        bad = NEWER_KEY
+    before = _chain_state(db)
+    with pytest.raises(ValidationError, match=why) as e:
+        rotation.rotate_key(db, CLI, old if bad is None else bad)
+    assert "key" in e.value.fields
+    db.rollback()
+    assert _chain_state(db) == before and audit.verify(db).ok
+
+
+def test_only_the_command_line_rotates_the_key(randomized, db):
+    with pytest.raises(Forbidden):
+        rotation.rotate_key(db, randomized.users["manager"], NEW_KEY)
+
+
+def test_rotation_continues_the_chain_and_the_retired_key_verifies_the_older_part(randomized, db, monkeypatch):
+    old = os.environ["TRIAL_AUDIT_KEY"]
+    top = audit.head(db)[0]
+    r = rotation.rotate_key(db, CLI, NEW_KEY)
+    db.commit()
+    assert r.from_seq == top + 1 and (r.old_check, r.new_check) == (audit.key_check(), audit.key_check(NEW_KEY.encode()))
+    assert db.execute(select(AuditKeyEpoch.from_seq, AuditKeyEpoch.key_check).order_by(AuditKeyEpoch.from_seq)).all() \
+        == [(1, r.old_check), (top + 1, r.new_check)]
+    rec = db.execute(select(AuditRecord).where(AuditRecord.seq == top + 1)).scalar_one()
+    assert (rec.action, rec.entity, rec.old, rec.new) == ("rotate_key", "audit_chain", r.old_check, r.new_check)
+    assert rec.hash == audit.compute_hash(rec, NEW_KEY.encode()) != audit.compute_hash(rec)
+    # the deployment after the rotation: the new key in force, the old one retired
+    monkeypatch.setenv("TRIAL_AUDIT_KEY", NEW_KEY)
+    monkeypatch.setenv("TRIAL_AUDIT_KEYS_RETIRED", old)
+    head = db.execute(select(AuditHead)).scalar_one()
+    assert head.key_check == r.new_check and head.mac == audit.head_mac(head.seq, head.hash)
+    randomized.randomize(randomized.ready())  # the chain goes on under the new key
+    res = audit.verify(db)
+    assert res.ok and res.checked == audit.head(db)[0] > top + 1, res
+    # the retired key withheld: the part it keyed is named, and the chain does not pass
+    monkeypatch.delenv("TRIAL_AUDIT_KEYS_RETIRED")
+    res = audit.verify(db)
+    assert not res.ok and res.unverified == [(1, top)] and res.broken_seq == 1, res
+    assert f"records 1 to {top} " in res.problem and r.old_check[:12] in res.problem and "not verified" in res.problem
+
+
+def test_after_rotation_the_old_key_refuses_to_append_and_a_leaked_old_key_forges_nothing(randomized, db, monkeypatch):
+    w = randomized
+    old = os.environ["TRIAL_AUDIT_KEY"]
+    first = _allocation_record(db).seq
+    r = rotation.rotate_key(db, CLI, NEW_KEY)
+    db.commit()
+    # an app server still holding the old key: refused, nothing written
+    before = audit.head(db)
+    db.commit()
+    body = {"site": "AT01", "screened_on": dt.date.today().isoformat(), "answers": w.answers()}
+    refused = w.api("POST", "/screenings", "coordinator", json=body)
+    assert refused.status_code == 500 and refused.get_json()["error"]["code"] == "audit_key_mismatch"
+    assert audit.head(db) == before
+    with pytest.raises(audit.AuditKeyMismatch):
+        audit.record(db, "test", "noop", "thing", 1)
+    db.rollback()
+    res = audit.verify(db)
+    assert not res.ok and "retired key" in res.problem and f"re-keyed at record {r.from_seq}" in res.problem
+    # given the new key, the same server writes
+    monkeypatch.setenv("TRIAL_AUDIT_KEY", NEW_KEY)
+    monkeypatch.setenv("TRIAL_AUDIT_KEYS_RETIRED", old)
+    assert w.api("POST", "/screenings", "coordinator", json=body).status_code == 201
+    assert audit.verify(db).ok
+    # someone who stole the old key rewrites an allocation and every later hash under it: the part
+    # under the new key does not verify under the old one
+    forge(db.connection(), first, "new", '{"arm":"usual"}',
+          rehash=lambda rec: hmac.new(old.encode(), audit._payload(rec), hashlib.sha256).hexdigest())
+    db.expire_all()
+    res = audit.verify(db)
+    assert not res.ok and res.broken_seq == r.from_seq and "forged" in res.problem, res
+
+
+def _run(d, *args, stdin=None, **env):
+    """The CLI with some settings of its own (the keys): unset with None."""
+    full = dict(os.environ, TRIAL_DATABASE_URL=d.url, TRIAL_INSTANCE_PATH=str(d.instance))
+    for k, v in env.items():
+        full.pop(k, None) if v is None else full.__setitem__(k, v)
+    p = subprocess.run(TRIAL + list(args), env=full, input=stdin, capture_output=True, text=True, timeout=300,
+                       check=False)
+    return Run(p.returncode, p.stdout, p.stderr)
+
+
+def test_cli_rotate_key_twice_and_verify_with_and_without_the_retired_keys(tmp_path):
+    fresh = FreshDatabase("rotate")
+    old = os.environ["TRIAL_AUDIT_KEY"]
+    try:
+        d = Db(fresh, tmp_path)
+        ok(d.run("site", "create", "--code", "AT01", "--name", "Vienna"))
+        top = d.scalar("SELECT seq FROM audit_head")
+        before = d.snapshot()
+        for bad, why in (("", "empty"), ("too-short", "at least 32"), (old, "key in force")):
+            one_line_error(_run(d, "audit", "rotate-key", stdin=bad + "\n"), "not rotated", why)
+        assert d.snapshot() == before and d.count("audit_key_epoch") == 0
+        out = ok(_run(d, "audit", "rotate-key", stdin=NEW_KEY + "\n")).stdout
+        assert f"records 1 to {top} stay under the retired key" in out and f"from record {top + 1}" in out
+        assert "TRIAL_AUDIT_KEYS_RETIRED" in out and NEW_KEY not in out and old not in out
+        # the old key alone: it neither verifies nor writes
+        one_line_error(_run(d, "audit", "verify"), "retired key")
+        one_line_error(_run(d, "site", "create", "--code", "NO01", "--name", "Bergen"), "TRIAL_AUDIT_KEY")
+        assert d.count("site") == 1 and d.scalar("SELECT seq FROM audit_head") == top + 1
+        new_env = {"TRIAL_AUDIT_KEY": NEW_KEY, "TRIAL_AUDIT_KEYS_RETIRED": old}
+        ok(_run(d, "site", "create", "--code", "NO01", "--name", "Bergen", **new_env))
+        assert "intact" in ok(_run(d, "audit", "verify", **new_env)).stdout
+        line = one_line_error(_run(d, "audit", "verify", TRIAL_AUDIT_KEY=NEW_KEY), f"records 1 to {top} ",
+                              "not verified", "TRIAL_AUDIT_KEYS_RETIRED")
+        assert "broken" not in line
+        # a second rotation: both retired keys verify their parts; each withheld is named
+        second = d.scalar("SELECT seq FROM audit_head") + 1
+        one_line_error(_run(d, "audit", "rotate-key", stdin=old + "\n", **new_env), "retired before")
+        ok(_run(d, "audit", "rotate-key", stdin=NEWER_KEY + "\n", **new_env))
+        assert d.count("audit_key_epoch") == 3
+        newest = {"TRIAL_AUDIT_KEY": NEWER_KEY}
+        assert "intact" in ok(_run(d, "audit", "verify", TRIAL_AUDIT_KEYS_RETIRED=f"{old},{NEW_KEY}", **newest)).stdout
+        one_line_error(_run(d, "audit", "verify", TRIAL_AUDIT_KEYS_RETIRED=NEW_KEY, **newest), f"records 1 to {top} ")
+        one_line_error(_run(d, "audit", "verify", TRIAL_AUDIT_KEYS_RETIRED=old, **newest),
+                       f"records {top + 1} to {second - 1} ")
+        assert d.scalar("SELECT count(*) FROM audit_record WHERE action = 'rotate_key'") == 2
+    finally:
+        fresh.drop()

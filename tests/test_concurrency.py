@@ -137,3 +137,40 @@ def test_concurrent_missing_form_checks_raise_each_query_once(live):
     assert len(db.execute(select(AuditRecord.id).where(AuditRecord.entity == "query")).all()) == 5 * len(keys)
     assert audit.verify(db).ok
     db.commit()
+
+
+def test_queries_raised_at_once_by_people_and_by_a_check_take_each_number_of_their_site_once(live):
+    """Twelve queries raised at once through the API at one site and a run of the missing-form
+    check (which raises its batch) at the same moment: every query of the site has its own number,
+    the site's numbers run 1, 2, 3, ... without a hole, and the other site's start again at 1."""
+    on = dt.date.today() + dt.timedelta(days=900)
+    people = [live.ready("NO01") for _ in range(3)]
+    for i, p in enumerate(people):
+        live.randomize(p, f"numbers-{i}")
+    live.db.commit()
+
+    def run(i):
+        if i < 12:
+            return live.api("POST", "/queries", "manager", json={
+                "study_id": people[i % 3].study_id, "on": {"kind": "participant"}, "text": f"Question {i}?"}).status_code
+        s = live.app.extensions["trial.sessions"]()
+        try:
+            n = check_missing_forms(s, [s.get(Participant, p.id) for p in people], on)
+            s.commit()
+            return n
+        finally:
+            s.close()
+    results = fire(13, run)
+    assert results[:12] == [201] * 12 and results[12] > 0
+    db = live.db
+    db.expire_all()
+    no = db.execute(select(DataQuery.number).join(Participant, Participant.id == DataQuery.participant_id)
+                    .where(Participant.study_id.like("NO01-%"))).scalars().all()
+    assert sorted(no) == list(range(1, len(no) + 1))
+    mine = db.execute(select(DataQuery.number).where(DataQuery.participant_id.in_([p.id for p in people]))).scalars().all()
+    assert len(mine) == 12 + results[12]
+    at = db.execute(select(DataQuery.number).join(Participant, Participant.id == DataQuery.participant_id)
+                    .where(Participant.study_id.like("AT01-%"))).scalars().all()
+    assert sorted(at) == list(range(1, len(at) + 1))
+    assert audit.verify(db).ok
+    db.commit()

@@ -143,6 +143,23 @@ def test_every_role_at_every_step_of_a_query(kids, db):
     assert audit.verify(db).ok
 
 
+def test_an_answer_that_is_not_enough_is_sent_back_and_the_page_offers_it(kids, app, db):
+    w, u = kids["world"], kids["usual"]
+    qid = ok(w.api("POST", "/queries", "monitor", json={"study_id": u.study_id, "on": {"kind": "participant"},
+                                                        "text": "Which document gives the date of birth?"}))["id"]
+    ok(w.api("POST", f"/queries/{qid}/responses", "coordinator", json={"text": "The passport."}))
+    ref = ok(w.api("GET", f"/queries/{qid}", "monitor"), 200)["ref"]  # its number at its site: what pages show
+    c = app.test_client()
+    c.post("/login", data={"email": "monitor@example.org", "password": PASSWORD})
+    page = c.get(f"/queries/{ref}").get_data(as_text=True)
+    assert f'action="/queries/{ref}/close"' in page and f'action="/queries/{ref}/reopen"' in page
+    r = c.post(f"/queries/{qid}/reopen", data={"text": "Please give the passport number too."})
+    assert r.status_code == 302
+    q = next(x for x in w.api("GET", f"/queries?study_id={u.study_id}", "monitor").get_json() if x["id"] == qid)
+    assert q["status"] == "open" and q["thread"][-1]["text"] == "Please give the passport number too."
+    assert w.api("POST", f"/queries/{qid}/reopen", "monitor", json={}).status_code == 409  # open already
+
+
 def test_bad_queries_are_refused_naming_the_part_and_change_nothing(kids, db):
     w, u = kids["world"], kids["usual"]
     before = state(db)
@@ -170,7 +187,7 @@ def test_an_answer_with_a_correction_is_linked_to_the_query(kids, db):
     db.expire_all()
     assert db.get(Assessment, a).values["rrb"] == 5
     rec = db.execute(select(AuditRecord).where(AuditRecord.entity == "assessment", AuditRecord.action == "correct")).scalar_one()
-    assert (rec.old, rec.new) == ("3", "5") and rec.reason == f"answer to query {qid}: Transcription error."
+    assert (rec.old, rec.new) == ("3", "5") and rec.reason == "answer to query AT01-Q1: Transcription error."
     thread = ok(w.api("GET", f"/queries/{qid}", "assessor"), 200)["thread"]
     assert thread[1]["correction"] == {"rrb": [3, 5]}
     # a correction on a query that is not on an assessment is refused, and so is an invalid value
@@ -220,17 +237,18 @@ def test_a_query_reaches_exactly_the_role_that_answers_it_and_every_count_is_its
     # the home page's count is the list it links to; its notice goes once the query is answered
     c = app.test_client()
     c.post("/login", data={"email": "coordinator@example.org", "password": PASSWORD})
+    refs = {role: ok(w.api("GET", f"/queries/{i}", "manager"), 200)["ref"] for role, i in ids.items()}  # what pages show
     home = " ".join(c.get("/").get_data(as_text=True).split())
-    assert "1 query waits for your answer." in home and f"/queries/{ids['coordinator']}" in home
+    assert "1 query waits for your answer." in home and f"/queries/{refs['coordinator']}" in home
     link = re.search(r'href="(/queries\?[^"]*mine=1[^"]*)"', home).group(1).replace("&amp;", "&")
     listing = c.get(link).get_data(as_text=True)
-    assert listing.count('href="/queries/') == 1 and f'href="/queries/{ids["coordinator"]}"' in listing
+    assert listing.count('href="/queries/') == 1 and f'href="/queries/{refs["coordinator"]}"' in listing
     ok(w.api("POST", f"/queries/{ids['coordinator']}/responses", "coordinator", json={"text": "Checked."}))
     home = " ".join(c.get("/").get_data(as_text=True).split())
-    assert "waits for your answer" not in home and f"/queries/{ids['coordinator']}" not in home
+    assert "waits for your answer" not in home and f"/queries/{refs['coordinator']}" not in home
     # closing settles the raisers' and answerers' notices too
     ok(w.api("POST", f"/queries/{ids['therapist']}/close", "monitor", json={}), 200)
-    assert not db.execute(select(Notification).where(Notification.link == f"/queries/{ids['therapist']}",
+    assert not db.execute(select(Notification).where(Notification.link == f"/queries/{refs['therapist']}",
                                                      Notification.read_at.is_(None))).first()
 
 
@@ -583,9 +601,12 @@ def test_notifications_are_dismissed_by_their_owner_only(kids, app, db):
     w, u = kids["world"], kids["usual"]
     ok(w.api("POST", "/queries", "manager", json={"study_id": u.study_id, "on": {"kind": "participant"}, "text": "Consent?"}))
     [n] = ok(w.api("GET", "/notifications", "coordinator"), 200)
-    assert n["link"] == "/queries/1" if "link" in n else True
-    assert w.api("POST", f"/notifications/{n['id']}/dismiss", "assessor").status_code == 404
-    ok(w.api("POST", f"/notifications/{n['id']}/dismiss", "coordinator"), 200)
+    assert set(n) == {"ref", "message", "created_at"} and len(n["ref"]) >= 20  # random: no id, no sequence
+    assert "Query AT01-Q1 on" in n["message"]
+    other = w.api("POST", f"/notifications/{n['ref']}/dismiss", "assessor")
+    unknown = w.api("POST", "/notifications/no-such-reference/dismiss", "assessor")
+    assert other.status_code == unknown.status_code == 404 and other.data == unknown.data
+    ok(w.api("POST", f"/notifications/{n['ref']}/dismiss", "coordinator"), 200)
     assert ok(w.api("GET", "/notifications", "coordinator"), 200) == []
 
 
@@ -686,9 +707,9 @@ def test_the_monitor_reads_its_sites_and_nothing_else(kids, world, db):
     no = child(world, site="NO01")
     assert {p["study_id"] for p in ok(w.api("GET", "/participants", "monitor"), 200)} == {kids["usual"].study_id, kids["high"].study_id}
     assert "arm" in ok(w.api("GET", f"/participants/{kids['high'].study_id}", "monitor"), 200)
-    assert w.api("GET", f"/participants/{no.study_id}", "monitor").status_code == 403  # as for other sites' staff
+    assert w.api("GET", f"/participants/{no.study_id}", "monitor").status_code == 404  # as for other sites' staff
     assert ok(w.api("GET", f"/participants/{kids['high'].study_id}/course", "monitor"), 200)["sessions"]
-    assert w.api("POST", f"/participants/{no.study_id}/verifications", "monitor", json={"on": {"kind": "participant"}}).status_code == 403
+    assert w.api("POST", f"/participants/{no.study_id}/verifications", "monitor", json={"on": {"kind": "participant"}}).status_code == 404
     from trial.auth.service import set_roles
     from trial.errors import ValidationError
     with pytest.raises(ValidationError, match="same site"):
@@ -822,7 +843,7 @@ def test_what_a_query_is_about_is_named_in_the_protocols_words_in_the_readers_la
         field = next(f for f in ins["fields"] if f["key"] == "rrb")["label"]
         visit = next(v for v in words["visits"] if v["key"] == "month2")["label"]
         assert field != "rrb" and visit != "month2"
-        said[lang] = f"{ins['label']} {'at' if lang == 'en' else 'bei'} {visit}, {field}"
+        said[lang] = f"{ins['label']} at {visit}, {field}" if lang == "en" else f"{ins['label']} zur Visite „{visit}“, {field}"
         c = app.test_client()
         assert c.post("/login", data={"email": "assessor@example.org", "password": PASSWORD}).status_code == 302
         for url in (f"/queries/{qid}", "/queries?status=all", "/"):  # the page, the list, the home page's notification

@@ -1048,6 +1048,9 @@ def test_manager_gets_the_unblinded_bundle(locked, db):
 def test_after_unblinding_the_statistician_gets_the_unblinded_bundle(locked):
     w = locked["world"]
     r = w.api("POST", "/unblinding", "manager", json={"meaning": "Unblind after the final lock.", "password": PASSWORD})
+    assert r.status_code == 202, r.get_json()
+    r = w.api("POST", f"/unblinding/{r.get_json()['id']}/countersign", "statistician",
+              json={"meaning": "I countersign the unblinding.", "password": PASSWORD})
     assert r.status_code == 201, r.get_json()
     after = ok(w.api("GET", f"/locks/{locked['lock_id']}/bundle.zip", "statistician"))
     assert after.data == locked["unblinded"].data

@@ -465,7 +465,7 @@ def test_notifications_automatic_queries_and_the_lock_banner_follow_each_readers
                                                        "text": "Please check the consent date."})
     assert r.status_code == 201
     n = db.execute(select(Notification).where(Notification.user_id == coordinator.id)).scalars().all()[-1]
-    assert n.message.startswith(f"Query {r.get_json()['id']} on {p.study_id}") and n.words
+    assert n.message.startswith(f"Query AT01-Q{r.get_json()['number']} on {p.study_id}") and n.words  # its site's number
     home = login(app, "coordinator").get("/").get_data(as_text=True)
     assert "답변을 기다립니다" in home and "waits for your answer" not in home
     mail = db.execute(select(MailMessage).where(MailMessage.recipient == coordinator.email)).scalars().all()[-1]

@@ -35,7 +35,7 @@ from trial.enrollment import service as enrollment
 from trial.errors import Conflict
 from trial.esign.models import Signature
 from trial.fidelity.models import FidelityDraw, FidelityRating, FidelitySample
-from trial.lock.models import DataLock, LockBundle
+from trial.lock.models import DataLock, LockBundle, UnblindingRequest
 from trial.outcomes import service as outcomes
 from trial.outcomes.models import BlindingBreak
 from trial.participants.models import Allocation, Assessment, Participant, Screening, StatusEvent
@@ -122,8 +122,22 @@ def lift(world, lock_id, reason="Queries found after the lock; data must be corr
     return world.api("DELETE", f"/locks/{lock_id}", who, json={"reason": reason, "password": password})
 
 
-def unblind(world, who="manager", password=PASSWORD, meaning="I authorise unblinding after the final lock."):
+def ask_unblinding(world, who="manager", password=PASSWORD, meaning="I authorise unblinding after the final lock."):
     return world.api("POST", "/unblinding", who, json={"meaning": meaning, "password": password})
+
+
+def countersign(world, request_id, who="statistician", password=PASSWORD,
+                meaning="I countersign the unblinding after the final lock."):
+    return world.api("POST", f"/unblinding/{request_id}/countersign", who, json={"meaning": meaning, "password": password})
+
+
+def unblind(world, who="manager", password=PASSWORD, meaning="I authorise unblinding after the final lock."):
+    """Both signatures: the manager's request (202), then the statistician's countersignature (201,
+    returned); a request that is not accepted is returned as it is."""
+    r = ask_unblinding(world, who, password, meaning)
+    if r.status_code != 202:
+        return r
+    return countersign(world, r.get_json()["id"])
 
 
 def ok(r, status=201):
@@ -141,7 +155,8 @@ def err(r, status, code=None):
 
 MODELS = (Screening, Participant, Allocation, Assessment, TherapySession, CounsellingSession, StatusEvent, Deviation,
           BlindingBreak, Site, Signature, DataLock, LockBundle, AuditRecord, DataQuery, QueryMessage, Verification,
-          AdverseEvent, AdverseEventFollowUp, AdverseEventReport, ChildGoal, FidelityDraw, FidelitySample, FidelityRating)
+          AdverseEvent, AdverseEventFollowUp, AdverseEventReport, ChildGoal, FidelityDraw, FidelitySample, FidelityRating,
+          UnblindingRequest)
 
 
 def fingerprint(db) -> dict:
@@ -207,28 +222,15 @@ def test_wrong_password_is_refused_and_changes_nothing(world, kids, db, kind):
     ok(world.api("POST", "/screenings", "coordinator", json={"site": "AT01", "screened_on": iso(today()), "answers": world.answers()}))
 
 
-def _second_manager_countersigns(world, db, grantee):
-    """After an admin's reset the grantee's manager role waits for another manager."""
-    from trial.auth.models import RoleGrant
-    from trial.grants import service as grants
-    other = users.create_user(db, CLI, "manager2@example.org", "Second Manager", PASSWORD, [("manager", None)])
-    db.commit()
-    g = db.execute(select(RoleGrant).where(RoleGrant.user_id == grantee.id, RoleGrant.status == "pending")).scalar_one()
-    grants.approve(db, other, g.id, PASSWORD, "I countersign the manager role again after the reset.")
-    db.commit()
-    world.tokens["manager"] = users.issue_token(db, CLI, grantee)  # the reset revoked the old ones
-    db.commit()
-
-
-def test_password_reset_by_an_admin_cannot_sign_until_changed(world, kids, db):
+def test_a_password_set_at_the_console_cannot_sign_until_changed(world, kids, db):
+    """The operator may set a password at the server's console (an admin never does): the user must
+    change it before signing anything."""
     manager = world.users["manager"]
-    users.reset_password(db, world.users["admin"], manager, "temporary-pass-42")
+    users.reset_password(db, CLI, manager, "temporary-pass-42")
     db.commit()
     err(lock(world, "hard"), 401)  # the reset revoked the manager's API tokens
     world.tokens["manager"] = users.issue_token(db, CLI, manager)
     db.commit()
-    err(lock(world, "hard"), 403)  # and the manager role waits for another manager's countersignature
-    _second_manager_countersigns(world, db, manager)
     before = fingerprint(db)
     for password in ("temporary-pass-42", PASSWORD):
         e = err(lock(world, "hard", password=password), 403)
@@ -323,16 +325,22 @@ def test_hard_lock_supersedes_a_soft_lock(world, kids, db):
 
 # --- 423 on every write route --------------------------------------------------------------------
 
-EXCLUDED_PREFIXES = ("lock.", "auth.")
+EXCLUDED_PREFIXES = ("lock.", "auth.", "mfa.")  # mfa: two-factor sign-in, an account's own
 # account administration goes on under a lock (a compromised token must be revocable at any time)
 ACCOUNT_ROUTES = {"admin.user_new", "admin.user_edit", "admin.revoke_tokens", "grants.approve", "grants.reject",
                   "api.approve_grant", "api.reject_grant",
+                  # the access review and deactivating an account from it go on under a lock
+                  "access.sign", "access.deactivate",
                   # a therapist's credential is staff administration, like a user's roles, not trial data
                   "api.record_credential", "api.revoke_credential", "intervention.new_credential"}
 # dismissing one's own in-app notification, choosing the language of one's pages or opting out of
 # the weekly digest e-mail, is the user's screen, not trial data
-USER_STATE_ROUTES = {"api.dismiss_notification", "dm.dismiss", "auth.language", "auth.digest"}
-EXCLUDED = {"api.create_lock", "api.lift_lock", "api.unblinding"} | ACCOUNT_ROUTES | USER_STATE_ROUTES
+USER_STATE_ROUTES = {"api.dismiss_notification", "dm.dismiss", "auth.language", "auth.digest",
+                     "auth.keepalive"}  # (and staying signed in when the idle warning asks)
+# the lock, unblinding (both signatures, and withdrawing a request) and addendum routes
+LOCK_ROUTES = {"api.create_lock", "api.lift_lock", "api.unblinding", "api.countersign_unblinding",
+               "api.withdraw_unblinding", "api.open_addendum"}
+EXCLUDED = LOCK_ROUTES | ACCOUNT_ROUTES | USER_STATE_ROUTES
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -531,9 +539,11 @@ def test_every_write_route_has_a_locked_case(app, world, dm):
     # the exclusions are exactly the lock, unblinding, login/password (a reset link's too: an account,
     # not clinical data) and user-administration routes
     excluded = {r.endpoint for r in app.url_map.iter_rules() if (r.methods or set()) & STATE_CHANGING} - set(routes)
-    assert excluded == {"api.create_lock", "api.lift_lock", "api.unblinding", "lock.create", "lock.lift", "lock.unblind",
-                        "auth.login", "auth.logout", "auth.password", "auth.reset_password"} | ACCOUNT_ROUTES | \
-        USER_STATE_ROUTES
+    assert excluded == LOCK_ROUTES | {"lock.create", "lock.lift", "lock.unblind", "lock.countersign_unblinding",
+                                      "lock.withdraw_unblinding", "lock.addendum",
+                                      "auth.login", "auth.logout", "auth.password", "auth.reset_password",
+                                      "mfa.code", "mfa.enrol"} | \
+        ACCOUNT_ROUTES | USER_STATE_ROUTES
 
 
 def _api_call(world, case):
@@ -691,7 +701,17 @@ def test_web_lock_forms_sign_refuse_and_respect_roles(app, world, kids, db):
     assert db.execute(select(RandomizationDesign.unblinded_at)).scalar() is None
     mgr.post("/unblinding", data={"meaning": "Unblind after the final lock.", "password": PASSWORD, "confirm": "y"})
     db.expire_all()
+    assert db.execute(select(RandomizationDesign.unblinded_at)).scalar() is None, "one signature unblinds nothing"
+    req = db.execute(select(UnblindingRequest)).scalar_one()
+    assert "awaits the countersignature" in _flashes(mgr) and f"/unblinding/{req.id}/countersign" not in _flashes(mgr)
+    page = stat.get("/locks").get_data(as_text=True)
+    assert f'action="/unblinding/{req.id}/countersign"' in page and "Unblind after the final lock." in page
+    stat.post(f"/unblinding/{req.id}/countersign", data={"meaning": "Countersigned.", "password": PASSWORD})
+    assert "The trial was not unblinded: tick the box" in _flashes(stat)
+    stat.post(f"/unblinding/{req.id}/countersign", data={"meaning": "Countersigned.", "password": PASSWORD, "confirm": "y"})
+    db.expire_all()
     assert db.execute(select(RandomizationDesign.unblinded_at)).scalar() is not None
+    assert "Countersign the unblinding" not in stat.get("/locks").get_data(as_text=True)
 
 
 def test_web_lock_page_gives_lifting_and_unblinding_a_section_each(app, world, kids, db):
@@ -794,9 +814,10 @@ def test_unblinding_is_signed_and_refuses_a_wrong_password(world, kids, db):
 
 def test_reset_password_cannot_unblind(world, kids, db):
     ok(lock(world, "hard"))
-    users.reset_password(db, world.users["admin"], world.users["manager"], "temporary-pass-43")
+    users.reset_password(db, CLI, world.users["manager"], "temporary-pass-43")
     db.commit()
-    _second_manager_countersigns(world, db, world.users["manager"])
+    world.tokens["manager"] = users.issue_token(db, CLI, world.users["manager"])  # the reset revoked the old ones
+    db.commit()
     before = fingerprint(db)
     err(unblind(world, password="temporary-pass-43"), 403)
     assert fingerprint(db) == before

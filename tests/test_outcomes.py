@@ -300,7 +300,7 @@ def test_worklist_refusals(opened, who, query, status, why):
         assert why in err(r)["message"]
 
 
-@pytest.mark.parametrize("who,status", [("coordinator_no", 403), ("therapist", 403), ("statistician", 403),
+@pytest.mark.parametrize("who,status", [("coordinator_no", 404), ("therapist", 403), ("statistician", 403),
                                         ("admin", 403), (None, 401)])
 def test_visit_schedule_refusals(opened, who, status):
     p = randomized(opened, 61)
@@ -397,8 +397,8 @@ def test_a_valid_assessment_is_saved_and_audited(opened, db):
 @pytest.mark.parametrize("who,instrument,status,why", [
     ("coordinator", "ados2", 403, "not allow this at that site"),      # blinded instruments: assessors only
     ("assessor", "srs2", 403, "not allow this at that site"),          # others: coordinators only
-    ("coordinator_no", "srs2", 403, "site you do not work at"),
-    ("assessor_no", "ados2", 403, "site you do not work at"),
+    ("coordinator_no", "srs2", 404, "No such participant."),  # another site's child: as an unknown one
+    ("assessor_no", "ados2", 404, "No such participant."),
     ("therapist", "ados2", 403, None),
     ("therapist", "srs2", 403, None),
     ("manager", "ados2", 403, None),
@@ -671,7 +671,7 @@ def test_correction_keeps_the_old_value_in_the_audit_trail_with_the_reason(opene
     ("assessor", {"values": 14, "reason": "typo"}, 400, "values", "must be an object"),
     ("assessor", {"values": {"social_affect": 10}, "reason": "typo"}, 400, "values", "same as recorded"),
     ("coordinator", {"values": {"social_affect": 14}, "reason": "typo"}, 403, None, "not allow this at that site"),
-    ("coordinator_no", {"values": {"social_affect": 14}, "reason": "typo"}, 403, None, "site you do not work at"),
+    ("coordinator_no", {"values": {"social_affect": 14}, "reason": "typo"}, 404, None, "No such assessment."),
     ("therapist", {"values": {"social_affect": 14}, "reason": "typo"}, 403, None, None),
     ("manager", {"values": {"social_affect": 14}, "reason": "typo"}, 403, None, None),
     (None, {"values": {"social_affect": 14}, "reason": "typo"}, 401, None, None),
@@ -697,7 +697,7 @@ def test_correcting_an_unknown_assessment_is_404(opened, db):
     before = state(db)
     r = opened.api("POST", "/assessments/999999/corrections", "assessor",
                    json={"values": {"social_affect": 1}, "reason": "typo"})
-    assert r.status_code == 404 and "999999" in err(r)["message"]
+    assert r.status_code == 404 and err(r)["message"] == "No such assessment."
     assert state(db) == before
 
 
@@ -753,7 +753,7 @@ def test_a_dated_report_keeps_its_date(opened, db):
     ("assessor", {"description": 42}, 400, "description", "must be text"),
     ("assessor", {"description": "x" * 1001}, 400, "description", "at most 1000"),
     ("assessor", {"description": "told", "reported_on": "last week"}, 400, "reported_on", "is not a date"),
-    ("assessor_no", {"description": "told"}, 403, None, "site you do not work at"),
+    ("assessor_no", {"description": "told"}, 404, None, "No such participant."),
     ("coordinator", {"description": "told"}, 403, None, None),
     ("therapist", {"description": "told"}, 403, None, None),
     ("manager", {"description": "told"}, 403, None, None),
@@ -1025,6 +1025,30 @@ def test_the_entry_form_warns_before_saving_a_value_outside_its_usual_range(open
     from trial.dataquality.models import DataQuery
     assert db.execute(select(func.count()).select_from(DataQuery).where(DataQuery.target_id == a.id,
                                                                           DataQuery.field == "css")).scalar() == 1
+
+
+def test_a_date_outside_the_window_and_an_unusual_value_are_asked_about_at_once(opened, app, db):
+    p = randomized(opened, 61)
+    c = login(app, "assessor")
+    form = {"visit": "month2", "performed_on": (today() - dt.timedelta(days=20)).isoformat(), "v_social_affect": "9",
+            "v_rrb": "3", "v_css": "2", "allocation_guess": "", "guess_confidence": ""}
+    before = state(db)
+    r = c.post(f"/participants/{p.study_id}/assess/ados2", data=form)
+    html = " ".join(r.get_data(as_text=True).split())
+    assert r.status_code == 400 and 'name="confirm_window"' in html and 'name="confirm_values"' in html
+    assert "outside the window" in html and "the protocol expects" in html and state(db) == before
+    r = c.post(f"/participants/{p.study_id}/assess/ados2", data={**form, "confirm_window": "y", "confirm_values": "y"})
+    assert r.status_code == 302
+
+
+def test_the_entry_form_offers_only_the_visits_still_to_enter(opened, app, db):
+    p = randomized(opened, 61)
+    c = login(app, "assessor")
+    page = c.get(f"/participants/{p.study_id}/assess/ados2").get_data(as_text=True)
+    assert 'value="month2"' in page and 'value="month5"' in page
+    assert assess(opened, p).status_code == 201
+    page = c.get(f"/participants/{p.study_id}/assess/ados2").get_data(as_text=True)
+    assert 'value="month2"' not in page and 'value="month5"' in page
 
 
 def test_visits_due_this_week_on_the_home_page_and_in_their_list(opened, app, db):

@@ -40,8 +40,8 @@ def _fill(rule, ctx, who: str = "assessor") -> str:
               "instrument": "srs2" if who == "coordinator" else "ados2",
               "screening_id": ctx["screening_id"], "filename": "style.css", "id": 1,
               "assessment_id": ctx["assessments"]["srs2" if who == "coordinator" else "ados2"], "lock_id": 1,
-              "grant_id": 1, "query_id": 1, "ae_id": 1, "notification_id": 1, "session_id": 1, "goal_id": 1,
-              "credential_id": 1, "token": "no-such-link"}
+              "grant_id": 1, "query_id": 1, "ae_id": 1, "notification_id": 1, "ref": "no-such-ref", "session_id": 1, "goal_id": 1,
+              "credential_id": 1, "token": "no-such-link", "request_id": 1}
     return rule.build({a: values[a] for a in rule.arguments}, append_unknown=False)[1]
 
 

@@ -74,7 +74,7 @@ def test_not_ready_is_409_with_a_clear_message_and_changes_nothing(world, db, ca
     r = rand(world, p, key="k")
     assert r.status_code == 409
     msg = r.get_json()["error"]["message"]
-    assert {"no_baseline": "ADOS-2 (blinded assessor) at baseline: Social affect score is not recorded", "not_open": "not open",
+    assert {"no_baseline": "ADOS-2 (blinded assessor) (Baseline): Social affect score is not recorded", "not_open": "not open",
             "site_closed": "site AT01 is closed"}[case] in msg
     assert state(db) == before
 
@@ -100,7 +100,7 @@ def test_not_eligible_screening_blocks_randomization_even_if_data_were_tampered(
     assert state(db) == before
 
 
-@pytest.mark.parametrize("who,status", [("coordinator_no", 403), ("assessor", 403), ("therapist", 403),
+@pytest.mark.parametrize("who,status", [("coordinator_no", 404), ("assessor", 403), ("therapist", 403),
                                         ("statistician", 403), ("manager", 403), ("admin", 403), (None, 401)])
 def test_only_the_sites_coordinator_randomizes(opened, db, who, status):
     p = opened.ready()
@@ -320,5 +320,5 @@ def test_an_amendment_after_opening_applies_to_the_next_randomization(opened, db
     before = state(db)
     r = rand(opened, second)
     assert r.status_code == 409
-    assert "SRS-2 (parent-reported) at baseline: SRS-2 total T-score is not recorded" in r.get_json()["error"]["message"]
+    assert "SRS-2 (parent-reported) (Baseline): SRS-2 total T-score is not recorded" in r.get_json()["error"]["message"]
     assert state(db) == before

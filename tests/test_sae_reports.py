@@ -284,3 +284,16 @@ def test_the_page_says_whether_the_first_report_kept_the_24_hours(sae, app, db, 
     ok(w.api("POST", f"/adverse-events/{ae}/acknowledge", "manager", json=report(reported_at=z(sent))), 200)
     page = web(app, "manager").get(f"/adverse-events/{ae}").get_data(as_text=True)
     assert says in page
+
+
+def test_the_notices_of_a_serious_event_go_once_it_is_reported(sae, db):
+    from trial.notify.models import Notification
+    w, ae = sae["world"], sae["ae"]
+
+    def waiting():
+        return db.execute(select(func.count()).select_from(Notification).where(
+            Notification.link == f"/adverse-events/{ae}", Notification.read_at.is_(None))).scalar()
+    assert waiting() >= 1  # every manager was told at once
+    ok(w.api("POST", f"/adverse-events/{ae}/acknowledge", "manager", json=report()), 200)
+    db.expire_all()
+    assert waiting() == 0

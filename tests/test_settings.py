@@ -57,7 +57,8 @@ def test_every_setting_has_a_type_a_default_and_a_meaning():
         assert info.description and len(info.description) > 10, f"{name} has no meaning"
         assert settings.default_text(info), name
     secret = {d.variable for d in settings.describe() if d.secret}
-    assert secret == {"TRIAL_SECRET_KEY", "TRIAL_SEAL_KEY", "TRIAL_AUDIT_KEY"}
+    assert secret == {"TRIAL_SECRET_KEY", "TRIAL_SEAL_KEY", "TRIAL_AUDIT_KEY", "TRIAL_AUDIT_KEYS_RETIRED",
+                      "TRIAL_OIDC_CLIENT_SECRET"}
 
 
 def test_no_module_but_the_declaration_reads_a_trial_variable():
@@ -101,13 +102,15 @@ def test_settings_are_read_again_when_the_environment_changes(monkeypatch):
     ("TRIAL_DATABASE_URL", "my-database.sqlite", "TRIAL_DATABASE_URL must be a database URL"),
     ("TRIAL_AUDIT_KEY", "short-secret", "TRIAL_AUDIT_KEY must be at least 32 characters (a random secret)."),
     ("TRIAL_SEAL_KEY", "not-a-fernet-key-secret", "TRIAL_SEAL_KEY must be a Fernet key"),
+    ("TRIAL_AUDIT_KEYS_RETIRED", "a-retired-key-of-at-least-32-characters,short-secret",
+     "TRIAL_AUDIT_KEYS_RETIRED must be audit keys of at least 32 characters each"),
 ])
 def test_a_bad_value_is_a_config_error_naming_the_variable(monkeypatch, var, value, words):
     from trial import create_app
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=re.escape(words)) as e:
         create_app({"TESTING": True})
-    if var in ("TRIAL_AUDIT_KEY", "TRIAL_SEAL_KEY", "TRIAL_DATABASE_URL", "TRIAL_SMTP_URL"):
+    if var in ("TRIAL_AUDIT_KEY", "TRIAL_AUDIT_KEYS_RETIRED", "TRIAL_SEAL_KEY", "TRIAL_DATABASE_URL", "TRIAL_SMTP_URL"):
         assert value not in str(e.value)  # a secret (or a URL, which may hold a password) is not repeated
     else:
         assert repr(value) in str(e.value)
@@ -218,7 +221,7 @@ def test_config_show_says_which_value_cannot_be_used(tmp_path):
     r = _show(tmp_path, TRIAL_PROXIES="abc", TRIAL_SECRET_KEY="another-known-secret")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip() == "error: TRIAL_PROXIES must be a whole number of at least 0, not 'abc'."
-    assert "TRIAL_PROXIES        abc" in r.stdout and "another-known-secret" not in r.stdout + r.stderr
+    assert re.search(r"^TRIAL_PROXIES +abc$", r.stdout, re.M) and "another-known-secret" not in r.stdout + r.stderr
 
 
 def test_config_show_markdown_is_the_readme_table(tmp_path):

@@ -5,7 +5,9 @@ by the SHA-256 of its text, a randomization design and its sealed seed by (desig
 commitment), a prebuilt SQL statement by dialect. Nothing cached can go stale: a new protocol
 version has a new SHA-256, and a design never changes once opened (its commitment, a hash over
 the design and the seed, would not match). So several app servers and worker processes may each
-keep their own copy, and randomization safety still comes from the database alone.
+keep their own copy, and randomization safety still comes from the database alone. (The one
+exception is a sealed seed's ciphertext, which `trial randomization rotate-seal-key` replaces by
+the same seed under a new key: a process whose key no longer opens the kept one reads it again.)
 """
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ class Immutable:
 
     def clear(self) -> None:
         self._data.clear()
+
+    def drop(self, key: Hashable) -> None:
+        """Forget one entry (a sealed seed re-sealed under a new key: trial.randomize.service)."""
+        self._data.pop(key, None)
 
 
 protocol_content = Immutable("protocol content by the SHA-256 of its text")

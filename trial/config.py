@@ -12,7 +12,8 @@ from trial import settings
 from trial.db import default_url
 from trial.settings import MIN_AUDIT_KEY, ConfigError, reveal
 
-__all__ = ["MIN_AUDIT_KEY", "ConfigError", "audit_key", "from_env", "instance_path", "seal_key"]
+__all__ = ["MIN_AUDIT_KEY", "ConfigError", "audit_key", "from_env", "instance_path", "retired_audit_keys", "seal_key",
+           "secret_key"]
 
 
 def instance_path() -> Path:
@@ -43,8 +44,12 @@ def from_env(overrides: dict | None = None) -> dict:
         "SESSION_COOKIE_SECURE": env == "production",
         "SESSION_COOKIE_NAME": "trial_session",
         "REMEMBER_COOKIE_DURATION": 0,
-        "PERMANENT_SESSION_LIFETIME": 8 * 3600,
-        "WTF_CSRF_TIME_LIMIT": 8 * 3600,
+        # a signed cookie older than the absolute lifetime is refused outright; trial.websession ends a
+        # session idle IDLE_MINUTES, or SESSION_HOURS after its login however active it was
+        "PERMANENT_SESSION_LIFETIME": s.session_hours * 3600,
+        "WTF_CSRF_TIME_LIMIT": s.session_hours * 3600,
+        "IDLE_MINUTES": s.idle_minutes,
+        "SESSION_HOURS": s.session_hours,
         "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
         "JSON_SORT_KEYS": False,
         # reverse proxies in front of the app whose X-Forwarded-For is trusted: login throttling
@@ -54,6 +59,11 @@ def from_env(overrides: dict | None = None) -> dict:
         # --until-idle`, a process of its own), "external" (a `trial worker` kept running, e.g. by
         # systemd, picks them up) or "inline" (in the signing request: tests, a single process)
         "LOCK_BUILDER": s.lock_builder,
+        # single sign-on with the institution's OpenID Connect provider (trial.views.sso): off unless
+        # all three are set
+        "OIDC_ISSUER": s.oidc_issuer,
+        "OIDC_CLIENT_ID": s.oidc_client_id,
+        "OIDC_CLIENT_SECRET": reveal(s.oidc_client_secret),
     }
     cfg.update(overrides or {})
     if cfg.get("TESTING") and "LOCK_BUILDER" not in (overrides or {}):
@@ -68,6 +78,19 @@ def from_env(overrides: dict | None = None) -> dict:
         cfg["SEAL_KEY"] = seal_key(cfg["ENV_NAME"])
     audit_key(cfg["ENV_NAME"])  # refuse to start in production without it
     return cfg
+
+
+def secret_key(env: str | None = None) -> str:
+    """The app's secret key (``TRIAL_SECRET_KEY``; in development the one kept in the instance
+    folder), as every app server and the CLI hold it. Besides signing session cookies, it is what
+    the key of the two-factor secrets is derived from (trial.auth.mfa): a new secret key means
+    that every enrolled user enrols again (`trial user mfa-reset`)."""
+    s = settings.current()
+    if s.secret_key:
+        return s.secret_key.get_secret_value()
+    if (env or s.env) == "production":
+        raise ConfigError("TRIAL_SECRET_KEY must be set in production (TRIAL_ENV=production); refusing to start.")
+    return _persisted_secret("secret_key")
 
 
 def seal_key(env: str | None = None) -> str:
@@ -97,3 +120,12 @@ def audit_key(env: str | None = None) -> bytes:
     if (env or s.env) == "production":
         raise ConfigError("TRIAL_AUDIT_KEY must be set in production (it keys the audit trail's hash chain).")
     return _persisted_secret("audit_key").encode()
+
+
+def retired_audit_keys() -> list[bytes]:
+    """The audit keys retired by `trial audit rotate-key` (``TRIAL_AUDIT_KEYS_RETIRED``,
+    comma-separated), which verify the part of the chain written under them."""
+    s = settings.current()
+    if not s.audit_keys_retired:
+        return []
+    return [k.strip().encode() for k in s.audit_keys_retired.get_secret_value().split(",") if k.strip()]

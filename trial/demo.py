@@ -58,6 +58,12 @@ USERS = [
     ("assessor", "assessor@demo.trial", "Asa Assessor", [("assessor", "AT01"), ("assessor", "NO01")]),
     ("monitor", "monitor@demo.trial", "Moe Monitor", [("monitor", "AT01"), ("monitor", "NO01")]),
 ]
+# the demo's logins (printed by `make demo`): each passes the password rules (trial.auth.passwords),
+# which refuse a password built from the user's own e-mail or name, like the old "manager-demo-2026"
+DEMO_PASSWORDS = {"admin": "quiet-harbour-lantern", "manager": "copper-meadow-compass",
+                  "statistician": "velvet-orbit-thistle", "coordinator": "amber-canyon-whistle",
+                  "therapist": "silver-tambourine-fjord", "therapist2": "maple-cello-horizon",
+                  "assessor": "granite-puzzle-heron", "monitor": "willow-beacon-saffron"}
 TECHNIQUES = ["free_improvisation", "structured_improvisation", "songs", "musical_games", "receptive_listening"]
 GOALS = ["eye_contact", "turn_taking", "emotional_expression", "vocalization", "social_tolerance", "joint_attention"]
 GOAL_NOTES = {"eye_contact": "Looks up to the therapist when the music pauses",
@@ -109,7 +115,7 @@ def _staff(db: Session, actor) -> tuple[dict, list[tuple[str, str, str]]]:
     logins = []
     staff = {}
     for role, email, name, roles in USERS:
-        password = f"{role}-demo-2026"
+        password = DEMO_PASSWORDS[role]
         staff[role] = create_user(db, actor, email, name, password, roles)
         logins.append((role, email, password))
     return staff, logins

@@ -19,6 +19,7 @@ from jinja2 import Undefined, pass_context
 from markupsafe import Markup
 from sqlalchemy.exc import SQLAlchemyError
 
+from trial.auth import mfa
 from trial.auth.service import load_session_user, user_for_token
 from trial.catalogue import LANGUAGES, N_, RTL_LANGUAGES, Joined, Msg, label
 from trial.db import unavailable, utcnow
@@ -27,13 +28,14 @@ from trial.lock.models import DataLock
 from trial.lock.service import banner as lock_banner
 from trial.lock.service import build_now
 from trial.paging import DEFAULT_PER_PAGE, MAX_PER_PAGE, PageRequest
-from trial.policy import ANY, POLICY, PUBLIC, QUERY_PARAMS
+from trial.policy import ANY, BEFORE_ENROLMENT, POLICY, PUBLIC, QUERY_PARAMS
 from trial.protocol.service import current as current_protocol
 from trial.protocol.service import labels as protocol_labels
 from trial.protocol.service import localized
 from trial.trialstate.service import lock_in_force
-from trial.validation import CONTROL_MESSAGE, MAX_ID, as_msg, has_control
+from trial.validation import CONTROL_MESSAGE, MAX_ID, as_msg, check_json_depth, has_control
 from trial.version import __version__
+from trial.websession import init_app as init_sessions
 
 csrf = CSRFProtect()
 babel = Babel()
@@ -47,6 +49,8 @@ LANGUAGE_ALIASES = {"no": "nb", "nn": "nb", "iw": "he", "pt": "pt_BR"}
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# no page of the trial uses a camera, a microphone, the location or the like
+PERMISSIONS = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 
 
 def db():
@@ -209,6 +213,14 @@ def int_arg(name: str, default: int, lo: int = 1, hi: int = 1_000_000) -> int:
     return int(raw)
 
 
+def _must_enrol() -> bool:
+    """A signed-in user of a role in TRIAL_MFA_ROLES who has not enrolled in two-factor sign-in
+    reaches nothing but BEFORE_ENROLMENT (a password to be changed is changed first: that ends
+    the session, and the next login comes here). API tokens are never asked for a code."""
+    user = actor()
+    return user is not None and not user.must_change_password and mfa.must_enrol(user)
+
+
 def _enforce_policy():
     endpoint = request.endpoint
     if endpoint is None:
@@ -217,10 +229,13 @@ def _enforce_policy():
     if policy is None:
         current_app.logger.error("route %s has no access policy; refused", endpoint)
         abort(403)
+    if endpoint not in BEFORE_ENROLMENT and not is_api() and _must_enrol():
+        return redirect(url_for("mfa.enrol"))
     if endpoint != "static":
         _check_request_values()
         if is_api():
             check_query(endpoint)
+            check_json_depth(request.get_data(cache=True))  # every operation's, whether it reads a body or not
     if policy == PUBLIC:
         return None
     user = actor()
@@ -425,8 +440,8 @@ def stamp(value, utc: bool = True) -> str:
     if not isinstance(value, dt.datetime):
         return day(value)
     if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    text = babel_dates.format_datetime(value, format="medium", tzinfo=dt.timezone.utc, locale=get_locale())
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    text = babel_dates.format_datetime(value, format="medium", tzinfo=dt.UTC, locale=get_locale())
     return f"{text} UTC" if utc else text
 
 
@@ -456,8 +471,9 @@ def _security_headers(resp):
     resp.headers["X-Content-Type-Options"] = "nosniff"
     resp.headers["X-Frame-Options"] = "DENY"
     resp.headers["Referrer-Policy"] = "no-referrer"
+    resp.headers["Permissions-Policy"] = PERMISSIONS
     resp.headers["Cross-Origin-Opener-Policy"] = "same-origin"
-    if current_app.config.get("SESSION_COOKIE_SECURE"):
+    if request.is_secure or current_app.config.get("SESSION_COOKIE_SECURE"):  # served over TLS (production is)
         resp.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
     if request.endpoint != "static":
         resp.headers.setdefault("Cache-Control", "no-store")
@@ -530,6 +546,8 @@ def init_app(app: Flask) -> None:
     def _load(user_id: str):
         return load_session_user(db(), user_id)
 
+    init_sessions(app, db)  # an idle or too old session ends before the access policy looks at it
+    mfa.required_roles()  # an unknown role in TRIAL_MFA_ROLES: refuse to start (ConfigError)
     app.before_request(_enforce_policy)
     app.after_request(_security_headers)
     app.teardown_appcontext(_teardown)

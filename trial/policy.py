@@ -13,16 +13,24 @@ POLICY: dict[str, object] = {
     "static": PUBLIC,
     "auth.login": PUBLIC,
     "auth.reset_password": PUBLIC,  # the one-time link of `trial user reset-password` is the credential
+    "sso.start": PUBLIC,  # single sign-on: 404 unless configured; the provider proves who signs in
+    "sso.callback": PUBLIC,  # the provider's answer (code, state), checked before anyone is signed in
     "auth.logout": ANY,
+    "mfa.code": PUBLIC,  # the second step of a login: the session holds who gave the right password
+    "mfa.enrol": ANY,  # two-factor enrolment (the user's own)
     "auth.password": ANY,
     "auth.language": ANY,
     "auth.digest": ANY,  # the user's own choice of the weekly digest e-mail
+    "auth.keepalive": ANY,  # the idle warning's "stay signed in" (trial.websession)
     "main.home": ANY,
     "admin.users": ("admin",),
     "admin.user_new": ("admin",),
     "admin.user_edit": ("admin",),
     "admin.revoke_tokens": ("admin",),
     "grants.list": ("manager", "admin"),
+    "access.review": ("manager",),  # the access review: every account, its roles, 2FA and last login
+    "access.sign": ("manager",),
+    "access.deactivate": ("manager",),
     "dm.queries": ("coordinator", "therapist", "assessor", "monitor", "manager"),
     "dm.query": ("coordinator", "therapist", "assessor", "monitor", "manager"),
     "dm.respond": ("coordinator", "therapist", "assessor"),
@@ -133,6 +141,11 @@ POLICY: dict[str, object] = {
     "api.get_lock": ("manager", "statistician"),
     "api.bundle": ("manager", "statistician"),
     "api.unblinding": ("manager",),
+    "api.list_unblinding": ("manager", "statistician"),
+    # the countersigner of an unblinding: the roles a protocol may name (trial.protocol.schema.UNBLINDING_COUNTERSIGNERS)
+    "api.countersign_unblinding": ("statistician",),
+    "api.withdraw_unblinding": ("manager",),
+    "api.open_addendum": ("manager",),
     "api.consort": ("manager", "statistician"),
     "api.consort_svg": ("manager", "statistician"),
     "api.consort_pdf": ("manager", "statistician"),
@@ -143,11 +156,20 @@ POLICY: dict[str, object] = {
     "lock.create": ("manager",),
     "lock.lift": ("manager",),
     "lock.unblind": ("manager",),
+    "lock.countersign_unblinding": ("statistician",),
+    "lock.withdraw_unblinding": ("manager",),
+    "lock.addendum": ("manager",),
     "lock.consort": ("manager", "statistician"),
     "lock.consort_svg": ("manager", "statistician"),
     "lock.consort_pdf": ("manager", "statistician"),
     "lock.baseline_csv": ("manager", "statistician"),
 }
+
+
+# What a user of a role in TRIAL_MFA_ROLES who has not enrolled may reach (trial.http): the
+# enrolment page, logging out, the session clock of the idle warning and the static files; every
+# other page sends them to the enrolment page.
+BEFORE_ENROLMENT = frozenset({"mfa.enrol", "auth.logout", "auth.keepalive", "static"})
 
 
 # The query parameters each API operation declares (filled by trial.api.route): any other is

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         None, json_schema_extra={"default": "development: a random one kept in the instance folder"},
         description="session signing key; **required** in production")
+    idle_minutes: int = Field(
+        30, ge=1,
+        description="a web session idle this many minutes is ended (the next request goes to the login page, and "
+                    "the audit trail records it); the page warns a minute before and offers to stay signed in")
+    session_hours: int = Field(
+        12, ge=1,
+        description="a web session ends this many hours after its login however active it is (an absolute "
+                    "lifetime that does not slide)")
     seal_key: SecretStr | None = Field(
         None, json_schema_extra={"default": "development: a random one kept in the instance folder"},
         description="Fernet key that seals the randomization seed; **required** in production and identical on "
@@ -66,12 +74,23 @@ class Settings(BaseSettings):
         None, json_schema_extra={"default": "development: a random one kept in the instance folder"},
         description=f"key of the audit chain's HMAC (at least {MIN_AUDIT_KEY} characters); **required** in "
                     "production, identical everywhere; never in the database")
+    audit_keys_retired: SecretStr | None = Field(
+        None, json_schema_extra={"default": "not set: the chain was never re-keyed"},
+        description="the audit keys retired by `trial audit rotate-key`, comma-separated: they verify the part of "
+                    "the chain written under them (README \"Rotating the keys\"); needed where `trial audit verify` "
+                    "runs")
     instance_path: Path = Field(
         PROJECT_ROOT / "instance", json_schema_extra={"default": "`instance/` in the project folder"},
         description="folder for the SQLite file, the development keys and the lock worker's log (`worker.log`)")
     proxies: int = Field(
         0, ge=0,
         description="number of reverse proxies in front of the app whose `X-Forwarded-For` is trusted")
+    mfa_roles: str | None = Field(
+        None, json_schema_extra={"default": "production: every role; development: none"},
+        description="the roles that must sign in with a second factor (TOTP), comma-separated (e.g. "
+                    "`manager,statistician,monitor`), or `all` or `none`: after the password such a user who has not "
+                    "enrolled reaches only `/account/mfa` until enrolled; whoever has enrolled is asked for a code at "
+                    "every sign-in and e-signature, whatever the role (README \"Two-factor sign-in\")")
     lock_builder: Literal["worker", "external", "inline"] = Field(
         "worker",
         description="who builds a hard lock's bundles after it commits: `worker` (the app starts `trial worker "
@@ -91,6 +110,18 @@ class Settings(BaseSettings):
         None, json_schema_extra={"default": "not set: links in e-mails are relative"},
         description="public address of the app, e.g. `https://trial.example.org`, so that links in e-mails are "
                     "absolute")
+    oidc_issuer: str | None = Field(
+        None, json_schema_extra={"default": "not set: no single sign-on (`/login/sso` answers 404)"},
+        description="single sign-on: the issuer of the institution's OpenID Connect provider, e.g. "
+                    "`https://login.hospital.example/realms/staff` (its `/.well-known/openid-configuration` is read); "
+                    "`https://`, or `http://` on the loopback only; set together with the two below (README "
+                    "\"Single sign-on\")")
+    oidc_client_id: str | None = Field(
+        None, description="single sign-on: the client id the provider registered for this system (redirect URI "
+                          "`<TRIAL_BASE_URL>/login/sso/callback`)")
+    oidc_client_secret: SecretStr | None = Field(
+        None, description="single sign-on: the client's secret at the provider (the client authenticates with it "
+                          "at the token endpoint; the code flow also uses PKCE)")
     bind: str = Field(
         "127.0.0.1:8000",
         description="where gunicorn listens (`config/gunicorn.conf.py`): `host:port` or `unix:/path/to/socket`")
@@ -117,6 +148,14 @@ class Settings(BaseSettings):
             raise ValueError(f"TRIAL_AUDIT_KEY must be at least {MIN_AUDIT_KEY} characters (a random secret).")
         return v
 
+    @field_validator("audit_keys_retired")
+    @classmethod
+    def _retired_keys(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and any(len(k.strip()) < MIN_AUDIT_KEY for k in v.get_secret_value().split(",")):
+            raise ValueError(f"TRIAL_AUDIT_KEYS_RETIRED must be audit keys of at least {MIN_AUDIT_KEY} characters "
+                             "each, separated by commas.")
+        return v
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, v: str | None) -> str | None:
@@ -138,6 +177,39 @@ class Settings(BaseSettings):
         if v is not None and urlsplit(v).scheme not in ("http", "https"):
             raise ValueError(f"TRIAL_BASE_URL must start with http:// or https://, not {v!r}.")
         return v
+
+    @field_validator("mfa_roles")
+    @classmethod
+    def _mfa_roles(cls, v: str | None) -> str | None:
+        """Only the form here (the names are the roles of trial.auth.models, checked by trial.auth.mfa
+        when the app starts: the settings know no roles)."""
+        if v is None:
+            return v
+        names = [n.strip().lower() for n in v.split(",")]
+        if not all(n.isalpha() for n in names):
+            raise ValueError(f"TRIAL_MFA_ROLES must be roles separated by commas, `all` or `none`, not {v!r}.")
+        return ",".join(names)
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _oidc_issuer(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)) \
+                or parts.query or parts.fragment:
+            raise ValueError(f"TRIAL_OIDC_ISSUER must be the provider's https:// address without query or fragment "
+                             f"(http:// only on the loopback), not {v!r}.")
+        return v  # as the provider spells it: its discovery document must name the same issuer
+
+    @model_validator(mode="after")
+    def _oidc_together(self) -> Settings:
+        given = [n for n in ("oidc_issuer", "oidc_client_id", "oidc_client_secret") if getattr(self, n) is not None]
+        if given and len(given) < 3:
+            raise ValueError("Single sign-on needs TRIAL_OIDC_ISSUER, TRIAL_OIDC_CLIENT_ID and TRIAL_OIDC_CLIENT_SECRET "
+                             "together; set: " + ", ".join(variable(n) for n in given) + ".")
+        return self
 
 
 def current() -> Settings:

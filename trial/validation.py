@@ -30,6 +30,30 @@ def has_control(text: str) -> bool:
     return bool(_CONTROL.search(text))
 
 
+MAX_NESTING = 32  # a JSON body deeper than this is refused before it is decoded
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def nests_too_deep(raw: bytes, limit: int = MAX_NESTING) -> bool:
+    """Whether a JSON text nests its arrays and objects deeper than ``limit`` (brackets inside
+    strings do not count), found without decoding it: a JSON parser recurses once a level, and a
+    body of 100,000 brackets would exhaust Python's stack."""
+    depth = 0
+    for m in _BRACKET.finditer(_JSON_STRING.sub(b"", raw)):
+        depth += 1 if m[0] in b"[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def check_json_depth(raw: bytes) -> None:
+    """A 400 naming ``body`` for a body nested deeper than :data:`MAX_NESTING`."""
+    if raw and nests_too_deep(raw):
+        raise ValidationError(Msg(N_("The request body nests deeper than %(n)s levels."), n=MAX_NESTING),
+                              {"body": Msg(N_("nests deeper than %(n)s levels"), n=MAX_NESTING)})
+
+
 def check_tree(value: Any, path: str = "", errors: dict[str, str] | None = None) -> dict[str, str]:
     """Every string (keys too), integer and number in a decoded JSON document: control
     characters, integers beyond 64 bits and non-finite numbers are refused, named by their

@@ -4,7 +4,7 @@ pytest-playwright against a live server.
 Each test process (pytest-xdist worker) starts one server in a thread on a free port, over its own
 fresh, migrated database with the demo data (``trial.demo``) and a few children the flows need:
 one whose 2-month visit is due today, one in a music-therapy course and an open query for the
-coordinator. The users are the demo's (``<role>@demo.trial`` / ``<role>-demo-2026``); every
+coordinator. The users are the demo's (``<role>@demo.trial`` / ``trial.demo.DEMO_PASSWORDS[role]``); every
 login goes through the login page once and its cookie is reused.
 
 A failing test leaves full-page screenshots of its pages in ``tests/artifacts/``.
@@ -81,6 +81,7 @@ class Live:
     logins: dict[str, tuple[str, str]]     # role -> (e-mail, password)
     ids: dict[str, object] = field(default_factory=dict)
     states: dict[str, dict] = field(default_factory=dict)  # role -> storage state after logging in
+    app: object = None                     # the server's Flask app (a test may change its config, and restore it)
 
 
 def _flow_children(db) -> dict:
@@ -115,6 +116,7 @@ def _flow_children(db) -> dict:
     q = queries.raise_query(db, manager, {"study_id": due.study_id, "on": {"kind": "participant"},
                                       "text": "Please confirm the consent date against the signed form."})
     return {"due_month2": due.study_id, "in_course": in_course.study_id, "query": q.id,
+            "query_ref": queries.ref_of(db, q),  # what the pages show: its number at its site
             "session_day": day - dt.timedelta(days=3)}
 
 
@@ -131,13 +133,15 @@ def live():
         logins = {role: (email, password) for role, email, password in load_demo(db)}
         ids = _flow_children(db)
         db.commit()
+    # a role's session is logged in once and reused by every later test: it must not end when idle
+    # (tests/browser/test_session.py shortens the limit for its own fresh login)
     app = create_app({"ENGINE": database.engine, "SESSION_FACTORY": sessions, "DATABASE_URL": database.url,
-                      "SECRET_KEY": "browser-tests-" + os.urandom(8).hex()})
+                      "SECRET_KEY": "browser-tests-" + os.urandom(8).hex(), "IDLE_MINUTES": 24 * 60})
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
     thread.start()
     try:
-        yield Live(url=f"http://127.0.0.1:{server.server_port}", sessions=sessions, logins=logins, ids=ids)
+        yield Live(url=f"http://127.0.0.1:{server.server_port}", sessions=sessions, logins=logins, ids=ids, app=app)
     finally:
         server.shutdown()
         thread.join(10)

@@ -15,13 +15,14 @@ from sqlalchemy import select
 
 from tests.browser.conftest import PHONE
 from trial.auth.models import User
+from trial.demo import DEMO_PASSWORDS
 from trial.lock.service import build_now, create_lock, lift_lock
 from trial.protocol.service import current
 from trial.randomize.service import get_design
 from trial.timeline import today
 from trial.trialstate.service import active_lock_id
 
-PASSWORD = {"manager": "manager-demo-2026"}
+PASSWORD = {"manager": DEMO_PASSWORDS["manager"]}
 
 
 def _iso(d: dt.date) -> str:
@@ -138,10 +139,11 @@ def test_assessor_enters_a_two_month_assessment_with_a_guess(open_as, live):
 
 
 def test_coordinator_answers_a_query(open_as, live):
-    qid = live.ids["query"]
+    ref = live.ids["query_ref"]  # the query's number at its site (AT01-Q1), never its id
     page = open_as("coordinator", PHONE)
     page.goto(live.url + "/queries")
-    page.get_by_role("link", name=str(qid), exact=True).click()
+    page.get_by_role("link", name=ref, exact=True).click()
+    assert page.url.endswith(f"/queries/{ref}")
     page.get_by_label("Answer", exact=True).fill("Checked against the signed consent form: the date is right.")
     page.get_by_role("button", name="Answer").click()
     assert "Answered" in _flash(page)
@@ -249,16 +251,16 @@ def test_lifting_and_unblinding_are_separate_and_unblinding_needs_its_confirmati
         # each section has its own explanation, signature, confirmation and button, and only its own
         assert "reopens data entry" in lift.inner_text() and "snapshot" in lift.inner_text()
         assert lift.get_by_role("button", name="Sign and lift").count() == 1
-        assert lift.get_by_role("button", name="Sign and unblind").count() == 0
+        assert lift.get_by_role("button", name="Sign and ask to unblind").count() == 0
         assert "cannot be taken back" in unblind.inner_text()
-        assert unblind.get_by_role("button", name="Sign and unblind").count() == 1
+        assert unblind.get_by_role("button", name="Sign and ask to unblind").count() == 1
         assert unblind.get_by_role("button", name="Sign and lift").count() == 0
         box = unblind.get_by_label("I understand that unblinding reveals every child's arm and cannot be taken back.")
         assert box.count() == 1 and not box.is_checked()
 
         # the box unticked: the browser does not send the form
         unblind.get_by_label("Your password (electronic signature)").fill(PASSWORD["manager"])
-        unblind.get_by_role("button", name="Sign and unblind").click()
+        unblind.get_by_role("button", name="Sign and ask to unblind").click()
         assert box.evaluate("e => !e.validity.valid")
         refused = manager.locator(".flash.error", has_text="The trial was not unblinded: tick the box")
         assert refused.count() == 0
@@ -266,7 +268,7 @@ def test_lifting_and_unblinding_are_separate_and_unblinding_needs_its_confirmati
             assert get_design(db).unblinded_at is None
         # and sent anyway (the browser's check removed), the server refuses it and changes nothing
         box.evaluate("e => e.removeAttribute('required')")
-        unblind.get_by_role("button", name="Sign and unblind").click()
+        unblind.get_by_role("button", name="Sign and ask to unblind").click()
         refused.wait_for()  # the page the refusal led back to (the Locks page has a notice of its own)
         with live.sessions() as db:
             assert get_design(db).unblinded_at is None and active_lock_id(db) == lock_id

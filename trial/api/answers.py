@@ -222,9 +222,13 @@ class AssessmentCorrected(Answer):
 
 
 class Notification(Answer):
-    id: Id
+    ref: str = Field(description="the notification's random reference (POST /notifications/{ref}/dismiss)")
     message: str
     created_at: Moment
+
+
+class Dismissed(Answer):
+    ref: str
 
 
 # --- data management ----------------------------------------------------------------------------
@@ -247,6 +251,8 @@ class QueryStep(Answer):
 
 class Query(Answer):
     id: Id
+    number: int = Field(description="the query's number at its site: what users are shown (never the id)")
+    ref: str = Field(description="what users are shown of the query: its site and number there, e.g. AT01-Q17")
     study_id: str
     site: str
     on: QueryOn
@@ -263,6 +269,7 @@ class Query(Answer):
 class QueryState(Answer):
     id: Id
     status: one_of(*QUERY_STATES)
+    number: int = Field(description="the query's number at its site: what users are shown (never the id)")
 
 
 class FollowUp(Answer):
@@ -429,6 +436,8 @@ class Grant(Answer):
     decided_at: Moment | None
     decision_note: str | None
     holds: str
+    name: str | None = Field(description="the printed name of the account that gets the role")
+    site_name: str | None = Field(description="the name of the site where it gets the role (null: trial-wide)")
 
 
 class Decided(Answer):
@@ -444,7 +453,7 @@ BuildStatus = Annotated[Literal["building", "ready", "failed"] | None,
 
 class LockInfo(Answer):
     id: Id
-    kind: one_of("soft", "hard")
+    kind: one_of("soft", "hard", "addendum")
     version: int | None
     created_at: Moment
     signed_by: str
@@ -455,6 +464,8 @@ class LockInfo(Answer):
     accepted_open_queries: list[Id]
     status: BuildStatus
     progress: Annotated[float, Field(ge=0, le=1)] | None
+    parent_lock_id: Id | None = Field(description="an addendum, and the hard lock that closes it: the hard lock it "
+                                                  "corrects after the unblinding")
 
 
 class Locked(Answer):
@@ -471,9 +482,45 @@ class Lifted(Answer):
     lifted_at: Moment
 
 
-class Unblinded(Answer):
+UNBLINDING_STATES = ("awaiting_countersignature", "countersigned", "withdrawn")
+
+
+class UnblindingAsked(Answer):
+    id: Id
+    status: one_of("awaiting_countersignature")
+    countersigner_role: str
+
+
+class UnblindingCountersigned(Answer):
+    id: Id
+    status: one_of("countersigned")
     unblinded_at: Moment
     commitment: str
+
+
+class UnblindingWithdrawn(Answer):
+    id: Id
+    status: one_of("withdrawn")
+
+
+class UnblindingRequestInfo(Answer):
+    id: Id
+    status: one_of(*UNBLINDING_STATES)
+    countersigner_role: str
+    lock_id: Id
+    requested_by: str
+    requested_at: Moment
+    meaning: str
+    countersigned_by: str | None
+    countersigned_at: Moment | None
+    countersignature_meaning: str | None
+
+
+class AddendumOpened(Answer):
+    id: Id
+    kind: one_of("addendum")
+    parent_lock_id: Id
+    created_at: Moment
 
 
 class Box(Answer):

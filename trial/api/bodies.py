@@ -84,6 +84,10 @@ ATTENDED = "the attendance: an attended session has minutes, one that did not ta
 AE_RULES = "the adverse event's other fields: seriousness with a serious event, a date of resolution with a resolved one"
 SIGNER = "the signer's credentials"
 Meaning = Text(500, description="the meaning of the signature, in the signer's words")
+# beside the password of every signature: required (400 naming it when missing or wrong) only from a
+# signer enrolled in two-factor sign-in (trial.auth.mfa), so optional here
+SignerCode = Text(40, required=False, description="the current code of the signer's authenticator app (TOTP, 6 "
+                  "digits): required when the signer has enrolled in two-factor sign-in")
 Reason = Text(500)
 CorrectionReason = Text(500, missing=N_("is required for a correction"))
 MINUTES = Msg(N_("must be a whole number of minutes from 0 to %(max)s"), max=course.MAX_MINUTES)
@@ -325,6 +329,7 @@ class LockBody(Body):
     kind: choice("soft", "hard")
     meaning: Meaning
     password: Password = against(SIGNER)
+    code: SignerCode = against(SIGNER, None)
     accept_open_queries: Flag = Field(False, description="sign a hard lock although queries are open (recorded with "
                                                          "the signature)")
 
@@ -333,9 +338,23 @@ class LockLiftBody(Body):
     LEAD = N_("The lock was not lifted")
     reason: Reason
     password: Password = against(SIGNER)
+    code: SignerCode = against(SIGNER, None)
 
 
 class SignatureBody(Body):
     LEAD = N_("Not signed")
     meaning: Meaning
     password: Password = against(SIGNER)
+    code: SignerCode = against(SIGNER, None)
+
+
+class UnblindingWithdrawalBody(Body):
+    LEAD = N_("The request was not withdrawn")
+    reason: Reason
+
+
+class AddendumBody(Body):
+    LEAD = N_("The addendum was not opened")
+    reason: Reason
+    password: Password = against(SIGNER)
+    code: SignerCode = against(SIGNER, None)

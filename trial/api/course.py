@@ -127,5 +127,7 @@ def adherence():
 @route("/notifications", "GET", "The caller's unread notifications", "anyone",
        responses={200: ok("notifications", list[a.Notification])})
 def notifications():
-    return jsonify([{"id": n.id, "message": n.message, "created_at": n.created_at.isoformat() + "Z"}
-                    for n in notifications_for(db(), actor())])
+    rows = [{"ref": n.ref, "message": n.message, "created_at": n.created_at.isoformat() + "Z"}
+            for n in notifications_for(db(), actor())]
+    db().commit()  # the references given to notifications written before they had one
+    return jsonify(rows)

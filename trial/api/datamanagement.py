@@ -23,7 +23,7 @@ from trial.safety import service as safety
 def raise_query():
     q = queries.raise_query(db(), actor(), body())
     db().commit()
-    return jsonify({"id": q.id, "status": q.status}), 201
+    return jsonify({"id": q.id, "status": q.status, "number": q.number}), 201
 
 
 @route("/queries", "GET", "Queries as the caller may see them (an assessor: only on what assessors enter)",
@@ -52,7 +52,7 @@ def get_query(query_id):
 def respond_query(query_id):
     msg = queries.respond(db(), actor(), query_id, body())
     db().commit()
-    return jsonify({"id": msg.query_id, "status": "answered"}), 201
+    return jsonify({"id": msg.query_id, "status": "answered", "number": msg.query.number}), 201
 
 
 def _optional_body() -> dict:
@@ -67,7 +67,7 @@ def _optional_body() -> dict:
 def close_query(query_id):
     q = queries.close(db(), actor(), query_id, _optional_body())
     db().commit()
-    return jsonify({"id": q.id, "status": q.status})
+    return jsonify({"id": q.id, "status": q.status, "number": q.number})
 
 
 @route("/queries/<int:query_id>/reopen", "POST", "Reopen a closed query", "manager; monitor of the site",
@@ -76,7 +76,7 @@ def close_query(query_id):
 def reopen_query(query_id):
     q = queries.reopen(db(), actor(), query_id, _optional_body())
     db().commit()
-    return jsonify({"id": q.id, "status": q.status})
+    return jsonify({"id": q.id, "status": q.status, "number": q.number})
 
 
 @route("/participants/<study_id>/adverse-events", "POST", "Record an adverse event", "coordinator of the site",
@@ -161,9 +161,9 @@ def verify_record(study_id):
     return jsonify({"id": v.id}), 201
 
 
-@route("/notifications/<int:notification_id>/dismiss", "POST", "Dismiss one of your notifications", "anyone",
-       responses={200: ok("dismissed", a.Recorded), 404: err("not one of yours")})
-def dismiss_notification(notification_id):
-    n = dismiss(db(), actor(), notification_id)
+@route("/notifications/<ref>/dismiss", "POST", "Dismiss one of your notifications (by its random reference)", "anyone",
+       responses={200: ok("dismissed", a.Dismissed), 404: err("not one of yours")})
+def dismiss_notification(ref):
+    n = dismiss(db(), actor(), ref)
     db().commit()
-    return jsonify({"id": n.id})
+    return jsonify({"ref": n.ref})

@@ -20,12 +20,13 @@ def list_grants():
 
 @route("/grants/<int:grant_id>/approve", "POST", "Countersign a role grant (electronic signature)", "manager",
        body=b.SignatureBody,
-       responses={200: ok("countersigned", a.Decided), 400: err("bad input, a role conflict, or a wrong password"),
+       responses={200: ok("countersigned", a.Decided),
+                  400: err("bad input, a role conflict, or a wrong password or two-factor code"),
                   403: err("your own grant or your own request"), 404: err("unknown grant"),
                   409: err("not pending, or the account is deactivated")})
 def approve_grant(grant_id):
     data = body()
-    g = grants.approve(db(), actor(), grant_id, data.get("password"), data.get("meaning"))
+    g = grants.approve(db(), actor(), grant_id, data.get("password"), data.get("meaning"), data.get("code"))
     db().commit()
     return jsonify({"id": g.id, "status": g.status})
 

@@ -10,17 +10,19 @@ from trial.api.routing import body, err, media, ok, route
 from trial.exports import service as exports
 from trial.http import actor, db, start_bundle_build
 from trial.lock import service as locks
+from trial.lock import unblinding as unblinding_service
+from trial.randomize.service import get_design
 
 SITE = SITE_QUERY
 @route("/locks", "POST", "Sign a soft or hard lock (a hard lock's bundles are then built in the background)", "manager",
        body=b.LockBody,
        responses={201: ok("locked", a.Locked),
-                  400: err("bad input or wrong password"),
+                  400: err("bad input, or a wrong password or two-factor code"),
                   409: err("a lock is already in force, or queries are open (open_queries: their ids in fields)")})
 def create_lock():
     data = body()
     lock = locks.create_lock(db(), actor(), data.get("kind"), data.get("meaning"), data.get("password"),
-                             data.get("accept_open_queries", False))
+                             data.get("accept_open_queries", False), code=data.get("code"))
     db().commit()
     if lock.kind == "hard":
         start_bundle_build(lock.id)
@@ -38,10 +40,11 @@ def get_lock(lock_id):
 @route("/locks/<int:lock_id>", "DELETE", "Lift a lock (reason and signature); a hard lock's snapshot stays", "manager",
        body=b.LockLiftBody,
        responses={200: ok("lifted", a.Lifted),
-                  400: err("bad input or wrong password"), 404: err("unknown lock"), 409: err("not in force")})
+                  400: err("bad input, or a wrong password or two-factor code"), 404: err("unknown lock"),
+                  409: err("not in force; a hard lock after the unblinding (unblinded: open an addendum instead)")})
 def lift_lock(lock_id):
     data = body()
-    lock = locks.lift_lock(db(), actor(), lock_id, data.get("reason"), data.get("password"))
+    lock = locks.lift_lock(db(), actor(), lock_id, data.get("reason"), data.get("password"), data.get("code"))
     db().commit()
     return jsonify({"id": lock.id, "kind": lock.kind, "lifted_at": lock.lifted_at.isoformat(timespec="seconds") + "Z"})
 
@@ -62,16 +65,67 @@ def bundle(lock_id):
         "Content-Disposition": f'attachment; filename="lock-{lock_id}-{b.variant}.zip"', "X-Content-SHA256": b.sha256})
 
 
-@route("/unblinding", "POST", "Unblind the trial (signed; only after a hard lock); reveals the seed", "manager",
+@route("/unblinding", "POST", "Ask to unblind the trial (signed; only under a hard lock): the trial is unblinded only "
+       "when a user of the protocol's countersigner role countersigns", "manager",
        body=b.SignatureBody,
-       responses={201: ok("unblinded", a.Unblinded),
-                  400: err("bad input or wrong password"), 409: err("no hard lock, or already unblinded")})
+       responses={202: ok("asked: waits for the countersignature", a.UnblindingAsked),
+                  400: err("bad input, or a wrong password or two-factor code"),
+                  409: err("no hard lock, already unblinded, or a request waits already")})
 def unblinding():
     data = body()
-    design = locks.unblind(db(), actor(), data.get("meaning"), data.get("password"))
+    req = unblinding_service.request_unblinding(db(), actor(), data.get("meaning"), data.get("password"),
+                                               data.get("code"))
     db().commit()
-    return jsonify({"unblinded_at": design.unblinded_at.isoformat(timespec="seconds") + "Z",
+    return jsonify({"id": req.id, "status": req.status, "countersigner_role": req.countersigner_role}), 202
+
+
+@route("/unblinding", "GET", "The unblinding requests, newest first", "manager, the countersigner role (statistician)",
+       responses={200: ok("the requests", list[a.UnblindingRequestInfo])})
+def list_unblinding():
+    return jsonify(unblinding_service.list_requests(db(), actor()))
+
+
+@route("/unblinding/<int:request_id>/countersign", "POST", "Countersign an unblinding request (signed; never by the "
+       "one who asked): the seed is revealed and the trial unblinded", "the protocol's countersigner role (statistician)",
+       body=b.SignatureBody,
+       responses={201: ok("unblinded", a.UnblindingCountersigned),
+                  400: err("bad input, or a wrong password or two-factor code"),
+                  403: err("not the countersigner role, or the one who asked"), 404: err("unknown request"),
+                  409: err("not waiting, or the hard lock is no longer in force")})
+def countersign_unblinding(request_id):
+    data = body()
+    req = unblinding_service.countersign(db(), actor(), request_id, data.get("meaning"), data.get("password"),
+                                         data.get("code"))
+    db().commit()
+    design = get_design(db())
+    return jsonify({"id": req.id, "status": req.status,
+                    "unblinded_at": design.unblinded_at.isoformat(timespec="seconds") + "Z",
                     "commitment": design.commitment}), 201
+
+
+@route("/unblinding/<int:request_id>/withdraw", "POST", "Withdraw an unblinding request that waits (with a reason)",
+       "manager", body=b.UnblindingWithdrawalBody,
+       responses={200: ok("withdrawn", a.UnblindingWithdrawn), 400: err("bad input"), 404: err("unknown request"),
+                  409: err("not waiting")})
+def withdraw_unblinding(request_id):
+    req = unblinding_service.withdraw(db(), actor(), request_id, body().get("reason"))
+    db().commit()
+    return jsonify({"id": req.id, "status": req.status})
+
+
+@route("/locks/<int:lock_id>/addendum", "POST", "After the unblinding: open an addendum to the hard lock in force "
+       "(signed, with a reason) to correct data; the next hard lock closes it with its own bundles", "manager",
+       body=b.AddendumBody,
+       responses={201: ok("opened: data entry is open again", a.AddendumOpened),
+                  400: err("bad input, or a wrong password or two-factor code"),
+                  404: err("no hard lock with that id"), 409: err("not in force, or the trial is not unblinded")})
+def open_addendum(lock_id):
+    data = body()
+    addendum = unblinding_service.open_addendum(db(), actor(), lock_id, data.get("reason"), data.get("password"),
+                                                data.get("code"))
+    db().commit()
+    return jsonify({"id": addendum.id, "kind": addendum.kind, "parent_lock_id": addendum.parent_lock_id,
+                    "created_at": addendum.created_at.isoformat(timespec="seconds") + "Z"}), 201
 
 
 @route("/consort", "GET", "CONSORT counts (arm keys when unblinded, arm codes when blinded)", "manager, statistician",

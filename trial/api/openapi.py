@@ -72,7 +72,8 @@ def _default_answers(op: Operation, out: dict, has_params: bool) -> None:
     defaults = [(400, "Bad input: a parameter or field is refused (named in error.fields)"),
                 (503, "The database is unavailable, or a commit's outcome is unknown (Retry-After)")]
     if has_params:
-        defaults.append((404, "Unknown id or site code in the path or the query"))
+        defaults.append((404, "Unknown id or site code in the path or the query, or a record the caller may not see "
+                              "(answered as an unknown one, byte for byte)"))
     if op.method != "GET":
         defaults.append((423, "The database is locked: no data can be entered or changed"))
     if op.roles != "public":

@@ -14,13 +14,12 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from trial.api.answers import Error
-from trial.catalogue import N_, Msg
+from trial.catalogue import N_
 from trial.errors import ValidationError
 from trial.policy import QUERY_PARAMS
-from trial.validation import MAX_ID, NO_CONTROL, check_tree, pydantic_fields, refuse
+from trial.validation import MAX_ID, NO_CONTROL, check_json_depth, check_tree, pydantic_fields, refuse
 
 PATH_EXAMPLES = {"study_id": "AT01-0001", "instrument": "ados2"}
-MAX_NESTING = 32  # a JSON body deeper than this is refused before it is decoded
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -70,33 +69,9 @@ def route(path: str, method: str, summary: str, roles: str, body: type[BaseModel
     return deco
 
 
-def _depth(raw: bytes) -> int:
-    """How deeply a JSON text nests its arrays and objects (strings skipped), without decoding it."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in raw.decode("utf-8", "replace"):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
-
-
 def _json() -> Any:
     raw = request.get_data(cache=True)
-    if _depth(raw) > MAX_NESTING:
-        raise ValidationError(Msg(N_("The request body nests deeper than %(n)s levels."), n=MAX_NESTING),
-                              {"body": Msg(N_("nests deeper than %(n)s levels"), n=MAX_NESTING)})
+    check_json_depth(raw)  # as every API request's (trial.http), before any parser recurses
     try:
         return json.loads(raw) if raw else None
     except (ValueError, RecursionError):

@@ -1,22 +1,23 @@
 """Audit trail: every service write calls :func:`record` inside its own transaction."""
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import functools
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from trial import settings
-from trial.audit.models import AuditAnchor, AuditHead, AuditRecord, AuditSeal
+from trial.audit.models import AuditAnchor, AuditHead, AuditKeyEpoch, AuditRecord, AuditSeal
 from trial.cache import prebuilt
 from trial.catalogue import N_
-from trial.config import audit_key
+from trial.config import audit_key, retired_audit_keys
 from trial.db import is_sqlite, lock_for_update, utcnow
 from trial.errors import DomainError
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
@@ -46,10 +47,11 @@ def _payload(rec) -> bytes:
     ], separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def compute_hash(rec) -> str:
-    """HMAC-SHA256 under the audit key over the record's content and its predecessor's hash (an
-    ORM object or a row). Without the key nobody can make a record that verifies."""
-    return hmac.new(_key(), _payload(rec), hashlib.sha256).hexdigest()
+def compute_hash(rec, key: bytes | None = None) -> str:
+    """HMAC-SHA256 under the audit key (``key``: the one of the record's epoch, when not the key in
+    force) over the record's content and its predecessor's hash (an ORM object or a row). Without
+    the key nobody can make a record that verifies."""
+    return hmac.new(key or _key(), _payload(rec), hashlib.sha256).hexdigest()
 
 
 def legacy_hash(rec) -> str:
@@ -57,18 +59,19 @@ def legacy_hash(rec) -> str:
     return hashlib.sha256(_payload(rec)).hexdigest()
 
 
-def anchor_mac(rec) -> str:
+def anchor_mac(rec, key: bytes | None = None) -> str:
     """The HMAC that re-anchors a legacy record: over its content and its SHA-256."""
-    return hmac.new(_key(), b"anchor:" + _payload(rec) + rec.hash.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(key or _key(), b"anchor:" + _payload(rec) + rec.hash.encode(), hashlib.sha256).hexdigest()
 
 
-def head_mac(seq: int, hash_: str) -> str:
+def head_mac(seq: int, hash_: str, key: bytes | None = None) -> str:
     """The HMAC that seals the chain head (its number and last hash) under the audit key."""
-    return hmac.new(_key(), f"head:{seq}:{hash_}".encode(), hashlib.sha256).hexdigest()
+    return hmac.new(key or _key(), f"head:{seq}:{hash_}".encode(), hashlib.sha256).hexdigest()
 
 
-def seal_mac(seq: int, hash_: str, what: str) -> str:
-    return hmac.new(_key(), json.dumps(["seal", seq, hash_, what], ensure_ascii=False).encode(), hashlib.sha256).hexdigest()
+def seal_mac(seq: int, hash_: str, what: str, key: bytes | None = None) -> str:
+    return hmac.new(key or _key(), json.dumps(["seal", seq, hash_, what], ensure_ascii=False).encode(),
+                    hashlib.sha256).hexdigest()
 
 
 KEY_CHECK_TEXT = b"trial audit chain key check"
@@ -103,15 +106,16 @@ def _actor(actor) -> tuple[int | None, str]:
 
 def record(db: Session, actor, action: str, entity: str, entity_id: Any,
            changes: dict[str, tuple[Any, Any]] | None = None, reason: str | None = None,
-           reveals_allocation: bool = False, *, _seal_head: bool = True) -> list[dict]:
+           reveals_allocation: bool = False, *, _seal_head: bool = True, key: bytes | None = None) -> list[dict]:
     """Append audit records: one per changed field (``changes`` maps field -> (old, new)), or a
     single event record when there are no field changes. Same transaction as the change.
 
     The chain head is advanced by an ``UPDATE ... RETURNING`` that locks its row until commit, so
     appends are serialized; it returns the new head number and (not yet changed) the previous
     hash. On PostgreSQL the records and the head's new hash are then written in one statement
-    (a data-modifying CTE), on SQLite in two."""
-    return _append(db, actor, _items(action, entity, entity_id, changes, reason, reveals_allocation), _seal_head)
+    (a data-modifying CTE), on SQLite in two. ``key``: the audit key to write under, when not the
+    one in force (the first record of a rotation, under the new key: trial.audit.rotation)."""
+    return _append(db, actor, _items(action, entity, entity_id, changes, reason, reveals_allocation), _seal_head, key)
 
 
 def record_many(db: Session, actor, entries: list[dict]) -> list[dict]:
@@ -134,12 +138,13 @@ def _items(action: str, entity: str, entity_id: Any, changes: dict[str, tuple[An
              "new": _text(n), "reason": reason, "reveals_allocation": reveals_allocation} for f, o, n in fields]
 
 
-def _append(db: Session, actor, items: list[dict], seal_head: bool = True) -> list[dict]:
+def _append(db: Session, actor, items: list[dict], seal_head: bool = True, key: bytes | None = None) -> list[dict]:
     """Chain ``items`` after the head (taken and locked for all of them at once) and write them."""
     actor_id, actor_name = _actor(actor)
+    key = key or _key()
     db.flush()  # pending ORM changes first, so the audit follows them in the transaction
     head = db.execute(_advance_head_stmt(db), {"n": len(items)}).one()
-    if head.key_check != _own_check():
+    if head.key_check != _check_for(key):
         raise AuditKeyMismatch(N_("TRIAL_AUDIT_KEY is not the key this audit chain was written with: nothing was "
                                   "written. Give every app server and the command line the same key."))
     seq, prev = head.seq - len(items), head.hash
@@ -148,11 +153,11 @@ def _append(db: Session, actor, items: list[dict], seal_head: bool = True) -> li
     for item in items:
         seq += 1
         rec = {"seq": seq, "at": at, "actor_id": actor_id, "actor": actor_name, **item, "prev_hash": prev}
-        rec["hash"] = prev = compute_hash(_Row(rec))
+        rec["hash"] = prev = compute_hash(_Row(rec), key)
         rows.append(rec)
     head_params = {"head_hash": prev}
     if seal_head:  # (only migration 0005 writes before the head has its seal column)
-        head_params["head_mac"] = head_mac(seq, prev)
+        head_params["head_mac"] = head_mac(seq, prev, key)
     if is_sqlite(db.get_bind()) or len(rows) > ONE_STATEMENT:
         db.execute(insert(AuditRecord.__table__), rows)  # (many rows: executemany, in pages of multi-row VALUES)
         db.execute(_set_head_hash(seal_head), head_params)
@@ -254,32 +259,106 @@ class VerifyResult:
     checked: int
     broken_seq: int | None = None
     problem: str | None = None
+    # the parts of the chain (first, last record) written under a retired key this process was not
+    # given: their links are checked, their HMACs cannot be
+    unverified: list[tuple[int, int]] = field(default_factory=list)
+
+
+# --- key epochs: the chain re-keyed by `trial audit rotate-key` (trial.audit.rotation) ------------
+
+@dataclass(frozen=True)
+class Epoch:
+    """A part of the chain under one key: records ``first`` to ``last`` (None: to the head), the
+    key's check and the key itself (None: a retired key this process was not given)."""
+    first: int
+    last: int | None
+    check: str
+    key: bytes | None
+
+
+def known_keys() -> dict[str, bytes]:
+    """The audit keys this process holds, by their check: the one in force and the retired ones
+    (``TRIAL_AUDIT_KEYS_RETIRED``)."""
+    return _known_keys(settings.raw("audit_key", "audit_keys_retired", "instance_path", "env"))
+
+
+@functools.cache
+def _known_keys(_setting: tuple[str | None, ...]) -> dict[str, bytes]:
+    return {_check_for(k): k for k in (*retired_audit_keys(), _key())}
+
+
+def epochs(db: Session) -> list[Epoch]:
+    """The chain's parts by key, in order. A chain never re-keyed is one part under the key in
+    force; the first rotation names the original key's part from record 1 on, each rotation the
+    part from its own record on."""
+    rows = db.execute(select(AuditKeyEpoch.from_seq, AuditKeyEpoch.key_check).order_by(AuditKeyEpoch.from_seq)).all()
+    if not rows:
+        return [Epoch(1, None, _own_check(), _key())]
+    keys = known_keys()
+    out = [Epoch(r.from_seq, rows[i + 1].from_seq - 1 if i + 1 < len(rows) else None, r.key_check, keys.get(r.key_check))
+           for i, r in enumerate(rows)]
+    if rows[0].from_seq > 1:  # records before every epoch: under a key no epoch names (never written so)
+        out.insert(0, Epoch(1, rows[0].from_seq - 1, "", None))
+    return out
+
+
+def epoch_at(eps: list[Epoch], seq: int) -> Epoch:
+    return eps[max(0, bisect.bisect_right([e.first for e in eps], seq) - 1)]
+
+
+def _wrong_key(eps: list[Epoch]) -> str:
+    """Why this process's key is not the chain's: a retired one, or another key altogether."""
+    retired = [e for e in eps[:-1] if e.check == _own_check()]
+    if retired:
+        return (f"TRIAL_AUDIT_KEY is a retired key (in force for records {retired[-1].first} to {retired[-1].last}; "
+                f"the chain was re-keyed at record {eps[-1].first}): set TRIAL_AUDIT_KEY to the key in force and keep "
+                "this one in TRIAL_AUDIT_KEYS_RETIRED")
+    return "TRIAL_AUDIT_KEY is not the key this chain was written with; verify with the deployment's key"
 
 
 def verify(db: Session, batch: int = 5000) -> VerifyResult:
     """Walk the chain in order; report the first record whose link or HMAC does not match. A
     record rewritten by someone without the audit key (and every later hash recomputed, with
     SHA-256 or anything else) fails here: only the key makes a hash that verifies. Records from
-    before the chain was keyed verify by their SHA-256 and the HMAC that re-anchored them."""
+    before the chain was keyed verify by their SHA-256 and the HMAC that re-anchored them. Each
+    record is checked under the key of its epoch (:func:`epochs`); a part under a retired key this
+    process was not given is named, unverified, and the chain does not pass."""
     h = AuditHead.__table__
     head = db.execute(select(h.c.seq, h.c.hash, h.c.key_check, h.c.mac)).first()
+    eps = epochs(db)
     if head is not None and head.key_check is not None and head.key_check != _own_check():
-        return VerifyResult(False, 0, 1, "TRIAL_AUDIT_KEY is not the key this chain was written with; "
-                                         "verify with the deployment's key")
+        return VerifyResult(False, 0, 1, _wrong_key(eps))
+    if head is not None and head.key_check is not None and head.key_check != eps[-1].check:
+        return VerifyResult(False, 0, eps[-1].first, f"the key epochs were altered: the last one (from record "
+                                                       f"{eps[-1].first}) is not under the key of the chain head")
     seals = db.execute(select(AuditSeal).order_by(AuditSeal.seq)).scalars().all()
     for sl in seals:
-        if not hmac.compare_digest(sl.mac, seal_mac(sl.seq, sl.hash, sl.what)):
+        key = epoch_at(eps, sl.seq).key
+        if key is not None and not hmac.compare_digest(sl.mac, seal_mac(sl.seq, sl.hash, sl.what, key)):
             return VerifyResult(False, 0, sl.seq, f"the seal of record {sl.seq} ({sl.what}) was altered or forged")
-    checked, prev, broken = _walk_chain(db, batch)
+    checked, prev, broken = _walk_chain(db, batch, eps)
     if broken is not None:
         return broken
-    return _end_problem(db, head, seals, checked, prev) or VerifyResult(True, checked)
+    return (_end_problem(db, head, seals, checked, prev) or _unverified(eps, checked)
+            or VerifyResult(True, checked))
 
 
-def _walk_chain(db: Session, batch: int) -> tuple[int, str, VerifyResult | None]:
+def _unverified(eps: list[Epoch], top: int) -> VerifyResult | None:
+    """The parts of the chain (up to record ``top``) under a retired key this process lacks."""
+    parts = [(e.first, min(e.last or top, top), e.check) for e in eps if e.key is None and e.first <= top]
+    if not parts:
+        return None
+    named = "; ".join(f"records {a} to {b}" + (f" (key check {c[:12]})" if c else "") for a, b, c in parts)
+    return VerifyResult(False, top, parts[0][0], f"{named} were written under a retired audit key that "
+                        "TRIAL_AUDIT_KEYS_RETIRED does not hold: they are not verified", [(a, b) for a, b, _ in parts])
+
+
+def _walk_chain(db: Session, batch: int, eps: list[Epoch]) -> tuple[int, str, VerifyResult | None]:
     """Walk the records in order from the genesis, ``batch`` at a time: how many chain correctly,
-    the last one's hash, and the first broken link (None when every record verifies)."""
+    the last one's hash, and the first broken link (None when every record verifies). A record
+    under a key this process lacks is checked for its place and link only."""
     anchors = dict(db.execute(select(AuditAnchor.seq, AuditAnchor.mac)).all())
+    starts = [e.first for e in eps]
     prev = GENESIS
     expected_seq = 1
     checked = 0
@@ -294,9 +373,10 @@ def _walk_chain(db: Session, batch: int) -> tuple[int, str, VerifyResult | None]
             if rec.prev_hash != prev:
                 return checked, prev, VerifyResult(False, checked, rec.seq,
                                                    f"record {rec.seq} does not link to record {rec.seq - 1}")
-            if not hmac.compare_digest(compute_hash(rec), rec.hash):
+            key = eps[max(0, bisect.bisect_right(starts, rec.seq) - 1)].key
+            if key is not None and not hmac.compare_digest(compute_hash(rec, key), rec.hash):
                 legacy = anchors.get(rec.seq)
-                if legacy is None or legacy_hash(rec) != rec.hash or not hmac.compare_digest(anchor_mac(rec), legacy):
+                if legacy is None or legacy_hash(rec) != rec.hash or not hmac.compare_digest(anchor_mac(rec, key), legacy):
                     return checked, prev, VerifyResult(False, checked, rec.seq,
                                                        f"record {rec.seq} (id {rec.id}) was altered or forged: its hash "
                                                        "does not match its content under the audit key")

@@ -10,9 +10,13 @@ from trial.db import Base, utcnow
 ROLES = ("coordinator", "therapist", "assessor", "monitor", "statistician", "manager", "admin")
 SITE_ROLES = ("coordinator", "therapist", "assessor", "monitor")  # scoped to the sites they are given
 GLOBAL_ROLES = ("statistician", "manager", "admin")
-# Roles that see allocations (a statistician from the unblinding on): an admin's grant of one of
-# them takes effect only when a manager countersigns it.
-COUNTERSIGNED_ROLES = ("coordinator", "therapist", "monitor", "manager", "statistician")
+# Roles that see allocations (a statistician from the unblinding on): an admin never holds one.
+UNBLINDED_ROLES = ("coordinator", "therapist", "monitor", "manager", "statistician")
+# Roles that enter or change clinical data (and sign for it).
+DATA_ENTRY_ROLES = ("coordinator", "therapist", "assessor", "monitor")
+# An admin's grant of any of these takes effect only when a manager countersigns it: an admin who
+# could grant them at will could become someone who reads the arms or writes clinical data.
+COUNTERSIGNED_ROLES = tuple(dict.fromkeys(UNBLINDED_ROLES + DATA_ENTRY_ROLES))
 GRANT_STATES = ("pending", "approved", "rejected", "withdrawn")
 
 
@@ -117,8 +121,10 @@ class PasswordReset(Base):
 
 class LoginAttempt(Base):
     """Failed and successful logins, kept in the database so several app servers share the
-    throttle. An attempt refused because the throttle was waiting is kept with ``counted`` false:
-    it does not extend the wait."""
+    throttle (trial.auth.service). An attempt refused because the throttle was waiting is kept with
+    ``counted`` false: it does not extend the wait. ``remote_addr`` is the client's address, or
+    ``address#device`` for an attempt made with a known-device cookie (counted in that device's
+    bucket, not the address's)."""
 
     __tablename__ = "login_attempt"
 

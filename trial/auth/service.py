@@ -13,9 +13,11 @@ from sqlalchemy.orm import Session, joinedload
 
 from trial import settings
 from trial.audit import service as audit
+from trial.auth import passwords
 from trial.auth.models import (
     COUNTERSIGNED_ROLES,
     ROLES,
+    UNBLINDED_ROLES,
     SITE_ROLES,
     ApiToken,
     LoginAttempt,
@@ -38,13 +40,18 @@ _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 _DUMMY_HASH = _hasher.hash("not a password of anyone")
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-MIN_PASSWORD = 10
+MIN_PASSWORD = passwords.MIN_LENGTH
 LOGIN_FAILED = N_("Unknown e-mail or wrong password.")
-LOGIN_THROTTLED = "Too many failed logins for this account."
 
 
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
+
+
+def _unknowable() -> str:
+    """The hash of a password nobody knows (an account waiting for its one-time link): a real
+    argon2 hash, so that a login to it takes as long as any other."""
+    return hash_password(secrets.token_urlsafe(32))
 
 
 def check_password(user: User | None, password: str) -> bool:
@@ -54,10 +61,13 @@ def check_password(user: User | None, password: str) -> bool:
         return False
 
 
-def _check_new_password(password: str) -> None:
-    if not isinstance(password, str) or len(password) < MIN_PASSWORD:
-        raise ValidationError(Msg(N_("The password must be at least %(n)s characters."), n=MIN_PASSWORD),
-                              {"password": Msg(N_("at least %(n)s characters"), n=MIN_PASSWORD)})
+def _check_new_password(password: str, email: str | None = None, name: str | None = None,
+                         field: str = "password") -> None:
+    """NIST SP 800-63B (trial.auth.passwords): long enough, not common or breached, not the user's
+    own e-mail or name, not easy to guess; a 400 naming ``field`` otherwise."""
+    why = passwords.refusal(password, email, name)
+    if why is not None:
+        raise ValidationError(why[0], {field: why[1]})
 
 
 def get_user_by_email(db: Session, email: str) -> User | None:
@@ -92,7 +102,7 @@ def _resolve_roles(db: Session, roles: list[tuple[str, str | None]]) -> list[tup
     return sorted(set(out), key=lambda t: (t[0], t[2] or ""))
 
 
-ADMIN_EXCLUDES = COUNTERSIGNED_ROLES  # every role that sees allocations, now or after unblinding
+ADMIN_EXCLUDES = UNBLINDED_ROLES  # every role that sees allocations, now or after unblinding
 
 
 def check_role_conflicts(pairs) -> None:
@@ -204,23 +214,34 @@ def _apply_roles(db: Session, actor, user: User, wanted: list[tuple[str, int | N
     return new_grants
 
 
-def create_user(db: Session, actor, email: str, name: str, password: str,
+ADMIN_SETS_NO_PASSWORD = N_("An administrator never sets or learns another user's password: the user sets it "
+                            "through a one-time link sent to their e-mail.")
+
+
+def create_user(db: Session, actor, email: str, name: str, password: str | None,
                 roles: list[tuple[str, str | None]], must_change_password: bool = False) -> User:
-    """A new account. Roles that see allocations wait for a manager's countersignature when an
-    admin grants them (the CLI's grants take effect at once)."""
+    """A new account. Only the operator at the server's console gives it a password; an admin's new
+    account has none that anyone knows (``password`` None) until the user sets one through a
+    one-time link e-mailed to them (trial.notify.accounts.invite). Roles that see allocations or
+    enter clinical data wait for a manager's countersignature when an admin grants them (the
+    console's grants take effect at once)."""
     require_role(db, actor, "admin")
+    if password is not None and not is_cli(actor):
+        raise Forbidden(ADMIN_SETS_NO_PASSWORD)
     email = (email or "").strip().lower()
     errors: dict[str, str] = {}
     if not EMAIL_RE.match(email) or has_control(email) or len(email) > 254:
         errors["email"] = N_("is not a valid e-mail address")
     name = text(name, "name", errors, 200, required=True)
     refuse(N_("The user was not created"), errors)
-    _check_new_password(password)
+    if password is not None:
+        _check_new_password(password, email, name)
     resolved = _resolve_roles(db, roles)
     if get_user_by_email(db, email):
         raise Conflict(Msg(N_("A user with e-mail %(email)s already exists."), email=email), {"email": N_("already exists")})
-    user = User(email=email, name=name, password_hash=hash_password(password), active=True,
-                session_token=secrets.token_hex(16), must_change_password=must_change_password)
+    user = User(email=email, name=name, password_hash=hash_password(password) if password is not None else _unknowable(),
+                active=True, session_token=secrets.token_hex(16),
+                must_change_password=must_change_password and password is not None)
     immediate = [t for t in resolved if not needs_countersign(actor, t[0])]
     user.roles = [RoleAssignment(role=r, site_id=s) for r, s, _ in immediate]
     db.add(user)
@@ -229,7 +250,7 @@ def create_user(db: Session, actor, email: str, name: str, password: str,
                                             "must_change_password": must_change_password})
     for role, site_id, code in resolved:
         if needs_countersign(actor, role):
-            _request_grant(db, actor, user, role, site_id, code, "new account")
+            _request_grant(db, actor, user, role, site_id, code, "new account created by an administrator")
     return user
 
 
@@ -237,13 +258,18 @@ def set_roles(db: Session, actor, user: User, roles: list[tuple[str, str | None]
     require_role(db, actor, "admin")
     if getattr(actor, "id", None) == user.id:
         raise Forbidden(N_("Another administrator must change your roles (an admin stays blinded)."))
-    _apply_roles(db, actor, user, _resolve_roles(db, roles), reason)
+    resolved = _resolve_roles(db, roles)
+    if not any(r == "manager" for r, *_ in resolved):
+        keep_a_manager(db, user, N_("%(email)s is the trial's last active manager: give another account the manager "
+                                    "role before taking it from this one."))
+    _apply_roles(db, actor, user, resolved, reason)
     return user
 
 
 def update_user(db: Session, actor, user: User, name: str | None = None, active: bool | None = None,
                 reason: str | None = None) -> User:
-    require_role(db, actor, "admin")
+    # an admin administers accounts; a manager may only deactivate one (the access review)
+    require_role(db, actor, "admin", *(("manager",) if active is False and name is None else ()))
     changes = {}
     errors: dict[str, str] = {}
     name = text(name, "name", errors, 200)
@@ -254,6 +280,9 @@ def update_user(db: Session, actor, user: User, name: str | None = None, active:
     if active is not None and active != user.active:
         if not active and getattr(actor, "id", None) == user.id:
             raise Conflict(N_("You cannot deactivate your own account."))
+        if not active:
+            keep_a_manager(db, user, N_("%(email)s is the trial's last active manager: give another account the "
+                                        "manager role before deactivating this one."))
         changes["active"] = (user.active, active)
         user.active = active
         user.session_token = secrets.token_hex(16)
@@ -265,35 +294,63 @@ def update_user(db: Session, actor, user: User, name: str | None = None, active:
 
 
 def reset_password(db: Session, actor, user: User, new_password: str) -> None:
-    """Admin reset: the user must change it before signing anything, every session and API token
-    ends, and (when an admin, not the server's shell, resets it) the roles that see allocations
-    wait for a manager's countersignature again: whoever set the password could otherwise log in
-    as that user and read the arms."""
+    """A password set by the operator at the server's console (trusted: it holds the database and
+    the keys), never by an admin (who resets by link: :func:`disable_password`). The user must
+    change it before signing anything; every session and API token ends."""
     require_role(db, actor, "admin")
-    if getattr(actor, "id", None) == user.id:
-        raise Forbidden(N_("Change your own password on the password page."))
-    _check_new_password(new_password)
+    if not is_cli(actor):
+        raise Forbidden(ADMIN_SETS_NO_PASSWORD)
+    _check_new_password(new_password, user.email, user.name)
     user.password_hash = hash_password(new_password)
     user.must_change_password = True
     user.session_token = secrets.token_hex(16)
     user.password_changed_at = utcnow()
     audit.record(db, actor, "reset_password", "user", user.email, {"must_change_password": (False, True)})
     _revoke_all(db, actor, user, "password reset")
-    if not is_cli(actor):
-        codes = _codes(db)
-        suspended = [(r.role, r.site_id, codes.get(r.site_id)) for r in user.roles if needs_countersign(actor, r.role)]
-        if suspended:
-            keep = [(r.role, r.site_id, codes.get(r.site_id)) for r in user.roles if not needs_countersign(actor, r.role)]
-            _apply_roles(db, actor, user, keep, "password reset by an administrator: the roles that see allocations "
-                                                "wait for a manager's countersignature")
-            for role, site_id, code in suspended:
-                _request_grant(db, actor, user, role, site_id, code, "re-approval after a password reset by an administrator")
+
+
+def disable_password(db: Session, actor, user: User) -> None:
+    """An admin's reset: the current password stops working and every session and API token of
+    the user ends; the user sets a new password through a one-time link e-mailed to them
+    (trial.notify.accounts.reset_password). The admin never sets or learns it, so the roles stay.
+    Refused for the last active manager: the trial would have no manager until the link is used."""
+    require_role(db, actor, "admin")
+    if getattr(actor, "id", None) == user.id:
+        raise Forbidden(N_("Change your own password on the password page."))
+    if not user.active:
+        raise Conflict(Msg(N_("The account %(email)s is deactivated: reactivate it first."), email=user.email))
+    keep_a_manager(db, user, N_("%(email)s is the trial's last active manager: a reset would leave the trial without "
+                                "one until the link is used. Give another account the manager role first, or ask the "
+                                "operator to run `trial user reset-password` at the server's console."))
+    now = utcnow()
+    user.password_hash, user.must_change_password = _unknowable(), False
+    user.session_token = secrets.token_hex(16)
+    audit.record(db, actor, "reset_password", "user", user.email, {"password_changed_at": (user.password_changed_at, now)},
+                 reason="by an administrator: the password no longer works; the user sets a new one through a "
+                        "one-time link sent to their e-mail")
+    user.password_changed_at = now
+    _revoke_all(db, actor, user, "password reset")
+
+
+class LastManager(Conflict):
+    code = "last_manager"
+
+
+def keep_a_manager(db: Session, user: User, refusal: str) -> None:
+    """Refuse (409 last_manager) what would leave the trial without an active manager: ``user`` is
+    one and no other active account holds the role."""
+    if not user.active or not any(r.role == "manager" for r in user.roles):
+        return
+    others = db.execute(select(func.count(RoleAssignment.id)).join(User, User.id == RoleAssignment.user_id).where(
+        RoleAssignment.role == "manager", User.active.is_(True), User.id != user.id)).scalar()
+    if not others:
+        raise LastManager(Msg(refusal, email=user.email))
 
 
 def change_password(db: Session, user: User, current: str, new: str) -> None:
     if not check_password(user, current):
         raise ValidationError(N_("The current password is wrong."), {"current_password": N_("is wrong")})
-    _check_new_password(new)
+    _check_new_password(new, user.email, user.name, "new_password")
     if current == new:
         raise ValidationError(N_("The new password must differ from the current one."),
                               {"new_password": N_("same as current")})
@@ -336,85 +393,142 @@ def end_sessions(db: Session, user: User) -> None:
     audit.record(db, user, "logout", "user", user.email)
 
 
+def session_expired(db: Session, user: User, reason: str) -> None:
+    """A web session that ended without a logout (idle too long, or past its absolute lifetime),
+    recorded at its next request: audited as the user's, with why."""
+    audit.record(db, user, "session_expired", "user", user.email, reason=reason)
+
+
 # --- login throttling --------------------------------------------------------------------------
 #
-# Per account: after ACCOUNT_FREE failures in a row the account waits, 1, 2, 4, 8 and at most 15
-# minutes after each further failure. Attempts during the wait are refused without checking the
-# password and are not counted, so they do not extend it. Failures from an address the owner
-# logged in from (in the last 90 days) count only against that address, so an attacker elsewhere
-# cannot lock the owner out of their usual machine. Per address: ADDRESS_LIMIT failures in 15
-# minutes, over every account, against password spraying. Both live in the database.
+# Never a lock of the account from everywhere. Each attempt falls in one bucket, and each bucket
+# backs off exponentially: after its free failures it waits 1, 2, 4, 8 ... minutes (at most its
+# cap) after each further failure. Attempts during a wait are refused without checking the password
+# and are not counted, so they do not extend it. All of it is in the database (app servers share it).
+#
+# - (account, address): ACCOUNT_FREE failures of this account from this client address (since the
+#   last success from there, within ACCOUNT_MEMORY), then 1 to 15 minutes. Failures elsewhere never
+#   make this address wait: an attacker at one address does not lock the owner out of another, and
+#   one user's typos at a shared (NAT) address do not lock the others there out.
+# - address: ADDRESS_FREE failures from one address over every account within ADDRESS_MEMORY, then
+#   1 to 60 minutes (password spraying).
+# - (account, known device): a browser that signed in to the account before carries a signed device
+#   cookie naming it (trial.auth.devices). Its attempts skip both buckets above and count against
+#   the device alone, with the (account, address) back-off: an attack on the account from anywhere,
+#   even from the same address, never keeps it out, and a stolen cookie buys no extra guesses.
+#   Such an attempt is stored with ``remote_addr`` = ``address#device`` (see LoginAttempt).
+# An unknown e-mail is throttled exactly like an account: throttling reveals nothing.
 
 ACCOUNT_FREE = 5
 ACCOUNT_BASE = dt.timedelta(minutes=1)
 ACCOUNT_MAX = dt.timedelta(minutes=15)
 ACCOUNT_MEMORY = dt.timedelta(hours=24)
-KNOWN_FOR = dt.timedelta(days=90)
-ADDRESS_LIMIT = 30
-ADDRESS_WINDOW = dt.timedelta(minutes=15)
+ADDRESS_FREE = 30
+ADDRESS_BASE = dt.timedelta(minutes=1)
+ADDRESS_MAX = dt.timedelta(minutes=60)
+ADDRESS_MEMORY = dt.timedelta(hours=1)
 THROTTLE_FAILURES = ACCOUNT_FREE
+DEVICE_SEP = "#"
+# the shared beginning of the two refusals (each says how long to wait and how to get in at once)
+LOGIN_THROTTLED = "Too many failed logins"
+THROTTLED_ACCOUNT = N_("Too many failed logins for this account from here. Try again in %(n)s minute(s), or sign "
+                       "in from a device you have signed in with before.")
+THROTTLED_ADDRESS = N_("Too many failed logins from this address. Try again in %(n)s minute(s), or sign in from a "
+                       "device you have signed in with before.")
 
 
-def _known_addresses(db: Session, email: str, now: dt.datetime) -> set[str]:
-    return set(db.execute(select(LoginAttempt.remote_addr).distinct().where(
-        LoginAttempt.email == email, LoginAttempt.success.is_(True), LoginAttempt.at > now - KNOWN_FOR,
-        LoginAttempt.remote_addr.is_not(None))).scalars())
+def attempt_source(addr: str | None, device: str | None = None) -> str | None:
+    """What an attempt stores as ``remote_addr``: the client address, or ``address#device`` for an
+    attempt with a known-device cookie (its own bucket). At most 64 characters."""
+    addr = (addr or None) and addr[:64]
+    if not device:
+        return addr
+    device = device[:16]
+    return f"{(addr or '')[:63 - len(device)]}{DEVICE_SEP}{device}"
 
 
-def account_wait(db: Session, email: str, addr: str | None, now: dt.datetime) -> dt.timedelta | None:
-    """How long this account must wait before a login from ``addr`` is checked again."""
-    last_ok = db.execute(select(func.max(LoginAttempt.at)).where(LoginAttempt.email == email,
-                                                               LoginAttempt.success.is_(True))).scalar()
-    since = max(last_ok or dt.datetime.min, now - ACCOUNT_MEMORY)
-    known = _known_addresses(db, email, now)
-    q = select(LoginAttempt.at).where(LoginAttempt.email == email, LoginAttempt.success.is_(False),
-                                      LoginAttempt.counted.is_(True), LoginAttempt.at > since)
-    if addr is not None and addr in known:
-        q = q.where(LoginAttempt.remote_addr == addr)
-    elif known:
-        q = q.where(or_(LoginAttempt.remote_addr.is_(None), LoginAttempt.remote_addr.not_in(sorted(known))))
-    times = db.execute(q.order_by(LoginAttempt.at.desc()).limit(ACCOUNT_FREE + 8)).scalars().all()
-    if len(times) < ACCOUNT_FREE:
+def _bucket(email: str, addr: str | None, device: str | None) -> list:
+    """The conditions that select the attempts of one (account, address) or (account, device) bucket."""
+    if device:
+        return [LoginAttempt.email == email, LoginAttempt.remote_addr.endswith(DEVICE_SEP + device[:16], autoescape=True)]
+    if addr is None:
+        return [LoginAttempt.email == email, LoginAttempt.remote_addr.is_(None)]
+    return [LoginAttempt.email == email, LoginAttempt.remote_addr == addr]
+
+
+def _backoff(times: list[dt.datetime], free: int, base: dt.timedelta, cap: dt.timedelta,
+             now: dt.datetime) -> dt.timedelta | None:
+    """How long is left to wait after the latest of ``times`` (the bucket's failures, newest first)."""
+    if len(times) < free:
         return None
-    wait = min(ACCOUNT_BASE * 2 ** (len(times) - ACCOUNT_FREE), ACCOUNT_MAX)
-    left = times[0] + wait - now
+    left = times[0] + min(base * 2 ** (len(times) - free), cap) - now
     return left if left > dt.timedelta(0) else None
+
+
+def _failures(db: Session, where: list, since: dt.datetime, limit: int) -> list[dt.datetime]:
+    return db.execute(select(LoginAttempt.at).where(
+        *where, LoginAttempt.success.is_(False), LoginAttempt.counted.is_(True), LoginAttempt.at > since)
+        .order_by(LoginAttempt.at.desc()).limit(limit)).scalars().all()
+
+
+def account_wait(db: Session, email: str, addr: str | None, now: dt.datetime,
+                 device: str | None = None) -> dt.timedelta | None:
+    """How long logins of this account from ``addr`` (or from the known ``device``) must wait."""
+    addr = (addr or None) and addr[:64]
+    where = _bucket(email, addr, device)
+    last_ok = db.execute(select(func.max(LoginAttempt.at)).where(*where, LoginAttempt.success.is_(True))).scalar()
+    since = max(last_ok or dt.datetime.min, now - ACCOUNT_MEMORY)
+    return _backoff(_failures(db, where, since, ACCOUNT_FREE + 8), ACCOUNT_FREE, ACCOUNT_BASE, ACCOUNT_MAX, now)
 
 
 def address_wait(db: Session, addr: str | None, now: dt.datetime) -> dt.timedelta | None:
-    """How long this client address must wait: too many failures over all accounts."""
+    """How long this client address must wait: too many failures over all accounts (spraying)."""
     if not addr:
         return None
-    times = db.execute(select(LoginAttempt.at).where(
-        LoginAttempt.remote_addr == addr, LoginAttempt.success.is_(False), LoginAttempt.counted.is_(True),
-        LoginAttempt.at > now - ADDRESS_WINDOW).order_by(LoginAttempt.at.desc()).limit(ADDRESS_LIMIT)).scalars().all()
-    if len(times) < ADDRESS_LIMIT:
-        return None
-    left = times[-1] + ADDRESS_WINDOW - now
-    return left if left > dt.timedelta(0) else None
+    times = _failures(db, [LoginAttempt.remote_addr == addr[:64]], now - ADDRESS_MEMORY, ADDRESS_FREE + 8)
+    return _backoff(times, ADDRESS_FREE, ADDRESS_BASE, ADDRESS_MAX, now)
+
+
+def throttle(db: Session, email: str, addr: str | None, device: str | None = None,
+             now: dt.datetime | None = None) -> None:
+    """Refuse (Forbidden, with how many minutes to wait) a login step of ``email`` from ``addr``
+    (with the known ``device``) while its bucket or the address waits; the refused attempt is
+    recorded, not counted. The password step calls it, and so may a second step (wrong codes)."""
+    now = now or utcnow()
+    wait = account_wait(db, email, addr, now, device)
+    addr_wait = None if device else address_wait(db, addr, now)
+    if wait or addr_wait:
+        db.add(LoginAttempt(email=email, success=False, counted=False, remote_addr=attempt_source(addr, device), at=now))
+        e = Forbidden(Msg(THROTTLED_ACCOUNT if wait else THROTTLED_ADDRESS, n=_minutes(wait or addr_wait)))
+        e.retry_after = int((wait or addr_wait).total_seconds()) + 1
+        raise e
+
+
+def record_attempt(db: Session, email: str, addr: str | None, success: bool, device: str | None = None,
+                   now: dt.datetime | None = None) -> None:
+    """Count a login step's outcome in its bucket (a failure here makes the bucket wait later)."""
+    db.add(LoginAttempt(email=email, success=success, counted=True, remote_addr=attempt_source(addr, device),
+                        at=now or utcnow()))
 
 
 def _minutes(td: dt.timedelta) -> int:
     return max(1, -(-int(td.total_seconds()) // 60))
 
 
-def authenticate(db: Session, email: str, password: str, remote_addr: str | None = None) -> User:
+def authenticate(db: Session, email: str, password: str, remote_addr: str | None = None,
+                 device: str | None = None) -> User:
     """Return the user or raise Forbidden with a message that never tells an unknown user from a
-    wrong password. Attempts are recorded (and committed by the caller) for throttling."""
+    wrong password. ``device`` is the id of a known-device cookie that names this account (the web
+    layer checks its signature). Attempts are recorded (and committed by the caller) for throttling."""
     email = (email or "").strip().lower()[:254]
-    remote_addr = (remote_addr or None) and remote_addr[:64]
     now = utcnow()
-    wait = account_wait(db, email, remote_addr, now)
-    addr_wait = address_wait(db, remote_addr, now)
-    if wait or addr_wait:
-        db.add(LoginAttempt(email=email, success=False, counted=False, remote_addr=remote_addr, at=now))
-        if wait:
-            raise Forbidden(Msg(N_("Too many failed logins for this account. Try again in %(n)s minute(s)."),
-                                n=_minutes(wait)))
-        raise Forbidden(Msg(N_("Too many failed logins from this address. Try again in %(n)s minute(s)."), n=_minutes(addr_wait)))
+    throttle(db, email, remote_addr, device, now)
     user = get_user_by_email(db, email)
     ok = check_password(user, password) and user is not None and user.active
-    db.add(LoginAttempt(email=email, success=ok, counted=True, remote_addr=remote_addr, at=now))
+    if not (ok and user.mfa_enrolled_at is not None):
+        # an enrolled user's right password is not yet a success: the code step records it, so
+        # that a stolen password cannot clear the count of wrong codes between guesses
+        record_attempt(db, email, remote_addr, ok, device, now)
     if not ok:
         raise Forbidden(LOGIN_FAILED)
     if _hasher.check_needs_rehash(user.password_hash):
@@ -572,7 +686,7 @@ def reactivate(db: Session, actor, user: User, reason: str | None = None) -> boo
 
 def accounts(db: Session, actor, inactive_days: int | None = None, now: dt.datetime | None = None) -> list[dict]:
     """Every account for the operator, by e-mail: name, roles in force (``role@SITE``), active,
-    two-factor enrolment (none yet: always False) and the last login (None: never). With
+    two-factor enrolment (trial.auth.mfa) and the last login (None: never). With
     ``inactive_days``, only the accounts not logged in for that many days (never counts)."""
     require_role(db, actor, "admin")
     if inactive_days is not None and (isinstance(inactive_days, bool) or not isinstance(inactive_days, int)
@@ -586,7 +700,7 @@ def accounts(db: Session, actor, inactive_days: int | None = None, now: dt.datet
     codes = _codes(db)
     return [{"email": u.email, "name": u.name,
              "roles": _role_text(_sorted({(r.role, r.site_id, codes.get(r.site_id)) for r in u.roles})),
-             "active": u.active, "mfa_enrolled": False, "last_login_at": u.last_login_at}
+             "active": u.active, "mfa_enrolled": u.mfa_enrolled_at is not None, "last_login_at": u.last_login_at}
             for u in db.execute(q).scalars()]
 
 
@@ -607,12 +721,16 @@ def reset_link(token: str) -> str:
     return (settings.current().base_url or "").rstrip("/") + RESET_PATH + token
 
 
-def issue_password_reset(db: Session, actor, user: User, hours: int = RESET_HOURS) -> tuple[str, PasswordReset]:
-    """A one-time link's token for ``user`` (returned once, stored hashed), valid ``hours``; earlier
-    open links of the user end. Only at the server's command line, which is trusted with every
-    account: an admin on the web could otherwise take over any account."""
-    if not is_cli(actor):
+def issue_password_reset(db: Session, actor, user: User, hours: int = RESET_HOURS,
+                         deliver=None) -> tuple[str | None, PasswordReset]:
+    """A one-time link's token for ``user`` (stored hashed), valid ``hours``; earlier open links of
+    the user end. At the server's console (trusted with every account) the token is returned, for
+    the operator. An admin's link goes only to ``deliver(user, link, expires_at)`` (an e-mail to the
+    user: trial.notify.accounts), never back to the admin, who could otherwise take the account
+    over: (None, the link's row) is returned."""
+    if deliver is None and not is_cli(actor):
         raise Forbidden(N_("Links to set a password are issued at the server's command line."))
+    require_role(db, actor, "admin")
     if not user.active:
         raise Conflict(Msg(N_("The account %(email)s is deactivated: reactivate it first."), email=user.email))
     now = utcnow()
@@ -624,7 +742,11 @@ def issue_password_reset(db: Session, actor, user: User, hours: int = RESET_HOUR
                         created_by=_actor_name(actor), expires_at=now + dt.timedelta(hours=hours))
     db.add(row)
     db.flush()
-    audit.record(db, actor, "issue_password_reset", "user", user.email, {"password_reset_expires_at": (None, row.expires_at)})
+    audit.record(db, actor, "issue_password_reset", "user", user.email, {"password_reset_expires_at": (None, row.expires_at)},
+                 reason="sent to the user's e-mail" if deliver else "printed at the server's console")
+    if deliver is not None:
+        deliver(user, reset_link(token), row.expires_at)
+        return None, row
     return token, row
 
 
@@ -648,7 +770,7 @@ def complete_password_reset(db: Session, token: str, new_password: str) -> User:
     now = utcnow()
     row = password_reset_for(db, token, now)
     user = db.get(User, row.user_id)
-    _check_new_password(new_password)
+    _check_new_password(new_password, user.email, user.name, "new_password")
     row.used_at = now
     user.password_hash = hash_password(new_password)
     user.must_change_password = False

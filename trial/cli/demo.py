@@ -14,3 +14,12 @@ def demo_cmd():
     click.echo("Demo loaded. Logins (e-mail / password):")
     for role, email, password in logins:
         click.echo(f"  {role:<13} {email:<32} {password}")
+    click.echo(MFA_HOWTO)
+
+
+MFA_HOWTO = """Two-factor sign-in: nobody is enrolled (in development TRIAL_MFA_ROLES requires it of no role).
+To try it, log in, open "Password" in the header, then "Set up two-factor sign-in" (/account/mfa):
+scan the QR code with an authenticator app (FreeOTP, Aegis, Google or Microsoft Authenticator), or type
+the key shown, enter the app's code and keep the ten recovery codes. From then on that user gives a code
+after the password and with every e-signature. `TRIAL_MFA_ROLES=manager make serve` makes it required
+for managers; `trial user mfa-reset --email E` turns it off for a user again."""

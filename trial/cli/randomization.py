@@ -1,6 +1,7 @@
-"""`trial randomization`: open, verify, simulate."""
+"""`trial randomization`: open, verify, rotate-seal-key, simulate."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -8,6 +9,7 @@ import click
 from trial.cli.common import Group, fail, session
 from trial.protocol.schema import ProtocolError, parse
 from trial.protocol.service import current
+from trial.randomize import sealkey
 from trial.randomize import service as randomize_service
 from trial.randomize.simulate import format_report, simulate
 from trial.scope import CliActor
@@ -40,6 +42,18 @@ def randomization_verify():
     if not res.ok:
         fail(f"verification failed: {len(res.problems)} problem(s) in {res.checked} allocations")
     click.echo(f"verified: the commitment matches and all {res.checked} allocations follow the lists")
+
+
+@randomization.command("rotate-seal-key", help="Read a new seal key (a Fernet key) on standard input and re-seal "
+                       "every sealed seed under it (the key in force, TRIAL_SEAL_KEY, opens them). Then set "
+                       "TRIAL_SEAL_KEY to the new key on every app server and for the command line (README: Rotating "
+                       "the keys). Audited.")
+def randomization_rotate_seal_key():
+    new_key = sys.stdin.readline().rstrip("\r\n")
+    with session() as s:
+        n = sealkey.rotate_seal_key(s, CliActor(), new_key)
+    click.echo(f"seal key rotated: {n} sealed seed(s) re-sealed under the new key. Now set TRIAL_SEAL_KEY to the new "
+               "key on every app server and for the command line; the old key no longer opens the seed.")
 
 
 @randomization.command("simulate", help="Simulate the protocol's randomization design: imbalance between arms overall "

@@ -7,6 +7,7 @@ import sys
 import click
 
 from trial import settings
+from trial.auth import mfa
 from trial.auth.models import ROLES, SITE_ROLES
 from trial.auth.service import (
     RESET_HOURS,
@@ -24,6 +25,7 @@ from trial.catalogue import N_, Msg
 from trial.cli.common import Group, session
 from trial.credentials import service as credentials
 from trial.errors import DomainError
+from trial.exports.formats import spreadsheet_safe
 from trial.scope import CliActor
 
 
@@ -120,7 +122,7 @@ def user_list(inactive_days, fmt):
     if fmt == "csv":
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(COLUMNS)
-        w.writerows(rows)
+        w.writerows([spreadsheet_safe(v) for v in r] for r in rows)  # a name like "=HYPERLINK(..." is not run
         return
     widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
     for r in [COLUMNS, *rows]:
@@ -143,6 +145,17 @@ def user_reactivate(email):
     with session() as s:
         done = reactivate(s, CliActor(), _user(s, email), reason="reactivated at the command line")
     click.echo(f"user {email} reactivated" if done else f"user {email} was already active")
+
+
+@user.command("mfa-reset", help="Turn the user's two-factor sign-in off (a lost phone): the secret and the recovery "
+              "codes are deleted and every web session of the user ends; the user sets it up again at the next "
+              "sign-in (a role in TRIAL_MFA_ROLES must). Audited.")
+@click.option("--email", required=True)
+def user_mfa_reset(email):
+    with session() as s:
+        done = mfa.reset(s, CliActor(), _user(s, email))
+    click.echo(f"two-factor sign-in of {email} reset: every session ended; the user enrols again" if done
+               else f"user {email} had not enrolled in two-factor sign-in: nothing changed")
 
 
 @user.command("reset-password", help=f"Print a one-time link (valid {RESET_HOURS} h) for the user to set a new "

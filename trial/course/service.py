@@ -42,6 +42,9 @@ LABELS = {"held_on": N_("Date"), "attendance": N_("Attendance"), "minutes": N_("
           "present": N_("Present"), "goals": N_("Goals worked on"), "goal": N_("Goal"), "description": N_("Description"),
           "set_on": N_("Set on")}
 SESSION_FIELDS = ("held_on", "attendance", "minutes", "techniques", "engagement", "note", "present", "goals")
+# an unknown session or goal and one the caller may not know of: the same answer (its id not repeated)
+NO_SESSION = N_("No such session.")
+NO_GOAL = N_("No such goal.")
 MAX_MINUTES = 240
 
 
@@ -224,7 +227,7 @@ def session_for_correction(db: Session, actor, session_id: int, for_update: bool
     that a session exists tells of the allocation."""
     s = db.get(TherapySession, session_id)
     if s is None or not can_see_arm(db, actor, db.get(Participant, s.participant_id).site_id):
-        raise NotFound(Msg(N_("No session %(id)s."), id=session_id))
+        raise NotFound(NO_SESSION)
     p = get_participant(db, actor, db.get(Participant, s.participant_id).study_id, for_update=for_update)
     require_site_role(db, actor, p.site_id, "therapist")
     if for_update:
@@ -616,7 +619,7 @@ def goal_for_revision(db: Session, actor, goal_id: int) -> tuple[ChildGoal, str]
     g = db.get(ChildGoal, goal_id)
     p = db.get(Participant, g.participant_id) if g else None
     if g is None or not can_see_arm(db, actor, p.site_id):
-        raise NotFound(Msg(N_("No goal %(id)s."), id=goal_id))
+        raise NotFound(NO_GOAL)
     require_site_role(db, actor, p.site_id, "therapist")
     return g, p.study_id
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,25 @@ def verification_key(kind: str, target_id: int | None, participant_id: int) -> s
     return f"{kind}:{target_id if target_id is not None else participant_id}"
 
 
+def query_ref(site_code: str, number: int | None) -> str:
+    """What a user is shown of a query's identity: its site and its number there (``AT01-Q17``),
+    never the global id, whose gaps would tell how much happens at other sites and on the records
+    a blinded reader may not know of."""
+    return f"{site_code}-Q{number}"
+
+
+def next_numbers(db: Session, site_ids) -> dict[int, int]:
+    """The next query number of each site (its largest + 1). Taken under the audit chain head's
+    lock, which every writer of a query holds from here until it commits (it audits the query,
+    and each audit record takes that lock): two writers never take the same number (SQLite's
+    transactions hold the write lock from their start anyway)."""
+    audit.lock_head(db)
+    ids = sorted(set(site_ids))
+    top = dict(db.execute(select(DataQuery.site_id, func.max(DataQuery.number)).where(DataQuery.site_id.in_(ids))
+                          .group_by(DataQuery.site_id)).all()) if ids else {}
+    return {i: (top.get(i) or 0) + 1 for i in ids}
+
+
 def raise_check(db: Session, p: Participant, kind: str, target_id: int | None, key: str, text: str, answer_role: str,
                 assessor_visible: bool, field: str | None = None, visit: str | None = None,
                 instrument: str | None = None) -> DataQuery | None:
@@ -34,9 +53,10 @@ def raise_check(db: Session, p: Participant, kind: str, target_id: int | None, k
         return None
     c = Check(p, kind, target_id, key, text, answer_role, assessor_visible, field, visit, instrument)
     now = utcnow()
+    number = next_numbers(db, [p.site_id])[p.site_id]
     try:
         with db.begin_nested():  # two readers of a worklist at once: one query, and no error for the other
-            q = DataQuery(**_query_row(c, now))
+            q = DataQuery(**_query_row(c, now, number))
             db.add(q)
             db.flush()
             db.add(QueryMessage(**_message_row(c, q.id, now)))
@@ -79,8 +99,7 @@ def raise_checks(db: Session, checks: list[Check]) -> list[int]:
     if not todo:
         return []
     now = utcnow()
-    ids = dict(insert_new(db, DataQuery.__table__, [_query_row(c, now) for c in todo],
-                          DataQuery.open_key, DataQuery.id))
+    ids = dict(insert_new(db, DataQuery.__table__, _numbered_rows(db, todo, now), DataQuery.open_key, DataQuery.id))
     raised = [c for c in todo if c.key in ids]
     if raised:
         db.execute(insert(QueryMessage.__table__), [_message_row(c, ids[c.key], now) for c in raised])
@@ -95,10 +114,21 @@ def _open_keys(db: Session, keys: list[str]) -> set[str]:
     return out
 
 
-def _query_row(c: Check, now) -> dict:
+def _numbered_rows(db: Session, todo: list[Check], now) -> list[dict]:
+    """The queries' rows, each with the next number of its site, in the order of the findings."""
+    numbers = next_numbers(db, [c.participant.site_id for c in todo])
+    rows = []
+    for c in todo:
+        rows.append(_query_row(c, now, numbers[c.participant.site_id]))
+        numbers[c.participant.site_id] += 1
+    return rows
+
+
+def _query_row(c: Check, now, number: int) -> dict:
     p = c.participant
-    return {"participant_id": p.id, "site_id": p.site_id, "kind": c.kind, "target_id": c.target_id, "field": c.field,
-            "visit": c.visit, "instrument": c.instrument, "text": str(c.text), "words": _words(c.text),
+    return {"number": number, "participant_id": p.id, "site_id": p.site_id, "kind": c.kind, "target_id": c.target_id,
+            "field": c.field, "visit": c.visit, "instrument": c.instrument, "text": str(c.text),
+            "words": _words(c.text),
             "status": "open", "origin": "check", "check_key": c.key, "open_key": c.key, "answer_role": c.answer_role,
             "assessor_visible": c.assessor_visible, "raised_by_id": None, "raised_by": SYSTEM, "raised_at": now,
             "updated_at": now}

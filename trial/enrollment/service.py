@@ -190,15 +190,26 @@ def _enrolment_values(content: dict, data: dict, sc: Screening, site: Site) -> t
     return consent, born, sex, strata
 
 
+NO_SCREENING = N_("No such screening.")  # an unknown one and another site's: the same answer
+
+
+def screening_for(db: Session, actor, screening_id: int) -> Screening:
+    """The screening, for the staff who keep its site's log (coordinators and monitors of the
+    site, managers); for anyone else 404, as for a screening that does not exist."""
+    sc = db.get(Screening, screening_id)
+    sites = visible_site_ids(db, actor, "coordinator", "monitor", "manager")
+    if sc is None or (sites is not None and sc.site_id not in sites):
+        raise NotFound(NO_SCREENING)
+    return sc
+
+
 def enroll(db: Session, actor, data: dict, at: dt.datetime | None = None) -> Participant:
     """Enrol from an eligible screening. ``at`` (a UTC datetime) is honoured only for the
     command-line operator loading synthetic or migrated data (the demo); users enrol now."""
     errors: dict[str, str] = {}
     sid = ident(data.get("screening_id"), "screening_id", errors, Msg(N_("a screening's id")))
     refuse(N_("The participant was not enrolled"), errors)
-    sc = db.get(Screening, sid)
-    if sc is None:
-        raise NotFound(Msg(N_("No screening with id %(id)s."), id=sid))
+    sc = screening_for(db, actor, sid)
     require_site_role(db, actor, sc.site_id, "coordinator")
     ensure_writable(db)
     site = db.get(Site, sc.site_id)

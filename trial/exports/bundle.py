@@ -18,6 +18,7 @@ import pickle
 import queue
 import shutil
 import tempfile
+import textwrap
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from trial.exports.dataset import (
 )
 from trial.exports.reports import bang_index, baseline_table, table_csv, trial_facts
 from trial.fidelity.service import delivered_by_arm
+from trial.grants.review import last_review
 from trial.participants.models import Participant
 from trial.protocol.models import ProtocolVersion
 from trial.safety.service import summary_by_arm
@@ -603,7 +605,8 @@ class _Build:
         told)."""
         blinded, lock, other = v == "blinded", self.lock, self.other
         accepted = shown_queries(self.db, lock.accepted_open_queries, blinded)
-        text = _readme(lock, self.sig, self.pv, blinded, ts, {}, self.counts[v], accepted, seal_of(self.db, seal_name(lock)))
+        text = _readme(lock, self.sig, self.pv, blinded, ts, {}, self.counts[v], accepted, seal_of(self.db, seal_name(lock)),
+                       last_review(self.db, before=self.sig.signed_at))
 
         def readme(text=text, truncated=truncated, from_helper=from_helper) -> bytes:
             """(in the zip's thread: plain values only, no database object)"""
@@ -699,8 +702,9 @@ def _accepted_text(accepted: list[int], blinded: bool) -> str:
             f"{', '.join(map(str, accepted))} (see queries.csv).")
 
 
-def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts, accepted: list[int], seal=None) -> str:
-    lines = _readme_head(lock, sig, pv, blinded, accepted)
+def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts, accepted: list[int], seal=None,
+            review: dict | None = None) -> str:
+    lines = _readme_head(lock, sig, pv, blinded, accepted) + [_review_text(review), ""]
     if blinded:
         lines += _dummy_text(lock)
     elif seal is not None:  # the chain's size follows the sessions logged: unblinded readers only
@@ -708,6 +712,15 @@ def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts, accepted: l
     lines += _contents_text(blinded)
     lines += [f"{t.name:<9} {t.label} ({counts[t.name]} rows)" for t in tables]
     return "\n".join(lines) + "\n" + _truncated_text(truncated)
+
+
+def _review_text(review: dict | None) -> str:
+    """The last access review signed before the lock (trial.grants.review), or that there was none."""
+    if review is None:
+        return "Access review: none was signed before this lock."
+    return (f"Access review: the last before this lock was signed by {review['printed_name']} <{review['email']}> at "
+            f"{review['signed_at']:%Y-%m-%d %H:%M:%S} UTC ({review['accounts']} accounts, {review['inactive']} "
+            "flagged unused).")
 
 
 def _readme_head(lock, sig, pv, blinded: bool, accepted: list[int]) -> list[str]:
@@ -720,6 +733,7 @@ def _readme_head(lock, sig, pv, blinded: bool, accepted: list[int]) -> list[str]
         "=====================",
         f"Trial: {pv.content['trial']['name']}",
         f"Lock: {lock.id} (hard lock version {lock.version})",
+        *_addendum_text(lock),
         f"Signed by: {sig.printed_name} <{sig.email}> at {sig.signed_at:%Y-%m-%d %H:%M:%S} UTC",
         f"Meaning of the signature: {sig.meaning}",
         _accepted_text(accepted, blinded) if lock.accepted_open_queries else "Every query was closed when the lock was signed.",
@@ -728,6 +742,15 @@ def _readme_head(lock, sig, pv, blinded: bool, accepted: list[int]) -> list[str]
         f"Variant: {variant}",
         "",
     ]
+
+
+def _addendum_text(lock) -> list[str]:
+    """A hard lock that closes an addendum (signed after the unblinding) names the lock it corrects."""
+    if not getattr(lock, "parent_lock_id", None):
+        return []
+    return [f"Addendum lock: it closes an addendum opened after the unblinding to correct the data of hard lock "
+            f"{lock.parent_lock_id} (its parent); the changes made since are in the audit trail, and the bundles of "
+            f"lock {lock.parent_lock_id} stay as they were signed."]
 
 
 def _dummy_text(lock) -> list[str]:
@@ -753,6 +776,7 @@ def _contents_text(blinded: bool) -> list[str]:
         "Contents",
         "--------",
         "csv/      one CSV per table (UTF-8, header row; dates ISO 8601; empty = missing)",
+        *textwrap.wrap(formats.NEUTRALISED, 92, initial_indent="          ", subsequent_indent="          "),
         "xpt/      SAS transport v5 (names <= 8 characters, labels <= 40; dates as ISO text)",
         "dta/      Stata 15 (.dta)",
         "odm/      CDISC ODM 1.3.2 Snapshot (snapshot.xml)",

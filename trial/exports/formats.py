@@ -1,6 +1,11 @@
 """Writers for one table: CSV, SAS transport (v5) and Stata (.dta) files (trial.exports.statfiles:
 the bytes pyreadstat writes, in a fraction of its time), and the data dictionary. Every writer is
-deterministic for a given lock: the files' header stamps are the lock's time."""
+deterministic for a given lock: the files' header stamps are the lock's time.
+
+Every CSV the system writes is safe to open in a spreadsheet: a text cell that begins with ``=``,
+``+``, ``-``, ``@``, a tab or a carriage return would be read as a formula (CSV injection), so it
+gets a leading apostrophe (OWASP's advice); numbers stay numbers (a variable's type decides, not
+its first character). The SAS, Stata and ODM files keep the text as entered."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +17,32 @@ from trial.exports.dataset import MAX_LABEL, MAX_STATA_LABEL, Table, Var
 from trial.exports.statfiles import Column
 
 XPT_MAX_TEXT = 200  # SAS transport v5 character variables hold at most 200 bytes
+FORMULA_START = frozenset("=+-@\t\r")  # what a spreadsheet may read as the start of a formula
+NEUTRALISED = ("Text cells beginning with =, +, -, @, a tab or a carriage return (or with apostrophes and then one "
+               "of those) have an apostrophe (') put before them in the CSV files, so that a spreadsheet does not "
+               "run them as formulas (syntax/load.R takes it off again); the Stata, SAS and ODM files hold the text "
+               "as entered.")
+
+
+def spreadsheet_safe(value):
+    """A text cell as a CSV file holds it: with an apostrophe before a leading ``=``, ``+``,
+    ``-``, ``@``, tab or carriage return (OWASP's advice against CSV injection), and before
+    apostrophes followed by one of those, so that taking the first apostrophe off any cell that
+    begins with apostrophes and then one of those gives back the text as entered. Anything else
+    (numbers, missing values) as it is."""
+    if isinstance(value, str) and value.lstrip("'")[:1] in FORMULA_START:
+        return "'" + value
+    return value
+
+
+def csv_bytes(header: list[str], rows) -> bytes:
+    """A CSV file (UTF-8, a header row) of rows whose text cells are made spreadsheet-safe
+    (numbers, which are not text, stay as they are)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows([spreadsheet_safe(v) for v in row] for row in rows)
+    return buf.getvalue().encode("utf-8")
 
 
 def _cell(v) -> str:
@@ -28,13 +59,16 @@ def to_csv(table: Table) -> bytes:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow([v.name for v in table.vars])
     floats = [i for i, v in enumerate(table.vars) if v.type == "float"]
-    if floats:  # only the floats need formatting (12.0 is written 12); None is written empty by csv
+    texts = [i for i, v in enumerate(table.vars) if v.type == "str"]  # neutralised; numbers never are
+    if floats or texts:  # the floats need formatting (12.0 is written 12); None is written empty by csv
 
         def written(row):
             row = list(row)
             for i in floats:
                 if isinstance(row[i], float):
                     row[i] = _cell(row[i])
+            for i in texts:
+                row[i] = spreadsheet_safe(row[i])
             return row
         w.writerows(map(written, table.rows))
     else:
@@ -51,29 +85,19 @@ def dictionary_csv(tables: list[Table]) -> bytes:
     """Every variable of every table: its whole label, its type, units, the values it takes and
     what they mean, the numbers the Stata and SAS files hold for them, where it comes from and
     whether it is the primary outcome."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(DICTIONARY_COLUMNS)
-    for t in tables:
-        for v in t.vars:
-            allowed = v.codes.meanings() if v.codes is not None else v.allowed
-            w.writerow([t.name, t.label, v.name, v.label, v.kind, v.units, allowed,
-                        v.codes.numbered() if v.codes is not None else "", sas_format(v), v.instrument, v.visit,
-                        "1" if v.primary else "", v.source])
-    return buf.getvalue().encode("utf-8")
+    return csv_bytes(DICTIONARY_COLUMNS, (
+        [t.name, t.label, v.name, v.label, v.kind, v.units, v.codes.meanings() if v.codes is not None else v.allowed,
+         v.codes.numbered() if v.codes is not None else "", sas_format(v), v.instrument, v.visit,
+         "1" if v.primary else "", v.source] for t in tables for v in t.vars))
 
 
 def visits_csv(content: dict) -> bytes:
     """The protocol's visits: target day after randomization and the window around it."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["visit", "label", "target_day", "window_before_days", "window_after_days", "earliest_day", "latest_day",
-                "primary", "allocation_guess", "instruments"])
-    for v in content["visits"]:
-        w.writerow([v["key"], v["label"], v["day"], v["window_before"], v["window_after"], v["day"] - v["window_before"],
-                    v["day"] + v["window_after"], int(bool(v["primary"])), int(bool(v["allocation_guess"])),
-                    "; ".join(i["key"] for i in content["instruments"] if v["key"] in i["visits"])])
-    return buf.getvalue().encode("utf-8")
+    return csv_bytes(["visit", "label", "target_day", "window_before_days", "window_after_days", "earliest_day",
+                      "latest_day", "primary", "allocation_guess", "instruments"], (
+        [v["key"], v["label"], v["day"], v["window_before"], v["window_after"], v["day"] - v["window_before"],
+         v["day"] + v["window_after"], int(bool(v["primary"])), int(bool(v["allocation_guess"])),
+         "; ".join(i["key"] for i in content["instruments"] if v["key"] in i["visits"])] for v in content["visits"]))
 
 
 SAS_FORMATS = {"date": "YYMMDD10.", "datetime": "E8601DT19."}

@@ -3,8 +3,6 @@ follow-up dates, intervention as delivered, numbers with primary-outcome data at
 Bang's blinding index per arm."""
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections import Counter
 
@@ -13,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from trial.course.models import TherapySession
 from trial.exports.consort import POOLED_KEY, POOLED_LABEL, remember
+from trial.exports.formats import csv_bytes
 from trial.participants.models import Allocation, Assessment, Participant, Screening
 from trial.participants.service import age_in_months
 from trial.protocol.service import current as current_protocol
@@ -159,12 +158,9 @@ def _score_rows(content: dict, rows: list, base: dict, cols: dict[str, list], or
 
 
 def table_csv(t: dict) -> bytes:
-    """A table as CSV: the header row and the rows (a table's notes are in its PDF)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(t["columns"])
-    w.writerows(t["rows"])
-    return buf.getvalue().encode("utf-8")
+    """A table as CSV: the header row and the rows (a table's notes are in its PDF); text cells
+    spreadsheet-safe (trial.exports.formats)."""
+    return csv_bytes(t["columns"], t["rows"])
 
 
 def trial_facts(db: Session, blinded: bool, memo: dict | None = None) -> dict:

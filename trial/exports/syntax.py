@@ -50,6 +50,8 @@ R_HEAD = [  # load.R's opening: where the bundle is (sourced or run with Rscript
     '.read <- function(path, classes) {',
     '  d <- read.csv(file.path(root, path), colClasses = classes, na.strings = "", encoding = "UTF-8",',
     '                check.names = FALSE, stringsAsFactors = FALSE)',
+    "  # the apostrophe the CSV puts before text a spreadsheet would run as a formula (=, +, -, @, tab, CR)",
+    "  d[] <- lapply(d, function(x) if (is.character(x)) sub(\"^'('*[-=+@\\t\\r])\", \"\\\\1\", x) else x)",
     '  d',
     '}',
     '',

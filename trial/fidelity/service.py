@@ -24,6 +24,7 @@ from trial.audit import service as audit
 from trial.auth.models import RoleAssignment, User
 from trial.catalogue import N_, Joined, Label, Msg
 from trial.course.models import ChildGoal, TherapySession
+from trial.course.service import NO_SESSION
 from trial.credentials import service as credentials
 from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound
@@ -147,7 +148,7 @@ def _sampled_session(db: Session, actor, session_id: int) -> tuple[TherapySessio
     s = db.get(TherapySession, session_id)
     p = db.get(Participant, s.participant_id) if s else None
     if s is None or not can_see_arm(db, actor, p.site_id):
-        raise NotFound(Msg(N_("No session %(id)s."), id=session_id))
+        raise NotFound(NO_SESSION)
     return s, p
 
 

@@ -1,13 +1,13 @@
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, EmailField, HiddenField, IntegerField, PasswordField, StringField, SubmitField
+from wtforms import BooleanField, EmailField, HiddenField, IntegerField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 
 class UserForm(FlaskForm):
     email = EmailField(_l("E-mail"), validators=[DataRequired(), Length(max=254)])
     name = StringField(_l("Printed name"), validators=[DataRequired(), Length(max=200)])
-    password = PasswordField(_l("Initial password"), validators=[DataRequired(), Length(min=10, max=1000)])
+    # no password: the user sets it through a one-time link sent to this e-mail address
     roles = StringField(_l("Roles"), validators=[DataRequired()],
                         description=_l("Comma-separated; site roles as role@SITE, e.g. coordinator@AT01, manager"))
     submit = SubmitField(_l("Create user"))
@@ -18,8 +18,8 @@ class UserEditForm(FlaskForm):
     roles = StringField(_l("Roles"), validators=[DataRequired()],
                         description=_l("Comma-separated; site roles as role@SITE, e.g. assessor@NO01"))
     active = BooleanField(_l("Active"))
-    new_password = PasswordField(_l("Reset password (optional; the user must change it)"),
-                                 validators=[Optional(), Length(min=10, max=1000)])
+    reset_password = BooleanField(_l("Reset the password: the current one stops working, every session ends, and the "
+                                     "user gets a one-time link by e-mail to set a new one"))
     reason = StringField(_l("Reason for the change"), validators=[DataRequired(), Length(max=500)])
     submit = SubmitField(_l("Save"))
 

@@ -5,6 +5,9 @@ from wtforms.validators import DataRequired, Length
 
 from trial.catalogue import LANGUAGES
 
+NEW_PASSWORD_HINT = _l("At least 12 characters, any you like; not a common password, nor your e-mail address or "
+                       "name. A few unrelated words make a good one.")
+
 
 class LoginForm(FlaskForm):
     email = EmailField(_l("E-mail"), validators=[DataRequired(), Length(max=254)])
@@ -14,13 +17,13 @@ class LoginForm(FlaskForm):
 
 class PasswordForm(FlaskForm):
     current_password = PasswordField(_l("Current password"), validators=[DataRequired()])
-    new_password = PasswordField(_l("New password"), validators=[DataRequired(), Length(min=10, max=1000)])
+    new_password = PasswordField(_l("New password"), validators=[DataRequired(), Length(max=1000)], description=NEW_PASSWORD_HINT)
     submit = SubmitField(_l("Change password"))
 
 
 class ResetPasswordForm(FlaskForm):
     """The new password set through a one-time link (the same rules as a password change)."""
-    new_password = PasswordField(_l("New password"), validators=[DataRequired(), Length(min=10, max=1000)])
+    new_password = PasswordField(_l("New password"), validators=[DataRequired(), Length(max=1000)], description=NEW_PASSWORD_HINT)
     submit = SubmitField(_l("Set the password"))
 
 

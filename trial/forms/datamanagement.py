@@ -24,6 +24,11 @@ def _choices(kind: str, values):
     return [(v, _l(label(kind, v))) for v in values]
 
 
+def _unasked(kind: str, values):
+    """The choices with an empty first one: the form asks, nothing is chosen for the user."""
+    return [("", "—")] + _choices(kind, values)
+
+
 class RaiseQueryForm(FlaskForm):
     kind = HiddenField()
     target_id = HiddenField()
@@ -52,18 +57,30 @@ class QueryStateForm(FlaskForm):
     submit = SubmitField(_l("Save"))
 
 
+class CloseQueryForm(QueryStateForm):
+    submit = SubmitField(_l("Close the query"))
+
+
+class ReopenQueryForm(QueryStateForm):
+    text = StringField(_l("What is still missing (optional)"), validators=[Optional(), Length(max=2000)])
+    submit = SubmitField(_l("Reopen the query"))
+
+
 class AdverseEventForm(FlaskForm):
     term = StringField(_l("Adverse event (term)"), validators=[DataRequired(), Length(max=200)])
     onset = DateField(_l("Onset"), validators=[DataRequired()])
-    severity = SelectField(_l("Severity"), choices=_choices("severity", SEVERITIES))
+    # nothing preselected (severity, relatedness, outcome): a first choice left as it was would be
+    # recorded as the coordinator's judgement without being asked
+    severity = SelectField(_l("Severity"), choices=_unasked("severity", SEVERITIES), validators=[DataRequired()])
     serious = BooleanField(_l("Serious"))
     seriousness = SelectMultipleField(_l("Seriousness criteria (for a serious event)"),
                                       choices=_choices("seriousness", SERIOUSNESS),
                                       option_widget=CheckboxInput(), widget=ListWidget(prefix_label=False))
-    relatedness = SelectField(_l("Relatedness to the intervention"), choices=_choices("relatedness", RELATEDNESS))
+    relatedness = SelectField(_l("Relatedness to the intervention"), choices=_unasked("relatedness", RELATEDNESS),
+                              validators=[DataRequired()])
     expectedness = SelectField(_l("Expectedness"),
                                choices=[("", _l("Not assessed"))] + _choices("expectedness", EXPECTEDNESS))
-    outcome = SelectField(_l("Outcome"), choices=_choices("ae_outcome", OUTCOMES))
+    outcome = SelectField(_l("Outcome"), choices=_unasked("ae_outcome", OUTCOMES), validators=[DataRequired()])
     resolved_on = DateField(_l("Resolved on (the date of death for a fatal outcome)"), validators=[Optional()])
     description = TextAreaField(_l("Description"), validators=[Optional(), Length(max=4000)])
     submit = SubmitField(_l("Record the adverse event"))
@@ -71,7 +88,7 @@ class AdverseEventForm(FlaskForm):
 
 class FollowUpForm(FlaskForm):
     on = DateField(_l("Date"), validators=[DataRequired()])
-    outcome = SelectField(_l("Outcome"), choices=_choices("ae_outcome", OUTCOMES))
+    outcome = SelectField(_l("Outcome"), choices=_unasked("ae_outcome", OUTCOMES), validators=[DataRequired()])
     resolved_on = DateField(_l("Resolved on (the date of death for a fatal outcome)"), validators=[Optional()])
     text = TextAreaField(_l("Follow-up"), validators=[DataRequired(), Length(max=4000)])
     submit = SubmitField(_l("Record the follow-up"))

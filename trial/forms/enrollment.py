@@ -52,7 +52,8 @@ def assessment_form(instrument: dict, visits: list[tuple[str, str]], with_guess:
         visit = SelectField(_l("Visit"), choices=visits)
         performed_on = DateField(_l("Performed on"), validators=[DataRequired()])
     for f in instrument["fields"]:
-        label_ = f"{f['label']} ({f['min']}–{f['max']})" if f.get("min") is not None else f["label"]
+        # the range isolated left to right (U+2066 … U+2069), so that a right-to-left page shows 0–20, not 20–0
+        label_ = f"{f['label']} (\u2066{f['min']}–{f['max']}\u2069)" if f.get("min") is not None else f["label"]
         v = [InputRequired()] if f["required"] else [Optional()]
         if f.get("min") is not None:
             v.append(NumberRange(min=f["min"], max=f["max"]))

@@ -43,11 +43,15 @@ def list_grants(db: Session, actor, status: str | None = "pending") -> list[dict
     ids = {g.user_id for g in rows} | {g.decided_by_id for g in rows if g.decided_by_id}
     emails = dict(db.execute(select(User.id, User.email).where(User.id.in_(ids))).all()) if ids else {}
     holders = {u.id: u for u in db.execute(select(User).where(User.id.in_({g.user_id for g in rows}))).scalars()} if rows else {}
+    site_names = dict(db.execute(select(Site.id, Site.name)).all())
     out = []
     for g in rows:
         d = as_dict(g, codes, emails)
-        # what the account holds already, so the countersigner sees e.g. an admin asking for more
-        d["holds"] = current_roles_text(holders[g.user_id], db) if g.user_id in holders else ""
+        # who exactly gets which role where, and what the account holds already (so the countersigner
+        # sees e.g. an admin asking for more)
+        holder = holders.get(g.user_id)
+        d["name"], d["site_name"] = holder.name if holder else None, site_names.get(g.site_id)
+        d["holds"] = current_roles_text(holder, db) if holder else ""
         out.append(d)
     return out
 
@@ -86,7 +90,7 @@ def _roles_text(db: Session, user: User) -> str | None:
     return ",".join(sorted(_label(db, r.role, r.site_id) for r in user.roles)) or None
 
 
-def approve(db: Session, actor, grant_id: int, password: str, meaning: str) -> RoleGrant:
+def approve(db: Session, actor, grant_id: int, password: str, meaning: str, code: str | None = None) -> RoleGrant:
     """Countersign: the role assignment is made now, the user's sessions end (the new rights apply
     at the next login)."""
     g, user = _pending(db, actor, grant_id)
@@ -94,7 +98,7 @@ def approve(db: Session, actor, grant_id: int, password: str, meaning: str) -> R
         raise Conflict(Msg(N_("%(email)s is deactivated: reactivate the account before granting it a role."),
                            email=user.email))
     check_role_conflicts([(r.role, r.site_id) for r in user.roles] + [(g.role, g.site_id)])
-    sig = sign(db, actor, password, meaning, "countersign_grant")
+    sig = sign(db, actor, password, meaning, "countersign_grant", code)
     before = _roles_text(db, user)
     if (g.role, g.site_id) not in {(r.role, r.site_id) for r in user.roles}:
         user.roles.append(RoleAssignment(role=g.role, site_id=g.site_id))

@@ -66,6 +66,10 @@ class LockBuild(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
+AWAITING = "awaiting_countersignature"
+UNBLINDING_STATES = (AWAITING, "countersigned", "withdrawn")
+
+
 class UnblindingRequest(Base):
     """Unblinding takes two signatures: the manager's request (under a hard lock), then the
     countersignature of a user of the protocol's countersigner role (never the same person); only

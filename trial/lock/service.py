@@ -23,9 +23,8 @@ from trial.esign.models import Signature
 from trial.esign.service import sign
 from trial.exports.bundle import VARIANTS, build_bundles, seal_name
 from trial.exports.consort import consort
-from trial.lock.models import DataLock, LockBuild, LockBundle
+from trial.lock.models import AWAITING, DataLock, LockBuild, LockBundle, UnblindingRequest
 from trial.protocol.service import current as current_protocol
-from trial.randomize.service import get_design, master_seed
 from trial.scope import CliActor, is_blinded, require_role
 from trial.trialstate.service import active_lock_id, lock_message
 from trial.trialstate.service import state as trial_state
@@ -64,7 +63,8 @@ class OpenQueries(Conflict):
     code = "open_queries"
 
 
-def create_lock(db: Session, actor, kind: str, meaning: str, password: str, accept_open_queries: bool = False) -> DataLock:
+def create_lock(db: Session, actor, kind: str, meaning: str, password: str, accept_open_queries: bool = False,
+                code: str | None = None) -> DataLock:
     """Sign a lock. A hard lock while queries are not closed is refused (409 open_queries, their
     ids in the fields) unless the signer accepts them, which is recorded with the signature."""
     require_role(db, actor, "manager")
@@ -78,16 +78,18 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str, acce
     if current is not None and (current.kind == "hard" or kind == "soft"):
         raise Conflict(Msg(N_("A hard lock (lock %(id)s) is already in force.") if current.kind == "hard"
                            else N_("A soft lock (lock %(id)s) is already in force."), id=current.id))
-    open_queries = []
+    open_queries, addendum = [], None
     if kind == "hard":
         open_queries, meaning = _hard_lock_checks(db, meaning, accept_open_queries)
-    sig = sign(db, actor, password, meaning, f"{kind}_lock")
+        addendum = open_addendum_of(db)
+    sig = sign(db, actor, password, meaning, "addendum_lock" if addendum else f"{kind}_lock", code)
     version = None
     if kind == "hard":
         version = (db.execute(select(func.count()).select_from(DataLock).where(DataLock.kind == "hard")).scalar() or 0) + 1
     lock = DataLock(kind=kind, version=version, signature_id=sig.id, protocol_version=current_protocol(db).version,
                     created_at=sig.signed_at, dummy_seed=new_dummy_seed() if kind == "hard" else None,
-                    accepted_open_queries=[q.id for q in open_queries] or None)
+                    accepted_open_queries=[q.id for q in open_queries] or None,
+                    parent_lock_id=addendum.parent_lock_id if addendum else None)
     db.add(lock)
     db.flush()
     if current is not None:  # a soft lock is superseded by the hard lock
@@ -95,13 +97,31 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str, acce
         audit.record(db, actor, "lift", "data_lock", current.id, {"lifted_at": (None, current.lifted_at)},
                      reason=current.lift_reason)
     state.active_lock_id, state.lock_notice = lock.id, _notice(lock, sig)
-    audit.created(db, actor, "data_lock", lock.id, {"kind": kind, "version": version, "signature": sig.id})
+    audit.created(db, actor, "data_lock", lock.id, {"kind": kind, "version": version, "signature": sig.id,
+                                                   "parent_lock_id": lock.parent_lock_id})
+    if addendum is not None:
+        _close_addendum(db, actor, addendum, lock, sig)
     if lock.accepted_open_queries:  # which queries were open can tell of sessions and AEs: unblinded readers only
         audit.record(db, actor, "accept_open_queries", "data_lock", lock.id,
                      {"accepted_open_queries": (None, lock.accepted_open_queries)}, reveals_allocation=True)
     if kind == "hard":
         _seal_and_queue_builds(db, lock)
     return lock
+
+
+def open_addendum_of(db: Session) -> DataLock | None:
+    """The addendum opened after the unblinding and not yet closed by a hard lock (at most one)."""
+    return db.execute(select(DataLock).where(DataLock.kind == "addendum", DataLock.lifted_at.is_(None))
+                      .order_by(DataLock.id.desc()).limit(1)).scalar()
+
+
+def _close_addendum(db: Session, actor, addendum: DataLock, lock: DataLock, sig: Signature) -> None:
+    """The hard lock that closes an addendum's corrections: the addendum's window ends with it,
+    and the new lock names the hard lock the addendum corrects (its bundle's README says so)."""
+    addendum.lifted_at, addendum.lift_signature_id = sig.signed_at, sig.id
+    addendum.lift_reason = f"closed by hard lock {lock.id}"
+    audit.record(db, actor, "close_addendum", "data_lock", addendum.id, {"lifted_at": (None, addendum.lifted_at)},
+                 reason=addendum.lift_reason)
 
 
 def _hard_lock_checks(db: Session, meaning: str, accept_open_queries: bool) -> tuple[list, str]:
@@ -300,7 +320,7 @@ def rebuild(session_factory, actor, lock_id: int, worker: str) -> dict[str, str]
     return {v: made.get(v) or compared[v] for v in VARIANTS if v in builds}
 
 
-def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str) -> DataLock:
+def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str, code: str | None = None) -> DataLock:
     require_role(db, actor, "manager")
     state = trial_state(db, update=True)
     lock = db.get(DataLock, lock_id)
@@ -308,38 +328,39 @@ def lift_lock(db: Session, actor, lock_id: int, reason: str, password: str) -> D
         raise NotFound(Msg(N_("No lock %(id)s."), id=lock_id))
     if state.active_lock_id != lock.id:
         raise Conflict(Msg(N_("Lock %(id)s is not in force."), id=lock_id))
+    _refuse_lift_after_unblinding(db, state, lock)
     if lock.kind == "hard" and build_status(db, lock.id)["status"] == "building":
         raise Conflict(Msg(N_("The bundles of lock %(id)s are still being built: lift it when they are ready (the data "
                               "must stay as the lock froze them until then)."), id=lock_id))
     errors: dict[str, str] = {}
     reason = text(reason, "reason", errors, 500, required=True)
     refuse(N_("The lock was not lifted"), errors)
-    sig = sign(db, actor, password, f"Lift {lock.kind} lock {lock.id}: {reason}", f"lift_{lock.kind}_lock")
+    sig = sign(db, actor, password, f"Lift {lock.kind} lock {lock.id}: {reason}", f"lift_{lock.kind}_lock", code)
     lock.lifted_at, lock.lift_reason, lock.lift_signature_id = sig.signed_at, reason, sig.id
     state.active_lock_id, state.lock_notice = None, None
     audit.record(db, actor, "lift", "data_lock", lock.id, {"lifted_at": (None, lock.lifted_at)}, reason=lock.lift_reason)
     return lock
 
 
-def unblind(db: Session, actor, meaning: str, password: str):
-    require_role(db, actor, "manager")
-    state = trial_state(db, update=True)
-    lock = db.get(DataLock, state.active_lock_id) if state.active_lock_id else None
-    if lock is None or lock.kind != "hard":
-        raise Conflict(N_("Unblinding needs a hard lock in force: lock the database first."))
-    design = get_design(db)
-    if design is None:
-        raise Conflict(N_("Randomization was never opened: there is nothing to unblind."))
-    if design.unblinded_at is not None:
-        raise Conflict(Msg(N_("The trial was unblinded on %(at)s UTC."), at=f"{design.unblinded_at:%Y-%m-%d %H:%M}"))
-    sig = sign(db, actor, password, meaning, "unblinding")
-    design.revealed_seed = master_seed(db, design).hex()
-    design.unblinded_at = state.unblinded_at = sig.signed_at
-    db.info.pop("unblinded", None)
-    audit.record(db, actor, "unblind", "randomization", design.id, {"unblinded_at": (None, design.unblinded_at),
-                                                                   "revealed_seed": (None, design.revealed_seed)},
-                 reason=f"signed: {sig.meaning} (hard lock {lock.id})")
-    return design
+class Unblinded(Conflict):
+    code = "unblinded"
+
+
+def _refuse_lift_after_unblinding(db: Session, state, lock: DataLock) -> None:
+    """A hard lock is never lifted once the trial is unblinded (data changed after the arms are
+    known): a correction is an addendum (trial.lock.unblinding.open_addendum). Nor while an
+    unblinding request signed under it waits for its countersignature."""
+    if lock.kind != "hard":
+        return
+    if state.unblinded_at is not None:
+        raise Unblinded(Msg(N_("The trial was unblinded on %(at)s UTC: a hard lock is not lifted after the unblinding. "
+                               "A correction is made under an addendum, signed and audited, closed by a new hard lock "
+                               "with its own bundle."), at=f"{state.unblinded_at:%Y-%m-%d %H:%M}"))
+    waiting = db.execute(select(UnblindingRequest.id).where(UnblindingRequest.lock_id == lock.id,
+                                                            UnblindingRequest.status == AWAITING)).scalar()
+    if waiting is not None:
+        raise Conflict(Msg(N_("Unblinding request %(id)s, signed under this lock, waits for its countersignature: "
+                              "withdraw it before lifting the lock."), id=waiting))
 
 
 def list_locks(db: Session, actor) -> list[dict]:
@@ -355,6 +376,7 @@ def list_locks(db: Session, actor) -> list[dict]:
                     "signed_by": sig.printed_name, "meaning": sig.meaning,
                     "lifted_at": lock.lifted_at.isoformat(timespec="seconds") + "Z" if lock.lifted_at else None,
                     "lift_reason": lock.lift_reason, "manifest_sha256": bundles.get(lock.id),
+                    "parent_lock_id": lock.parent_lock_id,
                     **({k: v for k, v in build_status(db, lock.id).items() if k != "error"} if lock.kind == "hard"
                        else {"status": None, "progress": None}),
                     "accepted_open_queries": shown_queries(db, lock.accepted_open_queries, variant == "blinded")})

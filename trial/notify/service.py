@@ -7,6 +7,7 @@ rolls back."""
 from __future__ import annotations
 
 import logging
+import secrets
 import smtplib
 import ssl
 import time
@@ -46,7 +47,7 @@ def notify(db: Session, user_ids, message: str, subject: str | None = None, link
     users = db.execute(select(User).where(User.id.in_(ids), User.active.is_(True))).scalars().all()
     words = message.words() if isinstance(message, Msg) else None
     for u in users:
-        db.add(Notification(user_id=u.id, message=str(message)[:1000], words=words, link=link))
+        db.add(Notification(user_id=u.id, message=str(message)[:1000], words=words, link=link, ref=new_ref()))
     if smtp_url():
         for u in users:
             body = in_language(message, u.language)
@@ -68,12 +69,24 @@ def users_with_role(db: Session, role: str, site_id: int | None = None) -> list[
     return sorted(set(db.execute(q).scalars()))
 
 
+def new_ref() -> str:
+    """A notification's reference, what its dismiss link names: random (never the global
+    sequence, whose gaps would tell a user how much happens elsewhere)."""
+    return secrets.token_urlsafe(16)
+
+
 def notifications_for(db: Session, actor, unread_only: bool = True) -> list[Notification]:
+    """The user's notifications, newest first; one written before notifications had references
+    is given one here (the caller commits it)."""
     q = select(Notification).where(Notification.user_id == actor.id).order_by(Notification.created_at.desc(),
                                                                              Notification.id.desc())
     if unread_only:
         q = q.where(Notification.read_at.is_(None))
-    return list(db.execute(q.limit(50)).scalars())
+    rows = list(db.execute(q.limit(50)).scalars())
+    for n in rows:
+        if n.ref is None:
+            n.ref = new_ref()
+    return rows
 
 
 def settle(db: Session, link: str) -> int:
@@ -84,8 +97,10 @@ def settle(db: Session, link: str) -> int:
                       .values(read_at=utcnow()).execution_options(synchronize_session=False)).rowcount or 0
 
 
-def dismiss(db: Session, actor, notification_id: int) -> Notification:
-    n = db.get(Notification, notification_id)
+def dismiss(db: Session, actor, ref: str) -> Notification:
+    """Mark one of the user's notifications read, named by its reference; anyone else's answers as
+    one that does not exist."""
+    n = db.execute(select(Notification).where(Notification.ref == ref)).scalar_one_or_none() if ref else None
     if n is None or n.user_id != getattr(actor, "id", None):
         raise NotFound(N_("No such notification of yours."))
     if n.read_at is None:

@@ -22,6 +22,7 @@ from trial.participants.service import (
     ensure_accepts_data,
     events_of,
     get_participant,
+    may_see,
     participant_query,
     randomization_day,
 )
@@ -165,7 +166,7 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
     if errors:
         raise refusal(N_("The assessment was not saved"), errors, GUESS_LABELS)
     ensure_accepts_data(db, p, "assessment", performed)
-    out_of_window = _out_of_window(db, p, visit, performed, alloc)
+    out_of_window = _out_of_window(db, p, ins, visit, performed, alloc)
     if db.execute(select(Assessment.id).where(Assessment.participant_id == p.id, Assessment.visit == visit["key"],
                                               Assessment.instrument == ins["key"])).first():
         raise Conflict(Msg(N_("%(form)s at %(visit)s is already recorded for %(study_id)s."), form=_form_label(ins),
@@ -205,9 +206,10 @@ def _form_visit_day(content: dict, p, data: dict) -> tuple[dict, dict, dt.date]:
     return ins, visit, performed
 
 
-def _out_of_window(db: Session, p, visit: dict, performed: dt.date, alloc) -> bool:
+def _out_of_window(db: Session, p, ins: dict, visit: dict, performed: dt.date, alloc) -> bool:
     """Was the assessment performed outside its visit's window? Refuses a baseline of a child
-    already randomized or performed before consent, and a later visit of a child not randomized."""
+    already randomized or performed before consent, a later visit of a child not randomized, and a
+    form an amendment added that does not apply to this child (randomized before it took effect)."""
     if visit["key"] == "baseline":
         if alloc is not None:
             raise Conflict(N_("The baseline is recorded before randomization; this participant is already randomized."))
@@ -218,7 +220,13 @@ def _out_of_window(db: Session, p, visit: dict, performed: dt.date, alloc) -> bo
     if alloc is None:
         raise Conflict(Msg(N_("The visit %(visit)s follows randomization; %(study_id)s is not randomized yet."),
                            visit=_visit_label(visit), study_id=p.study_id))
-    lo, _, hi = visit_window(visit, randomization_day(db, p, alloc))
+    start = randomization_day(db, p, alloc)
+    lo, _, hi = visit_window(visit, start)
+    rule = form_rules(db).get((visit["key"], ins["key"]), ALWAYS)
+    if not rule.applies(start, hi):
+        raise Conflict(Msg(N_("%(form)s at %(visit)s is not in the plan of %(study_id)s: the amendment that added it "
+                              "applies to children randomized from %(day)s."), form=_form_label(ins),
+                           visit=_visit_label(visit), study_id=p.study_id, day=rule.since))
     return not lo <= performed <= hi
 
 
@@ -298,13 +306,19 @@ def _soft_range_checks(db: Session, p, a: Assessment, ins: dict) -> None:
                                        field=_field_label(ins, f), value=v))
 
 
+def assessment_for(db: Session, actor, assessment_id: int) -> tuple[Assessment, Participant]:
+    """The assessment and its child, if ``actor`` may see the child; else 404, as for an
+    assessment that does not exist."""
+    a = db.get(Assessment, assessment_id)
+    p = db.get(Participant, a.participant_id) if a is not None else None
+    if a is None or not may_see(db, actor, p):
+        raise NotFound(NO_ASSESSMENT)
+    return a, p
+
+
 def correct_assessment(db: Session, actor, assessment_id: int, data: dict) -> Assessment:
     """Change recorded values; the old values stay in the audit trail with the required reason."""
-    a = db.get(Assessment, assessment_id)
-    if a is None:
-        raise NotFound(Msg(N_("No assessment %(id)s."), id=assessment_id))
-    p = db.get(Participant, a.participant_id)
-    p = get_participant(db, actor, p.study_id)
+    a, p = assessment_for(db, actor, assessment_id)
     ins = next(i for i in current_protocol(db).content["instruments"] if i["key"] == a.instrument)
     require_site_role(db, actor, p.site_id, "assessor" if ins["blinded"] else "coordinator")
     ensure_writable(db)
@@ -557,6 +571,7 @@ def _missing_of(content: dict, rules: dict, known: set, p: Participant, start: d
     return out
 
 
+NO_ASSESSMENT = N_("No such assessment.")  # an unknown one and one the caller may not see: the same answer
 WORKLISTS = ("due", "overdue", "out_of_window", "week")
 WEEK = 7  # "due this week": windows open now or opening within the next seven days
 WORKLIST_SORTS = ("visit", "study_id", "randomized")

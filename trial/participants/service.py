@@ -53,26 +53,41 @@ def _music_arms(db: Session) -> set[str]:
     return {a["key"] for a in current_protocol(db).content["arms"] if a["sessions_per_week"] > 0}
 
 
+# the one answer to a study id that does not exist and to one the caller may not see (the id is
+# not repeated: the same bytes for both, so that nobody learns from it which children exist)
+NO_PARTICIPANT = N_("No such participant.")
+
+
 def get_participant(db: Session, actor, study_id: str, for_update: bool = False) -> Participant:
-    """The participant if ``actor`` may see it (403 for another site's staff). ``for_update``
-    locks its row until the transaction ends."""
+    """The participant if ``actor`` may see it (else 404, as for a study id that does not
+    exist). ``for_update`` locks its row until the transaction ends."""
     q = select(Participant).where(Participant.study_id == (study_id or "").upper())
     p = db.execute(lock_for_update(q, db.get_bind()) if for_update else q).scalar_one_or_none()
     if p is None:
-        raise NotFound(Msg(N_("No participant %(study_id)s."), study_id=study_id))
+        raise NotFound(NO_PARTICIPANT)
     check_visible(db, actor, p)
     return p
 
 
-def check_visible(db: Session, actor, p: Participant) -> None:
-    """403 for another site's staff; 404 for a therapist when the child is not in a music arm."""
+def may_see(db: Session, actor, p: Participant) -> bool:
+    """Whether ``actor`` may see this participant: staff of its site (a therapist who is not also
+    the site's coordinator or monitor: only while the child is in a music-therapy arm), the
+    trial-wide readers, the command line."""
     sites = visible_site_ids(db, actor)
     if sites is not None and p.site_id not in sites:
-        raise Forbidden(N_("This participant belongs to a site you do not work at."))
+        return False
     if not is_cli(actor) and _therapist_only(actor, p.site_id):
         alloc = allocation_of(db, p.id)
-        if alloc is None or alloc.arm not in _music_arms(db):
-            raise NotFound(Msg(N_("Participant %(study_id)s is not in a music-therapy arm."), study_id=p.study_id))
+        return alloc is not None and alloc.arm in _music_arms(db)
+    return True
+
+
+def check_visible(db: Session, actor, p: Participant) -> None:
+    """404 for a participant ``actor`` may not see (another site's, a usual-care child for a
+    therapist), the very answer to a study id that does not exist: a 403 would say that the
+    child exists."""
+    if not may_see(db, actor, p):
+        raise NotFound(NO_PARTICIPANT)
 
 
 def _therapist_only(actor, site_id: int) -> bool:

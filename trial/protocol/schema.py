@@ -448,6 +448,38 @@ class Analysis(Section):
     secondary_outcomes: list[SecondaryOutcome] = []
 
 
+# Who countersigns the manager's request to unblind (two signatures, two people). A trial-wide role:
+# unblinding reveals every site's arms, so a site role (which sees its own sites) cannot vouch for
+# it; never the manager's own role, and never a role that stays blinded (assessor, admin).
+UNBLINDING_COUNTERSIGNERS = ("statistician",)
+_NOT_COUNTERSIGNERS = {
+    "manager": "must not be 'manager': the manager asks for the unblinding, a second person of another role "
+               "countersigns it",
+    "assessor": "must not be 'assessor': a blinded assessor stays blinded, even after the unblinding",
+    "admin": "must not be 'admin': an administrator sees no clinical data and stays blinded",
+}
+_SITE_ROLES = ("coordinator", "therapist", "monitor")
+
+
+def _countersigner(v: str) -> str:
+    if v in UNBLINDING_COUNTERSIGNERS:
+        return v
+    if v in _NOT_COUNTERSIGNERS:
+        raise problem(_NOT_COUNTERSIGNERS[v])
+    if v in _SITE_ROLES:
+        raise problem(f"must be a trial-wide role, not the site role {v!r}: unblinding reveals every site's arms "
+                      f"(one of: {', '.join(UNBLINDING_COUNTERSIGNERS)})")
+    raise problem(f"unknown role {v!r} (one of: {', '.join(UNBLINDING_COUNTERSIGNERS)})")
+
+
+class Unblinding(Section):
+    """Unblinding takes two signatures: the manager's request, then a user of this role (never the
+    same person)."""
+    countersigner_role: Annotated[str, AfterValidator(_countersigner),
+                                  WithJsonSchema({"type": "string", "enum": list(UNBLINDING_COUNTERSIGNERS)})] = Field(
+        "statistician", description="the role whose user countersigns the manager's request to unblind")
+
+
 # what the JSON Schema can say of the visits: one primary visit, and a baseline on day 0
 VISITS_SCHEMA = {"allOf": [
     {"contains": {"required": ["primary"], "properties": {"primary": {"const": True}}}, "minContains": 1, "maxContains": 1},
@@ -457,7 +489,7 @@ class Protocol(Section):
     """A trial's protocol: arms, randomization, eligibility, course, visits, instruments, the
     primary outcome and (optionally) the intervention's details and the primary analysis."""
     model_config = ConfigDict(strict=True, extra="forbid", title="Trial protocol")
-    OMIT_NONE = ("credentials", "goals", "fidelity", "analysis", "effective_from")
+    OMIT_NONE = ("credentials", "goals", "fidelity", "analysis", "effective_from", "unblinding")
     trial: TrialInfo
     effective_from: Annotated[dt.date, PlainSerializer(dt.date.isoformat)] | None = Field(
         None, description="an amendment's date: a visit or instrument it adds is due for children randomized on or "
@@ -474,6 +506,7 @@ class Protocol(Section):
     instruments: Keyed(Instrument)
     primary_outcome: PrimaryOutcome
     analysis: Analysis | None = None
+    unblinding: Unblinding | None = Field(None, description="who countersigns the unblinding (default: statistician)")
 
     @model_validator(mode="after")
     def _between_sections(self):

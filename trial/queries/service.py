@@ -4,6 +4,7 @@ query (in-app, and by e-mail when a relay is configured)."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 from trial.audit import service as audit
 from trial.catalogue import N_, Msg, term
 from trial.dataquality.models import QUERY_STATES, DataQuery, QueryMessage
-from trial.dataquality.service import target_text
+from trial.dataquality.service import next_numbers, query_ref, target_text
 from trial.db import lock_for_update, utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.notify.service import notify, settle, users_with_role
@@ -24,9 +25,10 @@ from trial.queries import targets
 from trial.scope import is_cli, require_site_role, visible_site_ids
 from trial.sites.models import Site
 from trial.trialstate.service import ensure_writable
-from trial.validation import refuse, text
+from trial.validation import MAX_ID, refuse, text
 
 RAISERS = ("manager", "monitor")
+NO_QUERY = N_("No such query.")  # an unknown query and one the caller may not see: the same answer
 ASSESSOR_WARNING = N_("Assessors read the queries on the assessments they enter: write nothing about sessions, "
                       "the arm or the intervention in a query on an assessment.")
 
@@ -48,8 +50,10 @@ def raise_query(db: Session, actor, data: dict) -> DataQuery:
     body = text(data.get("text"), "text", errors, 2000, required=True)
     refuse(N_("The query was not raised"), errors)
     now = utcnow()
-    q = DataQuery(participant_id=p.id, site_id=p.site_id, kind=target.kind, target_id=target.id, field=target.field,
-                  visit=target.visit, instrument=target.instrument, text=body, status="open", origin="manual",
+    number = next_numbers(db, [p.site_id])[p.site_id]  # its site's next (what users are shown, never the id)
+    q = DataQuery(number=number, participant_id=p.id, site_id=p.site_id, kind=target.kind, target_id=target.id,
+                  field=target.field, visit=target.visit, instrument=target.instrument, text=body, status="open",
+                  origin="manual",
                   answer_role=target.answer_role, assessor_visible=target.assessor_visible,
                   raised_by_id=getattr(actor, "id", None), raised_by=_who(actor), raised_at=now, updated_at=now)
     db.add(q)
@@ -57,18 +61,55 @@ def raise_query(db: Session, actor, data: dict) -> DataQuery:
     db.add(QueryMessage(query_id=q.id, action="raise", text=body, by_id=getattr(actor, "id", None), by=_who(actor), at=now))
     audit.created(db, actor, "query", q.id, {"participant": p.study_id, "on": target_text(q.kind, q.target_id, q.field),
                                             "origin": "manual", "text": body}, reveals_allocation=not q.assessor_visible)
+    ref = query_ref(p.site.code, q.number)  # in the words' %(id)s: users are shown the site's number, not the id
     notify(db, users_with_role(db, q.answer_role, p.site_id),
            Msg(N_("Query %(id)s on %(study_id)s (%(record)s) waits for your answer: %(text)s"),
-               id=q.id, study_id=p.study_id, record=target.label, text=body),
-           subject=Msg(N_("Query %(id)s on %(study_id)s"), id=q.id, study_id=p.study_id), link=f"/queries/{q.id}")
+               id=ref, study_id=p.study_id, record=target.label, text=body),
+           subject=Msg(N_("Query %(id)s on %(study_id)s"), id=ref, study_id=p.study_id), link=query_link(q, p.site.code))
     return q
+
+
+def ref_of(db: Session, q: DataQuery) -> str:
+    """What users are shown of a query (``AT01-Q17``)."""
+    return query_ref(db.get(Site, q.site_id).code, q.number)
+
+
+def query_link(q: DataQuery, site_code: str) -> str:
+    """The query's page as notifications and e-mails link to it: by its number at its site."""
+    return f"/queries/{query_ref(site_code, q.number)}"
+
+
+def _settle(db: Session, q: DataQuery, p: Participant) -> None:
+    """The notices that the query waits for an answer no longer hold (their links by number, or
+    by id: those written before queries were numbered)."""
+    settle(db, query_link(q, p.site.code))
+    settle(db, f"/queries/{q.id}")
+
+
+REF_RE = re.compile(r"^([A-Z]{2}[0-9]{2})-Q([0-9]{1,9})$")
+ID_RE = re.compile(r"^[0-9]{1,10}$")
+
+
+def find(db: Session, actor, ref: str) -> DataQuery:
+    """A query by what a page's address names: its number at its site (``AT01-Q17``), or its id
+    (the links of notices written before queries were numbered); 404 alike for an unknown one
+    and for one the caller may not see."""
+    m = REF_RE.match((ref or "").upper())
+    if m:
+        query_id = db.execute(select(DataQuery.id).join(Site, Site.id == DataQuery.site_id)
+                              .where(Site.code == m[1], DataQuery.number == int(m[2]))).scalar()
+    else:
+        query_id = int(ref) if ID_RE.match(ref or "") and int(ref) <= MAX_ID else None
+    if query_id is None:
+        raise NotFound(NO_QUERY)
+    return get(db, actor, query_id)
 
 
 def _load(db: Session, actor, query_id: int, for_update: bool = False) -> tuple[DataQuery, Participant]:
     stmt = select(DataQuery).where(DataQuery.id == query_id)
     q = db.execute(lock_for_update(stmt, db.get_bind()) if for_update else stmt).scalar_one_or_none()
     if q is None or not may_see(db, actor, q):
-        raise NotFound(Msg(N_("No query %(id)s."), id=query_id))
+        raise NotFound(NO_QUERY)
     return q, db.get(Participant, q.participant_id)
 
 
@@ -79,7 +120,8 @@ def respond(db: Session, actor, query_id: int, data: dict) -> QueryMessage:
     require_site_role(db, actor, p.site_id, q.answer_role)
     ensure_writable(db)
     if q.status == "closed":
-        raise Conflict(Msg(N_("Query %(id)s is closed; the raiser's role may reopen it."), id=q.id))
+        raise Conflict(Msg(N_("Query %(id)s is closed; the raiser's role may reopen it."),
+                           id=query_ref(p.site.code, q.number)))
     errors: dict[str, str] = {}
     body = text(data.get("text"), "text", errors, 2000, required=True)
     correction = data.get("correction")
@@ -91,8 +133,9 @@ def respond(db: Session, actor, query_id: int, data: dict) -> QueryMessage:
     changes = None
     if correction is not None:
         before = dict(_assessment_values(db, q.target_id))
+        ref = query_ref(p.site.code, q.number)
         a = correct_assessment(db, actor, q.target_id, {"values": correction.get("values"),
-                                                        "reason": f"answer to query {q.id}: {body}"[:500]})
+                                                        "reason": f"answer to query {ref}: {body}"[:500]})
         changes = {k: [before.get(k), v] for k, v in a.values.items() if before.get(k) != v}
     now = utcnow()
     msg = QueryMessage(query_id=q.id, action="response", text=body, correction=changes,
@@ -103,7 +146,7 @@ def respond(db: Session, actor, query_id: int, data: dict) -> QueryMessage:
     db.flush()
     audit.record(db, actor, "respond", "query", q.id, {"status": (old, "answered"), "response": (None, body)},
                  reveals_allocation=not q.assessor_visible)
-    settle(db, f"/queries/{q.id}")  # the notices that it waits for an answer no longer hold
+    _settle(db, q, p)
     return msg
 
 
@@ -126,10 +169,11 @@ def _set_state(db: Session, actor, query_id: int, state: str, data: dict) -> Dat
     errors: dict[str, str] = {}
     note = text(data.get("text"), "text", errors, 2000)
     refuse(N_("Not saved"), errors)
+    ref = query_ref(p.site.code, q.number)
     if state == "closed" and q.status == "closed":
-        raise Conflict(Msg(N_("Query %(id)s is already closed."), id=q.id))
-    if state == "open" and q.status != "closed":
-        raise Conflict(Msg(N_("Query %(id)s is %(status)s, not closed: there is nothing to reopen."), id=q.id,
+        raise Conflict(Msg(N_("Query %(id)s is already closed."), id=ref))
+    if state == "open" and q.status == "open":  # an answered query may be sent back; an open one is open
+        raise Conflict(Msg(N_("Query %(id)s is %(status)s, not closed: there is nothing to reopen."), id=ref,
                            status=term("query_status", q.status)))
     now = utcnow()
     old = q.status
@@ -144,13 +188,13 @@ def _set_state(db: Session, actor, query_id: int, state: str, data: dict) -> Dat
     audit.record(db, actor, "close" if state == "closed" else "reopen", "query", q.id, {"status": (old, state)},
                  reason=note, reveals_allocation=not q.assessor_visible)
     if state == "closed":
-        settle(db, f"/queries/{q.id}")
+        _settle(db, q, p)
     if state == "open":
         notify(db, users_with_role(db, q.answer_role, p.site_id),
-               Msg(N_("Query %(id)s on %(study_id)s was reopened: %(text)s"), id=q.id, study_id=p.study_id, text=note)
-               if note else Msg(N_("Query %(id)s on %(study_id)s was reopened."), id=q.id, study_id=p.study_id),
-               subject=Msg(N_("Query %(id)s on %(study_id)s reopened"), id=q.id, study_id=p.study_id),
-               link=f"/queries/{q.id}")
+               Msg(N_("Query %(id)s on %(study_id)s was reopened: %(text)s"), id=ref, study_id=p.study_id, text=note)
+               if note else Msg(N_("Query %(id)s on %(study_id)s was reopened."), id=ref, study_id=p.study_id),
+               subject=Msg(N_("Query %(id)s on %(study_id)s reopened"), id=ref, study_id=p.study_id),
+               link=query_link(q, p.site.code))
     return q
 
 
@@ -242,7 +286,9 @@ def get(db: Session, actor, query_id: int) -> DataQuery:
 
 
 def as_dict(q: DataQuery, study_id: str, site: str) -> dict:
-    return {"id": q.id, "study_id": study_id, "site": site,
+    """A query as the API answers it: ``id`` (the API's handle, API.md), and ``number`` and
+    ``ref``, what users are shown (its number at its site)."""
+    return {"id": q.id, "number": q.number, "ref": query_ref(site, q.number), "study_id": study_id, "site": site,
             "on": {"kind": q.kind, "id": q.target_id, "field": q.field, "visit": q.visit, "instrument": q.instrument},
             "text": q.text, "status": q.status, "origin": q.origin, "answer_role": q.answer_role,
             "raised_by": q.raised_by, "raised_at": q.raised_at.isoformat(timespec="seconds") + "Z",

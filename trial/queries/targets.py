@@ -86,8 +86,9 @@ def resolve(db: Session, actor, p: Participant, on, allow_field: bool = True) ->
     owner = row.id if kind == "screening" and row is not None else None
     if row is None or (kind == "screening" and owner != p.screening_id) or (
             kind not in ("participant", "screening") and row.participant_id != p.id):
-        raise NotFound(Msg(N_("No record %(id)s (%(kind)s) of %(study_id)s."), id=target_id, kind=term("query_kind", kind),
-                              study_id=p.study_id))
+        # the id is not repeated: another site's record and one that does not exist answer alike
+        raise NotFound(Msg(N_("No such record (%(kind)s) of %(study_id)s."), kind=term("query_kind", kind),
+                           study_id=p.study_id))
     protocol = current_protocol(db).content
     if kind == "assessment":
         ins = next(i for i in protocol["instruments"] if i["key"] == row.instrument)

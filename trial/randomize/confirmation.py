@@ -267,14 +267,16 @@ class _Page:
             self.cv.drawString((at if at is not None else self.left) + indent, y, text)
 
     def para(self, text: str, font: str, size: float, w: float | None = None, indent: float = 0,
-             lead: float | None = None, at: float | None = None, advance: bool = True) -> None:
-        """``text`` wrapped to ``w``; the page moves down past it unless ``advance`` is False."""
+             lead: float | None = None, at: float | None = None, advance: bool = True) -> float:
+        """``text`` wrapped to ``w``; the page moves down past it unless ``advance`` is False.
+        Returns where it ends (the height below its last line)."""
         lead, y = lead or size * 1.35, self.y
         for part in self.split(text, font, size, w or self.width) or [""]:
             self.line(part, font, size, indent, at, y)
             y -= lead
         if advance:
             self.y = y
+        return y
 
     def rule(self, before: float, after: float) -> None:
         self.y -= before
@@ -318,14 +320,16 @@ def render(c: Confirmation, protocol: dict, language: str) -> bytes:
 def _facts(page: _Page, facts) -> None:
     """The allocation's facts: a label and its value on each row."""
     label_w = 150
-    for label, value in facts:
+    for label, value in facts:  # each row as tall as the longer of its label and its value
         if page.rtl:
-            page.para(label, page.bold, 10.5, label_w, at=page.right, advance=False)
-            page.para(value, page.regular, 10.5, page.width - label_w - 12, at=page.right - label_w - 12)
+            end = page.para(label, page.bold, 10.5, label_w, at=page.right, advance=False)
+            end = min(end, page.para(value, page.regular, 10.5, page.width - label_w - 12,
+                                     at=page.right - label_w - 12, advance=False))
         else:
-            page.para(label, page.bold, 10.5, label_w, advance=False)
-            page.para(value, page.regular, 10.5, page.width - label_w - 12, indent=label_w + 12)
-        page.y -= 6
+            end = page.para(label, page.bold, 10.5, label_w, advance=False)
+            end = min(end, page.para(value, page.regular, 10.5, page.width - label_w - 12, indent=label_w + 12,
+                                     advance=False))
+        page.y = end - 6
 
 
 def _verification(page: _Page, c: Confirmation, gettext) -> None:

@@ -24,7 +24,7 @@ from trial.config import seal_key
 from trial.db import insert_ignore, utcnow
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.participants.models import FINAL_EVENTS, Allocation, Assessment, Participant, Screening, StatusEvent
-from trial.participants.service import check_visible
+from trial.participants.service import NO_PARTICIPANT, check_visible
 from trial.protocol.models import ProtocolVersion
 from trial.protocol.service import content_by_sha, latest_sha_column
 from trial.protocol.service import current as current_protocol
@@ -49,6 +49,12 @@ def seal(seed: bytes, key: str | None = None) -> bytes:
     return _fernet(key).encrypt(seed)
 
 
+def unseal(ciphertext: bytes, key: str | None = None) -> bytes:
+    """The seed sealed in ``ciphertext``, opened with ``key`` (default: TRIAL_SEAL_KEY); a key that
+    does not open it is a Conflict."""
+    return _unseal_cached(bytes(ciphertext), key or seal_key())
+
+
 @functools.lru_cache(maxsize=8)
 def _unseal_cached(ciphertext: bytes, key: str) -> bytes:
     try:
@@ -59,11 +65,24 @@ def _unseal_cached(ciphertext: bytes, key: str) -> bytes:
 
 
 def master_seed(db: Session, design: RandomizationDesign | DesignView) -> bytes:
-    """The sealed seed, for allocation inside this process only. Never returned to a user. The
-    sealed row never changes once written, so its ciphertext is kept per (design, commitment)."""
-    ciphertext = cache.sealed_seeds.get((design.id, design.commitment),
-                                        lambda: bytes(db.get(SealedSeed, design.id).ciphertext))
-    return _unseal_cached(ciphertext, seal_key())
+    """The sealed seed, for allocation inside this process only. Never returned to a user. Its
+    ciphertext is kept per (design, commitment): the seed never changes once sealed; when the key
+    in force no longer opens the kept ciphertext (the seed was re-sealed under a new key by
+    `trial randomization rotate-seal-key` since it was read), it is read again."""
+    name = (design.id, design.commitment)
+    ciphertext = cache.sealed_seeds.get(name, lambda: _ciphertext(db, design.id))
+    try:
+        return _unseal_cached(ciphertext, seal_key())
+    except Conflict:
+        fresh = _ciphertext(db, design.id)
+        if fresh == ciphertext:
+            raise
+        cache.sealed_seeds.drop(name)
+        return _unseal_cached(cache.sealed_seeds.get(name, lambda: fresh), seal_key())
+
+
+def _ciphertext(db: Session, design_id: int) -> bytes:
+    return bytes(db.execute(select(SealedSeed.ciphertext).where(SealedSeed.design_id == design_id)).scalar_one())
 
 
 # --- design ----------------------------------------------------------------------------------
@@ -232,7 +251,9 @@ def _readiness(db: Session, p: Participant, design: RandomizationDesign | Design
     if not baseline or baseline.get(prim["field"]) is None:
         ins = next((i for i in protocol["instruments"] if i["key"] == prim["instrument"]), {})
         field = next((f for f in ins.get("fields", []) if f["key"] == prim["field"]), {})
-        reasons.append(Msg(N_("%(form)s at baseline: %(field)s is not recorded"),
+        visit = next((v for v in protocol["visits"] if v["key"] == "baseline"), {"label": "Baseline"})
+        reasons.append(Msg(N_("%(form)s (%(visit)s): %(field)s is not recorded"),
+                           visit=Label("visit", "baseline", visit["label"]),
                            field=Label("field", f"{prim['instrument']}.{prim['field']}", field.get("label", prim["field"])),
                            form=Label("instrument", prim["instrument"], ins.get("label", prim["instrument"]))))
     if not is_open:
@@ -392,7 +413,7 @@ def _lock_participant(db: Session, actor, study_id: str) -> tuple[Participant, i
     has one, in one statement; the same visibility checks as ``get_participant``."""
     row = db.execute(_participant_stmt(db), {"study_id": (study_id or "").upper()}).one_or_none()
     if row is None:
-        raise NotFound(Msg(N_("No participant %(study_id)s."), study_id=study_id))
+        raise NotFound(NO_PARTICIPANT)
     check_visible(db, actor, row[0])
     return row[0], row[1]
 
@@ -434,9 +455,20 @@ def verify(db: Session, actor, seed: bytes | None = None) -> Verification:
         if not row.revealed_seed:
             raise Conflict(N_("The trial is not unblinded: the seed is still sealed, so the lists cannot be verified yet."))
         seed = bytes.fromhex(row.revealed_seed)
-    problems = _commitment_problems(row, seed)
+    problems = _seal_problems(db, row, seed) + _commitment_problems(row, seed)
     checked = _check_allocations(db, row.design, seed, problems)
     return Verification(not problems, checked, problems)
+
+
+def _seal_problems(db: Session, row: RandomizationDesign, seed: bytes) -> list[str]:
+    """Does TRIAL_SEAL_KEY open the sealed seed, and is it the seed verified? (After a rotation of
+    the seal key, the new key opens it and the old one no longer does.)"""
+    try:
+        sealed = unseal(_ciphertext(db, row.id))
+    except Conflict:
+        return [("the sealed seed cannot be unsealed with TRIAL_SEAL_KEY: it was re-sealed under another key "
+                 "(trial randomization rotate-seal-key) or the key is wrong")]
+    return [] if sealed == seed else ["the sealed seed is not the seed verified"]
 
 
 def _commitment_problems(row: RandomizationDesign, seed: bytes) -> list[str]:

@@ -17,10 +17,10 @@ from trial.catalogue import N_, Msg, label, term
 from trial.dataquality.service import clear_verification
 from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound
-from trial.notify.service import notify, users_with_role
+from trial.notify.service import notify, settle, users_with_role
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.participants.models import FINAL_EVENTS, Participant
-from trial.participants.service import allocations_for, events_of, get_participant
+from trial.participants.service import allocations_for, events_of, get_participant, may_see
 from trial.protocol.service import current as current_protocol
 from trial.safety.models import (
     EXPECTEDNESS,
@@ -171,12 +171,14 @@ def _record_death(db: Session, actor, p: Participant, ae: AdverseEvent) -> None:
                                          "reason": f"fatal serious adverse event (AE {ae.id})"})
 
 
+NO_AE = N_("No such adverse event.")  # an unknown one and one the caller may not see: the same answer
+
+
 def _get(db: Session, actor, ae_id: int) -> tuple[AdverseEvent, Participant]:
     ae = db.get(AdverseEvent, ae_id)
-    if ae is None:
-        raise NotFound(Msg(N_("No adverse event %(id)s."), id=ae_id))
-    p = db.get(Participant, ae.participant_id)
-    get_participant(db, actor, p.study_id)  # site scoping
+    p = db.get(Participant, ae.participant_id) if ae is not None else None
+    if ae is None or not may_see(db, actor, p):  # site scoping: another site's event is not there
+        raise NotFound(NO_AE)
     return ae, p
 
 
@@ -233,6 +235,7 @@ def acknowledge(db: Session, actor, ae_id: int, data: dict) -> AdverseEvent:
     values = _report_values(data, ae, p.site.timezone)
     first = _add_report(db, actor, ae, values)
     ae.acknowledged_at, ae.acknowledged_by_id = first.recorded_at, getattr(actor, "id", None)
+    settle(db, f"/adverse-events/{ae.id}")  # the notices that it waits to be reported no longer hold
     audit.record(db, actor, "acknowledge", "adverse_event", ae.id,
                  {"acknowledged_at": (None, ae.acknowledged_at), **_report_changes(first)}, reveals_allocation=True)
     return ae

@@ -1,5 +1,6 @@
 """The web pages: one blueprint per area, thin over the services (forms in trial.forms)."""
 from trial.views import (
+                         access,
                          admin,
                          audit,
                          auth,
@@ -11,9 +12,12 @@ from trial.views import (
                          intervention,
                          lock,
                          main,
+                         mfa,
                          outcomes,
+                         sso,
                          status,
 )
 
 BLUEPRINTS = (auth.bp, main.bp, admin.bp, grants.bp, audit.bp, enrollment.bp, course.bp, status.bp, outcomes.bp,
-              dashboard.bp, lock.bp, datamanagement.bp, intervention.bp)
+              dashboard.bp, lock.bp, datamanagement.bp, intervention.bp, sso.bp, mfa.bp,
+              access.bp)

@@ -11,6 +11,7 @@ from trial.db import utcnow
 from trial.errors import DomainError
 from trial.forms.admin import RevokeForm, SiteForm, UserEditForm, UserForm
 from trial.http import actor, db, form_errors, page_request
+from trial.notify import accounts
 from trial.protocol.service import versions
 from trial.sites import service as sites
 
@@ -47,11 +48,10 @@ def user_new():
     form = UserForm()
     if form.validate_on_submit():
         try:
-            u = users.create_user(db(), actor(), form.email.data, form.name.data, form.password.data,
-                                  parse_roles(form.roles.data), must_change_password=True)
+            u = accounts.invite(db(), actor(), form.email.data, form.name.data, parse_roles(form.roles.data))
             db().commit()
-            flash(_("User %(email)s created; they must change the password at first login.", email=u.email)
-                  + _pending_note(u))
+            flash(_("User %(email)s created: a link to set their password (valid 24 hours) was sent to that address.",
+                    email=u.email) + _pending_note(u))
             return redirect(url_for("admin.users"))
         except DomainError as e:
             form_errors(form, e)
@@ -69,10 +69,12 @@ def user_edit(user_id: int):
         try:
             users.update_user(s, actor(), user, name=form.name.data, active=form.active.data, reason=form.reason.data)
             users.set_roles(s, actor(), user, parse_roles(form.roles.data), reason=form.reason.data)
-            if form.new_password.data:
-                users.reset_password(s, actor(), user, form.new_password.data)
+            if form.reset_password.data:
+                accounts.reset_password(s, actor(), user)
             s.commit()
-            flash(_("User %(email)s saved.", email=user.email) + _pending_note(user))
+            flash(_("User %(email)s saved.", email=user.email) + _pending_note(user)
+                  + (" " + _("Their password was reset: a link to set a new one (valid 24 hours) was sent to their "
+                             "e-mail.") if form.reset_password.data else ""))
             return redirect(url_for("admin.user_edit", user_id=user.id))
         except DomainError as e:
             form_errors(form, e)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from flask_babel import refresh
-from flask_login import login_user, logout_user
+from flask_login import logout_user
 
 from trial.auth import service
 from trial.catalogue import LANGUAGES
@@ -12,6 +12,8 @@ from trial.digest.service import DIGEST_ROLES
 from trial.errors import DomainError
 from trial.forms.auth import DigestForm, LanguageForm, LoginForm, LogoutForm, PasswordForm, ResetPasswordForm
 from trial.http import actor, db, form_errors, say
+from trial.views import mfa
+from trial.websession import clock, known_device
 
 bp = Blueprint("auth", __name__)
 
@@ -23,16 +25,14 @@ def login():
     if form.validate_on_submit():
         s = db()
         try:
-            user = service.authenticate(s, form.email.data, form.password.data, request.remote_addr)
+            user = service.authenticate(s, form.email.data, form.password.data, request.remote_addr,
+                                        device=known_device(form.email.data))
         except DomainError as e:
             s.commit()  # keep the failed attempt: the throttle counts it
             error = say(e.message)
         else:
             s.commit()
-            session.clear()
-            login_user(user)
-            nxt = request.args.get("next", "")
-            return redirect(nxt if nxt.startswith("/") and not nxt.startswith("//") else url_for("main.home"))
+            return mfa.after_first_factor(user, request.args.get("next", ""))  # the code step, or signed in
     return render_template("auth/login.html", form=form, error=error), (401 if error else 200)
 
 
@@ -55,13 +55,18 @@ def password():
     if form.validate_on_submit():
         s = db()
         user = s.merge(actor())
-        service.change_password(s, user, form.current_password.data, form.new_password.data)
-        s.commit()
-        logout_user()
-        session.clear()
-        flash(_("Password changed. Every session has ended; log in with the new password."))
-        return redirect(url_for("auth.login"))
-    return render_template("auth/password.html", form=form, language_form=_language_form(url_for("auth.password")))
+        try:
+            service.change_password(s, user, form.current_password.data, form.new_password.data)
+        except DomainError as e:
+            form_errors(form, e)  # beside its field: a wrong current password, a weak or common new one
+        else:
+            s.commit()
+            logout_user()
+            session.clear()
+            flash(_("Password changed. Every session has ended; log in with the new password."))
+            return redirect(url_for("auth.login"))
+    return render_template("auth/password.html", form=form, language_form=_language_form(url_for("auth.password"))), \
+        400 if form.is_submitted() else 200
 
 
 @bp.route("/reset-password/<token>", methods=["GET", "POST"])
@@ -138,3 +143,10 @@ def digest():
         s.commit()
         flash(_("You will get the weekly digest.") if user.weekly_digest else _("You will get no weekly digest."))
     return redirect(url_for("auth.language"))
+
+
+@bp.route("/session/alive", methods=["GET", "POST"])
+def keepalive():
+    """The idle warning's (static/session.js) question, GET: how long this session has left (asking
+    is no activity); and its "stay signed in", POST: activity, like any request (trial.websession)."""
+    return clock()

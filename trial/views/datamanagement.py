@@ -47,10 +47,12 @@ def _numeric_fields(s, q) -> tuple[list[dict], dict | None]:
     return [f for f in ins["fields"] if f["type"] in ("integer", "number")], a.values
 
 
-@bp.route("/queries/<int:query_id>", endpoint="query")
-def query_page(query_id: int):
+# a query's pages are addressed by its number at its site (/queries/AT01-Q17), or by its id (the
+# links of notices written before queries were numbered): see queries.find
+@bp.route("/queries/<query_id>", endpoint="query")
+def query_page(query_id: str):
     s = db()
-    q = queries.get(s, actor(), query_id)
+    q = queries.find(s, actor(), query_id)
     view = queries.views(s, [q])[0]
     fields, values = _numeric_fields(s, q)
     p = get_participant(s, actor(), view["study_id"])
@@ -58,13 +60,13 @@ def query_page(query_id: int):
     raises = actor().has_role("manager") or any(r.role == "monitor" and r.site_id == p.site_id for r in actor().roles)
     return render_template("queries/detail.html", q=view, answers=answers, raises=raises,
                            respond_form=forms.respond_form(fields or None, values), fields=fields,
-                           state_form=forms.QueryStateForm())
+                           close_form=forms.CloseQueryForm(), reopen_form=forms.ReopenQueryForm())
 
 
-@bp.route("/queries/<int:query_id>/respond", methods=["POST"], endpoint="respond")
-def respond(query_id: int):
+@bp.route("/queries/<query_id>/respond", methods=["POST"], endpoint="respond")
+def respond(query_id: str):
     s = db()
-    q = queries.get(s, actor(), query_id)
+    q = queries.find(s, actor(), query_id)
     fields, _values = _numeric_fields(s, q)
     form = forms.respond_form(fields)
 
@@ -73,25 +75,26 @@ def respond(query_id: int):
         if form.correct.data:
             data["correction"] = {"values": {f["key"]: getattr(form, f"v_{f['key']}").data for f in fields
                                              if getattr(form, f"v_{f['key']}").data is not None}}
-        queries.respond(s, actor(), query_id, data)
+        queries.respond(s, actor(), q.id, data)
     done = (_("Answered. The correction is saved; the old values stay in the audit trail.") if form.correct.data
             else _("Answered."))
-    return post_and_return(form, answer, done, url_for("dm.query", query_id=query_id), _("Write the answer."))
+    return post_and_return(form, answer, done, url_for("dm.query", query_id=queries.ref_of(s, q)), _("Write the answer."))
 
 
-def _state(query_id: int, fn, done: str):
-    return post_and_return(forms.QueryStateForm(), lambda f: fn(db(), actor(), query_id, {"text": f.text.data or None}),
-                           done, url_for("dm.query", query_id=query_id), None)
+def _state(query_id: str, fn, done: str, form_class):
+    q = queries.find(db(), actor(), query_id)
+    return post_and_return(form_class(), lambda f: fn(db(), actor(), q.id, {"text": f.text.data or None}),
+                           done, url_for("dm.query", query_id=queries.ref_of(db(), q)), None)
 
 
-@bp.route("/queries/<int:query_id>/close", methods=["POST"], endpoint="close")
-def close(query_id: int):
-    return _state(query_id, queries.close, _("Query closed."))
+@bp.route("/queries/<query_id>/close", methods=["POST"], endpoint="close")
+def close(query_id: str):
+    return _state(query_id, queries.close, _("Query closed."), forms.CloseQueryForm)
 
 
-@bp.route("/queries/<int:query_id>/reopen", methods=["POST"], endpoint="reopen")
-def reopen(query_id: int):
-    return _state(query_id, queries.reopen, _("Query reopened; the site is told."))
+@bp.route("/queries/<query_id>/reopen", methods=["POST"], endpoint="reopen")
+def reopen(query_id: str):
+    return _state(query_id, queries.reopen, _("Query reopened; the site is told."), forms.ReopenQueryForm)
 
 
 def _field_choices(s, target) -> list[tuple[str, str]]:
@@ -125,7 +128,7 @@ def raise_query(study_id: str):
             q = queries.raise_query(s, actor(), {"study_id": p.study_id, "text": form.text.data,
                                                  "on": {"kind": kind, "id": target_id, "field": form.field.data or None}})
             s.commit()
-            flash(_("Query %(id)s raised; the site is told.", id=q.id))
+            flash(_("Query %(id)s raised; the site is told.", id=queries.ref_of(s, q)))
             return redirect(url_for("enrollment.participant", study_id=p.study_id))
         except DomainError as e:
             form_errors(form, e)
@@ -232,9 +235,9 @@ def verify(study_id: str):
                            url_for("enrollment.participant", study_id=study_id), None)
 
 
-@bp.route("/notifications/<int:notification_id>/dismiss", methods=["POST"], endpoint="dismiss")
-def dismiss_notification(notification_id: int):
+@bp.route("/notifications/<ref>/dismiss", methods=["POST"], endpoint="dismiss")
+def dismiss_notification(ref: str):
     if forms.DismissForm().validate_on_submit():
-        dismiss(db(), actor(), notification_id)
+        dismiss(db(), actor(), ref)
         db().commit()
     return redirect(url_for("main.home"))

@@ -149,6 +149,7 @@ def screen():
 @bp.route("/screenings/<int:screening_id>/enroll", methods=["GET", "POST"])
 def enroll(screening_id: int):
     s = db()
+    service.screening_for(s, actor(), screening_id)  # 404 for another site's, as for an unknown one
     factors = protocol_content()["randomization"]["factors"]
     form = forms.enroll_form(factors)
     if form.validate_on_submit():
@@ -190,26 +191,28 @@ def assess(study_id: str, instrument: str):
         chosen = request.args.get("visit")
         form.visit.data = chosen if chosen in dict(visits) else _due_visit(s, p, ins, visits)
     ready, warning, guess, confidence = _check_entry(s, p, content, ins, form, with_guess)
-    if ready and warning is None:
+    if ready and not warning:
         saved = _save_assessment(s, p, ins, shown, form, guess, confidence)
         if saved is not None:
             return saved
-    if not (warning and warning[0] == "window") and not form.confirm_window.data:
+    if "window" not in warning and not form.confirm_window.data:
         del form.confirm_window  # asked only once the date is known to be outside the window
-    if not (warning and warning[0] == "values") and not form.confirm_values.data:
+    if "values" not in warning and not form.confirm_values.data:
         del form.confirm_values  # asked only once a value is known to be outside its usual range
-    warning = warning[1] if warning else None
+    warning = " ".join(warning.values()) or None
     return render_template("enrollment/form.html", form=form, title=_("%(instrument)s for %(study_id)s", instrument=shown["label"], study_id=p.study_id),
                            warning=warning), \
         400 if form.is_submitted() else 200
 
 
 def _check_entry(s, p, content: dict, ins: dict, form, with_guess: bool):
-    """The posted entry form checked: (ready to save, the warning to confirm first as (what, words),
-    the allocation guess, its confidence). A guess the protocol refuses is refused before the window
-    question, so that a confirmed date is not asked for twice; a date outside the window, then a
-    value outside its field's usual (soft) range, warns until confirmed."""
-    warning = guess = confidence = None
+    """The posted entry form checked: (ready to save, the warnings to confirm first by what they are
+    about ("window", "values"), the allocation guess, its confidence). A guess the protocol refuses
+    is refused before the window question, so that a confirmed date is not asked for twice; a date
+    outside the window and a value outside its field's usual (soft) range warn together, each until
+    confirmed."""
+    warning: dict[str, str] = {}
+    guess = confidence = None
     ready = form.validate_on_submit()
     if ready:
         guess, confidence = _guess(form)
@@ -222,14 +225,14 @@ def _check_entry(s, p, content: dict, ins: dict, form, with_guess: bool):
             window = outcomes.window_of(s, p, form.visit.data)
             if window and not window[0] <= form.performed_on.data <= window[1]:
                 # warn before saving: the user confirms, or corrects the date
-                warning = ("window", _("%(day)s is outside the window of this visit (%(start)s to %(end)s). Correct "
+                warning["window"] = (_("%(day)s is outside the window of this visit (%(start)s to %(end)s). Correct "
                                        "the date, or tick the box below to save it as it is.",
                                        day=day(form.performed_on.data), start=day(window[0]), end=day(window[1])))
-        if warning is None and not errors and not form.confirm_values.data:
+        if not errors and not form.confirm_values.data:
             outside = outcomes.outside_soft_range(ins, {f["key"]: getattr(form, f"v_{f['key']}").data
                                                         for f in ins["fields"]})
             if outside:
-                warning = ("values", " ".join(say(m) for m in outside.values()))
+                warning["values"] = " ".join(say(m) for m in outside.values())
     return ready, warning, guess, confidence
 
 
@@ -258,8 +261,10 @@ def _entry_visits(s, content: dict, ins: dict, p) -> tuple[list[tuple[str, str]]
     the protocol takes one, so that the form never shows a field that would be refused. None when
     the chosen visits differ in that and no visit is chosen yet (``?visit=`` or the posted one)."""
     randomized = records.allocation_of(s, p.id) is not None
+    open_ = _open_forms(s, p, ins) if randomized else None
     visits = [(v["key"], plabel("visit", v["key"])) for v in content["visits"]
-              if v["key"] in ins["visits"] and (v["key"] != "baseline") == randomized]
+              if v["key"] in ins["visits"] and (v["key"] != "baseline") == randomized
+              and (open_ is None or v["key"] in open_)]
     takes = {k: outcomes.takes_guess(content, ins, k) for k, _label in visits}
     if len(set(takes.values())) <= 1:
         return visits, bool(takes) and next(iter(takes.values()))
@@ -267,6 +272,13 @@ def _entry_visits(s, content: dict, ins: dict, p) -> tuple[list[tuple[str, str]]
     if chosen not in takes:
         return visits, None
     return [(k, label) for k, label in visits if takes[k] == takes[chosen]], takes[chosen]
+
+
+def _open_forms(s, p, ins: dict) -> set[str]:
+    """The follow-up visits at which ``ins`` is in the child's plan and not yet entered (an
+    amendment's form that does not apply to the child is not offered, nor one already entered)."""
+    return {e["visit"] for e in outcomes.schedule(s, actor(), [p]).get(p.id, [])
+            if ins["key"] in e.get("instruments_expected", []) and ins["key"] not in e.get("instruments_done", [])}
 
 
 def _due_visit(s, p, ins: dict, visits: list[tuple[str, str]]) -> str:

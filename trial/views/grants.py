@@ -5,6 +5,7 @@ from flask import Blueprint, render_template, url_for
 from flask_babel import gettext as _
 
 from trial.forms import grants as forms
+from trial.forms.mfa import code_of
 from trial.grants import service
 from trial.http import actor, db, post_and_return
 
@@ -26,7 +27,7 @@ def _decide(form, action, done: str):
 @bp.route("/grants/<int:grant_id>/approve", methods=["POST"], endpoint="approve")
 def approve(grant_id: int):
     return _decide(forms.CountersignForm(),
-                   lambda f: service.approve(db(), actor(), grant_id, f.password.data, f.meaning.data),
+                   lambda f: service.approve(db(), actor(), grant_id, f.password.data, f.meaning.data, code_of(f)),
                    _("Countersigned: the role takes effect at the user's next login."))
 
 

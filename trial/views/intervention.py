@@ -78,7 +78,7 @@ def rate(session_id: int):
     f = fidelity.scale(s)
     item = next((x for x in fidelity.due(s, actor()) if x["session"] == session_id), None)
     if item is None:
-        raise NotFound(Msg(N_("No session %(id)s to rate."), id=session_id))
+        raise NotFound(N_("No such session to rate."))
     form = forms.rating_form([(i["key"], plabel("fidelity_item", i["key"])) for i in f["items"]], f["min"], f["max"])
     if form.validate_on_submit():
         try:

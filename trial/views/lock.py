@@ -7,8 +7,9 @@ from flask_babel import gettext as _
 from trial.errors import ValidationError
 from trial.exports import service as exports
 from trial.forms import lock as forms
+from trial.forms.mfa import code_of
 from trial.http import actor, db, post_and_return, say, start_bundle_build
-from trial.lock import service
+from trial.lock import service, unblinding
 from trial.randomize.service import get_design
 from trial.scope import is_blinded, require_role
 from trial.sites.service import list_sites
@@ -19,19 +20,30 @@ bp = Blueprint("lock", __name__)
 @bp.route("/locks", endpoint="locks")
 def locks_page():
     s = db()
-    return render_template("lock/locks.html", locks=service.list_locks(s, actor()), active=service.active_lock(s),
-                           design=get_design(s), lock_form=forms.LockForm(), lift_form=forms.LiftForm(),
-                           unblind_form=forms.UnblindForm(), blinded=is_blinded(s, actor()))
+    waiting = unblinding.waiting_request(s)
+    active = service.active_lock(s)
+    lock_form = forms.LockForm()
+    if active is not None and active.kind == "soft":  # under a soft lock only a hard lock can be signed
+        lock_form.kind.choices = [c for c in lock_form.kind.choices if c[0] == "hard"]
+    return render_template("lock/locks.html", locks=service.list_locks(s, actor()), active=active,
+                           design=get_design(s), lock_form=lock_form, lift_form=forms.LiftForm(),
+                           unblind_form=forms.UnblindForm(), blinded=is_blinded(s, actor()),
+                           waiting=unblinding.as_dict(s, waiting) if waiting else None,
+                           may_countersign=unblinding.may_countersign(actor(), waiting),
+                           countersigner_role=unblinding.countersigner_role(s),
+                           countersign_form=forms.CountersignUnblindingForm(),
+                           withdraw_form=forms.WithdrawUnblindingForm(), addendum_form=forms.AddendumForm(),
+                           addendum=service.open_addendum_of(s))
 
 
 def _signed(form, action, done: str):
     return post_and_return(form, action, done, url_for("lock.locks"), _("Fill in every field of the signature."))
 
 
-def _confirmed(form, refusal: str) -> None:
+def _confirmed(form, refusal: str, role: str = "manager") -> None:
     """Lifting a lock and unblinding each need their box ticked, checked here as well as in the
     browser: a post without it changes nothing and says why. Who may not act learns that first."""
-    require_role(db(), actor(), "manager")
+    require_role(db(), actor(), role)
     if not form.confirm.data:
         raise ValidationError(refusal, {"confirm": refusal})
 
@@ -42,7 +54,7 @@ def create():
 
     def sign(f):
         made.append(service.create_lock(db(), actor(), f.kind.data, f.meaning.data, f.password.data,
-                                        f.accept_open_queries.data))
+                                        f.accept_open_queries.data, code=code_of(f)))
     out = _signed(forms.LockForm(), sign, _("Signed and locked."))
     if made and made[0].kind == "hard" and service.build_status(db(), made[0].id)["status"] == "building":
         start_bundle_build(made[0].id)  # committed: the bundles are built now, in the background
@@ -53,7 +65,7 @@ def create():
 def lift(lock_id: int):
     def sign(f):
         _confirmed(f, _("The lock was not lifted: tick the box to confirm that lifting it reopens data entry."))
-        service.lift_lock(db(), actor(), lock_id, f.reason.data, f.password.data)
+        service.lift_lock(db(), actor(), lock_id, f.reason.data, f.password.data, code_of(f))
     return _signed(forms.LiftForm(), sign, _("Lock lifted."))
 
 
@@ -61,8 +73,35 @@ def lift(lock_id: int):
 def unblind():
     def sign(f):
         _confirmed(f, _("The trial was not unblinded: tick the box to confirm that unblinding cannot be taken back."))
-        service.unblind(db(), actor(), f.meaning.data, f.password.data)
-    return _signed(forms.UnblindForm(), sign, _("The trial is unblinded."))
+        unblinding.request_unblinding(db(), actor(), f.meaning.data, f.password.data, code_of(f))
+    return _signed(forms.UnblindForm(), sign,
+                   _("Signed: the unblinding awaits the countersignature of a second person; the trial is not "
+                     "unblinded yet."))
+
+
+@bp.route("/unblinding/<int:request_id>/countersign", methods=["POST"], endpoint="countersign_unblinding")
+def countersign_unblinding(request_id: int):
+    def sign(f):
+        _confirmed(f, _("The trial was not unblinded: tick the box to confirm that unblinding cannot be taken back."),
+                   unblinding.countersigner_role(db()))
+        unblinding.countersign(db(), actor(), request_id, f.meaning.data, f.password.data, code_of(f))
+    return _signed(forms.CountersignUnblindingForm(), sign, _("Countersigned: the trial is unblinded."))
+
+
+@bp.route("/unblinding/<int:request_id>/withdraw", methods=["POST"], endpoint="withdraw_unblinding")
+def withdraw_unblinding(request_id: int):
+    return post_and_return(forms.WithdrawUnblindingForm(),
+                           lambda f: unblinding.withdraw(db(), actor(), request_id, f.reason.data),
+                           _("The request to unblind is withdrawn."), url_for("lock.locks"))
+
+
+@bp.route("/locks/<int:lock_id>/addendum", methods=["POST"], endpoint="addendum")
+def addendum(lock_id: int):
+    def sign(f):
+        _confirmed(f, _("The addendum was not opened: tick the box to confirm that it reopens data entry."))
+        unblinding.open_addendum(db(), actor(), lock_id, f.reason.data, f.password.data, code_of(f))
+    return _signed(forms.AddendumForm(), sign,
+                   _("Addendum opened: data entry is open for the corrections; sign a hard lock to close it."))
 
 
 @bp.route("/locks/<int:lock_id>/bundle.zip", endpoint="bundle")

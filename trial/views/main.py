@@ -19,9 +19,10 @@ bp = Blueprint("main", __name__)
 def home():
     s = db()
     due = due_this_week(s, actor())
+    notes = notifications_for(s, actor())  # (the references given to those written before they had one)
     s.commit()  # a visit plan re-derived for a new protocol version or site zone is kept (as the worklists do)
     return render_template("main/home.html", summary=home_summary(s, actor()),
-                           notifications=notifications_for(s, actor()), grants_waiting=count_pending(s, actor()),
+                           notifications=notes, grants_waiting=count_pending(s, actor()),
                            queries=waiting_counts(s, actor()), due_this_week=due,
                            saes=safety.views(s, safety.waiting_for_acknowledgement(s, actor())),
                            progress=progress() if actor().has_role("manager") else None)

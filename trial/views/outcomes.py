@@ -4,13 +4,10 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from trial.catalogue import N_
-from trial.errors import DomainError, NotFound
+from trial.errors import DomainError
 from trial.forms import outcomes as forms
 from trial.http import actor, db, form_errors, page_request, plabel, protocol_content
 from trial.outcomes import service
-from trial.participants.models import Assessment, Participant
-from trial.participants.service import get_participant
 from trial.protocol.service import current as current_protocol
 from trial.sites.service import visible_sites
 
@@ -32,10 +29,7 @@ def visits():
 @bp.route("/assessments/<int:assessment_id>/correct", methods=["GET", "POST"])
 def correct(assessment_id: int):
     s = db()
-    a = s.get(Assessment, assessment_id)
-    if a is None:
-        raise NotFound(N_("No such assessment."))
-    p = get_participant(s, actor(), s.get(Participant, a.participant_id).study_id)
+    a, p = service.assessment_for(s, actor(), assessment_id)
     ins = next(i for i in current_protocol(s).content["instruments"] if i["key"] == a.instrument)
     form = forms.correction_form(next(i for i in protocol_content()["instruments"] if i["key"] == a.instrument), a.values)
     if form.validate_on_submit():
