@@ -856,3 +856,19 @@ def test_what_a_query_is_about_is_named_in_the_protocols_words_in_the_readers_la
     note = db.execute(select(Notification).where(Notification.user_id == assessor.id)
                       .order_by(Notification.id.desc())).scalars().first()
     assert said["en"] in note.message and "rrb" not in note.message.replace("RRB", "")
+
+
+def test_the_raise_form_warns_of_assessors_only_on_what_assessors_read(kids, app, db):
+    w, u = kids["world"], kids["usual"]
+    outcomes.record_assessment(db, CLI, u.study_id, {"visit": "month2", "instrument": "srs2",
+                                                     "performed_on": iso(R + dt.timedelta(days=61)),
+                                                     "values": {"total_t": 66}})
+    db.commit()
+    c = app.test_client()
+    c.post("/login", data={"email": "monitor@example.org", "password": PASSWORD})
+    warned = {}
+    for ins in ("ados2", "srs2"):
+        page = c.get(f"/participants/{u.study_id}/queries/new?kind=assessment&id={aid(db, u, ins)}")
+        assert page.status_code == 200
+        warned[ins] = "Assessors read the queries" in page.get_data(as_text=True)
+    assert warned == {"ados2": True, "srs2": False}

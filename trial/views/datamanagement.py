@@ -133,7 +133,7 @@ def raise_query(study_id: str):
         except DomainError as e:
             form_errors(form, e)
     return render_template("queries/new.html", form=form, p=p, target=target, warning=say(queries.ASSESSOR_WARNING)
-                           if kind == "assessment" else None), 400 if form.is_submitted() else 200
+                           if target.assessor_visible else None), 400 if form.is_submitted() else 200
 
 
 @bp.route("/adverse-events", endpoint="adverse_events")
