@@ -11,10 +11,19 @@ GUNICORN_CMD_ARGS; the address and the number of workers also by TRIAL_BIND and 
 (declared with the other settings in trial/settings.py).
 """
 import gc
+import os
+from pathlib import Path
 
 from trial.settings import current
 
 _settings = current()
+# Prometheus metrics from every worker (prometheus_client's multiprocess mode, trial.ops.metrics):
+# each worker writes its counts to files in this folder and a scrape of /metrics adds them up. The
+# folder is emptied here, when the master starts, before any worker counts anything.
+_metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_settings.instance_path / "metrics")))
+_metrics_dir.mkdir(parents=True, exist_ok=True)
+for _old in _metrics_dir.glob("*.db"):
+    _old.unlink()
 bind = _settings.bind
 worker_class = "sync"
 workers = _settings.workers
@@ -22,8 +31,18 @@ workers = _settings.workers
 timeout = 180
 graceful_timeout = 30
 wsgi_app = "trial:create_app()"
-accesslog = "-"
+# The app writes its own access line (JSON, with the request id, route, status and duration) to
+# standard error (trial.ops.logs); gunicorn's own lines are JSON there too.
+accesslog = None
 loglevel = "info"
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "trial.ops.logs.JsonFormatter"}},
+    "handlers": {"error_console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "root": {"level": "INFO", "handlers": []},
+    "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False}},
+}
 # The app is imported once by the master and forked: a worker that dies (or is killed) is back in
 # milliseconds instead of re-importing everything. No database connection is opened before the
 # fork; post_fork drops any pooled connection a worker would otherwise share with its siblings.
@@ -44,3 +63,9 @@ def pre_fork(server, worker):
     # benchmark), and the shared pages are not dirtied by the collector (copy-on-write).
     gc.collect()
     gc.freeze()
+
+
+def child_exit(server, worker):
+    # a dead worker's live gauges are dropped; what it counted stays counted
+    from trial.ops.metrics import mark_dead  # deferred: the master has it imported already (preload_app)
+    mark_dead(worker.pid)

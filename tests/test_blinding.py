@@ -52,8 +52,10 @@ GENERAL_WEB = {
     # two-factor sign-in: the user's own enrolment page (a new secret, nothing of the trial) and the
     # code step of a login, which sends a reader with no login waiting for a code to the login page
     "mfa.enrol": "/account/mfa", "mfa.code": "/login/code",
+    # the operators' probes (issue 27): liveness, readiness, and the metrics (404 without their token)
+    "ops.healthz": "/healthz", "ops.readyz": "/readyz", "ops.metrics_text": "/metrics",
 }
-NOT_HERE = {"auth.reset_password", "sso.start", "sso.callback"}  # general pages that answer 404 to the assessor
+NOT_HERE = {"auth.reset_password", "sso.start", "sso.callback", "ops.metrics_text"}  # general pages that answer 404 to the assessor
 SENT_ON = {"mfa.code"}  # general pages that redirect the assessor (302)
 GENERAL_API = {
     "api.me": "/me", "api.sites": "/sites", "api.protocol": "/protocol", "api.openapi": "/openapi.json",

@@ -58,7 +58,7 @@ def test_every_setting_has_a_type_a_default_and_a_meaning():
         assert settings.default_text(info), name
     secret = {d.variable for d in settings.describe() if d.secret}
     assert secret == {"TRIAL_SECRET_KEY", "TRIAL_SEAL_KEY", "TRIAL_AUDIT_KEY", "TRIAL_AUDIT_KEYS_RETIRED",
-                      "TRIAL_OIDC_CLIENT_SECRET"}
+                      "TRIAL_OIDC_CLIENT_SECRET", "TRIAL_METRICS_TOKEN"}
 
 
 def test_no_module_but_the_declaration_reads_a_trial_variable():

@@ -8,7 +8,8 @@ import-linter, see ``[tool.importlinter]`` in pyproject.toml):
     trial.views | trial.api       the faces: web pages and the JSON API
     trial.forms                   the web forms
     trial.http | trial.demo | trial.models   request plumbing; the demo loader; every model
-    trial.websession              a web session's life: idle end, absolute lifetime, known devices
+    trial.websession | trial.ops  a web session's life: idle end, absolute lifetime, known devices;
+                                  readiness checks, metrics and the JSON log for the operators
     trial.lock | trial.dashboard | trial.digest   signed locks and unblinding; home page, grid,
                                   charts; the weekly digest e-mail of visits due and queries waiting
     trial.exports                 bundles, CONSORT, reports (no sessions for blinded readers)

@@ -64,6 +64,8 @@ def from_env(overrides: dict | None = None) -> dict:
         "OIDC_ISSUER": s.oidc_issuer,
         "OIDC_CLIENT_ID": s.oidc_client_id,
         "OIDC_CLIENT_SECRET": reveal(s.oidc_client_secret),
+        # the bearer token of `GET /metrics` (trial.views.ops); not set: that route answers 404
+        "METRICS_TOKEN": reveal(s.metrics_token),
     }
     cfg.update(overrides or {})
     if cfg.get("TESTING") and "LOCK_BUILDER" not in (overrides or {}):

@@ -77,7 +77,10 @@ def actor():
 
 
 def api_error(status: int, code: str, message: str, fields: dict | None = None, retry_after: int | None = None):
-    resp = jsonify({"error": {"code": code, "message": message, "fields": dict(fields or {})}})
+    body: dict = {"error": {"code": code, "message": message, "fields": dict(fields or {})}}
+    if status >= 500:  # the operator finds this request's log lines by it (trial.views.ops)
+        body["request_id"] = g.get("request_id")
+    resp = jsonify(body)
     resp.status_code = status
     if retry_after:
         resp.headers["Retry-After"] = str(retry_after)
@@ -503,7 +506,9 @@ def _error(status: int, message: str, code: str | None = None, fields: dict | No
         return api_error(status, code or CODES.get(status, "error"), message, fields, retry_after)
     if status >= 500:
         g.lock_notice = None  # the database may be what failed: the error page does not ask it again
-    resp = current_app.make_response((render_template("error.html", status=status, message=say(message)), status))
+    request_id = g.get("request_id") if status >= 500 else None
+    resp = current_app.make_response((render_template("error.html", status=status, message=say(message),
+                                                      request_id=request_id), status))
     if retry_after:
         resp.headers["Retry-After"] = str(retry_after)
     return resp

@@ -11,6 +11,9 @@ ANY = "any"                # any logged-in user
 
 POLICY: dict[str, object] = {
     "static": PUBLIC,
+    "ops.healthz": PUBLIC,  # liveness for the load balancer; touches no database
+    "ops.readyz": PUBLIC,  # readiness: each check "ok" or why not (operator's words, no data)
+    "ops.metrics_text": PUBLIC,  # 404 unless the bearer token TRIAL_METRICS_TOKEN comes with it (trial.views.ops)
     "auth.login": PUBLIC,
     "auth.reset_password": PUBLIC,  # the one-time link of `trial user reset-password` is the credential
     "sso.start": PUBLIC,  # single sign-on: 404 unless configured; the provider proves who signs in

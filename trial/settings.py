@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         description="the audit keys retired by `trial audit rotate-key`, comma-separated: they verify the part of "
                     "the chain written under them (README \"Rotating the keys\"); needed where `trial audit verify` "
                     "runs")
+    audit_anchors: Path | None = Field(
+        None, json_schema_extra={"default": "not set: the head is anchored only by `trial audit anchor --to FILE`"},
+        description="append-only file, best on another volume, where `trial audit anchor` and every hard lock's "
+                    "signing append the audit chain's head (one JSON line); `trial audit verify --anchors FILE` "
+                    "checks the chain against it")
     instance_path: Path = Field(
         PROJECT_ROOT / "instance", json_schema_extra={"default": "`instance/` in the project folder"},
         description="folder for the SQLite file, the development keys and the lock worker's log (`worker.log`)")
@@ -128,6 +133,10 @@ class Settings(BaseSettings):
     workers: int = Field(
         default_factory=_three_per_core, ge=1, json_schema_extra={"default": "3 per CPU core"},
         description="gunicorn's sync worker processes (`config/gunicorn.conf.py`)")
+    metrics_token: SecretStr | None = Field(
+        None, json_schema_extra={"default": "not set: `/metrics` answers 404"},
+        description="the bearer token a Prometheus scraper sends to `GET /metrics` (`Authorization: Bearer "
+                    "<token>`); any other request to `/metrics` answers 404 (README \"Operations\")")
 
     @field_validator("seal_key")
     @classmethod

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
-from trial.audit import rotation
+from trial.audit import anchors, replay, rotation
 from trial.audit import service as audit_service
 from trial.cli.common import Group, fail, session
 from trial.scope import CliActor
@@ -17,14 +18,42 @@ def audit():
 
 
 @audit.command("verify", help="Check the audit hash chain; exit 0 if intact, else name the first broken record "
-               "(or the records under a retired key that TRIAL_AUDIT_KEYS_RETIRED does not hold).")
-def audit_verify():
+               "(or the records under a retired key that TRIAL_AUDIT_KEYS_RETIRED does not hold). --anchors FILE: "
+               "also against the heads anchored there (`trial audit anchor`), naming the anchor line the chain "
+               "falls short of; --data: also replay the trail of every clinical table and name each row field "
+               "(table, id, field) that differs from it.")
+@click.option("--anchors", "anchor_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="an anchor file written by `trial audit anchor`")
+@click.option("--data", "data", is_flag=True, help="compare the clinical tables with their audit trail")
+def audit_verify(anchor_path: Path | None, data: bool):
     with session() as s:
         res = audit_service.verify(s)
+        checked = anchors.check_anchors(s, anchor_path) if anchor_path else None
+        differences = replay.compare(s) if data else []
     if not res.ok:
         fail(f"audit chain not verified: {res.problem}" if res.unverified
              else f"audit chain broken at record {res.broken_seq}: {res.problem}")
-    click.echo(f"audit chain intact: {res.checked} records")
+    if checked is not None and not checked.ok:
+        fail("audit chain behind its anchors: " + "; ".join(checked.problems))
+    if differences:
+        shown = "; ".join(str(d) for d in differences[:50])
+        more = f" (and {len(differences) - 50} more)" if len(differences) > 50 else ""
+        fail(f"data differ from the audit trail in {len(differences)} places: {shown}{more}")
+    click.echo(f"audit chain intact: {res.checked} records"
+               + (f"; {checked.anchors} anchors hold" if checked is not None else "")
+               + ("; every clinical row matches its trail" if data else ""))
+
+
+@audit.command("anchor", help="Append the audit chain's head (record number, hash, MAC, record and seal counts, "
+               "time) as one JSON line to the anchor file: --to FILE, else TRIAL_AUDIT_ANCHORS. Keep it on another "
+               "volume or machine; run it daily (hard locks anchor themselves when TRIAL_AUDIT_ANCHORS is set).")
+@click.option("--to", "to", type=click.Path(dir_okay=False, path_type=Path), help="the anchor file")
+def audit_anchor(to: Path | None):
+    if anchors.anchor_file(to) is None:
+        fail("no anchor file: give --to FILE or set TRIAL_AUDIT_ANCHORS")
+    with session() as s:
+        path, line = anchors.anchor(s, to)
+    click.echo(f"audit head anchored in {path}: record {line['seq']}, {line['records']} records, {line['seals']} seals")
 
 
 @audit.command("rotate-key", help="Read a new audit key (at least 32 characters) on standard input and continue the "

@@ -13,6 +13,7 @@ import secrets
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from trial.audit import anchors
 from trial.audit import service as audit
 from trial.catalogue import N_, Msg, term
 from trial.dataquality.models import DataQuery
@@ -147,6 +148,7 @@ def _seal_and_queue_builds(db: Session, lock: DataLock) -> None:
     detected. The bundles are built after the commit, by a worker, while the lock holds; a worker
     kept running is woken at the commit (PostgreSQL; on SQLite it looks every few seconds)."""
     audit.seal(db, seal_name(lock))
+    anchors.anchor_after_commit(db)  # the head appended to TRIAL_AUDIT_ANCHORS once this commits
     db.add_all([LockBuild(lock_id=lock.id, variant=v, status="building", progress=0.0) for v in VARIANTS])
     db.flush()
     notify(db, BUILD_CHANNEL)

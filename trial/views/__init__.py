@@ -13,6 +13,7 @@ from trial.views import (
                          lock,
                          main,
                          mfa,
+                         ops,
                          outcomes,
                          sso,
                          status,
@@ -20,4 +21,4 @@ from trial.views import (
 
 BLUEPRINTS = (auth.bp, main.bp, admin.bp, grants.bp, audit.bp, enrollment.bp, course.bp, status.bp, outcomes.bp,
               dashboard.bp, lock.bp, datamanagement.bp, intervention.bp, sso.bp, mfa.bp,
-              access.bp)
+              access.bp, ops.bp)
