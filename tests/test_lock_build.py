@@ -136,6 +136,8 @@ def test_the_worker_builds_both_variants_in_parallel_with_the_bytes_of_a_serial_
     db, lock_id = committed["db"], committed["lock_id"]
     assert locks.build_status(db, lock_id)["status"] == "building"
     db.rollback()  # (on SQLite every transaction takes the write lock: end it before the worker runs)
+    waiting = trial_cli(committed["env"], "lock", "status", str(lock_id))  # a timer can tell building from ready
+    assert waiting.stdout.startswith(f"lock {lock_id}: building") and waiting.returncode == 3
     done = trial_cli(committed["env"], "worker", "--until-idle", "--processes", "2")
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(" ready") == 2, done.stdout
@@ -151,7 +153,7 @@ def test_the_worker_builds_both_variants_in_parallel_with_the_bytes_of_a_serial_
     again = trial_cli(committed["env"], "worker", "--until-idle")
     assert again.returncode == 0 and "build" not in again.stdout, "nothing is built twice"
     status = trial_cli(committed["env"], "lock", "status", str(lock_id))
-    assert status.stdout.strip() == f"lock {lock_id}: ready, 100% done"
+    assert status.stdout.strip() == f"lock {lock_id}: ready, 100% done" and status.returncode == 0
 
 
 def test_a_dead_workers_build_is_taken_over_and_rebuild_gives_the_same_bytes(committed):
@@ -160,7 +162,9 @@ def test_a_dead_workers_build_is_taken_over_and_rebuild_gives_the_same_bytes(com
     db.execute(update(LockBuild).where(LockBuild.lock_id == lock_id, LockBuild.variant == "blinded")
                .values(worker="gone:1", heartbeat=utcnow() - dt.timedelta(minutes=10), progress=0.3))
     db.commit()
-    assert trial_cli(committed["env"], "lock", "status", str(lock_id)).stdout.startswith(f"lock {lock_id}: failed")
+    failed = trial_cli(committed["env"], "lock", "status", str(lock_id))
+    assert failed.stdout.startswith(f"lock {lock_id}: failed") and failed.returncode == 1
+    assert f"trial lock rebuild {lock_id}" in failed.stderr
     db.rollback()
     done = trial_cli(committed["env"], "worker", "--until-idle", "--processes", "1")
     assert done.returncode == 0 and done.stdout.count(" ready") == 2, done.stdout

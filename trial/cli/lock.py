@@ -96,7 +96,9 @@ def lock():
     pass
 
 
-@lock.command("status", help="The state of a hard lock's bundles (building, ready, failed) and the share done.")
+@lock.command("status", help="The state of a hard lock's bundles (building, ready, failed) and the share done. "
+                             "Exits 0 when ready, 3 while building, 1 when failed (then `trial lock rebuild LOCK_ID` "
+                             "builds it again).")
 @click.argument("lock_id", type=int)
 def status(lock_id):
     with session() as s:
@@ -104,6 +106,10 @@ def status(lock_id):
     if st["status"] is None:
         fail(f"lock {lock_id} has no bundles (a soft lock, or no such lock)")
     click.echo(f"lock {lock_id}: {st['status']}, {100 * st['progress']:.0f}% done" + (f" ({st['error']})" if st["error"] else ""))
+    if st["status"] == "failed":
+        fail(f"the bundles of lock {lock_id} failed: `trial lock rebuild {lock_id}` builds them again")
+    if st["status"] == "building":
+        raise SystemExit(3)
 
 
 @lock.command("rebuild", help="Build a hard lock's bundles again while it holds: a failed or abandoned build is "
