@@ -103,7 +103,7 @@ def _event_values(data: dict, day: dt.date, consent_date: dt.date) -> dict:
     """The fields of an adverse event report, checked (``day`` is today at the site), or 400
     naming each bad one."""
     errors: dict[str, str] = {}
-    term = text(data.get("term"), "term", errors, 200, required=True)
+    what = text(data.get("term"), "term", errors, 200, required=True)  # (not `term`: the catalogue's function)
     onset = clinical_date(data.get("onset"), "onset", errors, day, not_before=(consent_date, N_("consent")))
     severity = _choice(data, "severity", SEVERITIES, errors)
     serious = data.get("serious")
@@ -126,7 +126,7 @@ def _event_values(data: dict, day: dt.date, consent_date: dt.date) -> dict:
     if outcome == "fatal" and serious and "death" not in seriousness and "seriousness" not in errors:
         errors["seriousness"] = N_("a fatal event has the criterion death")
     refuse(N_("The adverse event was not recorded"), errors)
-    return {"term": term, "onset": onset, "severity": severity, "serious": serious, "seriousness": seriousness,
+    return {"term": what, "onset": onset, "severity": severity, "serious": serious, "seriousness": seriousness,
             "relatedness": relatedness, "expectedness": expectedness, "outcome": outcome, "resolved_on": resolved,
             "description": description}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
 from trial.catalogue import N_
@@ -274,20 +274,28 @@ def _entry_visits(s, content: dict, ins: dict, p) -> tuple[list[tuple[str, str]]
     return [(k, label) for k, label in visits if takes[k] == takes[chosen]], takes[chosen]
 
 
+def _open_entries(s, p, ins: dict) -> list[dict]:
+    """The child's schedule entries at which ``ins`` is in the plan and not yet entered (an
+    amendment's form that does not apply to the child is not among them, nor one already entered);
+    worked out once per request."""
+    key = (p.id, ins["key"])
+    cache = g.setdefault("open_entries", {})
+    if key not in cache:
+        cache[key] = [e for e in outcomes.schedule(s, actor(), [p]).get(p.id, [])
+                      if ins["key"] in e.get("instruments_expected", []) and ins["key"] not in e.get("instruments_done", [])]
+    return cache[key]
+
+
 def _open_forms(s, p, ins: dict) -> set[str]:
-    """The follow-up visits at which ``ins`` is in the child's plan and not yet entered (an
-    amendment's form that does not apply to the child is not offered, nor one already entered)."""
-    return {e["visit"] for e in outcomes.schedule(s, actor(), [p]).get(p.id, [])
-            if ins["key"] in e.get("instruments_expected", []) and ins["key"] not in e.get("instruments_done", [])}
+    """The follow-up visits at which ``ins`` can still be entered for the child."""
+    return {e["visit"] for e in _open_entries(s, p, ins)}
 
 
 def _due_visit(s, p, ins: dict, visits: list[tuple[str, str]]) -> str:
     """The visit the form opens on: the one of this instrument due now for the child (else the
     overdue one, else the next to come), not the first of the protocol."""
     offered = dict(visits)
-    entries = outcomes.schedule(s, actor(), [p]).get(p.id, [])
-    open_ = [e for e in entries if e["visit"] in offered and ins["key"] in e.get("instruments_expected", [])
-             and ins["key"] not in e.get("instruments_done", [])]
+    open_ = [e for e in _open_entries(s, p, ins) if e["visit"] in offered]
     for status in ("due", "overdue", "upcoming"):
         hit = next((e["visit"] for e in open_ if e["status"] == status), None)
         if hit:
