@@ -62,6 +62,8 @@ class LockBuild(Base):
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(100))
     heartbeat: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # when the build was queued (the lock's commit): one nobody picked up within a minute is started again
+    queued_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 

@@ -41,3 +41,9 @@ class MailMessage(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(String(500))
+    # what the message is about ("sae", "randomization", "anchor", ...; None: other): `trial mail send`
+    # exits non-zero while an SAE message is undelivered
+    kind: Mapped[str | None] = mapped_column(String(30))
+    # the next try after a failure (backoff); a message that failed every try is a dead letter
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    dead_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from trial.db import Base, utcnow
@@ -45,3 +45,25 @@ class Stratum(Base):
     blocks: Mapped[int] = mapped_column(Integer, default=0)
     length: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AllocationReservation(Base):
+    """A slot the allocation journal shows was given to a child the restored database lacks
+    (enrolled or randomized after the backup): `trial randomization reconcile` reserves it, with its
+    arm, so that the child, entered again under its study id, gets the arm the site was told, and
+    no other child can take that slot or that study id."""
+
+    __tablename__ = "allocation_reservation"
+    __table_args__ = (UniqueConstraint("stratum_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[str] = mapped_column(String(20), unique=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("site.id"))
+    stratum_id: Mapped[int] = mapped_column(ForeignKey("stratum.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    arm: Mapped[str] = mapped_column(String(50))
+    screening_log_number: Mapped[str | None] = mapped_column(String(40))
+    randomized_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    journal_line: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

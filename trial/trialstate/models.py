@@ -19,3 +19,7 @@ class TrialState(Base):
     lock_notice: Mapped[str | None] = mapped_column(String(300))
     randomization_opened_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     unblinded_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # set by `trial backup restore`: randomization stays closed (why, and since when) until
+    # `trial randomization reconcile` replays the allocation journal or the operator signs none were lost
+    randomization_hold: Mapped[str | None] = mapped_column(String(300))
+    randomization_hold_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
