@@ -51,7 +51,7 @@ import trial.models  # noqa: F401  every model registered before the first sessi
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the spawned build process imports this file as a module
 SITES = ["AT01", "AU01", "BR01", "IL01", "IT01", "KR01", "NO01", "NO02", "UK01", "US01"]
-EMAIL, PASSWORD = "bench-manager@bench.trial", "bench-password-1234"
+EMAIL, PASSWORD = "bench-manager@bench.trial", "Quartz-harbour-4417-lantern"
 TABLES = ["participant", "screening", "allocation", "therapy_session", "counselling_session", "assessment",
           "status_event", "deviation"]
 TARGET_LOCK_SECONDS, TARGET_SECONDS, TARGET_MB = 1.0, 12.0, 500.0  # the lock answers; both bundles ready; per process

@@ -48,7 +48,7 @@ import randomize_load  # noqa: E402  gunicorn start and stop
 
 import trial.models  # noqa: E402,F401  every model registered before the first session
 
-PASSWORD = "bench-password-1234"
+PASSWORD = "Quartz-harbour-4417-lantern"
 TARGET_MS, TARGET_RATIO = 150.0, 1.5
 PER_PAGE = 50  # the lists' default page
 PAGES = {

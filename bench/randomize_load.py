@@ -111,7 +111,7 @@ def prepare(n_total: int) -> tuple[str, list[tuple[int, str, str]]]:
     ensure_default(db, cli)
     for code in SITES:
         create_site(db, cli, {"code": code, "name": f"Bench {code}", "country": code[:2], "target": n_total})
-    user = create_user(db, cli, EMAIL, "Bench Coordinator", "bench-password-1234", [("coordinator", c) for c in SITES])
+    user = create_user(db, cli, EMAIL, "Bench Coordinator", "Quartz-harbour-4417-lantern", [("coordinator", c) for c in SITES])
     token = issue_token(db, cli, user)
     open_randomization(db, cli)
     db.commit()

@@ -6,9 +6,9 @@ so concurrent requests spread evenly over the workers. With threaded (gthread) w
 connections stay with the worker that accepted them, and an unlucky worker queues several: on
 this project's randomization benchmark (2 cores, 16 clients) that gave a p99 of ~170 ms against
 ~110 ms here (bench/README.md). Put a buffering reverse proxy (nginx) in front, as gunicorn
-advises for sync workers. Every setting can be overridden on the command line or through
-GUNICORN_CMD_ARGS; the address and the number of workers also by TRIAL_BIND and TRIAL_WORKERS
-(declared with the other settings in trial/settings.py).
+advises for sync workers (config/deploy/nginx-trial.conf; README "Deploying"). Every setting can be
+overridden on the command line or through GUNICORN_CMD_ARGS; the address and the number of workers
+also by TRIAL_BIND and TRIAL_WORKERS (declared with the other settings in trial/settings.py).
 """
 import gc
 import os
@@ -27,10 +27,15 @@ for _old in _metrics_dir.glob("*.db"):
 bind = _settings.bind
 worker_class = "sync"
 workers = _settings.workers
-# A hard lock builds the locked bundles inside its request (about 20 s for 10,000 participants).
+# Requests are short: a hard lock's bundles are built after the lock commits by `trial worker`, a process of its
+# own (TRIAL_LOCK_BUILDER=worker: started by the app; external: kept running by systemd,
+# config/deploy/trial-worker.service), never inside the request. Only TRIAL_LOCK_BUILDER=inline (the tests)
+# builds them in the signing request (about 20 s for 10,000 participants), which this timeout still allows.
 timeout = 180
 graceful_timeout = 30
-wsgi_app = "trial:create_app()"
+# the app as served: it refuses to start (exit 4, the reason in the log) on a schema not at head or keys that are
+# not the database's; a database not reachable yet does not stop it (trial.app.serving_app)
+wsgi_app = "trial:serving_app()"
 # The app writes its own access line (JSON, with the request id, route, status and duration) to
 # standard error (trial.ops.logs); gunicorn's own lines are JSON there too.
 accesslog = None
@@ -44,8 +49,9 @@ logconfig_dict = {
     "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False}},
 }
 # The app is imported once by the master and forked: a worker that dies (or is killed) is back in
-# milliseconds instead of re-importing everything. No database connection is opened before the
-# fork; post_fork drops any pooled connection a worker would otherwise share with its siblings.
+# milliseconds instead of re-importing everything. No database connection is left open at the fork (the
+# master's start-up checks close theirs); post_fork drops any pooled connection a worker would otherwise
+# share with its siblings.
 preload_app = True
 
 

@@ -306,7 +306,7 @@ def test_after_rotation_the_old_key_refuses_to_append_and_a_leaked_old_key_forge
     db.commit()
     body = {"site": "AT01", "screened_on": dt.date.today().isoformat(), "answers": w.answers()}
     refused = w.api("POST", "/screenings", "coordinator", json=body)
-    assert refused.status_code == 500 and refused.get_json()["error"]["code"] == "audit_key_mismatch"
+    assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "audit_key_mismatch"
     assert audit.head(db) == before
     with pytest.raises(audit.AuditKeyMismatch):
         audit.record(db, "test", "noop", "thing", 1)

@@ -118,7 +118,7 @@ def test_security_headers_and_cookie_flags(world, client):
     csp = r.headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert r.headers["X-Content-Type-Options"] == "nosniff"
-    assert r.headers["Referrer-Policy"] == "no-referrer"
+    assert r.headers["Referrer-Policy"] == "same-origin"
     r = login(client, "manager@example.org")
     cookies = {c.split("=", 1)[0]: c for c in r.headers.getlist("Set-Cookie")}
     assert "HttpOnly" in cookies["trial_session"] and "SameSite=Lax" in cookies["trial_session"]

@@ -587,6 +587,9 @@ def test_a_relay_that_is_down_keeps_the_mail_queued_and_the_request_succeeds(kid
     db.expire_all()
     [m] = db.execute(select(MailMessage)).scalars().all()
     assert m.sent_at is None and m.attempts == 1 and "unreachable" in m.last_error
+    assert m.next_attempt_at is not None and send_pending(db) == (0, 0)  # not tried again before it is due
+    m.next_attempt_at = None  # (its wait over; tests/test_mail_outbox.py: the backoff)
+    db.commit()
     box = Inbox()
     try:
         monkeypatch.setenv("TRIAL_SMTP_URL", f"smtp://127.0.0.1:{box.port}")

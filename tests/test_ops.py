@@ -77,6 +77,8 @@ def test_readyz_on_an_old_schema_names_the_revisions():
 
 
 def test_readyz_names_dead_letters_when_mail_is_configured(monkeypatch):
+    import datetime as dt
+
     from trial.db import make_session_factory
     from trial.notify.models import MailMessage
     fresh = FreshDatabase("ops_mail")
@@ -85,7 +87,8 @@ def test_readyz_names_dead_letters_when_mail_is_configured(monkeypatch):
         c = _app(ENGINE=fresh.engine).test_client()
         assert c.get("/readyz").status_code == 200
         with make_session_factory(fresh.engine)() as s:
-            s.add(MailMessage(recipient="m@example.org", subject="SAE", body="-", attempts=20, last_error="refused"))
+            s.add(MailMessage(recipient="m@example.org", subject="SAE", body="-", attempts=20, last_error="refused",
+                              kind="sae", dead_at=dt.datetime(2026, 1, 1)))
             s.commit()
         r = c.get("/readyz")
         assert r.status_code == 503 and "dead letters" in r.get_json()["checks"]["mail"]
@@ -282,16 +285,22 @@ def test_two_gunicorn_workers_add_up_their_counts_also_after_one_is_killed(tmp_p
                             start_new_session=True)
     try:
         _wait_up(base, proc)
-        with ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(lambda _: requests.get(base + "/healthz", timeout=10).status_code, range(40)))
-        assert codes == [200] * 40
+        sent = 0
+        deadline = time.monotonic() + 30
+        while True:  # until both workers have served (the second may still be booting at first)
+            with ThreadPoolExecutor(8) as pool:
+                codes = list(pool.map(lambda _: requests.get(base + "/healthz", timeout=10).status_code, range(40)))
+            assert codes == [200] * 40
+            sent += 40
+            if len(list((tmp_path / "metrics").glob("counter_*.db"))) >= 2 or time.monotonic() > deadline:
+                break
         auth = {"Authorization": f"Bearer {TOKEN}"}
 
         def healthz_count() -> float:
             fam = {f.name: f for f in text_string_to_metric_families(requests.get(base + "/metrics", headers=auth,
                                                                                   timeout=10).text)}
             return _requests(fam, "/healthz")
-        assert healthz_count() >= 40  # (the probes of _wait_up count too)
+        assert healthz_count() >= sent  # (the probes of _wait_up count too)
         pids = {p.stem.split("_")[-1] for p in (tmp_path / "metrics").glob("counter_*.db")}
         assert len(pids) == 2, pids  # both workers counted
         before = healthz_count()

@@ -312,7 +312,7 @@ def security_headers(r) -> None:
     assert csp["script-src"] == "'self'" and "unsafe-inline" not in h["Content-Security-Policy"]
     assert csp["frame-ancestors"] == "'none'" and csp["object-src"] == "'none'" and csp["style-src"] == "'self'"
     assert h["X-Content-Type-Options"] == "nosniff"
-    assert h["Referrer-Policy"] == "no-referrer"
+    assert h["Referrer-Policy"] == "same-origin"
     assert all(f"{f}=()" in h["Permissions-Policy"] for f in ("camera", "microphone", "geolocation"))
 
 

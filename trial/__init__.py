@@ -55,3 +55,10 @@ def create_app(config: dict | None = None):
     trial.randomize.lists`` (the CLI, the benchmarks) does not load Flask and every blueprint."""
     from trial.app import create_app as factory  # deferred: the whole web stack, on a cold path
     return factory(config)
+
+
+def serving_app(config: dict | None = None):
+    """The app as gunicorn and `trial serve` serve it: refuses to start on an old schema or keys
+    that are not the database's (trial.app.serving_app). Imported when called, like create_app."""
+    from trial.app import serving_app as factory  # deferred: the whole web stack, on a cold path
+    return factory(config)

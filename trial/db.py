@@ -72,7 +72,15 @@ def read_json(text: str | bytes):
         return json.loads(text)
 
 
-def make_engine(url: str | None = None, **kw) -> Engine:
+def make_engine(url: str | None = None, *, statement_timeout: float | None = None, lock_timeout: float | None = None,
+                **kw) -> Engine:
+    """The engine of ``url`` (default: TRIAL_DATABASE_URL). On PostgreSQL every connection is
+    made within TRIAL_DB_CONNECT_TIMEOUT seconds and sends TCP keepalives; ``statement_timeout``
+    and ``lock_timeout`` (seconds; None or 0: none) are set on each connection's session, and
+    with a statement timeout a server that does not answer at all (a frozen backend, which cannot
+    enforce its own timeouts) is given up ANSWER_MARGIN seconds later, the connection closed
+    (:class:`NoAnswer`). The web app asks for both (trial.app, TRIAL_DB_STATEMENT_TIMEOUT,
+    TRIAL_DB_LOCK_TIMEOUT); the command line and the bundle worker, batch jobs, for neither."""
     url = url or default_url()
     kw.setdefault("json_deserializer", read_json)
     if url.startswith("sqlite"):
@@ -89,7 +97,80 @@ def make_engine(url: str | None = None, **kw) -> Engine:
         # the first request of every worker does not fail
         kw.setdefault("pool_pre_ping", True)
         engine = create_engine(url, **kw)
+        _pg_timeouts(engine, settings.current().db_connect_timeout, statement_timeout or None, lock_timeout or None)
     return engine
+
+
+# --- PostgreSQL: connect, statement and lock timeouts; a server that does not answer -------------
+
+ANSWER_MARGIN = 2.0  # seconds after the statement timeout before a server that sends nothing is given up
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+class NoAnswer(psycopg.OperationalError):
+    """The server sent nothing within the connection's deadline (a frozen backend or host): the
+    connection was closed, its state being unknown."""
+
+
+class _DeadlineConnection(psycopg.Connection):
+    """A psycopg connection that waits for the server at most ``answer_within`` seconds at each
+    exchange (a statement and the fetching of its rows, a commit, a rollback, a ping). The server
+    enforces its own statement and lock timeouts; this is for when it cannot (its process is
+    stopped, its host frozen): the kernel still acknowledges what is sent, so neither TCP nor a
+    cancel request would end the wait."""
+
+    answer_within: float | None = None
+
+    def wait(self, gen, interval=None, timeout=None):
+        if timeout is None and self.answer_within:
+            timeout = self.answer_within
+        try:
+            if interval is None:
+                return super().wait(gen, timeout=timeout)
+            return super().wait(gen, interval=interval, timeout=timeout)
+        except psycopg.OperationalError as e:
+            if type(e).__name__ != "_WaitTimeout":  # (psycopg's internal timeout error)
+                raise
+            self.pgconn.finish()  # mid-exchange: the connection cannot be used again
+            raise NoAnswer(f"the database server did not answer within {timeout:g} s") from None
+
+
+def _pg_timeouts(engine: Engine, connect_timeout: int, statement_timeout: float | None,
+                 lock_timeout: float | None) -> None:
+    """Every connection of ``engine``: made within ``connect_timeout`` s with TCP keepalives
+    (the URL's own values win), with the session's timeouts and, with a statement timeout, a
+    deadline for every answer: the statement timeout and ANSWER_MARGIN while checked out, the
+    connect timeout for the check of a pooled connection before use (a frozen backend there
+    costs a new connection, not the request)."""
+    answer = statement_timeout + ANSWER_MARGIN if statement_timeout else None
+    options = " ".join(f"-c {name}={int(seconds * 1000)}" for name, seconds in
+                       (("statement_timeout", statement_timeout), ("lock_timeout", lock_timeout)) if seconds)
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, conn_rec, cargs, cparams):
+        cparams.setdefault("connect_timeout", connect_timeout)
+        for k, v in KEEPALIVE.items():
+            cparams.setdefault(k, v)
+        if options:
+            cparams["options"] = f"{cparams.get('options') or ''} {options}".strip()
+        if answer is None:
+            return None  # psycopg's own connection
+        conn = _DeadlineConnection.connect(*cargs, **cparams)
+        conn.answer_within = answer
+        return conn
+
+    if answer is None:
+        return
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_conn, _rec):
+        if isinstance(dbapi_conn, _DeadlineConnection):
+            dbapi_conn.answer_within = connect_timeout  # the next use begins with the pool's ping
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn, _rec, _proxy):
+        if isinstance(dbapi_conn, _DeadlineConnection):
+            dbapi_conn.answer_within = answer
 
 
 def _sqlite_hooks(engine: Engine) -> None:
@@ -224,6 +305,8 @@ def unavailable(e: BaseException) -> Unavailable | None:
     if not isinstance(e, sa_exc.DBAPIError):
         return None
     orig = e.orig
+    if isinstance(orig, NoAnswer):  # (a frozen server: trial.db._DeadlineConnection gave up waiting)
+        return Unavailable(_after(N_("The database server did not answer in time")), 30, "unreachable")
     state = getattr(orig, "sqlstate", None)
     if state:
         kind, text = _PG_CLASSES.get(state) or (("unreachable", N_("The connection to the database failed"))
@@ -286,7 +369,8 @@ class Listener:
 
     def _connect(self) -> None:
         try:
-            self.conn = psycopg.connect(self.url, autocommit=True)
+            self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=settings.current().db_connect_timeout,
+                                        **KEEPALIVE)  # (a server gone away is noticed, its connection made again)
             self.conn.execute(f"LISTEN {self.channel}")
         except psycopg.OperationalError:
             self.conn = None  # the server is away: looked at again after the next wait

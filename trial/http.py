@@ -5,10 +5,8 @@ user's setting, else the browser's ``Accept-Language``, else English; the API sp
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
 import zoneinfo
+from pathlib import Path
 
 from babel import dates as babel_dates
 from flask import Flask, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
@@ -22,11 +20,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from trial.auth import mfa
 from trial.auth.service import load_session_user, user_for_token
 from trial.catalogue import LANGUAGES, N_, RTL_LANGUAGES, Joined, Msg, label
-from trial.db import unavailable, utcnow
-from trial.errors import DomainError, ValidationError
+from trial.db import is_sqlite, unavailable, utcnow
+from trial.errors import DomainError, Unavailable, ValidationError
 from trial.lock.models import DataLock
 from trial.lock.service import banner as lock_banner
-from trial.lock.service import build_now
+from trial.lock.service import build_not_started, build_now, build_status
+from trial.lock.worker import start_or_fail, watch
+from trial.migrate import head_revision, revision_of
 from trial.paging import DEFAULT_PER_PAGE, MAX_PER_PAGE, PageRequest
 from trial.policy import ANY, BEFORE_ENROLMENT, POLICY, PUBLIC, QUERY_PARAMS
 from trial.protocol.service import current as current_protocol
@@ -257,19 +257,49 @@ def start_bundle_build(lock_id: int) -> None:
     """After a hard lock commits, have its bundles built (config LOCK_BUILDER): ``worker`` starts
     `trial worker --until-idle` as a process of its own (detached: it outlives the request and
     builds both variants in parallel), ``inline`` builds them here and now, ``external`` leaves
-    them to a running `trial worker`. The state is in the database, so any app server reports it."""
+    them to a running `trial worker`. The state is in the database, so any app server reports it.
+    The lock has committed: nothing here turns its answer into an error. A worker that cannot be
+    started (the instance folder not writable) or an inline build that fails leaves the builds
+    failed with the reason, in the log too; one nobody picks up is started again
+    (:func:`watch_bundle_builds`)."""
     mode = current_app.config.get("LOCK_BUILDER", "worker")
-    if mode == "inline":
-        build_now(db(), actor(), db().get(DataLock, lock_id))
-        db().commit()
-    elif mode == "worker":
-        url = current_app.extensions["trial.engine"].url.render_as_string(hide_password=False)
-        os.makedirs(current_app.instance_path, exist_ok=True)
-        log = open(os.path.join(current_app.instance_path, "worker.log"), "ab")  # noqa: SIM115 (the child owns it)
-        subprocess.Popen([sys.executable, "-m", "trial.cli", "worker", "--until-idle"],
-                         env={**os.environ, "TRIAL_DATABASE_URL": url}, stdin=subprocess.DEVNULL, stdout=log,
-                         stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-        log.close()
+    try:
+        if mode == "inline":
+            try:
+                build_now(db(), actor(), db().get(DataLock, lock_id))
+                db().commit()
+            except Exception as e:  # (the lock stands: the build's failure is its state)
+                current_app.logger.exception("the inline build of lock %s failed", lock_id)
+                db().rollback()
+                build_not_started(db(), lock_id, f"{type(e).__name__}: {e}", "the build failed")
+                db().commit()
+        elif mode == "worker":
+            start_or_fail(db(), lock_id, _engine_url(), Path(current_app.instance_path))
+    except SQLAlchemyError:  # the database went away after the commit: the builds wait, and are watched
+        current_app.logger.exception("the state of lock %s's builds could not be recorded", lock_id)
+
+
+def _engine_url() -> str:
+    return current_app.extensions["trial.engine"].url.render_as_string(hide_password=False)
+
+
+def watch_bundle_builds() -> None:
+    """Before a lock's state is shown: a build nobody picked up within a minute is queued again and
+    a worker started for it (TRIAL_LOCK_BUILDER=worker; with ``external`` the running worker is
+    woken), once; a minute later still unclaimed, failed (trial.lock.worker.watch)."""
+    watch(db(), current_app.config.get("LOCK_BUILDER", "worker") == "worker", _engine_url(),
+          Path(current_app.instance_path))
+
+
+def committed_build_status(lock_id: int) -> str | None:
+    """The state of a lock's builds just after it committed, for its answer; "building" when the
+    database cannot say (the lock stands whatever happens after its commit)."""
+    try:
+        return build_status(db(), lock_id)["status"]
+    except SQLAlchemyError:
+        current_app.logger.exception("the state of lock %s's builds could not be read", lock_id)
+        db().rollback()
+        return "building"
 
 
 def lock_notice() -> str | None:
@@ -473,7 +503,10 @@ def _security_headers(resp):
     resp.headers.setdefault("Content-Security-Policy", CSP)
     resp.headers["X-Content-Type-Options"] = "nosniff"
     resp.headers["X-Frame-Options"] = "DENY"
-    resp.headers["Referrer-Policy"] = "no-referrer"
+    # same-origin, not no-referrer: over TLS Flask-WTF checks that a form was posted from this site by its
+    # Referer, which a browser told "no-referrer" never sends (every login behind the TLS proxy would answer
+    # "the form expired"); to any other site still nothing is sent
+    resp.headers["Referrer-Policy"] = "same-origin"
     resp.headers["Permissions-Policy"] = PERMISSIONS
     resp.headers["Cross-Origin-Opener-Policy"] = "same-origin"
     if request.is_secure or current_app.config.get("SESSION_COOKIE_SECURE"):  # served over TLS (production is)
@@ -530,13 +563,39 @@ def _internal_error(e):
 
 def _database_error(e: SQLAlchemyError):
     """The database is down, full, read-only or busy: 503 with Retry-After and what class of
-    problem it is. Anything else is a programming error (500)."""
-    err = unavailable(e)
+    problem it is; the schema is behind the code (downgraded, or a restore of an older backup
+    under a running app): 503 naming `trial db upgrade`. Anything else is a programming error (500)."""
+    err = unavailable(e) or _schema_behind()
     if err is None:
         current_app.logger.exception("database error")
         return _internal_error(e)
     current_app.logger.warning("database unavailable (%s): %s", err.kind, e)
     return _error(503, err.message, err.code, {}, err.retry_after)
+
+
+def _schema_behind() -> Unavailable | None:
+    """After a database error no availability explains: is the schema older than the code? (The
+    app checked it at its start; a database migrated down or restored since is told apart from a
+    programming error here, so the user reads 503 and the operator the reason, not a bare 500.)"""
+    try:
+        if "db" in g:
+            g.db.rollback()  # (on SQLite the request's transaction holds the write lock)
+        engine = current_app.extensions["trial.engine"]
+        with engine.connect() as conn:
+            conn.connection.info["trial_read_only"] = is_sqlite(engine)  # (a deferred transaction: trial.db)
+            try:
+                current, head = revision_of(conn), head_revision()
+            finally:
+                conn.connection.info.pop("trial_read_only", None)
+    except SQLAlchemyError:
+        return None
+    if current == head:
+        return None
+    current_app.logger.error("the database schema is at revision %s, this code needs %s: run `trial db upgrade`",
+                             current or "none", head)
+    return Unavailable(Msg(N_("%(what)s. Nothing was changed; try again later."),
+                           what=Msg(N_("The database schema is older than this version of the application needs (the "
+                                       "operator runs `trial db upgrade`)"))), 120, "not_migrated")
 
 
 def init_app(app: Flask) -> None:
@@ -569,6 +628,8 @@ def _register_error_answers(app: Flask) -> None:
             db().rollback()
         except SQLAlchemyError:
             pass
+        if e.status >= 500:  # the server's fault (a key that is not the database's, say): the operator's to read
+            current_app.logger.error("%s: %s", e.code, e.message)
         return _error(e.status, e.message, e.code, e.fields, e.retry_after)
 
     @app.errorhandler(CSRFError)

@@ -53,6 +53,20 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, repr=False, json_schema_extra={"default": "SQLite: `trial.db` in the instance folder", "hide": "password"},
         description="database; PostgreSQL: `postgresql+psycopg://user@host/db`")
+    db_connect_timeout: int = Field(
+        5, ge=1,
+        description="PostgreSQL: seconds to wait for a connection (and for a pooled connection's check before use) "
+                    "before the request answers 503; every connection also sends TCP keepalives, so a server "
+                    "that vanished is noticed within a minute")
+    db_statement_timeout: int = Field(
+        30, ge=0,
+        description="PostgreSQL, the web app's connections: seconds a statement may run before the server cancels "
+                    "it and the request answers 503 (a server that does not answer at all is given up 2 s later); "
+                    "`0`: no limit. The command line and the bundle worker (batch jobs) have none")
+    db_lock_timeout: int = Field(
+        10, ge=0,
+        description="PostgreSQL, the web app's connections: seconds a statement may wait for a row or table "
+                    "another transaction holds before the request answers 503; `0`: no limit")
     secret_key: SecretStr | None = Field(
         None, json_schema_extra={"default": "development: a random one kept in the instance folder"},
         description="session signing key; **required** in production")
@@ -68,8 +82,9 @@ class Settings(BaseSettings):
         None, json_schema_extra={"default": "development: a random one kept in the instance folder"},
         description="Fernet key that seals the randomization seed; **required** in production and identical on "
                     "every app server and the CLI (`python -c \"from cryptography.fernet import Fernet; "
-                    "print(Fernet.generate_key().decode())\"`). Losing it makes extension of lists impossible "
-                    "until unblinding.")
+                    "print(Fernet.generate_key().decode())\"`). Every allocation opens the seed with it: losing it "
+                    "stops randomization, and the seed can then be neither revealed at the unblinding nor checked "
+                    "(README \"Keys\")")
     audit_key: SecretStr | None = Field(
         None, json_schema_extra={"default": "development: a random one kept in the instance folder"},
         description=f"key of the audit chain's HMAC (at least {MIN_AUDIT_KEY} characters); **required** in "
@@ -84,9 +99,18 @@ class Settings(BaseSettings):
         description="append-only file, best on another volume, where `trial audit anchor` and every hard lock's "
                     "signing append the audit chain's head (one JSON line); `trial audit verify --anchors FILE` "
                     "checks the chain against it")
+    allocation_journal: Path | None = Field(
+        None, json_schema_extra={"default": "not set: allocations are kept in the database only"},
+        description="append-only file, on another volume, where every allocation is appended once committed (one "
+                    "JSON line: study id, site, stratum, slot, a digest of the arm keyed with the sealed seed, time, "
+                    "audit seq; never the arm itself; fsync'd; file mode 0600); its folder must exist (mode 0700). "
+                    "While it cannot be written randomization is refused (503) and `/readyz` says why; after a "
+                    "restore `trial randomization reconcile --journal FILE` replays from it what the backup lacks "
+                    "(README \"The allocation journal\")")
     instance_path: Path = Field(
         PROJECT_ROOT / "instance", json_schema_extra={"default": "`instance/` in the project folder"},
-        description="folder for the SQLite file, the development keys and the lock worker's log (`worker.log`)")
+        description="folder for the SQLite file, the development keys, the lock worker's log (`worker.log`) and "
+                    "the builds' temporary files (`tmp/`, mode 0700); the service user must be able to write it")
     proxies: int = Field(
         0, ge=0,
         description="number of reverse proxies in front of the app whose `X-Forwarded-For` is trusted")
@@ -111,6 +135,11 @@ class Settings(BaseSettings):
     mail_from: str = Field(
         "trial-system@localhost",
         description="sender address of the e-mails")
+    mail_attempts: int = Field(
+        20, ge=1,
+        description="attempts to send an e-mail before it is given up as a dead letter (kept, shown on the managers' "
+                    "and admins' home pages, in `/readyz` and `trial mail status`; `trial mail status --retry-dead` "
+                    "queues it again); after a failed attempt the next waits 1, 2, 4 ... minutes, at most an hour")
     base_url: str | None = Field(
         None, json_schema_extra={"default": "not set: links in e-mails are relative"},
         description="public address of the app, e.g. `https://trial.example.org`, so that links in e-mails are "

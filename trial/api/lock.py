@@ -8,7 +8,7 @@ from trial.api import bodies as b
 from trial.api.params import SITE_QUERY
 from trial.api.routing import body, err, media, ok, route
 from trial.exports import service as exports
-from trial.http import actor, db, start_bundle_build
+from trial.http import actor, committed_build_status, db, start_bundle_build, watch_bundle_builds
 from trial.lock import service as locks
 from trial.lock import unblinding as unblinding_service
 from trial.randomize.service import get_design
@@ -28,12 +28,13 @@ def create_lock():
         start_bundle_build(lock.id)
     return jsonify({"id": lock.id, "kind": lock.kind, "version": lock.version,
                     "created_at": lock.created_at.isoformat(timespec="seconds") + "Z",
-                    "status": locks.build_status(db(), lock.id)["status"]}), 201
+                    "status": committed_build_status(lock.id) if lock.kind == "hard" else None}), 201
 
 
 @route("/locks/<int:lock_id>", "GET", "A lock, with its bundles' state while they are built (status, progress)",
        "manager, statistician", responses={200: ok("the lock", a.LockInfo), 404: err("unknown lock")})
 def get_lock(lock_id):
+    watch_bundle_builds()
     return jsonify(locks.lock_info(db(), actor(), lock_id))
 
 
@@ -52,6 +53,7 @@ def lift_lock(lock_id):
 @route("/locks", "GET", "Locks and the checksums of their bundles", "manager, statistician",
        responses={200: ok("locks", list[a.LockInfo])})
 def list_locks():
+    watch_bundle_builds()
     return jsonify(locks.list_locks(db(), actor()))
 
 
@@ -60,6 +62,7 @@ def list_locks():
            "X-Content-SHA256": {"schema": {"type": "string"}, "description": "SHA-256 of the zip"}}}, 404: err("no hard lock with that id"),
            409: err("the bundle is still being built, or its build failed (bundle_not_ready)")})
 def bundle(lock_id):
+    watch_bundle_builds()
     b = locks.get_bundle(db(), actor(), lock_id)
     return Response(b.content, mimetype="application/zip", headers={
         "Content-Disposition": f'attachment; filename="lock-{lock_id}-{b.variant}.zip"', "X-Content-SHA256": b.sha256})

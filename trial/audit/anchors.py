@@ -41,9 +41,12 @@ def head_line(conn) -> dict:
             "records": records, "seals": seals, "at": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-def append_line(path: Path, line: dict) -> None:
-    """Append one JSON line, opened with O_APPEND and fsync'd; the folder made (mode 0700) if missing."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+def append_line(path: Path, line: dict, make_folder: bool = True) -> None:
+    """Append one JSON line, opened with O_APPEND and fsync'd (a new file gets mode 0600); the folder
+    made (mode 0700) if missing, unless ``make_folder`` is False (the allocation journal's folder must
+    exist: made on the wrong volume it would not be the copy outside the database)."""
+    if make_folder:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())

@@ -92,8 +92,11 @@ def _cached_key(_setting: tuple[str | None, ...]) -> bytes:
 
 
 class AuditKeyMismatch(DomainError):
-    """This process holds another audit key than the one the chain was written with."""
-    status, code = 500, "audit_key_mismatch"
+    """This process holds another audit key than the one the chain was written with: no write can
+    be audited, so none is made (503: the server's configuration, not the request, is at fault;
+    `/readyz` says so too, and a server started so refuses to start)."""
+    status, code = 503, "audit_key_mismatch"
+    retry_after = 60
 
 
 def _actor(actor) -> tuple[int | None, str]:

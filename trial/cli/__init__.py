@@ -26,6 +26,7 @@ COMMANDS = {
     "demo": ("trial.cli.demo", "demo_cmd", "Load demo sites, users and synthetic participants into an empty database; print the logins."),
     "serve": ("trial.cli.serve", "serve", "Serve the web application (development server)."),
     "config": ("trial.cli.config", "config", "The settings (TRIAL_* environment variables): values, defaults, meanings."),
+    "backup": ("trial.cli.backup", "backup", "Backups that prove themselves: create, verify, restore."),
 }
 
 

@@ -9,6 +9,7 @@ import click
 from trial.audit import anchors, replay, rotation
 from trial.audit import service as audit_service
 from trial.cli.common import Group, fail, session
+from trial.ops.anchoring import anchor_and_mail
 from trial.scope import CliActor
 
 
@@ -20,11 +21,13 @@ def audit():
 @audit.command("verify", help="Check the audit hash chain; exit 0 if intact, else name the first broken record "
                "(or the records under a retired key that TRIAL_AUDIT_KEYS_RETIRED does not hold). --anchors FILE: "
                "also against the heads anchored there (`trial audit anchor`), naming the anchor line the chain "
-               "falls short of; --data: also replay the trail of every clinical table and name each row field "
-               "(table, id, field) that differs from it.")
+               "falls short of; --data: also replay the trail of every audited table (the clinical data, queries, "
+               "locks, signatures, sites, accounts, roles and grants; trial/audit/replay.py lists them) and name, "
+               "by table and id, each field that differs from it, each row it never created (\"no creation "
+               "record\") and each row it created that is gone (\"row missing\").")
 @click.option("--anchors", "anchor_path", type=click.Path(dir_okay=False, path_type=Path),
               help="an anchor file written by `trial audit anchor`")
-@click.option("--data", "data", is_flag=True, help="compare the clinical tables with their audit trail")
+@click.option("--data", "data", is_flag=True, help="compare the audited tables with their audit trail")
 def audit_verify(anchor_path: Path | None, data: bool):
     with session() as s:
         res = audit_service.verify(s)
@@ -46,14 +49,18 @@ def audit_verify(anchor_path: Path | None, data: bool):
 
 @audit.command("anchor", help="Append the audit chain's head (record number, hash, MAC, record and seal counts, "
                "time) as one JSON line to the anchor file: --to FILE, else TRIAL_AUDIT_ANCHORS. Keep it on another "
-               "volume or machine; run it daily (hard locks anchor themselves when TRIAL_AUDIT_ANCHORS is set).")
+               "volume or machine; run it daily (hard locks anchor themselves when TRIAL_AUDIT_ANCHORS is set). With "
+               "TRIAL_SMTP_URL set, the line is e-mailed to every manager too: their inboxes are a copy outside the "
+               "database.")
 @click.option("--to", "to", type=click.Path(dir_okay=False, path_type=Path), help="the anchor file")
 def audit_anchor(to: Path | None):
     if anchors.anchor_file(to) is None:
         fail("no anchor file: give --to FILE or set TRIAL_AUDIT_ANCHORS")
     with session() as s:
-        path, line = anchors.anchor(s, to)
-    click.echo(f"audit head anchored in {path}: record {line['seq']}, {line['records']} records, {line['seals']} seals")
+        path, line, mailed = anchor_and_mail(s, to)
+    click.echo(f"audit head anchored in {path}: record {line['seq']}, {line['records']} records, {line['seals']} seals"
+               + (f"; its e-mail to {mailed} managers queued (sent at once unless the relay is down: `trial mail "
+                  "status`)" if mailed else ""))
 
 
 @audit.command("rotate-key", help="Read a new audit key (at least 32 characters) on standard input and continue the "

@@ -5,8 +5,10 @@ import click
 from sqlalchemy import func, select
 
 from trial.cli.common import Group, session
+from trial.cli.lock import watch_builds
 from trial.course.service import recount, tally_stale
 from trial.digest.service import queue_digests
+from trial.exports.bundle import sweep_folders
 from trial.notify.service import send_pending
 from trial.outcomes.service import check_missing_forms, missing_form_candidates
 from trial.participants.models import Allocation, Participant
@@ -27,12 +29,17 @@ def checks():
                 "(the visits coming due in the next seven days and the queries waiting for them, per site; never an "
                 "arm; one a week however often this runs, none when there is nothing to tell, none without "
                 "TRIAL_SMTP_URL, none for a user who opted out), then send the queued e-mail. Meant for a daily "
-                "timer. Does nothing while a lock is in force.")
+                "timer. Does nothing while a lock is in force, except the builds' housekeeping it always does: "
+                "a hard lock's build no worker picked up is started again (once; then failed, naming `trial lock "
+                "rebuild`), and the temporary folders of builds whose process was killed are removed.")
 @click.option("--on", "on", default=None, type=click.DateTime(formats=["%Y-%m-%d"]),
               help="Check as of this date (YYYY-MM-DD; default: each site's today).")
 def checks_run(on):
     day = on.date() if on else None
+    for folder in sweep_folders():  # a build killed before it could tidy up left unblinded data there
+        click.echo(f"removed the temporary folder of a build whose process is gone: {folder}")
     with session() as s:
+        watch_builds(s)
         if active_lock_id(s) is not None:
             click.echo("a lock is in force: no checks run (the data are frozen)")
             return

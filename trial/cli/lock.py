@@ -9,10 +9,12 @@ import sys
 
 import click
 
+from trial import settings
 from trial.cli.common import Group, fail, session
 from trial.db import Listener, make_engine, make_session_factory
 from trial.exports.bundle import can_fork, preload, sweep_folders
 from trial.lock import service as locks
+from trial.lock.worker import watch
 from trial.scope import CliActor
 
 
@@ -96,12 +98,24 @@ def lock():
     pass
 
 
+def watch_builds(s) -> None:
+    """Builds nobody picked up within a minute: queued again and a worker started (unless
+    TRIAL_LOCK_BUILDER=external: the running one is woken), once; then failed (trial.lock.worker)."""
+    cfg = settings.current()
+    url = s.get_bind().engine.url.render_as_string(hide_password=False)
+    for lock_id in watch(s, cfg.lock_builder != "external", url, cfg.instance_path):
+        click.echo(f"lock {lock_id}: its bundles were not picked up by a worker within a minute: queued again"
+                   + ("" if cfg.lock_builder == "external" else " and a worker started"))
+
+
 @lock.command("status", help="The state of a hard lock's bundles (building, ready, failed) and the share done. "
                              "Exits 0 when ready, 3 while building, 1 when failed (then `trial lock rebuild LOCK_ID` "
-                             "builds it again).")
+                             "builds it again). A build no worker picked up within a minute is queued again and a "
+                             "worker started for it, once; a minute later still waiting, it is failed.")
 @click.argument("lock_id", type=int)
 def status(lock_id):
     with session() as s:
+        watch_builds(s)
         st = locks.build_status(s, lock_id)
     if st["status"] is None:
         fail(f"lock {lock_id} has no bundles (a soft lock, or no such lock)")

@@ -1,4 +1,4 @@
-"""`trial randomization`: open, verify, rotate-seal-key, simulate."""
+"""`trial randomization`: open, verify, rotate-seal-key, simulate, reconcile."""
 from __future__ import annotations
 
 import sys
@@ -9,7 +9,7 @@ import click
 from trial.cli.common import Group, fail, session
 from trial.protocol.schema import ProtocolError, parse
 from trial.protocol.service import current
-from trial.randomize import sealkey
+from trial.randomize import journal, sealkey
 from trial.randomize import service as randomize_service
 from trial.randomize.simulate import format_report, simulate
 from trial.scope import CliActor
@@ -80,3 +80,57 @@ def randomization_simulate(participants, runs, n_sites, protocol_path):
     res = simulate([(a["key"], a["weight"]) for a in content["arms"]], r["block_sizes"], r["method"], codes,
                    participants, runs, r["minimization"]["probability"], r["minimization"]["imbalance"])
     click.echo(format_report(res))
+
+
+@randomization.command("reconcile", help="After `trial backup restore`: replay from the allocation journals "
+                       "(TRIAL_ALLOCATION_JOURNAL of every app server, one --journal each) the allocations the restored "
+                       "database lacks, in the same slots with the same arms (a child the database lacks gets its slot "
+                       "and arm reserved under its study id: the report lists them, with their screening log numbers, "
+                       "for the sites to enter again), then open randomization again. Or --none-lost: record the "
+                       "operator's signed statement that no allocation was made after the backup (--operator NAME, "
+                       "the statement with --statement TEXT or on standard input). Audited. A line that conflicts with "
+                       "the database (another slot or arm, a slot held by another child, another randomization) "
+                       "changes nothing: every conflict is listed and the exit is 1. --dry-run reports and changes "
+                       "nothing (exit 0 when it would reconcile). Exit 0 only when reconciled.")
+@click.option("--journal", "journals", multiple=True, type=click.Path(dir_okay=False),
+              help="an allocation journal (repeat for each app server's)")
+@click.option("--none-lost", is_flag=True, help="sign that no allocation was lost instead (not with --journal)")
+@click.option("--operator", help="with --none-lost: the name of the operator who signs")
+@click.option("--statement", help="with --none-lost: the statement (else read from standard input)")
+@click.option("--dry-run", is_flag=True, help="report what would be done; change nothing")
+def randomization_reconcile(journals, none_lost, operator, statement, dry_run):
+    if none_lost and not journals and statement is None:
+        statement = sys.stdin.read()
+    with session() as s:
+        report = journal.reconcile(s, CliActor(), list(journals), none_lost=none_lost, dry_run=dry_run,
+                                   operator_statement=statement, operator=operator)
+        if not report.ok or dry_run:
+            s.rollback()
+    prefix = "dry run, nothing changed: " if dry_run else ""
+    if report.none_lost:
+        click.echo(f"{prefix}the statement that no allocation was lost is recorded" if not dry_run else
+                   f"{prefix}the statement would be recorded and randomization opened again")
+        if not dry_run:
+            click.echo("randomization is open again")
+        return
+    click.echo(f"{prefix}{report.lines} journal line(s) from {len(report.journals)} journal(s)"
+               + (f" ({report.duplicates} identical line(s) read twice)" if report.duplicates else ""))
+    click.echo(f"present in the database: {len(report.present)}")
+    click.echo(f"replayed (allocation missing, child present): {len(report.replayed)}"
+               + (": " + ", ".join(report.replayed) if report.replayed else ""))
+    click.echo(f"reserved (child missing: the site enters it again): {len(report.reserved)}")
+    for r in report.reserved:
+        number = (f"screening log number {r.screening_log_number}" if r.screening_log_number
+                  else "no screening log number: tell the trial manager")
+        click.echo(f"  {r.study_id}  site {r.site}  {number}")
+    for c in report.conflicts:
+        click.echo(f"CONFLICT: {c}", err=True)
+    if not report.ok:
+        fail(f"not reconciled: {len(report.conflicts)} conflict(s); nothing was changed and randomization stays "
+             f"{'held' if report.hold else 'as it was'}")
+    if dry_run:
+        click.echo("the journals agree with the database: reconciling would open randomization again")
+    elif report.hold_cleared:
+        click.echo("reconciled: randomization is open again")
+    else:
+        click.echo("reconciled (randomization was not held)")

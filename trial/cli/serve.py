@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import click
 
-from trial import create_app
+from trial import serving_app
 
 
-@click.command("serve", help="Serve the web application (development server).")
+@click.command("serve", help="Serve the web application (development server). Refuses to start (exit 4, the "
+                              "reason logged) when the schema is not at head (`trial db upgrade`), TRIAL_AUDIT_KEY is "
+                              "not the audit chain's key or TRIAL_SEAL_KEY does not open the randomization seed; a "
+                              "database that cannot be reached yet does not stop it (`/readyz` says why).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, type=int, show_default=True)
 def serve(host, port):
-    create_app().run(host=host, port=port, debug=False, threaded=True)
+    serving_app().run(host=host, port=port, debug=False, threaded=True)

@@ -344,7 +344,7 @@ def log_counselling(db: Session, actor, study_id: str, data: dict) -> Counsellin
     db.add(c)
     db.flush()
     audit.created(db, actor, "counselling_session", c.id, {"participant": p.study_id, "number": c.number,
-                                                           "held_on": held, "attended": attended})
+                                                           "held_on": held, "attended": attended, "note": note})
     return c
 
 

@@ -17,10 +17,12 @@ from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.participants.models import SEXES, Participant, Screening, SiteSequence
 from trial.participants.service import age_in_months
 from trial.protocol.service import current as current_protocol
+from trial.randomize.models import AllocationReservation
 from trial.scope import is_cli, require_site_role, visible_site_ids
 from trial.sites.models import Site
 from trial.sites.service import get_by_code
 from trial.timeline import today
+from trial.trialstate.models import TrialState
 from trial.trialstate.service import ensure_writable
 from trial.validation import clinical_date, ident, parse_date, refusal, refuse, text
 
@@ -161,6 +163,18 @@ def _next_study_id(db: Session, site: Site) -> str:
     return f"{site.code}-{seq.last_number:04d}"
 
 
+def _reserved_study_id(db: Session, site: Site, sc: Screening) -> str | None:
+    """The study id reserved for this screening's child by `trial randomization reconcile` (a child
+    enrolled and randomized before the database was restored from a backup, entered again): the
+    unused reservation of the site with the screening's log number, if its study id is free."""
+    if not sc.log_number:
+        return None
+    r = AllocationReservation
+    taken = select(Participant.id).where(Participant.study_id == r.study_id).exists()
+    return db.execute(select(r.study_id).where(r.site_id == site.id, r.screening_log_number == sc.log_number,
+                                               r.used_at.is_(None), ~taken)).scalar_one_or_none()
+
+
 def _enrolment_values(content: dict, data: dict, sc: Screening, site: Site) -> tuple[dt.date, dt.date, str, dict]:
     """The consent date (not after today at the site, nor before the screening by more than the
     protocol's ``consent_before_screening_days``), the date of birth (an age at consent the
@@ -212,6 +226,12 @@ def enroll(db: Session, actor, data: dict, at: dt.datetime | None = None) -> Par
     sc = screening_for(db, actor, sid)
     require_site_role(db, actor, sc.site_id, "coordinator")
     ensure_writable(db)
+    if db.execute(select(TrialState.randomization_hold_at).where(TrialState.randomization_hold.is_not(None))).first():
+        # a child enrolled now would take the next study id, which the allocation journal may give a
+        # child the restored database lacks
+        raise Conflict(N_("Enrollment is closed until the allocation journal is reconciled after the restore from a "
+                          "backup: a new child could take the study ID of a child enrolled after the backup. The "
+                          "trial manager runs `trial randomization reconcile`."))
     site = db.get(Site, sc.site_id)
     if sc.outcome != "eligible":
         raise Conflict(Msg(N_("Screening %(id)s has the outcome %(outcome)s: only an eligible screening can be enrolled."),
@@ -220,7 +240,8 @@ def enroll(db: Session, actor, data: dict, at: dt.datetime | None = None) -> Par
         raise Conflict(Msg(N_("Screening %(id)s has already been enrolled."), id=sc.id))
     pv = current_protocol(db)
     consent, born, sex, strata = _enrolment_values(pv.content, data, sc, site)
-    study_id = _next_study_id(db, site)
+    reserved = _reserved_study_id(db, site, sc)
+    study_id = reserved or _next_study_id(db, site)
     p = Participant(study_id=study_id, site_id=site.id, screening_id=sc.id, consent_date=consent,
                     date_of_birth=born, sex=sex, strata=strata, created_by_id=getattr(actor, "id", None),
                     enrolled_at=at if (at is not None and is_cli(actor)) else utcnow())
@@ -228,7 +249,9 @@ def enroll(db: Session, actor, data: dict, at: dt.datetime | None = None) -> Par
     db.flush()
     audit.created(db, actor, "participant", study_id, {"site": site.code, "screening_id": sc.id,
                                                        "consent_date": consent, "date_of_birth": born,
-                                                       "sex": sex, "strata": strata})
+                                                       "sex": sex, "strata": strata},
+                  reason=("the study id reserved for this screening's child, randomized before the database was "
+                          "restored from a backup (trial randomization reconcile)") if reserved else None)
     return p
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import ctypes
 import functools
 import gc
 import hashlib
@@ -17,6 +18,7 @@ import os
 import pickle
 import queue
 import shutil
+import signal
 import tempfile
 import textwrap
 import threading
@@ -27,6 +29,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from trial import settings
 from trial.analysis.service import primary_analysis
 from trial.audit.service import seal_of
 from trial.dataquality.service import shown_queries
@@ -77,7 +80,8 @@ BLOCK = 1 << 20  # a streamed file goes into the zip in blocks of this size
 PENDING = 64 << 20  # bytes given to a zip's thread and not yet written, at most (memory), before the build waits
 HELPER_WAIT = 900  # seconds a build waits for its helper's next result before it gives up
 BEAT = 10  # seconds between the heartbeats of a build that waits (a worker silent for two minutes is taken for dead)
-FOLDER_PREFIX = "trial-bundle-"  # the helpers' temporary folders: trial-bundle-<pid of the build>-...
+FOLDER_PREFIX = "trial-bundle-"  # where earlier versions kept the helpers' files: /tmp/trial-bundle-<pid>-...
+BUILD_PREFIX = "build-"  # a build's private folder: <instance folder>/tmp/build-<lock id>-<pid of the build>
 
 
 @dataclass
@@ -211,13 +215,14 @@ class _Helper:
     answers are read by a thread started with ``listen`` once every process is forked (a process
     forked while a thread runs could inherit a lock held by it)."""
 
-    def __init__(self, job, db: Session, lock, pv, *args, beat=None):
+    def __init__(self, job, db: Session, lock, pv, *args, folder: Path, beat=None):
         ctx = multiprocessing.get_context("fork")
         self.beat = beat or (lambda: None)
-        self.folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
+        self.folder = tempfile.mkdtemp(prefix="helper-", dir=folder)  # (mode 0700, inside the build's private folder)
         self.conn, send = ctx.Pipe(duplex=False)
         plain = {"id": lock.id, "created_at": lock.created_at, "version": pv.version, "content": pv.content,
-                 "url": _engine_of(db).url.render_as_string(hide_password=False), "folder": self.folder}
+                 "url": _engine_of(db).url.render_as_string(hide_password=False), "folder": self.folder,
+                 "parent": os.getpid()}
         self.proc = ctx.Process(target=_helper_main, args=(job, send, plain, *args), name=f"bundle helper {lock.id}",
                                 daemon=True)
         self.proc.start()
@@ -326,8 +331,20 @@ def _engine_of(db: Session):
     return getattr(bind, "engine", bind)
 
 
+def _die_with_parent(parent: int) -> None:
+    """A helper ends with the build that forked it, even one killed by SIGKILL (Linux's
+    PR_SET_PDEATHSIG): none goes on writing unblinded files after its build is gone."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: it ends when it next finds its pipe closed
+        return
+    if os.getppid() != parent:  # the build died before the call above
+        os._exit(1)
+
+
 def _helper_main(job, send, plain: dict, *args) -> None:
     try:
+        _die_with_parent(plain["parent"])
         job(send, plain, *args)
     except BaseException as e:  # noqa: BLE001  reported to the build, which fails with it
         send.send(("error", f"{type(e).__name__}: {e}"))
@@ -391,14 +408,46 @@ def _data_job(send, plain: dict, tables: dict) -> None:
         send.send((("odm", v), (path, h.hexdigest())))
 
 
+def temp_root() -> Path:
+    """Where builds keep their temporary files: ``tmp/`` in the instance folder (mode 0700)."""
+    return settings.current().instance_path / "tmp"
+
+
+def private_folder(lock_id: int) -> Path:
+    """A new private folder (mode 0700) for one build's temporary files, unblinded data among them:
+    ``<instance folder>/tmp/build-<lock id>-<pid>``, removed when the build ends, whether it failed
+    or not, and by :func:`sweep_folders` when its process was killed. Never the system's temporary
+    folder instead: when it cannot be made the build fails, saying why."""
+    root = temp_root()
+    folder = root / f"{BUILD_PREFIX}{lock_id}-{os.getpid()}"
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(PermissionError):  # (another user's folder: the build's own is private anyway)
+            root.chmod(0o700)
+        if folder.exists():  # an earlier build of this lock in a process of the same number: gone
+            shutil.rmtree(folder)
+        folder.mkdir(mode=0o700)
+        folder.chmod(0o700)
+    except OSError as e:
+        raise RuntimeError(f"cannot create the build's private folder {folder} ({type(e).__name__}: "
+                           f"{e.strerror or e}): the service user must be able to write the instance folder "
+                           f"(TRIAL_INSTANCE_PATH) and its tmp/; a build's temporary files go nowhere else") from None
+    return folder
+
+
 def sweep_folders() -> list[str]:
     """Remove the temporary folders of builds whose process is gone (killed before it could tidy
-    up: they hold unblinded data). Returns the folders removed."""
+    up: they hold unblinded data): those in the instance folder's tmp/, and those earlier versions
+    left in the system's temporary folder. Returns the folders removed."""
     gone: list[str] = []
     if not Path("/proc/self").exists():  # (whether a process lives is read from /proc: Linux)
         return gone
-    for path in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
-        pid = path.name[len(FOLDER_PREFIX):].split("-")[0]
+    found: list[tuple[Path, str]] = []
+    for root, prefix, pid_of in ((temp_root(), BUILD_PREFIX, lambda rest: rest.rsplit("-", 1)[-1]),
+                                 (Path(tempfile.gettempdir()), FOLDER_PREFIX, lambda rest: rest.split("-")[0])):
+        with contextlib.suppress(OSError):  # (a folder that cannot be read holds nothing to sweep here)
+            found += [(path, pid_of(path.name[len(prefix):])) for path in root.glob(f"{prefix}*")]
+    for path, pid in found:
         if pid.isdigit() and not Path(f"/proc/{pid}").exists() and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
             gone.append(str(path))
@@ -468,6 +517,7 @@ class _Build:
         self.done = 0
         self.tables: dict[str, list] = {}
         self.other = self.data = None  # the helpers (in parallel)
+        self.folder: Path | None = None  # the build's private folder (in parallel: the helpers' files)
         self.counts: dict[str, dict[str, int]] = {}
         self.uses: collections.Counter = collections.Counter()
         self.steps = 0
@@ -481,8 +531,11 @@ class _Build:
 
     def run(self) -> dict[str, tuple[bytes, str, str]]:
         if self.parallel:
-            self.helpers.append(_Helper(_other_job, self.db, self.lock, self.pv, self.variants, beat=self.beat))
+            self.folder = private_folder(self.lock.id)
         try:
+            if self.parallel:
+                self.helpers.append(_Helper(_other_job, self.db, self.lock, self.pv, self.variants, folder=self.folder,
+                                            beat=self.beat))
             self.tables = self._read_tables()
             self.other, self.data = (self.helpers + [None, None])[:2]
             self.zips = {v: _Zip(self.lock, self.beat) for v in self.variants}
@@ -502,6 +555,8 @@ class _Build:
             for h in self.helpers:
                 h.stop()
                 h.close()
+            if self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)
             # the zips and the helpers call this build's heartbeat (a bound method): let go of them
             # now, so that their buffers are freed at once, not at the garbage collector's next pass
             self.zips, self.helpers, self.other, self.data = {}, [], None, None
@@ -515,7 +570,7 @@ class _Build:
                   for v in self.variants}
         self.progress(0.3)
         if self.parallel:  # the analyses and the ODM snapshots, from the tables read, by a second helper
-            self.helpers.append(_Helper(_data_job, self.db, lock, self.pv, tables, beat=self.beat))
+            self.helpers.append(_Helper(_data_job, self.db, lock, self.pv, tables, folder=self.folder, beat=self.beat))
             for h in self.helpers:  # every process forked: the threads start now
                 h.listen()
         return tables

@@ -8,6 +8,8 @@ seed.
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import logging
 import secrets
 
 from sqlalchemy import func, select, update
@@ -33,6 +35,7 @@ from trial.validation import refuse, text
 
 KINDS = ("soft", "hard")
 BUILD_CHANNEL = "trial_lock_build"  # the NOTIFY channel that wakes a waiting `trial worker`
+log = logging.getLogger("trial.lock")
 
 
 def new_dummy_seed() -> str:
@@ -149,7 +152,8 @@ def _seal_and_queue_builds(db: Session, lock: DataLock) -> None:
     kept running is woken at the commit (PostgreSQL; on SQLite it looks every few seconds)."""
     audit.seal(db, seal_name(lock))
     anchors.anchor_after_commit(db)  # the head appended to TRIAL_AUDIT_ANCHORS once this commits
-    db.add_all([LockBuild(lock_id=lock.id, variant=v, status="building", progress=0.0) for v in VARIANTS])
+    db.add_all([LockBuild(lock_id=lock.id, variant=v, status="building", progress=0.0, queued_at=utcnow())
+                for v in VARIANTS])
     db.flush()
     notify(db, BUILD_CHANNEL)
 
@@ -157,6 +161,7 @@ def _seal_and_queue_builds(db: Session, lock: DataLock) -> None:
 # --- building the bundles ---------------------------------------------------------------------------
 
 STALE = dt.timedelta(seconds=120)  # a build whose worker has not reported for this long is taken for dead
+PICKUP = dt.timedelta(seconds=60)  # a build no worker has claimed this long after it was queued is started again
 
 
 def _store(db: Session, actor, lock_id: int, variant: str, data: bytes, sha: str, manifest_sha: str) -> None:
@@ -192,7 +197,7 @@ def claim_lock(db: Session, worker: str, lock_id: int | None = None) -> list[int
         db.commit()
         return []
     db.execute(update(LockBuild).where(LockBuild.lock_id == target, claimable)
-               .values(worker=worker, heartbeat=now, started_at=now, progress=0.0))
+               .values(worker=worker, heartbeat=now, started_at=now, progress=0.0, error=None))
     taken = list(db.execute(select(LockBuild.id).where(LockBuild.lock_id == target, LockBuild.worker == worker,
                                                        LockBuild.started_at == now, LockBuild.status == "building")
                             .order_by(LockBuild.id)).scalars())
@@ -233,12 +238,24 @@ def _build_and_store(session_factory, build_ids: list[int], compare: dict[str, s
                     f"DIFFERENT bytes (stored {sha}, built {built[v][1]}): the stored bundle is kept" for v, sha in compare.items()}
         return {v: "ready" for v in store}, compared
     except Exception as e:  # noqa: BLE001  any failure of the build is recorded with the build, not lost
+        why = failure_text(e, lock_id)
+        log.error("the bundles of lock %s failed: %s", lock_id, why)
         if build_ids:
             with session_factory() as db:  # (a build another worker took over is its to finish)
                 db.execute(update(LockBuild).where(LockBuild.id.in_(build_ids), LockBuild.worker == worker)
-                           .values(status="failed", error=f"{type(e).__name__}: {e}"[:2000], finished_at=utcnow()))
+                           .values(status="failed", error=why[:2000], finished_at=utcnow()))
                 db.commit()
-        return {v: "failed" for v in store}, {v: f"failed: {type(e).__name__}: {e}" for v in compare}
+        return {v: "failed" for v in store}, {v: f"failed: {why}" for v in compare}
+
+
+def failure_text(e: BaseException, lock_id: int | None) -> str:
+    """Why a build failed, for the operator: a full disk says so first (the helper processes report
+    their errors as text, so the words are looked for too)."""
+    text = f"{type(e).__name__}: {e}"
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or "disk is full" in text:
+        return (f"no space left on the disk while the bundle was written ({text}); free space, then "
+                f"`trial lock rebuild {lock_id}` builds it again")
+    return text
 
 
 def _progress_reporter(session_factory, build_ids: list[int], worker: str):
@@ -292,9 +309,63 @@ def build_status(db: Session, lock_id: int) -> dict:
         dead = b.status == "building" and b.heartbeat is not None and b.heartbeat < now - STALE
         states.append("failed" if dead else b.status)
     status = "ready" if all(x == "ready" for x in states) else "failed" if "failed" in states else "building"
-    errors = [b.error or "the worker building it stopped reporting" for b, x in zip(rows, states) if x == "failed"]
+    silent = (f"the worker building it has not reported for {int(STALE.total_seconds())} s (taken for dead): the next "
+              f"worker to start takes it over, or `trial lock rebuild {lock_id}` builds it")
+    errors = [b.error or silent for b, x in zip(rows, states) if x == "failed"]
     return {"status": status, "progress": round(sum(b.progress for b in rows) / len(rows), 3),
             "error": "; ".join(errors) or None}
+
+
+def watch_builds(db: Session) -> list[int]:
+    """Builds nobody picked up (the worker the app started died before it claimed them, or could
+    not start, or no `trial worker` runs): a build no worker has claimed PICKUP after it was queued
+    is queued again, once (a note in its error says so; on PostgreSQL a waiting worker is woken);
+    still unclaimed PICKUP later, it is failed, naming `trial lock rebuild ID`. A build whose
+    worker went silent is another matter: failed for every reader after STALE (build_status) and
+    taken over by the next worker that looks (claim_lock). Called wherever a lock's state is read
+    (the locks pages and API, `trial lock status`, `trial checks run`). Returns the locks queued
+    again, for which the caller starts a worker as after the signing; the caller commits."""
+    now = utcnow()
+    rows = db.execute(select(LockBuild.id, LockBuild.lock_id, LockBuild.queued_at, LockBuild.error, DataLock.created_at)
+                      .join(DataLock, DataLock.id == LockBuild.lock_id)
+                      .where(LockBuild.status == "building", LockBuild.worker.is_(None))).all()
+    again, failed = set(), set()
+    wait = int(PICKUP.total_seconds())
+    for r in rows:
+        if (r.queued_at or r.created_at) > now - PICKUP:
+            continue
+        same = (LockBuild.id == r.id, LockBuild.status == "building", LockBuild.worker.is_(None),
+                LockBuild.queued_at.is_(None) if r.queued_at is None else LockBuild.queued_at == r.queued_at)
+        if r.error is None:  # (one unclaimed build carries an error only once queued again)
+            note = f"not picked up within {wait} s: queued again at {now:%Y-%m-%d %H:%M:%S} UTC"
+            if db.execute(update(LockBuild).where(*same).values(queued_at=now, error=note)).rowcount:
+                again.add(r.lock_id)
+        else:
+            why = (f"no worker picked the build up, {wait} s after the lock nor {wait} s after it was queued again "
+                   f"(see the app's log and instance/worker.log; with TRIAL_LOCK_BUILDER=external, is `trial worker` "
+                   f"running?): `trial lock rebuild {r.lock_id}` builds it")
+            if db.execute(update(LockBuild).where(*same).values(status="failed", error=why,
+                                                                  finished_at=now)).rowcount:
+                failed.add(r.lock_id)
+    if again:
+        notify(db, BUILD_CHANNEL)
+    for lock_id in sorted(again):
+        log.warning("the bundles of lock %s were not picked up by a worker within %s s: queued again", lock_id, wait)
+    for lock_id in sorted(failed):
+        log.error("the bundles of lock %s were not picked up after being queued again: failed (`trial lock rebuild "
+                  "%s` builds them)", lock_id, lock_id)
+    return sorted(again)
+
+
+def build_not_started(db: Session, lock_id: int, why: str, what: str = "the bundle worker could not be started") -> None:
+    """The builds of a committed hard lock whose worker could not be started (the instance folder
+    not writable, say), or whose inline build failed: failed at once with the reason, not left
+    waiting; the caller commits."""
+    db.execute(update(LockBuild).where(LockBuild.lock_id == lock_id, LockBuild.status == "building",
+                                       LockBuild.worker.is_(None))
+               .values(status="failed", finished_at=utcnow(),
+                       error=(f"{what}: {why}; once that is repaired, `trial lock rebuild {lock_id}` builds the "
+                              "bundles")[:2000]))
 
 
 def rebuild(session_factory, actor, lock_id: int, worker: str) -> dict[str, str]:

@@ -3,9 +3,17 @@
 E-mails are queued in ``mail_outbox`` in the same transaction as the change they tell of, and
 sent right after that transaction commits (trial.db calls the hook registered here); a relay that
 is down leaves them queued for `trial mail send`. Nothing is e-mailed for a transaction that
-rolls back."""
+rolls back.
+
+Each e-mail has a ``kind`` (``"sae"`` for the serious adverse events, ``"anchor"``, ...). A failed
+attempt puts the next one off (1, 2, 4 ... minutes, at most an hour); after TRIAL_MAIL_ATTEMPTS
+attempts the e-mail is a dead letter: kept, never deleted, logged as an error (the recipient's
+domain and the kind, never the body) and shown to the managers and admins until an operator queues
+it again (`trial mail status --retry-dead`). A message is claimed before it is sent (its next
+attempt moved past the sending), so two senders at once never send it twice."""
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import secrets
 import smtplib
@@ -14,7 +22,7 @@ import time
 from email.message import EmailMessage
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from trial import db as database
@@ -28,6 +36,10 @@ from trial.notify.models import MailMessage, Notification
 log = logging.getLogger(__name__)
 PENDING = "trial.mail_pending"
 SMTP_TIMEOUT = 5.0
+SAE = "sae"  # the kind of the e-mails about serious adverse events: `trial mail send` exits 2 while one is undelivered
+BACKOFF_FIRST = dt.timedelta(minutes=1)  # the wait after the first failed attempt, doubled after each further one
+BACKOFF_CAP = dt.timedelta(hours=1)  # ... up to this
+CLAIM = dt.timedelta(minutes=15)  # a message being sent is not due for another sender meanwhile
 
 
 def smtp_url() -> str | None:
@@ -37,10 +49,12 @@ def smtp_url() -> str | None:
 FOOTER = N_("This message was sent by the trial system; log in to read and act on it.")
 
 
-def notify(db: Session, user_ids, message: str, subject: str | None = None, link: str | None = None) -> None:
+def notify(db: Session, user_ids, message: str, subject: str | None = None, link: str | None = None,
+           kind: str | None = None) -> None:
     """In-app to each user (active ones); by e-mail too when a relay is configured. A composed
     message (trial.catalogue.Msg) is kept with its words, so that each user's page shows it in
-    that user's language, and each e-mail is written in its recipient's language."""
+    that user's language, and each e-mail is written in its recipient's language. ``kind`` marks
+    the e-mails (``"sae"``: `trial mail send` fails while one is undelivered)."""
     ids = sorted(set(user_ids))
     if not ids:
         return
@@ -52,8 +66,24 @@ def notify(db: Session, user_ids, message: str, subject: str | None = None, link
         for u in users:
             body = in_language(message, u.language)
             db.add(MailMessage(recipient=u.email, subject=in_language(subject or message, u.language)[:300],
-                               body=body + (f"\n\n{absolute(link)}" if link else "") + "\n\n" + in_language(FOOTER, u.language)))
+                               body=body + (f"\n\n{absolute(link)}" if link else "") + "\n\n" + in_language(FOOTER, u.language),
+                               kind=kind))
         db.info[PENDING] = True
+
+
+def mail(db: Session, user_ids, subject, body, kind: str | None = None) -> int:
+    """An e-mail only (no in-app notice) to each active user, in the user's language, when a relay
+    is configured; sent after the commit. Returns how many were queued."""
+    ids = sorted(set(user_ids))
+    if not ids or not smtp_url():
+        return 0
+    users = db.execute(select(User).where(User.id.in_(ids), User.active.is_(True)).order_by(User.id)).scalars().all()
+    for u in users:
+        db.add(MailMessage(recipient=u.email, subject=in_language(subject, u.language)[:300],
+                           body=in_language(body, u.language) + "\n\n" + in_language(FOOTER, u.language), kind=kind))
+    if users:
+        db.info[PENDING] = True
+    return len(users)
 
 
 def absolute(link: str) -> str:
@@ -119,18 +149,80 @@ def _relay(url: str):
     return parts, port, opts.get("starttls", ["0"])[0] in ("1", "true", "yes")
 
 
+def backoff(attempts: int) -> dt.timedelta:
+    """The wait after the ``attempts``-th failed attempt: 1, 2, 4 ... minutes, at most an hour."""
+    return min(BACKOFF_FIRST * 2 ** min(max(attempts - 1, 0), 16), BACKOFF_CAP)
+
+
+def _due(now: dt.datetime):
+    return (MailMessage.sent_at.is_(None) & MailMessage.dead_at.is_(None)
+            & (MailMessage.next_attempt_at.is_(None) | (MailMessage.next_attempt_at <= now)))
+
+
+def _claim(db: Session, limit: int) -> list[MailMessage]:
+    """The due messages (oldest first), claimed in a transaction of their own: their next attempt
+    is moved past the sending, so another sender (the app's other workers, `trial mail send`)
+    skips them; one that dies while sending leaves them due again after CLAIM. No transaction
+    stays open while the relay is talked to."""
+    now = utcnow()
+    ids = db.execute(select(MailMessage.id).where(_due(now)).order_by(MailMessage.id).limit(limit)).scalars().all()
+    if ids:
+        ids = db.execute(update(MailMessage).where(MailMessage.id.in_(ids), _due(now))
+                         .values(next_attempt_at=now + CLAIM).returning(MailMessage.id)
+                         .execution_options(synchronize_session=False)).scalars().all()
+    rows = (db.execute(select(MailMessage).where(MailMessage.id.in_(ids)).order_by(MailMessage.id)
+                       .execution_options(populate_existing=True)).scalars().all() if ids else [])
+    db.commit()
+    return rows
+
+
+def _describe(e: Exception) -> tuple[str, str]:
+    """What a failure is: the text kept with the message (the relay's answer) and a short form for
+    the log (the SMTP code or the class of error: a relay's answer may quote the address)."""
+    if isinstance(e, smtplib.SMTPRecipientsRefused) and e.recipients:
+        code, answer = next(iter(e.recipients.values()))
+        return f"recipient refused: {code} {_text(answer)}", f"SMTP {code}"
+    if isinstance(e, smtplib.SMTPResponseException):
+        return f"{e.smtp_code} {_text(e.smtp_error)}", f"SMTP {e.smtp_code}"
+    if isinstance(e, smtplib.SMTPException):
+        return str(e) or type(e).__name__, type(e).__name__
+    return f"relay unreachable: {e}", f"relay unreachable ({type(e).__name__})"
+
+
+def _text(answer) -> str:
+    return answer.decode("utf-8", "replace") if isinstance(answer, bytes) else str(answer)
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2] or "?"
+
+
 def send_pending(db: Session, limit: int = 200) -> tuple[int, int]:
-    """Send queued e-mails; returns (sent, failed). Each is marked in its own commit."""
+    """Send the queued e-mails that are due; returns (sent, failed). A failed one waits
+    :func:`backoff` before its next attempt and becomes a dead letter after TRIAL_MAIL_ATTEMPTS.
+    Commits (the claim, then the outcome)."""
     url = smtp_url()
+    db.info.pop(PENDING, None)
     if not url:
         return 0, 0
-    rows = db.execute(select(MailMessage).where(MailMessage.sent_at.is_(None), MailMessage.attempts < 20)
-                      .order_by(MailMessage.id).limit(limit)).scalars().all()
+    rows = _claim(db, limit)
     if not rows:
         return 0, 0
+    outcome = _deliver(rows, url)
+    now, most = utcnow(), settings.current().mail_attempts
+    for m in rows:
+        _record(m, outcome[m.id], now, most)
+    db.commit()
+    sent = sum(1 for m in rows if outcome[m.id] is None)
+    return sent, len(rows) - sent
+
+
+def _deliver(rows: list[MailMessage], url: str) -> dict[int, tuple[str, str] | None]:
+    """Hand each message to the relay in one SMTP session: id -> None (accepted) or (the error
+    kept with the message, its short form for the log)."""
     parts, port, starttls = _relay(url)
     sender = settings.current().mail_from
-    sent = failed = 0
+    outcome: dict[int, tuple[str, str] | None] = {}
     try:
         cls = smtplib.SMTP_SSL if parts.scheme == "smtps" else smtplib.SMTP
         with cls(parts.hostname, port, timeout=SMTP_TIMEOUT) as smtp:
@@ -142,23 +234,79 @@ def send_pending(db: Session, limit: int = 200) -> tuple[int, int]:
                 msg = EmailMessage()
                 msg["From"], msg["To"], msg["Subject"] = sender, m.recipient, m.subject
                 msg.set_content(m.body)
-                m.attempts += 1
                 try:
                     smtp.send_message(msg)
-                    m.sent_at, m.last_error = utcnow(), None
-                    sent += 1
+                    outcome[m.id] = None
                 except smtplib.SMTPException as e:
-                    m.last_error, failed = str(e)[:500], failed + 1
-    except (OSError, smtplib.SMTPException) as e:
+                    outcome[m.id] = _describe(e)
+    except (OSError, smtplib.SMTPException) as e:  # the relay unreachable, or the session broken off
         for m in rows:
-            if m.sent_at is None:
-                m.attempts += 1
-                m.last_error = f"relay unreachable: {e}"[:500]
-        failed = len(rows) - sent
-        log.warning("e-mail relay %s unreachable: %s", parts.hostname, e)
-    db.info.pop(PENDING, None)
-    db.commit()
-    return sent, failed
+            outcome.setdefault(m.id, _describe(e))
+        if not any(v is None for v in outcome.values()):
+            log.warning("e-mail relay %s unreachable or refusing: %s", parts.hostname, type(e).__name__)
+    return outcome
+
+
+def _record(m: MailMessage, result: tuple[str, str] | None, now: dt.datetime, most: int) -> None:
+    """One attempt's outcome: sent; or its error and the next attempt after the backoff; or, after
+    the last attempt, a dead letter (kept; logged with the recipient's domain and the kind only)."""
+    m.attempts = (m.attempts or 0) + 1
+    if result is None:
+        m.sent_at, m.last_error, m.next_attempt_at = now, None, None
+        return
+    m.last_error = result[0][:500]
+    if m.attempts < most:
+        m.next_attempt_at = now + backoff(m.attempts)
+        return
+    m.dead_at, m.next_attempt_at = now, None
+    log.error("e-mail %s (kind %s) to a recipient at %s given up after %d attempts, a dead letter (%s): "
+              "see `trial mail status`", m.id, m.kind or "other", _domain(m.recipient), m.attempts, result[1])
+
+
+# --- the outbox as the operator and the managers see it -------------------------------------------
+
+def _count(db: Session, *where) -> int:
+    return db.execute(select(func.count()).select_from(MailMessage).where(*where)).scalar_one()
+
+
+def dead_letters(db: Session) -> dict:
+    """How many e-mails were given up, all and those about serious adverse events (the home
+    pages' notice): ``{"total": n, "sae": m}``."""
+    dead = MailMessage.dead_at.is_not(None) & MailMessage.sent_at.is_(None)
+    return {"total": _count(db, dead), "sae": _count(db, dead, MailMessage.kind == SAE)}
+
+
+def undelivered_sae(db: Session) -> int:
+    """E-mails about serious adverse events not delivered yet, waiting or given up."""
+    return _count(db, MailMessage.sent_at.is_(None), MailMessage.kind == SAE)
+
+
+def outbox_status(db: Session) -> dict:
+    """The outbox for `trial mail status`: waiting (and of them due now), dead letters by kind, the
+    oldest unsent, and each dead letter's recipient, subject, attempts and last error (never the
+    body)."""
+    now = utcnow()
+    waiting = MailMessage.sent_at.is_(None) & MailMessage.dead_at.is_(None)
+    dead = MailMessage.sent_at.is_(None) & MailMessage.dead_at.is_not(None)
+    by_kind: dict[str, int] = {}
+    for kind, n in db.execute(select(MailMessage.kind, func.count()).where(dead).group_by(MailMessage.kind)).all():
+        by_kind[kind or "other"] = by_kind.get(kind or "other", 0) + n
+    oldest = db.execute(select(MailMessage).where(MailMessage.sent_at.is_(None))
+                        .order_by(MailMessage.created_at, MailMessage.id).limit(1)).scalar_one_or_none()
+    letters = db.execute(select(MailMessage).where(dead).order_by(MailMessage.id)).scalars().all()
+    return {"pending": _count(db, waiting), "due": _count(db, _due(now)), "dead": by_kind,
+            "oldest": oldest, "dead_letters": letters, "now": now}
+
+
+def retry_dead(db: Session) -> int:
+    """Queue every dead letter again, due at once with its attempts counted afresh (an operator
+    fixed the relay). Operational, not clinical: logged, not audited. Returns how many."""
+    n = db.execute(update(MailMessage).where(MailMessage.sent_at.is_(None), MailMessage.dead_at.is_not(None))
+                   .values(dead_at=None, next_attempt_at=None, attempts=0)
+                   .execution_options(synchronize_session=False)).rowcount or 0
+    if n:
+        log.warning("%d dead letter(s) queued again by the operator (`trial mail status --retry-dead`)", n)
+    return n
 
 
 RELAY_PAUSE = 60.0  # seconds a request does not try a relay that just failed (`trial mail send` still does)

@@ -14,16 +14,19 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from trial.audit import service as audit
 from trial.audit.models import AuditHead
 from trial.db import is_sqlite
 from trial.errors import DomainError
 from trial.lock.models import DataLock, LockBuild
-from trial.lock.service import STALE
+from trial.lock.service import PICKUP, STALE
 from trial.migrate import head_revision, revision_of
 from trial.notify.models import MailMessage
+from trial.notify.service import SAE
 from trial.participants.models import Allocation
+from trial.randomize import journalfile
 from trial.randomize.models import SealedSeed
 from trial.randomize.service import unseal
 from trial.settings import ConfigError
@@ -31,9 +34,7 @@ from trial.settings import ConfigError
 OK = "ok"
 CHECKS = ("database", "migrations", "keys", "worker", "mail")
 TIMEOUT = 3.0  # seconds for all the checks together
-PICKUP = dt.timedelta(seconds=60)  # a build no worker has claimed this long after its lock is stuck
 MAIL_LATE = dt.timedelta(hours=1)  # an unsent e-mail older than this means the outbox is stuck
-MAIL_ATTEMPTS = 20  # after this many failed attempts `trial mail send` gives an e-mail up (trial.notify.service)
 
 # at most two readiness probes run at once; a third waits (and times out) rather than piling up
 # threads on a database that does not answer
@@ -48,6 +49,8 @@ def readiness(engine: Engine, inline_builds: bool, mail_configured: bool, timeou
     except FutureTimeout:
         why = f"no answer from the database within {timeout:g} s"
         checks = {"database": why, **{name: "not checked: the database did not answer" for name in CHECKS[1:]}}
+    if journalfile.journal_path() is not None:  # only when TRIAL_ALLOCATION_JOURNAL is set (no database asked)
+        checks["journal"] = _guarded(lambda: journalfile.problem() or OK)
     ready = all(v == OK for v in checks.values())
     return {"status": "ok" if ready else "unavailable", "checks": checks}
 
@@ -62,6 +65,31 @@ def _run_checks(engine: Engine, inline_builds: bool, mail_configured: bool) -> d
     info["trial_read_only"] = is_sqlite(engine)
     try:
         return _checks_on(conn, inline_builds, mail_configured)
+    finally:
+        info.pop("trial_read_only", None)
+        conn.close()
+
+
+def startup_problems(engine: Engine) -> list[str]:
+    """What must stop a server from starting to serve: the schema not at head, TRIAL_AUDIT_KEY not
+    the key of the audit chain, TRIAL_SEAL_KEY unable to open the randomization seed (each would
+    make users meet errors: a bare 500 on a missing column, a refusal of every write or every
+    randomization). A database that cannot be reached is not one: it may come up later, and
+    /readyz says so meanwhile. Read-only, like the readiness checks it shares."""
+    try:
+        conn = engine.connect()
+    except SQLAlchemyError:
+        return []
+    info = conn.connection.info
+    info["trial_read_only"] = is_sqlite(engine)
+    try:
+        migrations = _migrations(conn)
+        if migrations != OK:
+            return [migrations]
+        keys = _keys(conn)
+        return [] if keys == OK else [keys]
+    except SQLAlchemyError:  # (the database went away meanwhile: as unreachable)
+        return []
     finally:
         info.pop("trial_read_only", None)
         conn.close()
@@ -129,9 +157,13 @@ def _worker(conn: Connection) -> str:
 def _mail(conn: Connection) -> str:
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     unsent = MailMessage.sent_at.is_(None)
-    dead = conn.execute(select(func.count()).where(unsent, MailMessage.attempts >= MAIL_ATTEMPTS)).scalar_one()
-    if dead:
-        return f"{dead} e-mail(s) given up after {MAIL_ATTEMPTS} attempts (dead letters): see `trial mail status`"
+    dead = MailMessage.dead_at.is_not(None)
+    letters = conn.execute(select(func.count()).where(unsent, dead)).scalar_one()
+    if letters:
+        sae = conn.execute(select(func.count()).where(unsent, dead, MailMessage.kind == SAE)).scalar_one()
+        return (f"{letters} e-mail(s) given up after every attempt (dead letters"
+                + (f", {sae} about serious adverse events" if sae else "")
+                + "): see `trial mail status`, and `trial mail status --retry-dead` once the relay works")
     late = conn.execute(select(func.count()).where(unsent, MailMessage.created_at < now - MAIL_LATE)).scalar_one()
     if late:
         return f"{late} e-mail(s) unsent for over an hour: is the mail relay reachable?"
@@ -146,7 +178,7 @@ def figures(engine: Engine) -> dict:
         allocations = conn.execute(select(func.count()).select_from(Allocation)).scalar_one()
         builds = dict(conn.execute(select(LockBuild.status, func.count()).group_by(LockBuild.status)).all())
         pending = conn.execute(select(func.count()).where(MailMessage.sent_at.is_(None),
-                                                          MailMessage.attempts < MAIL_ATTEMPTS)).scalar_one()
+                                                          MailMessage.dead_at.is_(None))).scalar_one()
         conn.rollback()
         conn.connection.info.pop("trial_read_only", None)
     return {"randomizations": allocations, "lock_builds": builds, "mail_pending": pending}

@@ -34,9 +34,11 @@ from babel.dates import format_datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from trial.auth.models import User
-from trial.catalogue import N_, RTL_LANGUAGES, translator
+from trial.auth.models import RoleAssignment, User
+from trial.catalogue import N_, RTL_LANGUAGES, Msg, in_language, translator
 from trial.errors import Forbidden, NotFound
+from trial.notify import service as notify
+from trial.notify.models import MailMessage
 from trial.participants.models import Allocation, Participant
 from trial.participants.service import allocation_of, check_visible
 from trial.protocol.service import current as current_protocol
@@ -123,6 +125,40 @@ def confirmation_pdf(db: Session, actor, study_id: str, language: str | None) ->
     None), for a reader who may have it (else the 404 of :func:`confirmation`)."""
     c = confirmation(db, actor, study_id)
     return render(c, current_protocol(db).content, language or "en")
+
+
+# --- the e-mail to the site --------------------------------------------------------------------
+
+MAIL_KIND = "randomization"
+MAIL_INTRO = N_("A child of your site has been randomized. Keep this message with the child's file; the "
+                "randomization confirmation (PDF) is on the participant's page.")
+
+
+def queue_mail(db: Session, c: Confirmation, protocol: dict, site_id: int) -> int:
+    """The confirmation by e-mail (when a relay is configured) to each active coordinator of the
+    child's site who may learn its arm (``can_see_arm``: never an admin or the site's assessor,
+    whatever other role they hold), in the recipient's language, queued in the allocation's
+    transaction and sent after its commit. Returns how many were queued."""
+    if not notify.smtp_url():
+        return 0
+    users = db.execute(select(User).join(RoleAssignment, RoleAssignment.user_id == User.id)
+                       .where(RoleAssignment.role == "coordinator", RoleAssignment.site_id == site_id,
+                              User.active.is_(True)).order_by(User.id)).unique().scalars().all()
+    queued = 0
+    for u in users:
+        if not can_see_arm(db, u, site_id):
+            continue
+        language = u.language or "en"
+        subject = in_language(Msg(N_("Randomization confirmation: %(study_id)s"), study_id=c.study_id), language)
+        lines = "\n".join(f"{label}: {value}" for label, value in rows(c, protocol, language))
+        link = notify.absolute(f"/participants/{c.study_id}")
+        body = (f"{in_language(MAIL_INTRO, language)}\n\n{lines}\n\n{link}\n\n"
+                f"{in_language(notify.FOOTER, language)}")
+        db.add(MailMessage(recipient=u.email, subject=subject[:300], body=body, kind=MAIL_KIND))
+        queued += 1
+    if queued:
+        db.info[notify.PENDING] = True
+    return queued
 
 
 # --- fonts -----------------------------------------------------------------------------------

@@ -23,15 +23,17 @@ from trial.catalogue import N_, Joined, Label, Msg
 from trial.config import seal_key
 from trial.db import insert_ignore, utcnow
 from trial.errors import Conflict, NotFound, ValidationError
+from trial.notify.service import smtp_url
 from trial.participants.models import FINAL_EVENTS, Allocation, Assessment, Participant, Screening, StatusEvent
 from trial.participants.service import NO_PARTICIPANT, check_visible
 from trial.protocol.models import ProtocolVersion
 from trial.protocol.service import content_by_sha, latest_sha_column
 from trial.protocol.service import current as current_protocol
-from trial.randomize import lists, minimization
-from trial.randomize.models import RandomizationDesign, SealedSeed, Stratum
+from trial.randomize import confirmation, journalfile, lists, minimization
+from trial.randomize.models import AllocationReservation, RandomizationDesign, SealedSeed, Stratum
 from trial.scope import is_cli, require_role, require_site_role
 from trial.sites.models import Site
+from trial.trialstate.models import TrialState
 from trial.trialstate.service import check_writable, ensure_writable, writable_query
 from trial.trialstate.service import state as trial_state
 from trial.visitplan.service import plan_new
@@ -215,7 +217,8 @@ def _readiness_stmt(dialect: str):
     final = (select(StatusEvent).where(StatusEvent.participant_id == bindparam("pid"), StatusEvent.type.in_(FINAL_EVENTS))
              .order_by(StatusEvent.on).limit(1))
     return select(
-        Site.code, Site.is_open, Site.timezone,
+        Site.code, Site.is_open, Site.timezone, Site.name,
+        select(Screening.log_number).where(Screening.id == bindparam("screening_id")).scalar_subquery(),
         select(ProtocolVersion.version).where(ProtocolVersion.sha256 == bindparam("sha"))
         .order_by(ProtocolVersion.version.desc()).limit(1).scalar_subquery(),
         select(Screening.outcome).where(Screening.id == bindparam("screening_id")).scalar_subquery(),
@@ -233,6 +236,8 @@ class Readiness:
     protocol_version: int  # the version of the protocol whose SHA-256 was given
     reasons: list[str]
     protocol_sha: str = ""
+    site_name: str = ""
+    log_number: str | None = None  # the screening log's number of the child (the allocation journal's line)
 
 
 def _readiness(db: Session, p: Participant, design: RandomizationDesign | DesignView | None,
@@ -242,7 +247,7 @@ def _readiness(db: Session, p: Participant, design: RandomizationDesign | Design
     prim = protocol["primary_outcome"]
     row = db.execute(_readiness_stmt(db), {"pid": p.id, "screening_id": p.screening_id, "site_id": p.site_id,
                                            "instrument": prim["instrument"], "sha": sha}).one()
-    code, is_open, tz, version, outcome, baseline, final_type, final_on = row
+    code, is_open, tz, name, log_number, version, outcome, baseline, final_type, final_on = row
     reasons = []
     if outcome != "eligible":
         reasons.append(Msg(N_("the screening is not eligible")))
@@ -267,7 +272,7 @@ def _readiness(db: Session, p: Participant, design: RandomizationDesign | Design
             reasons.append(Msg(N_("the stratification factor %(factor)s is not recorded"),
                                factor=Joined([Label("factor", f["key"], f.get("label") or f["key"]) for f in missing],
                                              ", ")))
-    return Readiness(code, tz, version, reasons, sha)
+    return Readiness(code, tz, version, reasons, sha, name, log_number)
 
 
 def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = None, at=None) -> Result:
@@ -275,14 +280,20 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     operator loading synthetic or migrated data (the demo); users always randomize now.
 
     The hot path is nine statements: the participant locked with its existing allocation (if
-    any); the trial state held FOR SHARE with the current protocol and design read alongside; the
-    readiness facts (with the site's time zone and the protocol's version number); the stratum's
-    slot taken by one ``UPDATE ... RETURNING`` (which locks it); the allocation inserted; the
-    child's visit plan inserted (one multi-row INSERT, trial.visitplan); and the audit record (two
-    statements, see :func:`audit.record`)."""
+    any) and any slot reserved for it (trial.randomize.journal); the trial state held FOR SHARE with
+    the current protocol and design and the randomization hold read alongside; the readiness facts
+    (with the site's time zone and the protocol's version number); the stratum's slot taken by one
+    ``UPDATE ... RETURNING`` (which locks it); the allocation inserted; the child's visit plan
+    inserted (one multi-row INSERT, trial.visitplan); and the audit record (two statements, see
+    :func:`audit.record`).
+
+    When ``TRIAL_ALLOCATION_JOURNAL`` is set, the journal must open for appending before a slot is
+    taken (else 503, nothing allocated), and the allocation's line is appended right after the
+    commit (trial.randomize.journalfile). When mail is configured, the site's coordinators get a
+    confirmation e-mail, queued in this transaction (trial.randomize.confirmation)."""
     _check_idempotency_key(idempotency_key)
     # 1. lock the participant: concurrent requests for one child queue here
-    p, existing_id = _lock_participant(db, actor, study_id)
+    p, existing_id, reservation_id = _lock_participant(db, actor, study_id)
     require_site_role(db, actor, p.site_id, "coordinator")
     if existing_id is not None:  # a retry gets its answer even if a lock has come since
         return _retry_answer(db, p, existing_id, idempotency_key)
@@ -290,19 +301,70 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     design = design_row.design
     master = master_seed(db, design_row)
     key = stratum_key(design, ready.site_code, p.strata or {})
-    # 2. take the stratum's next slot: the UPDATE locks its row until commit, so slots go in order
-    slot = _take_slot(db, actor, design, master, key, p.site_id)
-    arm, details = _arm_at_slot(db, actor, design, master, key, slot, p)
+    journalfile.check_writable()  # the journal opens for appending, or nothing is allocated
+    when = at if (at is not None and is_cli(actor)) else utcnow()
+    if reservation_id is not None:  # entered again after a restore: the slot and arm the site was told
+        slot, arm, details, when = _reserved_slot(db, actor, reservation_id, key, p)
+    else:
+        # 2. take the stratum's next slot: the UPDATE locks its row until commit, so slots go in order
+        slot = _take_slot(db, actor, design, master, key, p.site_id)
+        arm, details = _arm_at_slot(db, actor, design, master, key, slot, p)
     stratum = db.identity_map.get(db.identity_key(Stratum, slot.id))
     if stratum is not None:  # a Stratum loaded earlier in this session must not keep stale values
         db.expire(stratum)
     # 3. write the allocation, the child's visit plan and the audit record, in this transaction
-    alloc = _insert_allocation(db, actor, p, slot, arm, details, idempotency_key, at)
+    alloc = _insert_allocation(db, actor, p, slot, arm, details, idempotency_key, when)
     plan_new(db, p.id, p.site_id, alloc.randomized_at, ready.site_timezone, protocol, ready.protocol_version,
              ready.protocol_sha)
-    audit.record(db, actor, "randomize", "allocation", p.study_id,
-                 {"allocation": (None, {"arm": arm, "stratum": key, "seq": slot.last_seq})}, reveals_allocation=True)
+    records = audit.record(db, actor, "randomize", "allocation", p.study_id,
+                           {"allocation": (None, {"arm": arm, "stratum": key, "seq": slot.last_seq})},
+                           reason=RESERVED_REASON if reservation_id is not None else None, reveals_allocation=True)
+    if journalfile.journal_path() is not None:
+        journalfile.queue(db, journalfile.line(master, design_row.commitment, study_id=p.study_id, site=ready.site_code,
+                                               stratum=key, seq=slot.last_seq, arm=arm, at=alloc.randomized_at,
+                                               audit_seq=records[0]["seq"], screening_log_number=ready.log_number))
+    if smtp_url():  # (mail off: not a statement more)
+        confirmation.queue_mail(db, confirmation.Confirmation(
+            p.study_id, ready.site_code, ready.site_name, ready.site_timezone or "UTC",
+            {"site": ready.site_code, **(p.strata or {})}, arm, alloc.randomized_at,
+            None if is_cli(actor) else getattr(actor, "name", None), key, slot.last_seq, design_row.commitment),
+            protocol, p.site_id)
     return Result(alloc, p, True, _arm_label(protocol, arm))
+
+
+RESERVED_REASON = ("the slot and arm reserved by `trial randomization reconcile` from the allocation journal: "
+                   "this child was randomized before the database was restored from a backup")
+
+
+@dataclass(frozen=True)
+class _Slot:
+    id: int
+    last_seq: int
+
+
+def _reserved_slot(db: Session, actor, reservation_id: int, key: str, p: Participant):
+    """The slot reserved for ``p`` (its study id) by reconcile: (slot, arm, details, randomized_at),
+    the reservation marked used (audited). Its stratum must be the one the child's strata give now:
+    else the strata were entered again otherwise than at randomization, refused naming both."""
+    r = db.get(AllocationReservation, reservation_id)
+    reserved_key = db.execute(select(Stratum.key).where(Stratum.id == r.stratum_id)).scalar_one()
+    if reserved_key != key:
+        raise Conflict(Msg(N_("%(study_id)s was randomized before the database was restored, in the stratum "
+                              "%(reserved)s, but its strata as entered now give %(now)s: correct them to those it "
+                              "was randomized with."), study_id=p.study_id, reserved=reserved_key, now=key))
+    now = utcnow()
+    r.used_at = now
+    audit.record(db, actor, "use", "allocation_reservation", p.study_id, {"used_at": (None, now)},
+                 reason="the child entered again after the restore is randomized to its reserved slot")
+    return _Slot(r.stratum_id, r.seq), r.arm, None, r.randomized_at
+
+
+def held(hold_at) -> Conflict:
+    """The refusal while randomization is held after a restore (trial.randomize.journal)."""
+    day = (hold_at or utcnow()).date()
+    return Conflict(Msg(N_("Randomization is closed since the database was restored from a backup on %(day)s, until "
+                           "the allocation journal is reconciled: the trial manager runs `trial randomization "
+                           "reconcile`."), day=day))
 
 
 def _check_idempotency_key(idempotency_key: str | None) -> None:
@@ -324,9 +386,11 @@ def _ready_to_allocate(db: Session, p: Participant) -> tuple[dict, DesignView, R
     """The protocol and the design in force (the trial state held FOR SHARE: refuses a locked
     trial) and the participant's readiness; refuses before randomization opens, and a child not
     ready with every reason why."""
-    sha, design_id, commitment = check_writable(db, _state_stmt(db))
+    sha, design_id, commitment, hold, hold_at = check_writable(db, _state_stmt(db))
     if design_id is None:
         raise Conflict(N_("Randomization is not open yet (run `trial randomization open`)."))
+    if hold is not None:
+        raise held(hold_at)
     protocol, design_row = content_by_sha(db, sha), _design_view(db, design_id, commitment)
     ready = _readiness(db, p, design_row, protocol, sha)
     if ready.reasons:
@@ -366,13 +430,12 @@ def _arm_at_slot(db: Session, actor, design: dict, master: bytes, key: str, slot
 
 
 def _insert_allocation(db: Session, actor, p: Participant, slot, arm: str, details: dict | None,
-                       idempotency_key: str | None, at) -> Allocation:
+                       idempotency_key: str | None, randomized_at) -> Allocation:
     """Write the allocation through Core (one INSERT, no unit-of-work flush); the answer is a
     transient Allocation carrying the row written."""
     values = {"participant_id": p.id, "study_id": p.study_id, "site_id": p.site_id, "stratum_id": slot.id,
               "seq": slot.last_seq, "arm": arm, "details": details, "idempotency_key": idempotency_key,
-              "randomized_by_id": getattr(actor, "id", None),
-              "randomized_at": at if (at is not None and is_cli(actor)) else utcnow()}
+              "randomized_by_id": getattr(actor, "id", None), "randomized_at": randomized_at}
     new_id = db.execute(_insert_allocation_stmt(db), values).scalar_one()
     return Allocation(id=new_id, **values)  # transient: the row is written; this carries the answer
 
@@ -385,14 +448,19 @@ def _arm_label(protocol: dict, arm: str) -> str:
 def _participant_stmt(dialect: str):
     existing = (select(Allocation.id).where(Allocation.participant_id == Participant.id)
                 .scalar_subquery().label("allocation_id"))
-    q = (select(Participant, existing).where(Participant.study_id == bindparam("study_id"))
+    r = AllocationReservation
+    reserved = (select(r.id).where(r.study_id == Participant.study_id, r.site_id == Participant.site_id,
+                                   r.used_at.is_(None)).scalar_subquery().label("reservation_id"))
+    q = (select(Participant, existing, reserved).where(Participant.study_id == bindparam("study_id"))
          .execution_options(populate_existing=True))
     return q if dialect == "sqlite" else q.with_for_update(of=Participant.__table__)
 
 
 @prebuilt
 def _state_stmt(dialect: str):
-    return writable_query(dialect, latest_sha_column(), *_design_columns())
+    t = TrialState.__table__
+    return writable_query(dialect, latest_sha_column(), *_design_columns(), t.c.randomization_hold,
+                          t.c.randomization_hold_at)
 
 
 @prebuilt
@@ -408,14 +476,15 @@ def _insert_allocation_stmt(dialect: str):
     return insert(t).returning(t.c.id)
 
 
-def _lock_participant(db: Session, actor, study_id: str) -> tuple[Participant, int | None]:
+def _lock_participant(db: Session, actor, study_id: str) -> tuple[Participant, int | None, int | None]:
     """The participant, locked (FOR UPDATE on PostgreSQL), with the id of its allocation if it
-    has one, in one statement; the same visibility checks as ``get_participant``."""
+    has one and of the unused slot reserved for its study id if there is one, in one statement;
+    the same visibility checks as ``get_participant``."""
     row = db.execute(_participant_stmt(db), {"study_id": (study_id or "").upper()}).one_or_none()
     if row is None:
         raise NotFound(NO_PARTICIPANT)
     check_visible(db, actor, row[0])
-    return row[0], row[1]
+    return row[0], row[1], row[2]
 
 
 def _minimize(db: Session, design: dict, master: bytes, seq: int, p: Participant) -> tuple[str, dict]:
@@ -424,6 +493,10 @@ def _minimize(db: Session, design: dict, master: bytes, seq: int, p: Participant
     prior = [(a.arm, _levels(factors, site_codes[pp.site_id], pp.strata)) for a, pp in db.execute(
         select(Allocation, Participant).join(Participant, Participant.id == Allocation.participant_id)
         .order_by(Allocation.seq)).all()]
+    # a slot reserved from the allocation journal (its child not entered again yet) counts too; its
+    # child's strata are not in the journal, so it counts for its site only
+    prior += [(arm, _levels(factors, site_codes[site_id], {})) for arm, site_id in db.execute(
+        select(AllocationReservation.arm, AllocationReservation.site_id).where(AllocationReservation.used_at.is_(None)))]
     u_pick, u_tie = minimization.draws(master, seq)
     m = design["minimization"]
     arm, details = minimization.choose(list(_arms(design)), factors, _levels(factors, site_codes[p.site_id], p.strata),
@@ -492,6 +565,9 @@ def _check_allocations(db: Session, design: dict, seed: bytes, problems: list[st
     site_codes = dict(db.execute(select(Site.id, Site.code)).all())
     rows = db.execute(select(Allocation, Participant).join(Participant, Participant.id == Allocation.participant_id)
                       .order_by(Allocation.stratum_id, Allocation.seq)).all()
+    # slots reserved from the allocation journal for children not entered again yet are taken too
+    reserved = {(sid, seq) for sid, seq in db.execute(select(AllocationReservation.stratum_id, AllocationReservation.seq)
+                                                        .where(AllocationReservation.used_at.is_(None)))}
     checked = 0
     prior: list = []  # (arm, levels) of the allocations checked so far, for minimization
     for sid, group in itertools.groupby(rows, key=lambda r: r[0].stratum_id):
@@ -499,6 +575,8 @@ def _check_allocations(db: Session, design: dict, seed: bytes, problems: list[st
         expected = 1
         for alloc, p in group:
             checked += 1
+            while (sid, expected) in reserved and alloc.seq != expected:
+                expected += 1
             if alloc.seq != expected:
                 problems.append(f"stratum {st.key}: {p.study_id} took slot {alloc.seq} but slot {expected} was next")
                 expected = alloc.seq
@@ -508,6 +586,8 @@ def _check_allocations(db: Session, design: dict, seed: bytes, problems: list[st
             want = _listed_arm(design, seed, st.key, alloc, site_codes[p.site_id], p.strata, prior)
             if alloc.arm != want:
                 problems.append(f"{p.study_id} (stratum {st.key}, slot {alloc.seq}) has arm {alloc.arm} but the list says {want}")
+            expected += 1
+        while (sid, expected) in reserved:
             expected += 1
         if st.last_seq != expected - 1:
             problems.append(f"stratum {st.key}: {expected - 1} allocations but the stratum records {st.last_seq} slots used")

@@ -17,7 +17,7 @@ from trial.catalogue import N_, Msg, label, term
 from trial.dataquality.service import clear_verification
 from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound
-from trial.notify.service import notify, settle, users_with_role
+from trial.notify.service import SAE, notify, settle, users_with_role
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
 from trial.participants.models import FINAL_EVENTS, Participant
 from trial.participants.service import allocations_for, events_of, get_participant, may_see
@@ -159,7 +159,7 @@ def _notify_serious(db: Session, p: Participant, ae: AdverseEvent) -> None:
                criteria=Msg(criteria, **{f"c{i}": Msg(label("seriousness", c)) for i, c in enumerate(ae.seriousness)}),
                due=f"{ae.report_due:%Y-%m-%d %H:%M}"),
            subject=Msg(N_("SAE at %(site)s: %(study_id)s"), site=site.code, study_id=p.study_id),
-           link=f"/adverse-events/{ae.id}")
+           link=f"/adverse-events/{ae.id}", kind=SAE)
 
 
 def _death_event(db: Session, p: Participant):
@@ -208,14 +208,20 @@ def follow_up(db: Session, actor, ae_id: int, data: dict) -> AdverseEventFollowU
     db.add(fu)
     changes = {k: (getattr(ae, k), v) for k, v in (("outcome", outcome), ("resolved_on", resolved)) if getattr(ae, k) != v}
     ae.outcome, ae.resolved_on = outcome, resolved
+    if outcome == "fatal" and died is None and "death" not in ae.seriousness:  # its criterion, audited with it
+        changes["seriousness"] = (ae.seriousness, sorted(set(ae.seriousness) | {"death"}))
+        ae.seriousness = changes["seriousness"][1]
     db.flush()
+    # the follow-up itself (its day and text) as an entity of its own, so that the trail holds every
+    # field of its row (`trial audit verify --data`); the event's changes, with the text as reason
+    audit.created(db, actor, "adverse_event_follow_up", fu.id, {"adverse_event": ae.id, "on": on, "outcome": outcome,
+                                                                "resolved_on": resolved, "text": note},
+                  reveals_allocation=True)
     audit.record(db, actor, "follow_up", "adverse_event", ae.id, changes or {"follow_up": (None, fu.id)},
                  reason=note, reveals_allocation=True)
     if changes:
         clear_verification(db, actor, "adverse_event", ae.id, p, f"follow-up {fu.id}: {note}")
     if outcome == "fatal" and died is None:
-        if "death" not in ae.seriousness:
-            ae.seriousness = sorted(set(ae.seriousness) | {"death"})
         _record_death(db, actor, p, ae)
     return fu
 

@@ -8,7 +8,7 @@ from trial.errors import ValidationError
 from trial.exports import service as exports
 from trial.forms import lock as forms
 from trial.forms.mfa import code_of
-from trial.http import actor, db, post_and_return, say, start_bundle_build
+from trial.http import actor, committed_build_status, db, post_and_return, say, start_bundle_build, watch_bundle_builds
 from trial.lock import service, unblinding
 from trial.randomize.service import get_design
 from trial.scope import is_blinded, require_role
@@ -20,6 +20,7 @@ bp = Blueprint("lock", __name__)
 @bp.route("/locks", endpoint="locks")
 def locks_page():
     s = db()
+    watch_bundle_builds()
     waiting = unblinding.waiting_request(s)
     active = service.active_lock(s)
     lock_form = forms.LockForm()
@@ -56,7 +57,7 @@ def create():
         made.append(service.create_lock(db(), actor(), f.kind.data, f.meaning.data, f.password.data,
                                         f.accept_open_queries.data, code=code_of(f)))
     out = _signed(forms.LockForm(), sign, _("Signed and locked."))
-    if made and made[0].kind == "hard" and service.build_status(db(), made[0].id)["status"] == "building":
+    if made and made[0].kind == "hard" and committed_build_status(made[0].id) == "building":
         start_bundle_build(made[0].id)  # committed: the bundles are built now, in the background
     return out
 
@@ -106,6 +107,7 @@ def addendum(lock_id: int):
 
 @bp.route("/locks/<int:lock_id>/bundle.zip", endpoint="bundle")
 def bundle(lock_id: int):
+    watch_bundle_builds()
     b = service.get_bundle(db(), actor(), lock_id)
     return Response(b.content, mimetype="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="lock-{lock_id}-{b.variant}.zip"'})

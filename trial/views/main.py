@@ -6,7 +6,7 @@ from flask import Blueprint, render_template
 from trial.dashboard.service import home_summary
 from trial.grants.service import count_pending
 from trial.http import actor, db
-from trial.notify.service import notifications_for
+from trial.notify.service import dead_letters, notifications_for
 from trial.outcomes.service import due_this_week
 from trial.queries.service import waiting_counts
 from trial.safety import service as safety
@@ -25,4 +25,5 @@ def home():
                            notifications=notes, grants_waiting=count_pending(s, actor()),
                            queries=waiting_counts(s, actor()), due_this_week=due,
                            saes=safety.views(s, safety.waiting_for_acknowledgement(s, actor())),
-                           progress=progress() if actor().has_role("manager") else None)
+                           progress=progress() if actor().has_role("manager") else None,
+                           undelivered=dead_letters(s) if actor().has_role("manager", "admin") else None)

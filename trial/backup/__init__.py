@@ -1,0 +1,1 @@
+"""Backups: `trial backup create | verify | restore` (trial.backup.service; the CLI in trial.cli.backup)."""
