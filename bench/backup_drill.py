@@ -7,18 +7,22 @@ on PostgreSQL, timed as an operator runs them (the command line, in a process of
 The trial is built as pages_scale.py builds it, with export_scale.py's loader: the sites, a manager
 and the randomization lists through the services, the children (screenings, allocations in the
 lists' slots, therapy and counselling sessions, assessments, status events, deviations) bulk-loaded
-with COPY in a spawned process, then their visit plan and session tallies derived, and VACUUM
-ANALYZE. ``--keep`` names the database ``bench_backup_<n>`` and keeps it (its keys derived from the
-name, so that it opens again); ``--reuse`` measures on it again (migrated to the head first),
-building it only when missing.
+with COPY in a spawned process; then, as replay_scale.py does (its ``write_trail``, imported), the
+audit trail the services would have written for those rows (every row's creation records, the
+allocations' ``randomize`` records, chained and keyed), since verify and restore compare the data
+against the trail; then their visit plan and session tallies derived, and VACUUM ANALYZE.
+``--keep`` names the database ``bench_backup_<n>`` and keeps it (its keys derived from the name, so
+that it opens again); ``--reuse`` measures on it again (migrated to the head first, its trail
+written first if it was kept without one), building it only when missing.
 
 Then, each timed from the start of the command to its exit:
 
 1. the floor: plain ``pg_dump --format=custom`` of the database to a file (what `create` wraps);
 2. ``trial backup create --to DIR``: the snapshot exported, the row counts and audit head read in it,
-   pg_dump with ``--snapshot``, the digest, the manifest. The size of the dump is printed;
-3. ``trial backup verify DIR``: the digest, pg_restore into a scratch database, the row counts, the
-   audit head and chain, every allocation against the lists of the sealed seed, the scratch dropped;
+   pg_dump with ``--snapshot``, the digest, the manifest and its MAC. The size of the dump is printed;
+3. ``trial backup verify DIR``: the manifest's MAC, the digest, pg_restore into a scratch database,
+   the row counts, the audit head and chain, every allocation against the lists of the sealed seed,
+   the data against the audit trail (trial.audit.replay), the scratch dropped;
 4. ``trial backup restore DIR --to URL`` into an empty database made for it (dropped afterwards):
    the same checks, and randomization held.
 
@@ -47,6 +51,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import export_scale
 import pages_scale
+import replay_scale
 
 import trial.models  # noqa: F401  every model registered before the first session
 
@@ -82,14 +87,39 @@ def use(user: str, hostport: str, dbname: str) -> None:
     os.environ.update(bench_keys(dbname))
 
 
+def write_trail() -> int:
+    """The creation records of the bulk-loaded rows (replay_scale.write_trail). Returns how many."""
+    from trial.db import make_engine, make_session_factory
+
+    engine = make_engine()
+    try:
+        return replay_scale.write_trail(make_session_factory(engine))
+    finally:
+        engine.dispose()
+
+
+def has_trail(dsn: str) -> bool:
+    with psycopg.connect(dsn) as c:
+        return c.execute("SELECT 1 FROM audit_record WHERE entity = 'screening' AND action = 'create' "
+                         "LIMIT 1").fetchone() is not None
+
+
 def trial_db(n: int, args, admin, user) -> str:
     """The trial of ``n`` children, built or reused: its database's name."""
     name = f"bench_backup_{n}" if args.keep or args.reuse else f"bench_backup_{n}_{os.getpid()}"
     exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
     use(user, args.pg, name)
+    dsn = f"postgresql://{user}@{args.pg}/{name}"
     if args.reuse and exists:
         print(f"{n} participants: reusing {name} (migrated to the head first)", flush=True)
         pages_scale.migrate()
+        if not has_trail(dsn):
+            t0 = time.perf_counter()
+            records = write_trail()
+            with psycopg.connect(dsn, autocommit=True) as c:
+                c.execute("VACUUM ANALYZE audit_record")
+            print(f"  kept without a trail: {records} creation records written in {time.perf_counter() - t0:.1f} s",
+                  flush=True)
         return name
     admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.execute(f'CREATE DATABASE "{name}"')
@@ -97,14 +127,17 @@ def trial_db(n: int, args, admin, user) -> str:
     codes = export_scale.site_codes(10)
     master = hashlib.sha256(f"bench backup_drill list seed {n}".encode()).digest()
     manager_id = export_scale.setup(codes, master)
-    dsn = f"postgresql://{user}@{args.pg}/{name}"
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         b = pool.submit(export_scale.build, dsn, master.hex(), manager_id, pages_scale.loader_args(n)).result()
+    loaded = time.perf_counter() - t0
+    records = write_trail()
+    trail_s = time.perf_counter() - t0 - loaded
     pages_scale.plan_visits()
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("VACUUM ANALYZE")
-    print(f"{n} participants: {name} built in {time.perf_counter() - t0:.1f} s ("
-          + ", ".join(f"{t} {c}" for t, c in b["counts"].items()) + ")", flush=True)
+    print(f"{n} participants: {name} built in {time.perf_counter() - t0:.1f} s (loaded in {loaded:.1f} s: "
+          + ", ".join(f"{t} {c}" for t, c in b["counts"].items())
+          + f"; the trail's {records} creation records written in {trail_s:.1f} s)", flush=True)
     return name
 
 

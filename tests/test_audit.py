@@ -66,8 +66,9 @@ def test_randomization_is_audited_and_marked_as_revealing(world, db):
     world.randomize(p)
     recs = db.execute(select(AuditRecord).where(AuditRecord.seq > before)).scalars().all()
     assert len(recs) == 1 and recs[0].field == "allocation"
-    assert recs[0].new == '{"arm":"%s","seq":1,"stratum":"site=AT01"}' % world.db.execute(
-        select(Allocation.arm).where(Allocation.participant_id == p.id)).scalar_one()
+    arm, at = world.db.execute(select(Allocation.arm, Allocation.randomized_at)
+                               .where(Allocation.participant_id == p.id)).one()
+    assert recs[0].new == '{"arm":"%s","randomized_at":"%s","seq":1,"stratum":"site=AT01"}' % (arm, at.isoformat())
     assert all(r.reveals_allocation and r.entity == "allocation" and r.entity_id == p.study_id for r in recs)
 
 

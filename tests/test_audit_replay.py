@@ -20,7 +20,7 @@ from tests.conftest import FreshDatabase, is_pg
 from tests.helpers import CLI, PASSWORD, World
 from tests.test_cli import Db, ok, one_line_error
 from tests.test_journal import drill, rand, screened  # noqa: F401  (drill: a fixture, a restore lacking allocations)
-from tests.test_lock import FIDELITY_SCORES, MEANING, SAE_REPORT, SEED, R, backdate_all, child, iso
+from tests.test_lock import FIDELITY_SCORES, MEANING, SAE_REPORT, SEED, R, child, iso
 from trial.audit import replay
 from trial.audit import service as audit
 from trial.auth import service as users
@@ -37,6 +37,7 @@ from trial.outcomes import service as outcomes
 from trial.participants.models import Assessment
 from trial.queries import service as queries
 from trial.randomize import journal
+from trial.randomize import service as randomization
 from trial.safety import service as safety
 from trial.sites import service as sites
 from trial.status import service as status
@@ -61,9 +62,9 @@ def _build(db) -> dict:
     w = World(db, None).setup()
     w.open(SEED)
     kids = {name: child(w) for name in ("usual", "high", "high2", "low")}
-    for p in kids.values():
-        w.randomize(p)
-    backdate_all(db)
+    for p in kids.values():  # randomized on day R (the trail records the time: no backdating by SQL)
+        randomization.randomize(db, CLI, p.study_id, at=dt.datetime.combine(R, dt.time(10, 0)))
+    db.commit()
     u = w.users
     m, c, t, a, mon, st, adm = (u[k] for k in ("manager", "coordinator", "therapist", "assessor", "monitor",
                                                "statistician", "admin"))
@@ -319,6 +320,12 @@ UPDATES = [
     ("role_grant", lambda t: t.c.status == "rejected", lambda r: {"status": "pending"}, "status"),
     ("api_token", lambda t: t.c.revoked_at.is_not(None), lambda r: {"revoked_at": None}, "revoked"),
     ("api_token", None, lambda r: {"expires_at": r.expires_at + dt.timedelta(days=3650)}, "expires_at"),
+    # the moments the trail records since the hostile review of issue 27
+    ("allocation", None, lambda r: {"randomized_at": r.randomized_at - dt.timedelta(hours=1)}, "randomized_at"),
+    ("allocation", None, lambda r: {"randomized_at": r.randomized_at + dt.timedelta(microseconds=1)}, "randomized_at"),
+    ("participant", None, lambda r: {"enrolled_at": r.enrolled_at - dt.timedelta(days=2)}, "enrolled_at"),
+    ("trial_state", None, lambda r: {"randomization_hold": "held by hand", "randomization_hold_at": None},
+     "randomization_hold"),
 ]
 
 
@@ -337,6 +344,53 @@ def test_the_trial_state_names_a_lock_put_back_in_force(trial):
     conn.execute(text("UPDATE trial_state SET active_lock_id = :h"), {"h": made["hard"]})
     row = _row(conn, "trial_state")
     assert _found(db) == {("trial_state", str(row.id), "active_lock_id")}
+
+
+def test_a_hold_lifted_or_moved_by_sql_is_named_and_one_set_and_cleared_by_the_services_is_not(trial):
+    """The randomization hold after a restore (action ``restore``) keeps randomization closed until
+    reconciled (action ``reconcile``): lifting it with a plain UPDATE, to randomize without
+    reconciling, or changing its time, is named field by field."""
+    from trial.randomize import journalfile
+    db, conn, _made = trial
+    journalfile.hold_randomization(db, CLI, "restored from a backup taken at noon")
+    db.flush()
+    assert _found(db) == set()
+    row = _row(conn, "trial_state")
+    assert row.randomization_hold == "restored from a backup taken at noon" and row.randomization_hold_at is not None
+    conn.execute(text("UPDATE trial_state SET randomization_hold_at = :t"),
+                 {"t": row.randomization_hold_at - dt.timedelta(days=1)})
+    assert _found(db) == {("trial_state", str(row.id), "randomization_hold_at")}
+    conn.execute(text("UPDATE trial_state SET randomization_hold = NULL, randomization_hold_at = NULL"))
+    assert _found(db) == {("trial_state", str(row.id), "randomization_hold"),
+                          ("trial_state", str(row.id), "randomization_hold_at")}
+    # cleared the audited way (as `trial randomization reconcile --none-lost` does): nothing named
+    conn.execute(update(_t("trial_state")).values(randomization_hold=row.randomization_hold,
+                                                  randomization_hold_at=row.randomization_hold_at))
+    assert _found(db) == set()
+    journal.reconcile(db, CLI, [], none_lost=True, operator="Olga Operator", operator_statement="no allocation since")
+    db.flush()
+    assert _row(conn, "trial_state").randomization_hold is None and _found(db) == set()
+    # and held again by SQL, without its record: named
+    conn.execute(text("UPDATE trial_state SET randomization_hold = 'held', randomization_hold_at = :t"),
+                 {"t": row.randomization_hold_at})
+    assert _found(db) == {("trial_state", str(row.id), "randomization_hold"),
+                          ("trial_state", str(row.id), "randomization_hold_at")}
+
+
+def test_the_randomize_and_enrolment_records_carry_their_times(trial):
+    """What the replay compares them with: the allocation's record gives ``randomized_at``, the
+    participant's creation ``enrolled_at``, exactly as the rows hold them."""
+    import json
+    db, conn, _made = trial
+    a = _row(conn, "allocation")
+    [rec] = db.execute(select(audit.AuditRecord).where(audit.AuditRecord.entity == "allocation",
+                                                        audit.AuditRecord.entity_id == a.study_id)).scalars().all()
+    assert json.loads(rec.new)["randomized_at"] == a.randomized_at.isoformat()
+    p = _row(conn, "participant")
+    [enrolled] = db.execute(select(audit.AuditRecord).where(
+        audit.AuditRecord.entity == "participant", audit.AuditRecord.entity_id == p.study_id,
+        audit.AuditRecord.field == "enrolled_at")).scalars().all()
+    assert enrolled.action == "create" and enrolled.new == p.enrolled_at.isoformat()
 
 
 def test_a_role_changed_by_sql_is_a_role_without_a_record_and_a_role_gone(trial):

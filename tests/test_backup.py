@@ -17,13 +17,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.pool import NullPool
 
 from tests.conftest import PG_URL, FreshDatabase, is_pg
 from tests.helpers import CLI, PASSWORD, World
 from tests.test_cli import Db, ok, one_line_error, trial
-from trial.audit import replay
+from trial.audit import anchors, replay
 from trial.audit import service as audit
 from trial.audit.anchors import head_line
 from trial.audit.models import AuditRecord
@@ -31,7 +32,7 @@ from trial.backup import service as backups
 from trial.backup.service import BackupError
 from trial.db import make_engine, make_session_factory
 from trial.errors import Conflict
-from trial.migrate import head_revision, revision_of
+from trial.migrate import alembic_config, head_revision, revision_of
 from trial.models import metadata
 from trial.participants.models import Allocation, Participant
 from trial.randomize import service as randomization
@@ -182,13 +183,19 @@ def test_create_verify_restore_round_trip(source, target, tmp_path):
     checks = backups.verify(out, url=source.url, say=said.append)
     assert said == checks and all(c.ok for c in checks), [c.line() for c in checks]
     names = [c.name for c in checks]
-    for name in ("digests", "restore into a scratch database", "schema revision", "row counts", "audit head",
-                 "audit chain", "randomization lists"):
+    for name in ("manifest MAC", "digests", "restore into a scratch database", "schema revision", "row counts",
+                 "audit head", "audit chain", "randomization lists", "data against the trail"):
         assert name in names
-    assert "all 3 allocations follow the lists" in checks[-1].detail
+    assert names[:2] == ["manifest MAC", "digests"]
+    by_name = {c.name: c for c in checks}
+    assert "all 3 allocations follow the lists" in by_name["randomization lists"].detail
+    assert by_name["manifest MAC"].detail == "signed under TRIAL_AUDIT_KEY"
 
     res = backups.restore(out, target.url)
-    assert res.ok and res.held and not res.upgrade_needed, [c.line() for c in res.checks]
+    assert res.ok and res.held and res.held_audited and res.upgraded_from is None, [c.line() for c in res.checks]
+    assert res.interrupted is None and res.marker is None  # (no anchor file set: no marker)
+    names = [c.name for c in res.checks]
+    assert names.index("randomization held") < names.index("schema revision")  # held before any check
     # the same rows: every table's count, and the allocations themselves
     restored = _counts(target.engine)
     assert restored["audit_record"] == counts["audit_record"] + 2  # the hold's two field records
@@ -213,17 +220,22 @@ def test_the_cli_creates_verifies_and_restores_in_subprocesses(source, target, t
     assert "backup written to" in r.stdout and "trial backup verify" in r.stdout
     r = ok(d.run("backup", "verify", str(out)))
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("digests: ok") and lines[-1].endswith("verified: every check agrees")
+    assert lines[0] == "manifest MAC: ok (signed under TRIAL_AUDIT_KEY)" and lines[1].startswith("digests: ok")
+    assert lines[-1].endswith("verified: every check agrees")
+    assert "data against the trail: ok (every audited row matches its audit trail)" in lines
     assert any(x.startswith("randomization lists: ok (all 3 allocations") for x in lines), r.stdout
     assert not any("FAILED" in x for x in lines)
     if is_pg():
         assert "dropped afterwards" in r.stdout
     r = ok(d.run("backup", "restore", str(out), "--to", target.url))
-    assert "randomization held: ok" in r.stdout and "audit chain after the hold: ok" in r.stdout
+    assert "randomization held: ok (HELD: restored from the backup of" in r.stdout
+    assert "audit chain after the hold: ok" in r.stdout
+    assert r.stdout.splitlines()[-1].startswith("restored and verified; the target is HELD")
     assert "trial randomization reconcile" in r.stdout.splitlines()[-1]
     # the second restore into the now-full target, and a backup into a folder that is not empty
     before = _counts(target.engine)
-    one_line_error(d.run("backup", "restore", str(out), "--to", target.url), "is not empty", "nothing was changed")
+    one_line_error(d.run("backup", "restore", str(out), "--to", target.url), "is not empty", "nothing was changed",
+                   "nothing held")
     assert _counts(target.engine) == before
     one_line_error(d.run("backup", "create", "--to", str(out)), str(out), "is not empty")
     # the restored database works with the CLI: its chain verifies after the hold's record
@@ -331,7 +343,7 @@ def test_no_key_password_or_secret_in_any_file_of_the_backup(source, tmp_path, m
     m = json.loads(contents["manifest.json"])
     assert set(m["database"]) == {"dialect", "name"}
     assert set(m) == {"format", "app_version", "created_at", "database", "schema_revision", "audit_head", "row_counts",
-                      "dump", "sha256"}
+                      "dump", "sha256", "key_id", "mac"}
     assert set(m["audit_head"]) == {"seq", "hash", "mac", "records", "seals"}
 
 
@@ -356,6 +368,9 @@ def test_verify_names_row_counts_and_a_head_that_disagree_with_the_manifest(sour
     m["row_counts"]["allocation"] += 1
     m["audit_head"]["seq"] += 1
     path.write_text(json.dumps(m))
+    with pytest.raises(BackupError, match="MAC does not match its content"):
+        backups.verify(out, url=source.url)  # changed without the audit key: refused at once
+    path.write_text(json.dumps(backups.sign_manifest(m)))  # (signed again with the key: what the checks say)
     before = _scratch_databases() if is_pg() else set()
     checks = {c.name: c for c in backups.verify(out, url=source.url)}
     assert not checks["row counts"].ok and "allocation: 3 in the copy, 4 in the manifest" in checks["row counts"].detail
@@ -376,7 +391,7 @@ def test_a_dump_that_cannot_be_restored_fails_verify_and_leaves_no_scratch_datab
     dump.write_bytes(b"not a dump at all" * 100)  # and the manifest made to agree with it
     m = json.loads((out / "manifest.json").read_text())
     m["sha256"][dump.name] = backups.sha256_of(dump)
-    (out / "manifest.json").write_text(json.dumps(m))
+    (out / "manifest.json").write_text(json.dumps(backups.sign_manifest(m)))
     before = _scratch_databases() if is_pg() else set()
     why = "pg_restore into trial_verify_.* failed" if is_pg() else "cannot be read as an SQLite"
     with pytest.raises(BackupError, match=why):
@@ -397,35 +412,72 @@ def test_verify_with_another_seal_key_says_the_lists_cannot_be_checked(source, t
 
 # --- schema revisions ------------------------------------------------------------------------------
 
-def test_a_backup_of_a_newer_schema_is_refused_and_one_of_an_older_is_restored_as_it_is(tmp_path):
-    old = FreshDatabase("backup_old", revision="0022")
+def _downgraded_to_0022(label: str) -> FreshDatabase:
+    """A database at revision 0022 (before the hold, the reservations and the journal's table) with
+    randomization opened and children allocated: the trial built at head, then migrated down."""
+    old = FreshDatabase(label)
+    s = make_session_factory(old.engine)()
+    w = World(s, None).setup()
+    w.open()
+    for site in ("AT01", "NO01", "AT01"):
+        w.randomize(w.ready(site))
+    w.ready("NO01")  # one child ready, not randomized
+    s.close()
+    with old.engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0022")
+    return old
+
+
+def test_a_backup_of_an_older_schema_with_allocations_is_upgraded_then_verified_and_held(tmp_path):
+    old = _downgraded_to_0022("backup_old")
     try:
         out = tmp_path / "old"
         made = backups.create(out, url=old.url)
-        assert made.manifest["schema_revision"] == "0022"
+        assert made.manifest["schema_revision"] == "0022" and made.manifest["row_counts"]["allocation"] == 3
         assert "allocation_reservation" not in made.manifest["row_counts"]
         checks = {c.name: c for c in backups.verify(out, url=old.url)}
-        assert all(c.ok for c in checks.values()), checks
+        assert all(c.ok for c in checks.values()), [c.line() for c in checks.values()]
+        assert checks["upgrade of the copy"].detail == f"from 0022 to {head_revision()}"
         assert "older than this software's" in checks["schema revision"].detail
+        assert "all 3 allocations follow the lists" in checks["randomization lists"].detail
+        assert checks["data against the trail"].ok
         t = Empty(tmp_path)
         try:
             res = backups.restore(out, t.url)
+            assert res.ok and res.held and res.held_audited, [c.line() for c in res.checks]
+            assert res.upgraded_from == "0022"
+            names = [c.name for c in res.checks]
+            assert names.index("upgrade") < names.index("randomization held") < names.index("row counts")
             with t.engine.connect() as c:
-                assert revision_of(c) == "0022"  # as it is: the operator upgrades it
-            assert res.upgrade_needed and not res.held
-            failed = [c for c in res.checks if not c.ok]
-            assert [c.name for c in failed] == ["randomization held"] and "trial db upgrade" in failed[0].detail
-            d = Db(old, tmp_path / "instance")
-            t2 = Empty(tmp_path)
-            try:
-                r = d.run("backup", "restore", str(out), "--to", t2.url)
-                assert "run `trial db upgrade` on it" in r.stdout
-                one_line_error(r, "could NOT be held", "trial db upgrade")
-            finally:
-                t2.drop()
+                assert revision_of(c) == head_revision()  # upgraded by the restore itself
+            with make_session_factory(t.engine)() as s:
+                st = s.get(TrialState, 1)
+                assert made.manifest["created_at"] in st.randomization_hold
+                with pytest.raises(Conflict, match="restored from a backup"):
+                    randomization.randomize(s, CLI, _unrandomized(s))
+            assert _allocations(t.engine) == _allocations(old.engine)
         finally:
             t.drop()
-        # newer: a schema revision this software does not know
+        t2 = Empty(tmp_path)
+        try:
+            d = Db(old, tmp_path / "instance")
+            r = ok(d.run("backup", "restore", str(out), "--to", t2.url))
+            assert "upgrade: ok (from 0022" in r.stdout
+            assert r.stdout.splitlines()[-1].startswith("restored and verified; the target is HELD")
+        finally:
+            t2.drop()
+    finally:
+        old.drop()
+
+
+def _unrandomized(s) -> str:
+    return s.execute(select(Participant.study_id).outerjoin(Allocation, Allocation.participant_id == Participant.id)
+                     .where(Allocation.id.is_(None)).order_by(Participant.id)).scalars().first()
+
+
+def test_a_backup_of_a_newer_schema_is_refused(tmp_path):
+    old = FreshDatabase("backup_new", revision="0022")
+    try:
         with old.engine.begin() as c:
             c.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
         out = tmp_path / "new"
@@ -439,6 +491,7 @@ def test_a_backup_of_a_newer_schema_is_refused_and_one_of_an_older_is_restored_a
             t.drop()
         checks = {c.name: c for c in backups.verify(out, url=old.url)}
         assert not checks["schema revision"].ok and "newer" in checks["schema revision"].detail
+        assert not checks["audit chain"].ok and "upgrade of the copy" not in checks
     finally:
         old.drop()
 
@@ -571,3 +624,293 @@ def _count(engine, model) -> int:
         n = c.execute(select(func.count()).select_from(model)).scalar_one()
         c.rollback()
     return n
+
+
+# --- the hostile review (issue 27): a restore that fails or is stopped stays held ----------------------
+
+def _hold_of(engine) -> str | None:
+    with engine.connect() as c:
+        hold = c.execute(select(TrialState.randomization_hold).where(TrialState.id == 1)).scalar_one()
+        c.rollback()
+    return hold
+
+
+def _restore_records(engine) -> int:
+    with engine.connect() as c:
+        n = c.execute(select(func.count()).select_from(AuditRecord).where(AuditRecord.action == "restore")).scalar_one()
+        c.rollback()
+    return n
+
+
+def test_a_restore_whose_hold_cannot_be_audited_is_held_all_the_same_and_says_so(own_source, target, tmp_path,
+                                                                                  monkeypatch):
+    with make_session_factory(own_source.engine)() as s:
+        spare = World(s, None).ready("AT01").study_id  # ready, not randomized
+    out = tmp_path / "b"
+    backups.create(out, url=own_source.url)
+    # the audit key was rotated since the backup: its manifest verifies under the retired key, but
+    # the restored chain expects the old key, so the hold's audit record cannot be written
+    old_key = os.environ["TRIAL_AUDIT_KEY"]
+    monkeypatch.setenv("TRIAL_AUDIT_KEY", "rotated-audit-key-" + uuid.uuid4().hex)
+    monkeypatch.setenv("TRIAL_AUDIT_KEYS_RETIRED", old_key)
+    res = backups.restore(out, target.url)
+    checks = {c.name: c for c in res.checks}
+    assert checks["manifest MAC"].ok and "retired audit key" in checks["manifest MAC"].detail
+    assert res.held and not res.held_audited and not res.ok
+    hold = checks["randomization held"]
+    assert not hold.ok and hold.detail.startswith("HELD WITHOUT AN AUDIT RECORD")
+    assert "TRIAL_AUDIT_KEY is not the key this audit chain was written with" in hold.detail
+    assert _hold_of(target.engine).startswith("restored — the audit record could not be written: TRIAL_AUDIT_KEY is "
+                                              "not the key")
+    assert _restore_records(target.engine) == 0
+    assert not checks["audit chain"].ok  # (the chain is not under the current key: named, not a traceback)
+    monkeypatch.setenv("TRIAL_AUDIT_KEY", old_key)
+    monkeypatch.delenv("TRIAL_AUDIT_KEYS_RETIRED")
+    with make_session_factory(target.engine)() as s, \
+            pytest.raises(Conflict, match="restored from a backup"):  # held: nothing is allocated there
+        randomization.randomize(s, CLI, spare)
+    # the command line says so, loudly, in its one line
+    monkeypatch.setenv("TRIAL_AUDIT_KEY", "rotated-audit-key-" + uuid.uuid4().hex)
+    monkeypatch.setenv("TRIAL_AUDIT_KEYS_RETIRED", old_key)
+    t2 = Empty(tmp_path)
+    try:
+        r = Db(own_source, tmp_path / "instance").run("backup", "restore", str(out), "--to", t2.url)
+        assert "randomization held: FAILED (HELD WITHOUT AN AUDIT RECORD" in r.stdout
+        one_line_error(r, "NOT verified", "the target is HELD, WITHOUT the hold's audit record")
+        assert _hold_of(t2.engine).startswith("restored — the audit record could not be written")
+    finally:
+        t2.drop()
+
+
+def test_ctrl_c_during_the_chain_check_leaves_the_target_held(own_source, target, tmp_path):
+    out = tmp_path / "b"
+    made = backups.create(out, url=own_source.url)
+    said = []
+
+    def say(check):
+        said.append(check)
+        if check.name == "audit head":  # the next step is the audit chain's check
+            raise KeyboardInterrupt
+
+    res = backups.restore(out, target.url, say=say)
+    assert res.interrupted == "interrupted (Ctrl-C)" and res.held and res.held_audited
+    assert said[-1].name == "checks" and not said[-1].ok and "Ctrl-C" in said[-1].detail
+    assert "audit chain" not in [c.name for c in said]
+    assert made.manifest["created_at"] in _hold_of(target.engine) and _restore_records(target.engine) == 2
+
+
+def test_a_restore_of_a_tampered_backup_fails_its_checks_with_the_target_held(own_source, target, tmp_path):
+    """A backup with a genuine MAC (made with the key) of a database changed by a plain UPDATE: the
+    restore holds first, then names the difference from the trail."""
+    with own_source.engine.begin() as c:
+        pid, dob = c.execute(select(Participant.id, Participant.date_of_birth)).first()
+        c.execute(text("UPDATE participant SET date_of_birth = :d WHERE id = :id"), {"d": dob.replace(year=dob.year - 1),
+                                                                                    "id": pid})
+    out = tmp_path / "b"
+    backups.create(out, url=own_source.url)
+    res = backups.restore(out, target.url)
+    checks = {c.name: c for c in res.checks}
+    assert res.held and res.held_audited and not res.ok
+    assert not checks["data against the trail"].ok and "date_of_birth" in checks["data against the trail"].detail
+    assert _hold_of(target.engine)
+
+
+# --- the manifest's MAC, and the data against the trail -------------------------------------------------
+
+def test_a_reforged_backup_is_refused_and_a_changed_value_is_found(source, target, tmp_path, monkeypatch):
+    out = tmp_path / "b"
+    made = backups.create(out, url=source.url)
+    # the attack: restore, UPDATE a clinical value, dump again, recompute digests, counts and head
+    assert backups.restore(out, target.url).ok
+    with target.engine.begin() as c:
+        pid, dob = c.execute(select(Participant.id, Participant.date_of_birth)).first()
+        c.execute(text("UPDATE participant SET date_of_birth = :d WHERE id = :id"), {"d": dob.replace(year=dob.year - 1),
+                                                                                    "id": pid})
+    again = tmp_path / "again"
+    remade = backups.create(again, url=target.url)  # (made with the key: the insider's own backup)
+    forged = tmp_path / "forged"
+    forged.mkdir(mode=0o700)
+    dump = made.manifest["dump"]["file"]
+    (forged / dump).write_bytes((again / dump).read_bytes())
+    m = dict(made.manifest, sha256=remade.manifest["sha256"], row_counts=remade.manifest["row_counts"],
+             audit_head=remade.manifest["audit_head"])  # every figure recomputed; the MAC cannot be
+    (forged / "manifest.json").write_text(json.dumps(m))
+    t2 = Empty(tmp_path)
+    try:
+        for why in ("the manifest's MAC does not match its content",):
+            with pytest.raises(BackupError, match=why):
+                backups.verify(forged, url=source.url)
+            with pytest.raises(BackupError, match=why):
+                backups.restore(forged, t2.url)
+        del m["mac"]  # no MAC at all
+        (forged / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(BackupError, match="carries no MAC"):
+            backups.verify(forged, url=source.url)
+        (forged / "manifest.json").write_text(json.dumps(backups.sign_manifest(m, b"another-key-" * 4)))
+        with pytest.raises(BackupError, match="another audit key than TRIAL_AUDIT_KEY .* wrong audit key"):
+            backups.restore(forged, t2.url)
+        assert t2.tables() == []
+        d = Db(source, tmp_path / "instance")
+        (forged / "manifest.json").write_text(json.dumps(dict(m, mac=made.manifest["mac"])))
+        one_line_error(d.run("backup", "verify", str(forged)), "MAC does not match")
+        one_line_error(d.run("backup", "restore", str(forged), "--to", t2.url), "MAC does not match",
+                       "the target was not changed")
+        assert t2.tables() == []
+    finally:
+        t2.drop()
+    # a genuine backup checked with another TRIAL_AUDIT_KEY: the key is named
+    monkeypatch.setenv("TRIAL_AUDIT_KEY", "some-other-audit-key-" + uuid.uuid4().hex)
+    with pytest.raises(BackupError, match="wrong audit key"):
+        backups.verify(out, url=source.url)
+    monkeypatch.undo()
+    # the insider's backup (a genuine MAC): the UPDATE without its audit record is named
+    checks = {c.name: c for c in backups.verify(again, url=source.url)}
+    assert checks["manifest MAC"].ok and checks["audit chain"].ok and checks["randomization lists"].ok
+    data = checks["data against the trail"]
+    assert not data.ok and "1 difference(s)" in data.detail and "participant" in data.detail
+    assert "date_of_birth" in data.detail
+
+
+# --- anchors: checked by verify, marked by restore ---------------------------------------------------
+
+def _anchor(engine, path: Path) -> dict:
+    with make_session_factory(engine)() as s:
+        return anchors.anchor(s, path)[1]
+
+
+def _randomize_one(engine) -> None:
+    s = make_session_factory(engine)()
+    w = World(s, None)
+    w.randomize(w.ready("AT01"))
+    s.close()
+
+
+def _after_a_second() -> None:
+    """Anchors and backups are stamped to the second: the next one is written in a later second."""
+    start = time.time()
+    time.sleep(1.05 - (start % 1))
+
+
+def test_verify_checks_the_copy_against_the_anchors_written_before_the_backup(own_source, tmp_path, monkeypatch):
+    path = tmp_path / "offsite" / "anchors.jsonl"
+    before = _anchor(own_source.engine, path)
+    _after_a_second()
+    out = tmp_path / "b"
+    made = backups.create(out, url=own_source.url)
+    _after_a_second()
+    _randomize_one(own_source.engine)
+    later = _anchor(own_source.engine, path)  # written after the backup: not the copy's business
+    assert later["seq"] > made.manifest["audit_head"]["seq"] >= before["seq"]
+    checks = {c.name: c for c in backups.verify(out, url=own_source.url, anchors=path)}
+    assert checks["anchors"].ok and checks["anchors"].detail.startswith("1 line(s) of"), checks["anchors"].line()
+    # an anchor file that does not exist: given, it fails; named by the setting (no anchor written
+    # yet, a new deployment), it is said not to be checked
+    missing = tmp_path / "offsite" / "none-yet.jsonl"
+    checks = {c.name: c for c in backups.verify(out, url=own_source.url, anchors=missing)}
+    assert not checks["anchors"].ok and "no such anchor file" in checks["anchors"].detail
+    monkeypatch.setenv("TRIAL_AUDIT_ANCHORS", str(missing))
+    checks = {c.name: c for c in backups.verify(out, url=own_source.url)}
+    assert checks["anchors"].ok and checks["anchors"].detail.startswith("not checked: no anchor has been written")
+    # the same anchor stamped before the backup: the copy's chain is shorter than an anchor it
+    # should hold (a backup of a database cut back behind its anchor)
+    backdated = dict(later, at=before["at"])
+    path.write_text(path.read_text() + json.dumps(backdated) + "\n")
+    monkeypatch.setenv("TRIAL_AUDIT_ANCHORS", str(path))  # (the setting, as the app has it)
+    checks = {c.name: c for c in backups.verify(out, url=own_source.url)}
+    assert not checks["anchors"].ok and f"shorter than the anchor's record {later['seq']}" in checks["anchors"].detail
+    r = Db(own_source, tmp_path / "instance").run("backup", "verify", str(out), "--anchors", str(path))
+    assert "anchors: FAILED" in r.stdout
+    one_line_error(r, "NOT verified", "anchors")
+
+
+def test_a_restore_marks_the_anchor_file_so_verify_anchors_takes_the_restored_chain(own_source, target, tmp_path):
+    path = tmp_path / "offsite" / "anchors.jsonl"
+    _anchor(own_source.engine, path)
+    _after_a_second()
+    out = tmp_path / "b"
+    made = backups.create(out, url=own_source.url)
+    _after_a_second()
+    _randomize_one(own_source.engine)
+    later = _anchor(own_source.engine, path)  # production anchored past the backup, then was lost
+    unmarked = path.read_text()
+    res = backups.restore(out, target.url, anchors=path)
+    assert res.ok and res.held_audited and res.marker == path, [c.line() for c in res.checks]
+    marker = json.loads(path.read_text().splitlines()[-1])
+    assert marker["restore"] is True and marker["backup_created_at"] == made.manifest["created_at"]
+    assert marker["head"] == made.manifest["audit_head"] and marker["at"].endswith("Z")
+    assert marker["after_hold"]["seq"] == made.manifest["audit_head"]["seq"] + 2
+    # the restore is in the audit trail: the hold's record names the backup and the restored head
+    with make_session_factory(target.engine)() as s:
+        reasons = set(s.execute(select(AuditRecord.reason).where(AuditRecord.action == "restore")).scalars())
+        assert reasons == {backups.hold_reason(made.manifest, backups.Copy(None, {}, made.manifest["audit_head"]))}
+        assert f"audit head record {made.manifest['audit_head']['seq']}" in reasons.pop()
+        # without the marker the restored chain fails the later anchor for ever; with it, it is superseded
+        unmarked_path = tmp_path / "unmarked.jsonl"
+        unmarked_path.write_text(unmarked)
+        assert not anchors.check_anchors(s, unmarked_path).ok
+        checked = anchors.check_anchors(s, path)
+        assert checked.ok and checked.restores == 1, checked.problems
+        line2 = f"anchors.jsonl line 2 (record {later['seq']}): superseded by the restore of line 3"
+        assert checked.superseded == [line2]
+    r = ok(trial(target.url, tmp_path / "instance", "audit", "verify", "--anchors", str(path)))
+    assert "2 anchors hold; 1 superseded by a restore" in r.stdout
+    # anchors after the restore are checked against the restored chain
+    _anchor(target.engine, path)
+    with make_session_factory(target.engine)() as s:
+        assert anchors.check_anchors(s, path).ok
+    # a marker of another restore of the same backup (a drill on a copy) does not pass for this one
+    other = tmp_path / "other.jsonl"
+    other.write_text(unmarked)
+    t2 = Empty(tmp_path)
+    try:
+        assert backups.restore(out, t2.url, anchors=other).marker == other
+        with make_session_factory(target.engine)() as s:
+            checked = anchors.check_anchors(s, other)
+        assert not checked.ok
+        assert any("line 3 (the marker of a restore)" in p and "not a restore of this database" in p
+                   for p in checked.problems), checked.problems
+    finally:
+        t2.drop()
+
+
+# --- the scratch database of verify (PostgreSQL) --------------------------------------------------------
+
+@pytest.mark.skipif(not is_pg(), reason="PostgreSQL's scratch database")
+def test_verify_closes_its_scratch_database_and_drops_the_leftovers_of_killed_ones(source, tmp_path):
+    import datetime as dt
+    now = dt.datetime.now(dt.UTC)
+    stale = backups.scratch_name(now - dt.timedelta(hours=7))
+    recent = backups.scratch_name(now - dt.timedelta(hours=1))
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as c:
+            for name in (stale, recent):
+                c.execute(text(f'CREATE DATABASE "{name}"'))
+        out = tmp_path / "b"
+        backups.create(out, url=source.url)
+        seen = {}
+
+        def say(check):
+            if check.name == "restore into a scratch database":  # the copy exists now: who may connect?
+                with admin.connect() as c:
+                    name = c.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'trial\\_verify\\_%' "
+                                          "AND datname NOT IN (:a, :b) ORDER BY oid DESC LIMIT 1"),
+                                     {"a": stale, "b": recent}).scalar_one()
+                    seen["name"] = name
+                    seen["public"] = c.execute(text("SELECT has_database_privilege('public', :n, 'CONNECT')"),
+                                               {"n": name}).scalar_one()
+
+        checks = {c.name: c for c in backups.verify(out, url=source.url, say=say)}
+        assert all(c.ok for c in checks.values()), [c.line() for c in checks.values()]
+        assert seen["public"] is False
+        assert backups.SCRATCH_NAME.fullmatch(seen["name"])
+        made = dt.datetime.strptime(seen["name"].split("_")[2], "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
+        assert abs(made - now) < dt.timedelta(hours=1)
+        assert stale in checks["leftover scratch databases"].detail
+        names = _scratch_databases()
+        assert stale not in names and recent in names and seen["name"] not in names
+    finally:
+        with admin.connect() as c:
+            for name in (stale, recent):
+                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -281,6 +281,17 @@ def test_the_nginx_site_gives_the_app_what_it_trusts(app, monkeypatch):
         assert probe in conf
     metrics = re.search(r"location = /metrics \{([^}]*)\}", conf).group(1)
     assert "deny all;" in metrics and "allow 127.0.0.1;" in metrics
+    # readiness says too much for the public (dead letters, paths, revisions): the loopback and the
+    # load balancer only; liveness stays public
+    ready = re.search(r"location = /readyz \{([^}]*)\}", conf).group(1)
+    assert "deny all;" in ready and "allow 127.0.0.1;" in ready and "allow all" not in ready
+    assert "deny" not in re.search(r"location = /healthz \{([^}]*)\}", conf).group(1)
+    # the access log never records a full path or a query (study ids; pages that exist for some arms only)
+    fmt = re.search(r"log_format trial_access (.*?);\n", conf, re.DOTALL).group(1)
+    for whole in ("$request ", '$request"', "$request_uri", "$uri", "$args", "$query_string", "$http_referer",
+                  "$arg_"):
+        assert whole not in fmt, whole
+    assert "$trial_logged_path" in fmt and re.search(r"^\s*access_log \S+ trial_access;", conf, re.MULTILINE)
 
 
 # --- the app started as trial-web.service starts it -------------------------------------------
@@ -492,6 +503,20 @@ def test_over_plain_http_the_login_fails_which_is_why_nginx_redirects(deployed):
     assert r.status_code == 400 and "The form expired" in r.text  # ... so it never comes back over HTTP
 
 
+def _get_from(source: str, host: str, port: int, path: str, cafile: str) -> int:
+    """The status of a GET over TLS sent from the local address ``source`` (any 127.x.y.z is the
+    loopback on Linux: a client that is not 127.0.0.1 to nginx)."""
+    import http.client
+    import ssl
+    conn = http.client.HTTPSConnection(host, port, timeout=10, source_address=(source, 0),
+                                       context=ssl.create_default_context(cafile=cafile))
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def test_the_nginx_sample_serves_the_app_over_tls(deployed, tmp_path):
     nginx, openssl = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None), \
         shutil.which("openssl")
@@ -561,6 +586,22 @@ def test_the_nginx_sample_serves_the_app_over_tls(deployed, tmp_path):
             assert scraped.status_code == 200 and "trial_http_requests_total" in scraped.text
             too_big = s.post(base + "/login", data={"x": "y" * (5 * 1024 * 1024)}, verify=cert, timeout=20)
             assert too_big.status_code == 413
+            # a child's page, with a query: the access log keeps only the path's first segment
+            seen = s.get(base + "/participants/AT01-0042/sessions/new?study_id=AT01-0043", verify=cert,
+                         allow_redirects=False, timeout=10)
+            logged = f"id={seen.headers['X-Request-ID']}"
+            deadline = time.monotonic() + 5
+            while logged not in (work / "trial.access.log").read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            [line] = [x for x in (work / "trial.access.log").read_text().splitlines() if logged in x]
+            assert '"GET /participants/... HTTP/1.1"' in line, line
+            access = (work / "trial.access.log").read_text()
+            assert "AT01-004" not in access and "sessions" not in access and "study_id" not in access
+            assert '"GET /login HTTP/1.1"' in access  # a one-segment path is logged as it is
+            # /readyz only from the allowed addresses (the loopback here); /healthz from anywhere
+            assert _get_from("127.0.0.2", host, tls, "/readyz", cert) == 403
+            assert _get_from("127.0.0.2", host, tls, "/healthz", cert) == 200
+            assert _get_from("127.0.0.1", host, tls, "/readyz", cert) == 200
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.communicate(timeout=20)
@@ -648,19 +689,25 @@ def _adapted(name: str, root: Path, **paths: str) -> Path:
     return out
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None, reason="runs as root, like the operator")
-def test_the_cli_wrapper_gives_the_app_its_settings_and_the_owner_its_own(tmp_path):
+def _wrapper(tmp_path: Path, trial_env: str) -> tuple[Path, Path, dict]:
+    """The wrapper installed as `trial` and as `trial-owner` in ``tmp_path``, with ``trial_env`` as
+    /etc/trial/trial.env and the sample owner.env; the environment to run them in (no TRIAL_*)."""
     etc = tmp_path / "etc"
     etc.mkdir()
-    (etc / "trial.env").write_text("TRIAL_ENV=production\nTRIAL_DATABASE_URL=postgresql+psycopg://trial_app:s3cret@"
-                                   "127.0.0.1:5432/trial?sslmode=prefer\nTRIAL_PROXIES=1\n")
+    (etc / "trial.env").write_text(trial_env)
     (etc / "owner.env").write_text((DEPLOY / "owner.env.example").read_text())
     if APP_DIR is None:
         pytest.skip("the venv is not a .venv folder: the wrapper's $APP_DIR/.venv/bin/trial does not exist")
     script = _adapted("trial-cli", tmp_path, APP_DIR=str(APP_DIR), ETC_DIR=str(etc), SERVICE_USER="root")
     owner = tmp_path / "trial-owner"
     owner.symlink_to(script.name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAL_")}
+    return script, owner, {k: v for k, v in os.environ.items() if not k.startswith("TRIAL_")}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None, reason="runs as root, like the operator")
+def test_the_cli_wrapper_gives_the_app_its_settings_and_the_owner_its_own(tmp_path):
+    script, owner, env = _wrapper(tmp_path, "TRIAL_ENV=production\nTRIAL_DATABASE_URL=postgresql+psycopg://trial_app:"
+                                            "s3cret@127.0.0.1:5432/trial?sslmode=prefer\nTRIAL_PROXIES=1\n")
 
     def shown(cmd: Path, *args: str) -> str:
         run = subprocess.run([str(cmd), *args, "config", "show"], check=False, env=env, capture_output=True, text=True, timeout=60)
@@ -671,6 +718,28 @@ def test_the_cli_wrapper_gives_the_app_its_settings_and_the_owner_its_own(tmp_pa
     assert shown(owner) == "postgresql+psycopg://trial_owner@127.0.0.1:5432/trial"
     assert shown(owner, "--database", "trial_drill") == "postgresql+psycopg://trial_owner@127.0.0.1:5432/trial_drill"
     assert shown(script, "--database", "x") == "postgresql+psycopg://trial_app:***@127.0.0.1:5432/x?sslmode=prefer"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None, reason="runs as root, like the operator")
+def test_a_drill_on_a_copy_never_gets_productions_journal_or_anchor_file(tmp_path):
+    script, owner, env = _wrapper(tmp_path, "TRIAL_ENV=production\nTRIAL_DATABASE_URL=postgresql+psycopg://trial_app:"
+                                            "s3cret@127.0.0.1:5432/trial\nTRIAL_ALLOCATION_JOURNAL=/srv/journal/"
+                                            "allocations.jsonl\nTRIAL_AUDIT_ANCHORS=/srv/anchors/audit-anchors.jsonl\n")
+
+    def settings_of(cmd: Path, *args: str) -> dict[str, str]:
+        run = subprocess.run([str(cmd), *args, "config", "show"], check=False, env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        return {k: re.search(rf"^{k}\s+(.+)$", run.stdout, re.MULTILINE).group(1).strip()
+                for k in ("TRIAL_DATABASE_URL", "TRIAL_ALLOCATION_JOURNAL", "TRIAL_AUDIT_ANCHORS")}
+
+    for cmd in (script, owner):  # production: both files, as trial.env says
+        got = settings_of(cmd)
+        assert got["TRIAL_ALLOCATION_JOURNAL"] == "/srv/journal/allocations.jsonl"
+        assert got["TRIAL_AUDIT_ANCHORS"] == "/srv/anchors/audit-anchors.jsonl"
+        drill = settings_of(cmd, "--database", "trial_drill")  # a copy: neither
+        assert drill["TRIAL_DATABASE_URL"].endswith("/trial_drill")
+        assert drill["TRIAL_ALLOCATION_JOURNAL"] == "not set" and drill["TRIAL_AUDIT_ANCHORS"] == "not set"
 
 
 def test_the_backup_script_makes_a_backup_that_verifies(deployed, tmp_path):

@@ -53,7 +53,7 @@ class Relay:
     with 451 (``"rcpt"``) or DATA with 554 (``"data"``). ``tries`` counts the RCPTs (one per
     attempt), ``messages`` what it accepted; ``slow`` seconds of delay before accepting DATA."""
 
-    def __init__(self):
+    def __init__(self, ssl_context=None):
         from aiosmtpd.controller import Controller
         self.mode, self.slow, self.tries, self.messages = "accept", 0.0, 0, []
         relay = self
@@ -74,7 +74,8 @@ class Relay:
                 relay.messages.append(email.message_from_bytes(envelope.content))
                 return "250 OK"
         self.port = free_port()
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        # with ``ssl_context``: implicit TLS from the first byte (what smtps:// expects)
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, ssl_context=ssl_context)
         self.controller.start()
 
     def wait(self, n: int, timeout: float = 10.0) -> list:
@@ -351,3 +352,146 @@ def test_a_relay_that_is_down_keeps_the_e_mail_queued_with_its_error_and_the_req
         s.commit()
     r = live.app.test_client().get("/readyz")
     assert r.status_code == 503 and "unsent for over an hour" in r.get_json()["checks"]["mail"]
+
+
+# --- smtps:// verifies the relay's certificate ---------------------------------------------------
+
+def self_signed(folder) -> tuple[str, str]:
+    """A self-signed certificate for the name localhost (not for 127.0.0.1) and its key (PEM files in ``folder``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "relay.crt", folder / "relay.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+@pytest.fixture()
+def tls_relay(monkeypatch, tmp_path):
+    import ssl
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    box = Relay(ssl_context=context)
+    box.cert = cert
+    monkeypatch.setenv("TRIAL_SMTP_URL", f"smtps://localhost:{box.port}")
+    yield box
+    box.stop()
+
+
+def test_smtps_refuses_a_relay_whose_certificate_is_not_trusted_and_sends_once_it_is(live, tls_relay, monkeypatch):
+    monkeypatch.setattr("trial.notify.service._relay_down_until", time.monotonic() + 3600)  # queue without sending
+    with live.factory() as s:
+        assert outbox.mail(s, [live.world.users["manager"].id], "Over TLS", "Sent only to the real relay.") == 1
+        s.commit()
+    # a self-signed certificate nobody trusts: nothing is handed over, the e-mail waits with the reason
+    assert send(live) == (0, 1)
+    [m] = letters(live)
+    assert m.sent_at is None and m.attempts == 1 and "CERTIFICATE_VERIFY_FAILED" in m.last_error
+    assert tls_relay.tries == 0 and tls_relay.messages == []
+    # the operator trusts the relay's certificate (the system's store, here SSL_CERT_FILE): sent
+    monkeypatch.setenv("SSL_CERT_FILE", tls_relay.cert)
+    wait_over(live)
+    assert send(live) == (1, 0)
+    [got] = tls_relay.wait(1)
+    assert got["To"] == "manager@example.org" and got["Subject"] == "Over TLS"
+    # trusted, but not the name the URL asks for: refused again (the name is checked too)
+    monkeypatch.setenv("TRIAL_SMTP_URL", f"smtps://127.0.0.1:{tls_relay.port}")
+    with live.factory() as s:
+        assert outbox.mail(s, [live.world.users["manager"].id], "Wrong name", "Not to be sent.") == 1
+        s.commit()
+    assert send(live) == (0, 1)
+    assert "CERTIFICATE_VERIFY_FAILED" in letters(live)[-1].last_error and len(tls_relay.messages) == 1
+
+
+# --- an arm is e-mailed only to whoever may still know it when the message leaves ----------------
+
+@pytest.mark.parametrize("change", ["made_assessor", "deactivated", "moved_to_another_site"])
+def test_a_confirmation_queued_for_a_coordinator_who_lost_the_arm_before_the_relay_came_back_is_not_sent(
+        live, relay, change, caplog):
+    w = live.world
+    with live.factory() as s:
+        site = w.users["coordinator"].roles[0].site_id
+        other = users.create_user(s, CLI, "coordinator2@example.org", "Second Coordinator", PASSWORD,
+                                  [("coordinator", "AT01")])
+        s.commit()
+        other_id, kept_id = other.id, w.users["coordinator"].id
+    child = w.ready()
+    relay.mode = "rcpt"  # the relay is down while the child is randomized: both confirmations wait
+    r = w.api("POST", f"/participants/{child.study_id}/randomize", "coordinator", headers={"Idempotency-Key": "k-m"})
+    assert r.status_code == 201, r.get_data(as_text=True)
+    queued = [m for m in letters(live) if m.kind == "randomization"]
+    assert sorted((m.user_id, m.site_id, m.recipient) for m in queued) == [
+        (kept_id, site, "coordinator@example.org"), (other_id, site, "coordinator2@example.org")]
+    assert all(m.sent_at is None and m.attempts == 1 for m in queued)
+    with live.factory() as s:  # meanwhile the second coordinator may no longer know the arm
+        second = s.get(users.User, other_id)
+        if change == "made_assessor":
+            users.set_roles(s, CLI, second, [("assessor", "AT01")], reason="now assesses at AT01")
+        elif change == "moved_to_another_site":
+            users.set_roles(s, CLI, second, [("coordinator", "NO01")], reason="now coordinates at NO01")
+        else:
+            users.update_user(s, CLI, second, active=False, reason="left the hospital")
+        s.commit()
+    relay.mode = "accept"
+    wait_over(live)
+    with caplog.at_level(logging.WARNING, logger="trial.notify.service"):
+        assert send(live) == (1, 1)
+    [got] = relay.wait(1)
+    assert got["To"] == "coordinator@example.org" and child.study_id in got["Subject"]
+    time.sleep(0.2)
+    assert len(relay.messages) == 1  # nothing for the second coordinator
+    by_user = {m.user_id: m for m in letters(live) if m.kind == "randomization"}
+    assert by_user[kept_id].sent_at is not None
+    withheld = by_user[other_id]
+    assert withheld.sent_at is None and withheld.dead_at is not None and withheld.next_attempt_at is None
+    assert withheld.last_error == "recipient may no longer know the arm"
+    [line] = [r_.getMessage() for r_ in caplog.records if r_.name == "trial.notify.service"]
+    assert f"e-mail {withheld.id}" in line and "may no longer know the arm" in line
+    assert withheld.body not in caplog.text and child.study_id not in caplog.text
+    # a dead letter like any other (the operator sees it); queued again, it is checked again and withheld again
+    out = live.cli.run("mail", "status").stdout
+    assert "recipient may no longer know the arm" in out and withheld.body not in out
+    with live.factory() as s:
+        assert outbox.retry_dead(s) == 1
+        s.commit()
+    assert send(live) == (0, 1) and len(relay.messages) == 1
+    again = {m.user_id: m for m in letters(live) if m.kind == "randomization"}[other_id]
+    assert again.dead_at is not None and again.sent_at is None and again.last_error == "recipient may no longer know the arm"
+
+
+def test_a_confirmation_still_leaves_for_a_coordinator_who_may_still_know_the_arm(live, relay):
+    """The check passes for whoever may still know the arm: a coordinator who also became the
+    site's therapist (an unblinded role) still gets it; so do e-mails of other kinds, which carry
+    their user but no arm (a deactivated user's SAE e-mail is not this check's business)."""
+    w = live.world
+    with live.factory() as s:
+        users.set_roles(s, CLI, s.get(users.User, w.users["coordinator"].id),
+                        [("coordinator", "AT01"), ("therapist", "AT01")], reason="also treats")
+        s.commit()
+    child = w.ready()
+    relay.mode = "rcpt"
+    assert w.api("POST", f"/participants/{child.study_id}/randomize", "coordinator").status_code == 201
+    relay.mode = "accept"
+    wait_over(live)
+    assert send(live) == (1, 0)
+    [m] = [m for m in letters(live) if m.kind == "randomization"]
+    assert m.sent_at is not None and m.user_id == w.users["coordinator"].id
+    with live.factory() as s:
+        assert outbox.mail(s, [w.users["manager"].id], "Other", "No arm here.") == 1
+        s.commit()
+    assert letters(live)[-1].user_id == w.users["manager"].id

@@ -316,3 +316,114 @@ def test_two_gunicorn_workers_add_up_their_counts_also_after_one_is_killed(tmp_p
     lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
     assert lines and all(x.get("request_id") for x in lines if x["logger"] == "trial.access")
     assert any(x["logger"] == "gunicorn.error" for x in lines)
+
+
+# --- a database error's log lines carry neither its values nor its text (hostile review) ---------
+
+ARM_WORDS = re.compile(r"\b(low|high|usual)\b")
+
+
+def _refuse_allocations(db, code: str) -> None:
+    """A trigger that fails every allocation the way the database would (a unique violation, an
+    internal error, a lock not granted in time), its message quoting the study id and the arm as
+    PostgreSQL's own "Key (...)=(...) already exists" does; SQLite's RAISE takes a fixed text and
+    its internal error is an integer overflow (the statement's values are what they would leak)."""
+    from sqlalchemy import text
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(text(f"""
+            CREATE FUNCTION test_refuse_allocation() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION USING ERRCODE = '{code}',
+                    MESSAGE = format('refused allocation of %s to arm=%s', NEW.study_id, NEW.arm),
+                    DETAIL = format('Key (study_id, arm)=(%s, %s) already exists.', NEW.study_id, NEW.arm);
+            END $$"""))
+        db.execute(text("CREATE TRIGGER test_refuse_allocation BEFORE INSERT ON allocation "
+                        "FOR EACH ROW EXECUTE FUNCTION test_refuse_allocation()"))
+    else:
+        fail = {"XX000": "SELECT abs(-9223372036854775808)",
+                "23505": "SELECT RAISE(ABORT, 'UNIQUE constraint failed: allocation.participant_id')"}[code]
+        db.execute(text(f"CREATE TRIGGER test_refuse_allocation BEFORE INSERT ON allocation BEGIN {fail}; END"))
+    db.commit()
+
+
+@pytest.mark.parametrize("code, status, handled", [("XX000", 500, True), ("55P03", 503, True), ("23505", 500, False)])
+def test_a_database_error_while_randomizing_logs_its_class_and_sqlstate_never_the_arm_or_the_study_id(
+        world, db, app, capsys, code, status, handled):
+    from sqlalchemy import func, select
+
+    from trial.participants.models import Allocation
+    if code == "55P03" and db.get_bind().dialect.name != "postgresql":
+        pytest.skip("SQLite: a trigger raises only constraint errors, and the test's one connection cannot be kept "
+                    "waiting for a lock; the 503 branch is the same code as on PostgreSQL")
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # (a 500 answered as served, not raised into the test)
+    world.open(bytes(range(32)))
+    p = world.ready()
+    _refuse_allocations(db, code)
+    capsys.readouterr()
+    r = world.api("POST", f"/participants/{p.study_id}/randomize", "coordinator",
+                  headers={"Idempotency-Key": "k-log", "X-Request-ID": "rand-fails-1"})
+    assert r.status_code == status, r.get_json()
+    assert r.get_json()["request_id"] == "rand-fails-1"
+    assert db.execute(select(func.count()).select_from(Allocation)).scalar() == 0
+    err = capsys.readouterr().err
+    lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    mine = [x for x in lines if x.get("request_id") == "rand-fails-1"]
+    # an internal error is a 500, a lock not granted a 503 (trial.http._database_error: one line naming
+    # the class and SQLSTATE); a unique violation is retried by the route and then its own 500
+    failure = [x for x in mine if "sqlstate" in x]
+    if handled:
+        assert len(failure) == 1, mine
+        f = failure[0]
+        assert f["level"] == ("ERROR" if status == 500 else "WARNING")
+        assert f["error"] in ("OperationalError", "InternalError", "IntegrityError")
+        if db.get_bind().dialect.name == "postgresql":
+            assert f["sqlstate"] == code and f"SQLSTATE {code}" in f["message"]
+            assert f["driver_error"].startswith("psycopg.errors.")
+        assert "trial/randomize/service.py" in f["stack"] and "exception" not in f
+    else:
+        assert failure == [] and any("randomization kept conflicting" in x.get("exception", "") for x in mine)
+    assert any(x["logger"] == "trial.access" and x["status"] == status for x in mine)
+    # nothing of the row: not the study id, not the arm, not the database's text, not the statement's values
+    for leak in (p.study_id, "[parameters", "parameters hidden", "already exists", "arm=", "Key (",
+                 "refused allocation", "UNIQUE constraint failed", "database is locked"):
+        assert leak not in err, leak
+    assert not ARM_WORDS.search(err), ARM_WORDS.search(err)
+
+
+def test_every_engine_hides_a_statements_values_from_its_errors(engine):
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from trial.db import make_engine
+    assert engine.hide_parameters
+    other = make_engine(engine.url.render_as_string(hide_password=False), statement_timeout=5, lock_timeout=2)
+    try:
+        assert other.hide_parameters
+        with other.connect() as c, pytest.raises(DBAPIError) as caught:
+            c.execute(text("SELECT no_such_column FROM participant WHERE study_id = :s"), {"s": "SECRET-STUDY-ID"})
+        assert "SECRET-STUDY-ID" not in str(caught.value) and "SQL parameters hidden" in str(caught.value)
+    finally:
+        other.dispose()
+
+
+def test_access_lines_name_the_url_rule_never_the_path_and_gunicorn_writes_none(opened_world, capsys):
+    """A child's path carries the study id, and its pages (the sessions pages exist only for the
+    therapy arms) tell arms apart: the app's access line names the URL rule; gunicorn's own access
+    log (which would print the raw path) is off."""
+    from pathlib import Path
+    world, p = opened_world
+    capsys.readouterr()
+    for path in (f"/participants/{p.study_id}", f"/participants/{p.study_id}?q={p.study_id}"):
+        assert world.api("GET", path, "coordinator", headers={"X-Request-ID": "path-check"}).status_code in (200, 400)
+    lines = [x for x in _lines(capsys) if x.get("request_id") == "path-check"]
+    access = [x for x in lines if x["logger"] == "trial.access"]
+    assert [x["route"] for x in access] == ["/api/v1/participants/<study_id>"] * 2
+    assert p.study_id not in json.dumps(lines)
+    conf = (Path(__file__).parent.parent / "config" / "gunicorn.conf.py").read_text()
+    assert re.search(r"^accesslog = None$", conf, re.MULTILINE) and "access_log_format" not in conf
+
+
+@pytest.fixture()
+def opened_world(world):
+    world.open(bytes(range(32)))
+    return world, world.ready()

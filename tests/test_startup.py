@@ -149,3 +149,24 @@ def test_a_schema_migrated_down_under_a_running_app_answers_503_naming_the_upgra
     assert "trial db upgrade" in r.get_json()["error"]["message"]
     assert "run `trial db upgrade`" in caplog.text
     assert world.app.test_client().get("/readyz").get_json()["checks"]["migrations"] != "ok"
+
+
+def test_trial_serve_logs_requests_by_their_rule_never_by_their_path(opened, tmp_path):
+    """The development server's own request lines (werkzeug's) would print the raw path, with the
+    child's study id: only the app's access line, naming the URL rule, is written."""
+    import requests
+    p = opened["world"].ready()
+    port = _free_port()
+    env = {**os.environ, "TRIAL_DATABASE_URL": opened["fresh"].url, "TRIAL_INSTANCE_PATH": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "trial.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_up(f"http://127.0.0.1:{port}", proc)
+        for path in (f"/participants/{p.study_id}/sessions/new", f"/api/v1/participants/{p.study_id}?x={p.study_id}"):
+            requests.get(f"http://127.0.0.1:{port}{path}", allow_redirects=False, timeout=10)
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    access = [json.loads(x) for x in err.splitlines() if x.startswith("{") and '"trial.access"' in x]
+    assert {"/participants/<study_id>/sessions/new", "/api/v1/participants/<study_id>"} <= {x["route"] for x in access}
+    assert p.study_id not in out + err

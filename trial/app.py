@@ -14,6 +14,7 @@ from trial.api import bp as api_bp
 from trial.db import make_engine, make_session_factory
 from trial.ops import logs
 from trial.ops.service import startup_problems
+from trial.randomize import journalfile
 from trial.settings import current as current_settings
 from trial.views import BLUEPRINTS
 from trial.views import ops as ops_views
@@ -53,6 +54,8 @@ def serving_app(config: dict | None = None) -> Flask:
     database that cannot be reached is no reason: the app starts and /readyz says why."""
     app = create_app(config)
     problems = startup_problems(app.extensions["trial.engine"])
+    if not problems:  # lines a killed process left pending appended; a database behind the journal held
+        journalfile.at_start(app.extensions["trial.engine"])
     app.extensions["trial.engine"].dispose()  # (gunicorn's master forks next: no connection is handed down)
     if problems:
         log = logging.getLogger("trial.app")

@@ -83,6 +83,9 @@ def make_engine(url: str | None = None, *, statement_timeout: float | None = Non
     TRIAL_DB_LOCK_TIMEOUT); the command line and the bundle worker, batch jobs, for neither."""
     url = url or default_url()
     kw.setdefault("json_deserializer", read_json)
+    # a statement's values (an arm, a study id, a clinical value) never join the text of its error,
+    # which the log and the tracebacks carry: "[SQL parameters hidden ...]" instead
+    kw.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         path = make_url(url).database
         if path and path != ":memory:" and not path.startswith("file:"):

@@ -5,6 +5,7 @@ user's setting, else the browser's ``Accept-Language``, else English; the API sp
 from __future__ import annotations
 
 import datetime as dt
+import traceback
 import zoneinfo
 from pathlib import Path
 
@@ -564,13 +565,60 @@ def _internal_error(e):
 def _database_error(e: SQLAlchemyError):
     """The database is down, full, read-only or busy: 503 with Retry-After and what class of
     problem it is; the schema is behind the code (downgraded, or a restore of an older backup
-    under a running app): 503 naming `trial db upgrade`. Anything else is a programming error (500)."""
+    under a running app): 503 naming `trial db upgrade`. Anything else is a programming error (500).
+    The log line names the error's class and SQLSTATE (and, by its context, the request id), never
+    its text: a database's message can quote the row (PostgreSQL's "Key (...)=(...) already
+    exists"), and the statement's values are an arm, a study id or a clinical value."""
     err = unavailable(e) or _schema_behind()
     if err is None:
-        current_app.logger.exception("database error")
+        current_app.logger.error("database error: %s", _error_class(e), extra=_error_fields(e))
         return _internal_error(e)
-    current_app.logger.warning("database unavailable (%s): %s", err.kind, e)
+    current_app.logger.warning("database unavailable (%s): %s", err.kind, _error_class(e), extra=_error_fields(e))
     return _error(503, err.message, err.code, {}, err.retry_after)
+
+
+def _database_cause(e: BaseException | None) -> SQLAlchemyError | None:
+    """The database error an exception is or was raised from (its chain of causes), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, SQLAlchemyError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _error_class(e: BaseException) -> str:
+    """``IntegrityError (SQLSTATE 23505)``: what failed, without a word of the error's text."""
+    state = _sqlstate(e)
+    return f"{type(e).__name__} (SQLSTATE {state})" if state else type(e).__name__
+
+
+def _sqlstate(e: BaseException) -> str | None:
+    orig = getattr(e, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+
+
+def _error_fields(e: BaseException) -> dict:
+    """The log fields of an error whose text may carry data: its classes, its SQLSTATE (or
+    SQLite's error name) and where it was raised (the frames' files, lines and code, no values)."""
+    driver = type(getattr(e, "orig", None))
+    return {"error": type(e).__name__, "sqlstate": _sqlstate(e), "stack": "".join(traceback.format_tb(e.__traceback__)),
+            "driver_error": None if driver is type(None) else f"{driver.__module__}.{driver.__qualname__}"}
+
+
+def _log_exception(exc_info) -> None:
+    """Flask's line for an exception no handler answered, without the request's path (it can
+    carry a study id: the URL rule instead) and, for a database error anywhere in its causes,
+    without its text (:func:`_database_error`)."""
+    rule = request.url_rule.rule if request and request.url_rule is not None else "unmatched"
+    where = f"{rule} [{request.method if request else '-'}]"
+    cause = _database_cause(exc_info[1])
+    if cause is None:
+        current_app.logger.error("Exception on %s", where, exc_info=exc_info)
+    else:
+        current_app.logger.error("Exception on %s: %s, from %s", where, type(exc_info[1]).__name__,
+                                 _error_class(cause), extra=_error_fields(cause))
 
 
 def _schema_behind() -> Unavailable | None:
@@ -615,6 +663,7 @@ def init_app(app: Flask) -> None:
     app.before_request(_enforce_policy)
     app.after_request(_security_headers)
     app.teardown_appcontext(_teardown)
+    app.log_exception = _log_exception  # (the path and a database error's text stay out of the log)
     _register_error_answers(app)
     _register_page_context(app)
 

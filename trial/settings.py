@@ -130,8 +130,10 @@ class Settings(BaseSettings):
                     "the signing request; the tests)")
     smtp_url: str | None = Field(
         None, repr=False, json_schema_extra={"default": "not set: notifications are in-app only", "hide": "password"},
-        description="mail relay, `smtp://user:pass@host:25` (add `?starttls=1`) or `smtps://host:465`; e-mails "
-                    "that cannot be sent stay queued for `trial mail send`")
+        description="mail relay, `smtp://user:pass@host:25` (add `?starttls=1`) or `smtps://host:465`; with TLS "
+                    "(`smtps://`, `starttls`) the relay's certificate and name are verified against the system's "
+                    "certificate authorities (a private CA: `update-ca-certificates`, or `SSL_CERT_FILE`), and a relay "
+                    "that fails the check is sent nothing; e-mails that cannot be sent stay queued for `trial mail send`")
     mail_from: str = Field(
         "trial-system@localhost",
         description="sender address of the e-mails")

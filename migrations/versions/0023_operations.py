@@ -22,7 +22,22 @@ def upgrade() -> None:
     op.add_column('mail_outbox', sa.Column('kind', sa.String(length=30), nullable=True))
     op.add_column('mail_outbox', sa.Column('next_attempt_at', sa.DateTime(), nullable=True))
     op.add_column('mail_outbox', sa.Column('dead_at', sa.DateTime(), nullable=True))
+    # the recipient's account and the site an e-mail is about: an arm is sent only to whoever may
+    # still know it when the message leaves (checked again at each attempt)
+    op.add_column('mail_outbox', sa.Column('user_id', sa.Integer(), nullable=True))
+    op.add_column('mail_outbox', sa.Column('site_id', sa.Integer(), nullable=True))
     op.add_column('lock_build', sa.Column('queued_at', sa.DateTime(), nullable=True))
+    # an allocation's journal line, written in the allocation's transaction and deleted once
+    # appended to the journal file: a line a process could not append (killed after the COMMIT, a
+    # full disk) is appended by the next process that looks
+    op.create_table('allocation_journal_pending',
+    sa.Column('allocation_id', sa.Integer(), nullable=False),
+    sa.Column('line', sa.JSON(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['allocation_id'], ['allocation.id'],
+                            name=op.f('fk_allocation_journal_pending_allocation_id_allocation')),
+    sa.PrimaryKeyConstraint('allocation_id', name=op.f('pk_allocation_journal_pending'))
+    )
     op.create_table('allocation_reservation',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('study_id', sa.String(length=20), nullable=False),
@@ -45,7 +60,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('allocation_reservation')
+    op.drop_table('allocation_journal_pending')
     op.drop_column('lock_build', 'queued_at')
+    op.drop_column('mail_outbox', 'site_id')
+    op.drop_column('mail_outbox', 'user_id')
     op.drop_column('mail_outbox', 'dead_at')
     op.drop_column('mail_outbox', 'next_attempt_at')
     op.drop_column('mail_outbox', 'kind')

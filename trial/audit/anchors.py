@@ -2,14 +2,23 @@
 hard lock's signing) appends it to an append-only file, best on another volume; `trial audit verify
 --anchors FILE` then finds a chain cut back behind an anchor, however the database was rewritten
 without the audit key (the tail deleted and an earlier, genuine head row put back; the head row
-deleted; a hard lock's seals deleted)."""
+deleted; a hard lock's seals deleted).
+
+A restore (`trial backup restore`) appends a marker line, ``{"restore": true, "backup_created_at",
+"head": the restored head, "after_hold": the head after the hold's audit record, "at"}``: the chain
+was set back to the backup's head on purpose, so the anchors written before the marker beyond the
+restored head are superseded (reported as such, not as failures); the marker itself is checked
+against the chain like an anchor (its heads carry the audit key's MAC, and the head after the hold
+ties it to the restored database, not to another copy of the same backup)."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import hmac
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine, func, select
@@ -44,15 +53,45 @@ def head_line(conn) -> dict:
 def append_line(path: Path, line: dict, make_folder: bool = True) -> None:
     """Append one JSON line, opened with O_APPEND and fsync'd (a new file gets mode 0600); the folder
     made (mode 0700) if missing, unless ``make_folder`` is False (the allocation journal's folder must
-    exist: made on the wrong volume it would not be the copy outside the database)."""
+    exist: made on the wrong volume it would not be the copy outside the database).
+
+    Whole or not at all: under an exclusive lock (flock) of the file, every byte is written (a short
+    write, as on a nearly full disk, is continued); on failure the file is cut back to its size
+    before and the OSError raised. A file that does not end in a newline (a line cut by a crash)
+    gets one first, so the cut line stays a line of its own and this one is whole."""
     if make_folder:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data = (json.dumps(line, sort_keys=True) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and _last_byte(path, size) != b"\n":
+            data = b"\n" + data
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[n:]
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            except OSError:
+                log.error("%s: a line could not be written whole and the file could not be cut back to %d bytes",
+                          path, size)
+            raise
     finally:
-        os.close(fd)
+        os.close(fd)  # (releases the lock)
+
+
+def _last_byte(path: Path, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        return f.read(1)
 
 
 def anchor(db: Session, to: str | Path | None = None) -> tuple[Path, dict]:
@@ -97,36 +136,70 @@ class AnchorCheck:
     ok: bool
     anchors: int
     problems: list[str]
+    superseded: list[str] = field(default_factory=list)  # anchors set aside by a later restore marker
+    restores: int = 0  # restore markers read
+
+
+def _is_anchor(line) -> bool:
+    return isinstance(line, dict) and {"seq", "hash", "seals"} <= line.keys()
+
+
+def is_restore_marker(line) -> bool:
+    return (isinstance(line, dict) and line.get("restore") is True and _is_anchor(line.get("head"))
+            and (line.get("after_hold") is None or _is_anchor(line["after_hold"])))
 
 
 def read_anchors(path: Path) -> list[tuple[int, dict | None]]:
-    """The anchor file's lines, numbered from 1 (None: a line that is not an anchor)."""
+    """The anchor file's lines, numbered from 1: anchors and restore markers (None: a line that is neither)."""
     out = []
     for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not text.strip():
             continue
         try:
             line = json.loads(text)
-            out.append((n, line if isinstance(line, dict) and {"seq", "hash", "seals"} <= line.keys() else None))
+            out.append((n, line if _is_anchor(line) or is_restore_marker(line) else None))
         except ValueError:
             out.append((n, None))
     return out
 
 
-def check_anchors(db: Session, path: Path) -> AnchorCheck:
-    """Every anchor of the file against the chain as it is: each problem names the anchor's line."""
+def check_anchors(db: Session, path: Path, before: str | None = None) -> AnchorCheck:
+    """Every anchor of the file against the chain as it is: each problem names the anchor's line.
+    An anchor followed by a restore marker whose restored head is behind it is superseded (listed,
+    not a problem); the markers are checked like anchors. ``before``: only the lines written before
+    that time (``at``, as "YYYY-MM-DDTHH:MM:SSZ"; a backup's ``created_at``)."""
     if not path.is_file():
         return AnchorCheck(False, 0, [f"{path}: no such anchor file"])
     h = AuditHead.__table__
     head = db.execute(select(h.c.seq, h.c.hash).where(h.c.id == 1)).first()
     eps = epochs(db)
     lines = read_anchors(path)
-    problems = []
-    for n, line in lines:
-        why = "not an anchor (JSON with seq, hash and seals)" if line is None else _against(db, head, eps, line)
-        if why:
-            problems.append(f"{path.name} line {n}: {why}")
-    return AnchorCheck(not problems, len(lines), problems)
+    if before is not None:
+        lines = [(n, line) for n, line in lines if line is None or str(line.get("at", "")) < before]
+    markers = [(i, n, line) for i, (n, line) in enumerate(lines) if is_restore_marker(line)]
+    problems, superseded = [], []
+    for i, (n, line) in enumerate(lines):
+        if line is None:
+            problems.append(f"{path.name} line {n}: not an anchor (JSON with seq, hash and seals) nor a restore marker")
+        elif is_restore_marker(line):
+            for what, a in (("restored head", line["head"]), ("head after the hold", line.get("after_hold"))):
+                if a is None:
+                    continue
+                why = (f"its {what} carries no MAC" if not a.get("mac") else _against(db, head, eps, a))
+                if why:
+                    problems.append(f"{path.name} line {n} (the marker of a restore): {why}; not a restore of "
+                                    "this database")
+                    break
+        else:
+            by = next((mn for j, mn, m in markers if j > i and int(line["seq"]) > int(m["head"]["seq"])), None)
+            if by is not None:
+                superseded.append(f"{path.name} line {n} (record {line['seq']}): superseded by the restore of "
+                                  f"line {by}")
+                continue
+            why = _against(db, head, eps, line)
+            if why:
+                problems.append(f"{path.name} line {n}: {why}")
+    return AnchorCheck(not problems, len(lines), problems, superseded, len(markers))
 
 
 def _against(db: Session, head, eps, a: dict) -> str | None:

@@ -12,8 +12,9 @@ booleans ``true``/``false``, None as no value). Three things are named, by table
 
 Compared (TABLES), each table read once and its entity's records once, ``BATCH`` at a time:
 
-- the child's record: screening, participant, allocation (arm, stratum, slot; randomized, or
-  replayed from the allocation journal after a restore), allocation_reservation (a slot the
+- the child's record: screening, participant (and its enrolment time when its creation record
+  gives it), allocation (arm, stratum, slot, and the time of randomization when its record gives
+  it; randomized, or replayed from the allocation journal after a restore), allocation_reservation (a slot the
   journal kept for a child the restored database lacks, and its use), assessment (each
   ``values.<field>``), status_event, deviation, blinding_break, therapy_session,
   counselling_session, child_goal, adverse_event, adverse_event_follow_up (its own records since
@@ -27,7 +28,8 @@ Compared (TABLES), each table read once and its entity's records once, ``BATCH``
 - the trial's records: site, protocol_version (its source against the digest recorded),
   randomization_design, data_lock, lock_bundle (its bytes against the digest recorded),
   unblinding_request, trial_state (the lock in force, the unblinding: from the locks' and the
-  design's records), signature, access_review (its accounts against the digest recorded),
+  design's records; the randomization hold and its time: from its own ``restore`` and
+  ``reconcile`` records), signature, access_review (its accounts against the digest recorded),
   credential;
 - who may do what: user_account (name, active, language, digest, two-factor enrolment),
   role_assignment (each user's roles: a role held without its record, or gone), role_grant (each
@@ -163,14 +165,19 @@ class Spec:
     ``reasons`` that it holds the reason of the record that set a field (a lift's reason), cut to a
     length. ``defaults``: what a creation gives fields its records leave out; ``created``: the
     actions that create the entity; ``actor``: a field holding who created it (the record's actor);
-    ``norm``: how a field's text is put before comparing (an order that does not matter)."""
+    ``norm``: how a field's text is put before comparing (an order that does not matter);
+    ``optional``: fields compared only when the entity's trail gives them (records written before
+    the services recorded them lack them: a participant's ``enrolled_at``, an allocation's
+    ``randomized_at``)."""
 
     def __init__(self, table: str, entity: str, key: str | Callable[[Any], str], fields: tuple[str, ...], *,
                  trail: Mapping[str, str] | None = None, read: Mapping[str, Read] | None = None,
                  reasons: Mapping[str, tuple[str, int | None]] | None = None,
                  defaults: Mapping[str, str | None] | None = None, created: tuple[str, ...] = ("create",),
-                 actor: str | None = None, norm: Mapping[str, Callable[[str | None], str | None]] | None = None):
+                 actor: str | None = None, norm: Mapping[str, Callable[[str | None], str | None]] | None = None,
+                 optional: tuple[str, ...] = ()):
         self.table, self.entity, self.key, self.fields = table, entity, key, fields
+        self.optional = frozenset(optional)
         self.trail, self.read, self.reasons = dict(trail or {}), dict(read or {}), dict(reasons or {})
         self.defaults, self.created, self.actor, self.norm = dict(defaults or {}), created, actor, dict(norm or {})
         self._by_trail: dict[str, list[str]] = defaultdict(list)
@@ -218,7 +225,7 @@ class Spec:
     def create(self, e: Entity, rec) -> None:
         """The entity created: every compared field none, but those a creation gives by default."""
         e.created, e.deleted = True, False
-        e.values = dict.fromkeys(self.fields)
+        e.values = dict.fromkeys(f for f in self.fields if f not in self.optional)
         e.values.update(self.defaults)
         if self.actor:
             e.values[self.actor] = rec.actor
@@ -253,6 +260,8 @@ class Spec:
                 out.append(Difference(self.table, key, "*", STILL_THERE))
             else:
                 got = self.actual(row, lk)
+                if self.optional:  # (a field the trail does not give is not compared)
+                    got = {f: v for f, v in got.items() if f not in self.optional or f in want.values}
                 if got != want.values:
                     out.extend(self._fields(key, got, want.values))
         out.extend(Difference(self.table, key, "*", ROW_MISSING) for key, want in expected.items()
@@ -270,13 +279,16 @@ class Spec:
 
 class AllocationSpec(Spec):
     """An allocation's one record (action ``randomize``, keyed by the child's study id) holds its
-    arm, stratum and slot as one JSON object."""
+    arm, stratum and slot as one JSON object, and, since issue 27's review, the moment of
+    randomization (``randomized_at``; compared only when the record has it)."""
 
     def extra(self, e: Entity, rec) -> None:
         if rec.field == "allocation":
             got = json.loads(rec.new) if rec.new else {}
             e.values.update({"participant": rec.entity_id, "arm": _text(got.get("arm")),
                              "stratum": _text(got.get("stratum")), "seq": _text(got.get("seq"))})
+            if "randomized_at" in got:
+                e.values["randomized_at"] = got["randomized_at"]
 
 
 class AssessmentSpec(Spec):
@@ -441,9 +453,12 @@ class QueryMessages:
 
 
 class TrialStateCheck:
-    """The trial's state row: the lock in force (the soft or hard lock the trail has not lifted)
-    and the moment of the unblinding."""
+    """The trial's state row: the lock in force (the soft or hard lock the trail has not lifted),
+    the moment of the unblinding, and the randomization hold with its time (set after a restore,
+    action ``restore``; cleared by `trial randomization reconcile`, action ``reconcile``: the
+    trail's ``trial_state`` records; none before the first hold)."""
     table = "trial_state"
+    HOLD = ("randomization_hold", "randomization_hold_at")
 
     def compare(self, db: Session, lk: Lookups) -> list[Difference]:
         locks = DATA_LOCK.expected(db)
@@ -454,9 +469,13 @@ class TrialStateCheck:
             if rec.field == "unblinded_at":
                 unblinded = rec.new
         want = {"active_lock_id": in_force[-1] if len(in_force) == 1 else None, "unblinded_at": unblinded}
+        held: dict[str, dict[str, str | None]] = defaultdict(lambda: dict.fromkeys(self.HOLD))
+        for rec in _records(db, "trial_state"):
+            if rec.field in self.HOLD:
+                held[rec.entity_id][rec.field] = rec.new
         out = []
-        for row in _rows(db, self.table, "id", "active_lock_id", "unblinded_at"):
-            for f, value in want.items():
+        for row in _rows(db, self.table, "id", "active_lock_id", "unblinded_at", *self.HOLD):
+            for f, value in {**want, **held[str(row.id)]}.items():
                 if _text(getattr(row, f)) != value:
                     out.append(Difference(self.table, str(row.id), f, DIFFERS))
         return out
@@ -480,10 +499,12 @@ TABLES = (
     Spec("screening", "screening", "id", ("site", "log_number", "screened_on", "answers", "declined", "other_reason",
                                           "outcome"), read={"site": lambda r, lk: lk.site.get(r.site_id)}),
     Spec("participant", "participant", "study_id", ("site", "screening_id", "consent_date", "date_of_birth", "sex",
-                                                    "strata"), read={"site": lambda r, lk: lk.site.get(r.site_id)}),
-    AllocationSpec("allocation", "allocation", "study_id", ("participant", "arm", "stratum", "seq"),
+                                                    "strata", "enrolled_at"),
+         read={"site": lambda r, lk: lk.site.get(r.site_id)}, optional=("enrolled_at",)),
+    AllocationSpec("allocation", "allocation", "study_id", ("participant", "arm", "stratum", "seq", "randomized_at"),
                    read={**CHILD, "stratum": lambda r, lk: lk.stratum.get(r.stratum_id)},
-                   created=("randomize", "reconcile")),  # (reconcile: replayed from the allocation journal)
+                   created=("randomize", "reconcile"),  # (reconcile: replayed from the allocation journal)
+                   optional=("randomized_at",)),
     Spec("allocation_reservation", "allocation_reservation", "study_id", ("site", "stratum", "seq", "arm",
                                                                           "screening_log_number", "used_at"),
          read={"site": lambda r, lk: lk.site.get(r.site_id), "stratum": lambda r, lk: lk.stratum.get(r.stratum_id)},

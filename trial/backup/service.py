@@ -14,25 +14,36 @@
 ``DIR/manifest.json`` then holds ``format``, ``app_version``, ``created_at``, ``database``
 (dialect and database name only), ``schema_revision``, ``audit_head`` (as
 :func:`trial.audit.anchors.head_line` gives it), ``row_counts`` (every table of the metadata the
-database has), ``dump`` (its file and the tool) and ``sha256`` (of every other file of DIR). A backup
-holds no key: the seal and audit keys are backed up apart.
+database has), ``dump`` (its file and the tool), ``sha256`` (of every other file of DIR), and
+``key_id`` and ``mac``: an HMAC of all the other fields under a key derived from TRIAL_AUDIT_KEY, so
+that a re-forged backup (restored, changed, dumped again, its figures recomputed) is refused. A
+backup holds no key: the seal and audit keys are backed up apart.
 
-``verify`` checks the digests first (a changed file is named and refused), restores into a scratch
-database (PostgreSQL: ``trial_verify_<random>`` on the app's server, dropped afterwards whatever
-happens; SQLite: a temporary file), and there compares the schema revision, the row counts and the
-audit head with the manifest, verifies the audit chain and every randomization list against the
-sealed seed (which needs TRIAL_AUDIT_KEY and TRIAL_SEAL_KEY, as the app has them).
+``verify`` checks the manifest's MAC and the digests first (a changed file is named and refused),
+restores into a scratch database (PostgreSQL: ``trial_verify_<UTC time>_<random>`` on the app's
+server, closed to PUBLIC, dropped afterwards whatever happens, and leftovers of killed verifies
+older than 6 hours dropped first; SQLite: a temporary file), and there compares the schema
+revision, the row counts and the audit head with the manifest, upgrades the copy when older,
+verifies the audit chain, every randomization list against the sealed seed (which needs
+TRIAL_AUDIT_KEY and TRIAL_SEAL_KEY, as the app has them), the data against the audit trail
+(trial.audit.replay) and, with an anchor file, the chain against the anchors written before the
+backup.
 
-``restore`` refuses a target that is not empty and a backup whose digests do not match, restores,
-runs the same checks on the target, and holds randomization there (audited) until the allocation
-journal is reconciled: allocations acknowledged after the backup was taken are not in it.
+``restore`` refuses a target that is not empty and a backup whose MAC or digests do not match,
+restores, and at once upgrades the target when older and holds randomization there (audited, else
+by a plain UPDATE that says the record is missing) until the allocation journal is reconciled:
+allocations acknowledged after the backup was taken are not in it. Then it runs the same checks on
+the target (a failure or an interruption leaves it held) and appends a restore marker to the anchor
+file (trial.audit.anchors).
 
 No Flask here; the texts are the operator's (English), like the rest of the command line's.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -46,21 +57,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy import create_engine, func, insert, inspect, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 import trial.models  # noqa: F401  every table of the schema in the metadata
+from trial import config
+from trial.audit import replay
 from trial.audit import service as audit
-from trial.audit.anchors import head_line
-from trial.db import Base, default_url, make_engine, make_session_factory
+from trial.audit.anchors import anchor_file, append_line, check_anchors, head_line
+from trial.db import Base, default_url, make_engine, make_session_factory, utcnow
 from trial.errors import DomainError
-from trial.migrate import alembic_config, head_revision, revision_of
+from trial.migrate import alembic_config, head_revision, revision_of, upgrade
 from trial.randomize import service as randomization
 from trial.randomize.journal import hold_randomization
 from trial.scope import CliActor
+from trial.trialstate.models import TrialState
 from trial.version import __version__
 
 FORMAT = "trial-backup/1"
@@ -69,6 +83,10 @@ PG_DUMP_FILE = "database.dump"
 SQLITE_FILE = "database.sqlite"
 HEAD_FIELDS = ("seq", "hash", "mac", "records", "seals")
 CHUNK = 1 << 20
+MAC_CONTEXT = b"backup-manifest"  # the manifest's key: HMAC(TRIAL_AUDIT_KEY, this)
+SCRATCH_PREFIX = "trial_verify_"
+SCRATCH_NAME = re.compile(r"trial_verify_(\d{14})_[0-9a-f]+")
+SCRATCH_MAX_AGE = dt.timedelta(hours=6)
 
 
 class BackupError(Exception):
@@ -97,8 +115,11 @@ class Created:
 @dataclass
 class Restored:
     checks: list[Check] = field(default_factory=list)
-    held: bool = False
-    upgrade_needed: bool = False
+    held: bool = False  # randomization_hold set on the target (with its audit record or, failing that, without)
+    held_audited: bool = False  # ... and its audit record written
+    upgraded_from: str | None = None  # the backup's older schema revision, upgraded to this software's
+    interrupted: str | None = None  # what stopped the restore after the copy (the checks then incomplete)
+    marker: Path | None = None  # the anchor file the restore's marker was appended to
 
     @property
     def ok(self) -> bool:
@@ -118,6 +139,7 @@ def create(to: Path, url: str | None = None) -> Created:
     """Back up the database at ``url`` (default: the app's, TRIAL_DATABASE_URL) into the folder
     ``to``, which must be new or empty (made with mode 0700; every file in it 0600)."""
     to = Path(to)
+    key = _audit_key()  # before anything is written: a backup that cannot be signed is not made
     made_dir = _prepare_dir(to)
     u = make_url(url or default_url())
     written: list[Path] = []
@@ -141,6 +163,7 @@ def create(to: Path, url: str | None = None) -> Created:
             "dump": dump_info,
             "sha256": {dump.name: sha256_of(dump)},
         }
+        manifest = sign_manifest(manifest, key)
         written.append(to / MANIFEST)
         _write_private(to / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     except BaseException:
@@ -236,12 +259,12 @@ def _create_sqlite(u: URL, dump: Path, written: list[Path]) -> tuple[dict, dict]
 
 
 def _read_only_sqlite(path: Path) -> Engine:
-    return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", poolclass=NullPool)
+    return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", poolclass=NullPool, hide_parameters=True)
 
 
 def _create_pg(u: URL, dump: Path, written: list[Path]) -> tuple[dict, dict]:
     pg_dump, major, version = tool("pg_dump")
-    engine = create_engine(u, poolclass=NullPool, isolation_level="REPEATABLE READ")
+    engine = create_engine(u, poolclass=NullPool, isolation_level="REPEATABLE READ", hide_parameters=True)
     try:
         try:
             conn = engine.connect()
@@ -331,6 +354,65 @@ def _last_line(stderr: str) -> str:
     return lines[-1] if lines else "no message"
 
 
+# --- the manifest's MAC -----------------------------------------------------------------------------
+
+def _audit_key() -> bytes:
+    try:
+        return config.audit_key()
+    except Exception as e:  # (a ConfigError: no key in production)
+        raise BackupError(f"no audit key: {e} A backup's manifest is signed with a key derived from it.") from e
+
+
+def manifest_key(audit_key: bytes) -> bytes:
+    """The manifest's MAC key, derived from the audit key (HMAC(TRIAL_AUDIT_KEY, "backup-manifest")):
+    who can write the backups but does not hold the audit key cannot re-forge a manifest."""
+    return hmac.new(audit_key, MAC_CONTEXT, hashlib.sha256).digest()
+
+
+def _key_id(mkey: bytes) -> str:
+    """Names the key a manifest was signed under, without revealing it: a wrong key is told apart
+    from a changed manifest."""
+    return hmac.new(mkey, b"key-id", hashlib.sha256).hexdigest()[:16]
+
+
+def _signed_text(manifest: dict) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "mac"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign_manifest(manifest: dict, audit_key: bytes | None = None) -> dict:
+    """The manifest with ``key_id`` and ``mac``: an HMAC-SHA256 of all its other fields under
+    :func:`manifest_key` of the audit key (default: TRIAL_AUDIT_KEY)."""
+    mkey = manifest_key(audit_key or _audit_key())
+    out = {k: v for k, v in manifest.items() if k != "mac"}
+    out["key_id"] = _key_id(mkey)
+    out["mac"] = hmac.new(mkey, _signed_text(out), hashlib.sha256).hexdigest()
+    return out
+
+
+def check_manifest_mac(manifest: dict) -> Check:
+    """The manifest's MAC under TRIAL_AUDIT_KEY (or a key of TRIAL_AUDIT_KEYS_RETIRED): a manifest
+    without a MAC, signed under another key, or changed since, is refused (BackupError), naming which."""
+    mac, key_id = manifest.get("mac"), manifest.get("key_id")
+    if not isinstance(mac, str) or not mac:
+        raise BackupError("the manifest carries no MAC: it was not written by `trial backup create` of this version, "
+                          "or someone rewrote it; it cannot be trusted (refused)")
+    keys = [("TRIAL_AUDIT_KEY", _audit_key())]
+    with contextlib.suppress(Exception):  # a malformed setting: the current key alone
+        keys += [("a retired audit key (TRIAL_AUDIT_KEYS_RETIRED)", k) for k in config.retired_audit_keys()]
+    for which, k in keys:
+        mkey = manifest_key(k)
+        if key_id != _key_id(mkey):
+            continue
+        if not hmac.compare_digest(mac, hmac.new(mkey, _signed_text(manifest), hashlib.sha256).hexdigest()):
+            raise BackupError("the manifest's MAC does not match its content: the manifest was changed after the "
+                              "backup was made (a forged or re-forged backup); refused")
+        return Check("manifest MAC", True, f"signed under {which}")
+    raise BackupError("the manifest was signed under another audit key than TRIAL_AUDIT_KEY (nor any key of "
+                      "TRIAL_AUDIT_KEYS_RETIRED): wrong audit key; give the key the backup was made with (or the "
+                      "key_id was altered); refused")
+
+
 # --- reading a backup ----------------------------------------------------------------------------
 
 def read_manifest(path: Path) -> dict:
@@ -392,36 +474,94 @@ def _refuse_newer(manifest: dict) -> None:
 
 # --- the checks, on a restored copy -----------------------------------------------------------------
 
-def check_restored(engine: Engine, manifest: dict, say: Say = _quiet) -> list[Check]:
+@dataclass
+class Copy:
+    """What a restored copy holds as restored, read before anything is changed in it (an upgrade, the hold)."""
+    revision: str | None
+    counts: dict[str, int]
+    head: dict
+
+
+def read_copy(engine: Engine) -> Copy:
+    try:
+        with engine.connect() as conn:
+            out = Copy(revision_of(conn), row_counts(conn), head_line(conn))
+            conn.rollback()
+    except sa_exc.DBAPIError as e:
+        raise BackupError(f"the restored database cannot be read: {_first_line(e)}") from e
+    return out
+
+
+def upgrade_copy(engine: Engine, copy: Copy) -> str | None:
+    """The restored copy upgraded to this software's schema when it is older (trial.migrate.upgrade);
+    the revision it was at (None: nothing to do)."""
+    if copy.revision == head_revision() or not _revision_known(copy.revision):
+        return None
+    upgrade(engine)
+    return copy.revision or "(none)"
+
+
+def check_restored(engine: Engine, manifest: dict, say: Say = _quiet, copy: Copy | None = None,
+                   anchors: Path | None = None) -> list[Check]:
     """The restored database at ``engine`` against the manifest: schema revision, row counts, audit
-    head; then the audit chain and every randomization list from the sealed seed."""
+    head (as restored: ``copy``, read before an upgrade or the hold); then the audit chain, every
+    randomization list from the sealed seed, the data against the audit trail and, with ``anchors``,
+    the chain against the anchors written before the backup was taken."""
     checks: list[Check] = []
 
     def add(c: Check) -> None:
         checks.append(c)
         say(c)
 
-    try:
-        with engine.connect() as conn:
-            rev = revision_of(conn)
-            counts = row_counts(conn)
-            line = head_line(conn)
-            conn.rollback()
-    except sa_exc.DBAPIError as e:
-        raise BackupError(f"the restored database cannot be read: {_first_line(e)}") from e
-    add(_schema_check(rev, manifest["schema_revision"]))
-    add(_counts_check(counts, manifest["row_counts"]))
-    add(_head_check(line, manifest["audit_head"]))
-    if not _revision_known(rev):
-        add(Check("audit chain", False, "not checked: the schema is newer than this software"))
-        add(Check("randomization lists", False, "not checked: the schema is newer than this software"))
+    copy = copy or read_copy(engine)
+    add(_schema_check(copy.revision, manifest["schema_revision"]))
+    add(_counts_check(copy.counts, manifest["row_counts"]))
+    add(_head_check(copy.head, manifest["audit_head"]))
+    if not _revision_known(copy.revision):
+        for name in ("audit chain", "randomization lists", "data against the trail"):
+            add(Check(name, False, "not checked: the schema is newer than this software"))
+        return checks
+    with engine.connect() as conn:
+        now = revision_of(conn)
+        conn.rollback()
+    if now != head_revision():
+        for name in ("audit chain", "randomization lists", "data against the trail"):
+            add(Check(name, False, f"not checked: the copy is at {now}, not upgraded to {head_revision()}"))
         return checks
     with make_session_factory(engine)() as s:
         add(_guarded("audit chain", lambda: _chain_check(s)))
         s.rollback()
         add(_guarded("randomization lists", lambda: _lists_check(s)))
         s.rollback()
+        add(_guarded("data against the trail", lambda: _data_check(s)))
+        s.rollback()
+        if anchors is not None:
+            add(_guarded("anchors", lambda: _anchors_check(s, anchors, manifest["created_at"])))
+            s.rollback()
     return checks
+
+
+def _data_check(s: Session) -> Check:
+    differences = replay.compare(s)
+    if not differences:
+        return Check("data against the trail", True, "every audited row matches its audit trail")
+    shown = "; ".join(str(d) for d in differences[:10])
+    more = f" (and {len(differences) - 10} more)" if len(differences) > 10 else ""
+    return Check("data against the trail", False, f"{len(differences)} difference(s) from the audit trail: "
+                                                  f"{shown}{more}")
+
+
+def _anchors_check(s: Session, path: Path, created_at: str) -> Check:
+    if not path.exists() and path == anchor_file(None):
+        # the setting names a file no anchor was written to yet (a new deployment); given with
+        # --anchors, a missing file fails (check_anchors says so)
+        return Check("anchors", True, f"not checked: no anchor has been written to {path} (TRIAL_AUDIT_ANCHORS) yet")
+    res = check_anchors(s, path, before=created_at)
+    if not res.ok:
+        return Check("anchors", False, "; ".join(res.problems))
+    superseded = f"; {len(res.superseded)} superseded by a restore" if res.superseded else ""
+    return Check("anchors", True, f"{res.anchors - len(res.superseded)} line(s) of {path} written before "
+                                  f"{created_at} hold{superseded}")
 
 
 def _guarded(name: str, check: Callable[[], Check]) -> Check:
@@ -441,7 +581,7 @@ def _schema_check(rev: str | None, expected: str | None) -> Check:
         return Check("schema revision", True, f"{rev}, this software's newest")
     if _revision_known(rev):
         return Check("schema revision", True, f"{rev}, as the manifest says; older than this software's {head}: "
-                                               "a restored database needs `trial db upgrade`")
+                                               f"the copy is upgraded to {head} before the checks below")
     return Check("schema revision", False, f"{rev} is newer than this software knows (its newest: {head})")
 
 
@@ -484,31 +624,49 @@ def _lists_check(s: Session) -> Check:
 
 # --- verify --------------------------------------------------------------------------------------
 
-def verify(path: Path, url: str | None = None, say: Say = _quiet) -> list[Check]:
-    """Prove the backup at ``path``: digests, then a restore into a scratch database and the checks
-    of :func:`check_restored` there. PostgreSQL: the scratch database is made on the server of
-    ``url`` (default: the app's database) and dropped afterwards, also when a step fails."""
+def verify(path: Path, url: str | None = None, say: Say = _quiet, anchors: Path | None = None) -> list[Check]:
+    """Prove the backup at ``path``: the manifest's MAC and the digests, then a restore into a
+    scratch database, upgraded to this software's schema when older, and the checks of
+    :func:`check_restored` there (``anchors``: an anchor file, default TRIAL_AUDIT_ANCHORS).
+    PostgreSQL: the scratch database is made on the server of ``url`` (default: the app's
+    database), closed to PUBLIC, and dropped afterwards, also when a step fails."""
     path = Path(path)
     manifest = read_manifest(path)
+    anchors = anchor_file(anchors)
     checks: list[Check] = []
 
     def collect(c: Check) -> None:
         checks.append(c)
         say(c)
 
+    collect(check_manifest_mac(manifest))
     collect(check_digests(path, manifest))
     dump = path / manifest["dump"]["file"]
     dialect = manifest["database"]["dialect"]
     if dialect == "sqlite":
-        _verify_sqlite(dump, manifest, collect)
+        _verify_sqlite(dump, manifest, collect, anchors)
     elif dialect == "postgresql":
-        _verify_pg(dump, manifest, make_url(url or default_url()), collect)
+        _verify_pg(dump, manifest, make_url(url or default_url()), collect, anchors)
     else:
         raise BackupError(f"the manifest names a {dialect} database: PostgreSQL and SQLite only")
     return checks
 
 
-def _verify_sqlite(dump: Path, manifest: dict, collect: Say) -> None:
+def _prove_copy(engine: Engine, manifest: dict, collect: Say, anchors: Path | None) -> None:
+    """The figures of the copy as restored, then the copy upgraded to this software's schema, then the checks."""
+    copy = read_copy(engine)
+    try:
+        was = upgrade_copy(engine, copy)
+    except Exception as e:  # noqa: BLE001  (any failure of a migration: named, the checks then skipped)
+        collect(Check("upgrade of the copy", False, f"{copy.revision} could not be upgraded to {head_revision()}: "
+                                                    f"{_first_line(e)}"))
+    else:
+        if was:
+            collect(Check("upgrade of the copy", True, f"from {was} to {head_revision()}"))
+    check_restored(engine, manifest, collect, copy=copy, anchors=anchors)
+
+
+def _verify_sqlite(dump: Path, manifest: dict, collect: Say, anchors: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="trial-verify-") as tmp:
         copy = Path(tmp) / "verify.db"
         shutil.copyfile(dump, copy)
@@ -516,20 +674,66 @@ def _verify_sqlite(dump: Path, manifest: dict, collect: Say) -> None:
         collect(Check("restore into a scratch database", True, "a temporary copy of the SQLite file"))
         engine = make_engine(f"sqlite:///{copy}")
         try:
-            check_restored(engine, manifest, collect)
+            _prove_copy(engine, manifest, collect, anchors)
         finally:
             engine.dispose()
 
 
-def _verify_pg(dump: Path, manifest: dict, server: URL, collect: Say) -> None:
-    """pg_restore into ``trial_verify_<random>`` on ``server``, checked, then dropped whatever happened."""
+def scratch_name(now: dt.datetime | None = None) -> str:
+    """``trial_verify_<UTC yyyymmddhhmmss>_<random>``: the time it was made is in its name (pg_database
+    keeps none), so a later verify can tell a leftover of a killed one."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{SCRATCH_PREFIX}{now:%Y%m%d%H%M%S}_{secrets.token_hex(6)}"
+
+
+def drop_stale_scratch(admin: Engine, now: dt.datetime | None = None) -> Check | None:
+    """Drop the scratch databases of verifies that were killed (older than 6 hours by their name:
+    they hold a copy of the trial's data, unblinded). None: there were none."""
+    now = now or dt.datetime.now(dt.UTC)
+    with admin.connect() as c:
+        names = list(c.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'trial\\_verify\\_%' "
+                                    "ORDER BY 1")).scalars())
+    stale = []
+    for name in names:
+        m = SCRATCH_NAME.fullmatch(name)
+        if m is None:
+            continue
+        made = dt.datetime.strptime(m.group(1), "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
+        if now - made > SCRATCH_MAX_AGE:
+            stale.append(name)
+    if not stale:
+        return None
+    dropped, failed = [], []
+    for name in stale:
+        try:
+            with admin.connect() as c:
+                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            dropped.append(name)
+        except sa_exc.DBAPIError as e:
+            failed.append(f"{name} ({_first_line(e)})")
+    if failed:
+        return Check("leftover scratch databases", False, f"could not drop {', '.join(failed)}: drop them by hand"
+                     + (f"; dropped {', '.join(dropped)}" if dropped else ""))
+    return Check("leftover scratch databases", True, f"dropped {', '.join(dropped)} (older than 6 hours: left by a "
+                                                     "verify that was killed)")
+
+
+def _verify_pg(dump: Path, manifest: dict, server: URL, collect: Say, anchors: Path | None) -> None:
+    """pg_restore into ``trial_verify_<time>_<random>`` on ``server`` (no CONNECT for PUBLIC), checked,
+    then dropped whatever happened; leftovers of killed verifies, older than 6 hours, dropped first."""
     if server.get_backend_name() != "postgresql":
         raise BackupError("a PostgreSQL backup is verified on a PostgreSQL server: set TRIAL_DATABASE_URL to a "
                           "database on it (the scratch database is made beside it)")
     pg_restore = _pg_restore_for(manifest)
-    name = f"trial_verify_{secrets.token_hex(6)}"
-    admin = create_engine(server, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    name = scratch_name()
+    admin = create_engine(server, poolclass=NullPool, isolation_level="AUTOCOMMIT", hide_parameters=True)
     try:
+        try:
+            stale = drop_stale_scratch(admin)
+        except sa_exc.DBAPIError as e:
+            raise BackupError(f"cannot connect to the server of TRIAL_DATABASE_URL: {_first_line(e)}") from e
+        if stale is not None:
+            collect(stale)
         try:
             with admin.connect() as c:
                 c.execute(text(f'CREATE DATABASE "{name}"'))
@@ -537,12 +741,15 @@ def _verify_pg(dump: Path, manifest: dict, server: URL, collect: Say) -> None:
             raise BackupError(f"cannot make the scratch database {name} on the server: {_first_line(e)} (the role "
                               "needs CREATEDB)") from e
         try:
+            with admin.connect() as c:  # the copy is unblinded: nobody else connects to it
+                c.execute(text(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{name}" FROM PUBLIC'))
             scratch = server.set(database=name)
             _pg_restore(pg_restore, scratch, dump)
-            collect(Check("restore into a scratch database", True, f"{name} on the server, dropped afterwards"))
+            collect(Check("restore into a scratch database", True, f"{name} on the server, closed to PUBLIC, "
+                                                                   "dropped afterwards"))
             engine = make_engine(scratch.render_as_string(hide_password=False))
             try:
-                check_restored(engine, manifest, collect)
+                _prove_copy(engine, manifest, collect, anchors)
             finally:
                 engine.dispose()
         finally:
@@ -575,18 +782,27 @@ def _pg_restore(pg_restore: str, target: URL, dump: Path) -> None:
 
 # --- restore -------------------------------------------------------------------------------------
 
-def restore(path: Path, to: str, actor=None, say: Say = _quiet) -> Restored:
-    """Restore the backup at ``path`` into the empty database ``to`` (a URL), check it as
-    :func:`verify` does, and hold randomization there until the allocation journal is reconciled
-    (`trial randomization reconcile`): the allocations made after the backup are not in it."""
+def restore(path: Path, to: str, actor=None, say: Say = _quiet, anchors: Path | None = None) -> Restored:
+    """Restore the backup at ``path`` into the empty database ``to`` (a URL). Right after the copy,
+    before any check: the target upgraded to this software's schema when older, and randomization
+    held there (audited; when the audit record cannot be written, held by a plain UPDATE that says
+    so) until the allocation journal is reconciled (`trial randomization reconcile`): the
+    allocations made after the backup are not in it. Then the checks of :func:`verify`, and a
+    restore marker appended to the anchor file (``anchors``, default TRIAL_AUDIT_ANCHORS).
+
+    A BackupError raised leaves the target as it was (nothing restored). Once the copy is in,
+    nothing is raised: every failure, an interruption too, is a failed check of the result, whose
+    ``held`` says whether randomization is held on the target."""
     path = Path(path)
     manifest = read_manifest(path)
+    anchors = anchor_file(anchors)
     out = Restored()
 
     def collect(c: Check) -> None:
         out.checks.append(c)
         say(c)
 
+    collect(check_manifest_mac(manifest))
     collect(check_digests(path, manifest))
     _refuse_newer(manifest)
     target = make_url(to)
@@ -606,24 +822,99 @@ def restore(path: Path, to: str, actor=None, say: Say = _quiet) -> Restored:
     collect(Check("restore", True, f"into {_shown(target)}"))
     engine = make_engine(target.render_as_string(hide_password=False))
     try:
-        check_restored(engine, manifest, collect)
-        out.upgrade_needed = manifest["schema_revision"] != head_revision()
-        _hold(engine, actor or CliActor(), manifest, out, collect)
+        _after_copy(engine, actor or CliActor(), manifest, out, collect, anchors)
     finally:
         engine.dispose()
     return out
 
 
-def _hold(engine: Engine, actor, manifest: dict, out: Restored, collect: Say) -> None:
-    """Randomization held on the restored database, and its chain verified after the hold's record."""
-    hold = _hold_check(engine, actor, manifest)
-    out.held = hold.ok
-    collect(hold)
-    if out.held:
+def _after_copy(engine: Engine, actor, manifest: dict, out: Restored, collect: Say, anchors: Path | None) -> None:
+    """Upgrade and hold first (whatever fails or is interrupted, the hold is tried), then the checks."""
+    copy: Copy | None = None
+    try:
+        copy = read_copy(engine)
+        was = upgrade_copy(engine, copy)
+        if was:
+            out.upgraded_from = was
+            collect(Check("upgrade", True, f"from {was} to {head_revision()}, before the hold and the checks"))
+    except BaseException as e:  # noqa: BLE001  the hold is tried all the same; the checks are not run
+        collect(Check("upgrade", False, f"the restored database could not be upgraded to {head_revision()}: "
+                                        f"{_why(e)}"))
+        out.interrupted = _why(e)
+    collect(_hold(engine, actor, manifest, copy, out))
+    if out.interrupted:
+        return
+    try:
+        check_restored(engine, manifest, collect, copy=copy, anchors=anchors)
+        if out.held and out.held_audited:
+            with make_session_factory(engine)() as s:
+                after = _guarded("audit chain after the hold", lambda: _chain_check(s))
+            after.name = "audit chain after the hold"  # (the chain's check, named for this step)
+            collect(after)
+        if anchors is not None and out.held and copy is not None:
+            collect(_mark_restore(engine, anchors, manifest, copy, out))
+    except BaseException as e:  # noqa: BLE001  a failure or Ctrl-C during the checks: the target stays held
+        out.interrupted = _why(e)
+        collect(Check("checks", False, f"stopped before they ended: {_why(e)}"))
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(e, DomainError):
+        return str(e.message)
+    if isinstance(e, sa_exc.DBAPIError):
+        return f"database error: {_first_line(e)}"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _hold(engine: Engine, actor, manifest: dict, copy: Copy | None, out: Restored) -> Check:
+    """Randomization held on the restored database: audited (hold_randomization), else — a wrong audit
+    key, any failure — by a plain UPDATE of trial_state whose reason says the record is missing
+    (better held without a record than open). Never raises."""
+    why = hold_reason(manifest, copy)
+    try:
         with make_session_factory(engine)() as s:
-            after = _guarded("audit chain after the hold", lambda: _chain_check(s))
-        after.name = "audit chain after the hold"  # (the chain's check, named for this step)
-        collect(after)
+            hold_randomization(s, actor, why)
+            s.commit()
+    except BaseException as e:  # noqa: BLE001  AuditKeyMismatch, a database error, Ctrl-C: held all the same
+        problem = _why(e)
+    else:
+        out.held = out.held_audited = True
+        return Check("randomization held", True, f"HELD: {why}")
+    plain = f"restored — the audit record could not be written: {problem}"[:300]
+    try:
+        st = TrialState.__table__
+        with engine.begin() as c:
+            values = {"randomization_hold": plain, "randomization_hold_at": utcnow()}
+            if c.execute(update(st).where(st.c.id == 1).values(**values)).rowcount == 0:
+                c.execute(insert(st).values(id=1, **values))
+    except BaseException as e:  # noqa: BLE001
+        return Check("randomization held", False, f"NOT HELD: the hold's audited write failed ({problem}) and so did "
+                                                  f"the plain UPDATE ({_why(e)}): keep the app off this database")
+    out.held = True
+    return Check("randomization held", False, f"HELD WITHOUT AN AUDIT RECORD (its write failed: {problem}); the hold "
+                                              f"reads: {plain!r}")
+
+
+def _mark_restore(engine: Engine, path: Path, manifest: dict, copy: Copy, out: Restored) -> Check:
+    """The restore marker appended to the anchor file: anchors before it and beyond the restored head
+    are superseded (trial.audit.anchors.check_anchors); the head after the hold ties it to this database."""
+    with engine.connect() as conn:
+        now = head_line(conn)
+        conn.rollback()
+    marker = {"restore": True, "backup_created_at": manifest["created_at"],
+              "head": {k: copy.head[k] for k in HEAD_FIELDS}, "at": _now()}
+    if out.held_audited:
+        marker["after_hold"] = {k: now[k] for k in HEAD_FIELDS}
+    try:
+        append_line(path, marker)
+    except OSError as e:
+        return Check("restore marker", False, f"could not append it to {path}: {e.strerror}; `trial audit verify "
+                                              "--anchors` will fail on the anchors written after the backup")
+    out.marker = path
+    return Check("restore marker", True, f"appended to {path}: anchors written before it beyond record "
+                                         f"{copy.head['seq']} are superseded")
 
 
 def _shown(u: URL) -> str:
@@ -694,7 +985,7 @@ def _not_empty(what: str, names: list[str]) -> str:
 
 
 def _refuse_non_empty_pg(target: URL) -> None:
-    engine = create_engine(target, poolclass=NullPool)
+    engine = create_engine(target, poolclass=NullPool, hide_parameters=True)
     try:
         with engine.connect() as c:
             names = list(c.execute(text(
@@ -711,24 +1002,7 @@ def _refuse_non_empty_pg(target: URL) -> None:
         raise BackupError(_not_empty(target.database or "", names))
 
 
-def hold_reason(manifest: dict) -> str:
-    return (f"restored from the backup of {manifest['created_at']}: randomization is held until "
+def hold_reason(manifest: dict, copy: Copy | None = None) -> str:
+    head = f" (audit head record {copy.head['seq']})" if copy is not None else ""
+    return (f"restored from the backup of {manifest['created_at']}{head}: randomization is held until "
             "`trial randomization reconcile` has replayed the allocation journal")
-
-
-def _hold_check(engine: Engine, actor, manifest: dict) -> Check:
-    """Hold randomization on the restored database, audited; a schema from before the hold
-    (revision 0023) cannot hold it: the operator is told."""
-    with engine.connect() as conn:
-        columns = {c["name"] for c in inspect(conn).get_columns("trial_state")}
-        conn.rollback()
-    if "randomization_hold" not in columns:
-        return Check("randomization held", False, f"NOT held: the restored schema ({manifest['schema_revision']}) "
-                                                  "predates the hold; run `trial db upgrade` on it and keep the app "
-                                                  "stopped until `trial randomization reconcile` has run")
-    why = hold_reason(manifest)
-    with make_session_factory(engine)() as s:
-        hold_randomization(s, actor, why)
-        s.commit()
-    return Check("randomization held", True, why)
-

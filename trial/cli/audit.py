@@ -21,9 +21,10 @@ def audit():
 @audit.command("verify", help="Check the audit hash chain; exit 0 if intact, else name the first broken record "
                "(or the records under a retired key that TRIAL_AUDIT_KEYS_RETIRED does not hold). --anchors FILE: "
                "also against the heads anchored there (`trial audit anchor`), naming the anchor line the chain "
-               "falls short of; --data: also replay the trail of every audited table (the clinical data, queries, "
-               "locks, signatures, sites, accounts, roles and grants; trial/audit/replay.py lists them) and name, "
-               "by table and id, each field that differs from it, each row it never created (\"no creation "
+               "falls short of (anchors written before a restore's marker line and beyond the restored head are "
+               "superseded: listed, not failures); --data: also replay the trail of every audited table (the "
+               "clinical data, queries, locks, signatures, sites, accounts, roles and grants; "
+               "trial/audit/replay.py lists them) and name, by table and id, each field that differs from it, each row it never created (\"no creation "
                "record\") and each row it created that is gone (\"row missing\").")
 @click.option("--anchors", "anchor_path", type=click.Path(dir_okay=False, path_type=Path),
               help="an anchor file written by `trial audit anchor`")
@@ -43,7 +44,9 @@ def audit_verify(anchor_path: Path | None, data: bool):
         more = f" (and {len(differences) - 50} more)" if len(differences) > 50 else ""
         fail(f"data differ from the audit trail in {len(differences)} places: {shown}{more}")
     click.echo(f"audit chain intact: {res.checked} records"
-               + (f"; {checked.anchors} anchors hold" if checked is not None else "")
+               + (f"; {checked.anchors - len(checked.superseded)} anchors hold" if checked is not None else "")
+               + (f"; {len(checked.superseded)} superseded by a restore (`trial backup restore`): "
+                  + ", ".join(checked.superseded[:10]) if checked is not None and checked.superseded else "")
                + ("; every clinical row matches its trail" if data else ""))
 
 

@@ -48,16 +48,26 @@ def backup_create(to: Path):
                f"in {len(m['row_counts'])} tables. Prove it with `trial backup verify {made.path}`.")
 
 
-@backup.command("verify", help="Prove the backup in DIR: the files' SHA-256 against the manifest first (a changed "
-                "file is named and refused), then a restore into a scratch database (PostgreSQL: trial_verify_<random> "
-                "on the server of TRIAL_DATABASE_URL, dropped afterwards; SQLite: a temporary file), where the schema "
-                "revision, the row counts and the audit head are compared with the manifest, the audit chain is "
-                "verified and every randomization list is checked against the sealed seed (TRIAL_AUDIT_KEY and "
-                "TRIAL_SEAL_KEY needed, as the app has them). Prints each check; exit 0 only when all agree.")
+_ANCHORS_HELP = ("an anchor file of `trial audit anchor` (default: TRIAL_AUDIT_ANCHORS): the copy's chain is checked "
+                 "against the anchors written before the backup was made")
+
+
+@backup.command("verify", help="Prove the backup in DIR: the manifest's MAC (an HMAC of all its fields under a key "
+                "derived from TRIAL_AUDIT_KEY: a manifest without one, signed under another key, or changed, is "
+                "refused, naming which) and the files' SHA-256 first (a changed file is named and refused), then a "
+                "restore into a scratch database (PostgreSQL: trial_verify_<UTC time>_<random> on the server of "
+                "TRIAL_DATABASE_URL, closed to PUBLIC, dropped afterwards, and leftovers of killed verifies older "
+                "than 6 hours dropped first; SQLite: a temporary file), upgraded to this software's schema when "
+                "older, where the schema revision, the row counts and the audit head are compared with the manifest, "
+                "the audit chain is verified, every randomization list is checked against the sealed seed, the data "
+                "are compared with the audit trail (as `trial audit verify --data`) and, with an anchor file, the "
+                "chain with the anchors written before the backup (TRIAL_AUDIT_KEY and TRIAL_SEAL_KEY needed, as "
+                "the app has them). Prints each check; exit 0 only when all agree.")
 @click.argument("directory", type=click.Path(path_type=Path))
-def backup_verify(directory: Path):
+@click.option("--anchors", "anchors", type=click.Path(dir_okay=False, path_type=Path), help=_ANCHORS_HELP)
+def backup_verify(directory: Path, anchors: Path | None):
     try:
-        checks = backups.verify(directory, say=_say)
+        checks = backups.verify(directory, say=_say, anchors=anchors)
     except BackupError as e:
         fail(str(e))
     failed = [c.name for c in checks if not c.ok]
@@ -67,28 +77,41 @@ def backup_verify(directory: Path):
 
 
 @backup.command("restore", help="Restore the backup in DIR into the EMPTY database at URL (refused when it holds "
-                "any table, or when a file of the backup does not match its SHA-256; PostgreSQL: `pg_restore "
+                "any table, or when the manifest's MAC or a file's SHA-256 does not match; PostgreSQL: `pg_restore "
                 "--no-owner` in one transaction, into a database made beforehand with createdb; SQLite: the file "
-                "copied to the path), run the checks of `verify` on it, then hold randomization there (audited) until "
-                "`trial randomization reconcile --journal FILE` has replayed the allocations the backup lacks. Keep a "
-                "PostgreSQL password out of URL: PGPASSWORD or ~/.pgpass. A backup of an older schema is restored "
-                "as it is (then run `trial db upgrade`); one of a newer schema is refused.")
+                "copied to the path). Right after the copy, before any check: the target is upgraded to this "
+                "software's schema when older, and randomization is HELD there (audited; when the audit record "
+                "cannot be written, e.g. a wrong TRIAL_AUDIT_KEY, held by a plain UPDATE that says so) until `trial "
+                "randomization reconcile --journal FILE` has replayed the allocations the backup lacks. Then the "
+                "checks of `verify` run on it, and a restore marker is appended to the anchor file (--anchors or "
+                "TRIAL_AUDIT_ANCHORS), so that `trial audit verify --anchors` takes the restored chain. The last "
+                "line always says whether the target is HELD. Keep a PostgreSQL password out of URL: PGPASSWORD or "
+                "~/.pgpass. A backup of a newer schema is refused.")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--to", "to", required=True, metavar="URL", help="the target database, e.g. "
               "postgresql+psycopg://trial@db/trial_restored or sqlite:////srv/trial/restored.db")
-def backup_restore(directory: Path, to: str):
+@click.option("--anchors", "anchors", type=click.Path(dir_okay=False, path_type=Path),
+              help=_ANCHORS_HELP + "; the restore's marker is appended to it")
+def backup_restore(directory: Path, to: str, anchors: Path | None):
     try:
-        res = backups.restore(directory, to, say=_say)
+        res = backups.restore(directory, to, say=_say, anchors=anchors)
     except BackupError as e:
-        fail(str(e))
+        fail(f"{e} (the target was not changed: nothing restored, nothing held)")
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001  before or during the copy, which is all or nothing
+        why = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        fail(f"restore failed before its copy was complete ({why}); the target was not changed: nothing restored, "
+             "nothing held")
     failed = [c.name for c in res.checks if not c.ok]
-    if res.upgrade_needed:
-        click.echo("the restored database is at an older schema than this software: run `trial db upgrade` on it "
-                   "(TRIAL_DATABASE_URL set to it) before the app is started")
-        if failed == ["randomization held"]:
-            fail("restored and verified, but randomization could NOT be held on its old schema: run `trial db "
-                 "upgrade` on it, then `trial randomization reconcile`, before the app is started")
+    if res.held and res.held_audited:
+        held = ("the target is HELD: randomization is refused there until `trial randomization reconcile --journal "
+                "FILE` (or `--none-lost`) has run against it")
+    elif res.held:
+        held = ("the target is HELD, WITHOUT the hold's audit record (see above): fix TRIAL_AUDIT_KEY, then `trial "
+                "randomization reconcile --journal FILE` against it")
+    else:
+        held = "the target is NOT HELD: keep every app server off it; do not put it in service"
+    if res.interrupted:
+        fail(f"restore stopped after the copy ({res.interrupted}); {held}")
     if failed:
-        fail(f"restored, but NOT verified: {', '.join(failed)} failed; do not put this database in service")
-    click.echo("restored and verified; randomization is held until `trial randomization reconcile --journal FILE` "
-               "(or `--none-lost`) has run against the restored database")
+        fail(f"restored, but NOT verified: {', '.join(failed)} failed; do not put this database in service; {held}")
+    click.echo(f"restored and verified; {held}")

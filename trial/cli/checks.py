@@ -12,6 +12,7 @@ from trial.exports.bundle import sweep_folders
 from trial.notify.service import send_pending
 from trial.outcomes.service import check_missing_forms, missing_form_candidates
 from trial.participants.models import Allocation, Participant
+from trial.randomize import journalfile
 from trial.trialstate.service import active_lock_id
 from trial.visitplan.service import ensure_current, replan, stale
 
@@ -31,7 +32,9 @@ def checks():
                 "TRIAL_SMTP_URL, none for a user who opted out), then send the queued e-mail. Meant for a daily "
                 "timer. Does nothing while a lock is in force, except the builds' housekeeping it always does: "
                 "a hard lock's build no worker picked up is started again (once; then failed, naming `trial lock "
-                "rebuild`), and the temporary folders of builds whose process was killed are removed.")
+                "rebuild`), and the temporary folders of builds whose process was killed are removed; and, with "
+                "TRIAL_ALLOCATION_JOURNAL set, the journal lines left pending in the database (a process killed "
+                "after an allocation's COMMIT, a full disk) are appended.")
 @click.option("--on", "on", default=None, type=click.DateTime(formats=["%Y-%m-%d"]),
               help="Check as of this date (YYYY-MM-DD; default: each site's today).")
 def checks_run(on):
@@ -39,6 +42,14 @@ def checks_run(on):
     for folder in sweep_folders():  # a build killed before it could tidy up left unblinded data there
         click.echo(f"removed the temporary folder of a build whose process is gone: {folder}")
     with session() as s:
+        try:  # allocation journal lines a process could not append (killed after the COMMIT, a full disk)
+            flushed = journalfile.flush_pending(s)
+        except OSError as e:
+            s.rollback()
+            click.echo(f"error: allocation journal lines are pending and cannot be appended: {e}", err=True)
+        else:
+            if flushed:
+                click.echo(f"appended {flushed} pending allocation journal line(s) to {journalfile.journal_path()}")
         watch_builds(s)
         if active_lock_id(s) is not None:
             click.echo("a lock is in force: no checks run (the data are frozen)")

@@ -123,6 +123,8 @@ def randomization_reconcile(journals, none_lost, operator, statement, dry_run):
         number = (f"screening log number {r.screening_log_number}" if r.screening_log_number
                   else "no screening log number: tell the trial manager")
         click.echo(f"  {r.study_id}  site {r.site}  {number}")
+    for w in report.warnings:
+        click.echo(f"warning: {w}", err=True)
     for c in report.conflicts:
         click.echo(f"CONFLICT: {c}", err=True)
     if not report.ok:

@@ -120,7 +120,7 @@ def queue_digests(db: Session, on: dt.date | None = None) -> int:
         if not any(p["visits"] or p["queries"] for p in parts):
             continue  # nothing to tell: no e-mail, and the week stays open for a later run
         subject, body = compose(user, parts, week, content)
-        db.add(MailMessage(recipient=user.email, subject=subject[:300], body=body, kind="digest"))
+        db.add(MailMessage(recipient=user.email, subject=subject[:300], body=body, kind="digest", user_id=user.id))
         user.digest_week = week
         queued += 1
     return queued

@@ -249,7 +249,7 @@ def enroll(db: Session, actor, data: dict, at: dt.datetime | None = None) -> Par
     db.flush()
     audit.created(db, actor, "participant", study_id, {"site": site.code, "screening_id": sc.id,
                                                        "consent_date": consent, "date_of_birth": born,
-                                                       "sex": sex, "strata": strata},
+                                                       "sex": sex, "strata": strata, "enrolled_at": p.enrolled_at},
                   reason=("the study id reserved for this screening's child, randomized before the database was "
                           "restored from a backup (trial randomization reconcile)") if reserved else None)
     return p

@@ -46,7 +46,7 @@ def _mailer(db: Session, actor, new_account: bool):
                    email=user.email, expires=f"{expires_at:%Y-%m-%d %H:%M}")
         text = "\n\n".join((in_language(body, lang), link, in_language(NOT_YOU, lang), in_language(FOOTER, lang)))
         db.add(MailMessage(recipient=user.email, subject=in_language(NEW_SUBJECT if new_account else RESET_SUBJECT, lang),
-                           body=text, kind="account"))
+                           body=text, kind="account", user_id=user.id))
         db.info[PENDING] = True
     return deliver
 

@@ -47,3 +47,7 @@ class MailMessage(Base):
     # the next try after a failure (backoff); a message that failed every try is a dead letter
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     dead_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # the recipient's account and the site the message is about (a randomization confirmation names
+    # an arm: it leaves only while that account is active and may know the site's arms)
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    site_id: Mapped[int | None] = mapped_column(Integer)

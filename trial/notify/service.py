@@ -32,11 +32,16 @@ from trial.catalogue import N_, Msg, in_language
 from trial.db import utcnow
 from trial.errors import NotFound
 from trial.notify.models import MailMessage, Notification
+from trial.scope import can_see_arm
 
 log = logging.getLogger(__name__)
 PENDING = "trial.mail_pending"
 SMTP_TIMEOUT = 5.0
 SAE = "sae"  # the kind of the e-mails about serious adverse events: `trial mail send` exits 2 while one is undelivered
+# the kind of the e-mails that name a child's arm (the randomization confirmation, trial.randomize.confirmation):
+# each leaves only while its recipient (user_id) is active and may know the arms of its site (site_id)
+NAMES_ARM = "randomization"
+NO_LONGER_UNBLINDED = "recipient may no longer know the arm"
 BACKOFF_FIRST = dt.timedelta(minutes=1)  # the wait after the first failed attempt, doubled after each further one
 BACKOFF_CAP = dt.timedelta(hours=1)  # ... up to this
 CLAIM = dt.timedelta(minutes=15)  # a message being sent is not due for another sender meanwhile
@@ -67,7 +72,7 @@ def notify(db: Session, user_ids, message: str, subject: str | None = None, link
             body = in_language(message, u.language)
             db.add(MailMessage(recipient=u.email, subject=in_language(subject or message, u.language)[:300],
                                body=body + (f"\n\n{absolute(link)}" if link else "") + "\n\n" + in_language(FOOTER, u.language),
-                               kind=kind))
+                               kind=kind, user_id=u.id))
         db.info[PENDING] = True
 
 
@@ -80,7 +85,8 @@ def mail(db: Session, user_ids, subject, body, kind: str | None = None) -> int:
     users = db.execute(select(User).where(User.id.in_(ids), User.active.is_(True)).order_by(User.id)).scalars().all()
     for u in users:
         db.add(MailMessage(recipient=u.email, subject=in_language(subject, u.language)[:300],
-                           body=in_language(body, u.language) + "\n\n" + in_language(FOOTER, u.language), kind=kind))
+                           body=in_language(body, u.language) + "\n\n" + in_language(FOOTER, u.language), kind=kind,
+                           user_id=u.id))
     if users:
         db.info[PENDING] = True
     return len(users)
@@ -199,22 +205,53 @@ def _domain(address: str) -> str:
 
 def send_pending(db: Session, limit: int = 200) -> tuple[int, int]:
     """Send the queued e-mails that are due; returns (sent, failed). A failed one waits
-    :func:`backoff` before its next attempt and becomes a dead letter after TRIAL_MAIL_ATTEMPTS.
-    Commits (the claim, then the outcome)."""
+    :func:`backoff` before its next attempt and becomes a dead letter after TRIAL_MAIL_ATTEMPTS;
+    one that names an arm its recipient may no longer know is a dead letter at once, not sent
+    (:func:`_withhold`; counted as failed). Commits (the claim, then the outcome)."""
+    sent, failed, withheld = _send(db, limit)
+    return sent, failed + withheld
+
+
+def _send(db: Session, limit: int) -> tuple[int, int, int]:
+    """:func:`send_pending`: (sent, failed at the relay, withheld)."""
     url = smtp_url()
     db.info.pop(PENDING, None)
     if not url:
-        return 0, 0
+        return 0, 0, 0
     rows = _claim(db, limit)
     if not rows:
-        return 0, 0
-    outcome = _deliver(rows, url)
+        return 0, 0, 0
+    now = utcnow()
+    withheld = _withhold(db, rows, now)
+    rows = [m for m in rows if m not in withheld]
+    outcome = _deliver(rows, url) if rows else {}
     now, most = utcnow(), settings.current().mail_attempts
     for m in rows:
         _record(m, outcome[m.id], now, most)
     db.commit()
     sent = sum(1 for m in rows if outcome[m.id] is None)
-    return sent, len(rows) - sent
+    return sent, len(rows) - sent, len(withheld)
+
+
+def _withhold(db: Session, rows: list[MailMessage], now: dt.datetime) -> list[MailMessage]:
+    """The messages naming an arm (kind :data:`NAMES_ARM`) whose recipient may no longer know it,
+    checked at each attempt, not only when queued: the account is gone or deactivated, or no
+    longer may see the arms of the message's site (``trial.scope.can_see_arm``: made an assessor
+    there, an admin, or without the role). Each becomes a dead letter with the reason as its last
+    error, its body never logged; the relay is not asked."""
+    withheld = []
+    for m in rows:
+        if m.kind != NAMES_ARM:
+            continue
+        user = db.get(User, m.user_id) if m.user_id is not None else None
+        if user is not None and user.active and m.site_id is not None and can_see_arm(db, user, m.site_id):
+            continue
+        m.attempts = (m.attempts or 0) + 1
+        m.last_error, m.dead_at, m.next_attempt_at = NO_LONGER_UNBLINDED, now, None
+        log.warning("e-mail %s (kind %s) not sent, a dead letter: its recipient may no longer know the arm",
+                    m.id, m.kind)
+        withheld.append(m)
+    return withheld
 
 
 def _deliver(rows: list[MailMessage], url: str) -> dict[int, tuple[str, str] | None]:
@@ -224,8 +261,14 @@ def _deliver(rows: list[MailMessage], url: str) -> dict[int, tuple[str, str] | N
     sender = settings.current().mail_from
     outcome: dict[int, tuple[str, str] | None] = {}
     try:
-        cls = smtplib.SMTP_SSL if parts.scheme == "smtps" else smtplib.SMTP
-        with cls(parts.hostname, port, timeout=SMTP_TIMEOUT) as smtp:
+        # smtps:// and starttls verify the relay's certificate and name against the system's
+        # certificate authorities (SSL_CERT_FILE adds a private one): the messages name children and,
+        # for randomization confirmations, arms
+        if parts.scheme == "smtps":
+            opened = smtplib.SMTP_SSL(parts.hostname, port, timeout=SMTP_TIMEOUT, context=ssl.create_default_context())
+        else:
+            opened = smtplib.SMTP(parts.hostname, port, timeout=SMTP_TIMEOUT)
+        with opened as smtp:
             if starttls:
                 smtp.starttls(context=ssl.create_default_context())
             if parts.username:
@@ -319,8 +362,8 @@ def _after_commit(db: Session) -> None:
     global _relay_down_until
     if db.info.pop(PENDING, False) and time.monotonic() >= _relay_down_until:
         try:
-            sent, failed = send_pending(db)
-            if failed and not sent:
+            sent, failed, _withheld = _send(db, 200)
+            if failed and not sent:  # (the relay failed; a message withheld is no sign of that)
                 _relay_down_until = time.monotonic() + RELAY_PAUSE
         except Exception:  # the change is committed; the mail stays queued for `trial mail send`
             log.exception("sending queued e-mail failed")

@@ -49,8 +49,13 @@ def readiness(engine: Engine, inline_builds: bool, mail_configured: bool, timeou
     except FutureTimeout:
         why = f"no answer from the database within {timeout:g} s"
         checks = {"database": why, **{name: "not checked: the database did not answer" for name in CHECKS[1:]}}
-    if journalfile.journal_path() is not None:  # only when TRIAL_ALLOCATION_JOURNAL is set (no database asked)
+    if journalfile.journal_path() is not None:  # only when TRIAL_ALLOCATION_JOURNAL is set
+        # the file (no database asked), then what the database says: lines pending for over a
+        # minute, a database behind the journal (asked with the other checks, within the timeout)
+        from_db = checks.pop("journal", "not checked: the database did not answer")
         checks["journal"] = _guarded(lambda: journalfile.problem() or OK)
+        if checks["journal"] == OK:
+            checks["journal"] = from_db
     ready = all(v == OK for v in checks.values())
     return {"status": "ok" if ready else "unavailable", "checks": checks}
 
@@ -102,6 +107,8 @@ def _checks_on(conn: Connection, inline_builds: bool, mail_configured: bool) -> 
     checks["keys"] = _guarded(lambda: _keys(conn)) if at_head else later
     checks["worker"] = OK if inline_builds else _guarded(lambda: _worker(conn)) if at_head else later
     checks["mail"] = OK if not mail_configured else _guarded(lambda: _mail(conn)) if at_head else later
+    if journalfile.journal_path() is not None:
+        checks["journal"] = _guarded(lambda: journalfile.database_problem(conn) or OK) if at_head else later
     conn.rollback()
     return checks
 

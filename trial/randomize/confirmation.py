@@ -129,7 +129,7 @@ def confirmation_pdf(db: Session, actor, study_id: str, language: str | None) ->
 
 # --- the e-mail to the site --------------------------------------------------------------------
 
-MAIL_KIND = "randomization"
+MAIL_KIND = notify.NAMES_ARM  # checked again at each attempt to send: trial.notify.service._withhold
 MAIL_INTRO = N_("A child of your site has been randomized. Keep this message with the child's file; the "
                 "randomization confirmation (PDF) is on the participant's page.")
 
@@ -138,7 +138,9 @@ def queue_mail(db: Session, c: Confirmation, protocol: dict, site_id: int) -> in
     """The confirmation by e-mail (when a relay is configured) to each active coordinator of the
     child's site who may learn its arm (``can_see_arm``: never an admin or the site's assessor,
     whatever other role they hold), in the recipient's language, queued in the allocation's
-    transaction and sent after its commit. Returns how many were queued."""
+    transaction and sent after its commit; each leaves only if, when it is sent, its recipient is
+    still active and may still learn the site's arms (the outbox checks it again at each attempt:
+    ``user_id`` and ``site_id``). Returns how many were queued."""
     if not notify.smtp_url():
         return 0
     users = db.execute(select(User).join(RoleAssignment, RoleAssignment.user_id == User.id)
@@ -154,7 +156,8 @@ def queue_mail(db: Session, c: Confirmation, protocol: dict, site_id: int) -> in
         link = notify.absolute(f"/participants/{c.study_id}")
         body = (f"{in_language(MAIL_INTRO, language)}\n\n{lines}\n\n{link}\n\n"
                 f"{in_language(notify.FOOTER, language)}")
-        db.add(MailMessage(recipient=u.email, subject=subject[:300], body=body, kind=MAIL_KIND))
+        db.add(MailMessage(recipient=u.email, subject=subject[:300], body=body, kind=MAIL_KIND, user_id=u.id,
+                           site_id=site_id))
         queued += 1
     if queued:
         db.info[notify.PENDING] = True

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
+from trial.auth.models import User
 from trial.catalogue import N_
 from trial.db import insert_ignore, lock_for_update, utcnow
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
@@ -50,19 +53,12 @@ from trial.sites.models import Site
 from trial.trialstate.service import ensure_writable, state
 from trial.visitplan.service import plan_new
 
-FIELDS = ("v", "study_id", "site", "stratum", "seq", "arm_digest", "at", "audit_seq", "design", "screening_log_number")
+FIELDS = ("v", "study_id", "site", "stratum", "seq", "arm_digest", "at", "audit_seq", "design", "screening_log_number",
+          "idempotency_key_sha256", "randomized_by")
+DIGEST_PREFIX = len('{"arm_digest": "') + 64 + 1  # a fragment this long names its allocation's digest whole
 
 
-def hold_randomization(db: Session, actor, why: str) -> None:
-    """Close randomization until the journal is reconciled (after a restore): the trial state's hold
-    (why, and since when), audited (action ``restore``) in the caller's transaction."""
-    st = state(db, update=True)
-    old, old_at = st.randomization_hold, st.randomization_hold_at
-    st.randomization_hold, st.randomization_hold_at = (why or "restored from a backup")[:300], utcnow()
-    db.flush()
-    audit.record(db, actor, "restore", "trial_state", st.id,
-                 {"randomization_hold": (old, st.randomization_hold),
-                  "randomization_hold_at": (old_at, st.randomization_hold_at)}, reason=st.randomization_hold)
+hold_randomization = journalfile.hold_randomization  # (where check_writable holds too)
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -86,6 +82,7 @@ class Report:
     replayed: list[str] = field(default_factory=list)
     reserved: list[Reserved] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     hold: str | None = None  # the hold in force when it ran
     hold_cleared: bool = False
 
@@ -145,16 +142,22 @@ def reconcile(db: Session, actor, journal_paths, none_lost: bool = False, dry_ru
     st = state(db, update=True)  # FOR UPDATE: no allocation is made meanwhile
     ensure_writable(db)  # (a lock in force: 423)
     design = get_design(db)
+    report = Report(dry_run=dry_run, none_lost=none_lost, journals=[str(p) for p in paths], hold=st.randomization_hold)
+    if none_lost:  # (also before randomization was ever opened: a restore holds it all the same)
+        return _sign_none_lost(db, actor, st, report, operator, operator_statement)
     if design is None:
         raise NotFound(N_("Randomization was never opened."))
-    report = Report(dry_run=dry_run, none_lost=none_lost, journals=[str(p) for p in paths], hold=st.randomization_hold)
-    if none_lost:
-        return _sign_none_lost(db, actor, st, report, operator, operator_statement)
     lines = _read(paths, design.commitment, report)
+    if not lines and not report.conflicts:
+        report.conflicts.append("the journal(s) given hold no allocation line: an empty journal proves nothing (the "
+                                "wrong file, or a journal lost); if no allocation was ever made, sign it with "
+                                "--none-lost")
     plans = _classify(db, design, lines, report)
+    _holes(db, lines, report)
     if report.conflicts or dry_run:
         return report
     _apply(db, actor, design, plans)
+    _advance_all_study_ids(db, lines)
     _clear_hold(db, actor, st, report,
                 f"reconciled with the allocation journal(s) {', '.join(p.name for p in paths)}: {report.lines} "
                 f"line(s); present {len(report.present)}, replayed {len(report.replayed)}, reserved "
@@ -184,47 +187,112 @@ def _clear_hold(db: Session, actor, st, report: Report, reason: str) -> None:
 
 def _read(paths: list[Path], commitment: str, report: Report) -> list[_Line]:
     """The journals' lines, identical ones once, in order of (time, audit number); what cannot be
-    read, or was written under another design, is a conflict."""
+    read, is not a regular file, or was written under another design, is a conflict. Lines glued
+    together by a cut write are split; a cut fragment is a warning when its allocation is whole in
+    some journal, else a conflict."""
     seen: set[str] = set()
     out: list[_Line] = []
+    fragments: list[tuple[str, str]] = []
     for path in paths:
         try:
-            text = path.read_text(encoding="utf-8")
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                report.conflicts.append(f"{path}: not a regular file (a journal is the file TRIAL_ALLOCATION_JOURNAL "
+                                        "names)")
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as e:
             report.conflicts.append(f"{path}: cannot be read ({e.strerror or e})")
             continue
         for n, raw in enumerate(text.splitlines(), 1):
             if not raw.strip():
                 continue
-            where = f"{path.name} line {n}"
-            try:
-                data = json.loads(raw)
-            except ValueError:
-                report.conflicts.append(f"{where}: not a journal line (not JSON; a line cut short by a crash?)")
-                continue
-            why = _malformed(data)
-            if why:
-                report.conflicts.append(f"{where}: {why}")
-                continue
-            if data["design"] != commitment:
-                report.conflicts.append(f"{where}: written under another randomization (design {data['design'][:12]}..., "
-                                        f"this database's is {commitment[:12]}...): refused")
-                continue
-            canonical = json.dumps(data, sort_keys=True)
-            if canonical in seen:
-                report.duplicates += 1
-                continue
-            seen.add(canonical)
-            out.append(_Line(where, data, dt.datetime.strptime(data["at"], "%Y-%m-%dT%H:%M:%SZ")))
+            for k, (data, piece) in enumerate(_pieces(raw)):
+                where = f"{path.name} line {n}" + (f" (part {k + 1})" if k else "")
+                if data is None:
+                    fragments.append((where, piece))
+                    continue
+                why = _malformed(data)
+                if why:
+                    report.conflicts.append(f"{where}: {why}")
+                    continue
+                if data["design"] != commitment:
+                    report.conflicts.append(f"{where}: written under another randomization (design "
+                                            f"{data['design'][:12]}..., this database's is {commitment[:12]}...): refused")
+                    continue
+                canonical = json.dumps(data, sort_keys=True)
+                if canonical in seen:
+                    report.duplicates += 1
+                    continue
+                seen.add(canonical)
+                out.append(_Line(where, data, dt.datetime.strptime(data["at"], "%Y-%m-%dT%H:%M:%SZ")))
+    for where, piece in fragments:
+        whole = [x for x in seen if x.startswith(piece)] if len(piece) >= DIGEST_PREFIX else []
+        if whole:
+            report.warnings.append(f"{where}: a line cut short by a crash, whole elsewhere "
+                                   f"({json.loads(whole[0])['study_id']}): ignored")
+        else:
+            report.conflicts.append(f"{where}: not a journal line (not JSON: a line cut short by a crash, and its "
+                                    "allocation is whole in no journal given)")
     out.sort(key=lambda x: (x.at, x.data["audit_seq"]))
     report.lines = len(out)
     return out
 
 
+def _pieces(raw: str) -> list[tuple[dict | None, str]]:
+    """A journal line split into its JSON objects (a cut write glues the next line to the cut one):
+    (object, text) for each whole one, (None, text) for each fragment."""
+    decoder = json.JSONDecoder()
+    out: list[tuple[dict | None, str]] = []
+    i, n = 0, len(raw)
+    while i < n:
+        try:
+            data, end = decoder.raw_decode(raw, i)
+        except ValueError:
+            nxt = raw.find("{", i + 1)
+            end = n if nxt < 0 else nxt
+            out.append((None, raw[i:end].strip()))
+        else:
+            out.append((data, raw[i:end]) if isinstance(data, dict) else (None, raw[i:end]))
+        i = end
+        while i < n and raw[i].isspace():
+            i += 1
+    return out
+
+
+def _holes(db: Session, lines: list[_Line], report: Report) -> None:
+    """Each stratum's slots from the restored counter to the highest journalled slot must each have a
+    line, an allocation or a reservation: a slot with none is a line missing (a journal not given,
+    or cut), a conflict naming it."""
+    top: dict[str, int] = {}
+    have: dict[str, set[int]] = {}
+    for x in lines:
+        key, seq = x.slot
+        top[key] = max(top.get(key, 0), seq)
+        have.setdefault(key, set()).add(seq)
+    if not top:
+        return
+    s = Stratum.__table__
+    ids = dict(db.execute(select(s.c.key, s.c.id).where(s.c.key.in_(list(top)))).all())
+    last = dict(db.execute(select(s.c.key, s.c.last_seq).where(s.c.key.in_(list(top)))).all())
+    for table in (Allocation.__table__, AllocationReservation.__table__):
+        for sid, seq in db.execute(select(table.c.stratum_id, table.c.seq).where(table.c.stratum_id.in_(list(ids.values())))):
+            key = next(k for k, v in ids.items() if v == sid)
+            have[key].add(seq)
+    for key in sorted(top):
+        missing = [seq for seq in range(last.get(key, 0) + 1, top[key]) if seq not in have[key]]
+        for seq in missing[:20]:
+            report.conflicts.append(f"stratum {key} slot {seq}: no journal line, allocation or reservation for it "
+                                    "although later slots are journalled: a journal is missing or cut")
+        if len(missing) > 20:
+            report.conflicts.append(f"stratum {key}: {len(missing) - 20} more slot(s) without a line")
+
+
 def _malformed(data) -> str | None:
+    if isinstance(data, dict) and data.get("v") not in (None, journalfile.VERSION):
+        return f"journal line version {data['v']!r}, this system reads {journalfile.VERSION}"
     if not isinstance(data, dict) or set(FIELDS) - set(data):
         return "not a journal line (fields missing)"
-    if data["v"] != journalfile.VERSION:
+    if data.get("v") != journalfile.VERSION:
         return f"journal line version {data['v']!r}, this system reads {journalfile.VERSION}"
     if not isinstance(data["seq"], int) or data["seq"] < 1 or not isinstance(data["audit_seq"], int):
         return "not a journal line (slot or audit number not a positive whole number)"
@@ -255,11 +323,10 @@ def _taken(db: Session) -> tuple[dict[str, _Known], dict[tuple[str, int], str]]:
 def _classify(db: Session, design, lines: list[_Line], report: Report) -> list[_Plan]:
     """Each line: present, to replay, to reserve, or a conflict (added to the report)."""
     master = master_seed(db, design)
-    commitment = design.commitment
     arms = [a for a, _ in _arms(design.design)]
 
-    def digest(study_id: str, stratum: str, seq: int, arm: str) -> str:
-        return journalfile.arm_digest(master, commitment, study_id, stratum, seq, arm)
+    def digest(x: _Line, arm: str) -> str:
+        return journalfile.arm_digest(master, x.data, arm)
 
     known, slots = _taken(db)
     sites = {s.code: s for s in db.execute(select(Site)).scalars()}
@@ -275,14 +342,14 @@ def _classify(db: Session, design, lines: list[_Line], report: Report) -> list[_
             if (k.stratum, k.seq) != (key, seq):
                 report.conflicts.append(f"{x.source}: {sid} has its {k.what} in stratum {k.stratum} slot {k.seq}, the "
                                         f"journal says stratum {key} slot {seq}")
-            elif digest(sid, key, seq, k.arm) != d:
+            elif digest(x, k.arm) != d:
                 report.conflicts.append(f"{x.source}: {sid} (stratum {key} slot {seq}) has another arm in the "
                                         f"{'database' if k.what != 'line' else 'journals'} than the journal's line")
             else:
                 report.present.append(sid)
             continue
         holder = slots.get((key, seq))
-        arm = next((a for a in arms if digest(sid, key, seq, a) == d), None)
+        arm = next((a for a in arms if digest(x, a) == d), None)
         site = sites.get(x.data["site"])
         p, number = people.get(sid, (None, None))
         problem = (f"the slot {seq} of stratum {key} that the journal gives {sid} is held by {holder}"
@@ -332,6 +399,8 @@ def _apply(db: Session, actor, design, plans: list[_Plan]) -> None:
     master = master_seed(db, design)
     pv = current_protocol(db)
     tzs = {p.site.id: p.site.timezone or "UTC" for p in plans}
+    wanted = {p.line.data["randomized_by"] for p in plans if isinstance(p.line.data["randomized_by"], int)}
+    by = {uid: uid for uid in db.execute(select(User.id).where(User.id.in_(wanted))).scalars()} if wanted else {}
     top: dict[str, int] = {}
     for p in plans:
         key, seq = p.line.slot
@@ -339,13 +408,17 @@ def _apply(db: Session, actor, design, plans: list[_Plan]) -> None:
     ids = {key: _advance_stratum(db, actor, design, master, key, seq) for key, seq in top.items()}
     for p in plans:
         x, (key, seq) = p.line, p.line.slot
-        entry = {"arm": p.arm, "stratum": key, "seq": seq}
+        entry = {"arm": p.arm, "stratum": key, "seq": seq, "randomized_at": x.at.isoformat()}
         origin = f"{x.source}, randomized at {x.data['at']} (audit record {x.data['audit_seq']} before the restore)"
         if p.participant is not None:
             child = p.participant
             db.execute(Allocation.__table__.insert().values(
                 participant_id=child.id, study_id=child.study_id, site_id=child.site_id, stratum_id=ids[key], seq=seq,
-                arm=p.arm, details=None, idempotency_key=None, randomized_by_id=None, randomized_at=x.at))
+                arm=p.arm, details=None, randomized_at=x.at,
+                # the journal keeps the key's SHA-256 only: a retry with the original key is matched by hashing it
+                idempotency_key=(f"sha256:{x.data['idempotency_key_sha256']}" if x.data["idempotency_key_sha256"]
+                                 else None),
+                randomized_by_id=by.get(x.data["randomized_by"])))
             plan_new(db, child.id, child.site_id, x.at, tzs[child.site_id], pv.content, pv.version, pv.sha256)
             audit.record(db, actor, "reconcile", "allocation", child.study_id, {"allocation": (None, entry)},
                          reason=f"replayed from the allocation journal: {origin}", reveals_allocation=True)
@@ -392,6 +465,20 @@ def _advance_stratum(db: Session, actor, design, master: bytes, key: str, seq: i
         if stale is not None:
             db.expire(stale)
     return row.id
+
+
+def _advance_all_study_ids(db: Session, lines: list[_Line]) -> None:
+    """Each site's study-id counter moved past the highest study id of that site in the journals:
+    a child enrolled after the backup, and not in it, keeps its number from a new child."""
+    top: dict[str, str] = {}
+    for x in lines:
+        site, number = x.data["site"], x.study_id.rsplit("-", 1)[-1]
+        if number.isdigit() and int(number) > int(top.get(site, "0-0").rsplit("-", 1)[-1]):
+            top[site] = x.study_id
+    sites = {s.code: s for s in db.execute(select(Site).where(Site.code.in_(list(top)))).scalars()} if top else {}
+    for code, study_id in top.items():
+        if code in sites:
+            _advance_study_ids(db, sites[code], study_id)
 
 
 def _advance_study_ids(db: Session, site: Site, study_id: str) -> None:

@@ -67,3 +67,16 @@ class AllocationReservation(Base):
     journal_line: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     used_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class AllocationJournalPending(Base):
+    """An allocation's journal line, written in the allocation's own transaction and deleted once
+    the line is appended to the journal file (trial.randomize.journalfile): a line that a process
+    could not append (killed between the COMMIT and the append, a full disk) stays here and is
+    appended by the next process that looks."""
+
+    __tablename__ = "allocation_journal_pending"
+
+    allocation_id: Mapped[int] = mapped_column(ForeignKey("allocation.id"), primary_key=True)
+    line: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hmac
 import itertools
 from dataclasses import dataclass
 
@@ -288,23 +289,26 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     :func:`audit.record`).
 
     When ``TRIAL_ALLOCATION_JOURNAL`` is set, the journal must open for appending before a slot is
-    taken (else 503, nothing allocated), and the allocation's line is appended right after the
-    commit (trial.randomize.journalfile). When mail is configured, the site's coordinators get a
+    taken (else 503, nothing allocated), the allocation's line is written into the journal's outbox
+    in this transaction (a tenth statement) and appended right after the commit
+    (trial.randomize.journalfile). When mail is configured, the site's coordinators get a
     confirmation e-mail, queued in this transaction (trial.randomize.confirmation)."""
     _check_idempotency_key(idempotency_key)
     # 1. lock the participant: concurrent requests for one child queue here
     p, existing_id, reservation_id = _lock_participant(db, actor, study_id)
     require_site_role(db, actor, p.site_id, "coordinator")
     if existing_id is not None:  # a retry gets its answer even if a lock has come since
-        return _retry_answer(db, p, existing_id, idempotency_key)
+        answer = _retry_answer(db, p, existing_id, idempotency_key)
+        journalfile.append_pending(db, existing_id)  # (its COMMIT's outcome was unknown, or its append failed)
+        return answer
     protocol, design_row, ready = _ready_to_allocate(db, p)
     design = design_row.design
     master = master_seed(db, design_row)
     key = stratum_key(design, ready.site_code, p.strata or {})
-    journalfile.check_writable()  # the journal opens for appending, or nothing is allocated
+    journalfile.check_writable(db)  # the journal opens for appending, or nothing is allocated
     when = at if (at is not None and is_cli(actor)) else utcnow()
     if reservation_id is not None:  # entered again after a restore: the slot and arm the site was told
-        slot, arm, details, when = _reserved_slot(db, actor, reservation_id, key, p)
+        slot, arm, details, when = _reserved_slot(db, actor, reservation_id, key, p, design_row, master)
     else:
         # 2. take the stratum's next slot: the UPDATE locks its row until commit, so slots go in order
         slot = _take_slot(db, actor, design, master, key, p.site_id)
@@ -317,12 +321,14 @@ def randomize(db: Session, actor, study_id: str, idempotency_key: str | None = N
     plan_new(db, p.id, p.site_id, alloc.randomized_at, ready.site_timezone, protocol, ready.protocol_version,
              ready.protocol_sha)
     records = audit.record(db, actor, "randomize", "allocation", p.study_id,
-                           {"allocation": (None, {"arm": arm, "stratum": key, "seq": slot.last_seq})},
+                           {"allocation": (None, {"arm": arm, "stratum": key, "seq": slot.last_seq,
+                                                  "randomized_at": alloc.randomized_at.isoformat()})},
                            reason=RESERVED_REASON if reservation_id is not None else None, reveals_allocation=True)
-    if journalfile.journal_path() is not None:
-        journalfile.queue(db, journalfile.line(master, design_row.commitment, study_id=p.study_id, site=ready.site_code,
-                                               stratum=key, seq=slot.last_seq, arm=arm, at=alloc.randomized_at,
-                                               audit_seq=records[0]["seq"], screening_log_number=ready.log_number))
+    if journalfile.journal_path() is not None:  # (the line into the outbox: one INSERT)
+        journalfile.queue(db, alloc.id, journalfile.line(
+            master, design_row.commitment, study_id=p.study_id, site=ready.site_code, stratum=key, seq=slot.last_seq,
+            arm=arm, at=alloc.randomized_at, audit_seq=records[0]["seq"], screening_log_number=ready.log_number,
+            idempotency_key=idempotency_key, randomized_by=alloc.randomized_by_id))
     if smtp_url():  # (mail off: not a statement more)
         confirmation.queue_mail(db, confirmation.Confirmation(
             p.study_id, ready.site_code, ready.site_name, ready.site_timezone or "UTC",
@@ -342,21 +348,41 @@ class _Slot:
     last_seq: int
 
 
-def _reserved_slot(db: Session, actor, reservation_id: int, key: str, p: Participant):
+def _reserved_slot(db: Session, actor, reservation_id: int, key: str, p: Participant, design: DesignView,
+                   master: bytes):
     """The slot reserved for ``p`` (its study id) by reconcile: (slot, arm, details, randomized_at),
-    the reservation marked used (audited). Its stratum must be the one the child's strata give now:
-    else the strata were entered again otherwise than at randomization, refused naming both."""
+    the reservation marked used (audited). The reservation must be the journal line's, proven with
+    the seed (a reservation written into the database by hand is refused), and its stratum the one the
+    child's strata give now: else the strata were entered again otherwise than at randomization,
+    refused naming both."""
     r = db.get(AllocationReservation, reservation_id)
     reserved_key = db.execute(select(Stratum.key).where(Stratum.id == r.stratum_id)).scalar_one()
     if reserved_key != key:
         raise Conflict(Msg(N_("%(study_id)s was randomized before the database was restored, in the stratum "
                               "%(reserved)s, but its strata as entered now give %(now)s: correct them to those it "
                               "was randomized with."), study_id=p.study_id, reserved=reserved_key, now=key))
+    if not _reservation_proven(r, reserved_key, design, master):
+        raise Conflict(Msg(N_("The slot reserved for %(study_id)s does not match the allocation journal's line it "
+                              "claims to come from (it was not made by `trial randomization reconcile`): nothing "
+                              "was allocated. Please tell the trial manager."), study_id=p.study_id))
     now = utcnow()
     r.used_at = now
     audit.record(db, actor, "use", "allocation_reservation", p.study_id, {"used_at": (None, now)},
                  reason="the child entered again after the restore is randomized to its reserved slot")
     return _Slot(r.stratum_id, r.seq), r.arm, None, r.randomized_at
+
+
+def _reservation_proven(r: AllocationReservation, reserved_key: str, design: DesignView, master: bytes) -> bool:
+    """Is the reservation what its journal line says, with the digest the seed gives its arm (and,
+    for permuted blocks, the list's arm at its slot)?"""
+    line = r.journal_line if isinstance(r.journal_line, dict) else {}
+    digest = line.get("arm_digest")
+    if (not isinstance(digest, str) or line.get("design") != design.commitment or line.get("study_id") != r.study_id
+            or line.get("stratum") != reserved_key or line.get("seq") != r.seq):
+        return False
+    if not hmac.compare_digest(journalfile.arm_digest(master, line, r.arm), digest):
+        return False
+    return design.method != "permuted_blocks" or stratum_list(design.design, master, reserved_key).arm_at(r.seq) == r.arm
 
 
 def held(hold_at) -> Conflict:
@@ -377,9 +403,16 @@ def _retry_answer(db: Session, p: Participant, existing_id: int, idempotency_key
     """The answer to a retry of the request that randomized ``p`` (the same Idempotency-Key); any
     other request for a randomized child is refused: a child is never re-randomized."""
     existing = db.get(Allocation, existing_id)
-    if idempotency_key and existing.idempotency_key == idempotency_key:
+    if idempotency_key and existing.idempotency_key in (idempotency_key, replayed_key(idempotency_key)):
         return Result(existing, p, False, _arm_label(current_protocol(db).content, existing.arm))
     raise Conflict(Msg(N_("%(study_id)s is already randomized; a child is never re-randomized."), study_id=p.study_id))
+
+
+def replayed_key(idempotency_key: str | None) -> str | None:
+    """How an allocation replayed from the journal keeps its Idempotency-Key: the journal holds only
+    its SHA-256, so a retry with the original key is matched by hashing it."""
+    digest = journalfile.key_hash(idempotency_key)
+    return f"sha256:{digest}" if digest else None
 
 
 def _ready_to_allocate(db: Session, p: Participant) -> tuple[dict, DesignView, Readiness]:
@@ -568,8 +601,10 @@ def _check_allocations(db: Session, design: dict, seed: bytes, problems: list[st
     # slots reserved from the allocation journal for children not entered again yet are taken too
     reserved = {(sid, seq) for sid, seq in db.execute(select(AllocationReservation.stratum_id, AllocationReservation.seq)
                                                         .where(AllocationReservation.used_at.is_(None)))}
+    reservations = db.execute(select(AllocationReservation.seq, AllocationReservation.arm, AllocationReservation.site_id,
+                                     AllocationReservation.created_at, AllocationReservation.used_at)).all()
     checked = 0
-    prior: list = []  # (arm, levels) of the allocations checked so far, for minimization
+    prior: list = []  # (slot, arm, levels) of the allocations checked so far, for minimization
     for sid, group in itertools.groupby(rows, key=lambda r: r[0].stratum_id):
         st = strata[sid]
         expected = 1
@@ -583,9 +618,20 @@ def _check_allocations(db: Session, design: dict, seed: bytes, problems: list[st
             want_key = stratum_key(design, site_codes[p.site_id], p.strata or {})
             if want_key != st.key:
                 problems.append(f"{p.study_id} is in stratum {st.key} but belongs to {want_key}")
+            earlier = list(prior)
             want = _listed_arm(design, seed, st.key, alloc, site_codes[p.site_id], p.strata, prior)
             if alloc.arm != want:
-                problems.append(f"{p.study_id} (stratum {st.key}, slot {alloc.seq}) has arm {alloc.arm} but the list says {want}")
+                outstanding = [r for r in reservations if r.created_at <= alloc.randomized_at and r.seq != alloc.seq
+                               and (r.used_at is None or r.used_at > alloc.randomized_at)]
+                if design["method"] == "permuted_blocks" or not outstanding:
+                    problems.append(f"{p.study_id} (stratum {st.key}, slot {alloc.seq}) has arm {alloc.arm} but the "
+                                    f"list says {want}")
+                elif alloc.arm != _with_reservations(design, seed, alloc, site_codes, p, earlier, outstanding):
+                    problems.append(
+                        f"{p.study_id} (slot {alloc.seq}) was allocated while a reservation was outstanding (slot(s) "
+                        f"{', '.join(str(r.seq) for r in outstanding)}): minimization counted each reserved slot for "
+                        f"its site only, and the seed re-derives neither arm {alloc.arm} nor {want} from the "
+                        "allocations as they are now; check it by hand (README \"The allocation journal\")")
             expected += 1
         while (sid, expected) in reserved:
             expected += 1
@@ -594,18 +640,34 @@ def _check_allocations(db: Session, design: dict, seed: bytes, problems: list[st
     return checked
 
 
+def _with_reservations(design: dict, seed: bytes, alloc: Allocation, site_codes: dict, p: Participant,
+                       earlier: list, outstanding: list) -> str:
+    """The arm minimization gives ``alloc`` with the reservations outstanding when it was made
+    counted as randomization counted them (for their site only, their allocations not yet made)."""
+    taken = {r.seq for r in outstanding}
+    factors = [f["key"] for f in design["factors"]]
+    prior = [(arm, levels) for seq, arm, levels in earlier if seq not in taken]
+    prior += [(r.arm, _levels(factors, site_codes[r.site_id], {})) for r in outstanding]
+    u_pick, u_tie = minimization.draws(seed, alloc.seq)
+    m = design["minimization"]
+    want, _ = minimization.choose(list(_arms(design)), factors, _levels(factors, site_codes[p.site_id], p.strata),
+                                  prior, m["probability"], m["imbalance"], u_pick, u_tie)
+    return want
+
+
 def _listed_arm(design: dict, seed: bytes, key: str, alloc: Allocation, site_code: str, strata: dict,
                 prior: list) -> str:
     """The arm the seed gives this allocation's slot: the stratum's list, or minimization over
-    the allocations before it (``prior``, which this allocation then joins)."""
+    the allocations before it (``prior``: (slot, arm, levels), which this allocation then joins)."""
     if design["method"] == "permuted_blocks":
         return stratum_list(design, seed, key).arm_at(alloc.seq)
     factors = [f["key"] for f in design["factors"]]
     u_pick, u_tie = minimization.draws(seed, alloc.seq)
     m = design["minimization"]
     want, _ = minimization.choose(list(_arms(design)), factors, _levels(factors, site_code, strata),
-                                  prior, m["probability"], m["imbalance"], u_pick, u_tie)
-    prior.append((alloc.arm, _levels(factors, site_code, strata)))
+                                  [(arm, levels) for _, arm, levels in prior], m["probability"], m["imbalance"],
+                                  u_pick, u_tie)
+    prior.append((alloc.seq, alloc.arm, _levels(factors, site_code, strata)))
     return want
 
 
