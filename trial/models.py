@@ -10,6 +10,7 @@ from trial.auth.models import (  # noqa: F401
     RoleGrant,
     User,
 )
+from trial.consent.models import Consent, ConsentWithdrawal, Survey  # noqa: F401
 from trial.course.models import ChildGoal, CounsellingSession, CourseTally, TherapySession  # noqa: F401
 from trial.credentials.models import Credential  # noqa: F401
 from trial.dataquality.models import DataQuery, QueryMessage, Verification  # noqa: F401
@@ -21,7 +22,13 @@ from trial.notify.models import MailMessage, Notification  # noqa: F401
 from trial.outcomes.models import BlindingBreak  # noqa: F401
 from trial.participants.models import Allocation, Assessment, Participant, Screening, SiteSequence, StatusEvent  # noqa: F401
 from trial.protocol.models import ProtocolVersion  # noqa: F401
-from trial.randomize.models import RandomizationDesign, SealedSeed, Stratum  # noqa: F401
+from trial.randomize.models import (  # noqa: F401
+    AllocationJournalPending,
+    AllocationReservation,
+    RandomizationDesign,
+    SealedSeed,
+    Stratum,
+)
 from trial.safety.models import AdverseEvent, AdverseEventFollowUp, AdverseEventReport  # noqa: F401
 from trial.sites.models import Site  # noqa: F401
 from trial.status.models import Deviation  # noqa: F401

@@ -29,6 +29,9 @@ class TherapySession(Base):
     outside_course: Mapped[bool] = mapped_column(Boolean, default=False)
     present: Mapped[str | None] = mapped_column(String(20))  # one of PRESENT
     goals: Mapped[list] = mapped_column(JSON, default=list)   # the child's goals (keys) the session worked on
+    # video-recorded (only when the family's consent gave that option; the fidelity sample draws
+    # from recorded sessions only); None: not asked (sessions logged before consents were kept)
+    video_recorded: Mapped[bool | None] = mapped_column(Boolean)
     logged_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
     logged_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, DateTime, Integer, String
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from trial.db import Base, utcnow
@@ -16,6 +16,8 @@ class Site(Base):
     name: Mapped[str] = mapped_column(String(200))
     country: Mapped[str | None] = mapped_column(String(2))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # the languages the site works in, first the one it consents in by default (UI language codes)
+    languages: Mapped[list | None] = mapped_column(JSON)
     target: Mapped[int] = mapped_column(Integer, default=0)
     is_open: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
