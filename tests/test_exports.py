@@ -207,6 +207,8 @@ def expected_consort(trial, site=None) -> dict:
             "discontinued_intervention": {"total": len(disc), "reasons": dict(Counter(e["discontinued"] for e in disc))},
             "analysed": len(members) - len(excl),
             "excluded_from_analysis": {"total": len(excl), "reasons": dict(Counter(e["excluded"] for e in excl))},
+            "withdrawals_of_consent": {"discontinued_intervention": 0, "withdrew_from_follow_up": 0,
+                                       "withdrew_completely": 0},
         }
     return out
 
@@ -229,9 +231,12 @@ def pooled(expected: dict) -> dict:
                            "lost_to_follow_up": {"total": merged("lost_to_follow_up")["total"], "reasons": {}},
                            "discontinued_intervention": {"total": None, "reasons": {}},
                            "analysed": sum(a["analysed"] for a in arms),
-                           "excluded_from_analysis": merged("excluded_from_analysis")}}
+                           "excluded_from_analysis": merged("excluded_from_analysis"),
+                           "withdrawals_of_consent": {"discontinued_intervention": None, "withdrew_from_follow_up": 0,
+                                                      "withdrew_completely": 0}}}
     out["withheld_while_blinded"] = ["received_allocated_intervention", "did_not_receive_allocated_intervention",
-                                     "discontinued_intervention", "lost_to_follow_up.reasons"]
+                                     "discontinued_intervention", "lost_to_follow_up.reasons",
+                                     "withdrawals_of_consent.discontinued_intervention"]
     return out
 
 
@@ -270,7 +275,8 @@ def test_every_consort_box_matches_the_independent_tally(constructed, db):
     assert list(c) == ["assessed_for_eligibility", "excluded", "randomized", "arms"]
     assert list(c["arms"]["usual"]) == ["label", "allocated", "received_allocated_intervention",
                                         "did_not_receive_allocated_intervention", "lost_to_follow_up",
-                                        "discontinued_intervention", "analysed", "excluded_from_analysis"]
+                                        "discontinued_intervention", "analysed", "excluded_from_analysis",
+                                        "withdrawals_of_consent"]  # (issue 28's box, after the contract's)
     # and the boxes add up
     assert c["assessed_for_eligibility"] == c["excluded"]["total"] + c["randomized"]
     assert c["randomized"] == sum(a["allocated"] for a in c["arms"].values())
@@ -629,7 +635,7 @@ def test_baseline_table_by_arm_on_a_hand_computed_example(world, small, db):
 # --- the locked dataset bundle ----------------------------------------------------------------------------
 
 TABLES = ["particip", "screen", "alloc", "sessions", "sessnote", "goals", "fiddraw", "fidrate", "counsel", "assessl",
-          "assessw", "guesses", "events", "deviatn", "ae", "aefu", "aerep", "queries", "querymsg", "verif"]
+          "assessw", "guesses", "events", "deviatn", "consent", "withdraw", "ae", "aefu", "aerep", "queries", "querymsg", "verif"]
 SESSION_TABLES = ("sessions", "sessnote")
 INTERVENTION_TABLES = ("goals", "fiddraw", "fidrate")  # the intervention as delivered
 # sessions, the intervention as delivered and adverse events can tell the arm
@@ -824,7 +830,7 @@ def test_xpt_and_dta_read_back_equal_to_the_csv(locked, tmp_path):
         files = bundle_files(locked[variant].data)
         entries = dictionary_of(files)
         tables = sorted(n[4:-4] for n in files if n.startswith("csv/"))
-        assert len(tables) == (20 if variant == "unblinded" else 12)
+        assert len(tables) == (22 if variant == "unblinded" else 14)  # (issue 28: consent, withdraw)
         for t in tables + ["adsl"]:
             head, rows = read_csv(files[loc(t, "csv")])
             for fmt, reader in (("xpt", pyreadstat.read_xport), ("dta", pyreadstat.read_dta)):
@@ -1071,7 +1077,7 @@ def test_a_hard_lock_of_an_empty_trial_builds_a_valid_bundle(world, db):
     a valid ODM snapshot and a CONSORT of zeros; unblinding has nothing to reveal."""
     from lxml import etree
     lock_id = hard_lock(world)
-    for who, n_tables in (("manager", 20), ("statistician", 12)):
+    for who, n_tables in (("manager", 22), ("statistician", 14)):  # (issue 28: consent, withdraw)
         files = bundle_files(ok(world.api("GET", f"/locks/{lock_id}/bundle.zip", who)).data)
         assert sum(n.startswith("csv/") for n in files) == n_tables
         assert all(len(read_csv(files[n])[1]) == 0 for n in files if n.startswith("csv/"))

@@ -447,6 +447,12 @@ def api_cases(world, k) -> dict:
                              {"type": "lost_to_follow_up", "on": iso(R + dt.timedelta(days=180)), "reason": "moved abroad"}, None),
         "api.create_deviation": ("POST", f"/participants/{u}/deviations", "coordinator",
                                  {"on": iso(R + dt.timedelta(days=5)), "category": "other", "description": "late visit"}, None),
+        "api.withdraw_consent": ("POST", f"/participants/{u}/consent-withdrawals", "coordinator",
+                                 {"on": iso(R + dt.timedelta(days=5)), "scope": "intervention", "data_use": "keep"}, None),
+        "api.create_consent": ("POST", f"/participants/{u}/consents", "coordinator",
+                               {"document": "parental_consent", "version": "1", "language": "de",
+                                "signed_on": iso(R + dt.timedelta(days=5)), "signer": "guardian",
+                                "options": {"video_recording": True}}, None),
         "api.report_blinding_break": ("POST", f"/participants/{u}/blinding-breaks", "assessor",
                                       {"description": "the parent mentioned the drums"}, None),
         "api.correct_assessment": ("POST", f"/assessments/{k['aid']}/corrections", "assessor",
@@ -498,8 +504,13 @@ def web_cases(world, k) -> dict:
                                    {"held_on": iso(R + dt.timedelta(days=20)), "attended": "y"}),
         "status.event": (f"/participants/{u}/events/new", "coordinator",
                          {"type": "lost_to_follow_up", "on": iso(R + dt.timedelta(days=180)), "reason": "moved abroad"}),
+        "status.withdraw": (f"/participants/{u}/consent-withdrawals/new", "coordinator",
+                            {"on": iso(R + dt.timedelta(days=5)), "scope": "intervention", "data_use": "keep", "text": ""}),
         "status.deviation": (f"/participants/{u}/deviations/new", "coordinator",
                              {"category": "other", "on": iso(R + dt.timedelta(days=5)), "description": "late visit"}),
+        "consent.record": (f"/participants/{u}/consents/new", "coordinator",
+                           {"document": "parental_consent", "language": "de", "signed_on": iso(R + dt.timedelta(days=5)),
+                            "signer": "guardian", "options": "video_recording"}),
         "course.correct_session": (f"/sessions/{first_session(world, k)}/correct", "therapist",
                                    {"held_on": iso(R + dt.timedelta(days=3)), "attendance": "attended", "minutes": "45",
                                     "techniques": "songs", "engagement": "", "note": "", "reason": "the paper log says 45"}),
@@ -581,7 +592,7 @@ def test_every_api_write_answers_423_and_changes_nothing_while_locked(app, world
         assert e["code"] == "locked" and f"{kind}-locked" in e["message"], (endpoint, e)
         assert fingerprint(db) == before, endpoint
         checked.append(endpoint)
-    assert len(checked) == 24
+    assert len(checked) == 26  # with the consents and consent-withdrawals of issue 28
 
 
 def web_client(app, who):

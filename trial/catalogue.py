@@ -171,6 +171,15 @@ LABELS: dict[str, dict[str, str]] = {
         "discontinued_intervention": N_("Discontinued the intervention"),
         "not_received": N_("Did not receive the intervention"), "died": N_("Died"),
     },
+    "withdrawal_scope": {
+        "intervention": N_("Stop the therapy sessions (still come to the assessments)"),
+        "follow_up": N_("Stop the assessments and questionnaires (the therapy may go on)"),
+        "all": N_("Stop everything (withdraw from the trial)"),
+    },
+    "data_use": {
+        "keep": N_("Keep and analyse the data already collected"),
+        "delete_unanalysed": N_("Delete the data already collected that has not been analysed, where the protocol allows it"),
+    },
     "deviation": {
         "eligibility": N_("Eligibility"), "consent": N_("Consent"), "visit_out_of_window": N_("Visit out of window"),
         "intervention": N_("Intervention"), "assessment": N_("Assessment"), "blinding": N_("Blinding"), "other": N_("Other"),

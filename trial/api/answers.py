@@ -155,6 +155,7 @@ class Recorded(Answer):
 
 class SessionRecorded(Recorded):
     outside_course: bool
+    warning: str = ABSENT
 
 
 class CounsellingRecorded(Recorded):
@@ -542,6 +543,9 @@ class ArmCounts(Answer):
     discontinued_intervention: NullableBox
     analysed: int
     excluded_from_analysis: Box
+    withdrawals_of_consent: dict[str, int | None] = Field(
+        description="withdrawals of consent by scope (issue 28), each child once by its widest: "
+                    "discontinued_intervention (null while blinded), withdrew_from_follow_up, withdrew_completely")
 
 
 class Excluded(Answer):
@@ -566,3 +570,23 @@ class Summary(Answer):
     blinding_index: list[Object]
     blinded: bool
     sessions_delivered: Object = ABSENT
+
+
+class ConsentRecord(BaseModel):
+    id: Id
+    study_id: str
+    document: str
+    version: str
+    language: str
+    signed_on: Date
+    signer: one_of("parent", "guardian", "child")
+    options: dict[str, bool] | None = Field(description="the options given; null: not recorded (a migrated consent)")
+    source: one_of("entered", "enrollment", "migrated")
+    obtained_by_id: Id | None
+
+
+class ConsentDue(BaseModel):
+    study_id: str
+    document: str
+    version: str
+    due_since: Date

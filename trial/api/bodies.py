@@ -9,7 +9,9 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trial.catalogue import N_, Msg
+from trial.catalogue import LANGUAGES, N_, Msg
+from trial.consent.service import SIGNERS as CONSENT_SIGNERS
+from trial.consent.withdrawal import DATA_USES, SCOPES
 from trial.course import service as course
 from trial.course.models import ATTENDANCE, PRESENT
 from trial.credentials import service as credentials
@@ -107,10 +109,28 @@ class ScreeningBody(Body):
     other_reason: Text(500, required=False) = against("the answers", None)
 
 
+class ConsentBody(Body):
+    LEAD = N_("The consent was not recorded")
+    document: Word = against(PROTOCOL, description="a consent document's key")
+    version: Text(20) = against(PROTOCOL, description="the document's current version")
+    # checked by the service with the others, so that one answer names every bad field
+    language: Word = against(PROTOCOL, description=f"the language it was read in: one of {', '.join(LANGUAGES)}")
+    signed_on: IsoDate
+    signer: Word = against("the document: child only for an assent",
+                           description=f"one of {', '.join(CONSENT_SIGNERS)}")
+    options: dict[str, Flag] | None = against(PROTOCOL, None, description="the document's options by key: given or not",
+                                              json_schema_extra={"propertyNames": KEYS})
+
+
 class EnrollmentBody(Body):
     LEAD = N_("The participant was not enrolled")
     screening_id: Id = against(RECORD)
-    consent_date: IsoDate
+    consent_date: OptionalDate = against("the consents: the parental consent's date when they are given", None)
+    # each checked by the service and named by its place (consents[1].language)
+    consents: list[dict[str, Any]] | None = against(
+        PROTOCOL, None, description="a consent of each required document, each with the fields of a consent "
+        "(document, version, language, signed_on, signer, options); without it: consent_date, for the protocol's one "
+        "parental consent")
     date_of_birth: IsoDate
     sex: choice(*SEXES)
     strata: dict[str, Word] | None = against(PROTOCOL, None, description="a level for each stratification factor but "
@@ -144,6 +164,9 @@ class SessionBody(Body):
         ATTENDED, None)
     goals: list[Word] | None = against("the child's goals and the attendance", None,
                                        description="keys of the child's goals the session worked on")
+    video_recorded: bool | None = against("the family's consent options", None,
+                                          description="the session was video-recorded: true only when the family "
+                                                      "gave the consent option video_recording")
 
 
 class SessionCorrectionBody(Body):
@@ -178,6 +201,14 @@ class StatusEventBody(Body):
     type: choice(*EVENT_TYPES)
     on: IsoDate
     reason: Reason
+
+
+class WithdrawalBody(Body):
+    LEAD = N_("The withdrawal was not recorded")
+    on: IsoDate
+    scope: choice(*SCOPES)
+    data_use: choice(*DATA_USES)
+    text: Text(2000, required=False) = None
 
 
 class DeviationBody(Body):

@@ -9,6 +9,7 @@ from trial.api import bodies as b
 from trial.api.params import SITE_QUERY, enum_param, text_param
 from trial.api.routing import body, err, media, ok, route
 from trial.catalogue import LANGUAGES, N_, Msg
+from trial.consent import service as consent
 from trial.enrollment import service as enrollment
 from trial.errors import ValidationError
 from trial.http import actor, db, page_request, page_url
@@ -105,10 +106,40 @@ def create_assessment(study_id):
     a = outcomes.record_assessment(s, actor(), study_id, body())
     s.commit()
     out = {"id": a.id, "out_of_window": a.out_of_window}
-    warn = outcomes.blinding_warning(s, actor(), a.participant_id)
+    warn = " ".join(w for w in (outcomes.blinding_warning(s, actor(), a.participant_id),
+                                consent.reconsent_warning(s, a.participant_id)) if w)
     if warn:
         out["warning"] = warn
     return jsonify(out), 201
+
+
+@route("/participants/<study_id>/consents", "POST", "Record a consent (or a child's assent) of a protocol document",
+       "coordinator of the site", body=b.ConsentBody,
+       responses={201: ok("recorded", a.ConsentRecord), 400: err("bad input, naming the field"),
+                  404: err("unknown participant"), 409: err("that document, version and signer is already recorded")})
+def create_consent(study_id):
+    s = db()
+    c = consent.record_consent(s, actor(), study_id, body())
+    s.commit()
+    return jsonify(consent.as_dict(c, study_id.upper())), 201
+
+
+@route("/participants/<study_id>/consents", "GET", "A participant's consents and assents",
+       "coordinator or monitor of the site; manager",
+       responses={200: ok("consents", list[a.ConsentRecord]), 403: err("a role that does not read consents"),
+                  404: err("unknown participant")})
+def list_consents(study_id):
+    s = db()
+    return jsonify([consent.as_dict(c, study_id.upper()) for c in consent.consents_of(s, actor(), study_id)])
+
+
+@route("/consents/due", "GET", "Re-consents due after an amendment and assents due at the child's age",
+       "coordinator or monitor (their sites); manager", params=SITE_QUERY,
+       responses={200: ok("due", list[a.ConsentDue]), 403: err("a role that does not read consents")})
+def consents_due():
+    s = db()
+    rows = consent.consents_due(s, actor(), request.args.get("site") or None)
+    return jsonify([{**r, "due_since": r["due_since"].isoformat()} for r in rows])
 
 
 @route("/participants/<study_id>/randomize", "POST", "Randomize a ready participant (concealed, irrevocable)", "coordinator of the site",

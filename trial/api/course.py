@@ -7,6 +7,7 @@ from trial.api import answers as a
 from trial.api import bodies as b
 from trial.api.params import SITE_QUERY, enum_param
 from trial.api.routing import body, err, ok, route
+from trial.consent import service as consent
 from trial.course import service as course
 from trial.http import actor, db
 from trial.notify.service import notifications_for
@@ -33,7 +34,8 @@ def _created(obj, **extra):
                            "credential valid on held_on")})
 def log_session(study_id):
     s = course.log_session(db(), actor(), study_id, body())
-    return _created(s, outside_course=s.outside_course)
+    warn = consent.reconsent_warning(db(), s.participant_id)
+    return _created(s, outside_course=s.outside_course, **({"warning": warn} if warn else {}))
 
 
 @route("/sessions/<int:session_id>/corrections", "POST", "Correct a logged music-therapy session (reason required)",
@@ -67,6 +69,14 @@ def log_counselling(study_id):
        body=b.StatusEventBody, responses=created())
 def create_event(study_id):
     return _created(status.record_event(db(), actor(), study_id, body()))
+
+
+@route("/participants/<study_id>/consent-withdrawals", "POST",
+       "Record a withdrawal of consent with its scope (all: also the withdrawn status event)",
+       "coordinator of the site; manager", body=b.WithdrawalBody,
+       responses={**created(), 409: err("the child is already withdrawn or deceased, or has a withdrawal of that scope")})
+def withdraw_consent(study_id):
+    return _created(status.record_withdrawal(db(), actor(), study_id, body()))
 
 
 @route("/participants/<study_id>/deviations", "POST", "Record a protocol deviation", "coordinator of the site",

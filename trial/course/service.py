@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 from trial import cache
 from trial.audit import service as audit
 from trial.catalogue import N_, Joined, Label, Msg, term, terms
+from trial.consent import service as consent_service
+from trial.consent import withdrawal
 from trial.course.models import ATTENDANCE, PRESENT, ChildGoal, CounsellingSession, CourseTally, TherapySession
 from trial.credentials import service as credentials
 from trial.dataquality.service import clear_verification
@@ -40,7 +42,7 @@ def _arm(content: dict, key: str) -> dict:
 LABELS = {"held_on": N_("Date"), "attendance": N_("Attendance"), "minutes": N_("Minutes"), "techniques": N_("Techniques"),
           "engagement": N_("Child engagement"), "note": N_("Short note"), "reason": N_("Reason for the correction"),
           "present": N_("Present"), "goals": N_("Goals worked on"), "goal": N_("Goal"), "description": N_("Description"),
-          "set_on": N_("Set on")}
+          "set_on": N_("Set on"), "video_recorded": N_("Video-recorded")}
 SESSION_FIELDS = ("held_on", "attendance", "minutes", "techniques", "engagement", "note", "present", "goals")
 # an unknown session or goal and one the caller may not know of: the same answer (its id not repeated)
 NO_SESSION = N_("No such session.")
@@ -162,25 +164,44 @@ def log_session(db: Session, actor, study_id: str, data: dict) -> TherapySession
     errors: dict[str, str] = {}
     v = _checked({**data, "techniques": data.get("techniques", [])}, content, today(p.site.timezone), errors,
                  child_goals=active_goals(db, p.id))
+    video = _checked_video(db, p, data.get("video_recorded"), errors)
     _refuse(N_("The session was not saved"), errors)
     held = v["held_on"]
     credentials.ensure_valid(db, actor, held)
     ensure_accepts_data(db, p, "session", held)
+    consent_service.ensure_consented(db, p)
+    withdrawal.ensure_session_allowed(db, p, held)
     start = randomization_day(db, p, alloc)
     _after_randomization(N_("The session was not saved"), held, start)
     _no_other_session_on(db, p, held)
     _, end = course_window(start, content["course"]["months"])
-    s = TherapySession(participant_id=p.id, outside_course=held > end, logged_by_id=getattr(actor, "id", None), **v)
+    s = TherapySession(participant_id=p.id, outside_course=held > end, logged_by_id=getattr(actor, "id", None),
+                       video_recorded=video, **v)
     db.add(s)
     db.flush()
     audit.created(db, actor, "therapy_session", s.id, {"participant": p.study_id, "held_on": held,
                                                        "attendance": s.attendance, "minutes": s.minutes,
                                                        "techniques": s.techniques, "engagement": s.engagement,
                                                        "note": s.note, "outside_course": s.outside_course,
-                                                       "present": s.present, "goals": s.goals},
+                                                       "present": s.present, "goals": s.goals,
+                                                       **({} if video is None else {"video_recorded": video})},
                   reveals_allocation=True)
     recount(db, [p.id])
     return s
+
+
+def _checked_video(db: Session, p: Participant, value, errors: dict[str, str]) -> bool | None:
+    """Whether the session was video-recorded (issue 28): optional (None: not said); True only
+    when the family gave the consent option ``video_recording``."""
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        errors["video_recorded"] = N_("must be true or false")
+        return None
+    if value and withdrawal.gave_option(db, p.id, "video_recording") is not True:
+        errors["video_recorded"] = N_("the family did not consent to video recording of sessions")
+        return None
+    return value
 
 
 def _counts():
@@ -303,6 +324,7 @@ def _session_date_allowed(db: Session, p: Participant, held) -> None:
         if e.type in _NO_MOVE and held >= e.on:
             raise Conflict(Msg(_NO_MOVE[e.type], study_id=p.study_id, on=e.on, day=held),
                            {"held_on": Msg(N_("is on or after %(day)s"), day=e.on)})
+    withdrawal.ensure_session_allowed(db, p, held)
 
 
 # the events no session is moved past, each a whole sentence for the catalogue
@@ -329,6 +351,7 @@ def log_counselling(db: Session, actor, study_id: str, data: dict) -> Counsellin
     if errors:
         raise refusal(N_("The counselling session was not saved"), errors)
     ensure_accepts_data(db, p, "counselling", held)
+    consent_service.ensure_consented(db, p)
     planned = current_protocol(db).content["course"]["parent_counselling_sessions"]
     done = db.execute(select(func.count()).select_from(CounsellingSession).where(
         CounsellingSession.participant_id == p.id)).scalar()

@@ -10,7 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.catalogue import N_, Label, Msg, term, terms
+from trial.catalogue import N_, Joined, Label, Msg, term, terms
+from trial.consent import service as consent_service
 from trial.db import insert_ignore, lock_for_update, utcnow
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
@@ -239,6 +240,7 @@ def enroll(db: Session, actor, data: dict, at: dt.datetime | None = None) -> Par
     if db.execute(select(Participant.id).where(Participant.screening_id == sc.id)).first():
         raise Conflict(Msg(N_("Screening %(id)s has already been enrolled."), id=sc.id))
     pv = current_protocol(db)
+    consents, data = _enrolment_consents(pv.content, data, sc, site)
     consent, born, sex, strata = _enrolment_values(pv.content, data, sc, site)
     reserved = _reserved_study_id(db, site, sc)
     study_id = reserved or _next_study_id(db, site)
@@ -252,6 +254,56 @@ def enroll(db: Session, actor, data: dict, at: dt.datetime | None = None) -> Par
                                                        "sex": sex, "strata": strata, "enrolled_at": p.enrolled_at},
                   reason=("the study id reserved for this screening's child, randomized before the database was "
                           "restored from a backup (trial randomization reconcile)") if reserved else None)
+    for values in consents:
+        consent_service.add_consent(db, actor, p, values, "enrollment", study_id)
     return p
+
+
+def _enrolment_consents(content: dict, data: dict, sc: Screening, site: Site) -> tuple[list[dict], dict]:
+    """The consents an enrollment records, checked, and the body with the parental consent's date
+    as ``consent_date``: ``consents`` as given (each required document's current version, 400
+    ``consent`` naming the missing ones), or from ``consent_date`` alone the protocol's one
+    required parental document in the site's first language (400 naming ``consents`` when the
+    protocol requires more than one)."""
+    errors: dict = {}
+    required = [d for d in consent_service.consent_section(content)["documents"]
+                if d.get("required") and d["signer"] != "child"]
+    given = data.get("consents")
+    if given is None:
+        if len(required) > 1:
+            errors["consents"] = Msg(N_("are required: the protocol asks for %(documents)s"),
+                                     documents=Joined([consent_service.document_label(d) for d in required], ", "))
+            refuse(N_("The participant was not enrolled"), errors)
+        if not required:
+            return [], data
+        doc = required[0]
+        given = [{"document": doc["key"], "version": doc["version"], "language": consent_service.site_language(site),
+                  "signed_on": data.get("consent_date"), "signer": "parent", "options": {}}]
+        nested = False  # a consent_date alone: its problem is named consent_date
+    elif not isinstance(given, list):
+        errors["consents"] = N_("must be a list of consents")
+        refuse(N_("The participant was not enrolled"), errors)
+    else:
+        nested = True
+    out = []
+    for i, body in enumerate(given):
+        sub: dict = {}
+        values = consent_service.check_consent(content, body, site, sc.screened_on, sub,
+                                               f"consents[{i}]." if nested else "")
+        if not nested and "signed_on" in sub:
+            return [], data  # the one consent of a consent_date: its date is consent_date, refused below
+        errors.update(sub)
+        if values is not None:
+            out.append(values)
+    if not errors:
+        missing = [d for d in required if not any(v["document"] == d["key"] for v in out)]
+        if missing:
+            errors["consent"] = Msg(N_("is missing for %(documents)s"),
+                                    documents=Joined([consent_service.document_label(d) for d in missing], ", "))
+    refuse(N_("The participant was not enrolled"), errors)
+    parental = next((v for v in out if v["signer"] != "child"), None)
+    if parental is not None and data.get("consents") is not None:
+        data = {**data, "consent_date": parental["signed_on"].isoformat()}
+    return out, data
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trial.catalogue import N_, Joined, Label, Msg
+from trial.consent.models import ConsentWithdrawal
 from trial.course.models import TherapySession
 from trial.errors import DomainError
 from trial.participants.models import Allocation, Assessment, Participant, Screening, StatusEvent
@@ -37,6 +38,7 @@ class Row:
     discontinued: str | None = None          # reason, if discontinued / withdrawn
     analysed: bool = False
     excluded_reason: str | None = None
+    withdrawal: str | None = None            # a withdrawal of consent's box (WITHDRAWAL_BOXES), if any
     path: list[str] = field(default_factory=list)
 
 
@@ -88,6 +90,11 @@ class _Facts:
         for e in db.execute(select(StatusEvent.participant_id, StatusEvent.type, StatusEvent.reason)
                             .order_by(StatusEvent.id)).all():
             self.events.setdefault(e.participant_id, []).append(e)
+        scopes: dict[int, set] = {}
+        for pid, scope in db.execute(select(ConsentWithdrawal.participant_id, ConsentWithdrawal.scope)).all():
+            scopes.setdefault(pid, set()).add(scope)
+        # a child's withdrawals of consent as one box: "all", or both partial scopes, is complete
+        self.withdrawal = {pid: ("all" if "all" in s or len(s) > 1 else next(iter(s))) for pid, s in scopes.items()}
         self.primary = {pid for pid, values in db.execute(select(Assessment.participant_id, Assessment.values).where(
             Assessment.visit == prim["visit"], Assessment.instrument == prim["instrument"])).all()
             if values.get(prim["field"]) is not None}
@@ -112,11 +119,17 @@ def _follow(row: Row, p_id: int, facts: _Facts, sessions: bool, minimum: int) ->
     disc = next((e for e in evs if e.type in ("discontinued_intervention", "withdrawn")), None)
     row.discontinued = disc.reason if disc else None
     row.analysed = p_id in facts.primary
+    row.withdrawal = WITHDRAWAL_BOXES.get(facts.withdrawal.get(p_id))
     if not row.analysed:
         died = next((e for e in evs if e.type == "died"), None)
         withdrawn = next((e for e in evs if e.type == "withdrawn"), None)
         row.excluded_reason = ("died" if died else "withdrawn" if withdrawn else
                                "lost to follow-up" if lost else "no primary outcome")
+
+
+# the withdrawals of consent by scope (issue 28), each child counted once by its widest withdrawal
+WITHDRAWAL_BOXES = {"intervention": "discontinued_intervention", "follow_up": "withdrew_from_follow_up",
+                    "all": "withdrew_completely"}
 
 
 def _add_path(row: Row, outcome: str) -> None:
@@ -156,6 +169,8 @@ def counts(rows: list[Row], arms: list[dict]) -> dict:
             "discontinued_intervention": {"total": len(disc), "reasons": dict(sorted(Counter(r.discontinued for r in disc).items()))},
             "analysed": len(members) - len(excl),
             "excluded_from_analysis": {"total": len(excl), "reasons": dict(sorted(Counter(r.excluded_reason for r in excl).items()))},
+            "withdrawals_of_consent": {box: sum(1 for r in members if r.withdrawal == box)
+                                       for box in WITHDRAWAL_BOXES.values()},
         }
     return out
 
@@ -247,6 +262,11 @@ def pool(c: dict) -> dict:
         "discontinued_intervention": {"total": None, "reasons": {}},
         "analysed": sum(b["analysed"] for b in boxes),
         "excluded_from_analysis": _merge([b["excluded_from_analysis"] for b in boxes]),
+        # stopping the intervention withheld, as its box above; leaving the follow-up is pooled
+        "withdrawals_of_consent": {"discontinued_intervention": None,
+                                   **{k: sum(b["withdrawals_of_consent"][k] for b in boxes)
+                                      for k in ("withdrew_from_follow_up", "withdrew_completely")}},
     }}
-    out["withheld_while_blinded"] = list(WITHHELD) + ["lost_to_follow_up.reasons"]
+    out["withheld_while_blinded"] = list(WITHHELD) + ["lost_to_follow_up.reasons",
+                                                      "withdrawals_of_consent.discontinued_intervention"]
     return out

@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 
 from trial.auth.models import User
 from trial.catalogue import LABELS
+from trial.consent.models import Consent, ConsentWithdrawal
+from trial.consent.withdrawal import DATA_USES, SCOPES
 from trial.course.models import PRESENT, ChildGoal, CounsellingSession, TherapySession
 from trial.dataquality.models import QUERY_KINDS, QUERY_STATES, VERIFIABLE, DataQuery, Verification
 from trial.fidelity.models import FidelityDraw, FidelityRating, FidelitySample
@@ -299,7 +301,8 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
     tables.append(read.shared("counsel", lambda: counselling_table(pid, read.fetch)))
     assessments = read.once("assessments", lambda: _read_assessments(db, pid))
     made = read.once("tables:assessments", lambda: assessment_tables(content, pid, assessments))  # the same in both
-    tables += [made["assessl"], made["assessw"], guesses_table(v, assessments), events_table(v), deviations_table(v, read)]
+    tables += [made["assessl"], made["assessw"], guesses_table(v, assessments), events_table(v), deviations_table(v, read),
+               *consent_tables(v, read)]
     tables += data_management_tables(db, content, blinded, pid)
     tables.append(adsl_table(db, v, assessments))
     if not blinded:
@@ -431,6 +434,57 @@ def deviations_table(v: _Variant, read: _Reader) -> Table:
                                                            Deviation.description))
                   if not (v.blinded and d.category == "intervention"))
     return Table("deviatn", "Protocol deviations", dvars, rows)
+
+
+def consent_options(content: dict) -> list[tuple[str, str, str]]:
+    """The protocol's consent options (issue 28) as columns of the consent table: (variable name,
+    option key, label), in the protocol's order; none when the protocol declares no consent."""
+    out, used = [], set()
+    for doc in (content.get("consent") or {}).get("documents", []):
+        for o in doc.get("options", []):
+            if o["key"] in {k for _, k, _ in out}:
+                continue
+            base = "o_" + re.sub(r"[^a-z0-9_]", "", o["key"].lower())[:6]
+            name, n = base, 1
+            while name in used:
+                n += 1
+                name = f"{base[:8 - len(str(n))]}{n}"
+            used.add(name)
+            out.append((name, o["key"], str(o.get("label") or o["key"])[:MAX_LABEL]))
+    return out
+
+
+def consent_tables(v: _Variant, read: _Reader) -> list[Table]:
+    """The consents each family gave (document, version, language, signed on, signer, each option
+    of the protocol as a yes/no column, empty when not recorded) and the withdrawals of consent
+    with their scope and data use; the withdrawal's free text only in the unblinded variant (it
+    could name an arm)."""
+    opts = consent_options(v.content)
+    cvars = [Var("studyid", "Study ID", "str"), Var("document", "Consent document", "str"),
+             Var("version", "Document version", "str"), Var("language", "Language it was read in", "str"),
+             Var("signdt", "Date signed", "date"),
+             Var("signer", "Signer", "str", allowed="parent, guardian, child (assent)")]
+    cvars += [Var(name, label, "int", codes=YESNO, source=f"consent option {key}") for name, key, label in opts]
+
+    def option(options, key):
+        return None if not isinstance(options, dict) or key not in options else int(bool(options[key]))
+    crows = sorted((v.pid[c.participant_id], c.document, c.version, c.language, _d(c.signed_on), c.signer,
+                    *(option(c.options, key) for _, key, _ in opts))
+                   for c in read.fetch("consents", select(Consent.participant_id, Consent.document, Consent.version,
+                                                          Consent.language, Consent.signed_on, Consent.signer,
+                                                          Consent.options))
+                   if c.participant_id in v.pid)
+    wvars = [Var("studyid", "Study ID", "str"), Var("wdrdt", "Withdrawn from (date)", "date"),
+             Var("scope", "Scope of the withdrawal", "str", codes=codes("WDRSCOPE", "withdrawal_scope", SCOPES)),
+             Var("datause", "Use of the data collected", "str", codes=codes("DATAUSE", "data_use", DATA_USES)),
+             Var("text", "Notes", "str")]
+    wrows = sorted((v.pid[w.participant_id], _d(w.on), w.scope, w.data_use,
+                    FREE_TEXT_WITHHELD if v.blinded and w.text else w.text)
+                   for w in read.fetch("withdrawals", select(ConsentWithdrawal.participant_id, ConsentWithdrawal.on,
+                                                             ConsentWithdrawal.scope, ConsentWithdrawal.data_use,
+                                                             ConsentWithdrawal.text))
+                   if w.participant_id in v.pid)
+    return [Table("consent", "Consents", cvars, crows), Table("withdraw", "Withdrawals of consent", wvars, wrows)]
 
 
 SESSION_TABLES = ("sessions", "sessnote")

@@ -17,7 +17,7 @@ import math
 import secrets
 from collections.abc import Callable
 
-from sqlalchemy import Text, cast, func, select
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
@@ -75,8 +75,11 @@ def draw(db: Session, actor, therapist: User | None = None,
     held: dict[int, set[int]] = {}
     for tid, pop in db.execute(select(FidelityDraw.therapist_id, FidelityDraw.population)):
         held.setdefault(tid, set()).update(pop)
+    # (issue 28) a session known not to be video-recorded cannot be rated; one whose recording was
+    # not said (None: logged before the form asked, or without the field) is drawn as before
     q = (select(TherapySession.logged_by_id, TherapySession.id)
-         .where(TherapySession.attendance == "attended", TherapySession.logged_by_id.is_not(None))
+         .where(TherapySession.attendance == "attended", TherapySession.logged_by_id.is_not(None),
+                or_(TherapySession.video_recorded.is_(None), TherapySession.video_recorded.is_(True)))
          .order_by(TherapySession.id))
     if therapist is not None:
         q = q.where(TherapySession.logged_by_id == therapist.id)

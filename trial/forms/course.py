@@ -17,10 +17,12 @@ from trial.catalogue import label
 from trial.http import plabel
 
 
-def session_form(techniques: list[str], correction: bool = False, data: dict | None = None, goals: list[str] | None = None):
+def session_form(techniques: list[str], correction: bool = False, data: dict | None = None, goals: list[str] | None = None,
+                 video: bool = False):
     """A session: logged, or (``correction``) corrected with a required reason, prefilled with
     ``data`` (the session as recorded). ``goals``: the child's goals, offered as the ones the
-    session worked on."""
+    session worked on. ``video``: the family gave the consent option of video recording, so the
+    form asks whether the session was recorded (issue 28)."""
     technique_choices = [(t, plabel("technique", t)) for t in techniques]
     goal_choices = [(g, plabel("goal", g)) for g in goals or []]
 
@@ -37,6 +39,10 @@ def session_form(techniques: list[str], correction: bool = False, data: dict | N
                                     description=_l("The child's goals this session worked on (set after the first session)."))
         engagement = SelectField(_l("Child engagement"), choices=[("", "—")] + [(str(i), str(i)) for i in range(1, 6)])
         note = TextAreaField(_l("Short note"), validators=[Optional(), Length(max=1000)])
+    if video and not correction:
+        SessionForm.video_recorded = BooleanField(_l("Video-recorded"), description=_l(
+            "The family consented to video recording; tick if this session was recorded (recorded sessions can be "
+            "drawn for the fidelity ratings)."))
     if correction:
         SessionForm.reason = StringField(_l("Reason for the correction"), validators=[DataRequired(), Length(max=500)])
         SessionForm.submit = SubmitField(_l("Save correction"))
@@ -53,7 +59,8 @@ def session_data(form) -> dict:
     return {"held_on": form.held_on.data, "attendance": form.attendance.data, "minutes": form.minutes.data,
             "techniques": form.techniques.data or [], "note": form.note.data or None,
             "engagement": int(form.engagement.data) if form.engagement.data else None,
-            "present": form.present.data or None, "goals": form.goals.data or []}
+            "present": form.present.data or None, "goals": form.goals.data or [],
+            **({"video_recorded": bool(form.video_recorded.data)} if hasattr(form, "video_recorded") else {})}
 
 
 class CounsellingForm(FlaskForm):

@@ -9,6 +9,8 @@ from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.catalogue import N_, Joined, Label, Msg
+from trial.consent import service as consent_service
+from trial.consent import withdrawal
 from trial.dataquality.models import DataQuery
 from trial.dataquality.service import Check, clear_verification, raise_check, raise_checks, resolve_check
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
@@ -166,7 +168,10 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
     if errors:
         raise refusal(N_("The assessment was not saved"), errors, GUESS_LABELS)
     ensure_accepts_data(db, p, "assessment", performed)
+    consent_service.ensure_consented(db, p)
     out_of_window = _out_of_window(db, p, ins, visit, performed, alloc)
+    if visit["key"] != "baseline":  # no visit opening after a withdrawal of consent to the follow-up
+        withdrawal.ensure_visit_allowed(db, p, visit_window(visit, randomization_day(db, p, alloc))[0])
     if db.execute(select(Assessment.id).where(Assessment.participant_id == p.id, Assessment.visit == visit["key"],
                                               Assessment.instrument == ins["key"])).first():
         raise Conflict(Msg(N_("%(form)s at %(visit)s is already recorded for %(study_id)s."), form=_form_label(ins),
@@ -409,6 +414,7 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
         for a in db.execute(select(Assessment).where(Assessment.participant_id.in_(ids))).scalars():
             done.setdefault((a.participant_id, a.visit), []).append(a)
     events = events_of(db, ids)
+    stopped = withdrawal.follow_up_ended(db, ids)  # a withdrawal of consent to the follow-up
     out: dict[int, list[dict]] = {}
     tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
     rules = form_rules(db)
@@ -416,15 +422,16 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
         day = on or today(tzs[p.site_id])
         alloc = allocs.get(p.id)
         start = local_date(alloc.randomized_at, tzs[p.site_id]) if alloc else None  # randomization_day, without a query per child
-        final = next((e for e in events.get(p.id, []) if e.type in ("withdrawn", "died")), None)
+        ended_on = min([e.on for e in events.get(p.id, []) if e.type in ("withdrawn", "died")]
+                       + ([stopped[p.id]] if p.id in stopped else []), default=None)
         wanted = [i["key"] for i in _role_instruments(content, actor, p.site_id)]
-        out[p.id] = [_schedule_entry(content, v, wanted, done.get((p.id, v["key"]), []), alloc, start, final, day,
+        out[p.id] = [_schedule_entry(content, v, wanted, done.get((p.id, v["key"]), []), alloc, start, ended_on, day,
                                      rules) for v in content["visits"]]
     return out
 
 
 def _schedule_entry(content: dict, v: dict, wanted: list[str], entered: list[Assessment], alloc,
-                    start: dt.date | None, final, day: dt.date, rules: dict) -> dict:
+                    start: dt.date | None, ended_on: dt.date | None, day: dt.date, rules: dict) -> dict:
     """One visit of a participant's schedule: the forms the reader enters there, those entered,
     and (after randomization) the window and the visit's status on ``day``. A form an amendment
     added is expected only where it applies to the child (not_expected when none does)."""
@@ -451,7 +458,7 @@ def _schedule_entry(content: dict, v: dict, wanted: list[str], entered: list[Ass
     complete = instruments and len({a.instrument for a in recorded}) == len(instruments)
     if complete:
         entry["status"] = "done_out_of_window" if any(a.out_of_window for a in recorded) else "done"
-    elif final is not None and final.on <= hi:
+    elif ended_on is not None and ended_on <= hi:  # withdrawn, died, or withdrew from the follow-up
         entry["status"] = "not_expected"
     elif day > hi:
         entry["status"] = "overdue"
@@ -518,7 +525,7 @@ def _applies_from(rule, v: dict, randomized_at):
 
 def check_missing_forms(db: Session, participants: list, on: dt.date | None = None) -> int:
     """An automatic query for each form still missing once its visit window has closed (not for a
-    child withdrawn or deceased by then); idempotent: at most one open query per missing form.
+    child withdrawn, deceased or withdrawn from the follow-up by then); idempotent: at most one open query per missing form.
     A run's queries are raised in one batch (their rows, first messages and audit records), so a
     query costs the same however many the run raises. Returns how many were raised."""
     return len(raise_checks(db, _missing_form_checks(db, participants, on)))
@@ -535,6 +542,7 @@ def _missing_form_checks(db: Session, participants: list, on: dt.date | None) ->
     done = set(db.execute(select(Assessment.participant_id, Assessment.visit, Assessment.instrument)
                           .where(Assessment.participant_id.in_(ids))).all())
     events = events_of(db, ids)
+    stopped = withdrawal.follow_up_ended(db, ids)  # a withdrawal of consent to the follow-up ends it too
     tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
     asked = set(db.execute(select(DataQuery.participant_id, DataQuery.visit, DataQuery.instrument).where(
         DataQuery.participant_id.in_(ids), DataQuery.origin == "check", DataQuery.kind == "assessment",
@@ -545,20 +553,23 @@ def _missing_form_checks(db: Session, participants: list, on: dt.date | None) ->
         if alloc is None:
             continue
         start = local_date(alloc.randomized_at, tzs[p.site_id])  # randomization_day, without a query per child
-        final = next((e for e in events.get(p.id, []) if e.type in ("withdrawn", "died")), None)
-        out += _missing_of(content, rules, known, p, start, on or today(tzs[p.site_id]), final)
+        ends = [e.on for e in events.get(p.id, []) if e.type in ("withdrawn", "died")] + \
+            ([stopped[p.id]] if p.id in stopped else [])
+        out += _missing_of(content, rules, known, p, start, on or today(tzs[p.site_id]), min(ends, default=None))
     return out
 
 
 def _missing_of(content: dict, rules: dict, known: set, p: Participant, start: dt.date, day: dt.date,
-                final) -> list[Check]:
-    """One child's forms missing on ``day`` after their windows closed, not yet known (entered or queried)."""
+                ended_on: dt.date | None) -> list[Check]:
+    """One child's forms missing on ``day`` after their windows closed, not yet known (entered or
+    queried); none of a visit whose window had not closed by ``ended_on`` (the child withdrew, died
+    or withdrew consent to the follow-up)."""
     out = []
     for v in content["visits"]:
         if v["key"] == "baseline":
             continue
         _, _, hi = visit_window(v, start)
-        if day <= hi or (final is not None and final.on <= hi):
+        if day <= hi or (ended_on is not None and ended_on <= hi):
             continue
         for ins in content["instruments"]:
             if v["key"] in ins["visits"] and (p.id, v["key"], ins["key"]) not in known \

@@ -448,6 +448,47 @@ class Analysis(Section):
     secondary_outcomes: list[SecondaryOutcome] = []
 
 
+SIGNERS = ("parent", "child")
+
+
+class ConsentOption(Goal):
+    """An optional choice within a consent document (video recording of sessions, future contact):
+    a key and its words, as a goal."""
+
+
+class ConsentDocument(Section):
+    """A consent (signer ``parent``) or a child's assent (signer ``child``, from ``min_age_months``)."""
+    OMIT_NONE = ("labels", "min_age_months")
+    key: Key
+    label: str
+    labels: Labels = None
+    version: str = Field(min_length=1, max_length=20)
+    signer: one_of(*SIGNERS) = "parent"
+    min_age_months: int | None = Field(None, ge=0, le=1200, description="a child's assent: from this age on")
+    required: bool = True
+    reconsent: bool = Field(False, description="a new version requires re-consent of children still in the trial")
+    options: Annotated[list[ConsentOption], AfterValidator(unique_keys)] = []
+
+    @model_validator(mode="after")
+    def _assent(self):
+        if self.signer == "child" and self.min_age_months is None:
+            raise problem("is missing (a child's assent is asked from an age)", ".min_age_months")
+        if self.signer == "parent" and self.min_age_months is not None:
+            raise problem("is for a child's assent (signer = \"child\")", ".min_age_months")
+        return self
+
+
+def _default_documents() -> list[ConsentDocument]:
+    return [ConsentDocument(key="parental_consent", label="Parental consent", version="1")]
+
+
+class Consent(Section):
+    """The consent documents a family signs (default: one required parental consent, version 1)."""
+    reconsent_within_days: int = Field(30, ge=0, le=365, description="days a re-consent may be outstanding before new "
+                                                                     "data for the child are refused")
+    documents: Keyed(ConsentDocument) = Field(default_factory=_default_documents)
+
+
 # Who countersigns the manager's request to unblind (two signatures, two people). A trial-wide role:
 # unblinding reveals every site's arms, so a site role (which sees its own sites) cannot vouch for
 # it; never the manager's own role, and never a role that stays blinded (assessor, admin).
@@ -507,6 +548,7 @@ class Protocol(Section):
     primary_outcome: PrimaryOutcome
     analysis: Analysis | None = None
     unblinding: Unblinding | None = Field(None, description="who countersigns the unblinding (default: statistician)")
+    consent: Consent = Field(default_factory=Consent, description="the consent documents (default: one parental consent)")
 
     @model_validator(mode="after")
     def _between_sections(self):

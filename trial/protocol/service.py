@@ -215,6 +215,11 @@ def labels(content: dict[str, Any], locale: str | None = None) -> dict[str, dict
     out["credential"] = {c["key"]: _words(c, locale) for c in content.get("credentials", [])}
     out["goal"] = {g["key"]: _words(g, locale) for g in content.get("goals", [])}
     out["fidelity_item"] = {i["key"]: _words(i, locale) for i in content.get("fidelity", {}).get("items", [])}
+    consent = content.get("consent") or {}
+    out["consent_document"] = {d["key"]: _words(d, locale) for d in consent.get("documents", [])} or {
+        "parental_consent": "Parental consent"}
+    out["consent_option"] = {o["key"]: _words(o, locale) for d in consent.get("documents", [])
+                             for o in d.get("options", [])}
     return out
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
-from trial.catalogue import N_, Msg
+from trial.catalogue import LANGUAGES, N_, Msg
 from trial.errors import Conflict, NotFound
 from trial.scope import require_role, visible_site_ids
 from trial.sites.models import Site
@@ -16,7 +16,7 @@ from trial.trialstate.service import ensure_writable
 from trial.validation import refusal, text
 
 CODE_RE = re.compile(r"^[A-Z]{2}[0-9]{2}$")
-FIELDS = ("name", "country", "timezone", "target", "is_open")
+FIELDS = ("name", "country", "timezone", "target", "is_open", "languages")
 
 
 def _clean(data: dict, creating: bool) -> dict:
@@ -51,6 +51,16 @@ def _clean(data: dict, creating: bool) -> dict:
             errors["target"] = N_("must be a whole number, 0 or more (at most 100000)")
     if "is_open" in data:
         out["is_open"] = bool(data["is_open"])
+    if data.get("languages") is not None:
+        langs = data["languages"]
+        if isinstance(langs, str):  # a form's "de, en"
+            langs = [x.strip() for x in langs.split(",") if x.strip()]
+        if not isinstance(langs, list) or not langs or len(set(langs)) != len(langs) \
+                or any(x not in LANGUAGES for x in langs):
+            errors["languages"] = Msg(N_("must be a list of languages, each once, the default first (of %(allowed)s)"),
+                                      allowed=", ".join(LANGUAGES))
+        else:
+            out["languages"] = langs
     if errors:
         raise refusal(N_("The site was not saved"), errors)
     return out
@@ -81,7 +91,8 @@ def create_site(db: Session, actor, data: dict) -> Site:
         raise Conflict(Msg(N_("A site with code %(code)s already exists."), code=values["code"]),
                        {"code": N_("already exists")})
     site = Site(code=values["code"], name=values["name"], country=values.get("country"),
-                timezone=values.get("timezone", "UTC"), target=values.get("target", 0), is_open=True)
+                timezone=values.get("timezone", "UTC"), target=values.get("target", 0), is_open=True,
+                languages=values.get("languages"))
     db.add(site)
     db.flush()
     audit.created(db, actor, "site", site.code, {k: getattr(site, k) for k in ("code",) + FIELDS})

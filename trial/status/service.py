@@ -6,6 +6,8 @@ from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.catalogue import N_, Msg, term, terms
+from trial.consent.models import ConsentWithdrawal
+from trial.consent.withdrawal import STOPS_FOLLOW_UP, withdraw_consent
 from trial.errors import Conflict
 from trial.participants.models import EVENT_TYPES, FINAL_EVENTS, Participant, StatusEvent
 from trial.participants.service import allocation_of, events_of, final_refusal, get_participant
@@ -50,6 +52,16 @@ def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
     if kind in FINAL_EVENTS:
         replan(db, [p.id])  # the visits after it are no longer expected
     return ev
+
+
+def record_withdrawal(db: Session, actor, study_id: str, data: dict) -> ConsentWithdrawal:
+    """A withdrawal of consent (:func:`trial.consent.withdrawal.withdraw_consent`: scope ``all``
+    also records the ``withdrawn`` status event), and the visit plan re-derived in the same
+    transaction when it ends the follow-up (the visits after it are no longer expected)."""
+    w = withdraw_consent(db, actor, study_id, data)
+    if w.scope in STOPS_FOLLOW_UP:
+        replan(db, [w.participant_id])
+    return w
 
 
 def record_deviation(db: Session, actor, study_id: str, data: dict) -> Deviation:

@@ -4,6 +4,7 @@ from trial.views import (
                          admin,
                          audit,
                          auth,
+                         consent,
                          course,
                          dashboard,
                          datamanagement,
@@ -21,4 +22,4 @@ from trial.views import (
 
 BLUEPRINTS = (auth.bp, main.bp, admin.bp, grants.bp, audit.bp, enrollment.bp, course.bp, status.bp, outcomes.bp,
               dashboard.bp, lock.bp, datamanagement.bp, intervention.bp, sso.bp, mfa.bp,
-              access.bp, ops.bp)
+              access.bp, ops.bp, consent.bp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
+from trial.consent.withdrawal import gave_option
 from trial.course import service
 from trial.errors import DomainError
 from trial.forms import course as forms
@@ -19,7 +20,8 @@ def log_session(study_id: str):
     s = db()
     p, _sessions = service.sessions_of(s, actor(), study_id)  # 403/404 before showing the form
     form = forms.session_form(current_protocol(s).content["course"]["techniques"],
-                              goals=sorted(service.active_goals(s, p.id)))
+                              goals=sorted(service.active_goals(s, p.id)),
+                              video=gave_option(s, p.id, "video_recording") is True)
     if form.validate_on_submit():
         try:
             service.log_session(s, actor(), study_id, forms.session_data(form))

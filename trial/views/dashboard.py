@@ -5,9 +5,12 @@ from babel.dates import format_skeleton
 from flask import Blueprint, Response, render_template, request, url_for
 from flask_babel import format_decimal, get_locale, gettext
 from markupsafe import Markup, escape
+from sqlalchemy import select
 
+from trial.consent import service as consent
 from trial.dashboard import charts, service
 from trial.http import actor, day, db, html_dir, lock_notice, number, page_request, plabel, tlabel
+from trial.participants.models import Participant
 from trial.participants.service import statuses_for
 from trial.sites.service import visible_sites
 
@@ -21,6 +24,14 @@ def grid():
                "status": request.args.get("status") or None}
     made = service.status_grid(s, actor(), page_request(), **filters)
     _cells_html(made, lock_notice() is None)
+    if actor().has_role(*consent.READERS):  # the re-consents and assents due, marked beside the child
+        ids = [r["study_id"] for r in made["page"].items]
+        kids = list(s.execute(select(Participant).where(Participant.study_id.in_(ids))).scalars()) if ids else []
+        due: dict[str, list] = {}
+        for d in consent.due_for(s, kids):
+            due.setdefault(d["study_id"], []).append(d)
+        for r in made["page"].items:
+            r["consents_due"] = due.get(r["study_id"], [])
     return render_template("dashboard/grid.html", grid=made, filters=filters, sites=visible_sites(s, actor()),
                            statuses=statuses_for(s, actor()))
 

@@ -7,6 +7,8 @@ from flask import Blueprint, Response, flash, g, redirect, render_template, requ
 from flask_babel import gettext as _
 
 from trial.catalogue import N_
+from trial.consent import service as consent
+from trial.consent import withdrawal
 from trial.course.service import participant_course
 from trial.enrollment import service
 from trial.errors import DomainError
@@ -66,7 +68,12 @@ def participant(study_id: str):
         course = participant_course(s, actor(), p.study_id)
     here = {r.role for r in actor().roles if r.site_id in (None, p.site_id)}
     reads_safety = bool(here & {"coordinator", "monitor", "manager"})
+    reads_consents = bool(here & set(consent.READERS))
     return render_template("enrollment/participant.html", p=view, reasons=reasons,
+                           consents=consent.consent_views(s, consent.consents_of(s, actor(), p.study_id))
+                           if reads_consents else [], reads_consents=reads_consents,
+                           consents_due=consent.due_for(s, [p]) if reads_consents else [],
+                           withdrawals=withdrawal.withdrawals_of(s, [p.id]).get(p.id, []) if reads_consents else [],
                            can_randomize=can_randomize and not view["randomized_on"], form=form, show_arm=show_arm,
                            confirmation=confirmation.may_print(s, actor(), p.site_id, bool(view["randomized_on"])),
                            just_randomized=request.args.get("randomized") == "1",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template
 
+from trial.consent import service as consent
 from trial.dashboard.service import home_summary
 from trial.grants.service import count_pending
 from trial.http import actor, db
@@ -26,4 +27,5 @@ def home():
                            queries=waiting_counts(s, actor()), due_this_week=due,
                            saes=safety.views(s, safety.waiting_for_acknowledgement(s, actor())),
                            progress=progress() if actor().has_role("manager") else None,
+                           consents_due=consent.consents_due(s, actor()) if actor().has_role(*consent.READERS) else [],
                            undelivered=dead_letters(s) if actor().has_role("manager", "admin") else None)

@@ -30,6 +30,12 @@ def event(study_id: str):
                    _("Event recorded."))
 
 
+@bp.route("/participants/<study_id>/consent-withdrawals/new", methods=["GET", "POST"])
+def withdraw(study_id: str):
+    return _handle(forms.WithdrawalForm(), service.record_withdrawal, study_id,
+                   _("Withdraw consent for %(study_id)s", study_id=study_id), _("Withdrawal of consent recorded."))
+
+
 @bp.route("/participants/<study_id>/deviations/new", methods=["GET", "POST"])
 def deviation(study_id: str):
     return _handle(forms.DeviationForm(), service.record_deviation, study_id,

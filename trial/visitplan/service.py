@@ -1,6 +1,7 @@
 """Keeping the visit plan: :func:`replan` re-derives a participant's rows from the source
-records (allocation, assessments, status events, the protocol in force) inside the writer's own
-transaction: at randomization, when a form is entered, when a final status event is recorded.
+records (allocation, assessments, status events, withdrawals of consent to the follow-up, the
+protocol in force) inside the writer's own transaction: at randomization, when a form is entered,
+when a final status event or such a withdrawal is recorded.
 A protocol amendment re-plans everyone (``trial protocol load``; and :func:`ensure_current`
 before any read, in case a version was loaded another way). :func:`stale` compares the plan with
 a fresh derivation, for the daily checks and the tests."""
@@ -11,6 +12,7 @@ import hashlib
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
+from trial.consent.withdrawal import follow_up_ended
 from trial.participants.models import FINAL_EVENTS, Allocation, Assessment, Participant, StatusEvent
 from trial.protocol.service import ALWAYS, form_rules
 from trial.protocol.service import current as current_protocol
@@ -80,6 +82,8 @@ def derive(db: Session, participant_ids: list[int]) -> list[dict]:
     final: dict[int, object] = {}
     for pid, on in db.execute(select(StatusEvent.participant_id, StatusEvent.on)
                               .where(StatusEvent.participant_id.in_(ids), StatusEvent.type.in_(FINAL_EVENTS))):
+        final[pid] = min(on, final.get(pid, on))
+    for pid, on in follow_up_ended(db, ids).items():  # a withdrawal of consent to the follow-up ends it too
         final[pid] = min(on, final.get(pid, on))
     rows = []
     rules = form_rules(db)
