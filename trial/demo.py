@@ -48,6 +48,9 @@ SITES = [
     ("NO01", "Bergen", "NO", "Europe/Oslo", 50), ("NO02", "Oslo", "NO", "Europe/Oslo", 30),
     ("UK01", "London", "GB", "Europe/London", 40), ("US01", "New York", "US", "America/New_York", 40),
 ]
+# the languages each site's families consent in, its default first (the sites in Austria also see
+# English-speaking families, as Vienna's did in TIME-A)
+SITE_LANGUAGES = {"AT": ["de", "en"], "BR": ["pt_BR"], "IL": ["he", "en"], "IT": ["it"], "KR": ["ko"], "NO": ["nb", "en"]}
 USERS = [
     ("admin", "admin@demo.trial", "Ada Admin", [("admin", None)]),
     ("manager", "manager@demo.trial", "Mona Manager", [("manager", None)]),
@@ -83,7 +86,8 @@ def load_demo(db: Session, participants_per_site: int = 10, seed: int = 2011) ->
     actor = CliActor(email="demo-loader")
     ensure_default(db, actor)
     for code, name, cc, tz, target in SITES:
-        create_site(db, actor, {"code": code, "name": f"TIME-A {name}", "country": cc, "timezone": tz, "target": target})
+        create_site(db, actor, {"code": code, "name": f"TIME-A {name}", "country": cc, "timezone": tz, "target": target,
+                                "languages": SITE_LANGUAGES.get(cc, ["en"])})
     staff, logins = _staff(db, actor)
     content = current(db).content
     leads = _therapists(db, actor, staff)
@@ -153,7 +157,12 @@ def _participant(db: Session, actor, rng: random.Random, content: dict, code: st
         return
     born = screened - dt.timedelta(days=rng.randint(4 * 366, 6 * 365 + 300))
     consent = screened + dt.timedelta(days=3)
-    p = enroll(db, actor, {"screening_id": sc.id, "consent_date": consent.isoformat(),
+    # the parental consent with its options: most families allow the video recording of sessions
+    own = random.Random(f"demo consent options {code} {sc.id}")  # (its own stream: the demo stays as it was)
+    options = {"video_recording": own.random() < 0.8, "future_contact": own.random() < 0.6}
+    parental = {"document": "parental_consent", "version": "1", "language": SITE_LANGUAGES.get(code[:2], ["en"])[0],
+                "signed_on": consent.isoformat(), "signer": "parent", "options": options}
+    p = enroll(db, actor, {"screening_id": sc.id, "consents": [parental],
                            "date_of_birth": born.isoformat(), "sex": rng.choice(["female", "male", "male", "male"])},
                at=dt.datetime.combine(consent, dt.time(9, 0)))  # enrolled on the day of consent
     if kind == 7:
