@@ -253,8 +253,12 @@ def test_the_bundle_carries_the_consents_and_the_withdrawals_without_free_text_w
         assert head == ["studyid", "wdrdt", "scope", "datause", "text"]
         got = {ids[r[0]]: r[1:] for r in rows}
         note = "(withheld while blinded)" if blinded else "no more drumming sessions"
-        assert got == {"m1": [iso(R + dt.timedelta(days=100)), "intervention", "delete_unanalysed", note],
-                       "m2": [iso(R + dt.timedelta(days=100)), "follow_up", "keep", ""]}
+        m2_row = [iso(R + dt.timedelta(days=100)), "follow_up", "keep", ""]
+        if blinded:  # a withdrawal from the intervention alone tells a therapy arm: not in the blinded bundle
+            assert got == {"m2": m2_row}
+        else:
+            assert got == {"m1": [iso(R + dt.timedelta(days=100)), "intervention", "delete_unanalysed", note],
+                           "m2": m2_row}
         assert b"drumming" not in b"".join(files.values()) if blinded else True
         head, rows = read_csv(files["csv/consent.csv"])
         assert head[:6] == ["studyid", "document", "version", "language", "signdt", "signer"]
@@ -361,3 +365,15 @@ def test_the_participant_page_offers_the_withdrawal_form_and_shows_a_recorded_wi
     # roles that may not: 403
     for who in ("therapist", "assessor", "monitor"):
         assert logged_in(world, who).get(f"/participants/{sid}/consent-withdrawals/new").status_code == 403
+
+
+def test_a_withdrawal_from_the_intervention_alone_is_shown_only_to_readers_of_the_arm(world, db, kids):
+    """It tells a therapy arm, as a discontinued intervention does: a reader of consents who may not
+    know the arm (a coordinator who is also the site's assessor) sees neither it nor its heading."""
+    from trial.views.enrollment import _withdrawals
+    m1, m2 = kids["m1"], kids["m2"]
+    assert withdraw(world, m1, scope="intervention").status_code == 201
+    assert withdraw(world, m2, scope="follow_up").status_code == 201
+    assert [w.scope for w in _withdrawals(db, m1.id, show_arm=True)] == ["intervention"]
+    assert _withdrawals(db, m1.id, show_arm=False) == []
+    assert [w.scope for w in _withdrawals(db, m2.id, show_arm=False)] == ["follow_up"]

@@ -458,7 +458,7 @@ def consent_tables(v: _Variant, read: _Reader) -> list[Table]:
     """The consents each family gave (document, version, language, signed on, signer, each option
     of the protocol as a yes/no column, empty when not recorded) and the withdrawals of consent
     with their scope and data use; the withdrawal's free text only in the unblinded variant (it
-    could name an arm)."""
+    could name an arm), and a withdrawal from the intervention alone not in a blinded one."""
     opts = consent_options(v.content)
     cvars = [Var("studyid", "Study ID", "str"), Var("document", "Consent document", "str"),
              Var("version", "Document version", "str"), Var("language", "Language it was read in", "str"),
@@ -475,7 +475,8 @@ def consent_tables(v: _Variant, read: _Reader) -> list[Table]:
                                                           Consent.options))
                    if c.participant_id in v.pid)
     wvars = [Var("studyid", "Study ID", "str"), Var("wdrdt", "Withdrawn from (date)", "date"),
-             Var("scope", "Scope of the withdrawal", "str", codes=codes("WDRSCOPE", "withdrawal_scope", SCOPES)),
+             Var("scope", "Scope of the withdrawal", "str",
+                 codes=codes("WDRSCOPE", "withdrawal_scope", [x for x in SCOPES if not v.blinded or x != "intervention"])),
              Var("datause", "Use of the data collected", "str", codes=codes("DATAUSE", "data_use", DATA_USES)),
              Var("text", "Notes", "str")]
     wrows = sorted((v.pid[w.participant_id], _d(w.on), w.scope, w.data_use,
@@ -483,7 +484,9 @@ def consent_tables(v: _Variant, read: _Reader) -> list[Table]:
                    for w in read.fetch("withdrawals", select(ConsentWithdrawal.participant_id, ConsentWithdrawal.on,
                                                              ConsentWithdrawal.scope, ConsentWithdrawal.data_use,
                                                              ConsentWithdrawal.text))
-                   if w.participant_id in v.pid)
+                   # a withdrawal from the intervention alone tells a therapy arm (as a discontinued
+                   # intervention does): left out of a blinded variant
+                   if w.participant_id in v.pid and not (v.blinded and w.scope == "intervention"))
     return [Table("consent", "Consents", cvars, crows), Table("withdraw", "Withdrawals of consent", wvars, wrows)]
 
 

@@ -73,7 +73,7 @@ def participant(study_id: str):
                            consents=consent.consent_views(s, consent.consents_of(s, actor(), p.study_id))
                            if reads_consents else [], reads_consents=reads_consents,
                            consents_due=consent.due_for(s, [p]) if reads_consents else [],
-                           withdrawals=withdrawal.withdrawals_of(s, [p.id]).get(p.id, []) if reads_consents else [],
+                           withdrawals=_withdrawals(s, p.id, show_arm) if reads_consents else [],
                            can_randomize=can_randomize and not view["randomized_on"], form=form, show_arm=show_arm,
                            confirmation=confirmation.may_print(s, actor(), p.site_id, bool(view["randomized_on"])),
                            just_randomized=request.args.get("randomized") == "1",
@@ -316,3 +316,10 @@ def _guess(form) -> tuple[str | None, int | None]:
     confidence = getattr(form, "guess_confidence", None)
     return ((guess.data or None) if guess is not None else None,
             int(confidence.data) if confidence is not None and confidence.data else None)
+
+
+def _withdrawals(s, participant_id: int, show_arm: bool) -> list:
+    """The child's withdrawals of consent as the reader may see them: one from the intervention
+    alone tells a therapy arm (as a discontinued intervention does), so only readers of the arm see it."""
+    return [w for w in withdrawal.withdrawals_of(s, [participant_id]).get(participant_id, [])
+            if show_arm or w.scope != "intervention"]
