@@ -45,8 +45,9 @@ def simulated_adsl(effect: float, n: int = 240, seed: int = 7, low_extra: float 
         for v in VISITS:
             value = y[v] + rng.gauss(0, 1.5)
             vals.append(None if v != "baseline" and rng.random() < 0.1 else round(value, 3))
-        rows.append((f"{site}-{i:04d}", site, arm, *vals, 1))
+        rows.append((f"{site}-{i:04d}", site, site, arm, *vals, 1))
     vars_ = [Var("studyid", "Study ID", "str"), Var("site", "Site code", "str"),
+             Var("c_site", "Stratum as corrected: site", "str"),  # the analysis adjusts for it (issue 29)
              Var("arm", "Arm", "str", codes=arm_codes(CONTENT))]
     vars_ += [Var(NAMES[v], f"Social affect, {v}", "float", instrument="ados2", field="social_affect", visit=v) for v in VISITS]
     vars_.append(Var("ittfl", "ITT", "int", codes=YESNO))
@@ -75,7 +76,7 @@ def test_a_simulated_effect_is_recovered_within_its_confidence_interval():
 
 def test_too_few_data_give_no_inference_and_say_so():
     t = simulated_adsl(-2.0, n=4)
-    t.rows = [r[:3] + (12.0, 9.0, 9.0, 1) for r in t.rows]  # every child the same: the model fits exactly
+    t.rows = [r[:4] + (12.0, 9.0, 9.0, 1) for r in t.rows]  # every child the same: the model fits exactly
     result, text, _, _ = primary_analysis(CONTENT, t, blinded=False)
     assert result["se"] is None and result["p_value"] is None and result["ci_low"] is None
     assert "No inference is possible" in result["note"] and result["note"] in text
@@ -183,18 +184,20 @@ def test_statsmodels_mixedlm_agrees_with_the_locks_fit():
 
 def test_a_design_that_cannot_be_estimated_is_refused_in_words():
     """An effect the data cannot estimate (no child of the pooled arms seen at 5 months) is not
-    fitted with a made-up number: the analysis says why."""
+    fitted with a made-up number: its column is dropped as lme4 drops it, and the analysis says
+    why (tests/test_analysis_rank.py checks such designs against lme4)."""
     t = simulated_adsl(-1.0, n=80)
-    t.rows = [r[:5] + (None,) + r[6:] if r[2] in ("low", "high") else r for r in t.rows]
+    t.rows = [r[:6] + (None,) + r[7:] if r[3] in ("low", "high") else r for r in t.rows]
     result, text, _, _ = primary_analysis(CONTENT, t, blinded=False)
-    assert result["estimate"] is None and "could not be fitted" in result["note"] and "rank" in result["note"]
+    assert result["estimate"] is None and result["estimable"] is False and result["dropped_columns"] == ["group_month5"]
+    assert "The effect cannot be estimated from these data: no child of" in result["note"] and "rank deficient" in result["note"]
 
 
 def test_a_blinded_dataset_is_analysed_on_its_dummy_codes_and_says_so():
     t = simulated_adsl(-2.0)
-    t.vars[2] = Var("armcd", "Arm code: DUMMY allocation (blinded)", "str")
+    t.vars[3] = Var("armcd", "Arm code: DUMMY allocation (blinded)", "str")
     code = {"low": "B", "high": "C", "usual": "A"}
-    t.rows = [r[:2] + (code[r[2]],) + r[3:] for r in t.rows]
+    t.rows = [r[:3] + (code[r[3]],) + r[4:] for r in t.rows]
     t.meta = {"dummy_weights": {"A": 2, "B": 1, "C": 1}}
     result, text, py, r = primary_analysis(CONTENT, t, blinded=True)
     assert result["allocation"] == "dummy" and "DUMMY" in result["note"] and "DUMMY" in text

@@ -24,6 +24,8 @@ from tests.test_lock import FIDELITY_SCORES, MEANING, SAE_REPORT, SEED, R, child
 from trial.audit import replay
 from trial.audit import service as audit
 from trial.auth import service as users
+from trial.consent import service as consent
+from trial.consent import withdrawal
 from trial.course import service as course
 from trial.credentials import service as credentials
 from trial.db import Base, TrialSession
@@ -140,8 +142,15 @@ def _build(db) -> dict:
     users.set_weekly_digest(db, c, False)
     cred = db.execute(text("SELECT id FROM credential WHERE user_id = :u"), {"u": rater.id}).scalar()
     credentials.revoke(db, adm, cred, "registration lapsed")
-    sites.create_site(db, CLI, {"code": "DE01", "name": "Berlin", "country": "DE", "target": 10})
-    sites.update_site(db, adm, "NO01", {"name": "Bergen sykehus", "target": 30}, reason="renamed")
+    sites.create_site(db, CLI, {"code": "DE01", "name": "Berlin", "country": "DE", "target": 10, "languages": ["de"]})
+    sites.update_site(db, adm, "NO01", {"name": "Bergen sykehus", "target": 30, "languages": ["nb", "en"]},
+                      reason="renamed")
+    # consent (issue 28): a guardian's consent besides the parents' of enrollment; a withdrawal
+    consent.record_consent(db, c, kids["high2"].study_id, {
+        "document": "parental_consent", "version": "1", "language": "de", "signed_on": day(-1), "signer": "guardian",
+        "options": {"video_recording": False, "future_contact": True}})
+    withdrawal.withdraw_consent(db, c, kids["high2"].study_id, {"on": day(30), "scope": "intervention",
+                                                                "data_use": "keep"})
     review.sign_review(db, m, PASSWORD, "I reviewed who has access to what.")
     db.commit()
     # locks: a soft lock lifted; a hard lock (queries accepted open) with its bundles; the unblinding,
@@ -305,6 +314,11 @@ UPDATES = [
     ("fidelity_draw", None, lambda r: {"seed": "f" * 64}, "seed"),
     ("fidelity_rating", None, lambda r: {"mean": 1.5}, "mean"),
     ("site", lambda t: t.c.code == "AT01", lambda r: {"timezone": "Europe/Oslo"}, "timezone"),
+    ("site", lambda t: t.c.code == "NO01", lambda r: {"languages": ["en"]}, "languages"),
+    ("consent", lambda t: t.c.signer == "guardian", lambda r: {"options": {"video_recording": True,
+                                                                           "future_contact": True}}, "options"),
+    ("consent", None, lambda r: {"signed_on": r.signed_on - dt.timedelta(days=1)}, "signed_on"),
+    ("consent_withdrawal", None, lambda r: {"scope": "all"}, "scope"),
     ("protocol_version", None, lambda r: {"source": r.source + "\n# edited"}, "source"),
     ("randomization_design", None, lambda r: {"commitment": "0" * 64}, "commitment"),
     ("data_lock", lambda t: t.c.kind == "soft", lambda r: {"lift_reason": "never lifted"}, "lift_reason"),
@@ -444,6 +458,8 @@ INSERTS = [
     ("fidelity_draw", None, lambda c, r: {}),
     ("fidelity_rating", None, lambda c, r: {"session_id": _other_session(c)}),
     ("site", None, lambda c, r: {"code": "XX99"}),
+    ("consent", None, lambda c, r: {"version": "0"}),
+    ("consent_withdrawal", None, lambda c, r: {}),
     ("protocol_version", None, lambda c, r: {"version": 99}),
     ("randomization_design", None, lambda c, r: {}),
     ("data_lock", lambda t: t.c.kind == "hard", lambda c, r: {}),
@@ -484,6 +500,7 @@ DELETES = [
     ("site", lambda t: t.c.code == "DE01"), ("protocol_version", None), ("randomization_design", None),
     ("data_lock", lambda t: t.c.kind == "soft"), ("lock_bundle", None), ("unblinding_request", None),
     ("signature", None), ("access_review", None), ("credential", None), ("api_token", None),
+    ("consent_withdrawal", None),
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import subprocess
 
 import pytest
 from babel.dates import format_date
@@ -31,10 +32,13 @@ PER_CHILD_WEB = {
     "enrollment.assess": "/participants/{id}/assess/ados2",
     "outcomes.correct": "/assessments/{aid}/correct",
     "outcomes.blinding_break": "/participants/{id}/blinding-break",
+    "outcomes.not_done": "/participants/{id}/not-done?visit=month5&instrument=ados2",
+    "closeout.casebook_pdf": "/participants/{id}/casebook.pdf",  # the blinded casebook (tests/test_casebook.py)
 }
 PER_CHILD_API = {
     "api.get_participant": "/participants/{id}",
     "api.participant_visits": "/participants/{id}/visits",
+    "api.casebook_pdf": "/participants/{id}/casebook.pdf",
 }
 PER_QUERY = {"dm.query": "/queries/{qid}", "api.get_query": "/queries/{qid}"}
 # per-child routes an assessor may call that answer it, for every child, as for an unknown one (404)
@@ -54,15 +58,23 @@ GENERAL_WEB = {
     "mfa.enrol": "/account/mfa", "mfa.code": "/login/code",
     # the operators' probes (issue 27): liveness, readiness, and the metrics (404 without their token)
     "ops.healthz": "/healthz", "ops.readyz": "/readyz", "ops.metrics_text": "/metrics",
+    # a parent's survey (issue 28): the link is the credential, 404 when unknown; the thank-you page
+    "survey_parent.form": "/s/no-such-link", "survey_parent.done": "/s/done/de",
 }
-NOT_HERE = {"auth.reset_password", "sso.start", "sso.callback", "ops.metrics_text"}  # general pages that answer 404 to the assessor
+NOT_HERE = {"auth.reset_password", "sso.start", "sso.callback", "ops.metrics_text", "survey_parent.form"}  # general pages that answer 404 to the assessor
 SENT_ON = {"mfa.code"}  # general pages that redirect the assessor (302)
 GENERAL_API = {
     "api.me": "/me", "api.sites": "/sites", "api.protocol": "/protocol", "api.openapi": "/openapi.json",
     "api.list_participants": "/participants", "api.visits": "/visits?kind={kind}", "api.notifications": "/notifications",
     "api.list_queries": "/queries?status={status}",
+    # a parent's survey (issue 28): the link's token is the credential, 404 when unknown
+    "api.survey_form": "/surveys/no-such-link",
 }
-WRITE_ONLY = {"api.create_assessment", "api.report_blinding_break", "api.correct_assessment", "api.respond_query",
+API_NOT_HERE = {"api.survey_form"}  # general API routes that answer 404 to the assessor
+# the parent's answers through an unknown link: 404, nothing of the trial (tests/test_survey_api.py
+# answers a real link)
+PARENT_WRITES = {"api.submit_survey": "/surveys/no-such-link"}
+WRITE_ONLY = {"api.create_assessment", "api.record_not_done", "api.retract_not_done", "api.report_blinding_break", "api.correct_assessment", "api.respond_query",
               "dm.respond", "api.dismiss_notification", "dm.dismiss", "auth.digest"}
 PROTOCOL_ROUTES = {"api.protocol", "api.openapi"}  # the protocol itself names the arms; it says nothing of a child
 
@@ -78,7 +90,7 @@ def assessor_routes(app):
 
 def test_every_assessor_route_is_covered(app):
     covered = (set(PER_CHILD_WEB) | set(PER_CHILD_API) | set(GENERAL_WEB) | set(GENERAL_API) | WRITE_ONLY | set(PER_QUERY)
-               | set(REFUSED_PER_CHILD))
+               | set(REFUSED_PER_CHILD) | set(PARENT_WRITES))
     missing = sorted(set(assessor_routes(app)) - covered)
     assert not missing, f"routes an assessor can reach but the blinding test does not cover: {missing}"
 
@@ -157,6 +169,16 @@ FORBIDDEN_WORDS = ["Music therapy, 1 session per week", "Music therapy, 3 sessio
                    "Individual goals", "Eye contact", "eye_contact", "Fidelity", "fidelity"]
 
 
+def page_text(r) -> str:
+    """A page's text; a PDF's (the blinded casebook) as pdftotext reads it, with its print and change
+    times (the site's clock) and its digest normalized."""
+    if r.mimetype != "application/pdf":
+        return r.get_data(as_text=True)
+    text = subprocess.run(["pdftotext", "-raw", "-", "-"], input=r.data, capture_output=True, check=True).stdout.decode()
+    text = re.sub(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} \S+", "<ts>", text)
+    return re.sub(r"\b[0-9a-f]{64}\b", "<digest>", text)
+
+
 def assert_no_leak(body: str, where: str):
     for word in FORBIDDEN_WORDS:
         assert word not in body, f"{where} shows {word!r}"
@@ -185,13 +207,13 @@ def test_assessor_pages_reveal_nothing_and_are_identical_across_arms(app, db, tr
         for endpoint, tmpl in PER_CHILD_WEB.items():
             r = c.get(tmpl.format(id=p.study_id, aid=aid(db, p)))
             assert r.status_code == 200, f"{endpoint}: {r.status_code}"
-            body = r.get_data(as_text=True)
+            body = page_text(r)
             assert_no_leak(body, f"{endpoint} for the {arm} child")
             pages.setdefault(endpoint, []).append(normalize(body, p))
         for endpoint, tmpl in PER_CHILD_API.items():
             r = trial["world"].api("GET", tmpl.format(id=p.study_id), "assessor")
             assert r.status_code == 200, endpoint
-            body = r.get_data(as_text=True)
+            body = page_text(r)
             assert_no_leak(body, f"{endpoint} for the {arm} child")
             pages.setdefault(endpoint, []).append(normalize(body, p))
     for endpoint, (a, b) in pages.items():
@@ -225,9 +247,13 @@ def test_assessor_general_pages_reveal_nothing(app, db, trial):
     for endpoint, tmpl in GENERAL_API.items():
         for kind, status in (("due", "open"), ("overdue", "answered"), ("out_of_window", "closed")):
             r = trial["world"].api("GET", tmpl.format(kind=kind, status=status), "assessor")
-            assert r.status_code == 200, endpoint
+            assert r.status_code == (404 if endpoint in API_NOT_HERE else 200), endpoint
             if endpoint not in PROTOCOL_ROUTES:
                 assert_no_leak(r.get_data(as_text=True), endpoint)
+    for endpoint, path in PARENT_WRITES.items():
+        r = trial["world"].api("POST", path, "assessor", json={"values": {"total_t": 61}})
+        assert r.status_code == 404, (endpoint, r.status_code)
+        assert_no_leak(r.get_data(as_text=True), endpoint)
 
 
 def test_assessor_is_refused_everything_that_shows_sessions_or_arms(app, trial):
@@ -348,3 +374,23 @@ def test_the_assessor_is_refused_every_safety_route(app, db, trial):
                          ("POST", f"/adverse-events/{ae}/reports")):
         r = w.api(method, path, "assessor", json={})
         assert r.status_code == 403 and "drum" not in r.get_data(as_text=True), path
+
+
+def test_the_investigator_sees_the_arms_of_their_sites_only_and_is_never_also_their_assessor(world, db):
+    """The site investigator (issue 29) is an unblinded site role: the arms of their own site's
+    children, none of another site's, blinded for the trial as a whole; and never the blinded
+    assessor of the same site."""
+    from trial.auth import service as users
+    from trial.errors import ValidationError
+    from trial.scope import can_see_arm, is_blinded
+    from trial.sites.models import Site
+    sites = {s.code: s.id for s in db.query(Site)}
+    inv = users.create_user(db, CLI, "investigator@example.org", "Ivo", PASSWORD, [("investigator", "AT01")])
+    assert can_see_arm(db, inv, sites["AT01"]) and not can_see_arm(db, inv, sites["NO01"])
+    assert is_blinded(db, inv)
+    with pytest.raises(ValidationError):
+        users.create_user(db, CLI, "both@example.org", "Both", PASSWORD,
+                          [("investigator", "AT01"), ("assessor", "AT01")])
+    other = users.create_user(db, CLI, "apart@example.org", "Apart", PASSWORD,
+                              [("investigator", "NO01"), ("assessor", "AT01")])
+    assert not can_see_arm(db, other, sites["AT01"]) and can_see_arm(db, other, sites["NO01"])

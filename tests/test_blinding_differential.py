@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import re
+import subprocess
 import zipfile
 
 import pytest
@@ -36,6 +37,7 @@ SEEDS = (bytes(range(32)), bytes(range(100, 132)))
 DUMMY_SEED = "5e" * 32
 LOCK_TIME = dt.datetime(2026, 11, 30, 12, 0, 0)
 DM_TIME = dt.datetime(2026, 11, 29, 9, 30, 0)
+CUT_TIME = dt.datetime(2026, 11, 29, 18, 0, 0)
 R = today() - dt.timedelta(days=200)
 CHILDREN = 10
 QUERY_VARIANTS = {
@@ -159,6 +161,36 @@ def build(seed: bytes, monkeypatch):
                                                      StatusEvent.type == "discontinued_intervention")).scalar()
         queries.raise_query(db, monitor, {"study_id": m.study_id, "on": {"kind": "event", "id": ev}, "text": "Date?"})
     db.commit()
+    # a data cut (issue 30) before the final lock, taken by the manager: the blinded roles read its state and its
+    # open report (pooled) in the crawl; its closed report is the data monitoring committee's alone
+    from trial.auth import service as users
+    dmc = users.create_user(db, CLI, "dmc@example.org", "Dmc", PASSWORD, [("dmc", None)])
+    world.users["dmc"], world.tokens["dmc"] = dmc, users.issue_token(db, CLI, dmc)
+    db.commit()
+    monkeypatch.setattr("trial.interim.cuts.utcnow", lambda: CUT_TIME)
+    r = world.api("POST", "/data-cuts", "manager", json={"label": "Interim look"})
+    assert r.status_code == 202 and r.get_json()["status"] == "ready", r.get_json()
+    # a second cut, a formal look, built as a worker builds one (claimed, one snapshot, stored in its own
+    # transaction); the committee opens the closed reports and signs a recommendation (its second factor on a
+    # fixed clock: the same step in both trials) before the crawl
+    from trial.auth import mfa
+    from trial.interim import cuts
+    cut2 = cuts.request_cut(db, world.users["manager"], "Formal interim look", True)
+    db.commit()
+    factory = make_session_factory(fresh.engine)
+    with factory() as s:
+        assert cuts.claim(s, "w:differential", cut2.id) == cut2.id
+    assert cuts.run(factory, cut2.id, "w:differential", parallel=False) == "ready"
+    dmc.mfa_secret, dmc.mfa_enrolled_at = mfa.seal(dmc.id, "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"), CUT_TIME
+    db.commit()
+    for path in ("/data-cuts/1/closed-report.json", f"/data-cuts/{cut2.id}/closed-report.pdf"):
+        assert world.api("GET", path, "dmc").status_code == 200
+    monkeypatch.setattr("trial.auth.mfa.utcnow", lambda: CUT_TIME)
+    monkeypatch.setattr("trial.esign.service.utcnow", lambda: CUT_TIME)
+    code = __import__("pyotp").TOTP("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP").at(CUT_TIME.replace(tzinfo=dt.UTC))
+    r = world.api("POST", f"/data-cuts/{cut2.id}/recommendation", "dmc",
+                  json={"decision": "continue", "text": "No concern: continue.", "password": PASSWORD, "code": code})
+    assert r.status_code == 201, r.get_json()
     monkeypatch.setattr("trial.lock.service.new_dummy_seed", lambda: DUMMY_SEED)
     monkeypatch.setattr("trial.esign.service.utcnow", lambda: LOCK_TIME)
     r = world.api("POST", "/locks", "manager", json={"kind": "hard", "meaning": "Final lock.", "password": PASSWORD,
@@ -180,7 +212,8 @@ def _ctx(db, world, p) -> dict:
     aid = db.execute(select(Assessment.id).where(Assessment.participant_id == p.id, Assessment.visit == "month2",
                                                  Assessment.instrument == "ados2")).scalar()
     out = {"study_id": p.study_id, "assessment_id": aid, "user_id": world.users["coordinator"].id, "code": "AT01",
-           "instrument": "ados2", "screening_id": 1, "lock_id": 1, "grant_id": 1, "token": "no-such-link"}
+           "instrument": "ados2", "screening_id": 1, "lock_id": 1, "grant_id": 1, "token": "no-such-link",
+           "cut_id": 1, "language": "de"}
     db.commit()  # hold no transaction (on SQLite: no write lock) while the app answers
     return out
 
@@ -199,7 +232,7 @@ def _urls(app, role: str, db, world, kids):
             ctx = _ctx(db, world, p)
             for key, n in _per_record(db, rule):  # every query, every adverse event: seen or not
                 ctx[key] = n
-                url = rule.build({a: ctx[a] for a in rule.arguments}, append_unknown=False)[1]
+                url = rule.build({a: ctx.get(a, 1) for a in rule.arguments}, append_unknown=False)[1]
                 for q in QUERY_VARIANTS.get(rule.endpoint, [""]):
                     yield rule.endpoint, f"child {i}" if per_child else f"{key} {n}" if key else "", url + q
 
@@ -221,6 +254,16 @@ def _zip_files(data: bytes) -> dict[str, bytes]:
 CONTROL = ("api.consort", "api.bundle", "api.get_participant")  # fetched as the manager too: they must differ
 
 
+CASEBOOKS = {"closeout.casebook_pdf", "api.casebook_pdf"}  # printed now, with the times of each change
+
+
+def casebook_text(pdf: bytes) -> str:
+    """The casebook's text (pdftotext), its print and change times (the site's clock) and its digest normalized."""
+    text = subprocess.run(["pdftotext", "-raw", "-", "-"], input=pdf, capture_output=True, check=True).stdout.decode()
+    text = re.sub(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} \S+", "<ts>", text)
+    return re.sub(r"\b[0-9a-f]{64}\b", "<digest>", text)
+
+
 def crawl(app, db, world, kids) -> dict:
     out = {}
     for endpoint, label, url in _urls(app, "manager", db, world, kids):
@@ -228,6 +271,12 @@ def crawl(app, db, world, kids) -> dict:
             r = world.api("GET", url[len("/api/v1"):], "manager")
             out[("manager", endpoint, label, url)] = (r.status_code, _zip_files(r.data) if r.mimetype == "application/zip"
                                                       else normalize(r.get_data(as_text=True)))
+    # the data cut: the manager's open report (pooled: the same whatever the arms) and the committee's closed
+    # report (by arm: the control that tells the trials apart)
+    for who, path in (("manager", "/data-cuts/1/open-report.pdf"), ("manager", "/data-cuts/1/closed-report.json"),
+                      ("dmc", "/data-cuts/1/closed-report.json"), ("dmc", "/data-cuts/1/open-report.pdf")):
+        r = world.api("GET", path, who)
+        out[(f"{who}:cut", path, "", path)] = (r.status_code, r.data)
     for role in BLINDED:
         web = app.test_client()
         assert web.post("/login", data={"email": f"{role}@example.org", "password": PASSWORD}).status_code == 302
@@ -240,7 +289,7 @@ def crawl(app, db, world, kids) -> dict:
             if r.mimetype == "application/zip":
                 out[key] = (r.status_code, _zip_files(r.data))
             elif r.mimetype == "application/pdf":
-                out[key] = (r.status_code, r.data)
+                out[key] = (r.status_code, casebook_text(r.data) if endpoint in CASEBOOKS else r.data)
             else:
                 out[key] = (r.status_code, normalize(r.get_data(as_text=True)))
     return out
@@ -320,3 +369,26 @@ def test_every_file_of_the_blinded_bundle_is_identical(two_trials):
         differing = sorted(n for n in fa if fa[n] != fb[n])
         assert not differing, f"blinded bundle files that depend on the allocation: {differing}"
         assert not any("sessions" in n for n in fa)
+
+
+def test_the_cuts_open_report_is_identical_and_its_closed_report_is_not(two_trials):
+    """A data cut taken on the two trials: the open report (pooled) is byte-identical for every reader,
+    the manager included, the manager is refused the closed report alike, and the committee's closed
+    report (by arm) tells the trials apart (the comparison has teeth)."""
+    a, b = (t["answers"] for t in two_trials)
+    keys = {k[1]: k for k in a if k[0].endswith(":cut")}
+    for path in ("/data-cuts/1/open-report.pdf", "/data-cuts/1/closed-report.json"):
+        mine = next(k for k in a if k[0] == "manager:cut" and k[1] == path)
+        assert a[mine] == b[mine], path
+    assert a[next(k for k in a if k[0] == "manager:cut" and k[1].endswith("closed-report.json"))][0] == 403
+    opened = next(k for k in a if k[0] == "manager:cut" and k[1].endswith("open-report.pdf"))
+    assert a[opened][0] == 200 and a[opened][1].startswith(b"%PDF")
+    dmc_open = next(k for k in a if k[0] == "dmc:cut" and k[1].endswith("open-report.pdf"))
+    assert a[dmc_open] == b[dmc_open] and a[dmc_open][1] == a[opened][1]
+    closed = next(k for k in a if k[0] == "dmc:cut" and k[1].endswith("closed-report.json"))
+    assert a[closed][0] == b[closed][0] == 200 and a[closed][1] != b[closed][1]
+    assert keys
+    # the blinded roles' crawl read the cut: its list, its state and its open report
+    for endpoint in ("api.list_data_cuts", "api.get_data_cut", "api.open_report_pdf", "interim.cuts",
+                     "interim.open_report"):
+        assert any(k[0] == "statistician" and k[1] == endpoint and v[0] == 200 for k, v in a.items()), endpoint

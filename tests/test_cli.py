@@ -7,6 +7,7 @@ line on stderr starting with ``error:``, never a traceback, and must change noth
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -514,8 +515,8 @@ def test_site_list_and_update(cli):
     ok(cli.run("site", "create", "--code", "SE01", "--name", "Stockholm", "--country", "SE", "--target", "20",
                "--timezone", "Europe/Stockholm"))
     lines = ok(cli.run("site", "list")).stdout.splitlines()
-    assert lines[0].split() == ["code", "name", "country", "target", "timezone", "open"]
-    assert ["SE01", "Stockholm", "SE", "20", "Europe/Stockholm", "yes"] in [line.split() for line in lines]
+    assert lines[0].split() == ["code", "name", "country", "target", "timezone", "languages", "open"]
+    assert ["SE01", "Stockholm", "SE", "20", "Europe/Stockholm", "-", "yes"] in [line.split() for line in lines]
     r = ok(cli.run("site", "update", "--code", "se01", "--name", "Stockholm South", "--target", "35",
                    "--timezone", "Europe/Oslo"))
     assert r.stdout.strip() == "site SE01 updated"
@@ -546,6 +547,28 @@ def test_site_update_refusals_change_nothing(cli, args, fragment):
     assert cli.snapshot() == before
     with cli.engine.connect() as c:
         assert c.execute(text("SELECT name, target, timezone FROM site WHERE code = 'SE01'")).one() == row
+
+
+def test_site_languages_at_the_command_line(cli):
+    """--language, repeated or a comma list, the default first; validated against the system's
+    languages (a refusal names the unknown code and changes nothing); audited."""
+    ok(cli.run("site", "create", "--code", "SE03", "--name", "Lund", "--language", "nb", "--language", "en"))
+    lines = [line.split() for line in ok(cli.run("site", "list")).stdout.splitlines()]
+    assert [r for r in lines if r[0] == "SE03"] == [["SE03", "Lund", "-", "0", "UTC", "nb,en", "yes"]]
+    ok(cli.run("site", "update", "--code", "SE03", "--language", "pt-BR,he, en"))
+    with cli.engine.connect() as c:
+        stored = c.execute(text("SELECT languages FROM site WHERE code = 'SE03'")).scalar_one()
+        assert (stored if isinstance(stored, list) else json.loads(stored)) == ["pt_BR", "he", "en"]
+        [(old, new)] = c.execute(text("SELECT old, new FROM audit_record WHERE entity = 'site' AND entity_id = 'SE03' "
+                                      "AND action = 'update' AND field = 'languages'")).all()
+    assert json.loads(old) == ["nb", "en"] and json.loads(new) == ["pt_BR", "he", "en"]
+    before = cli.snapshot()
+    one_line_error(cli.run("site", "update", "--code", "SE03", "--language", "sv"), "'sv'",
+                   "not a language of the system", "pt_BR")
+    one_line_error(cli.run("site", "update", "--code", "SE03", "--language", "de,de"), "more than once")
+    one_line_error(cli.run("site", "create", "--code", "SE04", "--name", "Malmö", "--language", "klingon"), "'klingon'")
+    assert cli.snapshot() == before
+    assert "--language" in ok(cli.run("site", "update", "--help")).stdout
 
 
 def test_trial_help_loads_no_model_and_no_database_library():

@@ -268,6 +268,86 @@ def test_an_overdue_reconsent_refuses_new_data_but_not_adverse_events(world, db)
         sorted(k.study_id for k, _ in kids[1:])
 
 
+def test_an_overdue_reconsent_still_accepts_status_events_and_deviations(world, db):
+    """As ensure_consented's docstring says: what happened to the child (a deviation, here the
+    missed re-consent itself; a status event) is recorded whatever is overdue."""
+    world.open(SEED)
+    p, _ = randomized_before(world, db, TODAY - dt.timedelta(days=61))
+    amend(db, version2(), effective_from=TODAY - dt.timedelta(days=31))
+    assert assessment(world, p, TODAY).status_code == 409
+    r = world.api("POST", f"/participants/{p.study_id}/deviations", "coordinator",
+                  json={"on": iso(TODAY), "category": "consent", "description": "re-consent to version 2 overdue"})
+    assert r.status_code == 201, r.get_json()
+    r = world.api("POST", f"/participants/{p.study_id}/events", "coordinator",
+                  json={"type": "lost_to_follow_up", "on": iso(TODAY), "reason": "family unreachable"})
+    assert r.status_code == 201, r.get_json()
+
+
+def new_document(key: str, required: bool, reconsent: bool) -> str:
+    return (f'\n[[consent.documents]]\nkey = "{key}"\nlabel = "Document {key}"\nversion = "1"\nsigner = "parent"\n'
+            f'required = {str(required).lower()}\nreconsent = {str(reconsent).lower()}\n')
+
+
+def test_a_required_document_added_by_an_amendment_is_a_reconsent_due_for_every_child_in_the_trial(world, db):
+    world.open(SEED)
+    p, _ = randomized_before(world, db, TODAY - dt.timedelta(days=61))
+    q, _ = randomized_before(world, db, TODAY - dt.timedelta(days=61))
+    r = world.api("POST", f"/participants/{q.study_id}/events", "coordinator",
+                  json={"type": "withdrawn", "on": iso(TODAY - dt.timedelta(days=40)), "reason": "moved away"})
+    assert r.status_code == 201, r.get_json()
+    amend(db, TOML + new_document("data_protection", required=True, reconsent=True),
+          effective_from=TODAY - dt.timedelta(days=31))
+    # the child still in the trial owes it from the amendment's effective date (the withdrawn one does not)
+    assert world.api("GET", "/consents/due", "coordinator").get_json() == [
+        {"study_id": p.study_id, "document": "data_protection", "version": "1",
+         "due_since": iso(TODAY - dt.timedelta(days=31))}]
+    # a re-consent like any other: overdue after reconsent_within_days, new data refused, AEs accepted
+    r = assessment(world, p, TODAY)
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "reconsent_due"
+    assert "Document data_protection version 1" in r.get_json()["error"]["message"]
+    r = world.api("POST", f"/participants/{p.study_id}/consents", "coordinator",
+                  json=body(document="data_protection", signer="parent", options={}, signed_on=iso(TODAY)))
+    assert r.status_code == 201, r.get_json()
+    assert world.api("GET", "/consents/due", "coordinator").get_json() == []
+    assert assessment(world, p, TODAY).status_code == 201
+    # a child enrolled from now on signs it at enrollment and owes nothing
+    sc = world.screen()
+    r = world.api("POST", "/participants", "coordinator", json=enrol_body(sc, consents=[
+        body(signer="parent", signed_on=iso(TODAY)),
+        body(document="data_protection", signer="parent", options={}, signed_on=iso(TODAY))]))
+    assert r.status_code == 201, r.get_json()
+    assert world.api("GET", "/consents/due", "coordinator").get_json() == []
+
+
+@pytest.mark.parametrize("required, reconsent", [(False, True), (False, False), (True, False)],
+                         ids=["optional", "optional-no-reconsent", "required-new-enrollments-only"])
+def test_an_optional_document_added_by_an_amendment_is_never_due(world, db, required, reconsent):
+    """Offered, not owed: an optional new document (or a required one the amendment asks only of
+    the children enrolled from now on, ``reconsent = false``) is no re-consent due and refuses
+    nothing; a new version of the parental consent in the same amendment still is."""
+    world.open(SEED)
+    p, _ = randomized_before(world, db, TODAY - dt.timedelta(days=61))
+    amend(db, TOML + new_document("video_sharing", required=required, reconsent=reconsent),
+          effective_from=TODAY - dt.timedelta(days=40))
+    assert world.api("GET", "/consents/due", "manager").get_json() == []
+    r = assessment(world, p, TODAY)
+    assert r.status_code == 201 and "warning" not in r.get_json()
+    amend(db, version2(TOML + new_document("video_sharing", required=required, reconsent=reconsent)),
+          effective_from=TODAY - dt.timedelta(days=5))
+    assert [(d["document"], d["version"]) for d in world.api("GET", "/consents/due", "manager").get_json()] == \
+        [("parental_consent", "2")]
+
+
+def test_a_document_of_the_first_protocol_never_signed_is_no_reconsent(world, db):
+    """Only an amendment makes a re-consent: a required document the first protocol already had
+    (a family without it is an enrollment's problem, not a re-consent) is not reported."""
+    world.open(SEED)
+    p, _ = randomized_before(world, db, TODAY - dt.timedelta(days=61))
+    db.execute(Consent.__table__.delete().where(Consent.participant_id == p.id))
+    db.commit()
+    assert world.api("GET", "/consents/due", "manager").get_json() == []
+
+
 def test_an_assent_is_due_from_the_childs_84th_month(world, db):
     born = dt.date(TODAY.year - 7, TODAY.month, 1)  # 84 months on the 1st of this month
     consented = TODAY - dt.timedelta(days=TODAY.day + 3)  # 83 months old then
@@ -385,3 +465,93 @@ def test_the_pages_show_consents_and_what_is_due(app, world, db, lang, words, af
     assert r.status_code == 400 and len(consents_of(db, p)) == 2
     # readers without consents see none
     assert "id=\"consents\"" not in login(app, "assessor").get(f"/participants/{p.study_id}").get_data(as_text=True)
+
+
+# --- `trial audit verify --data` ---------------------------------------------------------------------
+
+def test_the_replay_compares_consents_and_withdrawals_and_accepts_the_migrated_ones(world, db):
+    from sqlalchemy import text
+
+    from trial.audit import replay
+    from trial.consent.models import ConsentWithdrawal
+    from trial.participants.models import Participant
+
+    specs = {s.table: s for s in replay.TABLES}
+
+    def found() -> set[tuple[str, str, str]]:
+        db.expire_all()
+        return {(d.table, d.id, d.field) for t in ("consent", "consent_withdrawal")
+                for d in replay.compare_table(db, specs[t])}
+
+    sc = world.screen()
+    r = world.api("POST", "/participants", "coordinator", json=enrol_body(sc, consent_date=iso(TODAY - dt.timedelta(days=3))))
+    sid = r.get_json()["study_id"]
+    r = world.api("POST", f"/participants/{sid}/consents", "coordinator", json=body(signer="guardian"))
+    assert r.status_code == 201, r.get_json()
+    r = world.api("POST", f"/participants/{sid}/consent-withdrawals", "coordinator",
+                  json={"on": iso(TODAY), "scope": "follow_up", "data_use": "keep"})
+    assert r.status_code == 201, r.get_json()
+    # recorded through the services: clean
+    assert found() == set()
+    # a child enrolled before issue 28 (as then: no consent record): its consent written by migration
+    # 0024 from its consent date, without an audit record
+    sc2 = world.screen()
+    old = Participant(study_id="AT01-900", site_id=sc2.site_id, screening_id=sc2.id,
+                      consent_date=TODAY - dt.timedelta(days=9), date_of_birth=TODAY - dt.timedelta(days=5 * 365),
+                      sex="male", strata={})
+    db.add(old)
+    db.flush()
+    db.execute(Consent.__table__.insert().values(participant_id=old.id, document="parental_consent", version="1",
+                                                 language="en", signed_on=old.consent_date, signer="parent",
+                                                 options=None, source="migrated"))
+    db.commit()
+    migrated = db.execute(select(Consent.id).where(Consent.participant_id == old.id)).scalar_one()
+    assert found() == set()
+    # changed by plain SQL: named by table, row id and field; a migrated row unlike what 0024 wrote too
+    guardian = db.execute(select(Consent.id).where(Consent.signer == "guardian")).scalar_one()
+    db.execute(text("UPDATE consent SET signed_on = :d WHERE id = :i"), {"d": TODAY - dt.timedelta(days=20),
+                                                                         "i": guardian})
+    db.execute(text("UPDATE consent SET options = :o WHERE id = :i"), {"o": '{"video_recording": true}', "i": migrated})
+    w = db.execute(select(ConsentWithdrawal.id)).scalar_one()
+    db.execute(text("UPDATE consent_withdrawal SET data_use = 'delete_unanalysed' WHERE id = :i"), {"i": w})
+    assert found() == {("consent", str(guardian), "signed_on"), ("consent", str(migrated), "options"),
+                       ("consent_withdrawal", str(w), "data_use")}
+    problems = [str(d) for d in replay.compare_table(db, specs["consent"])]
+    assert f"consent {migrated} options: differs from its audit trail (changed without a record): not what " \
+           "migration 0024 wrote" in problems
+    db.rollback()
+    # a row passed off as "migrated": compared with the trail when the trail has it, with what 0024
+    # wrote when not; one deleted is named by what the trail calls it
+    db.execute(text("UPDATE consent SET source = 'migrated' WHERE id = :i"), {"i": guardian})
+    db.execute(Consent.__table__.insert().values(participant_id=old.id, document="parental_consent", version="1",
+                                                 language="en", signed_on=TODAY, signer="guardian",
+                                                 options=None, source="migrated"))
+    fake = db.execute(select(Consent.id).where(Consent.participant_id == old.id, Consent.signer == "guardian")
+                      ).scalar_one()
+    db.execute(text("DELETE FROM consent WHERE signer = 'parent' AND participant_id = "
+                    "(SELECT id FROM participant WHERE study_id = :s)"), {"s": sid})
+    assert found() == {("consent", str(guardian), "source"), ("consent", str(fake), "signer"),
+                       ("consent", str(fake), "signed_on"), ("consent", f"{sid}/parental_consent/1/parent", "*")}
+    db.rollback()
+
+
+def test_options_missing_from_the_enrollments_consent_are_recorded_later_and_a_true_duplicate_is_refused_in_words(world, db):
+    """Enrolled with the consent date alone, the parental consent has no options; recording the same
+    version with its options completes it (audited, the replay agrees); recording it again is 409,
+    in words (the document's label, not its key)."""
+    from trial.audit import replay
+
+    sc = world.screen()
+    r = world.api("POST", "/participants", "coordinator", json=enrol_body(sc, consent_date=iso(TODAY - dt.timedelta(days=3))))
+    sid = r.get_json()["study_id"]
+    c = body(signer="parent", options={"video_recording": True, "future_contact": False})
+    r = world.api("POST", f"/participants/{sid}/consents", "coordinator", json=c)
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["options"] == {"video_recording": True, "future_contact": False}
+    db.expire_all()
+    specs = {s.table: s for s in replay.TABLES}
+    assert list(replay.compare_table(db, specs["consent"])) == []
+    r = world.api("POST", f"/participants/{sid}/consents", "coordinator", json=c)
+    assert r.status_code == 409
+    msg = str(r.get_json())
+    assert "Parental consent" in msg and "parental_consent" not in msg and "a parent" in msg

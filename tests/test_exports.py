@@ -635,7 +635,8 @@ def test_baseline_table_by_arm_on_a_hand_computed_example(world, small, db):
 # --- the locked dataset bundle ----------------------------------------------------------------------------
 
 TABLES = ["particip", "screen", "alloc", "sessions", "sessnote", "goals", "fiddraw", "fidrate", "counsel", "assessl",
-          "assessw", "guesses", "events", "deviatn", "consent", "withdraw", "ae", "aefu", "aerep", "queries", "querymsg", "verif"]
+          "assessw", "notdone", "guesses", "events", "deviatn", "consent", "withdraw", "randerr", "ae", "aefu", "aerep",
+          "queries", "querymsg", "verif"]  # (issue 29: notdone, randerr)
 SESSION_TABLES = ("sessions", "sessnote")
 INTERVENTION_TABLES = ("goals", "fiddraw", "fidrate")  # the intervention as delivered
 # sessions, the intervention as delivered and adverse events can tell the arm
@@ -830,7 +831,7 @@ def test_xpt_and_dta_read_back_equal_to_the_csv(locked, tmp_path):
         files = bundle_files(locked[variant].data)
         entries = dictionary_of(files)
         tables = sorted(n[4:-4] for n in files if n.startswith("csv/"))
-        assert len(tables) == (22 if variant == "unblinded" else 14)  # (issue 28: consent, withdraw)
+        assert len(tables) == (24 if variant == "unblinded" else 16)  # (issue 28: consent, withdraw; 29: notdone, randerr)
         for t in tables + ["adsl"]:
             head, rows = read_csv(files[loc(t, "csv")])
             for fmt, reader in (("xpt", pyreadstat.read_xport), ("dta", pyreadstat.read_dta)):
@@ -1077,7 +1078,7 @@ def test_a_hard_lock_of_an_empty_trial_builds_a_valid_bundle(world, db):
     a valid ODM snapshot and a CONSORT of zeros; unblinding has nothing to reveal."""
     from lxml import etree
     lock_id = hard_lock(world)
-    for who, n_tables in (("manager", 22), ("statistician", 14)):  # (issue 28: consent, withdraw)
+    for who, n_tables in (("manager", 24), ("statistician", 16)):  # (issue 28: consent, withdraw; 29: notdone, randerr)
         files = bundle_files(ok(world.api("GET", f"/locks/{lock_id}/bundle.zip", who)).data)
         assert sum(n.startswith("csv/") for n in files) == n_tables
         assert all(len(read_csv(files[n])[1]) == 0 for n in files if n.startswith("csv/"))

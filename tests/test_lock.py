@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from tests.conftest import FreshDatabase
 from tests.helpers import CLI, PASSWORD, World, backdate_randomization
+from tests.test_signoff import code_of, enrol
 from trial.audit import service as audit
 from trial.audit.models import AuditRecord
 from trial.auth import service as users
@@ -337,10 +338,23 @@ ACCOUNT_ROUTES = {"admin.user_new", "admin.user_edit", "admin.revoke_tokens", "g
 # the weekly digest e-mail, is the user's screen, not trial data
 USER_STATE_ROUTES = {"api.dismiss_notification", "dm.dismiss", "auth.language", "auth.digest",
                      "auth.keepalive"}  # (and staying signed in when the idle warning asks)
-# the lock, unblinding (both signatures, and withdrawing a request) and addendum routes
+# the lock, unblinding (both signatures, and withdrawing a request) and addendum routes, and asking for
+# the sharing bundle (made under the hard lock in force, after the unblinding: tests/test_sharing.py)
 LOCK_ROUTES = {"api.create_lock", "api.lift_lock", "api.unblinding", "api.countersign_unblinding",
-               "api.withdraw_unblinding", "api.open_addendum"}
-EXCLUDED = LOCK_ROUTES | ACCOUNT_ROUTES | USER_STATE_ROUTES
+               "api.withdraw_unblinding", "api.open_addendum", "api.request_sharing"}
+# a parent's survey form (no login: the link is the credential): its 423 is a page for a family that names
+# no lock and no signer; tests/test_survey_parent_page.py posts it under a hard lock (423, nothing changed)
+PARENT_ROUTES = {"survey_parent.form"}
+# the parent's answers through the API (the link's token is the credential): refused with 423 and
+# the code "locked", but in words for a family that name no lock (the locked case below)
+PARENT_API_ROUTES = {"api.submit_survey"}
+# a data cut reads the data (it locks nothing and refuses nothing: taken under a lock too) and the data
+# monitoring committee's recommendation is no trial data (tests/test_interim.py)
+INTERIM_ROUTES = {"api.create_data_cut", "api.recommend", "interim.create", "interim.recommend"}
+# the site archive for the investigator file is made at close-out, under the hard lock: it reads the data
+# (tests/test_archive.py)
+CLOSEOUT_ROUTES = {"closeout.archives_page"}
+EXCLUDED = LOCK_ROUTES | ACCOUNT_ROUTES | USER_STATE_ROUTES | PARENT_ROUTES | INTERIM_ROUTES | CLOSEOUT_ROUTES
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -392,6 +406,27 @@ def dm(world, kids, db):
     rater = users.create_user(db, CLI, "therapist2@example.org", "Tove", PASSWORD, [("therapist", "AT01")])
     world.users["therapist2"], world.tokens["therapist2"] = rater, users.issue_token(db, CLI, rater)
     world.credential(rater, kind="HCPC")
+    # the site's investigator, who signs casebooks (issue 29)
+    inv = users.create_user(db, CLI, "investigator@example.org", "Ivo", PASSWORD, [("investigator", "AT01")])
+    world.users["investigator"], world.tokens["investigator"] = inv, users.issue_token(db, CLI, inv)
+    world.secrets = {"investigator": enrol(db, inv)}  # a casebook's signer signs with a code (tests/test_signoff.py)
+    # parents' surveys (issue 28): two children enrolled today-ish (their baseline window is open), a
+    # survey of each: one to resend and revoke (then send again), one whose link the parent answers
+    # a form recorded as not done and a randomization error, each to retract (issue 29)
+    from trial.outcomes import notdone
+    from trial.randomize import errors as randomization_errors
+    lo = kids["low"].study_id  # (the usual-care child's forms are the other cases')
+    made["not_done"] = notdone.record_not_done(db, world.users["assessor"], lo, {"visit": "month2", "instrument": "ados2",
+                                                                                 "reason": "refused"}).id
+    made["randerr"] = randomization_errors.record_error(db, world.users["manager"], lo, {
+        "kind": "ineligible", "text": "found at monitoring"}).id
+    from trial.surveys import service as surveys
+    for name in ("survey", "survey2"):
+        sc = child(world)
+        made[name + "_child"] = sc.study_id
+        sv, made[name + "_token"] = surveys.send_survey(db, world.users["coordinator"], sc.study_id,
+                                                        {"visit": "baseline", "instrument": "srs2", "language": "de"})
+        made[name] = sv.id
     db.commit()
     kids["dm"] = made
     return kids
@@ -408,9 +443,10 @@ FIDELITY_SCORES = {"follows_lead": 4, "attunement": 4, "affect_sharing": 5, "joi
 
 
 def hard_or_soft(world, kind):
-    """The lock of the 423 tests, signed over the open queries of the dm fixture."""
+    """The lock of the 423 tests, signed over the open queries of the dm fixture and the casebooks
+    waiting for the site investigator's signature."""
     return world.api("POST", "/locks", "manager", json={"kind": kind, "meaning": MEANING, "password": PASSWORD,
-                                                        "accept_open_queries": True})
+                                                        "accept_open_queries": True, "accept_unsigned": True})
 
 
 AE_BODY = {"term": "Otitis media", "onset": iso(R + dt.timedelta(days=50)), "severity": "mild", "serious": False,
@@ -439,10 +475,28 @@ def api_cases(world, k) -> dict:
                                    "values": {"social_affect": 10, "rrb": 3, "css": 5}, "allocation_guess": "unsure",
                                    "guess_confidence": 2}, None),
         "api.randomize": ("POST", f"/participants/{ready}/randomize", "coordinator", None, {"Idempotency-Key": "lock-test"}),
+        "api.record_not_done": ("POST", f"/participants/{u}/not-done", "coordinator",
+                                {"visit": "month2", "instrument": "srs2", "reason": "refused"}, None),
+        "api.record_randomization_error": ("POST", f"/participants/{u}/randomization-errors", "manager",
+                                           {"kind": "ineligible", "text": "found at monitoring"}, None),
+        "api.retract_not_done": ("POST", f"/participants/{k['low'].study_id}/not-done/{k['dm']['not_done']}/retract",
+                                 "assessor",
+                                 {"reason": "the form was done after all"}, None),
+        "api.retract_randomization_error": ("POST", (f"/participants/{k['low'].study_id}/randomization-errors/"
+                                                     f"{k['dm']['randerr']}/retract"), "manager",
+                                            {"reason": "recorded on the wrong child"}, None),
         "api.log_session": ("POST", f"/participants/{hi}/sessions", "therapist",
                             {"held_on": iso(R + dt.timedelta(days=24)), "attendance": "attended", "minutes": 30}, None),
         "api.log_counselling": ("POST", f"/participants/{u}/counselling", "coordinator",
                                 {"held_on": iso(R + dt.timedelta(days=20))}, None),
+        "api.sign_casebook": ("POST", f"/participants/{u}/signoffs", "investigator",
+                              {"milestone": "month5", "meaning": "I reviewed it.", "password": PASSWORD,
+                               "code": code_of(world, "investigator")}, None),
+        "api.send_survey": ("POST", f"/participants/{k['dm']['survey_child']}/surveys", "coordinator",
+                            {"visit": "baseline", "instrument": "srs2", "language": "de"}, None),
+        "api.resend_survey": ("POST", f"/surveys/{k['dm']['survey']}/resend", "coordinator", {}, None),
+        "api.revoke_survey": ("POST", f"/surveys/{k['dm']['survey']}/revoke", "coordinator", None, None),
+        "api.submit_survey": ("POST", f"/surveys/{k['dm']['survey2_token']}", None, {"values": {"total_t": 61}}, None),
         "api.create_event": ("POST", f"/participants/{u}/events", "coordinator",
                              {"type": "lost_to_follow_up", "on": iso(R + dt.timedelta(days=180)), "reason": "moved abroad"}, None),
         "api.create_deviation": ("POST", f"/participants/{u}/deviations", "coordinator",
@@ -518,6 +572,11 @@ def web_cases(world, k) -> dict:
                              {"v_social_affect": "13", "v_rrb": "4", "v_css": "6", "reason": "transcription error"}),
         "outcomes.blinding_break": (f"/participants/{u}/blinding-break", "assessor",
                                     {"reported_on": iso(today()), "description": "the parent mentioned the drums"}),
+        "outcomes.not_done": (f"/participants/{u}/not-done", "coordinator",
+                              {"visit": "month5", "instrument": "srs2", "reason": "refused", "text": ""}),
+        "outcomes.randomization_errors_page": ("/randomization-errors", "manager",
+                                               {"study_id": u, "kind": "ineligible", "field": "", "correct_value": "",
+                                                "text": "found at monitoring"}),
         "admin.site_new": ("/admin/sites/new", "admin", {"code": "SE01", **site_form, "name": "Stockholm", "country": "SE"}),
         "admin.site_edit": ("/admin/sites/AT01", "admin", {"code": "AT01", **site_form}),
         "dm.raise_query": (f"/participants/{u}/queries/new?kind=screening", "monitor",
@@ -533,6 +592,13 @@ def web_cases(world, k) -> dict:
         "dm.acknowledge": (f"/adverse-events/{k['dm']['ae']}/acknowledge", "manager", SAE_REPORT_FORM),
         "dm.sae_report": (f"/adverse-events/{k['dm']['reported']}/reports", "manager", SAE_REPORT_FORM),
         "dm.verify": (f"/participants/{u}/verify", "monitor", {"kind": "participant"}),
+        "surveys.send": (f"/participants/{k['dm']['survey_child']}/surveys", "coordinator",
+                         {"instrument": "srs2", "visit": "baseline", "language": "de", "email": "", "first_name": ""}),
+        "surveys.resend": (f"/surveys/{k['dm']['survey']}/resend", "coordinator", {"confirmed": "1"}),
+        "surveys.revoke": (f"/surveys/{k['dm']['survey']}/revoke", "coordinator", {"confirmed": "1"}),
+        "signoffs.sign": (f"/participants/{u}/signoffs/sign", "investigator",
+                          {"milestone": "month5", "meaning": "I reviewed it.", "password": PASSWORD,
+                           "code": code_of(world, "investigator")}),
         "course.set_goals": (f"/participants/{hi}/goals/new", "therapist", {"pick_eye_contact": "y", "describe_eye_contact": ""}),
         "course.revise_goal": (f"/goals/{k['dm']['goal']}/revise", "therapist",
                                {"description": "waits for a turn on the drum", "active": "y", "reason": "made concrete"}),
@@ -551,10 +617,10 @@ def test_every_write_route_has_a_locked_case(app, world, dm):
     # not clinical data) and user-administration routes
     excluded = {r.endpoint for r in app.url_map.iter_rules() if (r.methods or set()) & STATE_CHANGING} - set(routes)
     assert excluded == LOCK_ROUTES | {"lock.create", "lock.lift", "lock.unblind", "lock.countersign_unblinding",
-                                      "lock.withdraw_unblinding", "lock.addendum",
+                                      "lock.withdraw_unblinding", "lock.addendum", "lock.request_sharing",
                                       "auth.login", "auth.logout", "auth.password", "auth.reset_password",
                                       "mfa.code", "mfa.enrol"} | \
-        ACCOUNT_ROUTES | USER_STATE_ROUTES
+        ACCOUNT_ROUTES | USER_STATE_ROUTES | PARENT_ROUTES | INTERIM_ROUTES | CLOSEOUT_ROUTES
 
 
 def _api_call(world, case):
@@ -589,16 +655,23 @@ def test_every_api_write_answers_423_and_changes_nothing_while_locked(app, world
         r = _api_call(world, case)
         assert r.status_code == 423, (endpoint, r.status_code, r.get_data(as_text=True))
         e = r.get_json()["error"]
-        assert e["code"] == "locked" and f"{kind}-locked" in e["message"], (endpoint, e)
+        if endpoint in PARENT_API_ROUTES:  # a parent is told in the family's words, naming no lock
+            assert e["code"] == "locked" and "locked" not in e["message"], (endpoint, e)
+        else:
+            assert e["code"] == "locked" and f"{kind}-locked" in e["message"], (endpoint, e)
         assert fingerprint(db) == before, endpoint
         checked.append(endpoint)
-    assert len(checked) == 26  # with the consents and consent-withdrawals of issue 28
+    assert len(checked) == 35  # with the consents, consent-withdrawals and surveys of issue 28, the sign-off, not-done and randomization errors (and their retractions) of issue 29
 
 
-def web_client(app, who):
+def web_client(app, who, world=None):
     c = app.test_client()
     r = c.post("/login", data={"email": f"{who}@example.org", "password": PASSWORD})
     assert r.status_code == 302, who
+    if r.headers["Location"].endswith("/login/code"):  # the investigator is enrolled in two-factor sign-in
+        r = c.post("/login/code", data={"code": code_of(world, who)})
+        assert r.status_code == 302 and not r.headers["Location"].endswith("/login/code"), who
+        code_of(world, who)  # the step the login used forgotten: a signature follows within its 30 seconds
     return c
 
 
@@ -608,7 +681,7 @@ def test_control_every_web_write_is_accepted_while_unlocked(app, world, dm, db):
         if endpoint.startswith("api."):
             continue
         path, who, form = web_cases(world, dm)[endpoint]
-        c = clients.setdefault(who, web_client(app, who))
+        c = clients.setdefault(who, web_client(app, who, world))
         n = fingerprint(db)["AuditRecord"]
         r = c.post(path, data=form)
         assert r.status_code == 302, (endpoint, r.status_code, r.get_data(as_text=True)[:2000])
@@ -616,8 +689,8 @@ def test_control_every_web_write_is_accepted_while_unlocked(app, world, dm, db):
 
 
 def test_every_web_write_answers_423_and_changes_nothing_while_locked(app, world, dm, db):
-    clients = {who: web_client(app, who) for who in ("coordinator", "therapist", "therapist2", "assessor", "admin", "manager",
-                                                   "monitor")}
+    clients = {who: web_client(app, who, world) for who in ("coordinator", "therapist", "therapist2", "assessor", "admin",
+                                                          "manager", "monitor", "investigator")}
     ok(hard_or_soft(world, "hard"))
     before = fingerprint(db)
     wrong = {}
@@ -634,8 +707,8 @@ def test_every_web_write_answers_423_and_changes_nothing_while_locked(app, world
 
 def test_web_writes_change_nothing_while_locked(app, world, dm, db):
     """Whatever the status code, a web write under a hard lock changes nothing and says why."""
-    clients = {who: web_client(app, who) for who in ("coordinator", "therapist", "therapist2", "assessor", "admin", "manager",
-                                                   "monitor")}
+    clients = {who: web_client(app, who, world) for who in ("coordinator", "therapist", "therapist2", "assessor", "admin",
+                                                          "manager", "monitor", "investigator")}
     ok(hard_or_soft(world, "hard"))
     before = fingerprint(db)
     for endpoint, (method, rule) in sorted(write_routes(app).items()):

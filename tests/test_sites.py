@@ -314,3 +314,99 @@ def test_api_sites_needs_a_token(world):
     assert r.status_code == 401
     assert r.get_json()["error"]["code"] == "unauthorized"
 
+
+
+# --- a site's languages (issue 28) ---------------------------------------------------------------
+
+@pytest.mark.parametrize("given, fragment", [
+    (["de", "sv"], "'sv': not a language of the system (one of en, de, it, nb, pt_BR, ko, he)"),
+    ("de, xx", "'xx': not a language of the system"),
+    (["de", "en", "de"], "de given more than once"),
+    ([], "must be a list of languages, the default first"),
+    ("de", None), (7, "must be a list of languages"), ([1], "must be a list of languages"),
+], ids=["unknown", "unknown-in-text", "twice", "empty", "one", "number", "not-codes"])
+def test_site_languages_are_checked_against_the_systems_languages(world, given, fragment):
+    before = state(world.db)
+    if fragment is None:
+        sites.update_site(world.db, CLI, "AT01", {"languages": given}, reason="test")
+        assert get_site(world.db, "AT01").languages == ["de"]
+        return
+    with pytest.raises(ValidationError) as exc:
+        sites.update_site(world.db, CLI, "AT01", {"languages": given}, reason="test")
+    assert fragment in exc.value.fields["languages"]
+    world.db.rollback()
+    assert state(world.db) == before and get_site(world.db, "AT01").languages is None
+
+
+def test_site_languages_are_stored_in_order_and_audited(world):
+    site = sites.create_site(world.db, CLI, {"code": "CH01", "name": "Zürich", "languages": "de, it, pt-BR"})
+    world.db.commit()
+    assert get_site(world.db, "CH01").languages == ["de", "it", "pt_BR"]
+    assert {r.field: r.new for r in site_audit(world.db, "CH01", "create")}["languages"] == '["de","it","pt_BR"]'
+    sites.update_site(world.db, world.users["admin"], site.code, {"languages": ["it", "de"]}, reason="Ticino families")
+    world.db.commit()
+    [rec] = site_audit(world.db, "CH01", "update")
+    assert (rec.field, rec.old, rec.new, rec.reason) == ("languages", '["de","it","pt_BR"]', '["it","de"]',
+                                                          "Ticino families")
+
+
+def test_admin_edits_a_sites_languages_on_the_web(world, client):
+    sites.update_site(world.db, CLI, "AT01", {"languages": ["de", "en"]})
+    world.db.commit()
+    login(client, "admin")
+    r = client.get("/admin/sites/AT01")
+    assert 'name="languages"' in page_text(r) and 'value="de, en"' in page_text(r)
+    assert '<span lang="de">Deutsch</span>, <span lang="en">English</span>' in page_text(client.get("/admin/sites"))
+    assert "pt_BR = Português (Brasil)" in page_text(r)
+    r = client.post("/admin/sites/AT01", data={"code": "AT01", "name": "Vienna", "country": "AT", "timezone": "UTC",
+                                               "target": "40", "is_open": "y", "languages": "en, de, he",
+                                               "reason": "Families from Israel"})
+    assert r.status_code == 302, page_text(r)
+    assert get_site(world.db, "AT01").languages == ["en", "de", "he"]
+    [rec] = [r for r in site_audit(world.db, "AT01", "update") if r.reason == "Families from Israel"]
+    assert (rec.field, rec.old, rec.new) == ("languages", '["de","en"]', '["en","de","he"]')
+    r = client.post("/admin/sites/new", data={**SITE_FORM, "languages": "nb"})
+    assert r.status_code == 302 and get_site(world.db, "DK01").languages == ["nb"]
+
+
+def test_web_site_form_refuses_an_unknown_language_in_the_readers_language(world, client):
+    login(client, "admin")
+    before = state(world.db)
+    r = client.post("/admin/sites/AT01", data={"code": "AT01", "name": "Vienna", "country": "AT", "timezone": "UTC",
+                                               "target": "40", "is_open": "y", "languages": "de, sv", "reason": "x"})
+    assert r.status_code == 400
+    body = page_text(r)
+    assert "'sv': not a language of the system (one of en, de, it, nb, pt_BR, ko, he)" in body
+    assert 'aria-invalid="true"' in body.split('name="languages"')[0].rsplit("<input", 1)[1] + body.split(
+        'name="languages"')[1].split(">")[0]
+    assert state(world.db) == before and get_site(world.db, "AT01").languages is None
+    r = client.post("/admin/sites/new", data={**SITE_FORM, "languages": "xx"})
+    assert r.status_code == 400 and "'xx': not a language of the system" in page_text(r)
+    assert state(world.db) == before
+
+
+def test_api_sites_carry_their_languages(world):
+    sites.update_site(world.db, CLI, "NO01", {"languages": ["nb", "en"]})
+    world.db.commit()
+    body = world.api("GET", "/sites", "assessor").get_json()
+    assert {s["code"]: s["languages"] for s in body} == {"AT01": [], "NO01": ["nb", "en"]}
+
+
+def test_the_consent_form_defaults_to_the_first_language_the_admin_set(world, client):
+    """The admin's edit reaches the consent form: its language preselected is the site's first."""
+    import datetime as dt
+    sc = world.screen()
+    r = world.api("POST", "/participants", "coordinator", json={
+        "screening_id": sc.id, "date_of_birth": (dt.date.today() - dt.timedelta(days=5 * 365)).isoformat(),
+        "sex": "female", "consent_date": dt.date.today().isoformat()})
+    assert r.status_code == 201, r.get_json()
+    sid = r.get_json()["study_id"]
+    login(client, "admin")
+    r = client.post("/admin/sites/AT01", data={"code": "AT01", "name": "Vienna", "country": "AT", "timezone": "UTC",
+                                               "target": "40", "is_open": "y", "languages": "he, de",
+                                               "reason": "families from Israel"})
+    assert r.status_code == 302
+    client.post("/logout")
+    login(client, "coordinator")
+    body = page_text(client.get(f"/participants/{sid}/consents/new"))
+    assert '<option selected value="he">' in body or '<option value="he" selected>' in body, body

@@ -230,6 +230,73 @@ def test_consort_counts_the_withdrawals_by_scope(world, db, kids):
     assert pooled == {"discontinued_intervention": None, "withdrew_from_follow_up": 1, "withdrew_completely": 2}
 
 
+@pytest.mark.parametrize("same", [True, False], ids=["one-music-arm", "two-music-arms"])
+def test_the_consort_diagram_draws_the_withdrawals_of_consent_in_the_follow_up_of_each_arm(world, db, kids, tmp_path,
+                                                                                           same):
+    import os
+    import re
+    import shutil
+    import subprocess
+
+    from trial.catalogue import Msg
+    from trial.exports.service import consort_pdf, consort_svg
+
+    def lines(svg: str) -> list[str]:
+        import html
+        return [html.unescape(x) for x in re.findall(r'xml:space="preserve">([^<]*)<', svg)]
+
+    # none yet: no line
+    assert not [x for x in lines(consort_svg(db, CLI)) if "Withdrew consent" in x]
+    # both layouts, whatever the list drew: the second music child in the first one's arm, or in the other
+    music = allocation_of(db, kids["m1"].id).arm
+    second = kids["m2"]
+    while allocation_of(db, second.id).arm == "usual" or (allocation_of(db, second.id).arm == music) != same:
+        second, _ = randomized_before(world, db, R)
+        backdate_randomization(db, dt.datetime.combine(R, dt.time(10, 0)), second.id)
+    kids = {**kids, "m2": second}
+    for key, scope in (("m1", "intervention"), ("m2", "follow_up"), ("usual", "all")):
+        assert withdraw(world, kids[key], scope=scope).status_code == 201
+    db.expire_all()
+    svg = consort_svg(db, CLI)
+    text = " ".join(lines(svg))
+    usual = "Withdrew consent: from the intervention (n=0), from follow-up (n=0), from both (n=1)"
+    assert usual in text
+    if same:
+        assert "Withdrew consent: from the intervention (n=1), from follow-up (n=1), from both (n=0)" in text
+    else:
+        assert "Withdrew consent: from the intervention (n=1), from follow-up (n=0), from both (n=0)" in text
+        assert "Withdrew consent: from the intervention (n=0), from follow-up (n=1), from both (n=0)" in text
+    # the follow-up boxes (one per arm) hold the line and overlap nothing: every box's text inside it
+    boxes = [tuple(map(float, m)) for m in re.findall(r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" '
+                                                       r'height="([\d.]+)" fill="#fff" stroke', svg)]
+    for i, (x, y, w, h) in enumerate(boxes):
+        for (x2, y2, w2, h2) in boxes[i + 1:]:
+            assert x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y, "boxes overlap"
+    # in the reader's language: the line is one message of the catalogue, put through the page's ``say``
+    said: list[Msg] = []
+
+    def say(m):
+        said.append(m)
+        return str(m).upper()
+    assert usual.upper() in " ".join(lines(consort_svg(db, CLI, say=say)))
+    assert any(isinstance(m, Msg) and str(m) == usual for m in said)
+    # blinded (pooled): the count from the intervention withheld, as its box's
+    world.db.commit()
+    r = world.api("GET", "/consort.svg", "statistician")
+    assert r.status_code == 200
+    assert "Withdrew consent: from the intervention (withheld while blinded), from follow-up (n=1), from both " \
+           "(n=1)" in " ".join(lines(r.get_data(as_text=True)))
+    # the PDF (English)
+    pdf = consort_pdf(db, CLI)
+    (tmp_path / "consort.pdf").write_bytes(pdf)
+    if os.environ.get("TRIAL_KEEP_DRAWINGS"):
+        shutil.copy(tmp_path / "consort.pdf", os.environ["TRIAL_KEEP_DRAWINGS"])
+    if shutil.which("pdftotext"):
+        out = subprocess.run(["pdftotext", "-raw", "-", "-"], input=pdf, capture_output=True, check=True).stdout.decode()
+        flat = " ".join(out.split())
+        assert "from both (n=1)" in flat and "Withdrew consent" in flat
+
+
 def test_the_bundle_carries_the_consents_and_the_withdrawals_without_free_text_when_blinded(world, db, kids):
     from tests.test_exports import MEANING, PASSWORD, bundle_files, read_csv
     m1, m2 = kids["m1"], kids["m2"]

@@ -184,15 +184,25 @@ LABELS: dict[str, dict[str, str]] = {
         "eligibility": N_("Eligibility"), "consent": N_("Consent"), "visit_out_of_window": N_("Visit out of window"),
         "intervention": N_("Intervention"), "assessment": N_("Assessment"), "blinding": N_("Blinding"), "other": N_("Other"),
     },
+    "dmc_decision": {
+        "continue": N_("Continue the trial unchanged"), "modify": N_("Continue with modifications"),
+        "stop_benefit": N_("Stop: benefit shown"), "stop_harm": N_("Stop: harm"), "stop_futility": N_("Stop: futility"),
+    },
     "role": {
         "coordinator": N_("Site coordinator"), "therapist": N_("Music therapist"), "assessor": N_("Blinded assessor"),
         "monitor": N_("Monitor"), "statistician": N_("Statistician"), "manager": N_("Trial manager"),
-        "admin": N_("Administrator"),
+        "admin": N_("Administrator"), "investigator": N_("Site investigator"),
+        "dmc": N_("Data monitoring committee"),
     },
     "visit_status": {
         "done": N_("Entered"), "done_out_of_window": N_("Entered out of window"), "due": N_("Due"),
         "overdue": N_("Overdue"), "upcoming": N_("Upcoming"), "missing": N_("Missing"),
         "not_expected": N_("Not expected"), "not_yet_randomized": N_("Not yet randomized"),
+        "not_done": N_("Not done (reason recorded)"),
+    },
+    "randomization_error": {
+        "wrong_stratum": N_("Randomized in the wrong stratum"), "ineligible": N_("Ineligible child randomized"),
+        "randomized_twice": N_("Randomized twice"),
     },
     "query_status": {"open": N_("Open"), "answered": N_("Answered"), "closed": N_("Closed")},
     "query_step": {"raise": N_("Raised"), "response": N_("Answered"), "close": N_("Closed"), "reopen": N_("Reopened")},

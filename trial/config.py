@@ -72,6 +72,11 @@ def from_env(overrides: dict | None = None) -> dict:
         cfg["LOCK_BUILDER"] = "inline"
     if cfg["LOCK_BUILDER"] not in ("worker", "external", "inline"):  # an override (the environment's is checked)
         raise ConfigError("TRIAL_LOCK_BUILDER must be worker, external or inline.")
+    if cfg["LOCK_BUILDER"] == "inline" and cfg["ENV_NAME"] == "production":
+        # inline builds a lock's bundles, a data cut or a sharing bundle in the request's own session: on SQLite
+        # its transaction holds the write lock for the whole build, and every writer waits (the tests' mode)
+        raise ConfigError("TRIAL_LOCK_BUILDER=inline is for the tests: it builds in the request and holds up the "
+                          "writers meanwhile; in production use worker or external.")
     if not cfg["SECRET_KEY"]:
         if cfg["ENV_NAME"] == "production":
             raise ConfigError("TRIAL_SECRET_KEY must be set in production (TRIAL_ENV=production); refusing to start.")

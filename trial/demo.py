@@ -60,13 +60,16 @@ USERS = [
     ("therapist2", "therapist2@demo.trial", "Tove Therapist", [("therapist", "AT01"), ("therapist", "NO01")]),
     ("assessor", "assessor@demo.trial", "Asa Assessor", [("assessor", "AT01"), ("assessor", "NO01")]),
     ("monitor", "monitor@demo.trial", "Moe Monitor", [("monitor", "AT01"), ("monitor", "NO01")]),
+    ("investigator", "investigator@demo.trial", "Ines Investigator", [("investigator", "AT01"), ("investigator", "NO01")]),
+    ("dmc", "dmc@demo.trial", "Dag DMC", [("dmc", None)]),
 ]
 # the demo's logins (printed by `make demo`): each passes the password rules (trial.auth.passwords),
 # which refuse a password built from the user's own e-mail or name, like the old "manager-demo-2026"
 DEMO_PASSWORDS = {"admin": "quiet-harbour-lantern", "manager": "copper-meadow-compass",
                   "statistician": "velvet-orbit-thistle", "coordinator": "amber-canyon-whistle",
                   "therapist": "silver-tambourine-fjord", "therapist2": "maple-cello-horizon",
-                  "assessor": "granite-puzzle-heron", "monitor": "willow-beacon-saffron"}
+                  "assessor": "granite-puzzle-heron", "monitor": "willow-beacon-saffron",
+                  "investigator": "harbor-violin-quartz", "dmc": "lichen-tundra-metronome"}
 TECHNIQUES = ["free_improvisation", "structured_improvisation", "songs", "musical_games", "receptive_listening"]
 GOALS = ["eye_contact", "turn_taking", "emotional_expression", "vocalization", "social_tolerance", "joint_attention"]
 GOAL_NOTES = {"eye_contact": "Looks up to the therapist when the music pauses",

@@ -29,7 +29,7 @@ from trial.lock.service import build_not_started, build_now, build_status
 from trial.lock.worker import start_or_fail, watch
 from trial.migrate import head_revision, revision_of
 from trial.paging import DEFAULT_PER_PAGE, MAX_PER_PAGE, PageRequest
-from trial.policy import ANY, BEFORE_ENROLMENT, POLICY, PUBLIC, QUERY_PARAMS
+from trial.policy import ANY, BEFORE_ENROLMENT, DMC_REACHES, NO_REFERRER, POLICY, PUBLIC, QUERY_PARAMS
 from trial.protocol.service import current as current_protocol
 from trial.protocol.service import labels as protocol_labels
 from trial.protocol.service import localized
@@ -249,6 +249,10 @@ def _enforce_policy():
         return login_manager.unauthorized()
     if not is_api() and user.must_change_password and endpoint not in ("auth.password", "auth.logout", "auth.language"):
         return redirect(url_for("auth.password"))
+    if user.has_role("dmc") and endpoint not in DMC_REACHES:  # the committee reaches its own routes only
+        if endpoint == "main.home":
+            return redirect(url_for("interim.cuts"))
+        abort(403)
     if policy != ANY and not user.has_role(*policy):
         abort(403)
     return None
@@ -323,6 +327,8 @@ def select_locale() -> str:
     part of its contract)."""
     if not request or is_api():
         return "en"
+    if g.get("page_language") in LANGUAGES:  # a page in its reader's language whoever asks (a parent's survey)
+        return g.page_language
     chosen = None
     try:
         chosen = getattr(actor(), "language", None)
@@ -507,7 +513,8 @@ def _security_headers(resp):
     # same-origin, not no-referrer: over TLS Flask-WTF checks that a form was posted from this site by its
     # Referer, which a browser told "no-referrer" never sends (every login behind the TLS proxy would answer
     # "the form expired"); to any other site still nothing is sent
-    resp.headers["Referrer-Policy"] = "same-origin"
+    # (a page or answer with a credential in its path, trial.policy.NO_REFERRER: no-referrer)
+    resp.headers.setdefault("Referrer-Policy", "no-referrer" if request.endpoint in NO_REFERRER else "same-origin")
     resp.headers["Permissions-Policy"] = PERMISSIONS
     resp.headers["Cross-Origin-Opener-Policy"] = "same-origin"
     if request.is_secure or current_app.config.get("SESSION_COOKIE_SECURE"):  # served over TLS (production is)

@@ -13,8 +13,8 @@ from trial.catalogue import N_
 from trial.errors import Forbidden
 from trial.trialstate.service import trial_unblinded
 
-UNBLINDED_SITE_ROLES = ("coordinator", "therapist", "monitor")
-SITE_ROLES = ("coordinator", "therapist", "assessor", "monitor")
+UNBLINDED_SITE_ROLES = ("coordinator", "therapist", "monitor", "investigator")
+SITE_ROLES = ("coordinator", "therapist", "assessor", "monitor", "investigator")
 
 
 @dataclass

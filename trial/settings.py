@@ -127,7 +127,11 @@ class Settings(BaseSettings):
                     "output goes to `instance/worker.log`), `external` (a `trial worker` you keep running, e.g. "
                     "under systemd: on PostgreSQL the lock's commit wakes it at once (`NOTIFY trial_lock_build`), "
                     "a second or so sooner than a worker the app starts, which must load first) or `inline` (in "
-                    "the signing request; the tests)")
+                    "the signing request; the tests only: refused with TRIAL_ENV=production). The data cuts and the sharing bundles follow it too "
+                    "(`inline`: in the request; `worker`: a detached process the app starts for each; `external`: "
+                    "the `trial worker` kept running claims them), and so do the site archives (`inline`: in the "
+                    "request; else a detached `trial archive run-job` the app starts); the processes the app starts "
+                    "write to `instance/worker.log`")
     smtp_url: str | None = Field(
         None, repr=False, json_schema_extra={"default": "not set: notifications are in-app only", "hide": "password"},
         description="mail relay, `smtp://user:pass@host:25` (add `?starttls=1`) or `smtps://host:465`; with TLS "
@@ -142,6 +146,14 @@ class Settings(BaseSettings):
         description="attempts to send an e-mail before it is given up as a dead letter (kept, shown on the managers' "
                     "and admins' home pages, in `/readyz` and `trial mail status`; `trial mail status --retry-dead` "
                     "queues it again); after a failed attempt the next waits 1, 2, 4 ... minutes, at most an hour")
+    survey_address_limit: int = Field(
+        20, ge=1,
+        description="parents' surveys: a client address that tried this many unknown links in 15 minutes gets 429 "
+                    "(Retry-After) for every survey link until the 15 minutes have passed")
+    survey_link_limit: int = Field(
+        30, ge=1,
+        description="parents' surveys: a link opened or submitted this many times in an hour gets 429 (Retry-After) "
+                    "until the hour has passed")
     base_url: str | None = Field(
         None, json_schema_extra={"default": "not set: links in e-mails are relative"},
         description="public address of the app, e.g. `https://trial.example.org`, so that links in e-mails are "

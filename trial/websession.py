@@ -75,7 +75,10 @@ def clock() -> dict:
 
 
 def _check(db: Callable):
-    if request.endpoint in (None, "static") or request.path.startswith("/api/") or "_user_id" not in session:
+    # a parent's survey page is no staff page: a stale staff session in the same browser (a shared
+    # tablet) must not send the parent to the staff login
+    if request.endpoint in (None, "static") or request.path.startswith("/api/") or "_user_id" not in session \
+            or request.endpoint.startswith("survey_parent."):
         return None
     now = time.time()
     idle_left, absolute_left = left(now)

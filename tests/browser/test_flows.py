@@ -238,7 +238,10 @@ def _lift_if_locked(live) -> None:
 def test_lifting_and_unblinding_are_separate_and_unblinding_needs_its_confirmation(open_as, live):
     with live.sessions() as db:  # a hard lock with its bundles built, as the worker leaves it
         manager_user = db.execute(select(User).where(User.email == "manager@demo.trial")).scalar_one()
-        lk = create_lock(db, manager_user, "hard", "Rehearsal of the final lock.", PASSWORD["manager"], True)
+        # the demo's casebooks wait for their investigators' signatures: accepted here,
+        # this test is about lifting and unblinding, not about the sign-offs
+        lk = create_lock(db, manager_user, "hard", "Rehearsal of the final lock.", PASSWORD["manager"], True,
+                         accept_unsigned=True)
         build_now(db, manager_user, lk)
         db.commit()
         lock_id = lk.id

@@ -17,6 +17,13 @@ At the optimum, sigma^2 = s2, tau^2 = theta^2 sigma^2, and the fixed effects' co
 sigma^2 (X' A^-1 X)^-1: the standard errors lme4 and SAS PROC MIXED give (conditional on the
 variance estimates).
 
+A design whose columns are not linearly independent (a visit, an arm at a visit or a site without
+observations) is fitted as lme4 fits it (its default ``check.rankX = "message+drop.cols"``): the
+columns are taken in order and one is kept when it is not a linear combination of those kept
+before it, with R's QR tolerance (LINPACK's limited pivoting, ``qr(X, tol = 1e-7)``: a column whose
+norm, once the kept columns are projected out, falls below 1e-7 of its own norm is dropped). The
+dropped columns are named in the fit (``dropped``) and have no estimate.
+
 This module imports nothing of the trial system: the bundle's ``analysis/primary.py`` carries it
 whole, so a statistician reproduces the lock's numbers with NumPy, SciPy and pandas alone. The
 tests check it against statsmodels' MixedLM and against lme4.
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 try:  # (light: it loads no BLAS itself)
@@ -38,6 +45,7 @@ if TYPE_CHECKING:  # the module loads NumPy only when it fits
 
 Z95 = 1.959963984540054  # the normal distribution's 97.5% point
 SINGULAR_THETA = 1e-4    # lme4's isSingular() tolerance: theta below it is a boundary ("singular") fit
+RANK_TOL = 1e-7          # R's qr() tolerance, which lme4 uses to drop the columns it cannot estimate
 
 
 @dataclass
@@ -58,10 +66,17 @@ class MixedFit:
     boundary: bool         # theta at (or within SINGULAR_THETA of) zero
     outcome: str = "y"
     group_name: str = "child"
+    dropped: list[str] = field(default_factory=list)  # the design's columns dropped as lme4 drops them, in order
+    # the columns kept whose coefficient is not estimable either: a dropped column is a combination of
+    # them, so their estimate (lme4's too) is that of the reduced model, not of the effect they name
+    aliased: list[str] = field(default_factory=list)
 
     def term(self, name: str) -> dict:
         """One coefficient with its Wald 95% confidence interval and p value; no inference when the
-        standard error is not finite or the model leaves no residual variation."""
+        standard error is not finite or the model leaves no residual variation; no estimate when
+        the column was dropped (it cannot be estimated from these data)."""
+        if name in self.dropped:
+            return {"estimate": None, "se": None, "ci_low": None, "ci_high": None, "p_value": None}
         i = self.names.index(name)
         est, se = float(self.params[i]), float(self.se[i])
         if not (self.sigma2 > 0 and math.isfinite(est) and math.isfinite(se) and se > 0):
@@ -89,7 +104,7 @@ class MixedFit:
         if self.boundary:
             lines.append("  The children's variance is estimated at zero (a boundary fit, lme4's 'singular fit'): "
                          "the estimates are those of least squares.")
-        width = max(18, *(len(n) + 2 for n in self.names))
+        width = max(18, *(len(n) + 2 for n in [*self.names, *self.dropped]))
         lines += ["", "Fixed effects (standard errors given the variance estimates, as lme4 and SAS PROC MIXED give them):",
                   f"  {'':<{width}}{'Estimate':>11}{'Std.Err.':>11}{'z':>9}{'P>|z|':>9}{'[0.025':>11}{'0.975]':>11}"]
         for name in self.names:
@@ -100,13 +115,48 @@ class MixedFit:
                 continue
             lines.append(f"  {name:<{width}}{t['estimate']:>11.4f}{t['se']:>11.4f}{t['estimate'] / t['se']:>9.3f}"
                          f"{t['p_value']:>9.4f}{t['ci_low']:>11.4f}{t['ci_high']:>11.4f}")
+        for name in self.dropped:
+            lines.append(f"  {name:<{width}}   (dropped: not estimable from these data)")
+        if self.dropped:
+            lines += ["", f"The fixed-effect model matrix is rank deficient, so {len(self.dropped)} "
+                      f"column{'s were' if len(self.dropped) > 1 else ' was'} dropped, as lme4 drops them: "
+                      f"{', '.join(self.dropped)}"]
+        if self.aliased:
+            lines.append("Aliased with a dropped column (their estimates are the reduced model's, not the effects "
+                         f"they name): {', '.join(self.aliased)}")
         return "\n".join(lines)
+
+
+def estimable_columns(x: np.ndarray, tol: float = RANK_TOL) -> list[int]:
+    """The columns of ``x`` lme4 keeps, in order: R's ``qr(x, tol = 1e-7)`` with LINPACK's
+    limited column pivoting (the one lme4's rank check uses) goes through the columns from the
+    left and moves to the end each one whose norm, once the columns kept before it are projected
+    out, is below ``tol`` times its original norm (a column of zeros: below ``tol``); the first
+    ``rank`` pivots, the columns kept, are then in their original order. The projections here are
+    Gram-Schmidt's, done twice (as accurate as Householder's for a design's few columns)."""
+    import numpy as np  # deferred, as below
+    n, p = x.shape
+    keep: list[int] = []
+    basis = np.zeros((n, 0))
+    for j in range(p):
+        col = np.asarray(x[:, j], dtype=float)
+        norm = float(np.linalg.norm(col))
+        if len(keep) >= n:  # n columns kept span every column left
+            break
+        rest = col - basis @ (basis.T @ col)
+        rest -= basis @ (basis.T @ rest)  # once more: what rounding left of the projections
+        left = float(np.linalg.norm(rest))
+        if left >= tol * (norm if norm > 0 else 1.0) and left > 0:
+            keep.append(j)
+            basis = np.column_stack([basis, rest / left])
+    return keep
 
 
 def design(long, visits: list[str], terms: dict[str, list[str]], adjust: list[str]):
     """The model's data from ``long`` (a mapping of columns, such as a pandas DataFrame: one row per
     child and visit, columns studyid, visit, arm, y and the adjustment factors): rows with an
-    outcome and an arm, sorted by child and visit; an intercept, each follow-up visit, each
+    outcome and an arm, sorted by child and visit; an intercept, each follow-up visit with
+    observations (a visit without any is no level of the factor, as in R), each
     comparison's indicator (``terms``: its name and the arms it sets to 1, the reference arm 0 in
     every one) times each follow-up visit (``<term>_<visit>``), and each factor coded against its
     first level in sorted order. Returns (column names, X, y, the children's ids, the rows used
@@ -125,7 +175,10 @@ def design(long, visits: list[str], terms: dict[str, list[str]], adjust: list[st
     n = len(used["y"])
     visit = used["visit"]
     x = {"Intercept": np.ones(n)}
-    for v in visits[1:]:
+    # visit is a factor whose levels without an observation are dropped (as R's model frame drops
+    # them, so lme4 never sees their columns): coded against its first level with observations
+    present = [v for v in visits if (visit == v).any()]
+    for v in present[1:]:
         x[f"visit_{v}"] = (visit == v).astype(float)
     for term, arms in terms.items():
         member = np.isin(used["arm"], np.asarray(arms, dtype=object)).astype(float)
@@ -142,13 +195,34 @@ def design(long, visits: list[str], terms: dict[str, list[str]], adjust: list[st
 
 
 def reml_fit(x: np.ndarray, y: np.ndarray, groups, names: list[str]) -> MixedFit:
-    """Fit the random-intercept model by REML (see the module's text). BLAS and LAPACK run in one
+    """Fit the random-intercept model by REML (see the module's text), the columns that cannot be
+    estimated dropped first as lme4 drops them (``estimable_columns``; named in the fit's
+    ``dropped``, its ``names`` the columns kept). BLAS and LAPACK run in one
     thread here, whatever the process's setting: with more, OpenBLAS splits the sums differently
     and the last digits of the estimates change, while a lock's bundle must be the same bytes
     whichever process builds it (a worker, its helper, `trial lock rebuild`)."""
     one_thread = threadpool_limits(limits=1, user_api="blas") if threadpool_limits else contextlib.nullcontext()
     with one_thread:
-        return _reml_fit(x, y, groups, names)
+        keep = estimable_columns(x) if x.shape[0] else list(range(x.shape[1]))
+        if len(keep) == x.shape[1]:
+            return _reml_fit(x, y, groups, names)
+        result = _reml_fit(x[:, keep], y, groups, [names[j] for j in keep])
+        result.dropped = [n for j, n in enumerate(names) if j not in set(keep)]
+        result.aliased = aliased_columns(x, keep, names)
+        return result
+
+
+def aliased_columns(x: np.ndarray, keep: list[int], names: list[str]) -> list[str]:
+    """The kept columns each dropped column is a combination of (x_d = X_keep c_d, c_d[j] not 0):
+    their coefficients are not estimable in the full model (the unit vector of a column is in
+    the row space of X only when it is orthogonal to every null vector (c_d, -1))."""
+    import numpy as np  # deferred, as above
+    kept = x[:, keep]
+    out: set[int] = set()
+    for d in (j for j in range(x.shape[1]) if j not in set(keep)):
+        c = np.linalg.lstsq(kept, x[:, d], rcond=None)[0]
+        out.update(keep[i] for i in np.flatnonzero(np.abs(c) > 1e-6 * max(1.0, float(np.abs(c).max()))))
+    return [names[j] for j in sorted(out)]
 
 
 def _reml_fit(x: np.ndarray, y: np.ndarray, groups, names: list[str]) -> MixedFit:
@@ -158,10 +232,6 @@ def _reml_fit(x: np.ndarray, y: np.ndarray, groups, names: list[str]) -> MixedFi
     n_obs, p = x.shape
     if n_obs <= p:
         raise ValueError(f"{n_obs} observations cannot fit {p} fixed effects")
-    rank = np.linalg.matrix_rank(x)
-    if rank < p:
-        raise ValueError(f"the design has rank {rank} for {p} fixed effects: some effect cannot be estimated from "
-                         "these data (an arm, visit or site without observations)")
     _, index = np.unique(groups, return_inverse=True)
     sizes = np.bincount(index).astype(float)
     n_groups = len(sizes)

@@ -62,6 +62,8 @@ class Site(Answer):
     target: Count
     timezone: str = ABSENT
     open: bool = ABSENT
+    languages: list[str] = Field(None, description="the site's languages, the one it consents in by default first; "
+                                 "[] when none is set (English)", json_schema_extra={"x-absent": True})
 
 
 class Protocol(Answer):
@@ -116,6 +118,28 @@ class AssessmentRecorded(Answer):
     warning: str = ABSENT
 
 
+class NotDoneRecorded(Answer):
+    id: Id
+    study_id: str
+    visit: str
+    instrument: str
+    reason: str
+    text: str | None
+    recorded_at: Moment
+
+
+class RandomizationErrorRecord(Answer):
+    id: Id
+    study_id: str
+    kind: one_of("wrong_stratum", "ineligible", "randomized_twice")
+    field: str | None
+    as_randomized: str | None
+    correct_value: str | None
+    text: str
+    recorded_by: str | None
+    recorded_at: Moment
+
+
 class Randomized(Answer):
     study_id: str
     arm: str
@@ -129,8 +153,9 @@ class Visit(Answer):
     primary: bool
     instruments_done: list[str]
     instruments_expected: list[str]
+    instruments_not_done: list[str]
     status: one_of("done", "done_out_of_window", "due", "overdue", "upcoming", "missing", "not_expected",
-                   "not_yet_randomized")
+                   "not_yet_randomized", "not_done")
     window_start: Date = ABSENT
     target: Date = ABSENT
     window_end: Date = ABSENT
@@ -151,6 +176,18 @@ class Schedule(Answer):
 
 class Recorded(Answer):
     id: Id
+
+
+class Signoff(Answer):
+    milestone: str
+    milestone_label: str
+    signed_by: str
+    signed_by_name: str
+    signed_at: Moment
+    status: str
+    meaning: str
+    invalidated_by_change: str = ABSENT
+    invalidated_at: Moment = ABSENT
 
 
 class SessionRecorded(Recorded):
@@ -590,3 +627,61 @@ class ConsentDue(BaseModel):
     document: str
     version: str
     due_since: Date
+
+
+# --- parents' surveys (issue 28) -----------------------------------------------------------------
+
+SURVEY_STATUSES = ("sent", "opened", "completed", "expired", "revoked")
+
+
+class SurveyRecord(BaseModel):
+    """A survey as the coordinator sees it; ``link`` only in the answer that sent (or resent) it."""
+    id: Id
+    visit: str
+    instrument: str
+    language: str
+    status: one_of(*SURVEY_STATUSES)
+    expires_at: Moment
+    sent_at: Moment | None
+    opened_at: Moment | None
+    completed_at: Moment | None
+    revoked_at: Moment | None
+    emailed: bool = Field(description="an e-mail address is kept for the invitation and reminders")
+    reminders_sent: Count
+    link: str = Field(None, json_schema_extra={"x-absent": True},
+                      description="the parent's link: only now (it is not kept); give it to the family")
+
+
+class SurveyChoice(BaseModel):
+    key: str
+    label: str
+
+
+class SurveyField(BaseModel):
+    key: str
+    label: str = Field(description="in the survey's language")
+    type: str
+    required: bool
+    min: float | None = ABSENT
+    max: float | None = ABSENT
+    units: str | None = ABSENT
+    choices: list[SurveyChoice] = ABSENT
+
+
+class SurveyForm(BaseModel):
+    """What the parent answers: the instrument and visit (keys, with their labels in the survey's
+    language), the fields, the language; never a study id, an arm or another form."""
+    instrument: str
+    visit: str
+    fields: list[SurveyField]
+    language: str
+    instrument_label: str
+    visit_label: str
+    first_name: str | None = Field(description="the child's first name, if the coordinator gave one")
+    layout: one_of("whole_form", "one_question")
+    expires_on: Date = Field(description="the last day the link works (at the site)")
+    rtl: bool = Field(description="the language is written right to left")
+
+
+class SurveyDone(BaseModel):
+    status: one_of("completed")

@@ -16,8 +16,9 @@ from trial.course import service as course
 from trial.course.models import ATTENDANCE, PRESENT
 from trial.credentials import service as credentials
 from trial.dataquality.models import QUERY_KINDS
-from trial.participants.models import EVENT_TYPES, SEXES
+from trial.outcomes import notdone
 from trial.outcomes import service as outcomes
+from trial.participants.models import EVENT_TYPES, SEXES
 from trial.safety.models import EXPECTEDNESS, OUTCOMES, RELATEDNESS, REPORTED_TO, SERIOUSNESS, SEVERITIES
 from trial.status.service import DEVIATION_CATEGORIES
 from trial.validation import (
@@ -224,6 +225,28 @@ class BlindingBreakBody(Body):
     description: Text(1000)
 
 
+class NotDoneBody(Body):
+    LEAD = notdone.LEAD
+    LABELS = notdone.LABELS
+    visit: Word = against(PROTOCOL)
+    instrument: Word = against(PROTOCOL, description="an instrument collected at the visit")
+    reason: Word = against(PROTOCOL, description="a key of the protocol's [[missing_reasons]]")
+    text: Text(notdone.MAX_TEXT, required=False) = against("the reason: required where it needs a text", None)
+
+
+class RetractionBody(Body):
+    LEAD = N_("The record was not retracted")
+    reason: Text(500) = against("why the record was a mistake")
+
+
+class RandomizationErrorBody(Body):
+    LEAD = N_("The randomization error was not recorded")
+    kind: choice("wrong_stratum", "ineligible", "randomized_twice")
+    field: Word | None = against("the kind: a stratification factor of the protocol, for wrong_stratum", None)
+    correct_value: Word | None = against("the field: one of the factor's levels, for wrong_stratum", None)
+    text: Text(2000)
+
+
 class AssessmentCorrectionBody(Body):
     LEAD = N_("The correction was not saved")
     WORDS = {"missing:reason": N_("is required for a correction")}
@@ -355,6 +378,15 @@ class FidelityRatingBody(Body):
     note: Text(1000, required=False) = None
 
 
+class SignoffBody(Body):
+    LEAD = N_("Not signed")
+    milestone: Word = against(PROTOCOL, description="a key of the protocol's [[signoff_milestones]]")
+    meaning: Text(500, required=False, description="the meaning of the signature, in the signer's words (default: the "
+                                                   "investigator's review of the casebook)") = None
+    password: Password = against(SIGNER)
+    code: SignerCode = against(SIGNER, None)
+
+
 class LockBody(Body):
     LEAD = N_("Not signed")
     kind: choice("soft", "hard")
@@ -363,6 +395,8 @@ class LockBody(Body):
     code: SignerCode = against(SIGNER, None)
     accept_open_queries: Flag = Field(False, description="sign a hard lock although queries are open (recorded with "
                                                          "the signature)")
+    accept_unsigned: Flag = Field(False, description="sign a hard lock although casebooks wait for their investigator's "
+                                                     "signature (recorded with the signature and in the bundle's README)")
 
 
 class LockLiftBody(Body):
@@ -389,3 +423,27 @@ class AddendumBody(Body):
     reason: Reason
     password: Password = against(SIGNER)
     code: SignerCode = against(SIGNER, None)
+
+
+# --- parents' surveys (issue 28) -----------------------------------------------------------------
+
+class SurveyBody(Body):
+    LEAD = N_("The survey was not sent")
+    visit: Word = against(PROTOCOL, description="a visit at which the instrument is collected")
+    instrument: Word = against(PROTOCOL, description="an instrument the parents answer (respondent = \"parent\")")
+    language: word(nullable=True, description=f"the family's language: one of {', '.join(LANGUAGES)}; default: the "
+                   "site's first language") = against(PROTOCOL, None)
+    email: Text(254, required=False, description="the family's e-mail address: the invitation and the reminders "
+                "go there (through the outbox)") = against("the form of an e-mail address", None)
+    first_name: Text(100, required=False, description="the child's first name, shown to the parent (optional)") = None
+
+
+class SurveyResendBody(Body):
+    LEAD = N_("The survey was not sent again")
+    email: Text(254, required=False, description="a new e-mail address for the family (default: the one the survey "
+                "has)") = against("the form of an e-mail address", None)
+
+
+class SurveyAnswersBody(Body):
+    LEAD = N_("The questionnaire was not saved")
+    values: Values

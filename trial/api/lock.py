@@ -22,7 +22,8 @@ SITE = SITE_QUERY
 def create_lock():
     data = body()
     lock = locks.create_lock(db(), actor(), data.get("kind"), data.get("meaning"), data.get("password"),
-                             data.get("accept_open_queries", False), code=data.get("code"))
+                             data.get("accept_open_queries", False), code=data.get("code"),
+                             accept_unsigned=data.get("accept_unsigned", False))
     db().commit()
     if lock.kind == "hard":
         start_bundle_build(lock.id)

@@ -16,7 +16,9 @@ Compared (TABLES), each table read once and its entity's records once, ``BATCH``
   gives it), allocation (arm, stratum, slot, and the time of randomization when its record gives
   it; randomized, or replayed from the allocation journal after a restore), allocation_reservation (a slot the
   journal kept for a child the restored database lacks, and its use), assessment (each
-  ``values.<field>``), status_event, deviation, blinding_break, therapy_session,
+  ``values.<field>``), consent (its document, version, language, day, signer, options and
+  source; the rows migration 0024 wrote from the consent dates, which have no record of their own,
+  against what it wrote), consent_withdrawal, status_event, deviation, blinding_break, therapy_session,
   counselling_session, child_goal, adverse_event, adverse_event_follow_up (its own records since
   issue 27), adverse_event_report (inside its event's records: ``report`` and the fields after
   it); each child-owned row also by the child it belongs to (``participant``: a row moved to
@@ -25,7 +27,8 @@ Compared (TABLES), each table read once and its entity's records once, ``BATCH``
   data_query_message (each query's thread in order: raised, answered, closed, reopened; the answer
   to a missing form is such a thread), source_verification (the mark standing or cleared, with
   the reason), fidelity_draw (with its sample: the fidelity_sample rows), fidelity_rating;
-- the trial's records: site, protocol_version (its source against the digest recorded),
+- the trial's records: site (its languages once the trail gives them: migration 0024 set the
+  first ones without a record), protocol_version (its source against the digest recorded),
   randomization_design, data_lock, lock_bundle (its bytes against the digest recorded),
   unblinding_request, trial_state (the lock in force, the unblinding: from the locks' and the
   design's records; the randomization hold and its time: from its own ``restore`` and
@@ -61,7 +64,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import MetaData, Table, select
 from sqlalchemy.orm import Session
@@ -481,6 +484,75 @@ class TrialStateCheck:
         return out
 
 
+class ConsentSpec(Spec):
+    """A family's consents (issue 28). The trail names a consent ``study_id/document/version`` (a
+    parent and a guardian may both sign one version, each a row of its own): each creation append
+    is told apart by the signer it records; a row is named by its id, a row gone by
+    ``study_id/document/version/signer``.
+    Rows with ``source = "migrated"`` were written by migration 0024 from each child's consent date,
+    without a record of their own: accepted when they are what the migration wrote (the parental
+    consent, version 1, signed by a parent, no options recorded, on the child's consent date, which
+    the participant's own records vouch for); such a row changed afterwards is named."""
+    MIGRATED: ClassVar[dict[str, str | None]] = {"document": "parental_consent", "version": "1", "signer": "parent",
+                                                 "options": None}
+
+    def expected(self, db: Session) -> dict[str, Entity]:
+        appends: dict[tuple[str, Any], list] = {}  # (entity id, time) of each creation -> its records
+        later: list = []  # records after a creation (none are written today): applied to every signer's row
+        for rec in _records(db, self.entity):
+            if rec.action in self.created:
+                appends.setdefault((rec.entity_id, rec.at), []).append(rec)
+            else:
+                later.append(rec)
+        out: dict[str, Entity] = {}
+        for (entity_id, _at), recs in appends.items():
+            signer = next((r.new for r in recs if r.field == "signer"), None)
+            e = out[f"{entity_id}/{signer}"] = Entity()
+            self.create(e, recs[0])
+            e.values["participant"] = entity_id.split("/", 1)[0]
+            for r in recs:
+                for f in self._by_trail.get(r.field, ()):
+                    e.values[f] = r.new
+        for rec in later:
+            for key, e in out.items():
+                if key.rsplit("/", 1)[0] != rec.entity_id:
+                    continue
+                if rec.action in DELETING:
+                    e.deleted = True
+                for f in self._by_trail.get(rec.field, ()):
+                    e.values[f] = rec.new
+        return out
+
+    def compare(self, db: Session, lk: Lookups) -> list[Difference]:
+        """As :meth:`Spec.compare`, a row named by its id (a row gone by the trail's name)."""
+        expected = self.expected(db)
+        consent_date = dict(_rows(db, "participant", "id", "consent_date").all())
+        out: list[Difference] = []
+        seen: set[str] = set()
+        for row in _rows(db, self.table):
+            rid = self.key_of(row)
+            key = f"{lk.study_id.get(row.participant_id)}/{row.document}/{row.version}/{row.signer}"
+            seen.add(key)
+            want = expected.get(key)
+            if want is None and row.source == "migrated":
+                got = self.actual(row, lk)
+                wrote = {**{f: _text(v) for f, v in self.MIGRATED.items()},
+                         "signed_on": _text(consent_date.get(row.participant_id))}
+                out.extend(Difference(self.table, rid, f, f"{DIFFERS}: not what migration 0024 wrote")
+                           for f in sorted(wrote) if got[f] != wrote[f])
+            elif want is None or not want.created:
+                out.append(Difference(self.table, rid, "*", NO_CREATION))
+            elif want.deleted:
+                out.append(Difference(self.table, rid, "*", STILL_THERE))
+            else:
+                got = self.actual(row, lk)
+                if got != want.values:
+                    out.extend(self._fields(rid, got, want.values))
+        out.extend(Difference(self.table, key, "*", ROW_MISSING) for key, want in expected.items()
+                   if want.created and not want.deleted and key not in seen)
+        return out
+
+
 def _target(row, lk: Lookups) -> str:
     """What a query or a verification mark is about, as the trail names it (as
     trial.dataquality.service.target_text writes it)."""
@@ -523,6 +595,10 @@ TABLES = (
          read=CHILD),
     Spec("child_goal", "child_goal", "id", ("participant", "goal", "description", "set_on", "active"), read=CHILD,
          defaults={"active": "true"}),
+    ConsentSpec("consent", "consent", "id", ("participant", "document", "version", "language", "signed_on", "signer",
+                                             "options", "source"), read=CHILD),
+    Spec("consent_withdrawal", "consent_withdrawal", "id", ("participant", "on", "scope", "data_use", "text"),
+         read=CHILD),
     Spec("adverse_event", "adverse_event", "id", ("participant", "term", "onset", "severity", "serious", "seriousness",
                                                   "relatedness", "expectedness", "outcome", "resolved_on",
                                                   "description", "acknowledged_at"), read=CHILD),
@@ -549,7 +625,8 @@ TABLES = (
     Spec("fidelity_rating", "fidelity_rating", "id", ("session", "scores", "mean", "adherent", "note"),
          read={"session": lambda r, lk: r.session_id}),
     # the trial's records
-    Spec("site", "site", "code", ("code", "name", "country", "timezone", "target", "is_open")),
+    Spec("site", "site", "code", ("code", "name", "country", "timezone", "target", "is_open", "languages"),
+         optional=("languages",)),
     Spec("protocol_version", "protocol_version", "version", ("trial_key", "sha256", "source"),
          trail={"source": "sha256"}, read={"source": lambda r, lk: _sha256(r.source)}),
     Spec("randomization_design", "randomization", "id", ("method", "protocol_version", "commitment", "unblinded_at",

@@ -168,7 +168,21 @@ def _append(db: Session, actor, items: list[dict], seal_head: bool = True, key: 
         params = {f"{k}_{i}": v for i, r in enumerate(rows) for k, v in r.items()}
         params.update(head_params)
         db.execute(_append_stmt(len(rows), seal_head), params)
+    for hook in tuple(_HOOKS):
+        hook(db, actor, rows)
     return rows
+
+
+# Callables run for the records each append writes, in the same transaction (``hook(db, actor,
+# rows)``, rows as written): a layer above registers one (trial.oversight.signoff invalidates the
+# casebook signatures a change covers); the audit layer imports nothing above it.
+_HOOKS: list = []
+
+
+def on_append(hook) -> None:
+    """Register ``hook`` to run after every append (once, however often it is registered)."""
+    if hook not in _HOOKS:
+        _HOOKS.append(hook)
 
 
 ONE_STATEMENT = 64  # PostgreSQL: up to this many records go in with the head's hash in one statement
@@ -455,6 +469,13 @@ def _visible(db: Session, user, entity: str | None = None, actor_name: str | Non
     if is_blinded(db, user):
         q = q.where(AuditRecord.reveals_allocation.is_(False))
     return q
+
+
+def visible_query(db: Session, user):
+    """A select of the audit records ``user`` may read (the trail's own filter: records that reveal
+    an allocation withheld from anyone the trial still blinds), for the caller to narrow (the audit
+    trail of a child or a site: trial.oversight.auditexport)."""
+    return _visible(db, user)
 
 
 def visible_records(db: Session, user, entity: str | None = None, limit: int = 200, offset: int = 0):

@@ -7,11 +7,15 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from trial.db import Base, utcnow
 
-ROLES = ("coordinator", "therapist", "assessor", "monitor", "statistician", "manager", "admin")
-SITE_ROLES = ("coordinator", "therapist", "assessor", "monitor")  # scoped to the sites they are given
-GLOBAL_ROLES = ("statistician", "manager", "admin")
+ROLES = ("coordinator", "therapist", "assessor", "monitor", "investigator", "statistician", "manager", "admin", "dmc")
+SITE_ROLES = ("coordinator", "therapist", "assessor", "monitor", "investigator")  # scoped to the sites they are given
+GLOBAL_ROLES = ("statistician", "manager", "admin", "dmc")
+# The data monitoring committee (dmc): reads the closed (by-arm) reports of data cuts and nothing else
+# (trial.policy.DMC_REACHES); never combined with another role (trial.auth.service.check_role_conflicts).
 # Roles that see allocations (a statistician from the unblinding on): an admin never holds one.
-UNBLINDED_ROLES = ("coordinator", "therapist", "monitor", "manager", "statistician")
+# The investigator: the site's principal investigator, who reads its children's data and arms and signs their
+# casebooks (trial.oversight.signoff).
+UNBLINDED_ROLES = ("coordinator", "therapist", "monitor", "investigator", "manager", "statistician", "dmc")
 # Roles that enter or change clinical data (and sign for it).
 DATA_ENTRY_ROLES = ("coordinator", "therapist", "assessor", "monitor")
 # An admin's grant of any of these takes effect only when a manager countersigns it: an admin who

@@ -109,13 +109,17 @@ def check_role_conflicts(pairs) -> None:
     """An assessor is never also a coordinator, therapist or monitor at the same site, nor a manager;
     an admin never holds a role that sees allocations (or will, once the trial is unblinded)."""
     assessor_sites = {s for r, s, *_ in pairs if r == "assessor"}
-    unblinded_sites = {s for r, s, *_ in pairs if r in ("coordinator", "therapist", "monitor")}
+    unblinded_sites = {s for r, s, *_ in pairs if r in ("coordinator", "therapist", "monitor", "investigator")}
     if assessor_sites & unblinded_sites:
         raise ValidationError(N_("A blinded assessor cannot also be a coordinator, therapist or monitor at the same site."),
                               {"role": N_("assessor combined with an unblinded role at the same site")})
     if assessor_sites and any(r == "manager" for r, *_ in pairs):
         raise ValidationError(N_("A blinded assessor cannot also be a manager (managers see every allocation)."),
                               {"role": N_("assessor combined with manager")})
+    if any(r == "dmc" for r, *_ in pairs) and any(r != "dmc" for r, *_ in pairs):
+        raise ValidationError(N_("A member of the data monitoring committee holds no other role (the committee is "
+                                 "independent of the trial team): give the other role to another account."),
+                              {"role": N_("dmc combined with another role")})
     if any(r == "admin" for r, *_ in pairs) and any(r in ADMIN_EXCLUDES for r, *_ in pairs):
         raise ValidationError(N_("An administrator sees no clinical data and stays blinded: give the roles that see "
                                  "allocations (coordinator, therapist, monitor, manager, statistician) to another account."),

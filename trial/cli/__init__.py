@@ -27,6 +27,7 @@ COMMANDS = {
     "serve": ("trial.cli.serve", "serve", "Serve the web application (development server)."),
     "config": ("trial.cli.config", "config", "The settings (TRIAL_* environment variables): values, defaults, meanings."),
     "backup": ("trial.cli.backup", "backup", "Backups that prove themselves: create, verify, restore."),
+    "archive": ("trial.cli.archive", "archive", "Site archives for the investigator file at close-out."),
 }
 
 

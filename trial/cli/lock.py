@@ -13,6 +13,7 @@ from trial import settings
 from trial.cli.common import Group, fail, session
 from trial.db import Listener, make_engine, make_session_factory
 from trial.exports.bundle import can_fork, preload, sweep_folders
+from trial.interim import cuts, sharing
 from trial.lock import service as locks
 from trial.lock.worker import watch
 from trial.scope import CliActor
@@ -36,6 +37,9 @@ def _loop(until_idle: bool, poll: float, lock_id: int | None) -> int:
         while True:
             with factory() as db:
                 build_ids = locks.claim_lock(db, me, lock_id)
+            if not build_ids and lock_id is None and _other_builds(factory, me):
+                done += 1
+                continue
             if not build_ids:
                 if until_idle:
                     return done
@@ -58,13 +62,30 @@ def _loop(until_idle: bool, poll: float, lock_id: int | None) -> int:
         engine.dispose()
 
 
+def _other_builds(factory, me: str) -> bool:
+    """With no lock waiting: a data cut, else a sharing bundle, claimed and built (the stale ones
+    failed first: trial.interim.cuts.fail_stale, sharing.watch). True when one was built."""
+    with factory() as db:
+        cut_id = cuts.claim(db, me)
+    if cut_id is not None:
+        click.echo(f"{me}: data cut {cut_id} {cuts.run(factory, cut_id, me)}")
+        return True
+    with factory() as db:
+        bundle_id = sharing.claim(db, me)
+    if bundle_id is not None:
+        click.echo(f"{me}: sharing bundle {bundle_id} {sharing.run(factory, bundle_id, me)}")
+        return True
+    return False
+
+
 def _child(until_idle: bool, poll: float, lock_id: int | None) -> None:
     _loop(until_idle, poll, lock_id)
 
 
 @click.command(help="Build the bundles of hard locks that are waiting (both variants of a lock from one read, "
                     "with two helper processes; --processes locks at once; a build whose worker stopped reporting "
-                    "for two minutes is taken over). "
+                    "for two minutes is taken over), then the data cuts and the sharing bundles waiting (a stale one "
+                    "is failed, not taken over). "
                     "The app starts one with --until-idle after a hard lock (TRIAL_LOCK_BUILDER=worker); "
                     "with TRIAL_LOCK_BUILDER=external keep one running, e.g. under systemd.")
 @click.option("--until-idle", is_flag=True, help="Stop when nothing is waiting (else wait for ever: woken at once by a "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+import trial.surveys.service  # noqa: F401  (fills in the survey e-mails' links when they are sent)
 from trial.cli.common import Group, fail, session
 from trial.notify.service import dead_letters, outbox_status, retry_dead, send_pending, smtp_url, undelivered_sae
 

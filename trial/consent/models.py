@@ -58,12 +58,15 @@ class Survey(Base):
     visit: Mapped[str] = mapped_column(String(50))
     instrument: Mapped[str] = mapped_column(String(50))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # the link's token is HMAC(secret key, nonce): a reminder repeats it; the database holds neither it nor the key
+    token_nonce: Mapped[str | None] = mapped_column(String(64))
     language: Mapped[str] = mapped_column(String(10))
     email: Mapped[str | None] = mapped_column(String(254))
     first_name: Mapped[str | None] = mapped_column(String(100))
-    status: Mapped[str] = mapped_column(String(10), default="sent")  # sent | opened | completed | revoked
+    status: Mapped[str] = mapped_column(String(10), default="sent", index=True)  # sent | opened | completed | revoked
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # the link last sent (a resend issues a new one)
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
     opened_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
@@ -71,3 +74,18 @@ class Survey(Base):
     reminders_sent: Mapped[int] = mapped_column(Integer, default=0)
     last_reminder_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     assessment_id: Mapped[int | None] = mapped_column(ForeignKey("assessment.id"))
+
+
+class SurveyAttempt(Base):
+    """An attempt to open or answer a survey, kept in the database so that several app servers
+    share the rate limit (trial.surveys.service): per link (``survey_id``) and per client address.
+    ``outcome``: ``unknown`` (no such link), ``opened``, ``invalid`` (values refused), ``submitted``,
+    ``gone`` (expired, revoked or already answered), ``limited`` (refused by the rate limit)."""
+
+    __tablename__ = "survey_attempt"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    survey_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    remote_addr: Mapped[str | None] = mapped_column(String(64), index=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    outcome: Mapped[str] = mapped_column(String(20))

@@ -1,7 +1,8 @@
 """Consents (issue 28): the documents of the protocol's ``[consent]`` section a family signed, by
 version, language and options; what is due (a re-consent after an amendment gave a ``reconsent``
-document a new version, a child's assent once the child reaches its age); and the rule that new
-data for a child whose re-consent is overdue are refused (adverse events excepted)."""
+document a new version or added a required document, a child's assent once the child reaches its
+age); and the rule that new data for a child whose re-consent is overdue are refused (adverse
+events, status events and deviations excepted: see :func:`ensure_consented`)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -13,9 +14,10 @@ from sqlalchemy.orm import Session
 from trial.audit import service as audit
 from trial.auth.models import User
 from trial.catalogue import LANGUAGES, N_, Label, Msg
+from trial.consent import withdrawal
 from trial.consent.models import Consent
 from trial.errors import Conflict
-from trial.participants.models import FINAL_EVENTS, Participant, Screening, StatusEvent
+from trial.participants.models import FINAL_EVENTS, Assessment, Participant, Screening, StatusEvent
 from trial.participants.service import get_participant
 from trial.protocol.models import ProtocolVersion
 from trial.protocol.service import current as current_protocol
@@ -98,14 +100,27 @@ def check_consent(content: dict, body: Any, site: Site, screened_on: dt.date | N
             "signer": signer, "options": dict(options)}
 
 
+SIGNER_WORDS = {"parent": N_("a parent"), "guardian": N_("a guardian"), "child": N_("the child")}
+
+
 def add_consent(db: Session, actor, p: Participant, values: dict, source: str, study_id: str) -> Consent:
-    """Store one checked consent and its audit record (409 when already recorded)."""
-    if db.execute(select(Consent.id).where(Consent.participant_id == p.id, Consent.document == values["document"],
+    """Store one checked consent and its audit record. The same document, version and signer
+    recorded already: 409; except that a consent recorded without its options (at enrollment from
+    the consent date alone, or migrated from it) takes the options now given (an audited update of
+    ``options``; the rest must agree)."""
+    old = db.execute(select(Consent).where(Consent.participant_id == p.id, Consent.document == values["document"],
                                            Consent.version == values["version"],
-                                           Consent.signer == values["signer"])).first():
-        raise Conflict(Msg(N_("%(study_id)s: %(document)s version %(version)s signed by the %(signer)s is already "
-                              "recorded."), study_id=study_id, document=values["document"],
-                           version=values["version"], signer=values["signer"]))
+                                           Consent.signer == values["signer"])).scalar_one_or_none()
+    if old is not None:
+        if not old.options and values.get("options") and source == "entered":  # None: migrated; {}: a date alone
+            audit.record(db, actor, "update", "consent", f"{study_id}/{old.document}/{old.version}",
+                         {"options": (old.options, values["options"])}, reason="options recorded")
+            old.options = values["options"]
+            return old
+        doc = documents(current_protocol(db).content).get(values["document"], {"key": values["document"]})
+        raise Conflict(Msg(N_("%(study_id)s: %(document)s, version %(version)s, signed by %(signer)s, is already "
+                              "recorded."), study_id=study_id, document=document_label(doc),
+                           version=values["version"], signer=Msg(SIGNER_WORDS.get(values["signer"], N_("a parent")))))
     c = Consent(participant_id=p.id, source=source, obtained_by_id=getattr(actor, "id", None), **values)
     db.add(c)
     db.flush()
@@ -161,6 +176,17 @@ def _version_since(db: Session, key: str, version: str) -> dt.date | None:
     return since
 
 
+def _added_since(db: Session, key: str) -> dt.date | None:
+    """The effective date of the amendment that added document ``key`` to the protocol (the first
+    version that has it, after a version without it); None when the first protocol already had it."""
+    lacking = False
+    for pv in db.execute(select(ProtocolVersion).order_by(ProtocolVersion.version)).scalars():
+        if key in documents(pv.content):
+            return effective_from(pv) if lacking else None
+        lacking = True
+    return None
+
+
 def _add_months(day: dt.date, months: int) -> dt.date:
     y, m = divmod(day.month - 1 + months, 12)
     year, month = day.year + y, m + 1
@@ -172,23 +198,51 @@ def _add_months(day: dt.date, months: int) -> dt.date:
     raise AssertionError
 
 
+def _participation_ended(db: Session, content: dict, ids: list[int]) -> set[int]:
+    """The children whose participation ended: a final status event (died, withdrawn), or the form
+    of the protocol's last visit recorded (nothing more is asked of the family). (A withdrawal of
+    consent to the follow-up ends it from its day: the caller compares.)"""
+    final = set(db.execute(select(StatusEvent.participant_id).where(StatusEvent.participant_id.in_(ids),
+                                                                    StatusEvent.type.in_(FINAL_EVENTS))).scalars())
+    if content["visits"]:
+        last = max(content["visits"], key=lambda v: v.get("day") or 0)["key"]
+        final |= set(db.execute(select(Assessment.participant_id).where(Assessment.participant_id.in_(ids),
+                                                                        Assessment.visit == last)).scalars())
+    return final
+
+
 def due_for(db: Session, participants: list[Participant]) -> list[dict]:
-    """Each re-consent and assent due for these participants (no access check: callers do it)."""
+    """Each re-consent and assent due for these participants, children still in the trial (none
+    once the participation ended: :func:`_participation_ended`, or the follow-up withdrawn; no
+    access check: callers do it).
+
+    - An assent (``signer = "child"``) is due from the day the child reaches ``min_age_months``
+      until one is recorded.
+    - A re-consent is due, from the amendment's effective date, for a parents' document with
+      ``reconsent = true`` whose current version the family has not signed:
+      * a new version of a document the family signed (an older version of it): always;
+      * a document an amendment added, of which the family signed no version (they consented under
+        the older set of documents): only when it is ``required`` (a required document is one
+        every child in the trial must have; ``reconsent = true`` says the children already in the
+        trial must sign it too, not only those enrolled from now on). An optional document added by
+        an amendment (or one with ``reconsent = false``) is never due: it is offered, not owed.
+      A document the first protocol version already had but a family never signed is not a
+      re-consent: enrollment asks for every required one."""
     content = current_protocol(db).content
     docs = consent_section(content)["documents"]
     ids = [p.id for p in participants]
     if not ids:
         return []
-    final = set(db.execute(select(StatusEvent.participant_id).where(StatusEvent.participant_id.in_(ids),
-                                                                    StatusEvent.type.in_(FINAL_EVENTS))).scalars())
+    final = _participation_ended(db, content, ids)
+    ended = withdrawal.follow_up_ended(db, ids)
     signed: dict[int, dict[str, set[str]]] = {}
     for c in db.execute(select(Consent).where(Consent.participant_id.in_(ids))).scalars():
         signed.setdefault(c.participant_id, {}).setdefault(c.document, set()).add(c.version)
     sites = {s.id: s for s in db.execute(select(Site)).scalars()}
     out = []
-    since_cache: dict[str, dt.date | None] = {}
+    since_cache: dict[Any, dt.date | None] = {}
     for p in participants:
-        if p.id in final:
+        if p.id in final or (p.id in ended and ended[p.id] <= today(sites[p.site_id].timezone)):
             continue
         mine = signed.get(p.id, {})
         for d in docs:
@@ -202,6 +256,13 @@ def due_for(db: Session, participants: list[Participant]) -> list[dict]:
                 if d["key"] not in since_cache:
                     since_cache[d["key"]] = _version_since(db, d["key"], d["version"])
                 since = since_cache[d["key"]]
+                if since is not None:
+                    out.append({"study_id": p.study_id, "document": d["key"], "version": d["version"],
+                                "due_since": since})
+            elif d.get("reconsent") and d.get("required") and not got:
+                if ("added", d["key"]) not in since_cache:
+                    since_cache[("added", d["key"])] = _added_since(db, d["key"])
+                since = since_cache[("added", d["key"])]
                 if since is not None:
                     out.append({"study_id": p.study_id, "document": d["key"], "version": d["version"],
                                 "due_since": since})
@@ -244,8 +305,32 @@ def reconsent_state(db: Session, p: Participant) -> tuple[list[Msg], dict | None
 
 
 def ensure_consented(db: Session, p: Participant) -> list[Msg]:
-    """New data for ``p``: 409 ``reconsent_due`` when a re-consent is overdue; else the warnings
-    of re-consents due (for the caller to pass on). Adverse events never call this."""
+    """New data for ``p``: 409 ``reconsent_due`` when a re-consent is overdue (due for longer than
+    the protocol's ``reconsent_within_days``); else the warnings of re-consents due (for the caller
+    to pass on). An assent due warns on the pages but refuses nothing here.
+
+    What is refused while a re-consent is overdue is new data collected *from* the child and its
+    family under the consent it lacks, i.e. the callers of this function:
+
+    - a new assessment (``trial.outcomes.service.record_assessment``),
+    - a new therapy session and a new parent-counselling session (``trial.course.service``),
+    - a new parents' survey sent (``trial.surveys.service``).
+
+    Always accepted, on purpose, whatever is overdue (they never call this):
+
+    - adverse events and their follow-ups and reports: safety data are collected whatever the
+      consent (ICH E6(R3); a re-consent must never delay an SAE report);
+    - status events (withdrawn, lost to follow-up, discontinued intervention, died) and
+      withdrawals of consent: they record what happened to the child, often the very reason the
+      re-consent will not come; refusing them would hide it;
+    - protocol deviations and blinding breaks: a missed re-consent is itself a deviation to record;
+    - the re-consent itself and any other consent or assent;
+    - corrections of data already entered, answers to data queries, source verification: they add
+      no new observation of the child (a correction keeps its audit reason).
+
+    Not refused either, though not by a decision of the same weight: the child's therapy goals and
+    a randomization (a child is randomized days after its consent, long before an amendment can make
+    a re-consent overdue)."""
     warnings, overdue = reconsent_state(db, p)
     if overdue is not None:
         d = documents(current_protocol(db).content)[overdue["document"]]

@@ -24,12 +24,12 @@ from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.catalogue import N_, Msg, term, terms
-from trial.consent.models import Consent, ConsentWithdrawal
+from trial.consent.models import Consent, ConsentWithdrawal, Survey
 from trial.errors import Conflict
 from trial.participants.models import FINAL_EVENTS, Participant, StatusEvent
 from trial.participants.service import events_of, final_refusal, get_participant
 from trial.scope import require_site_role
-from trial.timeline import today
+from trial.timeline import today, utc_now
 from trial.trialstate.service import ensure_writable
 from trial.validation import clinical_date, refuse, text
 
@@ -73,6 +73,8 @@ def withdraw_consent(db: Session, actor, study_id: str, data: dict) -> ConsentWi
     audit.created(db, actor, "consent_withdrawal", w.id, {"participant": p.study_id, "on": on, "scope": scope,
                                                           "data_use": use, "text": words},
                   reveals_allocation=words is not None)
+    if scope in STOPS_FOLLOW_UP:
+        revoke_surveys(db, actor, p)
     if scope == "all":
         ev = StatusEvent(participant_id=p.id, type="withdrawn", on=on, reason="consent withdrawn (all)",
                          recorded_by_id=getattr(actor, "id", None))
@@ -81,6 +83,29 @@ def withdraw_consent(db: Session, actor, study_id: str, data: dict) -> ConsentWi
         audit.created(db, actor, "status_event", ev.id, {"participant": p.study_id, "type": "withdrawn", "on": on,
                                                          "reason": ev.reason})
     return w
+
+
+def revoke_surveys(db: Session, actor, p: Participant, reason: str = "consent withdrawn", visit: str | None = None,
+                   instrument: str | None = None, keep: int | None = None) -> int:
+    """A withdrawal of consent to the follow-up revokes the family's outstanding surveys in its
+    transaction: no link keeps working, no reminder goes out; so does a final status event (died,
+    withdrawn), and a form the staff enter revokes the links of that form (``visit``,
+    ``instrument``; ``keep``: the survey being answered). ``p`` is locked first (then the surveys).
+    Audited. Returns how many."""
+    n = 0
+    q = select(Survey).where(Survey.participant_id == p.id, Survey.status.in_(("sent", "opened")))
+    if visit is not None:
+        q = q.where(Survey.visit == visit)
+    if instrument is not None:
+        q = q.where(Survey.instrument == instrument)
+    if keep is not None:
+        q = q.where(Survey.id != keep)
+    for s in db.execute(q.order_by(Survey.id)).scalars():
+        old = s.status
+        s.status, s.revoked_at = "revoked", utc_now()
+        audit.record(db, actor, "update", "survey", s.id, {"status": (old, "revoked")}, reason=reason)
+        n += 1
+    return n
 
 
 def withdrawals_of(db: Session, participant_ids: list[int]) -> dict[int, list[ConsentWithdrawal]]:

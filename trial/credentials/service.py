@@ -132,7 +132,7 @@ def therapists(db: Session, actor, on: dt.date | None = None) -> list[dict]:
     q = select(User).join(RoleAssignment, RoleAssignment.user_id == User.id).where(RoleAssignment.role == "therapist")
     if sites is not None:
         q = q.where(RoleAssignment.site_id.in_(sites))
-    users = list(db.execute(q.distinct().order_by(User.name)).scalars())
+    users = list(db.execute(q.distinct().order_by(User.name, User.id)).scalars())  # (one order for namesakes)
     creds: dict[int, list[Credential]] = {}
     if users:
         for c in db.execute(select(Credential).where(Credential.user_id.in_([u.id for u in users]))

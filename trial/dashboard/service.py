@@ -33,7 +33,7 @@ from trial.visitplan.models import PlannedVisit
 CELL_STATES = ("entered", "entered_out_of_window", "due", "missing", "upcoming", "not_expected", "not_yet_randomized")
 FROM_VISIT = {"due": "due", "overdue": "missing", "missing": "missing", "upcoming": "upcoming",
               "not_expected": "not_expected", "not_yet_randomized": "not_yet_randomized", "done": "missing",
-              "done_out_of_window": "missing"}
+              "done_out_of_window": "missing", "not_done": "not_expected"}
 
 
 def grid_columns(db: Session, actor) -> list[dict]:
@@ -114,7 +114,8 @@ def _grid_cell(p: Participant, col: dict, v: dict, a: Assessment | None, queried
                 "on": a.performed_on.isoformat(), "queries": queried.get((p.id, "assessment", a.id), 0),
                 "verified": (p.id, "assessment", a.id) in standing if standing is not None else None}
     else:
-        cell = {"state": FROM_VISIT.get(v["status"], "upcoming"), "assessment_id": None,
+        not_done = col["instrument"] in v.get("instruments_not_done", ())  # recorded not done: nothing more expected
+        cell = {"state": "not_expected" if not_done else FROM_VISIT.get(v["status"], "upcoming"), "assessment_id": None,
                 "queries": queried.get((p.id, col["visit"], col["instrument"]), 0), "verified": None}
     cell["window"] = (v.get("window_start"), v.get("window_end"))
     cell["enters"] = col["instrument"] in enterers.get((p.site_id, col["blinded"]), ())

@@ -151,16 +151,20 @@ def _audit_entry(c: Check, query_id: int) -> dict:
             "changes": {k: (None, v) for k, v in values.items()}, "reveals_allocation": not c.assessor_visible}
 
 
-def resolve_check(db: Session, key: str, why: str) -> DataQuery | None:
-    """Close the open automatic query for ``key``: the finding went away (the form was entered)."""
+def resolve_check(db: Session, key: str, why: str, actor=None) -> DataQuery | None:
+    """Close the open automatic query for ``key``: the finding went away (the form was entered).
+    ``actor``: the user whose act resolved it (who recorded the form as not done), credited with
+    the closure; else the system's data check."""
     q = db.execute(select(DataQuery).where(DataQuery.open_key == key)).scalar_one_or_none()
     if q is None:
         return None
     now = utcnow()
     q.status, q.open_key, q.updated_at = "closed", None, now
+    user = getattr(actor, "id", None) is not None
     db.add(QueryMessage(query_id=q.id, action="close", text=str(why), words=why.words() if isinstance(why, Msg) else None,
-                        by=SYSTEM, at=now))
-    audit.record(db, SYSTEM, "close", "query", q.id, {"status": ("open", "closed")}, reason=str(why))
+                        by=(getattr(actor, "email", None) or str(actor)) if user else SYSTEM,
+                        by_id=actor.id if user else None, at=now))
+    audit.record(db, actor if user else SYSTEM, "close", "query", q.id, {"status": ("open", "closed")}, reason=str(why))
     return q
 
 

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import re
 import shutil
 import signal
 import tempfile
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
 from trial import settings
@@ -222,7 +224,7 @@ class _Helper:
         self.conn, send = ctx.Pipe(duplex=False)
         plain = {"id": lock.id, "created_at": lock.created_at, "version": pv.version, "content": pv.content,
                  "url": _engine_of(db).url.render_as_string(hide_password=False), "folder": self.folder,
-                 "parent": os.getpid()}
+                 "parent": os.getpid(), "snapshot": db.info.get(SNAPSHOT_KEY)}
         self.proc = ctx.Process(target=_helper_main, args=(job, send, plain, *args), name=f"bundle helper {lock.id}",
                                 daemon=True)
         self.proc.start()
@@ -360,6 +362,8 @@ def _other_job(send, plain: dict, variants: list[str]) -> None:
     engine = make_engine(plain["url"])
     try:
         with read_only_session(make_session_factory(engine)) as rdb:
+            if plain.get("snapshot"):  # a data cut's build: the same snapshot as the build's (trial.interim.cuts)
+                share_snapshot(rdb, plain["snapshot"])
             if "unblinded" in variants:
                 participants = rows_of(rdb, select(Participant.id, Participant.study_id).order_by(Participant.study_id))
                 rows, notes = session_rows(rdb, participants, {p.id: p.study_id for p in participants})
@@ -380,6 +384,18 @@ def _other_job(send, plain: dict, variants: list[str]) -> None:
                                                           v == "blinded", memo)))
     finally:
         engine.dispose()
+
+
+SNAPSHOT_KEY = "trial_snapshot"  # session.info: the exported PostgreSQL snapshot a build's helpers read too
+
+
+def share_snapshot(db: Session, snapshot_id: str) -> None:
+    """Begin this session's transaction in the snapshot another transaction exported (PostgreSQL's
+    ``pg_export_snapshot``): a data cut's helper process then reads exactly what its build reads."""
+    if not re.fullmatch(r"[0-9A-Fa-f-]+", snapshot_id or ""):
+        raise ValueError(f"not a snapshot id: {snapshot_id!r}")
+    db.execute(sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+    db.execute(sql(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'"))
 
 
 def _unpickled(path: str):
@@ -732,7 +748,7 @@ def _report_files(db: Session, lock_id: int, created_at, content: dict, blinded:
     out.append(("reports/baseline_table.csv", table_csv(table1)))
     out.append(("reports/baseline_table.pdf", drawing.table_pdf(
         f"Table 1. Baseline characteristics{' (pooled over the arms: blinded)' if blinded else ' by arm'}", table1,
-        f"{content['trial']['name']}; hard lock {lock_id}, {created_at:%Y-%m-%d}.")))
+        f"{content['trial']['name']}; {lock_name(lock_id)}, {created_at:%Y-%m-%d}.")))
     out.append(("reports/trial_facts.json", json.dumps(trial_facts(db, blinded, memo), indent=2).encode()))
     if not blinded:  # adverse events by arm: for unblinded readers only
         summary = summary_by_arm(db)
@@ -742,6 +758,14 @@ def _report_files(db: Session, lock_id: int, created_at, content: dict, blinded:
     if [n for n, _ in out] != report_names(blinded):
         raise RuntimeError("the reports are not the ones report_names lists")
     return out
+
+
+def lock_name(lock_id) -> str:
+    """What the bundle was made of: "hard lock 3", or "data cut 5" for a data cut's (trial.interim.cuts
+    gives its cut the id "cut5": it is no lock)."""
+    if isinstance(lock_id, str) and lock_id.startswith("cut"):
+        return f"data cut {lock_id[3:]}"
+    return f"hard lock {lock_id}"
 
 
 def seal_name(lock) -> str:
@@ -759,7 +783,7 @@ def _accepted_text(accepted: list[int], blinded: bool) -> str:
 
 def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts, accepted: list[int], seal=None,
             review: dict | None = None) -> str:
-    lines = _readme_head(lock, sig, pv, blinded, accepted) + [_review_text(review), ""]
+    lines = _readme_head(lock, sig, pv, blinded, accepted) + [_review_text(review), _randomization_errors_text(tables), ""]
     if blinded:
         lines += _dummy_text(lock)
     elif seal is not None:  # the chain's size follows the sessions logged: unblinded readers only
@@ -767,6 +791,22 @@ def _readme(lock, sig, pv, blinded: bool, tables, truncated, counts, accepted: l
     lines += _contents_text(blinded)
     lines += [f"{t.name:<9} {t.label} ({counts[t.name]} rows)" for t in tables]
     return "\n".join(lines) + "\n" + _truncated_text(truncated)
+
+
+def _randomization_errors_text(tables) -> str:
+    """How many randomization errors were recorded, of which kinds (the randerr table): the
+    allocation of each child is kept (intention to treat) and the analysis uses the corrected strata."""
+    t = next((t for t in tables if t.name == "randerr"), None)
+    rows = t.rows if t is not None else []
+    if not rows:
+        return "Randomization errors: none recorded."
+    kinds = collections.Counter(r[1] for r in rows)
+    words = {"wrong_stratum": "wrong stratum", "ineligible": "ineligible child randomized",
+             "randomized_twice": "randomized twice"}
+    return (f"Randomization errors: {len(rows)} recorded ("
+            + ", ".join(f"{words.get(k, k)}: {n}" for k, n in sorted(kinds.items())) + "; see randerr). "
+            "Every child keeps the allocation (intention to treat); ADSL carries each stratification factor as "
+            "randomized (site, s_*) and as corrected (c_*), and the primary analysis adjusts for the corrected strata.")
 
 
 def _review_text(review: dict | None) -> str:
@@ -784,19 +824,35 @@ def _readme_head(lock, sig, pv, blinded: bool, accepted: list[int]) -> list[str]
     variant = ("BLINDED: a DUMMY allocation (armcd), no session data, no intervention events" if blinded else
                "UNBLINDED: the real allocation, arms by key and label, sessions included")
     return [
-        "Locked dataset bundle",
-        "=====================",
-        f"Trial: {pv.content['trial']['name']}",
-        f"Lock: {lock.id} (hard lock version {lock.version})",
+        *(["Dataset bundle of a data cut", "============================", f"Trial: {pv.content['trial']['name']}",
+            f"Data cut: {lock_name(lock.id)[9:]} (a snapshot of the live data: nothing was locked)"]
+          if getattr(lock, "kind", "hard") == "cut" else
+          ["Locked dataset bundle", "=====================", f"Trial: {pv.content['trial']['name']}",
+           f"Lock: {lock.id} (hard lock version {lock.version})"]),
         *_addendum_text(lock),
         f"Signed by: {sig.printed_name} <{sig.email}> at {sig.signed_at:%Y-%m-%d %H:%M:%S} UTC",
         f"Meaning of the signature: {sig.meaning}",
         _accepted_text(accepted, blinded) if lock.accepted_open_queries else "Every query was closed when the lock was signed.",
+        *_unsigned_text(lock, blinded),
         f"Protocol version: {pv.version} (amendment {pv.content['trial']['amendment']}, sha256 {pv.sha256})",
         f"Software: trial {__version__}",
         f"Variant: {variant}",
         "",
     ]
+
+
+def _unsigned_text(lock, blinded: bool = False) -> list[str]:
+    """A hard lock signed while casebooks waited for their investigator's signature says so: the
+    unblinded README names them, the blinded one counts them (which casebooks wait follows the
+    sessions and adverse events they cover)."""
+    unsigned = getattr(lock, "accepted_unsigned", None) or []
+    if not unsigned:
+        return []
+    if blinded:
+        return [(f"Casebooks not signed by their investigator: the lock was signed accepting {len(unsigned)} "
+                 "casebooks that waited for their site investigator's signature.")]
+    return [(f"Casebooks not signed by their investigator: the lock was signed accepting {len(unsigned)} casebooks "
+             f"that waited for their site investigator's signature ({', '.join(unsigned)}).")]
 
 
 def _addendum_text(lock) -> list[str]:
@@ -820,7 +876,8 @@ def _dummy_text(lock) -> list[str]:
         f"Derivation: HMAC-SHA256 stream with label '{DUMMY_LABEL}' (trial.exports.dataset.dummy_allocation).",
         "Reports (CONSORT, Table 1, blinding index, facts) are pooled over the arms. The real",
         "allocation is in the unblinded bundle of this lock, released after the signed unblinding.",
-        f"Free text written by unblinded staff (reasons of status events, descriptions of deviations) reads {FREE_TEXT_WITHHELD!r}.",
+        (f"Free text written by unblinded staff (reasons of status events, descriptions of deviations, the texts of "
+         f"forms not done and of randomization errors) reads {FREE_TEXT_WITHHELD!r}."),
         "",
     ]
 

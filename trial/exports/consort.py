@@ -13,6 +13,8 @@ from trial.catalogue import N_, Joined, Label, Msg
 from trial.consent.models import ConsentWithdrawal
 from trial.course.models import TherapySession
 from trial.errors import DomainError
+from trial.outcomes.models import NotDone
+from trial.outcomes.notdone import missing_reasons
 from trial.participants.models import Allocation, Assessment, Participant, Screening, StatusEvent
 from trial.protocol.service import current as current_protocol
 from trial.scope import is_blinded, require_role
@@ -49,7 +51,7 @@ def disposition(db: Session, site_code: str | None = None) -> list[Row]:
     content = current_protocol(db).content
     arms = {a["key"]: a for a in content["arms"]}
     minimum = content["course"]["min_attended_sessions"]
-    facts = _Facts(db, content["primary_outcome"])
+    facts = _Facts(db, content["primary_outcome"], content)
     q = select(Screening.id, Screening.site_id, Screening.outcome).order_by(Screening.id)
     if site_code:
         q = q.join(Site, Site.id == Screening.site_id).where(Site.code == site_code.upper())
@@ -76,7 +78,7 @@ class _Facts:
     their allocations, sessions attended in the course, status events, and who has the primary
     outcome."""
 
-    def __init__(self, db: Session, prim: dict):
+    def __init__(self, db: Session, prim: dict, content: dict | None = None):
         self.codes = dict(db.execute(select(Site.id, Site.code)).all())
         self.parts = {p.screening_id: p for p in db.execute(select(Participant.id, Participant.study_id,
                                                                    Participant.screening_id)).all()}
@@ -98,6 +100,11 @@ class _Facts:
         self.primary = {pid for pid, values in db.execute(select(Assessment.participant_id, Assessment.values).where(
             Assessment.visit == prim["visit"], Assessment.instrument == prim["instrument"])).all()
             if values.get(prim["field"]) is not None}
+        # the primary outcome's form recorded as not done: why (the protocol's reason, in English)
+        words = {r["key"]: r["label"] for r in missing_reasons(content or {})}
+        self.not_done = {pid: words.get(reason, reason) for pid, reason in db.execute(
+            select(NotDone.participant_id, NotDone.reason).where(
+                NotDone.visit == prim["visit"], NotDone.instrument == prim["instrument"])).all()}
 
 
 def _follow(row: Row, p_id: int, facts: _Facts, sessions: bool, minimum: int) -> None:
@@ -123,8 +130,9 @@ def _follow(row: Row, p_id: int, facts: _Facts, sessions: bool, minimum: int) ->
     if not row.analysed:
         died = next((e for e in evs if e.type == "died"), None)
         withdrawn = next((e for e in evs if e.type == "withdrawn"), None)
-        row.excluded_reason = ("died" if died else "withdrawn" if withdrawn else
-                               "lost to follow-up" if lost else "no primary outcome")
+        nd = facts.not_done.get(p_id)
+        row.excluded_reason = ("died" if died else "withdrawn" if withdrawn else "lost to follow-up" if lost else
+                               f"not done: {nd}" if nd else "no primary outcome")
 
 
 # the withdrawals of consent by scope (issue 28), each child counted once by its widest withdrawal

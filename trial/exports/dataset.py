@@ -22,11 +22,14 @@ from trial.consent.withdrawal import DATA_USES, SCOPES
 from trial.course.models import PRESENT, ChildGoal, CounsellingSession, TherapySession
 from trial.dataquality.models import QUERY_KINDS, QUERY_STATES, VERIFIABLE, DataQuery, Verification
 from trial.fidelity.models import FidelityDraw, FidelityRating, FidelitySample
+from trial.outcomes.models import NotDone
+from trial.outcomes.notdone import missing_reasons
 from trial.participants.models import Allocation, Assessment, Participant, Screening, StatusEvent
 from trial.participants.service import age_in_months, status_label
 from trial.protocol.service import current as current_protocol
+from trial.randomize import errors as randomization_errors
 from trial.randomize.lists import Stream
-from trial.randomize.models import Stratum
+from trial.randomize.models import RandomizationError, Stratum
 from trial.safety.models import EXPECTEDNESS, RELATEDNESS, REPORTED_TO, SERIOUSNESS, SEVERITIES, AdverseEvent
 from trial.safety.models import OUTCOMES as AE_OUTCOMES
 from trial.sites.models import Site
@@ -192,6 +195,11 @@ def instrument_codes(content: dict) -> Codes:
     return Codes("INSTR", tuple((i["key"], i["label"]) for i in content["instruments"]))
 
 
+def reason_codes(content: dict) -> Codes:
+    """The protocol's reasons a form is not done ([[missing_reasons]])."""
+    return Codes("NDREASON", tuple((r["key"], r["label"]) for r in missing_reasons(content)))
+
+
 def item_codes(content: dict) -> Codes:
     """The items of the long table: a field's key, meaning its instrument's and its own label."""
     words: dict[str, list[str]] = {}
@@ -301,8 +309,8 @@ def build_tables(db: Session, blinded: bool, cache: dict | None = None, dummy_se
     tables.append(read.shared("counsel", lambda: counselling_table(pid, read.fetch)))
     assessments = read.once("assessments", lambda: _read_assessments(db, pid))
     made = read.once("tables:assessments", lambda: assessment_tables(content, pid, assessments))  # the same in both
-    tables += [made["assessl"], made["assessw"], guesses_table(v, assessments), events_table(v), deviations_table(v, read),
-               *consent_tables(v, read)]
+    tables += [made["assessl"], made["assessw"], not_done_table(v, read), guesses_table(v, assessments), events_table(v),
+               deviations_table(v, read), *consent_tables(v, read), randomization_errors_table(v, read)]
     tables += data_management_tables(db, content, blinded, pid)
     tables.append(adsl_table(db, v, assessments))
     if not blinded:
@@ -358,6 +366,17 @@ def _arm_var(content: dict, blinded: bool, dummy_seed: bytes | None,
 def _factor_keys(content: dict) -> list[str]:
     """The randomization's stratification factors other than the site (each a stratum variable)."""
     return [f["key"] for f in content["randomization"]["factors"] if f["key"] != "site"]
+
+
+def _all_factor_keys(content: dict) -> list[str]:
+    """Every stratification factor of the randomization, the site included."""
+    return [f["key"] for f in content["randomization"]["factors"]]
+
+
+def corrected_column(factor: str) -> str:
+    """ADSL's column of a stratification factor as corrected (randomization errors): c_ and the
+    factor's first six letters (c_site). The analysis adjusts for it (trial.analysis.service.adjust_column)."""
+    return f"c_{factor[:6]}"
 
 
 def participants_table(v: _Variant) -> Table:
@@ -434,6 +453,45 @@ def deviations_table(v: _Variant, read: _Reader) -> Table:
                                                            Deviation.description))
                   if not (v.blinded and d.category == "intervention"))
     return Table("deviatn", "Protocol deviations", dvars, rows)
+
+
+def not_done_table(v: _Variant, read: _Reader) -> Table:
+    """The forms recorded as not done, with the protocol's reason (the missing outcomes' why); the
+    text of a reason is free text: withheld from a blinded reader, as a status event's reason is."""
+    nvars = [Var("studyid", "Study ID", "str"), Var("visit", "Visit", "str", codes=visit_codes(v.content)),
+             Var("instr", "Instrument", "str", codes=instrument_codes(v.content)),
+             Var("reason", "Why the form was not done", "str", codes=reason_codes(v.content), source="protocol [[missing_reasons]]"),
+             Var("ndtext", "Reason: text", "str", allowed=f"free text; {FREE_TEXT_WITHHELD!r} in a blinded bundle"),
+             Var("recdt", "Recorded at (UTC)", "datetime")]
+    order = {x["key"]: i for i, x in enumerate(v.content["visits"])}
+    rows = sorted(((v.pid[n.participant_id], n.visit, n.instrument, n.reason,
+                    (FREE_TEXT_WITHHELD if n.text else None) if v.blinded else n.text, _dt(n.recorded_at))
+                   for n in read.fetch("not_done", select(NotDone.participant_id, NotDone.visit, NotDone.instrument,
+                                                          NotDone.reason, NotDone.text, NotDone.recorded_at))
+                   if n.participant_id in v.pid),
+                  key=lambda r: (r[0], order.get(r[1], 99), r[2]))
+    return Table("notdone", "Forms not done, with the reason", nvars, rows)
+
+
+def randomization_errors_table(v: _Variant, read: _Reader) -> Table:
+    """The randomization errors (the allocation kept: intention to treat); the text is free text,
+    withheld from a blinded reader."""
+    rvars = [Var("studyid", "Study ID", "str"),
+             Var("kind", "Kind of randomization error", "str", codes=codes("RANDERR", "randomization_error",
+                                                                            list(randomization_errors.KINDS))),
+             Var("factor", "Stratification factor (wrong stratum)", "str"),
+             Var("asrand", "Value as randomized", "str", source="the allocation's stratum"),
+             Var("correct", "Correct value", "str"),
+             Var("errtext", "What happened", "str", allowed=f"free text; {FREE_TEXT_WITHHELD!r} in a blinded bundle"),
+             Var("recdt", "Recorded at (UTC)", "datetime")]
+    rows = sorted(((v.pid[e.participant_id], e.kind, e.field, e.as_randomized, e.correct_value,
+                    FREE_TEXT_WITHHELD if v.blinded else e.text, _dt(e.recorded_at))
+                   for e in read.fetch("randerr", select(
+                       RandomizationError.participant_id, RandomizationError.kind, RandomizationError.field,
+                       RandomizationError.as_randomized, RandomizationError.correct_value, RandomizationError.text,
+                       RandomizationError.recorded_at).order_by(RandomizationError.recorded_at, RandomizationError.id))
+                   if e.participant_id in v.pid), key=lambda r: (r[0], r[6] or ""))
+    return Table("randerr", "Randomization errors (allocation kept)", rvars, rows)
 
 
 def consent_options(content: dict) -> list[tuple[str, str, str]]:
@@ -717,7 +775,8 @@ def _instrument_letters(content: dict) -> dict[str, str]:
 
 def _adsl_outcome_vars(content: dict) -> list[Var]:
     """Each instrument's numeric fields at each of its visits (asoc_m5), then the date it was
-    performed (adt_m5) and the out-of-window flag (aow_m5)."""
+    performed (adt_m5), the out-of-window flag (aow_m5) and, for a form recorded as not done, the
+    protocol's reason (anr_m5)."""
     prim = content["primary_outcome"]
     vused: set[str] = set()
     vcode = {v["key"]: visit_code(v["key"], vused) for v in content["visits"]}
@@ -737,7 +796,10 @@ def _adsl_outcome_vars(content: dict) -> list[Var]:
             ivars += [Var(f"{icode[ins['key']]}dt_{vcode[vk]}", f"{ins['label']}: date performed, {vlabel[vk]}", "date",
                           instrument=ins["key"], visit=vk),
                       Var(f"{icode[ins['key']]}ow_{vcode[vk]}", f"{ins['label']}: outside the visit window, {vlabel[vk]}", "int",
-                          codes=YESNO, instrument=ins["key"], visit=vk)]
+                          codes=YESNO, instrument=ins["key"], visit=vk),
+                      Var(f"{icode[ins['key']]}nr_{vcode[vk]}", f"{ins['label']}: why not done, {vlabel[vk]}", "str",
+                          codes=reason_codes(content), source="the form recorded as not done (notdone table); "
+                          "empty when entered or simply missing", instrument=ins["key"], visit=vk)]
     return ivars
 
 
@@ -747,6 +809,14 @@ def _adsl_vars(v: _Variant, ivars: list[Var]) -> list[Var]:
     arm_var, months = v.arm_var, v.content["course"]["months"]
     out_vars = [Var("studyid", "Study ID", "str"), Var("site", "Site code", "str"), Var("stratum", "Randomization stratum", "str")]
     out_vars += [Var(f"s_{k[:6]}", f"Stratum: {k}", "str", source="enrolment") for k in _factor_keys(v.content)]
+    out_vars += [Var(corrected_column(k), f"Stratum as corrected: {k}", "str",
+                     source=f"{'site' if k == 'site' else 's_' + k[:6]} (as randomized), or the correct value of a "
+                            "wrong-stratum randomization error (randerr); the primary analysis adjusts for it")
+                 for k in _all_factor_keys(v.content)]
+    out_vars += [Var("randinel", "Randomized though ineligible (randomization error)", "int",
+                     source="1 when an 'ineligible' randomization error is recorded for the child (randerr), else 0"),
+                 Var("randtwic", "Randomized twice (randomization error)", "int",
+                     source="1 when a 'randomized_twice' randomization error is recorded for the child (randerr), else 0")]
     out_vars.append(Var(arm_var.name, arm_var.label, "str", codes=arm_var.codes, source=arm_var.source))
     if not v.blinded:
         out_vars.append(Var("armlbl", "Arm label", "str", source="protocol"))
@@ -802,6 +872,12 @@ class _AdslRows:
         self.arms = {a["key"]: a for a in content["arms"]}
         self.months = content["course"]["months"]
         self.factor_vars = _factor_keys(content)
+        self.all_factors = _all_factor_keys(content)
+        self.corrected = randomization_errors.corrected_strata(db)
+        self.error_kinds = randomization_errors.kinds_of(db)
+        self.not_done: dict[int, dict[tuple[str, str], str]] = {}
+        for n in rows_of(db, select(NotDone.participant_id, NotDone.visit, NotDone.instrument, NotDone.reason)):
+            self.not_done.setdefault(n.participant_id, {})[(n.instrument, n.visit)] = n.reason
         self.min_dose = (content.get("analysis") or {}).get("per_protocol_min_dose", 0.5)
         self.attended = {} if v.blinded else _sessions_attended(db)
         self.by_child: dict[int, dict[tuple[str, str], object]] = {}  # a child's assessment of each (instrument, visit)
@@ -820,12 +896,16 @@ class _AdslRows:
         exits = [e for e in v.events.get(p.id, []) if e.type in EXIT_EVENTS]
         got = self.by_child.get(p.id, {})
         row = [p.study_id, v.site[p.site_id], v.strata[al.stratum_id]] + [(p.strata or {}).get(k) for k in self.factor_vars]
+        fixed = self.corrected.get(p.id, {})
+        row += [fixed.get(k, v.site[p.site_id] if k == "site" else (p.strata or {}).get(k)) for k in self.all_factors]
+        kinds = self.error_kinds.get(p.id, set())
+        row += [int("ineligible" in kinds), int("randomized_twice" in kinds)]
         row.append(v.arm_of(p.id))
         if not v.blinded:
             row.append(self.arms[al.arm]["label"])
         row += [p.sex, age_in_months(p.date_of_birth, start), _d(p.consent_date), _d(start), _d(end),
                 _d(exits[0].on) if exits else None, exits[0].type if exits else None]
-        row += self._outcomes(got)
+        row += self._outcomes(got, self.not_done.get(p.id, {}))
         primary = got.get((prim["instrument"], prim["visit"]))
         has_primary = primary is not None and primary.values.get(prim["field"]) is not None
         if v.blinded:
@@ -833,20 +913,21 @@ class _AdslRows:
         dose, pp = self._dose(p.id, al.arm, start, end, has_primary)
         return tuple(row + dose + [1, int(has_primary), pp])
 
-    def _outcomes(self, got: dict) -> list:
-        """A child's values of each (instrument, visit), with the date performed and the window flag."""
+    def _outcomes(self, got: dict, not_done: dict) -> list:
+        """A child's values of each (instrument, visit), with the date performed, the window flag
+        and the reason a form not done was not."""
         out = []
         for ins, vk, fields in self.layout:
             a = got.get((ins, vk))
             if a is None:
-                out += [None] * (len(fields) + 2)
+                out += [None] * (len(fields) + 2) + [not_done.get((ins, vk))]
                 continue
             values = a.values
             out += [_num(v) if (v := values.get(f)) is not None else None for f in fields]
             day = self.day_of.get(a.performed_on)
             if day is None:
                 day = self.day_of[a.performed_on] = _d(a.performed_on)
-            out += [day, int(a.out_of_window)]
+            out += [day, int(a.out_of_window), None]
         return out
 
     def _dose(self, p_id: int, arm: str, start, end, has_primary: bool) -> tuple[list, int]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from html import escape
 
 from trial.catalogue import N_, Label, Msg
+from trial.randomize.confirmation import reportlab
 
 W = 960
 LINE = 13
@@ -125,7 +126,21 @@ def _allocation_lines(key: str, a: dict, t) -> list[str]:
 def _follow_up_lines(a: dict, t) -> list[str]:
     lost, disc = a["lost_to_follow_up"], a["discontinued_intervention"]
     return ([t(Msg(N_("Lost to follow-up (n=%(n)s)"), n=lost["total"]))] + _reasons(lost, t) +
-            [t(Msg(N_("Discontinued intervention (%(n)s)"), n=_n(disc["total"], t)))] + _reasons(disc, t))
+            [t(Msg(N_("Discontinued intervention (%(n)s)"), n=_n(disc["total"], t)))] + _reasons(disc, t) +
+            _withdrawal_lines(a, t))
+
+
+def _withdrawal_lines(a: dict, t) -> list[str]:
+    """The withdrawals of consent by scope (issue 28): from the intervention only, from the
+    follow-up only, from both (a child counted once, in its widest withdrawal). None when there are
+    none (the count from the intervention withheld from blinded readers, as its box's: no line
+    when the others are nothing)."""
+    w = a.get("withdrawals_of_consent") or {}
+    if not any(w.values()):
+        return []
+    return [t(Msg(N_("Withdrew consent: from the intervention (%(intervention)s), from follow-up (%(follow_up)s), from "
+                     "both (%(both)s)"), intervention=_n(w.get("discontinued_intervention"), t),
+                  follow_up=_n(w.get("withdrew_from_follow_up"), t), both=_n(w.get("withdrew_completely"), t)))]
 
 
 def _analysis_lines(a: dict, t) -> list[str]:
@@ -159,9 +174,8 @@ def svg(c: dict, title: str, say=None) -> str:
 
 def pdf(c: dict, title: str, extra_tables: list[tuple[str, dict]] | None = None) -> bytes:
     """The diagram on an A4 landscape page (scaled to fit), then any tables (e.g. Table 1)."""
-    # deferred: ReportLab is loaded only when a PDF is drawn (a cold path)
-    from reportlab.lib.pagesizes import A4, landscape
-    from reportlab.pdfgen import canvas
+    rl = reportlab()  # (ReportLab: loaded when the first PDF is drawn)
+    A4, landscape, canvas = rl.pagesizes.A4, rl.pagesizes.landscape, rl.canvas
 
     boxes, arrows, phases, height = layout(c, title)
     buf = io.BytesIO()
@@ -216,9 +230,8 @@ def _text(cv, x, y, s, bold=False, size=9.5) -> None:
 
 
 def _table_page(cv, heading: str, table: dict, page_w: float, page_h: float) -> None:
-    # deferred: ReportLab, as above
-    from reportlab.lib import colors
-    from reportlab.platypus import Table, TableStyle
+    rl = reportlab()
+    colors, Table, TableStyle = rl.colors, rl.platypus.Table, rl.platypus.TableStyle
     cv.setFont("Helvetica-Bold", 13)
     cv.drawString(30, page_h - 40, heading)
     data = [table["columns"]] + table["rows"]
@@ -235,11 +248,10 @@ def table_pdf(title: str, table: dict, caption: str = "") -> bytes:
     """A table as a journal prints it (Table 1): A4 portrait, a rule above and below the header
     and at the end, no shading, sub-rows indented, numbers right-aligned; pages split as needed
     and the header repeated. Deterministic bytes (ReportLab's invariant mode)."""
-    # deferred: ReportLab is loaded only when a PDF is drawn (a cold path)
-    from reportlab.lib import colors
-    from reportlab.lib.pagesizes import A4
-    from reportlab.lib.styles import ParagraphStyle  # deferred, as above
-    from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle  # deferred, as above
+    rl = reportlab()  # (ReportLab: loaded when the first PDF is drawn)
+    colors, A4, ParagraphStyle = rl.colors, rl.pagesizes.A4, rl.styles.ParagraphStyle
+    Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle = (
+        rl.platypus.Paragraph, rl.platypus.SimpleDocTemplate, rl.platypus.Spacer, rl.platypus.Table, rl.platypus.TableStyle)
 
     buf = io.BytesIO()
     doc = SimpleDocTemplate(buf, pagesize=A4, invariant=1, leftMargin=40, rightMargin=40, topMargin=50, bottomMargin=50,

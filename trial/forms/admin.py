@@ -3,6 +3,8 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, HiddenField, IntegerField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
+from trial.catalogue import LANGUAGES
+
 
 class UserForm(FlaskForm):
     email = EmailField(_l("E-mail"), validators=[DataRequired(), Length(max=254)])
@@ -31,6 +33,10 @@ class SiteForm(FlaskForm):
     timezone = StringField(_l("Time zone"), default="UTC", validators=[DataRequired(), Length(max=64)])
     target = IntegerField(_l("Target enrollment"), default=0, validators=[NumberRange(min=0)])
     is_open = BooleanField(_l("Open for randomization"), default=True)
+    languages = StringField(_l("Languages"), validators=[Optional(), Length(max=100)],
+                            description=_l("The languages the site's families consent in, separated by commas, the "
+                                           "default first, e.g. de, en (of %(allowed)s)",
+                                           allowed=", ".join(f"{k} = {v}" for k, v in LANGUAGES.items())))
     reason = StringField(_l("Reason for the change"), validators=[Optional(), Length(max=500)])
     submit = SubmitField(_l("Save"))
 

@@ -16,7 +16,8 @@ def consent_form(documents: list[dict], default_language: str):
 
     class ConsentForm(FlaskForm):
         document = SelectField(_l("Document"), choices=[
-            (d["key"], f"{plabel('consent_document', d['key'])} ({_l('version')} {d['version']})") for d in documents])
+            (d["key"], _l("%(document)s (version %(version)s)", document=plabel("consent_document", d["key"]),
+                          version=d["version"])) for d in documents])
         language = SelectField(_l("Language"), choices=list(LANGUAGES.items()), default=default_language)
         signed_on = DateField(_l("Signed on"), validators=[DataRequired()])
         signer = SelectField(_l("Signed by"), choices=[("parent", _l("Parent")), ("guardian", _l("Guardian")),

@@ -15,6 +15,9 @@ class LockForm(SigningForm):
     code = signature_code()
     accept_open_queries = BooleanField(_l("Sign the hard lock although queries are not closed (they are listed with "
                                           "the signature and in the bundle)"))
+    # shown only while casebooks wait for their investigator's signature (trial.views.lock)
+    accept_unsigned = BooleanField(_l("Sign the hard lock although casebooks wait for their investigator's signature "
+                                      "(recorded with the signature and in the bundle's README)"))
     submit = SubmitField(_l("Sign and lock"))
 
 
@@ -62,3 +65,8 @@ class AddendumForm(SigningForm):
     confirm = BooleanField(_l("I understand that the addendum reopens data entry at every site after the unblinding, "
                               "until a new hard lock closes it."), render_kw={"required": True})
     submit = SubmitField(_l("Sign and open the addendum"))
+
+
+class SharingForm(FlaskForm):
+    """Ask for the de-identified sharing bundle of the hard lock in force (after the unblinding)."""
+    submit = SubmitField(_l("Make the de-identified sharing bundle"))

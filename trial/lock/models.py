@@ -24,6 +24,9 @@ class DataLock(Base):
     dummy_seed: Mapped[str | None] = mapped_column(String(64))
     # hard locks signed while queries were open, with their acceptance: the ids of those queries
     accepted_open_queries: Mapped[list | None] = mapped_column(JSON)
+    # hard locks signed while casebooks waited for their investigator's signature, with that
+    # acceptance: the study ids of those casebooks
+    accepted_unsigned: Mapped[list | None] = mapped_column(JSON)
     # an addendum lock (kind "addendum"): the id of the hard lock it corrects after unblinding (a
     # plain column: SQLite adds no foreign key to a table other tables' rows refer to)
     parent_lock_id: Mapped[int | None] = mapped_column(Integer)

@@ -27,6 +27,7 @@ from trial.esign.service import sign
 from trial.exports.bundle import VARIANTS, build_bundles, seal_name
 from trial.exports.consort import consort
 from trial.lock.models import AWAITING, DataLock, LockBuild, LockBundle, UnblindingRequest
+from trial.oversight import signoff
 from trial.protocol.service import current as current_protocol
 from trial.scope import CliActor, is_blinded, require_role
 from trial.trialstate.service import active_lock_id, lock_message
@@ -67,23 +68,33 @@ class OpenQueries(Conflict):
     code = "open_queries"
 
 
+class UnsignedCasebooks(Conflict):
+    code = "unsigned_casebooks"
+
+
 def create_lock(db: Session, actor, kind: str, meaning: str, password: str, accept_open_queries: bool = False,
-                code: str | None = None) -> DataLock:
+                code: str | None = None, accept_unsigned: bool = False) -> DataLock:
     """Sign a lock. A hard lock while queries are not closed is refused (409 open_queries, their
-    ids in the fields) unless the signer accepts them, which is recorded with the signature."""
+    ids in the fields) unless the signer accepts them, which is recorded with the signature; so is
+    one while casebooks at a site that has an investigator wait for the investigator's signature
+    (409 unsigned_casebooks, their study ids in the fields, unless ``accept_unsigned``)."""
     require_role(db, actor, "manager")
     if kind not in KINDS:
         raise ValidationError(N_("kind must be soft or hard"), {"kind": N_("must be soft or hard")})
     if not isinstance(accept_open_queries, bool):
         raise ValidationError(N_("accept_open_queries must be true or false"),
                               {"accept_open_queries": N_("must be true or false")})
+    if not isinstance(accept_unsigned, bool):
+        raise ValidationError(N_("accept_unsigned must be true or false"),
+                              {"accept_unsigned": N_("must be true or false")})
     state = trial_state(db, update=True)
     current = db.get(DataLock, state.active_lock_id) if state.active_lock_id else None
     if current is not None and (current.kind == "hard" or kind == "soft"):
         raise Conflict(Msg(N_("A hard lock (lock %(id)s) is already in force.") if current.kind == "hard"
                            else N_("A soft lock (lock %(id)s) is already in force."), id=current.id))
-    open_queries, addendum = [], None
+    open_queries, addendum, unsigned = [], None, []
     if kind == "hard":
+        unsigned, meaning = _unsigned_check(db, meaning, accept_unsigned)
         open_queries, meaning = _hard_lock_checks(db, meaning, accept_open_queries)
         addendum = open_addendum_of(db)
     sig = sign(db, actor, password, meaning, "addendum_lock" if addendum else f"{kind}_lock", code)
@@ -92,7 +103,7 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str, acce
         version = (db.execute(select(func.count()).select_from(DataLock).where(DataLock.kind == "hard")).scalar() or 0) + 1
     lock = DataLock(kind=kind, version=version, signature_id=sig.id, protocol_version=current_protocol(db).version,
                     created_at=sig.signed_at, dummy_seed=new_dummy_seed() if kind == "hard" else None,
-                    accepted_open_queries=[q.id for q in open_queries] or None,
+                    accepted_open_queries=[q.id for q in open_queries] or None, accepted_unsigned=unsigned or None,
                     parent_lock_id=addendum.parent_lock_id if addendum else None)
     db.add(lock)
     db.flush()
@@ -108,9 +119,32 @@ def create_lock(db: Session, actor, kind: str, meaning: str, password: str, acce
     if lock.accepted_open_queries:  # which queries were open can tell of sessions and AEs: unblinded readers only
         audit.record(db, actor, "accept_open_queries", "data_lock", lock.id,
                      {"accepted_open_queries": (None, lock.accepted_open_queries)}, reveals_allocation=True)
+    if lock.accepted_unsigned:
+        audit.record(db, actor, "accept_unsigned", "data_lock", lock.id,
+                     {"accepted_unsigned": (None, lock.accepted_unsigned)},
+                     reason=f"signed with {len(unsigned)} casebooks waiting for their investigator's signature",
+                     reveals_allocation=True)  # (which casebooks wait follows what they cover, as accept_open_queries)
     if kind == "hard":
         _seal_and_queue_builds(db, lock)
     return lock
+
+
+def _unsigned_check(db: Session, meaning: str, accept_unsigned: bool) -> tuple[list[str], str]:
+    """Casebooks at the sites that have an investigator, waiting for the investigator's signature:
+    refused (409 unsigned_casebooks, their study ids in the fields) unless accepted, which the
+    signature's meaning then says. Sites with no investigator are not held."""
+    unsigned = signoff.unsigned_casebooks(db)
+    if unsigned and not accept_unsigned:
+        waiting = {sid: N_("waits for the investigator's signature") for sid in unsigned}
+        raise UnsignedCasebooks(Msg(N_("%(n)s casebooks wait for their investigator's signature. Have them signed "
+                                       "first, or sign the hard lock accepting them (accept_unsigned), which is "
+                                       "recorded with the signature and in the bundle's README."), n=len(unsigned)),
+                                waiting)
+    if unsigned:
+        # (the ids are in the lock's row and the unblinded README; the meaning stays short)
+        meaning = (f"{(meaning or '').strip()[:380]} [accepting {len(unsigned)} casebooks not signed by their "
+                   "investigator]")[:500] if isinstance(meaning, str) else meaning
+    return unsigned, meaning
 
 
 def open_addendum_of(db: Session) -> DataLock | None:

@@ -45,6 +45,11 @@ NO_LONGER_UNBLINDED = "recipient may no longer know the arm"
 BACKOFF_FIRST = dt.timedelta(minutes=1)  # the wait after the first failed attempt, doubled after each further one
 BACKOFF_CAP = dt.timedelta(hours=1)  # ... up to this
 CLAIM = dt.timedelta(minutes=15)  # a message being sent is not due for another sender meanwhile
+# bodies completed only when sent: a kind "<prefix>:<id>" whose prefix is here has its body filled by
+# FILLERS[prefix](db, message) -> the text to send, or None when it may no longer be sent (a dead letter
+# with NOT_SENDABLE); the outbox never keeps what is filled in (a survey's link: trial.surveys)
+FILLERS: dict = {}
+NOT_SENDABLE = "no longer to be sent (what it carried no longer holds)"
 
 
 def smtp_url() -> str | None:
@@ -224,7 +229,10 @@ def _send(db: Session, limit: int) -> tuple[int, int, int]:
     now = utcnow()
     withheld = _withhold(db, rows, now)
     rows = [m for m in rows if m not in withheld]
-    outcome = _deliver(rows, url) if rows else {}
+    bodies, unfilled = _fill(db, rows, now)
+    withheld += unfilled
+    rows = [m for m in rows if m.id in bodies]
+    outcome = _deliver(rows, url, bodies) if rows else {}
     now, most = utcnow(), settings.current().mail_attempts
     for m in rows:
         _record(m, outcome[m.id], now, most)
@@ -254,7 +262,31 @@ def _withhold(db: Session, rows: list[MailMessage], now: dt.datetime) -> list[Ma
     return withheld
 
 
-def _deliver(rows: list[MailMessage], url: str) -> dict[int, tuple[str, str] | None]:
+def _fill(db: Session, rows: list[MailMessage], now: dt.datetime) -> tuple[dict[int, str], list[MailMessage]]:
+    """Each message's body as sent (:data:`FILLERS`), and those that may no longer be sent (dead
+    letters at once). A message whose filler is not loaded in this process is left for another
+    sender (due again, unclaimed)."""
+    bodies: dict[int, str] = {}
+    dropped = []
+    for m in rows:
+        prefix = (m.kind or "").partition(":")[0] if ":" in (m.kind or "") else None
+        if prefix is None:
+            bodies[m.id] = m.body
+            continue
+        if prefix not in FILLERS:
+            m.next_attempt_at = None
+            continue
+        body = FILLERS[prefix](db, m)
+        if body is None:
+            m.attempts = (m.attempts or 0) + 1
+            m.last_error, m.dead_at, m.next_attempt_at = NOT_SENDABLE, now, None
+            dropped.append(m)
+        else:
+            bodies[m.id] = body
+    return bodies, dropped
+
+
+def _deliver(rows: list[MailMessage], url: str, bodies: dict[int, str] | None = None) -> dict[int, tuple[str, str] | None]:
     """Hand each message to the relay in one SMTP session: id -> None (accepted) or (the error
     kept with the message, its short form for the log)."""
     parts, port, starttls = _relay(url)
@@ -276,7 +308,7 @@ def _deliver(rows: list[MailMessage], url: str) -> dict[int, tuple[str, str] | N
             for m in rows:
                 msg = EmailMessage()
                 msg["From"], msg["To"], msg["Subject"] = sender, m.recipient, m.subject
-                msg.set_content(m.body)
+                msg.set_content((bodies or {}).get(m.id, m.body))
                 try:
                     smtp.send_message(msg)
                     outcome[m.id] = None
@@ -333,7 +365,8 @@ def outbox_status(db: Session) -> dict:
     dead = MailMessage.sent_at.is_(None) & MailMessage.dead_at.is_not(None)
     by_kind: dict[str, int] = {}
     for kind, n in db.execute(select(MailMessage.kind, func.count()).where(dead).group_by(MailMessage.kind)).all():
-        by_kind[kind or "other"] = by_kind.get(kind or "other", 0) + n
+        kind = (kind or "other").partition(":")[0]  # ("survey:<id>": one kind)
+        by_kind[kind] = by_kind.get(kind, 0) + n
     oldest = db.execute(select(MailMessage).where(MailMessage.sent_at.is_(None))
                         .order_by(MailMessage.created_at, MailMessage.id).limit(1)).scalar_one_or_none()
     letters = db.execute(select(MailMessage).where(dead).order_by(MailMessage.id)).scalars().all()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from sqlalchemy import and_, case, func, literal, or_, select, true, union_all
@@ -15,7 +16,8 @@ from trial.dataquality.models import DataQuery
 from trial.dataquality.service import Check, clear_verification, raise_check, raise_checks, resolve_check
 from trial.errors import Conflict, Forbidden, NotFound, ValidationError
 from trial.notify.service import notify, users_with_role
-from trial.outcomes.models import BlindingBreak
+from trial.outcomes import notdone
+from trial.outcomes.models import BlindingBreak, NotDone
 from trial.paging import Page, ordered, paginate, sort_key
 from trial.participants.models import GUESSES, Allocation, Assessment, Participant
 from trial.participants.service import (
@@ -78,6 +80,9 @@ def _field_value(f: dict, v: Any) -> tuple[Any, str | None]:
     return v, error
 
 
+TEXT_MAX = 2000  # a text field's longest answer (the protocol gives no maximum of its own)
+
+
 def _typed_value(f: dict, v: Any) -> tuple[Any, str | None]:
     """The value checked against its field's type (a whole float of an integer field becomes an
     int), with what is wrong with it, or None."""
@@ -90,10 +95,14 @@ def _typed_value(f: dict, v: Any) -> tuple[Any, str | None]:
     elif t == "number":
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return v, N_("must be a number")
+        if not math.isfinite(v):  # NaN and infinity pass every range check: never a measurement
+            return v, N_("must be a finite number")
     elif t == "boolean" and not isinstance(v, bool):
         return v, N_("must be true or false")
     elif t == "text" and (not isinstance(v, str) or has_control(v)):
         return v, N_("must be text") if not isinstance(v, str) else CONTROL_MESSAGE
+    elif t == "text" and len(v) > TEXT_MAX:
+        return v, Msg(N_("must be at most %(n)s characters"), n=TEXT_MAX)
     elif t == "choice" and v not in f["choices"]:
         return v, Msg(N_("must be one of: %(allowed)s"), allowed=", ".join(map(str, f["choices"])))
     return v, None
@@ -155,10 +164,19 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
     and keep its checks, all in one transaction."""
     p = get_participant(db, actor, study_id, for_update=True)  # concurrent duplicates queue here
     content = current_protocol(db).content
-    pv_version = current_protocol(db).version
     ins, visit, performed = _form_visit_day(content, p, data)
     # who enters what: blinded instruments only by the site's assessors, others by its coordinators
     require_site_role(db, actor, p.site_id, "assessor" if ins["blinded"] else "coordinator")
+    return enter_assessment(db, actor, p, ins, visit, performed, data)
+
+
+def enter_assessment(db: Session, actor, p: Participant, ins: dict, visit: dict, performed: dt.date, data: dict,
+                     reason: str | None = None, survey_id: int | None = None) -> Assessment:
+    """Record a form the caller may enter (staff entry above; a parent's survey, trial.surveys,
+    with ``actor`` its provenance and ``reason`` naming the survey): the values, the guess, the
+    participant's state, consent and window, written and audited with their checks. ``p`` is locked."""
+    content = current_protocol(db).content
+    pv_version = current_protocol(db).version
     ensure_writable(db)
     values = validate_values(ins, data.get("values"))
     guess = data.get("allocation_guess")
@@ -176,6 +194,7 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
                                               Assessment.instrument == ins["key"])).first():
         raise Conflict(Msg(N_("%(form)s at %(visit)s is already recorded for %(study_id)s."), form=_form_label(ins),
                            visit=_visit_label(visit), study_id=p.study_id))
+    notdone.ensure_not_done_absent(db, p, ins, visit)  # a form recorded as not done stays so
     a = Assessment(participant_id=p.id, visit=visit["key"], instrument=ins["key"], performed_on=performed,
                    values=values, out_of_window=out_of_window, allocation_guess=guess, guess_confidence=confidence,
                    protocol_version=pv_version, entered_by_id=getattr(actor, "id", None))
@@ -184,7 +203,9 @@ def record_assessment(db: Session, actor, study_id: str, data: dict) -> Assessme
     audit.created(db, actor, "assessment", a.id, {"participant": p.study_id, "visit": a.visit, "instrument": a.instrument,
                                                   "performed_on": performed, "values": values,
                                                   "out_of_window": out_of_window, "allocation_guess": guess,
-                                                  "guess_confidence": confidence})
+                                                  "guess_confidence": confidence}, reason=reason)
+    # the form is entered: the parents' links of it stop (``survey_id``: the one being answered)
+    withdrawal.revoke_surveys(db, actor, p, reason="form entered", visit=a.visit, instrument=a.instrument, keep=survey_id)
     if a.visit != "baseline":
         replan(db, [p.id])  # the visit plan knows the form is entered
     _entry_checks(db, p, a, ins, visit, alloc, out_of_window)
@@ -395,7 +416,7 @@ def _role_instruments(content: dict, actor, site_id: int) -> list[dict]:
     coordinators; managers see all."""
     if is_cli(actor) or actor.has_role("manager"):
         return content["instruments"]
-    if actor.site_ids("monitor") and site_id in actor.site_ids("monitor"):
+    if site_id in actor.site_ids("monitor", "investigator"):  # they read every form of their sites
         return content["instruments"]
     roles = {r.role for r in actor.roles if r.site_id in (None, site_id)}
     return [i for i in content["instruments"] if (i["blinded"] and "assessor" in roles)
@@ -415,6 +436,9 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
             done.setdefault((a.participant_id, a.visit), []).append(a)
     events = events_of(db, ids)
     stopped = withdrawal.follow_up_ended(db, ids)  # a withdrawal of consent to the follow-up
+    not_done: dict[tuple[int, str], list[str]] = {}
+    for pid_, vk, ik in notdone.not_done_keys(db, ids):
+        not_done.setdefault((pid_, vk), []).append(ik)
     out: dict[int, list[dict]] = {}
     tzs = dict(db.execute(select(Site.id, Site.timezone)).all())
     rules = form_rules(db)
@@ -426,37 +450,46 @@ def schedule(db: Session, actor, participants: list, on: dt.date | None = None) 
                        + ([stopped[p.id]] if p.id in stopped else []), default=None)
         wanted = [i["key"] for i in _role_instruments(content, actor, p.site_id)]
         out[p.id] = [_schedule_entry(content, v, wanted, done.get((p.id, v["key"]), []), alloc, start, ended_on, day,
-                                     rules) for v in content["visits"]]
+                                     rules, not_done.get((p.id, v["key"]), [])) for v in content["visits"]]
     return out
 
 
 def _schedule_entry(content: dict, v: dict, wanted: list[str], entered: list[Assessment], alloc,
-                    start: dt.date | None, ended_on: dt.date | None, day: dt.date, rules: dict) -> dict:
+                    start: dt.date | None, ended_on: dt.date | None, day: dt.date, rules: dict,
+                    not_done: list[str] = ()) -> dict:
     """One visit of a participant's schedule: the forms the reader enters there, those entered,
-    and (after randomization) the window and the visit's status on ``day``. A form an amendment
-    added is expected only where it applies to the child (not_expected when none does)."""
+    those recorded as not done (``instruments_not_done``: they count as settled, the visit is done
+    once every form is entered or not done; not_done when none was entered), and (after
+    randomization) the window and the visit's status on ``day``. A form an amendment added is
+    expected only where it applies to the child (not_expected when none does)."""
     entry = {"visit": v["key"], "label": v["label"], "primary": v["primary"]}
     instruments = [k for k in wanted if any(i["key"] == k and v["key"] in i["visits"] for i in content["instruments"])]
     if start is not None and v["key"] != "baseline":
         closes = visit_window(v, start)[2]
         applying = [k for k in instruments if rules.get((v["key"], k), ALWAYS).applies(start, closes)]
         if instruments and not applying:
-            entry.update(instruments_done=[], instruments_expected=[], status="not_expected")
+            entry.update(instruments_done=[], instruments_expected=[], instruments_not_done=[], status="not_expected")
             return entry
         instruments = applying
     recorded = [a for a in entered if a.instrument in instruments]
+    skipped = sorted(k for k in not_done if k in instruments)
     entry["instruments_done"] = sorted(a.instrument for a in recorded)
     entry["instruments_expected"] = instruments
+    entry["instruments_not_done"] = skipped
+    settled = len({a.instrument for a in recorded} | set(skipped))
     if v["key"] == "baseline":
-        entry["status"] = "done" if recorded and len(recorded) == len(instruments) else ("missing" if alloc else "due")
+        entry["status"] = ("not_done" if not recorded else "done") if instruments and settled == len(instruments) else \
+            ("missing" if alloc else "due")
         return entry
     if start is None:
         entry["status"] = "not_yet_randomized"
         return entry
     lo, target, hi = visit_window(v, start)
     entry.update(window_start=lo.isoformat(), target=target.isoformat(), window_end=hi.isoformat())
-    complete = instruments and len({a.instrument for a in recorded}) == len(instruments)
-    if complete:
+    complete = instruments and settled == len(instruments)
+    if complete and not recorded:
+        entry["status"] = "not_done"
+    elif complete:
         entry["status"] = "done_out_of_window" if any(a.out_of_window for a in recorded) else "done"
     elif ended_on is not None and ended_on <= hi:  # withdrawn, died, or withdrew from the follow-up
         entry["status"] = "not_expected"
@@ -505,6 +538,8 @@ def missing_form_candidates(db: Session, stmt, on: dt.date | None = None, limit:
                 _applies_from(rules.get((v["key"], ins["key"]), ALWAYS), v, Allocation.randomized_at),
                 Allocation.participant_id.not_in(select(Assessment.participant_id).where(
                     Assessment.visit == v["key"], Assessment.instrument == ins["key"])),
+                Allocation.participant_id.not_in(select(NotDone.participant_id).where(
+                    NotDone.visit == v["key"], NotDone.instrument == ins["key"])),
                 Allocation.participant_id.not_in(select(DataQuery.participant_id).where(
                     DataQuery.origin == "check", DataQuery.kind == "assessment", DataQuery.target_id.is_(None),
                     DataQuery.visit == v["key"], DataQuery.instrument == ins["key"]))))
@@ -547,7 +582,8 @@ def _missing_form_checks(db: Session, participants: list, on: dt.date | None) ->
     asked = set(db.execute(select(DataQuery.participant_id, DataQuery.visit, DataQuery.instrument).where(
         DataQuery.participant_id.in_(ids), DataQuery.origin == "check", DataQuery.kind == "assessment",
         DataQuery.target_id.is_(None))).all())  # a missing form is queried once; a closed query is not raised again
-    known, rules, out = done | asked, form_rules(db), []
+    # a form recorded as not done (trial.outcomes.notdone) is never queried as missing
+    known, rules, out = done | asked | notdone.not_done_keys(db, ids), form_rules(db), []
     for p in participants:
         alloc = allocs.get(p.id)
         if alloc is None:

@@ -14,10 +14,21 @@ from __future__ import annotations
 import datetime as dt
 import re
 import tomllib
-from typing import Annotated, Any, ClassVar
+from itertools import pairwise
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError,
-                      WithJsonSchema, model_serializer, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from trial.catalogue import LANGUAGES
@@ -362,7 +373,7 @@ class Visit(Section):
 
 
 class InstrumentField(Section):
-    OMIT_NONE = ("labels",)
+    OMIT_NONE = ("labels", "units_labels")
     key: Key
     label: str | None = None
     type: one_of(*FIELD_TYPES)
@@ -372,6 +383,7 @@ class InstrumentField(Section):
     soft_min: Number | None = Field(None, description="a value below it is saved but queried")
     soft_max: Number | None = Field(None, description="a value above it is saved but queried")
     units: str | None = None
+    units_labels: Labels = Field(None, description="the units in other languages, by language code")
     choices: list[str] | None = None
     labels: Labels = None
 
@@ -410,8 +422,12 @@ class InstrumentField(Section):
             raise problem("must not be below soft_min", ".soft_max")
 
 
+RESPONDENTS = ("parent", "assessor", "staff")
+SURVEY_LAYOUTS = ("whole_form", "one_question")
+
+
 class Instrument(Section):
-    OMIT_NONE = ("labels", "applies_to")
+    OMIT_NONE = ("labels", "applies_to", "respondent", "survey_layout")
     key: Key
     label: str
     blinded: bool = Field(description="entered by the blinded assessor")
@@ -419,6 +435,29 @@ class Instrument(Section):
     fields: Keyed(InstrumentField)
     labels: Labels = None
     applies_to: one_of(*APPLIES_TO) | None = AppliesTo
+    respondent: one_of(*RESPONDENTS) | None = Field(
+        None, description="who answers it: \"parent\" (may be sent to the family as a survey), \"assessor\" "
+                          "(the blinded assessor) or \"staff\"; by default the assessor for a blinded instrument, "
+                          "else staff")
+    survey_layout: one_of(*SURVEY_LAYOUTS) | None = Field(
+        None, description="a parent's survey shows the whole form (\"whole_form\", the default) or one question "
+                          "at a time (\"one_question\")")
+
+    @model_validator(mode="after")
+    def _respondent(self):
+        if self.respondent == "parent" and self.blinded:
+            raise problem("must not be \"parent\" for a blinded instrument: a child's parents know its arm",
+                          ".respondent")
+        if self.respondent == "assessor" and not self.blinded:
+            raise problem("is \"assessor\" only for a blinded instrument (blinded = true)", ".respondent")
+        if self.survey_layout is not None and self.respondent != "parent":
+            raise problem("is for an instrument the parents answer (respondent = \"parent\")", ".survey_layout")
+        return self
+
+
+def respondent_of(ins: dict) -> str:
+    """Who answers an instrument (its protocol's ``respondent``, else by its blinding)."""
+    return ins.get("respondent") or ("assessor" if ins.get("blinded") else "staff")
 
 
 class PrimaryOutcome(Section):
@@ -482,6 +521,81 @@ def _default_documents() -> list[ConsentDocument]:
     return [ConsentDocument(key="parental_consent", label="Parental consent", version="1")]
 
 
+class SignoffMilestone(Section):
+    """A point at which the site's investigator signs a child's casebook: after a visit
+    (``after_visit``) or at the end of participation (``end_of_participation = true``)."""
+    OMIT_NONE = ("labels", "after_visit")
+    key: Key
+    label: str
+    labels: Labels = None
+    after_visit: Key | None = Field(None, description="the visit after which the casebook is signed")
+    end_of_participation: bool = Field(False, description="signed when the child's participation has ended")
+
+    @model_validator(mode="after")
+    def _one_point(self):
+        if (self.after_visit is None) == (not self.end_of_participation):
+            raise problem("give either after_visit or end_of_participation = true", ".after_visit")
+        return self
+
+
+class MissingReason(Section):
+    """Why a form will never be filled (recorded as "not done"); ``needs_text``: the reason needs
+    words (``other``)."""
+    OMIT_NONE = ("labels",)
+    key: Key
+    label: str
+    labels: Labels = None
+    needs_text: bool = Field(False, description="a text must say more (as for \"other\")")
+
+
+SPENDING_FUNCTIONS = ("obrien_fleming",)
+
+
+class Interim(Section):
+    """The group-sequential design of the interim looks: the planned looks as information
+    fractions (the last is 1, the final analysis) and the alpha spending function (Lan-DeMets,
+    O'Brien-Fleming type), applied to the primary analysis's effect."""
+    information_fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        min_length=1, max_length=10, description="the planned looks, as fractions of the final information, ascending; "
+                                                 "the last is 1")
+    spending: one_of(*SPENDING_FUNCTIONS) = Field(
+        "obrien_fleming", description="the alpha spending function: Lan-DeMets with O'Brien-Fleming-type boundaries")
+    alpha: Number = Field(0.05, description="the overall type I error rate (above 0, below 0.5)")
+    sides: Literal[1, 2] = Field(2, description="a two-sided (2) or one-sided (1) test")
+    planned_primary_n: int | None = Field(
+        None, gt=0, description="the planned number of children with the primary outcome at the primary visit: the "
+                                "information fraction's denominator (default: the sites' recruitment targets added up)")
+    benefit: Literal["lower", "higher"] = Field(
+        "lower", description="the direction of benefit of the primary analysis's effect (the arm against the "
+                             "reference): \"lower\" (a lower score is better) or \"higher\"; a one-sided design "
+                             "tests in this direction")
+
+    @model_validator(mode="after")
+    def _looks(self):
+        f = self.information_fractions
+        if any(b <= a for a, b in pairwise(f)):
+            raise problem("must be in ascending order", ".information_fractions")
+        if f[-1] != 1:
+            raise problem("must end with 1 (the final analysis)", ".information_fractions")
+        if not 0 < self.alpha < 0.5:
+            raise problem("must be above 0 and below 0.5", ".alpha")
+        return self
+
+
+class Surveys(Section):
+    """The parents' surveys: reminders by e-mail, each a number of days after the link was sent,
+    until the survey is answered or expires."""
+    reminder_days: list[Annotated[int, Field(ge=1, le=365)]] = Field(
+        default_factory=lambda: [3, 7], max_length=10,
+        description="days after the link was sent on which a reminder goes out (ascending)")
+
+    @model_validator(mode="after")
+    def _ascending(self):
+        if any(b <= a for a, b in pairwise(self.reminder_days)):
+            raise problem("must be in ascending order", ".reminder_days")
+        return self
+
+
 class Consent(Section):
     """The consent documents a family signs (default: one required parental consent, version 1)."""
     reconsent_within_days: int = Field(30, ge=0, le=365, description="days a re-consent may be outstanding before new "
@@ -499,7 +613,7 @@ _NOT_COUNTERSIGNERS = {
     "assessor": "must not be 'assessor': a blinded assessor stays blinded, even after the unblinding",
     "admin": "must not be 'admin': an administrator sees no clinical data and stays blinded",
 }
-_SITE_ROLES = ("coordinator", "therapist", "monitor")
+_SITE_ROLES = ("coordinator", "therapist", "monitor", "investigator")
 
 
 def _countersigner(v: str) -> str:
@@ -530,7 +644,8 @@ class Protocol(Section):
     """A trial's protocol: arms, randomization, eligibility, course, visits, instruments, the
     primary outcome and (optionally) the intervention's details and the primary analysis."""
     model_config = ConfigDict(strict=True, extra="forbid", title="Trial protocol")
-    OMIT_NONE = ("credentials", "goals", "fidelity", "analysis", "effective_from", "unblinding")
+    OMIT_NONE = ("credentials", "goals", "fidelity", "analysis", "effective_from", "unblinding", "signoff_milestones",
+                 "missing_reasons", "interim")
     trial: TrialInfo
     effective_from: Annotated[dt.date, PlainSerializer(dt.date.isoformat)] | None = Field(
         None, description="an amendment's date: a visit or instrument it adds is due for children randomized on or "
@@ -549,6 +664,12 @@ class Protocol(Section):
     analysis: Analysis | None = None
     unblinding: Unblinding | None = Field(None, description="who countersigns the unblinding (default: statistician)")
     consent: Consent = Field(default_factory=Consent, description="the consent documents (default: one parental consent)")
+    surveys: Surveys = Field(default_factory=Surveys, description="the parents' surveys' reminders")
+    signoff_milestones: Keyed(SignoffMilestone) | None = Field(
+        None, description="where the site's investigator signs each child's casebook (default: nowhere)")
+    interim: Interim | None = Field(None, description="the interim looks' group-sequential design (default: none)")
+    missing_reasons: Keyed(MissingReason) | None = Field(
+        None, description="the reasons a form is recorded as not done (default: one, \"other\", with a text)")
 
     @model_validator(mode="after")
     def _between_sections(self):
@@ -570,7 +691,7 @@ class _Problems(Exception):
 
 def _cross_problems(p: Protocol) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
-    for check in (_arms_and_blocks, _visits_order, _instrument_visits, _guesses, _primary_outcome):
+    for check in (_arms_and_blocks, _visits_order, _instrument_visits, _guesses, _primary_outcome, _milestone_visits):
         found += check(p)
     if not found and p.analysis is not None:
         found += _analysis(p)
@@ -600,6 +721,12 @@ def _instrument_visits(p: Protocol) -> list[tuple[str, str]]:
     keys = {v.key for v in p.visits}
     return [(f"instruments[{i}].visits[{j}]", f"unknown visit {vk!r}")
             for i, ins in enumerate(p.instruments) for j, vk in enumerate(ins.visits) if vk not in keys]
+
+
+def _milestone_visits(p: Protocol) -> list[tuple[str, str]]:
+    keys = {v.key for v in p.visits}
+    return [(f"signoff_milestones[{i}].after_visit", f"unknown visit {m.after_visit!r}")
+            for i, m in enumerate(p.signoff_milestones or []) if m.after_visit is not None and m.after_visit not in keys]
 
 
 def _guesses(p: Protocol) -> list[tuple[str, str]]:

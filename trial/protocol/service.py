@@ -116,6 +116,8 @@ class FormRule:
 
 
 ALWAYS = FormRule()
+# the reasons a form is recorded as not done when the protocol names none (``[[missing_reasons]]``)
+DEFAULT_MISSING_REASONS = [{"key": "other", "label": "Other", "needs_text": True}]
 
 
 def forms_of(content: dict[str, Any]) -> set[tuple[str, str]]:
@@ -194,6 +196,11 @@ def _words(item: dict, locale: str | None, text: str = "label", table: str = "la
     return item.get(text) or item["key"]
 
 
+def units_in(field: dict, locale: str | None) -> str:
+    """A field's units in ``locale`` where the protocol gives them (``units_labels``), else as written."""
+    return _words(field, locale, "units", "units_labels")
+
+
 def _technique(content: dict[str, Any], key: str, locale: str | None) -> str:
     words = content.get("course", {}).get("technique_labels", {}).get(key) or {}
     return _words({"key": key, "label": words.get("en") or key.replace("_", " ").capitalize(), "labels": words}, locale)
@@ -208,6 +215,8 @@ def labels(content: dict[str, Any], locale: str | None = None) -> dict[str, dict
         "visit": {v["key"]: _words(v, locale) for v in content["visits"]},
         "instrument": {i["key"]: _words(i, locale) for i in content["instruments"]},
         "field": {f"{i['key']}.{f['key']}": _words(f, locale) for i in content["instruments"] for f in i["fields"]},
+        "unit": {f"{i['key']}.{f['key']}": _words(f, locale, "units", "units_labels")
+                 for i in content["instruments"] for f in i["fields"] if f.get("units")},
         "criterion": {c["key"]: _words(c, locale, "question", "questions") for c in content.get("criteria", [])},
         "factor": {f["key"]: _words(f, locale) for f in content.get("randomization", {}).get("factors", [])},
     }
@@ -215,6 +224,8 @@ def labels(content: dict[str, Any], locale: str | None = None) -> dict[str, dict
     out["credential"] = {c["key"]: _words(c, locale) for c in content.get("credentials", [])}
     out["goal"] = {g["key"]: _words(g, locale) for g in content.get("goals", [])}
     out["fidelity_item"] = {i["key"]: _words(i, locale) for i in content.get("fidelity", {}).get("items", [])}
+    out["missing_reason"] = {r["key"]: _words(r, locale) for r in content.get("missing_reasons") or DEFAULT_MISSING_REASONS}
+    out["signoff_milestone"] = {m["key"]: _words(m, locale) for m in content.get("signoff_milestones") or []}
     consent = content.get("consent") or {}
     out["consent_document"] = {d["key"]: _words(d, locale) for d in consent.get("documents", [])} or {
         "parental_consent": "Parental consent"}
@@ -235,6 +246,8 @@ def localized(content: dict[str, Any], locale: str | None) -> dict[str, Any]:
     for ins in out["instruments"]:
         for f in ins["fields"]:
             f["label"] = _words(f, locale)
+            if f.get("units"):
+                f["units"] = _words(f, locale, "units", "units_labels")
     for item in out.get("fidelity", {}).get("items", []):
         item["label"] = _words(item, locale)
     for f in out.get("randomization", {}).get("factors", []):

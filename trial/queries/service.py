@@ -213,6 +213,7 @@ def _visibility(db: Session, actor, stmt):
         return stmt
     conditions = []
     for role, extra in (("coordinator", DataQuery.answer_role == "coordinator"), ("monitor", None),
+                        ("investigator", None),  # (the site's principal investigator reads as the monitor does)
                         ("therapist", DataQuery.answer_role == "therapist"),
                         # (assessor_visible: a plain test, the partial index's predicate)
                         ("assessor", DataQuery.assessor_visible & (DataQuery.answer_role == "assessor"))):
@@ -362,5 +363,5 @@ def badges(db: Session, actor, participant_ids: list[int]) -> dict[int, int]:
 
 
 def require_reader(db: Session, actor) -> None:
-    if actor is None or not actor.has_role("coordinator", "therapist", "assessor", "monitor", "manager"):
+    if actor is None or not actor.has_role("coordinator", "therapist", "assessor", "monitor", "investigator", "manager"):
         raise Forbidden(N_("Queries are for the sites' staff, monitors and managers."))

@@ -29,6 +29,7 @@ import os
 import unicodedata
 import zoneinfo
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from babel.dates import format_datetime
 from sqlalchemy import select
@@ -183,10 +184,26 @@ def _find(candidates) -> tuple[str, str] | None:
 
 
 @functools.cache
+def reportlab() -> SimpleNamespace:
+    """ReportLab's modules, for every PDF the system draws (this confirmation, the casebooks, the
+    CONSORT diagram and the baseline table, the data monitoring committee's reports), imported in
+    this one place."""
+    # deferred: ReportLab is loaded only when a PDF is drawn (a cold path), not with the app
+    from reportlab import platypus
+    from reportlab.graphics import shapes  # deferred, as above
+    from reportlab.lib import colors, pagesizes, styles, units, utils  # deferred, as above
+    from reportlab.pdfbase import cidfonts, pdfmetrics, ttfonts  # deferred, as above
+    from reportlab.pdfgen import canvas  # deferred, as above
+    return SimpleNamespace(platypus=platypus, shapes=shapes, colors=colors, pagesizes=pagesizes, styles=styles,
+                           units=units, utils=utils, cidfonts=cidfonts, pdfmetrics=pdfmetrics, ttfonts=ttfonts,
+                           canvas=canvas)
+
+
+@functools.cache
 def fonts(language: str) -> tuple[str, str, str]:
     """(regular, bold, monospace) font names for a language, registered with ReportLab once."""
-    # deferred: ReportLab is loaded only when a PDF is drawn (a cold path)
-    from reportlab.pdfbase import cidfonts, pdfmetrics, ttfonts
+    rl = reportlab()
+    cidfonts, pdfmetrics, ttfonts = rl.cidfonts, rl.pdfmetrics, rl.ttfonts
     UnicodeCIDFont, TTFont = cidfonts.UnicodeCIDFont, ttfonts.TTFont
 
     def register(prefix: str, found) -> tuple[str, str] | None:
@@ -333,9 +350,8 @@ class _Page:
 
 def render(c: Confirmation, protocol: dict, language: str) -> bytes:
     """The one A4 page: the title, the allocation's facts, the digest and how to check it."""
-    # deferred: ReportLab is loaded only when a PDF is drawn (a cold path)
-    from reportlab.lib import pagesizes, utils
-    from reportlab.pdfgen import canvas
+    rl = reportlab()
+    pagesizes, utils, canvas = rl.pagesizes, rl.utils, rl.canvas
     gettext = translator(language)
     title = gettext(N_("Randomization confirmation"))
     buf = io.BytesIO()

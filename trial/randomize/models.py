@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from trial.db import Base, utcnow
@@ -80,3 +80,21 @@ class AllocationJournalPending(Base):
     allocation_id: Mapped[int] = mapped_column(ForeignKey("allocation.id"), primary_key=True)
     line: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class RandomizationError(Base):
+    """A randomization error (``wrong_stratum``: a stratification factor entered wrong, with the
+    value as randomized and the correct one; ``ineligible``; ``randomized_twice``). The allocation
+    never changes (intention to treat); the analysis uses the corrected strata."""
+
+    __tablename__ = "randomization_error"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participant.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    field: Mapped[str | None] = mapped_column(String(50))
+    as_randomized: Mapped[str | None] = mapped_column(String(100))
+    correct_value: Mapped[str | None] = mapped_column(String(100))
+    text: Mapped[str] = mapped_column(Text)
+    recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

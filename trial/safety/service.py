@@ -43,7 +43,7 @@ from trial.timeline import local_date, today
 from trial.trialstate.service import ensure_writable
 from trial.validation import clinical_date, parse_moment, refuse, text
 
-READERS = ("coordinator", "monitor", "manager")
+READERS = ("coordinator", "monitor", "investigator", "manager")
 REPORT_GRACE = dt.timedelta(minutes=5)  # a reporter's clock a little ahead of the server's is not "the future"
 
 

@@ -24,4 +24,4 @@ class Site(Base):
 
     def as_dict(self) -> dict:
         return {"code": self.code, "name": self.name, "country": self.country, "target": self.target,
-                "timezone": self.timezone, "open": self.is_open}
+                "timezone": self.timezone, "open": self.is_open, "languages": list(self.languages or [])}

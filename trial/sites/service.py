@@ -51,19 +51,36 @@ def _clean(data: dict, creating: bool) -> dict:
             errors["target"] = N_("must be a whole number, 0 or more (at most 100000)")
     if "is_open" in data:
         out["is_open"] = bool(data["is_open"])
-    if data.get("languages") is not None:
-        langs = data["languages"]
-        if isinstance(langs, str):  # a form's "de, en"
-            langs = [x.strip() for x in langs.split(",") if x.strip()]
-        if not isinstance(langs, list) or not langs or len(set(langs)) != len(langs) \
-                or any(x not in LANGUAGES for x in langs):
-            errors["languages"] = Msg(N_("must be a list of languages, each once, the default first (of %(allowed)s)"),
-                                      allowed=", ".join(LANGUAGES))
-        else:
+    if data.get("languages") not in (None, ""):
+        langs = _languages(data["languages"], errors)
+        if langs is not None:
             out["languages"] = langs
     if errors:
         raise refusal(N_("The site was not saved"), errors)
     return out
+
+
+def _languages(value, errors: dict) -> list[str] | None:
+    """A site's languages: a list of the web UI's language codes (or a form's "de, en"), each once,
+    the one the site consents in by default first; None (and the reason in ``errors``) otherwise."""
+    langs = [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else value
+    allowed = ", ".join(LANGUAGES)
+    if not isinstance(langs, list) or not langs or not all(isinstance(x, str) for x in langs):
+        errors["languages"] = Msg(N_("must be a list of languages, the default first (of %(allowed)s)"),
+                                  allowed=allowed)
+        return None
+    langs = [x.strip().replace("-", "_") for x in langs]  # pt-BR as the browsers write it is pt_BR
+    unknown = [x for x in langs if x not in LANGUAGES]
+    if unknown:
+        errors["languages"] = Msg(N_("%(codes)s: not a language of the system (one of %(allowed)s)"),
+                                  codes=", ".join(repr(x[:20]) for x in unknown), allowed=allowed)
+        return None
+    twice = sorted({x for x in langs if langs.count(x) > 1})
+    if twice:
+        errors["languages"] = Msg(N_("%(codes)s given more than once: name each language once, the default first"),
+                                  codes=", ".join(twice))
+        return None
+    return langs
 
 
 def list_sites(db: Session) -> list[Site]:

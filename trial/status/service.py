@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 from trial.audit import service as audit
 from trial.catalogue import N_, Msg, term, terms
 from trial.consent.models import ConsentWithdrawal
-from trial.consent.withdrawal import STOPS_FOLLOW_UP, withdraw_consent
+from trial.consent.withdrawal import STOPS_FOLLOW_UP, revoke_surveys, withdraw_consent
 from trial.errors import Conflict
 from trial.participants.models import EVENT_TYPES, FINAL_EVENTS, Participant, StatusEvent
 from trial.participants.service import allocation_of, events_of, final_refusal, get_participant
@@ -51,6 +51,7 @@ def record_event(db: Session, actor, study_id: str, data: dict) -> StatusEvent:
                   reveals_allocation=kind in ("not_received", "discontinued_intervention"))
     if kind in FINAL_EVENTS:
         replan(db, [p.id])  # the visits after it are no longer expected
+        revoke_surveys(db, actor, p, reason=f"status event: {kind}")  # no parent's link outlives it
     return ev
 
 

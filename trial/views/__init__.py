@@ -4,22 +4,27 @@ from trial.views import (
                          admin,
                          audit,
                          auth,
+                         closeout,
                          consent,
                          course,
                          dashboard,
                          datamanagement,
                          enrollment,
                          grants,
+                         interim,
                          intervention,
                          lock,
                          main,
                          mfa,
                          ops,
                          outcomes,
+                         signoffs,
                          sso,
                          status,
+                         survey_parent,
+                         surveys,
 )
 
 BLUEPRINTS = (auth.bp, main.bp, admin.bp, grants.bp, audit.bp, enrollment.bp, course.bp, status.bp, outcomes.bp,
               dashboard.bp, lock.bp, datamanagement.bp, intervention.bp, sso.bp, mfa.bp,
-              access.bp, ops.bp, consent.bp)
+              access.bp, ops.bp, consent.bp, survey_parent.bp, surveys.bp, signoffs.bp, interim.bp, closeout.bp)

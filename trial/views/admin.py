@@ -7,6 +7,7 @@ from flask_babel import ngettext
 
 from trial.auth import service as users
 from trial.auth.models import ROLES
+from trial.catalogue import LANGUAGES
 from trial.db import utcnow
 from trial.errors import DomainError
 from trial.forms.admin import RevokeForm, SiteForm, UserEditForm, UserForm
@@ -110,7 +111,7 @@ def protocol_page():
 
 @bp.route("/sites", endpoint="sites")
 def sites_page():
-    return render_template("admin/sites.html", sites=sites.list_sites(db()))
+    return render_template("admin/sites.html", sites=sites.list_sites(db()), language_names=LANGUAGES)
 
 
 @bp.route("/sites/new", methods=["GET", "POST"])
@@ -133,9 +134,11 @@ def site_edit(code: str):
     site = sites.get_by_code(s, code)
     form = SiteForm(obj=site)
     form.code.data = site.code
+    if not form.is_submitted():
+        form.languages.data = ", ".join(site.languages or [])
     if form.validate_on_submit():
         try:
-            data = {k: form.data[k] for k in ("name", "country", "timezone", "target", "is_open")}
+            data = {k: form.data[k] for k in ("name", "country", "timezone", "target", "is_open", "languages")}
             sites.update_site(s, actor(), site.code, data, reason=form.reason.data)
             s.commit()
             flash(_("Site %(code)s saved.", code=site.code))

@@ -27,6 +27,7 @@ from trial.http import (
     tlabel,
 )
 from trial.monitoring import service as monitoring
+from trial.outcomes import notdone
 from trial.outcomes import service as outcomes
 from trial.participants import service as records
 from trial.protocol.service import current as current_protocol
@@ -37,7 +38,10 @@ from trial.safety import service as safety
 from trial.scope import can_see_arm
 from trial.sites.service import list_sites, visible_sites
 from trial.status import service as status_service
+from trial.surveys import service as survey_service
 from trial.validation import refusal
+from trial.views import signoffs as signoffs_view
+from trial.views import surveys as surveys_view
 
 bp = Blueprint("enrollment", __name__)
 
@@ -67,18 +71,21 @@ def participant(study_id: str):
     if show_arm and view["randomized_on"]:
         course = participant_course(s, actor(), p.study_id)
     here = {r.role for r in actor().roles if r.site_id in (None, p.site_id)}
-    reads_safety = bool(here & {"coordinator", "monitor", "manager"})
+    reads_safety = bool(here & {"coordinator", "monitor", "investigator", "manager"})
     reads_consents = bool(here & set(consent.READERS))
     return render_template("enrollment/participant.html", p=view, reasons=reasons,
                            consents=consent.consent_views(s, consent.consents_of(s, actor(), p.study_id))
                            if reads_consents else [], reads_consents=reads_consents,
                            consents_due=consent.due_for(s, [p]) if reads_consents else [],
+                           surveys_section=surveys_view.section(s, actor(), p, here),
+                           from_surveys=survey_service.from_surveys(s, p.id),
                            withdrawals=_withdrawals(s, p.id, show_arm) if reads_consents else [],
                            can_randomize=can_randomize and not view["randomized_on"], form=form, show_arm=show_arm,
                            confirmation=confirmation.may_print(s, actor(), p.site_id, bool(view["randomized_on"])),
                            just_randomized=request.args.get("randomized") == "1",
-                           visits=outcomes.schedule(s, actor(), [p])[p.id] if here & {"coordinator", "assessor", "monitor", "manager"} else [],
+                           visits=outcomes.schedule(s, actor(), [p])[p.id] if here & {"coordinator", "assessor", "monitor", "investigator", "manager"} else [],
                            assessments=outcomes.assessments_of(s, actor(), p), course=course, roles_here=here,
+                           not_done={(n["visit"], n["instrument"]): n for n in notdone.not_done_views(s, p)},
                            warning=outcomes.blinding_warning(s, actor(), p.id),
                            deviations=status_service.deviations_of(s, actor(), p) if show_arm else [],
                            queries=queries.views(s, queries.listing(s, actor(), study_id=p.study_id)),
@@ -86,6 +93,7 @@ def participant(study_id: str):
                            events=status_service.events_for_reader(s, actor(), p) if show_arm else [],
                            marks=monitoring.marks(s, [p.id]) if monitoring.may_read_marks(actor()) else {},
                            can_raise=bool(here & {"manager", "monitor"}), can_verify="monitor" in here,
+                           signoffs=signoffs_view.section(s, actor(), p),
                            reads_safety=reads_safety, pid=p.id, screening_id=p.screening_id,
                            shows_marks=monitoring.may_read_marks(actor()), instruments=protocol_content()["instruments"],
                            blinded_instruments={i["key"]: i["blinded"] for i in content["instruments"]})

@@ -1,7 +1,9 @@
 """Locks, bundles, unblinding and CONSORT pages."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, render_template, request, url_for
+from pathlib import Path
+
+from flask import Blueprint, Response, current_app, render_template, request, url_for
 from flask_babel import gettext as _
 
 from trial.errors import ValidationError
@@ -9,7 +11,9 @@ from trial.exports import service as exports
 from trial.forms import lock as forms
 from trial.forms.mfa import code_of
 from trial.http import actor, committed_build_status, db, post_and_return, say, start_bundle_build, watch_bundle_builds
+from trial.interim import sharing
 from trial.lock import service, unblinding
+from trial.oversight import signoff
 from trial.randomize.service import get_design
 from trial.scope import is_blinded, require_role
 from trial.sites.service import list_sites
@@ -26,6 +30,10 @@ def locks_page():
     lock_form = forms.LockForm()
     if active is not None and active.kind == "soft":  # under a soft lock only a hard lock can be signed
         lock_form.kind.choices = [c for c in lock_form.kind.choices if c[0] == "hard"]
+    unsigned = signoff.unsigned_casebooks(s, check="read") if (active is None or active.kind == "soft") \
+        and actor().has_role("manager") else []
+    if not unsigned:  # the box is offered only when casebooks wait for their investigator
+        del lock_form.accept_unsigned
     return render_template("lock/locks.html", locks=service.list_locks(s, actor()), active=active,
                            design=get_design(s), lock_form=lock_form, lift_form=forms.LiftForm(),
                            unblind_form=forms.UnblindForm(), blinded=is_blinded(s, actor()),
@@ -34,7 +42,18 @@ def locks_page():
                            countersigner_role=unblinding.countersigner_role(s),
                            countersign_form=forms.CountersignUnblindingForm(),
                            withdraw_form=forms.WithdrawUnblindingForm(), addendum_form=forms.AddendumForm(),
-                           addendum=service.open_addendum_of(s))
+                           addendum=service.open_addendum_of(s), unsigned=unsigned,
+                           sharing=_sharing_state(s, active), sharing_form=forms.SharingForm())
+
+
+def _sharing_state(s, active) -> dict | None:
+    """The sharing bundle of the hard lock in force, once the trial is unblinded (its section)."""
+    design = get_design(s)
+    if active is None or active.kind != "hard" or design is None or design.unblinded_at is None:
+        return None
+    sharing.watch(s)
+    s.commit()
+    return sharing.status(s, actor(), active.id)
 
 
 def _signed(form, action, done: str):
@@ -55,7 +74,8 @@ def create():
 
     def sign(f):
         made.append(service.create_lock(db(), actor(), f.kind.data, f.meaning.data, f.password.data,
-                                        f.accept_open_queries.data, code=code_of(f)))
+                                        f.accept_open_queries.data, code=code_of(f),
+                                        accept_unsigned=bool(f.accept_unsigned.data)))
     out = _signed(forms.LockForm(), sign, _("Signed and locked."))
     if made and made[0].kind == "hard" and committed_build_status(made[0].id) == "building":
         start_bundle_build(made[0].id)  # committed: the bundles are built now, in the background
@@ -111,6 +131,27 @@ def bundle(lock_id: int):
     b = service.get_bundle(db(), actor(), lock_id)
     return Response(b.content, mimetype="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="lock-{lock_id}-{b.variant}.zip"'})
+
+
+@bp.route("/locks/<int:lock_id>/sharing", methods=["POST"], endpoint="request_sharing")
+def request_sharing(lock_id: int):
+    made = []
+    out = post_and_return(forms.SharingForm(), lambda f: made.append(sharing.request_sharing(db(), actor(), lock_id).id),
+                          _("The de-identified sharing bundle is being made."), url_for("lock.locks"))
+    if made:  # committed: built now, in the background (inline in the tests)
+        sharing.start_build(db(), actor(), made[0], current_app.config.get("LOCK_BUILDER", "worker"),
+                            current_app.extensions["trial.engine"].url.render_as_string(hide_password=False),
+                            Path(current_app.instance_path))
+    return out
+
+
+@bp.route("/locks/<int:lock_id>/sharing.zip", endpoint="sharing_zip")
+def sharing_zip(lock_id: int):
+    sb = sharing.get_zip(db(), actor(), lock_id)
+    content = sb.content
+    db().commit()  # (the download's audit record)
+    return Response(content, mimetype="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="lock-{lock_id}-sharing.zip"'})
 
 
 @bp.route("/consort", endpoint="consort")

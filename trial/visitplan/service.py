@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import column, delete, insert, select, table
 from sqlalchemy.orm import Session
 
 from trial.consent.withdrawal import follow_up_ended
@@ -21,6 +21,8 @@ from trial.timeline import local_date, visit_window
 from trial.visitplan.models import PlannedVisit, VisitPlanState
 
 BATCH = 2000  # participants re-planned per round trip when re-planning many
+# the forms recorded as not done (trial.outcomes.models.NotDone, a layer above): settled as if entered
+NOT_DONE = table("not_done", column("participant_id"), column("visit"), column("instrument"))
 
 
 def _rows(pid: int, site_id: int, at, tz: str, content: dict, version: int, entered: dict, final_on,
@@ -79,6 +81,9 @@ def derive(db: Session, participant_ids: list[int]) -> list[dict]:
     entered = {(pid, v, i): oow for pid, v, i, oow in db.execute(
         select(Assessment.participant_id, Assessment.visit, Assessment.instrument, Assessment.out_of_window)
         .where(Assessment.participant_id.in_(ids)))}
+    for pid, v, i in db.execute(select(NOT_DONE.c.participant_id, NOT_DONE.c.visit, NOT_DONE.c.instrument)
+                                .where(NOT_DONE.c.participant_id.in_(ids))):
+        entered.setdefault((pid, v, i), False)  # a form not done: settled (the worklists stop listing it), not late
     final: dict[int, object] = {}
     for pid, on in db.execute(select(StatusEvent.participant_id, StatusEvent.on)
                               .where(StatusEvent.participant_id.in_(ids), StatusEvent.type.in_(FINAL_EVENTS))):
