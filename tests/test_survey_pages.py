@@ -94,7 +94,7 @@ def test_the_section_in_german_and_a_refusal_on_the_form(app, world, db, child):
     r = c.post(f"/participants/{child.study_id}/surveys", data={**FORM, "visit": "month5"})
     assert r.status_code == 400 and db.execute(select(func.count()).select_from(Survey)).scalar_one() == 1
     r = c.post(f"/participants/{child.study_id}/surveys", data=FORM)  # one link of a form at a time
-    assert r.status_code == 400 and "ist bereits verschickt" in r.get_data(as_text=True) or \
+    assert r.status_code == 400 and "ist bereits versendet" in r.get_data(as_text=True) or \
         "resend or revoke it" in r.get_data(as_text=True)
 
 

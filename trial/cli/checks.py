@@ -25,6 +25,23 @@ def checks():
     pass
 
 
+def _housekeeping(s) -> None:
+    """What runs even under a lock (no clinical data): the allocation journal's pending lines (a
+    process killed after the COMMIT, a full disk), the builds' watch, old attempts at survey links."""
+    try:
+        flushed = journalfile.flush_pending(s)
+    except OSError as e:
+        s.rollback()
+        click.echo(f"error: allocation journal lines are pending and cannot be appended: {e}", err=True)
+    else:
+        if flushed:
+            click.echo(f"appended {flushed} pending allocation journal line(s) to {journalfile.journal_path()}")
+    watch_builds(s)
+    if purged := purge_attempts(s):
+        s.commit()
+        click.echo(f"deleted {purged} attempts at survey links older than the rate limits' window")
+
+
 @checks.command("run", help="Raise a query for every form still missing once its visit window has closed "
                 "(at most one open query per form: running it again raises nothing new), check the visit plan "
                 "(the worklists' index) and the session tallies (adherence's) against the records and re-derive "
@@ -48,18 +65,7 @@ def checks_run(on):
     for folder in sweep_folders():  # a build killed before it could tidy up left unblinded data there
         click.echo(f"removed the temporary folder of a build whose process is gone: {folder}")
     with session() as s:
-        try:  # allocation journal lines a process could not append (killed after the COMMIT, a full disk)
-            flushed = journalfile.flush_pending(s)
-        except OSError as e:
-            s.rollback()
-            click.echo(f"error: allocation journal lines are pending and cannot be appended: {e}", err=True)
-        else:
-            if flushed:
-                click.echo(f"appended {flushed} pending allocation journal line(s) to {journalfile.journal_path()}")
-        watch_builds(s)
-        if purged := purge_attempts(s):  # (no clinical data: also under a lock)
-            s.commit()
-            click.echo(f"deleted {purged} attempts at survey links older than the rate limits' window")
+        _housekeeping(s)
         if active_lock_id(s) is not None:
             click.echo("a lock is in force: no checks run (the data are frozen)")
             return
