@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from trial.analysis.service import primary_analysis
-from trial.exports.dataset import YESNO, Table, Var, arm_codes
-from trial.exports.formats import to_csv
+from trial.exports.dataset import YESNO, Table, Var, arm_codes, dummy_arm_codes
+from trial.exports.formats import dictionary_csv, to_csv
 from trial.protocol.schema import ProtocolError, parse
 
 PROTOCOL = Path(__file__).resolve().parent.parent / "config" / "protocols" / "time-a.toml"
@@ -102,6 +102,7 @@ def _bundle_folder(tmp_path, table: Table, blinded=False):
     (folder / "adsl.csv").write_bytes(to_csv(table))
     (folder / "primary.py").write_text(py)
     (folder / "primary.R").write_text(r)
+    (tmp_path / "dictionary.csv").write_bytes(dictionary_csv([table]))  # (the scripts read the arm's levels there)
     return result, folder
 
 
@@ -193,17 +194,43 @@ def test_a_design_that_cannot_be_estimated_is_refused_in_words():
     assert "The effect cannot be estimated from these data: no child of" in result["note"] and "rank deficient" in result["note"]
 
 
+def blinded_adsl(table: Table, weights: dict[str, int], code: dict[str, str]) -> Table:
+    """The table as a blinded bundle holds it: ``arm`` the dummy code ``code`` gives each arm, the
+    dummy weights in its meta."""
+    t = Table(table.name, table.label, list(table.vars), [r[:3] + (code[r[3]],) + r[4:] for r in table.rows],
+              meta={"dummy_weights": weights})
+    t.vars[3] = Var("arm", "Arm: DUMMY allocation (blinded)", "str", codes=dummy_arm_codes(CONTENT, weights))
+    return t
+
+
 def test_a_blinded_dataset_is_analysed_on_its_dummy_codes_and_says_so():
-    t = simulated_adsl(-2.0)
-    t.vars[3] = Var("armcd", "Arm code: DUMMY allocation (blinded)", "str")
-    code = {"low": "B", "high": "C", "usual": "A"}
-    t.rows = [r[:3] + (code[r[3]],) + r[4:] for r in t.rows]
-    t.meta = {"dummy_weights": {"A": 2, "B": 1, "C": 1}}
+    t = blinded_adsl(simulated_adsl(-2.0), {"A": 2, "B": 1, "C": 1}, {"low": "B", "high": "C", "usual": "A"})
     result, text, py, r = primary_analysis(CONTENT, t, blinded=True)
     assert result["allocation"] == "dummy" and "DUMMY" in result["note"] and "DUMMY" in text
     assert result["reference_arm"] == "A" and sorted(result["pooled_arms"]) == ["B", "C"]
     assert "Dummy arm A" in result["comparison"] and "usual care" not in json.dumps(result)
-    assert '"armcd"' in py and "adsl$armcd" in r
+    # one variable name, and the scripts the same text as the unblinded bundle's (the arms by level number)
+    _, _, py_real, r_real = primary_analysis(CONTENT, simulated_adsl(-2.0), blinded=False)
+    assert py == py_real and r == r_real
+    assert 'ARM = "arm"' in py and "adsl$arm" in r and '"usual"' not in py + r and '"A"' not in py + r
+
+
+def test_the_arms_level_order_puts_the_reference_first_in_both_bundles():
+    """The reference arm first, then the protocol's order; each dummy code in the place of the arm
+    it stands for (by weight: the code of weight 2 stands for usual care); without [analysis], the
+    protocol's first arm is the reference."""
+    from trial.analysis.service import arm_levels, arms_for
+    assert [k for k, _ in arm_codes(CONTENT).items] == ["usual", "low", "high"] == arm_levels(CONTENT)
+    assert arm_codes(CONTENT).code_of() == {"usual": 1, "low": 2, "high": 3}
+    for weights, order in (({"A": 2, "B": 1, "C": 1}, ["A", "B", "C"]), ({"A": 1, "B": 2, "C": 1}, ["B", "A", "C"]),
+                           ({"A": 1, "B": 1, "C": 2}, ["C", "A", "B"])):
+        codes = dummy_arm_codes(CONTENT, weights)
+        assert [k for k, _ in codes.items] == order == arm_levels(CONTENT, True, weights)
+        assert codes.name == arm_codes(CONTENT).name == "ARM" and codes.code_of()[order[0]] == 1
+        ref, _, others, _ = arms_for(CONTENT, True, weights)
+        assert ref == order[0] and others == order[1:] and weights[ref] == 2
+    without = {k: v for k, v in CONTENT.items() if k != "analysis"}
+    assert arm_levels(without) == ["low", "high", "usual"]
 
 
 def test_the_protocols_analysis_is_checked_when_loaded():
@@ -222,7 +249,8 @@ def test_the_protocols_analysis_is_checked_when_loaded():
         with pytest.raises(ProtocolError) as e:
             parse(text.replace(old, new, 1))
         assert e.value.key == key, (new, e.value)
-    without = re.sub(r"\n\[analysis\]\n.*?\n\]\n", "\n", text, flags=re.S)
+    # [analysis] and its sub-tables ([analysis.estimand], [analysis.mi], ...) up to the next other table
+    without = re.sub(r"\n\[analysis\]\n.*?(?=\n\[(?!\[?analysis\.)|\Z)", "\n", text, flags=re.S)
     assert "[analysis]" not in without and "analysis" not in parse(without)
 
 

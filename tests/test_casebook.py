@@ -176,6 +176,17 @@ def test_the_casebook_is_in_the_readers_language(world, db, child):
             assert label.replace(" ", "") in text.replace(" ", "")
 
 
+def test_the_casebooks_units_are_in_the_readers_language(world, db, child):
+    """A value's unit in the protocol's words for the reader's language (units_labels), not in English."""
+    srs2 = next(i for i in current_protocol(db).content["instruments"] if i["key"] == "srs2")
+    total = next(f for f in srs2["fields"] if f["key"] == "total_t")
+    german = total["units_labels"]["de"]
+    assert german != total["units"]
+    one = flat(text_of(casebook.casebook_pdf(db, CLI, child.study_id, "de", NOW)))
+    assert f"71 {german}" in one
+    assert total["units"] not in one
+
+
 def arm_labels(db) -> list[str]:
     out = []
     for a in current_protocol(db).content["arms"]:

@@ -158,7 +158,7 @@ def test_adsl_carries_both_strata_and_the_analysis_uses_the_corrected_one(world,
         assert by[p.study_id][head.index("c_site")] == "NO01"    # as corrected
         assert by[kids[1].study_id][head.index("c_site")] == "AT01"  # no wrong stratum: the same
         # the model's long data take the corrected stratum
-        long = long_form(head, [tuple(r) for r in rows], "arm" if variant == "unblinded" else "armcd",
+        long = long_form(head, [tuple(r) for r in rows], "arm",  # (the same name in both bundles)
                          [head[head.index("asoc_m2")], head[head.index("asoc_m5")]], ["month2", "month5"], ["site"])
         i = [s for s in long["studyid"]].index(p.study_id)
         assert long["site"][i] == "NO01"

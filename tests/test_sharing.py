@@ -382,9 +382,16 @@ def test_the_lock_page_asks_for_it_shows_its_state_and_downloads(app, world, sha
     assert manager.post(f"/locks/{lock_id}/sharing", data={}).status_code == 302
     html = manager.get("/locks").get_data(as_text=True)
     assert f"/locks/{lock_id}/sharing.zip" in html
+    # the children to review (the page names their list): the manager downloads it from the page too
+    assert f'href="/locks/{lock_id}/sharing-review.csv"' in html
+    r = manager.get(f"/locks/{lock_id}/sharing-review.csv")
+    assert r.status_code == 200 and r.mimetype == "text/csv" and "disclosure_review.csv" in r.headers["Content-Disposition"]
+    review = _csv(r.data)
+    assert review and all(int(x["k"]) < 3 for x in review) and set(review[0]) == {"pid", "site", "sex", "age_band", "k"}
     statistician = web_client(app, "statistician")
     html = statistician.get("/locks").get_data(as_text=True)
     assert f"/locks/{lock_id}/sharing.zip" in html and f'action="/locks/{lock_id}/sharing"' not in html
+    assert "sharing-review.csv" not in html and statistician.get(f"/locks/{lock_id}/sharing-review.csv").status_code == 403
     r = statistician.get(f"/locks/{lock_id}/sharing.zip")
     assert r.status_code == 200 and r.data[:2] == b"PK"
     assert statistician.post(f"/locks/{lock_id}/sharing", data={}).status_code == 403

@@ -207,6 +207,7 @@ POLICY: dict[str, object] = {
     "api.sharing_review": ("manager",),  # the rarest children's list: the manager's alone, never in the bundle
     "lock.request_sharing": ("manager",),
     "lock.sharing_zip": ("manager", "statistician"),
+    "lock.sharing_review": ("manager",),  # as api.sharing_review: the manager's alone
     # interim looks (issue 30): data cuts, their open (pooled) and closed (by arm: the dmc ONLY) reports
     "api.create_data_cut": ("manager",),
     "api.list_data_cuts": ("manager", "statistician", "dmc"),

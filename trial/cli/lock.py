@@ -89,7 +89,7 @@ def _child(until_idle: bool, poll: float, lock_id: int | None) -> None:
                     "The app starts one with --until-idle after a hard lock (TRIAL_LOCK_BUILDER=worker); "
                     "with TRIAL_LOCK_BUILDER=external keep one running, e.g. under systemd.")
 @click.option("--until-idle", is_flag=True, help="Stop when nothing is waiting (else wait for ever: woken at once by a "
-                                                "new hard lock on PostgreSQL, looking every --poll seconds on SQLite).")
+                                                "new hard lock, data cut or sharing bundle on PostgreSQL, looking every --poll seconds on SQLite).")
 @click.option("--processes", type=int, default=1, show_default=True,
               help="Locks built at once (each build already shares its work with two helper processes).")
 @click.option("--poll", type=float, default=2.0, show_default=True,

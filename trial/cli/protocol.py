@@ -10,8 +10,8 @@ import click
 from trial.cli.common import Group, session
 from trial.outcomes.amendments import preview
 from trial.protocol.diff import describe
-from trial.protocol.schema import json_schema
-from trial.protocol.service import load_file, version
+from trial.protocol.schema import json_schema, parse
+from trial.protocol.service import load_file, load_warnings, version
 from trial.scope import CliActor
 from trial.visitplan.service import replan_all
 
@@ -37,6 +37,13 @@ def protocol_load(path, dry_run):
         pv = load_file(s, CliActor(), path)
         replan_all(s)  # the visit windows of every randomized child under the version now in force
         click.echo(f"protocol version {pv.version} ({pv.trial_key}, sha256 {pv.sha256[:12]}) is current")
+        _warn(pv.content)
+
+
+def _warn(content: dict) -> None:
+    """What the file should be told though it loads (trial.protocol.service.load_warnings), on stderr."""
+    for line in load_warnings(content):
+        click.echo(f"warning: {line}", err=True)
 
 
 def _dry_run(path: str) -> None:
@@ -57,6 +64,7 @@ def _dry_run(path: str) -> None:
     click.echo(f"would be version {p.version}; children re-planned: {p.replanned}; forms newly due: {p.newly_due}; "
                f"queries that would open: {p.queries}")
     click.echo("dry run: nothing was changed")
+    _warn(parse(text))  # (it parsed: the preview loaded it)
 
 
 @protocol.command("show", help="Print the version in force (or --version N) as the TOML file it was loaded from.")

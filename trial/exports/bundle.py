@@ -31,8 +31,8 @@ from sqlalchemy import select
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
+from trial import analysis as analyses
 from trial import settings
-from trial.analysis.service import primary_analysis
 from trial.audit.service import seal_of
 from trial.dataquality.service import shown_queries
 from trial.db import is_sqlite, make_engine, make_session_factory, read_only_session
@@ -48,7 +48,8 @@ from trial.exports.dataset import (
     session_rows,
     session_tables,
 )
-from trial.exports.reports import bang_index, baseline_table, table_csv, trial_facts
+from trial.exports.reports import bang_by_assessor, baseline_table, blinding_table, table_csv, trial_facts
+from trial.exports.sapreport import failure_pdf, report_pdf
 from trial.fidelity.service import delivered_by_arm
 from trial.grants.review import last_review
 from trial.participants.models import Participant
@@ -474,7 +475,7 @@ def can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
-PRELOAD = ("numpy", "scipy.optimize", "reportlab.platypus", "reportlab.pdfgen.canvas")
+PRELOAD = ("numpy", "scipy.optimize", "scipy.stats", "reportlab.platypus", "reportlab.pdfgen.canvas", "trial.analysis.sap")
 BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -617,7 +618,7 @@ class _Build:
                 files, cut = self._files_of(t)
             for name, body in files:
                 out.add(name, body)
-            if self.parallel and not self.uses[id(t)] and t.name not in ANALYSIS_TABLES:
+            if self.parallel and not self.uses[id(t)] and t.name not in ANALYSIS_READS:
                 t.rows = []  # the helper has its own copy of the rows: here they are done with (the analysis is to come)
             if cut:
                 truncated[t.name] = cut
@@ -644,19 +645,18 @@ class _Build:
         return [(n, lambda n=n: other.whole(("file", n))) for n in names]
 
     def _add_analysis(self, out: _Zip, ts, blinded: bool) -> None:
-        """The primary analysis' files: run by the zip's thread when their turn comes (NumPy and
-        SciPy, no database)."""
-        content = self.content
-        adsl = next(t for t in ts if t.name == "adsl")
-        analysis = functools.cache(lambda adsl=adsl, blinded=blinded: _analysis_files(content, adsl, blinded))
+        """The SAP's analyses' files (trial.analysis.sap, from the ADSL and the status events): run by
+        the zip's thread when their turn comes (NumPy, SciPy, statsmodels, ReportLab; no database)."""
+        content, title = self.content, f"{lock_name(self.lock.id)}, {self.when:%Y-%m-%d}"
+        tables = {t.name: t for t in ts if t.name in ANALYSIS_READS}
+        analysis = functools.cache(lambda tables=tables, blinded=blinded: _analysis_files(content, tables, blinded, title))
         for n, name in enumerate(ANALYSIS_FILES):
             out.add(name, lambda n=n, a=analysis: a()[n][1])
 
     def _add_loaders(self, out: _Zip, v: str, ts) -> None:
         """The scripts that load the tables (R, Stata, SAS, SPSS), the data dictionary and the protocol."""
-        reference = (self.content.get("analysis") or {}).get("reference_arm")
-        out.add("syntax/load.R", syntax.load_r(ts, reference).encode())
-        out.add("syntax/load.do", syntax.load_do(ts, reference).encode())
+        out.add("syntax/load.R", syntax.load_r(ts).encode())  # (the arm's levels: its code list's order)
+        out.add("syntax/load.do", syntax.load_do(ts).encode())
         out.add("syntax/load.sas", syntax.load_sas(ts, self.counts[v]).encode())
         out.add("syntax/load.sps", syntax.load_sps(ts).encode())
         out.add("dictionary.csv", formats.dictionary_csv(ts))
@@ -713,13 +713,24 @@ def _table_files(t, when, cut: dict):
         yield _file_name(t, "xpt"), formats.to_xpt(t, when, sas)[0]
 
 
-ANALYSIS_FILES = ("analysis/primary.json", "analysis/primary.txt", "analysis/primary.py", "analysis/primary.R")
+ANALYSIS_FILES = ("analysis/primary.json", "analysis/primary.txt", "analysis/primary.py", "analysis/primary.R",
+                  "analysis/results.json", "analysis/missingness.csv", "analysis/report.pdf",
+                  "analysis/primary_data.csv")
+ANALYSIS_READS = ("adsl", "events")  # the tables the analyses read (kept until they have run)
 
 
-def _analysis_files(content: dict, adsl, blinded: bool) -> list[tuple[str, bytes]]:
-    """The protocol's primary analysis on this lock's ADSL, with the scripts that reproduce it."""
-    result, summary, py, r = primary_analysis(content, adsl, blinded)
-    return list(zip(ANALYSIS_FILES, (json.dumps(result, indent=2).encode(), summary.encode(), py.encode(), r.encode())))
+def _analysis_files(content: dict, tables: dict, blinded: bool, title: str) -> list[tuple[str, bytes]]:
+    """The SAP run on this lock's tables: the primary analysis with the scripts that reproduce it,
+    every analysis' entry (results.json), the missingness table and the report with its forest plot."""
+    done = analyses.sap.lock_analysis(content, tables, blinded)  # (loaded now: trial/analysis/__init__.py)
+    try:
+        report = report_pdf(done.results, content, done.missingness, title)
+    except Exception as e:  # noqa: BLE001  a one-page PDF says why; the bundle keeps every other file
+        report = failure_pdf(title, f"{type(e).__name__}: {e}")
+    files = (json.dumps(done.primary, indent=2).encode(), done.primary_text.encode(), done.primary_py.encode(),
+             done.primary_r.encode(), json.dumps(done.results, indent=2).encode(), table_csv(done.missingness),
+             report, table_csv(done.primary_data))
+    return list(zip(ANALYSIS_FILES, files))
 
 
 def _odm_chunks(content: dict, tables, lock_id: int, when, version: int, blinded: bool):
@@ -730,20 +741,19 @@ def _odm_chunks(content: dict, tables, lock_id: int, when, version: int, blinded
 def report_names(blinded: bool) -> list[str]:
     names = ["reports/consort.json", "reports/blinding_index.csv", "reports/baseline_table.csv",
              "reports/baseline_table.pdf", "reports/trial_facts.json"]
-    return names + ([] if blinded else ["reports/ae_summary.csv", "reports/intervention_delivered.csv"])
+    return names + ([] if blinded else ["reports/ae_summary.csv", "reports/intervention_delivered.csv",
+                                        "reports/blinding_by_assessor.csv"])
 
 
 def _report_files(db: Session, lock_id: int, created_at, content: dict, blinded: bool,
                   memo: dict | None = None) -> list[tuple[str, bytes]]:
-    """CONSORT, the blinding index, Table 1, the trial's facts and, unblinded, the adverse events
-    and the intervention as delivered by arm (in the order of report_names). ``memo`` keeps what
+    """CONSORT, the blinding indexes, Table 1, the trial's facts and, unblinded, the adverse events
+    with their exposure-adjusted rates, the intervention as delivered by arm and the blinding index
+    per assessor (in the order of report_names). ``memo`` keeps what
     both variants' reports read, for the other's."""
     out = [("reports/consort.json", json.dumps(consort(db, CliActor(), blinded=blinded, memo=memo), indent=2,
                                                sort_keys=False).encode())]
-    bi = bang_index(db, blinded, memo)
-    cols = list(bi[0]) if bi else ["arm", "n", "unsure", "bang_index"]
-    out.append(("reports/blinding_index.csv", table_csv({"columns": cols, "rows": [
-        [r[k] if r[k] is not None else "" for k in cols] for r in bi]})))
+    out.append(("reports/blinding_index.csv", table_csv(blinding_table(db, blinded, memo))))
     table1 = baseline_table(db, blinded, memo)
     out.append(("reports/baseline_table.csv", table_csv(table1)))
     out.append(("reports/baseline_table.pdf", drawing.table_pdf(
@@ -751,10 +761,11 @@ def _report_files(db: Session, lock_id: int, created_at, content: dict, blinded:
         f"{content['trial']['name']}; {lock_name(lock_id)}, {created_at:%Y-%m-%d}.")))
     out.append(("reports/trial_facts.json", json.dumps(trial_facts(db, blinded, memo), indent=2).encode()))
     if not blinded:  # adverse events by arm: for unblinded readers only
-        summary = summary_by_arm(db)
+        summary = summary_by_arm(db, until=created_at.date())  # the lock's day caps the exposure
         cols = list(summary[0]) if summary else ["arm"]
         out.append(("reports/ae_summary.csv", table_csv({"columns": cols, "rows": [[r[k] for k in cols] for r in summary]})))
         out.append(("reports/intervention_delivered.csv", table_csv(delivered_by_arm(db, CliActor()))))
+        out.append(("reports/blinding_by_assessor.csv", table_csv(bang_by_assessor(db, memo))))
     if [n for n, _ in out] != report_names(blinded):
         raise RuntimeError("the reports are not the ones report_names lists")
     return out
@@ -821,7 +832,7 @@ def _review_text(review: dict | None) -> str:
 def _readme_head(lock, sig, pv, blinded: bool, accepted: list[int]) -> list[str]:
     """The README's first part: the trial, the lock and its signature, the protocol, the software
     and the variant."""
-    variant = ("BLINDED: a DUMMY allocation (armcd), no session data, no intervention events" if blinded else
+    variant = ("BLINDED: a DUMMY allocation (arm holds dummy codes), no session data, no intervention events" if blinded else
                "UNBLINDED: the real allocation, arms by key and label, sessions included")
     return [
         *(["Dataset bundle of a data cut", "============================", f"Trial: {pv.content['trial']['name']}",
@@ -869,9 +880,14 @@ def _dummy_text(lock) -> list[str]:
     return [
         "THE ALLOCATION IN THIS BUNDLE IS A DUMMY",
         "---------------------------------------",
-        "armcd (in particip, alloc and guesses) is not the trial's allocation. The codes were drawn",
-        "at random in the protocol's ratio, independently of the real allocation, so that the whole",
-        "analysis can be written and run on these data; its results say nothing about the arms.",
+        "arm (in particip, alloc, guesses and analysis/adsl) is not the trial's allocation: it holds",
+        "dummy codes (A, B, ...) drawn at random in the protocol's ratio, independently of the real allocation,",
+        "so that the whole analysis can be written and run on these data; its results say nothing about",
+        "the arms. The variable has the same name, type and level order as in the unblinded bundle: each",
+        "code takes the place of the arm of its weight (level 1, Stata and SAS code 1: the code standing",
+        "for the reference arm), so a program written on this bundle runs unchanged on the unblinded one",
+        "(analysis/primary.R and primary.py do). alloc has no list slot: a blinded reader does not",
+        "need it (this is no secrecy claim: randdtm orders the allocations).",
         f"Dummy allocation seed: {lock.dummy_seed}",
         f"Derivation: HMAC-SHA256 stream with label '{DUMMY_LABEL}' (trial.exports.dataset.dummy_allocation).",
         "Reports (CONSORT, Table 1, blinding index, facts) are pooled over the arms. The real",
@@ -889,10 +905,36 @@ def _contents_text(blinded: bool) -> list[str]:
         "--------",
         "csv/      one CSV per table (UTF-8, header row; dates ISO 8601; empty = missing)",
         *textwrap.wrap(formats.NEUTRALISED, 92, initial_indent="          ", subsequent_indent="          "),
-        "xpt/      SAS transport v5 (names <= 8 characters, labels <= 40; dates as ISO text)",
-        "dta/      Stata 15 (.dta)",
+        "xpt/      SAS transport v5 (names <= 8 characters, labels <= 40); a date is a number of days since",
+        "          1960-01-01 with the format YYMMDD10., a datetime a number of seconds since 1960-01-01",
+        "          00:00:00 UTC with E8601DT19.; coded text is its code 1, 2, ... with the format of its",
+        "          code list (syntax/load.sas defines them)",
+        "dta/      Stata 15 (.dta): a date is days since 1960-01-01 (%td), a datetime milliseconds since",
+        "          1960-01-01 00:00:00 UTC (%tc); coded text is its code 1, 2, ... with value labels",
+        "Dates: a date (type date in dictionary.csv) is a calendar day at the site: randdt (particip,",
+        "          adsl) and enroldt (particip) the site's day of the moment of randomization and of",
+        "          enrolment; a datetime is a moment in UTC (alloc.randdtm: the moment of randomization)",
+        "Arm: arm, its levels (R) and codes (Stata, SAS, SPSS) the reference arm first, then the others",
+        "          in the protocol's order; level 1 is the base of i.arm (syntax/load.do)",
         "odm/      CDISC ODM 1.3.2 Snapshot (snapshot.xml)",
+        "analysis/ adsl (CSV, XPT, DTA): the analysis dataset; primary.json, primary.txt: the primary analysis,",
+        "          primary.py and primary.R reproduce it from primary_data.csv: the values the model fitted (studyid,",
+        "          visit, arm, y as analysed: the estimand's strategies applied, the adjustment factors)",
+        "          results.json: every analysis of the statistical analysis plan (SAP version, SHA-256 of the analysis",
+        "          code: the same in the blinded and the unblinded bundle while the code is unchanged)",
+        "          report.pdf: those results with a forest plot; missingness.csv: missing outcomes by visit, arm, reason,",
+        "          counted in the data as recorded (before the estimand's strategies for intercurrent events)",
         f"reports/  CONSORT counts, baseline table, Bang blinding index, recruitment/follow-up facts ({'pooled over the arms' if blinded else 'by arm'})",
+        *(["          blinding_index.csv: the assessors' guesses pooled over the arms per visit and no index (Bang's and",
+           "          James' need the real arm: on the dummy allocation they would measure only chance)"] if blinded else
+          ["          blinding_index.csv: Bang's index per arm and visit (index = bang; -1 to 1, 0 = as by chance) and",
+           "          James' over the arms per visit (index = james; 0 = unblinded, 0.5 = as by chance, 1 = blinded);",
+           "          blinding_by_assessor.csv: Bang's index of each assessor (code R + user id) per arm, the visits",
+           "          pooled (n counts guesses: a child guessed at two visits counts twice; the CI assumes the",
+           "          guesses independent);",
+           "          ae_summary.csv: adverse events by arm, with exposure in child-months (randomization to the",
+           "          earliest of the course's end, the child's exit and the lock's day) and sessions attended, and",
+           "          rates per 100 child-months (exact Poisson 95% CI) and per 100 sessions attended"]),
         "dictionary.csv   every variable: table, name, label, type, units, allowed values, source",
         "manifest.sha256  SHA-256 of every file (check with: sha256sum -c manifest.sha256)",
         "",

@@ -52,7 +52,7 @@ def snapshot_chunks(content: dict, tables: dict[str, Table], lock_id: int, when:
     mdv = f"MDV.{protocol_version}"
     records = [t for name, t in tables.items() if name not in SUBJECT_TABLES and name not in REFERENCE_TABLES]
     reference = [tables[n] for n in REFERENCE_TABLES if n in tables]
-    arm_var = next(v for v in tables["particip"].vars if v.name in ("arm", "armcd"))
+    arm_var = next(v for v in tables["particip"].vars if v.name == "arm")
     out = _study_head(content, study, lock_id, when, blinded, records + reference)
     out += _metadata(content, mdv, protocol_version, records, records + reference, arm_var, blinded)
     out.append("</Study>")
@@ -96,7 +96,7 @@ def _study_head(content: dict, study: str, lock_id: int, when: dt.datetime, blin
 def _metadata(content: dict, mdv: str, protocol_version: int, records: list[Table], generic: list[Table], arm_var,
               blinded: bool) -> list[str]:
     """The MetaDataVersion: the events, forms, item groups and items, and the code lists they use."""
-    arm_item = "ARMCD" if blinded else "ARM"
+    arm_item = "ARM"  # the same item in both variants (a blinded one's values are the dummy codes)
     short = short_names(content["instruments"])
     choices = {(i["key"], f["key"]): field_var(short[(i["key"], f["key"])], i, f).codes
                for i in content["instruments"] for f in i["fields"]}
@@ -104,9 +104,10 @@ def _metadata(content: dict, mdv: str, protocol_version: int, records: list[Tabl
     out += _event_defs(content, records)
     out += _form_defs(content, records)
     out += _item_group_defs(content, generic, arm_item)
-    out.append(_item_def("IT.RANDOMIZATION.RANDDT", "RANDDT", "RANDDT", "date", "Date of randomization (UTC)", None))
+    out.append(_item_def("IT.RANDOMIZATION.RANDDT", "RANDDT", "RANDDT", "date", "Date of randomization (site's calendar)",
+                         None))
     out.append(_item_def(f"IT.RANDOMIZATION.{arm_item}", arm_item, arm_item, "text",
-                         "Arm code (blinded)" if blinded else "Arm", None, arm_var.codes))
+                         "Arm: DUMMY allocation (blinded)" if blinded else "Arm", None, arm_var.codes))
     out += [_item_def(_oid("IT", i["key"], f["key"]), f["key"], short[(i["key"], f["key"])], DATATYPES[f["type"]],
                       f["label"], f.get("units"), choices[(i["key"], f["key"])], (f.get("min"), f.get("max")))
             for i in content["instruments"] for f in i["fields"]]
@@ -211,7 +212,7 @@ def _subjects(content: dict, tables: dict[str, Table], records: list[Table], bli
     fields_order = {i["key"]: [f["key"] for f in i["fields"]] for i in content["instruments"]}
     part = tables["particip"]
     col = {v.name: n for n, v in enumerate(part.vars)}
-    arm_col, arm_item = (col["armcd"], "ARMCD") if blinded else (col["arm"], "ARM")
+    arm_col, arm_item = col["arm"], "ARM"
     for r in part.rows:
         sid = r[col["studyid"]]
         out = [f"\n<SubjectData SubjectKey={quoteattr(sid)}>"]

@@ -1,6 +1,6 @@
 """Reports a trial publishes with CONSORT 2025: the baseline table by arm, recruitment and
 follow-up dates, intervention as delivered, numbers with primary-outcome data at each visit, and
-Bang's blinding index per arm."""
+the blinding indexes: Bang's per arm, James' over the arms, and Bang's per assessor."""
 from __future__ import annotations
 
 import math
@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from trial.course.models import TherapySession
 from trial.exports.consort import POOLED_KEY, POOLED_LABEL, remember
+from trial.exports.dataset import assessor_code
 from trial.exports.formats import csv_bytes
 from trial.participants.models import Allocation, Assessment, Participant, Screening
 from trial.participants.service import age_in_months
@@ -47,10 +48,7 @@ def bang_index(db: Session, blinded: bool, memo: dict | None = None) -> list[dic
     content = current_protocol(db).content
     arms = content["arms"]
     music = {a["key"] for a in arms if a["sessions_per_week"] > 0}
-    guesses = remember(memo, "guesses", lambda: db.execute(
-        select(Allocation.arm, Assessment.visit, Assessment.allocation_guess, Assessment.guess_confidence)
-        .join(Assessment, Assessment.participant_id == Allocation.participant_id)
-        .where(Assessment.allocation_guess.is_not(None))).all())
+    guesses = _guesses(db, memo)
     visits = [v["key"] for v in content["visits"] if any(g.visit == v["key"] for g in guesses)]
     out = []
     if blinded:
@@ -72,6 +70,122 @@ def bang_index(db: Session, blinded: bool, memo: dict | None = None) -> list[dic
                         "unsure": g["unsure"], "bang_index": bi, "ci_low": lo, "ci_high": hi,
                         "weighted_index": wbi, "weighted_ci_low": wlo, "weighted_ci_high": whi})
     return out
+
+
+def _guesses(db: Session, memo: dict | None) -> list:
+    """Every allocation guess with the child's arm, the visit, the confidence and who entered it."""
+    return remember(memo, "guesses", lambda: db.execute(
+        select(Allocation.arm, Assessment.visit, Assessment.allocation_guess, Assessment.guess_confidence,
+               Assessment.entered_by_id)
+        .join(Assessment, Assessment.participant_id == Allocation.participant_id)
+        .where(Assessment.allocation_guess.is_not(None))).all())
+
+
+def _is_right(arm: str, guess: str, music: set[str]) -> bool | None:
+    """Whether a guess names the child's kind of arm (music therapy or not); None for 'unsure'."""
+    return None if guess not in (MUSIC, USUAL) else (guess == MUSIC) == (arm in music)
+
+
+def james(table: list[list[int]]) -> tuple[float | None, float | None]:
+    """James' blinding index with its standard error (James, Bloch, Lee, Kraemer and Fuller 1996,
+    Stat Med 15:1421-1434; as Bang, Ni and Davis 2004 restate it), over the arms, from the 3 x 2
+    table of guesses (rows: guessed music therapy, guessed usual care, unsure) by arm (columns:
+    music therapy, usual care). A kappa-type index of disagreement, a correct guess weighing 0 and
+    a wrong one 1, among the guesses that are not 'unsure' (Kd = (Po - Pe) / Pe), then BI = (1 +
+    Pdk + (1 - Pdk) Kd) / 2: 1 = complete blinding (every guess 'unsure', or every guess wrong), 0.5
+    = as by chance, 0 = complete unblinding. Every guess 'unsure' gives 1 with SE 0 (James 1996);
+    an index that cannot be computed (no wrong guess is expected) gives (None, None)."""
+    n = sum(map(sum, table))
+    if not n:
+        return None, None
+    p = [[x / n for x in row] for row in table]
+    dk = p[2][0] + p[2][1]
+    if dk == 1:
+        return 1.0, 0.0
+    rows, cols = [p[i][0] + p[i][1] for i in (0, 1)], [p[0][j] + p[1][j] for j in (0, 1)]
+    w = ((0, 1), (1, 0))  # disagreement weights: the guess (row) against the arm (column)
+    expected = sum(w[i][j] * rows[i] * cols[j] for i in (0, 1) for j in (0, 1))
+    if expected == 0:
+        return None, None
+    po = sum(w[i][j] * p[i][j] for i in (0, 1) for j in (0, 1)) / (1 - dk)
+    pe = expected / (1 - dk) ** 2
+    kd = (po - pe) / pe
+    num = sum(p[i][j] * (1 - dk) ** 2 * ((1 - dk) * w[i][j] - (1 + kd) * sum(w[k][j] * rows[k] + w[i][k] * cols[k]
+                                                                            for k in (0, 1))) ** 2
+              for i in (0, 1) for j in (0, 1))
+    var = num / (4 * expected ** 2) + dk * (1 - dk) - (1 - dk) * (1 + kd) * (dk + (1 - dk) * (1 + kd) / 4)
+    return (1 + dk + (1 - dk) * kd) / 2, math.sqrt(max(var, 0.0) / n)
+
+
+def james_index(db: Session, blinded: bool, memo: dict | None = None) -> list[dict]:
+    """James' blinding index per visit over the arms (the music-therapy arms against those
+    without sessions), with its standard error and Wald 95% interval kept within 0 and 1. None
+    for a blinded reader: which guess is right depends on the arm (a blinded bundle's guesses are
+    pooled, and an index on its dummy allocation would only measure chance)."""
+    if blinded:
+        return []
+    content = current_protocol(db).content
+    music = {a["key"] for a in content["arms"] if a["sessions_per_week"] > 0}
+    guesses = _guesses(db, memo)
+    out = []
+    for v in [v["key"] for v in content["visits"] if any(g.visit == v["key"] for g in guesses)]:
+        mine = [g for g in guesses if g.visit == v]
+        table = [[sum(1 for g in mine if g.allocation_guess == guess and (g.arm in music) == in_music)
+                  for in_music in (True, False)] for guess in (MUSIC, USUAL, "unsure")]
+        right = Counter(_is_right(g.arm, g.allocation_guess, music) for g in mine)
+        est, se = james(table)
+        out.append({"arm": POOLED_KEY, "visit": v, "n": len(mine), "correct": right[True], "incorrect": right[False],
+                    "unsure": right[None], "james_index": _r(est), "james_se": _r(se),
+                    "james_ci_low": _r(None if est is None else max(0.0, est - Z95 * se)),
+                    "james_ci_high": _r(None if est is None else min(1.0, est + Z95 * se))})
+    return out
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def blinding_table(db: Session, blinded: bool, memo: dict | None = None) -> dict:
+    """reports/blinding_index.csv: unblinded, Bang's index per arm and visit (index "bang") and
+    James' over the arms per visit (index "james", arm "all"), each in columns of its own; blinded,
+    the guesses pooled per visit as bang_index gives them, and no index."""
+    bang = bang_index(db, blinded, memo)
+    if blinded:
+        cols = list(bang[0]) if bang else ["arm", "n", "unsure", "bang_index"]
+        return {"columns": cols, "rows": [[r[k] for k in cols] for r in bang]}
+    rows = [{"index": "bang", **r} for r in bang] + [{"index": "james", **r} for r in james_index(db, blinded, memo)]
+    cols = ["index", "arm", "visit", "n", "correct", "incorrect", "unsure", "bang_index", "ci_low", "ci_high",
+            "weighted_index", "weighted_ci_low", "weighted_ci_high", "james_index", "james_se", "james_ci_low",
+            "james_ci_high"]
+    return {"columns": cols, "rows": [[r.get(k) for k in cols] for r in rows]}
+
+
+def bang_by_assessor(db: Session, memo: dict | None = None) -> dict:
+    """reports/blinding_by_assessor.csv (unblinded only): Bang's index of each assessor's guesses
+    per arm, the visits pooled, so that an assessor who guesses right too often can be looked for;
+    the assessor by code (trial.exports.dataset.assessor_code), never by name. Each guess counts
+    once: a child guessed at two visits counts twice, and the interval assumes the guesses are
+    independent (said in the CSV's ``visits`` column, the same on every row)."""
+    content = current_protocol(db).content
+    music = {a["key"] for a in content["arms"] if a["sessions_per_week"] > 0}
+    rights: dict[tuple, list[bool | None]] = {}
+    for g in _guesses(db, memo):
+        rights.setdefault((g.entered_by_id, g.arm), []).append(_is_right(g.arm, g.allocation_guess, music))
+    rows = []
+    for who in sorted({who for who, _ in rights}, key=lambda x: (x is None, x or 0)):
+        for a in content["arms"]:
+            mine = rights.get((who, a["key"]))
+            if mine:
+                right = Counter(mine)
+                bi, lo, hi = _index([{True: 1.0, False: -1.0, None: 0.0}[r] for r in mine])
+                rows.append([assessor_code(who), a["key"], len(mine), right[True], right[False], right[None], bi, lo, hi,
+                             BY_ASSESSOR_VISITS])
+    return {"columns": ["assessor", "arm", "n", "correct", "incorrect", "unsure", "bang_index", "ci_low", "ci_high",
+                        "visits"], "rows": rows}
+
+
+BY_ASSESSOR_VISITS = ("pooled: n counts guesses, a child guessed at two visits counts twice; the CI assumes the "
+                      "guesses independent")
 
 
 def _mean_sd(values: list[float]) -> str:

@@ -2,14 +2,20 @@
 factors and dates (as REDCap ships them with its exports), each from the bundle's own folder:
 
 - ``syntax/load.R`` reads the CSV files (text, integers, numbers, dates and datetimes typed; coded
-  variables as factors with the protocol's words, the reference arm first; empty = NA; each
-  variable's whole label in its ``label`` attribute) into a list ``bundle`` of data frames;
+  variables as factors with the protocol's words, their levels in the code list's order; empty =
+  NA; each variable's whole label in its ``label`` attribute) into a list ``bundle`` of data frames;
 - ``syntax/load.do`` reads the Stata files (which carry the labels, value labels and dates) into
-  one frame per table and sets the reference arm as the base level;
+  one frame per table and sets level 1 of ``arm`` as its base level;
 - ``syntax/load.sas`` defines every code list with PROC FORMAT, reads the transport files into
   WORK with their formats and gives each variable its whole label (a table with no rows, which has
   no transport file, is made empty with its variables);
 - ``syntax/load.sps`` reads the Stata files into one SPSS dataset per table.
+
+The arm variable is ``arm`` in both bundles, with the same level order (its code list, ``ARM``:
+the reference arm first, or in a blinded bundle the dummy code standing for it; then the others
+in the protocol's order): level 1 of R's factor, code 1 in Stata, SAS and SPSS. So a program
+written on the blinded bundle (``i.arm`` in Stata, the first level of the factor in R) runs
+unchanged on the unblinded one.
 """
 from __future__ import annotations
 
@@ -24,19 +30,11 @@ def _r(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _ordered(codes: Codes, reference: str | None) -> list[tuple]:
-    """The code list with the reference arm first (R's reference level)."""
-    items = list(codes.items)
-    if reference is not None and any(k == reference for k, _ in items):
-        items.sort(key=lambda kv: kv[0] != reference)
-    return items
-
-
 R_HEAD = [  # load.R's opening: where the bundle is (sourced or run with Rscript), and the reader of a CSV
     '# Loads this locked dataset bundle into R with its labels, factors and dates:',
     '#   source("syntax/load.R")   (from the bundle\'s folder), or  Rscript syntax/load.R',
     '# Every table becomes a data frame in the list `bundle` (bundle$particip, ...). Coded variables are',
-    '# factors labelled with the protocol\'s words (the reference arm first); dates are Date, datetimes',
+    '# factors labelled with the protocol\'s words (arm: the reference arm first); dates are Date, datetimes',
     '# POSIXct in UTC; an empty cell is NA; attr(x, "label") holds each variable\'s whole label.',
     'local({',
     '  args <- commandArgs(trailingOnly = FALSE)',
@@ -59,18 +57,19 @@ R_HEAD = [  # load.R's opening: where the bundle is (sourced or run with Rscript
 R_CLASSES = {"int": "integer", "float": "numeric"}  # else "character" (dates and datetimes converted after)
 
 
-def load_r(tables: list[Table], reference_arm: str | None) -> str:
+def load_r(tables: list[Table]) -> str:
     out = list(R_HEAD)
     for t in tables:
-        out += _r_table(t, reference_arm)
+        out += _r_table(t)
     out.append("rm(d, .read)")
     out.append('message("Loaded ", length(bundle), " tables into `bundle`: ", paste(names(bundle), collapse = ", "))')
     return "\n".join(out) + "\n"
 
 
-def _r_table(t: Table, reference_arm: str | None) -> list[str]:
+def _r_table(t: Table) -> list[str]:
     """One table's lines of load.R: read with each column's class, dates and datetimes converted,
-    coded variables made factors, the labels set, and kept as ``bundle$<table>``."""
+    coded variables made factors (levels in the code list's order: the arm's reference first), the
+    labels set, and kept as ``bundle$<table>``."""
     classes = [f"{v.name} = {_r(R_CLASSES.get(v.type, 'character'))}" for v in t.vars]
     path = _r(f"{_folder(t, 'csv')}/{t.name}.csv")
     out = [f"# {t.name}: {t.label}", f"d <- .read({path}, c({', '.join(classes)}))"]
@@ -80,7 +79,7 @@ def _r_table(t: Table, reference_arm: str | None) -> list[str]:
         elif v.type == "datetime":
             out.append(f'd${v.name} <- as.POSIXct(d${v.name}, format = "%Y-%m-%dT%H:%M:%S", tz = "UTC")')
         if v.codes is not None:
-            items = _ordered(v.codes, reference_arm if v.codes.name == "ARM" else None)
+            items = v.codes.items
             levels = ", ".join(str(k) if v.codes.numeric else _r(str(k)) for k, _ in items)
             labels = ", ".join(_r(m) for _, m in items)
             out.append(f"d${v.name} <- factor(d${v.name}, levels = c({levels}), labels = c({labels}))")
@@ -89,11 +88,12 @@ def _r_table(t: Table, reference_arm: str | None) -> list[str]:
     return out
 
 
-def load_do(tables: list[Table], reference_arm: str | None) -> str:
+def load_do(tables: list[Table]) -> str:
     out = ["* Loads this locked dataset bundle into Stata (16 or later: one frame per table):",
            "*   cd to the bundle's folder, then:  do syntax/load.do",
-           "* The Stata files carry every label, value label and date format; the reference arm is set",
-           "* as the base level of arm for factor-variable notation (i.arm).",
+           "* The Stata files carry every label, value label and date format; arm's code 1 (the reference",
+           "* arm, or in a blinded bundle the dummy code standing for it) is set as its base level for",
+           "* factor-variable notation (i.arm).",
            'local root "`c(pwd)\'"', ""]
     for t in tables:
         out.append(f"* {t.name}: {t.label}")
@@ -101,10 +101,8 @@ def load_do(tables: list[Table], reference_arm: str | None) -> str:
         out.append(f"frame create {t.name}")
         out.append(f"frame {t.name}: use \"`root'/{_folder(t, 'dta')}/{t.name}.dta\", clear")
         for v in t.vars:
-            if v.codes is not None and v.codes.name == "ARM" and reference_arm is not None:
-                base = v.codes.code_of().get(reference_arm)
-                if base is not None:
-                    out.append(f"frame {t.name}: fvset base {base} {v.name}")
+            if v.name == "arm" and v.codes is not None:
+                out.append(f"frame {t.name}: fvset base 1 {v.name}")
         out.append("")
     out.append("frame change particip")
     return "\n".join(out) + "\n"

@@ -81,7 +81,7 @@ def open_data(db: Session, content: dict, snapshot_at: dt.datetime) -> dict:
     for _, site_id, at in rand:
         per = by_site_month.setdefault(code.get(site_id, "?"), {})
         per[_month(at)] = per.get(_month(at), 0) + 1
-    months = sorted({m for per in by_site_month.values() for m in per})
+    months = _months_through(sorted({m for per in by_site_month.values() for m in per}), snapshot_at)
     enrolled = dict(db.execute(select(Participant.site_id, func.count()).group_by(Participant.site_id)).all())
     recruitment = {
         "target": sum(s.target or 0 for s in sites), "months": months,
@@ -99,6 +99,20 @@ def open_data(db: Session, content: dict, snapshot_at: dt.datetime) -> dict:
                                "serious": sum(1 for a in aes if a[1]),
                                "participants_serious": len({a[0] for a in aes if a[1]}),
                                "fatal": sum(1 for a in aes if a[2] == "fatal")}}
+
+
+def _months_through(seen: list[str], snapshot_at: dt.datetime) -> list[str]:
+    """Every month from the first randomization's to the cut's, those without a randomization too
+    (a month left out would bend the recruitment curve's time axis)."""
+    if not seen:
+        return []
+    year, month = map(int, seen[0].split("-"))
+    last = max(seen[-1], _month(snapshot_at))
+    out = []
+    while f"{year:04d}-{month:02d}" <= last:
+        out.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return out
 
 
 def _cumulative(xs: list[int]) -> list[int]:
@@ -189,16 +203,32 @@ def closed_data(db: Session, content: dict, bundle: bytes, snapshot_at: dt.datet
             xs = [float(r[col]) for r in rows if col and r.get("arm") == a and r.get(col) not in (None, "")]
             means.append({"arm": a, "visit": vk, **_mean_ci(xs)})
     return {"arms": arms, "reference_arm": (content.get("analysis") or {}).get("reference_arm"), "n_by_arm": n_by_arm,
-            "baseline": baseline_table(db, False), "adverse_events": _ae_by_arm(db, content),
+            "baseline": baseline_table(db, False), "adverse_events": _ae_by_arm(db, content, snapshot_at.date()),
             "sae_listing": _sae_listing(db),
             "outcome": f"{content['primary_outcome']['instrument']}.{content['primary_outcome']['field']}",
             "primary_visit": content["primary_outcome"]["visit"], "means": means,
             **_interim(db, content, bundle, rows, previous_fractions, formal)}
 
 
-def _ae_by_arm(db: Session, content: dict) -> list[dict]:
-    """Adverse events by arm, with the serious ones by seriousness criterion."""
-    base = {r["arm"]: r for r in summary_by_arm(db)}
+def _exposure_rates(doc, rows: list[dict]) -> None:
+    """The adverse events' exposure-adjusted rates by arm (trial.safety.service.summary_by_arm)."""
+    def num(x, fmt="{:.2f}"):
+        return "–" if x is None else fmt.format(x)
+    doc.para(doc._(N_("Exposure-adjusted rates: events with onset in a child's course, up to the child's exit or the "
+                      "cut, per 100 child-months (exact Poisson 95% CI) and per 100 sessions attended.")), doc.small)
+    doc.table([doc._(N_("Arm")), doc._(N_("Children")), doc._(N_("Child-months")), doc._(N_("Events")),
+               doc._(N_("Per 100 child-months (95% CI)")), doc._(N_("Sessions attended")),
+               doc._(N_("Per 100 sessions"))],
+              [[doc.arm(r["arm"]), r.get("children", 0), num(r.get("child_months"), "{:.1f}"),
+                r.get("events_in_exposure", 0),
+                f"{num(r.get('rate_per_100_child_months'))} ({num(r.get('rate_ci_low'))}–{num(r.get('rate_ci_high'))})",
+                num(r.get("sessions_attended"), "{}"), num(r.get("rate_per_100_sessions"))] for r in rows])
+
+
+def _ae_by_arm(db: Session, content: dict, until: dt.date | None = None) -> list[dict]:
+    """Adverse events by arm, with the serious ones by seriousness criterion and the exposure-adjusted
+    rates up to ``until`` (the cut's day)."""
+    base = {r["arm"]: r for r in summary_by_arm(db, until=until)}
     arm_of = dict(db.execute(select(Allocation.participant_id, Allocation.arm)).all())
     crit: dict[str, dict[str, int]] = {a["key"]: {} for a in content["arms"]}
     for pid, serious, seriousness in db.execute(select(AdverseEvent.participant_id, AdverseEvent.serious,
@@ -303,7 +333,12 @@ def _rl() -> SimpleNamespace:
                                                                  "Polygon", "Rect", "String")},
                            colors=rl.colors, pagesizes=rl.pagesizes, ParagraphStyle=rl.styles.ParagraphStyle,
                            mm=rl.units.mm, Paragraph=rl.platypus.Paragraph, Table=rl.platypus.Table,
+                           KeepTogether=rl.platypus.KeepTogether, stringWidth=rl.pdfmetrics.stringWidth,
                            TableStyle=rl.platypus.TableStyle, SimpleDocTemplate=rl.platypus.SimpleDocTemplate)
+
+
+TEXT_WIDTH = 595.2756 - 36 * 2.834646  # A4's width less its margins (18 mm a side), in points
+CELL_PAD = 2.0  # a table cell's padding left and right (points): twelve months and a site fit a line
 
 
 class _Doc:
@@ -340,13 +375,34 @@ class _Doc:
 
     def table(self, header: list, rows: list[list], widths=None) -> None:
         rl = _rl()
-        cells = [[rl.Paragraph(escape(self.v(c)), self.small) for c in r] for r in [header, *rows]]
-        t = rl.Table(cells, colWidths=widths, repeatRows=1, hAlign="RIGHT" if self.rtl else "LEFT")
+        texts = [[self.v(c) for c in r] for r in [header, *rows]]
+        cells = [[rl.Paragraph(escape(c), self.small) for c in r] for r in texts]
+        t = rl.Table(cells, colWidths=widths or self.widths(texts), repeatRows=1, hAlign="RIGHT" if self.rtl else "LEFT")
         t.setStyle(rl.TableStyle([("LINEBELOW", (0, 0), (-1, 0), 0.6, rl.colors.black),
                                ("LINEBELOW", (0, -1), (-1, -1), 0.4, rl.colors.grey),
                                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                               ("LEFTPADDING", (0, 0), (-1, -1), CELL_PAD), ("RIGHTPADDING", (0, 0), (-1, -1), CELL_PAD),
                                ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]))
         self.story.append(t)
+
+    def widths(self, texts: list[list[str]]) -> list[float]:
+        """Column widths that break no word (a German heading split mid-word, a site code over two
+        lines): each column at least its longest word wide, the rest of the line shared out in
+        proportion to what each column's longest cell still lacks (when the longest words alone do
+        not fit the line, each column in proportion to its longest word)."""
+        width, size, pad = _rl().stringWidth, self.small.fontSize, 2 * CELL_PAD + 1
+
+        def unbroken(c: str) -> list[str]:  # a short cell ("11 (18.3%)", "AT01") stays on one line
+            return [c] if len(c) <= 12 else (c.split() or [""])
+        cols = list(zip(*texts))
+        least = [max(width(w, self.regular, size) for c in col for w in unbroken(c)) + pad for col in cols]
+        full = [max(width(c, self.regular, size) for c in col) + pad for col in cols]
+        if sum(least) >= TEXT_WIDTH:  # too many columns for whole words: the fewest breaks
+            return [w * TEXT_WIDTH / sum(least) for w in least]
+        if sum(full) <= TEXT_WIDTH:  # all on one line: the spare width in proportion to the columns
+            return [f * TEXT_WIDTH / sum(full) for f in full]
+        lacking = [f - w for f, w in zip(full, least)]
+        return [w + (TEXT_WIDTH - sum(least)) * x / sum(lacking) for w, x in zip(least, lacking)]
 
     def drawing(self, d) -> None:
         self.story.append(d)
@@ -455,7 +511,7 @@ def closed_pdf(data: dict, content: dict, language: str) -> bytes:
     doc.para(doc._(N_("By arm: for the members of the data monitoring committee only. Do not pass it on.")))
     arms = data["arms"]
     doc.h(doc._(N_("Baseline characteristics by arm")))
-    _baseline(doc, data)
+    _baseline(doc, data, content)
     doc.h(doc._(N_("Adverse events by arm and seriousness")))
     doc.table([doc._(N_("Arm")), doc._(N_("Children with an event")), doc._(N_("Events")), doc._(N_("Serious events")),
                doc._(N_("Fatal")), doc.term("severity", "severe"), doc._(N_("Related")), doc._(N_("Serious, by criterion"))],
@@ -463,6 +519,7 @@ def closed_pdf(data: dict, content: dict, language: str) -> bytes:
                 r.get("fatal", 0), r.get("severe", 0), r.get("related", 0),
                 "; ".join(f"{doc.term('seriousness', k)}: {n}" for k, n in r.get("seriousness", {}).items()) or "–"]
                for r in data["adverse_events"]])
+    _exposure_rates(doc, data["adverse_events"])
     doc.h(doc._(N_("Serious adverse events")))
     if data["sae_listing"]:
         doc.para(doc._(N_("Coded fields only: the reported term is free text and is not shown; sites are letters, not "
@@ -493,7 +550,22 @@ _BASELINE_LABELS = {"Characteristic": N_("Characteristic"), "Age at consent, mon
                     "Missing, n": N_("Missing, n")}
 
 
-def _baseline(doc: _Doc, data: dict) -> None:
+def _score_labels(doc: _Doc, content: dict) -> dict[str, str]:
+    """The baseline table's rows of the instruments' scores (written in English by
+    trial.exports.reports.baseline_table, as "ADOS-2: Total, points, mean (SD)"), each in the
+    reader's language: the protocol's labels of the instrument, the field and its units."""
+    out = {}
+    for ins in content.get("instruments", []):
+        for f in ins["fields"]:
+            key = f"{ins['key']}.{f['key']}"
+            english = f"{ins['label']}: {f['label']}" + (f", {f['units']}" if f.get("units") else "")
+            local = f"{doc.words['instrument'].get(ins['key'], ins['label'])}: {doc.words['field'].get(key, f['label'])}" \
+                + (f", {doc.words['unit'].get(key, f['units'])}" if f.get("units") else "")
+            out[f"{english}, mean (SD)"] = doc._(N_("%(characteristic)s, mean (SD)")) % {"characteristic": local}
+    return out
+
+
+def _baseline(doc: _Doc, data: dict, content: dict) -> None:
     """The baseline table with its headers and fixed labels in the reader's language (the arms by
     the protocol's labels, the instruments' rows by the protocol's words where it gives them)."""
     b = data["baseline"]
@@ -504,9 +576,13 @@ def _baseline(doc: _Doc, data: dict) -> None:
     if len(b["columns"]) != len(head):  # (not the layout expected: as it is)
         head = list(b["columns"])
 
+    scores = _score_labels(doc, content)
+
     def label(cell: str) -> str:
         lead = cell[:len(cell) - len(cell.lstrip())]
         word = cell.strip()
+        if word in scores:
+            return lead + scores[word]
         return lead + doc._(_BASELINE_LABELS[word]) if word in _BASELINE_LABELS else cell
     doc.table(head, [[label(r[0]), *r[1:]] for r in b["rows"]])
 
@@ -521,12 +597,22 @@ def _analysis_rows(doc: _Doc, a: dict, data: dict) -> list[list[str]]:
              f"{data['observed_primary']} / {data['planned_sample_size']}"],
             [doc._(N_("Boundary (|z|)")) if data.get("sides", 2) == 2 else
              doc._(N_("Boundary (z in the direction of benefit)")), _n(data.get("boundary_z"), 3)],
-            [doc._(N_("Boundary crossed")), "–" if data.get("crossed") is None else
-             doc._(N_("yes, towards benefit")) if data.get("crossed_side") == "benefit" else
-             doc._(N_("yes, towards harm")) if data["crossed"] else doc._(N_("no"))]]
+            [doc._(N_("Boundary crossed")), _crossed(doc, data)]]
+
+
+def _crossed(doc: _Doc, data: dict) -> str:
+    return "–" if data.get("crossed") is None else doc._(N_("yes, towards benefit")) \
+        if data.get("crossed_side") == "benefit" else doc._(N_("yes, towards harm")) if data["crossed"] else doc._(N_("no"))
 
 
 def _analysis(doc: _Doc, data: dict) -> None:
+    """The interim analysis: its heading, results, notes and forest plot kept on one page."""
+    start = len(doc.story)
+    _analysis_parts(doc, data)
+    doc.story[start:] = [_rl().KeepTogether(doc.story[start:])]
+
+
+def _analysis_parts(doc: _Doc, data: dict) -> None:
     a = data["analysis"]
     doc.h(doc._(N_("Interim primary analysis")))
     pooled, ref = a.get("pooled_arms") or [], a.get("reference_arm") or data.get("reference_arm")
@@ -713,7 +799,7 @@ def _forest(doc: _Doc, data: dict):
 
     def x(v):
         return left + pw * (v - lo) / (hi - lo)
-    d.add(rl.Line(x(0), 14, x(0), h - 6, strokeDashArray=[2, 2], strokeWidth=0.6))
+    d.add(rl.Line(x(0), 14, x(0), h - 12, strokeDashArray=[2, 2], strokeWidth=0.6))  # (below the z line)
     d.add(_text(doc, x(0), 4, doc._(N_("no effect")), size=6.5, anchor="middle"))
     for i, (label, l, u) in enumerate(rows):
         yy = h - 20 - 26 * i
@@ -725,8 +811,9 @@ def _forest(doc: _Doc, data: dict):
         d.add(_text(doc, x(u) + 4 if x(u) < W - 60 else x(l) - 4, yy - 2, f"{l:.2f} – {u:.2f}", size=6.5,
                     anchor="start" if x(u) < W - 60 else "end"))
     bound = ""
-    if data.get("boundary_z"):
-        bound = f"; |z| ≥ {data['boundary_z']:.2f}?" if data.get("sides", 2) == 2 else \
-            f"; {'-z' if data.get('benefit') == 'lower' else 'z'} ≥ {data['boundary_z']:.2f}?"
+    if data.get("boundary_z"):  # the same words as the table's: the boundary, and whether it was crossed
+        bound = "; " + (doc._(N_("Boundary (|z|)")) if data.get("sides", 2) == 2 else
+                        doc._(N_("Boundary (z in the direction of benefit)"))) + f" {data['boundary_z']:.2f}; " + \
+            doc._(N_("Boundary crossed")) + ": " + _crossed(doc, data)
     d.add(_text(doc, W - right, h - 8, f"z = {data['z']:.2f}" + bound, size=7, anchor="end"))
     return d

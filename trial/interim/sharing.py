@@ -62,12 +62,13 @@ from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.catalogue import N_, Msg
-from trial.db import make_engine, make_session_factory, read_only_session, utcnow
+from trial.db import make_engine, make_session_factory, notify, read_only_session, utcnow
 from trial.errors import Conflict, NotFound
 from trial.exports import formats
 from trial.exports.dataset import ANALYSIS_TABLES, Table, Var, build_tables
 from trial.interim.models import SharingBundle
 from trial.lock.models import DataLock, LockBundle
+from trial.lock.service import BUILD_CHANNEL
 from trial.participants.service import age_in_months
 from trial.scope import CliActor, require_role
 from trial.sites.models import Site
@@ -192,6 +193,7 @@ def request_sharing(db: Session, actor, lock_id: int) -> SharingBundle:
     audit.record(db, actor, "request_sharing", "sharing_bundle", sb.id,
                  {"lock_id": (None, lock.id), "status": (None, "building")},
                  reason="de-identified bundle for data sharing")
+    notify(db, BUILD_CHANNEL)  # a `trial worker` kept running (TRIAL_LOCK_BUILDER=external) wakes at the commit
     return sb
 
 

@@ -470,7 +470,28 @@ def rows(db: Session, recs: list[AuditRecord], scope: dict[tuple[str, str], int]
                     "new": new or _value(w, r.field, r.new, ins, r.entity, screenings),
                     "reason": invalidations.get(r.entity_id, r.reason) if r.entity == "casebook_signoff"
                     and r.action == "invalidate" else r.reason or ""})
+    return without_empty(out)
+
+
+def without_empty(rs: list[dict]) -> list[dict]:
+    """The rows less the fields empty before and after (a creation's strata or goals that got no
+    value): a change shows only the fields that changed; a change none of whose fields did keeps
+    one row without a field (when, who, what and why are still there)."""
+    out: list[dict] = []
+    group: list[dict] = []
+    for r in [*rs, None]:
+        if group and (r is None or _change(r) != _change(group[0])):
+            filled = [x for x in group if not x["field"] or x["old"] or x["new"]]
+            out += filled or [dict(group[0], field="", old="", new="")]
+            group = []
+        if r is not None:
+            group.append(r)
     return out
+
+
+def _change(r: dict) -> tuple:
+    """One change of one record: its rows share when, who, the child, the record and the action."""
+    return r["when"], r["who"], r["study_id"], r["record"], r["action"]
 
 
 def _invalidated_signatures(db: Session, recs: list[AuditRecord], w: Words) -> dict[str, str]:

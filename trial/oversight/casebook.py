@@ -37,6 +37,7 @@ from trial.catalogue import LANGUAGES, N_, Msg
 from trial.consent.models import Consent
 from trial.course.models import TherapySession
 from trial.dataquality.models import DataQuery
+from trial.dataquality.service import SYSTEM as SYSTEM_CHECK
 from trial.errors import Forbidden, NotFound
 from trial.esign.models import Signature
 from trial.outcomes.models import NotDone
@@ -134,7 +135,7 @@ def _sections(doc: Document, db: Session, actor, p: Participant, site: Site, w: 
         _adverse_events(doc, db, p, w)
     if reader.sees_arm:
         _sessions(doc, db, p, w)
-    _queries(doc, db, actor, p, w)
+    _queries(doc, db, actor, p, w, names)
     if reader.sees_arm:
         _signoffs(doc, db, p, w)
     _randomization_errors(doc, db, p, w, names, reader)
@@ -231,7 +232,7 @@ def _forms(doc: Document, db: Session, p: Participant, w: Words, names, reader: 
         for f in ins["fields"]:
             known.add(f["key"])
             value = (a.values or {}).get(f["key"])
-            unit = f.get("units") or f.get("unit") or ""
+            unit = w.p("unit", f"{a.instrument}.{f['key']}") if f.get("units") else ""  # in the reader's language
             shown = "" if value is None else (w.yes_no(value) if isinstance(value, bool) else str(value))
             doc.kv(w.p("field", f"{a.instrument}.{f['key']}"), f"{shown} {unit}".strip() if shown else "–")
         for key, value in (a.values or {}).items():
@@ -328,7 +329,15 @@ def _msg(w: Words, words, text: str | None) -> str:
     return m or ""
 
 
-def _queries(doc: Document, db: Session, actor, p: Participant, w: Words) -> None:
+def _person(w: Words, names, user_id: int | None, by: str) -> str:
+    """Who wrote in a query's thread, as the audit trail names them: the name with the e-mail in
+    brackets (a system check in the reader's words; a script as it was recorded)."""
+    if user_id in names:
+        return f"{names[user_id]} ({by})"
+    return w.t(N_("system check")) if by == SYSTEM_CHECK else by
+
+
+def _queries(doc: Document, db: Session, actor, p: Participant, w: Words, names) -> None:
     t = w.t
     q = queries.listing_query(db, actor).where(DataQuery.participant_id == p.id).order_by(DataQuery.raised_at, DataQuery.number)
     rows = db.execute(q).scalars().all()
@@ -339,11 +348,11 @@ def _queries(doc: Document, db: Session, actor, p: Participant, w: Words) -> Non
     for r in rows:
         about = _msg(w, None, queries.about(w.content, r))
         doc.h3(f"{queries.query_ref(code, r.number)} · {about} · {w.term('query_status', r.status)}")
-        doc.kv(t(N_("Raised")), f"{w.moment(r.raised_at)} {r.raised_by}")
+        doc.kv(t(N_("Raised")), f"{w.moment(r.raised_at)} · {_person(w, names, r.raised_by_id, r.raised_by)}")
         doc.kv(t(N_("Question")), _msg(w, r.words, r.text))
-        for m in r.messages:
+        for m in (m for m in r.messages if m.action != "raise"):  # (the question, shown once above)
             # (the step in the label column; when and who with the text: a moment never wraps in the label)
-            doc.kv(w.term("query_step", m.action), f"{w.moment(m.at)} · {m.by}: {_msg(w, m.words, m.text)}".rstrip(": "))
+            doc.kv(w.term("query_step", m.action), f"{w.moment(m.at)} · {_person(w, names, m.by_id, m.by)}: {_msg(w, m.words, m.text)}".rstrip(": "))
 
 
 def _signoffs(doc: Document, db: Session, p: Participant, w: Words) -> None:

@@ -471,12 +471,75 @@ class SecondaryOutcome(Section):
     field: str
 
 
+INTERCURRENT_EVENTS = ("discontinued_intervention", "withdrawal", "not_received", "death")
+STRATEGIES = ("treatment_policy", "hypothetical", "while_on_treatment", "composite")
+DF_METHODS = ("wald", "satterthwaite", "kenward_roger")
+MULTIPLICITY = ("hierarchy", "holm")
+SENSITIVITY_ANALYSES = ("ancova", "all_strata", "in_window", "per_protocol", "cace", "dose_response", "mi",
+                        "tipping_point")
+
+
+class IntercurrentEvent(Section):
+    """An event after randomization that affects the outcome's existence or meaning (ICH E9(R1)),
+    with the strategy the estimand takes for it: ``treatment_policy`` (the values as observed,
+    whatever happened), ``hypothetical`` (the values the child would have had without it: those
+    after it are set aside and the model treats them as missing at random), ``while_on_treatment``
+    (the child's last value before it stands for the later visits) or ``composite`` (the event is
+    itself an unfavourable outcome: the worst value of the outcome's range at every visit after it)."""
+    OMIT_NONE = ("rationale",)
+    event: one_of(*INTERCURRENT_EVENTS)
+    strategy: one_of(*STRATEGIES)
+    rationale: str | None = None
+
+
+class Estimand(Section):
+    """The estimand of the primary outcome (ICH E9(R1)): the population, the variable, the
+    intercurrent events with a strategy for each (an event not listed: treatment policy) and the
+    population-level summary measure. The treatment conditions are the arms."""
+    population: str
+    variable: str
+    summary_measure: str
+    intercurrent_events: list[IntercurrentEvent] = []
+
+    @model_validator(mode="after")
+    def _once(self):
+        events = [e.event for e in self.intercurrent_events]
+        if len(set(events)) != len(events):
+            raise problem("must name each event once", ".intercurrent_events")
+        return self
+
+
+class MultipleImputation(Section):
+    """Multiple imputation of the missing primary outcomes (by arm, from the baseline value and the
+    site; Rubin's rules): the number of imputations and the fixed seed, recorded in the results."""
+    imputations: int = Field(20, ge=2, le=500)
+    seed: int = Field(20240101, ge=0, lt=2**63)
+
+
+class TippingPoint(Section):
+    """The delta-adjusted tipping-point analysis (missing not at random): the imputed values of the
+    intervention arms shifted by each delta in turn, in the outcome's units, in the direction of harm;
+    the delta that overturns the conclusion is reported."""
+    deltas: list[Number] = Field(min_length=2, max_length=200, description="the shifts tried, ascending")
+
+    @model_validator(mode="after")
+    def _ascending(self):
+        if any(b <= a for a, b in pairwise(self.deltas)):
+            raise problem("must be in ascending order", ".deltas")
+        return self
+
+
 class Analysis(Section):
-    """The primary analysis (optional): a linear mixed model of the primary outcome at the given
-    visits (baseline, then follow-ups up to the primary visit) with fixed effects for visit, group
-    x visit after baseline and the adjustment factors, and a random intercept per child; group is
-    the pooled arms against the reference arm. Each pooled arm against the reference is the
-    secondary analysis."""
+    """The statistical analysis plan (optional). The primary analysis: a linear mixed model of the
+    primary outcome at the given visits (baseline, then follow-ups up to the primary visit) with
+    fixed effects for visit, group x visit after baseline and the adjustment factors, and a random
+    intercept per child; group is the pooled arms against the reference arm. Each pooled arm against
+    the reference is the secondary analysis. The SAP adds (each optional, so an older protocol keeps
+    its meaning): its version, the estimand, the degrees-of-freedom method of the tests, the secondary
+    outcomes' multiplicity procedure, the sensitivity analyses run in the lock, and the multiple
+    imputation's and the tipping point's parameters."""
+    OMIT_NONE = ("sap_version", "estimand", "df_method", "multiplicity", "sensitivity", "mi", "tipping_point", "alpha",
+                 "benefit")
     model: one_of(*ANALYSIS_MODELS) = "mixed_model"
     visits: list[str]
     reference_arm: str
@@ -484,7 +547,25 @@ class Analysis(Section):
     pooled_label: str = "Pooled arms"
     adjust: list[str] = Field(["site"], description="randomization factors adjusted for")
     per_protocol_min_dose: fraction(0, 1) = 0.5
-    secondary_outcomes: list[SecondaryOutcome] = []
+    secondary_outcomes: list[SecondaryOutcome] = Field(
+        [], description="in the order of the hierarchy when the multiplicity procedure is \"hierarchy\"")
+    sap_version: str | None = Field(None, description="the version of the statistical analysis plan (results.json)")
+    benefit: Literal["lower", "higher"] | None = Field(
+        None, description="the primary outcome's direction of benefit: \"lower\" (a lower score is better) or "
+                          "\"higher\"; it decides the composite strategy's worst value, the tipping point's direction "
+                          "and the forest plot's sides (default: [interim] benefit, else \"lower\")")
+    estimand: Estimand | None = None
+    df_method: one_of(*DF_METHODS) | None = Field(
+        None, description="the tests' degrees of freedom: \"wald\" (the normal distribution; the default), "
+                          "\"satterthwaite\" or \"kenward_roger\" (as lmerTest and pbkrtest)")
+    alpha: fraction(0.0001, 0.5) | None = Field(None, description="the two-sided significance level (default 0.05)")
+    multiplicity: one_of(*MULTIPLICITY) | None = Field(
+        None, description="the secondary outcomes' procedure: \"hierarchy\" (fixed order, each tested at alpha "
+                          "until the first not significant) or \"holm\" (the default)")
+    sensitivity: list[one_of(*SENSITIVITY_ANALYSES)] | None = Field(
+        None, description="the sensitivity analyses the SAP names (default: every one)")
+    mi: MultipleImputation | None = None
+    tipping_point: TippingPoint | None = None
 
 
 SIGNERS = ("parent", "child")

@@ -169,6 +169,22 @@ def _check_amendment(db: Session, old: dict, new: dict) -> None:
                        {part: N_("fixed once randomization is open")})
 
 
+def load_warnings(content: dict[str, Any]) -> list[str]:
+    """What loading the protocol should say though the file is valid (the load goes on): each
+    randomization factor its primary analysis does not adjust for. ICH E9 (section 5.7) and EMA's
+    guideline on adjustment for baseline covariates (EMA/CHMP/295050/2013): the factors of a
+    stratified randomization (or of minimization) belong in the primary model. In English: an
+    administrator's, at the command line, like the schema's words."""
+    analysis = content.get("analysis")
+    if not analysis:
+        return []
+    adjusted = set(analysis.get("adjust") or [])
+    return [f"randomization factor '{f['key']}' is not in [analysis] adjust: the primary model leaves it out. "
+            "ICH E9 (5.7) and EMA's guideline on adjustment for baseline covariates (EMA/CHMP/295050/2013) ask "
+            "for the stratification factors in the primary analysis; add it to adjust, or say in the SAP why not."
+            for f in content["randomization"]["factors"] if f["key"] not in adjusted]
+
+
 def load_file(db: Session, actor, path: str | Path) -> ProtocolVersion:
     p = Path(path)
     try:

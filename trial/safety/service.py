@@ -8,19 +8,20 @@ import datetime as dt
 import zoneinfo
 from collections import Counter
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trial.audit import service as audit
 from trial.auth.models import User
 from trial.catalogue import N_, Msg, label, term
+from trial.course.models import TherapySession
 from trial.dataquality.service import clear_verification
 from trial.db import utcnow
 from trial.errors import Conflict, Forbidden, NotFound
 from trial.notify.service import SAE, notify, settle, users_with_role
 from trial.paging import Page, PageRequest, ordered, paginate, sort_key
-from trial.participants.models import FINAL_EVENTS, Participant
-from trial.participants.service import allocations_for, events_of, get_participant, may_see
+from trial.participants.models import FINAL_EVENTS, Allocation, Participant, StatusEvent
+from trial.participants.service import events_of, get_participant, may_see
 from trial.protocol.service import current as current_protocol
 from trial.safety.models import (
     EXPECTEDNESS,
@@ -39,7 +40,7 @@ from trial.safety.models import (
 from trial.scope import require_role, require_site_role, visible_site_ids
 from trial.sites.models import Site
 from trial.status.service import record_event
-from trial.timeline import local_date, today
+from trial.timeline import course_window, local_date, today
 from trial.trialstate.service import ensure_writable
 from trial.validation import clinical_date, parse_moment, refuse, text
 
@@ -435,19 +436,80 @@ def waiting_for_acknowledgement(db: Session, actor) -> list[AdverseEvent]:
                            .order_by(AdverseEvent.report_due)).scalars())
 
 
-def summary_by_arm(db: Session) -> list[dict]:
+EXITS = ("withdrawn", "lost_to_follow_up", "died")  # a child's exit from the trial: the exposure stops there
+DAYS_PER_MONTH = 30.4375  # 365.25 / 12
+
+
+def summary_by_arm(db: Session, until: dt.date | None = None) -> list[dict]:
     """Per arm (for unblinded readers, in the unblinded bundle): participants with an event,
-    events, serious ones, by severity, and the related ones (possibly, probably or definitely)."""
+    events, serious ones, by severity, and the related ones (possibly, probably or definitely);
+    then the exposure and the exposure-adjusted rates (see ``exposure``; ``until`` is the lock's
+    day, today when not given): the children randomized, their child-months in the course and the
+    sessions they attended in it, the events with onset within a child's exposure, their rate per
+    100 child-months with its exact Poisson 95% interval, and per 100 sessions attended (empty
+    for an arm without sessions, not 0)."""
     arms = current_protocol(db).content["arms"]
-    rows = db.execute(select(AdverseEvent)).scalars().all()
-    allocs = allocations_for(db, sorted({ae.participant_id for ae in rows}))
+    rows = db.execute(select(AdverseEvent.participant_id, AdverseEvent.onset, AdverseEvent.severity, AdverseEvent.serious,
+                             AdverseEvent.outcome, AdverseEvent.relatedness, Allocation.arm)
+                      .join(Allocation, Allocation.participant_id == AdverseEvent.participant_id)).all()
+    spans, sessions = exposure(db, until or today())
+    by_arm: dict[str, dict] = {a["key"]: {} for a in arms}
+    for pid, span in spans.items():
+        by_arm.setdefault(span[0], {})[pid] = span
     out = []
     for a in arms:
-        mine = [ae for ae in rows if ae.participant_id in allocs and allocs[ae.participant_id].arm == a["key"]]
+        mine = [ae for ae in rows if ae.arm == a["key"]]
         sev = Counter(ae.severity for ae in mine)
         out.append({"arm": a["key"], "participants_with_event": len({ae.participant_id for ae in mine}),
                     "events": len(mine), "serious": sum(ae.serious for ae in mine),
                     "fatal": sum(ae.outcome == "fatal" for ae in mine),
                     "mild": sev["mild"], "moderate": sev["moderate"], "severe": sev["severe"],
-                    "related": sum(ae.relatedness in RELATED for ae in mine)})
+                    "related": sum(ae.relatedness in RELATED for ae in mine),
+                    **_rates(a, mine, by_arm[a["key"]], sessions)})
     return out
+
+
+def exposure(db: Session, until: dt.date) -> tuple[dict[int, tuple[str, dt.date, dt.date]], dict[int, int]]:
+    """Each randomized child's arm and exposure in the course, (arm, first day, last day): from
+    the day of randomization (at the site) to the earliest of the course's last day, the child's
+    exit (withdrawal, loss to follow-up, death) and ``until`` (the lock's day), both days counted;
+    and the sessions each child attended within the course up to ``until``."""
+    months = current_protocol(db).content["course"]["months"]
+    exits = dict(db.execute(select(StatusEvent.participant_id, func.min(StatusEvent.on))
+                            .where(StatusEvent.type.in_(EXITS)).group_by(StatusEvent.participant_id)).all())
+    spans = {}
+    for pid, arm, at, tz in db.execute(select(Allocation.participant_id, Allocation.arm, Allocation.randomized_at,
+                                              Site.timezone).join(Site, Site.id == Allocation.site_id)):
+        start = local_date(at, tz)
+        spans[pid] = (arm, start, min(course_window(start, months)[1], exits.get(pid, until), until))
+    sessions = dict(db.execute(select(TherapySession.participant_id, func.count())
+                               .where(TherapySession.attendance == "attended", TherapySession.outside_course.is_(False),
+                                      TherapySession.held_on <= until)
+                               .group_by(TherapySession.participant_id)).all())
+    return spans, sessions
+
+
+def _rates(arm: dict, events: list, spans: dict[int, tuple[str, dt.date, dt.date]],
+           sessions: dict[int, int]) -> dict:
+    """An arm's exposure and its exposure-adjusted event rates (see summary_by_arm)."""
+    days = sum(max((end - start).days + 1, 0) for _, start, end in spans.values())
+    child_months = days / DAYS_PER_MONTH
+    within = sum(1 for ae in events if ae.participant_id in spans
+                 and spans[ae.participant_id][1] <= ae.onset <= spans[ae.participant_id][2])
+    attended = sum(sessions.get(pid, 0) for pid in spans) if arm["sessions_per_week"] > 0 else None
+    low, high = poisson_ci(within)
+    per_month = 100 / child_months if child_months else None
+    return {"children": len(spans), "child_months": round(child_months, 2), "sessions_attended": attended,
+            "events_in_exposure": within,
+            "rate_per_100_child_months": round(within * per_month, 3) if per_month else None,
+            "rate_ci_low": round(low * per_month, 3) if per_month else None,
+            "rate_ci_high": round(high * per_month, 3) if per_month else None,
+            "rate_per_100_sessions": round(100 * within / attended, 3) if attended else None}
+
+
+def poisson_ci(k: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Garwood) interval of a Poisson count ``k``: chi2(a/2; 2k) / 2 to chi2(1 - a/2;
+    2k + 2) / 2, the lower limit 0 when k is 0."""
+    from scipy.stats import chi2  # deferred: SciPy is loaded only when a report is made, not with the app
+    a = 1 - level
+    return (float(chi2.ppf(a / 2, 2 * k)) / 2 if k else 0.0), float(chi2.ppf(1 - a / 2, 2 * k + 2)) / 2

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, render_template, url_for
+from flask import Blueprint, Response, current_app, flash, redirect, render_template, url_for
 from flask_babel import gettext as _
 
+from trial.errors import DomainError
 from trial.forms import interim as forms
 from trial.forms.mfa import code_of
-from trial.http import actor, db, locale_code, post_and_return
+from trial.http import actor, db, form_errors, locale_code, post_and_return
 from trial.interim import cuts
 from trial.interim.worker import start_build
 
@@ -60,8 +61,18 @@ def recommendation(cut_id: int):
 
 @bp.route("/data-cuts/<int:cut_id>/recommendation", methods=["POST"], endpoint="recommend")
 def recommend(cut_id: int):
-    return post_and_return(forms.RecommendationForm(),
-                           lambda f: cuts.recommend(db(), actor(), cut_id, f.decision.data, f.text.data, f.password.data,
-                                                    code_of(f)),
-                           _("Recommendation signed and recorded."), url_for("interim.cuts"),
-                           _("Fill in every field of the signature."))
+    """Signed: back to the list. Refused (a wrong password or code, an empty field): the form again
+    with the committee's words kept and the reason beside its field, so that nothing typed is lost."""
+    form = forms.RecommendationForm()
+    if form.validate_on_submit():
+        try:
+            cuts.recommend(db(), actor(), cut_id, form.decision.data, form.text.data, form.password.data, code_of(form))
+            db().commit()
+            flash(_("Recommendation signed and recorded."))
+            return redirect(url_for("interim.cuts"))
+        except DomainError as e:
+            form_errors(form, e)
+    if getattr(form, "code", None) is not None:
+        form.code.data = ""  # (a code is for one signature: the next attempt takes the app's next one)
+    cut = cuts.recommendation_form(db(), actor(), cut_id)
+    return render_template("interim/recommendation.html", cut=cut, form=form), 400

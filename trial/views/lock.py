@@ -154,6 +154,16 @@ def sharing_zip(lock_id: int):
                     headers={"Content-Disposition": f'attachment; filename="lock-{lock_id}-sharing.zip"'})
 
 
+@bp.route("/locks/<int:lock_id>/sharing-review.csv", endpoint="sharing_review")
+def sharing_review(lock_id: int):
+    """The children of the rarest combinations of site, sex and age band, for the manager's review
+    before the bundle is shared (the page points to it; never in the bundle itself)."""
+    data = sharing.review_csv(db(), actor(), lock_id)
+    db().commit()  # (the download's audit record)
+    return Response(data, mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="lock-{lock_id}-disclosure_review.csv"'})
+
+
 @bp.route("/consort", endpoint="consort")
 def consort():
     s = db()
