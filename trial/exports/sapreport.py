@@ -49,9 +49,9 @@ MAX_LINES = 10  # a label or note longer than this is cut (a row must fit on a p
 
 DF_WORDS = {"wald": "Wald (normal distribution)", "satterthwaite": "Satterthwaite (as lmerTest)",
             "kenward_roger": "Kenward-Roger (as pbkrtest)"}
-MULTIPLICITY_WORDS = {"hierarchy": "fixed hierarchy: the secondary outcomes tested at alpha in the protocol's order "
-                                   "until the first not significant",
-                      "holm": "Holm's step-down procedure over the secondary outcomes"}
+MULTIPLICITY_WORDS = {"hierarchy": "fixed hierarchy: the primary outcome first, then the secondary outcomes in the "
+                                   "protocol's order, each tested at alpha until the first not significant",
+                      "holm": "Holm's step-down procedure over the secondary outcomes planned (m = their number)"}
 EVENT_WORDS = {"discontinued_intervention": "Discontinued intervention", "withdrawal": "Withdrawal",
                "not_received": "Intervention not received", "death": "Death"}
 STRATEGY_WORDS = {"treatment_policy": "Treatment policy", "hypothetical": "Hypothetical",
@@ -287,7 +287,9 @@ def _sap_rows(results: dict, content: dict, st: _Styles) -> list[tuple[str, obje
             ("Multiplicity", MULTIPLICITY_WORDS.get(mult, str(mult))),
             ("Alpha (two-sided)", f"{alpha:g}; confidence intervals {100 * (1 - alpha):g}%")]
     if a.get("sensitivity") is not None:
-        rows.append(("Sensitivity analyses", ", ".join(x.replace("_", " ") for x in a["sensitivity"]) or "none"))
+        label = {e.get("key"): e.get("label") for e in results.get("analyses") or []}  # (the entries' own words)
+        rows.append(("Sensitivity analyses", "; ".join(label.get(x) or x.replace("_", " ")
+                                                       for x in a["sensitivity"]) or "none"))
     if a.get("mi"):
         rows.append(("Multiple imputation", f"{a['mi'].get('imputations', 20)} imputations, seed {a['mi'].get('seed')}"))
     if a.get("tipping_point"):
