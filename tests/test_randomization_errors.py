@@ -261,3 +261,25 @@ def test_adsl_flags_and_the_managers_retraction(world, db, kids):
             f.flush()
             df, _ = reader(f.name)
         assert {"randinel", "randtwic"} <= {c.lower() for c in df.columns}, fmt
+
+
+def test_the_errors_text_stays_hidden_from_blinded_readers(world, db, kids):
+    """The free text may name the arm: the statistician before the unblinding reads it withheld in the
+    list, and the blinded casebook's audit trail leaves the error's record out (its kind and factor
+    stay in the casebook's own section)."""
+    import subprocess
+    import tempfile
+
+    from trial.oversight import auditexport
+    secret = "The child lives in Bergen; the site was picked wrong at enrolment."
+    assert record(world, kids[0]).status_code == 201
+    by = {who: world.api("GET", "/randomization-errors", who).get_json()[0]["text"] for who in ("manager", "statistician")}
+    assert by["manager"] == secret and by["statistician"] == "(withheld while blinded)"
+    pdf = world.api("GET", f"/participants/{kids[0].study_id}/casebook.pdf", "assessor")
+    assert pdf.status_code == 200
+    with tempfile.NamedTemporaryFile(suffix=".pdf") as f:
+        f.write(pdf.data)
+        f.flush()
+        text = " ".join(subprocess.run(["pdftotext", "-raw", f.name, "-"], check=True, capture_output=True).stdout.decode().split())
+    assert "Bergen" not in text
+    assert "randomization_error" in [p[0] for p in auditexport._parts(auditexport.Reader(True, True, True))]

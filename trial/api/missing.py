@@ -72,4 +72,5 @@ def record_randomization_error(study_id):
        responses={200: ok("the errors", list[a.RandomizationErrorRecord]), 403: err("another role")})
 def list_randomization_errors():
     s = db()
-    return jsonify([randomization_errors.as_dict(e, sid, by) for e, sid, by in randomization_errors.listing(s, actor())])
+    rows, shown = randomization_errors.listing(s, actor()), randomization_errors.text_shown(s, actor())
+    return jsonify([randomization_errors.as_dict(e, sid, by, shown) for e, sid, by in rows])

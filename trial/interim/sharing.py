@@ -51,7 +51,6 @@ import os
 import re
 import secrets
 import socket
-import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass, replace
@@ -63,6 +62,7 @@ from sqlalchemy.orm import Session
 from trial.audit import service as audit
 from trial.catalogue import N_, Msg
 from trial.db import make_engine, make_session_factory, notify, read_only_session, utcnow
+from trial.detached import spawn_detached
 from trial.errors import Conflict, NotFound
 from trial.exports import formats
 from trial.exports.dataset import ANALYSIS_TABLES, Table, Var, build_tables
@@ -390,11 +390,7 @@ def start_build(db: Session, actor, bundle_id: int, mode: str, url: str, instanc
     if mode == "external":  # the `trial worker` kept running claims it (trial.cli.lock)
         return
     try:
-        os.makedirs(instance, exist_ok=True)
-        with open(os.path.join(instance, "worker.log"), "ab") as out:
-            subprocess.Popen([sys.executable, "-m", "trial.interim.sharing", str(bundle_id)],
-                             env={**os.environ, "TRIAL_DATABASE_URL": url}, stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        spawn_detached(["-m", "trial.interim.sharing", str(bundle_id)], url, instance)
     except OSError as e:
         log.error("the builder of sharing bundle %s could not be started: %s", bundle_id, e)
         db.rollback()

@@ -12,13 +12,13 @@ import logging
 import os
 import resource
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from trial.db import make_engine, make_session_factory
+from trial.detached import spawn_detached
 from trial.exports.bundle import preload
 from trial.interim import cuts
 
@@ -41,11 +41,7 @@ def start_build(db: Session, actor, cut_id: int, mode: str, url: str, instance: 
     if mode == "external":  # the `trial worker` kept running claims it (trial.cli.lock)
         return
     try:
-        os.makedirs(instance, exist_ok=True)
-        with open(os.path.join(instance, "worker.log"), "ab") as out:
-            subprocess.Popen([sys.executable, "-m", "trial.interim.worker", str(cut_id)],
-                             env={**os.environ, "TRIAL_DATABASE_URL": url}, stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        spawn_detached(["-m", "trial.interim.worker", str(cut_id)], url, instance)
     except OSError as e:
         log.error("the builder of data cut %s could not be started: %s", cut_id, e)
         db.rollback()

@@ -4,13 +4,11 @@ app (after a hard lock commits, and wherever a lock's state is read), `trial loc
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from trial.detached import spawn_detached
 from trial.lock import service as locks
 
 log = logging.getLogger("trial.lock")
@@ -20,11 +18,7 @@ def start_worker(url: str, instance: Path) -> None:
     """Start `trial worker --until-idle` as a detached process (it outlives the request or the
     command that starts it), its output appended to ``instance``/worker.log. Raises OSError when
     it cannot be started (the instance folder not writable, no memory to fork)."""
-    os.makedirs(instance, exist_ok=True)
-    with open(os.path.join(instance, "worker.log"), "ab") as out:  # (the child keeps its own descriptor)
-        subprocess.Popen([sys.executable, "-m", "trial.cli", "worker", "--until-idle"],
-                         env={**os.environ, "TRIAL_DATABASE_URL": url}, stdin=subprocess.DEVNULL, stdout=out,
-                         stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    spawn_detached(["-m", "trial.cli", "worker", "--until-idle"], url, instance)
 
 
 def start_or_fail(db: Session, lock_id: int, url: str, instance: Path) -> bool:

@@ -30,8 +30,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
 import time
 import zipfile
 from collections import defaultdict
@@ -44,6 +42,7 @@ from trial.audit import service as audit
 from trial.auth.models import User
 from trial.catalogue import LABELS, LANGUAGES, N_, Msg
 from trial.db import is_sqlite, make_engine, utcnow
+from trial.detached import spawn_detached
 from trial.errors import Conflict, NotFound, ValidationError
 from trial.oversight import auditexport, casebook, signoff
 from trial.oversight.auditexport import Reader, Words
@@ -415,12 +414,8 @@ def _reporter(session_factory, building: Session, job_id: int):
 def start_worker(url: str, instance: Path, job_id: int) -> None:
     """Start `trial archive run-job ID` as a detached process (it outlives the request), its output
     appended to ``instance``/worker.log. Raises OSError when it cannot be started."""
-    os.makedirs(instance, exist_ok=True)
-    with open(os.path.join(instance, "worker.log"), "ab") as out:
-        subprocess.Popen([sys.executable, "-m", "trial.cli", "archive", "run-job", str(job_id)],
-                         env={**os.environ, "TRIAL_DATABASE_URL": url, "TRIAL_INSTANCE_PATH": str(instance)},
-                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                         close_fds=True)
+    spawn_detached(["-m", "trial.cli", "archive", "run-job", str(job_id)], url, instance,
+                   {"TRIAL_INSTANCE_PATH": str(instance)})
 
 
 def not_started(db: Session, job_id: int, why: str) -> None:

@@ -164,10 +164,10 @@ def _ids(db: Session, column, pid_column, pids) -> list[tuple[int, str]]:
 def _parts(reader: Reader) -> list[tuple]:
     """The kinds of record of a child the reader may have: (entity, its id column, its child column)."""
     parts = [("source_verification", Verification.id, Verification.participant_id),
-             ("blinding_break", BlindingBreak.id, BlindingBreak.participant_id),
-             ("randomization_error", RandomizationError.id, RandomizationError.participant_id)]
-    if reader.sees_arm:
-        parts += [("assessment", Assessment.id, Assessment.participant_id),
+             ("blinding_break", BlindingBreak.id, BlindingBreak.participant_id)]
+    if reader.sees_arm:  # (a randomization error's text and a retraction's reason may name the arm)
+        parts += [("randomization_error", RandomizationError.id, RandomizationError.participant_id),
+                  ("assessment", Assessment.id, Assessment.participant_id),
                   ("not_done", NotDone.id, NotDone.participant_id),
                   ("casebook_signoff", CasebookSignoff.id, CasebookSignoff.participant_id),
                   ("signature", CasebookSignoff.signature_id, CasebookSignoff.participant_id)]

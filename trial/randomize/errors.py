@@ -22,7 +22,7 @@ from trial.participants.models import Allocation, Participant
 from trial.participants.service import allocation_of, get_participant
 from trial.protocol.service import current as current_protocol
 from trial.randomize.models import RandomizationError, Stratum
-from trial.scope import require_role
+from trial.scope import can_see_arm, require_role
 from trial.sites.models import Site
 from trial.trialstate.service import ensure_writable
 from trial.validation import refusal, text
@@ -127,9 +127,18 @@ def listing(db: Session, actor) -> list[tuple[RandomizationError, str, str | Non
                            .order_by(RandomizationError.recorded_at, RandomizationError.id)).all())
 
 
-def as_dict(e: RandomizationError, study_id: str, recorded_by: str | None) -> dict:
+TEXT_WITHHELD = "(withheld while blinded)"  # as the blinded bundle writes it (trial.exports.dataset)
+
+
+def text_shown(db: Session, actor) -> bool:
+    """Whether the reader may read the errors' free text, which can name the arm: a reader who may
+    learn the allocation (the manager; the statistician only from the unblinding on)."""
+    return can_see_arm(db, actor, None)
+
+
+def as_dict(e: RandomizationError, study_id: str, recorded_by: str | None, shown: bool = True) -> dict:
     return {"id": e.id, "study_id": study_id, "kind": e.kind, "field": e.field, "as_randomized": e.as_randomized,
-            "correct_value": e.correct_value, "text": e.text, "recorded_by": recorded_by,
+            "correct_value": e.correct_value, "text": e.text if shown else TEXT_WITHHELD, "recorded_by": recorded_by,
             "recorded_at": e.recorded_at.replace(tzinfo=dt.UTC).isoformat()}
 
 
